@@ -1,0 +1,1 @@
+"""Datasets: formats, safe archive handling, splits and the ingest pipeline."""

@@ -1,0 +1,1 @@
+"""Metadata store: SQLAlchemy tables, engine and sessions, Alembic migrations."""

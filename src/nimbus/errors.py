@@ -1,0 +1,116 @@
+"""One exception hierarchy. Each error knows its HTTP status, code and CLI exit code."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class NimbusError(Exception):
+    """Base of every error Nimbus raises on purpose."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class InvalidInput(NimbusError):
+    """The request or its data is malformed or breaks a rule."""
+
+    status = 400
+    code = "invalid_input"
+    exit_code = 2
+
+
+class InvalidDataset(InvalidInput):
+    """An uploaded dataset cannot be read or validated."""
+
+    code = "invalid_dataset"
+
+
+class Unauthorized(NimbusError):
+    status = 401
+    code = "unauthorized"
+    exit_code = 3
+
+
+class Forbidden(NimbusError):
+    status = 403
+    code = "forbidden"
+    exit_code = 3
+
+
+class NotFound(NimbusError):
+    status = 404
+    code = "not_found"
+    exit_code = 4
+
+
+class Conflict(NimbusError):
+    status = 409
+    code = "conflict"
+    exit_code = 5
+
+
+class PayloadTooLarge(NimbusError):
+    status = 413
+    code = "payload_too_large"
+    exit_code = 2
+
+
+class Unavailable(NimbusError):
+    status = 503
+    code = "unavailable"
+    exit_code = 6
+
+
+class CorruptBlob(NimbusError):
+    """Stored bytes no longer match their content hash: never served."""
+
+    status = 500
+    code = "corrupt_blob"
+    exit_code = 7
+
+
+class ServerError(NimbusError):
+    """An unexpected failure reported by the server (a bug)."""
+
+    status = 500
+    code = "internal"
+    exit_code = 1
+
+
+_BY_CODE: dict[str, type[NimbusError]] = {}
+
+
+def _register(cls: type[NimbusError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(NimbusError)
+
+
+def error_from_response(status: int, body: Any) -> NimbusError:
+    """Rebuild the error a server reported, for the SDK and CLI."""
+    code, message, details = "internal", f"server answered HTTP {status}", {}
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        code = str(body["error"].get("code", code))
+        message = str(body["error"].get("message", message))
+        details = body["error"].get("details") or {}
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        cls = next((c for c in _BY_CODE.values() if c.status == status), ServerError)
+    err = cls(message, **details)
+    return err
