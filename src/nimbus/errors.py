@@ -82,6 +82,14 @@ class CorruptBlob(NimbusError):
     exit_code = 7
 
 
+class ExportError(NimbusError):
+    """An exported model does not behave like the trained one (a bug, never the user's)."""
+
+    status = 500
+    code = "export_failed"
+    exit_code = 1
+
+
 class ServerError(NimbusError):
     """An unexpected failure reported by the server (a bug)."""
 

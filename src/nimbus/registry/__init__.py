@@ -1,0 +1,1 @@
+"""Model registry: versions, aliases, lineage, and export to the model directory format."""

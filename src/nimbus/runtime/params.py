@@ -1,0 +1,138 @@
+"""Hyper-parameters of the built-in models: schemas and one pure validation function.
+
+``nimbus train --param k=v`` hands every value over as a string; :func:`validate_params`
+coerces them ("0.01" -> 0.01, "64,32" -> [64, 32]), fills in the defaults and refuses
+unknown keys, wrong types, out-of-range values and a model that does not fit the
+dataset's task, always with an :class:`~nimbus.errors.InvalidInput` naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nimbus.datasets.model import Task
+from nimbus.errors import InvalidInput
+
+Optimizer = Literal["adam", "sgd", "adamw"]
+
+
+class CommonParams(BaseModel):
+    """Keys every built-in model accepts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    epochs: int = Field(5, ge=1, le=10_000, description="passes over the train split")
+    batch_size: int = Field(64, ge=1, le=65_536, description="global batch, all workers")
+    lr: float = Field(1e-3, gt=0, le=10, description="learning rate")
+    optimizer: Optimizer = Field("adam", description="adam, sgd (with momentum) or adamw")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="used by sgd only")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class CnnParams(CommonParams):
+    """The image CNN: one convolution, one hidden dense layer."""
+
+    conv_channels: int = Field(32, ge=1, le=1024)
+    hidden: int = Field(128, ge=1, le=16_384)
+
+
+class TextParams(CommonParams):
+    """The text classifier: mean of word embeddings, then a linear layer."""
+
+    embed_dim: int = Field(64, ge=1, le=4096)
+    max_len: int = Field(64, ge=1, le=8192, description="tokens kept per example")
+    min_freq: int = Field(1, ge=1, description="rarer train tokens become <unk>")
+    max_vocab: int = Field(20_000, ge=3, le=2_000_000, description="specials included")
+
+
+class MlpParams(CommonParams):
+    """The tabular MLP on standardised features."""
+
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1, max_length=32)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _widths(cls, value: Any) -> Any:
+        # CLI forms: "128", "128,64", "[128, 64]"; an int means one hidden layer.
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.strip().strip("[]").split(",") if p.strip()]
+            return parts
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        return value
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(w < 1 or w > 16_384 for w in value):
+            raise ValueError("every hidden width must be between 1 and 16384")
+        return value
+
+
+PARAM_SCHEMAS: dict[str, type[CommonParams]] = {
+    "cnn": CnnParams,
+    "text": TextParams,
+    "mlp": MlpParams,
+}
+MODEL_TASKS: dict[str, Task] = {"cnn": Task.IMAGE, "text": Task.TEXT, "mlp": Task.TABULAR}
+
+
+def param_schema(model: str) -> type[CommonParams]:
+    """The pydantic schema of a built-in model's parameters."""
+    try:
+        return PARAM_SCHEMAS[model]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown model {model!r}; the built-ins are {', '.join(PARAM_SCHEMAS)}", model=model
+        ) from None
+
+
+def validate_params(model: str, task: Task | str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Check ``raw`` hyper-parameters for ``model`` on a dataset of ``task``.
+
+    Returns every parameter of the model, defaults filled in, as plain JSON values.
+    Keys may use ``-`` for ``_`` (``batch-size``). Raises InvalidInput on an unknown
+    model or key, a value of the wrong type or out of range, or a model/task mismatch.
+    """
+    schema = param_schema(model)
+    try:
+        task = Task(task)
+    except ValueError:
+        raise InvalidInput(f"unknown task {task!r}") from None
+    if MODEL_TASKS[model] is not task:
+        raise InvalidInput(
+            f"model {model!r} trains on {MODEL_TASKS[model]} datasets, not {task}",
+            model=model,
+            task=str(task),
+        )
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).strip().replace("-", "_")
+        if name in values:
+            raise InvalidInput(f"parameter {name!r} given twice", key=name)
+        if name not in schema.model_fields:
+            known = ", ".join(sorted(schema.model_fields))
+            raise InvalidInput(
+                f"unknown parameter {name!r} for model {model!r}; known: {known}", key=name
+            )
+        if isinstance(value, bool):  # pydantic would quietly read True as 1
+            raise InvalidInput(f"invalid parameter {name!r}: booleans are not accepted", key=name)
+        values[name] = value
+    try:
+        return schema.model_validate(values).model_dump(mode="json")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "?"
+        key = str(first["loc"][0]) if first["loc"] else "?"
+        raise InvalidInput(
+            f"invalid parameter {name!r} = {values.get(key)!r}: {first['msg']}", key=key
+        ) from None
