@@ -1,0 +1,43 @@
+"""Decoding uploaded images for the ``/predict`` route: PNG or JPEG only, pixel-limited."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from nimbus.errors import InvalidInput, PayloadTooLarge
+
+FORMATS = ("PNG", "JPEG")
+_MODES = {1: "L", 3: "RGB"}
+
+
+def decode_image(
+    data: bytes, *, height: int, width: int, channels: int, max_pixels: int
+) -> np.ndarray:
+    """Decode ``data`` to UINT8 ``[height, width, channels]``, resizing and converting colour.
+
+    The pixel count is read from the header and checked before any pixel is decoded.
+    """
+    mode = _MODES.get(channels)
+    if mode is None:
+        raise InvalidInput(f"images with {channels} channels are not supported")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data), formats=FORMATS)
+            pixels = opened.width * opened.height
+            if pixels > max_pixels:
+                raise PayloadTooLarge(
+                    f"the image has {pixels} pixels, above the limit of {max_pixels}"
+                )
+            image = opened.convert(mode)
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput("the body is not a PNG or JPEG image (or it is too large)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"the image cannot be decoded: {exc}") from None
+    return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)

@@ -1,0 +1,154 @@
+"""A loaded model ready to serve: spec + backend + pre- and postprocessing.
+
+Client inputs are what the dataset held (``spec.input``); the backend takes ``spec.onnx_input``.
+For images and tabular data they are the same tensor (preprocessing is in the graph); text is
+tokenised here with the very encoder training used. Postprocessing adds the ``label`` output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from nimbus.datasets.model import Task
+from nimbus.errors import InvalidInput
+from nimbus.runtime.text import TextEncoder
+from nimbus.serving.backends import Backend, load_backend
+from nimbus.serving.errors import ProtocolError
+from nimbus.serving.images import decode_image
+from nimbus.serving.spec import LABEL, PROBABILITIES, ModelSpec
+from nimbus.serving.tensors import TensorSpec
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+class Predictor:
+    """Turns client tensors into model inputs, runs batches, and names the results."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backend: Backend,
+        *,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.max_image_pixels = max_image_pixels
+        self.input: TensorSpec = spec.input
+        probabilities = spec.output(PROBABILITIES)
+        label = next(
+            (o for o in spec.outputs if o.name == LABEL), TensorSpec(LABEL, "BYTES", (-1,))
+        )
+        self.outputs: tuple[TensorSpec, ...] = (probabilities, label)
+        self._classes = np.array(spec.classes, dtype=object)
+        self._encoder = (
+            TextEncoder.from_preprocessing(dict(spec.preprocessing))
+            if spec.task is Task.TEXT
+            else None
+        )
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        runtime: str = "onnx",
+        threads: int = 1,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> Predictor:
+        """Load a model directory (spec.json plus model.onnx or weights.safetensors)."""
+        spec = ModelSpec.load(Path(model_dir))
+        backend = load_backend(runtime, Path(model_dir), spec, threads)
+        return cls(spec, backend, max_image_pixels=max_image_pixels)
+
+    @property
+    def platform(self) -> str:
+        return self.backend.platform
+
+    def prepare(self, inputs: np.ndarray) -> np.ndarray:
+        """Client tensor (``spec.input``, already validated) -> backend input."""
+        if self._encoder is None:
+            return inputs
+        try:
+            texts = [raw.decode("utf-8") for raw in inputs.reshape(-1)]
+        except UnicodeDecodeError:
+            raise ProtocolError(f"input '{self.input.name}': BYTES must be UTF-8 text") from None
+        return self._encoder.encode(texts)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch of backend inputs (called on the inference thread)."""
+        return self.backend.run(batch)
+
+    def postprocess(self, probabilities: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named outputs: ``probabilities`` as is, ``label`` = ``classes[argmax]``."""
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            if name == LABEL:
+                out[name] = self._classes[np.argmax(probabilities, axis=1)]
+            else:
+                out[name] = probabilities
+        return out
+
+    def example_from_body(self, body: bytes) -> np.ndarray:
+        """A one-row backend input from a ``/predict`` body: an image file for image models,
+        ``{"text": ...}`` for text, ``{"features": [...] or {name: value}}`` for tabular."""
+        if self.spec.task is Task.IMAGE:
+            _, height, width, channels = self.input.shape
+            image = decode_image(
+                body,
+                height=height,
+                width=width,
+                channels=channels,
+                max_pixels=self.max_image_pixels,
+            )
+            return image[np.newaxis]
+        payload = _json_object(body)
+        if self.spec.task is Task.TEXT:
+            text = payload.get("text")
+            if not isinstance(text, str):
+                raise InvalidInput('send {"text": "..."} to a text model')
+            assert self._encoder is not None
+            return self._encoder.encode([text])
+        return self._features(payload.get("features"))
+
+    def describe(self, probabilities: np.ndarray) -> dict[str, Any]:
+        """The ``/predict`` answer for one row of probabilities."""
+        row = probabilities.reshape(-1)
+        return {
+            "label": self.spec.classes[int(np.argmax(row))],
+            "probabilities": {c: float(p) for c, p in zip(self.spec.classes, row, strict=True)},
+        }
+
+    def _features(self, features: Any) -> np.ndarray:
+        count = self.input.shape[1]
+        if isinstance(features, dict):
+            names = list(self.spec.preprocessing.get("features") or [])
+            missing = [n for n in names if n not in features]
+            if not names or missing:
+                raise InvalidInput(f"missing features: {missing or 'feature names unknown'}")
+            features = [features[n] for n in names]
+        if not isinstance(features, list) or len(features) != count:
+            raise InvalidInput(f'send {{"features": [...]}} with {count} numbers')
+        try:
+            with np.errstate(over="ignore"):
+                row = np.asarray(features, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInput("features must be numbers") from None
+        if not np.isfinite(row).all():
+            raise InvalidInput("features must be finite numbers")
+        return row.reshape(1, count)
+
+
+def _json_object(body: bytes) -> Mapping[str, Any]:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return payload
