@@ -1,0 +1,46 @@
+"""text-jsonl: one JSON object per line with a string ``text`` and a ``label``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nimbus.datasets.formats.base import RawDataset, ReadContext, mixed_labels, to_fixed_unicode
+from nimbus.datasets.model import Task
+from nimbus.errors import InvalidDataset
+
+
+def read(source: Path, ctx: ReadContext) -> RawDataset:
+    """Texts and labels (ints or strings) line by line; blank lines are skipped."""
+    label = ctx.options.label or "label"
+    texts: list[str] = []
+    labels: list[int | str] = []
+    try:
+        with source.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                text, value = _parse(line, number, label, ctx)
+                texts.append(text)
+                labels.append(value)
+    except UnicodeDecodeError as exc:
+        raise InvalidDataset(f"{ctx.display!r} is not UTF-8 text ({exc})") from exc
+    array = to_fixed_unicode(texts, ctx)
+    schema = {"dtype": "str", "max_length": array.dtype.itemsize // 4, "label": label}
+    return RawDataset(Task.TEXT, [array], mixed_labels(labels), schema)
+
+
+def _parse(line: str, number: int, label: str, ctx: ReadContext) -> tuple[str, int | str]:
+    where = f"{ctx.display!r} line {number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidDataset(f"{where} is not valid JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise InvalidDataset(f"{where} is not a JSON object")
+    text, value = record.get("text"), record.get(label)
+    if not isinstance(text, str):
+        raise InvalidDataset(f"{where} has no string 'text'")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidDataset(f"{where} has no {label!r} that is an integer or a string")
+    return text, value

@@ -1,0 +1,81 @@
+"""The ingest pipeline: an uploaded file in, training-ready split files and metadata out.
+
+validate -> prepare, pure of HTTP and SQL: detect the format, read it through its reader
+(archive safety and pixel limits included), turn labels into classes, plan the splits, and
+write each split as memory-mappable ``.npy`` files in the work directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from nimbus.datasets.detect import detect_format, parse_enum
+from nimbus.datasets.formats import READERS, ReadContext
+from nimbus.datasets.labels import encode_labels
+from nimbus.datasets.model import IngestLimits, IngestOptions, PreparedDataset, Task
+from nimbus.datasets.prepare import write_splits
+from nimbus.datasets.splits import plan_splits, split_info, validate_fractions
+from nimbus.datasets.stats import compute_stats
+from nimbus.errors import InvalidDataset
+
+
+def ingest(
+    source: Path,
+    filename: str,
+    options: IngestOptions,
+    limits: IngestLimits,
+    workdir: Path,
+) -> PreparedDataset:
+    """Validate and prepare one upload; raise InvalidDataset (400) naming what is wrong.
+
+    ``source`` is the uploaded file, ``filename`` the user's name for it (a hint, may be
+    empty) and ``workdir`` an empty directory the caller removes afterwards. Every file this
+    writes lies under ``workdir``; the returned ``files`` are ``{split}_x.npy`` and
+    ``{split}_y.npy`` there.
+    """
+    validate_fractions(options.val_fraction, options.test_fraction)
+    wanted = parse_enum(Task, options.task, "task") if options.task is not None else None
+    if not source.is_file():
+        raise InvalidDataset(f"upload {filename or source.name!r} is not a file")
+    scratch = workdir / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    fmt = detect_format(source, filename, options, limits)
+    ctx = ReadContext(filename or source.name, options, limits, scratch)
+    raw = READERS[fmt](source, ctx)
+    if wanted is not None and raw.task is not wanted:
+        raise InvalidDataset(
+            f"{ctx.display!r} holds {raw.task} data, not {wanted} as the upload asked"
+        )
+    if raw.size == 0:
+        raise InvalidDataset(f"{ctx.display!r} holds no examples")
+    classes, y = encode_labels(raw.labels, ctx.display)
+    if len(classes) < 2:
+        raise InvalidDataset(
+            f"{ctx.display!r} has a single class {classes[0]!r}; classification needs at least 2"
+        )
+    plan = plan_splits(
+        y,
+        len(classes),
+        seed=options.seed,
+        val_fraction=options.val_fraction,
+        test_fraction=options.test_fraction,
+        given_test=raw.test_mask,
+    )
+    if len(plan.indices["train"]) == 0:
+        raise InvalidDataset(f"{ctx.display!r} leaves no examples for training")
+    files = write_splits(raw.x_parts, raw.dtype, y, plan, workdir)
+    stats = {"examples": raw.size, **compute_stats(raw.task, files, raw.schema), **raw.stats}
+    prepared = PreparedDataset(
+        task=raw.task,
+        format=fmt,
+        classes=classes,
+        splits=split_info(y, plan, classes),
+        schema=raw.schema,
+        stats=stats,
+        files=files,
+        split_source=plan.source,
+    )
+    del raw  # drop the memory maps of the scratch files before removing them
+    shutil.rmtree(scratch, ignore_errors=True)
+    return prepared
