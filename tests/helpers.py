@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -56,7 +57,8 @@ class ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nimbus.server", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "nimbus.server", "--host", "127.0.0.1",
+             "--port", str(self.port)],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -95,10 +97,8 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group: a real crash."""
         if self.proc and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(10)
         self.proc = None
 

@@ -112,7 +112,8 @@ _register(NimbusError)
 
 def error_from_response(status: int, body: Any) -> NimbusError:
     """Rebuild the error a server reported, for the SDK and CLI."""
-    code, message, details = "internal", f"server answered HTTP {status}", {}
+    code, message = "internal", f"server answered HTTP {status}"
+    details: dict[str, Any] = {}
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         code = str(body["error"].get("code", code))
         message = str(body["error"].get("message", message))
@@ -120,5 +121,4 @@ def error_from_response(status: int, body: Any) -> NimbusError:
     cls = _BY_CODE.get(code)
     if cls is None:
         cls = next((c for c in _BY_CODE.values() if c.status == status), ServerError)
-    err = cls(message, **details)
-    return err
+    return cls(message, **details)

@@ -63,8 +63,9 @@ class BlobWriter:
 
     def commit(self) -> BlobRef:
         self._file.close()
+        ref = self._store._adopt(self.path, self._hash.hexdigest(), self.size)
         self._done = True
-        return self._store._adopt(self.path, self._hash.hexdigest(), self.size)
+        return ref
 
     def abort(self) -> None:
         if not self._file.closed:

@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("created_at", TS, nullable=False),
+        sa.Column("last_version", sa.Integer, nullable=False, server_default="0"),
         sa.UniqueConstraint("tenant_id", "name"),
     )
     op.create_index("ix_datasets_tenant_id", "datasets", ["tenant_id"])

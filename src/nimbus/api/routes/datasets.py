@@ -1,0 +1,100 @@
+"""Datasets and their versions: upload (streamed), read, download (verified), delete."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from nimbus.api.auth import Member, Viewer
+from nimbus.api.state import services_of
+from nimbus.api.upload import receive_upload
+from nimbus.datasets.model import Format, IngestOptions, Task, validate_name
+from nimbus.errors import InvalidInput
+from nimbus.services.datasets import parse_version, validate_filename
+
+router = APIRouter(tags=["datasets"])
+
+
+@router.post("/datasets/{name}/versions", status_code=201)
+async def upload_version(
+    name: str,
+    principal: Member,
+    request: Request,
+    filename: str | None = None,
+    task: Task | None = None,
+    format: Format | None = None,
+    label: str | None = None,
+    seed: int = 0,
+) -> JSONResponse:
+    """The raw file is the body. 201 with a new version, 200 with an identical one."""
+    services = services_of(request)
+    validate_name(name, "dataset name")
+    if filename is None:
+        raise InvalidInput("missing query parameter 'filename' (the uploaded file's name)")
+    validate_filename(filename)
+    options = IngestOptions(task=task, format=format, label=label, seed=seed)
+    staged = await receive_upload(
+        request, services.blobs.staging_dir, services.settings.max_upload_bytes
+    )
+    try:
+        result = await run_in_threadpool(
+            services.datasets.upload,
+            principal,
+            name,
+            staged.path,
+            staged.sha256,
+            filename,
+            options,
+        )
+    finally:
+        staged.path.unlink(missing_ok=True)
+    return JSONResponse(result.version, status_code=201 if result.created else 200)
+
+
+@router.get("/datasets")
+def list_datasets(principal: Viewer, request: Request) -> dict[str, Any]:
+    return {"datasets": services_of(request).datasets.list_datasets(principal)}
+
+
+@router.get("/datasets/{name}")
+def get_dataset(name: str, principal: Viewer, request: Request) -> dict[str, Any]:
+    return services_of(request).datasets.get_dataset(principal, name)
+
+
+@router.get("/datasets/{name}/versions")
+def list_versions(name: str, principal: Viewer, request: Request) -> dict[str, Any]:
+    return {"versions": services_of(request).datasets.list_versions(principal, name)}
+
+
+@router.get("/datasets/{name}/versions/{v}")
+def get_version(name: str, v: str, principal: Viewer, request: Request) -> dict[str, Any]:
+    return services_of(request).datasets.get_version(principal, name, parse_version(v))
+
+
+@router.get("/datasets/{name}/versions/{v}/files/{file}")
+def download_file(
+    name: str, v: str, file: str, principal: Viewer, request: Request
+) -> StreamingResponse:
+    """The file's bytes, after the whole blob was checked against its hash."""
+    download = services_of(request).datasets.download(principal, name, parse_version(v), file)
+    headers = {
+        "Content-Length": str(download.size),
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(download.name, safe='')}",
+    }
+    return StreamingResponse(
+        download.chunks, media_type="application/octet-stream", headers=headers
+    )
+
+
+@router.delete("/datasets/{name}/versions/{v}")
+def delete_version(name: str, v: str, principal: Member, request: Request) -> dict[str, Any]:
+    return services_of(request).datasets.delete_version(principal, name, parse_version(v))
+
+
+@router.delete("/datasets/{name}")
+def delete_dataset(name: str, principal: Member, request: Request) -> dict[str, Any]:
+    return services_of(request).datasets.delete_dataset(principal, name)

@@ -1,0 +1,1 @@
+"""The ``nimbus`` command line, built on the SDK in :mod:`nimbus.client`."""

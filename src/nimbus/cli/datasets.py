@@ -1,0 +1,108 @@
+"""``nimbus datasets upload|list|show|download|delete``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nimbus.cli.common import JsonOption, client, emit, human_bytes, transfer
+from nimbus.cli.render import datasets_table, version_table
+from nimbus.datasets.model import Format, Task
+
+app = typer.Typer(help="Upload, inspect, download and delete datasets.", no_args_is_help=True)
+
+RefArgument = Annotated[
+    str, typer.Argument(metavar="NAME[:V]", help="A dataset (its latest version) or NAME:VERSION")
+]
+
+
+@app.command("upload")
+def upload(
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Dataset name (a-z, 0-9, '.', '_', '-')")
+    ],
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="A file (zip, tar, csv, npz, …) or a directory")
+    ],
+    task: Annotated[Task | None, typer.Option(help="[default: detected]")] = None,
+    format: Annotated[Format | None, typer.Option(help="[default: detected]")] = None,
+    label: Annotated[str | None, typer.Option(help="Label column of tabular data")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the train/val/test split")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Upload PATH as a new version of dataset NAME (a directory is sent as a .tar)."""
+    with (
+        client() as api,
+        transfer(
+            f"uploading {path.name}", not as_json, after="server is preparing the data"
+        ) as progress,
+    ):
+        version = api.upload_dataset(
+            name, path, task=task, format=format, label=label, seed=seed, progress=progress
+        )
+
+    def render(out: Console) -> None:
+        out.print(
+            f"Uploaded {version['dataset']}:{version['version']}", style="green", markup=False
+        )
+        out.print(version_table(version))
+
+    emit(version, as_json, render)
+
+
+@app.command("list")
+def list_(as_json: JsonOption = False) -> None:
+    """List datasets with their latest version."""
+    with client() as api:
+        items = api.list_datasets()
+    emit({"datasets": items}, as_json, lambda out: out.print(datasets_table(items)))
+
+
+@app.command("show")
+def show(ref: RefArgument, as_json: JsonOption = False) -> None:
+    """Show a version: task, format, classes, split sizes, per-class counts, schema, hash."""
+    with client() as api:
+        version = api.get_version(ref)
+    emit(version, as_json, lambda out: out.print(version_table(version)))
+
+
+@app.command("download")
+def download(
+    ref: RefArgument,
+    dir: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write the files")],
+    as_json: JsonOption = False,
+) -> None:
+    """Download a version's source and prepared files (hash-checked) into DIR."""
+    with client() as api, transfer(f"downloading {ref}", not as_json) as progress:
+        version = api.get_version(ref)
+        exact = f"{version['dataset']}:{version['version']}"
+        paths = api.download_dataset(exact, dir, progress=progress)
+    result = {
+        "dataset": version["dataset"],
+        "version": version["version"],
+        "dir": str(dir),
+        "files": [str(p) for p in paths],
+    }
+
+    def render(out: Console) -> None:
+        out.print(f"Downloaded {exact} into {dir}:", markup=False)
+        for p in paths:
+            out.print(f"  {p.name}  {human_bytes(p.stat().st_size)}", markup=False)
+
+    emit(result, as_json, render)
+
+
+@app.command("delete")
+def delete(ref: RefArgument, as_json: JsonOption = False) -> None:
+    """Delete one version (NAME:V) or a whole dataset with all its versions (NAME)."""
+    with client() as api:
+        result = api.delete_dataset(ref)
+    if "deleted_versions" in result:
+        versions = ", ".join(str(v) for v in result["deleted_versions"])
+        message = f"Deleted dataset {result.get('name')} (versions {versions or 'none'})"
+    else:
+        message = f"Deleted {result.get('dataset')}:{result.get('version')}"
+    emit(result, as_json, lambda out: out.print(message, markup=False))

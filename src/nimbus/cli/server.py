@@ -1,0 +1,39 @@
+"""``nimbus server``: run the control plane (with scheduler, executor and supervisor)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Annotated
+
+import typer
+
+from nimbus.cli.common import JsonOption, print_json
+from nimbus.config import load_settings
+
+
+def server(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [default: NIMBUS_HOST or 127.0.0.1]")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on [default: NIMBUS_PORT or 8600]")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the Nimbus control plane until interrupted."""
+    # Imported here, not at the top: the server pulls in FastAPI, SQLAlchemy and the ML
+    # stack, which every other command would otherwise pay for at start-up.
+    from nimbus.server import bootstrap, run
+
+    settings = load_settings(host=host, port=port)
+    url = f"http://{settings.host}:{settings.port}"
+    if as_json:
+        # Bootstrap first so a new admin token lands in the JSON line instead of plain text;
+        # run() bootstraps again, which finds everything in place and prints nothing.
+        with contextlib.redirect_stdout(io.StringIO()):  # its plain-text notice of the token
+            secret = bootstrap(settings)
+        print_json({"url": url, "home": str(settings.home), "admin_token": secret}, line=True)
+    else:
+        typer.echo(f"Nimbus server on {url} (home {settings.home}); Ctrl+C stops it", err=True)
+    run(settings)

@@ -1,0 +1,46 @@
+"""Audit log repository: one row per mutating request, refused ones included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from nimbus.db.tables import AuditEvent
+
+
+def record(
+    session: Session,
+    *,
+    tenant_id: int | None,
+    token_id: str | None,
+    actor: str | None,
+    action: str,
+    resource: str,
+    status: int,
+    detail: dict[str, Any] | None = None,
+) -> AuditEvent:
+    event = AuditEvent(
+        tenant_id=tenant_id,
+        token_id=token_id,
+        actor=actor[:128] if actor else actor,
+        action=action[:16],
+        resource=resource[:512],
+        status=status,
+        detail=detail,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(
+    session: Session, tenant_id: int, limit: int, *, include_unattributed: bool = False
+) -> list[AuditEvent]:
+    """Newest first. ``include_unattributed`` adds events of callers with no known tenant."""
+    where = AuditEvent.tenant_id == tenant_id
+    if include_unattributed:
+        where = or_(where, AuditEvent.tenant_id.is_(None))
+    query = select(AuditEvent).where(where).order_by(AuditEvent.id.desc()).limit(limit)
+    return list(session.scalars(query))

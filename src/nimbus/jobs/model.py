@@ -1,0 +1,237 @@
+"""Domain objects of training jobs: states, the job spec, resources and stored records.
+
+Plain dataclasses: no HTTP, no SQL. A *job* is what the user asked for; an *attempt* is one
+execution of it, with its own lease. See ``docs/glossary.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from nimbus.errors import Conflict, InvalidInput
+
+# The runtime exits with this code when the user's code raised: the job fails at once,
+# without burning retries (running it again would raise again).
+USER_ERROR_EXIT_CODE = 3
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class AttemptState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the process failed, or the job failed around it (deadline)
+    LOST = "lost"  # the lease expired: the scheduler running it vanished or hung
+    CANCELLED = "cancelled"
+
+
+class ExitReason(StrEnum):
+    """Why an attempt ended; decides between success, retry and failure."""
+
+    SUCCEEDED = "succeeded"
+    USER_ERROR = "user_error"  # exit code USER_ERROR_EXIT_CODE: not retried
+    EXIT_ERROR = "exit_error"  # any other non-zero exit code: retried
+    SIGNALED = "signaled"  # killed by a signal (OOM killer, SIGKILL): retried
+    LOST = "lost"  # heartbeat lost, lease expired: retried
+    INFRA = "infrastructure"  # could not start, executor failure: retried
+    CANCELLED = "cancelled"
+    DEADLINE = "deadline_exceeded"
+
+
+class Fenced(Conflict):
+    """A write named an attempt that is no longer the job's current running attempt."""
+
+    code = "fenced"
+
+
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_memory(text: str | int) -> int:
+    """Bytes from ``"512M"``, ``"4G"``, ``"4GiB"``, ``"1.5g"`` or a plain number of bytes.
+
+    Suffixes are binary (K = 1024), as with ``docker run -m``.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise InvalidInput(f"memory must not be negative: {text}")
+        return text
+    match = _MEMORY_RE.match(str(text))
+    if not match:
+        raise InvalidInput(f"invalid memory size {text!r}: use e.g. 512M, 4G or a byte count")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** ("kmgtp".index(unit) + 1)) if unit else int(number)
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``, ``"1h30m"`` or a number of seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        raw = str(text).strip().replace(" ", "")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            parts = _DURATION_RE.findall(raw)
+            if not parts or "".join(n + u for n, u in parts).lower() != raw.lower():
+                raise InvalidInput(f"invalid duration {text!r}: use e.g. 90s, 30m, 2h") from None
+            seconds = sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidInput(f"duration must be positive: {text!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker needs; ``workers`` processes each get that much."""
+
+    cpus: float = 1.0
+    gpus: int = 0
+    memory_bytes: int = 1024**3
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.cpus) and self.cpus > 0):
+            raise InvalidInput(f"cpus must be positive, got {self.cpus}")
+        if self.gpus < 0:
+            raise InvalidInput(f"gpus must not be negative, got {self.gpus}")
+        if self.memory_bytes < 0:
+            raise InvalidInput(f"memory must not be negative, got {self.memory_bytes}")
+        if not 1 <= self.workers <= 256:
+            raise InvalidInput(f"workers must be between 1 and 256, got {self.workers}")
+
+    @property
+    def total_cpus(self) -> float:
+        return self.cpus * self.workers
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus * self.workers
+
+    @property
+    def total_memory_bytes(self) -> int:
+        return self.memory_bytes * self.workers
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the user asked to run; stored as JSON on the job."""
+
+    model: str
+    dataset: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    priority: int = 0
+    max_retries: int = 2
+    deadline_seconds: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model or not isinstance(self.model, str):
+            raise InvalidInput("a job needs a model")
+        if not -1000 <= self.priority <= 1000:
+            raise InvalidInput(f"priority must be between -1000 and 1000, got {self.priority}")
+        if not 0 <= self.max_retries <= 100:
+            raise InvalidInput(f"max_retries must be between 0 and 100, got {self.max_retries}")
+        if self.deadline_seconds is not None and not self.deadline_seconds > 0:
+            raise InvalidInput(f"deadline must be positive, got {self.deadline_seconds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """Rebuild a spec from :meth:`to_dict` output (or a user's JSON); unknown keys are a 400."""
+        known = {"model", "dataset", "params", "resources", "priority", "max_retries",
+                 "deadline_seconds", "seed"}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInput(f"unknown job fields: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        res = values.pop("resources", None) or {}
+        if not isinstance(res, dict):
+            raise InvalidInput("resources must be an object")
+        try:
+            resources = Resources(**res)
+            return cls(resources=resources, **values)
+        except TypeError as exc:
+            raise InvalidInput(f"invalid job spec: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored in the metadata store."""
+
+    id: str
+    tenant_id: int
+    spec: JobSpec
+    state: JobState
+    priority: int
+    attempts: int  # attempts started so far
+    current_attempt_id: str | None
+    max_retries: int
+    deadline_at: datetime | None
+    not_before: datetime | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_reason: str | None
+    result: dict[str, Any] | None
+    created_by: str | None
+
+    @property
+    def resources(self) -> Resources:
+        return self.spec.resources
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One execution of a job, as stored."""
+
+    id: str
+    job_id: str
+    number: int  # 1-based
+    state: AttemptState
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    started_at: datetime
+    ended_at: datetime | None
+    exit_code: int | None
+    exit_signal: int | None
+    exit_reason: ExitReason | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An attempt a scheduler has just claimed, with its job-scoped token (shown once)."""
+
+    job: Job
+    attempt: Attempt
+    token: str
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A renewed lease; ``cancel_requested`` tells the runner to stop."""
+
+    attempt_id: str
+    expires_at: datetime
+    cancel_requested: bool

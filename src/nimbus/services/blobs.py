@@ -1,0 +1,156 @@
+"""Blob bookkeeping shared by services: storing files safely, and collecting garbage.
+
+Every change to blob references and every blob deletion happens in a transaction that
+holds :func:`nimbus.db.blobrefs.lock`. A service that stores blobs first *pins* their keys
+(references owned by the operation in progress), then stores them, then swaps the pin for
+its record's references in one transaction: a blob is therefore never deleted between the
+moment it is stored and the moment a record refers to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from nimbus.db import blobrefs
+from nimbus.db.engine import Database
+from nimbus.storage.blobs import CHUNK, BlobRef, BlobStore, key_for
+
+log = logging.getLogger(__name__)
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """SHA-256 hex digest and size of a file."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
+
+
+def adopt_file(blobs: BlobStore, path: Path, sha256: str, size: int) -> BlobRef:
+    """Move a file whose hash is known into the store; ``path`` is consumed.
+
+    Nothing is copied when ``path`` sits in ``blobs.staging_dir`` of a local store (a
+    rename); an identical blob already stored is kept and ``path`` deleted.
+    """
+    key = key_for(sha256)
+    if blobs.objects.exists(key) and blobs.objects.size(key) == size:
+        path.unlink(missing_ok=True)
+    else:
+        blobs.objects.put_file(key, path)
+    return BlobRef(key, size)
+
+
+def put_copy(blobs: BlobStore, path: Path) -> BlobRef:
+    """Store a copy of ``path`` (left in place), hashing it on the way. Like
+    ``BlobStore.put_file``, but the staging file is removed even if the backend fails."""
+    with blobs.writer() as writer, open(path, "rb") as source:
+        while chunk := source.read(CHUNK):
+            writer.write(chunk)
+        try:
+            return writer.commit()
+        except BaseException:
+            writer.path.unlink(missing_ok=True)
+            raise
+
+
+def move_in(blobs: BlobStore, path: Path, sha256: str, size: int) -> BlobRef:
+    """Store ``path`` (consumed) under its known hash: renamed into the staging directory
+    when it is on the same file system, copied otherwise."""
+    staged = blobs.staging_dir / f"in-{secrets.token_hex(8)}"
+    try:
+        os.replace(path, staged)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        ref = put_copy(blobs, path)
+        path.unlink(missing_ok=True)
+        return ref
+    try:
+        return adopt_file(blobs, staged, sha256, size)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def delete_quietly(blobs: BlobStore, keys: Iterable[str]) -> None:
+    """Delete blobs; a failure leaks the blob (logged) rather than failing the caller."""
+    for key in keys:
+        try:
+            blobs.delete(key)
+        except Exception:
+            log.warning("could not delete unreferenced blob %s", key, exc_info=True)
+
+
+def pin(db: Database, keys: Iterable[str], pin_id: int | None = None) -> int:
+    """Reference ``keys`` on behalf of an operation in progress (pin ``pin_id``, or a new
+    one), so that no deletion takes them before the operation records its own references."""
+    pin_id = pin_id if pin_id is not None else secrets.randbelow(2**31 - 2) + 1
+    with db.session(write=True) as session:
+        blobrefs.lock(session)
+        blobrefs.add(session, blobrefs.UPLOAD_PIN, pin_id, keys)
+    return pin_id
+
+
+def discard(db: Database, blobs: BlobStore, keys: Iterable[str], pin_id: int | None) -> None:
+    """Undo a failed operation: drop its pin, delete those of ``keys`` nothing refers to."""
+    candidates = set(keys)
+    try:
+        with db.session(write=True) as session:
+            blobrefs.lock(session)
+            if pin_id is not None:
+                candidates.update(blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id))
+            delete_quietly(blobs, blobrefs.unreferenced(session, candidates))
+    except Exception:
+        log.exception("could not clean up after a failed operation; blobs may leak: %s", candidates)
+
+
+class PinnedBatch:
+    """The blobs one operation stores: each pinned before it is stored.
+
+    Stores run on a few threads (hashing and fsync overlap). ``discard()`` undoes
+    everything; after success the caller releases ``pin_id`` in the transaction that adds
+    its own references.
+    """
+
+    def __init__(self, db: Database, blobs: BlobStore, workers: int = 3) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.pin_id: int | None = None
+        self.keys: set[str] = set()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="blobs")
+
+    def _pin(self, keys: Iterable[str]) -> None:
+        keys = set(keys)
+        self.pin_id = pin(self.db, keys, self.pin_id)
+        self.keys.update(keys)
+
+    def move_in_background(self, path: Path, sha256: str, size: int) -> Future[BlobRef]:
+        """Start storing ``path`` (consumed) under its known hash."""
+        self._pin([key_for(sha256)])
+        return self._pool.submit(move_in, self.blobs, path, sha256, size)
+
+    def move_files(self, paths: Mapping[str, Path]) -> dict[str, BlobRef]:
+        """Store files (consumed) and return their refs by name."""
+        names = sorted(paths)
+        hashes = list(self._pool.map(hash_file, [paths[n] for n in names]))
+        self._pin(key_for(sha) for sha, _ in hashes)
+        futures = [
+            self._pool.submit(move_in, self.blobs, paths[name], sha, size)
+            for name, (sha, size) in zip(names, hashes, strict=True)
+        ]
+        return {name: future.result() for name, future in zip(names, futures, strict=True)}
+
+    def discard(self) -> None:
+        """Wait for stores in flight, then drop the pin and every unreferenced blob."""
+        self._pool.shutdown(wait=True)
+        if self.pin_id is not None or self.keys:
+            discard(self.db, self.blobs, self.keys, self.pin_id)
+        self.pin_id, self.keys = None, set()
+
+    def close(self) -> None:
+        """Wait for stores in flight (the pin stays: the caller released or discarded it)."""
+        self._pool.shutdown(wait=True)

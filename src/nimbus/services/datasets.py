@@ -1,0 +1,306 @@
+"""Datasets: upload (ingest once, store blobs, record an immutable version), read, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from nimbus.datasets.ingest import ingest as default_ingest
+from nimbus.datasets.model import IngestLimits, IngestOptions, PreparedDataset, validate_name
+from nimbus.db import blobrefs
+from nimbus.db import datasets as repo
+from nimbus.db.engine import Database
+from nimbus.db.tables import Dataset
+from nimbus.errors import Conflict, InvalidInput, NotFound
+from nimbus.security import Principal, Role, require_role
+from nimbus.services.blobs import PinnedBatch, delete_quietly
+from nimbus.services.views import dataset_summary_view, iso, version_view
+from nimbus.storage.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+IngestFn = Callable[[Path, str, IngestOptions, IngestLimits, Path], PreparedDataset]
+SOURCE = "source"
+_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_BAD_FILENAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def content_hash(source_sha256: str, options: IngestOptions) -> str:
+    """A version's identity: the source bytes plus every option that changes the result."""
+    canonical = json.dumps(options.canonical(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((source_sha256 + canonical).encode("utf-8")).hexdigest()
+
+
+def validate_filename(filename: str) -> str:
+    """The uploaded file's base name (no directories, no control characters)."""
+    if (
+        not filename
+        or len(filename) > 255
+        or filename in (".", "..")
+        or _BAD_FILENAME_CHARS.search(filename)
+    ):
+        raise InvalidInput("invalid filename: give the file's base name (no '/', 1-255 characters)")
+    return filename
+
+
+def parse_version(text: str) -> int | None:
+    """``latest`` -> None, a positive integer -> itself; anything else is a 400."""
+    if text == "latest":
+        return None
+    if text.isdigit() and len(text) < 10 and int(text) > 0:
+        return int(text)
+    raise InvalidInput(f"invalid version {text[:40]!r}: use a positive integer or 'latest'")
+
+
+class _Duplicate(Exception):
+    """Aborts the version transaction: identical content was committed meanwhile."""
+
+    def __init__(self, view: dict[str, Any]) -> None:
+        super().__init__("duplicate version")
+        self.view = view
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    version: dict[str, Any]
+    created: bool
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    name: str
+    size: int
+    chunks: Iterator[bytes]
+
+
+class DatasetService:
+    """Datasets of every tenant; each method acts for one principal, within its tenant."""
+
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        tmp_dir: Path,
+        limits: IngestLimits | None = None,
+        ingest_fn: IngestFn | None = None,
+        max_attempts: int = 5,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.tmp_dir = Path(tmp_dir)
+        self.limits = limits or IngestLimits()
+        self.ingest_fn: IngestFn = ingest_fn or default_ingest
+        self.max_attempts = max_attempts
+
+    # -- upload -------------------------------------------------------------------------
+
+    def upload(
+        self,
+        principal: Principal,
+        name: str,
+        source_path: Path,
+        source_sha256: str,
+        filename: str,
+        options: IngestOptions,
+    ) -> UploadResult:
+        """Ingest ``source_path`` (consumed: moved into the store or deleted) as a new
+        version, or return the identical version already uploaded to this dataset.
+
+        On any failure nothing remains: no version row, no unreferenced blob, no temp file.
+        """
+        workdir: Path | None = None
+        batch = PinnedBatch(self.db, self.blobs)
+        try:
+            require_role(principal, Role.MEMBER)
+            validate_name(name, "dataset name")
+            validate_filename(filename)
+            digest = content_hash(source_sha256, options)
+            existing = self._find_existing(principal, name, digest)
+            if existing is not None:
+                return UploadResult(existing, created=False)
+            size = source_path.stat().st_size
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix="ingest-", dir=self.tmp_dir))
+            prepared = self.ingest_fn(source_path, filename, options, self.limits, workdir)
+            for file_name in prepared.files:
+                if file_name == SOURCE or not _FILE_NAME_RE.match(file_name):
+                    raise ValueError(f"ingest produced a file with a bad name: {file_name!r}")
+            # Only now that the data proved valid: store the source (moved, not copied)
+            # while the prepared files are hashed and stored.
+            source_stored = batch.move_in_background(source_path, source_sha256, size)
+            refs = batch.move_files(prepared.files)
+            source = source_stored.result()
+            files: dict[str, Any] = {SOURCE: {"key": source.key, "size": size, "name": filename}}
+            files.update({n: {"key": r.key, "size": r.size} for n, r in refs.items()})
+            assert batch.pin_id is not None
+            result = self._commit(
+                principal, name, digest, source_sha256, size, prepared, files, batch.pin_id, options
+            )
+            if not result.created:
+                batch.discard()  # identical content was committed meanwhile
+            return result
+        except BaseException:
+            batch.discard()
+            raise
+        finally:
+            batch.close()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            source_path.unlink(missing_ok=True)
+
+    def _find_existing(self, principal: Principal, name: str, digest: str) -> dict[str, Any] | None:
+        with self.db.session() as session:
+            dataset = repo.get_dataset(session, principal.tenant_id, name)
+            row = repo.find_by_content(session, dataset.id, digest) if dataset else None
+            return version_view(row, name) if row is not None else None
+
+    def _commit(
+        self,
+        principal: Principal,
+        name: str,
+        digest: str,
+        source_sha256: str,
+        size: int,
+        prepared: PreparedDataset,
+        files: dict[str, Any],
+        pin_id: int,
+        options: IngestOptions,
+    ) -> UploadResult:
+        """Record the version and its blob references in one transaction (releasing the
+        upload's pin), retrying when a concurrent upload wins a race for a number or a name.
+        When identical content was committed meanwhile, the pin is left to the caller."""
+        info = {**prepared.info(), "options": options.canonical()}
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                with self.db.session(write=True) as session:
+                    blobrefs.lock(session)
+                    dataset = repo.get_or_create_dataset(session, principal.tenant_id, name)
+                    number = repo.allocate_version_number(session, dataset)
+                    same = repo.find_by_content(session, dataset.id, digest)
+                    if same is not None:  # a concurrent identical upload won
+                        raise _Duplicate(version_view(same, name))
+                    row = repo.create_version(
+                        session,
+                        dataset_id=dataset.id,
+                        version=number,
+                        content_hash=digest,
+                        source_hash=source_sha256,
+                        task=str(prepared.task),
+                        format=str(prepared.format),
+                        size_bytes=size,
+                        info=info,
+                        files=files,
+                        created_by=principal.token_id,
+                    )
+                    keys = [entry["key"] for entry in files.values()]
+                    blobrefs.add(session, blobrefs.DATASET_VERSION, row.id, keys)
+                    blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id)
+                    return UploadResult(version_view(row, name), created=True)
+            except _Duplicate as duplicate:
+                return UploadResult(duplicate.view, created=False)
+            except IntegrityError:
+                if attempt == self.max_attempts:
+                    raise Conflict(
+                        f"dataset {name!r} is being changed concurrently; try again"
+                    ) from None
+                log.info("upload to %s lost a race (attempt %d); retrying", name, attempt)
+        raise AssertionError("unreachable")
+
+    # -- read ---------------------------------------------------------------------------
+
+    def list_datasets(self, principal: Principal) -> list[dict[str, Any]]:
+        with self.db.session() as session:
+            return [
+                dataset_summary_view(s) for s in repo.list_datasets(session, principal.tenant_id)
+            ]
+
+    def get_dataset(self, principal: Principal, name: str) -> dict[str, Any]:
+        with self.db.session() as session:
+            dataset = self._dataset(session, principal, name)
+            return {
+                "name": dataset.name,
+                "created_at": iso(dataset.created_at),
+                "versions": [
+                    version_view(r, name) for r in repo.list_versions(session, dataset.id)
+                ],
+            }
+
+    def list_versions(self, principal: Principal, name: str) -> list[dict[str, Any]]:
+        return list(self.get_dataset(principal, name)["versions"])
+
+    def get_version(self, principal: Principal, name: str, version: int | None) -> dict[str, Any]:
+        with self.db.session() as session:
+            dataset = self._dataset(session, principal, name)
+            row = repo.get_version(session, dataset.id, version)
+            if row is None:
+                raise NotFound(f"dataset {name!r} has no version {_shown(version)}")
+            return version_view(row, name)
+
+    def download(
+        self, principal: Principal, name: str, version: int | None, file: str
+    ) -> FileDownload:
+        """A file of a version, verified against its hash before the first byte is handed
+        out (CorruptBlob otherwise); the chunks are verified again as they stream."""
+        view = self.get_version(principal, name, version)
+        entry = view["files"].get(file)
+        if entry is None:
+            raise NotFound(f"{name}:{view['version']} has no file {file[:80]!r}")
+        key = entry["key"]
+        self.blobs.verify(key)
+        download_name = entry.get("name", file) if file == SOURCE else file
+        return FileDownload(download_name, int(entry["size"]), self.blobs.iter_verified(key))
+
+    # -- delete -------------------------------------------------------------------------
+
+    def delete_version(
+        self, principal: Principal, name: str, version: int | None
+    ) -> dict[str, Any]:
+        """Delete one version; blobs that nothing else refers to go with it."""
+        require_role(principal, Role.MEMBER)
+        with self.db.session(write=True) as session:
+            blobrefs.lock(session)
+            dataset = self._dataset(session, principal, name)
+            row = repo.get_version(session, dataset.id, version)
+            if row is None:
+                raise NotFound(f"dataset {name!r} has no version {_shown(version)}")
+            view = version_view(row, name)
+            orphans = blobrefs.release(session, blobrefs.DATASET_VERSION, row.id)
+            repo.delete_version(session, row)
+            delete_quietly(self.blobs, orphans)
+        return view
+
+    def delete_dataset(self, principal: Principal, name: str) -> dict[str, Any]:
+        """Delete a dataset and all its versions."""
+        require_role(principal, Role.MEMBER)
+        with self.db.session(write=True) as session:
+            blobrefs.lock(session)
+            dataset = self._dataset(session, principal, name)
+            rows = repo.list_versions(session, dataset.id)
+            orphans: set[str] = set()
+            for row in rows:
+                orphans.update(blobrefs.release(session, blobrefs.DATASET_VERSION, row.id))
+            repo.delete_dataset(session, dataset)
+            delete_quietly(self.blobs, blobrefs.unreferenced(session, orphans))
+        return {"name": name, "deleted_versions": [row.version for row in rows]}
+
+    def _dataset(self, session: Any, principal: Principal, name: str) -> Dataset:
+        validate_name(name, "dataset name")
+        dataset = repo.get_dataset(session, principal.tenant_id, name)
+        if dataset is None:
+            raise NotFound(f"dataset {name!r} not found")
+        return dataset
+
+
+def _shown(version: int | None) -> str:
+    return "(none yet)" if version is None else str(version)

@@ -1,0 +1,70 @@
+"""The command line's shape and its failures, without a server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer
+
+from nimbus.cli.app import app
+from tests.cli.conftest import Nimbus
+
+
+def leaves(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    children = getattr(command, "commands", None)
+    if children is None:
+        yield path, command
+        return
+    for name, child in children.items():
+        yield from leaves(child, (*path, name))
+
+
+def test_the_nouns_and_verbs_of_the_contract() -> None:
+    paths = {" ".join(path) for path, _ in leaves(typer.main.get_command(app))}
+    assert paths == {
+        "server", "login", "demo",
+        "tokens create", "tokens list", "tokens revoke",
+        "datasets upload", "datasets list", "datasets show", "datasets download",
+        "datasets delete",
+    }  # fmt: skip
+
+
+def test_every_command_accepts_json() -> None:
+    for path, command in leaves(typer.main.get_command(app)):
+        options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        assert "--json" in options, path
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["datasets", "upload", "digits"], 2, "Missing argument 'PATH'"),
+        (["datasets", "show"], 2, "Missing argument 'NAME[:V]'"),
+        (["datasets", "frobnicate"], 2, "No such command 'frobnicate'"),
+        (["datasets", "upload", "digits", "x.zip", "--task", "poetry"], 2, "--task"),
+        (["tokens", "create", "--name", "ci", "--role", "root"], 2, "--role"),
+        (["datasets", "show", "Digits"], 2, "invalid dataset name 'Digits'"),
+        (["datasets", "show", "digits:0"], 2, "invalid dataset reference"),
+        (["datasets", "list"], 3, "no API token"),
+        (["tokens", "list"], 3, "nimbus login"),
+    ],
+)
+def test_bad_invocations_fail_with_one_line(
+    nimbus: Nimbus, args: list[str], code: int, message: str
+) -> None:
+    result = nimbus(*args, code=code)
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_unreachable_server_is_named(nimbus: Nimbus) -> None:
+    result = nimbus("datasets", "list", "--json", code=6, env={"NIMBUS_TOKEN": "nbt_x"})
+    assert "cannot reach Nimbus at http://127.0.0.1:9" in result.stderr
+    assert "nimbus server" in result.stderr
+
+
+def test_upload_of_a_missing_file(nimbus: Nimbus) -> None:
+    result = nimbus("datasets", "upload", "digits", "nope.zip", code=2, env={"NIMBUS_TOKEN": "t"})
+    assert "no such file or directory: nope.zip" in result.stderr

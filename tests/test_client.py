@@ -1,0 +1,351 @@
+"""The SDK against in-memory transports: URLs, errors, streaming, saved logins."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import stat
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import nimbus.client
+from nimbus.client import CHUNK_SIZE, Client, DatasetRef, load_login, save_login
+from nimbus.config import Settings
+from nimbus.errors import (
+    Conflict,
+    CorruptBlob,
+    Forbidden,
+    InvalidDataset,
+    InvalidInput,
+    NimbusError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
+
+URL = "http://nimbus.test"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key in ("NIMBUS_URL", "NIMBUS_TOKEN", "NIMBUS_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    return Settings(home=tmp_path / "home")
+
+
+def make(handler: Handler, settings: Settings, token: str | None = "nbt_secret") -> Client:
+    return Client(URL, token, settings=settings, transport=httpx.MockTransport(handler))
+
+
+def version_body(name: str = "digits", version: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"dataset": name, "version": version, "content_hash": "ab" * 32, **extra}
+
+
+def test_public_names_are_pinned() -> None:
+    public = {name for name in dir(Client) if not name.startswith("_")}
+    assert public == {
+        "url", "close", "health", "whoami", "create_token", "list_tokens", "revoke_token",
+        "audit", "upload_dataset", "list_datasets", "get_dataset", "get_version",
+        "download_dataset", "delete_dataset",
+    }  # fmt: skip
+    assert set(nimbus.client.__all__) == {
+        "CHUNK_SIZE", "Client", "DatasetRef", "Progress", "Role", "load_login", "save_login",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "version", "segment"),
+    [
+        ("digits", "digits", None, "latest"),
+        ("digits:3", "digits", 3, "3"),
+        ("my.data_set-2:12", "my.data_set-2", 12, "12"),
+        ("digits:latest", "digits", "latest", "latest"),
+    ],
+)
+def test_dataset_refs_parse(text: str, name: str, version: object, segment: str) -> None:
+    ref = DatasetRef.parse(text)
+    assert (ref.name, ref.version, ref.segment) == (name, version, segment)
+
+
+@pytest.mark.parametrize("text", ["Digits", "digits:0", "digits:x", "digits:", ":1", "a:1:2", ""])
+def test_bad_dataset_refs_are_invalid_input(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        DatasetRef.parse(text)
+
+
+def test_requests_carry_the_token_and_hit_the_documented_paths(settings: Settings) -> None:
+    seen: list[tuple[str, str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path, request.headers.get("authorization")))
+        if request.url.path.endswith("/datasets"):
+            return httpx.Response(200, json={"datasets": []})
+        if request.method == "DELETE" and request.url.path == "/api/v1/datasets/digits":
+            return httpx.Response(200, json={"name": "digits", "deleted_versions": [1]})
+        return httpx.Response(200, json=version_body())
+
+    with make(handler, settings) as client:
+        client.get_version("digits")
+        client.get_version("digits:2")
+        client.get_version(DatasetRef("digits", 5))
+        client.delete_dataset("digits:2")
+        client.delete_dataset("digits")
+        assert client.list_datasets() == []
+    assert [(m, p) for m, p, _ in seen] == [
+        ("GET", "/api/v1/datasets/digits/versions/latest"),
+        ("GET", "/api/v1/datasets/digits/versions/2"),
+        ("GET", "/api/v1/datasets/digits/versions/5"),
+        ("DELETE", "/api/v1/datasets/digits/versions/2"),
+        ("DELETE", "/api/v1/datasets/digits"),
+        ("GET", "/api/v1/datasets"),
+    ]
+    assert {auth for _, _, auth in seen} == {"Bearer nbt_secret"}
+
+
+def test_a_url_without_scheme_is_refused(settings: Settings) -> None:
+    with pytest.raises(InvalidInput, match="http://HOST:PORT"):
+        Client("localhost:8600", "t", settings=settings)
+
+
+def test_health_needs_no_token_and_tokens_api(settings: Settings) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/healthz":
+            assert "authorization" not in request.headers
+            return httpx.Response(200, json={"status": "ok", "version": "0.1.0"})
+        if request.method == "POST":
+            body = json.loads(request.content)
+            assert body == {"name": "ci", "role": "viewer", "tenant": "acme"}
+            return httpx.Response(201, json={"id": "tok_1", **body, "token": "nbt_x"})
+        if request.url.path == "/api/v1/audit":
+            assert request.url.params["limit"] == "5"
+            return httpx.Response(200, json={"events": [{"id": 1}]})
+        return httpx.Response(200, json={"tokens": [{"id": "tok_1"}]})
+
+    with make(handler, settings, token=None) as anonymous:
+        assert anonymous.health()["status"] == "ok"
+        with pytest.raises(Unauthorized, match="nimbus login"):
+            anonymous.whoami()
+    with make(handler, settings) as client:
+        assert client.create_token("ci", "viewer", "acme")["token"] == "nbt_x"
+        assert client.list_tokens() == [{"id": "tok_1"}]
+        assert client.audit(5) == [{"id": 1}]
+        with pytest.raises(InvalidInput, match="role"):
+            client.create_token("ci", "root")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "cls", "exit_code"),
+    [
+        (400, "invalid_input", InvalidInput, 2),
+        (400, "invalid_dataset", InvalidDataset, 2),
+        (401, "unauthorized", Unauthorized, 3),
+        (403, "forbidden", Forbidden, 3),
+        (404, "not_found", NotFound, 4),
+        (409, "conflict", Conflict, 5),
+        (413, "payload_too_large", PayloadTooLarge, 2),
+    ],
+)
+def test_server_errors_are_rebuilt(
+    settings: Settings, status: int, code: str, cls: type[NimbusError], exit_code: int
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"error": {"code": code, "message": "nope: why"}})
+
+    with make(handler, settings) as client, pytest.raises(cls) as caught:
+        client.get_version("digits:1")
+    assert type(caught.value) is cls
+    assert caught.value.message == "nope: why"
+    assert caught.value.exit_code == exit_code
+
+
+def test_a_non_json_error_still_raises_a_nimbus_error(settings: Settings) -> None:
+    handler: Handler = lambda r: httpx.Response(502, text="<html>bad gateway")  # noqa: E731
+    with make(handler, settings) as client, pytest.raises(NimbusError, match="HTTP 502"):
+        client.list_datasets()
+
+
+@pytest.mark.parametrize(
+    ("exc", "match"),
+    [
+        (
+            httpx.ConnectError("refused"),
+            r"cannot reach Nimbus at http://nimbus.test .*nimbus server",
+        ),
+        (httpx.ReadTimeout("slow"), "did not answer in time"),
+    ],
+)
+def test_transport_failures_become_unavailable(
+    settings: Settings, exc: Exception, match: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    with make(handler, settings) as client, pytest.raises(Unavailable, match=match):
+        client.whoami()
+
+
+class RecordingTransport(httpx.BaseTransport):
+    """Reads the request body chunk by chunk, as a server would, noting the progress so far."""
+
+    def __init__(self, calls: list[tuple[int, int]]) -> None:
+        self.calls = calls
+        self.chunks: list[tuple[int, int]] = []  # (chunk size, progress calls before it)
+        self.request: httpx.Request | None = None
+        self.body = hashlib.sha256()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.request = request
+        for chunk in request.stream:  # type: ignore[union-attr]
+            self.chunks.append((len(chunk), len(self.calls)))
+            self.body.update(chunk)
+        return httpx.Response(201, json=version_body())
+
+
+def test_upload_streams_the_file_in_chunks(settings: Settings, tmp_path: Path) -> None:
+    data = bytes(range(256)) * (CHUNK_SIZE * 5 // 2 // 256)
+    path = tmp_path / "digits.zip"
+    path.write_bytes(data)
+    calls: list[tuple[int, int]] = []
+    transport = RecordingTransport(calls)
+    with Client(URL, "t", settings=settings, transport=transport) as client:
+        version = client.upload_dataset(
+            "digits",
+            path,
+            task="image-classification",
+            seed=7,
+            progress=lambda d, t: calls.append((d, t)),
+        )
+    assert version["version"] == 1
+    request = transport.request
+    assert request is not None
+    assert request.url.path == "/api/v1/datasets/digits/versions"
+    assert dict(request.url.params) == {
+        "filename": "digits.zip", "task": "image-classification", "seed": "7",
+    }  # fmt: skip
+    assert request.headers["content-length"] == str(len(data))
+    assert "transfer-encoding" not in request.headers
+    # Three chunks of at most 1 MiB, each read while the previous ones were being reported.
+    assert transport.chunks == [(CHUNK_SIZE, 0), (CHUNK_SIZE, 1), (len(data) - 2 * CHUNK_SIZE, 2)]
+    assert transport.body.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert calls == [(CHUNK_SIZE, len(data)), (2 * CHUNK_SIZE, len(data)), (len(data), len(data))]
+
+
+def test_upload_checks_its_arguments_before_sending(settings: Settings, tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing should be sent")
+
+    with make(handler, settings) as client:
+        with pytest.raises(InvalidInput, match="no such file"):
+            client.upload_dataset("digits", tmp_path / "missing.zip")
+        with pytest.raises(InvalidInput, match="dataset name"):
+            client.upload_dataset("Bad Name", tmp_path)
+        with pytest.raises(InvalidInput, match="format"):
+            client.upload_dataset("digits", tmp_path, format="gif")
+
+
+def test_a_directory_is_sent_as_a_reproducible_tar(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "mnist"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "1.png").write_bytes(b"one")
+    (folder / "b.txt").write_bytes(b"two")
+    (folder / "link").symlink_to("/etc/passwd")
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["filename"] == "mnist.tar"
+        bodies.append(request.content)
+        return httpx.Response(200, json=version_body())
+
+    with make(handler, settings) as client:
+        client.upload_dataset("mnist", folder)
+        (folder / "b.txt").touch()  # a new mtime must not change the bytes
+        client.upload_dataset("mnist", folder)
+    assert bodies[0] == bodies[1]
+    with tarfile.open(fileobj=io.BytesIO(bodies[0])) as tar:
+        assert tar.getnames() == ["a", "a/1.png", "b.txt"]
+        member = tar.extractfile("a/1.png")
+        assert member is not None and member.read() == b"one"
+
+
+def _files_server(blobs: dict[str, bytes], tamper: str | None = None) -> Handler:
+    files = {
+        name: {"key": f"sha256/{digest[:2]}/{digest}", "size": len(data)}
+        for name, data in blobs.items()
+        for digest in [hashlib.sha256(data).hexdigest()]
+    }
+    files["source"]["name"] = "digits.zip"
+    body = version_body(version=3, files=files)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/versions/latest"):
+            return httpx.Response(200, json=body)
+        name = path.rsplit("/", 1)[1]
+        assert path == f"/api/v1/datasets/digits/versions/3/files/{name}"
+        data = blobs[name]
+        return httpx.Response(200, content=data[::-1] if name == tamper else data)
+
+    return handler
+
+
+def test_download_writes_verified_files(settings: Settings, tmp_path: Path) -> None:
+    blobs = {"source": b"zip bytes", "train_x.npy": b"x" * (CHUNK_SIZE + 10)}
+    progress: list[tuple[int, int]] = []
+    with make(_files_server(blobs), settings) as client:
+        paths = client.download_dataset(
+            "digits", tmp_path / "out", progress=lambda d, t: progress.append((d, t))
+        )
+    assert [p.name for p in paths] == ["digits.zip", "train_x.npy", "version.json"]
+    assert paths[0].read_bytes() == b"zip bytes"
+    assert paths[1].read_bytes() == blobs["train_x.npy"]
+    assert json.loads(paths[2].read_text())["version"] == 3
+    total = sum(map(len, blobs.values()))
+    assert progress[-1] == (total, total)
+
+
+def test_download_refuses_bytes_that_do_not_match_their_hash(
+    settings: Settings, tmp_path: Path
+) -> None:
+    blobs = {"source": b"zip bytes", "train_x.npy": b"abc"}
+    client = make(_files_server(blobs, tamper="train_x.npy"), settings)
+    with client, pytest.raises(CorruptBlob, match=r"train_x\.npy"):
+        client.download_dataset("digits", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["digits.zip"]
+
+
+def test_login_is_saved_privately_and_used_only_for_its_url(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save_login(settings.home, URL, "nbt_saved")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_login(settings.home) == {"url": URL, "token": "nbt_saved"}
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"name": "x"})
+
+    transport = httpx.MockTransport(handler)
+    with Client(settings=settings, transport=transport) as saved:
+        assert saved.url == URL
+        saved.whoami()
+    assert seen == ["Bearer nbt_saved"]
+    # Another server (from NIMBUS_URL) never receives the saved token.
+    monkeypatch.setenv("NIMBUS_URL", "http://elsewhere.test")
+    other = Client(settings=Settings(home=settings.home), transport=transport)
+    assert other.url == "http://elsewhere.test"
+    with pytest.raises(Unauthorized):
+        other.whoami()
+    # NIMBUS_TOKEN wins over the saved one.
+    monkeypatch.setenv("NIMBUS_TOKEN", "nbt_env")
+    with Client(settings=Settings(home=settings.home), transport=transport) as env:
+        env.whoami()
+    assert seen[-1] == "Bearer nbt_env"
