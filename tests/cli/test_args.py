@@ -27,7 +27,8 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "server", "login", "demo",
         "tokens create", "tokens list", "tokens revoke",
         "datasets upload", "datasets list", "datasets show", "datasets download",
-        "datasets delete",
+        "datasets delete", "serve", "train",
+        "jobs list", "jobs show", "jobs logs", "jobs metrics", "jobs cancel", "jobs compare",
     }  # fmt: skip
 
 
@@ -49,6 +50,16 @@ def test_every_command_accepts_json() -> None:
         (["datasets", "show", "digits:0"], 2, "invalid dataset reference"),
         (["datasets", "list"], 3, "no API token"),
         (["tokens", "list"], 3, "nimbus login"),
+        (["train", "--model", "cnn"], 2, "Missing option '--dataset'"),
+        (["train", "--dataset", "digits"], 2, "Missing option '--model'"),
+        (["train", "--dataset", "digits", "--model", "cnn", "--param", "epochs"], 2, "KEY=VALUE"),
+        (["train", "--dataset", "digits", "--model", "cnn", "--deadline", "soon"], 2, "duration"),
+        (["train", "--dataset", "digits", "--model", "cnn", "--memory", "x"], 2, "memory size"),
+        (["train", "--dataset", "digits", "--model", "cnn"], 3, "no API token"),
+        (["jobs", "show"], 2, "Missing argument 'ID'"),
+        (["jobs", "compare", "job_1"], 2, "at least two job ids"),
+        (["jobs", "list", "--state", "sleeping"], 2, "--state"),
+        (["jobs", "logs", "job_1"], 3, "no API token"),
     ],
 )
 def test_bad_invocations_fail_with_one_line(

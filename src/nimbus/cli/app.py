@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from nimbus.cli import datasets, demo, login, server, tokens
+from nimbus.cli import datasets, demo, jobs, login, serve, server, tokens, train
 from nimbus.errors import NimbusError
 
 # The click that typer runs on (vendored in recent typer) is reached through its public
@@ -57,7 +57,10 @@ app.command("server")(server.server)
 app.command("login")(login.login)
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(datasets.app, name="datasets")
+app.command("train")(train.train)
+app.add_typer(jobs.app, name="jobs")
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

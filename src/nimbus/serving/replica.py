@@ -1,0 +1,111 @@
+"""One serving replica: a process serving one model version, started by the supervisor.
+
+    python -m nimbus.serving.replica --model-dir D --name N --version V (--fd FD | --port P)
+        [--admin-fd FD] [--max-batch-size B] [--max-delay-ms D] [--runtime onnx|torch]
+        [--threads T] [--public] [--token-file PATH] [--drain-seconds S]
+
+``--fd`` is a listening socket inherited from the supervisor and shared by every replica of
+the deployment; ``--port`` binds one here instead (with SO_REUSEPORT, so several replicas
+started by hand can share it too). ``--admin-fd`` is this replica's private listening socket,
+where the supervisor checks its health. SIGTERM drains (see :mod:`nimbus.serving.drain`).
+
+Unless ``--public``, every route but health needs a bearer token whose SHA-256 is in
+``NIMBUS_REPLICA_TOKEN_HASHES`` or in ``--token-file`` (see :mod:`nimbus.serving.access`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nimbus.errors import NimbusError
+from nimbus.serving.access import TOKEN_HASHES_ENV, TokenHashes, read_hashes_file
+from nimbus.serving.app import create_app, uvicorn_config
+from nimbus.serving.deployment import RUNTIMES
+from nimbus.serving.drain import DEFAULT_DRAIN_SECONDS, DrainGate, DrainingServer
+from nimbus.serving.sockets import open_listener
+
+log = logging.getLogger("nimbus.serving.replica")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nimbus.serving.replica", description="Serve one model version."
+    )
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--name", required=True, help="the model name clients use")
+    parser.add_argument("--version", default="1")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--fd", type=int, help="inherited listening socket")
+    where.add_argument("--port", type=int, help="port to bind on --host")
+    parser.add_argument("--host", default="127.0.0.1", help="with --port")
+    parser.add_argument("--admin-fd", type=int, help="inherited private health socket")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="onnx")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--public", action="store_true", help="no token needed")
+    parser.add_argument("--token-file", type=Path, help="file of allowed token hashes (0600)")
+    parser.add_argument("--tokens-id", help=argparse.SUPPRESS)  # set by the supervisor
+    parser.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS)
+    return parser
+
+
+def _auth(args: argparse.Namespace) -> TokenHashes:
+    if args.token_file is not None:
+        read_hashes_file(args.token_file)  # unreadable or unsafe: refuse to start
+    auth = TokenHashes.from_environment(dict(os.environ), args.token_file)
+    if args.token_file is None and not os.environ.get(TOKEN_HASHES_ENV):
+        log.warning("no token hashes given: every request but health will be refused")
+    return auth
+
+
+def _sockets(args: argparse.Namespace) -> list[socket.socket]:
+    if args.fd is not None:
+        shared = socket.socket(fileno=args.fd)
+    else:
+        shared = open_listener(args.host, args.port)
+    if args.admin_fd is None:
+        return [shared]
+    return [shared, socket.socket(fileno=args.admin_fd)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; a model that cannot be loaded exits non-zero."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format=f"%(asctime)s replica {os.getpid()} %(levelname)s %(message)s"
+    )
+    try:
+        auth = None if args.public else _auth(args)
+        app = create_app(
+            args.model_dir,
+            args.name,
+            args.version,
+            max_batch_size=args.max_batch_size,
+            max_delay_ms=args.max_delay_ms,
+            runtime=args.runtime,
+            threads=args.threads,
+            auth=auth,
+            public=args.public,
+        )
+        sockets = _sockets(args)
+    except (NimbusError, OSError) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, NimbusError) else 1
+    gate = DrainGate(app)
+    config = uvicorn_config(app, args.host, sockets[0].getsockname()[1])
+    config.app = gate  # the same settings, the drain gate in front
+    gc.freeze()  # the model and everything loaded so far live as long as the process
+    DrainingServer(config, gate, args.drain_seconds).run(sockets=sockets)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
