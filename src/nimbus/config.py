@@ -7,6 +7,7 @@ Nothing in the package reads the environment at import time: entry points call
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,23 @@ class Settings(BaseSettings):
     max_archive_members: int = 2_000_000
     max_image_pixels: int = 40_000_000
     max_compression_ratio: float = 200.0
+    max_code_bytes: int = 256 * 1024**2  # an uploaded training script or code archive
+
+    # Training jobs: the embedded scheduler and where its attempts run.
+    scheduler_enabled: bool = True  # false: API only (jobs queue up, nothing runs them)
+    executor: Literal["forkserver", "local"] = "forkserver"
+    executor_preload: list[str] = Field(default_factory=lambda: ["torch"])  # fork server
+    scheduler_tick_seconds: float = Field(default=0.5, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    kill_grace_seconds: float = Field(default=10.0, ge=0)
+    retry_base_seconds: float = Field(default=10.0, ge=0)  # backoff before a retry, doubling
+    tenant_job_limit: int | None = Field(default=None, ge=1)  # running jobs per tenant
+    job_module: str = "nimbus.runtime.entry"  # what an attempt runs (python -m)
+    instance_id: str | None = None  # default: generated once, kept in NIMBUS_HOME/instance-id
+    # What this node offers jobs; detected when unset. Memory as bytes or "16G".
+    capacity_cpus: float | None = Field(default=None, gt=0)
+    capacity_gpus: int | None = Field(default=None, ge=0)
+    capacity_memory: str | None = None
 
     @field_validator("home")
     @classmethod
@@ -51,6 +69,22 @@ class Settings(BaseSettings):
     @property
     def tmp_dir(self) -> Path:
         return self.home / "tmp"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Work directories of attempts: ``jobs/<job id>/<attempt id>``."""
+        return self.home / "jobs"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Blobs jobs downloaded, keyed by hash, shared by every job of this node."""
+        return self.home / "cache"
+
+    @property
+    def deployments_dir(self) -> Path:
+        """Model copies, token files and replica logs of deployments:
+        ``deployments/<tenant>/<name>/``."""
+        return self.home / "deployments"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from fastapi import Request
 
 from nimbus.config import Settings
 from nimbus.db.engine import Database
+from nimbus.jobs.capacity import Capacity
 from nimbus.services.audit import AuditService
+from nimbus.services.code import CodeService
 from nimbus.services.datasets import DatasetService
+from nimbus.services.deployments import DeploymentService
+from nimbus.services.jobs import JobService
+from nimbus.services.models import ModelService
+from nimbus.services.runner import RunnerService
 from nimbus.services.tokens import TokenService
 from nimbus.storage.blobs import BlobStore
+
+
+class Background(Protocol):
+    """Work the app runs beside serving requests (the scheduler): started when the app
+    starts, stopped when it shuts down."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -22,6 +39,14 @@ class Services:
     tokens: TokenService
     audit: AuditService
     datasets: DatasetService
+    code: CodeService
+    jobs: JobService
+    runner: RunnerService
+    capacity: Capacity
+    models: ModelService
+    deployments: DeploymentService
+    # Set when the server begins to shut down: long-lived responses (log streams) end.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 def services_of(request: Request) -> Services:

@@ -111,8 +111,10 @@ def _is_postgres(session: Session) -> bool:
 def submit(
     session: Session, tenant_id: int, spec: JobSpec, now: datetime, *,
     capacity: Capacity | None = None, created_by: str | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Job:
-    """Queue a job. With ``capacity``, a request no node could ever run is a 400."""
+    """Queue a job. With ``capacity``, a request no node could ever run is a 400.
+    ``inputs`` records what the job reads, as resolved at submit (dataset version, code)."""
     if capacity is not None:
         check_request(spec.resources, capacity)
     res = spec.resources
@@ -123,7 +125,7 @@ def submit(
         deadline_at=(now + timedelta(seconds=spec.deadline_seconds)
                      if spec.deadline_seconds else None),
         not_before=None, cancel_requested=False, log_seq=0, created_at=now,
-        created_by=created_by,
+        created_by=created_by, inputs=inputs,
     )
     session.add(row)
     session.flush()
@@ -167,6 +169,18 @@ def attempt_for_token(session: Session, token_hash: str) -> tuple[Job, Attempt] 
         .join(JobAttemptRow, JobAttemptRow.id == JobRow.current_attempt_id)
         .where(JobAttemptRow.token_hash == token_hash,
                JobAttemptRow.state == AttemptState.RUNNING.value)
+    )
+    found = session.execute(query).first()
+    return (_job(found[0]), _attempt(found[1])) if found else None
+
+
+def attempt_by_token(session: Session, token_hash: str) -> tuple[Job, Attempt] | None:
+    """The job and attempt a job-scoped token was minted for, whatever their state (so a
+    stale attempt can be told apart from an unknown token)."""
+    query = (
+        select(JobRow, JobAttemptRow)
+        .join(JobRow, JobRow.id == JobAttemptRow.job_id)
+        .where(JobAttemptRow.token_hash == token_hash)
     )
     found = session.execute(query).first()
     return (_job(found[0]), _attempt(found[1])) if found else None
@@ -574,16 +588,46 @@ def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
                       row.complete, row.created_at)
 
 
+def prune_checkpoints(session: Session, job_id: str, keep: int) -> list[int]:
+    """Delete all but the ``keep`` most advanced complete checkpoints of a job (and any
+    incomplete ones older than those); returns the ids deleted, whose blob references the
+    caller releases."""
+    rows = session.execute(
+        select(JobCheckpointRow.id, JobCheckpointRow.complete)
+        .where(JobCheckpointRow.job_id == job_id)
+        .order_by(JobCheckpointRow.step.desc(), JobCheckpointRow.id.desc())
+    ).tuples().all()
+    kept, doomed = 0, []
+    for checkpoint_id, complete in rows:
+        if complete and kept < keep:
+            kept += 1
+        elif kept >= keep:
+            doomed.append(checkpoint_id)
+    if doomed:
+        session.execute(delete(JobCheckpointRow).where(JobCheckpointRow.id.in_(doomed)))
+    return doomed
+
+
+def set_progress(session: Session, attempt_id: str, progress: dict[str, Any]) -> None:
+    """Store the latest progress a running attempt reported (fenced)."""
+    job_id, _ = _running(session, attempt_id)
+    session.execute(update(JobRow).where(JobRow.id == job_id).values(progress=progress))
+
+
 def add_artifact(session: Session, attempt_id: str, name: str, blob_key: str, size: int,
-                 now: datetime) -> None:
+                 now: datetime) -> tuple[int, list[int]]:
     """Record an output file of a running attempt (fenced); a later attempt's file of the same
-    name replaces an earlier one's."""
+    name replaces an earlier one's. Returns the new row's id and the ids of rows replaced."""
     job_id, number = _running(session, attempt_id)
-    session.execute(delete(JobArtifactRow).where(JobArtifactRow.job_id == job_id,
-                                                 JobArtifactRow.name == name))
-    session.add(JobArtifactRow(job_id=job_id, attempt_number=number, name=name,
-                               blob_key=blob_key, size=size, created_at=now))
+    old = list(session.scalars(select(JobArtifactRow.id).where(
+        JobArtifactRow.job_id == job_id, JobArtifactRow.name == name)))
+    if old:
+        session.execute(delete(JobArtifactRow).where(JobArtifactRow.id.in_(old)))
+    row = JobArtifactRow(job_id=job_id, attempt_number=number, name=name,
+                         blob_key=blob_key, size=size, created_at=now)
+    session.add(row)
     session.flush()
+    return row.id, old
 
 
 def list_artifacts(session: Session, job_id: str) -> list[dict[str, Any]]:

@@ -164,6 +164,10 @@ class JobRow(Base):
     exit_reason: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_by: Mapped[str | None] = mapped_column(String(32))
+    # Migration 0003: what the job reads, resolved at submit (a snapshot of the dataset
+    # version, the code artifact), and the latest progress its runner reported.
+    inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class JobAttemptRow(Base):
@@ -239,3 +243,118 @@ class JobArtifactRow(Base):
     blob_key: Mapped[str] = mapped_column(String(80))
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- Code artifacts (migration 0003) -----------------------------------------------------
+
+
+class CodeArtifactRow(Base):
+    """A training script (``.py``) or code directory (``.tar``) a tenant uploaded; its blob
+    is held by a blob reference owned by this row."""
+
+    __tablename__ = "code_artifacts"
+    __table_args__ = (UniqueConstraint("tenant_id", "blob_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    blob_key: Mapped[str] = mapped_column(String(80))
+    size: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(8))  # "py" or "tar"
+    entry: Mapped[str] = mapped_column(String(255))  # the script to run
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- Model registry and deployments (migration 0004) -------------------------------------
+
+
+class ModelRow(Base):
+    """A registered model: a named series of immutable versions, per tenant."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    # Highest version number ever given out: a deleted version's number is never reused.
+    last_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ModelVersionRow(Base):
+    """One registered version: the model files (held by blob references owned by this row,
+    so deleting the job keeps them) and the lineage and evaluation of the job it came from."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    version: Mapped[int]
+    job_id: Mapped[str] = mapped_column(String(32), index=True)  # no FK: jobs may go
+    dataset: Mapped[dict[str, Any]]  # {"name", "version", "content_hash"}
+    code_hash: Mapped[str | None] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]]
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]]
+    files: Mapped[dict[str, Any]]  # {file name: {"key", "size"}}
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(32))
+
+
+class ModelAliasRow(Base):
+    """An alias (``production``) naming one version of a model."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("model_id", "alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ModelAliasEventRow(Base):
+    """One move of an alias: set (``from_version`` null), moved, or removed (``version``
+    null, when its version was deleted)."""
+
+    __tablename__ = "model_alias_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int | None]
+    from_version: Mapped[int | None]
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    by: Mapped[str | None] = mapped_column(String(32))
+
+
+class DeploymentRow(Base):
+    """A served model version. ``owner`` is the control-plane instance supervising its
+    replicas; ``port``, ``pids`` and ``status`` are what it needs to adopt them after a
+    restart, kept fresh while it runs."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    model_ref: Mapped[str] = mapped_column(String(160))  # as asked: "digits@production"
+    replicas: Mapped[int]
+    max_batch_size: Mapped[int]
+    max_delay_ms: Mapped[float] = mapped_column(Float)
+    runtime: Mapped[str] = mapped_column(String(16))
+    public: Mapped[bool] = mapped_column(Boolean)
+    state: Mapped[str] = mapped_column(String(16))
+    port: Mapped[int | None]
+    pids: Mapped[list[Any]]
+    status: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(32))

@@ -1,0 +1,34 @@
+"""Code artifacts: training scripts and code directories that jobs run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from nimbus.api.auth import Member
+from nimbus.api.state import services_of
+from nimbus.api.upload import receive_upload
+from nimbus.services.datasets import validate_filename
+
+router = APIRouter(tags=["code"])
+
+
+@router.post("/code", status_code=201)
+async def upload_code(
+    principal: Member, request: Request, filename: str | None = None
+) -> dict[str, Any]:
+    """The raw body: a ``.py`` file, or a ``.tar`` of a directory with ``main.py``."""
+    services = services_of(request)
+    if filename is not None:
+        validate_filename(filename)
+    staged = await receive_upload(
+        request, services.blobs.staging_dir, services.settings.max_code_bytes
+    )
+    try:
+        return await run_in_threadpool(
+            services.code.upload, principal, staged.path, staged.sha256, filename
+        )
+    finally:
+        staged.path.unlink(missing_ok=True)

@@ -1,0 +1,116 @@
+"""Training jobs: submit, list, show, cancel, logs (JSON or server-sent events), metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from nimbus.api.auth import Member, Viewer
+from nimbus.api.state import Services, services_of
+from nimbus.errors import InvalidInput
+from nimbus.services.jobs import LOG_BATCH, SubmitRequest, chunk_view
+
+router = APIRouter(tags=["jobs"])
+
+POLL_SECONDS = 0.2
+KEEPALIVE_SECONDS = 15.0
+
+
+@router.post("/jobs", status_code=201)
+def submit_job(body: SubmitRequest, principal: Member, request: Request) -> dict[str, Any]:
+    return services_of(request).jobs.submit(principal, body)
+
+
+@router.get("/jobs")
+def list_jobs(
+    principal: Viewer, request: Request, state: str | None = None, limit: int = 100
+) -> dict[str, Any]:
+    return {"jobs": services_of(request).jobs.list_jobs(principal, state, limit)}
+
+
+@router.get("/jobs/compare")
+def compare_jobs(principal: Viewer, request: Request, ids: str = "") -> dict[str, Any]:
+    wanted = [i.strip() for i in ids.split(",") if i.strip()]
+    return {"jobs": services_of(request).jobs.compare(principal, wanted)}
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, principal: Viewer, request: Request) -> dict[str, Any]:
+    return services_of(request).jobs.get(principal, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, principal: Member, request: Request) -> dict[str, Any]:
+    return services_of(request).jobs.cancel(principal, job_id)
+
+
+@router.get("/jobs/{job_id}/metrics")
+def job_metrics(job_id: str, principal: Viewer, request: Request) -> dict[str, Any]:
+    return {"metrics": services_of(request).jobs.metrics(principal, job_id)}
+
+
+@router.get("/jobs/{job_id}/logs", response_model=None)
+def job_logs(
+    job_id: str,
+    principal: Viewer,
+    request: Request,
+    after: Annotated[int, Query(ge=0)] = 0,
+    follow: bool = False,
+    limit: Annotated[int, Query(ge=1, le=LOG_BATCH)] = LOG_BATCH,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> dict[str, Any] | StreamingResponse:
+    """JSON chunks after ``after``; with ``follow=true`` server-sent events until the job
+    ends (``Last-Event-ID`` resumes a dropped stream where it left off)."""
+    services = services_of(request)
+    if not follow:
+        return services.jobs.logs(principal, job_id, after, limit)
+    services.jobs.get(principal, job_id)  # 404 before the stream starts
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise InvalidInput("invalid Last-Event-ID header: a log seq", field="Last-Event-ID")
+        after = max(after, int(last_event_id.strip()))
+    return StreamingResponse(
+        follow_logs(services, job_id, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    """One server-sent event (data on one line: JSON escapes newlines)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def follow_logs(services: Services, job_id: str, after: int) -> AsyncIterator[bytes]:
+    """Poll the metadata store every POLL_SECONDS; ends with ``event: end`` once the job is
+    terminal and every chunk was sent, when the server stops, or when the client leaves
+    (Starlette cancels this generator on disconnect)."""
+    progress: dict[str, Any] | None = None
+    last_sent = time.monotonic()
+    while not services.stopping.is_set():
+        poll = await run_in_threadpool(services.jobs.poll, job_id, after)
+        out = [sse("log", chunk_view(c), c.seq) for c in poll.chunks]
+        if poll.chunks:
+            after = poll.chunks[-1].seq
+        if poll.progress is not None and poll.progress != progress:
+            progress = poll.progress
+            out.append(sse("progress", progress))
+        if poll.done:
+            out.append(sse("end", {"state": poll.state.value, "exit_reason": poll.exit_reason}))
+        if not out and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+            out.append(b": keep-alive\n\n")
+        if out:
+            yield b"".join(out)
+            last_sent = time.monotonic()
+        if poll.done:
+            return
+        if len(poll.chunks) < LOG_BATCH:
+            await asyncio.sleep(POLL_SECONDS)

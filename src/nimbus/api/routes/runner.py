@@ -1,0 +1,157 @@
+"""Runner routes: what a job's process calls, with its job-scoped token.
+
+Paths are under ``/runner/{attempt_id}``. JSON bodies are read with a size limit before
+they are parsed: the token lives in an environment that user code can read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from nimbus.api.auth import bearer_secret
+from nimbus.api.errors import describe_validation_error
+from nimbus.api.state import services_of
+from nimbus.api.upload import check_declared_length, receive_upload
+from nimbus.errors import InvalidInput, PayloadTooLarge
+from nimbus.services.runner import RunnerContext, validate_artifact_name
+
+PREFIX = "/runner/{attempt_id}"
+MAX_JSON_BYTES = 16 * 1024**2
+router = APIRouter(prefix=PREFIX, tags=["runner"])
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def runner_context(attempt_id: str, request: Request) -> RunnerContext:
+    """The attempt this request acts for: 401 for a wrong token, 409 for a stale attempt."""
+    secret = bearer_secret(request.headers.get("authorization"))
+    return services_of(request).runner.authenticate(secret, attempt_id)
+
+
+Runner = Annotated[RunnerContext, Depends(runner_context)]
+
+
+async def read_json(request: Request, model: type[Body]) -> Body:
+    """The body parsed as ``model``; 413 past MAX_JSON_BYTES, 400 naming a bad field."""
+    check_declared_length(request, MAX_JSON_BYTES)
+    data = bytearray()
+    try:
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_JSON_BYTES:
+                raise PayloadTooLarge(f"body over {MAX_JSON_BYTES} bytes", limit=MAX_JSON_BYTES)
+    except ClientDisconnect:
+        raise InvalidInput("the client disconnected") from None
+    try:
+        return model.model_validate(json.loads(data))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput("the request body is not valid JSON") from None
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        raise InvalidInput(describe_validation_error(errors)) from None
+
+
+class MetricsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    step: int = Field(ge=0)
+    metrics: dict[str, float]
+
+
+class ProgressBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epoch: int = Field(ge=0)
+    epochs: int = Field(ge=0)
+    batch: int = Field(ge=0)
+    batches: int = Field(ge=0)
+
+
+class ResultBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    evaluation: dict[str, Any]
+
+
+def _bytes(download_chunks: Any, size: int, headers: dict[str, str] | None = None
+           ) -> StreamingResponse:
+    return StreamingResponse(download_chunks, media_type="application/octet-stream",
+                             headers={"Content-Length": str(size), **(headers or {})})
+
+
+@router.get("/spec")
+def spec(ctx: Runner, request: Request) -> dict[str, Any]:
+    return services_of(request).runner.spec(ctx)
+
+
+@router.get("/blobs/{key:path}")
+def blob(key: str, ctx: Runner, request: Request) -> StreamingResponse:
+    """Bytes of an input of the job (its dataset version's files, its code), verified."""
+    download = services_of(request).runner.blob(ctx, key)
+    return _bytes(download.chunks, download.size)
+
+
+@router.post("/heartbeat")
+def heartbeat(ctx: Runner, request: Request) -> dict[str, bool]:
+    return services_of(request).runner.heartbeat(ctx)
+
+
+@router.post("/metrics")
+async def metrics(ctx: Runner, request: Request) -> dict[str, bool]:
+    body = await read_json(request, MetricsBody)
+    await run_in_threadpool(services_of(request).runner.metrics, ctx, body.step, body.metrics)
+    return {"ok": True}
+
+
+@router.post("/progress")
+async def progress(ctx: Runner, request: Request) -> dict[str, bool]:
+    body = await read_json(request, ProgressBody)
+    await run_in_threadpool(services_of(request).runner.progress, ctx, body.model_dump())
+    return {"ok": True}
+
+
+@router.post("/result")
+async def result(ctx: Runner, request: Request) -> dict[str, bool]:
+    body = await read_json(request, ResultBody)
+    await run_in_threadpool(services_of(request).runner.result, ctx, body.evaluation)
+    return {"ok": True}
+
+
+@router.put("/checkpoints/{step}", status_code=201)
+async def put_checkpoint(
+    ctx: Runner, request: Request, step: Annotated[int, Path(ge=0)], epoch: int | None = None
+) -> dict[str, Any]:
+    """The raw body is the checkpoint; recorded only once its bytes are stored whole."""
+    services = services_of(request)
+    staged = await receive_upload(request, services.blobs.staging_dir,
+                                  services.settings.max_upload_bytes)
+    try:
+        return await run_in_threadpool(services.runner.put_checkpoint, ctx, step, epoch,
+                                       staged.path, staged.sha256, staged.size)
+    finally:
+        staged.path.unlink(missing_ok=True)
+
+
+@router.get("/checkpoints/latest")
+def latest_checkpoint(ctx: Runner, request: Request) -> StreamingResponse:
+    """The job's latest complete checkpoint (from any attempt), or 404."""
+    step, download = services_of(request).runner.latest_checkpoint(ctx)
+    return _bytes(download.chunks, download.size, {"X-Checkpoint-Step": str(step)})
+
+
+@router.put("/artifacts/{name}", status_code=201)
+async def put_artifact(ctx: Runner, request: Request, name: str) -> dict[str, Any]:
+    """An output file of the job: spec.json, weights.safetensors, model.onnx or another
+    safe name."""
+    services = services_of(request)
+    validate_artifact_name(name)  # before a byte is stored
+    staged = await receive_upload(request, services.blobs.staging_dir,
+                                  services.settings.max_upload_bytes)
+    try:
+        return await run_in_threadpool(services.runner.put_artifact, ctx, name, staged.path,
+                                       staged.sha256, staged.size)
+    finally:
+        staged.path.unlink(missing_ok=True)

@@ -1,0 +1,288 @@
+"""The process a job attempt runs: ``python -m nimbus.runtime.entry``.
+
+It reads its environment (set by the executor), fetches the attempt's spec over the runner
+routes, downloads the dataset version's prepared files into the shared blob cache, and then
+either trains a built-in model (resuming from the job's latest checkpoint, then exporting,
+uploading and scoring it) or runs the user's script with the ``nr`` API ready. It talks to
+the control plane only over HTTP with the job token, so it runs unchanged on a remote node.
+
+Environment: ``NIMBUS_URL``, ``NIMBUS_ATTEMPT_ID``, ``NIMBUS_JOB_TOKEN``, ``NIMBUS_JOB_DIR``
+(required), ``NIMBUS_JOB_ID``, ``NIMBUS_CACHE_DIR`` (blob cache shared by the workers of a
+node; default ``NIMBUS_JOB_DIR/cache``), ``NIMBUS_HEARTBEAT_SECONDS`` (10),
+``NIMBUS_RETRY_SECONDS`` (60: how long an unreachable control plane is waited for), and with
+several workers ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``.
+Only rank 0 reports metrics and progress and uploads checkpoints, artifacts and the result;
+every rank resumes from the same checkpoint.
+
+Exit codes: 0 success; 3 (``USER_ERROR_EXIT_CODE``) the user's code or input failed, so the
+job fails without a retry; 75 this attempt was fenced (replaced by another); 76 the job was
+cancelled; 69 the control plane stayed unreachable; 2 the environment is not a job's; 1 any
+other failure (a bug or an infrastructure fault: retried).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nimbus.datasets.model import SPLITS, Task
+from nimbus.errors import InvalidInput
+from nimbus.jobs.model import USER_ERROR_EXIT_CODE
+from nimbus.registry.export import export_model
+from nimbus.runtime import api
+from nimbus.runtime.custom import ARTIFACTS, evaluate_model_dir
+from nimbus.runtime.data import DataSplits
+from nimbus.runtime.http import Heartbeat, HttpReporter, RunnerClient, RunnerStop
+from nimbus.runtime.params import validate_params
+from nimbus.runtime.trainer import train
+from nimbus.runtime.usercode import UserCodeError, run_script, unpack
+
+ENV_ERROR_EXIT_CODE = 2
+FAILURE_EXIT_CODE = 1
+
+
+@dataclass(frozen=True)
+class JobEnv:
+    """What the executor tells a job process, read once from its environment."""
+
+    url: str
+    job_id: str
+    attempt_id: str
+    token: str
+    job_dir: Path
+    cache_dir: Path
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+    heartbeat_seconds: float = 10.0
+    retry_seconds: float = 60.0
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> JobEnv:
+        missing = [
+            k
+            for k in ("NIMBUS_URL", "NIMBUS_ATTEMPT_ID", "NIMBUS_JOB_TOKEN", "NIMBUS_JOB_DIR")
+            if not env.get(k)
+        ]
+        if missing:
+            raise InvalidInput(f"not started as a job: {', '.join(missing)} not set")
+        job_dir = Path(env["NIMBUS_JOB_DIR"])
+        try:
+            return cls(
+                url=env["NIMBUS_URL"],
+                job_id=env.get("NIMBUS_JOB_ID", ""),
+                attempt_id=env["NIMBUS_ATTEMPT_ID"],
+                token=env["NIMBUS_JOB_TOKEN"],
+                job_dir=job_dir,
+                cache_dir=Path(env.get("NIMBUS_CACHE_DIR") or job_dir / "cache"),
+                rank=int(env.get("RANK", "0")),
+                world_size=int(env.get("WORLD_SIZE", "1")),
+                local_rank=int(env.get("LOCAL_RANK", "0")),
+                master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                master_port=int(env.get("MASTER_PORT", "0")),
+                heartbeat_seconds=float(env.get("NIMBUS_HEARTBEAT_SECONDS", "10")),
+                retry_seconds=float(env.get("NIMBUS_RETRY_SECONDS", "60")),
+            )
+        except ValueError as exc:
+            raise InvalidInput(f"malformed job environment: {exc}") from None
+
+
+def main(
+    environ: Mapping[str, str] | None = None,
+    *,
+    on_stop: Callable[[RunnerStop], None] | None = None,
+) -> int:
+    """Run one attempt; returns the process exit code (see the module docstring).
+
+    ``on_stop`` is called from the heartbeat thread when the job is cancelled or the attempt
+    fenced; by default it ends the process at once.
+    """
+    try:
+        env = JobEnv.from_environ(os.environ if environ is None else environ)
+    except InvalidInput as exc:
+        print(f"nimbus.runtime.entry: {exc}", file=sys.stderr)
+        return ENV_ERROR_EXIT_CODE
+    env.job_dir.mkdir(parents=True, exist_ok=True)
+    client = RunnerClient(
+        env.url, env.attempt_id, env.token, cache_dir=env.cache_dir, retry_seconds=env.retry_seconds
+    )
+    try:
+        with client, Heartbeat(client, env.heartbeat_seconds, on_stop or _exit_now):
+            run_attempt(env, client)
+        return 0
+    except RunnerStop as stop:
+        print(f"nimbus: stopping: {stop}", file=sys.stderr, flush=True)
+        return stop.exit_code
+    except UserCodeError:
+        return USER_ERROR_EXIT_CODE  # the script's traceback is already printed
+    except InvalidInput as exc:  # the same input fails the same way: do not retry
+        print(f"nimbus: {exc}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT_CODE
+    except Exception:
+        traceback.print_exc()
+        return FAILURE_EXIT_CODE
+    finally:
+        sys.stdout.flush()
+
+
+def _exit_now(stop: RunnerStop) -> None:
+    print(f"nimbus: stopping: {stop}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(stop.exit_code)
+
+
+def run_attempt(env: JobEnv, client: RunnerClient) -> None:
+    """Everything one worker of an attempt does, given its environment and runner client."""
+    spec = client.spec()
+    version = spec["dataset"]
+    what = spec["code"]["entry"] if spec.get("code") else spec["model"]
+    if env.rank == 0:
+        print(
+            f"nimbus: job {spec['job_id']} attempt {spec.get('attempt', '?')}: {what} on "
+            f"{version.get('dataset')}:{version.get('version')}"
+            + (f" with {env.world_size} workers" if env.world_size > 1 else ""),
+            flush=True,
+        )
+    with _process_group(env) as (group, device), _in_dir(env.job_dir):
+        if spec.get("code"):
+            _run_user_code(env, client, spec)  # torch.distributed is ready for it
+        else:
+            _run_builtin(env, client, spec, group, device)
+
+
+def load_data(client: RunnerClient, version: dict[str, Any], directory: Path) -> DataSplits:
+    """The dataset version's prepared splits, memory-mapped from the blob cache."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = version.get("files") or {}
+    for split in SPLITS:
+        for part in ("x", "y"):
+            name = f"{split}_{part}.npy"
+            if name not in files:
+                raise InvalidInput(f"the dataset version has no prepared file {name}")
+            # The workers of an attempt share its directory: replace links atomically.
+            tmp = directory / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(client.blob(files[name]["key"]))
+            os.replace(tmp, directory / name)
+    features = (version.get("schema") or {}).get("features")
+    return DataSplits.load(directory, Task(version["task"]), list(version["classes"]), features)
+
+
+def _run_builtin(
+    env: JobEnv, client: RunnerClient, spec: dict[str, Any], group: Any, device: torch.device
+) -> None:
+    data = load_data(client, spec["dataset"], env.job_dir / "data")
+    params = dict(spec.get("params") or {})
+    if spec.get("seed") is not None and "seed" not in params:
+        params["seed"] = spec["seed"]
+    epochs = validate_params(spec["model"], data.task, params)["epochs"]
+    reporter = HttpReporter(client, rank=env.rank, label="epoch", total_steps=epochs)
+    result = train(spec["model"], data, params, reporter, process_group=group, device=device)
+    if env.rank:
+        return
+    model_dir = env.job_dir / "model"
+    export_model(result.model, result.spec, result.example_input, model_dir)
+    _upload_model(client, model_dir)
+    if result.evaluation is not None:
+        client.result(result.evaluation)
+        print(
+            f"test accuracy {result.evaluation['accuracy']:.4f} on "
+            f"{result.evaluation['support']} examples",
+            flush=True,
+        )
+
+
+def _run_user_code(env: JobEnv, client: RunnerClient, spec: dict[str, Any]) -> None:
+    code = spec["code"]
+    code_dir = env.job_dir / ("code" if env.world_size == 1 else f"code-rank{env.rank}")
+    script = unpack(client.blob(code["key"]), code.get("entry"), code_dir, code.get("format"))
+    if spec.get("seed") is not None:
+        _seed(int(spec["seed"]))
+    session = api.Session(
+        params=api.coerce_params(spec.get("params") or {}),
+        reporter=HttpReporter(client, rank=env.rank),
+        load_data=lambda: load_data(client, spec["dataset"], env.job_dir / "data"),
+        model_dir=env.job_dir / "model",
+        rank=env.rank,
+    )
+    api.activate(session)
+    try:
+        run_script(script)
+    finally:
+        api.activate(None)
+    if env.rank:
+        return
+    evaluation = session.evaluation
+    if session.saved_model is not None:
+        _upload_model(client, session.model_dir)
+        if evaluation is None and len(session.data.test):
+            evaluation = evaluate_model_dir(session.model_dir, session.data)
+            session.reporter.log(max(session.logged_step, 1), test_accuracy=evaluation["accuracy"])
+    if evaluation is not None:
+        client.result(evaluation)
+
+
+def _upload_model(client: RunnerClient, model_dir: Path) -> None:
+    for name in ARTIFACTS:
+        client.put_artifact(name, (model_dir / name).read_bytes())
+    print(f"uploaded the model: {', '.join(ARTIFACTS)}", flush=True)
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def _process_group(env: JobEnv) -> Iterator[tuple[Any, torch.device]]:
+    """torch.distributed from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT with several workers
+    (nccl on GPUs, gloo on CPUs); yields the group (None with one worker) and the device."""
+    cuda = torch.cuda.is_available()
+    device = (
+        torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        if cuda
+        else (torch.device("cpu"))
+    )
+    if cuda:
+        torch.cuda.set_device(device)
+    if env.world_size <= 1:
+        yield None, device
+        return
+    dist.init_process_group(
+        "nccl" if cuda else "gloo",
+        init_method=f"tcp://{env.master_addr}:{env.master_port}",
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+    try:
+        yield dist.group.WORLD, device
+    finally:
+        dist.destroy_process_group()
+
+
+@contextmanager
+def _in_dir(path: Path) -> Iterator[None]:
+    saved = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(saved)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

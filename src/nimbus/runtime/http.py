@@ -1,0 +1,383 @@
+"""The job process's side of the runner routes (docs/api.md): :class:`RunnerClient`, and
+:class:`HttpReporter`, the trainer's :class:`~nimbus.runtime.reporter.Reporter` over it.
+
+Everything a job does with the control plane goes through here, over HTTP with the
+job-scoped token, so a job runs unchanged on a remote node. Failures are sorted once:
+
+- connection errors, timeouts and 5xx answers are retried with backoff for up to
+  ``retry_seconds`` (a restarting control plane must not kill a running job); after that the
+  job stops with :class:`RunnerUnavailable`. Progress and heartbeats are best effort: one
+  try, no retry, never an error.
+- 409 means this attempt was replaced (fenced): :class:`AttemptFenced`, at once.
+- other 4xx are bugs or bad input: the matching :class:`~nimbus.errors.NimbusError`.
+
+:class:`RunnerStop` and its subclasses derive from ``BaseException`` so that a user script's
+``except Exception`` cannot swallow the end of its own attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from nimbus.errors import CorruptBlob, InvalidInput, NimbusError, error_from_response
+from nimbus.runtime.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
+
+FENCED_EXIT_CODE = 75  # EX_TEMPFAIL: this attempt was replaced; its successor carries on
+CANCELLED_EXIT_CODE = 76  # the job was cancelled while it ran
+UNAVAILABLE_EXIT_CODE = 69  # EX_UNAVAILABLE: the control plane stayed out of reach
+
+BLOB_KEY_RE = re.compile(r"^sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
+BEST_EFFORT_TIMEOUT = 5.0  # a hung control plane must not stall training on a progress call
+_CHUNK = 1024 * 1024
+T = TypeVar("T")
+
+
+class RunnerStop(BaseException):
+    """Ends the job process with :attr:`exit_code` (never caught by ``except Exception``)."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class AttemptFenced(RunnerStop):
+    """The control plane answered 409: another attempt of this job is the current one."""
+
+    exit_code = FENCED_EXIT_CODE
+
+
+class CancelRequested(RunnerStop):
+    """A heartbeat said the job was cancelled."""
+
+    exit_code = CANCELLED_EXIT_CODE
+
+
+class RunnerUnavailable(RunnerStop):
+    """The control plane could not be reached for the whole retry window."""
+
+    exit_code = UNAVAILABLE_EXIT_CODE
+
+
+class _Transient(Exception):
+    """One failed try that is worth repeating."""
+
+
+class RunnerClient:
+    """The runner routes of one attempt, authenticated with its job token.
+
+    ``cache_dir`` holds downloaded blobs by content hash, shared by the workers of a node.
+    ``sleep`` and ``clock`` are injectable so retry loops can be tested step by step.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        attempt_id: str,
+        token: str,
+        *,
+        cache_dir: Path,
+        retry_seconds: float = 60.0,
+        timeout: float = 60.0,
+        progress_interval: float = 0.25,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        base = f"{url.rstrip('/')}/api/v1/runner/{quote(attempt_id, safe='')}"
+        self._http = httpx.Client(
+            base_url=base,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+        self.cache_dir = Path(cache_dir)
+        self.retry_seconds = retry_seconds
+        self.progress_interval = progress_interval
+        self._sleep, self._clock = sleep, clock
+        self._last_progress = -math.inf
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RunnerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the routes ----------------------------------------------------------------------
+
+    def spec(self) -> dict[str, Any]:
+        """The attempt's spec: model, params, seed, workers, dataset version, code."""
+        return dict(self._request("GET", "spec").json())
+
+    def heartbeat(self) -> bool:
+        """Best effort; True when the job was cancelled (False if the call failed)."""
+        response = self._try("POST", "heartbeat")
+        try:
+            return bool(response is not None and response.json().get("cancel"))
+        except (ValueError, AttributeError):
+            return False
+
+    def metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self._request("POST", "metrics", json={"step": int(step), "metrics": metrics})
+
+    def progress(self, epoch: int, epochs: int, batch: int, batches: int) -> None:
+        """Best effort, at most one call per ``progress_interval`` (the last batch always)."""
+        now = self._clock()
+        if batch < batches and now - self._last_progress < self.progress_interval:
+            return
+        self._last_progress = now
+        body = {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
+        self._try("POST", "progress", json=body)
+
+    def put_checkpoint(self, step: int, data: bytes, epoch: int | None = None) -> None:
+        params = {"epoch": int(epoch)} if epoch is not None else None
+        self._request("PUT", f"checkpoints/{int(step)}", content=data, params=params)
+
+    def latest_checkpoint(self) -> tuple[int, bytes] | None:
+        """The job's latest complete checkpoint (any attempt's) as (step, bytes), or None."""
+        response = self._request("GET", "checkpoints/latest", allow_404=True)
+        if response.status_code == 404:
+            return None
+        return int(response.headers.get("X-Checkpoint-Step", "0")), response.content
+
+    def put_artifact(self, name: str, data: bytes) -> None:
+        self._request("PUT", f"artifacts/{quote(name, safe='')}", content=data)
+
+    def result(self, evaluation: dict[str, Any]) -> None:
+        self._request("POST", "result", json={"evaluation": evaluation})
+
+    def blob(self, key: str) -> Path:
+        """The local path of blob ``key``, downloaded into the cache unless already there.
+
+        Written to a temporary name, checked against its hash, fsynced, then renamed, under
+        a lock file, so workers sharing the cache download each blob once and never read a
+        partial file.
+        """
+        match = BLOB_KEY_RE.match(key)
+        if not match or not match.group(2).startswith(match.group(1)):
+            raise InvalidInput(f"not a blob key: {key!r}")
+        path = self.cache_dir / key
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(path.with_name(path.name + ".lock")):
+            if not path.is_file():
+                self._retrying(f"GET blobs/{key}", lambda: self._download(key, path))
+        return path
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _once(
+        self, method: str, path: str, allow_404: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        return _checked(response, allow_404)
+
+    def _request(
+        self, method: str, path: str, *, allow_404: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One call, retried while the control plane is out of reach."""
+        return self._retrying(
+            f"{method} {path}", lambda: self._once(method, path, allow_404, **kwargs)
+        )
+
+    def _try(self, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
+        """One try, for calls whose loss does not matter; a 409 still fences."""
+        try:
+            return self._once(method, path, timeout=BEST_EFFORT_TIMEOUT, **kwargs)
+        except (_Transient, NimbusError):
+            return None
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        deadline: float | None = None
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except _Transient as exc:
+                now = self._clock()
+                deadline = now + self.retry_seconds if deadline is None else deadline
+                if now >= deadline:
+                    raise RunnerUnavailable(
+                        f"the control plane did not answer {what} for {self.retry_seconds:.0f} s: "
+                        f"{exc}"
+                    ) from None
+                self._sleep(min(delay * random.uniform(0.5, 1.0), deadline - now))
+                delay = min(delay * 2, 5.0)
+
+    def _download(self, key: str, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
+        digest = hashlib.sha256()
+        try:
+            with self._http.stream("GET", f"blobs/{key}") as response:
+                if response.status_code >= 300:
+                    response.read()
+                    _checked(response, allow_404=False)
+                with open(tmp, "wb") as out:
+                    for chunk in response.iter_bytes(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            if digest.hexdigest() != key.rsplit("/", 1)[1]:
+                raise CorruptBlob(f"blob {key} arrived with another content hash")
+            os.replace(tmp, path)
+        except httpx.TransportError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _checked(response: httpx.Response, allow_404: bool) -> httpx.Response:
+    """The response if it succeeded; raises what its status means otherwise."""
+    status = response.status_code
+    if status < 300 or (allow_404 and status == 404):
+        return response
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if status == 409:
+        raise AttemptFenced(f"this attempt was replaced: {_message(body, status)}")
+    if status >= 500 or status == 429:
+        error = error_from_response(status, body)
+        if isinstance(error, CorruptBlob):
+            raise error  # the stored bytes are bad: asking again will not help
+        raise _Transient(f"HTTP {status}: {_message(body, status)}")
+    raise error_from_response(status, body)
+
+
+def _message(body: Any, status: int) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", ""))
+    return f"HTTP {status}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class Heartbeat:
+    """Posts a heartbeat every ``interval`` seconds from a daemon thread while in its block.
+
+    When the job was cancelled or the attempt fenced, the main thread may be deep in a
+    training step or in user code, so ``on_stop`` is called from the heartbeat thread (the
+    job entry point ends the process there and then).
+    """
+
+    def __init__(
+        self, client: RunnerClient, interval: float, on_stop: Callable[[RunnerStop], None]
+    ) -> None:
+        self.client, self.interval, self.on_stop = client, interval, on_stop
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nimbus-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                if self.client.heartbeat():
+                    raise CancelRequested("the job was cancelled")
+            except RunnerStop as stop:
+                if not self._done.is_set():
+                    self.on_stop(stop)
+                return
+
+
+class HttpReporter:
+    """A :class:`~nimbus.runtime.reporter.Reporter` over the runner routes.
+
+    Only rank 0 reports (``log``, ``progress``, ``save_checkpoint``); every rank may load.
+    ``log`` also prints one human-readable line per step (it becomes the job log).
+    """
+
+    def __init__(
+        self,
+        client: RunnerClient,
+        *,
+        rank: int = 0,
+        label: str = "step",
+        total_steps: int | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.client, self.rank, self.label = client, rank, label
+        self.total_steps, self.echo = total_steps, echo or _print_line
+        self.last_step = 0  # of the latest checkpoint saved or loaded
+
+    def log(self, step: int, **metrics: float) -> None:
+        if self.rank:
+            return
+        finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        if finite:
+            self.client.metrics(step, finite)
+        self.echo(format_metrics(self.label, step, self.total_steps, metrics))
+
+    def progress(self, epoch: int, total_epochs: int, batch: int, total_batches: int) -> None:
+        if not self.rank:
+            self.client.progress(epoch, total_epochs, batch, total_batches)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        if self.rank:
+            return
+        epoch = state.get("epoch")
+        step = epoch if isinstance(epoch, int) and epoch > 0 else self.last_step + 1
+        self.save_at(step, state)
+
+    def save_at(self, step: int, state: dict[str, Any]) -> None:
+        """Store ``state`` as the checkpoint of ``step`` (rank 0 only)."""
+        if self.rank:
+            return
+        epoch = state.get("epoch")
+        epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+        self.client.put_checkpoint(step, checkpoint_to_bytes(state), epoch)
+        self.last_step = step
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        found = self.client.latest_checkpoint()
+        if found is None:
+            return None
+        step, data = found
+        self.last_step = step
+        if not self.rank:
+            self.echo(f"resuming from the checkpoint of {self.label} {step}")
+        return checkpoint_from_bytes(data)
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def format_metrics(label: str, step: int, total: int | None, metrics: dict[str, float]) -> str:
+    """``epoch 3/5  train_loss 0.2345  train_accuracy 0.9123``: one job log line."""
+    head = f"{label} {step}/{total}" if total else f"{label} {step}"
+    return "  ".join([head, *(f"{k} {float(v):.4g}" for k, v in metrics.items())])

@@ -1,0 +1,186 @@
+"""Code artifacts: a training script (``.py``) or a code directory (``.tar`` with ``main.py``
+at its root) that jobs run instead of a built-in model.
+
+An upload is checked before it is stored (the script compiles; the archive is a tar
+without links, special files, absolute or ``..`` paths, within size limits) and stored
+once per tenant and content. Its reference is ``code:<blob key>``; the blob is held by a
+reference owned by the tenant's code record, so it outlives every dataset deletion.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nimbus.datasets.archive import ArchiveKind, iter_files, sniff_archive
+from nimbus.datasets.model import IngestLimits
+from nimbus.db import blobrefs
+from nimbus.db import code as repo
+from nimbus.db.engine import Database
+from nimbus.db.tables import CodeArtifactRow
+from nimbus.errors import InvalidDataset, InvalidInput, NotFound
+from nimbus.security import Principal, Role, require_role
+from nimbus.services.blobs import discard, move_in, pin
+from nimbus.services.views import iso
+from nimbus.storage.blobs import BlobStore, digest_of, key_for
+
+log = logging.getLogger(__name__)
+
+REF_PREFIX = "code:"
+ENTRY = "main.py"  # what runs: the uploaded script itself, or main.py at an archive's root
+MAX_SCRIPT_BYTES = 16 * 1024**2  # one source file; compiled at upload to catch syntax errors
+MAX_ARCHIVE_MEMBERS = 50_000
+PY, TAR = "py", "tar"
+_PY_SUFFIXES = (".py",)
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def is_code_ref(model: str) -> bool:
+    return model.startswith(REF_PREFIX)
+
+
+def parse_ref(ref: str) -> str:
+    """The blob key of ``code:sha256/<2 hex>/<64 hex>``; a malformed reference is a 400."""
+    key = ref[len(REF_PREFIX):] if is_code_ref(ref) else ""
+    try:
+        digest_of(key)
+    except NotFound:
+        raise InvalidInput(
+            f"invalid code reference {ref[:100]!r}: use the 'ref' POST /api/v1/code returned "
+            "(code:sha256/...)", field="model") from None
+    return key
+
+
+def code_view(row: CodeArtifactRow) -> dict[str, Any]:
+    return {
+        "ref": REF_PREFIX + row.blob_key,
+        "sha256": digest_of(row.blob_key),
+        "size": row.size,
+        "format": row.format,
+        "entry": row.entry,
+        "created_at": iso(row.created_at),
+    }
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """What a job needs to know of its code."""
+
+    id: int
+    key: str
+    size: int
+    format: str
+    entry: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "key": self.key, "size": self.size, "format": self.format,
+                "entry": self.entry}
+
+
+def _format_of(filename: str | None, path: Path) -> str:
+    if filename is None:
+        return TAR if sniff_archive(path) in (ArchiveKind.TAR, ArchiveKind.TAR_GZ) else PY
+    lower = filename.lower()
+    if lower.endswith(_PY_SUFFIXES):
+        return PY
+    if lower.endswith(_TAR_SUFFIXES):
+        return TAR
+    raise InvalidInput(
+        f"invalid filename {filename[:100]!r}: upload a .py file or a .tar of a directory "
+        "with main.py at its root", field="filename")
+
+
+def check_source(data: bytes, name: str) -> None:
+    """A 400 naming the line unless ``data`` is UTF-8 Python source that compiles."""
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{name} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        compile(source, name, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise InvalidInput(f"{name} line {exc.lineno}: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise InvalidInput(f"{name} does not compile: {exc}") from None
+
+
+def check_script(path: Path, size: int) -> None:
+    if size > MAX_SCRIPT_BYTES:
+        raise InvalidInput(f"a script is limited to {MAX_SCRIPT_BYTES} bytes; got {size}")
+    check_source(path.read_bytes(), ENTRY)
+
+
+def check_archive(path: Path, filename: str, max_unpacked: int) -> None:
+    """Every member safe (see :mod:`nimbus.datasets.archive`), ``main.py`` at the root."""
+    if sniff_archive(path) not in (ArchiveKind.TAR, ArchiveKind.TAR_GZ):
+        raise InvalidInput(f"{filename!r} is not a tar archive")
+    limits = IngestLimits(max_unpacked_bytes=max_unpacked, max_members=MAX_ARCHIVE_MEMBERS)
+    found = False
+    try:
+        for member in iter_files(path, limits, filename):
+            if member.path == ENTRY:
+                check_source(member.read_all(MAX_SCRIPT_BYTES), ENTRY)
+                found = True
+    except InvalidDataset as exc:  # the archive helpers speak of datasets; this is code
+        raise InvalidInput(exc.message) from None
+    if not found:
+        raise InvalidInput(f"archive {filename!r} has no main.py at its root")
+
+
+class CodeService:
+    """Code artifacts of every tenant; each method acts for one principal, within its tenant."""
+
+    def __init__(self, db: Database, blobs: BlobStore, *, max_unpacked_bytes: int,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.max_unpacked_bytes = max_unpacked_bytes
+        self.clock = clock
+
+    def upload(self, principal: Principal, path: Path, sha256: str, filename: str | None
+               ) -> dict[str, Any]:
+        """Check and store the staged upload at ``path`` (consumed); returns the code view.
+        Uploading identical content again returns the existing artifact."""
+        key = key_for(sha256)
+        try:
+            require_role(principal, Role.MEMBER)
+            size = path.stat().st_size
+            kind = _format_of(filename, path)
+            if kind == PY:
+                check_script(path, size)
+            else:
+                check_archive(path, filename or "code.tar", self.max_unpacked_bytes)
+            with self.db.session() as session:
+                existing = repo.get(session, principal.tenant_id, key)
+                if existing is not None:
+                    return code_view(existing)
+            pin_id = pin(self.db, [key])
+            try:
+                move_in(self.blobs, path, sha256, size)
+                with self.db.session(write=True) as session:
+                    blobrefs.lock(session)
+                    row = repo.get(session, principal.tenant_id, key) or repo.create(
+                        session, tenant_id=principal.tenant_id, blob_key=key, size=size,
+                        format=kind, entry=ENTRY, created_by=principal.token_id,
+                        now=self.clock())
+                    blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id)
+                    view = code_view(row)
+            except BaseException:
+                discard(self.db, self.blobs, [key], pin_id)  # the transaction rolled back
+                raise
+            return view
+        finally:
+            path.unlink(missing_ok=True)
+
+    def resolve(self, principal: Principal, ref: str) -> CodeInfo:
+        """The tenant's code artifact named by ``ref`` (404 for unknown or another tenant's)."""
+        key = parse_ref(ref)
+        with self.db.session() as session:
+            row = repo.get(session, principal.tenant_id, key)
+            if row is None:
+                raise NotFound(f"code artifact {ref[:100]!r} not found: upload it first")
+            return CodeInfo(row.id, row.blob_key, row.size, row.format, row.entry)

@@ -1,0 +1,314 @@
+"""Training jobs as users see them: submit (validated up front), read, cancel, logs,
+metrics, compare.
+
+Submit resolves everything a job reads once: the dataset reference becomes a version
+(a snapshot of it is kept with the job), a code reference becomes the tenant's code
+artifact, and the parameters are checked against the model and the dataset's task.
+What the job's own process sends while it runs goes through :mod:`.runner`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nimbus.db import job_details
+from nimbus.db import jobs as repo
+from nimbus.db.engine import Database
+from nimbus.db.job_details import JobDetail
+from nimbus.db.jobs import LogChunk
+from nimbus.errors import InvalidInput, NotFound
+from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
+from nimbus.jobs.model import JobSpec, JobState, Resources, parse_duration, parse_memory
+from nimbus.runtime.params import PARAM_SCHEMAS, validate_params
+from nimbus.security import Principal, Role, require_role
+from nimbus.services.code import CodeInfo, CodeService, is_code_ref
+from nimbus.services.datasets import DatasetService, parse_version
+from nimbus.services.views import iso
+
+MAX_LIST = 1000
+MAX_COMPARE = 50
+MAX_SEED = 2**32 - 1
+LOG_BATCH = 1000
+_CODE_PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_MAX_CODE_PARAMS = 200
+
+
+class SubmitRequest(BaseModel):
+    """The body of ``POST /api/v1/jobs`` (see docs/api.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=200)
+    params: dict[str, Any] = Field(default_factory=dict)
+    cpus: float = Field(1.0, gt=0, allow_inf_nan=False)
+    gpus: int = Field(0, ge=0)
+    memory: str | int = "1G"
+    workers: int = Field(1, ge=1, le=256)
+    priority: int = Field(0, ge=-1000, le=1000)
+    max_retries: int = Field(2, ge=0, le=100)
+    deadline: str | float | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+
+
+@dataclass(frozen=True)
+class LogPoll:
+    """One look at a job for a log follower: its state (read first), then new chunks."""
+
+    state: JobState
+    exit_reason: str | None
+    progress: dict[str, Any] | None
+    chunks: list[LogChunk]
+    done: bool  # terminal, and every chunk up to now was returned
+
+
+def detect_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """NVIDIA GPUs the driver lists, narrowed by CUDA_VISIBLE_DEVICES; without importing
+    torch (the server never does)."""
+    try:
+        found = sum(1 for _ in proc.iterdir())
+    except OSError:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return found
+    return min(found, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+
+
+def node_capacity(cpus: float | None, gpus: int | None, memory: str | None) -> Capacity:
+    """This node's capacity, each value detected unless given."""
+    return detect_capacity(
+        cpus=cpus,
+        gpus=gpus if gpus is not None else detect_gpus(),
+        memory_bytes=parse_memory(memory) if memory is not None else None,
+    )
+
+
+def split_dataset_ref(ref: str) -> tuple[str, int | None]:
+    """``NAME`` (latest), ``NAME:V`` or ``NAME:latest``."""
+    name, sep, version = ref.partition(":")
+    return name, parse_version(version) if sep else None
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (anywhere inside) replaced by None: JSON has none."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def job_view(detail: JobDetail) -> dict[str, Any]:
+    """A job as docs/api.md shows it."""
+    job, inputs = detail.job, detail.inputs
+    dataset = inputs.get("dataset")
+    res = job.spec.resources
+    result = job.result or {}
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "model": job.spec.model,
+        "dataset": ({"name": dataset["dataset"], "version": dataset["version"],
+                     "content_hash": dataset["content_hash"]} if dataset else None),
+        "params": job.spec.params,
+        "resources": {"cpus": res.cpus, "gpus": res.gpus, "memory": res.memory_bytes,
+                      "workers": res.workers},
+        "priority": job.priority,
+        "max_retries": job.max_retries,
+        "attempts": job.attempts,
+        "deadline_at": iso(job.deadline_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "exit_reason": job.exit_reason,
+        "cancel_requested": job.cancel_requested,
+        "progress": detail.progress,
+        "evaluation": finite(result.get("evaluation")),
+        "artifacts": [{"name": a.name, "key": a.blob_key, "size": a.size}
+                      for a in detail.artifacts],
+        "seed": job.spec.seed,
+    }
+
+
+def _code_params(raw: dict[str, Any]) -> dict[str, Any]:
+    """A script's parameters are its own business; only their shape is checked."""
+    if len(raw) > _MAX_CODE_PARAMS:
+        raise InvalidInput(f"at most {_MAX_CODE_PARAMS} parameters", field="params")
+    for key, value in raw.items():
+        if not _CODE_PARAM_RE.match(key):
+            raise InvalidInput(f"invalid parameter name {key[:80]!r}", key=key)
+        if isinstance(value, dict):
+            raise InvalidInput(f"invalid parameter {key!r}: objects are not accepted", key=key)
+    return dict(raw)
+
+
+class JobService:
+    """Jobs of every tenant; each method acts for one principal, within its tenant."""
+
+    def __init__(
+        self, db: Database, datasets: DatasetService, code: CodeService, capacity: Capacity, *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.db = db
+        self.datasets = datasets
+        self.code = code
+        self.capacity = capacity
+        self.clock = clock
+
+    # -- submit -------------------------------------------------------------------------
+
+    def submit(self, principal: Principal, request: SubmitRequest) -> dict[str, Any]:
+        """Validate, resolve and queue a job; every refusal is a 400 naming the field (or a
+        404 for a dataset or code artifact the tenant does not have)."""
+        require_role(principal, Role.MEMBER)
+        name, number = split_dataset_ref(request.dataset)
+        version = self.datasets.get_version(principal, name, number)
+        code: CodeInfo | None = None
+        if is_code_ref(request.model):
+            code = self.code.resolve(principal, request.model)
+            params = _code_params(request.params)
+        elif request.model in PARAM_SCHEMAS:
+            params = validate_params(request.model, version["task"], request.params)
+        else:
+            raise InvalidInput(
+                f"unknown model {request.model[:100]!r}: use {', '.join(PARAM_SCHEMAS)} or a "
+                "code reference (code:sha256/...)", field="model")
+        seed = self._seed(request, params)
+        if "seed" in params or code is None:
+            params["seed"] = seed
+        resources = Resources(cpus=request.cpus, gpus=request.gpus,
+                              memory_bytes=parse_memory(request.memory), workers=request.workers)
+        check_request(resources, self.capacity)  # before the write transaction begins
+        spec = JobSpec(
+            model=request.model,
+            dataset=f"{version['dataset']}:{version['version']}",
+            params=params, resources=resources, priority=request.priority,
+            max_retries=request.max_retries,
+            deadline_seconds=(parse_duration(request.deadline)
+                              if request.deadline is not None else None),
+            seed=seed,
+        )
+        inputs = {"dataset": version, "code": code.to_dict() if code else None}
+        with self.db.session(write=True) as session:
+            job = repo.submit(session, principal.tenant_id, spec, self.clock(),
+                              created_by=principal.token_id, inputs=inputs)
+            return self._view(session, principal, job.id)
+
+    @staticmethod
+    def _seed(request: SubmitRequest, params: dict[str, Any]) -> int:
+        """The job's seed: the request's, else a ``seed`` parameter, else 0; both must agree."""
+        param = params.get("seed") if "seed" in request.params else None
+        if isinstance(param, str) and param.strip().isdigit():  # --param seed=7 from the CLI
+            param = int(param.strip())
+        if request.seed is not None and param is not None and param != request.seed:
+            raise InvalidInput(
+                f"seed {request.seed} and parameter seed {param!r} disagree; give one",
+                field="seed")
+        if request.seed is not None:
+            return request.seed
+        if isinstance(param, int) and not isinstance(param, bool) and 0 <= param <= MAX_SEED:
+            return param
+        if param is not None:
+            raise InvalidInput(f"invalid parameter 'seed' = {param!r}: use 0-{MAX_SEED}",
+                               key="seed")
+        return 0
+
+    # -- read ---------------------------------------------------------------------------
+
+    def _view(self, session: Any, principal: Principal, job_id: str) -> dict[str, Any]:
+        detail = job_details.get(session, job_id, principal.tenant_id)
+        if detail is None:
+            raise NotFound(f"job {job_id[:80]!r} not found")
+        return job_view(detail)
+
+    def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        with self.db.session() as session:
+            return self._view(session, principal, job_id)
+
+    def list_jobs(self, principal: Principal, state: str | None = None, limit: int = 100
+                  ) -> list[dict[str, Any]]:
+        """Newest first; ``state`` one state or several, comma-separated."""
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidInput(f"invalid limit {limit}: use 1-{MAX_LIST}", field="limit")
+        states = None
+        if state:
+            try:
+                states = [JobState(s.strip()) for s in state.split(",") if s.strip()]
+            except ValueError:
+                known = ", ".join(s.value for s in JobState)
+                raise InvalidInput(f"invalid state {state[:80]!r}: use {known}",
+                                   field="state") from None
+        with self.db.session() as session:
+            details = job_details.list_page(session, principal.tenant_id, states=states,
+                                            limit=limit)
+            return [job_view(d) for d in details]
+
+    def compare(self, principal: Principal, ids: list[str]) -> list[dict[str, Any]]:
+        """Several jobs side by side, in the order asked; any unknown id is a 404."""
+        if not 1 <= len(ids) <= MAX_COMPARE:
+            raise InvalidInput(f"give 1-{MAX_COMPARE} job ids", field="ids")
+        with self.db.session() as session:
+            return [self._view(session, principal, job_id) for job_id in ids]
+
+    def cancel(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        """A queued job ends at once; a running one is stopped by its scheduler."""
+        require_role(principal, Role.MEMBER)
+        with self.db.session(write=True) as session:
+            try:
+                repo.request_cancel(session, job_id, self.clock(), principal.tenant_id)
+            except NotFound:
+                raise NotFound(f"job {job_id[:80]!r} not found") from None
+            return self._view(session, principal, job_id)
+
+    def metrics(self, principal: Principal, job_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Every series by name: ``[{"step", "value", "attempt"}]`` (non-finite values null)."""
+        self.get(principal, job_id)
+        with self.db.session() as session:
+            series: dict[str, list[dict[str, Any]]] = {}
+            for m in repo.read_metrics(session, job_id):
+                series.setdefault(m.name, []).append(
+                    {"step": m.step, "value": finite(m.value), "attempt": m.attempt_number})
+            return series
+
+    # -- logs ---------------------------------------------------------------------------
+
+    def logs(self, principal: Principal, job_id: str, after: int = 0, limit: int = LOG_BATCH
+             ) -> dict[str, Any]:
+        """Chunks after ``after``; ``done`` once the job ended and nothing is left."""
+        if after < 0 or not 1 <= limit <= LOG_BATCH:
+            raise InvalidInput(f"use after >= 0 and a limit of 1-{LOG_BATCH}", field="after")
+        self.get(principal, job_id)
+        poll = self.poll(job_id, after, limit)
+        return {
+            "chunks": [chunk_view(c) for c in poll.chunks],
+            "next": poll.chunks[-1].seq if poll.chunks else after,
+            "done": poll.done,
+        }
+
+    def poll(self, job_id: str, after: int, limit: int = LOG_BATCH) -> LogPoll:
+        """The job's state, then its chunks after ``after``: read in that order, a terminal
+        state means no chunk written before it ended can be missed. Callers check access."""
+        with self.db.session() as session:
+            state = job_details.poll_state(session, job_id)
+            if state is None:
+                raise NotFound(f"job {job_id[:80]!r} not found")
+            chunks = repo.read_logs(session, job_id, after, limit)
+        job_state, exit_reason, progress = state
+        return LogPoll(job_state, exit_reason, progress, chunks,
+                       done=job_state.terminal and len(chunks) < limit)
+
+
+def chunk_view(chunk: LogChunk) -> dict[str, Any]:
+    return {"seq": chunk.seq, "attempt": chunk.attempt_number, "data": chunk.data}

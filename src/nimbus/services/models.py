@@ -1,0 +1,442 @@
+"""The model registry: register a succeeded job's model as a version, read versions, move
+aliases (with history), download files (verified), delete versions.
+
+A version's files are the job's artifacts, held from registration on by blob references
+owned by the version: deleting the job leaves the model intact. Registration checks the
+files first (:mod:`nimbus.registry.check`: hashes, spec, ONNX graph, sample inferences and,
+for built-in models, the accuracy the job recorded on its test split).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from nimbus.datasets.model import validate_name
+from nimbus.db import blobrefs, job_details
+from nimbus.db import deployments as deployment_repo
+from nimbus.db import models as repo
+from nimbus.db.engine import Database
+from nimbus.db.job_details import JobDetail
+from nimbus.db.tables import ModelAliasEventRow, ModelRow, ModelVersionRow, utcnow
+from nimbus.errors import Conflict, InvalidInput, NotFound
+from nimbus.jobs.model import JobState
+from nimbus.registry.check import MODEL_FILES, check_model_dir, recorded_accuracy
+from nimbus.security import Principal, Role, require_role
+from nimbus.services.blobs import delete_quietly
+from nimbus.services.code import is_code_ref
+from nimbus.services.jobs import finite
+from nimbus.services.views import iso
+from nimbus.storage.blobs import BlobStore, digest_of
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSION = "model_version"  # blob reference owner kind
+MAX_TEST_ROWS = 100_000  # larger test splits are not re-scored at registration
+_RESERVED_ALIASES = ("latest",)
+_DIGITS = re.compile(r"^[0-9]+$")
+
+CheckFn = Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A version of one model: a number, an alias, or the latest (both None)."""
+
+    version: int | None = None
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        if self.alias is not None:
+            return f"@{self.alias}"
+        return "latest" if self.version is None else str(self.version)
+
+
+def parse_version_ref(text: str) -> VersionRef:
+    """``3``, ``latest`` or ``@production``; anything else is a 400."""
+    if text.startswith("@"):
+        return VersionRef(alias=validate_alias(text[1:]))
+    if text == "latest":
+        return VersionRef()
+    if _DIGITS.match(text) and len(text) < 10 and int(text) > 0:
+        return VersionRef(version=int(text))
+    raise InvalidInput(
+        f"invalid version {text[:40]!r}: use a positive integer, 'latest' or '@alias'"
+    )
+
+
+def parse_model_ref(ref: str) -> tuple[str, VersionRef]:
+    """``NAME`` (latest), ``NAME:V``, ``NAME:latest`` or ``NAME@ALIAS``."""
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        return validate_name(name, "model name"), VersionRef(alias=validate_alias(alias))
+    name, sep, version = ref.partition(":")
+    validate_name(name, "model name")
+    return name, parse_version_ref(version) if sep else VersionRef()
+
+
+def validate_alias(alias: str) -> str:
+    """Aliases are names (``^[a-z0-9][a-z0-9._-]{0,62}$``), neither all digits nor
+    ``latest`` (those are version references)."""
+    validate_name(alias, "alias")
+    if _DIGITS.match(alias) or alias in _RESERVED_ALIASES:
+        raise InvalidInput(f"invalid alias {alias!r}: an alias is not a number nor 'latest'")
+    return alias
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    version: dict[str, Any]
+    created: bool
+
+
+@dataclass(frozen=True)
+class ResolvedVersion:
+    """A model version a deployment can serve."""
+
+    id: int
+    model: str
+    version: int
+    files: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    name: str
+    size: int
+    chunks: Iterator[bytes]
+
+
+def version_view(row: ModelVersionRow, model: str, aliases: list[str]) -> dict[str, Any]:
+    return {
+        "model": model,
+        "version": row.version,
+        "job": row.job_id,
+        "dataset": row.dataset,
+        "code_hash": row.code_hash,
+        "params": row.params,
+        "seed": row.seed,
+        "metrics": row.metrics,
+        "spec": row.spec,
+        "files": row.files,
+        "aliases": sorted(aliases),
+        "created_at": iso(row.created_at),
+        "created_by": row.created_by,
+    }
+
+
+def alias_event_view(event: ModelAliasEventRow) -> dict[str, Any]:
+    return {
+        "alias": event.alias,
+        "version": event.version,
+        "from_version": event.from_version,
+        "at": iso(event.at),
+        "by": event.by,
+    }
+
+
+def _lineage(detail: JobDetail) -> dict[str, Any]:
+    """Dataset, code hash, params and seed of the job, as resolved when it was submitted."""
+    job = detail.job
+    dataset = detail.inputs.get("dataset") or {}
+    if dataset:
+        ds = {"name": dataset.get("dataset"), "version": dataset.get("version"),
+              "content_hash": dataset.get("content_hash")}  # fmt: skip
+    else:
+        name, _, number = (job.spec.dataset or "").partition(":")
+        ds = {"name": name or None, "version": int(number) if number.isdigit() else None,
+              "content_hash": None}  # fmt: skip
+    code = detail.inputs.get("code")
+    return {
+        "dataset": ds,
+        "code_hash": digest_of(code["key"]) if code and code.get("key") else None,
+        "params": dict(job.spec.params),
+        "seed": job.spec.seed,
+        "metrics": finite((job.result or {}).get("evaluation")),
+    }
+
+
+class ModelService:
+    """Models of every tenant; each method acts for one principal, within its tenant."""
+
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        tmp_dir: Path,
+        check: CheckFn = check_model_dir,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.tmp_dir = Path(tmp_dir)
+        self.check = check
+        self.clock = clock
+
+    # -- register -----------------------------------------------------------------------
+
+    def register(self, principal: Principal, name: str, job_id: str) -> RegisterResult:
+        """A new version of ``name`` from a succeeded job of the caller's tenant (checked
+        first); the version already registered from that job if there is one."""
+        require_role(principal, Role.MEMBER)
+        validate_name(name, "model name")
+        with self.db.session() as session:
+            detail = job_details.get(session, job_id, principal.tenant_id)
+            existing = self._registered(session, principal, name, job_id)
+        if existing is not None:
+            return RegisterResult(existing, created=False)
+        if detail is None:
+            raise NotFound(f"job {job_id[:80]!r} not found")
+        if detail.job.state is not JobState.SUCCEEDED:
+            raise Conflict(
+                f"job {job_id} is {detail.job.state.value}: only a succeeded job's model can "
+                "be registered"
+            )
+        files = self._model_files(detail)
+        spec = self._check(detail, files)
+        for attempt in range(1, 6):
+            try:
+                return self._commit(principal, name, detail, files, spec)
+            except IntegrityError:
+                if attempt == 5:
+                    raise Conflict(f"model {name!r} is being changed concurrently") from None
+        raise AssertionError("unreachable")
+
+    def _registered(
+        self, session: Session, principal: Principal, name: str, job_id: str
+    ) -> dict[str, Any] | None:
+        model = repo.get_model(session, principal.tenant_id, name)
+        row = repo.find_by_job(session, model.id, job_id) if model is not None else None
+        return self._view(session, model, row) if model is not None and row else None
+
+    @staticmethod
+    def _model_files(detail: JobDetail) -> dict[str, dict[str, Any]]:
+        artifacts = {a.name: a for a in detail.artifacts}
+        missing = [f for f in MODEL_FILES if f not in artifacts]
+        if missing:
+            raise InvalidInput(
+                f"job {detail.job.id} has no model artifacts to register (missing "
+                f"{', '.join(missing)})",
+                field="job",
+            )
+        return {f: {"key": artifacts[f].blob_key, "size": artifacts[f].size} for f in MODEL_FILES}
+
+    def _check(self, detail: JobDetail, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Verify every blob against its hash and size, then check the model directory."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="register-", dir=self.tmp_dir) as work:
+            cache, model_dir = Path(work) / "cache", Path(work) / "model"
+            model_dir.mkdir()
+            for name, entry in files.items():
+                path = self.blobs.local_path(entry["key"], cache)  # hash-verified
+                if path.stat().st_size != int(entry["size"]):
+                    raise InvalidInput(f"{name} is not the size the job recorded")
+                (model_dir / name).symlink_to(path)
+            split = None if is_code_ref(detail.job.spec.model) else self._test_split(detail, cache)
+            accuracy = None
+            if split is not None:
+                accuracy = recorded_accuracy((detail.job.result or {}).get("evaluation"),
+                                             len(split[1]))  # fmt: skip
+            return self.check(model_dir, test_split=split, recorded_accuracy=accuracy)
+
+    def _test_split(self, detail: JobDetail, cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """The test split of the job's dataset version, if its files are still stored."""
+        files = (detail.inputs.get("dataset") or {}).get("files") or {}
+        if "test_x.npy" not in files or "test_y.npy" not in files:
+            return None
+        try:
+            paths = [
+                self.blobs.local_path(files[f]["key"], cache) for f in ("test_x.npy", "test_y.npy")
+            ]
+            x = np.load(paths[0], mmap_mode="r", allow_pickle=False)
+            y = np.load(paths[1], allow_pickle=False)
+        except (NotFound, OSError, ValueError):
+            log.info("job %s: its test split is gone; not re-scored", detail.job.id)
+            return None
+        return (x, y) if len(y) <= MAX_TEST_ROWS else None
+
+    def _commit(
+        self,
+        principal: Principal,
+        name: str,
+        detail: JobDetail,
+        files: dict[str, dict[str, Any]],
+        spec: dict[str, Any],
+    ) -> RegisterResult:
+        with self.db.session(write=True) as session:
+            blobrefs.lock(session)
+            now = self.clock()
+            current = job_details.get(session, detail.job.id, principal.tenant_id)
+            if current is None or self._artifact_keys(current) != self._artifact_keys(detail):
+                raise Conflict(f"job {detail.job.id}'s model files changed meanwhile; try again")
+            model = repo.get_or_create_model(session, principal.tenant_id, name, now)
+            same = repo.find_by_job(session, model.id, detail.job.id)
+            if same is not None:
+                return RegisterResult(self._view(session, model, same), created=False)
+            row = repo.create_version(
+                session,
+                model_id=model.id,
+                version=repo.allocate_version_number(session, model),
+                job_id=detail.job.id,
+                spec=spec,
+                files=files,
+                created_at=now,
+                created_by=principal.token_id,
+                **_lineage(detail),
+            )
+            blobrefs.add(session, MODEL_VERSION, row.id, [e["key"] for e in files.values()])
+            return RegisterResult(version_view(row, name, []), created=True)
+
+    @staticmethod
+    def _artifact_keys(detail: JobDetail) -> dict[str, str]:
+        return {a.name: a.blob_key for a in detail.artifacts if a.name in MODEL_FILES}
+
+    # -- read ---------------------------------------------------------------------------
+
+    def list_models(self, principal: Principal) -> list[dict[str, Any]]:
+        with self.db.session() as session:
+            summaries = repo.list_models(session, principal.tenant_id)
+            aliases = repo.aliases(session, [s.id for s in summaries])
+            return [
+                {
+                    "name": s.name,
+                    "latest_version": s.latest_version,
+                    "versions": s.versions,
+                    "aliases": aliases[s.id],
+                    "created_at": iso(s.created_at),
+                }
+                for s in summaries
+            ]
+
+    def get_model(self, principal: Principal, name: str) -> dict[str, Any]:
+        with self.db.session() as session:
+            model = self._model(session, principal, name)
+            aliases = repo.aliases(session, [model.id])[model.id]
+            return {
+                "name": model.name,
+                "created_at": iso(model.created_at),
+                "versions": [
+                    version_view(r, name, _names_of(aliases, r.version))
+                    for r in repo.list_versions(session, model.id)
+                ],
+                "aliases": aliases,
+                "alias_history": [
+                    alias_event_view(e) for e in repo.alias_history(session, model.id)
+                ],
+            }
+
+    def list_versions(self, principal: Principal, name: str) -> list[dict[str, Any]]:
+        return list(self.get_model(principal, name)["versions"])
+
+    def get_version(self, principal: Principal, name: str, ref: VersionRef) -> dict[str, Any]:
+        with self.db.session() as session:
+            model = self._model(session, principal, name)
+            return self._view(session, model, self._version(session, model, ref))
+
+    def resolve(self, principal: Principal, ref: str) -> ResolvedVersion:
+        """The version a model reference (``NAME:V``, ``NAME@ALIAS``, ``NAME``) names now."""
+        name, version = parse_model_ref(ref)
+        with self.db.session() as session:
+            model = self._model(session, principal, name)
+            row = self._version(session, model, version)
+            return ResolvedVersion(row.id, model.name, row.version, dict(row.files))
+
+    def download(self, principal: Principal, name: str, ref: VersionRef, file: str) -> FileDownload:
+        """A file of a version, verified against its hash before the first byte is handed
+        out (CorruptBlob otherwise), and again as it streams."""
+        view = self.get_version(principal, name, ref)
+        entry = view["files"].get(file)
+        if entry is None:
+            raise NotFound(f"{name}:{view['version']} has no file {file[:80]!r}")
+        self.blobs.verify(entry["key"])
+        return FileDownload(file, int(entry["size"]), self.blobs.iter_verified(entry["key"]))
+
+    # -- aliases ------------------------------------------------------------------------
+
+    def set_alias(
+        self, principal: Principal, name: str, alias: str, version: int
+    ) -> dict[str, Any]:
+        """Point ``alias`` at ``version`` (moving it if it named another one)."""
+        require_role(principal, Role.MEMBER)
+        validate_alias(alias)
+        with self.db.session(write=True) as session:
+            model = self._model(session, principal, name)
+            row = self._version(session, model, VersionRef(version=version))
+            now = self.clock()
+            before = repo.set_alias(session, model.id, alias, row.version, principal.token_id, now)
+            return {"model": name, "alias": alias, "version": row.version,
+                    "from_version": before}  # fmt: skip
+
+    def remove_alias(self, principal: Principal, name: str, alias: str) -> dict[str, Any]:
+        require_role(principal, Role.MEMBER)
+        validate_alias(alias)
+        with self.db.session(write=True) as session:
+            model = self._model(session, principal, name)
+            before = repo.remove_alias(session, model.id, alias, principal.token_id, self.clock())
+            if before is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+            return {"model": name, "alias": alias, "version": None, "from_version": before}
+
+    # -- delete -------------------------------------------------------------------------
+
+    def delete_version(self, principal: Principal, name: str, ref: VersionRef) -> dict[str, Any]:
+        """Delete a version no deployment serves; its aliases go with it, and so do its
+        blobs unless something else (the job, another version) still holds them."""
+        require_role(principal, Role.MEMBER)
+        with self.db.session(write=True) as session:
+            blobrefs.lock(session)
+            model = self._model(session, principal, name)
+            row = self._version(session, model, ref)
+            users = deployment_repo.users_of_version(session, row.id)
+            if users:
+                raise Conflict(
+                    f"{name}:{row.version} is served by deployment(s) {', '.join(users)}: "
+                    "delete them or move them to another version first"
+                )
+            view = self._view(session, model, row)
+            repo.remove_aliases_to(session, model.id, row.version, principal.token_id,
+                                   self.clock())  # fmt: skip
+            orphans = blobrefs.release(session, MODEL_VERSION, row.id)
+            repo.delete_version(session, row)
+            delete_quietly(self.blobs, orphans)
+        return view
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _model(self, session: Session, principal: Principal, name: str) -> ModelRow:
+        validate_name(name, "model name")
+        model = repo.get_model(session, principal.tenant_id, name)
+        if model is None:
+            raise NotFound(f"model {name!r} not found")
+        return model
+
+    def _version(self, session: Session, model: ModelRow, ref: VersionRef) -> ModelVersionRow:
+        number = ref.version
+        if ref.alias is not None:
+            number = repo.alias_version(session, model.id, ref.alias)
+            if number is None:
+                raise NotFound(f"model {model.name!r} has no alias {ref.alias!r}")
+        row = repo.get_version(session, model.id, number)
+        if row is None:
+            shown = "(none yet)" if number is None else str(number)
+            raise NotFound(f"model {model.name!r} has no version {shown}")
+        return row
+
+    def _view(self, session: Session, model: ModelRow, row: ModelVersionRow) -> dict[str, Any]:
+        aliases = repo.aliases(session, [model.id])[model.id]
+        return version_view(row, model.name, _names_of(aliases, row.version))
+
+
+def _names_of(aliases: dict[str, int], version: int) -> list[str]:
+    return [alias for alias, v in aliases.items() if v == version]

@@ -1,0 +1,227 @@
+"""What a job's own process may do, with its job-scoped token: read its spec and input
+blobs, renew its lease, report metrics, progress, checkpoints, artifacts and its result.
+
+A token is minted per attempt (see :mod:`nimbus.jobs.tokens`); only its hash is stored.
+It works only on its own attempt's routes, and only while that attempt is the job's
+running attempt: a stale attempt (replaced, ended, fenced) gets 409. Blobs a job writes
+are pinned before they are stored and then held by a reference owned by their record
+(checkpoint or artifact), so no deletion can take them in between.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nimbus.db import blobrefs, job_details
+from nimbus.db import jobs as repo
+from nimbus.db.engine import Database
+from nimbus.errors import InvalidInput, NotFound, Unauthorized
+from nimbus.jobs.model import Attempt, AttemptState, Fenced, Job, JobState
+from nimbus.jobs.tokens import TOKEN_PREFIX, hash_token
+from nimbus.services.blobs import delete_quietly, discard, move_in, pin
+from nimbus.services.jobs import finite
+from nimbus.storage.blobs import BlobStore, key_for
+
+JOB_CHECKPOINT = "job_checkpoint"  # blob reference owner kinds: the row holding the blob
+JOB_ARTIFACT = "job_artifact"
+KEEP_CHECKPOINTS = 2  # older checkpoints of a job are deleted (the latest is what resumes)
+ARTIFACT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+MODEL_FILES = ("spec.json", "weights.safetensors", "model.onnx")
+MAX_METRICS = 1000
+_TOKEN_RE = re.compile(rf"^{TOKEN_PREFIX}[A-Za-z0-9_-]{{43}}$")
+_METRIC_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./:-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class RunnerContext:
+    """The attempt a request acts for (authenticated, current)."""
+
+    job: Job
+    attempt: Attempt
+
+
+@dataclass(frozen=True)
+class BlobDownload:
+    key: str
+    size: int
+    chunks: Iterator[bytes]
+
+
+def validate_artifact_name(name: str) -> str:
+    if name not in MODEL_FILES and ("/" in name or not ARTIFACT_NAME_RE.match(name)
+                                    or ".." in name):
+        raise InvalidInput(
+            f"invalid artifact name {name[:80]!r}: use {', '.join(MODEL_FILES)} or 1-63 "
+            "characters of a-z, 0-9, '.', '_', '-'", field="name")
+    return name
+
+
+class RunnerService:
+    """Serves job processes; every method takes the :class:`RunnerContext` of
+    :meth:`authenticate`."""
+
+    def __init__(self, db: Database, blobs: BlobStore, *, lease_seconds: float,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+
+    def authenticate(self, secret: str | None, attempt_id: str) -> RunnerContext:
+        """401 unless ``secret`` is the job token of ``attempt_id``; 409 (fenced) when that
+        attempt is no longer its job's running attempt."""
+        if not secret or not _TOKEN_RE.match(secret):
+            raise Unauthorized("missing or invalid job token")
+        with self.db.session() as session:
+            found = repo.attempt_by_token(session, hash_token(secret))
+        if found is None:
+            raise Unauthorized("invalid job token")
+        job, attempt = found
+        if attempt.id != attempt_id:
+            raise Unauthorized("this job token belongs to another attempt")
+        if (attempt.state is not AttemptState.RUNNING or job.current_attempt_id != attempt.id
+                or job.state is not JobState.RUNNING):
+            raise Fenced(f"attempt {attempt.id} is no longer the job's running attempt "
+                         f"(it is {attempt.state.value})", attempt_id=attempt.id)
+        return RunnerContext(job, attempt)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _inputs(self, ctx: RunnerContext) -> dict[str, Any]:
+        with self.db.session() as session:
+            return job_details.inputs(session, ctx.job.id)
+
+    def spec(self, ctx: RunnerContext) -> dict[str, Any]:
+        """What the runtime needs to run the attempt."""
+        job, attempt = ctx.job, ctx.attempt
+        inputs = self._inputs(ctx)
+        code = inputs.get("code")
+        res = job.spec.resources
+        return {
+            "job_id": job.id,
+            "attempt_id": attempt.id,
+            "attempt": attempt.number,
+            "model": job.spec.model,
+            "params": job.spec.params,
+            "seed": job.spec.seed,
+            "workers": res.workers,
+            "resources": {"cpus": res.cpus, "gpus": res.gpus, "memory": res.memory_bytes,
+                          "workers": res.workers},
+            "dataset": inputs.get("dataset"),
+            "code": ({"key": code["key"], "entry": code["entry"], "format": code["format"],
+                      "size": code["size"]} if code else None),
+        }
+
+    def blob(self, ctx: RunnerContext, key: str) -> BlobDownload:
+        """A blob of the job's dataset version or code, verified before the first byte."""
+        inputs = self._inputs(ctx)
+        allowed = {entry["key"]: int(entry["size"])
+                   for entry in ((inputs.get("dataset") or {}).get("files") or {}).values()}
+        if inputs.get("code"):
+            allowed[inputs["code"]["key"]] = int(inputs["code"]["size"])
+        if key not in allowed:
+            raise NotFound(f"blob {key[:100]!r} is not an input of job {ctx.job.id}")
+        self.blobs.verify(key)
+        return BlobDownload(key, allowed[key], self.blobs.iter_verified(key))
+
+    def latest_checkpoint(self, ctx: RunnerContext) -> tuple[int, BlobDownload]:
+        """The job's most advanced complete checkpoint, from any of its attempts."""
+        with self.db.session() as session:
+            found = repo.latest_checkpoint(session, ctx.job.id)
+        if found is None:
+            raise NotFound(f"job {ctx.job.id} has no checkpoint yet")
+        self.blobs.verify(found.blob_key)
+        size = self.blobs.size(found.blob_key)
+        return found.step, BlobDownload(found.blob_key, size,
+                                        self.blobs.iter_verified(found.blob_key))
+
+    # -- writes -------------------------------------------------------------------------
+
+    def heartbeat(self, ctx: RunnerContext) -> dict[str, bool]:
+        """Extend the attempt's lease; tells the runtime whether to stop (cancelled)."""
+        with self.db.session(write=True) as session:
+            lease = repo.heartbeat(session, ctx.attempt.id, self.clock(), self.lease_seconds)
+        return {"cancel": lease.cancel_requested}
+
+    def metrics(self, ctx: RunnerContext, step: int, values: dict[str, float]) -> None:
+        if len(values) > MAX_METRICS:
+            raise InvalidInput(f"at most {MAX_METRICS} metrics per call", field="metrics")
+        for name in values:
+            if not _METRIC_NAME_RE.match(name):
+                raise InvalidInput(f"invalid metric name {name[:80]!r}", field="metrics")
+        with self.db.session(write=True) as session:
+            repo.add_metrics(session, ctx.attempt.id,
+                             [(step, name, float(v)) for name, v in values.items()],
+                             self.clock())
+
+    def progress(self, ctx: RunnerContext, progress: dict[str, int]) -> None:
+        with self.db.session(write=True) as session:
+            repo.set_progress(session, ctx.attempt.id, progress)
+
+    def result(self, ctx: RunnerContext, evaluation: dict[str, Any]) -> None:
+        """The job's evaluation (NaN and infinities become null)."""
+        with self.db.session(write=True) as session:
+            repo.set_result(session, ctx.attempt.id, {"evaluation": finite(evaluation)})
+
+    def put_checkpoint(self, ctx: RunnerContext, step: int, epoch: int | None, path: Path,
+                       sha256: str, size: int) -> dict[str, Any]:
+        """Store a staged checkpoint (``path`` consumed), then record it complete: a reader
+        never sees a checkpoint whose bytes are not whole. Older ones are pruned."""
+        if step < 0:
+            raise InvalidInput("a checkpoint step is >= 0", field="step")
+
+        def record(session: Any, key: str) -> list[str]:
+            checkpoint_id = repo.record_checkpoint(session, ctx.attempt.id, step=step,
+                                                   blob_key=key, now=self.clock(), epoch=epoch)
+            blobrefs.add(session, JOB_CHECKPOINT, checkpoint_id, [key])
+            orphans: list[str] = []
+            for old in repo.prune_checkpoints(session, ctx.job.id, KEEP_CHECKPOINTS):
+                orphans += blobrefs.release(session, JOB_CHECKPOINT, old)
+            return orphans
+
+        key = self._store(path, sha256, size, record)
+        return {"step": step, "key": key, "size": size}
+
+    def put_artifact(self, ctx: RunnerContext, name: str, path: Path, sha256: str, size: int
+                     ) -> dict[str, Any]:
+        """Store a staged output file (``path`` consumed) under ``name``, replacing an
+        earlier attempt's file of that name."""
+        validate_artifact_name(name)
+
+        def record(session: Any, key: str) -> list[str]:
+            artifact_id, replaced = repo.add_artifact(session, ctx.attempt.id, name, key, size,
+                                                      self.clock())
+            blobrefs.add(session, JOB_ARTIFACT, artifact_id, [key])
+            orphans: list[str] = []
+            for old in replaced:
+                orphans += blobrefs.release(session, JOB_ARTIFACT, old)
+            return orphans
+
+        key = self._store(path, sha256, size, record)
+        return {"name": name, "key": key, "size": size}
+
+    def _store(self, path: Path, sha256: str, size: int,
+               record: Callable[[Any, str], list[str]]) -> str:
+        """Pin, store, then record (``record`` adds the owner's reference and returns keys
+        it left unreferenced) and unpin in one transaction; undo everything on failure."""
+        key = key_for(sha256)
+        try:
+            pin_id = pin(self.db, [key])
+            try:
+                move_in(self.blobs, path, sha256, size)
+                with self.db.session(write=True) as session:
+                    blobrefs.lock(session)
+                    orphans = record(session, key)
+                    blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id)
+                    delete_quietly(self.blobs, blobrefs.unreferenced(session, orphans))
+            except BaseException:
+                discard(self.db, self.blobs, [key], pin_id)  # the transaction rolled back
+                raise
+            return key
+        finally:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,191 @@
+"""The job entry point running users' scripts against a fake control plane."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nimbus.jobs.model import USER_ERROR_EXIT_CODE
+from nimbus.runtime.http import CANCELLED_EXIT_CODE, FENCED_EXIT_CODE
+from tests.runtime import synthetic
+from tests.runtime.test_entry_runner import PYTHON, Harness, run_main, running
+
+TRAIN = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from torch import nn
+    from nimbus import runtime as nr
+
+    data = nr.dataset()
+    epochs = nr.params["epochs"]
+    _, height, width, channels = data.train.x.shape
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(height * width * channels, len(data.classes))
+
+        def forward(self, x):
+            return self.fc(x.flatten(1).float() / 255)
+
+
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    start = 0
+    state = nr.restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        start = state["epoch"]
+    loader = torch.utils.data.DataLoader(data.train.torch(), batch_size=8, shuffle=True)
+    for epoch in range(start + 1, epochs + 1):
+        for batch, (x, y) in enumerate(loader, 1):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            nr.progress(epoch, epochs, batch, len(loader))
+        nr.log(epoch, train_loss=loss.item())
+        nr.checkpoint({"model": model.state_dict(), "epoch": epoch})
+    nr.save_model(model, data.train.x[:4])
+    print("argv", sys.argv[1:], "cwd files", sorted(p for p in __import__("os").listdir(".")))
+    """
+)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    with running(tmp_path) as started:
+        yield started
+
+
+def test_a_script_trains_saves_and_is_scored(harness: Harness, capsys: Any) -> None:
+    runner = harness.runner
+    runner.job(synthetic.tiny_images(n=60), code=TRAIN.encode(), params={"epochs": "2"})
+    assert run_main(harness) == 0
+
+    assert set(runner.artifacts) == {"spec.json", "weights.safetensors", "model.onnx"}
+    spec = json.loads(runner.artifacts["spec.json"])
+    assert spec["architecture"] == "custom"
+    assert (
+        spec["input"]
+        == spec["onnx_input"]
+        == {"name": "input", "datatype": "UINT8", "shape": [-1, 6, 6, 3]}
+    )
+    (evaluation,) = runner.results  # scored with ONNX Runtime on the test split
+    assert evaluation["support"] == 5
+    assert [step for step, _ in runner.series("train_loss")] == [1, 2]
+    assert runner.series("test_accuracy") == [(2, evaluation["accuracy"])]
+    assert [step for step, _, _ in runner.checkpoints] == [1, 2]
+    assert runner.progress[-1]["epoch"] == 2
+    out = capsys.readouterr().out
+    assert "argv [] cwd files ['code', 'data', 'model']" in out
+
+
+def test_a_resumed_script_restores_its_checkpoint(harness: Harness) -> None:
+    runner = harness.runner
+    runner.job(synthetic.tiny_images(n=60), code=TRAIN.encode(), params={"epochs": 3})
+    runner.fence_after_checkpoints = 2
+    assert run_main(harness) == FENCED_EXIT_CODE
+    runner.fence_after_checkpoints = None
+    second = runner.new_attempt()
+    assert run_main(harness, second) == 0
+    assert [step for step, _ in runner.series("train_loss", second)] == [3]
+
+
+def test_an_exception_in_the_script_is_a_user_error(harness: Harness, capsys: Any) -> None:
+    script = "def helper():\n    raise ValueError('boom')\n\nhelper()\n"
+    harness.runner.job(synthetic.tiny_images(), code=script.encode())
+    assert run_main(harness) == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert "ValueError: boom" in err and "train.py" in err and "helper()" in err
+    assert "runpy" not in err and "usercode.py" not in err
+    assert harness.runner.results == [] and harness.runner.artifacts == {}
+
+
+@pytest.mark.parametrize(("code", "expected"), [(0, 0), (None, 0), (2, USER_ERROR_EXIT_CODE)])
+def test_system_exit(harness: Harness, code: int | None, expected: int) -> None:
+    harness.runner.job(synthetic.tiny_images(), code=f"raise SystemExit({code})".encode())
+    assert run_main(harness) == expected
+
+
+def test_a_tar_with_main_and_an_explicit_evaluation(harness: Harness) -> None:
+    main = textwrap.dedent(
+        """
+        import numpy as np
+        from helper import predict
+        from nimbus import runtime as nr
+
+        test = nr.dataset().test
+        result = nr.evaluate(test.y, predict(test.x))
+        assert result["accuracy"] == 1.0
+        """
+    )
+    helper = "def predict(x):\n    return x.reshape(len(x), -1, x.shape[-1]).sum(1).argmax(1)\n"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, text in (("main.py", main), ("helper.py", helper)):
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    harness.runner.job(synthetic.tiny_images(), code=buffer.getvalue(), entry="main.py")
+    assert run_main(harness) == 0
+    (evaluation,) = harness.runner.results
+    assert evaluation["accuracy"] == 1.0
+    assert harness.runner.artifacts == {}  # no nr.save_model: nothing to upload
+
+
+def test_user_code_cannot_swallow_the_fence(harness: Harness) -> None:
+    script = textwrap.dedent(
+        """
+        from nimbus import runtime as nr
+        try:
+            nr.log(1, loss=1.0)
+        except Exception:
+            print("swallowed")
+        raise SystemExit(0)
+        """
+    )
+    harness.runner.job(synthetic.tiny_images(), code=script.encode())
+    harness.runner.fence_on_route = "metrics"
+    assert run_main(harness) == FENCED_EXIT_CODE
+
+
+@pytest.mark.parametrize("how", ["fence", "cancel"])
+def test_the_heartbeat_stops_a_busy_script(harness: Harness, how: str) -> None:
+    runner = harness.runner
+    script = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n"
+    runner.job(synthetic.tiny_images(), code=script.encode())
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "nimbus.runtime.entry"],
+        env=harness.process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        while "sleeping" not in proc.stdout.readline():
+            assert proc.poll() is None
+        start = time.monotonic()
+        if how == "fence":
+            runner.new_attempt()
+        else:
+            runner.cancel = True
+        code = proc.wait(timeout=20)
+        assert time.monotonic() - start < 5
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert code == (FENCED_EXIT_CODE if how == "fence" else CANCELLED_EXIT_CODE)
