@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=10.0, ge=0)  # backoff before a retry, doubling
     tenant_job_limit: int | None = Field(default=None, ge=1)  # running jobs per tenant
     job_module: str = "nimbus.runtime.entry"  # what an attempt runs (python -m)
+    # The OS user attempts run as (nimbus.jobs.isolation). "auto": a server started as root
+    # runs them as the system user nimbus-job (created if missing; "nobody" without
+    # useradd), any other as itself, with a warning: keeping user code out of NIMBUS_HOME
+    # needs root. "none": the server's own user. A user name: that user, or no start.
+    job_user: str = "auto"
     instance_id: str | None = None  # default: generated once, kept in NIMBUS_HOME/instance-id
     # What this node offers jobs; detected when unset. Memory as bytes or "16G".
     capacity_cpus: float | None = Field(default=None, gt=0)

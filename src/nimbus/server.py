@@ -12,6 +12,12 @@ running attempts alone: like after a crash (SIGKILL), the next start of the same
 (its id is kept in NIMBUS_HOME/instance-id) kills what is left of them and requeues their
 jobs (:meth:`Scheduler.recover`); fencing makes every job end exactly once.
 
+Job isolation. A server started as root runs every attempt as an unprivileged user
+(``NIMBUS_JOB_USER``, default ``auto``: the system user ``nimbus-job``, created here if
+missing), and :func:`secure_home` keeps NIMBUS_HOME's secrets (admin token, database,
+blobs, deployments) out of its reach; see :mod:`nimbus.jobs.isolation`. A server that is
+not root runs jobs as itself and warns at start: isolation needs root.
+
 Deployment life cycle. :class:`~nimbus.services.deployments.DeploymentLoop` starts with the
 app: it first adopts the replicas of the deployments this instance owns (left serving by a
 previous run, stopped or crashed, on their persisted ports), then ticks their supervisors
@@ -47,10 +53,11 @@ from nimbus.api.state import Services
 from nimbus.config import Settings, load_settings
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
-from nimbus.errors import Unavailable
+from nimbus.errors import NimbusError, Unavailable
 from nimbus.jobs.executor import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.local import LocalExecutor
+from nimbus.jobs.isolation import JobUser, TenantCaches, prepare_root, resolve_job_user
 from nimbus.jobs.model import Attempt, Job
 from nimbus.jobs.runner import Scheduler, SchedulerConfig
 from nimbus.jobs.scheduling import RetryPolicy
@@ -61,6 +68,7 @@ from nimbus.storage.factory import open_object_store
 log = logging.getLogger("nimbus.server")
 ADMIN_TOKEN_FILE = "admin-token"
 INSTANCE_ID_FILE = "instance-id"
+CACHE_KEY_FILE = "cache-key"  # names the tenants' download caches (TenantCaches)
 STALE_TEMP_SECONDS = 3600
 GRACEFUL_SHUTDOWN_SECONDS = 15
 
@@ -107,13 +115,20 @@ def staging_dirs(settings: Settings) -> list[Path]:
     return [*dirs, Path(staging)] if staging is not None else dirs
 
 
-def bootstrap(settings: Settings) -> str | None:
-    """Create NIMBUS_HOME (0700), migrate the metadata store, create tenant ``default`` and,
+def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None:
+    """Create NIMBUS_HOME, migrate the metadata store, create tenant ``default`` and,
     when it has no usable admin token, one admin token: printed once to stdout and written
-    to ``$NIMBUS_HOME/admin-token`` (0600). Returns the new secret, or None."""
+    to ``$NIMBUS_HOME/admin-token`` (0600). Returns the new secret, or None.
+
+    Then lays out NIMBUS_HOME for jobs running as ``job_user`` (:func:`secure_home`)."""
     home = settings.home
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.tmp_dir.mkdir(mode=0o700, exist_ok=True)
+    database = home / "nimbus.db"
+    if settings.resolved_database_url == f"sqlite:///{database}":
+        # SQLite gives its -wal and -shm files the database file's mode: make that 0600
+        # before SQLite creates the file with the umask's.
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
     for directory in staging_dirs(settings):
         remove_stale_temp_files(directory)
     db = Database(settings.resolved_database_url)
@@ -126,7 +141,32 @@ def bootstrap(settings: Settings) -> str | None:
         write_secret(home / ADMIN_TOKEN_FILE, secret)
         print(f"admin token: {secret}", flush=True)
         print(f"(saved to {home / ADMIN_TOKEN_FILE}; it is not shown again)", flush=True)
+    secure_home(settings, job_user)
     return secret
+
+
+def secure_home(settings: Settings, job_user: JobUser | None) -> None:
+    """Modes of NIMBUS_HOME, set on every start (installs made before are fixed too).
+
+    Everything in it is the server's alone: directories 0700 (blobs, tmp, deployments,
+    logs), files 0600 (admin-token, nimbus.db and its -wal and -shm, instance-id,
+    cache-key, config). When jobs run as ``job_user``, NIMBUS_HOME, ``jobs/`` and
+    ``cache/`` are 0711 so jobs can reach their work directory and their tenant's cache
+    (paths they cannot list: see :mod:`nimbus.jobs.isolation`); otherwise 0700.
+    """
+    home = settings.home
+    os.chmod(home, 0o711 if job_user is not None else 0o700)
+    settings.deployments_dir.mkdir(mode=0o700, exist_ok=True)  # its parents=True mkdir: 0755
+    passable = {settings.jobs_dir.name, settings.cache_dir.name}
+    for entry in home.iterdir():
+        if entry.name in passable or entry.is_symlink():
+            continue
+        with contextlib.suppress(FileNotFoundError):  # a temporary file renamed meanwhile
+            os.chmod(entry, 0o700 if entry.is_dir() else 0o600)
+    prepare_root(settings.jobs_dir, job_user)
+    prepare_root(settings.cache_dir, job_user)
+    # Before per-tenant caches, one cache shared by every job sat at cache/sha256/.
+    shutil.rmtree(settings.cache_dir / "sha256", ignore_errors=True)
 
 
 def instance_id(settings: Settings) -> str:
@@ -135,16 +175,27 @@ def instance_id(settings: Settings) -> str:
     restart gives up (requeues) the attempts leased to it that it no longer runs."""
     if settings.instance_id:
         return settings.instance_id
-    path = settings.home / INSTANCE_ID_FILE
+    return _kept(settings.home / INSTANCE_ID_FILE,
+                 lambda: f"{socket.gethostname()[:60]}-{secrets.token_hex(6)}")
+
+
+def cache_key(settings: Settings) -> bytes:
+    """The secret that names the tenants' download caches, made on first start and kept
+    in NIMBUS_HOME/cache-key (0600): the names stay the same across restarts."""
+    return bytes.fromhex(_kept(settings.home / CACHE_KEY_FILE, lambda: secrets.token_hex(32)))
+
+
+def _kept(path: Path, make: Callable[[], str]) -> str:
+    """The value in ``path`` (0600), or ``make()`` written there if there is none yet."""
     with contextlib.suppress(FileNotFoundError):
         if existing := path.read_text().strip():
             return existing
-    made = f"{socket.gethostname()[:60]}-{secrets.token_hex(6)}"
-    fd, tmp = tempfile.mkstemp(dir=settings.home, prefix=f".{INSTANCE_ID_FILE}-")
+    made = make()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     with os.fdopen(fd, "w") as out:
         out.write(made + "\n")
     try:
-        os.link(tmp, path)  # never replaces an id another process wrote meanwhile
+        os.link(tmp, path)  # never replaces a value another process wrote meanwhile
     except FileExistsError:
         made = path.read_text().strip()
     finally:
@@ -164,13 +215,17 @@ def own_url(host: str, port: int) -> str:
 class NodeExecutor:
     """The executor attempts run on: created on first use (or by :meth:`warm`, off the
     request path: a fork server imports torch first), and adding this node's variables
-    (``NIMBUS_CACHE_DIR``) to every attempt's environment."""
+    (``extra_env``; ``NIMBUS_CACHE_DIR``, the tenant's download cache from ``caches``) to
+    every attempt's environment. Attempts run as ``run_as``, the fallback's too."""
 
     def __init__(self, factory: Callable[[], Executor], jobs_root: Path,
-                 extra_env: Mapping[str, str]) -> None:
+                 extra_env: Mapping[str, str], *, run_as: JobUser | None = None,
+                 caches: TenantCaches | None = None) -> None:
         self.factory = factory
         self.jobs_root = jobs_root
         self.extra_env = dict(extra_env)
+        self.run_as = run_as
+        self.caches = caches
         self._inner: Executor | None = None
 
     def warm(self) -> Executor:
@@ -179,11 +234,14 @@ class NodeExecutor:
                 self._inner = self.factory()
             except Exception:
                 log.exception("could not start the configured executor; using 'local'")
-                self._inner = LocalExecutor(self.jobs_root)
+                self._inner = LocalExecutor(self.jobs_root, run_as=self.run_as)
         return self._inner
 
     def start(self, launch: AttemptLaunch) -> Handle:
-        env = {**self.extra_env, **launch.extra_env}
+        env = dict(self.extra_env)
+        if self.caches is not None:
+            env["NIMBUS_CACHE_DIR"] = str(self.caches.dir_for(launch.tenant_id))
+        env.update(launch.extra_env)
         return self.warm().start(dataclasses.replace(launch, extra_env=env))
 
     def poll(self, handle: Handle) -> ExitStatus | None:
@@ -194,7 +252,8 @@ class NodeExecutor:
 
     def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
         # Orphans are found in /proc, whichever executor started them.
-        inner = self._inner if self._inner is not None else LocalExecutor(self.jobs_root)
+        inner = (self._inner if self._inner is not None
+                 else LocalExecutor(self.jobs_root, run_as=self.run_as))
         return inner.reap_orphans(should_kill)
 
     def close(self) -> None:
@@ -219,17 +278,19 @@ class SchedulerThread:
         self._lock: IO[str] | None = None
 
     @classmethod
-    def build(cls, settings: Settings, services: Services) -> SchedulerThread:
-        """The scheduler of this node, as the settings describe it."""
+    def build(cls, settings: Settings, services: Services,
+              job_user: JobUser | None = None) -> SchedulerThread:
+        """The scheduler of this node, as the settings describe it, its attempts running
+        as ``job_user`` (None: as this process's user)."""
         node = instance_id(settings)
-        jobs_root, cache = settings.jobs_dir, settings.cache_dir
-        for directory in (jobs_root, cache):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        jobs_root = settings.jobs_dir
+        prepare_root(jobs_root, job_user)
+        caches = TenantCaches(settings.cache_dir, cache_key(settings), job_user)
         executor = NodeExecutor(
             lambda: make_executor(settings.executor, jobs_root,
                                   preload=tuple(settings.executor_preload),
-                                  grace_seconds=settings.kill_grace_seconds),
-            jobs_root, {"NIMBUS_CACHE_DIR": str(cache)})
+                                  grace_seconds=settings.kill_grace_seconds, run_as=job_user),
+            jobs_root, {}, run_as=job_user, caches=caches)
         config = SchedulerConfig(
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.lease_seconds / 3,
@@ -251,7 +312,8 @@ class SchedulerThread:
     def start(self) -> None:
         """Take the instance's lock, then recover and tick in a thread (start returns at
         once: the executor warms up there, not on the server's start-up path)."""
-        lock = self.lock_path.open("a")
+        lock = os.fdopen(os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                         "a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -310,9 +372,13 @@ def run(settings: Settings) -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    bootstrap(settings)
+    # Who jobs run as is settled first: NIMBUS_HOME's layout depends on it.
+    job_user = (resolve_job_user(settings.job_user, [_nearest_dir(settings.home.parent)])
+                if settings.scheduler_enabled else None)
+    bootstrap(settings, job_user)
     services = build_services(settings)
-    background = [SchedulerThread.build(settings, services)] if settings.scheduler_enabled else []
+    background = ([SchedulerThread.build(settings, services, job_user)]
+                  if settings.scheduler_enabled else [])
     deployments = DeploymentLoop(services.deployments, instance_id(settings))
     app = create_app(settings, services, [*background, deployments])
     config = uvicorn.Config(
@@ -338,6 +404,13 @@ def _ignore(signum: int, frame: object) -> None:
     """Signal handler that does nothing."""
 
 
+def _nearest_dir(path: Path) -> Path:
+    """``path``, or its closest ancestor that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nimbus.server", description="Nimbus control plane")
     parser.add_argument("--host", default=None, help="address to listen on (NIMBUS_HOST)")
@@ -348,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(settings)
     except KeyboardInterrupt:
         sys.exit(130)
+    except NimbusError as exc:  # a setting that cannot work (job_user): say so, no traceback
+        sys.exit(f"nimbus.server: {exc}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class AttemptLaunch:
     resources: Resources = field(default_factory=Resources)
     extra_env: Mapping[str, str] = field(default_factory=dict)  # set by the caller, not copied
     output: OutputSink | None = None
+    tenant_id: int | None = None  # whose job: picks the tenant's download cache
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.executor import AttemptLaunch, Executor, Handle, OutputSink, Program
+from nimbus.jobs.isolation import prepare_workdir
 from nimbus.jobs.model import Attempt, AttemptState, Claim, Fenced, Job
 from nimbus.jobs.scheduling import Decision, Outcome, RetryPolicy
 
@@ -169,7 +170,7 @@ class Scheduler:
     def _launch(self, claim: Claim) -> AttemptLaunch:
         job, attempt = claim.job, claim.attempt
         workdir = self.jobs_root / job.id / attempt.id
-        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_workdir(self.jobs_root, workdir, None)  # the executor hands it to the job user
         described = {"job_id": job.id, "attempt_id": attempt.id, "attempt_number": attempt.number,
                      "spec": job.spec.to_dict()}
         (workdir / "job.json").write_text(json.dumps(described, indent=1))
@@ -177,7 +178,7 @@ class Scheduler:
             job_id=job.id, attempt_id=attempt.id, attempt_number=attempt.number,
             token=claim.token, program=self.launch_fn(job, attempt), workdir=workdir,
             nimbus_url=self.config.nimbus_url, resources=job.resources,
-            output=self._log_sink(attempt.id),
+            output=self._log_sink(attempt.id), tenant_id=job.tenant_id,
         )
 
     def _log_sink(self, attempt_id: str) -> OutputSink:

@@ -26,6 +26,7 @@ from nimbus.jobs.executor import (
     OutputPump,
     scrubbed_env,
 )
+from nimbus.jobs.isolation import JobUser, prepare_root, prepare_workdir, retire_workdir
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +61,28 @@ class GroupHandle:
     """One attempt's workers."""
 
     attempt_id: str
+    workdir: Path
     workers: list[Worker] = field(default_factory=list)
     kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
     failure: ExitStatus | None = None  # the first worker failure, the attempt's status
 
 
 class ProcessExecutor:
-    """Runs each worker of an attempt as a process in its own session."""
+    """Runs each worker of an attempt as a process in its own session; as ``run_as`` (see
+    :mod:`nimbus.jobs.isolation`), which owns the attempt's work directory while it runs,
+    when given (the server must then be root)."""
 
     def __init__(self, jobs_root: Path, *, base_env: Mapping[str, str] | None = None,
-                 grace_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 grace_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 run_as: JobUser | None = None) -> None:
         self.jobs_root = Path(jobs_root)
         self.base_env = dict(base_env) if base_env is not None else default_base_env()
         self.grace_seconds = grace_seconds
         self.clock = clock
+        self.run_as = run_as
         self._handles: dict[str, GroupHandle] = {}
+        if run_as is not None:
+            prepare_root(self.jobs_root, run_as)
 
     # -- what subclasses provide ------------------------------------------------------------
 
@@ -89,10 +97,10 @@ class ProcessExecutor:
     # -- the Executor protocol --------------------------------------------------------------
 
     def start(self, launch: AttemptLaunch) -> Handle:
-        launch.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_workdir(self.jobs_root, launch.workdir, self.run_as)
         world = launch.resources.workers
         port = free_port() if world > 1 else None
-        handle = GroupHandle(launch.attempt_id)
+        handle = GroupHandle(launch.attempt_id, launch.workdir)
         try:
             for rank in range(world):
                 env = scrubbed_env(launch, base=self.base_env, rank=rank, world_size=world,
@@ -108,6 +116,7 @@ class ProcessExecutor:
             for worker in handle.workers:  # reap them, or they stay zombies
                 while self._reap(worker) is None and time.monotonic() < deadline:
                     time.sleep(0.01)
+            retire_workdir(launch.workdir, self.run_as)
             raise
         self._handles[launch.attempt_id] = handle
         return handle
@@ -129,6 +138,7 @@ class ProcessExecutor:
         for worker in group.workers:
             worker.pump.join(timeout=2.0)  # output held open by an escaped process is dropped
         self._handles.pop(group.attempt_id, None)
+        retire_workdir(group.workdir, self.run_as)
         return group.failure or ExitStatus(0)
 
     def kill(self, handle: Handle) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from nimbus.errors import Unavailable
 from nimbus.jobs.executor import AttemptLaunch, ExitStatus
 from nimbus.jobs.executors.base import ProcessExecutor, Worker
+from nimbus.jobs.isolation import JOB_UMASK, JobUser
 
 # Run as a script (``-P``: its directory stays off sys.path) so the zygote imports nothing
 # of Nimbus: only the standard library and ``preload``.
@@ -34,12 +35,17 @@ MAX_MESSAGE = 1 << 20
 
 
 class ForkServerExecutor(ProcessExecutor):
-    """Forks workers from a long-lived zygote; ``preload`` names the modules it imports."""
+    """Forks workers from a long-lived zygote; ``preload`` names the modules it imports.
+
+    The zygote keeps the server's user (root, when jobs run as ``run_as``); each child
+    drops to ``run_as`` right after the fork, before anything of the job runs."""
 
     def __init__(self, jobs_root: Path, *, preload: Sequence[str] = ("torch",),
                  python: str = sys.executable, base_env: Mapping[str, str] | None = None,
-                 grace_seconds: float = 10.0, start_timeout: float = 120.0) -> None:
-        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds)
+                 grace_seconds: float = 10.0, start_timeout: float = 120.0,
+                 run_as: JobUser | None = None) -> None:
+        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds,
+                         run_as=run_as)
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         zygote_env = {**self.base_env, "PYTHONUNBUFFERED": "1", "HOME": str(self.jobs_root)}
         self.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -94,6 +100,8 @@ class ForkServerExecutor(ProcessExecutor):
             "module": launch.program.module, "code": launch.program.code,
             "args": list(launch.program.args),
         }
+        if self.run_as is not None:
+            request.update(user=self.run_as.spawn_fields(), umask=JOB_UMASK)
         read_fd, write_fd = os.pipe()
         try:
             with self._lock:
