@@ -1,5 +1,8 @@
 # Nimbus: the two commands a newcomer runs are `make demo` and `make test`.
-PYTHON ?= python3
+# Prefer the system interpreter: job attempts run as an unprivileged user (nimbus-job), who
+# must be able to execute the venv's Python; an interpreter under /root (pyenv) is out of its
+# reach, and jobs would then fall back to running as the server's user.
+PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
