@@ -55,9 +55,16 @@ def test_public_names_are_pinned() -> None:
         "url", "close", "health", "whoami", "create_token", "list_tokens", "revoke_token",
         "audit", "upload_dataset", "list_datasets", "get_dataset", "get_version",
         "download_dataset", "delete_dataset",
+        "upload_code", "submit_job", "list_jobs", "get_job", "cancel_job", "job_logs",
+        "iter_logs", "follow_logs", "job_metrics", "compare_jobs", "wait_job",
+        "register_model", "list_models", "get_model", "get_model_version", "set_alias",
+        "delete_alias", "download_model", "delete_model_version",
+        "create_deployment", "list_deployments", "get_deployment", "update_deployment",
+        "delete_deployment", "wait_deployment", "predict", "infer",
     }  # fmt: skip
     assert set(nimbus.client.__all__) == {
-        "CHUNK_SIZE", "Client", "DatasetRef", "Progress", "Role", "load_login", "save_login",
+        "CHUNK_SIZE", "Client", "DatasetRef", "DeploymentFailed", "Event", "ModelRef",
+        "Progress", "Role", "WaitTimeout", "load_login", "save_login",
     }  # fmt: skip
 
 

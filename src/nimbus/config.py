@@ -38,7 +38,11 @@ class Settings(BaseSettings):
     # Training jobs: the embedded scheduler and where its attempts run.
     scheduler_enabled: bool = True  # false: API only (jobs queue up, nothing runs them)
     executor: Literal["forkserver", "local"] = "forkserver"
-    executor_preload: list[str] = Field(default_factory=lambda: ["torch"])  # fork server
+    # Modules the fork server imports once so attempts start warm: the job runtime itself
+    # (scikit-learn and torch's compiler stack take ~4 s to import cold).
+    executor_preload: list[str] = Field(
+        default_factory=lambda: ["torch", "torch._dynamo", "nimbus.runtime.entry"]
+    )
     scheduler_tick_seconds: float = Field(default=0.5, gt=0)
     lease_seconds: float = Field(default=30.0, gt=0)
     kill_grace_seconds: float = Field(default=10.0, ge=0)

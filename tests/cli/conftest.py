@@ -26,7 +26,9 @@ class Nimbus:
         code: int = 0,
         env: Mapping[str, str | None] | None = None,
         input: str | None = None,
+        job_output: bool = False,
     ) -> Result:
+        """``job_output``: stdout carries a job's logs, where a traceback is the job's own."""
         result = CliRunner().invoke(
             app, list(args), env={**self.env, **(env or {})}, input=input, prog_name="nimbus"
         )
@@ -36,7 +38,7 @@ class Nimbus:
                 f"unexpected exception {result.exception!r}\n{detail}"
             ) from result.exception
         assert result.exit_code == code, detail
-        assert "Traceback" not in result.output, detail
+        assert "Traceback" not in (result.stderr if job_output else result.output), detail
         if code != 0:
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("error: "), detail

@@ -29,6 +29,9 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "datasets upload", "datasets list", "datasets show", "datasets download",
         "datasets delete", "serve", "train",
         "jobs list", "jobs show", "jobs logs", "jobs metrics", "jobs cancel", "jobs compare",
+        "models register", "models list", "models show", "models alias", "models download",
+        "models delete", "deploy", "deployments list", "deployments show",
+        "deployments update", "deployments delete", "predict",
     }  # fmt: skip
 
 
@@ -60,6 +63,14 @@ def test_every_command_accepts_json() -> None:
         (["jobs", "compare", "job_1"], 2, "at least two job ids"),
         (["jobs", "list", "--state", "sleeping"], 2, "--state"),
         (["jobs", "logs", "job_1"], 3, "no API token"),
+        (["models", "show", "digits@latest"], 2, "invalid alias"),
+        (["models", "list"], 3, "no API token"),
+        (["deploy", "digits"], 2, "Missing argument 'MODEL[:V|@ALIAS]'"),
+        (["deploy", "digits", "digits-cnn:1", "--replicas", "0"], 2, "--replicas"),
+        (["deploy", "digits", "digits-cnn:x"], 2, "invalid model reference"),
+        (["deployments", "update", "digits"], 2, "Missing argument"),
+        (["predict", "digits"], 2, "either FILE or --text"),
+        (["predict", "digits", "--text", "hi"], 3, "no API token"),
     ],
 )
 def test_bad_invocations_fail_with_one_line(

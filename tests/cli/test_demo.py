@@ -1,4 +1,5 @@
-"""``nimbus demo`` runs the whole journey so far and exits 0."""
+"""``nimbus demo`` runs the whole journey so far (data, training, evaluation, comparison)
+and exits 0."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from nimbus.demo_data import intents, write_intents_csv
 from tests.cli.conftest import Nimbus
+
+
+def test_the_intents_are_generated_reproducibly(tmp_path: Path) -> None:
+    first = write_intents_csv(tmp_path / "a.csv", per_intent=20, seed=3)
+    second = write_intents_csv(tmp_path / "b.csv", per_intent=20, seed=3)
+    assert first.path.read_bytes() == second.path.read_bytes()
+    assert first.count == 160 and set(first.per_class.values()) == {20}
+    assert {"refund", "shipping", "password", "cancel"} <= set(first.classes)
+    lines = first.path.read_text().splitlines()
+    assert lines[0] == "text,label" and len(lines) == 161
+    assert intents(20, seed=4) != intents(20, seed=3)
 
 
 @pytest.mark.slow
@@ -22,6 +35,13 @@ def test_demo_json(nimbus: Nimbus) -> None:
     assert version["classes"] == [str(c) for c in range(10)]
     assert sum(s["size"] for s in version["splits"].values()) == 1797
     assert [d["name"] for d in result["datasets"]] == ["digits"]
+    cnn, text = result["jobs"]["cnn"], result["jobs"]["text"]
+    assert cnn["state"] == text["state"] == "succeeded"
+    assert cnn["evaluation"]["accuracy"] >= 0.95
+    assert text["evaluation"]["accuracy"] >= 0.85
+    assert len(text["evaluation"]["classes"]) == 8
+    assert "generated" in result["text_data"]["source"]
+    assert [j["id"] for j in result["compare"]] == [cnn["id"], text["id"]]
 
 
 @pytest.mark.slow
@@ -38,12 +58,18 @@ def test_demo_console_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     for text in (
-        "Step 1/5",
+        "Step 1/11",
         "Start an embedded Nimbus server",
         "load_digits",
         "shipped with scikit-learn",
         "digits:1",
         "image-classification",
+        "epoch 12/12",
+        "confusion matrix",
+        "support-intents:1",
+        "generated",
+        "F1 (macro)",
+        "Compare the two training runs",
         "Demo finished",
     ):
         assert text in done.stdout, text

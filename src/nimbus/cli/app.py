@@ -12,7 +12,20 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from nimbus.cli import datasets, demo, jobs, login, serve, server, tokens, train
+from nimbus.cli import (
+    datasets,
+    demo,
+    deploy,
+    deployments,
+    jobs,
+    login,
+    models,
+    predict,
+    serve,
+    server,
+    tokens,
+    train,
+)
 from nimbus.errors import NimbusError
 
 # The click that typer runs on (vendored in recent typer) is reached through its public
@@ -59,6 +72,10 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(datasets.app, name="datasets")
 app.command("train")(train.train)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(models.app, name="models")
+app.command("deploy")(deploy.deploy)
+app.add_typer(deployments.app, name="deployments")
+app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 

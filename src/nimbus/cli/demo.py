@@ -1,56 +1,44 @@
 """``nimbus demo``: the user's journey end to end on bundled data, against a throwaway server.
 
-The journey is a list of :class:`Step` s run in order over one :class:`DemoRun`; later
-issues append steps (train, evaluate, deploy, predict). The server is always stopped and the
-temporary NIMBUS_HOME removed, whatever happens.
+The journey is a list of :class:`Step` s run in order over one :class:`DemoRun`: data, then
+training with evaluation (an image CNN on the digits, a text classifier on generated
+customer-service messages) and a comparison; later issues append steps (register, deploy,
+predict). The server is always stopped and the temporary NIMBUS_HOME removed, whatever
+happens. A step that misses its mark (a model scoring below :data:`MIN_ACCURACY`) fails
+the demo loudly.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
 
 from nimbus.cli.common import JsonOption, console, print_json, transfer
+from nimbus.cli.demo_run import DemoFailed, DemoRun, Step
+from nimbus.cli.demo_serving import SERVING_STEPS
 from nimbus.cli.embedded import EmbeddedServer
-from nimbus.cli.render import datasets_table, version_table
+from nimbus.cli.follow import bar_console, check_outcome, follow, summary
+from nimbus.cli.render import (
+    compare_table,
+    datasets_table,
+    evaluation_view,
+    metrics_table,
+    version_table,
+)
 from nimbus.client import Client
 from nimbus.config import load_settings
-from nimbus.demo_data import SOURCE, write_digits_zip
+from nimbus.demo_data import INTENTS_SOURCE, SOURCE, write_digits_zip, write_intents_csv
 
 DATASET = "digits"
-
-
-@dataclass
-class DemoRun:
-    """What the steps share: where things live, the server, the client, and the results."""
-
-    workdir: Path
-    out: Console
-    quiet: bool
-    server: EmbeddedServer | None = None
-    client: Client | None = None
-    results: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def api(self) -> Client:
-        assert self.client is not None, "the server step runs first"
-        return self.client
-
-    def say(self, *objects: Any, **kwargs: Any) -> None:
-        """Human output; silent under --json."""
-        if not self.quiet:
-            self.out.print(*objects, **kwargs)
-
-
-@dataclass(frozen=True)
-class Step:
-    title: str
-    run: Callable[[DemoRun], None]
+TEXT_DATASET = "support-intents"
+MIN_ACCURACY = 0.95  # the CNN on the digits
+# The intents include messages raising two issues, labelled by the first: a bag-of-words
+# model lands around 0.92-0.95 there; below this something is broken.
+MIN_TEXT_ACCURACY = 0.85
+# Reach >= 0.98 test accuracy on the digits in a few seconds on one core (seeds 0-2 checked).
+CNN_PARAMS = {"epochs": "12", "batch_size": "32", "lr": "0.002"}
+TEXT_PARAMS = {"epochs": "10", "batch_size": "32", "lr": "0.01"}
+SEED = 0
 
 
 def start_server(run: DemoRun) -> None:
@@ -114,12 +102,101 @@ def list_datasets(run: DemoRun) -> None:
     run.say(datasets_table(datasets))
 
 
+def _train(run: DemoRun, key: str, dataset: str, model: str, params: dict[str, str]) -> None:
+    """Submit a job as `nimbus train ... --follow` would, and follow it to its end."""
+    flags = " ".join(f"--param {k}={v}" for k, v in params.items())
+    run.say(
+        f"$ nimbus train --dataset {dataset} --model {model} {flags} --seed {SEED} --follow",
+        style="dim",
+        markup=False,
+    )
+    job = run.api.submit_job(dataset, model, params, seed=SEED)
+    run.say(f"Submitted job {job['id']}; following its logs.", markup=False)
+    job = follow(run.api, job["id"], logs=not run.quiet, bars=bar_console(not run.quiet))
+    run.results.setdefault("jobs", {})[key] = job
+    run.say(summary(job), style="bold", markup=False, soft_wrap=True)
+    check_outcome(job)
+
+
+def _evaluate(run: DemoRun, key: str, minimum: float) -> None:
+    """Show a job's evaluation and training curves; fail unless it is good enough."""
+    job = run.results["jobs"][key]
+    evaluation = job.get("evaluation") or {}
+    run.say(f"$ nimbus jobs show {job['id']}  (its evaluation)", style="dim", markup=False)
+    run.say(evaluation_view(evaluation))
+    run.say(f"$ nimbus jobs metrics {job['id']}", style="dim", markup=False)
+    run.say(metrics_table(run.api.job_metrics(job["id"])))
+    accuracy = evaluation.get("accuracy")
+    if not isinstance(accuracy, int | float) or accuracy < minimum:
+        raise DemoFailed(
+            f"demo failed: job {job['id']} ({key}) reached test accuracy {accuracy}, "
+            f"below the {minimum} it should reach"
+        )
+    run.say(
+        f"Test accuracy {accuracy:.4f} (the demo requires at least {minimum}).",
+        style="green",
+        markup=False,
+    )
+
+
+def train_cnn(run: DemoRun) -> None:
+    version = run.results["version"]
+    _train(run, "cnn", f"{DATASET}:{version['version']}", "cnn", CNN_PARAMS)
+
+
+def evaluate_cnn(run: DemoRun) -> None:
+    _evaluate(run, "cnn", MIN_ACCURACY)
+
+
+def text_data(run: DemoRun) -> None:
+    run.say(f"Source: {INTENTS_SOURCE}.", markup=False)
+    data = write_intents_csv(run.workdir / f"{TEXT_DATASET}.csv")
+    run.say(
+        f"Generated {data.path.name}: {data.count} messages in {len(data.classes)} intents "
+        f"({', '.join(data.classes)}).",
+        markup=False,
+    )
+    version = run.api.upload_dataset(TEXT_DATASET, data.path)
+    run.results["text_data"] = {"source": INTENTS_SOURCE, "file": data.path.name,
+                                "messages": data.count, "per_class": data.per_class}  # fmt: skip
+    run.results["text_version"] = version
+    run.say(
+        f"Stored as {version['dataset']}:{version['version']} ({version['task']}, "
+        f"{version['format']}).",
+        markup=False,
+    )
+
+
+def train_text(run: DemoRun) -> None:
+    version = run.results["text_version"]
+    _train(run, "text", f"{TEXT_DATASET}:{version['version']}", "text", TEXT_PARAMS)
+
+
+def evaluate_text(run: DemoRun) -> None:
+    _evaluate(run, "text", MIN_TEXT_ACCURACY)
+
+
+def compare_jobs(run: DemoRun) -> None:
+    ids = [job["id"] for job in run.results["jobs"].values()]
+    run.say(f"$ nimbus jobs compare {' '.join(ids)}", style="dim", markup=False)
+    jobs = run.api.compare_jobs(ids)
+    run.results["compare"] = jobs
+    run.say(compare_table(jobs))
+
+
 STEPS: list[Step] = [
     Step("Start an embedded Nimbus server", start_server),
     Step("Generate the bundled dataset", generate_data),
     Step("Upload it as a versioned dataset", upload_data),
     Step("Inspect the dataset version", show_version),
     Step("List datasets", list_datasets),
+    Step("Train the image CNN on the digits", train_cnn),
+    Step("Evaluate the CNN on held-out digits", evaluate_cnn),
+    Step("Generate and upload a customer-service intent dataset", text_data),
+    Step("Train the text classifier on the intents", train_text),
+    Step("Evaluate the text classifier", evaluate_text),
+    Step("Compare the two training runs", compare_jobs),
+    *(Step(title, run) for title, run in SERVING_STEPS),
 ]
 
 
@@ -141,7 +218,8 @@ def run_steps(run: DemoRun, steps: list[Step]) -> None:
 
 
 def demo(as_json: JsonOption = False) -> None:
-    """Run the journey on bundled data (scikit-learn's digits) against a throwaway server."""
+    """Run the journey on bundled data (scikit-learn's digits, generated support messages)
+    against a throwaway server: upload, train, evaluate, compare, register, deploy, predict."""
     with tempfile.TemporaryDirectory(prefix="nimbus-demo-") as tmp:
         run = DemoRun(Path(tmp), console(), quiet=as_json)
         run_steps(run, STEPS)
@@ -149,6 +227,7 @@ def demo(as_json: JsonOption = False) -> None:
         print_json({"ok": True, **run.results})
     else:
         run.out.print(
-            "\nDemo finished: the data is in Nimbus, versioned and ready to train on.",
+            "\nDemo finished: two datasets versioned, two models trained, scored on held-out "
+            "data and compared; the CNN registered, deployed and answering predictions.",
             style="bold green",
         )

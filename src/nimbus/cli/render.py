@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from rich import box
@@ -108,5 +109,289 @@ def tokens_table(tokens: Sequence[dict[str, Any]]) -> Table:
     for tok in tokens:
         table.add_row(
             *(_t(tok.get(k)) for k in ("id", "name", "role", "tenant", "created_at", "revoked_at"))
+        )
+    return table
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+STATE_STYLES = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+MAX_MATRIX_CLASSES = 20
+SUMMARY_METRICS = (
+    ("accuracy", "accuracy"),
+    ("precision_macro", "precision (macro)"),
+    ("recall_macro", "recall (macro)"),
+    ("f1_macro", "F1 (macro)"),
+    ("precision_weighted", "precision (weighted)"),
+    ("recall_weighted", "recall (weighted)"),
+    ("f1_weighted", "F1 (weighted)"),
+)
+CURVE_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def _num(value: Any, digits: int = 4) -> Text:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _t(value)
+    return Text(f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def _state(state: Any) -> Text:
+    return Text(str(state or "-"), style=STATE_STYLES.get(str(state), ""))
+
+
+def _when(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def duration(start: Any, end: Any) -> str:
+    """'1m 05s' between two ISO times ('-' when either is missing)."""
+    begin, finish = _when(start), _when(end)
+    if begin is None or finish is None:
+        return "-"
+    seconds = max((finish - begin).total_seconds(), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _gib(size: Any) -> Any:
+    """Memory as the binary units jobs are asked for in (4G means 4 GiB)."""
+    if not isinstance(size, int | float) or isinstance(size, bool):
+        return size
+    for unit, scale in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if size >= scale:
+            return f"{size / scale:.3g}{unit}"
+    return f"{size:g}"
+
+
+def dataset_label(dataset: Any) -> str:
+    """``name:version`` of a job's dataset object (or the reference as submitted)."""
+    if isinstance(dataset, dict):
+        name, version = dataset.get("name"), dataset.get("version")
+        return f"{name}:{version}" if version is not None else str(name)
+    return "-" if dataset is None else str(dataset)
+
+
+def attempt_count(job: dict[str, Any]) -> int:
+    attempts = job.get("attempts")
+    if isinstance(attempts, list):
+        return len(attempts)
+    return int(attempts) if isinstance(attempts, int | float) else 0
+
+
+def model_label(model: Any) -> str:
+    text = str(model or "-")
+    return f"{text[:19]}…" if text.startswith("code:") and len(text) > 20 else text
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]]) -> Table:
+    """``GET /jobs``: one row per job, newest first."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("id", "state", "model", "dataset", "attempts", "created", "took", "accuracy"):
+        table.add_column(column, justify="right" if column == "accuracy" else "left")
+    for job in jobs:
+        evaluation = job.get("evaluation") or {}
+        table.add_row(
+            _t(job.get("id")),
+            _state(job.get("state")),
+            _t(model_label(job.get("model"))),
+            _t(dataset_label(job.get("dataset"))),
+            _t(attempt_count(job)),
+            _t(job.get("created_at")),
+            _t(duration(job.get("started_at"), job.get("finished_at"))),
+            _num(evaluation.get("accuracy")),
+        )
+    return table
+
+
+def job_view(job: dict[str, Any]) -> RenderableType:
+    """``nimbus jobs show``: facts, timings, params, then the evaluation (if any)."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    res = job.get("resources") or {}
+    shown = {**res, "memory": _gib(res.get("memory"))}
+    resources = ", ".join(
+        f"{key} {shown[key]}" for key in ("cpus", "gpus", "memory", "workers") if res.get(key)
+    )
+    rows: list[tuple[str, Any]] = [
+        ("job", job.get("id")),
+        ("state", None),
+        ("model", job.get("model")),
+        ("dataset", dataset_label(job.get("dataset"))),
+        ("resources", resources or None),
+        ("priority", job.get("priority")),
+        ("attempts", f"{attempt_count(job)} (retries allowed: {job.get('max_retries', '-')})"),
+        ("seed", job.get("seed")),
+        ("created", job.get("created_at")),
+        ("started", job.get("started_at")),
+        ("finished", job.get("finished_at")),
+        ("took", duration(job.get("started_at"), job.get("finished_at"))),
+        ("deadline", job.get("deadline_at")),
+        ("exit reason", job.get("exit_reason")),
+    ]
+    for key, value in rows:
+        facts.add_row(key, _state(job.get("state")) if key == "state" else _t(value))
+    params = job.get("params") or {}
+    if params:
+        facts.add_row("params", Text(", ".join(f"{k}={_short(v, 40)}" for k, v in params.items())))
+    artifacts = job.get("artifacts") or []
+    if artifacts:
+        names = ", ".join(f"{a.get('name')} ({human_bytes(a.get('size'))})" for a in artifacts)
+        facts.add_row("artifacts", Text(names))
+    parts: list[RenderableType] = [facts]
+    evaluation = job.get("evaluation")
+    if evaluation:
+        parts += ["", evaluation_view(evaluation)]
+    else:
+        parts += ["", Text("no evaluation yet", style="dim")]
+    return Group(*parts)
+
+
+def evaluation_view(evaluation: dict[str, Any]) -> RenderableType:
+    """Scores on the test split: summary, per-class figures and the confusion matrix."""
+    summary = Table(box=box.SIMPLE_HEAD, title="evaluation on the test split", title_justify="left")
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    for key, label in SUMMARY_METRICS:
+        if key in evaluation:
+            summary.add_row(label, _num(evaluation[key]))
+    if "support" in evaluation:
+        summary.add_row("examples", _t(evaluation["support"]))
+    parts: list[RenderableType] = [summary]
+    per_class = evaluation.get("per_class") or {}
+    if per_class:
+        parts.append(per_class_table(per_class))
+    classes = [str(c) for c in evaluation.get("classes") or per_class]
+    matrix = evaluation.get("confusion_matrix")
+    if matrix and classes:
+        parts.append(confusion_table(matrix, classes))
+    return Group(*parts)
+
+
+def per_class_table(per_class: dict[str, Any]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title="per class", title_justify="left")
+    table.add_column("class")
+    for column in ("precision", "recall", "F1", "support"):
+        table.add_column(column, justify="right")
+    names = list(per_class)
+    for name in names[:MAX_CLASS_ROWS]:
+        row = per_class[name] or {}
+        table.add_row(
+            _t(name), _num(row.get("precision")), _num(row.get("recall")), _num(row.get("f1")),
+            _t(row.get("support")),
+        )  # fmt: skip
+    if len(names) > MAX_CLASS_ROWS:
+        table.add_row(Text(f"… {len(names) - MAX_CLASS_ROWS} more classes"), "", "", "", "")
+    return table
+
+
+def confusion_table(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> RenderableType:
+    """Rows: the true class; columns: the predicted one. The diagonal is what went right."""
+    if len(classes) > MAX_MATRIX_CLASSES:
+        return Text(
+            f"confusion matrix: {len(classes)} classes, too many to draw (see --json)",
+            style="dim",
+        )
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title="confusion matrix (rows: true class, columns: predicted)",
+        title_justify="left",
+    )
+    table.add_column("true \\ pred")
+    for name in classes:
+        table.add_column(Text(_short(name, 12)), justify="right")
+    for i, (name, row) in enumerate(zip(classes, matrix, strict=False)):
+        cells = [
+            Text(str(n), style="bold green" if i == j else ("red" if n else "dim"))
+            for j, n in enumerate(row)
+        ]
+        table.add_row(Text(_short(name, 16)), *cells)
+    return table
+
+
+def metric_rows(
+    metrics: dict[str, list[dict[str, Any]]],
+) -> tuple[list[str], dict[int, dict[str, Any]]]:
+    """Per step, each metric's value from the latest attempt that logged it.
+
+    Returns the metric names (training curves first) and ``{step: {name: value}}``.
+    """
+    rows: dict[int, dict[str, Any]] = {}
+    attempt_of: dict[tuple[int, str], int] = {}
+    for name, points in metrics.items():
+        for point in points or []:
+            step, attempt = int(point.get("step", 0)), int(point.get("attempt") or 0)
+            if attempt >= attempt_of.get((step, name), -1):
+                attempt_of[(step, name)] = attempt
+                rows.setdefault(step, {})[name] = point.get("value")
+    names = [n for n in CURVE_COLUMNS if n in metrics]
+    names += sorted(n for n in metrics if n not in names)
+    return names, dict(sorted(rows.items()))
+
+
+def metrics_table(metrics: dict[str, list[dict[str, Any]]]) -> RenderableType:
+    """``nimbus jobs metrics``: one row per epoch, one column per metric."""
+    names, rows = metric_rows(metrics)
+    if not rows:
+        return Text("no metrics yet", style="dim")
+    table = Table(box=box.SIMPLE_HEAD, title="training curves", title_justify="left")
+    table.add_column("epoch", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for step, values in rows.items():
+        table.add_row(str(step), *(_num(values.get(n)) for n in names))
+    return table
+
+
+def compare_table(jobs: Sequence[dict[str, Any]]) -> Table:
+    """``nimbus jobs compare``: one column per job; key scores, then params (differing ones
+    in bold); the best score of each row is green."""
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("")
+    for job in jobs:
+        table.add_column(Text(str(job.get("id"))), justify="right")
+
+    def facts(label: str, values: list[Any]) -> None:
+        table.add_row(Text(label, style="bold"), *(_t(v) for v in values))
+
+    facts("state", [j.get("state") for j in jobs])
+    facts("model", [model_label(j.get("model")) for j in jobs])
+    facts("dataset", [dataset_label(j.get("dataset")) for j in jobs])
+    facts("attempts", [attempt_count(j) for j in jobs])
+    facts("took", [duration(j.get("started_at"), j.get("finished_at")) for j in jobs])
+    table.add_section()
+    for key, label in SUMMARY_METRICS:
+        values = [(j.get("evaluation") or {}).get(key) for j in jobs]
+        numbers = [v for v in values if isinstance(v, int | float)]
+        best = max(numbers) if len(numbers) > 1 else None
+        cells = [_num(v) for v in values]
+        for cell, value in zip(cells, values, strict=True):
+            if best is not None and value == best:
+                cell.stylize("bold green")
+        table.add_row(Text(label, style="bold"), *cells)
+    table.add_section()
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in (job.get("params") or {}) if k not in keys]
+    for key in keys:
+        values = [(j.get("params") or {}).get(key) for j in jobs]
+        differs = len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1
+        table.add_row(
+            Text(key, style="bold yellow" if differs else ""),
+            *(_t(_short(v, 30) if v is not None else None) for v in values),
         )
     return table

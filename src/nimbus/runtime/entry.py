@@ -147,6 +147,10 @@ def _exit_now(stop: RunnerStop) -> None:
 def run_attempt(env: JobEnv, client: RunnerClient) -> None:
     """Everything one worker of an attempt does, given its environment and runner client."""
     spec = client.spec()
+    # A fork-server child inherits the zygote's intra-op thread pool size: give the job the
+    # CPU slots it asked for (at least one), never the whole node.
+    cpus = float((spec.get("resources") or {}).get("cpus") or 1)
+    torch.set_num_threads(max(1, int(cpus)))
     version = spec["dataset"]
     what = spec["code"]["entry"] if spec.get("code") else spec["model"]
     if env.rank == 0:

@@ -1,0 +1,332 @@
+"""Training benchmarks: prints figures, asserts nothing.
+
+1. Throughput: the built-in ``cnn`` on a generated 60,000-sample 28x28 dataset, trained as a
+   Nimbus job, against a plain PyTorch loop over the same tensors (the train split the job
+   trained on, downloaded from the server) with the same model (built by
+   ``nimbus.runtime.models``), batch size, optimizer and thread count, measured in the same
+   run. Each epoch of both is one pass over the train split plus scoring the val split. The
+   job's epoch time comes from its ``epoch_seconds`` metric when the runtime logs one, else
+   from when its ``epoch k/E`` log lines arrive over the log stream (first to last, so the
+   stream's delay cancels out). Target: ratio >= 0.95.
+2. Latency: submit -> first training step, median of N jobs run one after another. The
+   job is a user script that does one optimizer step on a batch of the digits and logs
+   ``time.time()`` then; the figure is that minus the time just before ``submit``.
+   Target: <= 0.5 s.
+3. Queue: N no-op jobs (a script that is just ``pass``) submitted at once: submit rate,
+   drain rate (jobs/s) and the scheduler's share per job: the gap between a job ending and
+   the next one starting in the freed slot, and slot time not spent running job processes.
+
+Run: .venv/bin/python bench/train.py [--samples 60000] [--epochs 3] [--threads 2]
+     [--latency-jobs 20] [--noop-jobs 500] [--skip throughput,latency,queue]
+     [--executor forkserver|local] [--server-env NIMBUS_X=V]...
+
+The job asks for ``cpus=threads``. Note: under the fork-server executor a job's torch keeps
+the thread count of the zygote (the machine's cores) whatever its cpus, as long as the
+runtime does not call ``torch.set_num_threads``; ``--executor local`` starts each job as a
+fresh process, where OMP_NUM_THREADS applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _common import ServerProcess, median
+
+from nimbus.client import Client
+from nimbus.config import Settings
+from nimbus.demo_data import write_digits_zip
+from nimbus.runtime.api import load_local_dataset
+from nimbus.runtime.builtins import PREPARERS
+from nimbus.runtime.models import build_model
+from nimbus.runtime.params import validate_params
+
+EVAL_BATCH = 512
+
+LATENCY_SCRIPT = """\
+import time
+
+script_start_at = time.time()
+import torch
+
+from nimbus import runtime as nr
+
+data = nr.dataset()
+dataset_at = time.time()
+x = torch.from_numpy(data.train.x[:64]).float().flatten(1)
+y = torch.from_numpy(data.train.y[:64])
+model = torch.nn.Linear(x.shape[1], len(data.classes))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+loss = torch.nn.functional.cross_entropy(model(x), y)
+loss.backward()
+optimizer.step()
+first_step_at = time.time()
+nr.log(1, first_step_at=first_step_at, script_start_at=script_start_at, dataset_at=dataset_at)
+"""
+NOOP_SCRIPT = "pass\n"
+
+
+def when(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- 1. throughput ----------------------------------------------------------------------------
+
+
+def write_images(path: Path, n: int, seed: int = 0) -> None:
+    """A learnable 10-class 28x28 uint8 dataset: a random template per class plus noise."""
+    rng = np.random.default_rng(seed)
+    templates = rng.integers(0, 256, size=(10, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, size=n).astype(np.int64)
+    x = np.empty((n, 28, 28), dtype=np.uint8)
+    for start in range(0, n, 10_000):
+        part = slice(start, min(start + 10_000, n))
+        noise = rng.normal(0, 60, size=(part.stop - part.start, 28, 28))
+        x[part] = np.clip(templates[y[part]] * 0.5 + noise + 64, 0, 255).astype(np.uint8)
+    np.savez(path, x=x, y=y)
+
+
+def job_cpu_seconds(home: Path, job_id: str) -> float:
+    """CPU time (user + system, all threads) used so far by the processes of a job: those
+    whose working directory is under ``NIMBUS_HOME/jobs/<job id>``."""
+    root = str((home / "jobs" / job_id).resolve())
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            if cwd != root and not cwd.startswith(root + "/"):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def job_epoch_seconds(
+    api: Client, home: Path, job_id: str
+) -> tuple[float, float | None, str]:
+    """Wall and CPU seconds per epoch of a running job (train pass + val scoring), and how
+    the wall figure was measured."""
+    arrivals: dict[int, tuple[float, float]] = {}
+    for event in api.follow_logs(job_id):
+        if event.kind != "log":
+            continue
+        now, cpu = time.perf_counter(), job_cpu_seconds(home, job_id)
+        for line in str(event.data.get("data", "")).splitlines():
+            head = line.split()[:2]
+            if len(head) == 2 and head[0] == "epoch" and "train_loss" in line:
+                arrivals.setdefault(int(head[1].split("/")[0]), (now, cpu))
+    if len(arrivals) < 2:
+        raise RuntimeError(f"job {job_id}: too few epoch lines seen ({sorted(arrivals)})")
+    first, last = min(arrivals), max(arrivals)
+    wall = (arrivals[last][0] - arrivals[first][0]) / (last - first)
+    cpu = (arrivals[last][1] - arrivals[first][1]) / (last - first)
+    logged = [p["value"] for p in api.job_metrics(job_id).get("epoch_seconds", [])]
+    if len(logged) > 1:
+        return median(logged[1:]), cpu, "the job's epoch_seconds metric (epochs 2..E)"
+    return wall, cpu, f"arrival of its epoch log lines {first}..{last} over the log stream"
+
+
+def plain_epoch_seconds(
+    data_dir: Path, params: dict[str, Any], epochs: int
+) -> tuple[float, float]:
+    """The same work in a plain PyTorch loop: median wall and CPU seconds per epoch after
+    the first."""
+    data = load_local_dataset(data_dir)
+    params = validate_params("cnn", data.task, params)
+    torch.manual_seed(0)
+    prepared = PREPARERS["cnn"](data, params)
+    model = build_model(prepared.spec("cnn", data.task, data.classes))
+    optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
+    train_x, train_y = np.asarray(data.train.x), np.asarray(data.train.y)
+    val_x = torch.from_numpy(np.array(data.val.x))
+    val_y = torch.from_numpy(np.array(data.val.y))
+    size = params["batch_size"]
+    times, cpu = [], []
+    for _ in range(epochs):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        model.train()
+        order = torch.randperm(len(train_y)).numpy()
+        for b in range(math.ceil(len(order) / size)):
+            idx = order[b * size : (b + 1) * size]
+            x = torch.from_numpy(train_x[idx])
+            y = torch.from_numpy(train_y[idx])
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                int((model(val_x[i : i + EVAL_BATCH]).argmax(1) == val_y[i : i + EVAL_BATCH]).sum())
+                for i in range(0, len(val_y), EVAL_BATCH)
+            )
+        assert correct >= 0
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    return median(times[1:] or times), median(cpu[1:] or cpu)
+
+
+def throughput(
+    api: Client, home: Path, work: Path, samples: int, epochs: int, threads: int
+) -> None:
+    path = work / "images.npz"
+    write_images(path, samples)
+    version = api.upload_dataset("bench-images", path)
+    ref = f"{version['dataset']}:{version['version']}"
+    n_train = version["splits"]["train"]["size"]
+    params = {"epochs": str(epochs), "batch_size": "64"}
+    data_dir = work / "images-data"
+    api.download_dataset(ref, data_dir)
+    torch.set_num_threads(threads)
+
+    before = plain_epoch_seconds(data_dir, params, epochs)
+    job = api.submit_job(ref, "cnn", params, cpus=threads, seed=0)
+    job_wall, job_cpu, how = job_epoch_seconds(api, home, job["id"])
+    done = api.wait_job(job["id"], timeout=3600)
+    after = plain_epoch_seconds(data_dir, params, epochs)
+    plain_wall, plain_cpu = min(before[0], after[0]), min(before[1], after[1])
+    print(f"1. cnn on {samples:,} generated 28x28 images ({n_train:,} train), batch 64, "
+          f"{epochs} epochs, {threads} thread(s), job cpus={threads}:")
+    print(f"   job {job['id']} {done['state']}: {job_wall:.2f} s/epoch "
+          f"({n_train / job_wall:,.0f} samples/s), from {how}; CPU {job_cpu:.2f} s/epoch")
+    print(f"   plain PyTorch loop: {plain_wall:.2f} s/epoch ({n_train / plain_wall:,.0f} "
+          f"samples/s; before the job {before[0]:.2f} s, after {after[0]:.2f} s); CPU "
+          f"{plain_cpu:.2f} s/epoch")
+    print(f"   ratio Nimbus / plain: {plain_wall / job_wall:.3f} wall clock (target >= 0.95), "
+          f"{plain_cpu / job_cpu:.3f} in CPU time (steadier on a shared machine)")
+
+
+# -- 2. submit -> first step ------------------------------------------------------------------
+
+
+def upload_digits(api: Client, work: Path) -> str:
+    data = write_digits_zip(work / "digits.zip")
+    version = api.upload_dataset("bench-digits", data.path)
+    return f"{version['dataset']}:{version['version']}"
+
+
+def latency(api: Client, work: Path, jobs: int) -> None:
+    ref = upload_digits(api, work)
+    script = work / "first_step.py"
+    script.write_text(LATENCY_SCRIPT)
+    code = api.upload_code(script)["ref"]
+    api.wait_job(api.submit_job(ref, code)["id"], timeout=300)  # warm the node's blob cache
+    figures, starts, scripts, datasets = [], [], [], []
+    for _ in range(jobs):
+        submitted = time.time()
+        job = api.submit_job(ref, code)
+        done = api.wait_job(job["id"], timeout=300)
+        metrics = api.job_metrics(job["id"])
+        points = metrics.get("first_step_at") or []
+        if done["state"] != "succeeded" or not points:
+            print(f"   job {job['id']} {done['state']}: {done.get('exit_reason')}")
+            continue
+        figures.append(points[0]["value"] - submitted)
+        starts.append(when(done["started_at"]) - submitted)
+        scripts.append(metrics["script_start_at"][0]["value"] - submitted)
+        datasets.append(metrics["dataset_at"][0]["value"] - submitted)
+    if not figures:
+        print("2. submit -> first step: no job succeeded")
+        return
+    print(f"2. submit -> first training step (user script: nr.dataset(), one SGD step), "
+          f"{len(figures)} jobs one after another:")
+    print(f"   median {median(figures):.3f} s (min {min(figures):.3f}, max {max(figures):.3f}; "
+          f"target <= 0.5 s)")
+    print(f"   medians: submit -> attempt started (server clock) {median(starts):.3f} s, "
+          f"-> the script's first line {median(scripts):.3f} s, -> nr.dataset() returned "
+          f"{median(datasets):.3f} s, -> first step "
+          f"{median(figures):.3f} s")
+
+
+# -- 3. the queue -----------------------------------------------------------------------------
+
+
+def queue(api: Client, work: Path, jobs: int) -> None:
+    script = work / "noop.py"
+    script.write_text(NOOP_SCRIPT)
+    code = api.upload_code(script)["ref"]
+    ref = upload_digits(api, work)  # a job names a dataset, even one it does not read
+    api.wait_job(api.submit_job(ref, code)["id"], timeout=300)  # warm up
+    begin = time.perf_counter()
+    ids = [api.submit_job(ref, code)["id"] for _ in range(jobs)]
+    submit_s = time.perf_counter() - begin
+    pending = set(ids)
+    while pending:
+        time.sleep(1.0)
+        for state in ("succeeded", "failed", "cancelled"):
+            pending -= {j["id"] for j in api.list_jobs(state=state, limit=1000)}
+    drained = time.perf_counter() - begin
+    found = [api.get_job(job_id) for job_id in ids]
+    states = statistics.multimode(j["state"] for j in found)
+    created = [when(j["created_at"]) for j in found]
+    started = sorted(when(j["started_at"]) for j in found if j["started_at"])
+    finished = sorted(when(j["finished_at"]) for j in found if j["finished_at"])
+    runs = [when(j["finished_at"]) - when(j["started_at"]) for j in found if j["started_at"]]
+    slots = max(1, sum(1 for s in started if s < finished[0]))  # ran at once at the start
+    span = finished[-1] - min(created)
+    gaps = [started[k] - finished[k - slots] for k in range(slots, len(started))]
+    idle = (span * slots - sum(runs)) / len(found)
+    print(f"3. {jobs} no-op jobs (user script `pass`, cpus=1 each, {slots} slots):")
+    print(f"   submitted in {submit_s:.1f} s ({jobs / submit_s:.0f} jobs/s); all ended "
+          f"({', '.join(states)}) {drained:.1f} s after the first submit")
+    print(f"   drained {len(found) / span:.1f} jobs/s (first submit -> last finish, server "
+          f"clock); attempt run time (start -> end) median {median(runs):.3f} s")
+    print(f"   scheduler overhead per job: slot freed -> next start median "
+          f"{median(gaps) * 1000:.0f} ms (p90 {np.percentile(gaps, 90) * 1000:.0f} ms); "
+          f"slot time outside job processes {idle * 1000:.0f} ms per job")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=60_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--latency-jobs", type=int, default=20)
+    parser.add_argument("--noop-jobs", type=int, default=500)
+    parser.add_argument("--skip", default="", help="comma-separated: throughput,latency,queue")
+    parser.add_argument(
+        "--executor", choices=("forkserver", "local"), default=None,
+        help="the server's executor [default: the server's default]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="NIMBUS_X=V",
+        help="a setting for the server, e.g. NIMBUS_EXECUTOR_PRELOAD='[\"torch\"]'",
+    )  # fmt: skip
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(tempfile.mkdtemp(prefix="nimbus-bench-", dir=os.environ.get("BENCH_DIR")))
+    env = {"NIMBUS_EXECUTOR": args.executor} if args.executor else {}
+    env.update(pair.split("=", 1) for pair in args.server_env)
+    server = ServerProcess(work / "home", env=env).start()
+    print(f"server executor: {args.executor or 'default'} {' '.join(args.server_env)}; "
+          f"torch threads here: {args.threads}")
+    try:
+        with Client(server.url, server.admin_token, settings=Settings(home=work)) as api:
+            if "throughput" not in skip:
+                throughput(api, server.home, work, args.samples, args.epochs, args.threads)
+            if "latency" not in skip:
+                latency(api, work, args.latency_jobs)
+            if "queue" not in skip:
+                queue(api, work, args.noop_jobs)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""``nimbus jobs list|show|logs|metrics|cancel|compare``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nimbus.cli.common import JsonOption, client, emit, err_console, print_json
+from nimbus.cli.follow import bar_console, follow, summary
+from nimbus.cli.render import compare_table, job_view, jobs_table, metrics_table
+from nimbus.errors import InvalidInput
+from nimbus.jobs.model import JobState
+
+app = typer.Typer(help="Inspect, follow, compare and cancel training jobs.", no_args_is_help=True)
+
+JobArgument = Annotated[str, typer.Argument(metavar="ID", help="A job id (job_…)")]
+
+
+@app.command("list")
+def list_(
+    state: Annotated[JobState | None, typer.Option(help="Only jobs in this state")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first."""
+    with client() as api:
+        jobs = api.list_jobs(state=state, limit=limit)
+    emit({"jobs": jobs}, as_json, lambda out: out.print(jobs_table(jobs)))
+
+
+@app.command("show")
+def show(job_id: JobArgument, as_json: JsonOption = False) -> None:
+    """Show a job: state, timings, attempts, params and its evaluation."""
+    with client() as api:
+        job = api.get_job(job_id)
+    emit(job, as_json, lambda out: out.print(job_view(job)))
+
+
+@app.command("logs")
+def logs(
+    job_id: JobArgument,
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a job's logs (-f: stream them, with progress bars, until the job ends).
+
+    With --json: the stored chunks; with -f --json: one JSON event per line.
+    """
+    with client() as api:
+        if not follow_:
+            chunks = list(api.iter_logs(job_id))
+            if as_json:
+                print_json({"chunks": chunks})
+            else:
+                attempt = None
+                for chunk in chunks:
+                    if attempt is not None and chunk.get("attempt") != attempt:
+                        typer.echo(f"--- attempt {chunk.get('attempt')} ---")
+                    attempt = chunk.get("attempt")
+                    typer.echo(str(chunk.get("data", "")), nl=False)
+            return
+        if as_json:
+            for event in api.follow_logs(job_id):
+                print_json({"event": event.kind, "data": event.data}, line=True)
+            return
+        job = follow(api, job_id, bars=bar_console(True))
+    if err_console().is_terminal:
+        err_console().print(summary(job), style="dim", markup=False)
+
+
+@app.command("metrics")
+def metrics(job_id: JobArgument, as_json: JsonOption = False) -> None:
+    """Show a job's training curves: train/val loss and accuracy per epoch."""
+    with client() as api:
+        series = api.job_metrics(job_id)
+    emit({"metrics": series}, as_json, lambda out: out.print(metrics_table(series)))
+
+
+@app.command("cancel")
+def cancel(job_id: JobArgument, as_json: JsonOption = False) -> None:
+    """Cancel a job: a queued one never starts, a running one is stopped."""
+    with client() as api:
+        job = api.cancel_job(job_id)
+
+    def render(out: Console) -> None:
+        state = job.get("state")
+        if state == "cancelled":
+            out.print(f"Cancelled job {job.get('id')}.", markup=False)
+        elif state in ("succeeded", "failed"):
+            out.print(f"Job {job.get('id')} had already {state}.", markup=False)
+        else:
+            out.print(f"Cancelling job {job.get('id')} (still {state}).", markup=False)
+
+    emit(job, as_json, render)
+
+
+@app.command("compare")
+def compare(
+    job_ids: Annotated[list[str], typer.Argument(metavar="ID ID...", help="Two or more jobs")],
+    as_json: JsonOption = False,
+) -> None:
+    """Compare jobs side by side: scores on the test split and params."""
+    if len(job_ids) < 2:
+        raise InvalidInput("compare needs at least two job ids")
+    with client() as api:
+        jobs = api.compare_jobs(job_ids)
+    emit({"jobs": jobs}, as_json, lambda out: out.print(compare_table(jobs)))

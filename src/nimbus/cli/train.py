@@ -1,0 +1,100 @@
+"""``nimbus train``: submit a training job; with ``--follow``, stream it to its end."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from nimbus.cli.common import JsonOption, client, console, print_json
+from nimbus.cli.follow import bar_console, check_outcome, follow, summary
+from nimbus.errors import InvalidInput
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, str]:
+    """``["epochs=3", "lr=0.01"]`` -> ``{"epochs": "3", "lr": "0.01"}``; values stay strings
+    (the server coerces them against the model's schema)."""
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidInput(f"invalid --param {pair!r}: use KEY=VALUE")
+        if key in params:
+            raise InvalidInput(f"--param {key} given twice")
+        params[key] = value.strip()
+    return params
+
+
+def train(
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset", metavar="NAME[:V]", help="The dataset (its latest version) or NAME:V"
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            metavar="cnn|text|mlp|PATH.py|DIR",
+            help="A built-in model, or your training script (a .py, or a directory with main.py)",
+        ),
+    ],
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", metavar="K=V", help="A hyper-parameter (repeatable)"),
+    ] = None,
+    cpus: Annotated[float, typer.Option(help="CPU cores per worker")] = 1,
+    gpus: Annotated[int, typer.Option(help="GPUs per worker")] = 0,
+    memory: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="Memory per worker, e.g. 4G")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Data-parallel worker processes")] = 1,
+    priority: Annotated[int, typer.Option(help="Higher starts first (-1000..1000)")] = 0,
+    max_retries: Annotated[
+        int | None,
+        typer.Option(metavar="K", help="Retries after a crash [default: the server's]"),
+    ] = None,
+    deadline: Annotated[
+        str | None, typer.Option(metavar="DURATION", help="Fail the job after this, e.g. 2h")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the run")] = None,
+    follow_: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Stream logs and progress; exit with the job's outcome"
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit a training job and print its id (--json: the job).
+
+    With --follow: stream its logs and progress, then exit 0 if it succeeded, 8 if it failed, 9 if it was cancelled.
+    """  # noqa: E501 (one line: rich reflows the help text)
+    params = parse_params(param or [])
+    with client() as api:
+        job = api.submit_job(
+            dataset, model, params, cpus=cpus, gpus=gpus, memory=memory, workers=workers,
+            priority=priority, max_retries=max_retries, deadline=deadline, seed=seed,
+        )  # fmt: skip
+        if not follow_:
+            if as_json:
+                print_json(job)
+            else:
+                typer.echo(job["id"])
+            return
+        if not as_json:
+            console().print(
+                f"Submitted job {job['id']} ({job.get('state')}); following it.", markup=False
+            )
+        job = follow(api, job["id"], logs=not as_json, bars=bar_console(not as_json))
+    if as_json:
+        print_json(job)
+    else:
+        ok = job.get("state") == "succeeded"
+        console().print(
+            summary(job), style="bold green" if ok else "bold red", markup=False, soft_wrap=True
+        )
+    check_outcome(job)

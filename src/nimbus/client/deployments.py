@@ -1,0 +1,244 @@
+"""Deployments: create, list, show, update (rolling), delete, wait until ready, and calling
+a deployment's endpoint (``/predict`` for people, OIP v2 ``/infer`` for tensors)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from nimbus.client.base import API, BaseClient
+from nimbus.client.models import ModelRef, as_model_ref
+from nimbus.datasets.model import validate_name
+from nimbus.errors import (
+    InvalidInput,
+    NimbusError,
+    ServerError,
+    Unavailable,
+    error_from_response,
+)
+
+RUNTIMES = ("onnx", "torch")
+_DTYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}  # fmt: skip
+
+
+class DeploymentFailed(NimbusError):
+    """A deployment ended ``failed`` (or did not become ready in time) while waited on."""
+
+    status = 503
+    code = "deployment_failed"
+    exit_code = 6
+
+
+def _options(
+    replicas: int | None,
+    max_batch_size: int | None,
+    max_delay_ms: float | None,
+    runtime: str | None,
+    public: bool | None,
+) -> dict[str, Any]:
+    if replicas is not None and not 1 <= replicas <= 32:
+        raise InvalidInput(f"invalid replicas {replicas}: between 1 and 32")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise InvalidInput(f"invalid runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    body = {"replicas": replicas, "max_batch_size": max_batch_size,
+            "max_delay_ms": max_delay_ms, "runtime": runtime, "public": public}  # fmt: skip
+    return {k: v for k, v in body.items() if v is not None}
+
+
+class DeploymentsMixin(BaseClient):
+    """``/deployments`` and the endpoints they serve."""
+
+    _poll_sleep: Callable[[float], None] = staticmethod(time.sleep)
+    _poll_clock: Callable[[], float] = staticmethod(time.monotonic)
+
+    def create_deployment(
+        self,
+        name: str,
+        model: str | ModelRef,
+        replicas: int | None = None,
+        max_batch_size: int | None = None,
+        max_delay_ms: float | None = None,
+        runtime: str | None = None,
+        public: bool | None = None,
+    ) -> dict[str, Any]:
+        """Deploy ``model`` (``NAME:V``, ``NAME@ALIAS`` or ``NAME``) as ``name``; returns the
+        deployment, usually still ``pending`` (see :meth:`wait_deployment`)."""
+        validate_name(name, "deployment name")
+        body = {"name": name, "model": str(as_model_ref(model)),
+                **_options(replicas, max_batch_size, max_delay_ms, runtime, public)}  # fmt: skip
+        return dict(self._json("POST", f"{API}/deployments", json=body))
+
+    def list_deployments(self) -> list[dict[str, Any]]:
+        """Every deployment of the caller's tenant."""
+        return list(self._json("GET", f"{API}/deployments")["deployments"])
+
+    def get_deployment(self, name: str) -> dict[str, Any]:
+        """One deployment: state, replicas, endpoint, model version, batching."""
+        return dict(self._json("GET", _path(name)))
+
+    def update_deployment(
+        self,
+        name: str,
+        model: str | ModelRef | None = None,
+        replicas: int | None = None,
+        max_batch_size: int | None = None,
+        max_delay_ms: float | None = None,
+        runtime: str | None = None,
+        public: bool | None = None,
+    ) -> dict[str, Any]:
+        """A rolling update to ``model`` (an alias is resolved now), or a scale, or new
+        batching settings; the endpoint stays."""
+        body = _options(replicas, max_batch_size, max_delay_ms, runtime, public)
+        if model is not None:
+            body["model"] = str(as_model_ref(model))
+        if not body:
+            raise InvalidInput("nothing to update: give a model or a setting to change")
+        return dict(self._json("PATCH", _path(name), json=body))
+
+    def delete_deployment(self, name: str) -> dict[str, Any]:
+        """Stop a deployment (its replicas drain and exit); returns it ``stopped``."""
+        return dict(self._json("DELETE", _path(name), timeout=self._no_read_deadline()))
+
+    def wait_deployment(
+        self,
+        name: str,
+        timeout: float = 120.0,
+        poll: float = 0.5,
+        version: int | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the deployment is ``ready`` with every replica ready (on ``version``
+        when given); raises :class:`DeploymentFailed` if it fails or ``timeout`` passes."""
+        start = self._poll_clock()
+        interval = min(0.1, poll)
+        while True:
+            deployment = self.get_deployment(name)
+            state = deployment.get("state")
+            if state == "failed":
+                raise DeploymentFailed(f"deployment {name} failed to start")
+            if state == "ready" and _replicas_ready(deployment, version):
+                return deployment
+            if self._poll_clock() - start >= timeout:
+                raise DeploymentFailed(
+                    f"deployment {name} was not ready within {timeout:g}s (state {state})"
+                )
+            self._poll_sleep(interval)
+            interval = min(interval * 2, poll)
+
+    # -- calling the endpoint ------------------------------------------------------------
+
+    def predict(
+        self,
+        deployment: str,
+        file: str | os.PathLike[str] | None = None,
+        text: str | None = None,
+        data: bytes | None = None,
+    ) -> dict[str, Any]:
+        """One prediction from a deployment's ``/predict``: an image ``file`` (or its bytes as
+        ``data``), or ``text``. Returns ``{"label", "probabilities": {class: p}}``."""
+        given = [x for x in (file, text, data) if x is not None]
+        if len(given) != 1:
+            raise InvalidInput("give exactly one of a file or a text to predict on")
+        endpoint = self._endpoint(deployment)
+        url = f"{endpoint}/v2/models/{deployment}/predict"
+        if text is not None:
+            return self._call_endpoint(url, json={"text": text})
+        if file is not None:
+            path = Path(file)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise InvalidInput(f"no such file: {path}") from None
+            except OSError as exc:
+                raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+        return self._call_endpoint(
+            url, content=data, headers={"Content-Type": "application/octet-stream"}
+        )
+
+    def infer(
+        self, deployment: str, x: np.ndarray, input_name: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """An OIP v2 ``/infer`` call with one input tensor ``x`` (its name from the model's
+        metadata unless given); returns each output as an array of its shape."""
+        endpoint = self._endpoint(deployment)
+        base = f"{endpoint}/v2/models/{deployment}"
+        if input_name is None:
+            inputs = self._call_endpoint(base, method="GET").get("inputs") or [{}]
+            input_name = str(inputs[0].get("name", "input"))
+        datatype = next((k for k, v in _DTYPES.items() if np.dtype(v) == x.dtype), None)
+        if datatype is None:
+            raise InvalidInput(f"unsupported tensor type {x.dtype}")
+        body = {"inputs": [{"name": input_name, "datatype": datatype, "shape": list(x.shape),
+                            "data": x.reshape(-1).tolist()}]}  # fmt: skip
+        answer = self._call_endpoint(f"{base}/infer", json=body)
+        outputs: dict[str, np.ndarray] = {}
+        for out in answer.get("outputs") or []:
+            dtype = _DTYPES.get(str(out.get("datatype")), object)
+            outputs[str(out["name"])] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+        return outputs
+
+    def _endpoint(self, deployment: str) -> str:
+        shown = self.get_deployment(deployment)
+        endpoint = shown.get("endpoint")
+        if not endpoint:
+            state = shown.get("state")
+            raise Unavailable(f"deployment {deployment} has no endpoint (state {state})")
+        return str(endpoint).rstrip("/")
+
+    def _call_endpoint(
+        self,
+        url: str,
+        *,
+        method: str = "POST",
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A request to a deployment's endpoint (another host and port, same token)."""
+        try:
+            response = self._http.request(
+                method, url, json=json, content=content, headers=self._headers(True, headers)
+            )
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the deployment at {url}: {exc}") from None
+        if response.is_error:
+            raise _endpoint_error(response)
+        try:
+            return dict(response.json())
+        except ValueError:
+            raise ServerError(f"the deployment at {url} answered something not JSON") from None
+
+
+def _endpoint_error(response: httpx.Response) -> NimbusError:
+    """The error an endpoint reported: OIP's ``{"error": "message"}`` (or the control
+    plane's ``{"error": {"code", "message"}}``), as the matching :class:`NimbusError`."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        body = {"error": {"code": "", "message": body["error"]}}  # classified by status
+    return error_from_response(response.status_code, body)
+
+
+def _path(name: str) -> str:
+    return f"{API}/deployments/{validate_name(name, 'deployment name')}"
+
+
+def _replicas_ready(deployment: Mapping[str, Any], version: int | None) -> bool:
+    replicas = deployment.get("replicas") or []
+    if len(replicas) < int(deployment.get("desired_replicas") or 1):
+        return False
+    return all(
+        r.get("state") == "ready" and (version is None or r.get("model_version") == version)
+        for r in replicas
+    )

@@ -1,0 +1,275 @@
+"""Training jobs: submit (uploading the user's code first), inspect, follow, wait, cancel.
+
+A ``model`` is a built-in (``cnn``, ``text``, ``mlp``), a code reference returned by
+:meth:`JobsMixin.upload_code` (``code:sha256/…``), or a path: a ``.py`` file, or a directory
+with a ``main.py`` (sent as a reproducible .tar), which :meth:`JobsMixin.submit_job` uploads
+before it submits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from nimbus.client.base import API, BaseClient
+from nimbus.client.datasets import DatasetRef, as_ref
+from nimbus.client.sse import Event, parse_events
+from nimbus.client.transfer import chunks, packed
+from nimbus.errors import InvalidInput, NimbusError, Unavailable
+from nimbus.jobs.model import JobState, parse_duration, parse_memory
+from nimbus.runtime.params import PARAM_SCHEMAS
+
+BUILTIN_MODELS = tuple(PARAM_SCHEMAS)
+CODE_PREFIX = "code:"
+CODE_ENTRY = "main.py"
+RECONNECT_SECONDS = 30.0  # how long a lost log stream or status poll is retried
+_NOT_CODE = frozenset({"__pycache__", ".git"})
+
+
+class WaitTimeout(NimbusError):
+    """A job did not reach a final state within the time the caller gave it."""
+
+    status = 504
+    code = "timeout"
+    exit_code = 6
+
+
+def is_terminal(job: Mapping[str, Any]) -> bool:
+    """Whether a job object is in a final state (succeeded, failed, cancelled)."""
+    try:
+        return JobState(str(job.get("state"))).terminal
+    except ValueError:
+        return False
+
+
+def is_code_path(model: str) -> bool:
+    """Whether ``model`` names the user's code on disk rather than a built-in or a ref."""
+    if model in BUILTIN_MODELS or model.startswith(CODE_PREFIX):
+        return False
+    return model.endswith(".py") or os.sep in model or Path(model).is_dir()
+
+
+class JobsMixin(BaseClient):
+    """``/code``, ``/jobs`` and a job's logs and metrics."""
+
+    # Injectable so waiting and reconnecting are tested without real time passing.
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
+    _clock: Callable[[], float] = staticmethod(time.monotonic)
+
+    def upload_code(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Upload a training script (a ``.py`` file, or a directory with ``main.py``).
+
+        Returns ``{"ref": "code:sha256/…", "sha256", "size", "entry"}``; the same code
+        gives the same ref. ``__pycache__`` and ``.git`` folders are left out.
+        """
+        source = Path(path)
+        if source.is_dir():
+            if not (source / CODE_ENTRY).is_file():
+                raise InvalidInput(f"{source} has no {CODE_ENTRY}: a code directory needs one")
+        elif not source.is_file():
+            raise InvalidInput(f"no such file or directory: {source}")
+        elif source.suffix != ".py":
+            raise InvalidInput(f"{source} is not a Python file (.py) nor a directory")
+        with packed(source, "code", exclude=_NOT_CODE) as (file, filename):
+            size = file.stat().st_size
+            return dict(
+                self._json(
+                    "POST",
+                    f"{API}/code",
+                    params={"filename": filename},
+                    content=chunks(file, size, None),
+                    headers={
+                        "Content-Length": str(size),
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
+            )
+
+    def submit_job(
+        self,
+        dataset: str | DatasetRef,
+        model: str | os.PathLike[str],
+        params: Mapping[str, Any] | None = None,
+        cpus: float = 1,
+        gpus: int = 0,
+        memory: str | int | None = None,
+        workers: int = 1,
+        priority: int = 0,
+        max_retries: int | None = None,
+        deadline: str | float | None = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Submit a training job; returns the job object (state ``queued``).
+
+        ``model`` is ``cnn``/``text``/``mlp``, a ``code:…`` ref, or a path to the user's code
+        (uploaded first). ``memory`` is e.g. ``"4G"`` (per worker), ``deadline`` e.g. ``"2h"``
+        or seconds; ``max_retries`` None takes the server's default. ``memory`` and
+        ``deadline`` are checked here so
+        a typo fails before anything is sent; the server checks everything else (params
+        against the model, the model against the dataset's task, resources).
+        """
+        ref = as_ref(dataset)
+        model_ref = str(model)
+        if not model_ref:
+            raise InvalidInput("a job needs a model: cnn, text, mlp or a path to a .py file")
+        if is_code_path(model_ref):
+            model_ref = str(self.upload_code(model_ref)["ref"])
+        if memory is not None:
+            parse_memory(memory)
+        if deadline is not None:
+            parse_duration(deadline)
+        body: dict[str, Any] = {
+            "dataset": str(ref),
+            "model": model_ref,
+            "params": dict(params or {}),
+            "cpus": cpus,
+            "gpus": gpus,
+            "memory": memory,
+            "workers": workers,
+            "priority": priority,
+            "max_retries": max_retries,
+            "deadline": deadline,
+            "seed": seed,
+        }
+        return dict(
+            self._json("POST", f"{API}/jobs", json={k: v for k, v in body.items() if v is not None})
+        )
+
+    def list_jobs(
+        self, state: JobState | str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The caller's jobs, newest first, optionally only those in ``state``."""
+        if state is not None:
+            try:
+                state = JobState(state)
+            except ValueError:
+                allowed = ", ".join(s.value for s in JobState)
+                raise InvalidInput(f"invalid job state {state!r}: use one of {allowed}") from None
+        params = {"state": None if state is None else str(state), "limit": limit}
+        return list(self._json("GET", f"{API}/jobs", params=params)["jobs"])
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """One job: state, timings, attempts, params, evaluation (once it succeeded)."""
+        return dict(self._json("GET", _job_path(job_id)))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Ask for a job to stop; returns it (a running job ends ``cancelled`` shortly)."""
+        return dict(self._json("POST", f"{_job_path(job_id)}/cancel"))
+
+    def job_logs(self, job_id: str, after: int = 0) -> dict[str, Any]:
+        """One page of a job's logs after sequence number ``after``:
+        ``{"chunks": [{"seq", "attempt", "data"}], "next": SEQ, "done": bool}``."""
+        params = {"after": after, "follow": False}
+        return dict(self._json("GET", f"{_job_path(job_id)}/logs", params=params))
+
+    def iter_logs(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Every log chunk stored so far, page by page (does not wait for more)."""
+        while True:
+            page = self.job_logs(job_id, after)
+            chunks_ = page.get("chunks") or []
+            yield from chunks_
+            following = int(page.get("next", after))
+            if not chunks_ or following <= after:
+                return
+            after = following
+
+    def follow_logs(self, job_id: str, after: int = 0) -> Iterator[Event]:
+        """The job's events as they happen: ``log`` (``{"seq", "attempt", "data"}``),
+        ``progress`` (``{"epoch", "epochs", "batch", "batches"}``), and a last ``end``
+        (``{"state", "exit_reason"}``), after which the iteration stops.
+
+        A stream cut short (the server restarting) is resumed after the last log seen, for
+        up to :data:`RECONNECT_SECONDS` without an answer; then :class:`Unavailable`.
+        """
+        path = f"{_job_path(job_id)}/logs"
+        lost_since: float | None = None
+        while True:
+            try:
+                with self._stream(
+                    "GET",
+                    path,
+                    params={"after": after, "follow": True},
+                    headers={"Accept": "text/event-stream"},
+                    timeout=self._no_read_deadline(),
+                ) as response:
+                    for event in parse_events(response.iter_lines()):
+                        lost_since = None
+                        if event.kind == "log":
+                            after = max(after, _int(event.data.get("seq"), after))
+                        yield event
+                        if event.kind == "end":
+                            return
+            except Unavailable:
+                pass
+            # The stream ended without its `end` event: the server went away. Resume.
+            now = self._clock()
+            lost_since = now if lost_since is None else lost_since
+            if now - lost_since >= RECONNECT_SECONDS:
+                raise Unavailable(
+                    f"lost the log stream of job {job_id}: {self.url} did not answer "
+                    f"for {RECONNECT_SECONDS:.0f}s"
+                )
+            self._sleep(0.5)
+
+    def job_metrics(self, job_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Every metric series of a job: ``{"train_loss": [{"step", "value", "attempt"}]}``."""
+        return dict(self._json("GET", f"{_job_path(job_id)}/metrics")["metrics"])
+
+    def compare_jobs(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Several jobs side by side (evaluation included), in the order asked."""
+        ids = [_job_id(i) for i in ids]
+        if not ids:
+            raise InvalidInput("name at least one job to compare")
+        params = {"ids": ",".join(ids)}
+        return list(self._json("GET", f"{API}/jobs/compare", params=params)["jobs"])
+
+    def wait_job(
+        self, job_id: str, timeout: float | None = None, poll: float = 0.5
+    ) -> dict[str, Any]:
+        """Poll until the job is succeeded, failed or cancelled; returns it.
+
+        Raises :class:`WaitTimeout` after ``timeout`` seconds (None: no limit). The server
+        not answering is waited out too (up to :data:`RECONNECT_SECONDS` in a row, or
+        ``timeout``), so a restart of the control plane does not end the wait.
+        """
+        start = self._clock()
+        lost_since: float | None = None
+        interval = min(0.05, poll)
+        while True:
+            try:
+                job = self.get_job(job_id)
+                lost_since = None
+                if is_terminal(job):
+                    return job
+            except Unavailable:
+                now = self._clock()
+                lost_since = now if lost_since is None else lost_since
+                if timeout is None and now - lost_since >= RECONNECT_SECONDS:
+                    raise
+            elapsed = self._clock() - start
+            if timeout is not None and elapsed >= timeout:
+                raise WaitTimeout(f"job {job_id} did not finish within {timeout:g}s")
+            pause = interval if timeout is None else min(interval, timeout - elapsed)
+            self._sleep(max(pause, 0.0))
+            interval = min(interval * 2, poll)
+
+
+def _job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise InvalidInput("a job id is required")
+    return job_id.strip()
+
+
+def _job_path(job_id: str) -> str:
+    return f"{API}/jobs/{quote(_job_id(job_id), safe='')}"
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

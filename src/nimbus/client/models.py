@@ -1,0 +1,152 @@
+"""The model registry: register a job's model, list, show, alias, download, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from nimbus.client.base import API, BaseClient
+from nimbus.client.transfer import Progress, save
+from nimbus.datasets.model import validate_name
+from nimbus.errors import InvalidInput
+
+REF_HELP = "use NAME, NAME:VERSION or NAME@ALIAS"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """``NAME`` / ``NAME:latest`` (the latest version), ``NAME:VERSION`` or ``NAME@ALIAS``."""
+
+    name: str
+    version: int | Literal["latest"] | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> ModelRef:
+        if not isinstance(ref, str):
+            raise InvalidInput(f"invalid model reference {ref!r}: {REF_HELP}")
+        if "@" in ref:
+            name, _, alias = ref.partition("@")
+            validate_name(name, "model name")
+            return cls(name, alias=validate_alias(alias))
+        name, sep, version = ref.partition(":")
+        validate_name(name, "model name")
+        if not sep:
+            return cls(name)
+        if version == "latest":
+            return cls(name, "latest")
+        if not version.isdigit() or int(version) < 1:
+            raise InvalidInput(f"invalid model reference {ref!r}: {REF_HELP}")
+        return cls(name, int(version))
+
+    @property
+    def segment(self) -> str:
+        """The version as it appears in a URL path: ``3``, ``latest`` or ``@alias``."""
+        if self.alias is not None:
+            return f"@{self.alias}"
+        return "latest" if self.version is None else str(self.version)
+
+    def __str__(self) -> str:
+        if self.alias is not None:
+            return f"{self.name}@{self.alias}"
+        return self.name if self.version is None else f"{self.name}:{self.version}"
+
+
+def validate_alias(alias: str) -> str:
+    """An alias is a name, neither all digits nor ``latest``."""
+    validate_name(alias, "alias")
+    if alias.isdigit() or alias == "latest":
+        raise InvalidInput(f"invalid alias {alias!r}: an alias is neither a number nor 'latest'")
+    return alias
+
+
+def as_model_ref(ref: str | ModelRef) -> ModelRef:
+    return ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+
+
+def _version_number(version: int | str) -> int:
+    text = str(version)
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"invalid model version {version!r}: a positive integer")
+    return int(text)
+
+
+class ModelsMixin(BaseClient):
+    """``/models``, ``/models/{name}/versions`` and ``/models/{name}/aliases``."""
+
+    def register_model(self, name: str, job: str) -> dict[str, Any]:
+        """Register a succeeded job's model as a new version of ``name`` (created on its first
+        version); registering the same job again returns the existing version."""
+        validate_name(name, "model name")
+        if not isinstance(job, str) or not job.strip():
+            raise InvalidInput("a job id is required (--from-job)")
+        body = {"job": job.strip()}
+        return dict(self._json("POST", f"{API}/models/{name}/versions", json=body))
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every model of the caller's tenant: latest version, version count, aliases."""
+        return list(self._json("GET", f"{API}/models")["models"])
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        """A model with all its versions, its aliases and their history."""
+        return dict(self._json("GET", f"{API}/models/{validate_name(name, 'model name')}"))
+
+    def get_model_version(self, ref: str | ModelRef) -> dict[str, Any]:
+        """One version: ``NAME`` (latest), ``NAME:V`` or ``NAME@ALIAS``."""
+        ref = as_model_ref(ref)
+        return dict(self._json("GET", _version_path(ref)))
+
+    def set_alias(self, name: str, alias: str, version: int | str) -> dict[str, Any]:
+        """Point ``alias`` at ``version``: ``{"model", "alias", "version", "from_version"}``."""
+        validate_name(name, "model name")
+        path = f"{API}/models/{name}/aliases/{validate_alias(alias)}"
+        return dict(self._json("PUT", path, json={"version": _version_number(version)}))
+
+    def delete_alias(self, name: str, alias: str) -> dict[str, Any]:
+        """Remove ``alias`` from model ``name``."""
+        validate_name(name, "model name")
+        return dict(self._json("DELETE", f"{API}/models/{name}/aliases/{validate_alias(alias)}"))
+
+    def download_model(
+        self, ref: str | ModelRef, dir: str | os.PathLike[str], progress: Progress | None = None
+    ) -> list[Path]:
+        """Write a version's files (spec.json, weights, ONNX; each hash-checked) into ``dir``,
+        plus its metadata as ``version.json``. The directory can be served by
+        ``nimbus serve``."""
+        version = self.get_model_version(ref)
+        files: dict[str, dict[str, Any]] = version.get("files") or {}
+        total = sum(int(meta.get("size", 0)) for meta in files.values())
+        base = f"{API}/models/{version['model']}/versions/{version['version']}/files"
+        target = Path(dir)
+        written: list[Path] = []
+        done = 0
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for name, meta in files.items():
+                if Path(name).name != name or name in ("", ".", "..", "version.json"):
+                    raise InvalidInput(f"the server named a model file {name!r}: refusing it")
+                out = target / name
+                with self._stream("GET", f"{base}/{quote(name, safe='')}") as response:
+                    done = save(response, out, meta, done, total, progress)
+                written.append(out)
+            meta_path = target / "version.json"
+            meta_path.write_text(json.dumps(version, indent=2) + "\n")
+        except OSError as exc:
+            raise InvalidInput(f"cannot write to {target}: {exc.strerror or exc}") from None
+        return [*written, meta_path]
+
+    def delete_model_version(self, ref: str | ModelRef) -> dict[str, Any]:
+        """Delete one version (``NAME:V`` or ``NAME@ALIAS``; a bare name is refused).
+        Fails with :class:`~nimbus.errors.Conflict` while a deployment serves it."""
+        ref = as_model_ref(ref)
+        if ref.version is None and ref.alias is None:
+            raise InvalidInput(f"name the version to delete: {ref.name}:VERSION")
+        return dict(self._json("DELETE", _version_path(ref)))
+
+
+def _version_path(ref: ModelRef) -> str:
+    return f"{API}/models/{ref.name}/versions/{quote(ref.segment, safe='@')}"
