@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from nimbus.cli.demo import STEPS
 from nimbus.demo_data import intents, write_intents_csv
 from tests.cli.conftest import Nimbus
 
@@ -58,7 +59,7 @@ def test_demo_console_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     for text in (
-        "Step 1/11",
+        f"Step 1/{len(STEPS)}",
         "Start an embedded Nimbus server",
         "load_digits",
         "shipped with scikit-learn",
@@ -70,6 +71,8 @@ def test_demo_console_script(tmp_path: Path) -> None:
         "generated",
         "F1 (macro)",
         "Compare the two training runs",
+        "nimbus deploy",
+        "/predict and /infer agree",
         "Demo finished",
     ):
         assert text in done.stdout, text

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from nimbus.datasets.archive import copy_member, iter_files
+from nimbus.datasets.model import IngestLimits
 from nimbus.errors import InvalidInput
 
 DEFAULT_ENTRY = "main.py"
@@ -37,8 +39,12 @@ def unpack(code_file: Path, entry: str | None, dest: Path, kind: str | None = No
     dest.mkdir(parents=True)
     name = _safe_entry(entry)
     if kind == "tar" or (kind is None and tarfile.is_tarfile(code_file)):
-        with tarfile.open(code_file) as archive:
-            archive.extractall(dest, filter="data")  # refuses links out, absolute paths, ..
+        # The same checked reader as dataset archives (no links, absolute paths or ..,
+        # bounded size); tarfile's extraction filters are missing before Python 3.11.4.
+        for member in iter_files(code_file, IngestLimits(), "code archive"):
+            target = dest.joinpath(*PurePosixPath(member.path).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_member(member, target)
         script = dest / (name or DEFAULT_ENTRY)
     else:
         script = dest / (name if name and name.endswith(".py") else DEFAULT_ENTRY)
