@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,3 +113,15 @@ def test_same_seed_same_files_other_seed_other_split(build: Build) -> None:
         assert first.files[name].read_bytes() == again.files[name].read_bytes()
     assert first.files["test_x.npy"].read_bytes() != other.files["test_x.npy"].read_bytes()
     assert first.task is Task.IMAGE
+
+
+def test_table_formats_load_pyarrow_only_when_used() -> None:
+    """pyarrow costs a server ~50 MB resident: only table uploads import it."""
+    code = (
+        "import sys, nimbus.datasets.ingest, nimbus.services.datasets, nimbus.api.app\n"
+        "assert 'pyarrow' not in sys.modules, 'imported at start'\n"
+        "from nimbus.datasets.formats import READERS\n"
+        "from nimbus.datasets.model import Format\n"
+        "assert READERS[Format.PARQUET].__name__ == 'parquet.read'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -50,3 +50,21 @@ def test_bad_labels_are_refused(labels: np.ndarray, reason: str) -> None:
 def test_too_many_classes_are_refused() -> None:
     with pytest.raises(InvalidDataset, match="distinct labels"):
         encode_labels(np.arange(60_000), "ids.csv")
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([3, 0, 3, 7], dtype=np.uint8),  # counted (small, non-negative)
+        np.arange(100_000, dtype=np.uint32)[::-1] % 40_000,
+        np.array([0, 90_000, 90_000]),  # past the counting bound: sorted
+        np.array([5, -1, 5, 2]),  # negative: sorted
+        np.array([10**12, 3, 10**12]),  # far apart: sorted
+        np.array([2**63 - 1, 0], dtype=np.int64),
+    ],
+)
+def test_integer_labels_every_way_agree_with_unique(labels: np.ndarray) -> None:
+    classes, y = encode_labels(labels, "d")
+    uniques, inverse = np.unique(labels, return_inverse=True)
+    assert classes == [str(int(u)) for u in uniques]
+    assert y.dtype == np.int64 and np.array_equal(y, inverse.reshape(-1))

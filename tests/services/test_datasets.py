@@ -354,3 +354,35 @@ def test_concurrent_uploads(
     assert sorted(v["version"] for v in svc.list_versions(operator, "race")) == numbers
     assert leftovers(tmp_path) == []
     db.dispose()
+
+
+def test_digests_computed_by_ingest_are_used_and_the_rest_hashed(
+    db: Database,
+    blobs: BlobStore,
+    memory: MemoryObjectStore,
+    tmp_path: Path,
+    make_principal: MakePrincipal,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files the ingest hashed as it wrote them are not read again to be stored."""
+
+    def ingest_with_digest(*args: Any) -> Any:
+        prepared = fake_ingest(*args)
+        data = prepared.files["train_x.npy"].read_bytes()
+        prepared.digests = {"train_x.npy": hashlib.sha256(data).hexdigest()}
+        return prepared
+
+    hashed: list[str] = []
+    real_hash_file = blobkeeping.hash_file
+
+    def hash_file(path: Path) -> tuple[str, int]:
+        hashed.append(path.name)
+        return real_hash_file(path)
+
+    monkeypatch.setattr(blobkeeping, "hash_file", hash_file)
+    svc = service(db, blobs, tmp_path, ingest=ingest_with_digest)
+    version = upload(svc, make_principal(), tmp_path, b"some text").version
+    assert hashed == ["train_y.npy"]
+    for name in ("train_x.npy", "train_y.npy"):
+        assert blobs.read_bytes(version["files"][name]["key"])  # verified against its key
+    assert leftovers(tmp_path) == []

@@ -1,9 +1,13 @@
 """Streaming a request body to a staging file: hashed on the way, size-limited, never
 held in memory whole.
 
-Chunks are gathered into ~4 MiB batches; each batch is hashed and written on a worker
-thread while the event loop receives the next one (hashlib and file writes release the
-GIL), so receiving, hashing and writing overlap.
+The event loop only receives. Chunks are gathered into batches of about
+:data:`BATCH_BYTES`; each batch is hashed on one worker thread and written on another
+(hashlib and file writes release the GIL) while the loop receives the next, so receiving,
+hashing and writing overlap and at most two batches are held in memory. Every
+:data:`FLUSH_BYTES` written, a third thread starts flushing the file to disk
+(``fdatasync``) while the upload goes on, so that storing it durably afterwards (fsync,
+rename) has little left to wait for.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ import asyncio
 import hashlib
 import os
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from nimbus.errors import InvalidInput, PayloadTooLarge
 
 BATCH_BYTES = 4 * 1024 * 1024
+FLUSH_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,88 @@ def check_declared_length(request: Request, max_bytes: int) -> None:
         )
 
 
-def _write(out: BinaryIO, digest: Any, chunks: list[bytes]) -> None:
+def _hash(digest: Any, chunks: list[bytes]) -> None:
     for chunk in chunks:
         digest.update(chunk)
-        out.write(chunk)
+
+
+def _write(fd: int, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+class _StagingFile:
+    """The file an upload is written to, and the work in flight on it: one batch's hash
+    and write, at most one flush, each on a thread of this upload's own small pool."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.digest = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(3, thread_name_prefix="upload")
+        self._batch: list[Future[None]] = []
+        self._flush: Future[None] | None = None
+        self._batch_size = 0  # bytes of the batch in flight
+        self._written = 0  # bytes whose write has completed
+        self._flushed = 0  # bytes covered by the last flush started
+
+    async def add(self, batch: list[bytes], size: int) -> None:
+        """Wait for the previous batch, then start hashing and writing this one."""
+        await self._settle()
+        self._batch = [
+            self._pool.submit(_hash, self.digest, batch),
+            self._pool.submit(_write, self.fd, batch),
+        ]
+        self._batch_size = size
+        if self._written - self._flushed >= FLUSH_BYTES and (
+            self._flush is None or self._flush.done()
+        ):
+            if self._flush is not None:
+                self._flush.result()
+            self._flushed = self._written
+            self._flush = self._pool.submit(os.fdatasync, self.fd)
+
+    async def _settle(self) -> None:
+        if self._batch:
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in self._batch))
+            self._batch = []
+            self._written += self._batch_size
+
+    async def finish(self) -> None:
+        """Wait for every write; raise the first error of any."""
+        await self._settle()
+        if self._flush is not None:
+            await asyncio.wrap_future(self._flush)
+
+    async def close(self) -> None:
+        """Close the file once no thread works on it any more. A thread cannot be
+        interrupted: if this task is cancelled meanwhile, the last thread to finish closes
+        the file."""
+        busy = [f for f in (*self._batch, self._flush) if f is not None and not f.done()]
+        self._pool.shutdown(wait=False)
+        _close_when_done(self.fd, busy)
+        if busy:
+            await asyncio.wait([asyncio.wrap_future(f) for f in busy])
+
+
+def _close_when_done(fd: int, futures: list[Future[None]]) -> None:
+    """Close ``fd`` now if ``futures`` is empty, else once the last of them is done."""
+    if not futures:
+        os.close(fd)
+        return
+    lock = threading.Lock()
+    left = [len(futures)]
+
+    def one_done(_: object) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            os.close(fd)
+
+    for future in futures:
+        future.add_done_callback(one_done)
 
 
 async def receive_upload(request: Request, staging_dir: Path, max_bytes: int) -> StagedUpload:
@@ -58,11 +142,10 @@ async def receive_upload(request: Request, staging_dir: Path, max_bytes: int) ->
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=staging_dir, prefix="upload-")
     path = Path(name)
-    digest = hashlib.sha256()
+    staging = _StagingFile(fd)
     size = 0
-    pending: asyncio.Future[None] | None = None
     try:
-        with os.fdopen(fd, "wb", buffering=0) as out:
+        try:
             batch: list[bytes] = []
             batch_size = 0
             try:
@@ -75,22 +158,16 @@ async def receive_upload(request: Request, staging_dir: Path, max_bytes: int) ->
                     batch.append(chunk)
                     batch_size += len(chunk)
                     if batch_size >= BATCH_BYTES:
-                        if pending is not None:
-                            await pending
-                        pending = asyncio.ensure_future(
-                            run_in_threadpool(_write, out, digest, batch)
-                        )
+                        await staging.add(batch, batch_size)
                         batch, batch_size = [], 0
             except ClientDisconnect:
                 raise InvalidInput("upload interrupted: the client disconnected") from None
-            finally:
-                if pending is not None:
-                    await asyncio.gather(pending, return_exceptions=True)
-            if pending is not None:
-                pending.result()
             if batch:
-                await run_in_threadpool(_write, out, digest, batch)
+                await staging.add(batch, batch_size)
+            await staging.finish()
+        finally:
+            await staging.close()
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return StagedUpload(path, digest.hexdigest(), size)
+    return StagedUpload(path, staging.digest.hexdigest(), size)

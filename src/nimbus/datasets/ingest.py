@@ -2,7 +2,8 @@
 
 validate -> prepare, pure of HTTP and SQL: detect the format, read it through its reader
 (archive safety and pixel limits included), turn labels into classes, plan the splits, and
-write each split as memory-mappable ``.npy`` files in the work directory.
+write each split as memory-mappable ``.npy`` files in the work directory (summary statistics
+are gathered on the way).
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from nimbus.datasets.detect import detect_format, parse_enum
 from nimbus.datasets.formats import READERS, ReadContext
 from nimbus.datasets.labels import encode_labels
 from nimbus.datasets.model import IngestLimits, IngestOptions, PreparedDataset, Task
 from nimbus.datasets.prepare import write_splits
 from nimbus.datasets.splits import plan_splits, split_info, validate_fractions
-from nimbus.datasets.stats import compute_stats
+from nimbus.datasets.stats import StatsAccumulator
 from nimbus.errors import InvalidDataset
 
 
@@ -32,7 +35,7 @@ def ingest(
     ``source`` is the uploaded file, ``filename`` the user's name for it (a hint, may be
     empty) and ``workdir`` an empty directory the caller removes afterwards. Every file this
     writes lies under ``workdir``; the returned ``files`` are ``{split}_x.npy`` and
-    ``{split}_y.npy`` there.
+    ``{split}_y.npy`` there, with their ``digests`` computed as they were written.
     """
     validate_fractions(options.val_fraction, options.test_fraction)
     wanted = parse_enum(Task, options.task, "task") if options.task is not None else None
@@ -54,6 +57,9 @@ def ingest(
         raise InvalidDataset(
             f"{ctx.display!r} has a single class {classes[0]!r}; classification needs at least 2"
         )
+    # Held through the whole ingest, the class indices are kept as narrow as the number of
+    # classes allows: 1 byte an example rather than 8 (millions of examples for big sets).
+    y = y.astype(np.min_scalar_type(len(classes) - 1))
     plan = plan_splits(
         y,
         len(classes),
@@ -64,8 +70,10 @@ def ingest(
     )
     if len(plan.indices["train"]) == 0:
         raise InvalidDataset(f"{ctx.display!r} leaves no examples for training")
-    files = write_splits(raw.x_parts, raw.dtype, y, plan, workdir)
-    stats = {"examples": raw.size, **compute_stats(raw.task, files, raw.schema), **raw.stats}
+    summary = StatsAccumulator(raw.task, raw.schema, tuple(raw.x_parts[0].shape[1:]))
+    written = write_splits(raw.x_parts, raw.dtype, y, plan, workdir, observe=summary.add)
+    files = {name: file.path for name, file in written.items()}
+    stats = {"examples": raw.size, **summary.result(), **raw.stats}
     prepared = PreparedDataset(
         task=raw.task,
         format=fmt,
@@ -74,6 +82,7 @@ def ingest(
         schema=raw.schema,
         stats=stats,
         files=files,
+        digests={name: file.sha256 for name, file in written.items()},
         split_source=plan.source,
     )
     del raw  # drop the memory maps of the scratch files before removing them

@@ -46,8 +46,8 @@ def _encode(labels: np.ndarray, display: str) -> tuple[list[str], np.ndarray]:
         values = values.astype(str)
         kind = "U"
     if kind in "iu":
-        uniques, index = np.unique(values, return_inverse=True)
-        return [str(int(u)) for u in uniques], index.astype(np.int64).reshape(-1)
+        uniques, index = _unique_ints(values)
+        return [str(int(u)) for u in uniques], index
     if kind != "U":
         raise InvalidDataset(f"{display!r}: labels must be integers or strings, not {values.dtype}")
     empty = np.flatnonzero(values == "")
@@ -59,5 +59,19 @@ def _encode(labels: np.ndarray, display: str) -> tuple[list[str], np.ndarray]:
         order = np.argsort([int(name) for name in names], kind="stable")
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        return [names[i] for i in order], rank[index].astype(np.int64).reshape(-1)
-    return names, index.astype(np.int64).reshape(-1)
+        return [names[i] for i in order], rank[index].astype(np.int64, copy=False).reshape(-1)
+    return names, index.astype(np.int64, copy=False).reshape(-1)
+
+
+def _unique_ints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and each value's int64 index among them, as ``np.unique``
+    with ``return_inverse`` gives them. Small non-negative labels (class numbers, the
+    common case) are counted instead of sorted: linear time, and no temporaries several
+    times the size of the labels (millions of them for a big image set)."""
+    if values.size and values.min() >= 0 and values.max() <= max(1 << 16, values.size):
+        present = np.bincount(values) > 0
+        uniques = np.flatnonzero(present)
+        lookup = np.cumsum(present, dtype=np.int64) - 1  # value -> its rank among uniques
+        return uniques.astype(values.dtype), lookup[values]
+    uniques, index = np.unique(values, return_inverse=True)
+    return uniques, index.astype(np.int64, copy=False).reshape(-1)

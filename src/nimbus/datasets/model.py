@@ -104,6 +104,9 @@ class PreparedDataset:
     stats: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     split_source: str = "seeded"  # "given" when the data had its own test split
+    # SHA-256 of those files whose hash was computed as they were written (by name); the
+    # others are hashed when they are stored.
+    digests: dict[str, str] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         """JSON-ready metadata stored with the version."""

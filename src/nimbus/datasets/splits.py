@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -71,20 +72,34 @@ def stratified(
     y: np.ndarray, num_classes: int, fractions: Sequence[float], seed: int
 ) -> list[np.ndarray]:
     """Split example positions ``0..len(y)-1`` by class; one sorted index array per fraction."""
-    y = np.asarray(y, dtype=np.int64)
+    y = _class_indices(y)
     counts = np.bincount(y, minlength=num_classes)
     table = allocate(counts, fractions)
     rng = np.random.default_rng(seed)
-    shuffled = rng.permutation(len(y))
-    order = shuffled[np.argsort(y[shuffled], kind="stable")]  # grouped by class, shuffled within
-    grouped = y[order]
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    rank = np.arange(len(y)) - starts[grouped]  # position within its class
-    cuts = np.cumsum(table, axis=1)
-    which = np.zeros(len(y), dtype=np.int8)  # the split of each example, in `order`
-    for k in range(len(fractions) - 1):
-        which += rank >= cuts[grouped, k]
-    return [np.sort(order[which == k]) for k in range(len(fractions))]
+    # Positions and labels are narrowed as soon as they are made: the same values, a
+    # fraction of the memory (millions of examples make these tens of MB in int64).
+    shuffled = np.arange(len(y), dtype=_narrowest(len(y)))
+    rng.shuffle(shuffled)  # the very permutation rng.permutation(len(y)) gives
+    # Grouped by class, shuffled within. A stable sort gives the same order whatever the
+    # keys' width, and numpy sorts small integers by radix.
+    keys = y.astype(_narrowest(len(counts)))[shuffled]
+    order = shuffled[np.argsort(keys, kind="stable")]
+    del shuffled, keys
+    # In that order, each class's examples go to the splits in turn, table[class] of each.
+    splits = np.arange(len(fractions), dtype=np.int8)
+    which = np.repeat(np.tile(splits, len(counts)), table.reshape(-1))
+    return [np.sort(order[which == k]).astype(np.int64) for k in range(len(fractions))]
+
+
+def _class_indices(y: np.ndarray) -> np.ndarray:
+    """``y`` as an integer array, as narrow as it came (no int64 copy of a big uint8 one)."""
+    y = np.asarray(y)
+    return y if y.dtype.kind in "iu" else y.astype(np.int64)
+
+
+def _narrowest(size: int) -> np.dtype[Any]:
+    """The smallest unsigned integer type that holds ``0 .. size - 1``."""
+    return np.min_scalar_type(max(size - 1, 0))
 
 
 def plan_splits(
@@ -96,24 +111,25 @@ def plan_splits(
     test_fraction: float,
     given_test: np.ndarray | None = None,
 ) -> SplitPlan:
-    """Decide the train / val / test indices for class indices ``y``.
+    """Decide the train / val / test indices for class indices ``y`` (of any integer type).
 
     With ``given_test`` (a boolean mask of the data's own test examples) those are the test
     split and val is ``val_fraction`` of the remaining examples; otherwise a seeded
     stratified split with the given fractions. Deterministic for a given seed.
     """
     validate_fractions(val_fraction, test_fraction)
-    y = np.asarray(y, dtype=np.int64)
+    y = _class_indices(y)
     if given_test is not None and given_test.any():
         mask = np.asarray(given_test, dtype=bool)
         pool = np.flatnonzero(~mask)
         train, val = stratified(y[pool], num_classes, [1 - val_fraction, val_fraction], seed)
         indices = {"train": pool[train], "val": pool[val], "test": np.flatnonzero(mask)}
-        return SplitPlan({k: v.astype(np.int64) for k, v in indices.items()}, "given")
+        return SplitPlan({k: v.astype(np.int64, copy=False) for k, v in indices.items()}, "given")
     shares = [1 - val_fraction - test_fraction, val_fraction, test_fraction]
     parts = stratified(y, num_classes, shares, seed)
     return SplitPlan(
-        {name: part.astype(np.int64) for name, part in zip(SPLITS, parts, strict=True)}, "seeded"
+        {name: part.astype(np.int64, copy=False) for name, part in zip(SPLITS, parts, strict=True)},
+        "seeded",
     )
 
 

@@ -133,10 +133,20 @@ class PinnedBatch:
         self._pin([key_for(sha256)])
         return self._pool.submit(move_in, self.blobs, path, sha256, size)
 
-    def move_files(self, paths: Mapping[str, Path]) -> dict[str, BlobRef]:
-        """Store files (consumed) and return their refs by name."""
+    def move_files(
+        self, paths: Mapping[str, Path], digests: Mapping[str, str] | None = None
+    ) -> dict[str, BlobRef]:
+        """Store files (consumed) and return their refs by name. ``digests`` holds the
+        SHA-256 of files already hashed as they were written; the others are hashed here."""
         names = sorted(paths)
-        hashes = list(self._pool.map(hash_file, [paths[n] for n in names]))
+        known = digests or {}
+
+        def digest(name: str) -> tuple[str, int]:
+            if name in known:
+                return known[name], paths[name].stat().st_size
+            return hash_file(paths[name])
+
+        hashes = list(self._pool.map(digest, names))
         self._pin(key_for(sha) for sha, _ in hashes)
         futures = [
             self._pool.submit(move_in, self.blobs, paths[name], sha, size)

@@ -115,7 +115,7 @@ def _assemble(pairs: list[_Pair], ctx: ReadContext) -> RawDataset:
                 f"{images.shape[2]}x{images.shape[1]} images, unlike the other image files"
             )
         parts.append(images.with_row_shape(*images.shape[1:], 1))
-        labels.append(marks.read(0, len(marks)).astype(np.int64))
+        labels.append(marks.read(0, len(marks)))  # uint8: 1 byte a label, not 8
         test.append(np.full(len(marks), pair.is_test))
     mask = np.concatenate(test)
     return RawDataset(
