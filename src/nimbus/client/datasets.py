@@ -11,6 +11,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
+from nimbus.client.refs import parse_versioned
 from nimbus.client.transfer import Progress, chunks, local_name, packed, save
 from nimbus.datasets.model import Format, Task, validate_name
 from nimbus.errors import InvalidInput
@@ -25,15 +26,7 @@ class DatasetRef:
 
     @classmethod
     def parse(cls, ref: str) -> DatasetRef:
-        name, sep, version = ref.partition(":")
-        validate_name(name, "dataset name")
-        if not sep:
-            return cls(name)
-        if version == "latest":
-            return cls(name, "latest")
-        if not version.isdigit() or int(version) < 1:
-            raise InvalidInput(f"invalid dataset reference {ref!r}: use NAME or NAME:VERSION")
-        return cls(name, int(version))
+        return cls(*parse_versioned(ref, "dataset", "use NAME or NAME:VERSION"))
 
     @property
     def segment(self) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
+from nimbus.client.refs import parse_versioned
 from nimbus.client.transfer import Progress, save
 from nimbus.datasets.model import validate_name
 from nimbus.errors import InvalidInput
@@ -33,15 +34,7 @@ class ModelRef:
             name, _, alias = ref.partition("@")
             validate_name(name, "model name")
             return cls(name, alias=validate_alias(alias))
-        name, sep, version = ref.partition(":")
-        validate_name(name, "model name")
-        if not sep:
-            return cls(name)
-        if version == "latest":
-            return cls(name, "latest")
-        if not version.isdigit() or int(version) < 1:
-            raise InvalidInput(f"invalid model reference {ref!r}: {REF_HELP}")
-        return cls(name, int(version))
+        return cls(*parse_versioned(ref, "model", REF_HELP))
 
     @property
     def segment(self) -> str:
