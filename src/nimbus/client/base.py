@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from nimbus.client.transfer import Progress, save
 from nimbus.config import Settings, load_settings
 from nimbus.errors import (
     InvalidInput,
@@ -195,6 +197,35 @@ class BaseClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
+
+    def _download_version(
+        self,
+        version: Mapping[str, Any],
+        files_path: str,
+        dir: str | os.PathLike[str],
+        progress: Progress | None,
+        local_name: Callable[[str, dict[str, Any]], str],
+    ) -> list[Path]:
+        """Stream every file of ``version`` from ``files_path/{name}`` into ``dir`` (each
+        checked against its hash and size before it is renamed into place), then write the
+        metadata as ``version.json``. ``local_name`` picks, or refuses, each file's name."""
+        files: dict[str, dict[str, Any]] = dict(version.get("files") or {})
+        total = sum(int(meta.get("size", 0)) for meta in files.values())
+        target = Path(dir)
+        written: list[Path] = []
+        done = 0
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for name, meta in files.items():
+                out = target / local_name(name, meta)
+                with self._stream("GET", f"{files_path}/{quote(name, safe='')}") as response:
+                    done = save(response, out, meta, done, total, progress)
+                written.append(out)
+            meta_path = target / "version.json"
+            meta_path.write_text(json.dumps(version, indent=2) + "\n")
+        except OSError as exc:
+            raise InvalidInput(f"cannot write to {target}: {exc.strerror or exc}") from None
+        return [*written, meta_path]
 
     def _no_read_deadline(self) -> httpx.Timeout:
         """The client's timeouts without a read deadline: for answers that take long."""

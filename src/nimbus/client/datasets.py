@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.refs import parse_versioned
-from nimbus.client.transfer import Progress, chunks, local_name, packed, save
+from nimbus.client.transfer import Progress, chunks, local_name, packed
 from nimbus.datasets.model import Format, Task, validate_name
 from nimbus.errors import InvalidInput
 
@@ -110,24 +108,11 @@ class DatasetsMixin(BaseClient):
         then renamed into place. The source keeps its uploaded name where that is safe.
         """
         version = self.get_version(ref)
-        target = Path(dir)
         files: dict[str, dict[str, Any]] = version.get("files") or {}
-        total = sum(int(meta.get("size", 0)) for meta in files.values())
-        done = 0
-        written: list[Path] = []
         base = f"{API}/datasets/{version['dataset']}/versions/{version['version']}/files"
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            for key, meta in files.items():
-                out = target / local_name(key, meta, files)
-                with self._stream("GET", f"{base}/{quote(key, safe='')}") as response:
-                    done = save(response, out, meta, done, total, progress)
-                written.append(out)
-            meta_path = target / "version.json"
-            meta_path.write_text(json.dumps(version, indent=2) + "\n")
-        except OSError as exc:
-            raise InvalidInput(f"cannot write to {target}: {exc.strerror or exc}") from None
-        return [*written, meta_path]
+        return self._download_version(
+            version, base, dir, progress, lambda key, meta: local_name(key, meta, files)
+        )
 
     def delete_dataset(self, ref: str | DatasetRef) -> dict[str, Any]:
         """``NAME:VERSION`` deletes one version; a bare ``NAME`` deletes the whole dataset."""

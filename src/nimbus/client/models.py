@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.refs import parse_versioned
-from nimbus.client.transfer import Progress, save
+from nimbus.client.transfer import Progress
 from nimbus.datasets.model import validate_name
 from nimbus.errors import InvalidInput
 
@@ -111,26 +110,8 @@ class ModelsMixin(BaseClient):
         plus its metadata as ``version.json``. The directory can be served by
         ``nimbus serve``."""
         version = self.get_model_version(ref)
-        files: dict[str, dict[str, Any]] = version.get("files") or {}
-        total = sum(int(meta.get("size", 0)) for meta in files.values())
         base = f"{API}/models/{version['model']}/versions/{version['version']}/files"
-        target = Path(dir)
-        written: list[Path] = []
-        done = 0
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            for name, meta in files.items():
-                if Path(name).name != name or name in ("", ".", "..", "version.json"):
-                    raise InvalidInput(f"the server named a model file {name!r}: refusing it")
-                out = target / name
-                with self._stream("GET", f"{base}/{quote(name, safe='')}") as response:
-                    done = save(response, out, meta, done, total, progress)
-                written.append(out)
-            meta_path = target / "version.json"
-            meta_path.write_text(json.dumps(version, indent=2) + "\n")
-        except OSError as exc:
-            raise InvalidInput(f"cannot write to {target}: {exc.strerror or exc}") from None
-        return [*written, meta_path]
+        return self._download_version(version, base, dir, progress, _model_file_name)
 
     def delete_model_version(self, ref: str | ModelRef) -> dict[str, Any]:
         """Delete one version (``NAME:V`` or ``NAME@ALIAS``; a bare name is refused).
@@ -139,6 +120,13 @@ class ModelsMixin(BaseClient):
         if ref.version is None and ref.alias is None:
             raise InvalidInput(f"name the version to delete: {ref.name}:VERSION")
         return dict(self._json("DELETE", _version_path(ref)))
+
+
+def _model_file_name(name: str, meta: dict[str, Any]) -> str:
+    """A model file keeps its name, which must be a plain file name."""
+    if Path(name).name != name or name in ("", ".", "..", "version.json"):
+        raise InvalidInput(f"the server named a model file {name!r}: refusing it")
+    return name
 
 
 def _version_path(ref: ModelRef) -> str:
