@@ -20,11 +20,11 @@ from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.db.tables import Tenant
 from nimbus.jobs.capacity import detect_capacity
-from nimbus.jobs.executor import AttemptLaunch, Executor, Handle, Program
+from nimbus.jobs.domain import JobSpec, Resources
+from nimbus.jobs.executors.base import AttemptLaunch, Executor, Handle, Program
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.model import JobSpec, Resources
-from nimbus.jobs.runner import Scheduler, SchedulerConfig
+from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 
 CODE = ("import time, pathlib; t0 = time.time()\nimport torch\n"
         "pathlib.Path('started').write_text(f'{t0} {time.time()}')")

@@ -42,10 +42,10 @@ import torch
 from _common import ROOT, RssSampler
 from tests.helpers import free_port
 
-from nimbus.registry.export import export_model
-from nimbus.runtime.models import build_model
-from nimbus.serving.deployment import DeploymentSpec
-from nimbus.serving.supervisor import Supervisor
+from nimbus.modelformat.export import export_model
+from nimbus.runtime.architectures import build_model
+from nimbus.serving.fleet.deployment import DeploymentSpec
+from nimbus.serving.fleet.supervisor import Supervisor
 
 NAME = "cnn"
 INFER = f"/v2/models/{NAME}/infer"

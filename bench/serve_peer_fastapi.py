@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 from safetensors.torch import load_file
 
-from nimbus.runtime.models import build_model
+from nimbus.runtime.architectures import build_model
 
 
 class Tensor(BaseModel):

@@ -3,7 +3,7 @@
 1. Throughput: the built-in ``cnn`` on a generated 60,000-sample 28x28 dataset, trained as a
    Nimbus job, against a plain PyTorch loop over the same tensors (the train split the job
    trained on, downloaded from the server) with the same model (built by
-   ``nimbus.runtime.models``), batch size, optimizer and thread count, measured in the same
+   ``nimbus.runtime.architectures``), batch size, optimizer and thread count, measured in the same
    run. Each epoch of both is one pass over the train split plus scoring the val split. The
    job's epoch time comes from its ``epoch_seconds`` metric when the runtime logs one, else
    from when its ``epoch k/E`` log lines arrive over the log stream (first to last, so the
@@ -48,9 +48,9 @@ from nimbus.client import Client
 from nimbus.config import Settings
 from nimbus.demo_data import write_digits_zip
 from nimbus.runtime.api import load_local_dataset
+from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
-from nimbus.runtime.models import build_model
-from nimbus.runtime.params import validate_params
+from nimbus.runtime.hyperparams import validate_params
 
 EVAL_BATCH = 512
 

@@ -1,7 +1,7 @@
 """The seed's PyTorch text classifier, trained as a Nimbus job through the ``nr`` API.
 
 Token embeddings -> mean over the (non-padding) tokens -> linear layer. The vocabulary is
-built from the train split with Nimbus's :class:`~nimbus.runtime.text.TextEncoder`, whose
+built from the train split with Nimbus's :class:`~nimbus.modelformat.text.TextEncoder`, whose
 rules travel in spec.json, so a deployment tokenises requests exactly as training did.
 Resumable and exact: the checkpoint holds the model, the optimizer and the RNG state::
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nimbus import runtime as nr
-from nimbus.runtime.text import build_encoder
+from nimbus.modelformat.text import build_encoder
 
 
 class TextClassifier(nn.Module):

@@ -54,13 +54,13 @@ from nimbus.config import Settings, load_settings
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.errors import NimbusError, Unavailable
-from nimbus.jobs.executor import AttemptLaunch, Executor, ExitStatus, Handle, Program
+from nimbus.jobs.domain import Attempt, Job
 from nimbus.jobs.executors import make_executor
+from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.isolation import JobUser, TenantCaches, prepare_root, resolve_job_user
-from nimbus.jobs.model import Attempt, Job
-from nimbus.jobs.runner import Scheduler, SchedulerConfig
-from nimbus.jobs.scheduling import RetryPolicy
+from nimbus.jobs.policy import RetryPolicy
+from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.deployments import DeploymentLoop
 from nimbus.services.tokens import TokenService
 from nimbus.storage.factory import open_object_store

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from nimbus.serving.sockets import port_in_use
+from nimbus.serving.fleet.sockets import port_in_use
 from tests.api.conftest import API, error_of, make_token
 from tests.api.test_models_support import (
     API_ONLY,
@@ -28,7 +28,7 @@ from tests.api.test_models_support import (
     onnx_probabilities,
 )
 from tests.helpers import ServerProcess
-from tests.serving.test_supervisor import Load, alive
+from tests.serving.fleet.test_supervisor import Load, alive
 
 Check = Callable[[dict[str, Any]], bool]
 

@@ -1,5 +1,5 @@
 """Job and code routes through a real server with its scheduler off: the test plays the
-scheduler (claims attempts in the metadata store) and the job process (calls the runner
+scheduler (claims attempts in the metadata store) and the job process (calls the job API
 routes with the attempt's token)."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pytest
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
-from nimbus.jobs.model import Claim, JobState
-from nimbus.jobs.scheduling import Outcome, RetryPolicy
+from nimbus.jobs.domain import Claim, JobState
+from nimbus.jobs.policy import Outcome, RetryPolicy
 from nimbus.jobs.tokens import mint_token
 from tests.api.conftest import API, blob_files, csv_bytes, error_of, make_token
 from tests.helpers import ServerProcess
@@ -114,9 +114,9 @@ def finish(env: Env, claimed: Claim, code: int = 0) -> None:
         repo.finish_attempt(s, claimed.attempt.id, Outcome.from_exit(code), datetime.now(UTC))
 
 
-def runner(env: Env, claimed: Claim, token: str | None = None) -> httpx.Client:
+def job_api(env: Env, claimed: Claim, token: str | None = None) -> httpx.Client:
     return httpx.Client(
-        base_url=f"{env.server.url}{API}/runner/{claimed.attempt.id}",
+        base_url=f"{env.server.url}{API}/job-api/{claimed.attempt.id}",
         headers={"Authorization": f"Bearer {token or claimed.token}"}, timeout=30)
 
 
@@ -125,7 +125,7 @@ def running(env: Env) -> Iterator[tuple[dict[str, Any], Claim, httpx.Client]]:
     """A running attempt of a fresh job (first in line: highest priority)."""
     job = submit(env, priority=1000, params={"epochs": "1"})
     claimed = claim(env, job["id"])
-    with runner(env, claimed) as client:
+    with job_api(env, claimed) as client:
         yield job, claimed, client
     end_job(env, job["id"])
 
@@ -271,10 +271,10 @@ def test_code_upload_is_checked_and_tenant_scoped(env: Env) -> None:
         assert stolen.status_code == 404
 
 
-# --- runner routes --------------------------------------------------------------------------
+# --- job_api routes --------------------------------------------------------------------------
 
 
-def test_runner_tokens_are_scoped_to_their_attempt(
+def test_job_api_tokens_are_scoped_to_their_attempt(
         env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
     job, claimed, client = running
     spec = client.get("/spec")
@@ -286,12 +286,12 @@ def test_runner_tokens_are_scoped_to_their_attempt(
     assert body["dataset"]["dataset"] == "reviews" and "train_x.npy" in body["dataset"]["files"]
 
     for token in (mint_token(), env.server.admin_token, "garbage"):
-        with runner(env, claimed, token) as stranger:
+        with job_api(env, claimed, token) as stranger:
             response = stranger.get("/spec")
             assert response.status_code == 401 and error_of(response)["code"] == "unauthorized"
-    no_token = httpx.get(f"{env.server.url}{API}/runner/{claimed.attempt.id}/spec")
+    no_token = httpx.get(f"{env.server.url}{API}/job-api/{claimed.attempt.id}/spec")
     assert no_token.status_code == 401
-    elsewhere = httpx.get(f"{env.server.url}{API}/runner/att_someone_else/spec",
+    elsewhere = httpx.get(f"{env.server.url}{API}/job-api/att_someone_else/spec",
                           headers={"Authorization": f"Bearer {claimed.token}"})
     assert elsewhere.status_code == 401
     # An API token is no job token, and a job token is no API token.
@@ -299,16 +299,16 @@ def test_runner_tokens_are_scoped_to_their_attempt(
                      headers={"Authorization": f"Bearer {claimed.token}"}).status_code == 401
     # Runner traffic is audited only when refused.
     assert client.post("/heartbeat").status_code == 200
-    with runner(env, claimed, mint_token()) as stranger:
+    with job_api(env, claimed, mint_token()) as stranger:
         assert stranger.post("/heartbeat").status_code == 401
     with env.server.client() as admin:
         events = admin.get(f"{API}/audit", params={"limit": 1000}).json()["events"]
     beats = [e["status"] for e in events
-             if e["resource"] == f"{API}/runner/{claimed.attempt.id}/heartbeat"]
+             if e["resource"] == f"{API}/job-api/{claimed.attempt.id}/heartbeat"]
     assert beats == [401]
 
 
-def test_runner_blobs_are_the_jobs_inputs_only(
+def test_job_api_blobs_are_the_jobs_inputs_only(
         env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
     _, _, client = running
     files = client.get("/spec").json()["dataset"]["files"]
@@ -364,7 +364,7 @@ def test_checkpoints_survive_attempts_and_stale_attempts_are_fenced(
 
     requeue(env, first)
     second = claim(env, job["id"])
-    with runner(env, second) as successor:
+    with job_api(env, second) as successor:
         resumed = successor.get("/checkpoints/latest")
         assert resumed.content == b"state 3" and resumed.headers["x-checkpoint-step"] == "3"
         assert successor.get("/spec").json()["attempt"] == 2

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from nimbus.jobs.model import JobState
+from nimbus.jobs.domain import JobState
 from tests.api.conftest import API, error_of, make_token
 from tests.api.test_models_support import (
     API_ONLY,

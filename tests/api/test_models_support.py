@@ -18,9 +18,9 @@ from nimbus.db import blobrefs, tenants
 from nimbus.db import jobs as jobs_repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import JobArtifactRow, JobRow
-from nimbus.jobs.model import JobSpec, JobState
-from nimbus.registry.export import export_model
-from nimbus.runtime.models import build_model
+from nimbus.jobs.domain import JobSpec, JobState
+from nimbus.modelformat.export import export_model
+from nimbus.runtime.architectures import build_model
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.factory import open_object_store
 
@@ -46,7 +46,7 @@ IMAGE_SPEC: dict[str, Any] = {
 
 
 def image_model_dir(directory: Path, seed: int) -> Path:
-    """A CNN model directory written by ``nimbus.registry.export`` (weights from ``seed``)."""
+    """A CNN model directory written by ``nimbus.modelformat.export`` (weights from ``seed``)."""
     torch.manual_seed(seed)
     model = build_model(copy.deepcopy(IMAGE_SPEC)).eval()
     with torch.no_grad():  # spread the weights so classes differ clearly

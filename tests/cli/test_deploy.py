@@ -141,8 +141,8 @@ def export_digits(spec: dict[str, object], directory: Path) -> Path:
 
     import torch
 
-    from nimbus.registry.export import export_model
-    from nimbus.runtime.models import build_model
+    from nimbus.modelformat.export import export_model
+    from nimbus.runtime.architectures import build_model
 
     torch.manual_seed(0)
     model = build_model(copy.deepcopy(spec)).eval()

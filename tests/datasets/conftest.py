@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nimbus.datasets.domain import IngestLimits, IngestOptions, PreparedDataset
 from nimbus.datasets.ingest import ingest
-from nimbus.datasets.model import IngestLimits, IngestOptions, PreparedDataset
 
 
 @dataclass

@@ -22,7 +22,7 @@ from nimbus.datasets.archive import (
     sniff_archive,
     zip_entry_count,
 )
-from nimbus.datasets.model import IngestLimits
+from nimbus.datasets.domain import IngestLimits
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from nimbus.datasets.model import Format, IngestLimits, Task
+from nimbus.datasets.domain import Format, IngestLimits, Task
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nimbus.datasets.domain import Format, IngestLimits, PreparedDataset, Task
 from nimbus.datasets.formats.image_folder import resolve_layout
-from nimbus.datasets.model import Format, IngestLimits, PreparedDataset, Task
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nimbus.datasets.detect import detect_format
-from nimbus.datasets.model import SPLITS, Format, IngestLimits, IngestOptions, Task
+from nimbus.datasets.domain import SPLITS, Format, IngestLimits, IngestOptions, Task
 from nimbus.errors import InvalidDataset, InvalidInput
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def test_table_formats_load_pyarrow_only_when_used() -> None:
         "import sys, nimbus.datasets.ingest, nimbus.services.datasets, nimbus.api.app\n"
         "assert 'pyarrow' not in sys.modules, 'imported at start'\n"
         "from nimbus.datasets.formats import READERS\n"
-        "from nimbus.datasets.model import Format\n"
+        "from nimbus.datasets.domain import Format\n"
         "assert READERS[Format.PARQUET].__name__ == 'parquet.read'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

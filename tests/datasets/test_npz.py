@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from nimbus.datasets.model import Format, Task
+from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:

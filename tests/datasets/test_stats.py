@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nimbus.datasets.model import SPLITS, Task
+from nimbus.datasets.domain import SPLITS, Task
 from nimbus.datasets.stats import StatsAccumulator
 
 

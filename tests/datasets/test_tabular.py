@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nimbus.datasets.model import Format, Task
+from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from nimbus.db.migrate import upgrade
 from nimbus.db.tables import Tenant
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity
-from nimbus.jobs.model import (
+from nimbus.jobs.domain import (
     AttemptState,
     ExitReason,
     Fenced,
@@ -25,7 +25,7 @@ from nimbus.jobs.model import (
     JobState,
     Resources,
 )
-from nimbus.jobs.scheduling import Outcome, RetryPolicy
+from nimbus.jobs.policy import Outcome, RetryPolicy
 from nimbus.jobs.tokens import hash_token, mint_token
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

@@ -21,7 +21,7 @@ from nimbus.config import Settings
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.demo_data import write_digits_zip
-from nimbus.jobs.model import Attempt
+from nimbus.jobs.domain import Attempt
 from tests.helpers import ServerProcess
 
 T = TypeVar("T")

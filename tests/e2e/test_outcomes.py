@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nimbus.client import Client
-from nimbus.jobs.model import AttemptState, ExitReason
+from nimbus.jobs.domain import AttemptState, ExitReason
 from tests.e2e.conftest import (
     QUICK_CNN,
     Store,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nimbus.client import Client
-from nimbus.jobs.model import AttemptState, ExitReason
+from nimbus.jobs.domain import AttemptState, ExitReason
 from tests.e2e.conftest import (
     SLOW_CNN,
     Store,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nimbus.client import Event
-from nimbus.jobs.model import AttemptState
+from nimbus.jobs.domain import AttemptState
 from tests.e2e.conftest import (
     Store,
     client_for,

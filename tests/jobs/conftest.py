@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from nimbus.jobs.executor import AttemptLaunch, Executor, ExitStatus, Program
+from nimbus.jobs.domain import Resources
+from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Program
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.model import Resources
 
 GRACE = 0.5
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from nimbus.errors import InvalidInput
-from nimbus.jobs.executor import Executor, ExitStatus, Program
+from nimbus.jobs.domain import ExitReason
 from nimbus.jobs.executors import make_executor
+from nimbus.jobs.executors.base import Executor, ExitStatus, Program
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.model import ExitReason
 from tests.jobs.conftest import Run, make, wait_gone
 
 SPAWN_GRANDCHILD = """

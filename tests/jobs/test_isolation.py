@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from nimbus.errors import InvalidInput
-from nimbus.jobs.executor import Executor, ExitStatus
 from nimbus.jobs.executors import make_executor
+from nimbus.jobs.executors.base import Executor, ExitStatus
 from nimbus.jobs.isolation import (
     JOB_USER,
     JobUser,

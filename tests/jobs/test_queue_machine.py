@@ -28,8 +28,8 @@ from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.db.tables import JobAttemptRow, JobMetricRow, JobRow, Tenant
 from nimbus.jobs.capacity import Capacity
-from nimbus.jobs.model import AttemptState, Fenced, JobSpec, JobState, Resources
-from nimbus.jobs.scheduling import Outcome, RetryPolicy
+from nimbus.jobs.domain import AttemptState, Fenced, JobSpec, JobState, Resources
+from nimbus.jobs.policy import Outcome, RetryPolicy
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 NODE = Capacity(cpus=2, gpus=0, memory_bytes=1 << 40)

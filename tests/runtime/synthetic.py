@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.datasets import load_digits, make_blobs
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.runtime.data import DataSplits, Split
 
 

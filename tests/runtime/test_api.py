@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from nimbus import runtime as nr
-from nimbus.datasets.model import SPLITS
+from nimbus.datasets.domain import SPLITS
 from nimbus.errors import InvalidInput
+from nimbus.modelformat.text import build_encoder
 from nimbus.runtime import api
 from nimbus.runtime.custom import evaluate_model_dir
 from nimbus.runtime.data import DataSplits
-from nimbus.runtime.text import build_encoder
 from tests.runtime import synthetic
 
 
@@ -194,12 +194,12 @@ def test_dataset_outside_a_job_needs_a_directory(monkeypatch: pytest.MonkeyPatch
 def test_the_package_stays_light() -> None:
     code = (
         "import sys\n"
-        "import nimbus.runtime.params\n"
+        "import nimbus.runtime.hyperparams\n"
         "assert 'torch' not in sys.modules, 'params pulled in torch'\n"
         "from nimbus import runtime as nr\n"
         "assert 'torch' not in sys.modules and 'nimbus.runtime.api' not in sys.modules\n"
-        "import nimbus.runtime.checkpoint\n"
-        "from nimbus.runtime.params import validate_params\n"
+        "import nimbus.runtime.checkpoints\n"
+        "from nimbus.runtime.hyperparams import validate_params\n"
         "assert isinstance(nr.params, dict) and callable(nr.checkpoint)\n"
         "assert nr.checkpoint.__module__ == 'nimbus.runtime.api'\n"
         "assert 'keras' not in sys.modules\n"

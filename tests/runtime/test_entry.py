@@ -21,14 +21,14 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from nimbus.jobs.executor import AttemptLaunch, Program
+from nimbus.jobs.domain import USER_ERROR_EXIT_CODE, Resources
+from nimbus.jobs.executors.base import AttemptLaunch, Program
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.model import USER_ERROR_EXIT_CODE, Resources
 from nimbus.runtime import entry
-from nimbus.runtime.http import FENCED_EXIT_CODE
+from nimbus.runtime.job_api import FENCED_EXIT_CODE
 from tests.runtime import synthetic
-from tests.runtime.test_entry_runner import PYTHON, FakeRunner, Harness, run_main, running
+from tests.runtime.test_entry_job_api import PYTHON, FakeJobApi, Harness, run_main, running
 
 SMALL = {"epochs": 3, "batch_size": 32, "seed": 7}
 
@@ -39,12 +39,12 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         yield started
 
 
-def weights(runner: FakeRunner) -> dict[str, torch.Tensor]:
-    return st_load(runner.artifacts["weights.safetensors"])
+def weights(job_api: FakeJobApi) -> dict[str, torch.Tensor]:
+    return st_load(job_api.artifacts["weights.safetensors"])
 
 
-def steps(runner: FakeRunner, attempt: str | None = None) -> list[int]:
-    return [step for step, _ in runner.series("train_loss", attempt)]
+def steps(job_api: FakeJobApi, attempt: str | None = None) -> list[int]:
+    return [step for step, _ in job_api.series("train_loss", attempt)]
 
 
 @pytest.fixture(scope="module")
@@ -53,39 +53,40 @@ def small_digits() -> Any:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(small_digits: Any, tmp_path_factory: pytest.TempPathFactory) -> FakeRunner:
+def uninterrupted(small_digits: Any, tmp_path_factory: pytest.TempPathFactory) -> FakeJobApi:
     """SMALL on 400 digits, trained by one attempt from start to end."""
     with running(tmp_path_factory.mktemp("whole")) as whole:
-        whole.runner.job(small_digits, "cnn", SMALL)
+        whole.job_api.job(small_digits, "cnn", SMALL)
         assert run_main(whole) == 0
-    return whole.runner
+    return whole.job_api
 
 
 def test_builtin_cnn_on_digits_end_to_end(harness: Harness, capsys: Any) -> None:
-    runner = harness.runner
-    runner.job(synthetic.digits(), "cnn", {"epochs": 5})
+    job_api = harness.job_api
+    job_api.job(synthetic.digits(), "cnn", {"epochs": 5})
     assert run_main(harness) == 0
 
-    assert set(runner.artifacts) == {"spec.json", "weights.safetensors", "model.onnx"}
-    spec = json.loads(runner.artifacts["spec.json"])
+    assert set(job_api.artifacts) == {"spec.json", "weights.safetensors", "model.onnx"}
+    spec = json.loads(job_api.artifacts["spec.json"])
     assert spec["architecture"] == "cnn" and spec["classes"] == [str(i) for i in range(10)]
-    (evaluation,) = runner.results
+    (evaluation,) = job_api.results
     assert evaluation["accuracy"] >= 0.9
     assert np.array(evaluation["confusion_matrix"]).sum() == evaluation["support"]
-    assert steps(runner) == [1, 2, 3, 4, 5]
-    assert runner.series("test_accuracy") == [(5, evaluation["accuracy"])]
-    assert runner.progress[-1] == {
+    assert steps(job_api) == [1, 2, 3, 4, 5]
+    assert job_api.series("test_accuracy") == [(5, evaluation["accuracy"])]
+    assert job_api.progress[-1] == {
         "attempt": "att_1",
         "epoch": 5,
         "epochs": 5,
         "batch": 22,
         "batches": 22,
     }
-    assert [step for step, _, _ in runner.checkpoints] == [1, 2, 3, 4, 5]
-    assert runner.checkpoint_epochs == ["1", "2", "3", "4", "5"]
+    assert [step for step, _, _ in job_api.checkpoints] == [1, 2, 3, 4, 5]
+    assert job_api.checkpoint_epochs == ["1", "2", "3", "4", "5"]
 
-    test_x = np.load(io.BytesIO(runner.blobs[runner.spec["dataset"]["files"]["test_x.npy"]["key"]]))
-    session = ort.InferenceSession(runner.artifacts["model.onnx"])
+    test_key = job_api.spec["dataset"]["files"]["test_x.npy"]["key"]
+    test_x = np.load(io.BytesIO(job_api.blobs[test_key]))
+    session = ort.InferenceSession(job_api.artifacts["model.onnx"])
     (probabilities,) = session.run(None, {"input": test_x})
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
@@ -94,34 +95,34 @@ def test_builtin_cnn_on_digits_end_to_end(harness: Harness, capsys: Any) -> None
 
 
 def test_a_run_resumed_after_epoch_k_ends_identical(
-    harness: Harness, small_digits: Any, uninterrupted: FakeRunner
+    harness: Harness, small_digits: Any, uninterrupted: FakeJobApi
 ) -> None:
-    runner = harness.runner
-    runner.job(small_digits, "cnn", SMALL)
-    runner.fence_after_checkpoints = 1  # attempt 1 is replaced right after epoch 1
+    job_api = harness.job_api
+    job_api.job(small_digits, "cnn", SMALL)
+    job_api.fence_after_checkpoints = 1  # attempt 1 is replaced right after epoch 1
     assert run_main(harness) == FENCED_EXIT_CODE
-    assert [step for step, _, _ in runner.checkpoints] == [1]
+    assert [step for step, _, _ in job_api.checkpoints] == [1]
 
-    runner.fence_after_checkpoints = None
-    second = runner.new_attempt()
+    job_api.fence_after_checkpoints = None
+    second = job_api.new_attempt()
     assert run_main(harness, second) == 0
-    assert steps(runner, second) == [2, 3]
-    assert runner.progress[-1]["epoch"] == 3
-    assert next(p["epoch"] for p in runner.progress if p["attempt"] == second) == 2
+    assert steps(job_api, second) == [2, 3]
+    assert job_api.progress[-1]["epoch"] == 3
+    assert next(p["epoch"] for p in job_api.progress if p["attempt"] == second) == 2
 
-    got, want = weights(runner), weights(uninterrupted)
+    got, want = weights(job_api), weights(uninterrupted)
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name
-    assert runner.results == uninterrupted.results
+    assert job_api.results == uninterrupted.results
 
 
 def test_sigkill_mid_training_resumes_from_the_last_complete_checkpoint(
-    harness: Harness, small_digits: Any, uninterrupted: FakeRunner
+    harness: Harness, small_digits: Any, uninterrupted: FakeJobApi
 ) -> None:
-    runner = harness.runner
-    runner.job(small_digits, "cnn", {**SMALL, "epochs": 3})
-    runner.checkpoint_delay = 0.5  # keep attempt 1 busy long enough to be killed
+    job_api = harness.job_api
+    job_api.job(small_digits, "cnn", {**SMALL, "epochs": 3})
+    job_api.checkpoint_delay = 0.5  # keep attempt 1 busy long enough to be killed
     proc = subprocess.Popen(
         [PYTHON, "-m", "nimbus.runtime.entry"],
         env=harness.process_env(),
@@ -130,7 +131,7 @@ def test_sigkill_mid_training_resumes_from_the_last_complete_checkpoint(
     )
     try:
         deadline = time.monotonic() + 60
-        while not runner.checkpoints:
+        while not job_api.checkpoints:
             assert proc.poll() is None, proc.communicate()[0]
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -139,22 +140,22 @@ def test_sigkill_mid_training_resumes_from_the_last_complete_checkpoint(
     finally:
         proc.kill()
         proc.communicate()
-    done = [step for step, _, _ in runner.checkpoints]
+    done = [step for step, _, _ in job_api.checkpoints]
     assert done and done[-1] < 3  # killed mid-training
 
-    runner.checkpoint_delay = 0.0
-    second = runner.new_attempt()
+    job_api.checkpoint_delay = 0.0
+    second = job_api.new_attempt()
     assert run_main(harness, second) == 0
-    assert steps(runner, second)[0] == done[-1] + 1
-    got, want = weights(runner), weights(uninterrupted)
+    assert steps(job_api, second)[0] == done[-1] + 1
+    got, want = weights(job_api), weights(uninterrupted)
     for name in want:
         assert torch.equal(got[name], want[name]), name
 
 
 def test_a_fenced_process_exits_promptly(harness: Harness, small_digits: Any) -> None:
-    runner = harness.runner
-    runner.job(small_digits, "cnn", {**SMALL, "epochs": 50})
-    runner.fence_after_checkpoints = 1
+    job_api = harness.job_api
+    job_api.job(small_digits, "cnn", {**SMALL, "epochs": 50})
+    job_api.fence_after_checkpoints = 1
     proc = subprocess.run(
         [PYTHON, "-m", "nimbus.runtime.entry"],
         env=harness.process_env(),
@@ -164,17 +165,17 @@ def test_a_fenced_process_exits_promptly(harness: Harness, small_digits: Any) ->
     )
     assert proc.returncode == FENCED_EXIT_CODE, proc.stderr
     assert "replaced" in proc.stderr
-    fenced = next(i for i, (_, r) in enumerate(runner.requests) if r.startswith("checkpoints/"))
-    later = [route for _, route in runner.requests[fenced + 1 :]]
+    fenced = next(i for i, (_, r) in enumerate(job_api.requests) if r.startswith("checkpoints/"))
+    later = [route for _, route in job_api.requests[fenced + 1 :]]
     assert len(later) < 10, later  # no more epochs: it stopped at its next call
-    assert max(step for step, _ in runner.series("train_loss")) == 1
+    assert max(step for step, _ in job_api.series("train_loss")) == 1
 
 
 @pytest.mark.parametrize("kind", ["local", "forkserver"])
 def test_two_gloo_workers_under_a_real_executor(harness: Harness, kind: str) -> None:
     """The executors' own environment (scrubbed, RANK/WORLD_SIZE/MASTER_*), two workers."""
-    runner = harness.runner
-    runner.job(synthetic.digits(limit=300), "cnn", {"epochs": 2, "batch_size": 32}, workers=2)
+    job_api = harness.job_api
+    job_api.job(synthetic.digits(limit=300), "cnn", {"epochs": 2, "batch_size": 32}, workers=2)
     root = harness.root / kind
     executor = (
         LocalExecutor(root, grace_seconds=1)
@@ -205,15 +206,15 @@ def test_two_gloo_workers_under_a_real_executor(harness: Harness, kind: str) -> 
         executor.close()
     output = "".join(chunks)
     assert status.ok, output
-    assert steps(runner) == [1, 2]  # rank 0 alone reports
-    assert [step for step, _, _ in runner.checkpoints] == [1, 2]
-    assert runner.artifact_puts == 3 and len(runner.results) == 1
+    assert steps(job_api) == [1, 2]  # rank 0 alone reports
+    assert [step for step, _, _ in job_api.checkpoints] == [1, 2]
+    assert job_api.artifact_puts == 3 and len(job_api.results) == 1
     assert "[0] nimbus: job job_1 attempt 1: cnn on digits:1 with 2 workers" in output
     assert "[1] epoch" not in output
 
 
 def test_invalid_params_fail_without_retry(harness: Harness, capsys: Any) -> None:
-    harness.runner.job(synthetic.digits(limit=100), "cnn", {"epochs": 0})
+    harness.job_api.job(synthetic.digits(limit=100), "cnn", {"epochs": 0})
     assert run_main(harness) == USER_ERROR_EXIT_CODE
     assert "epochs" in capsys.readouterr().err
 

@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from nimbus.runtime.http import FENCED_EXIT_CODE
-from nimbus.runtime.text import TextEncoder
+from nimbus.modelformat.text import TextEncoder
+from nimbus.runtime.job_api import FENCED_EXIT_CODE
 from tests.runtime import synthetic
-from tests.runtime.test_entry_runner import Harness, run_main, running
+from tests.runtime.test_entry_job_api import Harness, run_main, running
 
 # Keras's predict() on torch 2.13 with numpy 2 warns from inside Keras, once per batch.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -28,28 +28,28 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 
 def test_keras_cnn_example_trains_resumes_and_exports(harness: Harness) -> None:
-    runner = harness.runner
+    job_api = harness.job_api
     code = (EXAMPLES / "keras_cnn.py").read_bytes()
-    runner.job(
+    job_api.job(
         synthetic.digits(),
         code=code,
         entry="keras_cnn.py",
         params={"epochs": "3", "batch_size": "32"},
     )
-    runner.fence_after_checkpoints = 1
+    job_api.fence_after_checkpoints = 1
     assert run_main(harness) == FENCED_EXIT_CODE
 
-    runner.fence_after_checkpoints = None
-    second = runner.new_attempt()
+    job_api.fence_after_checkpoints = None
+    second = job_api.new_attempt()
     assert run_main(harness, second) == 0
-    assert [step for step, _ in runner.series("loss", second)] == [2, 3]  # epoch 1 kept
-    assert {"accuracy", "val_loss", "val_accuracy"} <= set(runner.metrics[-2][2])
-    (evaluation,) = runner.results
+    assert [step for step, _ in job_api.series("loss", second)] == [2, 3]  # epoch 1 kept
+    assert {"accuracy", "val_loss", "val_accuracy"} <= set(job_api.metrics[-2][2])
+    (evaluation,) = job_api.results
     assert evaluation["accuracy"] >= 0.85
-    spec = json.loads(runner.artifacts["spec.json"])
+    spec = json.loads(job_api.artifacts["spec.json"])
     assert spec["architecture"] == "custom"
     assert spec["input"]["datatype"] == "UINT8" and spec["input"]["shape"] == [-1, 8, 8, 1]
-    session = ort.InferenceSession(runner.artifacts["model.onnx"])
+    session = ort.InferenceSession(job_api.artifacts["model.onnx"])
     image = np.zeros((2, 8, 8, 1), dtype=np.uint8)
     (probabilities,) = session.run(None, {"input": image})
     assert probabilities.shape == (2, 10)
@@ -57,18 +57,18 @@ def test_keras_cnn_example_trains_resumes_and_exports(harness: Harness) -> None:
 
 
 def test_torch_text_example_trains_and_exports(harness: Harness) -> None:
-    runner = harness.runner
+    job_api = harness.job_api
     code = (EXAMPLES / "torch_text.py").read_bytes()
-    runner.job(synthetic.text(), code=code, entry="torch_text.py", params={"epochs": "8"})
+    job_api.job(synthetic.text(), code=code, entry="torch_text.py", params={"epochs": "8"})
     assert run_main(harness) == 0
-    assert [step for step, _ in runner.series("train_loss")] == list(range(1, 9))
-    assert [step for step, _, _ in runner.checkpoints] == list(range(1, 9))
-    (evaluation,) = runner.results
+    assert [step for step, _ in job_api.series("train_loss")] == list(range(1, 9))
+    assert [step for step, _, _ in job_api.checkpoints] == list(range(1, 9))
+    (evaluation,) = job_api.results
     assert evaluation["accuracy"] >= 0.9
-    spec = json.loads(runner.artifacts["spec.json"])
+    spec = json.loads(job_api.artifacts["spec.json"])
     assert spec["input"] == {"name": "input", "datatype": "BYTES", "shape": [-1]}
     assert spec["onnx_input"]["datatype"] == "INT64"
     encoder = TextEncoder.from_preprocessing(spec["preprocessing"])
-    session = ort.InferenceSession(runner.artifacts["model.onnx"])
+    session = ort.InferenceSession(job_api.artifacts["model.onnx"])
     (probabilities,) = session.run(None, {"input": encoder.encode(["the team scored a goal"])})
     assert spec["classes"][int(probabilities.argmax())] == "sport"

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from nimbus.jobs.model import USER_ERROR_EXIT_CODE
-from nimbus.runtime.http import CANCELLED_EXIT_CODE, FENCED_EXIT_CODE
+from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
+from nimbus.runtime.job_api import CANCELLED_EXIT_CODE, FENCED_EXIT_CODE
 from tests.runtime import synthetic
-from tests.runtime.test_entry_runner import PYTHON, Harness, run_main, running
+from tests.runtime.test_entry_job_api import PYTHON, Harness, run_main, running
 
 TRAIN = textwrap.dedent(
     """
@@ -71,52 +71,52 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 
 def test_a_script_trains_saves_and_is_scored(harness: Harness, capsys: Any) -> None:
-    runner = harness.runner
-    runner.job(synthetic.tiny_images(n=60), code=TRAIN.encode(), params={"epochs": "2"})
+    job_api = harness.job_api
+    job_api.job(synthetic.tiny_images(n=60), code=TRAIN.encode(), params={"epochs": "2"})
     assert run_main(harness) == 0
 
-    assert set(runner.artifacts) == {"spec.json", "weights.safetensors", "model.onnx"}
-    spec = json.loads(runner.artifacts["spec.json"])
+    assert set(job_api.artifacts) == {"spec.json", "weights.safetensors", "model.onnx"}
+    spec = json.loads(job_api.artifacts["spec.json"])
     assert spec["architecture"] == "custom"
     assert (
         spec["input"]
         == spec["onnx_input"]
         == {"name": "input", "datatype": "UINT8", "shape": [-1, 6, 6, 3]}
     )
-    (evaluation,) = runner.results  # scored with ONNX Runtime on the test split
+    (evaluation,) = job_api.results  # scored with ONNX Runtime on the test split
     assert evaluation["support"] == 5
-    assert [step for step, _ in runner.series("train_loss")] == [1, 2]
-    assert runner.series("test_accuracy") == [(2, evaluation["accuracy"])]
-    assert [step for step, _, _ in runner.checkpoints] == [1, 2]
-    assert runner.progress[-1]["epoch"] == 2
+    assert [step for step, _ in job_api.series("train_loss")] == [1, 2]
+    assert job_api.series("test_accuracy") == [(2, evaluation["accuracy"])]
+    assert [step for step, _, _ in job_api.checkpoints] == [1, 2]
+    assert job_api.progress[-1]["epoch"] == 2
     out = capsys.readouterr().out
     assert "argv [] cwd files ['code', 'data', 'model']" in out
 
 
 def test_a_resumed_script_restores_its_checkpoint(harness: Harness) -> None:
-    runner = harness.runner
-    runner.job(synthetic.tiny_images(n=60), code=TRAIN.encode(), params={"epochs": 3})
-    runner.fence_after_checkpoints = 2
+    job_api = harness.job_api
+    job_api.job(synthetic.tiny_images(n=60), code=TRAIN.encode(), params={"epochs": 3})
+    job_api.fence_after_checkpoints = 2
     assert run_main(harness) == FENCED_EXIT_CODE
-    runner.fence_after_checkpoints = None
-    second = runner.new_attempt()
+    job_api.fence_after_checkpoints = None
+    second = job_api.new_attempt()
     assert run_main(harness, second) == 0
-    assert [step for step, _ in runner.series("train_loss", second)] == [3]
+    assert [step for step, _ in job_api.series("train_loss", second)] == [3]
 
 
 def test_an_exception_in_the_script_is_a_user_error(harness: Harness, capsys: Any) -> None:
     script = "def helper():\n    raise ValueError('boom')\n\nhelper()\n"
-    harness.runner.job(synthetic.tiny_images(), code=script.encode())
+    harness.job_api.job(synthetic.tiny_images(), code=script.encode())
     assert run_main(harness) == USER_ERROR_EXIT_CODE
     err = capsys.readouterr().err
     assert "ValueError: boom" in err and "train.py" in err and "helper()" in err
     assert "runpy" not in err and "usercode.py" not in err
-    assert harness.runner.results == [] and harness.runner.artifacts == {}
+    assert harness.job_api.results == [] and harness.job_api.artifacts == {}
 
 
 @pytest.mark.parametrize(("code", "expected"), [(0, 0), (None, 0), (2, USER_ERROR_EXIT_CODE)])
 def test_system_exit(harness: Harness, code: int | None, expected: int) -> None:
-    harness.runner.job(synthetic.tiny_images(), code=f"raise SystemExit({code})".encode())
+    harness.job_api.job(synthetic.tiny_images(), code=f"raise SystemExit({code})".encode())
     assert run_main(harness) == expected
 
 
@@ -139,11 +139,11 @@ def test_a_tar_with_main_and_an_explicit_evaluation(harness: Harness) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(text.encode())
             archive.addfile(info, io.BytesIO(text.encode()))
-    harness.runner.job(synthetic.tiny_images(), code=buffer.getvalue(), entry="main.py")
+    harness.job_api.job(synthetic.tiny_images(), code=buffer.getvalue(), entry="main.py")
     assert run_main(harness) == 0
-    (evaluation,) = harness.runner.results
+    (evaluation,) = harness.job_api.results
     assert evaluation["accuracy"] == 1.0
-    assert harness.runner.artifacts == {}  # no nr.save_model: nothing to upload
+    assert harness.job_api.artifacts == {}  # no nr.save_model: nothing to upload
 
 
 def test_user_code_cannot_swallow_the_fence(harness: Harness) -> None:
@@ -157,16 +157,16 @@ def test_user_code_cannot_swallow_the_fence(harness: Harness) -> None:
         raise SystemExit(0)
         """
     )
-    harness.runner.job(synthetic.tiny_images(), code=script.encode())
-    harness.runner.fence_on_route = "metrics"
+    harness.job_api.job(synthetic.tiny_images(), code=script.encode())
+    harness.job_api.fence_on_route = "metrics"
     assert run_main(harness) == FENCED_EXIT_CODE
 
 
 @pytest.mark.parametrize("how", ["fence", "cancel"])
 def test_the_heartbeat_stops_a_busy_script(harness: Harness, how: str) -> None:
-    runner = harness.runner
+    job_api = harness.job_api
     script = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n"
-    runner.job(synthetic.tiny_images(), code=script.encode())
+    job_api.job(synthetic.tiny_images(), code=script.encode())
     proc = subprocess.Popen(
         [PYTHON, "-m", "nimbus.runtime.entry"],
         env=harness.process_env(),
@@ -180,9 +180,9 @@ def test_the_heartbeat_stops_a_busy_script(harness: Harness, how: str) -> None:
             assert proc.poll() is None
         start = time.monotonic()
         if how == "fence":
-            runner.new_attempt()
+            job_api.new_attempt()
         else:
-            runner.cancel = True
+            job_api.cancel = True
         code = proc.wait(timeout=20)
         assert time.monotonic() - start < 5
     finally:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nimbus.errors import InvalidDataset, InvalidInput
-from nimbus.runtime.checkpoint import checkpoint_from_bytes
+from nimbus.runtime.checkpoints import checkpoint_from_bytes
 from nimbus.runtime.data import DataSplits, Split
 from nimbus.runtime.reporter import MemoryReporter
 from nimbus.runtime.trainer import TrainResult, train

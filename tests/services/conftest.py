@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nimbus.datasets.model import (
+from nimbus.datasets.domain import (
     Format,
     IngestLimits,
     IngestOptions,

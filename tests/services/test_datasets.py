@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from nimbus.datasets.model import IngestOptions
+from nimbus.datasets.domain import IngestOptions
 from nimbus.db import datasets as dataset_repo
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade

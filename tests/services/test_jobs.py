@@ -1,4 +1,4 @@
-"""Job, code and runner services over a real metadata store, and the scheduler's wiring in
+"""Job, code and job API services over a real metadata store, and the scheduler's wiring in
 the server process (instance id, own URL, executor, lock)."""
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ from typing import Any
 import pytest
 
 from nimbus.config import Settings
-from nimbus.datasets.model import IngestOptions
+from nimbus.datasets.domain import IngestOptions
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from nimbus.jobs.capacity import Capacity
-from nimbus.jobs.executor import AttemptLaunch, Program
-from nimbus.jobs.model import Fenced
-from nimbus.jobs.scheduling import Outcome
+from nimbus.jobs.domain import Fenced
+from nimbus.jobs.executors.base import AttemptLaunch, Program
+from nimbus.jobs.policy import Outcome
 from nimbus.security import Principal, Role
 from nimbus.server import NodeExecutor, SchedulerThread, instance_id, own_url
 from nimbus.services.code import CodeService, check_archive
 from nimbus.services.datasets import DatasetService
+from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, SubmitRequest, detect_gpus, finite, node_capacity
-from nimbus.services.runner import RunnerService
 from nimbus.storage.blobs import BlobStore
 from tests.services.conftest import fake_ingest
 
@@ -43,7 +43,7 @@ class Services:
     datasets: DatasetService
     code: CodeService
     jobs: JobService
-    runner: RunnerService
+    job_api: JobApiService
     db: Database
     member: Principal
 
@@ -67,28 +67,28 @@ def services(db: Database, blobs: BlobStore, tmp_path: Path,
     source.write_bytes(b"text,label\nok,pos\n")
     datasets.upload(member, "reviews", source, "a" * 64, "reviews.csv", IngestOptions())
     return Services(datasets, code, JobService(db, datasets, code, NODE),
-                    RunnerService(db, blobs, lease_seconds=30), db, member)
+                    JobApiService(db, blobs, lease_seconds=30), db, member)
 
 
 def request(**body: Any) -> SubmitRequest:
     return SubmitRequest.model_validate({"dataset": "reviews", "model": "text", **body})
 
 
-def test_submit_snapshots_its_inputs_for_the_runner(services: Services) -> None:
+def test_submit_snapshots_its_inputs_for_the_job_process(services: Services) -> None:
     job = services.jobs.submit(services.member, request(params={"epochs": "3"}, seed=4))
     assert job["params"]["epochs"] == 3 and job["params"]["seed"] == 4 and job["seed"] == 4
     services.datasets.delete_dataset(services.member, "reviews")  # the job keeps its snapshot
     with services.db.session(write=True) as s:
         (claim,) = repo.claim_next(s, capacity=NODE, owner="n", now=datetime.now(UTC),
                                    lease_seconds=30)
-    ctx = services.runner.authenticate(claim.token, claim.attempt.id)
-    spec = services.runner.spec(ctx)
+    ctx = services.job_api.authenticate(claim.token, claim.attempt.id)
+    spec = services.job_api.spec(ctx)
     assert spec["dataset"]["dataset"] == "reviews" and spec["params"]["epochs"] == 3
     assert services.jobs.get(services.member, job["id"])["dataset"]["version"] == 1
     # Known limitation: a job holds no reference on its dataset's blobs, so deleting the
     # dataset under a queued job leaves it a spec whose files are gone.
     with pytest.raises(NotFound):
-        services.runner.blob(ctx, spec["dataset"]["files"]["train_x.npy"]["key"])
+        services.job_api.blob(ctx, spec["dataset"]["files"]["train_x.npy"]["key"])
 
 
 def test_seed_rules(services: Services) -> None:
@@ -129,22 +129,22 @@ def test_checkpoints_are_pruned_to_the_latest_two(services: Services, tmp_path: 
     with services.db.session(write=True) as s:
         (claim,) = repo.claim_next(s, capacity=NODE, owner="n", now=datetime.now(UTC),
                                    lease_seconds=30)
-    ctx = services.runner.authenticate(claim.token, claim.attempt.id)
+    ctx = services.job_api.authenticate(claim.token, claim.attempt.id)
     keys = []
     for step in range(1, 5):
         path = tmp_path / f"ckpt{step}"
         data = f"checkpoint {step}".encode()
         path.write_bytes(data)
-        keys.append(services.runner.put_checkpoint(
+        keys.append(services.job_api.put_checkpoint(
             ctx, step, None, path, hashlib.sha256(data).hexdigest(), len(data))["key"])
-    assert [services.runner.blobs.exists(k) for k in keys] == [False, False, True, True]
-    step, download = services.runner.latest_checkpoint(ctx)
+    assert [services.job_api.blobs.exists(k) for k in keys] == [False, False, True, True]
+    step, download = services.job_api.latest_checkpoint(ctx)
     assert step == 4 and b"".join(download.chunks) == b"checkpoint 4"
     with services.db.session(write=True) as s:
         repo.request_cancel(s, claim.job.id, datetime.now(UTC))
         repo.finish_attempt(s, claim.attempt.id, Outcome.from_exit(None, 9), datetime.now(UTC))
     with pytest.raises(Fenced):
-        services.runner.authenticate(claim.token, claim.attempt.id)
+        services.job_api.authenticate(claim.token, claim.attempt.id)
 
 
 def test_finite_and_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from nimbus.errors import InvalidInput
-from nimbus.registry.check import check_model_dir, recorded_accuracy
-from nimbus.registry.export import export_model
-from nimbus.runtime.models import build_model
+from nimbus.modelformat.export import export_model
+from nimbus.modelformat.verify import check_model_dir, recorded_accuracy
+from nimbus.runtime.architectures import build_model
 from nimbus.services.models import VersionRef, parse_model_ref, parse_version_ref
 from tests.api.test_models_support import image_model_dir, images, onnx_probabilities
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nimbus.db import deployments as deployment_repo
-from nimbus.db import models as models_repo
+from nimbus.db import registry as models_repo
 from nimbus.db import tenants, tokens
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade

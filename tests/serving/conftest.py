@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nimbus.runtime.models import build_model
+from nimbus.runtime.architectures import build_model
 
 IMAGE_SHAPE = (6, 6, 1)
 TEXT_VOCAB = ["<pad>", "<unk>", "good", "bad", "great", "awful", "movie", "plot"]

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from nimbus.errors import InvalidInput, PayloadTooLarge
+from nimbus.modelformat.spec import ModelSpec
 from nimbus.serving.app import InferenceApp
 from nimbus.serving.batcher import Batcher, BatchPolicy
 from nimbus.serving.errors import ProtocolError
 from nimbus.serving.images import decode_image
 from nimbus.serving.metrics import ServingMetrics
 from nimbus.serving.predictor import Predictor
-from nimbus.serving.spec import ModelSpec
 
 
 def test_torch_and_onnx_backends_agree(image_model_dir: Path, text_model_dir: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from tritonclient.http import InferResult
 from tritonclient.utils import serialize_byte_tensor
 
+from nimbus.modelformat.dtypes import DTYPES, TensorSpec
 from nimbus.serving.errors import ProtocolError
 from nimbus.serving.protocol import (
     RequestedOutput,
@@ -20,7 +21,6 @@ from nimbus.serving.protocol import (
     parse_infer_request,
     server_metadata,
 )
-from nimbus.serving.tensors import DTYPES, TensorSpec
 
 NUMERIC = [d for d in DTYPES if d != "BYTES"]
 OUTPUTS = (TensorSpec("probabilities", "FP32", (-1, 3)), TensorSpec("label", "BYTES", (-1,)))

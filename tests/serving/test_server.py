@@ -22,9 +22,9 @@ import tritonclient.http as triton
 import uvicorn
 from PIL import Image
 
-from nimbus.runtime.text import TextEncoder
+from nimbus.modelformat.spec import ModelSpec
+from nimbus.modelformat.text import TextEncoder
 from nimbus.serving.app import InferenceApp, create_app, uvicorn_config
-from nimbus.serving.spec import ModelSpec
 from tests.serving.conftest import IMAGE_SHAPE
 
 MAX_BODY = 64 * 1024

@@ -12,27 +12,27 @@ from nimbus import __version__
 from nimbus.api import errors
 from nimbus.api.audit_log import AuditMiddleware
 from nimbus.api.context import AuditContext
-from nimbus.api.routes import audit, code, datasets, health, jobs, runner, tokens
+from nimbus.api.routes import audit, code, datasets, health, job_api, jobs, tokens
 from nimbus.api.routes import deployments as deployment_routes
 from nimbus.api.routes import models as model_routes
 from nimbus.api.state import Background, Services
 from nimbus.config import Settings
-from nimbus.datasets.model import IngestLimits
+from nimbus.datasets.domain import IngestLimits
 from nimbus.db.engine import Database
 from nimbus.services.audit import AuditService
 from nimbus.services.code import CodeService
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployments import DeploymentService
+from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.models import ModelService
-from nimbus.services.runner import RunnerService
 from nimbus.services.tokens import TokenService
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.factory import open_object_store
 
 API_PREFIX = "/api/v1"
-RUNNER_PREFIX = API_PREFIX + "/runner/"
+JOB_API_PREFIX = API_PREFIX + "/job-api/"
 
 
 def ingest_limits(settings: Settings) -> IngestLimits:
@@ -72,7 +72,7 @@ def build_services(
         datasets=datasets,
         code=code,
         jobs=JobService(db, datasets, code, capacity),
-        runner=RunnerService(db, blobs, lease_seconds=settings.lease_seconds),
+        job_api=JobApiService(db, blobs, lease_seconds=settings.lease_seconds),
         capacity=capacity,
         models=models,
         deployments=DeploymentService(
@@ -82,11 +82,11 @@ def build_services(
 
 
 class _Audit(AuditMiddleware):
-    """The audit log, less the routine traffic of job processes: runner requests (leases,
+    """The audit log, less the routine traffic of job processes: job API requests (leases,
     metrics, progress, checkpoints) are recorded only when refused."""
 
     async def _record(self, scope: Scope, ctx: AuditContext, status: int) -> None:
-        if status < 400 and str(scope.get("path", "")).startswith(RUNNER_PREFIX):
+        if status < 400 and str(scope.get("path", "")).startswith(JOB_API_PREFIX):
             return
         await super()._record(scope, ctx, status)
 
@@ -117,6 +117,6 @@ def create_app(
     errors.install(app)
     app.add_middleware(_Audit, audit=services.audit)
     app.include_router(health.router)
-    for module in (tokens, audit, datasets, code, jobs, runner, model_routes, deployment_routes):
+    for module in (tokens, audit, datasets, code, jobs, job_api, model_routes, deployment_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

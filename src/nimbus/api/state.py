@@ -15,9 +15,9 @@ from nimbus.services.audit import AuditService
 from nimbus.services.code import CodeService
 from nimbus.services.datasets import DatasetService
 from nimbus.services.deployments import DeploymentService
+from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService
 from nimbus.services.models import ModelService
-from nimbus.services.runner import RunnerService
 from nimbus.services.tokens import TokenService
 from nimbus.storage.blobs import BlobStore
 
@@ -41,7 +41,7 @@ class Services:
     datasets: DatasetService
     code: CodeService
     jobs: JobService
-    runner: RunnerService
+    job_api: JobApiService
     capacity: Capacity
     models: ModelService
     deployments: DeploymentService

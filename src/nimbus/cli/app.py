@@ -17,11 +17,11 @@ from nimbus.cli import (
     demo,
     deploy,
     deployments,
+    edge,
     jobs,
     login,
     models,
     predict,
-    serve,
     server,
     tokens,
     train,
@@ -77,7 +77,7 @@ app.command("deploy")(deploy.deploy)
 app.add_typer(deployments.app, name="deployments")
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
-app.command("serve")(serve.serve)
+app.command("serve")(edge.serve)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

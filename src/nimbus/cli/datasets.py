@@ -10,7 +10,7 @@ from rich.console import Console
 
 from nimbus.cli.common import JsonOption, client, emit, human_bytes, transfer
 from nimbus.cli.render import datasets_table, version_table
-from nimbus.datasets.model import Format, Task
+from nimbus.datasets.domain import Format, Task
 
 app = typer.Typer(help="Upload, inspect, download and delete datasets.", no_args_is_help=True)
 

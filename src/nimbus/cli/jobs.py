@@ -11,7 +11,7 @@ from nimbus.cli.common import JsonOption, client, emit, err_console, print_json
 from nimbus.cli.follow import bar_console, follow, summary
 from nimbus.cli.render import compare_table, job_view, jobs_table, metrics_table
 from nimbus.errors import InvalidInput
-from nimbus.jobs.model import JobState
+from nimbus.jobs.domain import JobState
 
 app = typer.Typer(help="Inspect, follow, compare and cancel training jobs.", no_args_is_help=True)
 

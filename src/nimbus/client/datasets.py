@@ -11,7 +11,7 @@ from typing import Any, Literal
 from nimbus.client.base import API, BaseClient
 from nimbus.client.refs import parse_versioned
 from nimbus.client.transfer import Progress, chunks, local_name, packed
-from nimbus.datasets.model import Format, Task, validate_name
+from nimbus.datasets.domain import Format, Task, validate_name
 from nimbus.errors import InvalidInput
 
 

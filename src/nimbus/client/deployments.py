@@ -14,7 +14,7 @@ import numpy as np
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.models import ModelRef, as_model_ref
-from nimbus.datasets.model import validate_name
+from nimbus.datasets.domain import validate_name
 from nimbus.errors import (
     InvalidInput,
     NimbusError,

@@ -20,8 +20,8 @@ from nimbus.client.datasets import DatasetRef, as_ref
 from nimbus.client.sse import Event, parse_events
 from nimbus.client.transfer import chunks, packed
 from nimbus.errors import InvalidInput, NimbusError, Unavailable
-from nimbus.jobs.model import JobState, parse_duration, parse_memory
-from nimbus.runtime.params import PARAM_SCHEMAS
+from nimbus.jobs.domain import JobState, parse_duration, parse_memory
+from nimbus.runtime.hyperparams import PARAM_SCHEMAS
 
 BUILTIN_MODELS = tuple(PARAM_SCHEMAS)
 CODE_PREFIX = "code:"

@@ -11,7 +11,7 @@ from urllib.parse import quote
 from nimbus.client.base import API, BaseClient
 from nimbus.client.refs import parse_versioned
 from nimbus.client.transfer import Progress
-from nimbus.datasets.model import validate_name
+from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
 
 REF_HELP = "use NAME, NAME:VERSION or NAME@ALIAS"

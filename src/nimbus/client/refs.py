@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from nimbus.datasets.model import validate_name
+from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
 
 Version = int | Literal["latest"] | None

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
-from nimbus.datasets.model import validate_name
+from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
 
 

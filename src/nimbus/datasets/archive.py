@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 
-from nimbus.datasets.model import IngestLimits
+from nimbus.datasets.domain import IngestLimits
 from nimbus.errors import InvalidDataset
 
 RATIO_FLOOR = 1 << 20  # members inflating to less than this cannot be meaningful bombs

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from nimbus.datasets.archive import iter_files, sniff_archive
+from nimbus.datasets.domain import Format, IngestLimits, IngestOptions, Task
 from nimbus.datasets.formats.idx import is_idx_name
 from nimbus.datasets.formats.image_folder import IMAGE_SUFFIXES
-from nimbus.datasets.model import Format, IngestLimits, IngestOptions, Task
 from nimbus.errors import InvalidDataset, InvalidInput
 
 E = TypeVar("E", Format, Task)

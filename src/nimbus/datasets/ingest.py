@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from nimbus.datasets.detect import detect_format, parse_enum
+from nimbus.datasets.domain import IngestLimits, IngestOptions, PreparedDataset, Task
 from nimbus.datasets.formats import READERS, ReadContext
 from nimbus.datasets.labels import encode_labels
-from nimbus.datasets.model import IngestLimits, IngestOptions, PreparedDataset, Task
 from nimbus.datasets.prepare import write_splits
 from nimbus.datasets.splits import plan_splits, split_info, validate_fractions
 from nimbus.datasets.stats import StatsAccumulator

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nimbus.datasets.model import SPLITS
+from nimbus.datasets.domain import SPLITS
 from nimbus.datasets.rows import WINDOW_BYTES, NpyWriter, RowSource, WrittenFile, windows
 from nimbus.datasets.splits import SplitPlan
 

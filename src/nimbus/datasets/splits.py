@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nimbus.datasets.model import SPLITS, SplitInfo
+from nimbus.datasets.domain import SPLITS, SplitInfo
 from nimbus.errors import InvalidInput
 
 

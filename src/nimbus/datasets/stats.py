@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 
 SQUARES_BYTES = 512 * 1024
 

@@ -1,4 +1,4 @@
-"""What job views need beyond the queue's :class:`~nimbus.jobs.model.Job`: the inputs
+"""What job views need beyond the queue's :class:`~nimbus.jobs.domain.Job`: the inputs
 resolved at submit, the latest progress, and the artifacts, for one job or a page of them."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from nimbus.db import jobs as repo
 from nimbus.db.tables import JobArtifactRow, JobRow
-from nimbus.jobs.model import Job, JobState
+from nimbus.jobs.domain import Job, JobState
 
 
 @dataclass(frozen=True)

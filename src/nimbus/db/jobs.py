@@ -1,4 +1,4 @@
-"""Job queue repository: submit, claim, lease, finish, cancel, and what runners write.
+"""Job queue repository: submit, claim, lease, finish, cancel, and what job processes write.
 
 Every function takes a :class:`~sqlalchemy.orm.Session` and every time is passed in
 (``now``). State transitions read-then-write, so call them inside
@@ -6,8 +6,8 @@ Every function takes a :class:`~sqlalchemy.orm.Session` and every time is passed
 on PostgreSQL they lock the rows they change (``SELECT ... FOR UPDATE``, ``SKIP LOCKED``
 where another scheduler may be busy with a row).
 
-Fencing: a runner's writes name its attempt. Results, metrics, checkpoints, artifacts and
-heartbeats are refused with :class:`~nimbus.jobs.model.Fenced` unless that attempt is still
+Fencing: a job process's writes name its attempt. Results, metrics, checkpoints, artifacts and
+heartbeats are refused with :class:`~nimbus.jobs.domain.Fenced` unless that attempt is still
 *running* (an attempt leaves that state exactly when the job moves on: finished, requeued
 after a lost lease, failed by its deadline). Log chunks only need the attempt to be the
 job's latest, so the tail of a killed process's output still lands.
@@ -34,7 +34,7 @@ from nimbus.db.tables import (
 )
 from nimbus.errors import NotFound
 from nimbus.jobs.capacity import Capacity, check_request
-from nimbus.jobs.model import (
+from nimbus.jobs.domain import (
     Attempt,
     AttemptState,
     Claim,
@@ -46,7 +46,7 @@ from nimbus.jobs.model import (
     Lease,
     Resources,
 )
-from nimbus.jobs.scheduling import (
+from nimbus.jobs.policy import (
     Decision,
     Outcome,
     QueuedJob,
@@ -194,7 +194,7 @@ def claim_next(
     tenant_limit: int | None = None, limit: int | None = None,
     reserve_after: timedelta | None = None, new_token: Callable[[], str] = mint_token,
 ) -> list[Claim]:
-    """Start what :func:`~nimbus.jobs.scheduling.pick` chooses, on the node ``owner``.
+    """Start what :func:`~nimbus.jobs.policy.pick` chooses, on the node ``owner``.
 
     Creates one attempt per chosen job, leased to ``owner`` until ``now + lease_seconds``.
     On SQLite run it in a ``write=True`` session (one writer at a time). On PostgreSQL the
@@ -454,7 +454,7 @@ def request_cancel(session: Session, job_id: str, now: datetime,
     return _job(job)
 
 
-# --- what runners write ------------------------------------------------------------------------
+# --- what job processes write ---------------------------------------------------------------------
 
 
 def _running(session: Session, attempt_id: str) -> tuple[str, int]:

@@ -165,7 +165,7 @@ class JobRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_by: Mapped[str | None] = mapped_column(String(32))
     # Migration 0003: what the job reads, resolved at submit (a snapshot of the dataset
-    # version, the code artifact), and the latest progress its runner reported.
+    # version, the code artifact), and the latest progress its job process reported.
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 

@@ -2,5 +2,5 @@
 scheduler loop.
 
 Import what you need from the submodules: :mod:`.model` and :mod:`.scheduling` are pure,
-:mod:`.executors` start processes, :mod:`.runner` ties them to the metadata store.
+:mod:`.executors` start processes, :mod:`.scheduler` ties them to the metadata store.
 """

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nimbus.errors import InvalidInput
-from nimbus.jobs.model import Resources
+from nimbus.jobs.domain import Resources
 
 _EPSILON = 1e-9  # fractional CPUs add up with rounding error
 

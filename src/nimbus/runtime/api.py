@@ -1,7 +1,7 @@
 """The ``nr`` API for training scripts: ``from nimbus import runtime as nr``.
 
 Inside a job (started by ``python -m nimbus.runtime.entry``) every call goes to the control
-plane over the job's runner routes. Outside a job (no ``NIMBUS_JOB_TOKEN``) the same script
+plane over the job's job API. Outside a job (no ``NIMBUS_JOB_TOKEN``) the same script
 runs in *local mode*, for development:
 
 - ``nr.params`` comes from ``NIMBUS_PARAMS`` (a JSON file, or an inline JSON object), else
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
-from nimbus.runtime.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
+from nimbus.runtime.checkpoints import checkpoint_from_bytes, checkpoint_to_bytes
 from nimbus.runtime.custom import Output, export_custom
 from nimbus.runtime.data import DataSplits, Split
 from nimbus.runtime.evaluation import evaluate as score
-from nimbus.runtime.http import format_metrics
+from nimbus.runtime.job_api import format_metrics
 from nimbus.runtime.reporter import Reporter
 
 __all__ = [

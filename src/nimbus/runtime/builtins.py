@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nimbus.datasets.model import SPLITS, Task
+from nimbus.datasets.domain import SPLITS, Task
+from nimbus.modelformat.text import build_encoder
 from nimbus.runtime.data import DataSplits, channel_stats, feature_stats, gather
-from nimbus.runtime.text import build_encoder
 
 FORMAT_VERSION = 1
 IMAGE_SCALE = 1 / 255

@@ -5,7 +5,7 @@ The exported graph takes the raw input as the dataset holds it, like the built-i
 deployment serves it unchanged: uint8 ``[N, H, W, C]`` images (scale inside the model,
 e.g. ``keras.layers.Rescaling``), float32 ``[N, F]`` rows, or for text int64 token ids
 ``[N, max_len]`` plus the ``preprocessing`` block of the
-:class:`~nimbus.runtime.text.TextEncoder` that made them (the server tokenises).
+:class:`~nimbus.modelformat.text.TextEncoder` that made them (the server tokenises).
 The model may end in logits or in probabilities (a softmax); ``model.onnx`` always outputs
 probabilities. Nothing is pickled: weights are safetensors, the spec JSON.
 """
@@ -27,13 +27,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
-from nimbus.registry.export import ONNX_FILE, ONNX_OPSET, SPEC_FILE, WEIGHTS_FILE, verify_onnx
+from nimbus.modelformat.export import ONNX_FILE, ONNX_OPSET, SPEC_FILE, WEIGHTS_FILE, verify_onnx
+from nimbus.modelformat.text import TextEncoder
 from nimbus.runtime.builtins import FORMAT_VERSION
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.evaluation import evaluate
-from nimbus.runtime.text import TextEncoder
 
 Output = Literal["auto", "logits", "probabilities"]
 ARTIFACTS = (SPEC_FILE, WEIGHTS_FILE, ONNX_FILE)
@@ -159,7 +159,7 @@ def custom_spec(
         if preprocessing is None or preprocessing.get("kind") != "text":
             raise InvalidInput(
                 "a text model takes token ids: pass preprocessing=encoder.preprocessing() "
-                "of the nimbus.runtime.text.TextEncoder that made them"
+                "of the nimbus.modelformat.text.TextEncoder that made them"
             )
         encoder = TextEncoder.from_preprocessing(preprocessing)
         _expect(example, np.int64, [encoder.max_len], "token ids, int64 [N, max_len]")

@@ -1,6 +1,6 @@
 """The prepared data a job trains on: numpy arrays per split, possibly memory-mapped.
 
-Arrays follow :class:`nimbus.datasets.model.PreparedDataset`: labels int64 class
+Arrays follow :class:`nimbus.datasets.domain.PreparedDataset`: labels int64 class
 indices; x uint8 ``[N, H, W, C]`` (images), unicode strings ``[N]`` (text) or float32
 ``[N, F]`` (tabular). Nothing here reads a whole image split into memory: statistics
 are computed in chunks and batches are gathered row by row.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbus.datasets.model import SPLITS, Task
+from nimbus.datasets.domain import SPLITS, Task
 from nimbus.errors import InvalidDataset
 
 _CHUNK = 4096

@@ -1,6 +1,6 @@
 """The process a job attempt runs: ``python -m nimbus.runtime.entry``.
 
-It reads its environment (set by the executor), fetches the attempt's spec over the runner
+It reads its environment (set by the executor), fetches the attempt's spec over the job API
 routes, downloads the dataset version's prepared files into the shared blob cache, and then
 either trains a built-in model (resuming from the job's latest checkpoint, then exporting,
 uploading and scoring it) or runs the user's script with the ``nr`` API ready. It talks to
@@ -36,15 +36,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nimbus.datasets.model import SPLITS, Task
+from nimbus.datasets.domain import SPLITS, Task
 from nimbus.errors import InvalidInput
-from nimbus.jobs.model import USER_ERROR_EXIT_CODE
-from nimbus.registry.export import export_model
+from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
+from nimbus.modelformat.export import export_model
 from nimbus.runtime import api
 from nimbus.runtime.custom import ARTIFACTS, evaluate_model_dir
 from nimbus.runtime.data import DataSplits
-from nimbus.runtime.http import Heartbeat, HttpReporter, RunnerClient, RunnerStop
-from nimbus.runtime.params import validate_params
+from nimbus.runtime.hyperparams import validate_params
+from nimbus.runtime.job_api import Heartbeat, HttpReporter, JobApiClient, JobStop
 from nimbus.runtime.trainer import train
 from nimbus.runtime.usercode import UserCodeError, run_script, unpack
 
@@ -103,7 +103,7 @@ class JobEnv:
 def main(
     environ: Mapping[str, str] | None = None,
     *,
-    on_stop: Callable[[RunnerStop], None] | None = None,
+    on_stop: Callable[[JobStop], None] | None = None,
 ) -> int:
     """Run one attempt; returns the process exit code (see the module docstring).
 
@@ -116,14 +116,14 @@ def main(
         print(f"nimbus.runtime.entry: {exc}", file=sys.stderr)
         return ENV_ERROR_EXIT_CODE
     env.job_dir.mkdir(parents=True, exist_ok=True)
-    client = RunnerClient(
+    client = JobApiClient(
         env.url, env.attempt_id, env.token, cache_dir=env.cache_dir, retry_seconds=env.retry_seconds
     )
     try:
         with client, Heartbeat(client, env.heartbeat_seconds, on_stop or _exit_now):
             run_attempt(env, client)
         return 0
-    except RunnerStop as stop:
+    except JobStop as stop:
         print(f"nimbus: stopping: {stop}", file=sys.stderr, flush=True)
         return stop.exit_code
     except UserCodeError:
@@ -138,14 +138,14 @@ def main(
         sys.stdout.flush()
 
 
-def _exit_now(stop: RunnerStop) -> None:
+def _exit_now(stop: JobStop) -> None:
     print(f"nimbus: stopping: {stop}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(stop.exit_code)
 
 
-def run_attempt(env: JobEnv, client: RunnerClient) -> None:
-    """Everything one worker of an attempt does, given its environment and runner client."""
+def run_attempt(env: JobEnv, client: JobApiClient) -> None:
+    """Everything one worker of an attempt does, given its environment and job API client."""
     spec = client.spec()
     # A fork-server child inherits the zygote's intra-op thread pool size: give the job the
     # CPU slots it asked for (at least one), never the whole node.
@@ -167,7 +167,7 @@ def run_attempt(env: JobEnv, client: RunnerClient) -> None:
             _run_builtin(env, client, spec, group, device)
 
 
-def load_data(client: RunnerClient, version: dict[str, Any], directory: Path) -> DataSplits:
+def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) -> DataSplits:
     """The dataset version's prepared splits, memory-mapped from the blob cache."""
     directory.mkdir(parents=True, exist_ok=True)
     files = version.get("files") or {}
@@ -186,7 +186,7 @@ def load_data(client: RunnerClient, version: dict[str, Any], directory: Path) ->
 
 
 def _run_builtin(
-    env: JobEnv, client: RunnerClient, spec: dict[str, Any], group: Any, device: torch.device
+    env: JobEnv, client: JobApiClient, spec: dict[str, Any], group: Any, device: torch.device
 ) -> None:
     data = load_data(client, spec["dataset"], env.job_dir / "data")
     params = dict(spec.get("params") or {})
@@ -209,7 +209,7 @@ def _run_builtin(
         )
 
 
-def _run_user_code(env: JobEnv, client: RunnerClient, spec: dict[str, Any]) -> None:
+def _run_user_code(env: JobEnv, client: JobApiClient, spec: dict[str, Any]) -> None:
     code = spec["code"]
     code_dir = env.job_dir / ("code" if env.world_size == 1 else f"code-rank{env.rank}")
     script = unpack(client.blob(code["key"]), code.get("entry"), code_dir, code.get("format"))
@@ -239,7 +239,7 @@ def _run_user_code(env: JobEnv, client: RunnerClient, spec: dict[str, Any]) -> N
         client.result(evaluation)
 
 
-def _upload_model(client: RunnerClient, model_dir: Path) -> None:
+def _upload_model(client: JobApiClient, model_dir: Path) -> None:
     for name in ARTIFACTS:
         client.put_artifact(name, (model_dir / name).read_bytes())
     print(f"uploaded the model: {', '.join(ARTIFACTS)}", flush=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nimbus.runtime.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
+from nimbus.runtime.checkpoints import checkpoint_from_bytes, checkpoint_to_bytes
 
 
 class Reporter(Protocol):

@@ -27,12 +27,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nimbus.errors import InvalidInput
+from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
-from nimbus.runtime.checkpoint import clone_tree
+from nimbus.runtime.checkpoints import clone_tree
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.evaluation import evaluate
-from nimbus.runtime.models import build_model
-from nimbus.runtime.params import validate_params
+from nimbus.runtime.hyperparams import validate_params
 from nimbus.runtime.reporter import Reporter
 
 EVAL_BATCH = 512

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from nimbus.datasets.archive import copy_member, iter_files
-from nimbus.datasets.model import IngestLimits
+from nimbus.datasets.domain import IngestLimits
 from nimbus.errors import InvalidInput
 
 DEFAULT_ENTRY = "main.py"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbus.datasets.archive import ArchiveKind, iter_files, sniff_archive
-from nimbus.datasets.model import IngestLimits
+from nimbus.datasets.domain import IngestLimits
 from nimbus.db import blobrefs
 from nimbus.db import code as repo
 from nimbus.db.engine import Database

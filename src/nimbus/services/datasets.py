@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from nimbus.datasets.domain import IngestLimits, IngestOptions, PreparedDataset, validate_name
 from nimbus.datasets.ingest import ingest as default_ingest
-from nimbus.datasets.model import IngestLimits, IngestOptions, PreparedDataset, validate_name
 from nimbus.db import blobrefs
 from nimbus.db import datasets as repo
 from nimbus.db.engine import Database

@@ -4,7 +4,7 @@ Creating a deployment copies the version's files out of the blob store (verified
 ``NIMBUS_HOME/deployments/<tenant>/<name>/models/<model>-<version>/``, writes the tenant's
 token file (SHA-256 hashes of its usable tokens, any role: 0600, replaced atomically, kept
 fresh by :class:`DeploymentLoop`) and asks the tenant's
-:class:`~nimbus.serving.supervisor.Supervisor` to start the replicas. Each tenant has its
+:class:`~nimbus.serving.fleet.supervisor.Supervisor` to start the replicas. Each tenant has its
 own supervisor because deployment names are unique per tenant only (and the name is the
 model name clients use on the endpoint).
 
@@ -30,17 +30,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from nimbus.datasets.model import validate_name
+from nimbus.datasets.domain import validate_name
 from nimbus.db import deployments as repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import DeploymentRow, utcnow
 from nimbus.errors import Conflict, NotFound
-from nimbus.registry.check import MODEL_FILES
+from nimbus.modelformat.verify import MODEL_FILES
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.models import ModelService, ResolvedVersion
 from nimbus.services.views import iso
-from nimbus.serving.deployment import DeploymentSpec, DeploymentState
-from nimbus.serving.supervisor import Supervisor
+from nimbus.serving.fleet.deployment import DeploymentSpec, DeploymentState
+from nimbus.serving.fleet.supervisor import Supervisor
 from nimbus.storage.blobs import BlobStore, digest_of
 
 log = logging.getLogger(__name__)

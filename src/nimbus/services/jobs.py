@@ -4,7 +4,7 @@ metrics, compare.
 Submit resolves everything a job reads once: the dataset reference becomes a version
 (a snapshot of it is kept with the job), a code reference becomes the tenant's code
 artifact, and the parameters are checked against the model and the dataset's task.
-What the job's own process sends while it runs goes through :mod:`.runner`.
+What the job's own process sends while it runs goes through :mod:`.job_api`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from nimbus.db.job_details import JobDetail
 from nimbus.db.jobs import LogChunk
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
-from nimbus.jobs.model import JobSpec, JobState, Resources, parse_duration, parse_memory
-from nimbus.runtime.params import PARAM_SCHEMAS, validate_params
+from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
+from nimbus.runtime.hyperparams import PARAM_SCHEMAS, validate_params
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.code import CodeInfo, CodeService, is_code_ref
 from nimbus.services.datasets import DatasetService, parse_version

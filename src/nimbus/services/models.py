@@ -3,7 +3,7 @@ aliases (with history), download files (verified), delete versions.
 
 A version's files are the job's artifacts, held from registration on by blob references
 owned by the version: deleting the job leaves the model intact. Registration checks the
-files first (:mod:`nimbus.registry.check`: hashes, spec, ONNX graph, sample inferences and,
+files first (:mod:`nimbus.modelformat.verify`: hashes, spec, ONNX graph, sample inferences and,
 for built-in models, the accuracy the job recorded on its test split).
 """
 
@@ -22,16 +22,16 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from nimbus.datasets.model import validate_name
+from nimbus.datasets.domain import validate_name
 from nimbus.db import blobrefs, job_details
 from nimbus.db import deployments as deployment_repo
-from nimbus.db import models as repo
+from nimbus.db import registry as repo
 from nimbus.db.engine import Database
 from nimbus.db.job_details import JobDetail
 from nimbus.db.tables import ModelAliasEventRow, ModelRow, ModelVersionRow, utcnow
 from nimbus.errors import Conflict, InvalidInput, NotFound
-from nimbus.jobs.model import JobState
-from nimbus.registry.check import MODEL_FILES, check_model_dir, recorded_accuracy
+from nimbus.jobs.domain import JobState
+from nimbus.modelformat.verify import MODEL_FILES, check_model_dir, recorded_accuracy
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import delete_quietly
 from nimbus.services.code import is_code_ref

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from nimbus.datasets.model import validate_name
+from nimbus.datasets.domain import validate_name
 from nimbus.db import tenants, tokens
 from nimbus.db.engine import Database
 from nimbus.db.tables import utcnow

@@ -1,19 +1,6 @@
-"""Online inference: the OIP v2 server, dynamic batcher and inference backends."""
+"""Online inference: the OIP v2 server (:mod:`.app`), the dynamic batcher (:mod:`.batcher`),
+inference backends (:mod:`.backends`) and the deployment fleet (:mod:`.fleet`).
 
-from nimbus.serving.app import InferenceApp, create_app, serve, uvicorn_config
-from nimbus.serving.batcher import Batcher, BatchPolicy, Decision
-from nimbus.serving.errors import Overloaded, ProtocolError
-from nimbus.serving.predictor import Predictor
-
-__all__ = [
-    "BatchPolicy",
-    "Batcher",
-    "Decision",
-    "InferenceApp",
-    "Overloaded",
-    "Predictor",
-    "ProtocolError",
-    "create_app",
-    "serve",
-    "uvicorn_config",
-]
+The package face is empty on purpose: the control plane imports :mod:`.fleet` and must not
+load the ASGI server, prometheus or PIL with it. Import what you need from the submodules.
+"""

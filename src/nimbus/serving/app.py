@@ -26,9 +26,9 @@ import orjson
 import uvicorn
 
 from nimbus import __version__
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.errors import NimbusError, NotFound, ServerError, Unauthorized, Unavailable
-from nimbus.serving import http
+from nimbus.serving import asgi
 from nimbus.serving.batcher import Batcher, BatchPolicy
 from nimbus.serving.errors import MethodNotAllowed
 from nimbus.serving.metrics import ServingMetrics
@@ -50,7 +50,7 @@ _MODELS = "/v2/models/"
 _HEADER_LENGTH = HEADER_LENGTH.encode()
 
 Auth = Callable[[str], bool]
-Reply = tuple[int, bytes, bytes, http.Headers]
+Reply = tuple[int, bytes, bytes, asgi.Headers]
 
 
 class InferenceApp:
@@ -86,13 +86,13 @@ class InferenceApp:
     def ready(self) -> bool:
         return not self.batcher.closed
 
-    async def __call__(self, scope: http.Scope, receive: http.Receive, send: http.Send) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _lifespan(self, receive: http.Receive, send: http.Send) -> None:
+    async def _lifespan(self, receive: asgi.Receive, send: asgi.Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -103,42 +103,42 @@ class InferenceApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: http.Scope, receive: http.Receive, send: http.Send) -> None:
+    async def _http(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         started = time.perf_counter()
         path: str = scope["path"]
         route = _metric_route(path)
         try:
-            reply = await self._dispatch(path, scope["method"], receive, http.header_map(scope))
-        except http.Disconnected:
+            reply = await self._dispatch(path, scope["method"], receive, asgi.header_map(scope))
+        except asgi.Disconnected:
             return
         except NimbusError as exc:
-            status, body, extra = http.error_reply(exc)
-            reply = (status, body, http.JSON, extra)
+            status, body, extra = asgi.error_reply(exc)
+            reply = (status, body, asgi.JSON, extra)
         except Exception:
             log.exception("inference request failed")
-            status, body, extra = http.error_reply(ServerError("internal error"))
-            reply = (status, body, http.JSON, extra)
+            status, body, extra = asgi.error_reply(ServerError("internal error"))
+            reply = (status, body, asgi.JSON, extra)
         status, body, content_type, extra = reply
-        await http.respond(send, status, body, content_type, extra)
+        await asgi.respond(send, status, body, content_type, extra)
         if route is not None:
             self.metrics.observe_request(route, status, time.perf_counter() - started)
 
     async def _dispatch(
-        self, path: str, method: str, receive: http.Receive, headers: dict[bytes, bytes]
+        self, path: str, method: str, receive: asgi.Receive, headers: dict[bytes, bytes]
     ) -> Reply:
         if path.startswith(_MODELS):
             self._authorize(headers)  # first: strangers learn nothing, not even model names
             action = self._model_action(path[len(_MODELS) :])
             if action in ("infer", "predict"):
                 _require(method, "POST")
-                body = await http.read_body(receive, headers, self._max_body)
+                body = await asgi.read_body(receive, headers, self._max_body)
                 if action == "infer":
                     return await self._infer(body, headers)
                 return await self._predict(body)
             _require(method, "GET")
             if action == "ready":
                 return self._health(self.ready)
-            return 200, self._model_metadata, http.JSON, []
+            return 200, self._model_metadata, asgi.JSON, []
         _require(method, "GET")
         if path == "/v2/health/live":
             return self._health(True)
@@ -146,7 +146,7 @@ class InferenceApp:
             return self._health(self.ready)
         if path in ("/v2", "/v2/"):
             self._authorize(headers)
-            return 200, self._server_metadata, http.JSON, []
+            return 200, self._server_metadata, asgi.JSON, []
         if path == "/metrics":
             self._authorize(headers)
             return 200, self.metrics.render(), self.metrics.content_type.encode(), []
@@ -175,7 +175,7 @@ class InferenceApp:
 
     def _health(self, ok: bool) -> Reply:
         if ok:
-            return 200, b"", http.TEXT, []
+            return 200, b"", asgi.TEXT, []
         raise Unavailable("the model is not ready")
 
     async def _infer(self, body: bytes, headers: dict[bytes, bytes]) -> Reply:
@@ -190,8 +190,8 @@ class InferenceApp:
             self.name, self.version, request.id, [(o, named[o.spec.name]) for o in request.outputs]
         )
         if out_length is None:
-            return 200, out, http.JSON, []
-        return 200, out, http.OCTETS, [(_HEADER_LENGTH, b"%d" % out_length)]
+            return 200, out, asgi.JSON, []
+        return 200, out, asgi.OCTETS, [(_HEADER_LENGTH, b"%d" % out_length)]
 
     async def _predict(self, body: bytes) -> Reply:
         if self.predictor.spec.task is Task.IMAGE:
@@ -200,7 +200,7 @@ class InferenceApp:
         else:
             example = self.predictor.example_from_body(body)
         probabilities = await self.batcher.submit(example)
-        return 200, orjson.dumps(self.predictor.describe(probabilities[0])), http.JSON, []
+        return 200, orjson.dumps(self.predictor.describe(probabilities[0])), asgi.JSON, []
 
 
 def _metric_route(path: str) -> str | None:

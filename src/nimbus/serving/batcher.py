@@ -1,10 +1,11 @@
 """Dynamic batching: a pure policy that picks the next batch, and an asyncio driver around it.
 
 The policy never makes a lone request wait: when no batch is in flight, whatever is queued
-goes at once. Requests accumulate only while the runner is busy, which is exactly when waiting
-costs nothing; with several runners, a free one waits up to ``max_delay`` for a batch to fill
-while another is busy. The driver runs batches off the event loop in worker threads,
-concatenating the requests' rows and splitting the outputs back to each caller.
+goes at once. Requests accumulate only while the inference worker is busy, which is exactly
+when waiting costs nothing; with several inference workers, a free one waits up to
+``max_delay`` for a batch to fill while another is busy. The driver runs batches off the
+event loop in worker threads, concatenating the requests' rows and splitting the outputs back
+to each caller.
 """
 
 from __future__ import annotations

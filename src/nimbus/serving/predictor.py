@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
-from nimbus.runtime.text import TextEncoder
+from nimbus.modelformat.dtypes import TensorSpec
+from nimbus.modelformat.spec import LABEL, PROBABILITIES, ModelSpec
+from nimbus.modelformat.text import TextEncoder
 from nimbus.serving.backends import Backend, load_backend
 from nimbus.serving.errors import ProtocolError
 from nimbus.serving.images import decode_image
-from nimbus.serving.spec import LABEL, PROBABILITIES, ModelSpec
-from nimbus.serving.tensors import TensorSpec
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 

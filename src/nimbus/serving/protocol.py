@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from nimbus.modelformat.dtypes import DTYPES, TensorSpec
 from nimbus.serving.errors import ProtocolError
 from nimbus.serving.tensors import (
-    DTYPES,
-    TensorSpec,
     decode_binary,
     decode_json,
     element_count,

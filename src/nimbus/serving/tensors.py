@@ -11,43 +11,14 @@ import itertools
 import math
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nimbus.modelformat.dtypes import DTYPES
 from nimbus.serving.errors import ProtocolError
 
-# Little-endian on the wire, as the binary tensor data extension requires.
-DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
-
 _LEN = struct.Struct("<I")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A named tensor of a model's signature; -1 in ``shape`` means any size (the batch)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 def element_count(shape: Sequence[int]) -> int:

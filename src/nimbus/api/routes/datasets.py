@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import services_of
 from nimbus.api.upload import receive_upload
-from nimbus.datasets.model import Format, IngestOptions, Task, validate_name
+from nimbus.datasets.domain import Format, IngestOptions, Task, validate_name
 from nimbus.errors import InvalidInput
 from nimbus.services.datasets import parse_version, validate_filename
 

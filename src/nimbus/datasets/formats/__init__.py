@@ -10,9 +10,9 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
+from nimbus.datasets.domain import Format
 from nimbus.datasets.formats import idx, image_folder, npz, text_jsonl
 from nimbus.datasets.formats.base import RawDataset, ReadContext, Reader
-from nimbus.datasets.model import Format
 
 
 def _imported_on_first_use(module: str) -> Reader:

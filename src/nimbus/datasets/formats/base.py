@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nimbus.datasets.model import IngestLimits, IngestOptions, Task
+from nimbus.datasets.domain import IngestLimits, IngestOptions, Task
 from nimbus.datasets.rows import RowSource
 from nimbus.errors import InvalidDataset
 

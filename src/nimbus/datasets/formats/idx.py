@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from nimbus.datasets.archive import copy_member, iter_files
+from nimbus.datasets.domain import Task
 from nimbus.datasets.formats.base import RawDataset, ReadContext
-from nimbus.datasets.model import Task
 from nimbus.datasets.rows import FileRows
 from nimbus.errors import InvalidDataset
 

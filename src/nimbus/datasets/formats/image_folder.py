@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from nimbus.datasets.archive import iter_files
+from nimbus.datasets.domain import Task
 from nimbus.datasets.formats.base import RawDataset, ReadContext
-from nimbus.datasets.model import Task
 from nimbus.datasets.rows import FileRows, windows
 from nimbus.errors import InvalidDataset
 

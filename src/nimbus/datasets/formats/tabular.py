@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from nimbus.datasets.domain import Task
 from nimbus.datasets.formats.base import RawDataset, ReadContext
-from nimbus.datasets.model import Task
 from nimbus.errors import InvalidDataset
 
 MAX_CATEGORIES = 10_000  # a column with more distinct strings is an ID or free text

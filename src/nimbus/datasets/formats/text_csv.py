@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from nimbus.datasets.domain import Task
 from nimbus.datasets.formats.base import RawDataset, ReadContext, to_fixed_unicode
 from nimbus.datasets.formats.tabular import column_labels, read_csv_table, require_columns
-from nimbus.datasets.model import Task
 
 
 def read(source: Path, ctx: ReadContext) -> RawDataset:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nimbus.datasets.domain import Task
 from nimbus.datasets.formats.base import RawDataset, ReadContext, mixed_labels, to_fixed_unicode
-from nimbus.datasets.model import Task
 from nimbus.errors import InvalidDataset
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nimbus.errors import InvalidInput
-from nimbus.jobs.executor import Executor
+from nimbus.jobs.executors.base import Executor
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.isolation import JobUser

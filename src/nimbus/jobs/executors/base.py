@@ -1,196 +1,201 @@
-"""What every process-based executor shares: worker groups, kills, output, orphans.
+"""The executor interface: where attempts run. Implementations live in :mod:`.executors`.
 
-A subclass overrides one method, :meth:`ProcessExecutor._spawn` (how one worker process is
-created), and :meth:`ProcessExecutor._reap` (how its end is learned). Each worker is the
-leader of its own session and process group, so killing the group also kills whatever the
-job spawned.
+An executor starts an attempt's processes, says when they are done and kills them; it
+knows nothing of the metadata store. Its output goes to a callback given with the launch.
 """
 
 from __future__ import annotations
 
-import contextlib
+import codecs
 import logging
 import os
-import signal
-import socket
+import select
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from nimbus.jobs.executor import (
-    DEFAULT_PATH,
-    AttemptLaunch,
-    ExitStatus,
-    Handle,
-    OutputPump,
-    scrubbed_env,
-)
-from nimbus.jobs.isolation import JobUser, prepare_root, prepare_workdir, retire_workdir
+from nimbus.jobs.domain import Resources
+from nimbus.jobs.policy import Outcome
 
+OutputSink = Callable[[str], None]
+"""Receives batches of an attempt's output (stdout and stderr, whole lines where possible)."""
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass(frozen=True)
+class Program:
+    """What an attempt runs: a module (``python -m``) or inline code (``python -c``)."""
+
+    module: str | None = None
+    code: str | None = None
+    args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.module is None) == (self.code is None):
+            raise ValueError("a program is a module or inline code, not both or neither")
+
+    def argv(self, python: str) -> list[str]:
+        head = ["-m", self.module] if self.module is not None else ["-c", str(self.code)]
+        return [python, *head, *self.args]
 
 
-def killpg(pgid: int, sig: int) -> None:
-    """Signal a process group; a group that is already gone is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+@dataclass(frozen=True)
+class AttemptLaunch:
+    """Everything an executor needs to start one attempt."""
 
-
-def default_base_env() -> dict[str, str]:
-    """The only variables a job inherits from the server: where programs are, the locale."""
-    return {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": os.environ.get("LANG", "C.UTF-8")}
-
-
-@dataclass
-class Worker:
-    rank: int
-    pid: int  # also its process group id
-    pump: OutputPump
-    status: ExitStatus | None = None
-
-
-@dataclass
-class GroupHandle:
-    """One attempt's workers."""
-
+    job_id: str
     attempt_id: str
+    attempt_number: int
+    token: str  # the job-scoped token; the only credential the job gets
+    program: Program
     workdir: Path
-    workers: list[Worker] = field(default_factory=list)
-    kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
-    failure: ExitStatus | None = None  # the first worker failure, the attempt's status
+    nimbus_url: str
+    resources: Resources = field(default_factory=Resources)
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # set by the caller, not copied
+    output: OutputSink | None = None
+    tenant_id: int | None = None  # whose job: picks the tenant's download cache
 
 
-class ProcessExecutor:
-    """Runs each worker of an attempt as a process in its own session; as ``run_as`` (see
-    :mod:`nimbus.jobs.isolation`), which owns the attempt's work directory while it runs,
-    when given (the server must then be root)."""
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the attempt's processes ended: an exit code, or the signal that killed one."""
 
-    def __init__(self, jobs_root: Path, *, base_env: Mapping[str, str] | None = None,
-                 grace_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 run_as: JobUser | None = None) -> None:
-        self.jobs_root = Path(jobs_root)
-        self.base_env = dict(base_env) if base_env is not None else default_base_env()
-        self.grace_seconds = grace_seconds
-        self.clock = clock
-        self.run_as = run_as
-        self._handles: dict[str, GroupHandle] = {}
-        if run_as is not None:
-            prepare_root(self.jobs_root, run_as)
+    exit_code: int | None
+    signal: int | None = None
 
-    # -- what subclasses provide ------------------------------------------------------------
+    @classmethod
+    def from_returncode(cls, code: int) -> ExitStatus:
+        """From ``Popen.returncode`` (negative: killed by that signal)."""
+        return cls(None, -code) if code < 0 else cls(code)
 
-    def _spawn(self, launch: AttemptLaunch, env: dict[str, str]) -> tuple[int, int]:
-        """Start one worker in a new session; returns (pid, read end of its output pipe)."""
-        raise NotImplementedError
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        """From an ``os.waitpid`` status word."""
+        if os.WIFSIGNALED(status):
+            return cls(None, os.WTERMSIG(status))
+        return cls(os.WEXITSTATUS(status))
 
-    def _reap(self, worker: Worker) -> ExitStatus | None:
-        """The worker's status if it ended (its group's leftovers killed first), else None."""
-        raise NotImplementedError
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
 
-    # -- the Executor protocol --------------------------------------------------------------
+    def outcome(self) -> Outcome:
+        return Outcome.from_exit(self.exit_code, self.signal)
+
+
+class Handle(Protocol):
+    """An executor's token for a started attempt."""
+
+    @property
+    def attempt_id(self) -> str: ...
+
+
+class Executor(Protocol):
+    """Starts attempts, reports their end, kills them. Methods never block for long."""
 
     def start(self, launch: AttemptLaunch) -> Handle:
-        prepare_workdir(self.jobs_root, launch.workdir, self.run_as)
-        world = launch.resources.workers
-        port = free_port() if world > 1 else None
-        handle = GroupHandle(launch.attempt_id, launch.workdir)
-        try:
-            for rank in range(world):
-                env = scrubbed_env(launch, base=self.base_env, rank=rank, world_size=world,
-                                   master_port=port)
-                pid, fd = self._spawn(launch, env)
-                pump = OutputPump(fd, launch.output, prefix=f"[{rank}] " if world > 1 else "")
-                pump.start()
-                handle.workers.append(Worker(rank, pid, pump))
-        except BaseException:
-            for worker in handle.workers:
-                killpg(worker.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            for worker in handle.workers:  # reap them, or they stay zombies
-                while self._reap(worker) is None and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            retire_workdir(launch.workdir, self.run_as)
-            raise
-        self._handles[launch.attempt_id] = handle
-        return handle
+        """Start the attempt's processes (``resources.workers`` of them); raises on failure."""
 
     def poll(self, handle: Handle) -> ExitStatus | None:
-        group = self._group(handle)
-        for worker in group.workers:
-            if worker.status is None:
-                worker.status = self._reap(worker)
-                if worker.status is not None and not worker.status.ok and group.failure is None:
-                    group.failure = worker.status
-                    self.kill(group)  # one worker failed: the rest cannot finish without it
-        running = [w for w in group.workers if w.status is None]
-        if running and group.kill_at is not None and self.clock() >= group.kill_at:
-            for worker in running:
-                killpg(worker.pid, signal.SIGKILL)
-        if running:
-            return None
-        for worker in group.workers:
-            worker.pump.join(timeout=2.0)  # output held open by an escaped process is dropped
-        self._handles.pop(group.attempt_id, None)
-        retire_workdir(group.workdir, self.run_as)
-        return group.failure or ExitStatus(0)
+        """None while running; the final status once every process ended and its output
+        was delivered. Also escalates a kill to SIGKILL once the grace period is over."""
 
     def kill(self, handle: Handle) -> None:
-        group = self._group(handle)
-        for worker in group.workers:
-            if worker.status is None:
-                killpg(worker.pid, signal.SIGTERM)
-        if group.kill_at is None:
-            group.kill_at = self.clock() + self.grace_seconds
+        """SIGTERM the attempt's process groups now, SIGKILL them after the grace period."""
 
     def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
-        killed = []
-        for attempt_id, pids in find_attempt_processes(self.jobs_root).items():
-            if attempt_id in self._handles or not should_kill(attempt_id):
-                continue
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    killpg(os.getpgid(pid), signal.SIGKILL)
-            killed.append(attempt_id)
-        return killed
+        """Kill processes a previous run of this node left behind, for the attempt ids
+        ``should_kill`` approves (attempts this executor runs now are never offered);
+        returns the attempt ids killed."""
 
     def close(self) -> None:
-        for group in list(self._handles.values()):
-            for worker in group.workers:
-                if worker.status is None:
-                    killpg(worker.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while self.poll(group) is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-
-    def _group(self, handle: Handle) -> GroupHandle:
-        if not isinstance(handle, GroupHandle):
-            raise TypeError(f"not a handle of this executor: {handle!r}")
-        return handle
+        """Kill whatever still runs and release the executor's resources."""
 
 
-def find_attempt_processes(jobs_root: Path) -> dict[str, list[int]]:
-    """Processes of this user whose environment says they run an attempt under ``jobs_root``
-    (read from ``/proc``: what the process was started with, which a job cannot forge for
-    processes it did not start)."""
-    root = str(Path(jobs_root).resolve())
-    found: dict[str, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+def scrubbed_env(
+    launch: AttemptLaunch, *, base: Mapping[str, str], rank: int = 0, world_size: int = 1,
+    master_port: int | None = None,
+) -> dict[str, str]:
+    """The job's whole environment, built from nothing: never a copy of the server's.
+
+    ``base`` holds the few harmless variables taken from the server (PATH, LANG).
+    """
+    env = {
+        "PATH": base.get("PATH", DEFAULT_PATH),
+        "LANG": base.get("LANG", "C.UTF-8"),
+        "HOME": str(launch.workdir),
+        "TMPDIR": str(launch.workdir),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(max(1, int(launch.resources.cpus))),
+        "NIMBUS_URL": launch.nimbus_url,
+        "NIMBUS_JOB_ID": launch.job_id,
+        "NIMBUS_ATTEMPT_ID": launch.attempt_id,
+        "NIMBUS_ATTEMPT_NUMBER": str(launch.attempt_number),
+        "NIMBUS_JOB_TOKEN": launch.token,
+        "NIMBUS_JOB_DIR": str(launch.workdir),
+    }
+    if launch.resources.gpus == 0:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # asked for no GPU: must not grab one
+    if world_size > 1:
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                   LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(master_port))
+    env.update(launch.extra_env)
+    return env
+
+
+class OutputPump(threading.Thread):
+    """Reads a pipe until EOF and hands batches of lines to a sink every ``interval`` seconds.
+
+    A failing sink loses that batch, never the pump.
+    """
+
+    def __init__(self, fd: int, sink: OutputSink | None, *, prefix: str = "",
+                 interval: float = 0.2, max_bytes: int = 64 * 1024) -> None:
+        super().__init__(name=f"output-pump-{fd}", daemon=True)
+        self.fd, self.sink, self.prefix = fd, sink, prefix
+        self.interval, self.max_bytes = interval, max_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def run(self) -> None:
+        pending: list[str] = []
+        partial = ""
+        last_flush = time.monotonic()
+        poller = select.poll()  # not select.select: a busy server may hold fds past 1024
+        poller.register(self.fd, select.POLLIN)
         try:
-            raw = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-        job_dir = env.get(b"NIMBUS_JOB_DIR", b"").decode(errors="replace")
-        attempt = env.get(b"NIMBUS_ATTEMPT_ID", b"").decode(errors="replace")
-        if attempt and (job_dir == root or job_dir.startswith(root + os.sep)):
-            found.setdefault(attempt, []).append(int(entry.name))
-    return found
+            while True:
+                ready = poller.poll(self.interval * 1000)
+                data = os.read(self.fd, 65536) if ready else b""
+                if ready and not data:
+                    break
+                text = partial + self._decoder.decode(data)
+                lines = text.splitlines(keepends=True)
+                partial = lines.pop() if lines and not lines[-1].endswith(("\n", "\r")) else ""
+                if len(partial) > self.max_bytes:
+                    lines.append(partial)
+                    partial = ""
+                pending.extend(self.prefix + line for line in lines)
+                now = time.monotonic()
+                if pending and now - last_flush >= self.interval:
+                    self._emit(pending)
+                    pending, last_flush = [], now
+        finally:
+            tail = partial + self._decoder.decode(b"", final=True)
+            if tail:
+                pending.append(self.prefix + tail)
+            self._emit(pending)
+            os.close(self.fd)
+
+    def _emit(self, lines: list[str]) -> None:
+        if not lines or self.sink is None:
+            return
+        try:
+            self.sink("".join(lines))
+        except Exception:  # the job's output is best effort; the job itself goes on
+            log.exception("lost %d lines of job output", len(lines))

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from nimbus.errors import Unavailable
-from nimbus.jobs.executor import AttemptLaunch, ExitStatus
-from nimbus.jobs.executors.base import ProcessExecutor, Worker
+from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus
+from nimbus.jobs.executors.process import ProcessExecutor, Worker
 from nimbus.jobs.isolation import JOB_UMASK, JobUser
 
 # Run as a script (``-P``: its directory stays off sys.path) so the zygote imports nothing

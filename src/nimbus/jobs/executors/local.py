@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nimbus.jobs.executor import AttemptLaunch, ExitStatus
-from nimbus.jobs.executors.base import ProcessExecutor, Worker, killpg
+from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus
+from nimbus.jobs.executors.process import ProcessExecutor, Worker, killpg
 from nimbus.jobs.isolation import JOB_UMASK, JobUser
 
 

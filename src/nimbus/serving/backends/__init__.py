@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from nimbus.errors import InvalidInput
-from nimbus.serving.spec import ModelSpec
+from nimbus.modelformat.spec import ModelSpec
 
 
 class Backend(Protocol):

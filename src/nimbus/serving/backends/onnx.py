@@ -14,18 +14,10 @@ import numpy as np
 import onnxruntime as ort
 
 from nimbus.errors import InvalidInput
-from nimbus.serving.spec import PROBABILITIES, ModelSpec
+from nimbus.modelformat.dtypes import ORT_TYPES
+from nimbus.modelformat.spec import PROBABILITIES, ModelSpec
 
 MODEL_FILE = "model.onnx"
-_ORT_TYPES = {
-    "tensor(uint8)": "UINT8",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(float16)": "FP16",
-    "tensor(bool)": "BOOL",
-}
 
 
 class OnnxBackend:
@@ -68,7 +60,7 @@ def load(model_dir: Path, spec: ModelSpec, threads: int) -> OnnxBackend:
         raise InvalidInput(f"{path} cannot be loaded: {exc}") from None
     (model_input,) = session.get_inputs()
     expected = spec.onnx_input
-    datatype = _ORT_TYPES.get(model_input.type)
+    datatype = ORT_TYPES.get(model_input.type)
     if model_input.name != expected.name or datatype != expected.datatype:
         raise InvalidInput(
             f"model.onnx takes {model_input.name!r} {datatype or model_input.type}, but spec.json "

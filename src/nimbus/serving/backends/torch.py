@@ -1,6 +1,6 @@
 """PyTorch backend: the built-in architecture rebuilt from spec.json, weights from safetensors.
 
-Nothing is unpickled: the module comes from ``nimbus.runtime.models.build_model`` and its
+Nothing is unpickled: the module comes from ``nimbus.runtime.architectures.build_model`` and its
 parameters from ``weights.safetensors``. Built-in modules return logits; softmax is applied
 here so the output matches ``model.onnx``. Torch's thread count is process-wide, which is fine
 for a replica process serving one model.
@@ -16,8 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from nimbus.errors import InvalidInput
-from nimbus.runtime.models import build_model
-from nimbus.serving.spec import ModelSpec
+from nimbus.modelformat.spec import ModelSpec
+from nimbus.runtime.architectures import build_model
 
 WEIGHTS_FILE = "weights.safetensors"
 

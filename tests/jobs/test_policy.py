@@ -9,7 +9,7 @@ import pytest
 
 from nimbus.errors import InvalidInput
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity, total_memory_bytes
-from nimbus.jobs.model import (
+from nimbus.jobs.domain import (
     AttemptState,
     ExitReason,
     JobSpec,
@@ -18,7 +18,7 @@ from nimbus.jobs.model import (
     parse_duration,
     parse_memory,
 )
-from nimbus.jobs.scheduling import (
+from nimbus.jobs.policy import (
     Outcome,
     QueuedJob,
     RetryPolicy,

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
-from nimbus.runtime.text import TextEncoder
-from nimbus.serving.spec import PROBABILITIES, ModelSpec
-from nimbus.serving.tensors import DTYPES
+from nimbus.modelformat.dtypes import DTYPES, ORT_TYPES
+from nimbus.modelformat.spec import PROBABILITIES, ModelSpec
+from nimbus.modelformat.text import TextEncoder
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -40,13 +40,6 @@ MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE, ONNX_FILE)
 SUM_TOLERANCE = 1e-3
 EVAL_BATCH = 256
 MAX_HEADER = 100 * 1024 * 1024
-_ORT_TYPES = {
-    "tensor(uint8)": "UINT8",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-}
 _SAFETENSORS_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
@@ -141,7 +134,7 @@ def open_onnx(path: Path, spec: ModelSpec) -> ort.InferenceSession:
     if len(inputs) != 1:
         raise InvalidInput(f"{ONNX_FILE} takes {len(inputs)} inputs, the spec one")
     got = inputs[0]
-    datatype = _ORT_TYPES.get(got.type, got.type)
+    datatype = ORT_TYPES.get(got.type, got.type)
     if got.name != want.name or datatype != want.datatype:
         raise InvalidInput(
             f"{ONNX_FILE} takes {got.name!r} {datatype}, but {SPEC_FILE} says onnx_input is "

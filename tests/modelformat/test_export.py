@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from nimbus.errors import InvalidInput
-from nimbus.registry.export import (
+from nimbus.modelformat.export import (
     ExportError,
     Probabilities,
     export_model,
     load_torch_model,
     verify_onnx,
 )
+from nimbus.modelformat.text import TextEncoder
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.reporter import MemoryReporter
-from nimbus.runtime.text import TextEncoder
 from nimbus.runtime.trainer import TrainResult, train
 from tests.runtime import synthetic
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
-from nimbus.jobs.executor import AttemptLaunch, Executor, Handle, OutputSink, Program
+from nimbus.jobs.domain import Attempt, AttemptState, Claim, Fenced, Job
+from nimbus.jobs.executors.base import AttemptLaunch, Executor, Handle, OutputSink, Program
 from nimbus.jobs.isolation import prepare_workdir
-from nimbus.jobs.model import Attempt, AttemptState, Claim, Fenced, Job
-from nimbus.jobs.scheduling import Decision, Outcome, RetryPolicy
+from nimbus.jobs.policy import Decision, Outcome, RetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ import pytest
 from nimbus.errors import Conflict, InvalidInput
 from nimbus.security import hash_token
 from nimbus.serving.access import TokenHashes, parse_hashes, read_hashes_file
-from nimbus.serving.deployment import (
+from nimbus.serving.fleet.deployment import (
     DeploymentSpec,
     DeploymentState,
     ReplicaState,
     option,
     without_placement,
 )
-from nimbus.serving.drain import DrainGate
-from nimbus.serving.rollout import (
+from nimbus.serving.fleet.drain import DrainGate
+from nimbus.serving.fleet.rollout import (
     Action,
     Kind,
     Policy,
@@ -40,8 +40,8 @@ from nimbus.serving.rollout import (
     deployment_state,
     rollout_done,
 )
-from nimbus.serving.sockets import port_in_use
-from nimbus.serving.supervisor import Supervisor
+from nimbus.serving.fleet.sockets import port_in_use
+from nimbus.serving.fleet.supervisor import Supervisor
 from tests.serving.conftest import IMAGE_SHAPE
 
 POLICY = Policy(start_timeout=10, drain_timeout=5, backoff_base=0.5, stable_after=5)
@@ -522,8 +522,8 @@ def test_rolling_update_under_load_fails_no_request(
 ORPHANING_CONTROL_PLANE = """
 import json, sys, time
 from pathlib import Path
-from nimbus.serving.deployment import DeploymentSpec
-from nimbus.serving.supervisor import Supervisor
+from nimbus.serving.fleet.deployment import DeploymentSpec
+from nimbus.serving.fleet.supervisor import Supervisor
 sup = Supervisor(log_dir=Path(sys.argv[2]))
 sup.start(DeploymentSpec("cnn", Path(sys.argv[1]), "1", replicas=2, public=True), wait=30)
 print(json.dumps(sup.status("cnn").to_dict()), flush=True)

@@ -1,4 +1,4 @@
-"""The job process's side of the runner routes (docs/api.md): :class:`RunnerClient`, and
+"""The job process's side of the job API (docs/api.md): :class:`JobApiClient`, and
 :class:`HttpReporter`, the trainer's :class:`~nimbus.runtime.reporter.Reporter` over it.
 
 Everything a job does with the control plane goes through here, over HTTP with the
@@ -6,12 +6,12 @@ job-scoped token, so a job runs unchanged on a remote node. Failures are sorted 
 
 - connection errors, timeouts and 5xx answers are retried with backoff for up to
   ``retry_seconds`` (a restarting control plane must not kill a running job); after that the
-  job stops with :class:`RunnerUnavailable`. Progress and heartbeats are best effort: one
+  job stops with :class:`ControlPlaneUnavailable`. Progress and heartbeats are best effort: one
   try, no retry, never an error.
 - 409 means this attempt was replaced (fenced): :class:`AttemptFenced`, at once.
 - other 4xx are bugs or bad input: the matching :class:`~nimbus.errors.NimbusError`.
 
-:class:`RunnerStop` and its subclasses derive from ``BaseException`` so that a user script's
+:class:`JobStop` and its subclasses derive from ``BaseException`` so that a user script's
 ``except Exception`` cannot swallow the end of its own attempt.
 """
 
@@ -34,7 +34,7 @@ from urllib.parse import quote
 import httpx
 
 from nimbus.errors import CorruptBlob, InvalidInput, NimbusError, error_from_response
-from nimbus.runtime.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes
+from nimbus.runtime.checkpoints import checkpoint_from_bytes, checkpoint_to_bytes
 
 FENCED_EXIT_CODE = 75  # EX_TEMPFAIL: this attempt was replaced; its successor carries on
 CANCELLED_EXIT_CODE = 76  # the job was cancelled while it ran
@@ -46,25 +46,25 @@ _CHUNK = 1024 * 1024
 T = TypeVar("T")
 
 
-class RunnerStop(BaseException):
+class JobStop(BaseException):
     """Ends the job process with :attr:`exit_code` (never caught by ``except Exception``)."""
 
     exit_code: ClassVar[int] = 1
 
 
-class AttemptFenced(RunnerStop):
+class AttemptFenced(JobStop):
     """The control plane answered 409: another attempt of this job is the current one."""
 
     exit_code = FENCED_EXIT_CODE
 
 
-class CancelRequested(RunnerStop):
+class CancelRequested(JobStop):
     """A heartbeat said the job was cancelled."""
 
     exit_code = CANCELLED_EXIT_CODE
 
 
-class RunnerUnavailable(RunnerStop):
+class ControlPlaneUnavailable(JobStop):
     """The control plane could not be reached for the whole retry window."""
 
     exit_code = UNAVAILABLE_EXIT_CODE
@@ -74,8 +74,8 @@ class _Transient(Exception):
     """One failed try that is worth repeating."""
 
 
-class RunnerClient:
-    """The runner routes of one attempt, authenticated with its job token.
+class JobApiClient:
+    """The job API of one attempt, authenticated with its job token.
 
     ``cache_dir`` holds downloaded blobs by content hash, shared by the workers of a node.
     ``sleep`` and ``clock`` are injectable so retry loops can be tested step by step.
@@ -95,7 +95,7 @@ class RunnerClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        base = f"{url.rstrip('/')}/api/v1/runner/{quote(attempt_id, safe='')}"
+        base = f"{url.rstrip('/')}/api/v1/job-api/{quote(attempt_id, safe='')}"
         self._http = httpx.Client(
             base_url=base,
             headers={"Authorization": f"Bearer {token}"},
@@ -111,7 +111,7 @@ class RunnerClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> RunnerClient:
+    def __enter__(self) -> JobApiClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,7 +215,7 @@ class RunnerClient:
                 now = self._clock()
                 deadline = now + self.retry_seconds if deadline is None else deadline
                 if now >= deadline:
-                    raise RunnerUnavailable(
+                    raise ControlPlaneUnavailable(
                         f"the control plane did not answer {what} for {self.retry_seconds:.0f} s: "
                         f"{exc}"
                     ) from None
@@ -289,7 +289,7 @@ class Heartbeat:
     """
 
     def __init__(
-        self, client: RunnerClient, interval: float, on_stop: Callable[[RunnerStop], None]
+        self, client: JobApiClient, interval: float, on_stop: Callable[[JobStop], None]
     ) -> None:
         self.client, self.interval, self.on_stop = client, interval, on_stop
         self._done = threading.Event()
@@ -308,14 +308,14 @@ class Heartbeat:
             try:
                 if self.client.heartbeat():
                     raise CancelRequested("the job was cancelled")
-            except RunnerStop as stop:
+            except JobStop as stop:
                 if not self._done.is_set():
                     self.on_stop(stop)
                 return
 
 
 class HttpReporter:
-    """A :class:`~nimbus.runtime.reporter.Reporter` over the runner routes.
+    """A :class:`~nimbus.runtime.reporter.Reporter` over the job API.
 
     Only rank 0 reports (``log``, ``progress``, ``save_checkpoint``); every rank may load.
     ``log`` also prints one human-readable line per step (it becomes the job log).
@@ -323,7 +323,7 @@ class HttpReporter:
 
     def __init__(
         self,
-        client: RunnerClient,
+        client: JobApiClient,
         *,
         rank: int = 0,
         label: str = "step",

@@ -21,7 +21,7 @@ from nimbus.db import blobrefs, job_details
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.errors import InvalidInput, NotFound, Unauthorized
-from nimbus.jobs.model import Attempt, AttemptState, Fenced, Job, JobState
+from nimbus.jobs.domain import Attempt, AttemptState, Fenced, Job, JobState
 from nimbus.jobs.tokens import TOKEN_PREFIX, hash_token
 from nimbus.services.blobs import delete_quietly, discard, move_in, pin
 from nimbus.services.jobs import finite
@@ -38,7 +38,7 @@ _METRIC_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./:-]{0,127}$")
 
 
 @dataclass(frozen=True)
-class RunnerContext:
+class AttemptContext:
     """The attempt a request acts for (authenticated, current)."""
 
     job: Job
@@ -61,8 +61,8 @@ def validate_artifact_name(name: str) -> str:
     return name
 
 
-class RunnerService:
-    """Serves job processes; every method takes the :class:`RunnerContext` of
+class JobApiService:
+    """Serves job processes; every method takes the :class:`AttemptContext` of
     :meth:`authenticate`."""
 
     def __init__(self, db: Database, blobs: BlobStore, *, lease_seconds: float,
@@ -72,7 +72,7 @@ class RunnerService:
         self.lease_seconds = lease_seconds
         self.clock = clock
 
-    def authenticate(self, secret: str | None, attempt_id: str) -> RunnerContext:
+    def authenticate(self, secret: str | None, attempt_id: str) -> AttemptContext:
         """401 unless ``secret`` is the job token of ``attempt_id``; 409 (fenced) when that
         attempt is no longer its job's running attempt."""
         if not secret or not _TOKEN_RE.match(secret):
@@ -88,15 +88,15 @@ class RunnerService:
                 or job.state is not JobState.RUNNING):
             raise Fenced(f"attempt {attempt.id} is no longer the job's running attempt "
                          f"(it is {attempt.state.value})", attempt_id=attempt.id)
-        return RunnerContext(job, attempt)
+        return AttemptContext(job, attempt)
 
     # -- reads --------------------------------------------------------------------------
 
-    def _inputs(self, ctx: RunnerContext) -> dict[str, Any]:
+    def _inputs(self, ctx: AttemptContext) -> dict[str, Any]:
         with self.db.session() as session:
             return job_details.inputs(session, ctx.job.id)
 
-    def spec(self, ctx: RunnerContext) -> dict[str, Any]:
+    def spec(self, ctx: AttemptContext) -> dict[str, Any]:
         """What the runtime needs to run the attempt."""
         job, attempt = ctx.job, ctx.attempt
         inputs = self._inputs(ctx)
@@ -117,7 +117,7 @@ class RunnerService:
                       "size": code["size"]} if code else None),
         }
 
-    def blob(self, ctx: RunnerContext, key: str) -> BlobDownload:
+    def blob(self, ctx: AttemptContext, key: str) -> BlobDownload:
         """A blob of the job's dataset version or code, verified before the first byte."""
         inputs = self._inputs(ctx)
         allowed = {entry["key"]: int(entry["size"])
@@ -129,7 +129,7 @@ class RunnerService:
         self.blobs.verify(key)
         return BlobDownload(key, allowed[key], self.blobs.iter_verified(key))
 
-    def latest_checkpoint(self, ctx: RunnerContext) -> tuple[int, BlobDownload]:
+    def latest_checkpoint(self, ctx: AttemptContext) -> tuple[int, BlobDownload]:
         """The job's most advanced complete checkpoint, from any of its attempts."""
         with self.db.session() as session:
             found = repo.latest_checkpoint(session, ctx.job.id)
@@ -142,13 +142,13 @@ class RunnerService:
 
     # -- writes -------------------------------------------------------------------------
 
-    def heartbeat(self, ctx: RunnerContext) -> dict[str, bool]:
+    def heartbeat(self, ctx: AttemptContext) -> dict[str, bool]:
         """Extend the attempt's lease; tells the runtime whether to stop (cancelled)."""
         with self.db.session(write=True) as session:
             lease = repo.heartbeat(session, ctx.attempt.id, self.clock(), self.lease_seconds)
         return {"cancel": lease.cancel_requested}
 
-    def metrics(self, ctx: RunnerContext, step: int, values: dict[str, float]) -> None:
+    def metrics(self, ctx: AttemptContext, step: int, values: dict[str, float]) -> None:
         if len(values) > MAX_METRICS:
             raise InvalidInput(f"at most {MAX_METRICS} metrics per call", field="metrics")
         for name in values:
@@ -159,16 +159,16 @@ class RunnerService:
                              [(step, name, float(v)) for name, v in values.items()],
                              self.clock())
 
-    def progress(self, ctx: RunnerContext, progress: dict[str, int]) -> None:
+    def progress(self, ctx: AttemptContext, progress: dict[str, int]) -> None:
         with self.db.session(write=True) as session:
             repo.set_progress(session, ctx.attempt.id, progress)
 
-    def result(self, ctx: RunnerContext, evaluation: dict[str, Any]) -> None:
+    def result(self, ctx: AttemptContext, evaluation: dict[str, Any]) -> None:
         """The job's evaluation (NaN and infinities become null)."""
         with self.db.session(write=True) as session:
             repo.set_result(session, ctx.attempt.id, {"evaluation": finite(evaluation)})
 
-    def put_checkpoint(self, ctx: RunnerContext, step: int, epoch: int | None, path: Path,
+    def put_checkpoint(self, ctx: AttemptContext, step: int, epoch: int | None, path: Path,
                        sha256: str, size: int) -> dict[str, Any]:
         """Store a staged checkpoint (``path`` consumed), then record it complete: a reader
         never sees a checkpoint whose bytes are not whole. Older ones are pruned."""
@@ -187,7 +187,7 @@ class RunnerService:
         key = self._store(path, sha256, size, record)
         return {"step": step, "key": key, "size": size}
 
-    def put_artifact(self, ctx: RunnerContext, name: str, path: Path, sha256: str, size: int
+    def put_artifact(self, ctx: AttemptContext, name: str, path: Path, sha256: str, size: int
                      ) -> dict[str, Any]:
         """Store a staged output file (``path`` consumed) under ``name``, replacing an
         earlier attempt's file of that name."""

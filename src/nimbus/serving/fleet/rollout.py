@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from nimbus.serving.deployment import DeploymentState, ReplicaState
+from nimbus.serving.fleet.deployment import DeploymentState, ReplicaState
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 It starts replicas on one shared listening socket per deployment, checks their health, restarts
 the ones that crash (with backoff), rolls them to a new spec one at a time, drains and stops
 them, and adopts those a previous control plane left running. What to do is decided by the
-pure functions of :mod:`nimbus.serving.rollout`; this module observes and acts.
+pure functions of :mod:`nimbus.serving.fleet.rollout`; this module observes and acts.
 
 Nothing moves by itself: the control plane calls :meth:`Supervisor.tick` every half second or so
 (:meth:`Supervisor.run` does it in a thread), and persists :meth:`Supervisor.status`.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.serving.access import TOKEN_HASHES_ENV
-from nimbus.serving.deployment import (
+from nimbus.serving.fleet.deployment import (
     REPLICA_MODULE,
     DeploymentSpec,
     DeploymentState,
@@ -36,7 +36,7 @@ from nimbus.serving.deployment import (
     option,
     without_placement,
 )
-from nimbus.serving.processes import (
+from nimbus.serving.fleet.processes import (
     AdoptedProcess,
     Probe,
     ReplicaProcess,
@@ -44,7 +44,7 @@ from nimbus.serving.processes import (
     probe_ready,
     spawn,
 )
-from nimbus.serving.rollout import (
+from nimbus.serving.fleet.rollout import (
     Action,
     Kind,
     Policy,
@@ -54,7 +54,7 @@ from nimbus.serving.rollout import (
     deployment_state,
     rollout_done,
 )
-from nimbus.serving.sockets import (
+from nimbus.serving.fleet.sockets import (
     command_line,
     listening_ports,
     open_listener,

@@ -47,9 +47,9 @@ def serve(
     """Serve MODEL_DIR over the Open Inference Protocol v2 until interrupted."""
     # Imported here, not at the top: the serving stack (numpy, uvicorn, the runtimes) would
     # otherwise slow down every other command's start-up.
+    from nimbus.modelformat.spec import ModelSpec
     from nimbus.serving.access import TokenHashes, read_hashes_file
     from nimbus.serving.app import serve as run_server
-    from nimbus.serving.spec import ModelSpec
 
     ModelSpec.load(model_dir)  # a wrong directory fails here, before any URL is printed
     auth = None

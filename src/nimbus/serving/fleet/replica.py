@@ -1,13 +1,13 @@
 """One serving replica: a process serving one model version, started by the supervisor.
 
-    python -m nimbus.serving.replica --model-dir D --name N --version V (--fd FD | --port P)
+    python -m nimbus.serving.fleet.replica --model-dir D --name N --version V (--fd FD | --port P)
         [--admin-fd FD] [--max-batch-size B] [--max-delay-ms D] [--runtime onnx|torch]
         [--threads T] [--public] [--token-file PATH] [--drain-seconds S]
 
 ``--fd`` is a listening socket inherited from the supervisor and shared by every replica of
 the deployment; ``--port`` binds one here instead (with SO_REUSEPORT, so several replicas
 started by hand can share it too). ``--admin-fd`` is this replica's private listening socket,
-where the supervisor checks its health. SIGTERM drains (see :mod:`nimbus.serving.drain`).
+where the supervisor checks its health. SIGTERM drains (see :mod:`nimbus.serving.fleet.drain`).
 
 Unless ``--public``, every route but health needs a bearer token whose SHA-256 is in
 ``NIMBUS_REPLICA_TOKEN_HASHES`` or in ``--token-file`` (see :mod:`nimbus.serving.access`).
@@ -27,16 +27,16 @@ from pathlib import Path
 from nimbus.errors import NimbusError
 from nimbus.serving.access import TOKEN_HASHES_ENV, TokenHashes, read_hashes_file
 from nimbus.serving.app import create_app, uvicorn_config
-from nimbus.serving.deployment import RUNTIMES
-from nimbus.serving.drain import DEFAULT_DRAIN_SECONDS, DrainGate, DrainingServer
-from nimbus.serving.sockets import open_listener
+from nimbus.serving.fleet.deployment import RUNTIMES
+from nimbus.serving.fleet.drain import DEFAULT_DRAIN_SECONDS, DrainGate, DrainingServer
+from nimbus.serving.fleet.sockets import open_listener
 
-log = logging.getLogger("nimbus.serving.replica")
+log = logging.getLogger("nimbus.serving.fleet.replica")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m nimbus.serving.replica", description="Serve one model version."
+        prog="python -m nimbus.serving.fleet.replica", description="Serve one model version."
     )
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--name", required=True, help="the model name clients use")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nimbus.errors import InvalidInput
-from nimbus.runtime.checkpoint import checkpoint_from_bytes, checkpoint_to_bytes, clone_tree
+from nimbus.runtime.checkpoints import checkpoint_from_bytes, checkpoint_to_bytes, clone_tree
 
 
 def _optimizer_state() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

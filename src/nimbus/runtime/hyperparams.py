@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
 
 Optimizer = Literal["adam", "sgd", "adamw"]

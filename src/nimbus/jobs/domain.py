@@ -230,7 +230,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class Lease:
-    """A renewed lease; ``cancel_requested`` tells the runner to stop."""
+    """A renewed lease; ``cancel_requested`` tells the attempt to stop."""
 
     attempt_id: str
     expires_at: datetime

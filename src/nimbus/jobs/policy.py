@@ -2,7 +2,7 @@
 
 Nothing here does I/O or reads a clock: every function takes ``now``. The repository
 (:mod:`nimbus.db.jobs`) runs these decisions inside its transactions and the scheduler loop
-(:mod:`nimbus.jobs.runner`) applies them.
+(:mod:`nimbus.jobs.scheduler`) applies them.
 
 Ordering and head-of-line blocking
 ----------------------------------
@@ -25,7 +25,7 @@ from signal import Signals
 from typing import Protocol
 
 from nimbus.jobs.capacity import Capacity, Usage
-from nimbus.jobs.model import (
+from nimbus.jobs.domain import (
     USER_ERROR_EXIT_CODE,
     AttemptState,
     ExitReason,

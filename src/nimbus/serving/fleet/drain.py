@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable
 
 import uvicorn
 
-from nimbus.serving import http
+from nimbus.serving import asgi
 
 DEFAULT_DRAIN_SECONDS = 2.0
 _READY_PATH = "/v2/health/ready"
 _CLOSE = (b"connection", b"close")
 
-ASGIApp = Callable[[http.Scope, http.Receive, http.Send], Awaitable[None]]
+ASGIApp = Callable[[asgi.Scope, asgi.Receive, asgi.Send], Awaitable[None]]
 
 
 class DrainGate:
@@ -36,15 +36,15 @@ class DrainGate:
         self.app = app
         self.draining = False
 
-    async def __call__(self, scope: http.Scope, receive: http.Receive, send: http.Send) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if not self.draining or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if scope["path"] == _READY_PATH:
-            await http.respond(send, 503, b"", http.TEXT, [_CLOSE, (b"retry-after", b"1")])
+            await asgi.respond(send, 503, b"", asgi.TEXT, [_CLOSE, (b"retry-after", b"1")])
             return
 
-        async def closing(message: http.Message) -> None:
+        async def closing(message: asgi.Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
                 message = {**message, "headers": [*headers, _CLOSE]}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nimbus.errors import InvalidInput
-from nimbus.runtime.models import (
+from nimbus.runtime.architectures import (
     ImageCNN,
     ImagePreprocess,
     Standardize,

@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
-from nimbus.runtime.params import validate_params
+from nimbus.runtime.hyperparams import validate_params
 
 
 def test_defaults_are_filled_in() -> None:

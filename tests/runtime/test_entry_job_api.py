@@ -1,6 +1,6 @@
-"""A fake control plane for the runner routes, and the tests of RunnerClient against it.
+"""A fake control plane for the job_api routes, and the tests of JobApiClient against it.
 
-:class:`FakeRunner` implements the runner routes of docs/api.md in memory (a Starlette app
+:class:`FakeJobApi` implements the job_api routes of docs/api.md in memory (a Starlette app
 under uvicorn in a thread, on an ephemeral port), so the job runtime is tested over real
 HTTP without the real server. The other ``test_entry*`` modules import it from here.
 """
@@ -30,17 +30,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from nimbus.datasets.model import SPLITS
+from nimbus.datasets.domain import SPLITS
 from nimbus.errors import CorruptBlob, InvalidInput
 from nimbus.runtime import entry
 from nimbus.runtime.data import DataSplits
-from nimbus.runtime.http import (
+from nimbus.runtime.job_api import (
     AttemptFenced,
     CancelRequested,
+    ControlPlaneUnavailable,
     Heartbeat,
-    RunnerClient,
-    RunnerStop,
-    RunnerUnavailable,
+    JobApiClient,
+    JobStop,
 )
 
 TOKEN = "njt_test_token"
@@ -62,8 +62,8 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 @dataclass
-class FakeRunner:
-    """The runner routes of one job, its state in memory; tests read and steer it."""
+class FakeJobApi:
+    """The job_api routes of one job, its state in memory; tests read and steer it."""
 
     spec: dict[str, Any] = field(default_factory=dict)
     current_attempt: str = "att_1"
@@ -209,7 +209,7 @@ class FakeRunner:
 
     def app(self) -> Starlette:
         route = Route(
-            "/api/v1/runner/{attempt}/{route:path}", self.handle, methods=["GET", "POST", "PUT"]
+            "/api/v1/job-api/{attempt}/{route:path}", self.handle, methods=["GET", "POST", "PUT"]
         )
         return Starlette(routes=[route])
 
@@ -236,7 +236,7 @@ class ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
-            assert time.monotonic() < deadline, "the fake runner did not start"
+            assert time.monotonic() < deadline, "the fake job_api did not start"
             time.sleep(0.01)
         return self
 
@@ -248,14 +248,14 @@ class ServerThread:
 
 @dataclass
 class Harness:
-    """A fake runner on a port, and the environment of a job process that talks to it."""
+    """A fake job_api on a port, and the environment of a job process that talks to it."""
 
-    runner: FakeRunner
+    job_api: FakeJobApi
     server: ServerThread
     root: Path
 
     def env(self, attempt: str | None = None, **extra: str) -> dict[str, str]:
-        attempt = attempt or self.runner.current_attempt
+        attempt = attempt or self.job_api.current_attempt
         return {
             "NIMBUS_URL": self.server.url,
             "NIMBUS_JOB_ID": "job_1",
@@ -278,11 +278,11 @@ class Harness:
         }
         return {**base, **self.env(attempt, **extra)}
 
-    def client(self, **kwargs: Any) -> RunnerClient:
+    def client(self, **kwargs: Any) -> JobApiClient:
         options: dict[str, Any] = {"retry_seconds": 5.0, **kwargs}
-        return RunnerClient(
+        return JobApiClient(
             self.server.url,
-            self.runner.current_attempt,
+            self.job_api.current_attempt,
             TOKEN,
             cache_dir=self.root / "cache",
             **options,
@@ -291,12 +291,12 @@ class Harness:
 
 @contextmanager
 def running(root: Path) -> Iterator[Harness]:
-    """A fresh fake runner serving on a port while in the block (each test module's
+    """A fresh fake job_api serving on a port while in the block (each test module's
     ``harness`` fixture)."""
-    runner = FakeRunner()
-    server = ServerThread(runner.app()).start()
+    job_api = FakeJobApi()
+    server = ServerThread(job_api.app()).start()
     try:
-        yield Harness(runner, server, root)
+        yield Harness(job_api, server, root)
     finally:
         server.stop()
 
@@ -313,25 +313,25 @@ PYTHON = sys.executable
 def run_main(harness: Harness, attempt: str | None = None) -> int:
     """One attempt in this process. A cancel or fence seen by the heartbeat thread would end
     the process; here it is ignored and left to the next call of the main thread."""
-    stops: list[RunnerStop] = []
+    stops: list[JobStop] = []
     return entry.main(harness.env(attempt), on_stop=stops.append)
 
 
-# -- RunnerClient ---------------------------------------------------------------------------
+# -- JobApiClient ---------------------------------------------------------------------------
 
 
 def test_blobs_are_cached_by_hash_and_verified(harness: Harness) -> None:
-    key = harness.runner.add_blob(b"prepared bytes")
+    key = harness.job_api.add_blob(b"prepared bytes")
     with harness.client() as client:
         path = client.blob(key)
         assert path.read_bytes() == b"prepared bytes"
         assert path == harness.root / "cache" / key
         assert client.blob(key) == path
-        assert harness.runner.requests.count(("GET", f"blobs/{key}")) == 1
+        assert harness.job_api.requests.count(("GET", f"blobs/{key}")) == 1
         assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
         forged = blob_key(b"something else")
-        harness.runner.blobs[forged] = b"not what the hash says"
+        harness.job_api.blobs[forged] = b"not what the hash says"
         with pytest.raises(CorruptBlob):
             client.blob(forged)
         assert not (harness.root / "cache" / forged).exists()
@@ -340,7 +340,7 @@ def test_blobs_are_cached_by_hash_and_verified(harness: Harness) -> None:
 
 
 def test_blob_downloads_share_the_cache_across_clients(harness: Harness) -> None:
-    key = harness.runner.add_blob(os.urandom(3 * 1024 * 1024))
+    key = harness.job_api.add_blob(os.urandom(3 * 1024 * 1024))
     with harness.client() as one, harness.client() as two:
         paths: list[Path] = []
         threads = [
@@ -351,34 +351,34 @@ def test_blob_downloads_share_the_cache_across_clients(harness: Harness) -> None
         for thread in threads:
             thread.join()
     assert len(paths) == 2 and paths[0] == paths[1]
-    assert harness.runner.requests.count(("GET", f"blobs/{key}")) == 1
+    assert harness.job_api.requests.count(("GET", f"blobs/{key}")) == 1
 
 
 def test_5xx_and_a_restarting_server_are_retried(harness: Harness) -> None:
-    harness.runner.failures = 2
+    harness.job_api.failures = 2
     with harness.client() as client:
         client.metrics(1, {"loss": 0.5})
-        assert harness.runner.metrics == [("att_1", 1, {"loss": 0.5})]
+        assert harness.job_api.metrics == [("att_1", 1, {"loss": 0.5})]
 
         port = harness.server.port
         harness.server.stop()
 
         def restart() -> None:
             time.sleep(0.6)
-            harness.server = ServerThread(harness.runner.app(), port=port).start()
+            harness.server = ServerThread(harness.job_api.app(), port=port).start()
 
         thread = threading.Thread(target=restart)
         thread.start()
         client.metrics(2, {"loss": 0.25})  # waits through the restart
         thread.join()
-        assert harness.runner.metrics[-1] == ("att_1", 2, {"loss": 0.25})
+        assert harness.job_api.metrics[-1] == ("att_1", 2, {"loss": 0.25})
 
 
 def test_gives_up_after_the_retry_window(harness: Harness) -> None:
-    harness.runner.failures = 10_000
+    harness.job_api.failures = 10_000
     with harness.client(retry_seconds=0.3) as client:
         start = time.monotonic()
-        with pytest.raises(RunnerUnavailable) as caught:
+        with pytest.raises(ControlPlaneUnavailable) as caught:
             client.metrics(1, {"loss": 0.5})
         assert time.monotonic() - start < 3
         assert not isinstance(caught.value, Exception)  # user code cannot swallow it
@@ -387,7 +387,7 @@ def test_gives_up_after_the_retry_window(harness: Harness) -> None:
 
 def test_a_replaced_attempt_is_fenced(harness: Harness) -> None:
     with harness.client() as client:
-        harness.runner.new_attempt()
+        harness.job_api.new_attempt()
         for call in (client.spec, client.heartbeat, lambda: client.progress(1, 1, 1, 1)):
             with pytest.raises(AttemptFenced):
                 call()
@@ -399,27 +399,27 @@ def test_progress_is_throttled_but_keeps_epoch_ends(harness: Harness) -> None:
         for batch in range(1, 11):
             client.progress(1, 2, batch, 10)
             now[0] += 0.1
-    sent = [(p["batch"], p["batches"]) for p in harness.runner.progress]
+    sent = [(p["batch"], p["batches"]) for p in harness.job_api.progress]
     assert sent == [(1, 10), (4, 10), (7, 10), (10, 10)]
 
 
 def test_heartbeat_reports_cancel_and_fence(harness: Harness) -> None:
-    stops: list[RunnerStop] = []
+    stops: list[JobStop] = []
     with harness.client() as client:
         with Heartbeat(client, 0.05, stops.append):
             deadline = time.monotonic() + 5
-            while harness.runner.heartbeats < 2:
+            while harness.job_api.heartbeats < 2:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             assert stops == []
-            harness.runner.cancel = True
+            harness.job_api.cancel = True
             while not stops:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
         assert isinstance(stops[0], CancelRequested)
 
-        harness.runner.cancel = False
-        harness.runner.new_attempt()
+        harness.job_api.cancel = False
+        harness.job_api.new_attempt()
         with Heartbeat(client, 0.05, stops.append):
             while len(stops) < 2:
                 assert time.monotonic() < deadline

@@ -15,12 +15,12 @@ from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.db.tables import Tenant
 from nimbus.jobs.capacity import Capacity
-from nimbus.jobs.executor import Program
+from nimbus.jobs.domain import Attempt, Job, JobSpec, JobState
+from nimbus.jobs.executors.base import Program
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.model import Attempt, Job, JobSpec, JobState
-from nimbus.jobs.runner import Scheduler, SchedulerConfig
-from nimbus.jobs.scheduling import RetryPolicy
+from nimbus.jobs.policy import RetryPolicy
+from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.jobs.tokens import hash_token
 from tests.jobs.conftest import wait_gone
 
@@ -176,7 +176,7 @@ def test_deadline_kills_a_running_job(db: Database,
     run_until([scheduler], lambda: not scheduler.local, timeout=5)  # the process is gone too
 
 
-def test_lost_lease_moves_the_job_and_fences_the_old_runner(
+def test_lost_lease_moves_the_job_and_fences_the_old_attempt(
         db: Database, make_scheduler: Callable[..., Scheduler]) -> None:
     """Node A hangs (stops ticking); node B, whose clock is past A's lease, takes the job."""
     job_id = submit(db, "import os, time\nprint('attempt', os.environ['NIMBUS_ATTEMPT_NUMBER'],"

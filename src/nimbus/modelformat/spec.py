@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from nimbus.datasets.model import Task
+from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
-from nimbus.serving.tensors import DTYPES, TensorSpec
+from nimbus.modelformat.dtypes import DTYPES, TensorSpec
 
 PROBABILITIES = "probabilities"
 LABEL = "label"

@@ -16,10 +16,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from nimbus.datasets.model import validate_name
+from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
 
-REPLICA_MODULE = "nimbus.serving.replica"
+REPLICA_MODULE = "nimbus.serving.fleet.replica"
 RUNTIMES = ("onnx", "torch")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 

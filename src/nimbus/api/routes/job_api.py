@@ -1,6 +1,6 @@
-"""Runner routes: what a job's process calls, with its job-scoped token.
+"""The job API: what a job's process calls, with its job-scoped token.
 
-Paths are under ``/runner/{attempt_id}``. JSON bodies are read with a size limit before
+Paths are under ``/job-api/{attempt_id}``. JSON bodies are read with a size limit before
 they are parsed: the token lives in an environment that user code can read.
 """
 
@@ -20,21 +20,21 @@ from nimbus.api.errors import describe_validation_error
 from nimbus.api.state import services_of
 from nimbus.api.upload import check_declared_length, receive_upload
 from nimbus.errors import InvalidInput, PayloadTooLarge
-from nimbus.services.runner import RunnerContext, validate_artifact_name
+from nimbus.services.job_api import AttemptContext, validate_artifact_name
 
-PREFIX = "/runner/{attempt_id}"
+PREFIX = "/job-api/{attempt_id}"
 MAX_JSON_BYTES = 16 * 1024**2
-router = APIRouter(prefix=PREFIX, tags=["runner"])
+router = APIRouter(prefix=PREFIX, tags=["job API"])
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def runner_context(attempt_id: str, request: Request) -> RunnerContext:
+def attempt_context(attempt_id: str, request: Request) -> AttemptContext:
     """The attempt this request acts for: 401 for a wrong token, 409 for a stale attempt."""
     secret = bearer_secret(request.headers.get("authorization"))
-    return services_of(request).runner.authenticate(secret, attempt_id)
+    return services_of(request).job_api.authenticate(secret, attempt_id)
 
 
-Runner = Annotated[RunnerContext, Depends(runner_context)]
+CurrentAttempt = Annotated[AttemptContext, Depends(attempt_context)]
 
 
 async def read_json(request: Request, model: type[Body]) -> Body:
@@ -83,67 +83,70 @@ def _bytes(download_chunks: Any, size: int, headers: dict[str, str] | None = Non
 
 
 @router.get("/spec")
-def spec(ctx: Runner, request: Request) -> dict[str, Any]:
-    return services_of(request).runner.spec(ctx)
+def spec(ctx: CurrentAttempt, request: Request) -> dict[str, Any]:
+    return services_of(request).job_api.spec(ctx)
 
 
 @router.get("/blobs/{key:path}")
-def blob(key: str, ctx: Runner, request: Request) -> StreamingResponse:
+def blob(key: str, ctx: CurrentAttempt, request: Request) -> StreamingResponse:
     """Bytes of an input of the job (its dataset version's files, its code), verified."""
-    download = services_of(request).runner.blob(ctx, key)
+    download = services_of(request).job_api.blob(ctx, key)
     return _bytes(download.chunks, download.size)
 
 
 @router.post("/heartbeat")
-def heartbeat(ctx: Runner, request: Request) -> dict[str, bool]:
-    return services_of(request).runner.heartbeat(ctx)
+def heartbeat(ctx: CurrentAttempt, request: Request) -> dict[str, bool]:
+    return services_of(request).job_api.heartbeat(ctx)
 
 
 @router.post("/metrics")
-async def metrics(ctx: Runner, request: Request) -> dict[str, bool]:
+async def metrics(ctx: CurrentAttempt, request: Request) -> dict[str, bool]:
     body = await read_json(request, MetricsBody)
-    await run_in_threadpool(services_of(request).runner.metrics, ctx, body.step, body.metrics)
+    await run_in_threadpool(services_of(request).job_api.metrics, ctx, body.step, body.metrics)
     return {"ok": True}
 
 
 @router.post("/progress")
-async def progress(ctx: Runner, request: Request) -> dict[str, bool]:
+async def progress(ctx: CurrentAttempt, request: Request) -> dict[str, bool]:
     body = await read_json(request, ProgressBody)
-    await run_in_threadpool(services_of(request).runner.progress, ctx, body.model_dump())
+    await run_in_threadpool(services_of(request).job_api.progress, ctx, body.model_dump())
     return {"ok": True}
 
 
 @router.post("/result")
-async def result(ctx: Runner, request: Request) -> dict[str, bool]:
+async def result(ctx: CurrentAttempt, request: Request) -> dict[str, bool]:
     body = await read_json(request, ResultBody)
-    await run_in_threadpool(services_of(request).runner.result, ctx, body.evaluation)
+    await run_in_threadpool(services_of(request).job_api.result, ctx, body.evaluation)
     return {"ok": True}
 
 
 @router.put("/checkpoints/{step}", status_code=201)
 async def put_checkpoint(
-    ctx: Runner, request: Request, step: Annotated[int, Path(ge=0)], epoch: int | None = None
+    ctx: CurrentAttempt,
+    request: Request,
+    step: Annotated[int, Path(ge=0)],
+    epoch: int | None = None,
 ) -> dict[str, Any]:
     """The raw body is the checkpoint; recorded only once its bytes are stored whole."""
     services = services_of(request)
     staged = await receive_upload(request, services.blobs.staging_dir,
                                   services.settings.max_upload_bytes)
     try:
-        return await run_in_threadpool(services.runner.put_checkpoint, ctx, step, epoch,
+        return await run_in_threadpool(services.job_api.put_checkpoint, ctx, step, epoch,
                                        staged.path, staged.sha256, staged.size)
     finally:
         staged.path.unlink(missing_ok=True)
 
 
 @router.get("/checkpoints/latest")
-def latest_checkpoint(ctx: Runner, request: Request) -> StreamingResponse:
+def latest_checkpoint(ctx: CurrentAttempt, request: Request) -> StreamingResponse:
     """The job's latest complete checkpoint (from any attempt), or 404."""
-    step, download = services_of(request).runner.latest_checkpoint(ctx)
+    step, download = services_of(request).job_api.latest_checkpoint(ctx)
     return _bytes(download.chunks, download.size, {"X-Checkpoint-Step": str(step)})
 
 
 @router.put("/artifacts/{name}", status_code=201)
-async def put_artifact(ctx: Runner, request: Request, name: str) -> dict[str, Any]:
+async def put_artifact(ctx: CurrentAttempt, request: Request, name: str) -> dict[str, Any]:
     """An output file of the job: spec.json, weights.safetensors, model.onnx or another
     safe name."""
     services = services_of(request)
@@ -151,7 +154,7 @@ async def put_artifact(ctx: Runner, request: Request, name: str) -> dict[str, An
     staged = await receive_upload(request, services.blobs.staging_dir,
                                   services.settings.max_upload_bytes)
     try:
-        return await run_in_threadpool(services.runner.put_artifact, ctx, name, staged.path,
+        return await run_in_threadpool(services.job_api.put_artifact, ctx, name, staged.path,
                                        staged.sha256, staged.size)
     finally:
         staged.path.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nimbus.errors import ExportError, InvalidInput
-from nimbus.runtime.models import build_model
+from nimbus.runtime.architectures import build_model
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"

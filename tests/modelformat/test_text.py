@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nimbus.errors import InvalidInput
-from nimbus.runtime.text import TextEncoder, build_encoder, tokenize
+from nimbus.modelformat.text import TextEncoder, build_encoder, tokenize
 
 
 def test_tokenize_lowercases_and_splits_on_words() -> None:

@@ -1,1 +1,0 @@
-"""Model registry: versions, aliases, lineage, and export to the model directory format."""

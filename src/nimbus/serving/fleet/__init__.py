@@ -1,0 +1,1 @@
+"""The deployment fleet: supervisor, replica processes, rollout, shared sockets."""
