@@ -26,8 +26,10 @@ from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 
-CODE = ("import time, pathlib; t0 = time.time()\nimport torch\n"
-        "pathlib.Path('started').write_text(f'{t0} {time.time()}')")
+CODE = (
+    "import time, pathlib; t0 = time.time()\nimport torch\n"
+    "pathlib.Path('started').write_text(f'{t0} {time.time()}')"
+)
 
 
 def measure(name: str, executor: Executor, root: Path, n: int) -> None:
@@ -35,9 +37,15 @@ def measure(name: str, executor: Executor, root: Path, n: int) -> None:
     upgrade(db.engine)
     with db.session(write=True) as s:
         s.add(Tenant(id=1, name="bench"))
-    scheduler = Scheduler(db, executor, detect_capacity(), "bench", jobs_root=root / name,
-                          config=SchedulerConfig(heartbeat_seconds=1),
-                          launch_fn=lambda job, att: Program(code=CODE))
+    scheduler = Scheduler(
+        db,
+        executor,
+        detect_capacity(),
+        "bench",
+        jobs_root=root / name,
+        config=SchedulerConfig(heartbeat_seconds=1),
+        launch_fn=lambda job, att: Program(code=CODE),
+    )
     first, ready, spawn = [], [], []
     starts: list[float] = []
     real_start = executor.start
@@ -50,8 +58,9 @@ def measure(name: str, executor: Executor, root: Path, n: int) -> None:
     for _ in range(n):
         t_submit = time.time()
         with db.session(write=True) as s:
-            job = repo.submit(s, 1, JobSpec(model="x", resources=Resources(memory_bytes=0)),
-                              datetime.now(UTC))
+            job = repo.submit(
+                s, 1, JobSpec(model="x", resources=Resources(memory_bytes=0)), datetime.now(UTC)
+            )
         scheduler.tick()
         (attempt_id,) = scheduler.local
         marker = root / name / job.id / attempt_id / "started"
@@ -66,11 +75,12 @@ def measure(name: str, executor: Executor, root: Path, n: int) -> None:
             time.sleep(0.005)
     executor.close()
     db.dispose()
-    print(f"{name:>10}: submit->first line median {statistics.median(first):7.1f} ms "
-          f"(min {min(first):.1f}); submit->torch imported median "
-          f"{statistics.median(ready):7.1f} ms (min {min(ready):.1f}); executor.start->first "
-          f"line median {statistics.median(spawn):.1f} ms  [n={n}]")
-
+    print(
+        f"{name:>10}: submit->first line median {statistics.median(first):7.1f} ms "
+        f"(min {min(first):.1f}); submit->torch imported median "
+        f"{statistics.median(ready):7.1f} ms (min {min(ready):.1f}); executor.start->first "
+        f"line median {statistics.median(spawn):.1f} ms  [n={n}]"
+    )
 
 
 if __name__ == "__main__":

@@ -59,16 +59,31 @@ def seed_cnn_spec() -> dict[str, Any]:
         "format_version": 1,
         "task": "image-classification",
         "architecture": "cnn",
-        "arch_params": {"in_channels": 1, "height": 28, "width": 28, "num_classes": 10,
-                        "conv_channels": 32, "hidden": 128},
+        "arch_params": {
+            "in_channels": 1,
+            "height": 28,
+            "width": 28,
+            "num_classes": 10,
+            "conv_channels": 32,
+            "hidden": 128,
+        },
         "classes": [str(i) for i in range(10)],
         "input": signature,
         "onnx_input": signature,
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-                    {"name": "label", "datatype": "BYTES", "shape": [-1]}],
-        "preprocessing": {"kind": "image", "scale": 1 / 255, "mean": [0.1307], "std": [0.3081],
-                          "height": 28, "width": 28, "channels": 1},
-    }  # fmt: skip
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ],
+        "preprocessing": {
+            "kind": "image",
+            "scale": 1 / 255,
+            "mean": [0.1307],
+            "std": [0.3081],
+            "height": 28,
+            "width": 28,
+            "channels": 1,
+        },
+    }
 
 
 def build_model_dir(out: Path) -> Path:
@@ -132,8 +147,16 @@ def parse_wrk(text: str) -> WrkResult:
 
 
 def wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-           "-s", str(script), url]  # fmt: skip
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return parse_wrk(out)
 
@@ -199,8 +222,10 @@ def restart_gap(sup: Supervisor, url: str, body: bytes) -> tuple[float, int]:
 
 
 def fmt_row(label: str, c: int, r: WrkResult, rss: int, ratio: str) -> str:
-    return (f"| {label:<22} | {c:>4} | {r.rps:>9.0f} | {r.p50_ms:>8.2f} | {r.p99_ms:>8.2f} | "
-            f"{r.errors:>6} | {rss / 2**20:>7.0f} | {ratio:>11} |")  # fmt: skip
+    return (
+        f"| {label:<22} | {c:>4} | {r.rps:>9.0f} | {r.p50_ms:>8.2f} | {r.p99_ms:>8.2f} | "
+        f"{r.errors:>6} | {rss / 2**20:>7.0f} | {ratio:>11} |"
+    )
 
 
 def main() -> None:
@@ -223,22 +248,34 @@ def main() -> None:
         json_body, binary_body, header_len = request_bodies(image)
         (work / "json.body").write_bytes(json_body)
         (work / "binary.body").write_bytes(binary_body)
-        json_lua = lua_script(work / "json.lua", work / "json.body",
-                              {"Content-Type": "application/json"})  # fmt: skip
+        json_lua = lua_script(
+            work / "json.lua", work / "json.body", {"Content-Type": "application/json"}
+        )
         binary_lua = lua_script(
-            work / "binary.lua", work / "binary.body",
-            {"Content-Type": "application/octet-stream",
-             "Inference-Header-Content-Length": str(header_len)},
-        )  # fmt: skip
+            work / "binary.lua",
+            work / "binary.body",
+            {
+                "Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(header_len),
+            },
+        )
 
         spec = DeploymentSpec(NAME, model_dir, "1", replicas=1, public=True)
         nimbus_url = sup.start(spec, wait=60)
         peer_port = free_port()
         peer = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "serve_peer_fastapi.py"), str(model_dir),
-             "--port", str(peer_port), "--name", NAME],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(ROOT / "bench" / "serve_peer_fastapi.py"),
+                str(model_dir),
+                "--port",
+                str(peer_port),
+                "--name",
+                NAME,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         peer_url = f"http://127.0.0.1:{peer_port}"
         wait_answering(nimbus_url + INFER, json_body)
         wait_answering(peer_url + INFER, json_body)
@@ -258,10 +295,14 @@ def main() -> None:
         ]
         for _, url, script, _ in targets:  # warm-up
             wrk(url, script, 16, 1)
-        print(f"seed CNN 28x28x1, 10 classes (random init); wrk -t1, {seconds:.0f} s per run; "
-              f"Nimbus: 1 replica, ONNX Runtime, 1 thread, max batch 32, 2 ms")  # fmt: skip
-        print("| server                 |    c |     req/s |  p50 ms  |  p99 ms  | errors |"
-              " RSS MiB | Nimbus/peer |")  # fmt: skip
+        print(
+            f"seed CNN 28x28x1, 10 classes (random init); wrk -t1, {seconds:.0f} s per run; "
+            f"Nimbus: 1 replica, ONNX Runtime, 1 thread, max batch 32, 2 ms"
+        )
+        print(
+            "| server                 |    c |     req/s |  p50 ms  |  p99 ms  | errors |"
+            " RSS MiB | Nimbus/peer |"
+        )
         print("|" + "|".join("-" * w for w in (24, 6, 11, 10, 10, 8, 9, 13)) + "|")
         for c in levels:
             rows = []
@@ -274,8 +315,9 @@ def main() -> None:
                 ratio = "-" if label.startswith("peer") else f"{result.rps / peer_rps:.2f}x"
                 print(fmt_row(label, c, result, peak, ratio))
 
-        result, took = rolling_update_under_load(sup, spec, nimbus_url + INFER, json_lua,
-                                                 max(seconds, 4.0))  # fmt: skip
+        result, took = rolling_update_under_load(
+            sup, spec, nimbus_url + INFER, json_lua, max(seconds, 4.0)
+        )
         print(
             f"\nrolling update 1 -> 2 (1 replica) under wrk -c16: took {took:.2f} s; "
             f"{result.requests} requests, {result.errors} errors, p99 {result.p99_ms:.1f} ms"

@@ -116,9 +116,7 @@ def job_cpu_seconds(home: Path, job_id: str) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def job_epoch_seconds(
-    api: Client, home: Path, job_id: str
-) -> tuple[float, float | None, str]:
+def job_epoch_seconds(api: Client, home: Path, job_id: str) -> tuple[float, float | None, str]:
     """Wall and CPU seconds per epoch of a running job (train pass + val scoring), and how
     the wall figure was measured."""
     arrivals: dict[int, tuple[float, float]] = {}
@@ -141,9 +139,7 @@ def job_epoch_seconds(
     return wall, cpu, f"arrival of its epoch log lines {first}..{last} over the log stream"
 
 
-def plain_epoch_seconds(
-    data_dir: Path, params: dict[str, Any], epochs: int
-) -> tuple[float, float]:
+def plain_epoch_seconds(data_dir: Path, params: dict[str, Any], epochs: int) -> tuple[float, float]:
     """The same work in a plain PyTorch loop: median wall and CPU seconds per epoch after
     the first."""
     data = load_local_dataset(data_dir)
@@ -200,15 +196,23 @@ def throughput(
     done = api.wait_job(job["id"], timeout=3600)
     after = plain_epoch_seconds(data_dir, params, epochs)
     plain_wall, plain_cpu = min(before[0], after[0]), min(before[1], after[1])
-    print(f"1. cnn on {samples:,} generated 28x28 images ({n_train:,} train), batch 64, "
-          f"{epochs} epochs, {threads} thread(s), job cpus={threads}:")
-    print(f"   job {job['id']} {done['state']}: {job_wall:.2f} s/epoch "
-          f"({n_train / job_wall:,.0f} samples/s), from {how}; CPU {job_cpu:.2f} s/epoch")
-    print(f"   plain PyTorch loop: {plain_wall:.2f} s/epoch ({n_train / plain_wall:,.0f} "
-          f"samples/s; before the job {before[0]:.2f} s, after {after[0]:.2f} s); CPU "
-          f"{plain_cpu:.2f} s/epoch")
-    print(f"   ratio Nimbus / plain: {plain_wall / job_wall:.3f} wall clock (target >= 0.95), "
-          f"{plain_cpu / job_cpu:.3f} in CPU time (steadier on a shared machine)")
+    print(
+        f"1. cnn on {samples:,} generated 28x28 images ({n_train:,} train), batch 64, "
+        f"{epochs} epochs, {threads} thread(s), job cpus={threads}:"
+    )
+    print(
+        f"   job {job['id']} {done['state']}: {job_wall:.2f} s/epoch "
+        f"({n_train / job_wall:,.0f} samples/s), from {how}; CPU {job_cpu:.2f} s/epoch"
+    )
+    print(
+        f"   plain PyTorch loop: {plain_wall:.2f} s/epoch ({n_train / plain_wall:,.0f} "
+        f"samples/s; before the job {before[0]:.2f} s, after {after[0]:.2f} s); CPU "
+        f"{plain_cpu:.2f} s/epoch"
+    )
+    print(
+        f"   ratio Nimbus / plain: {plain_wall / job_wall:.3f} wall clock (target >= 0.95), "
+        f"{plain_cpu / job_cpu:.3f} in CPU time (steadier on a shared machine)"
+    )
 
 
 # -- 2. submit -> first step ------------------------------------------------------------------
@@ -243,14 +247,20 @@ def latency(api: Client, work: Path, jobs: int) -> None:
     if not figures:
         print("2. submit -> first step: no job succeeded")
         return
-    print(f"2. submit -> first training step (user script: nr.dataset(), one SGD step), "
-          f"{len(figures)} jobs one after another:")
-    print(f"   median {median(figures):.3f} s (min {min(figures):.3f}, max {max(figures):.3f}; "
-          f"target <= 0.5 s)")
-    print(f"   medians: submit -> attempt started (server clock) {median(starts):.3f} s, "
-          f"-> the script's first line {median(scripts):.3f} s, -> nr.dataset() returned "
-          f"{median(datasets):.3f} s, -> first step "
-          f"{median(figures):.3f} s")
+    print(
+        f"2. submit -> first training step (user script: nr.dataset(), one SGD step), "
+        f"{len(figures)} jobs one after another:"
+    )
+    print(
+        f"   median {median(figures):.3f} s (min {min(figures):.3f}, max {max(figures):.3f}; "
+        f"target <= 0.5 s)"
+    )
+    print(
+        f"   medians: submit -> attempt started (server clock) {median(starts):.3f} s, "
+        f"-> the script's first line {median(scripts):.3f} s, -> nr.dataset() returned "
+        f"{median(datasets):.3f} s, -> first step "
+        f"{median(figures):.3f} s"
+    )
 
 
 # -- 3. the queue -----------------------------------------------------------------------------
@@ -282,13 +292,19 @@ def queue(api: Client, work: Path, jobs: int) -> None:
     gaps = [started[k] - finished[k - slots] for k in range(slots, len(started))]
     idle = (span * slots - sum(runs)) / len(found)
     print(f"3. {jobs} no-op jobs (user script `pass`, cpus=1 each, {slots} slots):")
-    print(f"   submitted in {submit_s:.1f} s ({jobs / submit_s:.0f} jobs/s); all ended "
-          f"({', '.join(states)}) {drained:.1f} s after the first submit")
-    print(f"   drained {len(found) / span:.1f} jobs/s (first submit -> last finish, server "
-          f"clock); attempt run time (start -> end) median {median(runs):.3f} s")
-    print(f"   scheduler overhead per job: slot freed -> next start median "
-          f"{median(gaps) * 1000:.0f} ms (p90 {np.percentile(gaps, 90) * 1000:.0f} ms); "
-          f"slot time outside job processes {idle * 1000:.0f} ms per job")
+    print(
+        f"   submitted in {submit_s:.1f} s ({jobs / submit_s:.0f} jobs/s); all ended "
+        f"({', '.join(states)}) {drained:.1f} s after the first submit"
+    )
+    print(
+        f"   drained {len(found) / span:.1f} jobs/s (first submit -> last finish, server "
+        f"clock); attempt run time (start -> end) median {median(runs):.3f} s"
+    )
+    print(
+        f"   scheduler overhead per job: slot freed -> next start median "
+        f"{median(gaps) * 1000:.0f} ms (p90 {np.percentile(gaps, 90) * 1000:.0f} ms); "
+        f"slot time outside job processes {idle * 1000:.0f} ms per job"
+    )
 
 
 def main() -> None:
@@ -300,21 +316,28 @@ def main() -> None:
     parser.add_argument("--noop-jobs", type=int, default=500)
     parser.add_argument("--skip", default="", help="comma-separated: throughput,latency,queue")
     parser.add_argument(
-        "--executor", choices=("forkserver", "local"), default=None,
+        "--executor",
+        choices=("forkserver", "local"),
+        default=None,
         help="the server's executor [default: the server's default]",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--server-env", action="append", default=[], metavar="NIMBUS_X=V",
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NIMBUS_X=V",
         help="a setting for the server, e.g. NIMBUS_EXECUTOR_PRELOAD='[\"torch\"]'",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="nimbus-bench-", dir=os.environ.get("BENCH_DIR")))
     env = {"NIMBUS_EXECUTOR": args.executor} if args.executor else {}
     env.update(pair.split("=", 1) for pair in args.server_env)
     server = ServerProcess(work / "home", env=env).start()
-    print(f"server executor: {args.executor or 'default'} {' '.join(args.server_env)}; "
-          f"torch threads here: {args.threads}")
+    print(
+        f"server executor: {args.executor or 'default'} {' '.join(args.server_env)}; "
+        f"torch threads here: {args.threads}"
+    )
     try:
         with Client(server.url, server.admin_token, settings=Settings(home=work)) as api:
             if "throughput" not in skip:

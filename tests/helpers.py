@@ -57,8 +57,15 @@ class ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nimbus.server", "--host", "127.0.0.1",
-             "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "nimbus.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -139,22 +146,59 @@ class PostgresServer:
     def start(self) -> str:
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "nimbus",
-                  "-E", "UTF8", "--no-sync")
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c max_connections=200")
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-w",
-                  "-l", str(self.dir / "pg.log"), "start")
-        self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                  "-U", "nimbus", "nimbus")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "nimbus",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-w",
+            "-l",
+            str(self.dir / "pg.log"),
+            "start",
+        )
+        self._run(
+            str(self.bindir / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "nimbus",
+            "nimbus",
+        )
         return self.url("nimbus")
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://nimbus@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
-        self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                  "-U", "nimbus", name)
+        self._run(
+            str(self.bindir / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "nimbus",
+            name,
+        )
         return self.url(name)
 
     def stop(self) -> None:

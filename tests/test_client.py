@@ -52,20 +52,61 @@ def version_body(name: str = "digits", version: int = 1, **extra: Any) -> dict[s
 def test_public_names_are_pinned() -> None:
     public = {name for name in dir(Client) if not name.startswith("_")}
     assert public == {
-        "url", "close", "health", "whoami", "create_token", "list_tokens", "revoke_token",
-        "audit", "upload_dataset", "list_datasets", "get_dataset", "get_version",
-        "download_dataset", "delete_dataset",
-        "upload_code", "submit_job", "list_jobs", "get_job", "cancel_job", "job_logs",
-        "iter_logs", "follow_logs", "job_metrics", "compare_jobs", "wait_job",
-        "register_model", "list_models", "get_model", "get_model_version", "set_alias",
-        "delete_alias", "download_model", "delete_model_version",
-        "create_deployment", "list_deployments", "get_deployment", "update_deployment",
-        "delete_deployment", "wait_deployment", "predict", "infer",
-    }  # fmt: skip
+        "url",
+        "close",
+        "health",
+        "whoami",
+        "create_token",
+        "list_tokens",
+        "revoke_token",
+        "audit",
+        "upload_dataset",
+        "list_datasets",
+        "get_dataset",
+        "get_version",
+        "download_dataset",
+        "delete_dataset",
+        "upload_code",
+        "submit_job",
+        "list_jobs",
+        "get_job",
+        "cancel_job",
+        "job_logs",
+        "iter_logs",
+        "follow_logs",
+        "job_metrics",
+        "compare_jobs",
+        "wait_job",
+        "register_model",
+        "list_models",
+        "get_model",
+        "get_model_version",
+        "set_alias",
+        "delete_alias",
+        "download_model",
+        "delete_model_version",
+        "create_deployment",
+        "list_deployments",
+        "get_deployment",
+        "update_deployment",
+        "delete_deployment",
+        "wait_deployment",
+        "predict",
+        "infer",
+    }
     assert set(nimbus.client.__all__) == {
-        "CHUNK_SIZE", "Client", "DatasetRef", "DeploymentFailed", "Event", "ModelRef",
-        "Progress", "Role", "WaitTimeout", "load_login", "save_login",
-    }  # fmt: skip
+        "CHUNK_SIZE",
+        "Client",
+        "DatasetRef",
+        "DeploymentFailed",
+        "Event",
+        "ModelRef",
+        "Progress",
+        "Role",
+        "WaitTimeout",
+        "load_login",
+        "save_login",
+    }
 
 
 @pytest.mark.parametrize(
@@ -235,8 +276,10 @@ def test_upload_streams_the_file_in_chunks(settings: Settings, tmp_path: Path) -
     assert request is not None
     assert request.url.path == "/api/v1/datasets/digits/versions"
     assert dict(request.url.params) == {
-        "filename": "digits.zip", "task": "image-classification", "seed": "7",
-    }  # fmt: skip
+        "filename": "digits.zip",
+        "task": "image-classification",
+        "seed": "7",
+    }
     assert request.headers["content-length"] == str(len(data))
     assert "transfer-encoding" not in request.headers
     # Three chunks of at most 1 MiB, each read while the previous ones were being reported.

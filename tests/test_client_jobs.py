@@ -67,18 +67,40 @@ def test_submit_a_builtin_model_sends_the_documented_body(settings: Settings) ->
     with make(handler, settings) as client:
         assert client.submit_job("digits:2", "cnn", {"epochs": "3"})["id"] == "job_1"
         client.submit_job(
-            "digits", "mlp", cpus=2, gpus=1, memory="4G", workers=2, priority=5,
-            max_retries=0, deadline="2h", seed=7,
-        )  # fmt: skip
+            "digits",
+            "mlp",
+            cpus=2,
+            gpus=1,
+            memory="4G",
+            workers=2,
+            priority=5,
+            max_retries=0,
+            deadline="2h",
+            seed=7,
+        )
     assert [(r.method, r.url.path) for r in seen] == [("POST", "/api/v1/jobs")] * 2
     assert json.loads(seen[0].content) == {
-        "dataset": "digits:2", "model": "cnn", "params": {"epochs": "3"}, "cpus": 1, "gpus": 0,
-        "workers": 1, "priority": 0,
-    }  # fmt: skip
+        "dataset": "digits:2",
+        "model": "cnn",
+        "params": {"epochs": "3"},
+        "cpus": 1,
+        "gpus": 0,
+        "workers": 1,
+        "priority": 0,
+    }
     assert json.loads(seen[1].content) == {
-        "dataset": "digits", "model": "mlp", "params": {}, "cpus": 2, "gpus": 1, "memory": "4G",
-        "workers": 2, "priority": 5, "max_retries": 0, "deadline": "2h", "seed": 7,
-    }  # fmt: skip
+        "dataset": "digits",
+        "model": "mlp",
+        "params": {},
+        "cpus": 2,
+        "gpus": 1,
+        "memory": "4G",
+        "workers": 2,
+        "priority": 5,
+        "max_retries": 0,
+        "deadline": "2h",
+        "seed": 7,
+    }
     assert {r.headers["authorization"] for r in seen} == {"Bearer nbt_secret"}
 
 
@@ -110,9 +132,14 @@ def code_server(uploads: list[httpx.Request], submits: list[dict[str, Any]]) -> 
         if request.url.path == "/api/v1/code":
             uploads.append(request)
             return httpx.Response(
-                201, json={"ref": CODE_REF, "sha256": "c" * 64, "size": len(request.content),
-                           "entry": "main.py"},
-            )  # fmt: skip
+                201,
+                json={
+                    "ref": CODE_REF,
+                    "sha256": "c" * 64,
+                    "size": len(request.content),
+                    "entry": "main.py",
+                },
+            )
         submits.append(json.loads(request.content))
         return httpx.Response(201, json=job(model=submits[-1]["model"]))
 
@@ -258,8 +285,12 @@ def test_follow_yields_events_until_the_end(settings: Settings) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.params["follow"] == "true"
         assert request.headers["accept"] == "text/event-stream"
-        body = sse(log(1), ("progress", {"epoch": 1, "epochs": 1, "batch": 1, "batches": 1}),
-                   ("end", {"state": "succeeded", "exit_reason": None}), log(99))  # fmt: skip
+        body = sse(
+            log(1),
+            ("progress", {"epoch": 1, "epochs": 1, "batch": 1, "batches": 1}),
+            ("end", {"state": "succeeded", "exit_reason": None}),
+            log(99),
+        )
         return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
     with make(handler, settings) as client:

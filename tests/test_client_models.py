@@ -54,9 +54,21 @@ def test_model_refs_parse(
 
 
 @pytest.mark.parametrize(
-    "text", ["Digits", "digits:0", "digits:x", "digits:-1", "digits@", "digits@12",
-             "digits@latest", "digits@Prod", "@prod", ":1", ""],
-)  # fmt: skip
+    "text",
+    [
+        "Digits",
+        "digits:0",
+        "digits:x",
+        "digits:-1",
+        "digits@",
+        "digits@12",
+        "digits@latest",
+        "digits@Prod",
+        "@prod",
+        ":1",
+        "",
+    ],
+)
 def test_bad_model_refs_are_refused_before_sending(text: str, settings: Settings) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise AssertionError("nothing may be sent")
@@ -126,8 +138,10 @@ def test_download_writes_verified_files(settings: Settings, tmp_path: Path) -> N
     import hashlib
 
     blobs = {"spec.json": b'{"task": "x"}', "model.onnx": b"onnx-bytes"}
-    files = {name: {"key": f"sha256/xx/{hashlib.sha256(data).hexdigest()}", "size": len(data)}
-             for name, data in blobs.items()}  # fmt: skip
+    files = {
+        name: {"key": f"sha256/xx/{hashlib.sha256(data).hexdigest()}", "size": len(data)}
+        for name, data in blobs.items()
+    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/v1/models/m/versions/@production":
@@ -141,8 +155,10 @@ def test_download_writes_verified_files(settings: Settings, tmp_path: Path) -> N
         with pytest.raises(Exception, match="does not match its hash"):
             client.download_model("m@production", tmp_path / "out")
         blobs["model.onnx"] = b"tampered"
-        files["model.onnx"] = {"key": f"sha256/xx/{hashlib.sha256(b'tampered').hexdigest()}",
-                               "size": 8}  # fmt: skip
+        files["model.onnx"] = {
+            "key": f"sha256/xx/{hashlib.sha256(b'tampered').hexdigest()}",
+            "size": 8,
+        }
         paths = client.download_model("m@production", tmp_path / "out")
     assert [p.name for p in paths] == ["spec.json", "model.onnx", "version.json"]
     assert (tmp_path / "out" / "spec.json").read_bytes() == blobs["spec.json"]
@@ -150,9 +166,16 @@ def test_download_writes_verified_files(settings: Settings, tmp_path: Path) -> N
 
 
 def deployment(state: str = "ready", **extra: object) -> dict[str, object]:
-    return {"name": "shapes", "model": "m", "model_version": 1, "state": state,
-            "endpoint": ENDPOINT, "desired_replicas": 1,
-            "replicas": [{"index": 0, "state": "ready", "model_version": 1}], **extra}  # fmt: skip
+    return {
+        "name": "shapes",
+        "model": "m",
+        "model_version": 1,
+        "state": state,
+        "endpoint": ENDPOINT,
+        "desired_replicas": 1,
+        "replicas": [{"index": 0, "state": "ready", "model_version": 1}],
+        **extra,
+    }
 
 
 def test_deployment_paths_and_bodies(settings: Settings) -> None:
@@ -167,8 +190,15 @@ def test_deployment_paths_and_bodies(settings: Settings) -> None:
 
     with make(handler, settings) as client:
         client.create_deployment("shapes", "m@production")
-        client.create_deployment("big", "m:2", replicas=3, max_batch_size=16, max_delay_ms=1.5,
-                                 runtime="torch", public=True)  # fmt: skip
+        client.create_deployment(
+            "big",
+            "m:2",
+            replicas=3,
+            max_batch_size=16,
+            max_delay_ms=1.5,
+            runtime="torch",
+            public=True,
+        )
         assert client.list_deployments()[0]["name"] == "shapes"
         client.get_deployment("shapes")
         client.update_deployment("shapes", "m:2")
@@ -184,15 +214,25 @@ def test_deployment_paths_and_bodies(settings: Settings) -> None:
             client.create_deployment("x", "m:one")
     assert seen == [
         ("POST", "/api/v1/deployments", {"name": "shapes", "model": "m@production"}),
-        ("POST", "/api/v1/deployments", {"name": "big", "model": "m:2", "replicas": 3,
-                                         "max_batch_size": 16, "max_delay_ms": 1.5,
-                                         "runtime": "torch", "public": True}),
+        (
+            "POST",
+            "/api/v1/deployments",
+            {
+                "name": "big",
+                "model": "m:2",
+                "replicas": 3,
+                "max_batch_size": 16,
+                "max_delay_ms": 1.5,
+                "runtime": "torch",
+                "public": True,
+            },
+        ),
         ("GET", "/api/v1/deployments", None),
         ("GET", "/api/v1/deployments/shapes", None),
         ("PATCH", "/api/v1/deployments/shapes", {"model": "m:2"}),
         ("PATCH", "/api/v1/deployments/shapes", {"replicas": 2}),
         ("DELETE", "/api/v1/deployments/shapes", None),
-    ]  # fmt: skip
+    ]
 
 
 def test_wait_deployment_until_ready_or_failed(settings: Settings) -> None:
@@ -225,10 +265,14 @@ def test_predict_and_infer_call_the_endpoint_with_the_token(
             body = json.loads(request.content)["inputs"][0]
             assert (body["name"], body["datatype"], body["shape"]) == ("pixels", "UINT8", [2, 2])
             outputs = [
-                {"name": "probabilities", "datatype": "FP32", "shape": [2, 2],
-                 "data": [0.9, 0.1, 0.2, 0.8]},
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [2, 2],
+                    "data": [0.9, 0.1, 0.2, 0.8],
+                },
                 {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]},
-            ]  # fmt: skip
+            ]
             return httpx.Response(200, json={"outputs": outputs})
         if request.content == b"{}":
             return httpx.Response(400, json={"error": "not an image"})  # the OIP shape

@@ -104,12 +104,40 @@ INTENTS_SOURCE = (
 )
 
 MIXED_FRACTION = 0.1
-_PRODUCTS = ["order", "package", "headphones", "laptop", "jacket", "coffee maker", "phone case",
-             "subscription box", "running shoes", "desk lamp"]  # fmt: skip
-_OPENERS = ["", "", "hi, ", "hello, ", "hey there, ", "good morning, ", "excuse me, ",
-            "quick question: ", "sorry to bother you, "]  # fmt: skip
-_CLOSERS = ["", "", "", " thanks", " thank you", " please help", " asap", " any update?",
-            " this is urgent"]  # fmt: skip
+_PRODUCTS = [
+    "order",
+    "package",
+    "headphones",
+    "laptop",
+    "jacket",
+    "coffee maker",
+    "phone case",
+    "subscription box",
+    "running shoes",
+    "desk lamp",
+]
+_OPENERS = [
+    "",
+    "",
+    "hi, ",
+    "hello, ",
+    "hey there, ",
+    "good morning, ",
+    "excuse me, ",
+    "quick question: ",
+    "sorry to bother you, ",
+]
+_CLOSERS = [
+    "",
+    "",
+    "",
+    " thanks",
+    " thank you",
+    " please help",
+    " asap",
+    " any update?",
+    " this is urgent",
+]
 _INTENT_TEMPLATES: dict[str, list[str]] = {
     "refund": [
         "i cancelled the {product} order, when do i get my money back",

@@ -175,8 +175,10 @@ def instance_id(settings: Settings) -> str:
     restart gives up (requeues) the attempts leased to it that it no longer runs."""
     if settings.instance_id:
         return settings.instance_id
-    return _kept(settings.home / INSTANCE_ID_FILE,
-                 lambda: f"{socket.gethostname()[:60]}-{secrets.token_hex(6)}")
+    return _kept(
+        settings.home / INSTANCE_ID_FILE,
+        lambda: f"{socket.gethostname()[:60]}-{secrets.token_hex(6)}",
+    )
 
 
 def cache_key(settings: Settings) -> bytes:
@@ -218,9 +220,15 @@ class NodeExecutor:
     (``extra_env``; ``NIMBUS_CACHE_DIR``, the tenant's download cache from ``caches``) to
     every attempt's environment. Attempts run as ``run_as``, the fallback's too."""
 
-    def __init__(self, factory: Callable[[], Executor], jobs_root: Path,
-                 extra_env: Mapping[str, str], *, run_as: JobUser | None = None,
-                 caches: TenantCaches | None = None) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], Executor],
+        jobs_root: Path,
+        extra_env: Mapping[str, str],
+        *,
+        run_as: JobUser | None = None,
+        caches: TenantCaches | None = None,
+    ) -> None:
         self.factory = factory
         self.jobs_root = jobs_root
         self.extra_env = dict(extra_env)
@@ -252,8 +260,11 @@ class NodeExecutor:
 
     def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
         # Orphans are found in /proc, whichever executor started them.
-        inner = (self._inner if self._inner is not None
-                 else LocalExecutor(self.jobs_root, run_as=self.run_as))
+        inner = (
+            self._inner
+            if self._inner is not None
+            else LocalExecutor(self.jobs_root, run_as=self.run_as)
+        )
         return inner.reap_orphans(should_kill)
 
     def close(self) -> None:
@@ -267,8 +278,13 @@ class SchedulerThread:
     One scheduler per instance id and NIMBUS_HOME: a lock file refuses a second, which
     would otherwise take the first one's attempts for its own leftovers."""
 
-    def __init__(self, scheduler: Scheduler, executor: NodeExecutor, lock_path: Path,
-                 stopping: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        executor: NodeExecutor,
+        lock_path: Path,
+        stopping: threading.Event | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.executor = executor
         self.lock_path = lock_path
@@ -278,8 +294,9 @@ class SchedulerThread:
         self._lock: IO[str] | None = None
 
     @classmethod
-    def build(cls, settings: Settings, services: Services,
-              job_user: JobUser | None = None) -> SchedulerThread:
+    def build(
+        cls, settings: Settings, services: Services, job_user: JobUser | None = None
+    ) -> SchedulerThread:
         """The scheduler of this node, as the settings describe it, its attempts running
         as ``job_user`` (None: as this process's user)."""
         node = instance_id(settings)
@@ -287,10 +304,18 @@ class SchedulerThread:
         prepare_root(jobs_root, job_user)
         caches = TenantCaches(settings.cache_dir, cache_key(settings), job_user)
         executor = NodeExecutor(
-            lambda: make_executor(settings.executor, jobs_root,
-                                  preload=tuple(settings.executor_preload),
-                                  grace_seconds=settings.kill_grace_seconds, run_as=job_user),
-            jobs_root, {}, run_as=job_user, caches=caches)
+            lambda: make_executor(
+                settings.executor,
+                jobs_root,
+                preload=tuple(settings.executor_preload),
+                grace_seconds=settings.kill_grace_seconds,
+                run_as=job_user,
+            ),
+            jobs_root,
+            {},
+            run_as=job_user,
+            caches=caches,
+        )
         config = SchedulerConfig(
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.lease_seconds / 3,
@@ -304,16 +329,24 @@ class SchedulerThread:
         def launch(job: Job, attempt: Attempt) -> Program:
             return Program(module=module)
 
-        scheduler = Scheduler(services.db, executor, services.capacity, node,
-                              jobs_root=jobs_root, config=config, launch_fn=launch)
+        scheduler = Scheduler(
+            services.db,
+            executor,
+            services.capacity,
+            node,
+            jobs_root=jobs_root,
+            config=config,
+            launch_fn=launch,
+        )
         lock = settings.home / f"scheduler-{node}.lock"
         return cls(scheduler, executor, lock, services.stopping)
 
     def start(self) -> None:
         """Take the instance's lock, then recover and tick in a thread (start returns at
         once: the executor warms up there, not on the server's start-up path)."""
-        lock = os.fdopen(os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
-                         "a")
+        lock = os.fdopen(
+            os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a"
+        )
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -321,7 +354,8 @@ class SchedulerThread:
             raise Unavailable(
                 f"another server runs the scheduler of instance {self.scheduler.instance_id!r}"
                 f" ({self.lock_path}); give this one its own NIMBUS_INSTANCE_ID or "
-                "NIMBUS_HOME") from None
+                "NIMBUS_HOME"
+            ) from None
         self._lock = lock
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
         self._thread.start()
@@ -373,12 +407,16 @@ def run(settings: Settings) -> None:
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     # Who jobs run as is settled first: NIMBUS_HOME's layout depends on it.
-    job_user = (resolve_job_user(settings.job_user, [_nearest_dir(settings.home.parent)])
-                if settings.scheduler_enabled else None)
+    job_user = (
+        resolve_job_user(settings.job_user, [_nearest_dir(settings.home.parent)])
+        if settings.scheduler_enabled
+        else None
+    )
     bootstrap(settings, job_user)
     services = build_services(settings)
-    background = ([SchedulerThread.build(settings, services, job_user)]
-                  if settings.scheduler_enabled else [])
+    background = (
+        [SchedulerThread.build(settings, services, job_user)] if settings.scheduler_enabled else []
+    )
     deployments = DeploymentLoop(services.deployments, instance_id(settings))
     app = create_app(settings, services, [*background, deployments])
     config = uvicorn.Config(

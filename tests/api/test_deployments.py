@@ -71,16 +71,26 @@ def wait_for(client: httpx.Client, name: str, check: Check, timeout: float = 60)
 
 def ready(version: int, replicas: int = 1) -> Check:
     def check(d: dict[str, Any]) -> bool:
-        return (d.get("state") == "ready" and len(d["replicas"]) == replicas
-                and all(r["state"] == "ready" and r["model_version"] == version
-                        for r in d["replicas"]))  # fmt: skip
+        return (
+            d.get("state") == "ready"
+            and len(d["replicas"]) == replicas
+            and all(r["state"] == "ready" and r["model_version"] == version for r in d["replicas"])
+        )
 
     return check
 
 
 def infer(endpoint: str, name: str, token: str | None, x: np.ndarray) -> httpx.Response:
-    body = {"inputs": [{"name": "input", "datatype": "UINT8", "shape": list(x.shape),
-                        "data": x.reshape(-1).tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "UINT8",
+                "shape": list(x.shape),
+                "data": x.reshape(-1).tolist(),
+            }
+        ]
+    }
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.post(f"{endpoint}/v2/models/{name}/infer", json=body, headers=headers, timeout=30)
 
@@ -101,8 +111,11 @@ def delete_all(client: httpx.Client) -> None:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("deployments")
     server = ServerProcess(root / "home", env=API_ONLY).start()
-    tokens = {"member": make_token(server, "member"), "viewer": make_token(server, "viewer"),
-              "acme": make_token(server, "member", "acme")}  # fmt: skip
+    tokens = {
+        "member": make_token(server, "member"),
+        "viewer": make_token(server, "viewer"),
+        "acme": make_token(server, "member", "acme"),
+    }
     clients = {role: server.client(token) for role, token in tokens.items()}
     v1, v2 = image_model_dir(root / "v1", 1), image_model_dir(root / "v2", 2)
     try:
@@ -178,18 +191,22 @@ def test_names_tenants_roles_and_bad_requests(env: Env) -> None:
 
     viewer = env.clients["viewer"]
     assert viewer.get(f"{API}/deployments/twin").status_code == 200
-    refused = [viewer.post(f"{API}/deployments", json={"name": "v", "model": "cnn:1"}),
-               viewer.patch(f"{API}/deployments/twin", json={"replicas": 2}),
-               viewer.delete(f"{API}/deployments/twin")]  # fmt: skip
+    refused = [
+        viewer.post(f"{API}/deployments", json={"name": "v", "model": "cnn:1"}),
+        viewer.patch(f"{API}/deployments/twin", json={"replicas": 2}),
+        viewer.delete(f"{API}/deployments/twin"),
+    ]
     assert [r.status_code for r in refused] == [403, 403, 403]
-    for body, status in (({"name": "twin", "model": "cnn:1"}, 409),
-                         ({"name": "Bad", "model": "cnn:1"}, 400),
-                         ({"name": "n", "model": "cnn:9"}, 404),
-                         ({"name": "n", "model": "cnn@none"}, 404),
-                         ({"name": "n", "model": "cnn:x"}, 400),
-                         ({"name": "n", "model": "cnn:1", "replicas": 0}, 400),
-                         ({"name": "n", "model": "cnn:1", "runtime": "tf"}, 400),
-                         ({"name": "n", "model": "cnn:1", "colour": 1}, 400)):  # fmt: skip
+    for body, status in (
+        ({"name": "twin", "model": "cnn:1"}, 409),
+        ({"name": "Bad", "model": "cnn:1"}, 400),
+        ({"name": "n", "model": "cnn:9"}, 404),
+        ({"name": "n", "model": "cnn@none"}, 404),
+        ({"name": "n", "model": "cnn:x"}, 400),
+        ({"name": "n", "model": "cnn:1", "replicas": 0}, 400),
+        ({"name": "n", "model": "cnn:1", "runtime": "tf"}, 400),
+        ({"name": "n", "model": "cnn:1", "colour": 1}, 400),
+    ):
         assert env.member.post(f"{API}/deployments", json=body).status_code == status, body
     assert env.member.patch(f"{API}/deployments/nope", json={}).status_code == 404
     for client in (env.member, acme):
@@ -217,9 +234,10 @@ def test_rolling_update_under_load_then_a_killed_replica_comes_back(env: Env) ->
     victim = after["replicas"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
     back = wait_for(
-        env.member, "rolling",
+        env.member,
+        "rolling",
         lambda d: ready(2, 2)(d) and victim not in {r["pid"] for r in d["replicas"]},
-    )  # fmt: skip
+    )
     assert sorted(r["restarts"] for r in back["replicas"]) == [0, 1]
     scaled = env.member.patch(f"{API}/deployments/rolling", json={"replicas": 1})
     assert scaled.json()["desired_replicas"] == 1

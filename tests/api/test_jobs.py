@@ -72,10 +72,13 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     server = ServerProcess(tmp_path_factory.mktemp("jobs") / "home", env=API_ONLY).start()
     member = server.client(make_token(server, "member"))
-    for name, data, filename in (("reviews", csv_bytes("jobs"), "r.csv"),
-                                 ("digits", npz_images(), "d.npz")):
-        response = member.post(f"{API}/datasets/{name}/versions", params={"filename": filename},
-                               content=data)
+    for name, data, filename in (
+        ("reviews", csv_bytes("jobs"), "r.csv"),
+        ("digits", npz_images(), "d.npz"),
+    ):
+        response = member.post(
+            f"{API}/datasets/{name}/versions", params={"filename": filename}, content=data
+        )
         assert response.status_code == 201, response.text
     db = Database(f"sqlite:///{server.home / 'nimbus.db'}")
     try:
@@ -87,8 +90,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 def submit(env: Env, **body: Any) -> dict[str, Any]:
-    response = env.member.post(f"{API}/jobs", json={"dataset": "reviews", "model": "text",
-                                                    **body})
+    response = env.member.post(f"{API}/jobs", json={"dataset": "reviews", "model": "text", **body})
     assert response.status_code == 201, response.text
     return dict(response.json())
 
@@ -96,8 +98,14 @@ def submit(env: Env, **body: Any) -> dict[str, Any]:
 def claim(env: Env, job_id: str) -> Claim:
     """Start the job's next attempt as a scheduler would (the job must be first in line)."""
     with env.db.session(write=True) as s:
-        claims = repo.claim_next(s, capacity=NODE, owner="test-node",
-                                 now=datetime.now(UTC) + NOW_PLUS, lease_seconds=60, limit=1)
+        claims = repo.claim_next(
+            s,
+            capacity=NODE,
+            owner="test-node",
+            now=datetime.now(UTC) + NOW_PLUS,
+            lease_seconds=60,
+            limit=1,
+        )
     assert [c.job.id for c in claims] == [job_id]
     return claims[0]
 
@@ -105,8 +113,13 @@ def claim(env: Env, job_id: str) -> Claim:
 def requeue(env: Env, claimed: Claim) -> None:
     """The attempt's process died (an infrastructure failure): the job goes back in line."""
     with env.db.session(write=True) as s:
-        repo.finish_attempt(s, claimed.attempt.id, Outcome.infra("test"), datetime.now(UTC),
-                            RetryPolicy(base_seconds=0))
+        repo.finish_attempt(
+            s,
+            claimed.attempt.id,
+            Outcome.infra("test"),
+            datetime.now(UTC),
+            RetryPolicy(base_seconds=0),
+        )
 
 
 def finish(env: Env, claimed: Claim, code: int = 0) -> None:
@@ -117,7 +130,9 @@ def finish(env: Env, claimed: Claim, code: int = 0) -> None:
 def job_api(env: Env, claimed: Claim, token: str | None = None) -> httpx.Client:
     return httpx.Client(
         base_url=f"{env.server.url}{API}/job-api/{claimed.attempt.id}",
-        headers={"Authorization": f"Bearer {token or claimed.token}"}, timeout=30)
+        headers={"Authorization": f"Bearer {token or claimed.token}"},
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -181,8 +196,9 @@ def test_submit_is_validated(env: Env, body: dict[str, Any], status: int, named:
 
 
 def test_submit_show_list_compare_cancel(env: Env) -> None:
-    job = submit(env, params={"epochs": "2", "batch-size": "8"}, memory="2G", deadline="1h",
-                 priority=-5)
+    job = submit(
+        env, params={"epochs": "2", "batch-size": "8"}, memory="2G", deadline="1h", priority=-5
+    )
     assert job["state"] == "queued" and job["model"] == "text" and job["attempts"] == 0
     assert job["dataset"]["name"] == "reviews" and job["dataset"]["version"] == 1
     assert job["params"]["epochs"] == 2 and job["params"]["batch_size"] == 8
@@ -214,16 +230,23 @@ def test_tenants_and_roles(env: Env) -> None:
     with other, viewer:
         refused = other.post(f"{API}/jobs", json={"dataset": "reviews", "model": "text"})
         assert refused.status_code == 404 and "reviews" in error_of(refused)["message"]
-        for method, path in (("GET", f"/jobs/{job['id']}"), ("POST", f"/jobs/{job['id']}/cancel"),
-                             ("GET", f"/jobs/{job['id']}/logs"),
-                             ("GET", f"/jobs/{job['id']}/metrics")):
+        for method, path in (
+            ("GET", f"/jobs/{job['id']}"),
+            ("POST", f"/jobs/{job['id']}/cancel"),
+            ("GET", f"/jobs/{job['id']}/logs"),
+            ("GET", f"/jobs/{job['id']}/metrics"),
+        ):
             assert other.request(method, API + path).status_code == 404, path
         assert other.get(f"{API}/jobs").json() == {"jobs": []}
         assert viewer.get(f"{API}/jobs/{job['id']}").status_code == 200
-        for method, path in (("POST", "/jobs"), ("POST", f"/jobs/{job['id']}/cancel"),
-                             ("POST", "/code?filename=a.py")):
-            response = viewer.request(method, API + path, json={"dataset": "reviews",
-                                                                "model": "text"})
+        for method, path in (
+            ("POST", "/jobs"),
+            ("POST", f"/jobs/{job['id']}/cancel"),
+            ("POST", "/code?filename=a.py"),
+        ):
+            response = viewer.request(
+                method, API + path, json={"dataset": "reviews", "model": "text"}
+            )
             assert response.status_code == 403, path
     env.member.post(f"{API}/jobs/{job['id']}/cancel")
 
@@ -261,10 +284,10 @@ def test_code_upload_is_checked_and_tenant_scoped(env: Env) -> None:
         assert named in error_of(response)["message"], (filename, response.text)
     assert blob_files(env.server.home) == before
 
-    job = submit(env, model=first.json()["ref"], params={"lr": "0.1", "layers": [1, 2]},
-                 priority=-5)
-    assert job["model"] == first.json()["ref"] and job["params"] == {"lr": "0.1",
-                                                                    "layers": [1, 2]}
+    job = submit(
+        env, model=first.json()["ref"], params={"lr": "0.1", "layers": [1, 2]}, priority=-5
+    )
+    assert job["model"] == first.json()["ref"] and job["params"] == {"lr": "0.1", "layers": [1, 2]}
     env.member.post(f"{API}/jobs/{job['id']}/cancel")
     with env.server.client(make_token(env.server, "member", "code-thief")) as thief:
         stolen = thief.post(f"{API}/jobs", json={"dataset": "reviews", "model": job["model"]})
@@ -275,13 +298,17 @@ def test_code_upload_is_checked_and_tenant_scoped(env: Env) -> None:
 
 
 def test_job_api_tokens_are_scoped_to_their_attempt(
-        env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
+    env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]
+) -> None:
     job, claimed, client = running
     spec = client.get("/spec")
     assert spec.status_code == 200, spec.text
     body = spec.json()
-    assert (body["job_id"], body["attempt_id"], body["attempt"]) == (job["id"],
-                                                                     claimed.attempt.id, 1)
+    assert (body["job_id"], body["attempt_id"], body["attempt"]) == (
+        job["id"],
+        claimed.attempt.id,
+        1,
+    )
     assert body["model"] == "text" and body["code"] is None and body["seed"] == 0
     assert body["dataset"]["dataset"] == "reviews" and "train_x.npy" in body["dataset"]["files"]
 
@@ -291,25 +318,35 @@ def test_job_api_tokens_are_scoped_to_their_attempt(
             assert response.status_code == 401 and error_of(response)["code"] == "unauthorized"
     no_token = httpx.get(f"{env.server.url}{API}/job-api/{claimed.attempt.id}/spec")
     assert no_token.status_code == 401
-    elsewhere = httpx.get(f"{env.server.url}{API}/job-api/att_someone_else/spec",
-                          headers={"Authorization": f"Bearer {claimed.token}"})
+    elsewhere = httpx.get(
+        f"{env.server.url}{API}/job-api/att_someone_else/spec",
+        headers={"Authorization": f"Bearer {claimed.token}"},
+    )
     assert elsewhere.status_code == 401
     # An API token is no job token, and a job token is no API token.
-    assert httpx.get(f"{env.server.url}{API}/jobs",
-                     headers={"Authorization": f"Bearer {claimed.token}"}).status_code == 401
+    assert (
+        httpx.get(
+            f"{env.server.url}{API}/jobs", headers={"Authorization": f"Bearer {claimed.token}"}
+        ).status_code
+        == 401
+    )
     # Runner traffic is audited only when refused.
     assert client.post("/heartbeat").status_code == 200
     with job_api(env, claimed, mint_token()) as stranger:
         assert stranger.post("/heartbeat").status_code == 401
     with env.server.client() as admin:
         events = admin.get(f"{API}/audit", params={"limit": 1000}).json()["events"]
-    beats = [e["status"] for e in events
-             if e["resource"] == f"{API}/job-api/{claimed.attempt.id}/heartbeat"]
+    beats = [
+        e["status"]
+        for e in events
+        if e["resource"] == f"{API}/job-api/{claimed.attempt.id}/heartbeat"
+    ]
     assert beats == [401]
 
 
 def test_job_api_blobs_are_the_jobs_inputs_only(
-        env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
+    env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]
+) -> None:
     _, _, client = running
     files = client.get("/spec").json()["dataset"]["files"]
     key = files["train_x.npy"]["key"]
@@ -321,36 +358,52 @@ def test_job_api_blobs_are_the_jobs_inputs_only(
 
 
 def test_heartbeat_metrics_progress_result(
-        env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
+    env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]
+) -> None:
     job, _, client = running
     assert client.post("/heartbeat").json() == {"cancel": False}
-    assert client.post("/metrics", json={"step": 1, "metrics": {"loss": 0.5, "acc": 1}}
-                       ).status_code == 200
+    assert (
+        client.post("/metrics", json={"step": 1, "metrics": {"loss": 0.5, "acc": 1}}).status_code
+        == 200
+    )
     assert client.post("/metrics", json={"step": 2, "metrics": {"loss": 0.25}}).status_code == 200
-    for bad in ({"step": -1, "metrics": {}}, {"step": 1, "metrics": {"loss": "high"}},
-                {"step": 1, "metrics": {"bad name!": 1}}, {"metrics": {}}):
+    for bad in (
+        {"step": -1, "metrics": {}},
+        {"step": 1, "metrics": {"loss": "high"}},
+        {"step": 1, "metrics": {"bad name!": 1}},
+        {"metrics": {}},
+    ):
         assert client.post("/metrics", json=bad).status_code == 400, bad
     assert client.post("/metrics", content=b"{not json").status_code == 400
     progress = {"epoch": 1, "epochs": 3, "batch": 5, "batches": 10}
     assert client.post("/progress", json=progress).status_code == 200
     evaluation = {"accuracy": 0.75, "f1_macro": float("nan"), "per_class": {"a": {"f1": 1.0}}}
-    result = client.post("/result", content=json.dumps({"evaluation": evaluation}),
-                         headers={"Content-Type": "application/json"})
+    result = client.post(
+        "/result",
+        content=json.dumps({"evaluation": evaluation}),
+        headers={"Content-Type": "application/json"},
+    )
     assert result.status_code == 200, result.text
 
     shown = env.member.get(f"{API}/jobs/{job['id']}").json()
     assert shown["state"] == "running" and shown["progress"] == progress
-    assert shown["evaluation"] == {"accuracy": 0.75, "f1_macro": None,
-                                   "per_class": {"a": {"f1": 1.0}}}
+    assert shown["evaluation"] == {
+        "accuracy": 0.75,
+        "f1_macro": None,
+        "per_class": {"a": {"f1": 1.0}},
+    }
     metrics = env.member.get(f"{API}/jobs/{job['id']}/metrics").json()["metrics"]
-    assert metrics["loss"] == [{"step": 1, "value": 0.5, "attempt": 1},
-                               {"step": 2, "value": 0.25, "attempt": 1}]
+    assert metrics["loss"] == [
+        {"step": 1, "value": 0.5, "attempt": 1},
+        {"step": 2, "value": 0.25, "attempt": 1},
+    ]
     env.member.post(f"{API}/jobs/{job['id']}/cancel")
     assert client.post("/heartbeat").json() == {"cancel": True}
 
 
 def test_checkpoints_survive_attempts_and_stale_attempts_are_fenced(
-        env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
+    env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]
+) -> None:
     job, first, client = running
     assert client.get("/checkpoints/latest").status_code == 404
     for step in (1, 2, 3):
@@ -368,9 +421,13 @@ def test_checkpoints_survive_attempts_and_stale_attempts_are_fenced(
         resumed = successor.get("/checkpoints/latest")
         assert resumed.content == b"state 3" and resumed.headers["x-checkpoint-step"] == "3"
         assert successor.get("/spec").json()["attempt"] == 2
-        for method, path in (("GET", "/spec"), ("POST", "/heartbeat"),
-                             ("PUT", "/checkpoints/9"), ("PUT", "/artifacts/spec.json"),
-                             ("GET", "/checkpoints/latest")):
+        for method, path in (
+            ("GET", "/spec"),
+            ("POST", "/heartbeat"),
+            ("PUT", "/checkpoints/9"),
+            ("PUT", "/artifacts/spec.json"),
+            ("GET", "/checkpoints/latest"),
+        ):
             stale = client.request(method, path, content=b"late" if method == "PUT" else None)
             assert stale.status_code == 409, (path, stale.text)
             assert error_of(stale)["code"] == "fenced"
@@ -381,7 +438,8 @@ def test_checkpoints_survive_attempts_and_stale_attempts_are_fenced(
 
 
 def test_artifacts_replace_and_show_in_the_job(
-        env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
+    env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]
+) -> None:
     job, _, client = running
     assert client.put("/artifacts/spec.json", content=b'{"v": 1}').status_code == 201
     replaced = client.put("/artifacts/spec.json", content=b'{"v": 2}')
@@ -392,10 +450,11 @@ def test_artifacts_replace_and_show_in_the_job(
     old = hashlib.sha256(b'{"v": 1}').hexdigest()
     assert not (env.server.home / "blobs" / "sha256" / old[:2] / old).exists()
     artifacts = env.member.get(f"{API}/jobs/{job['id']}").json()["artifacts"]
-    spec, weights = (hashlib.sha256(b'{"v": 2}').hexdigest(),
-                     hashlib.sha256(b"w" * 100).hexdigest())
-    assert replaced.json() == {"name": "spec.json", "key": f"sha256/{spec[:2]}/{spec}",
-                               "size": 8}
+    spec, weights = (
+        hashlib.sha256(b'{"v": 2}').hexdigest(),
+        hashlib.sha256(b"w" * 100).hexdigest(),
+    )
+    assert replaced.json() == {"name": "spec.json", "key": f"sha256/{spec[:2]}/{spec}", "size": 8}
     assert artifacts == [
         replaced.json(),
         {"name": "weights.safetensors", "key": f"sha256/{weights[:2]}/{weights}", "size": 100},
@@ -406,17 +465,26 @@ def test_artifacts_replace_and_show_in_the_job(
 
 
 def test_logs_as_json_and_as_server_sent_events(
-        env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
+    env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]
+) -> None:
     job, claimed, client = running
     with env.db.session(write=True) as s:
         repo.append_logs(s, claimed.attempt.id, ["one\n", "two\n"], datetime.now(UTC))
     client.post("/progress", json={"epoch": 1, "epochs": 1, "batch": 1, "batches": 1})
     page = env.member.get(f"{API}/jobs/{job['id']}/logs").json()
-    assert page == {"chunks": [{"seq": 1, "attempt": 1, "data": "one\n"},
-                               {"seq": 2, "attempt": 1, "data": "two\n"}],
-                    "next": 2, "done": False}
+    assert page == {
+        "chunks": [
+            {"seq": 1, "attempt": 1, "data": "one\n"},
+            {"seq": 2, "attempt": 1, "data": "two\n"},
+        ],
+        "next": 2,
+        "done": False,
+    }
     assert env.member.get(f"{API}/jobs/{job['id']}/logs", params={"after": 2}).json() == {
-        "chunks": [], "next": 2, "done": False}
+        "chunks": [],
+        "next": 2,
+        "done": False,
+    }
     finish(env, claimed)
     events = follow(env.member, job["id"], after=1)
     assert [e for e, _ in events] == ["log", "progress", "end"]
@@ -425,26 +493,32 @@ def test_logs_as_json_and_as_server_sent_events(
     assert env.member.get(f"{API}/jobs/{job['id']}/logs", params={"after": 2}).json()["done"]
 
 
-def follow(client: httpx.Client, job_id: str, after: int = 0,
-           until: Callable[[str], bool] = lambda e: e == "end") -> list[tuple[str, Any]]:
+def follow(
+    client: httpx.Client,
+    job_id: str,
+    after: int = 0,
+    until: Callable[[str], bool] = lambda e: e == "end",
+) -> list[tuple[str, Any]]:
     """The events of ``GET logs?follow=true`` up to the first one ``until`` accepts."""
     events: list[tuple[str, Any]] = []
     kind = ""
-    with client.stream("GET", f"{API}/jobs/{job_id}/logs",
-                           params={"follow": "true", "after": after}) as response:
+    with client.stream(
+        "GET", f"{API}/jobs/{job_id}/logs", params={"follow": "true", "after": after}
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("event: "):
-                kind = line[len("event: "):]
+                kind = line[len("event: ") :]
             elif line.startswith("data: "):
-                events.append((kind, json.loads(line[len("data: "):])))
+                events.append((kind, json.loads(line[len("data: ") :])))
                 if until(kind):
                     break
     return events
 
 
 def test_follow_streams_while_the_job_runs(
-        env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]) -> None:
+    env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]
+) -> None:
     job, claimed, _ = running
 
     def later() -> None:
@@ -465,14 +539,18 @@ def test_a_log_stream_does_not_hold_up_a_shutdown(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "home", env=API_ONLY).start()
     try:
         with server.client() as admin:
-            admin.post(f"{API}/datasets/tiny/versions", params={"filename": "t.csv"},
-                       content=csv_bytes("stop"))
+            admin.post(
+                f"{API}/datasets/tiny/versions",
+                params={"filename": "t.csv"},
+                content=csv_bytes("stop"),
+            )
             job = admin.post(f"{API}/jobs", json={"dataset": "tiny", "model": "text"}).json()
             opened, seen = threading.Event(), []
 
             def listen() -> None:
-                with admin.stream("GET", f"{API}/jobs/{job['id']}/logs",
-                                  params={"follow": "true"}) as response:
+                with admin.stream(
+                    "GET", f"{API}/jobs/{job['id']}/logs", params={"follow": "true"}
+                ) as response:
                     opened.set()
                     seen.extend(response.iter_lines())
 

@@ -23,8 +23,11 @@ from nimbus.jobs.isolation import JobUser, ensure_system_user, preflight
 from tests.api.conftest import API, csv_bytes, make_token
 from tests.helpers import ServerProcess
 
-FAST = {"NIMBUS_SCHEDULER_TICK_SECONDS": "0.1", "NIMBUS_RETRY_BASE_SECONDS": "0.2",
-        "NIMBUS_KILL_GRACE_SECONDS": "2"}
+FAST = {
+    "NIMBUS_SCHEDULER_TICK_SECONDS": "0.1",
+    "NIMBUS_RETRY_BASE_SECONDS": "0.2",
+    "NIMBUS_KILL_GRACE_SECONDS": "2",
+}
 
 MARKER = b"""\
 import os
@@ -68,8 +71,11 @@ class Tenant:
     def __init__(self, server: ServerProcess, tenant: str | None = None) -> None:
         self.client = server.client(make_token(server, "member", tenant))
         self.server = server
-        upload = self.client.post(f"{API}/datasets/reviews/versions",
-                                  params={"filename": "r.csv"}, content=csv_bytes(tenant or ""))
+        upload = self.client.post(
+            f"{API}/datasets/reviews/versions",
+            params={"filename": "r.csv"},
+            content=csv_bytes(tenant or ""),
+        )
         assert upload.status_code in (200, 201), upload.text
 
     def run(self, model: str | bytes, **body: Any) -> dict[str, Any]:
@@ -77,8 +83,9 @@ class Tenant:
             code = self.client.post(f"{API}/code", params={"filename": "job.py"}, content=model)
             assert code.status_code == 201, code.text
             model = str(code.json()["ref"])
-        response = self.client.post(f"{API}/jobs", json={"dataset": "reviews", "model": model,
-                                                         **body})
+        response = self.client.post(
+            f"{API}/jobs", json={"dataset": "reviews", "model": model, **body}
+        )
         assert response.status_code == 201, response.text
         return wait(self.client, response.json()["id"], self.server)
 
@@ -87,11 +94,15 @@ class Tenant:
         return "".join(chunk["data"] for chunk in page["chunks"])
 
 
-def wait(client: httpx.Client, job_id: str, server: ServerProcess,
-         timeout: float = 120) -> dict[str, Any]:
+def wait(
+    client: httpx.Client, job_id: str, server: ServerProcess, timeout: float = 120
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while (job := client.get(f"{API}/jobs/{job_id}").json())["state"] not in (
-            "succeeded", "failed", "cancelled"):
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{job}\n{server.log()[-3000:]}")
         time.sleep(0.1)
@@ -99,7 +110,7 @@ def wait(client: httpx.Client, job_id: str, server: ServerProcess,
 
 
 def line(logs: str, prefix: str) -> str:
-    return next(text for text in logs.splitlines() if text.startswith(prefix))[len(prefix):]
+    return next(text for text in logs.splitlines() if text.startswith(prefix))[len(prefix) :]
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +130,12 @@ def server(user: JobUser) -> Iterator[ServerProcess]:
         shutil.rmtree(base)
         pytest.skip(f"the job user cannot run jobs on this machine: {'; '.join(problems)}")
     home = base / "home"
-    env = {**FAST, "NIMBUS_TOKEN": "nbt_server-side-secret",  # what a job must not see
-           "NIMBUS_DATABASE_URL": f"sqlite:///{home}/nimbus.db",
-           "NIMBUS_STORAGE_URL": f"file://{home}/blobs"}
+    env = {
+        **FAST,
+        "NIMBUS_TOKEN": "nbt_server-side-secret",  # what a job must not see
+        "NIMBUS_DATABASE_URL": f"sqlite:///{home}/nimbus.db",
+        "NIMBUS_STORAGE_URL": f"file://{home}/blobs",
+    }
     try:
         with ServerProcess(home, env=env) as running:
             yield running
@@ -133,14 +147,23 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
-def test_home_is_laid_out_for_jobs_running_as_another_user(server: ServerProcess,
-                                                          user: JobUser) -> None:
+def test_home_is_laid_out_for_jobs_running_as_another_user(
+    server: ServerProcess, user: JobUser
+) -> None:
     assert f"jobs run as {user.name}" in server.log()
     home = server.home
-    expected = {home: 0o711, home / "jobs": 0o711, home / "cache": 0o711,
-                home / "admin-token": 0o600, home / "nimbus.db": 0o600,
-                home / "instance-id": 0o600, home / "cache-key": 0o600,
-                home / "blobs": 0o700, home / "tmp": 0o700, home / "deployments": 0o700}
+    expected = {
+        home: 0o711,
+        home / "jobs": 0o711,
+        home / "cache": 0o711,
+        home / "admin-token": 0o600,
+        home / "nimbus.db": 0o600,
+        home / "instance-id": 0o600,
+        home / "cache-key": 0o600,
+        home / "blobs": 0o700,
+        home / "tmp": 0o700,
+        home / "deployments": 0o700,
+    }
     assert {path: mode(path) for path in expected} == expected
     for sidecar in ("nimbus.db-wal", "nimbus.db-shm"):  # SQLite copies the database's mode
         assert not (home / sidecar).exists() or mode(home / sidecar) == 0o600
@@ -148,7 +171,8 @@ def test_home_is_laid_out_for_jobs_running_as_another_user(server: ServerProcess
 
 
 def test_a_script_cannot_reach_the_servers_secrets_or_another_jobs_files(
-        server: ServerProcess, user: JobUser) -> None:
+    server: ServerProcess, user: JobUser
+) -> None:
     default = Tenant(server)
     marked = default.run(MARKER)
     assert marked["state"] == "succeeded", default.logs(marked["id"])
@@ -157,8 +181,9 @@ def test_a_script_cannot_reach_the_servers_secrets_or_another_jobs_files(
 
     acme = Tenant(server, "acme")
     assert server.proc is not None
-    probe = acme.run(PROBE, params={"home": str(server.home), "other": other,
-                                    "server": str(server.proc.pid)})
+    probe = acme.run(
+        PROBE, params={"home": str(server.home), "other": other, "server": str(server.proc.pid)}
+    )
     logs = acme.logs(probe["id"])
     assert probe["state"] == "succeeded", logs
     refused = json.loads(line(logs, "probe "))
@@ -177,8 +202,11 @@ def test_a_builtin_model_still_trains_end_to_end(server: ServerProcess, user: Jo
     job = tenant.run("text", params={"epochs": "2"}, seed=3)
     assert job["state"] == "succeeded", tenant.logs(job["id"])
     assert 0 <= job["evaluation"]["accuracy"] <= 1
-    assert {a["name"] for a in job["artifacts"]} == {"spec.json", "weights.safetensors",
-                                                     "model.onnx"}
+    assert {a["name"] for a in job["artifacts"]} == {
+        "spec.json",
+        "weights.safetensors",
+        "model.onnx",
+    }
     db = Database(f"sqlite:///{server.home / 'nimbus.db'}")
     try:
         with db.session() as s:
@@ -187,11 +215,13 @@ def test_a_builtin_model_still_trains_end_to_end(server: ServerProcess, user: Jo
         db.dispose()
     assert checkpoint is not None  # written in the work directory, uploaded
     # The dataset's prepared arrays came through the tenant's cache, written by the job.
-    cached = [path for path in (server.home / "cache").rglob("*")
-              if path.is_file() and not path.name.endswith(".lock")]
+    cached = [
+        path
+        for path in (server.home / "cache").rglob("*")
+        if path.is_file() and not path.name.endswith(".lock")
+    ]
     assert len(cached) >= 6 and all(path.stat().st_uid == user.uid for path in cached)
     assert all(mode(path) == 0o600 for path in cached)  # the job's umask
     # The ended attempt's directory is the server's again.
     workdirs = list((server.home / "jobs" / job["id"]).iterdir())
-    assert workdirs and all(path.stat().st_uid == 0 and mode(path) == 0o700
-                            for path in workdirs)
+    assert workdirs and all(path.stat().st_uid == 0 and mode(path) == 0o700 for path in workdirs)

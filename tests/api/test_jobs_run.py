@@ -17,8 +17,11 @@ from tests.api.conftest import API, csv_bytes, make_token
 from tests.api.test_jobs import follow as follow_events
 from tests.helpers import ServerProcess
 
-FAST = {"NIMBUS_SCHEDULER_TICK_SECONDS": "0.1", "NIMBUS_RETRY_BASE_SECONDS": "0.2",
-        "NIMBUS_KILL_GRACE_SECONDS": "2"}
+FAST = {
+    "NIMBUS_SCHEDULER_TICK_SECONDS": "0.1",
+    "NIMBUS_RETRY_BASE_SECONDS": "0.2",
+    "NIMBUS_KILL_GRACE_SECONDS": "2",
+}
 SCRIPT = b"""\
 import os, sys, time
 from nimbus import runtime as nr
@@ -38,16 +41,20 @@ class Jobs:
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
         self.client = server.client(make_token(server, "member"))
-        upload = self.client.post(f"{API}/datasets/reviews/versions",
-                                  params={"filename": "r.csv"}, content=csv_bytes("run"))
+        upload = self.client.post(
+            f"{API}/datasets/reviews/versions",
+            params={"filename": "r.csv"},
+            content=csv_bytes("run"),
+        )
         assert upload.status_code in (200, 201), upload.text
         code = self.client.post(f"{API}/code", params={"filename": "job.py"}, content=SCRIPT)
         assert code.status_code == 201, code.text
         self.script = code.json()["ref"]
 
     def submit(self, **body: Any) -> str:
-        response = self.client.post(f"{API}/jobs", json={"dataset": "reviews",
-                                                         "model": self.script, **body})
+        response = self.client.post(
+            f"{API}/jobs", json={"dataset": "reviews", "model": self.script, **body}
+        )
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
@@ -106,14 +113,19 @@ def test_cancel_stops_a_running_job(jobs: Jobs) -> None:
 
 
 def test_a_builtin_model_trains_uploads_and_is_scored(jobs: Jobs) -> None:
-    response = jobs.client.post(f"{API}/jobs", json={"dataset": "reviews", "model": "text",
-                                                     "params": {"epochs": "1"}, "seed": 3})
+    response = jobs.client.post(
+        f"{API}/jobs",
+        json={"dataset": "reviews", "model": "text", "params": {"epochs": "1"}, "seed": 3},
+    )
     assert response.status_code == 201, response.text
     job = jobs.wait(response.json()["id"])
     assert job["state"] == "succeeded", jobs.logs(job["id"])
     assert 0 <= job["evaluation"]["accuracy"] <= 1
-    assert {a["name"] for a in job["artifacts"]} == {"spec.json", "weights.safetensors",
-                                                     "model.onnx"}
+    assert {a["name"] for a in job["artifacts"]} == {
+        "spec.json",
+        "weights.safetensors",
+        "model.onnx",
+    }
     metrics = jobs.client.get(f"{API}/jobs/{job['id']}/metrics").json()["metrics"]
     assert metrics["train_loss"][0]["step"] == 1
     assert "torch" not in _server_libraries(jobs.server)  # the RSS budget: never in the server

@@ -137,8 +137,12 @@ def test_aliases_move_with_history_and_resolve(env: Env) -> None:
     url = f"{API}/models/aliased/aliases"
     set1 = env.member.put(f"{url}/production", json={"version": 1})
     assert set1.status_code == 200, set1.text
-    assert set1.json() == {"model": "aliased", "alias": "production", "version": 1,
-                           "from_version": None}  # fmt: skip
+    assert set1.json() == {
+        "model": "aliased",
+        "alias": "production",
+        "version": 1,
+        "from_version": None,
+    }
     assert env.member.put(f"{url}/production", json={"version": 1}).status_code == 200
     moved = env.member.put(f"{url}/production", json={"version": 2}).json()
     assert moved["from_version"] == 1 and moved["version"] == 2
@@ -152,9 +156,14 @@ def test_aliases_move_with_history_and_resolve(env: Env) -> None:
     assert all(e["at"].endswith("Z") and e["by"].startswith("tok_") for e in shown["alias_history"])
     listed = {m["name"]: m for m in env.member.get(f"{API}/models").json()["models"]}
     assert listed["aliased"]["aliases"] == {"production": 2, "staging": 1}
-    for alias, body, status in (("Bad!", {"version": 1}, 400), ("latest", {"version": 1}, 400),
-                                ("12", {"version": 1}, 400), ("x", {"version": 9}, 404),
-                                ("x", {"version": 0}, 400), ("x", {}, 400)):  # fmt: skip
+    for alias, body, status in (
+        ("Bad!", {"version": 1}, 400),
+        ("latest", {"version": 1}, 400),
+        ("12", {"version": 1}, 400),
+        ("x", {"version": 9}, 404),
+        ("x", {"version": 0}, 400),
+        ("x", {}, 400),
+    ):
         assert env.member.put(f"{url}/{alias}", json=body).status_code == status, alias
     removed = env.member.delete(f"{url}/staging")
     assert removed.status_code == 200 and removed.json()["from_version"] == 1
@@ -214,15 +223,17 @@ def test_tenants_are_isolated_and_viewers_read_only(env: Env) -> None:
 
 
 def test_register_rescores_built_in_models_on_their_test_split(env: Env) -> None:
-    uploaded = env.member.post(f"{API}/datasets/shapes/versions", params={"filename": "s.npz"},
-                               content=npz_dataset())  # fmt: skip
+    uploaded = env.member.post(
+        f"{API}/datasets/shapes/versions", params={"filename": "s.npz"}, content=npz_dataset()
+    )
     assert uploaded.status_code == 201, uploaded.text
     version = uploaded.json()
     x = np.load(
         io.BytesIO(env.member.get(f"{API}/datasets/shapes/versions/1/files/test_x.npy").content)
     )
-    y = np.load(io.BytesIO(env.member.get(
-        f"{API}/datasets/shapes/versions/1/files/test_y.npy").content))  # fmt: skip
+    y = np.load(
+        io.BytesIO(env.member.get(f"{API}/datasets/shapes/versions/1/files/test_y.npy").content)
+    )
     assert len(y) >= 6  # a wrong accuracy then differs by more than the 2 rows allowed
     accuracy = float(np.mean(onnx_probabilities(env.v1, x).argmax(axis=1) == y))
     right = env.job(env.v1, dataset=version, evaluation={"accuracy": accuracy, "support": len(y)})

@@ -33,16 +33,31 @@ IMAGE_SPEC: dict[str, Any] = {
     "format_version": 1,
     "task": "image-classification",
     "architecture": "cnn",
-    "arch_params": {"in_channels": 1, "height": 6, "width": 6, "num_classes": 3,
-                    "conv_channels": 4, "hidden": 8},
+    "arch_params": {
+        "in_channels": 1,
+        "height": 6,
+        "width": 6,
+        "num_classes": 3,
+        "conv_channels": 4,
+        "hidden": 8,
+    },
     "classes": CLASSES,
     "input": _SIGNATURE,
     "onnx_input": _SIGNATURE,
-    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
-                {"name": "label", "datatype": "BYTES", "shape": [-1]}],
-    "preprocessing": {"kind": "image", "scale": 1 / 255, "mean": [0.5], "std": [0.25],
-                      "height": 6, "width": 6, "channels": 1},
-}  # fmt: skip
+    "outputs": [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+    ],
+    "preprocessing": {
+        "kind": "image",
+        "scale": 1 / 255,
+        "mean": [0.5],
+        "std": [0.25],
+        "height": 6,
+        "width": 6,
+        "channels": 1,
+    },
+}
 
 
 def image_model_dir(directory: Path, seed: int) -> Path:
@@ -63,8 +78,9 @@ def images(rows: int, seed: int = 0) -> np.ndarray:
 
 def onnx_probabilities(model_dir: Path, x: np.ndarray) -> np.ndarray:
     """What ``model.onnx`` answers, straight from ONNX Runtime."""
-    session = ort.InferenceSession(str(model_dir / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    session = ort.InferenceSession(
+        str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     return np.asarray(session.run(["probabilities"], {"input": x})[0])
 
 
@@ -104,16 +120,26 @@ def add_job(
     with db.session(write=True) as session:
         blobrefs.lock(session)
         tenant_id = tenants.get_or_create(session, tenant).id
-        spec = JobSpec(model="cnn", dataset=f"{snapshot['dataset']}:{snapshot['version']}",
-                       params={"epochs": 1}, seed=7)  # fmt: skip
+        spec = JobSpec(
+            model="cnn",
+            dataset=f"{snapshot['dataset']}:{snapshot['version']}",
+            params={"epochs": 1},
+            seed=7,
+        )
         job = jobs_repo.submit(session, tenant_id, spec, now, inputs={"dataset": snapshot})
         row = session.get(JobRow, job.id)
         assert row is not None
         row.state, row.finished_at, row.attempts = state.value, now, 1
         row.result = {"evaluation": evaluation or {"accuracy": 0.5, "support": 10}}
         for name, ref in refs.items():
-            artifact = JobArtifactRow(job_id=job.id, attempt_number=1, name=name,
-                                      blob_key=ref.key, size=ref.size, created_at=now)  # fmt: skip
+            artifact = JobArtifactRow(
+                job_id=job.id,
+                attempt_number=1,
+                name=name,
+                blob_key=ref.key,
+                size=ref.size,
+                created_at=now,
+            )
             session.add(artifact)
             session.flush()
             blobrefs.add(session, "job_artifact", artifact.id, [ref.key])

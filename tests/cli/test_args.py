@@ -24,15 +24,38 @@ def leaves(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str
 def test_the_nouns_and_verbs_of_the_contract() -> None:
     paths = {" ".join(path) for path, _ in leaves(typer.main.get_command(app))}
     assert paths == {
-        "server", "login", "demo",
-        "tokens create", "tokens list", "tokens revoke",
-        "datasets upload", "datasets list", "datasets show", "datasets download",
-        "datasets delete", "serve", "train",
-        "jobs list", "jobs show", "jobs logs", "jobs metrics", "jobs cancel", "jobs compare",
-        "models register", "models list", "models show", "models alias", "models download",
-        "models delete", "deploy", "deployments list", "deployments show",
-        "deployments update", "deployments delete", "predict",
-    }  # fmt: skip
+        "server",
+        "login",
+        "demo",
+        "tokens create",
+        "tokens list",
+        "tokens revoke",
+        "datasets upload",
+        "datasets list",
+        "datasets show",
+        "datasets download",
+        "datasets delete",
+        "serve",
+        "train",
+        "jobs list",
+        "jobs show",
+        "jobs logs",
+        "jobs metrics",
+        "jobs cancel",
+        "jobs compare",
+        "models register",
+        "models list",
+        "models show",
+        "models alias",
+        "models download",
+        "models delete",
+        "deploy",
+        "deployments list",
+        "deployments show",
+        "deployments update",
+        "deployments delete",
+        "predict",
+    }
 
 
 def test_every_command_accepts_json() -> None:

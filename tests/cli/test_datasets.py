@@ -109,13 +109,19 @@ def test_bad_uploads_are_reported(cli: Nimbus, tmp_path: Path) -> None:
 
 def test_the_sdk_example_runs(shared_server: ServerProcess, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
-    env.update(NIMBUS_URL=shared_server.url, NIMBUS_TOKEN=shared_server.admin_token,
-               NIMBUS_HOME=str(tmp_path / "home"))  # fmt: skip
+    env.update(
+        NIMBUS_URL=shared_server.url,
+        NIMBUS_TOKEN=shared_server.admin_token,
+        NIMBUS_HOME=str(tmp_path / "home"),
+    )
     example = Path(__file__).parents[2] / "examples" / "sdk_datasets.py"
     done = subprocess.run(
-        [sys.executable, str(example), str(tmp_path)], env=env, capture_output=True, text=True,
+        [sys.executable, str(example), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert "uploaded 1797 images as digits:" in done.stdout
     assert (tmp_path / "download" / "train_x.npy").exists()

@@ -35,8 +35,17 @@ def test_deploy_inspect_predict_update_delete(
         cli("models", "register", MODEL, "--from-job", registry.job())
     cli("models", "alias", MODEL, "production", "1")
 
-    deployed = cli("deploy", "cli-shapes", f"{MODEL}@production", "--replicas", "1",
-                   "--max-batch-size", "8", "--max-delay-ms", "1")  # fmt: skip
+    deployed = cli(
+        "deploy",
+        "cli-shapes",
+        f"{MODEL}@production",
+        "--replicas",
+        "1",
+        "--max-batch-size",
+        "8",
+        "--max-delay-ms",
+        "1",
+    )
     endpoint = deployed.stdout.strip()
     assert endpoint.startswith("http://127.0.0.1:") and "\n" not in endpoint
     try:

@@ -60,8 +60,11 @@ def nimbus_serve(*args: str) -> Iterator[tuple[dict[str, Any], subprocess.Popen[
     env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from nimbus.cli.app import main; main()", "serve", *args, "--json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
@@ -108,8 +111,11 @@ def test_serve_with_a_token_file_requires_a_token(model_dir: Path, tmp_path: Pat
         _,
     ):
         assert info["public"] is False and info["model"] == "tab"
-        body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 3],
-                            "data": [0.0, 1.0, 2.0]}]}  # fmt: skip
+        body = {
+            "inputs": [
+                {"name": "features", "datatype": "FP32", "shape": [1, 3], "data": [0.0, 1.0, 2.0]}
+            ]
+        }
         assert httpx.post(info["infer"], json=body).status_code == 401
         authorized = httpx.post(
             info["infer"], json=body, headers={"Authorization": "Bearer edge-token"}

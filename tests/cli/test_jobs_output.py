@@ -23,27 +23,44 @@ from nimbus.cli.train import parse_params
 from nimbus.errors import InvalidInput
 
 EVALUATION = {
-    "accuracy": 0.9625, "support": 80,
-    "precision_macro": 0.91, "recall_macro": 0.92, "f1_macro": 0.915,
-    "precision_weighted": 0.95, "recall_weighted": 0.96, "f1_weighted": 0.955,
-    "per_class": {"[cat]": {"precision": 1.0, "recall": 0.9, "f1": 0.947, "support": 40},
-                  "dog": {"precision": 0.9, "recall": 1.0, "f1": 0.947, "support": 40}},
+    "accuracy": 0.9625,
+    "support": 80,
+    "precision_macro": 0.91,
+    "recall_macro": 0.92,
+    "f1_macro": 0.915,
+    "precision_weighted": 0.95,
+    "recall_weighted": 0.96,
+    "f1_weighted": 0.955,
+    "per_class": {
+        "[cat]": {"precision": 1.0, "recall": 0.9, "f1": 0.947, "support": 40},
+        "dog": {"precision": 0.9, "recall": 1.0, "f1": 0.947, "support": 40},
+    },
     "classes": ["[cat]", "dog"],
     "confusion_matrix": [[36, 4], [0, 40]],
-}  # fmt: skip
+}
 
 
 def make_job(**extra: Any) -> dict[str, Any]:
     return {
-        "id": "job_1", "state": "succeeded", "model": "cnn",
+        "id": "job_1",
+        "state": "succeeded",
+        "model": "cnn",
         "dataset": {"name": "pets", "version": 2, "content_hash": "c" * 64},
-        "params": {"epochs": 3, "lr": 0.001}, "priority": 0, "max_retries": 2, "attempts": 2,
+        "params": {"epochs": 3, "lr": 0.001},
+        "priority": 0,
+        "max_retries": 2,
+        "attempts": 2,
         "resources": {"cpus": 1.0, "gpus": 0, "memory": 1073741824, "workers": 1},
-        "created_at": "2024-01-01T00:00:00Z", "started_at": "2024-01-01T00:00:01Z",
-        "finished_at": "2024-01-01T00:01:06Z", "deadline_at": None, "exit_reason": "succeeded",
-        "evaluation": EVALUATION, "artifacts": [{"name": "spec.json", "key": "k", "size": 900}],
-        "seed": 0, **extra,
-    }  # fmt: skip
+        "created_at": "2024-01-01T00:00:00Z",
+        "started_at": "2024-01-01T00:00:01Z",
+        "finished_at": "2024-01-01T00:01:06Z",
+        "deadline_at": None,
+        "exit_reason": "succeeded",
+        "evaluation": EVALUATION,
+        "artifacts": [{"name": "spec.json", "key": "k", "size": 900}],
+        "seed": 0,
+        **extra,
+    }
 
 
 def render(renderable: object, width: int = 160) -> str:
@@ -58,10 +75,16 @@ def rows_of(text: str) -> dict[str, list[str]]:
 
 def test_parse_params() -> None:
     assert parse_params(["epochs=3", " lr = 0.01", "hidden=64,32", "note=a=b"]) == {
-        "epochs": "3", "lr": "0.01", "hidden": "64,32", "note": "a=b",
-    }  # fmt: skip
-    for bad, match in ((["epochs"], "KEY=VALUE"), (["=3"], "KEY=VALUE"),
-                       (["a=1", "a=2"], "given twice")):  # fmt: skip
+        "epochs": "3",
+        "lr": "0.01",
+        "hidden": "64,32",
+        "note": "a=b",
+    }
+    for bad, match in (
+        (["epochs"], "KEY=VALUE"),
+        (["=3"], "KEY=VALUE"),
+        (["a=1", "a=2"], "given twice"),
+    ):
         with pytest.raises(InvalidInput, match=match):
             parse_params(bad)
 
@@ -75,8 +98,18 @@ def test_durations() -> None:
 
 def test_job_view_shows_facts_params_and_the_evaluation() -> None:
     text = render(job_view(make_job()))
-    for fact in ("job_1", "succeeded", "pets:2", "cpus 1.0", "memory 1G", "epochs=3", "lr=0.001",
-                 "1m 05s", "spec.json (900 bytes)", "2 (retries allowed: 2)"):  # fmt: skip
+    for fact in (
+        "job_1",
+        "succeeded",
+        "pets:2",
+        "cpus 1.0",
+        "memory 1G",
+        "epochs=3",
+        "lr=0.001",
+        "1m 05s",
+        "spec.json (900 bytes)",
+        "2 (retries allowed: 2)",
+    ):
         assert fact in text, fact
     assert "no evaluation yet" in render(job_view(make_job(evaluation=None)))
 
@@ -95,25 +128,38 @@ def test_evaluation_tables() -> None:
 
 def test_metrics_keep_the_latest_attempt_of_each_epoch() -> None:
     metrics = {
-        "train_loss": [{"step": 1, "value": 0.9, "attempt": 1}, {"step": 2, "value": 0.5,
-                       "attempt": 1}, {"step": 2, "value": 0.4, "attempt": 2},
-                       {"step": 3, "value": 0.3, "attempt": 2}],
-        "val_accuracy": [{"step": 1, "value": 0.7, "attempt": 1},
-                         {"step": 3, "value": 0.9, "attempt": 2}],
+        "train_loss": [
+            {"step": 1, "value": 0.9, "attempt": 1},
+            {"step": 2, "value": 0.5, "attempt": 1},
+            {"step": 2, "value": 0.4, "attempt": 2},
+            {"step": 3, "value": 0.3, "attempt": 2},
+        ],
+        "val_accuracy": [
+            {"step": 1, "value": 0.7, "attempt": 1},
+            {"step": 3, "value": 0.9, "attempt": 2},
+        ],
         "test_accuracy": [{"step": 3, "value": 0.91, "attempt": 2}],
-    }  # fmt: skip
+    }
     names, rows = metric_rows(metrics)
     assert names == ["train_loss", "val_accuracy", "test_accuracy"]
-    assert rows == {1: {"train_loss": 0.9, "val_accuracy": 0.7}, 2: {"train_loss": 0.4},
-                    3: {"train_loss": 0.3, "val_accuracy": 0.9, "test_accuracy": 0.91}}  # fmt: skip
+    assert rows == {
+        1: {"train_loss": 0.9, "val_accuracy": 0.7},
+        2: {"train_loss": 0.4},
+        3: {"train_loss": 0.3, "val_accuracy": 0.9, "test_accuracy": 0.91},
+    }
     text = render(metrics_table(metrics))
     assert rows_of(text)["2"] == ["0.4000", "-", "-"]
     assert "no metrics yet" in render(metrics_table({}))
 
 
 def test_list_and_compare_tables() -> None:
-    other = make_job(id="job_2", model="code:sha256/" + "a" * 64, params={"epochs": 5},
-                     evaluation={**EVALUATION, "accuracy": 0.99}, attempts=1)  # fmt: skip
+    other = make_job(
+        id="job_2",
+        model="code:sha256/" + "a" * 64,
+        params={"epochs": 5},
+        evaluation={**EVALUATION, "accuracy": 0.99},
+        attempts=1,
+    )
     listed = rows_of(render(jobs_table([make_job(), other])))
     assert listed["job_1"][:4] == ["succeeded", "cnn", "pets:2", "2"]
     assert listed["job_2"][-1] == "0.9900"

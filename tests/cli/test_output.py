@@ -11,15 +11,25 @@ from nimbus.cli import common
 from nimbus.cli.render import version_table
 
 VERSION = {
-    "dataset": "pets", "version": 2, "task": "image-classification", "format": "image-folder",
-    "classes": ["[cat]", "dog"], "num_classes": 2, "size_bytes": 2048,
-    "content_hash": "c" * 64, "source_hash": "d" * 64, "split_source": "seeded",
-    "splits": {"train": {"size": 7, "per_class": {"[cat]": 3, "dog": 4}},
-               "test": {"size": 2, "per_class": {"[cat]": 1, "dog": 1}}},
+    "dataset": "pets",
+    "version": 2,
+    "task": "image-classification",
+    "format": "image-folder",
+    "classes": ["[cat]", "dog"],
+    "num_classes": 2,
+    "size_bytes": 2048,
+    "content_hash": "c" * 64,
+    "source_hash": "d" * 64,
+    "split_source": "seeded",
+    "splits": {
+        "train": {"size": 7, "per_class": {"[cat]": 3, "dog": 4}},
+        "test": {"size": 2, "per_class": {"[cat]": 1, "dog": 1}},
+    },
     "schema": {"shape": [32, 32, 3], "dtype": "uint8"},
     "files": {"source": {"key": "sha256/dd/" + "d" * 64, "size": 2048, "name": "pets.zip"}},
-    "created_at": "2024-01-01T00:00:00Z", "created_by": "tok_1",
-}  # fmt: skip
+    "created_at": "2024-01-01T00:00:00Z",
+    "created_by": "tok_1",
+}
 
 
 def render(renderable: object) -> str:
@@ -49,8 +59,11 @@ def test_version_table_shows_the_facts_and_the_counts() -> None:
 
 def test_human_bytes() -> None:
     assert [common.human_bytes(n) for n in (None, 1, 1500, 3 * 10**9)] == [
-        "-", "1 byte", "1.5 kB", "3.0 GB",
-    ]  # fmt: skip
+        "-",
+        "1 byte",
+        "1.5 kB",
+        "3.0 GB",
+    ]
 
 
 def test_progress_bar_starts_with_the_first_bytes(monkeypatch: pytest.MonkeyPatch) -> None:

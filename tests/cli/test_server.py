@@ -19,8 +19,11 @@ def test_nimbus_server_serves_until_sigterm(tmp_path: Path) -> None:
     code = "from nimbus.cli.app import main; main()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "server", "--port", str(port), "--json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
         assert (tmp_path / "home" / "admin-token").exists()

@@ -25,8 +25,10 @@ def fed(task: Task, splits: dict[str, np.ndarray], schema: dict[str, object]) ->
 @pytest.mark.parametrize("channels", [1, 3])
 def test_pixel_mean_and_std_over_train(channels: int) -> None:
     rng = np.random.default_rng(channels)
-    splits = {s: rng.integers(0, 256, (n, 5, 4, channels), dtype=np.uint8)
-              for s, n in zip(SPLITS, (40, 7, 0), strict=True)}  # fmt: skip
+    splits = {
+        s: rng.integers(0, 256, (n, 5, 4, channels), dtype=np.uint8)
+        for s, n in zip(SPLITS, (40, 7, 0), strict=True)
+    }
     pixels = splits["train"].reshape(-1, channels).astype(np.float64)
     stats = fed(Task.IMAGE, splits, {})
     assert stats["pixel_mean"] == [round(float(m), 4) for m in pixels.mean(axis=0)]
@@ -42,8 +44,10 @@ def test_text_lengths_over_train() -> None:
 
 def test_features_over_train_and_missing_values_over_every_split() -> None:
     rng = np.random.default_rng(5)
-    splits = {s: rng.normal(size=(n, 3)).astype(np.float32)
-              for s, n in zip(SPLITS, (50, 10, 10), strict=True)}  # fmt: skip
+    splits = {
+        s: rng.normal(size=(n, 3)).astype(np.float32)
+        for s, n in zip(SPLITS, (50, 10, 10), strict=True)
+    }
     splits["train"][[1, 4], 0] = np.nan
     splits["test"][2, 2] = np.nan
     stats = fed(Task.TABULAR, splits, {"features": ["a", "b", "c"]})

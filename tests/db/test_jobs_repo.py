@@ -73,8 +73,14 @@ def job(db: Database, job_id: str) -> repo.Job:
 
 def test_migration_creates_job_tables(db: Database) -> None:
     names = set(inspect(db.engine).get_table_names())
-    assert {"jobs", "job_attempts", "job_metrics", "job_logs", "job_checkpoints",
-            "job_artifacts"} <= names
+    assert {
+        "jobs",
+        "job_attempts",
+        "job_metrics",
+        "job_logs",
+        "job_checkpoints",
+        "job_artifacts",
+    } <= names
 
 
 def test_submit_get_list_and_refuse_impossible_requests(db: Database) -> None:
@@ -139,7 +145,9 @@ def test_heartbeat_extends_lease_and_fences_stale_attempts(db: Database) -> None
     stale = c.attempt.id
     with db.session(write=True) as s:
         assert repo.heartbeat_many(s, [stale, c2.attempt.id], "node-a", at(62), 30) == {
-            stale: None, c2.attempt.id: repo.Lease(c2.attempt.id, at(92), False)}
+            stale: None,
+            c2.attempt.id: repo.Lease(c2.attempt.id, at(92), False),
+        }
     for write in (
         lambda s: repo.add_metrics(s, stale, [(1, "loss", 0.5)], at(62)),
         lambda s: repo.set_result(s, stale, {"accuracy": 1.0}),
@@ -225,8 +233,7 @@ def test_logs_metrics_checkpoints_artifacts_result(db: Database) -> None:
         assert repo.append_logs(s, aid, ["c\n"], at(2)) == 3
         repo.add_metrics(s, aid, [(1, "loss", 0.9), (2, "loss", 0.5), (2, "acc", 0.7)], at(2))
         first = repo.record_checkpoint(s, aid, step=10, epoch=1, blob_key="k1", now=at(3))
-        partial = repo.record_checkpoint(s, aid, step=20, blob_key="k2", now=at(4),
-                                         complete=False)
+        partial = repo.record_checkpoint(s, aid, step=20, blob_key="k2", now=at(4), complete=False)
         repo.add_artifact(s, aid, "model.safetensors", "k3", 123, at(5))
         repo.set_result(s, aid, {"accuracy": 0.93})
     with db.session() as s:
@@ -258,8 +265,9 @@ def test_abandon_owned_on_restart(db: Database) -> None:
 
 
 @pytest.mark.parametrize("tenant_limit", [None, 3])
-def test_concurrent_schedulers_claim_each_job_once(database_url: str,
-                                                   tenant_limit: int | None) -> None:
+def test_concurrent_schedulers_claim_each_job_once(
+    database_url: str, tenant_limit: int | None
+) -> None:
     """Four schedulers, each with its own engine, race to claim 40 jobs (without a tenant
     limit only row locks keep them apart; with one, the per-tenant locks too)."""
     setup = Database(database_url)
@@ -290,9 +298,16 @@ def test_concurrent_schedulers_claim_each_job_once(database_url: str,
         deadline = time.monotonic() + 30
         while len(claimed) < len(ids) and time.monotonic() < deadline:
             with db.session(write=True) as s:
-                got = repo.claim_next(s, capacity=BIG, owner=f"node-{n}", now=at(100),
-                                      lease_seconds=30, tenant_limit=tenant_limit, limit=2,
-                                      new_token=slow_token)
+                got = repo.claim_next(
+                    s,
+                    capacity=BIG,
+                    owner=f"node-{n}",
+                    now=at(100),
+                    lease_seconds=30,
+                    tenant_limit=tenant_limit,
+                    limit=2,
+                    new_token=slow_token,
+                )
             with lock:
                 claimed.extend(c.job.id for c in got)
             with db.session(write=True) as s:

@@ -55,8 +55,9 @@ def test_train_follow_then_inspect_the_job(cli: Nimbus, digits: str) -> None:
     compared = cli("jobs", "compare", job_id, other["id"]).stdout
     assert "accuracy" in compared and "epochs" in compared
     assert [j["id"] for j in cli.json("jobs", "compare", job_id, other["id"])["jobs"]] == [
-        job_id, other["id"],
-    ]  # fmt: skip
+        job_id,
+        other["id"],
+    ]
 
 
 def test_train_follow_exits_with_the_jobs_outcome(

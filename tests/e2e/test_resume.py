@@ -32,8 +32,10 @@ def test_a_killed_job_resumes_from_its_checkpoint(
     assert job["attempts"] == 2 and job["evaluation"]["accuracy"] > 0.5
     first, second = store.attempts(job_id)
     assert (first.state, first.exit_reason, first.exit_signal) == (
-        AttemptState.FAILED, ExitReason.SIGNALED, 9,
-    )  # fmt: skip
+        AttemptState.FAILED,
+        ExitReason.SIGNALED,
+        9,
+    )
     assert second.state is AttemptState.SUCCEEDED
 
     steps = steps_by_attempt(api.job_metrics(job_id), "train_loss")

@@ -24,8 +24,9 @@ def make(kind: str, root: Path, grace: float = GRACE) -> Executor:
 
 
 @pytest.fixture(scope="module", params=["local", "forkserver"])
-def executor(request: pytest.FixtureRequest,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
+def executor(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Executor]:
     """Each executor once per module (the fork server's zygote is reused across tests)."""
     ex = make(request.param, tmp_path_factory.mktemp(request.param) / "jobs")
     yield ex
@@ -37,17 +38,29 @@ class Run:
 
     counter = 0
 
-    def __init__(self, executor: Executor, code: str = "", *, workers: int = 1,
-                 root: Path | None = None, program: Program | None = None,
-                 files: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        code: str = "",
+        *,
+        workers: int = 1,
+        root: Path | None = None,
+        program: Program | None = None,
+        files: dict[str, str] | None = None,
+    ) -> None:
         Run.counter += 1
         self.executor = executor
         self.chunks: list[str] = []
         base = root or getattr(executor, "jobs_root")  # noqa: B009 - executors share it
         self.workdir = base / "job_t" / f"att_{os.getpid()}_{Run.counter}"
         self.launch = AttemptLaunch(
-            job_id="job_t", attempt_id=self.workdir.name, attempt_number=1, token="njt_secret",
-            program=program or Program(code=code), workdir=self.workdir, nimbus_url="http://127.0.0.1:1",
+            job_id="job_t",
+            attempt_id=self.workdir.name,
+            attempt_number=1,
+            token="njt_secret",
+            program=program or Program(code=code),
+            workdir=self.workdir,
+            nimbus_url="http://127.0.0.1:1",
             resources=Resources(cpus=1, memory_bytes=0, workers=workers),
             output=self.chunks.append,
         )

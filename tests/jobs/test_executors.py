@@ -29,12 +29,16 @@ time.sleep(600)
         ("print('ok')", ExitStatus(0), ExitReason.SUCCEEDED),
         ("import sys; sys.exit(3)", ExitStatus(3), ExitReason.USER_ERROR),
         ("raise RuntimeError('boom')", ExitStatus(1), ExitReason.EXIT_ERROR),
-        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
-         ExitStatus(None, signal.SIGKILL), ExitReason.SIGNALED),
+        (
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+            ExitStatus(None, signal.SIGKILL),
+            ExitReason.SIGNALED,
+        ),
     ],
 )
-def test_exit_statuses(executor: Executor, code: str, status: ExitStatus,
-                       reason: ExitReason) -> None:
+def test_exit_statuses(
+    executor: Executor, code: str, status: ExitStatus, reason: ExitReason
+) -> None:
     run = Run(executor, code)
     assert run.wait() == status
     assert status.outcome().reason is reason
@@ -44,8 +48,11 @@ def test_exit_statuses(executor: Executor, code: str, status: ExitStatus,
 
 def test_module_programs_run_as_main_with_arguments(executor: Executor) -> None:
     entry = "import sys\nprint(__name__, sys.argv[1:])\nsys.exit(int(sys.argv[2]))\n"
-    run = Run(executor, program=Program(module="entry_mod", args=("x", "3")),
-              files={"entry_mod.py": entry})
+    run = Run(
+        executor,
+        program=Program(module="entry_mod", args=("x", "3")),
+        files={"entry_mod.py": entry},
+    )
     assert run.wait() == ExitStatus(3)
     assert run.output == "__main__ ['x', '3']\n"
 
@@ -58,11 +65,17 @@ def test_output_is_batched_in_order(executor: Executor) -> None:
 
 
 def test_environment_is_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("NIMBUS_DATABASE_URL", "NIMBUS_TOKEN", "NIMBUS_STORAGE_URL",
-                 "AWS_SECRET_ACCESS_KEY"):
+    for name in (
+        "NIMBUS_DATABASE_URL",
+        "NIMBUS_TOKEN",
+        "NIMBUS_STORAGE_URL",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
         monkeypatch.setenv(name, "s3cr3t-value")
-    code = ("import json, os; print(json.dumps({'env': dict(os.environ), 'cwd': os.getcwd(), "
-            "'raw': open('/proc/self/environ', 'rb').read().decode()}))")
+    code = (
+        "import json, os; print(json.dumps({'env': dict(os.environ), 'cwd': os.getcwd(), "
+        "'raw': open('/proc/self/environ', 'rb').read().decode()}))"
+    )
     for kind_ in ("local", "forkserver"):
         executor = make(kind_, tmp_path / kind_)
         try:
@@ -89,23 +102,30 @@ def test_kill_takes_the_whole_process_group(executor: Executor) -> None:
 
 
 def test_kill_escalates_to_sigkill_after_the_grace_period(executor: Executor) -> None:
-    run = Run(executor, "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                        "print('armed', flush=True)\ntime.sleep(600)")
+    run = Run(
+        executor,
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('armed', flush=True)\ntime.sleep(600)",
+    )
     run.wait_output("armed")
     executor.kill(run.handle)
     assert run.wait() == ExitStatus(None, signal.SIGKILL)
 
 
 def test_leftovers_of_a_finished_job_are_killed(executor: Executor) -> None:
-    run = Run(executor, SPAWN_GRANDCHILD.replace("time.sleep(600)\n", "", 1)
-              .replace("time.sleep(600)", "pass"))
+    run = Run(
+        executor,
+        SPAWN_GRANDCHILD.replace("time.sleep(600)\n", "", 1).replace("time.sleep(600)", "pass"),
+    )
     assert run.wait().ok
     assert wait_gone(int(run.output.split()[1]))
 
 
 def test_workers_get_ranks_and_one_failure_stops_all(executor: Executor) -> None:
-    code = ("import json, os; print(json.dumps({k: os.environ[k] for k in "
-            "('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}))")
+    code = (
+        "import json, os; print(json.dumps({k: os.environ[k] for k in "
+        "('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}))"
+    )
     run = Run(executor, code, workers=2)
     assert run.wait().ok
     lines = sorted(run.output.splitlines())
@@ -113,8 +133,11 @@ def test_workers_get_ranks_and_one_failure_stops_all(executor: Executor) -> None
     seen = [json.loads(line[4:]) for line in lines]
     assert [s["RANK"] for s in seen] == ["0", "1"] and {s["WORLD_SIZE"] for s in seen} == {"2"}
     assert seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"]
-    failing = Run(executor, "import os, sys, time\nif os.environ['RANK'] == '1': sys.exit(3)\n"
-                            "time.sleep(600)", workers=3)
+    failing = Run(
+        executor,
+        "import os, sys, time\nif os.environ['RANK'] == '1': sys.exit(3)\ntime.sleep(600)",
+        workers=3,
+    )
     assert failing.wait() == ExitStatus(3)
 
 

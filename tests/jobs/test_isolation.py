@@ -53,8 +53,13 @@ def user(base: Path) -> JobUser:
 
 @pytest.fixture(scope="module", params=["local", "forkserver"])
 def isolated(request: pytest.FixtureRequest, base: Path, user: JobUser) -> Iterator[Executor]:
-    ex = make_executor(request.param, base / request.param / "jobs", preload=["json"],
-                       grace_seconds=GRACE, run_as=user)
+    ex = make_executor(
+        request.param,
+        base / request.param / "jobs",
+        preload=["json"],
+        grace_seconds=GRACE,
+        run_as=user,
+    )
     yield ex
     ex.close()
 
@@ -103,8 +108,7 @@ def test_a_job_runs_as_the_job_user_for_good(isolated: Executor, user: JobUser) 
 def test_every_worker_drops(isolated: Executor, user: JobUser) -> None:
     run = Run(isolated, "import os; print(os.getresuid(), os.getgroups())", workers=2)
     assert run.wait().ok, run.output
-    assert sorted(run.output.splitlines()) == [f"[{rank}] {(user.uid,) * 3} []"
-                                               for rank in (0, 1)]
+    assert sorted(run.output.splitlines()) == [f"[{rank}] {(user.uid,) * 3} []" for rank in (0, 1)]
 
 
 PROBE = """
@@ -130,7 +134,8 @@ print(json.dumps({
 
 
 def test_a_job_cannot_read_the_servers_files_or_ended_attempts(
-        isolated: Executor, base: Path) -> None:
+    isolated: Executor, base: Path
+) -> None:
     jobs_root: Path = isolated.jobs_root  # type: ignore[attr-defined]
     private = base / "private"
     private.mkdir(mode=0o700, exist_ok=True)
@@ -139,27 +144,42 @@ def test_a_job_cannot_read_the_servers_files_or_ended_attempts(
     secret.chmod(0o600)
     ended = Run(isolated, "open('marker.txt', 'w').write('mine')")
     assert ended.wait().ok, ended.output
-    paths = {"secret": str(secret), "private": str(private), "jobs_root": str(jobs_root),
-             "job_dir": str(ended.workdir.parent), "ended": str(ended.workdir),
-             "server_environ": f"/proc/{os.getpid()}/environ"}
+    paths = {
+        "secret": str(secret),
+        "private": str(private),
+        "jobs_root": str(jobs_root),
+        "job_dir": str(ended.workdir.parent),
+        "ended": str(ended.workdir),
+        "server_environ": f"/proc/{os.getpid()}/environ",
+    }
     run = Run(isolated, f"import sys; sys.argv[1:] = [{json.dumps(paths)!r}]\n{PROBE}")
     assert run.wait().ok, run.output
     assert set(json.loads(run.output).values()) == {"PermissionError"}, run.output
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param("local", marks=pytest.mark.xfail(
-        strict=True, reason="residual risk: an exec'ed job is dumpable, so jobs of the same "
-        "uid can read its /proc/<pid>/environ; one uid per attempt would close it")),
-    "forkserver",
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            "local",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="residual risk: an exec'ed job is dumpable, so jobs of the same "
+                "uid can read its /proc/<pid>/environ; one uid per attempt would close it",
+            ),
+        ),
+        "forkserver",
+    ],
+)
 def test_running_jobs_hide_their_environment_from_each_other(
-        base: Path, user: JobUser, kind: str) -> None:
+    base: Path, user: JobUser, kind: str
+) -> None:
     """A fork-server child changed user without exec: the kernel made it non-dumpable, so
     a job of the same uid can neither read its /proc/<pid>/environ (the job token) nor
     ptrace it."""
-    ex = make_executor(kind, base / "dumpable" / kind, preload=["json"],
-                       grace_seconds=GRACE, run_as=user)
+    ex = make_executor(
+        kind, base / "dumpable" / kind, preload=["json"], grace_seconds=GRACE, run_as=user
+    )
     try:
         victim = Run(ex, "import os, time; print(os.getpid(), flush=True); time.sleep(60)")
         pid = int(victim.wait_output("\n").split()[0])
@@ -192,10 +212,17 @@ def test_workdirs_and_tenant_caches(base: Path, user: JobUser) -> None:
     assert one.stat().st_uid == user.uid
 
 
-@pytest.mark.parametrize(("setting", "euid", "chosen"), [
-    ("auto", 0, JOB_USER), ("auto", 1000, None), ("none", 0, None), ("NONE", 1000, None),
-    ("alice", 0, "alice"), ("alice", 1000, "alice"),
-])
+@pytest.mark.parametrize(
+    ("setting", "euid", "chosen"),
+    [
+        ("auto", 0, JOB_USER),
+        ("auto", 1000, None),
+        ("none", 0, None),
+        ("NONE", 1000, None),
+        ("alice", 0, "alice"),
+        ("alice", 1000, "alice"),
+    ],
+)
 def test_choose_user(setting: str, euid: int, chosen: str | None) -> None:
     assert choose_user(setting, euid) == chosen
 
@@ -212,8 +239,9 @@ def test_resolving_the_job_user(caplog: pytest.LogCaptureFixture, tmp_path: Path
     assert resolve_job_user(str(os.geteuid()), [tmp_path]) is None  # already that user
 
 
-def test_a_job_user_that_cannot_reach_home(caplog: pytest.LogCaptureFixture, base: Path,
-                                           user: JobUser) -> None:
+def test_a_job_user_that_cannot_reach_home(
+    caplog: pytest.LogCaptureFixture, base: Path, user: JobUser
+) -> None:
     walled = base / "walled"
     walled.mkdir(mode=0o700)
     (walled / "home").mkdir()

@@ -38,8 +38,16 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def q(job_id: str, t: float = 0, prio: int = 0, tenant: int = 1, cpus: float = 1, gpus: int = 0,
-      workers: int = 1, not_before: float | None = None) -> QueuedJob:
+def q(
+    job_id: str,
+    t: float = 0,
+    prio: int = 0,
+    tenant: int = 1,
+    cpus: float = 1,
+    gpus: int = 0,
+    workers: int = 1,
+    not_before: float | None = None,
+) -> QueuedJob:
     res = Resources(cpus=cpus, gpus=gpus, memory_bytes=1 << 30, workers=workers)
     nb = at(not_before) if not_before is not None else None
     return QueuedJob(job_id, tenant, prio, at(t), res, nb)
@@ -77,7 +85,8 @@ def test_backfill_small_jobs_past_a_big_one_unless_it_waited_too_long() -> None:
     assert pick(queued, running, NODE, None, at(60), reserve_after=wait) == []  # drain for big
     # A job this node can never hold is neither started nor reserved for.
     assert pick([q("huge", cpus=64), q("s", t=1)], [], NODE, None, at(999), reserve_after=wait) == [
-        "s"]
+        "s"
+    ]
 
 
 def test_fractional_cpus_add_up() -> None:
@@ -129,8 +138,9 @@ def test_retries_exhausted_cancel_and_deadline() -> None:
     assert late.reason is ExitReason.DEADLINE and "deadline exceeded" in late.message
     no_time = on_attempt_end(Facts(deadline_at=at(55)), killed, at(50), POLICY)
     assert no_time.reason is ExitReason.DEADLINE
-    success = on_attempt_end(Facts(cancel_requested=True, deadline_at=at(0)), Outcome.from_exit(0),
-                             at(9))
+    success = on_attempt_end(
+        Facts(cancel_requested=True, deadline_at=at(0)), Outcome.from_exit(0), at(9)
+    )
     assert success.job_state is JobState.SUCCEEDED  # finished work wins over a late cancel
 
 
@@ -155,20 +165,34 @@ def test_parse_memory_and_duration() -> None:
 
 
 def test_spec_validation_and_round_trip() -> None:
-    spec = JobSpec(model="cnn", dataset="mnist:2", params={"lr": 0.1},
-                   resources=Resources(cpus=0.5, workers=2), priority=3, seed=7)
+    spec = JobSpec(
+        model="cnn",
+        dataset="mnist:2",
+        params={"lr": 0.1},
+        resources=Resources(cpus=0.5, workers=2),
+        priority=3,
+        seed=7,
+    )
     assert JobSpec.from_dict(spec.to_dict()) == spec
-    for bad in ({"model": "cnn", "bogus": 1}, {"model": "cnn", "resources": {"cpus": 0}},
-                {"model": "cnn", "resources": {"workers": 0}}, {"model": "", "priority": 1},
-                {"model": "cnn", "max_retries": -1}, {"model": "cnn", "resources": {"gpu": 1}}):
+    for bad in (
+        {"model": "cnn", "bogus": 1},
+        {"model": "cnn", "resources": {"cpus": 0}},
+        {"model": "cnn", "resources": {"workers": 0}},
+        {"model": "", "priority": 1},
+        {"model": "cnn", "max_retries": -1},
+        {"model": "cnn", "resources": {"gpu": 1}},
+    ):
         with pytest.raises(InvalidInput):
             JobSpec.from_dict(bad)
 
 
 def test_check_request_names_the_resource() -> None:
     check_request(Resources(cpus=2, workers=2, memory_bytes=1 << 30), NODE)
-    cases = {"cpus": Resources(cpus=3, workers=2), "gpus": Resources(gpus=2),
-             "memory": Resources(memory_bytes=32 << 30)}
+    cases = {
+        "cpus": Resources(cpus=3, workers=2),
+        "gpus": Resources(gpus=2),
+        "memory": Resources(memory_bytes=32 << 30),
+    }
     for name, need in cases.items():
         with pytest.raises(InvalidInput, match=name) as info:
             check_request(need, NODE)

@@ -35,8 +35,13 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 NODE = Capacity(cpus=2, gpus=0, memory_bytes=1 << 40)
 POLICY = RetryPolicy(base_seconds=2, factor=2, cap_seconds=8)
 LEASE = 30
-OUTCOMES = [Outcome.from_exit(0), Outcome.from_exit(3), Outcome.from_exit(1),
-            Outcome.from_exit(None, 9), Outcome.infra("boom")]
+OUTCOMES = [
+    Outcome.from_exit(0),
+    Outcome.from_exit(3),
+    Outcome.from_exit(1),
+    Outcome.from_exit(None, 9),
+    Outcome.infra("boom"),
+]
 
 _template: Path | None = None
 
@@ -78,19 +83,36 @@ class QueueMachine(RuleBasedStateMachine):
             attempt = repo.get_attempt(s, attempt_id)
         return attempt is not None and attempt.state is AttemptState.RUNNING
 
-    @rule(target=jobs, retries=st.integers(0, 2), priority=st.integers(0, 2),
-          deadline=st.sampled_from([None, 20.0, 200.0]), cpus=st.sampled_from([0.5, 1.0, 2.0]))
+    @rule(
+        target=jobs,
+        retries=st.integers(0, 2),
+        priority=st.integers(0, 2),
+        deadline=st.sampled_from([None, 20.0, 200.0]),
+        cpus=st.sampled_from([0.5, 1.0, 2.0]),
+    )
     def submit(self, retries: int, priority: int, deadline: float | None, cpus: float) -> str:
-        spec = JobSpec(model="m", max_retries=retries, priority=priority, deadline_seconds=deadline,
-                       resources=Resources(cpus=cpus, memory_bytes=0))
+        spec = JobSpec(
+            model="m",
+            max_retries=retries,
+            priority=priority,
+            deadline_seconds=deadline,
+            resources=Resources(cpus=cpus, memory_bytes=0),
+        )
         with self.db.session(write=True) as s:
             return repo.submit(s, 1, spec, self.now).id
 
     @rule(target=attempts, owner=st.sampled_from(["a", "b"]), limit=st.sampled_from([1, None]))
     def claim(self, owner: str, limit: int | None) -> object:
         with self.db.session(write=True) as s:
-            claims = repo.claim_next(s, capacity=NODE, owner=owner, now=self.now,
-                                     lease_seconds=LEASE, tenant_limit=3, limit=limit)
+            claims = repo.claim_next(
+                s,
+                capacity=NODE,
+                owner=owner,
+                now=self.now,
+                lease_seconds=LEASE,
+                tenant_limit=3,
+                limit=limit,
+            )
         for c in claims:
             assert c.job.id not in self.terminal
         return multiple(*[c.attempt.id for c in claims])
@@ -168,8 +190,11 @@ class QueueMachine(RuleBasedStateMachine):
                 else:
                     assert per_job.get(job.id, 0) == 0
                 assert job.attempts <= job.max_retries + 1
-                count = s.scalar(select(func.count()).select_from(JobAttemptRow)
-                                 .where(JobAttemptRow.job_id == job.id))
+                count = s.scalar(
+                    select(func.count())
+                    .select_from(JobAttemptRow)
+                    .where(JobAttemptRow.job_id == job.id)
+                )
                 assert count == job.attempts
                 if job.id in self.terminal:
                     assert state is self.terminal[job.id]  # terminal states are final
@@ -179,7 +204,9 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 QueueMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=30, deadline=None,
+    max_examples=25,
+    stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestQueue = QueueMachine.TestCase

@@ -25,8 +25,12 @@ from nimbus.jobs.tokens import hash_token
 from tests.jobs.conftest import wait_gone
 
 NODE = Capacity(cpus=8, gpus=0, memory_bytes=1 << 40)
-FAST = SchedulerConfig(lease_seconds=30, heartbeat_seconds=0.1, tick_seconds=0.02,
-                       retry=RetryPolicy(base_seconds=0.01, factor=1, cap_seconds=0.01))
+FAST = SchedulerConfig(
+    lease_seconds=30,
+    heartbeat_seconds=0.1,
+    tick_seconds=0.02,
+    retry=RetryPolicy(base_seconds=0.01, factor=1, cap_seconds=0.01),
+)
 
 
 def inline(job: Job, attempt: Attempt) -> Program:
@@ -56,11 +60,22 @@ def db(tmp_path: Path) -> Iterator[Database]:
 def make_scheduler(db: Database, tmp_path: Path) -> Iterator[Callable[..., Scheduler]]:
     made: list[Scheduler] = []
 
-    def make(instance: str = "node-a", clock: Callable[[], float] = time.time,
-             config: SchedulerConfig = FAST) -> Scheduler:
+    def make(
+        instance: str = "node-a",
+        clock: Callable[[], float] = time.time,
+        config: SchedulerConfig = FAST,
+    ) -> Scheduler:
         root = tmp_path / "jobs"
-        scheduler = Scheduler(db, LocalExecutor(root, grace_seconds=0.3), NODE, instance,
-                              jobs_root=root, config=config, clock=clock, launch_fn=inline)
+        scheduler = Scheduler(
+            db,
+            LocalExecutor(root, grace_seconds=0.3),
+            NODE,
+            instance,
+            jobs_root=root,
+            config=config,
+            clock=clock,
+            launch_fn=inline,
+        )
         made.append(scheduler)
         return scheduler
 
@@ -107,9 +122,11 @@ def finished(db: Database, job_id: str) -> Callable[[], bool]:
 
 
 def test_success_logs_and_job_token(db: Database, make_scheduler: Callable[..., Scheduler]) -> None:
-    code = ("import os, pathlib\nprint('hello from', os.environ['NIMBUS_JOB_ID'])\n"
-            "pathlib.Path('token').write_text(os.environ['NIMBUS_JOB_TOKEN'])\n"
-            "import time; time.sleep(0.3)")
+    code = (
+        "import os, pathlib\nprint('hello from', os.environ['NIMBUS_JOB_ID'])\n"
+        "pathlib.Path('token').write_text(os.environ['NIMBUS_JOB_TOKEN'])\n"
+        "import time; time.sleep(0.3)"
+    )
     job_id = submit(db, code)
     scheduler = make_scheduler()
     run_until([scheduler], lambda: bool(scheduler.local))
@@ -133,12 +150,16 @@ def test_user_error_fails_at_once(db: Database, make_scheduler: Callable[..., Sc
     job_id = submit(db, "import sys; print('bad input'); sys.exit(3)", max_retries=3)
     run_until([make_scheduler()], finished(db, job_id))
     job = get(db, job_id)
-    assert job.state is JobState.FAILED and job.attempts == 1 and "not retried" in (
-        job.exit_reason or "")
+    assert (
+        job.state is JobState.FAILED
+        and job.attempts == 1
+        and "not retried" in (job.exit_reason or "")
+    )
 
 
 def test_killed_job_is_retried_and_poison_job_fails(
-        db: Database, make_scheduler: Callable[..., Scheduler]) -> None:
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
     suicide = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     once = submit(db, f"import os\nif os.environ['NIMBUS_ATTEMPT_NUMBER'] == '1': {suicide}")
     poison = submit(db, suicide, max_retries=2)
@@ -150,11 +171,14 @@ def test_killed_job_is_retried_and_poison_job_fails(
     assert "SIGKILL" in (dead.exit_reason or "") and "retries exhausted" in (dead.exit_reason or "")
 
 
-def test_cancel_kills_the_process_group(db: Database,
-                                        make_scheduler: Callable[..., Scheduler]) -> None:
-    code = ("import subprocess, sys, time\n"
-            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-            "print('grandchild', c.pid, flush=True)\ntime.sleep(600)")
+def test_cancel_kills_the_process_group(
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    code = (
+        "import subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print('grandchild', c.pid, flush=True)\ntime.sleep(600)"
+    )
     job_id = submit(db, code)
     scheduler = make_scheduler()
 
@@ -166,8 +190,9 @@ def test_cancel_kills_the_process_group(db: Database,
     assert wait_gone(int(logs(db, job_id).split()[1]))
 
 
-def test_deadline_kills_a_running_job(db: Database,
-                                      make_scheduler: Callable[..., Scheduler]) -> None:
+def test_deadline_kills_a_running_job(
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
     job_id = submit(db, "import time; time.sleep(600)", deadline_seconds=0.5, max_retries=5)
     scheduler = make_scheduler()
     run_until([scheduler], finished(db, job_id))
@@ -177,10 +202,14 @@ def test_deadline_kills_a_running_job(db: Database,
 
 
 def test_lost_lease_moves_the_job_and_fences_the_old_attempt(
-        db: Database, make_scheduler: Callable[..., Scheduler]) -> None:
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
     """Node A hangs (stops ticking); node B, whose clock is past A's lease, takes the job."""
-    job_id = submit(db, "import os, time\nprint('attempt', os.environ['NIMBUS_ATTEMPT_NUMBER'],"
-                        " flush=True)\ntime.sleep(1.0)")
+    job_id = submit(
+        db,
+        "import os, time\nprint('attempt', os.environ['NIMBUS_ATTEMPT_NUMBER'],"
+        " flush=True)\ntime.sleep(1.0)",
+    )
     a = make_scheduler("node-a")
     run_until([a], lambda: bool(a.local))
     later = Clock()
@@ -201,9 +230,13 @@ def test_lost_lease_moves_the_job_and_fences_the_old_attempt(
 
 
 def test_restart_after_a_crash_kills_orphans_and_reruns(
-        db: Database, make_scheduler: Callable[..., Scheduler]) -> None:
-    job_id = submit(db, "import os, time\nprint(os.getpid(), flush=True)\n"
-                        "if os.environ['NIMBUS_ATTEMPT_NUMBER'] == '1': time.sleep(600)")
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    job_id = submit(
+        db,
+        "import os, time\nprint(os.getpid(), flush=True)\n"
+        "if os.environ['NIMBUS_ATTEMPT_NUMBER'] == '1': time.sleep(600)",
+    )
     crashed = make_scheduler("node-a")
     run_until([crashed], lambda: bool(crashed.local))
     run_until([crashed], lambda: bool(logs(db, job_id)))
@@ -216,12 +249,12 @@ def test_restart_after_a_crash_kills_orphans_and_reruns(
     assert get(db, job_id).state is JobState.SUCCEEDED and get(db, job_id).attempts == 2
 
 
-def test_run_forever_on_the_fork_server_and_shutdown_requeues(db: Database,
-                                                              tmp_path: Path) -> None:
+def test_run_forever_on_the_fork_server_and_shutdown_requeues(db: Database, tmp_path: Path) -> None:
     root = tmp_path / "fs-jobs"
     executor = ForkServerExecutor(root, preload=["json"], grace_seconds=0.3)
-    scheduler = Scheduler(db, executor, NODE, "node-fs", jobs_root=root, config=FAST,
-                          launch_fn=inline)
+    scheduler = Scheduler(
+        db, executor, NODE, "node-fs", jobs_root=root, config=FAST, launch_fn=inline
+    )
     quick = submit(db, "import json; print(json.dumps({'ok': True}))")
     slow = submit(db, "import time; time.sleep(600)", priority=-1)
     stop = threading.Event()

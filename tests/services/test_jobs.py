@@ -58,16 +58,23 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
-def services(db: Database, blobs: BlobStore, tmp_path: Path,
-             make_principal: Callable[..., Principal]) -> Services:
+def services(
+    db: Database, blobs: BlobStore, tmp_path: Path, make_principal: Callable[..., Principal]
+) -> Services:
     datasets = DatasetService(db, blobs, tmp_dir=tmp_path / "tmp", ingest_fn=fake_ingest)
     code = CodeService(db, blobs, max_unpacked_bytes=1 << 20)
     member = make_principal("acme")
     source = tmp_path / "reviews.csv"
     source.write_bytes(b"text,label\nok,pos\n")
     datasets.upload(member, "reviews", source, "a" * 64, "reviews.csv", IngestOptions())
-    return Services(datasets, code, JobService(db, datasets, code, NODE),
-                    JobApiService(db, blobs, lease_seconds=30), db, member)
+    return Services(
+        datasets,
+        code,
+        JobService(db, datasets, code, NODE),
+        JobApiService(db, blobs, lease_seconds=30),
+        db,
+        member,
+    )
 
 
 def request(**body: Any) -> SubmitRequest:
@@ -79,8 +86,9 @@ def test_submit_snapshots_its_inputs_for_the_job_process(services: Services) -> 
     assert job["params"]["epochs"] == 3 and job["params"]["seed"] == 4 and job["seed"] == 4
     services.datasets.delete_dataset(services.member, "reviews")  # the job keeps its snapshot
     with services.db.session(write=True) as s:
-        (claim,) = repo.claim_next(s, capacity=NODE, owner="n", now=datetime.now(UTC),
-                                   lease_seconds=30)
+        (claim,) = repo.claim_next(
+            s, capacity=NODE, owner="n", now=datetime.now(UTC), lease_seconds=30
+        )
     ctx = services.job_api.authenticate(claim.token, claim.attempt.id)
     spec = services.job_api.spec(ctx)
     assert spec["dataset"]["dataset"] == "reviews" and spec["params"]["epochs"] == 3
@@ -92,8 +100,12 @@ def test_submit_snapshots_its_inputs_for_the_job_process(services: Services) -> 
 
 
 def test_seed_rules(services: Services) -> None:
-    for body, seed in (({}, 0), ({"seed": 9}, 9), ({"params": {"seed": "5"}}, 5),
-                       ({"seed": 5, "params": {"seed": 5}}, 5)):
+    for body, seed in (
+        ({}, 0),
+        ({"seed": 9}, 9),
+        ({"params": {"seed": "5"}}, 5),
+        ({"seed": 5, "params": {"seed": 5}}, 5),
+    ):
         assert services.jobs.submit(services.member, request(**body))["seed"] == seed, body
     with pytest.raises(InvalidInput, match="disagree"):
         services.jobs.submit(services.member, request(seed=1, params={"seed": 2}))
@@ -102,19 +114,22 @@ def test_seed_rules(services: Services) -> None:
 def test_code_jobs_keep_their_params_as_given(services: Services, tmp_path: Path) -> None:
     script = tmp_path / "upload"
     script.write_bytes(b"print(1)\n")
-    code = services.code.upload(services.member, script,
-                                hashlib.sha256(b"print(1)\n").hexdigest(), "t.py")
+    code = services.code.upload(
+        services.member, script, hashlib.sha256(b"print(1)\n").hexdigest(), "t.py"
+    )
     assert not script.exists()
-    job = services.jobs.submit(services.member, request(model=code["ref"],
-                                                        params={"depth": "3", "seed": "2"}))
+    job = services.jobs.submit(
+        services.member, request(model=code["ref"], params={"depth": "3", "seed": "2"})
+    )
     assert job["params"] == {"depth": "3", "seed": 2} and job["seed"] == 2
     for params in ({"bad key": 1}, {"nested": {"a": 1}}):
         with pytest.raises(InvalidInput):
             services.jobs.submit(services.member, request(model=code["ref"], params=params))
 
 
-def test_viewers_cannot_submit_or_cancel(services: Services,
-                                         make_principal: Callable[..., Principal]) -> None:
+def test_viewers_cannot_submit_or_cancel(
+    services: Services, make_principal: Callable[..., Principal]
+) -> None:
     viewer = make_principal("acme", Role.VIEWER)
     job = services.jobs.submit(services.member, request())
     with pytest.raises(Forbidden):
@@ -127,16 +142,20 @@ def test_viewers_cannot_submit_or_cancel(services: Services,
 def test_checkpoints_are_pruned_to_the_latest_two(services: Services, tmp_path: Path) -> None:
     services.jobs.submit(services.member, request())
     with services.db.session(write=True) as s:
-        (claim,) = repo.claim_next(s, capacity=NODE, owner="n", now=datetime.now(UTC),
-                                   lease_seconds=30)
+        (claim,) = repo.claim_next(
+            s, capacity=NODE, owner="n", now=datetime.now(UTC), lease_seconds=30
+        )
     ctx = services.job_api.authenticate(claim.token, claim.attempt.id)
     keys = []
     for step in range(1, 5):
         path = tmp_path / f"ckpt{step}"
         data = f"checkpoint {step}".encode()
         path.write_bytes(data)
-        keys.append(services.job_api.put_checkpoint(
-            ctx, step, None, path, hashlib.sha256(data).hexdigest(), len(data))["key"])
+        keys.append(
+            services.job_api.put_checkpoint(
+                ctx, step, None, path, hashlib.sha256(data).hexdigest(), len(data)
+            )["key"]
+        )
     assert [services.job_api.blobs.exists(k) for k in keys] == [False, False, True, True]
     step, download = services.job_api.latest_checkpoint(ctx)
     assert step == 4 and b"".join(download.chunks) == b"checkpoint 4"
@@ -149,7 +168,10 @@ def test_checkpoints_are_pruned_to_the_latest_two(services: Services, tmp_path: 
 
 def test_finite_and_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert finite({"a": [1.0, float("nan")], "b": float("inf"), "c": "x"}) == {
-        "a": [1.0, None], "b": None, "c": "x"}
+        "a": [1.0, None],
+        "b": None,
+        "c": "x",
+    }
     gpus = tmp_path / "gpus"
     for bus in ("0000:01:00.0", "0000:02:00.0"):
         (gpus / bus).mkdir(parents=True)
@@ -225,9 +247,16 @@ class FakeExecutor:
 def test_node_executor_adds_the_cache_dir_and_falls_back(tmp_path: Path) -> None:
     fake = FakeExecutor()
     node = NodeExecutor(lambda: fake, tmp_path, {"NIMBUS_CACHE_DIR": "/cache"})
-    launch = AttemptLaunch(job_id="j", attempt_id="a", attempt_number=1, token="t",
-                           program=Program(code="pass"), workdir=tmp_path / "a",
-                           nimbus_url="http://x", extra_env={"OTHER": "1"})
+    launch = AttemptLaunch(
+        job_id="j",
+        attempt_id="a",
+        attempt_number=1,
+        token="t",
+        program=Program(code="pass"),
+        workdir=tmp_path / "a",
+        nimbus_url="http://x",
+        extra_env={"OTHER": "1"},
+    )
     node.start(launch)
     assert fake.launches[0].extra_env == {"NIMBUS_CACHE_DIR": "/cache", "OTHER": "1"}
 
@@ -242,8 +271,9 @@ def test_node_executor_adds_the_cache_dir_and_falls_back(tmp_path: Path) -> None
 def test_one_scheduler_per_instance(tmp_path: Path) -> None:
     def thread() -> SchedulerThread:
         scheduler: Any = type("S", (), {"instance_id": "node-1"})()
-        return SchedulerThread(scheduler, NodeExecutor(FakeExecutor, tmp_path, {}),
-                               tmp_path / "scheduler-node-1.lock")
+        return SchedulerThread(
+            scheduler, NodeExecutor(FakeExecutor, tmp_path, {}), tmp_path / "scheduler-node-1.lock"
+        )
 
     first, second = thread(), thread()
     first._run = lambda: None  # type: ignore[method-assign]  # the lock is what is tested

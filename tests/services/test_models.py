@@ -30,10 +30,12 @@ TEXT_SPEC = {
     "classes": ["neg", "pos"],
     "input": {"name": "input", "datatype": "BYTES", "shape": [-1]},
     "onnx_input": {"name": "input", "datatype": "INT64", "shape": [-1, 6]},
-    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
-                {"name": "label", "datatype": "BYTES", "shape": [-1]}],
+    "outputs": [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+    ],
     "preprocessing": {"kind": "text", "lowercase": True, "max_len": 6, "vocab": VOCAB},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")

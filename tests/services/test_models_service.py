@@ -46,11 +46,24 @@ def principal(db: Database, tenant: str = "acme") -> Principal:
 def add_deployment(db: Database, who: Principal, name: str, version_id: int, **kw: object) -> int:
     now = utcnow()
     fields = dict(
-        tenant_id=who.tenant_id, name=name, model_version_id=version_id, model_ref="m:1",
-        replicas=1, max_batch_size=8, max_delay_ms=1.0, runtime="onnx", public=False,
-        state="ready", port=None, pids=[], status=None, owner="node-a", created_at=now,
-        updated_at=now, created_by=None,
-    )  # fmt: skip
+        tenant_id=who.tenant_id,
+        name=name,
+        model_version_id=version_id,
+        model_ref="m:1",
+        replicas=1,
+        max_batch_size=8,
+        max_delay_ms=1.0,
+        runtime="onnx",
+        public=False,
+        state="ready",
+        port=None,
+        pids=[],
+        status=None,
+        owner="node-a",
+        created_at=now,
+        updated_at=now,
+        created_by=None,
+    )
     fields.update(kw)
     with db.session(write=True) as session:
         return deployment_repo.create(session, **fields).id
@@ -82,14 +95,17 @@ def test_register_alias_and_delete(
         service.delete_version(who, "m", VersionRef(version=2))
     with store.session(write=True) as session:
         deployment_repo.delete_row(session, deployment_id)
-    keys = [e["key"] for e in service.delete_version(who, "m", VersionRef(version=2))["files"]
-            .values()]  # fmt: skip
+    keys = [
+        e["key"] for e in service.delete_version(who, "m", VersionRef(version=2))["files"].values()
+    ]
     assert all(memory.exists(k) for k in keys)  # the job still holds them
     model = service.get_model(who, "m")
     assert model["aliases"] == {} and [v["version"] for v in model["versions"]] == [1]
     assert [(e["alias"], e["version"]) for e in model["alias_history"]] == [
-        ("prod", 1), ("prod", 2), ("prod", None)
-    ]  # fmt: skip
+        ("prod", 1),
+        ("prod", 2),
+        ("prod", None),
+    ]
 
 
 def test_deployment_repository(store: Database) -> None:
@@ -103,9 +119,16 @@ def test_deployment_repository(store: Database) -> None:
             ("expired", who.tenant_id, None, now - timedelta(seconds=1)),
             ("elsewhere", other.tenant_id, None, None),
         ):
-            row = tokens.create(session, token_id=f"tok_{name}", tenant_id=tenant_id, name=name,
-                                role="viewer", token_hash=hash_token(name), created_by=None,
-                                expires_at=expires)  # fmt: skip
+            row = tokens.create(
+                session,
+                token_id=f"tok_{name}",
+                tenant_id=tenant_id,
+                name=name,
+                role="viewer",
+                token_hash=hash_token(name),
+                created_by=None,
+                expires_at=expires,
+            )
             row.revoked_at = revoked
     with store.session() as session:
         hashes = deployment_repo.live_token_hashes(session, [who.tenant_id], now)
@@ -114,10 +137,20 @@ def test_deployment_repository(store: Database) -> None:
     with store.session(write=True) as session:
         model = models_repo.get_or_create_model(session, who.tenant_id, "m", now)
         version = models_repo.create_version(
-            session, model_id=model.id, version=models_repo.allocate_version_number(session, model),
-            job_id="job_x", dataset={}, code_hash=None, params={}, seed=None, metrics=None,
-            spec={}, files={}, created_at=now, created_by=None,
-        ).id  # fmt: skip
+            session,
+            model_id=model.id,
+            version=models_repo.allocate_version_number(session, model),
+            job_id="job_x",
+            dataset={},
+            code_hash=None,
+            params={},
+            seed=None,
+            metrics=None,
+            spec={},
+            files={},
+            created_at=now,
+            created_by=None,
+        ).id
     serving = add_deployment(store, who, "a", version)
     add_deployment(store, who, "b", version, state="stopped")
     add_deployment(store, other, "a", version, owner="node-b")

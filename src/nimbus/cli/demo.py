@@ -157,8 +157,12 @@ def text_data(run: DemoRun) -> None:
         markup=False,
     )
     version = run.api.upload_dataset(TEXT_DATASET, data.path)
-    run.results["text_data"] = {"source": INTENTS_SOURCE, "file": data.path.name,
-                                "messages": data.count, "per_class": data.per_class}  # fmt: skip
+    run.results["text_data"] = {
+        "source": INTENTS_SOURCE,
+        "file": data.path.name,
+        "messages": data.count,
+        "per_class": data.per_class,
+    }
     run.results["text_version"] = version
     run.say(
         f"Stored as {version['dataset']}:{version['version']} ({version['task']}, "

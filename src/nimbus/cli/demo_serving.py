@@ -37,8 +37,11 @@ def register_model(run: DemoRun) -> None:
     job = run.results["jobs"]["cnn"]
     run.say(f"$ nimbus models register {MODEL} --from-job {job['id']}", style="dim", markup=False)
     version = run.api.register_model(MODEL, job["id"])
-    run.results["model"] = {"name": version["model"], "version": version["version"],
-                            "job": version["job"]}  # fmt: skip
+    run.results["model"] = {
+        "name": version["model"],
+        "version": version["version"],
+        "job": version["job"],
+    }
     run.say(
         f"Registered {version['model']}:{version['version']}: the server checked every file "
         "(hashes, safetensors, ONNX outputs, test accuracy matching the job's).",
@@ -61,11 +64,17 @@ def deploy_model(run: DemoRun) -> None:
     run.say(f"$ nimbus deploy {DEPLOYMENT} {ref} --replicas 1", style="dim", markup=False)
     run.api.create_deployment(DEPLOYMENT, ref, replicas=1)
     deployment = run.api.wait_deployment(DEPLOYMENT, timeout=DEPLOY_TIMEOUT)
-    run.results["deployment"] = {"name": DEPLOYMENT, "endpoint": deployment["endpoint"],
-                                 "model_version": deployment["model_version"],
-                                 "state": deployment["state"]}  # fmt: skip
-    run.say(f"Serving at {deployment['endpoint']} (OIP v2: "
-            f"{deployment['endpoint']}/v2/models/{DEPLOYMENT}).", markup=False)  # fmt: skip
+    run.results["deployment"] = {
+        "name": DEPLOYMENT,
+        "endpoint": deployment["endpoint"],
+        "model_version": deployment["model_version"],
+        "state": deployment["state"],
+    }
+    run.say(
+        f"Serving at {deployment['endpoint']} (OIP v2: "
+        f"{deployment['endpoint']}/v2/models/{DEPLOYMENT}).",
+        markup=False,
+    )
     run.say(deployment_view(deployment))
 
 
@@ -83,11 +92,18 @@ def held_out_digits(run: DemoRun) -> tuple[np.ndarray, list[str]]:
 
 def predict_digits(run: DemoRun) -> None:
     x, truth = held_out_digits(run)
-    run.say(f"$ nimbus predict {DEPLOYMENT} digit.png   (x{len(truth)} held-out test digits)",
-            style="dim", markup=False)  # fmt: skip
+    run.say(
+        f"$ nimbus predict {DEPLOYMENT} digit.png   (x{len(truth)} held-out test digits)",
+        style="dim",
+        markup=False,
+    )
     answers = [run.api.predict(DEPLOYMENT, data=png_bytes(image[:, :, 0])) for image in x]
-    run.say(f"and one OIP v2 request: POST /v2/models/{DEPLOYMENT}/infer, "
-            f"a UINT8 tensor of shape {list(x.shape)}", style="dim", markup=False)  # fmt: skip
+    run.say(
+        f"and one OIP v2 request: POST /v2/models/{DEPLOYMENT}/infer, "
+        f"a UINT8 tensor of shape {list(x.shape)}",
+        style="dim",
+        markup=False,
+    )
     outputs = run.api.infer(DEPLOYMENT, x)
     infer_labels = [str(v.decode() if isinstance(v, bytes) else v) for v in outputs["label"]]
     probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
@@ -101,24 +117,34 @@ def predict_digits(run: DemoRun) -> None:
         p = float((answer.get("probabilities") or {}).get(predicted, 0.0))
         style = "green" if predicted == label else "red"
         best = float(probabilities[i].max())
-        table.add_row(str(i), Text(label), Text(predicted, style=style), f"{p:.3f}",
-                      Text(infer_labels[i], style=style), f"{best:.3f}")  # fmt: skip
+        table.add_row(
+            str(i),
+            Text(label),
+            Text(predicted, style=style),
+            f"{p:.3f}",
+            Text(infer_labels[i], style=style),
+            f"{best:.3f}",
+        )
         rows.append({"truth": label, "predict": predicted, "infer": infer_labels[i]})
     run.say(table)
     run.results["predictions"] = rows
     if [r["predict"] for r in rows] != infer_labels:
         raise _fail("/predict and OIP v2 /infer disagree on the same digits")
     correct = sum(r["predict"] == r["truth"] for r in rows)
-    run.say(f"{correct}/{len(rows)} correct; /predict and /infer agree.", style="green",
-            markup=False)  # fmt: skip
+    run.say(
+        f"{correct}/{len(rows)} correct; /predict and /infer agree.", style="green", markup=False
+    )
 
 
 def delete_deployment(run: DemoRun) -> None:
     run.say(f"$ nimbus deployments delete {DEPLOYMENT}", style="dim", markup=False)
     deployment = run.api.delete_deployment(DEPLOYMENT)
     run.results.setdefault("deployment", {})["state"] = deployment.get("state")
-    run.say(f"Deployment {DEPLOYMENT} {deployment.get('state')}: its replica drained and "
-            "exited; the model version stays in the registry.", markup=False)  # fmt: skip
+    run.say(
+        f"Deployment {DEPLOYMENT} {deployment.get('state')}: its replica drained and "
+        "exited; the model version stays in the registry.",
+        markup=False,
+    )
 
 
 SERVING_STEPS: list[tuple[str, Callable[[DemoRun], None]]] = [

@@ -35,17 +35,25 @@ def deploy(
         raise typer.BadParameter(f"use one of {', '.join(RUNTIMES)}", param_hint="'--runtime'")
     with client() as api:
         deployment = api.create_deployment(
-            name, model, replicas=replicas, max_batch_size=max_batch_size,
-            max_delay_ms=max_delay_ms, runtime=runtime, public=public or None,
-        )  # fmt: skip
+            name,
+            model,
+            replicas=replicas,
+            max_batch_size=max_batch_size,
+            max_delay_ms=max_delay_ms,
+            runtime=runtime,
+            public=public or None,
+        )
         if wait:
             deployment = api.wait_deployment(name, timeout=timeout)
 
     def render(out: Console) -> None:
         err = Console(stderr=True, highlight=False)
-        err.print(f"Deployed {deployment['model']}:{deployment['model_version']} as {name} "
-                  f"({deployment.get('state')}); OIP v2 at "
-                  f"{deployment['endpoint']}/v2/models/{name}", markup=False)  # fmt: skip
+        err.print(
+            f"Deployed {deployment['model']}:{deployment['model_version']} as {name} "
+            f"({deployment.get('state')}); OIP v2 at "
+            f"{deployment['endpoint']}/v2/models/{name}",
+            markup=False,
+        )
         out.print(deployment["endpoint"], markup=False, soft_wrap=True)
 
     emit(deployment, as_json, render)

@@ -48,9 +48,15 @@ def deployments_table(deployments: Sequence[dict[str, Any]]) -> Table:
     for column in ("name", "model", "asked", "state", "ready", "endpoint", "public"):
         table.add_column(column)
     for d in deployments:
-        table.add_row(_t(d.get("name")), _t(_model(d)), _t(d.get("model_ref")),
-                      _t(d.get("state")), _t(_replicas(d)), _t(d.get("endpoint")),
-                      _t("yes" if d.get("public") else "no"))  # fmt: skip
+        table.add_row(
+            _t(d.get("name")),
+            _t(_model(d)),
+            _t(d.get("model_ref")),
+            _t(d.get("state")),
+            _t(_replicas(d)),
+            _t(d.get("endpoint")),
+            _t("yes" if d.get("public") else "no"),
+        )
     return table
 
 
@@ -64,21 +70,29 @@ def deployment_view(deployment: dict[str, Any]) -> RenderableType:
         ("state", deployment.get("state")),
         ("endpoint", deployment.get("endpoint")),
         ("replicas", f"{_replicas(deployment)} ready"),
-        ("batching", f"up to {deployment.get('max_batch_size')} requests, "
-                     f"{deployment.get('max_delay_ms')} ms"),
+        (
+            "batching",
+            f"up to {deployment.get('max_batch_size')} requests, "
+            f"{deployment.get('max_delay_ms')} ms",
+        ),
         ("runtime", deployment.get("runtime")),
         ("public", "yes" if deployment.get("public") else "no (a tenant token is needed)"),
         ("created", deployment.get("created_at")),
         ("updated", deployment.get("updated_at")),
-    ]  # fmt: skip
+    ]
     for key, value in rows:
         facts.add_row(key, _t(value))
     replicas = Table(box=box.SIMPLE_HEAD, title="replicas", title_justify="left")
     for column in ("index", "state", "version", "pid", "restarts"):
         replicas.add_column(column)
     for r in deployment.get("replicas") or []:
-        replicas.add_row(_t(r.get("index")), _t(r.get("state")), _t(r.get("model_version")),
-                         _t(r.get("pid")), _t(r.get("restarts")))  # fmt: skip
+        replicas.add_row(
+            _t(r.get("index")),
+            _t(r.get("state")),
+            _t(r.get("model_version")),
+            _t(r.get("pid")),
+            _t(r.get("restarts")),
+        )
     return Group(facts, "", replicas)
 
 
@@ -116,8 +130,10 @@ def update(
             )
 
     def render(out: Console) -> None:
-        out.print(f"Deployment {name} now serves {_model(deployment)} "
-                  f"({deployment.get('state')})", markup=False)  # fmt: skip
+        out.print(
+            f"Deployment {name} now serves {_model(deployment)} ({deployment.get('state')})",
+            markup=False,
+        )
 
     emit(deployment, as_json, render)
 

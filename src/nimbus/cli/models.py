@@ -46,8 +46,13 @@ def models_table(models: Sequence[dict[str, Any]]) -> Table:
     for column in ("name", "latest", "versions", "aliases", "created"):
         table.add_column(column)
     for m in models:
-        table.add_row(_t(m.get("name")), _t(m.get("latest_version")), _t(m.get("versions")),
-                      _t(_aliases(m.get("aliases"))), _t(m.get("created_at")))  # fmt: skip
+        table.add_row(
+            _t(m.get("name")),
+            _t(m.get("latest_version")),
+            _t(m.get("versions")),
+            _t(_aliases(m.get("aliases"))),
+            _t(m.get("created_at")),
+        )
     return table
 
 
@@ -57,10 +62,14 @@ def versions_table(versions: Sequence[dict[str, Any]]) -> Table:
         table.add_column(column)
     for v in versions:
         dataset = v.get("dataset") or {}
-        table.add_row(_t(v.get("version")), _t(v.get("job")),
-                      _t(f"{dataset.get('name')}:{dataset.get('version')}" if dataset else None),
-                      _accuracy(v), _t(_aliases(v.get("aliases"))),
-                      _t(v.get("created_at")))  # fmt: skip
+        table.add_row(
+            _t(v.get("version")),
+            _t(v.get("job")),
+            _t(f"{dataset.get('name')}:{dataset.get('version')}" if dataset else None),
+            _accuracy(v),
+            _t(_aliases(v.get("aliases"))),
+            _t(v.get("created_at")),
+        )
     return table
 
 
@@ -108,8 +117,11 @@ def register(
         version = api.register_model(name, from_job)
 
     def render(out: Console) -> None:
-        out.print(f"Registered {version['model']}:{version['version']} from job "
-                  f"{version.get('job')}", style="green", markup=False)  # fmt: skip
+        out.print(
+            f"Registered {version['model']}:{version['version']} from job {version.get('job')}",
+            style="green",
+            markup=False,
+        )
         out.print(version_view(version))
 
     emit(version, as_json, render)
@@ -162,8 +174,12 @@ def download(
         version = api.get_model_version(ref)
         exact = f"{version['model']}:{version['version']}"
         paths = api.download_model(exact, dir, progress=progress)
-    result = {"model": version["model"], "version": version["version"], "dir": str(dir),
-              "files": [str(p) for p in paths]}  # fmt: skip
+    result = {
+        "model": version["model"],
+        "version": version["version"],
+        "dir": str(dir),
+        "files": [str(p) for p in paths],
+    }
 
     def render(out: Console) -> None:
         out.print(f"Downloaded {exact} into {dir}:", markup=False)

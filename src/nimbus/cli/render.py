@@ -291,9 +291,12 @@ def per_class_table(per_class: dict[str, Any]) -> Table:
     for name in names[:MAX_CLASS_ROWS]:
         row = per_class[name] or {}
         table.add_row(
-            _t(name), _num(row.get("precision")), _num(row.get("recall")), _num(row.get("f1")),
+            _t(name),
+            _num(row.get("precision")),
+            _num(row.get("recall")),
+            _num(row.get("f1")),
             _t(row.get("support")),
-        )  # fmt: skip
+        )
     if len(names) > MAX_CLASS_ROWS:
         table.add_row(Text(f"… {len(names) - MAX_CLASS_ROWS} more classes"), "", "", "", "")
     return table

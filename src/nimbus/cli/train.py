@@ -76,9 +76,18 @@ def train(
     params = parse_params(param or [])
     with client() as api:
         job = api.submit_job(
-            dataset, model, params, cpus=cpus, gpus=gpus, memory=memory, workers=workers,
-            priority=priority, max_retries=max_retries, deadline=deadline, seed=seed,
-        )  # fmt: skip
+            dataset,
+            model,
+            params,
+            cpus=cpus,
+            gpus=gpus,
+            memory=memory,
+            workers=workers,
+            priority=priority,
+            max_retries=max_retries,
+            deadline=deadline,
+            seed=seed,
+        )
         if not follow_:
             if as_json:
                 print_json(job)

@@ -25,10 +25,19 @@ from nimbus.errors import (
 
 RUNTIMES = ("onnx", "torch")
 _DTYPES = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}  # fmt: skip
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
 
 
 class DeploymentFailed(NimbusError):
@@ -50,8 +59,13 @@ def _options(
         raise InvalidInput(f"invalid replicas {replicas}: between 1 and 32")
     if runtime is not None and runtime not in RUNTIMES:
         raise InvalidInput(f"invalid runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    body = {"replicas": replicas, "max_batch_size": max_batch_size,
-            "max_delay_ms": max_delay_ms, "runtime": runtime, "public": public}  # fmt: skip
+    body = {
+        "replicas": replicas,
+        "max_batch_size": max_batch_size,
+        "max_delay_ms": max_delay_ms,
+        "runtime": runtime,
+        "public": public,
+    }
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -74,8 +88,11 @@ class DeploymentsMixin(BaseClient):
         """Deploy ``model`` (``NAME:V``, ``NAME@ALIAS`` or ``NAME``) as ``name``; returns the
         deployment, usually still ``pending`` (see :meth:`wait_deployment`)."""
         validate_name(name, "deployment name")
-        body = {"name": name, "model": str(as_model_ref(model)),
-                **_options(replicas, max_batch_size, max_delay_ms, runtime, public)}  # fmt: skip
+        body = {
+            "name": name,
+            "model": str(as_model_ref(model)),
+            **_options(replicas, max_batch_size, max_delay_ms, runtime, public),
+        }
         return dict(self._json("POST", f"{API}/deployments", json=body))
 
     def list_deployments(self) -> list[dict[str, Any]]:
@@ -177,8 +194,16 @@ class DeploymentsMixin(BaseClient):
         datatype = next((k for k, v in _DTYPES.items() if np.dtype(v) == x.dtype), None)
         if datatype is None:
             raise InvalidInput(f"unsupported tensor type {x.dtype}")
-        body = {"inputs": [{"name": input_name, "datatype": datatype, "shape": list(x.shape),
-                            "data": x.reshape(-1).tolist()}]}  # fmt: skip
+        body = {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "datatype": datatype,
+                    "shape": list(x.shape),
+                    "data": x.reshape(-1).tolist(),
+                }
+            ]
+        }
         answer = self._call_endpoint(f"{base}/infer", json=body)
         outputs: dict[str, np.ndarray] = {}
         for out in answer.get("outputs") or []:

@@ -22,13 +22,27 @@ def get(session: Session, tenant_id: int, blob_key: str) -> CodeArtifactRow | No
 
 
 def create(
-    session: Session, *, tenant_id: int, blob_key: str, size: int, format: str, entry: str,
-    created_by: str | None, now: datetime,
+    session: Session,
+    *,
+    tenant_id: int,
+    blob_key: str,
+    size: int,
+    format: str,
+    entry: str,
+    created_by: str | None,
+    now: datetime,
 ) -> CodeArtifactRow:
     """Record a code artifact and the blob reference that keeps its bytes (call under
     :func:`nimbus.db.blobrefs.lock`)."""
-    row = CodeArtifactRow(tenant_id=tenant_id, blob_key=blob_key, size=size, format=format,
-                          entry=entry, created_by=created_by, created_at=now)
+    row = CodeArtifactRow(
+        tenant_id=tenant_id,
+        blob_key=blob_key,
+        size=size,
+        format=format,
+        entry=entry,
+        created_by=created_by,
+        created_at=now,
+    )
     session.add(row)
     session.flush()
     blobrefs.add(session, CODE_ARTIFACT, row.id, [blob_key])

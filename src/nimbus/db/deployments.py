@@ -50,9 +50,10 @@ def save_status(
     session.execute(
         update(DeploymentRow)
         .where(DeploymentRow.id == deployment_id)
-        .values(state=status["state"], port=status["port"], pids=pids, status=status,
-                updated_at=now)
-    )  # fmt: skip
+        .values(
+            state=status["state"], port=status["port"], pids=pids, status=status, updated_at=now
+        )
+    )
 
 
 def set_state(session: Session, deployment_id: int, state: str, now: datetime) -> None:

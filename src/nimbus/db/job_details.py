@@ -62,7 +62,10 @@ def get(session: Session, job_id: str, tenant_id: int) -> JobDetail | None:
 
 
 def list_page(
-    session: Session, tenant_id: int, *, states: Iterable[JobState] | None = None,
+    session: Session,
+    tenant_id: int,
+    *,
+    states: Iterable[JobState] | None = None,
     limit: int = 100,
 ) -> list[JobDetail]:
     """The tenant's jobs, newest first."""

@@ -76,29 +76,46 @@ def new_attempt_id() -> str:
 
 def _job(row: JobRow) -> Job:
     return Job(
-        id=row.id, tenant_id=row.tenant_id, spec=JobSpec.from_dict(row.spec),
-        state=JobState(row.state), priority=row.priority, attempts=row.attempts,
-        current_attempt_id=row.current_attempt_id, max_retries=row.max_retries,
-        deadline_at=row.deadline_at, not_before=row.not_before,
-        cancel_requested=row.cancel_requested, created_at=row.created_at,
-        started_at=row.started_at, finished_at=row.finished_at, exit_reason=row.exit_reason,
-        result=row.result, created_by=row.created_by,
+        id=row.id,
+        tenant_id=row.tenant_id,
+        spec=JobSpec.from_dict(row.spec),
+        state=JobState(row.state),
+        priority=row.priority,
+        attempts=row.attempts,
+        current_attempt_id=row.current_attempt_id,
+        max_retries=row.max_retries,
+        deadline_at=row.deadline_at,
+        not_before=row.not_before,
+        cancel_requested=row.cancel_requested,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        exit_reason=row.exit_reason,
+        result=row.result,
+        created_by=row.created_by,
     )
 
 
 def _attempt(row: JobAttemptRow) -> Attempt:
     return Attempt(
-        id=row.id, job_id=row.job_id, number=row.number, state=AttemptState(row.state),
-        lease_owner=row.lease_owner, lease_expires_at=row.lease_expires_at,
-        started_at=row.started_at, ended_at=row.ended_at, exit_code=row.exit_code,
+        id=row.id,
+        job_id=row.job_id,
+        number=row.number,
+        state=AttemptState(row.state),
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        exit_code=row.exit_code,
         exit_signal=row.exit_signal,
         exit_reason=ExitReason(row.exit_reason) if row.exit_reason else None,
     )
 
 
 def _resources(row: JobRow) -> Resources:
-    return Resources(cpus=row.cpus, gpus=row.gpus, memory_bytes=row.memory_bytes,
-                     workers=row.workers)
+    return Resources(
+        cpus=row.cpus, gpus=row.gpus, memory_bytes=row.memory_bytes, workers=row.workers
+    )
 
 
 def _is_postgres(session: Session) -> bool:
@@ -109,8 +126,13 @@ def _is_postgres(session: Session) -> bool:
 
 
 def submit(
-    session: Session, tenant_id: int, spec: JobSpec, now: datetime, *,
-    capacity: Capacity | None = None, created_by: str | None = None,
+    session: Session,
+    tenant_id: int,
+    spec: JobSpec,
+    now: datetime,
+    *,
+    capacity: Capacity | None = None,
+    created_by: str | None = None,
     inputs: dict[str, Any] | None = None,
 ) -> Job:
     """Queue a job. With ``capacity``, a request no node could ever run is a 400.
@@ -119,13 +141,27 @@ def submit(
         check_request(spec.resources, capacity)
     res = spec.resources
     row = JobRow(
-        id=new_job_id(), tenant_id=tenant_id, spec=spec.to_dict(), state=JobState.QUEUED.value,
-        priority=spec.priority, cpus=res.cpus, gpus=res.gpus, memory_bytes=res.memory_bytes,
-        workers=res.workers, attempts=0, current_attempt_id=None, max_retries=spec.max_retries,
-        deadline_at=(now + timedelta(seconds=spec.deadline_seconds)
-                     if spec.deadline_seconds else None),
-        not_before=None, cancel_requested=False, log_seq=0, created_at=now,
-        created_by=created_by, inputs=inputs,
+        id=new_job_id(),
+        tenant_id=tenant_id,
+        spec=spec.to_dict(),
+        state=JobState.QUEUED.value,
+        priority=spec.priority,
+        cpus=res.cpus,
+        gpus=res.gpus,
+        memory_bytes=res.memory_bytes,
+        workers=res.workers,
+        attempts=0,
+        current_attempt_id=None,
+        max_retries=spec.max_retries,
+        deadline_at=(
+            now + timedelta(seconds=spec.deadline_seconds) if spec.deadline_seconds else None
+        ),
+        not_before=None,
+        cancel_requested=False,
+        log_seq=0,
+        created_at=now,
+        created_by=created_by,
+        inputs=inputs,
     )
     session.add(row)
     session.flush()
@@ -141,7 +177,10 @@ def get(session: Session, job_id: str, tenant_id: int | None = None) -> Job | No
 
 
 def list_jobs(
-    session: Session, tenant_id: int, *, states: Iterable[JobState] | None = None,
+    session: Session,
+    tenant_id: int,
+    *,
+    states: Iterable[JobState] | None = None,
     limit: int = 100,
 ) -> list[Job]:
     """The tenant's jobs, newest first."""
@@ -167,8 +206,10 @@ def attempt_for_token(session: Session, token_hash: str) -> tuple[Job, Attempt] 
     query = (
         select(JobRow, JobAttemptRow)
         .join(JobAttemptRow, JobAttemptRow.id == JobRow.current_attempt_id)
-        .where(JobAttemptRow.token_hash == token_hash,
-               JobAttemptRow.state == AttemptState.RUNNING.value)
+        .where(
+            JobAttemptRow.token_hash == token_hash,
+            JobAttemptRow.state == AttemptState.RUNNING.value,
+        )
     )
     found = session.execute(query).first()
     return (_job(found[0]), _attempt(found[1])) if found else None
@@ -190,9 +231,16 @@ def attempt_by_token(session: Session, token_hash: str) -> tuple[Job, Attempt] |
 
 
 def claim_next(
-    session: Session, *, capacity: Capacity, owner: str, now: datetime, lease_seconds: float,
-    tenant_limit: int | None = None, limit: int | None = None,
-    reserve_after: timedelta | None = None, new_token: Callable[[], str] = mint_token,
+    session: Session,
+    *,
+    capacity: Capacity,
+    owner: str,
+    now: datetime,
+    lease_seconds: float,
+    tenant_limit: int | None = None,
+    limit: int | None = None,
+    reserve_after: timedelta | None = None,
+    new_token: Callable[[], str] = mint_token,
 ) -> list[Claim]:
     """Start what :func:`~nimbus.jobs.policy.pick` chooses, on the node ``owner``.
 
@@ -205,18 +253,38 @@ def claim_next(
     per tenant (advisory locks, taken before counting running jobs) so the limit holds
     across schedulers.
     """
+    candidates = session.execute(
+        select(
+            JobRow.id,
+            JobRow.tenant_id,
+            JobRow.priority,
+            JobRow.created_at,
+            JobRow.cpus,
+            JobRow.gpus,
+            JobRow.memory_bytes,
+            JobRow.workers,
+            JobRow.not_before,
+        )
+        .where(
+            JobRow.state == JobState.QUEUED.value,
+            JobRow.cancel_requested.is_(False),
+            or_(JobRow.not_before.is_(None), JobRow.not_before <= now),
+        )
+        .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+        .limit(CLAIM_CANDIDATES)
+    ).tuples()
     queued = [
-        QueuedJob(job_id, tenant_id, priority, created_at,
-                  Resources(cpus=cpus, gpus=gpus, memory_bytes=mem, workers=workers), not_before)
-        for job_id, tenant_id, priority, created_at, cpus, gpus, mem, workers, not_before
-        in session.execute(
-            select(JobRow.id, JobRow.tenant_id, JobRow.priority, JobRow.created_at, JobRow.cpus,
-                   JobRow.gpus, JobRow.memory_bytes, JobRow.workers, JobRow.not_before)
-            .where(JobRow.state == JobState.QUEUED.value, JobRow.cancel_requested.is_(False),
-                   or_(JobRow.not_before.is_(None), JobRow.not_before <= now))
-            .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
-            .limit(CLAIM_CANDIDATES)
-        ).tuples()
+        QueuedJob(
+            job_id,
+            tenant_id,
+            priority,
+            created_at,
+            Resources(cpus=cpus, gpus=gpus, memory_bytes=mem, workers=workers),
+            not_before,
+        )
+        for job_id, tenant_id, priority, created_at, cpus, gpus, mem, workers, not_before in (
+            candidates
+        )
     ]
     if not queued:
         return []
@@ -231,14 +299,16 @@ def claim_next(
             .where(JobRow.state == JobState.RUNNING.value)
         ).tuples()
     ]
-    chosen = pick(queued, running, capacity, tenant_limit, now,
-                  reserve_after=reserve_after)[:limit]
+    chosen = pick(queued, running, capacity, tenant_limit, now, reserve_after=reserve_after)[:limit]
     if not chosen:
         return []
     locked = session.scalars(
         select(JobRow)
-        .where(JobRow.id.in_(chosen), JobRow.state == JobState.QUEUED.value,
-               JobRow.cancel_requested.is_(False))
+        .where(
+            JobRow.id.in_(chosen),
+            JobRow.state == JobState.QUEUED.value,
+            JobRow.cancel_requested.is_(False),
+        )
         .with_for_update(skip_locked=True, key_share=True)
         .execution_options(populate_existing=True)
     )
@@ -250,9 +320,13 @@ def claim_next(
             continue  # another scheduler got it first
         token = new_token()
         attempt = JobAttemptRow(
-            id=new_attempt_id(), job_id=row.id, number=row.attempts + 1,
-            state=AttemptState.RUNNING.value, lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now,
+            id=new_attempt_id(),
+            job_id=row.id,
+            number=row.attempts + 1,
+            state=AttemptState.RUNNING.value,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
             token_hash=hash_token(token),
         )
         session.add(attempt)
@@ -268,19 +342,26 @@ def claim_next(
 
 
 def heartbeat(
-    session: Session, attempt_id: str, now: datetime, lease_seconds: float,
+    session: Session,
+    attempt_id: str,
+    now: datetime,
+    lease_seconds: float,
     owner: str | None = None,
 ) -> Lease:
     """Extend a running attempt's lease; :class:`Fenced` if it is no longer running or its
     lease already ran out (an expired attempt is lost even before anyone requeues it)."""
-    conditions = [JobAttemptRow.id == attempt_id,
-                  JobAttemptRow.state == AttemptState.RUNNING.value,
-                  JobAttemptRow.lease_expires_at > now]
+    conditions = [
+        JobAttemptRow.id == attempt_id,
+        JobAttemptRow.state == AttemptState.RUNNING.value,
+        JobAttemptRow.lease_expires_at > now,
+    ]
     if owner is not None:
         conditions.append(JobAttemptRow.lease_owner == owner)
     expires = now + timedelta(seconds=lease_seconds)
     done = session.execute(
-        update(JobAttemptRow).where(*conditions).values(lease_expires_at=expires)
+        update(JobAttemptRow)
+        .where(*conditions)
+        .values(lease_expires_at=expires)
         .returning(JobAttemptRow.job_id)
     ).first()
     if done is None:
@@ -290,7 +371,10 @@ def heartbeat(
 
 
 def heartbeat_many(
-    session: Session, attempt_ids: Sequence[str], owner: str, now: datetime,
+    session: Session,
+    attempt_ids: Sequence[str],
+    owner: str,
+    now: datetime,
     lease_seconds: float,
 ) -> dict[str, Lease | None]:
     """:func:`heartbeat` for every attempt a scheduler runs; None where it was fenced."""
@@ -310,8 +394,9 @@ def running_status(session: Session, attempt_ids: Sequence[str]) -> dict[str, bo
         query = (
             select(JobAttemptRow.id, JobRow.cancel_requested)
             .join(JobRow, JobRow.id == JobAttemptRow.job_id)
-            .where(JobAttemptRow.id.in_(attempt_ids),
-                   JobAttemptRow.state == AttemptState.RUNNING.value)
+            .where(
+                JobAttemptRow.id.in_(attempt_ids), JobAttemptRow.state == AttemptState.RUNNING.value
+            )
         )
         status.update({aid: bool(cancel) for aid, cancel in session.execute(query)})
     return status
@@ -320,8 +405,13 @@ def running_status(session: Session, attempt_ids: Sequence[str]) -> dict[str, bo
 # --- ending attempts ---------------------------------------------------------------------------
 
 
-def _apply(job: JobRow, attempt: JobAttemptRow | None, decision: Decision, outcome: Outcome | None,
-           now: datetime) -> None:
+def _apply(
+    job: JobRow,
+    attempt: JobAttemptRow | None,
+    decision: Decision,
+    outcome: Outcome | None,
+    now: datetime,
+) -> None:
     if attempt is not None:
         attempt.state, attempt.ended_at = decision.attempt_state.value, now
         if outcome is not None:
@@ -349,18 +439,29 @@ def _locked_current(session: Session, attempt_id: str) -> tuple[JobRow, JobAttem
     if job is None:
         raise NotFound(f"no attempt {attempt_id}")
     attempt = session.scalars(
-        select(JobAttemptRow).where(JobAttemptRow.id == attempt_id).with_for_update()
+        select(JobAttemptRow)
+        .where(JobAttemptRow.id == attempt_id)
+        .with_for_update()
         .execution_options(populate_existing=True)
     ).one()
-    if (attempt.state != AttemptState.RUNNING.value or job.current_attempt_id != attempt.id
-            or job.state != JobState.RUNNING.value):
-        raise Fenced(f"attempt {attempt_id} is not the job's running attempt",
-                     attempt_id=attempt_id, job_id=job.id)
+    if (
+        attempt.state != AttemptState.RUNNING.value
+        or job.current_attempt_id != attempt.id
+        or job.state != JobState.RUNNING.value
+    ):
+        raise Fenced(
+            f"attempt {attempt_id} is not the job's running attempt",
+            attempt_id=attempt_id,
+            job_id=job.id,
+        )
     return job, attempt
 
 
 def finish_attempt(
-    session: Session, attempt_id: str, outcome: Outcome, now: datetime,
+    session: Session,
+    attempt_id: str,
+    outcome: Outcome,
+    now: datetime,
     policy: RetryPolicy = RetryPolicy(),
 ) -> Decision:
     """Record how a running attempt ended and move its job on (fenced)."""
@@ -371,13 +472,16 @@ def finish_attempt(
     return decision
 
 
-def _expired_rows(session: Session, now: datetime, owner: str | None = None,
-                  keep: Iterable[str] = ()) -> list[tuple[JobRow, JobAttemptRow]]:
+def _expired_rows(
+    session: Session, now: datetime, owner: str | None = None, keep: Iterable[str] = ()
+) -> list[tuple[JobRow, JobAttemptRow]]:
     query = (
         select(JobRow, JobAttemptRow)
         .join(JobAttemptRow, JobAttemptRow.id == JobRow.current_attempt_id)
-        .where(JobRow.state == JobState.RUNNING.value,
-               JobAttemptRow.state == AttemptState.RUNNING.value)
+        .where(
+            JobRow.state == JobState.RUNNING.value,
+            JobAttemptRow.state == AttemptState.RUNNING.value,
+        )
     )
     if owner is None:
         query = query.where(JobAttemptRow.lease_expires_at <= now)
@@ -403,7 +507,10 @@ def requeue_expired(
 
 
 def abandon_owned(
-    session: Session, owner: str, now: datetime, keep: Iterable[str] = (),
+    session: Session,
+    owner: str,
+    now: datetime,
+    keep: Iterable[str] = (),
     policy: RetryPolicy = RetryPolicy(),
 ) -> list[tuple[str, Decision]]:
     """At a scheduler's start: attempts leased to ``owner`` that it no longer runs (all but
@@ -430,16 +537,20 @@ def expire_deadlines(session: Session, now: datetime) -> list[str]:
         query = query.with_for_update(skip_locked=True, key_share=True)
     expired = []
     for job in session.scalars(query.execution_options(populate_existing=True)).all():
-        attempt = (session.get(JobAttemptRow, job.current_attempt_id)
-                   if job.state == JobState.RUNNING.value and job.current_attempt_id else None)
+        attempt = (
+            session.get(JobAttemptRow, job.current_attempt_id)
+            if job.state == JobState.RUNNING.value and job.current_attempt_id
+            else None
+        )
         _apply(job, attempt, deadline_decision("the job ran out of time"), None, now)
         expired.append(job.id)
     session.flush()
     return expired
 
 
-def request_cancel(session: Session, job_id: str, now: datetime,
-                   tenant_id: int | None = None) -> Job:
+def request_cancel(
+    session: Session, job_id: str, now: datetime, tenant_id: int | None = None
+) -> Job:
     """Cancel a job: a queued one ends at once, a running one is flagged for its scheduler
     to kill (it ends cancelled when the process is gone). Finished jobs are left alone."""
     job = _lock_job(session, job_id)
@@ -463,8 +574,8 @@ def _running(session: Session, attempt_id: str) -> tuple[str, int]:
     Holds a share lock on the attempt until commit, so it cannot end under the write.
     """
     found = session.execute(
-        select(JobAttemptRow.job_id, JobAttemptRow.number).where(
-            JobAttemptRow.id == attempt_id, JobAttemptRow.state == AttemptState.RUNNING.value)
+        select(JobAttemptRow.job_id, JobAttemptRow.number)
+        .where(JobAttemptRow.id == attempt_id, JobAttemptRow.state == AttemptState.RUNNING.value)
         .with_for_update(read=True)
     ).first()
     if found is None:
@@ -490,23 +601,36 @@ def append_logs(session: Session, attempt_id: str, chunks: Sequence[str], now: d
     last = session.execute(
         update(JobRow)
         .where(JobRow.id == attempt.job_id, JobRow.current_attempt_id == attempt_id)
-        .values(log_seq=JobRow.log_seq + len(chunks)).returning(JobRow.log_seq)
+        .values(log_seq=JobRow.log_seq + len(chunks))
+        .returning(JobRow.log_seq)
     ).scalar()
     if last is None:
         raise Fenced(f"attempt {attempt_id} was replaced", attempt_id=attempt_id)
     first = last - len(chunks) + 1
-    session.add_all(JobLogRow(job_id=attempt.job_id, attempt_number=attempt.number,
-                              seq=first + i, data=data, created_at=now)
-                    for i, data in enumerate(chunks))
+    session.add_all(
+        JobLogRow(
+            job_id=attempt.job_id,
+            attempt_number=attempt.number,
+            seq=first + i,
+            data=data,
+            created_at=now,
+        )
+        for i, data in enumerate(chunks)
+    )
     session.flush()
     return int(last)
 
 
-def read_logs(session: Session, job_id: str, after_seq: int = 0, limit: int = 1000
-              ) -> list[LogChunk]:
+def read_logs(
+    session: Session, job_id: str, after_seq: int = 0, limit: int = 1000
+) -> list[LogChunk]:
     """Chunks with ``seq > after_seq``, in order (poll with the last seq seen)."""
-    query = (select(JobLogRow).where(JobLogRow.job_id == job_id, JobLogRow.seq > after_seq)
-             .order_by(JobLogRow.seq).limit(limit))
+    query = (
+        select(JobLogRow)
+        .where(JobLogRow.job_id == job_id, JobLogRow.seq > after_seq)
+        .order_by(JobLogRow.seq)
+        .limit(limit)
+    )
     return [LogChunk(r.seq, r.attempt_number, r.data, r.created_at) for r in session.scalars(query)]
 
 
@@ -519,13 +643,22 @@ class Metric:
     created_at: datetime
 
 
-def add_metrics(session: Session, attempt_id: str,
-                metrics: Sequence[tuple[int, str, float]], now: datetime) -> None:
+def add_metrics(
+    session: Session, attempt_id: str, metrics: Sequence[tuple[int, str, float]], now: datetime
+) -> None:
     """Record ``(step, name, value)`` triples for a running attempt (fenced)."""
     job_id, number = _running(session, attempt_id)
-    session.add_all(JobMetricRow(job_id=job_id, attempt_number=number, step=step, name=name,
-                                 value=float(value), created_at=now)
-                    for step, name, value in metrics)
+    session.add_all(
+        JobMetricRow(
+            job_id=job_id,
+            attempt_number=number,
+            step=step,
+            name=name,
+            value=float(value),
+            created_at=now,
+        )
+        for step, name, value in metrics
+    )
     session.flush()
 
 
@@ -534,8 +667,10 @@ def read_metrics(session: Session, job_id: str, name: str | None = None) -> list
     if name is not None:
         query = query.where(JobMetricRow.name == name)
     query = query.order_by(JobMetricRow.attempt_number, JobMetricRow.step, JobMetricRow.id)
-    return [Metric(r.attempt_number, r.step, r.name, r.value, r.created_at)
-            for r in session.scalars(query)]
+    return [
+        Metric(r.attempt_number, r.step, r.name, r.value, r.created_at)
+        for r in session.scalars(query)
+    ]
 
 
 @dataclass(frozen=True)
@@ -550,13 +685,26 @@ class Checkpoint:
 
 
 def record_checkpoint(
-    session: Session, attempt_id: str, *, step: int, blob_key: str, now: datetime,
-    epoch: int | None = None, complete: bool = True,
+    session: Session,
+    attempt_id: str,
+    *,
+    step: int,
+    blob_key: str,
+    now: datetime,
+    epoch: int | None = None,
+    complete: bool = True,
 ) -> int:
     """Record a checkpoint of a running attempt (fenced); returns its id."""
     job_id, number = _running(session, attempt_id)
-    row = JobCheckpointRow(job_id=job_id, attempt_number=number, epoch=epoch, step=step,
-                           blob_key=blob_key, complete=complete, created_at=now)
+    row = JobCheckpointRow(
+        job_id=job_id,
+        attempt_number=number,
+        epoch=epoch,
+        step=step,
+        blob_key=blob_key,
+        complete=complete,
+        created_at=now,
+    )
     session.add(row)
     session.flush()
     return row.id
@@ -566,9 +714,12 @@ def complete_checkpoint(session: Session, attempt_id: str, checkpoint_id: int) -
     """Mark a checkpoint written by this (still running) attempt complete (fenced)."""
     job_id, number = _running(session, attempt_id)
     done = session.execute(
-        update(JobCheckpointRow).where(JobCheckpointRow.id == checkpoint_id,
-                                       JobCheckpointRow.job_id == job_id,
-                                       JobCheckpointRow.attempt_number == number)
+        update(JobCheckpointRow)
+        .where(
+            JobCheckpointRow.id == checkpoint_id,
+            JobCheckpointRow.job_id == job_id,
+            JobCheckpointRow.attempt_number == number,
+        )
         .values(complete=True)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
@@ -580,23 +731,29 @@ def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
     row = session.scalars(
         select(JobCheckpointRow)
         .where(JobCheckpointRow.job_id == job_id, JobCheckpointRow.complete.is_(True))
-        .order_by(JobCheckpointRow.step.desc(), JobCheckpointRow.id.desc()).limit(1)
+        .order_by(JobCheckpointRow.step.desc(), JobCheckpointRow.id.desc())
+        .limit(1)
     ).first()
     if row is None:
         return None
-    return Checkpoint(row.id, row.attempt_number, row.epoch, row.step, row.blob_key,
-                      row.complete, row.created_at)
+    return Checkpoint(
+        row.id, row.attempt_number, row.epoch, row.step, row.blob_key, row.complete, row.created_at
+    )
 
 
 def prune_checkpoints(session: Session, job_id: str, keep: int) -> list[int]:
     """Delete all but the ``keep`` most advanced complete checkpoints of a job (and any
     incomplete ones older than those); returns the ids deleted, whose blob references the
     caller releases."""
-    rows = session.execute(
-        select(JobCheckpointRow.id, JobCheckpointRow.complete)
-        .where(JobCheckpointRow.job_id == job_id)
-        .order_by(JobCheckpointRow.step.desc(), JobCheckpointRow.id.desc())
-    ).tuples().all()
+    rows = (
+        session.execute(
+            select(JobCheckpointRow.id, JobCheckpointRow.complete)
+            .where(JobCheckpointRow.job_id == job_id)
+            .order_by(JobCheckpointRow.step.desc(), JobCheckpointRow.id.desc())
+        )
+        .tuples()
+        .all()
+    )
     kept, doomed = 0, []
     for checkpoint_id, complete in rows:
         if complete and kept < keep:
@@ -614,17 +771,29 @@ def set_progress(session: Session, attempt_id: str, progress: dict[str, Any]) ->
     session.execute(update(JobRow).where(JobRow.id == job_id).values(progress=progress))
 
 
-def add_artifact(session: Session, attempt_id: str, name: str, blob_key: str, size: int,
-                 now: datetime) -> tuple[int, list[int]]:
+def add_artifact(
+    session: Session, attempt_id: str, name: str, blob_key: str, size: int, now: datetime
+) -> tuple[int, list[int]]:
     """Record an output file of a running attempt (fenced); a later attempt's file of the same
     name replaces an earlier one's. Returns the new row's id and the ids of rows replaced."""
     job_id, number = _running(session, attempt_id)
-    old = list(session.scalars(select(JobArtifactRow.id).where(
-        JobArtifactRow.job_id == job_id, JobArtifactRow.name == name)))
+    old = list(
+        session.scalars(
+            select(JobArtifactRow.id).where(
+                JobArtifactRow.job_id == job_id, JobArtifactRow.name == name
+            )
+        )
+    )
     if old:
         session.execute(delete(JobArtifactRow).where(JobArtifactRow.id.in_(old)))
-    row = JobArtifactRow(job_id=job_id, attempt_number=number, name=name,
-                         blob_key=blob_key, size=size, created_at=now)
+    row = JobArtifactRow(
+        job_id=job_id,
+        attempt_number=number,
+        name=name,
+        blob_key=blob_key,
+        size=size,
+        created_at=now,
+    )
     session.add(row)
     session.flush()
     return row.id, old
@@ -632,9 +801,16 @@ def add_artifact(session: Session, attempt_id: str, name: str, blob_key: str, si
 
 def list_artifacts(session: Session, job_id: str) -> list[dict[str, Any]]:
     query = select(JobArtifactRow).where(JobArtifactRow.job_id == job_id)
-    return [{"name": r.name, "blob_key": r.blob_key, "size": r.size,
-             "attempt_number": r.attempt_number, "created_at": r.created_at}
-            for r in session.scalars(query.order_by(JobArtifactRow.name))]
+    return [
+        {
+            "name": r.name,
+            "blob_key": r.blob_key,
+            "size": r.size,
+            "attempt_number": r.attempt_number,
+            "created_at": r.created_at,
+        }
+        for r in session.scalars(query.order_by(JobArtifactRow.name))
+    ]
 
 
 def set_result(session: Session, attempt_id: str, result: dict[str, Any]) -> None:

@@ -53,15 +53,20 @@ def check_request(need: Resources, capacity: Capacity) -> None:
     if need.total_cpus > capacity.cpus + _EPSILON:
         raise InvalidInput(
             f"the job asks for {need.total_cpus:g} cpus{per_worker} but a node has "
-            f"{capacity.cpus:g}", resource="cpus")
+            f"{capacity.cpus:g}",
+            resource="cpus",
+        )
     if need.total_gpus > capacity.gpus:
         raise InvalidInput(
-            f"the job asks for {need.total_gpus} gpus{per_worker} but a node has "
-            f"{capacity.gpus}", resource="gpus")
+            f"the job asks for {need.total_gpus} gpus{per_worker} but a node has {capacity.gpus}",
+            resource="gpus",
+        )
     if need.total_memory_bytes > capacity.memory_bytes:
         raise InvalidInput(
             f"the job asks for {need.total_memory_bytes} bytes of memory{per_worker} but a "
-            f"node has {capacity.memory_bytes}", resource="memory")
+            f"node has {capacity.memory_bytes}",
+            resource="memory",
+        )
 
 
 def total_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:

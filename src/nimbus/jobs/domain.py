@@ -159,8 +159,16 @@ class JobSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         """Rebuild a spec from :meth:`to_dict` output (or a user's JSON); unknown keys are a 400."""
-        known = {"model", "dataset", "params", "resources", "priority", "max_retries",
-                 "deadline_seconds", "seed"}
+        known = {
+            "model",
+            "dataset",
+            "params",
+            "resources",
+            "priority",
+            "max_retries",
+            "deadline_seconds",
+            "seed",
+        }
         unknown = set(data) - known
         if unknown:
             raise InvalidInput(f"unknown job fields: {', '.join(sorted(unknown))}")

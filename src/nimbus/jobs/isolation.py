@@ -111,17 +111,22 @@ def ensure_system_user(name: str = JOB_USER) -> JobUser:
         pass
     useradd = shutil.which("useradd") or shutil.which("useradd", path="/usr/sbin:/sbin")
     if useradd is None:
-        log.warning("useradd not found: jobs run as %r instead of a dedicated %r",
-                    FALLBACK_USER, name)
+        log.warning(
+            "useradd not found: jobs run as %r instead of a dedicated %r", FALLBACK_USER, name
+        )
     else:
-        done = subprocess.run([useradd, *USERADD, name], capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run(
+            [useradd, *USERADD, name], capture_output=True, text=True, check=False
+        )
         try:
             return JobUser.lookup(name)  # created, here or by a server starting beside us
         except KeyError:
-            log.warning("could not create the user %r (%s): jobs run as %r", name,
-                        done.stderr.strip() or f"useradd exited {done.returncode}",
-                        FALLBACK_USER)
+            log.warning(
+                "could not create the user %r (%s): jobs run as %r",
+                name,
+                done.stderr.strip() or f"useradd exited {done.returncode}",
+                FALLBACK_USER,
+            )
     return JobUser.lookup(FALLBACK_USER)
 
 
@@ -131,8 +136,13 @@ def preflight(user: JobUser, paths: Sequence[Path], python: str = sys.executable
     try:
         done = subprocess.run(
             [python, "-c", _PREFLIGHT, json.dumps([str(p) for p in paths])],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"}, cwd="/",
-            capture_output=True, text=True, timeout=120, check=False, **user.popen_kwargs(),
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            **user.popen_kwargs(),
         )
     except OSError as exc:
         where = _blocked_note(Path(python).resolve(), user)
@@ -152,8 +162,10 @@ def _blocked_note(path: Path, user: JobUser) -> str:
             return ""
         if stat.S_ISDIR(info.st_mode) and not _may_search(info, user):
             owner = info.st_uid
-            return (f" ({directory} is mode {stat.S_IMODE(info.st_mode):04o}, owner {owner}: "
-                    f"not traversable by {user.name})")
+            return (
+                f" ({directory} is mode {stat.S_IMODE(info.st_mode):04o}, owner {owner}: "
+                f"not traversable by {user.name})"
+            )
     return ""
 
 
@@ -165,8 +177,9 @@ def _may_search(info: os.stat_result, user: JobUser) -> bool:
     return bool(info.st_mode & stat.S_IXOTH)
 
 
-def resolve_job_user(setting: str, reach: Sequence[Path], *, euid: int | None = None,
-                     python: str = sys.executable) -> JobUser | None:
+def resolve_job_user(
+    setting: str, reach: Sequence[Path], *, euid: int | None = None, python: str = sys.executable
+) -> JobUser | None:
     """The user jobs run as, per the ``job_user`` setting; None: the server's own user.
 
     ``auto`` is lenient: a server that is not root, or whose job user cannot reach the
@@ -178,9 +191,13 @@ def resolve_job_user(setting: str, reach: Sequence[Path], *, euid: int | None = 
     auto = setting.strip().lower() == "auto"
     if name is None:
         if auto:
-            log.warning("job isolation is off: jobs run as this server's own user (uid %d) "
-                        "and can read NIMBUS_HOME; start the server as root to run them as "
-                        "%r (NIMBUS_JOB_USER)", euid, JOB_USER)
+            log.warning(
+                "job isolation is off: jobs run as this server's own user (uid %d) "
+                "and can read NIMBUS_HOME; start the server as root to run them as "
+                "%r (NIMBUS_JOB_USER)",
+                euid,
+                JOB_USER,
+            )
         return None
     try:
         user = ensure_system_user(name) if auto else JobUser.lookup(name)
@@ -197,9 +214,13 @@ def resolve_job_user(setting: str, reach: Sequence[Path], *, euid: int | None = 
     reason = f"jobs cannot run as {user.name!r}: {'; '.join(problems)}"
     if not auto:
         raise InvalidInput(reason)
-    log.warning("job isolation is off: %s. Jobs run as root and can read NIMBUS_HOME. Let "
-                "%s pass the directories named (chmod o+x), or keep Python, Nimbus and "
-                "NIMBUS_HOME where it can; NIMBUS_JOB_USER=none accepts this", reason, user.name)
+    log.warning(
+        "job isolation is off: %s. Jobs run as root and can read NIMBUS_HOME. Let "
+        "%s pass the directories named (chmod o+x), or keep Python, Nimbus and "
+        "NIMBUS_HOME where it can; NIMBUS_JOB_USER=none accepts this",
+        reason,
+        user.name,
+    )
     return None
 
 
@@ -262,8 +283,7 @@ class TenantCaches:
     def dir_for(self, tenant_id: int | None) -> Path:
         """The tenant's cache directory, created (or handed to the job user) as needed."""
         path = self.root / self.name(tenant_id)
-        uid, gid = (self.owner.uid, self.owner.gid) if self.owner else (os.geteuid(),
-                                                                        os.getegid())
+        uid, gid = (self.owner.uid, self.owner.gid) if self.owner else (os.geteuid(), os.getegid())
         try:
             if path.lstat().st_uid != uid:
                 # Left by another job user. Never chown a tree a job controls (a symlink

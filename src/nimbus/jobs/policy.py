@@ -110,7 +110,7 @@ class RetryPolicy:
 def backoff(attempt_number: int, policy: RetryPolicy = RetryPolicy()) -> timedelta:
     """How long to wait after attempt ``attempt_number`` (1-based) failed before the next."""
     exponent = max(attempt_number - 1, 0)
-    seconds = min(policy.base_seconds * policy.factor**min(exponent, 64), policy.cap_seconds)
+    seconds = min(policy.base_seconds * policy.factor ** min(exponent, 64), policy.cap_seconds)
     return timedelta(seconds=seconds)
 
 
@@ -199,31 +199,51 @@ def on_attempt_end(
     if outcome.reason is ExitReason.SUCCEEDED:
         return Decision(JobState.SUCCEEDED, AttemptState.SUCCEEDED, outcome.reason, "succeeded")
     if job.cancel_requested:
-        return Decision(JobState.CANCELLED, AttemptState.CANCELLED, ExitReason.CANCELLED,
-                        "cancelled")
+        return Decision(
+            JobState.CANCELLED, AttemptState.CANCELLED, ExitReason.CANCELLED, "cancelled"
+        )
     if deadline_passed(job.deadline_at, now):
-        return Decision(JobState.FAILED, attempt_failed, ExitReason.DEADLINE,
-                        f"deadline exceeded (last attempt: {outcome.detail or outcome.reason})")
+        return Decision(
+            JobState.FAILED,
+            attempt_failed,
+            ExitReason.DEADLINE,
+            f"deadline exceeded (last attempt: {outcome.detail or outcome.reason})",
+        )
     if outcome.reason is ExitReason.USER_ERROR:
-        return Decision(JobState.FAILED, AttemptState.FAILED, outcome.reason,
-                        f"{outcome.detail}: not retried")
+        return Decision(
+            JobState.FAILED, AttemptState.FAILED, outcome.reason, f"{outcome.detail}: not retried"
+        )
     if job.attempts <= job.max_retries:
         not_before = now + backoff(job.attempts, policy)
         if deadline_passed(job.deadline_at, not_before):
-            return Decision(JobState.FAILED, attempt_failed, ExitReason.DEADLINE,
-                            f"deadline exceeded before a retry could start ({outcome.detail})")
-        return Decision(JobState.QUEUED, attempt_failed, outcome.reason,
-                        f"attempt {job.attempts} {outcome.detail}; retrying", not_before)
+            return Decision(
+                JobState.FAILED,
+                attempt_failed,
+                ExitReason.DEADLINE,
+                f"deadline exceeded before a retry could start ({outcome.detail})",
+            )
+        return Decision(
+            JobState.QUEUED,
+            attempt_failed,
+            outcome.reason,
+            f"attempt {job.attempts} {outcome.detail}; retrying",
+            not_before,
+        )
     tries = "1 attempt" if job.attempts == 1 else f"{job.attempts} attempts"
-    return Decision(JobState.FAILED, attempt_failed, outcome.reason,
-                    f"{outcome.detail or outcome.reason} after {tries} (retries exhausted)")
+    return Decision(
+        JobState.FAILED,
+        attempt_failed,
+        outcome.reason,
+        f"{outcome.detail or outcome.reason} after {tries} (retries exhausted)",
+    )
 
 
 def deadline_decision(outcome_detail: str = "") -> Decision:
     """The decision for a job (queued or running) whose deadline has passed."""
     extra = f" ({outcome_detail})" if outcome_detail else ""
-    return Decision(JobState.FAILED, AttemptState.FAILED, ExitReason.DEADLINE,
-                    f"deadline exceeded{extra}")
+    return Decision(
+        JobState.FAILED, AttemptState.FAILED, ExitReason.DEADLINE, f"deadline exceeded{extra}"
+    )
 
 
 def cancel_decision() -> Decision:

@@ -78,9 +78,16 @@ class Scheduler:
     """Claims jobs for this node and runs their attempts on ``executor``."""
 
     def __init__(
-        self, db: Database, executor: Executor, capacity: Capacity, instance_id: str, *,
-        jobs_root: Path, config: SchedulerConfig = SchedulerConfig(),
-        clock: Callable[[], float] = time.time, sleep: Callable[[float], None] | None = None,
+        self,
+        db: Database,
+        executor: Executor,
+        capacity: Capacity,
+        instance_id: str,
+        *,
+        jobs_root: Path,
+        config: SchedulerConfig = SchedulerConfig(),
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] | None = None,
         launch_fn: LaunchFn = runtime_program,
     ) -> None:
         self.db, self.executor, self.capacity = db, executor, capacity
@@ -111,10 +118,12 @@ class Scheduler:
         due = self.clock() - self._last_heartbeat >= self.config.heartbeat_seconds
         with self.db.session(write=due) as s:
             if due:
-                leases = repo.heartbeat_many(s, ids, self.instance_id, self.now(),
-                                             self.config.lease_seconds)
-                status = {aid: lease.cancel_requested if lease else None
-                          for aid, lease in leases.items()}
+                leases = repo.heartbeat_many(
+                    s, ids, self.instance_id, self.now(), self.config.lease_seconds
+                )
+                status = {
+                    aid: lease.cancel_requested if lease else None for aid, lease in leases.items()
+                }
                 self._last_heartbeat = self.clock()
             else:
                 status = repo.running_status(s, ids)
@@ -122,8 +131,11 @@ class Scheduler:
         for attempt_id, cancel in status.items():
             running = self.local[attempt_id]
             if (cancel is None or cancel) and not running.killing:
-                log.info("killing attempt %s (%s)", attempt_id,
-                         "cancelled" if cancel else "no longer running")
+                log.info(
+                    "killing attempt %s (%s)",
+                    attempt_id,
+                    "cancelled" if cancel else "no longer running",
+                )
                 self.executor.kill(running.handle)
                 running.killing = True
                 killed.append(attempt_id)
@@ -147,13 +159,21 @@ class Scheduler:
 
     def _claim_and_start(self) -> list[str]:
         cfg = self.config
-        reserve = (timedelta(seconds=cfg.reserve_after_seconds)
-                   if cfg.reserve_after_seconds is not None else None)
+        reserve = (
+            timedelta(seconds=cfg.reserve_after_seconds)
+            if cfg.reserve_after_seconds is not None
+            else None
+        )
         with self.db.session(write=True) as s:
             claims = repo.claim_next(
-                s, capacity=self.capacity, owner=self.instance_id, now=self.now(),
-                lease_seconds=cfg.lease_seconds, tenant_limit=cfg.tenant_limit,
-                limit=cfg.max_starts_per_tick, reserve_after=reserve,
+                s,
+                capacity=self.capacity,
+                owner=self.instance_id,
+                now=self.now(),
+                lease_seconds=cfg.lease_seconds,
+                tenant_limit=cfg.tenant_limit,
+                limit=cfg.max_starts_per_tick,
+                reserve_after=reserve,
             )
         started = []
         for claim in claims:
@@ -171,14 +191,24 @@ class Scheduler:
         job, attempt = claim.job, claim.attempt
         workdir = self.jobs_root / job.id / attempt.id
         prepare_workdir(self.jobs_root, workdir, None)  # the executor hands it to the job user
-        described = {"job_id": job.id, "attempt_id": attempt.id, "attempt_number": attempt.number,
-                     "spec": job.spec.to_dict()}
+        described = {
+            "job_id": job.id,
+            "attempt_id": attempt.id,
+            "attempt_number": attempt.number,
+            "spec": job.spec.to_dict(),
+        }
         (workdir / "job.json").write_text(json.dumps(described, indent=1))
         return AttemptLaunch(
-            job_id=job.id, attempt_id=attempt.id, attempt_number=attempt.number,
-            token=claim.token, program=self.launch_fn(job, attempt), workdir=workdir,
-            nimbus_url=self.config.nimbus_url, resources=job.resources,
-            output=self._log_sink(attempt.id), tenant_id=job.tenant_id,
+            job_id=job.id,
+            attempt_id=attempt.id,
+            attempt_number=attempt.number,
+            token=claim.token,
+            program=self.launch_fn(job, attempt),
+            workdir=workdir,
+            nimbus_url=self.config.nimbus_url,
+            resources=job.resources,
+            output=self._log_sink(attempt.id),
+            tenant_id=job.tenant_id,
         )
 
     def _log_sink(self, attempt_id: str) -> OutputSink:
@@ -191,16 +221,21 @@ class Scheduler:
     def recover(self) -> list[str]:
         """At start: kill processes an earlier run of this node left behind, and give up
         (as lost) the attempts leased to this instance that it does not run."""
+
         def orphaned(attempt_id: str) -> bool:
             with self.db.session() as s:
                 attempt = repo.get_attempt(s, attempt_id)
-            return (attempt is None or attempt.state is not AttemptState.RUNNING
-                    or attempt.lease_owner == self.instance_id)
+            return (
+                attempt is None
+                or attempt.state is not AttemptState.RUNNING
+                or attempt.lease_owner == self.instance_id
+            )
 
         killed = self.executor.reap_orphans(orphaned)
         with self.db.session(write=True) as s:
-            lost = repo.abandon_owned(s, self.instance_id, self.now(), keep=list(self.local),
-                                      policy=self.config.retry)
+            lost = repo.abandon_owned(
+                s, self.instance_id, self.now(), keep=list(self.local), policy=self.config.retry
+            )
         return killed + [job_id for job_id, _ in lost]
 
     def shutdown(self, timeout: float = 15.0) -> None:

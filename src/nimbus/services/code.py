@@ -45,13 +45,15 @@ def is_code_ref(model: str) -> bool:
 
 def parse_ref(ref: str) -> str:
     """The blob key of ``code:sha256/<2 hex>/<64 hex>``; a malformed reference is a 400."""
-    key = ref[len(REF_PREFIX):] if is_code_ref(ref) else ""
+    key = ref[len(REF_PREFIX) :] if is_code_ref(ref) else ""
     try:
         digest_of(key)
     except NotFound:
         raise InvalidInput(
             f"invalid code reference {ref[:100]!r}: use the 'ref' POST /api/v1/code returned "
-            "(code:sha256/...)", field="model") from None
+            "(code:sha256/...)",
+            field="model",
+        ) from None
     return key
 
 
@@ -77,8 +79,13 @@ class CodeInfo:
     entry: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "key": self.key, "size": self.size, "format": self.format,
-                "entry": self.entry}
+        return {
+            "id": self.id,
+            "key": self.key,
+            "size": self.size,
+            "format": self.format,
+            "entry": self.entry,
+        }
 
 
 def _format_of(filename: str | None, path: Path) -> str:
@@ -91,7 +98,9 @@ def _format_of(filename: str | None, path: Path) -> str:
         return TAR
     raise InvalidInput(
         f"invalid filename {filename[:100]!r}: upload a .py file or a .tar of a directory "
-        "with main.py at its root", field="filename")
+        "with main.py at its root",
+        field="filename",
+    )
 
 
 def check_source(data: bytes, name: str) -> None:
@@ -134,15 +143,22 @@ def check_archive(path: Path, filename: str, max_unpacked: int) -> None:
 class CodeService:
     """Code artifacts of every tenant; each method acts for one principal, within its tenant."""
 
-    def __init__(self, db: Database, blobs: BlobStore, *, max_unpacked_bytes: int,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        max_unpacked_bytes: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.max_unpacked_bytes = max_unpacked_bytes
         self.clock = clock
 
-    def upload(self, principal: Principal, path: Path, sha256: str, filename: str | None
-               ) -> dict[str, Any]:
+    def upload(
+        self, principal: Principal, path: Path, sha256: str, filename: str | None
+    ) -> dict[str, Any]:
         """Check and store the staged upload at ``path`` (consumed); returns the code view.
         Uploading identical content again returns the existing artifact."""
         key = key_for(sha256)
@@ -164,9 +180,15 @@ class CodeService:
                 with self.db.session(write=True) as session:
                     blobrefs.lock(session)
                     row = repo.get(session, principal.tenant_id, key) or repo.create(
-                        session, tenant_id=principal.tenant_id, blob_key=key, size=size,
-                        format=kind, entry=ENTRY, created_by=principal.token_id,
-                        now=self.clock())
+                        session,
+                        tenant_id=principal.tenant_id,
+                        blob_key=key,
+                        size=size,
+                        format=kind,
+                        entry=ENTRY,
+                        created_by=principal.token_id,
+                        now=self.clock(),
+                    )
                     blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id)
                     view = code_view(row)
             except BaseException:

@@ -199,14 +199,25 @@ class DeploymentService:
                     if repo.get(session, principal.tenant_id, name) is not None:
                         raise Conflict(f"deployment {name!r} already exists")
                     row = repo.create(
-                        session, tenant_id=principal.tenant_id, name=name,
-                        model_version_id=target.id, model_ref=body.model,
-                        replicas=body.replicas, max_batch_size=body.max_batch_size,
-                        max_delay_ms=body.max_delay_ms, runtime=body.runtime,
-                        public=body.public, state=DeploymentState.PENDING.value, port=None,
-                        pids=[], status=None, owner=self.owner, created_at=now,
-                        updated_at=now, created_by=principal.token_id,
-                    )  # fmt: skip
+                        session,
+                        tenant_id=principal.tenant_id,
+                        name=name,
+                        model_version_id=target.id,
+                        model_ref=body.model,
+                        replicas=body.replicas,
+                        max_batch_size=body.max_batch_size,
+                        max_delay_ms=body.max_delay_ms,
+                        runtime=body.runtime,
+                        public=body.public,
+                        state=DeploymentState.PENDING.value,
+                        port=None,
+                        pids=[],
+                        status=None,
+                        owner=self.owner,
+                        created_at=now,
+                        updated_at=now,
+                        created_by=principal.token_id,
+                    )
                     row_id = row.id
             except IntegrityError:
                 raise Conflict(f"deployment {name!r} exists or its model changed") from None
@@ -261,8 +272,15 @@ class DeploymentService:
             try:
                 with self.db.session(write=True) as session:
                     stored = self._row(session, principal, name)
-                    for field in ("model_version_id", "model_ref", "replicas", "max_batch_size",
-                                  "max_delay_ms", "runtime", "public"):  # fmt: skip
+                    for field in (
+                        "model_version_id",
+                        "model_ref",
+                        "replicas",
+                        "max_batch_size",
+                        "max_delay_ms",
+                        "runtime",
+                        "public",
+                    ):
                         setattr(stored, field, getattr(row, field))
                     stored.updated_at = self.clock()
             except IntegrityError:
@@ -349,11 +367,18 @@ class DeploymentService:
         model_dir = self._materialize(tenant, row.name, target)
         self._current_dir[(tenant, row.name)] = model_dir
         return DeploymentSpec(
-            name=row.name, model_dir=model_dir, version=str(target.version),
-            replicas=row.replicas, max_batch_size=row.max_batch_size,
-            max_delay_ms=row.max_delay_ms, runtime=row.runtime, public=row.public,
-            host=self.host, port=port, token_file=self._token_file(tenant),
-        )  # fmt: skip
+            name=row.name,
+            model_dir=model_dir,
+            version=str(target.version),
+            replicas=row.replicas,
+            max_batch_size=row.max_batch_size,
+            max_delay_ms=row.max_delay_ms,
+            runtime=row.runtime,
+            public=row.public,
+            host=self.host,
+            port=port,
+            token_file=self._token_file(tenant),
+        )
 
     def _materialize(self, tenant: str, name: str, target: ResolvedVersion) -> Path:
         """The version's model directory, copied out of the blob store (each blob verified
@@ -481,9 +506,12 @@ class DeploymentLoop:
     """
 
     def __init__(
-        self, service: DeploymentService, owner: str, interval: float = 0.5,
+        self,
+        service: DeploymentService,
+        owner: str,
+        interval: float = 0.5,
         sync_every: float = 1.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.service = service
         self.owner = owner
         self.interval = interval

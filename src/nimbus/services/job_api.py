@@ -53,11 +53,14 @@ class BlobDownload:
 
 
 def validate_artifact_name(name: str) -> str:
-    if name not in MODEL_FILES and ("/" in name or not ARTIFACT_NAME_RE.match(name)
-                                    or ".." in name):
+    if name not in MODEL_FILES and (
+        "/" in name or not ARTIFACT_NAME_RE.match(name) or ".." in name
+    ):
         raise InvalidInput(
             f"invalid artifact name {name[:80]!r}: use {', '.join(MODEL_FILES)} or 1-63 "
-            "characters of a-z, 0-9, '.', '_', '-'", field="name")
+            "characters of a-z, 0-9, '.', '_', '-'",
+            field="name",
+        )
     return name
 
 
@@ -65,8 +68,14 @@ class JobApiService:
     """Serves job processes; every method takes the :class:`AttemptContext` of
     :meth:`authenticate`."""
 
-    def __init__(self, db: Database, blobs: BlobStore, *, lease_seconds: float,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        lease_seconds: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.lease_seconds = lease_seconds
@@ -84,10 +93,16 @@ class JobApiService:
         job, attempt = found
         if attempt.id != attempt_id:
             raise Unauthorized("this job token belongs to another attempt")
-        if (attempt.state is not AttemptState.RUNNING or job.current_attempt_id != attempt.id
-                or job.state is not JobState.RUNNING):
-            raise Fenced(f"attempt {attempt.id} is no longer the job's running attempt "
-                         f"(it is {attempt.state.value})", attempt_id=attempt.id)
+        if (
+            attempt.state is not AttemptState.RUNNING
+            or job.current_attempt_id != attempt.id
+            or job.state is not JobState.RUNNING
+        ):
+            raise Fenced(
+                f"attempt {attempt.id} is no longer the job's running attempt "
+                f"(it is {attempt.state.value})",
+                attempt_id=attempt.id,
+            )
         return AttemptContext(job, attempt)
 
     # -- reads --------------------------------------------------------------------------
@@ -110,18 +125,32 @@ class JobApiService:
             "params": job.spec.params,
             "seed": job.spec.seed,
             "workers": res.workers,
-            "resources": {"cpus": res.cpus, "gpus": res.gpus, "memory": res.memory_bytes,
-                          "workers": res.workers},
+            "resources": {
+                "cpus": res.cpus,
+                "gpus": res.gpus,
+                "memory": res.memory_bytes,
+                "workers": res.workers,
+            },
             "dataset": inputs.get("dataset"),
-            "code": ({"key": code["key"], "entry": code["entry"], "format": code["format"],
-                      "size": code["size"]} if code else None),
+            "code": (
+                {
+                    "key": code["key"],
+                    "entry": code["entry"],
+                    "format": code["format"],
+                    "size": code["size"],
+                }
+                if code
+                else None
+            ),
         }
 
     def blob(self, ctx: AttemptContext, key: str) -> BlobDownload:
         """A blob of the job's dataset version or code, verified before the first byte."""
         inputs = self._inputs(ctx)
-        allowed = {entry["key"]: int(entry["size"])
-                   for entry in ((inputs.get("dataset") or {}).get("files") or {}).values()}
+        allowed = {
+            entry["key"]: int(entry["size"])
+            for entry in ((inputs.get("dataset") or {}).get("files") or {}).values()
+        }
         if inputs.get("code"):
             allowed[inputs["code"]["key"]] = int(inputs["code"]["size"])
         if key not in allowed:
@@ -137,8 +166,9 @@ class JobApiService:
             raise NotFound(f"job {ctx.job.id} has no checkpoint yet")
         self.blobs.verify(found.blob_key)
         size = self.blobs.size(found.blob_key)
-        return found.step, BlobDownload(found.blob_key, size,
-                                        self.blobs.iter_verified(found.blob_key))
+        return found.step, BlobDownload(
+            found.blob_key, size, self.blobs.iter_verified(found.blob_key)
+        )
 
     # -- writes -------------------------------------------------------------------------
 
@@ -155,9 +185,12 @@ class JobApiService:
             if not _METRIC_NAME_RE.match(name):
                 raise InvalidInput(f"invalid metric name {name[:80]!r}", field="metrics")
         with self.db.session(write=True) as session:
-            repo.add_metrics(session, ctx.attempt.id,
-                             [(step, name, float(v)) for name, v in values.items()],
-                             self.clock())
+            repo.add_metrics(
+                session,
+                ctx.attempt.id,
+                [(step, name, float(v)) for name, v in values.items()],
+                self.clock(),
+            )
 
     def progress(self, ctx: AttemptContext, progress: dict[str, int]) -> None:
         with self.db.session(write=True) as session:
@@ -168,16 +201,18 @@ class JobApiService:
         with self.db.session(write=True) as session:
             repo.set_result(session, ctx.attempt.id, {"evaluation": finite(evaluation)})
 
-    def put_checkpoint(self, ctx: AttemptContext, step: int, epoch: int | None, path: Path,
-                       sha256: str, size: int) -> dict[str, Any]:
+    def put_checkpoint(
+        self, ctx: AttemptContext, step: int, epoch: int | None, path: Path, sha256: str, size: int
+    ) -> dict[str, Any]:
         """Store a staged checkpoint (``path`` consumed), then record it complete: a reader
         never sees a checkpoint whose bytes are not whole. Older ones are pruned."""
         if step < 0:
             raise InvalidInput("a checkpoint step is >= 0", field="step")
 
         def record(session: Any, key: str) -> list[str]:
-            checkpoint_id = repo.record_checkpoint(session, ctx.attempt.id, step=step,
-                                                   blob_key=key, now=self.clock(), epoch=epoch)
+            checkpoint_id = repo.record_checkpoint(
+                session, ctx.attempt.id, step=step, blob_key=key, now=self.clock(), epoch=epoch
+            )
             blobrefs.add(session, JOB_CHECKPOINT, checkpoint_id, [key])
             orphans: list[str] = []
             for old in repo.prune_checkpoints(session, ctx.job.id, KEEP_CHECKPOINTS):
@@ -187,15 +222,17 @@ class JobApiService:
         key = self._store(path, sha256, size, record)
         return {"step": step, "key": key, "size": size}
 
-    def put_artifact(self, ctx: AttemptContext, name: str, path: Path, sha256: str, size: int
-                     ) -> dict[str, Any]:
+    def put_artifact(
+        self, ctx: AttemptContext, name: str, path: Path, sha256: str, size: int
+    ) -> dict[str, Any]:
         """Store a staged output file (``path`` consumed) under ``name``, replacing an
         earlier attempt's file of that name."""
         validate_artifact_name(name)
 
         def record(session: Any, key: str) -> list[str]:
-            artifact_id, replaced = repo.add_artifact(session, ctx.attempt.id, name, key, size,
-                                                      self.clock())
+            artifact_id, replaced = repo.add_artifact(
+                session, ctx.attempt.id, name, key, size, self.clock()
+            )
             blobrefs.add(session, JOB_ARTIFACT, artifact_id, [key])
             orphans: list[str] = []
             for old in replaced:
@@ -205,8 +242,9 @@ class JobApiService:
         key = self._store(path, sha256, size, record)
         return {"name": name, "key": key, "size": size}
 
-    def _store(self, path: Path, sha256: str, size: int,
-               record: Callable[[Any, str], list[str]]) -> str:
+    def _store(
+        self, path: Path, sha256: str, size: int, record: Callable[[Any, str], list[str]]
+    ) -> str:
         """Pin, store, then record (``record`` adds the owner's reference and returns keys
         it left unreferenced) and unpin in one transaction; undo everything on failure."""
         key = key_for(sha256)

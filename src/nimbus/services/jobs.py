@@ -120,11 +120,22 @@ def job_view(detail: JobDetail) -> dict[str, Any]:
         "id": job.id,
         "state": job.state.value,
         "model": job.spec.model,
-        "dataset": ({"name": dataset["dataset"], "version": dataset["version"],
-                     "content_hash": dataset["content_hash"]} if dataset else None),
+        "dataset": (
+            {
+                "name": dataset["dataset"],
+                "version": dataset["version"],
+                "content_hash": dataset["content_hash"],
+            }
+            if dataset
+            else None
+        ),
         "params": job.spec.params,
-        "resources": {"cpus": res.cpus, "gpus": res.gpus, "memory": res.memory_bytes,
-                      "workers": res.workers},
+        "resources": {
+            "cpus": res.cpus,
+            "gpus": res.gpus,
+            "memory": res.memory_bytes,
+            "workers": res.workers,
+        },
         "priority": job.priority,
         "max_retries": job.max_retries,
         "attempts": job.attempts,
@@ -136,8 +147,9 @@ def job_view(detail: JobDetail) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "progress": detail.progress,
         "evaluation": finite(result.get("evaluation")),
-        "artifacts": [{"name": a.name, "key": a.blob_key, "size": a.size}
-                      for a in detail.artifacts],
+        "artifacts": [
+            {"name": a.name, "key": a.blob_key, "size": a.size} for a in detail.artifacts
+        ],
         "seed": job.spec.seed,
     }
 
@@ -158,7 +170,12 @@ class JobService:
     """Jobs of every tenant; each method acts for one principal, within its tenant."""
 
     def __init__(
-        self, db: Database, datasets: DatasetService, code: CodeService, capacity: Capacity, *,
+        self,
+        db: Database,
+        datasets: DatasetService,
+        code: CodeService,
+        capacity: Capacity,
+        *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
@@ -184,26 +201,41 @@ class JobService:
         else:
             raise InvalidInput(
                 f"unknown model {request.model[:100]!r}: use {', '.join(PARAM_SCHEMAS)} or a "
-                "code reference (code:sha256/...)", field="model")
+                "code reference (code:sha256/...)",
+                field="model",
+            )
         seed = self._seed(request, params)
         if "seed" in params or code is None:
             params["seed"] = seed
-        resources = Resources(cpus=request.cpus, gpus=request.gpus,
-                              memory_bytes=parse_memory(request.memory), workers=request.workers)
+        resources = Resources(
+            cpus=request.cpus,
+            gpus=request.gpus,
+            memory_bytes=parse_memory(request.memory),
+            workers=request.workers,
+        )
         check_request(resources, self.capacity)  # before the write transaction begins
         spec = JobSpec(
             model=request.model,
             dataset=f"{version['dataset']}:{version['version']}",
-            params=params, resources=resources, priority=request.priority,
+            params=params,
+            resources=resources,
+            priority=request.priority,
             max_retries=request.max_retries,
-            deadline_seconds=(parse_duration(request.deadline)
-                              if request.deadline is not None else None),
+            deadline_seconds=(
+                parse_duration(request.deadline) if request.deadline is not None else None
+            ),
             seed=seed,
         )
         inputs = {"dataset": version, "code": code.to_dict() if code else None}
         with self.db.session(write=True) as session:
-            job = repo.submit(session, principal.tenant_id, spec, self.clock(),
-                              created_by=principal.token_id, inputs=inputs)
+            job = repo.submit(
+                session,
+                principal.tenant_id,
+                spec,
+                self.clock(),
+                created_by=principal.token_id,
+                inputs=inputs,
+            )
             return self._view(session, principal, job.id)
 
     @staticmethod
@@ -214,15 +246,16 @@ class JobService:
             param = int(param.strip())
         if request.seed is not None and param is not None and param != request.seed:
             raise InvalidInput(
-                f"seed {request.seed} and parameter seed {param!r} disagree; give one",
-                field="seed")
+                f"seed {request.seed} and parameter seed {param!r} disagree; give one", field="seed"
+            )
         if request.seed is not None:
             return request.seed
         if isinstance(param, int) and not isinstance(param, bool) and 0 <= param <= MAX_SEED:
             return param
         if param is not None:
-            raise InvalidInput(f"invalid parameter 'seed' = {param!r}: use 0-{MAX_SEED}",
-                               key="seed")
+            raise InvalidInput(
+                f"invalid parameter 'seed' = {param!r}: use 0-{MAX_SEED}", key="seed"
+            )
         return 0
 
     # -- read ---------------------------------------------------------------------------
@@ -237,8 +270,9 @@ class JobService:
         with self.db.session() as session:
             return self._view(session, principal, job_id)
 
-    def list_jobs(self, principal: Principal, state: str | None = None, limit: int = 100
-                  ) -> list[dict[str, Any]]:
+    def list_jobs(
+        self, principal: Principal, state: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         """Newest first; ``state`` one state or several, comma-separated."""
         if not 1 <= limit <= MAX_LIST:
             raise InvalidInput(f"invalid limit {limit}: use 1-{MAX_LIST}", field="limit")
@@ -248,11 +282,13 @@ class JobService:
                 states = [JobState(s.strip()) for s in state.split(",") if s.strip()]
             except ValueError:
                 known = ", ".join(s.value for s in JobState)
-                raise InvalidInput(f"invalid state {state[:80]!r}: use {known}",
-                                   field="state") from None
+                raise InvalidInput(
+                    f"invalid state {state[:80]!r}: use {known}", field="state"
+                ) from None
         with self.db.session() as session:
-            details = job_details.list_page(session, principal.tenant_id, states=states,
-                                            limit=limit)
+            details = job_details.list_page(
+                session, principal.tenant_id, states=states, limit=limit
+            )
             return [job_view(d) for d in details]
 
     def compare(self, principal: Principal, ids: list[str]) -> list[dict[str, Any]]:
@@ -279,13 +315,15 @@ class JobService:
             series: dict[str, list[dict[str, Any]]] = {}
             for m in repo.read_metrics(session, job_id):
                 series.setdefault(m.name, []).append(
-                    {"step": m.step, "value": finite(m.value), "attempt": m.attempt_number})
+                    {"step": m.step, "value": finite(m.value), "attempt": m.attempt_number}
+                )
             return series
 
     # -- logs ---------------------------------------------------------------------------
 
-    def logs(self, principal: Principal, job_id: str, after: int = 0, limit: int = LOG_BATCH
-             ) -> dict[str, Any]:
+    def logs(
+        self, principal: Principal, job_id: str, after: int = 0, limit: int = LOG_BATCH
+    ) -> dict[str, Any]:
         """Chunks after ``after``; ``done`` once the job ended and nothing is left."""
         if after < 0 or not 1 <= limit <= LOG_BATCH:
             raise InvalidInput(f"use after >= 0 and a limit of 1-{LOG_BATCH}", field="after")
@@ -306,8 +344,13 @@ class JobService:
                 raise NotFound(f"job {job_id[:80]!r} not found")
             chunks = repo.read_logs(session, job_id, after, limit)
         job_state, exit_reason, progress = state
-        return LogPoll(job_state, exit_reason, progress, chunks,
-                       done=job_state.terminal and len(chunks) < limit)
+        return LogPoll(
+            job_state,
+            exit_reason,
+            progress,
+            chunks,
+            done=job_state.terminal and len(chunks) < limit,
+        )
 
 
 def chunk_view(chunk: LogChunk) -> dict[str, Any]:

@@ -150,12 +150,18 @@ def _lineage(detail: JobDetail) -> dict[str, Any]:
     job = detail.job
     dataset = detail.inputs.get("dataset") or {}
     if dataset:
-        ds = {"name": dataset.get("dataset"), "version": dataset.get("version"),
-              "content_hash": dataset.get("content_hash")}  # fmt: skip
+        ds = {
+            "name": dataset.get("dataset"),
+            "version": dataset.get("version"),
+            "content_hash": dataset.get("content_hash"),
+        }
     else:
         name, _, number = (job.spec.dataset or "").partition(":")
-        ds = {"name": name or None, "version": int(number) if number.isdigit() else None,
-              "content_hash": None}  # fmt: skip
+        ds = {
+            "name": name or None,
+            "version": int(number) if number.isdigit() else None,
+            "content_hash": None,
+        }
     code = detail.inputs.get("code")
     return {
         "dataset": ds,
@@ -246,8 +252,9 @@ class ModelService:
             split = None if is_code_ref(detail.job.spec.model) else self._test_split(detail, cache)
             accuracy = None
             if split is not None:
-                accuracy = recorded_accuracy((detail.job.result or {}).get("evaluation"),
-                                             len(split[1]))  # fmt: skip
+                accuracy = recorded_accuracy(
+                    (detail.job.result or {}).get("evaluation"), len(split[1])
+                )
             return self.check(model_dir, test_split=split, recorded_accuracy=accuracy)
 
     def _test_split(self, detail: JobDetail, cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -375,8 +382,7 @@ class ModelService:
             row = self._version(session, model, VersionRef(version=version))
             now = self.clock()
             before = repo.set_alias(session, model.id, alias, row.version, principal.token_id, now)
-            return {"model": name, "alias": alias, "version": row.version,
-                    "from_version": before}  # fmt: skip
+            return {"model": name, "alias": alias, "version": row.version, "from_version": before}
 
     def remove_alias(self, principal: Principal, name: str, alias: str) -> dict[str, Any]:
         require_role(principal, Role.MEMBER)
@@ -405,8 +411,7 @@ class ModelService:
                     "delete them or move them to another version first"
                 )
             view = self._view(session, model, row)
-            repo.remove_aliases_to(session, model.id, row.version, principal.token_id,
-                                   self.clock())  # fmt: skip
+            repo.remove_aliases_to(session, model.id, row.version, principal.token_id, self.clock())
             orphans = blobrefs.release(session, MODEL_VERSION, row.id)
             repo.delete_version(session, row)
             delete_quietly(self.blobs, orphans)

@@ -263,9 +263,13 @@ class Fakes:
 
     def supervisor(self) -> Supervisor:
         return Supervisor(
-            spawner=self.spawn, probe=self.probe, clock=lambda: self.now, sleep=self.sleep,
-            policy=POLICY, env={"PATH": "/bin"},
-        )  # fmt: skip
+            spawner=self.spawn,
+            probe=self.probe,
+            clock=lambda: self.now,
+            sleep=self.sleep,
+            policy=POLICY,
+            env={"PATH": "/bin"},
+        )
 
     def live(self) -> list[FakeProcess]:
         return [p for p in self.spawned if p.code is None]
@@ -461,9 +465,11 @@ def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
 @pytest.fixture
 def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     sup = Supervisor(
-        log_dir=tmp_path / "logs", policy=Policy(start_timeout=30, drain_timeout=10),
-        drain_seconds=1.0, probe_timeout=2.0,
-    )  # fmt: skip
+        log_dir=tmp_path / "logs",
+        policy=Policy(start_timeout=30, drain_timeout=10),
+        drain_seconds=1.0,
+        probe_timeout=2.0,
+    )
     stop = threading.Event()
     ticker = threading.Thread(target=sup.run, args=(stop, 0.1), daemon=True)
     ticker.start()

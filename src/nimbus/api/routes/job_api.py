@@ -76,10 +76,14 @@ class ResultBody(BaseModel):
     evaluation: dict[str, Any]
 
 
-def _bytes(download_chunks: Any, size: int, headers: dict[str, str] | None = None
-           ) -> StreamingResponse:
-    return StreamingResponse(download_chunks, media_type="application/octet-stream",
-                             headers={"Content-Length": str(size), **(headers or {})})
+def _bytes(
+    download_chunks: Any, size: int, headers: dict[str, str] | None = None
+) -> StreamingResponse:
+    return StreamingResponse(
+        download_chunks,
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(size), **(headers or {})},
+    )
 
 
 @router.get("/spec")
@@ -129,11 +133,19 @@ async def put_checkpoint(
 ) -> dict[str, Any]:
     """The raw body is the checkpoint; recorded only once its bytes are stored whole."""
     services = services_of(request)
-    staged = await receive_upload(request, services.blobs.staging_dir,
-                                  services.settings.max_upload_bytes)
+    staged = await receive_upload(
+        request, services.blobs.staging_dir, services.settings.max_upload_bytes
+    )
     try:
-        return await run_in_threadpool(services.job_api.put_checkpoint, ctx, step, epoch,
-                                       staged.path, staged.sha256, staged.size)
+        return await run_in_threadpool(
+            services.job_api.put_checkpoint,
+            ctx,
+            step,
+            epoch,
+            staged.path,
+            staged.sha256,
+            staged.size,
+        )
     finally:
         staged.path.unlink(missing_ok=True)
 
@@ -151,10 +163,12 @@ async def put_artifact(ctx: CurrentAttempt, request: Request, name: str) -> dict
     safe name."""
     services = services_of(request)
     validate_artifact_name(name)  # before a byte is stored
-    staged = await receive_upload(request, services.blobs.staging_dir,
-                                  services.settings.max_upload_bytes)
+    staged = await receive_upload(
+        request, services.blobs.staging_dir, services.settings.max_upload_bytes
+    )
     try:
-        return await run_in_threadpool(services.job_api.put_artifact, ctx, name, staged.path,
-                                       staged.sha256, staged.size)
+        return await run_in_threadpool(
+            services.job_api.put_artifact, ctx, name, staged.path, staged.sha256, staged.size
+        )
     finally:
         staged.path.unlink(missing_ok=True)

@@ -118,7 +118,11 @@ class Executor(Protocol):
 
 
 def scrubbed_env(
-    launch: AttemptLaunch, *, base: Mapping[str, str], rank: int = 0, world_size: int = 1,
+    launch: AttemptLaunch,
+    *,
+    base: Mapping[str, str],
+    rank: int = 0,
+    world_size: int = 1,
     master_port: int | None = None,
 ) -> dict[str, str]:
     """The job's whole environment, built from nothing: never a copy of the server's.
@@ -142,9 +146,14 @@ def scrubbed_env(
     if launch.resources.gpus == 0:
         env["CUDA_VISIBLE_DEVICES"] = ""  # asked for no GPU: must not grab one
     if world_size > 1:
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                   LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(master_port))
+        env.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_WORLD_SIZE=str(world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(master_port),
+        )
     env.update(launch.extra_env)
     return env
 
@@ -155,8 +164,15 @@ class OutputPump(threading.Thread):
     A failing sink loses that batch, never the pump.
     """
 
-    def __init__(self, fd: int, sink: OutputSink | None, *, prefix: str = "",
-                 interval: float = 0.2, max_bytes: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        fd: int,
+        sink: OutputSink | None,
+        *,
+        prefix: str = "",
+        interval: float = 0.2,
+        max_bytes: int = 64 * 1024,
+    ) -> None:
         super().__init__(name=f"output-pump-{fd}", daemon=True)
         self.fd, self.sink, self.prefix = fd, sink, prefix
         self.interval, self.max_bytes = interval, max_bytes

@@ -40,19 +40,28 @@ class ForkServerExecutor(ProcessExecutor):
     The zygote keeps the server's user (root, when jobs run as ``run_as``); each child
     drops to ``run_as`` right after the fork, before anything of the job runs."""
 
-    def __init__(self, jobs_root: Path, *, preload: Sequence[str] = ("torch",),
-                 python: str = sys.executable, base_env: Mapping[str, str] | None = None,
-                 grace_seconds: float = 10.0, start_timeout: float = 120.0,
-                 run_as: JobUser | None = None) -> None:
-        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds,
-                         run_as=run_as)
+    def __init__(
+        self,
+        jobs_root: Path,
+        *,
+        preload: Sequence[str] = ("torch",),
+        python: str = sys.executable,
+        base_env: Mapping[str, str] | None = None,
+        grace_seconds: float = 10.0,
+        start_timeout: float = 120.0,
+        run_as: JobUser | None = None,
+    ) -> None:
+        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds, run_as=run_as)
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         zygote_env = {**self.base_env, "PYTHONUNBUFFERED": "1", "HOME": str(self.jobs_root)}
         self.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._zygote = subprocess.Popen(
             [python, "-P", str(ZYGOTE_SCRIPT), str(theirs.fileno()), json.dumps(list(preload))],
-            pass_fds=[theirs.fileno()], env=zygote_env, cwd=self.jobs_root,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            pass_fds=[theirs.fileno()],
+            env=zygote_env,
+            cwd=self.jobs_root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
         )
         theirs.close()
         self._sock.settimeout(start_timeout)
@@ -96,8 +105,11 @@ class ForkServerExecutor(ProcessExecutor):
 
     def _spawn(self, launch: AttemptLaunch, env: dict[str, str]) -> tuple[int, int]:
         request: dict[str, Any] = {
-            "id": next(self._ids), "cwd": str(launch.workdir), "env": env,
-            "module": launch.program.module, "code": launch.program.code,
+            "id": next(self._ids),
+            "cwd": str(launch.workdir),
+            "env": env,
+            "module": launch.program.module,
+            "code": launch.program.code,
             "args": list(launch.program.args),
         }
         if self.run_as is not None:
@@ -109,7 +121,8 @@ class ForkServerExecutor(ProcessExecutor):
                     raise Unavailable("the fork server is gone")
                 socket.send_fds(self._sock, [json.dumps(request).encode()], [write_fd])
                 self._reply_ready.wait_for(
-                    lambda: request["id"] in self._replies or not self._alive, timeout=30)
+                    lambda: request["id"] in self._replies or not self._alive, timeout=30
+                )
                 reply = self._replies.pop(request["id"], {"error": "no answer from the zygote"})
         except BaseException:
             os.close(read_fd)

@@ -19,25 +19,37 @@ class LocalExecutor(ProcessExecutor):
     """Starts every worker with ``subprocess`` (fork + exec): simple, isolated, and as slow
     to start as the job's imports. See :class:`~.forkserver.ForkServerExecutor` for speed."""
 
-    def __init__(self, jobs_root: Path, *, python: str = sys.executable,
-                 base_env: Mapping[str, str] | None = None, grace_seconds: float = 10.0,
-                 run_as: JobUser | None = None) -> None:
-        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds,
-                         run_as=run_as)
+    def __init__(
+        self,
+        jobs_root: Path,
+        *,
+        python: str = sys.executable,
+        base_env: Mapping[str, str] | None = None,
+        grace_seconds: float = 10.0,
+        run_as: JobUser | None = None,
+    ) -> None:
+        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds, run_as=run_as)
         self.python = python
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         # Popen drops to the user in the child, between fork and exec: setgroups([]),
         # setregid, setreuid (real, effective and saved ids: root cannot be taken back).
         self._as_user: dict[str, Any] = (
-            {**run_as.popen_kwargs(), "umask": JOB_UMASK} if run_as is not None else {})
+            {**run_as.popen_kwargs(), "umask": JOB_UMASK} if run_as is not None else {}
+        )
 
     def _spawn(self, launch: AttemptLaunch, env: dict[str, str]) -> tuple[int, int]:
         read_fd, write_fd = os.pipe()
         try:
             proc = subprocess.Popen(
-                launch.program.argv(self.python), cwd=launch.workdir, env=env,
-                stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
-                start_new_session=True, close_fds=True, **self._as_user,
+                launch.program.argv(self.python),
+                cwd=launch.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                start_new_session=True,
+                close_fds=True,
+                **self._as_user,
             )
         except BaseException:
             os.close(read_fd)

@@ -72,9 +72,15 @@ class ProcessExecutor:
     :mod:`nimbus.jobs.isolation`), which owns the attempt's work directory while it runs,
     when given (the server must then be root)."""
 
-    def __init__(self, jobs_root: Path, *, base_env: Mapping[str, str] | None = None,
-                 grace_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 run_as: JobUser | None = None) -> None:
+    def __init__(
+        self,
+        jobs_root: Path,
+        *,
+        base_env: Mapping[str, str] | None = None,
+        grace_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        run_as: JobUser | None = None,
+    ) -> None:
         self.jobs_root = Path(jobs_root)
         self.base_env = dict(base_env) if base_env is not None else default_base_env()
         self.grace_seconds = grace_seconds
@@ -103,8 +109,9 @@ class ProcessExecutor:
         handle = GroupHandle(launch.attempt_id, launch.workdir)
         try:
             for rank in range(world):
-                env = scrubbed_env(launch, base=self.base_env, rank=rank, world_size=world,
-                                   master_port=port)
+                env = scrubbed_env(
+                    launch, base=self.base_env, rank=rank, world_size=world, master_port=port
+                )
                 pid, fd = self._spawn(launch, env)
                 pump = OutputPump(fd, launch.output, prefix=f"[{rank}] " if world > 1 else "")
                 pump.start()

@@ -73,8 +73,9 @@ def _run_child(request: dict[str, Any]) -> int:
         return 1
     except BaseException as exc:
         # Drop this frame from the traceback: the job's own frames are what matter.
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__
-                                  else None)
+        traceback.print_exception(
+            type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None
+        )
         return 1
     finally:
         for stream in (sys.stdout, sys.stderr):

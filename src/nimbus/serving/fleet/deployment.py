@@ -90,14 +90,21 @@ class DeploymentSpec:
         supervisor tells replicas to roll from those to keep, adopted ones included.
         """
         args = [
-            "--model-dir", str(Path(self.model_dir).absolute()),
-            "--name", self.name,
-            "--version", str(self.version),
-            "--max-batch-size", str(self.max_batch_size),
-            "--max-delay-ms", repr(float(self.max_delay_ms)),
-            "--runtime", self.runtime,
-            "--threads", str(self.threads),
-        ]  # fmt: skip
+            "--model-dir",
+            str(Path(self.model_dir).absolute()),
+            "--name",
+            self.name,
+            "--version",
+            str(self.version),
+            "--max-batch-size",
+            str(self.max_batch_size),
+            "--max-delay-ms",
+            repr(float(self.max_delay_ms)),
+            "--runtime",
+            self.runtime,
+            "--threads",
+            str(self.threads),
+        ]
         if self.public:
             args.append("--public")
         if self.token_file is not None:

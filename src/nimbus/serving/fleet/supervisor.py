@@ -66,9 +66,17 @@ log = logging.getLogger(__name__)
 
 # What replicas inherit of the control plane's environment: nothing secret.
 ENV_ALLOWLIST = (
-    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
     "LD_LIBRARY_PATH",
-)  # fmt: skip
+)
 ADMIN_HOST = "127.0.0.1"
 POLL_INTERVAL = 0.1
 

@@ -111,6 +111,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("job_artifacts", "job_checkpoints", "job_logs", "job_metrics",
-                  "job_attempts", "jobs"):
+    for table in (
+        "job_artifacts",
+        "job_checkpoints",
+        "job_logs",
+        "job_metrics",
+        "job_attempts",
+        "jobs",
+    ):
         op.drop_table(table)
