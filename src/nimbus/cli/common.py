@@ -22,6 +22,7 @@ from rich.progress import (
 
 from nimbus.client import Client
 from nimbus.config import Settings, load_settings
+from nimbus.wire.base import dump
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 
@@ -47,8 +48,9 @@ def err_console() -> Console:
 
 
 def print_json(data: Any, *, line: bool = False) -> None:
-    """The machine-readable result of a command on stdout (``line``: one compact line)."""
-    typer.echo(json.dumps(data, indent=None if line else 2, default=str))
+    """The machine-readable result of a command on stdout (``line``: one compact line); wire
+    models are written as the server sent them."""
+    typer.echo(json.dumps(dump(data), indent=None if line else 2, default=str))
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Console], None]) -> None:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +28,9 @@ from nimbus.errors import (
     Unavailable,
     error_from_response,
 )
+from nimbus.wire.base import parse
+
+M = TypeVar("M")
 
 CONFIG_FILE = "config"
 API = "/api/v1"
@@ -197,6 +200,11 @@ class BaseClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
+
+    def _call(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        """The response body of ``method path`` parsed as the wire model ``model`` (or a type
+        form such as ``list[X]``)."""
+        return parse(model, self._json(method, path, **kwargs))
 
     def _download_version(
         self,
