@@ -5,8 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+)
 
+from nimbus.errors import ServerError
 from nimbus.security import as_utc
 
 
@@ -19,8 +27,14 @@ def _iso_required(moment: datetime) -> str:
     return as_utc(moment).isoformat().replace("+00:00", "Z")
 
 
-Timestamp = Annotated[datetime, PlainSerializer(_iso_required, return_type=str, when_used="json")]
-"""A point in time: a ``datetime`` in Python, ISO-8601 UTC with ``Z`` on the wire."""
+Timestamp = Annotated[
+    datetime,
+    AfterValidator(as_utc),
+    PlainSerializer(_iso_required, return_type=str, when_used="json"),
+]
+"""A point in time: an aware UTC ``datetime`` in Python (naive ones, as SQLite returns them,
+are taken as UTC, so times compare equal whichever store they came from), ISO-8601 UTC with
+``Z`` on the wire."""
 
 
 class Response(BaseModel):
@@ -40,9 +54,17 @@ M = TypeVar("M")
 
 
 def parse(model: type[M], data: Any) -> M:
-    """``data`` (decoded JSON) as ``model``; also takes ``list[X]`` and other type forms."""
+    """``data`` (decoded JSON of a response) as ``model``; also takes ``list[X]`` and other
+    type forms. A body that does not fit is the server's fault: :class:`ServerError`."""
     adapter: TypeAdapter[M] = TypeAdapter(model)
-    return adapter.validate_python(data)
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ServerError(
+            f"unexpected response: {where}: {first['msg']} ({exc.error_count()} problem(s))"
+        ) from None
 
 
 def dump(value: Any) -> Any:
