@@ -306,9 +306,9 @@ def main() -> None:
                 version = figures.measure(
                     "durable", pid, lambda r=run: client.upload_dataset(f"light-{r}", light, seed=r)
                 )
-                source = version["files"]["source"]
-                assert source["key"].endswith(light_key), "stored bytes differ from the file"
-                assert source["size"] == light.stat().st_size
+                source = version.files["source"]
+                assert source.key.endswith(light_key), "stored bytes differ from the file"
+                assert source.size == light.stat().st_size
                 client.delete_dataset(f"light-{run}")
                 wait_quiet(pid)
                 figures.measure(

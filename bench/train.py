@@ -183,8 +183,8 @@ def throughput(
     path = work / "images.npz"
     write_images(path, samples)
     version = api.upload_dataset("bench-images", path)
-    ref = f"{version['dataset']}:{version['version']}"
-    n_train = version["splits"]["train"]["size"]
+    ref = f"{version.dataset}:{version.version}"
+    n_train = version.splits["train"].size
     params = {"epochs": str(epochs), "batch_size": "64"}
     data_dir = work / "images-data"
     api.download_dataset(ref, data_dir)
@@ -221,7 +221,7 @@ def throughput(
 def upload_digits(api: Client, work: Path) -> str:
     data = write_digits_zip(work / "digits.zip")
     version = api.upload_dataset("bench-digits", data.path)
-    return f"{version['dataset']}:{version['version']}"
+    return f"{version.dataset}:{version.version}"
 
 
 def latency(api: Client, work: Path, jobs: int) -> None:

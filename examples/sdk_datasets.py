@@ -20,10 +20,10 @@ def main(workdir: Path) -> None:
     data = write_digits_zip(workdir / "digits.zip")
     with Client() as client:  # NIMBUS_URL / NIMBUS_TOKEN, else the saved login
         version = client.upload_dataset("digits", data.path)
-        print(f"uploaded {data.count} images as digits:{version['version']}")
-        for split, info in version["splits"].items():
-            print(f"  {split:<5} {info['size']:>5} examples")
-        files = client.download_dataset(f"digits:{version['version']}", workdir / "download")
+        print(f"uploaded {data.count} images as digits:{version.version}")
+        for split, info in version.splits.items():
+            print(f"  {split:<5} {info.size:>5} examples")
+        files = client.download_dataset(f"digits:{version.version}", workdir / "download")
         print("downloaded", ", ".join(path.name for path in files))
 
 

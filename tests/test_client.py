@@ -8,6 +8,7 @@ import json
 import stat
 import tarfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,19 @@ from nimbus.errors import (
     Unauthorized,
     Unavailable,
 )
+from nimbus.security import Role
+from nimbus.wire.audit import AuditEvent
+from nimbus.wire.base import dump
+from nimbus.wire.datasets import (
+    Dataset,
+    DatasetDeleted,
+    DatasetSummary,
+    DatasetVersion,
+    Split,
+    StoredFile,
+)
+from nimbus.wire.health import Health
+from nimbus.wire.tokens import Identity, NewToken, Token
 
 URL = "http://nimbus.test"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -46,7 +60,52 @@ def make(handler: Handler, settings: Settings, token: str | None = "nbt_secret")
 
 
 def version_body(name: str = "digits", version: int = 1, **extra: Any) -> dict[str, Any]:
-    return {"dataset": name, "version": version, "content_hash": "ab" * 32, **extra}
+    """A dataset version as the server writes it (docs/api.md)."""
+    return {
+        "dataset": name,
+        "version": version,
+        "content_hash": "ab" * 32,
+        "source_hash": "cd" * 32,
+        "task": "image-classification",
+        "format": "image-folder",
+        "size_bytes": 9,
+        "classes": ["0", "1"],
+        "num_classes": 2,
+        "splits": {"train": {"size": 2, "per_class": {"0": 1, "1": 1}}},
+        "schema": {"shape": [8, 8, 1], "dtype": "uint8"},
+        "stats": {},
+        "split_source": "seeded",
+        "files": {"source": {"key": "sha256/ab/" + "ab" * 32, "size": 9, "name": "digits.zip"}},
+        "created_at": "2026-01-02T03:04:05.678901Z",
+        "created_by": "tok_1",
+        **extra,
+    }
+
+
+IDENTITY = {"token_id": "tok_1", "name": "ci", "role": "admin", "tenant": "default"}
+AUDIT_EVENT = {
+    "id": 7,
+    "at": "2026-01-02T03:04:05.000001Z",
+    "actor": None,
+    "token_id": None,
+    "action": "POST",
+    "resource": "/api/v1/tokens",
+    "status": 401,
+    "detail": {"client": "127.0.0.1", "error": "unauthorized"},
+}
+
+
+def token_body(**extra: Any) -> dict[str, Any]:
+    return {
+        "id": "tok_1",
+        "name": "ci",
+        "role": "viewer",
+        "tenant": "acme",
+        "created_at": "2026-01-02T03:04:05Z",
+        "expires_at": None,
+        "revoked_at": None,
+        **extra,
+    }
 
 
 def test_public_names_are_pinned() -> None:
@@ -158,6 +217,58 @@ def test_requests_carry_the_token_and_hit_the_documented_paths(settings: Setting
     assert {auth for _, _, auth in seen} == {"Bearer nbt_secret"}
 
 
+def test_dataset_calls_return_wire_models_that_dump_as_sent(settings: Settings) -> None:
+    summary = {"name": "digits", "created_at": "2026-01-01T00:00:00Z", "latest_version": None}
+    source_only = version_body(version=2)
+    prepared: dict[str, Any] = {"key": "sha256/cd/" + "cd" * 32, "size": 4}  # no "name"
+    with_prepared = version_body(files={**source_only["files"], "train_x.npy": prepared})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/v1/datasets":
+            return httpx.Response(200, json={"datasets": [{**summary, "versions": 0}]})
+        if path == "/api/v1/datasets/digits" and request.method == "GET":
+            body = {**summary, "versions": [with_prepared, source_only]}
+            return httpx.Response(
+                200, json={k: v for k, v in body.items() if k != "latest_version"}
+            )
+        if path == "/api/v1/datasets/digits":
+            return httpx.Response(200, json={"name": "digits", "deleted_versions": [1, 2]})
+        return httpx.Response(200, json=with_prepared)
+
+    with make(handler, settings) as client:
+        [listed] = client.list_datasets()
+        assert listed == DatasetSummary(
+            name="digits",
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+            latest_version=None,
+            versions=0,
+        )
+        dataset = client.get_dataset("digits")
+        assert isinstance(dataset, Dataset) and [v.version for v in dataset.versions] == [1, 2]
+        version = client.get_version("digits:1")
+        assert version.task == "image-classification" and version.data_schema["dtype"] == "uint8"
+        assert version.splits["train"] == Split(size=2, per_class={"0": 1, "1": 1})
+        assert version.files["source"].name == "digits.zip"
+        assert version.files["train_x.npy"] == StoredFile(key=prepared["key"], size=4)
+        # --json prints dump(): the same fields, order and formats the server sent.
+        assert json.dumps(dump(version)) == json.dumps(with_prepared)
+        assert json.dumps(dump(dataset.versions[1])) == json.dumps(source_only)
+        one = client.delete_dataset("digits:1")
+        assert type(one) is DatasetVersion and one.version == 1
+        assert client.delete_dataset("digits") == DatasetDeleted(
+            name="digits", deleted_versions=[1, 2]
+        )
+
+
+def test_identity_is_a_wire_model(settings: Settings) -> None:
+    handler: Handler = lambda r: httpx.Response(200, json=IDENTITY)  # noqa: E731
+    with make(handler, settings) as client:
+        who = client.whoami()
+    assert who == Identity(token_id="tok_1", name="ci", role=Role.ADMIN, tenant="default")
+    assert dump(who) == IDENTITY
+
+
 def test_a_url_without_scheme_is_refused(settings: Settings) -> None:
     with pytest.raises(InvalidInput, match="http://HOST:PORT"):
         Client("localhost:8600", "t", settings=settings)
@@ -171,22 +282,33 @@ def test_health_needs_no_token_and_tokens_api(settings: Settings) -> None:
         if request.method == "POST":
             body = json.loads(request.content)
             assert body == {"name": "ci", "role": "viewer", "tenant": "acme"}
-            return httpx.Response(201, json={"id": "tok_1", **body, "token": "nbt_x"})
+            return httpx.Response(201, json=token_body(token="nbt_x"))
         if request.url.path == "/api/v1/audit":
             assert request.url.params["limit"] == "5"
-            return httpx.Response(200, json={"events": [{"id": 1}]})
-        return httpx.Response(200, json={"tokens": [{"id": "tok_1"}]})
+            return httpx.Response(200, json={"events": [AUDIT_EVENT]})
+        if request.method == "DELETE":
+            return httpx.Response(200, json=token_body(revoked_at="2026-01-03T00:00:00Z"))
+        return httpx.Response(200, json={"tokens": [token_body()]})
 
     with make(handler, settings, token=None) as anonymous:
-        assert anonymous.health()["status"] == "ok"
+        assert anonymous.health() == Health(status="ok", version="0.1.0")
         with pytest.raises(Unauthorized, match="nimbus login"):
             anonymous.whoami()
     with make(handler, settings) as client:
-        assert client.create_token("ci", "viewer", "acme")["token"] == "nbt_x"
-        assert client.list_tokens() == [{"id": "tok_1"}]
-        assert client.audit(5) == [{"id": 1}]
+        created = client.create_token("ci", role="viewer", tenant="acme")
+        assert isinstance(created, NewToken) and created.token == "nbt_x"
+        assert created.role is Role.VIEWER
+        assert created.created_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        [listed] = client.list_tokens()
+        assert type(listed) is Token and dump(listed) == token_body()
+        revoked = client.revoke_token("tok_1")
+        assert revoked.revoked_at == datetime(2026, 1, 3, tzinfo=UTC)
+        [event] = client.audit(limit=5)
+        assert isinstance(event, AuditEvent) and dump(event) == AUDIT_EVENT
         with pytest.raises(InvalidInput, match="role"):
-            client.create_token("ci", "root")
+            client.create_token("ci", role="root")
+        with pytest.raises(InvalidInput, match="name"):
+            client.create_token("")
 
 
 @pytest.mark.parametrize(
@@ -271,7 +393,7 @@ def test_upload_streams_the_file_in_chunks(settings: Settings, tmp_path: Path) -
             seed=7,
             progress=lambda d, t: calls.append((d, t)),
         )
-    assert version["version"] == 1
+    assert isinstance(version, DatasetVersion) and version.version == 1
     request = transport.request
     assert request is not None
     assert request.url.path == "/api/v1/datasets/digits/versions"
@@ -381,7 +503,7 @@ def test_login_is_saved_privately_and_used_only_for_its_url(
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("authorization"))
-        return httpx.Response(200, json={"name": "x"})
+        return httpx.Response(200, json=IDENTITY)
 
     transport = httpx.MockTransport(handler)
     with Client(settings=settings, transport=transport) as saved:

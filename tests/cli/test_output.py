@@ -8,9 +8,12 @@ import pytest
 from rich.console import Console
 
 from nimbus.cli import common
-from nimbus.cli.render import version_table
+from nimbus.cli.render import datasets_table, tokens_table, version_table
+from nimbus.wire.base import parse
+from nimbus.wire.datasets import DatasetSummary, DatasetVersion
+from nimbus.wire.tokens import Token
 
-VERSION = {
+VERSION_BODY = {
     "dataset": "pets",
     "version": 2,
     "task": "image-classification",
@@ -26,10 +29,12 @@ VERSION = {
         "test": {"size": 2, "per_class": {"[cat]": 1, "dog": 1}},
     },
     "schema": {"shape": [32, 32, 3], "dtype": "uint8"},
+    "stats": {},
     "files": {"source": {"key": "sha256/dd/" + "d" * 64, "size": 2048, "name": "pets.zip"}},
     "created_at": "2024-01-01T00:00:00Z",
     "created_by": "tok_1",
 }
+VERSION = parse(DatasetVersion, VERSION_BODY)
 
 
 def render(renderable: object) -> str:
@@ -49,12 +54,32 @@ def test_version_table_shows_the_facts_and_the_counts() -> None:
         "pets.zip",
         "seeded",
         "tok_1",
+        "2024-01-01T00:00:00Z",
     ):
         assert fact in text, fact
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()}
     assert rows["[cat]"] == ["3", "1"]  # brackets in a class name are not markup
     assert rows["dog"] == ["4", "1"]
     assert rows["total"] == ["7", "2"]
+
+
+def test_tables_write_times_as_the_api_does() -> None:
+    """Human output shows times exactly as the JSON has them (ISO-8601 UTC with Z)."""
+    summary = {"name": "pets", "created_at": "2024-01-01T00:00:00.5Z", "latest_version": 2}
+    text = render(datasets_table([parse(DatasetSummary, {**summary, "versions": 1})]))
+    assert "2024-01-01T00:00:00.500000Z" in text and "+00:00" not in text
+    token = {
+        "id": "tok_9",
+        "name": "ci",
+        "role": "viewer",
+        "tenant": "acme",
+        "created_at": "2024-01-01T00:00:00Z",
+        "expires_at": None,
+        "revoked_at": "2024-01-02T00:00:00Z",
+    }
+    table = render(tokens_table([parse(Token, token)]))
+    row = next(line for line in table.splitlines() if "tok_9" in line).split()
+    assert row == ["tok_9", "ci", "viewer", "acme", "2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z"]
 
 
 def test_human_bytes() -> None:

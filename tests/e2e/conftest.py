@@ -63,7 +63,7 @@ def upload_digits(api: Client, folder: Path) -> str:
     """The full digits (1,797 images) as dataset ``digits``; returns ``digits:V``."""
     data = write_digits_zip(folder / "digits.zip")
     version = api.upload_dataset("digits", data.path)
-    return f"{version['dataset']}:{version['version']}"
+    return f"{version.dataset}:{version.version}"
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,6 @@ def make_principal(db: Database) -> Callable[..., Principal]:
 
     def make(tenant: str = "acme", role: Role = Role.MEMBER) -> Principal:
         created = service.create(operator, f"{tenant}-{role}", role, tenant)
-        return service.authenticate(created["token"])
+        return service.authenticate(created.token)
 
     return make

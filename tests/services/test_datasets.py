@@ -23,6 +23,7 @@ from nimbus.services.datasets import DatasetService, content_hash, parse_version
 from nimbus.services.tokens import TokenService
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.memory import MemoryObjectStore
+from nimbus.wire.datasets import DatasetDeleted
 from tests.services.conftest import fake_ingest
 
 MakePrincipal = Callable[..., Principal]
@@ -76,13 +77,13 @@ def test_upload_creates_version_and_stores_every_blob(
     result = upload(service(db, blobs, tmp_path), who, tmp_path, b"text,label\nhi,pos\n")
     version = result.version
     assert result.created
-    assert version["dataset"] == "reviews" and version["version"] == 1
-    assert version["content_hash"] == content_hash(version["source_hash"], IngestOptions())
-    assert version["files"]["source"]["name"] == "reviews.csv"
-    assert version["classes"] == ["neg", "pos"] and version["num_classes"] == 2
-    assert version["created_by"] == who.token_id
-    assert sorted(memory.keys()) == sorted(f["key"] for f in version["files"].values())
-    assert blobs.read_bytes(version["files"]["source"]["key"]) == b"text,label\nhi,pos\n"
+    assert version.dataset == "reviews" and version.version == 1
+    assert version.content_hash == content_hash(version.source_hash, IngestOptions())
+    assert version.files["source"].name == "reviews.csv"
+    assert version.classes == ["neg", "pos"] and version.num_classes == 2
+    assert version.created_by == who.token_id
+    assert sorted(memory.keys()) == sorted(f.key for f in version.files.values())
+    assert blobs.read_bytes(version.files["source"].key) == b"text,label\nhi,pos\n"
     assert leftovers(tmp_path) == []
 
 
@@ -100,7 +101,7 @@ def test_identical_upload_returns_existing_version(
     again = upload(svc, who, tmp_path, b"same bytes")
     assert not again.created and again.version == first.version
     other_options = upload(svc, who, tmp_path, b"same bytes", options=IngestOptions(seed=7))
-    assert other_options.created and other_options.version["version"] == 2
+    assert other_options.created and other_options.version.version == 2
     assert sorted(memory.keys()) == keys  # same source and same prepared bytes: no new blob
     assert leftovers(tmp_path) == []
 
@@ -166,8 +167,8 @@ def test_failed_upload_never_deletes_blobs_of_other_versions(
     monkeypatch.setattr(dataset_repo, "create_version", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # same source and prepared blobs, other options
         upload(svc, who, tmp_path, b"shared source", options=IngestOptions(seed=3))
-    for entry in kept["files"].values():
-        blobs.verify(entry["key"])
+    for entry in kept.files.values():
+        blobs.verify(entry.key)
 
 
 def test_delete_version_keeps_blobs_still_referenced(
@@ -181,18 +182,18 @@ def test_delete_version_keeps_blobs_still_referenced(
     svc = service(db, blobs, tmp_path)
     v1 = upload(svc, who, tmp_path, b"one").version
     v2 = upload(svc, who, tmp_path, b"two").version
-    shared = v1["files"]["train_y.npy"]["key"]
-    assert shared == v2["files"]["train_y.npy"]["key"]
+    shared = v1.files["train_y.npy"].key
+    assert shared == v2.files["train_y.npy"].key
     deleted = svc.delete_version(who, "reviews", 1)
-    assert deleted["version"] == 1
+    assert deleted.version == 1
     assert shared in set(memory.keys())
-    assert v1["files"]["source"]["key"] not in set(memory.keys())
+    assert v1.files["source"].key not in set(memory.keys())
     with pytest.raises(NotFound):
         svc.get_version(who, "reviews", 1)
-    assert svc.get_version(who, "reviews", None)["version"] == 2
-    assert upload(svc, who, tmp_path, b"three").version["version"] == 3  # never reused
+    assert svc.get_version(who, "reviews", None).version == 2
+    assert upload(svc, who, tmp_path, b"three").version.version == 3  # never reused
     gone = svc.delete_dataset(who, "reviews")
-    assert gone == {"name": "reviews", "deleted_versions": [2, 3]}
+    assert gone == DatasetDeleted(name="reviews", deleted_versions=[2, 3])
     assert list(memory.keys()) == []
     assert count_rows(db, BlobRefRow) == 0
     with pytest.raises(NotFound):
@@ -211,8 +212,8 @@ def test_blobs_shared_across_datasets_survive_deleting_one(
     a = upload(svc, who, tmp_path, b"same file", name="a").version
     upload(svc, who, tmp_path, b"same file", name="b")
     svc.delete_dataset(who, "a")
-    for entry in a["files"].values():
-        blobs.verify(entry["key"])
+    for entry in a.files.values():
+        blobs.verify(entry.key)
 
 
 def test_tenants_and_roles(
@@ -228,7 +229,7 @@ def test_tenants_and_roles(
         svc.delete_dataset(bob, "reviews")
     assert svc.list_datasets(bob) == []
     viewer = make_principal("acme", Role.VIEWER)
-    assert [d["name"] for d in svc.list_datasets(viewer)] == ["reviews"]
+    assert [d.name for d in svc.list_datasets(viewer)] == ["reviews"]
     with pytest.raises(Forbidden):
         upload(svc, viewer, tmp_path, b"nope")
     with pytest.raises(Forbidden):
@@ -266,7 +267,7 @@ def test_corrupt_blob_is_never_handed_out(
     version = upload(svc, who, tmp_path, b"precious bytes").version
     download = svc.download(who, "reviews", 1, "source")
     assert (download.name, b"".join(download.chunks)) == ("reviews.csv", b"precious bytes")
-    memory.corrupt(version["files"]["source"]["key"])
+    memory.corrupt(version.files["source"].key)
     with pytest.raises(CorruptBlob):
         svc.download(who, "reviews", None, "source")
     with pytest.raises(NotFound):
@@ -289,8 +290,8 @@ def test_deleting_a_version_that_shares_blobs_with_an_upload_in_progress(
     who = make_principal()
     svc = service(db, blobs, tmp_path)
     old = upload(svc, who, tmp_path, b"same source", name="old").version
-    shared_prepared = old["files"]["train_y.npy"]["key"]
-    shared_source = old["files"]["source"]["key"]
+    shared_prepared = old.files["train_y.npy"].key
+    shared_source = old.files["source"].key
 
     def delete_old() -> None:
         svc.delete_dataset(who, "old")
@@ -316,9 +317,9 @@ def test_deleting_a_version_that_shares_blobs_with_an_upload_in_progress(
 
         monkeypatch.setattr(blobkeeping, "move_in", delete_then_move)
     version = upload(svc, who, tmp_path, b"same source", name="new").version
-    for entry in version["files"].values():
-        blobs.verify(entry["key"])
-    assert count_rows(db, BlobRefRow) == len({f["key"] for f in version["files"].values()})
+    for entry in version.files.values():
+        blobs.verify(entry.key)
+    assert count_rows(db, BlobRefRow) == len({f.key for f in version.files.values()})
 
 
 def test_concurrent_uploads(
@@ -347,11 +348,11 @@ def test_concurrent_uploads(
         t.start()
     for t in threads:
         t.join()
-    same = {r.version["version"] for r in results[:3]}
+    same = {r.version.version for r in results[:3]}
     assert len(same) == 1 and sum(r.created for r in results[:3]) == 1
-    numbers = sorted(r.version["version"] for r in results if r.created)
+    numbers = sorted(r.version.version for r in results if r.created)
     assert numbers == [1, 2, 3, 4]
-    assert sorted(v["version"] for v in svc.list_versions(operator, "race")) == numbers
+    assert sorted(v.version for v in svc.list_versions(operator, "race")) == numbers
     assert leftovers(tmp_path) == []
     db.dispose()
 
@@ -384,5 +385,5 @@ def test_digests_computed_by_ingest_are_used_and_the_rest_hashed(
     version = upload(svc, make_principal(), tmp_path, b"some text").version
     assert hashed == ["train_y.npy"]
     for name in ("train_x.npy", "train_y.npy"):
-        assert blobs.read_bytes(version["files"][name]["key"])  # verified against its key
+        assert blobs.read_bytes(version.files[name].key)  # verified against its key
     assert leftovers(tmp_path) == []

@@ -119,12 +119,12 @@ def test_code_jobs_keep_their_params_as_given(services: Services, tmp_path: Path
     )
     assert not script.exists()
     job = services.jobs.submit(
-        services.member, request(model=code["ref"], params={"depth": "3", "seed": "2"})
+        services.member, request(model=code.ref, params={"depth": "3", "seed": "2"})
     )
     assert job["params"] == {"depth": "3", "seed": 2} and job["seed"] == 2
     for params in ({"bad key": 1}, {"nested": {"a": 1}}):
         with pytest.raises(InvalidInput):
-            services.jobs.submit(services.member, request(model=code["ref"], params=params))
+            services.jobs.submit(services.member, request(model=code.ref, params=params))
 
 
 def test_viewers_cannot_submit_or_cancel(

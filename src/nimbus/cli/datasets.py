@@ -11,6 +11,7 @@ from rich.console import Console
 from nimbus.cli.common import JsonOption, client, emit, human_bytes, transfer
 from nimbus.cli.render import datasets_table, version_table
 from nimbus.datasets.domain import Format, Task
+from nimbus.wire.datasets import DatasetDeleted
 
 app = typer.Typer(help="Upload, inspect, download and delete datasets.", no_args_is_help=True)
 
@@ -45,9 +46,7 @@ def upload(
         )
 
     def render(out: Console) -> None:
-        out.print(
-            f"Uploaded {version['dataset']}:{version['version']}", style="green", markup=False
-        )
+        out.print(f"Uploaded {version.dataset}:{version.version}", style="green", markup=False)
         out.print(version_table(version))
 
     emit(version, as_json, render)
@@ -78,11 +77,11 @@ def download(
     """Download a version's source and prepared files (hash-checked) into DIR."""
     with client() as api, transfer(f"downloading {ref}", not as_json) as progress:
         version = api.get_version(ref)
-        exact = f"{version['dataset']}:{version['version']}"
+        exact = f"{version.dataset}:{version.version}"
         paths = api.download_dataset(exact, dir, progress=progress)
     result = {
-        "dataset": version["dataset"],
-        "version": version["version"],
+        "dataset": version.dataset,
+        "version": version.version,
         "dir": str(dir),
         "files": [str(p) for p in paths],
     }
@@ -100,9 +99,9 @@ def delete(ref: RefArgument, as_json: JsonOption = False) -> None:
     """Delete one version (NAME:V) or a whole dataset with all its versions (NAME)."""
     with client() as api:
         result = api.delete_dataset(ref)
-    if "deleted_versions" in result:
-        versions = ", ".join(str(v) for v in result["deleted_versions"])
-        message = f"Deleted dataset {result.get('name')} (versions {versions or 'none'})"
+    if isinstance(result, DatasetDeleted):
+        versions = ", ".join(str(v) for v in result.deleted_versions)
+        message = f"Deleted dataset {result.name} (versions {versions or 'none'})"
     else:
-        message = f"Deleted {result.get('dataset')}:{result.get('version')}"
+        message = f"Deleted {result.dataset}:{result.version}"
     emit(result, as_json, lambda out: out.print(message, markup=False))

@@ -52,10 +52,10 @@ def start_server(run: DemoRun) -> None:
     run.client = Client(run.server.url, token, settings=load_settings(home=run.server.home))
     health = run.api.health()
     who = run.api.whoami()
-    run.results["server"] = {"url": run.server.url, "version": health.get("version")}
+    run.results["server"] = {"url": run.server.url, "version": health.version}
     run.say(
-        f"Server {health.get('version')} is up; signed in with the bootstrap admin token "
-        f"({who.get('role')} in tenant {who.get('tenant')}).",
+        f"Server {health.version} is up; signed in with the bootstrap admin token "
+        f"({who.role} in tenant {who.tenant}).",
         markup=False,
     )
 
@@ -85,14 +85,14 @@ def upload_data(run: DemoRun) -> None:
         version = run.api.upload_dataset(DATASET, path, progress=progress)
     run.results["version"] = version
     run.say(
-        f"Stored as {version['dataset']}:{version['version']} "
-        f"(content hash {str(version['content_hash'])[:12]}…).",
+        f"Stored as {version.dataset}:{version.version} "
+        f"(content hash {version.content_hash[:12]}…).",
         markup=False,
     )
 
 
 def show_version(run: DemoRun) -> None:
-    version = run.api.get_version(f"{DATASET}:{run.results['version']['version']}")
+    version = run.api.get_version(f"{DATASET}:{run.results['version'].version}")
     run.say(version_table(version))
 
 
@@ -141,7 +141,7 @@ def _evaluate(run: DemoRun, key: str, minimum: float) -> None:
 
 def train_cnn(run: DemoRun) -> None:
     version = run.results["version"]
-    _train(run, "cnn", f"{DATASET}:{version['version']}", "cnn", CNN_PARAMS)
+    _train(run, "cnn", f"{DATASET}:{version.version}", "cnn", CNN_PARAMS)
 
 
 def evaluate_cnn(run: DemoRun) -> None:
@@ -165,15 +165,14 @@ def text_data(run: DemoRun) -> None:
     }
     run.results["text_version"] = version
     run.say(
-        f"Stored as {version['dataset']}:{version['version']} ({version['task']}, "
-        f"{version['format']}).",
+        f"Stored as {version.dataset}:{version.version} ({version.task}, {version.format}).",
         markup=False,
     )
 
 
 def train_text(run: DemoRun) -> None:
     version = run.results["text_version"]
-    _train(run, "text", f"{TEXT_DATASET}:{version['version']}", "text", TEXT_PARAMS)
+    _train(run, "text", f"{TEXT_DATASET}:{version.version}", "text", TEXT_PARAMS)
 
 
 def evaluate_text(run: DemoRun) -> None:

@@ -83,10 +83,10 @@ def held_out_digits(run: DemoRun) -> tuple[np.ndarray, list[str]]:
     read from the dataset version's prepared arrays as the SDK downloads them."""
     version = run.results["version"]
     folder = run.workdir / "held-out"
-    run.api.download_dataset(f"{version['dataset']}:{version['version']}", folder)
+    run.api.download_dataset(f"{version.dataset}:{version.version}", folder)
     x = np.load(folder / "test_x.npy", allow_pickle=False)[:HELD_OUT]
     y = np.load(folder / "test_y.npy", allow_pickle=False)[:HELD_OUT]
-    classes = [str(c) for c in version.get("classes") or range(10)]
+    classes = [str(c) for c in version.classes or range(10)]
     return np.ascontiguousarray(x, dtype=np.uint8), [classes[int(i)] for i in y]
 
 

@@ -8,6 +8,7 @@ import typer
 
 from nimbus.cli.common import JsonOption, emit, settings
 from nimbus.client import Client, save_login
+from nimbus.wire.base import dump
 
 
 def login(
@@ -25,13 +26,13 @@ def login(
     with Client(url or config.url, token.strip(), settings=config) as client:
         who = client.whoami()
         path = save_login(config.home, client.url, token.strip())
-        result = {"url": client.url, "config": str(path), **who}
+        result = {"url": client.url, "config": str(path), **dump(who)}
     emit(
         result,
         as_json,
         lambda out: out.print(
-            f"Logged in to {result['url']} as {who.get('name')} "
-            f"({who.get('role')} in tenant {who.get('tenant')}); saved to {path}",
+            f"Logged in to {result['url']} as {who.name} "
+            f"({who.role} in tenant {who.tenant}); saved to {path}",
             markup=False,
         ),
     )

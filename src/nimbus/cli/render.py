@@ -17,6 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from nimbus.cli.common import human_bytes
+from nimbus.wire.base import iso
+from nimbus.wire.datasets import DatasetSummary, DatasetVersion, Split
+from nimbus.wire.tokens import Token
 
 MAX_CLASS_ROWS = 40
 
@@ -38,36 +41,37 @@ def _schema(schema: Any) -> str:
     return _short(schema)
 
 
-def version_table(version: dict[str, Any]) -> RenderableType:
+def version_table(version: DatasetVersion) -> RenderableType:
     """A dataset version: its facts, then a class x split table of counts."""
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    classes = [str(c) for c in version.get("classes") or []]
-    source = (version.get("files") or {}).get("source") or {}
+    classes = list(version.classes)
+    source = version.files.get("source")
+    source_name = (source.name if source else None) or "-"
     rows: list[tuple[str, Any]] = [
-        ("dataset", f"{version.get('dataset')}:{version.get('version')}"),
-        ("task", version.get("task")),
-        ("format", version.get("format")),
+        ("dataset", f"{version.dataset}:{version.version}"),
+        ("task", version.task),
+        ("format", version.format),
         ("classes", f"{len(classes)}: {_short(', '.join(classes), 80)}" if classes else None),
-        ("schema", _schema(version.get("schema"))),
-        ("size", human_bytes(version.get("size_bytes"))),
-        ("content hash", version.get("content_hash")),
+        ("schema", _schema(version.data_schema)),
+        ("size", human_bytes(version.size_bytes)),
+        ("content hash", version.content_hash),
         (
             "source",
-            f"{source.get('name', '-')} ({human_bytes(source.get('size'))}), "
-            f"sha256 {str(version.get('source_hash', '-'))[:16]}…",
+            f"{source_name} ({human_bytes(source.size if source else None)}), "
+            f"sha256 {version.source_hash[:16]}…",
         ),
-        ("split source", version.get("split_source")),
-        ("stats", _short(version["stats"]) if version.get("stats") else None),
-        ("created", f"{version.get('created_at', '-')} by {version.get('created_by') or '-'}"),
+        ("split source", version.split_source),
+        ("stats", _short(version.stats) if version.stats else None),
+        ("created", f"{iso(version.created_at)} by {version.created_by or '-'}"),
     ]
     for key, value in rows:
         facts.add_row(key, _t(value))
-    return Group(facts, "", splits_table(version.get("splits") or {}, classes))
+    return Group(facts, "", splits_table(version.splits, classes))
 
 
-def splits_table(splits: dict[str, Any], classes: Sequence[str]) -> Table:
+def splits_table(splits: dict[str, Split], classes: Sequence[str]) -> Table:
     """Rows are classes, columns splits; the last row holds each split's size."""
     names = list(splits)
     table = Table(box=box.SIMPLE_HEAD, title="examples per split and class", title_justify="left")
@@ -76,39 +80,37 @@ def splits_table(splits: dict[str, Any], classes: Sequence[str]) -> Table:
         table.add_column(name, justify="right")
     shown = list(classes)[:MAX_CLASS_ROWS]
     for cls in shown:
-        table.add_row(_t(cls), *(_t((splits[n].get("per_class") or {}).get(cls, 0)) for n in names))
+        table.add_row(_t(cls), *(_t(splits[n].per_class.get(cls, 0)) for n in names))
     if len(classes) > len(shown):
         table.add_row(Text(f"… {len(classes) - len(shown)} more classes"), *("" for _ in names))
     table.add_section()
-    table.add_row(Text("total", style="bold"), *(_t(splits[n].get("size")) for n in names))
+    table.add_row(Text("total", style="bold"), *(_t(splits[n].size) for n in names))
     return table
 
 
-def datasets_table(datasets: Sequence[dict[str, Any]]) -> Table:
+def datasets_table(datasets: Sequence[DatasetSummary]) -> Table:
     """``GET /datasets``: one row per dataset."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("name", "latest", "versions", "created"):
         table.add_column(column)
     for item in datasets:
-        versions = item.get("versions")
-        count = len(versions) if isinstance(versions, list) else versions
         table.add_row(
-            _t(item.get("name")),
-            _t(item.get("latest_version")),
-            _t(count),
-            _t(item.get("created_at")),
+            _t(item.name), _t(item.latest_version), _t(item.versions), _t(iso(item.created_at))
         )
     return table
 
 
-def tokens_table(tokens: Sequence[dict[str, Any]]) -> Table:
+def tokens_table(tokens: Sequence[Token]) -> Table:
     """``GET /tokens``: one row per token (secrets are never listed)."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("id", "name", "role", "tenant", "created", "revoked"):
         table.add_column(column)
     for tok in tokens:
         table.add_row(
-            *(_t(tok.get(k)) for k in ("id", "name", "role", "tenant", "created_at", "revoked_at"))
+            *map(
+                _t,
+                (tok.id, tok.name, tok.role, tok.tenant, iso(tok.created_at), iso(tok.revoked_at)),
+            )
         )
     return table
 

@@ -24,15 +24,15 @@ def create(
 ) -> None:
     """Create a token. Its secret is printed once and never again."""
     with client() as api:
-        token = api.create_token(name, role, tenant)
+        token = api.create_token(name, role=role, tenant=tenant)
 
     def render(out: object) -> None:
         err_console().print(
             "Store this secret now: it is not shown again.", style="yellow", markup=False
         )
-        typer.echo(token["token"])
+        typer.echo(token.token)
         err_console().print(
-            f"{token['id']}  name={token['name']} role={token['role']} tenant={token['tenant']}",
+            f"{token.id}  name={token.name} role={token.role} tenant={token.tenant}",
             markup=False,
         )
 
@@ -58,5 +58,5 @@ def revoke(
     emit(
         token,
         as_json,
-        lambda out: out.print(f"Revoked {token['id']} ({token.get('name')})", markup=False),
+        lambda out: out.print(f"Revoked {token.id} ({token.name})", markup=False),
     )

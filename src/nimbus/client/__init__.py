@@ -17,8 +17,9 @@ from nimbus.client.deployments import DeploymentFailed, DeploymentsMixin
 from nimbus.client.jobs import JobsMixin, WaitTimeout
 from nimbus.client.models import ModelRef, ModelsMixin
 from nimbus.client.sse import Event
-from nimbus.client.tokens import Role, TokensMixin
+from nimbus.client.tokens import TokensMixin
 from nimbus.client.transfer import CHUNK_SIZE, Progress
+from nimbus.security import Role
 
 __all__ = [
     "CHUNK_SIZE",

@@ -6,13 +6,21 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.refs import parse_versioned
 from nimbus.client.transfer import Progress, chunks, local_name, packed
 from nimbus.datasets.domain import Format, Task, validate_name
 from nimbus.errors import InvalidInput
+from nimbus.wire.base import dump
+from nimbus.wire.datasets import (
+    Dataset,
+    DatasetDeleted,
+    DatasetList,
+    DatasetSummary,
+    DatasetVersion,
+)
 
 
 @dataclass(frozen=True)
@@ -47,12 +55,13 @@ class DatasetsMixin(BaseClient):
         self,
         name: str,
         path: str | os.PathLike[str],
+        *,
         task: Task | str | None = None,
         format: Format | str | None = None,
         label: str | None = None,
         seed: int | None = None,
         progress: Progress | None = None,
-    ) -> dict[str, Any]:
+    ) -> DatasetVersion:
         """Upload a file (or a directory, sent as a .tar) as a new version of dataset ``name``.
 
         The file is streamed from disk in :data:`CHUNK_SIZE` chunks; ``progress(sent, total)``
@@ -71,36 +80,41 @@ class DatasetsMixin(BaseClient):
             raise InvalidInput(f"no such file or directory: {source}")
         with packed(source) as (file, filename):
             size = file.stat().st_size
-            return dict(
-                self._json(
-                    "POST",
-                    f"{API}/datasets/{name}/versions",
-                    params={"filename": filename, **params},
-                    content=chunks(file, size, progress),
-                    headers={
-                        "Content-Length": str(size),
-                        "Content-Type": "application/octet-stream",
-                    },
-                    # The server prepares the data before it answers: no read deadline.
-                    timeout=self._no_read_deadline(),
-                )
+            return self._call(
+                DatasetVersion,
+                "POST",
+                f"{API}/datasets/{name}/versions",
+                params={"filename": filename, **params},
+                content=chunks(file, size, progress),
+                headers={
+                    "Content-Length": str(size),
+                    "Content-Type": "application/octet-stream",
+                },
+                # The server prepares the data before it answers: no read deadline.
+                timeout=self._no_read_deadline(),
             )
 
-    def list_datasets(self) -> list[dict[str, Any]]:
+    def list_datasets(self) -> list[DatasetSummary]:
         """Every dataset of the caller's tenant with its latest version number."""
-        return list(self._json("GET", f"{API}/datasets")["datasets"])
+        return self._call(DatasetList, "GET", f"{API}/datasets").datasets
 
-    def get_dataset(self, name: str) -> dict[str, Any]:
+    def get_dataset(self, name: str) -> Dataset:
         """A dataset with all its versions."""
-        return dict(self._json("GET", f"{API}/datasets/{validate_name(name, 'dataset name')}"))
+        return self._call(Dataset, "GET", f"{API}/datasets/{validate_name(name, 'dataset name')}")
 
-    def get_version(self, ref: str | DatasetRef) -> dict[str, Any]:
+    def get_version(self, ref: str | DatasetRef) -> DatasetVersion:
         """One version: ``ref`` is ``NAME`` (latest) or ``NAME:VERSION``."""
         ref = as_ref(ref)
-        return dict(self._json("GET", f"{API}/datasets/{ref.name}/versions/{ref.segment}"))
+        return self._call(
+            DatasetVersion, "GET", f"{API}/datasets/{ref.name}/versions/{ref.segment}"
+        )
 
     def download_dataset(
-        self, ref: str | DatasetRef, dir: str | os.PathLike[str], progress: Progress | None = None
+        self,
+        ref: str | DatasetRef,
+        dir: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
     ) -> list[Path]:
         """Write every file of a version into ``dir`` plus its metadata as ``version.json``.
 
@@ -108,18 +122,24 @@ class DatasetsMixin(BaseClient):
         then renamed into place. The source keeps its uploaded name where that is safe.
         """
         version = self.get_version(ref)
-        files: dict[str, dict[str, Any]] = version.get("files") or {}
-        base = f"{API}/datasets/{version['dataset']}/versions/{version['version']}/files"
+        base = f"{API}/datasets/{version.dataset}/versions/{version.version}/files"
         return self._download_version(
-            version, base, dir, progress, lambda key, meta: local_name(key, meta, files)
+            dump(version),
+            base,
+            dir,
+            progress,
+            lambda key, meta: local_name(key, meta, version.files),
         )
 
-    def delete_dataset(self, ref: str | DatasetRef) -> dict[str, Any]:
-        """``NAME:VERSION`` deletes one version; a bare ``NAME`` deletes the whole dataset."""
+    def delete_dataset(self, ref: str | DatasetRef) -> DatasetVersion | DatasetDeleted:
+        """``NAME:VERSION`` deletes one version (returned); a bare ``NAME`` deletes the whole
+        dataset (returned with the numbers of the versions it had)."""
         ref = as_ref(ref)
         if ref.version is None:
-            return dict(self._json("DELETE", f"{API}/datasets/{ref.name}"))
-        return dict(self._json("DELETE", f"{API}/datasets/{ref.name}/versions/{ref.segment}"))
+            return self._call(DatasetDeleted, "DELETE", f"{API}/datasets/{ref.name}")
+        return self._call(
+            DatasetVersion, "DELETE", f"{API}/datasets/{ref.name}/versions/{ref.segment}"
+        )
 
 
 def _choice(enum: type[StrEnum], value: str | None, what: str) -> str | None:

@@ -2,55 +2,67 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Any
+from datetime import datetime
 from urllib.parse import quote
+
+from pydantic import ValidationError
 
 from nimbus.client.base import API, BaseClient
 from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
-
-
-class Role(StrEnum):
-    """Token roles, weakest first."""
-
-    VIEWER = "viewer"
-    MEMBER = "member"
-    ADMIN = "admin"
+from nimbus.security import Role
+from nimbus.wire.audit import AuditEvent, AuditLog
+from nimbus.wire.health import Health
+from nimbus.wire.tokens import Identity, NewToken, Token, TokenCreate, TokenList
 
 
 class TokensMixin(BaseClient):
     """``/healthz``, ``/whoami``, ``/tokens`` and ``/audit``."""
 
-    def health(self) -> dict[str, Any]:
-        """``{"status": "ok", "version": ...}``; needs no token."""
-        return dict(self._json("GET", "/healthz", auth=False))
+    def health(self) -> Health:
+        """``status`` "ok" and the server's ``version``; needs no token."""
+        return self._call(Health, "GET", "/healthz", auth=False)
 
-    def whoami(self) -> dict[str, Any]:
-        """The caller's token: ``{"token_id", "name", "role", "tenant"}``."""
-        return dict(self._json("GET", f"{API}/whoami"))
+    def whoami(self) -> Identity:
+        """The caller's token: its id, name, role and tenant."""
+        return self._call(Identity, "GET", f"{API}/whoami")
 
     def create_token(
-        self, name: str, role: Role | str = Role.MEMBER, tenant: str | None = None
-    ) -> dict[str, Any]:
-        """Create a token (admin); the returned ``token`` secret is shown only this once."""
+        self,
+        name: str,
+        *,
+        role: Role | str = Role.MEMBER,
+        tenant: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> NewToken:
+        """Create a token (admin); the returned ``token`` secret is shown only this once.
+
+        ``tenant`` defaults to the caller's; after ``expires_at`` the token answers 401.
+        """
         try:
             role = Role(role)
         except ValueError:
             raise InvalidInput(f"invalid role {role!r}: use one of viewer, member, admin") from None
-        body: dict[str, Any] = {"name": name, "role": str(role)}
         if tenant is not None:
-            body["tenant"] = validate_name(tenant, "tenant")
-        return dict(self._json("POST", f"{API}/tokens", json=body))
+            validate_name(tenant, "tenant")
+        try:
+            body = TokenCreate(name=name, role=role, tenant=tenant, expires_at=expires_at)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise InvalidInput(f"invalid token {field}: {first['msg']}") from None
+        return self._call(
+            NewToken, "POST", f"{API}/tokens", json=body.model_dump(mode="json", exclude_none=True)
+        )
 
-    def list_tokens(self) -> list[dict[str, Any]]:
+    def list_tokens(self) -> list[Token]:
         """The tokens of the caller's tenant (never their secrets)."""
-        return list(self._json("GET", f"{API}/tokens")["tokens"])
+        return self._call(TokenList, "GET", f"{API}/tokens").tokens
 
-    def revoke_token(self, token_id: str) -> dict[str, Any]:
+    def revoke_token(self, token_id: str) -> Token:
         """Revoke a token; returns it with ``revoked_at`` set."""
-        return dict(self._json("DELETE", f"{API}/tokens/{quote(token_id, safe='')}"))
+        return self._call(Token, "DELETE", f"{API}/tokens/{quote(token_id, safe='')}")
 
-    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest audit events of the caller's tenant (admin)."""
-        return list(self._json("GET", f"{API}/audit", params={"limit": limit})["events"])
+    def audit(self, *, limit: int = 100) -> list[AuditEvent]:
+        """The newest ``limit`` audit events of the caller's tenant (admin)."""
+        return self._call(AuditLog, "GET", f"{API}/audit", params={"limit": limit}).events

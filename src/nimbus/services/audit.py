@@ -6,11 +6,26 @@ from typing import Any
 
 from nimbus.db import audit
 from nimbus.db.engine import Database
+from nimbus.db.tables import AuditEvent as AuditRow
 from nimbus.errors import InvalidInput
-from nimbus.security import Principal, Role, require_role
-from nimbus.services.views import audit_view
+from nimbus.security import Principal, Role, as_utc, require_role
+from nimbus.wire.audit import AuditEvent
 
 MAX_LIMIT = 1000
+
+
+def audit_view(row: AuditRow) -> AuditEvent:
+    """A stored event as the API shows it (``at`` is when it was recorded)."""
+    return AuditEvent(
+        id=row.id,
+        at=as_utc(row.created_at),
+        actor=row.actor,
+        token_id=row.token_id,
+        action=row.action,
+        resource=row.resource,
+        status=row.status,
+        detail=row.detail,
+    )
 
 
 class AuditService:
@@ -38,7 +53,7 @@ class AuditService:
                 detail=detail or None,
             )
 
-    def list_events(self, principal: Principal, limit: int = 100) -> list[dict[str, Any]]:
+    def list_events(self, principal: Principal, limit: int = 100) -> list[AuditEvent]:
         """Newest first, the caller's tenant only. Operators (admins of ``default``) also
         see events of callers that could not be identified (no tenant)."""
         require_role(principal, Role.ADMIN)

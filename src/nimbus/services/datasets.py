@@ -16,17 +16,24 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from nimbus.datasets.domain import IngestLimits, IngestOptions, PreparedDataset, validate_name
+from nimbus.datasets.domain import (
+    Format,
+    IngestLimits,
+    IngestOptions,
+    PreparedDataset,
+    Task,
+    validate_name,
+)
 from nimbus.datasets.ingest import ingest as default_ingest
 from nimbus.db import blobrefs
 from nimbus.db import datasets as repo
 from nimbus.db.engine import Database
-from nimbus.db.tables import Dataset
+from nimbus.db.tables import Dataset, DatasetVersion
 from nimbus.errors import Conflict, InvalidInput, NotFound
-from nimbus.security import Principal, Role, require_role
+from nimbus.security import Principal, Role, as_utc, require_role
 from nimbus.services.blobs import PinnedBatch, delete_quietly
-from nimbus.services.views import dataset_summary_view, iso, version_view
 from nimbus.storage.blobs import BlobStore
+from nimbus.wire import datasets as wire
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,40 @@ def validate_filename(filename: str) -> str:
     return filename
 
 
+def version_view(row: DatasetVersion, dataset: str) -> wire.DatasetVersion:
+    """A stored version as the API shows it: the row's columns plus what ingest found."""
+    info = row.info or {}
+    classes = info.get("classes", [])
+    return wire.DatasetVersion(
+        dataset=dataset,
+        version=row.version,
+        content_hash=row.content_hash,
+        source_hash=row.source_hash,
+        task=Task(row.task),
+        format=Format(row.format),
+        size_bytes=row.size_bytes,
+        classes=classes,
+        num_classes=info.get("num_classes", len(classes)),
+        splits={name: wire.Split(**split) for name, split in info.get("splits", {}).items()},
+        schema=info.get("schema", {}),
+        stats=info.get("stats", {}),
+        split_source=info.get("split_source"),
+        files={name: wire.StoredFile(**entry) for name, entry in row.files.items()},
+        created_at=as_utc(row.created_at),
+        created_by=row.created_by,
+    )
+
+
+def summary_view(summary: repo.DatasetSummary) -> wire.DatasetSummary:
+    """A dataset as listed: how many versions it has and the latest one's number."""
+    return wire.DatasetSummary(
+        name=summary.name,
+        created_at=as_utc(summary.created_at),
+        latest_version=summary.latest_version,
+        versions=summary.versions,
+    )
+
+
 def parse_version(text: str) -> int | None:
     """``latest`` -> None, a positive integer -> itself; anything else is a 400."""
     if text == "latest":
@@ -91,14 +132,14 @@ def parse_version(text: str) -> int | None:
 class _Duplicate(Exception):
     """Aborts the version transaction: identical content was committed meanwhile."""
 
-    def __init__(self, view: dict[str, Any]) -> None:
+    def __init__(self, view: wire.DatasetVersion) -> None:
         super().__init__("duplicate version")
         self.view = view
 
 
 @dataclass(frozen=True)
 class UploadResult:
-    version: dict[str, Any]
+    version: wire.DatasetVersion
     created: bool
 
 
@@ -188,7 +229,9 @@ class DatasetService:
             if workdir is not None:
                 release_free_memory()
 
-    def _find_existing(self, principal: Principal, name: str, digest: str) -> dict[str, Any] | None:
+    def _find_existing(
+        self, principal: Principal, name: str, digest: str
+    ) -> wire.DatasetVersion | None:
         with self.db.session() as session:
             dataset = repo.get_dataset(session, principal.tenant_id, name)
             row = repo.find_by_content(session, dataset.id, digest) if dataset else None
@@ -248,27 +291,29 @@ class DatasetService:
 
     # -- read ---------------------------------------------------------------------------
 
-    def list_datasets(self, principal: Principal) -> list[dict[str, Any]]:
+    def list_datasets(self, principal: Principal) -> list[wire.DatasetSummary]:
+        """The datasets of the caller's tenant."""
         with self.db.session() as session:
-            return [
-                dataset_summary_view(s) for s in repo.list_datasets(session, principal.tenant_id)
-            ]
+            return [summary_view(s) for s in repo.list_datasets(session, principal.tenant_id)]
 
-    def get_dataset(self, principal: Principal, name: str) -> dict[str, Any]:
+    def get_dataset(self, principal: Principal, name: str) -> wire.Dataset:
+        """A dataset with all its versions, oldest first."""
         with self.db.session() as session:
             dataset = self._dataset(session, principal, name)
-            return {
-                "name": dataset.name,
-                "created_at": iso(dataset.created_at),
-                "versions": [
-                    version_view(r, name) for r in repo.list_versions(session, dataset.id)
-                ],
-            }
+            return wire.Dataset(
+                name=dataset.name,
+                created_at=as_utc(dataset.created_at),
+                versions=[version_view(r, name) for r in repo.list_versions(session, dataset.id)],
+            )
 
-    def list_versions(self, principal: Principal, name: str) -> list[dict[str, Any]]:
-        return list(self.get_dataset(principal, name)["versions"])
+    def list_versions(self, principal: Principal, name: str) -> list[wire.DatasetVersion]:
+        """The versions of a dataset, oldest first."""
+        return self.get_dataset(principal, name).versions
 
-    def get_version(self, principal: Principal, name: str, version: int | None) -> dict[str, Any]:
+    def get_version(
+        self, principal: Principal, name: str, version: int | None
+    ) -> wire.DatasetVersion:
+        """One version (``None``: the latest)."""
         with self.db.session() as session:
             dataset = self._dataset(session, principal, name)
             row = repo.get_version(session, dataset.id, version)
@@ -282,19 +327,18 @@ class DatasetService:
         """A file of a version, verified against its hash before the first byte is handed
         out (CorruptBlob otherwise); the chunks are verified again as they stream."""
         view = self.get_version(principal, name, version)
-        entry = view["files"].get(file)
+        entry = view.files.get(file)
         if entry is None:
-            raise NotFound(f"{name}:{view['version']} has no file {file[:80]!r}")
-        key = entry["key"]
-        self.blobs.verify(key)
-        download_name = entry.get("name", file) if file == SOURCE else file
-        return FileDownload(download_name, int(entry["size"]), self.blobs.iter_verified(key))
+            raise NotFound(f"{name}:{view.version} has no file {file[:80]!r}")
+        self.blobs.verify(entry.key)
+        download_name = (entry.name or file) if file == SOURCE else file
+        return FileDownload(download_name, entry.size, self.blobs.iter_verified(entry.key))
 
     # -- delete -------------------------------------------------------------------------
 
     def delete_version(
         self, principal: Principal, name: str, version: int | None
-    ) -> dict[str, Any]:
+    ) -> wire.DatasetVersion:
         """Delete one version; blobs that nothing else refers to go with it."""
         require_role(principal, Role.MEMBER)
         with self.db.session(write=True) as session:
@@ -309,7 +353,7 @@ class DatasetService:
             delete_quietly(self.blobs, orphans)
         return view
 
-    def delete_dataset(self, principal: Principal, name: str) -> dict[str, Any]:
+    def delete_dataset(self, principal: Principal, name: str) -> wire.DatasetDeleted:
         """Delete a dataset and all its versions."""
         require_role(principal, Role.MEMBER)
         with self.db.session(write=True) as session:
@@ -321,7 +365,7 @@ class DatasetService:
                 orphans.update(blobrefs.release(session, blobrefs.DATASET_VERSION, row.id))
             repo.delete_dataset(session, dataset)
             delete_quietly(self.blobs, blobrefs.unreferenced(session, orphans))
-        return {"name": name, "deleted_versions": [row.version for row in rows]}
+        return wire.DatasetDeleted(name=name, deleted_versions=[row.version for row in rows])
 
     def _dataset(self, session: Any, principal: Principal, name: str) -> Dataset:
         validate_name(name, "dataset name")

@@ -33,6 +33,7 @@ from nimbus.security import Principal, Role, require_role
 from nimbus.services.code import CodeInfo, CodeService, is_code_ref
 from nimbus.services.datasets import DatasetService, parse_version
 from nimbus.services.views import iso
+from nimbus.wire.base import dump
 
 MAX_LIST = 1000
 MAX_COMPARE = 50
@@ -197,7 +198,7 @@ class JobService:
             code = self.code.resolve(principal, request.model)
             params = _code_params(request.params)
         elif request.model in PARAM_SCHEMAS:
-            params = validate_params(request.model, version["task"], request.params)
+            params = validate_params(request.model, version.task, request.params)
         else:
             raise InvalidInput(
                 f"unknown model {request.model[:100]!r}: use {', '.join(PARAM_SCHEMAS)} or a "
@@ -216,7 +217,7 @@ class JobService:
         check_request(resources, self.capacity)  # before the write transaction begins
         spec = JobSpec(
             model=request.model,
-            dataset=f"{version['dataset']}:{version['version']}",
+            dataset=f"{version.dataset}:{version.version}",
             params=params,
             resources=resources,
             priority=request.priority,
@@ -226,7 +227,7 @@ class JobService:
             ),
             seed=seed,
         )
-        inputs = {"dataset": version, "code": code.to_dict() if code else None}
+        inputs = {"dataset": dump(version), "code": code.to_dict() if code else None}
         with self.db.session(write=True) as session:
             job = repo.submit(
                 session,

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from nimbus.datasets.domain import validate_name
-from nimbus.db import tenants, tokens
+from nimbus.db import tables, tenants, tokens
 from nimbus.db.engine import Database
 from nimbus.db.tables import utcnow
 from nimbus.errors import InvalidInput, NotFound, Unauthorized
@@ -26,7 +25,7 @@ from nimbus.security import (
     require_tenant_admin,
     token_usable,
 )
-from nimbus.services.views import token_view
+from nimbus.wire.tokens import NewToken, Token
 
 _TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 
@@ -38,6 +37,19 @@ class TokenRejected(Unauthorized):
     def __init__(self, message: str, principal: Principal | None = None) -> None:
         super().__init__(message)
         self.principal = principal
+
+
+def token_view(row: tables.Token, tenant: str) -> Token:
+    """A stored token as the API shows it: without its secret or hash."""
+    return Token(
+        id=row.id,
+        name=row.name,
+        role=Role(row.role),
+        tenant=tenant,
+        created_at=as_utc(row.created_at),
+        expires_at=None if row.expires_at is None else as_utc(row.expires_at),
+        revoked_at=None if row.revoked_at is None else as_utc(row.revoked_at),
+    )
 
 
 def validate_token_name(name: str) -> str:
@@ -78,8 +90,8 @@ class TokenService:
         role: Role,
         tenant: str | None = None,
         expires_at: datetime | None = None,
-    ) -> dict[str, Any]:
-        """A new token; the returned dict holds the secret under ``token`` (shown once)."""
+    ) -> NewToken:
+        """A new token; the answer holds the secret under ``token`` (shown once)."""
         tenant_name = validate_name(tenant, "tenant name") if tenant else principal.tenant
         require_tenant_admin(principal, tenant_name)
         validate_token_name(name)
@@ -99,16 +111,16 @@ class TokenService:
                 expires_at=expires_at,
             )
             view = token_view(row, row_tenant.name)
-        return {**view, "token": secret}
+        return NewToken(**view.model_dump(), token=secret)
 
-    def list_tokens(self, principal: Principal) -> list[dict[str, Any]]:
+    def list_tokens(self, principal: Principal) -> list[Token]:
         """The tokens of the caller's tenant (admins only)."""
         require_role(principal, Role.ADMIN)
         with self.db.session() as session:
             rows = tokens.list_for_tenant(session, principal.tenant_id)
             return [token_view(row, principal.tenant) for row in rows]
 
-    def revoke(self, principal: Principal, token_id: str) -> dict[str, Any]:
+    def revoke(self, principal: Principal, token_id: str) -> Token:
         """Revoke a token of the caller's tenant (operators: of any tenant)."""
         require_role(principal, Role.ADMIN)
         with self.db.session(write=True) as session:

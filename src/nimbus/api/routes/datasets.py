@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
@@ -15,21 +14,39 @@ from nimbus.api.upload import receive_upload
 from nimbus.datasets.domain import Format, IngestOptions, Task, validate_name
 from nimbus.errors import InvalidInput
 from nimbus.services.datasets import parse_version, validate_filename
+from nimbus.wire.datasets import (
+    Dataset,
+    DatasetDeleted,
+    DatasetList,
+    DatasetVersion,
+    VersionList,
+)
 
 router = APIRouter(tags=["datasets"])
 
 
-@router.post("/datasets/{name}/versions", status_code=201)
+@router.post(
+    "/datasets/{name}/versions",
+    status_code=201,
+    response_model=DatasetVersion,
+    responses={
+        200: {
+            "model": DatasetVersion,
+            "description": "The version uploaded before with identical content",
+        }
+    },
+)
 async def upload_version(
     name: str,
     principal: Member,
     request: Request,
+    response: Response,
     filename: str | None = None,
     task: Task | None = None,
     format: Format | None = None,
     label: str | None = None,
     seed: int = 0,
-) -> JSONResponse:
+) -> DatasetVersion:
     """The raw file is the body. 201 with a new version, 200 with an identical one."""
     services = services_of(request)
     validate_name(name, "dataset name")
@@ -52,26 +69,32 @@ async def upload_version(
         )
     finally:
         staged.path.unlink(missing_ok=True)
-    return JSONResponse(result.version, status_code=201 if result.created else 200)
+    if not result.created:
+        response.status_code = 200
+    return result.version
 
 
-@router.get("/datasets")
-def list_datasets(principal: Viewer, request: Request) -> dict[str, Any]:
-    return {"datasets": services_of(request).datasets.list_datasets(principal)}
+@router.get("/datasets", response_model=DatasetList)
+def list_datasets(principal: Viewer, request: Request) -> DatasetList:
+    """The datasets of the caller's tenant with their latest version numbers."""
+    return DatasetList(datasets=services_of(request).datasets.list_datasets(principal))
 
 
-@router.get("/datasets/{name}")
-def get_dataset(name: str, principal: Viewer, request: Request) -> dict[str, Any]:
+@router.get("/datasets/{name}", response_model=Dataset)
+def get_dataset(name: str, principal: Viewer, request: Request) -> Dataset:
+    """A dataset with all its versions."""
     return services_of(request).datasets.get_dataset(principal, name)
 
 
-@router.get("/datasets/{name}/versions")
-def list_versions(name: str, principal: Viewer, request: Request) -> dict[str, Any]:
-    return {"versions": services_of(request).datasets.list_versions(principal, name)}
+@router.get("/datasets/{name}/versions", response_model=VersionList)
+def list_versions(name: str, principal: Viewer, request: Request) -> VersionList:
+    """The versions of a dataset, oldest first."""
+    return VersionList(versions=services_of(request).datasets.list_versions(principal, name))
 
 
-@router.get("/datasets/{name}/versions/{v}")
-def get_version(name: str, v: str, principal: Viewer, request: Request) -> dict[str, Any]:
+@router.get("/datasets/{name}/versions/{v}", response_model=DatasetVersion)
+def get_version(name: str, v: str, principal: Viewer, request: Request) -> DatasetVersion:
+    """One version; ``v`` is a positive integer or ``latest``."""
     return services_of(request).datasets.get_version(principal, name, parse_version(v))
 
 
@@ -90,11 +113,13 @@ def download_file(
     )
 
 
-@router.delete("/datasets/{name}/versions/{v}")
-def delete_version(name: str, v: str, principal: Member, request: Request) -> dict[str, Any]:
+@router.delete("/datasets/{name}/versions/{v}", response_model=DatasetVersion)
+def delete_version(name: str, v: str, principal: Member, request: Request) -> DatasetVersion:
+    """Delete one version (its number is never given out again); returns it."""
     return services_of(request).datasets.delete_version(principal, name, parse_version(v))
 
 
-@router.delete("/datasets/{name}")
-def delete_dataset(name: str, principal: Member, request: Request) -> dict[str, Any]:
+@router.delete("/datasets/{name}", response_model=DatasetDeleted)
+def delete_dataset(name: str, principal: Member, request: Request) -> DatasetDeleted:
+    """Delete a dataset with all its versions."""
     return services_of(request).datasets.delete_dataset(principal, name)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from nimbus import __version__
+from nimbus.wire.health import Health
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, Any]:
-    return {"status": "ok", "version": __version__}
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """Liveness, and the version of Nimbus that answers."""
+    return Health(status="ok", version=__version__)
