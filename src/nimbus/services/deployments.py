@@ -1,27 +1,20 @@
 """Deployments: registered model versions served by replica processes.
 
 Creating a deployment copies the version's files out of the blob store (verified) into
-``NIMBUS_HOME/deployments/<tenant>/<name>/models/<model>-<version>/``, writes the tenant's
-token file (SHA-256 hashes of its usable tokens, any role: 0600, replaced atomically, kept
-fresh by :class:`DeploymentLoop`) and asks the tenant's
-:class:`~nimbus.serving.fleet.supervisor.Supervisor` to start the replicas. Each tenant has its
-own supervisor because deployment names are unique per tenant only (and the name is the
-model name clients use on the endpoint).
+its model directory, writes the tenant's token file (both in :mod:`.deployment_files`) and
+asks the tenant's :class:`~nimbus.serving.fleet.supervisor.Supervisor` (of the
+:class:`~.deployment_loop.Fleet`) to start the replicas.
 
 The row of a deployment keeps what a restarted control plane needs to adopt the replicas
 that outlived it (port, pids) and its last status. Only the instance recorded as its
-``owner`` supervises it; one node is assumed for now.
+``owner`` supervises it; one node is assumed for now. The thread that ticks the
+supervisors and calls :meth:`DeploymentService.sync` is :mod:`.deployment_loop`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -35,18 +28,18 @@ from nimbus.db import deployments as repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import DeploymentRow, utcnow
 from nimbus.errors import Conflict, NotFound
-from nimbus.modelformat.verify import MODEL_FILES
 from nimbus.security import Principal, Role, require_role
+from nimbus.services.deployment_files import ModelDirs, TokenFiles
+from nimbus.services.deployment_loop import Fleet, default_supervisor
 from nimbus.services.models import ModelService, ResolvedVersion
 from nimbus.services.views import iso
 from nimbus.serving.fleet.deployment import DeploymentSpec, DeploymentState
 from nimbus.serving.fleet.supervisor import Supervisor
-from nimbus.storage.blobs import BlobStore, digest_of
+from nimbus.storage.blobs import BlobStore
 
 log = logging.getLogger(__name__)
 
 MAX_REPLICAS = 32
-TOKEN_FILE = ".tokens"  # per tenant; names never start with a dot, so no deployment clashes
 
 
 class CreateDeployment(BaseModel):
@@ -85,75 +78,6 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``path`` with mode 0600, atomically (a reader sees the old or the new file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _intact(directory: Path, files: dict[str, Any]) -> bool:
-    """Every model file is there with the size and hash the registry holds."""
-    for name in MODEL_FILES:
-        path, entry = directory / name, files[name]
-        try:
-            if path.stat().st_size != int(entry["size"]):
-                return False
-            with open(path, "rb") as f:
-                if hashlib.file_digest(f, "sha256").hexdigest() != digest_of(entry["key"]):
-                    return False
-        except OSError:
-            return False
-    return True
-
-
-class Fleet:
-    """One supervisor per tenant, made on first use, all ticked by :class:`DeploymentLoop`."""
-
-    def __init__(self, root: Path, make: Callable[[Path], Supervisor]) -> None:
-        self.root = root
-        self._make = make
-        self._supervisors: dict[str, Supervisor] = {}
-        self._lock = threading.Lock()
-
-    def of(self, tenant: str) -> Supervisor:
-        with self._lock:
-            if tenant not in self._supervisors:
-                self._supervisors[tenant] = self._make(self.root / tenant)
-            return self._supervisors[tenant]
-
-    def running(self, tenant: str, name: str) -> Supervisor | None:
-        """The supervisor running deployment ``name`` of ``tenant``, if this one is."""
-        with self._lock:
-            sup = self._supervisors.get(tenant)
-        return sup if sup is not None and name in sup.names() else None
-
-    def items(self) -> list[tuple[str, Supervisor]]:
-        with self._lock:
-            return sorted(self._supervisors.items(), key=lambda item: item[0])
-
-    def tick(self) -> None:
-        for _, sup in self.items():
-            sup.tick()
-
-    def detach(self) -> None:
-        """Leave every replica serving (a control-plane shutdown)."""
-        for _, sup in self.items():
-            sup.detach()
-
-
-def default_supervisor(log_dir: Path) -> Supervisor:
-    return Supervisor(log_dir=log_dir)
-
-
 class DeploymentService:
     """Deployments of every tenant; the API methods act for one principal, within its
     tenant. Create, update and delete are serialised (one lock)."""
@@ -177,12 +101,11 @@ class DeploymentService:
         self.clock = clock
         self.owner = "local"  # this instance's id: set by DeploymentLoop
         self.fleet = Fleet(self.root, make_supervisor)
+        self.model_dirs = ModelDirs(self.root, blobs)
+        self.token_files = TokenFiles(db, self.root, clock)
         self._lock = threading.RLock()
-        self._tokens_lock = threading.Lock()
         self._tenant_ids: dict[str, int] = {}
-        self._token_text: dict[str, str] = {}
         self._persisted: dict[tuple[str, str], dict[str, Any]] = {}
-        self._current_dir: dict[tuple[str, str], Path] = {}
 
     # -- the API ------------------------------------------------------------------------
 
@@ -342,30 +265,21 @@ class DeploymentService:
                         if row is not None:
                             repo.save_status(session, row.id, status, self.clock())
                     self._persisted[key] = status
-                    self._prune(key, status)
+                    self.model_dirs.prune(tenant, name, status)
 
     def refresh_tokens(self, *, force: bool = False, only: str | None = None) -> None:
-        """Rewrite each supervised tenant's token file whose content changed: a revoked or
-        expired token stops working within about a second, a new one starts working."""
-        with self._tokens_lock:
-            known = dict(self._tenant_ids)  # a copy: requests add tenants meanwhile
-            tenants = {t: i for t, i in known.items() if only in (None, t)}
-            with self.db.session() as session:
-                hashes = repo.live_token_hashes(session, tenants.values(), self.clock())
-            for tenant, tenant_id in tenants.items():
-                text = "".join(f"{h}\n" for h in sorted(hashes[tenant_id]))
-                if force or self._token_text.get(tenant) != text:
-                    (self.root / tenant).mkdir(mode=0o700, parents=True, exist_ok=True)
-                    write_private(self._token_file(tenant), text)
-                    self._token_text[tenant] = text
+        """Rewrite each supervised tenant's token file whose content changed (``only``: that
+        tenant's): a revoked or expired token stops working within about a second, a new
+        one starts working."""
+        known = dict(self._tenant_ids)  # a copy: requests add tenants meanwhile
+        self.token_files.refresh({t: i for t, i in known.items() if only in (None, t)}, force=force)
 
     # -- helpers ------------------------------------------------------------------------
 
     def _spec(
         self, tenant: str, row: DeploymentRow, target: ResolvedVersion, port: int = 0
     ) -> DeploymentSpec:
-        model_dir = self._materialize(tenant, row.name, target)
-        self._current_dir[(tenant, row.name)] = model_dir
+        model_dir = self.model_dirs.materialize(tenant, row.name, target)
         return DeploymentSpec(
             name=row.name,
             model_dir=model_dir,
@@ -377,45 +291,8 @@ class DeploymentService:
             public=row.public,
             host=self.host,
             port=port,
-            token_file=self._token_file(tenant),
+            token_file=self.token_files.path(tenant),
         )
-
-    def _materialize(self, tenant: str, name: str, target: ResolvedVersion) -> Path:
-        """The version's model directory, copied out of the blob store (each blob verified
-        as it streams) unless an intact copy is already there."""
-        directory = self.root / tenant / name / "models" / f"{target.model}-{target.version}"
-        if directory.is_dir() and _intact(directory, target.files):
-            return directory
-        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".copy-", dir=directory.parent))
-        try:
-            for file in MODEL_FILES:
-                with open(work / file, "wb") as out:
-                    for chunk in self.blobs.iter_verified(target.files[file]["key"]):
-                        out.write(chunk)
-            shutil.rmtree(directory, ignore_errors=True)
-            os.rename(work, directory)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        return directory
-
-    def _prune(self, key: tuple[str, str], status: dict[str, Any]) -> None:
-        """Once every replica runs the current version, older model directories go."""
-        current = self._current_dir.get(key)
-        replicas = status["replicas"]
-        if (
-            current is None
-            or status["state"] != DeploymentState.READY.value
-            or any(
-                r["state"] != "ready" or r["model_version"] != status["model_version"]
-                for r in replicas
-            )
-        ):
-            return
-        for stale in current.parent.iterdir():
-            if stale != current and not stale.name.startswith("."):
-                shutil.rmtree(stale, ignore_errors=True)
 
     def _forget(self, tenant: str, name: str, row_id: int) -> None:
         """Stop the replicas (if any run here), delete the row and the files."""
@@ -425,8 +302,7 @@ class DeploymentService:
         with self.db.session(write=True) as session:
             repo.delete_row(session, row_id)
         self._persisted.pop((tenant, name), None)
-        self._current_dir.pop((tenant, name), None)
-        shutil.rmtree(self.root / tenant / name, ignore_errors=True)
+        self.model_dirs.forget(tenant, name)
 
     def _persist(self, tenant: str, name: str, row_id: int) -> None:
         sup = self.fleet.running(tenant, name)
@@ -436,9 +312,6 @@ class DeploymentService:
         with self.db.session(write=True) as session:
             repo.save_status(session, row_id, status, self.clock())
         self._persisted[(tenant, name)] = status
-
-    def _token_file(self, tenant: str) -> Path:
-        return self.root / tenant / TOKEN_FILE
 
     def _check_owner(self, row: DeploymentRow) -> None:
         if row.owner not in (None, self.owner):
@@ -494,55 +367,3 @@ class DeploymentService:
 
 def _number(version: str) -> int | str:
     return int(version) if version.isdigit() else version
-
-
-class DeploymentLoop:
-    """The control plane's supervision of deployments (a ``Background`` of the app).
-
-    ``start`` recovers the deployments ``owner`` owns, then a thread ticks every tenant's
-    supervisor every ``interval`` seconds and, every ``sync_every`` seconds, refreshes the
-    token files and persists statuses. ``stop`` persists once more and detaches: the
-    replicas keep serving through a control-plane restart.
-    """
-
-    def __init__(
-        self,
-        service: DeploymentService,
-        owner: str,
-        interval: float = 0.5,
-        sync_every: float = 1.0,
-    ) -> None:
-        self.service = service
-        self.owner = owner
-        self.interval = interval
-        self.sync_every = sync_every
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.service.owner = self.owner
-        self.service.recover()
-        self._thread = threading.Thread(target=self._run, name="deployments", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        synced = 0.0
-        while not self._stop.wait(self.interval):
-            try:
-                self.service.fleet.tick()
-                if time.monotonic() - synced >= self.sync_every:
-                    self.service.refresh_tokens()
-                    self.service.sync()
-                    synced = time.monotonic()
-            except Exception:
-                log.exception("deployment supervision round failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        try:
-            self.service.sync()
-        except Exception:
-            log.exception("could not persist deployment statuses at shutdown")
-        self.service.fleet.detach()
