@@ -18,9 +18,8 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from nimbus.datasets.domain import validate_name
@@ -32,41 +31,12 @@ from nimbus.security import Principal, Role, require_role
 from nimbus.services.deployment_files import ModelDirs, TokenFiles
 from nimbus.services.deployment_loop import Fleet, default_supervisor
 from nimbus.services.models import ModelService, ResolvedVersion
-from nimbus.services.views import iso
 from nimbus.serving.fleet.deployment import DeploymentSpec, DeploymentState
 from nimbus.serving.fleet.supervisor import Supervisor
 from nimbus.storage.blobs import BlobStore
+from nimbus.wire.deployments import CreateDeployment, Deployment, Replica, UpdateDeployment
 
 log = logging.getLogger(__name__)
-
-MAX_REPLICAS = 32
-
-
-class CreateDeployment(BaseModel):
-    """The body of ``POST /api/v1/deployments``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=63)
-    model: str = Field(min_length=1, max_length=160)
-    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
-    max_batch_size: int = Field(32, ge=1, le=4096)
-    max_delay_ms: float = Field(2.0, ge=0, le=1000, allow_inf_nan=False)
-    runtime: Literal["onnx", "torch"] = "onnx"
-    public: bool = False
-
-
-class UpdateDeployment(BaseModel):
-    """The body of ``PATCH /api/v1/deployments/{name}``: what changes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(None, min_length=1, max_length=160)
-    replicas: int | None = Field(None, ge=1, le=MAX_REPLICAS)
-    max_batch_size: int | None = Field(None, ge=1, le=4096)
-    max_delay_ms: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
-    runtime: Literal["onnx", "torch"] | None = None
-    public: bool | None = None
 
 
 def url_host(host: str) -> str:
@@ -109,7 +79,7 @@ class DeploymentService:
 
     # -- the API ------------------------------------------------------------------------
 
-    def create(self, principal: Principal, body: CreateDeployment) -> dict[str, Any]:
+    def create(self, principal: Principal, body: CreateDeployment) -> Deployment:
         """Record the deployment, materialise its model and start its replicas; the answer
         is ``pending`` until they are ready."""
         require_role(principal, Role.MEMBER)
@@ -155,18 +125,20 @@ class DeploymentService:
             self._persist(principal.tenant, name, row_id)
         return self.get(principal, name)
 
-    def list_deployments(self, principal: Principal) -> list[dict[str, Any]]:
+    def list_deployments(self, principal: Principal) -> list[Deployment]:
+        """Every deployment of the caller's tenant."""
         with self.db.session() as session:
             rows = repo.list_for_tenant(session, principal.tenant_id)
             versions = repo.model_version_of(session, rows)
             return [self._view(principal.tenant, row, versions) for row in rows]
 
-    def get(self, principal: Principal, name: str) -> dict[str, Any]:
+    def get(self, principal: Principal, name: str) -> Deployment:
+        """One deployment: its live status where this instance supervises it."""
         with self.db.session() as session:
             row = self._row(session, principal, name)
             return self._view(principal.tenant, row, repo.model_version_of(session, [row]))
 
-    def update(self, principal: Principal, name: str, body: UpdateDeployment) -> dict[str, Any]:
+    def update(self, principal: Principal, name: str, body: UpdateDeployment) -> Deployment:
         """Move the deployment to another model version and/or settings: replicas are
         replaced one at a time (a rolling update), or just added or drained for a scale."""
         require_role(principal, Role.MEMBER)
@@ -211,7 +183,7 @@ class DeploymentService:
             self._persist(principal.tenant, name, row.id)
         return self.get(principal, name)
 
-    def delete(self, principal: Principal, name: str) -> dict[str, Any]:
+    def delete(self, principal: Principal, name: str) -> Deployment:
         """Drain and stop the replicas, free the port, forget the deployment."""
         require_role(principal, Role.MEMBER)
         with self._lock:
@@ -220,7 +192,7 @@ class DeploymentService:
                 self._check_owner(row)
                 view = self._view(principal.tenant, row, repo.model_version_of(session, [row]))
             self._forget(principal.tenant, name, row.id)
-        return {**view, "state": DeploymentState.STOPPED.value, "replicas": []}
+        return view.model_copy(update={"state": DeploymentState.STOPPED.value, "replicas": []})
 
     # -- supervision (DeploymentLoop) ---------------------------------------------------
 
@@ -328,7 +300,7 @@ class DeploymentService:
 
     def _view(
         self, tenant: str, row: DeploymentRow, versions: dict[int, tuple[Any, Any]]
-    ) -> dict[str, Any]:
+    ) -> Deployment:
         version, model = versions[row.model_version_id]
         sup = self.fleet.running(tenant, row.name)
         # Supervised here: the live status; otherwise the last one persisted (and the row's
@@ -336,33 +308,33 @@ class DeploymentService:
         status = sup.status(row.name).to_dict() if sup is not None else (row.status or {})
         state = status["state"] if sup is not None else row.state
         port = status.get("port") or row.port
-        return {
-            "name": row.name,
-            "model": model.name,
-            "model_version": version.version,
-            "model_ref": row.model_ref,
-            "state": state,
-            "replicas": [
-                {
-                    "index": r["index"],
-                    "pid": r["pid"],
-                    "port": r["port"],
-                    "state": r["state"],
-                    "restarts": r["restarts"],
-                    "model_version": _number(r["model_version"]),
-                }
+        return Deployment(
+            name=row.name,
+            model=model.name,
+            model_version=version.version,
+            model_ref=row.model_ref,
+            state=state,
+            replicas=[
+                Replica(
+                    index=r["index"],
+                    pid=r["pid"],
+                    port=r["port"],
+                    state=r["state"],
+                    restarts=r["restarts"],
+                    model_version=_number(r["model_version"]),
+                )
                 for r in status.get("replicas", [])
             ],
-            "desired_replicas": row.replicas,
-            "endpoint": f"http://{url_host(self.host)}:{port}" if port else None,
-            "max_batch_size": row.max_batch_size,
-            "max_delay_ms": row.max_delay_ms,
-            "runtime": row.runtime,
-            "public": row.public,
-            "owner": row.owner,
-            "created_at": iso(row.created_at),
-            "updated_at": iso(row.updated_at),
-        }
+            desired_replicas=row.replicas,
+            endpoint=f"http://{url_host(self.host)}:{port}" if port else None,
+            max_batch_size=row.max_batch_size,
+            max_delay_ms=row.max_delay_ms,
+            runtime=row.runtime,
+            public=row.public,
+            owner=row.owner,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
 
 
 def _number(version: str) -> int | str:
