@@ -1,11 +1,15 @@
 """The SDK's models and deployments methods against in-memory transports: reference
-parsing, paths and bodies, errors rebuilt, and calls to a deployment's endpoint."""
+parsing, paths and bodies, the wire models they return, errors rebuilt, and calls to a
+deployment's endpoint."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -14,6 +18,9 @@ import pytest
 from nimbus.client import Client, DeploymentFailed, ModelRef
 from nimbus.config import Settings
 from nimbus.errors import Conflict, InvalidInput, NotFound, Unavailable
+from nimbus.wire.base import dump
+from nimbus.wire.deployments import Deployment, Replica
+from nimbus.wire.models import AliasChange, AliasEvent, Model, ModelSummary, ModelVersion
 
 URL = "http://nimbus.test"
 ENDPOINT = "http://127.0.0.1:7001"
@@ -33,6 +40,40 @@ def make(handler: Handler, settings: Settings) -> Client:
 
 def error(status: int, code: str, message: str) -> httpx.Response:
     return httpx.Response(status, json={"error": {"code": code, "message": message}})
+
+
+def version(number: int = 2, **extra: Any) -> dict[str, Any]:
+    """A model version as the server sends it."""
+    return {
+        "model": "m",
+        "version": number,
+        "job": "job_1",
+        "dataset": {"name": "digits", "version": 1, "content_hash": "c" * 64},
+        "code_hash": None,
+        "params": {"epochs": "3"},
+        "seed": 0,
+        "metrics": {"accuracy": 0.98},
+        "spec": {"task": "image-classification"},
+        "files": {},
+        "aliases": [],
+        "created_at": "2026-01-02T03:04:05.123456Z",
+        "created_by": "tok_1",
+        **extra,
+    }
+
+
+def summary() -> dict[str, Any]:
+    return {
+        "name": "m",
+        "latest_version": 2,
+        "versions": 2,
+        "aliases": {"production": 2},
+        "created_at": "2026-01-02T03:04:05Z",
+    }
+
+
+def alias_change(version: int | None = 2) -> dict[str, Any]:
+    return {"model": "m", "alias": "production", "version": version, "from_version": 1}
 
 
 @pytest.mark.parametrize(
@@ -85,12 +126,17 @@ def test_registry_paths_and_bodies(settings: Settings) -> None:
         seen.append((request.method, request.url.path, body))
         assert request.headers["Authorization"] == "Bearer nbt_secret"
         if request.url.path == "/api/v1/models":
-            return httpx.Response(200, json={"models": [{"name": "m", "latest_version": 2}]})
-        return httpx.Response(200, json={"model": "m", "version": 2})
+            return httpx.Response(200, json={"models": [summary()]})
+        if request.url.path == "/api/v1/models/m":
+            model = {"name": "m", "created_at": "2026-01-02T03:04:05Z", "versions": [version()]}
+            return httpx.Response(200, json={**model, "aliases": {}, "alias_history": []})
+        if "/aliases/" in request.url.path:
+            return httpx.Response(200, json=alias_change())
+        return httpx.Response(200, json=version())
 
     with make(handler, settings) as client:
         client.register_model("m", " job_1 ")
-        assert client.list_models() == [{"name": "m", "latest_version": 2}]
+        assert [m.latest_version for m in client.list_models()] == [2]
         client.get_model("m")
         client.get_model_version("m")
         client.get_model_version("m:2")
@@ -145,7 +191,7 @@ def test_download_writes_verified_files(settings: Settings, tmp_path: Path) -> N
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/v1/models/m/versions/@production":
-            return httpx.Response(200, json={"model": "m", "version": 3, "files": files})
+            return httpx.Response(200, json=version(3, files=files))
         prefix = "/api/v1/models/m/versions/3/files/"
         assert request.url.path.startswith(prefix)
         name = request.url.path[len(prefix) :]
@@ -162,18 +208,99 @@ def test_download_writes_verified_files(settings: Settings, tmp_path: Path) -> N
         paths = client.download_model("m@production", tmp_path / "out")
     assert [p.name for p in paths] == ["spec.json", "model.onnx", "version.json"]
     assert (tmp_path / "out" / "spec.json").read_bytes() == blobs["spec.json"]
-    assert json.loads((tmp_path / "out" / "version.json").read_text())["version"] == 3
+    assert json.loads((tmp_path / "out" / "version.json").read_text()) == version(3, files=files)
+
+
+def test_registry_methods_return_wire_models(settings: Settings) -> None:
+    history = [
+        {"alias": "production", "version": 2, "from_version": None, "at": "2026-01-02T03:04:05Z"},
+    ]
+    answers = {
+        ("POST", "/api/v1/models/m/versions"): version(),
+        ("GET", "/api/v1/models"): {"models": [summary()]},
+        ("GET", "/api/v1/models/m"): {
+            "name": "m",
+            "created_at": "2026-01-02T03:04:05Z",
+            "versions": [version(1), version(2, aliases=["production"])],
+            "aliases": {"production": 2},
+            "alias_history": [{**history[0], "by": "tok_1"}],
+            "added_by_a_newer_server": True,
+        },
+        ("GET", "/api/v1/models/m/versions/2"): version(),
+        ("PUT", "/api/v1/models/m/aliases/production"): alias_change(),
+        ("DELETE", "/api/v1/models/m/aliases/production"): alias_change(None),
+        ("DELETE", "/api/v1/models/m/versions/2"): version(),
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers[(request.method, request.url.path)])
+
+    with make(handler, settings) as client:
+        registered = client.register_model("m", "job_1")
+        assert isinstance(registered, ModelVersion)
+        assert registered.created_at == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+        assert registered.dataset.content_hash == "c" * 64 and registered.seed == 0
+        assert dump(registered) == version()  # written back exactly as the server sent it
+        [listed] = client.list_models()
+        assert isinstance(listed, ModelSummary) and listed.aliases == {"production": 2}
+        model = client.get_model("m")
+        assert isinstance(model, Model) and [v.version for v in model.versions] == [1, 2]
+        assert all(isinstance(v, ModelVersion) for v in model.versions)
+        assert isinstance(model.alias_history[0], AliasEvent) and model.alias_history[0].by
+        assert "added_by_a_newer_server" not in dump(model)
+        assert isinstance(client.get_model_version("m:2"), ModelVersion)
+        moved = client.set_alias("m", "production", 2)
+        assert isinstance(moved, AliasChange) and (moved.version, moved.from_version) == (2, 1)
+        assert client.delete_alias("m", "production").version is None
+        assert isinstance(client.delete_model_version("m:2"), ModelVersion)
+
+
+def test_options_are_keyword_only() -> None:
+    """After the first one or two parameters, SDK options are named, as in httpx."""
+    positional = {
+        "download_model": ["ref", "dir"],
+        "create_deployment": ["name", "model"],
+        "update_deployment": ["name", "model"],
+        "wait_deployment": ["name"],
+        "predict": ["deployment", "file"],
+        "infer": ["deployment", "x"],
+    }
+    for method, names in positional.items():
+        parameters = list(inspect.signature(getattr(Client, method)).parameters.values())[1:]
+        allowed = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert allowed == names, method
+        assert all(p.kind is p.KEYWORD_ONLY for p in parameters[len(names) :]), method
+
+
+def replica(state: str = "ready", model_version: int | str = 1) -> dict[str, object]:
+    return {
+        "index": 0,
+        "pid": 4242,
+        "port": 7101,
+        "state": state,
+        "restarts": 0,
+        "model_version": model_version,
+    }
 
 
 def deployment(state: str = "ready", **extra: object) -> dict[str, object]:
+    """A deployment as the server sends it."""
     return {
         "name": "shapes",
         "model": "m",
         "model_version": 1,
+        "model_ref": "m@production",
         "state": state,
-        "endpoint": ENDPOINT,
+        "replicas": [replica()],
         "desired_replicas": 1,
-        "replicas": [{"index": 0, "state": "ready", "model_version": 1}],
+        "endpoint": ENDPOINT,
+        "max_batch_size": 32,
+        "max_delay_ms": 2.0,
+        "runtime": "onnx",
+        "public": False,
+        "owner": "node-a",
+        "created_at": "2026-01-02T03:04:05Z",
+        "updated_at": "2026-01-02T03:04:06.5Z",
         **extra,
     }
 
@@ -199,7 +326,7 @@ def test_deployment_paths_and_bodies(settings: Settings) -> None:
             runtime="torch",
             public=True,
         )
-        assert client.list_deployments()[0]["name"] == "shapes"
+        assert client.list_deployments()[0].name == "shapes"
         client.get_deployment("shapes")
         client.update_deployment("shapes", "m:2")
         client.update_deployment("shapes", replicas=2)
@@ -243,9 +370,51 @@ def test_wait_deployment_until_ready_or_failed(settings: Settings) -> None:
 
     with make(handler, settings) as client:
         client._poll_sleep = lambda seconds: None
-        assert client.wait_deployment("shapes")["state"] == "ready"
+        assert client.wait_deployment("shapes").state == "ready"
         with pytest.raises(DeploymentFailed, match="failed"):
             client.wait_deployment("shapes")
+
+
+def test_wait_deployment_waits_for_every_replica_on_the_version(settings: Settings) -> None:
+    states = iter(
+        [
+            deployment(desired_replicas=2),  # one of two replicas
+            deployment(replicas=[replica(model_version=1), replica(model_version=2)]),
+            deployment(replicas=[replica("starting", 2)]),
+            deployment(replicas=[replica(model_version=2)]),
+        ]
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=next(states))
+
+    with make(handler, settings) as client:
+        client._poll_sleep = lambda seconds: None
+        ready = client.wait_deployment("shapes", version=2)
+    assert [r.model_version for r in ready.replicas] == [2]
+    assert next(states, None) is None  # it took all four answers
+
+
+def test_deployment_methods_return_wire_models(settings: Settings) -> None:
+    stopped = deployment("stopped", replicas=[], endpoint=None)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE":
+            return httpx.Response(200, json=stopped)
+        if request.method == "GET" and request.url.path == "/api/v1/deployments":
+            return httpx.Response(200, json={"deployments": [deployment()]})
+        return httpx.Response(200, json=deployment())
+
+    with make(handler, settings) as client:
+        created = client.create_deployment("shapes", "m@production")
+        assert isinstance(created, Deployment) and isinstance(created.replicas[0], Replica)
+        assert created.updated_at == datetime(2026, 1, 2, 3, 4, 6, 500000, tzinfo=UTC)
+        assert dump(created) == {**deployment(), "updated_at": "2026-01-02T03:04:06.500000Z"}
+        assert all(isinstance(d, Deployment) for d in client.list_deployments())
+        assert client.get_deployment("shapes").replicas[0].pid == 4242
+        assert isinstance(client.update_deployment("shapes", replicas=2), Deployment)
+        gone = client.delete_deployment("shapes")
+        assert (gone.state, gone.endpoint, gone.replicas) == ("stopped", None, [])
 
 
 def test_predict_and_infer_call_the_endpoint_with_the_token(

@@ -18,7 +18,7 @@ missing), and :func:`secure_home` keeps NIMBUS_HOME's secrets (admin token, data
 blobs, deployments) out of its reach; see :mod:`nimbus.jobs.isolation`. A server that is
 not root runs jobs as itself and warns at start: isolation needs root.
 
-Deployment life cycle. :class:`~nimbus.services.deployments.DeploymentLoop` starts with the
+Deployment life cycle. :class:`~nimbus.services.deployment_loop.DeploymentLoop` starts with the
 app: it first adopts the replicas of the deployments this instance owns (left serving by a
 previous run, stopped or crashed, on their persisted ports), then ticks their supervisors
 and keeps their statuses and token files fresh. A graceful stop detaches: replicas keep
@@ -61,7 +61,7 @@ from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.isolation import JobUser, TenantCaches, prepare_root, resolve_job_user
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
-from nimbus.services.deployments import DeploymentLoop
+from nimbus.services.deployment_loop import DeploymentLoop
 from nimbus.services.tokens import TokenService
 from nimbus.storage.factory import open_object_store
 

@@ -20,6 +20,7 @@ from nimbus.security import Principal, Role, hash_token
 from nimbus.services.models import ModelService, VersionRef
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.memory import MemoryObjectStore
+from nimbus.wire.models import ModelVersion
 from tests.api.test_models_support import add_job, image_model_dir
 
 
@@ -78,13 +79,14 @@ def test_register_alias_and_delete(
     who = principal(store)
     jobs = [add_job(store, blobs, "acme", d) for d in model_dirs]
     first = service.register(who, "m", jobs[0])
-    assert first.created and first.version["version"] == 1
+    assert first.created and first.version.version == 1
+    assert isinstance(first.version, ModelVersion) and first.version.job == jobs[0]
     assert not service.register(who, "m", jobs[0]).created
-    assert service.register(who, "m", jobs[1]).version["version"] == 2
-    assert service.set_alias(who, "m", "prod", 1)["from_version"] is None
-    assert service.set_alias(who, "m", "prod", 2)["from_version"] == 1
-    assert service.get_version(who, "m", VersionRef(alias="prod"))["version"] == 2
-    assert service.list_models(who)[0]["aliases"] == {"prod": 2}
+    assert service.register(who, "m", jobs[1]).version.version == 2
+    assert service.set_alias(who, "m", "prod", 1).from_version is None
+    assert service.set_alias(who, "m", "prod", 2).from_version == 1
+    assert service.get_version(who, "m", VersionRef(alias="prod")).version == 2
+    assert service.list_models(who)[0].aliases == {"prod": 2}
     assert service.resolve(who, "m@prod").version == 2
     with pytest.raises(NotFound):
         service.get_model(principal(store, "other"), "m")
@@ -95,13 +97,11 @@ def test_register_alias_and_delete(
         service.delete_version(who, "m", VersionRef(version=2))
     with store.session(write=True) as session:
         deployment_repo.delete_row(session, deployment_id)
-    keys = [
-        e["key"] for e in service.delete_version(who, "m", VersionRef(version=2))["files"].values()
-    ]
+    keys = [e.key for e in service.delete_version(who, "m", VersionRef(version=2)).files.values()]
     assert all(memory.exists(k) for k in keys)  # the job still holds them
     model = service.get_model(who, "m")
-    assert model["aliases"] == {} and [v["version"] for v in model["versions"]] == [1]
-    assert [(e["alias"], e["version"]) for e in model["alias_history"]] == [
+    assert model.aliases == {} and [v.version for v in model.versions] == [1]
+    assert [(e.alias, e.version) for e in model.alias_history] == [
         ("prod", 1),
         ("prod", 2),
         ("prod", None),

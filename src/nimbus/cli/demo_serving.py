@@ -37,13 +37,9 @@ def register_model(run: DemoRun) -> None:
     job = run.results["jobs"]["cnn"]
     run.say(f"$ nimbus models register {MODEL} --from-job {job['id']}", style="dim", markup=False)
     version = run.api.register_model(MODEL, job["id"])
-    run.results["model"] = {
-        "name": version["model"],
-        "version": version["version"],
-        "job": version["job"],
-    }
+    run.results["model"] = {"name": version.model, "version": version.version, "job": version.job}
     run.say(
-        f"Registered {version['model']}:{version['version']}: the server checked every file "
+        f"Registered {version.model}:{version.version}: the server checked every file "
         "(hashes, safetensors, ONNX outputs, test accuracy matching the job's).",
         markup=False,
     )
@@ -66,13 +62,12 @@ def deploy_model(run: DemoRun) -> None:
     deployment = run.api.wait_deployment(DEPLOYMENT, timeout=DEPLOY_TIMEOUT)
     run.results["deployment"] = {
         "name": DEPLOYMENT,
-        "endpoint": deployment["endpoint"],
-        "model_version": deployment["model_version"],
-        "state": deployment["state"],
+        "endpoint": deployment.endpoint,
+        "model_version": deployment.model_version,
+        "state": deployment.state,
     }
     run.say(
-        f"Serving at {deployment['endpoint']} (OIP v2: "
-        f"{deployment['endpoint']}/v2/models/{DEPLOYMENT}).",
+        f"Serving at {deployment.endpoint} (OIP v2: {deployment.endpoint}/v2/models/{DEPLOYMENT}).",
         markup=False,
     )
     run.say(deployment_view(deployment))
@@ -139,9 +134,9 @@ def predict_digits(run: DemoRun) -> None:
 def delete_deployment(run: DemoRun) -> None:
     run.say(f"$ nimbus deployments delete {DEPLOYMENT}", style="dim", markup=False)
     deployment = run.api.delete_deployment(DEPLOYMENT)
-    run.results.setdefault("deployment", {})["state"] = deployment.get("state")
+    run.results.setdefault("deployment", {})["state"] = deployment.state
     run.say(
-        f"Deployment {DEPLOYMENT} {deployment.get('state')}: its replica drained and "
+        f"Deployment {DEPLOYMENT} {deployment.state}: its replica drained and "
         "exited; the model version stays in the registry.",
         markup=False,
     )

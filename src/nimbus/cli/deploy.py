@@ -9,7 +9,7 @@ from rich.console import Console
 
 from nimbus.cli.common import JsonOption, client, emit
 from nimbus.cli.deployments import ModelArgument, NameArgument, TimeoutOption, WaitOption
-from nimbus.client.deployments import RUNTIMES
+from nimbus.wire.deployments import RUNTIMES
 
 
 def deploy(
@@ -49,11 +49,11 @@ def deploy(
     def render(out: Console) -> None:
         err = Console(stderr=True, highlight=False)
         err.print(
-            f"Deployed {deployment['model']}:{deployment['model_version']} as {name} "
-            f"({deployment.get('state')}); OIP v2 at "
-            f"{deployment['endpoint']}/v2/models/{name}",
+            f"Deployed {deployment.model}:{deployment.model_version} as {name} "
+            f"({deployment.state}); OIP v2 at "
+            f"{deployment.endpoint}/v2/models/{name}",
             markup=False,
         )
-        out.print(deployment["endpoint"], markup=False, soft_wrap=True)
+        out.print(deployment.endpoint, markup=False, soft_wrap=True)
 
     emit(deployment, as_json, render)

@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from nimbus.cli.common import JsonOption, client, emit
+from nimbus.wire.base import iso
+from nimbus.wire.deployments import Deployment
 
 app = typer.Typer(
     help="Inspect, update (rolling) and delete model deployments.", no_args_is_help=True
@@ -33,65 +35,65 @@ def _t(value: Any) -> Text:
     return Text("-" if value is None or value == "" else str(value))
 
 
-def _model(deployment: dict[str, Any]) -> str:
-    return f"{deployment.get('model')}:{deployment.get('model_version')}"
+def _model(deployment: Deployment) -> str:
+    return f"{deployment.model}:{deployment.model_version}"
 
 
-def _replicas(deployment: dict[str, Any]) -> str:
-    replicas = deployment.get("replicas") or []
-    ready = sum(1 for r in replicas if r.get("state") == "ready")
-    return f"{ready}/{deployment.get('desired_replicas', len(replicas))}"
+def _replicas(deployment: Deployment) -> str:
+    ready = sum(1 for r in deployment.replicas if r.state == "ready")
+    return f"{ready}/{deployment.desired_replicas}"
 
 
-def deployments_table(deployments: Sequence[dict[str, Any]]) -> Table:
+def deployments_table(deployments: Sequence[Deployment]) -> Table:
+    """``GET /deployments``: one row per deployment."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("name", "model", "asked", "state", "ready", "endpoint", "public"):
         table.add_column(column)
     for d in deployments:
         table.add_row(
-            _t(d.get("name")),
+            _t(d.name),
             _t(_model(d)),
-            _t(d.get("model_ref")),
-            _t(d.get("state")),
+            _t(d.model_ref),
+            _t(d.state),
             _t(_replicas(d)),
-            _t(d.get("endpoint")),
-            _t("yes" if d.get("public") else "no"),
+            _t(d.endpoint),
+            _t("yes" if d.public else "no"),
         )
     return table
 
 
-def deployment_view(deployment: dict[str, Any]) -> RenderableType:
+def deployment_view(deployment: Deployment) -> RenderableType:
+    """``nimbus deployments show``: its facts, then one row per replica."""
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
     rows: list[tuple[str, Any]] = [
-        ("deployment", deployment.get("name")),
-        ("model", f"{_model(deployment)} (asked {deployment.get('model_ref')})"),
-        ("state", deployment.get("state")),
-        ("endpoint", deployment.get("endpoint")),
+        ("deployment", deployment.name),
+        ("model", f"{_model(deployment)} (asked {deployment.model_ref})"),
+        ("state", deployment.state),
+        ("endpoint", deployment.endpoint),
         ("replicas", f"{_replicas(deployment)} ready"),
         (
             "batching",
-            f"up to {deployment.get('max_batch_size')} requests, "
-            f"{deployment.get('max_delay_ms')} ms",
+            f"up to {deployment.max_batch_size} requests, {deployment.max_delay_ms} ms",
         ),
-        ("runtime", deployment.get("runtime")),
-        ("public", "yes" if deployment.get("public") else "no (a tenant token is needed)"),
-        ("created", deployment.get("created_at")),
-        ("updated", deployment.get("updated_at")),
+        ("runtime", deployment.runtime),
+        ("public", "yes" if deployment.public else "no (a tenant token is needed)"),
+        ("created", iso(deployment.created_at)),
+        ("updated", iso(deployment.updated_at)),
     ]
     for key, value in rows:
         facts.add_row(key, _t(value))
     replicas = Table(box=box.SIMPLE_HEAD, title="replicas", title_justify="left")
     for column in ("index", "state", "version", "pid", "restarts"):
         replicas.add_column(column)
-    for r in deployment.get("replicas") or []:
+    for r in deployment.replicas:
         replicas.add_row(
-            _t(r.get("index")),
-            _t(r.get("state")),
-            _t(r.get("model_version")),
-            _t(r.get("pid")),
-            _t(r.get("restarts")),
+            _t(r.index),
+            _t(r.state),
+            _t(r.model_version),
+            _t(r.pid),
+            _t(r.restarts),
         )
     return Group(facts, "", replicas)
 
@@ -126,12 +128,12 @@ def update(
         deployment = api.update_deployment(name, model, replicas=replicas)
         if wait:
             deployment = api.wait_deployment(
-                name, timeout=timeout, version=deployment.get("model_version")
+                name, timeout=timeout, version=deployment.model_version
             )
 
     def render(out: Console) -> None:
         out.print(
-            f"Deployment {name} now serves {_model(deployment)} ({deployment.get('state')})",
+            f"Deployment {name} now serves {_model(deployment)} ({deployment.state})",
             markup=False,
         )
 
@@ -143,5 +145,5 @@ def delete(name: NameArgument, as_json: JsonOption = False) -> None:
     """Stop a deployment: its replicas drain and exit, the port is freed."""
     with client() as api:
         deployment = api.delete_deployment(name)
-    message = f"Deleted deployment {name} ({deployment.get('state')})"
+    message = f"Deleted deployment {name} ({deployment.state})"
     emit(deployment, as_json, lambda out: out.print(message, markup=False))

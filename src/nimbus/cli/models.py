@@ -13,6 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from nimbus.cli.common import JsonOption, client, emit, human_bytes, transfer
+from nimbus.wire.base import iso
+from nimbus.wire.models import Model, ModelSummary, ModelVersion
 
 app = typer.Typer(
     help="Register trained models as versions, alias, download and delete them.",
@@ -30,78 +32,83 @@ def _t(value: Any) -> Text:
     return Text("-" if value is None or value == "" else str(value))
 
 
-def _accuracy(version: dict[str, Any]) -> Text:
-    value = (version.get("metrics") or {}).get("accuracy")
+def _accuracy(version: ModelVersion) -> Text:
+    value = (version.metrics or {}).get("accuracy")
     return Text(f"{value:.4f}" if isinstance(value, int | float) else "-")
 
 
-def _aliases(aliases: Any) -> str:
+def _aliases(aliases: dict[str, int] | list[str]) -> str:
     if isinstance(aliases, dict):
         return ", ".join(f"{a}→{v}" for a, v in aliases.items())
-    return ", ".join(str(a) for a in aliases or [])
+    return ", ".join(str(a) for a in aliases)
 
 
-def models_table(models: Sequence[dict[str, Any]]) -> Table:
+def _dataset(version: ModelVersion) -> str:
+    return f"{version.dataset.name}:{version.dataset.version}"
+
+
+def models_table(models: Sequence[ModelSummary]) -> Table:
+    """``GET /models``: one row per model."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("name", "latest", "versions", "aliases", "created"):
         table.add_column(column)
     for m in models:
         table.add_row(
-            _t(m.get("name")),
-            _t(m.get("latest_version")),
-            _t(m.get("versions")),
-            _t(_aliases(m.get("aliases"))),
-            _t(m.get("created_at")),
+            _t(m.name),
+            _t(m.latest_version),
+            _t(m.versions),
+            _t(_aliases(m.aliases)),
+            _t(iso(m.created_at)),
         )
     return table
 
 
-def versions_table(versions: Sequence[dict[str, Any]]) -> Table:
+def versions_table(versions: Sequence[ModelVersion]) -> Table:
+    """A model's versions: one row each, with lineage and accuracy."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("version", "job", "dataset", "accuracy", "aliases", "created"):
         table.add_column(column)
     for v in versions:
-        dataset = v.get("dataset") or {}
         table.add_row(
-            _t(v.get("version")),
-            _t(v.get("job")),
-            _t(f"{dataset.get('name')}:{dataset.get('version')}" if dataset else None),
+            _t(v.version),
+            _t(v.job),
+            _t(_dataset(v)),
             _accuracy(v),
-            _t(_aliases(v.get("aliases"))),
-            _t(v.get("created_at")),
+            _t(_aliases(v.aliases)),
+            _t(iso(v.created_at)),
         )
     return table
 
 
-def version_view(version: dict[str, Any]) -> RenderableType:
+def version_view(version: ModelVersion) -> RenderableType:
+    """``nimbus models show NAME:V``: one version's facts."""
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    dataset = version.get("dataset") or {}
-    spec = version.get("spec") or {}
-    files = version.get("files") or {}
+    spec = version.spec
     rows: list[tuple[str, Any]] = [
-        ("model", f"{version.get('model')}:{version.get('version')}"),
-        ("aliases", _aliases(version.get("aliases"))),
-        ("job", version.get("job")),
-        ("dataset", f"{dataset.get('name')}:{dataset.get('version')}" if dataset else None),
+        ("model", f"{version.model}:{version.version}"),
+        ("aliases", _aliases(version.aliases)),
+        ("job", version.job),
+        ("dataset", _dataset(version)),
         ("task", spec.get("task")),
         ("architecture", spec.get("architecture")),
         ("classes", ", ".join(str(c) for c in spec.get("classes") or []) or None),
         ("accuracy", _accuracy(version)),
-        ("params", version.get("params")),
-        ("code hash", version.get("code_hash") or "built-in model"),
-        ("files", ", ".join(f"{n} ({human_bytes(m.get('size'))})" for n, m in files.items())),
-        ("created", f"{version.get('created_at', '-')} by {version.get('created_by') or '-'}"),
+        ("params", version.params),
+        ("code hash", version.code_hash or "built-in model"),
+        ("files", ", ".join(f"{n} ({human_bytes(m.size)})" for n, m in version.files.items())),
+        ("created", f"{iso(version.created_at)} by {version.created_by or '-'}"),
     ]
     for key, value in rows:
         facts.add_row(key, value if isinstance(value, Text) else _t(value))
     return facts
 
 
-def model_view(model: dict[str, Any]) -> RenderableType:
-    title = Text(f"{model.get('name')}  aliases: {_aliases(model.get('aliases')) or '-'}")
-    return Group(title, versions_table(model.get("versions") or []))
+def model_view(model: Model) -> RenderableType:
+    """``nimbus models show NAME``: its aliases, then its versions."""
+    title = Text(f"{model.name}  aliases: {_aliases(model.aliases) or '-'}")
+    return Group(title, versions_table(model.versions))
 
 
 @app.command("register")
@@ -118,7 +125,7 @@ def register(
 
     def render(out: Console) -> None:
         out.print(
-            f"Registered {version['model']}:{version['version']} from job {version.get('job')}",
+            f"Registered {version.model}:{version.version} from job {version.job}",
             style="green",
             markup=False,
         )
@@ -157,9 +164,9 @@ def alias(
     """Point ALIAS of model NAME at version V."""
     with client() as api:
         result = api.set_alias(name, alias_, version)
-    before = result.get("from_version")
-    moved = f" (was {before})" if before is not None and before != result["version"] else ""
-    message = f"{result['model']}@{result['alias']} -> version {result['version']}{moved}"
+    before = result.from_version
+    moved = f" (was {before})" if before is not None and before != result.version else ""
+    message = f"{result.model}@{result.alias} -> version {result.version}{moved}"
     emit(result, as_json, lambda out: out.print(message, markup=False))
 
 
@@ -172,11 +179,11 @@ def download(
     """Download a version's files (spec, safetensors weights, ONNX; hash-checked) into DIR."""
     with client() as api, transfer(f"downloading {ref}", not as_json) as progress:
         version = api.get_model_version(ref)
-        exact = f"{version['model']}:{version['version']}"
+        exact = f"{version.model}:{version.version}"
         paths = api.download_model(exact, dir, progress=progress)
     result = {
-        "model": version["model"],
-        "version": version["version"],
+        "model": version.model,
+        "version": version.version,
         "dir": str(dir),
         "files": [str(p) for p in paths],
     }
@@ -197,5 +204,5 @@ def delete(
     """Delete one version (refused while a deployment serves it); aliases to it go too."""
     with client() as api:
         result = api.delete_model_version(ref)
-    message = f"Deleted {result.get('model')}:{result.get('version')}"
+    message = f"Deleted {result.model}:{result.version}"
     emit(result, as_json, lambda out: out.print(message, markup=False))

@@ -1,5 +1,9 @@
 """Deployments: create, list, show, update (rolling), delete, wait until ready, and calling
-a deployment's endpoint (``/predict`` for people, OIP v2 ``/infer`` for tensors)."""
+a deployment's endpoint (``/predict`` for people, OIP v2 ``/infer`` for tensors).
+
+The control plane's answers are wire models (:mod:`nimbus.wire.deployments`); what a
+replica answers (``/predict``, ``/infer``) is the inference server's protocol, not the REST
+API, and comes back as plain data: a dict, or arrays for ``/infer``'s outputs."""
 
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from nimbus.errors import (
     Unavailable,
     error_from_response,
 )
+from nimbus.wire.deployments import MAX_REPLICAS, RUNTIMES, Deployment, DeploymentList
 
-RUNTIMES = ("onnx", "torch")
 _DTYPES = {
     "BOOL": np.bool_,
     "UINT8": np.uint8,
@@ -55,8 +59,8 @@ def _options(
     runtime: str | None,
     public: bool | None,
 ) -> dict[str, Any]:
-    if replicas is not None and not 1 <= replicas <= 32:
-        raise InvalidInput(f"invalid replicas {replicas}: between 1 and 32")
+    if replicas is not None and not 1 <= replicas <= MAX_REPLICAS:
+        raise InvalidInput(f"invalid replicas {replicas}: between 1 and {MAX_REPLICAS}")
     if runtime is not None and runtime not in RUNTIMES:
         raise InvalidInput(f"invalid runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     body = {
@@ -79,12 +83,13 @@ class DeploymentsMixin(BaseClient):
         self,
         name: str,
         model: str | ModelRef,
+        *,
         replicas: int | None = None,
         max_batch_size: int | None = None,
         max_delay_ms: float | None = None,
         runtime: str | None = None,
         public: bool | None = None,
-    ) -> dict[str, Any]:
+    ) -> Deployment:
         """Deploy ``model`` (``NAME:V``, ``NAME@ALIAS`` or ``NAME``) as ``name``; returns the
         deployment, usually still ``pending`` (see :meth:`wait_deployment`)."""
         validate_name(name, "deployment name")
@@ -93,26 +98,27 @@ class DeploymentsMixin(BaseClient):
             "model": str(as_model_ref(model)),
             **_options(replicas, max_batch_size, max_delay_ms, runtime, public),
         }
-        return dict(self._json("POST", f"{API}/deployments", json=body))
+        return self._call(Deployment, "POST", f"{API}/deployments", json=body)
 
-    def list_deployments(self) -> list[dict[str, Any]]:
+    def list_deployments(self) -> list[Deployment]:
         """Every deployment of the caller's tenant."""
-        return list(self._json("GET", f"{API}/deployments")["deployments"])
+        return self._call(DeploymentList, "GET", f"{API}/deployments").deployments
 
-    def get_deployment(self, name: str) -> dict[str, Any]:
+    def get_deployment(self, name: str) -> Deployment:
         """One deployment: state, replicas, endpoint, model version, batching."""
-        return dict(self._json("GET", _path(name)))
+        return self._call(Deployment, "GET", _path(name))
 
     def update_deployment(
         self,
         name: str,
         model: str | ModelRef | None = None,
+        *,
         replicas: int | None = None,
         max_batch_size: int | None = None,
         max_delay_ms: float | None = None,
         runtime: str | None = None,
         public: bool | None = None,
-    ) -> dict[str, Any]:
+    ) -> Deployment:
         """A rolling update to ``model`` (an alias is resolved now), or a scale, or new
         batching settings; the endpoint stays."""
         body = _options(replicas, max_batch_size, max_delay_ms, runtime, public)
@@ -120,26 +126,27 @@ class DeploymentsMixin(BaseClient):
             body["model"] = str(as_model_ref(model))
         if not body:
             raise InvalidInput("nothing to update: give a model or a setting to change")
-        return dict(self._json("PATCH", _path(name), json=body))
+        return self._call(Deployment, "PATCH", _path(name), json=body)
 
-    def delete_deployment(self, name: str) -> dict[str, Any]:
+    def delete_deployment(self, name: str) -> Deployment:
         """Stop a deployment (its replicas drain and exit); returns it ``stopped``."""
-        return dict(self._json("DELETE", _path(name), timeout=self._no_read_deadline()))
+        return self._call(Deployment, "DELETE", _path(name), timeout=self._no_read_deadline())
 
     def wait_deployment(
         self,
         name: str,
+        *,
         timeout: float = 120.0,
         poll: float = 0.5,
         version: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> Deployment:
         """Poll until the deployment is ``ready`` with every replica ready (on ``version``
         when given); raises :class:`DeploymentFailed` if it fails or ``timeout`` passes."""
         start = self._poll_clock()
         interval = min(0.1, poll)
         while True:
             deployment = self.get_deployment(name)
-            state = deployment.get("state")
+            state = deployment.state
             if state == "failed":
                 raise DeploymentFailed(f"deployment {name} failed to start")
             if state == "ready" and _replicas_ready(deployment, version):
@@ -157,6 +164,7 @@ class DeploymentsMixin(BaseClient):
         self,
         deployment: str,
         file: str | os.PathLike[str] | None = None,
+        *,
         text: str | None = None,
         data: bytes | None = None,
     ) -> dict[str, Any]:
@@ -182,7 +190,7 @@ class DeploymentsMixin(BaseClient):
         )
 
     def infer(
-        self, deployment: str, x: np.ndarray, input_name: str | None = None
+        self, deployment: str, x: np.ndarray, *, input_name: str | None = None
     ) -> dict[str, np.ndarray]:
         """An OIP v2 ``/infer`` call with one input tensor ``x`` (its name from the model's
         metadata unless given); returns each output as an array of its shape."""
@@ -213,11 +221,9 @@ class DeploymentsMixin(BaseClient):
 
     def _endpoint(self, deployment: str) -> str:
         shown = self.get_deployment(deployment)
-        endpoint = shown.get("endpoint")
-        if not endpoint:
-            state = shown.get("state")
-            raise Unavailable(f"deployment {deployment} has no endpoint (state {state})")
-        return str(endpoint).rstrip("/")
+        if not shown.endpoint:
+            raise Unavailable(f"deployment {deployment} has no endpoint (state {shown.state})")
+        return shown.endpoint.rstrip("/")
 
     def _call_endpoint(
         self,
@@ -259,11 +265,10 @@ def _path(name: str) -> str:
     return f"{API}/deployments/{validate_name(name, 'deployment name')}"
 
 
-def _replicas_ready(deployment: Mapping[str, Any], version: int | None) -> bool:
-    replicas = deployment.get("replicas") or []
-    if len(replicas) < int(deployment.get("desired_replicas") or 1):
+def _replicas_ready(deployment: Deployment, version: int | None) -> bool:
+    replicas = deployment.replicas
+    if len(replicas) < max(deployment.desired_replicas, 1):
         return False
     return all(
-        r.get("state") == "ready" and (version is None or r.get("model_version") == version)
-        for r in replicas
+        r.state == "ready" and (version is None or r.model_version == version) for r in replicas
     )

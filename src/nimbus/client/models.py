@@ -13,6 +13,8 @@ from nimbus.client.refs import parse_versioned
 from nimbus.client.transfer import Progress
 from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
+from nimbus.wire.base import dump
+from nimbus.wire.models import AliasChange, Model, ModelList, ModelSummary, ModelVersion
 
 REF_HELP = "use NAME, NAME:VERSION or NAME@ALIAS"
 
@@ -70,56 +72,60 @@ def _version_number(version: int | str) -> int:
 class ModelsMixin(BaseClient):
     """``/models``, ``/models/{name}/versions`` and ``/models/{name}/aliases``."""
 
-    def register_model(self, name: str, job: str) -> dict[str, Any]:
+    def register_model(self, name: str, job: str) -> ModelVersion:
         """Register a succeeded job's model as a new version of ``name`` (created on its first
         version); registering the same job again returns the existing version."""
         validate_name(name, "model name")
         if not isinstance(job, str) or not job.strip():
             raise InvalidInput("a job id is required (--from-job)")
         body = {"job": job.strip()}
-        return dict(self._json("POST", f"{API}/models/{name}/versions", json=body))
+        return self._call(ModelVersion, "POST", f"{API}/models/{name}/versions", json=body)
 
-    def list_models(self) -> list[dict[str, Any]]:
+    def list_models(self) -> list[ModelSummary]:
         """Every model of the caller's tenant: latest version, version count, aliases."""
-        return list(self._json("GET", f"{API}/models")["models"])
+        return self._call(ModelList, "GET", f"{API}/models").models
 
-    def get_model(self, name: str) -> dict[str, Any]:
+    def get_model(self, name: str) -> Model:
         """A model with all its versions, its aliases and their history."""
-        return dict(self._json("GET", f"{API}/models/{validate_name(name, 'model name')}"))
+        return self._call(Model, "GET", f"{API}/models/{validate_name(name, 'model name')}")
 
-    def get_model_version(self, ref: str | ModelRef) -> dict[str, Any]:
+    def get_model_version(self, ref: str | ModelRef) -> ModelVersion:
         """One version: ``NAME`` (latest), ``NAME:V`` or ``NAME@ALIAS``."""
-        ref = as_model_ref(ref)
-        return dict(self._json("GET", _version_path(ref)))
+        return self._call(ModelVersion, "GET", _version_path(as_model_ref(ref)))
 
-    def set_alias(self, name: str, alias: str, version: int | str) -> dict[str, Any]:
-        """Point ``alias`` at ``version``: ``{"model", "alias", "version", "from_version"}``."""
+    def set_alias(self, name: str, alias: str, version: int | str) -> AliasChange:
+        """Point ``alias`` at ``version``; says where it pointed before."""
         validate_name(name, "model name")
         path = f"{API}/models/{name}/aliases/{validate_alias(alias)}"
-        return dict(self._json("PUT", path, json={"version": _version_number(version)}))
+        return self._call(AliasChange, "PUT", path, json={"version": _version_number(version)})
 
-    def delete_alias(self, name: str, alias: str) -> dict[str, Any]:
+    def delete_alias(self, name: str, alias: str) -> AliasChange:
         """Remove ``alias`` from model ``name``."""
         validate_name(name, "model name")
-        return dict(self._json("DELETE", f"{API}/models/{name}/aliases/{validate_alias(alias)}"))
+        path = f"{API}/models/{name}/aliases/{validate_alias(alias)}"
+        return self._call(AliasChange, "DELETE", path)
 
     def download_model(
-        self, ref: str | ModelRef, dir: str | os.PathLike[str], progress: Progress | None = None
+        self,
+        ref: str | ModelRef,
+        dir: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
     ) -> list[Path]:
         """Write a version's files (spec.json, weights, ONNX; each hash-checked) into ``dir``,
         plus its metadata as ``version.json``. The directory can be served by
         ``nimbus serve``."""
         version = self.get_model_version(ref)
-        base = f"{API}/models/{version['model']}/versions/{version['version']}/files"
-        return self._download_version(version, base, dir, progress, _model_file_name)
+        base = f"{API}/models/{version.model}/versions/{version.version}/files"
+        return self._download_version(dump(version), base, dir, progress, _model_file_name)
 
-    def delete_model_version(self, ref: str | ModelRef) -> dict[str, Any]:
+    def delete_model_version(self, ref: str | ModelRef) -> ModelVersion:
         """Delete one version (``NAME:V`` or ``NAME@ALIAS``; a bare name is refused).
         Fails with :class:`~nimbus.errors.Conflict` while a deployment serves it."""
         ref = as_model_ref(ref)
         if ref.version is None and ref.alias is None:
             raise InvalidInput(f"name the version to delete: {ref.name}:VERSION")
-        return dict(self._json("DELETE", _version_path(ref)))
+        return self._call(ModelVersion, "DELETE", _version_path(ref))
 
 
 def _model_file_name(name: str, meta: dict[str, Any]) -> str:

@@ -36,8 +36,16 @@ from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import delete_quietly
 from nimbus.services.code import is_code_ref
 from nimbus.services.jobs import finite
-from nimbus.services.views import iso
 from nimbus.storage.blobs import BlobStore, digest_of
+from nimbus.wire.models import (
+    AliasChange,
+    AliasEvent,
+    Model,
+    ModelDataset,
+    ModelFile,
+    ModelSummary,
+    ModelVersion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +104,9 @@ def validate_alias(alias: str) -> str:
 
 @dataclass(frozen=True)
 class RegisterResult:
-    version: dict[str, Any]
+    """The registered version, and whether this call created it."""
+
+    version: ModelVersion
     created: bool
 
 
@@ -117,32 +127,34 @@ class FileDownload:
     chunks: Iterator[bytes]
 
 
-def version_view(row: ModelVersionRow, model: str, aliases: list[str]) -> dict[str, Any]:
-    return {
-        "model": model,
-        "version": row.version,
-        "job": row.job_id,
-        "dataset": row.dataset,
-        "code_hash": row.code_hash,
-        "params": row.params,
-        "seed": row.seed,
-        "metrics": row.metrics,
-        "spec": row.spec,
-        "files": row.files,
-        "aliases": sorted(aliases),
-        "created_at": iso(row.created_at),
-        "created_by": row.created_by,
-    }
+def version_view(row: ModelVersionRow, model: str, aliases: list[str]) -> ModelVersion:
+    """A stored version as the API shows it, with the aliases naming it."""
+    return ModelVersion(
+        model=model,
+        version=row.version,
+        job=row.job_id,
+        dataset=ModelDataset.model_validate(row.dataset),
+        code_hash=row.code_hash,
+        params=row.params,
+        seed=row.seed,
+        metrics=row.metrics,
+        spec=row.spec,
+        files={name: ModelFile.model_validate(entry) for name, entry in row.files.items()},
+        aliases=sorted(aliases),
+        created_at=row.created_at,
+        created_by=row.created_by,
+    )
 
 
-def alias_event_view(event: ModelAliasEventRow) -> dict[str, Any]:
-    return {
-        "alias": event.alias,
-        "version": event.version,
-        "from_version": event.from_version,
-        "at": iso(event.at),
-        "by": event.by,
-    }
+def alias_event_view(event: ModelAliasEventRow) -> AliasEvent:
+    """One move of an alias, from the history."""
+    return AliasEvent(
+        alias=event.alias,
+        version=event.version,
+        from_version=event.from_version,
+        at=event.at,
+        by=event.by,
+    )
 
 
 def _lineage(detail: JobDetail) -> dict[str, Any]:
@@ -221,7 +233,7 @@ class ModelService:
 
     def _registered(
         self, session: Session, principal: Principal, name: str, job_id: str
-    ) -> dict[str, Any] | None:
+    ) -> ModelVersion | None:
         model = repo.get_model(session, principal.tenant_id, name)
         row = repo.find_by_job(session, model.id, job_id) if model is not None else None
         return self._view(session, model, row) if model is not None and row else None
@@ -311,42 +323,44 @@ class ModelService:
 
     # -- read ---------------------------------------------------------------------------
 
-    def list_models(self, principal: Principal) -> list[dict[str, Any]]:
+    def list_models(self, principal: Principal) -> list[ModelSummary]:
+        """Every model of the caller's tenant: latest version, version count, aliases."""
         with self.db.session() as session:
             summaries = repo.list_models(session, principal.tenant_id)
             aliases = repo.aliases(session, [s.id for s in summaries])
             return [
-                {
-                    "name": s.name,
-                    "latest_version": s.latest_version,
-                    "versions": s.versions,
-                    "aliases": aliases[s.id],
-                    "created_at": iso(s.created_at),
-                }
+                ModelSummary(
+                    name=s.name,
+                    latest_version=s.latest_version,
+                    versions=s.versions,
+                    aliases=aliases[s.id],
+                    created_at=s.created_at,
+                )
                 for s in summaries
             ]
 
-    def get_model(self, principal: Principal, name: str) -> dict[str, Any]:
+    def get_model(self, principal: Principal, name: str) -> Model:
+        """A model with all its versions, its aliases and their history."""
         with self.db.session() as session:
             model = self._model(session, principal, name)
             aliases = repo.aliases(session, [model.id])[model.id]
-            return {
-                "name": model.name,
-                "created_at": iso(model.created_at),
-                "versions": [
+            return Model(
+                name=model.name,
+                created_at=model.created_at,
+                versions=[
                     version_view(r, name, _names_of(aliases, r.version))
                     for r in repo.list_versions(session, model.id)
                 ],
-                "aliases": aliases,
-                "alias_history": [
-                    alias_event_view(e) for e in repo.alias_history(session, model.id)
-                ],
-            }
+                aliases=aliases,
+                alias_history=[alias_event_view(e) for e in repo.alias_history(session, model.id)],
+            )
 
-    def list_versions(self, principal: Principal, name: str) -> list[dict[str, Any]]:
-        return list(self.get_model(principal, name)["versions"])
+    def list_versions(self, principal: Principal, name: str) -> list[ModelVersion]:
+        """Every version of a model, oldest first."""
+        return list(self.get_model(principal, name).versions)
 
-    def get_version(self, principal: Principal, name: str, ref: VersionRef) -> dict[str, Any]:
+    def get_version(self, principal: Principal, name: str, ref: VersionRef) -> ModelVersion:
+        """One version, by number, alias or the latest."""
         with self.db.session() as session:
             model = self._model(session, principal, name)
             return self._view(session, model, self._version(session, model, ref))
@@ -363,17 +377,15 @@ class ModelService:
         """A file of a version, verified against its hash before the first byte is handed
         out (CorruptBlob otherwise), and again as it streams."""
         view = self.get_version(principal, name, ref)
-        entry = view["files"].get(file)
+        entry = view.files.get(file)
         if entry is None:
-            raise NotFound(f"{name}:{view['version']} has no file {file[:80]!r}")
-        self.blobs.verify(entry["key"])
-        return FileDownload(file, int(entry["size"]), self.blobs.iter_verified(entry["key"]))
+            raise NotFound(f"{name}:{view.version} has no file {file[:80]!r}")
+        self.blobs.verify(entry.key)
+        return FileDownload(file, entry.size, self.blobs.iter_verified(entry.key))
 
     # -- aliases ------------------------------------------------------------------------
 
-    def set_alias(
-        self, principal: Principal, name: str, alias: str, version: int
-    ) -> dict[str, Any]:
+    def set_alias(self, principal: Principal, name: str, alias: str, version: int) -> AliasChange:
         """Point ``alias`` at ``version`` (moving it if it named another one)."""
         require_role(principal, Role.MEMBER)
         validate_alias(alias)
@@ -382,9 +394,10 @@ class ModelService:
             row = self._version(session, model, VersionRef(version=version))
             now = self.clock()
             before = repo.set_alias(session, model.id, alias, row.version, principal.token_id, now)
-            return {"model": name, "alias": alias, "version": row.version, "from_version": before}
+            return AliasChange(model=name, alias=alias, version=row.version, from_version=before)
 
-    def remove_alias(self, principal: Principal, name: str, alias: str) -> dict[str, Any]:
+    def remove_alias(self, principal: Principal, name: str, alias: str) -> AliasChange:
+        """Remove ``alias`` (recorded in the history)."""
         require_role(principal, Role.MEMBER)
         validate_alias(alias)
         with self.db.session(write=True) as session:
@@ -392,11 +405,11 @@ class ModelService:
             before = repo.remove_alias(session, model.id, alias, principal.token_id, self.clock())
             if before is None:
                 raise NotFound(f"model {name!r} has no alias {alias!r}")
-            return {"model": name, "alias": alias, "version": None, "from_version": before}
+            return AliasChange(model=name, alias=alias, version=None, from_version=before)
 
     # -- delete -------------------------------------------------------------------------
 
-    def delete_version(self, principal: Principal, name: str, ref: VersionRef) -> dict[str, Any]:
+    def delete_version(self, principal: Principal, name: str, ref: VersionRef) -> ModelVersion:
         """Delete a version no deployment serves; its aliases go with it, and so do its
         blobs unless something else (the job, another version) still holds them."""
         require_role(principal, Role.MEMBER)
@@ -438,7 +451,7 @@ class ModelService:
             raise NotFound(f"model {model.name!r} has no version {shown}")
         return row
 
-    def _view(self, session: Session, model: ModelRow, row: ModelVersionRow) -> dict[str, Any]:
+    def _view(self, session: Session, model: ModelRow, row: ModelVersionRow) -> ModelVersion:
         aliases = repo.aliases(session, [model.id])[model.id]
         return version_view(row, model.name, _names_of(aliases, row.version))
 

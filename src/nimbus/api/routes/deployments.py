@@ -2,41 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import services_of
-from nimbus.services.deployments import CreateDeployment, UpdateDeployment
+from nimbus.wire.deployments import (
+    CreateDeployment,
+    Deployment,
+    DeploymentList,
+    UpdateDeployment,
+)
 
 router = APIRouter(tags=["deployments"])
 
 
-@router.post("/deployments", status_code=201)
-def create_deployment(
-    body: CreateDeployment, principal: Member, request: Request
-) -> dict[str, Any]:
+@router.post("/deployments", status_code=201, response_model=Deployment)
+def create_deployment(body: CreateDeployment, principal: Member, request: Request) -> Deployment:
     return services_of(request).deployments.create(principal, body)
 
 
-@router.get("/deployments")
-def list_deployments(principal: Viewer, request: Request) -> dict[str, Any]:
-    return {"deployments": services_of(request).deployments.list_deployments(principal)}
+@router.get("/deployments", response_model=DeploymentList)
+def list_deployments(principal: Viewer, request: Request) -> DeploymentList:
+    return DeploymentList(deployments=services_of(request).deployments.list_deployments(principal))
 
 
-@router.get("/deployments/{name}")
-def get_deployment(name: str, principal: Viewer, request: Request) -> dict[str, Any]:
+@router.get("/deployments/{name}", response_model=Deployment)
+def get_deployment(name: str, principal: Viewer, request: Request) -> Deployment:
     return services_of(request).deployments.get(principal, name)
 
 
-@router.patch("/deployments/{name}")
+@router.patch("/deployments/{name}", response_model=Deployment)
 def update_deployment(
     name: str, body: UpdateDeployment, principal: Member, request: Request
-) -> dict[str, Any]:
+) -> Deployment:
     return services_of(request).deployments.update(principal, name, body)
 
 
-@router.delete("/deployments/{name}")
-def delete_deployment(name: str, principal: Member, request: Request) -> dict[str, Any]:
+@router.delete("/deployments/{name}", response_model=Deployment)
+def delete_deployment(name: str, principal: Member, request: Request) -> Deployment:
     return services_of(request).deployments.delete(principal, name)

@@ -2,61 +2,63 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import services_of
 from nimbus.services.models import parse_version_ref
+from nimbus.wire.models import (
+    AliasChange,
+    Model,
+    ModelList,
+    ModelVersion,
+    ModelVersionList,
+    RegisterVersion,
+    SetAlias,
+)
 
 router = APIRouter(tags=["models"])
 
 
-class RegisterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    job: str = Field(min_length=1, max_length=64)
-
-
-class AliasBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: int = Field(ge=1)
-
-
-@router.post("/models/{name}/versions", status_code=201)
+@router.post(
+    "/models/{name}/versions",
+    status_code=201,
+    response_model=ModelVersion,
+    responses={200: {"model": ModelVersion, "description": "Already registered from that job"}},
+)
 async def register_version(
-    name: str, body: RegisterBody, principal: Member, request: Request
-) -> JSONResponse:
+    name: str, body: RegisterVersion, principal: Member, request: Request, response: Response
+) -> ModelVersion:
     """201 with a new version; 200 with the version already registered from that job."""
     result = await run_in_threadpool(
         services_of(request).models.register, principal, name, body.job
     )
-    return JSONResponse(result.version, status_code=201 if result.created else 200)
+    if not result.created:
+        response.status_code = 200
+    return result.version
 
 
-@router.get("/models")
-def list_models(principal: Viewer, request: Request) -> dict[str, Any]:
-    return {"models": services_of(request).models.list_models(principal)}
+@router.get("/models", response_model=ModelList)
+def list_models(principal: Viewer, request: Request) -> ModelList:
+    return ModelList(models=services_of(request).models.list_models(principal))
 
 
-@router.get("/models/{name}")
-def get_model(name: str, principal: Viewer, request: Request) -> dict[str, Any]:
+@router.get("/models/{name}", response_model=Model)
+def get_model(name: str, principal: Viewer, request: Request) -> Model:
     return services_of(request).models.get_model(principal, name)
 
 
-@router.get("/models/{name}/versions")
-def list_versions(name: str, principal: Viewer, request: Request) -> dict[str, Any]:
-    return {"versions": services_of(request).models.list_versions(principal, name)}
+@router.get("/models/{name}/versions", response_model=ModelVersionList)
+def list_versions(name: str, principal: Viewer, request: Request) -> ModelVersionList:
+    return ModelVersionList(versions=services_of(request).models.list_versions(principal, name))
 
 
-@router.get("/models/{name}/versions/{v}")
-def get_version(name: str, v: str, principal: Viewer, request: Request) -> dict[str, Any]:
+@router.get("/models/{name}/versions/{v}", response_model=ModelVersion)
+def get_version(name: str, v: str, principal: Viewer, request: Request) -> ModelVersion:
     return services_of(request).models.get_version(principal, name, parse_version_ref(v))
 
 
@@ -75,18 +77,18 @@ def download_file(
     )
 
 
-@router.put("/models/{name}/aliases/{alias}")
+@router.put("/models/{name}/aliases/{alias}", response_model=AliasChange)
 def set_alias(
-    name: str, alias: str, body: AliasBody, principal: Member, request: Request
-) -> dict[str, Any]:
+    name: str, alias: str, body: SetAlias, principal: Member, request: Request
+) -> AliasChange:
     return services_of(request).models.set_alias(principal, name, alias, body.version)
 
 
-@router.delete("/models/{name}/aliases/{alias}")
-def remove_alias(name: str, alias: str, principal: Member, request: Request) -> dict[str, Any]:
+@router.delete("/models/{name}/aliases/{alias}", response_model=AliasChange)
+def remove_alias(name: str, alias: str, principal: Member, request: Request) -> AliasChange:
     return services_of(request).models.remove_alias(principal, name, alias)
 
 
-@router.delete("/models/{name}/versions/{v}")
-def delete_version(name: str, v: str, principal: Member, request: Request) -> dict[str, Any]:
+@router.delete("/models/{name}/versions/{v}", response_model=ModelVersion)
+def delete_version(name: str, v: str, principal: Member, request: Request) -> ModelVersion:
     return services_of(request).models.delete_version(principal, name, parse_version_ref(v))
