@@ -12,6 +12,7 @@ from pydantic import (
     PlainSerializer,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 
 from nimbus.errors import ServerError
@@ -31,6 +32,7 @@ Timestamp = Annotated[
     datetime,
     AfterValidator(as_utc),
     PlainSerializer(_iso_required, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 """A point in time: an aware UTC ``datetime`` in Python (naive ones, as SQLite returns them,
 are taken as UTC, so times compare equal whichever store they came from), ISO-8601 UTC with
