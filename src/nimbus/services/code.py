@@ -25,8 +25,8 @@ from nimbus.db.tables import CodeArtifactRow
 from nimbus.errors import InvalidDataset, InvalidInput, NotFound
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import discard, move_in, pin
-from nimbus.services.views import iso
 from nimbus.storage.blobs import BlobStore, digest_of, key_for
+from nimbus.wire.jobs import CodeArtifact
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,16 @@ def parse_ref(ref: str) -> str:
     return key
 
 
-def code_view(row: CodeArtifactRow) -> dict[str, Any]:
-    return {
-        "ref": REF_PREFIX + row.blob_key,
-        "sha256": digest_of(row.blob_key),
-        "size": row.size,
-        "format": row.format,
-        "entry": row.entry,
-        "created_at": iso(row.created_at),
-    }
+def code_view(row: CodeArtifactRow) -> CodeArtifact:
+    """A stored code artifact as the API shows it."""
+    return CodeArtifact(
+        ref=REF_PREFIX + row.blob_key,
+        sha256=digest_of(row.blob_key),
+        size=row.size,
+        format=row.format,
+        entry=row.entry,
+        created_at=row.created_at,
+    )
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class CodeService:
 
     def upload(
         self, principal: Principal, path: Path, sha256: str, filename: str | None
-    ) -> dict[str, Any]:
+    ) -> CodeArtifact:
         """Check and store the staged upload at ``path`` (consumed); returns the code view.
         Uploading identical content again returns the existing artifact."""
         key = key_for(sha256)

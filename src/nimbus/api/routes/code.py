@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -11,14 +9,15 @@ from nimbus.api.auth import Member
 from nimbus.api.state import services_of
 from nimbus.api.upload import receive_upload
 from nimbus.services.datasets import validate_filename
+from nimbus.wire.jobs import CodeArtifact
 
 router = APIRouter(tags=["code"])
 
 
-@router.post("/code", status_code=201)
+@router.post("/code", status_code=201, response_model=CodeArtifact)
 async def upload_code(
     principal: Member, request: Request, filename: str | None = None
-) -> dict[str, Any]:
+) -> CodeArtifact:
     """The raw body: a ``.py`` file, or a ``.tar`` of a directory with ``main.py``."""
     services = services_of(request)
     if filename is not None:
