@@ -35,7 +35,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from nimbus.runtime.api import load_local_dataset
 from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
 from nimbus.runtime.hyperparams import validate_params
+from nimbus.wire.jobs import LogChunk, MetricPoint
 
 EVAL_BATCH = 512
 
@@ -75,10 +75,6 @@ first_step_at = time.time()
 nr.log(1, first_step_at=first_step_at, script_start_at=script_start_at, dataset_at=dataset_at)
 """
 NOOP_SCRIPT = "pass\n"
-
-
-def when(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 # -- 1. throughput ----------------------------------------------------------------------------
@@ -121,10 +117,10 @@ def job_epoch_seconds(api: Client, home: Path, job_id: str) -> tuple[float, floa
     the wall figure was measured."""
     arrivals: dict[int, tuple[float, float]] = {}
     for event in api.follow_logs(job_id):
-        if event.kind != "log":
+        if not isinstance(event, LogChunk):
             continue
         now, cpu = time.perf_counter(), job_cpu_seconds(home, job_id)
-        for line in str(event.data.get("data", "")).splitlines():
+        for line in event.data.splitlines():
             head = line.split()[:2]
             if len(head) == 2 and head[0] == "epoch" and "train_loss" in line:
                 arrivals.setdefault(int(head[1].split("/")[0]), (now, cpu))
@@ -133,7 +129,8 @@ def job_epoch_seconds(api: Client, home: Path, job_id: str) -> tuple[float, floa
     first, last = min(arrivals), max(arrivals)
     wall = (arrivals[last][0] - arrivals[first][0]) / (last - first)
     cpu = (arrivals[last][1] - arrivals[first][1]) / (last - first)
-    logged = [p["value"] for p in api.job_metrics(job_id).get("epoch_seconds", [])]
+    series = api.job_metrics(job_id).get("epoch_seconds", [])
+    logged = [p.value for p in series if p.value is not None]
     if len(logged) > 1:
         return median(logged[1:]), cpu, "the job's epoch_seconds metric (epochs 2..E)"
     return wall, cpu, f"arrival of its epoch log lines {first}..{last} over the log stream"
@@ -191,9 +188,9 @@ def throughput(
     torch.set_num_threads(threads)
 
     before = plain_epoch_seconds(data_dir, params, epochs)
-    job = api.submit_job(ref, "cnn", params, cpus=threads, seed=0)
-    job_wall, job_cpu, how = job_epoch_seconds(api, home, job["id"])
-    done = api.wait_job(job["id"], timeout=3600)
+    job = api.submit_job(ref, "cnn", params=params, cpus=threads, seed=0)
+    job_wall, job_cpu, how = job_epoch_seconds(api, home, job.id)
+    done = api.wait_job(job.id, timeout=3600)
     after = plain_epoch_seconds(data_dir, params, epochs)
     plain_wall, plain_cpu = min(before[0], after[0]), min(before[1], after[1])
     print(
@@ -201,7 +198,7 @@ def throughput(
         f"{epochs} epochs, {threads} thread(s), job cpus={threads}:"
     )
     print(
-        f"   job {job['id']} {done['state']}: {job_wall:.2f} s/epoch "
+        f"   job {job.id} {done.state}: {job_wall:.2f} s/epoch "
         f"({n_train / job_wall:,.0f} samples/s), from {how}; CPU {job_cpu:.2f} s/epoch"
     )
     print(
@@ -218,6 +215,13 @@ def throughput(
 # -- 2. submit -> first step ------------------------------------------------------------------
 
 
+def value(points: list[MetricPoint]) -> float:
+    """The first value of a metric series that the bench's script logged (always finite)."""
+    if points[0].value is None:
+        raise RuntimeError("a timing metric arrived as null")
+    return points[0].value
+
+
 def upload_digits(api: Client, work: Path) -> str:
     data = write_digits_zip(work / "digits.zip")
     version = api.upload_dataset("bench-digits", data.path)
@@ -228,22 +232,22 @@ def latency(api: Client, work: Path, jobs: int) -> None:
     ref = upload_digits(api, work)
     script = work / "first_step.py"
     script.write_text(LATENCY_SCRIPT)
-    code = api.upload_code(script)["ref"]
-    api.wait_job(api.submit_job(ref, code)["id"], timeout=300)  # warm the node's blob cache
+    code = api.upload_code(script).ref
+    api.wait_job(api.submit_job(ref, code).id, timeout=300)  # warm the node's blob cache
     figures, starts, scripts, datasets = [], [], [], []
     for _ in range(jobs):
         submitted = time.time()
         job = api.submit_job(ref, code)
-        done = api.wait_job(job["id"], timeout=300)
-        metrics = api.job_metrics(job["id"])
+        done = api.wait_job(job.id, timeout=300)
+        metrics = api.job_metrics(job.id)
         points = metrics.get("first_step_at") or []
-        if done["state"] != "succeeded" or not points:
-            print(f"   job {job['id']} {done['state']}: {done.get('exit_reason')}")
+        if done.state != "succeeded" or not points or done.started_at is None:
+            print(f"   job {job.id} {done.state}: {done.exit_reason}")
             continue
-        figures.append(points[0]["value"] - submitted)
-        starts.append(when(done["started_at"]) - submitted)
-        scripts.append(metrics["script_start_at"][0]["value"] - submitted)
-        datasets.append(metrics["dataset_at"][0]["value"] - submitted)
+        figures.append(value(points) - submitted)
+        starts.append(done.started_at.timestamp() - submitted)
+        scripts.append(value(metrics["script_start_at"]) - submitted)
+        datasets.append(value(metrics["dataset_at"]) - submitted)
     if not figures:
         print("2. submit -> first step: no job succeeded")
         return
@@ -269,24 +273,28 @@ def latency(api: Client, work: Path, jobs: int) -> None:
 def queue(api: Client, work: Path, jobs: int) -> None:
     script = work / "noop.py"
     script.write_text(NOOP_SCRIPT)
-    code = api.upload_code(script)["ref"]
+    code = api.upload_code(script).ref
     ref = upload_digits(api, work)  # a job names a dataset, even one it does not read
-    api.wait_job(api.submit_job(ref, code)["id"], timeout=300)  # warm up
+    api.wait_job(api.submit_job(ref, code).id, timeout=300)  # warm up
     begin = time.perf_counter()
-    ids = [api.submit_job(ref, code)["id"] for _ in range(jobs)]
+    ids = [api.submit_job(ref, code).id for _ in range(jobs)]
     submit_s = time.perf_counter() - begin
     pending = set(ids)
     while pending:
         time.sleep(1.0)
         for state in ("succeeded", "failed", "cancelled"):
-            pending -= {j["id"] for j in api.list_jobs(state=state, limit=1000)}
+            pending -= {j.id for j in api.list_jobs(state=state, limit=1000)}
     drained = time.perf_counter() - begin
     found = [api.get_job(job_id) for job_id in ids]
-    states = statistics.multimode(j["state"] for j in found)
-    created = [when(j["created_at"]) for j in found]
-    started = sorted(when(j["started_at"]) for j in found if j["started_at"])
-    finished = sorted(when(j["finished_at"]) for j in found if j["finished_at"])
-    runs = [when(j["finished_at"]) - when(j["started_at"]) for j in found if j["started_at"]]
+    states = statistics.multimode(str(j.state) for j in found)
+    created = [j.created_at.timestamp() for j in found]
+    started = sorted(j.started_at.timestamp() for j in found if j.started_at)
+    finished = sorted(j.finished_at.timestamp() for j in found if j.finished_at)
+    runs = [
+        j.finished_at.timestamp() - j.started_at.timestamp()
+        for j in found
+        if j.started_at and j.finished_at
+    ]
     slots = max(1, sum(1 for s in started if s < finished[0]))  # ran at once at the start
     span = finished[-1] - min(created)
     gaps = [started[k] - finished[k - slots] for k in range(slots, len(started))]

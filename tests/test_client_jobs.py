@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,17 @@ from nimbus.client import Client, Event, WaitTimeout
 from nimbus.client.sse import parse_events
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput, NotFound, Unavailable
+from nimbus.jobs.domain import JobState
+from nimbus.wire.base import dump
+from nimbus.wire.code import CodeArtifact
+from nimbus.wire.jobs import (
+    Job,
+    LogChunk,
+    LogEnd,
+    LogPage,
+    MetricPoint,
+    Progress,
+)
 
 URL = "http://nimbus.test"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -54,7 +66,40 @@ def make(handler: Handler, settings: Settings, clock: FakeTime | None = None) ->
 
 
 def job(state: str = "queued", **extra: Any) -> dict[str, Any]:
-    return {"id": "job_1", "state": state, "model": "cnn", **extra}
+    """A job object as the server sends it (docs/api.md)."""
+    return {
+        "id": "job_1",
+        "state": state,
+        "model": "cnn",
+        "dataset": {"name": "digits", "version": 2, "content_hash": "ab" * 32},
+        "params": {"epochs": 3},
+        "resources": {"cpus": 1.0, "gpus": 0, "memory": 1 << 30, "workers": 1},
+        "priority": 0,
+        "max_retries": 2,
+        "attempts": 0,
+        "deadline_at": None,
+        "created_at": "2026-01-02T03:04:05.123456Z",
+        "started_at": None,
+        "finished_at": None,
+        "exit_reason": None,
+        "cancel_requested": False,
+        "progress": None,
+        "evaluation": None,
+        "artifacts": [],
+        "seed": 0,
+        **extra,
+    }
+
+
+def code_artifact(size: int) -> dict[str, Any]:
+    return {
+        "ref": CODE_REF,
+        "sha256": "c" * 64,
+        "size": size,
+        "format": "py",
+        "entry": "main.py",
+        "created_at": "2026-01-02T03:04:05Z",
+    }
 
 
 def test_submit_a_builtin_model_sends_the_documented_body(settings: Settings) -> None:
@@ -65,7 +110,7 @@ def test_submit_a_builtin_model_sends_the_documented_body(settings: Settings) ->
         return httpx.Response(201, json=job())
 
     with make(handler, settings) as client:
-        assert client.submit_job("digits:2", "cnn", {"epochs": "3"})["id"] == "job_1"
+        assert client.submit_job("digits:2", "cnn", params={"epochs": "3"}).id == "job_1"
         client.submit_job(
             "digits",
             "mlp",
@@ -131,15 +176,7 @@ def code_server(uploads: list[httpx.Request], submits: list[dict[str, Any]]) -> 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/v1/code":
             uploads.append(request)
-            return httpx.Response(
-                201,
-                json={
-                    "ref": CODE_REF,
-                    "sha256": "c" * 64,
-                    "size": len(request.content),
-                    "entry": "main.py",
-                },
-            )
+            return httpx.Response(201, json=code_artifact(len(request.content)))
         submits.append(json.loads(request.content))
         return httpx.Response(201, json=job(model=submits[-1]["model"]))
 
@@ -154,7 +191,7 @@ def test_a_script_is_uploaded_then_submitted_by_ref(settings: Settings, tmp_path
     with make(code_server(uploads, submits), settings) as client:
         submitted = client.submit_job("digits", script)
         client.submit_job("digits", CODE_REF)  # an existing ref is not uploaded again
-    assert submitted["model"] == CODE_REF
+    assert submitted.model == CODE_REF
     assert len(uploads) == 1
     assert uploads[0].url.params["filename"] == "train.py"
     assert uploads[0].content == b"print('hello')\n"
@@ -203,13 +240,13 @@ def test_reading_routes_hit_the_documented_paths(settings: Settings) -> None:
         return httpx.Response(200, json=job())
 
     with make(handler, settings) as client:
-        assert client.list_jobs() == [job()]
+        assert client.list_jobs() == [Job.model_validate(job())]
         client.list_jobs(state="running", limit=5)
         client.get_job("job_1")
         client.cancel_job("job_1")
-        assert client.job_logs("job_1", after=4)["done"] is False
+        assert client.job_logs("job_1", after=4).done is False
         assert client.job_metrics("job_1") == {"train_loss": []}
-        assert client.compare_jobs(["job_1", "job_2"]) == [job()]
+        assert client.compare_jobs(["job_1", "job_2"]) == [Job.model_validate(job())]
         client.get_job("a/b")  # ids are quoted, never path traversal
     assert seen == [
         ("GET", "/api/v1/jobs", {}),
@@ -221,6 +258,81 @@ def test_reading_routes_hit_the_documented_paths(settings: Settings) -> None:
         ("GET", "/api/v1/jobs/compare", {"ids": "job_1,job_2"}),
         ("GET", "/api/v1/jobs/a%2Fb", {}),
     ]
+
+
+def test_the_sdk_returns_wire_models(settings: Settings) -> None:
+    running = job(
+        "running",
+        progress={"epoch": 1, "epochs": 3, "batch": 4, "batches": 10},
+        artifacts=[{"name": "model.onnx", "key": "sha256/ab/" + "ab" * 32, "size": 10}],
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/v1/code":
+            return httpx.Response(201, json=code_artifact(len(request.content)))
+        if path in ("/api/v1/jobs/compare", "/api/v1/jobs") and request.method == "GET":
+            return httpx.Response(200, json={"jobs": [job(), job(id="job_2")]})
+        if path.endswith("/logs"):
+            chunk = {"seq": 7, "attempt": 2, "data": "epoch 1/3\n"}
+            return httpx.Response(200, json={"chunks": [chunk], "next": 7, "done": True})
+        if path.endswith("/metrics"):
+            points = [
+                {"step": 1, "value": 0.5, "attempt": 1},
+                {"step": 2, "value": None, "attempt": 2},
+            ]
+            return httpx.Response(200, json={"metrics": {"train_loss": points}})
+        return httpx.Response(200, json=running)
+
+    with make(handler, settings) as client:
+        code = client.upload_code(Path(__file__))
+        got = client.get_job("job_1")
+        listed = client.list_jobs()
+        compared = client.compare_jobs(["job_1", "job_2"])
+        page = client.job_logs("job_1")
+        metrics = client.job_metrics("job_1")
+    assert isinstance(code, CodeArtifact) and code.ref == CODE_REF
+    assert isinstance(got, Job) and got.state is JobState.RUNNING
+    assert got.created_at == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    assert got.dataset is not None and got.dataset.version == 2
+    assert got.progress == Progress(epoch=1, epochs=3, batch=4, batches=10)
+    assert got.artifacts[0].name == "model.onnx" and got.resources.memory == 1 << 30
+    assert [j.id for j in listed] == [j.id for j in compared] == ["job_1", "job_2"]
+    assert page == LogPage(
+        chunks=[LogChunk(seq=7, attempt=2, data="epoch 1/3\n")], next=7, done=True
+    )
+    assert metrics == {
+        "train_loss": [
+            MetricPoint(step=1, value=0.5, attempt=1),
+            MetricPoint(step=2, value=None, attempt=2),
+        ]
+    }
+    assert dump(got) == running  # as the server sent it (what `--json` prints)
+
+
+def test_a_newer_server_s_extra_fields_are_ignored(settings: Settings) -> None:
+    handler: Handler = lambda r: httpx.Response(200, json=job(queue_position=3))  # noqa: E731
+    with make(handler, settings) as client:
+        assert client.get_job("job_1").id == "job_1"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.submit_job("digits", "cnn", {"epochs": "3"}),
+        lambda c: c.list_jobs(None, 5),
+        lambda c: c.job_logs("job_1", 4),
+        lambda c: c.iter_logs("job_1", 4),
+        lambda c: c.follow_logs("job_1", 4),
+        lambda c: c.wait_job("job_1", 3),
+    ],
+)
+def test_options_are_keyword_only(settings: Settings, call: Callable[[Client], Any]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing should be sent")
+
+    with make(handler, settings) as client, pytest.raises(TypeError, match="positional"):
+        call(client)
 
 
 def test_bad_job_arguments_are_invalid_input(settings: Settings) -> None:
@@ -242,7 +354,7 @@ def test_iter_logs_pages_through_everything(settings: Settings) -> None:
         return httpx.Response(200, json={"chunks": chunks, "next": following, "done": False})
 
     with make(handler, settings) as client:
-        assert [c["seq"] for c in client.iter_logs("job_1")] == [1, 2, 3]
+        assert [c.seq for c in client.iter_logs("job_1")] == [1, 2, 3]
 
 
 # -- server-sent events ----------------------------------------------------------------------
@@ -281,6 +393,10 @@ def log(seq: int) -> tuple[str, dict[str, Any]]:
     return ("log", {"seq": seq, "attempt": 1, "data": f"line {seq}\n"})
 
 
+def end(state: str) -> tuple[str, dict[str, Any]]:
+    return ("end", {"state": state, "exit_reason": None})
+
+
 def test_follow_yields_events_until_the_end(settings: Settings) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.params["follow"] == "true"
@@ -294,8 +410,22 @@ def test_follow_yields_events_until_the_end(settings: Settings) -> None:
         return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
     with make(handler, settings) as client:
-        kinds = [e.kind for e in client.follow_logs("job_1")]
-    assert kinds == ["log", "progress", "end"]  # nothing after the end
+        events = list(client.follow_logs("job_1"))
+    assert events == [  # nothing after the end
+        LogChunk(seq=1, attempt=1, data="line 1\n"),
+        Progress(epoch=1, epochs=1, batch=1, batches=1),
+        LogEnd(state=JobState.SUCCEEDED, exit_reason=None),
+    ]
+    assert [e.event for e in events] == ["log", "progress", "end"]
+
+
+def test_follow_skips_event_types_it_does_not_know(settings: Settings) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = sse(("note", {"text": "from a newer server"}), log(1), end("succeeded"))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    with make(handler, settings) as client:
+        assert [e.event for e in client.follow_logs("job_1")] == ["log", "end"]
 
 
 class Chopped(httpx.ByteStream):
@@ -322,12 +452,12 @@ def test_a_cut_stream_resumes_after_the_last_log(settings: Settings) -> None:
             raise httpx.ConnectError("connection refused")  # the server is restarting
         if len(afters) == 3:
             return httpx.Response(200, content=sse(log(3)))  # ends without `end`
-        return httpx.Response(200, content=sse(("end", {"state": "failed"})))
+        return httpx.Response(200, content=sse(end("failed")))
 
     with make(handler, settings, fake) as client:
         events = list(client.follow_logs("job_1"))
-    assert [e.data.get("seq") for e in events if e.kind == "log"] == [1, 2, 3]
-    assert events[-1] == Event("end", {"state": "failed"})
+    assert [e.seq for e in events if isinstance(e, LogChunk)] == [1, 2, 3]
+    assert events[-1] == LogEnd(state=JobState.FAILED, exit_reason=None)
     assert afters == ["0", "2", "2", "3"]
 
 
@@ -364,7 +494,7 @@ def test_wait_polls_until_a_final_state(settings: Settings) -> None:
         return httpx.Response(200, json=job(state))
 
     with make(handler, settings, fake) as client:
-        assert client.wait_job("job_1", poll=0.4)["state"] == "succeeded"
+        assert client.wait_job("job_1", poll=0.4).state is JobState.SUCCEEDED
     assert fake.sleeps == [0.05, 0.1, 0.2, 0.4]  # backing off up to `poll`
 
 

@@ -132,7 +132,7 @@ def test_the_demo_serving_steps(registry: Registry, tmp_path: Path) -> None:  # 
     try:
         data = write_digits_zip(tmp_path / "digits.zip", per_class=6)
         run.results["version"] = run.client.upload_dataset("demo-digits", data.path)
-        run.results["jobs"] = {"cnn": {"id": job}}
+        run.results["jobs"] = {"cnn": run.client.get_job(job)}
         for _title, step in SERVING_STEPS:
             step(run)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from nimbus.cli.render import (
 )
 from nimbus.cli.train import parse_params
 from nimbus.errors import InvalidInput
+from nimbus.wire.jobs import Job, MetricPoint, Progress
 
 EVALUATION = {
     "accuracy": 0.9625,
@@ -40,27 +42,31 @@ EVALUATION = {
 }
 
 
-def make_job(**extra: Any) -> dict[str, Any]:
-    return {
-        "id": "job_1",
-        "state": "succeeded",
-        "model": "cnn",
-        "dataset": {"name": "pets", "version": 2, "content_hash": "c" * 64},
-        "params": {"epochs": 3, "lr": 0.001},
-        "priority": 0,
-        "max_retries": 2,
-        "attempts": 2,
-        "resources": {"cpus": 1.0, "gpus": 0, "memory": 1073741824, "workers": 1},
-        "created_at": "2024-01-01T00:00:00Z",
-        "started_at": "2024-01-01T00:00:01Z",
-        "finished_at": "2024-01-01T00:01:06Z",
-        "deadline_at": None,
-        "exit_reason": "succeeded",
-        "evaluation": EVALUATION,
-        "artifacts": [{"name": "spec.json", "key": "k", "size": 900}],
-        "seed": 0,
-        **extra,
-    }
+def make_job(**extra: Any) -> Job:
+    return Job.model_validate(
+        {
+            "id": "job_1",
+            "state": "succeeded",
+            "model": "cnn",
+            "dataset": {"name": "pets", "version": 2, "content_hash": "c" * 64},
+            "params": {"epochs": 3, "lr": 0.001},
+            "priority": 0,
+            "max_retries": 2,
+            "attempts": 2,
+            "resources": {"cpus": 1.0, "gpus": 0, "memory": 1073741824, "workers": 1},
+            "created_at": "2024-01-01T00:00:00Z",
+            "started_at": "2024-01-01T00:00:01Z",
+            "finished_at": "2024-01-01T00:01:06Z",
+            "deadline_at": None,
+            "exit_reason": "succeeded",
+            "cancel_requested": False,
+            "progress": None,
+            "evaluation": EVALUATION,
+            "artifacts": [{"name": "spec.json", "key": "k", "size": 900}],
+            "seed": 0,
+            **extra,
+        }
+    )
 
 
 def render(renderable: object, width: int = 160) -> str:
@@ -90,10 +96,11 @@ def test_parse_params() -> None:
 
 
 def test_durations() -> None:
-    assert duration("2024-01-01T00:00:00Z", "2024-01-01T00:00:02.5Z") == "2.5s"
-    assert duration("2024-01-01T00:00:00Z", "2024-01-01T00:01:05Z") == "1m 05s"
-    assert duration("2024-01-01T00:00:00Z", "2024-01-01T02:03:00Z") == "2h 03m"
-    assert duration("2024-01-01T00:00:00Z", None) == "-"
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    assert duration(start, datetime(2024, 1, 1, 0, 0, 2, 500000, tzinfo=UTC)) == "2.5s"
+    assert duration(start, datetime(2024, 1, 1, 0, 1, 5, tzinfo=UTC)) == "1m 05s"
+    assert duration(start, datetime(2024, 1, 1, 2, 3, tzinfo=UTC)) == "2h 03m"
+    assert duration(start, None) == "-"
 
 
 def test_job_view_shows_facts_params_and_the_evaluation() -> None:
@@ -101,6 +108,7 @@ def test_job_view_shows_facts_params_and_the_evaluation() -> None:
     for fact in (
         "job_1",
         "succeeded",
+        "2024-01-01T00:00:01Z",  # times as the API writes them
         "pets:2",
         "cpus 1.0",
         "memory 1G",
@@ -126,19 +134,15 @@ def test_evaluation_tables() -> None:
     assert "too many to draw" in render(evaluation_view(big))
 
 
+def point(step: int, value: float, attempt: int) -> MetricPoint:
+    return MetricPoint(step=step, value=value, attempt=attempt)
+
+
 def test_metrics_keep_the_latest_attempt_of_each_epoch() -> None:
     metrics = {
-        "train_loss": [
-            {"step": 1, "value": 0.9, "attempt": 1},
-            {"step": 2, "value": 0.5, "attempt": 1},
-            {"step": 2, "value": 0.4, "attempt": 2},
-            {"step": 3, "value": 0.3, "attempt": 2},
-        ],
-        "val_accuracy": [
-            {"step": 1, "value": 0.7, "attempt": 1},
-            {"step": 3, "value": 0.9, "attempt": 2},
-        ],
-        "test_accuracy": [{"step": 3, "value": 0.91, "attempt": 2}],
+        "train_loss": [point(1, 0.9, 1), point(2, 0.5, 1), point(2, 0.4, 2), point(3, 0.3, 2)],
+        "val_accuracy": [point(1, 0.7, 1), point(3, 0.9, 2)],
+        "test_accuracy": [point(3, 0.91, 2)],
     }
     names, rows = metric_rows(metrics)
     assert names == ["train_loss", "val_accuracy", "test_accuracy"]
@@ -188,7 +192,7 @@ def test_epoch_bars_draw_one_bar_per_epoch(monkeypatch: pytest.MonkeyPatch) -> N
         bars.echo("")  # before any progress: plain output, no bar yet
         for epoch in (1, 2):
             for batch in (1, 2, 3):
-                bars.update({"epoch": epoch, "epochs": 2, "batch": batch, "batches": 3})
+                bars.update(Progress(epoch=epoch, epochs=2, batch=batch, batches=3))
         bars.echo("epoch 2 done\n")
     out = sink.getvalue()
     assert "epoch 1/2" in out and "epoch 2/2" in out and "3/3" in out
@@ -199,7 +203,7 @@ def test_epoch_bars_draw_one_bar_per_epoch(monkeypatch: pytest.MonkeyPatch) -> N
 def bar_less() -> str:
     """No console (pipes, --json): updates are ignored and nothing is drawn."""
     with EpochBars(None) as bars:
-        bars.update({"epoch": 1, "epochs": 1, "batch": 1, "batches": 1})
+        bars.update(Progress(epoch=1, epochs=1, batch=1, batches=1))
     return "" if bars.progress is None else "drawn"
 
 

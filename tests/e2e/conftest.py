@@ -22,6 +22,7 @@ from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.demo_data import write_digits_zip
 from nimbus.jobs.domain import Attempt
+from nimbus.wire.jobs import MetricPoint
 from tests.helpers import ServerProcess
 
 T = TypeVar("T")
@@ -154,13 +155,13 @@ def store(e2e_server: ServerProcess) -> Iterator[Store]:
     opened.close()
 
 
-def steps_by_attempt(metrics: dict[str, list[dict[str, Any]]], name: str) -> dict[int, list[int]]:
+def steps_by_attempt(metrics: dict[str, list[MetricPoint]], name: str) -> dict[int, list[int]]:
     """``{attempt: [steps]}`` of one metric series."""
     out: dict[int, list[int]] = {}
     for point in metrics.get(name, []):
-        out.setdefault(int(point["attempt"]), []).append(int(point["step"]))
+        out.setdefault(point.attempt, []).append(point.step)
     return out
 
 
 def logs_text(api: Client, job_id: str) -> str:
-    return "".join(str(chunk.get("data", "")) for chunk in api.iter_logs(job_id))
+    return "".join(chunk.data for chunk in api.iter_logs(job_id))

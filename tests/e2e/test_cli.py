@@ -80,12 +80,12 @@ def test_train_follow_exits_with_the_jobs_outcome(
         job = wait_for(
             "the sleepy job to run",
             lambda: next(
-                (j for j in api.list_jobs(state="running") if j["model"].startswith("code:")),
+                (j for j in api.list_jobs(state="running") if j.model.startswith("code:")),
                 None,
             ),
             60,
         )
-        api.cancel_job(job["id"])
+        api.cancel_job(job.id)
 
     canceller = threading.Thread(target=cancel_when_running)
     canceller.start()

@@ -23,13 +23,13 @@ def test_a_killed_job_resumes_from_its_checkpoint(
     api: Client, digits: str, e2e_server: ServerProcess, store: Store
 ) -> None:
     epochs = int(SLOW_CNN["epochs"])
-    job_id = api.submit_job(digits, "cnn", SLOW_CNN, seed=1)["id"]
+    job_id = api.submit_job(digits, "cnn", params=SLOW_CNN, seed=1).id
     checkpointed = wait_for("the first checkpoint", lambda: store.checkpoint_step(job_id), 120)
     assert kill_job_processes(e2e_server.home, job_id), "no process of the job to kill"
 
     job = api.wait_job(job_id, timeout=180)
-    assert job["state"] == "succeeded", job
-    assert job["attempts"] == 2 and job["evaluation"]["accuracy"] > 0.5
+    assert job.state == "succeeded", job
+    assert job.attempts == 2 and job.evaluation and job.evaluation["accuracy"] > 0.5
     first, second = store.attempts(job_id)
     assert (first.state, first.exit_reason, first.exit_signal) == (
         AttemptState.FAILED,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nimbus.client import Event
-from nimbus.jobs.domain import AttemptState
+from nimbus.jobs.domain import AttemptState, JobState
+from nimbus.wire.jobs import LogChunk, LogEnd, LogEvent
 from tests.e2e.conftest import (
     Store,
     client_for,
@@ -30,10 +30,10 @@ def test_every_job_finishes_exactly_once_after_a_server_crash(tmp_path: Path) ->
     try:
         with client_for(server) as api:
             dataset = upload_digits(api, tmp_path)
-            ids = [api.submit_job(dataset, "cnn", PARAMS, seed=i)["id"] for i in range(JOBS)]
+            ids = [api.submit_job(dataset, "cnn", params=PARAMS, seed=i).id for i in range(JOBS)]
 
             def running_with_checkpoint() -> bool:
-                states = [api.get_job(job_id)["state"] for job_id in ids]
+                states = [api.get_job(job_id).state for job_id in ids]
                 running = [i for i, s in zip(ids, states, strict=True) if s == "running"]
                 return (
                     len(running) == 2
@@ -44,10 +44,10 @@ def test_every_job_finishes_exactly_once_after_a_server_crash(tmp_path: Path) ->
             wait_for(
                 "two running jobs, one checkpointed, and a queue", running_with_checkpoint, 120
             )
-            was_running = {job_id for job_id in ids if api.get_job(job_id)["state"] == "running"}
+            was_running = {job_id for job_id in ids if api.get_job(job_id).state == "running"}
 
         # A follower that lives through the crash: the SDK resumes the stream after a restart.
-        events: list[Event] = []
+        events: list[LogEvent] = []
         follower_api = client_for(server)
         follower = threading.Thread(target=lambda: events.extend(follower_api.follow_logs(ids[0])))
         follower.start()
@@ -58,20 +58,21 @@ def test_every_job_finishes_exactly_once_after_a_server_crash(tmp_path: Path) ->
             jobs = [api.wait_job(job_id, timeout=240) for job_id in ids]
         follower.join(60)
         follower_api.close()
-        assert events and events[-1].kind == "end" and events[-1].data["state"] == "succeeded"
-        seqs = [e.data["seq"] for e in events if e.kind == "log"]
+        end = events[-1] if events else None
+        assert isinstance(end, LogEnd) and end.state is JobState.SUCCEEDED, events[-1:]
+        seqs = [e.seq for e in events if isinstance(e, LogChunk)]
         assert seqs == sorted(set(seqs))  # resumed where it left off: nothing twice
         for job in jobs:
-            assert job["state"] == "succeeded", job
-            assert job["evaluation"] and job["evaluation"]["accuracy"] > 0.5, job
-            attempts = store.attempts(job["id"])
+            assert job.state == "succeeded", job
+            assert job.evaluation and job.evaluation["accuracy"] > 0.5, job
+            attempts = store.attempts(job.id)
             succeeded = [a for a in attempts if a.state is AttemptState.SUCCEEDED]
             assert len(succeeded) == 1, attempts
             assert attempts[-1] == succeeded[0]
-            assert store.result(job["id"]) is not None
-            if job["id"] in was_running:
+            assert store.result(job.id) is not None
+            if job.id in was_running:
                 assert len(attempts) >= 2, attempts  # the crash cost an attempt, not the job
-            assert job_processes(home, job["id"]) == []
+            assert job_processes(home, job.id) == []
     finally:
         store.close()
         server.stop()

@@ -42,6 +42,8 @@ from nimbus.runtime.job_api import (
     JobApiClient,
     JobStop,
 )
+from nimbus.wire.job_api import AttemptSpec
+from tests.runtime.synthetic import tiny_images
 
 TOKEN = "njt_test_token"
 
@@ -127,6 +129,7 @@ class FakeJobApi:
             "params": params or {},
             "seed": None,
             "workers": workers,
+            "resources": {"cpus": 1.0, "gpus": 0, "memory": 1 << 30, "workers": workers},
             "dataset": self.use_dataset(data),
             "code": None if code is None else self._code(code, entry),
         }
@@ -352,6 +355,17 @@ def test_blob_downloads_share_the_cache_across_clients(harness: Harness) -> None
             thread.join()
     assert len(paths) == 2 and paths[0] == paths[1]
     assert harness.job_api.requests.count(("GET", f"blobs/{key}")) == 1
+
+
+def test_the_spec_is_read_as_its_wire_model(harness: Harness) -> None:
+    data = tiny_images()
+    harness.job_api.job(data, code=b"print(1)\n", entry="main.py", workers=2)
+    with harness.client() as client:
+        spec = client.spec()
+    assert isinstance(spec, AttemptSpec)
+    assert (spec.job_id, spec.attempt_id, spec.attempt, spec.workers) == ("job_1", "att_1", 1, 2)
+    assert spec.code is not None and (spec.code.entry, spec.code.format) == ("main.py", "py")
+    assert spec.dataset is not None and spec.dataset["classes"] == list(data.classes)
 
 
 def test_5xx_and_a_restarting_server_are_retried(harness: Harness) -> None:

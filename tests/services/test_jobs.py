@@ -31,8 +31,9 @@ from nimbus.server import NodeExecutor, SchedulerThread, instance_id, own_url
 from nimbus.services.code import CodeService, check_archive
 from nimbus.services.datasets import DatasetService
 from nimbus.services.job_api import JobApiService
-from nimbus.services.jobs import JobService, SubmitRequest, detect_gpus, finite, node_capacity
+from nimbus.services.jobs import JobService, detect_gpus, finite, node_capacity
 from nimbus.storage.blobs import BlobStore
+from nimbus.wire.jobs import JobDataset, SubmitRequest
 from tests.services.conftest import fake_ingest
 
 NODE = Capacity(cpus=4, gpus=0, memory_bytes=8 << 30)
@@ -83,7 +84,7 @@ def request(**body: Any) -> SubmitRequest:
 
 def test_submit_snapshots_its_inputs_for_the_job_process(services: Services) -> None:
     job = services.jobs.submit(services.member, request(params={"epochs": "3"}, seed=4))
-    assert job["params"]["epochs"] == 3 and job["params"]["seed"] == 4 and job["seed"] == 4
+    assert job.params["epochs"] == 3 and job.params["seed"] == 4 and job.seed == 4
     services.datasets.delete_dataset(services.member, "reviews")  # the job keeps its snapshot
     with services.db.session(write=True) as s:
         (claim,) = repo.claim_next(
@@ -91,12 +92,15 @@ def test_submit_snapshots_its_inputs_for_the_job_process(services: Services) -> 
         )
     ctx = services.job_api.authenticate(claim.token, claim.attempt.id)
     spec = services.job_api.spec(ctx)
-    assert spec["dataset"]["dataset"] == "reviews" and spec["params"]["epochs"] == 3
-    assert services.jobs.get(services.member, job["id"])["dataset"]["version"] == 1
+    assert spec.dataset is not None
+    assert spec.dataset["dataset"] == "reviews" and spec.params["epochs"] == 3
+    assert services.jobs.get(services.member, job.id).dataset == JobDataset(
+        name="reviews", version=1, content_hash=spec.dataset["content_hash"]
+    )
     # Known limitation: a job holds no reference on its dataset's blobs, so deleting the
     # dataset under a queued job leaves it a spec whose files are gone.
     with pytest.raises(NotFound):
-        services.job_api.blob(ctx, spec["dataset"]["files"]["train_x.npy"]["key"])
+        services.job_api.blob(ctx, spec.dataset["files"]["train_x.npy"]["key"])
 
 
 def test_seed_rules(services: Services) -> None:
@@ -106,7 +110,7 @@ def test_seed_rules(services: Services) -> None:
         ({"params": {"seed": "5"}}, 5),
         ({"seed": 5, "params": {"seed": 5}}, 5),
     ):
-        assert services.jobs.submit(services.member, request(**body))["seed"] == seed, body
+        assert services.jobs.submit(services.member, request(**body)).seed == seed, body
     with pytest.raises(InvalidInput, match="disagree"):
         services.jobs.submit(services.member, request(seed=1, params={"seed": 2}))
 
@@ -121,7 +125,7 @@ def test_code_jobs_keep_their_params_as_given(services: Services, tmp_path: Path
     job = services.jobs.submit(
         services.member, request(model=code.ref, params={"depth": "3", "seed": "2"})
     )
-    assert job["params"] == {"depth": "3", "seed": 2} and job["seed"] == 2
+    assert job.params == {"depth": "3", "seed": 2} and job.seed == 2
     for params in ({"bad key": 1}, {"nested": {"a": 1}}):
         with pytest.raises(InvalidInput):
             services.jobs.submit(services.member, request(model=code.ref, params=params))
@@ -135,8 +139,8 @@ def test_viewers_cannot_submit_or_cancel(
     with pytest.raises(Forbidden):
         services.jobs.submit(viewer, request())
     with pytest.raises(Forbidden):
-        services.jobs.cancel(viewer, job["id"])
-    assert services.jobs.get(viewer, job["id"])["id"] == job["id"]
+        services.jobs.cancel(viewer, job.id)
+    assert services.jobs.get(viewer, job.id).id == job.id
 
 
 def test_checkpoints_are_pruned_to_the_latest_two(services: Services, tmp_path: Path) -> None:
@@ -154,7 +158,7 @@ def test_checkpoints_are_pruned_to_the_latest_two(services: Services, tmp_path: 
         keys.append(
             services.job_api.put_checkpoint(
                 ctx, step, None, path, hashlib.sha256(data).hexdigest(), len(data)
-            )["key"]
+            ).key
         )
     assert [services.job_api.blobs.exists(k) for k in keys] == [False, False, True, True]
     step, download = services.job_api.latest_checkpoint(ctx)

@@ -28,6 +28,7 @@ from nimbus.cli.render import (
 from nimbus.client import Client
 from nimbus.config import load_settings
 from nimbus.demo_data import INTENTS_SOURCE, SOURCE, write_digits_zip, write_intents_csv
+from nimbus.wire.jobs import Job
 
 DATASET = "digits"
 TEXT_DATASET = "support-intents"
@@ -110,9 +111,9 @@ def _train(run: DemoRun, key: str, dataset: str, model: str, params: dict[str, s
         style="dim",
         markup=False,
     )
-    job = run.api.submit_job(dataset, model, params, seed=SEED)
-    run.say(f"Submitted job {job['id']}; following its logs.", markup=False)
-    job = follow(run.api, job["id"], logs=not run.quiet, bars=bar_console(not run.quiet))
+    job = run.api.submit_job(dataset, model, params=params, seed=SEED)
+    run.say(f"Submitted job {job.id}; following its logs.", markup=False)
+    job = follow(run.api, job.id, logs=not run.quiet, bars=bar_console(not run.quiet))
     run.results.setdefault("jobs", {})[key] = job
     run.say(summary(job), style="bold", markup=False, soft_wrap=True)
     check_outcome(job)
@@ -120,16 +121,16 @@ def _train(run: DemoRun, key: str, dataset: str, model: str, params: dict[str, s
 
 def _evaluate(run: DemoRun, key: str, minimum: float) -> None:
     """Show a job's evaluation and training curves; fail unless it is good enough."""
-    job = run.results["jobs"][key]
-    evaluation = job.get("evaluation") or {}
-    run.say(f"$ nimbus jobs show {job['id']}  (its evaluation)", style="dim", markup=False)
+    job: Job = run.results["jobs"][key]
+    evaluation = job.evaluation or {}
+    run.say(f"$ nimbus jobs show {job.id}  (its evaluation)", style="dim", markup=False)
     run.say(evaluation_view(evaluation))
-    run.say(f"$ nimbus jobs metrics {job['id']}", style="dim", markup=False)
-    run.say(metrics_table(run.api.job_metrics(job["id"])))
+    run.say(f"$ nimbus jobs metrics {job.id}", style="dim", markup=False)
+    run.say(metrics_table(run.api.job_metrics(job.id)))
     accuracy = evaluation.get("accuracy")
     if not isinstance(accuracy, int | float) or accuracy < minimum:
         raise DemoFailed(
-            f"demo failed: job {job['id']} ({key}) reached test accuracy {accuracy}, "
+            f"demo failed: job {job.id} ({key}) reached test accuracy {accuracy}, "
             f"below the {minimum} it should reach"
         )
     run.say(
@@ -180,7 +181,7 @@ def evaluate_text(run: DemoRun) -> None:
 
 
 def compare_jobs(run: DemoRun) -> None:
-    ids = [job["id"] for job in run.results["jobs"].values()]
+    ids = [job.id for job in run.results["jobs"].values()]
     run.say(f"$ nimbus jobs compare {' '.join(ids)}", style="dim", markup=False)
     jobs = run.api.compare_jobs(ids)
     run.results["compare"] = jobs

@@ -35,8 +35,8 @@ def _fail(message: str) -> Exception:
 
 def register_model(run: DemoRun) -> None:
     job = run.results["jobs"]["cnn"]
-    run.say(f"$ nimbus models register {MODEL} --from-job {job['id']}", style="dim", markup=False)
-    version = run.api.register_model(MODEL, job["id"])
+    run.say(f"$ nimbus models register {MODEL} --from-job {job.id}", style="dim", markup=False)
+    version = run.api.register_model(MODEL, job.id)
     run.results["model"] = {"name": version.model, "version": version.version, "job": version.job}
     run.say(
         f"Registered {version.model}:{version.version}: the server checked every file "

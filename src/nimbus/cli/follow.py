@@ -5,7 +5,6 @@ Shared by ``nimbus train --follow``, ``nimbus jobs logs -f`` and ``nimbus demo``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -21,10 +20,11 @@ from rich.progress import (
 )
 
 from nimbus.cli.common import err_console
-from nimbus.cli.render import attempt_count, duration
+from nimbus.cli.render import duration
 from nimbus.client import Client
-from nimbus.client.jobs import is_terminal
 from nimbus.errors import NimbusError
+from nimbus.jobs.domain import JobState
+from nimbus.wire import jobs as wire
 
 FINAL_STATE_WAIT = 60.0  # after the `end` event, how long the final state may take to show
 
@@ -50,32 +50,30 @@ class StoppedFollowing(NimbusError):
     exit_code = 130
 
 
-def check_outcome(job: Mapping[str, Any]) -> None:
+def check_outcome(job: wire.Job) -> None:
     """Raise :class:`JobFailed` / :class:`JobCancelled` unless the job succeeded."""
-    state, job_id = job.get("state"), job.get("id")
-    reason = job.get("exit_reason") or "no reason given"
-    if state == "succeeded":
+    reason = job.exit_reason or "no reason given"
+    if job.state is JobState.SUCCEEDED:
         return
-    if state == "cancelled":
-        raise JobCancelled(f"job {job_id} was cancelled ({reason})")
-    if state == "failed":
-        raise JobFailed(f"job {job_id} failed: {reason}")
-    raise JobFailed(f"job {job_id} is still {state}")
+    if job.state is JobState.CANCELLED:
+        raise JobCancelled(f"job {job.id} was cancelled ({reason})")
+    if job.state is JobState.FAILED:
+        raise JobFailed(f"job {job.id} failed: {reason}")
+    raise JobFailed(f"job {job.id} is still {job.state}")
 
 
-def summary(job: Mapping[str, Any]) -> str:
+def summary(job: wire.Job) -> str:
     """One line on how a job ended."""
-    attempts = attempt_count(dict(job))
+    attempts = job.attempts
     line = (
-        f"job {job.get('id')} {job.get('state')} in "
-        f"{duration(job.get('started_at'), job.get('finished_at'))} "
+        f"job {job.id} {job.state} in {duration(job.started_at, job.finished_at)} "
         f"({attempts} attempt{'s' if attempts != 1 else ''})"
     )
-    accuracy = (job.get("evaluation") or {}).get("accuracy")
+    accuracy = (job.evaluation or {}).get("accuracy")
     if isinstance(accuracy, int | float):
         line += f"; test accuracy {accuracy:.4f}"
-    if job.get("state") != "succeeded" and job.get("exit_reason"):
-        line += f": {job['exit_reason']}"
+    if job.state is not JobState.SUCCEEDED and job.exit_reason:
+        line += f": {job.exit_reason}"
     return line
 
 
@@ -114,8 +112,8 @@ class EpochBars:
         else:
             typer.echo(text, nl=False)
 
-    def update(self, data: Mapping[str, Any]) -> None:
-        """Apply a ``progress`` event: ``{"epoch", "epochs", "batch", "batches"}``."""
+    def update(self, data: wire.Progress) -> None:
+        """Apply a ``progress`` event."""
         if self.console is None:
             return
         if self.progress is None:
@@ -130,9 +128,8 @@ class EpochBars:
                 redirect_stderr=False,
             )
             self.progress.start()
-        epoch, epochs = data.get("epoch"), data.get("epochs")
-        batches = data.get("batches")
-        total = float(batches) if isinstance(batches, int | float) and batches > 0 else None
+        epoch, epochs = data.epoch, data.epochs
+        total = float(data.batches) if data.batches > 0 else None
         key = (epoch, epochs)
         if key not in self.tasks:
             if self.current is not None:  # the previous epoch is over
@@ -141,9 +138,7 @@ class EpochBars:
             label = f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
             self.tasks[key] = self.progress.add_task(label, total=total)
         self.current = self.tasks[key]
-        batch = data.get("batch")
-        completed = float(batch) if isinstance(batch, int | float) else None
-        self.progress.update(self.current, completed=completed, total=total)
+        self.progress.update(self.current, completed=float(data.batch), total=total)
 
     def _index(self, task: TaskID) -> int:
         assert self.progress is not None
@@ -152,29 +147,28 @@ class EpochBars:
 
 def follow(
     api: Client, job_id: str, *, logs: bool = True, bars: Console | None = None, after: int = 0
-) -> dict[str, Any]:
+) -> wire.Job:
     """Stream a job's logs (when ``logs``) and progress bars until it ends; returns the job.
 
     When a later attempt takes over (a retry, a resume), a line says so.
     """
     with EpochBars(bars) as view:
-        attempt: Any = None
+        attempt: int | None = None
         try:
-            for event in api.follow_logs(job_id, after):
-                if event.kind == "log" and logs:
-                    number = event.data.get("attempt")
-                    if attempt is not None and number != attempt:
-                        view.echo(f"--- attempt {number} ---\n")
-                    attempt = number
-                    view.echo(str(event.data.get("data", "")))
-                elif event.kind == "progress":
-                    view.update(event.data)
+            for event in api.follow_logs(job_id, after=after):
+                if isinstance(event, wire.LogChunk) and logs:
+                    if attempt is not None and event.attempt != attempt:
+                        view.echo(f"--- attempt {event.attempt} ---\n")
+                    attempt = event.attempt
+                    view.echo(event.data)
+                elif isinstance(event, wire.Progress):
+                    view.update(event)
         except KeyboardInterrupt:
             raise StoppedFollowing(
                 f"stopped following job {job_id}; it goes on "
                 f"(`nimbus jobs cancel {job_id}` stops it)"
             ) from None
     job = api.get_job(job_id)
-    if not is_terminal(job):
+    if not job.state.terminal:
         job = api.wait_job(job_id, timeout=FINAL_STATE_WAIT)
     return job

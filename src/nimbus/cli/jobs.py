@@ -58,14 +58,14 @@ def logs(
             else:
                 attempt = None
                 for chunk in chunks:
-                    if attempt is not None and chunk.get("attempt") != attempt:
-                        typer.echo(f"--- attempt {chunk.get('attempt')} ---")
-                    attempt = chunk.get("attempt")
-                    typer.echo(str(chunk.get("data", "")), nl=False)
+                    if attempt is not None and chunk.attempt != attempt:
+                        typer.echo(f"--- attempt {chunk.attempt} ---")
+                    attempt = chunk.attempt
+                    typer.echo(chunk.data, nl=False)
             return
         if as_json:
             for event in api.follow_logs(job_id):
-                print_json({"event": event.kind, "data": event.data}, line=True)
+                print_json({"event": event.event, "data": event}, line=True)
             return
         job = follow(api, job_id, bars=bar_console(True))
     if err_console().is_terminal:
@@ -87,13 +87,13 @@ def cancel(job_id: JobArgument, as_json: JsonOption = False) -> None:
         job = api.cancel_job(job_id)
 
     def render(out: Console) -> None:
-        state = job.get("state")
-        if state == "cancelled":
-            out.print(f"Cancelled job {job.get('id')}.", markup=False)
-        elif state in ("succeeded", "failed"):
-            out.print(f"Job {job.get('id')} had already {state}.", markup=False)
+        state = job.state
+        if state is JobState.CANCELLED:
+            out.print(f"Cancelled job {job.id}.", markup=False)
+        elif state in (JobState.SUCCEEDED, JobState.FAILED):
+            out.print(f"Job {job.id} had already {state}.", markup=False)
         else:
-            out.print(f"Cancelling job {job.get('id')} (still {state}).", markup=False)
+            out.print(f"Cancelling job {job.id} (still {state}).", markup=False)
 
     emit(job, as_json, render)
 

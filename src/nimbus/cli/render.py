@@ -19,6 +19,7 @@ from rich.text import Text
 from nimbus.cli.common import human_bytes
 from nimbus.wire.base import iso
 from nimbus.wire.datasets import DatasetSummary, DatasetVersion, Split
+from nimbus.wire.jobs import Job, JobDataset, MetricPoint
 from nimbus.wire.tokens import Token
 
 MAX_CLASS_ROWS = 40
@@ -147,21 +148,11 @@ def _state(state: Any) -> Text:
     return Text(str(state or "-"), style=STATE_STYLES.get(str(state), ""))
 
 
-def _when(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def duration(start: Any, end: Any) -> str:
-    """'1m 05s' between two ISO times ('-' when either is missing)."""
-    begin, finish = _when(start), _when(end)
-    if begin is None or finish is None:
+def duration(start: datetime | None, end: datetime | None) -> str:
+    """'1m 05s' between two times ('-' when either is missing)."""
+    if start is None or end is None:
         return "-"
-    seconds = max((finish - begin).total_seconds(), 0.0)
+    seconds = max((end - start).total_seconds(), 0.0)
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(round(seconds), 60)
@@ -179,83 +170,75 @@ def _gib(size: Any) -> Any:
     return f"{size:g}"
 
 
-def dataset_label(dataset: Any) -> str:
-    """``name:version`` of a job's dataset object (or the reference as submitted)."""
-    if isinstance(dataset, dict):
-        name, version = dataset.get("name"), dataset.get("version")
-        return f"{name}:{version}" if version is not None else str(name)
-    return "-" if dataset is None else str(dataset)
+def dataset_label(dataset: JobDataset | None) -> str:
+    """``name:version`` of a job's dataset."""
+    return "-" if dataset is None else f"{dataset.name}:{dataset.version}"
 
 
-def attempt_count(job: dict[str, Any]) -> int:
-    attempts = job.get("attempts")
-    if isinstance(attempts, list):
-        return len(attempts)
-    return int(attempts) if isinstance(attempts, int | float) else 0
-
-
-def model_label(model: Any) -> str:
-    text = str(model or "-")
+def model_label(model: str) -> str:
+    text = model or "-"
     return f"{text[:19]}…" if text.startswith("code:") and len(text) > 20 else text
 
 
-def jobs_table(jobs: Sequence[dict[str, Any]]) -> Table:
+def jobs_table(jobs: Sequence[Job]) -> Table:
     """``GET /jobs``: one row per job, newest first."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("id", "state", "model", "dataset", "attempts", "created", "took", "accuracy"):
         table.add_column(column, justify="right" if column == "accuracy" else "left")
     for job in jobs:
-        evaluation = job.get("evaluation") or {}
+        evaluation = job.evaluation or {}
         table.add_row(
-            _t(job.get("id")),
-            _state(job.get("state")),
-            _t(model_label(job.get("model"))),
-            _t(dataset_label(job.get("dataset"))),
-            _t(attempt_count(job)),
-            _t(job.get("created_at")),
-            _t(duration(job.get("started_at"), job.get("finished_at"))),
+            _t(job.id),
+            _state(job.state),
+            _t(model_label(job.model)),
+            _t(dataset_label(job.dataset)),
+            _t(job.attempts),
+            _t(iso(job.created_at)),
+            _t(duration(job.started_at, job.finished_at)),
             _num(evaluation.get("accuracy")),
         )
     return table
 
 
-def job_view(job: dict[str, Any]) -> RenderableType:
+def job_view(job: Job) -> RenderableType:
     """``nimbus jobs show``: facts, timings, params, then the evaluation (if any)."""
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    res = job.get("resources") or {}
-    shown = {**res, "memory": _gib(res.get("memory"))}
+    res = job.resources
+    shown = {"cpus": res.cpus, "gpus": res.gpus, "memory": res.memory, "workers": res.workers}
     resources = ", ".join(
-        f"{key} {shown[key]}" for key in ("cpus", "gpus", "memory", "workers") if res.get(key)
+        f"{key} {_gib(value) if key == 'memory' else value}"
+        for key, value in shown.items()
+        if value
     )
     rows: list[tuple[str, Any]] = [
-        ("job", job.get("id")),
+        ("job", job.id),
         ("state", None),
-        ("model", job.get("model")),
-        ("dataset", dataset_label(job.get("dataset"))),
+        ("model", job.model),
+        ("dataset", dataset_label(job.dataset)),
         ("resources", resources or None),
-        ("priority", job.get("priority")),
-        ("attempts", f"{attempt_count(job)} (retries allowed: {job.get('max_retries', '-')})"),
-        ("seed", job.get("seed")),
-        ("created", job.get("created_at")),
-        ("started", job.get("started_at")),
-        ("finished", job.get("finished_at")),
-        ("took", duration(job.get("started_at"), job.get("finished_at"))),
-        ("deadline", job.get("deadline_at")),
-        ("exit reason", job.get("exit_reason")),
+        ("priority", job.priority),
+        ("attempts", f"{job.attempts} (retries allowed: {job.max_retries})"),
+        ("seed", job.seed),
+        ("created", iso(job.created_at)),
+        ("started", iso(job.started_at)),
+        ("finished", iso(job.finished_at)),
+        ("took", duration(job.started_at, job.finished_at)),
+        ("deadline", iso(job.deadline_at)),
+        ("exit reason", job.exit_reason),
     ]
     for key, value in rows:
-        facts.add_row(key, _state(job.get("state")) if key == "state" else _t(value))
-    params = job.get("params") or {}
-    if params:
-        facts.add_row("params", Text(", ".join(f"{k}={_short(v, 40)}" for k, v in params.items())))
-    artifacts = job.get("artifacts") or []
-    if artifacts:
-        names = ", ".join(f"{a.get('name')} ({human_bytes(a.get('size'))})" for a in artifacts)
+        facts.add_row(key, _state(job.state) if key == "state" else _t(value))
+    if job.params:
+        facts.add_row(
+            "params", Text(", ".join(f"{k}={_short(v, 40)}" for k, v in job.params.items()))
+        )
+    if job.artifacts:
+        names = ", ".join(f"{a.name} ({human_bytes(a.size)})" for a in job.artifacts)
         facts.add_row("artifacts", Text(names))
     parts: list[RenderableType] = [facts]
-    evaluation = job.get("evaluation")
+    evaluation = job.evaluation
     if evaluation:
         parts += ["", evaluation_view(evaluation)]
     else:
@@ -329,7 +312,7 @@ def confusion_table(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> 
 
 
 def metric_rows(
-    metrics: dict[str, list[dict[str, Any]]],
+    metrics: dict[str, list[MetricPoint]],
 ) -> tuple[list[str], dict[int, dict[str, Any]]]:
     """Per step, each metric's value from the latest attempt that logged it.
 
@@ -338,17 +321,17 @@ def metric_rows(
     rows: dict[int, dict[str, Any]] = {}
     attempt_of: dict[tuple[int, str], int] = {}
     for name, points in metrics.items():
-        for point in points or []:
-            step, attempt = int(point.get("step", 0)), int(point.get("attempt") or 0)
+        for point in points:
+            step, attempt = point.step, point.attempt
             if attempt >= attempt_of.get((step, name), -1):
                 attempt_of[(step, name)] = attempt
-                rows.setdefault(step, {})[name] = point.get("value")
+                rows.setdefault(step, {})[name] = point.value
     names = [n for n in CURVE_COLUMNS if n in metrics]
     names += sorted(n for n in metrics if n not in names)
     return names, dict(sorted(rows.items()))
 
 
-def metrics_table(metrics: dict[str, list[dict[str, Any]]]) -> RenderableType:
+def metrics_table(metrics: dict[str, list[MetricPoint]]) -> RenderableType:
     """``nimbus jobs metrics``: one row per epoch, one column per metric."""
     names, rows = metric_rows(metrics)
     if not rows:
@@ -362,25 +345,25 @@ def metrics_table(metrics: dict[str, list[dict[str, Any]]]) -> RenderableType:
     return table
 
 
-def compare_table(jobs: Sequence[dict[str, Any]]) -> Table:
+def compare_table(jobs: Sequence[Job]) -> Table:
     """``nimbus jobs compare``: one column per job; key scores, then params (differing ones
     in bold); the best score of each row is green."""
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("")
     for job in jobs:
-        table.add_column(Text(str(job.get("id"))), justify="right")
+        table.add_column(Text(job.id), justify="right")
 
     def facts(label: str, values: list[Any]) -> None:
         table.add_row(Text(label, style="bold"), *(_t(v) for v in values))
 
-    facts("state", [j.get("state") for j in jobs])
-    facts("model", [model_label(j.get("model")) for j in jobs])
-    facts("dataset", [dataset_label(j.get("dataset")) for j in jobs])
-    facts("attempts", [attempt_count(j) for j in jobs])
-    facts("took", [duration(j.get("started_at"), j.get("finished_at")) for j in jobs])
+    facts("state", [j.state for j in jobs])
+    facts("model", [model_label(j.model) for j in jobs])
+    facts("dataset", [dataset_label(j.dataset) for j in jobs])
+    facts("attempts", [j.attempts for j in jobs])
+    facts("took", [duration(j.started_at, j.finished_at) for j in jobs])
     table.add_section()
     for key, label in SUMMARY_METRICS:
-        values = [(j.get("evaluation") or {}).get(key) for j in jobs]
+        values = [(j.evaluation or {}).get(key) for j in jobs]
         numbers = [v for v in values if isinstance(v, int | float)]
         best = max(numbers) if len(numbers) > 1 else None
         cells = [_num(v) for v in values]
@@ -391,9 +374,9 @@ def compare_table(jobs: Sequence[dict[str, Any]]) -> Table:
     table.add_section()
     keys: list[str] = []
     for job in jobs:
-        keys += [k for k in (job.get("params") or {}) if k not in keys]
+        keys += [k for k in job.params if k not in keys]
     for key in keys:
-        values = [(j.get("params") or {}).get(key) for j in jobs]
+        values = [j.params.get(key) for j in jobs]
         differs = len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1
         table.add_row(
             Text(key, style="bold yellow" if differs else ""),

@@ -10,6 +10,7 @@ import typer
 from nimbus.cli.common import JsonOption, client, console, print_json
 from nimbus.cli.follow import bar_console, check_outcome, follow, summary
 from nimbus.errors import InvalidInput
+from nimbus.jobs.domain import JobState
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, str]:
@@ -78,7 +79,7 @@ def train(
         job = api.submit_job(
             dataset,
             model,
-            params,
+            params=params,
             cpus=cpus,
             gpus=gpus,
             memory=memory,
@@ -92,17 +93,15 @@ def train(
             if as_json:
                 print_json(job)
             else:
-                typer.echo(job["id"])
+                typer.echo(job.id)
             return
         if not as_json:
-            console().print(
-                f"Submitted job {job['id']} ({job.get('state')}); following it.", markup=False
-            )
-        job = follow(api, job["id"], logs=not as_json, bars=bar_console(not as_json))
+            console().print(f"Submitted job {job.id} ({job.state}); following it.", markup=False)
+        job = follow(api, job.id, logs=not as_json, bars=bar_console(not as_json))
     if as_json:
         print_json(job)
     else:
-        ok = job.get("state") == "succeeded"
+        ok = job.state is JobState.SUCCEEDED
         console().print(
             summary(job), style="bold green" if ok else "bold red", markup=False, soft_wrap=True
         )

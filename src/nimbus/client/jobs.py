@@ -17,11 +17,23 @@ from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.datasets import DatasetRef, as_ref
-from nimbus.client.sse import Event, parse_events
+from nimbus.client.sse import parse_events
 from nimbus.client.transfer import chunks, packed
 from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs.domain import JobState, parse_duration, parse_memory
 from nimbus.runtime.hyperparams import PARAM_SCHEMAS
+from nimbus.wire.code import CodeArtifact
+from nimbus.wire.jobs import (
+    LOG_EVENTS,
+    Job,
+    JobList,
+    JobMetrics,
+    LogChunk,
+    LogEnd,
+    LogEvent,
+    LogPage,
+    MetricPoint,
+)
 
 BUILTIN_MODELS = tuple(PARAM_SCHEMAS)
 CODE_PREFIX = "code:"
@@ -38,14 +50,6 @@ class WaitTimeout(NimbusError):
     exit_code = 6
 
 
-def is_terminal(job: Mapping[str, Any]) -> bool:
-    """Whether a job object is in a final state (succeeded, failed, cancelled)."""
-    try:
-        return JobState(str(job.get("state"))).terminal
-    except ValueError:
-        return False
-
-
 def is_code_path(model: str) -> bool:
     """Whether ``model`` names the user's code on disk rather than a built-in or a ref."""
     if model in BUILTIN_MODELS or model.startswith(CODE_PREFIX):
@@ -60,11 +64,11 @@ class JobsMixin(BaseClient):
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
     _clock: Callable[[], float] = staticmethod(time.monotonic)
 
-    def upload_code(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    def upload_code(self, path: str | os.PathLike[str]) -> CodeArtifact:
         """Upload a training script (a ``.py`` file, or a directory with ``main.py``).
 
-        Returns ``{"ref": "code:sha256/…", "sha256", "size", "entry"}``; the same code
-        gives the same ref. ``__pycache__`` and ``.git`` folders are left out.
+        Returns the code artifact, whose ``ref`` (``code:sha256/…``) a job names it by; the
+        same code gives the same ref. ``__pycache__`` and ``.git`` folders are left out.
         """
         source = Path(path)
         if source.is_dir():
@@ -76,23 +80,20 @@ class JobsMixin(BaseClient):
             raise InvalidInput(f"{source} is not a Python file (.py) nor a directory")
         with packed(source, "code", exclude=_NOT_CODE) as (file, filename):
             size = file.stat().st_size
-            return dict(
-                self._json(
-                    "POST",
-                    f"{API}/code",
-                    params={"filename": filename},
-                    content=chunks(file, size, None),
-                    headers={
-                        "Content-Length": str(size),
-                        "Content-Type": "application/octet-stream",
-                    },
-                )
+            return self._call(
+                CodeArtifact,
+                "POST",
+                f"{API}/code",
+                params={"filename": filename},
+                content=chunks(file, size, None),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
             )
 
     def submit_job(
         self,
         dataset: str | DatasetRef,
         model: str | os.PathLike[str],
+        *,
         params: Mapping[str, Any] | None = None,
         cpus: float = 1,
         gpus: int = 0,
@@ -102,8 +103,8 @@ class JobsMixin(BaseClient):
         max_retries: int | None = None,
         deadline: str | float | None = None,
         seed: int | None = None,
-    ) -> dict[str, Any]:
-        """Submit a training job; returns the job object (state ``queued``).
+    ) -> Job:
+        """Submit a training job; returns the job (state ``queued``).
 
         ``model`` is ``cnn``/``text``/``mlp``, a ``code:…`` ref, or a path to the user's code
         (uploaded first). ``memory`` is e.g. ``"4G"`` (per worker), ``deadline`` e.g. ``"2h"``
@@ -117,7 +118,7 @@ class JobsMixin(BaseClient):
         if not model_ref:
             raise InvalidInput("a job needs a model: cnn, text, mlp or a path to a .py file")
         if is_code_path(model_ref):
-            model_ref = str(self.upload_code(model_ref)["ref"])
+            model_ref = self.upload_code(model_ref).ref
         if memory is not None:
             parse_memory(memory)
         if deadline is not None:
@@ -135,13 +136,12 @@ class JobsMixin(BaseClient):
             "deadline": deadline,
             "seed": seed,
         }
-        return dict(
-            self._json("POST", f"{API}/jobs", json={k: v for k, v in body.items() if v is not None})
-        )
+        sent = {k: v for k, v in body.items() if v is not None}
+        return self._call(Job, "POST", f"{API}/jobs", json=sent)
 
     def list_jobs(
-        self, state: JobState | str | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
+        self, state: JobState | str | None = None, *, limit: int | None = None
+    ) -> list[Job]:
         """The caller's jobs, newest first, optionally only those in ``state``."""
         if state is not None:
             try:
@@ -150,37 +150,36 @@ class JobsMixin(BaseClient):
                 allowed = ", ".join(s.value for s in JobState)
                 raise InvalidInput(f"invalid job state {state!r}: use one of {allowed}") from None
         params = {"state": None if state is None else str(state), "limit": limit}
-        return list(self._json("GET", f"{API}/jobs", params=params)["jobs"])
+        return self._call(JobList, "GET", f"{API}/jobs", params=params).jobs
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
+    def get_job(self, job_id: str) -> Job:
         """One job: state, timings, attempts, params, evaluation (once it succeeded)."""
-        return dict(self._json("GET", _job_path(job_id)))
+        return self._call(Job, "GET", _job_path(job_id))
 
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
+    def cancel_job(self, job_id: str) -> Job:
         """Ask for a job to stop; returns it (a running job ends ``cancelled`` shortly)."""
-        return dict(self._json("POST", f"{_job_path(job_id)}/cancel"))
+        return self._call(Job, "POST", f"{_job_path(job_id)}/cancel")
 
-    def job_logs(self, job_id: str, after: int = 0) -> dict[str, Any]:
-        """One page of a job's logs after sequence number ``after``:
-        ``{"chunks": [{"seq", "attempt", "data"}], "next": SEQ, "done": bool}``."""
+    def job_logs(self, job_id: str, *, after: int = 0) -> LogPage:
+        """One page of a job's logs after sequence number ``after``; ``next`` is where the
+        next page starts, ``done`` says the job ended and nothing is left."""
         params = {"after": after, "follow": False}
-        return dict(self._json("GET", f"{_job_path(job_id)}/logs", params=params))
+        return self._call(LogPage, "GET", f"{_job_path(job_id)}/logs", params=params)
 
-    def iter_logs(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+    def iter_logs(self, job_id: str, *, after: int = 0) -> Iterator[LogChunk]:
         """Every log chunk stored so far, page by page (does not wait for more)."""
         while True:
-            page = self.job_logs(job_id, after)
-            chunks_ = page.get("chunks") or []
-            yield from chunks_
-            following = int(page.get("next", after))
-            if not chunks_ or following <= after:
+            page = self.job_logs(job_id, after=after)
+            yield from page.chunks
+            if not page.chunks or page.next <= after:
                 return
-            after = following
+            after = page.next
 
-    def follow_logs(self, job_id: str, after: int = 0) -> Iterator[Event]:
-        """The job's events as they happen: ``log`` (``{"seq", "attempt", "data"}``),
-        ``progress`` (``{"epoch", "epochs", "batch", "batches"}``), and a last ``end``
-        (``{"state", "exit_reason"}``), after which the iteration stops.
+    def follow_logs(self, job_id: str, *, after: int = 0) -> Iterator[LogEvent]:
+        """The job's events as they happen: :class:`~nimbus.wire.jobs.LogChunk` (a ``log``
+        event), :class:`~nimbus.wire.jobs.Progress`, and a last
+        :class:`~nimbus.wire.jobs.LogEnd`, after which the iteration stops. Each has the SSE
+        event type as its ``event``; event types this SDK does not know are skipped.
 
         A stream cut short (the server restarting) is resumed after the last log seen, for
         up to :data:`RECONNECT_SECONDS` without an answer; then :class:`Unavailable`.
@@ -198,10 +197,14 @@ class JobsMixin(BaseClient):
                 ) as response:
                     for event in parse_events(response.iter_lines()):
                         lost_since = None
-                        if event.kind == "log":
-                            after = max(after, _int(event.data.get("seq"), after))
-                        yield event
-                        if event.kind == "end":
+                        kind = LOG_EVENTS.get(event.kind)
+                        if kind is None:
+                            continue
+                        item = kind.model_validate(event.data)
+                        if isinstance(item, LogChunk):
+                            after = max(after, item.seq)
+                        yield item
+                        if isinstance(item, LogEnd):
                             return
             except Unavailable:
                 pass
@@ -215,21 +218,19 @@ class JobsMixin(BaseClient):
                 )
             self._sleep(0.5)
 
-    def job_metrics(self, job_id: str) -> dict[str, list[dict[str, Any]]]:
-        """Every metric series of a job: ``{"train_loss": [{"step", "value", "attempt"}]}``."""
-        return dict(self._json("GET", f"{_job_path(job_id)}/metrics")["metrics"])
+    def job_metrics(self, job_id: str) -> dict[str, list[MetricPoint]]:
+        """Every metric series of a job by name (``train_loss``, ...), in step order."""
+        return self._call(JobMetrics, "GET", f"{_job_path(job_id)}/metrics").metrics
 
-    def compare_jobs(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+    def compare_jobs(self, ids: Sequence[str]) -> list[Job]:
         """Several jobs side by side (evaluation included), in the order asked."""
         ids = [_job_id(i) for i in ids]
         if not ids:
             raise InvalidInput("name at least one job to compare")
         params = {"ids": ",".join(ids)}
-        return list(self._json("GET", f"{API}/jobs/compare", params=params)["jobs"])
+        return self._call(JobList, "GET", f"{API}/jobs/compare", params=params).jobs
 
-    def wait_job(
-        self, job_id: str, timeout: float | None = None, poll: float = 0.5
-    ) -> dict[str, Any]:
+    def wait_job(self, job_id: str, *, timeout: float | None = None, poll: float = 0.5) -> Job:
         """Poll until the job is succeeded, failed or cancelled; returns it.
 
         Raises :class:`WaitTimeout` after ``timeout`` seconds (None: no limit). The server
@@ -243,7 +244,7 @@ class JobsMixin(BaseClient):
             try:
                 job = self.get_job(job_id)
                 lost_since = None
-                if is_terminal(job):
+                if job.state.terminal:
                     return job
             except Unavailable:
                 now = self._clock()
@@ -266,10 +267,3 @@ def _job_id(job_id: str) -> str:
 
 def _job_path(job_id: str) -> str:
     return f"{API}/jobs/{quote(_job_id(job_id), safe='')}"
-
-
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default

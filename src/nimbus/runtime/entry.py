@@ -47,6 +47,7 @@ from nimbus.runtime.hyperparams import validate_params
 from nimbus.runtime.job_api import Heartbeat, HttpReporter, JobApiClient, JobStop
 from nimbus.runtime.trainer import train
 from nimbus.runtime.usercode import UserCodeError, run_script, unpack
+from nimbus.wire.job_api import AttemptSpec, CodeInput
 
 ENV_ERROR_EXIT_CODE = 2
 FAILURE_EXIT_CODE = 1
@@ -149,22 +150,28 @@ def run_attempt(env: JobEnv, client: JobApiClient) -> None:
     spec = client.spec()
     # A fork-server child inherits the zygote's intra-op thread pool size: give the job the
     # CPU slots it asked for (at least one), never the whole node.
-    cpus = float((spec.get("resources") or {}).get("cpus") or 1)
-    torch.set_num_threads(max(1, int(cpus)))
-    version = spec["dataset"]
-    what = spec["code"]["entry"] if spec.get("code") else spec["model"]
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    version = _dataset_of(spec)
+    what = spec.code.entry if spec.code else spec.model
     if env.rank == 0:
         print(
-            f"nimbus: job {spec['job_id']} attempt {spec.get('attempt', '?')}: {what} on "
+            f"nimbus: job {spec.job_id} attempt {spec.attempt}: {what} on "
             f"{version.get('dataset')}:{version.get('version')}"
             + (f" with {env.world_size} workers" if env.world_size > 1 else ""),
             flush=True,
         )
     with _process_group(env) as (group, device), _in_dir(env.job_dir):
-        if spec.get("code"):
-            _run_user_code(env, client, spec)  # torch.distributed is ready for it
+        if spec.code:
+            _run_user_code(env, client, spec, spec.code)  # torch.distributed is ready for it
         else:
             _run_builtin(env, client, spec, group, device)
+
+
+def _dataset_of(spec: AttemptSpec) -> dict[str, Any]:
+    """The dataset version object of the job (every job trains on one)."""
+    if spec.dataset is None:
+        raise InvalidInput(f"job {spec.job_id} has no dataset")
+    return spec.dataset
 
 
 def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) -> DataSplits:
@@ -186,15 +193,15 @@ def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) ->
 
 
 def _run_builtin(
-    env: JobEnv, client: JobApiClient, spec: dict[str, Any], group: Any, device: torch.device
+    env: JobEnv, client: JobApiClient, spec: AttemptSpec, group: Any, device: torch.device
 ) -> None:
-    data = load_data(client, spec["dataset"], env.job_dir / "data")
-    params = dict(spec.get("params") or {})
-    if spec.get("seed") is not None and "seed" not in params:
-        params["seed"] = spec["seed"]
-    epochs = validate_params(spec["model"], data.task, params)["epochs"]
+    data = load_data(client, _dataset_of(spec), env.job_dir / "data")
+    params = dict(spec.params)
+    if spec.seed is not None and "seed" not in params:
+        params["seed"] = spec.seed
+    epochs = validate_params(spec.model, data.task, params)["epochs"]
     reporter = HttpReporter(client, rank=env.rank, label="epoch", total_steps=epochs)
-    result = train(spec["model"], data, params, reporter, process_group=group, device=device)
+    result = train(spec.model, data, params, reporter, process_group=group, device=device)
     if env.rank:
         return
     model_dir = env.job_dir / "model"
@@ -209,16 +216,15 @@ def _run_builtin(
         )
 
 
-def _run_user_code(env: JobEnv, client: JobApiClient, spec: dict[str, Any]) -> None:
-    code = spec["code"]
+def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: CodeInput) -> None:
     code_dir = env.job_dir / ("code" if env.world_size == 1 else f"code-rank{env.rank}")
-    script = unpack(client.blob(code["key"]), code.get("entry"), code_dir, code.get("format"))
-    if spec.get("seed") is not None:
-        _seed(int(spec["seed"]))
+    script = unpack(client.blob(code.key), code.entry, code_dir, code.format)
+    if spec.seed is not None:
+        _seed(spec.seed)
     session = api.Session(
-        params=api.coerce_params(spec.get("params") or {}),
+        params=api.coerce_params(spec.params),
         reporter=HttpReporter(client, rank=env.rank),
-        load_data=lambda: load_data(client, spec["dataset"], env.job_dir / "data"),
+        load_data=lambda: load_data(client, _dataset_of(spec), env.job_dir / "data"),
         model_dir=env.job_dir / "model",
         rank=env.rank,
     )

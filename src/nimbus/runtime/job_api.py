@@ -35,6 +35,7 @@ import httpx
 
 from nimbus.errors import CorruptBlob, InvalidInput, NimbusError, error_from_response
 from nimbus.runtime.checkpoints import checkpoint_from_bytes, checkpoint_to_bytes
+from nimbus.wire.job_api import AttemptSpec, HeartbeatReply
 
 FENCED_EXIT_CODE = 75  # EX_TEMPFAIL: this attempt was replaced; its successor carries on
 CANCELLED_EXIT_CODE = 76  # the job was cancelled while it ran
@@ -119,16 +120,18 @@ class JobApiClient:
 
     # -- the routes ----------------------------------------------------------------------
 
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> AttemptSpec:
         """The attempt's spec: model, params, seed, workers, dataset version, code."""
-        return dict(self._request("GET", "spec").json())
+        return AttemptSpec.model_validate(self._request("GET", "spec").json())
 
     def heartbeat(self) -> bool:
         """Best effort; True when the job was cancelled (False if the call failed)."""
         response = self._try("POST", "heartbeat")
+        if response is None:
+            return False
         try:
-            return bool(response is not None and response.json().get("cancel"))
-        except (ValueError, AttributeError):
+            return HeartbeatReply.model_validate(response.json()).cancel
+        except ValueError:  # not JSON, or not a heartbeat reply (ValidationError is one)
             return False
 
     def metrics(self, step: int, metrics: dict[str, float]) -> None:

@@ -26,6 +26,7 @@ from nimbus.jobs.tokens import TOKEN_PREFIX, hash_token
 from nimbus.services.blobs import delete_quietly, discard, move_in, pin
 from nimbus.services.jobs import finite
 from nimbus.storage.blobs import BlobStore, key_for
+from nimbus.wire import job_api as wire
 
 JOB_CHECKPOINT = "job_checkpoint"  # blob reference owner kinds: the row holding the blob
 JOB_ARTIFACT = "job_artifact"
@@ -111,38 +112,32 @@ class JobApiService:
         with self.db.session() as session:
             return job_details.inputs(session, ctx.job.id)
 
-    def spec(self, ctx: AttemptContext) -> dict[str, Any]:
+    def spec(self, ctx: AttemptContext) -> wire.AttemptSpec:
         """What the runtime needs to run the attempt."""
         job, attempt = ctx.job, ctx.attempt
         inputs = self._inputs(ctx)
         code = inputs.get("code")
         res = job.spec.resources
-        return {
-            "job_id": job.id,
-            "attempt_id": attempt.id,
-            "attempt": attempt.number,
-            "model": job.spec.model,
-            "params": job.spec.params,
-            "seed": job.spec.seed,
-            "workers": res.workers,
-            "resources": {
-                "cpus": res.cpus,
-                "gpus": res.gpus,
-                "memory": res.memory_bytes,
-                "workers": res.workers,
-            },
-            "dataset": inputs.get("dataset"),
-            "code": (
-                {
-                    "key": code["key"],
-                    "entry": code["entry"],
-                    "format": code["format"],
-                    "size": code["size"],
-                }
+        return wire.AttemptSpec(
+            job_id=job.id,
+            attempt_id=attempt.id,
+            attempt=attempt.number,
+            model=job.spec.model,
+            params=job.spec.params,
+            seed=job.spec.seed,
+            workers=res.workers,
+            resources=wire.Resources(
+                cpus=res.cpus, gpus=res.gpus, memory=res.memory_bytes, workers=res.workers
+            ),
+            dataset=inputs.get("dataset"),
+            code=(
+                wire.CodeInput(
+                    key=code["key"], entry=code["entry"], format=code["format"], size=code["size"]
+                )
                 if code
                 else None
             ),
-        }
+        )
 
     def blob(self, ctx: AttemptContext, key: str) -> BlobDownload:
         """A blob of the job's dataset version or code, verified before the first byte."""
@@ -172,13 +167,15 @@ class JobApiService:
 
     # -- writes -------------------------------------------------------------------------
 
-    def heartbeat(self, ctx: AttemptContext) -> dict[str, bool]:
+    def heartbeat(self, ctx: AttemptContext) -> wire.HeartbeatReply:
         """Extend the attempt's lease; tells the runtime whether to stop (cancelled)."""
         with self.db.session(write=True) as session:
             lease = repo.heartbeat(session, ctx.attempt.id, self.clock(), self.lease_seconds)
-        return {"cancel": lease.cancel_requested}
+        return wire.HeartbeatReply(cancel=lease.cancel_requested)
 
-    def metrics(self, ctx: AttemptContext, step: int, values: dict[str, float]) -> None:
+    def metrics(self, ctx: AttemptContext, report: wire.MetricsRequest) -> None:
+        """Record the values of one step; names are checked, at most MAX_METRICS a call."""
+        values = report.metrics
         if len(values) > MAX_METRICS:
             raise InvalidInput(f"at most {MAX_METRICS} metrics per call", field="metrics")
         for name in values:
@@ -188,22 +185,24 @@ class JobApiService:
             repo.add_metrics(
                 session,
                 ctx.attempt.id,
-                [(step, name, float(v)) for name, v in values.items()],
+                [(report.step, name, float(v)) for name, v in values.items()],
                 self.clock(),
             )
 
-    def progress(self, ctx: AttemptContext, progress: dict[str, int]) -> None:
+    def progress(self, ctx: AttemptContext, report: wire.ProgressRequest) -> None:
+        """Replace the job's progress (what ``Job.progress`` and the log stream show)."""
         with self.db.session(write=True) as session:
-            repo.set_progress(session, ctx.attempt.id, progress)
+            repo.set_progress(session, ctx.attempt.id, report.model_dump())
 
-    def result(self, ctx: AttemptContext, evaluation: dict[str, Any]) -> None:
+    def result(self, ctx: AttemptContext, report: wire.ResultRequest) -> None:
         """The job's evaluation (NaN and infinities become null)."""
+        evaluation = finite(report.evaluation)
         with self.db.session(write=True) as session:
-            repo.set_result(session, ctx.attempt.id, {"evaluation": finite(evaluation)})
+            repo.set_result(session, ctx.attempt.id, {"evaluation": evaluation})
 
     def put_checkpoint(
         self, ctx: AttemptContext, step: int, epoch: int | None, path: Path, sha256: str, size: int
-    ) -> dict[str, Any]:
+    ) -> wire.StoredCheckpoint:
         """Store a staged checkpoint (``path`` consumed), then record it complete: a reader
         never sees a checkpoint whose bytes are not whole. Older ones are pruned."""
         if step < 0:
@@ -220,11 +219,11 @@ class JobApiService:
             return orphans
 
         key = self._store(path, sha256, size, record)
-        return {"step": step, "key": key, "size": size}
+        return wire.StoredCheckpoint(step=step, key=key, size=size)
 
     def put_artifact(
         self, ctx: AttemptContext, name: str, path: Path, sha256: str, size: int
-    ) -> dict[str, Any]:
+    ) -> wire.Artifact:
         """Store a staged output file (``path`` consumed) under ``name``, replacing an
         earlier attempt's file of that name."""
         validate_artifact_name(name)
@@ -240,7 +239,7 @@ class JobApiService:
             return orphans
 
         key = self._store(path, sha256, size, record)
-        return {"name": name, "key": key, "size": size}
+        return wire.Artifact(name=name, key=key, size=size)
 
     def _store(
         self, path: Path, sha256: str, size: int, record: Callable[[Any, str], list[str]]

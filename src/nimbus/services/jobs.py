@@ -18,13 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from nimbus.db import job_details
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.job_details import JobDetail
-from nimbus.db.jobs import LogChunk
+from nimbus.db.jobs import LogChunk as LogChunkRow
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
@@ -32,33 +30,15 @@ from nimbus.runtime.hyperparams import PARAM_SCHEMAS, validate_params
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.code import CodeInfo, CodeService, is_code_ref
 from nimbus.services.datasets import DatasetService, parse_version
-from nimbus.services.views import iso
+from nimbus.wire import jobs as wire
 from nimbus.wire.base import dump
+from nimbus.wire.jobs import MAX_SEED, SubmitRequest
 
 MAX_LIST = 1000
 MAX_COMPARE = 50
-MAX_SEED = 2**32 - 1
 LOG_BATCH = 1000
 _CODE_PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _MAX_CODE_PARAMS = 200
-
-
-class SubmitRequest(BaseModel):
-    """The body of ``POST /api/v1/jobs`` (see docs/api.md)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str = Field(min_length=1, max_length=200)
-    model: str = Field(min_length=1, max_length=200)
-    params: dict[str, Any] = Field(default_factory=dict)
-    cpus: float = Field(1.0, gt=0, allow_inf_nan=False)
-    gpus: int = Field(0, ge=0)
-    memory: str | int = "1G"
-    workers: int = Field(1, ge=1, le=256)
-    priority: int = Field(0, ge=-1000, le=1000)
-    max_retries: int = Field(2, ge=0, le=100)
-    deadline: str | float | None = None
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -67,8 +47,8 @@ class LogPoll:
 
     state: JobState
     exit_reason: str | None
-    progress: dict[str, Any] | None
-    chunks: list[LogChunk]
+    progress: wire.Progress | None
+    chunks: list[LogChunkRow]
     done: bool  # terminal, and every chunk up to now was returned
 
 
@@ -111,48 +91,50 @@ def finite(value: Any) -> Any:
     return value
 
 
-def job_view(detail: JobDetail) -> dict[str, Any]:
+def job_view(detail: JobDetail) -> wire.Job:
     """A job as docs/api.md shows it."""
     job, inputs = detail.job, detail.inputs
     dataset = inputs.get("dataset")
     res = job.spec.resources
     result = job.result or {}
-    return {
-        "id": job.id,
-        "state": job.state.value,
-        "model": job.spec.model,
-        "dataset": (
-            {
-                "name": dataset["dataset"],
-                "version": dataset["version"],
-                "content_hash": dataset["content_hash"],
-            }
+    return wire.Job(
+        id=job.id,
+        state=job.state,
+        model=job.spec.model,
+        dataset=(
+            wire.JobDataset(
+                name=dataset["dataset"],
+                version=dataset["version"],
+                content_hash=dataset["content_hash"],
+            )
             if dataset
             else None
         ),
-        "params": job.spec.params,
-        "resources": {
-            "cpus": res.cpus,
-            "gpus": res.gpus,
-            "memory": res.memory_bytes,
-            "workers": res.workers,
-        },
-        "priority": job.priority,
-        "max_retries": job.max_retries,
-        "attempts": job.attempts,
-        "deadline_at": iso(job.deadline_at),
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "exit_reason": job.exit_reason,
-        "cancel_requested": job.cancel_requested,
-        "progress": detail.progress,
-        "evaluation": finite(result.get("evaluation")),
-        "artifacts": [
-            {"name": a.name, "key": a.blob_key, "size": a.size} for a in detail.artifacts
+        params=job.spec.params,
+        resources=wire.Resources(
+            cpus=res.cpus, gpus=res.gpus, memory=res.memory_bytes, workers=res.workers
+        ),
+        priority=job.priority,
+        max_retries=job.max_retries,
+        attempts=job.attempts,
+        deadline_at=job.deadline_at,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        exit_reason=job.exit_reason,
+        cancel_requested=job.cancel_requested,
+        progress=progress_view(detail.progress),
+        evaluation=finite(result.get("evaluation")),
+        artifacts=[
+            wire.Artifact(name=a.name, key=a.blob_key, size=a.size) for a in detail.artifacts
         ],
-        "seed": job.spec.seed,
-    }
+        seed=job.spec.seed,
+    )
+
+
+def progress_view(progress: dict[str, Any] | None) -> wire.Progress | None:
+    """A job's stored progress (written by the job API as a ``ProgressRequest``)."""
+    return None if progress is None else wire.Progress.model_validate(progress)
 
 
 def _code_params(raw: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +169,7 @@ class JobService:
 
     # -- submit -------------------------------------------------------------------------
 
-    def submit(self, principal: Principal, request: SubmitRequest) -> dict[str, Any]:
+    def submit(self, principal: Principal, request: SubmitRequest) -> wire.Job:
         """Validate, resolve and queue a job; every refusal is a 400 naming the field (or a
         404 for a dataset or code artifact the tenant does not have)."""
         require_role(principal, Role.MEMBER)
@@ -261,19 +243,19 @@ class JobService:
 
     # -- read ---------------------------------------------------------------------------
 
-    def _view(self, session: Any, principal: Principal, job_id: str) -> dict[str, Any]:
+    def _view(self, session: Any, principal: Principal, job_id: str) -> wire.Job:
         detail = job_details.get(session, job_id, principal.tenant_id)
         if detail is None:
             raise NotFound(f"job {job_id[:80]!r} not found")
         return job_view(detail)
 
-    def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
+    def get(self, principal: Principal, job_id: str) -> wire.Job:
         with self.db.session() as session:
             return self._view(session, principal, job_id)
 
     def list_jobs(
         self, principal: Principal, state: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> wire.JobList:
         """Newest first; ``state`` one state or several, comma-separated."""
         if not 1 <= limit <= MAX_LIST:
             raise InvalidInput(f"invalid limit {limit}: use 1-{MAX_LIST}", field="limit")
@@ -290,16 +272,16 @@ class JobService:
             details = job_details.list_page(
                 session, principal.tenant_id, states=states, limit=limit
             )
-            return [job_view(d) for d in details]
+            return wire.JobList(jobs=[job_view(d) for d in details])
 
-    def compare(self, principal: Principal, ids: list[str]) -> list[dict[str, Any]]:
+    def compare(self, principal: Principal, ids: list[str]) -> wire.JobList:
         """Several jobs side by side, in the order asked; any unknown id is a 404."""
         if not 1 <= len(ids) <= MAX_COMPARE:
             raise InvalidInput(f"give 1-{MAX_COMPARE} job ids", field="ids")
         with self.db.session() as session:
-            return [self._view(session, principal, job_id) for job_id in ids]
+            return wire.JobList(jobs=[self._view(session, principal, job_id) for job_id in ids])
 
-    def cancel(self, principal: Principal, job_id: str) -> dict[str, Any]:
+    def cancel(self, principal: Principal, job_id: str) -> wire.Job:
         """A queued job ends at once; a running one is stopped by its scheduler."""
         require_role(principal, Role.MEMBER)
         with self.db.session(write=True) as session:
@@ -309,32 +291,32 @@ class JobService:
                 raise NotFound(f"job {job_id[:80]!r} not found") from None
             return self._view(session, principal, job_id)
 
-    def metrics(self, principal: Principal, job_id: str) -> dict[str, list[dict[str, Any]]]:
-        """Every series by name: ``[{"step", "value", "attempt"}]`` (non-finite values null)."""
+    def metrics(self, principal: Principal, job_id: str) -> wire.JobMetrics:
+        """Every series by name, in step order (non-finite values null)."""
         self.get(principal, job_id)
         with self.db.session() as session:
-            series: dict[str, list[dict[str, Any]]] = {}
+            series: dict[str, list[wire.MetricPoint]] = {}
             for m in repo.read_metrics(session, job_id):
                 series.setdefault(m.name, []).append(
-                    {"step": m.step, "value": finite(m.value), "attempt": m.attempt_number}
+                    wire.MetricPoint(step=m.step, value=finite(m.value), attempt=m.attempt_number)
                 )
-            return series
+            return wire.JobMetrics(metrics=series)
 
     # -- logs ---------------------------------------------------------------------------
 
     def logs(
         self, principal: Principal, job_id: str, after: int = 0, limit: int = LOG_BATCH
-    ) -> dict[str, Any]:
+    ) -> wire.LogPage:
         """Chunks after ``after``; ``done`` once the job ended and nothing is left."""
         if after < 0 or not 1 <= limit <= LOG_BATCH:
             raise InvalidInput(f"use after >= 0 and a limit of 1-{LOG_BATCH}", field="after")
         self.get(principal, job_id)
         poll = self.poll(job_id, after, limit)
-        return {
-            "chunks": [chunk_view(c) for c in poll.chunks],
-            "next": poll.chunks[-1].seq if poll.chunks else after,
-            "done": poll.done,
-        }
+        return wire.LogPage(
+            chunks=[chunk_view(c) for c in poll.chunks],
+            next=poll.chunks[-1].seq if poll.chunks else after,
+            done=poll.done,
+        )
 
     def poll(self, job_id: str, after: int, limit: int = LOG_BATCH) -> LogPoll:
         """The job's state, then its chunks after ``after``: read in that order, a terminal
@@ -348,11 +330,12 @@ class JobService:
         return LogPoll(
             job_state,
             exit_reason,
-            progress,
+            progress_view(progress),
             chunks,
             done=job_state.terminal and len(chunks) < limit,
         )
 
 
-def chunk_view(chunk: LogChunk) -> dict[str, Any]:
-    return {"seq": chunk.seq, "attempt": chunk.attempt_number, "data": chunk.data}
+def chunk_view(chunk: LogChunkRow) -> wire.LogChunk:
+    """A stored log chunk as the API shows it."""
+    return wire.LogChunk(seq=chunk.seq, attempt=chunk.attempt_number, data=chunk.data)

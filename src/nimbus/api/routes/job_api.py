@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -21,6 +21,16 @@ from nimbus.api.state import services_of
 from nimbus.api.upload import check_declared_length, receive_upload
 from nimbus.errors import InvalidInput, PayloadTooLarge
 from nimbus.services.job_api import AttemptContext, validate_artifact_name
+from nimbus.wire.job_api import (
+    Artifact,
+    AttemptSpec,
+    HeartbeatReply,
+    MetricsRequest,
+    Ok,
+    ProgressRequest,
+    ResultRequest,
+    StoredCheckpoint,
+)
 
 PREFIX = "/job-api/{attempt_id}"
 MAX_JSON_BYTES = 16 * 1024**2
@@ -57,23 +67,11 @@ async def read_json(request: Request, model: type[Body]) -> Body:
         raise InvalidInput(describe_validation_error(errors)) from None
 
 
-class MetricsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    step: int = Field(ge=0)
-    metrics: dict[str, float]
-
-
-class ProgressBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    epoch: int = Field(ge=0)
-    epochs: int = Field(ge=0)
-    batch: int = Field(ge=0)
-    batches: int = Field(ge=0)
-
-
-class ResultBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    evaluation: dict[str, Any]
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI description of a JSON body that a route reads itself (with
+    :func:`read_json`, for its size limit), so the document still shows it."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _bytes(
@@ -86,8 +84,8 @@ def _bytes(
     )
 
 
-@router.get("/spec")
-def spec(ctx: CurrentAttempt, request: Request) -> dict[str, Any]:
+@router.get("/spec", response_model=AttemptSpec)
+def spec(ctx: CurrentAttempt, request: Request) -> AttemptSpec:
     return services_of(request).job_api.spec(ctx)
 
 
@@ -98,39 +96,39 @@ def blob(key: str, ctx: CurrentAttempt, request: Request) -> StreamingResponse:
     return _bytes(download.chunks, download.size)
 
 
-@router.post("/heartbeat")
-def heartbeat(ctx: CurrentAttempt, request: Request) -> dict[str, bool]:
+@router.post("/heartbeat", response_model=HeartbeatReply)
+def heartbeat(ctx: CurrentAttempt, request: Request) -> HeartbeatReply:
     return services_of(request).job_api.heartbeat(ctx)
 
 
-@router.post("/metrics")
-async def metrics(ctx: CurrentAttempt, request: Request) -> dict[str, bool]:
-    body = await read_json(request, MetricsBody)
-    await run_in_threadpool(services_of(request).job_api.metrics, ctx, body.step, body.metrics)
-    return {"ok": True}
+@router.post("/metrics", response_model=Ok, openapi_extra=request_body(MetricsRequest))
+async def metrics(ctx: CurrentAttempt, request: Request) -> Ok:
+    body = await read_json(request, MetricsRequest)
+    await run_in_threadpool(services_of(request).job_api.metrics, ctx, body)
+    return Ok()
 
 
-@router.post("/progress")
-async def progress(ctx: CurrentAttempt, request: Request) -> dict[str, bool]:
-    body = await read_json(request, ProgressBody)
-    await run_in_threadpool(services_of(request).job_api.progress, ctx, body.model_dump())
-    return {"ok": True}
+@router.post("/progress", response_model=Ok, openapi_extra=request_body(ProgressRequest))
+async def progress(ctx: CurrentAttempt, request: Request) -> Ok:
+    body = await read_json(request, ProgressRequest)
+    await run_in_threadpool(services_of(request).job_api.progress, ctx, body)
+    return Ok()
 
 
-@router.post("/result")
-async def result(ctx: CurrentAttempt, request: Request) -> dict[str, bool]:
-    body = await read_json(request, ResultBody)
-    await run_in_threadpool(services_of(request).job_api.result, ctx, body.evaluation)
-    return {"ok": True}
+@router.post("/result", response_model=Ok, openapi_extra=request_body(ResultRequest))
+async def result(ctx: CurrentAttempt, request: Request) -> Ok:
+    body = await read_json(request, ResultRequest)
+    await run_in_threadpool(services_of(request).job_api.result, ctx, body)
+    return Ok()
 
 
-@router.put("/checkpoints/{step}", status_code=201)
+@router.put("/checkpoints/{step}", status_code=201, response_model=StoredCheckpoint)
 async def put_checkpoint(
     ctx: CurrentAttempt,
     request: Request,
     step: Annotated[int, Path(ge=0)],
     epoch: int | None = None,
-) -> dict[str, Any]:
+) -> StoredCheckpoint:
     """The raw body is the checkpoint; recorded only once its bytes are stored whole."""
     services = services_of(request)
     staged = await receive_upload(
@@ -157,8 +155,8 @@ def latest_checkpoint(ctx: CurrentAttempt, request: Request) -> StreamingRespons
     return _bytes(download.chunks, download.size, {"X-Checkpoint-Step": str(step)})
 
 
-@router.put("/artifacts/{name}", status_code=201)
-async def put_artifact(ctx: CurrentAttempt, request: Request, name: str) -> dict[str, Any]:
+@router.put("/artifacts/{name}", status_code=201, response_model=Artifact)
+async def put_artifact(ctx: CurrentAttempt, request: Request, name: str) -> Artifact:
     """An output file of the job: spec.json, weights.safetensors, model.onnx or another
     safe name."""
     services = services_of(request)

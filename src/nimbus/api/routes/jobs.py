@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -15,7 +15,17 @@ from starlette.concurrency import run_in_threadpool
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import Services, services_of
 from nimbus.errors import InvalidInput
-from nimbus.services.jobs import LOG_BATCH, SubmitRequest, chunk_view
+from nimbus.services.jobs import LOG_BATCH, chunk_view
+from nimbus.wire.jobs import (
+    Job,
+    JobList,
+    JobMetrics,
+    LogEnd,
+    LogEvent,
+    LogPage,
+    Progress,
+    SubmitRequest,
+)
 
 router = APIRouter(tags=["jobs"])
 
@@ -23,40 +33,44 @@ POLL_SECONDS = 0.2
 KEEPALIVE_SECONDS = 15.0
 
 
-@router.post("/jobs", status_code=201)
-def submit_job(body: SubmitRequest, principal: Member, request: Request) -> dict[str, Any]:
+@router.post("/jobs", status_code=201, response_model=Job)
+def submit_job(body: SubmitRequest, principal: Member, request: Request) -> Job:
     return services_of(request).jobs.submit(principal, body)
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=JobList)
 def list_jobs(
     principal: Viewer, request: Request, state: str | None = None, limit: int = 100
-) -> dict[str, Any]:
-    return {"jobs": services_of(request).jobs.list_jobs(principal, state, limit)}
+) -> JobList:
+    return services_of(request).jobs.list_jobs(principal, state, limit)
 
 
-@router.get("/jobs/compare")
-def compare_jobs(principal: Viewer, request: Request, ids: str = "") -> dict[str, Any]:
+@router.get("/jobs/compare", response_model=JobList)
+def compare_jobs(principal: Viewer, request: Request, ids: str = "") -> JobList:
     wanted = [i.strip() for i in ids.split(",") if i.strip()]
-    return {"jobs": services_of(request).jobs.compare(principal, wanted)}
+    return services_of(request).jobs.compare(principal, wanted)
 
 
-@router.get("/jobs/{job_id}")
-def get_job(job_id: str, principal: Viewer, request: Request) -> dict[str, Any]:
+@router.get("/jobs/{job_id}", response_model=Job)
+def get_job(job_id: str, principal: Viewer, request: Request) -> Job:
     return services_of(request).jobs.get(principal, job_id)
 
 
-@router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, principal: Member, request: Request) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/cancel", response_model=Job)
+def cancel_job(job_id: str, principal: Member, request: Request) -> Job:
     return services_of(request).jobs.cancel(principal, job_id)
 
 
-@router.get("/jobs/{job_id}/metrics")
-def job_metrics(job_id: str, principal: Viewer, request: Request) -> dict[str, Any]:
-    return {"metrics": services_of(request).jobs.metrics(principal, job_id)}
+@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics)
+def job_metrics(job_id: str, principal: Viewer, request: Request) -> JobMetrics:
+    return services_of(request).jobs.metrics(principal, job_id)
 
 
-@router.get("/jobs/{job_id}/logs", response_model=None)
+@router.get(
+    "/jobs/{job_id}/logs",
+    response_model=LogPage,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 def job_logs(
     job_id: str,
     principal: Viewer,
@@ -65,9 +79,10 @@ def job_logs(
     follow: bool = False,
     limit: Annotated[int, Query(ge=1, le=LOG_BATCH)] = LOG_BATCH,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> dict[str, Any] | StreamingResponse:
+) -> LogPage | StreamingResponse:
     """JSON chunks after ``after``; with ``follow=true`` server-sent events until the job
-    ends (``Last-Event-ID`` resumes a dropped stream where it left off)."""
+    ends (``Last-Event-ID`` resumes a dropped stream where it left off): ``log``
+    (a log chunk, with its seq as the event id), ``progress``, and a last ``end``."""
     services = services_of(request)
     if not follow:
         return services.jobs.logs(principal, job_id, after, limit)
@@ -83,28 +98,30 @@ def job_logs(
     )
 
 
-def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
-    """One server-sent event (data on one line: JSON escapes newlines)."""
+def sse(event: LogEvent, event_id: int | None = None) -> bytes:
+    """One server-sent event of type ``event.event`` (data on one line: JSON escapes
+    newlines)."""
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    data = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+    return f"{head}event: {event.event}\ndata: {data}\n\n".encode()
 
 
 async def follow_logs(services: Services, job_id: str, after: int) -> AsyncIterator[bytes]:
     """Poll the metadata store every POLL_SECONDS; ends with ``event: end`` once the job is
     terminal and every chunk was sent, when the server stops, or when the client leaves
     (Starlette cancels this generator on disconnect)."""
-    progress: dict[str, Any] | None = None
+    progress: Progress | None = None
     last_sent = time.monotonic()
     while not services.stopping.is_set():
         poll = await run_in_threadpool(services.jobs.poll, job_id, after)
-        out = [sse("log", chunk_view(c), c.seq) for c in poll.chunks]
+        out = [sse(chunk_view(c), c.seq) for c in poll.chunks]
         if poll.chunks:
             after = poll.chunks[-1].seq
         if poll.progress is not None and poll.progress != progress:
             progress = poll.progress
-            out.append(sse("progress", progress))
+            out.append(sse(progress))
         if poll.done:
-            out.append(sse("end", {"state": poll.state.value, "exit_reason": poll.exit_reason}))
+            out.append(sse(LogEnd(state=poll.state, exit_reason=poll.exit_reason)))
         if not out and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
             out.append(b": keep-alive\n\n")
         if out:
