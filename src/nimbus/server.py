@@ -64,6 +64,7 @@ from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.deployments import DeploymentLoop
 from nimbus.services.tokens import TokenService
 from nimbus.storage.factory import open_object_store
+from nimbus.system import write_private
 
 log = logging.getLogger("nimbus.server")
 ADMIN_TOKEN_FILE = "admin-token"
@@ -71,22 +72,6 @@ INSTANCE_ID_FILE = "instance-id"
 CACHE_KEY_FILE = "cache-key"  # names the tenants' download caches (TenantCaches)
 STALE_TEMP_SECONDS = 3600
 GRACEFUL_SHUTDOWN_SECONDS = 15
-
-
-def write_secret(path: Path, secret: str) -> None:
-    """Write ``secret`` to ``path`` with mode 0600, atomically (never readable by others,
-    not even for a moment)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secret + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def remove_stale_temp_files(directory: Path, older_than: float = STALE_TEMP_SECONDS) -> None:
@@ -138,7 +123,7 @@ def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None
     finally:
         db.dispose()
     if secret is not None:
-        write_secret(home / ADMIN_TOKEN_FILE, secret)
+        write_private(home / ADMIN_TOKEN_FILE, secret + "\n")
         print(f"admin token: {secret}", flush=True)
         print(f"(saved to {home / ADMIN_TOKEN_FILE}; it is not shown again)", flush=True)
     secure_home(settings, job_user)

@@ -26,7 +26,8 @@ from nimbus.jobs.domain import (
     Resources,
 )
 from nimbus.jobs.policy import Outcome, RetryPolicy
-from nimbus.jobs.tokens import hash_token, mint_token
+from nimbus.jobs.tokens import mint_token
+from nimbus.security import hash_token
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 BIG = Capacity(cpus=64, gpus=8, memory_bytes=1 << 40)

@@ -21,7 +21,7 @@ from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
-from nimbus.jobs.tokens import hash_token
+from nimbus.security import hash_token
 from tests.jobs.conftest import wait_gone
 
 NODE = Capacity(cpus=8, gpus=0, memory_bytes=1 << 40)

@@ -14,7 +14,6 @@ import numpy as np
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.models import ModelRef, as_model_ref
-from nimbus.datasets.domain import validate_name
 from nimbus.errors import (
     InvalidInput,
     NimbusError,
@@ -22,6 +21,7 @@ from nimbus.errors import (
     Unavailable,
     error_from_response,
 )
+from nimbus.names import validate_name
 
 RUNTIMES = ("onnx", "torch")
 _DTYPES = {

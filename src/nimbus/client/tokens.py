@@ -7,8 +7,8 @@ from typing import Any
 from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
-from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
+from nimbus.names import validate_name
 
 
 class Role(StrEnum):

@@ -57,7 +57,8 @@ from nimbus.jobs.policy import (
     on_attempt_end,
     pick,
 )
-from nimbus.jobs.tokens import hash_token, mint_token
+from nimbus.jobs.tokens import mint_token
+from nimbus.security import hash_token
 
 _TENANT_LOCK_CLASS = 0x4E4A4F42  # "NJOB": advisory locks serialising claims per tenant (PG)
 CLAIM_CANDIDATES = 200  # queued jobs considered per claim

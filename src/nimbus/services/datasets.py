@@ -16,13 +16,14 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from nimbus.datasets.domain import IngestLimits, IngestOptions, PreparedDataset, validate_name
+from nimbus.datasets.domain import IngestLimits, IngestOptions, PreparedDataset
 from nimbus.datasets.ingest import ingest as default_ingest
 from nimbus.db import blobrefs
 from nimbus.db import datasets as repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import Dataset
 from nimbus.errors import Conflict, InvalidInput, NotFound
+from nimbus.names import validate_name, version_number
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import PinnedBatch, delete_quietly
 from nimbus.services.views import dataset_summary_view, iso, version_view
@@ -83,8 +84,8 @@ def parse_version(text: str) -> int | None:
     """``latest`` -> None, a positive integer -> itself; anything else is a 400."""
     if text == "latest":
         return None
-    if text.isdigit() and len(text) < 10 and int(text) > 0:
-        return int(text)
+    if (number := version_number(text)) is not None:
+        return number
     raise InvalidInput(f"invalid version {text[:40]!r}: use a positive integer or 'latest'")
 
 

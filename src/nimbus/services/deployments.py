@@ -30,12 +30,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from nimbus.datasets.domain import validate_name
 from nimbus.db import deployments as repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import DeploymentRow, utcnow
 from nimbus.errors import Conflict, NotFound
-from nimbus.modelformat.verify import MODEL_FILES
+from nimbus.modelformat.files import MODEL_FILES
+from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.models import ModelService, ResolvedVersion
 from nimbus.services.views import iso

@@ -22,7 +22,9 @@ from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.errors import InvalidInput, NotFound, Unauthorized
 from nimbus.jobs.domain import Attempt, AttemptState, Fenced, Job, JobState
-from nimbus.jobs.tokens import TOKEN_PREFIX, hash_token
+from nimbus.jobs.tokens import TOKEN_PREFIX
+from nimbus.modelformat.files import MODEL_FILES
+from nimbus.security import hash_token
 from nimbus.services.blobs import delete_quietly, discard, move_in, pin
 from nimbus.services.jobs import finite
 from nimbus.storage.blobs import BlobStore, key_for
@@ -31,7 +33,6 @@ JOB_CHECKPOINT = "job_checkpoint"  # blob reference owner kinds: the row holding
 JOB_ARTIFACT = "job_artifact"
 KEEP_CHECKPOINTS = 2  # older checkpoints of a job are deleted (the latest is what resumes)
 ARTIFACT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-MODEL_FILES = ("spec.json", "weights.safetensors", "model.onnx")
 MAX_METRICS = 1000
 _TOKEN_RE = re.compile(rf"^{TOKEN_PREFIX}[A-Za-z0-9_-]{{43}}$")
 _METRIC_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./:-]{0,127}$")

@@ -28,10 +28,11 @@ from nimbus.db.jobs import LogChunk
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
+from nimbus.names import parse_reference
 from nimbus.runtime.hyperparams import PARAM_SCHEMAS, validate_params
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.code import CodeInfo, CodeService, is_code_ref
-from nimbus.services.datasets import DatasetService, parse_version
+from nimbus.services.datasets import DatasetService
 from nimbus.services.views import iso
 
 MAX_LIST = 1000
@@ -95,8 +96,8 @@ def node_capacity(cpus: float | None, gpus: int | None, memory: str | None) -> C
 
 def split_dataset_ref(ref: str) -> tuple[str, int | None]:
     """``NAME`` (latest), ``NAME:V`` or ``NAME:latest``."""
-    name, sep, version = ref.partition(":")
-    return name, parse_version(version) if sep else None
+    found = parse_reference(ref, "dataset")
+    return found.name, found.version if isinstance(found.version, int) else None
 
 
 def finite(value: Any) -> Any:

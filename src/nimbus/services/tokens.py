@@ -7,11 +7,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from nimbus.datasets.domain import validate_name
 from nimbus.db import tenants, tokens
 from nimbus.db.engine import Database
 from nimbus.db.tables import utcnow
 from nimbus.errors import InvalidInput, NotFound, Unauthorized
+from nimbus.names import validate_name
 from nimbus.security import (
     BOOTSTRAP_TENANT,
     Principal,
