@@ -37,9 +37,14 @@ def test_references_parse(text: str, aliases: bool, want: Reference) -> None:
 @pytest.mark.parametrize(
     ("text", "aliases", "message"),
     [
-        ("digits:0", False, "invalid dataset reference 'digits:0': use NAME or NAME:VERSION"),
-        ("digits:x", False, "invalid dataset reference 'digits:x': use NAME or NAME:VERSION"),
-        ("digits:", False, "invalid dataset reference 'digits:': use NAME or NAME:VERSION"),
+        (
+            "digits:0",
+            False,
+            "invalid dataset reference 'digits:0': the version is a positive integer or 'latest';"
+            " use NAME or NAME:VERSION",
+        ),
+        ("digits:x", False, "invalid dataset reference 'digits:x': the version is"),
+        ("digits:", False, "invalid dataset reference 'digits:': the version is"),
         ("a:1:2", False, "invalid dataset reference 'a:1:2'"),
         ("d:1234567890", False, "invalid dataset reference"),
         ("digits:-1", True, "use NAME, NAME:VERSION or NAME@ALIAS"),

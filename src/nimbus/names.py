@@ -81,5 +81,8 @@ def parse_reference(ref: str, kind: str, *, aliases: bool = False) -> Reference:
     number = version_number(version)
     if number is None:
         shown = ref if len(ref) <= 100 else f"{ref[:100]}..."
-        raise InvalidInput(f"invalid {kind} reference {shown!r}: {reference_usage(aliases)}")
+        raise InvalidInput(
+            f"invalid {kind} reference {shown!r}: the version is a positive integer or "
+            f"'latest'; {reference_usage(aliases)}"
+        )
     return Reference(name, number)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nimbus.db import blobrefs, job_details
+from nimbus.db import blobrefs, job_details, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.errors import InvalidInput, NotFound, Unauthorized
@@ -162,7 +162,7 @@ class JobApiService:
     def latest_checkpoint(self, ctx: AttemptContext) -> tuple[int, BlobDownload]:
         """The job's most advanced complete checkpoint, from any of its attempts."""
         with self.db.session() as session:
-            found = repo.latest_checkpoint(session, ctx.job.id)
+            found = job_outputs.latest_checkpoint(session, ctx.job.id)
         if found is None:
             raise NotFound(f"job {ctx.job.id} has no checkpoint yet")
         self.blobs.verify(found.blob_key)
@@ -186,7 +186,7 @@ class JobApiService:
             if not _METRIC_NAME_RE.match(name):
                 raise InvalidInput(f"invalid metric name {name[:80]!r}", field="metrics")
         with self.db.session(write=True) as session:
-            repo.add_metrics(
+            job_outputs.add_metrics(
                 session,
                 ctx.attempt.id,
                 [(step, name, float(v)) for name, v in values.items()],
@@ -195,12 +195,12 @@ class JobApiService:
 
     def progress(self, ctx: AttemptContext, progress: dict[str, int]) -> None:
         with self.db.session(write=True) as session:
-            repo.set_progress(session, ctx.attempt.id, progress)
+            job_outputs.set_progress(session, ctx.attempt.id, progress)
 
     def result(self, ctx: AttemptContext, evaluation: dict[str, Any]) -> None:
         """The job's evaluation (NaN and infinities become null)."""
         with self.db.session(write=True) as session:
-            repo.set_result(session, ctx.attempt.id, {"evaluation": finite(evaluation)})
+            job_outputs.set_result(session, ctx.attempt.id, {"evaluation": finite(evaluation)})
 
     def put_checkpoint(
         self, ctx: AttemptContext, step: int, epoch: int | None, path: Path, sha256: str, size: int
@@ -211,12 +211,12 @@ class JobApiService:
             raise InvalidInput("a checkpoint step is >= 0", field="step")
 
         def record(session: Any, key: str) -> list[str]:
-            checkpoint_id = repo.record_checkpoint(
+            checkpoint_id = job_outputs.record_checkpoint(
                 session, ctx.attempt.id, step=step, blob_key=key, now=self.clock(), epoch=epoch
             )
             blobrefs.add(session, JOB_CHECKPOINT, checkpoint_id, [key])
             orphans: list[str] = []
-            for old in repo.prune_checkpoints(session, ctx.job.id, KEEP_CHECKPOINTS):
+            for old in job_outputs.prune_checkpoints(session, ctx.job.id, KEEP_CHECKPOINTS):
                 orphans += blobrefs.release(session, JOB_CHECKPOINT, old)
             return orphans
 
@@ -231,7 +231,7 @@ class JobApiService:
         validate_artifact_name(name)
 
         def record(session: Any, key: str) -> list[str]:
-            artifact_id, replaced = repo.add_artifact(
+            artifact_id, replaced = job_outputs.add_artifact(
                 session, ctx.attempt.id, name, key, size, self.clock()
             )
             blobrefs.add(session, JOB_ARTIFACT, artifact_id, [key])

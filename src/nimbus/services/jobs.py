@@ -20,11 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nimbus.db import job_details
+from nimbus.db import job_details, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.job_details import JobDetail
-from nimbus.db.jobs import LogChunk
+from nimbus.db.job_outputs import LogChunk
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
@@ -314,7 +314,7 @@ class JobService:
         self.get(principal, job_id)
         with self.db.session() as session:
             series: dict[str, list[dict[str, Any]]] = {}
-            for m in repo.read_metrics(session, job_id):
+            for m in job_outputs.read_metrics(session, job_id):
                 series.setdefault(m.name, []).append(
                     {"step": m.step, "value": finite(m.value), "attempt": m.attempt_number}
                 )
@@ -343,7 +343,7 @@ class JobService:
             state = job_details.poll_state(session, job_id)
             if state is None:
                 raise NotFound(f"job {job_id[:80]!r} not found")
-            chunks = repo.read_logs(session, job_id, after, limit)
+            chunks = job_outputs.read_logs(session, job_id, after, limit)
         job_state, exit_reason, progress = state
         return LogPoll(
             job_state,
