@@ -3,8 +3,9 @@
 :class:`BaseClient` owns the httpx client. Every call goes through :meth:`BaseClient._request`
 (or :meth:`BaseClient._stream` for bodies too big for memory), which adds the token,
 translates transport failures into :class:`Unavailable` and rebuilds server errors with
-:func:`nimbus.errors.error_from_response`. The resource mixins (tokens, datasets, jobs) are a
-few lines per route on top of those helpers.
+:func:`nimbus.errors.error_from_response`. The resource mixins (tokens, datasets, jobs,
+models, deployments: one module each) are a few lines per route on top of those helpers.
+:func:`save_login` writes the login with :func:`nimbus.system.write_private`.
 """
 
 from __future__ import annotations
