@@ -18,6 +18,7 @@ from pathlib import Path
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
+from nimbus.db.queue import DbQueue
 from nimbus.db.tables import Tenant
 from nimbus.jobs.capacity import detect_capacity
 from nimbus.jobs.domain import JobSpec, Resources
@@ -38,7 +39,7 @@ def measure(name: str, executor: Executor, root: Path, n: int) -> None:
     with db.session(write=True) as s:
         s.add(Tenant(id=1, name="bench"))
     scheduler = Scheduler(
-        db,
+        DbQueue(db),
         executor,
         detect_capacity(),
         "bench",

@@ -1,16 +1,17 @@
 """The control plane process: ``python -m nimbus.server [--host H] [--port P]``.
 
 :func:`bootstrap` prepares NIMBUS_HOME and the metadata store and makes sure an admin
-token exists; :func:`run` serves the API with uvicorn, with the job scheduler beside it
-(:class:`SchedulerThread`), until SIGTERM or SIGINT, finishing requests in flight before it
-exits.
+token exists; :func:`build_app` assembles the control plane (the one place that does: the
+services, the app, the background work); :func:`run` serves it with uvicorn until SIGTERM
+or SIGINT, finishing requests in flight before it exits.
 
-Scheduler life cycle. The scheduler runs in a daemon thread of the server process; its
-attempts run on the executor the settings name (``forkserver``, warmed up in the
-background with torch imported, or ``local``). A graceful stop ends the loop but leaves
-running attempts alone: like after a crash (SIGKILL), the next start of the same instance
-(its id is kept in NIMBUS_HOME/instance-id) kills what is left of them and requeues their
-jobs (:meth:`Scheduler.recover`); fencing makes every job end exactly once.
+Scheduler life cycle. The scheduler loop (:meth:`Scheduler.run`) runs in a daemon thread of
+the server process (:class:`SchedulerThread`); its attempts run on the executor the
+settings name (``forkserver``, warmed up in that thread with torch imported, or ``local``).
+A graceful stop ends the loop but leaves running attempts alone: like after a crash
+(SIGKILL), the next start of the same instance (its id is kept in NIMBUS_HOME/instance-id)
+kills what is left of them and requeues their jobs (:meth:`Scheduler.recover`); fencing
+makes every job end exactly once.
 
 Job isolation. A server started as root runs every attempt as an unprivileged user
 (``NIMBUS_JOB_USER``, default ``auto``: the system user ``nimbus-job``, created here if
@@ -47,12 +48,15 @@ from types import FrameType
 from typing import IO
 
 import uvicorn
+from fastapi import FastAPI
 
-from nimbus.api.app import build_services, create_app
-from nimbus.api.state import Services
+from nimbus.api.app import create_app
+from nimbus.api.state import Background, Services
 from nimbus.config import Settings, load_settings
+from nimbus.datasets.domain import IngestLimits
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
+from nimbus.db.queue import DbQueue
 from nimbus.errors import NimbusError, Unavailable
 from nimbus.jobs.domain import Attempt, Job
 from nimbus.jobs.executors import make_executor
@@ -61,9 +65,19 @@ from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.isolation import JobUser, TenantCaches, prepare_root, resolve_job_user
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
+from nimbus.services.audit import AuditService
+from nimbus.services.code import CodeService
+from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop
+from nimbus.services.deployments import DeploymentService
+from nimbus.services.job_api import JobApiService
+from nimbus.services.jobs import JobService, node_capacity
+from nimbus.services.models import ModelService
 from nimbus.services.tokens import TokenService
+from nimbus.storage.base import ObjectStore
+from nimbus.storage.blobs import BlobStore
 from nimbus.storage.factory import open_object_store
+from nimbus.system import write_private
 
 log = logging.getLogger("nimbus.server")
 ADMIN_TOKEN_FILE = "admin-token"
@@ -71,22 +85,6 @@ INSTANCE_ID_FILE = "instance-id"
 CACHE_KEY_FILE = "cache-key"  # names the tenants' download caches (TenantCaches)
 STALE_TEMP_SECONDS = 3600
 GRACEFUL_SHUTDOWN_SECONDS = 15
-
-
-def write_secret(path: Path, secret: str) -> None:
-    """Write ``secret`` to ``path`` with mode 0600, atomically (never readable by others,
-    not even for a moment)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secret + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def remove_stale_temp_files(directory: Path, older_than: float = STALE_TEMP_SECONDS) -> None:
@@ -138,7 +136,7 @@ def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None
     finally:
         db.dispose()
     if secret is not None:
-        write_secret(home / ADMIN_TOKEN_FILE, secret)
+        write_private(home / ADMIN_TOKEN_FILE, secret + "\n")
         print(f"admin token: {secret}", flush=True)
         print(f"(saved to {home / ADMIN_TOKEN_FILE}; it is not shown again)", flush=True)
     secure_home(settings, job_user)
@@ -273,7 +271,10 @@ class NodeExecutor:
 
 
 class SchedulerThread:
-    """Runs a :class:`Scheduler` in a daemon thread until :meth:`stop` (or ``stopping``).
+    """Runs :meth:`Scheduler.run` in a daemon thread until :meth:`stop`, or until
+    ``stopping`` is set (by the server as soon as its shutdown begins: no job is claimed
+    while requests in flight finish). The executor warms up in that thread, once recovery is
+    done, not on the server's start-up path.
 
     One scheduler per instance id and NIMBUS_HOME: a lock file refuses a second, which
     would otherwise take the first one's attempts for its own leftovers."""
@@ -289,7 +290,6 @@ class SchedulerThread:
         self.executor = executor
         self.lock_path = lock_path
         self.stopping = stopping or threading.Event()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock: IO[str] | None = None
 
@@ -330,7 +330,7 @@ class SchedulerThread:
             return Program(module=module)
 
         scheduler = Scheduler(
-            services.db,
+            DbQueue(services.db),
             executor,
             services.capacity,
             node,
@@ -342,8 +342,8 @@ class SchedulerThread:
         return cls(scheduler, executor, lock, services.stopping)
 
     def start(self) -> None:
-        """Take the instance's lock, then recover and tick in a thread (start returns at
-        once: the executor warms up there, not on the server's start-up path)."""
+        """Take the instance's lock, then run the scheduler in a thread (start returns at
+        once)."""
         lock = os.fdopen(
             os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a"
         )
@@ -357,33 +357,86 @@ class SchedulerThread:
                 "NIMBUS_HOME"
             ) from None
         self._lock = lock
-        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self._thread = threading.Thread(
+            target=self.scheduler.run,
+            args=(self.stopping, self.executor.warm),
+            name="scheduler",
+            daemon=True,
+        )
         self._thread.start()
 
-    def _run(self) -> None:
-        try:
-            gone = self.scheduler.recover()
-            if gone:
-                log.info("recovered after a restart: gave up %s", ", ".join(sorted(set(gone))))
-        except Exception:
-            log.exception("scheduler recovery failed")
-        self.executor.warm()
-        log.info("scheduler %s running", self.scheduler.instance_id)
-        while not (self._stop.is_set() or self.stopping.is_set()):
-            try:
-                self.scheduler.tick()
-            except Exception:
-                log.exception("scheduler tick failed")
-            self._stop.wait(self.scheduler.config.tick_seconds)
-
     def stop(self, timeout: float = 10.0) -> None:
-        """End the loop. Running attempts are left to the next start's recovery."""
-        self._stop.set()
+        """End the loop (sets ``stopping``). Running attempts are left to the next start's
+        recovery."""
+        self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def ingest_limits(settings: Settings) -> IngestLimits:
+    return IngestLimits(
+        max_unpacked_bytes=settings.max_unpacked_bytes,
+        max_members=settings.max_archive_members,
+        max_image_pixels=settings.max_image_pixels,
+        max_compression_ratio=settings.max_compression_ratio,
+    )
+
+
+def build_services(
+    settings: Settings,
+    *,
+    objects: ObjectStore | None = None,
+    ingest_fn: IngestFn | None = None,
+) -> Services:
+    """Open the metadata store (already migrated: see :func:`bootstrap`) and the blob store
+    named by ``settings`` (or ``objects``), and build the services over them."""
+    db = Database(settings.resolved_database_url)
+    store = objects if objects is not None else open_object_store(settings.resolved_storage_url)
+    blobs = BlobStore(store, settings.tmp_dir / "staging")
+    datasets = DatasetService(
+        db, blobs, tmp_dir=settings.tmp_dir, limits=ingest_limits(settings), ingest_fn=ingest_fn
+    )
+    code = CodeService(db, blobs, max_unpacked_bytes=settings.max_code_bytes * 4)
+    capacity = node_capacity(
+        settings.capacity_cpus, settings.capacity_gpus, settings.capacity_memory
+    )
+    models = ModelService(db, blobs, tmp_dir=settings.tmp_dir)
+    return Services(
+        settings=settings,
+        db=db,
+        blobs=blobs,
+        tokens=TokenService(db),
+        audit=AuditService(db),
+        datasets=datasets,
+        code=code,
+        jobs=JobService(db, datasets, code, capacity),
+        job_api=JobApiService(db, blobs, lease_seconds=settings.lease_seconds),
+        capacity=capacity,
+        models=models,
+        deployments=DeploymentService(
+            db, blobs, models, root=settings.deployments_dir, host=settings.host
+        ),
+    )
+
+
+def build_app(
+    settings: Settings, services: Services | None = None, job_user: JobUser | None = None
+) -> FastAPI:
+    """The control plane, assembled: the services (``build_services(settings)`` unless
+    given), the app serving them, and the background work it starts and stops: this node's
+    scheduler (unless disabled; its attempts run as ``job_user``) and the deployment loop.
+
+    This is the one place that wires the control plane; :func:`run` serves what it returns.
+    """
+    services = services if services is not None else build_services(settings)
+    background: list[Background] = []
+    if settings.scheduler_enabled:
+        background.append(SchedulerThread.build(settings, services, job_user))
+    background.append(DeploymentLoop(services.deployments, instance_id(settings)))
+    return create_app(services, background)
 
 
 class _Server(uvicorn.Server):
@@ -413,12 +466,8 @@ def run(settings: Settings) -> None:
         else None
     )
     bootstrap(settings, job_user)
-    services = build_services(settings)
-    background = (
-        [SchedulerThread.build(settings, services, job_user)] if settings.scheduler_enabled else []
-    )
-    deployments = DeploymentLoop(services.deployments, instance_id(settings))
-    app = create_app(settings, services, [*background, deployments])
+    app = build_app(settings, job_user=job_user)
+    services: Services = app.state.services
     config = uvicorn.Config(
         app,
         host=settings.host,

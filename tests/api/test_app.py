@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from nimbus.api.app import build_services, create_app
+from nimbus.api.app import create_app
 from nimbus.api.state import Services
 from nimbus.config import Settings
-from nimbus.server import bootstrap
+from nimbus.server import bootstrap, build_services
 from tests.api.conftest import API, error_of
 
 Call = tuple[str, str, dict[str, Any]]
@@ -25,7 +25,7 @@ def app_parts(tmp_path: Path) -> Iterator[tuple[Any, Services, str]]:
     secret = bootstrap(settings)
     assert secret is not None
     services = build_services(settings)
-    yield create_app(settings, services), services, secret
+    yield create_app(services), services, secret
     services.db.dispose()
 
 

@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
@@ -469,7 +470,7 @@ def test_logs_as_json_and_as_server_sent_events(
 ) -> None:
     job, claimed, client = running
     with env.db.session(write=True) as s:
-        repo.append_logs(s, claimed.attempt.id, ["one\n", "two\n"], datetime.now(UTC))
+        job_outputs.append_logs(s, claimed.attempt.id, ["one\n", "two\n"], datetime.now(UTC))
     client.post("/progress", json={"epoch": 1, "epochs": 1, "batch": 1, "batches": 1})
     page = env.member.get(f"{API}/jobs/{job['id']}/logs").json()
     assert page == {
@@ -523,7 +524,7 @@ def test_follow_streams_while_the_job_runs(
 
     def later() -> None:
         with env.db.session(write=True) as s:
-            repo.append_logs(s, claimed.attempt.id, ["late line\n"], datetime.now(UTC))
+            job_outputs.append_logs(s, claimed.attempt.id, ["late line\n"], datetime.now(UTC))
         finish(env, claimed, 3)
 
     timer = threading.Timer(0.5, later)

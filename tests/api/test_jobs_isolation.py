@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nimbus.db import jobs as repo
+from nimbus.db import job_outputs
 from nimbus.db.engine import Database
 from nimbus.jobs.isolation import JobUser, ensure_system_user, preflight
 from tests.api.conftest import API, csv_bytes, make_token
@@ -210,7 +210,7 @@ def test_a_builtin_model_still_trains_end_to_end(server: ServerProcess, user: Jo
     db = Database(f"sqlite:///{server.home / 'nimbus.db'}")
     try:
         with db.session() as s:
-            checkpoint = repo.latest_checkpoint(s, job["id"])
+            checkpoint = job_outputs.latest_checkpoint(s, job["id"])
     finally:
         db.dispose()
     assert checkpoint is not None  # written in the work directory, uploaded

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from nimbus.api.app import build_services, create_app
+from nimbus.api.app import create_app
 from nimbus.config import Settings
-from nimbus.server import bootstrap
+from nimbus.server import bootstrap, build_services
 from nimbus.wire.audit import AuditLog
 from nimbus.wire.base import dump, parse
 from nimbus.wire.code import CodeArtifact
@@ -51,7 +51,7 @@ def app(tmp_path: Path) -> Iterator[tuple[Any, str]]:
     secret = bootstrap(settings)
     assert secret is not None
     services = build_services(settings)
-    yield create_app(settings, services), secret
+    yield create_app(services), secret
     services.db.dispose()
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from nimbus.api.app import create_app
 from nimbus.config import Settings
+from nimbus.server import build_app
 from tests.api.conftest import API
 
 # Every JSON route of the two resources, with the 2xx statuses it answers and its model.
@@ -89,7 +89,7 @@ FIELDS = {
 @pytest.fixture(scope="module")
 def document(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home: Path = tmp_path_factory.mktemp("openapi") / "home"
-    app = create_app(Settings(home=home))
+    app = build_app(Settings(home=home))
 
     async def fetch() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect
 
+from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
@@ -26,7 +27,8 @@ from nimbus.jobs.domain import (
     Resources,
 )
 from nimbus.jobs.policy import Outcome, RetryPolicy
-from nimbus.jobs.tokens import hash_token, mint_token
+from nimbus.jobs.tokens import mint_token
+from nimbus.security import hash_token
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 BIG = Capacity(cpus=64, gpus=8, memory_bytes=1 << 40)
@@ -149,18 +151,20 @@ def test_heartbeat_extends_lease_and_fences_stale_attempts(db: Database) -> None
             c2.attempt.id: repo.Lease(c2.attempt.id, at(92), False),
         }
     for write in (
-        lambda s: repo.add_metrics(s, stale, [(1, "loss", 0.5)], at(62)),
-        lambda s: repo.set_result(s, stale, {"accuracy": 1.0}),
-        lambda s: repo.record_checkpoint(s, stale, step=1, blob_key="k", now=at(62)),
-        lambda s: repo.add_artifact(s, stale, "model", "k", 1, at(62)),
-        lambda s: repo.append_logs(s, stale, ["zombie"], at(62)),
+        lambda s: job_outputs.add_metrics(s, stale, [(1, "loss", 0.5)], at(62)),
+        lambda s: job_outputs.set_result(s, stale, {"accuracy": 1.0}),
+        lambda s: job_outputs.record_checkpoint(s, stale, step=1, blob_key="k", now=at(62)),
+        lambda s: job_outputs.add_artifact(s, stale, "model", "k", 1, at(62)),
+        lambda s: job_outputs.append_logs(s, stale, ["zombie"], at(62)),
         lambda s: repo.finish_attempt(s, stale, Outcome.from_exit(0), at(62)),
     ):
         with pytest.raises(Fenced), db.session(write=True) as s:
             write(s)
     assert job(db, c.job.id).result is None
     with db.session() as s:
-        assert repo.read_metrics(s, c.job.id) == [] and repo.read_logs(s, c.job.id) == []
+        assert (
+            job_outputs.read_metrics(s, c.job.id) == [] and job_outputs.read_logs(s, c.job.id) == []
+        )
         assert repo.attempt_for_token(s, hash_token(c.token)) is None
 
 
@@ -229,28 +233,32 @@ def test_logs_metrics_checkpoints_artifacts_result(db: Database) -> None:
     (c,) = claim(db, 0)
     aid = c.attempt.id
     with db.session(write=True) as s:
-        assert repo.append_logs(s, aid, ["a\n", "b\n"], at(1)) == 2
-        assert repo.append_logs(s, aid, ["c\n"], at(2)) == 3
-        repo.add_metrics(s, aid, [(1, "loss", 0.9), (2, "loss", 0.5), (2, "acc", 0.7)], at(2))
-        first = repo.record_checkpoint(s, aid, step=10, epoch=1, blob_key="k1", now=at(3))
-        partial = repo.record_checkpoint(s, aid, step=20, blob_key="k2", now=at(4), complete=False)
-        repo.add_artifact(s, aid, "model.safetensors", "k3", 123, at(5))
-        repo.set_result(s, aid, {"accuracy": 0.93})
+        assert job_outputs.append_logs(s, aid, ["a\n", "b\n"], at(1)) == 2
+        assert job_outputs.append_logs(s, aid, ["c\n"], at(2)) == 3
+        job_outputs.add_metrics(
+            s, aid, [(1, "loss", 0.9), (2, "loss", 0.5), (2, "acc", 0.7)], at(2)
+        )
+        first = job_outputs.record_checkpoint(s, aid, step=10, epoch=1, blob_key="k1", now=at(3))
+        partial = job_outputs.record_checkpoint(
+            s, aid, step=20, blob_key="k2", now=at(4), complete=False
+        )
+        job_outputs.add_artifact(s, aid, "model.safetensors", "k3", 123, at(5))
+        job_outputs.set_result(s, aid, {"accuracy": 0.93})
     with db.session() as s:
-        assert [ch.data for ch in repo.read_logs(s, job_id)] == ["a\n", "b\n", "c\n"]
-        assert [ch.seq for ch in repo.read_logs(s, job_id, after_seq=2)] == [3]
-        assert [m.value for m in repo.read_metrics(s, job_id, "loss")] == [0.9, 0.5]
-        latest = repo.latest_checkpoint(s, job_id)
+        assert [ch.data for ch in job_outputs.read_logs(s, job_id)] == ["a\n", "b\n", "c\n"]
+        assert [ch.seq for ch in job_outputs.read_logs(s, job_id, after_seq=2)] == [3]
+        assert [m.value for m in job_outputs.read_metrics(s, job_id, "loss")] == [0.9, 0.5]
+        latest = job_outputs.latest_checkpoint(s, job_id)
         assert latest is not None and latest.id == first and latest.epoch == 1
-        assert repo.list_artifacts(s, job_id)[0]["size"] == 123
+        assert job_outputs.list_artifacts(s, job_id)[0]["size"] == 123
     with db.session(write=True) as s:
-        repo.complete_checkpoint(s, aid, partial)
+        job_outputs.complete_checkpoint(s, aid, partial)
     finish(db, aid, Outcome.from_exit(0), 6)
     with db.session() as s:
-        latest = repo.latest_checkpoint(s, job_id)
+        latest = job_outputs.latest_checkpoint(s, job_id)
         assert latest is not None and latest.step == 20
     with db.session(write=True) as s:  # the tail of a finished attempt's output still lands
-        assert repo.append_logs(s, aid, ["bye\n"], at(7)) == 4
+        assert job_outputs.append_logs(s, aid, ["bye\n"], at(7)) == 4
     assert job(db, job_id).result == {"accuracy": 0.93}
 
 

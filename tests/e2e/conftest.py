@@ -18,6 +18,7 @@ import pytest
 
 from nimbus.client import Client
 from nimbus.config import Settings
+from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.demo_data import write_digits_zip
@@ -136,7 +137,7 @@ class Store:
 
     def checkpoint_step(self, job_id: str) -> int | None:
         with self.db.session() as session:
-            found = repo.latest_checkpoint(session, job_id)
+            found = job_outputs.latest_checkpoint(session, job_id)
         return found.step if found else None
 
     def result(self, job_id: str) -> dict[str, Any] | None:

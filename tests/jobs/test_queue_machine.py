@@ -23,6 +23,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import func, select
 
+from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
@@ -149,7 +150,7 @@ class QueueMachine(RuleBasedStateMachine):
         running = self._running(attempt)
         try:
             with self.db.session(write=True) as s:
-                repo.add_metrics(s, attempt, [(1, "loss", 0.1)], self.now)
+                job_outputs.add_metrics(s, attempt, [(1, "loss", 0.1)], self.now)
             assert running
             self.accepted_metrics += 1
         except Fenced:

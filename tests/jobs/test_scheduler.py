@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
+from nimbus.db.queue import DbQueue
 from nimbus.db.tables import Tenant
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Attempt, Job, JobSpec, JobState
@@ -21,7 +23,7 @@ from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
-from nimbus.jobs.tokens import hash_token
+from nimbus.security import hash_token
 from tests.jobs.conftest import wait_gone
 
 NODE = Capacity(cpus=8, gpus=0, memory_bytes=1 << 40)
@@ -67,7 +69,7 @@ def make_scheduler(db: Database, tmp_path: Path) -> Iterator[Callable[..., Sched
     ) -> Scheduler:
         root = tmp_path / "jobs"
         scheduler = Scheduler(
-            db,
+            DbQueue(db),
             LocalExecutor(root, grace_seconds=0.3),
             NODE,
             instance,
@@ -104,7 +106,7 @@ def get(db: Database, job_id: str) -> Job:
 
 def logs(db: Database, job_id: str) -> str:
     with db.session() as s:
-        return "".join(c.data for c in repo.read_logs(s, job_id))
+        return "".join(c.data for c in job_outputs.read_logs(s, job_id))
 
 
 def run_until(schedulers: list[Scheduler], done: Callable[[], bool], timeout: float = 20) -> None:
@@ -249,22 +251,32 @@ def test_restart_after_a_crash_kills_orphans_and_reruns(
     assert get(db, job_id).state is JobState.SUCCEEDED and get(db, job_id).attempts == 2
 
 
-def test_run_forever_on_the_fork_server_and_shutdown_requeues(db: Database, tmp_path: Path) -> None:
+def test_run_on_the_fork_server_leaves_attempts_and_shutdown_requeues(
+    db: Database, tmp_path: Path
+) -> None:
     root = tmp_path / "fs-jobs"
     executor = ForkServerExecutor(root, preload=["json"], grace_seconds=0.3)
     scheduler = Scheduler(
-        db, executor, NODE, "node-fs", jobs_root=root, config=FAST, launch_fn=inline
+        DbQueue(db), executor, NODE, "node-fs", jobs_root=root, config=FAST, launch_fn=inline
     )
     quick = submit(db, "import json; print(json.dumps({'ok': True}))")
     slow = submit(db, "import time; time.sleep(600)", priority=-1)
-    stop = threading.Event()
-    thread = threading.Thread(target=scheduler.run_forever, args=(stop,))
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(target=scheduler.run, args=(stop, ready.set))
     thread.start()
     try:
+        assert ready.wait(20), "on_ready was not called"
         deadline = time.monotonic() + 20
         while not (finished(db, quick)() and get(db, slow).state is JobState.RUNNING):
             assert time.monotonic() < deadline, "jobs did not start"
             time.sleep(0.02)
+        stop.set()
+        thread.join(20)
+        assert not thread.is_alive()
+        # A graceful stop leaves the running attempt to the next start's recovery ...
+        assert get(db, slow).state is JobState.RUNNING and scheduler.local
+        # ... unless the scheduler is shut down: then it is killed and its job requeued.
+        scheduler.shutdown()
     finally:
         stop.set()
         thread.join(20)

@@ -11,14 +11,9 @@ import pytest
 import torch
 
 from nimbus.errors import InvalidInput
-from nimbus.modelformat.export import (
-    ExportError,
-    Probabilities,
-    export_model,
-    load_torch_model,
-    verify_onnx,
-)
+from nimbus.modelformat.export import ExportError, Probabilities, export_model, verify_onnx
 from nimbus.modelformat.text import TextEncoder
+from nimbus.runtime.architectures import load_torch_model
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.reporter import MemoryReporter
 from nimbus.runtime.trainer import TrainResult, train

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.reporter import MemoryReporter
 from nimbus.runtime.trainer import train
+from nimbus.system import free_port
 from tests.runtime import synthetic
 
 # 25 train examples in global batches of 4: the last batch holds one example, so one
@@ -50,14 +50,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_two_workers_match_one(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for name, (_, extra) in RUNS.items():
         single = train(name, _data(name), {**COMMON, **extra}, MemoryReporter())
         weights = load_file(str(tmp_path / f"{name}.safetensors"))

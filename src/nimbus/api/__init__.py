@@ -1,5 +1,6 @@
-"""The REST API (``/api/v1``): app factory, auth dependencies, one router per resource."""
+"""The REST API (``/api/v1``): the app (:mod:`.app`), auth dependencies, one router per
+resource (:mod:`.routes`).
 
-from nimbus.api.app import create_app
-
-__all__ = ["create_app"]
+The package face is empty on purpose: importing a submodule does not load FastAPI's whole
+app. The control plane is assembled in :func:`nimbus.server.build_app`.
+"""

@@ -1,4 +1,6 @@
-"""The services an app serves with, kept on ``app.state`` and reached from a request."""
+"""The services an app serves with, kept on ``app.state`` and reached from a request.
+
+They are built in one place, :func:`nimbus.server.build_services`."""
 
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from nimbus.storage.blobs import BlobStore
 
 
 class Background(Protocol):
-    """Work the app runs beside serving requests (the scheduler): started when the app
-    starts, stopped when it shuts down."""
+    """Work the app runs beside serving requests (the scheduler, the deployment loop):
+    started when the app starts, stopped when it shuts down."""
 
     def start(self) -> None: ...
 

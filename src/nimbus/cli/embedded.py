@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,7 @@ from pathlib import Path
 from nimbus.client import Client
 from nimbus.config import load_settings
 from nimbus.errors import NimbusError, Unavailable
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from nimbus.system import free_port
 
 
 class EmbeddedServer:

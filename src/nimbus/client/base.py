@@ -3,8 +3,9 @@
 :class:`BaseClient` owns the httpx client. Every call goes through :meth:`BaseClient._request`
 (or :meth:`BaseClient._stream` for bodies too big for memory), which adds the token,
 translates transport failures into :class:`Unavailable` and rebuilds server errors with
-:func:`nimbus.errors.error_from_response`. The resource mixins (tokens, datasets, jobs) are a
-few lines per route on top of those helpers.
+:func:`nimbus.errors.error_from_response`. The resource mixins (tokens, datasets, jobs,
+models, deployments: one module each) are a few lines per route on top of those helpers.
+:func:`save_login` writes the login with :func:`nimbus.system.write_private`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from nimbus.errors import (
     Unavailable,
     error_from_response,
 )
+from nimbus.system import write_private
 from nimbus.wire.base import parse
 
 M = TypeVar("M")
@@ -54,14 +56,7 @@ def save_login(home: Path, url: str, token: str) -> Path:
     """Write NIMBUS_HOME/config (mode 0600, atomically); returns its path."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = home / CONFIG_FILE
-    tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump({"url": url, "token": token}, out, indent=2)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(tmp, 0o600)  # in case the file existed with looser bits
-    os.replace(tmp, path)
+    write_private(path, json.dumps({"url": url, "token": token}, indent=2))
     return path
 
 

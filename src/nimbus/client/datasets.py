@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 from nimbus.client.base import API, BaseClient
-from nimbus.client.refs import parse_versioned
 from nimbus.client.transfer import Progress, chunks, local_name, packed
-from nimbus.datasets.domain import Format, Task, validate_name
+from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidInput
+from nimbus.names import parse_reference, validate_name
 from nimbus.wire.base import dump
 from nimbus.wire.datasets import (
     Dataset,
@@ -32,7 +32,8 @@ class DatasetRef:
 
     @classmethod
     def parse(cls, ref: str) -> DatasetRef:
-        return cls(*parse_versioned(ref, "dataset", "use NAME or NAME:VERSION"))
+        found = parse_reference(ref, "dataset")
+        return cls(found.name, found.version)
 
     @property
     def segment(self) -> str:

@@ -18,7 +18,6 @@ import numpy as np
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.models import ModelRef, as_model_ref
-from nimbus.datasets.domain import validate_name
 from nimbus.errors import (
     InvalidInput,
     NimbusError,
@@ -26,6 +25,7 @@ from nimbus.errors import (
     Unavailable,
     error_from_response,
 )
+from nimbus.names import validate_name
 from nimbus.wire.deployments import MAX_REPLICAS, RUNTIMES, Deployment, DeploymentList
 
 _DTYPES = {

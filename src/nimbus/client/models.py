@@ -9,14 +9,11 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
-from nimbus.client.refs import parse_versioned
 from nimbus.client.transfer import Progress
-from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
+from nimbus.names import parse_reference, validate_alias, validate_name
 from nimbus.wire.base import dump
 from nimbus.wire.models import AliasChange, Model, ModelList, ModelSummary, ModelVersion
-
-REF_HELP = "use NAME, NAME:VERSION or NAME@ALIAS"
 
 
 @dataclass(frozen=True)
@@ -29,13 +26,8 @@ class ModelRef:
 
     @classmethod
     def parse(cls, ref: str) -> ModelRef:
-        if not isinstance(ref, str):
-            raise InvalidInput(f"invalid model reference {ref!r}: {REF_HELP}")
-        if "@" in ref:
-            name, _, alias = ref.partition("@")
-            validate_name(name, "model name")
-            return cls(name, alias=validate_alias(alias))
-        return cls(*parse_versioned(ref, "model", REF_HELP))
+        found = parse_reference(ref, "model", aliases=True)
+        return cls(found.name, found.version, found.alias)
 
     @property
     def segment(self) -> str:
@@ -48,14 +40,6 @@ class ModelRef:
         if self.alias is not None:
             return f"{self.name}@{self.alias}"
         return self.name if self.version is None else f"{self.name}:{self.version}"
-
-
-def validate_alias(alias: str) -> str:
-    """An alias is a name, neither all digits nor ``latest``."""
-    validate_name(alias, "alias")
-    if alias.isdigit() or alias == "latest":
-        raise InvalidInput(f"invalid alias {alias!r}: an alias is neither a number nor 'latest'")
-    return alias
 
 
 def as_model_ref(ref: str | ModelRef) -> ModelRef:

@@ -8,8 +8,8 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from nimbus.client.base import API, BaseClient
-from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
+from nimbus.names import validate_name
 from nimbus.security import Role
 from nimbus.wire.audit import AuditEvent, AuditLog
 from nimbus.wire.health import Health

@@ -7,27 +7,12 @@ the dataset service stores those files as blobs and the metadata as a version ro
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from nimbus.errors import InvalidInput
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 SPLITS = ("train", "val", "test")
-
-
-def validate_name(name: str, what: str = "name") -> str:
-    """Names match ``^[a-z0-9][a-z0-9._-]{0,62}$``; anything else is a 400."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        shown = name if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]}..."
-        raise InvalidInput(
-            f"invalid {what} {shown!r}: use 1-63 characters of a-z, 0-9, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 class Task(StrEnum):

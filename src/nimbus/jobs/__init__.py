@@ -1,6 +1,9 @@
-"""Training jobs: the queue's domain model, pure scheduling decisions, executors and the
-scheduler loop.
+"""Training jobs: the queue's domain, the pure policy, the scheduler loop and executors.
 
-Import what you need from the submodules: :mod:`.model` and :mod:`.scheduling` are pure,
-:mod:`.executors` start processes, :mod:`.scheduler` ties them to the metadata store.
+Import what you need from the submodules: :mod:`.domain` (jobs, attempts, states),
+:mod:`.policy` (which job runs next, what an attempt's end means) and :mod:`.capacity` are
+pure; :mod:`.queue` is the interface the scheduler reaches the queue through (the metadata
+store implements it: :class:`nimbus.db.queue.DbQueue`); :mod:`.scheduler` is the loop;
+:mod:`.executors` start processes, as the user :mod:`.isolation` chooses. Nothing here
+imports the metadata store.
 """

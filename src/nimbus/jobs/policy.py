@@ -1,8 +1,9 @@
 """Pure scheduling decisions: which jobs start next and what an attempt's end means.
 
-Nothing here does I/O or reads a clock: every function takes ``now``. The repository
-(:mod:`nimbus.db.jobs`) runs these decisions inside its transactions and the scheduler loop
-(:mod:`nimbus.jobs.scheduler`) applies them.
+Nothing here does I/O or reads a clock: every function takes ``now``. The queue in the
+metadata store (:mod:`nimbus.db.jobs`) runs these decisions inside its transactions, and the
+scheduler loop (:mod:`nimbus.jobs.scheduler`) applies them through its
+:class:`~nimbus.jobs.queue.JobQueue`.
 
 Ordering and head-of-line blocking
 ----------------------------------
@@ -151,7 +152,7 @@ def _signame(number: int) -> str:
 
 
 class RetryFacts(Protocol):
-    """What :func:`on_attempt_end` needs of a job (a stored :class:`~.model.Job` has it)."""
+    """What :func:`on_attempt_end` needs of a job (a stored :class:`~.domain.Job` has it)."""
 
     @property
     def attempts(self) -> int: ...  # attempts started, the one ending included

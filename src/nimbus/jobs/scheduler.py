@@ -1,17 +1,22 @@
-"""The scheduler loop: effects only. Decisions come from :mod:`.scheduling` through the
-repository (:mod:`nimbus.db.jobs`); processes come from an :class:`~.executor.Executor`.
+"""The scheduler loop: effects only. Decisions come from :mod:`.policy`, applied by the
+queue (a :class:`~.queue.JobQueue`); processes come from an
+:class:`~.executors.base.Executor`.
 
-Wiring (the server does this once)::
+Wiring (the control plane does this once, in :mod:`nimbus.server`)::
 
-    executor = LocalExecutor(settings.home / "jobs")
-    scheduler = Scheduler(db, executor, detect_capacity(), instance_id="node-1",
-                          jobs_root=settings.home / "jobs",
-                          config=SchedulerConfig(nimbus_url=settings.url))
-    threading.Thread(target=scheduler.run_forever, args=(stop,), daemon=True).start()
+    scheduler = Scheduler(DbQueue(db), executor, capacity, "node-1",
+                          jobs_root=settings.jobs_dir,
+                          config=SchedulerConfig(nimbus_url=own_url))
+    stop = threading.Event()
+    threading.Thread(target=scheduler.run, args=(stop,), daemon=True).start()
 
-Each :meth:`Scheduler.tick` requeues attempts whose lease ran out, fails jobs past their
-deadline, renews the leases of the attempts it runs (and kills those that were cancelled or
-taken from it), collects ended attempts, then claims and starts new ones.
+:meth:`Scheduler.run` is the one loop: it recovers what an earlier run of this node left
+(:meth:`~Scheduler.recover`), calls ``on_ready`` (the control plane warms its executor
+there), then ticks until ``stop`` is set. Each :meth:`Scheduler.tick` requeues attempts whose
+lease ran out, fails jobs past their deadline, renews the leases of the attempts it runs
+(and kills those that were cancelled or taken from it), collects ended attempts, then
+claims and starts new ones. Leaving the loop leaves running attempts alone: the next start
+of the same node recovers them; :meth:`~Scheduler.shutdown` kills and requeues them instead.
 """
 
 from __future__ import annotations
@@ -25,13 +30,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from nimbus.db import jobs as repo
-from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Attempt, AttemptState, Claim, Fenced, Job
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, Handle, OutputSink, Program
 from nimbus.jobs.isolation import prepare_workdir
 from nimbus.jobs.policy import Decision, Outcome, RetryPolicy
+from nimbus.jobs.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ class SchedulerConfig:
     tick_seconds: float = 0.5
     tenant_limit: int | None = None  # running jobs per tenant, across every scheduler
     max_starts_per_tick: int | None = None
-    reserve_after_seconds: float | None = None  # see scheduling.pick: starvation bound
+    reserve_after_seconds: float | None = None  # see policy.pick: starvation bound
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     nimbus_url: str = "http://127.0.0.1:8600"
 
@@ -75,11 +79,11 @@ class TickReport:
 
 
 class Scheduler:
-    """Claims jobs for this node and runs their attempts on ``executor``."""
+    """Claims jobs from ``queue`` for this node and runs their attempts on ``executor``."""
 
     def __init__(
         self,
-        db: Database,
+        queue: JobQueue,
         executor: Executor,
         capacity: Capacity,
         instance_id: str,
@@ -87,12 +91,11 @@ class Scheduler:
         jobs_root: Path,
         config: SchedulerConfig = SchedulerConfig(),
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] | None = None,
         launch_fn: LaunchFn = runtime_program,
     ) -> None:
-        self.db, self.executor, self.capacity = db, executor, capacity
+        self.queue, self.executor, self.capacity = queue, executor, capacity
         self.instance_id, self.jobs_root, self.config = instance_id, Path(jobs_root), config
-        self.clock, self.sleep, self.launch_fn = clock, sleep, launch_fn
+        self.clock, self.launch_fn = clock, launch_fn
         self.local: dict[str, _Local] = {}  # attempt id -> what runs here
         self._last_heartbeat = float("-inf")
 
@@ -102,9 +105,8 @@ class Scheduler:
     def tick(self) -> TickReport:
         report = TickReport()
         now, policy = self.now(), self.config.retry
-        with self.db.session(write=True) as s:
-            report.requeued = [job_id for job_id, _ in repo.requeue_expired(s, now, policy)]
-            report.deadline_failed = repo.expire_deadlines(s, now)
+        expired = self.queue.expire(now, policy)
+        report.requeued, report.deadline_failed = expired.requeued, expired.deadline_failed
         report.killed = self._watch_local()
         report.finished = self._collect()
         report.started = self._claim_and_start()
@@ -116,17 +118,16 @@ class Scheduler:
             return []
         ids = list(self.local)
         due = self.clock() - self._last_heartbeat >= self.config.heartbeat_seconds
-        with self.db.session(write=due) as s:
-            if due:
-                leases = repo.heartbeat_many(
-                    s, ids, self.instance_id, self.now(), self.config.lease_seconds
-                )
-                status = {
-                    aid: lease.cancel_requested if lease else None for aid, lease in leases.items()
-                }
-                self._last_heartbeat = self.clock()
-            else:
-                status = repo.running_status(s, ids)
+        if due:
+            leases = self.queue.heartbeat(
+                ids, self.instance_id, self.now(), self.config.lease_seconds
+            )
+            status = {
+                aid: lease.cancel_requested if lease else None for aid, lease in leases.items()
+            }
+            self._last_heartbeat = self.clock()
+        else:
+            status = self.queue.running_status(ids)
         killed = []
         for attempt_id, cancel in status.items():
             running = self.local[attempt_id]
@@ -152,8 +153,7 @@ class Scheduler:
 
     def _finish(self, attempt_id: str, outcome: Outcome) -> Decision | None:
         try:
-            with self.db.session(write=True) as s:
-                return repo.finish_attempt(s, attempt_id, outcome, self.now(), self.config.retry)
+            return self.queue.finish(attempt_id, outcome, self.now(), self.config.retry)
         except Fenced:
             return None  # the job already moved on (deadline, lost lease): nothing to record
 
@@ -164,17 +164,15 @@ class Scheduler:
             if cfg.reserve_after_seconds is not None
             else None
         )
-        with self.db.session(write=True) as s:
-            claims = repo.claim_next(
-                s,
-                capacity=self.capacity,
-                owner=self.instance_id,
-                now=self.now(),
-                lease_seconds=cfg.lease_seconds,
-                tenant_limit=cfg.tenant_limit,
-                limit=cfg.max_starts_per_tick,
-                reserve_after=reserve,
-            )
+        claims = self.queue.claim(
+            capacity=self.capacity,
+            owner=self.instance_id,
+            now=self.now(),
+            lease_seconds=cfg.lease_seconds,
+            tenant_limit=cfg.tenant_limit,
+            limit=cfg.max_starts_per_tick,
+            reserve_after=reserve,
+        )
         started = []
         for claim in claims:
             try:
@@ -213,8 +211,7 @@ class Scheduler:
 
     def _log_sink(self, attempt_id: str) -> OutputSink:
         def append(data: str) -> None:
-            with self.db.session(write=True) as s:
-                repo.append_logs(s, attempt_id, [data], self.now())
+            self.queue.append_logs(attempt_id, [data], self.now())
 
         return append
 
@@ -223,8 +220,7 @@ class Scheduler:
         (as lost) the attempts leased to this instance that it does not run."""
 
         def orphaned(attempt_id: str) -> bool:
-            with self.db.session() as s:
-                attempt = repo.get_attempt(s, attempt_id)
+            attempt = self.queue.get_attempt(attempt_id)
             return (
                 attempt is None
                 or attempt.state is not AttemptState.RUNNING
@@ -232,11 +228,10 @@ class Scheduler:
             )
 
         killed = self.executor.reap_orphans(orphaned)
-        with self.db.session(write=True) as s:
-            lost = repo.abandon_owned(
-                s, self.instance_id, self.now(), keep=list(self.local), policy=self.config.retry
-            )
-        return killed + [job_id for job_id, _ in lost]
+        lost = self.queue.abandon_owned(
+            self.instance_id, self.now(), list(self.local), self.config.retry
+        )
+        return killed + lost
 
     def shutdown(self, timeout: float = 15.0) -> None:
         """Kill the attempts running here and requeue their jobs (an infrastructure end)."""
@@ -250,16 +245,28 @@ class Scheduler:
                     self._finish(attempt_id, Outcome.infra("the scheduler stopped"))
             time.sleep(0.02)
 
-    def run_forever(self, stop: threading.Event) -> None:
-        """Tick until ``stop`` is set, then shut down. A failing tick is logged and retried."""
-        self.recover()
+    def run(self, stop: threading.Event, on_ready: Callable[[], object] | None = None) -> None:
+        """The scheduler loop: :meth:`recover`, call ``on_ready``, then :meth:`tick` every
+        ``tick_seconds`` until ``stop`` is set. A failing recovery or tick is logged, and the
+        loop goes on.
+
+        Returning leaves the attempts running here alone, as a crash would: the next start
+        of this node kills what is left of them and requeues their jobs (:meth:`recover`),
+        and fencing makes every job end exactly once. Call :meth:`shutdown` after it to kill
+        and requeue them now instead.
+        """
+        try:
+            gone = self.recover()
+            if gone:
+                log.info("recovered after a restart: gave up %s", ", ".join(sorted(set(gone))))
+        except Exception:
+            log.exception("scheduler recovery failed")
+        if on_ready is not None:
+            on_ready()
+        log.info("scheduler %s running", self.instance_id)
         while not stop.is_set():
             try:
                 self.tick()
             except Exception:
                 log.exception("scheduler tick failed")
-            if self.sleep is not None:
-                self.sleep(self.config.tick_seconds)
-            else:
-                stop.wait(self.config.tick_seconds)
-        self.shutdown()
+            stop.wait(self.config.tick_seconds)

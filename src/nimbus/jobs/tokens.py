@@ -1,8 +1,8 @@
-"""Job-scoped tokens: one per attempt, handed to the job process, only its hash stored."""
+"""Job-scoped tokens: one per attempt, handed to the job process, only its hash stored
+(:func:`nimbus.security.hash_token`, as for API tokens)."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 TOKEN_PREFIX = "njt_"  # tells a job token from an API token at a glance (and in leak scanners)
@@ -11,8 +11,3 @@ TOKEN_PREFIX = "njt_"  # tells a job token from an API token at a glance (and in
 def mint_token() -> str:
     """A fresh 256-bit secret for one attempt."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_token(token: str) -> str:
-    """What the metadata store keeps: the token's SHA-256, hex."""
-    return hashlib.sha256(token.encode()).hexdigest()

@@ -2,9 +2,10 @@
 
 :func:`export_model` writes ``weights.safetensors`` (the state_dict), ``spec.json`` and
 ``model.onnx`` (softmax included, dynamic batch axis), then runs the ONNX file in ONNX
-Runtime on sample inputs and refuses to finish if it disagrees with PyTorch.
-:func:`load_torch_model` rebuilds a built-in model from spec.json plus safetensors:
-nothing is unpickled on either side.
+Runtime on sample inputs and refuses to finish if it disagrees with PyTorch. Nothing is
+pickled. Rebuilding a built-in model from such a directory is the runtime's business
+(:func:`nimbus.runtime.architectures.load_torch_model`): this package knows the files, not
+the architectures.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from nimbus.errors import ExportError, InvalidInput
-from nimbus.runtime.architectures import build_model
+from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 
-SPEC_FILE = "spec.json"
-WEIGHTS_FILE = "weights.safetensors"
-ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
 TOLERANCE = 1e-4
 _DTYPES = {"UINT8": np.uint8, "INT64": np.int64, "FP32": np.float32}
@@ -116,28 +114,3 @@ def _check_example(spec: dict[str, Any], example_input: np.ndarray) -> np.ndarra
     ):
         raise InvalidInput(f"example input of shape {list(example.shape)} does not fit {shape}")
     return example
-
-
-def load_spec(model_dir: Path) -> dict[str, Any]:
-    """spec.json of a model directory."""
-    try:
-        spec = json.loads((model_dir / SPEC_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"cannot read {SPEC_FILE} in {model_dir}: {exc}") from exc
-    if not isinstance(spec, dict):
-        raise InvalidInput(f"{SPEC_FILE} is not a JSON object")
-    return spec
-
-
-def load_torch_model(model_dir: Path) -> nn.Module:
-    """A built-in model rebuilt from spec.json and weights.safetensors, in eval mode.
-
-    It returns logits (apply softmax for probabilities), exactly as trained.
-    """
-    model = build_model(load_spec(model_dir))
-    try:
-        weights = load_file(str(model_dir / WEIGHTS_FILE))
-        model.load_state_dict(weights, strict=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InvalidInput(f"weights do not fit the spec in {model_dir}: {exc}") from exc
-    return model.eval()

@@ -12,10 +12,10 @@ import orjson
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
 from nimbus.modelformat.dtypes import DTYPES, TensorSpec
+from nimbus.modelformat.files import SPEC_FILE
 
 PROBABILITIES = "probabilities"
 LABEL = "label"
-SPEC_FILE = "spec.json"
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,10 @@ import onnxruntime as ort
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
 from nimbus.modelformat.dtypes import DTYPES, ORT_TYPES
+from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from nimbus.modelformat.spec import PROBABILITIES, ModelSpec
 from nimbus.modelformat.text import TextEncoder
 
-SPEC_FILE = "spec.json"
-WEIGHTS_FILE = "weights.safetensors"
-ONNX_FILE = "model.onnx"
-MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE, ONNX_FILE)
 SUM_TOLERANCE = 1e-3
 EVAL_BATCH = 256
 MAX_HEADER = 100 * 1024 * 1024

@@ -10,13 +10,17 @@ Every model returns logits; softmax is added at export.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from nimbus.errors import InvalidInput
+from nimbus.modelformat.files import SPEC_FILE, WEIGHTS_FILE
 
 
 class ImagePreprocess(nn.Module):
@@ -174,3 +178,21 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         return builder(dict(spec["arch_params"]), dict(spec.get("preprocessing") or {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidInput(f"malformed {architecture} spec: {exc!r}") from exc
+
+
+def load_torch_model(model_dir: Path) -> nn.Module:
+    """A built-in model rebuilt from a model directory's spec.json and weights.safetensors,
+    in eval mode. It returns logits (apply softmax for probabilities), exactly as trained;
+    nothing is unpickled."""
+    try:
+        spec = json.loads((model_dir / SPEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read {SPEC_FILE} in {model_dir}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"{SPEC_FILE} is not a JSON object")
+    model = build_model(spec)
+    try:
+        model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InvalidInput(f"weights do not fit the spec in {model_dir}: {exc}") from exc
+    return model.eval()

@@ -29,14 +29,14 @@ from torch import nn
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
-from nimbus.modelformat.export import ONNX_FILE, ONNX_OPSET, SPEC_FILE, WEIGHTS_FILE, verify_onnx
+from nimbus.modelformat.export import ONNX_OPSET, verify_onnx
+from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from nimbus.modelformat.text import TextEncoder
 from nimbus.runtime.builtins import FORMAT_VERSION
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.evaluation import evaluate
 
 Output = Literal["auto", "logits", "probabilities"]
-ARTIFACTS = (SPEC_FILE, WEIGHTS_FILE, ONNX_FILE)
 EVAL_BATCH = 512
 _DATATYPES: dict[np.dtype[Any], str] = {
     np.dtype(np.uint8): "UINT8",

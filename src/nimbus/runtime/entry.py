@@ -40,8 +40,9 @@ from nimbus.datasets.domain import SPLITS, Task
 from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.modelformat.export import export_model
+from nimbus.modelformat.files import MODEL_FILES
 from nimbus.runtime import api
-from nimbus.runtime.custom import ARTIFACTS, evaluate_model_dir
+from nimbus.runtime.custom import evaluate_model_dir
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.hyperparams import validate_params
 from nimbus.runtime.job_api import Heartbeat, HttpReporter, JobApiClient, JobStop
@@ -246,9 +247,9 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
 
 
 def _upload_model(client: JobApiClient, model_dir: Path) -> None:
-    for name in ARTIFACTS:
+    for name in MODEL_FILES:
         client.put_artifact(name, (model_dir / name).read_bytes())
-    print(f"uploaded the model: {', '.join(ARTIFACTS)}", flush=True)
+    print(f"uploaded the model: {', '.join(MODEL_FILES)}", flush=True)
 
 
 def _seed(seed: int) -> None:

@@ -22,7 +22,6 @@ from nimbus.datasets.domain import (
     IngestOptions,
     PreparedDataset,
     Task,
-    validate_name,
 )
 from nimbus.datasets.ingest import ingest as default_ingest
 from nimbus.db import blobrefs
@@ -30,6 +29,7 @@ from nimbus.db import datasets as repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import Dataset, DatasetVersion
 from nimbus.errors import Conflict, InvalidInput, NotFound
+from nimbus.names import validate_name, version_number
 from nimbus.security import Principal, Role, as_utc, require_role
 from nimbus.services.blobs import PinnedBatch, delete_quietly
 from nimbus.storage.blobs import BlobStore
@@ -124,8 +124,8 @@ def parse_version(text: str) -> int | None:
     """``latest`` -> None, a positive integer -> itself; anything else is a 400."""
     if text == "latest":
         return None
-    if text.isdigit() and len(text) < 10 and int(text) > 0:
-        return int(text)
+    if (number := version_number(text)) is not None:
+        return number
     raise InvalidInput(f"invalid version {text[:40]!r}: use a positive integer or 'latest'")
 
 

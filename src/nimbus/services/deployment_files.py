@@ -17,27 +17,13 @@ from typing import Any
 
 from nimbus.db import deployments as repo
 from nimbus.db.engine import Database
-from nimbus.modelformat.verify import MODEL_FILES
+from nimbus.modelformat.files import MODEL_FILES
 from nimbus.services.models import ResolvedVersion
 from nimbus.serving.fleet.deployment import DeploymentState
 from nimbus.storage.blobs import BlobStore, digest_of
+from nimbus.system import write_private
 
 TOKEN_FILE = ".tokens"  # per tenant; names never start with a dot, so no deployment clashes
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``path`` with mode 0600, atomically (a reader sees the old or the new file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _intact(directory: Path, files: dict[str, Any]) -> bool:

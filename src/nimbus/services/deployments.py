@@ -22,11 +22,11 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from nimbus.datasets.domain import validate_name
 from nimbus.db import deployments as repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import DeploymentRow, utcnow
 from nimbus.errors import Conflict, NotFound
+from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.deployment_files import ModelDirs, TokenFiles
 from nimbus.services.deployment_loop import Fleet, default_supervisor

@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nimbus.db import blobrefs, job_details
+from nimbus.db import blobrefs, job_details, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.errors import InvalidInput, NotFound, Unauthorized
 from nimbus.jobs.domain import Attempt, AttemptState, Fenced, Job, JobState
-from nimbus.jobs.tokens import TOKEN_PREFIX, hash_token
+from nimbus.jobs.tokens import TOKEN_PREFIX
+from nimbus.modelformat.files import MODEL_FILES
+from nimbus.security import hash_token
 from nimbus.services.blobs import delete_quietly, discard, move_in, pin
 from nimbus.services.jobs import finite
 from nimbus.storage.blobs import BlobStore, key_for
@@ -32,7 +34,6 @@ JOB_CHECKPOINT = "job_checkpoint"  # blob reference owner kinds: the row holding
 JOB_ARTIFACT = "job_artifact"
 KEEP_CHECKPOINTS = 2  # older checkpoints of a job are deleted (the latest is what resumes)
 ARTIFACT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-MODEL_FILES = ("spec.json", "weights.safetensors", "model.onnx")
 MAX_METRICS = 1000
 _TOKEN_RE = re.compile(rf"^{TOKEN_PREFIX}[A-Za-z0-9_-]{{43}}$")
 _METRIC_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./:-]{0,127}$")
@@ -156,7 +157,7 @@ class JobApiService:
     def latest_checkpoint(self, ctx: AttemptContext) -> tuple[int, BlobDownload]:
         """The job's most advanced complete checkpoint, from any of its attempts."""
         with self.db.session() as session:
-            found = repo.latest_checkpoint(session, ctx.job.id)
+            found = job_outputs.latest_checkpoint(session, ctx.job.id)
         if found is None:
             raise NotFound(f"job {ctx.job.id} has no checkpoint yet")
         self.blobs.verify(found.blob_key)
@@ -182,7 +183,7 @@ class JobApiService:
             if not _METRIC_NAME_RE.match(name):
                 raise InvalidInput(f"invalid metric name {name[:80]!r}", field="metrics")
         with self.db.session(write=True) as session:
-            repo.add_metrics(
+            job_outputs.add_metrics(
                 session,
                 ctx.attempt.id,
                 [(report.step, name, float(v)) for name, v in values.items()],
@@ -192,13 +193,13 @@ class JobApiService:
     def progress(self, ctx: AttemptContext, report: wire.ProgressRequest) -> None:
         """Replace the job's progress (what ``Job.progress`` and the log stream show)."""
         with self.db.session(write=True) as session:
-            repo.set_progress(session, ctx.attempt.id, report.model_dump())
+            job_outputs.set_progress(session, ctx.attempt.id, report.model_dump())
 
     def result(self, ctx: AttemptContext, report: wire.ResultRequest) -> None:
         """The job's evaluation (NaN and infinities become null)."""
         evaluation = finite(report.evaluation)
         with self.db.session(write=True) as session:
-            repo.set_result(session, ctx.attempt.id, {"evaluation": evaluation})
+            job_outputs.set_result(session, ctx.attempt.id, {"evaluation": evaluation})
 
     def put_checkpoint(
         self, ctx: AttemptContext, step: int, epoch: int | None, path: Path, sha256: str, size: int
@@ -209,12 +210,12 @@ class JobApiService:
             raise InvalidInput("a checkpoint step is >= 0", field="step")
 
         def record(session: Any, key: str) -> list[str]:
-            checkpoint_id = repo.record_checkpoint(
+            checkpoint_id = job_outputs.record_checkpoint(
                 session, ctx.attempt.id, step=step, blob_key=key, now=self.clock(), epoch=epoch
             )
             blobrefs.add(session, JOB_CHECKPOINT, checkpoint_id, [key])
             orphans: list[str] = []
-            for old in repo.prune_checkpoints(session, ctx.job.id, KEEP_CHECKPOINTS):
+            for old in job_outputs.prune_checkpoints(session, ctx.job.id, KEEP_CHECKPOINTS):
                 orphans += blobrefs.release(session, JOB_CHECKPOINT, old)
             return orphans
 
@@ -229,7 +230,7 @@ class JobApiService:
         validate_artifact_name(name)
 
         def record(session: Any, key: str) -> list[str]:
-            artifact_id, replaced = repo.add_artifact(
+            artifact_id, replaced = job_outputs.add_artifact(
                 session, ctx.attempt.id, name, key, size, self.clock()
             )
             blobrefs.add(session, JOB_ARTIFACT, artifact_id, [key])

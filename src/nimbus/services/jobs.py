@@ -18,18 +18,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nimbus.db import job_details
+from nimbus.db import job_details, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.job_details import JobDetail
-from nimbus.db.jobs import LogChunk as LogChunkRow
+from nimbus.db.job_outputs import LogChunk as LogChunkRow
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
+from nimbus.names import parse_reference
 from nimbus.runtime.hyperparams import PARAM_SCHEMAS, validate_params
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.code import CodeInfo, CodeService, is_code_ref
-from nimbus.services.datasets import DatasetService, parse_version
+from nimbus.services.datasets import DatasetService
 from nimbus.wire import jobs as wire
 from nimbus.wire.base import dump
 from nimbus.wire.jobs import MAX_SEED, SubmitRequest
@@ -76,8 +77,8 @@ def node_capacity(cpus: float | None, gpus: int | None, memory: str | None) -> C
 
 def split_dataset_ref(ref: str) -> tuple[str, int | None]:
     """``NAME`` (latest), ``NAME:V`` or ``NAME:latest``."""
-    name, sep, version = ref.partition(":")
-    return name, parse_version(version) if sep else None
+    found = parse_reference(ref, "dataset")
+    return found.name, found.version if isinstance(found.version, int) else None
 
 
 def finite(value: Any) -> Any:
@@ -296,7 +297,7 @@ class JobService:
         self.get(principal, job_id)
         with self.db.session() as session:
             series: dict[str, list[wire.MetricPoint]] = {}
-            for m in repo.read_metrics(session, job_id):
+            for m in job_outputs.read_metrics(session, job_id):
                 series.setdefault(m.name, []).append(
                     wire.MetricPoint(step=m.step, value=finite(m.value), attempt=m.attempt_number)
                 )
@@ -325,7 +326,7 @@ class JobService:
             state = job_details.poll_state(session, job_id)
             if state is None:
                 raise NotFound(f"job {job_id[:80]!r} not found")
-            chunks = repo.read_logs(session, job_id, after, limit)
+            chunks = job_outputs.read_logs(session, job_id, after, limit)
         job_state, exit_reason, progress = state
         return LogPoll(
             job_state,

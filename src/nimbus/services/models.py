@@ -10,7 +10,6 @@ for built-in models, the accuracy the job recorded on its test split).
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from nimbus.datasets.domain import validate_name
 from nimbus.db import blobrefs, job_details
 from nimbus.db import deployments as deployment_repo
 from nimbus.db import registry as repo
@@ -31,7 +29,9 @@ from nimbus.db.job_details import JobDetail
 from nimbus.db.tables import ModelAliasEventRow, ModelRow, ModelVersionRow, utcnow
 from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.jobs.domain import JobState
-from nimbus.modelformat.verify import MODEL_FILES, check_model_dir, recorded_accuracy
+from nimbus.modelformat.files import MODEL_FILES
+from nimbus.modelformat.verify import check_model_dir, recorded_accuracy
+from nimbus.names import parse_reference, validate_alias, validate_name, version_number
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import delete_quietly
 from nimbus.services.code import is_code_ref
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 MODEL_VERSION = "model_version"  # blob reference owner kind
 MAX_TEST_ROWS = 100_000  # larger test splits are not re-scored at registration
-_RESERVED_ALIASES = ("latest",)
-_DIGITS = re.compile(r"^[0-9]+$")
 
 CheckFn = Callable[..., dict[str, Any]]
 
@@ -76,8 +74,8 @@ def parse_version_ref(text: str) -> VersionRef:
         return VersionRef(alias=validate_alias(text[1:]))
     if text == "latest":
         return VersionRef()
-    if _DIGITS.match(text) and len(text) < 10 and int(text) > 0:
-        return VersionRef(version=int(text))
+    if (number := version_number(text)) is not None:
+        return VersionRef(version=number)
     raise InvalidInput(
         f"invalid version {text[:40]!r}: use a positive integer, 'latest' or '@alias'"
     )
@@ -85,21 +83,9 @@ def parse_version_ref(text: str) -> VersionRef:
 
 def parse_model_ref(ref: str) -> tuple[str, VersionRef]:
     """``NAME`` (latest), ``NAME:V``, ``NAME:latest`` or ``NAME@ALIAS``."""
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        return validate_name(name, "model name"), VersionRef(alias=validate_alias(alias))
-    name, sep, version = ref.partition(":")
-    validate_name(name, "model name")
-    return name, parse_version_ref(version) if sep else VersionRef()
-
-
-def validate_alias(alias: str) -> str:
-    """Aliases are names (``^[a-z0-9][a-z0-9._-]{0,62}$``), neither all digits nor
-    ``latest`` (those are version references)."""
-    validate_name(alias, "alias")
-    if _DIGITS.match(alias) or alias in _RESERVED_ALIASES:
-        raise InvalidInput(f"invalid alias {alias!r}: an alias is not a number nor 'latest'")
-    return alias
+    found = parse_reference(ref, "model", aliases=True)
+    version = found.version if isinstance(found.version, int) else None
+    return found.name, VersionRef(version=version, alias=found.alias)
 
 
 @dataclass(frozen=True)

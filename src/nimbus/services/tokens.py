@@ -6,11 +6,11 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 
-from nimbus.datasets.domain import validate_name
 from nimbus.db import tables, tenants, tokens
 from nimbus.db.engine import Database
 from nimbus.db.tables import utcnow
 from nimbus.errors import InvalidInput, NotFound, Unauthorized
+from nimbus.names import validate_name
 from nimbus.security import (
     BOOTSTRAP_TENANT,
     Principal,

@@ -53,7 +53,7 @@ def read_hashes_file(path: Path) -> frozenset[str]:
 
 
 class TokenHashes:
-    """The ``auth`` callable of :func:`nimbus.serving.create_app`: token -> allowed?
+    """The ``auth`` callable of :func:`nimbus.serving.app.create_app`: token -> allowed?
 
     ``file`` is looked at (one ``stat``) at most every ``recheck`` seconds and re-read when
     its identity, size or modification time changed; a file that turns unreadable or unsafe

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import services_of
 from nimbus.api.upload import receive_upload
-from nimbus.datasets.domain import Format, IngestOptions, Task, validate_name
+from nimbus.datasets.domain import Format, IngestOptions, Task
 from nimbus.errors import InvalidInput
+from nimbus.names import validate_name
 from nimbus.services.datasets import parse_version, validate_filename
 from nimbus.wire.datasets import (
     Dataset,

@@ -1,4 +1,6 @@
-"""The executor interface: where attempts run. Implementations live in :mod:`.executors`.
+"""The executor interface: where attempts run. The implementations live beside it, one
+module each (:mod:`.local`, :mod:`.forkserver`), picked by name in
+:func:`nimbus.jobs.executors.make_executor`.
 
 An executor starts an attempt's processes, says when they are done and kills them; it
 knows nothing of the metadata store. Its output goes to a callback given with the launch.

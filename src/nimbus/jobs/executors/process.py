@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,14 +26,9 @@ from nimbus.jobs.executors.base import (
     scrubbed_env,
 )
 from nimbus.jobs.isolation import JobUser, prepare_root, prepare_workdir, retire_workdir
+from nimbus.system import free_port
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def killpg(pgid: int, sig: int) -> None:

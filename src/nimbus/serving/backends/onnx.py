@@ -15,9 +15,8 @@ import onnxruntime as ort
 
 from nimbus.errors import InvalidInput
 from nimbus.modelformat.dtypes import ORT_TYPES
+from nimbus.modelformat.files import ONNX_FILE
 from nimbus.modelformat.spec import PROBABILITIES, ModelSpec
-
-MODEL_FILE = "model.onnx"
 
 
 class OnnxBackend:
@@ -49,7 +48,7 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 def load(model_dir: Path, spec: ModelSpec, threads: int) -> OnnxBackend:
     """Open ``MODEL_DIR/model.onnx`` and check it against the spec's ``onnx_input``."""
-    path = model_dir / MODEL_FILE
+    path = model_dir / ONNX_FILE
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist")
     try:

@@ -16,10 +16,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from nimbus.errors import InvalidInput
+from nimbus.modelformat.files import WEIGHTS_FILE
 from nimbus.modelformat.spec import ModelSpec
 from nimbus.runtime.architectures import build_model
-
-WEIGHTS_FILE = "weights.safetensors"
 
 
 class TorchBackend:

@@ -16,8 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from nimbus.datasets.domain import validate_name
 from nimbus.errors import InvalidInput
+from nimbus.names import validate_name
 
 REPLICA_MODULE = "nimbus.serving.fleet.replica"
 RUNTIMES = ("onnx", "torch")

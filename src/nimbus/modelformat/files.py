@@ -1,0 +1,9 @@
+"""The files of a model directory (docs/model-format.md): the one place their names are
+written down. Every module that reads or writes a model directory takes them from here."""
+
+from __future__ import annotations
+
+SPEC_FILE = "spec.json"  # architecture, input signature, classes, preprocessing
+WEIGHTS_FILE = "weights.safetensors"  # the state_dict (built-ins; custom models too)
+ONNX_FILE = "model.onnx"  # softmax included, dynamic batch axis
+MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE, ONNX_FILE)

@@ -1,0 +1,40 @@
+"""Small effects on this machine that the server, the SDK and the fleet share: private files
+written atomically, and free TCP ports.
+
+This is a bottom module: it imports nothing of Nimbus.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600, atomically: the file is never readable by
+    others, not even for a moment, and a reader sees the old content or the new, whole.
+
+    The text goes to a temporary file beside ``path`` (created 0600), is fsynced, then
+    renamed over ``path``; on any failure the temporary file is removed.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago (another process may take it
+    before the caller binds it: use it where a retry or a clear failure is acceptable)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
