@@ -10,9 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from nimbus.errors import InvalidInput
+from nimbus.errors import ExportError, InvalidInput
 from nimbus.modelformat.export import (
-    ExportError,
     Probabilities,
     export_model,
     load_torch_model,

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+from torch.multiprocessing.spawn import spawn
 
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.reporter import MemoryReporter
@@ -57,7 +57,7 @@ def _free_port() -> int:
 
 
 def test_two_workers_match_one(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for name, (_, extra) in RUNS.items():
         single = train(name, _data(name), {**COMMON, **extra}, MemoryReporter())
         weights = load_file(str(tmp_path / f"{name}.safetensors"))
