@@ -239,6 +239,7 @@ class Fakes:
         self.down: set[int] = set()
         self.only_ready: set[int] | None = None
         self.fail_spawn = False
+        self.supervisors: list[Supervisor] = []
 
     def spawn(
         self,
@@ -262,7 +263,7 @@ class Fakes:
         self.now += seconds
 
     def supervisor(self) -> Supervisor:
-        return Supervisor(
+        sup = Supervisor(
             spawner=self.spawn,
             probe=self.probe,
             clock=lambda: self.now,
@@ -270,14 +271,19 @@ class Fakes:
             policy=POLICY,
             env={"PATH": "/bin"},
         )
+        self.supervisors.append(sup)
+        return sup
 
     def live(self) -> list[FakeProcess]:
         return [p for p in self.spawned if p.code is None]
 
 
 @pytest.fixture
-def fakes() -> Fakes:
-    return Fakes()
+def fakes() -> Iterator[Fakes]:
+    made = Fakes()
+    yield made
+    for sup in made.supervisors:  # closes the deployments' listening sockets
+        sup.close()
 
 
 def fake_spec(version: str = "1", **kw: Any) -> DeploymentSpec:
@@ -475,16 +481,15 @@ time.sleep(600)
 
 def orphaned_deployment(model_dir: Path, log_dir: Path) -> dict[str, Any]:
     """Start a deployment from a control plane in another process, then SIGKILL that process."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", ORPHANING_CONTROL_PLANE, str(model_dir), str(log_dir)],
         stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        status: dict[str, Any] = json.loads(proc.stdout.readline())
-    finally:
-        proc.kill()
-        proc.wait(10)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            status: dict[str, Any] = json.loads(proc.stdout.readline())
+        finally:
+            proc.kill()
     assert status["state"] == "ready", status
     return status
 
