@@ -30,18 +30,25 @@ services:
 		echo "installing PostgreSQL from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-test: install services
-	$(PY) -m pytest -q -p no:cacheprovider
+# What CI runs (.ci/run): every gate, and any one failing fails the target. The tests run
+# with warnings as errors (pyproject.toml) and coverage, with a floor set in pyproject.toml.
+test: install services check
+	$(PY) -m pytest -q -p no:cacheprovider --cov --cov-report=term-missing:skip-covered
 
+# The inner loop: no slow tests, no coverage, stop at the first failure.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" -x
 
+# Lint, format and types: mypy strict over src/nimbus, and a second run over tests/
+# (bodies checked, annotations optional: see [tool.mypy] in pyproject.toml).
 check: install
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
 
 bench: install
 	$(PY) bench/ingest.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .coverage .coverage.*

@@ -40,6 +40,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.clients: list[httpx.Client] = []
         self.log_path = self.home.parent / f"{self.home.name}-server.log"
 
     def env(self) -> dict[str, str]:
@@ -50,22 +51,22 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nimbus.server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:  # the server keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "nimbus.server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             wait_http(f"{self.url}/healthz", timeout, self.proc)
         except Exception:
@@ -81,11 +82,20 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def client(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(
+        """A client of this server, closed (if the test has not) when the server stops or is
+        killed: a client left to the garbage collector is an unclosed socket."""
+        client = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token or self.admin_token}"},
             timeout=60.0,
         )
+        self.clients.append(client)
+        return client
+
+    def _close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc and self.proc.poll() is None:
@@ -95,6 +105,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
+        self._close_clients()
 
     def kill(self) -> None:
         """SIGKILL the whole process group: a real crash."""
@@ -103,6 +114,7 @@ class ServerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+        self._close_clients()
 
     def __enter__(self) -> ServerProcess:
         return self.start()

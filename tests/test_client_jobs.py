@@ -60,8 +60,8 @@ class FakeTime:
 def make(handler: Handler, settings: Settings, clock: FakeTime | None = None) -> Client:
     client = Client(URL, "nbt_secret", settings=settings, transport=httpx.MockTransport(handler))
     if clock is not None:
-        client._clock = clock.clock  # type: ignore[method-assign]
-        client._sleep = clock.sleep  # type: ignore[method-assign]
+        client._clock = clock.clock
+        client._sleep = clock.sleep
     return client
 
 

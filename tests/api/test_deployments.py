@@ -28,7 +28,7 @@ from tests.api.test_models_support import (
     onnx_probabilities,
 )
 from tests.helpers import ServerProcess
-from tests.serving.fleet.test_supervisor import Load, alive
+from tests.serving.helpers import Load, alive
 
 Check = Callable[[dict[str, Any]], bool]
 

@@ -368,6 +368,7 @@ def test_heartbeat_metrics_progress_result(
         == 200
     )
     assert client.post("/metrics", json={"step": 2, "metrics": {"loss": 0.25}}).status_code == 200
+    bad: dict[str, Any]
     for bad in (
         {"step": -1, "metrics": {}},
         {"step": 1, "metrics": {"loss": "high"}},
@@ -546,7 +547,7 @@ def test_a_log_stream_does_not_hold_up_a_shutdown(tmp_path: Path) -> None:
                 content=csv_bytes("stop"),
             )
             job = admin.post(f"{API}/jobs", json={"dataset": "tiny", "model": "text"}).json()
-            opened, seen = threading.Event(), []
+            opened, seen = threading.Event(), list[str]()
 
             def listen() -> None:
                 with admin.stream(

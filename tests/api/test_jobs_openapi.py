@@ -35,7 +35,9 @@ BYTE_ROUTES = {  # blob streams: no JSON to describe
     ("get", f"{ATTEMPT}/blobs/{{key}}"),
     ("get", f"{ATTEMPT}/checkpoints/latest"),
 }
-READ_BODIES = {  # JSON bodies the job API reads itself (for its size limit)
+READ_BODIES: dict[
+    str, type[BaseModel]
+] = {  # JSON bodies the job API reads itself (for its size limit)
     f"{ATTEMPT}/metrics": job_api.MetricsRequest,
     f"{ATTEMPT}/progress": job_api.ProgressRequest,
     f"{ATTEMPT}/result": job_api.ResultRequest,

@@ -52,7 +52,7 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         flushed.append(os.fstat(fd).st_size)
         real(fd)
 
-    monkeypatch.setattr(upload.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     return flushed
 
 
@@ -93,7 +93,7 @@ def test_write_error_is_raised_and_leaves_no_file(
     def full(fd: int, data: Any) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(upload.os, "write", full)
+    monkeypatch.setattr(os, "write", full)
     with pytest.raises(OSError, match="No space"):
         receive([b"z" * 1000] * 5, tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -121,8 +121,8 @@ def test_cancelled_upload_closes_its_file_only_after_its_threads(
             events.append("close")
         real_close(fd)
 
-    monkeypatch.setattr(upload.os, "write", slow_write)
-    monkeypatch.setattr(upload.os, "close", close)
+    monkeypatch.setattr(os, "write", slow_write)
+    monkeypatch.setattr(os, "close", close)
 
     async def main() -> None:
         body = request_of([b"a" * 1000] * 5)

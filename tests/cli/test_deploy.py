@@ -109,7 +109,7 @@ def test_the_demo_serving_steps(registry: Registry, tmp_path: Path) -> None:  # 
 
     from rich.console import Console
 
-    from nimbus.cli.demo import DemoRun
+    from nimbus.cli.demo_run import DemoRun
     from nimbus.cli.demo_serving import SERVING_STEPS
     from nimbus.client import Client
     from nimbus.demo_data import write_digits_zip

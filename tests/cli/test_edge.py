@@ -20,8 +20,9 @@ import torch
 import tritonclient.http as triton
 
 from nimbus.security import hash_token
+from nimbus.system import free_port
 from tests.cli.conftest import Nimbus
-from tests.helpers import free_port, wait_http
+from tests.helpers import wait_http
 from tests.serving.conftest import write_model_dir
 
 CLASSES = ["no", "yes"]

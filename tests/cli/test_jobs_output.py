@@ -72,7 +72,8 @@ def make_job(**extra: Any) -> Job:
 def render(renderable: object, width: int = 160) -> str:
     out = Console(file=io.StringIO(), width=width, color_system=None)
     out.print(renderable)
-    return out.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(out.file, io.StringIO)
+    return out.file.getvalue()
 
 
 def rows_of(text: str) -> dict[str, list[str]]:

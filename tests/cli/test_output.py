@@ -40,7 +40,8 @@ VERSION = parse(DatasetVersion, VERSION_BODY)
 def render(renderable: object) -> str:
     out = Console(file=io.StringIO(), width=120, color_system=None)
     out.print(renderable)
-    return out.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(out.file, io.StringIO)
+    return out.file.getvalue()
 
 
 def test_version_table_shows_the_facts_and_the_counts() -> None:

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import free_port, wait_http
+from nimbus.system import free_port
+from tests.helpers import wait_http
 
 
 def test_nimbus_server_serves_until_sigterm(tmp_path: Path) -> None:

@@ -99,7 +99,8 @@ class Build:
 
     @staticmethod
     def load(prepared: PreparedDataset, name: str) -> np.ndarray:
-        return np.load(prepared.files[name], mmap_mode="r", allow_pickle=False)
+        array: np.ndarray = np.load(prepared.files[name], mmap_mode="r", allow_pickle=False)
+        return array
 
 
 @pytest.fixture

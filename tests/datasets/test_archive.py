@@ -26,7 +26,7 @@ from nimbus.datasets.domain import IngestLimits
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:
-    from conftest import Build
+    from tests.datasets.conftest import Build
 
 LIMITS = IngestLimits()
 

@@ -11,7 +11,7 @@ from nimbus.datasets.domain import Format, IngestLimits, Task
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:
-    from conftest import Build
+    from tests.datasets.conftest import Build
 
 
 def mnist(n: int, seed: int, size: tuple[int, int] = (7, 5)) -> tuple[np.ndarray, np.ndarray]:

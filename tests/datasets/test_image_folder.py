@@ -17,7 +17,7 @@ from nimbus.datasets.formats.image_folder import resolve_layout
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:
-    from conftest import Build
+    from tests.datasets.conftest import Build
 
 SPLITS = ("train", "val", "test")
 

@@ -20,7 +20,7 @@ from nimbus.datasets.domain import SPLITS, Format, IngestLimits, IngestOptions, 
 from nimbus.errors import InvalidDataset, InvalidInput
 
 if TYPE_CHECKING:
-    from conftest import Build
+    from tests.datasets.conftest import Build
 
 
 def image_zip(build: Build, name: str = "pets.zip", n: int = 10) -> Path:

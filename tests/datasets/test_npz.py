@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,10 +13,10 @@ from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:
-    from conftest import Build
+    from tests.datasets.conftest import Build
 
 
-def npz(build: Build, name: str, compressed: bool = False, **arrays: Any) -> Any:
+def npz(build: Build, name: str, compressed: bool = False, **arrays: Any) -> Path:
     out = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(out, **arrays)
     return build.file(name, out.getvalue())
@@ -48,17 +49,21 @@ def test_tabular_arrays_with_string_labels(build: Build) -> None:
 
 def test_keras_style_train_and_test_arrays(build: Build) -> None:
     rng = np.random.default_rng(2)
-    arrays = {
-        "x_train": rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
-        "y_train": np.arange(50) % 2,
-        "x_test": rng.integers(0, 256, (10, 4, 4), dtype=np.uint8),
-        "y_test": np.arange(10) % 2,
-    }
-    prepared = build.run(npz(build, "mnist.npz", **arrays))
+    x_train = rng.integers(0, 256, (50, 4, 4), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (10, 4, 4), dtype=np.uint8)
+    mnist = npz(
+        build,
+        "mnist.npz",
+        x_train=x_train,
+        y_train=np.arange(50) % 2,
+        x_test=x_test,
+        y_test=np.arange(10) % 2,
+    )
+    prepared = build.run(mnist)
     assert prepared.split_source == "given"
     assert prepared.splits["test"].size == 10
     test = build.load(prepared, "test_x.npy")
-    assert np.array_equal(test[..., 0], arrays["x_test"])
+    assert np.array_equal(test[..., 0], x_test)
 
 
 def test_object_arrays_are_refused(build: Build) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nimbus.datasets.prepare import write_splits
-from nimbus.datasets.rows import FileRows, NpyWriter, windows
+from nimbus.datasets.rows import FileRows, NpyWriter, RowSource, windows
 from nimbus.datasets.splits import plan_splits
 
 
@@ -19,7 +19,7 @@ def test_write_splits_across_parts_and_many_windows(tmp_path: Path) -> None:
     second = rng.integers(0, 256, (25, 3, 2), dtype=np.uint8)
     raw = tmp_path / "second.raw"
     raw.write_bytes(b"junk" + second.tobytes())
-    parts = [first, FileRows(raw, 4, np.dtype(np.uint8), second.shape)]
+    parts: list[RowSource] = [first, FileRows(raw, 4, np.dtype(np.uint8), second.shape)]
     everything = np.concatenate([first, second])
     y = np.arange(62) % 3
     plan = plan_splits(y, 3, seed=3, val_fraction=0.2, test_fraction=0.2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from nimbus.datasets.domain import SPLITS, Task
 from nimbus.datasets.stats import StatsAccumulator
 
 
-def fed(task: Task, splits: dict[str, np.ndarray], schema: dict[str, object]) -> dict[str, object]:
+def fed(task: Task, splits: dict[str, np.ndarray], schema: dict[str, object]) -> dict[str, Any]:
     """The accumulator's result after feeding every split in uneven pieces."""
     row_shape = tuple(splits["train"].shape[1:])
     summary = StatsAccumulator(task, schema, row_shape)

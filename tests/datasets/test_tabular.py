@@ -13,7 +13,7 @@ from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:
-    from conftest import Build
+    from tests.datasets.conftest import Build
 
 SPLITS = ("train", "val", "test")
 

@@ -12,7 +12,7 @@ from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidDataset
 
 if TYPE_CHECKING:
-    from conftest import Build
+    from tests.datasets.conftest import Build
 
 
 def test_text_csv(build: Build) -> None:

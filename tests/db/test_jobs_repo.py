@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect
@@ -20,13 +21,16 @@ from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import (
     AttemptState,
+    Claim,
     ExitReason,
     Fenced,
+    Job,
     JobSpec,
     JobState,
+    Lease,
     Resources,
 )
-from nimbus.jobs.policy import Outcome, RetryPolicy
+from nimbus.jobs.policy import Decision, Outcome, RetryPolicy
 from nimbus.jobs.tokens import mint_token
 from nimbus.security import hash_token
 
@@ -55,18 +59,24 @@ def submit(db: Database, tenant: int = 1, at_s: float = 0, **kw: object) -> str:
         return repo.submit(s, tenant, spec, at(at_s), capacity=BIG).id
 
 
-def claim(db: Database, now: float, owner: str = "node-a", **kw: object) -> list[repo.Claim]:
-    args: dict = {"capacity": BIG, "owner": owner, "now": at(now), "lease_seconds": 30, **kw}
+def claim(db: Database, now: float, owner: str = "node-a", **kw: object) -> list[Claim]:
+    args: dict[str, Any] = {
+        "capacity": BIG,
+        "owner": owner,
+        "now": at(now),
+        "lease_seconds": 30,
+        **kw,
+    }
     with db.session(write=True) as s:
         return repo.claim_next(s, **args)
 
 
-def finish(db: Database, attempt_id: str, outcome: Outcome, now: float) -> repo.Decision:
+def finish(db: Database, attempt_id: str, outcome: Outcome, now: float) -> Decision:
     with db.session(write=True) as s:
         return repo.finish_attempt(s, attempt_id, outcome, at(now), POLICY)
 
 
-def job(db: Database, job_id: str) -> repo.Job:
+def job(db: Database, job_id: str) -> Job:
     with db.session() as s:
         found = repo.get(s, job_id)
     assert found is not None
@@ -148,7 +158,7 @@ def test_heartbeat_extends_lease_and_fences_stale_attempts(db: Database) -> None
     with db.session(write=True) as s:
         assert repo.heartbeat_many(s, [stale, c2.attempt.id], "node-a", at(62), 30) == {
             stale: None,
-            c2.attempt.id: repo.Lease(c2.attempt.id, at(92), False),
+            c2.attempt.id: Lease(c2.attempt.id, at(92), False),
         }
     for write in (
         lambda s: job_outputs.add_metrics(s, stale, [(1, "loss", 0.5)], at(62)),

@@ -81,7 +81,7 @@ def test_same_seed_data_and_params_give_identical_metrics(api: Client, digits: s
     jobs = [api.wait_job(job_id, timeout=120) for job_id in ids]
     assert [j.state for j in jobs] == ["succeeded"] * 3, jobs
 
-    def series(job_id: str) -> dict[str, list[tuple[int, float]]]:
+    def series(job_id: str) -> dict[str, list[tuple[int, float | None]]]:
         metrics = api.job_metrics(job_id)
         return {name: [(p.step, p.value) for p in points] for name, points in metrics.items()}
 

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from nimbus.errors import InvalidInput
-from nimbus.modelformat.export import ExportError, Probabilities, export_model, verify_onnx
+from nimbus.errors import ExportError, InvalidInput
+from nimbus.modelformat.export import Probabilities, export_model, verify_onnx
 from nimbus.modelformat.text import TextEncoder
 from nimbus.runtime.architectures import load_torch_model
 from nimbus.runtime.data import DataSplits

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,42 +15,11 @@ import torch
 from torch import nn
 
 from nimbus import runtime as nr
-from nimbus.datasets.domain import SPLITS
 from nimbus.errors import InvalidInput
 from nimbus.modelformat.text import build_encoder
 from nimbus.runtime import api
 from nimbus.runtime.custom import evaluate_model_dir
-from nimbus.runtime.data import DataSplits
 from tests.runtime import synthetic
-
-
-def write_dataset(data: DataSplits, directory: Path) -> Path:
-    """What ``nimbus datasets download`` leaves: the prepared .npy files and version.json."""
-    directory.mkdir(parents=True)
-    for split in SPLITS:
-        np.save(directory / f"{split}_x.npy", getattr(data, split).x)
-        np.save(directory / f"{split}_y.npy", getattr(data, split).y)
-    version = {
-        "task": str(data.task),
-        "classes": data.classes,
-        "schema": {"features": data.features} if data.features else {},
-    }
-    (directory / "version.json").write_text(json.dumps(version))
-    return directory
-
-
-@pytest.fixture
-def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Local mode on tiny images, params inline; yields the run directory."""
-    monkeypatch.delenv("NIMBUS_JOB_TOKEN", raising=False)
-    monkeypatch.setenv(
-        "NIMBUS_DATASET_DIR", str(write_dataset(synthetic.tiny_images(), tmp_path / "data"))
-    )
-    monkeypatch.setenv("NIMBUS_PARAMS", '{"epochs": "3", "optimizer": "adam"}')
-    monkeypatch.setenv("NIMBUS_JOB_DIR", str(tmp_path / "run"))
-    api.activate(None)
-    yield tmp_path / "run"
-    api.activate(None)
 
 
 class Flat(nn.Module):

@@ -14,7 +14,6 @@ from safetensors.numpy import load_file
 
 from nimbus import runtime as nr
 from nimbus.runtime import api
-from tests.runtime.test_api import local  # noqa: F401
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
@@ -50,7 +49,7 @@ def fit(model: Any, epochs: int) -> None:
     )
 
 
-def test_keras_callback_checkpoints_and_resumes(local: Path, capsys: Any) -> None:  # noqa: F811
+def test_keras_callback_checkpoints_and_resumes(local: Path, capsys: Any) -> None:
     assert nr.keras_initial_epoch() == 0
     first = small_model(seed=1)
     fit(first, epochs=2)
@@ -74,7 +73,7 @@ def test_keras_callback_checkpoints_and_resumes(local: Path, capsys: Any) -> Non
     assert api.session().checkpoint_step == 3
 
 
-def test_save_model_takes_a_keras_model(local: Path) -> None:  # noqa: F811
+def test_save_model_takes_a_keras_model(local: Path) -> None:
     model = small_model(seed=0)
     data = nr.dataset()
     model_dir = nr.save_model(model, np.array(data.train.x[:4]))

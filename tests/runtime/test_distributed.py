@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+from torch.multiprocessing.spawn import spawn
 
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.reporter import MemoryReporter
@@ -51,7 +51,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 
 def test_two_workers_match_one(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for name, (_, extra) in RUNS.items():
         single = train(name, _data(name), {**COMMON, **extra}, MemoryReporter())
         weights = load_file(str(tmp_path / f"{name}.safetensors"))

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,9 @@ from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.runtime import entry
 from nimbus.runtime.job_api import FENCED_EXIT_CODE
 from tests.runtime import synthetic
-from tests.runtime.test_entry_job_api import PYTHON, FakeJobApi, Harness, run_main, running
+from tests.runtime.helpers import PYTHON, FakeJobApi, Harness, run_main, running
 
 SMALL = {"epochs": 3, "batch_size": 32, "seed": 7}
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    with running(tmp_path) as started:
-        yield started
 
 
 def weights(job_api: FakeJobApi) -> dict[str, torch.Tensor]:

@@ -4,7 +4,6 @@ control plane: trained, resumed, exported, uploaded, scored."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +13,11 @@ import pytest
 from nimbus.modelformat.text import TextEncoder
 from nimbus.runtime.job_api import FENCED_EXIT_CODE
 from tests.runtime import synthetic
-from tests.runtime.test_entry_job_api import Harness, run_main, running
+from tests.runtime.helpers import Harness, run_main
 
 # Keras's predict() on torch 2.13 with numpy 2 warns from inside Keras, once per batch.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    with running(tmp_path) as started:
-        yield started
 
 
 def test_keras_cnn_example_trains_resumes_and_exports(harness: Harness) -> None:

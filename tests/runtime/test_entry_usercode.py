@@ -8,8 +8,6 @@ import subprocess
 import tarfile
 import textwrap
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.runtime.job_api import CANCELLED_EXIT_CODE, FENCED_EXIT_CODE
 from tests.runtime import synthetic
-from tests.runtime.test_entry_job_api import PYTHON, Harness, run_main, running
+from tests.runtime.helpers import PYTHON, Harness, run_main
 
 TRAIN = textwrap.dedent(
     """
@@ -62,12 +60,6 @@ TRAIN = textwrap.dedent(
     print("argv", sys.argv[1:], "cwd files", sorted(p for p in __import__("os").listdir(".")))
     """
 )
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    with running(tmp_path) as started:
-        yield started
 
 
 def test_a_script_trains_saves_and_is_scored(harness: Harness, capsys: Any) -> None:

@@ -38,7 +38,9 @@ def write_model_dir(directory: Path, spec: dict[str, Any], example: torch.Tensor
     (directory / "spec.json").write_text(json.dumps(spec))
     save_file(module.state_dict(), str(directory / "weights.safetensors"))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # The TorchScript exporter (the dynamo one needs onnxscript, not a dependency of
+        # Nimbus) warns that it is legacy, as in nimbus.modelformat.export.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             _Softmax(module),
             (example,),

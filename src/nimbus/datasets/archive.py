@@ -363,7 +363,9 @@ class _BoundedTarInfo(tarfile.TarInfo):
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _TAR_META_TYPES and self.size > MAX_TAR_HEADER_BYTES:
             raise _OversizedHeader(f"a {self.size}-byte extended header after {self.name!r}")
-        return super()._proc_member(archive)  # type: ignore[misc]
+        # _proc_member is tarfile's private per-header hook; typeshed does not declare it.
+        member: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
+        return member
 
 
 def _iter_tar(

@@ -83,7 +83,8 @@ class ImageCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(self.preprocess(x)))
+        logits: torch.Tensor = self.classifier(self.features(self.preprocess(x)))
+        return logits
 
 
 class TextClassifier(nn.Module):
@@ -97,7 +98,8 @@ class TextClassifier(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = (ids != 0).unsqueeze(-1).to(torch.float32)
         summed = (self.embedding(ids) * mask).sum(dim=1)
-        return self.classifier(summed / mask.sum(dim=1).clamp(min=1.0))
+        logits: torch.Tensor = self.classifier(summed / mask.sum(dim=1).clamp(min=1.0))
+        return logits
 
 
 class TabularMLP(nn.Module):
@@ -122,7 +124,8 @@ class TabularMLP(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.preprocess(x))
+        logits: torch.Tensor = self.layers(self.preprocess(x))
+        return logits
 
 
 def _vector(values: list[float]) -> torch.Tensor:

@@ -40,7 +40,8 @@ def keras_initial_epoch() -> int:
     return int(state["epoch"]) if state is not None and _is_keras_state(state) else 0
 
 
-class KerasCallback(keras.callbacks.Callback):
+# keras ships no type information, so mypy sees its Callback as Any.
+class KerasCallback(keras.callbacks.Callback):  # type: ignore[misc]
     """Logs every epoch through ``nr.log``, reports batch progress, checkpoints each epoch
     and restores the latest checkpoint when training begins (see the module docstring)."""
 

@@ -159,7 +159,7 @@ class _Run:
             logits = net(x)
             summed = F.cross_entropy(logits, y, reduction="sum")
             self.optimizer.zero_grad(set_to_none=True)
-            (summed * (pg.world_size / len(global_idx))).backward()
+            torch.autograd.backward(summed * (pg.world_size / len(global_idx)))
             self.optimizer.step()
             loss_sum += summed.item()
             correct += (logits.argmax(dim=1) == y).sum().item()
@@ -228,7 +228,7 @@ class _Run:
         rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return clone_tree(
+        snapshot: dict[str, Any] = clone_tree(
             {
                 "format": CHECKPOINT_FORMAT,
                 "model_name": self.model_name,
@@ -240,6 +240,7 @@ class _Run:
                 "rng": rng,
             }
         )
+        return snapshot
 
     def _restore(self, state: dict[str, Any]) -> int:
         """Load a checkpoint into this fresh run; returns the epoch it was taken after."""

@@ -42,7 +42,7 @@ from nimbus.serving.fleet.rollout import (
 )
 from nimbus.serving.fleet.sockets import port_in_use
 from nimbus.serving.fleet.supervisor import Supervisor
-from tests.serving.conftest import IMAGE_SHAPE
+from tests.serving.helpers import Load, alive, body
 
 POLICY = Policy(start_timeout=10, drain_timeout=5, backoff_base=0.5, stable_after=5)
 S, R, U, D, X = (
@@ -239,6 +239,7 @@ class Fakes:
         self.down: set[int] = set()
         self.only_ready: set[int] | None = None
         self.fail_spawn = False
+        self.supervisors: list[Supervisor] = []
 
     def spawn(
         self,
@@ -262,7 +263,7 @@ class Fakes:
         self.now += seconds
 
     def supervisor(self) -> Supervisor:
-        return Supervisor(
+        sup = Supervisor(
             spawner=self.spawn,
             probe=self.probe,
             clock=lambda: self.now,
@@ -270,14 +271,19 @@ class Fakes:
             policy=POLICY,
             env={"PATH": "/bin"},
         )
+        self.supervisors.append(sup)
+        return sup
 
     def live(self) -> list[FakeProcess]:
         return [p for p in self.spawned if p.code is None]
 
 
 @pytest.fixture
-def fakes() -> Fakes:
-    return Fakes()
+def fakes() -> Iterator[Fakes]:
+    made = Fakes()
+    yield made
+    for sup in made.supervisors:  # closes the deployments' listening sockets
+        sup.close()
 
 
 def fake_spec(version: str = "1", **kw: Any) -> DeploymentSpec:
@@ -391,70 +397,6 @@ def test_spawn_failure_is_retried(fakes: Fakes) -> None:
 # -- real replica processes --------------------------------------------------------------------
 
 
-def body(seed: int = 0) -> dict[str, Any]:
-    h, w, c = IMAGE_SHAPE
-    data = [(seed + i) % 256 for i in range(h * w * c)]
-    return {"inputs": [{"name": "input", "datatype": "UINT8", "shape": [1, h, w, c], "data": data}]}
-
-
-class Load:
-    """Clients sending infer requests in threads until stopped: one on a keep-alive connection,
-    one opening a connection per request. Records each answer's model version, and failures."""
-
-    def __init__(self, endpoint: str, name: str, retries: int = 0, token: str | None = None):
-        self.url = f"{endpoint}/v2/models/{name}/infer"
-        self.retries = retries
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.versions: list[str] = []
-        self.failures: list[str] = []
-        self.retried = 0
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
-            for keep_alive in (True, False)
-        ]
-
-    def _run(self, keep_alive: bool) -> None:
-        client = httpx.Client(timeout=15, headers=self.headers)
-        while not self._stop.is_set():
-            for attempt in range(self.retries + 1):
-                try:
-                    if keep_alive:
-                        response = client.post(self.url, json=body())
-                    else:
-                        response = httpx.post(self.url, json=body(), headers=self.headers)
-                except httpx.TransportError as exc:
-                    if attempt < self.retries:
-                        self.retried += 1
-                        continue
-                    self.failures.append(repr(exc))
-                    break
-                if response.status_code != 200:
-                    self.failures.append(f"{response.status_code} {response.text}")
-                else:
-                    self.versions.append(response.json()["model_version"])
-                break
-        client.close()
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie (reparented replicas may never be reaped here)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except OSError:
-        return False
-
-
 def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -539,16 +481,15 @@ time.sleep(600)
 
 def orphaned_deployment(model_dir: Path, log_dir: Path) -> dict[str, Any]:
     """Start a deployment from a control plane in another process, then SIGKILL that process."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", ORPHANING_CONTROL_PLANE, str(model_dir), str(log_dir)],
         stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        status: dict[str, Any] = json.loads(proc.stdout.readline())
-    finally:
-        proc.kill()
-        proc.wait(10)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            status: dict[str, Any] = json.loads(proc.stdout.readline())
+        finally:
+            proc.kill()
     assert status["state"] == "ready", status
     return status
 
