@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -10,7 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -213,3 +216,26 @@ class PostgresServer:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def follow(
+    client: httpx.Client,
+    job_id: str,
+    after: int = 0,
+    until: Callable[[str], bool] = lambda e: e == "end",
+) -> list[tuple[str, Any]]:
+    """The events of ``GET logs?follow=true`` up to the first one ``until`` accepts."""
+    events: list[tuple[str, Any]] = []
+    kind = ""
+    with client.stream(
+        "GET", f"/api/v1/jobs/{job_id}/logs", params={"follow": "true", "after": after}
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: ") :]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[len("data: ") :])))
+                if until(kind):
+                    break
+    return events

@@ -19,7 +19,8 @@ import pytest
 
 from nimbus.serving.fleet.sockets import port_in_use
 from tests.api.conftest import API, error_of, make_token
-from tests.api.test_models_support import (
+from tests.helpers import ServerProcess
+from tests.helpers_models import (
     API_ONLY,
     CLASSES,
     image_model_dir,
@@ -27,7 +28,6 @@ from tests.api.test_models_support import (
     insert_job,
     onnx_probabilities,
 )
-from tests.helpers import ServerProcess
 from tests.serving.helpers import Load, alive
 
 Check = Callable[[dict[str, Any]], bool]

@@ -10,7 +10,7 @@ import json
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +28,7 @@ from nimbus.jobs.domain import Claim, JobState
 from nimbus.jobs.policy import Outcome, RetryPolicy
 from nimbus.jobs.tokens import mint_token
 from tests.api.conftest import API, blob_files, csv_bytes, error_of, make_token
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, follow
 
 API_ONLY = {
     "NIMBUS_SCHEDULER_ENABLED": "false",
@@ -493,29 +493,6 @@ def test_logs_as_json_and_as_server_sent_events(
     assert events[0][1] == {"seq": 2, "attempt": 1, "data": "two\n"}
     assert events[2][1] == {"state": "succeeded", "exit_reason": "succeeded"}
     assert env.member.get(f"{API}/jobs/{job['id']}/logs", params={"after": 2}).json()["done"]
-
-
-def follow(
-    client: httpx.Client,
-    job_id: str,
-    after: int = 0,
-    until: Callable[[str], bool] = lambda e: e == "end",
-) -> list[tuple[str, Any]]:
-    """The events of ``GET logs?follow=true`` up to the first one ``until`` accepts."""
-    events: list[tuple[str, Any]] = []
-    kind = ""
-    with client.stream(
-        "GET", f"{API}/jobs/{job_id}/logs", params={"follow": "true", "after": after}
-    ) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                kind = line[len("event: ") :]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[len("data: ") :])))
-                if until(kind):
-                    break
-    return events
 
 
 def test_follow_streams_while_the_job_runs(

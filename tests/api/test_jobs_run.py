@@ -14,8 +14,8 @@ import pytest
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from tests.api.conftest import API, csv_bytes, make_token
-from tests.api.test_jobs import follow as follow_events
 from tests.helpers import ServerProcess
+from tests.helpers import follow as follow_events
 
 FAST = {
     "NIMBUS_SCHEDULER_TICK_SECONDS": "0.1",

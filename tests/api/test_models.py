@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 
 from nimbus.jobs.domain import JobState
+from nimbus.modelformat.files import MODEL_FILES
 from tests.api.conftest import API, error_of, make_token
-from tests.api.test_models_support import (
+from tests.helpers import ServerProcess
+from tests.helpers_models import (
     API_ONLY,
-    MODEL_FILES,
     drop_job_artifacts,
     image_model_dir,
     insert_job,
     npz_dataset,
     onnx_probabilities,
 )
-from tests.helpers import ServerProcess
 
 
 @dataclass

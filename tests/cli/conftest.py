@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from nimbus.cli.app import app
+from tests.helpers import ServerProcess
+from tests.helpers_models import API_ONLY, image_model_dir, insert_job
 
 
 @dataclass
@@ -60,3 +62,23 @@ def nimbus(tmp_path: Path) -> Nimbus:
             "COLUMNS": "200",
         }
     )
+
+
+@dataclass
+class Registry:
+    server: ServerProcess
+    model_dir: Path
+
+    def job(self) -> str:
+        """A new succeeded job of the admin's tenant holding :attr:`model_dir`'s model."""
+        return insert_job(self.server.home, "default", self.model_dir)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    root = tmp_path_factory.mktemp("cli-registry")
+    server = ServerProcess(root / "home", env=API_ONLY).start()
+    try:
+        yield Registry(server, image_model_dir(root / "model", seed=1))
+    finally:
+        server.stop()

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.api.test_models_support import CLASSES, images, insert_job, onnx_probabilities
-from tests.cli.conftest import Nimbus
-from tests.cli.test_models import Registry, registry  # noqa: F401 - the shared fixture
+from tests.cli.conftest import Nimbus, Registry
+from tests.helpers_models import CLASSES, images, insert_job, onnx_probabilities
 
 MODEL = "cli-served"
 
@@ -26,7 +25,7 @@ def png(path: Path, image: np.ndarray) -> Path:
 
 def test_deploy_inspect_predict_update_delete(
     nimbus: Nimbus,
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
 ) -> None:
     cli = nimbus
@@ -102,7 +101,7 @@ def test_deploy_inspect_predict_update_delete(
     assert cli.json("models", "delete", f"{MODEL}:1")["version"] == 1  # no longer deployed
 
 
-def test_the_demo_serving_steps(registry: Registry, tmp_path: Path) -> None:  # noqa: F811
+def test_the_demo_serving_steps(registry: Registry, tmp_path: Path) -> None:
     """The demo's serving steps over a digits-shaped model (8x8x1, ten classes) and a small
     digits dataset, as the demo's earlier steps leave them in ``run.results``."""
     import copy
@@ -113,7 +112,7 @@ def test_the_demo_serving_steps(registry: Registry, tmp_path: Path) -> None:  # 
     from nimbus.cli.demo_serving import SERVING_STEPS
     from nimbus.client import Client
     from nimbus.demo_data import write_digits_zip
-    from tests.api.test_models_support import IMAGE_SPEC
+    from tests.helpers_models import IMAGE_SPEC
 
     spec = copy.deepcopy(IMAGE_SPEC)
     classes = [str(c) for c in range(10)]

@@ -1,40 +1,17 @@
 """``nimbus models`` end to end against a real server (scheduler off): jobs are written
 straight into its stores as a finished job leaves them, then registered through the CLI.
 
-The session fixture :func:`registry` (one server, one exported model directory) is shared
-with ``test_deploy.py``."""
+The session fixture ``registry`` (one server, one exported model directory, in conftest.py)
+is shared with ``test_deploy.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.api.test_models_support import API_ONLY, MODEL_FILES, image_model_dir, insert_job
-from tests.cli.conftest import Nimbus
-from tests.helpers import ServerProcess
-
-
-@dataclass
-class Registry:
-    server: ServerProcess
-    model_dir: Path
-
-    def job(self) -> str:
-        """A new succeeded job of the admin's tenant holding :attr:`model_dir`'s model."""
-        return insert_job(self.server.home, "default", self.model_dir)
-
-
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    root = tmp_path_factory.mktemp("cli-registry")
-    server = ServerProcess(root / "home", env=API_ONLY).start()
-    try:
-        yield Registry(server, image_model_dir(root / "model", seed=1))
-    finally:
-        server.stop()
+from nimbus.modelformat.files import MODEL_FILES
+from tests.cli.conftest import Nimbus, Registry
 
 
 @pytest.fixture

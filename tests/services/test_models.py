@@ -19,7 +19,7 @@ from nimbus.modelformat.export import export_model
 from nimbus.modelformat.verify import check_model_dir, recorded_accuracy
 from nimbus.runtime.architectures import build_model
 from nimbus.services.models import VersionRef, parse_model_ref, parse_version_ref
-from tests.api.test_models_support import image_model_dir, images, onnx_probabilities
+from tests.helpers_models import image_model_dir, images, onnx_probabilities
 
 VOCAB = ["<pad>", "<unk>", "good", "bad", "movie"]
 TEXT_SPEC = {

@@ -21,7 +21,7 @@ from nimbus.services.models import ModelService, VersionRef
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.memory import MemoryObjectStore
 from nimbus.wire.models import ModelVersion
-from tests.api.test_models_support import add_job, image_model_dir
+from tests.helpers_models import add_job, image_model_dir
 
 
 @pytest.fixture(scope="module")

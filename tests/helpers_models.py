@@ -20,6 +20,7 @@ from nimbus.db.engine import Database
 from nimbus.db.tables import JobArtifactRow, JobRow
 from nimbus.jobs.domain import JobSpec, JobState
 from nimbus.modelformat.export import export_model
+from nimbus.modelformat.files import MODEL_FILES
 from nimbus.runtime.architectures import build_model
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.factory import open_object_store
@@ -27,7 +28,6 @@ from nimbus.storage.factory import open_object_store
 API_ONLY = {"NIMBUS_SCHEDULER_ENABLED": "false"}
 SHAPE = (6, 6, 1)
 CLASSES = ["cat", "dog", "eel"]
-MODEL_FILES = ("spec.json", "weights.safetensors", "model.onnx")
 _SIGNATURE = {"name": "input", "datatype": "UINT8", "shape": [-1, *SHAPE]}
 IMAGE_SPEC: dict[str, Any] = {
     "format_version": 1,
