@@ -14,8 +14,9 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from nimbus.db import blobrefs
@@ -164,3 +165,19 @@ class PinnedBatch:
     def close(self) -> None:
         """Wait for stores in flight (the pin stays: the caller released or discarded it)."""
         self._pool.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    """A stored file on its way out: the name to save it as, its size, its bytes."""
+
+    name: str
+    size: int
+    chunks: Iterator[bytes]
+
+
+def verified_download(blobs: BlobStore, key: str, size: int, name: str) -> FileDownload:
+    """The blob ``key`` as a download named ``name``: verified against its hash before the
+    first byte is handed out (CorruptBlob otherwise), and again as it streams."""
+    blobs.verify(key)
+    return FileDownload(name, size, blobs.iter_verified(key))

@@ -9,7 +9,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from nimbus.db.tables import Dataset, DatasetVersion
 from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.names import validate_name, version_number
 from nimbus.security import Principal, Role, as_utc, require_role
-from nimbus.services.blobs import PinnedBatch, delete_quietly
+from nimbus.services.blobs import FileDownload, PinnedBatch, delete_quietly, verified_download
 from nimbus.storage.blobs import BlobStore
 from nimbus.wire import datasets as wire
 
@@ -141,13 +141,6 @@ class _Duplicate(Exception):
 class UploadResult:
     version: wire.DatasetVersion
     created: bool
-
-
-@dataclass(frozen=True)
-class FileDownload:
-    name: str
-    size: int
-    chunks: Iterator[bytes]
 
 
 class DatasetService:
@@ -330,9 +323,8 @@ class DatasetService:
         entry = view.files.get(file)
         if entry is None:
             raise NotFound(f"{name}:{view.version} has no file {file[:80]!r}")
-        self.blobs.verify(entry.key)
         download_name = (entry.name or file) if file == SOURCE else file
-        return FileDownload(download_name, entry.size, self.blobs.iter_verified(entry.key))
+        return verified_download(self.blobs, entry.key, entry.size, download_name)
 
     # -- delete -------------------------------------------------------------------------
 

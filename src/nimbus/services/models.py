@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from nimbus.modelformat.files import MODEL_FILES
 from nimbus.modelformat.verify import check_model_dir, recorded_accuracy
 from nimbus.names import parse_reference, validate_alias, validate_name, version_number
 from nimbus.security import Principal, Role, require_role
-from nimbus.services.blobs import delete_quietly
+from nimbus.services.blobs import FileDownload, delete_quietly, verified_download
 from nimbus.services.code import is_code_ref
 from nimbus.services.jobs import finite
 from nimbus.storage.blobs import BlobStore, digest_of
@@ -104,13 +104,6 @@ class ResolvedVersion:
     model: str
     version: int
     files: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class FileDownload:
-    name: str
-    size: int
-    chunks: Iterator[bytes]
 
 
 def version_view(row: ModelVersionRow, model: str, aliases: list[str]) -> ModelVersion:
@@ -366,8 +359,7 @@ class ModelService:
         entry = view.files.get(file)
         if entry is None:
             raise NotFound(f"{name}:{view.version} has no file {file[:80]!r}")
-        self.blobs.verify(entry.key)
-        return FileDownload(file, entry.size, self.blobs.iter_verified(entry.key))
+        return verified_download(self.blobs, entry.key, entry.size, file)
 
     # -- aliases ------------------------------------------------------------------------
 

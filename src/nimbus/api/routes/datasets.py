@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
+from nimbus.api.downloads import FILE_RESPONSE, attachment
 from nimbus.api.state import services_of
 from nimbus.api.upload import receive_upload
 from nimbus.datasets.domain import Format, IngestOptions, Task
@@ -99,18 +98,17 @@ def get_version(name: str, v: str, principal: Viewer, request: Request) -> Datas
     return services_of(request).datasets.get_version(principal, name, parse_version(v))
 
 
-@router.get("/datasets/{name}/versions/{v}/files/{file}")
+@router.get(
+    "/datasets/{name}/versions/{v}/files/{file}",
+    response_class=StreamingResponse,
+    responses=FILE_RESPONSE,
+)
 def download_file(
     name: str, v: str, file: str, principal: Viewer, request: Request
 ) -> StreamingResponse:
     """The file's bytes, after the whole blob was checked against its hash."""
-    download = services_of(request).datasets.download(principal, name, parse_version(v), file)
-    headers = {
-        "Content-Length": str(download.size),
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(download.name, safe='')}",
-    }
-    return StreamingResponse(
-        download.chunks, media_type="application/octet-stream", headers=headers
+    return attachment(
+        services_of(request).datasets.download(principal, name, parse_version(v), file)
     )
 
 
