@@ -35,7 +35,9 @@ from pathlib import Path
 
 from _common import ROOT, ServerProcess, median, rss_of, wait_quiet
 from serve import build_model_dir
-from tests.helpers import free_port, wait_http
+from tests.helpers import wait_http
+
+from nimbus.system import free_port
 
 AFTER = ROOT / "src"
 DEFAULT_BEFORE = Path("/tmp/before/src")

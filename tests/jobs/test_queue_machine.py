@@ -6,6 +6,7 @@ Runs on SQLite (a fresh copy of a migrated database per example) with an explici
 from __future__ import annotations
 
 import atexit
+import itertools
 import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -71,11 +72,17 @@ class QueueMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.db, self.workdir = fresh_database()
+        # Claims break ties between equal jobs by id: random ids would make an example
+        # claim different jobs when hypothesis replays it. Ids in submission order instead.
+        numbers = itertools.count()
+        self._new_job_id = repo.new_job_id
+        repo.new_job_id = lambda: f"job_{next(numbers):06d}"
         self.now = T0
         self.terminal: dict[str, JobState] = {}
         self.accepted_metrics = 0
 
     def teardown(self) -> None:
+        repo.new_job_id = self._new_job_id
         self.db.dispose()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
