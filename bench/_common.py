@@ -15,7 +15,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import ServerProcess, free_port, wait_http  # noqa: E402
+from tests.helpers import ServerProcess, wait_http  # noqa: E402
+
+from nimbus.system import free_port  # noqa: E402
 
 __all__ = [
     "ROOT",

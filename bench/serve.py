@@ -40,12 +40,12 @@ import numpy as np
 import orjson
 import torch
 from _common import ROOT, RssSampler
-from tests.helpers import free_port
 
 from nimbus.modelformat.export import export_model
 from nimbus.runtime.architectures import build_model
 from nimbus.serving.fleet.deployment import DeploymentSpec
 from nimbus.serving.fleet.supervisor import Supervisor
+from nimbus.system import free_port
 
 NAME = "cnn"
 INFER = f"/v2/models/{NAME}/infer"
