@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     check_memory_bytes: int = Field(default=2 * 1024**3, gt=0)  # address space of a check
     code_check_seconds: float = Field(default=30.0, gt=0)  # wall clock; CPU time as much
     model_check_seconds: float = Field(default=60.0, gt=0)
+    # Jobs' download caches (cache/<tenant>/): all tenants' together stay under
+    # cache_max_bytes, the least recently used files removed by a sweep every
+    # cache_sweep_seconds (nimbus.jobs.cache).
+    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
+    cache_sweep_seconds: float = Field(default=300.0, gt=0)
 
     @field_validator("home")
     @classmethod

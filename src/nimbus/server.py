@@ -58,6 +58,7 @@ from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.db.queue import DbQueue
 from nimbus.errors import NimbusError, Unavailable
+from nimbus.jobs.cache import CacheSweeper
 from nimbus.jobs.domain import Attempt, Job
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
@@ -459,6 +460,9 @@ def build_app(
     background: list[Background] = []
     if settings.scheduler_enabled:
         background.append(SchedulerThread.build(settings, services, job_user))
+        background.append(
+            CacheSweeper(settings.cache_dir, settings.cache_max_bytes, settings.cache_sweep_seconds)
+        )
     background.append(DeploymentLoop(services.deployments, instance_id(settings)))
     return create_app(services, background)
 
