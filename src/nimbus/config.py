@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     check_concurrency: int = Field(default=2, ge=1)
     check_memory_bytes: int = Field(default=2 * 1024**3, gt=0)  # address space of a check
     code_check_seconds: float = Field(default=30.0, gt=0)  # wall clock; CPU time as much
-    model_check_seconds: float = Field(default=60.0, gt=0)
+    model_check_seconds: float = Field(default=30.0, gt=0)
     # Jobs' download caches (cache/<tenant>/): all tenants' together stay under
     # cache_max_bytes, the least recently used files removed by a sweep every
     # cache_sweep_seconds (nimbus.jobs.cache).

@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,13 +123,15 @@ def run_limited(
     limits: Limits,
     inputs: Sequence[Path] = (),
     user: JobUser | None = None,
+    env: Mapping[str, str] | None = None,
     wrap: Callable[[list[str]], list[str]] | None = None,
     python: str = sys.executable,
 ) -> Outcome:
     """Run ``argv`` in a limited child (see the module's docstring) and wait for it.
 
-    ``inputs`` are opened here, read-only, and reach the child as fds 3, 4, ... in order.
-    Raises OSError only when the child cannot be started.
+    ``inputs`` are opened here, read-only, and reach the child as fds 3, 4, ... in order;
+    ``env`` adds to (or overrides) the scrubbed environment. Raises OSError only when the
+    child cannot be started.
     """
     workdir = Path(tempfile.mkdtemp(prefix="nimbus-check-"))
     try:
@@ -152,7 +154,7 @@ def run_limited(
                 stdout=out,
                 stderr=err,
                 cwd=workdir,
-                env=_environment(workdir),
+                env={**_environment(workdir), **(env or {})},
                 pass_fds=fds,
                 start_new_session=True,
                 **(user.popen_kwargs() if user is not None else {}),
@@ -286,10 +288,23 @@ class LimitedRunner:
             assert not callable(self._user)
             return self._user
 
-    def run(self, argv: Sequence[str], *, limits: Limits, inputs: Sequence[Path] = ()) -> Outcome:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        limits: Limits,
+        inputs: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Outcome:
         """One check; blocks (off the event loop: callers run in a worker thread)."""
         user = self.user
         with self._slots:
             return run_limited(
-                argv, limits=limits, inputs=inputs, user=user, wrap=self.wrap, python=self.python
+                argv,
+                limits=limits,
+                inputs=inputs,
+                user=user,
+                env=env,
+                wrap=self.wrap,
+                python=self.python,
             )

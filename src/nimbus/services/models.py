@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import nimbus
 from nimbus.db import blobrefs, job_details
 from nimbus.db import deployments as deployment_repo
 from nimbus.db import registry as repo
@@ -78,16 +79,19 @@ class ModelCheck:
 
     def __init__(self, runner: LimitedRunner | None = None, limits: Limits | None = None):
         self.runner = runner if runner is not None else LimitedRunner()
-        self.limits = limits if limits is not None else Limits(wall_seconds=60, cpu_seconds=60)
+        self.limits = limits if limits is not None else Limits(wall_seconds=30, cpu_seconds=30)
 
     def __call__(self, files: ModelFiles) -> dict[str, Any]:
         """The parsed spec of a model that passed; InvalidInput saying why otherwise."""
-        argv = [self.runner.python, "-I", "-m", "nimbus.modelformat.verify_child"]
+        argv = [self.runner.python, "-s", "-m", "nimbus.modelformat.verify_child"]
         inputs = [files.paths[SPEC_FILE], files.paths[WEIGHTS_FILE], files.paths[ONNX_FILE]]
         if files.test_split is not None and files.recorded_accuracy is not None:
             argv += ["--accuracy", repr(files.recorded_accuracy)]
             inputs += list(files.test_split)
-        outcome = self.runner.run(argv, limits=self.limits, inputs=inputs)
+        # The child imports the Nimbus this server runs, wherever it was found (an installed
+        # package, or a source tree on PYTHONPATH): nothing else of the server's environment.
+        where = {"PYTHONPATH": str(Path(nimbus.__file__).parent.parent)}
+        outcome = self.runner.run(argv, limits=self.limits, inputs=inputs, env=where)
         reply = json_reply(outcome)
         limit = outcome.limit or (reply or {}).get("limit")
         if limit:
