@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nimbus.errors import InvalidInput
+from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.isolation import JobUser
 from nimbus.services.isolated import (
     CPU,
@@ -143,6 +143,12 @@ def test_the_runner_bounds_how_many_checks_run_at_once() -> None:
         running += step
         peak = max(peak, running)
     assert len(spans) == 4 and peak == 2
+
+
+def test_a_check_that_cannot_start_is_unavailable(tmp_path: Path) -> None:
+    runner = LimitedRunner(python=str(tmp_path / "no-python"))
+    with pytest.raises(Unavailable, match="could not be started"):
+        runner.run(python("pass"), limits=Limits())
 
 
 def test_limits_are_named_in_messages() -> None:

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from nimbus.errors import InvalidInput
+from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.isolation import JobUser, ensure_system_user, preflight
 
 log = logging.getLogger(__name__)
@@ -296,15 +296,19 @@ class LimitedRunner:
         inputs: Sequence[Path] = (),
         env: Mapping[str, str] | None = None,
     ) -> Outcome:
-        """One check; blocks (off the event loop: callers run in a worker thread)."""
+        """One check; blocks (off the event loop: callers run in a worker thread).
+        Unavailable (503) when the child cannot be started at all."""
         user = self.user
         with self._slots:
-            return run_limited(
-                argv,
-                limits=limits,
-                inputs=inputs,
-                user=user,
-                env=env,
-                wrap=self.wrap,
-                python=self.python,
-            )
+            try:
+                return run_limited(
+                    argv,
+                    limits=limits,
+                    inputs=inputs,
+                    user=user,
+                    env=env,
+                    wrap=self.wrap,
+                    python=self.python,
+                )
+            except OSError as exc:
+                raise Unavailable(f"a check could not be started: {exc}") from exc
