@@ -24,10 +24,9 @@ import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import onnxruntime as ort
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
@@ -35,6 +34,9 @@ from nimbus.modelformat.dtypes import DTYPES, ORT_TYPES
 from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from nimbus.modelformat.spec import PROBABILITIES, ModelSpec
 from nimbus.modelformat.text import TextEncoder
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 SUM_TOLERANCE = 1e-3
 EVAL_BATCH = 256
@@ -167,6 +169,11 @@ def check_safetensors(source: Path | BinaryIO) -> None:
 def open_onnx(path: Path | bytes, spec: ModelSpec) -> ort.InferenceSession:
     """Load the graph (a path, or the file's bytes) and compare its signature with the
     spec's."""
+    # Imported here: the control plane imports this module (recorded_accuracy) but runs
+    # the check in a child (nimbus.modelformat.verify_child), so it need not load ONNX
+    # Runtime itself.
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
