@@ -60,6 +60,21 @@ class Settings(BaseSettings):
     capacity_gpus: int | None = Field(default=None, ge=0)
     capacity_memory: str | None = None
 
+    # Checks of untrusted input (an uploaded script compiled, a job's ONNX model run at
+    # registration) run in a limited child process (nimbus.services.isolated), as
+    # check_user: "auto" (a root server: the system user nimbus-check), "none" (the
+    # server's own user) or a user name; at most check_concurrency at a time.
+    check_user: str = "auto"
+    check_concurrency: int = Field(default=2, ge=1)
+    check_memory_bytes: int = Field(default=2 * 1024**3, gt=0)  # address space of a check
+    code_check_seconds: float = Field(default=30.0, gt=0)  # wall clock; CPU time as much
+    model_check_seconds: float = Field(default=30.0, gt=0)
+    # Jobs' download caches (cache/<tenant>/): all tenants' together stay under
+    # cache_max_bytes, the least recently used files removed by a sweep every
+    # cache_sweep_seconds (nimbus.jobs.cache).
+    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
+    cache_sweep_seconds: float = Field(default=300.0, gt=0)
+
     @field_validator("home")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

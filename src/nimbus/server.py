@@ -58,6 +58,7 @@ from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.db.queue import DbQueue
 from nimbus.errors import NimbusError, Unavailable
+from nimbus.jobs.cache import CacheSweeper
 from nimbus.jobs.domain import Attempt, Job
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
@@ -66,13 +67,14 @@ from nimbus.jobs.isolation import JobUser, TenantCaches, prepare_root, resolve_j
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService
-from nimbus.services.code import CodeService
+from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop
 from nimbus.services.deployments import DeploymentService
+from nimbus.services.isolated import LimitedRunner, Limits, resolve_check_user
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, node_capacity
-from nimbus.services.models import ModelService
+from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.tokens import TokenService
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
@@ -385,6 +387,15 @@ def ingest_limits(settings: Settings) -> IngestLimits:
     )
 
 
+def check_limits(settings: Settings, seconds: float) -> Limits:
+    """What a check of untrusted input may use: ``seconds`` of wall clock and of CPU."""
+    return Limits(
+        wall_seconds=seconds,
+        cpu_seconds=max(1, int(seconds)),
+        memory_bytes=settings.check_memory_bytes,
+    )
+
+
 def build_services(
     settings: Settings,
     *,
@@ -399,11 +410,25 @@ def build_services(
     datasets = DatasetService(
         db, blobs, tmp_dir=settings.tmp_dir, limits=ingest_limits(settings), ingest_fn=ingest_fn
     )
-    code = CodeService(db, blobs, max_unpacked_bytes=settings.max_code_bytes * 4)
+    checks = LimitedRunner(
+        user=lambda: resolve_check_user(settings.check_user),
+        concurrency=settings.check_concurrency,
+    )
+    code = CodeService(
+        db,
+        blobs,
+        max_unpacked_bytes=settings.max_code_bytes * 4,
+        compile_check=CompileCheck(checks, check_limits(settings, settings.code_check_seconds)),
+    )
     capacity = node_capacity(
         settings.capacity_cpus, settings.capacity_gpus, settings.capacity_memory
     )
-    models = ModelService(db, blobs, tmp_dir=settings.tmp_dir)
+    models = ModelService(
+        db,
+        blobs,
+        tmp_dir=settings.tmp_dir,
+        check=ModelCheck(checks, check_limits(settings, settings.model_check_seconds)),
+    )
     return Services(
         settings=settings,
         db=db,
@@ -435,6 +460,9 @@ def build_app(
     background: list[Background] = []
     if settings.scheduler_enabled:
         background.append(SchedulerThread.build(settings, services, job_user))
+        background.append(
+            CacheSweeper(settings.cache_dir, settings.cache_max_bytes, settings.cache_sweep_seconds)
+        )
     background.append(DeploymentLoop(services.deployments, instance_id(settings)))
     return create_app(services, background)
 

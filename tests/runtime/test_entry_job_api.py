@@ -41,6 +41,34 @@ def test_blobs_are_cached_by_hash_and_verified(harness: Harness) -> None:
             client.blob("sha256/../../etc/passwd")
 
 
+def test_a_poisoned_cache_file_is_detected_and_replaced(harness: Harness) -> None:
+    """Issue 8, finding 2: a job that can write its tenant's cache must not be able to feed
+    a later job other data than the blob's hash names."""
+    data = os.urandom(64 * 1024)
+    key = harness.job_api.add_blob(data)
+    with harness.client() as client:
+        path = client.blob(key)
+        path.write_bytes(b"poisoned training data")
+        os.utime(path, (1, 1))
+        assert client.blob(key) == path and path.read_bytes() == data
+        assert path.stat().st_mtime > 1  # reuse marks it used, for the cache's sweep
+        assert harness.job_api.requests.count(("GET", f"blobs/{key}")) == 2
+
+        path.unlink()
+        elsewhere = harness.root / "elsewhere"
+        elsewhere.write_bytes(b"poisoned training data")
+        path.symlink_to(elsewhere)
+        assert client.blob(key) == path and not path.is_symlink()
+        assert path.read_bytes() == data and elsewhere.read_bytes() == b"poisoned training data"
+
+        path.unlink()
+        os.mkfifo(path)  # opening it for reading would block for ever
+        assert client.blob(key) == path and path.read_bytes() == data
+        assert harness.job_api.requests.count(("GET", f"blobs/{key}")) == 4
+        assert client.blob(key) == path  # intact: reused, not downloaded again
+        assert harness.job_api.requests.count(("GET", f"blobs/{key}")) == 4
+
+
 def test_blob_downloads_share_the_cache_across_clients(harness: Harness) -> None:
     key = harness.job_api.add_blob(os.urandom(3 * 1024 * 1024))
     with harness.client() as one, harness.client() as two:

@@ -131,3 +131,10 @@ def test_the_control_plane_never_imports_torch() -> None:
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_control_plane_leaves_onnx_runtime_to_its_check_children() -> None:
+    """Models are verified in a child process (ModelCheck): the server never loads ONNX
+    Runtime, whose sessions would run a job's graph in its own process."""
+    code = "import sys, nimbus.server; sys.exit('onnxruntime' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -18,14 +18,15 @@ model; registration makes sure the files it stored are whole and fit together:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import onnxruntime as ort
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
@@ -33,6 +34,9 @@ from nimbus.modelformat.dtypes import DTYPES, ORT_TYPES
 from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from nimbus.modelformat.spec import PROBABILITIES, ModelSpec
 from nimbus.modelformat.text import TextEncoder
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 SUM_TOLERANCE = 1e-3
 EVAL_BATCH = 256
@@ -64,9 +68,31 @@ def check_model_dir(
 ) -> dict[str, Any]:
     """Run the checks above on ``model_dir``; InvalidInput (naming the file and what is
     wrong) on the first failure. Returns the parsed spec."""
-    raw, spec = load_spec(model_dir / SPEC_FILE)
-    check_safetensors(model_dir / WEIGHTS_FILE)
-    session = open_onnx(model_dir / ONNX_FILE, spec)
+    with open(model_dir / WEIGHTS_FILE, "rb") as weights:
+        return check_model(
+            (model_dir / SPEC_FILE).read_bytes(),
+            weights,
+            model_dir / ONNX_FILE,
+            test_split=test_split,
+            recorded_accuracy=recorded_accuracy,
+        )
+
+
+def check_model(
+    spec_json: bytes,
+    weights: BinaryIO,
+    onnx: Path | bytes,
+    *,
+    test_split: tuple[np.ndarray, np.ndarray] | None = None,
+    recorded_accuracy: float | None = None,
+) -> dict[str, Any]:
+    """:func:`check_model_dir` on the files' contents: ``spec.json``'s bytes, the open
+    ``weights.safetensors``, ``model.onnx`` as a path or bytes (the limited child that runs
+    this in the control plane's stead gets open files, not paths: see
+    :mod:`nimbus.modelformat.verify_child`)."""
+    raw, spec = parse_spec(spec_json)
+    check_safetensors(weights)
+    session = open_onnx(onnx, spec)
     for rows in (4, 1):
         run_probabilities(session, spec, sample_inputs(session, spec, rows))
     if test_split is not None and recorded_accuracy is not None:
@@ -76,8 +102,17 @@ def check_model_dir(
 
 def load_spec(path: Path) -> tuple[dict[str, Any], ModelSpec]:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{SPEC_FILE} cannot be read as JSON: {exc}") from None
+    return parse_spec(data)
+
+
+def parse_spec(data: bytes) -> tuple[dict[str, Any], ModelSpec]:
+    """The spec in ``spec.json``'s bytes, raw and parsed; its probabilities fit its classes."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
         raise InvalidInput(f"{SPEC_FILE} cannot be read as JSON: {exc}") from None
     spec = ModelSpec.from_dict(raw)
     probabilities = spec.output(PROBABILITIES)
@@ -89,10 +124,12 @@ def load_spec(path: Path) -> tuple[dict[str, Any], ModelSpec]:
     return raw, spec
 
 
-def check_safetensors(path: Path) -> None:
+def check_safetensors(source: Path | BinaryIO) -> None:
     """The header parses and its tensors' byte ranges tile the data exactly."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
+        size = os.fstat(f.fileno()).st_size
+        f.seek(0)
         prefix = f.read(8)
         if len(prefix) != 8:
             raise InvalidInput(f"{WEIGHTS_FILE} is truncated")
@@ -129,14 +166,24 @@ def check_safetensors(path: Path) -> None:
         raise InvalidInput(f"{WEIGHTS_FILE}: the tensors do not cover the file exactly")
 
 
-def open_onnx(path: Path, spec: ModelSpec) -> ort.InferenceSession:
-    """Load the graph and compare its signature with the spec's."""
+def open_onnx(path: Path | bytes, spec: ModelSpec) -> ort.InferenceSession:
+    """Load the graph (a path, or the file's bytes) and compare its signature with the
+    spec's."""
+    # Imported here: the control plane imports this module (recorded_accuracy) but runs
+    # the check in a child (nimbus.modelformat.verify_child), so it need not load ONNX
+    # Runtime itself.
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            path if isinstance(path, bytes) else str(path),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise InvalidInput(f"{ONNX_FILE} cannot be loaded by ONNX Runtime: {exc}") from None
     inputs = session.get_inputs()

@@ -24,6 +24,8 @@ import math
 import os
 import random
 import re
+import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -168,17 +170,21 @@ class JobApiClient:
 
         Written to a temporary name, checked against its hash, fsynced, then renamed, under
         a lock file, so workers sharing the cache download each blob once and never read a
-        partial file.
+        partial file. A cached file is hashed again before every reuse: one that no longer
+        matches (the cache was written to, or the disk corrupted it) is replaced by a fresh
+        download. Each reuse marks the file used (its mtime), which the server's sweep of
+        the caches reads as recency (:mod:`nimbus.jobs.cache`).
         """
         match = BLOB_KEY_RE.match(key)
         if not match or not match.group(2).startswith(match.group(1)):
             raise InvalidInput(f"not a blob key: {key!r}")
+        digest = match.group(2)
         path = self.cache_dir / key
-        if path.is_file():
+        if _cached(path, digest):
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(path.with_name(path.name + ".lock")):
-            if not path.is_file():
+            if not _cached(path, digest):
                 self._retrying(f"GET blobs/{key}", lambda: self._download(key, path))
         return path
 
@@ -271,6 +277,36 @@ def _message(body: Any, status: int) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return str(body["error"].get("message", ""))
     return f"HTTP {status}"
+
+
+def _cached(path: Path, digest: str) -> bool:
+    """Whether ``path`` is a regular file (not a symlink) whose SHA-256 is ``digest``; marks
+    it used when it is. A file that does not match is removed."""
+    try:
+        # O_NONBLOCK: a FIFO planted in its place must not hang the job (no effect on files)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:  # a symlink (ELOOP) or another thing that is no cached blob
+        path.unlink(missing_ok=True)
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            ok = False
+        else:
+            ok = hashlib.file_digest(f, "sha256").hexdigest() == digest
+    if not ok:
+        print(
+            f"nimbus: the cached copy of blob {digest[:12]} does not match its hash; "
+            "downloading it again",
+            file=sys.stderr,
+            flush=True,
+        )
+        path.unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(OSError):  # recency for the cache's sweep; best effort
+        os.utime(path)
+    return True
 
 
 @contextlib.contextmanager

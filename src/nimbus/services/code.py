@@ -1,7 +1,8 @@
 """Code artifacts: a training script (``.py``) or a code directory (``.tar`` with ``main.py``
 at its root) that jobs run instead of a built-in model.
 
-An upload is checked before it is stored (the script compiles; the archive is a tar
+An upload is checked before it is stored (the script compiles, which a limited child process
+finds out: :class:`CompileCheck`; the archive is a tar
 without links, special files, absolute or ``..`` paths, within size limits) and stored
 once per tenant and content. Its reference is ``code:<blob key>``; the blob is held by a
 reference owned by the tenant's code record, so it outlives every dataset deletion.
@@ -10,6 +11,7 @@ reference owned by the tenant's code record, so it outlives every dataset deleti
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,9 +24,10 @@ from nimbus.db import blobrefs
 from nimbus.db import code as repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import CodeArtifactRow
-from nimbus.errors import InvalidDataset, InvalidInput, NotFound
+from nimbus.errors import InvalidDataset, InvalidInput, NotFound, PayloadTooLarge
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import discard, move_in, pin
+from nimbus.services.isolated import LimitedRunner, Limits, json_reply, limit_text
 from nimbus.storage.blobs import BlobStore, digest_of, key_for
 from nimbus.wire.code import CodeArtifact, CodeFormat
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 
 REF_PREFIX = "code:"
 ENTRY = "main.py"  # what runs: the uploaded script itself, or main.py at an archive's root
-MAX_SCRIPT_BYTES = 16 * 1024**2  # one source file; compiled at upload to catch syntax errors
+MAX_SCRIPT_BYTES = 16 * 1024**2  # one source file (413 past it); compiled at upload, in a child
 MAX_ARCHIVE_MEMBERS = 50_000
 PY, TAR = "py", "tar"
 _PY_SUFFIXES = (".py",)
@@ -104,27 +107,82 @@ def _format_of(filename: str | None, path: Path) -> str:
     )
 
 
-def check_source(data: bytes, name: str) -> None:
+# Run in the limited child (``python -I -c``: nothing of Nimbus needed); the source is fd 3.
+_COMPILE = """\
+import json, os, sys
+name = sys.argv[1]
+with os.fdopen(3, "rb") as f:
+    data = f.read()
+def reply(error=None, limit=None):
+    print(json.dumps({"error": error, "limit": limit}), flush=True)
+try:
+    source = data.decode("utf-8")
+except UnicodeDecodeError as exc:
+    reply(f"{name} is not UTF-8 text (byte {exc.start})")
+    sys.exit(0)
+del data
+try:
+    compile(source, name, "exec", dont_inherit=True)
+except SyntaxError as exc:
+    reply(f"{name} line {exc.lineno}: {exc.msg}")
+except MemoryError:
+    reply(f"{name} does not compile within the memory limit", "memory")
+except (ValueError, RecursionError) as exc:
+    reply(f"{name} does not compile: {exc}")
+else:
+    reply()
+"""
+
+
+class CompileCheck:
+    """Whether a file is UTF-8 Python source that compiles, found out in a limited child
+    (:mod:`nimbus.services.isolated`): compiling a hostile 16 MiB script takes gigabytes
+    and seconds of one core, which must not be the control plane's."""
+
+    def __init__(self, runner: LimitedRunner | None = None, limits: Limits | None = None):
+        self.runner = runner if runner is not None else LimitedRunner()
+        self.limits = limits if limits is not None else Limits(wall_seconds=30, cpu_seconds=20)
+
+    def __call__(self, path: Path, name: str) -> None:
+        """A 400 naming the line (or the limit) unless ``path`` compiles."""
+        outcome = self.runner.run(
+            [self.runner.python, "-I", "-c", _COMPILE, name], limits=self.limits, inputs=[path]
+        )
+        reply = json_reply(outcome)
+        if outcome.limit is not None or (reply is not None and reply.get("limit")):
+            what = limit_text(outcome.limit or str(reply and reply.get("limit")), self.limits)
+            raise InvalidInput(f"{name} does not compile within the {what}")
+        if reply is None:
+            log.error(
+                "the compile check failed: %s", outcome.stderr[-2000:].decode(errors="replace")
+            )
+            raise InvalidInput(
+                f"{name} could not be checked (the check exited {outcome.returncode})"
+            )
+        if reply.get("error"):
+            raise InvalidInput(str(reply["error"]))
+
+
+def check_source(data: bytes, name: str, compile_check: CompileCheck | None = None) -> None:
     """A 400 naming the line unless ``data`` is UTF-8 Python source that compiles."""
-    try:
-        source = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{name} is not UTF-8 text (byte {exc.start})") from None
-    try:
-        compile(source, name, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        raise InvalidInput(f"{name} line {exc.lineno}: {exc.msg}") from None
-    except (ValueError, RecursionError, MemoryError) as exc:
-        raise InvalidInput(f"{name} does not compile: {exc}") from None
+    with tempfile.NamedTemporaryFile(prefix="nimbus-source-") as f:
+        f.write(data)
+        f.flush()
+        (compile_check or CompileCheck())(Path(f.name), name)
 
 
-def check_script(path: Path, size: int) -> None:
+def check_script(path: Path, size: int, compile_check: CompileCheck | None = None) -> None:
+    """A 413 past :data:`MAX_SCRIPT_BYTES`; else the script must compile."""
     if size > MAX_SCRIPT_BYTES:
-        raise InvalidInput(f"a script is limited to {MAX_SCRIPT_BYTES} bytes; got {size}")
-    check_source(path.read_bytes(), ENTRY)
+        raise PayloadTooLarge(
+            f"a script is limited to {MAX_SCRIPT_BYTES} bytes; got {size}", limit=MAX_SCRIPT_BYTES
+        )
+    (compile_check or CompileCheck())(path, ENTRY)
 
 
-def check_archive(path: Path, filename: str, max_unpacked: int) -> None:
+def check_archive(
+    path: Path, filename: str, max_unpacked: int, compile_check: CompileCheck | None = None
+) -> None:
     """Every member safe (see :mod:`nimbus.datasets.archive`), ``main.py`` at the root."""
     if sniff_archive(path) not in (ArchiveKind.TAR, ArchiveKind.TAR_GZ):
         raise InvalidInput(f"{filename!r} is not a tar archive")
@@ -133,7 +191,7 @@ def check_archive(path: Path, filename: str, max_unpacked: int) -> None:
     try:
         for member in iter_files(path, limits, filename):
             if member.path == ENTRY:
-                check_source(member.read_all(MAX_SCRIPT_BYTES), ENTRY)
+                check_source(member.read_all(MAX_SCRIPT_BYTES), ENTRY, compile_check)
                 found = True
     except InvalidDataset as exc:  # the archive helpers speak of datasets; this is code
         raise InvalidInput(exc.message) from None
@@ -150,11 +208,13 @@ class CodeService:
         blobs: BlobStore,
         *,
         max_unpacked_bytes: int,
+        compile_check: CompileCheck | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.max_unpacked_bytes = max_unpacked_bytes
+        self.compile_check = compile_check if compile_check is not None else CompileCheck()
         self.clock = clock
 
     def upload(
@@ -168,9 +228,11 @@ class CodeService:
             size = path.stat().st_size
             kind = _format_of(filename, path)
             if kind == PY:
-                check_script(path, size)
+                check_script(path, size, self.compile_check)
             else:
-                check_archive(path, filename or "code.tar", self.max_unpacked_bytes)
+                check_archive(
+                    path, filename or "code.tar", self.max_unpacked_bytes, self.compile_check
+                )
             with self.db.session() as session:
                 existing = repo.get(session, principal.tenant_id, key)
                 if existing is not None:

@@ -4,7 +4,8 @@ aliases (with history), download files (verified), delete versions.
 A version's files are the job's artifacts, held from registration on by blob references
 owned by the version: deleting the job leaves the model intact. Registration checks the
 files first (:mod:`nimbus.modelformat.verify`: hashes, spec, ONNX graph, sample inferences and,
-for built-in models, the accuracy the job recorded on its test split).
+for built-in models, the accuracy the job recorded on its test split), in a limited child
+process (:class:`ModelCheck`), never in the control plane's own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import nimbus
 from nimbus.db import blobrefs, job_details
 from nimbus.db import deployments as deployment_repo
 from nimbus.db import registry as repo
@@ -29,12 +31,13 @@ from nimbus.db.job_details import JobDetail
 from nimbus.db.tables import ModelAliasEventRow, ModelRow, ModelVersionRow, utcnow
 from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.jobs.domain import JobState
-from nimbus.modelformat.files import MODEL_FILES
-from nimbus.modelformat.verify import check_model_dir, recorded_accuracy
+from nimbus.modelformat.files import MODEL_FILES, ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
+from nimbus.modelformat.verify import recorded_accuracy
 from nimbus.names import parse_reference, validate_alias, validate_name, version_number
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import FileDownload, delete_quietly, verified_download
 from nimbus.services.code import is_code_ref
+from nimbus.services.isolated import LimitedRunner, Limits, json_reply, limit_text
 from nimbus.services.jobs import finite
 from nimbus.storage.blobs import BlobStore, digest_of
 from nimbus.wire.models import (
@@ -52,7 +55,62 @@ log = logging.getLogger(__name__)
 MODEL_VERSION = "model_version"  # blob reference owner kind
 MAX_TEST_ROWS = 100_000  # larger test splits are not re-scored at registration
 
-CheckFn = Callable[..., dict[str, Any]]
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What registration checks: the model's files by name (``spec.json``,
+    ``weights.safetensors``, ``model.onnx``) on local disk and, when the job recorded an
+    accuracy on its dataset's test split, that split's x and y files and the accuracy."""
+
+    paths: dict[str, Path]
+    test_split: tuple[Path, Path] | None = None
+    recorded_accuracy: float | None = None
+
+
+CheckFn = Callable[[ModelFiles], dict[str, Any]]
+
+
+class ModelCheck:
+    """The registration check (:mod:`nimbus.modelformat.verify`) in a limited child
+    (:mod:`nimbus.modelformat.verify_child`, run by :mod:`nimbus.services.isolated`): the
+    job chose the ONNX graph, and a graph can loop as long as it likes or allocate what it
+    likes. One that passes no verdict within the limits is refused (400, naming the
+    limit)."""
+
+    def __init__(self, runner: LimitedRunner | None = None, limits: Limits | None = None):
+        self.runner = runner if runner is not None else LimitedRunner()
+        self.limits = limits if limits is not None else Limits(wall_seconds=30, cpu_seconds=30)
+
+    def __call__(self, files: ModelFiles) -> dict[str, Any]:
+        """The parsed spec of a model that passed; InvalidInput saying why otherwise."""
+        argv = [self.runner.python, "-s", "-m", "nimbus.modelformat.verify_child"]
+        inputs = [files.paths[SPEC_FILE], files.paths[WEIGHTS_FILE], files.paths[ONNX_FILE]]
+        if files.test_split is not None and files.recorded_accuracy is not None:
+            argv += ["--accuracy", repr(files.recorded_accuracy)]
+            inputs += list(files.test_split)
+        # The child imports the Nimbus this server runs, wherever it was found (an installed
+        # package, or a source tree on PYTHONPATH): nothing else of the server's environment.
+        where = {"PYTHONPATH": str(Path(nimbus.__file__).parent.parent)}
+        outcome = self.runner.run(argv, limits=self.limits, inputs=inputs, env=where)
+        reply = json_reply(outcome)
+        limit = outcome.limit or (reply or {}).get("limit")
+        if limit:
+            raise InvalidInput(
+                f"{ONNX_FILE} was not verified within the {limit_text(str(limit), self.limits)}"
+                " for checking a model at registration",
+                field="job",
+            )
+        if reply is None:
+            stderr = outcome.stderr[-2000:].decode(errors="replace")
+            log.error("the model check exited %s: %s", outcome.returncode, stderr)
+            raise InvalidInput(
+                f"the model could not be verified (the check exited {outcome.returncode})",
+                field="job",
+            )
+        if "spec" not in reply:
+            raise InvalidInput(str(reply.get("error") or "the model failed verification"))
+        spec: dict[str, Any] = reply["spec"]
+        return spec
 
 
 @dataclass(frozen=True)
@@ -172,13 +230,13 @@ class ModelService:
         blobs: BlobStore,
         *,
         tmp_dir: Path,
-        check: CheckFn = check_model_dir,
+        check: CheckFn | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.tmp_dir = Path(tmp_dir)
-        self.check = check
+        self.check: CheckFn = check if check is not None else ModelCheck()
         self.clock = clock
 
     # -- register -----------------------------------------------------------------------
@@ -230,39 +288,39 @@ class ModelService:
         return {f: {"key": artifacts[f].blob_key, "size": artifacts[f].size} for f in MODEL_FILES}
 
     def _check(self, detail: JobDetail, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """Verify every blob against its hash and size, then check the model directory."""
+        """Verify every blob against its hash and size, then check the model's files."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="register-", dir=self.tmp_dir) as work:
-            cache, model_dir = Path(work) / "cache", Path(work) / "model"
-            model_dir.mkdir()
+            cache = Path(work) / "cache"
+            paths = {}
             for name, entry in files.items():
                 path = self.blobs.local_path(entry["key"], cache)  # hash-verified
                 if path.stat().st_size != int(entry["size"]):
                     raise InvalidInput(f"{name} is not the size the job recorded")
-                (model_dir / name).symlink_to(path)
+                paths[name] = path
             split = None if is_code_ref(detail.job.spec.model) else self._test_split(detail, cache)
             accuracy = None
             if split is not None:
-                accuracy = recorded_accuracy(
-                    (detail.job.result or {}).get("evaluation"), len(split[1])
-                )
-            return self.check(model_dir, test_split=split, recorded_accuracy=accuracy)
+                x, y, rows = split
+                accuracy = recorded_accuracy((detail.job.result or {}).get("evaluation"), rows)
+            test = (x, y) if split is not None and accuracy is not None else None
+            return self.check(ModelFiles(paths, test, accuracy if test else None))
 
-    def _test_split(self, detail: JobDetail, cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
-        """The test split of the job's dataset version, if its files are still stored."""
+    def _test_split(self, detail: JobDetail, cache: Path) -> tuple[Path, Path, int] | None:
+        """The test split of the job's dataset version (x and y files, rows), if its files
+        are still stored and it is small enough to re-score."""
         files = (detail.inputs.get("dataset") or {}).get("files") or {}
         if "test_x.npy" not in files or "test_y.npy" not in files:
             return None
         try:
-            paths = [
+            x, y = (
                 self.blobs.local_path(files[f]["key"], cache) for f in ("test_x.npy", "test_y.npy")
-            ]
-            x = np.load(paths[0], mmap_mode="r", allow_pickle=False)
-            y = np.load(paths[1], allow_pickle=False)
+            )
+            rows = len(np.load(y, mmap_mode="r", allow_pickle=False))  # reads the header
         except (NotFound, OSError, ValueError):
             log.info("job %s: its test split is gone; not re-scored", detail.job.id)
             return None
-        return (x, y) if len(y) <= MAX_TEST_ROWS else None
+        return (x, y, rows) if rows <= MAX_TEST_ROWS else None
 
     def _commit(
         self,
