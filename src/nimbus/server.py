@@ -115,8 +115,10 @@ def staging_dirs(settings: Settings) -> list[Path]:
 
 def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None:
     """Create NIMBUS_HOME, migrate the metadata store, create tenant ``default`` and,
-    when it has no usable admin token, one admin token: printed once to stdout and written
-    to ``$NIMBUS_HOME/admin-token`` (0600). Returns the new secret, or None.
+    when it has no usable admin token, one admin token, written only to
+    ``$NIMBUS_HOME/admin-token`` (0600): stdout names the file, never the secret (stdout is
+    the server's log, and logs are read by more people than the file). Returns the new
+    secret, or None.
 
     Then lays out NIMBUS_HOME for jobs running as ``job_user`` (:func:`secure_home`)."""
     home = settings.home
@@ -137,8 +139,7 @@ def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None
         db.dispose()
     if secret is not None:
         write_private(home / ADMIN_TOKEN_FILE, secret + "\n")
-        print(f"admin token: {secret}", flush=True)
-        print(f"(saved to {home / ADMIN_TOKEN_FILE}; it is not shown again)", flush=True)
+        print(f"admin token created: read it from {home / ADMIN_TOKEN_FILE} (0600)", flush=True)
     secure_home(settings, job_user)
     return secret
 
