@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     max_compression_ratio: float = 200.0
     max_code_bytes: int = 256 * 1024**2  # an uploaded training script or code archive
 
+    # Limits on what one caller may hold of the control plane's own resources.
+    max_log_streams_per_token: int = Field(default=16, ge=1)  # open logs?follow=true
+
+    # The audit log: refused calls of unidentified callers past this many per client
+    # address and minute are counted in one summary row; events older than the retention
+    # period are deleted by a sweep every audit_sweep_seconds (None: kept forever).
+    audit_refused_per_minute: int = Field(default=10, ge=0)
+    audit_retention_days: float | None = Field(default=365.0, gt=0)
+    audit_sweep_seconds: float = Field(default=60.0, gt=0)
+
     # Training jobs: the embedded scheduler and where its attempts run.
     scheduler_enabled: bool = True  # false: API only (jobs queue up, nothing runs them)
     executor: Literal["forkserver", "local"] = "forkserver"

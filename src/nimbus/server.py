@@ -65,7 +65,7 @@ from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.isolation import JobUser, TenantCaches, prepare_root, resolve_job_user
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
-from nimbus.services.audit import AuditService
+from nimbus.services.audit import AuditService, AuditSweep
 from nimbus.services.code import CodeService
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop
@@ -410,7 +410,11 @@ def build_services(
         db=db,
         blobs=blobs,
         tokens=TokenService(db),
-        audit=AuditService(db),
+        audit=AuditService(
+            db,
+            refused_per_minute=settings.audit_refused_per_minute,
+            retention_days=settings.audit_retention_days,
+        ),
         datasets=datasets,
         code=code,
         jobs=JobService(db, datasets, code, capacity),
@@ -437,6 +441,7 @@ def build_app(
     if settings.scheduler_enabled:
         background.append(SchedulerThread.build(settings, services, job_user))
     background.append(DeploymentLoop(services.deployments, instance_id(settings)))
+    background.append(AuditSweep(services.audit, settings.audit_sweep_seconds))
     return create_app(services, background)
 
 

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from fastapi import Request
 
+from nimbus.api.streams import StreamSlots
 from nimbus.config import Settings
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
@@ -49,6 +50,11 @@ class Services:
     deployments: DeploymentService
     # Set when the server begins to shut down: long-lived responses (log streams) end.
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Log streams each token has open (``settings.max_log_streams_per_token`` at most).
+    log_streams: StreamSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_streams = StreamSlots(self.settings.max_log_streams_per_token)
 
 
 def services_of(request: Request) -> Services:
