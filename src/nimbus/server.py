@@ -73,6 +73,7 @@ from nimbus.services.deployments import DeploymentService
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.models import ModelService
+from nimbus.services.quotas import QuotaDefaults, QuotaService
 from nimbus.services.tokens import TokenService
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
@@ -397,10 +398,24 @@ def build_services(
     db = Database(settings.resolved_database_url)
     store = objects if objects is not None else open_object_store(settings.resolved_storage_url)
     blobs = BlobStore(store, settings.tmp_dir / "staging")
-    datasets = DatasetService(
-        db, blobs, tmp_dir=settings.tmp_dir, limits=ingest_limits(settings), ingest_fn=ingest_fn
+    quotas = QuotaService(
+        db,
+        QuotaDefaults(
+            jobs=settings.quota_jobs,
+            deployments=settings.quota_deployments,
+            replicas=settings.quota_replicas,
+            bytes=settings.quota_bytes,
+        ),
     )
-    code = CodeService(db, blobs, max_unpacked_bytes=settings.max_code_bytes * 4)
+    datasets = DatasetService(
+        db,
+        blobs,
+        tmp_dir=settings.tmp_dir,
+        limits=ingest_limits(settings),
+        ingest_fn=ingest_fn,
+        quotas=quotas,
+    )
+    code = CodeService(db, blobs, max_unpacked_bytes=settings.max_code_bytes * 4, quotas=quotas)
     capacity = node_capacity(
         settings.capacity_cpus, settings.capacity_gpus, settings.capacity_memory
     )
@@ -417,13 +432,21 @@ def build_services(
         ),
         datasets=datasets,
         code=code,
-        jobs=JobService(db, datasets, code, capacity),
-        job_api=JobApiService(db, blobs, lease_seconds=settings.lease_seconds),
+        jobs=JobService(db, datasets, code, capacity, quotas=quotas),
+        job_api=JobApiService(
+            db,
+            blobs,
+            lease_seconds=settings.lease_seconds,
+            quotas=quotas,
+            max_artifact_bytes=settings.max_artifact_bytes,
+            max_artifacts=settings.max_artifacts_per_job,
+        ),
         capacity=capacity,
         models=models,
         deployments=DeploymentService(
-            db, blobs, models, root=settings.deployments_dir, host=settings.host
+            db, blobs, models, root=settings.deployments_dir, host=settings.host, quotas=quotas
         ),
+        quotas=quotas,
     )
 
 

@@ -21,6 +21,7 @@ from nimbus.services.deployments import DeploymentService
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService
 from nimbus.services.models import ModelService
+from nimbus.services.quotas import QuotaService
 from nimbus.services.tokens import TokenService
 from nimbus.storage.blobs import BlobStore
 
@@ -48,6 +49,7 @@ class Services:
     capacity: Capacity
     models: ModelService
     deployments: DeploymentService
+    quotas: QuotaService
     # Set when the server begins to shut down: long-lived responses (log streams) end.
     stopping: threading.Event = field(default_factory=threading.Event)
     # Log streams each token has open (``settings.max_log_streams_per_token`` at most).

@@ -25,6 +25,7 @@ from nimbus.db.tables import CodeArtifactRow
 from nimbus.errors import InvalidDataset, InvalidInput, NotFound
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import discard, move_in, pin
+from nimbus.services.quotas import QuotaService
 from nimbus.storage.blobs import BlobStore, digest_of, key_for
 from nimbus.wire.code import CodeArtifact, CodeFormat
 
@@ -151,11 +152,13 @@ class CodeService:
         *,
         max_unpacked_bytes: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        quotas: QuotaService | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.max_unpacked_bytes = max_unpacked_bytes
         self.clock = clock
+        self.quotas = quotas
 
     def upload(
         self, principal: Principal, path: Path, sha256: str, filename: str | None
@@ -175,6 +178,8 @@ class CodeService:
                 existing = repo.get(session, principal.tenant_id, key)
                 if existing is not None:
                     return code_view(existing)
+                if self.quotas is not None:
+                    self.quotas.check_bytes(session, principal.tenant_id, size, "code")
             pin_id = pin(self.db, [key])
             try:
                 move_in(self.blobs, path, sha256, size)
