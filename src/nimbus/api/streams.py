@@ -41,11 +41,6 @@ class StreamSlots:
             self._open[token_id] = held + 1
         return StreamSlot(self, token_id)
 
-    def held(self, token_id: str) -> int:
-        """How many streams ``token_id`` has open."""
-        with self._lock:
-            return self._open.get(token_id, 0)
-
     def _release(self, token_id: str) -> None:
         with self._lock:
             left = self._open.get(token_id, 0) - 1
