@@ -119,6 +119,8 @@ def test_public_names_are_pinned() -> None:
         "list_tokens",
         "revoke_token",
         "audit",
+        "quotas",
+        "set_quotas",
         "upload_dataset",
         "list_datasets",
         "get_dataset",

@@ -35,6 +35,26 @@ class Settings(BaseSettings):
     max_compression_ratio: float = 200.0
     max_code_bytes: int = 256 * 1024**2  # an uploaded training script or code archive
 
+    # Limits on what one caller may hold of the control plane's own resources.
+    max_log_streams_per_token: int = Field(default=16, ge=1)  # open logs?follow=true
+
+    # Artifacts a job may store: each at most this big (413), at most this many per job.
+    max_artifact_bytes: int = Field(default=2 * 1024**3, ge=1)
+    max_artifacts_per_job: int = Field(default=100, ge=1)
+    # Default per-tenant quotas, for tenants an operator gave none (unset: no limit):
+    # queued + running jobs, deployments, replicas, bytes stored (datasets, code, artifacts).
+    quota_jobs: int | None = Field(default=None, ge=0)
+    quota_deployments: int | None = Field(default=None, ge=0)
+    quota_replicas: int | None = Field(default=None, ge=0)
+    quota_bytes: int | None = Field(default=None, ge=0)
+
+    # The audit log: refused calls of unidentified callers past this many per client
+    # address and minute are counted in one summary row; events older than the retention
+    # period are deleted by a sweep every audit_sweep_seconds (None: kept forever).
+    audit_refused_per_minute: int = Field(default=10, ge=0)
+    audit_retention_days: float | None = Field(default=365.0, gt=0)
+    audit_sweep_seconds: float = Field(default=60.0, gt=0)
+
     # Training jobs: the embedded scheduler and where its attempts run.
     scheduler_enabled: bool = True  # false: API only (jobs queue up, nothing runs them)
     executor: Literal["forkserver", "local"] = "forkserver"

@@ -68,6 +68,29 @@ class PayloadTooLarge(NimbusError):
     exit_code = 2
 
 
+class TooManyRequests(NimbusError):
+    """The caller holds as many of something (log streams) as a limit allows."""
+
+    status = 429
+    code = "too_many_requests"
+    exit_code = 6
+
+
+class QuotaExceeded(NimbusError):
+    """The tenant's quota (concurrent jobs, deployments, replicas) is used up."""
+
+    status = 429
+    code = "quota_exceeded"
+    exit_code = 2
+
+
+class StorageQuotaExceeded(QuotaExceeded):
+    """Storing this would take the tenant past its quota of stored bytes."""
+
+    status = 507
+    code = "storage_quota_exceeded"
+
+
 class Unavailable(NimbusError):
     status = 503
     code = "unavailable"

@@ -66,7 +66,7 @@ from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.isolation import JobUser, TenantCaches, prepare_root, resolve_job_user
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
-from nimbus.services.audit import AuditService
+from nimbus.services.audit import AuditService, AuditSweep
 from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop
@@ -75,6 +75,7 @@ from nimbus.services.isolated import LimitedRunner, Limits, resolve_check_user
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.models import ModelCheck, ModelService
+from nimbus.services.quotas import QuotaDefaults, QuotaService
 from nimbus.services.tokens import TokenService
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
@@ -117,8 +118,10 @@ def staging_dirs(settings: Settings) -> list[Path]:
 
 def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None:
     """Create NIMBUS_HOME, migrate the metadata store, create tenant ``default`` and,
-    when it has no usable admin token, one admin token: printed once to stdout and written
-    to ``$NIMBUS_HOME/admin-token`` (0600). Returns the new secret, or None.
+    when it has no usable admin token, one admin token, written only to
+    ``$NIMBUS_HOME/admin-token`` (0600): stdout names the file, never the secret (stdout is
+    the server's log, and logs are read by more people than the file). Returns the new
+    secret, or None.
 
     Then lays out NIMBUS_HOME for jobs running as ``job_user`` (:func:`secure_home`)."""
     home = settings.home
@@ -139,8 +142,7 @@ def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None
         db.dispose()
     if secret is not None:
         write_private(home / ADMIN_TOKEN_FILE, secret + "\n")
-        print(f"admin token: {secret}", flush=True)
-        print(f"(saved to {home / ADMIN_TOKEN_FILE}; it is not shown again)", flush=True)
+        print(f"admin token created: read it from {home / ADMIN_TOKEN_FILE} (0600)", flush=True)
     secure_home(settings, job_user)
     return secret
 
@@ -407,8 +409,22 @@ def build_services(
     db = Database(settings.resolved_database_url)
     store = objects if objects is not None else open_object_store(settings.resolved_storage_url)
     blobs = BlobStore(store, settings.tmp_dir / "staging")
+    quotas = QuotaService(
+        db,
+        QuotaDefaults(
+            jobs=settings.quota_jobs,
+            deployments=settings.quota_deployments,
+            replicas=settings.quota_replicas,
+            bytes=settings.quota_bytes,
+        ),
+    )
     datasets = DatasetService(
-        db, blobs, tmp_dir=settings.tmp_dir, limits=ingest_limits(settings), ingest_fn=ingest_fn
+        db,
+        blobs,
+        tmp_dir=settings.tmp_dir,
+        limits=ingest_limits(settings),
+        ingest_fn=ingest_fn,
+        quotas=quotas,
     )
     checks = LimitedRunner(
         user=lambda: resolve_check_user(settings.check_user),
@@ -419,6 +435,7 @@ def build_services(
         blobs,
         max_unpacked_bytes=settings.max_code_bytes * 4,
         compile_check=CompileCheck(checks, check_limits(settings, settings.code_check_seconds)),
+        quotas=quotas,
     )
     capacity = node_capacity(
         settings.capacity_cpus, settings.capacity_gpus, settings.capacity_memory
@@ -434,16 +451,28 @@ def build_services(
         db=db,
         blobs=blobs,
         tokens=TokenService(db),
-        audit=AuditService(db),
+        audit=AuditService(
+            db,
+            refused_per_minute=settings.audit_refused_per_minute,
+            retention_days=settings.audit_retention_days,
+        ),
         datasets=datasets,
         code=code,
-        jobs=JobService(db, datasets, code, capacity),
-        job_api=JobApiService(db, blobs, lease_seconds=settings.lease_seconds),
+        jobs=JobService(db, datasets, code, capacity, quotas=quotas),
+        job_api=JobApiService(
+            db,
+            blobs,
+            lease_seconds=settings.lease_seconds,
+            quotas=quotas,
+            max_artifact_bytes=settings.max_artifact_bytes,
+            max_artifacts=settings.max_artifacts_per_job,
+        ),
         capacity=capacity,
         models=models,
         deployments=DeploymentService(
-            db, blobs, models, root=settings.deployments_dir, host=settings.host
+            db, blobs, models, root=settings.deployments_dir, host=settings.host, quotas=quotas
         ),
+        quotas=quotas,
     )
 
 
@@ -464,6 +493,7 @@ def build_app(
             CacheSweeper(settings.cache_dir, settings.cache_max_bytes, settings.cache_sweep_seconds)
         )
     background.append(DeploymentLoop(services.deployments, instance_id(settings)))
+    background.append(AuditSweep(services.audit, settings.audit_sweep_seconds))
     return create_app(services, background)
 
 

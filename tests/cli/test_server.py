@@ -33,8 +33,9 @@ def test_nimbus_server_serves_until_sigterm(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     first = json.loads(out.decode().splitlines()[0])
     assert first["url"] == f"http://127.0.0.1:{port}" and first["home"] == str(tmp_path / "home")
-    assert first["admin_token"] == (tmp_path / "home" / "admin-token").read_text().strip()
-    assert "admin token:" not in out.decode()  # the secret only in the JSON line
+    secret = (tmp_path / "home" / "admin-token").read_text().strip()
+    assert first["admin_token"] is None and secret not in out.decode()  # only in the file
+    assert first["admin_token_file"] == str(tmp_path / "home" / "admin-token")
     # uvicorn finishes in-flight requests, then re-raises the signal it caught.
     assert proc.returncode in (0, -signal.SIGTERM), out.decode()
     assert "shutdown complete" in out.decode()

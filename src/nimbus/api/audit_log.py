@@ -2,7 +2,10 @@
 
 The event is written when the response starts and before its first byte leaves, so a
 client that has seen a response can rely on finding the event; refused requests (401,
-403, 4xx) and failures (500) are recorded like successful ones.
+403, 4xx) and failures (500) are recorded like successful ones. Refusals of callers that
+could not be identified are rate-limited per client address
+(:meth:`AuditService.record_refused`): past the first few of a minute, they are counted in
+one summary row, brought up to date by the audit sweep.
 """
 
 from __future__ import annotations
@@ -66,6 +69,16 @@ class AuditMiddleware:
         if ctx.error:
             detail["error"] = ctx.error
         try:
+            if ctx.principal is None and 400 <= status < 500:
+                await run_in_threadpool(
+                    self.audit.record_refused,
+                    detail.get("client"),
+                    scope["method"],
+                    resource_of(scope),
+                    status,
+                    detail,
+                )
+                return
             await run_in_threadpool(
                 self.audit.record,
                 ctx.principal,

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from fastapi import Request
 
+from nimbus.api.streams import StreamSlots
 from nimbus.config import Settings
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
@@ -20,6 +21,7 @@ from nimbus.services.deployments import DeploymentService
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService
 from nimbus.services.models import ModelService
+from nimbus.services.quotas import QuotaService
 from nimbus.services.tokens import TokenService
 from nimbus.storage.blobs import BlobStore
 
@@ -47,8 +49,14 @@ class Services:
     capacity: Capacity
     models: ModelService
     deployments: DeploymentService
+    quotas: QuotaService
     # Set when the server begins to shut down: long-lived responses (log streams) end.
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Log streams each token has open (``settings.max_log_streams_per_token`` at most).
+    log_streams: StreamSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_streams = StreamSlots(self.settings.max_log_streams_per_token)
 
 
 def services_of(request: Request) -> Services:

@@ -22,6 +22,7 @@ from nimbus.cli import (
     login,
     models,
     predict,
+    quotas,
     server,
     tokens,
     train,
@@ -69,6 +70,7 @@ app = typer.Typer(
 app.command("server")(server.server)
 app.command("login")(login.login)
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(quotas.app, name="quotas")
 app.add_typer(datasets.app, name="datasets")
 app.command("train")(train.train)
 app.add_typer(jobs.app, name="jobs")

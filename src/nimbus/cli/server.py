@@ -24,16 +24,29 @@ def server(
     """Run the Nimbus control plane until interrupted."""
     # Imported here, not at the top: the server pulls in FastAPI, SQLAlchemy and the ML
     # stack, which every other command would otherwise pay for at start-up.
-    from nimbus.server import bootstrap, run
+    from nimbus.server import ADMIN_TOKEN_FILE, bootstrap, run
 
     settings = load_settings(host=host, port=port)
     url = f"http://{settings.host}:{settings.port}"
     if as_json:
-        # Bootstrap first so a new admin token lands in the JSON line instead of plain text;
-        # run() bootstraps again, which finds everything in place and prints nothing.
-        with contextlib.redirect_stdout(io.StringIO()):  # its plain-text notice of the token
-            secret = bootstrap(settings)
-        print_json({"url": url, "home": str(settings.home), "admin_token": secret}, line=True)
+        # Bootstrap first so the JSON line comes first; run() bootstraps again, which finds
+        # everything in place and prints nothing. The secret never goes to stdout (it is
+        # the server's log): "admin_token" stays null and the line names the file instead.
+        with contextlib.redirect_stdout(io.StringIO()):  # its plain-text notice
+            bootstrap(settings)
+        print_json(
+            {
+                "url": url,
+                "home": str(settings.home),
+                "admin_token": None,
+                "admin_token_file": str(settings.home / ADMIN_TOKEN_FILE),
+            },
+            line=True,
+        )
     else:
-        typer.echo(f"Nimbus server on {url} (home {settings.home}); Ctrl+C stops it", err=True)
+        typer.echo(
+            f"Nimbus server on {url} (home {settings.home}; admin token in "
+            f"{settings.home / ADMIN_TOKEN_FILE}); Ctrl+C stops it",
+            err=True,
+        )
     run(settings)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from nimbus.db.tables import AuditEvent
@@ -44,3 +45,17 @@ def list_events(
         where = or_(where, AuditEvent.tenant_id.is_(None))
     query = select(AuditEvent).where(where).order_by(AuditEvent.id.desc()).limit(limit)
     return list(session.scalars(query))
+
+
+def set_detail(session: Session, event_id: int, detail: dict[str, Any]) -> None:
+    """Replace an event's detail (the count of a summary row of refused calls)."""
+    session.execute(update(AuditEvent).where(AuditEvent.id == event_id).values(detail=detail))
+
+
+def delete_before(session: Session, cutoff: datetime, *, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest events recorded before ``cutoff``."""
+    ids = select(AuditEvent.id).where(AuditEvent.created_at < cutoff).limit(limit)
+    doomed = list(session.scalars(ids))
+    if doomed:
+        session.execute(delete(AuditEvent).where(AuditEvent.id.in_(doomed)))
+    return len(doomed)

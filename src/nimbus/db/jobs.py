@@ -185,6 +185,13 @@ def list_jobs(
     return [_job(row) for row in session.scalars(query)]
 
 
+def count_active(session: Session, tenant_id: int) -> int:
+    """How many of the tenant's jobs are queued or running (what its jobs quota counts)."""
+    active = [JobState.QUEUED.value, JobState.RUNNING.value]
+    query = select(func.count()).where(JobRow.tenant_id == tenant_id, JobRow.state.in_(active))
+    return int(session.scalar(query) or 0)
+
+
 def get_attempt(session: Session, attempt_id: str) -> Attempt | None:
     row = session.get(JobAttemptRow, attempt_id)
     return _attempt(row) if row else None

@@ -358,3 +358,20 @@ class DeploymentRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(32))
+
+
+# --- Tenant quotas (migration 0005) ------------------------------------------------------
+
+
+class TenantQuotaRow(Base):
+    """What a tenant may hold at once; a null limit is no limit (or the server's default)."""
+
+    __tablename__ = "tenant_quotas"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    jobs: Mapped[int | None]  # queued + running
+    deployments: Mapped[int | None]
+    replicas: Mapped[int | None]  # across all deployments
+    bytes: Mapped[int | None] = mapped_column(BigInteger)  # datasets + code + artifacts
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str | None] = mapped_column(String(32))

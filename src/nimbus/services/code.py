@@ -28,6 +28,7 @@ from nimbus.errors import InvalidDataset, InvalidInput, NotFound, PayloadTooLarg
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import discard, move_in, pin
 from nimbus.services.isolated import LimitedRunner, Limits, json_reply, limit_text
+from nimbus.services.quotas import QuotaService
 from nimbus.storage.blobs import BlobStore, digest_of, key_for
 from nimbus.wire.code import CodeArtifact, CodeFormat
 
@@ -210,12 +211,14 @@ class CodeService:
         max_unpacked_bytes: int,
         compile_check: CompileCheck | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        quotas: QuotaService | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.max_unpacked_bytes = max_unpacked_bytes
         self.compile_check = compile_check if compile_check is not None else CompileCheck()
         self.clock = clock
+        self.quotas = quotas
 
     def upload(
         self, principal: Principal, path: Path, sha256: str, filename: str | None
@@ -237,6 +240,8 @@ class CodeService:
                 existing = repo.get(session, principal.tenant_id, key)
                 if existing is not None:
                     return code_view(existing)
+                if self.quotas is not None:
+                    self.quotas.check_bytes(session, principal.tenant_id, size, "code")
             pin_id = pin(self.db, [key])
             try:
                 move_in(self.blobs, path, sha256, size)

@@ -32,6 +32,7 @@ from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.names import validate_name, version_number
 from nimbus.security import Principal, Role, as_utc, require_role
 from nimbus.services.blobs import FileDownload, PinnedBatch, delete_quietly, verified_download
+from nimbus.services.quotas import QuotaService
 from nimbus.storage.blobs import BlobStore
 from nimbus.wire import datasets as wire
 
@@ -155,6 +156,7 @@ class DatasetService:
         limits: IngestLimits | None = None,
         ingest_fn: IngestFn | None = None,
         max_attempts: int = 5,
+        quotas: QuotaService | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -162,6 +164,7 @@ class DatasetService:
         self.limits = limits or IngestLimits()
         self.ingest_fn: IngestFn = ingest_fn or default_ingest
         self.max_attempts = max_attempts
+        self.quotas = quotas
 
     # -- upload -------------------------------------------------------------------------
 
@@ -190,6 +193,8 @@ class DatasetService:
             if existing is not None:
                 return UploadResult(existing, created=False)
             size = source_path.stat().st_size
+            if self.quotas is not None:  # early: the source alone is already too much
+                self.quotas.check_bytes_now(principal.tenant_id, size, f"dataset {name!r}")
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             workdir = Path(tempfile.mkdtemp(prefix="ingest-", dir=self.tmp_dir))
             release_free_memory()  # what receiving the upload left, before ingest adds its own
@@ -255,6 +260,11 @@ class DatasetService:
                     same = repo.find_by_content(session, dataset.id, digest)
                     if same is not None:  # a concurrent identical upload won
                         raise _Duplicate(version_view(same, name))
+                    if self.quotas is not None:  # the source and its prepared arrays
+                        total = sum(int(entry["size"]) for entry in files.values())
+                        self.quotas.check_bytes(
+                            session, principal.tenant_id, total, f"dataset {name!r}"
+                        )
                     row = repo.create_version(
                         session,
                         dataset_id=dataset.id,

@@ -31,6 +31,7 @@ from nimbus.security import Principal, Role, require_role
 from nimbus.services.deployment_files import ModelDirs, TokenFiles
 from nimbus.services.deployment_loop import Fleet, default_supervisor
 from nimbus.services.models import ModelService, ResolvedVersion
+from nimbus.services.quotas import QuotaService
 from nimbus.serving.fleet.deployment import DeploymentSpec, DeploymentState
 from nimbus.serving.fleet.supervisor import Supervisor
 from nimbus.storage.blobs import BlobStore
@@ -62,6 +63,7 @@ class DeploymentService:
         host: str = "127.0.0.1",
         make_supervisor: Callable[[Path], Supervisor] = default_supervisor,
         clock: Callable[[], datetime] = utcnow,
+        quotas: QuotaService | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -69,6 +71,7 @@ class DeploymentService:
         self.root = Path(root)
         self.host = host
         self.clock = clock
+        self.quotas = quotas
         self.owner = "local"  # this instance's id: set by DeploymentLoop
         self.fleet = Fleet(self.root, make_supervisor)
         self.model_dirs = ModelDirs(self.root, blobs)
@@ -91,6 +94,14 @@ class DeploymentService:
                 with self.db.session(write=True) as session:
                     if repo.get(session, principal.tenant_id, name) is not None:
                         raise Conflict(f"deployment {name!r} already exists")
+                    if self.quotas is not None:
+                        self.quotas.check_deployments(
+                            session,
+                            principal.tenant_id,
+                            principal.tenant,
+                            deployments=1,
+                            replicas=body.replicas,
+                        )
                     row = repo.create(
                         session,
                         tenant_id=principal.tenant_id,
@@ -147,6 +158,14 @@ class DeploymentService:
                 row = self._row(session, principal, name)
                 self._check_owner(row)
                 current = repo.model_version_of(session, [row])[row.model_version_id]
+                if self.quotas is not None and body.replicas is not None:
+                    self.quotas.check_deployments(
+                        session,
+                        principal.tenant_id,
+                        principal.tenant,
+                        deployments=0,
+                        replicas=body.replicas - row.replicas,
+                    )
             if body.model is not None:
                 target = self.models.resolve(principal, body.model)
                 row.model_version_id, row.model_ref = target.id, body.model

@@ -20,13 +20,14 @@ from typing import Any
 from nimbus.db import blobrefs, job_details, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
-from nimbus.errors import InvalidInput, NotFound, Unauthorized
+from nimbus.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized
 from nimbus.jobs.domain import Attempt, AttemptState, Fenced, Job, JobState
 from nimbus.jobs.tokens import TOKEN_PREFIX
 from nimbus.modelformat.files import MODEL_FILES
 from nimbus.security import hash_token
 from nimbus.services.blobs import delete_quietly, discard, move_in, pin
 from nimbus.services.jobs import finite
+from nimbus.services.quotas import QuotaService, human_bytes
 from nimbus.storage.blobs import BlobStore, key_for
 from nimbus.wire import job_api as wire
 
@@ -77,11 +78,17 @@ class JobApiService:
         *,
         lease_seconds: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        quotas: QuotaService | None = None,
+        max_artifact_bytes: int | None = None,
+        max_artifacts: int | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.lease_seconds = lease_seconds
         self.clock = clock
+        self.quotas = quotas
+        self.max_artifact_bytes = max_artifact_bytes
+        self.max_artifacts = max_artifacts
 
     def authenticate(self, secret: str | None, attempt_id: str) -> AttemptContext:
         """401 unless ``secret`` is the job token of ``attempt_id``; 409 (fenced) when that
@@ -222,14 +229,46 @@ class JobApiService:
         key = self._store(path, sha256, size, record)
         return wire.StoredCheckpoint(step=step, key=key, size=size)
 
+    def check_artifact_size(self, size: int) -> None:
+        """413 for an artifact over the per-artifact limit (before or after its upload)."""
+        limit = self.max_artifact_bytes
+        if limit is not None and size > limit:
+            raise PayloadTooLarge(
+                f"an artifact of {human_bytes(size)} is over the limit of {human_bytes(limit)}"
+                f" per artifact (NIMBUS_MAX_ARTIFACT_BYTES={limit})",
+                limit=limit,
+            )
+
     def put_artifact(
         self, ctx: AttemptContext, name: str, path: Path, sha256: str, size: int
     ) -> wire.Artifact:
         """Store a staged output file (``path`` consumed) under ``name``, replacing an
-        earlier attempt's file of that name."""
+        earlier attempt's file of that name. Refused, with nothing kept: an artifact over
+        the size limit or past the job's count limit (413), or past the tenant's storage
+        quota (507)."""
         validate_artifact_name(name)
+        try:
+            self.check_artifact_size(size)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
         def record(session: Any, key: str) -> list[str]:
+            stored = job_outputs.list_artifacts(session, ctx.job.id)
+            existing = {artifact["name"]: artifact["size"] for artifact in stored}
+            if (
+                self.max_artifacts is not None
+                and name not in existing
+                and len(existing) >= self.max_artifacts
+            ):
+                raise PayloadTooLarge(
+                    f"job {ctx.job.id} has {len(existing)} artifacts, the limit per job "
+                    f"(NIMBUS_MAX_ARTIFACTS_PER_JOB={self.max_artifacts})",
+                    limit=self.max_artifacts,
+                )
+            if self.quotas is not None:
+                adding = size - int(existing.get(name, 0))  # a replaced file frees its bytes
+                self.quotas.check_bytes(session, ctx.job.tenant_id, adding, f"artifact {name!r}")
             artifact_id, replaced = job_outputs.add_artifact(
                 session, ctx.attempt.id, name, key, size, self.clock()
             )

@@ -31,6 +31,7 @@ from nimbus.runtime.hyperparams import PARAM_SCHEMAS, validate_params
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.code import CodeInfo, CodeService, is_code_ref
 from nimbus.services.datasets import DatasetService
+from nimbus.services.quotas import QuotaService
 from nimbus.wire import jobs as wire
 from nimbus.wire.base import dump
 from nimbus.wire.jobs import MAX_SEED, SubmitRequest
@@ -161,12 +162,14 @@ class JobService:
         capacity: Capacity,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        quotas: QuotaService | None = None,
     ) -> None:
         self.db = db
         self.datasets = datasets
         self.code = code
         self.capacity = capacity
         self.clock = clock
+        self.quotas = quotas
 
     # -- submit -------------------------------------------------------------------------
 
@@ -212,6 +215,8 @@ class JobService:
         )
         inputs = {"dataset": dump(version), "code": code.to_dict() if code else None}
         with self.db.session(write=True) as session:
+            if self.quotas is not None:
+                self.quotas.check_jobs(session, principal.tenant_id, principal.tenant)
             job = repo.submit(
                 session,
                 principal.tenant_id,

@@ -161,8 +161,13 @@ async def put_artifact(ctx: CurrentAttempt, request: Request, name: str) -> Arti
     safe name."""
     services = services_of(request)
     validate_artifact_name(name)  # before a byte is stored
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit():
+        services.job_api.check_artifact_size(int(declared))
     staged = await receive_upload(
-        request, services.blobs.staging_dir, services.settings.max_upload_bytes
+        request,
+        services.blobs.staging_dir,
+        min(services.settings.max_upload_bytes, services.settings.max_artifact_bytes),
     )
     try:
         return await run_in_threadpool(

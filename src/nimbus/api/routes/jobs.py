@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import Services, services_of
+from nimbus.api.streams import LimitedStream
 from nimbus.errors import InvalidInput
 from nimbus.services.jobs import LOG_BATCH, chunk_view
 from nimbus.wire.jobs import (
@@ -82,7 +83,8 @@ def job_logs(
 ) -> LogPage | StreamingResponse:
     """JSON chunks after ``after``; with ``follow=true`` server-sent events until the job
     ends (``Last-Event-ID`` resumes a dropped stream where it left off): ``log``
-    (a log chunk, with its seq as the event id), ``progress``, and a last ``end``."""
+    (a log chunk, with its seq as the event id), ``progress``, and a last ``end``. A token
+    follows at most ``max_log_streams_per_token`` streams at once (429 past it)."""
     services = services_of(request)
     if not follow:
         return services.jobs.logs(principal, job_id, after, limit)
@@ -91,8 +93,10 @@ def job_logs(
         if not last_event_id.strip().isdigit():
             raise InvalidInput("invalid Last-Event-ID header: a log seq", field="Last-Event-ID")
         after = max(after, int(last_event_id.strip()))
-    return StreamingResponse(
+    slot = services.log_streams.acquire(principal.token_id)
+    return LimitedStream(
         follow_logs(services, job_id, after),
+        slot,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
