@@ -74,6 +74,7 @@ from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.models import ModelService
 from nimbus.services.tokens import TokenService
+from nimbus.serving.timeouts import timeout_protocol
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.factory import open_object_store
@@ -473,7 +474,8 @@ def run(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools with header and body read deadlines: slow clients cannot hold sockets.
+        http=timeout_protocol(),
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
