@@ -153,7 +153,13 @@ def parse_infer_request(
             flat = decode_binary(binary[offset : offset + size], datatype, name, count)
             offset += size
         elif "data" in raw:
-            flat = decode_json(raw["data"], datatype, name, count)
+            data = raw["data"]
+            if isinstance(data, list) and len(data) > count:
+                # Refused before numpy copies it: the parsed list is all it may cost.
+                raise ProtocolError(
+                    f"input '{name}': shape holds {count} elements but data has {len(data)} entries"
+                )
+            flat = decode_json(data, datatype, name, count)
         else:
             raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
         decoded[name] = flat.reshape(shape)
