@@ -225,6 +225,10 @@ def test_caps_are_checked_from_the_shape_before_the_data_is_decoded() -> None:
         assert message in caught.value.message and caught.value.status == 413
     with pytest.raises(ValueError):
         RequestLimits(max_batch_rows=0)
+    # More values in the JSON than the caps allow: refused before the JSON is parsed.
+    flood = body_for(tensor([0] * 2000, [2, 2, 2]))
+    with pytest.raises(PayloadTooLarge, match="holds more than 1036 values"):
+        parse_infer_request(flood, None, (IMAGE,), OUTPUTS, limits)
 
 
 def test_data_longer_than_its_shape_stops_early() -> None:

@@ -111,6 +111,7 @@ def parse_infer_request(
     """
     view = memoryview(body)
     head = view if header_length is None else view[:header_length]
+    _check_json_values(body if header_length is None else head, len(inputs), limits)
     request = _load_json(head)
     if not isinstance(request, dict):
         raise ProtocolError("request body must be a JSON object")
@@ -226,6 +227,24 @@ def model_metadata(
 def server_metadata(name: str, version: str) -> dict[str, Any]:
     """The server metadata response."""
     return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def _check_json_values(head: bytes | memoryview, inputs: int, limits: RequestLimits) -> None:
+    """Refuse a JSON document with more values than the tensors may hold, before parsing it.
+
+    Parsing costs about 30 bytes of memory per array element, so a body at the size cap could
+    take gigabytes: counting commas (each element but an array's first follows one) is cheap
+    and bounds that by ``max_tensor_elements`` instead.
+    """
+    budget = limits.max_tensor_elements * max(inputs, 1) + 1024
+    if len(head) <= budget:
+        return
+    raw = head if isinstance(head, bytes) else bytes(head)
+    if raw.count(b",") > budget:
+        raise PayloadTooLarge(
+            f"the JSON body holds more than {budget} values, above the limit of "
+            f"{limits.max_tensor_elements} elements per tensor (max_tensor_elements)"
+        )
 
 
 def _load_json(data: memoryview) -> Any:
