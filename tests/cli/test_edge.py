@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -133,3 +134,24 @@ def test_serve_refuses_a_wrong_directory_or_an_unsafe_token_file(
     tokens.chmod(0o644)
     refused = nimbus("serve", str(model_dir), "--token-file", str(tokens), code=2)
     assert "mode 0600" in refused.stderr
+
+
+def test_serve_caps_requests_and_cuts_off_slow_clients(model_dir: Path) -> None:
+    port = free_port()
+    options = ("--max-batch-rows", "2", "--header-timeout", "0.5")
+    with nimbus_serve(str(model_dir), "--port", str(port), "--name", "tab", *options) as (
+        info,
+        _,
+    ):
+        rows = [[0.0, 1.0, 2.0]] * 3
+        tensor = {"name": "features", "datatype": "FP32", "shape": [3, 3], "data": rows}
+        refused = httpx.post(info["infer"], json={"inputs": [tensor]}, timeout=30)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=30)
+        try:
+            slow.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            cut_off = slow.recv(4096)
+        finally:
+            slow.close()
+    assert refused.status_code == 413
+    assert "limit of 2 rows per request (max_batch_rows)" in refused.json()["error"]
+    assert cut_off.startswith(b"HTTP/1.1 408")

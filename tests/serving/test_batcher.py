@@ -119,6 +119,21 @@ def test_driver_batches_queued_requests_and_splits_outputs() -> None:
     asyncio.run(scenario())
 
 
+def test_an_oversized_request_runs_in_slices_of_a_batch() -> None:
+    """The runtime never sees more than max_batch_size rows: its working memory is bounded."""
+
+    async def scenario() -> None:
+        model = GatedModel()
+        model.release.set()
+        batcher = Batcher(model, BatchPolicy(4, 0.002), max_queued_rows=64)
+        result = await batcher.submit(np.arange(10.0).reshape(10, 1))
+        assert model.batches == [4, 4, 2]
+        assert result.ravel().tolist() == [2.0 * i for i in range(10)]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
 def test_driver_refuses_when_the_queue_is_full() -> None:
     async def scenario() -> None:
         model = GatedModel()

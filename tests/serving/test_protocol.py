@@ -11,10 +11,12 @@ import pytest
 from tritonclient.http import InferResult
 from tritonclient.utils import serialize_byte_tensor
 
+from nimbus.errors import PayloadTooLarge
 from nimbus.modelformat.dtypes import DTYPES, TensorSpec
 from nimbus.serving.errors import ProtocolError
 from nimbus.serving.protocol import (
     RequestedOutput,
+    RequestLimits,
     encode_infer_response,
     model_metadata,
     parse_header_length,
@@ -206,6 +208,40 @@ def test_json_datatype_errors(datatype: str, data: list[Any], message: str) -> N
     with pytest.raises(ProtocolError) as caught:
         parse(body_for(tensor(data, [2], datatype)), spec)
     assert message in caught.value.message
+
+
+def test_caps_are_checked_from_the_shape_before_the_data_is_decoded() -> None:
+    limits = RequestLimits(max_batch_rows=2, max_tensor_elements=12)
+    ok = parse_infer_request(body_for(tensor([0] * 8, [2, 2, 2])), None, (IMAGE,), OUTPUTS, limits)
+    assert ok.inputs["input"].shape == (2, 2, 2)
+    # The data is nonsense: refused on the shape alone, before anyone looks at it.
+    for shape, message in (
+        ([3, 2, 2], "has 3 rows, above the limit of 2 rows per request (max_batch_rows)"),
+        ([2, 2, 4], "has 16 elements, above the limit of 12 elements per tensor"),
+    ):
+        spec = TensorSpec("input", "UINT8", (-1, 2, shape[2]))
+        with pytest.raises(PayloadTooLarge) as caught:
+            parse_infer_request(body_for(tensor("x", shape)), None, (spec,), OUTPUTS, limits)
+        assert message in caught.value.message and caught.value.status == 413
+    with pytest.raises(ValueError):
+        RequestLimits(max_batch_rows=0)
+    # More values in the JSON than the caps allow: refused before the JSON is parsed.
+    flood = body_for(tensor([0] * 2000, [2, 2, 2]))
+    with pytest.raises(PayloadTooLarge, match="holds more than 1036 values"):
+        parse_infer_request(flood, None, (IMAGE,), OUTPUTS, limits)
+
+
+def test_data_longer_than_its_shape_stops_early() -> None:
+    with pytest.raises(ProtocolError, match="shape holds 4 elements but data has 5 entries"):
+        parse(body_for(tensor([1, 2, 3, 4, 5])))
+    spec = TensorSpec("input", "BYTES", (-1,))
+    with pytest.raises(ProtocolError, match="shape holds 2 elements but data holds more"):
+        parse(body_for(tensor([["a", "b"], ["c"]], [2], "BYTES")), spec)
+    raw = b"".join(struct.pack("<I", 1) + c for c in (b"a", b"b", b"c"))
+    declared = {"name": "input", "datatype": "BYTES", "shape": [2]}
+    body, header = binary_body([declared | {"parameters": {"binary_data_size": len(raw)}}], [raw])
+    with pytest.raises(ProtocolError, match="shape holds 2 elements but data holds more"):
+        parse(body, spec, header)
 
 
 def test_integers_beyond_64_bits_are_out_of_range() -> None:

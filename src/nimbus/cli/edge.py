@@ -42,6 +42,19 @@ def serve(
         Path | None,
         typer.Option(help="Require a bearer token whose SHA-256 is in this file (mode 0600)."),
     ] = None,
+    max_batch_rows: Annotated[
+        int, typer.Option(min=1, help="Most rows in one request (413 past it).")
+    ] = 1024,
+    max_tensor_elements: Annotated[
+        int, typer.Option(min=1, help="Most elements in one input tensor (413 past it).")
+    ] = 16 * 1024 * 1024,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client has to send request headers.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a client has to send a body (more for large ones)."),
+    ] = 20.0,
     as_json: JsonOption = False,
 ) -> None:
     """Serve MODEL_DIR over the Open Inference Protocol v2 until interrupted."""
@@ -50,6 +63,7 @@ def serve(
     from nimbus.modelformat.spec import ModelSpec
     from nimbus.serving.access import TokenHashes, read_hashes_file
     from nimbus.serving.app import serve as run_server
+    from nimbus.serving.timeouts import ReadTimeouts
 
     ModelSpec.load(model_dir)  # a wrong directory fails here, before any URL is printed
     auth = None
@@ -85,4 +99,7 @@ def serve(
             threads=threads,
             auth=auth,
             public=auth is None,
+            max_batch_rows=max_batch_rows,
+            max_tensor_elements=max_tensor_elements,
+            timeouts=ReadTimeouts(header_timeout=header_timeout, body_timeout=body_timeout),
         )

@@ -19,9 +19,11 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 import uvicorn
 
@@ -31,16 +33,23 @@ from nimbus.errors import NimbusError, NotFound, ServerError, Unauthorized, Unav
 from nimbus.serving import asgi
 from nimbus.serving.batcher import Batcher, BatchPolicy
 from nimbus.serving.errors import MethodNotAllowed
+from nimbus.serving.memory import release_memory, tune_allocator
 from nimbus.serving.metrics import ServingMetrics
 from nimbus.serving.predictor import DEFAULT_MAX_IMAGE_PIXELS, Predictor
 from nimbus.serving.protocol import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_BATCH_ROWS,
+    DEFAULT_MAX_TENSOR_ELEMENTS,
     HEADER_LENGTH,
+    InferRequest,
+    RequestLimits,
     encode_infer_response,
     model_metadata,
     parse_header_length,
     parse_infer_request,
     server_metadata,
 )
+from nimbus.serving.timeouts import DEFAULT_READ_TIMEOUTS, ReadTimeouts, timeout_protocol
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +57,16 @@ SERVER_NAME = "nimbus"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 _MODELS = "/v2/models/"
 _HEADER_LENGTH = HEADER_LENGTH.encode()
+# Bodies from this size on are decoded (and text tokenised) on a decoding thread, not on the
+# event loop, so health checks and small requests are answered meanwhile; smaller ones cost
+# less than the hand-off. From RELEASE_BYTES on, freed memory goes back to the system after.
+OFFLOAD_BYTES = 64 * 1024
+RELEASE_BYTES = 1024 * 1024
+_OFFLOAD_OUTPUTS = 16 * 1024  # output elements from which the response is encoded off the loop
 
 Auth = Callable[[str], bool]
 Reply = tuple[int, bytes, bytes, asgi.Headers]
+_T = TypeVar("_T")
 
 
 class InferenceApp:
@@ -66,6 +82,7 @@ class InferenceApp:
         metrics: ServingMetrics,
         auth: Auth | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.predictor = predictor
         self.name = name
@@ -74,6 +91,10 @@ class InferenceApp:
         self.metrics = metrics
         self._auth = auth
         self._max_body = max_body_bytes
+        self.limits = limits
+        # One decoding thread: large requests decode one at a time, which bounds the memory
+        # they take together as well as the CPU they take from the event loop.
+        self._decoder: ThreadPoolExecutor | None = None
         self._server_metadata = orjson.dumps(server_metadata(SERVER_NAME, __version__))
         self._model_metadata = orjson.dumps(
             model_metadata(
@@ -100,6 +121,8 @@ class InferenceApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.batcher.close()
+                if self._decoder is not None:
+                    self._decoder.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -180,12 +203,29 @@ class InferenceApp:
 
     async def _infer(self, body: bytes, headers: dict[bytes, bytes]) -> Reply:
         length = parse_header_length(headers.get(_HEADER_LENGTH), len(body))
+        size = len(body)
+        try:
+            if size < OFFLOAD_BYTES:
+                request, inputs = self._decode(body, length)
+            else:
+                request, inputs = await self._off_loop(self._decode, body, length)
+            probabilities = await self.batcher.submit(inputs)
+            if probabilities.size < _OFFLOAD_OUTPUTS:
+                return self._encode(request, probabilities)
+            return await self._off_loop(self._encode, request, probabilities)
+        finally:
+            if size >= RELEASE_BYTES:
+                self._release_later()
+
+    def _decode(self, body: bytes, length: int | None) -> tuple[InferRequest, np.ndarray]:
         predictor = self.predictor
-        request = parse_infer_request(body, length, (predictor.input,), predictor.outputs)
-        probabilities = await self.batcher.submit(
-            predictor.prepare(request.inputs[self._input_name])
+        request = parse_infer_request(
+            body, length, (predictor.input,), predictor.outputs, self.limits
         )
-        named = predictor.postprocess(probabilities, [o.spec.name for o in request.outputs])
+        return request, predictor.prepare(request.inputs[self._input_name])
+
+    def _encode(self, request: InferRequest, probabilities: np.ndarray) -> Reply:
+        named = self.predictor.postprocess(probabilities, [o.spec.name for o in request.outputs])
         out, out_length = encode_infer_response(
             self.name, self.version, request.id, [(o, named[o.spec.name]) for o in request.outputs]
         )
@@ -194,13 +234,24 @@ class InferenceApp:
         return 200, out, asgi.OCTETS, [(_HEADER_LENGTH, b"%d" % out_length)]
 
     async def _predict(self, body: bytes) -> Reply:
-        if self.predictor.spec.task is Task.IMAGE:
-            # Decoding a large image takes milliseconds: keep it off the event loop.
-            example = await asyncio.to_thread(self.predictor.example_from_body, body)
+        if self.predictor.spec.task is Task.IMAGE or len(body) >= OFFLOAD_BYTES:
+            # Decoding a large image or document takes milliseconds: keep it off the loop.
+            example = await self._off_loop(self.predictor.example_from_body, body)
         else:
             example = self.predictor.example_from_body(body)
         probabilities = await self.batcher.submit(example)
         return 200, orjson.dumps(self.predictor.describe(probabilities[0])), asgi.JSON, []
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimbus-decode")
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+
+    def _release_later(self) -> None:
+        """Trim the heap on the decoding thread once this request's buffers are gone."""
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimbus-decode")
+        self._decoder.submit(release_memory)
 
 
 def _metric_route(path: str) -> str | None:
@@ -233,12 +284,15 @@ def create_app(
     public: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
 ) -> InferenceApp:
     """Load ``model_dir`` and build the ASGI app serving it as ``name`` version ``version``.
 
     ``queue_size`` bounds the rows waiting for a batch (default 32 batches); past it requests
     get 503 with Retry-After. ``threads`` is the backend's intra-op thread count. When ``auth``
     is given (token -> bool) every route but health needs a bearer token, unless ``public``.
+    ``max_batch_rows`` and ``max_tensor_elements`` cap each infer request (413 past them).
     """
     predictor = Predictor.load(
         Path(model_dir), runtime=runtime, threads=threads, max_image_pixels=max_image_pixels
@@ -259,16 +313,23 @@ def create_app(
         metrics=metrics,
         auth=None if public else auth,
         max_body_bytes=max_body_bytes,
+        limits=RequestLimits(max_batch_rows, max_tensor_elements),
     )
 
 
-def uvicorn_config(app: InferenceApp, host: str = "127.0.0.1", port: int = 8000) -> uvicorn.Config:
-    """How a replica runs: httptools + uvloop, one worker, no access log."""
+def uvicorn_config(
+    app: InferenceApp,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    timeouts: ReadTimeouts = DEFAULT_READ_TIMEOUTS,
+) -> uvicorn.Config:
+    """How a replica runs: httptools + uvloop with read ``timeouts`` (slow clients are cut
+    off), one worker, no access log."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http="httptools",
+        http=timeout_protocol(timeouts),
         loop="uvloop",
         lifespan="on",
         access_log=False,
@@ -285,10 +346,12 @@ def serve(
     *,
     name: str | None = None,
     version: str | int = "1",
+    timeouts: ReadTimeouts = DEFAULT_READ_TIMEOUTS,
     **options: Any,
 ) -> None:
     """Serve ``model_dir`` until interrupted (``nimbus serve``). ``options`` go to create_app."""
+    tune_allocator()
     app = create_app(model_dir, name or Path(model_dir).resolve().name, version, **options)
     # Everything loaded so far lives as long as the process: keep it out of every GC pass.
     gc.freeze()
-    uvicorn.Server(uvicorn_config(app, host, port)).run()
+    uvicorn.Server(uvicorn_config(app, host, port, timeouts)).run()

@@ -86,7 +86,8 @@ class _Item:
 class Batcher:
     """Runs ``run`` over batches of submitted arrays (rows on axis 0) on worker threads.
 
-    ``run`` maps a batch of inputs to a batch of outputs with as many rows. The queue holds at
+    ``run`` maps a batch of inputs to a batch of outputs with as many rows, and never sees more
+    than ``max_batch_size`` rows at once (a larger request runs in slices). The queue holds at
     most ``max_queued_rows`` rows; beyond that :meth:`submit` raises :class:`Overloaded`.
     """
 
@@ -196,7 +197,15 @@ class Batcher:
             batch = np.concatenate([item.inputs for item in items])
         if self._on_batch is not None:
             self._on_batch(int(batch.shape[0]))
-        outputs = self._run(batch)
+        size = self._policy.max_batch_size
+        if batch.shape[0] > size:
+            # An oversized request runs in slices of a batch: the runtime's working memory
+            # (activations, its arena) stays that of one full batch whatever the request.
+            outputs = np.concatenate(
+                [self._run(batch[i : i + size]) for i in range(0, batch.shape[0], size)]
+            )
+        else:
+            outputs = self._run(batch)
         if outputs.shape[0] != batch.shape[0]:
             raise RuntimeError(f"the model returned {outputs.shape[0]} rows for {batch.shape[0]}")
         return outputs

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from nimbus.errors import PayloadTooLarge
 from nimbus.modelformat.dtypes import DTYPES, TensorSpec
 from nimbus.serving.errors import ProtocolError
 from nimbus.serving.tensors import (
@@ -27,8 +28,42 @@ from nimbus.serving.tensors import (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
+DEFAULT_MAX_BATCH_ROWS = 1024
+DEFAULT_MAX_TENSOR_ELEMENTS = 16 * 1024 * 1024
 EXTENSIONS = ("binary_tensor_data",)
 _UNSUPPORTED_OUTPUT_PARAMS = ("classification", "shared_memory_region")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Caps on one request, checked from the declared shapes before any tensor is decoded.
+
+    ``max_batch_rows`` bounds the batch dimension (what the model runs over and what a text
+    model tokenises); ``max_tensor_elements`` bounds the elements of each input tensor.
+    """
+
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
+    max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
+
+    def __post_init__(self) -> None:
+        if self.max_batch_rows < 1 or self.max_tensor_elements < 1:
+            raise ValueError("max_batch_rows and max_tensor_elements must be >= 1")
+
+    def check(self, name: str, shape: Sequence[int], count: int) -> None:
+        """Refuse (413, naming the cap) a tensor of ``shape`` holding ``count`` elements."""
+        if shape and shape[0] > self.max_batch_rows:
+            raise PayloadTooLarge(
+                f"input '{name}' has {shape[0]} rows, above the limit of "
+                f"{self.max_batch_rows} rows per request (max_batch_rows)"
+            )
+        if count > self.max_tensor_elements:
+            raise PayloadTooLarge(
+                f"input '{name}' has {count} elements, above the limit of "
+                f"{self.max_tensor_elements} elements per tensor (max_tensor_elements)"
+            )
+
+
+DEFAULT_LIMITS = RequestLimits()
 
 
 @dataclass(frozen=True)
@@ -68,10 +103,15 @@ def parse_infer_request(
     header_length: int | None,
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> InferRequest:
-    """Decode an infer request body and check it against the model's inputs and outputs."""
+    """Decode an infer request body and check it against the model's inputs and outputs.
+
+    Shapes are checked against ``limits`` before their data is decoded.
+    """
     view = memoryview(body)
     head = view if header_length is None else view[:header_length]
+    _check_json_values(body if header_length is None else head, len(inputs), limits)
     request = _load_json(head)
     if not isinstance(request, dict):
         raise ProtocolError("request body must be a JSON object")
@@ -96,6 +136,7 @@ def parse_infer_request(
             )
         _check_shape(name, shape, spec.shape)
         count = element_count(shape)
+        limits.check(name, shape, count)
         size = _params(raw, f"input '{name}'").get("binary_data_size")
         if size is not None:
             if "data" in raw:
@@ -113,7 +154,13 @@ def parse_infer_request(
             flat = decode_binary(binary[offset : offset + size], datatype, name, count)
             offset += size
         elif "data" in raw:
-            flat = decode_json(raw["data"], datatype, name, count)
+            data = raw["data"]
+            if isinstance(data, list) and len(data) > count:
+                # Refused before numpy copies it: the parsed list is all it may cost.
+                raise ProtocolError(
+                    f"input '{name}': shape holds {count} elements but data has {len(data)} entries"
+                )
+            flat = decode_json(data, datatype, name, count)
         else:
             raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
         decoded[name] = flat.reshape(shape)
@@ -180,6 +227,24 @@ def model_metadata(
 def server_metadata(name: str, version: str) -> dict[str, Any]:
     """The server metadata response."""
     return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def _check_json_values(head: bytes | memoryview, inputs: int, limits: RequestLimits) -> None:
+    """Refuse a JSON document with more values than the tensors may hold, before parsing it.
+
+    Parsing costs about 30 bytes of memory per array element, so a body at the size cap could
+    take gigabytes: counting commas (each element but an array's first follows one) is cheap
+    and bounds that by ``max_tensor_elements`` instead.
+    """
+    budget = limits.max_tensor_elements * max(inputs, 1) + 1024
+    if len(head) <= budget:
+        return
+    raw = head if isinstance(head, bytes) else bytes(head)
+    if raw.count(b",") > budget:
+        raise PayloadTooLarge(
+            f"the JSON body holds more than {budget} values, above the limit of "
+            f"{limits.max_tensor_elements} elements per tensor (max_tensor_elements)"
+        )
 
 
 def _load_json(data: memoryview) -> Any:

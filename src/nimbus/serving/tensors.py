@@ -2,7 +2,8 @@
 
 Numeric data is never validated element by element in Python: JSON arrays go through one
 ``np.asarray`` and a handful of vectorised checks, binary data through ``np.frombuffer``.
-Only BYTES tensors (strings, a few per request) are walked in Python.
+Only BYTES tensors (strings) are walked in Python, and never past the element count their
+declared shape allows (itself capped: see :class:`nimbus.serving.protocol.RequestLimits`).
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ def _decode_json_bytes(data: list[Any], name: str, count: int) -> np.ndarray:
                 break
             if not isinstance(item, str):
                 raise ProtocolError(f"input '{name}': BYTES data must hold only strings")
+            if len(flat) == count:
+                # Stop at once: the walk must not cost more than the declared shape allows.
+                raise ProtocolError(
+                    f"input '{name}': shape holds {count} elements but data holds more"
+                )
             flat.append(item.encode("utf-8"))
         else:
             stack.pop()
@@ -160,6 +166,8 @@ def _decode_binary_bytes(buf: memoryview, name: str, count: int) -> np.ndarray:
         pos += 4
         if size > end - pos:
             raise ProtocolError(f"input '{name}': BYTES element {len(items)} runs past the data")
+        if len(items) == count:
+            raise ProtocolError(f"input '{name}': shape holds {count} elements but data holds more")
         items.append(bytes(buf[pos : pos + size]))
         pos += size
     if len(items) != count:

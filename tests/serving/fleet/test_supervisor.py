@@ -153,7 +153,12 @@ def test_spec_options_round_trip_through_a_replica_command_line(tmp_path: Path) 
     assert option(argv, "--version") == "3" and option(argv, "--fd") == "5"
     assert hash_token("t") not in " ".join(argv)  # hashes travel in the environment only
     assert replace(spec, replicas=5).replica_args() == spec.replica_args()  # scaling: no roll
-    for bad in ({"name": "Bad Name"}, {"runtime": "tf"}, {"token_hashes": ("xyz",)}):
+    assert "--max-batch-rows" not in argv  # unset caps: replicas from before them still match
+    capped = replace(spec, max_batch_rows=64, max_tensor_elements=4096).replica_args()
+    assert option(capped, "--max-batch-rows") == "64"
+    assert option(capped, "--max-tensor-elements") == "4096"
+    bad_specs = ({"name": "Bad Name"}, {"runtime": "tf"}, {"token_hashes": ("xyz",)})
+    for bad in (*bad_specs, {"max_batch_rows": 0}, {"max_tensor_elements": -1}):
         with pytest.raises(InvalidInput):
             replace(spec, **bad)
 

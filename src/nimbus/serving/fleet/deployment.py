@@ -67,6 +67,9 @@ class DeploymentSpec:
     port: int = 0
     token_file: Path | None = None
     token_hashes: tuple[str, ...] = field(default=(), repr=False)
+    # Caps on one request (None: the replica's defaults); see serving.protocol.RequestLimits.
+    max_batch_rows: int | None = None
+    max_tensor_elements: int | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name, "deployment name")
@@ -76,6 +79,10 @@ class DeploymentSpec:
             raise InvalidInput("max_batch_size and threads must be >= 1, max_delay_ms >= 0")
         if self.runtime not in RUNTIMES:
             raise InvalidInput(f"unknown runtime {self.runtime!r}; choose one of {RUNTIMES}")
+        if any(
+            cap is not None and cap < 1 for cap in (self.max_batch_rows, self.max_tensor_elements)
+        ):
+            raise InvalidInput("max_batch_rows and max_tensor_elements must be >= 1")
         if not 0 <= self.port < 65536:
             raise InvalidInput(f"invalid port {self.port}")
         if any(not _SHA256_RE.match(h) for h in self.token_hashes):
@@ -105,6 +112,11 @@ class DeploymentSpec:
             "--threads",
             str(self.threads),
         ]
+        # Only when set: replicas started before these options existed keep matching.
+        if self.max_batch_rows is not None:
+            args += ["--max-batch-rows", str(self.max_batch_rows)]
+        if self.max_tensor_elements is not None:
+            args += ["--max-tensor-elements", str(self.max_tensor_elements)]
         if self.public:
             args.append("--public")
         if self.token_file is not None:

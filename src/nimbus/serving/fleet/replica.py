@@ -3,6 +3,7 @@
     python -m nimbus.serving.fleet.replica --model-dir D --name N --version V (--fd FD | --port P)
         [--admin-fd FD] [--max-batch-size B] [--max-delay-ms D] [--runtime onnx|torch]
         [--threads T] [--public] [--token-file PATH] [--drain-seconds S]
+        [--max-batch-rows R] [--max-tensor-elements E] [--header-timeout S] [--body-timeout S]
 
 ``--fd`` is a listening socket inherited from the supervisor and shared by every replica of
 the deployment; ``--port`` binds one here instead (with SO_REUSEPORT, so several replicas
@@ -30,6 +31,9 @@ from nimbus.serving.app import create_app, uvicorn_config
 from nimbus.serving.fleet.deployment import RUNTIMES
 from nimbus.serving.fleet.drain import DEFAULT_DRAIN_SECONDS, DrainGate, DrainingServer
 from nimbus.serving.fleet.sockets import open_listener
+from nimbus.serving.memory import tune_allocator
+from nimbus.serving.protocol import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_TENSOR_ELEMENTS
+from nimbus.serving.timeouts import DEFAULT_READ_TIMEOUTS, ReadTimeouts
 
 log = logging.getLogger("nimbus.serving.fleet.replica")
 
@@ -54,6 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", type=Path, help="file of allowed token hashes (0600)")
     parser.add_argument("--tokens-id", help=argparse.SUPPRESS)  # set by the supervisor
     parser.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS)
+    parser.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=DEFAULT_MAX_BATCH_ROWS,
+        help="most rows in one request (413 past it)",
+    )
+    parser.add_argument(
+        "--max-tensor-elements",
+        type=int,
+        default=DEFAULT_MAX_TENSOR_ELEMENTS,
+        help="most elements in one input tensor (413 past it)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUTS.header_timeout,
+        help="seconds a client has to send a request's headers",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUTS.body_timeout,
+        help="seconds a client has to send a body, plus one per min-body-rate bytes",
+    )
     return parser
 
 
@@ -82,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s replica {os.getpid()} %(levelname)s %(message)s"
     )
+    tune_allocator()
     try:
+        timeouts = ReadTimeouts(header_timeout=args.header_timeout, body_timeout=args.body_timeout)
         auth = None if args.public else _auth(args)
         app = create_app(
             args.model_dir,
@@ -94,13 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             auth=auth,
             public=args.public,
+            max_batch_rows=args.max_batch_rows,
+            max_tensor_elements=args.max_tensor_elements,
         )
         sockets = _sockets(args)
-    except (NimbusError, OSError) as exc:
+    except (NimbusError, OSError, ValueError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, NimbusError) else 1
     gate = DrainGate(app)
-    config = uvicorn_config(app, args.host, sockets[0].getsockname()[1])
+    config = uvicorn_config(app, args.host, sockets[0].getsockname()[1], timeouts)
     config.app = gate  # the same settings, the drain gate in front
     gc.freeze()  # the model and everything loaded so far live as long as the process
     DrainingServer(config, gate, args.drain_seconds).run(sockets=sockets)
