@@ -90,11 +90,17 @@ class ExitStatus:
     def outcome(self) -> Outcome:
         if self.limit is ExitReason.OUT_OF_MEMORY:
             return Outcome(
-                self.limit, self.exit_code, self.signal, "killed: out of memory (--memory)"
+                self.limit,
+                self.exit_code,
+                self.signal,
+                "out of memory: killed at its --memory limit",
             )
         if self.limit is ExitReason.DISK_LIMIT:
             return Outcome(
-                self.limit, self.exit_code, self.signal, "killed: wrote past the disk limit"
+                self.limit,
+                self.exit_code,
+                self.signal,
+                "disk limit: killed for writing past it (NIMBUS_JOB_DISK_LIMIT)",
             )
         return Outcome.from_exit(self.exit_code, self.signal)
 
