@@ -60,7 +60,7 @@ TRAVERSE_MODE = 0o711  # others may pass through to a path they know, never list
 NO_ISOLATION = "none"
 
 # Run in a sandbox by :func:`check_sandbox`: what a job needs, imported for real.
-_PROBE = "import nimbus.runtime.job_api"
+_PROBE = "import nimbus.runtime, numpy"
 
 
 @dataclass(frozen=True)
