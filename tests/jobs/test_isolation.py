@@ -177,6 +177,42 @@ def test_escaped_processes_die_with_the_attempt(sandboxed: Executor, how: str) -
     assert all(wait_gone(pid) for pid in escaped)
 
 
+def test_cancel_gives_the_job_its_grace_period(sandboxed: Executor) -> None:
+    """SIGTERM reaches the job inside the sandbox, not the launcher outside (whose death
+    would SIGKILL it at once)."""
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('graceful', flush=True), sys.exit(0)))\n"
+        "print('ready', flush=True)\ntime.sleep(60)"
+    )
+    run = Run(sandboxed, code)
+    run.wait_output("ready")
+    sandboxed.kill(run.handle)
+    run.wait()
+    assert "graceful" in run.output
+
+
+def test_workers_of_one_attempt_reach_each_other(sandboxed: Executor) -> None:
+    code = """
+import os, socket, time
+port = int(os.environ["MASTER_PORT"])
+if os.environ["RANK"] == "0":
+    server = socket.create_server(("127.0.0.1", port))
+    conn, _ = server.accept()
+    print("got", conn.recv(16).decode(), flush=True)
+else:
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port)).sendall(b"hello")
+            break
+        except OSError:
+            time.sleep(0.05)
+"""
+    run = Run(sandboxed, code, workers=2)
+    assert run.wait(timeout=30).ok, run.output
+    assert "[0] got hello" in run.output
+
+
 def test_memory_past_the_limit_is_out_of_memory(sandboxed: Executor) -> None:
     run = Run(
         sandboxed,

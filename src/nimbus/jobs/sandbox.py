@@ -54,6 +54,7 @@ BWRAP_INSTALL = "apt-get install bubblewrap (or `make services`)"
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 DISK_LIMIT_EXIT = 128 + signal.SIGXFSZ  # what bwrap reports when its child got SIGXFSZ
 FSIZE_BLOCK = 512  # unit of sh's ``ulimit -f``
+PURGE_EVERY_SECONDS = 60.0  # kept work directories of failed attempts: looked at this often
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ class Sandbox:
 
     def __post_init__(self) -> None:
         self.uids = UidPool(self.settings.uid_first, self.settings.uid_count)
+        self._purged_at = -PURGE_EVERY_SECONDS
 
     def enter(
         self,
@@ -286,7 +288,10 @@ class Sandbox:
         ``keep_failed_seconds`` when the attempt failed; older kept ones go now."""
         if not failed:
             shutil.rmtree(workdir, ignore_errors=True)
-        purge_workdirs(workdir.parent.parent, self.settings.keep_failed_seconds)
+        now = time.monotonic()
+        if now - self._purged_at >= PURGE_EVERY_SECONDS:  # a walk of every job's directory
+            self._purged_at = now
+            purge_workdirs(workdir.parent.parent, self.settings.keep_failed_seconds)
 
     def close(self) -> None:
         """Remove this instance's cgroup directories if no attempt is left in them."""
