@@ -375,6 +375,8 @@ class SchedulerThread:
         self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.executor.sandbox is not None:
+            self.executor.sandbox.close()  # this instance's cgroup directories, if empty
         if self._lock is not None:
             self._lock.close()
             self._lock = None

@@ -335,15 +335,18 @@ def test_a_sparse_file_past_the_disk_limit_is_refused(server: ServerProcess) -> 
 
 def test_a_builtin_model_still_trains_end_to_end(server: ServerProcess) -> None:
     tenant = Tenant(server, "builtin")
-    job = wait(
-        tenant.client,
-        tenant.client.post(
-            f"{API}/jobs",
-            json={"dataset": "reviews", "model": "text", "params": {"epochs": "2"}, "seed": 3},
-        ).json()["id"],
-        server,
-    )
+
+    def train() -> dict[str, Any]:
+        body = {"dataset": "reviews", "model": "text", "params": {"epochs": "2"}, "seed": 3}
+        return wait(
+            tenant.client, tenant.client.post(f"{API}/jobs", json=body).json()["id"], server
+        )
+
+    job = train()
     assert job["state"] == "succeeded", tenant.logs(job["id"])
+    # A second attempt of the tenant, another uid, reuses what the first one cached.
+    again = train()
+    assert again["state"] == "succeeded", tenant.logs(again["id"])
     assert {a["name"] for a in job["artifacts"]} == {
         "spec.json",
         "weights.safetensors",
