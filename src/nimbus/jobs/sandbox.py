@@ -258,6 +258,9 @@ class Sandbox:
         try:
             os.chown(workdir, uid, gid, follow_symlinks=False)
             os.chmod(workdir, 0o700)
+            for entry in workdir.iterdir():  # what the server put there (job.json): fresh,
+                if entry.is_file() and not entry.is_symlink():  # no job has run here yet
+                    os.chown(entry, uid, gid, follow_symlinks=False)
             group = None
             if self.hierarchies:
                 group = cgroups.AttemptCgroup(self.hierarchies, attempt_id)
