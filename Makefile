@@ -1,7 +1,7 @@
 # Nimbus: the two commands a newcomer runs are `make demo` and `make test`.
-# Prefer the system interpreter: job attempts run as an unprivileged user (nimbus-job), who
-# must be able to execute the venv's Python; an interpreter under /root (pyenv) is out of its
-# reach, and jobs would then fall back to running as the server's user.
+# Prefer the system interpreter: job attempts run sandboxed as unprivileged uids, which must
+# be able to execute the venv's Python; with an interpreter under /root (pyenv) out of their
+# reach, the server refuses to run jobs (and says so) rather than run them unisolated.
 PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,11 +24,15 @@ demo: install
 	$(VENV)/bin/nimbus demo
 
 # PostgreSQL for the metadata-store tests: the Debian package; the test session starts
-# a throwaway cluster with initdb/pg_ctl (tests/helpers.py).
+# a throwaway cluster with initdb/pg_ctl (tests/helpers.py). bubblewrap: the job sandbox
+# (nimbus.jobs.sandbox); without it a server runs no job.
 services:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		echo "installing PostgreSQL from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@command -v bwrap >/dev/null 2>&1 || { \
+		echo "installing bubblewrap from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 
 # What CI runs (.ci/run): every gate, and any one failing fails the target. The tests run
 # with warnings as errors (pyproject.toml) and coverage, with a floor set in pyproject.toml.

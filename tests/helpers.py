@@ -49,6 +49,9 @@ class ServerProcess:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
         env.update({"NIMBUS_HOME": str(self.home), "NIMBUS_URL": self.url})
+        # pytest's tmp dirs are 0700, out of the job uids' reach: a sandboxing server would
+        # refuse to run jobs there. The sandbox's own tests ask for it on a home it reaches.
+        env["NIMBUS_JOB_ISOLATION"] = "none"
         env.update(self.extra_env)
         return env
 

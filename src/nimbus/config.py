@@ -69,11 +69,16 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=10.0, ge=0)  # backoff before a retry, doubling
     tenant_job_limit: int | None = Field(default=None, ge=1)  # running jobs per tenant
     job_module: str = "nimbus.runtime.entry"  # what an attempt runs (python -m)
-    # The OS user attempts run as (nimbus.jobs.isolation). "auto": a server started as root
-    # runs them as the system user nimbus-job (created if missing; "nobody" without
-    # useradd), any other as itself, with a warning: keeping user code out of NIMBUS_HOME
-    # needs root. "none": the server's own user. A user name: that user, or no start.
-    job_user: str = "auto"
+    # How attempts are isolated (nimbus.jobs.isolation). "sandbox": each in a bubblewrap
+    # sandbox with a uid and a cgroup of its own; a server that cannot (not root, no bwrap,
+    # an interpreter other users cannot read) serves its API but runs no job, and says
+    # why. "none": jobs run unisolated as the server's user (a single-user machine).
+    job_isolation: Literal["sandbox", "none"] = "sandbox"
+    job_uid_first: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
+    job_uid_count: int = Field(default=65_536, ge=1, le=1_000_000)  # uids; then tenant gids
+    job_disk_limit: str = "20G"  # per attempt: any one file it writes, its /tmp, /dev/shm
+    job_pids_limit: int = Field(default=4096, ge=16)  # processes and threads per worker
+    job_keep_failed_seconds: float = Field(default=86_400.0, ge=0)  # failed work dirs kept
     instance_id: str | None = None  # default: generated once, kept in NIMBUS_HOME/instance-id
     # What this node offers jobs; detected when unset. Memory as bytes or "16G".
     capacity_cpus: float | None = Field(default=None, gt=0)

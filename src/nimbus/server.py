@@ -13,11 +13,12 @@ A graceful stop ends the loop but leaves running attempts alone: like after a cr
 kills what is left of them and requeues their jobs (:meth:`Scheduler.recover`); fencing
 makes every job end exactly once.
 
-Job isolation. A server started as root runs every attempt as an unprivileged user
-(``NIMBUS_JOB_USER``, default ``auto``: the system user ``nimbus-job``, created here if
-missing), and :func:`secure_home` keeps NIMBUS_HOME's secrets (admin token, database,
-blobs, deployments) out of its reach; see :mod:`nimbus.jobs.isolation`. A server that is
-not root runs jobs as itself and warns at start: isolation needs root.
+Job isolation (``NIMBUS_JOB_ISOLATION``, :mod:`nimbus.jobs.isolation`). By default every
+attempt runs in a bubblewrap sandbox with a uid and a cgroup of its own, and
+:func:`secure_home` keeps NIMBUS_HOME's secrets (admin token, database, blobs,
+deployments) the server's alone. A server that cannot sandbox serves its API but starts no
+scheduler: its start line, the log and ``/healthz`` say what is missing. ``none`` runs jobs
+unisolated, and says so in the same places and in every ``jobs show``.
 
 Deployment life cycle. :class:`~nimbus.services.deployment_loop.DeploymentLoop` starts with the
 app: it first adopts the replicas of the deployments this instance owns (left serving by a
@@ -59,12 +60,13 @@ from nimbus.db.migrate import upgrade
 from nimbus.db.queue import DbQueue
 from nimbus.errors import NimbusError, Unavailable
 from nimbus.jobs.cache import CacheSweeper
-from nimbus.jobs.domain import Attempt, Job
+from nimbus.jobs.domain import Attempt, Job, parse_memory
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.isolation import JobUser, TenantCaches, prepare_root, resolve_job_user
+from nimbus.jobs.isolation import Isolation, TenantCaches, prepare_root, resolve_isolation
 from nimbus.jobs.policy import RetryPolicy
+from nimbus.jobs.sandbox import Sandbox
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
 from nimbus.services.code import CodeService, CompileCheck
@@ -117,14 +119,14 @@ def staging_dirs(settings: Settings) -> list[Path]:
     return [*dirs, Path(staging)] if staging is not None else dirs
 
 
-def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None:
+def bootstrap(settings: Settings, isolation: Isolation | None = None) -> str | None:
     """Create NIMBUS_HOME, migrate the metadata store, create tenant ``default`` and,
     when it has no usable admin token, one admin token, written only to
     ``$NIMBUS_HOME/admin-token`` (0600): stdout names the file, never the secret (stdout is
     the server's log, and logs are read by more people than the file). Returns the new
     secret, or None.
 
-    Then lays out NIMBUS_HOME for jobs running as ``job_user`` (:func:`secure_home`)."""
+    Then lays out NIMBUS_HOME for jobs isolated as ``isolation`` says (:func:`secure_home`)."""
     home = settings.home
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.tmp_dir.mkdir(mode=0o700, exist_ok=True)
@@ -144,21 +146,22 @@ def bootstrap(settings: Settings, job_user: JobUser | None = None) -> str | None
     if secret is not None:
         write_private(home / ADMIN_TOKEN_FILE, secret + "\n")
         print(f"admin token created: read it from {home / ADMIN_TOKEN_FILE} (0600)", flush=True)
-    secure_home(settings, job_user)
+    secure_home(settings, isolation is not None and isolation.sandbox is not None)
     return secret
 
 
-def secure_home(settings: Settings, job_user: JobUser | None) -> None:
+def secure_home(settings: Settings, sandboxed: bool) -> None:
     """Modes of NIMBUS_HOME, set on every start (installs made before are fixed too).
 
     Everything in it is the server's alone: directories 0700 (blobs, tmp, deployments,
     logs), files 0600 (admin-token, nimbus.db and its -wal and -shm, instance-id,
-    cache-key, config). When jobs run as ``job_user``, NIMBUS_HOME, ``jobs/`` and
-    ``cache/`` are 0711 so jobs can reach their work directory and their tenant's cache
-    (paths they cannot list: see :mod:`nimbus.jobs.isolation`); otherwise 0700.
+    cache-key, config). When jobs are ``sandboxed``, NIMBUS_HOME, ``jobs/`` and ``cache/``
+    are 0711 so an attempt's uid can reach (bind into its sandbox) its work directory and
+    its tenant's cache (paths it cannot list: see :mod:`nimbus.jobs.isolation`); otherwise
+    0700.
     """
     home = settings.home
-    os.chmod(home, 0o711 if job_user is not None else 0o700)
+    os.chmod(home, 0o711 if sandboxed else 0o700)
     settings.deployments_dir.mkdir(mode=0o700, exist_ok=True)  # its parents=True mkdir: 0755
     passable = {settings.jobs_dir.name, settings.cache_dir.name}
     for entry in home.iterdir():
@@ -166,8 +169,8 @@ def secure_home(settings: Settings, job_user: JobUser | None) -> None:
             continue
         with contextlib.suppress(FileNotFoundError):  # a temporary file renamed meanwhile
             os.chmod(entry, 0o700 if entry.is_dir() else 0o600)
-    prepare_root(settings.jobs_dir, job_user)
-    prepare_root(settings.cache_dir, job_user)
+    prepare_root(settings.jobs_dir, sandboxed)
+    prepare_root(settings.cache_dir, sandboxed)
     # Before per-tenant caches, one cache shared by every job sat at cache/sha256/.
     shutil.rmtree(settings.cache_dir / "sha256", ignore_errors=True)
 
@@ -221,7 +224,7 @@ class NodeExecutor:
     """The executor attempts run on: created on first use (or by :meth:`warm`, off the
     request path: a fork server imports torch first), and adding this node's variables
     (``extra_env``; ``NIMBUS_CACHE_DIR``, the tenant's download cache from ``caches``) to
-    every attempt's environment. Attempts run as ``run_as``, the fallback's too."""
+    every attempt's environment. Attempts run in ``sandbox``, the fallback's too."""
 
     def __init__(
         self,
@@ -229,13 +232,13 @@ class NodeExecutor:
         jobs_root: Path,
         extra_env: Mapping[str, str],
         *,
-        run_as: JobUser | None = None,
+        sandbox: Sandbox | None = None,
         caches: TenantCaches | None = None,
     ) -> None:
         self.factory = factory
         self.jobs_root = jobs_root
         self.extra_env = dict(extra_env)
-        self.run_as = run_as
+        self.sandbox = sandbox
         self.caches = caches
         self._inner: Executor | None = None
 
@@ -245,7 +248,7 @@ class NodeExecutor:
                 self._inner = self.factory()
             except Exception:
                 log.exception("could not start the configured executor; using 'local'")
-                self._inner = LocalExecutor(self.jobs_root, run_as=self.run_as)
+                self._inner = LocalExecutor(self.jobs_root, sandbox=self.sandbox)
         return self._inner
 
     def start(self, launch: AttemptLaunch) -> Handle:
@@ -266,7 +269,7 @@ class NodeExecutor:
         inner = (
             self._inner
             if self._inner is not None
-            else LocalExecutor(self.jobs_root, run_as=self.run_as)
+            else LocalExecutor(self.jobs_root, sandbox=self.sandbox)
         )
         return inner.reap_orphans(should_kill)
 
@@ -300,25 +303,26 @@ class SchedulerThread:
 
     @classmethod
     def build(
-        cls, settings: Settings, services: Services, job_user: JobUser | None = None
+        cls, settings: Settings, services: Services, sandbox: Sandbox | None = None
     ) -> SchedulerThread:
         """The scheduler of this node, as the settings describe it, its attempts running
-        as ``job_user`` (None: as this process's user)."""
+        in ``sandbox`` (None: unisolated, as this process's user)."""
         node = instance_id(settings)
         jobs_root = settings.jobs_dir
-        prepare_root(jobs_root, job_user)
-        caches = TenantCaches(settings.cache_dir, cache_key(settings), job_user)
+        prepare_root(jobs_root, sandbox is not None)
+        group = sandbox.settings.tenant_gid if sandbox is not None else None
+        caches = TenantCaches(settings.cache_dir, cache_key(settings), group)
         executor = NodeExecutor(
             lambda: make_executor(
                 settings.executor,
                 jobs_root,
                 preload=tuple(settings.executor_preload),
                 grace_seconds=settings.kill_grace_seconds,
-                run_as=job_user,
+                sandbox=sandbox,
             ),
             jobs_root,
             {},
-            run_as=job_user,
+            sandbox=sandbox,
             caches=caches,
         )
         config = SchedulerConfig(
@@ -376,6 +380,8 @@ class SchedulerThread:
         self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.executor.sandbox is not None:
+            self.executor.sandbox.close()  # this instance's cgroup directories, if empty
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -478,24 +484,47 @@ def build_services(
 
 
 def build_app(
-    settings: Settings, services: Services | None = None, job_user: JobUser | None = None
+    settings: Settings, services: Services | None = None, isolation: Isolation | None = None
 ) -> FastAPI:
     """The control plane, assembled: the services (``build_services(settings)`` unless
     given), the app serving them, and the background work it starts and stops: this node's
-    scheduler (unless disabled; its attempts run as ``job_user``) and the deployment loop.
+    scheduler (unless disabled, or refused by ``isolation``: resolved from the settings
+    unless given) and the deployment loop.
 
     This is the one place that wires the control plane; :func:`run` serves what it returns.
     """
     services = services if services is not None else build_services(settings)
     background: list[Background] = []
     if settings.scheduler_enabled:
-        background.append(SchedulerThread.build(settings, services, job_user))
-        background.append(
-            CacheSweeper(settings.cache_dir, settings.cache_max_bytes, settings.cache_sweep_seconds)
-        )
+        isolation = isolation if isolation is not None else job_isolation(settings)
+        if isolation.runs_jobs:
+            background.append(SchedulerThread.build(settings, services, isolation.sandbox))
+            background.append(
+                CacheSweeper(
+                    settings.cache_dir, settings.cache_max_bytes, settings.cache_sweep_seconds
+                )
+            )
+        else:
+            log.error("no job will run: %s", isolation.refused)
     background.append(DeploymentLoop(services.deployments, instance_id(settings)))
     background.append(AuditSweep(services.audit, settings.audit_sweep_seconds))
-    return create_app(services, background)
+    app = create_app(services, background)
+    app.state.job_isolation = isolation if settings.scheduler_enabled else None
+    return app
+
+
+def job_isolation(settings: Settings) -> Isolation:
+    """How this node isolates jobs, per the settings (see :mod:`nimbus.jobs.isolation`)."""
+    return resolve_isolation(
+        settings.job_isolation,
+        settings.home,
+        instance=instance_id(settings),
+        uid_first=settings.job_uid_first,
+        uid_count=settings.job_uid_count,
+        disk_limit_bytes=parse_memory(settings.job_disk_limit),
+        pids_per_worker=settings.job_pids_limit,
+        keep_failed_seconds=settings.job_keep_failed_seconds,
+    )
 
 
 class _Server(uvicorn.Server):
@@ -518,14 +547,16 @@ def run(settings: Settings) -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    # Who jobs run as is settled first: NIMBUS_HOME's layout depends on it.
-    job_user = (
-        resolve_job_user(settings.job_user, [_nearest_dir(settings.home.parent)])
-        if settings.scheduler_enabled
-        else None
-    )
-    bootstrap(settings, job_user)
-    app = build_app(settings, job_user=job_user)
+    # How jobs are isolated is settled first: NIMBUS_HOME's layout depends on it.
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    isolation = job_isolation(settings) if settings.scheduler_enabled else None
+    bootstrap(settings, isolation)
+    if isolation is not None:
+        line = f"nimbus server: {isolation.summary()}"
+        print(line, file=sys.stderr, flush=True)  # beside the start line, as loud
+        if not isolation.runs_jobs or isolation.sandbox is None or isolation.degraded:
+            log.warning("%s", line)
+    app = build_app(settings, isolation=isolation)
     services: Services = app.state.services
     config = uvicorn.Config(
         app,
@@ -551,13 +582,6 @@ def _ignore(signum: int, frame: object) -> None:
     """Signal handler that does nothing."""
 
 
-def _nearest_dir(path: Path) -> Path:
-    """``path``, or its closest ancestor that exists."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nimbus.server", description="Nimbus control plane")
     parser.add_argument("--host", default=None, help="address to listen on (NIMBUS_HOST)")
@@ -568,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(settings)
     except KeyboardInterrupt:
         sys.exit(130)
-    except NimbusError as exc:  # a setting that cannot work (job_user): say so, no traceback
+    except NimbusError as exc:  # a setting that cannot work: say so, no traceback
         sys.exit(f"nimbus.server: {exc}")
 
 

@@ -1,15 +1,19 @@
-"""User code kept away from the server's secrets, for real: a root server (as here and in
-CI) runs every job as the unprivileged ``nimbus-job``, and a user script that goes looking
-for NIMBUS_HOME's secrets, or another job's files, is refused by the kernel."""
+"""User code kept in its sandbox, for real: a root server (as here and in CI) runs every
+attempt in bubblewrap with a uid and a cgroup of its own, and hostile scripts submitted as
+ordinary members try what the security probe of issue 8 did: read the server's secrets,
+read another tenant's running job (its /proc environment, its token), write another
+tenant's cache, signal another job, leave a process behind, exhaust memory, processes or
+disk. Each test fails on the code before the sandbox (jobs then ran as root, or all as
+one uid, with no limit enforced)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import stat
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from nimbus.db import job_outputs
-from nimbus.db.engine import Database
-from nimbus.jobs.isolation import JobUser, ensure_system_user, preflight
 from tests.api.conftest import API, csv_bytes, make_token
 from tests.helpers import ServerProcess
 
@@ -27,46 +28,59 @@ FAST = {
     "NIMBUS_SCHEDULER_TICK_SECONDS": "0.1",
     "NIMBUS_RETRY_BASE_SECONDS": "0.2",
     "NIMBUS_KILL_GRACE_SECONDS": "2",
+    "NIMBUS_EXECUTOR": "local",  # every job process an exec'ed one: the /proc attack's case
+    "NIMBUS_JOB_ISOLATION": "sandbox",
+    "NIMBUS_JOB_PIDS_LIMIT": "64",
+    "NIMBUS_JOB_DISK_LIMIT": "64M",
+    "NIMBUS_JOB_KEEP_FAILED_SECONDS": "3600",
 }
 
-MARKER = b"""\
-import os
-open("marker.txt", "w").write("private to this job")
-print("workdir", os.environ["NIMBUS_JOB_DIR"], flush=True)
+VICTIM = b"""\
+import os, time
+print("victim", os.environ["NIMBUS_CACHE_DIR"], flush=True)
+open(os.path.join(os.environ["NIMBUS_CACHE_DIR"], "victim-data"), "w").write("clean")
+time.sleep(float(os.environ.get("VICTIM_SECONDS", "60")))
 """
 
-PROBE = b"""\
-import json, os
+THIEF = b"""\
+import json, os, signal
 from nimbus import runtime as nr
-home, other = nr.params["home"], nr.params["other"]
+home, victim_cache = nr.params["home"], nr.params["victim_cache"]
 def attempt(fn):
     try:
         fn()
         return "allowed"
     except OSError as exc:
         return type(exc).__name__
+visible = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+stolen = []
+for pid in visible:
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read()
+    except OSError:
+        continue
+    if b"NIMBUS_JOB_TOKEN" in env and os.environ["NIMBUS_JOB_TOKEN"].encode() not in env:
+        stolen.append(pid)
+def signal_victim():
+    for pid in nr.params["victim_pids"].split(","):
+        os.kill(int(pid), signal.SIGKILL)
 print("probe " + json.dumps({
     "admin-token": attempt(lambda: open(f"{home}/admin-token").read()),
     "nimbus.db": attempt(lambda: open(f"{home}/nimbus.db", "rb").read(16)),
-    "nimbus.db-wal": attempt(lambda: open(f"{home}/nimbus.db-wal", "rb").read(16)),
-    "instance-id": attempt(lambda: open(f"{home}/instance-id").read()),
     "blobs": attempt(lambda: os.listdir(f"{home}/blobs")),
-    "deployments": attempt(lambda: os.listdir(f"{home}/deployments")),
-    "home": attempt(lambda: os.listdir(home)),
-    "jobs": attempt(lambda: os.listdir(f"{home}/jobs")),
-    "cache": attempt(lambda: os.listdir(f"{home}/cache")),
-    "other job": attempt(lambda: os.listdir(os.path.dirname(other))),
-    "other attempt": attempt(lambda: open(f"{other}/marker.txt").read()),
-    "server environ": attempt(lambda: open(f"/proc/{nr.params['server']}/environ").read()),
+    "victim cache": attempt(lambda: open(f"{victim_cache}/victim-data", "w").write("poison")),
+    "victim cache new file": attempt(lambda: open(f"{victim_cache}/planted", "w")),
+    "signal another job": attempt(signal_victim),
 }), flush=True)
-print("env " + json.dumps(sorted(k for k in os.environ if k in (
-    "NIMBUS_TOKEN", "NIMBUS_DATABASE_URL", "NIMBUS_STORAGE_URL", "NIMBUS_HOME"))), flush=True)
-print("ids " + json.dumps([os.getresuid(), os.getgroups()]), flush=True)
+print("home " + json.dumps(sorted(os.listdir(home))), flush=True)
+# Its own PID namespace: the sandbox's init (1), itself, what it started (none).
+print("visible " + json.dumps(sorted(set(visible) - {1, os.getpid()})), flush=True)
+print("stolen " + json.dumps(stolen), flush=True)
 """
 
 
 class Tenant:
-    """A member of one tenant on the server, with the dataset uploaded."""
+    """A member of one tenant on the server, with a dataset uploaded."""
 
     def __init__(self, server: ServerProcess, tenant: str | None = None) -> None:
         self.client = server.client(make_token(server, "member", tenant))
@@ -78,24 +92,35 @@ class Tenant:
         )
         assert upload.status_code in (200, 201), upload.text
 
-    def run(self, model: str | bytes, **body: Any) -> dict[str, Any]:
-        if isinstance(model, bytes):
-            code = self.client.post(f"{API}/code", params={"filename": "job.py"}, content=model)
-            assert code.status_code == 201, code.text
-            model = str(code.json()["ref"])
+    def submit(self, script: bytes, **body: Any) -> str:
+        code = self.client.post(f"{API}/code", params={"filename": "job.py"}, content=script)
+        assert code.status_code == 201, code.text
         response = self.client.post(
-            f"{API}/jobs", json={"dataset": "reviews", "model": model, **body}
+            f"{API}/jobs", json={"dataset": "reviews", "model": code.json()["ref"], **body}
         )
         assert response.status_code == 201, response.text
-        return wait(self.client, response.json()["id"], self.server)
+        return str(response.json()["id"])
+
+    def run(self, script: bytes, **body: Any) -> dict[str, Any]:
+        return wait(self.client, self.submit(script, **body), self.server)
 
     def logs(self, job_id: str) -> str:
         page = self.client.get(f"{API}/jobs/{job_id}/logs").json()
         return "".join(chunk["data"] for chunk in page["chunks"])
 
+    def wait_log(self, job_id: str, prefix: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            logs = self.logs(job_id)
+            if prefix in logs:
+                return line(logs, prefix)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{prefix!r} never logged:\n{logs}\n{self.server.log()[-3000:]}")
+            time.sleep(0.2)
+
 
 def wait(
-    client: httpx.Client, job_id: str, server: ServerProcess, timeout: float = 120
+    client: httpx.Client, job_id: str, server: ServerProcess, timeout: float = 180
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while (job := client.get(f"{API}/jobs/{job_id}").json())["state"] not in (
@@ -113,115 +138,263 @@ def line(logs: str, prefix: str) -> str:
     return next(text for text in logs.splitlines() if text.startswith(prefix))[len(prefix) :]
 
 
+def job_processes(job_id: str) -> list[int]:
+    """Host pids of the processes running job ``job_id``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"NIMBUS_JOB_ID={job_id}".encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def processes_with(marker: str) -> list[int]:
+    """Host processes whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.fixture(scope="module")
-def user() -> JobUser:
+def base() -> Iterator[Path]:
+    """A directory job uids may pass through (pytest's own tmp dirs are 0700)."""
     if os.geteuid() != 0:
-        pytest.skip("running jobs as another user needs a server started as root")
-    return ensure_system_user()
+        pytest.skip("the sandbox needs a server started as root")
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (make services)")
+    path = Path(tempfile.mkdtemp(prefix="nimbus-sandbox-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def server(user: JobUser) -> Iterator[ServerProcess]:
-    """A root server whose NIMBUS_HOME the job user can reach (pytest's tmp dirs are 0700),
-    with server-side secrets in its environment."""
-    base = Path(tempfile.mkdtemp(prefix="nimbus-isolation-"))
-    base.chmod(0o711)
-    if problems := preflight(user, [base]):
-        shutil.rmtree(base)
-        pytest.skip(f"the job user cannot run jobs on this machine: {'; '.join(problems)}")
+def server(base: Path) -> Iterator[ServerProcess]:
+    """A root server that sandboxes jobs, with server-side secrets in its environment."""
     home = base / "home"
-    env = {
-        **FAST,
-        "NIMBUS_TOKEN": "nbt_server-side-secret",  # what a job must not see
-        "NIMBUS_DATABASE_URL": f"sqlite:///{home}/nimbus.db",
-        "NIMBUS_STORAGE_URL": f"file://{home}/blobs",
-    }
+    env = {**FAST, "NIMBUS_TOKEN": "nbt_server-side-secret"}
+    with ServerProcess(home, env=env) as running:
+        health = running.client().get("/healthz").json()
+        if not health["job_isolation"]["runs_jobs"]:
+            pytest.fail(f"the sandbox cannot engage here: {health}")
+        yield running
+
+
+def test_the_server_says_how_it_isolates_jobs(server: ServerProcess) -> None:
+    health = server.client().get("/healthz").json()["job_isolation"]
+    assert health["mode"] == "sandbox" and health["runs_jobs"] is True
+    assert "sandboxed" in health["detail"]
+    assert "jobs run sandboxed" in server.log()
+
+
+def test_a_job_cannot_reach_secrets_other_jobs_their_tokens_or_their_cache(
+    server: ServerProcess,
+) -> None:
+    victim = Tenant(server, "victim")
+    victim_job = victim.submit(VICTIM)
+    victim_cache = victim.wait_log(victim_job, "victim ")
+    victim_pids = job_processes(victim_job)
+    assert victim_pids
+    thief = Tenant(server, "thief")
     try:
-        with ServerProcess(home, env=env) as running:
-            yield running
+        params = {
+            "home": str(server.home),
+            "victim_cache": victim_cache,
+            "victim_pids": ",".join(map(str, victim_pids)),
+        }
+        job = thief.run(THIEF, params=params)
+        logs = thief.logs(job["id"])
+        assert job["state"] == "succeeded", logs
+        refused = json.loads(line(logs, "probe "))
+        assert json.loads(line(logs, "stolen ")) == [], logs
+        assert json.loads(line(logs, "visible ")) == [], logs
+        # Only the skeleton its work directory and its cache are mounted on.
+        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache"}, logs
+        victim_state = victim.client.get(f"{API}/jobs/{victim_job}").json()["state"]
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        victim.client.post(f"{API}/jobs/{victim_job}/cancel")
+    assert victim_state == "running"  # the thief's SIGKILLs did not reach it
+    assert "allowed" not in refused.values(), logs
+    assert Path(victim_cache, "victim-data").read_text() == "clean"
+    shown = thief.client.get(f"{API}/jobs/{job['id']}").json()
+    assert shown["isolation"] == "sandbox"
 
 
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
+ESCAPE = """\
+import os, subprocess, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.closerange(0, 3)
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", "{marker}"])
+    os._exit(0)
+time.sleep(1)
+print("escaped", flush=True)
+time.sleep(float("{stay}"))
+"""
 
 
-def test_home_is_laid_out_for_jobs_running_as_another_user(
-    server: ServerProcess, user: JobUser
-) -> None:
-    assert f"jobs run as {user.name}" in server.log()
-    home = server.home
-    expected = {
-        home: 0o711,
-        home / "jobs": 0o711,
-        home / "cache": 0o711,
-        home / "admin-token": 0o600,
-        home / "nimbus.db": 0o600,
-        home / "instance-id": 0o600,
-        home / "cache-key": 0o600,
-        home / "blobs": 0o700,
-        home / "tmp": 0o700,
-        home / "deployments": 0o700,
-    }
-    assert {path: mode(path) for path in expected} == expected
-    for sidecar in ("nimbus.db-wal", "nimbus.db-shm"):  # SQLite copies the database's mode
-        assert not (home / sidecar).exists() or mode(home / sidecar) == 0o600
-    assert all(path.stat().st_uid == 0 for path in expected)
+@pytest.mark.parametrize("end", ["ends", "cancelled"])
+def test_a_double_forked_setsid_process_dies_with_its_job(server: ServerProcess, end: str) -> None:
+    tenant = Tenant(server, f"escape-{end}")
+    marker = f"nimbus-escapee-{uuid.uuid4().hex}"
+    stay = "0" if end == "ends" else "600"
+    job_id = tenant.submit(ESCAPE.format(marker=marker, stay=stay).encode())
+    tenant.wait_log(job_id, "escaped")
+    assert processes_with(marker), "the escapee should be running while its job runs"
+    if end == "cancelled":
+        assert tenant.client.post(f"{API}/jobs/{job_id}/cancel").status_code == 200
+    job = wait(tenant.client, job_id, server)
+    assert job["state"] == ("succeeded" if end == "ends" else "cancelled"), tenant.logs(job_id)
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(marker) == []
 
 
-def test_a_script_cannot_reach_the_servers_secrets_or_another_jobs_files(
-    server: ServerProcess, user: JobUser
-) -> None:
-    default = Tenant(server)
-    marked = default.run(MARKER)
-    assert marked["state"] == "succeeded", default.logs(marked["id"])
-    other = line(default.logs(marked["id"]), "workdir ")
-    assert Path(other, "marker.txt").read_text() == "private to this job"
-
-    acme = Tenant(server, "acme")
-    assert server.proc is not None
-    probe = acme.run(
-        PROBE, params={"home": str(server.home), "other": other, "server": str(server.proc.pid)}
+def test_memory_past_the_limit_ends_out_of_memory_without_retries(server: ServerProcess) -> None:
+    tenant = Tenant(server, "hungry")
+    job = tenant.run(
+        b"x = bytearray(1536 * 2**20)\nx[::4096] = b'1' * len(x[::4096])\nprint('survived')\n",
+        memory="768M",
+        max_retries=2,
     )
-    logs = acme.logs(probe["id"])
-    assert probe["state"] == "succeeded", logs
-    refused = json.loads(line(logs, "probe "))
-    assert refused == {name: "PermissionError" for name in refused}, logs
-    assert json.loads(line(logs, "env ")) == []
-    uids, groups = json.loads(line(logs, "ids "))
-    assert uids == [user.uid] * 3 and groups == []
-    # Each tenant's download cache (the scripts are blobs too), the job user's, 0700.
-    caches = [path for path in (server.home / "cache").iterdir() if path.is_dir()]
-    assert len(caches) == 2
-    assert all(mode(path) == 0o700 and path.stat().st_uid == user.uid for path in caches)
+    logs = tenant.logs(job["id"])
+    assert job["state"] == "failed" and job["exit_reason"].startswith("out of memory"), (job, logs)
+    assert job["attempts"] == 1 and "survived" not in logs
 
 
-def test_a_builtin_model_still_trains_end_to_end(server: ServerProcess, user: JobUser) -> None:
+FORK_BOMB = b"""\
+import os, time
+children = 0
+try:
+    while children < 500:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        children += 1
+except OSError as exc:
+    print("stopped", children, exc.errno, flush=True)
+print("forked", children, flush=True)
+"""
+
+
+def test_a_fork_bomb_is_stopped_by_the_process_limit(server: ServerProcess) -> None:
+    tenant = Tenant(server, "bomber")
+    job = tenant.run(FORK_BOMB)
+    logs = tenant.logs(job["id"])
+    forked = int(line(logs, "forked ").split()[0])
+    assert "stopped" in logs and forked < 64, logs  # NIMBUS_JOB_PIDS_LIMIT, threads included
+    assert server.client().get("/healthz").status_code == 200
+
+
+DISK_HOG = b"""\
+import os
+with open("hog", "wb") as out:
+    for _ in range(256):
+        out.write(b"x" * 2**20)
+print("wrote 256 MiB", flush=True)
+"""
+
+SPARSE = b"""\
+with open("sparse", "wb") as out:
+    out.seek(50 * 2**30)
+    out.write(b"x")
+print("wrote a 50 GiB sparse file", flush=True)
+"""
+
+
+def test_writing_past_the_disk_limit_ends_the_job(server: ServerProcess) -> None:
+    tenant = Tenant(server, "hog")
+    job = tenant.run(DISK_HOG, max_retries=2)
+    logs = tenant.logs(job["id"])
+    assert job["state"] == "failed" and job["exit_reason"].startswith("disk limit"), (job, logs)
+    assert job["attempts"] == 1 and "wrote" not in logs
+    # Failed: its work directory is kept (NIMBUS_JOB_KEEP_FAILED_SECONDS), at the limit.
+    (workdir,) = (server.home / "jobs" / job["id"]).iterdir()
+    assert (workdir / "hog").stat().st_size <= 64 * 2**20
+
+
+def test_a_sparse_file_past_the_disk_limit_is_refused(server: ServerProcess) -> None:
+    """Python ignores SIGXFSZ: the write past RLIMIT_FSIZE fails (EFBIG) and the job's
+    own error ends it; nothing was written."""
+    tenant = Tenant(server, "sparse")
+    job = tenant.run(SPARSE, max_retries=0)
+    logs = tenant.logs(job["id"])
+    assert job["state"] == "failed" and "File too large" in logs and "wrote" not in logs
+
+
+def test_a_builtin_model_still_trains_end_to_end(server: ServerProcess) -> None:
     tenant = Tenant(server, "builtin")
-    job = tenant.run("text", params={"epochs": "2"}, seed=3)
+
+    def train() -> dict[str, Any]:
+        body = {"dataset": "reviews", "model": "text", "params": {"epochs": "2"}, "seed": 3}
+        return wait(
+            tenant.client, tenant.client.post(f"{API}/jobs", json=body).json()["id"], server
+        )
+
+    job = train()
     assert job["state"] == "succeeded", tenant.logs(job["id"])
-    assert 0 <= job["evaluation"]["accuracy"] <= 1
+    # A second attempt of the tenant, another uid, reuses what the first one cached.
+    again = train()
+    assert again["state"] == "succeeded", tenant.logs(again["id"])
     assert {a["name"] for a in job["artifacts"]} == {
         "spec.json",
         "weights.safetensors",
         "model.onnx",
     }
-    db = Database(f"sqlite:///{server.home / 'nimbus.db'}")
-    try:
-        with db.session() as s:
-            checkpoint = job_outputs.latest_checkpoint(s, job["id"])
-    finally:
-        db.dispose()
-    assert checkpoint is not None  # written in the work directory, uploaded
-    # The dataset's prepared arrays came through the tenant's cache, written by the job.
-    cached = [
-        path
-        for path in (server.home / "cache").rglob("*")
-        if path.is_file() and not path.name.endswith(".lock")
-    ]
-    assert len(cached) >= 6 and all(path.stat().st_uid == user.uid for path in cached)
-    assert all(mode(path) == 0o600 for path in cached)  # the job's umask
-    # The ended attempt's directory is the server's again.
-    workdirs = list((server.home / "jobs" / job["id"]).iterdir())
-    assert workdirs and all(path.stat().st_uid == 0 and mode(path) == 0o700 for path in workdirs)
+    # The dataset's prepared arrays came through the tenant's cache: the server's, its
+    # tenant's group, files the attempt wrote with the group's access only.
+    caches = [p for p in (server.home / "cache").iterdir() if p.is_dir()]
+    assert caches and all(
+        p.stat().st_uid == 0 and p.stat().st_mode & 0o7777 == 0o2770 for p in caches
+    )
+    # A succeeded attempt's work directory is removed.
+    assert list((server.home / "jobs" / job["id"]).iterdir()) == []
+
+
+def test_a_server_that_cannot_sandbox_runs_no_job_and_says_why(base: Path) -> None:
+    """The root fallback of issue 8: a job user that cannot reach NIMBUS_HOME (behind a
+    0700 directory) used to mean jobs ran as root and read the admin token."""
+    walled = base / "walled"
+    walled.mkdir(mode=0o700)
+    env = {**FAST}
+    with ServerProcess(walled / "home", env=env) as server:
+        health = server.client().get("/healthz").json()["job_isolation"]
+        assert health["runs_jobs"] is False and str(walled) in health["detail"], health
+        assert "NIMBUS_JOB_ISOLATION=none" in health["detail"]
+        tenant = Tenant(server, "refused")
+        job_id = tenant.submit(b"print(open(%r).read())\n" % str(server.home / "admin-token"))
+        time.sleep(3)
+        job = tenant.client.get(f"{API}/jobs/{job_id}").json()
+        assert job["state"] == "queued" and tenant.logs(job_id) == ""
+        assert "jobs refused" in server.log()
+
+
+def test_running_unisolated_is_said_loudly(base: Path) -> None:
+    env = {**FAST, "NIMBUS_JOB_ISOLATION": "none"}
+    with ServerProcess(base / "unisolated", env=env) as server:
+        health = server.client().get("/healthz").json()["job_isolation"]
+        assert (
+            health
+            == {
+                "mode": "none",
+                "runs_jobs": True,
+                "detail": health["detail"],
+            }
+            and "UNISOLATED" in health["detail"]
+        )
+        assert "UNISOLATED" in server.log()
+        tenant = Tenant(server, "alone")
+        job = tenant.run(b"print('hi')\n")
+        assert job["state"] == "succeeded"
+        assert tenant.client.get(f"{API}/jobs/{job['id']}").json()["isolation"] == "none"

@@ -47,6 +47,7 @@ class Run:
         root: Path | None = None,
         program: Program | None = None,
         files: dict[str, str] | None = None,
+        resources: Resources | None = None,
     ) -> None:
         Run.counter += 1
         self.executor = executor
@@ -61,7 +62,7 @@ class Run:
             program=program or Program(code=code),
             workdir=self.workdir,
             nimbus_url="http://127.0.0.1:1",
-            resources=Resources(cpus=1, memory_bytes=0, workers=workers),
+            resources=resources or Resources(cpus=1, memory_bytes=0, workers=workers),
             output=self.chunks.append,
         )
         for name, text in (files or {}).items():

@@ -1,12 +1,11 @@
-"""Jobs as an unprivileged user: real processes on both executors, started by root.
+"""Attempts in the sandbox, on the executor: real processes in bubblewrap, started by root.
 
-The executor tests need root (they are, here and in CI): without it they are skipped, as
-they are when the job user cannot reach the interpreter (a 0700 directory on the way)."""
+Without root or bwrap these tests are skipped (never in CI, where `make services`
+installs bubblewrap and the tests run as root)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import stat
@@ -16,237 +15,335 @@ from pathlib import Path
 
 import pytest
 
-from nimbus.errors import InvalidInput
+from nimbus.jobs.domain import ExitReason, Resources
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import Executor, ExitStatus
-from nimbus.jobs.isolation import (
-    JOB_USER,
-    JobUser,
-    TenantCaches,
-    choose_user,
-    ensure_system_user,
-    preflight,
-    prepare_workdir,
-    resolve_job_user,
-)
-from tests.jobs.conftest import GRACE, Run
+from nimbus.jobs.executors.local import LocalExecutor
+from nimbus.jobs.isolation import Isolation, TenantCaches, resolve_isolation
+from nimbus.jobs.sandbox import Sandbox
+from tests.jobs.conftest import GRACE, Run, wait_gone
+
+MiB = 2**20
 
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
-    """A directory the job user may pass through (pytest's own tmp dirs are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="nimbus-isolation-"))
+    """A directory attempts' uids may pass through (pytest's own tmp dirs are 0700)."""
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs root")
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (make services)")
+    path = Path(tempfile.mkdtemp(prefix="nimbus-sandbox-"))
     path.chmod(0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def user(base: Path) -> JobUser:
-    if os.geteuid() != 0:
-        pytest.skip("dropping to a job user needs root")
-    found = ensure_system_user()
-    if problems := preflight(found, [base]):
-        pytest.skip(f"the job user cannot run jobs on this machine: {'; '.join(problems)}")
-    return found
-
-
-@pytest.fixture(scope="module", params=["local", "forkserver"])
-def isolated(request: pytest.FixtureRequest, base: Path, user: JobUser) -> Iterator[Executor]:
-    ex = make_executor(
-        request.param,
-        base / request.param / "jobs",
-        preload=["json"],
-        grace_seconds=GRACE,
-        run_as=user,
+def isolation(home: Path, *, disk_limit_bytes: int = 32 * MiB) -> Isolation:
+    home.mkdir(mode=0o711, exist_ok=True)
+    return resolve_isolation(
+        "sandbox",
+        home,
+        instance=f"test-{os.getpid()}",
+        uid_first=2_000_000_000,
+        uid_count=1000,
+        disk_limit_bytes=disk_limit_bytes,
+        pids_per_worker=32,
+        keep_failed_seconds=3600,
     )
+
+
+@pytest.fixture(scope="module")
+def sandbox(base: Path) -> Sandbox:
+    found = isolation(base / "home")
+    assert found.sandbox is not None, found.refused
+    return found.sandbox
+
+
+@pytest.fixture(scope="module")
+def sandboxed(sandbox: Sandbox, base: Path) -> Iterator[Executor]:
+    ex = make_executor("local", base / "home" / "jobs", grace_seconds=GRACE, sandbox=sandbox)
     yield ex
     ex.close()
 
 
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
-
-
 WHO_AM_I = """
-import ctypes, json, os
-sig = ctypes.c_int()
-ctypes.CDLL(None).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
-umask = os.umask(0)
-os.umask(umask)
+import json, os
 try:
     os.setuid(0)
     regained = True
-except PermissionError:
+except OSError:  # EPERM, or EINVAL: uid 0 does not exist in its user namespace
     regained = False
-open("written", "w").write("x")
-print(json.dumps({"uid": os.getresuid(), "gid": os.getresgid(), "groups": os.getgroups(),
-                  "umask": umask, "home": os.environ["HOME"], "cwd": os.getcwd(),
-                  "dir_owner": os.stat(".").st_uid, "pdeathsig": sig.value,
-                  "regained": regained, "file_mode": os.stat("written").st_mode & 0o777}))
+try:
+    open("/etc/shadow").read()  # root's, 0640: in view (read-only), not readable
+    shadow = "read"
+except OSError as exc:
+    shadow = type(exc).__name__
+print(json.dumps({"uid": os.getresuid(), "groups": os.getgroups(), "pid": os.getpid(),
+                  "cwd": os.getcwd(), "home": os.environ["HOME"], "regained": regained,
+                  "shadow": shadow, "tmp": os.listdir("/tmp")}))
 """
 
 
-def test_a_job_runs_as_the_job_user_for_good(isolated: Executor, user: JobUser) -> None:
-    run = Run(isolated, WHO_AM_I)
-    assert run.wait() == ExitStatus(0), run.output
-    seen = json.loads(run.output)
-    assert seen["uid"] == [user.uid] * 3 and seen["gid"] == [user.gid] * 3
-    assert seen["groups"] == [] and not seen["regained"]
-    assert seen["umask"] == 0o077 and seen["file_mode"] == 0o600
-    assert seen["home"] == seen["cwd"] == str(run.workdir)
-    assert seen["dir_owner"] == user.uid  # its own while it runs...
-    if isolated.__class__.__name__ == "ForkServerExecutor":
-        assert seen["pdeathsig"] == 9  # set after the drop, which would have cleared it
-    # ...the server's once it ended: later jobs of the same uid cannot enter it.
-    assert run.workdir.stat().st_uid == os.geteuid() and mode(run.workdir) == 0o700
-    jobs_root = run.workdir.parent.parent
-    assert mode(jobs_root) == mode(run.workdir.parent) == 0o711
-    assert jobs_root.stat().st_uid == run.workdir.parent.stat().st_uid == os.geteuid()
+def test_each_attempt_has_its_own_uid_and_pid_namespace(sandboxed: Executor) -> None:
+    first, second = Run(sandboxed, WHO_AM_I), Run(sandboxed, WHO_AM_I)
+    assert first.wait().ok and second.wait().ok, first.output + second.output
+    one, two = json.loads(first.output), json.loads(second.output)
+    assert one["uid"][0] != two["uid"][0] and one["uid"][0] >= 2_000_000_000
+    assert one["uid"] == [one["uid"][0]] * 3 and one["groups"] == [] and not one["regained"]
+    # bwrap ran as that uid: its user namespace maps to it, not to root outside.
+    assert one["shadow"] == "PermissionError"
+    assert one["pid"] == two["pid"] == 2  # bwrap's init is 1 in each namespace
+    assert one["cwd"] == one["home"] == str(first.workdir)
+    assert set(one["tmp"]) <= {first.workdir.parts[2]}  # a private /tmp (the workdir's path)
+    assert not first.workdir.exists()  # succeeded: removed
 
 
-def test_every_worker_drops(isolated: Executor, user: JobUser) -> None:
-    run = Run(isolated, "import os; print(os.getresuid(), os.getgroups())", workers=2)
-    assert run.wait().ok, run.output
-    assert sorted(run.output.splitlines()) == [f"[{rank}] {(user.uid,) * 3} []" for rank in (0, 1)]
-
-
-PROBE = """
-import json, os, sys
+def test_a_job_cannot_read_root_files_nor_another_running_jobs_environment(
+    sandboxed: Executor, base: Path
+) -> None:
+    """The xfail of the single-uid days: an exec'ed job's /proc/<pid>/environ (its token)
+    was readable by every other job of the job user."""
+    secret = base / "root-secret"
+    secret.write_text("admin token")
+    secret.chmod(0o600)
+    victim = Run(sandboxed, "import os, time; print(os.getpid(), flush=True); time.sleep(60)")
+    victim.wait_output("\n")
+    host_pids = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _has_env(p, f"NIMBUS_ATTEMPT_ID={victim.launch.attempt_id}")
+    ]
+    assert host_pids
+    thief = Run(
+        sandboxed,
+        f"""
+import json, os, signal
 def attempt(fn):
     try:
         fn()
         return "allowed"
     except OSError as exc:
         return type(exc).__name__
-paths = json.loads(sys.argv[1])
-print(json.dumps({
-    "secret": attempt(lambda: open(paths["secret"]).read()),
-    "private dir": attempt(lambda: os.listdir(paths["private"])),
-    "jobs root": attempt(lambda: os.listdir(paths["jobs_root"])),
-    "job dir": attempt(lambda: os.listdir(paths["job_dir"])),
-    "write in jobs root": attempt(lambda: open(paths["jobs_root"] + "/planted", "w")),
-    "ended attempt": attempt(lambda: open(paths["ended"] + "/marker.txt").read()),
-    "parent environ": attempt(lambda: open(f"/proc/{os.getppid()}/environ", "rb").read()),
-    "server environ": attempt(lambda: open(paths["server_environ"], "rb").read()),
-}))
+print(json.dumps({{
+    "secret": attempt(lambda: open({str(secret)!r}).read()),
+    "environ": [attempt(lambda: open(f"/proc/{{p}}/environ", "rb").read()) for p in {host_pids}],
+    "kill": [attempt(lambda: os.kill(p, signal.SIGKILL)) for p in {host_pids}],
+    "others": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+}}))
+""",
+    )
+    assert thief.wait().ok, thief.output
+    sandboxed.kill(victim.handle)
+    assert victim.wait() is not None
+    seen = json.loads(thief.output)
+    assert seen["secret"] in ("PermissionError", "FileNotFoundError")
+    assert "allowed" not in seen["environ"] and "allowed" not in seen["kill"], seen
+    assert seen["others"] == [1, 2]  # its init and itself
+
+
+def _has_env(proc: Path, needle: str) -> bool:
+    try:
+        return needle.encode() in (proc / "environ").read_bytes()
+    except OSError:
+        return False
+
+
+ESCAPE = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        print(os.getpid(), flush=True)
+        time.sleep(600)
+    os._exit(0)
+time.sleep(0.5)
+print("parent done", flush=True)
+time.sleep(float(sys.argv[1]))
 """
 
 
-def test_a_job_cannot_read_the_servers_files_or_ended_attempts(
-    isolated: Executor, base: Path
-) -> None:
-    jobs_root: Path = isolated.jobs_root  # type: ignore[attr-defined]
-    private = base / "private"
-    private.mkdir(mode=0o700, exist_ok=True)
-    secret = private.parent / "secret"
-    secret.write_text("admin token")
-    secret.chmod(0o600)
-    ended = Run(isolated, "open('marker.txt', 'w').write('mine')")
-    assert ended.wait().ok, ended.output
-    paths = {
-        "secret": str(secret),
-        "private": str(private),
-        "jobs_root": str(jobs_root),
-        "job_dir": str(ended.workdir.parent),
-        "ended": str(ended.workdir),
-        "server_environ": f"/proc/{os.getpid()}/environ",
-    }
-    run = Run(isolated, f"import sys; sys.argv[1:] = [{json.dumps(paths)!r}]\n{PROBE}")
-    assert run.wait().ok, run.output
-    assert set(json.loads(run.output).values()) == {"PermissionError"}, run.output
+@pytest.mark.parametrize("how", ["ends", "killed"])
+def test_escaped_processes_die_with_the_attempt(sandboxed: Executor, how: str) -> None:
+    stay = "1" if how == "ends" else "600"
+    run = Run(sandboxed, f"import sys; sys.argv[1:] = [{stay!r}]\n{ESCAPE}")
+    run.wait_output("parent done")
+    group = run.handle.sandbox.cgroup  # type: ignore[attr-defined]
+    escaped = group.pids() if group is not None else set()
+    assert len(escaped) >= 3  # launcher, bwrap's init, the job, the escapee
+    if how == "killed":
+        sandboxed.kill(run.handle)
+    run.wait()
+    assert all(wait_gone(pid) for pid in escaped)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(
-            "local",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="residual risk: an exec'ed job is dumpable, so jobs of the same "
-                "uid can read its /proc/<pid>/environ; one uid per attempt would close it",
-            ),
-        ),
-        "forkserver",
-    ],
-)
-def test_running_jobs_hide_their_environment_from_each_other(
-    base: Path, user: JobUser, kind: str
+def test_cancel_gives_the_job_its_grace_period(sandboxed: Executor) -> None:
+    """SIGTERM reaches the job inside the sandbox, not the launcher outside (whose death
+    would SIGKILL it at once)."""
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('graceful', flush=True), sys.exit(0)))\n"
+        "print('ready', flush=True)\ntime.sleep(60)"
+    )
+    run = Run(sandboxed, code)
+    run.wait_output("ready")
+    sandboxed.kill(run.handle)
+    run.wait()
+    assert "graceful" in run.output
+
+
+def test_workers_of_one_attempt_reach_each_other(sandboxed: Executor) -> None:
+    code = """
+import os, socket, time
+port = int(os.environ["MASTER_PORT"])
+if os.environ["RANK"] == "0":
+    server = socket.create_server(("127.0.0.1", port))
+    conn, _ = server.accept()
+    print("got", conn.recv(16).decode(), flush=True)
+else:
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port)).sendall(b"hello")
+            break
+        except OSError:
+            time.sleep(0.05)
+"""
+    run = Run(sandboxed, code, workers=2)
+    assert run.wait(timeout=30).ok, run.output
+    assert "[0] got hello" in run.output
+
+
+def test_memory_past_the_limit_is_out_of_memory(sandboxed: Executor) -> None:
+    run = Run(
+        sandboxed,
+        "x = bytearray(512 * 2**20)\nx[::4096] = b'1' * len(x[::4096])\nprint('survived')",
+        resources=Resources(memory_bytes=128 * MiB),
+    )
+    status = run.wait(timeout=60)
+    assert status.limit is ExitReason.OUT_OF_MEMORY and "survived" not in run.output
+    assert status.outcome().reason is ExitReason.OUT_OF_MEMORY
+    assert run.workdir.exists()  # failed: kept for a while
+
+
+def test_a_fork_bomb_stops_at_the_process_limit(sandboxed: Executor) -> None:
+    run = Run(
+        sandboxed,
+        """
+import os, time
+n = 0
+try:
+    while n < 500:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+except OSError:
+    pass
+print(n)
+""",
+    )
+    assert run.wait(timeout=60).ok, run.output
+    assert int(run.output.split()[-1]) < 32
+
+
+def test_a_file_past_the_disk_limit(sandboxed: Executor) -> None:
+    run = Run(sandboxed, "open('big', 'wb').write(b'x' * (64 * 2**20))")
+    status = run.wait(timeout=60)
+    assert status.limit is ExitReason.DISK_LIMIT, (status, run.output)
+    assert (run.workdir / "big").stat().st_size <= 32 * MiB
+
+
+def test_many_files_past_the_disk_limit(sandboxed: Executor) -> None:
+    code = (
+        "import time\nfor i in range(8):\n    open(f'f{i}', 'wb').write(b'x' * (8 * 2**20))\n"
+        "print('written', flush=True)\ntime.sleep(30)"
+    )
+    run = Run(sandboxed, code)
+    status = run.wait(timeout=60)
+    assert status.limit is ExitReason.DISK_LIMIT, (status, run.output)
+
+
+def test_the_fork_server_with_the_sandbox_starts_attempts_in_it(
+    sandbox: Sandbox, base: Path
 ) -> None:
-    """A fork-server child changed user without exec: the kernel made it non-dumpable, so
-    a job of the same uid can neither read its /proc/<pid>/environ (the job token) nor
-    ptrace it."""
     ex = make_executor(
-        kind, base / "dumpable" / kind, preload=["json"], grace_seconds=GRACE, run_as=user
+        "forkserver", base / "home" / "jobs", preload=["json"], grace_seconds=GRACE, sandbox=sandbox
     )
     try:
-        victim = Run(ex, "import os, time; print(os.getpid(), flush=True); time.sleep(60)")
-        pid = int(victim.wait_output("\n").split()[0])
-        thief = Run(ex, f"open('/proc/{pid}/environ', 'rb').read()")
-        status = thief.wait()
-        ex.kill(victim.handle)
-        victim.wait()
-        assert status == ExitStatus(1) and "PermissionError" in thief.output, thief.output
+        assert isinstance(ex, LocalExecutor) and ex.sandbox is sandbox  # never unsandboxed
+        run = Run(ex, "import os; print(os.getuid())")
+        assert run.wait().ok and int(run.output) >= 2_000_000_000
     finally:
         ex.close()
 
 
-def test_workdirs_and_tenant_caches(base: Path, user: JobUser) -> None:
-    root = base / "layout" / "jobs"
-    root.mkdir(parents=True)
-    workdir = root / "job_x" / "att_y"
-    prepare_workdir(root, workdir, user)
-    assert mode(root / "job_x") == 0o711 and (root / "job_x").stat().st_uid == os.geteuid()
-    assert mode(workdir) == 0o700 and workdir.stat().st_uid == user.uid
-
-    caches = TenantCaches(base / "layout" / "cache", b"k" * 32, user)
-    one, two = caches.dir_for(1), caches.dir_for(2)
-    assert one != two and one == caches.dir_for(1)
-    assert caches.name(1) != TenantCaches(base / "other", b"j" * 32, user).name(1)
-    assert mode(caches.root) == 0o711 and caches.root.stat().st_uid == os.geteuid()
-    assert mode(one) == 0o700 and one.stat().st_uid == user.uid
-    os.chown(one, 0, 0)  # left by another user: started afresh, never chowned in place
-    (one / "stale").write_text("x")
-    assert caches.dir_for(1) == one and not (one / "stale").exists()
-    assert one.stat().st_uid == user.uid
-
-
-@pytest.mark.parametrize(
-    ("setting", "euid", "chosen"),
-    [
-        ("auto", 0, JOB_USER),
-        ("auto", 1000, None),
-        ("none", 0, None),
-        ("NONE", 1000, None),
-        ("alice", 0, "alice"),
-        ("alice", 1000, "alice"),
-    ],
-)
-def test_choose_user(setting: str, euid: int, chosen: str | None) -> None:
-    assert choose_user(setting, euid) == chosen
-
-
-def test_resolving_the_job_user(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    with caplog.at_level(logging.WARNING, "nimbus.jobs.isolation"):
-        assert resolve_job_user("auto", [tmp_path], euid=1000) is None
-    assert "job isolation is off" in caplog.text and "root" in caplog.text
-    assert resolve_job_user("none", [tmp_path], euid=0) is None
-    with pytest.raises(InvalidInput, match="no such user"):
-        resolve_job_user("no-such-user-here", [tmp_path], euid=0)
-    with pytest.raises(InvalidInput, match="needs a server started as root"):
-        resolve_job_user("nobody", [tmp_path], euid=1000)
-    assert resolve_job_user(str(os.geteuid()), [tmp_path]) is None  # already that user
+def test_the_sandbox_refuses_without_root_or_bwrap_and_none_is_explicit(base: Path) -> None:
+    home = base / "refusals"
+    not_root = resolve_isolation(
+        "sandbox",
+        home,
+        instance="x",
+        uid_first=2_000_000_000,
+        uid_count=10,
+        disk_limit_bytes=MiB,
+        pids_per_worker=16,
+        keep_failed_seconds=0,
+        euid=1000,
+    )
+    assert not not_root.runs_jobs and "root" in str(not_root.refused)
+    assert "NIMBUS_JOB_ISOLATION=none" in str(not_root.refused)
+    no_bwrap = resolve_isolation(
+        "sandbox",
+        home,
+        instance="x",
+        uid_first=2_000_000_000,
+        uid_count=10,
+        disk_limit_bytes=MiB,
+        pids_per_worker=16,
+        keep_failed_seconds=0,
+        bwrap="/nonexistent/bwrap",
+    )
+    assert not no_bwrap.runs_jobs and "bwrap" in str(no_bwrap.refused)
+    unisolated = resolve_isolation(
+        "none",
+        home,
+        instance="x",
+        uid_first=1,
+        uid_count=1,
+        disk_limit_bytes=1,
+        pids_per_worker=16,
+        keep_failed_seconds=0,
+    )
+    assert unisolated.runs_jobs and unisolated.sandbox is None
+    assert "UNISOLATED" in unisolated.summary()
 
 
-def test_a_job_user_that_cannot_reach_home(
-    caplog: pytest.LogCaptureFixture, base: Path, user: JobUser
-) -> None:
+def test_an_interpreter_job_uids_cannot_reach_is_refused_by_name(base: Path) -> None:
+    """Finding 1: a venv under a 0700 directory (/root) meant jobs ran as root."""
     walled = base / "walled"
     walled.mkdir(mode=0o700)
-    (walled / "home").mkdir()
-    caplog.set_level(logging.WARNING, "nimbus.jobs.isolation")
-    assert resolve_job_user("auto", [walled / "home"]) is None  # lenient: says why
-    assert f"{walled} is mode 0700" in caplog.text and "job isolation is off" in caplog.text
-    with pytest.raises(InvalidInput, match="cannot reach"):  # named: required
-        resolve_job_user(JOB_USER, [walled / "home"])
+    (walled / "home").mkdir(mode=0o700)
+    refused = isolation(walled / "home")
+    assert not refused.runs_jobs
+    assert f"{walled} is mode 0700" in str(refused.refused), refused.refused
+
+
+def test_tenant_caches_are_the_servers_in_the_tenants_group(base: Path) -> None:
+    caches = TenantCaches(base / "caches", b"k" * 32, lambda tenant: 3_000_000 + (tenant or 0))
+    one, two = caches.dir_for(1), caches.dir_for(2)
+    assert one != two and caches.name(1) != TenantCaches(base / "c2", b"j" * 32).name(1)
+    assert stat.S_IMODE(caches.root.stat().st_mode) == 0o711
+    assert stat.S_IMODE(one.stat().st_mode) == 0o2770 and one.stat().st_gid == 3_000_001
+    assert one.stat().st_uid == os.geteuid()
+    os.chown(one, 12345, 0)  # left by a job's uid (older layout): started afresh
+    (one / "stale").write_text("x")
+    assert caches.dir_for(1) == one and not (one / "stale").exists()
+
+
+def test_unsandboxed_executors_still_report_plain_statuses(base: Path) -> None:
+    ex = LocalExecutor(base / "plain" / "jobs", grace_seconds=GRACE)
+    try:
+        run = Run(ex, "raise SystemExit(4)")
+        assert run.wait() == ExitStatus(4)
+    finally:
+        ex.close()

@@ -228,6 +228,8 @@ def job_view(job: Job) -> RenderableType:
         ("deadline", iso(job.deadline_at)),
         ("exit reason", job.exit_reason),
     ]
+    if job.isolation == "none":
+        rows.append(("isolation", "NONE: jobs run unisolated as the server's user"))
     for key, value in rows:
         facts.add_row(key, _state(job.state) if key == "state" else _t(value))
     if job.params:

@@ -51,6 +51,8 @@ class ExitReason(StrEnum):
     INFRA = "infrastructure"  # could not start, executor failure: retried
     CANCELLED = "cancelled"
     DEADLINE = "deadline_exceeded"
+    OUT_OF_MEMORY = "out_of_memory"  # the cgroup's memory limit (--memory) hit: not retried
+    DISK_LIMIT = "disk_limit"  # wrote past the work directory's size limit: not retried
 
 
 class Fenced(Conflict):

@@ -1,35 +1,29 @@
-"""Who job processes run as, and the directories they may use.
+"""Whether attempts run isolated, and the directories they may use.
 
-A root server runs every attempt as an unprivileged OS user (``nimbus-job`` by default,
-the ``job_user`` setting): the executor drops to it in the worker's process after the fork
-(``setgroups([])``, ``setgid``, ``setuid``, umask 077), so user code cannot read
-NIMBUS_HOME (admin token, metadata database, blob store, deployments' token files), which
-the server keeps at 0700/0600 (see :func:`nimbus.server.bootstrap`). What jobs may use:
+The ``job_isolation`` setting decides (:func:`resolve_isolation`):
 
-- ``jobs/`` and ``jobs/<job id>/``: 0711, the server's: traversable, not listable;
-- ``jobs/<job id>/<attempt id>/``: the attempt's work directory (HOME), 0700, the job
-  user's while the attempt runs, the server's again once it ended (:func:`retire_workdir`);
-- ``cache/``: 0711, the server's; ``cache/<keyed hash of the tenant id>/``: that tenant's
-  download cache, 0700, the job user's (:class:`TenantCaches`).
+- ``sandbox`` (the default): every attempt in a bubblewrap sandbox of its own, with a uid
+  of its own and a cgroup (:mod:`nimbus.jobs.sandbox`). That needs a server started as
+  root, ``bwrap``, and an interpreter (venv, packages) that an unprivileged uid can read.
+  When one is missing the server still serves its API but **runs no job**, and says
+  exactly what is missing and how to fix it (its start line, ``/healthz``, the log). Jobs
+  never fall back to running as root or as the server's user.
+- ``none``: attempts run as the server's own user, unisolated: for a single-user machine.
+  Said loudly: the start line, ``/healthz`` and every ``jobs show``.
 
-All jobs share one uid, so they are kept apart from each other only by paths they cannot
-list and cannot guess (random job and attempt ids, a keyed hash per tenant), and from
-finished attempts by ownership. Running jobs of one uid can signal and, for a process
-that exec'ed, ptrace or read the ``/proc/<pid>/environ`` of one another: one uid per
-attempt would close that.
+What attempts may use on disk:
 
-A server that is not root runs jobs as itself (with a warning): isolation needs root. So
-does, with ``auto``, a root server whose job user cannot reach the interpreter, the
-``nimbus`` package or NIMBUS_HOME (a 0700 directory on the way, such as /root): it says
-which directory, and runs jobs as root. A user named in the setting is required instead:
-the server does not start without it.
+- ``jobs/`` and ``jobs/<job id>/``: the server's, 0711 (``sandbox``) or 0700;
+- ``jobs/<job id>/<attempt id>/``: the attempt's work directory (HOME), 0700, the
+  attempt's uid's while it runs, the server's again once it ended;
+- ``cache/<keyed hash of the tenant id>/``: that tenant's download cache
+  (:class:`TenantCaches`); in the sandbox only the attempt's own tenant's is in view.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import pwd
@@ -37,37 +31,41 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nimbus.errors import InvalidInput
+from nimbus.jobs import cgroups
+from nimbus.jobs.sandbox import (
+    BWRAP_INSTALL,
+    SYSTEM_PATHS,
+    AttemptView,
+    Sandbox,
+    SandboxSettings,
+    bwrap_argv,
+    covering,
+    launcher_argv,
+    python_paths,
+    top_symlinks,
+)
 
 log = logging.getLogger(__name__)
 
-JOB_USER = "nimbus-job"
-FALLBACK_USER = "nobody"  # when the system user cannot be created
-JOB_UMASK = 0o077
+JOB_UMASK = 0o007  # the group (the tenant's attempts) shares the tenant's download cache
 WORKDIR_MODE = 0o700
 TRAVERSE_MODE = 0o711  # others may pass through to a path they know, never list it
-USERADD = ("--system", "--no-create-home", "--shell", "/usr/sbin/nologin")
+NO_ISOLATION = "none"
 
-# Run as the job user by :func:`preflight`: what a job needs, checked by the kernel itself.
-_PREFLIGHT = """\
-import importlib.util, json, os, sys
-problems = [p for p in json.loads(sys.argv[1]) if not os.access(p, os.X_OK)]
-spec = importlib.util.find_spec("nimbus")
-where = list(spec.submodule_search_locations or []) if spec else []
-if not where or not os.access(where[0], os.R_OK | os.X_OK):
-    problems.append(where[0] if where else "nimbus")
-print(json.dumps(problems))
-"""
+# Run in a sandbox by :func:`check_sandbox`: what a job needs, imported for real.
+_PROBE = "import nimbus.runtime, numpy"
 
 
 @dataclass(frozen=True)
 class JobUser:
-    """The OS user attempts run as."""
+    """An OS user (a uid and its group)."""
 
     name: str
     uid: int
@@ -80,148 +78,181 @@ class JobUser:
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
     def popen_kwargs(self) -> dict[str, Any]:
-        """``subprocess.Popen`` arguments that start a process as this user, with no
-        supplementary groups (the server's, root's among them, would otherwise stay)."""
+        """``subprocess.Popen`` arguments that start a process as this user."""
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
-    def spawn_fields(self) -> dict[str, int]:
-        """What the fork server's zygote needs to drop to this user in a child."""
-        return {"uid": self.uid, "gid": self.gid}
 
+@dataclass
+class Isolation:
+    """How this server runs jobs: ``mode`` as set; ``sandbox`` when it engaged;
+    ``refused``: why no job runs (isolation was asked for and cannot engage);
+    ``degraded``: what the sandbox does not enforce here (no writable cgroup controller)."""
 
-def choose_user(setting: str, euid: int) -> str | None:
-    """Which user the ``job_user`` setting asks for, for a server running as ``euid``:
-    a name, or None for the server's own user."""
-    value = setting.strip()
-    if value.lower() == "none":
-        return None
-    if value.lower() == "auto":
-        return JOB_USER if euid == 0 else None
-    if not value:
-        raise InvalidInput("job_user must be 'auto', 'none' or a user name")
-    return value
+    mode: Literal["sandbox", "none"]
+    sandbox: Sandbox | None = None
+    refused: str | None = None
+    degraded: list[str] = field(default_factory=list)
 
+    @property
+    def runs_jobs(self) -> bool:
+        return self.refused is None
 
-def ensure_system_user(name: str = JOB_USER) -> JobUser:
-    """The system user ``name``, created (``useradd --system``) if missing; ``nobody`` when
-    it cannot be created."""
-    try:
-        return JobUser.lookup(name)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or shutil.which("useradd", path="/usr/sbin:/sbin")
-    if useradd is None:
-        log.warning(
-            "useradd not found: jobs run as %r instead of a dedicated %r", FALLBACK_USER, name
-        )
-    else:
-        done = subprocess.run(
-            [useradd, *USERADD, name], capture_output=True, text=True, check=False
-        )
-        try:
-            return JobUser.lookup(name)  # created, here or by a server starting beside us
-        except KeyError:
-            log.warning(
-                "could not create the user %r (%s): jobs run as %r",
-                name,
-                done.stderr.strip() or f"useradd exited {done.returncode}",
-                FALLBACK_USER,
+    def summary(self) -> str:
+        """One line for the start line and ``/healthz``."""
+        if self.refused is not None:
+            return f"jobs refused: {self.refused}"
+        if self.mode == NO_ISOLATION:
+            return (
+                "jobs run UNISOLATED as this server's user (NIMBUS_JOB_ISOLATION=none): "
+                "any job can read NIMBUS_HOME, the admin token and other jobs"
             )
-    return JobUser.lookup(FALLBACK_USER)
+        limits = f"; limits NOT enforced: {', '.join(self.degraded)}" if self.degraded else ""
+        return f"jobs run sandboxed (bubblewrap, a uid and a cgroup per attempt){limits}"
 
 
-def preflight(user: JobUser, paths: Sequence[Path], python: str = sys.executable) -> list[str]:
-    """Why ``user`` could not run jobs: the interpreter, the ``nimbus`` package or one of
-    ``paths`` (directories it must pass through) out of its reach. Empty when it can."""
+def resolve_isolation(
+    mode: str,
+    home: Path,
+    *,
+    instance: str,
+    uid_first: int,
+    uid_count: int,
+    disk_limit_bytes: int,
+    pids_per_worker: int,
+    keep_failed_seconds: float,
+    euid: int | None = None,
+    python: str = sys.executable,
+    bwrap: str | None = None,
+    cgroup_root: Path = cgroups.CGROUP_ROOT,
+) -> Isolation:
+    """How jobs run, per the ``job_isolation`` setting; never raises for a machine that
+    cannot sandbox: the answer says why (``refused``) and the server runs no job."""
+    value = mode.strip().lower()
+    if value == NO_ISOLATION:
+        return Isolation("none")
+    if value != "sandbox":
+        raise InvalidInput(f"job_isolation must be 'sandbox' or 'none', not {mode!r}")
+    euid = os.geteuid() if euid is None else euid
+    fix_none = "or set NIMBUS_JOB_ISOLATION=none on a single-user machine"
+    if euid != 0:
+        return Isolation(
+            "sandbox",
+            refused=f"the sandbox needs a server started as root (it gives every attempt a "
+            f"uid of its own); this one runs as uid {euid}: start it as root, {fix_none}",
+        )
+    found = bwrap or shutil.which("bwrap")
+    if found is None:
+        return Isolation(
+            "sandbox", refused=f"bubblewrap (bwrap) is not installed: {BWRAP_INSTALL}, {fix_none}"
+        )
+    try:
+        read_only = covering([*SYSTEM_PATHS, *python_paths(python)])
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Isolation("sandbox", refused=f"cannot run {python}: {exc}")
+    settings = SandboxSettings(
+        bwrap=found,
+        home=home,
+        read_only=read_only,
+        symlinks=top_symlinks(SYSTEM_PATHS),
+        uid_first=uid_first,
+        uid_count=uid_count,
+        disk_limit_bytes=disk_limit_bytes,
+        pids_per_worker=pids_per_worker,
+        keep_failed_seconds=keep_failed_seconds,
+    )
+    problem = check_sandbox(settings, python)
+    if problem is not None:
+        return Isolation("sandbox", refused=f"{problem}; {fix_none}")
+    try:
+        self_cgroup = Path("/proc/self/cgroup").read_text()
+        found_h = cgroups.find_hierarchies(
+            self_cgroup, cgroup_root, cgroups.probe(cgroup_root), group=f"nimbus-{instance}"
+        )
+    except OSError:
+        found_h = []
+    usable = cgroups.writable(found_h)
+    degraded = cgroups.missing(usable)
+    sandbox = Sandbox(settings, usable, degraded)
+    if degraded:
+        log.warning(
+            "job limits are not enforced (%s): --memory, the process limit and --cpus are "
+            "accounting only, and an attempt's escaped processes die with its PID "
+            "namespace but not by cgroup; run the server with write access to the cgroup "
+            "hierarchy (cgroup v2 with memory, pids and cpu delegated, or the v1 "
+            "controllers)",
+            ", ".join(degraded),
+        )
+    return Isolation("sandbox", sandbox, degraded=degraded)
+
+
+def check_sandbox(settings: SandboxSettings, python: str = sys.executable) -> str | None:
+    """Why a job could not start in the sandbox (bwrap failing, the interpreter or its
+    packages out of an unprivileged uid's reach); None when one can. Runs a real sandbox
+    as the first uid of the range."""
+    sandbox = Sandbox(settings)
+    uid, gid = settings.uid_first, settings.tenant_gid(None)
+    if note := blocked(settings.home.parent, uid, gid):  # the home itself is ours to set
+        return (
+            f"job uids cannot reach NIMBUS_HOME ({settings.home}), where their work "
+            f"directories are: {note}. Let other users pass (chmod o+x) or choose a "
+            "NIMBUS_HOME outside it"
+        )
+    for path in settings.read_only:
+        if note := blocked(Path(path), uid, gid):
+            return (
+                f"job uids cannot reach {path}: {note}. Keep Python and its packages (the "
+                f"venv) where any user may read them, or let them pass (chmod o+x)"
+            )
+    workdir = Path(tempfile.mkdtemp(prefix="nimbus-sandbox-check-"))
+    os.chown(workdir, uid, gid)
+    view = AttemptView(uid, gid, workdir)
+    argv = launcher_argv(
+        [],
+        settings.disk_limit_bytes,
+        uid,
+        gid,
+        bwrap_argv(sandbox.settings, view, [python, "-c", _PROBE]),
+    )
     try:
         done = subprocess.run(
-            [python, "-c", _PREFLIGHT, json.dumps([str(p) for p in paths])],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
+            argv,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             cwd="/",
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
-            **user.popen_kwargs(),
         )
-    except OSError as exc:
-        where = _blocked_note(Path(python).resolve(), user)
-        return [f"cannot run {python}: {exc.strerror}{where}"]
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot start a sandbox: {exc}"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     if done.returncode != 0:
-        return [f"{python} failed as {user.name}: {done.stderr.strip()[-500:]}"]
-    blocked = json.loads(done.stdout)
-    return [f"cannot reach {path}{_blocked_note(Path(path), user)}" for path in blocked]
+        return f"a sandboxed job cannot start: {done.stderr.strip()[-500:]}"
+    return None
 
 
-def _blocked_note(path: Path, user: JobUser) -> str:
-    """Names the first directory on the way to ``path`` that ``user`` may not pass."""
+def blocked(path: Path, uid: int, gid: int) -> str | None:
+    """The first directory on the way to ``path`` that ``uid`` may not pass, described."""
     for directory in [*reversed(path.parents), path]:
         try:
             info = directory.stat()
         except OSError:
-            return ""
-        if stat.S_ISDIR(info.st_mode) and not _may_search(info, user):
-            owner = info.st_uid
+            return None
+        if stat.S_ISDIR(info.st_mode) and not _may_search(info, uid, gid):
             return (
-                f" ({directory} is mode {stat.S_IMODE(info.st_mode):04o}, owner {owner}: "
-                f"not traversable by {user.name})"
+                f"{directory} is mode {stat.S_IMODE(info.st_mode):04o}, owner {info.st_uid}: "
+                "not traversable by other users"
             )
-    return ""
+    return None
 
 
-def _may_search(info: os.stat_result, user: JobUser) -> bool:
-    if info.st_uid == user.uid:
+def _may_search(info: os.stat_result, uid: int, gid: int) -> bool:
+    if info.st_uid == uid:
         return bool(info.st_mode & stat.S_IXUSR)
-    if info.st_gid == user.gid:
+    if info.st_gid == gid:
         return bool(info.st_mode & stat.S_IXGRP)
     return bool(info.st_mode & stat.S_IXOTH)
-
-
-def resolve_job_user(
-    setting: str, reach: Sequence[Path], *, euid: int | None = None, python: str = sys.executable
-) -> JobUser | None:
-    """The user jobs run as, per the ``job_user`` setting; None: the server's own user.
-
-    ``auto`` is lenient: a server that is not root, or whose job user cannot reach the
-    interpreter or ``reach`` (NIMBUS_HOME's parent), runs jobs as itself and logs why.
-    A user named explicitly is required: InvalidInput when it cannot be used.
-    """
-    euid = os.geteuid() if euid is None else euid
-    name = choose_user(setting, euid)
-    auto = setting.strip().lower() == "auto"
-    if name is None:
-        if auto:
-            log.warning(
-                "job isolation is off: jobs run as this server's own user (uid %d) "
-                "and can read NIMBUS_HOME; start the server as root to run them as "
-                "%r (NIMBUS_JOB_USER)",
-                euid,
-                JOB_USER,
-            )
-        return None
-    try:
-        user = ensure_system_user(name) if auto else JobUser.lookup(name)
-    except KeyError:
-        raise InvalidInput(f"job_user {name!r}: no such user") from None
-    if user.uid == euid:
-        return None
-    if euid != 0:
-        raise InvalidInput(f"running jobs as {user.name!r} needs a server started as root")
-    problems = preflight(user, reach, python)
-    if not problems:
-        log.info("jobs run as %s (uid %d, gid %d)", user.name, user.uid, user.gid)
-        return user
-    reason = f"jobs cannot run as {user.name!r}: {'; '.join(problems)}"
-    if not auto:
-        raise InvalidInput(reason)
-    log.warning(
-        "job isolation is off: %s. Jobs run as root and can read NIMBUS_HOME. Let "
-        "%s pass the directories named (chmod o+x), or keep Python, Nimbus and "
-        "NIMBUS_HOME where it can; NIMBUS_JOB_USER=none accepts this",
-        reason,
-        user.name,
-    )
-    return None
 
 
 def prepare_workdir(jobs_root: Path, workdir: Path, owner: JobUser | None) -> None:
@@ -245,53 +276,46 @@ def prepare_workdir(jobs_root: Path, workdir: Path, owner: JobUser | None) -> No
     os.chmod(workdir, WORKDIR_MODE)
 
 
-def retire_workdir(workdir: Path, owner: JobUser | None) -> None:
-    """Once an attempt ended, give its work directory back to the server: other jobs,
-    which share the job user's uid, can no longer enter it even knowing its path."""
-    if owner is None:
-        return
-    try:
-        os.chown(workdir, os.geteuid(), os.getegid(), follow_symlinks=False)
-        os.chmod(workdir, WORKDIR_MODE)
-    except FileNotFoundError:
-        pass
-
-
-def prepare_root(root: Path, owner: JobUser | None) -> None:
+def prepare_root(root: Path, passable: bool) -> None:
     """A directory jobs pass through (the jobs or cache root): the server's, 0711 when
-    jobs run as another user, 0700 otherwise."""
+    sandboxed attempts (other uids) must pass it, 0700 otherwise."""
     root.mkdir(mode=WORKDIR_MODE, parents=True, exist_ok=True)
-    os.chmod(root, TRAVERSE_MODE if owner is not None else WORKDIR_MODE)
+    os.chmod(root, TRAVERSE_MODE if passable else WORKDIR_MODE)
 
 
 class TenantCaches:
     """One download cache per tenant, ``<root>/<keyed hash of the tenant id>/``.
 
     The names are HMAC-SHA256 of the tenant id under ``key`` (a server secret), so a job
-    cannot find another tenant's cache: the root is traversable, not listable. A tenant's
-    jobs share its cache; it is the job user's, 0700.
+    cannot find another tenant's cache: the root is traversable, not listable. Sandboxed,
+    a tenant's cache is the server's, group ``group(tenant id)`` (the tenant's attempts),
+    setgid, 2770, and only the attempt's own tenant's cache is in its view; otherwise 0700.
     """
 
-    def __init__(self, root: Path, key: bytes, owner: JobUser | None) -> None:
-        self.root, self.key, self.owner = Path(root), key, owner
-        prepare_root(self.root, owner)
+    def __init__(
+        self, root: Path, key: bytes, group: Callable[[int | None], int] | None = None
+    ) -> None:
+        self.root, self.key, self.group = Path(root), key, group
+        prepare_root(self.root, group is not None)
 
     def name(self, tenant_id: int | None) -> str:
         digest = hmac.new(self.key, f"tenant:{tenant_id}".encode(), hashlib.sha256)
         return digest.hexdigest()[:32]
 
     def dir_for(self, tenant_id: int | None) -> Path:
-        """The tenant's cache directory, created (or handed to the job user) as needed."""
+        """The tenant's cache directory, created (or handed back to the server) as needed."""
         path = self.root / self.name(tenant_id)
-        uid, gid = (self.owner.uid, self.owner.gid) if self.owner else (os.geteuid(), os.getegid())
         try:
-            if path.lstat().st_uid != uid:
-                # Left by another job user. Never chown a tree a job controls (a symlink
-                # swapped in would hand the job any file): it is a cache, start it afresh.
+            if path.lstat().st_uid != os.geteuid():
+                # Left by a job's uid (an older layout). Never chown a tree a job controls
+                # (a symlink swapped in would hand the job any file): start it afresh.
                 shutil.rmtree(path)
         except FileNotFoundError:
             pass
         path.mkdir(mode=WORKDIR_MODE, exist_ok=True)
-        os.chown(path, uid, gid, follow_symlinks=False)
-        os.chmod(path, WORKDIR_MODE)
+        if self.group is None:
+            os.chmod(path, WORKDIR_MODE)
+        else:
+            os.chown(path, os.geteuid(), self.group(tenant_id), follow_symlinks=False)
+            os.chmod(path, 0o2770)
         return path

@@ -187,6 +187,10 @@ def lease_expired(lease_expires_at: datetime | None, now: datetime) -> bool:
     return lease_expires_at is not None and now >= lease_expires_at
 
 
+# The same job would hit the same limit again: a retry would only repeat the failure.
+_NOT_RETRIED = (ExitReason.USER_ERROR, ExitReason.OUT_OF_MEMORY, ExitReason.DISK_LIMIT)
+
+
 def on_attempt_end(
     job: RetryFacts, outcome: Outcome, now: datetime, policy: RetryPolicy = RetryPolicy()
 ) -> Decision:
@@ -210,7 +214,7 @@ def on_attempt_end(
             ExitReason.DEADLINE,
             f"deadline exceeded (last attempt: {outcome.detail or outcome.reason})",
         )
-    if outcome.reason is ExitReason.USER_ERROR:
+    if outcome.reason in _NOT_RETRIED:
         return Decision(
             JobState.FAILED, AttemptState.FAILED, outcome.reason, f"{outcome.detail}: not retried"
         )

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nimbus.errors import InvalidInput, Unavailable
-from nimbus.jobs.isolation import JobUser, ensure_system_user, preflight
+from nimbus.jobs.isolation import JobUser, blocked
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,57 @@ def json_reply(outcome: Outcome) -> dict[str, Any] | None:
     except ValueError:
         return None
     return reply if isinstance(reply, dict) else None
+
+
+USERADD = ("--system", "--no-create-home", "--shell", "/usr/sbin/nologin")
+
+# Run as the check user by :func:`preflight`: what a check needs, checked by the kernel itself.
+_PREFLIGHT = """\
+import importlib.util, json, os, sys
+problems = [p for p in json.loads(sys.argv[1]) if not os.access(p, os.X_OK)]
+spec = importlib.util.find_spec("nimbus")
+where = list(spec.submodule_search_locations or []) if spec else []
+if not where or not os.access(where[0], os.R_OK | os.X_OK):
+    problems.append(where[0] if where else "nimbus")
+print(json.dumps(problems))
+"""
+
+
+def ensure_system_user(name: str) -> JobUser:
+    """The system user ``name``, created (``useradd --system``) if missing; KeyError when it
+    cannot be created."""
+    try:
+        return JobUser.lookup(name)
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or shutil.which("useradd", path="/usr/sbin:/sbin")
+    if useradd is not None:
+        subprocess.run([useradd, *USERADD, name], capture_output=True, text=True, check=False)
+    return JobUser.lookup(name)  # created here, or by a server starting beside us
+
+
+def preflight(user: JobUser, paths: Sequence[Path], python: str = sys.executable) -> list[str]:
+    """Why ``user`` could not run checks: the interpreter, the ``nimbus`` package or one of
+    ``paths`` out of its reach. Empty when it can."""
+    try:
+        done = subprocess.run(
+            [python, "-c", _PREFLIGHT, json.dumps([str(p) for p in paths])],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            **user.popen_kwargs(),
+        )
+    except OSError as exc:
+        where = blocked(Path(python).resolve(), user.uid, user.gid)
+        return [f"cannot run {python}: {exc.strerror}" + (f" ({where})" if where else "")]
+    if done.returncode != 0:
+        return [f"{python} failed as {user.name}: {done.stderr.strip()[-500:]}"]
+    found: list[str] = json.loads(done.stdout)
+    notes = [(path, blocked(Path(path), user.uid, user.gid)) for path in found]
+    return [f"cannot reach {path}" + (f" ({note})" if note else "") for path, note in notes]
 
 
 def resolve_check_user(

@@ -5,8 +5,20 @@ from __future__ import annotations
 from nimbus.wire.base import Response
 
 
+class JobIsolation(Response):
+    """How this server runs jobs: ``mode`` ``sandbox`` or ``none`` (unisolated);
+    ``runs_jobs`` false when isolation was asked for and cannot engage (``detail`` says
+    what is missing and how to fix it)."""
+
+    mode: str
+    runs_jobs: bool
+    detail: str
+
+
 class Health(Response):
-    """The control plane is up, and which Nimbus it runs."""
+    """The control plane is up, and which Nimbus it runs; how it isolates jobs (absent when
+    it runs no scheduler)."""
 
     status: str
     version: str
+    job_isolation: JobIsolation | None = None

@@ -92,6 +92,7 @@ class Job(Response):
     evaluation: dict[str, Any] | None
     artifacts: list[Artifact]
     seed: int | None
+    isolation: str | None = None  # how this server runs jobs: "sandbox" or "none"
 
 
 class JobList(Response):

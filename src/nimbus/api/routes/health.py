@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from nimbus import __version__
-from nimbus.wire.health import Health
+from nimbus.wire.health import Health, JobIsolation
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
-    """Liveness, and the version of Nimbus that answers."""
-    return Health(status="ok", version=__version__)
+def healthz(request: Request) -> Health:
+    """Liveness, the version of Nimbus that answers, and how it isolates jobs."""
+    isolation = getattr(request.app.state, "job_isolation", None)
+    jobs = None
+    if isolation is not None:
+        jobs = JobIsolation(
+            mode=isolation.mode, runs_jobs=isolation.runs_jobs, detail=isolation.summary()
+        )
+    return Health(status="ok", version=__version__, job_isolation=jobs)

@@ -54,7 +54,9 @@ def compare_jobs(principal: Viewer, request: Request, ids: str = "") -> JobList:
 
 @router.get("/jobs/{job_id}", response_model=Job)
 def get_job(job_id: str, principal: Viewer, request: Request) -> Job:
-    return services_of(request).jobs.get(principal, job_id)
+    job = services_of(request).jobs.get(principal, job_id)
+    isolation = getattr(request.app.state, "job_isolation", None)
+    return job if isolation is None else job.model_copy(update={"isolation": isolation.mode})
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)

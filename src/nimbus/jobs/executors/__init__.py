@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from nimbus.errors import InvalidInput
 from nimbus.jobs.executors.base import Executor
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.isolation import JobUser
+from nimbus.jobs.sandbox import Sandbox
 
 EXECUTORS = ("local", "forkserver")
+log = logging.getLogger(__name__)
 
 
 def make_executor(
@@ -24,14 +26,20 @@ def make_executor(
     *,
     preload: Sequence[str] = ("torch",),
     grace_seconds: float = 10.0,
-    run_as: JobUser | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Executor:
-    """The executor called ``name``, running attempts under ``jobs_root`` (as ``run_as``
-    when given: see :mod:`nimbus.jobs.isolation`)."""
+    """The executor called ``name``, running attempts under ``jobs_root`` (each in
+    ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`)."""
     if name == "local":
-        return LocalExecutor(jobs_root, grace_seconds=grace_seconds, run_as=run_as)
-    if name == "forkserver":
-        return ForkServerExecutor(
-            jobs_root, preload=preload, grace_seconds=grace_seconds, run_as=run_as
+        return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
+    if name == "forkserver" and sandbox is not None:
+        # A zygote's children share its namespaces and were forked as root: a sandbox per
+        # attempt needs a fresh bwrap, so the warm start (torch imported) is given up.
+        log.warning(
+            "executor 'forkserver' with the sandbox: attempts start cold, each in its own "
+            "bubblewrap sandbox (the zygote's warm start would share one sandbox)"
         )
+        return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
+    if name == "forkserver":
+        return ForkServerExecutor(jobs_root, preload=preload, grace_seconds=grace_seconds)
     raise InvalidInput(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from nimbus.jobs.domain import Resources
+from nimbus.jobs.domain import ExitReason, Resources
 from nimbus.jobs.policy import Outcome
 
 OutputSink = Callable[[str], None]
@@ -69,6 +69,7 @@ class ExitStatus:
 
     exit_code: int | None
     signal: int | None = None
+    limit: ExitReason | None = None  # a limit of the sandbox ended it (out of memory, disk)
 
     @classmethod
     def from_returncode(cls, code: int) -> ExitStatus:
@@ -87,6 +88,20 @@ class ExitStatus:
         return self.exit_code == 0
 
     def outcome(self) -> Outcome:
+        if self.limit is ExitReason.OUT_OF_MEMORY:
+            return Outcome(
+                self.limit,
+                self.exit_code,
+                self.signal,
+                "out of memory: killed at its --memory limit",
+            )
+        if self.limit is ExitReason.DISK_LIMIT:
+            return Outcome(
+                self.limit,
+                self.exit_code,
+                self.signal,
+                "disk limit: killed for writing past it (NIMBUS_JOB_DISK_LIMIT)",
+            )
         return Outcome.from_exit(self.exit_code, self.signal)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from nimbus.errors import Unavailable
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus
 from nimbus.jobs.executors.process import ProcessExecutor, Worker
-from nimbus.jobs.isolation import JOB_UMASK, JobUser
+from nimbus.jobs.sandbox import AttemptSandbox
 
 # Run as a script (``-P``: its directory stays off sys.path) so the zygote imports nothing
 # of Nimbus: only the standard library and ``preload``.
@@ -37,8 +37,9 @@ MAX_MESSAGE = 1 << 20
 class ForkServerExecutor(ProcessExecutor):
     """Forks workers from a long-lived zygote; ``preload`` names the modules it imports.
 
-    The zygote keeps the server's user (root, when jobs run as ``run_as``); each child
-    drops to ``run_as`` right after the fork, before anything of the job runs."""
+    Its children run as the server's own user, unsandboxed (``job_isolation = none``):
+    with the sandbox, :func:`~nimbus.jobs.executors.make_executor` starts attempts cold
+    in bubblewrap instead."""
 
     def __init__(
         self,
@@ -49,9 +50,8 @@ class ForkServerExecutor(ProcessExecutor):
         base_env: Mapping[str, str] | None = None,
         grace_seconds: float = 10.0,
         start_timeout: float = 120.0,
-        run_as: JobUser | None = None,
     ) -> None:
-        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds, run_as=run_as)
+        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds)
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         zygote_env = {**self.base_env, "PYTHONUNBUFFERED": "1", "HOME": str(self.jobs_root)}
         self.jobs_root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -103,7 +103,9 @@ class ForkServerExecutor(ProcessExecutor):
                     self._replies[message["id"]] = message
                     self._reply_ready.notify_all()
 
-    def _spawn(self, launch: AttemptLaunch, env: dict[str, str]) -> tuple[int, int]:
+    def _spawn(
+        self, launch: AttemptLaunch, env: dict[str, str], sandbox: AttemptSandbox | None
+    ) -> tuple[int, int]:
         request: dict[str, Any] = {
             "id": next(self._ids),
             "cwd": str(launch.workdir),
@@ -112,8 +114,6 @@ class ForkServerExecutor(ProcessExecutor):
             "code": launch.program.code,
             "args": list(launch.program.args),
         }
-        if self.run_as is not None:
-            request.update(user=self.run_as.spawn_fields(), umask=JOB_UMASK)
         read_fd, write_fd = os.pipe()
         try:
             with self._lock:

@@ -12,7 +12,8 @@ from typing import Any
 
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus
 from nimbus.jobs.executors.process import ProcessExecutor, Worker, killpg
-from nimbus.jobs.isolation import JOB_UMASK, JobUser
+from nimbus.jobs.isolation import JOB_UMASK
+from nimbus.jobs.sandbox import AttemptSandbox, Sandbox
 
 
 class LocalExecutor(ProcessExecutor):
@@ -26,22 +27,25 @@ class LocalExecutor(ProcessExecutor):
         python: str = sys.executable,
         base_env: Mapping[str, str] | None = None,
         grace_seconds: float = 10.0,
-        run_as: JobUser | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
-        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds, run_as=run_as)
+        super().__init__(jobs_root, base_env=base_env, grace_seconds=grace_seconds, sandbox=sandbox)
         self.python = python
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        # Popen drops to the user in the child, between fork and exec: setgroups([]),
-        # setregid, setreuid (real, effective and saved ids: root cannot be taken back).
-        self._as_user: dict[str, Any] = (
-            {**run_as.popen_kwargs(), "umask": JOB_UMASK} if run_as is not None else {}
-        )
 
-    def _spawn(self, launch: AttemptLaunch, env: dict[str, str]) -> tuple[int, int]:
+    def _spawn(
+        self, launch: AttemptLaunch, env: dict[str, str], sandbox: AttemptSandbox | None
+    ) -> tuple[int, int]:
+        argv = launch.program.argv(self.python)
+        extra: dict[str, Any] = {}
+        if sandbox is not None and self.sandbox is not None:
+            # The launcher joins the attempt's cgroup and drops to its uid before bwrap.
+            argv = self.sandbox.command(sandbox, argv)
+            extra["umask"] = JOB_UMASK
         read_fd, write_fd = os.pipe()
         try:
             proc = subprocess.Popen(
-                launch.program.argv(self.python),
+                argv,
                 cwd=launch.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -49,7 +53,7 @@ class LocalExecutor(ProcessExecutor):
                 stderr=write_fd,
                 start_new_session=True,
                 close_fds=True,
-                **self._as_user,
+                **extra,
             )
         except BaseException:
             os.close(read_fd)

@@ -3,7 +3,9 @@
 A subclass overrides one method, :meth:`ProcessExecutor._spawn` (how one worker process is
 created), and :meth:`ProcessExecutor._reap` (how its end is learned). Each worker is the
 leader of its own session and process group, so killing the group also kills whatever the
-job spawned.
+job spawned. With a :class:`~nimbus.jobs.sandbox.Sandbox`, each attempt also runs in a
+sandbox of its own (a uid, namespaces, a cgroup): its signals go to every process of its
+cgroup, and its end kills the whole cgroup, escapees included.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nimbus.jobs.domain import ExitReason
 from nimbus.jobs.executors.base import (
     DEFAULT_PATH,
     AttemptLaunch,
@@ -25,10 +28,18 @@ from nimbus.jobs.executors.base import (
     OutputPump,
     scrubbed_env,
 )
-from nimbus.jobs.isolation import JobUser, prepare_root, prepare_workdir, retire_workdir
+from nimbus.jobs.isolation import prepare_root, prepare_workdir
+from nimbus.jobs.sandbox import (
+    DISK_LIMIT_EXIT,
+    AttemptSandbox,
+    Sandbox,
+    disk_usage,
+    over_disk_limit,
+)
 from nimbus.system import free_port
 
 log = logging.getLogger(__name__)
+DISK_CHECK_SECONDS = 2.0
 
 
 def killpg(pgid: int, sig: int) -> None:
@@ -59,12 +70,15 @@ class GroupHandle:
     workers: list[Worker] = field(default_factory=list)
     kill_at: float | None = None  # monotonic time to escalate SIGTERM to SIGKILL
     failure: ExitStatus | None = None  # the first worker failure, the attempt's status
+    sandbox: AttemptSandbox | None = None
+    limit: ExitReason | None = None  # a limit this executor enforced by killing it
+    checked_at: float = 0.0  # last disk usage check (monotonic)
 
 
 class ProcessExecutor:
-    """Runs each worker of an attempt as a process in its own session; as ``run_as`` (see
-    :mod:`nimbus.jobs.isolation`), which owns the attempt's work directory while it runs,
-    when given (the server must then be root)."""
+    """Runs each worker of an attempt as a process in its own session; in ``sandbox``
+    when given (see :mod:`nimbus.jobs.sandbox`; the server must then be root), else as the
+    server's own user (``job_isolation = none``)."""
 
     def __init__(
         self,
@@ -73,21 +87,23 @@ class ProcessExecutor:
         base_env: Mapping[str, str] | None = None,
         grace_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
-        run_as: JobUser | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.jobs_root = Path(jobs_root)
         self.base_env = dict(base_env) if base_env is not None else default_base_env()
         self.grace_seconds = grace_seconds
         self.clock = clock
-        self.run_as = run_as
+        self.sandbox = sandbox
         self._handles: dict[str, GroupHandle] = {}
-        if run_as is not None:
-            prepare_root(self.jobs_root, run_as)
+        prepare_root(self.jobs_root, sandbox is not None)
 
     # -- what subclasses provide ------------------------------------------------------------
 
-    def _spawn(self, launch: AttemptLaunch, env: dict[str, str]) -> tuple[int, int]:
-        """Start one worker in a new session; returns (pid, read end of its output pipe)."""
+    def _spawn(
+        self, launch: AttemptLaunch, env: dict[str, str], sandbox: AttemptSandbox | None
+    ) -> tuple[int, int]:
+        """Start one worker in a new session (in ``sandbox`` when given); returns (pid,
+        read end of its output pipe)."""
         raise NotImplementedError
 
     def _reap(self, worker: Worker) -> ExitStatus | None:
@@ -97,16 +113,25 @@ class ProcessExecutor:
     # -- the Executor protocol --------------------------------------------------------------
 
     def start(self, launch: AttemptLaunch) -> Handle:
-        prepare_workdir(self.jobs_root, launch.workdir, self.run_as)
+        prepare_workdir(self.jobs_root, launch.workdir, None)
         world = launch.resources.workers
         port = free_port() if world > 1 else None
         handle = GroupHandle(launch.attempt_id, launch.workdir)
         try:
+            if self.sandbox is not None:
+                cache = launch.extra_env.get("NIMBUS_CACHE_DIR")
+                handle.sandbox = self.sandbox.enter(
+                    launch.attempt_id,
+                    launch.workdir,
+                    launch.resources,
+                    tenant_id=launch.tenant_id,
+                    cache_dir=Path(cache) if cache else None,
+                )
             for rank in range(world):
                 env = scrubbed_env(
                     launch, base=self.base_env, rank=rank, world_size=world, master_port=port
                 )
-                pid, fd = self._spawn(launch, env)
+                pid, fd = self._spawn(launch, env, handle.sandbox)
                 pump = OutputPump(fd, launch.output, prefix=f"[{rank}] " if world > 1 else "")
                 pump.start()
                 handle.workers.append(Worker(rank, pid, pump))
@@ -117,7 +142,8 @@ class ProcessExecutor:
             for worker in handle.workers:  # reap them, or they stay zombies
                 while self._reap(worker) is None and time.monotonic() < deadline:
                     time.sleep(0.01)
-            retire_workdir(launch.workdir, self.run_as)
+            if handle.sandbox is not None and self.sandbox is not None:
+                self.sandbox.leave(handle.sandbox)
             raise
         self._handles[launch.attempt_id] = handle
         return handle
@@ -131,44 +157,103 @@ class ProcessExecutor:
                     group.failure = worker.status
                     self.kill(group)  # one worker failed: the rest cannot finish without it
         running = [w for w in group.workers if w.status is None]
+        if running and self.sandbox is not None and group.limit is None:
+            self._check_disk(group)
         if running and group.kill_at is not None and self.clock() >= group.kill_at:
-            for worker in running:
-                killpg(worker.pid, signal.SIGKILL)
+            self._signal(group, signal.SIGKILL)
         if running:
             return None
+        status = group.failure or ExitStatus(0)
+        if group.sandbox is not None and self.sandbox is not None:
+            status = self._limit_hit(group, status)
+            self.sandbox.leave(group.sandbox)  # kills escapees: the output pipes close
         for worker in group.workers:
             worker.pump.join(timeout=2.0)  # output held open by an escaped process is dropped
         self._handles.pop(group.attempt_id, None)
-        retire_workdir(group.workdir, self.run_as)
-        return group.failure or ExitStatus(0)
+        if self.sandbox is not None:
+            self.sandbox.retire_workdir(group.workdir, failed=not status.ok)
+        return status
 
     def kill(self, handle: Handle) -> None:
         group = self._group(handle)
-        for worker in group.workers:
-            if worker.status is None:
-                killpg(worker.pid, signal.SIGTERM)
+        self._signal(group, signal.SIGTERM)
         if group.kill_at is None:
             group.kill_at = self.clock() + self.grace_seconds
 
+    def _check_disk(self, group: GroupHandle) -> None:
+        """Every few seconds, the work directory's size; past the disk limit, the attempt
+        is killed (its files are all below ``RLIMIT_FSIZE``, but they may be many)."""
+        assert self.sandbox is not None
+        now = time.monotonic()
+        if now - group.checked_at < DISK_CHECK_SECONDS:
+            return
+        group.checked_at = now
+        limit = self.sandbox.settings.disk_limit_bytes
+        if over_disk_limit(disk_usage(group.workdir), limit):
+            group.limit = ExitReason.DISK_LIMIT
+            self._signal(group, signal.SIGKILL)
+
+    def _limit_hit(self, group: GroupHandle, status: ExitStatus) -> ExitStatus:
+        """The attempt's status, saying which limit ended it, if one did."""
+        assert self.sandbox is not None and group.sandbox is not None
+        if status.ok:
+            return status
+        limit = group.limit
+        if limit is None and group.sandbox.oom_killed():
+            limit = ExitReason.OUT_OF_MEMORY
+        if limit is None and (
+            status.exit_code == DISK_LIMIT_EXIT
+            or status.signal == signal.SIGXFSZ
+            or over_disk_limit(disk_usage(group.workdir), self.sandbox.settings.disk_limit_bytes)
+        ):
+            limit = ExitReason.DISK_LIMIT
+        return status if limit is None else ExitStatus(status.exit_code, status.signal, limit)
+
+    def _signal(self, group: GroupHandle, sig: int) -> None:
+        """Signal the attempt: every process of its cgroup when sandboxed (the workers'
+        process groups hold only the launchers there), else each worker's group."""
+        cgroup = group.sandbox.cgroup if group.sandbox is not None else None
+        if cgroup is None or sig == signal.SIGKILL:
+            for worker in group.workers:
+                if worker.status is None:
+                    killpg(worker.pid, sig)
+        if cgroup is None:
+            return
+        if sig == signal.SIGKILL:
+            cgroup.kill(timeout=0)
+            return
+        # Not the launchers (bwrap outside the sandbox): killed, they would SIGKILL the job
+        # at once (--die-with-parent) instead of letting it end within the grace period.
+        launchers = {worker.pid for worker in group.workers}
+        for pid in cgroup.pids() - launchers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
     def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
         killed = []
+        if self.sandbox is not None:
+            for attempt_id in self.sandbox.leftovers():
+                if attempt_id not in self._handles and should_kill(attempt_id):
+                    self.sandbox.kill_leftover(attempt_id)
+                    killed.append(attempt_id)
         for attempt_id, pids in find_attempt_processes(self.jobs_root).items():
             if attempt_id in self._handles or not should_kill(attempt_id):
                 continue
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     killpg(os.getpgid(pid), signal.SIGKILL)
-            killed.append(attempt_id)
+            if attempt_id not in killed:
+                killed.append(attempt_id)
         return killed
 
     def close(self) -> None:
         for group in list(self._handles.values()):
-            for worker in group.workers:
-                if worker.status is None:
-                    killpg(worker.pid, signal.SIGKILL)
+            self._signal(group, signal.SIGKILL)
             deadline = time.monotonic() + 5
             while self.poll(group) is None and time.monotonic() < deadline:
                 time.sleep(0.01)
+        if self.sandbox is not None:
+            self.sandbox.close()
 
     def _group(self, handle: Handle) -> GroupHandle:
         if not isinstance(handle, GroupHandle):

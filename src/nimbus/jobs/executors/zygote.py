@@ -83,20 +83,6 @@ def _run_child(request: dict[str, Any]) -> int:
                 stream.flush()
 
 
-def _drop_privileges(user: dict[str, int], umask: int) -> None:
-    """Become the job's user for good: supplementary groups first (dropping them needs
-    root), then the group, then the user (real, effective and saved: no way back)."""
-    uid, gid = user["uid"], user["gid"]
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
-        raise PermissionError(f"could not become uid {uid}, gid {gid}")
-    os.umask(umask)
-    # The change of user also left the process non-dumpable (no exec follows to reset
-    # that): other jobs of the same user cannot ptrace it or read /proc/<pid>/environ.
-
-
 def _fork(request: dict[str, Any], out_fd: int, keep_closed: list[int]) -> int:
     """Fork a child that becomes the job; returns its pid (in the zygote only)."""
     zygote = os.getpid()
@@ -116,10 +102,7 @@ def _fork(request: dict[str, Any], out_fd: int, keep_closed: list[int]) -> int:
         os.dup2(out_fd, 2)
         os.close(out_fd)
         os.close(devnull)
-        if request.get("user"):  # a failure ends the child here: no job code as root
-            _drop_privileges(request["user"], request["umask"])
         # Die with the zygote even if it is SIGKILLed (only its own child, not grandchildren).
-        # Set after the drop: changing the user clears it.
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote:  # it died before prctl took effect
             os._exit(1)

@@ -1,0 +1,242 @@
+"""One control group per attempt: its limits enforced by the kernel, and all of it killed.
+
+Which directories and which limit files are pure decisions (:func:`find_hierarchies`,
+:func:`attempt_dirs`, :func:`limit_files`, :func:`oom_kills`); :class:`AttemptCgroup`
+does the writes. Two layouts are supported:
+
+- **cgroup v2** (``/sys/fs/cgroup`` is cgroup2 with the ``memory``, ``pids`` and ``cpu``
+  controllers): one directory per attempt holds every limit, and ``cgroup.kill`` ends
+  every process in it at once, escapees included.
+- **hybrid** (cgroup v1 ``memory``, ``pids`` and ``cpu`` hierarchies, plus a cgroup2
+  hierarchy at ``/sys/fs/cgroup/unified`` with ``cgroup.kill`` but no controllers): one
+  directory per attempt in each v1 hierarchy for the limits, one in the unified
+  hierarchy for the kill. Without a writable unified hierarchy the kill is a loop over the
+  v1 ``cgroup.procs`` (SIGKILL everything listed until it is empty).
+
+Attempt cgroups are made below the server's own cgroup in each hierarchy (read from
+``/proc/self/cgroup``), in a ``nimbus-<instance id>`` directory, so they count against whatever
+limits the server itself runs under. Where no hierarchy is writable, nothing is enforced:
+:func:`find_hierarchies` says so and the sandbox refuses to start (see
+:mod:`nimbus.jobs.sandbox`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nimbus.jobs.domain import Resources
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("memory", "pids", "cpu")
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """A cgroup hierarchy attempts get a directory in: its version, where the server's
+    cgroup is in it, and which of ``memory``, ``pids``, ``cpu`` it controls."""
+
+    version: int
+    base: Path  # the directory attempt cgroups are created under
+    controllers: frozenset[str]
+    killable: bool = False  # has cgroup.kill (cgroup2)
+
+
+def parse_self_cgroup(text: str) -> dict[str, str]:
+    """``/proc/self/cgroup`` as {controller: path}; the cgroup2 entry under ``""``."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if not controllers:
+            found[""] = path
+        for name in controllers.split(","):
+            if name:
+                found[name] = path
+    return found
+
+
+def find_hierarchies(
+    self_cgroup: str, root: Path, entries: Mapping[str, frozenset[str]], group: str
+) -> list[Hierarchy]:
+    """Where attempt cgroups go, from ``/proc/self/cgroup`` and what is mounted.
+
+    ``entries`` maps each directory below ``root`` (``""`` for ``root`` itself) that is a
+    cgroup mount to the files or controllers found there: ``{"memory": {"memory"},
+    "unified": {"cgroup.kill"}, ...}`` for the hybrid layout, ``{"": {"cgroup.kill",
+    "memory", "pids", "cpu"}}`` for pure cgroup v2 (controllers as listed in
+    ``cgroup.controllers``). Pure: the caller probes the file system.
+    """
+    mine = parse_self_cgroup(self_cgroup)
+    found: list[Hierarchy] = []
+    here = group
+    if "" in entries and "cgroup.kill" in entries[""]:  # pure cgroup v2
+        controllers = frozenset(entries[""]) & frozenset(CONTROLLERS)
+        base = root / mine.get("", "/").lstrip("/") / here
+        return [Hierarchy(2, base, controllers, killable=True)]
+    for name in CONTROLLERS:
+        if name in entries and name in mine:
+            base = root / name / mine[name].lstrip("/") / here
+            found.append(Hierarchy(1, base, frozenset({name})))
+    if "unified" in entries and "cgroup.kill" in entries["unified"]:
+        base = root / "unified" / mine.get("", "/").lstrip("/") / here
+        found.append(Hierarchy(2, base, frozenset(), killable=True))
+    return found
+
+
+def missing(hierarchies: list[Hierarchy]) -> list[str]:
+    """What cannot be enforced with ``hierarchies``: controllers absent, no kill of the
+    whole group."""
+    have = set().union(*(h.controllers for h in hierarchies)) if hierarchies else set()
+    return [f"no writable {name} controller" for name in CONTROLLERS if name not in have]
+
+
+def limit_files(
+    version: int, controllers: frozenset[str], resources: Resources, *, pids_per_worker: int
+) -> dict[str, str]:
+    """The limit files of one attempt's cgroup and what to write in them: memory
+    (no swap beyond it), process count (threads included) and CPU quota, for all of the
+    attempt's workers together."""
+    memory = resources.total_memory_bytes
+    quota = max(1000, int(resources.total_cpus * CPU_PERIOD_US))
+    pids = pids_per_worker * resources.workers
+    files: dict[str, str] = {}
+    if "memory" in controllers and memory > 0:
+        if version == 2:
+            files.update({"memory.max": str(memory), "memory.swap.max": "0"})
+        else:
+            files["memory.limit_in_bytes"] = str(memory)
+    if "pids" in controllers:
+        files["pids.max"] = str(pids)
+    if "cpu" in controllers:
+        if version == 2:
+            files["cpu.max"] = f"{quota} {CPU_PERIOD_US}"
+        else:
+            files.update({"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)})
+    return files
+
+
+def oom_kills(version: int, text: str) -> int:
+    """OOM kills counted in ``memory.events`` (v2) or ``memory.oom_control`` (v1)."""
+    key = "oom_kill"
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def probe(root: Path = CGROUP_ROOT) -> dict[str, frozenset[str]]:
+    """What :func:`find_hierarchies` needs to know of ``root``: its cgroup mounts, with
+    the controllers (v2) or the controller (v1) of each, and ``cgroup.kill`` where there."""
+    entries: dict[str, frozenset[str]] = {}
+    if (root / "cgroup.controllers").exists():
+        names = set((root / "cgroup.controllers").read_text().split())
+        if (root / "cgroup.kill").exists() or (root / "cgroup.procs").exists():
+            names.add("cgroup.kill")
+        entries[""] = frozenset(names)
+        return entries
+    for name in CONTROLLERS:
+        if (root / name / "cgroup.procs").exists():
+            entries[name] = frozenset({name})
+    unified = root / "unified"
+    if (unified / "cgroup.procs").exists():
+        # cgroup.kill exists in every non-root cgroup2 directory since Linux 5.14; on an
+        # older kernel the kill falls back to a loop over cgroup.procs.
+        entries["unified"] = frozenset({"cgroup.kill"})
+    return entries
+
+
+def writable(hierarchies: list[Hierarchy]) -> list[Hierarchy]:
+    """The hierarchies whose attempt base directory this process can create."""
+    usable = []
+    for h in hierarchies:
+        try:
+            h.base.mkdir(exist_ok=True)
+        except OSError:
+            continue
+        if h.version == 2 and h.controllers:
+            # Hand the controllers down: the server's cgroup is not a leaf any more below.
+            wanted = " ".join(f"+{c}" for c in sorted(h.controllers))
+            with contextlib.suppress(OSError):
+                (h.base / "cgroup.subtree_control").write_text(wanted)
+        usable.append(h)
+    return usable
+
+
+class AttemptCgroup:
+    """One attempt's cgroup directories (one per hierarchy): created with its limits,
+    joined by the attempt's processes before they exec, killed and removed at its end."""
+
+    def __init__(self, hierarchies: list[Hierarchy], name: str) -> None:
+        self.hierarchies = hierarchies
+        self.dirs = [h.base / name for h in hierarchies]
+
+    def create(self, resources: Resources, *, pids_per_worker: int) -> None:
+        """Make the directories and write the limits; OSError if a limit cannot be set."""
+        writable(self.hierarchies)  # the bases, again: a previous close removed them
+        for h, directory in zip(self.hierarchies, self.dirs, strict=True):
+            directory.mkdir(exist_ok=True)
+            files = limit_files(
+                h.version, h.controllers, resources, pids_per_worker=pids_per_worker
+            )
+            for file, value in files.items():
+                if file == "memory.swap.max" and not (directory / file).exists():
+                    continue  # swap accounting off: no swap to limit
+                (directory / file).write_text(value)
+
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` files a process writes its pid to, to join."""
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for directory in self.dirs:
+            with contextlib.suppress(OSError):
+                found.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
+        return found
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed a process of the attempt for exceeding its memory."""
+        for h, directory in zip(self.hierarchies, self.dirs, strict=True):
+            if "memory" not in h.controllers:
+                continue
+            name = "memory.events" if h.version == 2 else "memory.oom_control"
+            with contextlib.suppress(OSError):
+                if oom_kills(h.version, (directory / name).read_text()) > 0:
+                    return True
+        return False
+
+    def kill(self, timeout: float = 5.0) -> None:
+        """SIGKILL every process of the attempt, however it left its session or group."""
+        for h, directory in zip(self.hierarchies, self.dirs, strict=True):
+            if h.killable:
+                with contextlib.suppress(OSError):
+                    (directory / "cgroup.kill").write_text("1")
+        deadline = time.monotonic() + timeout
+        while (left := self.pids()) and time.monotonic() < deadline:
+            for pid in left:  # v1 only, or a fork racing the kill
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+
+    def remove(self) -> None:
+        """Kill what is left, then remove the directories."""
+        self.kill()
+        for directory in self.dirs:
+            for _ in range(100):  # a killed process leaves its cgroup a moment later
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)

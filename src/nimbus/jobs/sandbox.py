@@ -1,0 +1,375 @@
+"""The sandbox each attempt runs in: bubblewrap namespaces, a uid of its own, a cgroup.
+
+Every attempt gets:
+
+- **its own uid** (:class:`UidPool`, from the ``job_uid_first``/``job_uid_count`` range)
+  and its tenant's gid. The launcher drops to them *before* it execs ``bwrap``, so the
+  user namespace bubblewrap makes maps to that unprivileged uid (as root, bwrap's user
+  namespace would map to uid 0 outside, and root's 0600 files would be readable);
+- **its own PID, mount, IPC and UTS namespaces** (``--unshare-all --share-net``,
+  ``--die-with-parent``, ``--new-session``): it cannot see or signal other jobs, and
+  when its main process ends the kernel kills everything left in the PID namespace;
+- **a file system of its own**: read-only views of the system (``/usr``, ``/etc``...) and
+  of the interpreter and the packages it imports; its work directory read-write; its
+  tenant's download cache read-write (another tenant's cache is not in its view at all);
+  a private ``/tmp`` and ``/dev/shm`` (tmpfs, at most the disk limit each); nothing of
+  NIMBUS_HOME besides (admin token, database, blob store are not there);
+- **limits** through its cgroup (:mod:`nimbus.jobs.cgroups`): memory, processes, CPU; and
+  a file size limit (``RLIMIT_FSIZE``) at the disk limit: writing past it kills the
+  writer with SIGXFSZ, which ends the attempt with reason ``disk_limit``.
+
+The network is the host's: the job reaches the control plane's job API (and, with a
+cloud blob store, the object store) over TCP, and the workers of one attempt find each
+other on 127.0.0.1 (``MASTER_ADDR``); the job holds only its job-scoped token there.
+
+Launch order (:func:`launcher_argv`): ``sh`` as root writes its own pid into the
+attempt's cgroups and sets the file size limit, then execs ``setpriv`` (drop to the
+attempt's uid and gid, no supplementary groups, no capabilities), which execs ``bwrap``
+(:func:`bwrap_argv`), which runs the program. Pure decisions are plain functions; the
+:class:`Sandbox` does the I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nimbus.jobs import cgroups
+from nimbus.jobs.domain import Resources
+
+log = logging.getLogger(__name__)
+
+BWRAP_INSTALL = "apt-get install bubblewrap (or `make services`)"
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+DISK_LIMIT_EXIT = 128 + signal.SIGXFSZ  # what bwrap reports when its child got SIGXFSZ
+FSIZE_BLOCK = 512  # unit of sh's ``ulimit -f``
+PURGE_EVERY_SECONDS = 60.0  # kept work directories of failed attempts: looked at this often
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """What every attempt's sandbox shares."""
+
+    bwrap: str
+    home: Path  # NIMBUS_HOME: kept out of every sandbox
+    read_only: tuple[str, ...]  # the interpreter, its packages, the system
+    symlinks: tuple[tuple[str, str], ...] = ()  # (path, target): /bin -> usr/bin...
+    uid_first: int = 2_000_000_000
+    uid_count: int = 65_536
+    disk_limit_bytes: int = 20 * 1024**3
+    pids_per_worker: int = 4096
+    keep_failed_seconds: float = 86_400.0
+
+    def tenant_gid(self, tenant_id: int | None) -> int:
+        """The group of a tenant's attempts and of its download cache: after the uid
+        range, so no attempt's uid is ever another tenant's gid."""
+        return self.uid_first + self.uid_count + (tenant_id or 0) % self.uid_count
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    """What one attempt's sandbox shows and who it runs as."""
+
+    uid: int
+    gid: int
+    workdir: Path
+    cache_dir: Path | None = None
+    devices: tuple[str, ...] = ()  # GPU device nodes, when the attempt asked for GPUs
+
+
+def covering(paths: Iterable[str]) -> tuple[str, ...]:
+    """The existing absolute ``paths``, resolved, without those inside another one (bwrap
+    binds each once). Order kept."""
+    resolved: list[str] = []
+    for raw in paths:
+        if not raw or not os.path.isabs(raw) or not os.path.exists(raw):
+            continue
+        real = os.path.realpath(raw)
+        if real not in resolved:
+            resolved.append(real)
+    return tuple(
+        p
+        for p in resolved
+        if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in resolved)
+    )
+
+
+def top_symlinks(paths: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """Those of ``paths`` that are symlinks (merged-/usr systems: ``/bin -> usr/bin``),
+    with their targets: recreated in the sandbox, where :func:`covering` binds the
+    targets."""
+    return tuple((p, os.readlink(p)) for p in paths if os.path.islink(p))
+
+
+def _inside(path: Path, roots: Iterable[str]) -> bool:
+    return any(path == Path(r) or Path(r) in path.parents for r in roots)
+
+
+def bwrap_argv(settings: SandboxSettings, view: AttemptView, program: Sequence[str]) -> list[str]:
+    """The ``bwrap`` command line that runs ``program`` in ``view``'s sandbox."""
+    argv = [
+        settings.bwrap,
+        "--unshare-all",  # user, pid, mount, ipc, uts, cgroup namespaces (and net) ...
+        "--share-net",  # ... but the host's network: see the module's docstring
+        "--die-with-parent",
+        "--new-session",
+        "--uid",
+        str(view.uid),
+        "--gid",
+        str(view.gid),
+        "--hostname",
+        "nimbus-job",
+    ]
+    for path in settings.read_only:
+        argv += ["--ro-bind", path, path]
+    for path, target in settings.symlinks:
+        argv += ["--symlink", target, path]
+    argv += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
+    for device in view.devices:
+        argv += ["--dev-bind", device, device]
+    size = str(settings.disk_limit_bytes)
+    argv += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm"]
+    if _inside(settings.home, settings.read_only):
+        argv += ["--tmpfs", str(settings.home)]  # hide it where a read-only view holds it
+    argv += ["--bind", str(view.workdir), str(view.workdir)]
+    if view.cache_dir is not None:
+        argv += ["--bind", str(view.cache_dir), str(view.cache_dir)]
+    argv += ["--chdir", str(view.workdir), "--", *program]
+    return argv
+
+
+# The launcher: join the cgroups (as root: writing cgroup.procs needs it), cap file sizes,
+# then exec the rest of the command line. Arguments: procs files..., "--", command...
+_JOIN = (
+    'fsize=$1; shift; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; '
+    'shift; ulimit -f "$fsize" || exit 125; exec "$@"'
+)
+
+
+def launcher_argv(
+    procs_files: Sequence[str], fsize_bytes: int, uid: int, gid: int, command: Sequence[str]
+) -> list[str]:
+    """``sh`` joins the cgroups and caps file sizes, ``setpriv`` drops to ``uid``/``gid``
+    for good (no supplementary groups, no capabilities), then ``command`` runs."""
+    blocks = max(1, fsize_bytes // FSIZE_BLOCK)
+    setpriv = [
+        shutil.which("setpriv") or "/usr/bin/setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
+    return ["/bin/sh", "-c", _JOIN, "sh", str(blocks), *procs_files, "--", *setpriv, *command]
+
+
+class UidPool:
+    """Hands out one uid per attempt from ``[first, first + count)``; thread-safe."""
+
+    def __init__(self, first: int, count: int) -> None:
+        self.first, self.count = first, count
+        self._used: set[int] = set()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> int:
+        with self._lock:
+            for step in range(self.count):
+                uid = self.first + (self._next + step) % self.count
+                if uid not in self._used:
+                    self._used.add(uid)
+                    self._next = (self._next + step + 1) % self.count  # not reused at once
+                    return uid
+        raise RuntimeError(f"all {self.count} job uids are in use")
+
+    def release(self, uid: int) -> None:
+        with self._lock:
+            self._used.discard(uid)
+
+
+def python_paths(python: str = sys.executable) -> tuple[str, ...]:
+    """What the interpreter of jobs needs to read: its prefixes and ``sys.path`` as a job
+    sees it (a scrubbed environment: no PYTHONPATH)."""
+    done = subprocess.run(
+        [
+            python,
+            "-c",
+            "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, "
+            "sys.exec_prefix, *sys.path]))",
+        ],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    paths: list[str] = json.loads(done.stdout)
+    return tuple([os.path.dirname(os.path.realpath(python)), *paths])
+
+
+@dataclass
+class AttemptSandbox:
+    """One attempt's share of the sandbox: its uid, its cgroup, its view."""
+
+    view: AttemptView
+    cgroup: cgroups.AttemptCgroup | None
+
+    def oom_killed(self) -> bool:
+        return self.cgroup is not None and self.cgroup.oom_killed()
+
+
+@dataclass
+class Sandbox:
+    """Makes and ends attempts' sandboxes (the I/O around the pure functions above)."""
+
+    settings: SandboxSettings
+    hierarchies: list[cgroups.Hierarchy] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)  # limits that are not enforced
+
+    def __post_init__(self) -> None:
+        self.uids = UidPool(self.settings.uid_first, self.settings.uid_count)
+        self._purged_at = -PURGE_EVERY_SECONDS
+
+    def enter(
+        self,
+        attempt_id: str,
+        workdir: Path,
+        resources: Resources,
+        *,
+        tenant_id: int | None,
+        cache_dir: Path | None,
+    ) -> AttemptSandbox:
+        """Allocate the attempt's uid, hand it its work directory, create its cgroup."""
+        uid = self.uids.acquire()
+        gid = self.settings.tenant_gid(tenant_id)
+        try:
+            os.chown(workdir, uid, gid, follow_symlinks=False)
+            os.chmod(workdir, 0o700)
+            for entry in workdir.iterdir():  # what the server put there (job.json): fresh,
+                if entry.is_file() and not entry.is_symlink():  # no job has run here yet
+                    os.chown(entry, uid, gid, follow_symlinks=False)
+            group = None
+            if self.hierarchies:
+                group = cgroups.AttemptCgroup(self.hierarchies, attempt_id)
+                group.create(resources, pids_per_worker=self.settings.pids_per_worker)
+        except BaseException:
+            self.uids.release(uid)
+            raise
+        devices = gpu_devices() if resources.gpus > 0 else ()
+        return AttemptSandbox(AttemptView(uid, gid, workdir, cache_dir, devices), group)
+
+    def command(self, attempt: AttemptSandbox, program: Sequence[str]) -> list[str]:
+        """The full command line of one worker of ``attempt``."""
+        procs = attempt.cgroup.procs_files() if attempt.cgroup is not None else []
+        inner = bwrap_argv(self.settings, attempt.view, program)
+        view = attempt.view
+        return launcher_argv(procs, self.settings.disk_limit_bytes, view.uid, view.gid, inner)
+
+    def leave(self, attempt: AttemptSandbox) -> None:
+        """Kill whatever of the attempt is left, remove its cgroup, free its uid."""
+        if attempt.cgroup is not None:
+            attempt.cgroup.remove()
+        with _suppress_missing():
+            os.chown(attempt.view.workdir, os.geteuid(), os.getegid(), follow_symlinks=False)
+        self.uids.release(attempt.view.uid)
+
+    def retire_workdir(self, workdir: Path, *, failed: bool) -> None:
+        """An ended attempt's work directory: removed, or kept (the server's, 0700) for
+        ``keep_failed_seconds`` when the attempt failed; older kept ones go now."""
+        if not failed:
+            shutil.rmtree(workdir, ignore_errors=True)
+        now = time.monotonic()
+        if now - self._purged_at >= PURGE_EVERY_SECONDS:  # a walk of every job's directory
+            self._purged_at = now
+            purge_workdirs(workdir.parent.parent, self.settings.keep_failed_seconds)
+
+    def close(self) -> None:
+        """Remove this instance's cgroup directories if no attempt is left in them."""
+        for h in self.hierarchies:
+            with contextlib.suppress(OSError):
+                h.base.rmdir()
+
+    def leftovers(self) -> list[str]:
+        """Attempt ids whose cgroup a previous run of this instance left behind."""
+        names: set[str] = set()
+        for h in self.hierarchies:
+            try:
+                names.update(p.name for p in h.base.iterdir() if p.is_dir())
+            except OSError:
+                continue
+        return sorted(names)
+
+    def kill_leftover(self, attempt_id: str) -> None:
+        cgroups.AttemptCgroup(self.hierarchies, attempt_id).remove()
+
+
+class _suppress_missing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        return kind is not None and issubclass(kind, FileNotFoundError)
+
+
+def disk_usage(directory: Path) -> tuple[int, int]:
+    """(bytes allocated, size of the largest file) under ``directory``; sparse files
+    count by what they allocate, symlinks not followed."""
+    total = largest = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(root, name))
+                total += info.st_blocks * 512
+                largest = max(largest, info.st_size)
+    return total, largest
+
+
+def over_disk_limit(usage: tuple[int, int], limit: int) -> bool:
+    """Whether a work directory's usage (:func:`disk_usage`) hit the disk limit: in all,
+    or one file stopped at it by ``RLIMIT_FSIZE`` (Python ignores SIGXFSZ: the write
+    fails with EFBIG instead of killing the job)."""
+    total, largest = usage
+    return total >= limit or largest >= limit
+
+
+def purge_workdirs(jobs_root: Path, older_than: float, now: float | None = None) -> list[Path]:
+    """Remove attempts' work directories (``<jobs_root>/<job>/<attempt>``) untouched for
+    ``older_than`` seconds, and job directories left empty; returns those removed."""
+    cutoff = (time.time() if now is None else now) - older_than
+    removed = []
+    for job in _subdirs(jobs_root):
+        for attempt in _subdirs(job):
+            with contextlib.suppress(OSError):
+                if attempt.lstat().st_mtime < cutoff:
+                    shutil.rmtree(attempt, ignore_errors=True)
+                    removed.append(attempt)
+        with contextlib.suppress(OSError):
+            if job.lstat().st_mtime < cutoff:
+                job.rmdir()  # only when empty
+    return removed
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    try:
+        return [p for p in directory.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+
+
+def gpu_devices() -> tuple[str, ...]:
+    """The NVIDIA device nodes of this machine (an attempt with GPUs needs them)."""
+    dev = Path("/dev")
+    return tuple(sorted(str(p) for p in dev.glob("nvidia*") if not p.is_dir()))

@@ -1,0 +1,208 @@
+"""The sandbox's pure decisions: the bwrap command line, the launcher, uids, cgroup paths
+and limits. Plain inputs, no processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from nimbus.jobs import cgroups
+from nimbus.jobs.domain import Resources
+from nimbus.jobs.sandbox import (
+    AttemptView,
+    SandboxSettings,
+    UidPool,
+    bwrap_argv,
+    covering,
+    launcher_argv,
+    over_disk_limit,
+    purge_workdirs,
+)
+
+SETTINGS = SandboxSettings(
+    bwrap="/usr/bin/bwrap",
+    home=Path("/srv/nimbus"),
+    read_only=("/usr", "/etc", "/opt/venv"),
+    symlinks=(("/bin", "usr/bin"),),
+    uid_first=5_000_000,
+    uid_count=100,
+    disk_limit_bytes=1024**3,
+)
+VIEW = AttemptView(5_000_007, 5_000_101, Path("/srv/nimbus/jobs/j/a"), Path("/srv/nimbus/cache/t"))
+
+
+def pairs(argv: list[str], flag: str) -> list[tuple[str, str]]:
+    return [(argv[i + 1], argv[i + 2]) for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_bwrap_argv_namespaces_uid_and_view() -> None:
+    argv = bwrap_argv(SETTINGS, VIEW, ["python", "-m", "job"])
+    assert argv[0] == "/usr/bin/bwrap" and argv[-4:] == ["--", "python", "-m", "job"]
+    for flag in ("--unshare-all", "--share-net", "--die-with-parent", "--new-session"):
+        assert flag in argv
+    assert argv[argv.index("--uid") + 1] == "5000007"
+    assert argv[argv.index("--gid") + 1] == "5000101"
+    assert pairs(argv, "--ro-bind") == [(p, p) for p in SETTINGS.read_only]
+    assert pairs(argv, "--symlink") == [("usr/bin", "/bin")]
+    workdir, cache = str(VIEW.workdir), str(VIEW.cache_dir)
+    assert pairs(argv, "--bind") == [(workdir, workdir), (cache, cache)]  # nothing else rw
+    assert ["--size", str(1024**3), "--tmpfs", "/tmp"] == argv[
+        argv.index("/tmp") - 3 : argv.index("/tmp") + 1
+    ]
+    assert argv[argv.index("--chdir") + 1] == workdir
+    assert "/srv/nimbus" not in [a for a, _ in pairs(argv, "--ro-bind")]
+
+
+def test_a_home_inside_a_read_only_view_is_hidden_under_a_tmpfs() -> None:
+    inside = SandboxSettings(bwrap="bwrap", home=Path("/opt/venv/home"), read_only=("/opt",))
+    view = AttemptView(1, 2, Path("/opt/venv/home/jobs/j/a"))
+    argv = bwrap_argv(inside, view, ["true"])
+    hidden = argv.index("/opt/venv/home")
+    assert argv[hidden - 1] == "--tmpfs" and hidden < argv.index("--bind")
+    assert "--tmpfs" not in bwrap_argv(SETTINGS, VIEW, ["true"])[:10]
+
+
+def test_gpus_are_bound_only_when_asked_for() -> None:
+    view = AttemptView(1, 2, Path("/w"), devices=("/dev/nvidia0", "/dev/nvidiactl"))
+    assert pairs(bwrap_argv(SETTINGS, view, ["true"]), "--dev-bind") == [
+        ("/dev/nvidia0", "/dev/nvidia0"),
+        ("/dev/nvidiactl", "/dev/nvidiactl"),
+    ]
+    assert "--dev-bind" not in bwrap_argv(SETTINGS, VIEW, ["true"])
+
+
+def test_the_launcher_joins_cgroups_caps_files_then_drops_before_bwrap() -> None:
+    argv = launcher_argv(["/cg/a/cgroup.procs", "/cg/b/cgroup.procs"], 1024**3, 7, 8, ["bwrap"])
+    assert argv[:2] == ["/bin/sh", "-c"]
+    assert argv[3:8] == [
+        "sh",
+        str(1024**3 // 512),
+        "/cg/a/cgroup.procs",
+        "/cg/b/cgroup.procs",
+        "--",
+    ]
+    setpriv = argv[8:]
+    assert setpriv[0].endswith("setpriv") and setpriv[-1] == "bwrap"
+    assert {"--reuid=7", "--regid=8", "--clear-groups", "--inh-caps=-all"} <= set(setpriv)
+
+
+def test_covering_keeps_existing_outermost_paths(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    found = covering(
+        [str(tmp_path / "a" / "b"), str(tmp_path / "a"), "relative", str(tmp_path / "missing")]
+    )
+    assert found == (str(tmp_path / "a"),)
+    assert covering([str(tmp_path / "link")]) == (str(tmp_path / "a"),)
+
+
+def test_uids_are_unique_while_held_and_not_reused_at_once() -> None:
+    pool = UidPool(100, 3)
+    a, b, c = pool.acquire(), pool.acquire(), pool.acquire()
+    assert sorted((a, b, c)) == [100, 101, 102]
+    with pytest.raises(RuntimeError):
+        pool.acquire()
+    pool.release(a)
+    assert pool.acquire() == a
+    pool = UidPool(100, 3)
+    first = pool.acquire()
+    pool.release(first)
+    assert pool.acquire() != first  # the next uid, not the one just freed
+
+
+def test_tenant_gids_sit_after_the_uid_range() -> None:
+    assert SETTINGS.tenant_gid(None) == 5_000_100
+    assert SETTINGS.tenant_gid(7) == 5_000_107
+    assert SETTINGS.tenant_gid(7) >= SETTINGS.uid_first + SETTINGS.uid_count
+
+
+def test_disk_limit_decisions() -> None:
+    assert not over_disk_limit((10, 10), 100)
+    assert over_disk_limit((100, 10), 100)  # many files
+    assert over_disk_limit((10, 100), 100)  # one file stopped at RLIMIT_FSIZE
+
+
+def test_purging_old_workdirs(tmp_path: Path) -> None:
+    old, new = tmp_path / "job1" / "att1", tmp_path / "job2" / "att2"
+    old.mkdir(parents=True)
+    new.mkdir(parents=True)
+    (old / "f").write_text("x")
+    past = time.time() - 100
+    os.utime(old, (past, past))
+    os.utime(old.parent, (past, past))
+    assert purge_workdirs(tmp_path, 50) == [old]
+    assert not old.exists() and new.exists()
+
+
+HYBRID = """\
+9:name=systemd:/
+8:pids:/
+4:memory:/process_api/abc
+1:cpu,cpuacct:/
+0::/
+"""
+
+
+def test_hierarchies_on_the_hybrid_layout() -> None:
+    entries = {
+        "memory": frozenset({"memory"}),
+        "pids": frozenset({"pids"}),
+        "cpu": frozenset({"cpu"}),
+        "unified": frozenset({"cgroup.kill"}),
+    }
+    found = cgroups.find_hierarchies(HYBRID, Path("/cg"), entries, group="nimbus-n1")
+    assert [(h.version, h.base, h.controllers, h.killable) for h in found] == [
+        (1, Path("/cg/memory/process_api/abc/nimbus-n1"), frozenset({"memory"}), False),
+        (1, Path("/cg/pids/nimbus-n1"), frozenset({"pids"}), False),
+        (1, Path("/cg/cpu/nimbus-n1"), frozenset({"cpu"}), False),
+        (2, Path("/cg/unified/nimbus-n1"), frozenset(), True),
+    ]
+    assert cgroups.missing(found) == []
+
+
+def test_hierarchies_on_pure_cgroup_v2() -> None:
+    entries = {"": frozenset({"cgroup.kill", "memory", "pids", "cpu", "io"})}
+    found = cgroups.find_hierarchies("0::/system.slice/nimbus.service\n", Path("/cg"), entries, "g")
+    assert found == [
+        cgroups.Hierarchy(
+            2, Path("/cg/system.slice/nimbus.service/g"), frozenset({"memory", "pids", "cpu"}), True
+        )
+    ]
+
+
+def test_what_degrades_without_controllers() -> None:
+    assert cgroups.missing([]) == [
+        "no writable memory controller",
+        "no writable pids controller",
+        "no writable cpu controller",
+    ]
+    only_kill = [cgroups.Hierarchy(2, Path("/x"), frozenset(), True)]
+    assert len(cgroups.missing(only_kill)) == 3
+
+
+def test_limit_files_for_both_versions() -> None:
+    res = Resources(cpus=1.5, memory_bytes=512 * 2**20, workers=2)
+    every = frozenset(cgroups.CONTROLLERS)
+    assert cgroups.limit_files(2, every, res, pids_per_worker=100) == {
+        "memory.max": str(2**30),
+        "memory.swap.max": "0",
+        "pids.max": "200",
+        "cpu.max": "300000 100000",
+    }
+    assert cgroups.limit_files(1, every, res, pids_per_worker=100) == {
+        "memory.limit_in_bytes": str(2**30),
+        "pids.max": "200",
+        "cpu.cfs_period_us": "100000",
+        "cpu.cfs_quota_us": "300000",
+    }
+    unlimited = Resources(memory_bytes=0)
+    assert "memory.max" not in cgroups.limit_files(2, every, unlimited, pids_per_worker=1)
+
+
+def test_oom_kills_are_read_from_either_file() -> None:
+    assert cgroups.oom_kills(2, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n") == 1
+    assert cgroups.oom_kills(1, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n") == 2
+    assert cgroups.oom_kills(1, "oom_kill_disable 0\n") == 0
