@@ -87,6 +87,7 @@ def job(state: str = "queued", **extra: Any) -> dict[str, Any]:
         "evaluation": None,
         "artifacts": [],
         "seed": 0,
+        "isolation": None,
         **extra,
     }
 

@@ -30,6 +30,8 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "tokens create",
         "tokens list",
         "tokens revoke",
+        "quotas show",
+        "quotas set",
         "datasets upload",
         "datasets list",
         "datasets show",

@@ -10,6 +10,7 @@ the demo loudly.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -225,6 +226,9 @@ def demo(as_json: JsonOption = False) -> None:
     """Run the journey on bundled data (scikit-learn's digits, generated support messages)
     against a throwaway server: upload, train, evaluate, compare, register, deploy, predict."""
     with tempfile.TemporaryDirectory(prefix="nimbus-demo-") as tmp:
+        # Sandboxed jobs run under their own uids: they must pass through (never list) the
+        # directory that holds the demo's NIMBUS_HOME to reach their work directories.
+        os.chmod(tmp, 0o711)
         run = DemoRun(Path(tmp), console(), quiet=as_json)
         run_steps(run, STEPS)
     if as_json:
