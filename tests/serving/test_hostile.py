@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
+import selectors
 import signal
 import socket
 import subprocess
@@ -243,26 +243,36 @@ def open_slow(port: int, first: bytes) -> socket.socket:
 
 def dribble_until_closed(socks: list[socket.socket], within: float) -> dict[str, int]:
     """Send one byte a second on every open socket until the server closes them all (or
-    ``within`` seconds pass); count how each ended."""
+    ``within`` seconds pass); count how each ended. Every socket is closed on return.
+
+    A selector, not ``select.select``: in a full test run this process already holds many
+    descriptors, and select() refuses any numbered 1024 or more."""
     ended = {"408": 0, "closed": 0}
-    open_socks = list(socks)
+    open_socks = set(socks)
     deadline = time.monotonic() + within
-    while open_socks and time.monotonic() < deadline:
-        for sock in list(open_socks):
-            with contextlib.suppress(OSError):
-                sock.send(b"a")
-        readable, _, _ = select.select(open_socks, [], [], 1.0)
-        for sock in readable:
-            try:
-                data = sock.recv(4096)
-            except OSError:
-                data = b""
-            ended["408" if data.startswith(b"HTTP/1.1 408") else "closed"] += 1
-            open_socks.remove(sock)
-            sock.close()
-    for sock in open_socks:
-        sock.close()
-    ended["open"] = len(open_socks)
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        try:
+            while open_socks and time.monotonic() < deadline:
+                for sock in list(open_socks):
+                    with contextlib.suppress(OSError):
+                        sock.send(b"a")
+                for key, _ in selector.select(timeout=1.0):
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    try:
+                        data = ready.recv(4096)
+                    except OSError:
+                        data = b""
+                    ended["408" if data.startswith(b"HTTP/1.1 408") else "closed"] += 1
+                    selector.unregister(ready)
+                    open_socks.discard(ready)
+                    ready.close()
+        finally:
+            ended["open"] = len(open_socks)
+            for sock in socks:
+                sock.close()
     return ended
 
 
