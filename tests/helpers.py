@@ -11,11 +11,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from nimbus.system import free_port
 
@@ -242,3 +243,19 @@ def follow(
                 if until(kind):
                     break
     return events
+
+
+@contextlib.contextmanager
+def passable_dir() -> Iterator[Path]:
+    """A directory sandboxed jobs' uids may pass through (pytest's own tmp dirs are 0700);
+    skips the test where the sandbox cannot run (not root, no bubblewrap)."""
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs root")
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (make services)")
+    path = Path(tempfile.mkdtemp(prefix="nimbus-sandbox-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

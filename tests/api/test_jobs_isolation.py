@@ -9,9 +9,6 @@ one uid, with no limit enforced)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import API, csv_bytes, make_token
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, passable_dir
 
 FAST = {
     "NIMBUS_SCHEDULER_TICK_SECONDS": "0.1",
@@ -166,15 +163,8 @@ def processes_with(marker: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
-    """A directory job uids may pass through (pytest's own tmp dirs are 0700)."""
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox needs a server started as root")
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap is not installed (make services)")
-    path = Path(tempfile.mkdtemp(prefix="nimbus-sandbox-"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with passable_dir() as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

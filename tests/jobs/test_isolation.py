@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from nimbus.jobs.executors.base import Executor, ExitStatus
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.isolation import Isolation, TenantCaches, resolve_isolation
 from nimbus.jobs.sandbox import Sandbox
+from tests.helpers import passable_dir
 from tests.jobs.conftest import GRACE, Run, wait_gone
 
 MiB = 2**20
@@ -28,15 +27,8 @@ MiB = 2**20
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
-    """A directory attempts' uids may pass through (pytest's own tmp dirs are 0700)."""
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox needs root")
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap is not installed (make services)")
-    path = Path(tempfile.mkdtemp(prefix="nimbus-sandbox-"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with passable_dir() as path:
+        yield path
 
 
 def isolation(home: Path, *, disk_limit_bytes: int = 32 * MiB) -> Isolation:
