@@ -240,7 +240,7 @@ def test_the_rules_catch_what_they_are_for() -> None:
         Import("nimbus.cli.jobs", "nimbus.services.jobs", 1),
         Import("nimbus.cli.datasets", "nimbus.serving.app", 1),
         Import("nimbus.client.jobs", "nimbus.db.jobs", 1),
-        Import("nimbus.wire.base", "nimbus.services.views", 1),
+        Import("nimbus.wire.base", "nimbus.services.jobs", 1),
         Import("nimbus.server", "nimbus.client", 1),
         Import("nimbus.api.routes.jobs", "nimbus.server", 1),
         Import("nimbus.services.jobs", "nimbus.api.state", 1),
