@@ -86,9 +86,10 @@ class Settings(BaseSettings):
     capacity_memory: str | None = None
 
     # Checks of untrusted input (an uploaded script compiled, a job's ONNX model run at
-    # registration) run in a limited child process (nimbus.services.isolated), as
-    # check_user: "auto" (a root server: the system user nimbus-check), "none" (the
-    # server's own user) or a user name; at most check_concurrency at a time.
+    # registration) run in a limited child process (nimbus.services.isolated), in the job
+    # sandbox as check_user: "auto" (the system user nimbus-check) or a user name; a server
+    # that cannot sandbox refuses checks. Only job_isolation "none" runs them unsandboxed,
+    # as the server's own user. At most check_concurrency at a time.
     check_user: str = "auto"
     check_concurrency: int = Field(default=2, ge=1)
     check_memory_bytes: int = Field(default=2 * 1024**3, gt=0)  # address space of a check
@@ -128,6 +129,11 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         """Blobs jobs downloaded, keyed by hash, shared by every job of this node."""
         return self.home / "cache"
+
+    @property
+    def job_api_dir(self) -> Path:
+        """The control plane's job API socket (``job-api.sock``), bound into sandboxes."""
+        return self.home / "run"
 
     @property
     def deployments_dir(self) -> Path:

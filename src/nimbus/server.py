@@ -18,7 +18,10 @@ attempt runs in a bubblewrap sandbox with a uid and a cgroup of its own, and
 :func:`secure_home` keeps NIMBUS_HOME's secrets (admin token, database, blobs,
 deployments) the server's alone. A server that cannot sandbox serves its API but starts no
 scheduler: its start line, the log and ``/healthz`` say what is missing. ``none`` runs jobs
-unisolated, and says so in the same places and in every ``jobs show``.
+unisolated, and says so in the same places and in every ``jobs show``. Sandboxed jobs have
+no network: the server also listens on a unix socket, ``NIMBUS_HOME/run/job-api.sock``,
+bound into every sandbox, where it serves the job API and nothing else
+(:class:`~nimbus.api.job_socket.JobApiOnly`).
 
 Deployment life cycle. :class:`~nimbus.services.deployment_loop.DeploymentLoop` starts with the
 app: it first adopts the replicas of the deployments this instance owns (left serving by a
@@ -52,6 +55,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from nimbus.api.app import create_app
+from nimbus.api.job_socket import JobApiOnly
 from nimbus.api.state import Background, Services
 from nimbus.config import Settings, load_settings
 from nimbus.datasets.domain import IngestLimits
@@ -64,16 +68,28 @@ from nimbus.jobs.domain import Attempt, Job, parse_memory
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.isolation import Isolation, TenantCaches, prepare_root, resolve_isolation
+from nimbus.jobs.isolation import (
+    Isolation,
+    JobUser,
+    TenantCaches,
+    prepare_root,
+    resolve_isolation,
+)
 from nimbus.jobs.policy import RetryPolicy
-from nimbus.jobs.sandbox import Sandbox
+from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, Sandbox
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
 from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop
 from nimbus.services.deployments import DeploymentService
-from nimbus.services.isolated import LimitedRunner, Limits, resolve_check_user
+from nimbus.services.isolated import (
+    CHECK_PROBE,
+    Confinement,
+    LimitedRunner,
+    Limits,
+    confine_checks,
+)
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.models import ModelCheck, ModelService
@@ -83,7 +99,7 @@ from nimbus.serving.timeouts import timeout_protocol
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.factory import open_object_store
-from nimbus.system import write_private
+from nimbus.system import bind_unix, write_private
 
 log = logging.getLogger("nimbus.server")
 ADMIN_TOKEN_FILE = "admin-token"
@@ -163,7 +179,7 @@ def secure_home(settings: Settings, sandboxed: bool) -> None:
     home = settings.home
     os.chmod(home, 0o711 if sandboxed else 0o700)
     settings.deployments_dir.mkdir(mode=0o700, exist_ok=True)  # its parents=True mkdir: 0755
-    passable = {settings.jobs_dir.name, settings.cache_dir.name}
+    passable = {settings.jobs_dir.name, settings.cache_dir.name, settings.job_api_dir.name}
     for entry in home.iterdir():
         if entry.name in passable or entry.is_symlink():
             continue
@@ -171,6 +187,7 @@ def secure_home(settings: Settings, sandboxed: bool) -> None:
             os.chmod(entry, 0o700 if entry.is_dir() else 0o600)
     prepare_root(settings.jobs_dir, sandboxed)
     prepare_root(settings.cache_dir, sandboxed)
+    prepare_root(settings.job_api_dir, sandboxed)
     # Before per-tenant caches, one cache shared by every job sat at cache/sha256/.
     shutil.rmtree(settings.cache_dir / "sha256", ignore_errors=True)
 
@@ -218,6 +235,14 @@ def own_url(host: str, port: int) -> str:
     elif host == "::":
         host = "::1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def job_api_url(settings: Settings, sandbox: Sandbox | None) -> str:
+    """How this node's attempts reach its job API: the socket bound into their sandbox
+    (they have no other network), or this server's TCP address."""
+    if sandbox is not None and sandbox.settings.job_api_dir is not None:
+        return JOB_API_URL
+    return own_url(settings.host, settings.port)
 
 
 class NodeExecutor:
@@ -331,7 +356,7 @@ class SchedulerThread:
             tick_seconds=settings.scheduler_tick_seconds,
             tenant_limit=settings.tenant_job_limit,
             retry=RetryPolicy(base_seconds=settings.retry_base_seconds),
-            nimbus_url=own_url(settings.host, settings.port),
+            nimbus_url=job_api_url(settings, sandbox),
         )
         module = settings.job_module
 
@@ -434,7 +459,7 @@ def build_services(
         quotas=quotas,
     )
     checks = LimitedRunner(
-        user=lambda: resolve_check_user(settings.check_user),
+        confinement=lambda: check_confinement(settings),
         concurrency=settings.check_concurrency,
     )
     code = CodeService(
@@ -524,7 +549,32 @@ def job_isolation(settings: Settings) -> Isolation:
         disk_limit_bytes=parse_memory(settings.job_disk_limit),
         pids_per_worker=settings.job_pids_limit,
         keep_failed_seconds=settings.job_keep_failed_seconds,
+        job_api_dir=settings.job_api_dir,
     )
+
+
+def check_confinement(settings: Settings) -> Confinement:
+    """Where this server's checks of uploads run (:mod:`nimbus.services.isolated`): the job
+    sandbox as the check user, in cgroups of their own (``nimbus-<instance>-checks``), the
+    sandbox tried for real first; refused when it cannot engage; unsandboxed only with
+    ``NIMBUS_JOB_ISOLATION=none``."""
+
+    def sandbox_for(user: JobUser) -> Isolation:
+        return resolve_isolation(
+            settings.job_isolation,
+            settings.home,
+            instance=f"{instance_id(settings)}-checks",
+            uid_first=settings.job_uid_first,
+            uid_count=settings.job_uid_count,
+            disk_limit_bytes=parse_memory(settings.job_disk_limit),
+            pids_per_worker=settings.job_pids_limit,
+            keep_failed_seconds=settings.job_keep_failed_seconds,
+            probe_as=(user.uid, user.gid),
+            probe=CHECK_PROBE,
+            in_home=False,
+        )
+
+    return confine_checks(settings.job_isolation, settings.check_user, sandbox_for)
 
 
 class _Server(uvicorn.Server):
@@ -559,7 +609,7 @@ def run(settings: Settings) -> None:
     app = build_app(settings, isolation=isolation)
     services: Services = app.state.services
     config = uvicorn.Config(
-        app,
+        JobApiOnly(app),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -575,7 +625,17 @@ def run(settings: Settings) -> None:
     # A no-op handler for SIGTERM makes that graceful stop end the process with status 0.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _ignore)
-    _Server(config, services.stopping).run()
+    sockets = [config.bind_socket()]
+    job_socket = settings.job_api_dir / JOB_API_SOCKET
+    if isolation is not None and isolation.sandbox is not None:
+        sockets.append(bind_unix(job_socket))  # sandboxed jobs' only way out
+    try:
+        _Server(config, services.stopping).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+        if len(sockets) > 1:
+            job_socket.unlink(missing_ok=True)
 
 
 def _ignore(signum: int, frame: object) -> None:

@@ -1,5 +1,5 @@
 """Small effects on this machine that the server, the SDK and the fleet share: private files
-written atomically, and free TCP ports.
+written atomically, free TCP ports, listening unix sockets.
 
 This is a bottom module: it imports nothing of Nimbus.
 """
@@ -38,3 +38,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
+
+
+def bind_unix(path: Path, mode: int = 0o666) -> socket.socket:
+    """A stream socket listening at ``path`` (a stale socket file there is replaced), with
+    file mode ``mode``. A path too long for ``sun_path`` is bound through its directory's
+    descriptor (``/proc/self/fd/N/name``), so any directory will do."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if len(os.fsencode(path)) <= UNIX_PATH_MAX:
+            sock.bind(str(path))
+        else:
+            directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+            try:
+                sock.bind(f"/proc/self/fd/{directory}/{path.name}")
+            finally:
+                os.close(directory)
+        os.chmod(path, mode)
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

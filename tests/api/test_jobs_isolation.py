@@ -380,6 +380,7 @@ def test_running_unisolated_is_said_loudly(base: Path) -> None:
                 "mode": "none",
                 "runs_jobs": True,
                 "detail": health["detail"],
+                "network": "host",
             }
             and "UNISOLATED" in health["detail"]
         )

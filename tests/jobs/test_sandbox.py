@@ -12,6 +12,8 @@ import pytest
 from nimbus.jobs import cgroups
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.sandbox import (
+    JOB_API_DIR,
+    JOB_API_URL,
     AttemptView,
     SandboxSettings,
     UidPool,
@@ -41,8 +43,9 @@ def pairs(argv: list[str], flag: str) -> list[tuple[str, str]]:
 def test_bwrap_argv_namespaces_uid_and_view() -> None:
     argv = bwrap_argv(SETTINGS, VIEW, ["python", "-m", "job"])
     assert argv[0] == "/usr/bin/bwrap" and argv[-4:] == ["--", "python", "-m", "job"]
-    for flag in ("--unshare-all", "--share-net", "--die-with-parent", "--new-session"):
+    for flag in ("--unshare-all", "--die-with-parent", "--new-session"):
         assert flag in argv
+    assert "--share-net" not in argv  # a network namespace of its own: loopback only
     assert argv[argv.index("--uid") + 1] == "5000007"
     assert argv[argv.index("--gid") + 1] == "5000101"
     assert pairs(argv, "--ro-bind") == [(p, p) for p in SETTINGS.read_only]
@@ -72,6 +75,21 @@ def test_gpus_are_bound_only_when_asked_for() -> None:
         ("/dev/nvidiactl", "/dev/nvidiactl"),
     ]
     assert "--dev-bind" not in bwrap_argv(SETTINGS, VIEW, ["true"])
+
+
+def test_the_network_is_the_sandboxs_own_or_the_attempts_shared_one() -> None:
+    api = SandboxSettings(bwrap="bwrap", home=Path("/h"), read_only=(), job_api_dir=Path("/h/run"))
+    alone = bwrap_argv(api, VIEW, ["true"])
+    assert "--share-net" not in alone
+    assert ("/h/run", JOB_API_DIR) in pairs(alone, "--ro-bind")  # the socket, read-only
+    assert JOB_API_URL.startswith("unix:" + JOB_API_DIR + "/")
+    shared = AttemptView(1, 2, Path("/w"), netns="/proc/9/ns/net")
+    assert "--share-net" in bwrap_argv(api, shared, ["true"])  # the namespace entered
+    launcher = launcher_argv([], 1024, 7, 8, ["bwrap"], netns="/proc/9/ns/net")
+    enter = next(i for i, arg in enumerate(launcher) if arg.endswith("nsenter"))
+    assert launcher[enter + 1] == "--net=/proc/9/ns/net"
+    assert enter < next(i for i, arg in enumerate(launcher) if arg.endswith("setpriv"))
+    assert not any(arg.endswith("nsenter") for arg in launcher_argv([], 1024, 7, 8, ["bwrap"]))
 
 
 def test_the_launcher_joins_cgroups_caps_files_then_drops_before_bwrap() -> None:

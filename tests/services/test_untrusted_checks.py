@@ -1,9 +1,11 @@
 """The control plane never runs untrusted work in its own process (issue 8, finding 5): a
 real server, a hostile 16 MiB script and an ONNX model that loops for as long as its job
-chose, while a thread keeps calling ``/healthz``."""
+chose, while a thread keeps calling ``/healthz``; with checks unsandboxed
+(``NIMBUS_JOB_ISOLATION=none``) and in the job sandbox (the default on a root server)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from nimbus.services.code import MAX_SCRIPT_BYTES
 from tests.api.conftest import API, error_of, make_token
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, passable_dir
 from tests.helpers_models import API_ONLY, image_model_dir, insert_job
 from tests.helpers_untrusted import Prober, hostile_script, peak_rss, slow_model_dir
 
@@ -21,19 +23,24 @@ HEALTH_BOUND = 1.0  # generous: every health call answers within a second
 SLOW_TRIPS = 12_000_000  # ~24 s of ONNX Runtime in the control plane before the fix
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("untrusted")
+@pytest.fixture(scope="module", params=["none", "sandbox"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     settings = {
         "NIMBUS_CHECK_MEMORY_BYTES": str(1024**3),
         "NIMBUS_CODE_CHECK_SECONDS": "30",
         "NIMBUS_MODEL_CHECK_SECONDS": "3",
+        "NIMBUS_JOB_ISOLATION": request.param,
     }
-    server = ServerProcess(root / "home", env={**API_ONLY, **settings}).start()
-    try:
+    with contextlib.ExitStack() as stack:
+        if request.param == "sandbox":
+            root = stack.enter_context(passable_dir())
+        else:
+            root = tmp_path_factory.mktemp("untrusted")
+        server = ServerProcess(root / "home", env={**API_ONLY, **settings}).start()
+        stack.callback(server.stop)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

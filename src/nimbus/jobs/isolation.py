@@ -60,7 +60,7 @@ TRAVERSE_MODE = 0o711  # others may pass through to a path they know, never list
 NO_ISOLATION = "none"
 
 # Run in a sandbox by :func:`check_sandbox`: what a job needs, imported for real.
-_PROBE = "import nimbus.runtime, numpy"
+JOB_PROBE = "import nimbus.runtime, numpy"
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,14 @@ class Isolation:
     def runs_jobs(self) -> bool:
         return self.refused is None
 
+    @property
+    def network(self) -> str | None:
+        """What network attempts have: ``isolated`` (a namespace of their own, the job API
+        over a unix socket), ``host`` (unisolated), None (no job runs)."""
+        if self.refused is not None:
+            return None
+        return "host" if self.mode == NO_ISOLATION else "isolated"
+
     def summary(self) -> str:
         """One line for the start line and ``/healthz``."""
         if self.refused is not None:
@@ -104,10 +112,14 @@ class Isolation:
         if self.mode == NO_ISOLATION:
             return (
                 "jobs run UNISOLATED as this server's user (NIMBUS_JOB_ISOLATION=none): "
-                "any job can read NIMBUS_HOME, the admin token and other jobs"
+                "any job can read NIMBUS_HOME, the admin token and other jobs, and reach "
+                "the host's network; uploaded scripts and models are checked unsandboxed too"
             )
         limits = f"; limits NOT enforced: {', '.join(self.degraded)}" if self.degraded else ""
-        return f"jobs run sandboxed (bubblewrap, a uid and a cgroup per attempt){limits}"
+        return (
+            "jobs run sandboxed (bubblewrap, a uid, a cgroup and a network namespace per "
+            f"attempt; the job API over a unix socket, no other network){limits}"
+        )
 
 
 def resolve_isolation(
@@ -124,9 +136,18 @@ def resolve_isolation(
     python: str = sys.executable,
     bwrap: str | None = None,
     cgroup_root: Path = cgroups.CGROUP_ROOT,
+    job_api_dir: Path | None = None,
+    probe_as: tuple[int, int] | None = None,
+    probe: str = JOB_PROBE,
+    in_home: bool = True,
 ) -> Isolation:
     """How jobs run, per the ``job_isolation`` setting; never raises for a machine that
-    cannot sandbox: the answer says why (``refused``) and the server runs no job."""
+    cannot sandbox: the answer says why (``refused``) and the server runs no job.
+
+    ``job_api_dir`` (created here, 0711) holds the control plane's job API socket, bound
+    into every sandbox. The sandbox is tried for real (:func:`check_sandbox`): ``probe``
+    run as ``probe_as`` (uid, gid; default: the first of the job range), with work
+    directories ``in_home`` (jobs) or not (checks)."""
     value = mode.strip().lower()
     if value == NO_ISOLATION:
         return Isolation("none")
@@ -149,6 +170,9 @@ def resolve_isolation(
         read_only = covering([*SYSTEM_PATHS, *python_paths(python)])
     except (OSError, subprocess.SubprocessError) as exc:
         return Isolation("sandbox", refused=f"cannot run {python}: {exc}")
+    if job_api_dir is not None:
+        job_api_dir.mkdir(mode=TRAVERSE_MODE, parents=True, exist_ok=True)
+        os.chmod(job_api_dir, TRAVERSE_MODE)
     settings = SandboxSettings(
         bwrap=found,
         home=home,
@@ -159,8 +183,9 @@ def resolve_isolation(
         disk_limit_bytes=disk_limit_bytes,
         pids_per_worker=pids_per_worker,
         keep_failed_seconds=keep_failed_seconds,
+        job_api_dir=job_api_dir,
     )
-    problem = check_sandbox(settings, python)
+    problem = check_sandbox(settings, python, probe_as=probe_as, probe=probe, in_home=in_home)
     if problem is not None:
         return Isolation("sandbox", refused=f"{problem}; {fix_none}")
     try:
@@ -185,13 +210,22 @@ def resolve_isolation(
     return Isolation("sandbox", sandbox, degraded=degraded)
 
 
-def check_sandbox(settings: SandboxSettings, python: str = sys.executable) -> str | None:
-    """Why a job could not start in the sandbox (bwrap failing, the interpreter or its
-    packages out of an unprivileged uid's reach); None when one can. Runs a real sandbox
-    as the first uid of the range."""
+def check_sandbox(
+    settings: SandboxSettings,
+    python: str = sys.executable,
+    *,
+    probe_as: tuple[int, int] | None = None,
+    probe: str = JOB_PROBE,
+    in_home: bool = True,
+) -> str | None:
+    """Why a sandboxed child could not start (bwrap failing, the interpreter or its
+    packages out of an unprivileged uid's reach, NIMBUS_HOME's work directories too when
+    they are ``in_home``); None when one can. The one reachability check for both kinds
+    of sandboxed child (attempts, checks of uploads): it runs ``probe`` in a real sandbox
+    as ``probe_as`` (uid, gid; default: the first uid of the job range)."""
     sandbox = Sandbox(settings)
-    uid, gid = settings.uid_first, settings.tenant_gid(None)
-    if note := blocked(settings.home.parent, uid, gid):  # the home itself is ours to set
+    uid, gid = probe_as or (settings.uid_first, settings.tenant_gid(None))
+    if in_home and (note := blocked(settings.home.parent, uid, gid)):  # the home: ours
         return (
             f"job uids cannot reach NIMBUS_HOME ({settings.home}), where their work "
             f"directories are: {note}. Let other users pass (chmod o+x) or choose a "
@@ -211,7 +245,7 @@ def check_sandbox(settings: SandboxSettings, python: str = sys.executable) -> st
         settings.disk_limit_bytes,
         uid,
         gid,
-        bwrap_argv(sandbox.settings, view, [python, "-c", _PROBE]),
+        bwrap_argv(sandbox.settings, view, [python, "-c", probe]),
     )
     try:
         done = subprocess.run(

@@ -6,7 +6,7 @@ Every attempt gets:
   and its tenant's gid. The launcher drops to them *before* it execs ``bwrap``, so the
   user namespace bubblewrap makes maps to that unprivileged uid (as root, bwrap's user
   namespace would map to uid 0 outside, and root's 0600 files would be readable);
-- **its own PID, mount, IPC and UTS namespaces** (``--unshare-all --share-net``,
+- **its own PID, mount, IPC, UTS and network namespaces** (``--unshare-all``,
   ``--die-with-parent``, ``--new-session``): it cannot see or signal other jobs, and
   when its main process ends the kernel kills everything left in the PID namespace;
 - **a file system of its own**: read-only views of the system (``/usr``, ``/etc``...) and
@@ -18,9 +18,13 @@ Every attempt gets:
   a file size limit (``RLIMIT_FSIZE``) at the disk limit: writing past it kills the
   writer with SIGXFSZ, which ends the attempt with reason ``disk_limit``.
 
-The network is the host's: the job reaches the control plane's job API (and, with a
-cloud blob store, the object store) over TCP, and the workers of one attempt find each
-other on 127.0.0.1 (``MASTER_ADDR``); the job holds only its job-scoped token there.
+**The network** (:func:`network_argv`): none but a loopback of its own. The job reaches
+the control plane's job API through a unix socket, the directory holding it
+(``job_api_dir``) bound read-only at :data:`JOB_API_DIR` (the job's ``NIMBUS_URL`` is
+:data:`JOB_API_URL`); nothing else of the host's network (the control plane's TCP port,
+services on the host's loopback, the LAN) is in reach. The workers of one attempt share one
+namespace (:class:`~nimbus.jobs.netns.SharedNetwork`, entered with ``nsenter`` before the
+uid drops) and find each other on its 127.0.0.1 (``MASTER_ADDR``).
 
 Launch order (:func:`launcher_argv`): ``sh`` as root writes its own pid into the
 attempt's cgroups and sets the file size limit, then execs ``setpriv`` (drop to the
@@ -47,14 +51,19 @@ from pathlib import Path
 
 from nimbus.jobs import cgroups
 from nimbus.jobs.domain import Resources
+from nimbus.jobs.netns import SharedNetwork
 
 log = logging.getLogger(__name__)
 
+NSENTER = "/usr/bin/nsenter"
 BWRAP_INSTALL = "apt-get install bubblewrap (or `make services`)"
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 DISK_LIMIT_EXIT = 128 + signal.SIGXFSZ  # what bwrap reports when its child got SIGXFSZ
 FSIZE_BLOCK = 512  # unit of sh's ``ulimit -f``
 PURGE_EVERY_SECONDS = 60.0  # kept work directories of failed attempts: looked at this often
+JOB_API_DIR = "/run/nimbus"  # where a sandbox sees the directory of the job API's socket
+JOB_API_SOCKET = "job-api.sock"
+JOB_API_URL = f"unix:{JOB_API_DIR}/{JOB_API_SOCKET}"  # a sandboxed job's NIMBUS_URL
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class SandboxSettings:
     disk_limit_bytes: int = 20 * 1024**3
     pids_per_worker: int = 4096
     keep_failed_seconds: float = 86_400.0
+    job_api_dir: Path | None = None  # holds the control plane's job API socket
 
     def tenant_gid(self, tenant_id: int | None) -> int:
         """The group of a tenant's attempts and of its download cache: after the uid
@@ -86,6 +96,7 @@ class AttemptView:
     workdir: Path
     cache_dir: Path | None = None
     devices: tuple[str, ...] = ()  # GPU device nodes, when the attempt asked for GPUs
+    netns: str | None = None  # the attempt's shared network namespace (several workers)
 
 
 def covering(paths: Iterable[str]) -> tuple[str, ...]:
@@ -120,8 +131,7 @@ def bwrap_argv(settings: SandboxSettings, view: AttemptView, program: Sequence[s
     """The ``bwrap`` command line that runs ``program`` in ``view``'s sandbox."""
     argv = [
         settings.bwrap,
-        "--unshare-all",  # user, pid, mount, ipc, uts, cgroup namespaces (and net) ...
-        "--share-net",  # ... but the host's network: see the module's docstring
+        "--unshare-all",  # user, pid, mount, ipc, uts, cgroup and network namespaces
         "--die-with-parent",
         "--new-session",
         "--uid",
@@ -130,6 +140,7 @@ def bwrap_argv(settings: SandboxSettings, view: AttemptView, program: Sequence[s
         str(view.gid),
         "--hostname",
         "nimbus-job",
+        *network_argv(settings, view),
     ]
     for path in settings.read_only:
         argv += ["--ro-bind", path, path]
@@ -149,6 +160,16 @@ def bwrap_argv(settings: SandboxSettings, view: AttemptView, program: Sequence[s
     return argv
 
 
+def network_argv(settings: SandboxSettings, view: AttemptView) -> list[str]:
+    """bwrap's network options: a loopback of the sandbox's own (``--unshare-all``), or
+    the namespace the launcher entered (``view.netns``, shared by an attempt's workers); and
+    the job API's socket directory, read-only (see the module's docstring)."""
+    argv = ["--share-net"] if view.netns is not None else []
+    if settings.job_api_dir is not None:
+        argv += ["--ro-bind", str(settings.job_api_dir), JOB_API_DIR]
+    return argv
+
+
 # The launcher: join the cgroups (as root: writing cgroup.procs needs it), cap file sizes,
 # then exec the rest of the command line. Arguments: procs files..., "--", command...
 _JOIN = (
@@ -158,11 +179,19 @@ _JOIN = (
 
 
 def launcher_argv(
-    procs_files: Sequence[str], fsize_bytes: int, uid: int, gid: int, command: Sequence[str]
+    procs_files: Sequence[str],
+    fsize_bytes: int,
+    uid: int,
+    gid: int,
+    command: Sequence[str],
+    *,
+    netns: str | None = None,
 ) -> list[str]:
-    """``sh`` joins the cgroups and caps file sizes, ``setpriv`` drops to ``uid``/``gid``
-    for good (no supplementary groups, no capabilities), then ``command`` runs."""
+    """``sh`` joins the cgroups and caps file sizes, ``nsenter`` enters the network
+    namespace ``netns`` if given (it needs root), ``setpriv`` drops to ``uid``/``gid`` for
+    good (no supplementary groups, no capabilities), then ``command`` runs."""
     blocks = max(1, fsize_bytes // FSIZE_BLOCK)
+    enter = [] if netns is None else [shutil.which("nsenter") or NSENTER, f"--net={netns}", "--"]
     setpriv = [
         shutil.which("setpriv") or "/usr/bin/setpriv",
         f"--reuid={uid}",
@@ -172,7 +201,10 @@ def launcher_argv(
         "--bounding-set=-all",
         "--",
     ]
-    return ["/bin/sh", "-c", _JOIN, "sh", str(blocks), *procs_files, "--", *setpriv, *command]
+    return [
+        *("/bin/sh", "-c", _JOIN, "sh", str(blocks), *procs_files, "--"),
+        *(*enter, *setpriv, *command),
+    ]
 
 
 class UidPool:
@@ -226,6 +258,7 @@ class AttemptSandbox:
 
     view: AttemptView
     cgroup: cgroups.AttemptCgroup | None
+    network: SharedNetwork | None = None  # its workers' network namespace (several)
 
     def oom_killed(self) -> bool:
         return self.cgroup is not None and self.cgroup.oom_killed()
@@ -252,36 +285,46 @@ class Sandbox:
         tenant_id: int | None,
         cache_dir: Path | None,
     ) -> AttemptSandbox:
-        """Allocate the attempt's uid, hand it its work directory, create its cgroup."""
+        """Allocate the attempt's uid, hand it its work directory, create its cgroup and,
+        for several workers, the network namespace they share."""
         uid = self.uids.acquire()
         gid = self.settings.tenant_gid(tenant_id)
+        group = None
         try:
             os.chown(workdir, uid, gid, follow_symlinks=False)
             os.chmod(workdir, 0o700)
             for entry in workdir.iterdir():  # what the server put there (job.json): fresh,
                 if entry.is_file() and not entry.is_symlink():  # no job has run here yet
                     os.chown(entry, uid, gid, follow_symlinks=False)
-            group = None
             if self.hierarchies:
                 group = cgroups.AttemptCgroup(self.hierarchies, attempt_id)
                 group.create(resources, pids_per_worker=self.settings.pids_per_worker)
+            network = SharedNetwork.start() if resources.workers > 1 else None
         except BaseException:
+            if group is not None:
+                group.remove()
             self.uids.release(uid)
             raise
         devices = gpu_devices() if resources.gpus > 0 else ()
-        return AttemptSandbox(AttemptView(uid, gid, workdir, cache_dir, devices), group)
+        netns = network.path if network is not None else None
+        view = AttemptView(uid, gid, workdir, cache_dir, devices, netns)
+        return AttemptSandbox(view, group, network)
 
     def command(self, attempt: AttemptSandbox, program: Sequence[str]) -> list[str]:
         """The full command line of one worker of ``attempt``."""
         procs = attempt.cgroup.procs_files() if attempt.cgroup is not None else []
         inner = bwrap_argv(self.settings, attempt.view, program)
         view = attempt.view
-        return launcher_argv(procs, self.settings.disk_limit_bytes, view.uid, view.gid, inner)
+        return launcher_argv(
+            procs, self.settings.disk_limit_bytes, view.uid, view.gid, inner, netns=view.netns
+        )
 
     def leave(self, attempt: AttemptSandbox) -> None:
         """Kill whatever of the attempt is left, remove its cgroup, free its uid."""
         if attempt.cgroup is not None:
             attempt.cgroup.remove()
+        if attempt.network is not None:
+            attempt.network.close()
         with _suppress_missing():
             os.chown(attempt.view.workdir, os.geteuid(), os.getegid(), follow_symlinks=False)
         self.uids.release(attempt.view.uid)

@@ -2,7 +2,9 @@
 :class:`HttpReporter`, the trainer's :class:`~nimbus.runtime.reporter.Reporter` over it.
 
 Everything a job does with the control plane goes through here, over HTTP with the
-job-scoped token, so a job runs unchanged on a remote node. Failures are sorted once:
+job-scoped token, so a job runs unchanged on a remote node. A sandboxed job has no network
+but its own loopback: its ``NIMBUS_URL`` is ``unix:PATH``, the control plane's job API
+socket bound into its sandbox. Failures are sorted once:
 
 - connection errors, timeouts and 5xx answers are retried with backoff for up to
   ``retry_seconds`` (a restarting control plane must not kill a running job); after that the
@@ -46,7 +48,9 @@ UNAVAILABLE_EXIT_CODE = 69  # EX_UNAVAILABLE: the control plane stayed out of re
 BLOB_KEY_RE = re.compile(r"^sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
 BEST_EFFORT_TIMEOUT = 5.0  # a hung control plane must not stall training on a progress call
 _CHUNK = 1024 * 1024
+UNIX_SCHEME = "unix:"
 T = TypeVar("T")
+UNIX_HOST = "http://nimbus"  # the Host header of requests over a unix socket
 
 
 class JobStop(BaseException):
@@ -98,6 +102,10 @@ class JobApiClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if url.startswith(UNIX_SCHEME):  # HTTP over the unix socket at that path
+            if transport is None:
+                transport = httpx.HTTPTransport(uds=url[len(UNIX_SCHEME) :])
+            url = UNIX_HOST
         base = f"{url.rstrip('/')}/api/v1/job-api/{quote(attempt_id, safe='')}"
         self._http = httpx.Client(
             base_url=base,

@@ -8,9 +8,14 @@ and memory, not the server its event loop, its memory or its secrets.
   fds 3, 4, ... (in the order given; the child reads them there, never by path), sets its
   resource limits (address space, CPU seconds, file size, open files, no core dumps) and
   then ``exec``\\ s ``argv``: no ``preexec_fn``, which is unsafe in a threaded server;
-- starts as ``user`` (no supplementary groups) when given: a root server passes an
-  unprivileged user, so the child cannot open NIMBUS_HOME, which is 0700 (see
-  :mod:`nimbus.jobs.isolation`); its inputs are open fds, so it needs no path to them;
+- runs in the job sandbox when its :class:`Confinement` has one (a server's always does,
+  unless ``NIMBUS_JOB_ISOLATION=none``): bubblewrap as the check user (``check_user``:
+  ``nimbus-check``), no network, nothing of the host's file system but the system and the
+  interpreter, read-only (no NIMBUS_HOME: no admin token, database or blobs), and a cgroup
+  of its own with a memory limit for all its processes together, a process limit and one
+  CPU; the cgroup is killed when the check ends. Its inputs are open fds, so it needs no
+  path to them. A server that cannot sandbox refuses checks (503, saying why) rather than
+  running them as itself;
 - gets a scrubbed environment (``PATH``, ``HOME``/``TMPDIR``, ``LANG``, one thread for
   numerical libraries) and a private, empty working directory (0700, its own), removed
   after;
@@ -22,26 +27,24 @@ and memory, not the server its event loop, its memory or its secrets.
 :class:`LimitedRunner` holds what a server decides once (the user, how many checks run at
 a time) and bounds concurrency, so a burst of uploads queues instead of forking without end.
 
-Plugging in a stronger sandbox (bubblewrap, a cgroup): pass ``wrap`` to
-:class:`LimitedRunner`, a function from the launcher's full command line to the sandboxed
-one (for example ``["bwrap", "--unshare-all", "--die-with-parent", ..., "--", *argv]``,
-and for a cgroup, a wrapper that moves itself into the cgroup before ``exec``). The
-launcher still runs inside it, so the rlimits, the fd layout and the reply contract stay as
-they are; the sandbox must keep fds 3.. open (bwrap does) and the interpreter and the
-``nimbus`` package visible (read-only) for checks that import Nimbus.
+The launcher runs inside the sandbox (``sh`` joins the cgroup, ``setpriv`` drops to the
+check user, ``bwrap`` starts it: :func:`nimbus.jobs.sandbox.launcher_argv`), so the rlimits,
+the fd layout and the reply contract are the same sandboxed or not.
 
-Where rlimits do not reach: RLIMIT_AS bounds one process, not a process tree (a child that
-forks could use several times the limit; the checks here do not fork), and a process that
-calls ``setsid`` leaves the group that is killed: a PID namespace or a cgroup's
-``cgroup.kill`` (the sandbox) closes both.
+Where rlimits do not reach (unsandboxed only): RLIMIT_AS bounds one process, not a process
+tree, and a process that calls ``setsid`` leaves the group that is killed; the sandbox's
+cgroup (memory and processes of the whole tree, ``cgroup.kill``) and PID namespace close
+both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -49,14 +52,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from nimbus.errors import InvalidInput, Unavailable
-from nimbus.jobs.isolation import JobUser, blocked
+from nimbus.jobs import cgroups
+from nimbus.jobs.domain import Resources
+from nimbus.jobs.isolation import NO_ISOLATION, Isolation, JobUser
+from nimbus.jobs.sandbox import AttemptView, Sandbox, bwrap_argv, launcher_argv
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,9 @@ FIRST_INPUT_FD = 3
 OPEN_FILES = 256
 TIME, CPU, MEMORY = "time", "cpu", "memory"  # which limit ended a child (Outcome.limit)
 CHECK_USER = "nimbus-check"  # not the job user: running jobs must not reach the checks
+CHECK_PIDS = 64  # processes and threads of one sandboxed check, all together
+# What a sandboxed check needs, imported for real when the sandbox is first tried.
+CHECK_PROBE = "import nimbus.modelformat, numpy"
 
 # Run with ``python -I -S -c``: argv[1] is a JSON object {fds, limits}; argv[2:] is the
 # command to exec once the inputs sit at fds 3.. and the limits are set.
@@ -117,26 +126,36 @@ class Outcome:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Confinement:
+    """Where checks run: in ``sandbox`` as ``user``; nowhere (``refused`` says why); or,
+    with neither, unsandboxed as this process's user (``NIMBUS_JOB_ISOLATION=none``)."""
+
+    sandbox: Sandbox | None = None
+    user: JobUser | None = None
+    refused: str | None = None
+
+
 def run_limited(
     argv: Sequence[str],
     *,
     limits: Limits,
     inputs: Sequence[Path] = (),
-    user: JobUser | None = None,
     env: Mapping[str, str] | None = None,
-    wrap: Callable[[list[str]], list[str]] | None = None,
+    confinement: Confinement | None = None,
     python: str = sys.executable,
 ) -> Outcome:
     """Run ``argv`` in a limited child (see the module's docstring) and wait for it.
 
     ``inputs`` are opened here, read-only, and reach the child as fds 3, 4, ... in order;
-    ``env`` adds to (or overrides) the scrubbed environment. Raises OSError only when the
-    child cannot be started.
+    ``env`` adds to (or overrides) the scrubbed environment; ``confinement`` (default: none)
+    says where it runs. Raises OSError only when the child cannot be started.
     """
+    confinement = confinement or Confinement()
+    if confinement.refused is not None:
+        raise OSError(f"checks are refused: {confinement.refused}")
     workdir = Path(tempfile.mkdtemp(prefix="nimbus-check-"))
     try:
-        if user is not None:
-            os.chown(workdir, user.uid, user.gid)
         with ExitStack() as stack:
             fds = []
             for path in inputs:
@@ -147,9 +166,14 @@ def run_limited(
             err = stack.enter_context(tempfile.TemporaryFile())
             spec = {"fds": fds, "limits": limits.rlimits(len(fds))}
             command = [python, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec), *argv]
+            group = None
+            if confinement.sandbox is not None and confinement.user is not None:
+                command, group = stack.enter_context(
+                    _sandboxed(confinement.sandbox, confinement.user, command, workdir, limits)
+                )
             started = time.monotonic()
             proc = subprocess.Popen(
-                wrap(command) if wrap is not None else command,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -157,15 +181,44 @@ def run_limited(
                 env={**_environment(workdir), **(env or {})},
                 pass_fds=fds,
                 start_new_session=True,
-                **(user.popen_kwargs() if user is not None else {}),
             )
             limit = _wait(proc, limits.wall_seconds)
             seconds = time.monotonic() - started
             if limit is None and proc.returncode == -signal.SIGXCPU:
                 limit = CPU
+            if limit is None and group is not None and group.oom_killed():
+                limit = MEMORY
             return Outcome(proc.returncode, _read(out), _read(err), limit, seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sandboxed(
+    sandbox: Sandbox, user: JobUser, command: list[str], workdir: Path, limits: Limits
+) -> Iterator[tuple[list[str], cgroups.AttemptCgroup | None]]:
+    """``command`` as the job sandbox runs it, as ``user``, in a cgroup of its own (killed
+    and removed on exit) holding ``limits.memory_bytes`` for the whole tree; its work
+    directory its only writable place, and no job API socket."""
+    os.chown(workdir, user.uid, user.gid)
+    os.chmod(workdir, 0o700)
+    group = None
+    if sandbox.hierarchies:
+        group = cgroups.AttemptCgroup(sandbox.hierarchies, f"check-{secrets.token_hex(8)}")
+        one = Resources(cpus=1, memory_bytes=limits.memory_bytes, workers=1)
+        try:
+            group.create(one, pids_per_worker=CHECK_PIDS)
+        except BaseException:
+            group.remove()
+            raise
+    try:
+        settings = dataclasses.replace(sandbox.settings, job_api_dir=None)
+        inner = bwrap_argv(settings, AttemptView(user.uid, user.gid, workdir), command)
+        procs = group.procs_files() if group is not None else []
+        yield launcher_argv(procs, limits.output_bytes, user.uid, user.gid, inner), group
+    finally:
+        if group is not None:
+            group.remove()
 
 
 def _environment(workdir: Path) -> dict[str, str]:
@@ -226,17 +279,6 @@ def json_reply(outcome: Outcome) -> dict[str, Any] | None:
 
 USERADD = ("--system", "--no-create-home", "--shell", "/usr/sbin/nologin")
 
-# Run as the check user by :func:`preflight`: what a check needs, checked by the kernel itself.
-_PREFLIGHT = """\
-import importlib.util, json, os, sys
-problems = [p for p in json.loads(sys.argv[1]) if not os.access(p, os.X_OK)]
-spec = importlib.util.find_spec("nimbus")
-where = list(spec.submodule_search_locations or []) if spec else []
-if not where or not os.access(where[0], os.R_OK | os.X_OK):
-    problems.append(where[0] if where else "nimbus")
-print(json.dumps(problems))
-"""
-
 
 def ensure_system_user(name: str) -> JobUser:
     """The system user ``name``, created (``useradd --system``) if missing; KeyError when it
@@ -251,41 +293,11 @@ def ensure_system_user(name: str) -> JobUser:
     return JobUser.lookup(name)  # created here, or by a server starting beside us
 
 
-def preflight(user: JobUser, paths: Sequence[Path], python: str = sys.executable) -> list[str]:
-    """Why ``user`` could not run checks: the interpreter, the ``nimbus`` package or one of
-    ``paths`` out of its reach. Empty when it can."""
-    try:
-        done = subprocess.run(
-            [python, "-c", _PREFLIGHT, json.dumps([str(p) for p in paths])],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
-            cwd="/",
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            **user.popen_kwargs(),
-        )
-    except OSError as exc:
-        where = blocked(Path(python).resolve(), user.uid, user.gid)
-        return [f"cannot run {python}: {exc.strerror}" + (f" ({where})" if where else "")]
-    if done.returncode != 0:
-        return [f"{python} failed as {user.name}: {done.stderr.strip()[-500:]}"]
-    found: list[str] = json.loads(done.stdout)
-    notes = [(path, blocked(Path(path), user.uid, user.gid)) for path in found]
-    return [f"cannot reach {path}" + (f" ({note})" if note else "") for path, note in notes]
-
-
-def resolve_check_user(
-    setting: str, *, euid: int | None = None, python: str = sys.executable
-) -> JobUser | None:
-    """The user checks run as, per the ``check_user`` setting; None: the server's own.
-
-    ``auto``: a root server uses the system user :data:`CHECK_USER` (created if missing),
-    any other server itself. When that user cannot run the interpreter or import Nimbus
-    (a venv under /root), ``auto`` logs which directory blocks it and runs checks as the
-    server's user, still within their limits; a user named explicitly is required
-    (InvalidInput). ``none``: the server's own user.
-    """
+def resolve_check_user(setting: str, *, euid: int | None = None) -> JobUser | None:
+    """The user checks run as, per the ``check_user`` setting: ``auto`` on a root server
+    the system user :data:`CHECK_USER` (created if missing), a user name that user; None:
+    this server's own (``none``, or ``auto`` on a server that is not root). InvalidInput
+    for a user that does not exist."""
     euid = os.geteuid() if euid is None else euid
     value = setting.strip()
     auto = value.lower() == "auto"
@@ -295,49 +307,75 @@ def resolve_check_user(
         user = ensure_system_user(CHECK_USER) if auto else JobUser.lookup(value)
     except KeyError:
         raise InvalidInput(f"check_user {value!r}: no such user") from None
-    if user.uid == euid:
-        return None
-    problems = preflight(user, [], python)
-    if not problems:
-        return user
-    reason = f"checks cannot run as {user.name!r}: {'; '.join(problems)}"
-    if not auto:
-        raise InvalidInput(reason)
-    log.warning("%s; they run as this server's user, within their limits", reason)
-    return None
+    return None if user.uid == euid else user
+
+
+def confine_checks(
+    mode: str,
+    check_user: str,
+    sandbox_for: Callable[[JobUser], Isolation],
+    *,
+    euid: int | None = None,
+) -> Confinement:
+    """Where a server's checks run: in the job sandbox as the check user, made by
+    ``sandbox_for`` (which tries it for real: :func:`nimbus.jobs.isolation.check_sandbox`);
+    refused, saying why, when it cannot be; unsandboxed only when the job isolation
+    ``mode`` is ``none``, and then said in the log. Never the server's own user otherwise."""
+    if mode.strip().lower() == NO_ISOLATION:
+        log.warning(
+            "checks of uploaded scripts and models run UNSANDBOXED as this server's user "
+            "(NIMBUS_JOB_ISOLATION=none), within their rlimits"
+        )
+        return Confinement()
+    fix = "or set NIMBUS_JOB_ISOLATION=none on a single-user machine"
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        return Confinement(
+            refused=f"checks of uploads run in the job sandbox, which needs a server started "
+            f"as root; this one runs as uid {euid}: start it as root, {fix}"
+        )
+    try:
+        user = resolve_check_user(check_user, euid=euid)
+    except InvalidInput as exc:
+        return Confinement(refused=str(exc))
+    if user is None:
+        return Confinement(
+            refused=f"check_user {check_user!r} would run checks as this server's own user: "
+            f"name another user (or 'auto'), {fix}"
+        )
+    isolation = sandbox_for(user)
+    if isolation.sandbox is None:
+        return Confinement(refused=isolation.refused or "the sandbox cannot engage")
+    return Confinement(isolation.sandbox, user)
 
 
 class LimitedRunner:
     """Runs checks as :func:`run_limited` does, at most ``concurrency`` at a time (more
-    callers wait their turn), as ``user``: a user, None (this process's), or a function
-    that says which, called once, at the first check (creating a user is not a cost every
-    server start pays)."""
+    callers wait their turn), confined as ``confinement`` says: a :class:`Confinement`
+    (default: none, unsandboxed), or a function that says which, called once, at the first
+    check (trying the sandbox is not a cost every server start pays)."""
 
     def __init__(
         self,
         *,
-        user: JobUser | Callable[[], JobUser | None] | None = None,
+        confinement: Confinement | Callable[[], Confinement] | None = None,
         concurrency: int = 2,
-        wrap: Callable[[list[str]], list[str]] | None = None,
         python: str = sys.executable,
     ) -> None:
-        self._user = user
-        self._resolved = not callable(user)
+        self._confinement = confinement if confinement is not None else Confinement()
         self._lock = threading.Lock()
-        self.wrap = wrap
         self.python = python
         self._slots = threading.BoundedSemaphore(max(1, concurrency))
 
     @property
-    def user(self) -> JobUser | None:
-        """Who checks run as (resolved on first use)."""
+    def confinement(self) -> Confinement:
+        """Where checks run (resolved on first use)."""
         with self._lock:
-            if not self._resolved:
-                assert callable(self._user)
-                self._user = self._user()
-                self._resolved = True
-            assert not callable(self._user)
-            return self._user
+            if callable(self._confinement):
+                self._confinement = self._confinement()
+                if self._confinement.refused is not None:
+                    log.error("no check of uploads will run: %s", self._confinement.refused)
+            return self._confinement
 
     def run(
         self,
@@ -348,17 +386,19 @@ class LimitedRunner:
         env: Mapping[str, str] | None = None,
     ) -> Outcome:
         """One check; blocks (off the event loop: callers run in a worker thread).
-        Unavailable (503) when the child cannot be started at all."""
-        user = self.user
+        Unavailable (503) when the child cannot be started at all, or checks are refused
+        (the sandbox cannot engage)."""
+        confinement = self.confinement
+        if confinement.refused is not None:
+            raise Unavailable(f"checks of uploads are refused: {confinement.refused}")
         with self._slots:
             try:
                 return run_limited(
                     argv,
                     limits=limits,
                     inputs=inputs,
-                    user=user,
                     env=env,
-                    wrap=self.wrap,
+                    confinement=confinement,
                     python=self.python,
                 )
             except OSError as exc:

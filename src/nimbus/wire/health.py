@@ -8,11 +8,14 @@ from nimbus.wire.base import Response
 class JobIsolation(Response):
     """How this server runs jobs: ``mode`` ``sandbox`` or ``none`` (unisolated);
     ``runs_jobs`` false when isolation was asked for and cannot engage (``detail`` says
-    what is missing and how to fix it)."""
+    what is missing and how to fix it); ``network``: ``isolated`` (each attempt in a network
+    namespace of its own, reaching only the job API, over a unix socket), ``host``
+    (unisolated), null when no job runs."""
 
     mode: str
     runs_jobs: bool
     detail: str
+    network: str | None = None
 
 
 class Health(Response):

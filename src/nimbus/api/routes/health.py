@@ -17,6 +17,9 @@ def healthz(request: Request) -> Health:
     jobs = None
     if isolation is not None:
         jobs = JobIsolation(
-            mode=isolation.mode, runs_jobs=isolation.runs_jobs, detail=isolation.summary()
+            mode=isolation.mode,
+            runs_jobs=isolation.runs_jobs,
+            detail=isolation.summary(),
+            network=isolation.network,
         )
     return Health(status="ok", version=__version__, job_isolation=jobs)
