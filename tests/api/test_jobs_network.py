@@ -117,6 +117,7 @@ def test_a_job_reaches_nothing_on_the_network_but_reports_through_its_socket(
     assert health["network"] == "isolated" and "unix socket" in health["detail"], health
 
 
+@pytest.mark.slow
 def test_the_workers_of_a_data_parallel_job_still_train_together(server: ServerProcess) -> None:
     tenant = Tenant(server, "parallel")
     body = {"dataset": "reviews", "model": "text", "params": {"epochs": "2"}, "workers": 2}

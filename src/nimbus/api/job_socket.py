@@ -3,7 +3,8 @@
 Sandboxed jobs have no network; they reach the control plane through a unix socket bound
 into their sandbox (:mod:`nimbus.jobs.sandbox`). The server listens on it with the same app
 as on its TCP port (:func:`nimbus.server.run`), wrapped in :class:`JobApiOnly`: a request
-that came in over a unix socket (ASGI gives it a ``server`` of ``(path, None)``) gets 404
+that came in over a unix socket (ASGI gives it a ``server`` of ``(path, None)``), or over a
+connection whose address is unknown, gets 404
 unless it is for the job API, so a job holding some other token found in its inputs still
 cannot use the rest of the API from inside its sandbox.
 """
@@ -22,9 +23,10 @@ _NOT_HERE = json.dumps(
 
 
 def over_unix_socket(scope: Scope) -> bool:
-    """Whether the connection of ``scope`` came in over a unix socket."""
+    """Whether the connection of ``scope`` came in over a unix socket; so is one whose
+    server address is unknown (refused rather than served whole)."""
     server = scope.get("server")
-    return server is not None and server[1] is None
+    return not (server and isinstance(server[1], int))
 
 
 class JobApiOnly:

@@ -24,7 +24,7 @@ and memory, not the server its event loop, its memory or its secrets.
 - writes stdout and stderr to unnamed files, bounded by its file-size limit, read back at
   the end (a check prints one JSON object on stdout: see :func:`json_reply`).
 
-:class:`LimitedRunner` holds what a server decides once (the user, how many checks run at
+:class:`LimitedRunner` holds what a server decides once (where checks run, how many run at
 a time) and bounds concurrency, so a burst of uploads queues instead of forking without end.
 
 The launcher runs inside the sandbox (``sh`` joins the cgroup, ``setpriv`` drops to the
@@ -346,6 +346,8 @@ def confine_checks(
     isolation = sandbox_for(user)
     if isolation.sandbox is None:
         return Confinement(refused=isolation.refused or "the sandbox cannot engage")
+    for name in isolation.sandbox.leftovers():  # of a crashed run: no check runs yet
+        isolation.sandbox.kill_leftover(name)
     return Confinement(isolation.sandbox, user)
 
 
