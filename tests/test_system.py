@@ -1,14 +1,15 @@
-"""Private files written atomically, and free ports."""
+"""Private files written atomically, free ports, listening unix sockets."""
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
 from pathlib import Path
 
 import pytest
 
-from nimbus.system import free_port, write_private
+from nimbus.system import bind_unix, free_port, write_private
 
 
 def test_write_private_is_0600_and_replaces_whole(tmp_path: Path) -> None:
@@ -32,3 +33,19 @@ def test_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_a_unix_socket_binds_at_any_path_length(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    for directory in (tmp_path, deep):
+        path = directory / "api.sock"
+        path.write_text("stale")  # replaced
+        with bind_unix(path, 0o660) as server, socket.socket(socket.AF_UNIX) as client:
+            assert path.is_socket() and path.stat().st_mode & 0o777 == 0o660
+            directory_fd = os.open(directory, os.O_PATH)
+            try:  # connect as a job does (its path inside the sandbox is short)
+                client.connect(f"/proc/self/fd/{directory_fd}/api.sock")
+            finally:
+                os.close(directory_fd)
+            server.accept()[0].close()
