@@ -48,6 +48,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -275,6 +276,7 @@ class WarmSandboxExecutor(LocalExecutor):
         self.warm_root.mkdir(mode=TRAVERSE_MODE)
         os.chmod(self.warm_root, TRAVERSE_MODE)
         self.warm_starts = self.cold_starts = 0
+        self.warm_up_seconds: list[float] = []  # how long each warm sandbox took to start
         self._cond = threading.Condition()
         self._recent: list[WarmKey] = []
         self._ready: list[WarmSandbox] = []
@@ -356,6 +358,7 @@ class WarmSandboxExecutor(LocalExecutor):
                 self._start_one(wanted, name)
 
     def _start_one(self, key: WarmKey, name: str) -> None:
+        began = time.monotonic()
         try:
             warm = WarmSandbox.start(
                 self.warm_sandbox,
@@ -373,6 +376,7 @@ class WarmSandboxExecutor(LocalExecutor):
                 self._cond.wait(RETRY_SECONDS)
             return
         with self._cond:
+            self.warm_up_seconds.append(time.monotonic() - began)
             if not self._closed:
                 self._ready.append(warm)
                 self._cond.notify_all()
