@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nimbus.jobs import cgroups
 from nimbus.jobs.domain import ExitReason, Resources
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import ExitStatus
@@ -288,6 +289,43 @@ def test_a_zygote_talking_nonsense_is_taken_as_gone(nonsense: bytes) -> None:
     assert link.exit_of(8) == ExitStatus(None, signal.SIGKILL)
     link.close()
     theirs.close()
+
+
+class Offered:
+    """A ``should_kill`` that kills nothing and notes what it was offered."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __call__(self, name: str) -> bool:
+        self.names.add(name)
+        return False
+
+
+def test_a_previous_runs_warm_sandboxes_are_orphans_and_its_own_are_not(
+    sandbox: Sandbox, base: Path
+) -> None:
+    """After a crash, the next start kills the warm sandboxes the last one left (their
+    cgroups name no attempt); an executor never offers its own ones as orphans."""
+    jobs = base / "home" / "restarted"
+    first = WarmSandboxExecutor(jobs, sandbox=sandbox, size=1, preload=["json"])
+    second = None
+    try:
+        first.expect(9)
+        assert first.wait_warm(9, timeout=60)
+        offered_by_first, offered_by_second = Offered(), Offered()
+        first.reap_orphans(offered_by_first)
+        second = WarmSandboxExecutor(jobs, sandbox=sandbox, size=0, preload=["json"])
+        second.reap_orphans(offered_by_second)
+        (left,) = offered_by_second.names - offered_by_first.names
+        pids = cgroups.AttemptCgroup(sandbox.hierarchies, left).pids()
+        assert len(pids) == 3  # launcher, bwrap's init, the zygote
+        assert second.reap_orphans(lambda name: name == left) == [left]
+        assert all(wait_gone(pid) for pid in pids)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
 
 
 def test_an_unsandboxed_fork_server_is_unchanged(base: Path) -> None:
