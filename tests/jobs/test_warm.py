@@ -268,6 +268,19 @@ def test_a_warm_sandbox_over_the_memory_limit_is_not_used(warm: WarmSandboxExecu
     assert warm.cold_starts == cold + 1
 
 
+def test_a_tenant_cache_made_afresh_is_not_shown_by_an_older_warm_sandbox(
+    warm: WarmSandboxExecutor, caches: TenantCaches
+) -> None:
+    cache = caches.dir_for(7)
+    warm.expect(7, cache)
+    assert warm.wait_warm(7, cache, timeout=60)
+    os.chown(cache, 12345, 0)  # left by a job's uid: dir_for starts it afresh
+    assert caches.dir_for(7) == cache
+    cold = warm.cold_starts
+    run = Run(warm, "print('ran')", tenant_id=7, extra_env={"NIMBUS_CACHE_DIR": str(cache)})
+    assert run.wait().ok and warm.cold_starts == cold + 1
+
+
 @pytest.mark.parametrize(
     "nonsense",
     [b"not json", b"[1]", b'{"exit": 3, "code": "0"}', b'{"id": "1", "pid": 1}', b""],

@@ -127,6 +127,7 @@ class WarmSandbox:
     link: ZygoteLink
     bound_at: Path  # its work directory inside, wherever it is outside
     keep: set[int] = field(default_factory=set)  # launcher, bwrap's init, the zygote
+    cache_inode: int | None = None  # of the tenant's cache it has in view
     adopted: bool = False  # its directory became an attempt's work directory
     claimed: bool = False  # an attempt's sandbox holds its uid and cgroup now
 
@@ -183,10 +184,16 @@ class WarmSandbox:
             shutil.rmtree(workdir, ignore_errors=True)
             sandbox.uids.release(uid)
             raise
-        return cls(name, key, view, group, proc, link, workdir, keep=group.pids())
+        inode = _inode(cache)
+        return cls(name, key, view, group, proc, link, workdir, group.pids(), inode)
 
     def alive(self) -> bool:
         return self.link.alive and self.proc.poll() is None
+
+    def cache_replaced(self) -> bool:
+        """Whether the tenant's cache directory was made afresh since this one started
+        (its view would show the old one)."""
+        return _inode(self.view.cache_dir) != self.cache_inode
 
     def adopt(self, workdir: Path) -> None:
         """Become the attempt's work directory ``workdir`` (made by the scheduler, holding
@@ -222,7 +229,6 @@ class WarmSandbox:
 
     def discard(self, sandbox: Sandbox) -> None:
         """Kill an unclaimed one and free what it held."""
-        self.link.close()
         self.cgroup.remove()
         self.reap()
         if not self.adopted:
@@ -237,6 +243,13 @@ class WarmSandbox:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _inode(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_ino if path is not None else None
+    except OSError:
+        return None
 
 
 class _Cold(Exception):
@@ -401,6 +414,8 @@ class WarmSandboxExecutor(LocalExecutor):
         limit = launch.resources.total_memory_bytes
         if limit and warm.cgroup.memory_usage() >= limit:
             raise _Cold(f"it holds more memory than the attempt's limit ({limit} bytes)")
+        if warm.cache_replaced():
+            raise _Cold("its tenant's cache directory was made afresh since it started")
         try:
             warm.adopt(launch.workdir)
             warm.cgroup.create(
