@@ -281,6 +281,39 @@ def test_a_tenant_cache_made_afresh_is_not_shown_by_an_older_warm_sandbox(
     assert run.wait().ok and warm.cold_starts == cold + 1
 
 
+def test_an_attempt_whose_warm_sandbox_died_starts_cold(warm: WarmSandboxExecutor) -> None:
+    warm.expect(8)
+    assert warm.wait_warm(8, timeout=60)
+    (zygote,) = [pid for pid in all_warm_pids(warm) if ns_pid(pid) == 2 and tenant_of(pid) == 8]
+    os.kill(zygote, signal.SIGKILL)
+    cold = warm.cold_starts
+    run = Run(warm, "print('ran')", tenant_id=8)
+    assert run.wait().ok and run.output == "ran\n" and warm.cold_starts == cold + 1
+
+
+def all_warm_pids(ex: WarmSandboxExecutor) -> set[int]:
+    """Host pids of the warm sandboxes' processes (their cgroups name them)."""
+    found: set[int] = set()
+    for hierarchy in ex.warm_sandbox.hierarchies:
+        for group in hierarchy.base.glob("warm-*"):
+            found |= {int(p) for p in (group / "cgroup.procs").read_text().split()}
+    return found
+
+
+def ns_pid(pid: int) -> int:
+    """``pid``'s number in its own PID namespace."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    raise AssertionError(f"no NSpid for {pid}")
+
+
+def tenant_of(pid: int) -> int:
+    """The tenant a warm sandbox's process was started for (its gid, after the uids)."""
+    gid = os.stat(f"/proc/{pid}").st_gid
+    return gid - 2_000_000_000 - 1000  # tests/jobs/test_isolation.isolation's uid range
+
+
 @pytest.mark.parametrize(
     "nonsense",
     [b"not json", b"[1]", b'{"exit": 3, "code": "0"}', b'{"id": "1", "pid": 1}', b""],

@@ -54,6 +54,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from nimbus.errors import Unavailable
 from nimbus.jobs import cgroups
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.executors.base import (
@@ -457,10 +458,14 @@ class WarmSandboxExecutor(LocalExecutor):
                 worker = Worker(rank, pid, pump)
                 self._workers[id(worker)] = (warm, pid)
                 handle.workers.append(worker)
-        except BaseException:
+        except BaseException as exc:
             self._claimed.pop(launch.attempt_id, None)
             for worker in handle.workers:
                 self._workers.pop(id(worker), None)
+            if not handle.workers and isinstance(exc, Unavailable):  # died while idle
+                warm.claimed = False  # start() discards it: its uid is freed once, there
+                self.warm_starts -= 1
+                raise _Cold(str(exc)) from exc
             assert handle.sandbox is not None
             self.warm_sandbox.leave(handle.sandbox)  # kills it all, frees the uid
             warm.reap()
