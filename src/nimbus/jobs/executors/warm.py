@@ -296,6 +296,7 @@ class WarmSandboxExecutor(LocalExecutor):
         self._ready: list[WarmSandbox] = []
         self._prefix = f"warm-{secrets.token_hex(4)}-"  # its warm sandboxes' names
         self._count = 0
+        self._retry_at = 0.0  # monotonic: no warm sandbox is started before then
         self._closed = False
         self._claimed: dict[str, WarmSandbox] = {}  # attempt id -> its warm sandbox
         self._workers: dict[int, tuple[WarmSandbox, int]] = {}  # id(worker) -> zygote pid
@@ -355,9 +356,12 @@ class WarmSandboxExecutor(LocalExecutor):
                     ready = Counter(w.key for w in self._ready)
                     targets = warm_targets(self._recent, self.size)
                     surplus, wanted = surplus_and_next(targets, ready)
+                    pause = self._retry_at - time.monotonic()
+                    if wanted is not None and pause > 0:  # the last start failed
+                        wanted = None
                     if surplus or wanted is not None:
                         break
-                    self._cond.wait()
+                    self._cond.wait(pause if pause > 0 else None)
                 discard = []
                 for warm in list(self._ready):  # the oldest first
                     if surplus[warm.key] > 0:
@@ -387,7 +391,7 @@ class WarmSandboxExecutor(LocalExecutor):
         except Exception:
             log.exception("could not start a warm sandbox; attempts start cold meanwhile")
             with self._cond:
-                self._cond.wait(RETRY_SECONDS)
+                self._retry_at = time.monotonic() + RETRY_SECONDS
             return
         with self._cond:
             self.warm_up_seconds.append(time.monotonic() - began)
