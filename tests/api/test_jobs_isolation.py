@@ -475,7 +475,7 @@ def test_a_double_forked_setsid_process_dies_with_its_warm_job(
 ) -> None:
     tenant = Tenant(warm_server, f"warm-escape-{end}")
     marker = f"nimbus-escapee-{uuid.uuid4().hex}"
-    stay = "0" if end == "ends" else "600"
+    stay = "3" if end == "ends" else "600"  # ends by itself, once the escapee was seen
     job_id, _ = warm_job(tenant, ESCAPE.format(marker=marker, stay=stay).encode())
     tenant.wait_log(job_id, "escaped")
     assert processes_with(marker)

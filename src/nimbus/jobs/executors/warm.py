@@ -436,7 +436,6 @@ class WarmSandboxExecutor(LocalExecutor):
         )
         warm.claimed = True
         self._claimed[launch.attempt_id] = warm
-        self.warm_starts += 1
         world = launch.resources.workers
         port = free_port() if world > 1 else None
         try:
@@ -468,13 +467,13 @@ class WarmSandboxExecutor(LocalExecutor):
                 self._workers.pop(id(worker), None)
             if not handle.workers and isinstance(exc, Unavailable):  # died while idle
                 warm.claimed = False  # start() discards it: its uid is freed once, there
-                self.warm_starts -= 1
                 raise _Cold(str(exc)) from exc
             assert handle.sandbox is not None
             self.warm_sandbox.leave(handle.sandbox)  # kills it all, frees the uid
             warm.reap()
             raise
         self._handles[launch.attempt_id] = handle
+        self.warm_starts += 1
         return handle
 
     def poll(self, handle: Handle) -> ExitStatus | None:
