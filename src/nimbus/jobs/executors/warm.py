@@ -175,7 +175,9 @@ class WarmSandbox:
             )
             theirs.close()
             link = ZygoteLink(ours, f"warm sandbox {name}")
-            link.wait_ready(timeout)
+            failed = link.wait_ready(timeout).get("failed")
+            if failed:  # not fatal: a job imports what it needs itself
+                log.warning("warm sandbox %s could not preload %s", name, failed)
         except BaseException:
             theirs.close()
             ours.close()
