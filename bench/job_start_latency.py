@@ -2,6 +2,10 @@
 
 Not a test (no timed asserts): ``python bench/job_start_latency.py [ROUNDS]``, as root with
 bubblewrap for the sandboxed rows (without, only the unsandboxed ones run).
+``python bench/job_start_latency.py --server [ROUNDS]``: the same through two real
+servers (sandboxed, the default preload), warm sandboxes on and off, from ``POST /jobs``
+to the first line of a submitted script (the runtime fetched its spec and the dataset
+before it): the issue's submit -> first step.
 
 Each job records ``time.time()`` on its first line and again once ``import torch`` is done;
 the figures are those minus the time just before ``submit``. The scheduler ticks right
@@ -29,6 +33,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import httpx
+from _common import ServerProcess
+from tests.api.conftest import API, csv_bytes, make_token
 
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
@@ -162,6 +170,73 @@ def subjects(tmp: Path) -> list[Subject]:
     return [*found, Subject("sandbox-cold", cold, home), Subject("sandbox-warm", warm, home)]
 
 
+SCRIPT = b"""\
+import os, time
+print("first", time.time(), "/.warm/" in os.getcwd(), flush=True)
+"""
+
+
+def server_rounds(rounds: int, pause: float = 20.0) -> None:
+    """Submit -> first line of a script, through real servers with warm sandboxes (2) and
+    without (0), alternately; ``pause`` seconds between rounds let a replacement warm up."""
+    tmp = Path(tempfile.mkdtemp(prefix="nimbus-latency-"))
+    tmp.chmod(0o711)
+    figures: dict[str, list[float]] = {"warm": [], "cold": []}
+    warm_hits = 0
+    servers = {
+        name: ServerProcess(
+            tmp / name,
+            env={
+                "NIMBUS_JOB_ISOLATION": "sandbox",
+                "NIMBUS_EXECUTOR": "forkserver",
+                "NIMBUS_JOB_WARM_SANDBOXES": "2" if name == "warm" else "0",
+                "NIMBUS_SCHEDULER_TICK_SECONDS": "0.05",
+            },
+        ).start()
+        for name in figures
+    }
+    try:
+        clients = {}
+        for name, server in servers.items():
+            client = server.client(make_token(server, "member", "bench"))
+            client.post(
+                f"{API}/datasets/reviews/versions",
+                params={"filename": "r.csv"},
+                content=csv_bytes(),
+            ).raise_for_status()
+            ref = client.post(f"{API}/code", params={"filename": "j.py"}, content=SCRIPT)
+            clients[name] = (client, ref.json()["ref"])
+        for round_ in range(rounds + 1):  # round 0: each tenant's first job (cold)
+            for name, (client, ref) in clients.items():
+                t_submit = time.time()
+                job = client.post(f"{API}/jobs", json={"dataset": "reviews", "model": ref})
+                job_id = job.json()["id"]
+                while "first" not in (text := _logs(client, API, job_id)):
+                    time.sleep(0.01)
+                _, at, warm = next(x for x in text.splitlines() if x.startswith("first")).split()
+                if round_ > 0:
+                    figures[name].append((float(at) - t_submit) * 1000)
+                    warm_hits += name == "warm" and warm == "True"
+            time.sleep(pause)
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {name: statistics.median(values) for name, values in figures.items()}
+    print(f"servers, medians over {rounds} interleaved rounds, POST /jobs -> script's first line:")
+    print(
+        f"  warm sandboxes (2): {med['warm']:7.1f} ms (min {min(figures['warm']):.1f}; "
+        f"{warm_hits}/{rounds} started warm)"
+    )
+    print(f"  cold sandboxes (0): {med['cold']:7.1f} ms (min {min(figures['cold']):.1f})")
+    print(f"  cold / warm = {med['cold'] / med['warm']:.1f}")
+
+
+def _logs(client: httpx.Client, api: str, job_id: str) -> str:
+    page = client.get(f"{api}/jobs/{job_id}/logs").json()
+    return "".join(chunk["data"] for chunk in page["chunks"])
+
+
 def main(rounds: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nimbus-latency-"))
     tmp.chmod(0o711)
@@ -191,4 +266,7 @@ def main(rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    if sys.argv[1:2] == ["--server"]:
+        server_rounds(int(sys.argv[2]) if len(sys.argv) > 2 else 6)
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
