@@ -28,7 +28,7 @@ from nimbus.jobs.executors.warm import (
 )
 from nimbus.jobs.executors.zygote_link import ZygoteLink
 from nimbus.jobs.isolation import TenantCaches
-from nimbus.jobs.sandbox import Sandbox
+from nimbus.jobs.sandbox import Sandbox, purge_workdirs
 from tests.helpers import passable_dir
 from tests.jobs.conftest import GRACE, Run, wait_gone
 from tests.jobs.test_isolation import ESCAPE, WHO_AM_I, isolation
@@ -51,6 +51,17 @@ def test_surplus_is_discarded_and_the_most_recent_want_comes_first() -> None:
     assert surplus_and_next(targets, Counter({A: 2})) == (Counter({A: 1}), B)
     assert surplus_and_next(targets, Counter({A: 1, B: 1})) == (Counter(), None)
     assert surplus_and_next(Counter({C: 2}), Counter({A: 1})) == (Counter({A: 1}), C)
+
+
+def test_purging_old_work_directories_leaves_waiting_warm_sandboxes_alone(tmp_path: Path) -> None:
+    waiting, old = tmp_path / WARM_DIR / "warm-1", tmp_path / "job1" / "att1"
+    waiting.mkdir(parents=True)
+    old.mkdir(parents=True)
+    past = time.time() - 100
+    for path in (waiting, waiting.parent, old, old.parent):
+        os.utime(path, (past, past))
+    assert purge_workdirs(tmp_path, 50) == [old]
+    assert waiting.exists()
 
 
 @pytest.fixture(scope="module")
