@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     job_disk_limit: str = "20G"  # per attempt: any one file it writes, its /tmp, /dev/shm
     job_pids_limit: int = Field(default=4096, ge=16)  # processes and threads per worker
     job_keep_failed_seconds: float = Field(default=86_400.0, ge=0)  # failed work dirs kept
+    # Warm sandboxes (executor forkserver, sandboxed): attempts' sandboxes started ahead
+    # with the preloaded modules imported, each claimed by one attempt of the tenant it was
+    # started for (the tenants seen last); 0: every attempt starts cold. Each holds ~0.3 GB
+    # while it waits (the default preload), counted in its attempt's --memory once claimed.
+    job_warm_sandboxes: int = Field(default=2, ge=0, le=64)
     instance_id: str | None = None  # default: generated once, kept in NIMBUS_HOME/instance-id
     # What this node offers jobs; detected when unset. Memory as bytes or "16G".
     capacity_cpus: float | None = Field(default=None, gt=0)

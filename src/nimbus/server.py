@@ -344,6 +344,7 @@ class SchedulerThread:
                 preload=tuple(settings.executor_preload),
                 grace_seconds=settings.kill_grace_seconds,
                 sandbox=sandbox,
+                warm=settings.job_warm_sandboxes,
             ),
             jobs_root,
             {},

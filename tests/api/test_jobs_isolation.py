@@ -9,6 +9,7 @@ one uid, with no limit enforced)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -389,3 +390,112 @@ def test_running_unisolated_is_said_loudly(base: Path) -> None:
         job = tenant.run(b"print('hi')\n")
         assert job["state"] == "succeeded"
         assert tenant.client.get(f"{API}/jobs/{job['id']}").json()["isolation"] == "none"
+
+
+# -- the same attacks through warm sandboxes (jobs/executors/warm.py) -----------------------
+
+WARM = {**FAST, "NIMBUS_EXECUTOR": "forkserver", "NIMBUS_JOB_WARM_SANDBOXES": "2"}
+SAY_CWD = b"import os\nprint('cwd ' + os.getcwd(), flush=True)\n"
+
+
+@pytest.fixture(scope="module")
+def warm_server(base: Path) -> Iterator[ServerProcess]:
+    """A root server whose attempts start in warm sandboxes (the default executor), the
+    default modules preloaded (torch, the runtime)."""
+    env = {**WARM, "NIMBUS_TOKEN": "nbt_server-side-secret"}
+    with ServerProcess(base / "warm", env=env) as running:
+        if not running.client().get("/healthz").json()["job_isolation"]["runs_jobs"]:
+            pytest.fail("the sandbox cannot engage here")
+        yield running
+
+
+def warm_job(tenant: Tenant, script: bytes, **body: Any) -> tuple[str, str]:
+    """Submit ``script`` until it starts in a warm sandbox (a tenant's is started once the
+    tenant ran a job, in the background); returns that job's id and its working directory
+    as it sees it."""
+    for _ in range(20):
+        job_id = tenant.submit(SAY_CWD + script, **body)
+        cwd = tenant.wait_log(job_id, "cwd ")
+        if "/.warm/" in cwd:
+            return job_id, cwd
+        tenant.client.post(f"{API}/jobs/{job_id}/cancel")
+        wait(tenant.client, job_id, tenant.server)
+        time.sleep(1)
+    raise AssertionError("no job of the tenant started warm")
+
+
+def workdir_processes(where: str) -> list[int]:
+    """Host pids whose working directory is ``where`` as the sandbox sees it (a warm job's
+    environment is its zygote's: it does not say which job it runs)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == where:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_warm_job_cannot_reach_secrets_other_jobs_their_tokens_or_their_cache(
+    warm_server: ServerProcess,
+) -> None:
+    victim, thief = Tenant(warm_server, "victim"), Tenant(warm_server, "thief")
+    victim_job, victim_cwd = warm_job(victim, VICTIM)
+    victim_cache = victim.wait_log(victim_job, "victim ")
+    victim_pids = workdir_processes(victim_cwd)
+    assert victim_pids
+    try:
+        params = {
+            "home": str(warm_server.home),
+            "victim_cache": victim_cache,
+            "victim_pids": ",".join(map(str, victim_pids)),
+        }
+        job_id, _ = warm_job(thief, THIEF, params=params)
+        job = wait(thief.client, job_id, warm_server)
+        logs = thief.logs(job_id)
+        assert job["state"] == "succeeded", logs
+        refused = json.loads(line(logs, "probe "))
+        assert json.loads(line(logs, "stolen ")) == [], logs
+        assert json.loads(line(logs, "visible ")) == [2], logs  # its own zygote only
+        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache"}, logs
+        victim_state = victim.client.get(f"{API}/jobs/{victim_job}").json()["state"]
+    finally:
+        victim.client.post(f"{API}/jobs/{victim_job}/cancel")
+    assert victim_state == "running"
+    assert "allowed" not in refused.values(), logs
+    assert Path(victim_cache, "victim-data").read_text() == "clean"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("end", ["ends", "cancelled"])
+def test_a_double_forked_setsid_process_dies_with_its_warm_job(
+    warm_server: ServerProcess, end: str
+) -> None:
+    tenant = Tenant(warm_server, f"warm-escape-{end}")
+    marker = f"nimbus-escapee-{uuid.uuid4().hex}"
+    stay = "3" if end == "ends" else "600"  # ends by itself, once the escapee was seen
+    job_id, _ = warm_job(tenant, ESCAPE.format(marker=marker, stay=stay).encode())
+    tenant.wait_log(job_id, "escaped")
+    assert processes_with(marker)
+    if end == "cancelled":
+        assert tenant.client.post(f"{API}/jobs/{job_id}/cancel").status_code == 200
+    job = wait(tenant.client, job_id, warm_server)
+    assert job["state"] == ("succeeded" if end == "ends" else "cancelled"), tenant.logs(job_id)
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(marker) == []
+
+
+@pytest.mark.slow
+def test_memory_past_the_limit_ends_a_warm_job_out_of_memory(warm_server: ServerProcess) -> None:
+    tenant = Tenant(warm_server, "warm-hungry")
+    hog = b"x = bytearray(1536 * 2**20)\nx[::4096] = b'1' * len(x[::4096])\nprint('survived')\n"
+    job_id, _ = warm_job(tenant, hog, memory="768M", max_retries=2)
+    job = wait(tenant.client, job_id, warm_server)
+    logs = tenant.logs(job_id)
+    assert job["state"] == "failed" and job["exit_reason"].startswith("out of memory"), (job, logs)
+    assert job["attempts"] == 1 and "survived" not in logs

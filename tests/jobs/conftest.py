@@ -48,6 +48,8 @@ class Run:
         program: Program | None = None,
         files: dict[str, str] | None = None,
         resources: Resources | None = None,
+        tenant_id: int | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         Run.counter += 1
         self.executor = executor
@@ -64,6 +66,8 @@ class Run:
             nimbus_url="http://127.0.0.1:1",
             resources=resources or Resources(cpus=1, memory_bytes=0, workers=workers),
             output=self.chunks.append,
+            tenant_id=tenant_id,
+            extra_env=extra_env or {},
         )
         for name, text in (files or {}).items():
             self.workdir.mkdir(parents=True, exist_ok=True)

@@ -204,6 +204,15 @@ class AttemptCgroup:
                 found.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
         return found
 
+    def memory_usage(self) -> int:
+        """Bytes of memory charged to the cgroup now (0 without a memory controller)."""
+        for h, directory in zip(self.hierarchies, self.dirs, strict=True):
+            if "memory" in h.controllers:
+                name = "memory.current" if h.version == 2 else "memory.usage_in_bytes"
+                with contextlib.suppress(OSError, ValueError):
+                    return int((directory / name).read_text())
+        return 0
+
     def oom_killed(self) -> bool:
         """Whether the kernel killed a process of the attempt for exceeding its memory."""
         for h, directory in zip(self.hierarchies, self.dirs, strict=True):

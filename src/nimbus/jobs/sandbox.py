@@ -406,8 +406,14 @@ def purge_workdirs(jobs_root: Path, older_than: float, now: float | None = None)
 
 
 def _subdirs(directory: Path) -> list[Path]:
+    # Not the dot-directories: job ids never start with one, warm sandboxes' directories
+    # (``.warm``) do, and those are in use however old they are.
     try:
-        return [p for p in directory.iterdir() if p.is_dir() and not p.is_symlink()]
+        return [
+            p
+            for p in directory.iterdir()
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+        ]
     except OSError:
         return []
 

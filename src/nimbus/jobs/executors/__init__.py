@@ -1,7 +1,8 @@
 """Executors: where attempts run. One module each; :func:`make_executor` picks one by name.
 
 - ``local``: a fresh ``python`` subprocess per worker (:mod:`.local`).
-- ``forkserver``: workers forked from a zygote with heavy modules imported (:mod:`.forkserver`).
+- ``forkserver``: workers forked from a zygote with heavy modules imported (:mod:`.forkserver`);
+  with the sandbox, each attempt in a warm sandbox of its own (:mod:`.warm`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from nimbus.errors import InvalidInput
 from nimbus.jobs.executors.base import Executor
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
+from nimbus.jobs.executors.warm import WarmSandboxExecutor
 from nimbus.jobs.sandbox import Sandbox
 
 EXECUTORS = ("local", "forkserver")
@@ -27,19 +29,26 @@ def make_executor(
     preload: Sequence[str] = ("torch",),
     grace_seconds: float = 10.0,
     sandbox: Sandbox | None = None,
+    warm: int = 2,
 ) -> Executor:
     """The executor called ``name``, running attempts under ``jobs_root`` (each in
-    ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`)."""
+    ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`). ``forkserver`` with the
+    sandbox keeps up to ``warm`` warm sandboxes (0: every attempt starts cold)."""
     if name == "local":
         return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
     if name == "forkserver" and sandbox is not None:
-        # A zygote's children share its namespaces and were forked as root: a sandbox per
-        # attempt needs a fresh bwrap, so the warm start (torch imported) is given up.
-        log.warning(
-            "executor 'forkserver' with the sandbox: attempts start cold, each in its own "
-            "bubblewrap sandbox (the zygote's warm start would share one sandbox)"
+        # One shared zygote's children would share its namespaces and uid: each attempt
+        # gets a zygote in a sandbox of its own instead, started ahead for its tenant.
+        if warm > 0 and not sandbox.hierarchies:
+            log.warning(
+                "no writable cgroup hierarchy: attempts start cold, each in a new sandbox "
+                "(a warm sandbox's processes could not all be found to kill them)"
+            )
+        if warm == 0 or not sandbox.hierarchies:
+            return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
+        return WarmSandboxExecutor(
+            jobs_root, sandbox=sandbox, size=warm, preload=preload, grace_seconds=grace_seconds
         )
-        return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
     if name == "forkserver":
         return ForkServerExecutor(jobs_root, preload=preload, grace_seconds=grace_seconds)
     raise InvalidInput(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")

@@ -10,36 +10,29 @@ only through explicit calls (``torch.set_num_threads``).
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from nimbus.errors import Unavailable
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus
 from nimbus.jobs.executors.process import ProcessExecutor, Worker
+from nimbus.jobs.executors.zygote_link import ZYGOTE_SCRIPT, ZygoteLink
 from nimbus.jobs.sandbox import AttemptSandbox
 
-# Run as a script (``-P``: its directory stays off sys.path) so the zygote imports nothing
-# of Nimbus: only the standard library and ``preload``.
-ZYGOTE_SCRIPT = Path(__file__).with_name("zygote.py")
-MAX_MESSAGE = 1 << 20
+__all__ = ["ZYGOTE_SCRIPT", "ForkServerExecutor"]
 
 
 class ForkServerExecutor(ProcessExecutor):
     """Forks workers from a long-lived zygote; ``preload`` names the modules it imports.
 
     Its children run as the server's own user, unsandboxed (``job_isolation = none``):
-    with the sandbox, :func:`~nimbus.jobs.executors.make_executor` starts attempts cold
-    in bubblewrap instead."""
+    with the sandbox, :func:`~nimbus.jobs.executors.make_executor` starts each attempt
+    in a warm sandbox of its own instead (:mod:`.warm`)."""
 
     def __init__(
         self,
@@ -64,89 +57,35 @@ class ForkServerExecutor(ProcessExecutor):
             stdout=subprocess.DEVNULL,
         )
         theirs.close()
-        self._sock.settimeout(start_timeout)
+        self._link = ZygoteLink(self._sock, "fork server")
         try:
-            ready = json.loads(self._sock.recv(MAX_MESSAGE) or b"{}")
-        except (TimeoutError, json.JSONDecodeError):
-            ready = {}
-        if not ready.get("ready"):
+            ready = self._link.wait_ready(start_timeout)
+        except Unavailable:
             self._zygote.kill()
-            raise Unavailable("the fork server did not start")
-        self._sock.settimeout(None)
-        self.preload_failed: dict[str, str] = ready.get("failed", {})
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._replies: dict[int, dict[str, Any]] = {}
-        self._reply_ready = threading.Condition(self._lock)
-        self._exits: dict[int, ExitStatus] = {}
-        self._alive = True
-        self._listener = threading.Thread(target=self._listen, name="forkserver", daemon=True)
-        self._listener.start()
-
-    def _listen(self) -> None:
-        while True:
-            try:
-                data = self._sock.recv(MAX_MESSAGE)
-            except OSError:
-                data = b""
-            with self._lock:
-                if not data:  # the zygote died; its children die with it (PDEATHSIG)
-                    self._alive = False
-                    self._reply_ready.notify_all()
-                    return
-                message = json.loads(data)
-                if "exit" in message:
-                    signo = message.get("signal")
-                    status = ExitStatus(None, signo) if signo else ExitStatus(message["code"])
-                    self._exits[message["exit"]] = status
-                else:
-                    self._replies[message["id"]] = message
-                    self._reply_ready.notify_all()
+            self._zygote.wait()
+            raise
+        failed = ready.get("failed")
+        self.preload_failed: dict[str, str] = failed if isinstance(failed, dict) else {}
 
     def _spawn(
         self, launch: AttemptLaunch, env: dict[str, str], sandbox: AttemptSandbox | None
     ) -> tuple[int, int]:
-        request: dict[str, Any] = {
-            "id": next(self._ids),
-            "cwd": str(launch.workdir),
-            "env": env,
-            "module": launch.program.module,
-            "code": launch.program.code,
-            "args": list(launch.program.args),
-        }
         read_fd, write_fd = os.pipe()
         try:
-            with self._lock:
-                if not self._alive:
-                    raise Unavailable("the fork server is gone")
-                socket.send_fds(self._sock, [json.dumps(request).encode()], [write_fd])
-                self._reply_ready.wait_for(
-                    lambda: request["id"] in self._replies or not self._alive, timeout=30
-                )
-                reply = self._replies.pop(request["id"], {"error": "no answer from the zygote"})
+            pid = self._link.spawn(launch.program, str(launch.workdir), env, write_fd)
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
-        if "pid" not in reply:
-            os.close(read_fd)
-            raise Unavailable(f"the fork server could not start the job: {reply['error']}")
-        return int(reply["pid"]), read_fd
+        return pid, read_fd
 
     def _reap(self, worker: Worker) -> ExitStatus | None:
-        with self._lock:
-            status = self._exits.pop(worker.pid, None)
-            if status is None and not self._alive:
-                status = ExitStatus(None, signal.SIGKILL)
-        return status
+        return self._link.exit_of(worker.pid)
 
     def close(self) -> None:
         super().close()
-        # shutdown, not just close: the listener thread's recv holds the socket open.
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)  # the zygote sees EOF, kills what is left
-        self._sock.close()
+        self._link.close()  # the zygote sees EOF, kills what is left
         try:
             self._zygote.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,395 @@
+"""Warm sandboxes: attempts started in a sandbox made before they were known, with real
+processes in bubblewrap, started by root (as tests/jobs/test_isolation.py: CI runs them as
+root with bubblewrap installed). Each attack of issue 8 again, through the warm path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nimbus.jobs import cgroups
+from nimbus.jobs.domain import ExitReason, Resources
+from nimbus.jobs.executors import make_executor
+from nimbus.jobs.executors.base import ExitStatus
+from nimbus.jobs.executors.warm import (
+    WARM_DIR,
+    WarmKey,
+    WarmSandboxExecutor,
+    surplus_and_next,
+    warm_targets,
+)
+from nimbus.jobs.executors.zygote_link import ZygoteLink
+from nimbus.jobs.isolation import TenantCaches
+from nimbus.jobs.sandbox import Sandbox, purge_workdirs
+from tests.helpers import passable_dir
+from tests.jobs.conftest import GRACE, Run, wait_gone
+from tests.jobs.test_isolation import ESCAPE, WHO_AM_I, isolation
+
+MiB = 2**20
+A, B, C = WarmKey(1, "/c/1"), WarmKey(2, "/c/2"), WarmKey(3, "/c/3")
+
+
+def test_warm_targets_follow_the_tenants_seen_last() -> None:
+    assert warm_targets([], 2) == Counter()
+    assert warm_targets([A], 2) == Counter({A: 2})  # a burst of one tenant's jobs
+    assert warm_targets([B, A, B], 2) == Counter({B: 1, A: 1})
+    assert warm_targets([C, B, A], 2) == Counter({C: 1, B: 1})  # A is forgotten
+    assert warm_targets([A, B], 3) == Counter({A: 2, B: 1})
+    assert warm_targets([A], 0) == Counter()
+
+
+def test_surplus_is_discarded_and_the_most_recent_want_comes_first() -> None:
+    targets = Counter({B: 1, A: 1})
+    assert surplus_and_next(targets, Counter({A: 2})) == (Counter({A: 1}), B)
+    assert surplus_and_next(targets, Counter({A: 1, B: 1})) == (Counter(), None)
+    assert surplus_and_next(Counter({C: 2}), Counter({A: 1})) == (Counter({A: 1}), C)
+
+
+def test_purging_old_work_directories_leaves_waiting_warm_sandboxes_alone(tmp_path: Path) -> None:
+    waiting, old = tmp_path / WARM_DIR / "warm-1", tmp_path / "job1" / "att1"
+    waiting.mkdir(parents=True)
+    old.mkdir(parents=True)
+    past = time.time() - 100
+    for path in (waiting, waiting.parent, old, old.parent):
+        os.utime(path, (past, past))
+    assert purge_workdirs(tmp_path, 50) == [old]
+    assert waiting.exists()
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    with passable_dir() as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def sandbox(base: Path) -> Sandbox:
+    found = isolation(base / "home")
+    assert found.sandbox is not None, found.refused
+    return found.sandbox
+
+
+@pytest.fixture(scope="module")
+def caches(sandbox: Sandbox, base: Path) -> TenantCaches:
+    return TenantCaches(base / "home" / "cache", b"k" * 32, sandbox.settings.tenant_gid)
+
+
+@pytest.fixture(scope="module")
+def warm(sandbox: Sandbox, base: Path) -> Iterator[WarmSandboxExecutor]:
+    ex = make_executor(
+        "forkserver",
+        base / "home" / "jobs",
+        preload=["json"],
+        grace_seconds=GRACE,
+        sandbox=sandbox,
+        warm=3,
+    )
+    assert isinstance(ex, WarmSandboxExecutor)
+    yield ex
+    ex.close()
+
+
+def warm_run(
+    ex: WarmSandboxExecutor,
+    code: str,
+    *,
+    tenant: int | None = None,
+    caches: TenantCaches | None = None,
+    **kwargs: object,
+) -> Run:
+    """An attempt that must start warm: waits for a warm sandbox of its tenant first."""
+    cache = caches.dir_for(tenant) if caches is not None else None
+    ex.expect(tenant, cache)
+    assert ex.wait_warm(tenant, cache, timeout=60)
+    before = ex.warm_starts
+    extra = {"NIMBUS_CACHE_DIR": str(cache)} if cache is not None else None
+    run = Run(ex, code, tenant_id=tenant, extra_env=extra, **kwargs)  # type: ignore[arg-type]
+    assert ex.warm_starts == before + 1, "started cold"
+    return run
+
+
+def test_a_warm_attempt_has_its_own_uid_pid_namespace_and_work_directory(
+    warm: WarmSandboxExecutor,
+) -> None:
+    first, second = warm_run(warm, WHO_AM_I), warm_run(warm, WHO_AM_I)
+    assert first.wait().ok and second.wait().ok, first.output + second.output
+    one, two = json.loads(first.output), json.loads(second.output)
+    assert one["uid"][0] != two["uid"][0] and one["uid"][0] >= 2_000_000_000
+    assert one["uid"] == [one["uid"][0]] * 3 and one["groups"] == [] and not one["regained"]
+    assert one["shadow"] == "PermissionError"
+    assert one["pid"] == two["pid"] == 3  # bwrap's init is 1, the zygote 2
+    # Its work directory was bound in before the attempt was known: it sees it there.
+    assert one["cwd"] == one["home"] and f"/{WARM_DIR}/" in one["cwd"]
+    assert one["cwd"] != two["cwd"]
+    assert set(one["tmp"]) <= {first.workdir.parts[2]}  # a private /tmp
+    assert not first.workdir.exists()  # succeeded: removed, like a cold attempt's
+
+
+def test_the_attempts_files_are_in_its_work_directory(warm: WarmSandboxExecutor) -> None:
+    run = warm_run(
+        warm,
+        "import json; print(open('job.json').read()); open('made', 'w').write('x'); 1/0",
+        files={"job.json": json.dumps({"attempt": "mine"})},
+    )
+    assert not run.wait().ok
+    assert '"attempt": "mine"' in run.output
+    assert (run.workdir / "made").read_text() == "x"  # failed: kept, where attempts' are
+    assert run.workdir.stat().st_uid == os.geteuid()  # handed back to the server
+
+
+def test_a_warm_attempt_cannot_reach_secrets_other_jobs_or_another_tenants_cache(
+    warm: WarmSandboxExecutor, base: Path, caches: TenantCaches
+) -> None:
+    secret = base / "root-secret"
+    secret.write_text("admin token")
+    secret.chmod(0o600)
+    victim = warm_run(
+        warm,
+        "import os, time\nopen(os.environ['NIMBUS_CACHE_DIR'] + '/data', 'w').write('clean')\n"
+        "print(os.getpid(), flush=True); time.sleep(60)",
+        tenant=1,
+        caches=caches,
+    )
+    victim.wait_output("\n")
+    group = victim.handle.sandbox.cgroup  # type: ignore[attr-defined]
+    host_pids = sorted(group.pids())
+    # The job token reached the zygote over its socket: no process environment holds it.
+    for pid in host_pids:
+        assert b"njt_secret" not in Path(f"/proc/{pid}/environ").read_bytes()
+    victim_cache = caches.dir_for(1)
+    thief = warm_run(
+        warm,
+        f"""
+import json, os, signal
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+print(json.dumps({{
+    "secret": attempt(lambda: open({str(secret)!r}).read()),
+    "environ": [attempt(lambda: open(f"/proc/{{p}}/environ", "rb").read()) for p in {host_pids}],
+    "kill": [attempt(lambda: os.kill(p, signal.SIGKILL)) for p in {host_pids}],
+    "cache": attempt(lambda: open({str(victim_cache)!r} + "/data", "w").write("poison")),
+    "plant": attempt(lambda: open({str(victim_cache)!r} + "/planted", "w")),
+    "own cache": attempt(lambda: open(os.environ["NIMBUS_CACHE_DIR"] + "/mine", "w")),
+    "others": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+}}))
+""",
+        tenant=2,
+        caches=caches,
+    )
+    assert thief.wait().ok, thief.output
+    seen = json.loads(thief.output)
+    assert victim.handle.sandbox.view.gid != thief.handle.sandbox.view.gid  # type: ignore[attr-defined]
+    assert warm.poll(victim.handle) is None  # the SIGKILLs did not reach it
+    warm.kill(victim.handle)
+    victim.wait()
+    assert seen["secret"] in ("PermissionError", "FileNotFoundError")
+    assert "allowed" not in seen["environ"] and "allowed" not in seen["kill"], seen
+    assert seen["cache"] != "allowed" and seen["plant"] != "allowed", seen
+    assert seen["own cache"] == "allowed"
+    assert seen["others"] == [1, 2, 3]  # bwrap's init, its zygote, itself
+    assert (victim_cache / "data").read_text() == "clean"
+
+
+@pytest.mark.parametrize("how", ["ends", "killed"])
+def test_escaped_processes_die_with_the_warm_attempt(warm: WarmSandboxExecutor, how: str) -> None:
+    stay = "1" if how == "ends" else "600"
+    run = warm_run(warm, f"import sys; sys.argv[1:] = [{stay!r}]\n{ESCAPE}")
+    run.wait_output("parent done")
+    group = run.handle.sandbox.cgroup  # type: ignore[attr-defined]
+    escaped = group.pids()
+    assert len(escaped) >= 4  # launcher, bwrap's init, the zygote, the job, the escapee
+    if how == "killed":
+        warm.kill(run.handle)
+    run.wait()
+    assert all(wait_gone(pid) for pid in escaped)
+
+
+def test_cancel_gives_the_warm_job_its_grace_period(warm: WarmSandboxExecutor) -> None:
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('graceful', flush=True), sys.exit(0)))\n"
+        "print('ready', flush=True)\ntime.sleep(60)"
+    )
+    run = warm_run(warm, code)
+    run.wait_output("ready")
+    warm.kill(run.handle)
+    assert run.wait().ok and "graceful" in run.output
+
+
+def test_memory_past_the_limit_is_out_of_memory_when_warm(warm: WarmSandboxExecutor) -> None:
+    run = warm_run(
+        warm,
+        "x = bytearray(512 * 2**20)\nx[::4096] = b'1' * len(x[::4096])\nprint('survived')",
+        resources=Resources(memory_bytes=128 * MiB),
+    )
+    status = run.wait(timeout=60)
+    assert status.limit is ExitReason.OUT_OF_MEMORY and "survived" not in run.output
+
+
+def test_a_fork_bomb_stops_at_the_process_limit_when_warm(warm: WarmSandboxExecutor) -> None:
+    run = warm_run(
+        warm,
+        "import os, time\nn = 0\ntry:\n    while n < 500:\n        if os.fork() == 0:\n"
+        "            time.sleep(30)\n            os._exit(0)\n        n += 1\n"
+        "except OSError:\n    pass\nprint(n)",
+    )
+    assert run.wait(timeout=60).ok, run.output
+    assert int(run.output.split()[-1]) < 32
+
+
+def test_workers_of_a_warm_attempt_reach_each_other(warm: WarmSandboxExecutor) -> None:
+    code = """
+import os, socket, time
+port = int(os.environ["MASTER_PORT"])
+if os.environ["RANK"] == "0":
+    server = socket.create_server(("127.0.0.1", port))
+    conn, _ = server.accept()
+    print("got", conn.recv(16).decode(), flush=True)
+else:
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port)).sendall(b"hello")
+            break
+        except OSError:
+            time.sleep(0.05)
+"""
+    run = warm_run(warm, code, workers=2)
+    assert run.wait(timeout=30).ok, run.output
+    assert "[0] got hello" in run.output
+
+
+def test_a_warm_sandbox_over_the_memory_limit_is_not_used(warm: WarmSandboxExecutor) -> None:
+    warm.expect(None)
+    assert warm.wait_warm(None, timeout=60)
+    cold = warm.cold_starts
+    run = Run(warm, "print('ran')", resources=Resources(memory_bytes=MiB))
+    run.wait(timeout=60)
+    assert warm.cold_starts == cold + 1
+
+
+def test_a_tenant_cache_made_afresh_is_not_shown_by_an_older_warm_sandbox(
+    warm: WarmSandboxExecutor, caches: TenantCaches
+) -> None:
+    cache = caches.dir_for(7)
+    warm.expect(7, cache)
+    assert warm.wait_warm(7, cache, timeout=60)
+    os.chown(cache, 12345, 0)  # left by a job's uid: dir_for starts it afresh
+    assert caches.dir_for(7) == cache
+    cold = warm.cold_starts
+    run = Run(warm, "print('ran')", tenant_id=7, extra_env={"NIMBUS_CACHE_DIR": str(cache)})
+    assert run.wait().ok and warm.cold_starts == cold + 1
+
+
+def test_an_attempt_whose_warm_sandbox_died_starts_cold(warm: WarmSandboxExecutor) -> None:
+    warm.expect(8)
+    assert warm.wait_warm(8, timeout=60)
+    (zygote,) = [pid for pid in all_warm_pids(warm) if ns_pid(pid) == 2 and tenant_of(pid) == 8]
+    os.kill(zygote, signal.SIGKILL)
+    cold = warm.cold_starts
+    run = Run(warm, "print('ran')", tenant_id=8)
+    assert run.wait().ok and run.output == "ran\n" and warm.cold_starts == cold + 1
+
+
+def all_warm_pids(ex: WarmSandboxExecutor) -> set[int]:
+    """Host pids of the warm sandboxes' processes (their cgroups name them)."""
+    found: set[int] = set()
+    for hierarchy in ex.warm_sandbox.hierarchies:
+        for group in hierarchy.base.glob("warm-*"):
+            found |= {int(p) for p in (group / "cgroup.procs").read_text().split()}
+    return found
+
+
+def ns_pid(pid: int) -> int:
+    """``pid``'s number in its own PID namespace."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    raise AssertionError(f"no NSpid for {pid}")
+
+
+def tenant_of(pid: int) -> int:
+    """The tenant a warm sandbox's process was started for (its gid, after the uids)."""
+    gid = os.stat(f"/proc/{pid}").st_gid
+    return gid - 2_000_000_000 - 1000  # tests/jobs/test_isolation.isolation's uid range
+
+
+@pytest.mark.parametrize(
+    "nonsense",
+    [b"not json", b"[1]", b'{"exit": 3, "code": "0"}', b'{"id": "1", "pid": 1}', b""],
+)
+def test_a_zygote_talking_nonsense_is_taken_as_gone(nonsense: bytes) -> None:
+    """Once claimed, a zygote is its attempt's and its job could speak for it: what does
+    not parse ends the link, and the attempt's workers count as killed."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link = ZygoteLink(ours)
+    theirs.send(b'{"ready": true}')
+    link.wait_ready(5)
+    theirs.send(b'{"exit": 7, "code": 3}')
+    theirs.send(nonsense) if nonsense else theirs.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + 5
+    while link.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not link.alive
+    assert link.exit_of(7) == ExitStatus(3)  # what it said before still counts
+    assert link.exit_of(8) == ExitStatus(None, signal.SIGKILL)
+    link.close()
+    theirs.close()
+
+
+class Offered:
+    """A ``should_kill`` that kills nothing and notes what it was offered."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __call__(self, name: str) -> bool:
+        self.names.add(name)
+        return False
+
+
+def test_a_previous_runs_warm_sandboxes_are_orphans_and_its_own_are_not(
+    sandbox: Sandbox, base: Path
+) -> None:
+    """After a crash, the next start kills the warm sandboxes the last one left (their
+    cgroups name no attempt); an executor never offers its own ones as orphans."""
+    jobs = base / "home" / "restarted"
+    first = WarmSandboxExecutor(jobs, sandbox=sandbox, size=1, preload=["json"])
+    second = None
+    try:
+        first.expect(9)
+        assert first.wait_warm(9, timeout=60)
+        offered_by_first, offered_by_second = Offered(), Offered()
+        first.reap_orphans(offered_by_first)
+        second = WarmSandboxExecutor(jobs, sandbox=sandbox, size=0, preload=["json"])
+        second.reap_orphans(offered_by_second)
+        (left,) = offered_by_second.names - offered_by_first.names
+        pids = cgroups.AttemptCgroup(sandbox.hierarchies, left).pids()
+        assert len(pids) == 3  # launcher, bwrap's init, the zygote
+        assert second.reap_orphans(lambda name: name == left) == [left]
+        assert all(wait_gone(pid) for pid in pids)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_an_unsandboxed_fork_server_is_unchanged(base: Path) -> None:
+    ex = make_executor("forkserver", base / "plain" / "jobs", preload=["json"])
+    try:
+        assert not isinstance(ex, WarmSandboxExecutor)
+        run = Run(ex, "import os; print(os.getuid())")
+        assert run.wait().ok and int(run.output) == os.geteuid()
+    finally:
+        ex.close()
