@@ -76,7 +76,10 @@ class Settings(BaseSettings):
     job_isolation: Literal["sandbox", "none"] = "sandbox"
     job_uid_first: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
     job_uid_count: int = Field(default=65_536, ge=1, le=1_000_000)  # uids; then tenant gids
-    job_disk_limit: str = "20G"  # per attempt: any one file it writes, its /tmp, /dev/shm
+    # Per attempt: its work directory with its /tmp (on disk) in all, and any one file it
+    # writes (RLIMIT_FSIZE; SIGXFSZ cannot be ignored); /dev/shm's size (memory: it also
+    # counts against --memory). Past it the attempt ends disk_limit, not retried.
+    job_disk_limit: str = "20G"
     job_pids_limit: int = Field(default=4096, ge=16)  # processes and threads per worker
     job_keep_failed_seconds: float = Field(default=86_400.0, ge=0)  # failed work dirs kept
     instance_id: str | None = None  # default: generated once, kept in NIMBUS_HOME/instance-id
