@@ -301,6 +301,8 @@ def deployment(state: str = "ready", **extra: object) -> dict[str, object]:
         "owner": "node-a",
         "created_at": "2026-01-02T03:04:05Z",
         "updated_at": "2026-01-02T03:04:06.5Z",
+        "max_batch_rows": None,
+        "max_tensor_elements": None,
         **extra,
     }
 
@@ -325,6 +327,8 @@ def test_deployment_paths_and_bodies(settings: Settings) -> None:
             max_delay_ms=1.5,
             runtime="torch",
             public=True,
+            max_batch_rows=4,
+            max_tensor_elements=1000,
         )
         assert client.list_deployments()[0].name == "shapes"
         client.get_deployment("shapes")
@@ -352,6 +356,8 @@ def test_deployment_paths_and_bodies(settings: Settings) -> None:
                 "max_delay_ms": 1.5,
                 "runtime": "torch",
                 "public": True,
+                "max_batch_rows": 4,
+                "max_tensor_elements": 1000,
             },
         ),
         ("GET", "/api/v1/deployments", None),

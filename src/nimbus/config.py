@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     max_compression_ratio: float = 200.0
     max_code_bytes: int = 256 * 1024**2  # an uploaded training script or code archive
 
+    # How long a client may take to send a request to the control plane (slowloris): the
+    # request line and headers within http_header_timeout_seconds (at most
+    # http_max_header_bytes, else 431), the body within http_body_timeout_seconds plus one
+    # second per http_min_body_rate bytes received; past either, 408 and the connection
+    # is closed (nimbus.serving.timeouts).
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=20.0, gt=0)
+    http_min_body_rate: float = Field(default=64 * 1024.0, gt=0)  # bytes per second
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+
     # Limits on what one caller may hold of the control plane's own resources.
     max_log_streams_per_token: int = Field(default=16, ge=1)  # open logs?follow=true
 
@@ -76,7 +86,10 @@ class Settings(BaseSettings):
     job_isolation: Literal["sandbox", "none"] = "sandbox"
     job_uid_first: int = Field(default=2_000_000_000, ge=1000, le=4_000_000_000)
     job_uid_count: int = Field(default=65_536, ge=1, le=1_000_000)  # uids; then tenant gids
-    job_disk_limit: str = "20G"  # per attempt: any one file it writes, its /tmp, /dev/shm
+    # Per attempt: its work directory with its /tmp (on disk) in all, and any one file it
+    # writes (RLIMIT_FSIZE; SIGXFSZ cannot be ignored); /dev/shm's size (memory: it also
+    # counts against --memory). Past it the attempt ends disk_limit, not retried.
+    job_disk_limit: str = "20G"
     job_pids_limit: int = Field(default=4096, ge=16)  # processes and threads per worker
     job_keep_failed_seconds: float = Field(default=86_400.0, ge=0)  # failed work dirs kept
     # Warm sandboxes (executor forkserver, sandboxed): attempts' sandboxes started ahead

@@ -95,7 +95,7 @@ from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.quotas import QuotaDefaults, QuotaService
 from nimbus.services.tokens import TokenService
-from nimbus.serving.timeouts import timeout_protocol
+from nimbus.serving.timeouts import ReadTimeouts, timeout_protocol
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.factory import open_object_store
@@ -591,6 +591,16 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def read_timeouts(settings: Settings) -> ReadTimeouts:
+    """The control plane's read deadlines for slow clients, from the ``http_*`` settings."""
+    return ReadTimeouts(
+        header_timeout=settings.http_header_timeout_seconds,
+        body_timeout=settings.http_body_timeout_seconds,
+        min_body_rate=settings.http_min_body_rate,
+        max_header_bytes=settings.http_max_header_bytes,
+    )
+
+
 def run(settings: Settings) -> None:
     """Bootstrap, then serve the API on ``settings.host:settings.port`` (and run the
     scheduler, unless disabled) until signalled."""
@@ -615,7 +625,7 @@ def run(settings: Settings) -> None:
         port=settings.port,
         loop="uvloop",
         # httptools with header and body read deadlines: slow clients cannot hold sockets.
-        http=timeout_protocol(),
+        http=timeout_protocol(read_timeouts(settings)),
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

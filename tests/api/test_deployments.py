@@ -173,6 +173,37 @@ def test_deployment_answers_oip_v2_to_its_tenants_tokens(env: Env) -> None:
     assert not port_in_use("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
 
 
+def test_request_caps_set_over_rest_reach_the_replicas(env: Env) -> None:
+    """max_batch_rows / max_tensor_elements: stored with the deployment, passed to its
+    replicas, which answer 413 naming the cap; a PATCH changes them (a rolling update)."""
+    created = deploy(env.member, "capped", max_batch_rows=2)
+    assert created["max_batch_rows"] == 2 and created["max_tensor_elements"] is None
+    endpoint = wait_for(env.member, "capped", ready(1))["endpoint"]
+    token = env.tokens["member"]
+    assert infer(endpoint, "capped", token, images(2)).status_code == 200
+    refused = infer(endpoint, "capped", token, images(3))
+    assert refused.status_code == 413 and "max_batch_rows" in refused.text, refused.text
+
+    patched = env.member.patch(
+        f"{API}/deployments/capped", json={"max_batch_rows": 8, "max_tensor_elements": 100}
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["max_tensor_elements"] == 100
+    listed = env.member.get(f"{API}/deployments").json()["deployments"]
+    assert [(d["max_batch_rows"], d["max_tensor_elements"]) for d in listed] == [(8, 100)]
+
+    def capped_by_elements() -> bool:
+        answer = infer(endpoint, "capped", token, images(3))  # 3 rows: more than 100 elements
+        return answer.status_code == 413 and "max_tensor_elements" in answer.text
+
+    eventually(capped_by_elements, 60)
+    bad = env.member.post(
+        f"{API}/deployments", json={"name": "n", "model": "cnn:1", "max_batch_rows": 0}
+    )
+    assert bad.status_code == 400 and "max_batch_rows" in error_of(bad)["message"]
+    assert env.member.delete(f"{API}/deployments/capped").status_code == 200
+
+
 def test_names_tenants_roles_and_bad_requests(env: Env) -> None:
     deploy(env.member, "twin")
     acme = env.clients["acme"]

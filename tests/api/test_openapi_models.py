@@ -72,6 +72,8 @@ FIELDS = {
         "owner",
         "created_at",
         "updated_at",
+        "max_batch_rows",
+        "max_tensor_elements",
     ],
     "Replica": ["index", "pid", "port", "state", "restarts", "model_version"],
     "CreateDeployment": [
@@ -82,6 +84,8 @@ FIELDS = {
         "max_delay_ms",
         "runtime",
         "public",
+        "max_batch_rows",
+        "max_tensor_elements",
     ],
 }
 

@@ -4,6 +4,7 @@ refused with an error naming the quota and nothing stored, other tenants unaffec
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -212,3 +213,51 @@ def test_deployment_and_replica_quotas(server: ServerProcess, tmp_path: Path) ->
         assert member.get(f"{API}/deployments/one").json()["desired_replicas"] == 1
     finally:
         member.delete(f"{API}/deployments/one")
+
+
+def declare_only(
+    server: ServerProcess, token: str, path: str, length: int, method: str = "POST"
+) -> bytes:
+    """Send a request's headers declaring ``length`` body bytes, and none of the body; the
+    answer the server gives without it (within 10 s)."""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            return b"(no answer: the server waits for the body)"
+
+
+def test_a_declared_length_past_the_storage_quota_is_refused_before_the_body(
+    server: ServerProcess,
+) -> None:
+    token = make_token(server, "member", "qearly")
+    member = server.client(token)
+    assert upload(member, "reviews", csv_bytes("early")).status_code == 201
+    set_quota(server, "qearly", bytes=member_usage(server, "qearly") + 10_000)
+    for path in (f"{API}/datasets/big/versions?filename=d.csv", f"{API}/code?filename=t.py"):
+        answer = declare_only(server, token, path, 50_000_000)
+        assert answer.startswith(b"HTTP/1.1 507"), answer[:300]
+        assert b"storage_quota_exceeded" in answer
+    with running_attempt(server, member) as job_api:
+        set_quota(server, "qearly", bytes=member_usage(server, "qearly") + 100)
+        artifact = declare_only(
+            server,
+            job_api.headers["Authorization"].split()[1],
+            f"{job_api.base_url.path.rstrip('/')}/artifacts/w.bin",
+            ARTIFACT_LIMIT,
+            "PUT",
+        )
+        assert artifact.startswith(b"HTTP/1.1 507"), artifact[:300]
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: checked once staged
+            yield b"w" * 3000
+
+        assert job_api.put("/artifacts/w.bin", content=chunked()).status_code == 507
+    assert upload(member, "small", csv_bytes("small")).status_code == 507  # 100 bytes left
+    set_quota(server, "qearly", bytes=None)
+    assert upload(member, "small", csv_bytes("small")).status_code == 201

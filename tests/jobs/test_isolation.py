@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from nimbus.jobs.domain import ExitReason, Resources
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import Executor, ExitStatus
 from nimbus.jobs.executors.local import LocalExecutor
+from nimbus.jobs.executors.process import DISK_CHECK_SECONDS
 from nimbus.jobs.isolation import Isolation, TenantCaches, resolve_isolation
-from nimbus.jobs.sandbox import Sandbox
+from nimbus.jobs.sandbox import Sandbox, disk_usage
 from tests.helpers import passable_dir
 from tests.jobs.conftest import GRACE, Run, wait_gone
 
@@ -339,3 +341,108 @@ def test_unsandboxed_executors_still_report_plain_statuses(base: Path) -> None:
         assert run.wait() == ExitStatus(4)
     finally:
         ex.close()
+
+
+IGNORES_SIGXFSZ = """
+import os, signal, sys
+how = signal.SIG_IGN if sys.argv[1] == "ignore" else (lambda *_: print("caught", flush=True))
+try:
+    signal.signal(signal.SIGXFSZ, how)
+except OSError as exc:
+    print("no handler:", exc, flush=True)
+for i in range(4):  # past the limit, then hide it and go on
+    try:
+        with open(f"f{i}", "wb") as out:
+            out.write(b"x" * (48 * 2**20))
+    except OSError as exc:
+        print("refused:", exc, flush=True)
+    if os.path.exists(f"f{i}"):
+        os.remove(f"f{i}")
+raise SystemExit(3)
+"""
+
+
+@pytest.mark.parametrize("how", ["ignore", "catch"])
+def test_a_job_ignoring_or_catching_sigxfsz_still_ends_at_the_disk_limit(
+    sandboxed: Executor, how: str
+) -> None:
+    run = Run(sandboxed, f"import sys; sys.argv[1:] = [{how!r}]\n{IGNORES_SIGXFSZ}")
+    status = run.wait(timeout=60)
+    assert status.limit is ExitReason.DISK_LIMIT, (status, run.output)
+    assert "caught" not in run.output and "refused" not in run.output, run.output
+
+
+FILLS_TMP = """
+n = 0
+try:
+    for i in range(16):  # 64 MiB in 4 MiB files: each under the per-file limit
+        with open(f"/tmp/f{i}", "wb") as out:
+            out.write(b"x" * (4 * 2**20))
+        n += 1
+except OSError as exc:
+    print("refused:", exc, flush=True)
+print("wrote", n, flush=True)
+raise SystemExit(3)
+"""
+
+
+def test_filling_tmp_ends_at_the_disk_limit(sandboxed: Executor) -> None:
+    """/tmp counts against the disk limit with the work directory (on disk, not in the
+    host's memory)."""
+    run = Run(sandboxed, FILLS_TMP)
+    status = run.wait(timeout=60)
+    assert status.limit is ExitReason.DISK_LIMIT, (status, run.output)
+
+
+def test_swap_is_limited_with_memory_under_cgroup_v1(sandboxed: Executor) -> None:
+    run = Run(
+        sandboxed,
+        "import time; print('up', flush=True); time.sleep(60)",
+        resources=Resources(memory_bytes=128 * MiB),
+    )
+    try:
+        run.wait_output("up")
+        group = run.handle.sandbox.cgroup  # type: ignore[attr-defined]
+        memsw = [
+            d / "memory.memsw.limit_in_bytes"
+            for h, d in zip(group.hierarchies, group.dirs, strict=True)
+            if h.version == 1 and "memory" in h.controllers
+        ]
+        if not memsw or not memsw[0].exists():
+            pytest.skip("no cgroup v1 memory controller with swap accounting here")
+        assert int(memsw[0].read_text()) == 128 * MiB
+    finally:
+        sandboxed.kill(run.handle)
+        run.wait()
+
+
+MANY_FILES = """
+import os, time
+os.mkdir("many")
+for i in range(100_000):
+    open(f"many/{i}", "wb").close()
+print("made", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_the_disk_check_of_100k_files_does_not_stall_polling(sandboxed: Executor) -> None:
+    """The scheduler thread polls attempts; the work directory's walk happens elsewhere."""
+    run = Run(sandboxed, MANY_FILES)
+    try:
+        run.wait_output("made", timeout=120)
+        started = time.perf_counter()
+        disk_usage(run.workdir)
+        walk = time.perf_counter() - started
+        slowest = 0.0
+        until = time.monotonic() + 3 * DISK_CHECK_SECONDS
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            assert sandboxed.poll(run.handle) is None, run.output
+            slowest = max(slowest, time.perf_counter() - started)
+            time.sleep(0.01)
+        assert slowest < walk / 2, (slowest, walk)
+    finally:
+        sandboxed.kill(run.handle)
+        run.wait(timeout=60)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nimbus.jobs import cgroups
+from nimbus.jobs import cgroups, seccomp
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.sandbox import (
     JOB_API_DIR,
@@ -51,10 +51,15 @@ def test_bwrap_argv_namespaces_uid_and_view() -> None:
     assert pairs(argv, "--ro-bind") == [(p, p) for p in SETTINGS.read_only]
     assert pairs(argv, "--symlink") == [("usr/bin", "/bin")]
     workdir, cache = str(VIEW.workdir), str(VIEW.cache_dir)
-    assert pairs(argv, "--bind") == [(workdir, workdir), (cache, cache)]  # nothing else rw
-    assert ["--size", str(1024**3), "--tmpfs", "/tmp"] == argv[
-        argv.index("/tmp") - 3 : argv.index("/tmp") + 1
+    # Nothing else read-write; /tmp is in the work directory, counted with it.
+    tmp = f"{workdir}/.tmp"
+    assert pairs(argv, "--bind") == [(tmp, "/tmp"), (workdir, workdir), (cache, cache)]
+    assert ["--size", str(1024**3), "--tmpfs", "/dev/shm"] == argv[
+        argv.index("/dev/shm") - 3 : argv.index("/dev/shm") + 1
     ]
+    assert "--seccomp" not in argv
+    filtered = bwrap_argv(SETTINGS, VIEW, ["true"], seccomp_fd=7)
+    assert filtered[filtered.index("--seccomp") + 1] == "7"
     assert argv[argv.index("--chdir") + 1] == workdir
     assert "/srv/nimbus" not in [a for a, _ in pairs(argv, "--ro-bind")]
 
@@ -64,7 +69,7 @@ def test_a_home_inside_a_read_only_view_is_hidden_under_a_tmpfs() -> None:
     view = AttemptView(1, 2, Path("/opt/venv/home/jobs/j/a"))
     argv = bwrap_argv(inside, view, ["true"])
     hidden = argv.index("/opt/venv/home")
-    assert argv[hidden - 1] == "--tmpfs" and hidden < argv.index("--bind")
+    assert argv[hidden - 1] == "--tmpfs" and hidden < argv.index(str(view.workdir))
     assert "--tmpfs" not in bwrap_argv(SETTINGS, VIEW, ["true"])[:10]
 
 
@@ -212,6 +217,7 @@ def test_limit_files_for_both_versions() -> None:
     }
     assert cgroups.limit_files(1, every, res, pids_per_worker=100) == {
         "memory.limit_in_bytes": str(2**30),
+        "memory.memsw.limit_in_bytes": str(2**30),  # no swap beyond it
         "pids.max": "200",
         "cpu.cfs_period_us": "100000",
         "cpu.cfs_quota_us": "300000",
@@ -224,3 +230,17 @@ def test_oom_kills_are_read_from_either_file() -> None:
     assert cgroups.oom_kills(2, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n") == 1
     assert cgroups.oom_kills(1, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n") == 2
     assert cgroups.oom_kills(1, "oom_kill_disable 0\n") == 0
+
+
+def test_swap_that_cannot_be_capped_is_reported(tmp_path: Path) -> None:
+    v1 = cgroups.Hierarchy(1, tmp_path, frozenset({"memory"}))
+    swaps = "Filename Type Size Used Priority\n/swapfile file 1048572 0 -2\n"
+    assert cgroups.swap_unlimited([v1], "Filename Type Size Used Priority\n") is None
+    assert "memory.memsw.limit_in_bytes" in str(cgroups.swap_unlimited([v1], swaps))
+    (tmp_path / "memory.memsw.limit_in_bytes").write_text("max")
+    assert cgroups.swap_unlimited([v1], swaps) is None
+
+
+def test_the_seccomp_filter_is_whole_bpf_instructions() -> None:
+    code = seccomp.program()
+    assert len(code) % 8 == 0 and 0 < len(code) // 8 < 256

@@ -346,3 +346,24 @@ def test_oversized_headers_get_431(image_model_dir: Path, size: int) -> None:
         finally:
             sock.close()
     assert reply.startswith(b"HTTP/1.1 431")
+
+
+def test_control_plane_read_timeouts_are_settings(tmp_path: Path) -> None:
+    """NIMBUS_HTTP_*: a 1 s header and body deadline close slow clients well before the
+    10 s default would."""
+    env = {"NIMBUS_HTTP_HEADER_TIMEOUT_SECONDS": "1", "NIMBUS_HTTP_BODY_TIMEOUT_SECONDS": "1"}
+    with ServerProcess(tmp_path / "home", env=env) as server:
+        slow_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        slow_body = (  # a JSON body: read before the route runs
+            f"POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {server.admin_token}\r\nContent-Length: 100000\r\n\r\n{{"
+        ).encode()
+        socks = [open_slow(server.port, slow_header) for _ in range(20)]
+        socks += [open_slow(server.port, slow_body) for _ in range(20)]
+        started = time.monotonic()
+        ended = dribble_until_closed(socks, within=6)
+        took = time.monotonic() - started
+        fair = httpx.get(f"{server.url}/healthz", timeout=10)
+    assert ended["open"] == 0, (ended, took)
+    assert ended["408"] >= 30, ended
+    assert fair.status_code == 200

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from nimbus.errors import InvalidInput, PayloadTooLarge
+from nimbus.services.quotas import QuotaService
 
 BATCH_BYTES = 4 * 1024 * 1024
 FLUSH_BYTES = 64 * 1024 * 1024
@@ -37,18 +39,35 @@ class StagedUpload:
     size: int
 
 
-def check_declared_length(request: Request, max_bytes: int) -> None:
-    """Refuse up front (413) a body whose Content-Length is over the limit."""
+def declared_length(request: Request) -> int | None:
+    """The body's Content-Length; None without one (a chunked body). 400 if invalid."""
     declared = request.headers.get("content-length")
     if declared is None:
-        return
+        return None
     if not declared.strip().isdigit():
         raise InvalidInput("invalid Content-Length header")
-    if int(declared) > max_bytes:
+    return int(declared)
+
+
+def check_declared_length(request: Request, max_bytes: int) -> None:
+    """Refuse up front (413) a body whose Content-Length is over the limit."""
+    declared = declared_length(request)
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(
-            f"upload of {int(declared)} bytes is over the limit of {max_bytes} bytes",
+            f"upload of {declared} bytes is over the limit of {max_bytes} bytes",
             limit=max_bytes,
         )
+
+
+async def check_storage_quota_first(
+    request: Request, quotas: QuotaService | None, tenant_id: int, what: str
+) -> None:
+    """Refuse (507) before a byte of the body is read an upload whose Content-Length is
+    more than the tenant has left of its storage quota. What is stored is checked again
+    once known (a chunked body declares no length; a dataset adds prepared arrays)."""
+    declared = declared_length(request)
+    if declared is not None and quotas is not None:
+        await run_in_threadpool(quotas.check_bytes_now, tenant_id, declared, what)
 
 
 def _hash(digest: Any, chunks: list[bytes]) -> None:

@@ -26,6 +26,13 @@ def deploy(
         str | None, typer.Option(metavar="onnx|torch", help="Inference runtime [default: onnx]")
     ] = None,
     public: Annotated[bool, typer.Option("--public", help="Serve without a token")] = False,
+    max_batch_rows: Annotated[
+        int | None, typer.Option(min=1, help="Most rows per infer request [default: 1024]")
+    ] = None,
+    max_tensor_elements: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most elements per input tensor [default: 16777216]"),
+    ] = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = 120.0,
     as_json: JsonOption = False,
@@ -42,6 +49,8 @@ def deploy(
             max_delay_ms=max_delay_ms,
             runtime=runtime,
             public=public or None,
+            max_batch_rows=max_batch_rows,
+            max_tensor_elements=max_tensor_elements,
         )
         if wait:
             deployment = api.wait_deployment(name, timeout=timeout)

@@ -58,6 +58,8 @@ def _options(
     max_delay_ms: float | None,
     runtime: str | None,
     public: bool | None,
+    max_batch_rows: int | None = None,
+    max_tensor_elements: int | None = None,
 ) -> dict[str, Any]:
     if replicas is not None and not 1 <= replicas <= MAX_REPLICAS:
         raise InvalidInput(f"invalid replicas {replicas}: between 1 and {MAX_REPLICAS}")
@@ -69,6 +71,8 @@ def _options(
         "max_delay_ms": max_delay_ms,
         "runtime": runtime,
         "public": public,
+        "max_batch_rows": max_batch_rows,
+        "max_tensor_elements": max_tensor_elements,
     }
     return {k: v for k, v in body.items() if v is not None}
 
@@ -89,14 +93,25 @@ class DeploymentsMixin(BaseClient):
         max_delay_ms: float | None = None,
         runtime: str | None = None,
         public: bool | None = None,
+        max_batch_rows: int | None = None,
+        max_tensor_elements: int | None = None,
     ) -> Deployment:
         """Deploy ``model`` (``NAME:V``, ``NAME@ALIAS`` or ``NAME``) as ``name``; returns the
-        deployment, usually still ``pending`` (see :meth:`wait_deployment`)."""
+        deployment, usually still ``pending`` (see :meth:`wait_deployment`).
+        ``max_batch_rows``/``max_tensor_elements`` cap one infer request (413 past them)."""
         validate_name(name, "deployment name")
         body = {
             "name": name,
             "model": str(as_model_ref(model)),
-            **_options(replicas, max_batch_size, max_delay_ms, runtime, public),
+            **_options(
+                replicas,
+                max_batch_size,
+                max_delay_ms,
+                runtime,
+                public,
+                max_batch_rows,
+                max_tensor_elements,
+            ),
         }
         return self._call(Deployment, "POST", f"{API}/deployments", json=body)
 
@@ -118,10 +133,20 @@ class DeploymentsMixin(BaseClient):
         max_delay_ms: float | None = None,
         runtime: str | None = None,
         public: bool | None = None,
+        max_batch_rows: int | None = None,
+        max_tensor_elements: int | None = None,
     ) -> Deployment:
         """A rolling update to ``model`` (an alias is resolved now), or a scale, or new
         batching settings; the endpoint stays."""
-        body = _options(replicas, max_batch_size, max_delay_ms, runtime, public)
+        body = _options(
+            replicas,
+            max_batch_size,
+            max_delay_ms,
+            runtime,
+            public,
+            max_batch_rows,
+            max_tensor_elements,
+        )
         if model is not None:
             body["model"] = str(as_model_ref(model))
         if not body:

@@ -73,6 +73,14 @@ def put(
     return row
 
 
+def lock_tenant(session: Session, tenant_id: int) -> None:
+    """Hold the tenant's row until this transaction ends (``SELECT ... FOR UPDATE`` on
+    PostgreSQL), so that a quota check and the insert it allows are one step for the
+    tenant: a concurrent request's check waits, then counts what this one added. SQLite
+    needs none: its write transactions already run one at a time."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
 def stored_bytes(session: Session, tenant_id: int) -> int:
     """The bytes of the tenant's dataset versions, code artifacts and job artifacts."""
     files = session.scalars(

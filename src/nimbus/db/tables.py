@@ -351,6 +351,9 @@ class DeploymentRow(Base):
     runtime: Mapped[str] = mapped_column(String(16))
     public: Mapped[bool] = mapped_column(Boolean)
     state: Mapped[str] = mapped_column(String(16))
+    # Per-request caps of its replicas (migration 0006); None: the replica's defaults.
+    max_batch_rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_tensor_elements: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     port: Mapped[int | None]
     pids: Mapped[list[Any]]
     status: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -35,6 +35,7 @@ from nimbus.jobs.domain import Resources
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
+SWAP_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,21 @@ def missing(hierarchies: list[Hierarchy]) -> list[str]:
     return [f"no writable {name} controller" for name in CONTROLLERS if name not in have]
 
 
+def swap_unlimited(hierarchies: list[Hierarchy], swaps: str) -> str | None:
+    """What to report when the machine swaps (``swaps``: ``/proc/swaps``) but an
+    attempt's swap cannot be capped: under cgroup v1 without ``memory.memsw.*`` (swap
+    accounting off: a kernel built without it, or booted with ``swapaccount=0``), a job
+    stays at ``--memory`` in RAM but may push the rest to swap, without bound."""
+    if len(swaps.strip().splitlines()) <= 1:
+        return None  # no swap: nothing beyond --memory to go to
+    for h in hierarchies:
+        if "memory" in h.controllers:
+            name = "memory.swap.max" if h.version == 2 else "memory.memsw.limit_in_bytes"
+            if not (h.base / name).exists():
+                return f"swap beyond --memory (no {name}: boot with swapaccount=1)"
+    return None
+
+
 def limit_files(
     version: int, controllers: frozenset[str], resources: Resources, *, pids_per_worker: int
 ) -> dict[str, str]:
@@ -112,8 +128,9 @@ def limit_files(
     if "memory" in controllers and memory > 0:
         if version == 2:
             files.update({"memory.max": str(memory), "memory.swap.max": "0"})
-        else:
+        else:  # memory first: memsw may not be set below it
             files["memory.limit_in_bytes"] = str(memory)
+            files["memory.memsw.limit_in_bytes"] = str(memory)
     if "pids" in controllers:
         files["pids.max"] = str(pids)
     if "cpu" in controllers:
@@ -189,8 +206,8 @@ class AttemptCgroup:
                 h.version, h.controllers, resources, pids_per_worker=pids_per_worker
             )
             for file, value in files.items():
-                if file == "memory.swap.max" and not (directory / file).exists():
-                    continue  # swap accounting off: no swap to limit
+                if file in SWAP_FILES and not (directory / file).exists():
+                    continue  # swap accounting off: see swap_unlimited()
                 (directory / file).write_text(value)
 
     def procs_files(self) -> list[str]:

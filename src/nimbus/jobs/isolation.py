@@ -48,7 +48,9 @@ from nimbus.jobs.sandbox import (
     bwrap_argv,
     covering,
     launcher_argv,
+    make_tmp,
     python_paths,
+    seccomp_memfd,
     top_symlinks,
 )
 
@@ -197,7 +199,10 @@ def resolve_isolation(
         found_h = []
     usable = cgroups.writable(found_h)
     degraded = cgroups.missing(usable)
-    sandbox = Sandbox(settings, usable, degraded)
+    swap = cgroups.swap_unlimited(usable, _read("/proc/swaps"))
+    sandbox = Sandbox(settings, usable, [*degraded, *([swap] if swap else [])])
+    if swap:
+        log.warning("job limits: %s", swap)
     if degraded:
         log.warning(
             "job limits are not enforced (%s): --memory, the process limit and --cpus are "
@@ -207,7 +212,14 @@ def resolve_isolation(
             "controllers)",
             ", ".join(degraded),
         )
-    return Isolation("sandbox", sandbox, degraded=degraded)
+    return Isolation("sandbox", sandbox, degraded=sandbox.degraded)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def check_sandbox(
@@ -239,13 +251,15 @@ def check_sandbox(
             )
     workdir = Path(tempfile.mkdtemp(prefix="nimbus-sandbox-check-"))
     os.chown(workdir, uid, gid)
+    make_tmp(workdir, uid, gid)
     view = AttemptView(uid, gid, workdir)
+    seccomp_fd = seccomp_memfd()
     argv = launcher_argv(
         [],
         settings.disk_limit_bytes,
         uid,
         gid,
-        bwrap_argv(sandbox.settings, view, [python, "-c", probe]),
+        bwrap_argv(sandbox.settings, view, [python, "-c", probe], seccomp_fd=seccomp_fd),
     )
     try:
         done = subprocess.run(
@@ -256,10 +270,12 @@ def check_sandbox(
             text=True,
             timeout=120,
             check=False,
+            pass_fds=(seccomp_fd,),
         )
     except (OSError, subprocess.SubprocessError) as exc:
         return f"cannot start a sandbox: {exc}"
     finally:
+        os.close(seccomp_fd)
         shutil.rmtree(workdir, ignore_errors=True)
     if done.returncode != 0:
         return f"a sandboxed job cannot start: {done.stderr.strip()[-500:]}"

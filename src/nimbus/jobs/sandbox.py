@@ -12,11 +12,16 @@ Every attempt gets:
 - **a file system of its own**: read-only views of the system (``/usr``, ``/etc``...) and
   of the interpreter and the packages it imports; its work directory read-write; its
   tenant's download cache read-write (another tenant's cache is not in its view at all);
-  a private ``/tmp`` and ``/dev/shm`` (tmpfs, at most the disk limit each); nothing of
-  NIMBUS_HOME besides (admin token, database, blob store are not there);
+  a private ``/tmp`` (:data:`TMP_NAME` in its work directory: on disk, and counted with
+  it against the disk limit) and ``/dev/shm`` (tmpfs, memory: it counts against the
+  memory limit); nothing of NIMBUS_HOME besides (admin token, database, blob store are
+  not there);
 - **limits** through its cgroup (:mod:`nimbus.jobs.cgroups`): memory, processes, CPU; and
   a file size limit (``RLIMIT_FSIZE``) at the disk limit: writing past it kills the
-  writer with SIGXFSZ, which ends the attempt with reason ``disk_limit``.
+  writer with SIGXFSZ, which ends the attempt with reason ``disk_limit``. A seccomp
+  filter (:mod:`nimbus.jobs.seccomp`) keeps jobs from ignoring or catching that signal;
+  the work directory's size (``/tmp`` included) is checked off the scheduler's thread
+  while it runs and once more when it ends.
 
 **The network** (:func:`network_argv`): none but a loopback of its own. The job reaches
 the control plane's job API through a unix socket, the directory holding it
@@ -49,7 +54,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nimbus.jobs import cgroups
+from nimbus.jobs import cgroups, seccomp
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.netns import SharedNetwork
 
@@ -64,6 +69,7 @@ PURGE_EVERY_SECONDS = 60.0  # kept work directories of failed attempts: looked a
 JOB_API_DIR = "/run/nimbus"  # where a sandbox sees the directory of the job API's socket
 JOB_API_SOCKET = "job-api.sock"
 JOB_API_URL = f"unix:{JOB_API_DIR}/{JOB_API_SOCKET}"  # a sandboxed job's NIMBUS_URL
+TMP_NAME = ".tmp"  # the attempt's /tmp, inside its work directory
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,15 @@ def _inside(path: Path, roots: Iterable[str]) -> bool:
     return any(path == Path(r) or Path(r) in path.parents for r in roots)
 
 
-def bwrap_argv(settings: SandboxSettings, view: AttemptView, program: Sequence[str]) -> list[str]:
-    """The ``bwrap`` command line that runs ``program`` in ``view``'s sandbox."""
+def bwrap_argv(
+    settings: SandboxSettings,
+    view: AttemptView,
+    program: Sequence[str],
+    *,
+    seccomp_fd: int | None = None,
+) -> list[str]:
+    """The ``bwrap`` command line that runs ``program`` in ``view``'s sandbox; with
+    ``seccomp_fd``, under the filter bwrap reads from it (:func:`seccomp_memfd`)."""
     argv = [
         settings.bwrap,
         "--unshare-all",  # user, pid, mount, ipc, uts, cgroup and network namespaces
@@ -149,11 +162,14 @@ def bwrap_argv(settings: SandboxSettings, view: AttemptView, program: Sequence[s
     argv += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
     for device in view.devices:
         argv += ["--dev-bind", device, device]
-    size = str(settings.disk_limit_bytes)
-    argv += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm"]
+    # /tmp before the work directory: a work directory below /tmp stays in view.
+    argv += ["--bind", str(view.workdir / TMP_NAME), "/tmp"]
+    argv += ["--size", str(settings.disk_limit_bytes), "--tmpfs", "/dev/shm"]
     if _inside(settings.home, settings.read_only):
         argv += ["--tmpfs", str(settings.home)]  # hide it where a read-only view holds it
     argv += ["--bind", str(view.workdir), str(view.workdir)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     if view.cache_dir is not None:
         argv += ["--bind", str(view.cache_dir), str(view.cache_dir)]
     argv += ["--chdir", str(view.workdir), "--", *program]
@@ -176,6 +192,28 @@ _JOIN = (
     'fsize=$1; shift; while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; '
     'shift; ulimit -f "$fsize" || exit 125; exec "$@"'
 )
+
+
+def seccomp_memfd() -> int:
+    """A fresh file descriptor holding the attempt's seccomp filter, at offset 0, for
+    ``bwrap --seccomp`` (which reads it to the end: one per process started). The caller
+    passes it to the child and closes it."""
+    fd = os.memfd_create("nimbus-seccomp", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, seccomp.program())
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_tmp(workdir: Path, uid: int, gid: int) -> None:
+    """The attempt's /tmp in its work directory, its own (sticky, like a /tmp)."""
+    tmp = workdir / TMP_NAME
+    tmp.mkdir(mode=0o700, exist_ok=True)
+    os.chown(tmp, uid, gid, follow_symlinks=False)
+    os.chmod(tmp, 0o1700)
 
 
 def launcher_argv(
@@ -296,6 +334,7 @@ class Sandbox:
             for entry in workdir.iterdir():  # what the server put there (job.json): fresh,
                 if entry.is_file() and not entry.is_symlink():  # no job has run here yet
                     os.chown(entry, uid, gid, follow_symlinks=False)
+            make_tmp(workdir, uid, gid)
             if self.hierarchies:
                 group = cgroups.AttemptCgroup(self.hierarchies, attempt_id)
                 group.create(resources, pids_per_worker=self.settings.pids_per_worker)
@@ -310,10 +349,13 @@ class Sandbox:
         view = AttemptView(uid, gid, workdir, cache_dir, devices, netns)
         return AttemptSandbox(view, group, network)
 
-    def command(self, attempt: AttemptSandbox, program: Sequence[str]) -> list[str]:
-        """The full command line of one worker of ``attempt``."""
+    def command(
+        self, attempt: AttemptSandbox, program: Sequence[str], *, seccomp_fd: int | None = None
+    ) -> list[str]:
+        """The full command line of one worker of ``attempt`` (``seccomp_fd`` from
+        :func:`seccomp_memfd`, inherited by the worker)."""
         procs = attempt.cgroup.procs_files() if attempt.cgroup is not None else []
-        inner = bwrap_argv(self.settings, attempt.view, program)
+        inner = bwrap_argv(self.settings, attempt.view, program, seccomp_fd=seccomp_fd)
         view = attempt.view
         return launcher_argv(
             procs, self.settings.disk_limit_bytes, view.uid, view.gid, inner, netns=view.netns

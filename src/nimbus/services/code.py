@@ -247,7 +247,10 @@ class CodeService:
                 move_in(self.blobs, path, sha256, size)
                 with self.db.session(write=True) as session:
                     blobrefs.lock(session)
-                    row = repo.get(session, principal.tenant_id, key) or repo.create(
+                    row = repo.get(session, principal.tenant_id, key)
+                    if row is None and self.quotas is not None:  # again, with the insert
+                        self.quotas.check_bytes(session, principal.tenant_id, size, "code")
+                    row = row or repo.create(
                         session,
                         tenant_id=principal.tenant_id,
                         blob_key=key,

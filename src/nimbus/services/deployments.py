@@ -38,6 +38,16 @@ from nimbus.storage.blobs import BlobStore
 from nimbus.wire.deployments import CreateDeployment, Deployment, Replica, UpdateDeployment
 
 log = logging.getLogger(__name__)
+# What a PATCH may change besides the model: each a column and a field of both bodies.
+SETTINGS = (
+    "replicas",
+    "max_batch_size",
+    "max_delay_ms",
+    "runtime",
+    "public",
+    "max_batch_rows",
+    "max_tensor_elements",
+)
 
 
 def url_host(host: str) -> str:
@@ -113,6 +123,8 @@ class DeploymentService:
                         max_delay_ms=body.max_delay_ms,
                         runtime=body.runtime,
                         public=body.public,
+                        max_batch_rows=body.max_batch_rows,
+                        max_tensor_elements=body.max_tensor_elements,
                         state=DeploymentState.PENDING.value,
                         port=None,
                         pids=[],
@@ -172,7 +184,7 @@ class DeploymentService:
             else:
                 version, model = current
                 target = ResolvedVersion(version.id, model.name, version.version, version.files)
-            for field in ("replicas", "max_batch_size", "max_delay_ms", "runtime", "public"):
+            for field in SETTINGS:
                 value = getattr(body, field)
                 if value is not None:
                     setattr(row, field, value)
@@ -186,15 +198,7 @@ class DeploymentService:
             try:
                 with self.db.session(write=True) as session:
                     stored = self._row(session, principal, name)
-                    for field in (
-                        "model_version_id",
-                        "model_ref",
-                        "replicas",
-                        "max_batch_size",
-                        "max_delay_ms",
-                        "runtime",
-                        "public",
-                    ):
+                    for field in ("model_version_id", "model_ref", *SETTINGS):
                         setattr(stored, field, getattr(row, field))
                     stored.updated_at = self.clock()
             except IntegrityError:
@@ -280,6 +284,8 @@ class DeploymentService:
             max_delay_ms=row.max_delay_ms,
             runtime=row.runtime,
             public=row.public,
+            max_batch_rows=row.max_batch_rows,
+            max_tensor_elements=row.max_tensor_elements,
             host=self.host,
             port=port,
             token_file=self.token_files.path(tenant),
@@ -350,6 +356,8 @@ class DeploymentService:
             max_delay_ms=row.max_delay_ms,
             runtime=row.runtime,
             public=row.public,
+            max_batch_rows=row.max_batch_rows,
+            max_tensor_elements=row.max_tensor_elements,
             owner=row.owner,
             created_at=row.created_at,
             updated_at=row.updated_at,

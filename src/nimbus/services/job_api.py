@@ -239,6 +239,18 @@ class JobApiService:
                 limit=limit,
             )
 
+    def check_artifact_quota(self, ctx: AttemptContext, name: str, size: int) -> None:
+        """507 for an artifact of ``size`` bytes (declared, before its upload) that the
+        tenant's storage quota cannot take, less what a file of that name frees."""
+        if self.quotas is None:
+            return
+        with self.db.session() as session:
+            stored = job_outputs.list_artifacts(session, ctx.job.id)
+            replaced = sum(int(a["size"]) for a in stored if a["name"] == name)
+            self.quotas.check_bytes(
+                session, ctx.job.tenant_id, size - replaced, f"artifact {name!r}"
+            )
+
     def put_artifact(
         self, ctx: AttemptContext, name: str, path: Path, sha256: str, size: int
     ) -> wire.Artifact:

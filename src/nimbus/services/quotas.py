@@ -4,8 +4,12 @@ may hold at once, and how many bytes it may store (datasets, code and job artifa
 A limit set for a tenant (``PUT /quotas/{tenant}``, operators only: a tenant's own admin
 could otherwise lift its limits) wins; where none is set, the server's default applies
 (``NIMBUS_QUOTA_*``; unset: no limit). The checks run where resources are created, inside
-the transaction that records them where there is one, and refuse with an error naming the
-quota: 429 ``quota_exceeded`` for counts, 507 ``storage_quota_exceeded`` for bytes.
+the transaction that records them, and refuse with an error naming the quota: 429
+``quota_exceeded`` for counts, 507 ``storage_quota_exceeded`` for bytes. Each check locks
+the tenant's row first (:func:`nimbus.db.quotas.lock_tenant`), so concurrent requests of
+one tenant, on any number of servers sharing PostgreSQL, cannot both pass it and
+overshoot. Uploads are also checked before their body is read, from ``Content-Length``
+(:meth:`QuotaService.check_bytes_now`).
 """
 
 from __future__ import annotations
@@ -122,6 +126,7 @@ class QuotaService:
         limit = self.limits(session, tenant_id).jobs
         if limit is None:
             return
+        repo.lock_tenant(session, tenant_id)
         active = jobs_repo.count_active(session, tenant_id)
         if active >= limit:
             raise QuotaExceeded(
@@ -141,6 +146,7 @@ class QuotaService:
         limits = self.limits(session, tenant_id)
         if limits.deployments is None and limits.replicas is None:
             return
+        repo.lock_tenant(session, tenant_id)
         count, held = repo.deployments(session, tenant_id)
         if (
             deployments > 0
@@ -172,6 +178,7 @@ class QuotaService:
         limit = self.limits(session, tenant_id).bytes
         if limit is None:
             return
+        repo.lock_tenant(session, tenant_id)
         used = repo.stored_bytes(session, tenant_id)
         if used + adding > limit:
             raise StorageQuotaExceeded(

@@ -10,6 +10,9 @@ from pydantic import Field
 from nimbus.wire.base import Request, Response, Timestamp
 
 MAX_REPLICAS = 32
+MAX_ROWS_CAP = 2**31 - 1
+MAX_ELEMENTS_CAP = 2**40
+CAPS_NOTE = "null: the replica's default (1024 rows, 16777216 elements)"
 Runtime = Literal["onnx", "torch"]
 RUNTIMES: tuple[Runtime, ...] = ("onnx", "torch")
 
@@ -44,6 +47,12 @@ class Deployment(Response):
     owner: str | None = Field(description="The control-plane instance supervising it.")
     created_at: Timestamp
     updated_at: Timestamp
+    max_batch_rows: int | None = Field(
+        description=f"Most rows one infer request may hold (413 past it); {CAPS_NOTE}."
+    )
+    max_tensor_elements: int | None = Field(
+        description=f"Most elements of one input tensor (413 past it); {CAPS_NOTE}."
+    )
 
 
 class DeploymentList(Response):
@@ -62,6 +71,8 @@ class CreateDeployment(Request):
     max_delay_ms: float = Field(2.0, ge=0, le=1000, allow_inf_nan=False)
     runtime: Runtime = "onnx"
     public: bool = False
+    max_batch_rows: int | None = Field(None, ge=1, le=MAX_ROWS_CAP)
+    max_tensor_elements: int | None = Field(None, ge=1, le=MAX_ELEMENTS_CAP)
 
 
 class UpdateDeployment(Request):
@@ -73,3 +84,5 @@ class UpdateDeployment(Request):
     max_delay_ms: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
     runtime: Runtime | None = None
     public: bool | None = None
+    max_batch_rows: int | None = Field(None, ge=1, le=MAX_ROWS_CAP)
+    max_tensor_elements: int | None = Field(None, ge=1, le=MAX_ELEMENTS_CAP)

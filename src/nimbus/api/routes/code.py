@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member
 from nimbus.api.state import services_of
-from nimbus.api.upload import receive_upload
+from nimbus.api.upload import check_storage_quota_first, receive_upload
 from nimbus.services.datasets import validate_filename
 from nimbus.wire.code import CodeArtifact
 
@@ -22,6 +22,7 @@ async def upload_code(
     services = services_of(request)
     if filename is not None:
         validate_filename(filename)
+    await check_storage_quota_first(request, services.quotas, principal.tenant_id, "code")
     staged = await receive_upload(
         request, services.blobs.staging_dir, services.settings.max_code_bytes
     )

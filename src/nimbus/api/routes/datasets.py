@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.downloads import FILE_RESPONSE, attachment
 from nimbus.api.state import services_of
-from nimbus.api.upload import receive_upload
+from nimbus.api.upload import check_storage_quota_first, receive_upload
 from nimbus.datasets.domain import Format, IngestOptions, Task
 from nimbus.errors import InvalidInput
 from nimbus.names import validate_name
@@ -54,6 +54,9 @@ async def upload_version(
         raise InvalidInput("missing query parameter 'filename' (the uploaded file's name)")
     validate_filename(filename)
     options = IngestOptions(task=task, format=format, label=label, seed=seed)
+    await check_storage_quota_first(
+        request, services.quotas, principal.tenant_id, f"dataset {name!r}"
+    )
     staged = await receive_upload(
         request, services.blobs.staging_dir, services.settings.max_upload_bytes
     )

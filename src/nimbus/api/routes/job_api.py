@@ -164,6 +164,8 @@ async def put_artifact(ctx: CurrentAttempt, request: Request, name: str) -> Arti
     declared = request.headers.get("content-length", "").strip()
     if declared.isdigit():
         services.job_api.check_artifact_size(int(declared))
+        # Before the body: 507 if the tenant's storage quota cannot take it.
+        await run_in_threadpool(services.job_api.check_artifact_quota, ctx, name, int(declared))
     staged = await receive_upload(
         request,
         services.blobs.staging_dir,

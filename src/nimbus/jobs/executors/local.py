@@ -13,7 +13,7 @@ from typing import Any
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus
 from nimbus.jobs.executors.process import ProcessExecutor, Worker, killpg
 from nimbus.jobs.isolation import JOB_UMASK
-from nimbus.jobs.sandbox import AttemptSandbox, Sandbox
+from nimbus.jobs.sandbox import AttemptSandbox, Sandbox, seccomp_memfd
 
 
 class LocalExecutor(ProcessExecutor):
@@ -38,12 +38,14 @@ class LocalExecutor(ProcessExecutor):
     ) -> tuple[int, int]:
         argv = launch.program.argv(self.python)
         extra: dict[str, Any] = {}
-        if sandbox is not None and self.sandbox is not None:
-            # The launcher joins the attempt's cgroup and drops to its uid before bwrap.
-            argv = self.sandbox.command(sandbox, argv)
-            extra["umask"] = JOB_UMASK
+        seccomp_fd = None
         read_fd, write_fd = os.pipe()
         try:
+            if sandbox is not None and self.sandbox is not None:
+                # The launcher joins the attempt's cgroup and drops to its uid before bwrap.
+                seccomp_fd = seccomp_memfd()
+                argv = self.sandbox.command(sandbox, argv, seccomp_fd=seccomp_fd)
+                extra.update(umask=JOB_UMASK, pass_fds=(seccomp_fd,))
             proc = subprocess.Popen(
                 argv,
                 cwd=launch.workdir,
@@ -60,6 +62,8 @@ class LocalExecutor(ProcessExecutor):
             raise
         finally:
             os.close(write_fd)
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         self._procs[proc.pid] = proc
         return proc.pid, read_fd
 

@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,9 @@ class GroupHandle:
     failure: ExitStatus | None = None  # the first worker failure, the attempt's status
     sandbox: AttemptSandbox | None = None
     limit: ExitReason | None = None  # a limit this executor enforced by killing it
-    checked_at: float = 0.0  # last disk usage check (monotonic)
+    checked_at: float = 0.0  # last disk usage check started (monotonic)
+    usage: Future[tuple[int, int]] | None = None  # the disk usage check under way
+    final_usage: Future[tuple[int, int]] | None = None  # the one after its end
 
 
 class ProcessExecutor:
@@ -95,6 +98,9 @@ class ProcessExecutor:
         self.clock = clock
         self.sandbox = sandbox
         self._handles: dict[str, GroupHandle] = {}
+        # Walks and removals of work directories (100k files take seconds): never on the
+        # caller's thread, which is the scheduler's.
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-disk")
         prepare_root(self.jobs_root, sandbox is not None)
 
     # -- what subclasses provide ------------------------------------------------------------
@@ -165,13 +171,16 @@ class ProcessExecutor:
             return None
         status = group.failure or ExitStatus(0)
         if group.sandbox is not None and self.sandbox is not None:
-            status = self._limit_hit(group, status)
+            limited = self._limit_hit(group, status)
+            if limited is None:
+                return None  # its last disk check is under way
+            status = limited
             self.sandbox.leave(group.sandbox)  # kills escapees: the output pipes close
         for worker in group.workers:
             worker.pump.join(timeout=2.0)  # output held open by an escaped process is dropped
         self._handles.pop(group.attempt_id, None)
         if self.sandbox is not None:
-            self.sandbox.retire_workdir(group.workdir, failed=not status.ok)
+            self._retire(group.workdir, failed=not status.ok)
         return status
 
     def kill(self, handle: Handle) -> None:
@@ -181,20 +190,24 @@ class ProcessExecutor:
             group.kill_at = self.clock() + self.grace_seconds
 
     def _check_disk(self, group: GroupHandle) -> None:
-        """Every few seconds, the work directory's size; past the disk limit, the attempt
-        is killed (its files are all below ``RLIMIT_FSIZE``, but they may be many)."""
+        """Every few seconds, the work directory's size (its /tmp included), measured on
+        the disk thread; past the disk limit, the attempt is killed (its files are all
+        below ``RLIMIT_FSIZE``, but they may be many)."""
         assert self.sandbox is not None
+        if group.usage is not None and group.usage.done():
+            usage, group.usage = group.usage.result(), None
+            if over_disk_limit(usage, self.sandbox.settings.disk_limit_bytes):
+                group.limit = ExitReason.DISK_LIMIT
+                self._signal(group, signal.SIGKILL)
+                return
         now = time.monotonic()
-        if now - group.checked_at < DISK_CHECK_SECONDS:
-            return
-        group.checked_at = now
-        limit = self.sandbox.settings.disk_limit_bytes
-        if over_disk_limit(disk_usage(group.workdir), limit):
-            group.limit = ExitReason.DISK_LIMIT
-            self._signal(group, signal.SIGKILL)
+        if group.usage is None and now - group.checked_at >= DISK_CHECK_SECONDS:
+            group.checked_at = now
+            group.usage = self._disk.submit(disk_usage, group.workdir)
 
-    def _limit_hit(self, group: GroupHandle, status: ExitStatus) -> ExitStatus:
-        """The attempt's status, saying which limit ended it, if one did."""
+    def _limit_hit(self, group: GroupHandle, status: ExitStatus) -> ExitStatus | None:
+        """The attempt's status, saying which limit ended it, if one did; None while the
+        last check of its disk usage runs."""
         assert self.sandbox is not None and group.sandbox is not None
         if status.ok:
             return status
@@ -202,12 +215,27 @@ class ProcessExecutor:
         if limit is None and group.sandbox.oom_killed():
             limit = ExitReason.OUT_OF_MEMORY
         if limit is None and (
-            status.exit_code == DISK_LIMIT_EXIT
-            or status.signal == signal.SIGXFSZ
-            or over_disk_limit(disk_usage(group.workdir), self.sandbox.settings.disk_limit_bytes)
+            status.exit_code == DISK_LIMIT_EXIT or status.signal == signal.SIGXFSZ
         ):
             limit = ExitReason.DISK_LIMIT
+        if limit is None:  # what it left on disk: many files, a full /tmp, one at the limit
+            if group.final_usage is None:
+                group.final_usage = self._disk.submit(disk_usage, group.workdir)
+            if not group.final_usage.done():
+                return None
+            if over_disk_limit(group.final_usage.result(), self.sandbox.settings.disk_limit_bytes):
+                limit = ExitReason.DISK_LIMIT
         return status if limit is None else ExitStatus(status.exit_code, status.signal, limit)
+
+    def _retire(self, workdir: Path, *, failed: bool) -> None:
+        """Hand an ended attempt's work directory to the disk thread; a succeeded one is
+        first renamed out of the way (one call), so it is gone from its place at once."""
+        assert self.sandbox is not None
+        target = workdir
+        if not failed:
+            with contextlib.suppress(OSError):
+                target = workdir.rename(workdir.with_name(workdir.name + ".removed"))
+        self._disk.submit(self.sandbox.retire_workdir, target, failed=failed)
 
     def _signal(self, group: GroupHandle, sig: int) -> None:
         """Signal the attempt: every process of its cgroup when sandboxed (the workers'
@@ -252,6 +280,7 @@ class ProcessExecutor:
             deadline = time.monotonic() + 5
             while self.poll(group) is None and time.monotonic() < deadline:
                 time.sleep(0.01)
+        self._disk.shutdown(wait=True)
         if self.sandbox is not None:
             self.sandbox.close()
 

@@ -68,7 +68,14 @@ from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.process import GroupHandle, Worker
 from nimbus.jobs.executors.zygote_link import ZYGOTE_SCRIPT, ZygoteLink
 from nimbus.jobs.isolation import JOB_UMASK, TRAVERSE_MODE, WORKDIR_MODE, prepare_workdir
-from nimbus.jobs.sandbox import AttemptSandbox, AttemptView, Sandbox, gpu_devices
+from nimbus.jobs.sandbox import (
+    AttemptSandbox,
+    AttemptView,
+    Sandbox,
+    gpu_devices,
+    make_tmp,
+    seccomp_memfd,
+)
 from nimbus.system import free_port
 
 log = logging.getLogger(__name__)
@@ -155,6 +162,7 @@ class WarmSandbox:
         try:
             workdir.mkdir(mode=WORKDIR_MODE)
             os.chown(workdir, uid, gid, follow_symlinks=False)
+            make_tmp(workdir, uid, gid)
             group.create(
                 Resources(memory_bytes=0), pids_per_worker=sandbox.settings.pids_per_worker
             )
@@ -162,17 +170,24 @@ class WarmSandbox:
             cache = Path(key.cache_dir) if key.cache_dir else None
             view = AttemptView(uid, gid, workdir, cache, devices)
             zygote = [python, "-P", str(ZYGOTE_SCRIPT), str(theirs.fileno()), json.dumps(preload)]
-            proc = subprocess.Popen(
-                sandbox.command(AttemptSandbox(view, group), zygote),
-                pass_fds=[theirs.fileno()],
-                env={**base_env, "HOME": str(workdir), "PYTHONUNBUFFERED": "1"},
-                cwd="/",
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                umask=JOB_UMASK,
-            )
+            seccomp_fd = seccomp_memfd()  # the same filter as a cold attempt's
+            try:
+                command = sandbox.command(
+                    AttemptSandbox(view, group), zygote, seccomp_fd=seccomp_fd
+                )
+                proc = subprocess.Popen(
+                    command,
+                    pass_fds=[theirs.fileno(), seccomp_fd],
+                    env={**base_env, "HOME": str(workdir), "PYTHONUNBUFFERED": "1"},
+                    cwd="/",
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    umask=JOB_UMASK,
+                )
+            finally:
+                os.close(seccomp_fd)
             theirs.close()
             link = ZygoteLink(ours, f"warm sandbox {name}")
             failed = link.wait_ready(timeout).get("failed")
