@@ -299,7 +299,8 @@ def test_an_attempt_whose_warm_sandbox_died_starts_cold(warm: WarmSandboxExecuto
     os.kill(zygote, signal.SIGKILL)
     cold = warm.cold_starts
     run = Run(warm, "print('ran')", tenant_id=8)
-    assert run.wait().ok and run.output == "ran\n" and warm.cold_starts == cold + 1
+    status = run.wait()
+    assert status.ok and run.output == "ran\n" and warm.cold_starts == cold + 1, run.output
 
 
 def all_warm_pids(ex: WarmSandboxExecutor) -> set[int]:

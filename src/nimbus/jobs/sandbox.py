@@ -209,9 +209,12 @@ def seccomp_memfd() -> int:
 
 
 def make_tmp(workdir: Path, uid: int, gid: int) -> None:
-    """The attempt's /tmp in its work directory, its own (sticky, like a /tmp)."""
+    """The attempt's /tmp in its work directory, its own (sticky, like a /tmp), made
+    afresh: one left by a warm sandbox that failed to start the attempt holds what bwrap
+    made there for that sandbox's uid, which this attempt's uid could not write."""
     tmp = workdir / TMP_NAME
-    tmp.mkdir(mode=0o700, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700)
     os.chown(tmp, uid, gid, follow_symlinks=False)
     os.chmod(tmp, 0o1700)
 
