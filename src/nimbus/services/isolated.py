@@ -62,13 +62,14 @@ from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs import cgroups
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.isolation import NO_ISOLATION, Isolation, JobUser
-from nimbus.jobs.sandbox import AttemptView, Sandbox, bwrap_argv, launcher_argv
+from nimbus.jobs.sandbox import AttemptView, Sandbox, bwrap_argv, launcher_argv, make_tmp
 
 log = logging.getLogger(__name__)
 
 FIRST_INPUT_FD = 3
 OPEN_FILES = 256
 TIME, CPU, MEMORY = "time", "cpu", "memory"  # which limit ended a child (Outcome.limit)
+OOM_POLL_SECONDS = 0.1  # how often a sandboxed check's cgroup is asked for OOM kills
 CHECK_USER = "nimbus-check"  # not the job user: running jobs must not reach the checks
 CHECK_PIDS = 64  # processes and threads of one sandboxed check, all together
 # What a sandboxed check needs, imported for real when the sandbox is first tried.
@@ -182,7 +183,7 @@ def run_limited(
                 pass_fds=fds,
                 start_new_session=True,
             )
-            limit = _wait(proc, limits.wall_seconds)
+            limit = _wait(proc, limits.wall_seconds, group)
             seconds = time.monotonic() - started
             if limit is None and proc.returncode == -signal.SIGXCPU:
                 limit = CPU
@@ -202,6 +203,7 @@ def _sandboxed(
     directory its only writable place, and no job API socket."""
     os.chown(workdir, user.uid, user.gid)
     os.chmod(workdir, 0o700)
+    make_tmp(workdir, user.uid, user.gid)  # the sandbox's /tmp lives in the work directory
     group = None
     if sandbox.hierarchies:
         group = cgroups.AttemptCgroup(sandbox.hierarchies, f"check-{secrets.token_hex(8)}")
@@ -234,14 +236,25 @@ def _environment(workdir: Path) -> dict[str, str]:
     }
 
 
-def _wait(proc: subprocess.Popen[bytes], seconds: float) -> str | None:
+def _wait(
+    proc: subprocess.Popen[bytes], seconds: float, group: cgroups.AttemptCgroup | None
+) -> str | None:
     """Wait up to ``seconds``; kill the child's whole group then, and in any case once it
-    ended. Returns :data:`TIME` when the wall-clock limit ended it."""
+    ended. Returns :data:`TIME` when the wall-clock limit ended it, :data:`MEMORY` when
+    the kernel killed a process of its cgroup for memory: the OOM killer takes one
+    process at a time, and a check that hit its limit is over, so the rest die with it."""
     limit = None
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        limit = TIME
+    deadline = time.monotonic() + seconds
+    while limit is None:
+        try:
+            proc.wait(timeout=min(OOM_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            break
+        except subprocess.TimeoutExpired:
+            if group is not None and group.oom_killed():
+                limit = MEMORY
+                group.kill()
+            elif time.monotonic() >= deadline:
+                limit = TIME
     # ProcessLookupError: the group is gone; PermissionError: macOS, for a zombie leader.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
