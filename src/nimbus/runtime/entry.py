@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -184,9 +185,9 @@ def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) ->
             name = f"{split}_{part}.npy"
             if name not in files:
                 raise InvalidInput(f"the dataset version has no prepared file {name}")
-            # The workers of an attempt share its directory: replace links atomically.
-            tmp = directory / f".{name}.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
+            # The workers of an attempt share its directory: replace links atomically,
+            # each through a name of its own (pids repeat across PID namespaces).
+            tmp = directory / f".{name}.{secrets.token_hex(8)}"
             tmp.symlink_to(client.blob(files[name]["key"]))
             os.replace(tmp, directory / name)
     features = (version.get("schema") or {}).get("features")
