@@ -25,6 +25,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from nimbus.errors import InvalidInput, PayloadTooLarge
+from nimbus.names import parse_int
 
 BATCH_BYTES = 4 * 1024 * 1024
 FLUSH_BYTES = 64 * 1024 * 1024
@@ -42,11 +43,10 @@ def check_declared_length(request: Request, max_bytes: int) -> None:
     declared = request.headers.get("content-length")
     if declared is None:
         return
-    if not declared.strip().isdigit():
-        raise InvalidInput("invalid Content-Length header")
-    if int(declared) > max_bytes:
+    size = parse_int(declared.strip(), "Content-Length header")
+    if size > max_bytes:
         raise PayloadTooLarge(
-            f"upload of {int(declared)} bytes is over the limit of {max_bytes} bytes",
+            f"upload of {size} bytes is over the limit of {max_bytes} bytes",
             limit=max_bytes,
         )
 
