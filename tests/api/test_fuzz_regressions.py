@@ -3,13 +3,14 @@ server: each now answers a 400 that names the value it refuses."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.api.conftest import API, csv_bytes, error_of
+from tests.api.conftest import API, csv_bytes, error_of, start_attempt
 from tests.helpers import ServerProcess
 from tests.helpers_models import API_ONLY
 
@@ -17,20 +18,25 @@ HUGE = 5551029012657253153935658005349531648  # past any 64-bit column
 
 
 @pytest.fixture(scope="module")
-def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """The admin of a real server whose scheduler is off (submitted jobs stay queued), with a
-    dataset ``fuzzed``."""
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real server whose scheduler is off (submitted jobs stay queued), with a dataset
+    ``fuzzed``."""
     server = ServerProcess(tmp_path_factory.mktemp("fuzzed") / "home", env=API_ONLY).start()
     try:
-        client = server.client()
-        uploaded = client.post(
-            f"{API}/datasets/fuzzed/versions", params={"filename": "d.csv"}, content=csv_bytes()
-        )
-        assert uploaded.status_code == 201, uploaded.text
-        yield client
+        with server.client() as client:
+            uploaded = client.post(
+                f"{API}/datasets/fuzzed/versions", params={"filename": "d.csv"}, content=csv_bytes()
+            )
+            assert uploaded.status_code == 201, uploaded.text
+        yield server
         assert "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(server: ServerProcess) -> httpx.Client:
+    return server.client()
 
 
 def refused(response: httpx.Response, *words: str) -> str:
@@ -148,3 +154,24 @@ def test_a_log_position_past_64_bits_is_a_400(admin: httpx.Client, after: str) -
     assert job.status_code == 201, job.text
     response = admin.get(f"{API}/jobs/{job.json()['id']}/logs", params={"after": after})
     refused(response, "'after'")
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "body", "words"),
+    [
+        ("PUT", "checkpoints/99999999999999999999", None, ["'step'"]),
+        ("PUT", "checkpoints/1?epoch=99999999999999999999", None, ["'epoch'"]),
+        ("POST", "metrics", {"step": 2**64, "metrics": {"loss": 1.0}}, ["'step'"]),
+        ("POST", "progress", {"epoch": 2**64, "epochs": 1, "batch": 0, "batches": 1}, ["epoch"]),
+    ],
+)
+def test_a_job_api_number_past_64_bits_is_a_400(
+    server: ServerProcess, method: str, route: str, body: Any, words: list[str]
+) -> None:
+    attempt_id, token = start_attempt(server, "fuzzed")
+    with httpx.Client(
+        base_url=f"{server.url}{API}/job-api/{attempt_id}",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as job:
+        content = json.dumps(body).encode() if body is not None else b"x"
+        refused(job.request(method, route, content=content), *words)

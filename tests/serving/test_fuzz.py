@@ -27,7 +27,7 @@ from tests.serving.test_hostile import Replica
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("NIMBUS_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("NIMBUS_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     derandomize=True,
