@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from nimbus.errors import InvalidInput
-from nimbus.names import Reference, parse_reference, validate_alias, validate_name
+from nimbus.names import (
+    Reference,
+    parse_int,
+    parse_reference,
+    validate_alias,
+    validate_name,
+    version_number,
+    whole_number,
+)
 
 
 @pytest.mark.parametrize("name", ["a", "digits", "my.data_set-2", "0abc", "a" * 63])
@@ -91,3 +99,57 @@ def test_the_sdk_and_the_server_refuse_with_the_same_message() -> None:
         with pytest.raises(InvalidInput) as on_server:
             server(text)
         assert str(on_client.value) == str(on_server.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "minimum", "maximum", "want"),
+    [
+        ("0", 0, 10, 0),
+        ("007", 0, 10, 7),
+        ("10", 0, 10, 10),
+        ("11", 0, 10, None),
+        ("-3", -5, 5, -3),
+        ("-3", 0, 5, None),  # a sign only where negatives are allowed
+        ("9223372036854775807", 0, 2**63 - 1, 2**63 - 1),
+        ("9223372036854775808", 0, 2**63 - 1, None),
+        ("9" * 5000, 0, 2**63 - 1, None),  # refused before int() sees it
+        ("\u00b2", 0, 10, None),  # '²': str.isdigit() accepts it, int() refuses it
+        ("\u0661", 0, 10, None),  # Arabic-Indic one: int() reads 1
+        ("\uff11", 0, 10, None),  # fullwidth one: int() reads 1 too
+        ("1\n", 0, 10, None),
+        (" 1", 0, 10, None),
+        ("+1", 0, 10, None),
+        ("1_0", 0, 100, None),
+        ("", 0, 10, None),
+        ("-", -5, 5, None),
+    ],
+)
+def test_whole_numbers_are_ascii_digits_within_bounds(
+    text: str, minimum: int, maximum: int, want: int | None
+) -> None:
+    assert whole_number(text, minimum=minimum, maximum=maximum) == want
+
+
+def test_parse_int_names_the_parameter_and_the_range() -> None:
+    assert parse_int("12", "query parameter 'after'") == 12
+    with pytest.raises(InvalidInput) as refused:
+        parse_int("\u00b2", "Last-Event-ID header", maximum=99)
+    assert refused.value.message == "invalid Last-Event-ID header '²': a whole number from 0 to 99"
+    assert refused.value.details == {"field": "Last-Event-ID header"}
+
+
+@pytest.mark.parametrize("text", ["1", "999999999", "001"])
+def test_version_numbers(text: str) -> None:
+    assert version_number(text) == int(text)
+
+
+@pytest.mark.parametrize("text", ["0", "1000000000", "1\n", "\u00b2", "\u0661", "-1", "latest"])
+def test_not_version_numbers(text: str) -> None:
+    assert version_number(text) is None
+
+
+def test_an_alias_of_digits_in_another_script_is_a_name_not_a_version() -> None:
+    with pytest.raises(InvalidInput):  # not a name either: names are ASCII
+        validate_alias("\u0661")
+    with pytest.raises(InvalidInput, match="neither a number"):
+        validate_alias("1" * 30)

@@ -6,6 +6,12 @@ A resource name (dataset, model, deployment, token, alias) matches
 checks references before it sends them and the server checks them again with the same
 functions, so both refuse a bad one with the same message.
 
+A number written in text (a version, a path or query value, a header, a CLI argument) is
+read by :func:`parse_int` (or :func:`whole_number`, which answers None): ASCII digits only,
+within bounds. ``str.isdigit()`` is not that rule: it accepts ``'²'``, which ``int()``
+refuses (a 500 where a 400 belongs), and ``int()`` alone accepts other scripts' digits,
+``' 7'`` and ``'1_000'``.
+
 This is a bottom module: it imports nothing of Nimbus but :mod:`nimbus.errors`.
 """
 
@@ -19,7 +25,9 @@ from nimbus.errors import InvalidInput
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 LATEST: Final = "latest"
-_NUMBER_RE = re.compile(r"^[0-9]{1,9}$")
+MAX_VERSION: Final = 999_999_999
+# The largest value a metadata-store integer column (and SQLite's) holds.
+MAX_INT64: Final = 2**63 - 1
 
 Version = int | Literal["latest"] | None
 
@@ -38,14 +46,46 @@ def validate_name(name: str, what: str = "name") -> str:
 def validate_alias(alias: str) -> str:
     """An alias is a name that is neither all digits nor ``latest`` (those are versions)."""
     validate_name(alias, "alias")
-    if alias.isdigit() or alias == LATEST:
+    if is_digits(alias) or alias == LATEST:
         raise InvalidInput(f"invalid alias {alias!r}: an alias is neither a number nor 'latest'")
     return alias
 
 
+def is_digits(text: object) -> bool:
+    """Whether ``text`` is one or more ASCII digits (``0``-``9``) and nothing else."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
+def whole_number(text: str, *, minimum: int = 0, maximum: int = MAX_INT64) -> int | None:
+    """``text`` as an integer from ``minimum`` to ``maximum`` written in ASCII digits (a
+    leading ``-`` only where ``minimum`` is negative), or None if it is not one. Nothing
+    else passes: no spaces, ``+``, underscores or other scripts' digits."""
+    if not isinstance(text, str):
+        return None
+    digits = text[1:] if text.startswith("-") and minimum < 0 else text
+    # Past 19 digits the value is out of any bound here; int() would also do quadratic work.
+    if not is_digits(digits) or len(digits.lstrip("0")) > 19:
+        return None
+    value = int(text)
+    return value if minimum <= value <= maximum else None
+
+
+def parse_int(text: str, what: str, *, minimum: int = 0, maximum: int = MAX_INT64) -> int:
+    """``text`` as :func:`whole_number` reads it; anything else is an
+    :class:`~nimbus.errors.InvalidInput` (a 400) naming ``what`` (``"query parameter
+    'after'"``, ``"Content-Length header"``) and the accepted range."""
+    value = whole_number(text, minimum=minimum, maximum=maximum)
+    if value is None:
+        shown = text if isinstance(text, str) and len(text) <= 40 else f"{str(text)[:40]}..."
+        raise InvalidInput(
+            f"invalid {what} {shown!r}: a whole number from {minimum} to {maximum}", field=what
+        )
+    return value
+
+
 def version_number(text: str) -> int | None:
     """``text`` as a version number (1 to 999,999,999), or None if it is not one."""
-    return int(text) if _NUMBER_RE.match(text) and int(text) > 0 else None
+    return whole_number(text, minimum=1, maximum=MAX_VERSION)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from nimbus.db import jobs as repo
+from nimbus.db.engine import Database
+from nimbus.jobs.capacity import Capacity
 from tests.helpers import ServerProcess
 
 API = "/api/v1"
@@ -60,3 +64,28 @@ def token_for(shared_server: ServerProcess) -> Callable[..., str]:
         return make_token(shared_server, role, tenant)
 
     return make
+
+
+def start_attempt(server: ServerProcess, dataset: str) -> tuple[str, str]:
+    """Submit a ``text`` job on ``dataset`` to a server whose scheduler is off, and start its
+    attempt as a scheduler would: the attempt id and its job token. The job goes first in
+    line, before any other job left queued."""
+    with server.client() as admin:
+        body = {"dataset": dataset, "model": "text", "priority": 1000}
+        job = admin.post(f"{API}/jobs", json=body)
+        assert job.status_code == 201, job.text
+    db = Database(f"sqlite:///{server.home / 'nimbus.db'}")
+    try:
+        with db.session(write=True) as session:
+            claims = repo.claim_next(
+                session,
+                capacity=Capacity(cpus=64, gpus=8, memory_bytes=1 << 40),
+                owner="test-node",
+                now=datetime.now(UTC) + timedelta(seconds=5),
+                lease_seconds=600,
+                limit=1,
+            )
+    finally:
+        db.dispose()
+    assert [c.job.id for c in claims] == [job.json()["id"]]
+    return claims[0].attempt.id, claims[0].token

@@ -399,3 +399,12 @@ def test_metadata_documents() -> None:
     }
     server = server_metadata("nimbus", "0.1.0")
     assert server["name"] == "nimbus" and "binary_tensor_data" in server["extensions"]
+
+
+@pytest.mark.parametrize(
+    "value", [b" 5", b"+5", b"1_0", b"\xc2\xb2", b"\xd9\xa1", b"9" * 30, b"-1"]
+)
+def test_header_length_is_ascii_digits_only(value: bytes) -> None:
+    """``int()`` alone took ' 5', '+5' and '1_0' as lengths."""
+    with pytest.raises(ProtocolError, match="must be an integer"):
+        parse_header_length(value, 10)

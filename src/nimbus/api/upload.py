@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from nimbus.errors import InvalidInput, PayloadTooLarge
+from nimbus.names import parse_int
 from nimbus.services.quotas import QuotaService
 
 BATCH_BYTES = 4 * 1024 * 1024
@@ -44,9 +45,7 @@ def declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
     if declared is None:
         return None
-    if not declared.strip().isdigit():
-        raise InvalidInput("invalid Content-Length header")
-    return int(declared)
+    return parse_int(declared.strip(), "Content-Length header")
 
 
 def check_declared_length(request: Request, max_bytes: int) -> None:

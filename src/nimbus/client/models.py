@@ -11,7 +11,7 @@ from urllib.parse import quote
 from nimbus.client.base import API, BaseClient
 from nimbus.client.transfer import Progress
 from nimbus.errors import InvalidInput
-from nimbus.names import parse_reference, validate_alias, validate_name
+from nimbus.names import parse_reference, validate_alias, validate_name, version_number
 from nimbus.wire.base import dump
 from nimbus.wire.models import AliasChange, Model, ModelList, ModelSummary, ModelVersion
 
@@ -47,10 +47,10 @@ def as_model_ref(ref: str | ModelRef) -> ModelRef:
 
 
 def _version_number(version: int | str) -> int:
-    text = str(version)
-    if not text.isdigit() or int(text) < 1:
+    number = version_number(str(version))
+    if number is None:
         raise InvalidInput(f"invalid model version {version!r}: a positive integer")
-    return int(text)
+    return number
 
 
 class ModelsMixin(BaseClient):

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from nimbus.client.base import API, BaseClient
 from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import parse_memory
-from nimbus.names import validate_name
+from nimbus.names import validate_name, whole_number
 from nimbus.wire.quotas import Quotas, SetQuotas
 
 NO_LIMIT = ("unlimited", "default", "none")  # words that set a limit back to the default
@@ -22,9 +22,10 @@ def _limit(name: str, value: int | str | None) -> int | None:
         return None
     if name == "bytes":
         return parse_memory(value.strip() if isinstance(value, str) else value)
-    if isinstance(value, str) and not value.strip().isdigit():
+    number = whole_number(value.strip()) if isinstance(value, str) else value
+    if number is None:
         raise InvalidInput(f"invalid {name} quota {value!r}: use a number or 'unlimited'")
-    return int(value)
+    return number
 
 
 class QuotasMixin(BaseClient):

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from nimbus.errors import Conflict, InvalidInput
+from nimbus.names import MAX_INT64
 
 # The runtime exits with this code when the user's code raised: the job fails at once,
 # without burning retries (running it again would raise again).
@@ -61,8 +62,12 @@ class Fenced(Conflict):
     code = "fenced"
 
 
-_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
+# [0-9], not \d: \d also matches other scripts' digits.
+_MEMORY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])", re.IGNORECASE)
+# Past these a size or a duration is a typo, and would overflow a column or a timestamp.
+MAX_MEMORY_BYTES = MAX_INT64
+MAX_DURATION_SECONDS = 100 * 366 * 86400.0
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -74,18 +79,23 @@ def parse_memory(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise InvalidInput(f"memory must not be negative: {text}")
-        return text
-    match = _MEMORY_RE.match(str(text))
-    if not match:
-        raise InvalidInput(f"invalid memory size {text!r}: use e.g. 512M, 4G or a byte count")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * 1024 ** ("kmgtp".index(unit) + 1)) if unit else int(number)
+        size: float | int = text
+    else:
+        match = _MEMORY_RE.match(str(text))
+        if not match:
+            raise InvalidInput(f"invalid memory size {text!r}: use e.g. 512M, 4G or a byte count")
+        number, unit = float(match.group(1)), match.group(2).lower()
+        size = number * 1024 ** ("kmgtp".index(unit) + 1) if unit else number
+    if not size <= MAX_MEMORY_BYTES:  # also refuses inf, from a number too long for a float
+        shown = str(text) if len(str(text)) <= 40 else f"{str(text)[:40]}..."
+        raise InvalidInput(f"invalid memory size {shown!r}: at most {MAX_MEMORY_BYTES} bytes")
+    return text if isinstance(text, int) else int(size)
 
 
 def parse_duration(text: str | float) -> float:
     """Seconds from ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``, ``"1h30m"`` or a number of seconds."""
     if isinstance(text, int | float) and not isinstance(text, bool):
-        seconds = float(text)
+        seconds = math.inf if abs(text) > MAX_DURATION_SECONDS else float(text)
     else:
         raw = str(text).strip().replace(" ", "")
         try:
@@ -95,8 +105,11 @@ def parse_duration(text: str | float) -> float:
             if not parts or "".join(n + u for n, u in parts).lower() != raw.lower():
                 raise InvalidInput(f"invalid duration {text!r}: use e.g. 90s, 30m, 2h") from None
             seconds = sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise InvalidInput(f"duration must be positive: {text!r}")
+    if seconds > MAX_DURATION_SECONDS:  # inf too
+        shown = str(text) if len(str(text)) <= 40 else f"{str(text)[:40]}..."
+        raise InvalidInput(f"duration {shown!r} is over the limit of 100 years")
     return seconds
 
 

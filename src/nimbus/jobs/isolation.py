@@ -53,6 +53,7 @@ from nimbus.jobs.sandbox import (
     seccomp_memfd,
     top_symlinks,
 )
+from nimbus.names import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ class JobUser:
     @classmethod
     def lookup(cls, name: str) -> JobUser:
         """The user called ``name`` (or with that numeric uid); KeyError if there is none."""
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        uid = whole_number(name, maximum=2**32 - 1)
+        entry = pwd.getpwnam(name) if uid is None else pwd.getpwuid(uid)
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
     def popen_kwargs(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from nimbus.db import deployments as repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import DeploymentRow, utcnow
 from nimbus.errors import Conflict, NotFound
-from nimbus.names import validate_name
+from nimbus.names import validate_name, version_number
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.deployment_files import ModelDirs, TokenFiles
 from nimbus.services.deployment_loop import Fleet, default_supervisor
@@ -365,4 +365,5 @@ class DeploymentService:
 
 
 def _number(version: str) -> int | str:
-    return int(version) if version.isdigit() else version
+    number = version_number(version)
+    return version if number is None else number

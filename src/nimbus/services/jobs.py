@@ -26,7 +26,7 @@ from nimbus.db.job_outputs import LogChunk as LogChunkRow
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
-from nimbus.names import parse_reference
+from nimbus.names import parse_reference, whole_number
 from nimbus.runtime.hyperparams import PARAM_SCHEMAS, validate_params
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.code import CodeInfo, CodeService, is_code_ref
@@ -231,8 +231,8 @@ class JobService:
     def _seed(request: SubmitRequest, params: dict[str, Any]) -> int:
         """The job's seed: the request's, else a ``seed`` parameter, else 0; both must agree."""
         param = params.get("seed") if "seed" in request.params else None
-        if isinstance(param, str) and param.strip().isdigit():  # --param seed=7 from the CLI
-            param = int(param.strip())
+        if isinstance(param, str) and (number := whole_number(param.strip())) is not None:
+            param = number  # --param seed=7 from the CLI
         if request.seed is not None and param is not None and param != request.seed:
             raise InvalidInput(
                 f"seed {request.seed} and parameter seed {param!r} disagree; give one", field="seed"

@@ -208,7 +208,7 @@ def _lineage(detail: JobDetail) -> dict[str, Any]:
         name, _, number = (job.spec.dataset or "").partition(":")
         ds = {
             "name": name or None,
-            "version": int(number) if number.isdigit() else None,
+            "version": version_number(number),
             "content_hash": None,
         }
     code = detail.inputs.get("code")

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from nimbus.errors import NimbusError, PayloadTooLarge, Unauthorized, Unavailable
+from nimbus.names import whole_number
 from nimbus.serving.errors import MethodNotAllowed, Overloaded, ProtocolError
 
 Scope = MutableMapping[str, Any]
@@ -37,8 +38,9 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
     A gzip or deflate ``Content-Encoding`` is undone, with the same limit on the result.
     """
     declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {int(declared)} bytes, above the limit of {limit}")
+    length = None if declared is None else whole_number(declared.decode("latin-1"))
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body is {length} bytes, above the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
     while True:

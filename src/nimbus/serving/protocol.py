@@ -18,6 +18,7 @@ import orjson
 
 from nimbus.errors import PayloadTooLarge
 from nimbus.modelformat.dtypes import DTYPES, TensorSpec
+from nimbus.names import whole_number
 from nimbus.serving.errors import ProtocolError
 from nimbus.serving.tensors import (
     decode_binary,
@@ -87,10 +88,12 @@ def parse_header_length(value: str | bytes | None, body_length: int) -> int | No
     """Validate the ``Inference-Header-Content-Length`` header against the body length."""
     if value is None:
         return None
-    try:
-        length = int(value)
-    except ValueError:
-        raise ProtocolError("Inference-Header-Content-Length must be an integer") from None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    length = whole_number(text)  # int() alone would take ' 5', '+5' and '1_0'
+    if length is None:
+        raise ProtocolError(
+            f"Inference-Header-Content-Length must be an integer, not {text[:40]!r}"
+        )
     if not 0 < length <= body_length:
         raise ProtocolError(
             f"Inference-Header-Content-Length is {length} but the body has {body_length} bytes"

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
+from nimbus.names import MAX_INT64
 from nimbus.wire.base import Request, Response
 from nimbus.wire.jobs import Artifact, Resources
 
@@ -76,17 +77,17 @@ class StoredCheckpoint(Response):
 class MetricsRequest(Request):
     """``POST metrics``: values of ``step``, by metric name."""
 
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=MAX_INT64)
     metrics: dict[str, float]
 
 
 class ProgressRequest(Request):
     """``POST progress``: batch ``batch`` of ``batches`` in epoch ``epoch`` of ``epochs``."""
 
-    epoch: int = Field(ge=0)
-    epochs: int = Field(ge=0)
-    batch: int = Field(ge=0)
-    batches: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=MAX_INT64)
+    epochs: int = Field(ge=0, le=MAX_INT64)
+    batch: int = Field(ge=0, le=MAX_INT64)
+    batches: int = Field(ge=0, le=MAX_INT64)
 
 
 class ResultRequest(Request):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from nimbus.names import MAX_INT64
 from nimbus.wire.base import Request, Response
 
 
@@ -37,7 +38,7 @@ class SetQuotas(Request):
     """``PUT /quotas[/{tenant}]``: the limits to change; a field left out is kept, a null
     one goes back to the server's default."""
 
-    jobs: int | None = Field(default=None, ge=0)
-    deployments: int | None = Field(default=None, ge=0)
-    replicas: int | None = Field(default=None, ge=0)
-    bytes: int | None = Field(default=None, ge=0)
+    jobs: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    deployments: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    replicas: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    bytes: int | None = Field(default=None, ge=0, le=MAX_INT64)

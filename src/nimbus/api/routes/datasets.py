@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -12,7 +14,7 @@ from nimbus.api.state import services_of
 from nimbus.api.upload import check_storage_quota_first, receive_upload
 from nimbus.datasets.domain import Format, IngestOptions, Task
 from nimbus.errors import InvalidInput
-from nimbus.names import validate_name
+from nimbus.names import MAX_INT64, validate_name
 from nimbus.services.datasets import parse_version, validate_filename
 from nimbus.wire.datasets import (
     Dataset,
@@ -45,7 +47,7 @@ async def upload_version(
     task: Task | None = None,
     format: Format | None = None,
     label: str | None = None,
-    seed: int = 0,
+    seed: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
 ) -> DatasetVersion:
     """The raw file is the body. 201 with a new version, 200 with an identical one."""
     services = services_of(request)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +20,7 @@ from nimbus.api.errors import describe_validation_error
 from nimbus.api.state import services_of
 from nimbus.api.upload import check_declared_length, receive_upload
 from nimbus.errors import InvalidInput, PayloadTooLarge
+from nimbus.names import MAX_INT64, parse_int
 from nimbus.services.job_api import AttemptContext, validate_artifact_name
 from nimbus.wire.job_api import (
     Artifact,
@@ -126,8 +127,8 @@ async def result(ctx: CurrentAttempt, request: Request) -> Ok:
 async def put_checkpoint(
     ctx: CurrentAttempt,
     request: Request,
-    step: Annotated[int, Path(ge=0)],
-    epoch: int | None = None,
+    step: Annotated[int, Path(ge=0, le=MAX_INT64)],
+    epoch: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
 ) -> StoredCheckpoint:
     """The raw body is the checkpoint; recorded only once its bytes are stored whole."""
     services = services_of(request)
@@ -161,11 +162,12 @@ async def put_artifact(ctx: CurrentAttempt, request: Request, name: str) -> Arti
     safe name."""
     services = services_of(request)
     validate_artifact_name(name)  # before a byte is stored
-    declared = request.headers.get("content-length", "").strip()
-    if declared.isdigit():
-        services.job_api.check_artifact_size(int(declared))
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        size = parse_int(declared.strip(), "Content-Length header")
+        services.job_api.check_artifact_size(size)
         # Before the body: 507 if the tenant's storage quota cannot take it.
-        await run_in_threadpool(services.job_api.check_artifact_quota, ctx, name, int(declared))
+        await run_in_threadpool(services.job_api.check_artifact_quota, ctx, name, size)
     staged = await receive_upload(
         request,
         services.blobs.staging_dir,

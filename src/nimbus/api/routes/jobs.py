@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import Services, services_of
 from nimbus.api.streams import LimitedStream
-from nimbus.errors import InvalidInput
+from nimbus.names import MAX_INT64, parse_int
 from nimbus.services.jobs import LOG_BATCH, chunk_view
 from nimbus.wire.jobs import (
     Job,
@@ -78,7 +78,7 @@ def job_logs(
     job_id: str,
     principal: Viewer,
     request: Request,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     follow: bool = False,
     limit: Annotated[int, Query(ge=1, le=LOG_BATCH)] = LOG_BATCH,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -92,9 +92,7 @@ def job_logs(
         return services.jobs.logs(principal, job_id, after, limit)
     services.jobs.get(principal, job_id)  # 404 before the stream starts
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise InvalidInput("invalid Last-Event-ID header: a log seq", field="Last-Event-ID")
-        after = max(after, int(last_event_id.strip()))
+        after = max(after, parse_int(last_event_id.strip(), "Last-Event-ID header"))
     slot = services.log_streams.acquire(principal.token_id)
     return LimitedStream(
         follow_logs(services, job_id, after),
