@@ -182,8 +182,11 @@ def fit_image(image: Image.Image, fit: ImageFit) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         _draft(image, fit)
-        upright = ImageOps.exif_transpose(image)
-        sized = _resize(_to_mode(upright, fit.channels), fit)
+        image.load()
+        # Most images carry no orientation: they skip exif_transpose's copy.
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        sized = _resize(_to_mode(image, fit.channels), fit)
     return np.asarray(sized, dtype=np.uint8).reshape(fit.height, fit.width, fit.channels)
 
 
