@@ -90,6 +90,18 @@ def test_an_html_form_body_as_a_browser_sends_it(image: str) -> None:
     assert response.json() == httpx.post(predict_url(image), content=photo).json()
 
 
+def test_curl_data_binary_keeps_working_though_it_says_urlencoded(image: str, text: str) -> None:
+    """``curl --data-binary @photo.png`` and ``curl -d '{"text": ...}'`` send
+    ``Content-Type: application/x-www-form-urlencoded``: the body is still the file."""
+    photo = png(seed=2)
+    raw = httpx.post(predict_url(image), content=photo).json()
+    curl = httpx.post(predict_url(image), content=photo, headers={"Content-Type": URLENCODED})
+    assert curl.status_code == 200 and curl.json() == raw
+    want = httpx.post(text, json={"text": "good movie"}).json()
+    curl = httpx.post(text, content=b'{"text": "good movie"}', headers={"Content-Type": URLENCODED})
+    assert curl.status_code == 200 and curl.json() == want
+
+
 def test_an_oversized_form_is_refused_while_it_streams(image: str) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'

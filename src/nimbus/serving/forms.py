@@ -5,7 +5,9 @@ HTML ``<form enctype="multipart/form-data">``). :func:`read_form` parses such a 
 streams in and turns it into the body ``/predict`` takes otherwise, so everything after is
 the same path: an image model gets the one file part's bytes; a text model the ``text``
 field (a plain field, or a file part named ``text``) as ``{"text": ...}``; a tabular model
-the ``features`` field (JSON) as ``{"features": ...}``.
+the ``features`` field (JSON) as ``{"features": ...}``. A body labelled urlencoded that is
+in fact an image or a JSON object (``curl --data-binary @photo.jpg`` and ``curl -d '{...}'``
+label every body so) is taken as it is.
 
 Limits apply while streaming, never after buffering: the body is refused (413) from its
 Content-Length or as soon as it passes the body limit, and an image part is refused as soon
@@ -61,7 +63,10 @@ async def read_form(
         raise InvalidInput("a form body cannot be compressed; send it without Content-Encoding")
     kind, options = parse_options_header(headers.get(b"content-type", b""))
     if kind == URLENCODED:
-        return _from_fields(_urlencoded(await asgi.read_body(receive, headers, max_body)), task)
+        body = await asgi.read_body(receive, headers, max_body)
+        if _is_raw(body):
+            return body  # curl --data-binary / -d label any body urlencoded: take it as sent
+        return _from_fields(_urlencoded(body), task)
     boundary = options.get(b"boundary")
     if not boundary:
         raise InvalidInput("the multipart/form-data Content-Type has no boundary parameter")
@@ -231,6 +236,11 @@ def image_size(head: bytes) -> tuple[int, int] | None:
         else:
             at += 2 + struct.unpack(">H", head[at + 2 : at + 4])[0]
     return None
+
+
+def _is_raw(body: bytes) -> bool:
+    """Whether a body labelled urlencoded is in fact an image file or a JSON object."""
+    return body.startswith((_PNG, b"\xff\xd8")) or body.lstrip().startswith(b"{")
 
 
 def _urlencoded(body: bytes) -> dict[str, str]:

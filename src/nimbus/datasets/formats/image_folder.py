@@ -87,8 +87,8 @@ class _Survey:
     def __init__(self) -> None:
         self.folders: dict[tuple[str, ...], int] = {}  # each distinct folder, numbered
         self.image_folders = array("q")  # each image's folder number, compactly
-        self.heights = array("l")
-        self.widths = array("l")
+        self.heights = array("q")
+        self.widths = array("q")
         self.modes: Counter[str] = Counter()
         self.gray = True
 
