@@ -49,7 +49,7 @@ def spec(height: int, width: int, **arch: Any) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("size", [(4, 4), (28, 28), (32, 32), (34, 20)])
+@pytest.mark.parametrize("size", [(4, 4), (28, 28), (32, 32), (35, 20)])
 def test_small_images_get_the_seeds_model(size: tuple[int, int]) -> None:
     assert cnn_layout(*size) == {"stem_pool": 1, "stages": 0}
     shapes = {k: tuple(v.shape) for k, v in cnn(*size, channels=1).state_dict().items()}

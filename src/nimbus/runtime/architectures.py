@@ -111,13 +111,13 @@ CNN_FEATURE_SIDE = 16
 def cnn_layout(height: int, width: int) -> dict[str, int]:
     """The cnn's size-aware ``stem_pool`` and ``stages`` for ``height x width`` inputs.
 
-    Up to 34 pixels a side this is the seed's model (1, 0). Beyond, the stem averages
+    Up to 35 pixels a side this is the seed's model (1, 0). Beyond, the stem averages
     ``stem_pool x stem_pool`` blocks until the longer side is at most 128 (the first
     convolution's activations then take at most ~130 MB for a batch of 64), and each stage
     halves the feature map until its longer side is at most 16 (the dense layer then has at
     most ``conv_channels * 256`` inputs).
     """
-    # ... but never so coarse that the shorter side drops under the seed's 4 pixels.
+    # The stem never leaves the shorter side under the seed's 4 pixels.
     stem_pool = max(1, min(-(-max(height, width) // CNN_WORK_SIDE), min(height, width) // 4))
     side = (max(height, width) // stem_pool - 2) // 2
     stages = 0
