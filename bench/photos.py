@@ -4,9 +4,10 @@ The images are the Adwaita icon theme's PNGs (Debian package ``adwaita-icon-them
 /usr/share/icons/Adwaita/<size>/<category>/): ~3,600 icons of six categories (actions,
 devices, emotes, mimetypes, places, status), 8x8 to 512x512 pixels, in RGBA, grayscale+alpha,
 palette and RGB modes; the class is the category folder. Nothing is downloaded. A share of
-them (``--jpeg-share``, default 1/4) is re-encoded here as JPEG, turned a random quarter with
-the EXIF orientation tag that turns it back, so the EXIF and JPEG paths are exercised too
-(those are derived from the icons, not found as such).
+them (``--jpeg-share``, default 1/4) is re-encoded here as JPEG: cut to a random aspect (60-100%
+of one side kept), composited over black, turned a random quarter with the EXIF orientation
+tag that turns it back, so the aspect, EXIF and JPEG paths are exercised too (those are
+derived from the icons, not found as such).
 
 Figures, medians of ``--runs`` interleaved runs each:
 
@@ -90,6 +91,16 @@ def _as_rotated_jpeg(png: bytes, rng: random.Random) -> bytes:
     with Image.open(io.BytesIO(png)) as image:
         rgba = image.convert("RGBA")
     upright = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    # a photo's aspect: keep 60-100% of one side, centred
+    width, height = upright.size
+    keep = rng.uniform(0.6, 1.0)
+    if rng.random() < 0.5:
+        cut = round(width * keep)
+        box = ((width - cut) // 2, 0, (width - cut) // 2 + cut, height)
+    else:
+        cut = round(height * keep)
+        box = (0, (height - cut) // 2, width, (height - cut) // 2 + cut)
+    upright = upright.crop(box)
     tag = rng.choice([1, 3, 6, 8])
     stored = upright.convert("RGB")
     if tag in _STORED:
