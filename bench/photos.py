@@ -5,7 +5,7 @@ The images are the Adwaita icon theme's PNGs (Debian package ``adwaita-icon-them
 devices, emotes, mimetypes, places, status), 8x8 to 512x512 pixels, in RGBA, grayscale+alpha,
 palette and RGB modes; the class is the category folder. Nothing is downloaded. A share of
 them (``--jpeg-share``, default 1/4) is re-encoded here as JPEG: cut to a random aspect (60-100%
-of one side kept), composited over black, turned a random quarter with the EXIF orientation
+of one side kept), composited over white, turned a random quarter with the EXIF orientation
 tag that turns it back, so the aspect, EXIF and JPEG paths are exercised too (those are
 derived from the icons, not found as such).
 
@@ -20,6 +20,7 @@ Figures, medians of ``--runs`` interleaved runs each:
    logistic regression (scikit-learn) on 8x8 average-pooled pixels of the same split.
 
 Run: .venv/bin/python bench/photos.py [--runs 3] [--epochs 5] [--image-size 64x64]
+     [--train default,asked]   (the cnn on the default-size and on the asked-size version)
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def collect(zip_path: Path, jpeg_share: float, seed: int) -> dict[str, Any]:
 def _as_rotated_jpeg(png: bytes, rng: random.Random) -> bytes:
     with Image.open(io.BytesIO(png)) as image:
         rgba = image.convert("RGBA")
-    upright = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    upright = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     # a photo's aspect: keep 60-100% of one side, centred
     width, height = upright.size
     keep = rng.uniform(0.6, 1.0)
@@ -159,6 +160,9 @@ def main() -> None:
     parser.add_argument("--image-size", default="64x64")
     parser.add_argument("--jpeg-share", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train", default="default", help="versions to train the cnn on: default,asked"
+    )
     args = parser.parse_args()
     asked = parse_image_size(args.image_size)
     with tempfile.TemporaryDirectory(prefix="nimbus-bench-photos-") as tmp:
@@ -196,23 +200,36 @@ def main() -> None:
             )
         print(f"  source images: {json.dumps(prepared.stats['source_images'])}")
 
-        data = DataSplits.load(
-            work_default,
-            prepared.task,
-            prepared.classes,
-            image_transform=prepared.schema["transform"],
-        )
-        start = time.perf_counter()
-        result = train("cnn", data, {"epochs": args.epochs}, MemoryReporter())
-        trained = time.perf_counter() - start
-        print(
-            f"\ncnn at {shape} ({result.spec['arch_params']['stages']} extra stages), "
-            f"{args.epochs} epochs on {len(data.train)} images: {trained:.1f} s"
-        )
-        accuracy = result.metrics["test_accuracy"]
-        print(f"  test accuracy {accuracy:.3f} on {len(data.test)} images")
-        for name, value in baselines(data).items():
-            print(f"  baseline {name:<14} {value:.3f}  (cnn / baseline {accuracy / value:.2f}x)")
+        versions = {"default": (work_default, prepared)}
+        if "asked" in args.train:
+            work_asked = root / "train-asked"
+            versions["asked"] = (work_asked, timed_ingest(zip_path, work_asked, asked)[1])
+        for key in args.train.split(","):
+            work, version = versions[key]
+            report_training(work, version, args.epochs)
+
+
+def report_training(work: Path, version: PreparedDataset, epochs: int) -> None:
+    """Train the cnn on a prepared version; print its accuracy next to the baselines."""
+    data = DataSplits.load(
+        work, version.task, version.classes, image_transform=version.schema["transform"]
+    )
+    shape = "x".join(str(d) for d in version.schema["shape"])
+    start = time.perf_counter()
+    result = train("cnn", data, {"epochs": epochs}, MemoryReporter())
+    trained = time.perf_counter() - start
+    arch = result.spec["arch_params"]
+    print(
+        f"\ncnn at {shape} (stem_pool {arch['stem_pool']}, {arch['stages']} extra stages), "
+        f"{epochs} epochs on {len(data.train)} images: {trained:.1f} s"
+    )
+    accuracy = result.metrics["test_accuracy"]
+    print(
+        f"  test accuracy {accuracy:.3f} on {len(data.test)} images "
+        f"(train {result.metrics['train_accuracy']:.3f}, val {result.metrics['val_accuracy']:.3f})"
+    )
+    for name, value in baselines(data).items():
+        print(f"  baseline {name:<14} {value:.3f}  (cnn / baseline {accuracy / value:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -214,7 +214,8 @@ def test_photos_of_different_sizes_and_modes_are_brought_to_one_size(build: Buil
         "width": 64,
         "channels": 3,
         "fit": "crop",
-        "background": 0,
+        "matte": 255,
+        "pad": 0,
         "resample": "bilinear",
         "orientation": "exif",
     }

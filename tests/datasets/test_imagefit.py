@@ -80,12 +80,14 @@ def test_exif_orientation_is_applied() -> None:
     assert got[5:, :, 2].min() > 200 and got[5:, :, 0].max() < 60
 
 
-def test_transparency_is_composited_over_black() -> None:
-    rgba = np.zeros((4, 4, 4), np.uint8)
-    rgba[..., 0] = 255  # red everywhere ...
-    rgba[:2, :, 3] = 255  # ... opaque in the top half only
+def test_transparency_is_composited_over_white() -> None:
+    rgba = np.zeros((4, 4, 4), np.uint8)  # black everywhere ...
+    rgba[:2, :, 3] = 255  # ... opaque in the top half only: a black glyph, as icons have
     got = fitted(encode(Image.fromarray(rgba, "RGBA")), ImageFit(4, 4, 3))
-    assert (got[:2, :, 0] == 255).all() and (got[2:] == 0).all()
+    assert (got[:2] == 0).all() and (got[2:] == 255).all()
+    half = rgba.copy()
+    half[..., 3] = 128
+    assert (fitted(encode(Image.fromarray(half, "RGBA")), ImageFit(4, 4, 1)) == 127).all()
 
 
 def test_palette_and_gray_modes_become_the_channel_count() -> None:

@@ -8,7 +8,8 @@ at serving time. The steps, in order (docs/datasets.md):
 
 1. **EXIF orientation** is applied (``ImageOps.exif_transpose``): a phone photo stored
    sideways with an orientation tag is seen upright.
-2. **Mode**: transparency is composited over a black background; then the image becomes
+2. **Mode**: transparency is composited over white (icons and logos are drawn for light
+   backgrounds: over black a black glyph would vanish); then the image becomes
    ``L`` (one channel, ITU-R 601-2 luma) or ``RGB`` (three; grayscale is replicated).
    16-bit grayscale keeps its top 8 bits.
 3. **Size**, aspect preserved, with bilinear (antialiased) resampling: ``crop`` scales the
@@ -77,7 +78,8 @@ class ImageFit:
             "width": self.width,
             "channels": self.channels,
             "fit": self.fit,
-            "background": 0,
+            "matte": 255,  # what transparent pixels are composited over: white
+            "pad": 0,  # what the pad fit fills with: black
             "resample": "bilinear",
             "orientation": "exif",
         }
@@ -229,8 +231,8 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
         image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
     elif _has_alpha(image):
         rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(black, rgba)
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
     target = "L" if channels == 1 else "RGB"
     return image if image.mode == target else image.convert(target)
 
