@@ -151,7 +151,7 @@ class Predictor:
 def _image_fit(spec: ModelSpec) -> ImageFit | None:
     """The image transform the spec records, checked against the model's input; None when
     the model has none (made before ingest recorded one, or not an image model)."""
-    record = spec.preprocessing.get("transform") if spec.task is Task.IMAGE else None
+    record = spec.image_transform
     if record is None:
         return None
     if not isinstance(record, dict):
