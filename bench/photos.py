@@ -161,7 +161,9 @@ def main() -> None:
     parser.add_argument("--jpeg-share", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--train", default="default", help="versions to train the cnn on: default,asked"
+        "--train",
+        default="default",
+        help="versions to train the cnn on: default,asked ('' for none)",
     )
     args = parser.parse_args()
     asked = parse_image_size(args.image_size)
@@ -204,7 +206,7 @@ def main() -> None:
         if "asked" in args.train:
             work_asked = root / "train-asked"
             versions["asked"] = (work_asked, timed_ingest(zip_path, work_asked, asked)[1])
-        for key in args.train.split(","):
+        for key in filter(None, args.train.split(",")):
             work, version = versions[key]
             report_training(work, version, args.epochs)
 
