@@ -412,6 +412,21 @@ def test_upload_streams_the_file_in_chunks(settings: Settings, tmp_path: Path) -
     assert calls == [(CHUNK_SIZE, len(data)), (2 * CHUNK_SIZE, len(data)), (len(data), len(data))]
 
 
+def test_upload_sends_the_image_size_and_fit(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "photos.zip"
+    path.write_bytes(b"zip")
+    for size in ((24, 32), "24x32"):
+        transport = RecordingTransport([])
+        with Client(URL, "t", settings=settings, transport=transport) as client:
+            client.upload_dataset("photos", path, image_size=size, image_fit="pad")
+        assert transport.request is not None
+        assert dict(transport.request.url.params) == {
+            "filename": "photos.zip",
+            "image_size": "24x32",
+            "image_fit": "pad",
+        }
+
+
 def test_upload_checks_its_arguments_before_sending(settings: Settings, tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise AssertionError("nothing should be sent")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import zipfile
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -10,6 +12,7 @@ import pytest
 
 from tests.api.conftest import API, blob_files, csv_bytes, error_of, stray_files
 from tests.helpers import ServerProcess
+from tests.helpers_photos import photo_members
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +169,31 @@ def test_corrupt_blob_is_an_error_not_bytes(
     assert response.status_code == 500
     assert error_of(response)["code"] == "corrupt_blob"
     assert bytes(damaged) not in response.content
+
+
+def test_photos_of_mixed_sizes_upload_to_the_size_asked_for(member: httpx.Client) -> None:
+    members = photo_members(6)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    url = f"{API}/datasets/photos/versions"
+    params = {"filename": "photos.zip"}
+    default = member.post(url, params=params, content=buffer.getvalue())
+    assert default.status_code == 201, default.text
+    schema = default.json()["schema"]
+    assert schema["transform"]["fit"] == "crop" and schema["shape"][2] == 3
+    assert default.json()["stats"]["source_images"]["count"] == 12
+    sized = member.post(
+        url,
+        params={**params, "image_size": "24x32", "image_fit": "pad"},
+        content=buffer.getvalue(),
+    )
+    assert sized.status_code == 201, sized.text
+    assert sized.json()["schema"]["shape"] == [24, 32, 3]
+    assert sized.json()["schema"]["transform"]["fit"] == "pad"
+    for bad, named in (("24by32", "image size"), ("2x2", "image size"), ("0", "image size")):
+        response = member.post(url, params={**params, "image_size": bad}, content=b"x")
+        assert response.status_code == 400 and named in error_of(response)["message"]
+    response = member.post(url, params={**params, "image_fit": "stretch"}, content=b"x")
+    assert response.status_code == 400 and "image fit" in error_of(response)["message"]

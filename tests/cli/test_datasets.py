@@ -14,6 +14,7 @@ import pytest
 from nimbus.demo_data import digits, write_digits_folder, write_digits_zip
 from tests.cli.conftest import Nimbus
 from tests.helpers import ServerProcess
+from tests.helpers_photos import photo_members
 
 PER_CLASS = 6
 CLASSES = [str(c) for c in range(10)]
@@ -125,3 +126,17 @@ def test_the_sdk_example_runs(shared_server: ServerProcess, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert "uploaded 1797 images as digits:" in done.stdout
     assert (tmp_path / "download" / "train_x.npy").exists()
+
+
+def test_a_photo_folder_uploads_at_the_image_size_asked_for(cli: Nimbus, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for name, data in photo_members(4).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    args = ("datasets", "upload", "cli-photos", str(root / "photos"))
+    version = cli.json(*args, "--image-size", "20x30", "--image-fit", "pad")
+    assert version["schema"]["shape"] == [20, 30, 3]
+    assert version["schema"]["transform"]["fit"] == "pad"
+    result = cli(*args, "--image-size", "huge", code=2)
+    assert "image size 'huge' is not HxW" in result.stderr
+    cli("datasets", "delete", "cli-photos")

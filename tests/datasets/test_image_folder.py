@@ -59,7 +59,8 @@ def test_grayscale_folder_under_a_top_folder(build: Build, kind: str) -> None:
     assert prepared.format is Format.IMAGE_FOLDER
     assert prepared.task is Task.IMAGE
     assert prepared.classes == ["cat", "dog"]
-    assert prepared.schema == {"shape": [6, 8, 1], "dtype": "uint8"}
+    assert prepared.schema["shape"] == [6, 8, 1] and prepared.schema["dtype"] == "uint8"
+    assert prepared.schema["transform"]["fit"] == "crop"
     assert prepared.split_source == "seeded"
     assert {s: prepared.splits[s].size for s in SPLITS} == {"train": 16, "val": 2, "test": 2}
     assert prepared.splits["test"].per_class == {"cat": 1, "dog": 1}
@@ -121,12 +122,6 @@ def test_train_and_test_folders_are_the_given_test_split(build: Build) -> None:
     assert prepared.splits["test"].size == 6
     assert prepared.splits["test"].per_class == {"cat": 3, "dog": 3}
     assert prepared.splits["val"].size == 2 and prepared.splits["train"].size == 18
-
-
-def test_mixed_sizes_name_both_members_and_sizes(build: Build) -> None:
-    members = {"a/0.png": build.png(8, 8), "b/odd.png": build.png(9, 7)}
-    with pytest.raises(InvalidDataset, match=r"'b/odd\.png' is 9x7 but 'a/0\.png' is 8x8"):
-        build.run(build.zip("sizes.zip", members))
 
 
 def test_non_image_member_is_named(build: Build) -> None:
@@ -198,3 +193,56 @@ def test_resolve_layout(
 def test_resolve_layout_refuses_two_top_folders() -> None:
     with pytest.raises(InvalidDataset, match="found top folders"):
         resolve_layout([["x", "a"], ["y", "b"]], "x.zip")
+
+
+def test_photos_of_different_sizes_and_modes_are_brought_to_one_size(build: Build) -> None:
+    """The issue's own case: JPEGs of different sizes (and modes) in class folders."""
+    members = {
+        "photos/red/1.jpg": build.image(86, 46, "RGB", 1, "JPEG"),
+        "photos/red/2.png": build.png(30, 40, "L", seed=2),
+        "photos/blue/0.jpg": build.image(64, 68, "RGB", 3, "JPEG"),
+        "photos/blue/1.png": build.png(50, 50, "L", seed=4),
+    }
+    rgba = io.BytesIO()
+    Image.new("RGBA", (70, 20), (0, 0, 255, 128)).save(rgba, format="PNG")
+    members["photos/blue/2.png"] = rgba.getvalue()
+    prepared = build.run(build.zip("photos.zip", members), val_fraction=0.0, test_fraction=0.0)
+    # median height of 46, 40, 68, 50, 20 and median width of 86, 30, 64, 50, 70
+    assert prepared.schema["shape"] == [46, 64, 3]
+    assert prepared.schema["transform"] == {
+        "height": 46,
+        "width": 64,
+        "channels": 3,
+        "fit": "crop",
+        "matte": 255,
+        "pad": 0,
+        "resample": "bilinear",
+        "orientation": "exif",
+    }
+    assert build.load(prepared, "train_x.npy").shape == (5, 46, 64, 3)
+    source = prepared.stats["source_images"]
+    assert source["count"] == 5 and source["resized"] == 5
+    assert source["height"] == {"min": 20, "median": 46, "max": 68}
+    assert source["modes"] == {"L": 2, "RGB": 2, "RGBA": 1}
+
+
+def test_the_image_size_and_fit_asked_for_are_used(build: Build) -> None:
+    members = {f"{c}/{i}.png": build.png(40 + i, 30, "L", seed=i) for c in "ab" for i in range(3)}
+    source = build.zip("gray.zip", members)
+    prepared = build.run(source, image_size=(16, 12), image_fit="pad")
+    assert prepared.schema["shape"] == [16, 12, 1]  # every image gray: one channel
+    assert prepared.schema["transform"]["fit"] == "pad"
+    x = all_pixels(build, prepared)
+    assert x.shape == (6, 16, 12, 1)
+    # 4:3 landscape images padded into a portrait frame: black bands above and below
+    assert (x[:, 0] == 0).all() and (x[:, -1] == 0).all()
+
+
+def test_a_size_whose_prepared_data_is_over_the_limit_is_refused(build: Build) -> None:
+    members = folder(build, n=2)
+    with pytest.raises(InvalidDataset, match=r"4 images of 100x100x1 take 40000 bytes"):
+        build.run(
+            build.zip("pets.zip", members),
+            image_size=(100, 100),
+            limits=IngestLimits(max_unpacked_bytes=20_000),
+        )

@@ -125,3 +125,10 @@ def test_table_formats_load_pyarrow_only_when_used() -> None:
         "assert READERS[Format.PARQUET].__name__ == 'parquet.read'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_image_options_change_the_content_hash_only_when_given() -> None:
+    """Uploads made without image options keep the options (and so the hashes) they had."""
+    assert "image_size" not in IngestOptions().canonical()
+    sized = IngestOptions(image_size=(32, 24), image_fit="pad").canonical()
+    assert sized["image_size"] == [32, 24] and sized["image_fit"] == "pad"

@@ -32,6 +32,16 @@ def upload(
     format: Annotated[Format | None, typer.Option(help="[default: detected]")] = None,
     label: Annotated[str | None, typer.Option(help="Label column of tabular data")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the train/val/test split")] = None,
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HxW", help="Size images are brought to [default: from the data's median]"
+        ),
+    ] = None,
+    image_fit: Annotated[
+        str | None,
+        typer.Option(metavar="crop|pad", help="How images of another shape fit [default: crop]"),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Upload PATH as a new version of dataset NAME (a directory is sent as a .tar)."""
@@ -42,7 +52,15 @@ def upload(
         ) as progress,
     ):
         version = api.upload_dataset(
-            name, path, task=task, format=format, label=label, seed=seed, progress=progress
+            name,
+            path,
+            task=task,
+            format=format,
+            label=label,
+            seed=seed,
+            progress=progress,
+            image_size=image_size,
+            image_fit=image_fit,
         )
 
     def render(out: Console) -> None:

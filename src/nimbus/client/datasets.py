@@ -62,8 +62,14 @@ class DatasetsMixin(BaseClient):
         label: str | None = None,
         seed: int | None = None,
         progress: Progress | None = None,
+        image_size: str | tuple[int, int] | None = None,
+        image_fit: str | None = None,
     ) -> DatasetVersion:
         """Upload a file (or a directory, sent as a .tar) as a new version of dataset ``name``.
+
+        Images of an image-folder upload are brought to ``image_size`` (``"HxW"`` or
+        ``(height, width)``; default: chosen from the data) by ``image_fit`` (``"crop"``,
+        the default, or ``"pad"``); see docs/datasets.md.
 
         The file is streamed from disk in :data:`CHUNK_SIZE` chunks; ``progress(sent, total)``
         is called after each. Returns the version object (the existing one when identical
@@ -75,6 +81,10 @@ class DatasetsMixin(BaseClient):
             "format": _choice(Format, format, "format"),
             "label": label,
             "seed": seed,
+            "image_size": f"{image_size[0]}x{image_size[1]}"
+            if isinstance(image_size, tuple)
+            else image_size,
+            "image_fit": image_fit,
         }
         source = Path(path)
         if not source.exists():

@@ -41,10 +41,12 @@ class IngestOptions:
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    image_size: tuple[int, int] | None = None  # (height, width) images are brought to
+    image_fit: str | None = None  # "crop" or "pad" (datasets/imagefit.py); None: crop
 
     def canonical(self) -> dict[str, Any]:
         """Everything that changes the prepared data, for the version's content hash."""
-        return {
+        canonical: dict[str, Any] = {
             "task": str(self.task) if self.task else None,
             "format": str(self.format) if self.format else None,
             "label": self.label,
@@ -52,6 +54,12 @@ class IngestOptions:
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
         }
+        # Only when given: the hashes of uploads made without them stay what they were.
+        if self.image_size is not None:
+            canonical["image_size"] = list(self.image_size)
+        if self.image_fit is not None:
+            canonical["image_fit"] = self.image_fit
+        return canonical
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,12 @@ class ModelSpec:
             raise InvalidInput(f"invalid spec.json: no '{PROBABILITIES}' output")
         return spec
 
+    @property
+    def image_transform(self) -> Any:
+        """``preprocessing["transform"]``: how ingest fitted the training images, which
+        ``/predict`` applies to uploaded photos (docs/datasets.md); None when not recorded."""
+        return self.preprocessing.get("transform") if self.task is Task.IMAGE else None
+
     def output(self, name: str) -> TensorSpec:
         return next(o for o in self.outputs if o.name == name)
 

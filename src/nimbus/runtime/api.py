@@ -342,8 +342,14 @@ def load_local_dataset(directory: Path) -> DataSplits:
         version = json.loads((directory / "version.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"cannot read {directory / 'version.json'}: {exc}") from None
-    features = (version.get("schema") or {}).get("features")
-    return DataSplits.load(directory, Task(version["task"]), list(version["classes"]), features)
+    schema = version.get("schema") or {}
+    return DataSplits.load(
+        directory,
+        Task(version["task"]),
+        list(version["classes"]),
+        schema.get("features"),
+        schema.get("transform"),
+    )
 
 
 def _local_params(raw: str | None) -> dict[str, Any]:

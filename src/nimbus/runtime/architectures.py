@@ -58,7 +58,14 @@ class Standardize(nn.Module):
 
 
 class ImageCNN(nn.Module):
-    """The seed classifier: Conv(C, k, 3) ReLU MaxPool(2) Flatten Linear ReLU Linear."""
+    """The seed classifier: Conv(C, k, 3) ReLU MaxPool(2) Flatten Linear ReLU Linear.
+
+    Larger inputs get a size-aware front and back (see :func:`cnn_layout`): an average-pool
+    ``stem_pool`` that brings the longer side to at most :data:`CNN_WORK_SIDE` pixels, and
+    ``stages`` stride-2 ``Conv(k, k, 3) ReLU`` after the seed's pool until the feature map is
+    at most :data:`CNN_FEATURE_SIDE` on a side, so the dense layer and the activations stay
+    small whatever the image size. At the defaults (1, 0) it is exactly the seed's model.
+    """
 
     def __init__(
         self,
@@ -69,22 +76,55 @@ class ImageCNN(nn.Module):
         preprocess: ImagePreprocess,
         conv_channels: int = 32,
         hidden: int = 128,
+        stem_pool: int = 1,
+        stages: int = 0,
     ) -> None:
         super().__init__()
         if height < 4 or width < 4:
             raise InvalidInput(f"images must be at least 4x4 pixels, got {height}x{width}")
+        if stem_pool < 1 or stages < 0 or min(height, width) // stem_pool < 4:
+            raise InvalidInput(f"cnn stem_pool {stem_pool} / stages {stages} do not fit the input")
         self.preprocess = preprocess
-        flat = conv_channels * ((height - 2) // 2) * ((width - 2) // 2)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, conv_channels, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()
-        )
+        layers: list[nn.Module] = [nn.AvgPool2d(stem_pool)] if stem_pool > 1 else []
+        layers += [nn.Conv2d(in_channels, conv_channels, 3), nn.ReLU(), nn.MaxPool2d(2)]
+        side_h, side_w = (height // stem_pool - 2) // 2, (width // stem_pool - 2) // 2
+        for _ in range(stages):
+            layers += [nn.Conv2d(conv_channels, conv_channels, 3, stride=2, padding=1), nn.ReLU()]
+            side_h, side_w = (side_h - 1) // 2 + 1, (side_w - 1) // 2 + 1
+        layers.append(nn.Flatten())
+        self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+            nn.Linear(conv_channels * side_h * side_w, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.classifier(self.features(self.preprocess(x)))
         return logits
+
+
+CNN_WORK_SIDE = 128
+CNN_FEATURE_SIDE = 16
+
+
+def cnn_layout(height: int, width: int) -> dict[str, int]:
+    """The cnn's size-aware ``stem_pool`` and ``stages`` for ``height x width`` inputs.
+
+    Up to 35 pixels a side this is the seed's model (1, 0). Beyond, the stem averages
+    ``stem_pool x stem_pool`` blocks until the longer side is at most 128 (the first
+    convolution's activations then take at most ~130 MB for a batch of 64), and each stage
+    halves the feature map until its longer side is at most 16 (the dense layer then has at
+    most ``conv_channels * 256`` inputs).
+    """
+    # The stem never leaves the shorter side under the seed's 4 pixels.
+    stem_pool = max(1, min(-(-max(height, width) // CNN_WORK_SIDE), min(height, width) // 4))
+    side = (max(height, width) // stem_pool - 2) // 2
+    stages = 0
+    while side > CNN_FEATURE_SIDE:
+        side = (side - 1) // 2 + 1
+        stages += 1
+    return {"stem_pool": stem_pool, "stages": stages}
 
 
 class TextClassifier(nn.Module):
@@ -142,6 +182,8 @@ def _build_cnn(arch: dict[str, Any], prep: dict[str, Any]) -> nn.Module:
         preprocess=preprocess,
         conv_channels=int(arch.get("conv_channels", 32)),
         hidden=int(arch.get("hidden", 128)),
+        stem_pool=int(arch.get("stem_pool", 1)),
+        stages=int(arch.get("stages", 0)),
     )
 
 

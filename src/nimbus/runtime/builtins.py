@@ -17,6 +17,7 @@ import torch
 
 from nimbus.datasets.domain import SPLITS, Task
 from nimbus.modelformat.text import build_encoder
+from nimbus.runtime.architectures import cnn_layout
 from nimbus.runtime.data import DataSplits, channel_stats, feature_stats, gather
 
 FORMAT_VERSION = 1
@@ -75,6 +76,7 @@ def prepare_image(data: DataSplits, params: dict[str, Any]) -> Prepared:
             "num_classes": len(data.classes),
             "conv_channels": params["conv_channels"],
             "hidden": params["hidden"],
+            **cnn_layout(height, width),
         },
         preprocessing={
             "kind": "image",
@@ -84,11 +86,17 @@ def prepare_image(data: DataSplits, params: dict[str, Any]) -> Prepared:
             "height": height,
             "width": width,
             "channels": channels,
+            **_transform(data),
         },
         input=signature,
         onnx_input=signature,
         dtype=np.dtype(np.uint8),
     )
+
+
+def _transform(data: DataSplits) -> dict[str, Any]:
+    """The spec's record of how ingest fitted the images, so serving fits them alike."""
+    return {} if data.image_transform is None else {"transform": dict(data.image_transform)}
 
 
 def prepare_text(data: DataSplits, params: dict[str, Any]) -> Prepared:

@@ -149,6 +149,8 @@ def custom_spec(
         _expect(example, np.uint8, shape, "raw images, uint8 [N, H, W, C]")
         height, width, channels = shape
         block = {"kind": "image", "height": height, "width": width, "channels": channels}
+        if data.image_transform is not None:
+            block["transform"] = dict(data.image_transform)
         model_input = onnx_input
     elif data.task is Task.TABULAR:
         _expect(example, np.float32, shape, "feature rows, float32 [N, F]")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,8 @@ class DataSplits:
     val: Split
     test: Split
     features: list[str] | None = None  # tabular column names
+    # How ingest fitted the images (datasets/imagefit.py), carried into the model's spec.
+    image_transform: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", Task(self.task))
@@ -65,7 +68,12 @@ class DataSplits:
 
     @classmethod
     def load(
-        cls, directory: Path, task: Task, classes: list[str], features: list[str] | None = None
+        cls,
+        directory: Path,
+        task: Task,
+        classes: list[str],
+        features: list[str] | None = None,
+        image_transform: dict[str, Any] | None = None,
     ) -> DataSplits:
         """Open ``{split}_x.npy`` / ``{split}_y.npy`` under ``directory``, memory-mapped."""
         splits = {
@@ -75,7 +83,13 @@ class DataSplits:
             )
             for name in SPLITS
         }
-        return cls(task=task, classes=classes, features=features, **splits)
+        return cls(
+            task=task,
+            classes=classes,
+            features=features,
+            image_transform=image_transform,
+            **splits,
+        )
 
 
 def gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:

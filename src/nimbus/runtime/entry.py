@@ -190,8 +190,14 @@ def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) ->
             tmp = directory / f".{name}.{secrets.token_hex(8)}"
             tmp.symlink_to(client.blob(files[name]["key"]))
             os.replace(tmp, directory / name)
-    features = (version.get("schema") or {}).get("features")
-    return DataSplits.load(directory, Task(version["task"]), list(version["classes"]), features)
+    schema = version.get("schema") or {}
+    return DataSplits.load(
+        directory,
+        Task(version["task"]),
+        list(version["classes"]),
+        schema.get("features"),
+        schema.get("transform"),
+    )
 
 
 def _run_builtin(

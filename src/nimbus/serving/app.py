@@ -8,7 +8,8 @@ batcher -> response bytes. Routes:
     GET  /v2/models/{name}[/versions/{v}]            model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer
-    POST /v2/models/{name}[/versions/{v}]/predict    image file, {"text"} or {"features"}
+    POST /v2/models/{name}[/versions/{v}]/predict    image file, {"text"} or {"features"},
+                                                     or a form of them (serving/forms.py)
     GET  /metrics                                    Prometheus
 """
 
@@ -30,7 +31,7 @@ import uvicorn
 from nimbus import __version__
 from nimbus.datasets.domain import Task
 from nimbus.errors import NimbusError, NotFound, ServerError, Unauthorized, Unavailable
-from nimbus.serving import asgi
+from nimbus.serving import asgi, forms
 from nimbus.serving.batcher import Batcher, BatchPolicy
 from nimbus.serving.errors import MethodNotAllowed
 from nimbus.serving.memory import release_memory, tune_allocator
@@ -154,6 +155,8 @@ class InferenceApp:
             action = self._model_action(path[len(_MODELS) :])
             if action in ("infer", "predict"):
                 _require(method, "POST")
+                if action == "predict" and forms.is_form(headers):
+                    return await self._predict(await self._read_form(receive, headers))
                 body = await asgi.read_body(receive, headers, self._max_body)
                 if action == "infer":
                     return await self._infer(body, headers)
@@ -241,6 +244,16 @@ class InferenceApp:
             example = self.predictor.example_from_body(body)
         probabilities = await self.batcher.submit(example)
         return 200, orjson.dumps(self.predictor.describe(probabilities[0])), asgi.JSON, []
+
+    async def _read_form(self, receive: asgi.Receive, headers: dict[bytes, bytes]) -> bytes:
+        predictor = self.predictor
+        return await forms.read_form(
+            receive,
+            headers,
+            predictor.spec.task,
+            max_body=self._max_body,
+            max_pixels=predictor.max_image_pixels,
+        )
 
     async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self._decoder is None:

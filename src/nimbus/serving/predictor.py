@@ -15,13 +15,14 @@ import numpy as np
 import orjson
 
 from nimbus.datasets.domain import Task
+from nimbus.datasets.imagefit import ImageFit
 from nimbus.errors import InvalidInput
 from nimbus.modelformat.dtypes import TensorSpec
 from nimbus.modelformat.spec import LABEL, PROBABILITIES, ModelSpec
 from nimbus.modelformat.text import TextEncoder
 from nimbus.serving.backends import Backend, load_backend
 from nimbus.serving.errors import ProtocolError
-from nimbus.serving.images import decode_image
+from nimbus.serving.images import decode_image, fit_upload
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
@@ -51,6 +52,7 @@ class Predictor:
             if spec.task is Task.TEXT
             else None
         )
+        self._fit = _image_fit(spec)
 
     @classmethod
     def load(
@@ -97,6 +99,8 @@ class Predictor:
     def example_from_body(self, body: bytes) -> np.ndarray:
         """A one-row backend input from a ``/predict`` body: an image file for image models,
         ``{"text": ...}`` for text, ``{"features": [...] or {name: value}}`` for tabular."""
+        if self._fit is not None:
+            return fit_upload(body, self._fit, max_pixels=self.max_image_pixels)[np.newaxis]
         if self.spec.task is Task.IMAGE:
             _, height, width, channels = self.input.shape
             image = decode_image(
@@ -142,6 +146,23 @@ class Predictor:
         if not np.isfinite(row).all():
             raise InvalidInput("features must be finite numbers")
         return row.reshape(1, count)
+
+
+def _image_fit(spec: ModelSpec) -> ImageFit | None:
+    """The image transform the spec records, checked against the model's input; None when
+    the model has none (made before ingest recorded one, or not an image model)."""
+    record = spec.image_transform
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        raise InvalidInput("invalid spec.json: preprocessing.transform must be an object")
+    fit = ImageFit.from_record(record)
+    if spec.input.shape[1:] != (fit.height, fit.width, fit.channels):
+        raise InvalidInput(
+            f"invalid spec.json: the image transform makes {fit.height}x{fit.width}x"
+            f"{fit.channels} images but the input is {list(spec.input.shape[1:])}"
+        )
+    return fit
 
 
 def _json_object(body: bytes) -> Mapping[str, Any]:

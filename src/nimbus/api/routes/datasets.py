@@ -13,6 +13,7 @@ from nimbus.api.downloads import FILE_RESPONSE, attachment
 from nimbus.api.state import services_of
 from nimbus.api.upload import check_storage_quota_first, receive_upload
 from nimbus.datasets.domain import Format, IngestOptions, Task
+from nimbus.datasets.imagefit import parse_fit, parse_image_size
 from nimbus.errors import InvalidInput
 from nimbus.names import MAX_INT64, validate_name
 from nimbus.services.datasets import parse_version, validate_filename
@@ -48,14 +49,27 @@ async def upload_version(
     format: Format | None = None,
     label: str | None = None,
     seed: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
+    image_size: str | None = None,
+    image_fit: str | None = None,
 ) -> DatasetVersion:
-    """The raw file is the body. 201 with a new version, 200 with an identical one."""
+    """The raw file is the body. 201 with a new version, 200 with an identical one.
+
+    ``image_size`` (``HxW``) and ``image_fit`` (``crop`` or ``pad``) say how the images of an
+    image-folder upload are brought to one size (default: chosen from the data).
+    """
     services = services_of(request)
     validate_name(name, "dataset name")
     if filename is None:
         raise InvalidInput("missing query parameter 'filename' (the uploaded file's name)")
     validate_filename(filename)
-    options = IngestOptions(task=task, format=format, label=label, seed=seed)
+    options = IngestOptions(
+        task=task,
+        format=format,
+        label=label,
+        seed=seed,
+        image_size=None if image_size is None else parse_image_size(image_size),
+        image_fit=None if image_fit is None else parse_fit(image_fit),
+    )
     await check_storage_quota_first(
         request, services.quotas, principal.tenant_id, f"dataset {name!r}"
     )

@@ -7,74 +7,182 @@ Accepted layouts (junk such as ``__MACOSX/`` and hidden files aside)::
     train/cat/1.png           train/ and test/ each with class folders: the data's own
     test/cat/9.png            test split (optionally under one common top folder too)
 
-Images are decoded one at a time with a pixel limit and appended to a raw file in the
-scratch directory, read back later in windows: memory stays bounded by one image.
+Images may differ in size and mode. Two passes over the archive: the first reads each
+image's header only (its upright size and mode, under the pixel limit) to choose the
+:class:`~nimbus.datasets.imagefit.ImageFit` (the size the upload asked for, else
+:func:`~nimbus.datasets.imagefit.default_size`; one channel when every image is grayscale,
+else three); the second decodes each image through that fit, one at a time, appending it to
+a raw file in the scratch directory, read back later in windows: memory stays bounded by one
+image.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
 from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from nimbus.datasets.archive import iter_files
+from nimbus.datasets.archive import ArchiveFile, iter_files
 from nimbus.datasets.domain import Task
 from nimbus.datasets.formats.base import RawDataset, ReadContext
-from nimbus.datasets.rows import FileRows, windows
+from nimbus.datasets.imagefit import (
+    DEFAULT_FIT,
+    ImageFit,
+    PixelLimit,
+    default_size,
+    fit_image,
+    header,
+    open_image,
+)
+from nimbus.datasets.rows import FileRows
 from nimbus.errors import InvalidDataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_GRAY_MODES = frozenset({"1", "L", "LA", "La"})
-_COLOR_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"})
+FORMATS = ("PNG", "JPEG")
 _SPLIT_FOLDERS = frozenset({"train", "test"})
+_T = TypeVar("_T")
 
 
 def read(source: Path, ctx: ReadContext) -> RawDataset:
-    """Decode every image of the archive; labels are class folder names."""
-    sink = _PixelSink(ctx.scratch_file("images.raw"), ctx.display)
-    folders: dict[tuple[str, ...], int] = {}  # each distinct folder, numbered
-    image_folders = array("q")  # each image's folder number, compactly
-    first = ""  # the first image's path, for messages
-    # A PNG or JPEG with this many pixels is far larger than any sane encoding of them.
-    max_bytes = 8 * ctx.limits.max_image_pixels + (1 << 20)
-    try:
-        for member in iter_files(source, ctx.limits, ctx.display):
-            if not member.path.lower().endswith(IMAGE_SUFFIXES):
-                raise InvalidDataset(
-                    f"archive {ctx.display!r}: member {member.path!r} is not a PNG or JPEG image"
-                )
-            parts = tuple(member.path.split("/")[:-1])
-            if not parts:
-                raise InvalidDataset(
-                    f"archive {ctx.display!r}: image {member.path!r} is not inside a class folder"
-                )
-            if first and len(parts) != first.count("/"):
-                raise InvalidDataset(
-                    f"archive {ctx.display!r}: images {first!r} and {member.path!r} sit at "
-                    "different folder depths; expected one sub-folder per class"
-                )
-            first = first or member.path
-            pixels = decode_image(member.read_all(max_bytes), member.path, ctx)
-            sink.add(pixels, member.path)
-            image_folders.append(folders.setdefault(parts, len(folders)))
-    finally:
-        sink.close()
-    if not image_folders:
-        raise InvalidDataset(f"archive {ctx.display!r} holds no PNG or JPEG images")
-    x = sink.finish()
-    classes, test = resolve_layout([list(parts) for parts in folders], ctx.display)
-    which = np.frombuffer(image_folders, dtype=np.int64)
+    """Decode every image of the archive to one size; labels are class folder names."""
+    survey = _survey(source, ctx)
+    fit = _choose_fit(survey, ctx)
+    needed = survey.count * fit.height * fit.width * fit.channels
+    if needed > ctx.limits.max_unpacked_bytes:
+        raise InvalidDataset(
+            f"archive {ctx.display!r}: {survey.count} images of {fit.height}x{fit.width}x"
+            f"{fit.channels} take {needed} bytes, over the limit of "
+            f"{ctx.limits.max_unpacked_bytes}; choose a smaller image size"
+        )
+    path = ctx.scratch_file("images.raw")
+    with path.open("wb") as sink:
+        for member in _images(source, ctx):
+            pixels = _fit(member, ctx, fit)
+            sink.write(np.ascontiguousarray(pixels).tobytes())
+    x = FileRows(path, 0, np.dtype(np.uint8), (survey.count, fit.height, fit.width, fit.channels))
+    classes, test = resolve_layout([list(parts) for parts in survey.folders], ctx.display)
+    which = np.frombuffer(survey.image_folders, dtype=np.int64)
     return RawDataset(
         task=Task.IMAGE,
         x_parts=[x],
         labels=np.array(classes, dtype=str)[which],
-        schema={"shape": list(x.shape[1:]), "dtype": "uint8"},
+        schema={
+            "shape": [fit.height, fit.width, fit.channels],
+            "dtype": "uint8",
+            "transform": fit.record(),
+        },
         test_mask=None if test is None else test[which],
+        stats={"source_images": survey.summary(fit)},
     )
+
+
+class _Survey:
+    """The first pass: each image's folder, upright size and mode."""
+
+    def __init__(self) -> None:
+        self.folders: dict[tuple[str, ...], int] = {}  # each distinct folder, numbered
+        self.image_folders = array("q")  # each image's folder number, compactly
+        self.heights = array("q")
+        self.widths = array("q")
+        self.modes: Counter[str] = Counter()
+        self.gray = True
+
+    @property
+    def count(self) -> int:
+        return len(self.image_folders)
+
+    def summary(self, fit: ImageFit) -> dict[str, Any]:
+        """What the sources looked like and how many the fit had to resample."""
+        heights, widths = (
+            np.frombuffer(self.heights, np.int64),
+            np.frombuffer(self.widths, np.int64),
+        )
+        resized = int(np.count_nonzero((heights != fit.height) | (widths != fit.width)))
+        return {
+            "count": self.count,
+            "height": _spread(heights),
+            "width": _spread(widths),
+            "modes": dict(sorted(self.modes.items())),
+            "resized": resized,
+        }
+
+
+def _spread(values: np.ndarray) -> dict[str, int]:
+    return {
+        "min": int(values.min()),
+        "median": round(float(np.median(values))),
+        "max": int(values.max()),
+    }
+
+
+def _survey(source: Path, ctx: ReadContext) -> _Survey:
+    survey = _Survey()
+    first = ""  # the first image's path, for messages
+    for member in _images(source, ctx):
+        parts = tuple(member.path.split("/")[:-1])
+        if not parts:
+            raise InvalidDataset(
+                f"archive {ctx.display!r}: image {member.path!r} is not inside a class folder"
+            )
+        if first and len(parts) != first.count("/"):
+            raise InvalidDataset(
+                f"archive {ctx.display!r}: images {first!r} and {member.path!r} sit at "
+                "different folder depths; expected one sub-folder per class"
+            )
+        first = first or member.path
+        found = _open(member, ctx, header)
+        survey.heights.append(found.height)
+        survey.widths.append(found.width)
+        survey.modes[found.mode] += 1
+        survey.gray = survey.gray and found.gray
+        survey.image_folders.append(survey.folders.setdefault(parts, len(survey.folders)))
+    if not survey.count:
+        raise InvalidDataset(f"archive {ctx.display!r} holds no PNG or JPEG images")
+    return survey
+
+
+def _choose_fit(survey: _Survey, ctx: ReadContext) -> ImageFit:
+    size = ctx.options.image_size
+    if size is None:
+        size = default_size(
+            np.frombuffer(survey.heights, np.int64), np.frombuffer(survey.widths, np.int64)
+        )
+    return ImageFit(size[0], size[1], 1 if survey.gray else 3, ctx.options.image_fit or DEFAULT_FIT)
+
+
+def _images(source: Path, ctx: ReadContext) -> Iterator[ArchiveFile]:
+    for member in iter_files(source, ctx.limits, ctx.display):
+        if not member.path.lower().endswith(IMAGE_SUFFIXES):
+            raise InvalidDataset(
+                f"archive {ctx.display!r}: member {member.path!r} is not a PNG or JPEG image"
+            )
+        yield member
+
+
+def _fit(member: ArchiveFile, ctx: ReadContext, fit: ImageFit) -> np.ndarray:
+    return _open(member, ctx, lambda image: fit_image(image, fit))
+
+
+def _open(member: ArchiveFile, ctx: ReadContext, use: Callable[[Image.Image], _T]) -> _T:
+    """``use(image)`` on the member opened as PNG or JPEG, every failure worded for the user."""
+    where = f"archive {ctx.display!r}: image {member.path!r}"
+    limit = ctx.limits.max_image_pixels
+    # A PNG or JPEG with this many pixels is far larger than any sane encoding of them.
+    data = member.read_all(8 * limit + (1 << 20))
+    try:
+        with open_image(data, FORMATS, limit) as image:
+            return use(image)
+    except PixelLimit as exc:
+        raise InvalidDataset(f"{where} has {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidDataset(f"{where} is too large to decode safely ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidDataset(f"{where} cannot be decoded as PNG or JPEG ({exc})") from exc
 
 
 def resolve_layout(folders: list[list[str]], display: str) -> tuple[list[str], np.ndarray | None]:
@@ -97,83 +205,3 @@ def resolve_layout(folders: list[list[str]], display: str) -> tuple[list[str], n
         f"folder, or under train/ and test/); found top folders {tops[:10]} with images "
         f"{depth} folders deep"
     )
-
-
-def decode_image(data: bytes, member: str, ctx: ReadContext) -> np.ndarray:
-    """Decode PNG/JPEG bytes to uint8 ``[H, W, C]`` (C 1 or 3) under the pixel limit."""
-    where = f"archive {ctx.display!r}: image {member!r}"
-    limit = ctx.limits.max_image_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:
-                width, height = image.size
-                if width * height > limit:
-                    raise InvalidDataset(
-                        f"{where} has {width}x{height} pixels, over the limit of {limit}"
-                    )
-                image.load()
-                if image.mode in _GRAY_MODES:
-                    pixels = np.asarray(image.convert("L"))[:, :, None]
-                elif image.mode in _COLOR_MODES:
-                    pixels = np.asarray(image.convert("RGB"))
-                else:
-                    raise InvalidDataset(f"{where} has unsupported pixel mode {image.mode!r}")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidDataset(f"{where} is too large to decode safely ({exc})") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidDataset(f"{where} cannot be decoded as PNG or JPEG ({exc})") from exc
-    return pixels
-
-
-class _PixelSink:
-    """Appends images of one size to a raw uint8 file; widens it to RGB once if colour comes."""
-
-    def __init__(self, path: Path, display: str) -> None:
-        self.path = path
-        self.display = display
-        self.file = path.open("wb")
-        self.size: tuple[int, int] | None = None
-        self.channels = 1
-        self.count = 0
-        self.first = ""
-
-    def add(self, pixels: np.ndarray, member: str) -> None:
-        height, width, channels = pixels.shape
-        if self.size is None:
-            self.size, self.channels, self.first = (height, width), channels, member
-        elif self.size != (height, width):
-            h0, w0 = self.size
-            raise InvalidDataset(
-                f"archive {self.display!r}: image {member!r} is {width}x{height} but "
-                f"{self.first!r} is {w0}x{h0}; all images must share one size"
-            )
-        if channels > self.channels:
-            self._widen()
-        elif channels < self.channels:
-            pixels = np.repeat(pixels, self.channels, axis=2)
-        self.file.write(np.ascontiguousarray(pixels).tobytes())
-        self.count += 1
-
-    def _widen(self) -> None:
-        """Rewrite the grayscale images so far as RGB (happens at most once)."""
-        self.file.close()
-        wide = self.path.with_suffix(".rgb")
-        with wide.open("wb") as out:
-            for _, gray in windows(self._rows(1), 16 * 1024 * 1024):
-                np.repeat(gray, 3, axis=3).tofile(out)
-        wide.replace(self.path)
-        self.channels = 3
-        self.file = self.path.open("ab")
-
-    def _rows(self, channels: int) -> FileRows:
-        assert self.size is not None
-        return FileRows(self.path, 0, np.dtype(np.uint8), (self.count, *self.size, channels))
-
-    def close(self) -> None:
-        self.file.close()
-
-    def finish(self) -> FileRows:
-        """The images written, ``[N, H, W, C]`` uint8, read back from the file on demand."""
-        self.file.close()
-        return self._rows(self.channels)
