@@ -89,7 +89,7 @@ class Predictor:
         out: dict[str, np.ndarray] = {}
         for name in names:
             if name == LABEL:
-                out[name] = self._classes[np.argmax(probabilities, axis=1)]
+                out[name] = self._classes[probabilities.argmax(axis=1)]
             else:
                 out[name] = probabilities
         return out
