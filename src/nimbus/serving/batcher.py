@@ -5,7 +5,10 @@ goes at once. Requests accumulate only while the inference worker is busy, which
 when waiting costs nothing; with several inference workers, a free one waits up to
 ``max_delay`` for a batch to fill while another is busy. The driver runs batches off the
 event loop in worker threads, concatenating the requests' rows and splitting the outputs back
-to each caller.
+to each caller; except batches of a model so fast that recent ones took under
+:data:`INLINE_SECONDS`, which run on the event loop itself: there, handing a batch to a
+thread and its results back (two wake-ups, each a scheduling delay on a busy machine) costs
+more than the batch.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ import numpy as np
 
 from nimbus.errors import Unavailable
 from nimbus.serving.errors import Overloaded
+
+# Batches whose recent run time (wall clock: a backend that waits, on a GPU say, blocks the
+# loop as long) averages at most this run on the event loop itself.
+INLINE_SECONDS = 0.002
 
 
 class Queued(Protocol):
@@ -103,8 +110,12 @@ class Batcher:
         max_queued_rows: int,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[int], None] | None = None,
+        inline_seconds: float = INLINE_SECONDS,
     ) -> None:
         self._run = run
+        self._inline_seconds = inline_seconds
+        # Moving average of recent batches' run time (None before the first).
+        self._batch_seconds: float | None = None
         self._policy = policy
         self._max_queued_rows = max_queued_rows
         self._clock = clock
@@ -195,8 +206,20 @@ class Batcher:
             items = [self._queue.popleft() for _ in range(decision.take)]
             self._queued_rows -= sum(item.rows for item in items)
             live = [item for item in items if not item.future.done()]
-            if live:
-                self._in_flight += 1
+            if not live:
+                continue
+            self._in_flight += 1
+            cost = self._batch_seconds
+            if cost is not None and cost <= self._inline_seconds:
+                # Cheaper than handing it over: two thread wake-ups, each a scheduling delay
+                # on a busy machine, and GIL hand-offs.
+                started = time.perf_counter()
+                try:
+                    outputs, error = self._run_batch(live), None
+                except Exception as exc:
+                    outputs, error = None, exc
+                self._settle(live, outputs, error, time.perf_counter() - started)
+            else:
                 self._batches.put(live)
 
     def _expired(self) -> None:
@@ -211,12 +234,14 @@ class Batcher:
                 return
             outputs: np.ndarray | None = None
             error: BaseException | None = None
+            started = time.perf_counter()
             try:
                 outputs = self._run_batch(items)
             except Exception as exc:
                 error = exc
+            took = time.perf_counter() - started
             try:
-                loop.call_soon_threadsafe(self._finish, items, outputs, error)
+                loop.call_soon_threadsafe(self._finish, items, outputs, error, took)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
 
@@ -241,9 +266,27 @@ class Batcher:
         return outputs
 
     def _finish(
-        self, items: list[_Item], outputs: np.ndarray | None, error: BaseException | None
+        self,
+        items: list[_Item],
+        outputs: np.ndarray | None,
+        error: BaseException | None,
+        took: float,
     ) -> None:
+        self._settle(items, outputs, error, took)
+        self._pump()
+
+    def _settle(
+        self,
+        items: list[_Item],
+        outputs: np.ndarray | None,
+        error: BaseException | None,
+        took: float,
+    ) -> None:
+        """Hand a finished batch's rows (or its error) to the callers."""
         self._in_flight -= 1
+        if error is None:
+            last = self._batch_seconds
+            self._batch_seconds = took if last is None else last + 0.2 * (took - last)
         if outputs is not None:
             start = 0
             for item in items:
@@ -255,4 +298,3 @@ class Batcher:
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(error or Unavailable("the server is shutting down"))
-        self._pump()

@@ -81,7 +81,7 @@ class Predictor:
         return self._encoder.encode(texts)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a batch of backend inputs (called on the inference thread)."""
+        """Probabilities for a batch of backend inputs (called by the batcher)."""
         return self.backend.run(batch)
 
     def postprocess(self, probabilities: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

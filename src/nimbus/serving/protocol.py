@@ -151,8 +151,7 @@ class InferCodec:
         by_name = self._by_name
         limits = self.limits
         binary = view[header_length:] if header_length is not None else None
-        raw_head = body if header_length is None else bytes(head)
-        maybe_bools = b"true" in raw_head or b"false" in raw_head
+        maybe_bools: bool | None = None  # does the JSON hold true or false anywhere?
         offset = 0
         decoded: dict[str, np.ndarray] = {}
         for raw in raw_inputs:
@@ -191,6 +190,9 @@ class InferCodec:
                         f"input '{name}': shape holds {count} elements but data has "
                         f"{len(data)} entries"
                     )
+                if maybe_bools is None:
+                    raw_head = body if header_length is None else bytes(head)
+                    maybe_bools = b"true" in raw_head or b"false" in raw_head
                 flat = decode_json(data, datatype, name, count, maybe_bools=maybe_bools)
             else:
                 raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
