@@ -37,6 +37,7 @@ py-spy record -p PID -r 1000 --nonblocking -d 10 -f raw -o profile.txt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -55,7 +56,7 @@ import numpy as np
 import orjson
 import serve_peer_torchserve as ts_peer
 import torch
-from _common import ROOT, RssSampler
+from _common import ROOT, RssSampler, cpu_seconds, descendants
 
 from nimbus.modelformat.export import export_model
 from nimbus.runtime.architectures import build_model
@@ -144,6 +145,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int
+    cpu_us: float = float("nan")  # the server's CPU time per request (all its processes)
 
 
 def parse_wrk(text: str) -> WrkResult:
@@ -243,6 +245,16 @@ def restart_gap(
     return back - killed, failures[0]
 
 
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """CPU time used so far by some processes and all their children."""
+    total = 0.0
+    for pid in pids:
+        for p in [pid, *descendants(pid)]:
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(p)
+    return total
+
+
 class PeakRss:
     """Peak of the summed RSS of some processes and their children, sampled in a thread."""
 
@@ -303,8 +315,10 @@ def measure(
         for c in levels:
             shift = (r + levels.index(c)) % len(targets)
             for t in targets[shift:] + targets[:shift]:
+                cpu = tree_cpu_seconds(t.pids)
                 with PeakRss(t.pids) as rss:
                     result = wrk(t.url, t.script, c, seconds)
+                result.cpu_us = (tree_cpu_seconds(t.pids) - cpu) / max(result.requests, 1) * 1e6
                 runs.setdefault((t.label, c), []).append((result, rss.peak))
         print(
             f"round {r + 1}/{rounds}: load average {load:.1f} before, "
@@ -323,10 +337,9 @@ def report(
     present = [(label, short) for label, short in RATIO_TO if label in labels]
     print(
         "| server                 |    c |   req/s |  p50 ms |  p99 ms | errors | RSS MiB | "
-        + " | ".join(f"x {short:>6}" for _, short in present)
-        + " |"
+        "CPU us/req | " + " | ".join(f"x {short:>6}" for _, short in present) + " |"
     )
-    print("|" + "|".join("-" * w for w in (24, 6, 9, 9, 9, 8, 9)) + "|---------" * len(present))
+    print("|" + "|".join("-" * w for w in (24, 6, 9, 9, 9, 8, 9, 12)) + "|---------" * len(present))
     for c in levels:
         for label in labels:
             results = runs[(label, c)]
@@ -343,7 +356,8 @@ def report(
                 f"{median([r.p50_ms for r, _ in results]):>7.2f} | "
                 f"{median([r.p99_ms for r, _ in results]):>7.2f} | "
                 f"{sum(r.errors for r, _ in results):>6} | "
-                f"{max(rss for _, rss in results) / 2**20:>7.0f} | " + " | ".join(ratios) + " |"
+                f"{max(rss for _, rss in results) / 2**20:>7.0f} | "
+                f"{median([r.cpu_us for r, _ in results]):>10.0f} | " + " | ".join(ratios) + " |"
             )
 
 
