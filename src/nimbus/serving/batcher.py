@@ -5,10 +5,11 @@ goes at once. Requests accumulate only while the inference worker is busy, which
 when waiting costs nothing; with several inference workers, a free one waits up to
 ``max_delay`` for a batch to fill while another is busy. The driver runs batches off the
 event loop in worker threads, concatenating the requests' rows and splitting the outputs back
-to each caller; except batches of a model so fast that recent ones took under
-:data:`INLINE_SECONDS`, which run on the event loop itself: there, handing a batch to a
-thread and its results back (two wake-ups, each a scheduling delay on a busy machine) costs
-more than the batch.
+to each caller. Except when that costs more than it saves: a batch of a model so fast that
+recent batches took under :data:`INLINE_SECONDS`, and less than the recent hand-offs to the
+worker and back took (two wake-ups, each a scheduling delay; milliseconds on a busy machine,
+tens of microseconds with a core free), runs on the event loop itself. One batch in
+:data:`PROBE_EVERY` still goes to the worker, so the hand-off's cost stays measured.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nimbus.serving.errors import Overloaded
 # Batches whose recent run time (wall clock: a backend that waits, on a GPU say, blocks the
 # loop as long) averages at most this run on the event loop itself.
 INLINE_SECONDS = 0.002
+PROBE_EVERY = 16
 
 
 class Queued(Protocol):
@@ -116,6 +118,10 @@ class Batcher:
         self._inline_seconds = inline_seconds
         # Moving average of recent batches' run time (None before the first).
         self._batch_seconds: float | None = None
+        # Moving average of the wait between queuing a batch for the worker and its start,
+        # plus that between its end and the loop taking the results back.
+        self._handoff_seconds: float | None = None
+        self._inline_runs = 0
         self._policy = policy
         self._max_queued_rows = max_queued_rows
         self._clock = clock
@@ -124,7 +130,7 @@ class Batcher:
         self._queued_rows = 0
         self._in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._batches: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
+        self._batches: queue.SimpleQueue[tuple[list[_Item], float] | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._timer: asyncio.TimerHandle | None = None
         self._pump_due = False
@@ -209,10 +215,7 @@ class Batcher:
             if not live:
                 continue
             self._in_flight += 1
-            cost = self._batch_seconds
-            if cost is not None and cost <= self._inline_seconds:
-                # Cheaper than handing it over: two thread wake-ups, each a scheduling delay
-                # on a busy machine, and GIL hand-offs.
+            if self._inline():
                 started = time.perf_counter()
                 try:
                     outputs, error = self._run_batch(live), None
@@ -220,7 +223,15 @@ class Batcher:
                     outputs, error = None, exc
                 self._settle(live, outputs, error, time.perf_counter() - started)
             else:
-                self._batches.put(live)
+                self._batches.put((live, time.perf_counter()))
+
+    def _inline(self) -> bool:
+        """Whether the next batch runs on the event loop (see the module doc)."""
+        cost, handoff = self._batch_seconds, self._handoff_seconds
+        if cost is None or handoff is None or cost > min(handoff, self._inline_seconds):
+            return False
+        self._inline_runs += 1
+        return self._inline_runs % PROBE_EVERY != 0
 
     def _expired(self) -> None:
         self._timer = None
@@ -229,9 +240,10 @@ class Batcher:
     def _work(self, loop: asyncio.AbstractEventLoop) -> None:
         """A worker thread: run batches until a None arrives."""
         while True:
-            items = self._batches.get()
-            if items is None:
+            job = self._batches.get()
+            if job is None:
                 return
+            items, queued = job
             outputs: np.ndarray | None = None
             error: BaseException | None = None
             started = time.perf_counter()
@@ -239,9 +251,12 @@ class Batcher:
                 outputs = self._run_batch(items)
             except Exception as exc:
                 error = exc
-            took = time.perf_counter() - started
+            ended = time.perf_counter()
+            waited = started - queued
             try:
-                loop.call_soon_threadsafe(self._finish, items, outputs, error, took)
+                loop.call_soon_threadsafe(
+                    self._finish, items, outputs, error, ended - started, waited, ended
+                )
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
 
@@ -271,7 +286,12 @@ class Batcher:
         outputs: np.ndarray | None,
         error: BaseException | None,
         took: float,
+        waited: float,
+        ended: float,
     ) -> None:
+        handoff = waited + time.perf_counter() - ended
+        last = self._handoff_seconds
+        self._handoff_seconds = handoff if last is None else last + 0.2 * (handoff - last)
         self._settle(items, outputs, error, took)
         self._pump()
 
