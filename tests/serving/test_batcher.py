@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from nimbus.errors import Unavailable
-from nimbus.serving.batcher import Batcher, BatchPolicy, Decision
+from nimbus.serving.batcher import INLINE_SECONDS, Batcher, BatchPolicy, Decision
 from nimbus.serving.errors import Overloaded
 
 
@@ -178,3 +179,30 @@ def test_model_errors_reach_every_caller_and_close_fails_the_queue() -> None:
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_a_fast_model_runs_on_the_event_loop_and_a_slow_one_on_the_worker() -> None:
+    """Handing a batch to a thread costs more than a fast model's batch: those run inline,
+    once measured; a model whose batches take longer than INLINE_SECONDS never blocks the loop."""
+
+    async def scenario(seconds: float) -> list[bool]:
+        loop_thread = threading.get_ident()
+        on_loop: list[bool] = []
+
+        def model(batch: np.ndarray) -> np.ndarray:
+            on_loop.append(threading.get_ident() == loop_thread)
+            if seconds:
+                time.sleep(seconds)
+            return batch * 2
+
+        batcher = Batcher(model, BatchPolicy(4, 0.002), max_queued_rows=64)
+        for i in range(20):
+            result = await batcher.submit(np.full((1, 1), float(i)))
+            assert result.ravel().tolist() == [2.0 * i]
+        await batcher.close()
+        return on_loop
+
+    fast = asyncio.run(scenario(0.0))
+    assert not fast[0]  # the first batch's cost is unknown: the worker runs it
+    assert any(fast[1:])
+    assert not any(asyncio.run(scenario(INLINE_SECONDS * 2)))

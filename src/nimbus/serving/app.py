@@ -42,12 +42,12 @@ from nimbus.serving.protocol import (
     DEFAULT_MAX_BATCH_ROWS,
     DEFAULT_MAX_TENSOR_ELEMENTS,
     HEADER_LENGTH,
+    InferCodec,
     InferRequest,
     RequestLimits,
     encode_infer_response,
     model_metadata,
     parse_header_length,
-    parse_infer_request,
     server_metadata,
 )
 from nimbus.serving.timeouts import DEFAULT_READ_TIMEOUTS, ReadTimeouts, timeout_protocol
@@ -103,6 +103,7 @@ class InferenceApp:
             )
         )
         self._input_name = predictor.input.name
+        self._codec = InferCodec((predictor.input,), predictor.outputs, limits)
 
     @property
     def ready(self) -> bool:
@@ -221,16 +222,14 @@ class InferenceApp:
                 self._release_later()
 
     def _decode(self, body: bytes, length: int | None) -> tuple[InferRequest, np.ndarray]:
-        predictor = self.predictor
-        request = parse_infer_request(
-            body, length, (predictor.input,), predictor.outputs, self.limits
-        )
-        return request, predictor.prepare(request.inputs[self._input_name])
+        request = self._codec.parse(body, length)
+        return request, self.predictor.prepare(request.inputs[self._input_name])
 
     def _encode(self, request: InferRequest, probabilities: np.ndarray) -> Reply:
-        named = self.predictor.postprocess(probabilities, [o.spec.name for o in request.outputs])
+        wanted = request.outputs
+        named = self.predictor.postprocess(probabilities, [o.spec.name for o in wanted])
         out, out_length = encode_infer_response(
-            self.name, self.version, request.id, [(o, named[o.spec.name]) for o in request.outputs]
+            self.name, self.version, request.id, [(o, named[o.spec.name]) for o in wanted]
         )
         if out_length is None:
             return 200, out, asgi.JSON, []
@@ -337,7 +336,8 @@ def uvicorn_config(
     timeouts: ReadTimeouts = DEFAULT_READ_TIMEOUTS,
 ) -> uvicorn.Config:
     """How a replica runs: httptools + uvloop with read ``timeouts`` (slow clients are cut
-    off), one worker, no access log."""
+    off), one worker, no access log, and no proxy-headers middleware (nothing here reads the
+    client's address; it would cost every request a wrapper)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -347,6 +347,7 @@ def uvicorn_config(
         lifespan="on",
         access_log=False,
         server_header=False,
+        proxy_headers=False,
         workers=1,
         log_level="warning",
     )

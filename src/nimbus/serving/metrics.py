@@ -45,14 +45,23 @@ class ServingMetrics:
             registry=self.registry,
         ).labels(model)
         self._model = model
+        # Label lookups cost more than the increments: each child is looked up once.
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         """Report ``depth()`` as the queue depth at every scrape."""
         self._queue_depth.set_function(depth)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self._requests.labels(self._model, route, str(status)).inc()
-        self._latency.labels(self._model, route).observe(seconds)
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (
+                self._requests.labels(self._model, route, str(status)),
+                self._latency.labels(self._model, route),
+            )
+            self._request_children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, rows: int) -> None:
         self._batch.observe(rows)

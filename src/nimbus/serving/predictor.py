@@ -83,7 +83,7 @@ class Predictor:
         return self._encoder.encode(texts)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a batch of backend inputs (called on the inference thread)."""
+        """Probabilities for a batch of backend inputs (called by the batcher)."""
         return self.backend.run(batch)
 
     def postprocess(self, probabilities: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -91,7 +91,7 @@ class Predictor:
         out: dict[str, np.ndarray] = {}
         for name in names:
             if name == LABEL:
-                out[name] = self._classes[np.argmax(probabilities, axis=1)]
+                out[name] = self._classes[probabilities.argmax(axis=1)]
             else:
                 out[name] = probabilities
         return out

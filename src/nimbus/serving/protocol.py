@@ -110,75 +110,111 @@ def parse_infer_request(
 ) -> InferRequest:
     """Decode an infer request body and check it against the model's inputs and outputs.
 
-    Shapes are checked against ``limits`` before their data is decoded.
+    Shapes are checked against ``limits`` before their data is decoded. A server parsing many
+    requests for one model keeps an :class:`InferCodec` instead.
     """
-    view = memoryview(body)
-    head = view if header_length is None else view[:header_length]
-    _check_json_values(body if header_length is None else head, len(inputs), limits)
-    request = _load_json(head)
-    if not isinstance(request, dict):
-        raise ProtocolError("request body must be a JSON object")
-    request_id = request.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError("'id' must be a string")
-    params = _params(request, "request")
-    raw_inputs = request.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise ProtocolError("'inputs' must be a non-empty array")
+    return InferCodec(inputs, outputs, limits).parse(body, header_length)
 
-    by_name = {spec.name: spec for spec in inputs}
-    binary = view[header_length:] if header_length is not None else None
-    offset = 0
-    decoded: dict[str, np.ndarray] = {}
-    for raw in raw_inputs:
-        name, datatype, shape = _tensor_header(raw, by_name, decoded)
-        spec = by_name[name]
-        if datatype != spec.datatype:
+
+class InferCodec:
+    """:func:`parse_infer_request` for one model: what depends only on the model's signature
+    and limits is worked out once, not for every request."""
+
+    def __init__(
+        self,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        limits: RequestLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.limits = limits
+        self._by_name = {spec.name: spec for spec in self.inputs}
+        self._default_outputs = {
+            binary: tuple(RequestedOutput(spec, binary) for spec in self.outputs)
+            for binary in (False, True)
+        }
+
+    def parse(self, body: bytes, header_length: int | None) -> InferRequest:
+        """Decode and check one request body (see :func:`parse_infer_request`)."""
+        view = memoryview(body)
+        head = view if header_length is None else view[:header_length]
+        _check_json_values(body if header_length is None else head, len(self.inputs), self.limits)
+        request = _load_json(head)
+        if type(request) is not dict:
+            raise ProtocolError("request body must be a JSON object")
+        request_id = request.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise ProtocolError("'id' must be a string")
+        params = _params(request, "request")
+        raw_inputs = request.get("inputs")
+        if type(raw_inputs) is not list or not raw_inputs:
+            raise ProtocolError("'inputs' must be a non-empty array")
+
+        by_name = self._by_name
+        limits = self.limits
+        binary = view[header_length:] if header_length is not None else None
+        maybe_bools: bool | None = None  # does the JSON hold true or false anywhere?
+        offset = 0
+        decoded: dict[str, np.ndarray] = {}
+        for raw in raw_inputs:
+            name, datatype, shape = _tensor_header(raw, by_name, decoded)
+            spec = by_name[name]
+            if datatype != spec.datatype:
+                raise ProtocolError(
+                    f"input '{name}' has datatype {datatype} but the model expects {spec.datatype}"
+                )
+            _check_shape(name, shape, spec.shape)
+            count = element_count(shape)
+            limits.check(name, shape, count)
+            size = None
+            if "parameters" in raw:
+                size = _params(raw, f"input '{name}'").get("binary_data_size")
+            if size is not None:
+                if "data" in raw:
+                    raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size")
+                if binary is None:
+                    raise ProtocolError(
+                        f"input '{name}' has binary_data_size but the request has no "
+                        "Inference-Header-Content-Length header"
+                    )
+                if not _is_int(size) or size < 0 or offset + size > len(binary):
+                    raise ProtocolError(
+                        f"input '{name}': binary_data_size {size!r} does not fit the "
+                        f"{len(binary) - offset} binary bytes left in the body"
+                    )
+                flat = decode_binary(binary[offset : offset + size], datatype, name, count)
+                offset += size
+            elif "data" in raw:
+                data = raw["data"]
+                if type(data) is list and len(data) > count:
+                    # Refused before numpy copies it: the parsed list is all it may cost.
+                    raise ProtocolError(
+                        f"input '{name}': shape holds {count} elements but data has "
+                        f"{len(data)} entries"
+                    )
+                if maybe_bools is None:
+                    raw_head = body if header_length is None else bytes(head)
+                    maybe_bools = b"true" in raw_head or b"false" in raw_head
+                flat = decode_json(data, datatype, name, count, maybe_bools=maybe_bools)
+            else:
+                raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
+            decoded[name] = flat.reshape(shape)
+        if binary is not None and offset != len(binary):
             raise ProtocolError(
-                f"input '{name}' has datatype {datatype} but the model expects {spec.datatype}"
+                f"the body has {len(binary) - offset} binary bytes that no input claims"
             )
-        _check_shape(name, shape, spec.shape)
-        count = element_count(shape)
-        limits.check(name, shape, count)
-        size = _params(raw, f"input '{name}'").get("binary_data_size")
-        if size is not None:
-            if "data" in raw:
-                raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size")
-            if binary is None:
-                raise ProtocolError(
-                    f"input '{name}' has binary_data_size but the request has no "
-                    "Inference-Header-Content-Length header"
-                )
-            if not _is_int(size) or size < 0 or offset + size > len(binary):
-                raise ProtocolError(
-                    f"input '{name}': binary_data_size {size!r} does not fit the "
-                    f"{len(binary) - offset} binary bytes left in the body"
-                )
-            flat = decode_binary(binary[offset : offset + size], datatype, name, count)
-            offset += size
-        elif "data" in raw:
-            data = raw["data"]
-            if isinstance(data, list) and len(data) > count:
-                # Refused before numpy copies it: the parsed list is all it may cost.
-                raise ProtocolError(
-                    f"input '{name}': shape holds {count} elements but data has {len(data)} entries"
-                )
-            flat = decode_json(data, datatype, name, count)
+        if len(decoded) != len(by_name):
+            missing = [name for name in by_name if name not in decoded]
+            raise ProtocolError(f"missing input '{missing[0]}'")
+        binary_output = params.get("binary_data_output", False)
+        if not isinstance(binary_output, bool):
+            raise ProtocolError("binary_data_output must be true or false")
+        if request.get("outputs") is None:
+            wanted = self._default_outputs[binary_output]
         else:
-            raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
-        decoded[name] = flat.reshape(shape)
-    if binary is not None and offset != len(binary):
-        raise ProtocolError(
-            f"the body has {len(binary) - offset} binary bytes that no input claims"
-        )
-    missing = [name for name in by_name if name not in decoded]
-    if missing:
-        raise ProtocolError(f"missing input '{missing[0]}'")
-    binary_output = params.get("binary_data_output", False)
-    if not isinstance(binary_output, bool):
-        raise ProtocolError("binary_data_output must be true or false")
-    wanted = _requested_outputs(request, outputs, binary_output)
-    return InferRequest(request_id, decoded, wanted)
+            wanted = _requested_outputs(request, self.outputs, binary_output)
+        return InferRequest(request_id, decoded, wanted)
 
 
 def encode_infer_response(
@@ -266,7 +302,7 @@ def _params(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     params = obj.get("parameters")
     if params is None:
         return {}
-    if not isinstance(params, dict):
+    if type(params) is not dict:
         raise ProtocolError(f"{where}: 'parameters' must be a JSON object")
     return params
 
@@ -292,15 +328,24 @@ def _tensor_header(
     if not isinstance(datatype, str) or datatype not in DTYPES:
         raise ProtocolError(f"input '{name}' has unknown datatype {datatype!r}")
     shape = raw.get("shape")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if type(shape) is not list:
         raise ProtocolError(f"input '{name}': 'shape' must be an array of non-negative integers")
+    for d in shape:
+        # JSON integers parse as exactly int (true and false are bools, not ints).
+        if type(d) is not int or d < 0:
+            raise ProtocolError(
+                f"input '{name}': 'shape' must be an array of non-negative integers"
+            )
     return name, datatype, shape
 
 
 def _check_shape(name: str, shape: list[int], expected: Sequence[int]) -> None:
-    fits = len(shape) == len(expected) and all(
-        e == -1 or d == e for d, e in zip(shape, expected, strict=True)
-    )
+    fits = len(shape) == len(expected)
+    if fits:
+        for d, e in zip(shape, expected, strict=True):
+            if d != e and e != -1:
+                fits = False
+                break
     if not fits:
         raise ProtocolError(
             f"input '{name}' has shape {shape} but the model expects {list(expected)}"

@@ -26,15 +26,27 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def decode_json(data: Any, datatype: str, name: str, count: int) -> np.ndarray:
-    """Turn the ``data`` of a JSON tensor (nested or flat, row-major) into a flat array."""
+def decode_json(
+    data: Any, datatype: str, name: str, count: int, *, maybe_bools: bool = True
+) -> np.ndarray:
+    """Turn the ``data`` of a JSON tensor (nested or flat, row-major) into a flat array.
+
+    ``maybe_bools=False`` says the document holds no ``true`` or ``false`` at all, which lets
+    UINT8 data (images) skip numpy's walk over the list: ``bytes()`` converts and range-checks
+    it in one C loop, but would take booleans for 0 and 1.
+    """
     if not isinstance(data, list):
         raise ProtocolError(f"input '{name}': data must be a JSON array")
     if datatype == "BYTES":
         return _decode_json_bytes(data, name, count)
     target = DTYPES[datatype]
     try:
-        arr = np.asarray(_flatten(data))
+        flat = _flatten(data)
+        if datatype == "UINT8" and not maybe_bools and len(flat) == count:
+            octets = _octets(flat)
+            if octets is not None:
+                return octets
+        arr = np.asarray(flat)
     except (TypeError, ValueError):
         raise ProtocolError(
             f"input '{name}': data is ragged (nested arrays of unequal depth or length)"
@@ -127,6 +139,15 @@ def _flatten(data: list[Any]) -> list[Any]:
     for _ in range(depth - 1):
         items = itertools.chain.from_iterable(items)
     return list(items)
+
+
+def _octets(flat: list[Any]) -> np.ndarray | None:
+    """``flat`` as UINT8 when it holds only integers from 0 to 255, else None (the general
+    path then says what is wrong)."""
+    try:
+        return np.frombuffer(bytes(flat), dtype=np.uint8)
+    except (TypeError, ValueError):
+        return None
 
 
 def _decode_json_bytes(data: list[Any], name: str, count: int) -> np.ndarray:
