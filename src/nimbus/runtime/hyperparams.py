@@ -62,7 +62,7 @@ class TextParams(CommonParams):
     batch_size=64 patience=0``.
     """
 
-    epochs: int = Field(15, ge=1, le=10_000, description="at most; early stopping ends sooner")
+    epochs: int = Field(30, ge=1, le=10_000, description="at most; early stopping ends sooner")
     batch_size: int = Field(128, ge=1, le=65_536, description="global batch, all workers")
     lr: float = Field(0.03, gt=0, le=10, description="learning rate")
     embed_dim: int = Field(16, ge=1, le=4096)
