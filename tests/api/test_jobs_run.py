@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import ast
+import csv
+import io
 import os
+import random
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +134,49 @@ def test_a_builtin_model_trains_uploads_and_is_scored(jobs: Jobs) -> None:
     metrics = jobs.client.get(f"{API}/jobs/{job['id']}/metrics").json()["metrics"]
     assert metrics["train_loss"][0]["step"] == 1
     assert "torch" not in _server_libraries(jobs.server)  # the RSS budget: never in the server
+
+
+def _stdlib_docstrings(per_class: int = 100) -> bytes:
+    """Real English text nobody here wrote: the first paragraph of the docstrings of
+    functions and classes in six standard-library packages, labelled by package, as a
+    balanced text CSV (the sources are parsed, never imported)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: dict[str, list[str]] = {}
+    for package in ("asyncio", "email", "unittest", "xml", "multiprocessing", "http"):
+        texts = set()
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    text = " ".join((ast.get_docstring(node) or "").split("\n\n")[0].split())
+                    if len(text.split()) >= 4:
+                        texts.add(text)
+        found[package] = sorted(texts)
+    count = min(per_class, *map(len, found.values()))
+    rng = random.Random(0)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["text", "label"])
+    writer.writerows((t, p) for p, texts in found.items() for t in rng.sample(texts, count))
+    return out.getvalue().encode()
+
+
+def test_the_default_text_model_learns_real_text(jobs: Jobs) -> None:
+    upload = jobs.client.post(
+        f"{API}/datasets/docstrings/versions",
+        params={"filename": "docstrings.csv"},
+        content=_stdlib_docstrings(),
+    )
+    assert upload.status_code in (200, 201), upload.text
+    response = jobs.client.post(f"{API}/jobs", json={"dataset": "docstrings", "model": "text"})
+    assert response.status_code == 201, response.text
+    job = jobs.wait(response.json()["id"], timeout=300)
+    assert job["state"] == "succeeded", jobs.logs(job["id"])
+    assert job["evaluation"]["accuracy"] >= 0.5  # six balanced classes: chance is 1/6
+    metrics = jobs.client.get(f"{API}/jobs/{job['id']}/metrics").json()["metrics"]
+    (best,) = metrics["best_epoch"]
+    assert 1 <= best["value"] <= best["step"] == len(metrics["val_accuracy"])
+    assert f"best_epoch {best['value']:g}" in jobs.logs(job["id"])
 
 
 @pytest.mark.slow

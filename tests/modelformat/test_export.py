@@ -85,7 +85,7 @@ def test_torch_model_reloads_without_pickle(
 
 
 def test_text_serving_path_tokenises_like_training(tmp_path: Path) -> None:
-    result = train("text", synthetic.text(), {"epochs": 3, "lr": 0.05}, MemoryReporter())
+    result = train("text", synthetic.text(), {}, MemoryReporter())
     export_model(result.model, result.spec, result.example_input, tmp_path)
     spec = json.loads((tmp_path / "spec.json").read_text())
     encoder = TextEncoder.from_preprocessing(spec["preprocessing"])

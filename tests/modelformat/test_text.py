@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nimbus.errors import InvalidInput
-from nimbus.modelformat.text import TextEncoder, build_encoder, tokenize
+from nimbus.modelformat.text import (
+    TOKEN_PATTERN,
+    WORD_PATTERN,
+    TextEncoder,
+    build_encoder,
+    features,
+    tokenize,
+)
 
 
 def test_tokenize_lowercases_and_splits_on_words() -> None:
@@ -65,3 +72,47 @@ def test_encode_is_total_and_in_range(texts: list[str], max_len: int) -> None:
     assert ids.shape == (len(texts), max_len) and ids.dtype == np.int64
     assert ids.min(initial=0) >= 0 and ids.max(initial=0) < enc.vocab_size
     assert np.array_equal(ids, enc.encode(texts))
+
+
+def test_word_tokenizer_folds_case_and_splits_punctuation() -> None:
+    text = "Don't PANIC: ﬁle-size is 2MB, Straße!"
+    assert tokenize(text, pattern=WORD_PATTERN) == [
+        "don't", "panic", ":", "file", "-", "size", "is", "2mb", ",", "strasse", "!",
+    ]  # fmt: skip
+    assert tokenize("snake_case", pattern=WORD_PATTERN) == ["snake", "case"]
+    with pytest.raises(InvalidInput):
+        tokenize("x", pattern=".")
+
+
+def test_features_interleave_ngrams_ending_at_each_token() -> None:
+    assert features(["a", "b", "c"], 1) == ["a", "b", "c"]
+    assert features(["a", "b", "c"], 2) == ["a", "b", "a b", "c", "b c"]
+    assert features(["a", "b", "c"], 3) == ["a", "b", "a b", "c", "b c", "a b c"]
+
+
+def test_bigram_vocabulary_and_encoding() -> None:
+    enc = build_encoder(
+        ["new york is big", "new york city", "york new"], max_len=6, ngrams=2,
+        token_pattern=WORD_PATTERN,
+    )  # fmt: skip
+    assert enc.vocab[2:5] == ("new", "york", "new york")  # counted like words: 3, 3, 2
+    ids = enc.encode(["New York, new dog"])
+    new, york, new_york = (enc.vocab.index(f) for f in ("new", "york", "new york"))
+    # "york ," and "new dog" were never seen: left out; "," and "dog" are unknown words
+    assert ids.tolist() == [[new, york, new_york, 1, new, 1]]
+    assert enc.encode(["new york city"]).tolist()[0][:3] == [new, york, new_york]
+
+
+def test_ngram_block_round_trips_and_a_seed_block_still_reads() -> None:
+    enc = build_encoder(["A b, c", "b c d"], max_len=7, ngrams=2, token_pattern=WORD_PATTERN)
+    block = json.loads(json.dumps(enc.preprocessing()))
+    assert (block["ngrams"], block["token_pattern"]) == (2, WORD_PATTERN)
+    again = TextEncoder.from_preprocessing(block)
+    assert again == enc and np.array_equal(again.encode(["b c!"]), enc.encode(["b c!"]))
+    seed = TextEncoder.from_preprocessing(
+        {"kind": "text", "lowercase": True, "max_len": 3, "vocab": ["<pad>", "<unk>", "it", "s"]}
+    )  # written before n-grams existed
+    assert (seed.ngrams, seed.token_pattern) == (1, TOKEN_PATTERN)
+    assert seed.encode(["It's x"]).tolist() == [[2, 3, 1]]
+    with pytest.raises(InvalidInput):
+        TextEncoder.from_preprocessing({**block, "ngrams": 9})

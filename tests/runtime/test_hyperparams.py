@@ -19,6 +19,8 @@ def test_defaults_are_filled_in() -> None:
         "weight_decay": 0.0,
         "momentum": 0.9,
         "seed": 0,
+        "patience": 3,
+        "monitor": "val_accuracy",
         "conv_channels": 32,
         "hidden": 128,
     }
@@ -41,8 +43,14 @@ def test_mlp_hidden_forms(raw: Any, expected: list[int]) -> None:
 
 
 def test_text_params() -> None:
-    params = validate_params("text", Task.TEXT, {"max_len": "32", "min_freq": 2})
-    assert (params["max_len"], params["min_freq"], params["embed_dim"]) == (32, 2, 64)
+    params = validate_params("text", Task.TEXT, {"max_len": "32", "min_freq": 3})
+    assert (params["max_len"], params["min_freq"], params["embed_dim"]) == (32, 3, 16)
+    assert (params["ngrams"], params["tokenizer"]) == (2, "words")
+    seed = validate_params("text", Task.TEXT, {"ngrams": "1", "tokenizer": "alnum"})
+    assert (seed["ngrams"], seed["tokenizer"]) == (1, "alnum")
+    for bad in ({"ngrams": 4}, {"tokenizer": "bpe"}, {"monitor": "train_loss"}):
+        with pytest.raises(InvalidInput):
+            validate_params("text", Task.TEXT, bad)
 
 
 @pytest.mark.parametrize(

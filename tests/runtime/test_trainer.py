@@ -36,12 +36,67 @@ def test_cnn_learns_digits() -> None:
 
 def test_text_model_learns_topics() -> None:
     data = synthetic.text()
-    result = train("text", data, {"epochs": 8, "batch_size": 16, "lr": 0.05}, MemoryReporter())
+    result = train("text", data, {}, MemoryReporter())
     assert result.metrics["test_accuracy"] >= 0.9
-    vocab = result.spec["preprocessing"]["vocab"]
-    assert vocab[:2] == ["<pad>", "<unk>"] and "pizza" in vocab
-    assert result.spec["onnx_input"] == {"name": "input", "datatype": "INT64", "shape": [-1, 64]}
+    prep = result.spec["preprocessing"]
+    assert prep["vocab"][:2] == ["<pad>", "<unk>"] and "pizza" in prep["vocab"]
+    assert prep["ngrams"] == 2 and any(" " in feature for feature in prep["vocab"])
+    assert result.spec["onnx_input"] == {"name": "input", "datatype": "INT64", "shape": [-1, 256]}
     assert result.spec["input"]["datatype"] == "BYTES"
+    seed = {"ngrams": 1, "tokenizer": "alnum", "max_len": 64, "min_freq": 1, "lr": 0.05}
+    words = train("text", data, {**seed, "epochs": 8, "batch_size": 16}, MemoryReporter())
+    assert words.metrics["test_accuracy"] >= 0.9
+    assert not any(" " in feature for feature in words.spec["preprocessing"]["vocab"])
+
+
+class _Snapshots(MemoryReporter):
+    """Keeps every epoch's weights, to compare with what a run ends with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: list[dict[str, torch.Tensor]] = []
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        super().save_checkpoint(state)
+        self.weights.append(state["model"])
+
+
+def _contrary_val(data: DataSplits) -> DataSplits:
+    """The val split with every label moved to the next class: the better the model learns
+    the train split, the higher its val loss."""
+    shifted = Split(data.val.x, (data.val.y + 1) % len(data.classes))
+    return DataSplits(data.task, data.classes, data.train, shifted, data.test)
+
+
+def test_early_stopping_keeps_the_best_epochs_weights() -> None:
+    data = _contrary_val(synthetic.tabular())
+    reporter = _Snapshots()
+    params = {"epochs": 20, "patience": 2, "monitor": "val_loss", "lr": 0.01}
+    result = train("mlp", data, params, reporter)
+    val_loss = reporter.series("val_loss")
+    assert val_loss == sorted(val_loss) and len(val_loss) == 3  # rose: stopped after 1 + 2
+    assert result.metrics["best_epoch"] == 1.0 and reporter.series("best_epoch") == [1.0]
+    assert result.metrics["val_loss"] == val_loss[0]
+    kept = result.model.state_dict()
+    for key, value in reporter.weights[0].items():
+        assert torch.equal(kept[key], value), key
+    assert not torch.equal(kept["layers.0.weight"], reporter.weights[-1]["layers.0.weight"])
+
+    never = train("mlp", data, {**params, "patience": 0, "epochs": 4}, MemoryReporter())
+    assert len(never.history) == 4 and never.metrics["best_epoch"] == 1.0
+
+
+def test_early_stopping_resumes_where_it_stopped() -> None:
+    data = _contrary_val(synthetic.tabular())
+    params = {"epochs": 20, "patience": 2, "monitor": "val_loss"}
+    straight = train("mlp", data, params, MemoryReporter())
+    crashed = _CrashAfter(2)
+    with pytest.raises(KeyboardInterrupt):
+        train("mlp", data, params, crashed)
+    resumed = train("mlp", data, params, MemoryReporter(checkpoint=crashed.checkpoint))
+    assert resumed.history == straight.history and len(resumed.history) == 3
+    assert resumed.metrics == straight.metrics
+    _assert_same_weights(resumed, straight)
 
 
 def test_mlp_learns_blobs_with_missing_values() -> None:

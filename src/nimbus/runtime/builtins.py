@@ -19,6 +19,7 @@ from nimbus.datasets.domain import SPLITS, Task
 from nimbus.modelformat.text import build_encoder
 from nimbus.runtime.architectures import cnn_layout
 from nimbus.runtime.data import DataSplits, channel_stats, feature_stats, gather
+from nimbus.runtime.hyperparams import TOKEN_PATTERNS
 
 FORMAT_VERSION = 1
 IMAGE_SCALE = 1 / 255
@@ -106,6 +107,8 @@ def prepare_text(data: DataSplits, params: dict[str, Any]) -> Prepared:
         max_len=params["max_len"],
         min_freq=params["min_freq"],
         max_vocab=params["max_vocab"],
+        token_pattern=TOKEN_PATTERNS[params["tokenizer"]],
+        ngrams=params["ngrams"],
     )
     return Prepared(
         arrays={name: encoder.encode(getattr(data, name).x) for name in SPLITS},

@@ -14,8 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
+from nimbus.modelformat.text import MAX_NGRAMS, TOKEN_PATTERN, WORD_PATTERN
 
 Optimizer = Literal["adam", "sgd", "adamw"]
+Tokenizer = Literal["words", "alnum"]
+Monitor = Literal["val_accuracy", "val_loss"]
+TOKEN_PATTERNS: dict[str, str] = {"words": WORD_PATTERN, "alnum": TOKEN_PATTERN}
 
 
 class CommonParams(BaseModel):
@@ -30,6 +34,12 @@ class CommonParams(BaseModel):
     weight_decay: float = Field(0.0, ge=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1, description="used by sgd only")
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    patience: int = Field(
+        3, ge=0, le=10_000, description="stop after this many epochs without a better val score"
+    )
+    monitor: Monitor = Field(
+        "val_accuracy", description="val_accuracy (val_loss breaks ties) or val_loss"
+    )
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -45,17 +55,30 @@ class CnnParams(CommonParams):
 
 
 class TextParams(CommonParams):
-    """The text classifier: mean of word embeddings, then a linear layer."""
+    """The text classifier: mean of word and n-gram embeddings, then a linear layer.
 
-    embed_dim: int = Field(64, ge=1, le=4096)
-    max_len: int = Field(64, ge=1, le=8192, description="tokens kept per example")
-    min_freq: int = Field(1, ge=1, description="rarer train tokens become <unk>")
+    Its defaults were chosen on real text (bench/text_quality.py); the seed's model is
+    ``ngrams=1 tokenizer=alnum max_len=64 embed_dim=64 min_freq=1 epochs=5 lr=0.001
+    batch_size=64 patience=0``.
+    """
+
+    epochs: int = Field(30, ge=1, le=10_000, description="at most; early stopping ends sooner")
+    batch_size: int = Field(128, ge=1, le=65_536, description="global batch, all workers")
+    lr: float = Field(0.03, gt=0, le=10, description="learning rate")
+    embed_dim: int = Field(16, ge=1, le=4096)
+    max_len: int = Field(256, ge=1, le=8192, description="tokens and n-grams kept per example")
+    min_freq: int = Field(2, ge=1, description="rarer train tokens become <unk>")
     max_vocab: int = Field(20_000, ge=3, le=2_000_000, description="specials included")
+    ngrams: int = Field(2, ge=1, le=MAX_NGRAMS, description="1: words only; 2: + bigrams")
+    tokenizer: Tokenizer = Field(
+        "words", description="words (punctuation marks as tokens) or alnum (the seed's)"
+    )
 
 
 class MlpParams(CommonParams):
     """The tabular MLP on standardised features."""
 
+    epochs: int = Field(50, ge=1, le=10_000, description="at most; early stopping ends sooner")
     hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1, max_length=32)
     dropout: float = Field(0.1, ge=0, lt=1)
 

@@ -31,6 +31,7 @@ from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
 from nimbus.runtime.checkpoints import clone_tree
 from nimbus.runtime.data import DataSplits
+from nimbus.runtime.early_stopping import BestEpoch
 from nimbus.runtime.evaluation import evaluate
 from nimbus.runtime.hyperparams import validate_params
 from nimbus.runtime.reporter import Reporter
@@ -46,7 +47,7 @@ class TrainResult:
     model: nn.Module
     spec: dict[str, Any]  # spec.json
     params: dict[str, Any]  # validated, defaults filled in
-    metrics: dict[str, float]  # last epoch's train/val figures, test_loss, test_accuracy
+    metrics: dict[str, float]  # the kept epoch's train/val figures, best_epoch, test_*
     evaluation: dict[str, Any] | None  # evaluate() on the test split; None if it is empty
     history: list[dict[str, float]]  # one record per epoch
     example_input: np.ndarray  # a few model inputs, for export checks
@@ -124,6 +125,7 @@ class _Run:
         self.optimizer = _optimizer(self.model, params)
         self.shuffle = torch.Generator().manual_seed(params["seed"])
         self.history: list[dict[str, float]] = []
+        self.best = BestEpoch(params["monitor"], params["patience"])
 
     def fit(self) -> TrainResult:
         resumed = None
@@ -135,10 +137,13 @@ class _Run:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(self.model, device_ids=ids, process_group=self.pg.group)
         for epoch in range(len(self.history) + 1, self.params["epochs"] + 1):
+            if self.best.should_stop:
+                break
             record = {"epoch": float(epoch), **self._train_epoch(net, epoch)}
             if len(self.data.val):
                 record |= self._score("val")
             self.history.append(record)
+            self.best.update(epoch, record, self.model)
             if self.pg.rank == 0:
                 self.reporter.log(epoch, **{k: v for k, v in record.items() if k != "epoch"})
                 self.reporter.save_checkpoint(self._snapshot())
@@ -195,8 +200,15 @@ class _Run:
         return {f"{split}_loss": loss_sum / len(y_all), f"{split}_accuracy": correct / len(y_all)}
 
     def _finish(self, resumed: int | None) -> TrainResult:
-        data = self.data
+        data, last = self.data, len(self.history)
         metrics = {k: v for k, v in self.history[-1].items() if k != "epoch"}
+        if self.best.restore(self.model):
+            # the best epoch's weights are what the job exports and scores
+            kept = self.history[self.best.epoch - 1]
+            metrics = {k: v for k, v in kept.items() if k != "epoch"}
+            metrics["best_epoch"] = float(self.best.epoch)
+            if self.pg.rank == 0:
+                self.reporter.log(last, best_epoch=float(self.best.epoch))
         evaluation = None
         if len(data.test):
             logits = self._predict("test", np.arange(len(data.test)))
@@ -206,7 +218,7 @@ class _Run:
             metrics["test_accuracy"] = evaluation["accuracy"]
             if self.pg.rank == 0:
                 self.reporter.log(
-                    self.params["epochs"],
+                    last,
                     test_loss=metrics["test_loss"],
                     test_accuracy=metrics["test_accuracy"],
                 )
@@ -238,6 +250,7 @@ class _Run:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "rng": rng,
+                "best": self.best.state(),
             }
         )
         return snapshot
@@ -255,6 +268,8 @@ class _Run:
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.history = [dict(h) for h in state["history"]]
+        if "best" in state:
+            self.best.load(state["best"])
         if len(self.history) != int(state["epoch"]):
             raise InvalidInput("the checkpoint's history does not match its epoch")
         return int(state["epoch"])
