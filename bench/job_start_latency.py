@@ -5,7 +5,8 @@ bubblewrap for the sandboxed rows (without, only the unsandboxed ones run).
 ``python bench/job_start_latency.py --server [ROUNDS]``: the same through two real
 servers (sandboxed, the default preload), warm sandboxes on and off, from ``POST /jobs``
 to the first line of a submitted script (the runtime fetched its spec and the dataset
-before it): the issue's submit -> first step.
+before it): the issue's submit -> first step, at the default scheduler tick (a submit
+wakes the scheduler of the server it reached).
 
 Each job records ``time.time()`` on its first line and again once ``import torch`` is done;
 the figures are those minus the time just before ``submit``. The scheduler ticks right
@@ -190,7 +191,8 @@ def server_rounds(rounds: int, pause: float = 20.0) -> None:
                 "NIMBUS_JOB_ISOLATION": "sandbox",
                 "NIMBUS_EXECUTOR": "forkserver",
                 "NIMBUS_JOB_WARM_SANDBOXES": "2" if name == "warm" else "0",
-                "NIMBUS_SCHEDULER_TICK_SECONDS": "0.05",
+                # The default tick (0.5 s): a submit wakes the node's scheduler.
+                "NIMBUS_SCHEDULER_TICK_SECONDS": "0.5",
             },
         ).start()
         for name in figures

@@ -373,6 +373,7 @@ class SchedulerThread:
             config=config,
             launch_fn=launch,
         )
+        services.jobs.on_submit = scheduler.wake  # a submitted job starts without a tick
         lock = settings.home / f"scheduler-{node}.lock"
         return cls(scheduler, executor, lock, services.stopping)
 
@@ -404,6 +405,7 @@ class SchedulerThread:
         """End the loop (sets ``stopping``). Running attempts are left to the next start's
         recovery."""
         self.stopping.set()
+        self.scheduler.wake()
         if self._thread is not None:
             self._thread.join(timeout)
         if self.executor.sandbox is not None:

@@ -288,3 +288,29 @@ def test_run_on_the_fork_server_leaves_attempts_and_shutdown_requeues(
     assert logs(db, quick) == '{"ok": true}\n'
     stopped = get(db, slow)
     assert stopped.state is JobState.QUEUED and "scheduler stopped" in (stopped.exit_reason or "")
+
+
+def test_wake_starts_a_queued_job_without_waiting_for_the_tick(
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    """With an hour between ticks, only wake() can start the job (as a submit does)."""
+    slow = SchedulerConfig(lease_seconds=30, heartbeat_seconds=0.1, tick_seconds=3600)
+    scheduler = make_scheduler(config=slow)
+    stop = threading.Event()
+    ready = threading.Event()
+    loop = threading.Thread(target=scheduler.run, args=(stop, ready.set), daemon=True)
+    loop.start()
+    try:
+        assert ready.wait(20)
+        time.sleep(0.2)  # the loop's first tick is done: it now waits its hour
+        job_id = submit(db, "print('woken')")
+        scheduler.wake()
+        deadline = time.monotonic() + 30
+        while get(db, job_id).state is JobState.QUEUED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert get(db, job_id).state is not JobState.QUEUED
+    finally:
+        stop.set()
+        scheduler.wake()
+        loop.join(10)
+    assert not loop.is_alive()

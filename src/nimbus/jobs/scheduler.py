@@ -98,6 +98,12 @@ class Scheduler:
         self.clock, self.launch_fn = clock, launch_fn
         self.local: dict[str, _Local] = {}  # attempt id -> what runs here
         self._last_heartbeat = float("-inf")
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """Tick now rather than at the next interval (a job was just queued, or the loop
+        should see that it is stopping). Safe from any thread."""
+        self._wake.set()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -247,8 +253,9 @@ class Scheduler:
 
     def run(self, stop: threading.Event, on_ready: Callable[[], object] | None = None) -> None:
         """The scheduler loop: :meth:`recover`, call ``on_ready``, then :meth:`tick` every
-        ``tick_seconds`` until ``stop`` is set. A failing recovery or tick is logged, and the
-        loop goes on.
+        ``tick_seconds`` (or at once when :meth:`wake` is called) until ``stop`` is set;
+        whoever sets ``stop`` calls :meth:`wake` for the loop to end at once. A failing
+        recovery or tick is logged, and the loop goes on.
 
         Returning leaves the attempts running here alone, as a crash would: the next start
         of this node kills what is left of them and requeues their jobs (:meth:`recover`),
@@ -269,4 +276,6 @@ class Scheduler:
                 self.tick()
             except Exception:
                 log.exception("scheduler tick failed")
-            stop.wait(self.config.tick_seconds)
+            if not stop.is_set():
+                self._wake.wait(self.config.tick_seconds)
+                self._wake.clear()

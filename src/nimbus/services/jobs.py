@@ -170,6 +170,9 @@ class JobService:
         self.capacity = capacity
         self.clock = clock
         self.quotas = quotas
+        # Called after a job is queued: the node's scheduler starts it without waiting
+        # for its next tick (a scheduler on another node still finds it at its tick).
+        self.on_submit: Callable[[], object] | None = None
 
     # -- submit -------------------------------------------------------------------------
 
@@ -225,7 +228,10 @@ class JobService:
                 created_by=principal.token_id,
                 inputs=inputs,
             )
-            return self._view(session, principal, job.id)
+            view = self._view(session, principal, job.id)
+        if self.on_submit is not None:  # after the commit: the job is there to claim
+            self.on_submit()
+        return view
 
     @staticmethod
     def _seed(request: SubmitRequest, params: dict[str, Any]) -> int:
