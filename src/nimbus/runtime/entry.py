@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -201,8 +202,9 @@ def _run_builtin(
     if spec.seed is not None and "seed" not in params:
         params["seed"] = spec.seed
     epochs = validate_params(spec.model, data.task, params)["epochs"]
-    reporter = HttpReporter(client, rank=env.rank, label="epoch", total_steps=epochs)
+    reporter = EpochTimedReporter(client, rank=env.rank, label="epoch", total_steps=epochs)
     result = train(spec.model, data, params, reporter, process_group=group, device=device)
+    reporter.flush()  # the last checkpoint stored before the model and the result
     if env.rank:
         return
     model_dir = env.job_dir / "model"
@@ -217,14 +219,43 @@ def _run_builtin(
         )
 
 
+class EpochTimedReporter(HttpReporter):
+    """The built-in's reporter: each epoch's log line ends with the wall-clock seconds since
+    the previous epoch ended (its training pass and validation scoring, and the previous
+    epoch's checkpoint upload), so throughput shows in the job log. Not a metric: metrics
+    stay identical across runs with the same seed."""
+
+    def __init__(self, client: JobApiClient, **kwargs: Any) -> None:
+        super().__init__(client, echo=self._echo, **kwargs)
+        self._last = time.perf_counter()
+        self._seconds: float | None = None
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        state = super().load_checkpoint()
+        self._last = time.perf_counter()  # the trainer's first epoch starts now
+        return state
+
+    def log(self, step: int, **metrics: float) -> None:
+        if "train_loss" in metrics:
+            now = time.perf_counter()
+            self._seconds, self._last = now - self._last, now
+        super().log(step, **metrics)
+
+    def _echo(self, line: str) -> None:
+        if self._seconds is not None:
+            line, self._seconds = f"{line}  ({self._seconds:.3f} s)", None
+        print(line, flush=True)
+
+
 def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: CodeInput) -> None:
     code_dir = env.job_dir / ("code" if env.world_size == 1 else f"code-rank{env.rank}")
     script = unpack(client.blob(code.key), code.entry, code_dir, code.format)
     if spec.seed is not None:
         _seed(spec.seed)
+    reporter = HttpReporter(client, rank=env.rank)
     session = api.Session(
         params=api.coerce_params(spec.params),
-        reporter=HttpReporter(client, rank=env.rank),
+        reporter=reporter,
         load_data=lambda: load_data(client, _dataset_of(spec), env.job_dir / "data"),
         model_dir=env.job_dir / "model",
         rank=env.rank,
@@ -234,6 +265,7 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
         run_script(script)
     finally:
         api.activate(None)
+    reporter.flush()  # its last checkpoint stored before its model and result
     if env.rank:
         return
     evaluation = session.evaluation
