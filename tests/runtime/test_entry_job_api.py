@@ -176,10 +176,10 @@ def test_checkpoints_upload_in_order_behind_training_and_a_fence_surfaces(
 ) -> None:
     with harness.client() as client:
         reporter = HttpReporter(client, label="epoch")
-        state = {"epoch": 1, "w": torch.zeros(3)}
-        reporter.save_checkpoint(state)
-        state["w"] += 1  # the caller goes on training: what was saved is what it was then
-        reporter.save_checkpoint({"epoch": 2, "w": state["w"]})
+        weights = torch.zeros(3)
+        reporter.save_checkpoint({"epoch": 1, "w": weights})
+        weights += 1  # the caller goes on training: what was saved is what it was then
+        reporter.save_checkpoint({"epoch": 2, "w": weights})
         restored = reporter.load_checkpoint()  # waits for the uploads in flight
         assert [step for step, _, _ in harness.job_api.checkpoints] == [1, 2]
         assert restored is not None and restored["w"].tolist() == [1.0, 1.0, 1.0]
@@ -187,7 +187,7 @@ def test_checkpoints_upload_in_order_behind_training_and_a_fence_surfaces(
         assert first["w"].tolist() == [0.0, 0.0, 0.0]
 
         harness.job_api.new_attempt()  # this attempt is replaced
-        reporter.save_checkpoint({"epoch": 3, "w": state["w"]})  # returns: uploads behind
+        reporter.save_checkpoint({"epoch": 3, "w": weights})  # returns: uploads behind
         with pytest.raises(AttemptFenced):
             reporter.flush()
         reporter.flush()  # raised once
