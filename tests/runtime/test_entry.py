@@ -89,7 +89,8 @@ def test_builtin_cnn_on_digits_end_to_end(harness: Harness, capsys: Any) -> None
     # Each epoch's line says how long the epoch took (bench/train.py reads it).
     epoch_lines = [line for line in out.splitlines() if "train_loss" in line]
     assert len(epoch_lines) == 5
-    assert all(re.search(r"  \(\d+\.\d{3} s\)$", line) for line in epoch_lines), epoch_lines
+    timed = re.compile(r"  \(\d+\.\d{3} s, \d+\.\d{3} s CPU\)$")
+    assert all(timed.search(line) for line in epoch_lines), epoch_lines
 
 
 def test_a_run_resumed_after_epoch_k_ends_identical(
