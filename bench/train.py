@@ -5,9 +5,13 @@
    trained on, downloaded from the server) with the same model (built by
    ``nimbus.runtime.architectures``), batch size, optimizer and thread count, measured in the same
    run. Each epoch of both is one pass over the train split plus scoring the val split. The
-   job's epoch time comes from its ``epoch_seconds`` metric when the runtime logs one, else
-   from when its ``epoch k/E`` log lines arrive over the log stream (first to last, so the
-   stream's delay cancels out). Target: ratio >= 0.95.
+   job's epoch times are the ones its log lines carry (``epoch k/E ... (W s, C s CPU)``),
+   read after it ended (nothing follows its log while it trains). Plain runs and jobs
+   alternate (P J P J ... P) and the ratio is the median over every adjacent (plain, job)
+   pair, so drift in the machine's load during the run moves both sides of a ratio; on a
+   machine shared with bursty load the ratio of the fastest epochs (each side's least
+   disturbed) is printed too.
+   Target: ratio >= 0.95.
 2. Latency: submit -> first training step, median of N jobs run one after another. The
    job is a user script that does one optimizer step on a batch of the digits and logs
    ``time.time()`` then; the figure is that minus the time just before ``submit``.
@@ -16,7 +20,7 @@
    drain rate (jobs/s) and the scheduler's share per job: the gap between a job ending and
    the next one starting in the freed slot, and slot time not spent running job processes.
 
-Run: .venv/bin/python bench/train.py [--samples 60000] [--epochs 3] [--threads 2]
+Run: .venv/bin/python bench/train.py [--samples 60000] [--epochs 3] [--threads 2] [--rounds 3]
      [--latency-jobs 20] [--noop-jobs 500] [--skip throughput,latency,queue]
      [--executor forkserver|local] [--server-env NIMBUS_X=V]...
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -41,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import ServerProcess, median
+from _common import ServerProcess, median, spread
 
 from nimbus.client import Client
 from nimbus.config import Settings
@@ -50,7 +55,7 @@ from nimbus.runtime.api import load_local_dataset
 from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
 from nimbus.runtime.hyperparams import validate_params
-from nimbus.wire.jobs import LogChunk, MetricPoint
+from nimbus.wire.jobs import MetricPoint
 
 EVAL_BATCH = 512
 
@@ -93,52 +98,34 @@ def write_images(path: Path, n: int, seed: int = 0) -> None:
     np.savez(path, x=x, y=y)
 
 
-def job_cpu_seconds(home: Path, job_id: str) -> float:
-    """CPU time (user + system, all threads) used so far by the processes of a job: those
-    whose working directory is under ``NIMBUS_HOME/jobs/<job id>``."""
-    root = str((home / "jobs" / job_id).resolve())
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            if cwd != root and not cwd.startswith(root + "/"):
-                continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / os.sysconf("SC_CLK_TCK")
+EPOCH_TIME = re.compile(r"\((\d+(?:\.\d+)?) s, (\d+(?:\.\d+)?) s CPU\)\s*$")
 
 
-def job_epoch_seconds(api: Client, home: Path, job_id: str) -> tuple[float, float | None, str]:
-    """Wall and CPU seconds per epoch of a running job (train pass + val scoring), and how
-    the wall figure was measured."""
-    arrivals: dict[int, tuple[float, float]] = {}
-    for event in api.follow_logs(job_id):
-        if not isinstance(event, LogChunk):
-            continue
-        now, cpu = time.perf_counter(), job_cpu_seconds(home, job_id)
-        for line in event.data.splitlines():
+def job_epoch_seconds(api: Client, job_id: str) -> tuple[list[float], float]:
+    """Wall seconds of each epoch 2..E of a finished job (train pass + val scoring) and its
+    median CPU seconds per epoch, as its log lines say (``epoch k/E ... (W s, C s CPU)``).
+    Read once the job has ended: a log follower would make the server work (and take CPU
+    from the job) while it trains."""
+    walls: dict[int, float] = {}
+    cpus: dict[int, float] = {}
+    for chunk in api.iter_logs(job_id):
+        for line in chunk.data.splitlines():
             head = line.split()[:2]
-            if len(head) == 2 and head[0] == "epoch" and "train_loss" in line:
-                arrivals.setdefault(int(head[1].split("/")[0]), (now, cpu))
-    if len(arrivals) < 2:
-        raise RuntimeError(f"job {job_id}: too few epoch lines seen ({sorted(arrivals)})")
-    first, last = min(arrivals), max(arrivals)
-    wall = (arrivals[last][0] - arrivals[first][0]) / (last - first)
-    cpu = (arrivals[last][1] - arrivals[first][1]) / (last - first)
-    series = api.job_metrics(job_id).get("epoch_seconds", [])
-    logged = [p.value for p in series if p.value is not None]
-    if len(logged) > 1:
-        return median(logged[1:]), cpu, "the job's epoch_seconds metric (epochs 2..E)"
-    return wall, cpu, f"arrival of its epoch log lines {first}..{last} over the log stream"
+            found = EPOCH_TIME.search(line)
+            if len(head) == 2 and head[0] == "epoch" and found:
+                epoch = int(head[1].split("/")[0])
+                walls[epoch], cpus[epoch] = float(found.group(1)), float(found.group(2))
+    later = sorted(e for e in walls if e > 1)
+    if not later:
+        raise RuntimeError(f"job {job_id}: no timed epoch after the first in its log")
+    return [walls[e] for e in later], median([cpus[e] for e in later])
 
 
-def plain_epoch_seconds(data_dir: Path, params: dict[str, Any], epochs: int) -> tuple[float, float]:
-    """The same work in a plain PyTorch loop: median wall and CPU seconds per epoch after
-    the first."""
+def plain_epoch_seconds(
+    data_dir: Path, params: dict[str, Any], epochs: int
+) -> tuple[list[float], float]:
+    """The same work in a plain PyTorch loop: wall seconds of each epoch after the first,
+    and their median CPU seconds."""
     data = load_local_dataset(data_dir)
     params = validate_params("cnn", data.task, params)
     torch.manual_seed(0)
@@ -171,12 +158,15 @@ def plain_epoch_seconds(data_dir: Path, params: dict[str, Any], epochs: int) -> 
         assert correct >= 0
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
-    return median(times[1:] or times), median(cpu[1:] or cpu)
+    return times[1:] or times, median(cpu[1:] or cpu)
 
 
 def throughput(
-    api: Client, home: Path, work: Path, samples: int, epochs: int, threads: int
+    api: Client, work: Path, samples: int, epochs: int, threads: int, rounds: int
 ) -> None:
+    """Plain loop and job interleaved (P J P J ... P): each job is compared with the plain
+    runs just before and after it, so a machine whose load drifts during the run moves both
+    sides of every ratio alike; the figure is the median of those adjacent-pair ratios."""
     path = work / "images.npz"
     write_images(path, samples)
     version = api.upload_dataset("bench-images", path)
@@ -187,28 +177,55 @@ def throughput(
     api.download_dataset(ref, data_dir)
     torch.set_num_threads(threads)
 
-    before = plain_epoch_seconds(data_dir, params, epochs)
-    job = api.submit_job(ref, "cnn", params=params, cpus=threads, seed=0)
-    job_wall, job_cpu, how = job_epoch_seconds(api, home, job.id)
-    done = api.wait_job(job.id, timeout=3600)
-    after = plain_epoch_seconds(data_dir, params, epochs)
-    plain_wall, plain_cpu = min(before[0], after[0]), min(before[1], after[1])
+    plain_runs = [plain_epoch_seconds(data_dir, params, epochs)]
+    job_runs: list[tuple[list[float], float]] = []
+    for round_ in range(rounds):
+        job = api.submit_job(ref, "cnn", params=params, cpus=threads, seed=0)
+        # Polled seldom: every request is server work taking CPU from the job's threads.
+        done = api.wait_job(job.id, timeout=3600, poll=5.0)
+        if done.state != "succeeded":
+            raise RuntimeError(f"job {job.id} {done.state}: {done.exit_reason}")
+        walls, cpu = job_epoch_seconds(api, job.id)
+        job_runs.append((walls, cpu))
+        plain_runs.append(plain_epoch_seconds(data_dir, params, epochs))
+        print(
+            f"   round {round_ + 1}: plain {median(plain_runs[-2][0]):.2f} s, job "
+            f"{median(walls):.2f} s, plain {median(plain_runs[-1][0]):.2f} s per epoch",
+            flush=True,
+        )
+    plains = [(median(walls), cpu) for walls, cpu in plain_runs]
+    jobs = [(median(walls), cpu) for walls, cpu in job_runs]
+    wall_ratios = [p[0] / j[0] for i, j in enumerate(jobs) for p in plains[i : i + 2]]
+    cpu_ratios = [p[1] / j[1] for i, j in enumerate(jobs) for p in plains[i : i + 2]]
+    # Other processes only ever slow an epoch down: the fastest epoch of each side is the
+    # nearest to its uncontended cost, whatever the load did in between.
+    fastest_plain = min(w for walls, _ in plain_runs for w in walls)
+    fastest_job = min(w for walls, _ in job_runs for w in walls)
+    job_wall, job_cpu = median([j[0] for j in jobs]), median([j[1] for j in jobs])
+    plain_wall, plain_cpu = median([p[0] for p in plains]), median([p[1] for p in plains])
     print(
         f"1. cnn on {samples:,} generated 28x28 images ({n_train:,} train), batch 64, "
-        f"{epochs} epochs, {threads} thread(s), job cpus={threads}:"
+        f"{epochs} epochs, {threads} thread(s), job cpus={threads}, {rounds} jobs between "
+        f"{rounds + 1} plain runs:"
     )
     print(
-        f"   job {job.id} {done.state}: {job_wall:.2f} s/epoch "
-        f"({n_train / job_wall:,.0f} samples/s), from {how}; CPU {job_cpu:.2f} s/epoch"
+        f"   job: median {job_wall:.2f} s/epoch ({n_train / job_wall:,.0f} samples/s; "
+        f"{spread([j[0] for j in jobs])}), from its log lines; CPU {job_cpu:.2f} s/epoch "
+        f"(parallelism {job_cpu / job_wall:.2f})"
     )
     print(
-        f"   plain PyTorch loop: {plain_wall:.2f} s/epoch ({n_train / plain_wall:,.0f} "
-        f"samples/s; before the job {before[0]:.2f} s, after {after[0]:.2f} s); CPU "
-        f"{plain_cpu:.2f} s/epoch"
+        f"   plain PyTorch loop: median {plain_wall:.2f} s/epoch ({n_train / plain_wall:,.0f} "
+        f"samples/s; {spread([p[0] for p in plains])}); CPU {plain_cpu:.2f} s/epoch "
+        f"(parallelism {plain_cpu / plain_wall:.2f})"
     )
     print(
-        f"   ratio Nimbus / plain: {plain_wall / job_wall:.3f} wall clock (target >= 0.95), "
-        f"{plain_cpu / job_cpu:.3f} in CPU time (steadier on a shared machine)"
+        f"   ratio Nimbus / plain, median of {len(wall_ratios)} adjacent pairs: "
+        f"{median(wall_ratios):.3f} wall clock ({spread(wall_ratios, '', 3)}; target >= 0.95), "
+        f"{median(cpu_ratios):.3f} in CPU time ({spread(cpu_ratios, '', 3)})"
+    )
+    print(
+        f"   fastest epoch: job {fastest_job:.2f} s, plain {fastest_plain:.2f} s: ratio "
+        f"{fastest_plain / fastest_job:.3f} (the least disturbed by other processes)"
     )
 
 
@@ -320,6 +337,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=60_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="jobs, between rounds+1 plain runs")
     parser.add_argument("--latency-jobs", type=int, default=20)
     parser.add_argument("--noop-jobs", type=int, default=500)
     parser.add_argument("--skip", default="", help="comma-separated: throughput,latency,queue")
@@ -349,7 +367,14 @@ def main() -> None:
     try:
         with Client(server.url, server.admin_token, settings=Settings(home=work)) as api:
             if "throughput" not in skip:
-                throughput(api, server.home, work, args.samples, args.epochs, args.threads)
+                throughput(
+                    api,
+                    work,
+                    args.samples,
+                    args.epochs,
+                    args.threads,
+                    args.rounds,
+                )
             if "latency" not in skip:
                 latency(api, work, args.latency_jobs)
             if "queue" not in skip:

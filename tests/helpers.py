@@ -46,6 +46,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.clients: list[httpx.Client] = []
         self.log_path = self.home.parent / f"{self.home.name}-server.log"
+        self.stdin: int = subprocess.DEVNULL  # a pty's file descriptor: an interactive server
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
@@ -70,6 +71,9 @@ class ServerProcess:
                     str(self.port),
                 ],
                 env=self.env(),
+                # Not a terminal, whatever runs the tests: a server run by a program keeps
+                # its deployments' replicas when stopped (see nimbus.server.keeps_deployments).
+                stdin=self.stdin,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     capacity_gpus: int | None = Field(default=None, ge=0)
     capacity_memory: str | None = None
 
+    # Deployments when the control plane stops (docs/deployments.md): keep_deployments
+    # true leaves their replicas serving, to be adopted by the next start (an upgrade);
+    # false stops them (the next start starts them again); unset: stop them when the
+    # server runs in an interactive terminal, keep them otherwise (a service manager).
+    keep_deployments: bool | None = None
+    # A replica whose NIMBUS_HOME is gone and whose control plane has not answered for this
+    # long exits: nothing is left to supervise it or to adopt it.
+    replica_orphan_seconds: float = Field(default=300.0, gt=0)
+
     # Checks of untrusted input (an uploaded script compiled, a job's ONNX model run at
     # registration) run in a limited child process (nimbus.services.isolated), in the job
     # sandbox as check_user: "auto" (the system user nimbus-check) or a user name; a server

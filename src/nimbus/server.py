@@ -26,8 +26,12 @@ bound into every sandbox, where it serves the job API and nothing else
 Deployment life cycle. :class:`~nimbus.services.deployment_loop.DeploymentLoop` starts with the
 app: it first adopts the replicas of the deployments this instance owns (left serving by a
 previous run, stopped or crashed, on their persisted ports), then ticks their supervisors
-and keeps their statuses and token files fresh. A graceful stop detaches: replicas keep
-serving until the next start adopts them again.
+and keeps their statuses and token files fresh. A graceful stop either detaches (replicas keep
+serving until the next start adopts them again: an upgrade) or drains and stops every replica
+(the deployments stay, and the next start starts their replicas on the same ports), as
+:func:`keeps_deployments` decides. Replicas are tied to this server's home and URL: one whose
+home is gone and whose server has not answered for ``replica_orphan_seconds`` exits
+(:mod:`nimbus.serving.fleet.orphan`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import logging
 import os
 import secrets
@@ -81,7 +86,7 @@ from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
 from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
-from nimbus.services.deployment_loop import DeploymentLoop
+from nimbus.services.deployment_loop import DeploymentLoop, default_supervisor
 from nimbus.services.deployments import DeploymentService
 from nimbus.services.isolated import (
     CHECK_PROBE,
@@ -95,6 +100,7 @@ from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.quotas import QuotaDefaults, QuotaService
 from nimbus.services.tokens import TokenService
+from nimbus.serving.fleet.orphan import Lifeline
 from nimbus.serving.timeouts import ReadTimeouts, timeout_protocol
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
@@ -433,6 +439,23 @@ def check_limits(settings: Settings, seconds: float) -> Limits:
     )
 
 
+def lifeline(settings: Settings) -> Lifeline:
+    """What this server's replicas belong to: its home and its URL."""
+    return Lifeline(
+        settings.home, own_url(settings.host, settings.port), settings.replica_orphan_seconds
+    )
+
+
+def keeps_deployments(settings: Settings, interactive: bool) -> bool:
+    """Whether a stop leaves the deployments' replicas serving: the ``keep_deployments``
+    setting, or, unset, only when not ``interactive``. A server run in a terminal is
+    someone's session, and Ctrl+C ends all of it; one run by a service manager is stopped
+    for an upgrade or a reboot, and its endpoints should survive the restart."""
+    if settings.keep_deployments is not None:
+        return settings.keep_deployments
+    return not interactive
+
+
 def build_services(
     settings: Settings,
     *,
@@ -505,19 +528,30 @@ def build_services(
         capacity=capacity,
         models=models,
         deployments=DeploymentService(
-            db, blobs, models, root=settings.deployments_dir, host=settings.host, quotas=quotas
+            db,
+            blobs,
+            models,
+            root=settings.deployments_dir,
+            host=settings.host,
+            quotas=quotas,
+            make_supervisor=functools.partial(default_supervisor, lifeline=lifeline(settings)),
         ),
         quotas=quotas,
     )
 
 
 def build_app(
-    settings: Settings, services: Services | None = None, isolation: Isolation | None = None
+    settings: Settings,
+    services: Services | None = None,
+    isolation: Isolation | None = None,
+    *,
+    keep_deployments: bool = True,
 ) -> FastAPI:
     """The control plane, assembled: the services (``build_services(settings)`` unless
     given), the app serving them, and the background work it starts and stops: this node's
     scheduler (unless disabled, or refused by ``isolation``: resolved from the settings
-    unless given) and the deployment loop.
+    unless given) and the deployment loop (which, at shutdown, leaves the replicas serving
+    when ``keep_deployments``, or stops them).
 
     This is the one place that wires the control plane; :func:`run` serves what it returns.
     """
@@ -534,7 +568,9 @@ def build_app(
             )
         else:
             log.error("no job will run: %s", isolation.refused)
-    background.append(DeploymentLoop(services.deployments, instance_id(settings)))
+    background.append(
+        DeploymentLoop(services.deployments, instance_id(settings), keep=keep_deployments)
+    )
     background.append(AuditSweep(services.audit, settings.audit_sweep_seconds))
     app = create_app(services, background)
     app.state.job_isolation = isolation if settings.scheduler_enabled else None
@@ -619,7 +655,18 @@ def run(settings: Settings) -> None:
         print(line, file=sys.stderr, flush=True)  # beside the start line, as loud
         if not isolation.runs_jobs or isolation.sandbox is None or isolation.degraded:
             log.warning("%s", line)
-    app = build_app(settings, isolation=isolation)
+    keep = keeps_deployments(settings, _interactive())
+    print(
+        "nimbus server: a stop "
+        + (
+            "leaves the deployments' replicas serving, for the next start to adopt"
+            if keep
+            else "stops the deployments' replicas too (the next start starts them)"
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
+    app = build_app(settings, isolation=isolation, keep_deployments=keep)
     services: Services = app.state.services
     config = uvicorn.Config(
         JobApiOnly(app),
@@ -649,6 +696,14 @@ def run(settings: Settings) -> None:
             sock.close()
         if len(sockets) > 1:
             job_socket.unlink(missing_ok=True)
+
+
+def _interactive() -> bool:
+    """Is this server run in a terminal (its stdin one)?"""
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, ValueError, OSError):  # no stdin, or a replaced one
+        return False
 
 
 def _ignore(signum: int, frame: object) -> None:

@@ -19,8 +19,9 @@ def test_nimbus_server_serves_until_sigterm(tmp_path: Path) -> None:
     env["NIMBUS_HOME"] = str(tmp_path / "home")
     code = "from nimbus.cli.app import main; main()"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "server", "--port", str(port), "--json"],
+        [sys.executable, "-c", code, "server", "--port", str(port), "--json", "--stop-deployments"],
         env=env,
+        stdin=subprocess.DEVNULL,  # not a terminal: the flag, not the default, says "stop"
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -39,3 +40,4 @@ def test_nimbus_server_serves_until_sigterm(tmp_path: Path) -> None:
     # uvicorn finishes in-flight requests, then re-raises the signal it caught.
     assert proc.returncode in (0, -signal.SIGTERM), out.decode()
     assert "shutdown complete" in out.decode()
+    assert "stops the deployments' replicas too" in out.decode()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import time
@@ -85,6 +86,11 @@ def test_builtin_cnn_on_digits_end_to_end(harness: Harness, capsys: Any) -> None
 
     out = capsys.readouterr().out
     assert "epoch 5/5" in out and "test accuracy" in out
+    # Each epoch's line says how long the epoch took (bench/train.py reads it).
+    epoch_lines = [line for line in out.splitlines() if "train_loss" in line]
+    assert len(epoch_lines) == 5
+    timed = re.compile(r"  \(\d+\.\d{3} s, \d+\.\d{3} s CPU\)$")
+    assert all(timed.search(line) for line in epoch_lines), epoch_lines
 
 
 def test_a_run_resumed_after_epoch_k_ends_identical(

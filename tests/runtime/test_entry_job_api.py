@@ -8,13 +8,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from nimbus.errors import CorruptBlob, InvalidInput
+from nimbus.runtime.checkpoints import checkpoint_from_bytes
 from nimbus.runtime.job_api import (
     AttemptFenced,
     CancelRequested,
     ControlPlaneUnavailable,
     Heartbeat,
+    HttpReporter,
     JobStop,
 )
 from nimbus.wire.job_api import AttemptSpec
@@ -166,3 +169,25 @@ def test_heartbeat_reports_cancel_and_fence(harness: Harness) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
         assert isinstance(stops[1], AttemptFenced)
+
+
+def test_checkpoints_upload_in_order_behind_training_and_a_fence_surfaces(
+    harness: Harness,
+) -> None:
+    with harness.client() as client:
+        reporter = HttpReporter(client, label="epoch")
+        weights = torch.zeros(3)
+        reporter.save_checkpoint({"epoch": 1, "w": weights})
+        weights += 1  # the caller goes on training: what was saved is what it was then
+        reporter.save_checkpoint({"epoch": 2, "w": weights})
+        restored = reporter.load_checkpoint()  # waits for the uploads in flight
+        assert [step for step, _, _ in harness.job_api.checkpoints] == [1, 2]
+        assert restored is not None and restored["w"].tolist() == [1.0, 1.0, 1.0]
+        first = checkpoint_from_bytes(harness.job_api.checkpoints[0][1])
+        assert first["w"].tolist() == [0.0, 0.0, 0.0]
+
+        harness.job_api.new_attempt()  # this attempt is replaced
+        reporter.save_checkpoint({"epoch": 3, "w": weights})  # returns: uploads behind
+        with pytest.raises(AttemptFenced):
+            reporter.flush()
+        reporter.flush()  # raised once

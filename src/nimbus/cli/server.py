@@ -19,6 +19,15 @@ def server(
     port: Annotated[
         int | None, typer.Option(help="Port to listen on [default: NIMBUS_PORT or 8600]")
     ] = None,
+    keep_deployments: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-deployments/--stop-deployments",
+            help="When the server stops, leave the deployments' replicas serving (the next "
+            "start adopts them: an upgrade) or stop them [default: NIMBUS_KEEP_DEPLOYMENTS, "
+            "else stop them in a terminal, keep them otherwise]",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the Nimbus control plane until interrupted."""
@@ -26,7 +35,7 @@ def server(
     # stack, which every other command would otherwise pay for at start-up.
     from nimbus.server import ADMIN_TOKEN_FILE, bootstrap, run
 
-    settings = load_settings(host=host, port=port)
+    settings = load_settings(host=host, port=port, keep_deployments=keep_deployments)
     url = f"http://{settings.host}:{settings.port}"
     if as_json:
         # Bootstrap first so the JSON line comes first; run() bootstraps again, which finds

@@ -15,12 +15,15 @@ Training scripts use it as ``from nimbus import runtime as nr``::
 This package stays light: serving imports :mod:`.architectures`, the control plane
 :mod:`.hyperparams` (which must not pull in torch). The API names are resolved on first use
 (PEP 562) from :mod:`.api` and :mod:`.keras`; no submodule shares a name with them.
+Importing it makes torch Keras's default backend (:mod:`.keras_backend`).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from nimbus.runtime.keras_backend import torch_by_default
 
 _API = "nimbus.runtime.api"
 _KERAS = "nimbus.runtime.keras"
@@ -37,6 +40,10 @@ _LAZY = {
     "keras_initial_epoch": _KERAS,
 }
 __all__ = sorted(_LAZY)
+
+# Before the script's `import keras`: Keras chooses its backend then, once (a job's script,
+# and a local one that imports Nimbus first, get torch unless they chose another).
+torch_by_default()
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,10 @@ runs in *local mode*, for development:
 - ``nr.log`` prints; ``nr.checkpoint``/``nr.restore`` and ``nr.save_model`` write under
   ``NIMBUS_JOB_DIR`` (default ``./nimbus-run``): ``checkpoint.safetensors`` and ``model/``.
   A second local run resumes from that checkpoint; delete the directory to start over.
+- Keras runs on PyTorch: a script that imports keras before nimbus needs
+  ``KERAS_BACKEND=torch`` in its environment (TensorFlow, Keras's default, is absent), or
+  ``python -m nimbus.runtime script.py``, which sets it up as a job does
+  (:mod:`nimbus.runtime.keras_backend`).
 
 With several workers, ``nr.log``, ``nr.progress``, ``nr.checkpoint`` and ``nr.save_model``
 act on rank 0 only (the others return at once); ``nr.restore`` and ``nr.dataset`` work on

@@ -26,6 +26,7 @@ import os
 import random
 import secrets
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -208,8 +209,9 @@ def _run_builtin(
     if spec.seed is not None and "seed" not in params:
         params["seed"] = spec.seed
     epochs = validate_params(spec.model, data.task, params)["epochs"]
-    reporter = HttpReporter(client, rank=env.rank, label="epoch", total_steps=epochs)
+    reporter = EpochTimedReporter(client, rank=env.rank, label="epoch", total_steps=epochs)
     result = train(spec.model, data, params, reporter, process_group=group, device=device)
+    reporter.flush()  # the last checkpoint stored before the model and the result
     if env.rank:
         return
     model_dir = env.job_dir / "model"
@@ -224,14 +226,45 @@ def _run_builtin(
         )
 
 
+class EpochTimedReporter(HttpReporter):
+    """The built-in's reporter: each epoch's log line ends with the wall-clock and CPU
+    seconds (this process, all threads) since the previous epoch ended: its training pass
+    and validation scoring, and the previous epoch's checkpoint. Throughput shows in the job
+    log. Not metrics: those stay identical across runs with the same seed."""
+
+    def __init__(self, client: JobApiClient, **kwargs: Any) -> None:
+        super().__init__(client, echo=self._echo, **kwargs)
+        self._last = (time.perf_counter(), time.process_time())
+        self._took: tuple[float, float] | None = None
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        state = super().load_checkpoint()
+        self._last = (time.perf_counter(), time.process_time())  # the first epoch starts
+        return state
+
+    def log(self, step: int, **metrics: float) -> None:
+        if "train_loss" in metrics:
+            now = (time.perf_counter(), time.process_time())
+            self._took = (now[0] - self._last[0], now[1] - self._last[1])
+            self._last = now
+        super().log(step, **metrics)
+
+    def _echo(self, line: str) -> None:
+        if self._took is not None:
+            wall, cpu = self._took
+            line, self._took = f"{line}  ({wall:.3f} s, {cpu:.3f} s CPU)", None
+        print(line, flush=True)
+
+
 def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: CodeInput) -> None:
     code_dir = env.job_dir / ("code" if env.world_size == 1 else f"code-rank{env.rank}")
     script = unpack(client.blob(code.key), code.entry, code_dir, code.format)
     if spec.seed is not None:
         _seed(spec.seed)
+    reporter = HttpReporter(client, rank=env.rank)
     session = api.Session(
         params=api.coerce_params(spec.params),
-        reporter=HttpReporter(client, rank=env.rank),
+        reporter=reporter,
         load_data=lambda: load_data(client, _dataset_of(spec), env.job_dir / "data"),
         model_dir=env.job_dir / "model",
         rank=env.rank,
@@ -241,6 +274,7 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
         run_script(script)
     finally:
         api.activate(None)
+    reporter.flush()  # its last checkpoint stored before its model and result
     if env.rank:
         return
     evaluation = session.evaluation

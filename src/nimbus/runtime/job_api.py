@@ -97,7 +97,7 @@ class JobApiClient:
         cache_dir: Path,
         retry_seconds: float = 60.0,
         timeout: float = 60.0,
-        progress_interval: float = 0.25,
+        progress_interval: float = 1.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -115,6 +115,8 @@ class JobApiClient:
         )
         self.cache_dir = Path(cache_dir)
         self.retry_seconds = retry_seconds
+        # A progress post is a request made from inside the training loop: once a second
+        # keeps its cost (a few ms here, and the server's work) far below 1% of the time.
         self.progress_interval = progress_interval
         self._sleep, self._clock = sleep, clock
         self._last_progress = -math.inf
@@ -366,6 +368,12 @@ class HttpReporter:
 
     Only rank 0 reports (``log``, ``progress``, ``save_checkpoint``); every rank may load.
     ``log`` also prints one human-readable line per step (it becomes the job log).
+
+    A checkpoint is serialised at once (the caller may go on changing its tensors) but
+    uploaded in a background thread, so training does not wait for the control plane to
+    store it: one upload at a time, in order. :meth:`flush` waits for the one in flight and
+    raises what it raised (a fenced attempt, say); the next save and every load flush
+    first, and the job flushes before it ends.
     """
 
     def __init__(
@@ -380,6 +388,8 @@ class HttpReporter:
         self.client, self.rank, self.label = client, rank, label
         self.total_steps, self.echo = total_steps, echo or _print_line
         self.last_step = 0  # of the latest checkpoint saved or loaded
+        self._upload: threading.Thread | None = None
+        self._upload_error: BaseException | None = None
 
     def log(self, step: int, **metrics: float) -> None:
         if self.rank:
@@ -406,10 +416,31 @@ class HttpReporter:
             return
         epoch = state.get("epoch")
         epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-        self.client.put_checkpoint(step, checkpoint_to_bytes(state), epoch)
+        data = checkpoint_to_bytes(state)
+        self.flush()
+        self._upload = threading.Thread(
+            target=self._put, args=(step, data, epoch), name="checkpoint-upload", daemon=True
+        )
+        self._upload.start()
         self.last_step = step
 
+    def _put(self, step: int, data: bytes, epoch: int | None) -> None:
+        try:
+            self.client.put_checkpoint(step, data, epoch)
+        except BaseException as exc:  # JobStop included: raised in the caller's thread
+            self._upload_error = exc
+
+    def flush(self) -> None:
+        """Wait for the checkpoint upload in flight, if any; raise what it raised."""
+        if self._upload is not None:
+            self._upload.join()
+            self._upload = None
+        if self._upload_error is not None:
+            error, self._upload_error = self._upload_error, None
+            raise error
+
     def load_checkpoint(self) -> dict[str, Any] | None:
+        self.flush()
         found = self.client.latest_checkpoint()
         if found is None:
             return None

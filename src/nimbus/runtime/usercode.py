@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from nimbus.datasets.archive import copy_member, iter_files
 from nimbus.datasets.domain import IngestLimits
 from nimbus.errors import InvalidInput
+from nimbus.runtime.keras_backend import HINT
 
 DEFAULT_ENTRY = "main.py"
 
@@ -81,6 +82,8 @@ def run_script(script: Path, argv: Sequence[str] = ()) -> None:
             raise UserCodeError(f"the script exited with {exc.code}") from None
         except Exception as exc:
             _print_user_traceback(exc, script)
+            if _missing_tensorflow(exc):
+                print(f"nimbus: {HINT}", file=sys.stderr, flush=True)
             raise UserCodeError(f"the script raised {type(exc).__name__}: {exc}") from exc
 
 
@@ -93,6 +96,18 @@ def _script_context(script: Path, argv: Sequence[str]) -> Iterator[None]:
         yield
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
+
+
+def _missing_tensorflow(exc: BaseException) -> bool:
+    """Did the script fail for want of TensorFlow (Keras on its TensorFlow backend)?"""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and (seen.name or "").split(".")[0] == (
+            "tensorflow"
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _print_user_traceback(exc: BaseException, script: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from nimbus.serving.fleet.orphan import Lifeline
 from nimbus.serving.fleet.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ class Fleet:
             sup.detach()
 
 
-def default_supervisor(log_dir: Path) -> Supervisor:
-    """A supervisor writing its replicas' logs under ``log_dir``."""
-    return Supervisor(log_dir=log_dir)
+def default_supervisor(log_dir: Path, lifeline: Lifeline | None = None) -> Supervisor:
+    """A supervisor writing its replicas' logs under ``log_dir``, its replicas tied to
+    ``lifeline`` (see :mod:`nimbus.serving.fleet.orphan`)."""
+    return Supervisor(log_dir=log_dir, lifeline=lifeline)
 
 
 class Supervised(Protocol):
@@ -76,14 +78,17 @@ class Supervised(Protocol):
 
     def sync(self) -> None: ...
 
+    def stop_replicas(self) -> None: ...
+
 
 class DeploymentLoop:
     """The control plane's supervision of deployments (a ``Background`` of the app).
 
     ``start`` recovers the deployments ``owner`` owns, then a thread ticks every tenant's
     supervisor every ``interval`` seconds and, every ``sync_every`` seconds, refreshes the
-    token files and persists statuses. ``stop`` persists once more and detaches: the
-    replicas keep serving through a control-plane restart.
+    token files and persists statuses. ``stop`` persists once more and then, with ``keep``,
+    detaches (the replicas keep serving through a control-plane restart, to be adopted by the
+    next start) or, without, drains and stops every replica (the next start starts them).
     """
 
     def __init__(
@@ -92,8 +97,11 @@ class DeploymentLoop:
         owner: str,
         interval: float = 0.5,
         sync_every: float = 1.0,
+        *,
+        keep: bool = True,
     ) -> None:
         self.service = service
+        self.keep = keep
         self.owner = owner
         self.interval = interval
         self.sync_every = sync_every
@@ -120,7 +128,8 @@ class DeploymentLoop:
                 log.exception("deployment supervision round failed")
 
     def stop(self) -> None:
-        """Stop the thread, persist the statuses once more and leave the replicas serving."""
+        """Stop the thread, persist the statuses once more, then leave the replicas serving
+        (``keep``) or stop them."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
@@ -128,4 +137,9 @@ class DeploymentLoop:
             self.service.sync()
         except Exception:
             log.exception("could not persist deployment statuses at shutdown")
+        if not self.keep:
+            try:
+                self.service.stop_replicas()
+            except Exception:
+                log.exception("could not stop every replica at shutdown")
         self.service.fleet.detach()

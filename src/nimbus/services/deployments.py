@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,31 @@ class DeploymentService:
         one starts working."""
         known = dict(self._tenant_ids)  # a copy: requests add tenants meanwhile
         self.token_files.refresh({t: i for t, i in known.items() if only in (None, t)}, force=force)
+
+    def stop_replicas(self) -> None:
+        """At a shutdown that does not keep deployments: drain and stop every replica this
+        instance supervises (the deployments in parallel) and record each deployment as
+        running none. The deployments stay: the next start starts their replicas again, on
+        the same ports."""
+        with self._lock:
+            running = [(t, sup, name) for t, sup in self.fleet.items() for name in sup.names()]
+
+            def stop(item: tuple[str, Supervisor, str]) -> tuple[str, str, dict[str, Any]]:
+                tenant, sup, name = item
+                status = sup.status(name).to_dict()
+                sup.stop(name)
+                none = {"state": DeploymentState.PENDING.value, "replicas": []}
+                return tenant, name, {**status, **none}
+
+            with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
+                stopped = list(pool.map(stop, running))
+            for tenant, name, status in stopped:
+                with self.db.session(write=True) as session:
+                    row = repo.get(session, self._tenant_ids[tenant], name)
+                    if row is not None:
+                        repo.save_status(session, row.id, status, self.clock())
+                self._persisted.pop((tenant, name), None)
+                log.info("deployment %s/%s: replicas stopped with the control plane", tenant, name)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -129,7 +129,14 @@ class DeploymentSpec:
 
 
 # Replica options that say where and how it runs, not what it serves.
-PLACEMENT_FLAGS = ("--fd", "--admin-fd", "--drain-seconds")
+PLACEMENT_FLAGS = (
+    "--fd",
+    "--admin-fd",
+    "--drain-seconds",
+    "--home",
+    "--control-plane",
+    "--orphan-seconds",
+)
 
 
 def option(args: Sequence[str], flag: str) -> str | None:

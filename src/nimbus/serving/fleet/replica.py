@@ -4,11 +4,15 @@
         [--admin-fd FD] [--max-batch-size B] [--max-delay-ms D] [--runtime onnx|torch]
         [--threads T] [--public] [--token-file PATH] [--drain-seconds S]
         [--max-batch-rows R] [--max-tensor-elements E] [--header-timeout S] [--body-timeout S]
+        [--home DIR --control-plane URL [--orphan-seconds S]]
 
 ``--fd`` is a listening socket inherited from the supervisor and shared by every replica of
 the deployment; ``--port`` binds one here instead (with SO_REUSEPORT, so several replicas
 started by hand can share it too). ``--admin-fd`` is this replica's private listening socket,
 where the supervisor checks its health. SIGTERM drains (see :mod:`nimbus.serving.fleet.drain`).
+With ``--home`` and ``--control-plane`` (the supervisor passes both), the replica also drains
+and exits once that home is gone and that control plane has not answered for
+``--orphan-seconds`` (see :mod:`nimbus.serving.fleet.orphan`).
 
 Unless ``--public``, every route but health needs a bearer token whose SHA-256 is in
 ``NIMBUS_REPLICA_TOKEN_HASHES`` or in ``--token-file`` (see :mod:`nimbus.serving.access`).
@@ -30,6 +34,7 @@ from nimbus.serving.access import TOKEN_HASHES_ENV, TokenHashes, read_hashes_fil
 from nimbus.serving.app import create_app, uvicorn_config
 from nimbus.serving.fleet.deployment import RUNTIMES
 from nimbus.serving.fleet.drain import DEFAULT_DRAIN_SECONDS, DrainGate, DrainingServer
+from nimbus.serving.fleet.orphan import DEFAULT_ORPHAN_SECONDS, Lifeline, OrphanWatch
 from nimbus.serving.fleet.sockets import open_listener
 from nimbus.serving.memory import tune_allocator
 from nimbus.serving.protocol import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_TENSOR_ELEMENTS
@@ -82,7 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_READ_TIMEOUTS.body_timeout,
         help="seconds a client has to send a body, plus one per min-body-rate bytes",
     )
+    parser.add_argument("--home", type=Path, help="the supervising control plane's home")
+    parser.add_argument("--control-plane", help="the supervising control plane's URL")
+    parser.add_argument(
+        "--orphan-seconds",
+        type=float,
+        default=DEFAULT_ORPHAN_SECONDS,
+        help="exit once --home is gone and --control-plane silent for this long",
+    )
     return parser
+
+
+def _lifeline(args: argparse.Namespace) -> Lifeline | None:
+    if args.home is None or args.control_plane is None:
+        return None
+    return Lifeline(args.home, args.control_plane, args.orphan_seconds)
 
 
 def _auth(args: argparse.Namespace) -> TokenHashes:
@@ -134,8 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     gate = DrainGate(app)
     config = uvicorn_config(app, args.host, sockets[0].getsockname()[1], timeouts)
     config.app = gate  # the same settings, the drain gate in front
+    server = DrainingServer(config, gate, args.drain_seconds)
+    lifeline = _lifeline(args)
+    if lifeline is not None:
+
+        def orphaned() -> None:
+            server.should_exit = True  # uvicorn's loop notices, then drains as on SIGTERM
+
+        OrphanWatch(lifeline, orphaned).start()
     gc.freeze()  # the model and everything loaded so far live as long as the process
-    DrainingServer(config, gate, args.drain_seconds).run(sockets=sockets)
+    server.run(sockets=sockets)
     return 0
 
 

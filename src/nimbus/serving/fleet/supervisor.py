@@ -36,6 +36,7 @@ from nimbus.serving.fleet.deployment import (
     option,
     without_placement,
 )
+from nimbus.serving.fleet.orphan import Lifeline
 from nimbus.serving.fleet.processes import (
     AdoptedProcess,
     Probe,
@@ -128,7 +129,9 @@ class Supervisor:
     ``policy`` sets timeouts and backoff; ``log_dir`` receives one log per replica slot
     (``<name>/replica-<index>.log``; none kept when None); ``env`` is the environment replicas
     get (default: a few harmless variables of this process's, never its secrets);
-    ``drain_seconds`` is the replicas' drain window on SIGTERM.
+    ``drain_seconds`` is the replicas' drain window on SIGTERM; ``lifeline`` (the control
+    plane's home and URL) lets replicas exit once both are gone for good
+    (:mod:`nimbus.serving.fleet.orphan`).
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         probe_timeout: float = 1.0,
         drain_seconds: float | None = None,
+        lifeline: Lifeline | None = None,
     ) -> None:
         self._spawner = spawner
         self._probe = probe
@@ -157,6 +161,7 @@ class Supervisor:
         self._env = dict(env) if env is not None else _safe_env(os.environ)
         self._probe_timeout = probe_timeout
         self._drain_seconds = drain_seconds
+        self._lifeline = lifeline
         self._deployments: dict[str, _Deployment] = {}
         self._lock = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None
@@ -412,6 +417,8 @@ class Supervisor:
             argv += ["--fd", str(fds[0]), "--admin-fd", str(fds[1])]
             if self._drain_seconds is not None:
                 argv += ["--drain-seconds", str(self._drain_seconds)]
+            if self._lifeline is not None:
+                argv += self._lifeline.args()
             env = dict(self._env)
             if dep.spec.token_hashes:
                 env[TOKEN_HASHES_ENV] = ",".join(dep.spec.token_hashes)
