@@ -274,7 +274,9 @@ def test_node_executor_adds_the_cache_dir_and_falls_back(tmp_path: Path) -> None
 
 def test_one_scheduler_per_instance(tmp_path: Path) -> None:
     def thread() -> SchedulerThread:
-        scheduler: Any = type("S", (), {"instance_id": "node-1", "run": lambda *a: None})()
+        scheduler: Any = type(
+            "S", (), {"instance_id": "node-1", "run": lambda *a: None, "wake": lambda *a: None}
+        )()
         return SchedulerThread(
             scheduler, NodeExecutor(FakeExecutor, tmp_path, {}), tmp_path / "scheduler-node-1.lock"
         )
