@@ -31,6 +31,7 @@ def test_blobs_are_cached_by_hash_and_verified(harness: Harness) -> None:
         path = client.blob(key)
         assert path.read_bytes() == b"prepared bytes"
         assert path == harness.root / "cache" / key
+        assert path.stat().st_mode & 0o777 == 0o444  # no other attempt writes a mapped blob
         assert client.blob(key) == path
         assert harness.job_api.requests.count(("GET", f"blobs/{key}")) == 1
         assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]

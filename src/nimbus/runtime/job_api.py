@@ -254,6 +254,9 @@ class JobApiClient:
                         digest.update(chunk)
                         out.write(chunk)
                     out.flush()
+                    # Read-only for every uid: the tenant's other attempts share this cache
+                    # (its group) and must not write into a blob a running job has mapped.
+                    os.fchmod(out.fileno(), CACHED_MODE)
                     os.fsync(out.fileno())
             if digest.hexdigest() != key.rsplit("/", 1)[1]:
                 raise CorruptBlob(f"blob {key} arrived with another content hash")
@@ -281,6 +284,9 @@ def _checked(response: httpx.Response, allow_404: bool) -> httpx.Response:
             raise error  # the stored bytes are bad: asking again will not help
         raise _Transient(f"HTTP {status}: {_message(body, status)}")
     raise error_from_response(status, body)
+
+
+CACHED_MODE = 0o444  # a downloaded blob in the cache
 
 
 def _message(body: Any, status: int) -> str:
