@@ -97,6 +97,12 @@ class Unavailable(NimbusError):
     exit_code = 6
 
 
+class StorageUnavailable(Unavailable):
+    """The object storage (an S3 bucket, ...) cannot be reached or refused the request."""
+
+    code = "storage_unavailable"
+
+
 class CorruptBlob(NimbusError):
     """Stored bytes no longer match their content hash: never served."""
 

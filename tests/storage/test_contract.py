@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,14 +14,49 @@ from nimbus.errors import CorruptBlob, NotFound
 from nimbus.storage import BlobStore, ObjectStore, open_object_store
 from nimbus.storage.local import LocalObjectStore
 from nimbus.storage.memory import MemoryObjectStore
+from nimbus.storage.s3 import S3ObjectStore
+from tests.helpers_s3 import s3_client, s3_store
+
+BACKENDS = ["local", "memory", "seaweedfs", "moto"]
+PART = 5 * 1024 * 1024  # S3's smallest part: a few of them make a multipart upload
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=BACKENDS)
 def objects(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
     if request.param == "local":
         yield open_object_store(f"file://{tmp_path / 'objects'}")
-    else:
+    elif request.param == "memory":
         yield open_object_store("memory://")
+    else:
+        # One server per session; each test gets a prefix of its own in a shared bucket.
+        server = request.getfixturevalue(
+            "seaweedfs" if request.param == "seaweedfs" else "moto_server"
+        )
+        bucket = server.ensure_bucket("contract")
+        yield s3_store(server.endpoint, bucket, f"t-{uuid.uuid4().hex}", part_size=PART)
+
+
+def _flip_byte(request: pytest.FixtureRequest, objects: ObjectStore, key: str, offset: int) -> None:
+    """Corrupt one byte behind the store's back, with the backend's own tools."""
+    if isinstance(objects, MemoryObjectStore):
+        objects.corrupt(key, offset)
+    elif isinstance(objects, S3ObjectStore):
+        server = request.getfixturevalue(
+            "seaweedfs" if request.node.callspec.params["objects"] == "seaweedfs" else "moto_server"
+        )
+        client = s3_client(server.endpoint)
+        name = f"{objects.prefix}/{key}"
+        data = bytearray(client.get_object(Bucket=objects.bucket, Key=name)["Body"].read())
+        data[offset] ^= 0x01
+        client.put_object(Bucket=objects.bucket, Key=name, Body=bytes(data))
+    else:
+        assert isinstance(objects, LocalObjectStore)
+        path = objects.local_path(key)
+        assert path is not None
+        os.chmod(path, 0o644)
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 0x01
+        path.write_bytes(bytes(data))
 
 
 @pytest.fixture
@@ -49,11 +85,34 @@ class TestObjectStoreContract:
         with pytest.raises(KeyError):
             objects.size("nope/x")
 
-    def test_put_replaces_atomically(self, objects: ObjectStore, tmp_path: Path) -> None:
+    def test_put_is_create_only(self, objects: ObjectStore, tmp_path: Path) -> None:
         objects.put_file("k/1", _file(tmp_path, b"one", "a"))
-        objects.put_file("k/1", _file(tmp_path, b"two", "b"))
+        second = _file(tmp_path, b"two", "b")
+        objects.put_file("k/1", second)
         with objects.open("k/1") as f:
-            assert f.read() == b"two"
+            assert f.read() == b"one"
+        assert not second.exists()
+
+    def test_large_object_in_parts(self, objects: ObjectStore, tmp_path: Path) -> None:
+        data = os.urandom(4 * PART + 12345)
+        objects.put_file("big/1", _file(tmp_path, data))
+        assert objects.size("big/1") == len(data)
+        if isinstance(objects, S3ObjectStore):
+            # S3 names a multipart upload's ETag after its part count.
+            assert objects.etag("big/1").strip('"').endswith("-5")
+        digest = hashlib.sha256()
+        with objects.open("big/1") as f:
+            while chunk := f.read(1024 * 1024):
+                assert len(chunk) <= 1024 * 1024
+                digest.update(chunk)
+        assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+    def test_large_object_is_create_only(self, objects: ObjectStore, tmp_path: Path) -> None:
+        first = os.urandom(2 * PART + 1)
+        objects.put_file("big/2", _file(tmp_path, first, "a"))
+        objects.put_file("big/2", _file(tmp_path, os.urandom(2 * PART + 1), "b"))
+        with objects.open("big/2") as f:
+            assert f.read() == first
 
     def test_delete_is_idempotent(self, objects: ObjectStore, tmp_path: Path) -> None:
         objects.put_file("k/1", _file(tmp_path, b"x"))
@@ -65,6 +124,9 @@ class TestObjectStoreContract:
         for i, key in enumerate(["p/a", "p/b", "q/c"]):
             objects.put_file(key, _file(tmp_path, b"x", f"f{i}"))
         assert list(objects.keys("p/")) == ["p/a", "p/b"]
+        assert list(objects.keys("p/a")) == ["p/a"]
+        assert list(objects.keys("q")) == ["q/c"]
+        assert list(objects.keys("nothing/")) == []
         assert set(objects.keys()) == {"p/a", "p/b", "q/c"}
 
     def test_source_is_consumed(self, objects: ObjectStore, tmp_path: Path) -> None:
@@ -103,19 +165,10 @@ class TestBlobStore:
         assert list(blobs.objects.keys("sha256/")) == []
 
     def test_flipped_byte_is_detected_never_served(
-        self, blobs: BlobStore, objects: ObjectStore
+        self, blobs: BlobStore, objects: ObjectStore, request: pytest.FixtureRequest
     ) -> None:
         ref = blobs.put_bytes(b"a" * 5000)
-        if isinstance(objects, MemoryObjectStore):
-            objects.corrupt(ref.key, 1234)
-        else:
-            assert isinstance(objects, LocalObjectStore)
-            path = objects.local_path(ref.key)
-            assert path is not None
-            os.chmod(path, 0o644)
-            data = bytearray(path.read_bytes())
-            data[1234] ^= 0x01
-            path.write_bytes(bytes(data))
+        _flip_byte(request, objects, ref.key, 1234)
         with pytest.raises(CorruptBlob):
             blobs.read_bytes(ref.key)
         with pytest.raises(CorruptBlob):

@@ -18,7 +18,9 @@ class ObjectStore(Protocol):
         """Store the file at ``source`` under ``key``, atomically; ``source`` is consumed.
 
         The object either appears whole under ``key`` or not at all; the backend may move
-        ``source`` instead of copying it.
+        ``source`` instead of copying it. Writes are create-only: when ``key`` already
+        exists the existing object is kept (keys are content hashes, so it holds the same
+        bytes) and ``source`` is discarded. If the write fails, ``source`` is left in place.
         """
 
     def open(self, key: str) -> BinaryIO:

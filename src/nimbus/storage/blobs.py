@@ -113,10 +113,13 @@ class BlobStore:
 
     def _adopt(self, path: Path, digest: str, size: int) -> BlobRef:
         key = key_for(digest)
-        if self.objects.exists(key) and self.objects.size(key) == size:
-            path.unlink(missing_ok=True)
-        else:
-            self.objects.put_file(key, path)
+        if self.objects.exists(key):
+            if self.objects.size(key) == size:
+                path.unlink(missing_ok=True)
+                return BlobRef(key, size)
+            # Writes are create-only: a damaged copy must go before the good one goes in.
+            self.objects.delete(key)
+        self.objects.put_file(key, path)
         return BlobRef(key, size)
 
     def put_file(self, path: Path) -> BlobRef:

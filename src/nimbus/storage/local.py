@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -50,7 +51,10 @@ class LocalObjectStore:
             source = Path(staged_name)
         with open(source, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(source, target)
+        # A hard link is create-only and atomic: it fails if ``target`` exists.
+        with contextlib.suppress(FileExistsError):
+            os.link(source, target)
+        source.unlink()
         fsync_dir(target.parent)
 
     def open(self, key: str) -> BinaryIO:

@@ -18,7 +18,7 @@ class MemoryObjectStore:
         data = Path(source).read_bytes()
         Path(source).unlink()
         with self._lock:
-            self._objects[key] = data
+            self._objects.setdefault(key, data)
 
     def open(self, key: str) -> BinaryIO:
         with self._lock:
