@@ -39,10 +39,12 @@ def adopt_file(blobs: BlobStore, path: Path, sha256: str, size: int) -> BlobRef:
     rename); an identical blob already stored is kept and ``path`` deleted.
     """
     key = key_for(sha256)
-    if blobs.objects.exists(key) and blobs.objects.size(key) == size:
-        path.unlink(missing_ok=True)
-    else:
-        blobs.objects.put_file(key, path)
+    if blobs.objects.exists(key):
+        if blobs.objects.size(key) == size:
+            path.unlink(missing_ok=True)
+            return BlobRef(key, size)
+        blobs.objects.delete(key)  # a damaged copy: writes are create-only, so remove it
+    blobs.objects.put_file(key, path)
     return BlobRef(key, size)
 
 
