@@ -121,6 +121,7 @@ def test_public_names_are_pinned() -> None:
         "audit",
         "quotas",
         "set_quotas",
+        "sweep_storage",
         "upload_dataset",
         "list_datasets",
         "get_dataset",

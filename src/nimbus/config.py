@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     # cache_sweep_seconds (nimbus.jobs.cache).
     cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
     cache_sweep_seconds: float = Field(default=300.0, gt=0)
+    # The blob store's garbage (nimbus.services.garbage): every blob_sweep_seconds, upload
+    # pins older than blob_grace_seconds are dropped (taken for crashed uploads'; an upload
+    # still running then fails and is retried), blobs nothing has referred to for
+    # blob_grace_seconds are deleted, and so are staging files untouched that long. The
+    # grace must exceed the longest upload (pin to commit: storing its files).
+    blob_grace_seconds: float = Field(default=6 * 3600.0, ge=0)
+    blob_sweep_seconds: float = Field(default=600.0, gt=0)
 
     @field_validator("home")
     @classmethod

@@ -88,6 +88,7 @@ from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop, default_supervisor
 from nimbus.services.deployments import DeploymentService
+from nimbus.services.garbage import GarbageService, GarbageSweep
 from nimbus.services.isolated import (
     CHECK_PROBE,
     Confinement,
@@ -133,9 +134,9 @@ def remove_stale_temp_files(directory: Path, older_than: float = STALE_TEMP_SECO
             log.warning("could not remove stale temporary file %s", entry)
 
 
-def staging_dirs(settings: Settings) -> list[Path]:
+def staging_dirs(settings: Settings, store: ObjectStore | None = None) -> list[Path]:
     """Where uploads and ingest work directories are written before they are stored."""
-    store = open_object_store(settings.resolved_storage_url)
+    store = store if store is not None else open_object_store(settings.resolved_storage_url)
     dirs = [settings.tmp_dir, settings.tmp_dir / "staging"]
     staging = getattr(store, "staging_dir", None)
     return [*dirs, Path(staging)] if staging is not None else dirs
@@ -537,6 +538,12 @@ def build_services(
             make_supervisor=functools.partial(default_supervisor, lifeline=lifeline(settings)),
         ),
         quotas=quotas,
+        garbage=GarbageService(
+            db,
+            blobs,
+            grace_seconds=settings.blob_grace_seconds,
+            staging_dirs=staging_dirs(settings, store),
+        ),
     )
 
 
@@ -572,6 +579,7 @@ def build_app(
         DeploymentLoop(services.deployments, instance_id(settings), keep=keep_deployments)
     )
     background.append(AuditSweep(services.audit, settings.audit_sweep_seconds))
+    background.append(GarbageSweep(services.garbage, settings.blob_sweep_seconds))
     app = create_app(services, background)
     app.state.job_isolation = isolation if settings.scheduler_enabled else None
     return app

@@ -16,7 +16,7 @@ from nimbus import __version__
 from nimbus.api import errors
 from nimbus.api.audit_log import AuditMiddleware
 from nimbus.api.context import AuditContext
-from nimbus.api.routes import audit, code, datasets, health, job_api, jobs, quotas, tokens
+from nimbus.api.routes import audit, code, datasets, health, job_api, jobs, quotas, storage, tokens
 from nimbus.api.routes import deployments as deployment_routes
 from nimbus.api.routes import models as model_routes
 from nimbus.api.state import Background, Services
@@ -69,6 +69,7 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
         job_api,
         model_routes,
         deployment_routes,
+        storage,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

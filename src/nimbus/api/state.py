@@ -18,6 +18,7 @@ from nimbus.services.audit import AuditService
 from nimbus.services.code import CodeService
 from nimbus.services.datasets import DatasetService
 from nimbus.services.deployments import DeploymentService
+from nimbus.services.garbage import GarbageService
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService
 from nimbus.services.models import ModelService
@@ -50,6 +51,7 @@ class Services:
     models: ModelService
     deployments: DeploymentService
     quotas: QuotaService
+    garbage: GarbageService
     # Set when the server begins to shut down: long-lived responses (log streams) end.
     stopping: threading.Event = field(default_factory=threading.Event)
     # Log streams each token has open (``settings.max_log_streams_per_token`` at most).

@@ -24,6 +24,7 @@ from nimbus.cli import (
     predict,
     quotas,
     server,
+    storage,
     tokens,
     train,
 )
@@ -71,6 +72,7 @@ app.command("server")(server.server)
 app.command("login")(login.login)
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(quotas.app, name="quotas")
+app.add_typer(storage.app, name="storage")
 app.add_typer(datasets.app, name="datasets")
 app.command("train")(train.train)
 app.add_typer(jobs.app, name="jobs")

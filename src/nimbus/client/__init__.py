@@ -1,7 +1,7 @@
 """The Python SDK: one :class:`Client` over the REST API of docs/api.md (httpx underneath).
 
 ``Client`` is assembled from one mixin per resource (:mod:`.tokens`, :mod:`.datasets`,
-:mod:`.jobs`, :mod:`.models`, :mod:`.deployments`, :mod:`.quotas`) over
+:mod:`.jobs`, :mod:`.models`, :mod:`.deployments`, :mod:`.quotas`, :mod:`.storage`) over
 :class:`~.base.BaseClient`, whose ``_request``/``_stream`` add the token, turn transport
 failures into :class:`~nimbus.errors.Unavailable` and rebuild server errors. A new resource is
 a new mixin of a few lines per route.
@@ -18,6 +18,7 @@ from nimbus.client.jobs import JobsMixin, WaitTimeout
 from nimbus.client.models import ModelRef, ModelsMixin
 from nimbus.client.quotas import QuotasMixin
 from nimbus.client.sse import Event
+from nimbus.client.storage import StorageMixin
 from nimbus.client.tokens import TokensMixin
 from nimbus.client.transfer import CHUNK_SIZE, Progress
 from nimbus.security import Role
@@ -37,7 +38,15 @@ __all__ = [
 ]
 
 
-class Client(DeploymentsMixin, ModelsMixin, JobsMixin, DatasetsMixin, TokensMixin, QuotasMixin):
+class Client(
+    DeploymentsMixin,
+    ModelsMixin,
+    JobsMixin,
+    DatasetsMixin,
+    TokensMixin,
+    QuotasMixin,
+    StorageMixin,
+):
     """A connection to one Nimbus control plane, authenticated with one token.
 
     ``url`` and ``token`` default to NIMBUS_URL / NIMBUS_TOKEN, else to what ``nimbus login``

@@ -6,17 +6,24 @@ transaction-scoped advisory lock, on SQLite the write lock that
 ``Database.session(write=True)`` already holds. Unreferenced blobs are deleted while that
 lock is held, and an operation that stores blobs pins their keys (``UPLOAD_PIN``
 references) *before* storing them, so "blob deleted" can never slip in between "blob
-stored" and "reference recorded".
+stored" and "reference recorded". A pin older than the grace period is taken for one left
+by a crash and dropped by the garbage sweeper (:mod:`nimbus.services.garbage`); the
+transaction that swaps a pin for a record's references checks, with :func:`unpin`, that the
+pin still holds every key, so a record never refers to a blob the sweeper may have taken.
+
+``blob_orphans`` holds the sweeper's memory: when each unreferenced blob was first seen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
-from nimbus.db.tables import BlobRefRow
+from nimbus.db.tables import BlobOrphanRow, BlobRefRow, utcnow
+from nimbus.errors import Conflict
 
 DATASET_VERSION = "dataset_version"
 UPLOAD_PIN = "upload"  # held by an upload in progress, until its version row exists
@@ -31,8 +38,9 @@ def lock(session: Session) -> None:
 
 def add(session: Session, owner_kind: str, owner_id: int, keys: Iterable[str]) -> None:
     """Record that the owner holds each of ``keys`` (duplicates are stored once)."""
+    now = utcnow()
     session.add_all(
-        BlobRefRow(blob_key=key, owner_kind=owner_kind, owner_id=owner_id)
+        BlobRefRow(blob_key=key, owner_kind=owner_kind, owner_id=owner_id, created_at=now)
         for key in sorted(set(keys))
     )
     session.flush()
@@ -69,3 +77,90 @@ def release(session: Session, owner_kind: str, owner_id: int) -> list[str]:
     )
     session.flush()
     return unreferenced(session, keys)
+
+
+def unpin(session: Session, pin_id: int, keys: Iterable[str]) -> None:
+    """Drop the upload pin ``pin_id``, in the transaction that records references to
+    ``keys``; refuses (Conflict: the transaction rolls back) when the pin no longer holds
+    one of them: the sweeper took it for a crashed upload's, and the blob may be gone."""
+    lost = sorted(set(keys) - set(keys_of(session, UPLOAD_PIN, pin_id)))
+    release(session, UPLOAD_PIN, pin_id)
+    if lost:
+        raise Conflict(
+            f"the upload held its {len(lost)} blob(s) longer than the blob grace period "
+            "(NIMBUS_BLOB_GRACE_SECONDS), so they were released as a crashed upload's; "
+            "try again"
+        )
+
+
+# -- for the garbage sweeper ---------------------------------------------------------------
+
+
+def pin_ages(session: Session) -> dict[int, datetime | None]:
+    """Every upload pin and when its oldest reference was added (None: unknown)."""
+    query = (
+        select(BlobRefRow.owner_id, func.min(BlobRefRow.created_at), func.count())
+        .where(BlobRefRow.owner_kind == UPLOAD_PIN)
+        .group_by(BlobRefRow.owner_id)
+    )
+    ages: dict[int, datetime | None] = {}
+    for owner_id, oldest, _count in session.execute(query):
+        ages[owner_id] = _utc(oldest)
+    for owner_id in session.scalars(  # a pin with a row of unknown age counts as unknown
+        select(BlobRefRow.owner_id)
+        .where(BlobRefRow.owner_kind == UPLOAD_PIN, BlobRefRow.created_at.is_(None))
+        .distinct()
+    ):
+        ages[owner_id] = None
+    return ages
+
+
+def drop_pins(session: Session, pin_ids: Collection[int]) -> int:
+    """Delete the upload pins ``pin_ids``; returns how many references went."""
+    if not pin_ids:
+        return 0
+    result = session.execute(
+        delete(BlobRefRow).where(
+            BlobRefRow.owner_kind == UPLOAD_PIN, BlobRefRow.owner_id.in_(sorted(pin_ids))
+        )
+    )
+    session.flush()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def referenced(session: Session, keys: Iterable[str]) -> set[str]:
+    """Those of ``keys`` that something (a record or a pin) refers to."""
+    wanted = set(keys)
+    return wanted - set(unreferenced(session, wanted))
+
+
+def orphans_seen(session: Session, keys: Iterable[str] | None = None) -> dict[str, datetime]:
+    """When the sweeper first saw each of ``keys`` (all, when None) unreferenced."""
+    query = select(BlobOrphanRow.blob_key, BlobOrphanRow.first_seen_at)
+    if keys is not None:
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        query = query.where(BlobOrphanRow.blob_key.in_(wanted))
+    return {key: _utc_required(seen) for key, seen in session.execute(query)}
+
+
+def mark_orphans(session: Session, keys: Iterable[str], seen_at: datetime) -> None:
+    session.add_all(BlobOrphanRow(blob_key=key, first_seen_at=seen_at) for key in sorted(set(keys)))
+    session.flush()
+
+
+def forget_orphans(session: Session, keys: Iterable[str]) -> None:
+    wanted = sorted(set(keys))
+    if wanted:
+        session.execute(delete(BlobOrphanRow).where(BlobOrphanRow.blob_key.in_(wanted)))
+        session.flush()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc_required(value)
+
+
+def _utc_required(value: datetime) -> datetime:
+    # SQLite hands back naive (UTC) values where a query bypasses the column's type.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

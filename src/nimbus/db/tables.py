@@ -30,6 +30,25 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
 
@@ -95,6 +114,19 @@ class BlobRefRow(Base):
     blob_key: Mapped[str] = mapped_column(String(80), index=True)
     owner_kind: Mapped[str] = mapped_column(String(32))
     owner_id: Mapped[int]
+    # When the reference was added (migration 0007): an upload's pin older than the grace
+    # period is taken for one left by a crash. Null only for rows of code older than 0007.
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BlobOrphanRow(Base):
+    """A blob of the store that the garbage sweeper found with no reference, and when it
+    first did (migration 0007); deleted one grace period later if still unreferenced."""
+
+    __tablename__ = "blob_orphans"
+
+    blob_key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class AuditEvent(Base):
@@ -112,25 +144,6 @@ class AuditEvent(Base):
 
 
 # --- Training jobs (migration 0002) ------------------------------------------------------
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC datetime on every backend (SQLite hands back naive values)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class JobRow(Base):

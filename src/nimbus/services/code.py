@@ -260,7 +260,7 @@ class CodeService:
                         created_by=principal.token_id,
                         now=self.clock(),
                     )
-                    blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id)
+                    blobrefs.unpin(session, pin_id, [key])
                     view = code_view(row)
             except BaseException:
                 discard(self.db, self.blobs, [key], pin_id)  # the transaction rolled back

@@ -280,7 +280,7 @@ class DatasetService:
                     )
                     keys = [entry["key"] for entry in files.values()]
                     blobrefs.add(session, blobrefs.DATASET_VERSION, row.id, keys)
-                    blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id)
+                    blobrefs.unpin(session, pin_id, keys)
                     return UploadResult(version_view(row, name), created=True)
             except _Duplicate as duplicate:
                 return UploadResult(duplicate.view, created=False)

@@ -306,7 +306,7 @@ class JobApiService:
                 with self.db.session(write=True) as session:
                     blobrefs.lock(session)
                     orphans = record(session, key)
-                    blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id)
+                    blobrefs.unpin(session, pin_id, [key])
                     delete_quietly(self.blobs, blobrefs.unreferenced(session, orphans))
             except BaseException:
                 discard(self.db, self.blobs, [key], pin_id)  # the transaction rolled back
