@@ -11,6 +11,8 @@ Nimbus's back.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -26,6 +28,7 @@ import numpy as np
 import pytest
 
 from nimbus.client import Client
+from tests.api.conftest import csv_bytes, make_token
 from tests.helpers import ServerProcess
 from tests.helpers_s3 import SeaweedFS, aws_env, s3_client, weed_binary
 
@@ -283,3 +286,48 @@ def test_a_crash_mid_upload_is_swept_after_the_grace_period(
         assert "Traceback" not in restarted.log()
     if backend == "file":
         assert list((home / "blobs" / ".tmp").iterdir()) == []
+
+
+def test_sweep_route_and_cli_are_for_operators(shared_server: ServerProcess) -> None:
+    server = shared_server
+    with server.client() as operator:
+        kept = operator.post(
+            "/api/v1/datasets/kept/versions",
+            params={"filename": "kept.csv"},
+            content=csv_bytes("kept"),
+        )
+        assert kept.status_code == 201, kept.text
+    leaked = b"a blob nothing refers to"
+    digest = hashlib.sha256(leaked).hexdigest()
+    path = server.home / "blobs" / "sha256" / digest[:2] / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(leaked)
+
+    assert httpx.post(f"{server.url}/api/v1/storage/sweep").status_code == 401
+    for role, tenant in (("admin", "acme"), ("member", None)):
+        with server.client(make_token(server, role, tenant)) as other:
+            refused = other.post("/api/v1/storage/sweep")
+            assert refused.status_code == 403, refused.text
+    with server.client() as operator:
+        bad = operator.post("/api/v1/storage/sweep", json={"grace_seconds": -1})
+        assert bad.status_code == 400 and "grace_seconds" in bad.text, bad.text
+        bad = operator.post("/api/v1/storage/sweep", json={"grace": 0})
+        assert bad.status_code == 400 and "grace" in bad.text, bad.text
+        report = operator.post("/api/v1/storage/sweep").json()  # the default grace: hours
+        assert report["blobs_deleted"] == 0 and report["blobs_waiting"] == 1, report
+        assert path.exists()
+
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "nimbus"), "storage", "sweep", "--grace", "0", "--json"],
+        env={**os.environ, "NIMBUS_URL": server.url, "NIMBUS_TOKEN": server.admin_token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    report = json.loads(cli.stdout)
+    assert report["grace_seconds"] == 0 and report["blobs_deleted"] == 1, report
+    assert not path.exists()
+    with Client(server.url, server.admin_token) as api:
+        for entry in api.get_version("kept").files.values():  # referenced: untouched
+            assert (server.home / "blobs" / entry.key).is_file()

@@ -31,6 +31,7 @@ from nimbus.services.garbage import (
 from nimbus.services.tokens import TokenService
 from nimbus.storage.blobs import BlobStore, key_for
 from nimbus.storage.memory import MemoryObjectStore
+from nimbus.wire.storage import SweepReport
 from tests.services.test_datasets import MakePrincipal, count_rows, service, upload
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -272,7 +273,7 @@ def test_the_background_sweep_runs_every_interval_and_survives_a_failure(
     done = threading.Event()
 
     class Flaky(GarbageService):
-        def sweep(self, grace_seconds: float | None = None):  # type: ignore[no-untyped-def]
+        def sweep(self, grace_seconds: float | None = None) -> SweepReport:
             calls.append(time.monotonic())
             if len(calls) == 1:
                 raise OSError("the store is unreachable")

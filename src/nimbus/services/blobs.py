@@ -80,7 +80,8 @@ def move_in(blobs: BlobStore, path: Path, sha256: str, size: int) -> BlobRef:
 
 
 def delete_quietly(blobs: BlobStore, keys: Iterable[str]) -> None:
-    """Delete blobs; a failure leaks the blob (logged) rather than failing the caller."""
+    """Delete blobs; a failure leaves the blob (logged) to the garbage sweeper rather than
+    failing the caller (:mod:`nimbus.services.garbage`)."""
     for key in keys:
         try:
             blobs.delete(key)
@@ -108,7 +109,7 @@ def discard(db: Database, blobs: BlobStore, keys: Iterable[str], pin_id: int | N
                 candidates.update(blobrefs.release(session, blobrefs.UPLOAD_PIN, pin_id))
             delete_quietly(blobs, blobrefs.unreferenced(session, candidates))
     except Exception:
-        log.exception("could not clean up after a failed operation; blobs may leak: %s", candidates)
+        log.exception("could not clean up after a failed operation (left to the sweeper)")
 
 
 class PinnedBatch:
