@@ -129,11 +129,13 @@ class Settings(BaseSettings):
     cache_sweep_seconds: float = Field(default=300.0, gt=0)
     # The blob store's garbage (nimbus.services.garbage): every blob_sweep_seconds, upload
     # pins older than blob_grace_seconds are dropped (taken for crashed uploads'; an upload
-    # still running then fails and is retried), blobs nothing has referred to for
-    # blob_grace_seconds are deleted, and so are staging files untouched that long. The
-    # grace must exceed the longest upload (pin to commit: storing its files).
+    # still running then fails with 409 and is retried), and blobs nothing has referred to
+    # for blob_grace_seconds are deleted; the grace must exceed the longest upload's pin to
+    # commit (storing its files). Staging files and work directories untouched for
+    # staging_grace_seconds go too: it must exceed the longest upload's receive + ingest.
     blob_grace_seconds: float = Field(default=6 * 3600.0, ge=0)
     blob_sweep_seconds: float = Field(default=600.0, gt=0)
+    staging_grace_seconds: float = Field(default=6 * 3600.0, ge=0)
 
     @field_validator("home")
     @classmethod

@@ -543,6 +543,7 @@ def build_services(
             blobs,
             grace_seconds=settings.blob_grace_seconds,
             staging_dirs=staging_dirs(settings, store),
+            staging_grace_seconds=settings.staging_grace_seconds,
         ),
     )
 

@@ -2,11 +2,13 @@
 SeaweedFS (or on local files), real SIGKILLs, and the bucket listed with boto3 behind
 Nimbus's back.
 
-- deleting dataset versions removes their bytes from the bucket, shared ones with the last;
+- deleting dataset and model versions removes their bytes from the bucket, shared ones with
+  the last;
 - SeaweedFS killed while the server stores an upload: 503 ``storage_unavailable``, no
   version, no reference left; SeaweedFS restarted on the same directory: the retry succeeds;
 - the server killed between pinning and recording an upload: restarted, its sweeper drops
-  the pin, then the orphan blobs and the staging files, after the grace period.
+  the pin, then the orphan blobs and the staging files, after the grace period;
+- two servers sharing PostgreSQL and a bucket, sweeping with no grace while taking uploads.
 """
 
 from __future__ import annotations
@@ -28,9 +30,13 @@ import numpy as np
 import pytest
 
 from nimbus.client import Client
+from nimbus.db.engine import Database
+from nimbus.errors import Conflict
+from nimbus.storage.blobs import BlobStore
 from tests.api.conftest import csv_bytes, make_token
 from tests.helpers import ServerProcess
-from tests.helpers_s3 import SeaweedFS, aws_env, s3_client, weed_binary
+from tests.helpers_models import API_ONLY, add_job, drop_job_artifacts, image_model_dir
+from tests.helpers_s3 import SeaweedFS, aws_env, s3_client, s3_store, weed_binary
 
 PREFIX = "nimbus"
 
@@ -150,8 +156,9 @@ def test_deleting_versions_removes_their_bytes_from_the_bucket(
 ) -> None:
     bucket = weed.ensure_bucket("garbage-delete")
     data = write_npz(tmp_path / "digits.npz", 3000, seed=1)
+    env = {**s3_env(weed, bucket), **API_ONLY}
     with (
-        ServerProcess(tmp_path / "home", env=s3_env(weed, bucket)) as server,
+        ServerProcess(tmp_path / "home", env=env) as server,
         Client(server.url, server.admin_token) as api,
     ):
         v1 = api.upload_dataset("noise", data)
@@ -165,6 +172,20 @@ def test_deleting_versions_removes_their_bytes_from_the_bucket(
         assert bucket_keys(weed, bucket) == version_keys(v2)  # the shared source stays
 
         api.delete_dataset("noise:2")
+        assert bucket_keys(weed, bucket) == set()
+
+        # A model version: its files are a finished job's artifacts, in the same bucket.
+        blobs = BlobStore(s3_store(weed.endpoint, bucket, PREFIX), tmp_path / "staging")
+        db = Database(f"sqlite:///{server.home / 'nimbus.db'}")
+        try:
+            job = add_job(db, blobs, "default", image_model_dir(tmp_path / "model", 5))
+        finally:
+            db.dispose()
+        model = api.register_model("lonely", job)
+        model_keys = {entry.key for entry in model.files.values()}
+        assert bucket_keys(weed, bucket) == model_keys
+        assert drop_job_artifacts(server.home, job) == []  # the version still holds them
+        api.delete_model_version("lonely:1")
         assert bucket_keys(weed, bucket) == set()
         assert count(server.home, "blob_refs") == 0
 
@@ -276,7 +297,11 @@ def test_a_crash_mid_upload_is_swept_after_the_grace_period(
     assert count(home, "dataset_versions") == 0
     leftovers = [p for p in (home / "tmp").rglob("*") if p.is_file()]
 
-    grace = {"NIMBUS_BLOB_GRACE_SECONDS": "2", "NIMBUS_BLOB_SWEEP_SECONDS": "0.5"}
+    grace = {
+        "NIMBUS_BLOB_GRACE_SECONDS": "2",
+        "NIMBUS_STAGING_GRACE_SECONDS": "2",
+        "NIMBUS_BLOB_SWEEP_SECONDS": "0.5",
+    }
     with ServerProcess(home, env={**env, **grace}) as restarted:
         wait_for("the pin to expire", lambda: not pinned(home), timeout=60)
         wait_for("the orphan blobs to go", lambda: not stored(), timeout=60)
@@ -331,3 +356,47 @@ def test_sweep_route_and_cli_are_for_operators(shared_server: ServerProcess) -> 
     with Client(server.url, server.admin_token) as api:
         for entry in api.get_version("kept").files.values():  # referenced: untouched
             assert (server.home / "blobs" / entry.key).is_file()
+
+
+@pytest.mark.slow
+def test_two_servers_on_postgresql_sweeping_with_no_grace_never_lose_a_version(
+    weed: SeaweedFS, pg_url: str, tmp_path: Path
+) -> None:
+    """Two control planes share PostgreSQL and a bucket and sweep many times a second with
+    no grace at all, while both take uploads: an upload whose pin a sweep took fails with
+    409 and is retried; every recorded version reads back whole, and the bucket holds
+    exactly the blobs the versions refer to."""
+    uploads = 6
+    bucket = weed.ensure_bucket("garbage-two-planes")
+    env = {
+        **s3_env(weed, bucket),
+        **API_ONLY,
+        "NIMBUS_DATABASE_URL": pg_url,
+        "NIMBUS_BLOB_GRACE_SECONDS": "0",
+        "NIMBUS_BLOB_SWEEP_SECONDS": "0.3",
+    }
+    first = ServerProcess(tmp_path / "a", env=env).start()
+    try:
+        with ServerProcess(tmp_path / "b", env=env) as second:
+            token = first.admin_token  # the second found tenant default's admin in the database
+            versions: list[Any] = []
+            retried = 0
+            for n in range(uploads):
+                server = (first, second)[n % 2]
+                data = write_npz(tmp_path / f"d{n}.npz", 2000, seed=100 + n)
+                with Client(server.url, token) as api:
+                    for _attempt in range(60):
+                        try:
+                            versions.append(api.upload_dataset(f"d{n}", data))
+                            break
+                        except Conflict:
+                            retried += 1
+            assert len(versions) == uploads, f"uploads kept failing ({retried} retries)"
+            assert retried > 0, "no sweep ever took an upload's pin: the test proves nothing"
+            with Client(first.url, token) as api:
+                for version in versions:  # every file streamed back and hash-checked
+                    api.download_dataset(f"{version.dataset}:1", tmp_path / version.dataset)
+            assert bucket_keys(weed, bucket) == set().union(*map(version_keys, versions))
+            assert "Traceback" not in first.log() + second.log()
+    finally:
+        first.stop()

@@ -116,7 +116,9 @@ def clock() -> Clock:
 
 
 def garbage_of(db: Database, blobs: BlobStore, clock: Clock, *dirs: Path) -> GarbageService:
-    return GarbageService(db, blobs, grace_seconds=GRACE, staging_dirs=dirs, clock=clock)
+    return GarbageService(
+        db, blobs, grace_seconds=GRACE, staging_dirs=dirs, staging_grace_seconds=GRACE, clock=clock
+    )
 
 
 def crashed_upload(db: Database, blobs: BlobStore, data: bytes) -> str:
@@ -253,6 +255,11 @@ def test_stale_staging_files_go_and_the_staging_directories_stay(
     assert report.staging_removed == 2
     assert staging.is_dir() and live.exists()
     assert not any(path.exists() for path in left)
+    received = tmp / "upload-being-ingested"  # an upload in flight, before any pin
+    received.write_bytes(b"received an hour ago, still being ingested")
+    os.utime(received, (time.time() - GRACE / 2,) * 2)
+    assert garbage_of(db, blobs, clock, tmp, staging).sweep(grace_seconds=0).staging_removed == 0
+    assert received.exists()  # a blob grace of 0 is not a staging grace of 0
 
 
 def test_only_operators_sweep(

@@ -11,7 +11,9 @@ operator's demand, one sweep:
    to, remembers when it was first seen so (``blob_orphans``); a blob still unreferenced
    one grace period after that is deleted, while the reference lock is held, so a blob is
    never deleted between being stored (always under a pin) and being referenced;
-3. removes files in the staging directories untouched for the grace period.
+3. removes files and work directories in the staging directories untouched for the
+   staging grace period (its own setting: an upload in flight has its files there while
+   it is received and ingested, so even a sweep with no blob grace leaves them).
 
 "Unreferenced for longer than the grace period" is measured by the metadata store's own
 record rather than by the objects' last-modified times: it needs nothing of a backend but
@@ -134,12 +136,14 @@ class GarbageService:
         *,
         grace_seconds: float,
         staging_dirs: Sequence[Path] = (),
+        staging_grace_seconds: float = 6 * 3600.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.grace_seconds = grace_seconds
         self.staging_dirs = list(staging_dirs)
+        self.staging_grace_seconds = staging_grace_seconds
         self.clock = clock
 
     def sweep_for(self, principal: Principal, grace_seconds: float | None = None) -> SweepReport:
@@ -151,7 +155,8 @@ class GarbageService:
         return self.sweep(grace_seconds)
 
     def sweep(self, grace_seconds: float | None = None) -> SweepReport:
-        """One sweep with the configured grace period (or ``grace_seconds``)."""
+        """One sweep with the configured grace period for pins and blobs (or
+        ``grace_seconds``); staging files always get the configured staging grace."""
         grace = self.grace_seconds if grace_seconds is None else grace_seconds
         now = self.clock()
         cutoff = now - timedelta(seconds=grace)
@@ -169,7 +174,7 @@ class GarbageService:
         with self.db.session(write=True) as session:  # orphans deleted by their services
             blobrefs.lock(session)
             blobrefs.forget_orphans(session, set(blobrefs.orphans_seen(session)) - set(listed))
-        staged = self._sweep_staging(time.time() - grace)
+        staged = self._sweep_staging(time.time() - self.staging_grace_seconds)
         report = SweepReport(
             grace_seconds=grace,
             pins_dropped=len(stale),
