@@ -32,6 +32,7 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "tokens revoke",
         "quotas show",
         "quotas set",
+        "storage sweep",
         "datasets upload",
         "datasets list",
         "datasets show",
