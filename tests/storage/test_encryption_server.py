@@ -137,6 +137,12 @@ def test_store_holds_no_plaintext_rotation_and_wrong_keys(
     with Client(server.url, server.admin_token, settings=Settings(home=home)) as admin:
         mine = admin.upload_dataset("reviews", source)
         other_token = admin.create_token("umbra-member", tenant="umbra").token
+        script = tmp_path / "train.py"
+        script.write_text(f"# {MARKER}\nprint('training')\n")
+        code = admin.upload_code(script)
+        assert code.ref.startswith("code:sha256/")  # the same reference as without encryption
+        job = admin.submit_job("reviews", code.ref)  # the reference resolves to the tenant's blob
+        admin.cancel_job(job.id)
     with Client(server.url, other_token, settings=Settings(home=home)) as other:
         theirs = other.upload_dataset("reviews", source)
 

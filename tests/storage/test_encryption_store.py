@@ -312,3 +312,27 @@ def test_bucket_objects_listed_with_boto3_hold_no_plaintext(
     for item in listed:
         body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
         assert MARKER not in body
+
+
+def test_master_key_settings(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from nimbus.config import Settings
+    from nimbus.errors import InvalidInput
+
+    encoded = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # bytes 0..31
+    assert Settings(home=tmp_path).encryption_master_key() is None
+    assert Settings(home=tmp_path, encryption_key=SecretStr(encoded)).encryption_master_key() == (
+        MASTER
+    )
+    key_file = tmp_path / "master.key"
+    key_file.write_text(encoded + "\n")
+    assert Settings(home=tmp_path, encryption_key_file=key_file).encryption_master_key() == MASTER
+    both = Settings(home=tmp_path, encryption_key=SecretStr(encoded), encryption_key_file=key_file)
+    with pytest.raises(InvalidInput, match="not both"):
+        both.encryption_master_key()
+    with pytest.raises(InvalidInput, match="cannot be read"):
+        Settings(home=tmp_path, encryption_key_file=tmp_path / "nope").encryption_master_key()
+    with pytest.raises(InvalidInput, match="not base64"):
+        Settings(home=tmp_path, encryption_key=SecretStr("%%%")).encryption_master_key()
+    assert encoded not in repr(Settings(home=tmp_path, encryption_key=SecretStr(encoded)))
