@@ -164,6 +164,8 @@ def bootstrap(settings: Settings, isolation: Isolation | None = None) -> str | N
     db = Database(settings.resolved_database_url)
     try:
         upgrade(db.engine)
+        if settings.encryption_master_key() is None:
+            refuse_unencrypted(db)  # encrypted blobs and no key: fail closed, at start
         secret = TokenService(db).ensure_bootstrap_admin()
     finally:
         db.dispose()
@@ -545,13 +547,12 @@ def build_services(
 def blob_store(settings: Settings, db: Database, store: ObjectStore) -> BlobStore:
     """Content-addressed blobs over ``store``: as they are, or, with a master key set,
     encrypted at rest with tenant-scoped keys (docs/storage.md). Fails closed at start
-    (EncryptionKeyMismatch) when the key does not match the stored data keys, or when
-    encrypted blobs exist and no key is set."""
+    (EncryptionKeyMismatch) when the key does not match the stored data keys (and
+    :func:`bootstrap` when encrypted blobs exist and no key is set)."""
     staging = settings.tmp_dir / "staging"
     master = settings.encryption_master_key()
     if master is None:
-        refuse_unencrypted(db)
-        return BlobStore(store, staging)
+        return BlobStore(store, staging)  # bootstrap refused a store of encrypted blobs
     encrypted = EncryptedObjectStore(store, open_keyring(db, master), staging)
     return BlobStore(encrypted, staging, tenant_scoped=True)
 

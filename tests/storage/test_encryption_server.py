@@ -260,3 +260,41 @@ def _a_digit_png() -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def test_damaged_or_foreign_objects_answer_clear_errors(
+    tmp_path: Path, servers: list[ServerProcess]
+) -> None:
+    """Over HTTP: a sealed object whose key id the keyring does not hold is a 503
+    ``encryption_key_mismatch`` naming that key id; a changed ciphertext byte is a 500
+    ``corrupt_blob``. JSON errors both, never bytes, never a trace."""
+    root = tmp_path / "store"
+    env = {"NIMBUS_STORAGE_URL": f"file://{root}", "NIMBUS_ENCRYPTION_KEY": b64(KEY)}
+    server = ServerProcess(tmp_path / "home", env=env).start()
+    servers.append(server)
+    with Client(server.url, server.admin_token, settings=Settings(home=server.home)) as api:
+        version = api.upload_dataset("reviews", marker_csv(tmp_path / "reviews.csv"))
+    path = root / version.files["source"].key
+    original = path.read_bytes()
+    url = "/api/v1/datasets/reviews/versions/1/files/source"
+
+    def damaged(offset: int) -> dict[str, str]:
+        data = bytearray(original)
+        data[offset] ^= 0x01
+        os.chmod(path, 0o600)
+        path.write_bytes(bytes(data))
+        with server.client() as admin:
+            response = admin.get(url)
+        assert response.headers["content-type"] == "application/json", response.text[:200]
+        error: dict[str, str] = response.json()["error"]
+        error["status"] = str(response.status_code)
+        return error
+
+    foreign_id = bytearray(original[5:13])
+    foreign_id[0] ^= 0x01
+    error = damaged(5)  # the key id in the header
+    assert (error["status"], error["code"]) == ("503", "encryption_key_mismatch")
+    assert foreign_id.hex() in error["message"]
+    error = damaged(len(original) - 20)  # a byte of the last segment's ciphertext
+    assert (error["status"], error["code"]) == ("500", "corrupt_blob")
+    assert "failed authentication" in error["message"]
