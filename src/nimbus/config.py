@@ -6,11 +6,17 @@ Nothing in the package reads the environment at import time: entry points call
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nimbus.errors import InvalidInput
+
+MASTER_KEY_BYTES = 32
 
 
 class Settings(BaseSettings):
@@ -23,6 +29,11 @@ class Settings(BaseSettings):
     token: str | None = None
     database_url: str | None = None
     storage_url: str | None = None
+    # Encryption at rest (docs/storage.md): the master key, 32 bytes in base64 (`openssl
+    # rand -base64 32`), given itself or as a file holding it; unset: blobs are stored as
+    # they are. Only the control plane reads it (jobs get a scrubbed environment).
+    encryption_key: SecretStr | None = None
+    encryption_key_file: Path | None = None
 
     host: str = "127.0.0.1"
     port: int = 8600
@@ -142,6 +153,24 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser().absolute()
 
+    def encryption_master_key(self) -> bytes | None:
+        """The master key of encryption at rest (None: off), from ``encryption_key`` or the
+        file ``encryption_key_file`` names; InvalidInput, one clear line, when unusable."""
+        if self.encryption_key is not None and self.encryption_key_file is not None:
+            raise InvalidInput("set NIMBUS_ENCRYPTION_KEY or NIMBUS_ENCRYPTION_KEY_FILE, not both")
+        if self.encryption_key_file is not None:
+            path = self.encryption_key_file.expanduser()
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidInput(
+                    f"NIMBUS_ENCRYPTION_KEY_FILE {str(path)!r} cannot be read: {exc}"
+                ) from None
+            return parse_master_key(text, f"NIMBUS_ENCRYPTION_KEY_FILE {str(path)!r}")
+        if self.encryption_key is not None:
+            return parse_master_key(self.encryption_key.get_secret_value())
+        return None
+
     @property
     def resolved_database_url(self) -> str:
         """The metadata store URL: SQLite under NIMBUS_HOME unless one is given."""
@@ -176,6 +205,22 @@ class Settings(BaseSettings):
         """Model copies, token files and replica logs of deployments:
         ``deployments/<tenant>/<name>/``."""
         return self.home / "deployments"
+
+
+def parse_master_key(text: str, source: str = "NIMBUS_ENCRYPTION_KEY") -> bytes:
+    """The 32 bytes of a base64 master key; InvalidInput naming ``source`` otherwise."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(
+            f"{source} is not base64: make a key with `openssl rand -base64 32`"
+        ) from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise InvalidInput(
+            f"{source} holds {len(key)} bytes, not {MASTER_KEY_BYTES}: make a key with "
+            "`openssl rand -base64 32`"
+        )
+    return key
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -103,6 +103,13 @@ class StorageUnavailable(Unavailable):
     code = "storage_unavailable"
 
 
+class EncryptionKeyMismatch(Unavailable):
+    """Encrypted blobs cannot be opened with this server's master key (another key, or
+    a data key the keyring does not hold): nothing is served until the key is fixed."""
+
+    code = "encryption_key_mismatch"
+
+
 class CorruptBlob(NimbusError):
     """Stored bytes no longer match their content hash: never served."""
 

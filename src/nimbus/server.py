@@ -62,12 +62,12 @@ from fastapi import FastAPI
 from nimbus.api.app import create_app
 from nimbus.api.job_socket import JobApiOnly
 from nimbus.api.state import Background, Services
-from nimbus.config import Settings, load_settings
+from nimbus.config import Settings, load_settings, parse_master_key
 from nimbus.datasets.domain import IngestLimits
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.db.queue import DbQueue
-from nimbus.errors import NimbusError, Unavailable
+from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs.cache import CacheSweeper
 from nimbus.jobs.domain import Attempt, Job, parse_memory
 from nimbus.jobs.executors import make_executor
@@ -98,6 +98,7 @@ from nimbus.services.isolated import (
 )
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, node_capacity
+from nimbus.services.keyring import open_keyring, refuse_unencrypted, rotate_master_key
 from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.quotas import QuotaDefaults, QuotaService
 from nimbus.services.tokens import TokenService
@@ -105,6 +106,7 @@ from nimbus.serving.fleet.orphan import Lifeline
 from nimbus.serving.timeouts import ReadTimeouts, timeout_protocol
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
+from nimbus.storage.encrypted import EncryptedObjectStore
 from nimbus.storage.factory import open_object_store
 from nimbus.system import bind_unix, write_private
 
@@ -163,6 +165,8 @@ def bootstrap(settings: Settings, isolation: Isolation | None = None) -> str | N
     db = Database(settings.resolved_database_url)
     try:
         upgrade(db.engine)
+        if settings.encryption_master_key() is None:
+            refuse_unencrypted(db)  # encrypted blobs and no key: fail closed, at start
         secret = TokenService(db).ensure_bootstrap_admin()
     finally:
         db.dispose()
@@ -467,7 +471,7 @@ def build_services(
     named by ``settings`` (or ``objects``), and build the services over them."""
     db = Database(settings.resolved_database_url)
     store = objects if objects is not None else open_object_store(settings.resolved_storage_url)
-    blobs = BlobStore(store, settings.tmp_dir / "staging")
+    blobs = blob_store(settings, db, store)
     quotas = QuotaService(
         db,
         QuotaDefaults(
@@ -545,6 +549,51 @@ def build_services(
             staging_dirs=staging_dirs(settings, store),
             staging_grace_seconds=settings.staging_grace_seconds,
         ),
+    )
+
+
+def blob_store(settings: Settings, db: Database, store: ObjectStore) -> BlobStore:
+    """Content-addressed blobs over ``store``: as they are, or, with a master key set,
+    encrypted at rest with tenant-scoped keys (docs/storage.md). Fails closed at start
+    (EncryptionKeyMismatch) when the key does not match the stored data keys (and
+    :func:`bootstrap` when encrypted blobs exist and no key is set)."""
+    staging = settings.tmp_dir / "staging"
+    master = settings.encryption_master_key()
+    if master is None:
+        return BlobStore(store, staging)  # bootstrap refused a store of encrypted blobs
+    encrypted = EncryptedObjectStore(store, open_keyring(db, master), staging)
+    return BlobStore(encrypted, staging, tenant_scoped=True)
+
+
+def rotate_encryption_key(settings: Settings, new_key_file: Path) -> tuple[str, str, int]:
+    """``nimbus admin rotate-key``: re-wrap every data key from the configured master key to
+    the one in ``new_key_file``; returns the old and new key ids and how many changed."""
+    old = settings.encryption_master_key()
+    if old is None:
+        raise InvalidInput(
+            "set NIMBUS_ENCRYPTION_KEY (or NIMBUS_ENCRYPTION_KEY_FILE) to the current master key"
+        )
+    try:
+        text = new_key_file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the new key file {str(new_key_file)!r}: {exc}") from None
+    new = parse_master_key(text, f"the new key file {str(new_key_file)!r}")
+    db = Database(settings.resolved_database_url)
+    try:
+        upgrade(db.engine)
+        return rotate_master_key(db, old, new)
+    finally:
+        db.dispose()
+
+
+def encryption_summary(blobs: BlobStore) -> str | None:
+    """The start line that says which master key this server encrypts with (None: off)."""
+    if not isinstance(blobs.objects, EncryptedObjectStore):
+        return None
+    keyring = blobs.objects.keyring
+    return (
+        f"encryption at rest on: master key {keyring.master.id}, "
+        f"{keyring.check()} tenant data key(s); every byte passes through the control plane"
     )
 
 
@@ -677,6 +726,9 @@ def run(settings: Settings) -> None:
     )
     app = build_app(settings, isolation=isolation, keep_deployments=keep)
     services: Services = app.state.services
+    if (summary := encryption_summary(services.blobs)) is not None:
+        print(f"nimbus server: {summary}", file=sys.stderr, flush=True)
+        log.info("%s", summary)
     config = uvicorn.Config(
         JobApiOnly(app),
         host=settings.host,

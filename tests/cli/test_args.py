@@ -58,6 +58,7 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "deployments update",
         "deployments delete",
         "predict",
+        "admin rotate-key",
     }
 
 

@@ -45,6 +45,21 @@ def test_blobs_are_cached_by_hash_and_verified(harness: Harness) -> None:
             client.blob("sha256/../../etc/passwd")
 
 
+def test_tenant_scoped_keys_are_cached_by_their_hash(harness: Harness) -> None:
+    """With encryption at rest, blob keys carry the tenant (``tenants/<id>/sha256/...``);
+    the tenant's cache keeps them under the hash alone."""
+    plain = harness.job_api.add_blob(b"sealed at rest")
+    scoped = f"tenants/7/{plain}"
+    harness.job_api.blobs[scoped] = b"sealed at rest"
+    with harness.client() as client:
+        path = client.blob(scoped)
+        assert path == harness.root / "cache" / plain and path.read_bytes() == b"sealed at rest"
+        assert harness.job_api.requests.count(("GET", f"blobs/{scoped}")) == 1
+        for bad in (f"tenants/0/{plain}", f"tenants/x/{plain}", f"tenants/7/../{plain}"):
+            with pytest.raises(InvalidInput):
+                client.blob(bad)
+
+
 def test_a_poisoned_cache_file_is_detected_and_replaced(harness: Harness) -> None:
     """Issue 8, finding 2: a job that can write its tenant's cache must not be able to feed
     a later job other data than the blob's hash names."""

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from nimbus.cli import (
+    admin,
     datasets,
     demo,
     deploy,
@@ -82,6 +83,7 @@ app.add_typer(deployments.app, name="deployments")
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 app.command("serve")(edge.serve)
+app.add_typer(admin.app, name="admin")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -391,3 +392,17 @@ class TenantQuotaRow(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger)  # datasets + code + artifacts
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_by: Mapped[str | None] = mapped_column(String(32))
+
+
+class EncryptionKeyRow(Base):
+    """A tenant's data key for encryption at rest, wrapped under the master key
+    ``master_key_id`` (:mod:`nimbus.storage.keyring`); never stored in the clear."""
+
+    __tablename__ = "encryption_keys"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), unique=True)
+    master_key_id: Mapped[str] = mapped_column(String(16), index=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    rewrapped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -45,7 +45,8 @@ FENCED_EXIT_CODE = 75  # EX_TEMPFAIL: this attempt was replaced; its successor c
 CANCELLED_EXIT_CODE = 76  # the job was cancelled while it ran
 UNAVAILABLE_EXIT_CODE = 69  # EX_UNAVAILABLE: the control plane stayed out of reach
 
-BLOB_KEY_RE = re.compile(r"^sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
+# A blob key, tenant-scoped (``tenants/<id>/``) where the server encrypts blobs at rest.
+BLOB_KEY_RE = re.compile(r"^(?:tenants/[1-9][0-9]{0,18}/)?sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
 BEST_EFFORT_TIMEOUT = 5.0  # a hung control plane must not stall training on a progress call
 _CHUNK = 1024 * 1024
 UNIX_SCHEME = "unix:"
@@ -189,7 +190,8 @@ class JobApiClient:
         if not match or not match.group(2).startswith(match.group(1)):
             raise InvalidInput(f"not a blob key: {key!r}")
         digest = match.group(2)
-        path = self.cache_dir / key
+        # The cache is the tenant's own: a blob's place in it is its content hash alone.
+        path = self.cache_dir / "sha256" / match.group(1) / digest
         if _cached(path, digest):
             return path
         path.parent.mkdir(parents=True, exist_ok=True)

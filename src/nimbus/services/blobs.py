@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nimbus.db import blobrefs
 from nimbus.db.engine import Database
-from nimbus.storage.blobs import CHUNK, BlobRef, BlobStore, key_for
+from nimbus.storage.blobs import CHUNK, BlobRef, BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,13 @@ def adopt_file(blobs: BlobStore, path: Path, sha256: str, size: int) -> BlobRef:
     """Move a file whose hash is known into the store; ``path`` is consumed.
 
     Nothing is copied when ``path`` sits in ``blobs.staging_dir`` of a local store (a
-    rename); an identical blob already stored is kept and ``path`` deleted.
+    rename); an identical blob already stored is kept and ``path`` deleted. ``blobs`` is
+    the owning tenant's view (:meth:`BlobStore.for_tenant`).
     """
-    key = key_for(sha256)
-    if blobs.objects.exists(key):
-        if blobs.objects.size(key) == size:
-            path.unlink(missing_ok=True)
-            return BlobRef(key, size)
-        blobs.objects.delete(key)  # a damaged copy: writes are create-only, so remove it
+    key = blobs.key_for(sha256)
+    if blobs.holds(key, size):  # a damaged copy of another size is deleted first
+        path.unlink(missing_ok=True)
+        return BlobRef(key, size)
     blobs.objects.put_file(key, path)
     return BlobRef(key, size)
 
@@ -113,7 +112,8 @@ def discard(db: Database, blobs: BlobStore, keys: Iterable[str], pin_id: int | N
 
 
 class PinnedBatch:
-    """The blobs one operation stores: each pinned before it is stored.
+    """The blobs one operation stores: each pinned before it is stored. ``blobs`` is the
+    owning tenant's view of the store (:meth:`BlobStore.for_tenant`).
 
     Stores run on a few threads (hashing and fsync overlap). ``discard()`` undoes
     everything; after success the caller releases ``pin_id`` in the transaction that adds
@@ -134,7 +134,7 @@ class PinnedBatch:
 
     def move_in_background(self, path: Path, sha256: str, size: int) -> Future[BlobRef]:
         """Start storing ``path`` (consumed) under its known hash."""
-        self._pin([key_for(sha256)])
+        self._pin([self.blobs.key_for(sha256)])
         return self._pool.submit(move_in, self.blobs, path, sha256, size)
 
     def move_files(
@@ -151,7 +151,7 @@ class PinnedBatch:
             return hash_file(paths[name])
 
         hashes = list(self._pool.map(digest, names))
-        self._pin(key_for(sha) for sha, _ in hashes)
+        self._pin(self.blobs.key_for(sha) for sha, _ in hashes)
         futures = [
             self._pool.submit(move_in, self.blobs, paths[name], sha, size)
             for name, (sha, size) in zip(names, hashes, strict=True)

@@ -48,23 +48,24 @@ def is_code_ref(model: str) -> bool:
 
 
 def parse_ref(ref: str) -> str:
-    """The blob key of ``code:sha256/<2 hex>/<64 hex>``; a malformed reference is a 400."""
+    """The content hash ``code:sha256/<2 hex>/<64 hex>`` names (the tenant's blob key is
+    ``BlobStore.for_tenant(id).key_for`` of it); a malformed reference is a 400."""
     key = ref[len(REF_PREFIX) :] if is_code_ref(ref) else ""
     try:
-        digest_of(key)
+        return digest_of(key)
     except NotFound:
         raise InvalidInput(
             f"invalid code reference {ref[:100]!r}: use the 'ref' POST /api/v1/code returned "
             "(code:sha256/...)",
             field="model",
         ) from None
-    return key
 
 
 def code_view(row: CodeArtifactRow) -> CodeArtifact:
-    """A stored code artifact as the API shows it, named by its reference."""
+    """A stored code artifact as the API shows it, named by its reference (its content
+    hash: the same whether the blob key is tenant-scoped or not)."""
     return CodeArtifact(
-        ref=REF_PREFIX + row.blob_key,
+        ref=REF_PREFIX + key_for(digest_of(row.blob_key)),
         sha256=digest_of(row.blob_key),
         size=row.size,
         format=CodeFormat(row.format),
@@ -225,7 +226,8 @@ class CodeService:
     ) -> CodeArtifact:
         """Check and store the staged upload at ``path`` (consumed); returns the artifact.
         Uploading identical content again returns the existing artifact."""
-        key = key_for(sha256)
+        blobs = self.blobs.for_tenant(principal.tenant_id)
+        key = blobs.key_for(sha256)
         try:
             require_role(principal, Role.MEMBER)
             size = path.stat().st_size
@@ -244,7 +246,7 @@ class CodeService:
                     self.quotas.check_bytes(session, principal.tenant_id, size, "code")
             pin_id = pin(self.db, [key])
             try:
-                move_in(self.blobs, path, sha256, size)
+                move_in(blobs, path, sha256, size)
                 with self.db.session(write=True) as session:
                     blobrefs.lock(session)
                     row = repo.get(session, principal.tenant_id, key)
@@ -271,7 +273,7 @@ class CodeService:
 
     def resolve(self, principal: Principal, ref: str) -> CodeInfo:
         """The tenant's code artifact named by ``ref`` (404 for unknown or another tenant's)."""
-        key = parse_ref(ref)
+        key = self.blobs.for_tenant(principal.tenant_id).key_for(parse_ref(ref))
         with self.db.session() as session:
             row = repo.get(session, principal.tenant_id, key)
             if row is None:

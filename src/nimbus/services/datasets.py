@@ -183,7 +183,7 @@ class DatasetService:
         On any failure nothing remains: no version row, no unreferenced blob, no temp file.
         """
         workdir: Path | None = None
-        batch = PinnedBatch(self.db, self.blobs)
+        batch = PinnedBatch(self.db, self.blobs.for_tenant(principal.tenant_id))
         try:
             require_role(principal, Role.MEMBER)
             validate_name(name, "dataset name")

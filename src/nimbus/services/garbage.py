@@ -41,7 +41,7 @@ from nimbus.db.engine import Database
 from nimbus.db.tables import utcnow
 from nimbus.errors import Forbidden, NotFound
 from nimbus.security import Principal, Role, require_role
-from nimbus.storage.blobs import BlobStore, digest_of
+from nimbus.storage.blobs import TENANTS, BlobStore, digest_of
 from nimbus.wire.storage import SweepReport
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ def plan_blobs(
             seen = now
         (plan.delete if seen <= cutoff else plan.waiting).append(key)
     return plan
+
+
+# Shared blobs, and (with encryption at rest) each tenant's own: ``tenants/<id>/sha256/...``.
+BLOB_PREFIXES = ("sha256/", TENANTS)
 
 
 def is_blob_key(key: str) -> bool:
@@ -166,7 +170,12 @@ class GarbageService:
             blobrefs.drop_pins(session, stale)
         if stale:
             log.warning("dropped %d upload pin(s) older than %gs (crashed)", len(stale), grace)
-        listed = [key for key in self.blobs.objects.keys("sha256/") if is_blob_key(key)]
+        listed = [
+            key
+            for prefix in BLOB_PREFIXES
+            for key in self.blobs.objects.keys(prefix)
+            if is_blob_key(key)
+        ]
         deleted, waiting, failed = 0, 0, 0
         for start in range(0, len(listed), BATCH):
             done, failures, waits = self._sweep_batch(listed[start : start + BATCH], now, cutoff)

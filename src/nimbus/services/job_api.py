@@ -28,7 +28,7 @@ from nimbus.security import hash_token
 from nimbus.services.blobs import delete_quietly, discard, move_in, pin
 from nimbus.services.jobs import finite
 from nimbus.services.quotas import QuotaService, human_bytes
-from nimbus.storage.blobs import BlobStore, key_for
+from nimbus.storage.blobs import BlobStore
 from nimbus.wire import job_api as wire
 
 JOB_CHECKPOINT = "job_checkpoint"  # blob reference owner kinds: the row holding the blob
@@ -226,7 +226,7 @@ class JobApiService:
                 orphans += blobrefs.release(session, JOB_CHECKPOINT, old)
             return orphans
 
-        key = self._store(path, sha256, size, record)
+        key = self._store(ctx, path, sha256, size, record)
         return wire.StoredCheckpoint(step=step, key=key, size=size)
 
     def check_artifact_size(self, size: int) -> None:
@@ -290,19 +290,26 @@ class JobApiService:
                 orphans += blobrefs.release(session, JOB_ARTIFACT, old)
             return orphans
 
-        key = self._store(path, sha256, size, record)
+        key = self._store(ctx, path, sha256, size, record)
         return wire.Artifact(name=name, key=key, size=size)
 
     def _store(
-        self, path: Path, sha256: str, size: int, record: Callable[[Any, str], list[str]]
+        self,
+        ctx: AttemptContext,
+        path: Path,
+        sha256: str,
+        size: int,
+        record: Callable[[Any, str], list[str]],
     ) -> str:
-        """Pin, store, then record (``record`` adds the owner's reference and returns keys
-        it left unreferenced) and unpin in one transaction; undo everything on failure."""
-        key = key_for(sha256)
+        """Pin, store (as the job's tenant's), then record (``record`` adds the owner's
+        reference and returns keys it left unreferenced) and unpin in one transaction;
+        undo everything on failure."""
+        blobs = self.blobs.for_tenant(ctx.job.tenant_id)
+        key = blobs.key_for(sha256)
         try:
             pin_id = pin(self.db, [key])
             try:
-                move_in(self.blobs, path, sha256, size)
+                move_in(blobs, path, sha256, size)
                 with self.db.session(write=True) as session:
                     blobrefs.lock(session)
                     orphans = record(session, key)

@@ -3,10 +3,17 @@
 Keys are ``sha256/<2 hex>/<64 hex>``. The hash is computed while bytes are written (so
 the key is the hash of what was really stored) and checked again whenever bytes are read
 back: a flipped byte raises :class:`CorruptBlob` and is never served.
+
+A store may be *tenant-scoped* (encryption at rest: :mod:`nimbus.storage.encrypted`): then
+each tenant's blobs live under ``tenants/<id>/sha256/<2 hex>/<64 hex>``, identical content is
+stored once per tenant (never shared across tenants, which would tell one tenant what
+another holds), and whoever stores a blob says whose it is: :meth:`BlobStore.for_tenant`.
+Otherwise ``for_tenant`` is the store itself and every tenant shares one copy, as before.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -20,7 +27,8 @@ from nimbus.errors import CorruptBlob, NotFound
 from nimbus.storage.base import ObjectStore
 
 CHUNK = 1024 * 1024
-_KEY_RE = re.compile(r"^sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
+_KEY_RE = re.compile(r"^(?:tenants/([1-9][0-9]{0,18})/)?sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
+TENANTS = "tenants/"
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,17 @@ def key_for(digest: str) -> str:
 
 def digest_of(key: str) -> str:
     match = _KEY_RE.match(key)
-    if not match or match.group(1) != match.group(2)[:2]:
+    if not match or match.group(2) != match.group(3)[:2]:
         raise NotFound(f"not a blob key: {key!r}")
-    return match.group(2)
+    return match.group(3)
+
+
+def tenant_of(key: str) -> int | None:
+    """The tenant a tenant-scoped key (``tenants/<id>/...``) belongs to; None otherwise."""
+    if not key.startswith(TENANTS):
+        return None
+    head = key[len(TENANTS) :].split("/", 1)[0]
+    return int(head) if head.isdigit() and not head.startswith("0") else None
 
 
 class BlobWriter:
@@ -103,22 +119,55 @@ class _VerifyingReader:
 class BlobStore:
     """Content-addressed storage; identical content is stored once."""
 
-    def __init__(self, objects: ObjectStore, staging_dir: Path) -> None:
+    def __init__(
+        self, objects: ObjectStore, staging_dir: Path, *, tenant_scoped: bool = False
+    ) -> None:
         self.objects = objects
         self.staging_dir = Path(getattr(objects, "staging_dir", staging_dir))
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.tenant_scoped = tenant_scoped
+        self._prefix = ""
+
+    def for_tenant(self, tenant_id: int) -> BlobStore:
+        """This store as seen by a tenant storing blobs: on a tenant-scoped store its keys
+        are the tenant's own (``tenants/<id>/sha256/...``); otherwise the store itself.
+        Reads take any key, scoped or not."""
+        if not self.tenant_scoped:
+            return self
+        if tenant_id < 1:
+            raise ValueError(f"no tenant {tenant_id}")
+        view = copy.copy(self)
+        view._prefix = f"{TENANTS}{tenant_id}/"
+        return view
+
+    def key_for(self, digest: str) -> str:
+        """The key content of ``digest`` is stored under by this store (or view)."""
+        if self.tenant_scoped and not self._prefix:
+            raise ValueError("a tenant-scoped store stores blobs through for_tenant(id)")
+        return self._prefix + key_for(digest)
+
+    def holds(self, key: str, size: int) -> bool:
+        """Whether ``key`` is stored whole (``size`` bytes); a stored copy of another size,
+        or one whose size no encryption produces, is damaged and deleted here."""
+        if not self.objects.exists(key):
+            return False
+        try:
+            if self.objects.size(key) == size:
+                return True
+        except CorruptBlob:
+            pass
+        # Writes are create-only: a damaged copy must go before the good one goes in.
+        self.objects.delete(key)
+        return False
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self, self.staging_dir)
 
     def _adopt(self, path: Path, digest: str, size: int) -> BlobRef:
-        key = key_for(digest)
-        if self.objects.exists(key):
-            if self.objects.size(key) == size:
-                path.unlink(missing_ok=True)
-                return BlobRef(key, size)
-            # Writes are create-only: a damaged copy must go before the good one goes in.
-            self.objects.delete(key)
+        key = self.key_for(digest)
+        if self.holds(key, size):
+            path.unlink(missing_ok=True)
+            return BlobRef(key, size)
         self.objects.put_file(key, path)
         return BlobRef(key, size)
 
