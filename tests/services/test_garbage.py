@@ -356,3 +356,22 @@ def test_two_sweepers_and_uploads_on_postgresql_never_lose_a_referenced_blob(
     finally:
         for plane in planes:
             plane.dispose()
+
+
+def test_tenant_scoped_blobs_are_swept_like_shared_ones(
+    db: Database, memory: MemoryObjectStore, tmp_path: Path, clock: Clock
+) -> None:
+    """With encryption at rest, blobs live under ``tenants/<id>/sha256/...``: the sweeper
+    lists them, keeps the referenced ones and deletes an orphan after the grace period."""
+    scoped = BlobStore(memory, tmp_path / "staging", tenant_scoped=True)
+    held = scoped.for_tenant(1).put_bytes(b"referenced").key
+    orphan = scoped.for_tenant(2).put_bytes(b"leaked").key
+    assert held.startswith("tenants/1/") and orphan.startswith("tenants/2/")
+    with db.session(write=True) as session:
+        blobrefs.add(session, blobrefs.DATASET_VERSION, 7, [held])
+    garbage = garbage_of(db, scoped, clock)
+    report = garbage.sweep()
+    assert (report.blobs_listed, report.blobs_deleted, report.blobs_waiting) == (2, 0, 1)
+    clock.advance(GRACE + 1)
+    assert garbage.sweep().blobs_deleted == 1
+    assert sorted(memory.keys()) == [held]
