@@ -102,12 +102,6 @@ class Azurite:
         """Azure's standard variable that points a process at this server."""
         return {"AZURE_STORAGE_CONNECTION_STRING": connection_string(self.endpoint)}
 
-    def received_bytes(self) -> int:
-        """Bytes the server process has read (its sockets included): upload progress."""
-        assert self.proc is not None
-        io = Path(f"/proc/{self.proc.pid}/io").read_text()
-        return int(next(line for line in io.splitlines() if line.startswith("rchar:")).split()[1])
-
     def log(self) -> str:
         path = self.dir / "azurite.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""

@@ -107,12 +107,6 @@ class FakeGCS:
         """The standard variable that points Google's client at an emulator."""
         return {"STORAGE_EMULATOR_HOST": self.endpoint}
 
-    def received_bytes(self) -> int:
-        """Bytes the server process has read (its sockets included): upload progress."""
-        assert self.proc is not None
-        io = Path(f"/proc/{self.proc.pid}/io").read_text()
-        return int(next(line for line in io.splitlines() if line.startswith("rchar:")).split()[1])
-
     def log(self) -> str:
         path = self.dir / "fake-gcs.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""

@@ -4,15 +4,29 @@ variables, and look into it with the cloud's own client, behind Nimbus's back.""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from nimbus.storage import ObjectStore
-from tests.helpers_azure import Azurite, azure_store
+from nimbus.system import free_port
+from tests.helpers_azure import KEY, Azurite, azure_store, connection_string
 from tests.helpers_gcs import FakeGCS, gcs_store
 from tests.helpers_s3 import MotoServer, SeaweedFS, aws_env, s3_client, s3_store
 
 SERVERS = ["seaweedfs", "moto", "azurite", "fake_gcs"]
+MISCONFIGURATIONS = ["no bucket", "bad credentials", "unreachable endpoint"]
+
+
+def received_bytes(proc: subprocess.Popen[bytes] | None) -> int:
+    """Bytes a server process has read, its sockets included: how far an upload got."""
+    assert proc is not None
+    for line in Path(f"/proc/{proc.pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/PID/io")
 
 
 class Cloud(Protocol):
@@ -28,6 +42,10 @@ class Cloud(Protocol):
 
     def flip_byte(self, bucket: str, name: str, offset: int) -> None:
         """Corrupt one byte of an object in place, with the cloud's own client."""
+
+    def misconfigured(self, case: str, bucket: str, tmp: Path) -> tuple[str, dict[str, str], str]:
+        """A storage URL and environment that are wrong in the way ``case`` says (one of
+        MISCONFIGURATIONS), and what the one error line must say."""
 
 
 class _Flips:
@@ -67,6 +85,16 @@ class S3Cloud(_Flips):
     def write(self, bucket: str, name: str, data: bytes) -> None:
         s3_client(self.server.endpoint).put_object(Bucket=bucket, Key=name, Body=data)
 
+    def misconfigured(self, case: str, bucket: str, tmp: Path) -> tuple[str, dict[str, str], str]:
+        env = self.env()
+        if case == "no bucket":
+            return "s3://missing-bucket/p", env, "bucket 'missing-bucket' does not exist"
+        if case == "bad credentials":
+            env["AWS_SECRET_ACCESS_KEY"] += "-wrong"
+            return f"s3://{bucket}/p", env, "credentials were refused"
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
+        return f"s3://{bucket}/p", env, "unavailable while checking the bucket at start"
+
 
 @dataclass
 class AzureCloud(_Flips):
@@ -94,6 +122,18 @@ class AzureCloud(_Flips):
     def write(self, bucket: str, name: str, data: bytes) -> None:
         self.server.client().get_blob_client(bucket, name).upload_blob(data, overwrite=True)
 
+    def misconfigured(self, case: str, bucket: str, tmp: Path) -> tuple[str, dict[str, str], str]:
+        endpoint, key = self.server.endpoint, KEY
+        url, expected = f"az://{bucket}/p", "unavailable while checking the container at start"
+        if case == "no bucket":
+            url = "az://missing-container/p"
+            expected = "container 'missing-container' does not exist"
+        elif case == "bad credentials":
+            key, expected = "A" * 8 + KEY[8:], "credentials were refused"
+        else:
+            endpoint = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
+        return url, {"AZURE_STORAGE_CONNECTION_STRING": connection_string(endpoint, key)}, expected
+
 
 @dataclass
 class GCSCloud(_Flips):
@@ -118,3 +158,16 @@ class GCSCloud(_Flips):
 
     def write(self, bucket: str, name: str, data: bytes) -> None:
         self.server.client().bucket(bucket).blob(name).upload_from_string(data)
+
+    def misconfigured(self, case: str, bucket: str, tmp: Path) -> tuple[str, dict[str, str], str]:
+        if case == "no bucket":
+            return "gs://missing-bucket/p", self.env(), "bucket 'missing-bucket' does not exist"
+        if case == "bad credentials":
+            # The emulator checks no credential: the refusal under test is the client's own,
+            # of application default credentials that are no credentials at all.
+            bogus = tmp / "credentials.json"
+            bogus.write_text(json.dumps({"type": "service_account", "client_email": "x"}))
+            env = {"GOOGLE_APPLICATION_CREDENTIALS": str(bogus)}
+            return f"gs://{bucket}/p", env, "no usable Google credentials"
+        env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}"}
+        return f"gs://{bucket}/p", env, "unavailable while checking the bucket at start"

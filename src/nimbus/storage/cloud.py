@@ -141,7 +141,7 @@ class ObstoreObjectStore:
         of ``part_size`` in memory) check first, since obstore completes them
         unconditionally."""
         source = Path(source)
-        multipart = source.stat().st_size > self.part_size
+        multipart = source.stat().st_size > self.part_size  # a missing source raises here
         try:
             if multipart and self.exists(key):
                 source.unlink()
@@ -158,6 +158,11 @@ class ObstoreObjectStore:
                 )
         except AlreadyExistsError:
             pass
+        except (NotFoundError, FileNotFoundError):
+            # obstore raises the builtin for a 404: the bucket went away under us.
+            raise StorageUnavailable(
+                f"object storage {self.url} unavailable while writing {key}: {self._missing()}"
+            ) from None
         except BaseError as exc:
             raise self._fail(exc, f"writing {key}") from None
         source.unlink()

@@ -127,7 +127,8 @@ class GCSObjectStore:
                     self.bucket,
                     prefix=self._name(""),
                     max_results=1,
-                    retry=self._retry,
+                    # A few seconds, as obstore's three retries: at start, fail fast.
+                    retry=DEFAULT_RETRY.with_timeout(5.0),
                     timeout=_TIMEOUT,
                 )
             )
