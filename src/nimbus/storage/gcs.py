@@ -9,9 +9,10 @@ Why not obstore here, as for S3 and Azure: obstore writes to GCS through the XML
 tests run, answers ``400 invalid uploadType``; Google's client speaks the JSON API, which
 both the emulator and GCS implement.
 
-Writes are create-only: an absence check, then an upload with ``ifGenerationMatch=0`` (GCS
-refuses it if the object appeared meanwhile). Files over 8 MiB go up as a resumable upload
-in ``part_size`` chunks, one chunk in memory at a time.
+Writes are create-only: an upload with ``ifGenerationMatch=0``, which the server refuses if
+the object exists. Files over 8 MiB go up as a resumable upload in ``part_size`` chunks, one
+chunk in memory at a time, after an absence check (fake-gcs-server ignores the precondition
+on resumable uploads; GCS honours it).
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ _ERRORS = (
     ConnectionError,
 )
 _TIMEOUT = (5.0, 120.0)  # connect, read
+SINGLE_REQUEST = 8 * 1024 * 1024  # larger files go up as resumable uploads (the client's rule)
 
 
 class _Reader(io.RawIOBase):
     """Ranged reads of one generation of an object, a buffer at a time."""
 
-    def __init__(self, blob: Any, size: int, fail: Any) -> None:
+    def __init__(self, blob: Any, size: int, fail: Any, retry: Any) -> None:
         self._blob = blob
+        self._retry = retry
         self._size = size
         self._pos = 0
         self._fail = fail
@@ -63,7 +66,12 @@ class _Reader(io.RawIOBase):
         end = min(self._pos + len(view), self._size) - 1
         try:
             data = self._blob.download_as_bytes(
-                start=self._pos, end=end, checksum=None, raw_download=True, timeout=_TIMEOUT
+                start=self._pos,
+                end=end,
+                checksum=None,
+                raw_download=True,
+                retry=self._retry,
+                timeout=_TIMEOUT,
             )
         except _ERRORS as exc:
             raise self._fail(exc, f"reading {self._blob.name}") from None
@@ -84,7 +92,9 @@ class GCSObjectStore:
         *,
         client: storage.Client | None = None,
         part_size: int = PART_SIZE,
-        retry_timeout: timedelta = timedelta(seconds=30),
+        # Google's retries are bounded by time only: a few seconds is about the three
+        # retries obstore makes for S3 and Azure, then a clear failure.
+        retry_timeout: timedelta = timedelta(seconds=6),
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -127,8 +137,7 @@ class GCSObjectStore:
                     self.bucket,
                     prefix=self._name(""),
                     max_results=1,
-                    # A few seconds, as obstore's three retries: at start, fail fast.
-                    retry=DEFAULT_RETRY.with_timeout(5.0),
+                    retry=self._retry,
                     timeout=_TIMEOUT,
                 )
             )
@@ -137,19 +146,29 @@ class GCSObjectStore:
 
     def put_file(self, key: str, source: Path) -> None:
         """Upload ``source`` under ``key`` unless ``key`` exists; the source is removed once
-        the object is stored."""
+        the object is stored. Large files are checked for first, as S3 and Azure multipart
+        uploads are: not every server honours the precondition on a resumable upload."""
         source = Path(source)
+        large = source.stat().st_size > SINGLE_REQUEST  # a missing source raises here
         try:
-            if not self.exists(key):
-                blob = self._bucket.blob(self._name(key), chunk_size=self.part_size)
-                blob.upload_from_filename(
-                    str(source), if_generation_match=0, retry=self._retry, timeout=_TIMEOUT
-                )
-        except api_errors.PreconditionFailed:
-            pass  # created meanwhile by another writer: same key, same bytes
+            if not (large and self.exists(key)):
+                self.upload(key, source)
         except _ERRORS as exc:
             raise self._fail(exc, f"writing {key}") from None
         source.unlink()
+
+    def upload(self, key: str, source: Path) -> bool:
+        """Upload with ``ifGenerationMatch=0``: the server refuses it if ``key`` exists.
+        Returns False when refused. Over ``SINGLE_REQUEST`` bytes, a resumable upload of
+        ``part_size`` chunks."""
+        blob = self._bucket.blob(self._name(key), chunk_size=self.part_size)
+        try:
+            blob.upload_from_filename(
+                str(source), if_generation_match=0, retry=self._retry, timeout=_TIMEOUT
+            )
+        except api_errors.PreconditionFailed:
+            return False  # created meanwhile by another writer: same key, same bytes
+        return True
 
     def _get(self, key: str) -> Any:
         try:
@@ -165,7 +184,8 @@ class GCSObjectStore:
         found = self._get(key)
         # Pinned to the generation looked up: a replaced object cannot splice into a read.
         blob = self._bucket.blob(self._name(key), generation=found.generation)
-        return io.BufferedReader(_Reader(blob, int(found.size), self._fail), READ_BUFFER)
+        reader = _Reader(blob, int(found.size), self._fail, self._retry)
+        return io.BufferedReader(reader, READ_BUFFER)
 
     def local_path(self, key: str) -> Path | None:
         return None
