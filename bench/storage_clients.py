@@ -15,7 +15,7 @@ and the ratio is obstore's throughput over the SDK's (> 1: obstore is faster).
   azure-storage-blob's ``upload_blob`` with ``max_concurrency=4`` (its default block size).
 - GCS: obstore cannot write to fake-gcs-server at all (it uses the XML API; the emulator
   answers ``400 invalid uploadType``), so the figure is Nimbus's ``GCSObjectStore.put_file``
-  (google-cloud-storage, resumable upload in 8 MiB chunks: bounded memory) vs the same
+  (google-cloud-storage, resumable upload in 16 MiB chunks: bounded memory) vs the same
   client with its default 100 MiB chunks, and obstore's failure is printed.
 
 Run: .venv/bin/python bench/storage_clients.py [--runs 3] [--size-mb 256]
@@ -37,6 +37,8 @@ from _common import median, spread
 from tests.helpers_azure import Azurite, azure_store, azurite_binary
 from tests.helpers_gcs import FakeGCS, fake_gcs_binary, gcs_store
 from tests.helpers_s3 import SeaweedFS, s3_client, s3_store, weed_binary
+
+from nimbus.storage.gcs import CHUNK_SIZE
 
 MiB = 1024 * 1024
 PART = 8 * MiB
@@ -146,7 +148,7 @@ def bench_gcs(source: Path, runs: int) -> dict[str, Any]:
     server = FakeGCS(binary).start()
     try:
         bucket = server.ensure_bucket("bench")
-        store = gcs_store(server, bucket, "o", part_size=PART)
+        store = gcs_store(server, bucket, "o", part_size=CHUNK_SIZE)
         plain = server.client().bucket(bucket)
 
         def sdk_default(f: Path, key: str) -> None:
@@ -157,7 +159,7 @@ def bench_gcs(source: Path, runs: int) -> dict[str, Any]:
             source,
             runs,
             {
-                "google-cloud-storage 8 MiB (GCSObjectStore)": lambda f, k: store.put_file(
+                "google-cloud-storage 16 MiB (GCSObjectStore)": lambda f, k: store.put_file(
                     k, _copy(f)
                 ),
                 "google-cloud-storage default 100 MiB chunks": sdk_default,
