@@ -11,7 +11,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -133,5 +132,4 @@ def gcs_store(
         prefix,
         client=server.client(),
         part_size=part_size,
-        retry_timeout=timedelta(seconds=3),
     )

@@ -97,14 +97,16 @@ class GCSObjectStore:
         *,
         client: storage.Client | None = None,
         part_size: int = CHUNK_SIZE,
-        # Google's retries are bounded by time only: a few seconds is about the three
-        # retries obstore makes for S3 and Azure, then a clear failure.
-        retry_timeout: timedelta = timedelta(seconds=6),
+        # Google's retries are bounded by time only: with obstore's backoff (0.1 s, doubling)
+        # two seconds give about the retries obstore makes for S3 and Azure (three), then a
+        # clear failure rather than a request hanging on a server that is gone.
+        retry_timeout: timedelta = timedelta(seconds=2),
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = part_size
-        self._retry = DEFAULT_RETRY.with_timeout(retry_timeout.total_seconds())
+        self._retry = DEFAULT_RETRY.with_delay(initial=0.1, maximum=2.0, multiplier=2.0)
+        self._retry = self._retry.with_timeout(retry_timeout.total_seconds())
         try:
             self._client = client if client is not None else storage.Client()
         except auth_errors.DefaultCredentialsError as exc:
