@@ -27,7 +27,10 @@ def test_an_azure_connection_string_gives_account_key_and_endpoint() -> None:
     assert parse_connection_string(cloud)["endpoint"] == "https://acme.blob.core.windows.net"
     sas = parse_connection_string("AccountName=acme;SharedAccessSignature=sv=2024&sig=x%3D")
     assert sas == {"account_name": "acme", "sas_key": "sv=2024&sig=x%3D"}
-    assert parse_connection_string("UseDevelopmentStorage=true") == {"use_emulator": "true"}
+    assert parse_connection_string("UseDevelopmentStorage=true") == {
+        "use_emulator": "true",
+        "account_name": "devstoreaccount1",
+    }
 
 
 @pytest.mark.parametrize(

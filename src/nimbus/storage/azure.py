@@ -46,7 +46,8 @@ def parse_connection_string(text: str) -> dict[str, str]:
             )
         fields[name.strip().lower()] = value.strip()
     if fields.get("usedevelopmentstorage", "").lower() == "true":
-        return {"use_emulator": "true"}
+        # Azurite on 127.0.0.1:10000 with its public development account and key.
+        return {"use_emulator": "true", "account_name": "devstoreaccount1"}
     config: dict[str, str] = {}
     if "accountname" in fields:
         config["account_name"] = fields["accountname"]
