@@ -44,9 +44,10 @@ _ERRORS = (
 )
 _TIMEOUT = (5.0, 120.0)  # connect, read
 # A resumable upload sends its chunks one after another, so a chunk is bigger than an S3
-# part: 16 MiB went 1.4-1.5x faster than 8 MiB to fake-gcs-server here, and the client holds
-# about two chunks (32 MiB) at its peak. 32 MiB chunks were not clearly faster again (3
-# noisy runs) and would hold about 64.
+# part: 16 MiB went 1.4-1.8x faster than 8 MiB to fake-gcs-server (three runs of 128 MiB),
+# and the client holds about two chunks (32 MiB, measured) at its peak. 32 MiB chunks were
+# not clearly faster again and would hold about 64; the client's default, 100 MiB chunks,
+# held 192 MiB uploading a 192 MiB file.
 CHUNK_SIZE = 16 * 1024 * 1024
 SINGLE_REQUEST = 8 * 1024 * 1024  # larger files go up as resumable uploads (the client's rule)
 
