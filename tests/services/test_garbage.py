@@ -323,6 +323,7 @@ def test_two_sweepers_and_uploads_on_postgresql_never_lose_a_referenced_blob(
             try:
                 while not stop.is_set():
                     garbage.sweep(grace_seconds=0)
+                    stop.wait(0.005)  # a gap between sweeps, as the interval gives: no livelock
             except BaseException as exc:
                 errors.append(exc)
 
@@ -334,7 +335,7 @@ def test_two_sweepers_and_uploads_on_postgresql_never_lose_a_referenced_blob(
         lost: list[int] = []
         try:
             for n in range(12):
-                for _attempt in range(20):
+                for _attempt in range(50):
                     try:
                         versions.append(upload(svc, who, tmp_path, f"d{n}".encode()).version)
                         break
