@@ -180,6 +180,12 @@ class Batcher:
 
     async def submit(self, inputs: np.ndarray) -> np.ndarray:
         """Queue ``inputs`` for the next batch and wait for its rows of output."""
+        return await self.enqueue(inputs)
+
+    def enqueue(self, inputs: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """Queue ``inputs`` for the next batch; the future gets its rows of output. For
+        callers on the event loop that are not coroutines (see :mod:`nimbus.serving.fastpath`).
+        """
         loop = self._loop
         if loop is None or self._closed:
             self.start()
@@ -197,7 +203,7 @@ class Batcher:
             # go together, and an idle worker still gets a lone request at once.
             self._pump_due = True
             loop.call_soon(self._pump)
-        return await future
+        return future
 
     def _pump(self) -> None:
         """Dispatch every batch the policy allows now; arm a timer if it says to wait."""
