@@ -171,7 +171,7 @@ def test_fast_and_asgi_answers_are_identical(
         taken.append(path)
         handle(path, *args)  # type: ignore[arg-type]
 
-    image_app.handle = counting  # type: ignore[method-assign]
+    image_app.handle = counting  # type: ignore[method-assign, assignment]
     fast = answers(image_app, IMAGE_REQUESTS, fast=True)
     slow = answers(
         create_app(image_model_dir, "m", auth=lambda token: token == TOKEN), IMAGE_REQUESTS, False
@@ -240,7 +240,7 @@ def test_a_draining_server_answers_through_its_gate(image_app: InferenceApp) -> 
         taken.append(path)
         handle(path, *args)  # type: ignore[arg-type]
 
-    image_app.handle = counting  # type: ignore[method-assign]
+    image_app.handle = counting  # type: ignore[method-assign, assignment]
     try:
         with serving(image_app, lambda: not gate.draining, gate) as port:
             open_answer = exchange(port, IMAGE_REQUESTS["json"])
