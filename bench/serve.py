@@ -12,8 +12,10 @@ is exported with ``export_model`` to a temporary model directory and served by
   (d) TorchServe with batching (batch 16, 5 ms, one worker), when it is installed
       (bench/serve_peer_torchserve.py says how); otherwise the table says why not;
   (e) the ceiling: bench/serve_ceiling.py, a raw ASGI app under the same uvicorn settings
-      (httptools, uvloop) that reads the body and answers a fixed ~200-byte JSON; and the
-      same under the replica's own HTTP protocol (``ceiling, nimbus http``).
+      (httptools, uvloop) that reads the body and answers a fixed ~200-byte JSON; the same
+      under the replica's own HTTP protocol (``ceiling, nimbus http``); and the same answer
+      from the replica's fast path, below ASGI (``ceiling, fast path``: what a replica's
+      inference requests would cost with no model and no parsing).
 
 wrk -t1, in its own process, drives each in closed loop at 1, 16 and 64 connections with the
 same OIP v2 JSON infer request (one 28x28 UINT8 image). Every target is measured once per
@@ -286,7 +288,14 @@ class Target:
 NIMBUS_JSON, NIMBUS_BINARY = "nimbus JSON", "nimbus binary ext."
 WEAK, STRONG, TORCHSERVE = "peer FastAPI sync", "peer FastAPI async", "peer TorchServe"
 CEILING, CEILING_NIMBUS = "ceiling (uvicorn)", "ceiling, nimbus http"
-RATIO_TO = [(STRONG, "strong"), (WEAK, "weak"), (TORCHSERVE, "TS"), (CEILING, "ceil")]
+CEILING_FAST = "ceiling, fast path"
+RATIO_TO = [
+    (STRONG, "strong"),
+    (WEAK, "weak"),
+    (TORCHSERVE, "TS"),
+    (CEILING, "ceil"),
+    (CEILING_FAST, "c.fast"),
+]
 
 
 def median(values: list[float]) -> float:
@@ -414,7 +423,10 @@ def main() -> None:
             token_hashes=(hash_token(TOKEN),) if args.token else (),
         )
         nimbus_url = sup.start(spec, wait=60)
-        ports = {key: free_port() for key in ("weak", "strong", "ceiling", "ceiling-nimbus")}
+        ports = {
+            key: free_port()
+            for key in ("weak", "strong", "ceiling", "ceiling-nimbus", "ceiling-fast")
+        }
         procs += [
             start_python("serve_peer_fastapi.py", str(model_dir), "--port", str(ports["weak"])),
             start_python("serve_peer_async.py", str(model_dir), "--port", str(ports["strong"])),
@@ -422,8 +434,11 @@ def main() -> None:
             start_python(
                 "serve_ceiling.py", "--port", str(ports["ceiling-nimbus"]), "--protocol", "nimbus"
             ),
+            start_python(
+                "serve_ceiling.py", "--port", str(ports["ceiling-fast"]), "--protocol", "fast"
+            ),
         ]
-        weak, strong, ceiling, ceiling_nimbus = procs
+        weak, strong, ceiling, ceiling_nimbus, ceiling_fast = procs
         url = {key: f"http://127.0.0.1:{port}{INFER}" for key, port in ports.items()}
         headers = {**JSON, **auth}
         wait_answering(nimbus_url + INFER, json_body, headers)
@@ -443,6 +458,7 @@ def main() -> None:
             Target(WEAK, url["weak"], plain_lua, [weak.pid]),
             Target(CEILING, url["ceiling"], plain_lua, [ceiling.pid]),
             Target(CEILING_NIMBUS, url["ceiling-nimbus"], plain_lua, [ceiling_nimbus.pid]),
+            Target(CEILING_FAST, url["ceiling-fast"], plain_lua, [ceiling_fast.pid]),
         ]
         why_not = "skipped (--no-torchserve)" if args.no_torchserve else ts_peer.available()
         if why_not is None:

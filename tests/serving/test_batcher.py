@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from nimbus.errors import Unavailable
-from nimbus.serving.batcher import INLINE_SECONDS, Batcher, BatchPolicy, Decision
+from nimbus.serving.batcher import (
+    INLINE_SECONDS,
+    MAX_PROBE_EVERY,
+    PROBE_EVERY,
+    Batcher,
+    BatchPolicy,
+    Decision,
+    probe_every,
+)
 from nimbus.serving.errors import Overloaded
 
 
@@ -206,3 +214,16 @@ def test_a_fast_model_runs_on_the_event_loop_and_a_slow_one_on_the_worker() -> N
     assert not fast[0]  # the first batch's cost is unknown: the worker runs it
     assert any(fast[1:])
     assert not any(asyncio.run(scenario(INLINE_SECONDS * 2)))
+
+
+def test_probes_grow_rarer_as_hand_offs_cost_more_batches() -> None:
+    """A probe batch waits a hand-off: when that is many batches' time, probes are as rare,
+    so that probing costs about 1/PROBE_EVERY of a batch on average, and never too rarely."""
+    assert probe_every(0.001, 0.0001) == PROBE_EVERY  # a cheap hand-off: the base rate
+    assert probe_every(0.001, 0.001) == PROBE_EVERY
+    assert probe_every(0.0003, 0.003) == PROBE_EVERY * 10
+    assert probe_every(0.0001, 1.0) == MAX_PROBE_EVERY
+    assert probe_every(0.0, 0.001) == MAX_PROBE_EVERY
+    for cost, handoff in ((0.0003, 0.0006), (0.0003, 0.003), (0.0002, 0.005)):
+        every = probe_every(cost, handoff)
+        assert handoff / every <= cost / PROBE_EVERY * 1.1

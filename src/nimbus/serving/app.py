@@ -1,7 +1,9 @@
 """The inference server: a lean ASGI application serving one model over OIP v2 and ``/predict``.
 
 No framework on the hot path: ``POST /v2/models/{name}/infer`` goes body bytes -> codec ->
-batcher -> response bytes. Routes:
+batcher -> response bytes, and small infer and predict requests do not even go through ASGI:
+the replica's HTTP protocol hands them to :meth:`InferenceApp.handle` (see
+:mod:`nimbus.serving.fastpath`), which answers exactly as the ASGI route would. Routes:
 
     GET  /v2/health/live | /v2/health/ready          (always open)
     GET  /v2 | /v2/                                  server metadata
@@ -20,7 +22,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,9 +33,12 @@ import uvicorn
 from nimbus import __version__
 from nimbus.datasets.domain import Task
 from nimbus.errors import NimbusError, NotFound, ServerError, Unauthorized, Unavailable
+from nimbus.names import whole_number
 from nimbus.serving import asgi, forms
 from nimbus.serving.batcher import Batcher, BatchPolicy
 from nimbus.serving.errors import MethodNotAllowed
+from nimbus.serving.fastpath import Reply as FastReply
+from nimbus.serving.fastpath import fast_protocol
 from nimbus.serving.memory import release_memory, tune_allocator
 from nimbus.serving.metrics import ServingMetrics
 from nimbus.serving.predictor import DEFAULT_MAX_IMAGE_PIXELS, Predictor
@@ -50,7 +55,7 @@ from nimbus.serving.protocol import (
     parse_header_length,
     server_metadata,
 )
-from nimbus.serving.timeouts import DEFAULT_READ_TIMEOUTS, ReadTimeouts, timeout_protocol
+from nimbus.serving.timeouts import DEFAULT_READ_TIMEOUTS, ReadTimeouts
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,15 @@ class InferenceApp:
         )
         self._input_name = predictor.input.name
         self._codec = InferCodec((predictor.input,), predictor.outputs, limits)
+        # The exact paths the fast path takes (image uploads are decoded off the loop: not
+        # fast), and the largest body it reads (larger ones are decoded off the loop too).
+        actions = ("infer",) if predictor.spec.task is Task.IMAGE else ("infer", "predict")
+        self._fast_routes = {
+            f"{_MODELS}{name}{version_part}/{action}": action
+            for action in actions
+            for version_part in ("", f"/versions/{version}")
+        }
+        self._fast_body = min(OFFLOAD_BYTES - 1, max_body_bytes)
 
     @property
     def ready(self) -> bool:
@@ -136,17 +150,90 @@ class InferenceApp:
             reply = await self._dispatch(path, scope["method"], receive, asgi.header_map(scope))
         except asgi.Disconnected:
             return
-        except NimbusError as exc:
-            status, body, extra = asgi.error_reply(exc)
-            reply = (status, body, asgi.JSON, extra)
-        except Exception:
-            log.exception("inference request failed")
-            status, body, extra = asgi.error_reply(ServerError("internal error"))
-            reply = (status, body, asgi.JSON, extra)
+        except Exception as exc:
+            reply = _error_reply(exc)
         status, body, content_type, extra = reply
         await asgi.respond(send, status, body, content_type, extra)
         if route is not None:
             self.metrics.observe_request(route, status, time.perf_counter() - started)
+
+    def accepts(self, method: str, path: str, headers: asgi.Headers) -> bool:
+        """Whether :meth:`handle` answers this request (a :class:`FastHandler` method): an
+        infer or predict POST with a small declared body, not compressed and not a form."""
+        if method != "POST" or path not in self._fast_routes:
+            return False
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = value
+            elif name in (b"content-encoding", b"transfer-encoding"):
+                return False
+        if length is None or (
+            self._fast_routes[path] == "predict" and forms.is_form(dict(headers))
+        ):
+            return False
+        size = whole_number(length.decode("latin-1"))
+        return size is not None and size <= self._fast_body
+
+    def handle(self, path: str, headers: asgi.Headers, body: bytes, reply: FastReply) -> None:
+        """Answer a request :meth:`accepts` took, as :meth:`__call__` would, through ``reply``
+        once its batch has run (a :class:`FastHandler` method)."""
+        started = time.perf_counter()
+        route = self._fast_routes[path]
+        request: InferRequest | None = None
+        try:
+            header_map = dict(headers)
+            self._authorize(header_map)
+            if route == "infer":
+                length = parse_header_length(header_map.get(_HEADER_LENGTH), len(body))
+                request, inputs = self._decode(body, length)
+            else:
+                inputs = self.predictor.example_from_body(body)
+            future = self.batcher.enqueue(inputs)
+        except Exception as exc:
+            self._fast_reply(reply, route, started, _error_reply(exc))
+            return
+
+        def done(future: asyncio.Future[np.ndarray]) -> None:
+            self._fast_done(future, request, route, started, reply)
+
+        future.add_done_callback(done)
+
+    def _fast_done(
+        self,
+        future: asyncio.Future[np.ndarray],
+        request: InferRequest | None,
+        route: str,
+        started: float,
+        reply: FastReply,
+    ) -> None:
+        try:
+            if future.cancelled():
+                raise Unavailable("the server is shutting down")
+            probabilities = future.result()
+            if request is None:
+                answer = orjson.dumps(self.predictor.describe(probabilities[0]))
+                out: Reply = (200, answer, asgi.JSON, [])
+            elif probabilities.size < _OFFLOAD_OUTPUTS:
+                out = self._encode(request, probabilities)
+            else:
+                encoded = self._decoder_pool().submit(self._encode, request, probabilities)
+
+                def encoded_done(encoded: Future[Reply]) -> None:
+                    error = encoded.exception()
+                    out = encoded.result() if error is None else _error_reply(error)
+                    self._fast_reply(reply, route, started, out)
+
+                asyncio.wrap_future(encoded).add_done_callback(lambda _: encoded_done(encoded))
+                return
+        except Exception as exc:
+            out = _error_reply(exc)
+        self._fast_reply(reply, route, started, out)
+
+    def _fast_reply(self, reply: FastReply, route: str, started: float, out: Reply) -> None:
+        status, body, content_type, extra = out
+        reply(status, body, content_type, extra)
+        self.metrics.observe_request(route, status, time.perf_counter() - started)
 
     async def _dispatch(
         self, path: str, method: str, receive: asgi.Receive, headers: dict[bytes, bytes]
@@ -254,16 +341,26 @@ class InferenceApp:
             max_pixels=predictor.max_image_pixels,
         )
 
-    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+    def _decoder_pool(self) -> ThreadPoolExecutor:
         if self._decoder is None:
             self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimbus-decode")
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+        return self._decoder
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._decoder_pool(), fn, *args)
 
     def _release_later(self) -> None:
         """Trim the heap on the decoding thread once this request's buffers are gone."""
-        if self._decoder is None:
-            self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimbus-decode")
-        self._decoder.submit(release_memory)
+        self._decoder_pool().submit(release_memory)
+
+
+def _error_reply(exc: BaseException) -> Reply:
+    """The reply for a request that failed with ``exc`` (500 for anything not ours)."""
+    if not isinstance(exc, NimbusError):
+        log.error("inference request failed", exc_info=exc)
+        exc = ServerError("internal error")
+    status, body, extra = asgi.error_reply(exc)
+    return status, body, asgi.JSON, extra
 
 
 def _metric_route(path: str) -> str | None:
@@ -334,15 +431,24 @@ def uvicorn_config(
     host: str = "127.0.0.1",
     port: int = 8000,
     timeouts: ReadTimeouts = DEFAULT_READ_TIMEOUTS,
+    *,
+    fast_while: Callable[[], bool] | None = None,
 ) -> uvicorn.Config:
     """How a replica runs: httptools + uvloop with read ``timeouts`` (slow clients are cut
-    off), one worker, no access log, and no proxy-headers middleware (nothing here reads the
-    client's address; it would cost every request a wrapper)."""
+    off), ``app``'s inference routes answered by the protocol itself (while ``fast_while()``,
+    if given: a draining replica turns it off), one worker, no access log, and no
+    proxy-headers middleware (nothing here reads the client's address; it would cost every
+    request a wrapper)."""
+    protocol = (
+        fast_protocol(app, timeouts)
+        if fast_while is None
+        else fast_protocol(app, timeouts, is_open=fast_while)
+    )
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=timeout_protocol(timeouts),
+        http=protocol,
         loop="uvloop",
         lifespan="on",
         access_log=False,

@@ -9,7 +9,9 @@ to each caller. Except when that costs more than it saves: a batch of a model so
 recent batches took under :data:`INLINE_SECONDS`, and less than the recent hand-offs to the
 worker and back took (two wake-ups, each a scheduling delay; milliseconds on a busy machine,
 tens of microseconds with a core free), runs on the event loop itself. One batch in
-:data:`PROBE_EVERY` still goes to the worker, so the hand-off's cost stays measured.
+:data:`PROBE_EVERY` still goes to the worker, so the hand-off's cost stays measured; one in
+more when the hand-off costs many batches (see :func:`probe_every`), so that the probes, each
+of which delays its batch by a hand-off, never cost the requests more than a few percent.
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ from nimbus.serving.errors import Overloaded
 # loop as long) averages at most this run on the event loop itself.
 INLINE_SECONDS = 0.002
 PROBE_EVERY = 16
+MAX_PROBE_EVERY = 1024
+
+
+def probe_every(batch_seconds: float, handoff_seconds: float) -> int:
+    """How many inline batches per probe batch sent to the worker: :data:`PROBE_EVERY`, times
+    as many batches as one hand-off costs (up to :data:`MAX_PROBE_EVERY`). A probe delays its
+    batch by a hand-off, so on average probing costs at most 1/PROBE_EVERY of a batch's time,
+    however slow hand-offs get on a busy machine (and it stays out of the p99 there)."""
+    ratio = handoff_seconds / batch_seconds if batch_seconds > 0 else MAX_PROBE_EVERY
+    return max(PROBE_EVERY, min(MAX_PROBE_EVERY, int(PROBE_EVERY * ratio)))
 
 
 class Queued(Protocol):
@@ -180,6 +192,12 @@ class Batcher:
 
     async def submit(self, inputs: np.ndarray) -> np.ndarray:
         """Queue ``inputs`` for the next batch and wait for its rows of output."""
+        return await self.enqueue(inputs)
+
+    def enqueue(self, inputs: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """Queue ``inputs`` for the next batch; the future gets its rows of output. For
+        callers on the event loop that are not coroutines (see :mod:`nimbus.serving.fastpath`).
+        """
         loop = self._loop
         if loop is None or self._closed:
             self.start()
@@ -197,7 +215,7 @@ class Batcher:
             # go together, and an idle worker still gets a lone request at once.
             self._pump_due = True
             loop.call_soon(self._pump)
-        return await future
+        return future
 
     def _pump(self) -> None:
         """Dispatch every batch the policy allows now; arm a timer if it says to wait."""
@@ -231,7 +249,10 @@ class Batcher:
         if cost is None or handoff is None or cost > min(handoff, self._inline_seconds):
             return False
         self._inline_runs += 1
-        return self._inline_runs % PROBE_EVERY != 0
+        if self._inline_runs < probe_every(cost, handoff):
+            return True
+        self._inline_runs = 0
+        return False
 
     def _expired(self) -> None:
         self._timer = None

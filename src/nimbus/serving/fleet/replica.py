@@ -151,7 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, NimbusError) else 1
     gate = DrainGate(app)
-    config = uvicorn_config(app, args.host, sockets[0].getsockname()[1], timeouts)
+    config = uvicorn_config(
+        app,
+        args.host,
+        sockets[0].getsockname()[1],
+        timeouts,
+        fast_while=lambda: not gate.draining,  # draining answers go through the gate
+    )
     config.app = gate  # the same settings, the drain gate in front
     server = DrainingServer(config, gate, args.drain_seconds)
     lifeline = _lifeline(args)
