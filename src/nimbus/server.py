@@ -100,10 +100,12 @@ from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.quotas import QuotaDefaults, QuotaService
 from nimbus.services.tokens import TokenService
+from nimbus.services.uploads import UploadService
 from nimbus.serving.fleet.orphan import Lifeline
 from nimbus.serving.timeouts import ReadTimeouts, timeout_protocol
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
+from nimbus.storage.direct import direct_transfers
 from nimbus.storage.factory import open_object_store
 from nimbus.system import bind_unix, write_private
 
@@ -537,6 +539,14 @@ def build_services(
             make_supervisor=functools.partial(default_supervisor, lifeline=lifeline(settings)),
         ),
         quotas=quotas,
+        uploads=UploadService(
+            blobs,
+            datasets,
+            direct_transfers(store, settings.storage_public_endpoint),
+            url_seconds=settings.presign_seconds,
+            max_bytes=settings.max_upload_bytes,
+            quotas=quotas,
+        ),
     )
 
 

@@ -27,6 +27,7 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from nimbus.errors import StorageUnavailable
+from nimbus.storage.s3_direct import S3Direct
 
 PART_SIZE = 8 * 1024 * 1024
 CONCURRENCY = 4
@@ -77,6 +78,8 @@ class S3ObjectStore:
         self.part_size = part_size
         self.concurrency = concurrency
         settings = dict(config or {})
+        self._config = settings
+        self._direct: dict[str | None, S3Direct] = {}
         endpoint = settings.get("endpoint") or settings.get("aws_endpoint")
         self._store = S3Store(
             bucket,
@@ -117,6 +120,15 @@ class S3ObjectStore:
         else:
             why = text[:300]
         return StorageUnavailable(f"object storage {self.url} unavailable while {doing}: {why}")
+
+    def direct_transfers(self, public_endpoint: str | None = None) -> S3Direct:
+        """Presigned URLs and multipart uploads by id on this bucket (boto3: see
+        :mod:`nimbus.storage.s3_direct`), signed for ``public_endpoint`` when given."""
+        if public_endpoint not in self._direct:
+            self._direct[public_endpoint] = S3Direct(
+                self.bucket, self.prefix, config=self._config, public_endpoint=public_endpoint
+            )
+        return self._direct[public_endpoint]
 
     def probe(self) -> None:
         """List one page under the prefix: proves the bucket exists, the credentials are
