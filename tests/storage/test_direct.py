@@ -289,7 +289,7 @@ def test_an_upload_killed_mid_way_resumes_from_the_parts_in_the_bucket(
     assert 2 <= kept <= 20
 
     second = subprocess.run(
-        command + ["--json"], env=env, capture_output=True, text=True, timeout=240
+        [*command, "--json"], env=env, capture_output=True, text=True, timeout=240
     )
     assert second.returncode == 0, second.stderr
     assert "resuming upload" in second.stderr and "parts already in the bucket" in second.stderr
