@@ -28,7 +28,6 @@ import httpx
 
 from nimbus.client.transfer import Progress, save
 from nimbus.errors import NotFound, StorageUnavailable
-from nimbus.storage.direct import part_length
 from nimbus.system import write_private
 from nimbus.wire.uploads import UploadSession
 
@@ -36,6 +35,11 @@ URL_BATCH = 32  # presigned URLs asked for at a time: each is used within second
 PART_TRIES = 4
 HASH_CHUNK = 8 * 1024 * 1024
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+def part_length(size: int, part_size: int, number: int) -> int:
+    """The byte length of part ``number`` (1-based) of a ``size``-byte file."""
+    return min(part_size, size - (number - 1) * part_size)
 
 
 class UrlSource:

@@ -19,6 +19,7 @@ from nimbus.client.direct import (
     file_identity,
     file_sha256,
     note,
+    part_length,
     part_matches,
 )
 from nimbus.client.transfer import Progress
@@ -139,4 +140,4 @@ class DirectTransfersMixin(BaseClient):
 
 
 def _lengths(session: UploadSession, numbers: list[int]) -> list[int]:
-    return [min(session.part_size, session.size - (n - 1) * session.part_size) for n in numbers]
+    return [part_length(session.size, session.part_size, n) for n in numbers]

@@ -230,6 +230,11 @@ class UploadService:
         expires = self._moment(self.clock() + self.url_seconds)
         return wire.FileLink(url=url, size=size, sha256=sha256, name=name, expires_at=expires)
 
+    def direct_url(self, key: str) -> str | None:
+        """A presigned GET of blob ``key`` for a node filling its cache (None: no direct
+        transfers here)."""
+        return None if self.direct is None else self.direct.get_url(key, self.url_seconds)
+
     # -- plumbing -----------------------------------------------------------------------
 
     def _check_parts(self, record: SessionRecord, parts: list[StoredPart]) -> None:
