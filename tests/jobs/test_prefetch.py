@@ -15,6 +15,7 @@ from nimbus.client import Client
 from nimbus.config import Settings
 from nimbus.jobs import prefetch
 from nimbus.storage.blobs import BlobStore
+from nimbus.storage.direct import direct_transfers
 from tests.helpers import ServerProcess
 from tests.helpers_s3 import SeaweedFS, aws_env, s3_store
 from tests.storage.conftest import seaweedfs  # noqa: F401  (the session's server)
@@ -27,16 +28,9 @@ def blobs(seaweedfs: SeaweedFS, tmp_path: Path) -> BlobStore:  # noqa: F811
 
 
 def url_of(blobs: BlobStore, key: str) -> str:
-    direct = prefetch_direct(blobs)
-    return direct.get_url(key, 60)
-
-
-def prefetch_direct(blobs: BlobStore):  # type: ignore[no-untyped-def]
-    from nimbus.storage.direct import direct_transfers
-
     direct = direct_transfers(blobs.objects)
     assert direct is not None
-    return direct
+    return direct.get_url(key, 60)
 
 
 def unlocked(path: Path) -> bool:
