@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,10 +45,19 @@ from typing import Any, Protocol
 import numpy as np
 from _common import RssSampler, ServerProcess, median, spread
 from ingest import idx_members, random_chunks, write_tar
-
 from tests.helpers_s3 import SeaweedFS, aws_env, s3_client, weed_binary
 
 MB = 1e6
+# The server's log line for each completed direct upload (services/uploads.py).
+PHASES = re.compile(
+    r"joined in ([0-9.]+) s, read back and hashed in ([0-9.]+) s, stored under its hash in "
+    r"([0-9.]+) s"
+)
+PHASE_NAMES = (
+    "  of which: server joins parts",
+    "  of which: server reads back+hashes",
+    "  of which: server copies to hash key",
+)
 NIMBUS = str(Path(sys.executable).parent / "nimbus")
 
 
@@ -143,38 +153,37 @@ def bench_backend(backend: Backend, work: Path, data: Path, runs: int, figures: 
     backend.start()
     server = ServerProcess(work / "home-s3", env=backend.server_env())
     server.start()
+    out_native, out_nimbus = work / "native.out", work / "nimbus-out"
+    name = backend.name
     try:
         assert server.proc is not None
         pid = server.proc.pid
         env = token_env(server, work / "cli-s3")
         for run in range(runs):
-            key = f"native/{run}"
-            out_native = work / "native.out"
-            out_nimbus = work / "nimbus-out"
+            key, dataset = f"native/{run}", f"big-{run}"
+
+            def nimbus_upload(dataset: str = dataset) -> None:
+                cli(env, "datasets", "upload", dataset, str(data))
+
+            def nimbus_download(dataset: str = dataset) -> None:
+                cli(env, "datasets", "download", dataset, str(out_nimbus))
+
+            figures.run(f"{name}: boto3 upload", lambda k=key: backend.native_upload(data, k))
+            figures.run(f"{name}: nimbus upload", nimbus_upload, pid)
+            phases = PHASES.findall(server.log())[-1]
+            for label, seconds in zip(PHASE_NAMES, phases, strict=True):
+                figures.times.setdefault(f"{name}: {label}", []).append(float(seconds))
             figures.run(
-                f"{backend.name}: boto3 upload", lambda k=key: backend.native_upload(data, k)
+                f"{name}: boto3 download", lambda k=key: backend.native_download(k, out_native)
             )
-            figures.run(
-                f"{backend.name}: nimbus upload",
-                lambda r=run: cli(env, "datasets", "upload", f"big-{r}", str(data)),
-                pid,
-            )
-            figures.run(
-                f"{backend.name}: boto3 download",
-                lambda k=key: backend.native_download(k, out_native),
-            )
-            figures.run(
-                f"{backend.name}: nimbus download",
-                lambda r=run: cli(env, "datasets", "download", f"big-{r}", str(out_nimbus)),
-                pid,
-            )
+            figures.run(f"{name}: nimbus download", nimbus_download, pid)
             assert out_native.stat().st_size == size
             assert sha256_of(out_nimbus / data.name) == sha256_of(data)
             out_native.unlink()
             shutil.rmtree(out_nimbus)
             backend.native_delete(key)
-            cli(env, "datasets", "delete", f"big-{run}")
-            print(f"  {backend.name} run {run + 1}/{runs} done", flush=True)
+            cli(env, "datasets", "delete", dataset)
+            print(f"  {name} run {run + 1}/{runs} done", flush=True)
     finally:
         server.stop()
         backend.stop()
@@ -183,62 +192,55 @@ def bench_backend(backend: Backend, work: Path, data: Path, runs: int, figures: 
 def bench_local(work: Path, data: Path, runs: int, figures: Figures) -> None:
     server = ServerProcess(work / "home-local")
     server.start()
+    copied = work / "copied.tar"
     try:
         assert server.proc is not None
         env = token_env(server, work / "cli-local")
         for run in range(runs):
-            copied = work / "copied.tar"
-            figures.run(
-                "local: cp", lambda: subprocess.run(["cp", str(data), str(copied)], check=True)
-            )
+            dataset = f"big-{run}"
+            figures.run("local: cp", lambda: subprocess.run(["cp", data, copied], check=True))
             copied.unlink()
             figures.run(
                 "local: nimbus upload (streamed)",
-                lambda r=run: cli(env, "datasets", "upload", f"big-{r}", str(data)),
+                lambda d=dataset: cli(env, "datasets", "upload", d, str(data)),
                 server.proc.pid,
             )
-            cli(env, "datasets", "delete", f"big-{run}")
+            cli(env, "datasets", "delete", dataset)
     finally:
         server.stop()
 
 
+def _peak(values: dict[str, list[int]], case: str) -> str:
+    return f"{median([float(v) for v in values[case]]) / MB:.0f} MB" if case in values else ""
+
+
 def report(figures: Figures, size: int) -> None:
-    print(
-        f"\nfile: {size / 2**20:.0f} MiB; medians over {len(next(iter(figures.times.values())))} runs"
-    )
-    print(
-        f"  {'case':<40}{'median':>8}  {'range':<16}{'MB/s':>7}{'server RSS':>12}{'+children':>11}"
-    )
+    runs = len(next(iter(figures.times.values())))
+    print(f"\nfile: {size / 2**20:.0f} MiB; medians over {runs} runs")
+    head = f"{'median':>8}  {'range':<16}{'MB/s':>7}{'server RSS':>12}{'+children':>11}"
+    print(f"  {'case':<44}{head}")
     for case, times in figures.times.items():
-        peak = (
-            f"{median([float(p) for p in figures.peaks[case]]) / MB:.0f} MB"
-            if case in figures.peaks
-            else ""
-        )
-        peak_all = (
-            f"{median([float(p) for p in figures.peaks_all[case]]) / MB:.0f} MB"
-            if case in figures.peaks_all
-            else ""
-        )
-        print(
-            f"  {case:<40}{median(times):>7.2f}s  {spread(times):<16}{size / median(times) / MB:>7.0f}{peak:>12}{peak_all:>11}"
-        )
+        rate = f"{size / median(times) / MB:>7.0f}" if "of which" not in case else " " * 7
+        peaks = f"{_peak(figures.peaks, case):>12}{_peak(figures.peaks_all, case):>11}"
+        print(f"  {case:<44}{median(times):>7.2f}s  {spread(times):<16}{rate}{peaks}")
     print("\nratios (baseline time / nimbus time; 1.0 = as fast as the baseline)")
     pairs = [
-        ("boto3 upload", "nimbus upload", "target >= 0.8"),
+        ("boto3 upload", "nimbus upload", "(target >= 0.8)"),
         ("boto3 download", "nimbus download", ""),
     ]
     for name in sorted({c.split(":")[0] for c in figures.times} - {"local"}):
         for base, ours, target in pairs:
             b, o = figures.times[f"{name}: {base}"], figures.times[f"{name}: {ours}"]
-            per_run = [x / y for x, y in zip(b, o, strict=True)]
+            per_run = median([x / y for x, y in zip(b, o, strict=True)])
             print(
                 f"  {name}: {ours} vs {base}: {median(b) / median(o):.2f}x "
-                f"(per-run median {median(per_run):.2f}x) {target}"
+                f"(median of per-run ratios {per_run:.2f}x) {target}"
             )
     if "local: cp" in figures.times:
         b, o = figures.times["local: cp"], figures.times["local: nimbus upload (streamed)"]
-        print(f"  local: nimbus upload vs cp: {median(b) / median(o):.2f}x (target >= 0.5)")
+        print(
+            f"  local: nimbus upload (streamed) vs cp: {median(b) / median(o):.2f}x (target >= 0.5)"
+        )
 
 
 def main() -> None:

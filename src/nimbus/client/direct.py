@@ -26,14 +26,15 @@ from typing import Any
 
 import httpx
 
-from nimbus.client.transfer import Progress, save
-from nimbus.errors import NotFound, StorageUnavailable
+from nimbus.client.transfer import Progress
+from nimbus.errors import CorruptBlob, NotFound, StorageUnavailable
 from nimbus.system import write_private
 from nimbus.wire.uploads import UploadSession
 
 URL_BATCH = 32  # presigned URLs asked for at a time: each is used within seconds
 PART_TRIES = 4
-HASH_CHUNK = 8 * 1024 * 1024
+RANGE_SIZE = 16 * 1024 * 1024  # one ranged GET of a download
+CHUNK = 1024 * 1024
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 
 
@@ -182,26 +183,131 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class RangedDownload:
+    """A presigned GET fetched as byte ranges, ``workers`` at a time, written in place in
+    ``part`` while a thread hashes the ranges in order as they land (page cache reads)."""
+
+    def __init__(self, url: str, part: Path, size: int, workers: int) -> None:
+        self.url, self.part, self.size, self.workers = url, part, size, workers
+        starts = range(0, size, RANGE_SIZE)
+        self.ranges = [(lo, min(size, lo + RANGE_SIZE)) for lo in starts]
+        self.landed = [threading.Event() for _ in self.ranges]
+        self.failed = threading.Event()
+        self.digest = hashlib.sha256()
+        self.hashed = 0
+
+    def run(self, on_bytes: Callable[[int], None]) -> None:
+        fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, self.size)
+            hasher = threading.Thread(target=self._hash, args=(fd,), daemon=True)
+            hasher.start()
+            try:
+                with (
+                    httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)) as http,
+                    ThreadPoolExecutor(self.workers, thread_name_prefix="range") as pool,
+                ):
+                    futures = [
+                        pool.submit(self._get, http, fd, i, on_bytes)
+                        for i in range(len(self.ranges))
+                    ]
+                    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    for future in futures:
+                        future.cancel()
+                    for future in finished:
+                        future.result()
+            except BaseException:
+                self.failed.set()
+                raise
+            finally:
+                hasher.join()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _get(
+        self, http: httpx.Client, fd: int, index: int, on_bytes: Callable[[int], None]
+    ) -> None:
+        lo, hi = self.ranges[index]
+        for attempt in range(1, PART_TRIES + 1):
+            offset = lo
+            try:
+                headers = {"Range": f"bytes={lo}-{hi - 1}"}
+                with http.stream("GET", self.url, headers=headers) as response:
+                    if response.status_code == 404:
+                        raise NotFound("the storage service has no such object")
+                    if response.status_code not in (200, 206) or (
+                        response.status_code == 200 and (lo, hi) != (0, self.size)
+                    ):
+                        response.read()
+                        raise StorageUnavailable(
+                            f"the storage service refused a download: HTTP "
+                            f"{response.status_code} {response.text[:200]}"
+                        )
+                    for chunk in response.iter_bytes(CHUNK):
+                        if offset + len(chunk) > hi:
+                            raise StorageUnavailable("the storage service sent too many bytes")
+                        os.pwrite(fd, chunk, offset)
+                        offset += len(chunk)
+                        on_bytes(len(chunk))
+                if offset != hi:
+                    raise StorageUnavailable("the storage service sent too few bytes")
+                self.landed[index].set()
+                return
+            except httpx.TransportError as exc:
+                on_bytes(lo - offset)  # those bytes come again
+                if attempt == PART_TRIES:
+                    raise StorageUnavailable(
+                        f"download from the storage service failed: {exc}"
+                    ) from None
+
+    def _hash(self, fd: int) -> None:
+        for (lo, hi), landed in zip(self.ranges, self.landed, strict=True):
+            while not landed.wait(0.1):
+                if self.failed.is_set():
+                    return
+            offset = lo
+            while offset < hi:
+                chunk = os.pread(fd, min(CHUNK * 8, hi - offset), offset)
+                self.digest.update(chunk)
+                offset += len(chunk)
+            self.hashed = hi
+
+
 def fetch_direct(
-    url: str, out: Path, meta: Mapping[str, Any], done: int, total: int, progress: Progress | None
+    url: str,
+    out: Path,
+    meta: Mapping[str, Any],
+    done: int,
+    total: int,
+    progress: Progress | None,
+    *,
+    workers: int = 8,
 ) -> int:
-    """GET a presigned URL into ``out`` via a temporary file, checked against the hash and
-    size in ``meta`` before it is renamed into place (CorruptBlob otherwise)."""
+    """GET a presigned URL into ``out`` through a temporary file (byte ranges in parallel),
+    checked against the hash and size in ``meta`` before it is renamed into place
+    (CorruptBlob otherwise, and no file)."""
+    size = int(meta["size"])
+    expected = str(meta.get("key", "")).rpartition("/")[2].lower()
+    part = out.with_name(f".{out.name}.part")
+    lock = threading.Lock()
+    got = [done]
+
+    def on_bytes(count: int) -> None:
+        with lock:
+            got[0] += count
+            if progress is not None:
+                progress(got[0], total)
+
+    download = RangedDownload(url, part, size, workers)
     try:
-        with (
-            httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)) as http,
-            http.stream("GET", url) as response,
-        ):
-            if response.status_code == 404:
-                raise NotFound(f"{out.name}: the storage service has no such object")
-            if response.status_code >= 300:
-                response.read()
-                raise StorageUnavailable(
-                    f"the storage service refused the download of {out.name}: "
-                    f"HTTP {response.status_code} {response.text[:200]}"
-                )
-            return save(response, out, meta, done, total, progress)
-    except httpx.TransportError as exc:
-        raise StorageUnavailable(
-            f"download of {out.name} from the storage service failed: {exc}"
-        ) from None
+        if size:
+            download.run(on_bytes)
+        else:
+            part.write_bytes(b"")
+        if download.digest.hexdigest() != expected or download.hashed != size:
+            raise CorruptBlob(f"{out.name}: content does not match its hash {expected}")
+        part.replace(out)
+    finally:
+        part.unlink(missing_ok=True)
+    return done + size

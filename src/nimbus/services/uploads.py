@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -54,7 +55,8 @@ from nimbus.storage.direct import (
 )
 from nimbus.wire import uploads as wire
 
-READ_CHUNK = 4 * 1024 * 1024
+log = logging.getLogger(__name__)
+
 _SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -193,16 +195,29 @@ class UploadService:
         record = self._load(principal, session_id)
         direct = self._transfers()
         source = session_dir(record.tenant_id, record.id) + "source"
+        started = time.perf_counter()
         if not self.blobs.objects.exists(source):
             parts = self._stored_parts(record)
             self._check_parts(record, parts)
             direct.complete_upload(source, record.upload_id, parts)
+        joined = time.perf_counter()
         local = self._read_back(record, source, sha256)
+        read = time.perf_counter()
         key = key_for(sha256)
         pin_id: int | None = None
         try:
             pin_id = pin(self.datasets.db, [key])
             self._place(direct, source, key, record.size)
+            placed = time.perf_counter()
+            log.info(
+                "upload %s (%d bytes): joined in %.2f s, read back and hashed in %.2f s, "
+                "stored under its hash in %.2f s",
+                record.id,
+                record.size,
+                joined - started,
+                read - joined,
+                placed - read,
+            )
             request = wire.CreateUpload.model_validate(record.request)
             result = self.datasets.upload(
                 principal,
@@ -258,18 +273,17 @@ class UploadService:
                 )
 
     def _read_back(self, record: SessionRecord, source: str, sha256: str) -> Path:
-        """Stream the joined object to a staging file, hashing it; refuse a mismatch."""
+        """Fetch the joined object to a staging file (ranged GETs in parallel), hash it
+        there; refuse a mismatch."""
         self.datasets.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.datasets.tmp_dir, prefix="direct-")
+        os.close(fd)
         path = Path(name)
-        digest = hashlib.sha256()
-        size = 0
         try:
-            with os.fdopen(fd, "wb") as out, self.blobs.objects.open(source) as stream:
-                while chunk := stream.read(READ_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
+            self._transfers().download(source, path)
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256")
+                size = os.fstat(f.fileno()).st_size
         except BaseException:
             path.unlink(missing_ok=True)
             raise

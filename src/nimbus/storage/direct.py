@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 UPLOADS_PREFIX = "uploads/"
@@ -52,6 +53,10 @@ class DirectTransfers(Protocol):
 
     def get_url(self, key: str, expires_seconds: int, filename: str | None = None) -> str:
         """A URL that lets its holder GET the object ``key``, and nothing else."""
+
+    def download(self, key: str, target: Path) -> None:
+        """Write the object ``key`` to the local file ``target`` (ranged GETs in parallel,
+        memory bounded); raises ``KeyError`` when absent."""
 
     def copy(self, source: str, target: str) -> None:
         """Copy ``source`` to ``target`` inside the bucket (no bytes through this process)."""

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from nimbus.errors import StorageUnavailable
 from nimbus.storage.direct import StoredPart
+
+COPY_OBJECT_MAX = 5 * 1000**3  # S3's limit on one CopyObject
 
 # boto3's names for the obstore config keys the S3 backend accepts (tests pass these).
 _CONFIG_TO_BOTO = {
@@ -165,15 +168,39 @@ class S3Direct:
             )
         )
 
+    def download(self, key: str, target: Path) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from boto3.s3.transfer import TransferConfig
+
+        # boto3's transfer manager: 8 MiB ranges, 8 at a time (what makes boto3's own
+        # download_file fast), at most 16 chunks of 1 MiB queued for the disk: the control
+        # plane's memory stays bounded whatever the size.
+        config = TransferConfig(max_concurrency=8, io_chunksize=1024 * 1024, max_io_queue=16)
+        try:
+            self._client.download_file(self.bucket, self._key(key), str(target), Config=config)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise KeyError(key) from None
+            raise self._fail(exc, f"reading {key}") from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, f"reading {key}") from None
+
     def copy(self, source: str, target: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        # boto3's managed copy: one CopyObject, or UploadPartCopy parts past its threshold
-        # (CopyObject stops at 5 GB); the bytes stay inside the storage service.
+        # One CopyObject up to its 5 GB ceiling (on SeaweedFS here ~40% faster than parts);
+        # past it boto3's managed copy, UploadPartCopy parts. The bytes stay in the service.
+        copy_source = {"Bucket": self.bucket, "Key": self._key(source)}
         try:
-            self._client.copy(
-                {"Bucket": self.bucket, "Key": self._key(source)}, self.bucket, self._key(target)
-            )
+            size = int(self._client.head_object(**copy_source)["ContentLength"])
+            if size <= COPY_OBJECT_MAX:
+                self._client.copy_object(
+                    Bucket=self.bucket, Key=self._key(target), CopySource=copy_source
+                )
+            else:
+                self._client.copy(copy_source, self.bucket, self._key(target))
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404"):
