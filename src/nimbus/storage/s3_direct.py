@@ -169,9 +169,8 @@ class S3Direct:
         )
 
     def download(self, key: str, target: Path) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
 
         # boto3's transfer manager: 8 MiB ranges, 8 at a time (what makes boto3's own
         # download_file fast), at most 16 chunks of 1 MiB queued for the disk: the control
