@@ -132,8 +132,12 @@ class DirectTransfersMixin(BaseClient):
         total: int,
         progress: Progress | None,
     ) -> int | None:
-        """Fetch one file through a presigned GET; None when the server offers no link."""
-        link = self._call(FileLink, "GET", f"{files_path}/{quote(name, safe='')}/link")
+        """Fetch one file through a presigned GET; None when the server offers no link (a
+        local store, or a server from before direct transfers: 404)."""
+        try:
+            link = self._call(FileLink, "GET", f"{files_path}/{quote(name, safe='')}/link")
+        except NotFound:
+            return None
         if link.url is None:
             return None
         return fetch_direct(link.url, out, meta, done, total, progress)
