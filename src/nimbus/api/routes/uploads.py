@@ -10,6 +10,7 @@ from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import services_of
 from nimbus.errors import NotFound
 from nimbus.services.datasets import SOURCE, parse_version
+from nimbus.services.models import parse_version_ref
 from nimbus.wire.datasets import DatasetVersion
 from nimbus.wire.uploads import (
     CompleteUpload,
@@ -84,3 +85,15 @@ def file_link(name: str, v: str, file: str, principal: Viewer, request: Request)
         raise NotFound(f"{name}:{version.version} has no file {file[:80]!r}")
     download_name = (entry.name or file) if file == SOURCE else file
     return services.uploads.link(entry.key, entry.size, download_name)
+
+
+@router.get("/models/{name}/versions/{v}/files/{file}/link", response_model=FileLink)
+def model_file_link(name: str, v: str, file: str, principal: Viewer, request: Request) -> FileLink:
+    """A presigned GET of a model version's file (``v``: a number, ``@ALIAS`` or
+    ``latest``), as for datasets."""
+    services = services_of(request)
+    version = services.models.get_version(principal, name, parse_version_ref(v))
+    entry = version.files.get(file)
+    if entry is None:
+        raise NotFound(f"{name}:{version.version} has no file {file[:80]!r}")
+    return services.uploads.link(entry.key, entry.size, file)
