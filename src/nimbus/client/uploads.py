@@ -23,7 +23,7 @@ from nimbus.client.direct import (
     part_matches,
 )
 from nimbus.client.transfer import Progress
-from nimbus.errors import DirectTransfersUnavailable, NotFound, UploadMismatch
+from nimbus.errors import DirectTransfersUnavailable, InvalidInput, NotFound, UploadMismatch
 from nimbus.wire.datasets import DatasetVersion
 from nimbus.wire.uploads import FileLink, PartUrls, UploadSession
 
@@ -77,6 +77,8 @@ class DirectTransfersMixin(BaseClient):
             progress(uploader.done, session.size)
         uploader.run(todo)
         hasher.join()
+        if not sha256_box:
+            raise InvalidInput(f"could not read {file} to hash it")
         try:
             version = self._call(
                 DatasetVersion,

@@ -173,9 +173,9 @@ class S3Direct:
         from botocore.exceptions import BotoCoreError, ClientError
 
         # boto3's transfer manager: 8 MiB ranges, 8 at a time (what makes boto3's own
-        # download_file fast), at most 16 chunks of 1 MiB queued for the disk: the control
+        # download_file fast), at most 8 chunks of 1 MiB queued for the disk: the control
         # plane's memory stays bounded whatever the size.
-        config = TransferConfig(max_concurrency=8, io_chunksize=1024 * 1024, max_io_queue=16)
+        config = TransferConfig(max_concurrency=8, io_chunksize=1024 * 1024, max_io_queue=8)
         try:
             self._client.download_file(self.bucket, self._key(key), str(target), Config=config)
         except ClientError as exc:
