@@ -91,7 +91,17 @@ def test_a_job_on_s3_gets_its_dataset_from_the_bucket(
             job = api.wait_job(api.submit_job(digits, "cnn", params=QUICK_CNN).id, timeout=300)
             assert job.state == "succeeded", server.log()[-3000:]
             version = api.get_version(digits)
+            # The model's files come back through presigned GETs as well.
+            model = api.register_model("digits-cnn", job.id)
+            paths = api.download_model("digits-cnn:1", tmp_path / "model")
+            with server.client() as http:
+                link = http.get("/api/v1/models/digits-cnn/versions/1/files/spec.json/link")
+            assert link.status_code == 200 and "X-Amz-Signature=" in link.json()["url"]
         log = server.log()
+        for path in paths:
+            if path.name != "version.json":
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                assert model.files[path.name].key.endswith(digest)
     for name, entry in version.files.items():
         if name != "source":
             assert f"prefetched {entry.key}" in log, name
