@@ -176,7 +176,13 @@ class UploadService:
         direct = self._transfers()
         source = session_dir(record.tenant_id, record.id) + "source"
         urls = {
-            n: direct.part_url(source, record.upload_id, n, self.url_seconds)
+            n: direct.part_url(
+                source,
+                record.upload_id,
+                n,
+                part_length(record.size, record.part_size, n),
+                self.url_seconds,
+            )
             for n in sorted(set(numbers))
         }
         return wire.PartUrls(urls=urls, expires_at=self._moment(self.clock() + self.url_seconds))

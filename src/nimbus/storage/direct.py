@@ -39,8 +39,11 @@ class DirectTransfers(Protocol):
     def start_upload(self, key: str) -> str:
         """Begin a multipart upload to ``key``; returns its upload id."""
 
-    def part_url(self, key: str, upload_id: str, number: int, expires_seconds: int) -> str:
-        """A URL that lets its holder PUT part ``number`` of that upload, and nothing else."""
+    def part_url(
+        self, key: str, upload_id: str, number: int, length: int, expires_seconds: int
+    ) -> str:
+        """A URL that lets its holder PUT part ``number`` of that upload, of exactly
+        ``length`` bytes (the Content-Length is signed), and nothing else."""
 
     def parts(self, key: str, upload_id: str) -> list[StoredPart]:
         """The parts uploaded so far (raises ``KeyError`` when the upload is gone)."""

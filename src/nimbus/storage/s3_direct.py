@@ -107,7 +107,9 @@ class S3Direct:
         )
         return str(reply["UploadId"])
 
-    def part_url(self, key: str, upload_id: str, number: int, expires_seconds: int) -> str:
+    def part_url(
+        self, key: str, upload_id: str, number: int, length: int, expires_seconds: int
+    ) -> str:
         return str(
             self._signer.generate_presigned_url(
                 "upload_part",
@@ -116,6 +118,10 @@ class S3Direct:
                     "Key": self._key(key),
                     "UploadId": upload_id,
                     "PartNumber": number,
+                    # Signed: a part of any other size is refused by the storage service,
+                    # so a session stores no more than the size it declared (and was
+                    # checked against the quota for).
+                    "ContentLength": length,
                 },
                 ExpiresIn=expires_seconds,
             )
