@@ -224,7 +224,6 @@ class RangedDownload:
                 raise
             finally:
                 hasher.join()
-            os.fsync(fd)
         finally:
             os.close(fd)
 
