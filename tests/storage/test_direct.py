@@ -24,7 +24,7 @@ import pytest
 
 from nimbus.client import Client
 from nimbus.config import Settings
-from nimbus.errors import CorruptBlob
+from nimbus.errors import CorruptBlob, InvalidInput
 from tests.api.conftest import error_of, make_token
 from tests.helpers import ServerProcess
 from tests.helpers_s3 import SeaweedFS, aws_env, s3_client
@@ -301,3 +301,20 @@ def test_an_upload_killed_mid_way_resumes_from_the_parts_in_the_bucket(
     with sdk(server, token, tmp_path / "client") as api:
         api.download_dataset("big", tmp_path / "out")
     assert sha256_of(tmp_path / "out" / "big.tar") == sha256_of(source)
+
+
+def test_bytes_that_are_no_dataset_are_refused_and_leave_nothing_staged(
+    server: ServerProcess, seaweedfs: SeaweedFS, bucket: str, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(os.urandom(2 * MIB))
+    token = make_token(server, "member", "junk")
+    with sdk(server, token, tmp_path / "client") as api, pytest.raises(InvalidInput) as refused:
+        api.upload_dataset("junk", junk)
+    assert refused.value.code == "invalid_dataset"
+    assert not list((tmp_path / "client" / "uploads").glob("*.json"))  # a rerun starts afresh
+    digest = sha256_of(junk)
+    assert not [k for k in keys(seaweedfs, bucket, f"{PREFIX}/") if digest in k]
+    assert keys(seaweedfs, bucket, f"{PREFIX}/uploads/") == staged_before  # session gone
+    with server.client(token) as http:
+        assert http.get(f"{API}/datasets/junk").status_code == 404

@@ -23,7 +23,7 @@ from nimbus.client.direct import (
     part_matches,
 )
 from nimbus.client.transfer import Progress
-from nimbus.errors import DirectTransfersUnavailable, InvalidInput, NotFound, UploadMismatch
+from nimbus.errors import DirectTransfersUnavailable, InvalidInput, NimbusError, NotFound
 from nimbus.wire.datasets import DatasetVersion
 from nimbus.wire.uploads import FileLink, PartUrls, UploadSession
 
@@ -87,8 +87,9 @@ class DirectTransfersMixin(BaseClient):
                 json={"sha256": sha256_box[0]},
                 timeout=self._no_read_deadline(),  # the server checks and prepares the data
             )
-        except (UploadMismatch, NotFound):
-            book.forget(identity)  # the server dropped this upload: a rerun starts afresh
+        except NimbusError as exc:
+            if exc.status < 500 and self._resumed(session.id) is None:
+                book.forget(identity)  # the server dropped this upload: a rerun starts afresh
             raise
         book.forget(identity)
         return version

@@ -35,6 +35,7 @@ from nimbus.datasets.imagefit import parse_fit, parse_image_size
 from nimbus.errors import (
     DirectTransfersUnavailable,
     InvalidInput,
+    NimbusError,
     NotFound,
     PayloadTooLarge,
     UploadMismatch,
@@ -225,14 +226,19 @@ class UploadService:
                 placed - read,
             )
             request = wire.CreateUpload.model_validate(record.request)
-            result = self.datasets.upload(
-                principal,
-                record.dataset,
-                local,
-                sha256,
-                request.filename,
-                options_of(request),
-            )
+            try:
+                result = self.datasets.upload(
+                    principal,
+                    record.dataset,
+                    local,
+                    sha256,
+                    request.filename,
+                    options_of(request),
+                )
+            except NimbusError as exc:
+                if exc.status < 500:  # the data itself was refused: trying again cannot help
+                    self._cleanup(record)
+                raise
         finally:
             local.unlink(missing_ok=True)
             # The version holds its own reference now; without one the copy goes again.
