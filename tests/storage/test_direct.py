@@ -309,6 +309,7 @@ def test_bytes_that_are_no_dataset_are_refused_and_leave_nothing_staged(
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(2 * MIB))
     token = make_token(server, "member", "junk")
+    staged_before = keys(seaweedfs, bucket, f"{PREFIX}/uploads/")
     with sdk(server, token, tmp_path / "client") as api, pytest.raises(InvalidInput) as refused:
         api.upload_dataset("junk", junk)
     assert refused.value.code == "invalid_dataset"
