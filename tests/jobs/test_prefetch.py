@@ -16,7 +16,8 @@ from nimbus.config import Settings
 from nimbus.jobs import prefetch
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.direct import direct_transfers
-from tests.helpers import ServerProcess
+from tests.api.conftest import csv_bytes
+from tests.helpers import ServerProcess, passable_dir
 from tests.helpers_s3 import SeaweedFS, aws_env, s3_store
 from tests.storage.conftest import seaweedfs  # noqa: F401  (the session's server)
 
@@ -105,3 +106,41 @@ def test_a_job_on_s3_gets_its_dataset_from_the_bucket(
     for name, entry in version.files.items():
         if name != "source":
             assert f"prefetched {entry.key}" in log, name
+
+
+@pytest.mark.slow
+def test_sandboxed_jobs_of_other_uids_use_what_the_node_fetched(
+    seaweedfs: SeaweedFS,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Root fetches into the tenant's cache (setgid, the tenant's group); each attempt runs
+    as a uid of its own and reads the fetched files, and takes their lock files."""
+    bucket = seaweedfs.ensure_bucket("prefetch-sandbox")
+    env = {
+        **aws_env(seaweedfs.endpoint),
+        "NIMBUS_STORAGE_URL": f"s3://{bucket}/n",
+        "NIMBUS_JOB_ISOLATION": "sandbox",
+        "NIMBUS_EXECUTOR": "local",
+        "NIMBUS_SCHEDULER_TICK_SECONDS": "0.1",
+    }
+    source = tmp_path / "reviews.csv"
+    source.write_bytes(csv_bytes("sandboxed-prefetch"))
+    with passable_dir() as base, ServerProcess(base / "home", env=env) as server:
+        settings = Settings(home=tmp_path / "client")
+        with Client(server.url, server.admin_token, settings=settings) as api:
+            version = api.upload_dataset("reviews", source)
+            for _ in range(2):  # the second attempt (another uid) finds them cached
+                job = api.submit_job("reviews", "text", params={"epochs": "2"})
+                done = api.wait_job(job.id, timeout=300)
+                assert done.state == "succeeded", server.log()[-3000:]
+        log = server.log()
+        cache = next(p for p in (server.home / "cache").iterdir() if p.is_dir())
+        for name, entry in version.files.items():
+            if name == "source":
+                continue
+            assert log.count(f"prefetched {entry.key}") == 1, name
+            fetched = (cache / entry.key).stat()
+            assert fetched.st_uid == 0 and fetched.st_mode & 0o777 == 0o444
+            assert fetched.st_gid == cache.stat().st_gid  # the tenant's group
+            lock = (cache / f"{entry.key}.lock").stat()
+            assert lock.st_mode & 0o777 == 0o660 and lock.st_gid == cache.stat().st_gid
