@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     # they are. Only the control plane reads it (jobs get a scrubbed environment).
     encryption_key: SecretStr | None = None
     encryption_key_file: Path | None = None
+    # Direct transfers (object-storage backends): presigned URLs are signed for this
+    # endpoint when clients reach the storage service at another address than the server
+    # does (unset: the server's own, e.g. AWS_ENDPOINT_URL), and expire after this long.
+    storage_public_endpoint: str | None = None
+    presign_seconds: int = Field(default=300, ge=10, le=7 * 24 * 3600)
+    # The client's side: files from this size on go straight to the bucket when the server
+    # offers direct transfers, this many parts at a time.
+    direct_min_bytes: int = Field(default=32 * 1024**2, ge=1)
+    upload_workers: int = Field(default=8, ge=1, le=64)
 
     host: str = "127.0.0.1"
     port: int = 8600

@@ -38,6 +38,12 @@ class InvalidDataset(InvalidInput):
     code = "invalid_dataset"
 
 
+class UploadMismatch(InvalidInput):
+    """The bytes that arrived are not the bytes the client said it sent (hash or size)."""
+
+    code = "upload_mismatch"
+
+
 class Unauthorized(NimbusError):
     status = 401
     code = "unauthorized"
@@ -60,6 +66,12 @@ class Conflict(NimbusError):
     status = 409
     code = "conflict"
     exit_code = 5
+
+
+class DirectTransfersUnavailable(Conflict):
+    """The blob store has no direct transfers (a local directory): stream through the API."""
+
+    code = "direct_transfers_unavailable"
 
 
 class PayloadTooLarge(NimbusError):

@@ -68,6 +68,7 @@ from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
 from nimbus.db.queue import DbQueue
 from nimbus.errors import InvalidInput, NimbusError, Unavailable
+from nimbus.jobs import prefetch
 from nimbus.jobs.cache import CacheSweeper
 from nimbus.jobs.domain import Attempt, Job, parse_memory
 from nimbus.jobs.executors import make_executor
@@ -81,6 +82,7 @@ from nimbus.jobs.isolation import (
     resolve_isolation,
 )
 from nimbus.jobs.policy import RetryPolicy
+from nimbus.jobs.prefetch import Prefetch
 from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, Sandbox
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
@@ -102,10 +104,12 @@ from nimbus.services.keyring import open_keyring, refuse_unencrypted, rotate_mas
 from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.quotas import QuotaDefaults, QuotaService
 from nimbus.services.tokens import TokenService
+from nimbus.services.uploads import UploadService
 from nimbus.serving.fleet.orphan import Lifeline
 from nimbus.serving.timeouts import ReadTimeouts, timeout_protocol
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.blobs import BlobStore
+from nimbus.storage.direct import direct_transfers
 from nimbus.storage.encrypted import EncryptedObjectStore
 from nimbus.storage.factory import open_object_store
 from nimbus.system import bind_unix, write_private
@@ -270,12 +274,14 @@ class NodeExecutor:
         *,
         sandbox: Sandbox | None = None,
         caches: TenantCaches | None = None,
+        prefetch: Prefetch | None = None,
     ) -> None:
         self.factory = factory
         self.jobs_root = jobs_root
         self.extra_env = dict(extra_env)
         self.sandbox = sandbox
         self.caches = caches
+        self.prefetch = prefetch
         self._inner: Executor | None = None
 
     def warm(self) -> Executor:
@@ -289,10 +295,40 @@ class NodeExecutor:
 
     def start(self, launch: AttemptLaunch) -> Handle:
         env = dict(self.extra_env)
+        claims: list[prefetch.Claim] = []
         if self.caches is not None:
-            env["NIMBUS_CACHE_DIR"] = str(self.caches.dir_for(launch.tenant_id))
+            cache = self.caches.dir_for(launch.tenant_id)
+            env["NIMBUS_CACHE_DIR"] = str(cache)
+            claims = self._claim_inputs(launch, cache)
         env.update(launch.extra_env)
-        return self.warm().start(dataclasses.replace(launch, extra_env=env))
+        try:
+            handle = self.warm().start(dataclasses.replace(launch, extra_env=env))
+        except BaseException:
+            for held in claims:
+                held.release()
+            raise
+        if claims and self.prefetch is not None:
+            # The job starts meanwhile; it waits on a blob's lock only if it needs that
+            # blob before it has arrived.
+            threading.Thread(
+                target=prefetch.fill,
+                args=(claims, self.prefetch.url_for),
+                name=f"prefetch-{launch.attempt_id}",
+                daemon=True,
+            ).start()
+        return handle
+
+    def _claim_inputs(self, launch: AttemptLaunch, cache: Path) -> list[prefetch.Claim]:
+        """Lock the job's inputs that are not cached yet, to fetch them from the bucket
+        (nothing when the blob store has no direct transfers); a failure only means the
+        job fetches them itself."""
+        if self.prefetch is None:
+            return []
+        try:
+            return prefetch.claim(cache, self.prefetch.inputs(launch.job_id))
+        except Exception:
+            log.warning("could not prepare the prefetch of job %s", launch.job_id, exc_info=True)
+            return []
 
     def poll(self, handle: Handle) -> ExitStatus | None:
         return self.warm().poll(handle)
@@ -361,6 +397,14 @@ class SchedulerThread:
             {},
             sandbox=sandbox,
             caches=caches,
+            prefetch=(
+                prefetch.Prefetch(
+                    functools.partial(services.job_api.input_blobs, with_source=False),
+                    services.uploads.direct_url,
+                )
+                if services.uploads.direct is not None
+                else None
+            ),
         )
         config = SchedulerConfig(
             lease_seconds=settings.lease_seconds,
@@ -548,6 +592,14 @@ def build_services(
             grace_seconds=settings.blob_grace_seconds,
             staging_dirs=staging_dirs(settings, store),
             staging_grace_seconds=settings.staging_grace_seconds,
+        ),
+        uploads=UploadService(
+            blobs,
+            datasets,
+            direct_transfers(blobs.objects, settings.storage_public_endpoint),
+            url_seconds=settings.presign_seconds,
+            max_bytes=settings.max_upload_bytes,
+            quotas=quotas,
         ),
     )
 

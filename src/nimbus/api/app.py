@@ -16,7 +16,18 @@ from nimbus import __version__
 from nimbus.api import errors
 from nimbus.api.audit_log import AuditMiddleware
 from nimbus.api.context import AuditContext
-from nimbus.api.routes import audit, code, datasets, health, job_api, jobs, quotas, storage, tokens
+from nimbus.api.routes import (
+    audit,
+    code,
+    datasets,
+    health,
+    job_api,
+    jobs,
+    quotas,
+    storage,
+    tokens,
+    uploads,
+)
 from nimbus.api.routes import deployments as deployment_routes
 from nimbus.api.routes import models as model_routes
 from nimbus.api.state import Background, Services
@@ -64,6 +75,7 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
         audit,
         quotas,
         datasets,
+        uploads,
         code,
         jobs,
         job_api,

@@ -24,6 +24,7 @@ from nimbus.services.jobs import JobService
 from nimbus.services.models import ModelService
 from nimbus.services.quotas import QuotaService
 from nimbus.services.tokens import TokenService
+from nimbus.services.uploads import UploadService
 from nimbus.storage.blobs import BlobStore
 
 
@@ -52,6 +53,7 @@ class Services:
     deployments: DeploymentService
     quotas: QuotaService
     garbage: GarbageService
+    uploads: UploadService
     # Set when the server begins to shut down: long-lived responses (log streams) end.
     stopping: threading.Event = field(default_factory=threading.Event)
     # Log streams each token has open (``settings.max_log_streams_per_token`` at most).

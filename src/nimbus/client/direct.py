@@ -1,0 +1,328 @@
+"""Direct transfers from the client's side: parts PUT straight into the bucket through
+presigned URLs, resumable; presigned GETs checked against their hash before the file
+appears.
+
+An upload in progress is remembered in ``NIMBUS_HOME/uploads/`` (one small JSON file per
+server, dataset, file path, size and modification time, and options), so running the same
+upload again after an interruption continues the same session: the parts the bucket holds
+are checked against the local file (each part's MD5, which S3 reports as its entity tag)
+and only the missing or different ones are sent again. The server checks the whole file's
+SHA-256 at the end whatever the client did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from nimbus.client.transfer import Progress
+from nimbus.errors import CorruptBlob, NotFound, StorageUnavailable
+from nimbus.system import write_private
+from nimbus.wire.uploads import UploadSession
+
+URL_BATCH = 32  # presigned URLs asked for at a time: each is used within seconds
+PART_TRIES = 4
+RANGE_SIZE = 16 * 1024 * 1024  # one ranged GET of a download
+CHUNK = 1024 * 1024
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+def part_length(size: int, part_size: int, number: int) -> int:
+    """The byte length of part ``number`` (1-based) of a ``size``-byte file."""
+    return min(part_size, size - (number - 1) * part_size)
+
+
+class UrlSource:
+    """Presigned URLs by part number, asked for in batches (``fetch(numbers)``)."""
+
+    def __init__(self, fetch: Callable[[list[int]], Mapping[int, str]], numbers: list[int]):
+        self._fetch = fetch
+        self._numbers = sorted(numbers)
+        self._urls: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, number: int, *, fresh: bool = False) -> str:
+        """The URL for part ``number``; ``fresh`` asks for a new one (the last expired)."""
+        with self._lock:
+            if fresh or number not in self._urls:
+                later = [n for n in self._numbers if n >= number and n not in self._urls]
+                batch = [number] if fresh else later[:URL_BATCH] or [number]
+                self._urls.update(self._fetch(batch))
+            return self._urls.pop(number)
+
+
+@dataclass
+class PartUploader:
+    """PUTs parts of ``path`` concurrently; ``progress`` sees bytes as parts finish."""
+
+    path: Path
+    session: UploadSession
+    urls: UrlSource
+    workers: int
+    progress: Progress | None = None
+    done: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, numbers: list[int]) -> None:
+        # urllib3 (as boto3): less CPU per byte than httpx, and the CPU is shared with
+        # the hashing thread on a small machine.
+        http = urllib3.PoolManager(
+            maxsize=self.workers, timeout=urllib3.Timeout(connect=10.0, read=120.0)
+        )
+        with (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="part") as pool,
+            open(self.path, "rb") as source,
+        ):
+            futures: list[Future[None]] = [
+                pool.submit(self._put, http, source.fileno(), n) for n in numbers
+            ]
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                future.cancel()
+            for future in finished:
+                future.result()
+            for future in futures:
+                if not future.cancelled():
+                    future.result()
+
+    def _put(self, http: urllib3.PoolManager, fd: int, number: int) -> None:
+        s = self.session
+        length = part_length(s.size, s.part_size, number)
+        data = os.pread(fd, length, (number - 1) * s.part_size)
+        if len(data) != length:
+            raise StorageUnavailable(f"{self.path} changed while it was uploaded")
+        fresh = False
+        for attempt in range(1, PART_TRIES + 1):
+            url = self.urls.get(number, fresh=fresh)
+            try:
+                response = http.request("PUT", url, body=data, retries=False)
+            except urllib3.exceptions.HTTPError as exc:
+                if attempt == PART_TRIES:
+                    raise StorageUnavailable(
+                        f"part {number} could not be uploaded: {exc}"
+                    ) from None
+                fresh = True
+                continue
+            if response.status < 300:
+                break
+            if attempt == PART_TRIES or response.status not in (403, 408, 429, 500, 502, 503):
+                raise StorageUnavailable(
+                    f"the storage service refused part {number}: HTTP {response.status} "
+                    f"{response.data[:200].decode(errors='replace')}"
+                )
+            fresh = True  # 403: the URL expired; ask for a new one
+        with self._lock:
+            self.done += length
+            if self.progress is not None:
+                self.progress(self.done, s.size)
+
+
+def part_matches(fd: int, session: UploadSession, number: int, size: int, etag: str) -> bool:
+    """Whether the bucket's part ``number`` (``size`` bytes, entity tag ``etag``) holds the
+    same bytes as the local file: same length and same MD5."""
+    expected = part_length(session.size, session.part_size, number)
+    match = _MD5_ETAG.match(etag.lower())
+    if size != expected or match is None:
+        return False
+    data = os.pread(fd, expected, (number - 1) * session.part_size)
+    return hashlib.md5(data, usedforsecurity=False).hexdigest() == match.group(1)
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class ResumeBook:
+    """Uploads in progress, by what identifies them, in ``directory`` (NIMBUS_HOME/uploads)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, identity: Mapping[str, Any]) -> Path:
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return self.directory / (hashlib.sha256(canonical.encode()).hexdigest()[:40] + ".json")
+
+    def find(self, identity: Mapping[str, Any]) -> str | None:
+        try:
+            data = json.loads(self._path(identity).read_text())
+        except (OSError, ValueError):
+            return None
+        return str(data.get("session")) if isinstance(data, dict) and data.get("session") else None
+
+    def remember(self, identity: Mapping[str, Any], session_id: str) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(self._path(identity), json.dumps({"session": session_id, **identity}))
+
+    def forget(self, identity: Mapping[str, Any]) -> None:
+        self._path(identity).unlink(missing_ok=True)
+
+
+def file_identity(url: str, dataset: str, path: Path, options: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same upload: server, dataset, file (path, size, mtime), options."""
+    info = path.stat()
+    return {
+        "url": url,
+        "dataset": dataset,
+        "path": str(path.resolve()),
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "options": dict(options),
+    }
+
+
+def note(message: str) -> None:
+    """A line for the person at the terminal (stderr: never mixed into --json output)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class RangedDownload:
+    """A presigned GET fetched as byte ranges, ``workers`` at a time, written in place in
+    ``part`` while a thread hashes the ranges in order as they land (page cache reads)."""
+
+    def __init__(self, url: str, part: Path, size: int, workers: int) -> None:
+        self.url, self.part, self.size, self.workers = url, part, size, workers
+        starts = range(0, size, RANGE_SIZE)
+        self.ranges = [(lo, min(size, lo + RANGE_SIZE)) for lo in starts]
+        self.landed = [threading.Event() for _ in self.ranges]
+        self.failed = threading.Event()
+        self.digest = hashlib.sha256()
+        self.hashed = 0
+
+    def run(self, on_bytes: Callable[[int], None]) -> None:
+        fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, self.size)
+            hasher = threading.Thread(target=self._hash, args=(fd,), daemon=True)
+            hasher.start()
+            # urllib3, not httpx, for the bodies: it reads straight into buffers (what
+            # boto3 does), where h11's parsing holds the GIL and caps threads at ~100 MB/s.
+            http = urllib3.PoolManager(
+                maxsize=self.workers, timeout=urllib3.Timeout(connect=10.0, read=120.0)
+            )
+            try:
+                with ThreadPoolExecutor(self.workers, thread_name_prefix="range") as pool:
+                    futures = [
+                        pool.submit(self._get, http, fd, i, on_bytes)
+                        for i in range(len(self.ranges))
+                    ]
+                    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    for future in futures:
+                        future.cancel()
+                    for future in finished:
+                        future.result()
+            except BaseException:
+                self.failed.set()
+                raise
+            finally:
+                hasher.join()
+        finally:
+            os.close(fd)
+
+    def _get(
+        self, http: urllib3.PoolManager, fd: int, index: int, on_bytes: Callable[[int], None]
+    ) -> None:
+        lo, hi = self.ranges[index]
+        buffer = bytearray(CHUNK)
+        for attempt in range(1, PART_TRIES + 1):
+            offset = lo
+            try:
+                response = http.request(
+                    "GET",
+                    self.url,
+                    headers={"Range": f"bytes={lo}-{hi - 1}"},
+                    preload_content=False,
+                    retries=False,
+                )
+                try:
+                    status = response.status
+                    if status == 404:
+                        raise NotFound("the storage service has no such object")
+                    if status not in (200, 206) or (status == 200 and (lo, hi) != (0, self.size)):
+                        raise StorageUnavailable(
+                            f"the storage service refused a download: HTTP {status} "
+                            f"{response.read(200).decode(errors='replace')}"
+                        )
+                    while count := response.readinto(buffer):
+                        if offset + count > hi:
+                            raise StorageUnavailable("the storage service sent too many bytes")
+                        os.pwrite(fd, memoryview(buffer)[:count], offset)
+                        offset += count
+                        on_bytes(count)
+                finally:
+                    if offset == hi:
+                        response.release_conn()
+                    else:  # a body cut short: never hand that connection out again
+                        response.close()
+                if offset != hi:
+                    raise StorageUnavailable("the storage service sent too few bytes")
+                self.landed[index].set()
+                return
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                on_bytes(lo - offset)  # those bytes come again
+                if attempt == PART_TRIES:
+                    raise StorageUnavailable(
+                        f"download from the storage service failed: {exc}"
+                    ) from None
+
+    def _hash(self, fd: int) -> None:
+        for (lo, hi), landed in zip(self.ranges, self.landed, strict=True):
+            while not landed.wait(0.1):
+                if self.failed.is_set():
+                    return
+            offset = lo
+            while offset < hi:
+                chunk = os.pread(fd, min(CHUNK * 8, hi - offset), offset)
+                self.digest.update(chunk)
+                offset += len(chunk)
+            self.hashed = hi
+
+
+def fetch_direct(
+    url: str,
+    out: Path,
+    meta: Mapping[str, Any],
+    done: int,
+    total: int,
+    progress: Progress | None,
+    *,
+    workers: int = 8,
+) -> int:
+    """GET a presigned URL into ``out`` through a temporary file (byte ranges in parallel),
+    checked against the hash and size in ``meta`` before it is renamed into place
+    (CorruptBlob otherwise, and no file)."""
+    size = int(meta["size"])
+    expected = str(meta.get("key", "")).rpartition("/")[2].lower()
+    part = out.with_name(f".{out.name}.part")
+    lock = threading.Lock()
+    got = [done]
+
+    def on_bytes(count: int) -> None:
+        with lock:
+            got[0] += count
+            if progress is not None:
+                progress(got[0], total)
+
+    download = RangedDownload(url, part, size, workers)
+    try:
+        if size:
+            download.run(on_bytes)
+        else:
+            part.write_bytes(b"")
+        if download.digest.hexdigest() != expected or download.hashed != size:
+            raise CorruptBlob(f"{out.name}: content does not match its hash {expected}")
+        part.replace(out)
+    finally:
+        part.unlink(missing_ok=True)
+    return done + size

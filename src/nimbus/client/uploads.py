@@ -1,0 +1,150 @@
+"""The SDK's direct uploads and downloads (``/datasets/{name}/uploads``, ``/uploads/{id}``,
+``…/files/{file}/link``): the bytes go between this machine and the bucket, the control
+plane only signs and checks. See :mod:`nimbus.client.direct` for the pieces."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from nimbus.client.base import API, BaseClient
+from nimbus.client.direct import (
+    PartUploader,
+    ResumeBook,
+    UrlSource,
+    fetch_direct,
+    file_identity,
+    file_sha256,
+    note,
+    part_length,
+    part_matches,
+)
+from nimbus.client.transfer import Progress
+from nimbus.errors import DirectTransfersUnavailable, InvalidInput, NimbusError, NotFound
+from nimbus.wire.datasets import DatasetVersion
+from nimbus.wire.uploads import FileLink, PartUrls, UploadSession
+
+
+class DirectTransfersMixin(BaseClient):
+    """Direct transfers, used by the resource mixins when the server offers them."""
+
+    def _resume_book(self) -> ResumeBook:
+        return ResumeBook(self._settings.home / "uploads")
+
+    def _upload_direct(
+        self,
+        name: str,
+        file: Path,
+        filename: str,
+        options: Mapping[str, Any],
+        progress: Progress | None,
+    ) -> DatasetVersion | None:
+        """Upload ``file`` straight into the bucket and complete it as a version of
+        ``name``; None when the server has no direct transfers (stream it instead)."""
+        size = file.stat().st_size
+        if size < self._settings.direct_min_bytes:
+            return None
+        book = self._resume_book()
+        identity = file_identity(self.url, name, file, {"filename": filename, **options})
+        session = self._resumed(book.find(identity))
+        if session is None:
+            body = {"filename": filename, "size": size, **options}
+            try:
+                session = self._call(
+                    UploadSession, "POST", f"{API}/datasets/{name}/uploads", json=body
+                )
+            except DirectTransfersUnavailable:
+                return None
+            book.remember(identity, session.id)
+        sha256_box: list[str] = []
+        hasher = threading.Thread(
+            target=lambda: sha256_box.append(file_sha256(file)), name="sha256", daemon=True
+        )
+        hasher.start()  # alongside the parts: hashlib releases the GIL
+        todo = self._parts_to_send(file, session)
+        uploader = PartUploader(
+            file,
+            session,
+            UrlSource(lambda numbers: self._part_urls(session.id, numbers), todo),
+            self._settings.upload_workers,
+            progress,
+            done=session.size - sum(_lengths(session, todo)),
+        )
+        if progress is not None:
+            progress(uploader.done, session.size)
+        uploader.run(todo)
+        hasher.join()
+        if not sha256_box:
+            raise InvalidInput(f"could not read {file} to hash it")
+        try:
+            version = self._call(
+                DatasetVersion,
+                "POST",
+                f"{API}/uploads/{session.id}/complete",
+                json={"sha256": sha256_box[0]},
+                timeout=self._no_read_deadline(),  # the server checks and prepares the data
+            )
+        except NimbusError as exc:
+            if exc.status < 500 and self._resumed(session.id) is None:
+                book.forget(identity)  # the server dropped this upload: a rerun starts afresh
+            raise
+        book.forget(identity)
+        return version
+
+    def _resumed(self, session_id: str | None) -> UploadSession | None:
+        if session_id is None:
+            return None
+        try:
+            return self._call(UploadSession, "GET", f"{API}/uploads/{quote(session_id)}")
+        except NotFound:
+            return None
+
+    def _parts_to_send(self, file: Path, session: UploadSession) -> list[int]:
+        """Every part but those the bucket already holds with this file's bytes."""
+        kept: set[int] = set()
+        if session.uploaded:
+            with open(file, "rb") as f:
+                kept = {
+                    p.number
+                    for p in session.uploaded
+                    if p.number <= session.parts
+                    and part_matches(f.fileno(), session, p.number, p.size, p.etag)
+                }
+            note(
+                f"resuming upload {session.id}: {len(kept)} of {session.parts} parts already "
+                "in the bucket (checked)"
+            )
+        return [n for n in range(1, session.parts + 1) if n not in kept]
+
+    def _part_urls(self, session_id: str, numbers: list[int]) -> dict[int, str]:
+        reply = self._call(
+            PartUrls, "POST", f"{API}/uploads/{session_id}/parts", json={"numbers": numbers}
+        )
+        return dict(reply.urls)
+
+    def _download_direct(
+        self,
+        files_path: str,
+        name: str,
+        out: Path,
+        meta: Mapping[str, Any],
+        done: int,
+        total: int,
+        progress: Progress | None,
+    ) -> int | None:
+        """Fetch one file through a presigned GET; None when the server offers no link (a
+        local store, or a server from before direct transfers: 404)."""
+        try:
+            link = self._call(FileLink, "GET", f"{files_path}/{quote(name, safe='')}/link")
+        except NotFound:
+            return None
+        if link.url is None:
+            return None
+        return fetch_direct(link.url, out, meta, done, total, progress)
+
+
+def _lengths(session: UploadSession, numbers: list[int]) -> list[int]:
+    return [part_length(session.size, session.part_size, n) for n in numbers]
