@@ -553,6 +553,16 @@ def build_services(
         tmp_dir=settings.tmp_dir,
         check=ModelCheck(checks, check_limits(settings, settings.model_check_seconds)),
     )
+    uploads = UploadService(
+        blobs,
+        datasets,
+        # None under encryption at rest: the encrypted store signs nothing, so every byte
+        # goes through the control plane, which seals it.
+        direct_transfers(blobs.objects, settings.storage_public_endpoint),
+        url_seconds=settings.presign_seconds,
+        max_bytes=settings.max_upload_bytes,
+        quotas=quotas,
+    )
     return Services(
         settings=settings,
         db=db,
@@ -592,15 +602,9 @@ def build_services(
             grace_seconds=settings.blob_grace_seconds,
             staging_dirs=staging_dirs(settings, store),
             staging_grace_seconds=settings.staging_grace_seconds,
+            abandoned_uploads=uploads.sweep_abandoned,
         ),
-        uploads=UploadService(
-            blobs,
-            datasets,
-            direct_transfers(blobs.objects, settings.storage_public_endpoint),
-            url_seconds=settings.presign_seconds,
-            max_bytes=settings.max_upload_bytes,
-            quotas=quotas,
-        ),
+        uploads=uploads,
     )
 
 

@@ -319,3 +319,30 @@ def test_bytes_that_are_no_dataset_are_refused_and_leave_nothing_staged(
     assert keys(seaweedfs, bucket, f"{PREFIX}/uploads/") == staged_before  # session gone
     with server.client(token) as http:
         assert http.get(f"{API}/datasets/junk").status_code == 404
+
+
+def test_an_abandoned_upload_is_aborted_by_the_sweep_after_the_grace(
+    server: ServerProcess, seaweedfs: SeaweedFS, bucket: str, tmp_path: Path
+) -> None:
+    """A client that began a direct upload and never came back: the session stays
+    resumable through the grace period, then a sweep aborts it and empties its prefix."""
+    source = dataset_tar(tmp_path / "gone.tar", 1 * MIB, seed=9)
+    token = make_token(server, "member", "leaver")
+    with server.client(token) as http:
+        session = start(http, "gone", source.stat().st_size)
+        sid = session["id"]
+        urls = http.post(f"{API}/uploads/{sid}/parts", json={"numbers": [1]}).json()["urls"]
+        assert httpx.put(urls["1"], content=source.read_bytes()).status_code == 200
+        staged = [k for k in keys(seaweedfs, bucket, f"{PREFIX}/uploads/") if sid in k]
+        assert staged  # the session's record
+        with server.client() as operator:
+            kept = operator.post(f"{API}/storage/sweep").json()  # the default grace: hours
+            assert kept["uploads_aborted"] == 0, kept
+            assert http.get(f"{API}/uploads/{sid}").status_code == 200  # still resumable
+            swept = operator.post(f"{API}/storage/sweep", json={"grace_seconds": 0}).json()
+            assert swept["uploads_aborted"] >= 1, swept
+        assert not [k for k in keys(seaweedfs, bucket, f"{PREFIX}/uploads/") if sid in k]
+        assert http.get(f"{API}/uploads/{sid}").status_code == 404
+        s3 = s3_client(seaweedfs.endpoint)
+        pending = s3.list_multipart_uploads(Bucket=bucket, Prefix=f"{PREFIX}/uploads/")
+        assert not [u for u in pending.get("Uploads", []) if sid in u["Key"]]

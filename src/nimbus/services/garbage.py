@@ -142,8 +142,12 @@ class GarbageService:
         staging_dirs: Sequence[Path] = (),
         staging_grace_seconds: float = 6 * 3600.0,
         clock: Callable[[], datetime] = utcnow,
+        abandoned_uploads: Callable[[float], int] | None = None,
     ) -> None:
         self.db = db
+        # Aborts direct-upload sessions begun before an epoch time and returns how many
+        # (UploadService.sweep_abandoned); None where the store has no direct transfers.
+        self.abandoned_uploads = abandoned_uploads
         self.blobs = blobs
         self.grace_seconds = grace_seconds
         self.staging_dirs = list(staging_dirs)
@@ -184,6 +188,9 @@ class GarbageService:
             blobrefs.lock(session)
             blobrefs.forget_orphans(session, set(blobrefs.orphans_seen(session)) - set(listed))
         staged = self._sweep_staging(time.time() - self.staging_grace_seconds)
+        aborted = 0
+        if self.abandoned_uploads is not None:
+            aborted = self.abandoned_uploads(cutoff.timestamp())
         report = SweepReport(
             grace_seconds=grace,
             pins_dropped=len(stale),
@@ -192,8 +199,9 @@ class GarbageService:
             blobs_waiting=waiting,
             blobs_failed=failed,
             staging_removed=staged,
+            uploads_aborted=aborted,
         )
-        if deleted or failed or staged:
+        if deleted or failed or staged or aborted:
             log.info("blob sweep: %s", report.model_dump())
         return report
 

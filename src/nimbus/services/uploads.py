@@ -326,6 +326,36 @@ class UploadService:
         except KeyError:
             raise NotFound(f"upload {record.id} is no longer in progress") from None
 
+    def sweep_abandoned(self, before: float) -> int:
+        """Abort the direct-upload sessions begun before ``before`` (epoch seconds): their
+        unfinished multipart upload, joined source and record go; returns how many. Run by
+        the garbage sweep with its grace period, so a resumable upload has that long."""
+        if self.direct is None:
+            return 0
+        aborted = 0
+        for key in list(self.blobs.objects.keys(UPLOADS_PREFIX)):
+            if not key.endswith("/session.json"):
+                continue
+            try:
+                with self.blobs.objects.open(key) as stream:
+                    record = SessionRecord(**json.loads(stream.read()))
+            except KeyError:
+                continue  # completed or aborted meanwhile
+            except (ValueError, TypeError):
+                log.warning("upload record %s is unreadable; removing it", key)
+                self.blobs.objects.delete(key)
+                continue
+            if key != session_dir(record.tenant_id, record.id) + "session.json":
+                log.warning("upload record %s names another session; removing it", key)
+                self.blobs.objects.delete(key)
+                continue
+            if record.created_at < before:
+                self._cleanup(record)
+                aborted += 1
+        if aborted:
+            log.info("aborted %d direct upload(s) idle past the grace period", aborted)
+        return aborted
+
     def _cleanup(self, record: SessionRecord) -> None:
         directory = session_dir(record.tenant_id, record.id)
         self._transfers().abort_upload(directory + "source", record.upload_id)

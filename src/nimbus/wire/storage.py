@@ -25,3 +25,4 @@ class SweepReport(Response):
     blobs_waiting: int  # unreferenced, deleted by a later sweep unless referenced again
     blobs_failed: int  # could not be deleted (the store refused); a later sweep retries
     staging_removed: int  # staging files and work directories left by crashes
+    uploads_aborted: int = 0  # direct-upload sessions idle past the grace period
