@@ -23,6 +23,7 @@ ROUTES = {
     ("get", "/models/{name}/versions"): ({"200"}, "ModelVersionList"),
     ("get", "/models/{name}/versions/{v}"): ({"200"}, "ModelVersion"),
     ("delete", "/models/{name}/versions/{v}"): ({"200"}, "ModelVersion"),
+    ("get", "/models/{name}/versions/{v}/files/{file}/link"): ({"200"}, "FileLink"),
     ("put", "/models/{name}/aliases/{alias}"): ({"200"}, "AliasChange"),
     ("delete", "/models/{name}/aliases/{alias}"): ({"200"}, "AliasChange"),
     ("post", "/deployments"): ({"201"}, "Deployment"),
