@@ -4,7 +4,8 @@
    Nimbus job, against a plain PyTorch loop over the same tensors (the train split the job
    trained on, downloaded from the server) with the same model (built by
    ``nimbus.runtime.architectures``), batch size, optimizer and thread count, measured in the same
-   run. Each epoch of both is one pass over the train split plus scoring the val split. The
+   run. Each epoch of both is one pass over the train split, keeping the train loss and
+   accuracy the job reports, plus the val split's loss and accuracy. The
    job's epoch times are the ones its log lines carry (``epoch k/E ... (W s, C s CPU)``),
    read after it ended (nothing follows its log while it trains). Plain runs and jobs
    alternate (P J P J ... P) and the ratio is the median over every adjacent (plain, job)
@@ -22,12 +23,12 @@
 
 Run: .venv/bin/python bench/train.py [--samples 60000] [--epochs 3] [--threads 2] [--rounds 3]
      [--latency-jobs 20] [--noop-jobs 500] [--skip throughput,latency,queue]
-     [--executor forkserver|local] [--server-env NIMBUS_X=V]...
+     [--executor forkserver|local] [--isolation sandbox|none] [--server-env NIMBUS_X=V]...
 
-The job asks for ``cpus=threads``. Note: under the fork-server executor a job's torch keeps
-the thread count of the zygote (the machine's cores) whatever its cpus, as long as the
-runtime does not call ``torch.set_num_threads``; ``--executor local`` starts each job as a
-fresh process, where OMP_NUM_THREADS applies.
+The job asks for ``cpus=threads``; the runtime sets its torch threads to that, whether the
+attempt was forked from a zygote that imported torch earlier or started fresh.
+``--isolation none`` runs the jobs unsandboxed (no bubblewrap, no cgroup), which separates
+the sandbox's cost from the runtime's.
 """
 
 from __future__ import annotations
@@ -141,21 +142,27 @@ def plain_epoch_seconds(
         start, cpu_start = time.perf_counter(), time.process_time()
         model.train()
         order = torch.randperm(len(train_y)).numpy()
+        loss_sum, correct = 0.0, 0
         for b in range(math.ceil(len(order) / size)):
             idx = order[b * size : (b + 1) * size]
             x = torch.from_numpy(train_x[idx])
             y = torch.from_numpy(train_y[idx])
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            # the train loss and accuracy the job reports for each epoch
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
         model.eval()
         with torch.no_grad():
-            correct = sum(
-                int((model(val_x[i : i + EVAL_BATCH]).argmax(1) == val_y[i : i + EVAL_BATCH]).sum())
-                for i in range(0, len(val_y), EVAL_BATCH)
+            val_logits = torch.cat(
+                [model(val_x[i : i + EVAL_BATCH]) for i in range(0, len(val_y), EVAL_BATCH)]
             )
-        assert correct >= 0
+            val_loss = F.cross_entropy(val_logits, val_y).item()
+            val_correct = int((val_logits.argmax(1) == val_y).sum())
+        assert math.isfinite(loss_sum + val_loss) and correct + val_correct >= 0
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
     return times[1:] or times, median(cpu[1:] or cpu)
@@ -348,6 +355,12 @@ def main() -> None:
         help="the server's executor [default: the server's default]",
     )
     parser.add_argument(
+        "--isolation",
+        choices=("sandbox", "none"),
+        default=None,
+        help="the server's job isolation [default: the server's default]",
+    )
+    parser.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -358,10 +371,13 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="nimbus-bench-", dir=os.environ.get("BENCH_DIR")))
     env = {"NIMBUS_EXECUTOR": args.executor} if args.executor else {}
+    if args.isolation:
+        env["NIMBUS_JOB_ISOLATION"] = args.isolation
     env.update(pair.split("=", 1) for pair in args.server_env)
     server = ServerProcess(work / "home", env=env).start()
     print(
-        f"server executor: {args.executor or 'default'} {' '.join(args.server_env)}; "
+        f"server executor: {args.executor or 'default'}, isolation "
+        f"{args.isolation or 'default'} {' '.join(args.server_env)}; "
         f"torch threads here: {args.threads}"
     )
     try:

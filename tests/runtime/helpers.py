@@ -112,15 +112,18 @@ class FakeJobApi:
         code: bytes | None = None,
         entry: str = "train.py",
         workers: int = 1,
+        cpus: float = 1.0,
+        memory: int = 1 << 30,
     ) -> None:
-        """Make this the job: a built-in ``model``, or a script ``code``."""
+        """Make this the job: a built-in ``model``, or a script ``code``; ``cpus`` and
+        ``memory`` per worker."""
         self.spec = {
             "job_id": "job_1",
             "model": model if code is None else f"code:{blob_key(code)}",
             "params": params or {},
             "seed": None,
             "workers": workers,
-            "resources": {"cpus": 1.0, "gpus": 0, "memory": 1 << 30, "workers": workers},
+            "resources": {"cpus": cpus, "gpus": 0, "memory": memory, "workers": workers},
             "dataset": self.use_dataset(data),
             "code": None if code is None else self._code(code, entry),
         }

@@ -54,6 +54,10 @@ from nimbus.wire.job_api import AttemptSpec, CodeInput
 
 ENV_ERROR_EXIT_CODE = 2
 FAILURE_EXIT_CODE = 1
+# How much of a worker's memory limit its dataset's splits may take in memory (the rest of
+# the limit is the model's, torch's and the mapped files' page cache); without a limit.
+IN_MEMORY_SHARE = 0.25
+IN_MEMORY_UNLIMITED = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -177,8 +181,12 @@ def _dataset_of(spec: AttemptSpec) -> dict[str, Any]:
     return spec.dataset
 
 
-def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) -> DataSplits:
-    """The dataset version's prepared splits, memory-mapped from the blob cache."""
+def load_data(
+    client: JobApiClient, version: dict[str, Any], directory: Path, memory_bytes: int = 0
+) -> DataSplits:
+    """The dataset version's prepared splits from the blob cache: read into memory as far as
+    they fit in :data:`IN_MEMORY_SHARE` of the worker's memory limit ``memory_bytes``
+    (:data:`IN_MEMORY_UNLIMITED` without a limit), memory-mapped beyond."""
     directory.mkdir(parents=True, exist_ok=True)
     files = version.get("files") or {}
     for split in SPLITS:
@@ -198,13 +206,17 @@ def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) ->
         list(version["classes"]),
         schema.get("features"),
         schema.get("transform"),
+        in_memory_bytes=int(memory_bytes * IN_MEMORY_SHARE)
+        if memory_bytes
+        else IN_MEMORY_UNLIMITED,
     )
 
 
 def _run_builtin(
     env: JobEnv, client: JobApiClient, spec: AttemptSpec, group: Any, device: torch.device
 ) -> None:
-    data = load_data(client, _dataset_of(spec), env.job_dir / "data")
+    memory = spec.resources.memory
+    data = load_data(client, _dataset_of(spec), env.job_dir / "data", memory)
     params = dict(spec.params)
     if spec.seed is not None and "seed" not in params:
         params["seed"] = spec.seed
@@ -265,7 +277,9 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
     session = api.Session(
         params=api.coerce_params(spec.params),
         reporter=reporter,
-        load_data=lambda: load_data(client, _dataset_of(spec), env.job_dir / "data"),
+        load_data=lambda: load_data(
+            client, _dataset_of(spec), env.job_dir / "data", spec.resources.memory
+        ),
         model_dir=env.job_dir / "model",
         rank=env.rank,
     )

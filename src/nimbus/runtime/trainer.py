@@ -158,9 +158,12 @@ class _Run:
         loss_sum, correct = 0.0, 0.0
         for b in range(batches):
             global_idx = order[b * size : (b + 1) * size]
-            idx = global_idx.tensor_split(pg.world_size)[pg.rank].numpy()
+            mine = (
+                global_idx.tensor_split(pg.world_size)[pg.rank] if pg.world_size > 1 else global_idx
+            )
+            idx = mine.numpy()
             x = self.prepared.batch("train", idx).to(self.device)
-            y = torch.from_numpy(np.asarray(train.y[idx])).to(self.device)
+            y = torch.from_numpy(train.y[idx]).to(self.device)
             logits = net(x)
             summed = F.cross_entropy(logits, y, reduction="sum")
             self.optimizer.zero_grad(set_to_none=True)
