@@ -27,8 +27,10 @@ Run: .venv/bin/python bench/train.py [--samples 60000] [--epochs 3] [--threads 2
 
 The job asks for ``cpus=threads``; the runtime sets its torch threads to that, whether the
 attempt was forked from a zygote that imported torch earlier or started fresh.
-``--isolation none`` runs the jobs unsandboxed (no bubblewrap, no cgroup), which separates
-the sandbox's cost from the runtime's.
+Jobs run unsandboxed by default (``--isolation none``: no bubblewrap, no cgroup, as the
+bench's server is started); ``--isolation sandbox`` (as root, with bubblewrap) runs each in
+its sandbox with its cgroup's limits, as a production server does: the two separate the
+sandbox's cost from the runtime's.
 """
 
 from __future__ import annotations
@@ -357,8 +359,8 @@ def main() -> None:
     parser.add_argument(
         "--isolation",
         choices=("sandbox", "none"),
-        default=None,
-        help="the server's job isolation [default: the server's default]",
+        default="none",
+        help="the server's job isolation [default: none]",
     )
     parser.add_argument(
         "--server-env",
@@ -371,13 +373,14 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="nimbus-bench-", dir=os.environ.get("BENCH_DIR")))
     env = {"NIMBUS_EXECUTOR": args.executor} if args.executor else {}
-    if args.isolation:
-        env["NIMBUS_JOB_ISOLATION"] = args.isolation
+    env["NIMBUS_JOB_ISOLATION"] = args.isolation
+    if args.isolation == "sandbox":
+        work.chmod(0o711)  # the jobs' uids pass through to their work directories
     env.update(pair.split("=", 1) for pair in args.server_env)
     server = ServerProcess(work / "home", env=env).start()
     print(
-        f"server executor: {args.executor or 'default'}, isolation "
-        f"{args.isolation or 'default'} {' '.join(args.server_env)}; "
+        f"server executor: {args.executor or 'default'}, isolation {args.isolation} "
+        f"{' '.join(args.server_env)}; "
         f"torch threads here: {args.threads}"
     )
     try:

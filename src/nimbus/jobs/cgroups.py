@@ -135,7 +135,12 @@ def swap_unlimited(hierarchies: list[Hierarchy], swaps: str) -> str | None:
 
 
 def limit_files(
-    version: int, controllers: frozenset[str], resources: Resources, *, pids_per_worker: int
+    version: int,
+    controllers: frozenset[str],
+    resources: Resources,
+    *,
+    pids_per_worker: int,
+    background: bool = False,
 ) -> dict[str, str]:
     """The limit files of one attempt's cgroup and what to write in them: memory
     (no swap beyond it), process count (threads included), CPU quota and scheduling
@@ -144,7 +149,9 @@ def limit_files(
     The quota may be spent in bursts of up to one period's worth saved from periods the
     attempt left part of unused (``*burst*``): its average stays at the quota, but a
     thread that wakes beside the busy ones (a checkpoint upload, the heartbeat) does not
-    stall them all until the next period."""
+    stall them all until the next period. ``background``: the lowest weight instead, for
+    work that should only take CPU time that attempts leave idle (a warm sandbox's
+    imports, before an attempt claims it)."""
     memory = resources.total_memory_bytes
     quota = max(1000, int(resources.total_cpus * CPU_PERIOD_US))
     pids = pids_per_worker * resources.workers
@@ -158,7 +165,7 @@ def limit_files(
     if "pids" in controllers:
         files["pids.max"] = str(pids)
     if "cpu" in controllers:
-        weight = str(cpu_weight(version, resources.total_cpus))
+        weight = str(cpu_weight(version, 0 if background else resources.total_cpus))
         if version == 2:
             files["cpu.max"] = f"{quota} {CPU_PERIOD_US}"
             files.update({"cpu.max.burst": str(quota), "cpu.weight": weight})
@@ -232,13 +239,20 @@ class AttemptCgroup:
         self.hierarchies = hierarchies
         self.dirs = [h.base / name for h in hierarchies]
 
-    def create(self, resources: Resources, *, pids_per_worker: int) -> None:
-        """Make the directories and write the limits; OSError if a limit cannot be set."""
+    def create(
+        self, resources: Resources, *, pids_per_worker: int, background: bool = False
+    ) -> None:
+        """Make the directories and write the limits (see :func:`limit_files`); OSError if
+        a limit cannot be set. Called again, it writes the new limits."""
         writable(self.hierarchies)  # the bases, again: a previous close removed them
         for h, directory in zip(self.hierarchies, self.dirs, strict=True):
             directory.mkdir(exist_ok=True)
             files = limit_files(
-                h.version, h.controllers, resources, pids_per_worker=pids_per_worker
+                h.version,
+                h.controllers,
+                resources,
+                pids_per_worker=pids_per_worker,
+                background=background,
             )
             for file, value in files.items():
                 if file in OPTIONAL_FILES and not (directory / file).exists():
