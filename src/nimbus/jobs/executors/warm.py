@@ -22,8 +22,8 @@ starts is chosen ahead and handed over at the claim:
   (memory, processes, CPU) are written there before any of the job's code runs; at its
   end the cgroup is killed whole, as every attempt's. Until the claim it runs at the lowest
   CPU weight: its imports take the CPU time running attempts leave idle, not theirs. What
-  the imports took counts against the attempt's memory limit, as it would had the job imported them itself; a warm
-  sandbox that already holds more than the limit is not used.
+  the imports took counts against the attempt's memory limit, as it would had the job
+  imported them itself; a warm sandbox that already holds more than the limit is not used.
 - **the job**: its program, token and environment reach the zygote over a socket at the
   claim, never through a process environment (``/proc/<pid>/environ`` of the job's
   processes is the zygote's, which holds no secret); the zygote forks one process per
