@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import ServerProcess, median, spread
+from _common import ServerProcess, cpu_seconds, median, spread, wait_quiet
 
 from nimbus.client import Client
 from nimbus.config import Settings
@@ -171,7 +171,7 @@ def plain_epoch_seconds(
 
 
 def throughput(
-    api: Client, work: Path, samples: int, epochs: int, threads: int, rounds: int
+    api: Client, server_pid: int, work: Path, samples: int, epochs: int, threads: int, rounds: int
 ) -> None:
     """Plain loop and job interleaved (P J P J ... P): each job is compared with the plain
     runs just before and after it, so a machine whose load drifts during the run moves both
@@ -186,16 +186,24 @@ def throughput(
     api.download_dataset(ref, data_dir)
     torch.set_num_threads(threads)
 
+    # Each run starts with the server's process tree quiet (the previous job's model
+    # stored, a warm sandbox's imports done), so neither side inherits the other's work.
+    wait_quiet(server_pid)
     plain_runs = [plain_epoch_seconds(data_dir, params, epochs)]
     job_runs: list[tuple[list[float], float]] = []
+    server_shares = []
     for round_ in range(rounds):
+        wait_quiet(server_pid)
+        server_cpu, began = cpu_seconds(server_pid), time.perf_counter()
         job = api.submit_job(ref, "cnn", params=params, cpus=threads, seed=0)
         # Polled seldom: every request is server work taking CPU from the job's threads.
         done = api.wait_job(job.id, timeout=3600, poll=5.0)
+        server_shares.append((cpu_seconds(server_pid) - server_cpu) / (time.perf_counter() - began))
         if done.state != "succeeded":
             raise RuntimeError(f"job {job.id} {done.state}: {done.exit_reason}")
         walls, cpu = job_epoch_seconds(api, job.id)
         job_runs.append((walls, cpu))
+        wait_quiet(server_pid)
         plain_runs.append(plain_epoch_seconds(data_dir, params, epochs))
         print(
             f"   round {round_ + 1}: plain {median(plain_runs[-2][0]):.2f} s, job "
@@ -235,6 +243,10 @@ def throughput(
     print(
         f"   fastest epoch: job {fastest_job:.2f} s, plain {fastest_plain:.2f} s: ratio "
         f"{fastest_plain / fastest_job:.3f} (the least disturbed by other processes)"
+    )
+    print(
+        f"   the server's own CPU while a job ran (submit to end): median "
+        f"{median(server_shares) * 100:.1f}% of a core"
     )
 
 
@@ -388,6 +400,7 @@ def main() -> None:
             if "throughput" not in skip:
                 throughput(
                     api,
+                    server.proc.pid if server.proc else os.getpid(),
                     work,
                     args.samples,
                     args.epochs,
