@@ -30,7 +30,10 @@ attempt was forked from a zygote that imported torch earlier or started fresh.
 Jobs run unsandboxed by default (``--isolation none``: no bubblewrap, no cgroup, as the
 bench's server is started); ``--isolation sandbox`` (as root, with bubblewrap) runs each in
 its sandbox with its cgroup's limits, as a production server does: the two separate the
-sandbox's cost from the runtime's.
+sandbox's cost from the runtime's. A job keeps freed tensor memory for its next step
+(:mod:`nimbus.runtime.allocator`, no page faults a step); the plain loop is a plain
+process (glibc returning that memory and faulting it in again each step) unless
+``--tune-plain-allocator`` gives it the same settings.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from _common import ServerProcess, cpu_seconds, median, spread, wait_quiet
 from nimbus.client import Client
 from nimbus.config import Settings
 from nimbus.demo_data import write_digits_zip
+from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.api import load_local_dataset
 from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
@@ -369,6 +373,11 @@ def main() -> None:
         help="the server's executor [default: the server's default]",
     )
     parser.add_argument(
+        "--tune-plain-allocator",
+        action="store_true",
+        help="give the plain loop the job's allocator settings (nimbus.runtime.allocator)",
+    )
+    parser.add_argument(
         "--isolation",
         choices=("sandbox", "none"),
         default="none",
@@ -386,13 +395,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nimbus-bench-", dir=os.environ.get("BENCH_DIR")))
     env = {"NIMBUS_EXECUTOR": args.executor} if args.executor else {}
     env["NIMBUS_JOB_ISOLATION"] = args.isolation
+    if args.tune_plain_allocator:
+        keep_freed_memory()
     if args.isolation == "sandbox":
         work.chmod(0o711)  # the jobs' uids pass through to their work directories
     env.update(pair.split("=", 1) for pair in args.server_env)
     server = ServerProcess(work / "home", env=env).start()
     print(
         f"server executor: {args.executor or 'default'}, isolation {args.isolation} "
-        f"{' '.join(args.server_env)}; "
+        f"{' '.join(args.server_env)}; plain loop's allocator "
+        f"{'tuned as the job' if args.tune_plain_allocator else 'as the C library sets it'}; "
         f"torch threads here: {args.threads}"
     )
     try:

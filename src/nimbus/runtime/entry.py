@@ -44,6 +44,7 @@ from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.modelformat.export import export_model
 from nimbus.modelformat.files import MODEL_FILES
 from nimbus.runtime import api
+from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.custom import evaluate_model_dir
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.hyperparams import validate_params
@@ -124,6 +125,7 @@ def main(
         print(f"nimbus.runtime.entry: {exc}", file=sys.stderr)
         return ENV_ERROR_EXIT_CODE
     env.job_dir.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()  # training steps reuse their tensors' memory: see allocator.py
     client = JobApiClient(
         env.url, env.attempt_id, env.token, cache_dir=env.cache_dir, retry_seconds=env.retry_seconds
     )
