@@ -5,8 +5,9 @@ MB (a CNN's activations and gradients for a batch) with a fresh ``mmap`` and giv
 with ``munmap`` when the tensor is freed, or trims the heap once its free top passes a
 threshold of the same order: every step then faults its activations in afresh, thousands
 of page faults a step (each zeroing a page and charging it to the attempt's memory
-cgroup). Measured on the built-in ``cnn`` (batch 64, 28x28, 2 threads): ~4,000 faults and
-~26 ms of CPU a step by default, ~0 faults and ~14 ms with the settings below.
+cgroup). Measured on the built-in ``cnn`` (batch 64, 28x28, 2 threads): ~4,000 faults a
+step by default, ~0 with the settings below; on a busy 2-core machine that was ~26 ms of
+CPU a step against ~14 ms, on a quiet one within the noise of ``bench/train.py``.
 
 :func:`keep_freed_memory` raises the mmap threshold to glibc's maximum (32 MB: larger blocks
 are still mapped and unmapped) and the trim threshold to :data:`TRIM_BYTES`, so a process
