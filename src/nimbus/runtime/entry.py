@@ -22,6 +22,7 @@ other failure (a bug or an infrastructure fault: retried).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -48,13 +49,20 @@ from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.custom import evaluate_model_dir
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.hyperparams import validate_params
-from nimbus.runtime.job_api import Heartbeat, HttpReporter, JobApiClient, JobStop
+from nimbus.runtime.job_api import (
+    CancelRequested,
+    Heartbeat,
+    HttpReporter,
+    JobApiClient,
+    JobStop,
+)
 from nimbus.runtime.trainer import train
 from nimbus.runtime.usercode import UserCodeError, run_script, unpack
 from nimbus.wire.job_api import AttemptSpec, CodeInput
 
 ENV_ERROR_EXIT_CODE = 2
 FAILURE_EXIT_CODE = 1
+CANCEL_FLUSH_SECONDS = 5.0  # a cancelled job's unsent metrics get this long to arrive
 # How much of a worker's memory limit its dataset's splits may take in memory (the rest of
 # the limit is the model's, torch's and the mapped files' page cache); without a limit.
 IN_MEMORY_SHARE = 0.25
@@ -129,8 +137,16 @@ def main(
     client = JobApiClient(
         env.url, env.attempt_id, env.token, cache_dir=env.cache_dir, retry_seconds=env.retry_seconds
     )
+    stop_now = on_stop or _exit_now
+
+    def stopping(stop: JobStop) -> None:
+        if isinstance(stop, CancelRequested):  # the job ends cancelled: keep what it logged
+            with contextlib.suppress(Exception, JobStop):
+                client.reports.flush(timeout=CANCEL_FLUSH_SECONDS)
+        stop_now(stop)
+
     try:
-        with client, Heartbeat(client, env.heartbeat_seconds, on_stop or _exit_now):
+        with client, Heartbeat(client, env.heartbeat_seconds, stopping):
             run_attempt(env, client)
         return 0
     except JobStop as stop:
@@ -224,8 +240,8 @@ def _run_builtin(
         params["seed"] = spec.seed
     epochs = validate_params(spec.model, data.task, params)["epochs"]
     reporter = EpochTimedReporter(client, rank=env.rank, label="epoch", total_steps=epochs)
-    result = train(spec.model, data, params, reporter, process_group=group, device=device)
-    reporter.flush()  # the last checkpoint stored before the model and the result
+    with _flushed(reporter):  # metrics and the last checkpoint stored before the result
+        result = train(spec.model, data, params, reporter, process_group=group, device=device)
     if env.rank:
         return
     model_dir = env.job_dir / "model"
@@ -287,10 +303,10 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
     )
     api.activate(session)
     try:
-        run_script(script)
+        with _flushed(reporter):  # its metrics and last checkpoint stored before its result
+            run_script(script)
     finally:
         api.activate(None)
-    reporter.flush()  # its last checkpoint stored before its model and result
     if env.rank:
         return
     evaluation = session.evaluation
@@ -301,6 +317,22 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
             session.reporter.log(max(session.logged_step, 1), test_accuracy=evaluation["accuracy"])
     if evaluation is not None:
         client.result(evaluation)
+
+
+@contextmanager
+def _flushed(reporter: HttpReporter) -> Iterator[None]:
+    """Waits, as the block ends, for what it reported to be stored: metrics, progress and
+    checkpoint. When the block failed, the failure is what the job ends with: an error
+    storing the reports is then printed, not raised."""
+    try:
+        yield
+    except BaseException:
+        try:
+            reporter.flush()
+        except (Exception, JobStop) as exc:
+            print(f"nimbus: storing the last reports failed: {exc}", file=sys.stderr, flush=True)
+        raise
+    reporter.flush()
 
 
 def _upload_model(client: JobApiClient, model_dir: Path) -> None:
