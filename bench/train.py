@@ -4,7 +4,8 @@
    Nimbus job, against a plain PyTorch loop over the same tensors (the train split the job
    trained on, downloaded from the server) with the same model (built by
    ``nimbus.runtime.architectures``), batch size, optimizer and thread count, measured in the same
-   run. Each epoch of both is one pass over the train split plus scoring the val split. The
+   run. Each epoch of both is one pass over the train split, keeping the train loss and
+   accuracy the job reports, plus the val split's loss and accuracy. The
    job's epoch times are the ones its log lines carry (``epoch k/E ... (W s, C s CPU)``),
    read after it ended (nothing follows its log while it trains). Plain runs and jobs
    alternate (P J P J ... P) and the ratio is the median over every adjacent (plain, job)
@@ -22,12 +23,17 @@
 
 Run: .venv/bin/python bench/train.py [--samples 60000] [--epochs 3] [--threads 2] [--rounds 3]
      [--latency-jobs 20] [--noop-jobs 500] [--skip throughput,latency,queue]
-     [--executor forkserver|local] [--server-env NIMBUS_X=V]...
+     [--executor forkserver|local] [--isolation sandbox|none] [--server-env NIMBUS_X=V]...
 
-The job asks for ``cpus=threads``. Note: under the fork-server executor a job's torch keeps
-the thread count of the zygote (the machine's cores) whatever its cpus, as long as the
-runtime does not call ``torch.set_num_threads``; ``--executor local`` starts each job as a
-fresh process, where OMP_NUM_THREADS applies.
+The job asks for ``cpus=threads``; the runtime sets its torch threads to that, whether the
+attempt was forked from a zygote that imported torch earlier or started fresh.
+Jobs run unsandboxed by default (``--isolation none``: no bubblewrap, no cgroup, as the
+bench's server is started); ``--isolation sandbox`` (as root, with bubblewrap) runs each in
+its sandbox with its cgroup's limits, as a production server does: the two separate the
+sandbox's cost from the runtime's. A job keeps freed tensor memory for its next step
+(:mod:`nimbus.runtime.allocator`, no page faults a step); the plain loop is a plain
+process (glibc returning that memory and faulting it in again each step) unless
+``--tune-plain-allocator`` gives it the same settings.
 """
 
 from __future__ import annotations
@@ -46,11 +52,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import ServerProcess, median, spread
+from _common import ServerProcess, cpu_seconds, median, spread, wait_quiet
 
 from nimbus.client import Client
 from nimbus.config import Settings
 from nimbus.demo_data import write_digits_zip
+from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.api import load_local_dataset
 from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
@@ -141,28 +148,34 @@ def plain_epoch_seconds(
         start, cpu_start = time.perf_counter(), time.process_time()
         model.train()
         order = torch.randperm(len(train_y)).numpy()
+        loss_sum, correct = 0.0, 0
         for b in range(math.ceil(len(order) / size)):
             idx = order[b * size : (b + 1) * size]
             x = torch.from_numpy(train_x[idx])
             y = torch.from_numpy(train_y[idx])
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            # the train loss and accuracy the job reports for each epoch
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
         model.eval()
         with torch.no_grad():
-            correct = sum(
-                int((model(val_x[i : i + EVAL_BATCH]).argmax(1) == val_y[i : i + EVAL_BATCH]).sum())
-                for i in range(0, len(val_y), EVAL_BATCH)
+            val_logits = torch.cat(
+                [model(val_x[i : i + EVAL_BATCH]) for i in range(0, len(val_y), EVAL_BATCH)]
             )
-        assert correct >= 0
+            val_loss = F.cross_entropy(val_logits, val_y).item()
+            val_correct = int((val_logits.argmax(1) == val_y).sum())
+        assert math.isfinite(loss_sum + val_loss) and correct + val_correct >= 0
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
     return times[1:] or times, median(cpu[1:] or cpu)
 
 
 def throughput(
-    api: Client, work: Path, samples: int, epochs: int, threads: int, rounds: int
+    api: Client, server_pid: int, work: Path, samples: int, epochs: int, threads: int, rounds: int
 ) -> None:
     """Plain loop and job interleaved (P J P J ... P): each job is compared with the plain
     runs just before and after it, so a machine whose load drifts during the run moves both
@@ -177,16 +190,24 @@ def throughput(
     api.download_dataset(ref, data_dir)
     torch.set_num_threads(threads)
 
+    # Each run starts with the server's process tree quiet (the previous job's model
+    # stored, a warm sandbox's imports done), so neither side inherits the other's work.
+    wait_quiet(server_pid)
     plain_runs = [plain_epoch_seconds(data_dir, params, epochs)]
     job_runs: list[tuple[list[float], float]] = []
+    server_shares = []
     for round_ in range(rounds):
+        wait_quiet(server_pid)
+        server_cpu, began = cpu_seconds(server_pid), time.perf_counter()
         job = api.submit_job(ref, "cnn", params=params, cpus=threads, seed=0)
         # Polled seldom: every request is server work taking CPU from the job's threads.
         done = api.wait_job(job.id, timeout=3600, poll=5.0)
+        server_shares.append((cpu_seconds(server_pid) - server_cpu) / (time.perf_counter() - began))
         if done.state != "succeeded":
             raise RuntimeError(f"job {job.id} {done.state}: {done.exit_reason}")
         walls, cpu = job_epoch_seconds(api, job.id)
         job_runs.append((walls, cpu))
+        wait_quiet(server_pid)
         plain_runs.append(plain_epoch_seconds(data_dir, params, epochs))
         print(
             f"   round {round_ + 1}: plain {median(plain_runs[-2][0]):.2f} s, job "
@@ -226,6 +247,10 @@ def throughput(
     print(
         f"   fastest epoch: job {fastest_job:.2f} s, plain {fastest_plain:.2f} s: ratio "
         f"{fastest_plain / fastest_job:.3f} (the least disturbed by other processes)"
+    )
+    print(
+        f"   the server's own CPU while a job ran (submit to end): median "
+        f"{median(server_shares) * 100:.1f}% of a core"
     )
 
 
@@ -348,6 +373,17 @@ def main() -> None:
         help="the server's executor [default: the server's default]",
     )
     parser.add_argument(
+        "--tune-plain-allocator",
+        action="store_true",
+        help="give the plain loop the job's allocator settings (nimbus.runtime.allocator)",
+    )
+    parser.add_argument(
+        "--isolation",
+        choices=("sandbox", "none"),
+        default="none",
+        help="the server's job isolation [default: none]",
+    )
+    parser.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -358,10 +394,17 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="nimbus-bench-", dir=os.environ.get("BENCH_DIR")))
     env = {"NIMBUS_EXECUTOR": args.executor} if args.executor else {}
+    env["NIMBUS_JOB_ISOLATION"] = args.isolation
+    if args.tune_plain_allocator:
+        keep_freed_memory()
+    if args.isolation == "sandbox":
+        work.chmod(0o711)  # the jobs' uids pass through to their work directories
     env.update(pair.split("=", 1) for pair in args.server_env)
     server = ServerProcess(work / "home", env=env).start()
     print(
-        f"server executor: {args.executor or 'default'} {' '.join(args.server_env)}; "
+        f"server executor: {args.executor or 'default'}, isolation {args.isolation} "
+        f"{' '.join(args.server_env)}; plain loop's allocator "
+        f"{'tuned as the job' if args.tune_plain_allocator else 'as the C library sets it'}; "
         f"torch threads here: {args.threads}"
     )
     try:
@@ -369,6 +412,7 @@ def main() -> None:
             if "throughput" not in skip:
                 throughput(
                     api,
+                    server.proc.pid if server.proc else os.getpid(),
                     work,
                     args.samples,
                     args.epochs,

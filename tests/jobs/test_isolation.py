@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nimbus.jobs import cgroups
 from nimbus.jobs.domain import ExitReason, Resources
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import Executor, ExitStatus
@@ -411,6 +412,39 @@ def test_swap_is_limited_with_memory_under_cgroup_v1(sandboxed: Executor) -> Non
         if not memsw or not memsw[0].exists():
             pytest.skip("no cgroup v1 memory controller with swap accounting here")
         assert int(memsw[0].read_text()) == 128 * MiB
+    finally:
+        sandboxed.kill(run.handle)
+        run.wait()
+
+
+def test_an_attempt_weighs_as_its_cpus_busy_threads(sandboxed: Executor) -> None:
+    """Its cgroup's scheduling weight is its CPUs' (a default cgroup weighs as one thread),
+    its quota may be spent in bursts where the kernel has them, and the base directory
+    holding every attempt weighs as the machine's CPUs."""
+    run = Run(
+        sandboxed,
+        "import time; print('up', flush=True); time.sleep(60)",
+        resources=Resources(cpus=2),
+    )
+    try:
+        run.wait_output("up")
+        group = run.handle.sandbox.cgroup  # type: ignore[attr-defined]
+        found = [(h, d) for h, d in zip(group.hierarchies, group.dirs, strict=True)]
+        cpu = [(h, d) for h, d in found if "cpu" in h.controllers]
+        if not cpu:
+            pytest.skip("no cpu controller here")
+        h, directory = cpu[0]
+        weight, burst = (
+            ("cpu.weight", "cpu.max.burst")
+            if h.version == 2
+            else ("cpu.shares", "cpu.cfs_burst_us")
+        )
+        assert int((directory / weight).read_text()) == cgroups.cpu_weight(h.version, 2)
+        assert int((directory.parent / weight).read_text()) == cgroups.cpu_weight(
+            h.version, os.cpu_count() or 1
+        )
+        if (directory / burst).exists():
+            assert int((directory / burst).read_text()) == 2 * cgroups.CPU_PERIOD_US
     finally:
         sandboxed.kill(run.handle)
         run.wait()

@@ -214,6 +214,8 @@ def test_limit_files_for_both_versions() -> None:
         "memory.swap.max": "0",
         "pids.max": "200",
         "cpu.max": "300000 100000",
+        "cpu.max.burst": "300000",
+        "cpu.weight": "300",  # three busy threads' worth
     }
     assert cgroups.limit_files(1, every, res, pids_per_worker=100) == {
         "memory.limit_in_bytes": str(2**30),
@@ -221,9 +223,19 @@ def test_limit_files_for_both_versions() -> None:
         "pids.max": "200",
         "cpu.cfs_period_us": "100000",
         "cpu.cfs_quota_us": "300000",
+        "cpu.cfs_burst_us": "300000",
+        "cpu.shares": "3072",
     }
     unlimited = Resources(memory_bytes=0)
     assert "memory.max" not in cgroups.limit_files(2, every, unlimited, pids_per_worker=1)
+
+
+def test_cpu_weight_counts_busy_threads_within_the_kernel_bounds() -> None:
+    assert cgroups.cpu_weight(1, 1) == 1024  # the default: one task at nice 0
+    assert cgroups.cpu_weight(2, 1) == 100
+    assert cgroups.cpu_weight(1, 0.5) == 512
+    assert cgroups.cpu_weight(2, 0.001) == 1 and cgroups.cpu_weight(1, 0.0001) == 2
+    assert cgroups.cpu_weight(2, 1000) == 10_000 and cgroups.cpu_weight(1, 1000) == 262_144
 
 
 def test_oom_kills_are_read_from_either_file() -> None:

@@ -228,6 +228,34 @@ def test_cancel_gives_the_warm_job_its_grace_period(warm: WarmSandboxExecutor) -
     assert run.wait().ok and "graceful" in run.output
 
 
+def test_a_waiting_warm_sandbox_takes_only_idle_cpu_until_claimed(
+    warm: WarmSandboxExecutor, sandbox: Sandbox
+) -> None:
+    """Its imports run at the lowest CPU weight (they must not slow running attempts);
+    the claim gives it the attempt's CPUs' weight."""
+    cpu = [h for h in sandbox.hierarchies if "cpu" in h.controllers]
+    if not cpu:
+        pytest.skip("no cpu controller here")
+    h = cpu[0]
+    name = "cpu.weight" if h.version == 2 else "cpu.shares"
+    warm.expect(None, None)
+    assert warm.wait_warm(None, None, timeout=60)
+    waiting = {d: int((d / name).read_text()) for d in h.base.glob("warm-*") if d.is_dir()}
+    assert waiting and set(waiting.values()) == {cgroups.cpu_weight(h.version, 0)}
+    run = warm_run(
+        warm, "import time; print('up', flush=True); time.sleep(60)", resources=Resources(cpus=2)
+    )
+    try:
+        run.wait_output("up")
+        group = run.handle.sandbox.cgroup  # type: ignore[attr-defined]
+        mine = next(d for g, d in zip(group.hierarchies, group.dirs, strict=True) if g == h)
+        assert mine.name.startswith("warm-")
+        assert int((mine / name).read_text()) == cgroups.cpu_weight(h.version, 2)
+    finally:
+        warm.kill(run.handle)
+        run.wait()
+
+
 def test_memory_past_the_limit_is_out_of_memory_when_warm(warm: WarmSandboxExecutor) -> None:
     run = warm_run(
         warm,

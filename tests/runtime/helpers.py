@@ -75,6 +75,8 @@ class FakeJobApi:
     failures: int = 0  # answer the next n requests with 503
     fence_after_checkpoints: int | None = None  # replace the attempt after n checkpoints
     checkpoint_delay: float = 0.0
+    metrics_delay: float = 0.0  # seconds each metrics post takes
+    progress_gate: threading.Event | None = None  # progress posts wait until it is set
     fence_on_route: str | None = None  # replace the attempt when this route is called
 
     # -- steering ----------------------------------------------------------------------
@@ -112,15 +114,18 @@ class FakeJobApi:
         code: bytes | None = None,
         entry: str = "train.py",
         workers: int = 1,
+        cpus: float = 1.0,
+        memory: int = 1 << 30,
     ) -> None:
-        """Make this the job: a built-in ``model``, or a script ``code``."""
+        """Make this the job: a built-in ``model``, or a script ``code``; ``cpus`` and
+        ``memory`` per worker."""
         self.spec = {
             "job_id": "job_1",
             "model": model if code is None else f"code:{blob_key(code)}",
             "params": params or {},
             "seed": None,
             "workers": workers,
-            "resources": {"cpus": 1.0, "gpus": 0, "memory": 1 << 30, "workers": workers},
+            "resources": {"cpus": cpus, "gpus": 0, "memory": memory, "workers": workers},
             "dataset": self.use_dataset(data),
             "code": None if code is None else self._code(code, entry),
         }
@@ -168,9 +173,13 @@ class FakeJobApi:
             return JSONResponse({"cancel": self.cancel})
         if method == "POST" and route == "metrics":
             body = await request.json()
+            if self.metrics_delay:
+                await asyncio.sleep(self.metrics_delay)
             self.metrics.append((attempt, int(body["step"]), dict(body["metrics"])))
             return JSONResponse({}, status_code=201)
         if method == "POST" and route == "progress":
+            while self.progress_gate is not None and not self.progress_gate.is_set():
+                await asyncio.sleep(0.01)
             self.progress.append({"attempt": attempt, **(await request.json())})
             return JSONResponse({})
         if method == "PUT" and route.startswith("checkpoints/"):

@@ -57,8 +57,9 @@ class _Snapshots(MemoryReporter):
         self.weights: list[dict[str, torch.Tensor]] = []
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        super().save_checkpoint(state)
-        self.weights.append(state["model"])
+        super().save_checkpoint(state)  # the trainer's tensors are live: keep what was stored
+        assert self.checkpoint is not None
+        self.weights.append(checkpoint_from_bytes(self.checkpoint)["model"])
 
 
 def _contrary_val(data: DataSplits) -> DataSplits:

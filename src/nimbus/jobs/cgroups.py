@@ -36,6 +36,25 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 SWAP_FILES = ("memory.swap.max", "memory.memsw.limit_in_bytes")
+# Written where the kernel has them (Linux >= 5.14), skipped where it has not.
+BURST_FILES = ("cpu.max.burst", "cpu.cfs_burst_us")
+OPTIONAL_FILES = SWAP_FILES + BURST_FILES
+# The scheduling weight of one busy thread: cgroup v2 ``cpu.weight`` and v1 ``cpu.shares``
+# (the default of a cgroup, and of a task at nice 0), and each one's upper bound.
+WEIGHT_PER_CPU = {2: 100, 1: 1024}
+MAX_WEIGHT = {2: 10_000, 1: 262_144}
+
+
+def cpu_weight(version: int, cpus: float) -> int:
+    """The scheduling weight of a cgroup whose processes may keep ``cpus`` CPUs busy.
+
+    The kernel weighs a cgroup as it weighs one task: left at the default, an attempt
+    that runs N threads gets, on a contended machine, what one thread of a process
+    outside gets, while that process's N threads get N shares. Weighted by its CPUs, the
+    attempt competes as N busy threads would (its quota still caps it at N CPUs).
+    """
+    weight = round(WEIGHT_PER_CPU[version] * cpus)
+    return max(1 if version == 2 else 2, min(MAX_WEIGHT[version], weight))
 
 
 @dataclass(frozen=True)
@@ -116,11 +135,23 @@ def swap_unlimited(hierarchies: list[Hierarchy], swaps: str) -> str | None:
 
 
 def limit_files(
-    version: int, controllers: frozenset[str], resources: Resources, *, pids_per_worker: int
+    version: int,
+    controllers: frozenset[str],
+    resources: Resources,
+    *,
+    pids_per_worker: int,
+    background: bool = False,
 ) -> dict[str, str]:
     """The limit files of one attempt's cgroup and what to write in them: memory
-    (no swap beyond it), process count (threads included) and CPU quota, for all of the
-    attempt's workers together."""
+    (no swap beyond it), process count (threads included), CPU quota and scheduling
+    weight (:func:`cpu_weight`), for all of the attempt's workers together.
+
+    The quota may be spent in bursts of up to one period's worth saved from periods the
+    attempt left part of unused (``*burst*``): its average stays at the quota, but a
+    thread that wakes beside the busy ones (a checkpoint upload, the heartbeat) does not
+    stall them all until the next period. ``background``: the lowest weight instead, for
+    work that should only take CPU time that attempts leave idle (a warm sandbox's
+    imports, before an attempt claims it)."""
     memory = resources.total_memory_bytes
     quota = max(1000, int(resources.total_cpus * CPU_PERIOD_US))
     pids = pids_per_worker * resources.workers
@@ -134,10 +165,13 @@ def limit_files(
     if "pids" in controllers:
         files["pids.max"] = str(pids)
     if "cpu" in controllers:
+        weight = str(cpu_weight(version, 0 if background else resources.total_cpus))
         if version == 2:
             files["cpu.max"] = f"{quota} {CPU_PERIOD_US}"
+            files.update({"cpu.max.burst": str(quota), "cpu.weight": weight})
         else:
             files.update({"cpu.cfs_period_us": str(CPU_PERIOD_US), "cpu.cfs_quota_us": str(quota)})
+            files.update({"cpu.cfs_burst_us": str(quota), "cpu.shares": weight})
     return files
 
 
@@ -173,13 +207,21 @@ def probe(root: Path = CGROUP_ROOT) -> dict[str, frozenset[str]]:
 
 
 def writable(hierarchies: list[Hierarchy]) -> list[Hierarchy]:
-    """The hierarchies whose attempt base directory this process can create."""
+    """The hierarchies whose attempt base directory this process can create.
+
+    The base directory holds every attempt of the server: with the ``cpu`` controller it
+    is weighted as every CPU of the machine busy (:func:`cpu_weight`), else all attempts
+    together would weigh as one thread outside it."""
     usable = []
     for h in hierarchies:
         try:
             h.base.mkdir(exist_ok=True)
         except OSError:
             continue
+        if "cpu" in h.controllers:
+            name = "cpu.weight" if h.version == 2 else "cpu.shares"
+            with contextlib.suppress(OSError):
+                (h.base / name).write_text(str(cpu_weight(h.version, os.cpu_count() or 1)))
         if h.version == 2 and h.controllers:
             # Hand the controllers down: the server's cgroup is not a leaf any more below.
             wanted = " ".join(f"+{c}" for c in sorted(h.controllers))
@@ -197,17 +239,24 @@ class AttemptCgroup:
         self.hierarchies = hierarchies
         self.dirs = [h.base / name for h in hierarchies]
 
-    def create(self, resources: Resources, *, pids_per_worker: int) -> None:
-        """Make the directories and write the limits; OSError if a limit cannot be set."""
+    def create(
+        self, resources: Resources, *, pids_per_worker: int, background: bool = False
+    ) -> None:
+        """Make the directories and write the limits (see :func:`limit_files`); OSError if
+        a limit cannot be set. Called again, it writes the new limits."""
         writable(self.hierarchies)  # the bases, again: a previous close removed them
         for h, directory in zip(self.hierarchies, self.dirs, strict=True):
             directory.mkdir(exist_ok=True)
             files = limit_files(
-                h.version, h.controllers, resources, pids_per_worker=pids_per_worker
+                h.version,
+                h.controllers,
+                resources,
+                pids_per_worker=pids_per_worker,
+                background=background,
             )
             for file, value in files.items():
-                if file in SWAP_FILES and not (directory / file).exists():
-                    continue  # swap accounting off: see swap_unlimited()
+                if file in OPTIONAL_FILES and not (directory / file).exists():
+                    continue  # swap accounting off (see swap_unlimited()), or no burst
                 (directory / file).write_text(value)
 
     def procs_files(self) -> list[str]:

@@ -12,6 +12,7 @@ back as ints. Loading parses JSON and raw tensor bytes only: nothing is unpickle
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,10 +30,29 @@ _SCALARS = (bool, int, float, str)
 
 def checkpoint_to_bytes(state: dict[str, Any]) -> bytes:
     """Serialise a checkpoint state (tensors, dicts, lists, JSON scalars) to bytes."""
+    return freeze(state).to_bytes()
+
+
+@dataclass(frozen=True)
+class FrozenCheckpoint:
+    """A checkpoint state taken apart: its tree (JSON-ready) and copies of its tensors.
+
+    :func:`freeze` copies everything it keeps, so the caller may change its tensors at
+    once; :meth:`to_bytes`, the costly part, may run later and in another thread."""
+
+    tree: Any
+    tensors: dict[str, torch.Tensor]
+
+    def to_bytes(self) -> bytes:
+        meta = json.dumps({"format": FORMAT, "state": self.tree}, allow_nan=True)
+        return bytes(st_save(self.tensors, metadata={_META_KEY: meta}))
+
+
+def freeze(state: dict[str, Any]) -> FrozenCheckpoint:
+    """The state's tree and a CPU copy of each of its tensors (one copy each)."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, tensors)
-    meta = json.dumps({"format": FORMAT, "state": tree}, allow_nan=True)
-    return bytes(st_save(tensors, metadata={_META_KEY: meta}))
+    return FrozenCheckpoint(tree, tensors)
 
 
 def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
@@ -66,7 +86,7 @@ def clone_tree(obj: Any) -> Any:
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         name = f"t{len(tensors)}"
-        tensors[name] = obj.detach().to("cpu").contiguous().clone()
+        tensors[name] = obj.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
         return {_TENSOR: name}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj) and not ({_TENSOR, _ITEMS} & obj.keys()):

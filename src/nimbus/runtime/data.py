@@ -2,8 +2,10 @@
 
 Arrays follow :class:`nimbus.datasets.domain.PreparedDataset`: labels int64 class
 indices; x uint8 ``[N, H, W, C]`` (images), unicode strings ``[N]`` (text) or float32
-``[N, F]`` (tabular). Nothing here reads a whole image split into memory: statistics
-are computed in chunks and batches are gathered row by row.
+``[N, F]`` (tabular). A split is read into memory when it fits the budget the caller
+gives (a job: a share of its memory limit), so a training step gathers its batch from
+memory as a plain loop over in-memory arrays would; larger splits stay memory-mapped:
+statistics are then computed in chunks and batches are read in file order.
 """
 
 from __future__ import annotations
@@ -74,15 +76,21 @@ class DataSplits:
         classes: list[str],
         features: list[str] | None = None,
         image_transform: dict[str, Any] | None = None,
+        *,
+        in_memory_bytes: int = 0,
     ) -> DataSplits:
-        """Open ``{split}_x.npy`` / ``{split}_y.npy`` under ``directory``, memory-mapped."""
-        splits = {
-            name: Split(
-                x=np.load(directory / f"{name}_x.npy", mmap_mode="r", allow_pickle=False),
-                y=np.asarray(np.load(directory / f"{name}_y.npy", allow_pickle=False), np.int64),
-            )
-            for name in SPLITS
-        }
+        """Open ``{split}_x.npy`` / ``{split}_y.npy`` under ``directory``, memory-mapped;
+        the splits whose examples fit in ``in_memory_bytes`` together (train first, then
+        val, then test) are read into memory."""
+        splits = {}
+        budget = in_memory_bytes
+        for name in SPLITS:
+            x = np.load(directory / f"{name}_x.npy", mmap_mode="r", allow_pickle=False)
+            if x.nbytes <= budget:
+                budget -= x.nbytes
+                x = np.array(x)
+            y = np.asarray(np.load(directory / f"{name}_y.npy", allow_pickle=False), np.int64)
+            splits[name] = Split(x=x, y=y)
         return cls(
             task=task,
             classes=classes,
@@ -93,11 +101,15 @@ class DataSplits:
 
 
 def gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` of ``x`` as an in-memory array, read in file order (kind to memmaps)."""
+    """Rows ``idx`` of ``x`` as an in-memory array; from a memory-mapped file, read in
+    file order (kind to the disk)."""
+    if not isinstance(x, np.memmap):
+        rows: np.ndarray = x[idx]
+        return rows
     sorter = np.argsort(idx, kind="stable")
-    rows = np.asarray(x[idx[sorter]])
-    out = np.empty_like(rows)
-    out[sorter] = rows
+    mapped = np.asarray(x[idx[sorter]])
+    out = np.empty_like(mapped)
+    out[sorter] = mapped
     return out
 
 

@@ -22,6 +22,7 @@ other failure (a bug or an infrastructure fault: retried).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -44,16 +45,28 @@ from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.modelformat.export import export_model
 from nimbus.modelformat.files import MODEL_FILES
 from nimbus.runtime import api
+from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.custom import evaluate_model_dir
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.hyperparams import validate_params
-from nimbus.runtime.job_api import Heartbeat, HttpReporter, JobApiClient, JobStop
+from nimbus.runtime.job_api import (
+    CancelRequested,
+    Heartbeat,
+    HttpReporter,
+    JobApiClient,
+    JobStop,
+)
 from nimbus.runtime.trainer import train
 from nimbus.runtime.usercode import UserCodeError, run_script, unpack
 from nimbus.wire.job_api import AttemptSpec, CodeInput
 
 ENV_ERROR_EXIT_CODE = 2
 FAILURE_EXIT_CODE = 1
+CANCEL_FLUSH_SECONDS = 5.0  # a cancelled job's unsent metrics get this long to arrive
+# How much of a worker's memory limit its dataset's splits may take in memory (the rest of
+# the limit is the model's, torch's and the mapped files' page cache); without a limit.
+IN_MEMORY_SHARE = 0.25
+IN_MEMORY_UNLIMITED = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -120,11 +133,20 @@ def main(
         print(f"nimbus.runtime.entry: {exc}", file=sys.stderr)
         return ENV_ERROR_EXIT_CODE
     env.job_dir.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()  # training steps reuse their tensors' memory: see allocator.py
     client = JobApiClient(
         env.url, env.attempt_id, env.token, cache_dir=env.cache_dir, retry_seconds=env.retry_seconds
     )
+    stop_now = on_stop or _exit_now
+
+    def stopping(stop: JobStop) -> None:
+        if isinstance(stop, CancelRequested):  # the job ends cancelled: keep what it logged
+            with contextlib.suppress(Exception, JobStop):
+                client.reports.flush(timeout=CANCEL_FLUSH_SECONDS)
+        stop_now(stop)
+
     try:
-        with client, Heartbeat(client, env.heartbeat_seconds, on_stop or _exit_now):
+        with client, Heartbeat(client, env.heartbeat_seconds, stopping):
             run_attempt(env, client)
         return 0
     except JobStop as stop:
@@ -177,8 +199,12 @@ def _dataset_of(spec: AttemptSpec) -> dict[str, Any]:
     return spec.dataset
 
 
-def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) -> DataSplits:
-    """The dataset version's prepared splits, memory-mapped from the blob cache."""
+def load_data(
+    client: JobApiClient, version: dict[str, Any], directory: Path, memory_bytes: int = 0
+) -> DataSplits:
+    """The dataset version's prepared splits from the blob cache: read into memory as far as
+    they fit in :data:`IN_MEMORY_SHARE` of the worker's memory limit ``memory_bytes``
+    (:data:`IN_MEMORY_UNLIMITED` without a limit), memory-mapped beyond."""
     directory.mkdir(parents=True, exist_ok=True)
     files = version.get("files") or {}
     for split in SPLITS:
@@ -198,20 +224,24 @@ def load_data(client: JobApiClient, version: dict[str, Any], directory: Path) ->
         list(version["classes"]),
         schema.get("features"),
         schema.get("transform"),
+        in_memory_bytes=int(memory_bytes * IN_MEMORY_SHARE)
+        if memory_bytes
+        else IN_MEMORY_UNLIMITED,
     )
 
 
 def _run_builtin(
     env: JobEnv, client: JobApiClient, spec: AttemptSpec, group: Any, device: torch.device
 ) -> None:
-    data = load_data(client, _dataset_of(spec), env.job_dir / "data")
+    memory = spec.resources.memory
+    data = load_data(client, _dataset_of(spec), env.job_dir / "data", memory)
     params = dict(spec.params)
     if spec.seed is not None and "seed" not in params:
         params["seed"] = spec.seed
     epochs = validate_params(spec.model, data.task, params)["epochs"]
     reporter = EpochTimedReporter(client, rank=env.rank, label="epoch", total_steps=epochs)
-    result = train(spec.model, data, params, reporter, process_group=group, device=device)
-    reporter.flush()  # the last checkpoint stored before the model and the result
+    with _flushed(reporter):  # metrics and the last checkpoint stored before the result
+        result = train(spec.model, data, params, reporter, process_group=group, device=device)
     if env.rank:
         return
     model_dir = env.job_dir / "model"
@@ -265,16 +295,18 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
     session = api.Session(
         params=api.coerce_params(spec.params),
         reporter=reporter,
-        load_data=lambda: load_data(client, _dataset_of(spec), env.job_dir / "data"),
+        load_data=lambda: load_data(
+            client, _dataset_of(spec), env.job_dir / "data", spec.resources.memory
+        ),
         model_dir=env.job_dir / "model",
         rank=env.rank,
     )
     api.activate(session)
     try:
-        run_script(script)
+        with _flushed(reporter):  # its metrics and last checkpoint stored before its result
+            run_script(script)
     finally:
         api.activate(None)
-    reporter.flush()  # its last checkpoint stored before its model and result
     if env.rank:
         return
     evaluation = session.evaluation
@@ -285,6 +317,22 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
             session.reporter.log(max(session.logged_step, 1), test_accuracy=evaluation["accuracy"])
     if evaluation is not None:
         client.result(evaluation)
+
+
+@contextmanager
+def _flushed(reporter: HttpReporter) -> Iterator[None]:
+    """Waits, as the block ends, for what it reported to be stored: metrics, progress and
+    checkpoint. When the block failed, the failure is what the job ends with: an error
+    storing the reports is then printed, not raised."""
+    try:
+        yield
+    except BaseException:
+        try:
+            reporter.flush()
+        except (Exception, JobStop) as exc:
+            print(f"nimbus: storing the last reports failed: {exc}", file=sys.stderr, flush=True)
+        raise
+    reporter.flush()
 
 
 def _upload_model(client: JobApiClient, model_dir: Path) -> None:

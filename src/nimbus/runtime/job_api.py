@@ -38,7 +38,8 @@ from urllib.parse import quote
 import httpx
 
 from nimbus.errors import CorruptBlob, InvalidInput, NimbusError, error_from_response
-from nimbus.runtime.checkpoints import checkpoint_from_bytes, checkpoint_to_bytes
+from nimbus.runtime.checkpoints import FrozenCheckpoint, checkpoint_from_bytes, freeze
+from nimbus.runtime.sender import ReportSender
 from nimbus.wire.job_api import AttemptSpec, HeartbeatReply
 
 FENCED_EXIT_CODE = 75  # EX_TEMPFAIL: this attempt was replaced; its successor carries on
@@ -121,6 +122,8 @@ class JobApiClient:
         self.progress_interval = progress_interval
         self._sleep, self._clock = sleep, clock
         self._last_progress = -math.inf
+        # what the training loop reports (HttpReporter) is posted from a background thread
+        self.reports = ReportSender(self.metrics, self.post_progress)
 
     def close(self) -> None:
         self._http.close()
@@ -152,11 +155,20 @@ class JobApiClient:
 
     def progress(self, epoch: int, epochs: int, batch: int, batches: int) -> None:
         """Best effort, at most one call per ``progress_interval`` (the last batch always)."""
+        if self.progress_due(batch, batches):
+            self.post_progress(progress_body(epoch, epochs, batch, batches))
+
+    def progress_due(self, batch: int, batches: int) -> bool:
+        """Whether a progress report is due (one per ``progress_interval``, and the last
+        batch of an epoch); counts it as made when it is."""
         now = self._clock()
         if batch < batches and now - self._last_progress < self.progress_interval:
-            return
+            return False
         self._last_progress = now
-        body = {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
+        return True
+
+    def post_progress(self, body: dict[str, Any]) -> None:
+        """Post one progress report now (best effort: a 409 still fences)."""
         self._try("POST", "progress", json=body)
 
     def put_checkpoint(self, step: int, data: bytes, epoch: int | None = None) -> None:
@@ -269,6 +281,10 @@ class JobApiClient:
             tmp.unlink(missing_ok=True)
 
 
+def progress_body(epoch: int, epochs: int, batch: int, batches: int) -> dict[str, int]:
+    return {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
+
+
 def _checked(response: httpx.Response, allow_404: bool) -> httpx.Response:
     """The response if it succeeded; raises what its status means otherwise."""
     status = response.status_code
@@ -377,11 +393,13 @@ class HttpReporter:
     Only rank 0 reports (``log``, ``progress``, ``save_checkpoint``); every rank may load.
     ``log`` also prints one human-readable line per step (it becomes the job log).
 
-    A checkpoint is serialised at once (the caller may go on changing its tensors) but
-    uploaded in a background thread, so training does not wait for the control plane to
-    store it: one upload at a time, in order. :meth:`flush` waits for the one in flight and
-    raises what it raised (a fenced attempt, say); the next save and every load flush
-    first, and the job flushes before it ends.
+    Nothing the training thread reports waits for the control plane: metrics and progress
+    go through the client's :class:`~nimbus.runtime.sender.ReportSender` (every metric, in
+    order; the latest progress), and a checkpoint's tensors are copied at once (the caller
+    may go on changing them) but encoded and uploaded in a background thread: one upload at
+    a time, in order. :meth:`flush` waits for all of it and raises what a post raised (a
+    fenced attempt, say); the next save and every load wait for the upload in flight, and
+    the job flushes before it ends.
     """
 
     def __init__(
@@ -404,12 +422,13 @@ class HttpReporter:
             return
         finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
         if finite:
-            self.client.metrics(step, finite)
+            self.client.reports.metrics(step, finite)
         self.echo(format_metrics(self.label, step, self.total_steps, metrics))
 
     def progress(self, epoch: int, total_epochs: int, batch: int, total_batches: int) -> None:
-        if not self.rank:
-            self.client.progress(epoch, total_epochs, batch, total_batches)
+        if not self.rank and self.client.progress_due(batch, total_batches):
+            body = progress_body(epoch, total_epochs, batch, total_batches)
+            self.client.reports.progress(body)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         if self.rank:
@@ -424,21 +443,21 @@ class HttpReporter:
             return
         epoch = state.get("epoch")
         epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-        data = checkpoint_to_bytes(state)
-        self.flush()
+        frozen = freeze(state)  # copied before the caller's next step changes it
+        self._wait_upload()
         self._upload = threading.Thread(
-            target=self._put, args=(step, data, epoch), name="checkpoint-upload", daemon=True
+            target=self._put, args=(step, frozen, epoch), name="checkpoint-upload", daemon=True
         )
         self._upload.start()
         self.last_step = step
 
-    def _put(self, step: int, data: bytes, epoch: int | None) -> None:
+    def _put(self, step: int, frozen: FrozenCheckpoint, epoch: int | None) -> None:
         try:
-            self.client.put_checkpoint(step, data, epoch)
+            self.client.put_checkpoint(step, frozen.to_bytes(), epoch)
         except BaseException as exc:  # JobStop included: raised in the caller's thread
             self._upload_error = exc
 
-    def flush(self) -> None:
+    def _wait_upload(self) -> None:
         """Wait for the checkpoint upload in flight, if any; raise what it raised."""
         if self._upload is not None:
             self._upload.join()
@@ -447,8 +466,16 @@ class HttpReporter:
             error, self._upload_error = self._upload_error, None
             raise error
 
+    def flush(self) -> None:
+        """Wait until the metrics, progress and checkpoint handed over are stored; raise
+        what storing them raised."""
+        try:
+            self.client.reports.flush()
+        finally:
+            self._wait_upload()
+
     def load_checkpoint(self) -> dict[str, Any] | None:
-        self.flush()
+        self._wait_upload()
         found = self.client.latest_checkpoint()
         if found is None:
             return None

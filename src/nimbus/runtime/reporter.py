@@ -24,10 +24,14 @@ class Reporter(Protocol):
         """Record metric values at ``step`` (the epoch number, from 1)."""
 
     def progress(self, epoch: int, total_epochs: int, batch: int, total_batches: int) -> None:
-        """Called after every train batch; implementations throttle as they see fit."""
+        """Called after every train batch; implementations throttle as they see fit.
+
+        Neither ``log`` nor ``progress`` may wait for the outside world: training goes on
+        while they are delivered (the job API's reporter posts from a background thread)."""
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Store ``state`` (a snapshot: see :func:`checkpoint_to_bytes`), replacing the last."""
+        """Store ``state`` (see :func:`checkpoint_to_bytes`), replacing the last. What it
+        keeps is copied before it returns: the caller may go on changing its tensors."""
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last saved state of this job (from an earlier attempt), or None."""

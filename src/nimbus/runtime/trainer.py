@@ -29,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 from nimbus.errors import InvalidInput
 from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
-from nimbus.runtime.checkpoints import clone_tree
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.early_stopping import BestEpoch
 from nimbus.runtime.evaluation import evaluate
@@ -158,9 +157,12 @@ class _Run:
         loss_sum, correct = 0.0, 0.0
         for b in range(batches):
             global_idx = order[b * size : (b + 1) * size]
-            idx = global_idx.tensor_split(pg.world_size)[pg.rank].numpy()
+            mine = (
+                global_idx.tensor_split(pg.world_size)[pg.rank] if pg.world_size > 1 else global_idx
+            )
+            idx = mine.numpy()
             x = self.prepared.batch("train", idx).to(self.device)
-            y = torch.from_numpy(np.asarray(train.y[idx])).to(self.device)
+            y = torch.from_numpy(train.y[idx]).to(self.device)
             logits = net(x)
             summed = F.cross_entropy(logits, y, reduction="sum")
             self.optimizer.zero_grad(set_to_none=True)
@@ -236,24 +238,22 @@ class _Run:
         )
 
     def _snapshot(self) -> dict[str, Any]:
-        """The checkpoint after an epoch: a snapshot, safe to keep while training goes on."""
+        """The checkpoint after an epoch. Its tensors are the live ones: ``save_checkpoint``
+        copies them before it returns (:class:`~nimbus.runtime.reporter.Reporter`)."""
         rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        snapshot: dict[str, Any] = clone_tree(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "model_name": self.model_name,
-                "params": self.params,
-                "epoch": len(self.history),
-                "history": self.history,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "rng": rng,
-                "best": self.best.state(),
-            }
-        )
-        return snapshot
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_name": self.model_name,
+            "params": self.params,
+            "epoch": len(self.history),
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "best": self.best.state(),
+        }
 
     def _restore(self, state: dict[str, Any]) -> int:
         """Load a checkpoint into this fresh run; returns the epoch it was taken after."""

@@ -20,9 +20,10 @@ starts is chosen ahead and handed over at the claim:
 - **cgroup**: the warm sandbox's processes are in a cgroup of their own from the start
   (the launcher joins it before it execs bwrap). At the claim the attempt's limits
   (memory, processes, CPU) are written there before any of the job's code runs; at its
-  end the cgroup is killed whole, as every attempt's. What the imports took counts against
-  the attempt's memory limit, as it would had the job imported them itself; a warm
-  sandbox that already holds more than the limit is not used.
+  end the cgroup is killed whole, as every attempt's. Until the claim it runs at the lowest
+  CPU weight: its imports take the CPU time running attempts leave idle, not theirs. What
+  the imports took counts against the attempt's memory limit, as it would had the job
+  imported them itself; a warm sandbox that already holds more than the limit is not used.
 - **the job**: its program, token and environment reach the zygote over a socket at the
   claim, never through a process environment (``/proc/<pid>/environ`` of the job's
   processes is the zygote's, which holds no secret); the zygote forks one process per
@@ -163,8 +164,12 @@ class WarmSandbox:
             workdir.mkdir(mode=WORKDIR_MODE)
             os.chown(workdir, uid, gid, follow_symlinks=False)
             make_tmp(workdir, uid, gid)
+            # Until claimed, at the lowest CPU weight: its imports take only the time that
+            # running attempts leave idle (the claim writes the attempt's weight).
             group.create(
-                Resources(memory_bytes=0), pids_per_worker=sandbox.settings.pids_per_worker
+                Resources(memory_bytes=0),
+                pids_per_worker=sandbox.settings.pids_per_worker,
+                background=True,
             )
             devices = gpu_devices() if key.gpus else ()
             cache = Path(key.cache_dir) if key.cache_dir else None
