@@ -108,8 +108,9 @@ def test_an_attempts_torch_threads_are_its_cpus(harness: Harness, kind: str) -> 
         executor.close()
     assert (two["threads"], one["threads"], fraction["threads"]) == (2, 1, 1)
     # freed tensor memory is kept for the next step, not faulted in again (~4,000 page
-    # faults a step when glibc returns it to the system each time)
-    assert max(r["faults_per_step"] for r in (one, two, fraction)) < 200
+    # faults a step when glibc returns it to the system each time; ~100-200 with it kept,
+    # the rest being first touches that vary with the machine's load: the bound sits between)
+    assert max(r["faults_per_step"] for r in (one, two, fraction)) < 1000
 
 
 def test_keeping_freed_memory_is_applied_where_glibc_is() -> None:
