@@ -315,6 +315,7 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
         if evaluation is None and len(session.data.test):
             evaluation = evaluate_model_dir(session.model_dir, session.data)
             session.reporter.log(max(session.logged_step, 1), test_accuracy=evaluation["accuracy"])
+            reporter.flush()  # stored before the result, which ends the job
     if evaluation is not None:
         client.result(evaluation)
 
