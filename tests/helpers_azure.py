@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -17,6 +15,7 @@ from typing import Any
 
 from nimbus.storage.azure import AzureObjectStore
 from nimbus.system import free_port
+from tests.helpers_servers import StorageServer
 
 # Azurite's well-known development account (public, documented by Microsoft).
 ACCOUNT = "devstoreaccount1"
@@ -36,7 +35,7 @@ def connection_string(endpoint: str, key: str = KEY) -> str:
     )
 
 
-class Azurite:
+class Azurite(StorageServer):
     """``azurite-blob`` in a temp dir: blob service only, on disk, no telemetry."""
 
     def __init__(self, binary: str) -> None:
@@ -103,19 +102,7 @@ class Azurite:
         return {"AZURE_STORAGE_CONNECTION_STRING": connection_string(self.endpoint)}
 
     def log(self) -> str:
-        path = self.dir / "azurite.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: no graceful flush, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        return self.read_log("azurite.log", tail=3000)
 
 
 def azure_store(

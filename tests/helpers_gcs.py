@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -16,6 +14,7 @@ from typing import Any
 
 from nimbus.storage.gcs import GCSObjectStore
 from nimbus.system import free_port
+from tests.helpers_servers import StorageServer
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -30,7 +29,7 @@ def fake_gcs_binary() -> str | None:
     return str(path) if path.exists() else shutil.which("fake-gcs-server")
 
 
-class FakeGCS:
+class FakeGCS(StorageServer):
     """``fake-gcs-server`` over plain HTTP with its filesystem backend in a temp dir."""
 
     def __init__(self, binary: str) -> None:
@@ -107,19 +106,7 @@ class FakeGCS:
         return {"STORAGE_EMULATOR_HOST": self.endpoint}
 
     def log(self) -> str:
-        path = self.dir / "fake-gcs.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        return self.read_log("fake-gcs.log", tail=3000)
 
 
 def gcs_store(

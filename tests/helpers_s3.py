@@ -4,9 +4,7 @@ moto's server mode. Both listen on loopback ports of their own, with their own c
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +15,7 @@ from typing import Any
 
 from nimbus.storage.s3 import S3ObjectStore
 from nimbus.system import free_port
+from tests.helpers_servers import StorageServer
 
 ACCESS_KEY = "NIMBUSTESTKEY"
 SECRET_KEY = "nimbus-test-secret"
@@ -28,7 +27,7 @@ def weed_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("weed")
 
 
-class SeaweedFS:
+class SeaweedFS(StorageServer):
     """``weed server -s3`` (master, volume, filer and S3 gateway in one process) in a temp
     dir; every port is chosen free, and S3 access needs the identity in ``s3.json``."""
 
@@ -116,22 +115,10 @@ class SeaweedFS:
         return name
 
     def log(self) -> str:
-        path = self.dir / "weed.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.read_log("weed.log")
 
     def data_bytes(self) -> int:
         return sum(f.stat().st_size for f in (self.dir / "data").rglob("*") if f.is_file())
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: no graceful flush, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class MotoServer:
