@@ -14,6 +14,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
@@ -305,6 +306,24 @@ def running(root: Path) -> Iterator[Harness]:
 
 
 PYTHON = sys.executable
+
+
+def spawn_entry_until(harness: Harness, marker: str) -> subprocess.Popen[str]:
+    """``python -m nimbus.runtime.entry`` as its own process, returned once its stdout
+    printed a line containing ``marker`` (it must not exit first)."""
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "nimbus.runtime.entry"],
+        env=harness.process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    while marker not in proc.stdout.readline():
+        if proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"the entry process exited before printing {marker!r}")
+    return proc
 
 
 def run_main(harness: Harness, attempt: str | None = None) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import tarfile
 import textwrap
 import time
@@ -15,7 +14,7 @@ import pytest
 from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.runtime.job_api import CANCELLED_EXIT_CODE, FENCED_EXIT_CODE
 from tests.runtime import synthetic
-from tests.runtime.helpers import PYTHON, Harness, run_main
+from tests.runtime.helpers import Harness, run_main, spawn_entry_until
 
 TRAIN = textwrap.dedent(
     """
@@ -159,17 +158,8 @@ def test_the_heartbeat_stops_a_busy_script(harness: Harness, how: str) -> None:
     job_api = harness.job_api
     script = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n"
     job_api.job(synthetic.tiny_images(), code=script.encode())
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "nimbus.runtime.entry"],
-        env=harness.process_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_entry_until(harness, "sleeping")
     try:
-        assert proc.stdout is not None
-        while "sleeping" not in proc.stdout.readline():
-            assert proc.poll() is None
         start = time.monotonic()
         if how == "fence":
             job_api.new_attempt()

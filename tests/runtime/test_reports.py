@@ -15,7 +15,7 @@ from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.runtime.job_api import CANCELLED_EXIT_CODE, AttemptFenced, HttpReporter
 from nimbus.runtime.sender import ReportSender
 from tests.runtime import synthetic
-from tests.runtime.helpers import PYTHON, Harness, run_main
+from tests.runtime.helpers import PYTHON, Harness, run_main, spawn_entry_until
 
 LOG_40 = (
     "from nimbus import runtime as nr\nfor step in range(1, 41):\n    nr.log(step, loss=step)\n"
@@ -126,17 +126,8 @@ def test_a_cancelled_script_stores_what_it_logged_before_it_exits(harness: Harne
     job_api.metrics_delay = 0.02
     script = LOG_40 + "import time\nprint('logged', flush=True)\ntime.sleep(60)\n"
     job_api.job(synthetic.tiny_images(), code=script.encode())
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "nimbus.runtime.entry"],
-        env=harness.process_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_entry_until(harness, "logged")
     try:
-        assert proc.stdout is not None
-        while "logged" not in proc.stdout.readline():
-            assert proc.poll() is None
         job_api.cancel = True
         code = proc.wait(timeout=30)
     finally:
