@@ -209,11 +209,12 @@ def test_a_pin_dropped_meanwhile_fails_the_commit_and_leaves_nothing(
     """Another control plane sweeps with no grace while this upload stores its blobs: the
     upload's pin goes, so it must not record references to blobs that may be gone."""
     swept: list[int] = []
+    first = threading.Lock()  # the upload stores its blobs from several threads at once
 
     class SweptWhileWriting(MemoryObjectStore):
         def put_file(self, key: str, source: Path) -> None:
             super().put_file(key, source)
-            if not swept:
+            if first.acquire(blocking=False):
                 swept.append(garbage_of(db, blobs, clock).sweep(grace_seconds=0).pins_dropped)
 
     blobs = BlobStore(SweptWhileWriting(), tmp_path / "staging")
