@@ -39,32 +39,30 @@ process (glibc returning that memory and faulting it in again each step) unless
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from _common import ServerProcess, cpu_seconds, median, spread, wait_quiet
+from plain_loop import plain_epochs
 
 from nimbus.client import Client
 from nimbus.config import Settings
 from nimbus.demo_data import write_digits_zip
 from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.api import load_local_dataset
-from nimbus.runtime.architectures import build_model
-from nimbus.runtime.builtins import PREPARERS
-from nimbus.runtime.hyperparams import validate_params
 from nimbus.wire.jobs import MetricPoint
 
-EVAL_BATCH = 512
+# One run's epochs: wall seconds of each epoch after the first, and their median CPU seconds.
+Run = tuple[list[float], float]
 
 LATENCY_SCRIPT = """\
 import time
@@ -131,55 +129,65 @@ def job_epoch_seconds(api: Client, job_id: str) -> tuple[list[float], float]:
 def plain_epoch_seconds(
     data_dir: Path, params: dict[str, Any], epochs: int
 ) -> tuple[list[float], float]:
-    """The same work in a plain PyTorch loop: wall seconds of each epoch after the first,
-    and their median CPU seconds."""
-    data = load_local_dataset(data_dir)
-    params = validate_params("cnn", data.task, params)
-    torch.manual_seed(0)
-    prepared = PREPARERS["cnn"](data, params)
-    model = build_model(prepared.spec("cnn", data.task, data.classes))
-    optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
-    train_x, train_y = np.asarray(data.train.x), np.asarray(data.train.y)
-    val_x = torch.from_numpy(np.array(data.val.x))
-    val_y = torch.from_numpy(np.array(data.val.y))
-    size = params["batch_size"]
-    times, cpu = [], []
-    for _ in range(epochs):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        model.train()
-        order = torch.randperm(len(train_y)).numpy()
-        loss_sum, correct = 0.0, 0
-        for b in range(math.ceil(len(order) / size)):
-            idx = order[b * size : (b + 1) * size]
-            x = torch.from_numpy(train_x[idx])
-            y = torch.from_numpy(train_y[idx])
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            # the train loss and accuracy the job reports for each epoch
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-        model.eval()
-        with torch.no_grad():
-            val_logits = torch.cat(
-                [model(val_x[i : i + EVAL_BATCH]) for i in range(0, len(val_y), EVAL_BATCH)]
-            )
-            val_loss = F.cross_entropy(val_logits, val_y).item()
-            val_correct = int((val_logits.argmax(1) == val_y).sum())
-        assert math.isfinite(loss_sum + val_loss) and correct + val_correct >= 0
-        times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - cpu_start)
-    return times[1:] or times, median(cpu[1:] or cpu)
+    """The same work in a plain PyTorch loop (bench/plain_loop.py): wall seconds of each
+    epoch after the first, and their median CPU seconds."""
+    runs = plain_epochs(load_local_dataset(data_dir), {**params, "epochs": str(epochs)})
+    later = runs[1:] or runs
+    return [wall for wall, _ in later], median([cpu for _, cpu in later])
+
+
+PLAIN_JOB_CALL = """
+
+from nimbus import runtime as nr
+from nimbus.runtime.api import session
+
+for epoch, (wall, cpu) in enumerate(plain_epochs(session().data, PARAMS), 1):
+    nr.log(epoch, epoch_seconds=wall, epoch_cpu_seconds=cpu)
+"""
+
+
+def plain_job_seconds(api: Client, job_id: str) -> tuple[list[float], float]:
+    """Like :func:`job_epoch_seconds`, for the plain loop run as a custom script job."""
+    metrics = api.job_metrics(job_id)
+    walls = [p.value for p in metrics["epoch_seconds"] if p.step > 1 and p.value is not None]
+    cpus = [p.value for p in metrics["epoch_cpu_seconds"] if p.step > 1 and p.value is not None]
+    if not walls or not cpus:
+        raise RuntimeError(f"job {job_id}: no timed epoch after the first in its metrics")
+    return walls, median(cpus)
+
+
+def run_job(
+    api: Client, server_pid: int, submit: Callable[[], str], read: Callable[[str], Run]
+) -> tuple[Run, float]:
+    """Run one job to its end once the server is quiet: its epochs, and the server's CPU
+    share (of one core) meanwhile."""
+    wait_quiet(server_pid)
+    server_cpu, began = cpu_seconds(server_pid), time.perf_counter()
+    job_id = submit()
+    # Polled seldom: every request is server work taking CPU from the job's threads.
+    done = api.wait_job(job_id, timeout=3600, poll=5.0)
+    share = (cpu_seconds(server_pid) - server_cpu) / (time.perf_counter() - began)
+    if done.state != "succeeded":
+        tail = "".join(chunk.data for chunk in api.iter_logs(job_id))[-2000:]
+        raise RuntimeError(f"job {job_id} {done.state}: {done.exit_reason}\n{tail}")
+    return read(job_id), share
 
 
 def throughput(
-    api: Client, server_pid: int, work: Path, samples: int, epochs: int, threads: int, rounds: int
+    api: Client,
+    server_pid: int,
+    work: Path,
+    samples: int,
+    epochs: int,
+    threads: int,
+    rounds: int,
+    plain_in_job: bool,
 ) -> None:
     """Plain loop and job interleaved (P J P J ... P): each job is compared with the plain
     runs just before and after it, so a machine whose load drifts during the run moves both
-    sides of every ratio alike; the figure is the median of those adjacent-pair ratios."""
+    sides of every ratio alike; the figure is the median of those adjacent-pair ratios.
+    With ``plain_in_job``, each round also runs the plain loop as a custom script job
+    (P J Q P ...), compared the same way."""
     path = work / "images.npz"
     write_images(path, samples)
     version = api.upload_dataset("bench-images", path)
@@ -194,26 +202,41 @@ def throughput(
     # stored, a warm sandbox's imports done), so neither side inherits the other's work.
     wait_quiet(server_pid)
     plain_runs = [plain_epoch_seconds(data_dir, params, epochs)]
-    job_runs: list[tuple[list[float], float]] = []
+    job_runs: list[Run] = []
+    plain_job_runs: list[Run] = []
     server_shares = []
+    code = ""
+    if plain_in_job:
+        script = work / "plain_loop_job.py"
+        script.write_text(
+            (Path(__file__).parent / "plain_loop.py").read_text()
+            + f"\nPARAMS = {params!r}\n"
+            + PLAIN_JOB_CALL
+        )
+        code = api.upload_code(script).ref
     for round_ in range(rounds):
-        wait_quiet(server_pid)
-        server_cpu, began = cpu_seconds(server_pid), time.perf_counter()
-        job = api.submit_job(ref, "cnn", params=params, cpus=threads, seed=0)
-        # Polled seldom: every request is server work taking CPU from the job's threads.
-        done = api.wait_job(job.id, timeout=3600, poll=5.0)
-        server_shares.append((cpu_seconds(server_pid) - server_cpu) / (time.perf_counter() - began))
-        if done.state != "succeeded":
-            raise RuntimeError(f"job {job.id} {done.state}: {done.exit_reason}")
-        walls, cpu = job_epoch_seconds(api, job.id)
+        (walls, cpu), share = run_job(
+            api,
+            server_pid,
+            lambda: api.submit_job(ref, "cnn", params=params, cpus=threads, seed=0).id,
+            lambda job_id: job_epoch_seconds(api, job_id),
+        )
         job_runs.append((walls, cpu))
+        server_shares.append(share)
+        line = f"   round {round_ + 1}: plain {median(plain_runs[-1][0]):.2f} s, job "
+        line += f"{median(walls):.2f} s"
+        if plain_in_job:
+            run, _ = run_job(
+                api,
+                server_pid,
+                lambda: api.submit_job(ref, code, cpus=threads, seed=0).id,
+                lambda job_id: plain_job_seconds(api, job_id),
+            )
+            plain_job_runs.append(run)
+            line += f", plain loop as a job {median(run[0]):.2f} s"
         wait_quiet(server_pid)
         plain_runs.append(plain_epoch_seconds(data_dir, params, epochs))
-        print(
-            f"   round {round_ + 1}: plain {median(plain_runs[-2][0]):.2f} s, job "
-            f"{median(walls):.2f} s, plain {median(plain_runs[-1][0]):.2f} s per epoch",
-            flush=True,
-        )
+        print(f"{line}, plain {median(plain_runs[-1][0]):.2f} s per epoch", flush=True)
     plains = [(median(walls), cpu) for walls, cpu in plain_runs]
     jobs = [(median(walls), cpu) for walls, cpu in job_runs]
     wall_ratios = [p[0] / j[0] for i, j in enumerate(jobs) for p in plains[i : i + 2]]
@@ -252,6 +275,19 @@ def throughput(
         f"   the server's own CPU while a job ran (submit to end): median "
         f"{median(server_shares) * 100:.1f}% of a core"
     )
+    if plain_job_runs:
+        inside = [(median(walls), cpu) for walls, cpu in plain_job_runs]
+        env_ratios = [p[0] / q[0] for i, q in enumerate(inside) for p in plains[i : i + 2]]
+        env_cpu = [p[1] / q[1] for i, q in enumerate(inside) for p in plains[i : i + 2]]
+        trainer = [q[0] / j[0] for j, q in zip(jobs, inside, strict=True)]
+        print(
+            f"   the plain loop as a custom script job (same code, in the job's sandbox): "
+            f"median {median([q[0] for q in inside]):.2f} s/epoch; ratio to the plain "
+            f"process {median(env_ratios):.3f} wall ({spread(env_ratios, '', 3)}), "
+            f"{median(env_cpu):.3f} CPU: what the job's environment costs; built-in job / "
+            f"plain loop job {median(trainer):.3f} ({spread(trainer, '', 3)}): what the "
+            f"built-in trainer costs"
+        )
 
 
 # -- 2. submit -> first step ------------------------------------------------------------------
@@ -367,6 +403,12 @@ def main() -> None:
     parser.add_argument("--noop-jobs", type=int, default=500)
     parser.add_argument("--skip", default="", help="comma-separated: throughput,latency,queue")
     parser.add_argument(
+        "--plain-in-job",
+        action="store_true",
+        help="also run the plain loop as a custom script job each round (the environment's "
+        "cost apart from the built-in trainer's)",
+    )
+    parser.add_argument(
         "--executor",
         choices=("forkserver", "local"),
         default=None,
@@ -418,6 +460,7 @@ def main() -> None:
                     args.epochs,
                     args.threads,
                     args.rounds,
+                    args.plain_in_job,
                 )
             if "latency" not in skip:
                 latency(api, work, args.latency_jobs)
