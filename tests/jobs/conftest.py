@@ -20,7 +20,7 @@ GRACE = 0.5
 def make(kind: str, root: Path, grace: float = GRACE) -> Executor:
     if kind == "local":
         return LocalExecutor(root, grace_seconds=grace)
-    return ForkServerExecutor(root, preload=["json"], grace_seconds=grace)
+    return ForkServerExecutor(root, preload=["json", "json.tool"], grace_seconds=grace)
 
 
 @pytest.fixture(scope="module", params=["local", "forkserver"])

@@ -57,6 +57,14 @@ def test_module_programs_run_as_main_with_arguments(executor: Executor) -> None:
     assert run.output == "__main__ ['x', '3']\n"
 
 
+def test_a_preloaded_module_runs_as_main_without_a_warning(executor: Executor) -> None:
+    """The fork server preloads the job entry module; running it must not make runpy warn
+    ('found in sys.modules ... unpredictable behaviour') into every job's log."""
+    run = Run(executor, program=Program(module="json.tool", args=("--help",)))
+    assert run.wait() == ExitStatus(0)
+    assert "usage:" in run.output and "Warning" not in run.output
+
+
 def test_output_is_batched_in_order(executor: Executor) -> None:
     run = Run(executor, "import sys\nfor i in range(500): print(i)\nsys.stdout.write('tail')")
     assert run.wait().ok

@@ -59,6 +59,9 @@ def _run_child(request: dict[str, Any]) -> int:
     try:
         if request.get("module"):
             sys.argv = [request["module"], *request["args"]]
+            # Preloaded (its imports are what the zygote keeps warm): runpy runs its code
+            # afresh as __main__ either way, and warns into the job's log if it finds it.
+            sys.modules.pop(request["module"], None)
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         else:
             sys.argv = ["-c", *request["args"]]
