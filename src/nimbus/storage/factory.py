@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import ParseResult, unquote, urlparse
 
 from nimbus.errors import InvalidInput, MissingExtra
@@ -54,7 +55,12 @@ def _cloud_url(url: str) -> ParseResult:
 _EXTRAS = {"s3": ("obstore", "boto3"), "azure": ("obstore",), "gcs": ("google.cloud.storage",)}
 
 
-def backend_class(extra: str, module: str, name: str) -> Callable[[str, str], ObjectStore]:
+class CloudStore(ObjectStore, Protocol):
+    def probe(self) -> None:
+        """Fail now (StorageUnavailable) if the bucket cannot be reached."""
+
+
+def backend_class(extra: str, module: str, name: str) -> Callable[[str, str], CloudStore]:
     """The store class ``name`` of backend ``module``, whose third-party libraries come with
     the ``extra``; :class:`MissingExtra` naming it when they are not installed."""
     for library in _EXTRAS[extra]:
@@ -62,7 +68,7 @@ def backend_class(extra: str, module: str, name: str) -> Callable[[str, str], Ob
             importlib.import_module(library)
         except ModuleNotFoundError as exc:
             raise MissingExtra(f"{extra} object storage", extra, exc.name or library) from None
-    found: Callable[[str, str], ObjectStore] = getattr(importlib.import_module(module), name)
+    found: Callable[[str, str], CloudStore] = getattr(importlib.import_module(module), name)
     return found
 
 
