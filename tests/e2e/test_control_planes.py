@@ -4,22 +4,32 @@ running at the kill finishes exactly once."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from nimbus.client import Client
 from nimbus.config import Settings
 from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
+from nimbus.db.tables import DeploymentRow
 from nimbus.jobs.domain import AttemptState
+from nimbus.storage.blobs import BlobStore
+from nimbus.storage.factory import open_object_store
 from nimbus.wire.cluster import ClusterStatus
+from tests.api.test_deployments import deploy, infer, ready
+from tests.api.test_deployments import wait_for as wait_for_deployment
 from tests.cli.conftest import Nimbus
 from tests.e2e.conftest import FAST, job_processes, upload_digits, wait_for
 from tests.helpers import ServerProcess
+from tests.helpers_models import API_ONLY, add_job, image_model_dir, images
 
 JOBS = 3  # two run on the leader (two CPUs), one waits in the queue
 PARAMS = {"epochs": "5", "batch_size": "16"}
@@ -147,3 +157,55 @@ def test_the_other_control_plane_takes_over_and_every_job_ends_once(
         db.dispose()
         first.kill()
         second.stop()
+
+
+@pytest.mark.slow
+def test_a_live_control_plane_takes_over_the_deployments_of_a_dead_one(
+    pg_url: str, tmp_path: Path
+) -> None:
+    blobs_url = f"file://{tmp_path / 'blobs'}"
+    shared = {
+        **API_ONLY,
+        "NIMBUS_DATABASE_URL": pg_url,
+        "NIMBUS_STORAGE_URL": blobs_url,
+        "NIMBUS_LEADER_LEASE_SECONDS": "2",
+    }
+    first = ServerProcess(tmp_path / "a", env={**shared, "NIMBUS_INSTANCE_ID": "cp-a"}).start()
+    token = first.admin_token
+    second = ServerProcess(tmp_path / "b", env={**shared, "NIMBUS_INSTANCE_ID": "cp-b"}).start()
+    db = Database(pg_url)
+    blobs = BlobStore(open_object_store(blobs_url), tmp_path / "staging")
+    pids: list[int] = []
+    try:
+        job = add_job(db, blobs, "default", image_model_dir(tmp_path / "model", 1))
+        with first.client(token) as on_a:
+            answer = on_a.post("/api/v1/models/cnn/versions", json={"job": job})
+            assert answer.status_code == 201, answer.text
+            deploy(on_a, "web")
+            shown = wait_for_deployment(on_a, "web", ready(1))
+        endpoint = str(shown["endpoint"])
+        pids = [r["pid"] for r in shown["replicas"]]
+        with second.client(token) as on_b:  # served by both; supervised by the first
+            assert on_b.get("/api/v1/deployments/web").json()["endpoint"] == endpoint
+
+            first.kill()
+            again = wait_for_deployment(
+                on_b,
+                "web",
+                lambda d: ready(1)(d) and not {r["pid"] for r in d["replicas"]} & set(pids),
+                timeout=90,
+            )
+        assert again["endpoint"] == endpoint  # the same address, now the second's
+        assert infer(endpoint, "web", token, images(2)).status_code == 200
+        with db.session() as s:
+            owner = s.scalars(select(DeploymentRow.owner)).one()
+        assert owner == "cp-b"
+    finally:
+        db.dispose()
+        first.kill()
+        with second.client(token) as on_b:
+            on_b.delete("/api/v1/deployments/web")
+        second.stop()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
