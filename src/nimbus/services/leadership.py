@@ -83,7 +83,7 @@ class Election:
 
     def start(self) -> None:
         self.cluster.register()
-        self._round()  # the first round now: a lone server leads as it starts
+        self.run_round()  # the first round now: a lone server leads as it starts
         self._thread = threading.Thread(target=self._run, name="election", daemon=True)
         self._thread.start()
 
@@ -92,13 +92,15 @@ class Election:
             self._wake.wait(self.interval)
             self._wake.clear()
             if not self.stopping.is_set():
-                self._round()
+                self.run_round()
         term = self._term
         if term is not None:  # the server is stopping: claim nothing more meanwhile
             term.stop.set()
             term.scheduler.wake()
 
-    def _round(self) -> None:
+    def run_round(self) -> None:
+        """One round: heartbeat, elect, begin or end a term, take over the dead (the loop
+        calls it every ``interval``)."""
         held = self.fence
         try:
             fence = self.cluster.round(held, candidate=self.make_scheduler is not None)
