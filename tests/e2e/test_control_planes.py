@@ -151,6 +151,7 @@ def test_the_other_control_plane_takes_over_and_every_job_ends_once(
             }
         )
         out = cli("cluster", "status").stdout
+        print(out)
         assert "cp-b" in out and second.url in out and "Queue" in out
         assert cli.json("cluster", "status")["leader"] == "cp-b"
     finally:
