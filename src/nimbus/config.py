@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     # started for (the tenants seen last); 0: every attempt starts cold. Each holds ~0.3 GB
     # while it waits (the default preload), counted in its attempt's --memory once claimed.
     job_warm_sandboxes: int = Field(default=2, ge=0, le=64)
+    # Several control planes on one metadata store (docs/cluster.md): one leads and runs
+    # the scheduler, renewing its lease every fifth of this; another takes over when the
+    # lease runs out. A control plane silent this long is dead: its deployments on this
+    # machine are adopted, its attempts here reaped and requeued.
+    leader_lease_seconds: float = Field(default=5.0, gt=0)
     instance_id: str | None = None  # default: generated once, kept in NIMBUS_HOME/instance-id
     # What this node offers jobs; detected when unset. Memory as bytes or "16G".
     capacity_cpus: float | None = Field(default=None, gt=0)

@@ -115,6 +115,20 @@ class StorageUnavailable(Unavailable):
     code = "storage_unavailable"
 
 
+class MissingExtra(Unavailable):
+    """What the settings ask for needs an optional dependency group (a pyproject extra)
+    that is not installed: the message names the extra and how to install it."""
+
+    code = "missing_extra"
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        super().__init__(
+            f"{feature} needs the optional '{extra}' dependencies ({missing} is not "
+            f"installed): pip install 'nimbus[{extra}]' (or 'nimbus[all]')"
+        )
+        self.extra = extra
+
+
 class EncryptionKeyMismatch(Unavailable):
     """Encrypted blobs cannot be opened with this server's master key (another key, or
     a data key the keyring does not hold): nothing is served until the key is fixed."""

@@ -70,7 +70,7 @@ from nimbus.db.queue import DbQueue
 from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs import prefetch
 from nimbus.jobs.cache import CacheSweeper
-from nimbus.jobs.domain import Attempt, Job, parse_memory
+from nimbus.jobs.domain import Attempt, Fence, Job, parse_memory
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.local import LocalExecutor
@@ -86,6 +86,7 @@ from nimbus.jobs.prefetch import Prefetch
 from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, Sandbox
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
+from nimbus.services.cluster import ClusterService, Identity
 from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop, default_supervisor
@@ -101,6 +102,7 @@ from nimbus.services.isolated import (
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService, node_capacity
 from nimbus.services.keyring import open_keyring, refuse_unencrypted, rotate_master_key
+from nimbus.services.leadership import Election
 from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.quotas import QuotaDefaults, QuotaService
 from nimbus.services.tokens import TokenService
@@ -351,26 +353,20 @@ class NodeExecutor:
 
 
 class SchedulerThread:
-    """Runs :meth:`Scheduler.run` in a daemon thread until :meth:`stop`, or until
-    ``stopping`` is set (by the server as soon as its shutdown begins: no job is claimed
-    while requests in flight finish). The executor warms up in that thread, once recovery is
-    done, not on the server's start-up path.
+    """This node's scheduler, run while it leads: its :class:`Election` takes part in the
+    leader election of every control plane sharing the metadata store and, for each term it
+    wins, runs a :class:`Scheduler` whose queue is fenced by that term's epoch (started and
+    stopped with the app; ``stopping`` is set by the server as soon as its shutdown begins:
+    no job is claimed while requests in flight finish). The executor warms up in the term's
+    thread, once recovery is done, not on the server's start-up path.
 
     One scheduler per instance id and NIMBUS_HOME: a lock file refuses a second, which
     would otherwise take the first one's attempts for its own leftovers."""
 
-    def __init__(
-        self,
-        scheduler: Scheduler,
-        executor: NodeExecutor,
-        lock_path: Path,
-        stopping: threading.Event | None = None,
-    ) -> None:
-        self.scheduler = scheduler
+    def __init__(self, election: Election, executor: NodeExecutor, lock_path: Path) -> None:
+        self.election = election
         self.executor = executor
         self.lock_path = lock_path
-        self.stopping = stopping or threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock: IO[str] | None = None
 
     @classmethod
@@ -419,22 +415,32 @@ class SchedulerThread:
         def launch(job: Job, attempt: Attempt) -> Program:
             return Program(module=module)
 
-        scheduler = Scheduler(
-            DbQueue(services.db),
-            executor,
-            services.capacity,
-            node,
-            jobs_root=jobs_root,
-            config=config,
-            launch_fn=launch,
+        def make_scheduler(fence: Fence) -> Scheduler:
+            return Scheduler(
+                DbQueue(services.db, fence),
+                executor,
+                services.capacity,
+                node,
+                jobs_root=jobs_root,
+                config=config,
+                launch_fn=launch,
+            )
+
+        election = Election(
+            services.cluster,
+            make_scheduler=make_scheduler,
+            on_ready=executor.warm,
+            reap=reap_left_by,
+            take_over_deployments=services.deployments.take_over,
+            stopping=services.stopping,
         )
-        services.jobs.on_submit = scheduler.wake  # a submitted job starts without a tick
+        services.jobs.on_submit = election.wake_scheduler  # starts without waiting a tick
         lock = settings.home / f"scheduler-{node}.lock"
-        return cls(scheduler, executor, lock, services.stopping)
+        return cls(election, executor, lock)
 
     def start(self) -> None:
-        """Take the instance's lock, then run the scheduler in a thread (start returns at
-        once)."""
+        """Take the instance's lock, then join the election (start returns at once; a lone
+        control plane leads from its first round)."""
         lock = os.fdopen(
             os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a"
         )
@@ -443,31 +449,32 @@ class SchedulerThread:
         except BlockingIOError:
             lock.close()
             raise Unavailable(
-                f"another server runs the scheduler of instance {self.scheduler.instance_id!r}"
-                f" ({self.lock_path}); give this one its own NIMBUS_INSTANCE_ID or "
-                "NIMBUS_HOME"
+                f"another server runs the scheduler of instance "
+                f"{self.election.cluster.me.id!r} ({self.lock_path}); give this one its own "
+                "NIMBUS_INSTANCE_ID or NIMBUS_HOME"
             ) from None
         self._lock = lock
-        self._thread = threading.Thread(
-            target=self.scheduler.run,
-            args=(self.stopping, self.executor.warm),
-            name="scheduler",
-            daemon=True,
-        )
-        self._thread.start()
+        self.election.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the loop (sets ``stopping``). Running attempts are left to the next start's
-        recovery."""
-        self.stopping.set()
-        self.scheduler.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Leave the election (resigning the lease) and end the scheduler's loop. Running
+        attempts are left to the next start's recovery."""
+        self.election.stop()
         if self.executor.sandbox is not None:
             self.executor.sandbox.close()  # this instance's cgroup directories, if empty
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def reap_left_by(jobs_root: Path, should_kill: Callable[[str], bool]) -> list[str]:
+    """Kill the processes of attempts a dead control plane of this machine left under its
+    ``jobs_root`` (those ``should_kill`` approves); returns their attempt ids."""
+    reaper = LocalExecutor(jobs_root)
+    try:
+        return reaper.reap_orphans(should_kill)
+    finally:
+        reaper.close()
 
 
 def ingest_limits(settings: Settings) -> IngestLimits:
@@ -563,6 +570,16 @@ def build_services(
         max_bytes=settings.max_upload_bytes,
         quotas=quotas,
     )
+    deployments = DeploymentService(
+        db,
+        blobs,
+        models,
+        root=settings.deployments_dir,
+        host=settings.host,
+        quotas=quotas,
+        make_supervisor=functools.partial(default_supervisor, lifeline=lifeline(settings)),
+    )
+    deployments.owner = instance_id(settings)  # before the election may take some over
     return Services(
         settings=settings,
         db=db,
@@ -586,14 +603,17 @@ def build_services(
         ),
         capacity=capacity,
         models=models,
-        deployments=DeploymentService(
+        deployments=deployments,
+        cluster=ClusterService(
             db,
-            blobs,
-            models,
-            root=settings.deployments_dir,
-            host=settings.host,
-            quotas=quotas,
-            make_supervisor=functools.partial(default_supervisor, lifeline=lifeline(settings)),
+            Identity(
+                id=instance_id(settings),
+                url=own_url(settings.host, settings.port),
+                executor=settings.executor,
+                capacity=capacity,
+                jobs_dir=str(settings.jobs_dir),
+            ),
+            lease_seconds=settings.leader_lease_seconds,
         ),
         quotas=quotas,
         garbage=GarbageService(
@@ -681,6 +701,17 @@ def build_app(
             )
         else:
             log.error("no job will run: %s", isolation.refused)
+    if not any(isinstance(work, SchedulerThread) for work in background):
+        # A control plane that runs no job still registers, serves, and adopts the
+        # deployments of a dead one on its machine; it never leads.
+        background.append(
+            Election(
+                services.cluster,
+                make_scheduler=None,
+                take_over_deployments=services.deployments.take_over,
+                stopping=services.stopping,
+            )
+        )
     background.append(
         DeploymentLoop(services.deployments, instance_id(settings), keep=keep_deployments)
     )

@@ -59,6 +59,7 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "deployments delete",
         "predict",
         "admin rotate-key",
+        "cluster status",
     }
 
 

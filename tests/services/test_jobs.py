@@ -274,15 +274,22 @@ def test_node_executor_adds_the_cache_dir_and_falls_back(tmp_path: Path) -> None
 
 def test_one_scheduler_per_instance(tmp_path: Path) -> None:
     def thread() -> SchedulerThread:
-        scheduler: Any = type(
-            "S", (), {"instance_id": "node-1", "run": lambda *a: None, "wake": lambda *a: None}
+        me = type("Me", (), {"id": "node-1"})()
+        election: Any = type(
+            "E",
+            (),
+            {
+                "cluster": type("C", (), {"me": me})(),
+                "start": lambda *a: None,
+                "stop": lambda *a: None,
+            },
         )()
         return SchedulerThread(
-            scheduler, NodeExecutor(FakeExecutor, tmp_path, {}), tmp_path / "scheduler-node-1.lock"
+            election, NodeExecutor(FakeExecutor, tmp_path, {}), tmp_path / "scheduler-node-1.lock"
         )
 
     first, second = thread(), thread()
-    first.start()  # the scheduler does nothing: the lock is what is tested
+    first.start()  # the election does nothing: the lock is what is tested
     try:
         with pytest.raises(Unavailable, match="NIMBUS_INSTANCE_ID"):
             second.start()

@@ -18,6 +18,7 @@ from nimbus.api.audit_log import AuditMiddleware
 from nimbus.api.context import AuditContext
 from nimbus.api.routes import (
     audit,
+    cluster,
     code,
     datasets,
     health,
@@ -73,6 +74,7 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
     for module in (
         tokens,
         audit,
+        cluster,
         quotas,
         datasets,
         uploads,

@@ -15,6 +15,7 @@ from nimbus.config import Settings
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
 from nimbus.services.audit import AuditService
+from nimbus.services.cluster import ClusterService
 from nimbus.services.code import CodeService
 from nimbus.services.datasets import DatasetService
 from nimbus.services.deployments import DeploymentService
@@ -54,6 +55,7 @@ class Services:
     quotas: QuotaService
     garbage: GarbageService
     uploads: UploadService
+    cluster: ClusterService
     # Set when the server begins to shut down: long-lived responses (log streams) end.
     stopping: threading.Event = field(default_factory=threading.Event)
     # Log streams each token has open (``settings.max_log_streams_per_token`` at most).

@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from nimbus.cli import (
     admin,
+    cluster,
     datasets,
     demo,
     deploy,
@@ -84,6 +85,7 @@ app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 app.command("serve")(edge.serve)
 app.add_typer(admin.app, name="admin")
+app.add_typer(cluster.app, name="cluster")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

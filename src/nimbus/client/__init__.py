@@ -12,6 +12,7 @@ Tests inject ``transport=httpx.MockTransport(handler)`` to run without a server.
 from __future__ import annotations
 
 from nimbus.client.base import load_login, save_login
+from nimbus.client.cluster import ClusterMixin
 from nimbus.client.datasets import DatasetRef, DatasetsMixin
 from nimbus.client.deployments import DeploymentFailed, DeploymentsMixin
 from nimbus.client.jobs import JobsMixin, WaitTimeout
@@ -46,6 +47,7 @@ class Client(
     TokensMixin,
     QuotasMixin,
     StorageMixin,
+    ClusterMixin,
 ):
     """A connection to one Nimbus control plane, authenticated with one token.
 

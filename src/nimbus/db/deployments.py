@@ -81,6 +81,25 @@ def owned_by(session: Session, owner: str) -> list[tuple[DeploymentRow, str]]:
     return [(row, tenant) for row, tenant in session.execute(query).tuples()]
 
 
+def reassign(session: Session, old_owner: str, new_owner: str) -> list[int]:
+    """Give ``new_owner`` the deployments ``old_owner`` supervised (not stopped); returns
+    their ids. Rows are locked first: of two control planes taking over at once, one gets
+    them and the other none."""
+    query = (
+        select(DeploymentRow.id)
+        .where(DeploymentRow.owner == old_owner, DeploymentRow.state != STOPPED)
+        .with_for_update()
+    )
+    ids = list(session.scalars(query))
+    if ids:
+        session.execute(
+            update(DeploymentRow)
+            .where(DeploymentRow.id.in_(ids), DeploymentRow.owner == old_owner)
+            .values(owner=new_owner)
+        )
+    return ids
+
+
 def model_version_of(
     session: Session, rows: Iterable[DeploymentRow]
 ) -> dict[int, tuple[ModelVersionRow, ModelRow]]:

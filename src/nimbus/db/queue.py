@@ -1,29 +1,44 @@
 """The job queue the scheduler runs on: :class:`nimbus.jobs.queue.JobQueue` over the
-metadata store, one transaction per call (the functions of :mod:`nimbus.db.jobs`)."""
+metadata store, one transaction per call (the functions of :mod:`nimbus.db.jobs`).
+
+A queue opened with a ``fence`` (the leader's, :mod:`nimbus.db.control_planes`) checks it
+first in every write's transaction: once another control plane leads, each write raises
+:class:`~nimbus.jobs.domain.Deposed` and changes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from nimbus.db import job_outputs
+from sqlalchemy.orm import Session
+
+from nimbus.db import control_planes, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
-from nimbus.jobs.domain import Attempt, Claim, Lease
+from nimbus.jobs.domain import Attempt, Claim, Fence, Lease
 from nimbus.jobs.policy import Decision, Outcome, RetryPolicy
 from nimbus.jobs.queue import Expired
 
 
 class DbQueue:
     """The queue in the metadata store ``db`` (SQLite or PostgreSQL), shared by every
-    scheduler that opens it."""
+    scheduler that opens it; its writes fenced by ``fence`` when given."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, fence: Fence | None = None) -> None:
         self.db = db
+        self.fence = fence
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self.db.session(write=True) as s:
+            if self.fence is not None:
+                control_planes.check_fence(s, self.fence)
+            yield s
 
     def expire(self, now: datetime, policy: RetryPolicy) -> Expired:
-        with self.db.session(write=True) as s:
+        with self._write() as s:
             requeued = [job_id for job_id, _ in repo.requeue_expired(s, now, policy)]
             return Expired(requeued, repo.expire_deadlines(s, now))
 
@@ -38,7 +53,7 @@ class DbQueue:
         limit: int | None = None,
         reserve_after: timedelta | None = None,
     ) -> list[Claim]:
-        with self.db.session(write=True) as s:
+        with self._write() as s:
             return repo.claim_next(
                 s,
                 capacity=capacity,
@@ -53,7 +68,7 @@ class DbQueue:
     def heartbeat(
         self, attempt_ids: Sequence[str], owner: str, now: datetime, lease_seconds: float
     ) -> dict[str, Lease | None]:
-        with self.db.session(write=True) as s:
+        with self._write() as s:
             return repo.heartbeat_many(s, attempt_ids, owner, now, lease_seconds)
 
     def running_status(self, attempt_ids: Sequence[str]) -> dict[str, bool | None]:
@@ -63,13 +78,13 @@ class DbQueue:
     def finish(
         self, attempt_id: str, outcome: Outcome, now: datetime, policy: RetryPolicy
     ) -> Decision:
-        with self.db.session(write=True) as s:
+        with self._write() as s:
             return repo.finish_attempt(s, attempt_id, outcome, now, policy)
 
     def abandon_owned(
         self, owner: str, now: datetime, keep: Iterable[str], policy: RetryPolicy
     ) -> list[str]:
-        with self.db.session(write=True) as s:
+        with self._write() as s:
             return [job_id for job_id, _ in repo.abandon_owned(s, owner, now, keep, policy)]
 
     def get_attempt(self, attempt_id: str) -> Attempt | None:
@@ -77,5 +92,5 @@ class DbQueue:
             return repo.get_attempt(s, attempt_id)
 
     def append_logs(self, attempt_id: str, chunks: Sequence[str], now: datetime) -> None:
-        with self.db.session(write=True) as s:
+        with self._write() as s:
             job_outputs.append_logs(s, attempt_id, chunks, now)

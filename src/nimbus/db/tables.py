@@ -406,3 +406,36 @@ class EncryptionKeyRow(Base):
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     rewrapped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- Several control planes (migration 0009) ----------------------------------------------
+
+
+class ControlPlaneRow(Base):
+    """A control plane (``nimbus server``) sharing this metadata store: where it answers,
+    what it runs jobs with, and when it last said it was alive."""
+
+    __tablename__ = "control_planes"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # its instance id
+    url: Mapped[str] = mapped_column(String(300))
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    executor: Mapped[str] = mapped_column(String(32))
+    capacity: Mapped[dict[str, Any]]  # {"cpus", "gpus", "memory_bytes"} of its node
+    jobs_dir: Mapped[str] = mapped_column(Text)  # where its attempts' processes work
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LeaderLeaseRow(Base):
+    """Who leads (one row, ``scheduler``): ``holder`` until ``expires_at``; ``epoch`` grows
+    by one at every change of holder and fences every write of the scheduler."""
+
+    __tablename__ = "leader_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

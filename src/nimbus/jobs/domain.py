@@ -62,6 +62,21 @@ class Fenced(Conflict):
     code = "fenced"
 
 
+class Deposed(Fenced):
+    """A scheduler write carried a leader epoch that is no longer the current one: another
+    control plane leads now, and this one's writes are refused."""
+
+    code = "deposed"
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The fencing token of the leading scheduler: its holder and the epoch it won."""
+
+    holder: str
+    epoch: int
+
+
 # [0-9], not \d: \d also matches other scripts' digits.
 _MEMORY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])", re.IGNORECASE)

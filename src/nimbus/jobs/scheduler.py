@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from nimbus.jobs.capacity import Capacity
-from nimbus.jobs.domain import Attempt, AttemptState, Claim, Fenced, Job
+from nimbus.jobs.domain import Attempt, AttemptState, Claim, Deposed, Fenced, Job
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, Handle, OutputSink, Program
 from nimbus.jobs.isolation import prepare_workdir
 from nimbus.jobs.policy import Decision, Outcome, RetryPolicy
@@ -274,6 +274,11 @@ class Scheduler:
         while not stop.is_set():
             try:
                 self.tick()
+            except Deposed as exc:
+                # Another control plane leads: every write of this one is refused from now
+                # on. Its election ends the term (and kills what runs here).
+                log.warning("scheduler loop ends: %s", exc)
+                return
             except Exception:
                 log.exception("scheduler tick failed")
             if not stop.is_set():

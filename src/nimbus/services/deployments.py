@@ -223,8 +223,26 @@ class DeploymentService:
     def recover(self) -> None:
         """At start: take back the deployments this instance owns: adopt their surviving
         replicas on their persisted port, start the missing ones."""
+        self._recover(None)
+
+    def take_over(self, dead_owner: str) -> list[str]:
+        """Adopt the deployments of control plane ``dead_owner`` (dead, on this machine):
+        they become this instance's, their surviving replicas adopted on their persisted
+        ports (and rolled onto this instance's files), the missing ones started. Returns
+        their names; none if another control plane took them first."""
+        with self.db.session(write=True) as session:
+            ids = repo.reassign(session, dead_owner, self.owner)
+        if ids:
+            log.info("took over %d deployment(s) of control plane %s", len(ids), dead_owner)
+        return self._recover(set(ids)) if ids else []
+
+    def _recover(self, only: set[int] | None) -> list[str]:
         with self.db.session() as session:
-            owned = repo.owned_by(session, self.owner)
+            owned = [
+                (row, tenant)
+                for row, tenant in repo.owned_by(session, self.owner)
+                if only is None or row.id in only
+            ]
             versions = repo.model_version_of(session, [row for row, _ in owned])
         for row, tenant in owned:
             try:
@@ -244,6 +262,7 @@ class DeploymentService:
                 log.exception("could not recover deployment %s/%s", tenant, row.name)
                 with self.db.session(write=True) as session:
                     repo.set_state(session, row.id, DeploymentState.FAILED.value, self.clock())
+        return [row.name for row, _ in owned]
 
     def sync(self) -> None:
         """Persist the status of every supervised deployment that changed; drop the model

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import ParseResult, unquote, urlparse
 
-from nimbus.errors import InvalidInput
-from nimbus.storage.azure import AzureObjectStore
+from nimbus.errors import InvalidInput, MissingExtra
 from nimbus.storage.base import ObjectStore
 from nimbus.storage.local import LocalObjectStore
 from nimbus.storage.memory import MemoryObjectStore
-from nimbus.storage.s3 import S3ObjectStore
 
 # Where each cloud's standard configuration lives, for the error that refuses a URL with
 # credentials or options in it.
@@ -49,27 +49,52 @@ def _cloud_url(url: str) -> ParseResult:
     return parsed
 
 
+# Each cloud backend's libraries come with an optional dependency group (pyproject's
+# extras: s3, azure, gcs; 'all' holds them all), imported by the processes that use them
+# only: a plain install serves file:// storage, and every job process imports nimbus.storage.
+_EXTRAS = {"s3": ("obstore", "boto3"), "azure": ("obstore",), "gcs": ("google.cloud.storage",)}
+
+
+class CloudStore(ObjectStore, Protocol):
+    def probe(self) -> None:
+        """Fail now (StorageUnavailable) if the bucket cannot be reached."""
+
+
+def backend_class(extra: str, module: str, name: str) -> Callable[[str, str], CloudStore]:
+    """The store class ``name`` of backend ``module``, whose third-party libraries come with
+    the ``extra``; :class:`MissingExtra` naming it when they are not installed."""
+    for library in _EXTRAS[extra]:
+        try:
+            importlib.import_module(library)
+        except ModuleNotFoundError as exc:
+            raise MissingExtra(f"{extra} object storage", extra, exc.name or library) from None
+    found: Callable[[str, str], CloudStore] = getattr(importlib.import_module(module), name)
+    return found
+
+
 def _s3(url: str) -> ObjectStore:
     parsed = _cloud_url(url)
-    store = S3ObjectStore(str(parsed.hostname), unquote(parsed.path))
+    store = backend_class("s3", "nimbus.storage.s3", "S3ObjectStore")(
+        str(parsed.hostname), unquote(parsed.path)
+    )
     store.probe()
     return store
 
 
 def _azure(url: str) -> ObjectStore:
     parsed = _cloud_url(url)
-    store = AzureObjectStore(str(parsed.hostname), unquote(parsed.path))
+    store = backend_class("azure", "nimbus.storage.azure", "AzureObjectStore")(
+        str(parsed.hostname), unquote(parsed.path)
+    )
     store.probe()
     return store
 
 
 def _gcs(url: str) -> ObjectStore:
-    # Google's client library is imported by the processes that use it only (it takes a
-    # good part of a second, and every job process imports nimbus.storage).
-    from nimbus.storage.gcs import GCSObjectStore
-
     parsed = _cloud_url(url)
-    store = GCSObjectStore(str(parsed.hostname), unquote(parsed.path))
+    store = backend_class("gcs", "nimbus.storage.gcs", "GCSObjectStore")(
+        str(parsed.hostname), unquote(parsed.path)
+    )
     store.probe()
     return store
 

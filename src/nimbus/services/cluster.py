@@ -1,0 +1,213 @@
+"""The control planes sharing one metadata store: registration, the scheduler's leader
+election, the dead ones, and the cluster's status (``GET /cluster``).
+
+Every server registers itself and, every round of its :class:`~.leadership.Election`,
+heartbeats and runs one round of the election (:func:`nimbus.db.control_planes.elect`).
+A control plane that has not heartbeated for one leader lease is *dead*: a live one on its
+machine adopts its deployments, and the leader reaps and requeues its attempts there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from nimbus.db import control_planes as repo
+from nimbus.db.engine import Database
+from nimbus.jobs.capacity import Capacity
+from nimbus.jobs.domain import Fence
+from nimbus.wire.cluster import (
+    ClusterStatus,
+    ControlPlaneView,
+    NodeAttempt,
+    NodeResources,
+    NodeView,
+    TenantQueueView,
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a control plane says of itself when it registers."""
+
+    id: str
+    url: str
+    executor: str
+    capacity: Capacity
+    jobs_dir: str
+    hostname: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+
+class ClusterService:
+    """This control plane's membership (``me``) in the cluster of ``db``."""
+
+    def __init__(
+        self,
+        db: Database,
+        me: Identity,
+        *,
+        lease_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db, self.me, self.lease_seconds, self.clock = db, me, lease_seconds, clock
+        self._started = self.now()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def register(self) -> None:
+        """Insert or refresh this control plane's row (at start, and after a heartbeat
+        found it gone)."""
+        me, now = self.me, self.now()
+        plane = repo.ControlPlane(
+            id=me.id,
+            url=me.url,
+            hostname=me.hostname,
+            pid=me.pid,
+            executor=me.executor,
+            capacity={
+                "cpus": me.capacity.cpus,
+                "gpus": me.capacity.gpus,
+                "memory_bytes": me.capacity.memory_bytes,
+            },
+            jobs_dir=me.jobs_dir,
+            started_at=self._started,
+            heartbeat_at=now,
+        )
+        with self.db.session(write=True) as s:
+            repo.register(s, plane)
+
+    def round(self, held: Fence | None, candidate: bool = True) -> Fence | None:
+        """Heartbeat, then (a ``candidate``: one that can schedule) one election round:
+        the fence this control plane holds after it, or None."""
+        now = self.now()
+        with self.db.session(write=True) as s:
+            alive = repo.heartbeat(s, self.me.id, now)
+        if not alive:
+            self.register()
+        if not candidate:
+            return None
+        with self.db.session(write=True) as s:
+            return repo.elect(s, self.me.id, held, now, self.lease_seconds)
+
+    def resign(self, fence: Fence) -> None:
+        with self.db.session(write=True) as s:
+            repo.resign(s, fence)
+
+    def unregister(self) -> None:
+        with self.db.session(write=True) as s:
+            repo.unregister(s, self.me.id)
+
+    def dead_here(self) -> list[repo.ControlPlane]:
+        """Dead control planes of this machine: silent for a lease, their process gone."""
+        with self.db.session() as s:
+            planes = repo.list_planes(s)
+        return [
+            plane
+            for plane in planes
+            if plane.id != self.me.id
+            and plane.hostname == self.me.hostname
+            and not self._alive(plane)
+            and not _process_exists(plane.pid)
+        ]
+
+    def forget(self, plane_id: str) -> None:
+        """Remove a dead control plane's row once what it held was taken over."""
+        with self.db.session(write=True) as s:
+            repo.unregister(s, plane_id)
+
+    def _alive(self, plane: repo.ControlPlane) -> bool:
+        return self.now() - plane.heartbeat_at <= timedelta(seconds=self.lease_seconds)
+
+    def status(self) -> ClusterStatus:
+        """``GET /cluster``: the control planes, the leader, the nodes and the queue."""
+        with self.db.session() as s:
+            planes = repo.list_planes(s)
+            lease = repo.leader(s)
+            running = repo.running_attempts(s)
+            depth = repo.queue_depth(s)
+        leading = lease.holder if lease.expires_at > self.now() else None
+        by_id = {plane.id: plane for plane in planes}
+        views = [
+            ControlPlaneView(
+                id=plane.id,
+                url=plane.url,
+                hostname=plane.hostname,
+                executor=plane.executor,
+                leader=plane.id == leading,
+                alive=self._alive(plane),
+                started_at=plane.started_at,
+                heartbeat_at=plane.heartbeat_at,
+            )
+            for plane in planes
+        ]
+        lead = by_id.get(leading) if leading is not None else None
+        return ClusterStatus(
+            leader=leading,
+            epoch=lease.epoch,
+            lease_expires_at=lease.expires_at,
+            executor=lead.executor if lead is not None else self.me.executor,
+            control_planes=views,
+            nodes=_nodes(planes, running, leading),
+            queue=[
+                TenantQueueView(tenant=q.tenant, queued=q.queued, running=q.running) for q in depth
+            ],
+        )
+
+
+def _nodes(
+    planes: list[repo.ControlPlane], running: list[repo.RunningAttempt], leading: str | None
+) -> list[NodeView]:
+    """With the local executor each control plane's machine is a node, running the
+    attempts leased to that control plane: the leader's, and any a dead one left."""
+    nodes: list[NodeView] = []
+    for plane in planes:
+        mine = [a for a in running if a.owner == plane.id]
+        if plane.id != leading and not mine:
+            continue
+        attempts = [
+            NodeAttempt(
+                job_id=a.job_id,
+                attempt_id=a.attempt_id,
+                tenant=a.tenant,
+                cpus=a.cpus * a.workers,
+                gpus=a.gpus * a.workers,
+                memory_bytes=a.memory_bytes * a.workers,
+                workers=a.workers,
+            )
+            for a in mine
+        ]
+        cap = plane.capacity
+        nodes.append(
+            NodeView(
+                name=plane.hostname,
+                control_plane=plane.id,
+                resources=NodeResources(
+                    cpus=float(cap.get("cpus", 0)),
+                    gpus=int(cap.get("gpus", 0)),
+                    memory_bytes=int(cap.get("memory_bytes", 0)),
+                ),
+                used=NodeResources(
+                    cpus=sum(a.cpus for a in attempts),
+                    gpus=sum(a.gpus for a in attempts),
+                    memory_bytes=sum(a.memory_bytes for a in attempts),
+                ),
+                running=attempts,
+            )
+        )
+    return nodes
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
