@@ -24,7 +24,7 @@ clock. ``tests/jobs/test_queue_index.py`` checks it against the plain walk.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -65,6 +65,7 @@ def limit_of(tenant_limit: TenantLimit, tenant_id: int) -> int | None:
 
 
 Shape = tuple[float, int, int, tuple[tuple[str, float], ...]]
+_UNLIMITED = sys.maxsize
 _Order = tuple[int, datetime, str]
 _HeapEntry = tuple[_Order, int]  # (order, seq): stale once its job left or came back
 
@@ -174,50 +175,55 @@ class QueueIndex:
         fitting = {key for key, shape in self._shapes.items() if capacity.fits(shape.need, used)}
         if not fitting:
             return []  # nothing can start; whether the node would reserve does not matter
-        started: Counter[int] = Counter()
+        room: dict[int, int] = {}  # per tenant, how many more jobs it may start
 
-        def at_limit(tenant_id: int) -> bool:
-            limit = limit_of(tenant_limit, tenant_id)
-            return limit is not None and (
-                running_per_tenant.get(tenant_id, 0) + started[tenant_id] >= limit
-            )
+        def room_of(tenant_id: int) -> int:
+            left = room.get(tenant_id)
+            if left is None:
+                limit = limit_of(tenant_limit, tenant_id)
+                left = _UNLIMITED if limit is None else limit - running_per_tenant.get(tenant_id, 0)
+                room[tenant_id] = left
+            return left
 
-        tick = count()
         # (order, kind, tie, group): kind 0 is a group's next job, 1 a job to reserve for.
         merge: list[tuple[_Order, int, int, _Group]] = []
         for key, shape in self._shapes.items():
             fits_now = key in fitting
             if not fits_now and not (reserve and capacity.fits(shape.need)):
                 continue  # a job that never fits this node is never reserved for
+            kind = 0 if fits_now else 1
             for tenant_id, group in shape.groups.items():
-                if at_limit(tenant_id):
+                heap = group.jobs if fits_now else group.old
+                if not heap or room_of(tenant_id) <= 0:
                     continue
-                head = self._head(group.jobs) if fits_now else self._head(group.old)
+                head = self._head(heap)
                 if head is not None:
-                    merge.append((head, 0 if fits_now else 1, next(tick), group))
+                    merge.append((head, kind, len(merge), group))
         heapq.heapify(merge)
+        tie = len(merge)
         chosen: list[str] = []
         while merge:
             order, kind, _, group = heapq.heappop(merge)
-            if at_limit(group.tenant_id):
+            if room[group.tenant_id] <= 0:
                 continue  # this tenant's later jobs are all skipped too
             if kind == 1:
                 break  # a job that waited too long does not fit: the node drains for it
             need = group.shape.need
+            tie += 1
             if capacity.fits(need, used):
                 job_id = order[2]
                 heapq.heappop(group.jobs)
                 self.remove(job_id)
                 chosen.append(job_id)
                 used = used.plus(need)
-                started[group.tenant_id] += 1
+                room[group.tenant_id] -= 1
                 head = self._head(group.jobs) if group.size else None
                 if head is not None:
-                    heapq.heappush(merge, (head, 0, next(tick), group))
+                    heapq.heappush(merge, (head, 0, tie, group))
             elif reserve:
                 head = self._head(group.old)
                 if head is not None:
-                    heapq.heappush(merge, (head, 1, next(tick), group))
+                    heapq.heappush(merge, (head, 1, tie, group))
         return chosen
 
     def _enqueue(self, entry: _Entry) -> None:
