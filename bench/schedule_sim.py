@@ -34,11 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.jobs.policy_reference import pick_reference  # noqa: E402
+
 from nimbus.jobs.capacity import Capacity, Usage  # noqa: E402
 from nimbus.jobs.domain import Resources  # noqa: E402
 from nimbus.jobs.policy import QueuedJob, RunningJob, pick  # noqa: E402
 from nimbus.jobs.queue_index import QueueIndex  # noqa: E402
-from tests.jobs.policy_reference import pick_reference  # noqa: E402
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 GIB = 1 << 30
@@ -266,6 +267,7 @@ def report(
         wait = started_at[i] - w.arrival[i]
         waits.setdefault(f"priority {job.priority:>4}", []).append(wait)
         if w.whole_node[i]:
+            waits.setdefault(f"priority {job.priority:>4}, whole-node jobs", []).append(wait)
             waits.setdefault("whole-node jobs", []).append(wait)
     decision_ns, busy_ns = decisions
     decision_s = sum(decision_ns) / 1e9
@@ -345,14 +347,14 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=1))
     bad = [
         mode
-        for mode, r in results.items()
-        if isinstance(r, dict)
-        and (r["quota_violations"] or r["node_overcommits"] or r["mismatches"])
-        or isinstance(r, dict)
-        and r["finished"] != r["jobs"]
+        for mode in modes
+        if (r := results[f"reservation {mode}"])["quota_violations"]
+        or r["node_overcommits"]
+        or r["mismatches"]
+        or r["finished"] != r["jobs"]
     ]
     if bad:
-        sys.exit(f"invariants broken in: {', '.join(bad)}")
+        sys.exit(f"invariants broken with reservation {', '.join(bad)}")
 
 
 if __name__ == "__main__":

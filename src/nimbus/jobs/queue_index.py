@@ -83,23 +83,33 @@ def shape_of(need: Resources) -> Shape:
 class _Group:
     """The eligible jobs of one tenant and one shape, as heaps in the policy's order."""
 
-    __slots__ = ("jobs", "old", "shape", "size", "tenant_id")
+    __slots__ = ("jobs", "old", "size", "tenant_id")
 
-    def __init__(self, shape: _ShapeGroups, tenant_id: int) -> None:
-        self.shape = shape
+    def __init__(self, tenant_id: int) -> None:
         self.tenant_id = tenant_id
         self.jobs: list[_HeapEntry] = []
         self.old: list[_HeapEntry] = []  # those waiting at least reserve_after
         self.size = 0
 
 
+_Head = tuple[_Order, int]  # (a group's first job, its tenant)
+
+
 class _ShapeGroups:
-    __slots__ = ("groups", "key", "need")
+    """The groups of one shape, and the heads of their heaps merged in the policy's order.
+
+    ``heads`` (``olds``) holds each group's first job (first old job), plus stale entries for
+    heads that have since changed; an entry is current when it names its group's first job.
+    """
+
+    __slots__ = ("groups", "heads", "key", "need", "olds")
 
     def __init__(self, key: Shape, need: Resources) -> None:
         self.key = key
         self.need = need
         self.groups: dict[int, _Group] = {}
+        self.heads: list[_Head] = []
+        self.olds: list[_Head] = []
 
 
 class _Entry:
@@ -144,13 +154,22 @@ class QueueIndex:
         """Take a job out (started elsewhere, cancelled); KeyError if it is not queued."""
         entry = self._entries.pop(job_id)
         if entry.eligible:
+            tenant_id = entry.job.tenant_id
             shape = self._shapes[shape_of(entry.job.resources)]
-            group = shape.groups[entry.job.tenant_id]
+            group = shape.groups[tenant_id]
             group.size -= 1
             if group.size == 0:
-                del shape.groups[entry.job.tenant_id]
+                del shape.groups[tenant_id]
                 if not shape.groups:
                     del self._shapes[shape.key]
+                return entry.job
+            head = self._head(group.jobs)
+            if head is not None and head > entry.job.order:
+                heapq.heappush(shape.heads, (head, tenant_id))  # the group's new first job
+            if group.old:
+                old = self._head(group.old)
+                if old is not None and old > entry.job.order:
+                    heapq.heappush(shape.olds, (old, tenant_id))
         return entry.job
 
     def take(
@@ -169,61 +188,38 @@ class QueueIndex:
         self._now = now
         self._release(now)
         reserve = self.reserve_after is not None
-        if reserve:
-            assert self.reserve_after is not None
+        if self.reserve_after is not None:
             self._age(now - self.reserve_after)
         fitting = {key for key, shape in self._shapes.items() if capacity.fits(shape.need, used)}
         if not fitting:
             return []  # nothing can start; whether the node would reserve does not matter
-        room: dict[int, int] = {}  # per tenant, how many more jobs it may start
-
-        def room_of(tenant_id: int) -> int:
-            left = room.get(tenant_id)
-            if left is None:
-                limit = limit_of(tenant_limit, tenant_id)
-                left = _UNLIMITED if limit is None else limit - running_per_tenant.get(tenant_id, 0)
-                room[tenant_id] = left
-            return left
-
-        # (order, kind, tie, group): kind 0 is a group's next job, 1 a job to reserve for.
-        merge: list[tuple[_Order, int, int, _Group]] = []
+        walk = _Walk(self, running_per_tenant, tenant_limit)
         for key, shape in self._shapes.items():
-            fits_now = key in fitting
-            if not fits_now and not (reserve and capacity.fits(shape.need)):
-                continue  # a job that never fits this node is never reserved for
-            kind = 0 if fits_now else 1
-            for tenant_id, group in shape.groups.items():
-                heap = group.jobs if fits_now else group.old
-                if not heap or room_of(tenant_id) <= 0:
-                    continue
-                head = self._head(heap)
-                if head is not None:
-                    merge.append((head, kind, len(merge), group))
-        heapq.heapify(merge)
-        tie = len(merge)
+            if key in fitting:
+                walk.next(shape, 0)
+            elif reserve and capacity.fits(shape.need):
+                walk.next(shape, 1)  # a job that never fits this node is never reserved for
         chosen: list[str] = []
-        while merge:
-            order, kind, _, group = heapq.heappop(merge)
-            if room[group.tenant_id] <= 0:
-                continue  # this tenant's later jobs are all skipped too
-            if kind == 1:
+        while walk.merge:
+            order, kind, _, shape, tenant_id = heapq.heappop(walk.merge)
+            if walk.room[tenant_id] <= 0:  # started enough in this walk: skip its later jobs
+                walk.aside.append((shape.olds if kind else shape.heads, (order, tenant_id)))
+                walk.next(shape, kind)
+            elif kind == 1:
+                walk.aside.append((shape.olds, (order, tenant_id)))
                 break  # a job that waited too long does not fit: the node drains for it
-            need = group.shape.need
-            tie += 1
-            if capacity.fits(need, used):
-                job_id = order[2]
-                heapq.heappop(group.jobs)
-                self.remove(job_id)
-                chosen.append(job_id)
-                used = used.plus(need)
-                room[group.tenant_id] -= 1
-                head = self._head(group.jobs) if group.size else None
-                if head is not None:
-                    heapq.heappush(merge, (head, 0, tie, group))
-            elif reserve:
-                head = self._head(group.old)
-                if head is not None:
-                    heapq.heappush(merge, (head, 1, tie, group))
+            elif capacity.fits(shape.need, used):
+                heapq.heappop(shape.groups[tenant_id].jobs)
+                self.remove(order[2])
+                chosen.append(order[2])
+                used = used.plus(shape.need)
+                walk.room[tenant_id] -= 1
+                walk.next(shape, 0)
+            else:  # free resources only shrink: no later job of this shape fits either
+                walk.aside.append((shape.heads, (order, tenant_id)))
+                if reserve:
+                    walk.next(shape, 1)
+        walk.restore()
         return chosen
 
     def _enqueue(self, entry: _Entry) -> None:
@@ -234,8 +230,10 @@ class QueueIndex:
             shape = self._shapes[key] = _ShapeGroups(key, job.resources)
         group = shape.groups.get(job.tenant_id)
         if group is None:
-            group = shape.groups[job.tenant_id] = _Group(shape, job.tenant_id)
+            group = shape.groups[job.tenant_id] = _Group(job.tenant_id)
         heapq.heappush(group.jobs, (job.order, entry.seq))
+        if self._head(group.jobs) == job.order:
+            heapq.heappush(shape.heads, (job.order, job.tenant_id))
         group.size += 1
         entry.eligible = True
         if self.reserve_after is not None:
@@ -269,5 +267,57 @@ class QueueIndex:
             entry = self._live(job_id, seq)
             if entry is not None:
                 job = entry.job
-                group = self._shapes[shape_of(job.resources)].groups[job.tenant_id]
+                shape = self._shapes[shape_of(job.resources)]
+                group = shape.groups[job.tenant_id]
                 heapq.heappush(group.old, (job.order, seq))
+                if self._head(group.old) == job.order:
+                    heapq.heappush(shape.olds, (job.order, job.tenant_id))
+
+
+class _Walk:
+    """One :meth:`QueueIndex.take`: per shape, a cursor on its first job (kind 0) or its
+    first old job (kind 1) whose tenant may still start jobs, merged in the policy's order."""
+
+    def __init__(
+        self, index: QueueIndex, running: Mapping[int, int], tenant_limit: TenantLimit
+    ) -> None:
+        self.index = index
+        self.running = running
+        self.tenant_limit = tenant_limit
+        self.room: dict[int, int] = {}  # per tenant, how many more jobs it may start
+        self.merge: list[tuple[_Order, int, int, _ShapeGroups, int]] = []
+        self.aside: list[tuple[list[_Head], _Head]] = []  # current heads to put back
+        self.seen: set[tuple[int, _Order]] = set()
+        self.tie = count()
+
+    def room_of(self, tenant_id: int) -> int:
+        left = self.room.get(tenant_id)
+        if left is None:
+            limit = limit_of(self.tenant_limit, tenant_id)
+            left = _UNLIMITED if limit is None else limit - self.running.get(tenant_id, 0)
+            self.room[tenant_id] = left
+        return left
+
+    def next(self, shape: _ShapeGroups, kind: int) -> None:
+        """Put ``shape``'s next cursor of ``kind`` in the merge, if it has one."""
+        heads = shape.olds if kind else shape.heads
+        while heads:
+            order, tenant_id = heapq.heappop(heads)
+            group = shape.groups.get(tenant_id)
+            if group is None or (kind, order) in self.seen:
+                continue  # a group since emptied, or a duplicate entry
+            if self.index._head(group.old if kind else group.jobs) != order:
+                continue  # stale: the group's first job changed since
+            self.seen.add((kind, order))
+            if self.room_of(tenant_id) <= 0:
+                self.aside.append((heads, (order, tenant_id)))
+                continue
+            heapq.heappush(self.merge, (order, kind, next(self.tie), shape, tenant_id))
+            return
+
+    def restore(self) -> None:
+        """Put back the heads this walk took out of their shapes and did not start."""
+        for order, kind, _, shape, tenant_id in self.merge:
+            self.aside.append((shape.olds if kind else shape.heads, (order, tenant_id)))
+        for heads, head in self.aside:
+            heapq.heappush(heads, head)
