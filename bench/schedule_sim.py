@@ -9,7 +9,7 @@ scheduler loop does. The decisions are made by Nimbus's own code, :class:`QueueI
 
 The simulation checks the policy on its own arithmetic: no node over its capacity, no tenant
 over its limit (``quota_violations``), every job finished; and every ``--verify``-th decision
-is compared with the plain walk (``tests/jobs/policy_reference.py``, the policy as first
+is compared with the plain walk (``tests/jobs/helpers_policy.py``, the policy as first
 written) over the same state, which is also the baseline timed in the same run.
 
     .venv/bin/python bench/schedule_sim.py            # full scale, reservation off and on
@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.jobs.policy_reference import pick_reference  # noqa: E402
+from tests.jobs.helpers_policy import pick_reference  # noqa: E402
 
 from nimbus.jobs.capacity import Capacity, Usage  # noqa: E402
 from nimbus.jobs.domain import Resources  # noqa: E402
@@ -122,7 +122,7 @@ class Node:
     cpus: float = 0.0
     gpus: int = 0
     memory: int = 0
-    custom: Counter[str] = field(default_factory=Counter)
+    custom: dict[str, float] = field(default_factory=dict)
 
     def over(self) -> bool:
         c = self.capacity
@@ -138,7 +138,7 @@ class Node:
         self.gpus += sign * need.gpus * need.workers
         self.memory += sign * need.memory_bytes * need.workers
         for name, amount in need.custom.items():
-            self.custom[name] += sign * amount * need.workers
+            self.custom[name] = self.custom.get(name, 0.0) + sign * amount * need.workers
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -165,7 +165,7 @@ def simulate(w: Workload, reserve_after: float | None, tick: float, verify: int)
     busy: list[tuple[float, float]] = []  # per tick while jobs wait: (cpu, gpu) utilisation
     arrived = finished = 0
     t = min(w.arrival[0], 0.0)
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     while finished < len(w.jobs):
         now = T0 + timedelta(seconds=t)
         while ends and ends[0][0] <= t:
@@ -221,6 +221,7 @@ def simulate(w: Workload, reserve_after: float | None, tick: float, verify: int)
                 )
             )
         t += tick
+    checks["cpu_seconds"] = time.process_time() - cpu
     wall = time.perf_counter() - wall
     return report(w, started_at, (decision_ns, busy_ns), checks, busy, wall, t)
 
@@ -288,6 +289,7 @@ def report(
         "decision_while_queued_p99_us": round(percentile(busy_us, 99), 1),
         "policy_seconds": round(decision_s, 1),
         "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(checks["cpu_seconds"], 1),  # the whole run, checks included
         "cpu_utilisation_while_queued": round(sum(c for c, _ in busy) / max(len(busy), 1), 3),
         "gpu_utilisation_while_queued": round(sum(g for _, g in busy) / max(len(busy), 1), 3),
         "quota_violations": checks["quota_violations"],

@@ -13,7 +13,7 @@ from nimbus.jobs.capacity import Capacity, Usage
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.policy import QueuedJob, RunningJob, pick
 from nimbus.jobs.queue_index import QueueIndex
-from tests.jobs.policy_reference import pick_reference
+from tests.jobs.helpers_policy import pick_reference
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 GIB = 1 << 30
