@@ -14,6 +14,9 @@ written) over the same state, which is also the baseline timed in the same run.
 
     .venv/bin/python bench/schedule_sim.py            # full scale, reservation off and on
     .venv/bin/python bench/schedule_sim.py --small    # a quick run
+
+Decision times are wall-clock per call (noisy on a shared machine); ``cpu_seconds`` is the
+whole run's. Figures and how to read them: docs/scheduling.md.
 """
 
 from __future__ import annotations
