@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from nimbus.errors import InvalidInput
-from nimbus.jobs.capacity import Capacity, check_request, detect_capacity, total_memory_bytes
+from nimbus.jobs.capacity import (
+    Capacity,
+    Usage,
+    check_request,
+    detect_capacity,
+    total_memory_bytes,
+)
 from nimbus.jobs.domain import (
     AttemptState,
     ExitReason,
@@ -204,3 +210,43 @@ def test_detect_capacity_overrides(tmp_path: object) -> None:
     assert cap == Capacity(cpus=3.0, gpus=2, memory_bytes=1000)
     detected = detect_capacity()
     assert detected.cpus >= 1 and detected.memory_bytes == total_memory_bytes() > 0
+
+
+def test_custom_resources_fit_per_node_and_are_refused_by_name() -> None:
+    h100 = Capacity(cpus=8, gpus=2, memory_bytes=16 << 30, custom={"accelerator:H100": 2})
+    need = Resources(cpus=1, gpus=1, memory_bytes=1 << 30, custom={"accelerator:H100": 1})
+    two = Resources(cpus=1, gpus=1, memory_bytes=1 << 30, workers=2, custom=need.custom)
+    assert need.total_custom == {"accelerator:H100": 1} and two.total_custom == {
+        "accelerator:H100": 2
+    }
+    assert h100.fits(two) and not h100.fits(two, Usage().plus(need))
+    assert not NODE.fits(need)  # a node without the resource has none of it
+    queued = [q("plain", t=0), QueuedJob("h", 1, 0, at(1), need), QueuedJob("h2", 1, 0, at(2), two)]
+    assert pick(queued, [], h100, None, at(5)) == ["plain", "h"]
+    assert pick(queued, [], NODE, None, at(5)) == ["plain"]
+    with pytest.raises(InvalidInput, match="1 of resource accelerator:H100 but a node has 0") as e:
+        check_request(need, NODE)
+    assert e.value.details == {"resource": "accelerator:H100"}
+    check_request(two, h100)
+
+
+@pytest.mark.parametrize(
+    ("custom", "message"),
+    [
+        ({"": 1}, "invalid resource name"),
+        ({"a b": 1}, "invalid resource name"),
+        ({"tpu": 0}, "must be positive"),
+        ({"tpu": float("nan")}, "must be positive"),
+        ({"tpu": "1"}, "needs a number"),
+        ({"tpu": True}, "needs a number"),
+        (["tpu"], "NAME: AMOUNT"),
+    ],
+)
+def test_custom_resources_are_checked(custom: object, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Resources(custom=custom)  # type: ignore[arg-type]
+
+
+def test_per_tenant_limits() -> None:
+    queued = [q("a1", t=1), q("a2", t=2), q("b1", t=3, tenant=2), q("c1", t=4, tenant=3)]
+    assert pick(queued, [r("a0")], NODE, {1: 2, 2: 0}, at(9)) == ["a1", "c1"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nimbus.errors import InvalidInput
@@ -15,20 +16,27 @@ _EPSILON = 1e-9  # fractional CPUs add up with rounding error
 
 @dataclass(frozen=True)
 class Capacity:
-    """The resources of one node that jobs may use."""
+    """The resources of one node that jobs may use; ``custom`` as in
+    :attr:`~nimbus.jobs.domain.Resources.custom` (a node without a resource has none of it)."""
 
     cpus: float
     gpus: int
     memory_bytes: int
+    custom: Mapping[str, float] = field(default_factory=dict)
 
     def fits(self, need: Resources, used: Usage | None = None) -> bool:
         """Whether ``need`` (all its workers) fits next to ``used``."""
-        used = used or Usage()
-        return (
+        used = used or _NOTHING
+        if not (
             used.cpus + need.total_cpus <= self.cpus + _EPSILON
             and used.gpus + need.total_gpus <= self.gpus
             and used.memory_bytes + need.total_memory_bytes <= self.memory_bytes
-        )
+        ):
+            return False
+        for name, amount in need.total_custom.items():
+            if used.custom.get(name, 0.0) + amount > self.custom.get(name, 0.0) + _EPSILON:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -38,13 +46,23 @@ class Usage:
     cpus: float = 0.0
     gpus: int = 0
     memory_bytes: int = 0
+    custom: Mapping[str, float] = field(default_factory=dict)
 
     def plus(self, need: Resources) -> Usage:
+        custom = self.custom
+        if need.total_custom:
+            custom = dict(custom)
+            for name, amount in need.total_custom.items():
+                custom[name] = custom.get(name, 0.0) + amount
         return Usage(
             self.cpus + need.total_cpus,
             self.gpus + need.total_gpus,
             self.memory_bytes + need.total_memory_bytes,
+            custom,
         )
+
+
+_NOTHING = Usage()
 
 
 def check_request(need: Resources, capacity: Capacity) -> None:
@@ -67,6 +85,14 @@ def check_request(need: Resources, capacity: Capacity) -> None:
             f"node has {capacity.memory_bytes}",
             resource="memory",
         )
+    for name, amount in need.total_custom.items():
+        have = capacity.custom.get(name, 0.0)
+        if amount > have + _EPSILON:
+            raise InvalidInput(
+                f"the job asks for {amount:g} of resource {name}{per_worker} but a node has "
+                f"{have:g}",
+                resource=name,
+            )
 
 
 def total_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:

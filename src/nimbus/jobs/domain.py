@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from nimbus.errors import Conflict, InvalidInput
@@ -84,6 +86,8 @@ _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])", re.IGNORECASE)
 MAX_MEMORY_BYTES = MAX_INT64
 MAX_DURATION_SECONDS = 100 * 366 * 86400.0
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A custom resource's name, as Ray's node labels allow (e.g. accelerator_type:H100).
+_RESOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 
 
 def parse_memory(text: str | int) -> int:
@@ -130,14 +134,28 @@ def parse_duration(text: str | float) -> float:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker needs; ``workers`` processes each get that much."""
+    """What one worker needs; ``workers`` processes each get that much.
+
+    ``custom`` names other resources a node may offer (an accelerator type, a licence), with
+    the amount one worker needs of each.
+    """
 
     cpus: float = 1.0
     gpus: int = 0
     memory_bytes: int = 1024**3
     workers: int = 1
+    custom: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.custom, Mapping):
+            raise InvalidInput("custom resources must be an object of NAME: AMOUNT")
+        for name, amount in self.custom.items():
+            if not isinstance(name, str) or not _RESOURCE_NAME_RE.match(name):
+                raise InvalidInput(f"invalid resource name {name!r}: 1-64 letters, digits or _.:/-")
+            if isinstance(amount, bool) or not isinstance(amount, int | float):
+                raise InvalidInput(f"resource {name} needs a number, got {amount!r}")
+            if not (math.isfinite(amount) and amount > 0):
+                raise InvalidInput(f"resource {name} must be positive, got {amount}")
         if not (math.isfinite(self.cpus) and self.cpus > 0):
             raise InvalidInput(f"cpus must be positive, got {self.cpus}")
         if self.gpus < 0:
@@ -158,6 +176,10 @@ class Resources:
     @property
     def total_memory_bytes(self) -> int:
         return self.memory_bytes * self.workers
+
+    @cached_property
+    def total_custom(self) -> dict[str, float]:
+        return {name: amount * self.workers for name, amount in sorted(self.custom.items())}
 
 
 @dataclass(frozen=True)

@@ -33,18 +33,8 @@ from nimbus.jobs.domain import (
     JobState,
     Resources,
 )
-
-
-@dataclass(frozen=True)
-class QueuedJob:
-    """What :func:`pick` needs to know of a queued job."""
-
-    id: str
-    tenant_id: int
-    priority: int
-    created_at: datetime
-    resources: Resources
-    not_before: datetime | None = None
+from nimbus.jobs.queue_index import QueuedJob as QueuedJob  # re-exported: the queue uses it
+from nimbus.jobs.queue_index import QueueIndex, TenantLimit
 
 
 @dataclass(frozen=True)
@@ -64,7 +54,7 @@ def pick(
     queued: Sequence[QueuedJob],
     running: Sequence[RunningJob],
     capacity: Capacity,
-    tenant_limit: int | None,
+    tenant_limit: TenantLimit,
     now: datetime,
     *,
     reserve_after: timedelta | None = None,
@@ -72,31 +62,20 @@ def pick(
     """The ids of the jobs to start now, in start order.
 
     Skips jobs whose ``not_before`` is in the future, jobs of tenants already running
-    ``tenant_limit`` jobs, and jobs that do not fit the free resources (see the module
-    docstring for the starvation trade-off and ``reserve_after``).
+    ``tenant_limit`` jobs (one limit for all, or one per tenant), and jobs that do not fit the
+    free resources (see the module docstring for the starvation trade-off and
+    ``reserve_after``). The walk is done by :class:`~.queue_index.QueueIndex`, which the
+    scheduler simulation (``bench/schedule_sim.py``) also drives incrementally.
     """
     used = Usage()
     for run in running:
         if run.local:
             used = used.plus(run.resources)
     per_tenant = Counter(run.tenant_id for run in running)
-    chosen: list[str] = []
-    for job in sorted(queued, key=lambda j: (-j.priority, j.created_at, j.id)):
-        if job.not_before is not None and job.not_before > now:
-            continue
-        if tenant_limit is not None and per_tenant[job.tenant_id] >= tenant_limit:
-            continue
-        if not capacity.fits(job.resources):
-            continue  # never fits this node: another node may take it; never reserve for it
-        if capacity.fits(job.resources, used):
-            chosen.append(job.id)
-            used = used.plus(job.resources)
-            per_tenant[job.tenant_id] += 1
-            continue
-        waiting_since = max(job.created_at, job.not_before or job.created_at)
-        if reserve_after is not None and now - waiting_since >= reserve_after:
-            break  # hold the rest back so the node drains for this job
-    return chosen
+    index = QueueIndex(reserve_after)
+    for job in queued:
+        index.add(job)
+    return index.take(capacity, used, per_tenant, tenant_limit, now)
 
 
 @dataclass(frozen=True)
