@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from nimbus.errors import StorageUnavailable
-from nimbus.storage.direct import StoredPart
+from nimbus.storage.direct import ObjectChanged, StoredPart
 
 COPY_OBJECT_MAX = 5 * 1000**3  # S3's limit on one CopyObject
 
@@ -146,14 +146,35 @@ class S3Direct:
                 return sorted(found, key=lambda p: p.number)
             marker = int(reply["NextPartNumberMarker"])
 
-    def complete_upload(self, key: str, upload_id: str, parts: list[StoredPart]) -> None:
-        self._call(
-            f"completing an upload to {key}",
-            "complete_multipart_upload",
-            Key=self._key(key),
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
-        )
+    def complete_upload(
+        self, key: str, upload_id: str, parts: list[StoredPart], *, create_only: bool = False
+    ) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        # If-None-Match on CompleteMultipartUpload: AWS, SeaweedFS and moto refuse with 412
+        # when the key exists and keep the upload (tests/storage/test_direct_contract.py).
+        condition = {"IfNoneMatch": "*"} if create_only else {}
+        try:
+            reply = self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
+                },
+                **condition,
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            # 409 ConditionalRequestConflict: AWS's answer to a concurrent conditional write.
+            if create_only and code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise FileExistsError(key) from None
+            if code == "NoSuchUpload":
+                raise KeyError(key) from None
+            raise self._fail(exc, f"completing an upload to {key}") from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, f"completing an upload to {key}") from None
+        return str(reply["ETag"])
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(KeyError):
@@ -174,7 +195,7 @@ class S3Direct:
             )
         )
 
-    def download(self, key: str, target: Path) -> None:
+    def download(self, key: str, target: Path, etag: str | None = None) -> None:
         from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -183,11 +204,19 @@ class S3Direct:
         # plane's memory stays bounded whatever the size.
         config = TransferConfig(max_concurrency=8, io_chunksize=1024 * 1024, max_io_queue=8)
         try:
+            # The transfer manager reads every range If-Match the entity tag it found first;
+            # that it is ``etag`` is checked once the bytes are here.
             self._client.download_file(self.bucket, self._key(key), str(target), Config=config)
+            if etag is not None:
+                found = self._client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"]
+                if found != etag:
+                    raise ObjectChanged(key)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404"):
                 raise KeyError(key) from None
+            if code in ("PreconditionFailed", "412"):
+                raise ObjectChanged(key) from None
             raise self._fail(exc, f"reading {key}") from None
         except BotoCoreError as exc:
             raise self._fail(exc, f"reading {key}") from None
