@@ -106,7 +106,9 @@ def test_a_create_only_join_never_replaces_an_object_and_keeps_the_upload(
     with pytest.raises(FileExistsError):
         direct.complete_upload(key, *second, create_only=True)
     assert direct.parts(key, second[0])  # kept
-    direct.download(key, tmp_path / "got", etag)
+    assert (
+        direct.download(key, tmp_path / "got", etag) == hashlib.sha256(b"first" * 100).hexdigest()
+    )
     assert (tmp_path / "got").read_bytes() == b"first" * 100
     store.delete(key)
     other = direct.complete_upload(key, *second, create_only=True)  # the key is free again

@@ -25,7 +25,6 @@ the session into a staged one (409 ``upload_restarted``: the client sends the pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -379,11 +378,8 @@ class UploadService:
         path = Path(name)
         found = ""
         try:
-            self._transfers().download(source, path, etag)
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256")
-                size = os.fstat(f.fileno()).st_size
-                found = digest.hexdigest()
+            found = self._transfers().download(source, path, etag)  # hashed as it lands
+            size = path.stat().st_size
         except ObjectChanged:
             size = -1  # replaced after the join: whatever it holds now is not what was sent
         except BaseException:

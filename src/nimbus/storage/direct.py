@@ -61,10 +61,11 @@ class DirectTransfers(Protocol):
     def get_url(self, key: str, expires_seconds: int, filename: str | None = None) -> str:
         """A URL that lets its holder GET the object ``key``, and nothing else."""
 
-    def download(self, key: str, target: Path, etag: str | None = None) -> None:
+    def download(self, key: str, target: Path, etag: str | None = None) -> str:
         """Write the object ``key`` to the local file ``target`` (ranged GETs in parallel,
-        memory bounded); raises ``KeyError`` when absent, :class:`ObjectChanged` when
-        ``etag`` is given and the object is no longer that one."""
+        memory bounded) and return the SHA-256 of what was written; raises ``KeyError``
+        when absent, :class:`ObjectChanged` when ``etag`` is given and the object is no
+        longer that one (or changes while it is read)."""
 
     def copy(self, source: str, target: str) -> None:
         """Copy ``source`` to ``target`` inside the bucket (no bytes through this process)."""
