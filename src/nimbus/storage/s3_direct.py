@@ -258,7 +258,7 @@ class S3Direct:
                         return
                 offset = lo
                 while offset < hi:
-                    chunk = os.pread(fd, min(8 * CHUNK, hi - offset), offset)
+                    chunk = os.pread(fd, min(CHUNK, hi - offset), offset)
                     digest.update(chunk)
                     offset += len(chunk)
 
