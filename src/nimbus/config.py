@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # does (unset: the server's own, e.g. AWS_ENDPOINT_URL), and expire after this long.
     storage_public_endpoint: str | None = None
     presign_seconds: int = Field(default=300, ge=10, le=7 * 24 * 3600)
+    # A node fetches a job's inputs from the bucket this many at a time (jobs/prefetch.py).
+    prefetch_workers: int = Field(default=4, ge=1, le=32)
     # The client's side: files from this size on go straight to the bucket when the server
     # offers direct transfers, this many parts at a time.
     direct_min_bytes: int = Field(default=32 * 1024**2, ge=1)

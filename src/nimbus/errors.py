@@ -74,6 +74,14 @@ class DirectTransfersUnavailable(Conflict):
     code = "direct_transfers_unavailable"
 
 
+class UploadRestarted(Conflict):
+    """A direct upload's content-addressed key was taken meanwhile (identical content being
+    stored or checked by another upload): the session now goes through a staging key, and
+    its parts must be uploaded again before it completes."""
+
+    code = "upload_restarted"
+
+
 class PayloadTooLarge(NimbusError):
     status = 413
     code = "payload_too_large"

@@ -314,7 +314,7 @@ class NodeExecutor:
             # blob before it has arrived.
             threading.Thread(
                 target=prefetch.fill,
-                args=(claims, self.prefetch.url_for),
+                args=(claims, self.prefetch.url_for, self.prefetch.workers),
                 name=f"prefetch-{launch.attempt_id}",
                 daemon=True,
             ).start()
@@ -395,8 +395,9 @@ class SchedulerThread:
             caches=caches,
             prefetch=(
                 prefetch.Prefetch(
-                    functools.partial(services.job_api.input_blobs, with_source=False),
+                    services.job_api.prefetch_blobs,
                     services.uploads.direct_url,
+                    workers=settings.prefetch_workers,
                 )
                 if services.uploads.direct is not None
                 else None

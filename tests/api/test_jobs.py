@@ -403,6 +403,11 @@ def test_heartbeat_metrics_progress_result(
     assert client.post("/heartbeat").json() == {"cancel": True}
 
 
+def key_of(data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    return f"sha256/{digest[:2]}/{digest}"
+
+
 def test_checkpoints_survive_attempts_and_stale_attempts_are_fenced(
     env: Env, running: tuple[dict[str, Any], Claim, httpx.Client]
 ) -> None:
@@ -422,6 +427,10 @@ def test_checkpoints_survive_attempts_and_stale_attempts_are_fenced(
     with job_api(env, second) as successor:
         resumed = successor.get("/checkpoints/latest")
         assert resumed.content == b"state 3" and resumed.headers["x-checkpoint-step"] == "3"
+        ref = successor.get("/checkpoints/latest/ref").json()  # what the runtime reads
+        assert ref == {"step": 3, "key": key_of(b"state 3"), "size": len(b"state 3")}
+        assert successor.get(f"/blobs/{ref['key']}").content == b"state 3"
+        assert successor.get(f"/blobs/{key_of(b'state 2')}").status_code == 404  # not latest
         assert successor.get("/spec").json()["attempt"] == 2
         for method, path in (
             ("GET", "/spec"),

@@ -29,6 +29,7 @@ JSON_ROUTES: dict[tuple[str, str], tuple[str, type[BaseModel]]] = {
     ("post", f"{ATTEMPT}/progress"): ("200", job_api.Ok),
     ("post", f"{ATTEMPT}/result"): ("200", job_api.Ok),
     ("put", f"{ATTEMPT}/checkpoints/{{step}}"): ("201", job_api.StoredCheckpoint),
+    ("get", f"{ATTEMPT}/checkpoints/latest/ref"): ("200", job_api.StoredCheckpoint),
     ("put", f"{ATTEMPT}/artifacts/{{name}}"): ("201", job_api.Artifact),
 }
 BYTE_ROUTES = {  # blob streams: no JSON to describe

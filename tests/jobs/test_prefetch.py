@@ -7,6 +7,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -63,6 +66,64 @@ def test_inputs_arrive_verified_and_read_only(blobs: BlobStore, tmp_path: Path) 
     assert unlocked(cache / f"{ref.key}.lock") and unlocked(cache / f"{other.key}.lock")
     # Cached already: nothing to claim.
     assert prefetch.claim(cache, {ref.key: ref.size}) == []
+
+
+class SlowBlobServer:
+    """A loopback HTTP server that serves blobs slowly and counts the GETs in flight."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+        self.in_flight = 0
+        self.most = 0
+        lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with lock:
+                    owner.in_flight += 1
+                    owner.most = max(owner.most, owner.in_flight)
+                try:
+                    time.sleep(0.3)
+                    data = owner.blobs[self.path.lstrip("/")]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    with lock:
+                        owner.in_flight -= 1
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, key: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{key}"
+
+    def __enter__(self) -> SlowBlobServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_jobs_inputs_are_fetched_at_most_workers_at_a_time(tmp_path: Path, workers: int) -> None:
+    data = {f"blob {i}".encode(): None for i in range(7)}
+    blobs = {f"sha256/{d[:2]}/{d}": b for b in data for d in [hashlib.sha256(b).hexdigest()]}
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    claims = prefetch.claim(cache, {key: len(b) for key, b in blobs.items()})
+    with SlowBlobServer(blobs) as server:
+        assert prefetch.fill(claims, server.url, workers) == len(blobs)
+    assert server.most == workers  # bounded, and used
+    for key, b in blobs.items():
+        assert (cache / key).read_bytes() == b and unlocked(cache / f"{key}.lock")
 
 
 def test_a_symlink_planted_in_the_cache_is_never_followed(blobs: BlobStore, tmp_path: Path) -> None:

@@ -186,11 +186,14 @@ class FakeJobApi:
         if method == "PUT" and route.startswith("checkpoints/"):
             self.checkpoint_epochs.append(request.query_params.get("epoch"))
             return await self._put_checkpoint(request, attempt, int(route.split("/")[1]))
-        if method == "GET" and route == "checkpoints/latest":
+        if method == "GET" and route == "checkpoints/latest/ref":
             if not self.checkpoints:
                 return _error(404, "not_found", "no checkpoint")
             step, data, _ = self.checkpoints[-1]
-            return Response(data, headers={"X-Checkpoint-Step": str(step)})
+            digest = hashlib.sha256(data).hexdigest()
+            key = f"sha256/{digest[:2]}/{digest}"
+            self.blobs[key] = data  # read as a blob, as the control plane serves it
+            return JSONResponse({"step": step, "key": key, "size": len(data)})
         if method == "PUT" and route.startswith("artifacts/"):
             self.artifacts[route.removeprefix("artifacts/")] = await request.body()
             self.artifact_puts += 1

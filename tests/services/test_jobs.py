@@ -163,6 +163,15 @@ def test_checkpoints_are_pruned_to_the_latest_two(services: Services, tmp_path: 
     assert [services.job_api.blobs.exists(k) for k in keys] == [False, False, True, True]
     step, download = services.job_api.latest_checkpoint(ctx)
     assert step == 4 and b"".join(download.chunks) == b"checkpoint 4"
+    # The runtime reads it as a blob through its node's cache, which the node may fill
+    # from the bucket ahead of a retried attempt; older checkpoints are no inputs.
+    ref = services.job_api.latest_checkpoint_ref(ctx)
+    assert (ref.step, ref.key, ref.size) == (4, keys[3], len(b"checkpoint 4"))
+    assert b"".join(services.job_api.blob(ctx, keys[3]).chunks) == b"checkpoint 4"
+    with pytest.raises(NotFound):
+        services.job_api.blob(ctx, keys[2])
+    ahead = services.job_api.prefetch_blobs(claim.job.id)
+    assert ahead[keys[3]] == len(b"checkpoint 4") and keys[2] not in ahead
     with services.db.session(write=True) as s:
         repo.request_cancel(s, claim.job.id, datetime.now(UTC))
         repo.finish_attempt(s, claim.attempt.id, Outcome.from_exit(None, 9), datetime.now(UTC))

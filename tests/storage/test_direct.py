@@ -64,17 +64,23 @@ def bucket(seaweedfs: SeaweedFS) -> str:
     return seaweedfs.ensure_bucket("nimbus-direct")
 
 
+def direct_server(seaweedfs: SeaweedFS, bucket: str, prefix: str, home: Path) -> ServerProcess:
+    """A control plane on ``bucket``/``prefix`` of SeaweedFS (a context manager)."""
+    env = {
+        **aws_env(seaweedfs.endpoint),
+        "NIMBUS_STORAGE_URL": f"s3://{bucket}/{prefix}",
+        "NIMBUS_SCHEDULER_ENABLED": "false",
+        "NIMBUS_PRESIGN_SECONDS": "60",
+    }
+    return ServerProcess(home, env=env)
+
+
 @pytest.fixture(scope="module")
 def server(
     seaweedfs: SeaweedFS, bucket: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    env = {
-        **aws_env(seaweedfs.endpoint),
-        "NIMBUS_STORAGE_URL": f"s3://{bucket}/{PREFIX}",
-        "NIMBUS_SCHEDULER_ENABLED": "false",
-        "NIMBUS_PRESIGN_SECONDS": "60",
-    }
-    with ServerProcess(tmp_path_factory.mktemp("direct") / "home", env=env) as server:
+    home = tmp_path_factory.mktemp("direct") / "home"
+    with direct_server(seaweedfs, bucket, PREFIX, home) as server:
         yield server
 
 
@@ -267,7 +273,7 @@ def test_an_upload_killed_mid_way_resumes_from_the_parts_in_the_bucket(
     s3 = s3_client(seaweedfs.endpoint)
 
     def parts_in_bucket() -> int:
-        uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=f"{PREFIX}/uploads/")
+        uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=f"{PREFIX}/")
         total = 0
         for upload in uploads.get("Uploads", []):
             listed = s3.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])

@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from nimbus.storage.direct import (
+    ObjectChanged,
+    StoredPart,
     direct_transfers,
     part_count,
     part_length,
@@ -83,6 +85,36 @@ def test_an_aborted_upload_leaves_nothing(store: S3ObjectStore) -> None:
     assert not store.exists(key)
     with pytest.raises(KeyError):
         direct.copy("uploads/1/none", "sha256/bb/" + "b" * 64)
+
+
+def test_a_create_only_join_never_replaces_an_object_and_keeps_the_upload(
+    store: S3ObjectStore, tmp_path: Path
+) -> None:
+    """If-None-Match on CompleteMultipartUpload, which direct uploads to a content-addressed
+    key rely on: refused while the key exists, the upload kept to complete later."""
+    direct = direct_transfers(store)
+    assert direct is not None
+    key = "sha256/cc/" + "c" * 64
+
+    def upload(data: bytes) -> tuple[str, list[StoredPart]]:
+        upload_id = direct.start_upload(key)
+        assert httpx.put(direct.part_url(key, upload_id, 1, len(data), 60), content=data).is_success
+        return upload_id, direct.parts(key, upload_id)
+
+    first, second = upload(b"first" * 100), upload(b"other" * 100)
+    etag = direct.complete_upload(key, *first, create_only=True)
+    with pytest.raises(FileExistsError):
+        direct.complete_upload(key, *second, create_only=True)
+    assert direct.parts(key, second[0])  # kept
+    assert (
+        direct.download(key, tmp_path / "got", etag) == hashlib.sha256(b"first" * 100).hexdigest()
+    )
+    assert (tmp_path / "got").read_bytes() == b"first" * 100
+    store.delete(key)
+    other = direct.complete_upload(key, *second, create_only=True)  # the key is free again
+    assert other != etag
+    with pytest.raises(ObjectChanged):
+        direct.download(key, tmp_path / "stale", etag)  # no longer the version named
 
 
 def test_local_and_memory_stores_have_no_direct_transfers(tmp_path: Path) -> None:

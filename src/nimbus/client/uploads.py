@@ -4,7 +4,6 @@ plane only signs and checks. See :mod:`nimbus.client.direct` for the pieces."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,13 @@ from nimbus.client.direct import (
     part_matches,
 )
 from nimbus.client.transfer import Progress
-from nimbus.errors import DirectTransfersUnavailable, InvalidInput, NimbusError, NotFound
+from nimbus.errors import (
+    DirectTransfersUnavailable,
+    InvalidInput,
+    NimbusError,
+    NotFound,
+    UploadRestarted,
+)
 from nimbus.wire.datasets import DatasetVersion
 from nimbus.wire.uploads import FileLink, PartUrls, UploadSession
 
@@ -49,9 +54,15 @@ class DirectTransfersMixin(BaseClient):
             return None
         book = self._resume_book()
         identity = file_identity(self.url, name, file, {"filename": filename, **options})
+        # Hashed first: declared when the upload begins, the hash lets the parts go to the
+        # content-addressed key itself (no copy in the bucket after the check).
+        try:
+            sha256 = file_sha256(file)
+        except OSError as exc:
+            raise InvalidInput(f"could not read {file} to hash it: {exc}") from None
         session = self._resumed(book.find(identity))
         if session is None:
-            body = {"filename": filename, "size": size, **options}
+            body = {"filename": filename, "size": size, "sha256": sha256, **options}
             try:
                 session = self._call(
                     UploadSession, "POST", f"{API}/datasets/{name}/uploads", json=body
@@ -59,11 +70,35 @@ class DirectTransfersMixin(BaseClient):
             except DirectTransfersUnavailable:
                 return None
             book.remember(identity, session.id)
-        sha256_box: list[str] = []
-        hasher = threading.Thread(
-            target=lambda: sha256_box.append(file_sha256(file)), name="sha256", daemon=True
-        )
-        hasher.start()  # alongside the parts: hashlib releases the GIL
+        for attempt in (1, 2):
+            self._send_parts(file, session, progress)
+            try:
+                version = self._call(
+                    DatasetVersion,
+                    "POST",
+                    f"{API}/uploads/{session.id}/complete",
+                    json={"sha256": sha256},
+                    timeout=self._no_read_deadline(),  # the server checks and prepares the data
+                )
+            except UploadRestarted:
+                # Identical content was stored meanwhile: the session now has a staging
+                # object, which needs the parts again (once; a second time is an error).
+                restarted = self._resumed(session.id)
+                if attempt == 2 or restarted is None:
+                    raise
+                note(f"upload {session.id}: sending the parts again (the server asked)")
+                session = restarted
+                continue
+            except NimbusError as exc:
+                if exc.status < 500 and self._resumed(session.id) is None:
+                    book.forget(identity)  # the server dropped this upload: rerun starts afresh
+                raise
+            book.forget(identity)
+            return version
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send_parts(self, file: Path, session: UploadSession, progress: Progress | None) -> None:
+        """PUT every part the bucket does not hold yet with this file's bytes."""
         todo = self._parts_to_send(file, session)
         uploader = PartUploader(
             file,
@@ -76,23 +111,6 @@ class DirectTransfersMixin(BaseClient):
         if progress is not None:
             progress(uploader.done, session.size)
         uploader.run(todo)
-        hasher.join()
-        if not sha256_box:
-            raise InvalidInput(f"could not read {file} to hash it")
-        try:
-            version = self._call(
-                DatasetVersion,
-                "POST",
-                f"{API}/uploads/{session.id}/complete",
-                json={"sha256": sha256_box[0]},
-                timeout=self._no_read_deadline(),  # the server checks and prepares the data
-            )
-        except NimbusError as exc:
-            if exc.status < 500 and self._resumed(session.id) is None:
-                book.forget(identity)  # the server dropped this upload: a rerun starts afresh
-            raise
-        book.forget(identity)
-        return version
 
     def _resumed(self, session_id: str | None) -> UploadSession | None:
         if session_id is None:

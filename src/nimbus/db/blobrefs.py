@@ -11,6 +11,14 @@ by a crash and dropped by the garbage sweeper (:mod:`nimbus.services.garbage`); 
 transaction that swaps a pin for a record's references checks, with :func:`unpin`, that the
 pin still holds every key, so a record never refers to a blob the sweeper may have taken.
 
+A *claim* (``VERIFY_CLAIM``) is the exclusive hold of a key whose object a client wrote
+straight into the bucket and the control plane has not checked yet (a direct upload
+completed at its content-addressed key): it is granted only while nothing else refers to
+the key, and while it lasts no pin is granted on that key (:func:`claimed`), so nobody
+stores, keeps or records an object there that may hold a lying client's bytes. A claim
+becomes an upload pin once the object is verified (:func:`confirm_claim`), or goes with the
+object when it is not.
+
 ``blob_orphans`` holds the sweeper's memory: when each unreferenced blob was first seen.
 """
 
@@ -27,6 +35,7 @@ from nimbus.errors import Conflict
 
 DATASET_VERSION = "dataset_version"
 UPLOAD_PIN = "upload"  # held by an upload in progress, until its version row exists
+VERIFY_CLAIM = "verify"  # a direct upload's unchecked object (see the module)
 _PG_LOCK_ID = 0x4E424C42  # "NBLB"
 
 
@@ -93,14 +102,51 @@ def unpin(session: Session, pin_id: int, keys: Iterable[str]) -> None:
         )
 
 
+def claim(session: Session, claim_id: int, key: str) -> bool:
+    """Claim ``key`` for checking a direct upload's object; False (nothing added) when
+    anything refers to it (a record, a pin, another claim)."""
+    if not unreferenced(session, [key]):
+        return False
+    add(session, VERIFY_CLAIM, claim_id, [key])
+    return True
+
+
+def claimed(session: Session, keys: Iterable[str]) -> list[str]:
+    """Those of ``keys`` under a claim (their object is unchecked: no pin on them now)."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return []
+    query = select(BlobRefRow.blob_key).where(
+        BlobRefRow.owner_kind == VERIFY_CLAIM, BlobRefRow.blob_key.in_(wanted)
+    )
+    return sorted(set(session.scalars(query)))
+
+
+def confirm_claim(session: Session, claim_id: int, pin_id: int) -> list[str]:
+    """Turn claim ``claim_id`` into upload pin ``pin_id`` (its object proved good); refuses
+    (Conflict) when the claim is gone: the sweeper took it for a crashed upload's and
+    deleted the object."""
+    keys = keys_of(session, VERIFY_CLAIM, claim_id)
+    if not keys:
+        raise Conflict(
+            "the upload was checked for longer than the blob grace period "
+            "(NIMBUS_BLOB_GRACE_SECONDS), so its object was removed as a crashed upload's; "
+            "upload it again"
+        )
+    release(session, VERIFY_CLAIM, claim_id)
+    add(session, UPLOAD_PIN, pin_id, keys)
+    return keys
+
+
 # -- for the garbage sweeper ---------------------------------------------------------------
 
 
-def pin_ages(session: Session) -> dict[int, datetime | None]:
-    """Every upload pin and when its oldest reference was added (None: unknown)."""
+def pin_ages(session: Session, kind: str = UPLOAD_PIN) -> dict[int, datetime | None]:
+    """Every upload pin (or claim: ``kind``) and when its oldest reference was added
+    (None: unknown)."""
     query = (
         select(BlobRefRow.owner_id, func.min(BlobRefRow.created_at), func.count())
-        .where(BlobRefRow.owner_kind == UPLOAD_PIN)
+        .where(BlobRefRow.owner_kind == kind)
         .group_by(BlobRefRow.owner_id)
     )
     ages: dict[int, datetime | None] = {}
@@ -108,20 +154,21 @@ def pin_ages(session: Session) -> dict[int, datetime | None]:
         ages[owner_id] = _utc(oldest)
     for owner_id in session.scalars(  # a pin with a row of unknown age counts as unknown
         select(BlobRefRow.owner_id)
-        .where(BlobRefRow.owner_kind == UPLOAD_PIN, BlobRefRow.created_at.is_(None))
+        .where(BlobRefRow.owner_kind == kind, BlobRefRow.created_at.is_(None))
         .distinct()
     ):
         ages[owner_id] = None
     return ages
 
 
-def drop_pins(session: Session, pin_ids: Collection[int]) -> int:
-    """Delete the upload pins ``pin_ids``; returns how many references went."""
+def drop_pins(session: Session, pin_ids: Collection[int], kind: str = UPLOAD_PIN) -> int:
+    """Delete the upload pins (or claims: ``kind``) ``pin_ids``; returns how many
+    references went."""
     if not pin_ids:
         return 0
     result = session.execute(
         delete(BlobRefRow).where(
-            BlobRefRow.owner_kind == UPLOAD_PIN, BlobRefRow.owner_id.in_(sorted(pin_ids))
+            BlobRefRow.owner_kind == kind, BlobRefRow.owner_id.in_(sorted(pin_ids))
         )
     )
     session.flush()

@@ -28,6 +28,7 @@ import re
 import secrets
 import stat
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class Prefetch:
 
     inputs: Callable[[str], Mapping[str, int]]  # by job id
     url_for: Callable[[str], str | None]  # by blob key; None: no direct transfers
+    workers: int = 4  # inputs fetched at a time, per attempt
 
 
 @dataclass
@@ -125,26 +127,32 @@ def claim(cache_dir: Path, inputs: Mapping[str, int]) -> list[Claim]:
     return claims
 
 
-def fill(claims: list[Claim], url_for: Callable[[str], str | None]) -> int:
-    """Fetch every claimed input, then release its lock; returns how many arrived."""
-    arrived = 0
-    with httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)) as http:
-        for held in claims:
-            try:
-                url = url_for(held.key)
-                if url is not None:
-                    _fetch(http, held, url)
-                    arrived += 1
-                    log.info(
-                        "prefetched %s (%d bytes) from the storage service", held.key, held.size
-                    )
-            except Exception:
-                log.warning(
-                    "prefetching %s failed; the job fetches it itself", held.key, exc_info=True
-                )
-            finally:
-                held.release()
-    return arrived
+def fill(claims: list[Claim], url_for: Callable[[str], str | None], workers: int = 4) -> int:
+    """Fetch every claimed input, at most ``workers`` at a time, releasing each lock as
+    its input arrives (or fails); returns how many arrived."""
+    if not claims:
+        return 0
+    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+    with (
+        httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), limits=limits) as http,
+        ThreadPoolExecutor(min(workers, len(claims)), thread_name_prefix="prefetch") as pool,
+    ):
+        return sum(pool.map(lambda held: _fill_one(http, held, url_for), claims))
+
+
+def _fill_one(http: httpx.Client, held: Claim, url_for: Callable[[str], str | None]) -> int:
+    try:
+        url = url_for(held.key)
+        if url is None:
+            return 0
+        _fetch(http, held, url)
+        log.info("prefetched %s (%d bytes) from the storage service", held.key, held.size)
+        return 1
+    except Exception:
+        log.warning("prefetching %s failed; the job fetches it itself", held.key, exc_info=True)
+        return 0
+    finally:
+        held.release()
 
 
 def _fetch(http: httpx.Client, held: Claim, url: str) -> None:

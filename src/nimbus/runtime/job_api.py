@@ -176,11 +176,15 @@ class JobApiClient:
         self._request("PUT", f"checkpoints/{int(step)}", content=data, params=params)
 
     def latest_checkpoint(self) -> tuple[int, bytes] | None:
-        """The job's latest complete checkpoint (any attempt's) as (step, bytes), or None."""
-        response = self._request("GET", "checkpoints/latest", allow_404=True)
+        """The job's latest complete checkpoint (any attempt's) as (step, bytes), or None.
+
+        Read through the node's cache like any input (:meth:`blob`): a retried attempt's
+        node fetched it from the bucket ahead of the job where the store allows it."""
+        response = self._request("GET", "checkpoints/latest/ref", allow_404=True)
         if response.status_code == 404:
             return None
-        return int(response.headers.get("X-Checkpoint-Step", "0")), response.content
+        ref = response.json()
+        return int(ref["step"]), self.blob(str(ref["key"])).read_bytes()
 
     def put_artifact(self, name: str, data: bytes) -> None:
         self._request("PUT", f"artifacts/{quote(name, safe='')}", content=data)

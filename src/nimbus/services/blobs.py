@@ -5,6 +5,13 @@ holds :func:`nimbus.db.blobrefs.lock`. A service that stores blobs first *pins* 
 (references owned by the operation in progress), then stores them, then swaps the pin for
 its record's references in one transaction: a blob is therefore never deleted between the
 moment it is stored and the moment a record refers to it.
+
+A direct upload completed at its content-addressed key holds that key under a *claim*
+(:func:`claim`) until the control plane has read the object back and checked its hash; a
+pin on a claimed key waits for the check (:func:`pin`). So every object at a key that
+somebody pins is one the control plane wrote or checked, and "the key exists" is proof of
+the content for whoever holds a pin (``BlobStore.holds``): a lying client's bytes are never
+kept for another upload, and deleting them never takes somebody else's blob.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import hashlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,9 +29,12 @@ from pathlib import Path
 
 from nimbus.db import blobrefs
 from nimbus.db.engine import Database
+from nimbus.errors import Conflict
 from nimbus.storage.blobs import CHUNK, BlobRef, BlobStore
 
 log = logging.getLogger(__name__)
+
+CLAIM_WAIT_SECONDS = 600.0  # the longest a pin waits for a direct upload's check
 
 
 def hash_file(path: Path) -> tuple[str, int]:
@@ -88,14 +99,75 @@ def delete_quietly(blobs: BlobStore, keys: Iterable[str]) -> None:
             log.warning("could not delete unreferenced blob %s", key, exc_info=True)
 
 
-def pin(db: Database, keys: Iterable[str], pin_id: int | None = None) -> int:
+def new_pin_id() -> int:
+    return secrets.randbelow(2**31 - 2) + 1
+
+
+def pin(
+    db: Database,
+    keys: Iterable[str],
+    pin_id: int | None = None,
+    *,
+    wait: float = CLAIM_WAIT_SECONDS,
+) -> int:
     """Reference ``keys`` on behalf of an operation in progress (pin ``pin_id``, or a new
-    one), so that no deletion takes them before the operation records its own references."""
-    pin_id = pin_id if pin_id is not None else secrets.randbelow(2**31 - 2) + 1
+    one), so that no deletion takes them before the operation records its own references.
+    A key under a claim (a direct upload's object being checked) is pinned once the check
+    is over; after ``wait`` seconds, Conflict."""
+    keys = set(keys)
+    pin_id = pin_id if pin_id is not None else new_pin_id()
+    deadline = time.monotonic() + wait
+    while True:
+        with db.session(write=True) as session:
+            blobrefs.lock(session)
+            busy = blobrefs.claimed(session, keys)
+            if not busy:
+                blobrefs.add(session, blobrefs.UPLOAD_PIN, pin_id, keys)
+                return pin_id
+        if time.monotonic() >= deadline:
+            raise Conflict(
+                f"blob {busy[0]} is still being checked after another upload's transfer "
+                f"({wait:g} s); try again"
+            )
+        time.sleep(0.1)
+
+
+def is_referenced(db: Database, key: str) -> bool:
+    """Whether anything (a record, a pin, a claim) refers to ``key``."""
+    with db.session() as session:
+        return bool(blobrefs.referenced(session, [key]))
+
+
+def claim(db: Database, key: str) -> int | None:
+    """Claim ``key`` for a direct upload's unchecked object (see the module): the claim id,
+    or None when anything refers to the key (a record, a pin, another claim)."""
+    claim_id = new_pin_id()
     with db.session(write=True) as session:
         blobrefs.lock(session)
-        blobrefs.add(session, blobrefs.UPLOAD_PIN, pin_id, keys)
+        return claim_id if blobrefs.claim(session, claim_id, key) else None
+
+
+def confirm_claim(db: Database, claim_id: int) -> int:
+    """The claimed object proved good: the claim becomes an upload pin (its id returned);
+    Conflict when the sweeper took the claim (and the object) meanwhile."""
+    pin_id = new_pin_id()
+    with db.session(write=True) as session:
+        blobrefs.lock(session)
+        blobrefs.confirm_claim(session, claim_id, pin_id)
     return pin_id
+
+
+def drop_claim(db: Database, blobs: BlobStore, claim_id: int) -> None:
+    """The claimed object is bad, or its check failed: it goes with the claim. Nobody else
+    refers to a claimed key, so nobody else's blob is deleted (a claim the sweeper took is
+    already gone, with its object). On a failure the claim stays, for the sweeper."""
+    try:
+        with db.session(write=True) as session:
+            blobrefs.lock(session)
+            for key in blobrefs.release(session, blobrefs.VERIFY_CLAIM, claim_id):
+                blobs.delete(key)
+    except Exception:
+        log.exception("could not drop a direct upload's claim (left to the sweeper)")
 
 
 def discard(db: Database, blobs: BlobStore, keys: Iterable[str], pin_id: int | None) -> None:

@@ -172,8 +172,22 @@ class GarbageService:
             blobrefs.lock(session)
             stale = stale_pins(blobrefs.pin_ages(session), cutoff)
             blobrefs.drop_pins(session, stale)
-        if stale:
-            log.warning("dropped %d upload pin(s) older than %gs (crashed)", len(stale), grace)
+            # A claim is a direct upload's object still unchecked: past the grace its
+            # upload is taken for crashed, and the object goes at once (never trusted).
+            claims = stale_pins(blobrefs.pin_ages(session, blobrefs.VERIFY_CLAIM), cutoff)
+            unchecked = [
+                key for c in claims for key in blobrefs.keys_of(session, blobrefs.VERIFY_CLAIM, c)
+            ]
+            blobrefs.drop_pins(session, claims, blobrefs.VERIFY_CLAIM)
+            for key in blobrefs.unreferenced(session, unchecked):
+                self.blobs.delete(key)
+        if stale or claims:
+            log.warning(
+                "dropped %d upload pin(s) and %d unchecked claim(s) older than %gs (crashed)",
+                len(stale),
+                len(claims),
+                grace,
+            )
         listed = [
             key
             for prefix in BLOB_PREFIXES
@@ -193,7 +207,7 @@ class GarbageService:
             aborted = self.abandoned_uploads(cutoff.timestamp())
         report = SweepReport(
             grace_seconds=grace,
-            pins_dropped=len(stale),
+            pins_dropped=len(stale) + len(claims),
             blobs_listed=len(listed),
             blobs_deleted=deleted,
             blobs_waiting=waiting,

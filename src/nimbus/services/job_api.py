@@ -163,13 +163,38 @@ class JobApiService:
             allowed[inputs["code"]["key"]] = int(inputs["code"]["size"])
         return allowed
 
+    def prefetch_blobs(self, job_id: str) -> dict[str, int]:
+        """What a node fetches ahead of an attempt: the inputs training reads (not the
+        dataset's uploaded source) and the latest checkpoint, which a retried attempt
+        resumes from."""
+        wanted = self.input_blobs(job_id, with_source=False)
+        with self.db.session() as session:
+            found = job_outputs.latest_checkpoint(session, job_id)
+        if found is not None:
+            wanted[found.blob_key] = self.blobs.size(found.blob_key)
+        return wanted
+
     def blob(self, ctx: AttemptContext, key: str) -> BlobDownload:
-        """A blob of the job's dataset version or code, verified before the first byte."""
+        """A blob of the job's dataset version or code, or its latest checkpoint, verified
+        before the first byte."""
         allowed = self.input_blobs(ctx.job.id)
         if key not in allowed:
-            raise NotFound(f"blob {key[:100]!r} is not an input of job {ctx.job.id}")
+            with self.db.session() as session:
+                found = job_outputs.latest_checkpoint(session, ctx.job.id)
+            if found is None or found.blob_key != key:
+                raise NotFound(f"blob {key[:100]!r} is not an input of job {ctx.job.id}")
+            allowed = {key: self.blobs.size(key)}
         self.blobs.verify(key)
         return BlobDownload(key, allowed[key], self.blobs.iter_verified(key))
+
+    def latest_checkpoint_ref(self, ctx: AttemptContext) -> wire.StoredCheckpoint:
+        """Which blob the job's most advanced complete checkpoint is (any attempt's)."""
+        with self.db.session() as session:
+            found = job_outputs.latest_checkpoint(session, ctx.job.id)
+        if found is None:
+            raise NotFound(f"job {ctx.job.id} has no checkpoint yet")
+        key = found.blob_key
+        return wire.StoredCheckpoint(step=found.step, key=key, size=self.blobs.size(key))
 
     def latest_checkpoint(self, ctx: AttemptContext) -> tuple[int, BlobDownload]:
         """The job's most advanced complete checkpoint, from any of its attempts."""

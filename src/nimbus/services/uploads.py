@@ -2,21 +2,29 @@
 URLs; the control plane checks what arrived, then records a dataset version.
 
 A session lives in the bucket, under ``uploads/<tenant id>/<session id>/``: its
-``session.json`` (who, what, which multipart upload) and, once completed, the joined
-``source``. Only the control plane writes there; a client holds presigned URLs for single
-parts of its own upload and nothing else. Every route looks a session up under the
-caller's own tenant, so another tenant's session answers 404 like one that never existed.
+``session.json`` (who, what, which multipart upload). Only the control plane writes there;
+a client holds presigned URLs for single parts of its own upload and nothing else. Every
+route looks a session up under the caller's own tenant, so another tenant's session answers
+404 like one that never existed.
+
+Where the parts go: a client that declares the file's SHA-256 up front uploads them to the
+content-addressed key itself (``sha256/…``), so nothing is copied inside the bucket
+afterwards; otherwise (or when that key is already stored or in use) to a staging object
+``uploads/<tenant>/<session>/source``, copied to its key once checked.
 
 Completion trusts nothing the client says: the parts must be exactly the ones the declared
 size needs, and the joined object is read back from the bucket (streamed to a staging file,
-memory bounded) and hashed. Only when its SHA-256 and size match does the object get its
-content-addressed key (a copy inside the bucket, create-only) and the version exist; on a
-mismatch the staged bytes are deleted and nothing is recorded (400 ``upload_mismatch``).
+memory bounded) and hashed. At the content-addressed key the join is create-only
+(``If-None-Match: *``) and done under a *claim* on the key (:func:`nimbus.services.blobs.claim`):
+granted only while nothing refers to the key, it keeps every other upload from pinning,
+keeping or recording the object until it is checked. Only when its SHA-256 and size match
+does the version exist; on a mismatch the object is deleted (it was nobody else's) and
+nothing is recorded (400 ``upload_mismatch``). A key taken meanwhile by another upload turns
+the session into a staged one (409 ``upload_restarted``: the client sends the parts again).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,10 +33,10 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from nimbus.datasets.domain import IngestOptions
 from nimbus.datasets.imagefit import parse_fit, parse_image_size
@@ -39,16 +47,18 @@ from nimbus.errors import (
     NotFound,
     PayloadTooLarge,
     UploadMismatch,
+    UploadRestarted,
 )
 from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
-from nimbus.services.blobs import discard, pin
+from nimbus.services.blobs import claim, confirm_claim, discard, drop_claim, is_referenced, pin
 from nimbus.services.datasets import DatasetService, UploadResult, validate_filename
 from nimbus.services.quotas import QuotaService
 from nimbus.storage.blobs import BlobStore, digest_of, key_for
 from nimbus.storage.direct import (
     UPLOADS_PREFIX,
     DirectTransfers,
+    ObjectChanged,
     StoredPart,
     part_count,
     part_length,
@@ -73,11 +83,19 @@ class SessionRecord:
     part_size: int
     created_at: float
     created_by: str
-    request: dict[str, Any]  # the CreateUpload body: file name and ingest options
+    request: dict[str, Any]  # the CreateUpload body: file name, ingest options, SHA-256
+    # Where the parts go: the content-addressed key (the client declared the SHA-256 and
+    # the key was free), or None: the session's staging object.
+    target: str | None = None
 
     @property
     def parts(self) -> int:
         return part_count(self.size, self.part_size)
+
+    @property
+    def source(self) -> str:
+        """The key the multipart upload writes."""
+        return self.target or session_dir(self.tenant_id, self.id) + "source"
 
 
 def session_dir(tenant_id: int, session_id: str) -> str:
@@ -144,19 +162,19 @@ class UploadService:
             )
         if self.quotas is not None:
             self.quotas.check_bytes_now(principal.tenant_id, request.size, f"dataset {name!r}")
-        session_id = secrets.token_hex(16)
-        source = session_dir(principal.tenant_id, session_id) + "source"
         record = SessionRecord(
-            id=session_id,
+            id=secrets.token_hex(16),
             tenant_id=principal.tenant_id,
             dataset=name,
-            upload_id=direct.start_upload(source),
+            upload_id="",
             size=request.size,
             part_size=part_size_for(request.size),
             created_at=self.clock(),
             created_by=principal.token_id,
             request=request.model_dump(mode="json"),
+            target=self._free_key(request.sha256),
         )
+        record = replace(record, upload_id=direct.start_upload(record.source))
         self._write_record(record)
         return self._view(record, [])
 
@@ -175,10 +193,9 @@ class UploadService:
                 f"part numbers {bad[:5]} are out of range: this upload has parts 1-{record.parts}"
             )
         direct = self._transfers()
-        source = session_dir(record.tenant_id, record.id) + "source"
         urls = {
             n: direct.part_url(
-                source,
+                record.source,
                 record.upload_id,
                 n,
                 part_length(record.size, record.part_size, n),
@@ -201,50 +218,116 @@ class UploadService:
         require_role(principal, Role.MEMBER)
         record = self._load(principal, session_id)
         direct = self._transfers()
-        source = session_dir(record.tenant_id, record.id) + "source"
+        declared = record.request.get("sha256")
+        if declared is not None and declared != sha256:
+            raise UploadMismatch(
+                f"SHA-256 {sha256} is not the one this upload declared when it began "
+                f"({declared}); complete it with that one, or begin another upload"
+            )
         started = time.perf_counter()
+        pin_id: int | None
+        if record.target is not None:
+            local, pin_id = self._complete_at_key(record, direct, sha256)
+        else:
+            local, pin_id = self._complete_staged(record, direct, sha256)
+        checked = time.perf_counter()
+        log.info(
+            "upload %s (%d bytes): joined, read back and hashed, stored under its hash in "
+            "%.2f s (%s)",
+            record.id,
+            record.size,
+            checked - started,
+            "parts at the key" if record.target is not None else "staged, then copied",
+        )
+        key = key_for(sha256)
+        try:
+            request = wire.CreateUpload.model_validate(record.request)
+            try:
+                result = self.datasets.upload(
+                    principal, record.dataset, local, sha256, request.filename, options_of(request)
+                )
+            except NimbusError as exc:
+                # Refused data: trying again cannot help. At the key the upload is over.
+                if exc.status < 500 or record.target is not None:
+                    self._cleanup(record)
+                raise
+        finally:
+            local.unlink(missing_ok=True)
+            # The version holds its own reference now; without one the blob goes again.
+            discard(self.datasets.db, self.blobs, [key], pin_id)
+        self._cleanup(record)
+        return result
+
+    def _complete_at_key(
+        self, record: SessionRecord, direct: DirectTransfers, sha256: str
+    ) -> tuple[Path, int]:
+        """Join the parts at the content-addressed key under a claim and check the object;
+        returns the checked local copy and the pin that now holds the key."""
+        key = record.source
+        if key != key_for(sha256):  # the declared hash was checked against this one
+            raise UploadMismatch(f"upload {record.id} was begun for another file")
+        parts = self._stored_parts(record)
+        self._check_parts(record, parts)
+        db = self.datasets.db
+        claim_id = claim(db, key)
+        if claim_id is None:  # stored, pinned or checked by another upload meanwhile
+            self._restart(record, direct)
+        try:
+            try:
+                etag = direct.complete_upload(key, record.upload_id, parts, create_only=True)
+            except FileExistsError:
+                # An object nothing refers to (a crashed upload's, awaiting the sweep): the
+                # claim is ours, so it goes, and the upload (kept by the refusal) completes.
+                self.blobs.objects.delete(key)
+                etag = direct.complete_upload(key, record.upload_id, parts, create_only=True)
+            local = self._read_back(record, key, sha256, etag)
+            return local, confirm_claim(db, claim_id)
+        except BaseException:
+            drop_claim(db, self.blobs, claim_id)  # the unchecked object goes with the claim
+            raise
+
+    def _complete_staged(
+        self, record: SessionRecord, direct: DirectTransfers, sha256: str
+    ) -> tuple[Path, int | None]:
+        """Join the parts at the staging key, check them, and copy them to their key
+        (unless it is stored already); returns the local copy and the pin on the key."""
+        source = record.source
         if not self.blobs.objects.exists(source):
             parts = self._stored_parts(record)
             self._check_parts(record, parts)
             direct.complete_upload(source, record.upload_id, parts)
-        joined = time.perf_counter()
         local = self._read_back(record, source, sha256)
-        read = time.perf_counter()
         key = key_for(sha256)
         pin_id: int | None = None
         try:
             pin_id = pin(self.datasets.db, [key])
             self._place(direct, source, key, record.size)
-            placed = time.perf_counter()
-            log.info(
-                "upload %s (%d bytes): joined in %.2f s, read back and hashed in %.2f s, "
-                "stored under its hash in %.2f s",
-                record.id,
-                record.size,
-                joined - started,
-                read - joined,
-                placed - read,
-            )
-            request = wire.CreateUpload.model_validate(record.request)
-            try:
-                result = self.datasets.upload(
-                    principal,
-                    record.dataset,
-                    local,
-                    sha256,
-                    request.filename,
-                    options_of(request),
-                )
-            except NimbusError as exc:
-                if exc.status < 500:  # the data itself was refused: trying again cannot help
-                    self._cleanup(record)
-                raise
-        finally:
+        except BaseException:
             local.unlink(missing_ok=True)
-            # The version holds its own reference now; without one the copy goes again.
             discard(self.datasets.db, self.blobs, [key] if pin_id is not None else [], pin_id)
-        self._cleanup(record)
-        return result
+            raise
+        return local, pin_id
+
+    def _restart(self, record: SessionRecord, direct: DirectTransfers) -> NoReturn:
+        """Point the session at a fresh staging upload instead of its key, and say so."""
+        direct.abort_upload(record.source, record.upload_id)
+        staged = replace(record, target=None, upload_id="")
+        staged = replace(staged, upload_id=direct.start_upload(staged.source))
+        self._write_record(staged, replacing=True)
+        raise UploadRestarted(
+            f"identical content is being stored by another upload, so upload {record.id} "
+            "now goes through a staging object: upload all its parts again, then complete it"
+        )
+
+    def _free_key(self, sha256: str | None) -> str | None:
+        """The content-addressed key for a direct upload declaring ``sha256``, when nothing
+        is stored there and nothing refers to it; None otherwise (stage the upload)."""
+        if sha256 is None:
+            return None
+        key = key_for(sha256)
+        if is_referenced(self.datasets.db, key) or self.blobs.objects.exists(key):
+            return None
+        return key
 
     # -- downloads ----------------------------------------------------------------------
 
@@ -284,34 +367,39 @@ class UploadService:
                     "upload it again"
                 )
 
-    def _read_back(self, record: SessionRecord, source: str, sha256: str) -> Path:
-        """Fetch the joined object to a staging file (ranged GETs in parallel), hash it
-        there; refuse a mismatch."""
+    def _read_back(
+        self, record: SessionRecord, source: str, sha256: str, etag: str | None = None
+    ) -> Path:
+        """Fetch the joined object (the version ``etag`` when given) to a staging file
+        (ranged GETs in parallel), hash it there; refuse a mismatch."""
         self.datasets.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.datasets.tmp_dir, prefix="direct-")
         os.close(fd)
         path = Path(name)
+        found = ""
         try:
-            self._transfers().download(source, path)
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256")
-                size = os.fstat(f.fileno()).st_size
+            found = self._transfers().download(source, path, etag)  # hashed as it lands
+            size = path.stat().st_size
+        except ObjectChanged:
+            size = -1  # replaced after the join: whatever it holds now is not what was sent
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        if size != record.size or digest.hexdigest() != sha256:
+        if size != record.size or found != sha256:
             path.unlink(missing_ok=True)
             self._cleanup(record)
             raise UploadMismatch(
-                f"the uploaded bytes ({size} bytes, SHA-256 {digest.hexdigest()}) are not the "
+                f"the uploaded bytes ({size} bytes, SHA-256 {found or '?'}) are not the "
                 f"file declared ({record.size} bytes, SHA-256 {sha256}); the upload was "
                 "dropped and nothing was recorded"
             )
         return path
 
     def _place(self, direct: DirectTransfers, source: str, key: str, size: int) -> None:
-        """Give the verified object its content-addressed key, inside the bucket; an
-        identical blob already stored is kept (create-only), a damaged one replaced."""
+        """Give the verified object its content-addressed key, inside the bucket. An object
+        already there is kept when whole: the caller holds a pin on the key, granted only
+        while no unchecked direct upload claims it, so it is one the control plane wrote or
+        checked (services/blobs.py); one of another size is damaged and replaced."""
         objects = self.blobs.objects
         if objects.exists(key):
             if objects.size(key) == size:
@@ -320,9 +408,8 @@ class UploadService:
         direct.copy(source, key)
 
     def _stored_parts(self, record: SessionRecord) -> list[StoredPart]:
-        source = session_dir(record.tenant_id, record.id) + "source"
         try:
-            return self._transfers().parts(source, record.upload_id)
+            return self._transfers().parts(record.source, record.upload_id)
         except KeyError:
             raise NotFound(f"upload {record.id} is no longer in progress") from None
 
@@ -358,19 +445,22 @@ class UploadService:
 
     def _cleanup(self, record: SessionRecord) -> None:
         directory = session_dir(record.tenant_id, record.id)
-        self._transfers().abort_upload(directory + "source", record.upload_id)
-        self.blobs.objects.delete(directory + "source")
+        self._transfers().abort_upload(record.source, record.upload_id)
+        self.blobs.objects.delete(directory + "source")  # never the content-addressed key
         self.blobs.objects.delete(directory + "session.json")
 
-    def _write_record(self, record: SessionRecord) -> None:
+    def _write_record(self, record: SessionRecord, *, replacing: bool = False) -> None:
+        """Store the session's record (``replacing``: the one there; writes are
+        create-only, so it is deleted first)."""
+        key = session_dir(record.tenant_id, record.id) + "session.json"
+        if replacing:
+            self.blobs.objects.delete(key)
         staging = self.blobs.staging_dir
         fd, name = tempfile.mkstemp(dir=staging, prefix="session-")
         with os.fdopen(fd, "w") as out:
             json.dump(asdict(record), out)
         try:
-            self.blobs.objects.put_file(
-                session_dir(record.tenant_id, record.id) + "session.json", Path(name)
-            )
+            self.blobs.objects.put_file(key, Path(name))
         finally:
             Path(name).unlink(missing_ok=True)
 

@@ -48,8 +48,12 @@ class DirectTransfers(Protocol):
     def parts(self, key: str, upload_id: str) -> list[StoredPart]:
         """The parts uploaded so far (raises ``KeyError`` when the upload is gone)."""
 
-    def complete_upload(self, key: str, upload_id: str, parts: list[StoredPart]) -> None:
-        """Join ``parts`` (in order) into the object ``key``."""
+    def complete_upload(
+        self, key: str, upload_id: str, parts: list[StoredPart], *, create_only: bool = False
+    ) -> str:
+        """Join ``parts`` (in order) into the object ``key``; returns its entity tag.
+        ``create_only``: only if ``key`` does not exist (a conditional write), else
+        ``FileExistsError`` and the upload stays, to be completed again."""
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         """Drop the upload and its parts; an upload already gone is ignored."""
@@ -57,12 +61,18 @@ class DirectTransfers(Protocol):
     def get_url(self, key: str, expires_seconds: int, filename: str | None = None) -> str:
         """A URL that lets its holder GET the object ``key``, and nothing else."""
 
-    def download(self, key: str, target: Path) -> None:
+    def download(self, key: str, target: Path, etag: str | None = None) -> str:
         """Write the object ``key`` to the local file ``target`` (ranged GETs in parallel,
-        memory bounded); raises ``KeyError`` when absent."""
+        memory bounded) and return the SHA-256 of what was written; raises ``KeyError``
+        when absent, :class:`ObjectChanged` when ``etag`` is given and the object is no
+        longer that one (or changes while it is read)."""
 
     def copy(self, source: str, target: str) -> None:
         """Copy ``source`` to ``target`` inside the bucket (no bytes through this process)."""
+
+
+class ObjectChanged(Exception):
+    """The object is not the version a conditional request named (its entity tag)."""
 
 
 @runtime_checkable

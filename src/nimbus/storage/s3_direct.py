@@ -15,15 +15,22 @@ address to sign for (``NIMBUS_STORAGE_PUBLIC_ENDPOINT``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from nimbus.errors import StorageUnavailable
-from nimbus.storage.direct import StoredPart
+from nimbus.storage.direct import ObjectChanged, StoredPart
 
 COPY_OBJECT_MAX = 5 * 1000**3  # S3's limit on one CopyObject
+RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back
+WORKERS = 8  # ranged GETs in flight (what boto3's download_file uses)
+CHUNK = 1024 * 1024
 
 # boto3's names for the obstore config keys the S3 backend accepts (tests pass these).
 _CONFIG_TO_BOTO = {
@@ -146,14 +153,35 @@ class S3Direct:
                 return sorted(found, key=lambda p: p.number)
             marker = int(reply["NextPartNumberMarker"])
 
-    def complete_upload(self, key: str, upload_id: str, parts: list[StoredPart]) -> None:
-        self._call(
-            f"completing an upload to {key}",
-            "complete_multipart_upload",
-            Key=self._key(key),
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
-        )
+    def complete_upload(
+        self, key: str, upload_id: str, parts: list[StoredPart], *, create_only: bool = False
+    ) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        # If-None-Match on CompleteMultipartUpload: AWS, SeaweedFS and moto refuse with 412
+        # when the key exists and keep the upload (tests/storage/test_direct_contract.py).
+        condition = {"IfNoneMatch": "*"} if create_only else {}
+        try:
+            reply = self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
+                },
+                **condition,
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            # 409 ConditionalRequestConflict: AWS's answer to a concurrent conditional write.
+            if create_only and code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise FileExistsError(key) from None
+            if code == "NoSuchUpload":
+                raise KeyError(key) from None
+            raise self._fail(exc, f"completing an upload to {key}") from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, f"completing an upload to {key}") from None
+        return str(reply["ETag"])
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(KeyError):
@@ -174,23 +202,83 @@ class S3Direct:
             )
         )
 
-    def download(self, key: str, target: Path) -> None:
-        from boto3.s3.transfer import TransferConfig
+    def download(self, key: str, target: Path, etag: str | None = None) -> str:
+        """Ranged GETs (``RANGE`` bytes, ``WORKERS`` at a time, each ``If-Match`` the
+        object's entity tag) written in place in ``target`` while a thread hashes the ranges
+        in order as they land: the SHA-256 is ready when the last byte is, and memory stays
+        bounded (a chunk per worker) whatever the size."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        # boto3's transfer manager: 8 MiB ranges, 8 at a time (what makes boto3's own
-        # download_file fast), at most 8 chunks of 1 MiB queued for the disk: the control
-        # plane's memory stays bounded whatever the size.
-        config = TransferConfig(max_concurrency=8, io_chunksize=1024 * 1024, max_io_queue=8)
+        head = self._call(f"reading {key}", "head_object", Key=self._key(key))
+        tag, size = str(head["ETag"]), int(head["ContentLength"])
+        if etag is not None and tag != etag:
+            raise ObjectChanged(key)
+        ranges = [(lo, min(size, lo + RANGE)) for lo in range(0, size, RANGE)]
+        landed = [threading.Event() for _ in ranges]
+        failed = threading.Event()
+        digest = hashlib.sha256()
+
+        def fetch(fd: int, index: int) -> None:
+            lo, hi = ranges[index]
+            try:
+                body = self._client.get_object(
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Range=f"bytes={lo}-{hi - 1}",
+                    IfMatch=tag,
+                )["Body"]
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code in ("PreconditionFailed", "412"):
+                    raise ObjectChanged(key) from None
+                if code in ("NoSuchKey", "404"):
+                    raise KeyError(key) from None
+                raise self._fail(exc, f"reading {key}") from None
+            except BotoCoreError as exc:
+                raise self._fail(exc, f"reading {key}") from None
+            offset = lo
+            try:
+                while chunk := body.read(CHUNK):
+                    if offset + len(chunk) > hi:
+                        break
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+            except (BotoCoreError, OSError) as exc:
+                raise self._fail(exc, f"reading {key}") from None
+            finally:
+                body.close()
+            if offset != hi:
+                raise StorageUnavailable(f"reading {key}: the storage service sent a bad range")
+            landed[index].set()
+
+        def hash_in_order(fd: int) -> None:
+            for (lo, hi), arrived in zip(ranges, landed, strict=True):
+                while not arrived.wait(0.1):
+                    if failed.is_set():
+                        return
+                offset = lo
+                while offset < hi:
+                    chunk = os.pread(fd, min(CHUNK, hi - offset), offset)
+                    digest.update(chunk)
+                    offset += len(chunk)
+
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            self._client.download_file(self.bucket, self._key(key), str(target), Config=config)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404"):
-                raise KeyError(key) from None
-            raise self._fail(exc, f"reading {key}") from None
-        except BotoCoreError as exc:
-            raise self._fail(exc, f"reading {key}") from None
+            os.ftruncate(fd, size)
+            hasher = threading.Thread(target=hash_in_order, args=(fd,), daemon=True)
+            hasher.start()
+            try:
+                with ThreadPoolExecutor(WORKERS, thread_name_prefix="readback") as pool:
+                    for future in [pool.submit(fetch, fd, i) for i in range(len(ranges))]:
+                        future.result()
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                hasher.join()
+        finally:
+            os.close(fd)
+        return digest.hexdigest()
 
     def copy(self, source: str, target: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

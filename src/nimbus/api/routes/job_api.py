@@ -92,7 +92,8 @@ def spec(ctx: CurrentAttempt, request: Request) -> AttemptSpec:
 
 @router.get("/blobs/{key:path}")
 def blob(key: str, ctx: CurrentAttempt, request: Request) -> StreamingResponse:
-    """Bytes of an input of the job (its dataset version's files, its code), verified."""
+    """Bytes of an input of the job (its dataset version's files, its code, its latest
+    checkpoint), verified."""
     download = services_of(request).job_api.blob(ctx, key)
     return _bytes(download.chunks, download.size)
 
@@ -147,6 +148,13 @@ async def put_checkpoint(
         )
     finally:
         staged.path.unlink(missing_ok=True)
+
+
+@router.get("/checkpoints/latest/ref", response_model=StoredCheckpoint)
+def latest_checkpoint_ref(ctx: CurrentAttempt, request: Request) -> StoredCheckpoint:
+    """Which blob the job's latest complete checkpoint is (404: none yet): the runtime
+    reads it through the node's cache, which the node may have filled from the bucket."""
+    return services_of(request).job_api.latest_checkpoint_ref(ctx)
 
 
 @router.get("/checkpoints/latest")
