@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@# The CPU build of torch lies on this disk; installing it first keeps pip from
 	@# pulling multi-GB CUDA wheels for the torch>=2.6 range in pyproject.toml.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -212,6 +212,9 @@ def job_view(job: Job) -> RenderableType:
         for key, value in shown.items()
         if value
     )
+    resources += "".join(f", {name} {amount:g}" for name, amount in res.custom.items())
+    if res.spread:
+        resources += ", spread"
     rows: list[tuple[str, Any]] = [
         ("job", job.id),
         ("state", None),

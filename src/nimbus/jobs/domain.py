@@ -113,16 +113,63 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
+_RESOURCE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$")
+# Names Ray gives its own resources: asked through --cpus, --gpus, --memory instead.
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def parse_resource(text: str) -> tuple[str, float]:
+    """``NAME=AMOUNT`` (a custom resource of a cluster's nodes, e.g. ``accel_a100=1``)."""
+    name, sep, amount = text.partition("=")
+    if not sep:
+        raise InvalidInput(f"invalid resource {text!r}: use NAME=AMOUNT, e.g. accel_a100=1")
+    try:
+        value = float(amount)
+    except ValueError:
+        raise InvalidInput(f"invalid amount in resource {text!r}: a number") from None
+    return name.strip(), value
+
+
+def check_custom(custom: dict[str, float]) -> None:
+    """Refuse malformed custom resources, naming the bad one."""
+    if len(custom) > 16:
+        raise InvalidInput(f"at most 16 custom resources, got {len(custom)}")
+    for name, amount in custom.items():
+        if not isinstance(name, str) or not _RESOURCE_NAME_RE.match(name):
+            raise InvalidInput(
+                f"invalid resource name {name!r}: a letter, then letters, digits, _ . : -",
+                resource=str(name)[:100],
+            )
+        if name in RESERVED_RESOURCES:
+            raise InvalidInput(
+                f"resource {name!r} is asked with --cpus, --gpus or --memory", resource=name
+            )
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise InvalidInput(f"resource {name!r} needs a number", resource=name)
+        if not (math.isfinite(amount) and 0 < amount <= 1_000_000):
+            raise InvalidInput(
+                f"resource {name!r} must be positive and at most 1000000, got {amount}",
+                resource=name,
+            )
+
+
 @dataclass(frozen=True)
 class Resources:
-    """What one worker needs; ``workers`` processes each get that much."""
+    """What one worker needs; ``workers`` processes each get that much. ``custom``: a
+    cluster's custom resources (Ray executor), per worker; ``spread``: each worker on a
+    different node (else packed on as few nodes as possible)."""
 
     cpus: float = 1.0
     gpus: int = 0
     memory_bytes: int = 1024**3
     workers: int = 1
+    custom: dict[str, float] = field(default_factory=dict)
+    spread: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.custom, dict):
+            raise InvalidInput("custom resources must be an object of NAME: AMOUNT")
+        check_custom(self.custom)
         if not (math.isfinite(self.cpus) and self.cpus > 0):
             raise InvalidInput(f"cpus must be positive, got {self.cpus}")
         if self.gpus < 0:

@@ -69,7 +69,8 @@ class ExitStatus:
 
     exit_code: int | None
     signal: int | None = None
-    limit: ExitReason | None = None  # a limit of the sandbox ended it (out of memory, disk)
+    # A limit of the sandbox ended it (out of memory, disk), or LOST: its node died.
+    limit: ExitReason | None = None
 
     @classmethod
     def from_returncode(cls, code: int) -> ExitStatus:
@@ -95,6 +96,8 @@ class ExitStatus:
                 self.signal,
                 "out of memory: killed at its --memory limit",
             )
+        if self.limit is ExitReason.LOST:
+            return Outcome(ExitReason.LOST, detail="lost: its node or worker died")
         if self.limit is ExitReason.DISK_LIMIT:
             return Outcome(
                 self.limit,
