@@ -10,6 +10,7 @@ session stops exactly its own processes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -53,9 +54,17 @@ class RayNodeProcess:
     def raylet_pid(self) -> int:
         for pid in self.pids():
             with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z" and Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
                     return pid
         raise AssertionError("no raylet in this node's process group")
+
+    def alive(self) -> bool:
+        try:
+            self.raylet_pid()
+        except AssertionError:
+            return False
+        return True
 
     def node_id(self) -> str:
         """Ray's id of this node, from its raylet's command line."""
@@ -93,11 +102,12 @@ class RayTestCluster:
         self.env.update(FAST_HEALTH, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
         self.nodes: dict[str, RayNodeProcess] = {}
 
-    def common(self, name: str, first_port: int) -> list[str]:
+    def common(self, name: str, first_port: int, *, movable: bool = False) -> list[str]:
+        resources = {name: 1, **({"movable": 1} if movable else {})}
         return [
             "--node-ip-address=127.0.0.1",
             "--num-cpus=2",
-            f'--resources={{"{name}": 1}}',
+            f"--resources={json.dumps(resources)}",
             "--disable-usage-stats",
             f"--min-worker-port={first_port}",
             f"--max-worker-port={first_port + 999}",
@@ -116,10 +126,14 @@ class RayTestCluster:
         self.start_worker()
         return self
 
-    def start_worker(self) -> None:
-        worker = [f"--address={self.address}", *self.common("node_b", 33000)]
-        self.nodes["node_b"] = RayNodeProcess(worker, self.env, self.root / "node_b.log")
-        self.nodes["node_b"].start()
+    def start_worker(self, name: str = "node_b", first_port: int = 33000) -> RayNodeProcess:
+        """A worker node with resources ``{name: 1, "movable": 1}`` (``movable``: what a
+        job asks for to run on either of two worker nodes)."""
+        args = [f"--address={self.address}", *self.common(name, first_port, movable=True)]
+        node = RayNodeProcess(args, self.env, self.root / f"{name}.log")
+        self.nodes[name] = node
+        node.start()
+        return node
 
     def server_env(self) -> dict[str, str]:
         """What a Nimbus server using this cluster needs in its environment."""

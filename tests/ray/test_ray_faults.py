@@ -1,0 +1,78 @@
+"""Real faults on the Ray cluster: the node running a job loses its raylet (kill -9)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nimbus.client import Client
+from nimbus.jobs.domain import AttemptState, ExitReason
+from tests.e2e.conftest import SLOW_CNN, Store, logs_text, steps_by_attempt, wait_for
+from tests.helpers import ServerProcess
+from tests.helpers_ray import RayTestCluster
+
+
+@pytest.fixture
+def store(ray_server: ServerProcess) -> Iterator[Store]:
+    found = Store(ray_server.home)
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def third_node(ray_cluster: RayTestCluster) -> Iterator[RayTestCluster]:
+    """A node ``node_c`` for the test (``movable``, as ``node_b`` is); whichever of the two a
+    test kills is back (``node_b``) or gone (``node_c``) afterwards."""
+    ray_cluster.start_worker("node_c", 35000)
+    yield ray_cluster
+    ray_cluster.nodes.pop("node_c").kill()
+    node_b = ray_cluster.nodes["node_b"]
+    if not node_b.alive():
+        node_b.kill()  # what is left of it
+        ray_cluster.start_worker()
+
+
+def _nodes(text: str) -> list[str]:
+    return re.findall(r"\[nimbus\] worker 0 on Ray node (\w+)", text)
+
+
+def test_a_job_whose_node_dies_resumes_on_another_node(
+    ray_api: Client, ray_digits: str, store: Store, third_node: RayTestCluster
+) -> None:
+    epochs = int(SLOW_CNN["epochs"])
+    job_id = ray_api.submit_job(
+        ray_digits, "cnn", params=SLOW_CNN, seed=2, resources={"movable": 1}
+    ).id
+    checkpointed = wait_for("the first checkpoint", lambda: store.checkpoint_step(job_id), 120)
+    first_node = _nodes(logs_text(ray_api, job_id))[0]
+    victim = next(n for n in third_node.nodes.values() if n.node_id() == first_node)
+    os.kill(victim.raylet_pid(), signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    wait_for(
+        "the attempt lost",
+        lambda: store.attempts(job_id)[0].state is AttemptState.LOST,
+        30,
+    )
+    assert time.monotonic() - killed_at <= 30
+    job = ray_api.wait_job(job_id, timeout=180)
+    text = logs_text(ray_api, job_id)
+    assert job.state == "succeeded", text
+    first, second = store.attempts(job_id)
+    assert (first.state, first.exit_reason) == (AttemptState.LOST, ExitReason.LOST)
+    assert second.state is AttemptState.SUCCEEDED
+    assert first.ended_at is not None and first.ended_at <= second.started_at  # never two
+    nodes = _nodes(text)
+    assert nodes[0] == first_node and nodes[-1] != first_node, nodes
+
+    steps = steps_by_attempt(ray_api.job_metrics(job_id), "train_loss")
+    before, after = steps[1], steps[2]
+    resumed_at = min(after)
+    assert resumed_at > checkpointed >= 1
+    assert max(before) <= resumed_at <= max(before) + 1
+    assert after == list(range(resumed_at, epochs + 1))
