@@ -93,8 +93,10 @@ class RayNodeProcess:
 class RayTestCluster:
     """Head (``node_a``) plus one worker node (``node_b``), 2 CPUs each."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, dashboard: bool = False) -> None:
         self.root = root
+        # Ray Jobs' REST API (bench/cluster.py compares it), on a free port when asked.
+        self.dashboard_port = free_port() if dashboard else None
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.token = secrets.token_hex(32)
@@ -118,7 +120,11 @@ class RayTestCluster:
             "--head",
             f"--port={self.port}",
             f"--temp-dir={self.root / 'ray'}",
-            "--include-dashboard=false",
+            *(
+                [f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1"]
+                if self.dashboard_port
+                else ["--include-dashboard=false"]
+            ),
             *self.common("node_a", 31000),
         ]
         self.nodes["node_a"] = RayNodeProcess(head, self.env, self.root / "head.log")
