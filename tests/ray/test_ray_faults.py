@@ -69,6 +69,7 @@ def test_a_job_whose_node_dies_resumes_on_another_node(
     assert first.ended_at is not None and first.ended_at <= second.started_at  # never two
     nodes = _nodes(text)
     assert nodes[0] == first_node and nodes[-1] != first_node, nodes
+    assert [(w.attempt, w.node) for w in job.workers] == [(1, nodes[0]), (2, nodes[-1])]
 
     steps = steps_by_attempt(ray_api.job_metrics(job_id), "train_loss")
     before, after = steps[1], steps[2]

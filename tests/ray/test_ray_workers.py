@@ -29,6 +29,9 @@ def test_two_workers_spread_over_two_nodes_train_the_one_worker_model(
     assert two.resources.workers == 2 and two.resources.spread
     expected = {ray_cluster.nodes[name].node_id() for name in ("node_a", "node_b")}
     assert set(_nodes(text)) == {0, 1} and set(_nodes(text).values()) == expected, text
+    placed = {(w.attempt, w.rank): w.node for w in two.workers}  # what jobs show reports
+    assert placed == {(1, rank): node for rank, node in _nodes(text).items()}
+    assert [(w.attempt, w.rank) for w in one.workers] == [(1, 0)]
 
     single, double = ray_api.job_metrics(one.id), ray_api.job_metrics(two.id)
     assert single.keys() == double.keys()

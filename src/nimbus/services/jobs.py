@@ -137,6 +137,11 @@ def job_view(detail: JobDetail) -> wire.Job:
             wire.Artifact(name=a.name, key=a.blob_key, size=a.size) for a in detail.artifacts
         ],
         seed=job.spec.seed,
+        workers=[
+            wire.WorkerNode(attempt=number, **worker)
+            for number, placed in sorted(detail.workers.items())
+            for worker in placed
+        ],
     )
 
 

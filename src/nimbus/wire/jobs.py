@@ -55,6 +55,15 @@ class Resources(Response):
     spread: bool = False
 
 
+class WorkerNode(Response):
+    """Where one worker of an attempt ran (executors that place workers on nodes: Ray)."""
+
+    attempt: int
+    rank: int
+    node: str
+    address: str
+
+
 class Progress(Response):
     """Where a running job is: batch ``batch`` of ``batches`` in epoch ``epoch`` of
     ``epochs``. Also the data of a ``progress`` log event."""
@@ -98,6 +107,7 @@ class Job(Response):
     artifacts: list[Artifact]
     seed: int | None
     isolation: str | None = None  # how this server runs jobs: "sandbox" or "none"
+    workers: list[WorkerNode] = Field(default_factory=list)  # per attempt, each worker's node
 
 
 class JobList(Response):

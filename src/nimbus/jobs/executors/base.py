@@ -24,6 +24,8 @@ from nimbus.jobs.policy import Outcome
 
 OutputSink = Callable[[str], None]
 """Receives batches of an attempt's output (stdout and stderr, whole lines where possible)."""
+PlacementSink = Callable[[int, str, str], None]
+"""Told where a worker of an attempt was placed: (rank, node id, node address)."""
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class AttemptLaunch:
     extra_env: Mapping[str, str] = field(default_factory=dict)  # set by the caller, not copied
     output: OutputSink | None = None
     tenant_id: int | None = None  # whose job: picks the tenant's download cache
+    placed: PlacementSink | None = None  # executors that place workers on nodes call it
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,11 @@ class RayExecutor:
                 return LOST
             if item[0] == "node":
                 worker.node = (item[1], item[2])
+                if group.launch.placed is not None:
+                    try:
+                        group.launch.placed(worker.rank, item[1], item[2])
+                    except Exception:  # a record, not the job: it goes on
+                        log.exception("could not record where a worker runs")
                 _emit(
                     sink,
                     f"{prefix}[nimbus] worker {worker.rank} on Ray node {item[1]} ({item[2]})\n",
