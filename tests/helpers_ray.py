@@ -132,14 +132,24 @@ class RayTestCluster:
         self.start_worker()
         return self
 
-    def start_worker(self, name: str = "node_b", first_port: int = 33000) -> RayNodeProcess:
-        """A worker node with resources ``{name: 1, "movable": 1}`` (``movable``: what a
-        job asks for to run on either of two worker nodes)."""
-        args = [f"--address={self.address}", *self.common(name, first_port, movable=True)]
-        node = RayNodeProcess(args, self.env, self.root / f"{name}.log")
-        self.nodes[name] = node
-        node.start()
-        return node
+    def start_worker(self, name: str = "node_b", first_port: int = 33000) -> None:
+        self.start_workers({name: first_port}, movable=name == "node_b")
+
+    def ensure_node_b(self) -> None:
+        """``node_b`` up again if a test killed it."""
+        if not self.nodes["node_b"].alive():
+            self.nodes["node_b"].kill()  # what is left of it
+            self.start_worker()
+
+    def start_workers(self, ports: dict[str, int], *, movable: bool = False) -> None:
+        """Worker nodes, one after the other (two ``ray start`` at once on one address
+        confuse each other): resources ``{name: 1}`` each, and ``movable: 1`` when asked
+        (what a job asks for to run on any of them)."""
+        for name, first_port in ports.items():
+            args = [f"--address={self.address}", *self.common(name, first_port, movable=movable)]
+            node = RayNodeProcess(args, self.env, self.root / f"{name}.log")
+            self.nodes[name] = node
+            node.start()
 
     def server_env(self) -> dict[str, str]:
         """What a Nimbus server using this cluster needs in its environment."""

@@ -1,5 +1,5 @@
 """One real two-node Ray cluster for the whole session (tests/helpers_ray.py), and one
-Nimbus server using it per module."""
+Nimbus server using it, also for the session (each takes seconds to start on 2 cores)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,14 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayTestClu
     cluster.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
+def ray_cluster_whole(ray_cluster: RayTestCluster) -> RayTestCluster:
+    """The cluster with both its nodes up (a fault test may have killed ``node_b``)."""
+    ray_cluster.ensure_node_b()
+    return ray_cluster
+
+
+@pytest.fixture(scope="session")
 def ray_server(
     ray_cluster: RayTestCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
@@ -33,12 +40,12 @@ def ray_server(
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_api(ray_server: ServerProcess) -> Iterator[Client]:
     with client_for(ray_server) as client:
         yield client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_digits(ray_api: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
     return upload_digits(ray_api, tmp_path_factory.mktemp("digits"))

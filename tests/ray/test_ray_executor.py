@@ -22,7 +22,7 @@ def test_a_job_runs_on_ray_end_to_end(ray_api: Client, ray_digits: str) -> None:
 
 @pytest.mark.parametrize("node", ["node_a", "node_b"])
 def test_a_custom_resource_places_the_job_on_its_node(
-    ray_api: Client, ray_digits: str, ray_cluster: RayTestCluster, node: str
+    ray_api: Client, ray_digits: str, ray_cluster_whole: RayTestCluster, node: str
 ) -> None:
     job = ray_api.submit_job(
         ray_digits, "cnn", params={"epochs": "1", "batch_size": "64"}, resources={node: 1}
@@ -31,7 +31,7 @@ def test_a_custom_resource_places_the_job_on_its_node(
     job = ray_api.wait_job(job.id, timeout=120)
     text = logs_text(ray_api, job.id)
     assert job.state == "succeeded", text
-    assert f"on Ray node {ray_cluster.nodes[node].node_id()}" in text
+    assert f"on Ray node {ray_cluster_whole.nodes[node].node_id()}" in text
 
 
 @pytest.mark.parametrize(

@@ -25,16 +25,13 @@ def store(ray_server: ServerProcess) -> Iterator[Store]:
 
 
 @pytest.fixture
-def third_node(ray_cluster: RayTestCluster) -> Iterator[RayTestCluster]:
-    """A node ``node_c`` for the test (``movable``, as ``node_b`` is); whichever of the two a
-    test kills is back (``node_b``) or gone (``node_c``) afterwards."""
-    ray_cluster.start_worker("node_c", 35000)
+def movable_nodes(ray_cluster: RayTestCluster) -> Iterator[RayTestCluster]:
+    """A node ``node_c`` for the test: with ``node_b``, the nodes with the resource
+    ``movable``. Afterwards ``node_c`` is gone, and ``node_b`` may be dead: the tests
+    that need it say so (the ``ray_cluster_whole`` fixture) and this module runs last."""
+    ray_cluster.start_workers({"node_c": 35000}, movable=True)
     yield ray_cluster
     ray_cluster.nodes.pop("node_c").kill()
-    node_b = ray_cluster.nodes["node_b"]
-    if not node_b.alive():
-        node_b.kill()  # what is left of it
-        ray_cluster.start_worker()
 
 
 def _nodes(text: str) -> list[str]:
@@ -42,7 +39,7 @@ def _nodes(text: str) -> list[str]:
 
 
 def test_a_job_whose_node_dies_resumes_on_another_node(
-    ray_api: Client, ray_digits: str, store: Store, third_node: RayTestCluster
+    ray_api: Client, ray_digits: str, store: Store, movable_nodes: RayTestCluster
 ) -> None:
     epochs = int(SLOW_CNN["epochs"])
     job_id = ray_api.submit_job(
@@ -50,7 +47,7 @@ def test_a_job_whose_node_dies_resumes_on_another_node(
     ).id
     checkpointed = wait_for("the first checkpoint", lambda: store.checkpoint_step(job_id), 120)
     first_node = _nodes(logs_text(ray_api, job_id))[0]
-    victim = next(n for n in third_node.nodes.values() if n.node_id() == first_node)
+    victim = next(n for n in movable_nodes.nodes.values() if n.node_id() == first_node)
     os.kill(victim.raylet_pid(), signal.SIGKILL)
     killed_at = time.monotonic()
 

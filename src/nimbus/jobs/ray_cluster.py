@@ -118,8 +118,12 @@ class RayCluster:
         return self._nodes
 
     def check(self, need: Resources) -> None:
-        """:func:`check_feasible` against the cluster as it is now."""
-        check_feasible(need, self.nodes())
+        """:func:`check_feasible` against the cluster as it is now (a refusal is checked
+        again against a fresh listing: a node may have just joined)."""
+        try:
+            check_feasible(need, self.nodes())
+        except InvalidInput:
+            check_feasible(need, self.nodes(fresh=True))
 
     def capacity(self) -> Capacity:
         """The whole cluster's CPUs, GPUs and memory: what the scheduler may claim for at

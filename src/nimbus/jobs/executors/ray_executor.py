@@ -108,7 +108,7 @@ class RayExecutor:
     # -- the Executor protocol --------------------------------------------------------------
 
     def start(self, launch: AttemptLaunch) -> Handle:
-        if len(self._agents) < len(self.cluster.nodes()):
+        if any(node.node_id not in self._agents for node in self.cluster.nodes()):
             self.ensure_agents()  # a node joined
         handle = RayHandle(launch.attempt_id, launch)
         world = launch.resources.workers

@@ -30,6 +30,7 @@ from nimbus.system import free_port
 
 POLL_SECONDS = 0.1
 AGENT_PREFIX = "nimbus-agent-"
+AGENT_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,21 @@ def master_address() -> tuple[str, int]:
     return address, free_port()
 
 
+def _agent(node_id: str, wait_seconds: float = AGENT_WAIT_SECONDS) -> Any:
+    """This node's agent; on a node that just joined, the executor starts one within a
+    few seconds (at its next start of an attempt)."""
+    import ray
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return ray.get_actor(AGENT_PREFIX + node_id)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def run_worker(order: WorkerOrder) -> Iterator[tuple[Any, ...]]:
     """The Ray task of one worker: ``("node", node id, address)`` first, then
     ``("output", text)`` as it comes, last ``("exit", code, signal)``."""
@@ -172,7 +188,7 @@ def run_worker(order: WorkerOrder) -> Iterator[tuple[Any, ...]]:
     node_id = ctx.get_node_id()
     address = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     yield ("node", node_id, address)
-    agent = ray.get_actor(AGENT_PREFIX + node_id)
+    agent = _agent(node_id)
     gpus = ",".join(str(g) for g in ray.get_gpu_ids()) if order.gpus else None
     ray.get(agent.start.remote(order, gpus))
     try:

@@ -18,7 +18,7 @@ def _nodes(text: str) -> dict[int, str]:
 
 
 def test_two_workers_spread_over_two_nodes_train_the_one_worker_model(
-    ray_api: Client, ray_digits: str, ray_cluster: RayTestCluster
+    ray_api: Client, ray_digits: str, ray_cluster_whole: RayTestCluster
 ) -> None:
     one = ray_api.submit_job(ray_digits, "cnn", params=QUICK_CNN, seed=11)
     two = ray_api.submit_job(ray_digits, "cnn", params=QUICK_CNN, seed=11, workers=2, spread=True)
@@ -27,7 +27,7 @@ def test_two_workers_spread_over_two_nodes_train_the_one_worker_model(
     assert one.state == "succeeded", logs_text(ray_api, one.id)
     assert two.state == "succeeded", text
     assert two.resources.workers == 2 and two.resources.spread
-    expected = {ray_cluster.nodes[name].node_id() for name in ("node_a", "node_b")}
+    expected = {ray_cluster_whole.nodes[name].node_id() for name in ("node_a", "node_b")}
     assert set(_nodes(text)) == {0, 1} and set(_nodes(text).values()) == expected, text
     placed = {(w.attempt, w.rank): w.node for w in two.workers}  # what jobs show reports
     assert placed == {(1, rank): node for rank, node in _nodes(text).items()}
