@@ -111,6 +111,8 @@ class RayTestCluster:
             "--num-cpus=2",
             f"--resources={json.dumps(resources)}",
             "--disable-usage-stats",
+            # Ports of their own, not Ray's fixed defaults: another cluster may run here.
+            f"--dashboard-agent-listen-port={free_port()}",
             f"--min-worker-port={first_port}",
             f"--max-worker-port={first_port + 999}",
         ]
@@ -119,6 +121,7 @@ class RayTestCluster:
         head = [
             "--head",
             f"--port={self.port}",
+            f"--ray-client-server-port={free_port()}",
             f"--temp-dir={self.root / 'ray'}",
             *(
                 [f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1"]

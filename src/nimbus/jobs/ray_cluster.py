@@ -22,7 +22,9 @@ from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Resources
 
 NAMESPACE = "nimbus"
-NODES_TTL_SECONDS = 5.0  # how long a listing of the nodes is reused by the submit check
+NODES_TTL_SECONDS = 5.0  # how often the nodes are listed
+FRESH_WAIT_SECONDS = 2.0
+log = logging.getLogger(__name__)
 _RECONNECT = "RAY_gcs_rpc_server_reconnect_timeout_s"
 _lock = threading.Lock()
 _connected: RayCluster | None = None
@@ -101,20 +103,35 @@ class RayCluster:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self._nodes: list[RayNode] = []
-        self._nodes_at = float("-inf")
+        self._nodes = _list_nodes()
+        self._nodes_at = time.monotonic()
+        self._wanted = threading.Event()
+        self._listed = threading.Condition()
+        threading.Thread(target=self._keep_listing, name="ray-nodes", daemon=True).start()
+
+    def _keep_listing(self) -> None:
+        """List the nodes every few seconds (or when asked), off the callers' threads: with
+        the head down a listing blocks until it is back, and a submit must not."""
+        while True:
+            self._wanted.wait(NODES_TTL_SECONDS)
+            self._wanted.clear()
+            try:
+                nodes = _list_nodes()
+            except Exception:
+                log.warning("could not list the Ray cluster's nodes", exc_info=True)
+                continue
+            with self._listed:
+                self._nodes, self._nodes_at = nodes, time.monotonic()
+                self._listed.notify_all()
 
     def nodes(self, *, fresh: bool = False) -> list[RayNode]:
-        """The alive nodes (cached for a few seconds unless ``fresh``)."""
-        import ray
-
-        if fresh or time.monotonic() - self._nodes_at > NODES_TTL_SECONDS:
-            self._nodes = [
-                RayNode(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"]))
-                for n in ray.nodes()  # type: ignore[no-untyped-call]
-                if n.get("Alive")
-            ]
-            self._nodes_at = time.monotonic()
+        """The alive nodes as last listed (at most a few seconds ago while the head is up);
+        ``fresh``: listed anew, waited for up to ``FRESH_WAIT_SECONDS``."""
+        if fresh:
+            asked = time.monotonic()
+            with self._listed:
+                self._wanted.set()
+                self._listed.wait_for(lambda: self._nodes_at >= asked, FRESH_WAIT_SECONDS)
         return self._nodes
 
     def check(self, need: Resources) -> None:
@@ -134,6 +151,16 @@ class RayCluster:
             gpus=int(sum(n.resources.get("GPU", 0.0) for n in nodes)),
             memory_bytes=int(sum(n.resources.get("memory", 0.0) for n in nodes)),
         )
+
+
+def _list_nodes() -> list[RayNode]:
+    import ray
+
+    return [
+        RayNode(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"]))
+        for n in ray.nodes()  # type: ignore[no-untyped-call]
+        if n.get("Alive")
+    ]
 
 
 def connect(address: str | None) -> RayCluster:
