@@ -391,7 +391,9 @@ class SchedulerThread:
                 preload=tuple(settings.executor_preload),
                 grace_seconds=settings.kill_grace_seconds,
                 sandbox=sandbox,
-                warm=settings.job_warm_sandboxes,
+                warm=settings.job_warm_sandboxes
+                if settings.executor != "ray"
+                else settings.ray_warm,
                 ray_address=settings.ray_address,
                 ray_jobs_dir=Path(settings.ray_jobs_dir),
             ),
@@ -549,9 +551,15 @@ def build_services(
     )
     cluster = None
     if settings.executor == "ray" and settings.scheduler_enabled:
-        from nimbus.jobs import ray_cluster  # Ray: an optional extra
+        from nimbus.jobs.executors.ray_bridge import shared_bridge  # Ray: an optional extra
 
-        cluster = ray_cluster.connect(settings.ray_address)
+        cluster = shared_bridge(
+            settings.ray_address,
+            Path(settings.ray_jobs_dir),
+            preload=settings.executor_preload,
+            grace_seconds=settings.kill_grace_seconds,
+            warm=settings.ray_warm,
+        )
         capacity = cluster.capacity()
     else:
         capacity = node_capacity(

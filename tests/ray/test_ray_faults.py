@@ -1,7 +1,9 @@
-"""Real faults on the Ray cluster: the node running a job loses its raylet (kill -9)."""
+"""Real faults on the Ray cluster: the node running a job loses its raylet (kill -9); the
+head is killed, then started anew."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -12,7 +14,7 @@ import pytest
 
 from nimbus.client import Client
 from nimbus.jobs.domain import AttemptState, ExitReason
-from tests.e2e.conftest import SLOW_CNN, Store, logs_text, steps_by_attempt, wait_for
+from tests.e2e.conftest import QUICK_CNN, SLOW_CNN, Store, logs_text, steps_by_attempt, wait_for
 from tests.helpers import ServerProcess
 from tests.helpers_ray import RayTestCluster
 
@@ -74,3 +76,38 @@ def test_a_job_whose_node_dies_resumes_on_another_node(
     assert resumed_at > checkpointed >= 1
     assert max(before) <= resumed_at <= max(before) + 1
     assert after == list(range(resumed_at, epochs + 1))
+
+
+def test_the_head_killed_and_back_loses_no_job(
+    ray_api: Client,
+    ray_digits: str,
+    store: Store,
+    ray_cluster: RayTestCluster,
+    ray_server: ServerProcess,
+) -> None:
+    """kill -9 of every process of the head: the control plane goes on serving (submits
+    too), and once a new head is up its attempts end lost and resume from checkpoints."""
+    ray_cluster.ensure_node_b()
+    epochs = int(SLOW_CNN["epochs"])
+    running = ray_api.submit_job(
+        ray_digits, "cnn", params=SLOW_CNN, seed=4, resources={"node_b": 1}
+    ).id
+    checkpointed = wait_for("the first checkpoint", lambda: store.checkpoint_step(running), 120)
+    ray_cluster.nodes["node_a"].kill()
+    queued = ray_api.submit_job(ray_digits, "cnn", params=QUICK_CNN, seed=5).id  # head down
+    assert ray_server.proc is not None and ray_server.proc.poll() is None
+
+    ray_cluster.nodes["node_b"].kill()
+    ray_cluster.start()  # a new head at the same address, and node_b joined to it
+    for job_id in (running, queued):
+        job = ray_api.wait_job(job_id, timeout=240)
+        assert job.state == "succeeded", logs_text(ray_api, job_id)
+    assert ray_server.proc.poll() is None
+
+    attempts = store.attempts(running)
+    assert attempts[0].state is AttemptState.LOST and attempts[-1].state is AttemptState.SUCCEEDED
+    for earlier, later in itertools.pairwise(attempts):
+        assert earlier.ended_at is not None and earlier.ended_at <= later.started_at
+    steps = steps_by_attempt(ray_api.job_metrics(running), "train_loss")
+    last = steps[max(steps)]
+    assert min(last) > checkpointed and last[-1] == epochs

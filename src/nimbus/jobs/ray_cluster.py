@@ -105,6 +105,7 @@ class RayCluster:
         self.address = address
         self._nodes = _list_nodes()
         self._nodes_at = time.monotonic()
+        self.head = _head(self._nodes)
         self._wanted = threading.Event()
         self._listed = threading.Condition()
         threading.Thread(target=self._keep_listing, name="ray-nodes", daemon=True).start()
@@ -123,6 +124,12 @@ class RayCluster:
             with self._listed:
                 self._nodes, self._nodes_at = nodes, time.monotonic()
                 self._listed.notify_all()
+
+    def restarted(self) -> bool:
+        """Whether the cluster's head is another one than at connect: a new cluster at the
+        same address, which this driver cannot use (it must be started anew)."""
+        head = _head(self._nodes)
+        return head is not None and self.head is not None and head != self.head
 
     def nodes(self, *, fresh: bool = False) -> list[RayNode]:
         """The alive nodes as last listed (at most a few seconds ago while the head is up);
@@ -151,6 +158,10 @@ class RayCluster:
             gpus=int(sum(n.resources.get("GPU", 0.0) for n in nodes)),
             memory_bytes=int(sum(n.resources.get("memory", 0.0) for n in nodes)),
         )
+
+
+def _head(nodes: list[RayNode]) -> str | None:
+    return next((n.node_id for n in nodes if "node:__internal_head__" in n.resources), None)
 
 
 def _list_nodes() -> list[RayNode]:

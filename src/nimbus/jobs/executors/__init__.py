@@ -55,11 +55,10 @@ def make_executor(
         )
     if name == "ray":
         # Imported here: Ray is an optional extra, and heavy.
-        from nimbus.jobs import ray_cluster
-        from nimbus.jobs.executors.ray_executor import RayExecutor
+        from nimbus.jobs.executors.ray_bridge import shared_bridge
 
-        return RayExecutor(
-            ray_cluster.connect(ray_address),
+        return shared_bridge(
+            ray_address,
             ray_jobs_dir or jobs_root,
             preload=preload,
             grace_seconds=grace_seconds,

@@ -83,12 +83,12 @@ class RayExecutor:
         self._handles: dict[str, RayHandle] = {}
         self.ensure_agents()
 
-    def ensure_agents(self) -> None:
+    def ensure_agents(self, *, fresh: bool = True) -> None:
         """An agent on every alive node that has none yet (their fork servers start in
         the background; a worker placed on a node whose agent is starting waits for it)."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        for node in self.cluster.nodes(fresh=True):
+        for node in self.cluster.nodes(fresh=fresh):
             if node.node_id in self._agents:
                 continue
             self._agents[node.node_id] = self._agent_class.options(
@@ -161,6 +161,8 @@ class RayExecutor:
         return RayWorker(rank, order, self._task.options(**options).remote(order))
 
     def poll(self, handle: Handle) -> ExitStatus | None:
+        if any(node.node_id not in self._agents for node in self.cluster.nodes()):
+            self.ensure_agents(fresh=False)  # a node joined: its workers wait for an agent
         group = self._group(handle)
         if group.rendezvous is not None and not group.workers and not self._rendezvous(group):
             return None if group.failure is None else self._end(group)
