@@ -1,12 +1,13 @@
 """The Ray cluster the ``ray`` executor runs attempts on: the connection, its nodes, and
 the submit-time check that some node could ever run a job.
 
-Ray is imported here only when the ``ray`` executor is configured (the ``ray`` extra); the
-control plane is a Ray *driver*. Ray's own token authentication is Ray's: the token comes
-from ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` in the server's environment, as Ray reads
+Ray is imported here only when the ``ray`` executor is configured (the ``ray`` extra), in
+the Ray driver: a child process of the control plane (:mod:`.executors.ray_bridge`).
+Ray's token authentication is Ray's: the token comes from ``RAY_AUTH_TOKEN`` or
+``RAY_AUTH_TOKEN_PATH`` in the server's environment (the child inherits it), as Ray reads
 it. A driver whose head stays unreachable is ended by Ray after
-``RAY_gcs_rpc_server_reconnect_timeout_s``: the control plane must outlive the head, so the
-connection sets that far in the future unless it was set.
+``RAY_gcs_rpc_server_reconnect_timeout_s``: the driver waits for a head that comes back,
+so the connection sets that far in the future unless it was set.
 """
 
 from __future__ import annotations
