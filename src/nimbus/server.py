@@ -393,7 +393,7 @@ class SchedulerThread:
                 sandbox=sandbox,
                 warm=settings.job_warm_sandboxes
                 if settings.executor != "ray"
-                else settings.ray_warm,
+                else int(settings.ray_warm),
                 ray_address=settings.ray_address,
                 ray_jobs_dir=Path(settings.ray_jobs_dir),
             ),

@@ -62,7 +62,7 @@ def make_executor(
             ray_jobs_dir or jobs_root,
             preload=preload,
             grace_seconds=grace_seconds,
-            warm=warm,
+            warm=warm > 0,
         )
     if name == "forkserver":
         return ForkServerExecutor(jobs_root, preload=preload, grace_seconds=grace_seconds)

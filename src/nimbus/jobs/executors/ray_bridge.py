@@ -52,7 +52,7 @@ class _Settings:
     jobs_root: str
     preload: tuple[str, ...]
     grace_seconds: float
-    warm: int
+    warm: bool
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -68,7 +68,7 @@ class RayBridge:
         *,
         preload: Sequence[str] = ("torch",),
         grace_seconds: float = 10.0,
-        warm: int = 2,
+        warm: bool = True,
     ) -> None:
         self.settings = _Settings(address, str(jobs_root), tuple(preload), grace_seconds, warm)
         self._lock = threading.Lock()
@@ -299,7 +299,7 @@ def shared_bridge(
     *,
     preload: Sequence[str] = ("torch",),
     grace_seconds: float = 10.0,
-    warm: int = 2,
+    warm: bool = True,
 ) -> RayBridge:
     """This process's bridge (the submit check and the executor share it): made on first
     call, with these settings."""

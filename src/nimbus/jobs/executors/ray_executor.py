@@ -69,13 +69,13 @@ class RayExecutor:
         *,
         preload: Sequence[str] = ("torch",),
         grace_seconds: float = 10.0,
-        warm: int = 2,
+        warm: bool = True,
     ) -> None:
         import ray
 
         self.ray, self.cluster = ray, cluster
         self.jobs_root, self.grace_seconds, self.warm = Path(jobs_root), grace_seconds, warm
-        self.agent_config = AgentConfig(str(jobs_root), tuple(preload), grace_seconds)
+        self.agent_config = AgentConfig(str(jobs_root), tuple(preload), grace_seconds, warm)
         self._task = ray.remote(run_worker)
         self._probe = ray.remote(master_address)
         self._agent_class = ray.remote(NodeAgent)
@@ -99,11 +99,6 @@ class RayExecutor:
                 max_concurrency=64,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
             ).remote(self.agent_config)
-
-    def wait_warm(self, timeout: float = 120.0) -> list[str]:
-        """Wait for every agent's fork server; returns their executor kinds."""
-        refs = [agent.ready.remote() for agent in self._agents.values()]
-        return list(self.ray.get(refs, timeout=timeout))
 
     # -- the Executor protocol --------------------------------------------------------------
 

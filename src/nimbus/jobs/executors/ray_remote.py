@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -56,6 +57,7 @@ class AgentConfig:
     jobs_root: str
     preload: tuple[str, ...]
     grace_seconds: float
+    warm: bool = True  # fork attempts from a zygote with the preload imported; else cold
 
 
 class _Output:
@@ -82,13 +84,13 @@ class NodeAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         root = Path(config.jobs_root)
-        self._executor: Executor
-        try:
-            self._executor = ForkServerExecutor(
-                root, preload=config.preload, grace_seconds=config.grace_seconds
-            )
-        except Exception:
-            self._executor = LocalExecutor(root, grace_seconds=config.grace_seconds)
+        warm: Executor | None = None
+        if config.warm:
+            with contextlib.suppress(Exception):  # no fork server: attempts start cold
+                warm = ForkServerExecutor(
+                    root, preload=config.preload, grace_seconds=config.grace_seconds
+                )
+        self._executor: Executor = warm or LocalExecutor(root, grace_seconds=config.grace_seconds)
         self._lock = threading.Lock()
         self._running: dict[str, tuple[Handle, _Output]] = {}
         self._killed: set[str] = set()  # polled here until they end (SIGKILL after grace)
