@@ -73,7 +73,14 @@ def job(state: str = "queued", **extra: Any) -> dict[str, Any]:
         "model": "cnn",
         "dataset": {"name": "digits", "version": 2, "content_hash": "ab" * 32},
         "params": {"epochs": 3},
-        "resources": {"cpus": 1.0, "gpus": 0, "memory": 1 << 30, "workers": 1},
+        "resources": {
+            "cpus": 1.0,
+            "gpus": 0,
+            "memory": 1 << 30,
+            "workers": 1,
+            "custom": {},
+            "spread": False,
+        },
         "priority": 0,
         "max_retries": 2,
         "attempts": 0,
@@ -88,6 +95,7 @@ def job(state: str = "queued", **extra: Any) -> dict[str, Any]:
         "artifacts": [],
         "seed": 0,
         "isolation": None,
+        "workers": [],
         **extra,
     }
 

@@ -89,7 +89,15 @@ class Settings(BaseSettings):
 
     # Training jobs: the embedded scheduler and where its attempts run.
     scheduler_enabled: bool = True  # false: API only (jobs queue up, nothing runs them)
-    executor: Literal["forkserver", "local"] = "forkserver"
+    executor: Literal["forkserver", "local", "ray"] = "forkserver"
+    # The Ray executor (docs/cluster.md): the cluster's address (HOST:PORT of the head's GCS;
+    # its token, when the cluster has token authentication, from RAY_AUTH_TOKEN or
+    # RAY_AUTH_TOKEN_PATH as Ray reads them), where attempts' work directories go on its
+    # nodes, and whether each node's agent forks attempts from a warm zygote (torch and the
+    # runtime imported) or starts a fresh python per attempt (false: cold, slower).
+    ray_address: str | None = None
+    ray_jobs_dir: str = "/tmp/nimbus-ray-jobs"
+    ray_warm: bool = True
     # Modules the fork server imports once so attempts start warm: the job runtime itself
     # (scikit-learn and torch's compiler stack take ~4 s to import cold).
     executor_preload: list[str] = Field(

@@ -387,19 +387,24 @@ class SchedulerThread:
                 preload=tuple(settings.executor_preload),
                 grace_seconds=settings.kill_grace_seconds,
                 sandbox=sandbox,
-                warm=settings.job_warm_sandboxes,
+                warm=settings.job_warm_sandboxes
+                if settings.executor != "ray"
+                else int(settings.ray_warm),
+                ray_address=settings.ray_address,
+                ray_jobs_dir=Path(settings.ray_jobs_dir),
             ),
             jobs_root,
             {},
             sandbox=sandbox,
-            caches=caches,
+            # On Ray, attempts run on other machines: each keeps its cache in its work dir.
+            caches=caches if settings.executor != "ray" else None,
             prefetch=(
                 prefetch.Prefetch(
                     services.job_api.prefetch_blobs,
                     services.uploads.direct_url,
                     workers=settings.prefetch_workers,
                 )
-                if services.uploads.direct is not None
+                if services.uploads.direct is not None and settings.executor != "ray"
                 else None
             ),
         )
@@ -552,9 +557,25 @@ def build_services(
         compile_check=CompileCheck(checks, check_limits(settings, settings.code_check_seconds)),
         quotas=quotas,
     )
-    capacity = node_capacity(
-        settings.capacity_cpus, settings.capacity_gpus, settings.capacity_memory
-    )
+    cluster = None
+    if settings.executor == "ray" and settings.scheduler_enabled:
+        from nimbus.jobs.executors.ray_bridge import shared_bridge  # Ray: an optional extra
+
+        cluster = shared_bridge(
+            settings.ray_address,
+            Path(settings.ray_jobs_dir),
+            preload=settings.executor_preload,
+            grace_seconds=settings.kill_grace_seconds,
+            warm=settings.ray_warm,
+        )
+        capacity = cluster.capacity()
+    else:
+        capacity = node_capacity(
+            settings.capacity_cpus, settings.capacity_gpus, settings.capacity_memory
+        )
+    jobs = JobService(db, datasets, code, capacity, quotas=quotas)
+    if cluster is not None:
+        jobs.check_resources = cluster.check
     models = ModelService(
         db,
         blobs,
@@ -593,7 +614,7 @@ def build_services(
         ),
         datasets=datasets,
         code=code,
-        jobs=JobService(db, datasets, code, capacity, quotas=quotas),
+        jobs=jobs,
         job_api=JobApiService(
             db,
             blobs,
@@ -724,7 +745,15 @@ def build_app(
 
 
 def job_isolation(settings: Settings) -> Isolation:
-    """How this node isolates jobs, per the settings (see :mod:`nimbus.jobs.isolation`)."""
+    """How this node isolates jobs, per the settings (see :mod:`nimbus.jobs.isolation`).
+    The Ray executor runs jobs on Ray's nodes, outside this node's sandbox: only with
+    ``job_isolation = none``, said out loud."""
+    if settings.executor == "ray" and settings.job_isolation != "none":
+        return Isolation(
+            settings.job_isolation,
+            refused="the ray executor runs jobs in Ray's workers, without Nimbus's sandbox: "
+            "set NIMBUS_JOB_ISOLATION=none to run them there (docs/cluster.md)",
+        )
     return resolve_isolation(
         settings.job_isolation,
         settings.home,
@@ -863,8 +892,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nimbus.server", description="Nimbus control plane")
     parser.add_argument("--host", default=None, help="address to listen on (NIMBUS_HOST)")
     parser.add_argument("--port", type=int, default=None, help="port to listen on (NIMBUS_PORT)")
+    parser.add_argument("--executor", choices=("forkserver", "local", "ray"), help="where jobs run")
+    parser.add_argument("--ray-address", default=None, help="HOST:PORT of the Ray head")
     args = parser.parse_args(argv)
-    settings = load_settings(host=args.host, port=args.port)
+    settings = load_settings(
+        host=args.host, port=args.port, executor=args.executor, ray_address=args.ray_address
+    )
     try:
         run(settings)
     except KeyboardInterrupt:

@@ -204,7 +204,14 @@ def test_submit_show_list_compare_cancel(env: Env) -> None:
     assert job["dataset"]["name"] == "reviews" and job["dataset"]["version"] == 1
     assert job["params"]["epochs"] == 2 and job["params"]["batch_size"] == 8
     assert job["params"]["seed"] == 0 and job["seed"] == 0
-    assert job["resources"] == {"cpus": 1.0, "gpus": 0, "memory": 2 << 30, "workers": 1}
+    assert job["resources"] == {
+        "cpus": 1.0,
+        "gpus": 0,
+        "memory": 2 << 30,
+        "workers": 1,
+        "custom": {},
+        "spread": False,
+    }
     assert job["deadline_at"] and job["evaluation"] is None and job["artifacts"] == []
     seeded = submit(env, params={"seed": "7"}, priority=-5)
     assert seeded["seed"] == 7 and seeded["params"]["seed"] == 7

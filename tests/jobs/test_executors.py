@@ -164,4 +164,4 @@ def test_local_executor_reaps_orphans_of_a_crashed_run(tmp_path: Path) -> None:
 def test_factory(tmp_path: Path) -> None:
     assert isinstance(make_executor("local", tmp_path), LocalExecutor)
     with pytest.raises(InvalidInput, match="unknown executor"):
-        make_executor("ray", tmp_path)
+        make_executor("kubernetes", tmp_path)

@@ -212,6 +212,9 @@ def job_view(job: Job) -> RenderableType:
         for key, value in shown.items()
         if value
     )
+    resources += "".join(f", {name} {amount:g}" for name, amount in res.custom.items())
+    if res.spread:
+        resources += ", spread"
     rows: list[tuple[str, Any]] = [
         ("job", job.id),
         ("state", None),
@@ -239,6 +242,10 @@ def job_view(job: Job) -> RenderableType:
     if job.artifacts:
         names = ", ".join(f"{a.name} ({human_bytes(a.size)})" for a in job.artifacts)
         facts.add_row("artifacts", Text(names))
+    for w in job.workers:  # where each worker ran, per attempt (the Ray executor's nodes)
+        facts.add_row(
+            "worker", Text(f"attempt {w.attempt} rank {w.rank}: node {w.node} ({w.address})")
+        )
     parts: list[RenderableType] = [facts]
     evaluation = job.evaluation
     if evaluation:

@@ -28,6 +28,19 @@ def server(
             "else stop them in a terminal, keep them otherwise]",
         ),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            metavar="forkserver|local|ray", help="Where jobs run [default: NIMBUS_EXECUTOR]"
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="The Ray cluster's head, with --executor ray [default: NIMBUS_RAY_ADDRESS]",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the Nimbus control plane until interrupted."""
@@ -35,7 +48,13 @@ def server(
     # stack, which every other command would otherwise pay for at start-up.
     from nimbus.server import ADMIN_TOKEN_FILE, bootstrap, run
 
-    settings = load_settings(host=host, port=port, keep_deployments=keep_deployments)
+    settings = load_settings(
+        host=host,
+        port=port,
+        keep_deployments=keep_deployments,
+        executor=executor,
+        ray_address=ray_address,
+    )
     url = f"http://{settings.host}:{settings.port}"
     if as_json:
         # Bootstrap first so the JSON line comes first; run() bootstraps again, which finds

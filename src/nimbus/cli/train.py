@@ -10,7 +10,7 @@ import typer
 from nimbus.cli.common import JsonOption, client, console, print_json
 from nimbus.cli.follow import bar_console, check_outcome, follow, summary
 from nimbus.errors import InvalidInput
-from nimbus.jobs.domain import JobState
+from nimbus.jobs.domain import JobState, parse_resource
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, str]:
@@ -53,6 +53,17 @@ def train(
         str | None, typer.Option(metavar="SIZE", help="Memory per worker, e.g. 4G")
     ] = None,
     workers: Annotated[int, typer.Option(help="Data-parallel worker processes")] = 1,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--resource",
+            metavar="NAME=AMOUNT",
+            help="A custom resource of the cluster's nodes per worker (Ray), repeatable",
+        ),
+    ] = None,
+    spread: Annotated[
+        bool, typer.Option("--spread", help="Each worker on a different node (Ray)")
+    ] = False,
     priority: Annotated[int, typer.Option(help="Higher starts first (-1000..1000)")] = 0,
     max_retries: Annotated[
         int | None,
@@ -84,6 +95,8 @@ def train(
             gpus=gpus,
             memory=memory,
             workers=workers,
+            resources=dict(parse_resource(item) for item in resource or []),
+            spread=spread,
             priority=priority,
             max_retries=max_retries,
             deadline=deadline,

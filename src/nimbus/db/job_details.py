@@ -3,6 +3,7 @@ resolved at submit, the latest progress, and the artifacts, for one job or a pag
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nimbus.db import jobs as repo
-from nimbus.db.tables import JobArtifactRow, JobRow
+from nimbus.db.tables import JobArtifactRow, JobAttemptRow, JobRow
 from nimbus.jobs.domain import Job, JobState
 
 
@@ -29,6 +30,8 @@ class JobDetail:
     inputs: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] | None = None
     artifacts: tuple[Artifact, ...] = ()
+    # Per attempt number, where its workers ran: [{"rank", "node", "address"}]
+    workers: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def _details(session: Session, jobs: Sequence[Job]) -> list[JobDetail]:
@@ -48,10 +51,25 @@ def _details(session: Session, jobs: Sequence[Job]) -> list[JobDetail]:
         artifacts.setdefault(row.job_id, []).append(
             Artifact(row.name, row.blob_key, row.size, row.attempt_number)
         )
+    workers: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for job_id, number, placed in session.execute(
+        select(JobAttemptRow.job_id, JobAttemptRow.number, JobAttemptRow.workers).where(
+            JobAttemptRow.job_id.in_(ids), JobAttemptRow.workers.is_not(None)
+        )
+    ).tuples():
+        workers.setdefault(job_id, {})[number] = json.loads(placed or "[]")
     details = []
     for job in jobs:
         inputs, progress = extras.get(job.id, (None, None))
-        details.append(JobDetail(job, inputs or {}, progress, tuple(artifacts.get(job.id, ()))))
+        details.append(
+            JobDetail(
+                job,
+                inputs or {},
+                progress,
+                tuple(artifacts.get(job.id, ())),
+                workers.get(job.id, {}),
+            )
+        )
     return details
 
 

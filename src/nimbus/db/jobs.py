@@ -16,6 +16,7 @@ through :class:`nimbus.db.queue.DbQueue`.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -564,3 +565,13 @@ def request_cancel(
         job.cancel_requested = True
     session.flush()
     return _job(job)
+
+
+def record_worker(session: Session, attempt_id: str, rank: int, node: str, address: str) -> None:
+    """Where worker ``rank`` of an attempt runs (kept with the attempt, shown by jobs show)."""
+    row = session.get(JobAttemptRow, attempt_id)
+    if row is None:
+        return
+    placed = [w for w in json.loads(row.workers or "[]") if w.get("rank") != rank]
+    placed.append({"rank": rank, "node": node, "address": address})
+    row.workers = json.dumps(sorted(placed, key=lambda w: w["rank"]))

@@ -91,6 +91,10 @@ class DbQueue:
         with self.db.session() as s:
             return repo.get_attempt(s, attempt_id)
 
+    def record_worker(self, attempt_id: str, rank: int, node: str, address: str) -> None:
+        with self.db.session(write=True) as s:
+            repo.record_worker(s, attempt_id, rank, node, address)
+
     def append_logs(self, attempt_id: str, chunks: Sequence[str], now: datetime) -> None:
         with self._write() as s:
             job_outputs.append_logs(s, attempt_id, chunks, now)

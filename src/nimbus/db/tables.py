@@ -205,6 +205,8 @@ class JobAttemptRow(Base):
     exit_signal: Mapped[int | None]
     exit_reason: Mapped[str | None] = mapped_column(Text)
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # JSON: [{"rank", "node", "address"}] where each worker ran (the Ray executor's nodes)
+    workers: Mapped[str | None] = mapped_column(Text)
 
 
 class JobMetricRow(Base):

@@ -86,8 +86,6 @@ _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])", re.IGNORECASE)
 MAX_MEMORY_BYTES = MAX_INT64
 MAX_DURATION_SECONDS = 100 * 366 * 86400.0
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# A custom resource's name, as Ray's node labels allow (e.g. accelerator_type:H100).
-_RESOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 
 
 def parse_memory(text: str | int) -> int:
@@ -132,12 +130,54 @@ def parse_duration(text: str | float) -> float:
     return seconds
 
 
+# A custom resource's name, as Ray's node resources allow (e.g. accelerator_type:H100).
+_RESOURCE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:/-]{0,99}$")
+# Names Ray gives its own resources: asked through --cpus, --gpus, --memory instead.
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def parse_resource(text: str) -> tuple[str, float]:
+    """``NAME=AMOUNT`` (a custom resource of a cluster's nodes, e.g. ``accel_a100=1``)."""
+    name, sep, amount = text.partition("=")
+    if not sep:
+        raise InvalidInput(f"invalid resource {text!r}: use NAME=AMOUNT, e.g. accel_a100=1")
+    try:
+        value = float(amount)
+    except ValueError:
+        raise InvalidInput(f"invalid amount in resource {text!r}: a number") from None
+    return name.strip(), value
+
+
+def check_custom(custom: Mapping[str, float]) -> None:
+    """Refuse malformed custom resources, naming the bad one."""
+    if len(custom) > 16:
+        raise InvalidInput(f"at most 16 custom resources, got {len(custom)}")
+    for name, amount in custom.items():
+        if not isinstance(name, str) or not _RESOURCE_NAME_RE.match(name):
+            raise InvalidInput(
+                f"invalid resource name {name!r}: a letter, then letters, digits, _ . : / -",
+                resource=str(name)[:100],
+            )
+        if name in RESERVED_RESOURCES:
+            raise InvalidInput(
+                f"resource {name!r} is asked with --cpus, --gpus or --memory", resource=name
+            )
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise InvalidInput(f"resource {name!r} needs a number", resource=name)
+        if not (math.isfinite(amount) and 0 < amount <= 1_000_000):
+            raise InvalidInput(
+                f"resource {name!r} must be positive and at most 1000000, got {amount}",
+                resource=name,
+            )
+
+
 @dataclass(frozen=True)
 class Resources:
     """What one worker needs; ``workers`` processes each get that much.
 
-    ``custom`` names other resources a node may offer (an accelerator type, a licence), with
-    the amount one worker needs of each.
+    ``custom`` names other resources a node may offer (an accelerator type, a licence: a Ray
+    cluster's custom resources), with the amount one worker needs of each; ``spread`` puts
+    each worker on a different node (else packed on as few nodes as possible).
     """
 
     cpus: float = 1.0
@@ -145,17 +185,12 @@ class Resources:
     memory_bytes: int = 1024**3
     workers: int = 1
     custom: Mapping[str, float] = field(default_factory=dict)
+    spread: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.custom, Mapping):
             raise InvalidInput("custom resources must be an object of NAME: AMOUNT")
-        for name, amount in self.custom.items():
-            if not isinstance(name, str) or not _RESOURCE_NAME_RE.match(name):
-                raise InvalidInput(f"invalid resource name {name!r}: 1-64 letters, digits or _.:/-")
-            if isinstance(amount, bool) or not isinstance(amount, int | float):
-                raise InvalidInput(f"resource {name} needs a number, got {amount!r}")
-            if not (math.isfinite(amount) and amount > 0):
-                raise InvalidInput(f"resource {name} must be positive, got {amount}")
+        check_custom(self.custom)
         if not (math.isfinite(self.cpus) and self.cpus > 0):
             raise InvalidInput(f"cpus must be positive, got {self.cpus}")
         if self.gpus < 0:

@@ -82,3 +82,7 @@ class JobQueue(Protocol):
     def append_logs(self, attempt_id: str, chunks: Sequence[str], now: datetime) -> None:
         """Append an attempt's output; :class:`Fenced` unless it is its job's latest."""
         ...
+
+    def record_worker(self, attempt_id: str, rank: int, node: str, address: str) -> None:
+        """Record the node worker ``rank`` of an attempt was placed on."""
+        ...

@@ -21,6 +21,7 @@ of the same node recovers them; :meth:`~Scheduler.shutdown` kills and requeues t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -213,6 +214,7 @@ class Scheduler:
             resources=job.resources,
             output=self._log_sink(attempt.id),
             tenant_id=job.tenant_id,
+            placed=functools.partial(self.queue.record_worker, attempt.id),
         )
 
     def _log_sink(self, attempt_id: str) -> OutputSink:

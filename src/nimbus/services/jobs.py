@@ -9,6 +9,7 @@ What the job's own process sends while it runs goes through :mod:`.job_api`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -114,7 +115,12 @@ def job_view(detail: JobDetail) -> wire.Job:
         ),
         params=job.spec.params,
         resources=wire.Resources(
-            cpus=res.cpus, gpus=res.gpus, memory=res.memory_bytes, workers=res.workers
+            cpus=res.cpus,
+            gpus=res.gpus,
+            memory=res.memory_bytes,
+            workers=res.workers,
+            custom=dict(res.custom),
+            spread=res.spread,
         ),
         priority=job.priority,
         max_retries=job.max_retries,
@@ -131,6 +137,11 @@ def job_view(detail: JobDetail) -> wire.Job:
             wire.Artifact(name=a.name, key=a.blob_key, size=a.size) for a in detail.artifacts
         ],
         seed=job.spec.seed,
+        workers=[
+            wire.WorkerNode(attempt=number, **worker)
+            for number, placed in sorted(detail.workers.items())
+            for worker in placed
+        ],
     )
 
 
@@ -173,6 +184,11 @@ class JobService:
         # Called after a job is queued: the node's scheduler starts it without waiting
         # for its next tick (a scheduler on another node still finds it at its tick).
         self.on_submit: Callable[[], object] | None = None
+        # Refuses at submit what no node could ever run (400 naming the resource): this
+        # node's capacity, or the Ray cluster's nodes (nimbus.jobs.ray_cluster).
+        self.check_resources: Callable[[Resources], None] = functools.partial(
+            check_request, capacity=capacity
+        )
 
     # -- submit -------------------------------------------------------------------------
 
@@ -202,8 +218,10 @@ class JobService:
             gpus=request.gpus,
             memory_bytes=parse_memory(request.memory),
             workers=request.workers,
+            custom=dict(request.resources),
+            spread=request.spread,
         )
-        check_request(resources, self.capacity)  # before the write transaction begins
+        self.check_resources(resources)  # before the write transaction begins
         spec = JobSpec(
             model=request.model,
             dataset=f"{version.dataset}:{version.version}",

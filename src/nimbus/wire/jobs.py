@@ -27,6 +27,9 @@ class SubmitRequest(Request):
     gpus: int = Field(0, ge=0)
     memory: str | int = "1G"
     workers: int = Field(1, ge=1, le=256)
+    # Custom resources of a cluster's nodes per worker (Ray executor), e.g. {"accel_a100": 1}.
+    resources: dict[str, float] = Field(default_factory=dict)
+    spread: bool = False  # each worker on a different node
     priority: int = Field(0, ge=-1000, le=1000)
     max_retries: int = Field(2, ge=0, le=100)
     deadline: str | float | None = None
@@ -48,6 +51,17 @@ class Resources(Response):
     gpus: int
     memory: int
     workers: int
+    custom: dict[str, float] = Field(default_factory=dict)
+    spread: bool = False
+
+
+class WorkerNode(Response):
+    """Where one worker of an attempt ran (executors that place workers on nodes: Ray)."""
+
+    attempt: int
+    rank: int
+    node: str
+    address: str
 
 
 class Progress(Response):
@@ -93,6 +107,7 @@ class Job(Response):
     artifacts: list[Artifact]
     seed: int | None
     isolation: str | None = None  # how this server runs jobs: "sandbox" or "none"
+    workers: list[WorkerNode] = Field(default_factory=list)  # per attempt, each worker's node
 
 
 class JobList(Response):

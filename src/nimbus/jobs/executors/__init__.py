@@ -1,6 +1,8 @@
 """Executors: where attempts run. One module each; :func:`make_executor` picks one by name.
 
 - ``local``: a fresh ``python`` subprocess per worker (:mod:`.local`).
+- ``ray``: each worker a Ray task on a cluster, started by its node's warm agent
+  (:mod:`.ray_executor`).
 - ``forkserver``: workers forked from a zygote with heavy modules imported (:mod:`.forkserver`);
   with the sandbox, each attempt in a warm sandbox of its own (:mod:`.warm`).
 """
@@ -18,7 +20,7 @@ from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.warm import WarmSandboxExecutor
 from nimbus.jobs.sandbox import Sandbox
 
-EXECUTORS = ("local", "forkserver")
+EXECUTORS = ("local", "forkserver", "ray")
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +32,8 @@ def make_executor(
     grace_seconds: float = 10.0,
     sandbox: Sandbox | None = None,
     warm: int = 2,
+    ray_address: str | None = None,
+    ray_jobs_dir: Path | None = None,
 ) -> Executor:
     """The executor called ``name``, running attempts under ``jobs_root`` (each in
     ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`). ``forkserver`` with the
@@ -48,6 +52,17 @@ def make_executor(
             return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
         return WarmSandboxExecutor(
             jobs_root, sandbox=sandbox, size=warm, preload=preload, grace_seconds=grace_seconds
+        )
+    if name == "ray":
+        # Imported here: Ray is an optional extra, and heavy.
+        from nimbus.jobs.executors.ray_bridge import shared_bridge
+
+        return shared_bridge(
+            ray_address,
+            ray_jobs_dir or jobs_root,
+            preload=preload,
+            grace_seconds=grace_seconds,
+            warm=warm > 0,
         )
     if name == "forkserver":
         return ForkServerExecutor(jobs_root, preload=preload, grace_seconds=grace_seconds)

@@ -24,6 +24,8 @@ from nimbus.jobs.policy import Outcome
 
 OutputSink = Callable[[str], None]
 """Receives batches of an attempt's output (stdout and stderr, whole lines where possible)."""
+PlacementSink = Callable[[int, str, str], None]
+"""Told where a worker of an attempt was placed: (rank, node id, node address)."""
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class AttemptLaunch:
     extra_env: Mapping[str, str] = field(default_factory=dict)  # set by the caller, not copied
     output: OutputSink | None = None
     tenant_id: int | None = None  # whose job: picks the tenant's download cache
+    placed: PlacementSink | None = None  # executors that place workers on nodes call it
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class ExitStatus:
 
     exit_code: int | None
     signal: int | None = None
-    limit: ExitReason | None = None  # a limit of the sandbox ended it (out of memory, disk)
+    # A limit of the sandbox ended it (out of memory, disk), or LOST: its node died.
+    limit: ExitReason | None = None
 
     @classmethod
     def from_returncode(cls, code: int) -> ExitStatus:
@@ -95,6 +99,8 @@ class ExitStatus:
                 self.signal,
                 "out of memory: killed at its --memory limit",
             )
+        if self.limit is ExitReason.LOST:
+            return Outcome(ExitReason.LOST, detail="lost: its node or worker died")
         if self.limit is ExitReason.DISK_LIMIT:
             return Outcome(
                 self.limit,

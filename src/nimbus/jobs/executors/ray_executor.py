@@ -1,0 +1,286 @@
+"""The Ray executor: each worker of an attempt a Ray task holding the job's resources,
+its process started by the warm agent of the node Ray placed it on (:mod:`.ray_remote`).
+
+Nimbus stays the source of truth: Ray's retries are off (``max_retries=0``), the attempt's
+lease is renewed by the scheduler as for any executor, and a worker whose task or node died
+ends the attempt as *lost* (requeued by the retry policy, resumed from its checkpoint).
+Several workers get a placement group (``PACK``, or ``STRICT_SPREAD`` with ``spread``) and
+torch.distributed's rendezvous at rank 0's node. Each worker's node goes to the attempt's
+log as it starts, and to :meth:`RayExecutor.placement`.
+
+Isolation: a worker process runs as the Ray node's user, in a session of its own, with the
+scrubbed environment of every attempt, but without Nimbus's sandbox (no uid, namespace or
+cgroup of its own): Ray's nodes are trusted machines (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nimbus.jobs.domain import ExitReason
+from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, OutputSink
+from nimbus.jobs.executors.ray_remote import (
+    AGENT_PREFIX,
+    AgentConfig,
+    NodeAgent,
+    WorkerOrder,
+    master_address,
+    run_worker,
+)
+from nimbus.jobs.ray_cluster import RayCluster, worker_demand
+
+log = logging.getLogger(__name__)
+LOST = ExitStatus(None, None, ExitReason.LOST)
+
+
+@dataclass
+class RayWorker:
+    rank: int
+    order: WorkerOrder
+    stream: Any  # ray's ObjectRefGenerator
+    node: tuple[str, str] | None = None  # (node id, address)
+    status: ExitStatus | None = None
+
+
+@dataclass
+class RayHandle:
+    attempt_id: str
+    launch: AttemptLaunch
+    group: Any = None  # the placement group of a multi-worker attempt
+    rendezvous: Any = None  # ObjectRef of (address, port) while the group forms
+    workers: list[RayWorker] = field(default_factory=list)
+    killed_at: float | None = None
+    failure: ExitStatus | None = None
+
+
+class RayExecutor:
+    """Runs attempts on ``cluster``; work directories under ``jobs_root`` on its nodes."""
+
+    def __init__(
+        self,
+        cluster: RayCluster,
+        jobs_root: Path,
+        *,
+        preload: Sequence[str] = ("torch",),
+        grace_seconds: float = 10.0,
+        warm: bool = True,
+    ) -> None:
+        import ray
+
+        self.ray, self.cluster = ray, cluster
+        self.jobs_root, self.grace_seconds, self.warm = Path(jobs_root), grace_seconds, warm
+        self.agent_config = AgentConfig(str(jobs_root), tuple(preload), grace_seconds, warm)
+        self._task = ray.remote(run_worker)
+        self._probe = ray.remote(master_address)
+        self._agent_class = ray.remote(NodeAgent)
+        self._agents: dict[str, Any] = {}
+        self._handles: dict[str, RayHandle] = {}
+        self.ensure_agents()
+
+    def ensure_agents(self, *, fresh: bool = True) -> None:
+        """An agent on every alive node that has none yet (their fork servers start in
+        the background; a worker placed on a node whose agent is starting waits for it)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        for node in self.cluster.nodes(fresh=fresh):
+            if node.node_id in self._agents:
+                continue
+            self._agents[node.node_id] = self._agent_class.options(
+                name=AGENT_PREFIX + node.node_id,
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=0,
+                max_concurrency=64,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            ).remote(self.agent_config)
+
+    # -- the Executor protocol --------------------------------------------------------------
+
+    def start(self, launch: AttemptLaunch) -> Handle:
+        if any(node.node_id not in self._agents for node in self.cluster.nodes()):
+            self.ensure_agents()  # a node joined
+        handle = RayHandle(launch.attempt_id, launch)
+        world = launch.resources.workers
+        if world == 1:
+            handle.workers.append(self._launch_worker(handle, 0, {}))
+        else:
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            bundle = worker_demand(launch.resources)
+            strategy = "STRICT_SPREAD" if launch.resources.spread else "PACK"
+            handle.group = placement_group([dict(bundle) for _ in range(world)], strategy)
+            handle.rendezvous = self._probe.options(
+                num_cpus=0,
+                max_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(handle.group, 0),
+            ).remote()
+        self._handles[launch.attempt_id] = handle
+        return handle
+
+    def _launch_worker(self, handle: RayHandle, rank: int, env: dict[str, str]) -> RayWorker:
+        launch, res = handle.launch, handle.launch.resources
+        order = WorkerOrder(
+            job_id=launch.job_id,
+            attempt_id=launch.attempt_id,
+            attempt_number=launch.attempt_number,
+            token=launch.token,
+            program=launch.program,
+            workdir=str(self.jobs_root / launch.job_id / launch.attempt_id),
+            nimbus_url=launch.nimbus_url,
+            cpus=res.cpus,
+            gpus=res.gpus,
+            memory_bytes=res.memory_bytes,
+            rank=rank,
+            env={**launch.extra_env, **env},
+        )
+        options: dict[str, Any] = {
+            "num_cpus": res.cpus,
+            "num_gpus": res.gpus,
+            "resources": dict(res.custom),
+            "max_retries": 0,
+            "retry_exceptions": False,
+        }
+        if res.memory_bytes:
+            options["memory"] = res.memory_bytes
+        if handle.group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(handle.group, rank)
+        return RayWorker(rank, order, self._task.options(**options).remote(order))
+
+    def poll(self, handle: Handle) -> ExitStatus | None:
+        if any(node.node_id not in self._agents for node in self.cluster.nodes()):
+            self.ensure_agents(fresh=False)  # a node joined: its workers wait for an agent
+        group = self._group(handle)
+        if group.rendezvous is not None and not group.workers and not self._rendezvous(group):
+            return None if group.failure is None else self._end(group)
+        for worker in group.workers:
+            if worker.status is None:
+                worker.status = self._drain(group, worker)
+                failed = worker.status is not None and not worker.status.ok
+                if failed and group.failure is None:
+                    group.failure = worker.status
+                    self.kill(group)  # the others cannot finish without it
+        if group.killed_at is not None and time.monotonic() > group.killed_at + self.grace_seconds:
+            for worker in group.workers:
+                if worker.status is None:
+                    self.ray.cancel(worker.stream, force=True)
+        if any(worker.status is None for worker in group.workers):
+            return None
+        return self._end(group)
+
+    def _rendezvous(self, group: RayHandle) -> bool:
+        """Launch the workers once rank 0's address is known (the group placed)."""
+        ready, _ = self.ray.wait([group.rendezvous], timeout=0)
+        if group.killed_at is not None:
+            group.failure = group.failure or ExitStatus(None, signal.SIGTERM)
+            return False
+        if not ready:
+            return False
+        try:
+            address, port = self.ray.get(group.rendezvous)
+        except self.ray.exceptions.RayError:
+            group.failure = LOST
+            return False
+        world = group.launch.resources.workers
+        for rank in range(world):
+            env = {
+                "RANK": str(rank),
+                "LOCAL_RANK": "0",
+                "WORLD_SIZE": str(world),
+                "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": address,
+                "MASTER_PORT": str(port),
+            }
+            group.workers.append(self._launch_worker(group, rank, env))
+        return True
+
+    def _drain(self, group: RayHandle, worker: RayWorker) -> ExitStatus | None:
+        """Hand the worker's new output to the attempt's sink; its status once it ended."""
+        sink = group.launch.output
+        prefix = f"[{worker.rank}] " if group.launch.resources.workers > 1 else ""
+        while True:
+            ready, _ = self.ray.wait([worker.stream], timeout=0)
+            if not ready:
+                return None
+            try:
+                item = self.ray.get(next(worker.stream))
+            except StopIteration:
+                return LOST  # ended without its exit: cannot happen unless it crashed
+            except self.ray.exceptions.TaskCancelledError:
+                return ExitStatus(None, signal.SIGTERM) if group.killed_at else LOST
+            except self.ray.exceptions.RayError as exc:
+                log.warning("attempt %s worker %d lost: %s", group.attempt_id, worker.rank, exc)
+                _emit(sink, f"{prefix}[nimbus] lost: {type(exc).__name__}\n")
+                return LOST
+            if item[0] == "node":
+                worker.node = (item[1], item[2])
+                if group.launch.placed is not None:
+                    try:
+                        group.launch.placed(worker.rank, item[1], item[2])
+                    except Exception:  # a record, not the job: it goes on
+                        log.exception("could not record where a worker runs")
+                _emit(
+                    sink,
+                    f"{prefix}[nimbus] worker {worker.rank} on Ray node {item[1]} ({item[2]})\n",
+                )
+            elif item[0] == "output":
+                _emit(sink, "".join(prefix + line for line in item[1].splitlines(True)))
+            else:
+                return ExitStatus(item[1], item[2])
+
+    def _end(self, group: RayHandle) -> ExitStatus:
+        self._handles.pop(group.attempt_id, None)
+        if group.group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(group.group)
+        return group.failure or ExitStatus(0)
+
+    def placement(self, handle: Handle) -> list[tuple[int, str, str] | None]:
+        """Per rank: (rank, node id, node address) once placed."""
+        return [
+            (w.rank, *w.node) if w.node is not None else None for w in self._group(handle).workers
+        ]
+
+    def kill(self, handle: Handle) -> None:
+        group = self._group(handle)
+        if group.killed_at is not None:
+            return
+        group.killed_at = time.monotonic()
+        for worker in group.workers:
+            if worker.status is None:
+                self.ray.cancel(worker.stream)
+
+    def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
+        # The tasks of an earlier run of this control plane (an earlier driver) died with
+        # it: Ray ends a driver's tasks when it goes. Their attempts are requeued by the
+        # scheduler's recovery (abandon_owned).
+        return []
+
+    def close(self) -> None:
+        for group in list(self._handles.values()):
+            for worker in group.workers:
+                if worker.status is None:
+                    self.ray.cancel(worker.stream, force=True)
+            self._end(group)
+
+    def _group(self, handle: Handle) -> RayHandle:
+        if not isinstance(handle, RayHandle):
+            raise TypeError(f"not a handle of this executor: {handle!r}")
+        return handle
+
+
+def _emit(sink: OutputSink | None, text: str) -> None:
+    if sink is not None and text:
+        try:
+            sink(text)
+        except Exception:  # the job's output is best effort
+            log.exception("lost job output")
