@@ -26,7 +26,11 @@ def test_bootstrap_admin_once(db: Database) -> None:
     assert service.ensure_bootstrap_admin() is not None  # a locked-out operator gets a new one
 
 
-@pytest.mark.parametrize("secret", [None, "", "garbage", generate_token()])
+@pytest.mark.parametrize(
+    "secret",
+    [None, "", "garbage", generate_token()],
+    ids=["none", "empty", "garbage", "unknown-well-formed"],  # stable: xdist compares ids
+)
 def test_unknown_secrets_are_rejected(db: Database, secret: str | None) -> None:
     with pytest.raises(TokenRejected) as err:
         TokenService(db).authenticate(secret)
