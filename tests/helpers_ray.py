@@ -18,8 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from nimbus.client import Client
+from nimbus.errors import InvalidInput
 from nimbus.system import free_port
+from nimbus.wire.jobs import Job
 
 RAY = str(Path(sys.executable).with_name("ray"))  # the venv's, by absolute path
 # Dead nodes noticed in ~3 s rather than Ray's default ~30 s.
@@ -112,6 +116,9 @@ class RayTestCluster:
             f"--resources={json.dumps(resources)}",
             "--disable-usage-stats",
             # Ports of their own, not Ray's fixed defaults: another cluster may run here.
+            # Worker port ranges lie below the kernel's ephemeral range (32768-60999 by
+            # default), where free_port() and every outgoing connection take theirs: a
+            # port picked there once landed inside a range and failed the 'ray start'.
             f"--dashboard-agent-listen-port={free_port()}",
             f"--min-worker-port={first_port}",
             f"--max-worker-port={first_port + 999}",
@@ -128,14 +135,18 @@ class RayTestCluster:
                 if self.dashboard_port
                 else ["--include-dashboard=false"]
             ),
-            *self.common("node_a", 31000),
+            *self.common("node_a", 21000),
         ]
         self.nodes["node_a"] = RayNodeProcess(head, self.env, self.root / "head.log")
-        self.nodes["node_a"].start()
-        self.start_worker()
+        try:
+            self.nodes["node_a"].start()
+            self.start_worker()
+        except BaseException:
+            self.stop()  # what did start: a failed session must leave no daemons behind
+            raise
         return self
 
-    def start_worker(self, name: str = "node_b", first_port: int = 33000) -> None:
+    def start_worker(self, name: str = "node_b", first_port: int = 23000) -> None:
         self.start_workers({name: first_port}, movable=name == "node_b")
 
     def ensure_node_b(self) -> None:
@@ -168,3 +179,17 @@ class RayTestCluster:
         for node in self.nodes.values():
             node.kill()
         time.sleep(0.2)
+
+
+def submit_once_placeable(api: Client, *args: Any, **kwargs: Any) -> Job:
+    """``api.submit_job``, again while the server refuses it for want of a node: a node
+    that has just (re)joined the cluster reaches the server's listing of the nodes a few
+    seconds later, and until then a job that needs it is refused at submit, by design."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return api.submit_job(*args, **kwargs)
+        except InvalidInput as exc:
+            if "no node of the Ray cluster" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)

@@ -8,7 +8,7 @@ import pytest
 from nimbus.client import Client
 from tests.e2e.conftest import QUICK_CNN, logs_text
 from tests.helpers import ServerProcess
-from tests.helpers_ray import RayTestCluster
+from tests.helpers_ray import RayTestCluster, submit_once_placeable
 
 
 def test_a_job_runs_on_ray_end_to_end(ray_api: Client, ray_digits: str) -> None:
@@ -24,8 +24,8 @@ def test_a_job_runs_on_ray_end_to_end(ray_api: Client, ray_digits: str) -> None:
 def test_a_custom_resource_places_the_job_on_its_node(
     ray_api: Client, ray_digits: str, ray_cluster_whole: RayTestCluster, node: str
 ) -> None:
-    job = ray_api.submit_job(
-        ray_digits, "cnn", params={"epochs": "1", "batch_size": "64"}, resources={node: 1}
+    job = submit_once_placeable(
+        ray_api, ray_digits, "cnn", params={"epochs": "1", "batch_size": "64"}, resources={node: 1}
     )
     assert job.resources.custom == {node: 1.0}
     job = ray_api.wait_job(job.id, timeout=120)

@@ -16,7 +16,7 @@ from nimbus.client import Client
 from nimbus.jobs.domain import AttemptState, ExitReason
 from tests.e2e.conftest import QUICK_CNN, SLOW_CNN, Store, logs_text, steps_by_attempt, wait_for
 from tests.helpers import ServerProcess
-from tests.helpers_ray import RayTestCluster
+from tests.helpers_ray import RayTestCluster, submit_once_placeable
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def movable_nodes(ray_cluster: RayTestCluster) -> Iterator[RayTestCluster]:
     """A node ``node_c`` for the test: with ``node_b``, the nodes with the resource
     ``movable``. Afterwards ``node_c`` is gone, and ``node_b`` may be dead: the tests
     that need it say so (the ``ray_cluster_whole`` fixture) and this module runs last."""
-    ray_cluster.start_workers({"node_c": 35000}, movable=True)
+    ray_cluster.start_workers({"node_c": 25000}, movable=True)
     yield ray_cluster
     ray_cluster.nodes.pop("node_c").kill()
 
@@ -89,8 +89,8 @@ def test_the_head_killed_and_back_loses_no_job(
     too), and once a new head is up its attempts end lost and resume from checkpoints."""
     ray_cluster.ensure_node_b()
     epochs = int(SLOW_CNN["epochs"])
-    running = ray_api.submit_job(
-        ray_digits, "cnn", params=SLOW_CNN, seed=4, resources={"node_b": 1}
+    running = submit_once_placeable(
+        ray_api, ray_digits, "cnn", params=SLOW_CNN, seed=4, resources={"node_b": 1}
     ).id
     checkpointed = wait_for("the first checkpoint", lambda: store.checkpoint_step(running), 120)
     ray_cluster.nodes["node_a"].kill()
