@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,27 +61,14 @@ class Azurite(StorageServer):
 
     def start(self, timeout: float = 60.0) -> Azurite:
         (self.dir / "data").mkdir(exist_ok=True)
-        with open(self.dir / "azurite.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"azurite exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                # Any HTTP answer will do (the SDK's own client retries for many seconds).
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"azurite not ready in {timeout}s:\n{self.log()}") from None
-                time.sleep(0.1)
+        self.spawn(self.command(), "azurite.log")
+
+        def answers() -> None:
+            # Any HTTP answer will do (the SDK's own client retries for many seconds).
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+
+        self.wait_ready("azurite", answers, timeout)
+        return self
 
     def client(self) -> Any:
         """azure-storage-blob's client: the cloud's own tool, to look behind Nimbus's back."""

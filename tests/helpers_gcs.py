@@ -8,7 +8,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -62,26 +61,9 @@ class FakeGCS(StorageServer):
         ]
 
     def start(self, timeout: float = 30.0) -> FakeGCS:
-        with open(self.dir / "fake-gcs.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                list(self.client().list_buckets())
-                return self
-            except Exception:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"fake-gcs-server not ready:\n{self.log()}") from None
-                time.sleep(0.1)
+        self.spawn(self.command(), "fake-gcs.log")
+        self.wait_ready("fake-gcs-server", lambda: list(self.client().list_buckets()), timeout)
+        return self
 
     def client(self) -> Any:
         """google-cloud-storage's client: the cloud's own tool, to look behind Nimbus's back."""
