@@ -72,39 +72,25 @@ def backend_class(extra: str, module: str, name: str) -> Callable[[str, str], Cl
     return found
 
 
-def _s3(url: str) -> ObjectStore:
-    parsed = _cloud_url(url)
-    store = backend_class("s3", "nimbus.storage.s3", "S3ObjectStore")(
-        str(parsed.hostname), unquote(parsed.path)
-    )
-    store.probe()
-    return store
+def _cloud(extra: str, module: str, name: str) -> Callable[[str], ObjectStore]:
+    """The opener of one cloud's URLs: BUCKET (host) and PREFIX (path) to its store class,
+    probed before it is handed out (a misconfiguration stops the server at start)."""
 
+    def open_url(url: str) -> ObjectStore:
+        parsed = _cloud_url(url)
+        store = backend_class(extra, module, name)(str(parsed.hostname), unquote(parsed.path))
+        store.probe()
+        return store
 
-def _azure(url: str) -> ObjectStore:
-    parsed = _cloud_url(url)
-    store = backend_class("azure", "nimbus.storage.azure", "AzureObjectStore")(
-        str(parsed.hostname), unquote(parsed.path)
-    )
-    store.probe()
-    return store
-
-
-def _gcs(url: str) -> ObjectStore:
-    parsed = _cloud_url(url)
-    store = backend_class("gcs", "nimbus.storage.gcs", "GCSObjectStore")(
-        str(parsed.hostname), unquote(parsed.path)
-    )
-    store.probe()
-    return store
+    return open_url
 
 
 _BACKENDS: dict[str, Callable[[str], ObjectStore]] = {
     "file": _local,
     "memory": _memory,
-    "s3": _s3,
-    "az": _azure,
-    "gs": _gcs,
+    "s3": _cloud("s3", "nimbus.storage.s3", "S3ObjectStore"),
+    "az": _cloud("azure", "nimbus.storage.azure", "AzureObjectStore"),
+    "gs": _cloud("gcs", "nimbus.storage.gcs", "GCSObjectStore"),
 }
 
 
