@@ -72,6 +72,23 @@ def load_operations(server: ServerProcess) -> list[schemathesis.APIOperation[Any
     return operations
 
 
+def unbreakable_path_parameters(
+    operation: schemathesis.APIOperation[Any, Any, Any, Any],
+) -> dict[str, str]:
+    """Values for the path parameters that a negative case cannot break. A plain string has
+    no invalid form once it is in a URL: schemathesis negates it to a number, a list or an
+    object, finds that this serialises to a valid string again, and rejects the case, ~60
+    times per operation (measured: 90% of the negative run's CPU for no request sent). So
+    those are pinned (to the known dataset where the name fits) and the negative cases go to
+    what can be wrong: typed path parameters (``step``), queries, headers and bodies."""
+    return {
+        p.name: KNOWN.get(p.name, "nothing")
+        for p in operation.path_parameters
+        if (schema := p.definition.get("schema", {})).get("type") == "string"
+        and set(schema) <= {"type", "title"}  # no pattern, format or length to break
+    }
+
+
 def fuzz(
     operation: schemathesis.APIOperation[Any, Any, Any, Any],
     mode: schemathesis.GenerationMode,
@@ -80,6 +97,8 @@ def fuzz(
     pinned: dict[str, Any] | None = None,
 ) -> None:
     """Send ``EXAMPLES`` generated requests to one operation; note the first 5xx of each."""
+    if mode is schemathesis.GenerationMode.NEGATIVE:
+        pinned = {**unbreakable_path_parameters(operation), **(pinned or {})} or None
 
     @given(case=operation.as_strategy(generation_mode=mode, path_parameters=pinned))
     @settings(
@@ -129,7 +148,12 @@ def test_no_operation_answers_a_server_error(
     for operation in operations:
         fuzz(operation, mode, headers, found)
         params = {p.name for p in operation.path_parameters}
-        if operation.path.startswith(f"{API}/datasets/") and params <= set(KNOWN):
+        pinned_already = mode is schemathesis.GenerationMode.NEGATIVE  # unbreakable_path_parameters
+        if (
+            operation.path.startswith(f"{API}/datasets/")
+            and params <= set(KNOWN)
+            and not pinned_already
+        ):
             fuzz(operation, mode, headers, found, {k: KNOWN[k] for k in params})
     assert not found, "server errors:\n" + "\n".join(f"{k}\n  {v}" for k, v in found.items())
     assert "Traceback" not in fuzz_server.log()
