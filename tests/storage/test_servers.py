@@ -23,6 +23,7 @@ from nimbus.client import Client
 from nimbus.config import Settings
 from nimbus.demo_data import write_digits_zip
 from nimbus.errors import StorageUnavailable
+from nimbus.storage.factory import open_object_store
 from nimbus.system import free_port
 from tests.helpers import ServerProcess
 from tests.helpers_azure import Azurite
@@ -63,19 +64,42 @@ def _nimbus_server(home: Path, env: dict[str, str], timeout: float = 90.0) -> tu
     return proc.returncode, proc.stderr
 
 
-@pytest.mark.parametrize("case", MISCONFIGURATIONS)
 @pytest.mark.parametrize("name", STANDALONE)
 def test_misconfigured_storage_stops_the_server_at_start(
-    request: pytest.FixtureRequest, tmp_path: Path, name: str, case: str
+    request: pytest.FixtureRequest, tmp_path: Path, name: str
 ) -> None:
+    """The whole ``nimbus server``, once per backend: one error line, no traceback."""
     cloud = cloud_for(request, name)
-    url, env, expected = cloud.misconfigured(case, cloud.bucket("startup"), tmp_path)
+    url, env, expected = cloud.misconfigured("bad credentials", cloud.bucket("startup"), tmp_path)
     code, stderr = _nimbus_server(tmp_path / "home", {**env, "NIMBUS_STORAGE_URL": url})
     assert code != 0
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, stderr
     assert expected in lines[0]
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("case", MISCONFIGURATIONS)
+@pytest.mark.parametrize("name", STANDALONE)
+def test_each_misconfiguration_is_refused_by_the_start_probe(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    case: str,
+) -> None:
+    """Every misconfiguration, through the opener the server calls at start (the error's
+    message is the line above: a subprocess per case would test the CLI nine times over)."""
+    cloud = cloud_for(request, name)
+    url, env, expected = cloud.misconfigured(case, cloud.bucket("startup"), tmp_path)
+    for variable in os.environ:
+        if variable.startswith(_CLOUD_VARIABLES):
+            monkeypatch.delenv(variable)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(StorageUnavailable) as refused:
+        open_object_store(url)
+    assert expected in str(refused.value)
 
 
 @pytest.fixture(params=STANDALONE)
