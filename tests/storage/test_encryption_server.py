@@ -189,6 +189,8 @@ def test_store_holds_no_plaintext_rotation_and_wrong_keys(
     readable(server.url, other_token, tmp_path / "after-other")
     server.stop()
 
+    if store.kind != "file":
+        return  # the refusals below read the metadata store, not the bucket: checked once
     # The old key, another key, or none at all: the server refuses to start, in one line.
     for wrong in ({"NIMBUS_ENCRYPTION_KEY": b64(KEY)}, {"NIMBUS_ENCRYPTION_KEY": b64(bytes(32))}):
         line = one_error_line(
