@@ -34,7 +34,7 @@ from nimbus.wire.uploads import UploadSession
 
 URL_BATCH = 32  # presigned URLs asked for at a time: each is used within seconds
 PART_TRIES = 4
-RANGE_SIZE = 16 * 1024 * 1024  # one ranged GET of a download
+RANGE_SIZE = 8 * 1024 * 1024  # one ranged GET of a download: an upload part (measured best)
 CHUNK = 1024 * 1024
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # worth another try
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
