@@ -17,6 +17,7 @@ import pytest
 
 import nimbus.client
 from nimbus.client import CHUNK_SIZE, Client, DatasetRef, load_login, save_login
+from nimbus.client.transfer import Tally
 from nimbus.config import Settings
 from nimbus.errors import (
     Conflict,
@@ -505,6 +506,20 @@ def test_download_writes_verified_files(settings: Settings, tmp_path: Path) -> N
     assert json.loads(paths[2].read_text())["version"] == 3
     total = sum(map(len, blobs.values()))
     assert progress[-1] == (total, total)
+
+
+def test_files_downloaded_at_once_add_up_to_one_progress() -> None:
+    seen: list[tuple[int, int]] = []
+    tally = Tally(30, lambda done, total: seen.append((done, total)))
+    first, second = tally.for_file(), tally.for_file()
+    assert first is not None and second is not None
+    first(5, 30)
+    second(10, 30)
+    first(20, 30)
+    second(8, 30)  # a retried range took bytes back
+    second(10, 30)
+    assert seen == [(5, 30), (15, 30), (30, 30), (28, 30), (30, 30)]
+    assert Tally(30, None).for_file() is None
 
 
 def test_download_refuses_bytes_that_do_not_match_their_hash(

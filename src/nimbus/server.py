@@ -86,6 +86,7 @@ from nimbus.jobs.prefetch import Prefetch
 from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, Sandbox
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
+from nimbus.services.blobs import Claims
 from nimbus.services.cluster import ClusterService, Identity
 from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
@@ -582,6 +583,20 @@ def build_services(
         tmp_dir=settings.tmp_dir,
         check=ModelCheck(checks, check_limits(settings, settings.model_check_seconds)),
     )
+    membership = ClusterService(
+        db,
+        Identity(
+            id=instance_id(settings),
+            url=own_url(settings.host, settings.port),
+            executor=settings.executor,
+            capacity=capacity,
+            jobs_dir=str(settings.jobs_dir),
+        ),
+        lease_seconds=settings.leader_lease_seconds,
+    )
+    # Claims record this control plane; one left by a dead one is dropped when needed.
+    claims = Claims(db, blobs, membership.holder(), membership.holder_dead)
+    datasets.claims = claims
     uploads = UploadService(
         blobs,
         datasets,
@@ -591,6 +606,7 @@ def build_services(
         url_seconds=settings.presign_seconds,
         max_bytes=settings.max_upload_bytes,
         quotas=quotas,
+        claims=claims,
     )
     deployments = DeploymentService(
         db,
@@ -626,17 +642,7 @@ def build_services(
         capacity=capacity,
         models=models,
         deployments=deployments,
-        cluster=ClusterService(
-            db,
-            Identity(
-                id=instance_id(settings),
-                url=own_url(settings.host, settings.port),
-                executor=settings.executor,
-                capacity=capacity,
-                jobs_dir=str(settings.jobs_dir),
-            ),
-            lease_seconds=settings.leader_lease_seconds,
-        ),
+        cluster=membership,
         quotas=quotas,
         garbage=GarbageService(
             db,

@@ -1,11 +1,15 @@
 """Claims on a content-addressed key while a direct upload's object is checked
 (services/blobs.py): exclusive of every other reference, a pin waits for them, a bad object
-goes with its claim and nobody else's blob, and a crashed check's claim and object go with
-the sweep."""
+goes with its claim and nobody else's blob, a crashed check's claim and object go with the
+sweep, or at once with the next upload that needs the key when its holder provably died."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,10 +19,14 @@ import pytest
 from sqlalchemy import select
 
 from nimbus.db import blobrefs
+from nimbus.db.blobrefs import ClaimHolder
+from nimbus.db.control_planes import ControlPlane
 from nimbus.db.engine import Database
 from nimbus.db.tables import BlobRefRow
 from nimbus.errors import Conflict
+from nimbus.jobs.capacity import Capacity
 from nimbus.services import blobs as blobkeeping
+from nimbus.services.cluster import ClusterService, Identity, provably_dead
 from nimbus.services.garbage import GarbageService
 from nimbus.storage.blobs import BlobStore, key_for
 from nimbus.storage.memory import MemoryObjectStore
@@ -118,3 +126,100 @@ def test_the_sweep_drops_a_crashed_checks_claim_and_deletes_its_object_at_once(
     assert refs(db, key) == []
     with pytest.raises(Conflict, match="grace period"):
         blobkeeping.confirm_claim(db, claim_id)  # the check that outlived it fails
+
+
+# -- claims of a dead control plane ---------------------------------------------------------
+
+HERE = socket.gethostname()
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def plane(pid: int, heartbeat: datetime) -> ControlPlane:
+    return ControlPlane(
+        id="cp-1",
+        url="http://127.0.0.1:1",
+        hostname=HERE,
+        pid=pid,
+        executor="local",
+        capacity={},
+        jobs_dir="/tmp",
+        started_at=NOW - timedelta(hours=1),
+        heartbeat_at=heartbeat,
+    )
+
+
+@pytest.mark.parametrize(
+    ("holder_host", "process", "registry", "dead"),
+    [
+        (HERE, False, None, True),  # gone, and gone from the registry
+        (HERE, False, plane(41, NOW - timedelta(seconds=60)), True),  # silent for a lease
+        (HERE, False, plane(99, NOW), True),  # its plane restarted: another pid heartbeats
+        (HERE, True, None, False),  # a process has that pid: perhaps it
+        (HERE, False, plane(41, NOW - timedelta(seconds=2)), False),  # heartbeats (a pid ns)
+        ("elsewhere", False, None, False),  # another machine: no pid can prove anything
+    ],
+)
+def test_a_holder_is_provably_dead_only_on_this_machine_gone_and_silent(
+    holder_host: str, process: bool, registry: ControlPlane | None, dead: bool
+) -> None:
+    holder = ClaimHolder("cp-1", holder_host, 41)
+    verdict = provably_dead(holder, registry, HERE, NOW, 5.0, lambda pid: process)
+    assert verdict is dead
+
+
+def dead_pid() -> int:
+    """The pid of a process that ran here and exited: a real dead process."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def claims_of(db: Database, blobs: BlobStore) -> blobkeeping.Claims:
+    cluster = ClusterService(
+        db,
+        Identity("cp-me", "http://127.0.0.1:2", "local", Capacity(1, 0, 2**30), "/tmp"),
+        lease_seconds=5.0,
+    )
+    cluster.register()
+    return blobkeeping.Claims(db, blobs, cluster.holder(), cluster.holder_dead)
+
+
+def test_a_dead_holders_claim_is_dropped_by_the_next_upload_with_its_object(
+    db: Database, blobs: BlobStore, memory: MemoryObjectStore, tmp_path: Path
+) -> None:
+    claims = claims_of(db, blobs)
+    key = unchecked_object(memory, tmp_path, b"never checked", b"content")
+    crashed = ClaimHolder("cp-crashed", HERE, dead_pid())
+    assert blobkeeping.claim(db, key, crashed) is not None
+    started = time.monotonic()
+    pin_id = blobkeeping.pin(db, [key], claims=claims, wait=10)  # no waiting for the grace
+    assert time.monotonic() - started < 5
+    assert not memory.exists(key)  # unchecked: deleted, the upload stores its own bytes
+    assert refs(db, key) == [blobrefs.UPLOAD_PIN]
+    blobkeeping.discard(db, blobs, [key], pin_id)
+
+    # A direct upload that needs the key takes it at once too.
+    key = unchecked_object(memory, tmp_path, b"also unchecked", b"other")
+    assert blobkeeping.claim(db, key, crashed) is not None
+    claim_id = claims.take(key)
+    assert claim_id is not None and not memory.exists(key)
+    with db.session() as s:
+        assert blobrefs.claims_on(s, [key]) == {claim_id: claims.holder}
+
+
+def test_a_live_or_unknown_holders_claim_still_holds_its_key(
+    db: Database, blobs: BlobStore, memory: MemoryObjectStore, tmp_path: Path
+) -> None:
+    claims = claims_of(db, blobs)
+    for holder in (
+        ClaimHolder("cp-other", HERE, os.getpid()),  # alive: this very process
+        ClaimHolder("cp-remote", "another-machine", dead_pid()),  # not provable from here
+        None,  # a claim from before holders were recorded
+    ):
+        key = unchecked_object(memory, tmp_path, b"being checked", repr(holder).encode())
+        assert blobkeeping.claim(db, key, holder) is not None
+        with pytest.raises(Conflict, match="still being checked"):
+            blobkeeping.pin(db, [key], claims=claims, wait=0.3)
+        assert claims.take(key) is None
+        assert memory.exists(key)
+        assert refs(db, key) == [blobrefs.VERIFY_CLAIM]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from nimbus.client.transfer import Progress, save
+from nimbus.client.transfer import Progress, Tally, save
 from nimbus.config import Settings, load_settings
 from nimbus.errors import (
     InvalidInput,
@@ -36,6 +37,7 @@ M = TypeVar("M")
 
 CONFIG_FILE = "config"
 API = "/api/v1"
+FILES_AT_ONCE = 4  # files of a version downloaded at a time
 
 
 def load_login(home: Path) -> dict[str, str]:
@@ -218,26 +220,32 @@ class BaseClient:
         With ``direct``, each file comes straight from the storage service when the server
         hands out a link (``files_path/{name}/link``)."""
         files: dict[str, dict[str, Any]] = dict(version.get("files") or {})
-        total = sum(int(meta.get("size", 0)) for meta in files.values())
+        tally = Tally(sum(int(meta.get("size", 0)) for meta in files.values()), progress)
         target = Path(dir)
-        written: list[Path] = []
-        done = 0
+        outs = {name: target / local_name(name, meta) for name, meta in files.items()}
+
+        def fetch(name: str) -> None:
+            meta, out, report = files[name], outs[name], tally.for_file()
+            if direct and (
+                self._download_direct(files_path, name, out, meta, 0, tally.total, report)
+                is not None
+            ):
+                return
+            with self._stream("GET", f"{files_path}/{quote(name, safe='')}") as response:
+                save(response, out, meta, 0, tally.total, report)
+
         try:
             target.mkdir(parents=True, exist_ok=True)
-            for name, meta in files.items():
-                out = target / local_name(name, meta)
-                fetched = (
-                    self._download_direct(files_path, name, out, meta, done, total, progress)
-                    if direct
-                    else None
-                )
-                if fetched is not None:
-                    done = fetched
-                    written.append(out)
-                    continue
-                with self._stream("GET", f"{files_path}/{quote(name, safe='')}") as response:
-                    done = save(response, out, meta, done, total, progress)
-                written.append(out)
+            # A few files at a time: each costs a round trip to the control plane, which
+            # a loaded server answers slowly, and small ones are mostly that.
+            with ThreadPoolExecutor(FILES_AT_ONCE, thread_name_prefix="file") as pool:
+                futures = [pool.submit(fetch, name) for name in files]
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    future.cancel()
+                for future in finished:
+                    future.result()
+            written = list(outs.values())
             meta_path = target / "version.json"
             meta_path.write_text(json.dumps(version, indent=2) + "\n")
         except OSError as exc:

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -33,8 +34,9 @@ from nimbus.wire.uploads import UploadSession
 
 URL_BATCH = 32  # presigned URLs asked for at a time: each is used within seconds
 PART_TRIES = 4
-RANGE_SIZE = 16 * 1024 * 1024  # one ranged GET of a download
+RANGE_SIZE = 8 * 1024 * 1024  # one ranged GET of a download: an upload part (measured best)
 CHUNK = 1024 * 1024
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # worth another try
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 
 
@@ -187,14 +189,51 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class Link:
+    """The presigned GET of one file; ``fresh(stale)`` asks the server for a new one (the
+    last expired: 403) once, however many ranges found it stale at the same time."""
+
+    def __init__(self, url: str, renew: Callable[[], str] | None = None) -> None:
+        self.url = url
+        self._renew = renew
+        self._lock = threading.Lock()
+
+    def fresh(self, stale: str) -> str:
+        with self._lock:
+            if self.url == stale and self._renew is not None:
+                self.url = self._renew()
+            return self.url
+
+
+class _Again(Exception):
+    """A range to fetch again (a status worth retrying; ``expired``: with a fresh URL)."""
+
+    def __init__(self, reason: str, *, expired: bool = False) -> None:
+        super().__init__(reason)
+        self.expired = expired
+
+
 class RangedDownload:
     """A presigned GET fetched as byte ranges, ``workers`` at a time, written in place in
-    ``part`` while a thread hashes the ranges in order as they land (page cache reads)."""
+    ``part`` while a thread hashes the ranges in order as they land (page cache reads).
+    A file of one range is fetched and hashed on the calling thread. A range whose
+    connection fails, is cut short, or is answered 408/429/5xx is fetched again (with
+    a fresh URL after a 403: the URL expired), :data:`PART_TRIES` times in all."""
 
-    def __init__(self, url: str, part: Path, size: int, workers: int) -> None:
-        self.url, self.part, self.size, self.workers = url, part, size, workers
-        starts = range(0, size, RANGE_SIZE)
-        self.ranges = [(lo, min(size, lo + RANGE_SIZE)) for lo in starts]
+    def __init__(
+        self,
+        link: Link,
+        part: Path,
+        size: int,
+        workers: int,
+        *,
+        range_size: int = RANGE_SIZE,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.link, self.part, self.size, self.workers = link, part, size, workers
+        self.sleep = sleep
+        starts = range(0, size, range_size)
+        self.ranges = [(lo, min(size, lo + range_size)) for lo in starts]
         self.landed = [threading.Event() for _ in self.ranges]
         self.failed = threading.Event()
         self.digest = hashlib.sha256()
@@ -202,79 +241,125 @@ class RangedDownload:
 
     def run(self, on_bytes: Callable[[int], None]) -> None:
         fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # urllib3, not httpx, for the bodies: it reads straight into buffers (what
+        # boto3 does), where h11's parsing holds the GIL and caps threads at ~100 MB/s.
+        http = urllib3.PoolManager(
+            maxsize=self.workers, timeout=urllib3.Timeout(connect=10.0, read=120.0)
+        )
         try:
             os.ftruncate(fd, self.size)
-            hasher = threading.Thread(target=self._hash, args=(fd,), daemon=True)
-            hasher.start()
-            # urllib3, not httpx, for the bodies: it reads straight into buffers (what
-            # boto3 does), where h11's parsing holds the GIL and caps threads at ~100 MB/s.
-            http = urllib3.PoolManager(
-                maxsize=self.workers, timeout=urllib3.Timeout(connect=10.0, read=120.0)
-            )
-            try:
-                with ThreadPoolExecutor(self.workers, thread_name_prefix="range") as pool:
-                    futures = [
-                        pool.submit(self._get, http, fd, i, on_bytes)
-                        for i in range(len(self.ranges))
-                    ]
-                    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                    for future in futures:
-                        future.cancel()
-                    for future in finished:
-                        future.result()
-            except BaseException:
-                self.failed.set()
-                raise
-            finally:
-                hasher.join()
+            if len(self.ranges) == 1:  # no threads for a small file: hashed as it lands
+                self._get(http, fd, 0, on_bytes, inline=True)
+                self.hashed = self.size
+                return
+            self._run_parallel(http, fd, on_bytes)
         finally:
             os.close(fd)
+            http.clear()
+
+    def _run_parallel(
+        self, http: urllib3.PoolManager, fd: int, on_bytes: Callable[[int], None]
+    ) -> None:
+        hasher = threading.Thread(target=self._hash, args=(fd,), daemon=True)
+        hasher.start()
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="range") as pool:
+                futures = [
+                    pool.submit(self._get, http, fd, i, on_bytes) for i in range(len(self.ranges))
+                ]
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    future.cancel()
+                for future in finished:
+                    future.result()
+        except BaseException:
+            self.failed.set()
+            raise
+        finally:
+            hasher.join()
 
     def _get(
-        self, http: urllib3.PoolManager, fd: int, index: int, on_bytes: Callable[[int], None]
+        self,
+        http: urllib3.PoolManager,
+        fd: int,
+        index: int,
+        on_bytes: Callable[[int], None],
+        *,
+        inline: bool = False,
     ) -> None:
         lo, hi = self.ranges[index]
-        buffer = bytearray(CHUNK)
+        url = self.link.url
         for attempt in range(1, PART_TRIES + 1):
-            offset = lo
+            got = [0]  # bytes of this attempt reported so far
             try:
-                response = http.request(
-                    "GET",
-                    self.url,
-                    headers={"Range": f"bytes={lo}-{hi - 1}"},
-                    preload_content=False,
-                    retries=False,
-                )
-                try:
-                    status = response.status
-                    if status == 404:
-                        raise NotFound("the storage service has no such object")
-                    if status not in (200, 206) or (status == 200 and (lo, hi) != (0, self.size)):
-                        raise StorageUnavailable(
-                            f"the storage service refused a download: HTTP {status} "
-                            f"{response.read(200).decode(errors='replace')}"
-                        )
-                    while count := response.readinto(buffer):
-                        if offset + count > hi:
-                            raise StorageUnavailable("the storage service sent too many bytes")
-                        os.pwrite(fd, memoryview(buffer)[:count], offset)
-                        offset += count
-                        on_bytes(count)
-                finally:
-                    if offset == hi:
-                        response.release_conn()
-                    else:  # a body cut short: never hand that connection out again
-                        response.close()
-                if offset != hi:
-                    raise StorageUnavailable("the storage service sent too few bytes")
+                digest = self._read(http, url, fd, (lo, hi), got, on_bytes, inline)
+                if digest is not None:
+                    self.digest = digest
                 self.landed[index].set()
                 return
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                on_bytes(lo - offset)  # those bytes come again
+            except (_Again, urllib3.exceptions.HTTPError, OSError) as exc:
+                on_bytes(-got[0])  # those bytes come again
                 if attempt == PART_TRIES:
                     raise StorageUnavailable(
-                        f"download from the storage service failed: {exc}"
+                        f"download from the storage service failed {PART_TRIES} times: {exc}"
                     ) from None
+                if isinstance(exc, _Again) and exc.expired:
+                    url = self.link.fresh(url)
+                else:
+                    self.sleep(0.2 * attempt)
+
+    def _read(
+        self,
+        http: urllib3.PoolManager,
+        url: str,
+        fd: int,
+        bounds: tuple[int, int],
+        got: list[int],
+        on_bytes: Callable[[int], None],
+        inline: bool,
+    ) -> hashlib._Hash | None:
+        """One GET of bytes ``lo..hi`` into ``fd`` (counted in ``got`` and reported to
+        ``on_bytes`` as they land); their digest when ``inline``."""
+        lo, hi = bounds
+        digest = hashlib.sha256() if inline else None
+        buffer = bytearray(CHUNK)
+        offset = lo
+        response = http.request(
+            "GET",
+            url,
+            headers={"Range": f"bytes={lo}-{hi - 1}"},
+            preload_content=False,
+            retries=False,
+        )
+        try:
+            status = response.status
+            if status == 404:
+                raise NotFound("the storage service has no such object")
+            if status == 403 or status in RETRY_STATUSES:
+                raise _Again(f"HTTP {status}", expired=status == 403)
+            if status not in (200, 206) or (status == 200 and (lo, hi) != (0, self.size)):
+                raise StorageUnavailable(
+                    f"the storage service refused a download: HTTP {status} "
+                    f"{response.read(200).decode(errors='replace')}"
+                )
+            while n := response.readinto(buffer):
+                if offset + n > hi:
+                    raise StorageUnavailable("the storage service sent too many bytes")
+                view = memoryview(buffer)[:n]
+                os.pwrite(fd, view, offset)
+                if digest is not None:
+                    digest.update(view)
+                offset += n
+                got[0] += n
+                on_bytes(n)
+        finally:
+            if offset == hi:
+                response.release_conn()
+            else:  # an error, or a body cut short: never hand that connection out again
+                response.close()
+        if offset != hi:
+            raise _Again(f"the storage service sent {offset - lo} of {hi - lo} bytes")
+        return digest
 
     def _hash(self, fd: int) -> None:
         for (lo, hi), landed in zip(self.ranges, self.landed, strict=True):
@@ -290,7 +375,7 @@ class RangedDownload:
 
 
 def fetch_direct(
-    url: str,
+    link: Link,
     out: Path,
     meta: Mapping[str, Any],
     done: int,
@@ -298,10 +383,12 @@ def fetch_direct(
     progress: Progress | None,
     *,
     workers: int = 8,
+    range_size: int = RANGE_SIZE,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """GET a presigned URL into ``out`` through a temporary file (byte ranges in parallel),
     checked against the hash and size in ``meta`` before it is renamed into place
-    (CorruptBlob otherwise, and no file)."""
+    (CorruptBlob otherwise, and no file). ``sleep`` waits before a failed range's retry."""
     size = int(meta["size"])
     expected = str(meta.get("key", "")).rpartition("/")[2].lower()
     part = out.with_name(f".{out.name}.part")
@@ -314,7 +401,7 @@ def fetch_direct(
             if progress is not None:
                 progress(got[0], total)
 
-    download = RangedDownload(url, part, size, workers)
+    download = RangedDownload(link, part, size, workers, range_size=range_size, sleep=sleep)
     try:
         if size:
             download.run(on_bytes)

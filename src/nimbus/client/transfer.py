@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,30 @@ def local_name(key: str, meta: Mapping[str, Any], files: Mapping[str, Any]) -> s
     ):
         return name
     return Path(key).name or "file"
+
+
+class Tally:
+    """Bytes of several files moving at once, summed for one ``progress(done, total)``."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.progress = total, progress
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def for_file(self) -> Progress | None:
+        """A callback for one file's own ``progress(bytes of it so far, _)``."""
+        if self.progress is None:
+            return None
+        last = [0]
+
+        def report(done: int, _total: int) -> None:
+            with self._lock:
+                self.done += done - last[0]
+                last[0] = done
+                if self.progress is not None:
+                    self.progress(self.done, self.total)
+
+        return report
 
 
 def _is_sha256(text: str) -> bool:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.direct import (
+    Link,
     PartUploader,
     ResumeBook,
     UrlSource,
@@ -155,13 +156,21 @@ class DirectTransfersMixin(BaseClient):
     ) -> int | None:
         """Fetch one file through a presigned GET; None when the server offers no link (a
         local store, or a server from before direct transfers: 404)."""
+        path = f"{files_path}/{quote(name, safe='')}/link"
         try:
-            link = self._call(FileLink, "GET", f"{files_path}/{quote(name, safe='')}/link")
+            link = self._call(FileLink, "GET", path)
         except NotFound:
             return None
         if link.url is None:
             return None
-        return fetch_direct(link.url, out, meta, done, total, progress)
+
+        def renew() -> str:  # the URL expired mid-way (403): a fresh one
+            url = self._call(FileLink, "GET", path).url
+            if url is None:
+                raise DirectTransfersUnavailable("the server stopped offering direct downloads")
+            return url
+
+        return fetch_direct(Link(link.url, renew), out, meta, done, total, progress)
 
 
 def _lengths(session: UploadSession, numbers: list[int]) -> list[int]:

@@ -25,6 +25,7 @@ object when it is not.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select, text
@@ -102,13 +103,54 @@ def unpin(session: Session, pin_id: int, keys: Iterable[str]) -> None:
         )
 
 
-def claim(session: Session, claim_id: int, key: str) -> bool:
-    """Claim ``key`` for checking a direct upload's object; False (nothing added) when
-    anything refers to it (a record, a pin, another claim)."""
+@dataclass(frozen=True)
+class ClaimHolder:
+    """The control plane that took a claim: its id, machine and process."""
+
+    plane_id: str
+    hostname: str
+    pid: int
+
+
+def claim(session: Session, claim_id: int, key: str, holder: ClaimHolder | None = None) -> bool:
+    """Claim ``key`` for checking a direct upload's object, recording its ``holder``; False
+    (nothing added) when anything refers to it (a record, a pin, another claim)."""
     if not unreferenced(session, [key]):
         return False
-    add(session, VERIFY_CLAIM, claim_id, [key])
+    session.add(
+        BlobRefRow(
+            blob_key=key,
+            owner_kind=VERIFY_CLAIM,
+            owner_id=claim_id,
+            created_at=utcnow(),
+            holder_plane=holder.plane_id if holder is not None else None,
+            holder_host=holder.hostname if holder is not None else None,
+            holder_pid=holder.pid if holder is not None else None,
+        )
+    )
+    session.flush()
     return True
+
+
+def claims_on(session: Session, keys: Iterable[str]) -> dict[int, ClaimHolder | None]:
+    """The claims on ``keys``, by claim id, with their holders (None: not recorded)."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(
+            BlobRefRow.owner_id,
+            BlobRefRow.holder_plane,
+            BlobRefRow.holder_host,
+            BlobRefRow.holder_pid,
+        ).where(BlobRefRow.owner_kind == VERIFY_CLAIM, BlobRefRow.blob_key.in_(wanted))
+    )
+    return {
+        claim_id: ClaimHolder(plane, host, pid)
+        if plane is not None and host is not None and pid is not None
+        else None
+        for claim_id, plane, host, pid in rows
+    }
 
 
 def claimed(session: Session, keys: Iterable[str]) -> list[str]:

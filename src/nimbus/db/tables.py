@@ -118,6 +118,11 @@ class BlobRefRow(Base):
     # When the reference was added (migration 0007): an upload's pin older than the grace
     # period is taken for one left by a crash. Null only for rows of code older than 0007.
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
+    # Who holds a claim (migration 0011): the control plane, its machine and process, so a
+    # claim left by a crashed one is dropped at once where that is provable. Null otherwise.
+    holder_plane: Mapped[str | None] = mapped_column(String(128))
+    holder_host: Mapped[str | None] = mapped_column(String(255))
+    holder_pid: Mapped[int | None]
 
 
 class BlobOrphanRow(Base):

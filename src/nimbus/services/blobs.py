@@ -22,12 +22,13 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from nimbus.db import blobrefs
+from nimbus.db.blobrefs import ClaimHolder
 from nimbus.db.engine import Database
 from nimbus.errors import Conflict
 from nimbus.storage.blobs import CHUNK, BlobRef, BlobStore
@@ -35,6 +36,7 @@ from nimbus.storage.blobs import CHUNK, BlobRef, BlobStore
 log = logging.getLogger(__name__)
 
 CLAIM_WAIT_SECONDS = 600.0  # the longest a pin waits for a direct upload's check
+CLAIM_JUDGE_SECONDS = 1.0  # how often a waiting pin asks whether a claim's holder died
 
 
 def hash_file(path: Path) -> tuple[str, int]:
@@ -109,14 +111,17 @@ def pin(
     pin_id: int | None = None,
     *,
     wait: float = CLAIM_WAIT_SECONDS,
+    claims: Claims | None = None,
 ) -> int:
     """Reference ``keys`` on behalf of an operation in progress (pin ``pin_id``, or a new
     one), so that no deletion takes them before the operation records its own references.
     A key under a claim (a direct upload's object being checked) is pinned once the check
-    is over; after ``wait`` seconds, Conflict."""
+    is over, or at once when ``claims`` finds the claim's holder dead (the claim and its
+    unchecked object go); after ``wait`` seconds, Conflict."""
     keys = set(keys)
     pin_id = pin_id if pin_id is not None else new_pin_id()
     deadline = time.monotonic() + wait
+    judged = 0.0
     while True:
         with db.session(write=True) as session:
             blobrefs.lock(session)
@@ -124,7 +129,12 @@ def pin(
             if not busy:
                 blobrefs.add(session, blobrefs.UPLOAD_PIN, pin_id, keys)
                 return pin_id
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if claims is not None and now - judged >= CLAIM_JUDGE_SECONDS:
+            judged = now
+            if claims.drop_dead(busy):
+                continue
+        if now >= deadline:
             raise Conflict(
                 f"blob {busy[0]} is still being checked after another upload's transfer "
                 f"({wait:g} s); try again"
@@ -138,13 +148,70 @@ def is_referenced(db: Database, key: str) -> bool:
         return bool(blobrefs.referenced(session, [key]))
 
 
-def claim(db: Database, key: str) -> int | None:
-    """Claim ``key`` for a direct upload's unchecked object (see the module): the claim id,
-    or None when anything refers to the key (a record, a pin, another claim)."""
+def claim(db: Database, key: str, holder: ClaimHolder | None = None) -> int | None:
+    """Claim ``key`` for a direct upload's unchecked object (see the module) on behalf of
+    ``holder``: the claim id, or None when anything refers to the key (a record, a pin,
+    another claim)."""
     claim_id = new_pin_id()
     with db.session(write=True) as session:
         blobrefs.lock(session)
-        return claim_id if blobrefs.claim(session, claim_id, key) else None
+        return claim_id if blobrefs.claim(session, claim_id, key, holder) else None
+
+
+class Claims:
+    """The claims this control plane (``holder``) takes, and the end of those whose holder
+    is provably dead (``dead``: a control plane killed mid-check; see
+    :meth:`nimbus.services.cluster.ClusterService.holder_dead`). Such a claim would
+    otherwise hold its key, and make every upload of the same content wait, until the
+    garbage sweep's grace period; it is dropped by the next upload that needs the key.
+    ``blobs`` is the store's view without tenants (claims are taken on its keys)."""
+
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        holder: ClaimHolder,
+        dead: Callable[[ClaimHolder], bool],
+    ) -> None:
+        self.db, self.blobs, self.holder, self.dead = db, blobs, holder, dead
+
+    def take(self, key: str) -> int | None:
+        """Claim ``key`` (see :func:`claim`), after dropping claims of dead holders on it."""
+        claim_id = claim(self.db, key, self.holder)
+        if claim_id is None and self.drop_dead([key]):
+            claim_id = claim(self.db, key, self.holder)
+        return claim_id
+
+    def drop_dead(self, keys: Iterable[str]) -> int:
+        """Drop every claim on ``keys`` whose holder is provably dead, and delete the
+        unchecked objects at the keys that nothing else refers to then (under the lock
+        that orders reference changes, as :func:`drop_claim`: the key was nobody else's).
+        Returns how many claims went; a failed deletion keeps the claim."""
+        keys = set(keys)
+        with self.db.session() as session:
+            holders = blobrefs.claims_on(session, keys)
+        dead = {
+            claim_id: holder
+            for claim_id, holder in holders.items()
+            if holder is not None and holder != self.holder and self.dead(holder)
+        }
+        if not dead:
+            return 0
+        with self.db.session(write=True) as session:
+            blobrefs.lock(session)
+            for claim_id, holder in dead.items():
+                for key in blobrefs.release(session, blobrefs.VERIFY_CLAIM, claim_id):
+                    self.blobs.delete(key)
+                    log.warning(
+                        "dropped claim %d on %s: its holder, control plane %s (pid %d on %s), "
+                        "is dead; its unchecked object was deleted",
+                        claim_id,
+                        key,
+                        holder.plane_id,
+                        holder.pid,
+                        holder.hostname,
+                    )
+        return len(dead)
 
 
 def confirm_claim(db: Database, claim_id: int) -> int:
@@ -192,16 +259,19 @@ class PinnedBatch:
     its own references.
     """
 
-    def __init__(self, db: Database, blobs: BlobStore, workers: int = 3) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, workers: int = 3, *, claims: Claims | None = None
+    ) -> None:
         self.db = db
         self.blobs = blobs
+        self.claims = claims
         self.pin_id: int | None = None
         self.keys: set[str] = set()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="blobs")
 
     def _pin(self, keys: Iterable[str]) -> None:
         keys = set(keys)
-        self.pin_id = pin(self.db, keys, self.pin_id)
+        self.pin_id = pin(self.db, keys, self.pin_id, claims=self.claims)
         self.keys.update(keys)
 
     def move_in_background(self, path: Path, sha256: str, size: int) -> Future[BlobRef]:

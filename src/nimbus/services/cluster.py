@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from nimbus.db import control_planes as repo
+from nimbus.db.blobrefs import ClaimHolder
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Fence
@@ -121,6 +122,18 @@ class ClusterService:
         with self.db.session(write=True) as s:
             repo.unregister(s, plane_id)
 
+    def holder(self) -> ClaimHolder:
+        """This control plane as the holder of the claims it takes."""
+        return ClaimHolder(self.me.id, self.me.hostname, self.me.pid)
+
+    def holder_dead(self, holder: ClaimHolder) -> bool:
+        """Whether ``holder`` (a claim's) is provably dead: see :func:`provably_dead`."""
+        with self.db.session() as s:
+            plane = repo.get_plane(s, holder.plane_id)
+        return provably_dead(
+            holder, plane, self.me.hostname, self.now(), self.lease_seconds, _process_exists
+        )
+
     def _alive(self, plane: repo.ControlPlane) -> bool:
         return self.now() - plane.heartbeat_at <= timedelta(seconds=self.lease_seconds)
 
@@ -201,6 +214,29 @@ def _nodes(
             )
         )
     return nodes
+
+
+def provably_dead(
+    holder: ClaimHolder,
+    plane: repo.ControlPlane | None,
+    hostname: str,
+    now: datetime,
+    lease_seconds: float,
+    process_exists: Callable[[int], bool],
+) -> bool:
+    """Whether the control plane process ``holder`` names is gone for sure: it ran on this
+    machine (``hostname``), no process has its pid, and no control plane heartbeats with
+    that pid under its id (``plane``: the registry's row for it, None when it left the
+    registry). The heartbeat guards against a machine name shared across pid namespaces
+    (containers on the host's network). A holder on another machine is never provably
+    dead: its claims wait for the garbage sweep's grace period."""
+    if holder.hostname != hostname or process_exists(holder.pid):
+        return False
+    return not (
+        plane is not None
+        and plane.pid == holder.pid
+        and now - plane.heartbeat_at <= timedelta(seconds=lease_seconds)
+    )
 
 
 def _process_exists(pid: int) -> bool:

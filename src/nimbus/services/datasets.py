@@ -31,7 +31,13 @@ from nimbus.db.tables import Dataset, DatasetVersion
 from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.names import validate_name, version_number
 from nimbus.security import Principal, Role, as_utc, require_role
-from nimbus.services.blobs import FileDownload, PinnedBatch, delete_quietly, verified_download
+from nimbus.services.blobs import (
+    Claims,
+    FileDownload,
+    PinnedBatch,
+    delete_quietly,
+    verified_download,
+)
 from nimbus.services.quotas import QuotaService
 from nimbus.storage.blobs import BlobStore
 from nimbus.wire import datasets as wire
@@ -157,9 +163,11 @@ class DatasetService:
         ingest_fn: IngestFn | None = None,
         max_attempts: int = 5,
         quotas: QuotaService | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.db = db
         self.blobs = blobs
+        self.claims = claims  # drops a dead control plane's claim on a key an upload needs
         self.tmp_dir = Path(tmp_dir)
         self.limits = limits or IngestLimits()
         self.ingest_fn: IngestFn = ingest_fn or default_ingest
@@ -183,7 +191,7 @@ class DatasetService:
         On any failure nothing remains: no version row, no unreferenced blob, no temp file.
         """
         workdir: Path | None = None
-        batch = PinnedBatch(self.db, self.blobs.for_tenant(principal.tenant_id))
+        batch = PinnedBatch(self.db, self.blobs.for_tenant(principal.tenant_id), claims=self.claims)
         try:
             require_role(principal, Role.MEMBER)
             validate_name(name, "dataset name")

@@ -51,7 +51,15 @@ from nimbus.errors import (
 )
 from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
-from nimbus.services.blobs import claim, confirm_claim, discard, drop_claim, is_referenced, pin
+from nimbus.services.blobs import (
+    Claims,
+    claim,
+    confirm_claim,
+    discard,
+    drop_claim,
+    is_referenced,
+    pin,
+)
 from nimbus.services.datasets import DatasetService, UploadResult, validate_filename
 from nimbus.services.quotas import QuotaService
 from nimbus.storage.blobs import BlobStore, digest_of, key_for
@@ -126,9 +134,11 @@ class UploadService:
         url_seconds: int = 300,
         max_bytes: int,
         quotas: QuotaService | None = None,
+        claims: Claims | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.blobs = blobs
+        self.claims = claims
         self.datasets = datasets
         self.direct = direct
         self.url_seconds = url_seconds
@@ -269,7 +279,7 @@ class UploadService:
         parts = self._stored_parts(record)
         self._check_parts(record, parts)
         db = self.datasets.db
-        claim_id = claim(db, key)
+        claim_id = self.claims.take(key) if self.claims is not None else claim(db, key)
         if claim_id is None:  # stored, pinned or checked by another upload meanwhile
             self._restart(record, direct)
         try:
@@ -300,7 +310,7 @@ class UploadService:
         key = key_for(sha256)
         pin_id: int | None = None
         try:
-            pin_id = pin(self.datasets.db, [key])
+            pin_id = pin(self.datasets.db, [key], claims=self.claims)
             self._place(direct, source, key, record.size)
         except BaseException:
             local.unlink(missing_ok=True)
@@ -325,7 +335,13 @@ class UploadService:
         if sha256 is None:
             return None
         key = key_for(sha256)
-        if is_referenced(self.datasets.db, key) or self.blobs.objects.exists(key):
+        if is_referenced(self.datasets.db, key):
+            # A claim left by a dead control plane holds the key no longer.
+            if self.claims is None or not self.claims.drop_dead([key]):
+                return None
+            if is_referenced(self.datasets.db, key):
+                return None
+        if self.blobs.objects.exists(key):
             return None
         return key
 

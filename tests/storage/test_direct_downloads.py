@@ -1,0 +1,186 @@
+"""The SDK's direct download (nimbus.client.direct.fetch_direct) against SeaweedFS with
+real faults on the way: connections cut mid-body and 503 answers (a TCP proxy in front of
+the server, which the presigned URL is signed for), and a URL that really expired. A failed
+range is fetched again; the file appears only once its hash matched, and never otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nimbus.client.direct import Link, fetch_direct
+from nimbus.errors import CorruptBlob, StorageUnavailable
+from nimbus.system import free_port
+from tests.helpers_s3 import SeaweedFS, s3_client
+
+MIB = 1024 * 1024
+BUCKET = "nimbus-downloads"
+
+
+class FaultyProxy:
+    """Forwards TCP connections to ``target``; each new connection takes the next fault
+    of ``faults`` ("cut": the response is cut after 64 KiB; "503": answered 503 without
+    reaching the server), then connections pass untouched."""
+
+    def __init__(self, target: tuple[str, int], faults: list[str]) -> None:
+        self.target, self.faults = target, list(faults)
+        self.port = free_port()
+        self.injected: list[str] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                fault = self.faults.pop(0) if self.faults else "pass"
+                if fault != "pass":
+                    self.injected.append(fault)
+            threading.Thread(target=self._serve, args=(client, fault), daemon=True).start()
+
+    def _serve(self, client: socket.socket, fault: str) -> None:
+        with client:
+            if fault == "503":
+                client.recv(65536)
+                client.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 9\r\n"
+                    b"Connection: close\r\n\r\nSlow down"
+                )
+                return
+            with socket.create_connection(self.target) as server:
+                threading.Thread(target=_pump, args=(client, server, None), daemon=True).start()
+                _pump(server, client, 64 * 1024 if fault == "cut" else None)
+
+
+def _pump(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+    sent = 0
+    try:
+        while data := source.recv(65536):
+            if limit is not None and sent + len(data) > limit:
+                sink.sendall(data[: limit - sent])
+                break
+            sink.sendall(data)
+            sent += len(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture(scope="module")
+def stored(seaweedfs: SeaweedFS) -> tuple[str, bytes, dict[str, Any]]:
+    """A 3 MiB object in the bucket, and the file metadata a version would hold for it."""
+    seaweedfs.ensure_bucket(BUCKET)
+    data = os.urandom(3 * MIB)
+    digest = hashlib.sha256(data).hexdigest()
+    key = f"sha256/{digest[:2]}/{digest}"
+    s3_client(seaweedfs.endpoint).put_object(Bucket=BUCKET, Key=key, Body=data)
+    return key, data, {"key": key, "size": len(data)}
+
+
+@pytest.fixture
+def proxy(seaweedfs: SeaweedFS) -> Iterator[FaultyProxy]:
+    host, port = seaweedfs.endpoint.removeprefix("http://").rsplit(":", 1)
+    proxy = FaultyProxy((host, int(port)), [])
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def presigned(endpoint: str, key: str, seconds: int = 60) -> str:
+    return str(
+        s3_client(endpoint).generate_presigned_url(
+            "get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=seconds
+        )
+    )
+
+
+def test_cut_and_refused_ranges_are_fetched_again_then_checked(
+    stored: tuple[str, bytes, dict[str, Any]], proxy: FaultyProxy, tmp_path: Path
+) -> None:
+    key, data, meta = stored
+    proxy.faults = ["cut", "503", "cut"]
+    out = tmp_path / "file.bin"
+    progress: list[int] = []
+    done = fetch_direct(
+        Link(presigned(proxy.endpoint, key)),
+        out,
+        meta,
+        0,
+        len(data),
+        lambda got, total: progress.append(got),
+        workers=2,
+        range_size=MIB,
+        sleep=lambda seconds: None,
+    )
+    assert done == len(data) and out.read_bytes() == data
+    assert sorted(proxy.injected) == ["503", "cut", "cut"]  # every fault really happened
+    assert progress[-1] == len(data)  # bytes of a cut range were taken back, then counted
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_range_that_keeps_failing_leaves_no_file(
+    stored: tuple[str, bytes, dict[str, Any]], proxy: FaultyProxy, tmp_path: Path
+) -> None:
+    key, data, meta = stored
+    proxy.faults = ["503"] * 4
+    out = tmp_path / "file.bin"
+    with pytest.raises(StorageUnavailable, match="failed 4 times"):
+        fetch_direct(
+            Link(presigned(proxy.endpoint, key)),
+            out,
+            meta,
+            0,
+            len(data),
+            None,
+            range_size=4 * MIB,  # one range: fetched on the calling thread
+            sleep=lambda seconds: None,
+        )
+    assert not out.exists() and not list(tmp_path.glob(".*.part"))
+
+
+def test_an_expired_url_is_renewed_once_and_a_wrong_hash_leaves_no_file(
+    stored: tuple[str, bytes, dict[str, Any]], seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    key, data, meta = stored
+    expired = presigned(seaweedfs.endpoint, key, seconds=1)
+    time.sleep(2.1)  # a real expiry: the storage service refuses it (403)
+    renewed: list[str] = []
+
+    def renew() -> str:
+        renewed.append(key)
+        return presigned(seaweedfs.endpoint, key)
+
+    out = tmp_path / "file.bin"
+    fetch_direct(Link(expired, renew), out, meta, 0, len(data), None, range_size=MIB)
+    assert out.read_bytes() == data
+    assert renewed == [key]  # three ranges found it stale; the server was asked once
+
+    wrong = {**meta, "key": f"sha256/00/{'0' * 64}"}
+    bad = tmp_path / "bad.bin"
+    with pytest.raises(CorruptBlob):
+        fetch_direct(Link(presigned(seaweedfs.endpoint, key)), bad, wrong, 0, len(data), None)
+    assert not bad.exists() and not list(tmp_path.glob(".*.part"))
