@@ -2,7 +2,7 @@
 
 ``python bench/claim.py [--jobs 100000] [--reps 15] [--backend sqlite|postgresql|both]
 [--reserve-after SECONDS]``. The claim before this bench's change is measured with the old
-sources first on the path: ``git archive OLD src | tar -x -C /tmp/old`` then
+sources first on the path: ``git archive 17412fc src | tar -x -C /tmp/old`` then
 ``PYTHONPATH=/tmp/old/src python bench/claim.py``.
 
 Builds a metadata store with ``--jobs`` queued jobs (bulk inserts), then times
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -106,6 +105,10 @@ def gpu_ahead_queue(n_jobs: int) -> Queue:
     return Queue("gpu-ahead", jobs, [], {})
 
 
+def _need(cpus: float, gpus: int, memory: int, workers: int) -> Resources:
+    return Resources(cpus=cpus, gpus=gpus, memory_bytes=memory, workers=workers)
+
+
 def _plain(need: Resources) -> Resources:
     return Resources(
         cpus=need.cpus, gpus=need.gpus, memory_bytes=need.memory_bytes, workers=need.workers
@@ -176,18 +179,28 @@ def rolled_back(db: Database) -> Iterator[Session]:
 def whole_queue_pick(
     db: Database, capacity: Capacity, limits: dict[int, int], reserve_after: timedelta | None
 ) -> list[str]:
+    need = (JobRow.cpus, JobRow.gpus, JobRow.memory_bytes, JobRow.workers)
     with db.session() as s:
         queued = [
-            QueuedJob(r.id, r.tenant_id, r.priority, r.created_at, repo._resources(r), r.not_before)
-            for r in s.scalars(select(JobRow).where(JobRow.state == JobState.QUEUED.value))
+            QueuedJob(job_id, tenant, priority, created, _need(*res), not_before)
+            for job_id, tenant, priority, created, not_before, *res in s.execute(
+                select(
+                    JobRow.id,
+                    JobRow.tenant_id,
+                    JobRow.priority,
+                    JobRow.created_at,
+                    JobRow.not_before,
+                    *need,
+                ).where(JobRow.state == JobState.QUEUED.value)
+            )
         ]
         running = [
-            RunningJob(r.id, r.tenant_id, repo._resources(r), local=owner == OWNER)
-            for r, owner in s.execute(
-                select(JobRow, JobAttemptRow.lease_owner)
+            RunningJob(job_id, tenant, _need(*res), local=owner == OWNER)
+            for job_id, tenant, owner, *res in s.execute(
+                select(JobRow.id, JobRow.tenant_id, JobAttemptRow.lease_owner, *need)
                 .join(JobAttemptRow, JobAttemptRow.id == JobRow.current_attempt_id)
                 .where(JobRow.state == JobState.RUNNING.value)
-            ).tuples()
+            )
         ]
     return pick(queued, running, capacity, limits, NOW, reserve_after=reserve_after)
 
@@ -259,4 +272,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

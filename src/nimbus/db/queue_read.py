@@ -15,16 +15,18 @@ they change nothing.
 
 How they are read (:class:`QueueRead`):
 
-1. the first eligible job of every group, in one statement, from the partial index
-   ``ix_jobs_queued_groups`` (migration 0012) with one index seek per group, not a scan of
-   the jobs in it: on PostgreSQL a recursive *skip scan* (each group's head leads to the
-   next group's by a row value seek), on SQLite the index's distinct groups (which SQLite
-   lists by skipping ahead in the index) and a seek per group;
+1. the first eligible job of every group, in one statement: a recursive *skip scan* of the
+   partial index ``ix_jobs_queued_groups`` (migration 0012; the queued jobs by state, group
+   and the policy's order). From one group's first job, the next group's is found by one
+   row value seek on PostgreSQL; on SQLite, which seeks a row value range from the outer
+   query on its first column only, by at most five seeks (one per column of the group).
+   So the cost grows with the number of groups, not of jobs;
 2. ``pick`` over what was read. Each group whose jobs read were all started gets more read
-   (as many again, after the last one); with ``reserve_after``, each group with a job not
-   started but no old job after it gets its first old job after the last one read (one seek
-   per group, a hundred groups per statement). Repeat until nothing more is needed: that
-   ``pick`` is the whole queue's.
+   (at least four, and as many again as were read, after the last one); with
+   ``reserve_after``, each group with a job not started but no old job after it gets its
+   first old job after the last one read. One seek per group. Repeat until nothing more is
+   needed: that ``pick`` is the whole queue's. The groups read further are those the node
+   starts jobs from, so a claim makes a few rounds of a few statements.
 
 The statements read without locks, each its own snapshot on PostgreSQL (READ COMMITTED), as
 the claim did before: the rows chosen are then locked and re-checked (:mod:`nimbus.db.jobs`).
