@@ -216,7 +216,7 @@ def a_queue(draw: st.DrawFn) -> tuple[list[QueuedJob], list[tuple[QueuedJob, str
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     queue=a_queue(),

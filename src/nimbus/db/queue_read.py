@@ -199,7 +199,6 @@ class QueueRead:
         self.session = session
         self.now = now
         self.groups: dict[GroupKey, _Group] = {}
-        self.statements = 1
         dialect = "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"
         for row in session.execute(_HEADS[dialect], {"now": now}):
             key, job = _job(row)
@@ -273,6 +272,5 @@ class QueueRead:
             count=count,
             cutoff=cutoff,
         )
-        self.statements += 1
         rows = self.session.execute(_FOLLOWING[cutoff is not None], values)
         return [_job(row)[1] for row in rows]
