@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
+from nimbus.db.queue_read import QueueRead
 from nimbus.db.tables import JobAttemptRow, JobRow
 from nimbus.errors import NotFound
-from nimbus.jobs.capacity import Capacity, check_request
+from nimbus.jobs.capacity import Capacity, Usage, check_request
 from nimbus.jobs.domain import (
     Attempt,
     AttemptState,
@@ -45,17 +47,21 @@ from nimbus.jobs.policy import (
     Outcome,
     QueuedJob,
     RetryPolicy,
-    RunningJob,
+    TenantLimit,
     cancel_decision,
     deadline_decision,
+    limit_of,
     on_attempt_end,
-    pick,
+    pick_next_to,
 )
 from nimbus.jobs.tokens import mint_token
 from nimbus.security import hash_token
 
 _TENANT_LOCK_CLASS = 0x4E4A4F42  # "NJOB": advisory locks serialising claims per tenant (PG)
-CLAIM_CANDIDATES = 200  # queued jobs considered per claim
+# The tenants' locks in one round trip, taken in the order of the array (sorted).
+_LOCK_TENANTS = text(
+    "SELECT pg_advisory_xact_lock(:kind, tenant) FROM unnest(CAST(:ids AS integer[])) AS tenant"
+)
 
 
 def new_job_id() -> str:
@@ -239,82 +245,54 @@ def claim_next(
     owner: str,
     now: datetime,
     lease_seconds: float,
-    tenant_limit: int | None = None,
+    tenant_limit: TenantLimit = None,
     limit: int | None = None,
     reserve_after: timedelta | None = None,
     new_token: Callable[[], str] = mint_token,
 ) -> list[Claim]:
-    """Start what :func:`~nimbus.jobs.policy.pick` chooses, on the node ``owner``.
+    """Start what :func:`~nimbus.jobs.policy.pick` chooses over the whole queue, on the
+    node ``owner``.
 
     Creates one attempt per chosen job, leased to ``owner`` until ``now + lease_seconds``.
-    On SQLite run it in a ``write=True`` session (one writer at a time). On PostgreSQL the
-    queue is read without locks, and only the chosen rows are then locked
-    ``FOR UPDATE SKIP LOCKED`` and re-checked: a job another scheduler took in between is
-    dropped (dropping a job only frees room, so the rest still fit), and schedulers contend
-    on the rows they pick, not the whole queue. With a tenant limit, claims are serialised
-    per tenant (advisory locks, taken before counting running jobs) so the limit holds
-    across schedulers.
+    On SQLite run it in a ``write=True`` session (one writer at a time). The queue is read
+    by :class:`~nimbus.db.queue_read.QueueRead`: a few index seeks per group of jobs with
+    the same tenant and resources, not a scan of the queue. On PostgreSQL it is read without
+    locks, and only the chosen rows are then locked ``FOR UPDATE SKIP LOCKED`` and
+    re-checked: a job another scheduler took in between is dropped (dropping a job only
+    frees room, so the rest still fit), and schedulers contend on the rows they pick, not the
+    whole queue. With a tenant limit, claims are serialised per tenant (advisory locks, taken
+    before counting running jobs) so the limit holds across schedulers.
     """
-    candidates = session.execute(
-        select(
-            JobRow.id,
-            JobRow.tenant_id,
-            JobRow.priority,
-            JobRow.created_at,
-            JobRow.cpus,
-            JobRow.gpus,
-            JobRow.memory_bytes,
-            JobRow.workers,
-            JobRow.not_before,
-        )
-        .where(
-            JobRow.state == JobState.QUEUED.value,
-            JobRow.cancel_requested.is_(False),
-            or_(JobRow.not_before.is_(None), JobRow.not_before <= now),
-        )
-        .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
-        .limit(CLAIM_CANDIDATES)
-    ).tuples()
-    queued = [
-        QueuedJob(
-            job_id,
-            tenant_id,
-            priority,
-            created_at,
-            Resources(cpus=cpus, gpus=gpus, memory_bytes=mem, workers=workers),
-            not_before,
-        )
-        for job_id, tenant_id, priority, created_at, cpus, gpus, mem, workers, not_before in (
-            candidates
-        )
-    ]
-    if not queued:
+    queue = QueueRead(session, now)
+    if not queue.groups:
         return []
     if _is_postgres(session) and tenant_limit is not None:
-        for tenant_id in sorted({job.tenant_id for job in queued}):
-            session.execute(select(func.pg_advisory_xact_lock(_TENANT_LOCK_CLASS, tenant_id)))
-    running = [
-        RunningJob(job.id, job.tenant_id, _resources(job), local=lease_owner == owner)
-        for job, lease_owner in session.execute(
-            select(JobRow, JobAttemptRow.lease_owner)
-            .join(JobAttemptRow, JobAttemptRow.id == JobRow.current_attempt_id)
-            .where(JobRow.state == JobState.RUNNING.value)
-        ).tuples()
-    ]
-    chosen = pick(queued, running, capacity, tenant_limit, now, reserve_after=reserve_after)[:limit]
+        session.execute(_LOCK_TENANTS, {"kind": _TENANT_LOCK_CLASS, "ids": sorted(queue.tenants())})
+    used, per_tenant = _running(session, owner, count_tenants=tenant_limit is not None)
+
+    def decide(queued: list[QueuedJob]) -> list[str]:
+        return pick_next_to(
+            queued, used, per_tenant, capacity, tenant_limit, now, reserve_after=reserve_after
+        )
+
+    def may_reserve(job: QueuedJob) -> bool:
+        room = limit_of(tenant_limit, job.tenant_id)
+        return capacity.fits(job.resources) and (room is None or per_tenant[job.tenant_id] < room)
+
+    chosen = queue.settle(decide, reserve_after, may_reserve)[:limit]
     if not chosen:
         return []
     locked = session.scalars(
         select(JobRow)
-        .where(
-            JobRow.id.in_(chosen),
-            JobRow.state == JobState.QUEUED.value,
-            JobRow.cancel_requested.is_(False),
-        )
+        .where(JobRow.id.in_(chosen))  # by key alone: SQLite might scan the queue's index
         .with_for_update(skip_locked=True, key_share=True)
         .execution_options(populate_existing=True)
     )
-    rows = {row.id: row for row in locked}
+    rows = {
+        row.id: row
+        for row in locked
+        if row.state == JobState.QUEUED.value and not row.cancel_requested
+    }
     claims = []
     for job_id in chosen:
         row = rows.get(job_id)
@@ -338,6 +316,28 @@ def claim_next(
         session.flush()
         claims.append(Claim(_job(row), _attempt(attempt), token))
     return claims
+
+
+def _running(session: Session, owner: str, *, count_tenants: bool) -> tuple[Usage, Counter[int]]:
+    """What the jobs running on ``owner`` use, and (if asked) how many jobs each tenant
+    runs on all nodes."""
+    used = Usage()
+    local = (
+        select(JobRow.cpus, JobRow.gpus, JobRow.memory_bytes, JobRow.workers)
+        .join(JobAttemptRow, JobAttemptRow.id == JobRow.current_attempt_id)
+        .where(JobRow.state == JobState.RUNNING.value, JobAttemptRow.lease_owner == owner)
+    )
+    for cpus, gpus, memory, workers in session.execute(local).tuples():
+        used = used.plus(Resources(cpus=cpus, gpus=gpus, memory_bytes=memory, workers=workers))
+    per_tenant: Counter[int] = Counter()
+    if count_tenants:
+        counts = (
+            select(JobRow.tenant_id, func.count())
+            .where(JobRow.state == JobState.RUNNING.value)
+            .group_by(JobRow.tenant_id)
+        )
+        per_tenant.update(dict(session.execute(counts).tuples().all()))
+    return used, per_tenant
 
 
 # --- leases ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -159,6 +160,22 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_queue", "state", "priority", "created_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        # Migration 0012: the queued jobs by group (tenant, resources), each group in the
+        # policy's order; the claim's skip scan seeks group by group (nimbus.db.queue_read).
+        Index(
+            "ix_jobs_queued_groups",
+            "state",
+            "tenant_id",
+            "cpus",
+            "gpus",
+            "memory_bytes",
+            "workers",
+            text("priority DESC"),
+            "created_at",
+            "id",
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

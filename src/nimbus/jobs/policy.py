@@ -19,7 +19,7 @@ is idle resources while the node drains; ``None`` (the default) never reserves.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from signal import Signals
@@ -34,7 +34,9 @@ from nimbus.jobs.domain import (
     Resources,
 )
 from nimbus.jobs.queue_index import QueuedJob as QueuedJob  # re-exported: the queue uses it
-from nimbus.jobs.queue_index import QueueIndex, TenantLimit
+from nimbus.jobs.queue_index import QueueIndex
+from nimbus.jobs.queue_index import TenantLimit as TenantLimit  # re-exported, as QueuedJob
+from nimbus.jobs.queue_index import limit_of as limit_of
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,27 @@ def pick(
         if run.local:
             used = used.plus(run.resources)
     per_tenant = Counter(run.tenant_id for run in running)
+    return pick_next_to(
+        queued, used, per_tenant, capacity, tenant_limit, now, reserve_after=reserve_after
+    )
+
+
+def pick_next_to(
+    queued: Sequence[QueuedJob],
+    used: Usage,
+    running_per_tenant: Mapping[int, int],
+    capacity: Capacity,
+    tenant_limit: TenantLimit,
+    now: datetime,
+    *,
+    reserve_after: timedelta | None = None,
+) -> list[str]:
+    """:func:`pick`, given what the node already uses and how many jobs each tenant runs on
+    all nodes (instead of the running jobs themselves)."""
     index = QueueIndex(reserve_after)
     for job in queued:
         index.add(job)
-    return index.take(capacity, used, per_tenant, tenant_limit, now)
+    return index.take(capacity, used, running_per_tenant, tenant_limit, now)
 
 
 @dataclass(frozen=True)
