@@ -16,6 +16,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from nimbus.jobs import prefetch
+from nimbus.storage.blobs import BlobStore
 from nimbus.storage.direct import (
     ObjectChanged,
     direct_transfers,
@@ -147,3 +149,16 @@ def test_gcs_part_urls_are_v4_signed_for_one_object_and_length(fake_gcs: FakeGCS
     assert "content-length" in url.split("X-Goog-SignedHeaders=")[1].split("&")[0]
     # Without a service-account key the store signs nothing: every byte streams.
     assert direct_transfers(gcs_store(fake_gcs, "direct", "scope")) is None
+
+
+def test_a_node_fills_its_cache_from_signed_urls(store: Any, tmp_path: Path) -> None:
+    """Jobs' inputs (datasets, checkpoints) come to a node the same way (nimbus.jobs.prefetch)."""
+    blobs = BlobStore(store, tmp_path / "staging")
+    ref = blobs.put_bytes(os.urandom(3 * MIB))
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    direct = direct_transfers(store)
+    assert direct is not None
+    claims = prefetch.claim(cache, {ref.key: ref.size})
+    assert prefetch.fill(claims, lambda key: direct.get_url(key, 60)) == 1
+    assert hashlib.sha256((cache / ref.key).read_bytes()).hexdigest() == ref.sha256
