@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from nimbus.jobs import prefetch
+from nimbus.storage.azure_direct import from_config
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.direct import (
     ObjectChanged,
@@ -24,7 +25,7 @@ from nimbus.storage.direct import (
     part_count,
     part_length,
 )
-from tests.helpers_azure import Azurite, azure_store
+from tests.helpers_azure import KEY, Azurite, azure_store
 from tests.helpers_gcs import FakeGCS, gcs_store
 
 MIB = 1024 * 1024
@@ -162,3 +163,18 @@ def test_a_node_fills_its_cache_from_signed_urls(store: Any, tmp_path: Path) -> 
     claims = prefetch.claim(cache, {ref.key: ref.size})
     assert prefetch.fill(claims, lambda key: direct.get_url(key, 60)) == 1
     assert hashlib.sha256((cache / ref.key).read_bytes()).hexdigest() == ref.sha256
+
+
+def test_azure_signs_only_with_an_account_key_and_for_the_public_endpoint() -> None:
+    assert from_config("c", "p", {"account_name": "acct"}, None) is None
+    assert from_config("c", "p", {"account_name": "acct", "sas_key": "sv=x"}, None) is None
+    direct = from_config("c", "p", {"account_name": "acct", "account_key": KEY}, None)
+    assert direct is not None
+    assert direct.get_url("k", 60).startswith("https://acct.blob.core.windows.net/c/p/k?")
+    public = from_config(
+        "c", "p", {"account_name": "acct", "account_key": KEY}, "https://blobs.example.com/"
+    )
+    assert public is not None
+    url = public.get_url("sha256/ab/x", 60, "my file.tar")
+    assert url.startswith("https://blobs.example.com/c/p/sha256/ab/x?")
+    assert "sp=r&" in url and "rscd=" in url  # read only, named for the download

@@ -116,7 +116,14 @@ class AzureObjectStore(ObstoreObjectStore):
         without an account key to sign with."""
         if public_endpoint not in self._direct:
             settings = dict(self._settings)
-            settings.setdefault("endpoint", os.environ.get("AZURE_STORAGE_ENDPOINT", ""))
+            # obstore reads its own spellings from the environment; the signer needs them too.
+            for key, name in (
+                ("endpoint", "AZURE_STORAGE_ENDPOINT"),
+                ("account_name", "AZURE_STORAGE_ACCOUNT_NAME"),
+                ("account_key", "AZURE_STORAGE_ACCOUNT_KEY"),
+            ):
+                if not settings.get(key) and os.environ.get(name):
+                    settings[key] = os.environ[name]
             self._direct[public_endpoint] = from_config(
                 self.container, self.prefix, settings, public_endpoint
             )

@@ -89,9 +89,9 @@ class AzureDirect:
             f"object storage az://{self.container}/{self.prefix} unavailable while {doing}: {text}"
         )
 
-    def _url(self, key: str, sas: str, base: str | None = None) -> str:
+    def _url(self, key: str, sas: str) -> str:
         name = quote(self._name(key), safe="/")
-        return f"{base or self.public_endpoint}/{self.container}/{name}?{sas}"
+        return f"{self.public_endpoint}/{self.container}/{name}?{sas}"
 
     def _sas(self, key: str, expires_seconds: int, **permission: Any) -> str:
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
@@ -240,9 +240,11 @@ class AzureDirect:
             ResourceNotFoundError,
         )
 
-        # The source by a read SAS of its own (any account's copy accepts it), only the
-        # version checked, and create-only at the target. The bytes stay in the service.
-        url = self._url(source, self._sas(source, 300, read=True), base=self.endpoint)
+        # Only the version checked, and create-only at the target; the bytes stay in the
+        # service. The source by its plain URL: within one account the copy is authorized
+        # by the request's Shared Key (a SAS on the source made Azurite fetch the bytes over
+        # HTTP from itself: 50 s for 256 MiB, against 0.05 s for its own copy).
+        url = self._blob(source).url
         condition = {"source_if_match": etag} if etag is not None else {}
         blob = self._blob(target)
         try:
