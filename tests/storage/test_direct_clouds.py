@@ -178,3 +178,24 @@ def test_azure_signs_only_with_an_account_key_and_for_the_public_endpoint() -> N
     url = public.get_url("sha256/ab/x", 60, "my file.tar")
     assert url.startswith("https://blobs.example.com/c/p/sha256/ab/x?")
     assert "sp=r&" in url and "rscd=" in url  # read only, named for the download
+
+
+def test_gcs_joins_more_parts_than_one_compose_takes_in_a_tree(
+    fake_gcs: FakeGCS, tmp_path: Path
+) -> None:
+    store = gcs_store(fake_gcs, fake_gcs.ensure_bucket("direct"), "tree", signs=True)
+    direct = direct_transfers(store)
+    assert direct is not None
+    key, pieces = "uploads/5/s/source", [os.urandom(10) for _ in range(40)]  # 32 + 8
+    upload_id = direct.start_upload(key)
+    with httpx.Client() as http:
+        for number, piece in enumerate(pieces, 1):
+            url = direct.part_url(key, upload_id, number, len(piece), 60)
+            assert http.put(url, content=piece).status_code == 200
+    etag = direct.complete_upload(key, upload_id, direct.parts(key, upload_id))
+    assert (
+        direct.download(key, tmp_path / "joined", etag)
+        == hashlib.sha256(b"".join(pieces)).hexdigest()
+    )
+    assert list(store.keys("uploads/")) == [key]  # parts and intermediate objects gone
+    direct.abort_upload(key, upload_id)
