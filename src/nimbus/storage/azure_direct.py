@@ -177,8 +177,9 @@ class AzureDirect:
             raise ValueError(f"{key} is no staging blob")
         blob = self._blob(key)
         try:
-            # An empty block list drops every uncommitted block (on Azure a blob that holds
-            # nothing but uncommitted blocks cannot always be deleted), then the blob goes.
+            # An empty block list drops every uncommitted block (blocks left out of a commit
+            # are discarded: documented, not relying on a delete of a blob that has only
+            # uncommitted blocks), then the blob goes.
             blob.commit_block_list([])
             with contextlib.suppress(ResourceNotFoundError):
                 blob.delete_blob()
