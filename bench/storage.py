@@ -7,9 +7,13 @@ In one run, against each of ``--backends`` (started as the tests start them):
   ``download_file`` (default ``TransferConfig``). nimbus uses direct transfers: parts PUT
   straight into the bucket at the content-addressed key, then the server's check from the
   bucket and its ingest; downloads through presigned GETs.
-- ``azurite``: Azurite vs azure-storage-blob's ``upload_blob`` / ``download_blob``.
+- ``azurite``: Azurite vs azure-storage-blob's ``upload_blob`` / ``download_blob``. nimbus
+  uses direct transfers: blocks PUT through a write SAS to a staging blob, committed,
+  checked and copied to the key by the server; downloads through read SAS links.
 - ``fake-gcs``: fake-gcs-server vs google-cloud-storage's ``upload_from_filename`` /
-  ``download_to_filename``. (On Azure and GCS nimbus streams through the control plane.)
+  ``download_to_filename``. nimbus uses direct transfers (URLs V4-signed with a
+  service-account key made for the run): parts PUT as objects, composed, checked and
+  copied by the server; downloads through signed GETs.
 
 and for each:
 
@@ -54,7 +58,7 @@ import numpy as np
 from _common import RssSampler, ServerProcess, median, spread
 from ingest import idx_members, random_chunks, write_tar
 from tests.helpers_azure import Azurite, azurite_binary
-from tests.helpers_gcs import FakeGCS, fake_gcs_binary
+from tests.helpers_gcs import FakeGCS, fake_gcs_binary, signing_key
 from tests.helpers_s3 import SeaweedFS, aws_env, s3_client, weed_binary
 
 from nimbus.client import Client
@@ -172,7 +176,12 @@ class FakeGCSBackend:
         self.server.remove()
 
     def server_env(self) -> dict[str, str]:
-        return {**self.server.env(), "NIMBUS_STORAGE_URL": f"gs://{self.bucket_name}/n"}
+        # A service-account key to sign URLs with: the server then offers direct transfers.
+        return {
+            **self.server.env(),
+            "GOOGLE_APPLICATION_CREDENTIALS": str(signing_key()),
+            "NIMBUS_STORAGE_URL": f"gs://{self.bucket_name}/n",
+        }
 
     def native_upload(self, path: Path, key: str) -> None:
         self.bucket.blob(key).upload_from_filename(str(path))

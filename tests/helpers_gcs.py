@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import platform
 import shutil
 import subprocess
@@ -91,14 +93,56 @@ class FakeGCS(StorageServer):
         return self.read_log("fake-gcs.log", tail=3000)
 
 
+@functools.cache
+def signing_key() -> Path:
+    """A service-account key file made for the tests (a fresh RSA key, a made-up account):
+    what signs V4 URLs. fake-gcs-server verifies no signature, so any key will do there;
+    real GCS would check it against the account's public keys."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "nimbus-test",
+        "private_key_id": "nimbus-test-key",
+        "private_key": pem,
+        "client_email": "nimbus@nimbus-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    path = Path(tempfile.mkdtemp(prefix="nimbus-gcs-key-")) / "service-account.json"
+    path.write_text(json.dumps(info))
+    path.chmod(0o600)
+    return path
+
+
+def signer() -> Any:
+    """Credentials from :func:`signing_key` (they sign offline; no token is ever fetched)."""
+    from google.oauth2 import service_account
+
+    return service_account.Credentials.from_service_account_file(str(signing_key()))
+
+
 def gcs_store(
-    server: FakeGCS, bucket: str, prefix: str, *, part_size: int = 5 * 1024 * 1024
+    server: FakeGCS,
+    bucket: str,
+    prefix: str,
+    *,
+    part_size: int = 5 * 1024 * 1024,
+    signs: bool = False,
 ) -> GCSObjectStore:
     """A store with a client of its own aimed at ``server`` (the tests' environment stays
-    untouched)."""
+    untouched); ``signs``: with a service-account key, so it offers direct transfers."""
     return GCSObjectStore(
         bucket,
         prefix,
         client=server.client(),
+        signer=signer() if signs else None,
         part_size=part_size,
     )

@@ -47,6 +47,7 @@ def test_all_holds_every_optional_group() -> None:
         ("s3://bucket/prefix", "s3", "obstore"),
         ("s3://bucket/prefix", "s3", "boto3"),
         ("az://container/prefix", "azure", "obstore"),
+        ("az://container/prefix", "azure", "azure.storage.blob"),
         ("gs://bucket/prefix", "gcs", "google.cloud.storage"),
     ],
 )

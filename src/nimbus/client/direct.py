@@ -132,8 +132,13 @@ class PartUploader:
 
 def part_matches(fd: int, session: UploadSession, number: int, size: int, etag: str) -> bool:
     """Whether the bucket's part ``number`` (``size`` bytes, entity tag ``etag``) holds the
-    same bytes as the local file: same length and same MD5."""
+    same bytes as the local file: same length and same MD5. A part the store reports no
+    checksum for (an Azure block: ``etag`` empty) is kept when its length is right: a block
+    is stored whole or not at all, it was sent from this file (the resumed session is this
+    file's, by path, size and mtime), and the server hashes the whole file at the end."""
     expected = part_length(session.size, session.part_size, number)
+    if not etag:
+        return size == expected
     match = _MD5_ETAG.match(etag.lower())
     if size != expected or match is None:
         return False

@@ -300,18 +300,31 @@ class UploadService:
         self, record: SessionRecord, direct: DirectTransfers, sha256: str
     ) -> tuple[Path, int | None]:
         """Join the parts at the staging key, check them, and copy them to their key
-        (unless it is stored already); returns the local copy and the pin on the key."""
+        (unless it is stored already); returns the local copy and the pin on the key.
+        Where a client's URL can write the staging object itself (Azure, GCS), everything
+        after the join names the version joined: the committed size is checked before a
+        byte is read, the read-back and the copy are conditional on that version."""
         source = record.source
         if not self.blobs.objects.exists(source):
             parts = self._stored_parts(record)
             self._check_parts(record, parts)
             direct.complete_upload(source, record.upload_id, parts)
-        local = self._read_back(record, source, sha256)
+        try:
+            etag, size = direct.stat(source)
+        except KeyError:
+            raise NotFound(f"upload {record.id} is no longer in progress") from None
+        if size != record.size:
+            self._cleanup(record)
+            raise UploadMismatch(
+                f"the uploaded object holds {size} bytes, not the {record.size} declared; "
+                "the upload was dropped and nothing was recorded"
+            )
+        local = self._read_back(record, source, sha256, etag)
         key = key_for(sha256)
         pin_id: int | None = None
         try:
             pin_id = pin(self.datasets.db, [key], claims=self.claims)
-            self._place(direct, source, key, record.size)
+            self._place(record, direct, key, etag)
         except BaseException:
             local.unlink(missing_ok=True)
             discard(self.datasets.db, self.blobs, [key] if pin_id is not None else [], pin_id)
@@ -332,7 +345,7 @@ class UploadService:
     def _free_key(self, sha256: str | None) -> str | None:
         """The content-addressed key for a direct upload declaring ``sha256``, when nothing
         is stored there and nothing refers to it; None otherwise (stage the upload)."""
-        if sha256 is None:
+        if sha256 is None or not self._transfers().writes_at_key:
             return None
         key = key_for(sha256)
         if is_referenced(self.datasets.db, key):
@@ -411,17 +424,28 @@ class UploadService:
             )
         return path
 
-    def _place(self, direct: DirectTransfers, source: str, key: str, size: int) -> None:
-        """Give the verified object its content-addressed key, inside the bucket. An object
-        already there is kept when whole: the caller holds a pin on the key, granted only
-        while no unchecked direct upload claims it, so it is one the control plane wrote or
-        checked (services/blobs.py); one of another size is damaged and replaced."""
+    def _place(self, record: SessionRecord, direct: DirectTransfers, key: str, etag: str) -> None:
+        """Give the verified object (version ``etag`` of the staging object) its
+        content-addressed key, inside the bucket. An object already there is kept when
+        whole: the caller holds a pin on the key, granted only while no unchecked direct
+        upload claims it, so it is one the control plane wrote or checked
+        (services/blobs.py); one of another size is damaged and replaced."""
         objects = self.blobs.objects
         if objects.exists(key):
-            if objects.size(key) == size:
+            if objects.size(key) == record.size:
                 return
             objects.delete(key)
-        direct.copy(source, key)
+        try:
+            direct.copy(record.source, key, etag)
+        except FileExistsError:
+            return  # written meanwhile by another upload under its pin: the same bytes
+        except ObjectChanged:
+            # Replaced after the check by whoever held a write URL: not what was checked.
+            self._cleanup(record)
+            raise UploadMismatch(
+                f"the staged object of upload {record.id} changed after it was checked; "
+                "the upload was dropped and nothing was recorded"
+            ) from None
 
     def _stored_parts(self, record: SessionRecord) -> list[StoredPart]:
         try:

@@ -19,6 +19,7 @@ from datetime import timedelta
 from obstore.store import AzureStore
 
 from nimbus.errors import InvalidInput
+from nimbus.storage.azure_direct import AzureDirect, from_config
 from nimbus.storage.cloud import (
     CONCURRENCY,
     PART_SIZE,
@@ -106,3 +107,24 @@ class AzureObjectStore(ObstoreObjectStore):
             retry_config=retry_config(retry_timeout),  # type: ignore[arg-type]
         )
         super().__init__(store, container, prefix, part_size=part_size, concurrency=concurrency)
+        self._settings = settings
+        self._direct: dict[str | None, AzureDirect | None] = {}
+
+    def direct_transfers(self, public_endpoint: str | None = None) -> AzureDirect | None:
+        """Block uploads by SAS and read SAS links on this container (azure-storage-blob:
+        see :mod:`nimbus.storage.azure_direct`), for ``public_endpoint`` when given; None
+        without an account key to sign with."""
+        if public_endpoint not in self._direct:
+            settings = dict(self._settings)
+            # obstore reads its own spellings from the environment; the signer needs them too.
+            for key, name in (
+                ("endpoint", "AZURE_STORAGE_ENDPOINT"),
+                ("account_name", "AZURE_STORAGE_ACCOUNT_NAME"),
+                ("account_key", "AZURE_STORAGE_ACCOUNT_KEY"),
+            ):
+                if not settings.get(key) and os.environ.get(name):
+                    settings[key] = os.environ[name]
+            self._direct[public_endpoint] = from_config(
+                self.container, self.prefix, settings, public_endpoint
+            )
+        return self._direct[public_endpoint]

@@ -36,6 +36,11 @@ class StoredPart:
 class DirectTransfers(Protocol):
     """Presigned access to single keys of one bucket, and multipart uploads by id."""
 
+    #: Whether a client's parts may go to the content-addressed key itself: only where a
+    #: part URL allows nothing but that one part (S3). Where a URL lets its holder commit
+    #: or overwrite the object (an Azure SAS, a GCS signed URL), parts are staged.
+    writes_at_key: bool
+
     def start_upload(self, key: str) -> str:
         """Begin a multipart upload to ``key``; returns its upload id."""
 
@@ -67,8 +72,15 @@ class DirectTransfers(Protocol):
         when absent, :class:`ObjectChanged` when ``etag`` is given and the object is no
         longer that one (or changes while it is read)."""
 
-    def copy(self, source: str, target: str) -> None:
-        """Copy ``source`` to ``target`` inside the bucket (no bytes through this process)."""
+    def stat(self, key: str) -> tuple[str, int]:
+        """The object's entity tag (the version a conditional request names) and size;
+        raises ``KeyError`` when absent."""
+
+    def copy(self, source: str, target: str, etag: str | None = None) -> None:
+        """Copy ``source`` to ``target`` inside the bucket (no bytes through this process);
+        with ``etag``, only that version of ``source`` (else :class:`ObjectChanged`). A
+        backend that can make the copy create-only does, and raises ``FileExistsError``
+        when ``target`` exists."""
 
 
 class ObjectChanged(Exception):
@@ -79,9 +91,10 @@ class ObjectChanged(Exception):
 class SignsRequests(Protocol):
     """An object store that offers direct transfers."""
 
-    def direct_transfers(self, public_endpoint: str | None = None) -> DirectTransfers:
+    def direct_transfers(self, public_endpoint: str | None = None) -> DirectTransfers | None:
         """Direct transfers, with URLs signed for ``public_endpoint`` when given (the
-        address clients reach the storage service at), else for the store's own."""
+        address clients reach the storage service at), else for the store's own; None when
+        the store's credentials cannot sign (no account key, no service-account key)."""
 
 
 def direct_transfers(store: object, public_endpoint: str | None = None) -> DirectTransfers | None:

@@ -52,7 +52,11 @@ def _cloud_url(url: str) -> ParseResult:
 # Each cloud backend's libraries come with an optional dependency group (pyproject's
 # extras: s3, azure, gcs; 'all' holds them all), imported by the processes that use them
 # only: a plain install serves file:// storage, and every job process imports nimbus.storage.
-_EXTRAS = {"s3": ("obstore", "boto3"), "azure": ("obstore",), "gcs": ("google.cloud.storage",)}
+_EXTRAS = {
+    "s3": ("obstore", "boto3"),
+    "azure": ("obstore", "azure.storage.blob"),
+    "gcs": ("google.cloud.storage",),
+}
 
 
 class CloudStore(ObjectStore, Protocol):

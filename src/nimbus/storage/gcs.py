@@ -18,10 +18,11 @@ on resumable uploads; GCS honours it).
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import requests
 from google.api_core import exceptions as api_errors
@@ -33,8 +34,11 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from nimbus.errors import StorageUnavailable
 from nimbus.storage.cloud import READ_BUFFER
 
+if TYPE_CHECKING:
+    from nimbus.storage.gcs_direct import GCSDirect
+
 # What the client raises when the server refuses, disappears or answers nonsense.
-_ERRORS = (
+ERRORS = (
     api_errors.GoogleAPIError,
     auth_errors.GoogleAuthError,
     requests.RequestException,
@@ -42,7 +46,7 @@ _ERRORS = (
     media_errors.DataCorruption,
     ConnectionError,
 )
-_TIMEOUT = (5.0, 120.0)  # connect, read
+TIMEOUT = (5.0, 120.0)  # connect, read
 # A resumable upload sends its chunks one after another, so a chunk is bigger than an S3
 # part: 16 MiB went 1.4-1.8x faster than 8 MiB to fake-gcs-server (three runs of 128 MiB),
 # and the client holds about two chunks (32 MiB, measured) at its peak. 32 MiB chunks were
@@ -50,6 +54,27 @@ _TIMEOUT = (5.0, 120.0)  # connect, read
 # held 192 MiB uploading a 192 MiB file.
 CHUNK_SIZE = 16 * 1024 * 1024
 SINGLE_REQUEST = 8 * 1024 * 1024  # larger files go up as resumable uploads (the client's rule)
+
+
+def _default_signer(client: Any) -> Any:
+    """Credentials that can sign URLs (a service-account key), or None: the client's own
+    (application default credentials), else with an emulator (whose client goes
+    anonymous) the key file ``GOOGLE_APPLICATION_CREDENTIALS`` names. Never a metadata
+    server probe: that would stall every start off Google Cloud."""
+    import google.auth
+    from google.auth.credentials import Signing
+
+    credentials = getattr(client, "_credentials", None)
+    if isinstance(credentials, Signing):
+        return credentials
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not path:
+        return None
+    try:
+        credentials, _ = google.auth.load_credentials_from_file(path)  # type: ignore[no-untyped-call]
+    except (auth_errors.GoogleAuthError, OSError, ValueError):
+        return None
+    return credentials if isinstance(credentials, Signing) else None
 
 
 class _Reader(io.RawIOBase):
@@ -77,9 +102,9 @@ class _Reader(io.RawIOBase):
                 checksum=None,
                 raw_download=True,
                 retry=self._retry,
-                timeout=_TIMEOUT,
+                timeout=TIMEOUT,
             )
-        except _ERRORS as exc:
+        except ERRORS as exc:
             raise self._fail(exc, f"reading {self._blob.name}") from None
         view[: len(data)] = data
         self._pos += len(data)
@@ -97,6 +122,7 @@ class GCSObjectStore:
         prefix: str = "",
         *,
         client: storage.Client | None = None,
+        signer: Any = None,
         part_size: int = CHUNK_SIZE,
         # Google's retries are bounded by time only: with obstore's backoff (0.1 s, doubling)
         # two seconds give about the retries obstore makes for S3 and Azure (three), then a
@@ -117,6 +143,29 @@ class GCSObjectStore:
                 f"emulator): {' '.join(str(exc).split())[:200]}"
             ) from None
         self._bucket = self._client.bucket(bucket)
+        self._signer = signer if signer is not None else _default_signer(self._client)
+
+    def direct_transfers(self, public_endpoint: str | None = None) -> GCSDirect | None:
+        """Signed part PUTs and GETs on this bucket (:mod:`nimbus.storage.gcs_direct`), for
+        ``public_endpoint`` when given; None without a service-account key to sign with."""
+        from nimbus.storage.gcs_direct import GCSDirect
+
+        if self._signer is None:
+            return None
+        endpoint = (
+            public_endpoint
+            or os.environ.get("STORAGE_EMULATOR_HOST")
+            or str(getattr(self._client, "api_endpoint", "") or "")
+            or "https://storage.googleapis.com"
+        )
+        return GCSDirect(
+            self._bucket,
+            self.prefix,
+            signer=self._signer,
+            endpoint=endpoint,
+            retry=self._retry,
+            fail=self._fail,
+        )
 
     @property
     def url(self) -> str:
@@ -146,10 +195,10 @@ class GCSObjectStore:
                     prefix=self._name(""),
                     max_results=1,
                     retry=self._retry,
-                    timeout=_TIMEOUT,
+                    timeout=TIMEOUT,
                 )
             )
-        except _ERRORS as exc:
+        except ERRORS as exc:
             raise self._fail(exc, "checking the bucket at start") from None
 
     def put_file(self, key: str, source: Path) -> None:
@@ -161,7 +210,7 @@ class GCSObjectStore:
         try:
             if not (large and self.exists(key)):
                 self.upload(key, source)
-        except _ERRORS as exc:
+        except ERRORS as exc:
             raise self._fail(exc, f"writing {key}") from None
         source.unlink()
 
@@ -172,7 +221,7 @@ class GCSObjectStore:
         blob = self._bucket.blob(self._name(key), chunk_size=self.part_size)
         try:
             blob.upload_from_filename(
-                str(source), if_generation_match=0, retry=self._retry, timeout=_TIMEOUT
+                str(source), if_generation_match=0, retry=self._retry, timeout=TIMEOUT
             )
         except api_errors.PreconditionFailed:
             return False  # created meanwhile by another writer: same key, same bytes
@@ -180,8 +229,8 @@ class GCSObjectStore:
 
     def _get(self, key: str) -> Any:
         try:
-            blob = self._bucket.get_blob(self._name(key), retry=self._retry, timeout=_TIMEOUT)
-        except _ERRORS as exc:
+            blob = self._bucket.get_blob(self._name(key), retry=self._retry, timeout=TIMEOUT)
+        except ERRORS as exc:
             raise self._fail(exc, f"looking up {key}") from None
         if blob is None:
             raise KeyError(key)
@@ -210,10 +259,10 @@ class GCSObjectStore:
 
     def delete(self, key: str) -> None:
         try:
-            self._bucket.delete_blob(self._name(key), retry=self._retry, timeout=_TIMEOUT)
+            self._bucket.delete_blob(self._name(key), retry=self._retry, timeout=TIMEOUT)
         except api_errors.NotFound:
             pass
-        except _ERRORS as exc:
+        except ERRORS as exc:
             raise self._fail(exc, f"deleting {key}") from None
 
     def keys(self, prefix: str = "") -> Iterator[str]:
@@ -222,9 +271,9 @@ class GCSObjectStore:
             names = [
                 blob.name[len(root) :]
                 for blob in self._client.list_blobs(
-                    self.bucket, prefix=root + prefix, retry=self._retry, timeout=_TIMEOUT
+                    self.bucket, prefix=root + prefix, retry=self._retry, timeout=TIMEOUT
                 )
             ]
-        except _ERRORS as exc:
+        except ERRORS as exc:
             raise self._fail(exc, "listing") from None
         yield from sorted(names)

@@ -55,6 +55,10 @@ def boto_kwargs(config: Mapping[str, str]) -> dict[str, str]:
 class S3Direct:
     """Multipart uploads and presigned URLs for keys under ``prefix`` in ``bucket``."""
 
+    # A part URL is signed for one part number, upload id and length: parts may go to the
+    # content-addressed key itself (services/uploads.py claims it meanwhile).
+    writes_at_key = True
+
     def __init__(
         self,
         bucket: str,
@@ -280,9 +284,14 @@ class S3Direct:
             os.close(fd)
         return digest.hexdigest()
 
-    def copy(self, source: str, target: str) -> None:
+    def stat(self, key: str) -> tuple[str, int]:
+        head = self._call(f"looking up {key}", "head_object", Key=self._key(key))
+        return str(head["ETag"]), int(head["ContentLength"])
+
+    def copy(self, source: str, target: str, etag: str | None = None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        condition = {"CopySourceIfMatch": etag} if etag is not None else {}
         # One CopyObject up to its 5 GB ceiling (on SeaweedFS here ~40% faster than parts);
         # past it boto3's managed copy, UploadPartCopy parts. The bytes stay in the service.
         copy_source = {"Bucket": self.bucket, "Key": self._key(source)}
@@ -290,12 +299,16 @@ class S3Direct:
             size = int(self._client.head_object(**copy_source)["ContentLength"])
             if size <= COPY_OBJECT_MAX:
                 self._client.copy_object(
-                    Bucket=self.bucket, Key=self._key(target), CopySource=copy_source
+                    Bucket=self.bucket, Key=self._key(target), CopySource=copy_source, **condition
                 )
             else:
-                self._client.copy(copy_source, self.bucket, self._key(target))
+                self._client.copy(
+                    copy_source, self.bucket, self._key(target), ExtraArgs=condition or None
+                )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412"):
+                raise ObjectChanged(source) from None
             if code in ("NoSuchKey", "404"):
                 raise KeyError(source) from None
             raise self._fail(exc, f"copying {source}") from None

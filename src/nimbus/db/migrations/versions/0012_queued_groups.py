@@ -2,7 +2,7 @@
 claim reads the first jobs of each group by index seeks (nimbus.db.queue_read).
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 
 import sqlalchemy as sa
