@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.capacity import Capacity
@@ -25,6 +25,8 @@ from nimbus.jobs.domain import Resources
 NAMESPACE = "nimbus"
 NODES_TTL_SECONDS = 5.0  # how often the nodes are listed
 FRESH_WAIT_SECONDS = 2.0
+# No listing for this long: the head is taken as unreachable (nothing new is started).
+SILENT_SECONDS = 3 * NODES_TTL_SECONDS
 log = logging.getLogger(__name__)
 _RECONNECT = "RAY_gcs_rpc_server_reconnect_timeout_s"
 _lock = threading.Lock()
@@ -33,12 +35,17 @@ _connected: RayCluster | None = None
 
 @dataclass(frozen=True)
 class RayNode:
-    """One alive node of the cluster and its total resources (Ray's names: CPU, GPU,
-    memory, and the custom ones)."""
+    """One alive node of the cluster: its total resources (Ray's names: CPU, GPU, memory,
+    and the custom ones) and those not held by any task, actor or placement group."""
 
     node_id: str
     address: str
     resources: dict[str, float]
+    available: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def head(self) -> bool:
+        return "node:__internal_head__" in self.resources
 
 
 def worker_demand(need: Resources) -> dict[str, float]:
@@ -90,6 +97,16 @@ def check_feasible(need: Resources, nodes: list[RayNode]) -> None:
         )
 
 
+def placeable(need: Resources, nodes: list[RayNode]) -> str | None:
+    """Why no node of ``nodes`` could run ``need`` (:func:`check_feasible`'s reason), or
+    None when some could."""
+    try:
+        check_feasible(need, nodes)
+    except InvalidInput as exc:
+        return exc.message
+    return None
+
+
 def _fits(demand: dict[str, float], total: dict[str, float]) -> bool:
     return all(total.get(name, 0.0) + 1e-9 >= amount for name, amount in demand.items())
 
@@ -125,6 +142,14 @@ class RayCluster:
             with self._listed:
                 self._nodes, self._nodes_at = nodes, time.monotonic()
                 self._listed.notify_all()
+
+    def listed_at(self) -> float:
+        """When (``time.monotonic()``) the nodes were last listed: the head last answered."""
+        return self._nodes_at
+
+    def silent(self) -> float:
+        """Seconds since the head last answered a listing."""
+        return time.monotonic() - self._nodes_at
 
     def restarted(self) -> bool:
         """Whether the cluster's head is another one than at connect: a new cluster at the
@@ -162,14 +187,23 @@ class RayCluster:
 
 
 def _head(nodes: list[RayNode]) -> str | None:
-    return next((n.node_id for n in nodes if "node:__internal_head__" in n.resources), None)
+    return next((n.node_id for n in nodes if n.head), None)
 
 
 def _list_nodes() -> list[RayNode]:
+    from ray._private.state import available_resources_per_node  # a DeveloperAPI
+
     import ray
 
+    available = available_resources_per_node()  # type: ignore[no-untyped-call]
     return [
-        RayNode(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"]))
+        RayNode(
+            n["NodeID"],
+            n["NodeManagerAddress"],
+            dict(n["Resources"]),
+            # Ray leaves out what is all taken: none of it is available.
+            {name: float(available.get(n["NodeID"], {}).get(name, 0.0)) for name in n["Resources"]},
+        )
         for n in ray.nodes()  # type: ignore[no-untyped-call]
         if n.get("Alive")
     ]
