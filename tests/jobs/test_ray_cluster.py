@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nimbus.jobs.domain import Resources
-from nimbus.jobs.ray_cluster import RayNode, placeable
+from nimbus.jobs.ray_cluster import RayNode, gone_for, placeable
 
 HEAD = RayNode(
     "a" * 56, "10.0.0.1", {"CPU": 2.0, "memory": 4e9, "node_a": 1.0, "node:__internal_head__": 1.0}
@@ -22,3 +22,11 @@ def test_placeable_says_why_no_alive_node_could_run_a_job() -> None:
     assert both is not None and "all of" in both
     assert placeable(Resources(cpus=1), []) is not None  # no node at all
     assert HEAD.head and not GPU.head
+
+
+def test_a_node_counts_as_gone_only_after_a_lease_away() -> None:
+    need = Resources(cpus=1, custom={"node_a": 1})
+    assert gone_for(need, [(HEAD, 3.0), (GPU, 0.0)], 60.0, 15.0) is None  # just left: may be back
+    reason = gone_for(need, [(HEAD, 16.0), (GPU, 0.0)], 60.0, 15.0)
+    assert reason is not None and reason.endswith("has: 0), none for 15 s")
+    assert gone_for(need, [(GPU, 0.0)], 10.0, 15.0) is None  # listings too young to say

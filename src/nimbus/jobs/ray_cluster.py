@@ -107,6 +107,19 @@ def placeable(need: Resources, nodes: list[RayNode]) -> str | None:
     return None
 
 
+def gone_for(
+    need: Resources, seen: list[tuple[RayNode, float]], connected: float, seconds: float
+) -> str | None:
+    """Why no node that could run ``need`` was listed alive within ``seconds`` (``seen``:
+    each node and how many seconds ago it last was; ``connected``: for how long the
+    listings go back), or None: a node that left for less long may be back (a restart, or
+    a new head that its nodes rejoin)."""
+    if connected < seconds:
+        return None
+    reason = placeable(need, [node for node, ago in seen if ago <= seconds])
+    return None if reason is None else f"{reason}, none for {seconds:g} s"
+
+
 def _fits(demand: dict[str, float], total: dict[str, float]) -> bool:
     return all(total.get(name, 0.0) + 1e-9 >= amount for name, amount in demand.items())
 
@@ -122,7 +135,9 @@ class RayCluster:
     def __init__(self, address: str) -> None:
         self.address = address
         self._nodes = _list_nodes()
-        self._nodes_at = time.monotonic()
+        self._nodes_at = self.connected_at = time.monotonic()
+        # Every node listed alive since, and when last: node id -> (node, time.monotonic()).
+        self._seen = {node.node_id: (node, self._nodes_at) for node in self._nodes}
         self.head = _head(self._nodes)
         self._wanted = threading.Event()
         self._listed = threading.Condition()
@@ -141,15 +156,19 @@ class RayCluster:
                 continue
             with self._listed:
                 self._nodes, self._nodes_at = nodes, time.monotonic()
+                self._seen.update((node.node_id, (node, self._nodes_at)) for node in nodes)
                 self._listed.notify_all()
-
-    def listed_at(self) -> float:
-        """When (``time.monotonic()``) the nodes were last listed: the head last answered."""
-        return self._nodes_at
 
     def silent(self) -> float:
         """Seconds since the head last answered a listing."""
         return time.monotonic() - self._nodes_at
+
+    def gone(self, need: Resources, seconds: float) -> str | None:
+        """:func:`gone_for` of the nodes this connection saw."""
+        now = time.monotonic()
+        with self._listed:
+            seen = [(node, now - at) for node, at in self._seen.values()]
+        return gone_for(need, seen, now - self.connected_at, seconds)
 
     def restarted(self) -> bool:
         """Whether the cluster's head is another one than at connect: a new cluster at the
