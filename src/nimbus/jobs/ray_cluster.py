@@ -27,6 +27,10 @@ NODES_TTL_SECONDS = 5.0  # how often the nodes are listed
 FRESH_WAIT_SECONDS = 2.0
 # No listing for this long: the head is taken as unreachable (nothing new is started).
 SILENT_SECONDS = 3 * NODES_TTL_SECONDS
+# After connecting (to a head started anew, say), how long nodes have to join before a job
+# that only they could run is taken as having none (a worker node's 'ray start' can take
+# tens of seconds on a busy machine).
+REJOIN_SECONDS = 60.0
 log = logging.getLogger(__name__)
 _RECONNECT = "RAY_gcs_rpc_server_reconnect_timeout_s"
 _lock = threading.Lock()
@@ -112,9 +116,9 @@ def gone_for(
 ) -> str | None:
     """Why no node that could run ``need`` was listed alive within ``seconds`` (``seen``:
     each node and how many seconds ago it last was; ``connected``: for how long the
-    listings go back), or None: a node that left for less long may be back (a restart, or
-    a new head that its nodes rejoin)."""
-    if connected < seconds:
+    listings go back, at least ``REJOIN_SECONDS`` to say), or None: a node that left for
+    less long may be back (a restart, or a new head that its nodes rejoin)."""
+    if connected < max(seconds, REJOIN_SECONDS):
         return None
     reason = placeable(need, [node for node, ago in seen if ago <= seconds])
     return None if reason is None else f"{reason}, none for {seconds:g} s"
