@@ -86,6 +86,7 @@ class SandboxSettings:
     pids_per_worker: int = 4096
     keep_failed_seconds: float = 86_400.0
     job_api_dir: Path | None = None  # holds the control plane's job API socket
+    host_network: bool = False  # the host's network, not one of its own (see network_argv)
 
     def tenant_gid(self, tenant_id: int | None) -> int:
         """The group of a tenant's attempts and of its download cache: after the uid
@@ -178,9 +179,12 @@ def bwrap_argv(
 
 def network_argv(settings: SandboxSettings, view: AttemptView) -> list[str]:
     """bwrap's network options: a loopback of the sandbox's own (``--unshare-all``), or
-    the namespace the launcher entered (``view.netns``, shared by an attempt's workers); and
-    the job API's socket directory, read-only (see the module's docstring)."""
-    argv = ["--share-net"] if view.netns is not None else []
+    the namespace the launcher entered (``view.netns``, shared by an attempt's workers), or
+    the host's (``host_network``: the workers of one attempt on several Ray nodes, which
+    reach each other over the network); and the job API's socket directory, read-only (see
+    the module's docstring)."""
+    shared = view.netns is not None or settings.host_network
+    argv = ["--share-net"] if shared else []
     if settings.job_api_dir is not None:
         argv += ["--ro-bind", str(settings.job_api_dir), JOB_API_DIR]
     return argv

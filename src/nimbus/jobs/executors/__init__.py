@@ -17,6 +17,7 @@ from nimbus.errors import InvalidInput
 from nimbus.jobs.executors.base import Executor
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
+from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig
 from nimbus.jobs.executors.warm import WarmSandboxExecutor
 from nimbus.jobs.sandbox import Sandbox
 
@@ -34,10 +35,13 @@ def make_executor(
     warm: int = 2,
     ray_address: str | None = None,
     ray_jobs_dir: Path | None = None,
+    ray_sandbox: NodeSandboxConfig | None = None,
 ) -> Executor:
     """The executor called ``name``, running attempts under ``jobs_root`` (each in
     ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`). ``forkserver`` with the
-    sandbox keeps up to ``warm`` warm sandboxes (0: every attempt starts cold)."""
+    sandbox keeps up to ``warm`` warm sandboxes (0: every attempt starts cold). ``ray``
+    runs them on the cluster, each in its node's sandbox with ``ray_sandbox``
+    (:mod:`.ray_sandbox`)."""
     if name == "local":
         return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
     if name == "forkserver" and sandbox is not None:
@@ -63,6 +67,7 @@ def make_executor(
             preload=preload,
             grace_seconds=grace_seconds,
             warm=warm > 0,
+            sandbox=ray_sandbox,
         )
     if name == "forkserver":
         return ForkServerExecutor(jobs_root, preload=preload, grace_seconds=grace_seconds)

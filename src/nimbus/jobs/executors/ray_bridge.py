@@ -25,6 +25,7 @@ from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle
+from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig
 from nimbus.jobs.ray_cluster import RayNode, check_feasible
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class _Settings:
     preload: tuple[str, ...]
     grace_seconds: float
     warm: bool
+    sandbox: NodeSandboxConfig | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -69,8 +71,11 @@ class RayBridge:
         preload: Sequence[str] = ("torch",),
         grace_seconds: float = 10.0,
         warm: bool = True,
+        sandbox: NodeSandboxConfig | None = None,
     ) -> None:
-        self.settings = _Settings(address, str(jobs_root), tuple(preload), grace_seconds, warm)
+        self.settings = _Settings(
+            address, str(jobs_root), tuple(preload), grace_seconds, warm, sandbox
+        )
         self._lock = threading.Lock()
         self._child: _Child | None = None
         self._generation = 0
@@ -233,6 +238,7 @@ def bridge_main(conn: Connection, settings: _Settings) -> None:
             preload=settings.preload,
             grace_seconds=settings.grace_seconds,
             warm=settings.warm,
+            sandbox=settings.sandbox,
         )
     except Exception as exc:
         conn.send(("error", str(exc)))
@@ -300,9 +306,10 @@ def shared_bridge(
     preload: Sequence[str] = ("torch",),
     grace_seconds: float = 10.0,
     warm: bool = True,
+    sandbox: NodeSandboxConfig | None = None,
 ) -> RayBridge:
     """This process's bridge (the submit check and the executor share it): made on first
-    call, with these settings."""
+    call, with these settings (``sandbox``: how the nodes sandbox attempts; None: not)."""
     global _shared
     with _shared_lock:
         if _shared is None:
@@ -311,6 +318,11 @@ def shared_bridge(
                     "the ray executor needs NIMBUS_RAY_ADDRESS (HOST:PORT of the head)"
                 )
             _shared = RayBridge(
-                address, jobs_root, preload=preload, grace_seconds=grace_seconds, warm=warm
+                address,
+                jobs_root,
+                preload=preload,
+                grace_seconds=grace_seconds,
+                warm=warm,
+                sandbox=sandbox,
             )
         return _shared

@@ -8,9 +8,9 @@ Several workers get a placement group (``PACK``, or ``STRICT_SPREAD`` with ``spr
 torch.distributed's rendezvous at rank 0's node. Each worker's node goes to the attempt's
 log as it starts, and to :meth:`RayExecutor.placement`.
 
-Isolation: a worker process runs as the Ray node's user, in a session of its own, with the
-scrubbed environment of every attempt, but without Nimbus's sandbox (no uid, namespace or
-cgroup of its own): Ray's nodes are trusted machines (docs/cluster.md).
+Isolation: with ``sandbox`` (the default) each worker process runs in Nimbus's sandbox on
+its node, made by the node's agent (:mod:`.ray_sandbox`); with None (``job_isolation =
+none``), as the Ray node's user, in a session of its own, with the scrubbed environment.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from nimbus.jobs.executors.ray_remote import (
     master_address,
     run_worker,
 )
+from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig
 from nimbus.jobs.ray_cluster import RayCluster, worker_demand
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,15 @@ class RayExecutor:
         preload: Sequence[str] = ("torch",),
         grace_seconds: float = 10.0,
         warm: bool = True,
+        sandbox: NodeSandboxConfig | None = None,
     ) -> None:
         import ray
 
         self.ray, self.cluster = ray, cluster
         self.jobs_root, self.grace_seconds, self.warm = Path(jobs_root), grace_seconds, warm
-        self.agent_config = AgentConfig(str(jobs_root), tuple(preload), grace_seconds, warm)
+        self.agent_config = AgentConfig(
+            str(jobs_root), tuple(preload), grace_seconds, warm, sandbox
+        )
         self._task = ray.remote(run_worker)
         self._probe = ray.remote(master_address)
         self._agent_class = ray.remote(NodeAgent)
@@ -139,6 +143,7 @@ class RayExecutor:
             memory_bytes=res.memory_bytes,
             rank=rank,
             env={**launch.extra_env, **env},
+            world=res.workers,
         )
         options: dict[str, Any] = {
             "num_cpus": res.cpus,
