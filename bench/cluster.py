@@ -1,5 +1,8 @@
 """The Ray executor against its references, on a real two-node Ray cluster on this machine
-(prints figures; not a test). ``python bench/cluster.py [ROUNDS] [NOOP_JOBS]``.
+(prints figures; not a test). ``python bench/cluster.py [ROUNDS] [NOOP_JOBS] [ISOLATION]``.
+
+ISOLATION: ``sandbox`` (the default; both servers' attempts sandboxed, on the Ray nodes
+and locally: needs root and bubblewrap) or ``none`` (unsandboxed).
 
 1. Submit -> first training step (a script's one optimizer step done, by its own clock)
    on the Ray executor, next to the local fork-server executor, and to Ray Jobs' own
@@ -92,12 +95,18 @@ def _at(value: datetime | str) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def main(rounds: int, noop_jobs: int) -> None:
+def main(rounds: int, noop_jobs: int, isolation: str) -> None:
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     tmp = Path(tempfile.mkdtemp(prefix="nimbus-cluster-"))
-    cluster = RayTestCluster(tmp, dashboard=True).start()
+    tmp.chmod(0o711)  # job uids pass through to their work directories
+    cluster = RayTestCluster(tmp, dashboard=True)
+    cluster.start()
+    sandboxed = {"NIMBUS_JOB_ISOLATION": isolation}
     servers = {
-        "ray": ServerProcess(tmp / "ray-home", env=cluster.server_env()).start(),
-        "local": ServerProcess(tmp / "local-home", env={"NIMBUS_EXECUTOR": "forkserver"}).start(),
+        "ray": ServerProcess(tmp / "ray-home", env={**cluster.server_env(), **sandboxed}).start(),
+        "local": ServerProcess(
+            tmp / "local-home", env={"NIMBUS_EXECUTOR": "forkserver", **sandboxed}
+        ).start(),
     }
     try:
         apis = {name: client_for(server) for name, server in servers.items()}
@@ -128,6 +137,7 @@ def main(rounds: int, noop_jobs: int) -> None:
         cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     med = statistics.median
+    print(f"job isolation: {isolation}; load average before: {load}")
     print(f"submit -> first training step, medians of {rounds} interleaved rounds:")
     print(f"  ray executor:        {med(latency['ray']):.3f} s (min {min(latency['ray']):.3f})")
     print(f"  local (forkserver):  {med(latency['local']):.3f} s (min {min(latency['local']):.3f})")
@@ -149,4 +159,5 @@ if __name__ == "__main__":
     main(
         int(sys.argv[1]) if len(sys.argv) > 1 else 20,
         int(sys.argv[2]) if len(sys.argv) > 2 else 200,
+        sys.argv[3] if len(sys.argv) > 3 else "sandbox",
     )

@@ -76,7 +76,6 @@ from nimbus.jobs.domain import Attempt, Fence, Job, parse_memory
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig
 from nimbus.jobs.isolation import (
     Isolation,
     JobUser,
@@ -86,7 +85,7 @@ from nimbus.jobs.isolation import (
 )
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.prefetch import Prefetch
-from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, Sandbox
+from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, NodeSandboxConfig, Sandbox
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
 from nimbus.services.cluster import ClusterService, Identity

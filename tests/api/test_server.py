@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from nimbus.config import Settings
-from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig
+from nimbus.jobs.sandbox import NodeSandboxConfig
 from nimbus.server import bootstrap, job_isolation, main, ray_node_sandbox
 from tests.api.conftest import API, csv_bytes
 from tests.helpers import ServerProcess

@@ -4,6 +4,7 @@ attacks on the real cluster are in tests/ray/test_ray_sandbox.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -18,11 +19,12 @@ import pytest
 from nimbus.jobs.executors.base import Program
 from nimbus.jobs.executors.job_api_relay import (
     JobApiRelay,
+    is_job_api,
     sandbox_url,
     socket_name,
     upstream_of,
 )
-from nimbus.jobs.executors.ray_remote import WorkerOrder, node_launch
+from nimbus.jobs.executors.ray_remote import AgentConfig, WorkerOrder, agent_name, node_launch
 from nimbus.jobs.executors.ray_sandbox import (
     LockedUidPool,
     NodeSandboxConfig,
@@ -45,9 +47,18 @@ CONFIG = NodeSandboxConfig(
 
 
 class _Pong(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps connections alive, as the control plane does
+
     def do_GET(self) -> None:
-        body = f"pong {self.path}".encode()
-        self.send_response(200)
+        self._answer(200, f"pong {self.path}")
+
+    def do_POST(self) -> None:
+        got = self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(201, f"got {len(got)} with {self.headers['Authorization']}")
+
+    def _answer(self, status: int, text: str) -> None:
+        body = text.encode()
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -69,27 +80,47 @@ def control_plane() -> Iterator[tuple[str, int]]:
         server.server_close()
 
 
-def test_relay_urls() -> None:
-    assert upstream_of("http://cp.example:8600") == ("cp.example", 8600, False)
-    assert upstream_of("https://cp.example/") == ("cp.example", 443, True)
+def test_relay_urls_and_paths() -> None:
+    assert upstream_of("http://cp.example:8600/") == "http://cp.example:8600"
+    assert upstream_of("https://cp.example") == "https://cp.example"
     assert socket_name("http://a:1") != socket_name("http://a:2")
     assert socket_name("http://a:1/") == socket_name("http://a:1")
     assert sandbox_url("http://a:1") == f"unix:{JOB_API_DIR}/{socket_name('http://a:1')}"
     for bad in ("unix:/run/x.sock", "ftp://a:1", "http://"):
         with pytest.raises(ValueError, match="http"):
             upstream_of(bad)
+    assert is_job_api("/api/v1/job-api/att_1/metrics")
+    for other in ("/api/v1/jobs", "/api/v1/job-api/../datasets", "/api/v1/job-api/a/./b", "/"):
+        assert not is_job_api(other), other
 
 
-def test_the_relay_carries_requests_to_the_control_plane(tmp_path: Path) -> None:
+def test_the_relay_passes_the_job_api_on_and_nothing_else(tmp_path: Path) -> None:
     relay = JobApiRelay(tmp_path)
     try:
         with control_plane() as (url, _):
             inside = relay.socket_for(url)
             assert relay.socket_for(url) == inside  # one socket per control plane
             path = tmp_path / inside.rsplit("/", 1)[1]
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(path))) as client:
+            with httpx.Client(
+                base_url="http://nimbus", transport=httpx.HTTPTransport(uds=str(path))
+            ) as client:
                 for n in range(3):  # one kept-alive connection, several requests
-                    assert client.get(f"http://nimbus/ping/{n}").text == f"pong /ping/{n}"
+                    got = client.get(f"/api/v1/job-api/a%20b/{n}", params={"x": 1}).text
+                    assert got == f"pong /api/v1/job-api/a%20b/{n}?x=1"
+                sent = client.post(
+                    "/api/v1/job-api/a/checkpoint",
+                    content=b"x" * 3_000_000,
+                    headers={"Authorization": "Bearer njt_1"},
+                )
+                assert (sent.status_code, sent.text) == (201, "got 3000000 with Bearer njt_1")
+                for other in (
+                    "/api/v1/jobs",
+                    "/api/v1/job-api/../datasets",
+                    "/api/v1/job-api/%2e%2e/x",
+                ):
+                    refused = client.get(other, headers={"Authorization": "Bearer admin"})
+                    assert refused.status_code == 404, other
+                    assert "only the job API" in refused.json()["error"]["message"]
     finally:
         relay.close()
     assert list(tmp_path.iterdir()) == []  # its sockets removed
@@ -126,9 +157,7 @@ def test_a_worker_of_several_has_a_cgroup_and_work_dir_of_its_own() -> None:
     assert (launch.attempt_id, str(launch.workdir)) == ("a1.1", "/jobs/j1/a1.1")
     assert launch.extra_env == {"RANK": "1", "CUDA_VISIBLE_DEVICES": "3", "NIMBUS_ATTEMPT_ID": "a1"}
     assert launch.nimbus_url == "unix:/run/nimbus/x.sock"
-    alone = node_launch(
-        order.__class__(**{**order.__dict__, "world": 1}), None, None, own_dirs=True
-    )
+    alone = node_launch(dataclasses.replace(order, world=1), None, None, own_dirs=True)
     assert (alone.attempt_id, str(alone.workdir), alone.nimbus_url) == (
         "a1",
         "/jobs/j1/a1",
@@ -136,11 +165,23 @@ def test_a_worker_of_several_has_a_cgroup_and_work_dir_of_its_own() -> None:
     )
 
 
+def test_control_planes_with_other_settings_never_share_a_nodes_agent() -> None:
+    sandboxed = AgentConfig("/jobs", ("torch",), 10.0, sandbox=CONFIG)
+    assert sandboxed.key == AgentConfig("/jobs", ("torch",), 10.0, sandbox=CONFIG).key
+    others = [
+        dataclasses.replace(sandboxed, sandbox=None),
+        dataclasses.replace(sandboxed, sandbox=dataclasses.replace(CONFIG, uid_first=5000)),
+        dataclasses.replace(sandboxed, jobs_root="/elsewhere"),
+    ]
+    assert len({sandboxed.key, *(c.key for c in others)}) == 4
+    assert agent_name(sandboxed.key, "n1") != agent_name(others[0].key, "n1")
+
+
 PROBE = """
 import json, os, socket, httpx
 path = os.environ["NIMBUS_URL"][len("unix:"):]
 with httpx.Client(transport=httpx.HTTPTransport(uds=path)) as client:
-    relayed = client.get("http://nimbus/job-api").text
+    relayed = client.get("http://nimbus/api/v1/job-api/probe").text
 try:
     socket.create_connection(("127.0.0.1", PORT), timeout=2).close()
     direct = "connected"
@@ -173,7 +214,7 @@ def test_one_worker_reaches_only_the_job_api_a_worker_of_several_the_network(
     finally:
         nodes.close()
     one, peer = json.loads(alone.output), json.loads(several.output)
-    assert one["relayed"] == peer["relayed"] == "pong /job-api"
+    assert one["relayed"] == peer["relayed"] == "pong /api/v1/job-api/probe"
     assert one["direct"] == "ConnectionRefusedError"  # its own loopback: nothing listens
     assert peer["direct"] == "connected"  # the node's network: its peers are reachable
     assert CONFIG.uid_first <= one["uid"] < CONFIG.uid_first + CONFIG.uid_count

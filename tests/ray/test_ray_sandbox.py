@@ -1,7 +1,8 @@
 """Attacks from a job on the Ray executor, on the real cluster, with the sandbox on (the
 default): a job that holds only its member's job token tries to read Ray's session
 directory, Ray's token (its file, the environment of Ray's processes), another running
-attempt's files and token, and to join the cluster with ``ray.init``. Every one must fail.
+attempt's files and token, to join the cluster with ``ray.init``, and to use a token found
+in its inputs on the rest of the API. Every one must fail.
 (Run unsandboxed, with NIMBUS_JOB_ISOLATION=none, every one of them succeeds.)"""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from nimbus.client import Client
 from tests.e2e.conftest import logs_text, script
+from tests.helpers import ServerProcess
 from tests.helpers_ray import RayTestCluster
 
 VICTIM = """
@@ -75,11 +77,21 @@ try:
     report["ray_init_said"] = (done.stdout + done.stderr).strip().splitlines()[-1:]
 except subprocess.TimeoutExpired:
     report["ray_init"] = "timed out"
+import httpx  # a token found in its inputs (here the admin's), used through its own job API
+url = os.environ["NIMBUS_URL"]
+transport = httpx.HTTPTransport(uds=url[len("unix:"):]) if url.startswith("unix:") else None
+base = url if transport is None else "http://nimbus"
+try:
+    with httpx.Client(base_url=base, transport=transport) as api:
+        listed = api.get("/api/v1/jobs", headers={"Authorization": f"Bearer {FOUND_TOKEN}"})
+        report["api_with_found_token"] = listed.status_code
+except httpx.HTTPError as exc:
+    report["api_with_found_token"] = type(exc).__name__
 print("thief-report", json.dumps(report), flush=True)
 """
 
 
-def _thief(cluster: RayTestCluster, victim_job: str, token_file: Path) -> str:
+def _thief(cluster: RayTestCluster, victim_job: str, token_file: Path, found: str) -> str:
     pids = sorted(pid for node in cluster.nodes.values() for pid in node.pids())
     values = {
         "SESSION_DIR": str(cluster.root / "ray"),
@@ -88,6 +100,7 @@ def _thief(cluster: RayTestCluster, victim_job: str, token_file: Path) -> str:
         "RAY_PIDS": pids,
         "ADDRESS": cluster.address,
         "JOIN_SECONDS": 30,
+        "FOUND_TOKEN": found,
     }
     return "".join(f"{name} = {value!r}\n" for name, value in values.items()) + THIEF
 
@@ -97,6 +110,7 @@ def test_a_job_on_ray_cannot_reach_rays_secrets_other_attempts_or_the_cluster(
     ray_digits: str,
     ray_cluster_whole: RayTestCluster,
     ray_sandboxed: bool,
+    ray_server: ServerProcess,
     tmp_path: Path,
 ) -> None:
     if not ray_sandboxed:
@@ -111,14 +125,13 @@ def test_a_job_on_ray_cannot_reach_rays_secrets_other_attempts_or_the_cluster(
         assert time.monotonic() < deadline, text
         time.sleep(0.2)
     victim_token = text.split("victim-token", 1)[1].split()[0]
-    code = _thief(cluster, victim.id, token_file)
+    code = _thief(cluster, victim.id, token_file, ray_server.admin_token)
     thief = ray_api.submit_job(ray_digits, str(script(tmp_path, "thief", code)))
     thief = ray_api.wait_job(thief.id, timeout=120)
     ray_api.cancel_job(victim.id)
     said = logs_text(ray_api, thief.id)
     assert thief.state == "succeeded", said
     report = json.loads(said.split("thief-report", 1)[1].splitlines()[0])
-    print(report)
     assert cluster.token not in said and victim_token not in said, report
     assert report["found"] == {}, report
     assert report["session_dir"] in ("FileNotFoundError", "PermissionError"), report
@@ -127,3 +140,4 @@ def test_a_job_on_ray_cannot_reach_rays_secrets_other_attempts_or_the_cluster(
     # Its own PID namespace: bwrap's init, the zygote, itself; no process of the host's.
     assert max(report["environ"], default=0) < 50, report
     assert report["ray_init"] in ("refused", "timed out"), report
+    assert report["api_with_found_token"] == 404, report  # the relay passes the job API only

@@ -95,6 +95,19 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True)
+class NodeSandboxConfig:
+    """The sandbox as the control plane's settings describe it, sent to every Ray node's
+    agent, which makes its own from it (:mod:`nimbus.jobs.executors.ray_sandbox`)."""
+
+    uid_first: int
+    uid_count: int
+    disk_limit_bytes: int
+    pids_per_worker: int
+    keep_failed_seconds: float
+    warm: int = 1  # warm sandboxes kept ready per node (0: every attempt starts cold)
+
+
+@dataclass(frozen=True)
 class AttemptView:
     """What one attempt's sandbox shows and who it runs as."""
 

@@ -17,9 +17,8 @@ from nimbus.errors import InvalidInput
 from nimbus.jobs.executors.base import Executor
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
-from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig
 from nimbus.jobs.executors.warm import WarmSandboxExecutor
-from nimbus.jobs.sandbox import Sandbox
+from nimbus.jobs.sandbox import NodeSandboxConfig, Sandbox
 
 EXECUTORS = ("local", "forkserver", "ray")
 log = logging.getLogger(__name__)

@@ -3,52 +3,71 @@ control plane.
 
 A sandboxed attempt on a Ray node runs in a network namespace of its own (only its
 loopback), as a local one does. Locally the control plane itself listens on a unix socket
-bound into every sandbox; on a Ray node the control plane is another machine, reached over
-TCP. The node's agent keeps one :class:`JobApiRelay`: for each control plane URL it is
-asked for (:meth:`JobApiRelay.socket_for`), a unix socket in its directory (bound
-read-only into each sandbox at :data:`~nimbus.jobs.sandbox.JOB_API_DIR`) whose every
-connection is piped to that URL's host and port, in TLS when the URL is ``https``. The
-attempt can reach that one address and nothing else: not Ray's daemons, not the LAN.
+bound into every sandbox and answers only the job API there
+(:class:`~nimbus.api.job_socket.JobApiOnly`); on a Ray node the control plane is another
+machine, reached over TCP. The node's agent keeps one :class:`JobApiRelay`: for each
+control plane URL it is asked for (:meth:`JobApiRelay.socket_for`), an HTTP server on a
+unix socket in its directory (bound read-only into each sandbox at
+:data:`~nimbus.jobs.sandbox.JOB_API_DIR`) that passes job API requests
+(``/api/v1/job-api/...``) on to that URL, streamed both ways, and answers anything else
+with a 404, as the local socket does. The attempt reaches that one address, and only its
+job API: not the rest of the API (with a token found in its inputs), not Ray's daemons,
+not the LAN.
 
 The URLs come from the control plane (the attempt's launch), never from the job. The
-bytes are relayed as they are: the control plane authenticates each request (the job
-token) as it does any other.
+control plane authenticates each request (the job token) as it does any other.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import json
 import logging
-import socket
-import ssl
 import threading
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+import httpx
+import uvicorn
 
 from nimbus.jobs.sandbox import JOB_API_DIR
 from nimbus.system import bind_unix
 
 log = logging.getLogger(__name__)
-CONNECT_SECONDS = 10.0
-_CHUNK = 65536
+START_SECONDS = 10.0
+JOB_API_PREFIX = "/api/v1/job-api/"  # the only paths relayed (nimbus.api.app's prefix)
+# Hop-by-hop headers (RFC 9110 7.6.1) and Host: each side's own.
+_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+    }
+)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
 
 
-def upstream_of(url: str) -> tuple[str, int, bool]:
-    """(host, port, TLS) of a control plane URL; ValueError when it is not ``http(s)://``
-    with a host."""
+def upstream_of(url: str) -> str:
+    """The control plane's base URL, checked: ``http(s)://HOST[:PORT]``; ValueError else."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"the job API relay needs an http(s)://HOST[:PORT] URL, not {url!r}")
-    tls = parts.scheme == "https"
-    return parts.hostname, parts.port or (443 if tls else 80), tls
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def socket_name(url: str) -> str:
-    """The relay socket's file name for ``url`` (one per control plane URL)."""
-    host, port, tls = upstream_of(url)
-    digest = hashlib.sha256(f"{host}:{port}:{tls}".encode()).hexdigest()[:16]
-    return f"job-api-{digest}.sock"
+    """The relay socket's file name for ``url`` (one per control plane)."""
+    return f"job-api-{hashlib.sha256(upstream_of(url).encode()).hexdigest()[:16]}.sock"
 
 
 def sandbox_url(url: str) -> str:
@@ -56,88 +75,158 @@ def sandbox_url(url: str) -> str:
     return f"unix:{JOB_API_DIR}/{socket_name(url)}"
 
 
+def is_job_api(path: str) -> bool:
+    """Whether ``path`` (decoded) is the job API's, with no dot segment that would lead
+    out of it once the URL is normalized."""
+    return path.startswith(JOB_API_PREFIX) and not any(
+        segment in (".", "..") for segment in path.split("/")
+    )
+
+
+def _reply(status: int, message: str) -> tuple[Message, Message]:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "not_found" if status == 404 else "unavailable",
+                "message": message,
+            }
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
+
+
+class JobApiProxy:
+    """The ASGI app of one relay socket: job API requests on to ``upstream``, else 404."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.client: httpx.AsyncClient | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] != "http":  # a websocket: refused
+            await send({"type": "websocket.close", "code": 1008})
+        elif not is_job_api(str(scope["path"])):
+            for message in _reply(404, "only the job API is relayed to the control plane"):
+                await send(message)
+        else:
+            await self._relay(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # No read timeout of its own: the job's client keeps its own deadlines.
+                timeout = httpx.Timeout(None, connect=START_SECONDS)
+                self.client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.client is not None:
+                    await self.client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _relay(self, scope: Scope, receive: Any, send: Any) -> None:
+        assert self.client is not None
+
+        async def body() -> AsyncIterator[bytes]:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # the job went away
+                    return
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    return
+
+        target = scope.get("raw_path") or str(scope["path"]).encode()
+        query = scope.get("query_string") or b""
+        url = (
+            self.upstream
+            + target.decode("latin-1")
+            + (f"?{query.decode('latin-1')}" if query else "")
+        )
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
+        request = self.client.build_request(scope["method"], url, headers=headers, content=body())
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            log.warning("job API relay: %s unreachable: %s", self.upstream, exc)
+            for message in _reply(502, f"the control plane is unreachable: {type(exc).__name__}"):
+                await send(message)
+            return
+        try:
+            out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP]
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": out,
+                }
+            )
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await response.aclose()
+
+
 class JobApiRelay:
-    """Unix sockets in ``directory``, each relaying to one control plane; the relaying runs
-    on an event loop in a daemon thread of its own. Thread-safe."""
+    """The relay sockets of a node, in ``directory``: one HTTP server (uvicorn, in a daemon
+    thread of its own) per control plane. Thread-safe."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self._loop = asyncio.new_event_loop()
-        self._servers: dict[str, asyncio.AbstractServer] = {}
+        self._servers: dict[str, tuple[uvicorn.Server, threading.Thread]] = {}
         self._lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="job-api-relay", daemon=True
-        )
-        self._thread.start()
 
     def socket_for(self, url: str) -> str:
-        """The sandbox's ``NIMBUS_URL`` for ``url``, its relay listening from now on."""
+        """The sandbox's ``NIMBUS_URL`` for ``url``, its relay serving from now on."""
         name = socket_name(url)
         with self._lock:
             if name not in self._servers:
-                host, port, tls = upstream_of(url)
-                sock = bind_unix(self.directory / name)
-                future = asyncio.run_coroutine_threadsafe(
-                    self._serve(sock, host, port, tls), self._loop
-                )
-                self._servers[name] = future.result(timeout=CONNECT_SECONDS)
+                self._servers[name] = self._start(name, upstream_of(url))
         return sandbox_url(url)
 
-    async def _serve(
-        self, sock: socket.socket, host: str, port: int, tls: bool
-    ) -> asyncio.AbstractServer:
-        context = ssl.create_default_context() if tls else None
-
-        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                up_reader, up_writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port, ssl=context), CONNECT_SECONDS
-                )
-            except (OSError, TimeoutError) as exc:
-                log.warning("job API relay: cannot reach %s:%d: %s", host, port, exc)
-                writer.close()  # the job sees the connection end: its client retries
-                return
-            try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-            finally:
-                for end in (writer, up_writer):
-                    end.close()
-
-        return await asyncio.start_unix_server(relay, sock=sock)
+    def _start(self, name: str, upstream: str) -> tuple[uvicorn.Server, threading.Thread]:
+        sock = bind_unix(self.directory / name)
+        config = uvicorn.Config(
+            JobApiProxy(upstream),
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": [sock]},
+            name=f"relay-{name}",
+            daemon=True,
+        )
+        thread.start()
+        deadline = time.monotonic() + START_SECONDS
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                sock.close()
+                raise OSError(f"the job API relay for {upstream} did not start")
+            time.sleep(0.01)
+        return server, thread
 
     def close(self) -> None:
-        """Stop listening, end the connections, remove the sockets, end the thread."""
-
-        async def stop() -> None:
-            for server in self._servers.values():
-                server.close()
-            relaying = asyncio.all_tasks() - {asyncio.current_task()}
-            for task in relaying:
-                task.cancel()
-            await asyncio.gather(*relaying, return_exceptions=True)
-
+        """Stop every relay (requests in flight end), remove the sockets."""
         with self._lock:
-            if self._loop.is_closed():
-                return
-            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(CONNECT_SECONDS)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(CONNECT_SECONDS)
-            self._loop.close()
-            for name in self._servers:
+            for server, _ in self._servers.values():
+                server.should_exit = True
+            for name, (_, thread) in self._servers.items():
+                thread.join(START_SECONDS)
                 (self.directory / name).unlink(missing_ok=True)
             self._servers.clear()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until the end of ``reader``, then half-close ``writer`` where it can be (plain
-    sockets), else close it, which ends the other direction too (TLS)."""
-    try:
-        while data := await reader.read(_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-            return
-    except OSError:  # reset by either end
-        pass
-    writer.close()

@@ -25,8 +25,8 @@ from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle
-from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig
 from nimbus.jobs.ray_cluster import RayNode, check_feasible
+from nimbus.jobs.sandbox import NodeSandboxConfig
 
 log = logging.getLogger(__name__)
 RESTART_SECONDS = 2.0  # between attempts to start a new child

@@ -26,15 +26,15 @@ from typing import Any
 from nimbus.jobs.domain import ExitReason
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, OutputSink
 from nimbus.jobs.executors.ray_remote import (
-    AGENT_PREFIX,
     AgentConfig,
     NodeAgent,
     WorkerOrder,
+    agent_name,
     master_address,
     run_worker,
 )
-from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig
 from nimbus.jobs.ray_cluster import RayCluster, worker_demand
+from nimbus.jobs.sandbox import NodeSandboxConfig
 
 log = logging.getLogger(__name__)
 LOST = ExitStatus(None, None, ExitReason.LOST)
@@ -96,7 +96,7 @@ class RayExecutor:
             if node.node_id in self._agents:
                 continue
             self._agents[node.node_id] = self._agent_class.options(
-                name=AGENT_PREFIX + node.node_id,
+                name=agent_name(self.agent_config.key, node.node_id),
                 get_if_exists=True,
                 num_cpus=0,
                 max_restarts=0,
@@ -144,6 +144,7 @@ class RayExecutor:
             rank=rank,
             env={**launch.extra_env, **env},
             world=res.workers,
+            agent_key=self.agent_config.key,
         )
         options: dict[str, Any] = {
             "num_cpus": res.cpus,

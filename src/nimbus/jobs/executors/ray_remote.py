@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import threading
 import time
@@ -56,6 +57,7 @@ class WorkerOrder:
     rank: int = 0
     env: dict[str, str] = field(default_factory=dict)  # RANK, MASTER_ADDR... when several
     world: int = 1  # the attempt's workers
+    agent_key: str = ""  # which agent of its node starts it (AgentConfig.key)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,17 @@ class AgentConfig:
     grace_seconds: float
     warm: bool = True  # fork attempts from a zygote with the preload imported; else cold
     sandbox: NodeSandboxConfig | None = None  # None: unsandboxed (job_isolation = none)
+
+    @property
+    def key(self) -> str:
+        """Names this configuration's agents: control planes that share a cluster with other
+        settings (one sandboxed, one not) never share an agent."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+
+
+def agent_name(key: str, node_id: str) -> str:
+    """The name of the agent of configuration ``key`` on node ``node_id``."""
+    return f"{AGENT_PREFIX}{key}-{node_id}"
 
 
 class _Output:
@@ -234,7 +247,7 @@ def master_address() -> tuple[str, int]:
     return address, free_port()
 
 
-def _agent(node_id: str, wait_seconds: float = AGENT_WAIT_SECONDS) -> Any:
+def _agent(name: str, wait_seconds: float = AGENT_WAIT_SECONDS) -> Any:
     """This node's agent; on a node that just joined, the executor starts one within a
     few seconds (at its next start of an attempt)."""
     import ray
@@ -242,7 +255,7 @@ def _agent(node_id: str, wait_seconds: float = AGENT_WAIT_SECONDS) -> Any:
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            return ray.get_actor(AGENT_PREFIX + node_id)
+            return ray.get_actor(name)
         except ValueError:
             if time.monotonic() > deadline:
                 raise
@@ -258,7 +271,7 @@ def run_worker(order: WorkerOrder) -> Iterator[tuple[Any, ...]]:
     node_id = ctx.get_node_id()
     address = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     yield ("node", node_id, address)
-    agent = _agent(node_id)
+    agent = _agent(agent_name(order.agent_key, node_id))
     gpus = ",".join(str(g) for g in ray.get_gpu_ids()) if order.gpus else None
     refused = ray.get(agent.start.remote(order, gpus))
     if refused is not None:

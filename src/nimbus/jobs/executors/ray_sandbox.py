@@ -15,7 +15,7 @@ The network:
 - a job of **one worker** has a network namespace of its own, only a loopback in it (it
   cannot reach Ray's daemons, the node's services or the LAN); its job API is reached
   through the node's relay (:mod:`.job_api_relay`), a unix socket bound into the sandbox
-  that leads to the control plane's address and nowhere else;
+  that passes the control plane's job API on, and nothing else;
 - a worker of a job of **several workers** must reach its peers on other nodes (gloo,
   ``MASTER_ADDR``): it shares the node's network (``host_network``). It still sees no
   Ray file or process and holds no Ray token: Ray's token authentication is what keeps it
@@ -44,25 +44,14 @@ from nimbus.jobs.executors.job_api_relay import JobApiRelay
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.warm import WarmSandboxExecutor
 from nimbus.jobs.isolation import blocked, prepare_root, resolve_isolation
-from nimbus.jobs.sandbox import Sandbox, UidPool
+from nimbus.jobs.sandbox import NodeSandboxConfig, Sandbox, UidPool
 
+__all__ = ["LockedUidPool", "NodeSandboxConfig", "NodeSandboxes", "SandboxRefused"]
 UIDS_DIR = ".uids"  # below the jobs root: one lock file per uid in use on this machine
 
 
 class SandboxRefused(Exception):
     """This node cannot sandbox attempts; the message says why and how to fix it."""
-
-
-@dataclass(frozen=True)
-class NodeSandboxConfig:
-    """The sandbox as the control plane's settings describe it, for every node."""
-
-    uid_first: int
-    uid_count: int
-    disk_limit_bytes: int
-    pids_per_worker: int
-    keep_failed_seconds: float
-    warm: int = 1  # warm sandboxes kept ready per node (0: every attempt starts cold)
 
 
 class LockedUidPool(UidPool):
