@@ -1,7 +1,8 @@
 """The Ray executor against its references, on a real two-node Ray cluster on this machine
 (prints figures; not a test). ``python bench/cluster.py [ROUNDS] [NOOP_JOBS] [ISOLATION]``.
 
-ISOLATION: ``sandbox`` (the default; both servers' attempts sandboxed, on the Ray nodes
+NOOP_JOBS 0 skips part 2; ``NIMBUS_BENCH_CNN_ROUNDS=0`` skips part 3 (a quick run on a busy
+machine). ISOLATION: ``sandbox`` (the default; both servers' attempts sandboxed, on the Ray nodes
 and locally: needs root and bubblewrap) or ``none`` (unsandboxed).
 
 1. Submit -> first training step (a script's one optimizer step done, by its own clock)
@@ -43,7 +44,7 @@ STEP = (
 NOOP = "pass\n"
 RAY_JOBS = "import time; t0 = time.time(); import torch; print('first', t0, time.time())"
 CNN = {"epochs": "5", "batch_size": "32"}
-CNN_ROUNDS = 5
+CNN_ROUNDS = int(os.environ.get("NIMBUS_BENCH_CNN_ROUNDS", "5"))
 
 
 def first_step(api: Client, script: str, dataset: str) -> float:
@@ -125,12 +126,13 @@ def main(rounds: int, noop_jobs: int, isolation: str) -> None:
         rate = {
             name: drain(api, str(tmp / "noop.py"), data[name], noop_jobs)
             for name, api in apis.items()
+            if noop_jobs
         }
         runs: dict[str, list[float]] = {"ray": [], "local": []}
         for _ in range(CNN_ROUNDS):  # interleaved: load on the machine hits both alike
             for name, api in apis.items():
                 runs[name].append(cnn_rate(api, data[name]))
-        cnn = {name: statistics.median(values) for name, values in runs.items()}
+        cnn = {name: statistics.median(values) for name, values in runs.items() if values}
     finally:
         for server in servers.values():
             server.stop()
@@ -145,14 +147,16 @@ def main(rounds: int, noop_jobs: int, isolation: str) -> None:
         f"Ray Jobs ({len(started)} jobs): submit -> script {med(started):.3f} s, "
         f"-> import torch done {med(imported):.3f} s"
     )
-    print(
-        f"{noop_jobs} no-op jobs: ray {rate['ray']:.2f} jobs/s, local {rate['local']:.2f} "
-        f"jobs/s (ray/local {rate['ray'] / rate['local']:.2f})"
-    )
-    print(
-        f"cnn (median of {CNN_ROUNDS}): ray {cnn['ray']:.0f} samples/s, "
-        f"local {cnn['local']:.0f} samples/s (ray/local {cnn['ray'] / cnn['local']:.2f})"
-    )
+    if rate:
+        print(
+            f"{noop_jobs} no-op jobs: ray {rate['ray']:.2f} jobs/s, local {rate['local']:.2f} "
+            f"jobs/s (ray/local {rate['ray'] / rate['local']:.2f})"
+        )
+    if cnn:
+        print(
+            f"cnn (median of {CNN_ROUNDS}): ray {cnn['ray']:.0f} samples/s, "
+            f"local {cnn['local']:.0f} samples/s (ray/local {cnn['ray'] / cnn['local']:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ join = (
 ).replace("ADDRESS", repr(ADDRESS))
 token = found.get("RAY_AUTH_TOKEN", "x" * 64)
 env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-env["RAY_gcs_server_request_timeout_seconds"] = "5"  # fail soon: no GCS answers
+env["RAY_gcs_server_request_timeout_seconds"] = "2"  # fail soon: no GCS answers
 try:
     done = subprocess.run(
         [sys.executable, "-c", join], env=env, capture_output=True, text=True, timeout=JOIN_SECONDS
@@ -99,7 +99,7 @@ def _thief(cluster: RayTestCluster, victim_job: str, token_file: Path, found: st
         "VICTIM_JOB_DIR": str(cluster.jobs_dir / victim_job),
         "RAY_PIDS": pids,
         "ADDRESS": cluster.address,
-        "JOIN_SECONDS": 30,
+        "JOIN_SECONDS": 20,
         "FOUND_TOKEN": found,
     }
     return "".join(f"{name} = {value!r}\n" for name, value in values.items()) + THIEF
