@@ -80,14 +80,13 @@ class TickReport:
 
 
 class Scheduler:
-    """Claims jobs from ``queue`` for this node and runs their attempts on ``executor``,
-    within ``capacity`` (a callable: asked at every claim, as a cluster's changes)."""
+    """Claims jobs from ``queue`` for this node and runs their attempts on ``executor``."""
 
     def __init__(
         self,
         queue: JobQueue,
         executor: Executor,
-        capacity: Capacity | Callable[[], Capacity],
+        capacity: Capacity,
         instance_id: str,
         *,
         jobs_root: Path,
@@ -173,7 +172,7 @@ class Scheduler:
             else None
         )
         claims = self.queue.claim(
-            capacity=self.capacity() if callable(self.capacity) else self.capacity,
+            capacity=self.capacity,
             owner=self.instance_id,
             now=self.now(),
             lease_seconds=cfg.lease_seconds,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from nimbus.wire.base import Response, Timestamp
 
 
@@ -24,8 +22,6 @@ class NodeResources(Response):
     cpus: float
     gpus: int
     memory_bytes: int
-    # A Ray node's custom resources (``--resource NAME=N`` asks for them), by name.
-    custom: dict[str, float] = Field(default_factory=dict)
 
 
 class NodeAttempt(Response):
@@ -37,23 +33,17 @@ class NodeAttempt(Response):
     cpus: float
     gpus: int
     memory_bytes: int
-    workers: int  # how many of its workers run on this node
-    ranks: list[int] = Field(default_factory=list)  # which ones (Ray executor)
+    workers: int
 
 
 class NodeView(Response):
-    """A machine jobs run on: with the local executor a control plane's own machine, with
-    the Ray executor a node of the Ray cluster."""
+    """A machine jobs run on (with the local executor: a control plane's own machine)."""
 
-    name: str  # the host name; Ray: the node's id
+    name: str
     control_plane: str | None  # the control plane whose executor runs its attempts
     resources: NodeResources  # what it offers jobs
     used: NodeResources  # what its running attempts hold
     running: list[NodeAttempt]
-    # Ray executor only:
-    address: str | None = None  # the node's IP address
-    head: bool = False  # the Ray head
-    available: NodeResources | None = None  # what Ray has not given out (any user's work)
 
 
 class TenantQueueView(Response):
@@ -72,7 +62,3 @@ class ClusterStatus(Response):
     control_planes: list[ControlPlaneView]
     nodes: list[NodeView]
     queue: list[TenantQueueView]
-    # Ray executor: running attempts with workers no node took yet (waiting in Ray's queue
-    # for room), and when the head last listed the nodes (long ago: it is unreachable).
-    waiting: list[NodeAttempt] = Field(default_factory=list)
-    nodes_listed_at: Timestamp | None = None
