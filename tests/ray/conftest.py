@@ -15,7 +15,7 @@ from tests.helpers import ServerProcess
 from tests.helpers_ray import RayTestCluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayTestCluster]:
     cluster = RayTestCluster(tmp_path_factory.mktemp("ray")).start()
     yield cluster
@@ -29,7 +29,7 @@ def ray_cluster_whole(ray_cluster: RayTestCluster) -> RayTestCluster:
     return ray_cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_server(
     ray_cluster: RayTestCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
@@ -40,12 +40,12 @@ def ray_server(
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_api(ray_server: ServerProcess) -> Iterator[Client]:
     with client_for(ray_server) as client:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_digits(ray_api: Client, tmp_path_factory: pytest.TempPathFactory) -> str:
     return upload_digits(ray_api, tmp_path_factory.mktemp("digits"))
