@@ -43,13 +43,16 @@ services:
 		npm install --prefix .tools --no-audit --no-fund --silent azurite@$(AZURITE_VERSION); }
 
 # What CI runs (.ci/run): every gate, and any one failing fails the target. The tests run
-# with warnings as errors (pyproject.toml) and coverage, with a floor set in pyproject.toml.
+# with warnings as errors (pyproject.toml) and coverage, with a floor set in pyproject.toml,
+# on TEST_WORKERS pytest-xdist workers (a module's tests on one worker: tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install services check
-	$(PY) -m pytest -q -p no:cacheprovider --cov --cov-report=term-missing:skip-covered
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup \
+		--cov --cov-report=term-missing:skip-covered
 
 # The inner loop: no slow tests, no coverage, stop at the first failure.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" -x
+	$(PY) -m pytest -q -m "not slow" -x -n $(TEST_WORKERS) --dist loadgroup
 
 # Lint, format and types: mypy strict over src/nimbus, and a second run over tests/
 # (bodies checked, annotations optional: see [tool.mypy] in pyproject.toml).

@@ -32,8 +32,6 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -42,8 +40,7 @@ from typing import Any
 from _common import median
 from schedule_sim import GIB, T0, workload
 from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
-from tests.helpers import PostgresServer
+from tests.helpers import PostgresServer, rolled_back
 
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
@@ -163,17 +160,6 @@ def load(db: Database, queue: Queue) -> None:
         with db.engine.connect() as conn:  # (SQLite has none unless one runs ANALYZE)
             conn.exec_driver_sql("ANALYZE")
             conn.commit()
-
-
-@contextmanager
-def rolled_back(db: Database) -> Iterator[Session]:
-    with Session(db.engine) as s:
-        if db.engine.dialect.name == "sqlite":
-            s.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
-        try:
-            yield s
-        finally:
-            s.rollback()
 
 
 def whole_queue_pick(

@@ -66,3 +66,23 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     proc.start()
     yield proc
     proc.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs two workers), a module's tests run on one
+    worker, so its module-scoped servers start once; and ``tests/ray`` is one group: its
+    Ray cluster (package-scoped) starts once, on one worker. The groups that hold slow tests
+    go first, so that no long one is left to run alone at the end."""
+    ray = Path(__file__).parent / "ray"
+    groups: dict[str, bool] = {}
+    for item in items:
+        group = "ray" if ray in item.path.parents else item.nodeid.partition("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups[group] = groups.get(group, False) or item.get_closest_marker("slow") is not None
+    order = {group: rank for rank, group in enumerate(sorted(groups, key=lambda g: not groups[g]))}
+    items.sort(key=lambda item: order[_group_of(item)])
+
+
+def _group_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.args[0]) if marker is not None else ""

@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session
 
+from nimbus.db.engine import Database
 from nimbus.system import free_port
 
 
@@ -224,6 +226,19 @@ class PostgresServer:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def rolled_back(db: Database) -> Iterator[Session]:
+    """A write transaction that leaves nothing behind (SQLite's write lock taken up front,
+    as the store's own writes take it)."""
+    with Session(db.engine) as s:
+        if db.engine.dialect.name == "sqlite":
+            s.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+        try:
+            yield s
+        finally:
+            s.rollback()
 
 
 def follow(

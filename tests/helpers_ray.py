@@ -13,9 +13,11 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,9 @@ class RayTestCluster:
 
     def __init__(self, root: Path, *, dashboard: bool = False) -> None:
         self.root = root
+        # Ray's sockets lie under its temp dir, and a unix socket's path is at most 107
+        # bytes: pytest's tmp paths (deeper under xdist) are too long for it.
+        self.temp = Path(tempfile.mkdtemp(prefix="nray-"))
         # Ray Jobs' REST API (bench/cluster.py compares it), on a free port when asked.
         self.dashboard_port = free_port() if dashboard else None
         self.port = free_port()
@@ -129,7 +134,7 @@ class RayTestCluster:
             "--head",
             f"--port={self.port}",
             f"--ray-client-server-port={free_port()}",
-            f"--temp-dir={self.root / 'ray'}",
+            f"--temp-dir={self.temp}",
             *(
                 [f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1"]
                 if self.dashboard_port
@@ -179,6 +184,7 @@ class RayTestCluster:
         for node in self.nodes.values():
             node.kill()
         time.sleep(0.2)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def submit_once_placeable(api: Client, *args: Any, **kwargs: Any) -> Job:

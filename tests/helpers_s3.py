@@ -61,6 +61,8 @@ class SeaweedFS(StorageServer):
             f"-master.port={p['master']}",
             f"-master.port.grpc={g['master']}",
             "-master.volumeSizeLimitMB=64",
+            # One master: its election need not wait the default 10 s (a restart's cost).
+            "-master.electionTimeout=1s",
             f"-volume.port={p['volume']}",
             f"-volume.port.grpc={g['volume']}",
             "-volume.max=0",

@@ -2,8 +2,8 @@
 
 Packages are the first level under ``nimbus`` (api, cli, client, datasets, db, jobs,
 modelformat, runtime, services, serving, storage, wire) and its top-level modules (server,
-config, errors, names, security, system, demo_data, and the ``nimbus`` face itself). Imports
-are read from the source (tests/helpers_imports.py), function-level ones included.
+config, errors, names, ranges, security, system, demo_data, and the ``nimbus`` face itself).
+Imports are read from the source (tests/helpers_imports.py), function-level ones included.
 
 The layers, top to bottom (each may also import the wire, the domain and bottom modules)::
 
@@ -12,8 +12,8 @@ The layers, top to bottom (each may also import the wire, the domain and bottom 
     serving (a replica) ──> modelformat, runtime.architectures
     runtime (a job) ──> modelformat, datasets
 
-The *bottom* modules (errors, names, security, system, config, and ``__version__`` from the
-``nimbus`` face) import nothing of Nimbus but each other; the *domain* modules
+The *bottom* modules (errors, names, ranges, security, system, config, and ``__version__``
+from the ``nimbus`` face) import nothing of Nimbus but each other; the *domain* modules
 (datasets.domain, jobs.domain: plain enums and dataclasses, the words the wire uses) import
 nothing of Nimbus but the bottom modules. Both may be imported from anywhere.
 """
@@ -40,7 +40,14 @@ from tests.helpers_imports import (
     third_party,
 )
 
-BOTTOM = ("nimbus.errors", "nimbus.names", "nimbus.security", "nimbus.system", "nimbus.config")
+BOTTOM = (
+    "nimbus.errors",
+    "nimbus.names",
+    "nimbus.ranges",
+    "nimbus.security",
+    "nimbus.system",
+    "nimbus.config",
+)
 DOMAIN = ("nimbus.datasets.domain", "nimbus.jobs.domain")
 ANYWHERE = (*BOTTOM, *DOMAIN)
 EVERY_PACKAGE = (
@@ -308,6 +315,12 @@ def test_package_faces_stay_light(module: str) -> None:
 
 def test_the_control_plane_does_not_load_torch() -> None:
     assert loaded_by("nimbus.server", ("torch",)) == []
+
+
+def test_the_cli_starts_without_numpy_or_torch() -> None:
+    """Every ``nimbus`` command pays for what the CLI imports at start (a download or an
+    upload too): numpy is the demo's, the predictions' and the edge server's alone."""
+    assert loaded_by("nimbus.cli.app", ("numpy", "torch", "sqlalchemy", "fastapi")) == []
 
 
 def test_the_lazy_face_still_gives_the_sdk() -> None:

@@ -37,7 +37,7 @@ VICTIM = b"""\
 import os, time
 print("victim", os.environ["NIMBUS_CACHE_DIR"], flush=True)
 open(os.path.join(os.environ["NIMBUS_CACHE_DIR"], "victim-data"), "w").write("clean")
-time.sleep(float(os.environ.get("VICTIM_SECONDS", "60")))
+time.sleep(float(os.environ.get("VICTIM_SECONDS", "600")))  # cancelled by the test
 """
 
 THIEF = b"""\

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,7 +21,7 @@ from nimbus.db.tables import JobAttemptRow, JobRow, Tenant
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import AttemptState, JobSpec, JobState, Resources
 from nimbus.jobs.policy import QueuedJob, RunningJob, pick
-from tests.helpers import PostgresServer
+from tests.helpers import PostgresServer, rolled_back
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 GIB = 1 << 30
@@ -51,18 +50,6 @@ def db(
         s.add_all([Tenant(id=t, name=f"tenant-{t}") for t in (1, 2, 3)])
     yield database
     database.dispose()
-
-
-@contextmanager
-def rolled_back(db: Database) -> Iterator[Session]:
-    """A write transaction that leaves nothing behind (one per hypothesis example)."""
-    with Session(db.engine) as s:
-        if db.engine.dialect.name == "sqlite":
-            s.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
-        try:
-            yield s
-        finally:
-            s.rollback()
 
 
 def _row(job: QueuedJob, state: JobState, attempt_id: str | None = None) -> dict[str, object]:

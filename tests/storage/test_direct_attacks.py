@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,29 @@ def forge(data: bytes) -> bytes:
     forged = bytearray(data)
     forged[len(forged) // 2] ^= 0x01
     return bytes(forged)
+
+
+def refuse_other_bytes(
+    server: ServerProcess,
+    tmp_path: Path,
+    seed: int,
+    send: Callable[[httpx.Client, dict[str, Any], bytes, list[int]], None],
+    names: Callable[[], list[str]],
+) -> None:
+    """A staged upload whose two parts hold other bytes than declared is refused at its
+    completion (400 upload_mismatch), and leaves no dataset, no session and, by ``names``
+    (the store's listing), nothing in the store."""
+    data = dataset_tar(tmp_path / "v.tar", 9 * MIB, seed=seed).read_bytes()
+    digest = sha256_of(tmp_path / "v.tar")
+    with server.client(make_token(server, "member", f"liar-{seed}")) as http:
+        session = begin(http, "stolen", len(data), digest)
+        send(http, session, forge(data), [1, 2])
+        response = complete(http, session, digest)
+        assert response.status_code == 400, response.text
+        assert error_of(response)["code"] == "upload_mismatch"
+        assert http.get(f"{API}/datasets/stolen").status_code == 404
+        assert http.get(f"{API}/uploads/{session['id']}").status_code == 404
+    assert not [n for n in names() if digest in n or session["id"] in n]
 
 
 def stored(seaweedfs: SeaweedFS, bucket: str, sha256: str) -> bytes | None:

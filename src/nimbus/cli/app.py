@@ -16,7 +16,6 @@ from nimbus.cli import (
     admin,
     cluster,
     datasets,
-    demo,
     deploy,
     deployments,
     edge,
@@ -30,6 +29,7 @@ from nimbus.cli import (
     tokens,
     train,
 )
+from nimbus.cli.common import JsonOption
 from nimbus.errors import NimbusError
 
 # The click that typer runs on (vendored in recent typer) is reached through its public
@@ -62,6 +62,16 @@ class NimbusGroup(TyperGroup):
             raise _fail(str(exc), 1) from None
 
 
+def demo(as_json: JsonOption = False) -> None:
+    """Run the journey on bundled data (scikit-learn's digits, generated support messages)
+    against a throwaway server: upload, train, evaluate, compare, register, deploy, predict."""
+    # Imported when run: the demo's data and serving steps bring numpy, which no other
+    # command's start should pay for.
+    from nimbus.cli import demo as journey
+
+    journey.demo(as_json)
+
+
 app = typer.Typer(
     name="nimbus",
     cls=NimbusGroup,
@@ -82,7 +92,7 @@ app.add_typer(models.app, name="models")
 app.command("deploy")(deploy.deploy)
 app.add_typer(deployments.app, name="deployments")
 app.command("predict")(predict.predict)
-app.command("demo")(demo.demo)
+app.command("demo")(demo)
 app.command("serve")(edge.serve)
 app.add_typer(admin.app, name="admin")
 app.add_typer(cluster.app, name="cluster")

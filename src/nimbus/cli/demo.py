@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from nimbus.cli.common import JsonOption, console, print_json, transfer
+from nimbus.cli.common import console, print_json, transfer
 from nimbus.cli.demo_run import DemoFailed, DemoRun, Step
 from nimbus.cli.demo_serving import SERVING_STEPS
 from nimbus.cli.embedded import EmbeddedServer
@@ -222,9 +222,8 @@ def run_steps(run: DemoRun, steps: list[Step]) -> None:
             run.server.stop()
 
 
-def demo(as_json: JsonOption = False) -> None:
-    """Run the journey on bundled data (scikit-learn's digits, generated support messages)
-    against a throwaway server: upload, train, evaluate, compare, register, deploy, predict."""
+def demo(as_json: bool = False) -> None:
+    """``nimbus demo`` (its help is in nimbus.cli.app): the journey, then its summary."""
     with tempfile.TemporaryDirectory(prefix="nimbus-demo-") as tmp:
         # Sandboxed jobs run under their own uids: they must pass through (never list) the
         # directory that holds the demo's NIMBUS_HOME to reach their work directories.

@@ -11,10 +11,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import numpy as np
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.models import ModelRef, as_model_ref
@@ -28,19 +27,24 @@ from nimbus.errors import (
 from nimbus.names import validate_name
 from nimbus.wire.deployments import MAX_REPLICAS, RUNTIMES, Deployment, DeploymentList
 
+if TYPE_CHECKING:
+    import numpy as np
+
+# The OIP v2 datatypes and numpy's names for them (numpy is imported by ``infer`` alone:
+# the CLI's every start would pay for it otherwise).
 _DTYPES = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
 }
 
 
@@ -219,6 +223,8 @@ class DeploymentsMixin(BaseClient):
     ) -> dict[str, np.ndarray]:
         """An OIP v2 ``/infer`` call with one input tensor ``x`` (its name from the model's
         metadata unless given); returns each output as an array of its shape."""
+        import numpy as np
+
         endpoint = self._endpoint(deployment)
         base = f"{endpoint}/v2/models/{deployment}"
         if input_name is None:
@@ -240,7 +246,7 @@ class DeploymentsMixin(BaseClient):
         answer = self._call_endpoint(f"{base}/infer", json=body)
         outputs: dict[str, np.ndarray] = {}
         for out in answer.get("outputs") or []:
-            dtype = _DTYPES.get(str(out.get("datatype")), object)
+            dtype = _DTYPES.get(str(out.get("datatype")), "object")
             outputs[str(out["name"])] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
         return outputs
 

@@ -29,6 +29,7 @@ import urllib3
 
 from nimbus.client.transfer import Progress
 from nimbus.errors import CorruptBlob, NotFound, StorageUnavailable
+from nimbus.ranges import fill_and_hash
 from nimbus.system import write_private
 from nimbus.wire.uploads import UploadSession
 
@@ -220,10 +221,9 @@ class _Again(Exception):
 
 class RangedDownload:
     """A presigned GET fetched as byte ranges, ``workers`` at a time, written in place in
-    ``part`` while a thread hashes the ranges in order as they land (page cache reads).
-    A file of one range is fetched and hashed on the calling thread. A range whose
-    connection fails, is cut short, or is answered 408/429/5xx is fetched again (with
-    a fresh URL after a 403: the URL expired), :data:`PART_TRIES` times in all."""
+    ``part`` and hashed as they land (:func:`nimbus.ranges.fill_and_hash`). A range whose
+    connection fails, is cut short, or is answered 408/429/5xx is fetched again (with a
+    fresh URL after a 403: the URL expired), :data:`PART_TRIES` times in all."""
 
     def __init__(
         self,
@@ -236,71 +236,40 @@ class RangedDownload:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.link, self.part, self.size, self.workers = link, part, size, workers
-        self.sleep = sleep
-        starts = range(0, size, range_size)
-        self.ranges = [(lo, min(size, lo + range_size)) for lo in starts]
-        self.landed = [threading.Event() for _ in self.ranges]
-        self.failed = threading.Event()
-        self.digest = hashlib.sha256()
-        self.hashed = 0
+        self.range_size, self.sleep = range_size, sleep
 
-    def run(self, on_bytes: Callable[[int], None]) -> None:
+    def run(self, on_bytes: Callable[[int], None]) -> str:
+        """Fetch the whole into ``part``; its SHA-256."""
         fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         # urllib3, not httpx, for the bodies: it reads straight into buffers (what
         # boto3 does), where h11's parsing holds the GIL and caps threads at ~100 MB/s.
         http = urllib3.PoolManager(
             maxsize=self.workers, timeout=urllib3.Timeout(connect=10.0, read=120.0)
         )
+
+        def fill(fd: int, lo: int, hi: int) -> None:
+            self._get(http, fd, (lo, hi), on_bytes)
+
         try:
-            os.ftruncate(fd, self.size)
-            if len(self.ranges) == 1:  # no threads for a small file: hashed as it lands
-                self._get(http, fd, 0, on_bytes, inline=True)
-                self.hashed = self.size
-                return
-            self._run_parallel(http, fd, on_bytes)
+            return fill_and_hash(
+                fd, self.size, fill, range_size=self.range_size, workers=self.workers
+            )
         finally:
             os.close(fd)
             http.clear()
-
-    def _run_parallel(
-        self, http: urllib3.PoolManager, fd: int, on_bytes: Callable[[int], None]
-    ) -> None:
-        hasher = threading.Thread(target=self._hash, args=(fd,), daemon=True)
-        hasher.start()
-        try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="range") as pool:
-                futures = [
-                    pool.submit(self._get, http, fd, i, on_bytes) for i in range(len(self.ranges))
-                ]
-                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for future in futures:
-                    future.cancel()
-                for future in finished:
-                    future.result()
-        except BaseException:
-            self.failed.set()
-            raise
-        finally:
-            hasher.join()
 
     def _get(
         self,
         http: urllib3.PoolManager,
         fd: int,
-        index: int,
+        bounds: tuple[int, int],
         on_bytes: Callable[[int], None],
-        *,
-        inline: bool = False,
     ) -> None:
-        lo, hi = self.ranges[index]
         url = self.link.url
         for attempt in range(1, PART_TRIES + 1):
             got = [0]  # bytes of this attempt reported so far
             try:
-                digest = self._read(http, url, fd, (lo, hi), got, on_bytes, inline)
-                if digest is not None:
-                    self.digest = digest
-                self.landed[index].set()
+                self._read(http, url, fd, bounds, got, on_bytes)
                 return
             except (_Again, urllib3.exceptions.HTTPError, OSError) as exc:
                 on_bytes(-got[0])  # those bytes come again
@@ -321,12 +290,10 @@ class RangedDownload:
         bounds: tuple[int, int],
         got: list[int],
         on_bytes: Callable[[int], None],
-        inline: bool,
-    ) -> hashlib._Hash | None:
+    ) -> None:
         """One GET of bytes ``lo..hi`` into ``fd`` (counted in ``got`` and reported to
-        ``on_bytes`` as they land); their digest when ``inline``."""
+        ``on_bytes`` as they land)."""
         lo, hi = bounds
-        digest = hashlib.sha256() if inline else None
         buffer = bytearray(CHUNK)
         offset = lo
         response = http.request(
@@ -350,10 +317,7 @@ class RangedDownload:
             while n := response.readinto(buffer):
                 if offset + n > hi:
                     raise StorageUnavailable("the storage service sent too many bytes")
-                view = memoryview(buffer)[:n]
-                os.pwrite(fd, view, offset)
-                if digest is not None:
-                    digest.update(view)
+                os.pwrite(fd, memoryview(buffer)[:n], offset)
                 offset += n
                 got[0] += n
                 on_bytes(n)
@@ -364,19 +328,6 @@ class RangedDownload:
                 response.close()
         if offset != hi:
             raise _Again(f"the storage service sent {offset - lo} of {hi - lo} bytes")
-        return digest
-
-    def _hash(self, fd: int) -> None:
-        for (lo, hi), landed in zip(self.ranges, self.landed, strict=True):
-            while not landed.wait(0.1):
-                if self.failed.is_set():
-                    return
-            offset = lo
-            while offset < hi:
-                chunk = os.pread(fd, min(CHUNK * 8, hi - offset), offset)
-                self.digest.update(chunk)
-                offset += len(chunk)
-            self.hashed = hi
 
 
 def fetch_direct(
@@ -409,10 +360,11 @@ def fetch_direct(
     download = RangedDownload(link, part, size, workers, range_size=range_size, sleep=sleep)
     try:
         if size:
-            download.run(on_bytes)
+            digest = download.run(on_bytes)
         else:
             part.write_bytes(b"")
-        if download.digest.hexdigest() != expected or download.hashed != size:
+            digest = hashlib.sha256().hexdigest()
+        if digest != expected:
             raise CorruptBlob(f"{out.name}: content does not match its hash {expected}")
         part.replace(out)
     finally:

@@ -20,11 +20,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from nimbus.errors import InvalidInput
+
+if TYPE_CHECKING:  # numpy is imported by encode alone: the SDK names these patterns
+    import numpy as np
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -92,6 +93,8 @@ class TextEncoder:
     def encode(self, texts: Iterable[str]) -> np.ndarray:
         """Token ids, int64 ``[N, max_len]``: truncated, padded with 0, unknown words 1,
         n-grams outside the vocabulary left out."""
+        import numpy as np
+
         index = self._index
         rows: list[list[int]] = []
         for text in texts:
