@@ -74,6 +74,7 @@ from nimbus.jobs.domain import Attempt, Fence, Job, parse_memory
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.local import LocalExecutor
+from nimbus.jobs.executors.ray_bridge import RayBridge, shared_bridge  # Ray itself: in a child
 from nimbus.jobs.isolation import (
     Isolation,
     JobUser,
@@ -393,6 +394,7 @@ class SchedulerThread:
                 else int(settings.ray_warm),
                 ray_address=settings.ray_address,
                 ray_jobs_dir=Path(settings.ray_jobs_dir),
+                lease_seconds=settings.lease_seconds,
             ),
             jobs_root,
             {},
@@ -422,11 +424,15 @@ class SchedulerThread:
         def launch(job: Job, attempt: Attempt) -> Program:
             return Program(module=module)
 
+        # On Ray, what the cluster's alive nodes offer now (none while its head is silent).
+        ray = services.cluster.ray
+        capacity = ray.capacity if ray is not None else services.capacity
+
         def make_scheduler(fence: Fence) -> Scheduler:
             return Scheduler(
                 DbQueue(services.db, fence),
                 executor,
-                services.capacity,
+                capacity,
                 node,
                 jobs_root=jobs_root,
                 config=config,
@@ -519,6 +525,19 @@ def keeps_deployments(settings: Settings, interactive: bool) -> bool:
     return not interactive
 
 
+def ray_bridge(settings: Settings) -> RayBridge:
+    """This process's Ray bridge (the submit check, the cluster view, the scheduler's
+    capacity and the executor share it)."""
+    return shared_bridge(
+        settings.ray_address,
+        Path(settings.ray_jobs_dir),
+        preload=settings.executor_preload,
+        grace_seconds=settings.kill_grace_seconds,
+        warm=settings.ray_warm,
+        lease_seconds=settings.lease_seconds,
+    )
+
+
 def build_services(
     settings: Settings,
     *,
@@ -560,15 +579,7 @@ def build_services(
     )
     cluster = None
     if settings.executor == "ray" and settings.scheduler_enabled:
-        from nimbus.jobs.executors.ray_bridge import shared_bridge  # Ray: an optional extra
-
-        cluster = shared_bridge(
-            settings.ray_address,
-            Path(settings.ray_jobs_dir),
-            preload=settings.executor_preload,
-            grace_seconds=settings.kill_grace_seconds,
-            warm=settings.ray_warm,
-        )
+        cluster = ray_bridge(settings)
         capacity = cluster.capacity()
     else:
         capacity = node_capacity(
@@ -593,6 +604,7 @@ def build_services(
             jobs_dir=str(settings.jobs_dir),
         ),
         lease_seconds=settings.leader_lease_seconds,
+        ray=cluster,
     )
     # Claims record this control plane; one left by a dead one is dropped when needed.
     claims = Claims(db, blobs, membership.holder(), membership.holder_dead)

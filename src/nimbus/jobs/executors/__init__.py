@@ -34,6 +34,7 @@ def make_executor(
     warm: int = 2,
     ray_address: str | None = None,
     ray_jobs_dir: Path | None = None,
+    lease_seconds: float = 30.0,
 ) -> Executor:
     """The executor called ``name``, running attempts under ``jobs_root`` (each in
     ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`). ``forkserver`` with the
@@ -63,6 +64,7 @@ def make_executor(
             preload=preload,
             grace_seconds=grace_seconds,
             warm=warm > 0,
+            lease_seconds=lease_seconds,
         )
     if name == "forkserver":
         return ForkServerExecutor(jobs_root, preload=preload, grace_seconds=grace_seconds)

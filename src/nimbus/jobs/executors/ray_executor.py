@@ -4,6 +4,11 @@ its process started by the warm agent of the node Ray placed it on (:mod:`.ray_r
 Nimbus stays the source of truth: Ray's retries are off (``max_retries=0``), the attempt's
 lease is renewed by the scheduler as for any executor, and a worker whose task or node died
 ends the attempt as *lost* (requeued by the retry policy, resumed from its checkpoint).
+Two ends are Nimbus's own, decided here: an attempt whose work cannot be confirmed (the
+head has not answered a listing for a lease) ends *lost*, and so does one still waiting in
+Ray's queue when no node that could run it has been alive for a lease (its node left); a
+start while the head is silent, or that no node alive within a lease could place, is refused.
+
 Several workers get a placement group (``PACK``, or ``STRICT_SPREAD`` with ``spread``) and
 torch.distributed's rendezvous at rank 0's node. Each worker's node goes to the attempt's
 log as it starts, and to :meth:`RayExecutor.placement`.
@@ -17,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.domain import ExitReason
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, OutputSink
 from nimbus.jobs.executors.ray_remote import (
@@ -33,7 +40,7 @@ from nimbus.jobs.executors.ray_remote import (
     master_address,
     run_worker,
 )
-from nimbus.jobs.ray_cluster import RayCluster, worker_demand
+from nimbus.jobs.ray_cluster import SILENT_SECONDS, RayCluster, worker_demand
 
 log = logging.getLogger(__name__)
 LOST = ExitStatus(None, None, ExitReason.LOST)
@@ -70,11 +77,13 @@ class RayExecutor:
         preload: Sequence[str] = ("torch",),
         grace_seconds: float = 10.0,
         warm: bool = True,
+        lease_seconds: float = 30.0,
     ) -> None:
         import ray
 
         self.ray, self.cluster = ray, cluster
         self.jobs_root, self.grace_seconds, self.warm = Path(jobs_root), grace_seconds, warm
+        self.lease_seconds = lease_seconds  # unconfirmed for this long: lost
         self.agent_config = AgentConfig(str(jobs_root), tuple(preload), grace_seconds, warm)
         self._task = ray.remote(run_worker)
         self._probe = ray.remote(master_address)
@@ -103,6 +112,12 @@ class RayExecutor:
     # -- the Executor protocol --------------------------------------------------------------
 
     def start(self, launch: AttemptLaunch) -> Handle:
+        silent = self.cluster.silent()
+        if silent > SILENT_SECONDS:
+            raise Unavailable(f"the Ray head has not answered for {silent:.0f} s")
+        unplaceable = self.cluster.gone(launch.resources, self.lease_seconds)
+        if unplaceable is not None:  # its node left since the submit
+            raise InvalidInput(unplaceable)
         if any(node.node_id not in self._agents for node in self.cluster.nodes()):
             self.ensure_agents()  # a node joined
         handle = RayHandle(launch.attempt_id, launch)
@@ -160,7 +175,7 @@ class RayExecutor:
             self.ensure_agents(fresh=False)  # a node joined: its workers wait for an agent
         group = self._group(handle)
         if group.rendezvous is not None and not group.workers and not self._rendezvous(group):
-            return None if group.failure is None else self._end(group)
+            return self._still_running(group) if group.failure is None else self._end(group)
         for worker in group.workers:
             if worker.status is None:
                 worker.status = self._drain(group, worker)
@@ -173,8 +188,51 @@ class RayExecutor:
                 if worker.status is None:
                     self.ray.cancel(worker.stream, force=True)
         if any(worker.status is None for worker in group.workers):
-            return None
+            return self._still_running(group)
         return self._end(group)
+
+    def _still_running(self, group: RayHandle) -> ExitStatus | None:
+        """None, or LOST when :meth:`_lost` gives it up (then ended here)."""
+        lost = self._lost(group)
+        if lost is None:
+            return None
+        log.warning("attempt %s lost: %s", group.attempt_id, lost)
+        _emit(group.launch.output, f"[nimbus] lost: {lost}\n")
+        return self._abandon(group)
+
+    def _lost(self, group: RayHandle) -> str | None:
+        """Why a running attempt is given up as lost, if it is: its work cannot be
+        confirmed (the head silent for a lease), or it waits for a node and no node that
+        could run it has been alive for a lease."""
+        silent = self.cluster.silent()
+        if silent > self.lease_seconds:
+            return (
+                f"the Ray head has not answered for {silent:.0f} s (the lease is "
+                f"{self.lease_seconds:g} s): its work cannot be confirmed"
+            )
+        waiting = not group.workers or any(w.node is None for w in group.workers)
+        if not waiting:
+            return None
+        unplaceable = self.cluster.gone(group.launch.resources, self.lease_seconds)
+        if unplaceable is None:
+            return None
+        return f"it waited for a node, and {unplaceable[0].lower()}{unplaceable[1:]}"
+
+    def _abandon(self, group: RayHandle) -> ExitStatus:
+        """End a lost attempt now: its tasks cancelled (their processes SIGTERMed by their
+        agents when the cancel reaches them; fenced by the job API in any case), its
+        placement group removed in the background (with the head down that waits)."""
+        for worker in group.workers:
+            if worker.status is None:
+                self.ray.cancel(worker.stream)
+        self._handles.pop(group.attempt_id, None)
+        if group.group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            threading.Thread(
+                target=remove_placement_group, args=(group.group,), daemon=True
+            ).start()
+        return LOST
 
     def _rendezvous(self, group: RayHandle) -> bool:
         """Launch the workers once rank 0's address is known (the group placed)."""
