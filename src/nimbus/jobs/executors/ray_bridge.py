@@ -32,6 +32,7 @@ from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle
 from nimbus.jobs.ray_cluster import SILENT_SECONDS, RayNode, check_feasible
+from nimbus.jobs.sandbox import NodeSandboxConfig
 
 log = logging.getLogger(__name__)
 RESTART_SECONDS = 2.0  # between attempts to start a new child
@@ -60,6 +61,7 @@ class _Settings:
     grace_seconds: float
     warm: bool
     lease_seconds: float = 30.0
+    sandbox: NodeSandboxConfig | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -77,9 +79,10 @@ class RayBridge:
         grace_seconds: float = 10.0,
         warm: bool = True,
         lease_seconds: float = 30.0,
+        sandbox: NodeSandboxConfig | None = None,
     ) -> None:
         self.settings = _Settings(
-            address, str(jobs_root), tuple(preload), grace_seconds, warm, lease_seconds
+            address, str(jobs_root), tuple(preload), grace_seconds, warm, lease_seconds, sandbox
         )
         self._lock = threading.Lock()
         self._child: _Child | None = None
@@ -282,6 +285,7 @@ def bridge_main(conn: Connection, settings: _Settings) -> None:
             grace_seconds=settings.grace_seconds,
             warm=settings.warm,
             lease_seconds=settings.lease_seconds,
+            sandbox=settings.sandbox,
         )
     except Exception as exc:
         conn.send(("error", str(exc)))
@@ -352,9 +356,10 @@ def shared_bridge(
     grace_seconds: float = 10.0,
     warm: bool = True,
     lease_seconds: float = 30.0,
+    sandbox: NodeSandboxConfig | None = None,
 ) -> RayBridge:
     """This process's bridge (the submit check and the executor share it): made on first
-    call, with these settings."""
+    call, with these settings (``sandbox``: how the nodes sandbox attempts; None: not)."""
     global _shared
     with _shared_lock:
         if _shared is None:
@@ -369,5 +374,6 @@ def shared_bridge(
                 grace_seconds=grace_seconds,
                 warm=warm,
                 lease_seconds=lease_seconds,
+                sandbox=sandbox,
             )
         return _shared

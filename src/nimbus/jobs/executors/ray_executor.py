@@ -13,9 +13,9 @@ Several workers get a placement group (``PACK``, or ``STRICT_SPREAD`` with ``spr
 torch.distributed's rendezvous at rank 0's node. Each worker's node goes to the attempt's
 log as it starts, and to :meth:`RayExecutor.placement`.
 
-Isolation: a worker process runs as the Ray node's user, in a session of its own, with the
-scrubbed environment of every attempt, but without Nimbus's sandbox (no uid, namespace or
-cgroup of its own): Ray's nodes are trusted machines (docs/cluster.md).
+Isolation: with ``sandbox`` (the default) each worker process runs in Nimbus's sandbox on
+its node, made by the node's agent (:mod:`.ray_sandbox`); with None (``job_isolation =
+none``), as the Ray node's user, in a session of its own, with the scrubbed environment.
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.domain import ExitReason
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, OutputSink
 from nimbus.jobs.executors.ray_remote import (
-    AGENT_PREFIX,
     AgentConfig,
     NodeAgent,
     WorkerOrder,
+    agent_name,
     master_address,
     run_worker,
 )
 from nimbus.jobs.ray_cluster import SILENT_SECONDS, RayCluster, worker_demand
+from nimbus.jobs.sandbox import NodeSandboxConfig
 
 log = logging.getLogger(__name__)
 LOST = ExitStatus(None, None, ExitReason.LOST)
@@ -78,13 +79,16 @@ class RayExecutor:
         grace_seconds: float = 10.0,
         warm: bool = True,
         lease_seconds: float = 30.0,
+        sandbox: NodeSandboxConfig | None = None,
     ) -> None:
         import ray
 
         self.ray, self.cluster = ray, cluster
         self.jobs_root, self.grace_seconds, self.warm = Path(jobs_root), grace_seconds, warm
         self.lease_seconds = lease_seconds  # unconfirmed for this long: lost
-        self.agent_config = AgentConfig(str(jobs_root), tuple(preload), grace_seconds, warm)
+        self.agent_config = AgentConfig(
+            str(jobs_root), tuple(preload), grace_seconds, warm, sandbox
+        )
         self._task = ray.remote(run_worker)
         self._probe = ray.remote(master_address)
         self._agent_class = ray.remote(NodeAgent)
@@ -101,7 +105,7 @@ class RayExecutor:
             if node.node_id in self._agents:
                 continue
             self._agents[node.node_id] = self._agent_class.options(
-                name=AGENT_PREFIX + node.node_id,
+                name=agent_name(self.agent_config.key, node.node_id),
                 get_if_exists=True,
                 num_cpus=0,
                 max_restarts=0,
@@ -154,6 +158,8 @@ class RayExecutor:
             memory_bytes=res.memory_bytes,
             rank=rank,
             env={**launch.extra_env, **env},
+            world=res.workers,
+            agent_key=self.agent_config.key,
         )
         options: dict[str, Any] = {
             "num_cpus": res.cpus,
