@@ -1,5 +1,5 @@
-"""One real two-node Ray cluster for the whole session (tests/helpers_ray.py), and one
-Nimbus server using it, also for the session (each takes seconds to start on 2 cores)."""
+"""One real two-node Ray cluster for tests/ray (tests/helpers_ray.py), and one Nimbus server
+using it (each takes seconds to start on 2 cores; both stop when tests/ray ends)."""
 
 from __future__ import annotations
 

@@ -148,11 +148,16 @@ def test_the_head_killed_and_back_loses_no_job(
     """kill -9 of every process of the head: the control plane goes on serving (submits
     too). The attempt running on node_b, which survives, cannot be confirmed any more: it
     ends lost after its lease and its job waits queued (nothing starts while the head is
-    down); once a new head is up both jobs run, the first resuming from its checkpoint."""
+    down), and the driver ends; once a new head is up a new driver connects and both jobs
+    run, the first resuming from its checkpoint."""
     ray_cluster.ensure_node_b()
-    epochs = int(SLOW_CNN["epochs"])
+    # Long enough to outlive the lease after the kill (~2 s an epoch, one example a step):
+    # with the head down the worker's results still reach the driver (they do not pass
+    # through the head), so a shorter job simply ends well, as it should, losing nothing.
+    cnn = {"epochs": "12", "batch_size": "1", "patience": "0"}  # no early stop
+    epochs = int(cnn["epochs"])
     running = submit_once_placeable(
-        ray_api, ray_digits, "cnn", params=SLOW_CNN, seed=4, resources={"node_b": 1}
+        ray_api, ray_digits, "cnn", params=cnn, seed=4, resources={"node_b": 1}
     ).id
     checkpointed = wait_for("the first checkpoint", lambda: store.checkpoint_step(running), 120)
     ray_cluster.nodes["node_a"].kill()
@@ -169,6 +174,8 @@ def test_the_head_killed_and_back_loses_no_job(
     time.sleep(1)  # a retry is due after 0.2 s: none starts while the head is silent
     assert ray_api.get_job(running).state == "queued" and len(store.attempts(running)) == 1
     assert ray_api.get_job(queued).state in ("queued", "running")
+    # A driver left on a dead head would poll it in a busy loop: it is ended.
+    wait_for("the driver ended", lambda: "ending its driver" in ray_server.log(), 30)
 
     ray_cluster.nodes["node_b"].kill()
     ray_cluster.start()  # a new head at the same address, and node_b joined to it

@@ -31,7 +31,7 @@ from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle
-from nimbus.jobs.ray_cluster import SILENT_SECONDS, RayNode, check_feasible
+from nimbus.jobs.ray_cluster import NODES_TTL_SECONDS, SILENT_SECONDS, RayNode, check_feasible
 from nimbus.jobs.sandbox import NodeSandboxConfig
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,17 @@ class RayBridge:
             if op == "nodes":
                 self._nodes, silent = value
                 self._listed_at = time.time() - silent
+                self._end_stranded(child, silent)
             return value, child.generation
+
+    def _end_stranded(self, child: _Child, silent: float) -> None:
+        """End a driver whose head has been silent past the lease and one listing period
+        more (its attempts were lost at the lease): Ray's driver never gives up a head, and
+        one left on a dead head polls it in a busy loop (a core, for as long as it lives).
+        The next use starts a new one, which connects when a head answers at the address."""
+        if silent > max(self.settings.lease_seconds, SILENT_SECONDS) + NODES_TTL_SECONDS:
+            log.warning("the Ray head has not answered for %.0f s: ending its driver", silent)
+            child.process.kill()
 
     # -- the cluster's face -----------------------------------------------------------------
 

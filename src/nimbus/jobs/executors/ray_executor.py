@@ -20,6 +20,7 @@ none``), as the Ray node's user, in a session of its own, with the scrubbed envi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -64,6 +65,7 @@ class RayHandle:
     rendezvous: Any = None  # ObjectRef of (address, port) while the group forms
     workers: list[RayWorker] = field(default_factory=list)
     killed_at: float | None = None
+    forced: bool = False  # its tasks force-cancelled (the grace after the kill ran out)
     failure: ExitStatus | None = None
 
 
@@ -189,10 +191,14 @@ class RayExecutor:
                 if failed and group.failure is None:
                     group.failure = worker.status
                     self.kill(group)  # the others cannot finish without it
-        if group.killed_at is not None and time.monotonic() > group.killed_at + self.grace_seconds:
-            for worker in group.workers:
-                if worker.status is None:
-                    self.ray.cancel(worker.stream, force=True)
+        killed_at = group.killed_at
+        if (
+            killed_at is not None
+            and time.monotonic() > killed_at + self.grace_seconds
+            and not group.forced
+        ):
+            group.forced = True
+            self._cancel([w.stream for w in group.workers if w.status is None], force=True)
         if any(worker.status is None for worker in group.workers):
             return self._still_running(group)
         return self._end(group)
@@ -227,18 +233,32 @@ class RayExecutor:
     def _abandon(self, group: RayHandle) -> ExitStatus:
         """End a lost attempt now: its tasks cancelled (their processes SIGTERMed by their
         agents when the cancel reaches them; fenced by the job API in any case), its
-        placement group removed in the background (with the head down that waits)."""
-        for worker in group.workers:
-            if worker.status is None:
-                self.ray.cancel(worker.stream)
+        placement group removed, in the background (with the head down both wait)."""
         self._handles.pop(group.attempt_id, None)
-        if group.group is not None:
+        streams = [worker.stream for worker in group.workers if worker.status is None]
+        self._cancel(streams, force=False, group=group.group)
+        return LOST
+
+    def _cancel(self, streams: list[Any], *, force: bool, group: Any = None) -> None:
+        """Cancel tasks (and remove a placement group) off the caller's thread: with the
+        head down either call can wait for it (seen: a cancel holding up the driver's
+        answers, so the control plane heard of a loss only a minute later)."""
+        if streams or group is not None:
+            threading.Thread(
+                target=self._cancel_now, args=(streams, force, group), daemon=True
+            ).start()
+
+    def _cancel_now(self, streams: list[Any], force: bool, group: Any) -> None:
+        for stream in streams:
+            try:
+                self.ray.cancel(stream, force=force)
+            except Exception:  # its worker or node already gone
+                log.debug("could not cancel a task", exc_info=True)
+        if group is not None:
             from ray.util.placement_group import remove_placement_group
 
-            threading.Thread(
-                target=remove_placement_group, args=(group.group,), daemon=True
-            ).start()
-        return LOST
+            with contextlib.suppress(Exception):
+                remove_placement_group(group)
 
     def _rendezvous(self, group: RayHandle) -> bool:
         """Launch the workers once rank 0's address is known (the group placed)."""
@@ -319,9 +339,7 @@ class RayExecutor:
         if group.killed_at is not None:
             return
         group.killed_at = time.monotonic()
-        for worker in group.workers:
-            if worker.status is None:
-                self.ray.cancel(worker.stream)
+        self._cancel([w.stream for w in group.workers if w.status is None], force=False)
 
     def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
         # The tasks of an earlier run of this control plane (an earlier driver) died with
