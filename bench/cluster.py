@@ -1,5 +1,9 @@
 """The Ray executor against its references, on a real two-node Ray cluster on this machine
-(prints figures; not a test). ``python bench/cluster.py [ROUNDS] [NOOP_JOBS]``.
+(prints figures; not a test). ``python bench/cluster.py [ROUNDS] [NOOP_JOBS] [ISOLATION]``.
+
+NOOP_JOBS 0 skips part 2; ``NIMBUS_BENCH_CNN_ROUNDS=0`` skips part 3 (a quick run on a busy
+machine). ISOLATION: ``sandbox`` (the default; both servers' attempts sandboxed, on the Ray nodes
+and locally: needs root and bubblewrap) or ``none`` (unsandboxed).
 
 1. Submit -> first training step (a script's one optimizer step done, by its own clock)
    on the Ray executor, next to the local fork-server executor, and to Ray Jobs' own
@@ -40,7 +44,7 @@ STEP = (
 NOOP = "pass\n"
 RAY_JOBS = "import time; t0 = time.time(); import torch; print('first', t0, time.time())"
 CNN = {"epochs": "5", "batch_size": "32"}
-CNN_ROUNDS = 5
+CNN_ROUNDS = int(os.environ.get("NIMBUS_BENCH_CNN_ROUNDS", "5"))
 
 
 def first_step(api: Client, script: str, dataset: str) -> float:
@@ -92,12 +96,18 @@ def _at(value: datetime | str) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def main(rounds: int, noop_jobs: int) -> None:
+def main(rounds: int, noop_jobs: int, isolation: str) -> None:
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     tmp = Path(tempfile.mkdtemp(prefix="nimbus-cluster-"))
-    cluster = RayTestCluster(tmp, dashboard=True).start()
+    tmp.chmod(0o711)  # job uids pass through to their work directories
+    cluster = RayTestCluster(tmp, dashboard=True)
+    cluster.start()
+    sandboxed = {"NIMBUS_JOB_ISOLATION": isolation}
     servers = {
-        "ray": ServerProcess(tmp / "ray-home", env=cluster.server_env()).start(),
-        "local": ServerProcess(tmp / "local-home", env={"NIMBUS_EXECUTOR": "forkserver"}).start(),
+        "ray": ServerProcess(tmp / "ray-home", env={**cluster.server_env(), **sandboxed}).start(),
+        "local": ServerProcess(
+            tmp / "local-home", env={"NIMBUS_EXECUTOR": "forkserver", **sandboxed}
+        ).start(),
     }
     try:
         apis = {name: client_for(server) for name, server in servers.items()}
@@ -116,18 +126,20 @@ def main(rounds: int, noop_jobs: int) -> None:
         rate = {
             name: drain(api, str(tmp / "noop.py"), data[name], noop_jobs)
             for name, api in apis.items()
+            if noop_jobs
         }
         runs: dict[str, list[float]] = {"ray": [], "local": []}
         for _ in range(CNN_ROUNDS):  # interleaved: load on the machine hits both alike
             for name, api in apis.items():
                 runs[name].append(cnn_rate(api, data[name]))
-        cnn = {name: statistics.median(values) for name, values in runs.items()}
+        cnn = {name: statistics.median(values) for name, values in runs.items() if values}
     finally:
         for server in servers.values():
             server.stop()
         cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     med = statistics.median
+    print(f"job isolation: {isolation}; load average before: {load}")
     print(f"submit -> first training step, medians of {rounds} interleaved rounds:")
     print(f"  ray executor:        {med(latency['ray']):.3f} s (min {min(latency['ray']):.3f})")
     print(f"  local (forkserver):  {med(latency['local']):.3f} s (min {min(latency['local']):.3f})")
@@ -135,18 +147,21 @@ def main(rounds: int, noop_jobs: int) -> None:
         f"Ray Jobs ({len(started)} jobs): submit -> script {med(started):.3f} s, "
         f"-> import torch done {med(imported):.3f} s"
     )
-    print(
-        f"{noop_jobs} no-op jobs: ray {rate['ray']:.2f} jobs/s, local {rate['local']:.2f} "
-        f"jobs/s (ray/local {rate['ray'] / rate['local']:.2f})"
-    )
-    print(
-        f"cnn (median of {CNN_ROUNDS}): ray {cnn['ray']:.0f} samples/s, "
-        f"local {cnn['local']:.0f} samples/s (ray/local {cnn['ray'] / cnn['local']:.2f})"
-    )
+    if rate:
+        print(
+            f"{noop_jobs} no-op jobs: ray {rate['ray']:.2f} jobs/s, local {rate['local']:.2f} "
+            f"jobs/s (ray/local {rate['ray'] / rate['local']:.2f})"
+        )
+    if cnn:
+        print(
+            f"cnn (median of {CNN_ROUNDS}): ray {cnn['ray']:.0f} samples/s, "
+            f"local {cnn['local']:.0f} samples/s (ray/local {cnn['ray'] / cnn['local']:.2f})"
+        )
 
 
 if __name__ == "__main__":
     main(
         int(sys.argv[1]) if len(sys.argv) > 1 else 20,
         int(sys.argv[2]) if len(sys.argv) > 2 else 200,
+        sys.argv[3] if len(sys.argv) > 3 else "sandbox",
     )

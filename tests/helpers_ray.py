@@ -112,6 +112,7 @@ class RayTestCluster:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "NIMBUS_"))}
         self.env.update(FAST_HEALTH, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
         self.nodes: dict[str, RayNodeProcess] = {}
+        self.jobs_dir = root / "jobs"  # attempts' work directories on the nodes
 
     def common(self, name: str, first_port: int, *, movable: bool = False) -> list[str]:
         resources = {name: 1, **({"movable": 1} if movable else {})}
@@ -175,7 +176,7 @@ class RayTestCluster:
         return {
             "NIMBUS_EXECUTOR": "ray",
             "NIMBUS_RAY_ADDRESS": self.address,
-            "NIMBUS_RAY_JOBS_DIR": str(self.root / "jobs"),
+            "NIMBUS_RAY_JOBS_DIR": str(self.jobs_dir),
             "RAY_AUTH_TOKEN": self.token,
             "RAY_AUTH_MODE": "token",
         }

@@ -18,7 +18,9 @@ attempt runs in a bubblewrap sandbox with a uid and a cgroup of its own, and
 :func:`secure_home` keeps NIMBUS_HOME's secrets (admin token, database, blobs,
 deployments) the server's alone. A server that cannot sandbox serves its API but starts no
 scheduler: its start line, the log and ``/healthz`` say what is missing. ``none`` runs jobs
-unisolated, and says so in the same places and in every ``jobs show``. Sandboxed jobs have
+unisolated, and says so in the same places and in every ``jobs show``. On the ``ray``
+executor each Ray node makes the same sandbox itself
+(:mod:`~nimbus.jobs.executors.ray_sandbox`). Sandboxed local jobs have
 no network: the server also listens on a unix socket, ``NIMBUS_HOME/run/job-api.sock``,
 bound into every sandbox, where it serves the job API and nothing else
 (:class:`~nimbus.api.job_socket.JobApiOnly`).
@@ -74,6 +76,7 @@ from nimbus.jobs.domain import Attempt, Fence, Job, parse_memory
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.local import LocalExecutor
+from nimbus.jobs.executors.ray_bridge import RayBridge, shared_bridge  # Ray itself: in a child
 from nimbus.jobs.isolation import (
     Isolation,
     JobUser,
@@ -83,7 +86,7 @@ from nimbus.jobs.isolation import (
 )
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.prefetch import Prefetch
-from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, Sandbox
+from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, NodeSandboxConfig, Sandbox
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
 from nimbus.services.blobs import Claims
@@ -393,6 +396,8 @@ class SchedulerThread:
                 else int(settings.ray_warm),
                 ray_address=settings.ray_address,
                 ray_jobs_dir=Path(settings.ray_jobs_dir),
+                lease_seconds=settings.lease_seconds,
+                ray_sandbox=ray_node_sandbox(settings),
             ),
             jobs_root,
             {},
@@ -422,11 +427,15 @@ class SchedulerThread:
         def launch(job: Job, attempt: Attempt) -> Program:
             return Program(module=module)
 
+        # On Ray, what the cluster's alive nodes offer now (none while its head is silent).
+        ray = services.cluster.ray
+        capacity = ray.capacity if ray is not None else services.capacity
+
         def make_scheduler(fence: Fence) -> Scheduler:
             return Scheduler(
                 DbQueue(services.db, fence),
                 executor,
-                services.capacity,
+                capacity,
                 node,
                 jobs_root=jobs_root,
                 config=config,
@@ -519,6 +528,20 @@ def keeps_deployments(settings: Settings, interactive: bool) -> bool:
     return not interactive
 
 
+def ray_bridge(settings: Settings) -> RayBridge:
+    """This process's Ray bridge (the submit check, the cluster view, the scheduler's
+    capacity and the executor share it)."""
+    return shared_bridge(
+        settings.ray_address,
+        Path(settings.ray_jobs_dir),
+        preload=settings.executor_preload,
+        grace_seconds=settings.kill_grace_seconds,
+        warm=settings.ray_warm,
+        lease_seconds=settings.lease_seconds,
+        sandbox=ray_node_sandbox(settings),
+    )
+
+
 def build_services(
     settings: Settings,
     *,
@@ -560,15 +583,7 @@ def build_services(
     )
     cluster = None
     if settings.executor == "ray" and settings.scheduler_enabled:
-        from nimbus.jobs.executors.ray_bridge import shared_bridge  # Ray: an optional extra
-
-        cluster = shared_bridge(
-            settings.ray_address,
-            Path(settings.ray_jobs_dir),
-            preload=settings.executor_preload,
-            grace_seconds=settings.kill_grace_seconds,
-            warm=settings.ray_warm,
-        )
+        cluster = ray_bridge(settings)
         capacity = cluster.capacity()
     else:
         capacity = node_capacity(
@@ -593,6 +608,7 @@ def build_services(
             jobs_dir=str(settings.jobs_dir),
         ),
         lease_seconds=settings.leader_lease_seconds,
+        ray=cluster,
     )
     # Claims record this control plane; one left by a dead one is dropped when needed.
     claims = Claims(db, blobs, membership.holder(), membership.holder_dead)
@@ -752,14 +768,10 @@ def build_app(
 
 def job_isolation(settings: Settings) -> Isolation:
     """How this node isolates jobs, per the settings (see :mod:`nimbus.jobs.isolation`).
-    The Ray executor runs jobs on Ray's nodes, outside this node's sandbox: only with
-    ``job_isolation = none``, said out loud."""
+    The Ray executor runs jobs on Ray's nodes, in the sandbox each node makes
+    (:mod:`nimbus.jobs.executors.ray_sandbox`), or unsandboxed with ``none``."""
     if settings.executor == "ray" and settings.job_isolation != "none":
-        return Isolation(
-            settings.job_isolation,
-            refused="the ray executor runs jobs in Ray's workers, without Nimbus's sandbox: "
-            "set NIMBUS_JOB_ISOLATION=none to run them there (docs/cluster.md)",
-        )
+        return Isolation("sandbox", ray_nodes=True)  # each node's agent makes its own
     return resolve_isolation(
         settings.job_isolation,
         settings.home,
@@ -770,6 +782,20 @@ def job_isolation(settings: Settings) -> Isolation:
         pids_per_worker=settings.job_pids_limit,
         keep_failed_seconds=settings.job_keep_failed_seconds,
         job_api_dir=settings.job_api_dir,
+    )
+
+
+def ray_node_sandbox(settings: Settings) -> NodeSandboxConfig | None:
+    """The sandbox the Ray nodes make for their attempts, per the settings (None: ``none``)."""
+    if settings.job_isolation == "none":
+        return None
+    return NodeSandboxConfig(
+        uid_first=settings.job_uid_first,
+        uid_count=settings.job_uid_count,
+        disk_limit_bytes=parse_memory(settings.job_disk_limit),
+        pids_per_worker=settings.job_pids_limit,
+        keep_failed_seconds=settings.job_keep_failed_seconds,
+        warm=1 if settings.ray_warm else 0,
     )
 
 
@@ -834,7 +860,8 @@ def run(settings: Settings) -> None:
     if isolation is not None:
         line = f"nimbus server: {isolation.summary()}"
         print(line, file=sys.stderr, flush=True)  # beside the start line, as loud
-        if not isolation.runs_jobs or isolation.sandbox is None or isolation.degraded:
+        unsandboxed = isolation.sandbox is None and not isolation.ray_nodes
+        if not isolation.runs_jobs or unsandboxed or isolation.degraded:
             log.warning("%s", line)
     keep = keeps_deployments(settings, _interactive())
     print(

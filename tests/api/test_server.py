@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from nimbus.config import Settings
-from nimbus.server import bootstrap, main
+from nimbus.jobs.sandbox import NodeSandboxConfig
+from nimbus.server import bootstrap, job_isolation, main, ray_node_sandbox
 from tests.api.conftest import API, csv_bytes
 from tests.helpers import ServerProcess
 
@@ -63,6 +64,22 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     proc.start()
     yield proc
     proc.stop()
+
+
+def test_the_ray_executor_runs_jobs_in_each_nodes_sandbox_unless_none(tmp_path: Path) -> None:
+    ray = Settings(home=tmp_path, executor="ray", ray_address="127.0.0.1:1")
+    sandboxed = ray.model_copy(
+        update={"job_uid_first": 3000, "job_disk_limit": "1G", "ray_warm": False}
+    )
+    isolation = job_isolation(sandboxed)  # nothing to try here: each node tries its own
+    assert isolation.runs_jobs and isolation.ray_nodes and isolation.mode == "sandbox"
+    assert "sandboxed on the Ray nodes" in isolation.summary()
+    assert isolation.network == "isolated-single"
+    config = ray_node_sandbox(sandboxed)
+    assert config == NodeSandboxConfig(3000, 65_536, 2**30, 4096, 86_400.0, warm=0)
+    unsandboxed = ray.model_copy(update={"job_isolation": "none"})
+    assert job_isolation(unsandboxed).mode == "none" and ray_node_sandbox(unsandboxed) is None
+    assert "UNISOLATED" in job_isolation(unsandboxed).summary()
 
 
 def test_restart_keeps_the_admin_token_and_data(server: ServerProcess) -> None:

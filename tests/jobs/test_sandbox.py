@@ -3,6 +3,7 @@ and limits. Plain inputs, no processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -90,6 +91,9 @@ def test_the_network_is_the_sandboxs_own_or_the_attempts_shared_one() -> None:
     assert JOB_API_URL.startswith("unix:" + JOB_API_DIR + "/")
     shared = AttemptView(1, 2, Path("/w"), netns="/proc/9/ns/net")
     assert "--share-net" in bwrap_argv(api, shared, ["true"])  # the namespace entered
+    host = dataclasses.replace(api, host_network=True)  # a worker of several on Ray
+    assert "--share-net" in bwrap_argv(host, VIEW, ["true"])
+    assert ("/h/run", JOB_API_DIR) in pairs(bwrap_argv(host, VIEW, ["true"]), "--ro-bind")
     launcher = launcher_argv([], 1024, 7, 8, ["bwrap"], netns="/proc/9/ns/net")
     enter = next(i for i, arg in enumerate(launcher) if arg.endswith("nsenter"))
     assert launcher[enter + 1] == "--net=/proc/9/ns/net"

@@ -314,3 +314,21 @@ def test_wake_starts_a_queued_job_without_waiting_for_the_tick(
         scheduler.wake()
         loop.join(10)
     assert not loop.is_alive()
+
+
+def test_a_capacity_asked_at_each_claim_holds_jobs_while_it_offers_nothing(
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    """A Ray cluster whose head is silent offers nothing: the job stays queued, its
+    retries untouched, and starts once the capacity is back."""
+    scheduler = make_scheduler()
+    offered = [Capacity(cpus=0.0, gpus=0, memory_bytes=0)]
+    scheduler.capacity = lambda: offered[0]
+    job_id = submit(db, "print('ran')")
+    for _ in range(3):
+        assert scheduler.tick().started == []
+    job = get(db, job_id)
+    assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+    offered[0] = NODE
+    run_until([scheduler], finished(db, job_id))
+    assert get(db, job_id).state is JobState.SUCCEEDED

@@ -1,8 +1,11 @@
-"""One real two-node Ray cluster for the whole session (tests/helpers_ray.py), and one
-Nimbus server using it, also for the session (each takes seconds to start on 2 cores)."""
+"""One real two-node Ray cluster for tests/ray (tests/helpers_ray.py), and one Nimbus server
+using it (each takes seconds to start on 2 cores; both stop when tests/ray ends)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -11,15 +14,28 @@ pytest.importorskip("ray")
 
 from nimbus.client import Client
 from tests.e2e.conftest import FAST, client_for, upload_digits
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, passable_dir
 from tests.helpers_ray import RayTestCluster
 
 
+@pytest.fixture(scope="session")
+def ray_sandboxed() -> bool:
+    """Whether the nodes sandbox attempts (the default: where the sandbox can run, as root
+    with bubblewrap); elsewhere the tests run them unsandboxed (NIMBUS_JOB_ISOLATION=none)."""
+    return os.geteuid() == 0 and shutil.which("bwrap") is not None
+
+
 @pytest.fixture(scope="package")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayTestCluster]:
-    cluster = RayTestCluster(tmp_path_factory.mktemp("ray")).start()
-    yield cluster
-    cluster.stop()
+def ray_cluster(
+    tmp_path_factory: pytest.TempPathFactory, ray_sandboxed: bool
+) -> Iterator[RayTestCluster]:
+    cluster = RayTestCluster(tmp_path_factory.mktemp("ray"))
+    with contextlib.ExitStack() as stack:
+        if ray_sandboxed:  # pytest's tmp dirs are 0700: out of the job uids' reach
+            cluster.jobs_dir = stack.enter_context(passable_dir()) / "jobs"
+        cluster.start()
+        yield cluster
+        cluster.stop()
 
 
 @pytest.fixture
@@ -31,10 +47,12 @@ def ray_cluster_whole(ray_cluster: RayTestCluster) -> RayTestCluster:
 
 @pytest.fixture(scope="package")
 def ray_server(
-    ray_cluster: RayTestCluster, tmp_path_factory: pytest.TempPathFactory
+    ray_cluster: RayTestCluster, tmp_path_factory: pytest.TempPathFactory, ray_sandboxed: bool
 ) -> Iterator[ServerProcess]:
+    isolation = "sandbox" if ray_sandboxed else "none"
     server = ServerProcess(
-        tmp_path_factory.mktemp("ray-server") / "home", env={**FAST, **ray_cluster.server_env()}
+        tmp_path_factory.mktemp("ray-server") / "home",
+        env={**FAST, **ray_cluster.server_env(), "NIMBUS_JOB_ISOLATION": isolation},
     ).start()
     yield server
     server.stop()

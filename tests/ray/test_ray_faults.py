@@ -14,7 +14,17 @@ import pytest
 
 from nimbus.client import Client
 from nimbus.jobs.domain import AttemptState, ExitReason
-from tests.e2e.conftest import QUICK_CNN, SLOW_CNN, Store, logs_text, steps_by_attempt, wait_for
+from nimbus.jobs.ray_cluster import NODES_TTL_SECONDS
+from nimbus.wire.cluster import ClusterStatus
+from tests.e2e.conftest import (
+    FAST,
+    QUICK_CNN,
+    SLOW_CNN,
+    Store,
+    logs_text,
+    steps_by_attempt,
+    wait_for,
+)
 from tests.helpers import ServerProcess
 from tests.helpers_ray import RayTestCluster, submit_once_placeable
 
@@ -78,6 +88,56 @@ def test_a_job_whose_node_dies_resumes_on_another_node(
     assert after == list(range(resumed_at, epochs + 1))
 
 
+def test_a_job_whose_only_node_left_waits_no_more_in_ray_and_fails_with_the_reason(
+    ray_api: Client, ray_digits: str, store: Store, ray_cluster: RayTestCluster
+) -> None:
+    """Two jobs that only ``node_d`` can run: one runs there, the other waits in Ray's
+    queue (the cluster view shows both). ``node_d`` dies: both attempts end lost, the
+    jobs are requeued, their next starts are refused naming ``node_d``, and they fail."""
+    ray_cluster.start_workers({"node_d": 27000})
+    try:
+        cnn, only_d = {"epochs": "50", "batch_size": "4"}, {"node_d": 1.0}
+        there = submit_once_placeable(
+            ray_api, ray_digits, "cnn", params=cnn, cpus=2, resources=only_d
+        ).id
+        node_d = ray_cluster.nodes["node_d"].node_id()
+        wait_for("its worker on node_d", lambda: ray_api.get_job(there).workers, 60)
+        behind = ray_api.submit_job(ray_digits, "cnn", params=cnn, cpus=2, resources=only_d).id
+
+        def view() -> ClusterStatus | None:
+            found = ray_api.cluster_status()
+            nodes = {node.name: node for node in found.nodes}
+            waiting = [a.job_id for a in found.waiting]
+            d = nodes.get(node_d)
+            if d is None or d.available is None or waiting != [behind] or not d.running:
+                return None
+            return found if d.available.custom.get("node_d") == 0 else None
+
+        found = wait_for("both jobs in the cluster view", view, 30)
+        d = next(node for node in found.nodes if node.name == node_d)
+        assert d.resources.custom == {"node_d": 1.0} and d.resources.cpus == 2
+        assert d.used.custom == {"node_d": 1.0} and d.used.cpus == 2
+        assert [(a.job_id, a.ranks, a.cpus) for a in d.running] == [(there, [0], 2.0)]
+        assert found.waiting[0].ranks == [0] and found.nodes_listed_at is not None
+        heads = [node for node in found.nodes if node.head]
+        assert [node.name for node in heads] == [ray_cluster.nodes["node_a"].node_id()]
+        assert heads[0].resources.custom == {"node_a": 1.0}
+
+        ray_cluster.nodes.pop("node_d").kill()
+        for job_id in (there, behind):
+            job = ray_api.wait_job(job_id, timeout=60)
+            text = logs_text(ray_api, job_id)
+            assert job.state == "failed", text
+            first = store.attempts(job_id)[0]
+            assert (first.state, first.exit_reason) == (AttemptState.LOST, ExitReason.LOST)
+            assert "no node of the Ray cluster has 1 node_d" in f"{job.exit_reason}\n{text}"
+        assert "it waited for a node" in logs_text(ray_api, behind)
+    finally:
+        leftover = ray_cluster.nodes.pop("node_d", None)
+        if leftover is not None:
+            leftover.kill()
+
+
 def test_the_head_killed_and_back_loses_no_job(
     ray_api: Client,
     ray_digits: str,
@@ -86,16 +146,36 @@ def test_the_head_killed_and_back_loses_no_job(
     ray_server: ServerProcess,
 ) -> None:
     """kill -9 of every process of the head: the control plane goes on serving (submits
-    too), and once a new head is up its attempts end lost and resume from checkpoints."""
+    too). The attempt running on node_b, which survives, cannot be confirmed any more: it
+    ends lost after its lease and its job waits queued (nothing starts while the head is
+    down), and the driver ends; once a new head is up a new driver connects and both jobs
+    run, the first resuming from its checkpoint."""
     ray_cluster.ensure_node_b()
-    epochs = int(SLOW_CNN["epochs"])
+    # Long enough to outlive the lease after the kill (~2 s an epoch, one example a step):
+    # with the head down the worker's results still reach the driver (they do not pass
+    # through the head), so a shorter job simply ends well, as it should, losing nothing.
+    cnn = {"epochs": "12", "batch_size": "1", "patience": "0"}  # no early stop
+    epochs = int(cnn["epochs"])
     running = submit_once_placeable(
-        ray_api, ray_digits, "cnn", params=SLOW_CNN, seed=4, resources={"node_b": 1}
+        ray_api, ray_digits, "cnn", params=cnn, seed=4, resources={"node_b": 1}
     ).id
     checkpointed = wait_for("the first checkpoint", lambda: store.checkpoint_step(running), 120)
     ray_cluster.nodes["node_a"].kill()
+    killed_at = time.monotonic()
     queued = ray_api.submit_job(ray_digits, "cnn", params=QUICK_CNN, seed=5).id  # head down
     assert ray_server.proc is not None and ray_server.proc.poll() is None
+
+    lease = float(FAST["NIMBUS_LEASE_SECONDS"])
+    wait_for("the attempt lost", lambda: store.attempts(running)[0].state is AttemptState.LOST, 40)
+    # The head's silence counts from its last listing of the nodes, up to one period earlier.
+    assert lease - NODES_TTL_SECONDS <= time.monotonic() - killed_at <= lease + 15
+    assert ray_cluster.nodes["node_b"].alive()  # lost for want of the head, not of its node
+    assert "the Ray head has not answered" in logs_text(ray_api, running)
+    time.sleep(1)  # a retry is due after 0.2 s: none starts while the head is silent
+    assert ray_api.get_job(running).state == "queued" and len(store.attempts(running)) == 1
+    assert ray_api.get_job(queued).state in ("queued", "running")
+    # A driver left on a dead head would poll it in a busy loop: it is ended.
+    wait_for("the driver ended", lambda: "ending its driver" in ray_server.log(), 30)
 
     ray_cluster.nodes["node_b"].kill()
     ray_cluster.start()  # a new head at the same address, and node_b joined to it

@@ -10,7 +10,8 @@ write that committed before the takeover was the old leader's; any later one is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -188,6 +189,8 @@ class RunningAttempt:
     memory_bytes: int
     workers: int
     lease_expires_at: datetime | None
+    custom: dict[str, float] = field(default_factory=dict)  # per worker
+    placed: dict[int, str] = field(default_factory=dict)  # rank -> node id (Ray executor)
 
 
 def running_attempts(session: Session) -> list[RunningAttempt]:
@@ -210,6 +213,8 @@ def running_attempts(session: Session) -> list[RunningAttempt]:
             memory_bytes=job.memory_bytes,
             workers=job.workers,
             lease_expires_at=attempt.lease_expires_at,
+            custom=dict((job.spec.get("resources") or {}).get("custom") or {}),
+            placed={int(w["rank"]): str(w["node"]) for w in json.loads(attempt.workers or "[]")},
         )
         for attempt, job, tenant in rows
     ]

@@ -90,12 +90,15 @@ class JobUser:
 class Isolation:
     """How this server runs jobs: ``mode`` as set; ``sandbox`` when it engaged;
     ``refused``: why no job runs (isolation was asked for and cannot engage);
-    ``degraded``: what the sandbox does not enforce here (no writable cgroup controller)."""
+    ``degraded``: what the sandbox does not enforce here (no writable cgroup controller);
+    ``ray_nodes``: the sandbox is made by each Ray node, for the attempts it runs
+    (:mod:`nimbus.jobs.executors.ray_sandbox`), not here."""
 
     mode: Literal["sandbox", "none"]
     sandbox: Sandbox | None = None
     refused: str | None = None
     degraded: list[str] = field(default_factory=list)
+    ray_nodes: bool = False
 
     @property
     def runs_jobs(self) -> bool:
@@ -104,10 +107,13 @@ class Isolation:
     @property
     def network(self) -> str | None:
         """What network attempts have: ``isolated`` (a namespace of their own, the job API
-        over a unix socket), ``host`` (unisolated), None (no job runs)."""
+        over a unix socket), ``host`` (unisolated), ``isolated-single`` (on Ray: isolated
+        for one worker, the node's for several), None (no job runs)."""
         if self.refused is not None:
             return None
-        return "host" if self.mode == NO_ISOLATION else "isolated"
+        if self.mode == NO_ISOLATION:
+            return "host"
+        return "isolated-single" if self.ray_nodes else "isolated"
 
     def summary(self) -> str:
         """One line for the start line and ``/healthz``."""
@@ -118,6 +124,12 @@ class Isolation:
                 "jobs run UNISOLATED as this server's user (NIMBUS_JOB_ISOLATION=none): "
                 "any job can read NIMBUS_HOME, the admin token and other jobs, and reach "
                 "the host's network; uploaded scripts and models are checked unsandboxed too"
+            )
+        if self.ray_nodes:
+            return (
+                "jobs run sandboxed on the Ray nodes (each node's agent makes the sandbox: "
+                "bubblewrap, a uid and a cgroup per worker; one worker in a network namespace "
+                "of its own with only the job API relayed, several on the node's network)"
             )
         limits = f"; limits NOT enforced: {', '.join(self.degraded)}" if self.degraded else ""
         return (

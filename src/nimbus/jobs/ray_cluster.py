@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.capacity import Capacity
@@ -25,6 +25,12 @@ from nimbus.jobs.domain import Resources
 NAMESPACE = "nimbus"
 NODES_TTL_SECONDS = 5.0  # how often the nodes are listed
 FRESH_WAIT_SECONDS = 2.0
+# No listing for this long: the head is taken as unreachable (nothing new is started).
+SILENT_SECONDS = 3 * NODES_TTL_SECONDS
+# After connecting (to a head started anew, say), how long nodes have to join before a job
+# that only they could run is taken as having none (a worker node's 'ray start' can take
+# tens of seconds on a busy machine).
+REJOIN_SECONDS = 60.0
 log = logging.getLogger(__name__)
 _RECONNECT = "RAY_gcs_rpc_server_reconnect_timeout_s"
 _lock = threading.Lock()
@@ -33,12 +39,17 @@ _connected: RayCluster | None = None
 
 @dataclass(frozen=True)
 class RayNode:
-    """One alive node of the cluster and its total resources (Ray's names: CPU, GPU,
-    memory, and the custom ones)."""
+    """One alive node of the cluster: its total resources (Ray's names: CPU, GPU, memory,
+    and the custom ones) and those not held by any task, actor or placement group."""
 
     node_id: str
     address: str
     resources: dict[str, float]
+    available: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def head(self) -> bool:
+        return "node:__internal_head__" in self.resources
 
 
 def worker_demand(need: Resources) -> dict[str, float]:
@@ -90,6 +101,29 @@ def check_feasible(need: Resources, nodes: list[RayNode]) -> None:
         )
 
 
+def placeable(need: Resources, nodes: list[RayNode]) -> str | None:
+    """Why no node of ``nodes`` could run ``need`` (:func:`check_feasible`'s reason), or
+    None when some could."""
+    try:
+        check_feasible(need, nodes)
+    except InvalidInput as exc:
+        return exc.message
+    return None
+
+
+def gone_for(
+    need: Resources, seen: list[tuple[RayNode, float]], connected: float, seconds: float
+) -> str | None:
+    """Why no node that could run ``need`` was listed alive within ``seconds`` (``seen``:
+    each node and how many seconds ago it last was; ``connected``: for how long the
+    listings go back, at least ``REJOIN_SECONDS`` to say), or None: a node that left for
+    less long may be back (a restart, or a new head that its nodes rejoin)."""
+    if connected < max(seconds, REJOIN_SECONDS):
+        return None
+    reason = placeable(need, [node for node, ago in seen if ago <= seconds])
+    return None if reason is None else f"{reason}, none for {seconds:g} s"
+
+
 def _fits(demand: dict[str, float], total: dict[str, float]) -> bool:
     return all(total.get(name, 0.0) + 1e-9 >= amount for name, amount in demand.items())
 
@@ -105,7 +139,9 @@ class RayCluster:
     def __init__(self, address: str) -> None:
         self.address = address
         self._nodes = _list_nodes()
-        self._nodes_at = time.monotonic()
+        self._nodes_at = self.connected_at = time.monotonic()
+        # Every node listed alive since, and when last: node id -> (node, time.monotonic()).
+        self._seen = {node.node_id: (node, self._nodes_at) for node in self._nodes}
         self.head = _head(self._nodes)
         self._wanted = threading.Event()
         self._listed = threading.Condition()
@@ -124,7 +160,19 @@ class RayCluster:
                 continue
             with self._listed:
                 self._nodes, self._nodes_at = nodes, time.monotonic()
+                self._seen.update((node.node_id, (node, self._nodes_at)) for node in nodes)
                 self._listed.notify_all()
+
+    def silent(self) -> float:
+        """Seconds since the head last answered a listing."""
+        return time.monotonic() - self._nodes_at
+
+    def gone(self, need: Resources, seconds: float) -> str | None:
+        """:func:`gone_for` of the nodes this connection saw."""
+        now = time.monotonic()
+        with self._listed:
+            seen = [(node, now - at) for node, at in self._seen.values()]
+        return gone_for(need, seen, now - self.connected_at, seconds)
 
     def restarted(self) -> bool:
         """Whether the cluster's head is another one than at connect: a new cluster at the
@@ -162,14 +210,23 @@ class RayCluster:
 
 
 def _head(nodes: list[RayNode]) -> str | None:
-    return next((n.node_id for n in nodes if "node:__internal_head__" in n.resources), None)
+    return next((n.node_id for n in nodes if n.head), None)
 
 
 def _list_nodes() -> list[RayNode]:
+    from ray._private.state import available_resources_per_node  # a DeveloperAPI
+
     import ray
 
+    available = available_resources_per_node()  # type: ignore[no-untyped-call]
     return [
-        RayNode(n["NodeID"], n["NodeManagerAddress"], dict(n["Resources"]))
+        RayNode(
+            n["NodeID"],
+            n["NodeManagerAddress"],
+            dict(n["Resources"]),
+            # Ray leaves out what is all taken: none of it is available.
+            {name: float(available.get(n["NodeID"], {}).get(name, 0.0)) for name in n["Resources"]},
+        )
         for n in ray.nodes()  # type: ignore[no-untyped-call]
         if n.get("Alive")
     ]

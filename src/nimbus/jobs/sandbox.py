@@ -86,11 +86,25 @@ class SandboxSettings:
     pids_per_worker: int = 4096
     keep_failed_seconds: float = 86_400.0
     job_api_dir: Path | None = None  # holds the control plane's job API socket
+    host_network: bool = False  # the host's network, not one of its own (see network_argv)
 
     def tenant_gid(self, tenant_id: int | None) -> int:
         """The group of a tenant's attempts and of its download cache: after the uid
         range, so no attempt's uid is ever another tenant's gid."""
         return self.uid_first + self.uid_count + (tenant_id or 0) % self.uid_count
+
+
+@dataclass(frozen=True)
+class NodeSandboxConfig:
+    """The sandbox as the control plane's settings describe it, sent to every Ray node's
+    agent, which makes its own from it (:mod:`nimbus.jobs.executors.ray_sandbox`)."""
+
+    uid_first: int
+    uid_count: int
+    disk_limit_bytes: int
+    pids_per_worker: int
+    keep_failed_seconds: float
+    warm: int = 1  # warm sandboxes kept ready per node (0: every attempt starts cold)
 
 
 @dataclass(frozen=True)
@@ -178,9 +192,12 @@ def bwrap_argv(
 
 def network_argv(settings: SandboxSettings, view: AttemptView) -> list[str]:
     """bwrap's network options: a loopback of the sandbox's own (``--unshare-all``), or
-    the namespace the launcher entered (``view.netns``, shared by an attempt's workers); and
-    the job API's socket directory, read-only (see the module's docstring)."""
-    argv = ["--share-net"] if view.netns is not None else []
+    the namespace the launcher entered (``view.netns``, shared by an attempt's workers), or
+    the host's (``host_network``: the workers of one attempt on several Ray nodes, which
+    reach each other over the network); and the job API's socket directory, read-only (see
+    the module's docstring)."""
+    shared = view.netns is not None or settings.host_network
+    argv = ["--share-net"] if shared else []
     if settings.job_api_dir is not None:
         argv += ["--ro-bind", str(settings.job_api_dir), JOB_API_DIR]
     return argv

@@ -80,13 +80,14 @@ class TickReport:
 
 
 class Scheduler:
-    """Claims jobs from ``queue`` for this node and runs their attempts on ``executor``."""
+    """Claims jobs from ``queue`` for this node and runs their attempts on ``executor``,
+    within ``capacity`` (a callable: asked at every claim, as a cluster's changes)."""
 
     def __init__(
         self,
         queue: JobQueue,
         executor: Executor,
-        capacity: Capacity,
+        capacity: Capacity | Callable[[], Capacity],
         instance_id: str,
         *,
         jobs_root: Path,
@@ -172,7 +173,7 @@ class Scheduler:
             else None
         )
         claims = self.queue.claim(
-            capacity=self.capacity,
+            capacity=self.capacity() if callable(self.capacity) else self.capacity,
             owner=self.instance_id,
             now=self.now(),
             lease_seconds=cfg.lease_seconds,

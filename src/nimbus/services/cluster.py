@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from nimbus.db import control_planes as repo
 from nimbus.db.blobrefs import ClaimHolder
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Fence
+from nimbus.jobs.ray_cluster import RayNode
 from nimbus.wire.cluster import (
     ClusterStatus,
     ControlPlaneView,
@@ -29,6 +31,18 @@ from nimbus.wire.cluster import (
     NodeView,
     TenantQueueView,
 )
+
+
+class RayListing(Protocol):
+    """The Ray cluster as a control plane sees it (its Ray bridge)."""
+
+    def listing(self) -> tuple[list[RayNode], float]:
+        """The alive nodes, and when (``time.time()``) the head last listed them."""
+        ...
+
+    def capacity(self) -> Capacity:
+        """What the scheduler may claim for now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,10 @@ class ClusterService:
         *,
         lease_seconds: float,
         clock: Callable[[], float] = time.time,
+        ray: RayListing | None = None,
     ) -> None:
         self.db, self.me, self.lease_seconds, self.clock = db, me, lease_seconds, clock
+        self.ray = ray  # the Ray cluster's nodes, when this control plane uses Ray
         self._started = self.now()
 
     def now(self) -> datetime:
@@ -160,16 +176,26 @@ class ClusterService:
             for plane in planes
         ]
         lead = by_id.get(leading) if leading is not None else None
+        executor = lead.executor if lead is not None else self.me.executor
+        nodes, pending, listed = [], [], None
+        if executor != "ray":
+            nodes = _nodes(planes, running, leading)
+        elif self.ray is not None:
+            found, listed_at = self.ray.listing()
+            nodes, pending = ray_nodes(found, running, leading), waiting(running)
+            listed = datetime.fromtimestamp(listed_at, UTC) if listed_at else None
         return ClusterStatus(
             leader=leading,
             epoch=lease.epoch,
             lease_expires_at=lease.expires_at,
-            executor=lead.executor if lead is not None else self.me.executor,
+            executor=executor,
             control_planes=views,
-            nodes=_nodes(planes, running, leading),
+            nodes=nodes,
             queue=[
                 TenantQueueView(tenant=q.tenant, queued=q.queued, running=q.running) for q in depth
             ],
+            waiting=pending,
+            nodes_listed_at=listed,
         )
 
 
@@ -236,6 +262,91 @@ def provably_dead(
         plane is not None
         and plane.pid == holder.pid
         and now - plane.heartbeat_at <= timedelta(seconds=lease_seconds)
+    )
+
+
+def ray_nodes(
+    nodes: list[RayNode], running: list[repo.RunningAttempt], leading: str | None
+) -> list[NodeView]:
+    """The Ray cluster's alive nodes: what each offers (Ray's total and available), and
+    the workers of running attempts placed on it."""
+    views = []
+    for node in sorted(nodes, key=lambda n: (not n.head, n.address, n.node_id)):
+        here = [
+            _share(a, [rank for rank, on in sorted(a.placed.items()) if on == node.node_id])
+            for a in running
+        ]
+        attempts = [a for a in here if a.ranks]
+        views.append(
+            NodeView(
+                name=node.node_id,
+                control_plane=leading,
+                resources=_offer(node.resources),
+                used=NodeResources(
+                    cpus=sum(a.cpus for a in attempts),
+                    gpus=sum(a.gpus for a in attempts),
+                    memory_bytes=sum(a.memory_bytes for a in attempts),
+                    custom=_summed(running, node.node_id),
+                ),
+                running=attempts,
+                address=node.address,
+                head=node.head,
+                available=_offer(node.available),
+            )
+        )
+    return views
+
+
+def waiting(running: list[repo.RunningAttempt]) -> list[NodeAttempt]:
+    """Running attempts with workers no node has taken yet: waiting in Ray's queue."""
+    shares = [_share(a, [r for r in range(a.workers) if r not in a.placed]) for a in running]
+    return [share for share in shares if share.ranks]
+
+
+def _share(attempt: repo.RunningAttempt, ranks: list[int]) -> NodeAttempt:
+    """What ``ranks`` of an attempt's workers hold."""
+    n = len(ranks)
+    return NodeAttempt(
+        job_id=attempt.job_id,
+        attempt_id=attempt.attempt_id,
+        tenant=attempt.tenant,
+        cpus=attempt.cpus * n,
+        gpus=attempt.gpus * n,
+        memory_bytes=attempt.memory_bytes * n,
+        workers=n,
+        ranks=ranks,
+    )
+
+
+def _summed(running: list[repo.RunningAttempt], node_id: str) -> dict[str, float]:
+    """The custom resources the workers placed on ``node_id`` hold."""
+    held: dict[str, float] = {}
+    for attempt in running:
+        n = sum(1 for on in attempt.placed.values() if on == node_id)
+        for name, amount in attempt.custom.items():
+            if n:
+                held[name] = held.get(name, 0.0) + amount * n
+    return held
+
+
+# Ray's own resources that are no job's to ask for: the object store, a node's address
+# marker (node:IP, node:__internal_head__) and placement groups' (CPU_group_ID, ...).
+_NOT_OFFERED = ("object_store_memory",)
+
+
+def _offer(resources: dict[str, float]) -> NodeResources:
+    """Ray's resource names as Nimbus shows them (GPUs: whole ones)."""
+    return NodeResources(
+        cpus=resources.get("CPU", 0.0),
+        gpus=int(resources.get("GPU", 0.0) + 1e-9),
+        memory_bytes=int(resources.get("memory", 0.0)),
+        custom={
+            name: amount
+            for name, amount in sorted(resources.items())
+            if name not in ("CPU", "GPU", "memory", *_NOT_OFFERED)
+            and not name.startswith("node:")
+            and "_group_" not in name
+        },
     )
 
 

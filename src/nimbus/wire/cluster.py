@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from nimbus.wire.base import Response, Timestamp
 
 
@@ -22,6 +24,8 @@ class NodeResources(Response):
     cpus: float
     gpus: int
     memory_bytes: int
+    # A Ray node's custom resources (``--resource NAME=N`` asks for them), by name.
+    custom: dict[str, float] = Field(default_factory=dict)
 
 
 class NodeAttempt(Response):
@@ -33,17 +37,23 @@ class NodeAttempt(Response):
     cpus: float
     gpus: int
     memory_bytes: int
-    workers: int
+    workers: int  # how many of its workers run on this node
+    ranks: list[int] = Field(default_factory=list)  # which ones (Ray executor)
 
 
 class NodeView(Response):
-    """A machine jobs run on (with the local executor: a control plane's own machine)."""
+    """A machine jobs run on: with the local executor a control plane's own machine, with
+    the Ray executor a node of the Ray cluster."""
 
-    name: str
+    name: str  # the host name; Ray: the node's id
     control_plane: str | None  # the control plane whose executor runs its attempts
     resources: NodeResources  # what it offers jobs
     used: NodeResources  # what its running attempts hold
     running: list[NodeAttempt]
+    # Ray executor only:
+    address: str | None = None  # the node's IP address
+    head: bool = False  # the Ray head
+    available: NodeResources | None = None  # what Ray has not given out (any user's work)
 
 
 class TenantQueueView(Response):
@@ -62,3 +72,7 @@ class ClusterStatus(Response):
     control_planes: list[ControlPlaneView]
     nodes: list[NodeView]
     queue: list[TenantQueueView]
+    # Ray executor: running attempts with workers no node took yet (waiting in Ray's queue
+    # for room), and when the head last listed the nodes (long ago: it is unreachable).
+    waiting: list[NodeAttempt] = Field(default_factory=list)
+    nodes_listed_at: Timestamp | None = None

@@ -10,7 +10,8 @@ class JobIsolation(Response):
     ``runs_jobs`` false when isolation was asked for and cannot engage (``detail`` says
     what is missing and how to fix it); ``network``: ``isolated`` (each attempt in a network
     namespace of its own, reaching only the job API, over a unix socket), ``host``
-    (unisolated), null when no job runs."""
+    (unisolated), ``isolated-single`` (the ``ray`` executor: a job of one worker isolated,
+    the workers of a job of several on their node's network), null when no job runs."""
 
     mode: str
     runs_jobs: bool

@@ -18,7 +18,7 @@ from nimbus.jobs.executors.base import Executor
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.warm import WarmSandboxExecutor
-from nimbus.jobs.sandbox import Sandbox
+from nimbus.jobs.sandbox import NodeSandboxConfig, Sandbox
 
 EXECUTORS = ("local", "forkserver", "ray")
 log = logging.getLogger(__name__)
@@ -34,10 +34,14 @@ def make_executor(
     warm: int = 2,
     ray_address: str | None = None,
     ray_jobs_dir: Path | None = None,
+    lease_seconds: float = 30.0,
+    ray_sandbox: NodeSandboxConfig | None = None,
 ) -> Executor:
     """The executor called ``name``, running attempts under ``jobs_root`` (each in
     ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`). ``forkserver`` with the
-    sandbox keeps up to ``warm`` warm sandboxes (0: every attempt starts cold)."""
+    sandbox keeps up to ``warm`` warm sandboxes (0: every attempt starts cold). ``ray``
+    runs them on the cluster, each in its node's sandbox with ``ray_sandbox``
+    (:mod:`.ray_sandbox`)."""
     if name == "local":
         return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
     if name == "forkserver" and sandbox is not None:
@@ -63,6 +67,8 @@ def make_executor(
             preload=preload,
             grace_seconds=grace_seconds,
             warm=warm > 0,
+            lease_seconds=lease_seconds,
+            sandbox=ray_sandbox,
         )
     if name == "forkserver":
         return ForkServerExecutor(jobs_root, preload=preload, grace_seconds=grace_seconds)

@@ -5,11 +5,17 @@ Ray ends a driver that finds its head restarted as a new cluster (no GCS fault t
 here that ends the child only. Its attempts then end as *lost* (requeued by the retry
 policy, resumed from their checkpoints), and the next use starts a new child against the
 cluster at the same address. While no child runs (the head is down), starting an attempt
-fails (an infrastructure end: retried) and the submit check uses the nodes last listed.
+fails (an infrastructure end: retried) and the submit check uses the nodes last listed; the
+new child starts in the background, so no caller waits for Ray's connection meanwhile.
+
+While the head is silent (:data:`~nimbus.jobs.ray_cluster.SILENT_SECONDS` without a listing)
+the bridge offers no capacity: the scheduler claims nothing, and queued jobs stay queued
+until a head answers again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -21,11 +27,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from nimbus.errors import InvalidInput, Unavailable
+from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Resources
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle
-from nimbus.jobs.ray_cluster import RayNode, check_feasible
+from nimbus.jobs.ray_cluster import NODES_TTL_SECONDS, SILENT_SECONDS, RayNode, check_feasible
+from nimbus.jobs.sandbox import NodeSandboxConfig
 
 log = logging.getLogger(__name__)
 RESTART_SECONDS = 2.0  # between attempts to start a new child
@@ -53,6 +60,8 @@ class _Settings:
     preload: tuple[str, ...]
     grace_seconds: float
     warm: bool
+    lease_seconds: float = 30.0
+    sandbox: NodeSandboxConfig | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -69,25 +78,50 @@ class RayBridge:
         preload: Sequence[str] = ("torch",),
         grace_seconds: float = 10.0,
         warm: bool = True,
+        lease_seconds: float = 30.0,
+        sandbox: NodeSandboxConfig | None = None,
     ) -> None:
-        self.settings = _Settings(address, str(jobs_root), tuple(preload), grace_seconds, warm)
+        self.settings = _Settings(
+            address, str(jobs_root), tuple(preload), grace_seconds, warm, lease_seconds, sandbox
+        )
         self._lock = threading.Lock()
         self._child: _Child | None = None
         self._generation = 0
         self._next_start = 0.0
         self._nodes: list[RayNode] = []
-        self._call("nodes")  # connects now: a control plane refuses to start without Ray
+        self._listed_at = 0.0  # time.time() of the child's last listing of the nodes
+        self._starting = False  # a new child is being started in the background
+        self._child = self._spawn()  # now: a control plane refuses to start without Ray
+        self._call("nodes")
 
     # -- the child --------------------------------------------------------------------------
 
     def _ensure_child(self) -> _Child:
-        if self._child is not None and self._child.process.is_alive():
-            return self._child
-        if self._child is not None:
+        """The running child. Else a new one starts in the background (``ray.init`` waits
+        as long as the head is down) and the caller is told the cluster is unreachable:
+        a submit's check or a scheduler's tick never waits for it."""
+        child = self._child
+        if child is not None and child.process.is_alive():
+            return child
+        if child is not None:
             log.warning("the Ray driver process ended: its attempts are lost; starting anew")
             self._child = None
-        if time.monotonic() < self._next_start:
-            raise Unavailable("the Ray cluster is unreachable (its driver is restarting)")
+        if not self._starting and time.monotonic() >= self._next_start:
+            self._starting = True
+            threading.Thread(target=self._restart, name="nimbus-ray-start", daemon=True).start()
+        raise Unavailable("the Ray cluster is unreachable (its driver is starting)")
+
+    def _restart(self) -> None:
+        try:
+            child: _Child | None = self._spawn()
+        except Unavailable as exc:
+            log.warning("could not start the Ray driver: %s", exc)
+            child = None
+        with self._lock:
+            self._child, self._starting = child, False
+
+    def _spawn(self) -> _Child:
+        """Start a child and wait for it to connect (or fail to)."""
         self._next_start = time.monotonic() + RESTART_SECONDS
         ctx = multiprocessing.get_context("spawn")  # never fork a threaded server
         ours, theirs = ctx.Pipe()
@@ -96,7 +130,7 @@ class RayBridge:
         )
         process.start()
         theirs.close()
-        self._generation += 1
+        self._generation += 1  # one start at a time: the constructor's, then _restart's
         child = _Child(process, ours, self._generation)
         try:
             ready = self._receive(child, CALL_SECONDS)
@@ -108,7 +142,6 @@ class RayBridge:
             raise Unavailable(
                 f"cannot reach the Ray cluster at {self.settings.address}: {ready[1]}"
             )
-        self._child = child
         return child
 
     def _receive(self, child: _Child, timeout: float) -> Any:
@@ -129,24 +162,52 @@ class RayBridge:
                 child.process.kill()
                 raise Unavailable("the Ray driver process ended") from None
             if status != "ok":
-                raise Unavailable(f"the Ray executor failed: {value}")
+                raise Unavailable(str(value))
             if op == "nodes":
-                self._nodes = value
+                self._nodes, silent = value
+                self._listed_at = time.time() - silent
+                self._end_stranded(child, silent)
             return value, child.generation
+
+    def _end_stranded(self, child: _Child, silent: float) -> None:
+        """End a driver whose head has been silent past the lease and one listing period
+        more (its attempts were lost at the lease): Ray's driver never gives up a head, and
+        one left on a dead head polls it in a busy loop (a core, for as long as it lives).
+        The next use starts a new one, which connects when a head answers at the address."""
+        if silent > max(self.settings.lease_seconds, SILENT_SECONDS) + NODES_TTL_SECONDS:
+            log.warning("the Ray head has not answered for %.0f s: ending its driver", silent)
+            child.process.kill()
 
     # -- the cluster's face -----------------------------------------------------------------
 
     def nodes(self) -> list[RayNode]:
-        try:
-            return list(self._call("nodes")[0])
-        except Unavailable:
-            return self._nodes  # the last listing, while the head is down
+        with contextlib.suppress(Unavailable):  # else the last listing (the head is down)
+            self._call("nodes")
+        return list(self._nodes)
+
+    def listing(self) -> tuple[list[RayNode], float]:
+        """The alive nodes, and when (``time.time()``) the head last listed them."""
+        nodes = self.nodes()
+        return nodes, self._listed_at
+
+    def reachable(self) -> bool:
+        """Whether a driver runs and the head answered it a listing within the last
+        ``SILENT_SECONDS``: what an attempt's start needs."""
+        listed_at = self.listing()[1]
+        child = self._child
+        alive = child is not None and child.process.is_alive()
+        return alive and time.time() - listed_at <= SILENT_SECONDS
 
     def check(self, need: Resources) -> None:
         check_feasible(need, self.nodes())
 
     def capacity(self) -> Capacity:
-        nodes = self.nodes()
+        """What the scheduler may claim for now: the alive nodes' sum; none while the
+        head is silent (an attempt started then could not be placed or confirmed) or no
+        driver runs (a new one is starting: a start would fail)."""
+        if not self.reachable():
+            return Capacity(cpus=0.0, gpus=0, memory_bytes=0)
+        nodes = self._nodes
         return Capacity(
             cpus=sum(n.resources.get("CPU", 0.0) for n in nodes),
             gpus=int(sum(n.resources.get("GPU", 0.0) for n in nodes)),
@@ -233,6 +294,8 @@ def bridge_main(conn: Connection, settings: _Settings) -> None:
             preload=settings.preload,
             grace_seconds=settings.grace_seconds,
             warm=settings.warm,
+            lease_seconds=settings.lease_seconds,
+            sandbox=settings.sandbox,
         )
     except Exception as exc:
         conn.send(("error", str(exc)))
@@ -253,7 +316,7 @@ def bridge_main(conn: Connection, settings: _Settings) -> None:
             if op == "close":
                 break
             if op == "nodes":
-                conn.send(("ok", cluster.nodes()))
+                conn.send(("ok", (cluster.nodes(), cluster.silent())))
             elif op == "start":
                 launch: AttemptLaunch = args[0]
                 key = launch.attempt_id
@@ -283,6 +346,8 @@ def bridge_main(conn: Connection, settings: _Settings) -> None:
                 if args[0] in handles:
                     executor.kill(handles[args[0]])
                 conn.send(("ok", None))
+        except NimbusError as exc:  # a refusal (no node can place it, the head silent)
+            conn.send(("error", exc.message))
         except Exception as exc:
             log.exception("ray bridge call %s failed", op)
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -300,9 +365,11 @@ def shared_bridge(
     preload: Sequence[str] = ("torch",),
     grace_seconds: float = 10.0,
     warm: bool = True,
+    lease_seconds: float = 30.0,
+    sandbox: NodeSandboxConfig | None = None,
 ) -> RayBridge:
     """This process's bridge (the submit check and the executor share it): made on first
-    call, with these settings."""
+    call, with these settings (``sandbox``: how the nodes sandbox attempts; None: not)."""
     global _shared
     with _shared_lock:
         if _shared is None:
@@ -311,6 +378,12 @@ def shared_bridge(
                     "the ray executor needs NIMBUS_RAY_ADDRESS (HOST:PORT of the head)"
                 )
             _shared = RayBridge(
-                address, jobs_root, preload=preload, grace_seconds=grace_seconds, warm=warm
+                address,
+                jobs_root,
+                preload=preload,
+                grace_seconds=grace_seconds,
+                warm=warm,
+                lease_seconds=lease_seconds,
+                sandbox=sandbox,
             )
         return _shared

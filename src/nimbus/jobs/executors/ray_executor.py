@@ -4,36 +4,45 @@ its process started by the warm agent of the node Ray placed it on (:mod:`.ray_r
 Nimbus stays the source of truth: Ray's retries are off (``max_retries=0``), the attempt's
 lease is renewed by the scheduler as for any executor, and a worker whose task or node died
 ends the attempt as *lost* (requeued by the retry policy, resumed from its checkpoint).
+Two ends are Nimbus's own, decided here: an attempt whose work cannot be confirmed (the
+head has not answered a listing for a lease) ends *lost*, and so does one still waiting in
+Ray's queue when no node that could run it has been alive for a lease (its node left); a
+start while the head is silent, or that no node alive within a lease could place, is refused.
+
 Several workers get a placement group (``PACK``, or ``STRICT_SPREAD`` with ``spread``) and
 torch.distributed's rendezvous at rank 0's node. Each worker's node goes to the attempt's
 log as it starts, and to :meth:`RayExecutor.placement`.
 
-Isolation: a worker process runs as the Ray node's user, in a session of its own, with the
-scrubbed environment of every attempt, but without Nimbus's sandbox (no uid, namespace or
-cgroup of its own): Ray's nodes are trusted machines (docs/cluster.md).
+Isolation: with ``sandbox`` (the default) each worker process runs in Nimbus's sandbox on
+its node, made by the node's agent (:mod:`.ray_sandbox`); with None (``job_isolation =
+none``), as the Ray node's user, in a session of its own, with the scrubbed environment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.domain import ExitReason
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, OutputSink
 from nimbus.jobs.executors.ray_remote import (
-    AGENT_PREFIX,
     AgentConfig,
     NodeAgent,
     WorkerOrder,
+    agent_name,
     master_address,
     run_worker,
 )
-from nimbus.jobs.ray_cluster import RayCluster, worker_demand
+from nimbus.jobs.ray_cluster import SILENT_SECONDS, RayCluster, worker_demand
+from nimbus.jobs.sandbox import NodeSandboxConfig
 
 log = logging.getLogger(__name__)
 LOST = ExitStatus(None, None, ExitReason.LOST)
@@ -56,6 +65,7 @@ class RayHandle:
     rendezvous: Any = None  # ObjectRef of (address, port) while the group forms
     workers: list[RayWorker] = field(default_factory=list)
     killed_at: float | None = None
+    forced: bool = False  # its tasks force-cancelled (the grace after the kill ran out)
     failure: ExitStatus | None = None
 
 
@@ -70,12 +80,17 @@ class RayExecutor:
         preload: Sequence[str] = ("torch",),
         grace_seconds: float = 10.0,
         warm: bool = True,
+        lease_seconds: float = 30.0,
+        sandbox: NodeSandboxConfig | None = None,
     ) -> None:
         import ray
 
         self.ray, self.cluster = ray, cluster
         self.jobs_root, self.grace_seconds, self.warm = Path(jobs_root), grace_seconds, warm
-        self.agent_config = AgentConfig(str(jobs_root), tuple(preload), grace_seconds, warm)
+        self.lease_seconds = lease_seconds  # unconfirmed for this long: lost
+        self.agent_config = AgentConfig(
+            str(jobs_root), tuple(preload), grace_seconds, warm, sandbox
+        )
         self._task = ray.remote(run_worker)
         self._probe = ray.remote(master_address)
         self._agent_class = ray.remote(NodeAgent)
@@ -92,7 +107,7 @@ class RayExecutor:
             if node.node_id in self._agents:
                 continue
             self._agents[node.node_id] = self._agent_class.options(
-                name=AGENT_PREFIX + node.node_id,
+                name=agent_name(self.agent_config.key, node.node_id),
                 get_if_exists=True,
                 num_cpus=0,
                 max_restarts=0,
@@ -103,6 +118,12 @@ class RayExecutor:
     # -- the Executor protocol --------------------------------------------------------------
 
     def start(self, launch: AttemptLaunch) -> Handle:
+        silent = self.cluster.silent()
+        if silent > SILENT_SECONDS:
+            raise Unavailable(f"the Ray head has not answered for {silent:.0f} s")
+        unplaceable = self.cluster.gone(launch.resources, self.lease_seconds)
+        if unplaceable is not None:  # its node left since the submit
+            raise InvalidInput(unplaceable)
         if any(node.node_id not in self._agents for node in self.cluster.nodes()):
             self.ensure_agents()  # a node joined
         handle = RayHandle(launch.attempt_id, launch)
@@ -139,6 +160,8 @@ class RayExecutor:
             memory_bytes=res.memory_bytes,
             rank=rank,
             env={**launch.extra_env, **env},
+            world=res.workers,
+            agent_key=self.agent_config.key,
         )
         options: dict[str, Any] = {
             "num_cpus": res.cpus,
@@ -160,7 +183,7 @@ class RayExecutor:
             self.ensure_agents(fresh=False)  # a node joined: its workers wait for an agent
         group = self._group(handle)
         if group.rendezvous is not None and not group.workers and not self._rendezvous(group):
-            return None if group.failure is None else self._end(group)
+            return self._still_running(group) if group.failure is None else self._end(group)
         for worker in group.workers:
             if worker.status is None:
                 worker.status = self._drain(group, worker)
@@ -168,13 +191,74 @@ class RayExecutor:
                 if failed and group.failure is None:
                     group.failure = worker.status
                     self.kill(group)  # the others cannot finish without it
-        if group.killed_at is not None and time.monotonic() > group.killed_at + self.grace_seconds:
-            for worker in group.workers:
-                if worker.status is None:
-                    self.ray.cancel(worker.stream, force=True)
+        killed_at = group.killed_at
+        if (
+            killed_at is not None
+            and time.monotonic() > killed_at + self.grace_seconds
+            and not group.forced
+        ):
+            group.forced = True
+            self._cancel([w.stream for w in group.workers if w.status is None], force=True)
         if any(worker.status is None for worker in group.workers):
-            return None
+            return self._still_running(group)
         return self._end(group)
+
+    def _still_running(self, group: RayHandle) -> ExitStatus | None:
+        """None, or LOST when :meth:`_lost` gives it up (then ended here)."""
+        lost = self._lost(group)
+        if lost is None:
+            return None
+        log.warning("attempt %s lost: %s", group.attempt_id, lost)
+        _emit(group.launch.output, f"[nimbus] lost: {lost}\n")
+        return self._abandon(group)
+
+    def _lost(self, group: RayHandle) -> str | None:
+        """Why a running attempt is given up as lost, if it is: its work cannot be
+        confirmed (the head silent for a lease), or it waits for a node and no node that
+        could run it has been alive for a lease."""
+        silent = self.cluster.silent()
+        if silent > self.lease_seconds:
+            return (
+                f"the Ray head has not answered for {silent:.0f} s (the lease is "
+                f"{self.lease_seconds:g} s): its work cannot be confirmed"
+            )
+        waiting = not group.workers or any(w.node is None for w in group.workers)
+        if not waiting:
+            return None
+        unplaceable = self.cluster.gone(group.launch.resources, self.lease_seconds)
+        if unplaceable is None:
+            return None
+        return f"it waited for a node, and {unplaceable[0].lower()}{unplaceable[1:]}"
+
+    def _abandon(self, group: RayHandle) -> ExitStatus:
+        """End a lost attempt now: its tasks cancelled (their processes SIGTERMed by their
+        agents when the cancel reaches them; fenced by the job API in any case), its
+        placement group removed, in the background (with the head down both wait)."""
+        self._handles.pop(group.attempt_id, None)
+        streams = [worker.stream for worker in group.workers if worker.status is None]
+        self._cancel(streams, force=False, group=group.group)
+        return LOST
+
+    def _cancel(self, streams: list[Any], *, force: bool, group: Any = None) -> None:
+        """Cancel tasks (and remove a placement group) off the caller's thread: with the
+        head down either call can wait for it (seen: a cancel holding up the driver's
+        answers, so the control plane heard of a loss only a minute later)."""
+        if streams or group is not None:
+            threading.Thread(
+                target=self._cancel_now, args=(streams, force, group), daemon=True
+            ).start()
+
+    def _cancel_now(self, streams: list[Any], force: bool, group: Any) -> None:
+        for stream in streams:
+            try:
+                self.ray.cancel(stream, force=force)
+            except Exception:  # its worker or node already gone
+                log.debug("could not cancel a task", exc_info=True)
+        if group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            with contextlib.suppress(Exception):
+                remove_placement_group(group)
 
     def _rendezvous(self, group: RayHandle) -> bool:
         """Launch the workers once rank 0's address is known (the group placed)."""
@@ -255,9 +339,7 @@ class RayExecutor:
         if group.killed_at is not None:
             return
         group.killed_at = time.monotonic()
-        for worker in group.workers:
-            if worker.status is None:
-                self.ray.cancel(worker.stream)
+        self._cancel([w.stream for w in group.workers if w.status is None], force=False)
 
     def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
         # The tasks of an earlier run of this control plane (an earlier driver) died with

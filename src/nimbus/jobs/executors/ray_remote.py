@@ -1,9 +1,11 @@
 """What runs inside the Ray cluster for the ``ray`` executor (:mod:`.ray_executor`).
 
-- :class:`NodeAgent`: one actor per node (no resources of its own), holding a fork server
-  whose zygote imported torch and the runtime: the warm pool of that node. Attempts'
-  processes are its zygote's children, run exactly as the fork-server executor runs them
-  on one machine (scrubbed environment, own session, SIGTERM then SIGKILL).
+- :class:`NodeAgent`: one actor per node (no resources of its own), the warm pool of that
+  node. Sandboxed (the default: :mod:`.ray_sandbox`), it makes the node's sandbox and runs
+  each worker process there as a local attempt runs: a uid, namespaces and a cgroup of its
+  own, started from a warm sandbox whose zygote imported torch and the runtime. Unsandboxed
+  (``job_isolation = none``), a fork server's zygote forks them as the Ray node's user.
+  Either way with the scrubbed environment, an own session, SIGTERM then SIGKILL.
 - :func:`run_worker`: one worker of an attempt, a Ray task holding the job's resources
   (its CPUs, GPUs, memory and custom resources are what Ray places): it has its node's
   agent start the worker process, then streams the process's output and, last, its exit.
@@ -15,23 +17,27 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nimbus.jobs.domain import Resources
-from nimbus.jobs.executors.base import AttemptLaunch, Executor, Handle, Program
+from nimbus.jobs.executors.base import AttemptLaunch, Executor, Handle, OutputSink, Program
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
+from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig, NodeSandboxes, SandboxRefused
 from nimbus.system import free_port
 
 POLL_SECONDS = 0.1
 AGENT_PREFIX = "nimbus-agent-"
 AGENT_WAIT_SECONDS = 30.0
+REFUSED_EXIT = 125  # the node could not sandbox the worker (the launcher's code for it)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class WorkerOrder:
     memory_bytes: int
     rank: int = 0
     env: dict[str, str] = field(default_factory=dict)  # RANK, MASTER_ADDR... when several
+    world: int = 1  # the attempt's workers
+    agent_key: str = ""  # which agent of its node starts it (AgentConfig.key)
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,18 @@ class AgentConfig:
     preload: tuple[str, ...]
     grace_seconds: float
     warm: bool = True  # fork attempts from a zygote with the preload imported; else cold
+    sandbox: NodeSandboxConfig | None = None  # None: unsandboxed (job_isolation = none)
+
+    @property
+    def key(self) -> str:
+        """Names this configuration's agents: control planes that share a cluster with other
+        settings (one sandboxed, one not) never share an agent."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+
+
+def agent_name(key: str, node_id: str) -> str:
+    """The name of the agent of configuration ``key`` on node ``node_id``."""
+    return f"{AGENT_PREFIX}{key}-{node_id}"
 
 
 class _Output:
@@ -78,48 +98,66 @@ class _Output:
 
 
 class NodeAgent:
-    """The warm pool of one node: a fork server started at creation (falls back to fresh
-    processes if it cannot start). Its methods are called from several threads."""
+    """The warm pool of one node: the node's sandbox (``config.sandbox``), else a fork
+    server, started at creation (falls back to fresh processes if it cannot start). Its
+    methods are called from several threads."""
 
     def __init__(self, config: AgentConfig) -> None:
+        import ray
+
         self.config = config
         root = Path(config.jobs_root)
-        warm: Executor | None = None
-        if config.warm:
-            with contextlib.suppress(Exception):  # no fork server: attempts start cold
-                warm = ForkServerExecutor(
-                    root, preload=config.preload, grace_seconds=config.grace_seconds
+        self.refused: str | None = None  # why this node runs no attempt (its sandbox)
+        self._sandboxes: NodeSandboxes | None = None
+        self._unsandboxed: Executor | None = None
+        if config.sandbox is not None:
+            ctx = ray.get_runtime_context()
+            try:
+                self._sandboxes = NodeSandboxes.start(
+                    config.sandbox,
+                    root,
+                    ctx.get_node_id(),
+                    hidden=Path(ctx.get_temp_dir()),
+                    preload=config.preload,
+                    grace_seconds=config.grace_seconds,
                 )
-        self._executor: Executor = warm or LocalExecutor(root, grace_seconds=config.grace_seconds)
+            except SandboxRefused as exc:
+                self.refused = str(exc)
+        else:
+            self._unsandboxed = _unsandboxed(config)
+        # Every process is started from this one thread, which lives as long as the agent:
+        # bwrap's --die-with-parent follows the thread that started it.
+        self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="start")
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[Handle, _Output]] = {}
+        self._running: dict[str, tuple[Executor, Handle, _Output]] = {}
         self._killed: set[str] = set()  # polled here until they end (SIGKILL after grace)
         threading.Thread(target=self._reap_killed, name="reap-killed", daemon=True).start()
 
     def ready(self) -> str:
-        return type(self._executor).__name__
+        if self.refused is not None:
+            return f"refused: {self.refused}"
+        if self._sandboxes is not None:
+            return f"sandboxed: {type(self._sandboxes.isolated).__name__}"
+        return type(self._unsandboxed).__name__
 
-    def start(self, order: WorkerOrder, cuda_devices: str | None) -> None:
-        env = dict(order.env)
-        if cuda_devices is not None:
-            env["CUDA_VISIBLE_DEVICES"] = cuda_devices  # the GPUs Ray gave the task
+    def start(self, order: WorkerOrder, cuda_devices: str | None) -> str | None:
+        """Start the worker; why not (this node cannot sandbox it) as a message, else None."""
+        if self.refused is not None:
+            return self.refused
         out = _Output()
-        launch = AttemptLaunch(
-            job_id=order.job_id,
-            attempt_id=order.attempt_id,
-            attempt_number=order.attempt_number,
-            token=order.token,
-            program=order.program,
-            workdir=Path(order.workdir),
-            nimbus_url=order.nimbus_url,
-            resources=Resources(order.cpus, order.gpus, order.memory_bytes),
-            extra_env=env,
-            output=out.add,
-        )
+        if self._sandboxes is not None:
+            executor = self._sandboxes.executor_for(order.world)
+            url = self._sandboxes.relay.socket_for(order.nimbus_url)
+            launch = node_launch(order, cuda_devices, out.add, nimbus_url=url, own_dirs=True)
+        else:
+            assert self._unsandboxed is not None
+            executor = self._unsandboxed
+            launch = node_launch(order, cuda_devices, out.add)
         key = _key(order)
         with self._lock:
-            handle = self._executor.start(launch)
-            self._running[key] = (handle, out)
+            handle = self._starter.submit(executor.start, launch).result()
+            self._running[key] = (executor, handle, out)
+        return None
 
     def poll(self, order: WorkerOrder) -> tuple[str, tuple[int | None, int | None] | None]:
         """New output, and the exit (code, signal) once the process ended."""
@@ -127,8 +165,8 @@ class NodeAgent:
         with self._lock:
             if key not in self._running:  # killed, and reaped meanwhile
                 return "", (None, signal.SIGKILL)
-            handle, out = self._running[key]
-            status = self._executor.poll(handle)
+            executor, handle, out = self._running[key]
+            status = executor.poll(handle)
             if status is not None:
                 del self._running[key]
         text = out.take()
@@ -138,7 +176,7 @@ class NodeAgent:
         with self._lock:
             running = self._running.get(_key(order))
             if running is not None:
-                self._executor.kill(running[0])
+                running[0].kill(running[1])
                 self._killed.add(_key(order))
 
     def _reap_killed(self) -> None:
@@ -148,9 +186,52 @@ class NodeAgent:
             with self._lock:
                 for key in list(self._killed):
                     running = self._running.get(key)
-                    if running is None or self._executor.poll(running[0]) is not None:
+                    if running is None or running[0].poll(running[1]) is not None:
                         self._running.pop(key, None)
                         self._killed.discard(key)
+
+
+def _unsandboxed(config: AgentConfig) -> Executor:
+    root = Path(config.jobs_root)
+    if config.warm:
+        with contextlib.suppress(Exception):  # no fork server: attempts start cold
+            return ForkServerExecutor(
+                root, preload=config.preload, grace_seconds=config.grace_seconds
+            )
+    return LocalExecutor(root, grace_seconds=config.grace_seconds)
+
+
+def node_launch(
+    order: WorkerOrder,
+    cuda_devices: str | None,
+    output: OutputSink | None,
+    *,
+    nimbus_url: str | None = None,
+    own_dirs: bool = False,
+) -> AttemptLaunch:
+    """The launch of one worker on its node: the GPUs Ray gave its task; the control
+    plane at ``nimbus_url`` (the node's relay) when given. With ``own_dirs``, each worker
+    of several has a cgroup and work directory of its own (``<attempt>.<rank>``: two may
+    run on one node) while the job API still knows it by its attempt's id."""
+    env = dict(order.env)
+    if cuda_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_devices  # the GPUs Ray gave the task
+    attempt_id, workdir = order.attempt_id, order.workdir
+    if own_dirs and order.world > 1:
+        env["NIMBUS_ATTEMPT_ID"] = order.attempt_id
+        attempt_id, workdir = f"{attempt_id}.{order.rank}", f"{workdir}.{order.rank}"
+    return AttemptLaunch(
+        job_id=order.job_id,
+        attempt_id=attempt_id,
+        attempt_number=order.attempt_number,
+        token=order.token,
+        program=order.program,
+        workdir=Path(workdir),
+        nimbus_url=nimbus_url or order.nimbus_url,
+        resources=Resources(order.cpus, order.gpus, order.memory_bytes),
+        extra_env=env,
+        output=output,
+    )
 
 
 def _key(order: WorkerOrder) -> str:
@@ -166,7 +247,7 @@ def master_address() -> tuple[str, int]:
     return address, free_port()
 
 
-def _agent(node_id: str, wait_seconds: float = AGENT_WAIT_SECONDS) -> Any:
+def _agent(name: str, wait_seconds: float = AGENT_WAIT_SECONDS) -> Any:
     """This node's agent; on a node that just joined, the executor starts one within a
     few seconds (at its next start of an attempt)."""
     import ray
@@ -174,7 +255,7 @@ def _agent(node_id: str, wait_seconds: float = AGENT_WAIT_SECONDS) -> Any:
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            return ray.get_actor(AGENT_PREFIX + node_id)
+            return ray.get_actor(name)
         except ValueError:
             if time.monotonic() > deadline:
                 raise
@@ -190,9 +271,13 @@ def run_worker(order: WorkerOrder) -> Iterator[tuple[Any, ...]]:
     node_id = ctx.get_node_id()
     address = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
     yield ("node", node_id, address)
-    agent = _agent(node_id)
+    agent = _agent(agent_name(order.agent_key, node_id))
     gpus = ",".join(str(g) for g in ray.get_gpu_ids()) if order.gpus else None
-    ray.get(agent.start.remote(order, gpus))
+    refused = ray.get(agent.start.remote(order, gpus))
+    if refused is not None:
+        yield ("output", f"[nimbus] {refused}\n")
+        yield ("exit", REFUSED_EXIT, None)
+        return
     try:
         while True:
             text, ended = ray.get(agent.poll.remote(order))

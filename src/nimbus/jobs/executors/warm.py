@@ -295,6 +295,7 @@ class WarmSandboxExecutor(LocalExecutor):
         base_env: Mapping[str, str] | None = None,
         grace_seconds: float = 10.0,
         start_timeout: float = 120.0,
+        warm_dir: str = WARM_DIR,
     ) -> None:
         super().__init__(
             jobs_root,
@@ -307,7 +308,9 @@ class WarmSandboxExecutor(LocalExecutor):
         self.size = size if sandbox.hierarchies else 0  # see the module's docstring
         self.preload = list(preload)
         self.start_timeout = start_timeout
-        self.warm_root = self.jobs_root / WARM_DIR
+        # Its own below the jobs root (several executors may share a root: Ray nodes on one
+        # machine), and a dot-directory: never purged as a job's.
+        self.warm_root = self.jobs_root / warm_dir
         shutil.rmtree(self.warm_root, ignore_errors=True)  # a previous run's, its processes gone
         self.warm_root.mkdir(mode=TRAVERSE_MODE)
         os.chmod(self.warm_root, TRAVERSE_MODE)
