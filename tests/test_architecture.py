@@ -1,14 +1,16 @@
 """The import graph keeps its shape: no cycle between packages, one-way layers, light faces.
 
 Packages are the first level under ``nimbus`` (api, cli, client, datasets, db, jobs,
-modelformat, runtime, services, serving, storage, wire) and its top-level modules (server,
-config, errors, names, ranges, security, system, demo_data, and the ``nimbus`` face itself).
-Imports are read from the source (tests/helpers_imports.py), function-level ones included.
+modelformat, runtime, services, serving, storage, studies, wire) and its top-level modules
+(server, config, errors, names, ranges, security, system, demo_data, and the ``nimbus`` face
+itself). Imports are read from the source (tests/helpers_imports.py), function-level ones
+included.
 
 The layers, top to bottom (each may also import the wire, the domain and bottom modules)::
 
     cli ──> client                       (SDK; cli/server, cli/edge, cli/demo* are exceptions)
-    server ──> api ──> services ──> db, storage, datasets, jobs, modelformat, serving.fleet
+    server ──> api ──> services ──> db, storage, datasets, jobs, studies, modelformat,
+                                    serving.fleet
     serving (a replica) ──> modelformat, runtime.architectures
     runtime (a job) ──> modelformat, datasets
 
@@ -62,6 +64,7 @@ EVERY_PACKAGE = (
     "services",
     "serving",
     "storage",
+    "studies",
     "wire",
 )
 
@@ -148,6 +151,7 @@ RULES = [
             "nimbus.jobs",
             "nimbus.modelformat",
             "nimbus.serving.fleet",
+            "nimbus.studies",
             "nimbus.wire",
             # Submitted params are validated against the built-ins' schemas (no torch).
             "nimbus.runtime.hyperparams",
@@ -170,6 +174,12 @@ RULES = [
         allowed=(),
     ),
     Rule("nimbus.storage", "the blob store is a bottom layer", allowed=()),
+    Rule(
+        "nimbus.studies",
+        "a study's spaces, sampling and pruning are pure: their trials are the services' jobs",
+        # A space is checked against the built-ins' parameter schemas (no torch).
+        allowed=("nimbus.runtime.hyperparams",),
+    ),
     Rule("nimbus.datasets", "ingest is plain Python over files", allowed=()),
     Rule(
         "nimbus.modelformat",
@@ -280,7 +290,7 @@ def test_the_rules_catch_what_they_are_for() -> None:
         assert not [r.source for r in RULES if r.breaks(imp)], f"a rule refuses {imp}"
 
 
-HEAVY = ("httpx", "uvicorn", "fastapi", "torch", "prometheus_client", "PIL")
+HEAVY = ("httpx", "uvicorn", "fastapi", "torch", "prometheus_client", "PIL", "optuna")
 LIGHT_FACES = [
     "nimbus",
     "nimbus.modelformat.spec",

@@ -1,0 +1,238 @@
+"""A study's decisions: the next trial's parameters and whether a running trial is pruned.
+
+Optuna makes them (its samplers and pruners, through ask/tell), but holds nothing: the
+study's state is Nimbus's (the metadata store's trial rows), and every decision is made on an
+in-memory Optuna study rebuilt from those :class:`TrialRecord` s. So a control plane that
+restarts mid-study decides exactly as the one before it, and the same history with the same
+seed asks for the same parameters (a trial asked for but not recorded before a crash is asked
+for again, not duplicated).
+
+Whatever Optuna keeps per trial for its own bookkeeping (ASHA's completed rungs are system
+attributes of the trial) comes back in :class:`Pruning` for the caller to record with the
+trial, and goes into the next rebuild.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nimbus.errors import InvalidInput
+from nimbus.studies.space import Choice, IntRange, Scalar, Space, to_optuna
+
+if TYPE_CHECKING:
+    import optuna
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes")
+PRUNERS = ("asha", "median", "none")
+DIRECTIONS = ("maximize", "minimize")
+MAX_GRID = 10_000  # points in a grid study's whole grid
+
+
+class TrialState(enum.StrEnum):
+    """A trial as the study sees it (its job's state decides it)."""
+
+    RUNNING = "running"  # queued or running: asked for, no value yet
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"  # its job failed or was cancelled: no value, never a score
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    params: Mapping[str, Scalar]  # the searched parameters it was given
+    state: TrialState
+    value: float | None = None  # COMPLETE: the metric's final value
+    intermediate: Mapping[int, float] = field(default_factory=dict)  # step -> metric
+    system_attrs: Mapping[str, Any] = field(default_factory=dict)  # Optuna's bookkeeping
+
+
+@dataclass(frozen=True)
+class Pruning:
+    prune: bool
+    system_attrs: dict[str, Any]  # to record with the trial
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: Space
+    direction: str = "maximize"
+    sampler: str = "tpe"
+    pruner: str = "asha"
+    seed: int | None = None
+    parallel: int = 1
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+def check_config(config: SearchConfig) -> None:
+    """Refuse a sampler, pruner or direction Nimbus does not know, and a grid over a space
+    that has no grid (a float range) or too big a one."""
+    for what, value, known in (
+        ("sampler", config.sampler, SAMPLERS),
+        ("pruner", config.pruner, PRUNERS),
+        ("direction", config.direction, DIRECTIONS),
+    ):
+        if value not in known:
+            raise InvalidInput(f"unknown {what} {value!r} (one of {', '.join(known)})")
+    if config.parallel < 1:
+        raise InvalidInput(f"parallel must be at least 1, not {config.parallel}")
+    if config.sampler == "grid":
+        grid_points(config.space)
+
+
+def grid_points(space: Space) -> dict[str, list[Scalar]]:
+    """The grid a grid study walks: each choice's options, each integer range's values."""
+    grid: dict[str, list[Scalar]] = {}
+    size = 1
+    for name, param in space.searched.items():
+        if isinstance(param, Choice):
+            grid[name] = list(param.options)
+        elif isinstance(param, IntRange) and not param.log:
+            grid[name] = list(range(param.low, param.high + 1))
+        else:
+            raise InvalidInput(
+                f"parameter {name}: a grid search takes choice(...) and int(low,high) spaces "
+                "only (a float range has no grid)"
+            )
+        size *= len(grid[name])
+        if size > MAX_GRID:
+            raise InvalidInput(f"the grid has more than {MAX_GRID} points: narrow it")
+    return grid
+
+
+def grid_size(space: Space) -> int:
+    size = 1
+    for values in grid_points(space).values():
+        size *= len(values)
+    return size
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna's log lines and warnings (experimental features, a categorical that CMA-ES
+    samples independently) are not the user's business here."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _sampler(config: SearchConfig, history: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    # Seeded per decision: the same history asks for the same parameters.
+    seed = None if config.seed is None else config.seed + history
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "grid":
+        # The grid's order is shuffled by its seed once: the same at every decision, or
+        # the trials' grid points would collide.
+        grid = dict(grid_points(config.space))
+        return optuna.samplers.GridSampler(grid, seed=config.seed or 0)
+    if config.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    # Several trials at once: the running ones count as their worst so far ("constant
+    # liar"), so parallel trials are not asked for the same point.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=config.parallel > 1)
+
+
+def _pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
+    import optuna
+
+    if config.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def _study(config: SearchConfig, trials: Sequence[TrialRecord]) -> optuna.Study:
+    import optuna
+    from optuna.trial import TrialState as OptunaState
+    from optuna.trial import create_trial
+
+    distributions = to_optuna(config.space)
+    maximize = config.direction == "maximize"
+    study = optuna.create_study(
+        direction="maximize" if maximize else "minimize",
+        sampler=_sampler(config, len(trials)),
+        pruner=_pruner(config),
+    )
+    states = {
+        TrialState.RUNNING: OptunaState.RUNNING,
+        TrialState.COMPLETE: OptunaState.COMPLETE,
+        TrialState.PRUNED: OptunaState.PRUNED,
+        TrialState.FAILED: OptunaState.FAIL,
+    }
+    for record in sorted(trials, key=lambda t: t.number):
+        params = {k: v for k, v in record.params.items() if k in distributions}
+        value = record.value if record.state is TrialState.COMPLETE else None
+        if record.state is TrialState.COMPLETE and value is None:
+            raise ValueError(f"trial {record.number} is complete with no value")
+        study.add_trial(
+            create_trial(
+                state=states[record.state],
+                value=value,
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                intermediate_values=dict(record.intermediate),
+                system_attrs=dict(record.system_attrs),
+            )
+        )
+    return study
+
+
+@dataclass(frozen=True)
+class Asked:
+    params: dict[str, Scalar]  # the searched ones as the sampler asks, the fixed ones as given
+    system_attrs: dict[str, Any]  # to record with the trial (a grid's point)
+
+
+def next_params(config: SearchConfig, trials: Sequence[TrialRecord]) -> Asked:
+    """The next trial's parameters, and what the sampler noted on it."""
+    with _quiet():
+        study = _study(config, trials)
+        trial = study.ask(to_optuna(config.space))
+        asked = dict(trial.params)
+        attrs = dict(study.get_trials(deepcopy=False)[-1].system_attrs)
+    return Asked({**config.space.fixed, **asked}, attrs)
+
+
+def prune_decision(config: SearchConfig, trials: Sequence[TrialRecord], number: int) -> Pruning:
+    """Whether running trial ``number`` is stopped now, by the pruner, from its
+    intermediate values and the other trials'."""
+    running = next((t for t in trials if t.number == number), None)
+    if running is None or running.state is not TrialState.RUNNING:
+        raise ValueError(f"trial {number} is not running")
+    index = sorted(t.number for t in trials).index(number)  # its place in the rebuild
+    with _quiet():
+        study = _study(config, trials)
+        target = study.get_trials(deepcopy=False)[index]
+        if not target.intermediate_values:
+            return Pruning(False, dict(target.system_attrs))
+        prune = bool(study.pruner.prune(study, target))
+        # The pruner may have recorded on the trial (ASHA: the rungs it completed).
+        attrs = dict(study.get_trials(deepcopy=False)[index].system_attrs)
+    return Pruning(prune, attrs)
+
+
+def best(config: SearchConfig, trials: Sequence[TrialRecord]) -> TrialRecord | None:
+    """The complete trial with the best value (the earliest among equals)."""
+    done = [t for t in trials if t.state is TrialState.COMPLETE and t.value is not None]
+    if not done:
+        return None
+    sign = 1.0 if config.direction == "maximize" else -1.0
+    return max(done, key=lambda t: (sign * float(t.value or 0.0), -t.number))

@@ -1,0 +1,181 @@
+"""A study's decisions, made by Optuna on a study rebuilt from Nimbus's trial records."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+
+import pytest
+
+from nimbus.errors import InvalidInput
+from nimbus.studies.search import (
+    MAX_GRID,
+    SearchConfig,
+    TrialRecord,
+    TrialState,
+    best,
+    grid_size,
+    next_params,
+    prune_decision,
+)
+from nimbus.studies.space import parse_space
+
+SPACE = parse_space(["lr=loguniform(1e-4,1e-1)", "hidden=choice(64,128,256)", "epochs=5"])
+
+
+def score(params: Mapping[str, object]) -> float:
+    """A known landscape: best near lr=1e-2 with 128 hidden units."""
+    lr, hidden = float(str(params["lr"])), int(str(params["hidden"]))
+    return 1.0 - abs(math.log10(lr) + 2) / 3 - (0.1 if hidden != 128 else 0.0)
+
+
+def run(config: SearchConfig, n: int, value: float | None = None) -> list[TrialRecord]:
+    """``n`` trials one after the other, each asked for, run and recorded."""
+    trials: list[TrialRecord] = []
+    for number in range(n):
+        asked = next_params(config, trials)
+        searched = {k: v for k, v in asked.params.items() if k != "epochs"}
+        got = score(asked.params) if value is None else value
+        trials.append(
+            TrialRecord(number, searched, TrialState.COMPLETE, got, {}, asked.system_attrs)
+        )
+    return trials
+
+
+def test_the_next_params_lie_in_the_space_with_the_fixed_ones() -> None:
+    config = SearchConfig(SPACE, seed=3)
+    for sampler in ("tpe", "random", "cmaes"):
+        trials = run(SearchConfig(SPACE, sampler=sampler, seed=3), 12)
+        for trial in trials:
+            assert 1e-4 <= float(str(trial.params["lr"])) <= 1e-1
+            assert trial.params["hidden"] in (64, 128, 256)
+    assert next_params(config, []).params["epochs"] == 5
+
+
+def test_the_same_history_and_seed_ask_for_the_same_params() -> None:
+    """What makes a restart mid-study safe: the decision is a function of the records."""
+    config = SearchConfig(SPACE, seed=11)
+    history = run(config, 8)
+    assert next_params(config, history) == next_params(config, history)
+    assert run(config, 8) == history
+    assert next_params(SearchConfig(SPACE, seed=12), history) != next_params(config, history)
+
+
+def test_tpe_finds_the_good_region_on_a_known_landscape() -> None:
+    trials = run(SearchConfig(SPACE, seed=5), 30)
+    found = best(SearchConfig(SPACE), trials)
+    assert found is not None and found.value is not None and found.value > 0.9
+
+
+def test_parallel_trials_are_not_asked_for_the_same_point() -> None:
+    space = parse_space(["hidden=choice(64,128,256,512)", "layers=int(1,3)"])
+    config = SearchConfig(space, seed=1, parallel=3)
+    history = [
+        TrialRecord(n, {"hidden": h, "layers": 1}, TrialState.COMPLETE, 0.5 + n / 10)
+        for n, h in enumerate((64, 128, 256, 512, 64, 128, 256, 512, 64, 128, 256))
+    ]
+    running: list[TrialRecord] = []
+    for number in range(len(history), len(history) + 3):
+        asked = next_params(config, history + running)
+        running.append(TrialRecord(number, asked.params, TrialState.RUNNING))
+    assert len({tuple(sorted(t.params.items())) for t in running}) == 3
+
+
+def test_a_grid_walks_every_point_once() -> None:
+    space = parse_space(["hidden=choice(64,128)", "layers=int(1,3)", "epochs=2"])
+    config = SearchConfig(space, sampler="grid", seed=0)
+    assert grid_size(space) == 6
+    trials = run(config, 6, value=0.5)
+    points = {(t.params["hidden"], t.params["layers"]) for t in trials}
+    assert points == set(itertools.product((64, 128), (1, 2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"sampler": "bayes"}, "unknown sampler 'bayes'"),
+        ({"pruner": "hyperband2"}, "unknown pruner 'hyperband2'"),
+        ({"direction": "up"}, "unknown direction 'up'"),
+        ({"parallel": 0}, "parallel must be at least 1"),
+        ({"sampler": "grid"}, "a float range has no grid"),
+    ],
+)
+def test_a_bad_search_is_refused_naming_it(options: dict[str, object], named: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        SearchConfig(SPACE, **options)  # type: ignore[arg-type]
+    assert named in raised.value.message
+
+
+def test_too_big_a_grid_is_refused() -> None:
+    space = parse_space(["a=int(1,1000)", "b=int(1,1000)"])
+    with pytest.raises(InvalidInput, match=f"more than {MAX_GRID} points"):
+        SearchConfig(space, sampler="grid")
+
+
+def curve(final: float, steps: int) -> dict[int, float]:
+    """A learning curve rising to ``final``: what a trial's per-epoch metric looks like."""
+    return {step: final * (1 - 0.5 / step) for step in range(1, steps + 1)}
+
+
+@pytest.mark.parametrize("pruner", ["asha", "median"])
+def test_a_trial_far_behind_the_others_is_pruned_and_a_good_one_is_not(pruner: str) -> None:
+    config = SearchConfig(SPACE, pruner=pruner, seed=0)
+    trials = [
+        TrialRecord(n, {"lr": 1e-2, "hidden": 128}, TrialState.COMPLETE, 0.9 + n / 100)
+        for n in range(8)
+    ]
+    done: list[TrialRecord] = []
+    attrs: dict[int, dict[str, object]] = {}
+    # The finished trials went through the pruner as they ran (ASHA records their rungs).
+    for trial in trials:
+        for step in range(1, 6):
+            running = TrialRecord(
+                trial.number,
+                trial.params,
+                TrialState.RUNNING,
+                intermediate=dict(itertools.islice(curve(0.9, 5).items(), step)),
+                system_attrs=attrs.get(trial.number, {}),
+            )
+            decision = prune_decision(config, [*done, running], trial.number)
+            attrs[trial.number] = decision.system_attrs
+        done.append(
+            TrialRecord(
+                trial.number,
+                trial.params,
+                TrialState.COMPLETE,
+                trial.value,
+                curve(0.9, 5),
+                attrs[trial.number],
+            )
+        )
+    poor = TrialRecord(8, {"lr": 1e-4, "hidden": 64}, TrialState.RUNNING, None, {1: 0.05, 2: 0.06})
+    good = TrialRecord(8, {"lr": 1e-2, "hidden": 128}, TrialState.RUNNING, None, curve(0.95, 2))
+    assert prune_decision(config, [*done, poor], 8).prune
+    assert not prune_decision(config, [*done, good], 8).prune
+
+
+def test_no_pruner_never_prunes_and_a_trial_with_no_step_is_left_alone() -> None:
+    poor = TrialRecord(1, {"lr": 1e-4, "hidden": 64}, TrialState.RUNNING, None, {1: 0.0})
+    done = TrialRecord(0, {"lr": 1e-2, "hidden": 128}, TrialState.COMPLETE, 0.9, curve(0.9, 3))
+    assert not prune_decision(SearchConfig(SPACE, pruner="none"), [done, poor], 1).prune
+    fresh = TrialRecord(1, {"lr": 1e-4, "hidden": 64}, TrialState.RUNNING)
+    assert not prune_decision(SearchConfig(SPACE), [done, fresh], 1).prune
+    with pytest.raises(ValueError, match="not running"):
+        prune_decision(SearchConfig(SPACE), [done], 0)
+
+
+def test_the_best_trial_follows_the_direction_and_ignores_failures() -> None:
+    trials = [
+        TrialRecord(0, {"lr": 0.1, "hidden": 64}, TrialState.COMPLETE, 0.7),
+        TrialRecord(1, {"lr": 0.01, "hidden": 64}, TrialState.FAILED),
+        TrialRecord(2, {"lr": 0.001, "hidden": 64}, TrialState.COMPLETE, 0.9),
+        TrialRecord(3, {"lr": 0.002, "hidden": 64}, TrialState.PRUNED, None, {1: 0.99}),
+        TrialRecord(4, {"lr": 0.003, "hidden": 64}, TrialState.COMPLETE, 0.9),
+    ]
+    assert (found := best(SearchConfig(SPACE), trials)) is not None and found.number == 2
+    low = best(SearchConfig(SPACE, direction="minimize"), trials)
+    assert low is not None and low.number == 0
+    assert best(SearchConfig(SPACE), trials[1:2]) is None
+    # A failed trial is history the sampler learns nothing from, never a value.
+    assert next_params(SearchConfig(SPACE, seed=1), trials).params["epochs"] == 5
