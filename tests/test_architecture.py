@@ -166,6 +166,8 @@ RULES = [
             "nimbus.jobs.capacity",
             "nimbus.jobs.queue",
             "nimbus.jobs.tokens",
+            # A trial row becomes the record the study's decisions read.
+            "nimbus.studies.search",
         ),
     ),
     Rule(

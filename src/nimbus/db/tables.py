@@ -463,3 +463,46 @@ class LeaderLeaseRow(Base):
     epoch: Mapped[int] = mapped_column(BigInteger)
     acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- Studies (migration 0013) -------------------------------------------------------------
+
+
+class StudyRow(Base):
+    """A hyperparameter study: its search (space, metric, sampler, pruner, budget), the job
+    its trials run (a template spec), and its state. Its trials are :class:`StudyTrialRow`."""
+
+    __tablename__ = "studies"
+    __table_args__ = (Index("ix_studies_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    # {"space", "metric", "direction", "sampler", "pruner", "seed", "trials", "parallel",
+    # "timeout_seconds", "register"}: what was asked, checked at create
+    search: Mapped[dict[str, Any]]
+    job: Mapped[dict[str, Any]]  # the trials' job spec, but for the searched parameters
+    best_trial: Mapped[int | None]
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)  # why it ended, in words
+
+
+class StudyTrialRow(Base):
+    """One trial of a study: the parameters it was given and the job that runs them. Its
+    number is unique in the study, so a trial is never recorded twice (a decision repeated
+    after a crash asks for the same number again and finds it taken)."""
+
+    __tablename__ = "study_trials"
+
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    params: Mapped[dict[str, Any]]  # the searched parameters it was given
+    state: Mapped[str] = mapped_column(String(16))  # nimbus.studies.search.TrialState
+    value: Mapped[float | None] = mapped_column(Float)
+    pruned_step: Mapped[int | None]  # the step (epoch) at which it was pruned
+    system_attrs: Mapped[dict[str, Any]]  # Optuna's notes on it (grid point, rungs)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
