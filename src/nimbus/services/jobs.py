@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from nimbus.db import job_details, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
@@ -162,6 +164,14 @@ def _code_params(raw: dict[str, Any]) -> dict[str, Any]:
     return dict(raw)
 
 
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job checked and resolved, not yet queued (:meth:`JobService.prepare`)."""
+
+    spec: JobSpec
+    inputs: dict[str, Any]
+
+
 class JobService:
     """Jobs of every tenant; each method acts for one principal, within its tenant."""
 
@@ -195,6 +205,16 @@ class JobService:
     def submit(self, principal: Principal, request: SubmitRequest) -> wire.Job:
         """Validate, resolve and queue a job; every refusal is a 400 naming the field (or a
         404 for a dataset or code artifact the tenant does not have)."""
+        prepared = self.prepare(principal, request)
+        with self.db.session(write=True) as session:
+            job_id = self.queue(session, principal, prepared)
+            view = self._view(session, principal, job_id)
+        self.queued()
+        return view
+
+    def prepare(self, principal: Principal, request: SubmitRequest) -> PreparedJob:
+        """What :meth:`submit` checks and resolves before it writes: the job's spec and
+        what it reads. A study prepares each trial so, then queues it with its trial row."""
         require_role(principal, Role.MEMBER)
         name, number = split_dataset_ref(request.dataset)
         version = self.datasets.get_version(principal, name, number)
@@ -235,21 +255,27 @@ class JobService:
             seed=seed,
         )
         inputs = {"dataset": dump(version), "code": code.to_dict() if code else None}
-        with self.db.session(write=True) as session:
-            if self.quotas is not None:
-                self.quotas.check_jobs(session, principal.tenant_id, principal.tenant)
-            job = repo.submit(
-                session,
-                principal.tenant_id,
-                spec,
-                self.clock(),
-                created_by=principal.token_id,
-                inputs=inputs,
-            )
-            view = self._view(session, principal, job.id)
-        if self.on_submit is not None:  # after the commit: the job is there to claim
+        return PreparedJob(spec, inputs)
+
+    def queue(self, session: Session, principal: Principal, prepared: PreparedJob) -> str:
+        """Queue a prepared job in the caller's write transaction (the tenant's quota
+        checked in it); its id. Call :meth:`queued` after the commit."""
+        if self.quotas is not None:
+            self.quotas.check_jobs(session, principal.tenant_id, principal.tenant)
+        job = repo.submit(
+            session,
+            principal.tenant_id,
+            prepared.spec,
+            self.clock(),
+            created_by=principal.token_id,
+            inputs=prepared.inputs,
+        )
+        return job.id
+
+    def queued(self) -> None:
+        """After a commit that queued jobs: the node's scheduler starts them now."""
+        if self.on_submit is not None:
             self.on_submit()
-        return view
 
     @staticmethod
     def _seed(request: SubmitRequest, params: dict[str, Any]) -> int:
