@@ -179,3 +179,16 @@ def test_the_best_trial_follows_the_direction_and_ignores_failures() -> None:
     assert best(SearchConfig(SPACE), trials[1:2]) is None
     # A failed trial is history the sampler learns nothing from, never a value.
     assert next_params(SearchConfig(SPACE, seed=1), trials).params["epochs"] == 5
+
+
+def test_a_trial_curve_takes_the_resumed_attempts_steps() -> None:
+    from nimbus.studies.search import curve as trial_curve
+    from nimbus.studies.search import final_value
+
+    points = [(1, 1, 0.5), (1, 2, 0.6), (1, 3, 0.55), (2, 3, 0.7), (2, 4, float("nan"))]
+    by_step = trial_curve(points)
+    assert by_step == {1: 0.5, 2: 0.6, 3: 0.7}
+    assert final_value(by_step, best_epoch=2) == 0.6  # the epoch whose weights were kept
+    assert final_value(by_step, best_epoch=None) == 0.7
+    assert final_value(by_step, best_epoch=9) == 0.7
+    assert final_value({}, best_epoch=1) is None

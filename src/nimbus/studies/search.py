@@ -15,8 +15,9 @@ trial, and goes into the next rebuild.
 from __future__ import annotations
 
 import enum
+import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -236,3 +237,23 @@ def best(config: SearchConfig, trials: Sequence[TrialRecord]) -> TrialRecord | N
         return None
     sign = 1.0 if config.direction == "maximize" else -1.0
     return max(done, key=lambda t: (sign * float(t.value or 0.0), -t.number))
+
+
+def curve(points: Iterable[tuple[int, int, float]]) -> dict[int, float]:
+    """A trial's metric by step from its job's ``(attempt, step, value)`` points: a later
+    attempt (resumed from a checkpoint) overwrites the steps it ran again."""
+    by_step: dict[int, float] = {}
+    for _, step, value in sorted(points, key=lambda p: (p[0], p[1])):
+        if math.isfinite(value):
+            by_step[step] = value
+    return by_step
+
+
+def final_value(by_step: Mapping[int, float], best_epoch: int | None) -> float | None:
+    """A finished trial's value: its metric at the epoch whose weights the job kept (the
+    built-ins restore their best epoch, and say which), else at its last step."""
+    if not by_step:
+        return None
+    if best_epoch is not None and best_epoch in by_step:
+        return by_step[best_epoch]
+    return by_step[max(by_step)]
