@@ -1,0 +1,347 @@
+"""Studies: hyperparameter searches whose trials are ordinary jobs.
+
+A study is created by a member (its space checked against the model, its first trial's job
+prepared as a submit would be, so every refusal comes at create). From then on
+:meth:`StudyService.advance`, run by the scheduler's leader at each tick, drives every running
+study from the metadata store alone: it ends the trials whose jobs ended (a value only from a
+job that succeeded), prunes running trials the pruner gives up (their jobs cancelled), asks for
+new trials up to the study's parallelism within the tenant's quota (each trial's job and row
+written in one transaction), and ends the study when its trials are done or its time is up.
+Nothing lives in memory between ticks: a control plane that dies mid-study leaves nothing for
+the next leader to repair.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from nimbus.db import job_details, job_outputs
+from nimbus.db import jobs as jobs_repo
+from nimbus.db import studies as repo
+from nimbus.db.engine import Database
+from nimbus.db.tables import StudyRow, StudyTrialRow, Tenant
+from nimbus.errors import InvalidInput, NimbusError
+from nimbus.jobs.domain import JobState, parse_duration
+from nimbus.security import Principal, Role, require_role
+from nimbus.services.jobs import JobService
+from nimbus.studies.search import (
+    SearchConfig,
+    TrialRecord,
+    TrialState,
+    best,
+    curve,
+    final_value,
+    grid_size,
+    next_params,
+    prune_decision,
+)
+from nimbus.studies.space import check_for_model, space_from_dict
+from nimbus.wire import studies as wire
+from nimbus.wire.jobs import SubmitRequest
+
+log = logging.getLogger(__name__)
+JOB_FIELDS = ("cpus", "gpus", "memory", "workers", "resources", "priority", "max_retries")
+
+
+class _Taken(Exception):
+    """The trial's number was taken meanwhile: its job's transaction is rolled back."""
+
+
+def _config(search: dict[str, Any]) -> SearchConfig:
+    return SearchConfig(
+        space_from_dict(search["space"]),
+        direction=search["direction"],
+        sampler=search["sampler"],
+        pruner=search["pruner"],
+        seed=search.get("seed"),
+        parallel=search["parallel"],
+    )
+
+
+class StudyService:
+    """Studies of every tenant; each public method acts for one principal, within its
+    tenant, but :meth:`advance`, which the scheduler's leader runs for all."""
+
+    def __init__(
+        self,
+        db: Database,
+        jobs: JobService,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.db, self.jobs, self.clock = db, jobs, clock
+
+    # -- create -------------------------------------------------------------------------
+
+    def create(self, principal: Principal, request: wire.StudyRequest) -> wire.Study:
+        """Check the whole search and the trials' job now: a bad space, sampler, pruner,
+        metric or job option is a 400 naming it, and nothing is recorded."""
+        require_role(principal, Role.MEMBER)
+        space = space_from_dict(request.params)
+        check_for_model(space, request.model)
+        search = {
+            "space": space.to_dict(),
+            "metric": request.metric,
+            "direction": request.direction,
+            "sampler": request.sampler,
+            "pruner": request.pruner,
+            "seed": request.seed,
+            "trials": request.trials,
+            "parallel": request.parallel,
+            "timeout_seconds": (
+                parse_duration(request.timeout) if request.timeout is not None else None
+            ),
+            "register": request.register_as,
+        }
+        config = _config(search)
+        if request.sampler == "grid" and request.trials > grid_size(space):
+            raise InvalidInput(
+                f"the grid has {grid_size(space)} points: ask for at most that many trials",
+                field="trials",
+            )
+        job = {
+            "dataset": request.dataset,
+            "model": request.model,
+            **{name: getattr(request, name) for name in JOB_FIELDS},
+        }
+        # The first trial's job, prepared as a submit would be: the dataset, the model and
+        # every job option are checked here, once (a trial then differs in its params only).
+        first = next_params(config, [])
+        prepared = self.jobs.prepare(principal, self._submit(job, first.params))
+        job["dataset"] = prepared.spec.dataset  # pinned: every trial trains on this version
+        with self.db.session(write=True) as session:
+            row = repo.create(
+                session,
+                tenant_id=principal.tenant_id,
+                search=search,
+                job=job,
+                created_by=principal.token_id,
+                now=self.clock(),
+            )
+            return self._view(session, row)
+
+    @staticmethod
+    def _submit(job: dict[str, Any], params: dict[str, Any]) -> SubmitRequest:
+        return SubmitRequest(**{**job, "params": params})
+
+    # -- read ---------------------------------------------------------------------------
+
+    def get(self, principal: Principal, study_id: str) -> wire.Study:
+        with self.db.session() as session:
+            return self._view(session, repo.get(session, principal.tenant_id, study_id))
+
+    def list_studies(self, principal: Principal, limit: int = 100) -> wire.StudyList:
+        with self.db.session() as session:
+            rows = repo.list_for(session, principal.tenant_id, limit)
+            return wire.StudyList(studies=[self._view(session, row) for row in rows])
+
+    def trials(self, principal: Principal, study_id: str) -> wire.TrialList:
+        with self.db.session() as session:
+            row = repo.get(session, principal.tenant_id, study_id)
+            return wire.TrialList(trials=[_trial(t) for t in repo.trials(session, row.id)])
+
+    def _view(self, session: Session, row: StudyRow) -> wire.Study:
+        search, job = row.search, row.job
+        trials = repo.trials(session, row.id)
+        counts: dict[str, int] = {}
+        for trial in trials:
+            counts[trial.state] = counts.get(trial.state, 0) + 1
+        found = best(_config(search), [repo.record(t, {}) for t in trials])
+        top = next((t for t in trials if found and t.number == found.number), None)
+        return wire.Study(
+            id=row.id,
+            state=row.state,
+            dataset=job["dataset"],
+            model=job["model"],
+            params=search["space"],
+            metric=search["metric"],
+            direction=search["direction"],
+            trials=search["trials"],
+            parallel=search["parallel"],
+            sampler=search["sampler"],
+            pruner=search["pruner"],
+            seed=search.get("seed"),
+            timeout_seconds=search.get("timeout_seconds"),
+            register_as=search.get("register"),
+            counts=counts,
+            best=_trial(top) if top is not None else None,
+            reason=row.reason,
+            created_at=row.created_at,
+            ended_at=row.ended_at,
+        )
+
+    # -- cancel -------------------------------------------------------------------------
+
+    def cancel(self, principal: Principal, study_id: str) -> wire.Study:
+        """End the study now: its running trials' jobs are cancelled, they end failed."""
+        require_role(principal, Role.MEMBER)
+        now = self.clock()
+        with self.db.session(write=True) as session:
+            row = repo.get(session, principal.tenant_id, study_id, lock=True)
+            if row.state == repo.RUNNING:
+                self._stop_running(session, row, now, "the study was cancelled")
+                repo.end(session, row, "cancelled", f"cancelled by {principal.token_id}", now)
+            return self._view(session, row)
+
+    def _stop_running(self, session: Session, row: StudyRow, now: datetime, why: str) -> None:
+        for trial in repo.trials(session, row.id):
+            if trial.state == TrialState.RUNNING.value:
+                jobs_repo.request_cancel(session, trial.job_id, now)
+                repo.end_trial(trial, TrialState.FAILED, now)
+                log.info("study %s trial %d stopped: %s", row.id, trial.number, why)
+
+    # -- the leader's loop ----------------------------------------------------------------
+
+    def advance(self) -> None:
+        """One round over every running study (the scheduler's leader, each tick). A study
+        whose round fails is logged and tried again at the next."""
+        with self.db.session() as session:
+            ids = [(row.id, row.tenant_id) for row in repo.running(session)]
+        for study_id, tenant_id in ids:
+            try:
+                self._advance(study_id, tenant_id)
+            except Exception:
+                log.exception("study %s: its round failed", study_id)
+
+    def _advance(self, study_id: str, tenant_id: int) -> None:
+        now = self.clock()
+        with self.db.session(write=True) as session:
+            row = repo.get(session, tenant_id, study_id, lock=True)
+            if row.state != repo.RUNNING:
+                return
+            config = _config(row.search)
+            records = self._settle(session, row, config, now)
+            timeout = row.search.get("timeout_seconds")
+            if timeout is not None and now >= row.created_at + timedelta(seconds=timeout):
+                self._stop_running(session, row, now, "the study's time ran out")
+                self._finish(session, row, now, f"its time ({timeout:g} s) ran out")
+                return
+            running = sum(1 for r in records if r.state is TrialState.RUNNING)
+            total = row.search["trials"]
+            if len(records) >= total and running == 0:
+                self._finish(session, row, now, "all its trials ended")
+                return
+            wanted = min(config.parallel - running, total - len(records))
+        for _ in range(max(0, wanted)):
+            if not self._start_trial(study_id, tenant_id):
+                break
+
+    def _settle(
+        self, session: Session, row: StudyRow, config: SearchConfig, now: datetime
+    ) -> list[TrialRecord]:
+        """End the trials whose jobs ended, prune those the pruner gives up; the records."""
+        metric = row.search["metric"]
+        trials = repo.trials(session, row.id)
+        curves = {t.number: self._curve(session, t.job_id, metric) for t in trials}
+        for trial in trials:
+            if trial.state != TrialState.RUNNING.value:
+                continue
+            found = job_details.poll_state(session, trial.job_id)
+            state = found[0] if found is not None else JobState.FAILED
+            if state is JobState.SUCCEEDED:
+                best_epoch = self._best_epoch(session, trial.job_id)
+                value = final_value(curves[trial.number], best_epoch)
+                ended = TrialState.COMPLETE if value is not None else TrialState.FAILED
+                repo.end_trial(trial, ended, now, value=value)
+            elif state in (JobState.FAILED, JobState.CANCELLED):
+                repo.end_trial(trial, TrialState.FAILED, now)
+        records = [repo.record(t, curves[t.number]) for t in trials]
+        for index, trial in enumerate(trials):
+            if trial.state != TrialState.RUNNING.value or not curves[trial.number]:
+                continue
+            decision = prune_decision(config, records, trial.number)
+            trial.system_attrs = decision.system_attrs
+            if decision.prune:
+                step = max(curves[trial.number])
+                jobs_repo.request_cancel(session, trial.job_id, now)
+                repo.end_trial(trial, TrialState.PRUNED, now, pruned_step=step)
+                log.info("study %s trial %d pruned at step %d", row.id, trial.number, step)
+            records[index] = repo.record(trial, curves[trial.number])
+        return records
+
+    @staticmethod
+    def _curve(session: Session, job_id: str, metric: str) -> dict[int, float]:
+        points = job_outputs.read_metrics(session, job_id, metric)
+        return curve((p.attempt_number, p.step, p.value) for p in points)
+
+    @staticmethod
+    def _best_epoch(session: Session, job_id: str) -> int | None:
+        points = job_outputs.read_metrics(session, job_id, "best_epoch")
+        return int(points[-1].value) if points else None
+
+    def _start_trial(self, study_id: str, tenant_id: int) -> bool:
+        """Ask for the next trial and queue its job with its row, in one transaction; False
+        when it cannot start now (the tenant's quota: the next round tries again)."""
+        with self.db.session() as session:
+            row = repo.get(session, tenant_id, study_id)
+            search, job = dict(row.search), dict(row.job)
+            trials = repo.trials(session, study_id)
+            metric = search["metric"]
+            records = [repo.record(t, self._curve(session, t.job_id, metric)) for t in trials]
+            principal = self._principal_of(session, row)
+        config = _config(search)
+        asked = next_params(config, records)
+        number = len(records)
+        try:
+            prepared = self.jobs.prepare(principal, self._submit(job, asked.params))
+            with self.db.session(write=True) as session:
+                job_id = self.jobs.queue(session, principal, prepared)
+                searched = {k: v for k, v in asked.params.items() if k in config.space.searched}
+                added = repo.add_trial(
+                    session,
+                    study_id,
+                    number,
+                    job_id=job_id,
+                    params=searched,
+                    system_attrs=asked.system_attrs,
+                    now=self.clock(),
+                )
+                if added is None:  # another round took the number: this job goes too
+                    raise _Taken
+        except _Taken:
+            return False
+        except NimbusError as exc:
+            log.info("study %s: trial %d waits: %s", study_id, number, exc.message)
+            return False
+        self.jobs.queued()
+        return True
+
+    def _finish(self, session: Session, row: StudyRow, now: datetime, why: str) -> None:
+        config = _config(row.search)
+        records = [repo.record(t, {}) for t in repo.trials(session, row.id)]
+        found = best(config, records)
+        row.best_trial = found.number if found is not None else None
+        state = "succeeded" if found is not None else "failed"
+        reason = why if found is not None else f"{why}, and none completed with a value"
+        repo.end(session, row, state, reason, now)
+
+    @staticmethod
+    def _principal_of(session: Session, row: StudyRow) -> Principal:
+        """Who submits the study's trials: its creator's token, as a member of its tenant
+        (the tenant's quota counts them)."""
+        tenant = session.get(Tenant, row.tenant_id)
+        return Principal(
+            tenant_id=row.tenant_id,
+            tenant=tenant.name if tenant is not None else str(row.tenant_id),
+            token_id=row.created_by or "",
+            token_name=f"study {row.id}",
+            role=Role.MEMBER,
+        )
+
+
+def _trial(row: StudyTrialRow) -> wire.Trial:
+    return wire.Trial(
+        number=row.number,
+        job=row.job_id,
+        params=dict(row.params),
+        state=row.state,
+        value=row.value,
+        pruned_step=row.pruned_step,
+        created_at=row.created_at,
+        ended_at=row.ended_at,
+    )
