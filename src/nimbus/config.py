@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     audit_retention_days: float | None = Field(default=365.0, gt=0)
     audit_sweep_seconds: float = Field(default=60.0, gt=0)
 
+    # Studies (nimbus tune): the scheduler's leader advances them every study_tick_seconds.
+    study_tick_seconds: float = Field(default=1.0, gt=0)
+
     # Training jobs: the embedded scheduler and where its attempts run.
     scheduler_enabled: bool = True  # false: API only (jobs queue up, nothing runs them)
     executor: Literal["forkserver", "local", "ray"] = "forkserver"

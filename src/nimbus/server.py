@@ -109,6 +109,7 @@ from nimbus.services.keyring import open_keyring, refuse_unencrypted, rotate_mas
 from nimbus.services.leadership import Election
 from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.quotas import QuotaDefaults, QuotaService
+from nimbus.services.studies import StudyLoop, StudyService
 from nimbus.services.tokens import TokenService
 from nimbus.services.uploads import UploadService
 from nimbus.serving.fleet.orphan import Lifeline
@@ -647,6 +648,7 @@ def build_services(
         datasets=datasets,
         code=code,
         jobs=jobs,
+        studies=StudyService(db, jobs),
         job_api=JobApiService(
             db,
             blobs,
@@ -737,7 +739,17 @@ def build_app(
     if settings.scheduler_enabled:
         isolation = isolation if isolation is not None else job_isolation(settings)
         if isolation.runs_jobs:
-            background.append(SchedulerThread.build(settings, services, isolation.sandbox))
+            scheduler = SchedulerThread.build(settings, services, isolation.sandbox)
+            background.append(scheduler)
+            # The studies advance where the scheduler leads (their trials are its jobs).
+            election = scheduler.election
+            background.append(
+                StudyLoop(
+                    services.studies,
+                    lambda: election.fence is not None,
+                    settings.study_tick_seconds,
+                )
+            )
             background.append(
                 CacheSweeper(
                     settings.cache_dir, settings.cache_max_bytes, settings.cache_sweep_seconds

@@ -26,6 +26,7 @@ from nimbus.api.routes import (
     jobs,
     quotas,
     storage,
+    studies,
     tokens,
     uploads,
 )
@@ -80,6 +81,7 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
         uploads,
         code,
         jobs,
+        studies,
         job_api,
         model_routes,
         deployment_routes,

@@ -24,6 +24,7 @@ from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService
 from nimbus.services.models import ModelService
 from nimbus.services.quotas import QuotaService
+from nimbus.services.studies import StudyService
 from nimbus.services.tokens import TokenService
 from nimbus.services.uploads import UploadService
 from nimbus.storage.blobs import BlobStore
@@ -49,6 +50,7 @@ class Services:
     code: CodeService
     jobs: JobService
     job_api: JobApiService
+    studies: StudyService
     capacity: Capacity
     models: ModelService
     deployments: DeploymentService

@@ -14,6 +14,7 @@ the next leader to repair.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -345,3 +346,28 @@ def _trial(row: StudyTrialRow) -> wire.Trial:
         created_at=row.created_at,
         ended_at=row.ended_at,
     )
+
+
+class StudyLoop:
+    """Background work of the studies (see :class:`~nimbus.api.state.Background`): every
+    ``interval`` seconds, while ``leads()`` (this control plane leads the scheduler), one
+    :meth:`StudyService.advance` round."""
+
+    def __init__(self, studies: StudyService, leads: Callable[[], bool], interval: float) -> None:
+        self.studies, self.leads, self.interval = studies, leads, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="studies", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.leads():
+                self.studies.advance()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)

@@ -1,0 +1,81 @@
+"""A study end to end on a real server: its trials are real jobs of the built-in MLP on
+scikit-learn's bundled breast_cancer set (no download), run two at a time; the study ends
+with a best trial, read through the REST API."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import client_for, start_server
+from tests.helpers import ServerProcess
+
+
+def cancer_csv(path: Path) -> Path:
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    lines = [",".join([*(f"f{i}" for i in range(bunch.data.shape[1])), "label"])]
+    for row, target in zip(bunch.data, bunch.target, strict=True):
+        lines.append(",".join([*(f"{v:.6g}" for v in row), str(bunch.target_names[target])]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    server = start_server(
+        tmp_path_factory.mktemp("studies") / "home", NIMBUS_STUDY_TICK_SECONDS="0.2"
+    )
+    yield server
+    server.stop()
+
+
+def wait_study(server: ServerProcess, study_id: str, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with server.client() as http:
+        while True:
+            study: dict[str, Any] = http.get(f"/api/v1/studies/{study_id}").json()
+            if study["state"] != "running":
+                return study
+            assert time.monotonic() < deadline, study
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_study_of_real_jobs_ends_with_its_best_trial(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    with client_for(server) as api:
+        api.upload_dataset(
+            "cancer", cancer_csv(tmp_path / "cancer.csv"), task="tabular-classification"
+        )
+    lr = {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}
+    body: dict[str, Any] = {
+        "dataset": "cancer",
+        "model": "mlp",
+        "params": {"lr": lr, "epochs": 3},
+        "metric": "val_accuracy",
+        "trials": 3,
+        "parallel": 2,
+        "seed": 7,
+        "pruner": "none",
+    }
+    with server.client() as http:
+        created = http.post("/api/v1/studies", json=body)
+        assert created.status_code == 201, created.text
+        study_id = created.json()["id"]
+        bad = http.post("/api/v1/studies", json={**body, "params": {"width": lr}})
+        assert bad.status_code == 400 and "takes none such" in bad.text
+    study = wait_study(server, study_id)
+    assert study["state"] == "succeeded", study
+    assert study["counts"] == {"complete": 3}
+    with server.client() as http:
+        trials = http.get(f"/api/v1/studies/{study_id}/trials").json()["trials"]
+        jobs = [http.get(f"/api/v1/jobs/{t['job']}").json() for t in trials]
+    assert [t["number"] for t in trials] == [0, 1, 2]
+    assert all(j["state"] == "succeeded" and j["params"]["epochs"] == 3 for j in jobs)
+    assert study["best"]["value"] == max(t["value"] for t in trials)
