@@ -648,7 +648,7 @@ def build_services(
         datasets=datasets,
         code=code,
         jobs=jobs,
-        studies=StudyService(db, jobs),
+        studies=StudyService(db, jobs, register=models.register),
         job_api=JobApiService(
             db,
             blobs,

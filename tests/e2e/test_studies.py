@@ -1,6 +1,6 @@
 """A study end to end on a real server: its trials are real jobs of the built-in MLP on
 scikit-learn's bundled breast_cancer set (no download), run two at a time; the study ends
-with a best trial, read through the REST API."""
+with a best trial, whose model it registers, read through the REST API."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def test_a_study_of_real_jobs_ends_with_its_best_trial(
         "parallel": 2,
         "seed": 7,
         "pruner": "none",
+        "register_as": "cancer-best",
     }
     with server.client() as http:
         created = http.post("/api/v1/studies", json=body)
@@ -79,3 +80,8 @@ def test_a_study_of_real_jobs_ends_with_its_best_trial(
     assert [t["number"] for t in trials] == [0, 1, 2]
     assert all(j["state"] == "succeeded" and j["params"]["epochs"] == 3 for j in jobs)
     assert study["best"]["value"] == max(t["value"] for t in trials)
+    # The best trial's model is registered, its version made from that trial's job.
+    assert "registered as cancer-best" in study["reason"]
+    with server.client() as http:
+        version = http.get("/api/v1/models/cancer-best/versions/1").json()
+    assert version["job"] == study["best"]["job"], version

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from nimbus.db.engine import Database
 from nimbus.db.tables import StudyRow, StudyTrialRow, Tenant
 from nimbus.errors import InvalidInput, NimbusError
 from nimbus.jobs.domain import JobState, parse_duration
+from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.jobs import JobService
 from nimbus.studies.search import (
@@ -47,6 +49,14 @@ from nimbus.wire.jobs import SubmitRequest
 
 log = logging.getLogger(__name__)
 JOB_FIELDS = ("cpus", "gpus", "memory", "workers", "resources", "priority", "max_retries")
+
+
+@dataclass(frozen=True)
+class _Ending:
+    state: str
+    reason: str
+    best: int | None
+    register: tuple[Principal, str, str] | None  # who registers what name from which job
 
 
 class _Taken(Exception):
@@ -73,9 +83,12 @@ class StudyService:
         db: Database,
         jobs: JobService,
         *,
+        register: Callable[[Principal, str, str], object] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db, self.jobs, self.clock = db, jobs, clock
+        # ModelService.register: the best trial's model, when a study asks for it.
+        self.register = register
 
     # -- create -------------------------------------------------------------------------
 
@@ -83,6 +96,10 @@ class StudyService:
         """Check the whole search and the trials' job now: a bad space, sampler, pruner,
         metric or job option is a 400 naming it, and nothing is recorded."""
         require_role(principal, Role.MEMBER)
+        if request.register_as is not None:
+            if self.register is None:
+                raise InvalidInput("this server cannot register models", field="register_as")
+            validate_name(request.register_as, "model name")
         space = space_from_dict(request.params)
         check_for_model(space, request.model)
         search = {
@@ -218,16 +235,20 @@ class StudyService:
             config = _config(row.search)
             records = self._settle(session, row, config, now)
             timeout = row.search.get("timeout_seconds")
-            if timeout is not None and now >= row.created_at + timedelta(seconds=timeout):
-                self._stop_running(session, row, now, "the study's time ran out")
-                self._finish(session, row, now, f"its time ({timeout:g} s) ran out")
-                return
+            ending: _Ending | None = None
             running = sum(1 for r in records if r.state is TrialState.RUNNING)
             total = row.search["trials"]
-            if len(records) >= total and running == 0:
-                self._finish(session, row, now, "all its trials ended")
-                return
-            wanted = min(config.parallel - running, total - len(records))
+            if timeout is not None and now >= row.created_at + timedelta(seconds=timeout):
+                self._stop_running(session, row, now, "the study's time ran out")
+                ending = self._ending(session, row, f"its time ({timeout:g} s) ran out")
+            elif len(records) >= total and running == 0:
+                ending = self._ending(session, row, "all its trials ended")
+            wanted = (
+                0 if ending is not None else min(config.parallel - running, total - len(records))
+            )
+        if ending is not None:
+            self._end(study_id, tenant_id, ending)
+            return
         for _ in range(max(0, wanted)):
             if not self._start_trial(study_id, tenant_id):
                 break
@@ -312,14 +333,35 @@ class StudyService:
         self.jobs.queued()
         return True
 
-    def _finish(self, session: Session, row: StudyRow, now: datetime, why: str) -> None:
+    def _ending(self, session: Session, row: StudyRow, why: str) -> _Ending:
+        """How the study ends: its best trial, and what to register (who, name, job)."""
         config = _config(row.search)
-        records = [repo.record(t, {}) for t in repo.trials(session, row.id)]
-        found = best(config, records)
-        row.best_trial = found.number if found is not None else None
-        state = "succeeded" if found is not None else "failed"
-        reason = why if found is not None else f"{why}, and none completed with a value"
-        repo.end(session, row, state, reason, now)
+        trials = repo.trials(session, row.id)
+        found = best(config, [repo.record(t, {}) for t in trials])
+        if found is None:
+            return _Ending("failed", f"{why}, and none completed with a value", None, None)
+        name = row.search.get("register")
+        job_id = next(t.job_id for t in trials if t.number == found.number)
+        register = (self._principal_of(session, row), str(name), job_id) if name else None
+        return _Ending("succeeded", why, found.number, register)
+
+    def _end(self, study_id: str, tenant_id: int, ending: _Ending) -> None:
+        """Register the best trial's model if asked (a failure is said in the study's
+        reason), then end the study: a reader never sees it ended before its model is
+        there. Registering is idempotent per job, so a crash in between costs nothing."""
+        reason = ending.reason
+        if ending.register is not None:
+            assert self.register is not None
+            principal, name, job_id = ending.register
+            try:
+                self.register(principal, name, job_id)
+                reason += f"; its best trial's model registered as {name}"
+            except NimbusError as exc:
+                reason += f"; registering {name} failed: {exc.message}"
+        with self.db.session(write=True) as session:
+            row = repo.get(session, tenant_id, study_id, lock=True)
+            row.best_trial = ending.best
+            repo.end(session, row, ending.state, reason, self.clock())
 
     @staticmethod
     def _principal_of(session: Session, row: StudyRow) -> Principal:
