@@ -81,10 +81,13 @@ def test_a_job_whose_node_dies_resumes_on_another_node(
     assert [(w.attempt, w.node) for w in job.workers] == [(1, nodes[0]), (2, nodes[-1])]
 
     steps = steps_by_attempt(ray_api.job_metrics(job_id), "train_loss")
-    before, after = steps[1], steps[2]
+    assert steps[1]  # the first attempt reported before it was lost
+    after = steps[2]
     resumed_at = min(after)
+    # Resumed from a checkpoint after the first one seen, not from scratch. (Not bound by
+    # the first attempt's last metric: a checkpoint can land and the kill take that epoch's
+    # metrics still in flight, seen under load: resumed at 3 with metrics up to epoch 1.)
     assert resumed_at > checkpointed >= 1
-    assert max(before) <= resumed_at <= max(before) + 1
     assert after == list(range(resumed_at, epochs + 1))
 
 
