@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,16 +40,6 @@ POLICY = RetryPolicy(base_seconds=10, factor=2, cap_seconds=100)
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    upgrade(database.engine)
-    with database.session(write=True) as s:
-        s.add_all([Tenant(id=1, name="acme"), Tenant(id=2, name="globex")])
-    yield database
-    database.dispose()
 
 
 def submit(db: Database, tenant: int = 1, at_s: float = 0, **kw: object) -> str:

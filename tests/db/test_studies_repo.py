@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,8 +10,7 @@ from sqlalchemy import inspect
 from nimbus.db import jobs as jobs_repo
 from nimbus.db import studies as repo
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
-from nimbus.db.tables import StudyTrialRow, Tenant
+from nimbus.db.tables import StudyTrialRow
 from nimbus.errors import NotFound
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import JobSpec
@@ -21,16 +19,6 @@ from nimbus.studies.search import TrialState
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 BIG = Capacity(cpus=64, gpus=8, memory_bytes=1 << 40)
 SEARCH = {"space": {"lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}}
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    upgrade(database.engine)
-    with database.session(write=True) as s:
-        s.add_all([Tenant(id=1, name="acme"), Tenant(id=2, name="globex")])
-    yield database
-    database.dispose()
 
 
 def new_study(db: Database, tenant: int = 1, at: float = 0) -> str:
