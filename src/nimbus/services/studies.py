@@ -246,11 +246,13 @@ class StudyService:
             wanted = (
                 0 if ending is not None else min(config.parallel - running, total - len(records))
             )
+            search, job = dict(row.search), dict(row.job)
+            principal = self._principal_of(session, row)
         if ending is not None:
             self._end(study_id, tenant_id, ending)
             return
         for _ in range(max(0, wanted)):
-            if not self._start_trial(study_id, tenant_id):
+            if not self._start_trial(study_id, search, job, principal, records):
                 break
 
     def _settle(
@@ -296,16 +298,17 @@ class StudyService:
         points = job_outputs.read_metrics(session, job_id, "best_epoch")
         return int(points[-1].value) if points else None
 
-    def _start_trial(self, study_id: str, tenant_id: int) -> bool:
-        """Ask for the next trial and queue its job with its row, in one transaction; False
-        when it cannot start now (the tenant's quota: the next round tries again)."""
-        with self.db.session() as session:
-            row = repo.get(session, tenant_id, study_id)
-            search, job = dict(row.search), dict(row.job)
-            trials = repo.trials(session, study_id)
-            metric = search["metric"]
-            records = [repo.record(t, self._curve(session, t.job_id, metric)) for t in trials]
-            principal = self._principal_of(session, row)
+    def _start_trial(
+        self,
+        study_id: str,
+        search: dict[str, Any],
+        job: dict[str, Any],
+        principal: Principal,
+        records: list[TrialRecord],
+    ) -> bool:
+        """Ask for the next trial from ``records`` (this round's, settled) and queue its
+        job with its row, in one transaction; the new trial joins ``records``. False when
+        it cannot start now (the tenant's quota: the next round tries again)."""
         config = _config(search)
         asked = next_params(config, records)
         number = len(records)
@@ -331,6 +334,9 @@ class StudyService:
             log.info("study %s: trial %d waits: %s", study_id, number, exc.message)
             return False
         self.jobs.queued()
+        records.append(
+            TrialRecord(number, searched, TrialState.RUNNING, system_attrs=asked.system_attrs)
+        )
         return True
 
     def _ending(self, session: Session, row: StudyRow, why: str) -> _Ending:
