@@ -116,8 +116,9 @@ RULES = [
     Rule(
         "nimbus.client",
         "the SDK talks HTTP and runs anywhere: no server-side code",
-        # The built-in models' parameter schemas name the built-ins the SDK accepts.
-        allowed=("nimbus.wire", "nimbus.runtime.hyperparams"),
+        # The built-in models' parameter schemas name the built-ins the SDK accepts; a
+        # study's --param words are read as the server reads their JSON form.
+        allowed=("nimbus.wire", "nimbus.runtime.hyperparams", "nimbus.studies.space"),
     ),
     Rule(
         "nimbus.wire",

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli.conftest import Nimbus
 from tests.e2e.conftest import client_for, start_server
 from tests.helpers import ServerProcess
 
@@ -85,3 +86,45 @@ def test_a_study_of_real_jobs_ends_with_its_best_trial(
     with server.client() as http:
         version = http.get("/api/v1/models/cancer-best/versions/1").json()
     assert version["job"] == study["best"]["job"], version
+
+
+@pytest.mark.slow
+def test_the_cli_tunes_follows_and_shows_a_study(server: ServerProcess, tmp_path: Path) -> None:
+    nimbus = Nimbus(
+        {
+            "NIMBUS_HOME": str(tmp_path / "cli-home"),
+            "NIMBUS_URL": server.url,
+            "NIMBUS_TOKEN": server.admin_token,
+            "COLUMNS": "200",
+        }
+    )
+    with client_for(server) as api:
+        api.upload_dataset(
+            "cancer", cancer_csv(tmp_path / "cancer.csv"), task="tabular-classification"
+        )
+    common = ["tune", "--dataset", "cancer", "--model", "mlp", "--param", "epochs=2"]
+    refused = nimbus(*common, "--param", "lr=gauss(0,1)", code=2)
+    assert "unknown distribution 'gauss'" in refused.stderr
+    refused = nimbus(*common, "--param", "width=int(8,64)", code=2)
+    assert "the mlp model takes none such" in refused.stderr
+    study = nimbus.json(
+        *common,
+        "--param",
+        "hidden=choice(16,32)",
+        "--sampler",
+        "grid",
+        "--trials",
+        "2",
+        "--parallel",
+        "2",
+        "--pruner",
+        "none",
+        "--follow",
+    )
+    assert study["state"] == "succeeded", study
+    shown = nimbus("studies", "show", study["id"]).stdout
+    assert "Best: trial" in shown and "History" in shown and "hidden" in shown
+    best = nimbus.json("studies", "best", study["id"])
+    assert best["params"]["hidden"] in (16, 32) and best["value"] is not None
+    listed = nimbus.json("studies", "list")["studies"]
+    assert study["id"] in [s["id"] for s in listed]

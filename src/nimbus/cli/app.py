@@ -26,6 +26,7 @@ from nimbus.cli import (
     quotas,
     server,
     storage,
+    studies,
     tokens,
     train,
 )
@@ -88,6 +89,8 @@ app.add_typer(storage.app, name="storage")
 app.add_typer(datasets.app, name="datasets")
 app.command("train")(train.train)
 app.add_typer(jobs.app, name="jobs")
+app.command("tune")(studies.tune)
+app.add_typer(studies.app, name="studies")
 app.add_typer(models.app, name="models")
 app.command("deploy")(deploy.deploy)
 app.add_typer(deployments.app, name="deployments")

@@ -20,6 +20,7 @@ from nimbus.client.models import ModelRef, ModelsMixin
 from nimbus.client.quotas import QuotasMixin
 from nimbus.client.sse import Event
 from nimbus.client.storage import StorageMixin
+from nimbus.client.studies import StudiesMixin
 from nimbus.client.tokens import TokensMixin
 from nimbus.client.transfer import CHUNK_SIZE, Progress
 from nimbus.security import Role
@@ -42,6 +43,7 @@ __all__ = [
 class Client(
     DeploymentsMixin,
     ModelsMixin,
+    StudiesMixin,
     JobsMixin,
     DatasetsMixin,
     TokensMixin,
