@@ -128,3 +128,51 @@ def test_the_cli_tunes_follows_and_shows_a_study(server: ServerProcess, tmp_path
     assert best["params"]["hidden"] in (16, 32) and best["value"] is not None
     listed = nimbus.json("studies", "list")["studies"]
     assert study["id"] in [s["id"] for s in listed]
+
+
+@pytest.mark.slow
+def test_a_control_plane_killed_mid_study_loses_and_repeats_no_trial(tmp_path: Path) -> None:
+    """kill -9 of the server while trials run and more are due; a restart on the same home
+    carries the study on: every trial number once, each trial's job run to one end, none
+    left running, and the study ends with its best trial."""
+    home = tmp_path / "home"
+    server = start_server(home, NIMBUS_STUDY_TICK_SECONDS="0.2")
+    try:
+        with client_for(server) as api:
+            api.upload_dataset(
+                "cancer", cancer_csv(tmp_path / "cancer.csv"), task="tabular-classification"
+            )
+            study = api.start_study(
+                "cancer",
+                "mlp",
+                ["lr=loguniform(1e-3,1e-1)", "epochs=8"],
+                trials=5,
+                parallel=2,
+                seed=3,
+                pruner="none",
+            )
+
+            def two_running() -> bool:
+                trials = api.study_trials(study.id).trials
+                return sum(t.state == "running" for t in trials) == 2
+
+            deadline = time.monotonic() + 120
+            while not two_running():
+                assert time.monotonic() < deadline, api.study_trials(study.id)
+                time.sleep(0.2)
+        server.kill()
+        server = start_server(home, port=server.port, NIMBUS_STUDY_TICK_SECONDS="0.2")
+        ended = wait_study(server, study.id, timeout=300)
+        assert ended["state"] == "succeeded", ended
+        with client_for(server) as api:
+            trials = api.study_trials(study.id).trials
+            assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+            assert len({t.job for t in trials}) == 5
+            assert all(t.state == "complete" and t.value is not None for t in trials), trials
+            for trial in trials:
+                assert api.get_job(trial.job).state == "succeeded"
+            # No job of the study outside its trials: none was queued twice.
+            jobs = api.list_jobs()
+            assert len(jobs) == 5, [j.id for j in jobs]
+    finally:
+        server.stop()
