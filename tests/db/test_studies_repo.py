@@ -92,12 +92,13 @@ def test_a_trial_ends_once_and_only_a_complete_one_has_a_value(db: Database) -> 
         rows = repo.trials(s, study)
         assert [(r.state, r.value, r.pruned_step) for r in rows] == [
             ("complete", 0.9, None),
-            ("pruned", None, 2),
+            ("pruned", 0.1, 2),  # the value it was stopped at
             ("failed", None, None),
         ]
         records = [repo.record(r, {1: 0.5}) for r in rows]
         assert records[0].state is TrialState.COMPLETE and records[0].value == 0.9
         assert records[1].intermediate == {1: 0.5} and records[1].system_attrs == {"g": 1}
+        assert records[1].value is None  # never a score for the study's decisions
 
 
 def test_a_study_ends_once(db: Database) -> None:

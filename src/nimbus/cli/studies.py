@@ -169,7 +169,7 @@ def _show(out: Console, study: Study, trials: list[Trial]) -> None:
     for t in trials:
         value = f"{t.value:.4g}" if t.value is not None else "-"
         if t.state == "pruned" and t.pruned_step is not None:
-            value = f"pruned at {t.pruned_step}"
+            value = f"pruned at {t.pruned_step} ({value})"
         table.add_row(
             str(t.number),
             t.state,

@@ -138,11 +138,13 @@ def end_trial(
     value: float | None = None,
     pruned_step: int | None = None,
 ) -> None:
-    """A trial's end, once: a value only when it completed."""
+    """A trial's end, once: its value when it completed, the value it was stopped at when
+    pruned (never a score: the study's decisions read complete trials' values only), none
+    when it failed."""
     if row.state != TrialState.RUNNING.value:
         return
     row.state = state.value
-    row.value = value if state is TrialState.COMPLETE else None
+    row.value = value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None
     row.pruned_step = pruned_step if state is TrialState.PRUNED else None
     row.ended_at = now
 
@@ -153,7 +155,7 @@ def record(row: StudyTrialRow, intermediate: Mapping[int, float]) -> TrialRecord
         number=row.number,
         params=dict(row.params),
         state=TrialState(row.state),
-        value=row.value,
+        value=row.value if row.state == TrialState.COMPLETE.value else None,
         intermediate=dict(intermediate),
         system_attrs=dict(row.system_attrs),
     )

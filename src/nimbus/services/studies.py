@@ -283,7 +283,8 @@ class StudyService:
             if decision.prune:
                 step = max(curves[trial.number])
                 jobs_repo.request_cancel(session, trial.job_id, now)
-                repo.end_trial(trial, TrialState.PRUNED, now, pruned_step=step)
+                stopped_at = curves[trial.number][step]
+                repo.end_trial(trial, TrialState.PRUNED, now, value=stopped_at, pruned_step=step)
                 log.info("study %s trial %d pruned at step %d", row.id, trial.number, step)
             records[index] = repo.record(trial, curves[trial.number])
         return records

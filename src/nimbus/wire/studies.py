@@ -48,7 +48,7 @@ class Trial(Response):
     job: str
     params: dict[str, Any]
     state: str  # running, complete, pruned, failed
-    value: float | None = None
+    value: float | None = None  # complete: its score; pruned: where it was stopped
     pruned_step: int | None = None
     created_at: Timestamp
     ended_at: Timestamp | None = None
