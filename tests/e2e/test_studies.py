@@ -4,12 +4,14 @@ with a best trial, whose model it registers, read through the REST API."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.api.conftest import make_token
 from tests.cli.conftest import Nimbus
 from tests.e2e.conftest import client_for, start_server
 from tests.helpers import ServerProcess
@@ -35,9 +37,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     server.stop()
 
 
-def wait_study(server: ServerProcess, study_id: str, timeout: float = 240) -> dict[str, Any]:
+def wait_study(
+    server: ServerProcess, study_id: str, timeout: float = 240, token: str | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    with server.client() as http:
+    with server.client(token) as http:
         while True:
             study: dict[str, Any] = http.get(f"/api/v1/studies/{study_id}").json()
             if study["state"] != "running":
@@ -89,6 +93,73 @@ def test_a_study_of_real_jobs_ends_with_its_best_trial(
 
 
 @pytest.mark.slow
+def test_asha_prunes_real_trials_within_the_tenants_quota(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Six trials, two at a time by the study, but the tenant may hold one job: the trials
+    run one after the other, ASHA stops the ones behind at their first epochs, their jobs
+    end, and the study ends with a complete best trial. A viewer of the tenant can read
+    but neither start nor cancel; another tenant sees none of it."""
+    member, viewer = make_token(server, "member", "tuners"), make_token(server, "viewer", "tuners")
+    other = make_token(server, "member", "others")
+    with server.client() as operator:
+        assert operator.put("/api/v1/quotas/tuners", json={"jobs": 1}).status_code == 200
+    with server.client(member) as http:
+        csv = cancer_csv(tmp_path / "cancer.csv").read_bytes()
+        uploaded = http.post(
+            "/api/v1/datasets/cancer/versions",
+            params={"filename": "cancer.csv", "task": "tabular-classification"},
+            content=csv,
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        body: dict[str, Any] = {
+            "dataset": "cancer",
+            "model": "mlp",
+            "params": {"lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}},
+            "metric": "val_loss",
+            "direction": "minimize",
+            "trials": 6,
+            "parallel": 2,
+            "seed": 3,
+            "pruner": "asha",
+        }
+        body["params"] |= {"epochs": 8, "batch_size": 2}
+        created = http.post("/api/v1/studies", json=body)
+        assert created.status_code == 201, created.text
+        study_id = created.json()["id"]
+    with server.client(viewer) as http:
+        assert http.get(f"/api/v1/studies/{study_id}").status_code == 200
+        assert http.post("/api/v1/studies", json=body).status_code == 403
+        assert http.post(f"/api/v1/studies/{study_id}/cancel").status_code == 403
+    with server.client(other) as http:
+        assert http.get(f"/api/v1/studies/{study_id}").status_code == 404
+        assert http.get("/api/v1/studies").json()["studies"] == []
+    study = wait_study(server, study_id, token=member)
+    assert study["state"] == "succeeded", study
+    with server.client(member) as http:
+        trials = http.get(f"/api/v1/studies/{study_id}/trials").json()["trials"]
+        jobs = {t["job"]: http.get(f"/api/v1/jobs/{t['job']}").json() for t in trials}
+        epochs = {
+            t["number"]: len(
+                http.get(f"/api/v1/jobs/{t['job']}/metrics").json()["metrics"]["val_loss"]
+            )
+            for t in trials
+        }
+    assert [t["number"] for t in trials] == list(range(6))
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    assert pruned and study["counts"] == {"complete": 6 - len(pruned), "pruned": len(pruned)}
+    assert study["best"]["number"] in [t["number"] for t in trials if t["state"] == "complete"]
+    for t in pruned:  # stopped early, its job ended, the value kept where it stopped
+        assert t["pruned_step"] < 8 and t["value"] is not None
+        assert jobs[t["job"]]["state"] != "running" and epochs[t["number"]] < 8
+    # The quota held: each trial's job was created only after the one before had ended.
+    spans = sorted((j["created_at"], j["finished_at"]) for j in jobs.values())
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
+    # The pruned trials spent fewer epochs than they would have.
+    assert sum(epochs.values()) < 6 * 8
+
+
+@pytest.mark.slow
 def test_the_cli_tunes_follows_and_shows_a_study(server: ServerProcess, tmp_path: Path) -> None:
     nimbus = Nimbus(
         {
@@ -124,6 +195,7 @@ def test_the_cli_tunes_follows_and_shows_a_study(server: ServerProcess, tmp_path
     assert study["state"] == "succeeded", study
     shown = nimbus("studies", "show", study["id"]).stdout
     assert "Best: trial" in shown and "History" in shown and "hidden" in shown
+    assert "Parameter importances: after 4 complete trials (2 so far)" in shown
     best = nimbus.json("studies", "best", study["id"])
     assert best["params"]["hidden"] in (16, 32) and best["value"] is not None
     listed = nimbus.json("studies", "list")["studies"]

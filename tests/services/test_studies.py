@@ -127,6 +127,7 @@ def test_a_study_runs_its_trials_as_jobs_parallel_at_most_and_ends_with_the_best
     assert all(t.state == "running" and 1e-4 <= t.params["lr"] <= 0.1 for t in trials)
     studies.advance()
     assert len(studies.trials(member, study.id).trials) == 2  # nothing more while they run
+    assert studies.importances(member, study.id).importances == {}
     for _ in range(3):
         run_jobs(db, clock, by_lr, end=True)
         studies.advance()
@@ -136,6 +137,9 @@ def test_a_study_runs_its_trials_as_jobs_parallel_at_most_and_ends_with_the_best
     trials = studies.trials(member, study.id).trials
     assert done.best is not None
     assert done.best.value == max(t.value for t in trials if t.value is not None)
+    # Four complete trials: enough for the importances; lr is the only one searched.
+    shares = studies.importances(member, study.id)
+    assert shares.complete == 4 and shares.importances == {"lr": 1.0}
     # Every trial is an ordinary job with the study's fixed params and its own lr.
     for trial in trials:
         job = job_of(db, trial.job)

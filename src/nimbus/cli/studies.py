@@ -10,7 +10,7 @@ from rich.table import Table
 
 from nimbus.cli.common import JsonOption, client, console, emit, print_json
 from nimbus.jobs.domain import parse_resource
-from nimbus.wire.studies import Study, Trial
+from nimbus.wire.studies import Importances, Study, Trial
 
 app = typer.Typer(help="Studies: hyperparameter searches.", no_args_is_help=True)
 
@@ -88,13 +88,14 @@ def tune(
                 console().print(f"Started study {study.id}; waiting for its end.", markup=False)
             study = api.wait_study(study.id)
             found = api.study_trials(study.id).trials
+            shares = api.study_importances(study.id)
     if not follow_:
         if as_json:
             print_json(study)
         else:
             typer.echo(study.id)
         return
-    emit(study, as_json, lambda out: _show(out, study, found))
+    emit(study, as_json, lambda out: _show(out, study, found, shares))
 
 
 @app.command("list")
@@ -109,7 +110,8 @@ def list_studies(as_json: JsonOption = False) -> None:
             table.add_column(column)
         for s in studies:
             done = sum(n for state, n in s.counts.items() if state != "running")
-            best = f"{s.best.value:.4g} (#{s.best.number})" if s.best and s.best.value else "-"
+            top = s.best
+            best = f"{top.value:.4g} (#{top.number})" if top and top.value is not None else "-"
             table.add_row(s.id, s.state, s.model, s.dataset, s.metric, f"{done}/{s.trials}", best)
         out.print(table)
 
@@ -118,11 +120,17 @@ def list_studies(as_json: JsonOption = False) -> None:
 
 @app.command("show")
 def show(study_id: str, as_json: JsonOption = False) -> None:
-    """A study: its trials, its best trial, and the search's history."""
+    """A study: its trials, its best trial, the parameters' importances and the search's
+    history."""
     with client() as api:
         study = api.get_study(study_id)
         found = api.study_trials(study_id).trials
-    emit({"study": study, "trials": found}, as_json, lambda out: _show(out, study, found))
+        shares = api.study_importances(study_id)
+    emit(
+        {"study": study, "trials": found, "importances": shares},
+        as_json,
+        lambda out: _show(out, study, found, shares),
+    )
 
 
 @app.command("best")
@@ -154,7 +162,7 @@ def _trial_line(study: Study, trial: Trial) -> str:
     return f"trial {trial.number}: {study.metric} {trial.value:.6g}  {params}  (job {trial.job})"
 
 
-def _show(out: Console, study: Study, trials: list[Trial]) -> None:
+def _show(out: Console, study: Study, trials: list[Trial], shares: Importances) -> None:
     out.print(
         f"Study {study.id}: {study.state}; {study.model} on {study.dataset}, {study.direction} "
         f"{study.metric}, {study.sampler} sampler, {study.pruner} pruner",
@@ -180,6 +188,7 @@ def _show(out: Console, study: Study, trials: list[Trial]) -> None:
     out.print(table)
     if study.best is not None:
         out.print("Best: " + _trial_line(study, study.best), style="bold green", markup=False)
+    out.print(_importances(shares), markup=False)
     out.print(_history(study, trials), markup=False)
 
 
@@ -189,9 +198,25 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _importances(shares: Importances, width: int = 40) -> str:
+    """Each searched parameter's share of the metric's variance, as bars."""
+    if not shares.importances:
+        return (
+            f"Parameter importances: after {shares.needed} complete trials "
+            f"({shares.complete} so far)."
+        )
+    lines = [f"Parameter importances (fANOVA over {shares.complete} complete trials):"]
+    pad = max(len(name) for name in shares.importances)
+    for name, share in shares.importances.items():
+        bar = "█" * max(round(share * width), 1)
+        lines.append(f"  {name:<{pad}} {bar:<{width}} {share:6.1%}")
+    return "\n".join(lines)
+
+
 def _history(study: Study, trials: list[Trial], width: int = 40) -> str:
-    """The best value so far after each trial, as bars: the search's progress at a glance."""
-    done = [t for t in trials if t.value is not None]
+    """The best value so far after each complete trial, as bars: the search's progress at a
+    glance (a pruned trial's value is where it was stopped, never a score)."""
+    done = [t for t in trials if t.state == "complete" and t.value is not None]
     if not done:
         return "History: no complete trial yet."
     sign = 1.0 if study.direction == "maximize" else -1.0

@@ -10,7 +10,7 @@ from nimbus.client.base import API
 from nimbus.client.datasets import DatasetRef, as_ref
 from nimbus.client.jobs import JobsMixin, WaitTimeout, is_code_path
 from nimbus.studies.space import parse_space
-from nimbus.wire.studies import Study, StudyList, StudyRequest, TrialList
+from nimbus.wire.studies import Importances, Study, StudyList, StudyRequest, TrialList
 
 
 class StudiesMixin(JobsMixin):
@@ -66,6 +66,9 @@ class StudiesMixin(JobsMixin):
 
     def study_trials(self, study_id: str) -> TrialList:
         return self._call(TrialList, "GET", f"{API}/studies/{study_id}/trials")
+
+    def study_importances(self, study_id: str) -> Importances:
+        return self._call(Importances, "GET", f"{API}/studies/{study_id}/importances")
 
     def cancel_study(self, study_id: str) -> Study:
         return self._call(Study, "POST", f"{API}/studies/{study_id}/cancel")

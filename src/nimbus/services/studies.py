@@ -33,6 +33,7 @@ from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.jobs import JobService
 from nimbus.studies.search import (
+    MIN_FOR_IMPORTANCE,
     SearchConfig,
     TrialRecord,
     TrialState,
@@ -40,6 +41,7 @@ from nimbus.studies.search import (
     curve,
     final_value,
     grid_size,
+    importances,
     next_params,
     prune_decision,
 )
@@ -163,13 +165,21 @@ class StudyService:
             row = repo.get(session, principal.tenant_id, study_id)
             return wire.TrialList(trials=[_trial(t) for t in repo.trials(session, row.id)])
 
+    def importances(self, principal: Principal, study_id: str) -> wire.Importances:
+        with self.db.session() as session:
+            row = repo.get(session, principal.tenant_id, study_id)
+            records = [repo.record(t, {}) for t in repo.trials(session, row.id)]
+        complete = sum(1 for r in records if r.state is TrialState.COMPLETE)
+        shares = importances(_config(row.search), records)
+        return wire.Importances(importances=shares, complete=complete, needed=MIN_FOR_IMPORTANCE)
+
     def _view(self, session: Session, row: StudyRow) -> wire.Study:
         search, job = row.search, row.job
         trials = repo.trials(session, row.id)
         counts: dict[str, int] = {}
         for trial in trials:
             counts[trial.state] = counts.get(trial.state, 0) + 1
-        found = best(_config(search), [repo.record(t, {}) for t in trials])
+        found = best(search["direction"], [repo.record(t, {}) for t in trials])
         top = next((t for t in trials if found and t.number == found.number), None)
         return wire.Study(
             id=row.id,
@@ -344,7 +354,7 @@ class StudyService:
         """How the study ends: its best trial, and what to register (who, name, job)."""
         config = _config(row.search)
         trials = repo.trials(session, row.id)
-        found = best(config, [repo.record(t, {}) for t in trials])
+        found = best(config.direction, [repo.record(t, {}) for t in trials])
         if found is None:
             return _Ending("failed", f"{why}, and none completed with a value", None, None)
         name = row.search.get("register")

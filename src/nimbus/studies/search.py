@@ -230,13 +230,32 @@ def prune_decision(config: SearchConfig, trials: Sequence[TrialRecord], number: 
     return Pruning(prune, attrs)
 
 
-def best(config: SearchConfig, trials: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The complete trial with the best value (the earliest among equals)."""
+def best(direction: str, trials: Sequence[TrialRecord]) -> TrialRecord | None:
+    """The complete trial with the best value in ``direction`` (the earliest among equals)."""
     done = [t for t in trials if t.state is TrialState.COMPLETE and t.value is not None]
     if not done:
         return None
-    sign = 1.0 if config.direction == "maximize" else -1.0
+    sign = 1.0 if direction == "maximize" else -1.0
     return max(done, key=lambda t: (sign * float(t.value or 0.0), -t.number))
+
+
+MIN_FOR_IMPORTANCE = 4  # complete trials before importances mean anything
+
+
+def importances(config: SearchConfig, trials: Sequence[TrialRecord]) -> dict[str, float]:
+    """How much of the value's variance each searched parameter explains over the complete
+    trials (Optuna's fANOVA, seeded: the same trials give the same figures), summing to 1,
+    most important first. Empty under :data:`MIN_FOR_IMPORTANCE` complete trials, or when
+    nothing was searched."""
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    done = [t for t in trials if t.state is TrialState.COMPLETE]
+    if len(done) < MIN_FOR_IMPORTANCE or not config.space.searched:
+        return {}
+    with _quiet():
+        study = _study(config, done)
+        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    return {name: float(share) for name, share in found.items()}
 
 
 def curve(points: Iterable[tuple[int, int, float]]) -> dict[int, float]:

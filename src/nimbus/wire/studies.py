@@ -82,3 +82,13 @@ class StudyList(Response):
 
 class TrialList(Response):
     trials: list[Trial]
+
+
+class Importances(Response):
+    """How much of the metric's variance each searched parameter explains (fANOVA over the
+    complete trials; shares summing to 1, most important first); empty until ``needed``
+    trials are complete."""
+
+    importances: dict[str, float]
+    complete: int  # the complete trials it was computed over
+    needed: int

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import services_of
-from nimbus.wire.studies import Study, StudyList, StudyRequest, TrialList
+from nimbus.wire.studies import Importances, Study, StudyList, StudyRequest, TrialList
 
 router = APIRouter(tags=["studies"])
 
@@ -35,6 +35,12 @@ def get_study(study_id: str, principal: Viewer, request: Request) -> Study:
 def list_trials(study_id: str, principal: Viewer, request: Request) -> TrialList:
     """Every trial of the study, by number: its parameters, job, state and value."""
     return services_of(request).studies.trials(principal, study_id)
+
+
+@router.get("/studies/{study_id}/importances", response_model=Importances)
+def study_importances(study_id: str, principal: Viewer, request: Request) -> Importances:
+    """Each searched parameter's share of the metric's variance over the complete trials."""
+    return services_of(request).studies.importances(principal, study_id)
 
 
 @router.post("/studies/{study_id}/cancel", response_model=Study)
