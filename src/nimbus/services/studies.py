@@ -212,12 +212,20 @@ class StudyService:
         with self.db.session(write=True) as session:
             row = repo.get(session, principal.tenant_id, study_id, lock=True)
             if row.state == repo.RUNNING:
-                self._stop_running(session, row, now, "the study was cancelled")
+                trials = repo.trials(session, row.id)
+                self._stop_running(session, row, trials, now, "the study was cancelled")
                 repo.end(session, row, "cancelled", f"cancelled by {principal.token_id}", now)
             return self._view(session, row)
 
-    def _stop_running(self, session: Session, row: StudyRow, now: datetime, why: str) -> None:
-        for trial in repo.trials(session, row.id):
+    def _stop_running(
+        self,
+        session: Session,
+        row: StudyRow,
+        trials: list[StudyTrialRow],
+        now: datetime,
+        why: str,
+    ) -> None:
+        for trial in trials:
             if trial.state == TrialState.RUNNING.value:
                 jobs_repo.request_cancel(session, trial.job_id, now)
                 repo.end_trial(trial, TrialState.FAILED, now)
@@ -243,16 +251,16 @@ class StudyService:
             if row.state != repo.RUNNING:
                 return
             config = _config(row.search)
-            records = self._settle(session, row, config, now)
+            trials, records = self._settle(session, row, config, now)
             timeout = row.search.get("timeout_seconds")
             ending: _Ending | None = None
             running = sum(1 for r in records if r.state is TrialState.RUNNING)
             total = row.search["trials"]
             if timeout is not None and now >= row.created_at + timedelta(seconds=timeout):
-                self._stop_running(session, row, now, "the study's time ran out")
-                ending = self._ending(session, row, f"its time ({timeout:g} s) ran out")
+                self._stop_running(session, row, trials, now, "the study's time ran out")
+                ending = self._ending(session, row, trials, f"its time ({timeout:g} s) ran out")
             elif len(records) >= total and running == 0:
-                ending = self._ending(session, row, "all its trials ended")
+                ending = self._ending(session, row, trials, "all its trials ended")
             wanted = (
                 0 if ending is not None else min(config.parallel - running, total - len(records))
             )
@@ -267,8 +275,9 @@ class StudyService:
 
     def _settle(
         self, session: Session, row: StudyRow, config: SearchConfig, now: datetime
-    ) -> list[TrialRecord]:
-        """End the trials whose jobs ended, prune those the pruner gives up; the records."""
+    ) -> tuple[list[StudyTrialRow], list[TrialRecord]]:
+        """End the trials whose jobs ended, prune those the pruner gives up; the trials'
+        rows and their records."""
         metric = row.search["metric"]
         trials = repo.trials(session, row.id)
         curves = {t.number: self._curve(session, t.job_id, metric) for t in trials}
@@ -297,7 +306,7 @@ class StudyService:
                 repo.end_trial(trial, TrialState.PRUNED, now, value=stopped_at, pruned_step=step)
                 log.info("study %s trial %d pruned at step %d", row.id, trial.number, step)
             records[index] = repo.record(trial, curves[trial.number])
-        return records
+        return trials, records
 
     @staticmethod
     def _curve(session: Session, job_id: str, metric: str) -> dict[int, float]:
@@ -350,11 +359,12 @@ class StudyService:
         )
         return True
 
-    def _ending(self, session: Session, row: StudyRow, why: str) -> _Ending:
-        """How the study ends: its best trial, and what to register (who, name, job)."""
-        config = _config(row.search)
-        trials = repo.trials(session, row.id)
-        found = best(config.direction, [repo.record(t, {}) for t in trials])
+    def _ending(
+        self, session: Session, row: StudyRow, trials: list[StudyTrialRow], why: str
+    ) -> _Ending:
+        """How the study ends (its trials settled): its best trial, and what to register
+        (who, name, job)."""
+        found = best(row.search["direction"], [repo.record(t, {}) for t in trials])
         if found is None:
             return _Ending("failed", f"{why}, and none completed with a value", None, None)
         name = row.search.get("register")
