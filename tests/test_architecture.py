@@ -1,6 +1,6 @@
 """The import graph keeps its shape: no cycle between packages, one-way layers, light faces.
 
-Packages are the first level under ``nimbus`` (api, cli, client, datasets, db, jobs,
+Packages are the first level under ``nimbus`` (api, cli, client, datasets, db, explain, jobs,
 modelformat, runtime, services, serving, storage, studies, wire) and its top-level modules
 (server, config, errors, names, ranges, security, system, demo_data, and the ``nimbus`` face
 itself). Imports are read from the source (tests/helpers_imports.py), function-level ones
@@ -58,6 +58,7 @@ EVERY_PACKAGE = (
     "client",
     "datasets",
     "db",
+    "explain",
     "jobs",
     "modelformat",
     "runtime",
@@ -184,6 +185,12 @@ RULES = [
         allowed=("nimbus.runtime.hyperparams",),
     ),
     Rule("nimbus.datasets", "ingest is plain Python over files", allowed=()),
+    Rule(
+        "nimbus.explain",
+        "attributions are computed over a module and tensors: a replica runs them",
+        # A text's slots are traced to its words by the encoder serving uses.
+        allowed=("nimbus.modelformat",),
+    ),
     Rule(
         "nimbus.modelformat",
         "the model format is read by serving and written by runtime: it imports neither",

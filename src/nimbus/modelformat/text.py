@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -95,25 +95,35 @@ class TextEncoder:
         n-grams outside the vocabulary left out."""
         import numpy as np
 
-        index = self._index
-        rows: list[list[int]] = []
-        for text in texts:
-            ids: list[int] = []
-            for feature in features(
-                tokenize(str(text), self.lowercase, self.token_pattern), self.ngrams
-            ):
-                found = index.get(feature)
-                if found is not None:
-                    ids.append(found)
-                elif " " not in feature:
-                    ids.append(UNK_ID)
-                if len(ids) == self.max_len:
-                    break
-            rows.append(ids)
+        rows = [[i for i, _ in self._slots(self.words(str(text)))] for text in texts]
         out = np.zeros((len(rows), self.max_len), dtype=np.int64)
         for i, ids in enumerate(rows):
             out[i, : len(ids)] = ids
         return out
+
+    def words(self, text: str) -> list[str]:
+        """``text``'s words as this encoder tokenizes them (normalised, lowercased)."""
+        return tokenize(text, self.lowercase, self.token_pattern)
+
+    def trace(self, words: list[str]) -> list[tuple[int, ...]]:
+        """Which of ``words`` each filled slot of :meth:`encode`'s row stands for: one
+        word, or the n words of an n-gram (slots past the returned ones are padding)."""
+        return [span for _, span in self._slots(words)]
+
+    def _slots(self, words: list[str]) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """The row's token ids in order, each with the words it covers: truncated at
+        ``max_len``, unknown words ``UNK_ID``, n-grams outside the vocabulary left out."""
+        index, filled = self._index, 0
+        for end, word in enumerate(words):
+            for n in range(1, min(self.ngrams, end + 1) + 1):
+                feature = word if n == 1 else " ".join(words[end - n + 1 : end + 1])
+                found = index.get(feature)
+                if found is None and n > 1:
+                    continue
+                yield (UNK_ID if found is None else found), tuple(range(end - n + 1, end + 1))
+                filled += 1
+                if filled == self.max_len:
+                    return
 
     @cached_property
     def _index(self) -> dict[str, int]:
