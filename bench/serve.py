@@ -66,6 +66,7 @@ from nimbus.security import hash_token
 from nimbus.serving.fleet.deployment import DeploymentSpec
 from nimbus.serving.fleet.supervisor import Supervisor
 from nimbus.system import free_port
+from nimbus.ticker import Ticker
 
 NAME = "cnn"
 INFER = f"/v2/models/{NAME}/infer"
@@ -491,12 +492,10 @@ def main() -> None:
             f"\nrolling update 1 -> 2 (1 replica) under wrk -c16: took {took:.2f} s; "
             f"{result.requests} requests, {result.errors} errors, p99 {result.p99_ms:.1f} ms"
         )
-        stop = threading.Event()
-        ticker = threading.Thread(target=sup.run, args=(stop, 0.5))
+        ticker = Ticker("supervisor", 0.5, sup.tick)
         ticker.start()
         gap, failed = restart_gap(sup, nimbus_url + INFER, json_body, headers)
-        stop.set()
-        ticker.join()
+        ticker.stop()
         print(
             f"SIGKILL of the only replica (supervisor ticking every 0.5 s): endpoint answered "
             f"again after {gap:.2f} s; {failed} request(s) failed (the one in flight)"

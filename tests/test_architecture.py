@@ -2,8 +2,8 @@
 
 Packages are the first level under ``nimbus`` (api, cli, client, datasets, db, explain, jobs,
 modelformat, runtime, services, serving, storage, studies, wire) and its top-level modules
-(server, config, errors, names, ranges, security, system, demo_data, and the ``nimbus`` face
-itself). Imports are read from the source (tests/helpers_imports.py), function-level ones
+(server, config, errors, names, ranges, security, system, ticker, demo_data, and the ``nimbus``
+face itself). Imports are read from the source (tests/helpers_imports.py), function-level ones
 included.
 
 The layers, top to bottom (each may also import the wire, the domain and bottom modules)::
@@ -14,10 +14,11 @@ The layers, top to bottom (each may also import the wire, the domain and bottom 
     serving (a replica) ──> modelformat, runtime.architectures
     runtime (a job) ──> modelformat, datasets
 
-The *bottom* modules (errors, names, ranges, security, system, config, and ``__version__``
-from the ``nimbus`` face) import nothing of Nimbus but each other; the *domain* modules
-(datasets.domain, jobs.domain: plain enums and dataclasses, the words the wire uses) import
-nothing of Nimbus but the bottom modules. Both may be imported from anywhere.
+The *bottom* modules (errors, names, ranges, security, system, config, ticker, and
+``__version__`` from the ``nimbus`` face) import nothing of Nimbus but each other; the
+*domain* modules (datasets.domain, jobs.domain: plain enums and dataclasses, the words the
+wire uses) import nothing of Nimbus but the bottom modules. Both may be imported from
+anywhere.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ BOTTOM = (
     "nimbus.security",
     "nimbus.system",
     "nimbus.config",
+    "nimbus.ticker",
 )
 DOMAIN = ("nimbus.datasets.domain", "nimbus.jobs.domain")
 ANYWHERE = (*BOTTOM, *DOMAIN)

@@ -71,7 +71,7 @@ from nimbus.db.migrate import upgrade
 from nimbus.db.queue import DbQueue
 from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs import prefetch
-from nimbus.jobs.cache import CacheSweeper
+from nimbus.jobs.cache import cache_sweeper
 from nimbus.jobs.domain import Attempt, Fence, Job, parse_memory
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
@@ -95,7 +95,7 @@ from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop, default_supervisor
 from nimbus.services.deployments import DeploymentService
-from nimbus.services.garbage import GarbageService, GarbageSweep
+from nimbus.services.garbage import GarbageService, garbage_sweep
 from nimbus.services.isolated import (
     CHECK_PROBE,
     Confinement,
@@ -109,7 +109,7 @@ from nimbus.services.keyring import open_keyring, refuse_unencrypted, rotate_mas
 from nimbus.services.leadership import Election
 from nimbus.services.models import ModelCheck, ModelService
 from nimbus.services.quotas import QuotaDefaults, QuotaService
-from nimbus.services.studies import StudyLoop, StudyService
+from nimbus.services.studies import StudyService, study_loop
 from nimbus.services.tokens import TokenService
 from nimbus.services.uploads import UploadService
 from nimbus.serving.fleet.orphan import Lifeline
@@ -744,14 +744,14 @@ def build_app(
             # The studies advance where the scheduler leads (their trials are its jobs).
             election = scheduler.election
             background.append(
-                StudyLoop(
+                study_loop(
                     services.studies,
                     lambda: election.fence is not None,
                     settings.study_tick_seconds,
                 )
             )
             background.append(
-                CacheSweeper(
+                cache_sweeper(
                     settings.cache_dir, settings.cache_max_bytes, settings.cache_sweep_seconds
                 )
             )
@@ -772,7 +772,7 @@ def build_app(
         DeploymentLoop(services.deployments, instance_id(settings), keep=keep_deployments)
     )
     background.append(AuditSweep(services.audit, settings.audit_sweep_seconds))
-    background.append(GarbageSweep(services.garbage, settings.blob_sweep_seconds))
+    background.append(garbage_sweep(services.garbage, settings.blob_sweep_seconds))
     app = create_app(services, background)
     app.state.job_isolation = isolation if settings.scheduler_enabled else None
     return app

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from nimbus.jobs.cache import CachedFile, CacheSweeper, plan_eviction, scan, sweep
+from nimbus.jobs.cache import CachedFile, cache_sweeper, plan_eviction, scan, sweep
 from tests.helpers import ServerProcess
 
 NOW = 1_000_000.0
@@ -85,7 +85,7 @@ def test_the_sweeper_thread_starts_and_stops(tmp_path: Path) -> None:
         calls.append((root, limit))
         raise OSError("a failing sweep is logged, not fatal")
 
-    sweeper = CacheSweeper(tmp_path, 7, 0.01, sweep_fn=fake)  # type: ignore[arg-type]
+    sweeper = cache_sweeper(tmp_path, 7, 0.01, sweep_fn=fake)  # type: ignore[arg-type]
     sweeper.start()
     time.sleep(0.1)
     sweeper.stop()

@@ -23,7 +23,7 @@ from nimbus.services import blobs as blobkeeping
 from nimbus.services.garbage import (
     BlobPlan,
     GarbageService,
-    GarbageSweep,
+    garbage_sweep,
     plan_blobs,
     stale_entries,
     stale_pins,
@@ -289,7 +289,7 @@ def test_the_background_sweep_runs_every_interval_and_survives_a_failure(
                 done.set()
             return super().sweep(grace_seconds)
 
-    sweep = GarbageSweep(Flaky(db, blobs, grace_seconds=GRACE, clock=clock), interval=0.05)
+    sweep = garbage_sweep(Flaky(db, blobs, grace_seconds=GRACE, clock=clock), 0.05)
     sweep.start()
     try:
         assert done.wait(10)

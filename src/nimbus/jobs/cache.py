@@ -3,7 +3,7 @@
 Jobs download blobs into their tenant's cache (``cache/<tenant>/sha256/<2 hex>/<64 hex>``,
 see :class:`nimbus.jobs.isolation.TenantCaches` and :meth:`JobApiClient.blob
 <nimbus.runtime.job_api.JobApiClient.blob>`), which marks a file used (its mtime) each time
-it hands it out. :class:`CacheSweeper`, a background thread of the server, keeps all
+it hands it out. :func:`cache_sweeper`, a background thread of the server, keeps all
 tenants' caches together under ``max_bytes``: :func:`plan_eviction` (pure) picks the least
 recently used files, :func:`scan` and :func:`evict` do the I/O.
 
@@ -22,11 +22,12 @@ import logging
 import os
 import re
 import stat
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from nimbus.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -165,45 +166,26 @@ def sweep(
     return SweepResult(sum(f.size for f in files), len(chosen), freed)
 
 
-class CacheSweeper:
-    """Sweeps the caches every ``interval`` seconds in a daemon thread (a ``Background``
-    of the server: ``start`` and ``stop``)."""
+def cache_sweeper(
+    root: Path,
+    max_bytes: int,
+    interval: float,
+    *,
+    sweep_fn: Callable[[Path, int], SweepResult] = sweep,
+) -> Ticker:
+    """Sweeps the caches under ``root`` down to ``max_bytes`` at start and every ``interval``
+    seconds in a daemon thread (a ``Background`` of the server: ``start`` and ``stop``)."""
+    root = Path(root)
 
-    def __init__(
-        self,
-        root: Path,
-        max_bytes: int,
-        interval: float,
-        *,
-        sweep_fn: Callable[[Path, int], SweepResult] = sweep,
-    ) -> None:
-        self.root, self.max_bytes, self.interval = Path(root), max_bytes, interval
-        self.sweep_fn = sweep_fn
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def sweep_once() -> None:
+        result = sweep_fn(root, max_bytes)
+        if result.removed:
+            log.info(
+                "job caches: %d bytes held, %d files (%d bytes) removed, limit %d",
+                result.total_bytes,
+                result.removed,
+                result.freed_bytes,
+                max_bytes,
+            )
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cache-sweeper", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                result = self.sweep_fn(self.root, self.max_bytes)
-                if result.removed:
-                    log.info(
-                        "job caches: %d bytes held, %d files (%d bytes) removed, limit %d",
-                        result.total_bytes,
-                        result.removed,
-                        result.freed_bytes,
-                        self.max_bytes,
-                    )
-            except Exception:
-                log.exception("sweeping the job caches failed")
-            if self._stop.wait(self.interval):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
+    return Ticker("cache-sweeper", interval, sweep_once, first_now=True)

@@ -40,6 +40,7 @@ import httpx
 from nimbus.errors import CorruptBlob, InvalidInput, NimbusError, error_from_response
 from nimbus.runtime.checkpoints import FrozenCheckpoint, checkpoint_from_bytes, freeze
 from nimbus.runtime.sender import ReportSender
+from nimbus.ticker import Ticker
 from nimbus.wire.job_api import AttemptSpec, HeartbeatReply
 
 FENCED_EXIT_CODE = 75  # EX_TEMPFAIL: this attempt was replaced; its successor carries on
@@ -369,26 +370,23 @@ class Heartbeat:
         self, client: JobApiClient, interval: float, on_stop: Callable[[JobStop], None]
     ) -> None:
         self.client, self.interval, self.on_stop = client, interval, on_stop
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nimbus-heartbeat", daemon=True)
+        self._ticker = Ticker("nimbus-heartbeat", interval, self._beat, join_timeout=5.0)
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5.0)
+        self._ticker.stop()
 
-    def _run(self) -> None:
-        while not self._done.wait(self.interval):
-            try:
-                if self.client.heartbeat():
-                    raise CancelRequested("the job was cancelled")
-            except JobStop as stop:
-                if not self._done.is_set():
-                    self.on_stop(stop)
-                return
+    def _beat(self) -> None:
+        try:
+            if self.client.heartbeat():
+                raise CancelRequested("the job was cancelled")
+        except JobStop as stop:
+            if not self._ticker.stopping:  # the block is not over yet
+                self._ticker.stop()  # from its own round: no heartbeat after this one
+                self.on_stop(stop)
 
 
 class HttpReporter:

@@ -23,6 +23,7 @@ from nimbus.db.engine import Database
 from nimbus.db.tables import AuditEvent as AuditRow
 from nimbus.errors import InvalidInput
 from nimbus.security import Principal, Role, as_utc, require_role
+from nimbus.ticker import Ticker
 from nimbus.wire.audit import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -191,36 +192,23 @@ class AuditService:
 
 
 class AuditSweep:
-    """Background work of the audit log (see :class:`~nimbus.api.state.Background`): every
-    ``interval`` seconds, flush the summary rows of refused calls and delete the events
-    past the retention period."""
+    """Background work of the audit log (see :class:`~nimbus.api.state.Background`): at
+    start and every ``interval`` seconds, flush the summary rows of refused calls and delete
+    the events past the retention period; flush once more at stop."""
 
     def __init__(self, audit_service: AuditService, interval: float) -> None:
         self.audit = audit_service
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker = Ticker("audit-sweep", interval, self.sweep, first_now=True)
 
     def sweep(self) -> None:
-        """One round; a failure is logged and the next round tries again."""
-        try:
-            self.audit.flush()
-            if purged := self.audit.purge():
-                log.info("deleted %d audit events past the retention period", purged)
-        except Exception:
-            log.exception("the audit sweep failed")
+        """One round (a failure is logged by the ticker and the next round tries again)."""
+        self.audit.flush()
+        if purged := self.audit.purge():
+            log.info("deleted %d audit events past the retention period", purged)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="audit-sweep", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        self.sweep()
-        while not self._stop.wait(self.interval):
-            self.sweep()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._ticker.stop()
         self.audit.flush()

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from nimbus.serving.fleet.orphan import Lifeline
 from nimbus.serving.fleet.supervisor import Supervisor
+from nimbus.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -103,36 +104,29 @@ class DeploymentLoop:
         self.service = service
         self.keep = keep
         self.owner = owner
-        self.interval = interval
         self.sync_every = sync_every
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._synced = float("-inf")  # monotonic time of the last sync
+        self._ticker = Ticker("deployments", interval, self.round)
 
     def start(self) -> None:
         """Recover this instance's deployments, then start the thread."""
         self.service.owner = self.owner
         self.service.recover()
-        self._thread = threading.Thread(target=self._run, name="deployments", daemon=True)
-        self._thread.start()
+        self._ticker.start()
 
-    def _run(self) -> None:
-        synced = 0.0
-        while not self._stop.wait(self.interval):
-            try:
-                self.service.fleet.tick()
-                if time.monotonic() - synced >= self.sync_every:
-                    self.service.refresh_tokens()
-                    self.service.sync()
-                    synced = time.monotonic()
-            except Exception:
-                log.exception("deployment supervision round failed")
+    def round(self) -> None:
+        """One round: tick every supervisor; refresh the token files and persist statuses
+        when ``sync_every`` has passed since the last time."""
+        self.service.fleet.tick()
+        if time.monotonic() - self._synced >= self.sync_every:
+            self.service.refresh_tokens()
+            self.service.sync()
+            self._synced = time.monotonic()
 
     def stop(self) -> None:
         """Stop the thread, persist the statuses once more, then leave the replicas serving
         (``keep``) or stop them."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._ticker.stop()
         try:
             self.service.sync()
         except Exception:

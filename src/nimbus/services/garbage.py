@@ -29,7 +29,6 @@ import contextlib
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from nimbus.db.tables import utcnow
 from nimbus.errors import Forbidden, NotFound
 from nimbus.security import Principal, Role, require_role
 from nimbus.storage.blobs import TENANTS, BlobStore, digest_of
+from nimbus.ticker import Ticker
 from nimbus.wire.storage import SweepReport
 
 log = logging.getLogger(__name__)
@@ -259,32 +259,9 @@ class GarbageService:
         return removed
 
 
-class GarbageSweep:
+def garbage_sweep(garbage: GarbageService, interval: float) -> Ticker:
     """Background work (see :class:`~nimbus.api.state.Background`): a sweep every
-    ``interval`` seconds, the first one ``interval`` after start."""
-
-    def __init__(self, garbage: GarbageService, interval: float) -> None:
-        self.garbage = garbage
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def sweep(self) -> None:
-        """One round; a failure (the store unreachable) is logged and the next one retries."""
-        try:
-            self.garbage.sweep()
-        except Exception:
-            log.exception("the blob sweep failed")
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="blob-sweep", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sweep()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+    ``interval`` seconds, the first one ``interval`` after start; a failed one (the store
+    unreachable) is logged and the next one retries. A sweep may delete many blobs: ``stop``
+    waits up to 30 s for the one in progress."""
+    return Ticker("blob-sweep", interval, garbage.sweep, join_timeout=30.0)

@@ -14,7 +14,6 @@ the next leader to repair.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,6 +45,7 @@ from nimbus.studies.search import (
     prune_decision,
 )
 from nimbus.studies.space import check_for_model, space_from_dict
+from nimbus.ticker import Ticker
 from nimbus.wire import studies as wire
 from nimbus.wire.jobs import SubmitRequest
 
@@ -417,26 +417,13 @@ def _trial(row: StudyTrialRow) -> wire.Trial:
     )
 
 
-class StudyLoop:
+def study_loop(studies: StudyService, leads: Callable[[], bool], interval: float) -> Ticker:
     """Background work of the studies (see :class:`~nimbus.api.state.Background`): every
     ``interval`` seconds, while ``leads()`` (this control plane leads the scheduler), one
     :meth:`StudyService.advance` round."""
 
-    def __init__(self, studies: StudyService, leads: Callable[[], bool], interval: float) -> None:
-        self.studies, self.leads, self.interval = studies, leads, interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def advance() -> None:
+        if leads():
+            studies.advance()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="studies", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.leads():
-                self.studies.advance()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+    return Ticker("studies", interval, advance)

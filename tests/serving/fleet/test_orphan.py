@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -99,3 +100,32 @@ def test_a_new_directory_at_the_same_path_is_not_its_home(home: Path) -> None:
     assert not w.orphaned()
     clock.now = GRACE
     assert w.orphaned()
+
+
+def test_the_watch_thread_survives_a_failing_check_and_calls_on_orphaned_once(
+    home: Path,
+) -> None:
+    """Real thread, real time: a check that raises is logged and the next one runs; once
+    orphaned, ``on_orphaned`` is called once and the watch ends."""
+    checks: list[str] = []
+    orphaned: list[float] = []
+
+    def answers(url: str, timeout: float) -> bool:
+        checks.append(url)
+        if len(checks) == 1:
+            raise RuntimeError("a check that fails")
+        return False
+
+    w = OrphanWatch(Lifeline(home, silent(), 0.2), lambda: orphaned.append(0.0), answers=answers)
+    shutil.rmtree(home)
+    w.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not orphaned:
+            assert time.monotonic() < deadline, "never orphaned"
+            time.sleep(0.02)
+        seen = len(checks)
+        time.sleep(4 * w.interval)
+        assert len(checks) == seen and orphaned == [0.0]  # no check after it
+    finally:
+        w.stop()

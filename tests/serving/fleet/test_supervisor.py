@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +41,7 @@ from nimbus.serving.fleet.rollout import (
 )
 from nimbus.serving.fleet.sockets import port_in_use
 from nimbus.serving.fleet.supervisor import Supervisor
+from nimbus.ticker import Ticker
 from tests.serving.helpers import Load, alive, body
 
 POLICY = Policy(start_timeout=10, drain_timeout=5, backoff_base=0.5, stable_after=5)
@@ -417,12 +417,10 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
         drain_seconds=1.0,
         probe_timeout=2.0,
     )
-    stop = threading.Event()
-    ticker = threading.Thread(target=sup.run, args=(stop, 0.1), daemon=True)
+    ticker = Ticker("supervisor", 0.1, sup.tick)
     ticker.start()
     yield sup
-    stop.set()
-    ticker.join(10)
+    ticker.stop()
     sup.close()
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from nimbus.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,8 @@ class OrphanWatch:
         # Another directory at the same path (device and inode differ) is not its home.
         self._home = _identity(lifeline.home)
         self._since: float | None = None
-        self._stop = threading.Event()
         self.interval = min(LONGEST_CHECK_INTERVAL, max(0.05, lifeline.grace_seconds / 4))
+        self._ticker = Ticker("orphan-watch", self.interval, self._check)
 
     def home_present(self) -> bool:
         """Is the home this replica started under still there (the same directory)?"""
@@ -112,19 +113,18 @@ class OrphanWatch:
 
     def start(self) -> None:
         """Check in a daemon thread until orphaned (then call ``on_orphaned``) or stopped."""
-        threading.Thread(target=self._run, name="orphan-watch", daemon=True).start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._ticker.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.orphaned():
-                log.warning(
-                    "home %s is gone and the control plane %s has not answered for %.0f s: exiting",
-                    self.lifeline.home,
-                    self.lifeline.control_plane,
-                    self.lifeline.grace_seconds,
-                )
-                self.on_orphaned()
-                return
+    def _check(self) -> None:
+        if self.orphaned():
+            log.warning(
+                "home %s is gone and the control plane %s has not answered for %.0f s: exiting",
+                self.lifeline.home,
+                self.lifeline.control_plane,
+                self.lifeline.grace_seconds,
+            )
+            self._ticker.stop()  # from its own round: the loop ends after this one
+            self.on_orphaned()

@@ -6,7 +6,8 @@ them, and adopts those a previous control plane left running. What to do is deci
 pure functions of :mod:`nimbus.serving.fleet.rollout`; this module observes and acts.
 
 Nothing moves by itself: the control plane calls :meth:`Supervisor.tick` every half second or so
-(:meth:`Supervisor.run` does it in a thread), and persists :meth:`Supervisor.status`.
+(:class:`~nimbus.services.deployment_loop.DeploymentLoop` does it in a thread; a
+:class:`~nimbus.ticker.Ticker` does it alone), and persists :meth:`Supervisor.status`.
 Process creation, health probes, the clock and sleep are injected.
 """
 
@@ -299,14 +300,6 @@ class Supervisor:
         with self._lock:
             for dep in list(self._deployments.values()):
                 self._tick(dep)
-
-    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Tick every ``interval`` seconds until ``stop`` is set (the control plane's thread)."""
-        while not stop.wait(interval):
-            try:
-                self.tick()
-            except Exception:
-                log.exception("supervisor tick failed")
 
     def detach(self) -> None:
         """Forget every deployment and leave its replicas serving (a control-plane shutdown
