@@ -11,7 +11,7 @@ The layers, top to bottom (each may also import the wire, the domain and bottom 
     cli ──> client                       (SDK; cli/server, cli/edge, cli/demo* are exceptions)
     server ──> api ──> services ──> db, storage, datasets, jobs, studies, modelformat,
                                     serving.fleet
-    serving (a replica) ──> modelformat, runtime.architectures
+    serving (a replica) ──> modelformat, runtime.architectures, explain
     runtime (a job) ──> modelformat, datasets
 
 The *bottom* modules (errors, names, ranges, security, system, config, ticker, and
@@ -213,6 +213,7 @@ RULES = [
             "nimbus.runtime.architectures",
             "nimbus.wire",
             "nimbus.datasets.imagefit",
+            "nimbus.explain",  # the explain route's attributions
         ),
     ),
 ]

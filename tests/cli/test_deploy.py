@@ -70,6 +70,24 @@ def test_deploy_inspect_predict_update_delete(
         assert np.allclose(got, expected, atol=1e-4)
         assert answer["label"] in cli("predict", "cli-shapes", str(tmp_path / "x.png")).stdout
 
+        # Why: the same prediction explained, its heat overlay written as a PNG.
+        overlay = tmp_path / "why.png"
+        why = cli.json("explain", "cli-shapes", str(tmp_path / "x.png"), "--out", str(overlay))
+        assert why["label"] == answer["label"] == why["target"]
+        assert why["method"] == "integrated_gradients"
+        assert np.array(why["attributions"]).shape == x[0].shape
+        with Image.open(overlay) as drawn:
+            assert drawn.size == (x.shape[2], x.shape[1])
+        other = next(c for c in CLASSES if c != answer["label"])
+        human = cli("explain", "cli-shapes", str(tmp_path / "x.png"), "--target", other).stdout
+        assert f"explaining {other}" in human and "completeness error" in human
+        bad = cli("explain", "cli-shapes", str(tmp_path / "x.png"), "--method", "shap", code=2)
+        assert "does not explain image inputs" in bad.stderr
+        assert (
+            "--out writes"
+            in cli("explain", "cli-shapes", "--text", "x", "--out", "a.png", code=2).stderr
+        )
+
         # Failures: one line, non-zero.
         assert (
             "served by deployment(s) cli-shapes"

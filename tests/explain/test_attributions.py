@@ -167,7 +167,8 @@ def test_bad_options_are_refused_naming_the_field() -> None:
         ("image", {"steps": 0}, "steps must be an integer from 1 to 256"),
         ("image", {"steps": 10_000}, "steps must be an integer"),
         ("image", {"steps": True}, "steps must be an integer"),
-        ("image", {"target": 10}, "target must be an integer from 0 to 9"),
+        ("image", {"target": 10}, "target 10 is neither a class (c0, c1, c2, c3, c4, c5"),
+        ("image", {"target": "c10"}, "nor a class index from 0 to 9"),
         ("image", {"baseline": "grey"}, "baseline 'grey' is not one of black, white, mean"),
         ("image", {"baseline": 300}, "or a pixel value 0..255"),
         ("tabular", {"baseline": 3.0}, "baseline 3.0 is not one of mean, zeros"),
@@ -177,11 +178,13 @@ def test_bad_options_are_refused_naming_the_field() -> None:
     ]
     for kind, given, message in cases:
         with pytest.raises(InvalidInput) as caught:
-            parse_options(kind, given, classes=10)
+            parse_options(kind, given, classes=[f"c{i}" for i in range(10)])
         assert message in caught.value.message, (given, caught.value.message)
-    assert parse_options("image", {"baseline": 128, "window": 5}, 10) == ExplainOptions(
+    classes = ["cat", "dog"]
+    assert parse_options("image", {"baseline": 128, "window": 5}, classes) == ExplainOptions(
         baseline=128.0, window=5
     )
+    assert parse_options("image", {"target": "dog"}, classes).target == 1
 
 
 def test_the_overlay_is_red_where_the_evidence_is() -> None:

@@ -19,6 +19,7 @@ from nimbus.cli import (
     deploy,
     deployments,
     edge,
+    explain,
     jobs,
     login,
     models,
@@ -95,6 +96,7 @@ app.add_typer(models.app, name="models")
 app.command("deploy")(deploy.deploy)
 app.add_typer(deployments.app, name="deployments")
 app.command("predict")(predict.predict)
+app.command("explain")(explain.explain)
 app.command("demo")(demo)
 app.command("serve")(edge.serve)
 app.add_typer(admin.app, name="admin")

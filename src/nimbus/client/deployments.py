@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -199,24 +200,41 @@ class DeploymentsMixin(BaseClient):
     ) -> dict[str, Any]:
         """One prediction from a deployment's ``/predict``: an image ``file`` (or its bytes as
         ``data``), or ``text``. Returns ``{"label", "probabilities": {class: p}}``."""
-        given = [x for x in (file, text, data) if x is not None]
-        if len(given) != 1:
-            raise InvalidInput("give exactly one of a file or a text to predict on")
-        endpoint = self._endpoint(deployment)
-        url = f"{endpoint}/v2/models/{deployment}/predict"
-        if text is not None:
-            return self._call_endpoint(url, json={"text": text})
-        if file is not None:
-            path = Path(file)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise InvalidInput(f"no such file: {path}") from None
-            except OSError as exc:
-                raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
-        return self._call_endpoint(
-            url, content=data, headers={"Content-Type": "application/octet-stream"}
-        )
+        body = _example(file, text, None, data, "predict on")
+        url = f"{self._endpoint(deployment)}/v2/models/{deployment}/predict"
+        if isinstance(body, bytes):
+            return self._call_endpoint(url, content=body, headers=_OCTETS)
+        return self._call_endpoint(url, json=body)
+
+    def explain(
+        self,
+        deployment: str,
+        file: str | os.PathLike[str] | None = None,
+        *,
+        text: str | None = None,
+        features: Sequence[float] | Mapping[str, float] | None = None,
+        data: bytes | None = None,
+        overlay: bool = False,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """The prediction for one example and why: a deployment's ``/explain`` on an image
+        ``file`` (or its bytes as ``data``), a ``text`` or a row of ``features``. Options:
+        ``method`` (images: integrated_gradients, occlusion; text: integrated_gradients;
+        tabular: shapley, integrated_gradients), ``target`` (a class; default the
+        predicted one), ``steps``, ``baseline``, ``window``, ``stride``, ``samples``;
+        ``overlay``: an image's heat map as a base64 PNG (``overlay_png``). Returns
+        ``{"label", "probabilities", "target", "method", ...}`` with ``attributions`` (an
+        image's, its shape), ``words`` ([word, score] pairs) or ``features`` ({name: score}),
+        and ``completeness_delta`` for Integrated Gradients."""
+        body = _example(file, text, features, data, "explain")
+        given = {k: v for k, v in options.items() if v is not None}
+        url = f"{self._endpoint(deployment)}/v2/models/{deployment}/explain"
+        if isinstance(body, bytes):
+            if overlay:
+                given["overlay"] = "true"
+            query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in given.items())
+            return self._call_endpoint(f"{url}?{query}", content=body, headers=_OCTETS)
+        return self._call_endpoint(url, json={**body, "parameters": given})
 
     def infer(
         self, deployment: str, x: np.ndarray, *, input_name: str | None = None
@@ -303,3 +321,34 @@ def _replicas_ready(deployment: Deployment, version: int | None) -> bool:
     return all(
         r.state == "ready" and (version is None or r.model_version == version) for r in replicas
     )
+
+
+_OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def _example(
+    file: str | os.PathLike[str] | None,
+    text: str | None,
+    features: Sequence[float] | Mapping[str, float] | None,
+    data: bytes | None,
+    what: str,
+) -> bytes | dict[str, Any]:
+    """What ``/predict`` and ``/explain`` take for one example: an image's bytes, or a JSON
+    object with its text or its features."""
+    given = [x for x in (file, text, features, data) if x is not None]
+    if len(given) != 1:
+        raise InvalidInput(f"give exactly one of a file, a text or features to {what}")
+    if text is not None:
+        return {"text": text}
+    if features is not None:
+        return {"features": dict(features) if isinstance(features, Mapping) else list(features)}
+    if file is not None:
+        path = Path(file)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidInput(f"no such file: {path}") from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    assert data is not None
+    return data

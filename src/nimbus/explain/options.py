@@ -4,7 +4,7 @@ class, and the method's bounded knobs (a request can never ask for unbounded wor
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -42,9 +42,10 @@ class ExplainOptions:
         return self.method or METHODS[kind][0]
 
 
-def parse_options(kind: str, given: Mapping[str, Any], classes: int) -> ExplainOptions:
+def parse_options(kind: str, given: Mapping[str, Any], classes: Sequence[str]) -> ExplainOptions:
     """The options from a request's ``parameters`` (unknown keys are refused), checked for
-    a model of input ``kind`` with ``classes`` classes: every refusal names its field."""
+    a model of input ``kind`` with these ``classes``: every refusal names its field. The
+    target is a class's index or its name."""
     if kind not in METHODS:
         raise InvalidInput(f"no explanation for {kind!r} inputs")
     known = {f.name for f in fields(ExplainOptions)}
@@ -58,7 +59,7 @@ def parse_options(kind: str, given: Mapping[str, Any], classes: int) -> ExplainO
         raise InvalidInput(
             f"method {method!r} does not explain {kind} inputs (one of {', '.join(METHODS[kind])})"
         )
-    target = _optional_int(given, "target", 0, classes - 1)
+    target = _target(given.get("target"), classes)
     steps = _int(given, "steps", 32, 1, MAX_STEPS)
     window = _int(given, "window", 4, 1, MAX_WINDOW)
     stride = _optional_int(given, "stride", 1, MAX_WINDOW)
@@ -71,6 +72,21 @@ def parse_options(kind: str, given: Mapping[str, Any], classes: int) -> ExplainO
         window=window,
         stride=stride,
         samples=samples,
+    )
+
+
+def _target(value: Any, classes: Sequence[str]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value in classes:
+        return list(classes).index(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(classes):
+        return value
+    shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+    raise InvalidInput(
+        f"target {value!r} is neither a class ({shown}) nor a class index from 0 to "
+        f"{len(classes) - 1}",
+        field="target",
     )
 
 

@@ -12,6 +12,8 @@ the replica's HTTP protocol hands them to :meth:`InferenceApp.handle` (see
     POST /v2/models/{name}[/versions/{v}]/infer
     POST /v2/models/{name}[/versions/{v}]/predict    image file, {"text"} or {"features"},
                                                      or a form of them (serving/forms.py)
+    POST /v2/models/{name}[/versions/{v}]/explain    the prediction and its attributions
+                                                     (serving/explaining.py)
     GET  /metrics                                    Prometheus
 """
 
@@ -37,6 +39,7 @@ from nimbus.names import whole_number
 from nimbus.serving import asgi, forms
 from nimbus.serving.batcher import Batcher, BatchPolicy
 from nimbus.serving.errors import MethodNotAllowed
+from nimbus.serving.explaining import DEFAULT_MAX_PENDING, Explainer
 from nimbus.serving.fastpath import Reply as FastReply
 from nimbus.serving.fastpath import fast_protocol
 from nimbus.serving.memory import release_memory, tune_allocator
@@ -89,8 +92,10 @@ class InferenceApp:
         auth: Auth | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         limits: RequestLimits = DEFAULT_LIMITS,
+        explainer: Explainer | None = None,
     ) -> None:
         self.predictor = predictor
+        self.explainer = explainer
         self.name = name
         self.version = version
         self.batcher = batcher
@@ -137,6 +142,8 @@ class InferenceApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.batcher.close()
+                if self.explainer is not None:
+                    self.explainer.close()
                 if self._decoder is not None:
                     self._decoder.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -147,7 +154,8 @@ class InferenceApp:
         path: str = scope["path"]
         route = _metric_route(path)
         try:
-            reply = await self._dispatch(path, scope["method"], receive, asgi.header_map(scope))
+            headers = asgi.header_map(scope)
+            reply = await self._dispatch(path, scope["method"], receive, headers, scope)
         except asgi.Disconnected:
             return
         except Exception as exc:
@@ -236,7 +244,12 @@ class InferenceApp:
         self.metrics.observe_request(route, status, time.perf_counter() - started)
 
     async def _dispatch(
-        self, path: str, method: str, receive: asgi.Receive, headers: dict[bytes, bytes]
+        self,
+        path: str,
+        method: str,
+        receive: asgi.Receive,
+        headers: dict[bytes, bytes],
+        scope: asgi.Scope,
     ) -> Reply:
         if path.startswith(_MODELS):
             self._authorize(headers)  # first: strangers learn nothing, not even model names
@@ -249,6 +262,14 @@ class InferenceApp:
                 if action == "infer":
                     return await self._infer(body, headers)
                 return await self._predict(body)
+            if action == "explain":
+                _require(method, "POST")
+                if self.explainer is None:
+                    raise NotFound("this server does not explain")
+                body = await asgi.read_body(receive, headers, self._max_body)
+                query = scope.get("query_string", b"")
+                answer, _ = await self.explainer.reply(body, headers, query)
+                return 200, answer, asgi.JSON, []
             _require(method, "GET")
             if action == "ready":
                 return self._health(self.ready)
@@ -276,7 +297,7 @@ class InferenceApp:
                 raise NotFound(f"model '{name}' has no version '{parts[1]}'")
             parts = parts[2:]
         action = parts[0] if parts else ""
-        if len(parts) > 1 or action not in ("", "ready", "infer", "predict"):
+        if len(parts) > 1 or action not in ("", "ready", "infer", "predict", "explain"):
             raise NotFound(f"no route /v2/models/{rest}")
         return action
 
@@ -371,6 +392,8 @@ def _metric_route(path: str) -> str | None:
         return "infer"
     if path.endswith("/predict"):
         return "predict"
+    if path.endswith("/explain"):
+        return "explain"
     return None
 
 
@@ -395,6 +418,7 @@ def create_app(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
     max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+    max_explain_pending: int = DEFAULT_MAX_PENDING,
 ) -> InferenceApp:
     """Load ``model_dir`` and build the ASGI app serving it as ``name`` version ``version``.
 
@@ -402,6 +426,7 @@ def create_app(
     get 503 with Retry-After. ``threads`` is the backend's intra-op thread count. When ``auth``
     is given (token -> bool) every route but health needs a bearer token, unless ``public``.
     ``max_batch_rows`` and ``max_tensor_elements`` cap each infer request (413 past them).
+    ``max_explain_pending``: explain requests waiting or running at most (503 past it).
     """
     predictor = Predictor.load(
         Path(model_dir), runtime=runtime, threads=threads, max_image_pixels=max_image_pixels
@@ -414,6 +439,17 @@ def create_app(
         on_batch=metrics.observe_batch,
     )
     metrics.watch_queue(lambda: batcher.queued_rows)
+    limits = RequestLimits(max_batch_rows, max_tensor_elements)
+    codec = InferCodec((predictor.input,), predictor.outputs, limits)
+    explainer = Explainer(
+        name,
+        str(version),
+        Path(model_dir),
+        predictor,
+        codec,
+        metrics,
+        max_pending=max_explain_pending,
+    )
     return InferenceApp(
         predictor,
         name,
@@ -422,7 +458,8 @@ def create_app(
         metrics=metrics,
         auth=None if public else auth,
         max_body_bytes=max_body_bytes,
-        limits=RequestLimits(max_batch_rows, max_tensor_elements),
+        limits=limits,
+        explainer=explainer,
     )
 
 

@@ -10,7 +10,7 @@ Every failure is a :class:`ProtocolError` (400) whose message names the offendin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,7 @@ class InferRequest:
     id: str | None
     inputs: dict[str, np.ndarray]
     outputs: tuple[RequestedOutput, ...]
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # the request's own
 
 
 def parse_header_length(value: str | bytes | None, body_length: int) -> int | None:
@@ -214,7 +215,7 @@ class InferCodec:
             wanted = self._default_outputs[binary_output]
         else:
             wanted = _requested_outputs(request, self.outputs, binary_output)
-        return InferRequest(request_id, decoded, wanted)
+        return InferRequest(request_id, decoded, wanted, params)
 
 
 def encode_infer_response(
