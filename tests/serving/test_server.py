@@ -173,7 +173,7 @@ def infer_body(x: np.ndarray, **changes: object) -> bytes:
 ERRORS = [
     ("/v2/models/other/infer", infer_body(images(1)), 404, "unknown model 'other'"),
     ("/v2/models/cnn/versions/9/infer", infer_body(images(1)), 404, "has no version '9'"),
-    ("/v2/models/cnn/explain", b"{}", 404, "no route"),
+    ("/v2/models/cnn/explanation", b"{}", 404, "no route"),
     ("/v2/models/cnn/infer", infer_body(images(1), name="x"), 400, "unknown input 'x'"),
     ("/v2/models/cnn/infer", infer_body(images(1), shape=[1, 36]), 400, "has shape [1, 36]"),
     ("/v2/models/cnn/infer", infer_body(images(1), datatype="FP32"), 400, "datatype FP32"),
