@@ -42,6 +42,13 @@ def upload(
         str | None,
         typer.Option(metavar="crop|pad", help="How images of another shape fit [default: crop]"),
     ] = None,
+    group_column: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COLUMN",
+            help="A sensitive attribute's column (tables, text): metrics per group, not a feature",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Upload PATH as a new version of dataset NAME (a directory is sent as a .tar)."""
@@ -61,6 +68,7 @@ def upload(
             progress=progress,
             image_size=image_size,
             image_fit=image_fit,
+            group_column=group_column,
         )
 
     def render(out: Console) -> None:

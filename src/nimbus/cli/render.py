@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nimbus.cli.common import human_bytes
+from nimbus.cli.render_fairness import DISPARITIES, fairness_view, worst
 from nimbus.wire.base import iso
 from nimbus.wire.datasets import DatasetSummary, DatasetVersion, Split
 from nimbus.wire.jobs import Job, JobDataset, MetricPoint
@@ -273,6 +274,8 @@ def evaluation_view(evaluation: dict[str, Any]) -> RenderableType:
     matrix = evaluation.get("confusion_matrix")
     if matrix and classes:
         parts.append(confusion_table(matrix, classes))
+    if evaluation.get("fairness"):
+        parts.append(fairness_view(evaluation["fairness"]))
     return Group(*parts)
 
 
@@ -380,6 +383,15 @@ def compare_table(jobs: Sequence[Job]) -> Table:
             if best is not None and value == best:
                 cell.stylize("bold green")
         table.add_row(Text(label, style="bold"), *cells)
+    for key, label in DISPARITIES:  # smaller is fairer
+        gaps = worst([j.evaluation for j in jobs], key)
+        if any(g is not None for g in gaps):
+            known = [g for g in gaps if g is not None]
+            cells = [_num(g) for g in gaps]
+            for cell, gap in zip(cells, gaps, strict=True):
+                if len(known) > 1 and gap == min(known):
+                    cell.stylize("bold green")
+            table.add_row(Text(label, style="bold"), *cells)
     table.add_section()
     keys: list[str] = []
     for job in jobs:

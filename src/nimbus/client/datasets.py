@@ -65,12 +65,15 @@ class DatasetsMixin(DirectTransfersMixin):
         progress: Progress | None = None,
         image_size: str | tuple[int, int] | None = None,
         image_fit: str | None = None,
+        group_column: str | None = None,
     ) -> DatasetVersion:
         """Upload a file (or a directory, sent as a .tar) as a new version of dataset ``name``.
 
         Images of an image-folder upload are brought to ``image_size`` (``"HxW"`` or
         ``(height, width)``; default: chosen from the data) by ``image_fit`` (``"crop"``,
-        the default, or ``"pad"``); see docs/datasets.md.
+        the default, or ``"pad"``); see docs/datasets.md. ``group_column`` names a
+        sensitive attribute's column (tables and text), kept out of the features: the jobs
+        on this version report their test metrics per group (fairness).
 
         A file of ``direct_min_bytes`` or more goes straight into the bucket when the server's
         blob store offers direct transfers (presigned part URLs, resumable: running the same
@@ -89,6 +92,7 @@ class DatasetsMixin(DirectTransfersMixin):
             if isinstance(image_size, tuple)
             else image_size,
             "image_fit": image_fit,
+            "group_column": group_column,
         }
         source = Path(path)
         if not source.exists():

@@ -43,6 +43,9 @@ class IngestOptions:
     test_fraction: float = 0.1
     image_size: tuple[int, int] | None = None  # (height, width) images are brought to
     image_fit: str | None = None  # "crop" or "pad" (datasets/imagefit.py); None: crop
+    # A sensitive attribute's column (tables and text): kept apart from the features, its
+    # groups are evaluated separately (runtime/fairness.py).
+    group_column: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         """Everything that changes the prepared data, for the version's content hash."""
@@ -59,6 +62,8 @@ class IngestOptions:
             canonical["image_size"] = list(self.image_size)
         if self.image_fit is not None:
             canonical["image_fit"] = self.image_fit
+        if self.group_column is not None:
+            canonical["group_column"] = self.group_column
         return canonical
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from nimbus.datasets.detect import detect_format, parse_enum
 from nimbus.datasets.domain import IngestLimits, IngestOptions, PreparedDataset, Task
 from nimbus.datasets.formats import READERS, ReadContext
+from nimbus.datasets.formats.base import RawDataset
 from nimbus.datasets.labels import encode_labels
 from nimbus.datasets.prepare import write_splits
 from nimbus.datasets.splits import plan_splits, split_info, validate_fractions
@@ -70,16 +71,30 @@ def ingest(
     )
     if len(plan.indices["train"]) == 0:
         raise InvalidDataset(f"{ctx.display!r} leaves no examples for training")
+    groups, group_names = _groups(raw, options, ctx.display)
+    schema = dict(raw.schema)
+    if group_names is not None:
+        schema["groups"] = {"column": options.group_column, "values": group_names}
     summary = StatsAccumulator(raw.task, raw.schema, tuple(raw.x_parts[0].shape[1:]))
-    written = write_splits(raw.x_parts, raw.dtype, y, plan, workdir, observe=summary.add)
+    written = write_splits(
+        raw.x_parts, raw.dtype, y, plan, workdir, observe=summary.add, groups=groups
+    )
     files = {name: file.path for name, file in written.items()}
     stats = {"examples": raw.size, **summary.result(), **raw.stats}
+    if groups is not None and group_names is not None:
+        stats["groups"] = {
+            split: {
+                group_names[g]: int(n)
+                for g, n in enumerate(np.bincount(groups[idx], minlength=len(group_names)))
+            }
+            for split, idx in plan.indices.items()
+        }
     prepared = PreparedDataset(
         task=raw.task,
         format=fmt,
         classes=classes,
         splits=split_info(y, plan, classes),
-        schema=raw.schema,
+        schema=schema,
         stats=stats,
         files=files,
         digests={name: file.sha256 for name, file in written.items()},
@@ -88,3 +103,27 @@ def ingest(
     del raw  # drop the memory maps of the scratch files before removing them
     shutil.rmtree(scratch, ignore_errors=True)
     return prepared
+
+
+MAX_GROUPS = 1000  # a sensitive attribute with more values is an identifier, not a group
+
+
+def _groups(
+    raw: RawDataset, options: IngestOptions, display: str
+) -> tuple[np.ndarray | None, list[str] | None]:
+    """Each example's group index and the groups' names (sorted), when the upload names a
+    group column."""
+    if options.group_column is None:
+        return None, None
+    if raw.groups is None:
+        raise InvalidDataset(
+            f"{display!r} holds {raw.task} data: a group column is for tabular and text "
+            "data (a CSV, Parquet or JSON-lines column)"
+        )
+    names, index = np.unique(raw.groups, return_inverse=True)
+    if len(names) > MAX_GROUPS:
+        raise InvalidDataset(
+            f"{display!r}: group column {options.group_column!r} has {len(names)} distinct "
+            f"values, over {MAX_GROUPS}"
+        )
+    return index.astype(np.int64), [str(n) for n in names]

@@ -30,27 +30,33 @@ def write_splits(
     workdir: Path,
     window_bytes: int = WINDOW_BYTES,
     observe: Callable[[str, np.ndarray], None] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, WrittenFile]:
-    """Write ``{split}_x.npy`` and ``{split}_y.npy`` for every split; return name -> file.
+    """Write ``{split}_x.npy`` and ``{split}_y.npy`` for every split (and ``{split}_g.npy``
+    with ``groups``); return name -> file.
 
-    ``parts`` concatenated are the examples, ``y`` their class indices and ``plan`` the
-    (sorted) example indices of each split. ``observe(split, rows)`` is shown every
-    example once, as stored, on the way (e.g. to accumulate statistics).
+    ``parts`` concatenated are the examples, ``y`` their class indices, ``groups`` their
+    group indices and ``plan`` the (sorted) example indices of each split. ``observe(split,
+    rows)`` is shown every example once, as stored, on the way (e.g. to accumulate
+    statistics).
     """
     # Labels first: their temporaries are gone before the examples' buffers are made.
     files = _write_labels(y, plan, workdir, window_bytes)
+    if groups is not None:
+        files.update(_write_labels(groups, plan, workdir, window_bytes, "g"))
     files.update(_write_examples(parts, dtype, plan, workdir, window_bytes, observe))
     return files
 
 
 def _write_labels(
-    y: np.ndarray, plan: SplitPlan, workdir: Path, window_bytes: int
+    y: np.ndarray, plan: SplitPlan, workdir: Path, window_bytes: int, part: str = "y"
 ) -> dict[str, WrittenFile]:
     files: dict[str, WrittenFile] = {}
     step = max(1, window_bytes // 8)
     for split in SPLITS:
         indices = plan.indices[split]
-        writer = NpyWriter(workdir / f"{split}_y.npy", np.dtype(np.int64), (), len(indices))
+        path = workdir / f"{split}_{part}.npy"
+        writer = NpyWriter(path, np.dtype(np.int64), (), len(indices))
         try:
             for start in range(0, len(indices), step):
                 writer.write(y[indices[start : start + step]])

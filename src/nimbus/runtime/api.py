@@ -353,6 +353,7 @@ def load_local_dataset(directory: Path) -> DataSplits:
         list(version["classes"]),
         schema.get("features"),
         schema.get("transform"),
+        groups=schema.get("groups"),
     )
 
 

@@ -35,6 +35,7 @@ from nimbus.modelformat.text import TextEncoder
 from nimbus.runtime.builtins import FORMAT_VERSION
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.evaluation import evaluate
+from nimbus.runtime.fairness import with_fairness
 
 Output = Literal["auto", "logits", "probabilities"]
 EVAL_BATCH = 512
@@ -206,7 +207,9 @@ def evaluate_model_dir(model_dir: Path, data: DataSplits, split: str = "test") -
         batch = encoder.encode(rows) if encoder else np.ascontiguousarray(rows, dtype=dtype)
         (probabilities,) = session.run(["probabilities"], {"input": batch})
         predictions.append(np.argmax(probabilities, axis=1))
-    return evaluate(np.asarray(y), np.concatenate(predictions), data.classes)
+    predicted = np.concatenate(predictions)
+    scores = evaluate(np.asarray(y), predicted, data.classes)
+    return with_fairness(scores, data, predicted) if split == "test" else scores
 
 
 def _as_module(model: Any) -> nn.Module:

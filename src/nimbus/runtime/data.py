@@ -34,6 +34,15 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Groups:
+    """A sensitive attribute of the test split: each example's index into ``names``."""
+
+    column: str
+    names: list[str]
+    test: np.ndarray
+
+
+@dataclass(frozen=True)
 class DataSplits:
     """Train, val and test splits of one dataset version, with its task and classes."""
 
@@ -45,6 +54,9 @@ class DataSplits:
     features: list[str] | None = None  # tabular column names
     # How ingest fitted the images (datasets/imagefit.py), carried into the model's spec.
     image_transform: dict[str, Any] | None = None
+    # A sensitive attribute (the upload's group column): its name, the groups' names and
+    # each test example's group index; evaluation reports per group (runtime/fairness.py).
+    groups: Groups | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", Task(self.task))
@@ -63,6 +75,8 @@ class DataSplits:
                 raise InvalidDataset(f"{name}: labels outside [0, {len(self.classes)})")
         if self.task == Task.IMAGE and self.train.x.dtype != np.uint8:
             raise InvalidDataset("image arrays must be uint8 [N, H, W, C]")
+        if self.groups is not None and len(self.groups.test) != len(self.test):
+            raise InvalidDataset("test: groups and examples disagree on their number")
         if self.features is not None and (
             self.task != Task.TABULAR or len(self.features) != self.train.x.shape[1]
         ):
@@ -78,10 +92,12 @@ class DataSplits:
         image_transform: dict[str, Any] | None = None,
         *,
         in_memory_bytes: int = 0,
+        groups: dict[str, Any] | None = None,
     ) -> DataSplits:
         """Open ``{split}_x.npy`` / ``{split}_y.npy`` under ``directory``, memory-mapped;
         the splits whose examples fit in ``in_memory_bytes`` together (train first, then
-        val, then test) are read into memory."""
+        val, then test) are read into memory. ``groups``: the schema's block (``column``,
+        ``values``) when the version has a group column: ``test_g.npy`` is read too."""
         splits = {}
         budget = in_memory_bytes
         for name in SPLITS:
@@ -91,11 +107,16 @@ class DataSplits:
                 x = np.array(x)
             y = np.asarray(np.load(directory / f"{name}_y.npy", allow_pickle=False), np.int64)
             splits[name] = Split(x=x, y=y)
+        found = None
+        if groups is not None and (directory / "test_g.npy").is_file():
+            test_g = np.load(directory / "test_g.npy", allow_pickle=False)
+            found = Groups(str(groups["column"]), [str(v) for v in groups["values"]], test_g)
         return cls(
             task=task,
             classes=classes,
             features=features,
             image_transform=image_transform,
+            groups=found,
             **splits,
         )
 

@@ -218,6 +218,10 @@ def load_data(
             tmp.symlink_to(client.blob(files[name]["key"]))
             os.replace(tmp, directory / name)
     schema = version.get("schema") or {}
+    if schema.get("groups") and "test_g.npy" in files:
+        tmp = directory / f".test_g.npy.{secrets.token_hex(8)}"
+        tmp.symlink_to(client.blob(files["test_g.npy"]["key"]))
+        os.replace(tmp, directory / "test_g.npy")
     return DataSplits.load(
         directory,
         Task(version["task"]),
@@ -227,6 +231,7 @@ def load_data(
         in_memory_bytes=int(memory_bytes * IN_MEMORY_SHARE)
         if memory_bytes
         else IN_MEMORY_UNLIMITED,
+        groups=schema.get("groups"),
     )
 
 

@@ -32,6 +32,7 @@ from nimbus.runtime.builtins import PREPARERS
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.early_stopping import BestEpoch
 from nimbus.runtime.evaluation import evaluate
+from nimbus.runtime.fairness import with_fairness
 from nimbus.runtime.hyperparams import validate_params
 from nimbus.runtime.reporter import Reporter
 
@@ -215,7 +216,10 @@ class _Run:
         if len(data.test):
             logits = self._predict("test", np.arange(len(data.test)))
             y = torch.from_numpy(np.asarray(data.test.y))
-            evaluation = evaluate(y.numpy(), logits.argmax(dim=1).numpy(), data.classes)
+            predicted = logits.argmax(dim=1).numpy()
+            evaluation = with_fairness(
+                evaluate(y.numpy(), predicted, data.classes), data, predicted
+            )
             metrics["test_loss"] = F.cross_entropy(logits, y).item()
             metrics["test_accuracy"] = evaluation["accuracy"]
             if self.pg.rank == 0:

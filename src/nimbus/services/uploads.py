@@ -119,6 +119,7 @@ def options_of(request: wire.CreateUpload) -> IngestOptions:
         seed=request.seed,
         image_size=None if request.image_size is None else parse_image_size(request.image_size),
         image_fit=None if request.image_fit is None else parse_fit(request.image_fit),
+        group_column=request.group_column,
     )
 
 

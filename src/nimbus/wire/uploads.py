@@ -24,6 +24,7 @@ class CreateUpload(Request):
     seed: int = Field(default=0, ge=0, le=MAX_INT64)
     image_size: str | None = Field(default=None, max_length=32)
     image_fit: str | None = Field(default=None, max_length=16)
+    group_column: str | None = Field(default=None, min_length=1, max_length=256)
     # The file's SHA-256, hashed before the upload: the parts then go straight to the
     # content-addressed key (no copy in the bucket afterwards). Checked, never trusted.
     sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)

@@ -51,11 +51,14 @@ async def upload_version(
     seed: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     image_size: str | None = None,
     image_fit: str | None = None,
+    group_column: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
 ) -> DatasetVersion:
     """The raw file is the body. 201 with a new version, 200 with an identical one.
 
     ``image_size`` (``HxW``) and ``image_fit`` (``crop`` or ``pad``) say how the images of an
     image-folder upload are brought to one size (default: chosen from the data).
+    ``group_column`` names a sensitive attribute's column (tables and text): kept out of
+    the features, its groups are evaluated apart (fairness).
     """
     services = services_of(request)
     validate_name(name, "dataset name")
@@ -69,6 +72,7 @@ async def upload_version(
         seed=seed,
         image_size=None if image_size is None else parse_image_size(image_size),
         image_fit=None if image_fit is None else parse_fit(image_fit),
+        group_column=group_column,
     )
     await check_storage_quota_first(
         request, services.quotas, principal.tenant_id, f"dataset {name!r}"

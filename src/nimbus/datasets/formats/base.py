@@ -50,6 +50,7 @@ class RawDataset:
     test_mask: np.ndarray | None = None
     dtype: np.dtype[Any] | None = None  # stored dtype; None keeps the parts' dtype
     stats: dict[str, Any] = field(default_factory=dict)
+    groups: np.ndarray | None = None  # each example's value of options.group_column (str)
 
     def __post_init__(self) -> None:
         if not self.x_parts:
@@ -59,6 +60,8 @@ class RawDataset:
             raise ValueError(f"{rows} examples but {len(self.labels)} labels")
         if self.test_mask is not None and len(self.test_mask) != rows:
             raise ValueError("test_mask does not cover every example")
+        if self.groups is not None and len(self.groups) != rows:
+            raise ValueError("groups do not cover every example")
 
     @property
     def size(self) -> int:

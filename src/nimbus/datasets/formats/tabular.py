@@ -66,11 +66,28 @@ def column_labels(column: pa.ChunkedArray, name: str, ctx: ReadContext) -> np.nd
     raise InvalidDataset(f"{ctx.display!r}: label column {name!r} has unsupported type {kind}")
 
 
+def column_groups(table: pa.Table, ctx: ReadContext) -> np.ndarray | None:
+    """The values of the upload's group column (``options.group_column``) as strings, one
+    per row; None when none was named. Every row needs one."""
+    name = ctx.options.group_column
+    if name is None:
+        return None
+    require_columns(table, [name], ctx)
+    values = table[name].to_pylist()
+    empty = next((i for i, v in enumerate(values) if v is None or str(v).strip() == ""), None)
+    if empty is not None:  # an empty CSV field is a missing value here, not a group
+        raise InvalidDataset(f"{ctx.display!r}: row {empty + 1} has no value in {name!r}")
+    return np.asarray([str(v) for v in values], dtype=str)
+
+
 def tabular_from_table(table: pa.Table, ctx: ReadContext) -> RawDataset:
-    """Every column but the label becomes a float32 feature."""
+    """Every column but the label (and the group column, if named) becomes a float32
+    feature."""
     label = ctx.options.label or "label"
     require_columns(table, [label], ctx)
-    features = [name for name in table.column_names if name != label]
+    groups = column_groups(table, ctx)
+    apart = {label, ctx.options.group_column}
+    features = [name for name in table.column_names if name not in apart]
     if not features:
         raise InvalidDataset(f"{ctx.display!r} has no feature columns besides {label!r}")
     x = np.empty((table.num_rows, len(features)), dtype=np.float32)
@@ -86,7 +103,8 @@ def tabular_from_table(table: pa.Table, ctx: ReadContext) -> RawDataset:
         "label": label,
         "categories": categories,
     }
-    return RawDataset(Task.TABULAR, [x], column_labels(table[label], label, ctx), schema)
+    labels = column_labels(table[label], label, ctx)
+    return RawDataset(Task.TABULAR, [x], labels, schema, groups=groups)
 
 
 def _feature(
