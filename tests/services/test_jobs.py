@@ -115,6 +115,13 @@ def test_seed_rules(services: Services) -> None:
         services.jobs.submit(services.member, request(seed=1, params={"seed": 2}))
 
 
+def test_private_training_is_refused_on_several_workers(services: Services) -> None:
+    private = {"params": {"dp_epsilon": "8"}}
+    assert services.jobs.submit(services.member, request(**private)).params["dp_epsilon"] == 8
+    with pytest.raises(InvalidInput, match="workers must be 1, not 2"):
+        services.jobs.submit(services.member, request(workers=2, **private))
+
+
 def test_code_jobs_keep_their_params_as_given(services: Services, tmp_path: Path) -> None:
     script = tmp_path / "upload"
     script.write_bytes(b"print(1)\n")

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
@@ -40,6 +47,22 @@ class CommonParams(BaseModel):
     monitor: Monitor = Field(
         "val_accuracy", description="val_accuracy (val_loss breaks ties) or val_loss"
     )
+    # Differentially private training (runtime/privacy.py): set only when asked for.
+    dp_epsilon: float | None = Field(
+        None, gt=0, le=1000, description="train with DP-SGD within this privacy budget ε"
+    )
+    dp_delta: float | None = Field(None, gt=0, lt=1, description="DP-SGD's δ (default 1e-5)")
+    dp_max_grad_norm: float | None = Field(
+        None, gt=0, le=1000, description="DP-SGD's per-example gradient clip (default 1.0)"
+    )
+
+    @model_validator(mode="after")
+    def _dp_together(self) -> CommonParams:
+        if self.dp_epsilon is None and (
+            self.dp_delta is not None or self.dp_max_grad_norm is not None
+        ):
+            raise ValueError("dp_delta and dp_max_grad_norm need dp_epsilon")
+        return self
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -151,9 +174,15 @@ def validate_params(model: str, task: Task | str, raw: dict[str, Any]) -> dict[s
             raise InvalidInput(f"invalid parameter {name!r}: booleans are not accepted", key=name)
         values[name] = value
     try:
-        return schema.model_validate(values).model_dump(mode="json")
+        # The DP keys appear only when asked for: the params of every other run stay as they
+        # were (a checkpoint compares them).
+        dumped = schema.model_validate(values).model_dump(mode="json")
+        return {k: v for k, v in dumped.items() if not (k.startswith("dp_") and v is None)}
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule across keys
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise InvalidInput(f"invalid parameters: {message}") from None
         name = ".".join(str(p) for p in first["loc"]) or "?"
         key = str(first["loc"][0]) if first["loc"] else "?"
         raise InvalidInput(

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nimbus.errors import InvalidInput
+from nimbus.runtime import privacy as dp
 from nimbus.runtime.architectures import build_model
 from nimbus.runtime.builtins import PREPARERS
 from nimbus.runtime.data import DataSplits
@@ -126,6 +127,10 @@ class _Run:
         self.shuffle = torch.Generator().manual_seed(params["seed"])
         self.history: list[dict[str, float]] = []
         self.best = BestEpoch(params["monitor"], params["patience"])
+        self.privacy = dp.plan(params, len(data.train))
+        self.stopped_for_privacy = False
+        if self.privacy is not None and pg.world_size > 1:
+            raise InvalidInput("differentially private training runs on one worker (workers=1)")
 
     def fit(self) -> TrainResult:
         resumed = None
@@ -136,10 +141,20 @@ class _Run:
         if self.pg.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(self.model, device_ids=ids, process_group=self.pg.group)
+        if self.privacy is not None:
+            net, self.optimizer = dp.make_private(self.model, self.optimizer, self.privacy)
         for epoch in range(len(self.history) + 1, self.params["epochs"] + 1):
             if self.best.should_stop:
                 break
-            record = {"epoch": float(epoch), **self._train_epoch(net, epoch)}
+            if self.privacy is not None and not dp.next_epoch_fits(self.privacy):
+                self.stopped_for_privacy = True  # another epoch would pass the ε asked for
+                break
+            if self.privacy is not None:
+                with dp.quiet():
+                    trained = self._train_epoch_private(net, epoch, self.privacy)
+            else:
+                trained = self._train_epoch(net, epoch)
+            record = {"epoch": float(epoch), **trained}
             if len(self.data.val):
                 record |= self._score("val")
             self.history.append(record)
@@ -175,6 +190,33 @@ class _Run:
                 self.reporter.progress(epoch, self.params["epochs"], b + 1, batches)
         loss_sum, correct = pg.all_sum([loss_sum, correct])
         return {"train_loss": loss_sum / n, "train_accuracy": correct / n}
+
+    def _train_epoch_private(
+        self, net: nn.Module, epoch: int, privacy: dp.Privacy
+    ) -> dict[str, float]:
+        """A DP-SGD epoch: Poisson batches, each example's gradient clipped, the sum
+        noised (the optimizer), the ε spent so far reported."""
+        net.train()
+        train = self.data.train
+        loss_sum, correct, seen = 0.0, 0.0, 0
+        for b, idx in enumerate(dp.poisson_batches(len(train), privacy, self.shuffle)):
+            x = self.prepared.batch("train", idx).to(self.device)
+            y = torch.from_numpy(train.y[idx]).to(self.device)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)
+            self.optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            seen += len(idx)
+            self.reporter.progress(epoch, self.params["epochs"], b + 1, privacy.steps_per_epoch)
+        seen = max(seen, 1)
+        return {
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "dp_epsilon": dp.spent(privacy),
+        }
 
     @torch.no_grad()
     def _predict(self, split: str, idx: np.ndarray) -> torch.Tensor:
@@ -212,6 +254,11 @@ class _Run:
             metrics["best_epoch"] = float(self.best.epoch)
             if self.pg.rank == 0:
                 self.reporter.log(last, best_epoch=float(self.best.epoch))
+        if self.privacy is not None:
+            # The run's whole spend (its checkpoints hold every epoch), not the kept epoch's.
+            metrics["dp_epsilon"] = dp.spent(self.privacy)
+            metrics["dp_delta"] = self.privacy.delta
+            metrics["dp_noise_multiplier"] = self.privacy.noise_multiplier
         evaluation = None
         if len(data.test):
             logits = self._predict("test", np.arange(len(data.test)))
@@ -257,6 +304,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "best": self.best.state(),
+            **({"privacy": dp.state(self.privacy)} if self.privacy is not None else {}),
         }
 
     def _restore(self, state: dict[str, Any]) -> int:
@@ -274,6 +322,8 @@ class _Run:
         self.history = [dict(h) for h in state["history"]]
         if "best" in state:
             self.best.load(state["best"])
+        if self.privacy is not None:
+            dp.load(self.privacy, state.get("privacy") or [])
         if len(self.history) != int(state["epoch"]):
             raise InvalidInput("the checkpoint's history does not match its epoch")
         return int(state["epoch"])

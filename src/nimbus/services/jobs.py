@@ -224,6 +224,12 @@ class JobService:
             params = _code_params(request.params)
         elif request.model in PARAM_SCHEMAS:
             params = validate_params(request.model, version.task, request.params)
+            if params.get("dp_epsilon") is not None and request.workers > 1:
+                raise InvalidInput(
+                    "differentially private training (dp_epsilon) runs on one worker: "
+                    f"workers must be 1, not {request.workers}",
+                    field="workers",
+                )
         else:
             raise InvalidInput(
                 f"unknown model {request.model[:100]!r}: use {', '.join(PARAM_SCHEMAS)} or a "
