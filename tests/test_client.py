@@ -156,7 +156,17 @@ def test_public_names_are_pinned() -> None:
         "delete_deployment",
         "wait_deployment",
         "predict",
+        "explain",
         "infer",
+        "derived_from",
+        "purge_dataset_version",
+        "start_study",
+        "get_study",
+        "list_studies",
+        "study_trials",
+        "study_importances",
+        "cancel_study",
+        "wait_study",
     }
     assert set(nimbus.client.__all__) == {
         "CHUNK_SIZE",

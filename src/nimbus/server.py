@@ -95,6 +95,7 @@ from nimbus.services.code import CodeService, CompileCheck
 from nimbus.services.datasets import DatasetService, IngestFn
 from nimbus.services.deployment_loop import DeploymentLoop, default_supervisor
 from nimbus.services.deployments import DeploymentService
+from nimbus.services.erasure import ErasureService
 from nimbus.services.garbage import GarbageService, garbage_sweep
 from nimbus.services.isolated import (
     CHECK_PROBE,
@@ -671,6 +672,7 @@ def build_services(
             abandoned_uploads=uploads.sweep_abandoned,
         ),
         uploads=uploads,
+        erasure=ErasureService(db, blobs),
     )
 
 

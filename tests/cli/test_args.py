@@ -58,6 +58,12 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "deployments update",
         "deployments delete",
         "predict",
+        "explain",
+        "tune",
+        "studies list",
+        "studies show",
+        "studies best",
+        "studies cancel",
         "admin rotate-key",
         "cluster status",
     }

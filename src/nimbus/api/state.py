@@ -19,6 +19,7 @@ from nimbus.services.cluster import ClusterService
 from nimbus.services.code import CodeService
 from nimbus.services.datasets import DatasetService
 from nimbus.services.deployments import DeploymentService
+from nimbus.services.erasure import ErasureService
 from nimbus.services.garbage import GarbageService
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService
@@ -58,6 +59,7 @@ class Services:
     garbage: GarbageService
     uploads: UploadService
     cluster: ClusterService
+    erasure: ErasureService
     # Set when the server begins to shut down: long-lived responses (log streams) end.
     stopping: threading.Event = field(default_factory=threading.Event)
     # Log streams each token has open (``settings.max_log_streams_per_token`` at most).

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from nimbus.cli.common import JsonOption, client, emit, human_bytes, transfer
+from nimbus.cli.common import JsonOption, client, console, emit, human_bytes, transfer
 from nimbus.cli.render import datasets_table, version_table
 from nimbus.datasets.domain import Format, Task
 from nimbus.wire.datasets import DatasetDeleted
@@ -121,8 +121,23 @@ def download(
 
 
 @app.command("delete")
-def delete(ref: RefArgument, as_json: JsonOption = False) -> None:
+def delete(
+    ref: RefArgument,
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge",
+            help="Erase NAME:V and what was made from it: its jobs' artifacts, checkpoints "
+            "and logs, the model versions registered from them (listed, then confirmed)",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm the purge without asking")] = False,
+    as_json: JsonOption = False,
+) -> None:
     """Delete one version (NAME:V) or a whole dataset with all its versions (NAME)."""
+    if purge:
+        _purge(ref, yes, as_json)
+        return
     with client() as api:
         result = api.delete_dataset(ref)
     if isinstance(result, DatasetDeleted):
@@ -131,3 +146,27 @@ def delete(ref: RefArgument, as_json: JsonOption = False) -> None:
     else:
         message = f"Deleted {result.dataset}:{result.version}"
     emit(result, as_json, lambda out: out.print(message, markup=False))
+
+
+def _purge(ref: str, yes: bool, as_json: bool) -> None:
+    with client() as api:
+        listed = api.derived_from(ref)
+        if not yes:
+            shown = console()
+            shown.print(f"Purging {listed.dataset} deletes:", markup=False)
+            for label, items in (
+                ("jobs' artifacts, checkpoints and logs", listed.jobs),
+                ("model versions", listed.model_versions),
+            ):
+                shown.print(f"  {label}: {', '.join(items) or 'none'}", markup=False)
+            if listed.deployments:
+                shown.print(f"  (served by {', '.join(listed.deployments)}: refused)")
+            if not typer.confirm("Delete all of it?", default=False):
+                typer.echo("error: not confirmed; nothing was deleted", err=True)
+                raise typer.Exit(1)
+        purged = api.purge_dataset_version(ref, listed.fingerprint)
+    message = (
+        f"Purged {purged.dataset}: {len(purged.jobs)} job(s)' outputs, "
+        f"{len(purged.model_versions)} model version(s), {purged.deleted_blobs} blob(s) deleted"
+    )
+    emit(purged, as_json, lambda out: out.print(message, markup=False))

@@ -21,6 +21,9 @@ from nimbus.wire.datasets import (
     DatasetList,
     DatasetSummary,
     DatasetVersion,
+    Derived,
+    Purged,
+    PurgeRequest,
 )
 
 
@@ -164,6 +167,28 @@ class DatasetsMixin(DirectTransfersMixin):
         return self._call(
             DatasetVersion, "DELETE", f"{API}/datasets/{ref.name}/versions/{ref.segment}"
         )
+
+    def derived_from(self, ref: str | DatasetRef) -> Derived:
+        """What purging version ``NAME:V`` would delete, with the fingerprint to confirm."""
+        ref = _numbered(ref)
+        return self._call(
+            Derived, "GET", f"{API}/datasets/{ref.name}/versions/{ref.segment}/derived"
+        )
+
+    def purge_dataset_version(self, ref: str | DatasetRef, confirm: str) -> Purged:
+        """Erase version ``NAME:V`` and everything made from it, as :meth:`derived_from`
+        listed it (its ``fingerprint`` as ``confirm``)."""
+        ref = _numbered(ref)
+        body = PurgeRequest(confirm=confirm).model_dump(mode="json")
+        url = f"{API}/datasets/{ref.name}/versions/{ref.segment}/purge"
+        return self._call(Purged, "POST", url, json=body)
+
+
+def _numbered(ref: str | DatasetRef) -> DatasetRef:
+    found = as_ref(ref)
+    if found.version is None or found.version == "latest":
+        raise InvalidInput(f"name the version to purge: NAME:V, not {str(ref)!r}")
+    return found
 
 
 def _choice(enum: type[StrEnum], value: str | None, what: str) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from nimbus.datasets.domain import Format, Task
-from nimbus.wire.base import Response, Timestamp
+from nimbus.wire.base import Request, Response, Timestamp
 
 
 class StoredFile(Response):
@@ -91,3 +91,22 @@ class DatasetDeleted(Response):
 
     name: str
     deleted_versions: list[int]
+
+
+class Derived(Response):
+    """``GET /datasets/{name}/versions/{v}/derived``: what purging the version deletes, and
+    the fingerprint a purge must quote (it changes when the list does)."""
+
+    dataset: str
+    jobs: list[str]  # their artifacts, checkpoints and logs
+    model_versions: list[str]  # NAME:V, registered from those jobs
+    deployments: list[str]  # serving those versions: a purge is refused while any is
+    fingerprint: str
+
+
+class PurgeRequest(Request):
+    confirm: str = Field(min_length=1, max_length=64)
+
+
+class Purged(Derived):
+    deleted_blobs: int

@@ -22,6 +22,9 @@ from nimbus.wire.datasets import (
     DatasetDeleted,
     DatasetList,
     DatasetVersion,
+    Derived,
+    Purged,
+    PurgeRequest,
     VersionList,
 )
 
@@ -139,6 +142,31 @@ def download_file(
 def delete_version(name: str, v: str, principal: Member, request: Request) -> DatasetVersion:
     """Delete one version (its number is never given out again); returns it."""
     return services_of(request).datasets.delete_version(principal, name, parse_version(v))
+
+
+@router.get("/datasets/{name}/versions/{v}/derived", response_model=Derived)
+def derived_from_version(name: str, v: str, principal: Viewer, request: Request) -> Derived:
+    """What purging the version would delete: the jobs trained on it (their artifacts,
+    checkpoints and logs) and the model versions registered from them; with the
+    fingerprint a purge must confirm."""
+    return services_of(request).erasure.derived(principal, name, _number(v))
+
+
+@router.post("/datasets/{name}/versions/{v}/purge", response_model=Purged)
+def purge_version(
+    name: str, v: str, body: PurgeRequest, principal: Member, request: Request
+) -> Purged:
+    """Erase the version and everything made from it, as listed by ``/derived`` (its
+    ``fingerprint`` as ``confirm``): refused (409) while a derived model is deployed or a
+    derived job is unfinished, or when the list changed; nothing is deleted then."""
+    return services_of(request).erasure.purge(principal, name, _number(v), body.confirm)
+
+
+def _number(v: str) -> int:
+    number = parse_version(v)
+    if number is None:
+        raise InvalidInput("name the version to purge by its number, not 'latest'")
+    return number
 
 
 @router.delete("/datasets/{name}", response_model=DatasetDeleted)
