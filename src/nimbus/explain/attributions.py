@@ -14,6 +14,7 @@ integral; it shrinks with ``steps``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,18 @@ from nimbus.explain.options import INTEGRATED_GRADIENTS, OCCLUSION, SHAPLEY, Exp
 # Interpolated inputs Integrated Gradients runs through the model at once, by elements
 # (pixels, features, token slots): bounds its memory whatever ``steps`` is.
 IG_ELEMENTS_PER_BATCH = 1 << 20
+
+
+@cache
+def _blas_threads() -> Any:
+    """The process's thread pools (threadpoolctl). Attributions are computed with numpy's
+    BLAS on one thread: Captum solves an eigenvalue problem (numpy's ``leggauss``, twice a
+    call) for Integrated Gradients' Gauss-Legendre points, and on a busy host the BLAS's
+    threads made that 30 times slower (1 s instead of 30 ms at 256 steps on two shared
+    cores; bench/explain.py)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 @dataclass(frozen=True)
@@ -63,21 +76,22 @@ def explain(
         else probabilities.argmax(dim=-1)
     )
     delta: torch.Tensor | None
-    if kind == "text":
-        attributions, delta = _text(module, probability, raw, targets, options)
-    else:
-        x = raw.to(torch.float32)
-        baseline = _baseline(kind, x, options, preprocessing or {})
-        if method == INTEGRATED_GRADIENTS:
-            attributions, delta = _integrated(probability, x, baseline, targets, options.steps)
-        elif method == OCCLUSION:
-            attributions = _occlusion(probability, x, baseline, targets, options)
-            delta = None
-        elif method == SHAPLEY:
-            attributions = _shapley(probability, x, baseline, targets, options)
-            delta = None
+    with _blas_threads().limit(limits=1, user_api="blas"):
+        if kind == "text":
+            attributions, delta = _text(module, probability, raw, targets, options)
         else:
-            raise InvalidInput(f"unknown method {method!r}", field="method")
+            x = raw.to(torch.float32)
+            baseline = _baseline(kind, x, options, preprocessing or {})
+            if method == INTEGRATED_GRADIENTS:
+                attributions, delta = _integrated(probability, x, baseline, targets, options.steps)
+            elif method == OCCLUSION:
+                attributions = _occlusion(probability, x, baseline, targets, options)
+                delta = None
+            elif method == SHAPLEY:
+                attributions = _shapley(probability, x, baseline, targets, options)
+                delta = None
+            else:
+                raise InvalidInput(f"unknown method {method!r}", field="method")
     return Explanation(
         attributions=attributions.detach().to(torch.float32).numpy(),
         targets=targets.numpy().astype(np.int64),
