@@ -205,8 +205,9 @@ def evaluate_model_dir(model_dir: Path, data: DataSplits, split: str = "test") -
         rows = np.asarray(x[start : start + EVAL_BATCH])
         batch = encoder.encode(rows) if encoder else np.ascontiguousarray(rows, dtype=dtype)
         (probabilities,) = session.run(["probabilities"], {"input": batch})
-        predictions.append(np.argmax(probabilities, axis=1))
-    return evaluate(np.asarray(y), np.concatenate(predictions), data.classes)
+        predictions.append(np.asarray(probabilities))
+    scores = np.concatenate(predictions)
+    return evaluate(np.asarray(y), scores.argmax(axis=1), data.classes, scores)
 
 
 def _as_module(model: Any) -> nn.Module:

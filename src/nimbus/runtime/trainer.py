@@ -215,7 +215,10 @@ class _Run:
         if len(data.test):
             logits = self._predict("test", np.arange(len(data.test)))
             y = torch.from_numpy(np.asarray(data.test.y))
-            evaluation = evaluate(y.numpy(), logits.argmax(dim=1).numpy(), data.classes)
+            probabilities = torch.softmax(logits, dim=1).numpy()
+            evaluation = evaluate(
+                y.numpy(), logits.argmax(dim=1).numpy(), data.classes, probabilities
+            )
             metrics["test_loss"] = F.cross_entropy(logits, y).item()
             metrics["test_accuracy"] = evaluation["accuracy"]
             if self.pg.rank == 0:
