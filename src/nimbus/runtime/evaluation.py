@@ -14,7 +14,6 @@ from sklearn.metrics import (
 
 from nimbus.errors import InvalidInput
 
-
 CALIBRATION_BINS = 10
 
 
