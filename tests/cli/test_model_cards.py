@@ -65,8 +65,8 @@ def test_card_and_datasheet_through_cli_and_rest(
     assert markdown.startswith("---\n") and "model-index:" in markdown
     assert "Not for production." in markdown and "Demos only." in markdown
 
-    page = cli("models", "card", "card-model@nosuch", "--format", "html", code=4)
-    assert "nosuch" in page.stderr
+    missing = cli("models", "card", "card-model@nosuch", "--format", "html", code=4)
+    assert "nosuch" in missing.stderr
     page = cli("models", "card", "card-model", "--format", "html").stdout
     assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
