@@ -302,3 +302,30 @@ def test_datasheet(store: Database) -> None:
     assert HubCard(markdown).data.to_dict()["task_categories"] == ["image-classification"]
     with pytest.raises(NotFound, match="no version 4"):
         CardService(store).datasheet(who, "pets", 4)
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"per_class": {"cat": "high"}, "support": 3},
+        {"per_class": {}, "confusion_matrix": "none", "support": 3},
+        {"per_class": {}, "calibration": {"ece": "low"}},
+        {"accuracy": 1.0, "per_class": {}, "fairness": {"groups": [1, 2]}},
+        {"accuracy": 1.0, "per_class": {}, "fairness": {"groups": {"a": {"recall": [0.5]}}}},
+    ],
+)
+def test_an_evaluation_a_script_made_up_does_not_break_the_card(
+    store: Database, metrics: dict[str, Any]
+) -> None:
+    """A job's script reports its own results: what does not fit is left out, never a 500."""
+    who = seed(store)
+    with store.session(write=True) as session:
+        model = repo.get_model(session, who.tenant_id, "pet")
+        assert model is not None
+        version = repo.get_version(session, model.id, 1)
+        assert version is not None
+        version.metrics = metrics
+    card = CardService(store).model_card(who, "pet", VersionRef())
+    assert not card.fairness.declared
+    assert card.evaluation.available == (metrics.get("accuracy") == 1.0)
+    assert "<h2>Evaluation</h2>" in as_html(card_markdown(card), "card")

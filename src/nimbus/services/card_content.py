@@ -18,6 +18,8 @@ import math
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from nimbus.wire.base import iso
 from nimbus.wire.cards import (
     Calibration,
@@ -231,8 +233,17 @@ def _training_data(lineage: CardDataset, dataset: DatasetVersion | None) -> Trai
 
 
 def _evaluation(metrics: dict[str, Any] | None) -> Evaluation:
+    """The evaluation section; a job's script can report what it likes, so what does not
+    read as an evaluation counts as none."""
     if not metrics or not isinstance(metrics.get("per_class"), dict):
         return Evaluation(available=False)
+    try:
+        return _read_evaluation(metrics)
+    except (ValidationError, AttributeError, TypeError):
+        return Evaluation(available=False)
+
+
+def _read_evaluation(metrics: dict[str, Any]) -> Evaluation:
     calibration = metrics.get("calibration")
     return Evaluation(
         available=True,
@@ -251,14 +262,20 @@ def _evaluation(metrics: dict[str, Any] | None) -> Evaluation:
 
 
 def _fairness(found: Any) -> Fairness:
+    """The fairness section (one that does not read as the documented format is left out)."""
     if not isinstance(found, dict) or not found.get("groups"):
         return Fairness(declared=False)
-    return Fairness(
-        declared=True,
-        group_column=_str_or_none(found.get("group_column")),
-        groups=found.get("groups") or {},
-        disparities=found.get("disparities") or {},
-    )
+    try:
+        return Fairness.model_validate(
+            {
+                "declared": True,
+                "group_column": _str_or_none(found.get("group_column")),
+                "groups": found.get("groups"),
+                "disparities": found.get("disparities") or {},
+            }
+        )
+    except ValidationError:
+        return Fairness(declared=False)
 
 
 def _class_counts(evaluation: Evaluation, training: TrainingData) -> tuple[dict[str, int], str]:

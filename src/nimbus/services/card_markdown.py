@@ -220,13 +220,13 @@ def _fairness(f: Fairness) -> list[str]:
     if not f.declared:
         return ["No sensitive attribute was declared for the dataset: no per-group figures."]
     lines = [f"Per group of `{_inline(f.group_column or '?')}`.", ""]
-    classes = sorted({c for g in f.groups.values() for c in (g.get("recall") or {})})
+    classes = sorted({c for g in f.groups.values() for c in [*g.recall, *g.selection_rate]})
     rows = []
     for group, g in f.groups.items():
         rows.append(
-            [group, str(g.get("count", "")), _fixed(g.get("accuracy"))]
-            + [_fixed((g.get("recall") or {}).get(c)) for c in classes]
-            + [_fixed((g.get("selection_rate") or {}).get(c)) for c in classes]
+            [group, "-" if g.count is None else str(g.count), _fixed(g.accuracy)]
+            + [_fixed(g.recall.get(c)) for c in classes]
+            + [_fixed(g.selection_rate.get(c)) for c in classes]
         )
     lines += _table(
         ["Group", "Examples", "Accuracy"]

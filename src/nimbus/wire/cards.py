@@ -137,14 +137,25 @@ class Limitations(Response):
     text: str | None = Field(description="What a person wrote.")
 
 
+class FairnessGroup(Response):
+    """The figures of one group of the sensitive attribute (per class: recall and the
+    share of the group predicted as that class)."""
+
+    count: int | None = None
+    accuracy: float | None = None
+    selection_rate: dict[str, float | None] = Field(default_factory=dict)
+    recall: dict[str, float | None] = Field(default_factory=dict)
+
+
 class Fairness(Response):
-    """Section "Fairness": per-group metrics and disparities from the job's evaluation;
-    ``declared`` false when the dataset declared no sensitive attribute."""
+    """Section "Fairness": per-group metrics and disparities (per class:
+    ``demographic_parity_difference``, ``equalized_odds_difference``) from the job's
+    evaluation; ``declared`` false when the dataset declared no sensitive attribute."""
 
     declared: bool
     group_column: str | None = None
-    groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    disparities: dict[str, dict[str, float]] = Field(default_factory=dict)
+    groups: dict[str, FairnessGroup] = Field(default_factory=dict)
+    disparities: dict[str, dict[str, float | None]] = Field(default_factory=dict)
 
 
 class ModelCard(Response):
