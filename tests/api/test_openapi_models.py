@@ -24,6 +24,8 @@ ROUTES = {
     ("get", "/models/{name}/versions/{v}"): ({"200"}, "ModelVersion"),
     ("delete", "/models/{name}/versions/{v}"): ({"200"}, "ModelVersion"),
     ("get", "/models/{name}/versions/{v}/files/{file}/link"): ({"200"}, "FileLink"),
+    ("get", "/models/{name}/versions/{v}/card"): ({"200"}, "ModelCard"),
+    ("patch", "/models/{name}/versions/{v}/card"): ({"200"}, "ModelCard"),
     ("put", "/models/{name}/aliases/{alias}"): ({"200"}, "AliasChange"),
     ("delete", "/models/{name}/aliases/{alias}"): ({"200"}, "AliasChange"),
     ("post", "/deployments"): ({"201"}, "Deployment"),

@@ -90,6 +90,8 @@ def test_save_model_exports_a_verified_model_dir(local: Path) -> None:
     np.testing.assert_allclose(got, want, atol=1e-5)
     evaluation = evaluate_model_dir(model_dir, api.session().data)
     assert evaluation["support"] == len(data.test)
+    bins = evaluation["calibration"]["bins"]  # from the ONNX graph's probabilities
+    assert sum(b["count"] for b in bins) == len(data.test)
 
 
 def test_a_model_ending_in_softmax_is_not_softmaxed_twice(local: Path) -> None:
@@ -144,6 +146,9 @@ def test_evaluate_records_the_result(local: Path) -> None:
     scores = np.eye(3)[data.test.y]
     result = nr.evaluate(data.test.y, scores)
     assert result["accuracy"] == 1.0 and api.session().evaluation == result
+    assert result["calibration"]["ece"] == 0.0  # rows of probabilities: all sure, all right
+    logits = 5 * scores - 1  # not probabilities: no calibration
+    assert "calibration" not in nr.evaluate(data.test.y, logits)
 
 
 def test_dataset_outside_a_job_needs_a_directory(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,3 +49,29 @@ def test_result_is_plain_json() -> None:
 def test_bad_inputs_are_refused(y_true: list[float], y_pred: list[int]) -> None:
     with pytest.raises(InvalidInput):
         evaluate(y_true, y_pred, ["a", "b"])
+
+
+def test_calibration_hand_checked() -> None:
+    # confidence: .95 .85 .70 .60 .50 .92; right: yes no no yes yes yes
+    probabilities = [[0.95, 0.05], [0.85, 0.15], [0.3, 0.7], [0.4, 0.6], [0.5, 0.5], [0.92, 0.08]]
+    truth = [0, 1, 0, 1, 0, 0]
+    pred = np.argmax(probabilities, axis=1)
+    result = evaluate(truth, pred, ["a", "b"], probabilities)["calibration"]
+    bins = result["bins"]
+    assert [(b["low"], b["high"]) for b in bins] == [(i / 10, (i + 1) / 10) for i in range(10)]
+    assert [b["count"] for b in bins] == [0, 0, 0, 0, 1, 1, 1, 0, 1, 2]
+    # an edge belongs to the bin it closes: .7 in (.6, .7], .5 in (.4, .5]
+    assert bins[6]["confidence"] == pytest.approx(0.7) and bins[6]["accuracy"] == 0.0
+    assert bins[4]["confidence"] == pytest.approx(0.5) and bins[4]["accuracy"] == 1.0
+    assert bins[9]["confidence"] == pytest.approx(0.935) and bins[9]["accuracy"] == 1.0
+    assert bins[0]["confidence"] is None and bins[0]["accuracy"] is None
+    assert result["ece"] == pytest.approx((2 * 0.065 + 0.85 + 0.7 + 0.4 + 0.5) / 6)
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_calibration_is_left_out_without_probabilities_and_checks_them() -> None:
+    assert "calibration" not in evaluate([0, 1], [0, 1], ["a", "b"])
+    with pytest.raises(InvalidInput, match="one row per example"):
+        evaluate([0, 1], [0, 1], ["a", "b"], [[1.0, 0.0]])
+    with pytest.raises(InvalidInput, match=r"in \[0, 1\]"):
+        evaluate([0, 1], [0, 1], ["a", "b"], [[1.0, 0.0], [2.0, -1.0]])

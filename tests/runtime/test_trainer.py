@@ -23,6 +23,9 @@ def test_cnn_learns_digits() -> None:
     assert result.metrics["test_accuracy"] >= 0.9
     assert result.evaluation is not None and result.evaluation["accuracy"] >= 0.9
     assert len(result.evaluation["confusion_matrix"]) == 10
+    bins = result.evaluation["calibration"]["bins"]  # from the test split's probabilities
+    assert sum(b["count"] for b in bins) == result.evaluation["support"]
+    assert 0 <= result.evaluation["calibration"]["ece"] < 0.2
     assert [step for step, m in reporter.metrics if set(m) >= EPOCH_METRICS] == [1, 2, 3, 4]
     assert reporter.series("test_accuracy") == [result.metrics["test_accuracy"]]
     losses = reporter.series("train_loss")

@@ -18,6 +18,7 @@ from nimbus.api.audit_log import AuditMiddleware
 from nimbus.api.context import AuditContext
 from nimbus.api.routes import (
     audit,
+    cards,
     cluster,
     code,
     datasets,
@@ -84,6 +85,7 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
         studies,
         job_api,
         model_routes,
+        cards,
         deployment_routes,
         storage,
     ):

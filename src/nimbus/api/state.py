@@ -15,6 +15,7 @@ from nimbus.config import Settings
 from nimbus.db.engine import Database
 from nimbus.jobs.capacity import Capacity
 from nimbus.services.audit import AuditService
+from nimbus.services.cards import CardService
 from nimbus.services.cluster import ClusterService
 from nimbus.services.code import CodeService
 from nimbus.services.datasets import DatasetService
@@ -64,9 +65,12 @@ class Services:
     stopping: threading.Event = field(default_factory=threading.Event)
     # Log streams each token has open (``settings.max_log_streams_per_token`` at most).
     log_streams: StreamSlots = field(init=False)
+    # Model cards and datasheets: read from the metadata store alone.
+    cards: CardService = field(init=False)
 
     def __post_init__(self) -> None:
         self.log_streams = StreamSlots(self.settings.max_log_streams_per_token)
+        self.cards = CardService(self.db)
 
 
 def services_of(request: Request) -> Services:

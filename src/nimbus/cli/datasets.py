@@ -1,19 +1,27 @@
-"""``nimbus datasets upload|list|show|download|delete``."""
+"""``nimbus datasets upload|list|show|datasheet|download|delete``."""
 
 from __future__ import annotations
 
+import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from nimbus.cli.common import JsonOption, client, console, emit, human_bytes, transfer
+from nimbus.cli.common import JsonOption, client, console, emit, human_bytes, print_json, transfer
 from nimbus.cli.render import datasets_table, version_table
 from nimbus.datasets.domain import Format, Task
 from nimbus.wire.datasets import DatasetDeleted
 
 app = typer.Typer(help="Upload, inspect, download and delete datasets.", no_args_is_help=True)
+
+
+class SheetFormat(StrEnum):
+    MD = "md"
+    JSON = "json"
+
 
 RefArgument = Annotated[
     str, typer.Argument(metavar="NAME[:V]", help="A dataset (its latest version) or NAME:VERSION")
@@ -170,3 +178,21 @@ def _purge(ref: str, yes: bool, as_json: bool) -> None:
         f"{len(purged.model_versions)} model version(s), {purged.deleted_blobs} blob(s) deleted"
     )
     emit(purged, as_json, lambda out: out.print(message, markup=False))
+
+
+@app.command("datasheet")
+def datasheet(
+    ref: RefArgument,
+    format: Annotated[
+        SheetFormat, typer.Option("--format", help="Markdown for people, or JSON")
+    ] = SheetFormat.MD,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a version's datasheet: source, format, size, per-class counts, splits and how
+    they were made, hashes, who uploaded it and when."""
+    with client() as api:
+        if as_json or format is SheetFormat.JSON:
+            print_json(api.datasheet(ref))
+            return
+        text = api.datasheet_markdown(ref)
+    sys.stdout.write(text)

@@ -1,8 +1,10 @@
-"""``nimbus models register|list|show|alias|download|delete`` (the model registry)."""
+"""``nimbus models register|list|show|card|alias|download|delete`` (the model registry)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +14,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from nimbus.cli.common import JsonOption, client, emit, human_bytes, transfer
+from nimbus.cli.common import JsonOption, client, emit, human_bytes, print_json, transfer
 from nimbus.wire.base import iso
 from nimbus.wire.models import Model, ModelSummary, ModelVersion
 
@@ -111,17 +113,54 @@ def model_view(model: Model) -> RenderableType:
     return Group(title, versions_table(model.versions))
 
 
+DescriptionOption = Annotated[
+    str | None, typer.Option("--description", metavar="TEXT", help="Model card: what it is")
+]
+IntendedUseOption = Annotated[
+    str | None,
+    typer.Option("--intended-use", metavar="TEXT", help="Model card: what it is for (and not)"),
+]
+LimitationsOption = Annotated[
+    str | None,
+    typer.Option("--limitations", metavar="TEXT", help="Model card: known limitations"),
+]
+EthicsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ethical-considerations", metavar="TEXT", help="Model card: ethical considerations"
+    ),
+]
+
+
+class CardFormat(StrEnum):
+    MD = "md"
+    JSON = "json"
+    HTML = "html"
+
+
 @app.command("register")
 def register(
     name: NameArgument,
     from_job: Annotated[
         str, typer.Option("--from-job", metavar="ID", help="A succeeded training job")
     ],
+    description: DescriptionOption = None,
+    intended_use: IntendedUseOption = None,
+    limitations: LimitationsOption = None,
+    ethical_considerations: EthicsOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Register the model a succeeded job trained as a new version of NAME."""
+    """Register the model a succeeded job trained as a new version of NAME (its model card
+    starting with the text given)."""
     with client() as api:
-        version = api.register_model(name, from_job)
+        version = api.register_model(
+            name,
+            from_job,
+            description=description,
+            intended_use=intended_use,
+            limitations=limitations,
+            ethical_considerations=ethical_considerations,
+        )
 
     def render(out: Console) -> None:
         out.print(
@@ -206,3 +245,34 @@ def delete(
         result = api.delete_model_version(ref)
     message = f"Deleted {result.model}:{result.version}"
     emit(result, as_json, lambda out: out.print(message, markup=False))
+
+
+@app.command("card")
+def card(
+    ref: RefArgument,
+    format: Annotated[
+        CardFormat, typer.Option("--format", help="Markdown (Hugging Face layout), JSON or HTML")
+    ] = CardFormat.MD,
+    description: DescriptionOption = None,
+    intended_use: IntendedUseOption = None,
+    limitations: LimitationsOption = None,
+    ethical_considerations: EthicsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a version's model card; with --description, --intended-use, --limitations or
+    --ethical-considerations, first set that text ("" clears it)."""
+    edits = {
+        "description": description,
+        "intended_use": intended_use,
+        "limitations": limitations,
+        "ethical_considerations": ethical_considerations,
+    }
+    with client() as api:
+        found = None
+        if any(value is not None for value in edits.values()):
+            found = api.edit_model_card(ref, **edits)
+        if as_json or format is CardFormat.JSON:
+            print_json(found if found is not None else api.model_card(ref))
+            return
+        text = api.model_card_text(ref, "md" if format is CardFormat.MD else "html")
+    sys.stdout.write(text)

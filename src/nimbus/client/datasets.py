@@ -15,6 +15,7 @@ from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidInput
 from nimbus.names import parse_reference, validate_name
 from nimbus.wire.base import dump
+from nimbus.wire.cards import Datasheet
 from nimbus.wire.datasets import (
     Dataset,
     DatasetDeleted,
@@ -134,6 +135,18 @@ class DatasetsMixin(DirectTransfersMixin):
         return self._call(
             DatasetVersion, "GET", f"{API}/datasets/{ref.name}/versions/{ref.segment}"
         )
+
+    def datasheet(self, ref: str | DatasetRef) -> Datasheet:
+        """A version's datasheet (``ref``: ``NAME`` for the latest, or ``NAME:VERSION``)."""
+        ref = as_ref(ref)
+        path = f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
+        return self._call(Datasheet, "GET", path)
+
+    def datasheet_markdown(self, ref: str | DatasetRef) -> str:
+        """A version's datasheet as Markdown (a Hugging Face style dataset card)."""
+        ref = as_ref(ref)
+        path = f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
+        return self._request("GET", path, params={"format": "md"}).text
 
     def download_dataset(
         self,

@@ -14,6 +14,7 @@ from nimbus.client.uploads import DirectTransfersMixin
 from nimbus.errors import InvalidInput
 from nimbus.names import parse_reference, validate_alias, validate_name, version_number
 from nimbus.wire.base import dump
+from nimbus.wire.cards import ModelCard
 from nimbus.wire.models import AliasChange, Model, ModelList, ModelSummary, ModelVersion
 
 
@@ -57,14 +58,67 @@ def _version_number(version: int | str) -> int:
 class ModelsMixin(DirectTransfersMixin):
     """``/models``, ``/models/{name}/versions`` and ``/models/{name}/aliases``."""
 
-    def register_model(self, name: str, job: str) -> ModelVersion:
+    def register_model(
+        self,
+        name: str,
+        job: str,
+        *,
+        description: str | None = None,
+        intended_use: str | None = None,
+        limitations: str | None = None,
+        ethical_considerations: str | None = None,
+    ) -> ModelVersion:
         """Register a succeeded job's model as a new version of ``name`` (created on its first
-        version); registering the same job again returns the existing version."""
+        version), its model card starting with the text given; registering the same job
+        again returns the existing version (its card unchanged: see :meth:`edit_model_card`)."""
         validate_name(name, "model name")
         if not isinstance(job, str) or not job.strip():
             raise InvalidInput("a job id is required (--from-job)")
-        body = {"job": job.strip()}
+        body: dict[str, Any] = {"job": job.strip()}
+        text = _card_text(
+            description=description,
+            intended_use=intended_use,
+            limitations=limitations,
+            ethical_considerations=ethical_considerations,
+        )
+        if text:
+            body["card"] = text
         return self._call(ModelVersion, "POST", f"{API}/models/{name}/versions", json=body)
+
+    def model_card(self, ref: str | ModelRef) -> ModelCard:
+        """A version's model card (docs/model-format.md, "Model cards"), generated now."""
+        return self._call(ModelCard, "GET", _version_path(as_model_ref(ref)) + "/card")
+
+    def model_card_text(self, ref: str | ModelRef, format: Literal["md", "html"] = "md") -> str:
+        """A version's model card as Markdown (Hugging Face layout) or as an HTML page."""
+        if format not in ("md", "html"):
+            raise InvalidInput(f"invalid card format {format!r}: md or html (or model_card())")
+        path = _version_path(as_model_ref(ref)) + "/card"
+        return self._request("GET", path, params={"format": format}).text
+
+    def edit_model_card(
+        self,
+        ref: str | ModelRef,
+        *,
+        description: str | None = None,
+        intended_use: str | None = None,
+        limitations: str | None = None,
+        ethical_considerations: str | None = None,
+    ) -> ModelCard:
+        """Set the card's text fields that are given ("" clears one; None leaves it)."""
+        text = _card_text(
+            description=description,
+            intended_use=intended_use,
+            limitations=limitations,
+            ethical_considerations=ethical_considerations,
+        )
+        if not text:
+            raise InvalidInput(
+                "nothing to change: give --description, --intended-use, --limitations or "
+                "--ethical-considerations"
+            )
+        path = _version_path(as_model_ref(ref)) + "/card"
+        return self._call(ModelCard, "PATCH", path, json=text)
 
     def list_models(self) -> list[ModelSummary]:
         """Every model of the caller's tenant: latest version, version count, aliases."""
@@ -113,6 +167,10 @@ class ModelsMixin(DirectTransfersMixin):
         if ref.version is None and ref.alias is None:
             raise InvalidInput(f"name the version to delete: {ref.name}:VERSION")
         return self._call(ModelVersion, "DELETE", _version_path(ref))
+
+
+def _card_text(**fields: str | None) -> dict[str, str]:
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _model_file_name(name: str, meta: dict[str, Any]) -> str:

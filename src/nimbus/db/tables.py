@@ -340,6 +340,9 @@ class ModelVersionRow(Base):
     files: Mapped[dict[str, Any]]  # {file name: {"key", "size"}}
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(32))
+    # What a person wrote for the model card (migration 0014): description, intended_use,
+    # limitations, ethical_considerations, updated_at, updated_by. Null until written.
+    card: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class ModelAliasRow(Base):

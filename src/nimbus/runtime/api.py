@@ -268,17 +268,31 @@ def save_model(
 
 def evaluate(y_true: Any, y_pred: Any) -> dict[str, Any]:
     """Score predictions (class indices, or one row of scores per example) against labels:
-    accuracy, precision, recall, F1, per class, confusion matrix. The result becomes the
-    job's evaluation; ``test_accuracy`` is logged."""
+    accuracy, precision, recall, F1, per class, confusion matrix, and the calibration when
+    the rows are probabilities (non-negative, summing to 1). The result becomes the job's
+    evaluation; ``test_accuracy`` is logged."""
     current = session()
     pred = np.asarray(y_pred.detach().cpu() if isinstance(y_pred, torch.Tensor) else y_pred)
+    probabilities = None
     if pred.ndim == 2:
+        probabilities = pred if _are_probabilities(pred) else None
         pred = pred.argmax(axis=1)
     truth = np.asarray(y_true.detach().cpu() if isinstance(y_true, torch.Tensor) else y_true)
-    result = score(truth, pred, current.data.classes)
+    result = score(truth, pred, current.data.classes, probabilities)
     current.evaluation = result
     log(max(current.logged_step, 1), test_accuracy=result["accuracy"])
     return result
+
+
+def _are_probabilities(scores: np.ndarray) -> bool:
+    """Rows of probabilities (calibration is reported for them), not logits."""
+    values = scores.astype(np.float64, copy=False)
+    return bool(
+        values.size
+        and np.isfinite(values).all()
+        and values.min() >= 0
+        and np.allclose(values.sum(axis=1), 1.0, atol=1e-4)
+    )
 
 
 # -- local mode -------------------------------------------------------------------------

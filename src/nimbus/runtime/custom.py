@@ -206,10 +206,11 @@ def evaluate_model_dir(model_dir: Path, data: DataSplits, split: str = "test") -
         rows = np.asarray(x[start : start + EVAL_BATCH])
         batch = encoder.encode(rows) if encoder else np.ascontiguousarray(rows, dtype=dtype)
         (probabilities,) = session.run(["probabilities"], {"input": batch})
-        predictions.append(np.argmax(probabilities, axis=1))
-    predicted = np.concatenate(predictions)
-    scores = evaluate(np.asarray(y), predicted, data.classes)
-    return with_fairness(scores, data, predicted) if split == "test" else scores
+        predictions.append(np.asarray(probabilities))
+    scores = np.concatenate(predictions)
+    predicted = scores.argmax(axis=1)
+    evaluation = evaluate(np.asarray(y), predicted, data.classes, scores)
+    return with_fairness(evaluation, data, predicted) if split == "test" else evaluation
 
 
 def _as_module(model: Any) -> nn.Module:

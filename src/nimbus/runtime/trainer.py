@@ -263,9 +263,10 @@ class _Run:
         if len(data.test):
             logits = self._predict("test", np.arange(len(data.test)))
             y = torch.from_numpy(np.asarray(data.test.y))
+            probabilities = torch.softmax(logits, dim=1).numpy()
             predicted = logits.argmax(dim=1).numpy()
             evaluation = with_fairness(
-                evaluate(y.numpy(), predicted, data.classes), data, predicted
+                evaluate(y.numpy(), predicted, data.classes, probabilities), data, predicted
             )
             metrics["test_loss"] = F.cross_entropy(logits, y).item()
             metrics["test_accuracy"] = evaluation["accuracy"]

@@ -36,10 +36,12 @@ from nimbus.modelformat.verify import recorded_accuracy
 from nimbus.names import parse_reference, validate_alias, validate_name, version_number
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import FileDownload, delete_quietly, verified_download
+from nimbus.services.card_content import card_text
 from nimbus.services.code import is_code_ref
 from nimbus.services.isolated import LimitedRunner, Limits, json_reply, limit_text
 from nimbus.services.jobs import finite
 from nimbus.storage.blobs import BlobStore, digest_of
+from nimbus.wire.cards import CardText
 from nimbus.wire.models import (
     AliasChange,
     AliasEvent,
@@ -241,9 +243,12 @@ class ModelService:
 
     # -- register -----------------------------------------------------------------------
 
-    def register(self, principal: Principal, name: str, job_id: str) -> RegisterResult:
+    def register(
+        self, principal: Principal, name: str, job_id: str, card: CardText | None = None
+    ) -> RegisterResult:
         """A new version of ``name`` from a succeeded job of the caller's tenant (checked
-        first); the version already registered from that job if there is one."""
+        first), its model card starting with ``card``'s text; the version already
+        registered from that job if there is one (unchanged: its card is edited apart)."""
         require_role(principal, Role.MEMBER)
         validate_name(name, "model name")
         with self.db.session() as session:
@@ -262,7 +267,7 @@ class ModelService:
         spec = self._check(detail, files)
         for attempt in range(1, 6):
             try:
-                return self._commit(principal, name, detail, files, spec)
+                return self._commit(principal, name, detail, files, spec, card)
             except IntegrityError:
                 if attempt == 5:
                     raise Conflict(f"model {name!r} is being changed concurrently") from None
@@ -329,6 +334,7 @@ class ModelService:
         detail: JobDetail,
         files: dict[str, dict[str, Any]],
         spec: dict[str, Any],
+        card: CardText | None,
     ) -> RegisterResult:
         with self.db.session(write=True) as session:
             blobrefs.lock(session)
@@ -349,6 +355,7 @@ class ModelService:
                 files=files,
                 created_at=now,
                 created_by=principal.token_id,
+                card=card_text(card, principal.token_id, now),
                 **_lineage(detail),
             )
             blobrefs.add(session, MODEL_VERSION, row.id, [e["key"] for e in files.values()])

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from nimbus.wire.base import Request, Response, Timestamp
+from nimbus.wire.cards import CardText
 
 
 class ModelFile(Response):
@@ -108,6 +109,9 @@ class RegisterVersion(Request):
     register."""
 
     job: str = Field(min_length=1, max_length=64)
+    card: CardText | None = Field(
+        default=None, description="The model card's text the new version starts with."
+    )
 
 
 class SetAlias(Request):

@@ -34,7 +34,7 @@ async def register_version(
 ) -> ModelVersion:
     """201 with a new version; 200 with the version already registered from that job."""
     result = await run_in_threadpool(
-        services_of(request).models.register, principal, name, body.job
+        services_of(request).models.register, principal, name, body.job, body.card
     )
     if not result.created:
         response.status_code = 200
