@@ -44,6 +44,8 @@ def test_a_private_run_stays_within_its_budget_and_still_learns() -> None:
     assert result.metrics["dp_delta"] == 1e-5 and result.metrics["dp_noise_multiplier"] > 0.3
     assert result.metrics["test_accuracy"] > 0.5  # ten classes: chance is 0.1
     assert result.params["dp_epsilon"] == 8.0
+    assert result.evaluation is not None  # the model card reads how it was trained
+    assert result.evaluation["privacy"]["epsilon"] == spent[-1]
 
     # A run killed after its first epoch and resumed spends what an unbroken one does.
     crashed = CrashAfter(1)

@@ -57,7 +57,10 @@ FAIRNESS = {
 }
 
 
-def job_evaluation(fairness: bool = False) -> dict[str, Any]:
+PRIVACY = {"epsilon": 7.98, "delta": 1e-5, "max_grad_norm": 1.0, "noise_multiplier": 0.83}
+
+
+def job_evaluation(fairness: bool = False, privacy: bool = False) -> dict[str, Any]:
     """A real evaluation of 70 test predictions: the third class is mostly missed."""
     rng = np.random.default_rng(0)
     truth = np.array([0] * 30 + [1] * 30 + [2] * 10)
@@ -71,6 +74,8 @@ def job_evaluation(fairness: bool = False) -> dict[str, Any]:
     result = evaluate(truth, pred, CLASSES, probabilities)
     if fairness:
         result["fairness"] = FAIRNESS
+    if privacy:
+        result["privacy"] = PRIVACY
     return result
 
 
@@ -92,7 +97,7 @@ def store(tmp_path: Path) -> Iterator[Database]:
     database.dispose()
 
 
-def seed(db: Database, *, fairness: bool = False) -> Principal:
+def seed(db: Database, *, fairness: bool = False, privacy: bool = False) -> Principal:
     """A tenant with a token, a dataset version and a model version trained on it."""
     with db.session(write=True) as session:
         tenant = tenants.get_or_create(session, "acme")
@@ -146,7 +151,7 @@ def seed(db: Database, *, fairness: bool = False) -> Principal:
             code_hash=None,
             params={"epochs": 3},
             seed=7,
-            metrics=job_evaluation(fairness),
+            metrics=job_evaluation(fairness, privacy),
         )
         tenant_id = tenant.id
     return Principal(tenant_id, "acme", "tok_alice", "alice", Role.MEMBER)
@@ -181,8 +186,18 @@ def test_the_card_follows_the_job_evaluation_and_the_dataset(store: Database) ->
     assert flags["small_test_set"].detail["test_examples"] == 70
     assert flags["class_imbalance"].detail["smallest"] == {"class": XSS_LABEL, "count": 30}
     assert card.description == "Tells <script>alert(1)</script> pets apart."
-    assert not card.fairness.declared
+    assert not card.fairness.declared and card.privacy is None
     assert ModelCard.model_validate_json(card.model_dump_json()) == card  # stable JSON
+    assert "Trained without differential privacy." in card_markdown(card)
+
+
+def test_a_privately_trained_model_says_so(store: Database) -> None:
+    who = seed(store, privacy=True)
+    card = CardService(store).model_card(who, "pet", VersionRef(version=1))
+    assert card.privacy is not None and card.privacy.epsilon == 7.98
+    text = card_markdown(card)
+    assert "Trained with differential privacy (DP-SGD): ε = 7.980 spent" in text
+    assert "noise multiplier 0.830" in text
 
 
 def test_editing_the_text_keeps_what_is_not_given(both: Database) -> None:

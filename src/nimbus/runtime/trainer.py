@@ -268,6 +268,13 @@ class _Run:
             evaluation = with_fairness(
                 evaluate(y.numpy(), predicted, data.classes, probabilities), data, predicted
             )
+            if self.privacy is not None:  # the model card tells how it was trained
+                evaluation["privacy"] = {
+                    "epsilon": metrics["dp_epsilon"],
+                    "delta": self.privacy.delta,
+                    "max_grad_norm": self.privacy.max_grad_norm,
+                    "noise_multiplier": self.privacy.noise_multiplier,
+                }
             metrics["test_loss"] = F.cross_entropy(logits, y).item()
             metrics["test_accuracy"] = evaluation["accuracy"]
             if self.pg.rank == 0:

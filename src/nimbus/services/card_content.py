@@ -35,6 +35,7 @@ from nimbus.wire.cards import (
     ModelCard,
     ModelDetails,
     Person,
+    Privacy,
     SplitCounts,
     SplitMethod,
     TrainingData,
@@ -109,6 +110,7 @@ def model_card(
         ),
         ethical_considerations=_text(text, "ethical_considerations"),
         fairness=_fairness((version.metrics or {}).get("fairness")),
+        privacy=_privacy((version.metrics or {}).get("privacy")),
         text_updated_at=text.get("updated_at"),
         text_updated_by=_person(updated_by, people) if updated_by else None,
     )
@@ -276,6 +278,16 @@ def _fairness(found: Any) -> Fairness:
         )
     except ValidationError:
         return Fairness(declared=False)
+
+
+def _privacy(found: Any) -> Privacy | None:
+    """The DP-SGD block of the evaluation (runtime/trainer.py), if it reads as one."""
+    if not isinstance(found, dict):
+        return None
+    try:
+        return Privacy.model_validate(found)
+    except ValidationError:
+        return None
 
 
 def _class_counts(evaluation: Evaluation, training: TrainingData) -> tuple[dict[str, int], str]:

@@ -66,6 +66,15 @@ def card_markdown(card: ModelCard) -> str:
     lines += _evaluation(card.evaluation)
     lines += ["", "## Fairness", ""]
     lines += _fairness(card.fairness)
+    lines += ["", "## Privacy", ""]
+    p = card.privacy
+    lines += [
+        "Trained without differential privacy."
+        if p is None
+        else f"Trained with differential privacy (DP-SGD): ε = {p.epsilon:.3f} spent over the "
+        f"whole run, δ = {p.delta:g}; each example's gradient clipped to {p.max_grad_norm:g}, "
+        f"noise multiplier {p.noise_multiplier:.3f}."
+    ]
     lines += ["", "## Bias, risks, and limitations", ""]
     lim = card.limitations
     if lim.flags:

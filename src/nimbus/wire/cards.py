@@ -158,6 +158,16 @@ class Fairness(Response):
     disparities: dict[str, dict[str, float | None]] = Field(default_factory=dict)
 
 
+class Privacy(Response):
+    """How the model was trained with differential privacy (DP-SGD), when it was: the ε
+    its whole run spent, δ, the per-example gradient clip and the noise multiplier."""
+
+    epsilon: float
+    delta: float
+    max_grad_norm: float
+    noise_multiplier: float
+
+
 class ModelCard(Response):
     """``GET /models/{name}/versions/{v}/card`` (``format=json``)."""
 
@@ -170,6 +180,9 @@ class ModelCard(Response):
     limitations: Limitations
     ethical_considerations: str | None
     fairness: Fairness
+    privacy: Privacy | None = Field(
+        default=None, description="Set when the model was trained with DP-SGD."
+    )
     text_updated_at: Timestamp | None = Field(description="When a person last edited the text.")
     text_updated_by: Person | None
 
