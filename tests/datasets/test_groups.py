@@ -89,9 +89,32 @@ def test_a_bad_group_column_is_refused_naming_it(
         build.run(build.file(name, text), group_column="sex")
 
 
-def test_image_data_takes_no_group_column(build: Build) -> None:
-    archive = build.zip(
-        "photos.zip", {f"{c}/{i}.png": build.png(seed=i) for c in "ab" for i in range(6)}
+def test_an_image_folders_groups_come_from_its_groups_file(build: Build) -> None:
+    images = {f"pets/{c}/{i}.png": build.png(seed=i) for c in "ab" for i in range(6)}
+    rows = "path,site\n" + "".join(
+        f"{c}/{i}.png,{'x' if i % 2 else 'y'}\n" for c in "ab" for i in range(6)
     )
-    with pytest.raises(InvalidDataset, match="a group column is for tabular and text data"):
+    archive = build.zip("photos.zip", {**images, "pets/groups.csv": rows.encode()})
+    prepared = build.run(archive, group_column="site")
+    assert prepared.schema["groups"] == {"column": "site", "values": ["x", "y"]}
+    assert sum(sum(c.values()) for c in prepared.stats["groups"].values()) == 12
+    # Without the group column, the file is no image: refused as before.
+    with pytest.raises(InvalidDataset, match="is not a PNG or JPEG image"):
+        build.run(archive)
+    # Every image needs its row; the file must be there.
+    short_rows = rows.removesuffix("b/5.png,x\n").encode()
+    short = build.zip("short.zip", {**images, "pets/groups.csv": short_rows})
+    with pytest.raises(InvalidDataset, match=r"groups\.csv has no row for image 'pets/b/5\.png'"):
+        build.run(short, group_column="site")
+    with pytest.raises(InvalidDataset, match=r"has no groups\.csv"):
+        build.run(build.zip("none.zip", images), group_column="site")
+    with pytest.raises(InvalidDataset, match="needs a header row with 'path' and 'sex'"):
         build.run(archive, group_column="sex")
+
+
+def test_other_image_data_takes_no_group_column(build: Build) -> None:
+    x = np.zeros((20, 4, 4), dtype=np.uint8)
+    source = build.root / "d.npz"
+    np.savez(source, x=x, y=np.arange(20) % 2)
+    with pytest.raises(InvalidDataset, match="without groups: a group column is a column of"):
+        build.run(source, group_column="sex")

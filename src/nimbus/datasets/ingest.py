@@ -117,8 +117,9 @@ def _groups(
         return None, None
     if raw.groups is None:
         raise InvalidDataset(
-            f"{display!r} holds {raw.task} data: a group column is for tabular and text "
-            "data (a CSV, Parquet or JSON-lines column)"
+            f"{display!r} is {raw.task} data without groups: a group column is a column of "
+            "tabular or text data (CSV, Parquet, JSON lines), or of an image folder's "
+            "groups.csv"
         )
     names, index = np.unique(raw.groups, return_inverse=True)
     if len(names) > MAX_GROUPS:

@@ -7,6 +7,10 @@ Accepted layouts (junk such as ``__MACOSX/`` and hidden files aside)::
     train/cat/1.png           train/ and test/ each with class folders: the data's own
     test/cat/9.png            test split (optionally under one common top folder too)
 
+With a group column asked for (``group_column``, a sensitive attribute), the archive also
+holds ``groups.csv`` beside the class folders: a header row with ``path`` and that column,
+then one row per image (its path from the file's folder, e.g. ``cat/1.png``).
+
 Images may differ in size and mode. Two passes over the archive: the first reads each
 image's header only (its upright size and mode, under the pixel limit) to choose the
 :class:`~nimbus.datasets.imagefit.ImageFit` (the size the upload asked for, else
@@ -43,6 +47,8 @@ from nimbus.datasets.rows import FileRows
 from nimbus.errors import InvalidDataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GROUPS_FILE = "groups.csv"
+MAX_GROUPS_FILE = 64 * 1024 * 1024
 FORMATS = ("PNG", "JPEG")
 _SPLIT_FOLDERS = frozenset({"train", "test"})
 _T = TypeVar("_T")
@@ -78,6 +84,7 @@ def read(source: Path, ctx: ReadContext) -> RawDataset:
         },
         test_mask=None if test is None else test[which],
         stats={"source_images": survey.summary(fit)},
+        groups=None if survey.groups_file is None else _groups(survey, ctx),
     )
 
 
@@ -91,6 +98,8 @@ class _Survey:
         self.widths = array("q")
         self.modes: Counter[str] = Counter()
         self.gray = True
+        self.paths: list[str] = []  # each image's archive path (kept with a groups file)
+        self.groups_file: tuple[str, bytes] | None = None  # its folder and bytes
 
     @property
     def count(self) -> int:
@@ -123,7 +132,7 @@ def _spread(values: np.ndarray) -> dict[str, int]:
 def _survey(source: Path, ctx: ReadContext) -> _Survey:
     survey = _Survey()
     first = ""  # the first image's path, for messages
-    for member in _images(source, ctx):
+    for member in _images(source, ctx, survey):
         parts = tuple(member.path.split("/")[:-1])
         if not parts:
             raise InvalidDataset(
@@ -141,8 +150,15 @@ def _survey(source: Path, ctx: ReadContext) -> _Survey:
         survey.modes[found.mode] += 1
         survey.gray = survey.gray and found.gray
         survey.image_folders.append(survey.folders.setdefault(parts, len(survey.folders)))
+        if ctx.options.group_column is not None:
+            survey.paths.append(member.path)
     if not survey.count:
         raise InvalidDataset(f"archive {ctx.display!r} holds no PNG or JPEG images")
+    if ctx.options.group_column is not None and survey.groups_file is None:
+        raise InvalidDataset(
+            f"archive {ctx.display!r} has no {GROUPS_FILE} (a 'path' and a "
+            f"{ctx.options.group_column!r} column, one row per image) for its group column"
+        )
     return survey
 
 
@@ -155,8 +171,17 @@ def _choose_fit(survey: _Survey, ctx: ReadContext) -> ImageFit:
     return ImageFit(size[0], size[1], 1 if survey.gray else 3, ctx.options.image_fit or DEFAULT_FIT)
 
 
-def _images(source: Path, ctx: ReadContext) -> Iterator[ArchiveFile]:
+def _images(
+    source: Path, ctx: ReadContext, survey: _Survey | None = None
+) -> Iterator[ArchiveFile]:
+    """The image members; with a group column, the groups file is kept in ``survey``
+    (the first pass) or passed over (the second)."""
     for member in iter_files(source, ctx.limits, ctx.display):
+        folder, _, name = member.path.rpartition("/")
+        if ctx.options.group_column is not None and name == GROUPS_FILE and "/" not in folder:
+            if survey is not None:
+                survey.groups_file = (folder, member.read_all(MAX_GROUPS_FILE))
+            continue
         if not member.path.lower().endswith(IMAGE_SUFFIXES):
             raise InvalidDataset(
                 f"archive {ctx.display!r}: member {member.path!r} is not a PNG or JPEG image"
@@ -205,3 +230,31 @@ def resolve_layout(folders: list[list[str]], display: str) -> tuple[list[str], n
         f"folder, or under train/ and test/); found top folders {tops[:10]} with images "
         f"{depth} folders deep"
     )
+
+
+def _groups(survey: _Survey, ctx: ReadContext) -> np.ndarray:
+    """Each image's group, from the groups file, in the images' order."""
+    import csv
+    import io
+
+    assert survey.groups_file is not None and ctx.options.group_column is not None
+    folder, data = survey.groups_file
+    column = ctx.options.group_column
+    where = f"archive {ctx.display!r}: {GROUPS_FILE}"
+    try:
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidDataset(f"{where} is not a UTF-8 CSV file ({exc})") from None
+    if not rows or "path" not in rows[0] or column not in rows[0]:
+        raise InvalidDataset(f"{where} needs a header row with 'path' and {column!r}")
+    prefix = f"{folder}/" if folder else ""
+    by_path: dict[str, str] = {}
+    for number, row in enumerate(rows, start=2):
+        path, group = (row.get("path") or "").strip(), (row.get(column) or "").strip()
+        if not path or not group:
+            raise InvalidDataset(f"{where} line {number} has no path or no {column!r}")
+        by_path[prefix + path.lstrip("/")] = group
+    missing = next((p for p in survey.paths if p not in by_path), None)
+    if missing is not None:
+        raise InvalidDataset(f"{where} has no row for image {missing!r}")
+    return np.array([by_path[p] for p in survey.paths], dtype=str)
