@@ -192,7 +192,7 @@ def test_the_trace_says_which_words_each_slot_stands_for() -> None:
 def test_bad_options_are_refused_naming_the_field() -> None:
     cases: list[tuple[str, dict[str, Any], str]] = [
         ("image", {"method": "shapley"}, "does not explain image inputs"),
-        ("text", {"method": "occlusion"}, "does not explain text inputs"),
+        ("text", {"method": "shapley"}, "does not explain text inputs"),
         ("image", {"steps": 0}, "steps must be an integer from 1 to 256"),
         ("image", {"steps": 10_000}, "steps must be an integer"),
         ("image", {"steps": True}, "steps must be an integer"),
@@ -228,3 +228,29 @@ def test_the_overlay_is_red_where_the_evidence_is() -> None:
     assert isinstance(blue, tuple) and blue[2] > 150 and blue[0] < 60
     with pytest.raises(ValueError, match="differ"):
         overlay_png(picture, attributions[:3])
+
+
+def test_a_forward_function_gets_the_methods_that_need_no_gradients(
+    image: tuple[torch.nn.Module, np.ndarray, dict[str, Any]],
+    tabular: tuple[torch.nn.Module, np.ndarray, dict[str, Any]],
+) -> None:
+    """A model served from its ONNX graph alone is a function from inputs to
+    probabilities: occlusion and Shapley sampling through it equal the module's."""
+    for module, x, prep, kind, method in (
+        (*image, "image", "occlusion"),
+        (*tabular, "tabular", "shapley"),
+    ):
+
+        def forward(batch: np.ndarray, module: torch.nn.Module = module) -> np.ndarray:
+            with torch.no_grad():
+                return torch.softmax(module(torch.from_numpy(batch)), -1).numpy()
+
+        options = ExplainOptions(method, window=3)
+        through = explain(forward, kind, x, options, prep)
+        direct = explain(module, kind, x, options, prep)
+        assert np.allclose(through.attributions, direct.attributions, atol=1e-5)
+        assert explain(forward, kind, x, ExplainOptions(window=3), prep).attributions.shape == (
+            x.shape
+        )
+        with pytest.raises(InvalidInput, match=f"only its ONNX graph: use {method}"):
+            explain(forward, kind, x, ExplainOptions("integrated_gradients"), prep)

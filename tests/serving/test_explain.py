@@ -179,17 +179,34 @@ def test_a_full_explain_queue_answers_503_while_predictions_flow(
     assert results == [200, 200]
 
 
-def test_a_model_without_weights_cannot_be_explained(image_model_dir: Path, tmp_path: Path) -> None:
-    """An ONNX-only model (a scikit-learn export, say) serves but does not explain: 501."""
-    onnx_only = tmp_path / "onnx-only"
-    onnx_only.mkdir()
-    for name in ("spec.json", "model.onnx"):
-        (onnx_only / name).write_bytes((image_model_dir / name).read_bytes())
+def test_a_model_without_weights_is_explained_through_its_onnx_graph(
+    image_model_dir: Path, text_model_dir: Path, tmp_path: Path
+) -> None:
+    """An ONNX-only model (a script's, a scikit-learn export) is explained by the methods
+    that need no gradients, through the replica's own backend; Integrated Gradients is
+    refused naming the ones it can have."""
+    for source, name in ((image_model_dir, "cnn"), (text_model_dir, "reviews")):
+        onnx_only = tmp_path / name
+        onnx_only.mkdir()
+        for file in ("spec.json", "model.onnx"):
+            (onnx_only / file).write_bytes((source / file).read_bytes())
     with (
-        running(create_app(onnx_only, "cnn", 1)) as url,
+        running(create_app(tmp_path / "cnn", "cnn", 1)) as url,
         httpx.Client(base_url=f"http://{url}") as http,
     ):
-        assert http.post("/v2/models/cnn/infer", json=image_body(1)).status_code == 200
-        answer = http.post("/v2/models/cnn/explain", json=image_body(1))
-        assert answer.status_code == 501, answer.text
-        assert "cannot be explained" in answer.json()["error"]
+        answer = http.post("/v2/models/cnn/explain", json=image_body(2, window=2))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["parameters"]["method"] == "occlusion"
+        assert outputs(answer.json())["attributions"]["shape"] == [2, *IMAGE_SHAPE]
+        refused = http.post(
+            "/v2/models/cnn/explain", json=image_body(1, method="integrated_gradients")
+        )
+        assert refused.status_code == 400
+        assert "only its ONNX graph: use occlusion" in refused.json()["error"]
+    with (
+        running(create_app(tmp_path / "reviews", "reviews", 1)) as url,
+        httpx.Client(base_url=f"http://{url}") as http,
+    ):
+        friendly = http.post("/v2/models/reviews/explain", json={"text": "good plot"}).json()
+        assert friendly["method"] == "occlusion"
+        assert [w for w, _ in friendly["words"]] == ["good", "plot"]

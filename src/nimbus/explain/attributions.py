@@ -13,6 +13,7 @@ integral; it shrinks with ``steps``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -21,7 +22,13 @@ import numpy as np
 import torch
 
 from nimbus.errors import InvalidInput
-from nimbus.explain.options import INTEGRATED_GRADIENTS, OCCLUSION, SHAPLEY, ExplainOptions
+from nimbus.explain.options import (
+    GRADIENT_FREE,
+    INTEGRATED_GRADIENTS,
+    OCCLUSION,
+    SHAPLEY,
+    ExplainOptions,
+)
 
 # Interpolated inputs Integrated Gradients runs through the model at once, by elements
 # (pixels, features, token slots): bounds its memory whatever ``steps`` is.
@@ -48,21 +55,32 @@ class Explanation:
     delta: np.ndarray | None  # float32 [N]: Integrated Gradients' completeness error
 
 
+Forward = Callable[[np.ndarray], np.ndarray]  # a batch of model inputs -> probabilities
+
+
 def explain(
-    module: torch.nn.Module,
+    model: torch.nn.Module | Forward,
     kind: str,
     inputs: np.ndarray,
     options: ExplainOptions,
     preprocessing: dict[str, Any] | None = None,
 ) -> Explanation:
-    """Attributions for ``inputs`` (a batch) to ``module``'s target-class probability.
-    ``preprocessing``: the spec's block (the tabular ``mean`` baseline, the image ``mean``
-    baseline)."""
-    module = module.eval()
-    method = options.method_for(kind)
+    """Attributions for ``inputs`` (a batch) to the model's target-class probability.
 
-    def probability(x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(module(x).float(), dim=-1)
+    ``model``: a PyTorch module (logits out: every method), or a forward function from
+    model inputs to probabilities (a model served from its ONNX graph alone: the methods
+    that need no gradients, occlusion and Shapley sampling; their perturbed inputs are
+    rounded back to the inputs' integer type where they have one). ``preprocessing``: the
+    spec's block (the tabular ``mean`` baseline, the image ``mean`` baseline)."""
+    gradients = isinstance(model, torch.nn.Module)
+    method = options.method_for(kind, gradients)
+    if not gradients and method == INTEGRATED_GRADIENTS:
+        raise InvalidInput(
+            "integrated_gradients needs the model's PyTorch weights; this model has only its "
+            f"ONNX graph: use {GRADIENT_FREE[kind]}",
+            field="method",
+        )
+    probability = _probability(model, inputs.dtype)
 
     with torch.no_grad():
         raw = torch.from_numpy(np.require(inputs, requirements=["C", "W"]))
@@ -77,8 +95,12 @@ def explain(
     )
     delta: torch.Tensor | None
     with _blas_threads().limit(limits=1, user_api="blas"):
-        if kind == "text":
-            attributions, delta = _text(module, probability, raw, targets, options)
+        if kind == "text" and method == OCCLUSION:
+            attributions = _token_occlusion(probability, raw, targets)
+            delta = None
+        elif kind == "text":
+            assert isinstance(model, torch.nn.Module)
+            attributions, delta = _text(model, probability, raw, targets, options)
         else:
             x = raw.to(torch.float32)
             baseline = _baseline(kind, x, options, preprocessing or {})
@@ -98,6 +120,49 @@ def explain(
         probabilities=probabilities.numpy().astype(np.float32),
         delta=None if delta is None else delta.detach().to(torch.float32).numpy(),
     )
+
+
+def _probability(
+    model: torch.nn.Module | Forward, dtype: np.dtype[Any]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(model, torch.nn.Module):
+        module = model.eval()
+
+        def through_module(x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(module(x).float(), dim=-1)
+
+        return through_module
+    forward = model
+    integral = np.issubdtype(dtype, np.integer)
+
+    def through_forward(x: torch.Tensor) -> torch.Tensor:
+        batch = x.detach().cpu().numpy()
+        if integral:
+            info = np.iinfo(dtype)
+            batch = np.clip(np.rint(batch), info.min, info.max)
+        out = forward(np.ascontiguousarray(batch.astype(dtype, copy=False)))
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+    return through_forward
+
+
+def _token_occlusion(
+    probability: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Each token slot's attribution: the target probability's drop when that token alone
+    becomes padding (padding slots stay 0)."""
+    from captum.attr import Occlusion
+
+    x = ids.to(torch.float32)
+    result: torch.Tensor = Occlusion(probability).attribute(
+        x,
+        sliding_window_shapes=(1,),
+        strides=(1,),
+        baselines=0.0,
+        target=targets,
+        perturbations_per_eval=16,
+    )
+    return torch.where(ids == 0, torch.zeros_like(result), result)
 
 
 def _baseline(

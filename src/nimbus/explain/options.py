@@ -15,9 +15,12 @@ OCCLUSION = "occlusion"
 SHAPLEY = "shapley"
 METHODS: dict[str, tuple[str, ...]] = {  # by the model's input kind; the first is the default
     "image": (INTEGRATED_GRADIENTS, OCCLUSION),
-    "text": (INTEGRATED_GRADIENTS,),
+    "text": (INTEGRATED_GRADIENTS, OCCLUSION),
     "tabular": (SHAPLEY, INTEGRATED_GRADIENTS),
 }
+# For a model served from its ONNX graph alone (no PyTorch weights: no gradients), the
+# methods that only run the model forward; the default per kind.
+GRADIENT_FREE: dict[str, str] = {"image": OCCLUSION, "text": OCCLUSION, "tabular": SHAPLEY}
 BASELINES: dict[str, tuple[str, ...]] = {  # named baselines; images also take a pixel value
     "image": ("black", "white", "mean"),
     "text": ("padding",),
@@ -38,8 +41,10 @@ class ExplainOptions:
     stride: int | None = None  # occlusion: None is the window (patches side by side)
     samples: int = 25  # Shapley sampling: feature permutations
 
-    def method_for(self, kind: str) -> str:
-        return self.method or METHODS[kind][0]
+    def method_for(self, kind: str, gradients: bool = True) -> str:
+        """The method asked for, else the kind's default (one that needs no gradients
+        when the model gives none)."""
+        return self.method or (METHODS[kind][0] if gradients else GRADIENT_FREE[kind])
 
 
 def parse_options(kind: str, given: Mapping[str, Any], classes: Sequence[str]) -> ExplainOptions:

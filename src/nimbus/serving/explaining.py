@@ -7,7 +7,9 @@ one at a time on a thread of their own, off the batcher, with at most ``max_pend
 requests waiting or running (503 + Retry-After past that), at most ``max_rows`` rows each,
 and the method's knobs bounded (nimbus.explain.options). The PyTorch module is rebuilt from
 the model's spec.json and weights.safetensors on the first explanation (nothing
-unpickled); a model without built-in weights cannot be explained (501).
+unpickled); a model without them (a script's or a scikit-learn model: its ONNX graph alone)
+is explained through the replica's own backend by the methods that need no gradients
+(occlusion, Shapley sampling).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import orjson
 
 from nimbus.datasets.domain import Task
-from nimbus.errors import InvalidInput, NimbusError
+from nimbus.errors import InvalidInput
 from nimbus.explain.attributions import Explanation, explain
 from nimbus.explain.options import INTEGRATED_GRADIENTS, ExplainOptions, parse_options
 from nimbus.explain.render import overlay_png, word_scores
@@ -43,13 +45,6 @@ DEFAULT_MAX_PENDING = 4
 DEFAULT_MAX_ROWS = 16
 KINDS = {Task.IMAGE: "image", Task.TEXT: "text", Task.TABULAR: "tabular"}
 _PROTOCOL_KEYS = ("binary_data_output",)  # request parameters that are the protocol's
-
-
-class NotExplainable(NimbusError):
-    """The model has no PyTorch module to explain (an ONNX-only or custom model)."""
-
-    status = 501
-    code = "not_explainable"
 
 
 class Explainer:
@@ -75,7 +70,9 @@ class Explainer:
         self.max_pending = max_pending
         self.max_rows = max_rows
         self.kind = KINDS[predictor.spec.task]
-        self.explainable = (model_dir / WEIGHTS_FILE).is_file()
+        # With PyTorch weights, every method on the rebuilt module (built on the explain
+        # thread); without, the backend's forward pass (model inputs -> probabilities).
+        self.gradients = (model_dir / WEIGHTS_FILE).is_file()
         self._pool: ThreadPoolExecutor | None = None
         self._module: Any = None  # torch.nn.Module, built on the explain thread
         self._pending = 0
@@ -95,11 +92,6 @@ class Explainer:
         self, body: bytes, headers: Mapping[bytes, bytes], query: bytes
     ) -> tuple[bytes, str]:
         """The answer's JSON and which form it took (``infer`` or ``predict``)."""
-        if not self.explainable:
-            raise NotExplainable(
-                f"{self.predictor.spec.architecture} models cannot be explained: there is no "
-                f"{WEIGHTS_FILE} to rebuild the PyTorch module from"
-            )
         length = parse_header_length(headers.get(b"inference-header-content-length"), len(body))
         if _is_infer_request(body, headers, length):
             request = self.codec.parse(body, length)
@@ -176,7 +168,9 @@ class Explainer:
         if self._module is None:
             from nimbus.runtime.architectures import load_torch_model
 
-            self._module = load_torch_model(self.model_dir)
+            self._module = (
+                load_torch_model(self.model_dir) if self.gradients else self.predictor.run
+            )
         words: list[list[str]] = []
         inputs = raw
         if self._encoder is not None:
@@ -189,7 +183,7 @@ class Explainer:
         found = explain(
             self._module, self.kind, inputs, options, dict(self.predictor.spec.preprocessing)
         )
-        method = options.method_for(self.kind)
+        method = options.method_for(self.kind, self.gradients)
         overlays = (
             [overlay_png(np.asarray(image), found.attributions[i]) for i, image in enumerate(raw)]
             if overlay
