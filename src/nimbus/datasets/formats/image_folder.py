@@ -171,9 +171,7 @@ def _choose_fit(survey: _Survey, ctx: ReadContext) -> ImageFit:
     return ImageFit(size[0], size[1], 1 if survey.gray else 3, ctx.options.image_fit or DEFAULT_FIT)
 
 
-def _images(
-    source: Path, ctx: ReadContext, survey: _Survey | None = None
-) -> Iterator[ArchiveFile]:
+def _images(source: Path, ctx: ReadContext, survey: _Survey | None = None) -> Iterator[ArchiveFile]:
     """The image members; with a group column, the groups file is kept in ``survey``
     (the first pass) or passed over (the second)."""
     for member in iter_files(source, ctx.limits, ctx.display):
