@@ -85,6 +85,7 @@ LOSS = Objective("val_loss", "minimize", ("monitor=val_loss",))
 # other reduction factors (what-ifs: the service offers none of these settings).
 PRUNING_ROWS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
     ("median pruner (the service's --pruner median)", "median", None),
+    ("ASHA reduction_factor=2 (what-if)", "asha", {"reduction_factor": 2}),
     ("ASHA reduction_factor=3 (what-if)", "asha", {"reduction_factor": 3}),
     ("ASHA reduction_factor=8 (what-if)", "asha", {"reduction_factor": 8}),
 )
