@@ -10,6 +10,7 @@ import pytest
 
 from nimbus.errors import InvalidInput
 from nimbus.studies.search import (
+    CONSIDERED,
     MAX_GRID,
     SearchConfig,
     TrialRecord,
@@ -61,6 +62,16 @@ def test_the_same_history_and_seed_ask_for_the_same_params() -> None:
     assert next_params(config, history) == next_params(config, history)
     assert run(config, 8) == history
     assert next_params(SearchConfig(SPACE, seed=12), history) != next_params(config, history)
+
+
+def test_neighbouring_seeds_ask_for_unrelated_params() -> None:
+    """Study s+1 does not replay study s shifted by one trial (the seed is mixed with the
+    history, not added to it)."""
+    for sampler in ("random", "tpe"):
+        one = run(SearchConfig(SPACE, sampler=sampler, seed=1), 12)
+        two = run(SearchConfig(SPACE, sampler=sampler, seed=2), 12)
+        first = {float(str(t.params["lr"])) for t in one}
+        assert not first & {float(str(t.params["lr"])) for t in two}
 
 
 def test_tpe_finds_the_good_region_on_a_known_landscape() -> None:
@@ -154,6 +165,22 @@ def test_a_trial_far_behind_the_others_is_pruned_and_a_good_one_is_not(pruner: s
     good = TrialRecord(8, {"lr": 1e-2, "hidden": 128}, TrialState.RUNNING, None, curve(0.95, 2))
     assert prune_decision(config, [*done, poor], 8).prune
     assert not prune_decision(config, [*done, good], 8).prune
+    # Epochs seen several at once (a round slower than the epochs) are judged each at its
+    # own step, as if asked as each ended: a trial far behind at its first epoch is given
+    # up there, whatever it reached since; the same answer epoch by epoch.
+    late = TrialRecord(8, poor.params, TrialState.RUNNING, None, {1: 0.05, 2: 0.9, 3: 0.99})
+    at_once = prune_decision(config, [*done, late], 8)
+    assert at_once.prune and at_once.step == 1
+    first = TrialRecord(8, poor.params, TrialState.RUNNING, None, {1: 0.05})
+    one_by_one = prune_decision(config, [*done, first], 8)
+    assert one_by_one.prune and one_by_one.step == 1
+    assert at_once.system_attrs == one_by_one.system_attrs
+    # A step already judged is not judged again.
+    judged = TrialRecord(8, good.params, TrialState.RUNNING, None, curve(0.95, 2))
+    attrs_after = prune_decision(config, [*done, judged], 8).system_attrs
+    assert attrs_after[CONSIDERED] == 2
+    again = TrialRecord(8, good.params, TrialState.RUNNING, None, curve(0.95, 2), attrs_after)
+    assert prune_decision(config, [*done, again], 8).system_attrs == attrs_after
 
 
 def test_no_pruner_never_prunes_and_a_trial_with_no_step_is_left_alone() -> None:
@@ -196,9 +223,9 @@ def test_a_trial_curve_takes_the_resumed_attempts_steps() -> None:
 
 
 def test_importances_name_the_parameter_the_value_depends_on() -> None:
-    """lr moves the known landscape by up to a whole point, hidden by 0.1, dropout not at
-    all: fANOVA puts lr far first (hidden and dropout are within its noise over 24
-    trials), the shares sum to 1, and the same trials give the same figures."""
+    """lr moves the known landscape by up to 0.67, hidden by 0.1, dropout not at all: over
+    60 trials fANOVA puts lr first and dropout last (at 30 it is too noisy to say), the
+    shares sum to 1, and the same trials give the same figures."""
     space = parse_space(
         [
             "lr=loguniform(1e-4,1e-1)",
@@ -207,15 +234,14 @@ def test_importances_name_the_parameter_the_value_depends_on() -> None:
             "epochs=5",
         ]
     )
-    config = SearchConfig(space, sampler="random", seed=2)
-    trials = run(config, 24)
-    shares = importances(config, trials)
-    assert list(shares) == sorted(shares, key=lambda k: -shares[k]) and shares
-    assert set(shares) == {"lr", "hidden", "dropout"}
-    assert next(iter(shares)) == "lr" and shares["lr"] > 0.5
-    assert shares["lr"] > 2 * max(shares["hidden"], shares["dropout"])
-    assert math.isclose(sum(shares.values()), 1.0, rel_tol=1e-6)
-    assert importances(config, trials) == shares
+    for seed in (1, 2):
+        config = SearchConfig(space, sampler="random", seed=seed)
+        trials = run(config, 60)
+        shares = importances(config, trials)
+        assert list(shares) == sorted(shares, key=lambda k: -shares[k])
+        assert list(shares) == ["lr", "hidden", "dropout"] and shares["lr"] > 0.5
+        assert math.isclose(sum(shares.values()), 1.0, rel_tol=1e-6)
+        assert importances(config, trials) == shares
 
 
 def test_importances_need_enough_complete_trials() -> None:

@@ -300,7 +300,7 @@ class StudyService:
             decision = prune_decision(config, records, trial.number)
             trial.system_attrs = decision.system_attrs
             if decision.prune:
-                step = max(curves[trial.number])
+                step = decision.step if decision.step is not None else max(curves[trial.number])
                 jobs_repo.request_cancel(session, trial.job_id, now)
                 stopped_at = curves[trial.number][step]
                 repo.end_trial(trial, TrialState.PRUNED, now, value=stopped_at, pruned_step=step)

@@ -57,6 +57,10 @@ class TrialRecord:
 class Pruning:
     prune: bool
     system_attrs: dict[str, Any]  # to record with the trial
+    step: int | None = None  # pruned: the step at which the pruner gave the trial up
+
+
+CONSIDERED = "nimbus:considered_step"  # a trial's system attribute: the last step pruned on
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,10 @@ def _quiet() -> Iterator[None]:
 def _sampler(config: SearchConfig, history: int) -> optuna.samplers.BaseSampler:
     import optuna
 
-    # Seeded per decision: the same history asks for the same parameters.
-    seed = None if config.seed is None else config.seed + history
+    # Seeded per decision: the same history asks for the same parameters; the seed and the
+    # history are mixed, not added, or study s+1 would ask, as its trial n, for what study s
+    # asks as its trial n+1 (bench/tune.py found every trial of two such studies shared).
+    seed = None if config.seed is None else _mixed(config.seed, history)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "grid":
@@ -213,21 +219,38 @@ def next_params(config: SearchConfig, trials: Sequence[TrialRecord]) -> Asked:
 
 
 def prune_decision(config: SearchConfig, trials: Sequence[TrialRecord], number: int) -> Pruning:
-    """Whether running trial ``number`` is stopped now, by the pruner, from its
-    intermediate values and the other trials'."""
+    """Whether running trial ``number`` is stopped, by the pruner, from its intermediate
+    values and the other trials'. The pruner is asked at every step reported since it was
+    last asked (:data:`CONSIDERED`), in order, as if asked as each epoch ended: a round that
+    sees several new epochs at once decides each rung at its own step (ASHA records a rung
+    with the value the trial had there), and a trial given up at step k is pruned at k."""
     running = next((t for t in trials if t.number == number), None)
     if running is None or running.state is not TrialState.RUNNING:
         raise ValueError(f"trial {number} is not running")
+    attrs = dict(running.system_attrs)
+    considered = int(attrs.get(CONSIDERED, 0))
+    steps = sorted(s for s in running.intermediate if s > considered)
+    if config.pruner == "none" or not steps:
+        return Pruning(False, attrs)
     index = sorted(t.number for t in trials).index(number)  # its place in the rebuild
+    others = [t for t in trials if t.number != number]
     with _quiet():
-        study = _study(config, trials)
-        target = study.get_trials(deepcopy=False)[index]
-        if not target.intermediate_values:
-            return Pruning(False, dict(target.system_attrs))
-        prune = bool(study.pruner.prune(study, target))
-        # The pruner may have recorded on the trial (ASHA: the rungs it completed).
-        attrs = dict(study.get_trials(deepcopy=False)[index].system_attrs)
-    return Pruning(prune, attrs)
+        for step in steps:
+            seen = {s: v for s, v in running.intermediate.items() if s <= step}
+            now = TrialRecord(number, running.params, running.state, None, seen, attrs)
+            study = _study(config, [*others, now])
+            prune = bool(study.pruner.prune(study, study.get_trials(deepcopy=False)[index]))
+            # The pruner may have recorded on the trial (ASHA: the rungs it completed).
+            attrs = {**study.get_trials(deepcopy=False)[index].system_attrs, CONSIDERED: step}
+            if prune:
+                return Pruning(True, attrs, step)
+    return Pruning(False, attrs)
+
+
+def _mixed(seed: int, history: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, history]).generate_state(1)[0])
 
 
 def best(direction: str, trials: Sequence[TrialRecord]) -> TrialRecord | None:
