@@ -157,6 +157,13 @@ def test_public_names_are_pinned() -> None:
         "wait_deployment",
         "predict",
         "infer",
+        "start_study",
+        "get_study",
+        "list_studies",
+        "study_trials",
+        "cancel_study",
+        "wait_study",
+        "start_automl",
     }
     assert set(nimbus.client.__all__) == {
         "CHUNK_SIZE",

@@ -1,0 +1,210 @@
+"""Automatic model selection inside one job (``model: automl``): search, then export the best.
+
+The search runs in this process, in the manner of FLAML: :func:`automl_search.propose`
+picks the next configuration of the families that fit the dataset's task
+(:mod:`.automl_families`) within the time left, each is fitted on the train split and
+scored on the validation split, and the search stops before the budget ends, leaving time
+for the winner's final refit (scikit-learn models, on train and val together, when it fits)
+and its export as the job's model directory. The budget counts from the first fit to the
+model written: the estimates keep every fit that starts inside it, with the export's
+reserve (:func:`export_reserve`) held back.
+
+What comes out (:class:`AutomlResult`): the model directory, the leaderboard (every
+candidate: family, hyper-parameters, validation score, fit seconds), and the search's
+seconds. A dataset without a validation split lends a seeded fifth of its train split.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from nimbus.datasets.domain import Task
+from nimbus.errors import InvalidInput
+from nimbus.runtime.automl_families import (
+    SKLEARN_ARCHITECTURES,
+    Fitted,
+    families_for,
+    fit,
+    refit,
+    warm_up,
+)
+from nimbus.runtime.automl_search import Trial, leaderboard, propose
+from nimbus.runtime.data import DataSplits, Split
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda y, p: float(accuracy_score(y, p)),
+    "macro_f1": lambda y, p: float(f1_score(y, p, average="macro", zero_division=0)),
+    "balanced_accuracy": lambda y, p: float(balanced_accuracy_score(y, p)),
+}
+LEADERBOARD_FILE = "leaderboard.json"  # the job artifact that holds AutomlResult.summary()
+RESERVE_SHARE = 0.05  # of the budget, held back for the export besides its estimate
+RESERVE_MIN_SECONDS = 0.3
+VAL_SHARE = 0.2  # of the train split lent as validation when the dataset has none
+REFIT_MARGIN = 1.3  # a refit on train+val is estimated at this much of its rows' share
+
+
+@dataclass(frozen=True)
+class AutomlResult:
+    """The search's outcome: the best trial, every trial, and what it cost."""
+
+    best: Trial
+    trials: list[Trial]
+    metric: str
+    budget_seconds: float
+    search_seconds: float  # first fit started -> model directory written
+    refit: bool  # the winner was fitted again on train + val
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: what the job records as its leaderboard."""
+        board = leaderboard(self.trials)
+        return {
+            "metric": self.metric,
+            "budget_seconds": round(self.budget_seconds, 3),
+            "search_seconds": round(self.search_seconds, 3),
+            "trials": len(self.trials),
+            "refit": self.refit,
+            "best": trial_row(self.best, self.trials.index(self.best) + 1),
+            "leaderboard": [trial_row(t, self.trials.index(t) + 1) for t in board],
+        }
+
+
+def trial_row(trial: Trial, number: int) -> dict[str, Any]:
+    """One leaderboard row."""
+    return {
+        "trial": number,
+        "family": trial.family,
+        "params": dict(trial.config),
+        "score": None if trial.score is None else round(trial.score, 6),
+        "fit_seconds": round(trial.seconds, 4),
+    }
+
+
+def leaderboard_text(summary: dict[str, Any], top: int = 10) -> str:
+    """The leaderboard as the job log shows it: the best ``top`` trials."""
+    lines = [
+        f"automl: {summary['trials']} trials in {summary['search_seconds']:.1f} s of a "
+        f"{summary['budget_seconds']:g} s budget; {summary['metric']} on the validation split",
+        f"{'rank':>4}  {'trial':>5}  {'family':<20} {'score':>8} {'fit s':>8}  params",
+    ]
+    for rank, row in enumerate(summary["leaderboard"][:top], start=1):
+        score = "failed" if row["score"] is None else f"{row['score']:.4f}"
+        params = " ".join(f"{k}={v}" for k, v in row["params"].items())
+        lines.append(
+            f"{rank:>4}  {row['trial']:>5}  {row['family']:<20} {score:>8} "
+            f"{row['fit_seconds']:>8.3f}  {params}"
+        )
+    return "\n".join(lines)
+
+
+def export_reserve(budget: float, best: Trial | None, rows: tuple[int, int]) -> float:
+    """Seconds held back from the search: the export's share, and the winner's refit on
+    train + val (``rows``: their sizes) when it is a scikit-learn model."""
+    reserve = max(RESERVE_MIN_SECONDS, RESERVE_SHARE * budget)
+    if best is not None and best.family in SKLEARN_ARCHITECTURES:
+        train, val = rows
+        reserve += best.seconds * REFIT_MARGIN * (train + val) / max(train, 1)
+    return reserve
+
+
+def search(
+    data: DataSplits,
+    params: dict[str, Any],
+    out_dir: Path,
+    *,
+    threads: int = 1,
+    on_trial: Callable[[int, Trial, Trial], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> AutomlResult:
+    """Search within ``params["budget"]`` seconds for the configuration with the best
+    ``params["metric"]`` on the validation split, then write it as a model directory in
+    ``out_dir``. ``on_trial(number, trial, best)`` is told of each finished fit."""
+    budget, metric, seed = float(params["budget"]), str(params["metric"]), int(params["seed"])
+    if metric not in METRICS:
+        raise InvalidInput(f"unknown metric {metric!r}; use {', '.join(METRICS)}")
+    data = with_validation(data, seed)
+    features = int(data.train.x.shape[1]) if data.task is Task.TABULAR else 1
+    families = families_for(data.task, len(data.train), features)
+    rows = (len(data.train), len(data.val))
+    trials: list[Trial] = []
+    best: tuple[Trial, Fitted] | None = None
+    warm_up()
+    start = clock()
+    while True:
+        left = budget - (clock() - start) - export_reserve(budget, best and best[0], rows)
+        proposal = propose(families, trials, left, seed)
+        if proposal is None:
+            break
+        began = clock()
+        fitted, score = _try(proposal.family, proposal.config, data, metric, seed, threads)
+        trial = Trial(proposal.family, proposal.config, clock() - began, score)
+        trials.append(trial)
+        if fitted is not None and score is not None and (best is None or score > _score(best[0])):
+            best = (trial, fitted)
+        if on_trial is not None and best is not None:
+            on_trial(len(trials), trial, best[0])
+    if best is None:
+        raise InvalidInput(
+            f"no model could be fitted within the budget of {budget:g} s"
+            + (f" ({len(trials)} fits failed)" if trials else ": give it more time")
+        )
+    winner, fitted = best
+    refitted = False
+    if winner.family in SKLEARN_ARCHITECTURES and len(data.val):
+        cost = winner.seconds * REFIT_MARGIN * sum(rows) / rows[0]
+        if budget - (clock() - start) - max(RESERVE_MIN_SECONDS, RESERVE_SHARE * budget) >= cost:
+            fitted, refitted = refit(fitted, data, seed=seed, threads=threads), True
+    fitted.export(data, out_dir)
+    return AutomlResult(winner, trials, metric, budget, clock() - start, refitted)
+
+
+def _score(trial: Trial) -> float:
+    return -1.0 if trial.score is None else trial.score
+
+
+def _try(
+    family: str, config: dict[str, Any], data: DataSplits, metric: str, seed: int, threads: int
+) -> tuple[Fitted | None, float | None]:
+    """Fit and score one configuration; a configuration that fails is a failed trial (its
+    error printed to the job log), not the end of the search."""
+    try:
+        fitted = fit(family, config, data, seed=seed, threads=threads)
+        predicted = np.argmax(fitted.probabilities(data, "val"), axis=1)
+        return fitted, METRICS[metric](np.asarray(data.val.y), predicted)
+    except Exception:
+        print(f"automl: {family} {config} failed:", flush=True)
+        traceback.print_exc(limit=3)
+        return None, None
+
+
+def with_validation(data: DataSplits, seed: int) -> DataSplits:
+    """``data``, or with a seeded stratified fifth of its train split as validation when
+    it has no validation split."""
+    if len(data.val):
+        return data
+    from sklearn.model_selection import train_test_split
+
+    x, y = np.asarray(data.train.x), np.asarray(data.train.y)
+    counts = np.bincount(y)
+    stratify = y if len(counts[counts > 0]) > 1 and counts[counts > 0].min() >= 2 else None
+    if len(y) < 2:
+        raise InvalidInput("AutoML needs at least two train examples")
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=VAL_SHARE, random_state=seed % 2**32, stratify=stratify
+    )
+    return DataSplits(
+        data.task,
+        data.classes,
+        Split(x_train, y_train),
+        Split(x_val, y_val),
+        data.test,
+        data.features,
+        data.image_transform,
+    )

@@ -1,0 +1,117 @@
+"""The AutoML search in-process (runtime/automl.py) on a tiny generated tabular set: the
+budget kept, the leaderboard, the winner's model directory; each scikit-learn family's ONNX
+export against its ``predict_proba``; the parameters' validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from nimbus.errors import InvalidInput
+from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE
+from nimbus.modelformat.verify import check_model_dir
+from nimbus.runtime.automl import METRICS, search, with_validation
+from nimbus.runtime.automl_families import SKLEARN_ARCHITECTURES, families_for, fit
+from nimbus.runtime.automl_search import Trial
+from nimbus.runtime.custom import evaluate_model_dir
+from nimbus.runtime.data import DataSplits, Split
+from nimbus.runtime.hyperparams import validate_automl_params
+from tests.runtime.synthetic import tabular
+
+BUDGET = 4.0
+
+
+def test_a_search_keeps_its_budget_and_writes_the_best_model(tmp_path: Path) -> None:
+    data = tabular(600)  # 3 classes, 5 features on wild scales, 5% missing values
+    seen: list[tuple[int, Trial, Trial]] = []
+    found = search(
+        data,
+        {"budget": BUDGET, "metric": "macro_f1", "seed": 1},
+        tmp_path / "model",
+        on_trial=lambda n, trial, best: seen.append((n, trial, best)),
+    )
+    assert 0.6 * BUDGET <= found.search_seconds <= 1.1 * BUDGET, found.search_seconds
+    assert [n for n, _, _ in seen] == list(range(1, len(found.trials) + 1))
+    families = {t.family for t in found.trials}
+    assert families == {"logistic_regression", "random_forest", "gradient_boosting", "mlp"}
+    summary = found.summary()
+    rows = summary["leaderboard"]
+    assert summary["trials"] == len(rows) == len(found.trials) >= 8
+    assert summary["best"] == rows[0] and rows[0]["score"] == max(
+        t.score for t in found.trials if t.score is not None
+    )
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert json.loads(json.dumps(summary)) == summary  # JSON-ready
+    # the winner is a model directory the registry accepts, scored on the test split
+    spec = check_model_dir(tmp_path / "model")
+    architecture = {"mlp": "mlp", **SKLEARN_ARCHITECTURES}[found.best.family]
+    assert spec["architecture"] == architecture
+    assert evaluate_model_dir(tmp_path / "model", data)["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("family", sorted(SKLEARN_ARCHITECTURES))
+def test_scikit_learn_models_export_to_onnx_that_matches_predict_proba(
+    family: str, tmp_path: Path
+) -> None:
+    data = tabular(300)
+    family_of = {f.name: f for f in families_for(data.task, len(data.train), 5)}
+    grid = family_of[family].grid
+    config = {key: values[len(values) // 2] for key, values in grid.items()}
+    fitted = fit(family, config, data, seed=0, threads=1)
+    fitted.export(data, tmp_path)
+    spec = json.loads((tmp_path / SPEC_FILE).read_text())
+    assert spec["architecture"] == SKLEARN_ARCHITECTURES[family]
+    assert spec["onnx_input"] == {"name": "input", "datatype": "FP32", "shape": [-1, 5]}
+    session = ort.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    x = np.asarray(data.test.x, dtype=np.float32)
+    assert np.isnan(x).any()  # missing values are imputed inside the graph, as in training
+    (got,) = session.run(["probabilities"], {"input": x})
+    assert got.dtype == np.float32 and got.shape == (len(x), 3)
+    assert np.allclose(got, fitted.probabilities(data, "test"), atol=1e-4)
+    check_model_dir(tmp_path)
+
+
+def test_a_dataset_without_a_val_split_lends_a_fifth_of_its_train_split() -> None:
+    data = tabular(400)
+    bare = DataSplits(
+        data.task, data.classes, data.train, Split(data.val.x[:0], data.val.y[:0]), data.test
+    )
+    lent = with_validation(bare, seed=0)
+    assert len(lent.val) == round(0.2 * len(data.train))
+    assert len(lent.train) + len(lent.val) == len(data.train)
+    assert with_validation(data, seed=0) is data
+
+
+def test_a_budget_too_small_for_any_fit_fails_with_a_clear_reason(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="no model could be fitted within the budget"):
+        search(tabular(200), {"budget": 0.01, "metric": "accuracy", "seed": 0}, tmp_path)
+
+
+def test_automl_params_are_checked_naming_the_key() -> None:
+    assert validate_automl_params({"budget": "10m"}) == {
+        "budget": 600.0,
+        "metric": "accuracy",
+        "seed": 0,
+    }
+    assert validate_automl_params({"budget": 90, "metric": "Balanced-Accuracy"})["metric"] == (
+        "balanced_accuracy"
+    )
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"budget": "0s"}, "budget"),
+        ({"budget": "-3"}, "budget"),
+        ({"budget": "soon"}, "budget"),
+        ({"budget": True}, "budget"),
+        ({"budget": "30d"}, "budget"),
+        ({"metric": "auc"}, "metric"),
+        ({"epochs": 3}, "epochs"),
+    ]
+    for raw, key in cases:
+        with pytest.raises(InvalidInput, match=f"'{key}'"):
+            validate_automl_params(raw)
+    assert set(METRICS) == {"accuracy", "macro_f1", "balanced_accuracy"}
