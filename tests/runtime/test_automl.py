@@ -21,7 +21,7 @@ from nimbus.runtime.automl_search import Trial
 from nimbus.runtime.custom import evaluate_model_dir
 from nimbus.runtime.data import DataSplits, Split
 from nimbus.runtime.hyperparams import validate_automl_params
-from tests.runtime.synthetic import tabular
+from tests.runtime.synthetic import digits, tabular, text
 
 BUDGET = 4.0
 
@@ -52,6 +52,16 @@ def test_a_search_keeps_its_budget_and_writes_the_best_model(tmp_path: Path) -> 
     architecture = {"mlp": "mlp", **SKLEARN_ARCHITECTURES}[found.best.family]
     assert spec["architecture"] == architecture
     assert evaluate_model_dir(tmp_path / "model", data)["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("task", ["image", "text"])
+def test_images_and_text_search_variants_of_their_built_ins(task: str, tmp_path: Path) -> None:
+    data = digits(240) if task == "image" else text(180)
+    found = search(data, {"budget": 3.0, "metric": "accuracy", "seed": 0}, tmp_path)
+    assert found.search_seconds <= 3.3
+    assert {t.family for t in found.trials} == {"cnn" if task == "image" else "text"}
+    assert len({json.dumps(dict(t.config)) for t in found.trials}) == len(found.trials) >= 2
+    assert check_model_dir(tmp_path)["architecture"] == found.best.family
 
 
 @pytest.mark.parametrize("family", sorted(SKLEARN_ARCHITECTURES))

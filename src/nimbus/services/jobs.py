@@ -229,8 +229,10 @@ class JobService:
             params = _code_params(request.params)
         elif request.model in PARAM_SCHEMAS:
             params = validate_params(request.model, version.task, request.params)
-        elif request.model == AUTOML_MODEL:  # a search over the built-ins, in one job
+        elif request.model == AUTOML_MODEL:  # a search over the built-ins, in one process
             params = validate_automl_params(request.params)
+            if request.workers != 1:
+                raise InvalidInput("an automl job runs in one worker", field="workers")
         else:
             raise InvalidInput(
                 f"unknown model {request.model[:100]!r}: use {', '.join(PARAM_SCHEMAS)}, "
