@@ -39,6 +39,8 @@ def test_automl_searches_within_its_budget_and_its_best_model_serves(
     for budget in ("0", "soon", -5):  # the server's own check (the SDK's is skipped)
         with pytest.raises(InvalidInput, match="'budget'"):
             api.submit_job("cancer", "automl", params={"budget": budget})
+    with pytest.raises(InvalidInput, match="one worker"):
+        api.submit_job("cancer", "automl", params={"budget": 5}, workers=2)
     with pytest.raises(NotFound):
         api.start_automl("no-such-set", "10s")
 
@@ -64,7 +66,7 @@ def test_automl_searches_within_its_budget_and_its_best_model_serves(
     assert board is not None and board["metric"] == "balanced_accuracy"
     assert BUDGET * 0.5 <= board["search_seconds"] <= BUDGET * 1.1, board["search_seconds"]
     rows = board["leaderboard"]
-    assert board["trials"] == len(rows) >= 4
+    assert len(rows) == min(board["trials"], 25) and board["trials"] >= 4
     assert {r["family"] for r in rows} >= {"logistic_regression", "random_forest", "mlp"}
     scores = [r["score"] for r in rows if r["score"] is not None]
     assert scores == sorted(scores, reverse=True) and board["best"] == rows[0]

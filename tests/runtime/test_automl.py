@@ -47,6 +47,7 @@ def test_a_search_keeps_its_budget_and_writes_the_best_model(tmp_path: Path) -> 
     )
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
     assert json.loads(json.dumps(summary)) == summary  # JSON-ready
+    assert found.summary(top=3)["leaderboard"] == rows[:3]
     # the winner is a model directory the registry accepts, scored on the test split
     spec = check_model_dir(tmp_path / "model")
     architecture = {"mlp": "mlp", **SKLEARN_ARCHITECTURES}[found.best.family]

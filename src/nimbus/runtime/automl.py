@@ -45,6 +45,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "balanced_accuracy": lambda y, p: float(balanced_accuracy_score(y, p)),
 }
 LEADERBOARD_FILE = "leaderboard.json"  # the job artifact that holds AutomlResult.summary()
+RESULT_ROWS = 25  # the leaderboard's rows kept in the job's result (every job view has it)
 RESERVE_SHARE = 0.05  # of the budget, held back for the export besides its estimate
 RESERVE_MIN_SECONDS = 0.3
 VAL_SHARE = 0.2  # of the train split lent as validation when the dataset has none
@@ -62,17 +63,19 @@ class AutomlResult:
     search_seconds: float  # first fit started -> model directory written
     refit: bool  # the winner was fitted again on train + val
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready: what the job records as its leaderboard."""
-        board = leaderboard(self.trials)
+    def summary(self, top: int | None = None) -> dict[str, Any]:
+        """JSON-ready: what the job records as its leaderboard (its ``top`` rows; all of
+        them by default)."""
+        number = {id(t): i for i, t in enumerate(self.trials, start=1)}
+        board = leaderboard(self.trials)[:top]
         return {
             "metric": self.metric,
             "budget_seconds": round(self.budget_seconds, 3),
             "search_seconds": round(self.search_seconds, 3),
             "trials": len(self.trials),
             "refit": self.refit,
-            "best": trial_row(self.best, self.trials.index(self.best) + 1),
-            "leaderboard": [trial_row(t, self.trials.index(t) + 1) for t in board],
+            "best": trial_row(self.best, number[id(self.best)]),
+            "leaderboard": [trial_row(t, number[id(t)]) for t in board],
         }
 
 

@@ -262,7 +262,8 @@ def _run_builtin(
 
 def _run_automl(env: JobEnv, client: JobApiClient, spec: AttemptSpec) -> None:
     """The AutoML search (one process), its winner exported, uploaded and scored; the
-    leaderboard is a job artifact and part of the job's result."""
+    leaderboard is a job artifact (every trial) and part of the job's result (the best
+    :data:`automl.RESULT_ROWS`)."""
     data = load_data(client, _dataset_of(spec), env.job_dir / "data", spec.resources.memory)
     params = validate_automl_params(dict(spec.params))
     reporter = HttpReporter(client, rank=env.rank, label="trial", echo=lambda line: None)
@@ -288,15 +289,15 @@ def _run_automl(env: JobEnv, client: JobApiClient, spec: AttemptSpec) -> None:
     print(automl.leaderboard_text(summary), flush=True)
     client.put_artifact(automl.LEADERBOARD_FILE, json.dumps(summary, indent=2).encode())
     _upload_model(client, model_dir)
-    evaluation = evaluate_model_dir(model_dir, data) if len(data.test) else None
-    if evaluation is not None:
+    evaluation = evaluate_model_dir(model_dir, data) if len(data.test) else {}
+    if evaluation:
         reporter.log(len(found.trials), test_accuracy=evaluation["accuracy"])
         reporter.flush()
-        client.result({**evaluation, "automl": summary})
         print(
             f"test accuracy {evaluation['accuracy']:.4f} on {evaluation['support']} examples",
             flush=True,
         )
+    client.result({**evaluation, "automl": found.summary(automl.RESULT_ROWS)})
 
 
 class EpochTimedReporter(HttpReporter):
