@@ -400,7 +400,8 @@ def leaderboard_view(board: dict[str, Any], top: int = 15) -> RenderableType:
     """An AutoML job's leaderboard: the best ``top`` trials, best first."""
     title = (
         f"leaderboard: {board.get('trials')} trials in {board.get('search_seconds')} s "
-        f"(budget {board.get('budget_seconds')} s), {board.get('metric')} on the val split"
+        f"(budget {board.get('budget_seconds')} s), {board.get('metric')} on "
+        f"{board.get('validation', 'the val split')}"
     )
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
     for column in ("rank", "trial", "family", "score", "fit s", "params"):

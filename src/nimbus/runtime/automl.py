@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from threadpoolctl import threadpool_limits
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
@@ -36,7 +38,7 @@ from nimbus.runtime.automl_families import (
     refit,
     warm_up,
 )
-from nimbus.runtime.automl_search import Trial, leaderboard, propose
+from nimbus.runtime.automl_search import Family, Trial, leaderboard, propose
 from nimbus.runtime.data import DataSplits, Split
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -49,7 +51,9 @@ RESULT_ROWS = 25  # the leaderboard's rows kept in the job's result (every job v
 RESERVE_SHARE = 0.05  # of the budget, held back for the export besides its estimate
 RESERVE_MIN_SECONDS = 0.3
 VAL_SHARE = 0.2  # of the train split lent as validation when the dataset has none
-REFIT_MARGIN = 1.3  # a refit on train+val is estimated at this much of its rows' share
+REFIT_MARGIN = 1.3  # a final fit is estimated at this much of its trial's share
+CV_FOLDS = 5  # tabular sets of up to CV_MAX_ROWS train + val rows are cross-validated
+CV_MAX_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ class AutomlResult:
     metric: str
     budget_seconds: float
     search_seconds: float  # first fit started -> model directory written
-    refit: bool  # the winner was fitted again on train + val
+    refit: bool  # the winner was fitted again for its export (see final_fit_seconds)
+    validation: int = 0  # folds of the cross-validation; 0: the val split
 
     def summary(self, top: int | None = None) -> dict[str, Any]:
         """JSON-ready: what the job records as its leaderboard (its ``top`` rows; all of
@@ -74,6 +79,9 @@ class AutomlResult:
             "search_seconds": round(self.search_seconds, 3),
             "trials": len(self.trials),
             "refit": self.refit,
+            "validation": f"{self.validation}-fold cross-validation on train + val"
+            if self.validation
+            else "the val split",
             "best": trial_row(self.best, number[id(self.best)]),
             "leaderboard": [trial_row(t, number[id(t)]) for t in board],
         }
@@ -94,7 +102,8 @@ def leaderboard_text(summary: dict[str, Any], top: int = 10) -> str:
     """The leaderboard as the job log shows it: the best ``top`` trials."""
     lines = [
         f"automl: {summary['trials']} trials in {summary['search_seconds']:.1f} s of a "
-        f"{summary['budget_seconds']:g} s budget; {summary['metric']} on the validation split",
+        f"{summary['budget_seconds']:g} s budget; {summary['metric']} on "
+        f"{summary['validation']}",
         f"{'rank':>4}  {'trial':>5}  {'family':<20} {'score':>8} {'fit s':>8}  params",
     ]
     for rank, row in enumerate(summary["leaderboard"][:top], start=1):
@@ -107,14 +116,44 @@ def leaderboard_text(summary: dict[str, Any], top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def export_reserve(budget: float, best: Trial | None, rows: tuple[int, int]) -> float:
-    """Seconds held back from the search: the export's share, and the winner's refit on
-    train + val (``rows``: their sizes) when it is a scikit-learn model."""
-    reserve = max(RESERVE_MIN_SECONDS, RESERVE_SHARE * budget)
-    if best is not None and best.family in SKLEARN_ARCHITECTURES:
-        train, val = rows
-        reserve += best.seconds * REFIT_MARGIN * (train + val) / max(train, 1)
-    return reserve
+def final_fit_seconds(best: Trial, rows: tuple[int, int], folds: int) -> float:
+    """The estimated seconds of the winner's final fit (0: it has none). Cross-validated,
+    its trial was ``folds`` fits on (folds-1)/folds of train + val: one fit on all of it
+    costs about ``seconds / (folds - 1)``. Otherwise a scikit-learn winner is refitted on
+    train + val (``rows``: their sizes); a torch one keeps its weights."""
+    train, val = rows
+    if folds:
+        return best.seconds / (folds - 1) * REFIT_MARGIN
+    if best.family in SKLEARN_ARCHITECTURES and val:
+        return best.seconds * REFIT_MARGIN * (train + val) / max(train, 1)
+    return 0.0
+
+
+def export_reserve(budget: float) -> float:
+    """Seconds held back from the search for the winner's export."""
+    return max(RESERVE_MIN_SECONDS, RESERVE_SHARE * budget)
+
+
+def cv_folds(data: DataSplits, seed: int) -> list[DataSplits]:
+    """Stratified folds of train + val for a tabular set of at most :data:`CV_MAX_ROWS`
+    rows (each fold's val part is what it is scored on); none for larger or other sets, or
+    when a class has fewer than two examples."""
+    if data.task is not Task.TABULAR or len(data.train) + len(data.val) > CV_MAX_ROWS:
+        return []
+    x = np.concatenate([np.asarray(data.train.x), np.asarray(data.val.x)])
+    y = np.concatenate([np.asarray(data.train.y), np.asarray(data.val.y)])
+    counts = np.bincount(y)
+    k = min(CV_FOLDS, int(counts[counts > 0].min()))
+    if k < 2:
+        return []
+    empty = Split(x[:0], y[:0])
+    folds = StratifiedKFold(k, shuffle=True, random_state=seed % 2**32).split(x, y)
+    return [
+        DataSplits(
+            data.task, data.classes, Split(x[a], y[a]), Split(x[b], y[b]), empty, data.features
+        )
+        for a, b in folds
+    ]
 
 
 def search(
@@ -127,26 +166,57 @@ def search(
     clock: Callable[[], float] = time.perf_counter,
 ) -> AutomlResult:
     """Search within ``params["budget"]`` seconds for the configuration with the best
-    ``params["metric"]`` on the validation split, then write it as a model directory in
-    ``out_dir``. ``on_trial(number, trial, best)`` is told of each finished fit."""
-    budget, metric, seed = float(params["budget"]), str(params["metric"]), int(params["seed"])
+    ``params["metric"]`` (cross-validated on train + val for tabular sets of up to
+    :data:`CV_MAX_ROWS` rows, else on the validation split), then write it as a model
+    directory in ``out_dir``. ``on_trial(number, trial, best)`` is told of each finished
+    trial."""
+    metric, seed = str(params["metric"]), int(params["seed"])
     if metric not in METRICS:
         raise InvalidInput(f"unknown metric {metric!r}; use {', '.join(METRICS)}")
     data = with_validation(data, seed)
+    folds = cv_folds(data, seed)
     features = int(data.train.x.shape[1]) if data.task is Task.TABULAR else 1
-    families = families_for(data.task, len(data.train), features)
+    families = families_for(data.task, len(data.train), features, repeats=max(1, len(folds)))
+    warm_up()
+    # BLAS and OpenMP pools sized to the job's CPUs: more threads than cores thrash
+    with threadpool_limits(threads):
+        return _search(data, folds, families, params, out_dir, threads, on_trial, clock)
+
+
+def _search(
+    data: DataSplits,
+    folds: list[DataSplits],
+    families: list[Family],
+    params: dict[str, Any],
+    out_dir: Path,
+    threads: int,
+    on_trial: Callable[[int, Trial, Trial], None] | None,
+    clock: Callable[[], float],
+) -> AutomlResult:
+    budget, metric, seed = float(params["budget"]), str(params["metric"]), int(params["seed"])
     rows = (len(data.train), len(data.val))
     trials: list[Trial] = []
     best: tuple[Trial, Fitted] | None = None
-    warm_up()
     start = clock()
+    deadline = start + budget - export_reserve(budget)
     while True:
-        left = budget - (clock() - start) - export_reserve(budget, best and best[0], rows)
+        left = budget - (clock() - start) - export_reserve(budget)
+        if best is not None:
+            left -= final_fit_seconds(best[0], rows, len(folds))
         proposal = propose(families, trials, left, seed)
         if proposal is None:
             break
         began = clock()
-        fitted, score = _try(proposal.family, proposal.config, data, metric, seed, threads)
+        fitted, score = _try(
+            proposal.family,
+            proposal.config,
+            data,
+            folds,
+            metric,
+            seed=seed,
+            threads=threads,
+            stop=lambda: clock() >= deadline,  # its remaining folds skipped past it
+        )
         trial = Trial(proposal.family, proposal.config, clock() - began, score)
         trials.append(trial)
         if fitted is not None and score is not None and (best is None or score > _score(best[0])):
@@ -159,13 +229,21 @@ def search(
             + (f" ({len(trials)} fits failed)" if trials else ": give it more time")
         )
     winner, fitted = best
-    refitted = False
-    if winner.family in SKLEARN_ARCHITECTURES and len(data.val):
-        cost = winner.seconds * REFIT_MARGIN * sum(rows) / rows[0]
-        if budget - (clock() - start) - max(RESERVE_MIN_SECONDS, RESERVE_SHARE * budget) >= cost:
-            fitted, refitted = refit(fitted, data, seed=seed, threads=threads), True
+    cost = final_fit_seconds(winner, rows, len(folds))
+    refitted = 0 < cost <= budget - (clock() - start) - export_reserve(budget)
+    if refitted:
+        fitted = _final_fit(winner, fitted, data, seed, threads)
     fitted.export(data, out_dir)
-    return AutomlResult(winner, trials, metric, budget, clock() - start, refitted)
+    return AutomlResult(
+        winner, trials, metric, budget, clock() - start, refitted, validation=len(folds)
+    )
+
+
+def _final_fit(winner: Trial, fitted: Fitted, data: DataSplits, seed: int, threads: int) -> Fitted:
+    """The winner fitted on train + val (scikit-learn), or on train watching val (torch)."""
+    if winner.family in SKLEARN_ARCHITECTURES:
+        return refit(fitted, data, seed=seed, threads=threads)
+    return fit(winner.family, dict(winner.config), data, seed=seed, threads=threads)
 
 
 def _score(trial: Trial) -> float:
@@ -173,14 +251,30 @@ def _score(trial: Trial) -> float:
 
 
 def _try(
-    family: str, config: dict[str, Any], data: DataSplits, metric: str, seed: int, threads: int
+    family: str,
+    config: dict[str, Any],
+    data: DataSplits,
+    folds: list[DataSplits],
+    metric: str,
+    *,
+    seed: int,
+    threads: int,
+    stop: Callable[[], bool],
 ) -> tuple[Fitted | None, float | None]:
-    """Fit and score one configuration; a configuration that fails is a failed trial (its
-    error printed to the job log), not the end of the search."""
+    """Fit and score one configuration: its mean score over the folds (the last fold's
+    model kept; the folds after ``stop()`` turns true skipped) or its score on the val
+    split. A configuration that fails is a failed trial (its error printed to the job
+    log), not the end of the search."""
     try:
-        fitted = fit(family, config, data, seed=seed, threads=threads)
-        predicted = np.argmax(fitted.probabilities(data, "val"), axis=1)
-        return fitted, METRICS[metric](np.asarray(data.val.y), predicted)
+        scores = []
+        fitted: Fitted | None = None
+        for part in folds or [data]:
+            fitted = fit(family, config, part, seed=seed, threads=threads)
+            predicted = np.argmax(fitted.probabilities(part, "val"), axis=1)
+            scores.append(METRICS[metric](np.asarray(part.val.y), predicted))
+            if stop():  # a first fit far slower than its family's prior guessed
+                break
+        return fitted, float(np.mean(scores))
     except Exception:
         print(f"automl: {family} {config} failed:", flush=True)
         traceback.print_exc(limit=3)
@@ -192,8 +286,6 @@ def with_validation(data: DataSplits, seed: int) -> DataSplits:
     it has no validation split."""
     if len(data.val):
         return data
-    from sklearn.model_selection import train_test_split
-
     x, y = np.asarray(data.train.x), np.asarray(data.train.y)
     counts = np.bincount(y)
     stratify = y if len(counts[counts > 0]) > 1 and counts[counts > 0].min() >= 2 else None

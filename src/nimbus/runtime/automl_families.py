@@ -10,6 +10,7 @@ trainer (its early stopping on the validation split included).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,10 +39,16 @@ SKLEARN_ARCHITECTURES = {
 }
 
 
-def families_for(task: Task, rows: int, features: int = 1) -> list[Family]:
+def families_for(task: Task, rows: int, features: int = 1, repeats: int = 1) -> list[Family]:
     """The families that fit ``task``, their priors scaled to ``rows`` train examples (of
-    ``features`` columns for tabular data)."""
-    size = max(rows, 1) / 1000
+    ``features`` columns for tabular data) and ``repeats`` fits a trial (its folds)."""
+    return [
+        dataclasses.replace(f, prior_seconds=f.prior_seconds * repeats)
+        for f in _families(task, max(rows, 1) / 1000, features)
+    ]
+
+
+def _families(task: Task, size: float, features: int) -> list[Family]:
     if task is Task.TABULAR:
         width = max(features, 1) / 30
         return [
@@ -86,7 +93,7 @@ def families_for(task: Task, rows: int, features: int = 1) -> list[Family]:
                 },
                 start={"hidden": 1, "lr": 2, "dropout": 1},
                 cost_keys=("epochs",),
-                prior_seconds=0.5 + 2.0 * size,
+                prior_seconds=0.3 + 1.0 * size,
             ),
         ]
     if task is Task.IMAGE:
