@@ -94,9 +94,12 @@ def test_small_tabular_sets_are_cross_validated_in_stratified_folds() -> None:
     folds = cv_folds(data, seed=0)
     assert len(folds) == 5
     rows = len(data.train) + len(data.val)
-    assert sum(len(f.val) for f in folds) == rows
-    assert all(len(f.train) + len(f.val) == rows and not len(f.test) for f in folds)
-    held_out = np.concatenate([f.val.x for f in folds])
+    assert sum(len(f.test) for f in folds) == rows  # each row held out once
+    for f in folds:  # a fold's early-stopping share comes out of its training rows
+        assert len(f.train) + len(f.val) + len(f.test) == rows
+        assert len(f.val) == pytest.approx(0.15 * (rows - len(f.test)), abs=1)
+        assert not set(map(tuple, f.test.x.tolist())) & set(map(tuple, f.val.x.tolist()))
+    held_out = np.concatenate([f.test.x for f in folds])
     assert np.isnan(held_out).sum() == np.isnan(np.concatenate([data.train.x, data.val.x])).sum()
     assert cv_folds(digits(100), seed=0) == []  # images: the val split
     few = DataSplits(

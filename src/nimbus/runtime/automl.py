@@ -54,6 +54,7 @@ VAL_SHARE = 0.2  # of the train split lent as validation when the dataset has no
 REFIT_MARGIN = 1.3  # a final fit is estimated at this much of its trial's share
 CV_FOLDS = 5  # tabular sets of up to CV_MAX_ROWS train + val rows are cross-validated
 CV_MAX_ROWS = 10_000
+EARLY_STOP_SHARE = 0.15  # of a fold's training rows, for the torch families' early stopping
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,12 @@ def export_reserve(budget: float) -> float:
 
 def cv_folds(data: DataSplits, seed: int) -> list[DataSplits]:
     """Stratified folds of train + val for a tabular set of at most :data:`CV_MAX_ROWS`
-    rows (each fold's val part is what it is scored on); none for larger or other sets, or
-    when a class has fewer than two examples."""
+    rows; none for larger or other sets, or when a class has fewer than two examples.
+
+    Each fold's held-out part is its ``test`` split, what the fold is scored on; the rest is
+    its ``train`` and a seeded :data:`EARLY_STOP_SHARE` of it its ``val``, which the torch
+    families watch to stop early (the scikit-learn ones train on both). So no family's
+    score is chosen on the rows it is scored on."""
     if data.task is not Task.TABULAR or len(data.train) + len(data.val) > CV_MAX_ROWS:
         return []
     x = np.concatenate([np.asarray(data.train.x), np.asarray(data.val.x)])
@@ -146,14 +151,34 @@ def cv_folds(data: DataSplits, seed: int) -> list[DataSplits]:
     k = min(CV_FOLDS, int(counts[counts > 0].min()))
     if k < 2:
         return []
-    empty = Split(x[:0], y[:0])
-    folds = StratifiedKFold(k, shuffle=True, random_state=seed % 2**32).split(x, y)
-    return [
-        DataSplits(
-            data.task, data.classes, Split(x[a], y[a]), Split(x[b], y[b]), empty, data.features
+    folds = []
+    for rest, held in StratifiedKFold(k, shuffle=True, random_state=seed % 2**32).split(x, y):
+        fit_rows, stop_rows = _split_off(rest, y[rest], seed)
+        folds.append(
+            DataSplits(
+                data.task,
+                data.classes,
+                Split(x[fit_rows], y[fit_rows]),
+                Split(x[stop_rows], y[stop_rows]),
+                Split(x[held], y[held]),
+                data.features,
+            )
         )
-        for a, b in folds
-    ]
+    return folds
+
+
+def _split_off(rows: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` less a seeded :data:`EARLY_STOP_SHARE` of them (stratified when every class
+    has two), and that share."""
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    try:
+        kept, share = train_test_split(
+            rows, test_size=EARLY_STOP_SHARE, random_state=seed % 2**32, stratify=stratify
+        )
+    except ValueError:  # too few rows of a class for a stratified share
+        kept, share = train_test_split(rows, test_size=EARLY_STOP_SHARE, random_state=seed % 2**32)
+    return np.sort(kept), np.sort(share)
 
 
 def search(
@@ -268,10 +293,11 @@ def _try(
     try:
         scores = []
         fitted: Fitted | None = None
+        scored = "test" if folds else "val"  # a fold's held-out part (see cv_folds)
         for part in folds or [data]:
-            fitted = fit(family, config, part, seed=seed, threads=threads)
-            predicted = np.argmax(fitted.probabilities(part, "val"), axis=1)
-            scores.append(METRICS[metric](np.asarray(part.val.y), predicted))
+            fitted = fit(family, config, part, seed=seed, threads=threads, with_val=bool(folds))
+            predicted = np.argmax(fitted.probabilities(part, scored), axis=1)
+            scores.append(METRICS[metric](np.asarray(getattr(part, scored).y), predicted))
             if stop():  # a first fit far slower than its family's prior guessed
                 break
         return fitted, float(np.mean(scores))

@@ -146,13 +146,28 @@ class Fitted(Protocol):
 
 
 def fit(
-    family: str, config: dict[str, Any], data: DataSplits, *, seed: int, threads: int
+    family: str,
+    config: dict[str, Any],
+    data: DataSplits,
+    *,
+    seed: int,
+    threads: int,
+    with_val: bool = False,
 ) -> Fitted:
     """Fit ``family`` with ``config`` on ``data``'s train split (the torch families also
-    watch its val split to stop early); nothing is read from the test split."""
+    watch its val split to stop early; with ``with_val`` the scikit-learn ones train on
+    train and val together); nothing is read from the test split."""
     if family in SKLEARN_ARCHITECTURES:
-        return _fit_sklearn(family, config, data.train, seed=seed, threads=threads)
+        rows = _train_and_val(data) if with_val else data.train
+        return _fit_sklearn(family, config, rows, seed=seed, threads=threads)
     return _fit_builtin(family, config, data, seed)
+
+
+def _train_and_val(data: DataSplits) -> Split:
+    return Split(
+        np.concatenate([np.asarray(data.train.x), np.asarray(data.val.x)]),
+        np.concatenate([np.asarray(data.train.y), np.asarray(data.val.y)]),
+    )
 
 
 @dataclass
@@ -225,11 +240,9 @@ def refit(fitted: Fitted, data: DataSplits, *, seed: int, threads: int) -> Fitte
     models keep their weights: their early stopping used the val split)."""
     if not isinstance(fitted, SklearnFitted) or not len(data.val):
         return fitted
-    both = Split(
-        np.concatenate([np.asarray(data.train.x), np.asarray(data.val.x)]),
-        np.concatenate([np.asarray(data.train.y), np.asarray(data.val.y)]),
+    return _fit_sklearn(
+        fitted.family, fitted.config, _train_and_val(data), seed=seed, threads=threads
     )
-    return _fit_sklearn(fitted.family, fitted.config, both, seed=seed, threads=threads)
 
 
 class _Quiet:
