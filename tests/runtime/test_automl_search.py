@@ -101,10 +101,22 @@ def test_the_search_steps_from_a_familys_best_point_and_never_repeats() -> None:
 
 
 def test_the_exploration_bonus_turns_to_a_family_tried_less() -> None:
-    trials = [trial(LINEAR, 0.90), trial(NET, 0.89, seconds=1.0), trial(TREES, 0.5)]
-    trials += [trial(LINEAR, 0.90, C=c) for c in (0.1, 10.0)]  # linear's grid is exhausted
+    # trees: the best score, tried 8 times; net a little worse, tried once
+    trials = [
+        trial(TREES, 0.90 if n == 10 else 0.85, n=n, depth=d)
+        for n in (10, 20)
+        for d in (2, 4, 8, 2)
+    ][:8]
+    trials += [trial(NET, 0.88, seconds=1.0)]
+    trials += [trial(LINEAR, 0.5, C=c) for c in (0.1, 1.0, 10.0)]  # linear's grid is exhausted
     found = propose(FAMILIES, trials, 100)
     assert found is not None and found.family == "net"
+    # tried nearly as often as the trees (and with a step left), the net's lower score loses
+    trials += [
+        trial(NET, 0.88, seconds=1.0, epochs=e, lr=lr) for e in (10, 20) for lr in (0.01, 0.1)
+    ]
+    found = propose(FAMILIES, trials, 100)
+    assert found is not None and found.family == "trees"
 
 
 def test_a_family_that_only_fails_is_left_out() -> None:
