@@ -172,6 +172,7 @@ def test_public_names_are_pinned() -> None:
         "study_importances",
         "cancel_study",
         "wait_study",
+        "start_automl",
     }
     assert set(nimbus.client.__all__) == {
         "CHUNK_SIZE",

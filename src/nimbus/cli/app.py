@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from nimbus.cli import (
     admin,
+    automl,
     cluster,
     datasets,
     deploy,
@@ -92,6 +93,7 @@ app.command("train")(train.train)
 app.add_typer(jobs.app, name="jobs")
 app.command("tune")(studies.tune)
 app.add_typer(studies.app, name="studies")
+app.command("automl")(automl.automl)
 app.add_typer(models.app, name="models")
 app.command("deploy")(deploy.deploy)
 app.add_typer(deployments.app, name="deployments")

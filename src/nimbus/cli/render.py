@@ -251,6 +251,8 @@ def job_view(job: Job) -> RenderableType:
     evaluation = job.evaluation
     if evaluation:
         parts += ["", evaluation_view(evaluation)]
+        if isinstance(evaluation.get("automl"), dict):  # an AutoML job's leaderboard
+            parts += ["", leaderboard_view(evaluation["automl"])]
     else:
         parts += ["", Text("no evaluation yet", style="dim")]
     return Group(*parts)
@@ -404,3 +406,31 @@ def compare_table(jobs: Sequence[Job]) -> Table:
             *(_t(_short(v, 30) if v is not None else None) for v in values),
         )
     return table
+
+
+def leaderboard_view(board: dict[str, Any], top: int = 15) -> RenderableType:
+    """An AutoML job's leaderboard: the best ``top`` trials, best first."""
+    title = (
+        f"leaderboard: {board.get('trials')} trials in {board.get('search_seconds')} s "
+        f"(budget {board.get('budget_seconds')} s), {board.get('metric')} on "
+        f"{board.get('validation', 'the val split')}"
+    )
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
+    for column in ("rank", "trial", "family", "score", "fit s", "params"):
+        table.add_column(column, justify="left" if column in ("family", "params") else "right")
+    rows = list(board.get("leaderboard") or [])
+    for rank, row in enumerate(rows[:top], start=1):
+        score = row.get("score")
+        params = ", ".join(f"{k}={v}" for k, v in (row.get("params") or {}).items())
+        table.add_row(
+            str(rank),
+            str(row.get("trial")),
+            str(row.get("family")),
+            "failed" if score is None else f"{score:.4f}",
+            f"{row.get('fit_seconds', 0):.3f}",
+            Text(params),
+        )
+    parts: list[RenderableType] = [table]
+    if len(rows) > top:
+        parts.append(Text(f"... and {len(rows) - top} more", style="dim"))
+    return Group(*parts)

@@ -11,6 +11,7 @@ Tests inject ``transport=httpx.MockTransport(handler)`` to run without a server.
 
 from __future__ import annotations
 
+from nimbus.client.automl import AutomlMixin
 from nimbus.client.base import load_login, save_login
 from nimbus.client.cluster import ClusterMixin
 from nimbus.client.datasets import DatasetRef, DatasetsMixin
@@ -44,6 +45,7 @@ class Client(
     DeploymentsMixin,
     ModelsMixin,
     StudiesMixin,
+    AutomlMixin,
     JobsMixin,
     DatasetsMixin,
     TokensMixin,

@@ -23,6 +23,7 @@ other failure (a bug or an infrastructure fault: retried).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -44,11 +45,12 @@ from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.modelformat.export import export_model
 from nimbus.modelformat.files import MODEL_FILES
-from nimbus.runtime import api
+from nimbus.runtime import api, automl
 from nimbus.runtime.allocator import keep_freed_memory
+from nimbus.runtime.automl_search import Trial
 from nimbus.runtime.custom import evaluate_model_dir
 from nimbus.runtime.data import DataSplits
-from nimbus.runtime.hyperparams import validate_params
+from nimbus.runtime.hyperparams import AUTOML_MODEL, validate_automl_params, validate_params
 from nimbus.runtime.job_api import (
     CancelRequested,
     Heartbeat,
@@ -188,6 +190,8 @@ def run_attempt(env: JobEnv, client: JobApiClient) -> None:
     with _process_group(env) as (group, device), _in_dir(env.job_dir):
         if spec.code:
             _run_user_code(env, client, spec, spec.code)  # torch.distributed is ready for it
+        elif spec.model == AUTOML_MODEL:
+            _run_automl(env, client, spec)
         else:
             _run_builtin(env, client, spec, group, device)
 
@@ -259,6 +263,46 @@ def _run_builtin(
             f"{result.evaluation['support']} examples",
             flush=True,
         )
+
+
+def _run_automl(env: JobEnv, client: JobApiClient, spec: AttemptSpec) -> None:
+    """The AutoML search (one process), its winner exported, uploaded and scored; the
+    leaderboard is a job artifact (every trial) and part of the job's result (the best
+    :data:`automl.RESULT_ROWS`)."""
+    data = load_data(client, _dataset_of(spec), env.job_dir / "data", spec.resources.memory)
+    params = validate_automl_params(dict(spec.params))
+    reporter = HttpReporter(client, rank=env.rank, label="trial", echo=lambda line: None)
+
+    def on_trial(number: int, trial: Trial, best: Trial) -> None:
+        shown = "failed" if trial.score is None else f"{params['metric']} {trial.score:.4f}"
+        print(
+            f"automl: trial {number} {trial.family} {json.dumps(dict(trial.config))}: {shown} "
+            f"in {trial.seconds:.2f} s (best {best.family} {best.score:.4f})",
+            flush=True,
+        )
+        metrics = {"fit_seconds": trial.seconds, "best_val_score": best.score or 0.0}
+        if trial.score is not None:
+            metrics["val_score"] = trial.score
+        reporter.log(number, **metrics)  # the job's metric series, one step per trial
+
+    model_dir = env.job_dir / "model"
+    with _flushed(reporter):
+        found = automl.search(
+            data, params, model_dir, threads=max(1, int(spec.resources.cpus)), on_trial=on_trial
+        )
+    summary = found.summary()
+    print(automl.leaderboard_text(summary), flush=True)
+    client.put_artifact(automl.LEADERBOARD_FILE, json.dumps(summary, indent=2).encode())
+    _upload_model(client, model_dir)
+    evaluation = evaluate_model_dir(model_dir, data) if len(data.test) else {}
+    if evaluation:
+        reporter.log(len(found.trials), test_accuracy=evaluation["accuracy"])
+        reporter.flush()
+        print(
+            f"test accuracy {evaluation['accuracy']:.4f} on {evaluation['support']} examples",
+            flush=True,
+        )
+    client.result({**evaluation, "automl": found.summary(automl.RESULT_ROWS)})
 
 
 class EpochTimedReporter(HttpReporter):

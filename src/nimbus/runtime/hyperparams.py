@@ -21,6 +21,7 @@ from pydantic import (
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
+from nimbus.jobs.domain import parse_duration
 from nimbus.modelformat.text import MAX_NGRAMS, TOKEN_PATTERN, WORD_PATTERN
 
 Optimizer = Literal["adam", "sgd", "adamw"]
@@ -187,4 +188,60 @@ def validate_params(model: str, task: Task | str, raw: dict[str, Any]) -> dict[s
         key = str(first["loc"][0]) if first["loc"] else "?"
         raise InvalidInput(
             f"invalid parameter {name!r} = {values.get(key)!r}: {first['msg']}", key=key
+        ) from None
+
+
+# -- automatic model selection (`nimbus automl`): one job of the built-in kind "automl" --
+
+AUTOML_MODEL = "automl"
+AutomlMetric = Literal["accuracy", "macro_f1", "balanced_accuracy"]
+MAX_AUTOML_BUDGET = 7 * 24 * 3600.0
+
+
+class AutomlParams(BaseModel):
+    """An AutoML job's parameters: how long to search, what to maximise, its seed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    budget: float = Field(
+        600.0, gt=0, le=MAX_AUTOML_BUDGET, description="seconds: 90s, 10m, 1h or a number"
+    )
+    metric: AutomlMetric = Field("accuracy", description="scored on the validation split")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("booleans are not accepted")
+        try:
+            return parse_duration(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _lower_metric(cls, value: Any) -> Any:
+        return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
+
+
+def validate_automl_params(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check an AutoML job's parameters (any task: the search picks the families that fit
+    it); every parameter, defaults filled in, the budget in seconds. InvalidInput names the
+    key at fault."""
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).strip().replace("-", "_")
+        if name not in AutomlParams.model_fields:
+            known = ", ".join(sorted(AutomlParams.model_fields))
+            raise InvalidInput(f"unknown parameter {name!r} for automl; known: {known}", key=name)
+        values[name] = value
+    try:
+        return AutomlParams.model_validate(values).model_dump(mode="json")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else "?"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidInput(
+            f"invalid parameter {key!r} = {values.get(key)!r}: {message}", key=key
         ) from None

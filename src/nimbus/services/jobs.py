@@ -30,7 +30,12 @@ from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
 from nimbus.names import parse_reference, whole_number
-from nimbus.runtime.hyperparams import PARAM_SCHEMAS, validate_params
+from nimbus.runtime.hyperparams import (
+    AUTOML_MODEL,
+    PARAM_SCHEMAS,
+    validate_automl_params,
+    validate_params,
+)
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.code import CodeInfo, CodeService, is_code_ref
 from nimbus.services.datasets import DatasetService
@@ -230,9 +235,14 @@ class JobService:
                     f"workers must be 1, not {request.workers}",
                     field="workers",
                 )
+        elif request.model == AUTOML_MODEL:  # a search over the built-ins, in one process
+            params = validate_automl_params(request.params)
+            if request.workers != 1:
+                raise InvalidInput("an automl job runs in one worker", field="workers")
         else:
             raise InvalidInput(
-                f"unknown model {request.model[:100]!r}: use {', '.join(PARAM_SCHEMAS)} or a "
+                f"unknown model {request.model[:100]!r}: use {', '.join(PARAM_SCHEMAS)}, "
+                f"{AUTOML_MODEL} or a "
                 "code reference (code:sha256/...)",
                 field="model",
             )

@@ -1,0 +1,331 @@
+"""Automatic model selection inside one job (``model: automl``): search, then export the best.
+
+The search runs in this process, in the manner of FLAML: :func:`automl_search.propose`
+picks the next configuration of the families that fit the dataset's task
+(:mod:`.automl_families`) within the time left, each is fitted on the train split and
+scored on the validation split, and the search stops before the budget ends, leaving time
+for the winner's final refit (scikit-learn models, on train and val together, when it fits)
+and its export as the job's model directory. The budget counts from the first fit to the
+model written: the estimates keep every fit that starts inside it, with the export's
+reserve (:func:`export_reserve`) held back.
+
+What comes out (:class:`AutomlResult`): the model directory, the leaderboard (every
+candidate: family, hyper-parameters, validation score, fit seconds), and the search's
+seconds. A dataset without a validation split lends a seeded fifth of its train split.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from threadpoolctl import threadpool_limits
+
+from nimbus.datasets.domain import Task
+from nimbus.errors import InvalidInput
+from nimbus.runtime.automl_families import (
+    SKLEARN_ARCHITECTURES,
+    Fitted,
+    families_for,
+    fit,
+    refit,
+    warm_up,
+)
+from nimbus.runtime.automl_search import Family, Trial, leaderboard, propose
+from nimbus.runtime.data import DataSplits, Split
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda y, p: float(accuracy_score(y, p)),
+    "macro_f1": lambda y, p: float(f1_score(y, p, average="macro", zero_division=0)),
+    "balanced_accuracy": lambda y, p: float(balanced_accuracy_score(y, p)),
+}
+LEADERBOARD_FILE = "leaderboard.json"  # the job artifact that holds AutomlResult.summary()
+RESULT_ROWS = 25  # the leaderboard's rows kept in the job's result (every job view has it)
+RESERVE_SHARE = 0.05  # of the budget, held back for the export besides its estimate
+RESERVE_MIN_SECONDS = 0.3
+VAL_SHARE = 0.2  # of the train split lent as validation when the dataset has none
+REFIT_MARGIN = 1.3  # a final fit is estimated at this much of its trial's share
+CV_FOLDS = 5  # tabular sets of up to CV_MAX_ROWS train + val rows are cross-validated
+CV_MAX_ROWS = 10_000
+EARLY_STOP_SHARE = 0.15  # of a fold's training rows, for the torch families' early stopping
+
+
+@dataclass(frozen=True)
+class AutomlResult:
+    """The search's outcome: the best trial, every trial, and what it cost."""
+
+    best: Trial
+    trials: list[Trial]
+    metric: str
+    budget_seconds: float
+    search_seconds: float  # first fit started -> model directory written
+    refit: bool  # the winner was fitted again for its export (see final_fit_seconds)
+    validation: int = 0  # folds of the cross-validation; 0: the val split
+
+    def summary(self, top: int | None = None) -> dict[str, Any]:
+        """JSON-ready: what the job records as its leaderboard (its ``top`` rows; all of
+        them by default)."""
+        number = {id(t): i for i, t in enumerate(self.trials, start=1)}
+        board = leaderboard(self.trials)[:top]
+        return {
+            "metric": self.metric,
+            "budget_seconds": round(self.budget_seconds, 3),
+            "search_seconds": round(self.search_seconds, 3),
+            "trials": len(self.trials),
+            "refit": self.refit,
+            "validation": f"{self.validation}-fold cross-validation on train + val"
+            if self.validation
+            else "the val split",
+            "best": trial_row(self.best, number[id(self.best)]),
+            "leaderboard": [trial_row(t, number[id(t)]) for t in board],
+        }
+
+
+def trial_row(trial: Trial, number: int) -> dict[str, Any]:
+    """One leaderboard row."""
+    return {
+        "trial": number,
+        "family": trial.family,
+        "params": dict(trial.config),
+        "score": None if trial.score is None else round(trial.score, 6),
+        "fit_seconds": round(trial.seconds, 4),
+    }
+
+
+def leaderboard_text(summary: dict[str, Any], top: int = 10) -> str:
+    """The leaderboard as the job log shows it: the best ``top`` trials."""
+    lines = [
+        f"automl: {summary['trials']} trials in {summary['search_seconds']:.1f} s of a "
+        f"{summary['budget_seconds']:g} s budget; {summary['metric']} on "
+        f"{summary['validation']}",
+        f"{'rank':>4}  {'trial':>5}  {'family':<20} {'score':>8} {'fit s':>8}  params",
+    ]
+    for rank, row in enumerate(summary["leaderboard"][:top], start=1):
+        score = "failed" if row["score"] is None else f"{row['score']:.4f}"
+        params = " ".join(f"{k}={v}" for k, v in row["params"].items())
+        lines.append(
+            f"{rank:>4}  {row['trial']:>5}  {row['family']:<20} {score:>8} "
+            f"{row['fit_seconds']:>8.3f}  {params}"
+        )
+    return "\n".join(lines)
+
+
+def final_fit_seconds(best: Trial, rows: tuple[int, int], folds: int) -> float:
+    """The estimated seconds of the winner's final fit (0: it has none). Cross-validated,
+    its trial was ``folds`` fits on (folds-1)/folds of train + val: one fit on all of it
+    costs about ``seconds / (folds - 1)``. Otherwise a scikit-learn winner is refitted on
+    train + val (``rows``: their sizes); a torch one keeps its weights."""
+    train, val = rows
+    if folds:
+        return best.seconds / (folds - 1) * REFIT_MARGIN
+    if best.family in SKLEARN_ARCHITECTURES and val:
+        return best.seconds * REFIT_MARGIN * (train + val) / max(train, 1)
+    return 0.0
+
+
+def export_reserve(budget: float) -> float:
+    """Seconds held back from the search for the winner's export."""
+    return max(RESERVE_MIN_SECONDS, RESERVE_SHARE * budget)
+
+
+def cv_folds(data: DataSplits, seed: int) -> list[DataSplits]:
+    """Stratified folds of train + val for a tabular set of at most :data:`CV_MAX_ROWS`
+    rows; none for larger or other sets, or when a class has fewer than two examples.
+
+    Each fold's held-out part is its ``test`` split, what the fold is scored on; the rest is
+    its ``train`` and a seeded :data:`EARLY_STOP_SHARE` of it its ``val``, which the torch
+    families watch to stop early (the scikit-learn ones train on both). So no family's
+    score is chosen on the rows it is scored on."""
+    if data.task is not Task.TABULAR or len(data.train) + len(data.val) > CV_MAX_ROWS:
+        return []
+    x = np.concatenate([np.asarray(data.train.x), np.asarray(data.val.x)])
+    y = np.concatenate([np.asarray(data.train.y), np.asarray(data.val.y)])
+    counts = np.bincount(y)
+    k = min(CV_FOLDS, int(counts[counts > 0].min()))
+    if k < 2:
+        return []
+    folds = []
+    for rest, held in StratifiedKFold(k, shuffle=True, random_state=seed % 2**32).split(x, y):
+        fit_rows, stop_rows = _split_off(rest, y[rest], seed)
+        folds.append(
+            DataSplits(
+                data.task,
+                data.classes,
+                Split(x[fit_rows], y[fit_rows]),
+                Split(x[stop_rows], y[stop_rows]),
+                Split(x[held], y[held]),
+                data.features,
+            )
+        )
+    return folds
+
+
+def _split_off(rows: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` less a seeded :data:`EARLY_STOP_SHARE` of them (stratified when every class
+    has two), and that share."""
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    try:
+        kept, share = train_test_split(
+            rows, test_size=EARLY_STOP_SHARE, random_state=seed % 2**32, stratify=stratify
+        )
+    except ValueError:  # too few rows of a class for a stratified share
+        kept, share = train_test_split(rows, test_size=EARLY_STOP_SHARE, random_state=seed % 2**32)
+    return np.sort(kept), np.sort(share)
+
+
+def search(
+    data: DataSplits,
+    params: dict[str, Any],
+    out_dir: Path,
+    *,
+    threads: int = 1,
+    on_trial: Callable[[int, Trial, Trial], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> AutomlResult:
+    """Search within ``params["budget"]`` seconds for the configuration with the best
+    ``params["metric"]`` (cross-validated on train + val for tabular sets of up to
+    :data:`CV_MAX_ROWS` rows, else on the validation split), then write it as a model
+    directory in ``out_dir``. ``on_trial(number, trial, best)`` is told of each finished
+    trial."""
+    metric, seed = str(params["metric"]), int(params["seed"])
+    if metric not in METRICS:
+        raise InvalidInput(f"unknown metric {metric!r}; use {', '.join(METRICS)}")
+    data = with_validation(data, seed)
+    folds = cv_folds(data, seed)
+    features = int(data.train.x.shape[1]) if data.task is Task.TABULAR else 1
+    families = families_for(data.task, len(data.train), features, repeats=max(1, len(folds)))
+    warm_up()
+    # BLAS and OpenMP pools sized to the job's CPUs: more threads than cores thrash
+    with threadpool_limits(threads):
+        return _search(data, folds, families, params, out_dir, threads, on_trial, clock)
+
+
+def _search(
+    data: DataSplits,
+    folds: list[DataSplits],
+    families: list[Family],
+    params: dict[str, Any],
+    out_dir: Path,
+    threads: int,
+    on_trial: Callable[[int, Trial, Trial], None] | None,
+    clock: Callable[[], float],
+) -> AutomlResult:
+    budget, metric, seed = float(params["budget"]), str(params["metric"]), int(params["seed"])
+    rows = (len(data.train), len(data.val))
+    trials: list[Trial] = []
+    best: tuple[Trial, Fitted] | None = None
+    start = clock()
+    deadline = start + budget - export_reserve(budget)
+    while True:
+        left = budget - (clock() - start) - export_reserve(budget)
+        if best is not None:
+            left -= final_fit_seconds(best[0], rows, len(folds))
+        proposal = propose(families, trials, left, seed)
+        if proposal is None:
+            break
+        began = clock()
+        fitted, score = _try(
+            proposal.family,
+            proposal.config,
+            data,
+            folds,
+            metric,
+            seed=seed,
+            threads=threads,
+            stop=lambda: clock() >= deadline,  # its remaining folds skipped past it
+        )
+        trial = Trial(proposal.family, proposal.config, clock() - began, score)
+        trials.append(trial)
+        if fitted is not None and score is not None and (best is None or score > _score(best[0])):
+            best = (trial, fitted)
+        if on_trial is not None and best is not None:
+            on_trial(len(trials), trial, best[0])
+    if best is None:
+        raise InvalidInput(
+            f"no model could be fitted within the budget of {budget:g} s"
+            + (f" ({len(trials)} fits failed)" if trials else ": give it more time")
+        )
+    winner, fitted = best
+    cost = final_fit_seconds(winner, rows, len(folds))
+    refitted = 0 < cost <= budget - (clock() - start) - export_reserve(budget)
+    if refitted:
+        fitted = _final_fit(winner, fitted, data, seed, threads)
+    fitted.export(data, out_dir)
+    return AutomlResult(
+        winner, trials, metric, budget, clock() - start, refitted, validation=len(folds)
+    )
+
+
+def _final_fit(winner: Trial, fitted: Fitted, data: DataSplits, seed: int, threads: int) -> Fitted:
+    """The winner fitted on train + val (scikit-learn), or on train watching val (torch)."""
+    if winner.family in SKLEARN_ARCHITECTURES:
+        return refit(fitted, data, seed=seed, threads=threads)
+    return fit(winner.family, dict(winner.config), data, seed=seed, threads=threads)
+
+
+def _score(trial: Trial) -> float:
+    return -1.0 if trial.score is None else trial.score
+
+
+def _try(
+    family: str,
+    config: dict[str, Any],
+    data: DataSplits,
+    folds: list[DataSplits],
+    metric: str,
+    *,
+    seed: int,
+    threads: int,
+    stop: Callable[[], bool],
+) -> tuple[Fitted | None, float | None]:
+    """Fit and score one configuration: its mean score over the folds (the last fold's
+    model kept; the folds after ``stop()`` turns true skipped) or its score on the val
+    split. A configuration that fails is a failed trial (its error printed to the job
+    log), not the end of the search."""
+    try:
+        scores = []
+        fitted: Fitted | None = None
+        scored = "test" if folds else "val"  # a fold's held-out part (see cv_folds)
+        for part in folds or [data]:
+            fitted = fit(family, config, part, seed=seed, threads=threads, with_val=bool(folds))
+            predicted = np.argmax(fitted.probabilities(part, scored), axis=1)
+            scores.append(METRICS[metric](np.asarray(getattr(part, scored).y), predicted))
+            if stop():  # a first fit far slower than its family's prior guessed
+                break
+        return fitted, float(np.mean(scores))
+    except Exception:
+        print(f"automl: {family} {config} failed:", flush=True)
+        traceback.print_exc(limit=3)
+        return None, None
+
+
+def with_validation(data: DataSplits, seed: int) -> DataSplits:
+    """``data``, or with a seeded stratified fifth of its train split as validation when
+    it has no validation split."""
+    if len(data.val):
+        return data
+    x, y = np.asarray(data.train.x), np.asarray(data.train.y)
+    counts = np.bincount(y)
+    stratify = y if len(counts[counts > 0]) > 1 and counts[counts > 0].min() >= 2 else None
+    if len(y) < 2:
+        raise InvalidInput("AutoML needs at least two train examples")
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=VAL_SHARE, random_state=seed % 2**32, stratify=stratify
+    )
+    return DataSplits(
+        data.task,
+        data.classes,
+        Split(x_train, y_train),
+        Split(x_val, y_val),
+        data.test,
+        data.features,
+        data.image_transform,
+    )

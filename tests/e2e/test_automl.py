@@ -1,0 +1,98 @@
+"""AutoML end to end on a real server: ``nimbus automl`` on scikit-learn's bundled
+breast_cancer set with a ~8 s budget is one real job; its leaderboard comes back with the
+job, its best model registers, deploys and answers a v2 inference request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nimbus.client import Client
+from nimbus.client.automl import leaderboard_of
+from nimbus.errors import InvalidInput, NotFound
+from tests.cli.conftest import Nimbus
+from tests.e2e.test_studies import cancer_csv
+from tests.helpers import ServerProcess
+
+BUDGET = 8.0
+
+
+@pytest.mark.slow
+def test_automl_searches_within_its_budget_and_its_best_model_serves(
+    api: Client, e2e_server: ServerProcess, tmp_path: Path
+) -> None:
+    nimbus = Nimbus(
+        {
+            "NIMBUS_HOME": str(tmp_path / "cli-home"),
+            "NIMBUS_URL": e2e_server.url,
+            "NIMBUS_TOKEN": e2e_server.admin_token,
+            "COLUMNS": "200",
+        }
+    )
+    api.upload_dataset("cancer", cancer_csv(tmp_path / "cancer.csv"), task="tabular-classification")
+    # bad input is refused before a job exists, naming what is wrong
+    common = ["automl", "--dataset", "cancer"]
+    assert "invalid budget" in nimbus(*common, "--budget", "0s", code=2).stderr
+    assert "'metric'" in nimbus(*common, "--budget", "9s", "--metric", "auc", code=2).stderr
+    for budget in ("0", "soon", -5):  # the server's own check (the SDK's is skipped)
+        with pytest.raises(InvalidInput, match="'budget'"):
+            api.submit_job("cancer", "automl", params={"budget": budget})
+    with pytest.raises(InvalidInput, match="one worker"):
+        api.submit_job("cancer", "automl", params={"budget": 5}, workers=2)
+    with pytest.raises(NotFound):
+        api.start_automl("no-such-set", "10s")
+
+    done = nimbus(
+        *common,
+        "--budget",
+        f"{BUDGET:g}s",
+        "--metric",
+        "balanced_accuracy",
+        "--seed",
+        "3",
+        "--register",
+        "cancer-auto",
+        "--follow",
+        job_output=True,
+    )
+    assert (
+        "leaderboard" in done.stdout and "Registered the best model as cancer-auto" in done.stdout
+    )
+    job = next(j for j in api.list_jobs() if j.model == "automl")
+    assert job.state == "succeeded", job
+    board = leaderboard_of(job)
+    assert board is not None and board["metric"] == "balanced_accuracy"
+    assert BUDGET * 0.5 <= board["search_seconds"] <= BUDGET * 1.1, board["search_seconds"]
+    rows = board["leaderboard"]
+    assert len(rows) == min(board["trials"], 25) and board["trials"] >= 4
+    assert {r["family"] for r in rows} >= {"logistic_regression", "random_forest"}
+    assert board["validation"] == "5-fold cross-validation on train + val"
+    scores = [r["score"] for r in rows if r["score"] is not None]
+    assert scores == sorted(scores, reverse=True) and board["best"] == rows[0]
+    assert job.evaluation is not None and job.evaluation["accuracy"] > 0.85
+    assert "leaderboard.json" in {a.name for a in job.artifacts}
+    assert "val_score" in api.job_metrics(job.id)
+    shown = nimbus("jobs", "show", job.id).stdout
+    assert "leaderboard" in shown and rows[0]["family"] in shown
+
+    model = api.get_model_version("cancer-auto:1")
+    assert model.job == job.id
+    assert model.spec["architecture"] in {
+        "mlp",
+        "sklearn-logistic-regression",
+        "sklearn-random-forest",
+        "sklearn-gradient-boosting",
+    }
+    api.create_deployment("cancer-auto", "cancer-auto:1")
+    api.wait_deployment("cancer-auto", timeout=120)
+    try:
+        from sklearn.datasets import load_breast_cancer
+
+        x = load_breast_cancer().data[:5].astype(np.float32)
+        probabilities = api.infer("cancer-auto", x)["probabilities"]
+        assert probabilities.shape == (5, 2)
+        assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    finally:
+        api.delete_deployment("cancer-auto")
