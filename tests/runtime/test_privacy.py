@@ -5,8 +5,6 @@ parameters are refused naming them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from nimbus.errors import InvalidInput
@@ -15,21 +13,9 @@ from nimbus.runtime.hyperparams import validate_params
 from nimbus.runtime.reporter import MemoryReporter
 from nimbus.runtime.trainer import train
 from tests.runtime import synthetic
+from tests.runtime.crash import CrashAfter
 
 SMALL_CNN = {"conv_channels": 8, "hidden": 32, "batch_size": 64, "lr": 0.01, "patience": 0}
-
-
-class CrashAfter(MemoryReporter):
-    """Stops the run after ``epochs`` checkpoints, as a killed process would."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.limit = epochs
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        super().save_checkpoint(state)
-        if self.saves == self.limit:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from nimbus.runtime.data import DataSplits, Split
 from nimbus.runtime.reporter import MemoryReporter
 from nimbus.runtime.trainer import TrainResult, train
 from tests.runtime import synthetic
+from tests.runtime.crash import CrashAfter
 
 EPOCH_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
 
@@ -94,7 +95,7 @@ def test_early_stopping_resumes_where_it_stopped() -> None:
     data = _contrary_val(synthetic.tabular())
     params = {"epochs": 20, "patience": 2, "monitor": "val_loss"}
     straight = train("mlp", data, params, MemoryReporter())
-    crashed = _CrashAfter(2)
+    crashed = CrashAfter(2)
     with pytest.raises(KeyboardInterrupt):
         train("mlp", data, params, crashed)
     resumed = train("mlp", data, params, MemoryReporter(checkpoint=crashed.checkpoint))
@@ -123,19 +124,6 @@ def test_same_seed_same_run(optimizer: str) -> None:
     assert other.history != first.history
 
 
-class _CrashAfter(MemoryReporter):
-    """Stops the run after ``epochs`` checkpoints, as a killed process would."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.limit = epochs
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        super().save_checkpoint(state)
-        if self.saves == self.limit:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize(
     ("model", "data", "extra"),
     [
@@ -148,7 +136,7 @@ def test_resume_is_bit_identical(model: str, data: Any, extra: dict[str, Any]) -
     params = {"epochs": 3, "batch_size": 8, **extra}
     straight = train(model, data(), params, MemoryReporter())
 
-    crashed = _CrashAfter(2)
+    crashed = CrashAfter(2)
     with pytest.raises(KeyboardInterrupt):
         train(model, data(), params, crashed)
     assert checkpoint_from_bytes(crashed.checkpoint or b"")["epoch"] == 2

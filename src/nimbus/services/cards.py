@@ -12,7 +12,6 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from nimbus.db import datasets as dataset_repo
-from nimbus.db import registry as repo
 from nimbus.db import tokens as token_repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import ModelVersionRow, utcnow
@@ -21,7 +20,7 @@ from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
 from nimbus.services import card_content
 from nimbus.services.datasets import version_view as dataset_view
-from nimbus.services.models import VersionRef, version_view
+from nimbus.services.models import VersionRef, find_model, find_version, version_with_aliases
 from nimbus.wire.base import iso
 from nimbus.wire.cards import CardText, Datasheet, ModelCard
 from nimbus.wire.datasets import DatasetVersion
@@ -84,22 +83,9 @@ class CardService:
     def _version(
         self, session: Session, principal: Principal, name: str, ref: VersionRef
     ) -> tuple[ModelVersionRow, ModelVersion]:
-        validate_name(name, "model name")
-        model = repo.get_model(session, principal.tenant_id, name)
-        if model is None:
-            raise NotFound(f"model {name!r} not found")
-        number = ref.version
-        if ref.alias is not None:
-            number = repo.alias_version(session, model.id, ref.alias)
-            if number is None:
-                raise NotFound(f"model {name!r} has no alias {ref.alias!r}")
-        row = repo.get_version(session, model.id, number)
-        if row is None:
-            shown = "(none yet)" if number is None else str(number)
-            raise NotFound(f"model {name!r} has no version {shown}")
-        aliases = repo.aliases(session, [model.id])[model.id]
-        names = [alias for alias, v in aliases.items() if v == row.version]
-        return row, version_view(row, name, names)
+        model = find_model(session, principal, name)
+        row = find_version(session, model, ref)
+        return row, version_with_aliases(session, model, row)
 
     def _card(
         self, session: Session, principal: Principal, row: ModelVersionRow, view: ModelVersion

@@ -476,27 +476,41 @@ class ModelService:
     # -- helpers ------------------------------------------------------------------------
 
     def _model(self, session: Session, principal: Principal, name: str) -> ModelRow:
-        validate_name(name, "model name")
-        model = repo.get_model(session, principal.tenant_id, name)
-        if model is None:
-            raise NotFound(f"model {name!r} not found")
-        return model
+        return find_model(session, principal, name)
 
     def _version(self, session: Session, model: ModelRow, ref: VersionRef) -> ModelVersionRow:
-        number = ref.version
-        if ref.alias is not None:
-            number = repo.alias_version(session, model.id, ref.alias)
-            if number is None:
-                raise NotFound(f"model {model.name!r} has no alias {ref.alias!r}")
-        row = repo.get_version(session, model.id, number)
-        if row is None:
-            shown = "(none yet)" if number is None else str(number)
-            raise NotFound(f"model {model.name!r} has no version {shown}")
-        return row
+        return find_version(session, model, ref)
 
     def _view(self, session: Session, model: ModelRow, row: ModelVersionRow) -> ModelVersion:
-        aliases = repo.aliases(session, [model.id])[model.id]
-        return version_view(row, model.name, _names_of(aliases, row.version))
+        return version_with_aliases(session, model, row)
+
+
+def find_model(session: Session, principal: Principal, name: str) -> ModelRow:
+    """The principal's tenant's model ``name`` (404 when it has none)."""
+    validate_name(name, "model name")
+    model = repo.get_model(session, principal.tenant_id, name)
+    if model is None:
+        raise NotFound(f"model {name!r} not found")
+    return model
+
+
+def find_version(session: Session, model: ModelRow, ref: VersionRef) -> ModelVersionRow:
+    """The version ``ref`` names (a number, an alias, or the latest); 404 when none."""
+    number = ref.version
+    if ref.alias is not None:
+        number = repo.alias_version(session, model.id, ref.alias)
+        if number is None:
+            raise NotFound(f"model {model.name!r} has no alias {ref.alias!r}")
+    row = repo.get_version(session, model.id, number)
+    if row is None:
+        shown = "(none yet)" if number is None else str(number)
+        raise NotFound(f"model {model.name!r} has no version {shown}")
+    return row
+
+
+def version_with_aliases(session: Session, model: ModelRow, row: ModelVersionRow) -> ModelVersion:
+    aliases = repo.aliases(session, [model.id])[model.id]
+    return version_view(row, model.name, _names_of(aliases, row.version))
 
 
 def _names_of(aliases: dict[str, int], version: int) -> list[str]:
