@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from nimbus.cli.common import JsonOption, client, console, print_json
+from nimbus.cli.common import JsonOption, client, console, emit, print_json
 from nimbus.cli.follow import bar_console, check_outcome, follow, summary
 from nimbus.cli.render import leaderboard_view
 from nimbus.client.automl import leaderboard_of
@@ -47,10 +47,7 @@ def automl(
     with client() as api:
         job = api.start_automl(dataset, budget, metric=metric, seed=seed, **job_options)
         if not (follow_ or register):
-            if as_json:
-                print_json(job)
-            else:
-                typer.echo(job.id)
+            emit(job, as_json, lambda _: typer.echo(job.id))  # its id for scripts
             return
         if not as_json:
             console().print(f"Started AutoML job {job.id}; waiting for it.", markup=False)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nimbus.cli.common import JsonOption, client, console, emit, print_json
+from nimbus.cli.common import JsonOption, client, console, emit
 from nimbus.jobs.domain import parse_resource
 from nimbus.wire.studies import Importances, Study, Trial
 
@@ -90,10 +90,7 @@ def tune(
             found = api.study_trials(study.id).trials
             shares = api.study_importances(study.id)
     if not follow_:
-        if as_json:
-            print_json(study)
-        else:
-            typer.echo(study.id)
+        emit(study, as_json, lambda _: typer.echo(study.id))  # its id for scripts
         return
     emit(study, as_json, lambda out: _show(out, study, found, shares))
 

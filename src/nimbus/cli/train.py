@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nimbus.cli.common import JsonOption, client, console, print_json
+from nimbus.cli.common import JsonOption, client, console, emit, print_json
 from nimbus.cli.follow import bar_console, check_outcome, follow, summary
 from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import JobState, parse_resource
@@ -103,10 +103,7 @@ def train(
             seed=seed,
         )
         if not follow_:
-            if as_json:
-                print_json(job)
-            else:
-                typer.echo(job.id)
+            emit(job, as_json, lambda _: typer.echo(job.id))  # its id for scripts
             return
         if not as_json:
             console().print(f"Submitted job {job.id} ({job.state}); following it.", markup=False)

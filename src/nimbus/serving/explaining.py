@@ -33,7 +33,6 @@ from nimbus.explain.attributions import Explanation, explain
 from nimbus.explain.options import INTEGRATED_GRADIENTS, ExplainOptions, parse_options
 from nimbus.explain.render import overlay_png, word_scores
 from nimbus.modelformat.files import WEIGHTS_FILE
-from nimbus.modelformat.text import TextEncoder
 from nimbus.names import whole_number
 from nimbus.serving.errors import Overloaded, ProtocolError
 from nimbus.serving.metrics import ServingMetrics
@@ -77,11 +76,7 @@ class Explainer:
         self._module: Any = None  # torch.nn.Module, built on the explain thread
         self._pending = 0
         self._lock = threading.Lock()
-        self._encoder = (
-            TextEncoder.from_preprocessing(dict(predictor.spec.preprocessing))
-            if self.kind == "text"
-            else None
-        )
+        self._encoder = predictor.encoder
         metrics.watch_explain_queue(lambda: self._pending)
 
     def close(self) -> None:

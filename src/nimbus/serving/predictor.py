@@ -69,6 +69,11 @@ class Predictor:
         return cls(spec, backend, max_image_pixels=max_image_pixels)
 
     @property
+    def encoder(self) -> TextEncoder | None:
+        """A text model's encoder (the very one training used); None for other models."""
+        return self._encoder
+
+    @property
     def platform(self) -> str:
         return self.backend.platform
 
