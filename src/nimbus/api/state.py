@@ -18,6 +18,7 @@ from nimbus.services.audit import AuditService
 from nimbus.services.cards import CardService
 from nimbus.services.cluster import ClusterService
 from nimbus.services.code import CodeService
+from nimbus.services.console_sessions import ConsoleSessionService
 from nimbus.services.datasets import DatasetService
 from nimbus.services.deployments import DeploymentService
 from nimbus.services.erasure import ErasureService
@@ -67,10 +68,13 @@ class Services:
     log_streams: StreamSlots = field(init=False)
     # Model cards and datasheets: read from the metadata store alone.
     cards: CardService = field(init=False)
+    # The console's sign-ins, each standing for an API token.
+    console: ConsoleSessionService = field(init=False)
 
     def __post_init__(self) -> None:
         self.log_streams = StreamSlots(self.settings.max_log_streams_per_token)
         self.cards = CardService(self.db)
+        self.console = ConsoleSessionService(self.db, self.tokens)
 
 
 def services_of(request: Request) -> Services:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from nimbus.db.tables import AuditEvent
@@ -37,12 +37,20 @@ def record(
 
 
 def list_events(
-    session: Session, tenant_id: int, limit: int, *, include_unattributed: bool = False
+    session: Session,
+    tenant_id: int,
+    limit: int,
+    *,
+    include_unattributed: bool = False,
+    token_id: str | None = None,
 ) -> list[AuditEvent]:
-    """Newest first. ``include_unattributed`` adds events of callers with no known tenant."""
+    """Newest first. ``include_unattributed`` adds events of callers with no known tenant;
+    ``token_id`` keeps only the events of that token's calls."""
     where = AuditEvent.tenant_id == tenant_id
     if include_unattributed:
         where = or_(where, AuditEvent.tenant_id.is_(None))
+    if token_id is not None:
+        where = and_(where, AuditEvent.token_id == token_id)
     query = select(AuditEvent).where(where).order_by(AuditEvent.id.desc()).limit(limit)
     return list(session.scalars(query))
 

@@ -509,3 +509,18 @@ class StudyTrialRow(Base):
     system_attrs: Mapped[dict[str, Any]]  # Optuna's notes on it (grid point, rungs)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ConsoleSessionRow(Base):
+    """A browser's sign-in to the console, or a one-time sign-in link (``nimbus ui``), both
+    standing for one API token: the token's role, tenant, revocation and expiry apply to
+    every request. Only the hash of the cookie's or link's secret is stored."""
+
+    __tablename__ = "console_sessions"
+
+    secret_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "session" or "link"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # signed out, link used

@@ -190,6 +190,17 @@ class AuditService:
             )
             return [audit_view(row) for row in rows]
 
+    def recent_activity(self, principal: Principal, limit: int = 20) -> list[AuditEvent]:
+        """What happened lately, as far as the caller may see: an admin sees the tenant's
+        events, anyone else the calls made with their own token."""
+        if principal.role.includes(Role.ADMIN):
+            return self.list_events(principal, limit)
+        with self.db.session() as session:
+            rows = audit.list_events(
+                session, principal.tenant_id, limit, token_id=principal.token_id
+            )
+            return [audit_view(row) for row in rows]
+
 
 class AuditSweep:
     """Background work of the audit log (see :class:`~nimbus.api.state.Background`): at

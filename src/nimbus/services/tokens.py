@@ -75,7 +75,19 @@ class TokenService:
             found = tokens.find_by_hash(session, hash_token(secret))
         if found is None or not hashes_match(found[0].token_hash, secret):
             raise TokenRejected("invalid token")
-        token, tenant = found
+        return self._usable(*found)
+
+    def principal_of(self, token_id: str) -> Principal:
+        """The principal of a token known by its id (a console session's), checked as
+        :meth:`authenticate` checks a secret: revoked or expired tokens are rejected."""
+        with self.db.session() as session:
+            token = tokens.get(session, token_id)
+            tenant = tenants.get(session, token.tenant_id) if token is not None else None
+        if token is None or tenant is None:
+            raise TokenRejected("invalid token")
+        return self._usable(token, tenant)
+
+    def _usable(self, token: tables.Token, tenant: tables.Tenant) -> Principal:
         principal = Principal(tenant.id, tenant.name, token.id, token.name, Role(token.role))
         if token.revoked_at is not None:
             raise TokenRejected("token has been revoked", principal)
