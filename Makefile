@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# ARGS=--keep leaves the demo's server running and prints a sign-in link to its console.
 demo: install
-	$(VENV)/bin/nimbus demo
+	$(VENV)/bin/nimbus demo $(ARGS)
 
 AZURITE_VERSION := 3.35.0
 

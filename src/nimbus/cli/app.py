@@ -7,7 +7,7 @@ becomes one line ``error: <message>`` on stderr and the error's exit code.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -31,6 +31,7 @@ from nimbus.cli import (
     studies,
     tokens,
     train,
+    ui,
 )
 from nimbus.cli.common import JsonOption
 from nimbus.errors import NimbusError
@@ -65,14 +66,24 @@ class NimbusGroup(TyperGroup):
             raise _fail(str(exc), 1) from None
 
 
-def demo(as_json: JsonOption = False) -> None:
+def demo(
+    as_json: JsonOption = False,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Leave the server running with everything the demo made (the deployment "
+            "too), and print a sign-in link to its console.",
+        ),
+    ] = False,
+) -> None:
     """Run the journey on bundled data (scikit-learn's digits, generated support messages)
     against a throwaway server: upload, train, evaluate, compare, register, deploy, predict."""
     # Imported when run: the demo's data and serving steps bring numpy, which no other
     # command's start should pay for.
     from nimbus.cli import demo as journey
 
-    journey.demo(as_json)
+    journey.demo(as_json, keep=keep)
 
 
 app = typer.Typer(
@@ -100,6 +111,7 @@ app.add_typer(deployments.app, name="deployments")
 app.command("predict")(predict.predict)
 app.command("explain")(explain.explain)
 app.command("demo")(demo)
+app.command("ui")(ui.ui)
 app.command("serve")(edge.serve)
 app.add_typer(admin.app, name="admin")
 app.add_typer(cluster.app, name="cluster")

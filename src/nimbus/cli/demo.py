@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nimbus.cli.common import console, print_json, transfer
 from nimbus.cli.demo_run import DemoFailed, DemoRun, Step
-from nimbus.cli.demo_serving import SERVING_STEPS
+from nimbus.cli.demo_serving import SERVING_STEPS, delete_deployment
 from nimbus.cli.embedded import EmbeddedServer
 from nimbus.cli.follow import bar_console, check_outcome, follow, summary
 from nimbus.cli.render import (
@@ -205,36 +205,84 @@ STEPS: list[Step] = [
 ]
 
 
-def run_steps(run: DemoRun, steps: list[Step]) -> None:
-    """Run ``steps`` in order with headings, then always stop the server."""
+def run_steps(run: DemoRun, steps: list[Step], *, keep: bool = False) -> None:
+    """Run ``steps`` in order with headings, then stop the server, unless ``keep`` and
+    every step succeeded: then it stays up for the console (:func:`leave_running`)."""
+    finished = False
     try:
         for number, step in enumerate(steps, 1):
             if not run.quiet:
                 run.out.print()
                 run.out.rule(f"[bold]Step {number}/{len(steps)}[/] · {step.title}", align="left")
             step.run(run)
+        finished = True
     finally:
+        if finished and keep:
+            leave_running(run)
         if run.client is not None:
             run.client.close()
-        if run.server is not None:
+        if run.server is not None and not (finished and keep):
             run.say()
             run.say("Stopping the demo server.", style="dim")
             run.server.stop()
 
 
-def demo(as_json: bool = False) -> None:
-    """``nimbus demo`` (its help is in nimbus.cli.app): the journey, then its summary."""
-    with tempfile.TemporaryDirectory(prefix="nimbus-demo-") as tmp:
-        # Sandboxed jobs run under their own uids: they must pass through (never list) the
-        # directory that holds the demo's NIMBUS_HOME to reach their work directories.
-        os.chmod(tmp, 0o711)
-        run = DemoRun(Path(tmp), console(), quiet=as_json)
-        run_steps(run, STEPS)
+def leave_running(run: DemoRun) -> None:
+    """Say where the kept server is and how to look at it: a one-time console link, the
+    settings for the CLI, and how to stop it."""
+    assert run.server is not None and run.server.proc is not None
+    link = run.api.console_link()
+    run.results["kept"] = {
+        "url": run.server.url,
+        "home": str(run.server.home),
+        "pid": run.server.proc.pid,
+        "console_link": link,
+    }
+    run.say()
+    run.say(
+        f"The demo server keeps running at {run.server.url} (pid {run.server.proc.pid}, "
+        f"NIMBUS_HOME={run.server.home}).",
+        markup=False,
+    )
+    run.say(f"Open its console (one-time link, valid for two minutes): {link}", markup=False)
+    run.say(
+        f"Later: NIMBUS_URL={run.server.url} NIMBUS_TOKEN=$(cat {run.server.home}/admin-token) "
+        "nimbus ui",
+        markup=False,
+    )
+    run.say(
+        f"Stop it with: kill -TERM -{run.server.proc.pid}; then remove {run.workdir}",
+        markup=False,
+    )
+
+
+def demo(as_json: bool = False, *, keep: bool = False) -> None:
+    """``nimbus demo`` (its help is in nimbus.cli.app): the journey, then its summary.
+    ``keep`` leaves the server running (the deployment too) for the console."""
+    if keep:
+        # Not a temporary directory: the server outlives this command.
+        workdir = Path(tempfile.mkdtemp(prefix="nimbus-demo-"))
+        os.chmod(workdir, 0o711)
+        run = DemoRun(workdir, console(), quiet=as_json)
+        run_steps(run, [s for s in STEPS if s.run is not delete_deployment], keep=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="nimbus-demo-") as tmp:
+            # Sandboxed jobs run under their own uids: they must pass through (never list)
+            # the directory that holds the demo's NIMBUS_HOME to reach their work directories.
+            os.chmod(tmp, 0o711)
+            run = DemoRun(Path(tmp), console(), quiet=as_json)
+            run_steps(run, STEPS)
     if as_json:
         print_json({"ok": True, **run.results})
-    else:
+        return
+    run.out.print(
+        "\nDemo finished: two datasets versioned, two models trained, scored on held-out "
+        "data and compared; the CNN registered, deployed and answering predictions.",
+        style="bold green",
+    )
+    if not keep:
         run.out.print(
-            "\nDemo finished: two datasets versioned, two models trained, scored on held-out "
-            "data and compared; the CNN registered, deployed and answering predictions.",
-            style="bold green",
+            "To look at all of it in the browser console, run `nimbus demo --keep` (or "
+            "`make demo ARGS=--keep`): the server stays up and prints a sign-in link.",
+            markup=False,
         )

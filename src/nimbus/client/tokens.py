@@ -12,6 +12,7 @@ from nimbus.errors import InvalidInput
 from nimbus.names import validate_name
 from nimbus.security import Role
 from nimbus.wire.audit import AuditEvent, AuditLog
+from nimbus.wire.console import SignInLink
 from nimbus.wire.health import Health
 from nimbus.wire.tokens import Identity, NewToken, Token, TokenCreate, TokenList
 
@@ -26,6 +27,12 @@ class TokensMixin(BaseClient):
     def whoami(self) -> Identity:
         """The caller's token: its id, name, role and tenant."""
         return self._call(Identity, "GET", f"{API}/whoami")
+
+    def console_link(self) -> str:
+        """A one-time link that signs a browser in to the console as this client's token
+        (valid once, for two minutes): the server's address plus ``/login/link?code=...``."""
+        link = self._call(SignInLink, "POST", f"{API}/console/links")
+        return self.url.rstrip("/") + link.path
 
     def create_token(
         self,
