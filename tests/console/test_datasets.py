@@ -108,6 +108,12 @@ def test_a_zip_uploaded_through_the_form_shows_its_samples_histograms_and_jobs(
     for text in ("photos:1", "image-classification", "image-folder"):
         expect(row).to_contain_text(text)
     shot(page, "datasets")
+    row.get_by_role("link", name="photos", exact=True).click()
+    expect(page.get_by_role("heading", name="photos", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="Delete version 1")).to_have_attribute(
+        "href", "/datasets/photos/1/delete"
+    )
+    page.go_back()
 
     # A zip without images: the service's message on the page, and no dataset made.
     (tmp_path / "empty.zip").write_bytes(zipped({"notes/readme.txt": b"no pictures here"}))
