@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from nimbus.db import audit, blobrefs, datasets, tenants, tokens
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
-from nimbus.db.tables import DatasetVersion, utcnow
+from nimbus.db.tables import DatasetVersion, JobRow, utcnow
 
 
 @pytest.fixture
@@ -185,3 +185,56 @@ def test_audit_events_newest_first_per_tenant(db: Database) -> None:
         assert len(audit.list_events(s, a, 1)) == 1
         with_none = audit.list_events(s, a, 10, include_unattributed=True)
         assert [e.detail for e in with_none] == [{"i": 3}, {"i": 2}, {"i": 0}]
+
+
+def _job(tenant_id: int, job_id: str, dataset: str, version: int, minute: int) -> JobRow:
+    return JobRow(
+        id=job_id,
+        tenant_id=tenant_id,
+        spec={"model": "text", "dataset": dataset},
+        state="queued",
+        priority=0,
+        cpus=1.0,
+        gpus=0,
+        memory_bytes=1,
+        workers=1,
+        attempts=0,
+        max_retries=0,
+        cancel_requested=False,
+        log_seq=0,
+        created_at=utcnow().replace(minute=minute),
+        inputs={"dataset": {"dataset": dataset, "version": version}, "code": None},
+    )
+
+
+def test_dataset_overview_and_the_jobs_that_read_a_version(db: Database) -> None:
+    tid, other = _tenant(db), _tenant(db, "other")
+    with db.session(write=True) as s:
+        digits = datasets.get_or_create_dataset(s, tid, "digits")
+        for number, content in ((1, "a" * 64), (2, "b" * 64)):
+            _version(s, digits.id, number, content)
+        datasets.get_or_create_dataset(s, tid, "empty")
+        theirs = datasets.get_or_create_dataset(s, other, "digits")
+        _version(s, theirs.id, 1, "c" * 64)
+        s.add_all(
+            [
+                _job(tid, "j-old", "digits", 1, 1),
+                _job(tid, "j-new", "digits", 1, 2),
+                _job(tid, "j-v2", "digits", 2, 3),
+                _job(tid, "j-name", "digits2", 1, 4),
+                _job(other, "j-theirs", "digits", 1, 5),
+            ]
+        )
+    with db.session() as s:
+        listed = datasets.list_overview(s, tid)
+        assert [(d.name, d.versions, d.latest_version, d.format) for d in listed] == [
+            ("digits", 2, 2, "text-csv"),
+            ("empty", 0, None, None),
+        ]
+        used = datasets.jobs_using(s, tid, "digits", 1, limit=10)
+        assert [(j.id, j.model, j.state) for j in used] == [
+            ("j-new", "text", "queued"),
+            ("j-old", "text", "queued"),
+        ]
+        assert [j.id for j in datasets.jobs_using(s, tid, "digits", 1, limit=1)] == ["j-new"]
+        assert [j.id for j in datasets.jobs_using(s, other, "digits", 1, 10)] == ["j-theirs"]

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from nimbus.db.tables import Dataset, DatasetVersion
+from nimbus.db.tables import Dataset, DatasetVersion, JobRow
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,31 @@ class DatasetSummary:
     created_at: datetime
     latest_version: int | None
     versions: int
+
+
+@dataclass(frozen=True)
+class DatasetOverview:
+    """A dataset as the console lists it: its latest version's task, format and size."""
+
+    name: str
+    created_at: datetime
+    versions: int
+    latest_version: int | None
+    task: str | None
+    format: str | None
+    size_bytes: int | None
+    updated_at: datetime | None  # when the latest version was uploaded
+
+
+@dataclass(frozen=True)
+class JobUse:
+    """A job that read a dataset version."""
+
+    id: str
+    state: str
+    model: str | None
+    created_at: datetime
+    finished_at: datetime | None
 
 
 def get_dataset(session: Session, tenant_id: int, name: str) -> Dataset | None:
@@ -57,6 +82,70 @@ def list_datasets(session: Session, tenant_id: int) -> list[DatasetSummary]:
         .order_by(Dataset.name)
     )
     return [DatasetSummary(n, c, latest, count) for n, c, latest, count in session.execute(query)]
+
+
+def list_overview(session: Session, tenant_id: int) -> list[DatasetOverview]:
+    """The tenant's datasets by name, each with its latest version's row, in one query."""
+    counts = (
+        select(
+            DatasetVersion.dataset_id,
+            func.max(DatasetVersion.version).label("latest"),
+            func.count(DatasetVersion.id).label("versions"),
+        )
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(Dataset.tenant_id == tenant_id)
+        .group_by(DatasetVersion.dataset_id)
+        .subquery()
+    )
+    query = (
+        select(
+            Dataset.name,
+            Dataset.created_at,
+            counts.c.versions,
+            counts.c.latest,
+            DatasetVersion.task,
+            DatasetVersion.format,
+            DatasetVersion.size_bytes,
+            DatasetVersion.created_at,
+        )
+        .outerjoin(counts, counts.c.dataset_id == Dataset.id)
+        .outerjoin(
+            DatasetVersion,
+            and_(
+                DatasetVersion.dataset_id == Dataset.id, DatasetVersion.version == counts.c.latest
+            ),
+        )
+        .where(Dataset.tenant_id == tenant_id)
+        .order_by(Dataset.name)
+    )
+    return [
+        DatasetOverview(name, created, versions or 0, latest, task, fmt, size, updated)
+        for name, created, versions, latest, task, fmt, size, updated in session.execute(query)
+    ]
+
+
+def jobs_using(
+    session: Session, tenant_id: int, name: str, version: int, limit: int
+) -> list[JobUse]:
+    """The tenant's jobs that read ``name:version`` (as resolved at submit), newest first."""
+    read = JobRow.inputs["dataset"]
+    query = (
+        select(
+            JobRow.id,
+            JobRow.state,
+            JobRow.spec["model"].as_string(),
+            JobRow.created_at,
+            JobRow.finished_at,
+        )
+        .where(
+            JobRow.tenant_id == tenant_id,
+            read["dataset"].as_string() == name,
+            read["version"].as_integer() == version,
+        )
+        .order_by(JobRow.created_at.desc(), JobRow.id)
+        .limit(limit)
+    )
+    return [JobUse(*row) for row in session.execute(query).tuples()]
 
 
 def list_versions(session: Session, dataset_id: int) -> list[DatasetVersion]:

@@ -31,6 +31,7 @@ from nimbus.db.tables import Dataset, DatasetVersion
 from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.names import validate_name, version_number
 from nimbus.security import Principal, Role, as_utc, require_role
+from nimbus.services import dataset_samples
 from nimbus.services.blobs import (
     Claims,
     FileDownload,
@@ -173,6 +174,7 @@ class DatasetService:
         self.ingest_fn: IngestFn = ingest_fn or default_ingest
         self.max_attempts = max_attempts
         self.quotas = quotas
+        self.samples_seen = dataset_samples.SampleCache()
 
     # -- upload -------------------------------------------------------------------------
 
@@ -331,6 +333,49 @@ class DatasetService:
             if row is None:
                 raise NotFound(f"dataset {name!r} has no version {_shown(version)}")
             return version_view(row, name)
+
+    def overview(self, principal: Principal) -> list[repo.DatasetOverview]:
+        """The caller's datasets with their latest version's task, format and size."""
+        with self.db.session() as session:
+            return repo.list_overview(session, principal.tenant_id)
+
+    def jobs_using(
+        self, principal: Principal, name: str, version: int, limit: int = 50
+    ) -> list[repo.JobUse]:
+        """The caller's jobs that read ``name:version``, newest first (at most ``limit``)."""
+        with self.db.session() as session:
+            self._dataset(session, principal, name)
+            return repo.jobs_using(session, principal.tenant_id, name, version, limit)
+
+    def samples(
+        self, principal: Principal, name: str, version: int | None
+    ) -> dataset_samples.Samples:
+        """A few examples of each class of a version's train split (or its first split),
+        read from the head of its prepared files (dataset_samples)."""
+        view = self.get_version(principal, name, version)
+        split = "train" if "train" in view.splits else next(iter(view.splits), "train")
+        x, y = view.files.get(f"{split}_x.npy"), view.files.get(f"{split}_y.npy")
+        if x is None or y is None:
+            raise NotFound(f"{name}:{view.version} has no prepared {split} split to show")
+        cache_key = f"{x.key} {y.key}"
+        if (found := self.samples_seen.get(cache_key)) is not None:
+            return found
+        labels = self._head(y.key, dataset_samples.SCAN_ROWS)
+        inputs = self._head(x.key, len(labels))
+        built = dataset_samples.build(
+            split, view.task, view.classes, view.data_schema, labels, inputs
+        )
+        self.samples_seen.put(cache_key, built)
+        return built
+
+    def _head(self, key: str, rows: int) -> Any:
+        chunks = self.blobs.iter_verified(key)
+        try:
+            return dataset_samples.read_head(chunks, rows, dataset_samples.SCAN_BYTES)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     def download(
         self, principal: Principal, name: str, version: int | None, file: str
