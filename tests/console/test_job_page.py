@@ -33,11 +33,14 @@ IMG_LABEL = '"><img src=x onerror=alert(1)>'
 FAST = {
     "NIMBUS_SCHEDULER_TICK_SECONDS": "0.1",
     "NIMBUS_CAPACITY_CPUS": "2",
+    "NIMBUS_RETRY_BASE_SECONDS": "0.2",
 }
 # Slow enough to watch: ~0.5-2.5 s an epoch on two busy cores (batch_size 1).
 WATCHED = {"epochs": 6, "batch_size": 1, "patience": 0}
 OTHER = {"epochs": 3, "batch_size": 4, "lr": 0.01, "patience": 0}
 SCRIPT = b"from nimbus import runtime as nr\nprint(nr.params)\n"
+# Killed in its first attempt (a signal: retried), succeeds in the second.
+FLAKY = b"import os\nif os.environ['NIMBUS_ATTEMPT_NUMBER'] == '1':\n    os.kill(os.getpid(), 9)\n"
 
 
 def hostile_csv(rows: int = 240) -> bytes:
@@ -77,6 +80,9 @@ class World:
         self.queued = self.submit(
             model=code.json()["ref"], params={"note": SCRIPT_LABEL, "tag": IMG_LABEL}, cpus=2
         )
+        flaky = self.api.post(f"{API}/code", params={"filename": "flaky.py"}, content=FLAKY)
+        assert flaky.status_code == 201, flaky.text
+        self.flaky = self.submit(model=flaky.json()["ref"], cpus=0.1)
 
     def submit(self, **body: Any) -> str:
         response = self.api.post(f"{API}/jobs", json={"dataset": "hostile", **body})
@@ -272,6 +278,16 @@ def test_compare_two_jobs(world: World, page: Page, shot: Callable[[Page, str], 
     expect(figures.filter(has_text="val_loss (best)")).to_have_count(1)
     expect(page.locator("table.heat")).to_have_count(2)
     shot(page, "job-compare")
+
+    # A job retried once: its attempts timeline says why.
+    flaky = world.wait(world.flaky, ("succeeded", "failed"))
+    assert flaky["state"] == "succeeded", (flaky, world.api.get(f"{API}/jobs/{world.flaky}/logs").text)
+    page.goto(f"{world.server.url}/jobs/{world.flaky}")
+    attempts = page.locator("#attempts li")
+    expect(attempts).to_have_count(2)
+    expect(attempts.nth(0)).to_contain_text("ended: signaled, signal 9")
+    expect(attempts.nth(0)).to_contain_text("Retried because the attempt ended with signaled")
+    expect(attempts.nth(1)).to_contain_text("ended: succeeded, exit code 0")
 
     one = page.request.get(f"{world.server.url}/jobs/compare?ids={world.watched}")
     assert one.status == 400 and "compare 2-5 jobs" in one.text()
