@@ -277,11 +277,18 @@ def test_compare_two_jobs(world: World, page: Page, shot: Callable[[Page, str], 
     expect(figures.filter(has_text=re.compile(r"^accuracy"))).to_have_count(1)
     expect(figures.filter(has_text="val_loss (best)")).to_have_count(1)
     expect(page.locator("table.heat")).to_have_count(2)
+    expect(
+        page.locator("table.heat").first.get_by_role("rowheader", name=IMG_LABEL)
+    ).to_be_visible()
+    assert page.locator("img[src=x]").count() == 0
     shot(page, "job-compare")
 
     # A job retried once: its attempts timeline says why.
     flaky = world.wait(world.flaky, ("succeeded", "failed"))
-    assert flaky["state"] == "succeeded", (flaky, world.api.get(f"{API}/jobs/{world.flaky}/logs").text)
+    assert flaky["state"] == "succeeded", (
+        flaky,
+        world.api.get(f"{API}/jobs/{world.flaky}/logs").text,
+    )
     page.goto(f"{world.server.url}/jobs/{world.flaky}")
     attempts = page.locator("#attempts li")
     expect(attempts).to_have_count(2)
