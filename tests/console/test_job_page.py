@@ -319,3 +319,9 @@ def test_the_event_stream_sends_only_what_is_new(world: World, page: Page) -> No
         assert events.text.rstrip().splitlines()[-2] == "event: end"
         bad = raw.get(live["events"], headers={"Last-Event-ID": "x"})
         assert bad.status_code == 400 and "Last-Event-ID" in bad.text
+        took = []
+        for _ in range(5):  # reported, not asserted (bench/console.py owns the budget)
+            start = time.perf_counter()
+            assert raw.get(f"/jobs/{world.watched}").status_code == 200
+            took.append(time.perf_counter() - start)
+        print(f"\nfinished job's page: median {statistics.median(took) * 1000:.0f} ms of 5")
