@@ -3,9 +3,10 @@ series) and 1,000 model versions, then the server time of the jobs list (several
 filters) and of a job's page, p50/p95 over repeated requests, with a bare route measured in
 the same run as the baseline; and the JS + CSS bytes the console ships.
 
-The fill writes straight through the db layer (``nimbus.db.jobs.submit``, then bulk inserts of
-metric rows and model versions): submitting 10,000 jobs through the API would take minutes
-and measure something else. The server's scheduler is off, so nothing runs.
+The fill writes straight into the store through the db layer's tables (bulk inserts of job
+rows as ``nimbus.db.jobs.submit`` writes them, metric rows, model versions): submitting
+10,000 jobs through the API would take minutes and measure something else. The server's
+scheduler is off, so nothing runs.
 
     .venv/bin/python bench/console.py [--jobs 10000] [--versions 1000] [--requests 60]
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import httpx
 from _common import ROOT, ServerProcess, wait_quiet
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 
 from nimbus.db import jobs as repo
 from nimbus.db import registry, tenants
@@ -51,23 +52,49 @@ def fill(db: Database, jobs: int, versions: int, seed: int = 1) -> list[str]:
     ids: list[str] = []
     with db.session(write=True) as session:
         tenant = tenants.get_or_create(session, "default").id
+        rows: list[dict[str, Any]] = []
         for i in range(jobs):
+            state = STATES[i % len(STATES)]
+            started = T0 + timedelta(seconds=i + 5)
             spec = JobSpec(
                 model=MODELS[i % 3],
                 dataset=f"{DATASETS[i % 5]}:{1 + i % 4}",
                 params={"epochs": EPOCHS, "lr": round(rng.uniform(1e-4, 1e-2), 5)},
             )
-            ids.append(repo.submit(session, tenant, spec, T0 + timedelta(seconds=i)).id)
-        for i, job_id in enumerate(ids):
-            state = STATES[i % len(STATES)]
-            started = T0 + timedelta(seconds=i + 5)
-            values: dict[str, Any] = {"state": state.value}
-            if state is not JobState.QUEUED:
-                values["started_at"] = started
-                values["progress"] = {"epoch": EPOCHS, "epochs": EPOCHS, "batch": 1, "batches": 1}
-            if state.terminal:
-                values["finished_at"] = started + timedelta(seconds=rng.randint(30, 900))
-            session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+            ids.append(repo.new_job_id())
+            rows.append(
+                {
+                    "id": ids[-1],
+                    "tenant_id": tenant,
+                    "spec": spec.to_dict(),
+                    "model": spec.model,
+                    "dataset_name": DATASETS[i % 5],
+                    "dataset_version": 1 + i % 4,
+                    "state": state.value,
+                    "priority": 0,
+                    "cpus": 1.0,
+                    "gpus": 0,
+                    "memory_bytes": 1 << 30,
+                    "workers": 1,
+                    "attempts": 0 if state is JobState.QUEUED else 1,
+                    "max_retries": 2,
+                    "cancel_requested": False,
+                    "log_seq": 0,
+                    "created_at": T0 + timedelta(seconds=i),
+                    "started_at": None if state is JobState.QUEUED else started,
+                    "finished_at": (
+                        started + timedelta(seconds=rng.randint(30, 900))
+                        if state.terminal
+                        else None
+                    ),
+                    "progress": (
+                        None
+                        if state is JobState.QUEUED
+                        else {"epoch": EPOCHS, "epochs": EPOCHS, "batch": 1, "batches": 1}
+                    ),
+                }
+            )
+        session.execute(insert(JobRow), rows)
         metrics = []
         for i, job_id in enumerate(ids):
             if STATES[i % len(STATES)] is JobState.QUEUED:

@@ -207,13 +207,14 @@ def list_query(tenant_id: int, wanted: JobFilter) -> Select[Any]:
     """The page's keys in order: ``(id, metric)`` of at most ``limit`` jobs. Only the
     index's columns and the metric travel through the sort; the rows' details are read
     for the page's ids alone (:func:`list_sorted`). Tests read its query plan."""
-    value = _metric_value(wanted.metric) if wanted.metric is not None else None
+    by_metric = wanted.sort == "metric" and wanted.metric is not None
+    value = _metric_value(wanted.metric) if by_metric and wanted.metric is not None else None
     query = select(JobRow.id, (value if value is not None else null()).label("metric")).where(
         *_where(tenant_id, wanted)
     )
     created = JobRow.created_at.desc() if wanted.descending else JobRow.created_at.asc()
     ident = JobRow.id.desc() if wanted.descending else JobRow.id.asc()
-    if wanted.sort == "metric" and value is not None:
+    if value is not None:
         # By the result column's name: the sub-query runs once per job, not once per use.
         metric: ColumnElement[Any] = literal_column("metric")
         sorted_value = metric.desc() if wanted.descending else metric.asc()
@@ -244,6 +245,8 @@ def list_sorted(session: Session, tenant_id: int, wanted: JobFilter) -> list[Lis
         JobRow.finished_at,
         StudyTrialRow.study_id,
         StudyTrialRow.number,
+        # Not sorted by it, the metric is read for the page's jobs alone.
+        (_metric_value(wanted.metric) if wanted.metric is not None else null()).label("metric"),
     ).outerjoin(StudyTrialRow, StudyTrialRow.job_id == JobRow.id)
     rows = {
         row.id: row for row in session.execute(details.where(JobRow.id.in_([k for k, _ in keys])))
@@ -262,7 +265,7 @@ def list_sorted(session: Session, tenant_id: int, wanted: JobFilter) -> list[Lis
             finished_at=row.finished_at,
             study=row.study_id,
             trial=row.number,
-            metric=metric,
+            metric=metric if metric is not None else row.metric,
         )
         for job_id, metric in keys
         if (row := rows.get(job_id)) is not None
@@ -275,7 +278,7 @@ def count(session: Session, tenant_id: int, wanted: JobFilter) -> int:
     return int(session.scalar(query) or 0)
 
 
-def metric_names(session: Session, tenant_id: int, recent: int = 500) -> list[str]:
+def metric_names(session: Session, tenant_id: int, recent: int = 200) -> list[str]:
     """The names of the metrics the tenant's ``recent`` newest jobs reported."""
     jobs = (
         select(JobRow.id)
