@@ -113,20 +113,24 @@ def test_filter_sort_by_a_metric_and_page(
 
     # Sort by the metric's best value: "high" (0.9 at its first epoch) first; its column
     # shows best values, the job without the metric last.
-    page.get_by_label("Metric").select_option("best:val_accuracy")
     page.get_by_label("Sort by").select_option("metric")
-    expect(page).to_have_url(re.compile(r"sort=metric"))
+    expect(page).to_have_url(
+        re.compile(r"/jobs\?metric=best%3Aval_accuracy&sort=metric&order=desc$")
+    )
     expect(page.locator("#jobs-table tbody tr").first).to_contain_text(jobs["high"])
     assert rows(page) == [jobs["high"], jobs["low"], jobs["gone"], jobs["markup"]]
     expect(page.locator("#jobs-table tbody tr").first).to_contain_text("0.9")
     page.get_by_label("Metric").select_option("last:val_accuracy")
+    expect(page).to_have_url(re.compile(r"metric=last%3Aval_accuracy"))
     expect(page.locator("#jobs-table tbody tr").first).to_contain_text(jobs["low"])
 
     # Filters: by state, then by model; the address keeps them (a bookmark opens the same).
     page.get_by_label("State").select_option("cancelled")
+    expect(page).to_have_url(re.compile(r"state=cancelled"))
     expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
     assert rows(page) == [jobs["gone"]]
     page.get_by_label("State").select_option("")
+    expect(page).not_to_have_url(re.compile(r"state="))
     page.get_by_label("Model").fill("cnn")
     page.get_by_role("button", name="Apply").click()
     expect(page.locator("#jobs-table tbody tr")).to_have_count(1)

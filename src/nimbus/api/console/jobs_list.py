@@ -129,8 +129,12 @@ def jobs_list(
     fragment = request.headers.get("hx-request") and not request.headers.get(
         "hx-history-restore-request"
     )
-    template = "jobs_table.html" if fragment else "jobs_list.html"
-    return page(request, signed, template, context, section="jobs")
+    if not fragment:
+        return page(request, signed, "jobs_list.html", context, section="jobs")
+    response = page(request, signed, "jobs_table.html", context, section="jobs")
+    # The address htmx pushes: this list's, without the form's empty fields.
+    response.headers["HX-Push-Url"] = link(page=number_now if number_now > 1 else "")
+    return response
 
 
 # -- start a job ----------------------------------------------------------------------------
