@@ -141,10 +141,17 @@ def submit(
     if capacity is not None:
         check_request(spec.resources, capacity)
     res = spec.resources
+    dataset_name, sep, version = (spec.dataset or "").rpartition(":")
+    dataset_version = int(version) if sep and version.isdigit() else None
+    if dataset_version is None:
+        dataset_name = spec.dataset or ""
     row = JobRow(
         id=new_job_id(),
         tenant_id=tenant_id,
         spec=spec.to_dict(),
+        model=spec.model,
+        dataset_name=dataset_name or None,
+        dataset_version=dataset_version,
         state=JobState.QUEUED.value,
         priority=spec.priority,
         cpus=res.cpus,

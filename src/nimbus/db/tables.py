@@ -176,11 +176,19 @@ class JobRow(Base):
             sqlite_where=text("state = 'queued'"),
             postgresql_where=text("state = 'queued'"),
         ),
+        # Migration 0016: the console's jobs list, filtered by one of these, newest first.
+        Index("ix_jobs_tenant_state", "tenant_id", "state", "created_at"),
+        Index("ix_jobs_tenant_model", "tenant_id", "model", "created_at"),
+        Index("ix_jobs_tenant_dataset", "tenant_id", "dataset_name", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
     spec: Mapped[dict[str, Any]]
+    # Migration 0016: the spec's model and dataset (NAME:V) as columns, for the list's filters.
+    model: Mapped[str | None] = mapped_column(String(255))
+    dataset_name: Mapped[str | None] = mapped_column(String(255))
+    dataset_version: Mapped[int | None]
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int]
     cpus: Mapped[float] = mapped_column(Float)
@@ -233,6 +241,10 @@ class JobAttemptRow(Base):
 
 class JobMetricRow(Base):
     __tablename__ = "job_metrics"
+    # Migration 0016: one job's series of one metric, in order (its best or last value).
+    __table_args__ = (
+        Index("ix_job_metrics_job_name", "job_id", "name", "attempt_number", "step", "value"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from nimbus.db import job_details, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
-from nimbus.db.job_details import JobDetail
+from nimbus.db.job_details import JobDetail, JobFilter, ListedJob, MetricChoice
 from nimbus.db.job_outputs import LogChunk as LogChunkRow
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
@@ -45,6 +45,9 @@ from nimbus.wire.base import dump
 from nimbus.wire.jobs import MAX_SEED, SubmitRequest
 
 MAX_LIST = 1000
+MAX_PAGE = 100  # rows of the console's jobs list
+BUILTIN_MODELS = tuple(PARAM_SCHEMAS)  # cnn, text, mlp
+_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "perplexity")
 MAX_COMPARE = 50
 LOG_BATCH = 1000
 _CODE_PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -167,6 +170,85 @@ def _code_params(raw: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict):
             raise InvalidInput(f"invalid parameter {key!r}: objects are not accepted", key=key)
     return dict(raw)
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """A page of the console's jobs list: its rows and how many jobs match."""
+
+    jobs: list[ListedJob]
+    total: int
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a metric's best value is its lowest (a loss, an error), by its name."""
+    return any(word in metric.lower() for word in _LOWER_IS_BETTER)
+
+
+def metric_choice(value: str | None) -> MetricChoice | None:
+    """``best:NAME`` or ``last:NAME`` (a bare NAME is its best)."""
+    if not value:
+        return None
+    kind, sep, name = value.partition(":")
+    if not sep:
+        kind, name = "best", value
+    if kind not in ("best", "last") or not name or len(name) > 128:
+        raise InvalidInput(
+            f"invalid metric {value[:80]!r}: use best:NAME or last:NAME", field="metric"
+        )
+    return MetricChoice(name, last=kind == "last", lowest=lower_is_better(name))
+
+
+def job_filter(
+    *,
+    state: str = "",
+    model: str = "",
+    dataset: str = "",
+    study: str = "",
+    metric: str = "",
+    sort: str = "created",
+    order: str = "",
+    page: int = 1,
+    per_page: int = 50,
+) -> JobFilter:
+    """The jobs list's query (as its address carries it) checked: each bad value a 400
+    naming it. ``order`` defaults to newest first, states A-Z, and a metric's best first."""
+    states: tuple[JobState, ...] = ()
+    if state:
+        try:
+            states = tuple(JobState(s.strip()) for s in state.split(",") if s.strip())
+        except ValueError:
+            known = ", ".join(s.value for s in JobState)
+            raise InvalidInput(
+                f"invalid state {state[:80]!r}: use {known}", field="state"
+            ) from None
+    name, version = split_dataset_ref(dataset) if dataset else (None, None)
+    choice = metric_choice(metric)
+    if sort not in ("created", "state", "metric"):
+        raise InvalidInput(
+            f"invalid sort {sort[:80]!r}: use created, state or metric", field="sort"
+        )
+    if order not in ("", "asc", "desc"):
+        raise InvalidInput(f"invalid order {order[:80]!r}: use asc or desc", field="order")
+    if not order:
+        best_first_asc = sort == "metric" and choice is not None and choice.lowest
+        order = "asc" if sort == "state" or best_first_asc else "desc"
+    if page < 1 or page > 1_000_000:
+        raise InvalidInput(f"invalid page {page}: pages start at 1", field="page")
+    if not 1 <= per_page <= MAX_PAGE:
+        raise InvalidInput(f"invalid per_page {per_page}: use 1-{MAX_PAGE}", field="per_page")
+    return JobFilter(
+        states=states,
+        model=model.strip() or None,
+        dataset=name,
+        dataset_version=version,
+        study=study.strip() or None,
+        metric=choice,
+        sort=sort,  # type: ignore[arg-type]  # checked above
+        descending=order == "desc",
+        offset=(page - 1) * per_page,
+        limit=per_page,
+    )
 
 
 @dataclass(frozen=True)
@@ -345,6 +427,24 @@ class JobService:
                 session, principal.tenant_id, states=states, limit=limit
             )
             return wire.JobList(jobs=[job_view(d) for d in details])
+
+    def list_page(self, principal: Principal, wanted: JobFilter) -> JobPage:
+        """A page of the tenant's jobs as the console lists them: filtered, sorted (by
+        creation, state, or a metric's best or last value) and paged in SQL."""
+        if not 1 <= wanted.limit <= MAX_PAGE or wanted.offset < 0:
+            raise InvalidInput(f"invalid page: use 1-{MAX_PAGE} rows per page", field="limit")
+        if wanted.sort == "metric" and wanted.metric is None:
+            raise InvalidInput("sorting by a metric needs one: metric=best:NAME", field="sort")
+        with self.db.session() as session:
+            return JobPage(
+                jobs=job_details.list_sorted(session, principal.tenant_id, wanted),
+                total=job_details.count(session, principal.tenant_id, wanted),
+            )
+
+    def metric_names(self, principal: Principal) -> list[str]:
+        """The metrics the tenant's recent jobs reported: what the jobs list may sort by."""
+        with self.db.session() as session:
+            return job_details.metric_names(session, principal.tenant_id)
 
     def compare(self, principal: Principal, ids: list[str]) -> wire.JobList:
         """Several jobs side by side, in the order asked; any unknown id is a 404."""
