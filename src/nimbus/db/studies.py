@@ -125,6 +125,20 @@ def trials(session: Session, study_id: str) -> list[StudyTrialRow]:
     return list(session.scalars(query))
 
 
+def trials_of(session: Session, study_ids: list[str]) -> dict[str, list[StudyTrialRow]]:
+    """The trials of several studies by study, in one query (lists of studies)."""
+    found: dict[str, list[StudyTrialRow]] = {study_id: [] for study_id in study_ids}
+    if study_ids:
+        query = (
+            select(StudyTrialRow)
+            .where(StudyTrialRow.study_id.in_(study_ids))
+            .order_by(StudyTrialRow.study_id, StudyTrialRow.number)
+        )
+        for row in session.scalars(query):
+            found[row.study_id].append(row)
+    return found
+
+
 def count(session: Session, study_id: str) -> int:
     query = select(func.count()).where(StudyTrialRow.study_id == study_id)
     return int(session.scalar(query) or 0)

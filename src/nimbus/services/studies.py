@@ -158,7 +158,8 @@ class StudyService:
     def list_studies(self, principal: Principal, limit: int = 100) -> wire.StudyList:
         with self.db.session() as session:
             rows = repo.list_for(session, principal.tenant_id, limit)
-            return wire.StudyList(studies=[self._view(session, row) for row in rows])
+            trials = repo.trials_of(session, [row.id for row in rows])  # one query for all
+            return wire.StudyList(studies=[self._view(session, r, trials[r.id]) for r in rows])
 
     def trials(self, principal: Principal, study_id: str) -> wire.TrialList:
         with self.db.session() as session:
@@ -173,9 +174,12 @@ class StudyService:
         shares = importances(_config(row.search), records)
         return wire.Importances(importances=shares, complete=complete, needed=MIN_FOR_IMPORTANCE)
 
-    def _view(self, session: Session, row: StudyRow) -> wire.Study:
+    def _view(
+        self, session: Session, row: StudyRow, trials: list[StudyTrialRow] | None = None
+    ) -> wire.Study:
         search, job = row.search, row.job
-        trials = repo.trials(session, row.id)
+        if trials is None:
+            trials = repo.trials(session, row.id)
         counts: dict[str, int] = {}
         for trial in trials:
             counts[trial.state] = counts.get(trial.state, 0) + 1
