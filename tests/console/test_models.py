@@ -140,6 +140,9 @@ def test_register_move_an_alias_read_the_card_download_and_delete(
     page.goto(f"{env.server.url}/models/digits/1")
     page.get_by_role("button", name="Delete version").click()  # the box is required
     expect(page.get_by_role("heading", name="digits version 1")).to_be_visible()
+    with browser_client(env.server, context) as raw:  # and the server checks it too
+        unconfirmed = raw.post("/models/digits/1/delete", data={"csrf": csrf_of(page)})
+    assert unconfirmed.status_code == 400 and "tick the box" in unconfirmed.text
     page.get_by_label("Yes, delete digits:1").check()
     page.get_by_role("button", name="Delete version").click()
     expect(page.get_by_role("heading", name="Model digits")).to_be_visible()

@@ -66,7 +66,7 @@ class ModelSummary(Response):
     aliases: dict[str, int] = Field(description="Alias to version number.")
     created_at: Timestamp
     updated_at: Timestamp | None = Field(
-        None, description="When its latest version was registered; null with no version."
+        description="When its latest version was registered; null when none is left."
     )
 
 
