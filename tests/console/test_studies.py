@@ -140,7 +140,8 @@ def test_a_study_shows_its_trials_history_importances_and_cancels(
     expect(trials.get_by_role("row").nth(7)).to_contain_text("running")
     expect(page.get_by_role("region", name="Best trial")).to_contain_text("0.81")
     importances = page.get_by_role("region", name="Parameter importances")
-    expect(importances.get_by_role("img", name=re.compile(r"^lr: "))).to_be_visible()
+    # fANOVA runs once the page shows (seconds on a loaded machine), then from a cache.
+    expect(importances.get_by_role("img", name=re.compile(r"^lr: "))).to_be_visible(timeout=30_000)
     expect(importances.get_by_role("img", name=re.compile(r"^optimizer: "))).to_be_visible()
     # The history: five complete trials' values and the best so far, drawn.
     chart = page.locator("#history-chart")
@@ -155,7 +156,8 @@ def test_a_study_shows_its_trials_history_importances_and_cancels(
     expect(page.get_by_role("button", name="Cancel study")).to_have_count(0)
 
     page.goto(f"{env.server.url}/studies/{env.few}")
-    expect(page.get_by_text("Too few complete trials for importances: 1 of the 4")).to_be_visible()
+    too_few = page.get_by_text("Too few complete trials for importances: 1 of the 4")
+    expect(too_few).to_be_visible(timeout=30_000)
     assert dialogs == []
 
 

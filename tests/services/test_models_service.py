@@ -89,6 +89,9 @@ def test_register_alias_and_delete(
     assert service.list_models(who)[0].updated_at == newest.versions[0].created_at
     assert service.set_alias(who, "m", "prod", 1).from_version is None
     assert service.set_alias(who, "m", "prod", 2).from_version == 1
+    latest = service.version_page(who, "m", 0, 1)  # the latest move of the two, newest first
+    assert [(e.version, e.from_version) for e in latest.alias_history] == [(2, 1)]
+    assert latest.alias_moves == 2
     assert service.get_version(who, "m", VersionRef(alias="prod")).version == 2
     assert service.list_models(who)[0].aliases == {"prod": 2}
     assert service.resolve(who, "m@prod").version == 2

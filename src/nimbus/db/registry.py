@@ -225,6 +225,21 @@ def alias_history(session: Session, model_id: int) -> list[ModelAliasEventRow]:
     return list(session.scalars(query))
 
 
+def recent_alias_history(
+    session: Session, model_id: int, limit: int
+) -> tuple[list[ModelAliasEventRow], int]:
+    """The model's ``limit`` latest alias moves, newest first, and how many there are."""
+    where = ModelAliasEventRow.model_id == model_id
+    query = (
+        select(ModelAliasEventRow)
+        .where(where)
+        .order_by(ModelAliasEventRow.at.desc(), ModelAliasEventRow.id.desc())
+        .limit(limit)
+    )
+    total = session.scalar(select(func.count()).where(where))
+    return list(session.scalars(query)), int(total or 0)
+
+
 def _record(
     session: Session,
     model_id: int,

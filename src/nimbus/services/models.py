@@ -166,7 +166,8 @@ class VersionPage:
     versions: list[ModelVersion]
     total: int
     aliases: dict[str, int]
-    alias_history: list[AliasEvent]
+    alias_history: list[AliasEvent]  # the latest moves, newest first
+    alias_moves: int  # how many there are in all
     token_names: dict[str, str]  # who moved aliases or registered the versions shown
 
 
@@ -418,14 +419,16 @@ class ModelService:
         self, principal: Principal, name: str, offset: int = 0, limit: int = 50
     ) -> VersionPage:
         """A model with one page of its versions, newest first (paged in SQL: a model of
-        thousands of versions reads ``limit``), its aliases and their history."""
+        thousands of versions reads ``limit``), its aliases and their latest ``limit``
+        moves, newest first."""
         with self.db.session() as session:
             model = self._model(session, principal, name)
             aliases = repo.aliases(session, [model.id])[model.id]
             rows = repo.list_versions(
                 session, model.id, offset=offset, limit=limit, newest_first=True
             )
-            history = [alias_event_view(e) for e in repo.alias_history(session, model.id)]
+            events, moves = repo.recent_alias_history(session, model.id, limit)
+            history = [alias_event_view(e) for e in events]
             who = {e.by for e in history if e.by} | {r.created_by for r in rows if r.created_by}
             return VersionPage(
                 name=model.name,
@@ -434,6 +437,7 @@ class ModelService:
                 total=repo.count_versions(session, model.id),
                 aliases=aliases,
                 alias_history=history,
+                alias_moves=moves,
                 token_names=token_repo.names(session, principal.tenant_id, who),
             )
 

@@ -85,7 +85,6 @@ def model(
         "model": found,
         "page": page_number,
         "pages": pages,
-        "history": list(reversed(found.alias_history)),  # newest first
         "columns": metric_columns(found.versions),
     }
     return page(request, signed, "model.html", context, section="models")

@@ -47,8 +47,8 @@ def history(study: Study, trials: list[Trial]) -> dict[str, Any]:
 
 @router.get("/studies")
 def studies(request: Request, signed: Browser) -> Response:
-    found = services_of(request).studies.list_studies(signed.principal, LISTED).studies
-    context = {"studies": found, "done": done}
+    found = services_of(request).studies.summaries(signed.principal, LISTED)
+    context = {"studies": found}
     return page(request, signed, "studies.html", context, section="studies")
 
 
@@ -62,9 +62,20 @@ def study(request: Request, signed: Browser, study_id: str) -> Response:
         "trials": trials,
         "done": done(found),
         "history": history(found, trials),
-        "importances": service.importances(signed.principal, study_id),
     }
     return page(request, signed, "study.html", context, section="studies")
+
+
+@router.get("/studies/{study_id}/importances")
+def importances(request: Request, signed: Browser, study_id: str) -> Response:
+    """The importances' bars (a fragment the study's page loads after it shows: fANOVA
+    takes seconds over a hundred trials)."""
+    service = services_of(request).studies
+    context = {
+        "study": service.get(signed.principal, study_id),
+        "importances": service.importances(signed.principal, study_id),
+    }
+    return page(request, signed, "study_importances.html", context, section="studies")
 
 
 @router.post("/studies/{study_id}/cancel")
