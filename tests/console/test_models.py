@@ -120,6 +120,7 @@ def test_register_move_an_alias_read_the_card_download_and_delete(
 
     # Move @production to 2 through the form; the history says who moved it when.
     page.get_by_role("link", name="digits", exact=True).click()
+    expect(page.get_by_label("Model name")).to_have_value("digits")  # register another here
     page.get_by_label("Alias", exact=True).fill("production")
     page.get_by_label("Version", exact=True).select_option("2")
     page.get_by_role("button", name="Move alias", exact=True).click()
