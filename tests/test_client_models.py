@@ -69,6 +69,7 @@ def summary() -> dict[str, Any]:
         "versions": 2,
         "aliases": {"production": 2},
         "created_at": "2026-01-02T03:04:05Z",
+        "updated_at": "2026-01-03T03:04:05Z",
     }
 
 

@@ -55,7 +55,7 @@ FIELDS = {
     ],
     "ModelDataset": ["name", "version", "content_hash"],
     "ModelFile": ["key", "size"],
-    "ModelSummary": ["name", "latest_version", "versions", "aliases", "created_at"],
+    "ModelSummary": ["name", "latest_version", "versions", "aliases", "created_at", "updated_at"],
     "Model": ["name", "created_at", "versions", "aliases", "alias_history"],
     "AliasEvent": ["alias", "version", "from_version", "at", "by"],
     "AliasChange": ["model", "alias", "version", "from_version"],

@@ -72,6 +72,9 @@ def test_a_trial_number_is_recorded_once(db: Database) -> None:
     with db.session() as s:
         rows = repo.trials(s, study)
         assert [(r.number, r.job_id, r.params) for r in rows] == [(0, job_a, {"lr": 0.01})]
+        other = new_study(db)
+        by_study = repo.trials_of(s, [study, other])  # a list's trials in one query
+        assert [r.job_id for r in by_study[study]] == [job_a] and by_study[other] == []
 
 
 def test_a_trial_ends_once_and_only_a_complete_one_has_a_value(db: Database) -> None:

@@ -25,7 +25,12 @@ from nimbus.db.migrate import alembic_config, upgrade
 from nimbus.errors import Forbidden, NotFound
 from nimbus.runtime.evaluation import evaluate
 from nimbus.security import Principal, Role, hash_token
-from nimbus.services.card_markdown import as_html, card_markdown, datasheet_markdown
+from nimbus.services.card_markdown import (
+    as_html,
+    body_html,
+    card_markdown,
+    datasheet_markdown,
+)
 from nimbus.services.cards import CardService
 from nimbus.services.models import VersionRef
 from nimbus.wire.cards import CardText, ModelCard
@@ -295,6 +300,9 @@ def test_html_shows_scripts_and_attributes_as_text(store: Database) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
     assert "<table>" in page  # tables are rendered, not shown as pipes
+    body = body_html(card_markdown(card), heading_offset=2)  # under a console page's headings
+    assert "<h3>Model card for pet:1</h3>" in body and "<h1>" not in body and "<h4>" in body
+    assert "<script>" not in body and "<img" not in body and "<html>" not in body
     # a link a person wrote cannot run script either
     hostile = "[click](javascript:alert(1)) <b onmouseover=x>hi</b>"
     rendered = as_html(hostile, '<title>"')

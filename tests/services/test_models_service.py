@@ -83,8 +83,15 @@ def test_register_alias_and_delete(
     assert isinstance(first.version, ModelVersion) and first.version.job == jobs[0]
     assert not service.register(who, "m", jobs[0]).created
     assert service.register(who, "m", jobs[1]).version.version == 2
+    newest, older = (service.version_page(who, "m", offset, 1) for offset in (0, 1))
+    assert [v.version for v in newest.versions] == [2] and newest.total == 2  # newest first
+    assert [v.version for v in older.versions] == [1] and older.total == 2
+    assert service.list_models(who)[0].updated_at == newest.versions[0].created_at
     assert service.set_alias(who, "m", "prod", 1).from_version is None
     assert service.set_alias(who, "m", "prod", 2).from_version == 1
+    latest = service.version_page(who, "m", 0, 1)  # the latest move of the two, newest first
+    assert [(e.version, e.from_version) for e in latest.alias_history] == [(2, 1)]
+    assert latest.alias_moves == 2
     assert service.get_version(who, "m", VersionRef(alias="prod")).version == 2
     assert service.list_models(who)[0].aliases == {"prod": 2}
     assert service.resolve(who, "m@prod").version == 2

@@ -140,6 +140,11 @@ def test_a_study_runs_its_trials_as_jobs_parallel_at_most_and_ends_with_the_best
     # Four complete trials: enough for the importances; lr is the only one searched.
     shares = studies.importances(member, study.id)
     assert shares.complete == 4 and shares.importances == {"lr": 1.0}
+    assert studies.importances(member, study.id) == shares  # read from the cache
+    (summary,) = studies.summaries(member)  # what the console's list shows
+    assert summary.id == study.id and summary.counts == {"complete": 4} and summary.done == 4
+    assert summary.best_value == done.best.value and summary.trials == 4
+    assert [s.best for s in studies.list_studies(member).studies] == [done.best]
     # Every trial is an ordinary job with the study's fixed params and its own lr.
     for trial in trials:
         job = job_of(db, trial.job)
@@ -256,4 +261,4 @@ def test_a_viewer_cannot_start_or_cancel_and_another_tenant_sees_nothing(
     other = make_principal("globex")
     with pytest.raises(NotFound):
         studies.get(other, study.id)
-    assert studies.list_studies(other).studies == []
+    assert studies.list_studies(other).studies == [] and studies.summaries(other) == []

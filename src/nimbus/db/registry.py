@@ -23,6 +23,7 @@ class ModelSummary:
     created_at: datetime
     latest_version: int | None
     versions: int
+    updated_at: datetime | None = None  # when its latest version was registered
 
 
 def get_model(session: Session, tenant_id: int, name: str) -> ModelRow | None:
@@ -55,6 +56,7 @@ def list_models(session: Session, tenant_id: int) -> list[ModelSummary]:
             ModelRow.created_at,
             func.max(ModelVersionRow.version),
             func.count(ModelVersionRow.id),
+            func.max(ModelVersionRow.created_at),
         )
         .outerjoin(ModelVersionRow, ModelVersionRow.model_id == ModelRow.id)
         .where(ModelRow.tenant_id == tenant_id)
@@ -83,13 +85,26 @@ def create_version(session: Session, **fields: Any) -> ModelVersionRow:
     return row
 
 
-def list_versions(session: Session, model_id: int) -> list[ModelVersionRow]:
-    query = (
-        select(ModelVersionRow)
-        .where(ModelVersionRow.model_id == model_id)
-        .order_by(ModelVersionRow.version)
-    )
+def list_versions(
+    session: Session,
+    model_id: int,
+    *,
+    offset: int = 0,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> list[ModelVersionRow]:
+    """The model's versions by number (oldest first unless ``newest_first``), a page of
+    ``limit`` from ``offset`` when ``limit`` is given."""
+    order = ModelVersionRow.version.desc() if newest_first else ModelVersionRow.version
+    query = select(ModelVersionRow).where(ModelVersionRow.model_id == model_id).order_by(order)
+    if limit is not None:
+        query = query.offset(offset).limit(limit)
     return list(session.scalars(query))
+
+
+def count_versions(session: Session, model_id: int) -> int:
+    query = select(func.count()).where(ModelVersionRow.model_id == model_id)
+    return int(session.scalar(query) or 0)
 
 
 def get_version(session: Session, model_id: int, version: int | None) -> ModelVersionRow | None:
@@ -208,6 +223,21 @@ def alias_history(session: Session, model_id: int) -> list[ModelAliasEventRow]:
         .order_by(ModelAliasEventRow.at, ModelAliasEventRow.id)
     )
     return list(session.scalars(query))
+
+
+def recent_alias_history(
+    session: Session, model_id: int, limit: int
+) -> tuple[list[ModelAliasEventRow], int]:
+    """The model's ``limit`` latest alias moves, newest first, and how many there are."""
+    where = ModelAliasEventRow.model_id == model_id
+    query = (
+        select(ModelAliasEventRow)
+        .where(where)
+        .order_by(ModelAliasEventRow.at.desc(), ModelAliasEventRow.id.desc())
+        .limit(limit)
+    )
+    total = session.scalar(select(func.count()).where(where))
+    return list(session.scalars(query)), int(total or 0)
 
 
 def _record(

@@ -125,6 +125,45 @@ def trials(session: Session, study_id: str) -> list[StudyTrialRow]:
     return list(session.scalars(query))
 
 
+def trials_of(session: Session, study_ids: list[str]) -> dict[str, list[StudyTrialRow]]:
+    """The trials of several studies by study, in one query (lists of studies)."""
+    found: dict[str, list[StudyTrialRow]] = {study_id: [] for study_id in study_ids}
+    if study_ids:
+        query = (
+            select(StudyTrialRow)
+            .where(StudyTrialRow.study_id.in_(study_ids))
+            .order_by(StudyTrialRow.study_id, StudyTrialRow.number)
+        )
+        for row in session.scalars(query):
+            found[row.study_id].append(row)
+    return found
+
+
+def trial_stats(
+    session: Session, study_ids: list[str]
+) -> dict[str, dict[str, tuple[int, float | None, float | None]]]:
+    """Per study, per trial state: how many trials, their lowest and highest value (one
+    aggregate query: a list of studies reads no trial rows)."""
+    found: dict[str, dict[str, tuple[int, float | None, float | None]]] = {
+        study_id: {} for study_id in study_ids
+    }
+    if study_ids:
+        query = (
+            select(
+                StudyTrialRow.study_id,
+                StudyTrialRow.state,
+                func.count(),
+                func.min(StudyTrialRow.value),
+                func.max(StudyTrialRow.value),
+            )
+            .where(StudyTrialRow.study_id.in_(study_ids))
+            .group_by(StudyTrialRow.study_id, StudyTrialRow.state)
+        )
+        for study_id, state, n, low, high in session.execute(query).tuples():
+            found[study_id][state] = (int(n), low, high)
+    return found
+
+
 def count(session: Session, study_id: str) -> int:
     query = select(func.count()).where(StudyTrialRow.study_id == study_id)
     return int(session.scalar(query) or 0)

@@ -39,6 +39,16 @@ def get(session: Session, token_id: str) -> Token | None:
     return session.get(Token, token_id)
 
 
+def names(session: Session, tenant_id: int, token_ids: set[str]) -> dict[str, str]:
+    """The names of the tenant's tokens among ``token_ids`` (one query)."""
+    if not token_ids:
+        return {}
+    query = select(Token.id, Token.name).where(
+        Token.tenant_id == tenant_id, Token.id.in_(token_ids)
+    )
+    return {token_id: name for token_id, name in session.execute(query).tuples()}
+
+
 def find_by_hash(session: Session, token_hash: str) -> tuple[Token, Tenant] | None:
     """The token with this hash and its tenant, revoked or not."""
     row = session.execute(

@@ -151,13 +151,24 @@ def datasheet_markdown(sheet: Datasheet) -> str:
 
 def as_html(markdown: str, title: str) -> str:
     """A page for people: the Markdown's body (front matter left out) with raw HTML off."""
-    body = _strip_front_matter(markdown)
-    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
     return (
         '<!doctype html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
-        f"{renderer.render(body)}</body></html>\n"
+        f"{body_html(markdown)}</body></html>\n"
     )
+
+
+def body_html(markdown: str, heading_offset: int = 0) -> str:
+    """The Markdown's body (front matter left out) as HTML with raw HTML off: safe to place
+    in a page (what a person wrote shows as text; markdown-it refuses ``javascript:``
+    links). ``heading_offset`` lowers every heading that many levels (h1 → h3 for 2), for a
+    card shown under a page's own headings."""
+    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = renderer.parse(_strip_front_matter(markdown))
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1:]) + heading_offset)}"
+    return str(renderer.renderer.render(tokens, renderer.options, {}))
 
 
 # -- sections -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import nimbus
 from nimbus.db import blobrefs, job_details
 from nimbus.db import deployments as deployment_repo
 from nimbus.db import registry as repo
+from nimbus.db import tokens as token_repo
 from nimbus.db.engine import Database
 from nimbus.db.job_details import JobDetail
 from nimbus.db.tables import ModelAliasEventRow, ModelRow, ModelVersionRow, utcnow
@@ -154,6 +155,20 @@ class RegisterResult:
 
     version: ModelVersion
     created: bool
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    """A model with a page of its versions (newest first) and how many it has in all."""
+
+    name: str
+    created_at: datetime
+    versions: list[ModelVersion]
+    total: int
+    aliases: dict[str, int]
+    alias_history: list[AliasEvent]  # the latest moves, newest first
+    alias_moves: int  # how many there are in all
+    token_names: dict[str, str]  # who moved aliases or registered the versions shown
 
 
 @dataclass(frozen=True)
@@ -379,6 +394,7 @@ class ModelService:
                     versions=s.versions,
                     aliases=aliases[s.id],
                     created_at=s.created_at,
+                    updated_at=s.updated_at,
                 )
                 for s in summaries
             ]
@@ -397,6 +413,32 @@ class ModelService:
                 ],
                 aliases=aliases,
                 alias_history=[alias_event_view(e) for e in repo.alias_history(session, model.id)],
+            )
+
+    def version_page(
+        self, principal: Principal, name: str, offset: int = 0, limit: int = 50
+    ) -> VersionPage:
+        """A model with one page of its versions, newest first (paged in SQL: a model of
+        thousands of versions reads ``limit``), its aliases and their latest ``limit``
+        moves, newest first."""
+        with self.db.session() as session:
+            model = self._model(session, principal, name)
+            aliases = repo.aliases(session, [model.id])[model.id]
+            rows = repo.list_versions(
+                session, model.id, offset=offset, limit=limit, newest_first=True
+            )
+            events, moves = repo.recent_alias_history(session, model.id, limit)
+            history = [alias_event_view(e) for e in events]
+            who = {e.by for e in history if e.by} | {r.created_by for r in rows if r.created_by}
+            return VersionPage(
+                name=model.name,
+                created_at=model.created_at,
+                versions=[version_view(r, name, _names_of(aliases, r.version)) for r in rows],
+                total=repo.count_versions(session, model.id),
+                aliases=aliases,
+                alias_history=history,
+                alias_moves=moves,
+                token_names=token_repo.names(session, principal.tenant_id, who),
             )
 
     def list_versions(self, principal: Principal, name: str) -> list[ModelVersion]:

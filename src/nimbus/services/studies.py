@@ -14,6 +14,8 @@ the next leader to repair.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,6 +52,7 @@ from nimbus.wire import studies as wire
 from nimbus.wire.jobs import SubmitRequest
 
 log = logging.getLogger(__name__)
+IMPORTANCE_CACHE = 256  # studies' importances kept (each a few parameters' shares)
 JOB_FIELDS = ("cpus", "gpus", "memory", "workers", "resources", "priority", "max_retries")
 
 
@@ -59,6 +62,27 @@ class _Ending:
     reason: str
     best: int | None
     register: tuple[Principal, str, str] | None  # who registers what name from which job
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study as a list shows it: its row, its trials by state, its best complete value."""
+
+    id: str
+    state: str
+    model: str
+    dataset: str
+    metric: str
+    direction: str
+    trials: int  # asked for
+    created_at: datetime
+    counts: dict[str, int]
+    best_value: float | None
+
+    @property
+    def done(self) -> int:
+        """Trials that ended (complete, pruned or failed)."""
+        return sum(n for state, n in self.counts.items() if state != TrialState.RUNNING.value)
 
 
 class _Taken(Exception):
@@ -91,6 +115,8 @@ class StudyService:
         self.db, self.jobs, self.clock = db, jobs, clock
         # ModelService.register: the best trial's model, when a study asks for it.
         self.register = register
+        self._importances: OrderedDict[tuple[Any, ...], dict[str, float]] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # -- create -------------------------------------------------------------------------
 
@@ -158,7 +184,36 @@ class StudyService:
     def list_studies(self, principal: Principal, limit: int = 100) -> wire.StudyList:
         with self.db.session() as session:
             rows = repo.list_for(session, principal.tenant_id, limit)
-            return wire.StudyList(studies=[self._view(session, row) for row in rows])
+            trials = repo.trials_of(session, [row.id for row in rows])  # one query for all
+            return wire.StudyList(studies=[self._view(session, r, trials[r.id]) for r in rows])
+
+    def summaries(self, principal: Principal, limit: int = 100) -> list[StudySummary]:
+        """The tenant's studies, newest first, with their trials counted by state and the
+        best complete value: what a list shows, from one aggregate query over the trials."""
+        with self.db.session() as session:
+            rows = repo.list_for(session, principal.tenant_id, limit)
+            stats = repo.trial_stats(session, [row.id for row in rows])
+            found = []
+            for row in rows:
+                by_state = stats[row.id]
+                _, low, high = by_state.get(TrialState.COMPLETE.value, (0, None, None))
+                top = high if row.search["direction"] == "maximize" else low
+                counts = {state: n for state, (n, _, _) in by_state.items()}
+                found.append(
+                    StudySummary(
+                        id=row.id,
+                        state=row.state,
+                        model=row.job["model"],
+                        dataset=row.job["dataset"],
+                        metric=row.search["metric"],
+                        direction=row.search["direction"],
+                        trials=row.search["trials"],
+                        created_at=row.created_at,
+                        counts=counts,
+                        best_value=top,
+                    )
+                )
+            return found
 
     def trials(self, principal: Principal, study_id: str) -> wire.TrialList:
         with self.db.session() as session:
@@ -166,16 +221,32 @@ class StudyService:
             return wire.TrialList(trials=[_trial(t) for t in repo.trials(session, row.id)])
 
     def importances(self, principal: Principal, study_id: str) -> wire.Importances:
+        """fANOVA over the complete trials (seconds for a hundred): computed once for each
+        set of complete trials, then read from a small cache until another completes."""
         with self.db.session() as session:
             row = repo.get(session, principal.tenant_id, study_id)
             records = [repo.record(t, {}) for t in repo.trials(session, row.id)]
-        complete = sum(1 for r in records if r.state is TrialState.COMPLETE)
-        shares = importances(_config(row.search), records)
-        return wire.Importances(importances=shares, complete=complete, needed=MIN_FOR_IMPORTANCE)
+            search = row.search
+        done = tuple((r.number, r.value) for r in records if r.state is TrialState.COMPLETE)
+        key = (study_id, done)
+        with self._cache_lock:
+            shares = self._importances.get(key)
+        if shares is None:
+            shares = importances(_config(search), records)
+            with self._cache_lock:
+                self._importances[key] = shares
+                while len(self._importances) > IMPORTANCE_CACHE:
+                    self._importances.popitem(last=False)
+        return wire.Importances(
+            importances=dict(shares), complete=len(done), needed=MIN_FOR_IMPORTANCE
+        )
 
-    def _view(self, session: Session, row: StudyRow) -> wire.Study:
+    def _view(
+        self, session: Session, row: StudyRow, trials: list[StudyTrialRow] | None = None
+    ) -> wire.Study:
         search, job = row.search, row.job
-        trials = repo.trials(session, row.id)
+        if trials is None:
+            trials = repo.trials(session, row.id)
         counts: dict[str, int] = {}
         for trial in trials:
             counts[trial.state] = counts.get(trial.state, 0) + 1

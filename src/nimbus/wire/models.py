@@ -65,6 +65,9 @@ class ModelSummary(Response):
     versions: int = Field(description="How many versions it has.")
     aliases: dict[str, int] = Field(description="Alias to version number.")
     created_at: Timestamp
+    updated_at: Timestamp | None = Field(
+        description="When its latest version was registered; null when none is left."
+    )
 
 
 class ModelList(Response):
