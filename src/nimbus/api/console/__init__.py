@@ -10,12 +10,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from nimbus.api.console import overview, sign_in
+from nimbus.api.console import admin, deployments, overview, sign_in
 from nimbus.api.console.web import HERE
 
 
 def install(app: FastAPI) -> None:
     """Mount the console's pages and its static files on ``app``."""
-    for module in (sign_in, overview):
+    for module in (sign_in, overview, deployments, admin):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
