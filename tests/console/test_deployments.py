@@ -56,7 +56,8 @@ def ready(version: int, replicas: int = 1) -> Callable[[dict[str, Any]], bool]:
 
 @pytest.fixture(scope="module")
 def env(shared_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    """Two registered versions of model ``cnn`` and a deployment ``shapes`` of version 1."""
+    """Two registered versions of model ``cnn`` and a deployment ``shapes`` of version 1
+    (tests that need it ready wait for it: it starts while the first test deploys another)."""
     root = tmp_path_factory.mktemp("console-deploy")
     tokens = {
         "member": make_token(shared_server, "member"),
@@ -71,8 +72,7 @@ def env(shared_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) 
         answer = member.post(f"{API}/models/cnn/versions", json={"job": job})
         assert answer.status_code == 201, answer.text
     answer = member.post(f"{API}/deployments", json={"name": "shapes", "model": "cnn:1"})
-    assert answer.status_code == 201, answer.text
-    wait_for(member, "shapes", ready(1))
+    assert answer.status_code == 201, answer.text  # its replica starts meanwhile
     yield Env(shared_server, tokens, member)
     for shown in member.get(f"{API}/deployments").json()["deployments"]:
         member.delete(f"{API}/deployments/{shown['name']}")
@@ -87,6 +87,7 @@ def png(seed: int) -> bytes:
 
 def predicted(env: Env, data: bytes) -> dict[str, Any]:
     """What the deployment answers the same image directly (the member's own token)."""
+    wait_for(env.member, "shapes", lambda d: d["state"] == "ready")
     endpoint = env.member.get(f"{API}/deployments/shapes").json()["endpoint"]
     answer = httpx.post(
         f"{endpoint}/v2/models/shapes/predict",
@@ -213,20 +214,24 @@ def test_try_it_shows_the_label_bars_and_heat_map_and_the_metrics_grow(
 
 
 def test_update_replicas_and_version_then_roll_back(env: Env, page: Page) -> None:
+    wait_for(env.member, "shapes", ready(1))
     sign_in(page, env.server, env.tokens["member"])
     page.goto(f"{env.server.url}/deployments/shapes")
     expect(page.get_by_text("No previous version to roll back to")).to_be_visible()
+    answer = browser_post(env, page, "/deployments/shapes/rollback", {})
+    assert answer.status_code == 409 and "no previous version" in answer.text
     page.get_by_label("New model version").fill("cnn:2")
     page.get_by_role("button", name="Update").click()
     expect(page.get_by_text("(asked as cnn:2)")).to_be_visible()
-    wait_for(env.member, "shapes", ready(2))
+    # Rolled back at once (the rollout is declarative: the v2 replica still starting is
+    # drained), then scaled: both go through the forms, the replicas come up on version 1.
     page.get_by_role("button", name="Roll back to cnn:1").click()
     expect(page.get_by_text("(asked as cnn:1)")).to_be_visible()
     expect(page.get_by_role("button", name="Roll back to cnn:2")).to_be_visible()  # and back
-    wait_for(env.member, "shapes", ready(1))
     page.get_by_role("spinbutton", name="Replicas").fill("2")
     page.get_by_role("button", name="Update").click()
     expect(page.get_by_text("2/2 replicas ready")).to_be_visible(timeout=60_000)
+    wait_for(env.member, "shapes", ready(1, replicas=2))
     assert env.member.get(f"{API}/deployments/shapes").json()["desired_replicas"] == 2
     # A bad number is the API's 400, named.
     answer = browser_post(env, page, "/deployments/shapes/update", {"replicas": "0"})
@@ -234,6 +239,7 @@ def test_update_replicas_and_version_then_roll_back(env: Env, page: Page) -> Non
 
 
 def test_a_viewer_may_try_but_not_change(env: Env, page: Page) -> None:
+    wait_for(env.member, "shapes", lambda d: d["state"] == "ready")
     sign_in(page, env.server, env.tokens["viewer"])
     page.goto(f"{env.server.url}/deployments")
     expect(page.get_by_role("link", name="shapes")).to_be_visible()
