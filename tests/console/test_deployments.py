@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Dialog, Page, expect
 
-from nimbus.api.console.replicas import Sample, parse, quantile, summarise
+from nimbus.api.console.replicas import MAX_TRY_BYTES, Sample, Tried, parse, quantile, summarise
+from nimbus.api.console.web import TEMPLATES
 from tests.api.conftest import API, make_token
 from tests.console.conftest import csrf_of, session_cookie, sign_in
 from tests.helpers import ServerProcess
@@ -253,6 +254,16 @@ def test_a_viewer_may_try_but_not_change(env: Env, page: Page) -> None:
     )
     page.get_by_role("button", name="Predict").click()  # a read: viewers may try
     expect(page.locator("#try-result").get_by_role("meter")).to_have_count(3)
+    # Past the console's own limit: 413, named, without reaching the replica.
+    cookie = str(session_cookie(page.context)["value"])
+    with httpx.Client(base_url=env.server.url, cookies={"nimbus_session": cookie}) as raw:
+        big = raw.post(
+            "/deployments/shapes/try",
+            data={"csrf": csrf_of(page)},
+            files={"image": ("big.png", b"\0" * (MAX_TRY_BYTES + 1), "image/png")},
+            timeout=30,
+        )
+    assert big.status_code == 413 and "above 8 MiB" in big.text
     before = env.member.get(f"{API}/deployments/shapes").json()
     for path, data in [
         ("/deployments", {"name": "sneaky", "model": "cnn:1", "replicas": "1"}),
@@ -331,3 +342,19 @@ def test_the_metrics_figures() -> None:
     assert later.p50_ms == pytest.approx(1.6)
     restarted = summarise({7: now}, {7: Sample(at=8.0, requests=50)})
     assert restarted.per_second is None and restarted.requests == 10
+
+
+def test_a_texts_explanation_is_highlighted_words_shown_as_text() -> None:
+    """The Try it fragment for a text model: each word marked, red towards the label and
+    blue against, opacity by its share of the largest score; words are escaped."""
+    tried = Tried(
+        label="pos",
+        probabilities=[("pos", 0.75), ("neg", 0.25)],
+        words=[("great", 0.5), (HOSTILE[0], -0.25), ("", 0.0)],
+        method="integrated_gradients",
+    )
+    html = TEMPLATES.get_template("deployment_try.html").render(tried=tried, try_error=None)
+    assert 'style="background: rgba(220, 38, 38, 1.0)">great</mark>' in html
+    assert 'rgba(37, 99, 235, 0.5)">&lt;script&gt;alert(1)&lt;/script&gt;</mark>' in html
+    assert "<script>" not in html and html.count("<mark") == 2
+    assert 'aria-label="pos" aria-valuemin="0" aria-valuemax="1" aria-valuenow="0.75"' in html
