@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,8 +21,17 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Dialog, Page, expect
 
-from nimbus.api.console.replicas import MAX_TRY_BYTES, Sample, Tried, parse, quantile, summarise
+from nimbus.api.console.replicas import (
+    MAX_TRY_BYTES,
+    Sample,
+    Tried,
+    parse,
+    quantile,
+    scrape,
+    summarise,
+)
 from nimbus.api.console.web import TEMPLATES
+from nimbus.wire.deployments import Deployment, Replica
 from tests.api.conftest import API, make_token
 from tests.console.conftest import csrf_of, session_cookie, sign_in
 from tests.helpers import ServerProcess
@@ -358,3 +368,18 @@ def test_a_texts_explanation_is_highlighted_words_shown_as_text() -> None:
     assert 'rgba(37, 99, 235, 0.5)">&lt;script&gt;alert(1)&lt;/script&gt;</mark>' in html
     assert "<script>" not in html and html.count("<mark") == 2
     assert 'aria-label="pos" aria-valuemin="0" aria-valuemax="1" aria-valuenow="0.75"' in html
+
+
+def test_a_replica_that_does_not_answer_is_named_not_waited_for() -> None:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    replica = Replica(index=3, pid=99, port=port, state="ready", restarts=0, model_version=1)
+    shown = Deployment.model_construct(
+        name="gone", endpoint=f"http://127.0.0.1:{port}", replicas=[replica]
+    )
+    started = time.monotonic()
+    figures = scrape("t", shown, "key")
+    assert figures.unreachable == [3] and figures.replicas_scraped == 0
+    assert figures.requests == 0 and figures.p50_ms is None
+    assert time.monotonic() - started < 3

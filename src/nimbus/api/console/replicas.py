@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from nimbus.errors import InvalidInput, NimbusError, PayloadTooLarge, Unavailable
-from nimbus.wire.deployments import Deployment
+from nimbus.wire.deployments import Deployment, Replica
 
 REQUESTS = "nimbus_inference_requests"
 LATENCY = "nimbus_inference_request_seconds"
@@ -198,19 +199,28 @@ def _host_of(deployment: Deployment) -> str:
 
 
 def scrape(tenant: str, deployment: Deployment, key: str) -> Figures:
-    """Scrape every ready replica's ``/metrics`` (on its private port) and sum up."""
+    """Scrape every ready replica's ``/metrics`` (on its private port), all at once, and
+    sum up: a replica that does not answer within the timeout is named, not waited for."""
     host = _host_of(deployment)
+    targets = [r for r in deployment.replicas if r.port and r.pid and r.state == "ready"]
     samples: dict[int, Sample] = {}
     unreachable: list[int] = []
-    targets = [r for r in deployment.replicas if r.port and r.pid and r.state == "ready"]
     with httpx.Client(timeout=SCRAPE_TIMEOUT, headers=_auth(key)) as http:
-        for replica in targets:
+
+        def one(replica: Replica) -> Sample | None:
             try:
                 response = http.get(f"http://{host}:{replica.port}/metrics")
                 response.raise_for_status()
-                samples[int(replica.pid or 0)] = parse(response.text, time.monotonic())
+                return parse(response.text, time.monotonic())
             except (httpx.HTTPError, ValueError):
-                unreachable.append(replica.index)
+                return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(targets)))) as pool:
+            for replica, sample in zip(targets, pool.map(one, targets), strict=True):
+                if sample is None:
+                    unreachable.append(replica.index)
+                else:
+                    samples[int(replica.pid or 0)] = sample
     before = SCRAPES.exchange((tenant, deployment.name), samples)
     return summarise(samples, before, unreachable)
 
