@@ -273,7 +273,21 @@ def test_a_viewer_may_try_but_not_change(env: Env, page: Page) -> None:
             files={"image": ("big.png", b"\0" * (MAX_TRY_BYTES + 1), "image/png")},
             timeout=30,
         )
-    assert big.status_code == 413 and "above 8 MiB" in big.text
+        assert big.status_code == 413 and "above 8 MiB" in big.text
+        # Declared past the limit: refused before a byte of the body is read.
+        bigger = raw.post(
+            "/deployments/shapes/try",
+            content=b"\0" * (MAX_TRY_BYTES + 512 * 1024),
+            headers={"X-CSRF-Token": csrf_of(page), "Content-Type": "multipart/form-data"},
+            timeout=30,
+        )
+        assert bigger.status_code == 413 and "above 8 MiB" in bigger.text
+    # The page shows that refusal where the result goes (htmx swaps only 2xx by itself).
+    page.get_by_label("Image").set_input_files(
+        {"name": "huge.png", "mimeType": "image/png", "buffer": b"\0" * (MAX_TRY_BYTES + 300_000)}
+    )
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator("#try-result").get_by_role("alert")).to_contain_text("above 8 MiB")
     before = env.member.get(f"{API}/deployments/shapes").json()
     for path, data in [
         ("/deployments", {"name": "sneaky", "model": "cnn:1", "replicas": "1"}),

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Form, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from nimbus.api.console.replicas import MAX_TRY_BYTES, Tried, scrape, try_it
 from nimbus.api.console.web import Browser, ConsoleRoute, Post, page, redirect
@@ -20,6 +21,9 @@ from nimbus.wire.deployments import MAX_REPLICAS, CreateDeployment, UpdateDeploy
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 REFRESH = "every 3s"  # the live panel's htmx trigger
+FORM_SLACK = (
+    64 * 1024
+)  # Try it's form besides the image: the CSRF field, a text, the parts' headers
 
 
 def _body(kind: type[CreateDeployment] | type[UpdateDeployment], values: dict[str, Any]) -> Any:
@@ -133,23 +137,30 @@ def delete(request: Request, signed: Post, name: str) -> Response:
     return redirect("/deployments")
 
 
-@router.post("/deployments/{name}/try")
-async def try_deployment(
-    request: Request,
-    signed: Post,
-    name: str,
-    image: Annotated[UploadFile | None, File()] = None,
-    text: Annotated[str, Form()] = "",
-) -> Response:
+def _small_enough(request: Request) -> None:
+    """Before anything reads Try it's body (this runs first): a declared length of at most
+    the image limit plus the form's other fields, else 413 unread."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit():
+        raise InvalidInput("Try it needs a Content-Length (a form post from the page)")
+    if int(length) > MAX_TRY_BYTES + FORM_SLACK:
+        raise PayloadTooLarge(f"the image is above {MAX_TRY_BYTES // (1024 * 1024)} MiB")
+
+
+@router.post("/deployments/{name}/try", dependencies=[Depends(_small_enough)])
+async def try_deployment(request: Request, signed: Post, name: str) -> Response:
     """Try it: a read, open to viewers too. Answers the result fragment to htmx, the whole
     page otherwise; the replica's refusal is shown as a message with its status."""
     services = services_of(request)
-    shown = services.deployments.get(signed.principal, name)
+    shown = await run_in_threadpool(services.deployments.get, signed.principal, name)
+    form = await request.form(max_files=1, max_fields=4)
+    image, text = form.get("image"), form.get("text")
+    text = text if isinstance(text, str) else ""
     tried: Tried | None = None
     error: str | None = None
     status = 200
     try:
-        data = await _read_image(image)
+        data = await _read_image(image if isinstance(image, UploadFile) else None)
         if data is None and not text.strip():
             raise InvalidInput("choose an image or type a text to try")
         tried = await run_in_threadpool(

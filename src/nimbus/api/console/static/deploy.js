@@ -39,4 +39,13 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-dropzone]").forEach(setUp);
   });
+  // htmx swaps only 2xx answers; Try it's refusals (413 before the body is read, a 404)
+  // come as the console's error fragment, to be shown where the result goes.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (target && target.id === "try-result" && event.detail.xhr.status >= 400) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
 })();
