@@ -43,14 +43,25 @@ def list_events(
     *,
     include_unattributed: bool = False,
     token_id: str | None = None,
+    before: int | None = None,
+    action: str | None = None,
+    status: int | None = None,
 ) -> list[AuditEvent]:
     """Newest first. ``include_unattributed`` adds events of callers with no known tenant;
-    ``token_id`` keeps only the events of that token's calls."""
+    ``token_id`` keeps only the events of that token's calls; ``before`` those older than
+    that event id (the next page), ``action`` and ``status`` those with that action (HTTP
+    method) and status."""
     where = AuditEvent.tenant_id == tenant_id
     if include_unattributed:
         where = or_(where, AuditEvent.tenant_id.is_(None))
     if token_id is not None:
         where = and_(where, AuditEvent.token_id == token_id)
+    if before is not None:
+        where = and_(where, AuditEvent.id < before)
+    if action is not None:
+        where = and_(where, AuditEvent.action == action)
+    if status is not None:
+        where = and_(where, AuditEvent.status == status)
     query = select(AuditEvent).where(where).order_by(AuditEvent.id.desc()).limit(limit)
     return list(session.scalars(query))
 

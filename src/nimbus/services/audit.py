@@ -178,15 +178,30 @@ class AuditService:
             if batch < 5000:
                 return deleted
 
-    def list_events(self, principal: Principal, limit: int = 100) -> list[AuditEvent]:
-        """Newest first, the caller's tenant only. Operators (admins of ``default``) also
-        see events of callers that could not be identified (no tenant)."""
+    def list_events(
+        self,
+        principal: Principal,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+        action: str | None = None,
+        status: int | None = None,
+    ) -> list[AuditEvent]:
+        """Newest first, the caller's tenant only (``before``: older than that event id;
+        ``action``, ``status``: only those). Operators (admins of ``default``) also see
+        events of callers that could not be identified (no tenant)."""
         require_role(principal, Role.ADMIN)
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidInput(f"invalid limit {limit}: use 1-{MAX_LIMIT}")
         with self.db.session() as session:
             rows = audit.list_events(
-                session, principal.tenant_id, limit, include_unattributed=principal.is_operator
+                session,
+                principal.tenant_id,
+                limit,
+                include_unattributed=principal.is_operator,
+                before=before,
+                action=action,
+                status=status,
             )
             return [audit_view(row) for row in rows]
 

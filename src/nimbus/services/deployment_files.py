@@ -101,10 +101,17 @@ class TokenFiles:
     line, mode 0600, replaced atomically. Replicas re-read it when it changes, so a revoked
     or expired token stops working there within about a second."""
 
-    def __init__(self, db: Database, root: Path, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        root: Path,
+        clock: Callable[[], datetime],
+        extra: frozenset[str] = frozenset(),
+    ) -> None:
         self.db = db
         self.root = root
         self.clock = clock
+        self.extra = extra  # hashes always allowed: the control plane's own replica key
         self._lock = threading.Lock()
         self._text: dict[str, str] = {}
 
@@ -119,7 +126,7 @@ class TokenFiles:
             with self.db.session() as session:
                 hashes = repo.live_token_hashes(session, tenants.values(), self.clock())
             for tenant, tenant_id in tenants.items():
-                text = "".join(f"{h}\n" for h in sorted(hashes[tenant_id]))
+                text = "".join(f"{h}\n" for h in sorted(hashes[tenant_id] | self.extra))
                 if force or self._text.get(tenant) != text:
                     (self.root / tenant).mkdir(mode=0o700, parents=True, exist_ok=True)
                     write_private(self.path(tenant), text)

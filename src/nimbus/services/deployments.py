@@ -14,6 +14,7 @@ supervisors and calls :meth:`DeploymentService.sync` is :mod:`.deployment_loop`'
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from nimbus.db.engine import Database
 from nimbus.db.tables import DeploymentRow, utcnow
 from nimbus.errors import Conflict, NotFound
 from nimbus.names import validate_name, version_number
-from nimbus.security import Principal, Role, require_role
+from nimbus.security import Principal, Role, hash_token, require_role
 from nimbus.services.deployment_files import ModelDirs, TokenFiles
 from nimbus.services.deployment_loop import Fleet, default_supervisor
 from nimbus.services.models import ModelService, ResolvedVersion
@@ -86,7 +87,12 @@ class DeploymentService:
         self.owner = "local"  # this instance's id: set by DeploymentLoop
         self.fleet = Fleet(self.root, make_supervisor)
         self.model_dirs = ModelDirs(self.root, blobs)
-        self.token_files = TokenFiles(db, self.root, clock)
+        # The control plane's own key to its replicas (the console's Try it and metrics):
+        # made afresh by each instance, only its hash written, beside the tenant's tokens'.
+        self.replica_key = secrets.token_urlsafe(32)
+        self.token_files = TokenFiles(
+            db, self.root, clock, extra=frozenset({hash_token(self.replica_key)})
+        )
         self._lock = threading.RLock()
         self._tenant_ids: dict[str, int] = {}
         self._persisted: dict[tuple[str, str], dict[str, Any]] = {}
@@ -181,6 +187,9 @@ class DeploymentService:
                     )
             if body.model is not None:
                 target = self.models.resolve(principal, body.model)
+                if target.id != row.model_version_id:  # what a rollback goes back to
+                    version, model = current
+                    row.previous_model_ref = f"{model.name}:{version.version}"
                 row.model_version_id, row.model_ref = target.id, body.model
             else:
                 version, model = current
@@ -199,13 +208,25 @@ class DeploymentService:
             try:
                 with self.db.session(write=True) as session:
                     stored = self._row(session, principal, name)
-                    for field in ("model_version_id", "model_ref", *SETTINGS):
+                    for field in ("model_version_id", "model_ref", "previous_model_ref", *SETTINGS):
                         setattr(stored, field, getattr(row, field))
                     stored.updated_at = self.clock()
             except IntegrityError:
                 raise Conflict(f"model version {body.model!r} was deleted meanwhile") from None
             self._persist(principal.tenant, name, row.id)
         return self.get(principal, name)
+
+    def rollback(self, principal: Principal, name: str) -> Deployment:
+        """Go back to the version served before the last model change (a rolling update to
+        it); rolling back twice returns to where it was. 409 if the model never changed."""
+        require_role(principal, Role.MEMBER)
+        with self._lock:  # re-entered by update: no other change comes in between
+            with self.db.session() as session:
+                previous = self._row(session, principal, name).previous_model_ref
+            if previous is None:
+                raise Conflict(f"deployment {name!r} has no previous version to roll back to")
+            body = UpdateDeployment.model_validate({"model": previous})
+            return self.update(principal, name, body)
 
     def delete(self, principal: Principal, name: str) -> Deployment:
         """Drain and stop the replicas, free the port, forget the deployment."""
@@ -383,6 +404,7 @@ class DeploymentService:
             model=model.name,
             model_version=version.version,
             model_ref=row.model_ref,
+            previous_model_ref=row.previous_model_ref,
             state=state,
             replicas=[
                 Replica(

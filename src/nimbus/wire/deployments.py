@@ -36,6 +36,11 @@ class Deployment(Response):
     model: str = Field(description="The model's name.")
     model_version: int
     model_ref: str = Field(description="The model reference as asked (NAME:V, NAME@ALIAS).")
+    previous_model_ref: str | None = Field(
+        None,
+        description="The version served before the last model change (NAME:V): where "
+        "POST /deployments/{name}/rollback goes back to.",
+    )
     state: str = Field(description="pending | ready | degraded | failed | stopped")
     replicas: list[Replica]
     desired_replicas: int

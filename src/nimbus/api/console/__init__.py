@@ -10,13 +10,33 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from nimbus.api.console import datasets, job_page, jobs_list, models, overview, sign_in, studies
+from nimbus.api.console import (
+    admin,
+    datasets,
+    deployments,
+    job_page,
+    jobs_list,
+    models,
+    overview,
+    sign_in,
+    studies,
+)
 from nimbus.api.console.web import HERE
 
 
 def install(app: FastAPI) -> None:
     """Mount the console's pages and its static files on ``app``."""
     # Order matters where paths overlap: /jobs/new and /jobs/compare before /jobs/{id}.
-    for module in (sign_in, overview, datasets, jobs_list, job_page, models, studies):
+    for module in (
+        sign_in,
+        overview,
+        datasets,
+        jobs_list,
+        job_page,
+        models,
+        studies,
+        deployments,
+        admin,
+    ):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

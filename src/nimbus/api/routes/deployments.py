@@ -38,6 +38,11 @@ def update_deployment(
     return services_of(request).deployments.update(principal, name, body)
 
 
+@router.post("/deployments/{name}/rollback", response_model=Deployment)
+def rollback_deployment(name: str, principal: Member, request: Request) -> Deployment:
+    return services_of(request).deployments.rollback(principal, name)
+
+
 @router.delete("/deployments/{name}", response_model=Deployment)
 def delete_deployment(name: str, principal: Member, request: Request) -> Deployment:
     return services_of(request).deployments.delete(principal, name)
