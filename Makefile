@@ -53,7 +53,7 @@ services:
 # on TEST_WORKERS pytest-xdist workers (a module's tests on one worker: tests/conftest.py).
 TEST_WORKERS ?= 2
 test: install services check
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup \
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=30 \
 		--cov --cov-report=term-missing:skip-covered
 
 # The inner loop: no slow tests, no coverage, stop at the first failure.

@@ -398,7 +398,7 @@ class DeploymentRow(Base):
     name: Mapped[str] = mapped_column(String(64))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     model_ref: Mapped[str] = mapped_column(String(160))  # as asked: "digits@production"
-    # The version served before the last model change, pinned ("digits:3"; migration 0016):
+    # The version served before the last model change, pinned ("digits:3"; migration 0017):
     # where a rollback goes back to.
     previous_model_ref: Mapped[str | None] = mapped_column(String(160), nullable=True)
     replicas: Mapped[int]
