@@ -302,6 +302,7 @@ def deployment(state: str = "ready", **extra: object) -> dict[str, object]:
         "runtime": "onnx",
         "public": False,
         "owner": "node-a",
+        "previous_model_ref": None,
         "created_at": "2026-01-02T03:04:05Z",
         "updated_at": "2026-01-02T03:04:06.5Z",
         "max_batch_rows": None,
@@ -410,6 +411,9 @@ def test_deployment_methods_return_wire_models(settings: Settings) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "DELETE":
             return httpx.Response(200, json=stopped)
+        if request.url.path.endswith("/rollback"):
+            assert request.method == "POST"
+            return httpx.Response(200, json=deployment(previous_model_ref="m:2"))
         if request.method == "GET" and request.url.path == "/api/v1/deployments":
             return httpx.Response(200, json={"deployments": [deployment()]})
         return httpx.Response(200, json=deployment())
@@ -422,6 +426,7 @@ def test_deployment_methods_return_wire_models(settings: Settings) -> None:
         assert all(isinstance(d, Deployment) for d in client.list_deployments())
         assert client.get_deployment("shapes").replicas[0].pid == 4242
         assert isinstance(client.update_deployment("shapes", replicas=2), Deployment)
+        assert client.rollback_deployment("shapes").previous_model_ref == "m:2"
         gone = client.delete_deployment("shapes")
         assert (gone.state, gone.endpoint, gone.replicas) == ("stopped", None, [])
 

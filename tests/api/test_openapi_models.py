@@ -33,6 +33,7 @@ ROUTES = {
     ("get", "/deployments/{name}"): ({"200"}, "Deployment"),
     ("patch", "/deployments/{name}"): ({"200"}, "Deployment"),
     ("delete", "/deployments/{name}"): ({"200"}, "Deployment"),
+    ("post", "/deployments/{name}/rollback"): ({"200"}, "Deployment"),
 }
 FILE_ROUTES = {("get", "/models/{name}/versions/{v}/files/{file}")}  # bytes, not JSON
 
@@ -64,6 +65,7 @@ FIELDS = {
         "model",
         "model_version",
         "model_ref",
+        "previous_model_ref",
         "state",
         "replicas",
         "desired_replicas",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import httpx
 import pytest
 from rich.console import Console
 
+from nimbus.cli import demo
 from nimbus.cli.demo import run_steps, start_server
 from nimbus.cli.demo_run import DemoRun, Step
 from tests.cli.conftest import Nimbus
@@ -61,3 +65,20 @@ def test_a_failed_demo_stops_its_server_even_with_keep(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         run_steps(run, [Step("Start", start_server), Step("Fail", fail)], keep=True)
     assert run.server is not None and run.server.proc is None  # stopped
+
+
+def test_demo_keep_json_names_the_kept_server(
+    nimbus: Nimbus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The journey shortened to its first step: the flags' wiring and the --json answer.
+    monkeypatch.setattr("nimbus.cli.demo.STEPS", [Step("Start", start_server)])
+    result = nimbus.json("demo", "--keep")
+    kept = result["kept"]
+    try:
+        assert result["ok"] is True and result["server"]["url"] == kept["url"]
+        with httpx.Client(follow_redirects=True) as browser:
+            assert "Overview" in browser.get(kept["console_link"]).text
+    finally:
+        os.killpg(kept["pid"], signal.SIGTERM)
+        demo.KEPT.pop().wait(20)
+        shutil.rmtree(Path(kept["home"]).parent, ignore_errors=True)

@@ -11,6 +11,7 @@ the demo loudly.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -227,10 +228,16 @@ def run_steps(run: DemoRun, steps: list[Step], *, keep: bool = False) -> None:
             run.server.stop()
 
 
+# The process handles of kept servers: they outlive the command, so their handles stay
+# referenced rather than collected while the server still runs.
+KEPT: list[subprocess.Popen[bytes]] = []
+
+
 def leave_running(run: DemoRun) -> None:
     """Say where the kept server is and how to look at it: a one-time console link, the
     settings for the CLI, and how to stop it."""
     assert run.server is not None and run.server.proc is not None
+    KEPT.append(run.server.proc)
     link = run.api.console_link()
     run.results["kept"] = {
         "url": run.server.url,

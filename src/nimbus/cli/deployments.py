@@ -140,6 +140,15 @@ def update(
     emit(deployment, as_json, render)
 
 
+@app.command("rollback")
+def rollback(name: NameArgument, as_json: JsonOption = False) -> None:
+    """Serve again the model version served before the last model change."""
+    with client() as api:
+        deployment = api.rollback_deployment(name)
+    message = f"Rolling back deployment {name} to {deployment.model}:{deployment.model_version}"
+    emit(deployment, as_json, lambda out: out.print(message, markup=False))
+
+
 @app.command("delete")
 def delete(name: NameArgument, as_json: JsonOption = False) -> None:
     """Stop a deployment: its replicas drain and exit, the port is freed."""

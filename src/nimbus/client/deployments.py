@@ -158,6 +158,12 @@ class DeploymentsMixin(BaseClient):
             raise InvalidInput("nothing to update: give a model or a setting to change")
         return self._call(Deployment, "PATCH", _path(name), json=body)
 
+    def rollback_deployment(self, name: str) -> Deployment:
+        """Serve again the version served before the last model change (its
+        ``previous_model_ref``); 409 when the model never changed. Replicas are replaced one
+        at a time, as for an update."""
+        return self._call(Deployment, "POST", _path(name) + "/rollback")
+
     def delete_deployment(self, name: str) -> Deployment:
         """Stop a deployment (its replicas drain and exit); returns it ``stopped``."""
         return self._call(Deployment, "DELETE", _path(name), timeout=self._no_read_deadline())

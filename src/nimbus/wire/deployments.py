@@ -37,7 +37,6 @@ class Deployment(Response):
     model_version: int
     model_ref: str = Field(description="The model reference as asked (NAME:V, NAME@ALIAS).")
     previous_model_ref: str | None = Field(
-        None,
         description="The version served before the last model change (NAME:V): where "
         "POST /deployments/{name}/rollback goes back to.",
     )
