@@ -1,7 +1,8 @@
 """The whole journey through the browser, as a person: sign in, upload a zip of digits, see
 its samples, start CNN jobs from the form, watch a curve grow without reloading, see the
 confusion matrix, compare two jobs, register, move an alias, deploy, try it with a PNG and
-get the right label, delete the deployment.
+get the right label, delete the deployment; then a text classifier, tried with typed text
+(its label and highlighted words).
 
 Data: scikit-learn's bundled digits (nimbus.demo_data), no download.
 """
@@ -17,6 +18,7 @@ import pytest
 from playwright.sync_api import Dialog, Page, expect
 
 from nimbus.demo_data import write_digits_zip
+from tests.api.conftest import csv_bytes
 from tests.console.conftest import sign_in
 from tests.helpers import ServerProcess
 
@@ -38,10 +40,27 @@ def digit_png(archive: Path, label: str) -> bytes:
         return zf.read(name)
 
 
-def start_job(page: Page, server: ServerProcess, epochs: int, lr: str) -> str:
+def upload(page: Page, server: ServerProcess, name: str, path: Path) -> None:
+    """Through the upload form with its progress bar, then to the new version's page."""
+    page.goto(f"{server.url}/datasets")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("File").set_input_files(str(path))
+    page.get_by_role("button", name="Upload").click()
+    page.get_by_role("link", name=re.compile(f"{name}:1")).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(name)
+
+
+def start_job(
+    page: Page,
+    server: ServerProcess,
+    epochs: int,
+    lr: str,
+    dataset: str = "digits:1",
+    model: str = "cnn",
+) -> str:
     page.goto(f"{server.url}/jobs/new")
-    page.get_by_label("Dataset").select_option(label="digits:1")
-    page.get_by_label("Model").select_option("cnn")
+    page.get_by_label("Dataset").select_option(label=dataset)
+    page.get_by_label("Model").select_option(model)
     page.get_by_label("Epochs").fill(str(epochs))
     page.get_by_label("Learning rate").fill(lr)
     page.get_by_role("button", name="Start job").click()
@@ -67,12 +86,7 @@ def test_the_whole_journey(
 
     # Data: a zip of image folders, through the upload form with its progress bar.
     archive = write_digits_zip(tmp_path / "digits.zip").path
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Datasets").click()
-    page.get_by_label("Name", exact=True).fill("digits")
-    page.get_by_label("File").set_input_files(str(archive))
-    page.get_by_role("button", name="Upload").click()
-    page.get_by_role("link", name=re.compile("digits:1")).click()
-    expect(page.get_by_role("heading", level=1)).to_contain_text("digits")
+    upload(page, server, "digits", archive)
     samples = page.locator(".samples img")
     expect(samples.first).to_be_visible()
     page.wait_for_function(
@@ -148,4 +162,26 @@ def test_the_whole_journey(
     page.get_by_role("button", name="Delete digits").click()
     expect(page.get_by_role("heading", name="Deployments")).to_be_visible()
     expect(page.get_by_role("link", name="digits", exact=True)).to_have_count(0)
+
+    # A text classifier too: typed text in, the label and the highlighted words out.
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_bytes(csv_bytes("journey", rows=80))
+    upload(page, server, "reviews", reviews)
+    start_job(page, server, epochs=10, lr="0.05", dataset="reviews:1", model="text")
+    expect(page.locator("#job-facts")).to_contain_text("succeeded", timeout=180_000)
+    text_job = page.url.rsplit("/", 1)[1]
+    page.goto(f"{server.url}/models")
+    page.get_by_label("Job id").fill(text_job)
+    page.get_by_label("Model name").fill("reviews-text")
+    page.get_by_role("button", name="Register").click()
+    page.goto(f"{server.url}/deployments")
+    page.get_by_label("Name", exact=True).fill("reviews")
+    page.get_by_label("Model version", exact=True).fill("reviews-text:1")
+    page.get_by_role("button", name="Deploy").click()
+    expect(page.locator(".state-ready").first).to_be_visible(timeout=120_000)
+    page.get_by_label("Text", exact=True).fill("review number 7 was great")
+    page.get_by_role("button", name="Predict").click()
+    expect(label).to_have_text("pos", timeout=60_000)
+    expect(page.get_by_label("Highlighted tokens").locator("mark").first).to_be_visible()
+    shot(page, "journey-try-it-text")
     assert dialogs == []
