@@ -1,4 +1,6 @@
-"""How many log streams (``GET /jobs/{id}/logs?follow=true``) each token holds at once.
+"""Server-sent event streams that poll the metadata store (``GET /jobs/{id}/logs?follow=true``,
+the console's ``/jobs/{id}/events``): how they are encoded and paced, and how many each token
+holds at once.
 
 Every open stream polls the metadata store a few times a second from the server's thread
 pool: 500 of them from one viewer token raised the median latency of every other API call
@@ -9,8 +11,12 @@ its response runs, however it ends (finished, client gone, server stopping).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
-from collections.abc import AsyncIterable
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -76,3 +82,57 @@ class LimitedStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.slot.release()
+
+
+POLL_SECONDS = 0.2  # between polls that found less than a full batch
+KEEPALIVE_SECONDS = 15.0  # a comment line after this long with nothing sent
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def sse_event(name: str, data: Any, event_id: int | str | None = None) -> bytes:
+    """One server-sent event (data on one line: JSON escapes newlines)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return f"{head}event: {name}\ndata: {body}\n\n".encode()
+
+
+@dataclass
+class Polled:
+    """What one poll of a stream found: its encoded ``events``; ``done`` when the stream
+    ends after them; ``full`` when a batch was full, so the next poll comes at once."""
+
+    events: list[bytes]
+    done: bool
+    full: bool
+
+
+async def paced(
+    stopping: threading.Event, poll: Callable[[], Awaitable[Polled]]
+) -> AsyncIterator[bytes]:
+    """The body of a polling stream: each poll's events, a keep-alive comment after
+    KEEPALIVE_SECONDS of silence, a pause of POLL_SECONDS after a poll that was not full;
+    until a poll is ``done``, the server stops, or the client leaves (Starlette cancels the
+    generator)."""
+    last_sent = time.monotonic()
+    while not stopping.is_set():
+        found = await poll()
+        out = found.events
+        if not out and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+            out = [KEEPALIVE]
+        if out:
+            yield b"".join(out)
+            last_sent = time.monotonic()
+        if found.done:
+            return
+        if not found.full:
+            await asyncio.sleep(POLL_SECONDS)
+
+
+def event_stream(body: AsyncIterable[bytes], slot: StreamSlot) -> LimitedStream:
+    """A server-sent event response holding ``slot`` while it runs."""
+    return LimitedStream(
+        body,
+        slot,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

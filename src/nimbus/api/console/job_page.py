@@ -9,9 +9,6 @@ points after the last id, progress and state changes, and ``end`` once the job e
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -22,15 +19,12 @@ from starlette.concurrency import run_in_threadpool
 from nimbus.api.console import job_views as views
 from nimbus.api.console.web import Browser, ConsoleRoute, Post, page, redirect
 from nimbus.api.state import Services, services_of
-from nimbus.api.streams import LimitedStream
+from nimbus.api.streams import LimitedStream, Polled, event_stream, paced, sse_event
 from nimbus.errors import InvalidInput
 from nimbus.names import MAX_INT64
 from nimbus.services.job_watch import LOG_BATCH, METRIC_BATCH, JobWatch, WatchPoll
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
-
-POLL_SECONDS = 0.2
-KEEPALIVE_SECONDS = 15.0
 
 
 def _last(values: list[Any], attr: str) -> int:
@@ -114,19 +108,7 @@ def job_events(
     job = services.jobs.get(signed.principal, job_id)  # 404 before the stream starts
     log, metric = _position(last_event_id, log, metric)
     slot = services.log_streams.acquire(signed.principal.token_id)
-    return LimitedStream(
-        follow(services, job.id, job.state.value, log, metric),
-        slot,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def event(name: str, data: Any, event_id: str | None = None) -> bytes:
-    """One server-sent event (data on one line: JSON escapes newlines)."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    body = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    return f"{head}event: {name}\ndata: {body}\n\n".encode()
+    return event_stream(follow(services, job.id, job.state.value, log, metric), slot)
 
 
 def poll_events(poll: WatchPoll, state: str, progress: Any) -> list[tuple[str, Any]]:
@@ -147,29 +129,24 @@ def poll_events(poll: WatchPoll, state: str, progress: Any) -> list[tuple[str, A
     return out
 
 
-async def follow(
+def follow(
     services: Services, job_id: str, state: str, log: int, metric: int
 ) -> AsyncIterator[bytes]:
-    """Poll every POLL_SECONDS until the job ended and everything was sent, the server
-    stops, or the browser leaves (Starlette cancels this generator)."""
+    """The page's stream: what is new at each poll, until the job ended and everything was
+    sent (then ``end``)."""
     watch = JobWatch(services.jobs)
     progress: Any = None
-    last_sent = time.monotonic()
-    while not services.stopping.is_set():
-        poll = await run_in_threadpool(watch.poll, job_id, log, metric)
-        found = poll_events(poll, state, progress)
-        state = poll.state.value
-        log, metric = max(log, _last(poll.logs, "seq")), max(metric, _last(poll.metrics, "id"))
-        if poll.progress is not None:
-            progress = poll.progress.model_dump()
+
+    async def poll() -> Polled:
+        nonlocal state, log, metric, progress
+        found = await run_in_threadpool(watch.poll, job_id, log, metric)
+        news = poll_events(found, state, progress)
+        state = found.state.value
+        log, metric = max(log, _last(found.logs, "seq")), max(metric, _last(found.metrics, "id"))
+        if found.progress is not None:
+            progress = found.progress.model_dump()
         where = f"{log}-{metric}"
-        out = [event(name, data, where) for name, data in found]
-        if not out and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-            out.append(b": keep-alive\n\n")
-        if out:
-            yield b"".join(out)
-            last_sent = time.monotonic()
-        if poll.done:
-            return
-        if len(poll.logs) < LOG_BATCH and len(poll.metrics) < METRIC_BATCH:
-            await asyncio.sleep(POLL_SECONDS)
+        full = len(found.logs) >= LOG_BATCH or len(found.metrics) >= METRIC_BATCH
+        return Polled([sse_event(name, data, where) for name, data in news], found.done, full)
+
+    return paced(services.stopping, poll)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -14,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.state import Services, services_of
-from nimbus.api.streams import LimitedStream
+from nimbus.api.streams import Polled, event_stream, paced, sse_event
 from nimbus.names import MAX_INT64, parse_int
 from nimbus.services.jobs import LOG_BATCH, chunk_view
 from nimbus.wire.jobs import (
@@ -29,9 +26,6 @@ from nimbus.wire.jobs import (
 )
 
 router = APIRouter(tags=["jobs"])
-
-POLL_SECONDS = 0.2
-KEEPALIVE_SECONDS = 15.0
 
 
 @router.post("/jobs", status_code=201, response_model=Job)
@@ -94,44 +88,30 @@ def job_logs(
     if last_event_id is not None:
         after = max(after, parse_int(last_event_id.strip(), "Last-Event-ID header"))
     slot = services.log_streams.acquire(principal.token_id)
-    return LimitedStream(
-        follow_logs(services, job_id, after),
-        slot,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(follow_logs(services, job_id, after), slot)
 
 
 def sse(event: LogEvent, event_id: int | None = None) -> bytes:
-    """One server-sent event of type ``event.event`` (data on one line: JSON escapes
-    newlines)."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    data = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
-    return f"{head}event: {event.event}\ndata: {data}\n\n".encode()
+    """One server-sent event of type ``event.event``."""
+    return sse_event(event.event, event.model_dump(mode="json"), event_id)
 
 
-async def follow_logs(services: Services, job_id: str, after: int) -> AsyncIterator[bytes]:
-    """Poll the metadata store every POLL_SECONDS; ends with ``event: end`` once the job is
-    terminal and every chunk was sent, when the server stops, or when the client leaves
-    (Starlette cancels this generator on disconnect)."""
+def follow_logs(services: Services, job_id: str, after: int) -> AsyncIterator[bytes]:
+    """The log stream's body: chunks after ``after``, progress changes, and ``event: end``
+    once the job is terminal and every chunk was sent."""
     progress: Progress | None = None
-    last_sent = time.monotonic()
-    while not services.stopping.is_set():
-        poll = await run_in_threadpool(services.jobs.poll, job_id, after)
-        out = [sse(chunk_view(c), c.seq) for c in poll.chunks]
-        if poll.chunks:
-            after = poll.chunks[-1].seq
-        if poll.progress is not None and poll.progress != progress:
-            progress = poll.progress
+
+    async def poll() -> Polled:
+        nonlocal after, progress
+        found = await run_in_threadpool(services.jobs.poll, job_id, after)
+        out = [sse(chunk_view(c), c.seq) for c in found.chunks]
+        if found.chunks:
+            after = found.chunks[-1].seq
+        if found.progress is not None and found.progress != progress:
+            progress = found.progress
             out.append(sse(progress))
-        if poll.done:
-            out.append(sse(LogEnd(state=poll.state, exit_reason=poll.exit_reason)))
-        if not out and time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-            out.append(b": keep-alive\n\n")
-        if out:
-            yield b"".join(out)
-            last_sent = time.monotonic()
-        if poll.done:
-            return
-        if len(poll.chunks) < LOG_BATCH:
-            await asyncio.sleep(POLL_SECONDS)
+        if found.done:
+            out.append(sse(LogEnd(state=found.state, exit_reason=found.exit_reason)))
+        return Polled(out, found.done, len(found.chunks) >= LOG_BATCH)
+
+    return paced(services.stopping, poll)
