@@ -85,18 +85,7 @@ class ConsoleSessionService:
     def create_link(self, principal: Principal) -> str:
         """A one-time sign-in link's secret for the caller's token, usable once within
         :data:`LINK_TTL`."""
-        secret = LINK_PREFIX + secrets.token_urlsafe(32)
-        now = self.clock()
-        with self.db.session(write=True) as session:
-            repo.add(
-                session,
-                secret_hash=_hash(secret),
-                token_id=principal.token_id,
-                kind="link",
-                now=now,
-                expires_at=now + LINK_TTL,
-            )
-        return secret
+        return self._issue(principal, "link")
 
     def redeem_link(self, link_secret: str | None) -> SignedIn:
         """A new session from a one-time link; a link works once, and not after it expires."""
@@ -115,16 +104,25 @@ class ConsoleSessionService:
             repo.end(session, _hash(session_secret), "session", self.clock())
 
     def _open(self, principal: Principal) -> SignedIn:
-        secret = SESSION_PREFIX + secrets.token_urlsafe(32)
+        return SignedIn(principal, self._issue(principal, "session"))
+
+    def _issue(self, principal: Principal, kind: str) -> str:
+        """A new secret of ``kind`` ("session" or "link") for the principal's token, stored
+        as its hash with the kind's lifetime; a new session also forgets long-expired rows."""
+        prefix, ttl = (
+            (SESSION_PREFIX, SESSION_TTL) if kind == "session" else (LINK_PREFIX, LINK_TTL)
+        )
+        secret = prefix + secrets.token_urlsafe(32)
         now = self.clock()
         with self.db.session(write=True) as session:
-            repo.purge(session, now - timedelta(days=1))
+            if kind == "session":
+                repo.purge(session, now - timedelta(days=1))
             repo.add(
                 session,
                 secret_hash=_hash(secret),
                 token_id=principal.token_id,
-                kind="session",
+                kind=kind,
                 now=now,
-                expires_at=now + SESSION_TTL,
+                expires_at=now + ttl,
             )
-        return SignedIn(principal, secret)
+        return secret

@@ -9,22 +9,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nimbus.services.card_content import OVERALL
 from nimbus.services.job_watch import MetricPoint
 from nimbus.wire import jobs as wire
 
 CHARTS = ("loss", "accuracy", "other")
 _ACCURACY_LIKE = ("acc", "f1", "precision", "recall", "auc", "score")
-# The evaluation's figures in the order people look for them; others follow by name.
-EVALUATION_ORDER = (
-    "accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-    "support",
-)
+# The evaluation's figures in the order people look for them (a model card's overall
+# figures, then the support); others follow by name.
+EVALUATION_ORDER = (*OVERALL, "support")
 
 
 def chart_of(name: str) -> str:
