@@ -307,6 +307,8 @@ def test_compare_two_jobs(world: World, page: Page, shot: Callable[[Page, str], 
 def test_the_event_stream_sends_only_what_is_new(world: World, page: Page) -> None:
     """A finished job's stream, resumed from where the page stood, sends nothing old and
     ends; a bad Last-Event-ID is a 400."""
+    # Its own wait: it does not lean on an earlier test having waited for the job.
+    assert world.wait(world.other_job, ("succeeded", "failed", "cancelled"))["state"] == "succeeded"
     sign_in(page, world.server, world.member)
     page.goto(f"{world.server.url}/jobs/{world.other_job}")
     live = json.loads(page.locator("#job-live").inner_text())

@@ -50,7 +50,10 @@ class _Pong(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keeps connections alive, as the control plane does
 
     def do_GET(self) -> None:
-        self._answer(200, f"pong {self.path}")
+        if "Transfer-Encoding" in self.headers or "Content-Length" in self.headers:
+            self._answer(400, "a GET with a body: its bytes would be left on the connection")
+        else:
+            self._answer(200, f"pong {self.path}")
 
     def do_POST(self) -> None:
         got = self.rfile.read(int(self.headers["Content-Length"]))

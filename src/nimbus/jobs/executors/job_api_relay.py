@@ -154,7 +154,13 @@ class JobApiProxy:
             + (f"?{query.decode('latin-1')}" if query else "")
         )
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
-        request = self.client.build_request(scope["method"], url, headers=headers, content=body())
+        # A body goes on only where the job sent one: a GET relayed with an empty chunked
+        # body leaves its terminator on a kept-alive connection for a server that does not
+        # read bodies of GETs, and the next request on it fails.
+        sent = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        request = self.client.build_request(
+            scope["method"], url, headers=headers, content=body() if sent else None
+        )
         try:
             response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
