@@ -49,7 +49,11 @@ def allocate(counts: Sequence[int] | np.ndarray, fractions: Sequence[float]) -> 
     shares = np.asarray(fractions, dtype=np.float64)
     table = np.zeros((len(counts), len(shares)), dtype=np.int64)
     behind = np.zeros(len(shares))
-    for row, count in enumerate(counts):
+    counts = np.asarray(counts, dtype=np.int64)
+    # A class without examples changes nothing (its cells and its share of the leftovers are
+    # 0): only the others are walked, so a label space of 70,000 costs what its used classes do.
+    for row in np.flatnonzero(counts):
+        count = counts[row]
         exact = count * shares
         cell = np.floor(exact + 1e-9).astype(np.int64)
         cell = np.minimum(cell, np.ceil(exact).astype(np.int64))
