@@ -157,7 +157,9 @@ class JobApiProxy:
         # A body goes on only where the job sent one: a GET relayed with an empty chunked
         # body leaves its terminator on a kept-alive connection for a server that does not
         # read bodies of GETs, and the next request on it fails.
-        sent = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        sent = any(
+            k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"]
+        )
         request = self.client.build_request(
             scope["method"], url, headers=headers, content=body() if sent else None
         )
