@@ -209,7 +209,7 @@ def test_a_job_cannot_reach_secrets_other_jobs_their_tokens_or_their_cache(
         assert json.loads(line(logs, "stolen ")) == [], logs
         assert json.loads(line(logs, "visible ")) == [], logs
         # Only the skeleton its work directory and its cache are mounted on.
-        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache"}, logs
+        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache", "envs"}, logs
         victim_state = victim.client.get(f"{API}/jobs/{victim_job}").json()["state"]
     finally:
         victim.client.post(f"{API}/jobs/{victim_job}/cancel")
@@ -358,6 +358,11 @@ LAYERED = b"""\
 import os, numpy, tomli
 print("tomli " + tomli.__file__, flush=True)
 print("numpy " + numpy.__file__, flush=True)
+try:  # another tenant's job may run with the same environment
+    open(os.path.join(os.path.dirname(tomli.__file__), "planted.py"), "w")
+    print("environment writable", flush=True)
+except OSError as exc:
+    print("environment read-only", type(exc).__name__, flush=True)
 """
 
 
@@ -384,6 +389,7 @@ def test_an_environment_is_built_once_as_a_job_uid_and_reused(server: ServerProc
     for text in logs:  # the environment's package, over the platform's numpy
         assert line(text, "tomli ").startswith(f"{envs}/"), text
         assert not line(text, "numpy ").startswith(f"{envs}/"), text
+        assert "environment read-only" in text, text
     built = [p for p in envs.iterdir() if not p.name.startswith(".")]
     assert len(built) == 1 and built[0].stat().st_uid == 0
     assert built[0].stat().st_mode & 0o777 == 0o755  # read-only to jobs
@@ -507,7 +513,7 @@ def test_a_warm_job_cannot_reach_secrets_other_jobs_their_tokens_or_their_cache(
         refused = json.loads(line(logs, "probe "))
         assert json.loads(line(logs, "stolen ")) == [], logs
         assert json.loads(line(logs, "visible ")) == [2], logs  # its own zygote only
-        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache"}, logs
+        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache", "envs"}, logs
         victim_state = victim.client.get(f"{API}/jobs/{victim_job}").json()["state"]
     finally:
         victim.client.post(f"{API}/jobs/{victim_job}/cancel")

@@ -91,6 +91,12 @@ def test_the_least_recently_used_environments_go_first_never_a_held_one(tmp_path
     store.remove("older")
     assert sorted(store.keys()) == ["new", "old"] and store.victims(held=[]) == []
     assert lru_order({"a": 1, "b": 2}, {"a": 5.0, "b": 5.0}) == ["b", "a"]
+    # What a build cut short by its server's end left: removed once older than any build.
+    left, running = (store.root / ".build" / name for name in ("k1-dead", "k2-live"))
+    left.mkdir()
+    running.mkdir()
+    os.utime(left, (now - 4000, now - 4000))
+    assert store.purge_builds(older_than=3600) == [left] and running.exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="files of another uid need root")

@@ -127,6 +127,18 @@ class EnvironmentStore:
             os.chmod(directory, mode)  # listing it would tell which environments exist
         (self.root / LOCKS_DIR).mkdir(mode=0o700, exist_ok=True)
 
+    def purge_builds(self, older_than: float) -> list[Path]:
+        """Remove what builds that ended with their server left in ``.build`` (untouched
+        for ``older_than`` seconds: longer than any build may run)."""
+        cutoff = time.time() - older_than
+        removed = []
+        for entry in (self.root / BUILDS_DIR).iterdir():
+            with contextlib.suppress(OSError):
+                if entry.lstat().st_mtime < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+        return removed
+
     def path(self, key: str) -> Path:
         return self.root / key
 
@@ -151,10 +163,14 @@ class EnvironmentStore:
             if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
         ]
 
-    def victims(self, held: Sequence[str]) -> list[str]:
+    def sizes(self) -> dict[str, int]:
+        """Bytes each environment takes (a walk of every one: not under a lock)."""
+        return {key: disk_usage(self.path(key))[0] for key in self.keys()}
+
+    def victims(self, held: Sequence[str], sizes: dict[str, int] | None = None) -> list[str]:
         """The environments to remove for the rest to fit ``max_bytes``: the least recently
         used first, never one that ``held`` names (running attempts use them)."""
-        sizes = {key: disk_usage(self.path(key))[0] for key in self.keys()}
+        sizes = self.sizes() if sizes is None else sizes
         total = sum(sizes.values())
         chosen = []
         for key in lru_order(sizes, {k: self._used_at(k) for k in sizes}):
@@ -227,6 +243,7 @@ class Builds:
         self.settings = settings
         self.sandbox = sandbox
         self.store = EnvironmentStore(settings.root, settings.max_bytes)
+        self.store.purge_builds(older_than=settings.build_timeout + 60)
         self._pins_of = pins
         self._pins: tuple[str, ...] | None = None
         self._lock = threading.Lock()
@@ -421,9 +438,10 @@ class Builds:
             pump.join(timeout=5)
 
     def _evict(self, keep: str) -> None:
+        sizes = self.store.sizes()  # the walk, outside the lock that hold() takes
         with self._lock:
             held = [*self._held, keep]
-            victims = self.store.victims(held)
+            victims = self.store.victims(held, sizes)
             for key in victims:
                 self.store.remove(key)
         if victims:

@@ -58,7 +58,11 @@ class EnvironmentExecutor:
         if self.builds.hold(key):
             handle.held = True
             _say(launch, f"nimbus: environment {key[:12]} found: reused, not rebuilt")
-            handle.inner = self.inner.start(self._with_env(launch, key))
+            try:
+                handle.inner = self.inner.start(self._with_env(launch, key))
+            except BaseException:
+                self._release(handle)
+                raise
             return handle
         handle.build, mine = self.builds.request(key, launch.requirements, launch.output)
         _say(
@@ -89,9 +93,10 @@ class EnvironmentExecutor:
         if not handle.build.done():
             return None
         error = handle.build.exception()
-        if error is not None:
-            detail = str(error) if isinstance(error, BuildFailed) else repr(error)
-            return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=detail)
+        if isinstance(error, BuildFailed):  # the requirements' fault: the same again fails
+            return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=str(error))
+        if error is not None:  # the node's (no uid free, a full disk): retried
+            return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
         assert self.builds is not None
         if not self.builds.hold(handle.key):  # removed meanwhile: build it again
             handle.build, _ = self.builds.request(
