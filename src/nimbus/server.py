@@ -73,7 +73,7 @@ from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs import prefetch
 from nimbus.jobs.cache import cache_sweeper
 from nimbus.jobs.domain import Attempt, Fence, Job, parse_memory
-from nimbus.jobs.environments import Builds, EnvironmentSettings
+from nimbus.jobs.environments import NO_RAY_ENVIRONMENTS, Builds, node_builds
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.environment import EnvironmentExecutor
@@ -438,7 +438,7 @@ class SchedulerThread:
             retry=RetryPolicy(base_seconds=settings.retry_base_seconds),
             nimbus_url=job_api_url(settings, sandbox),
         )
-        builds = environment_builds(settings, sandbox)
+        builds = node_builds(settings, sandbox)
         scheduled = EnvironmentExecutor(executor, builds, unsupported=NO_RAY_ENVIRONMENTS)
         module = settings.job_module
 
@@ -796,25 +796,6 @@ def build_app(
     app = create_app(services, background)
     app.state.job_isolation = isolation if settings.scheduler_enabled else None
     return app
-
-
-NO_RAY_ENVIRONMENTS = (
-    "job environments (--requirements) are not built on the Ray executor's nodes yet: "
-    "run this job on a server with NIMBUS_EXECUTOR=local or forkserver"
-)
-
-
-def environment_builds(settings: Settings, sandbox: Sandbox | None) -> Builds | None:
-    """This node's job environments (None on Ray: its nodes would need them)."""
-    if settings.executor == "ray":
-        return None
-    env_settings = EnvironmentSettings(
-        settings.envs_dir,
-        max_bytes=parse_memory(settings.job_env_max_size),
-        build_timeout=settings.job_env_build_timeout_seconds,
-        index_url=settings.job_env_index_url,
-    )
-    return Builds(env_settings, sandbox=sandbox)
 
 
 def job_isolation(settings: Settings) -> Isolation:

@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nimbus.jobs.domain import Resources
+from nimbus.config import Settings
+from nimbus.jobs.domain import Resources, parse_memory
 from nimbus.jobs.executors.base import DEFAULT_PATH, OutputPump, OutputSink
 from nimbus.jobs.isolation import JOB_UMASK
 from nimbus.jobs.requirements import environment_key
@@ -61,6 +62,10 @@ log = logging.getLogger(__name__)
 BUILDS_DIR = ".build"
 LOCKS_DIR = ".locks"
 RESULT_LIMIT = 4096  # bytes of the build's failure message kept
+NO_RAY_ENVIRONMENTS = (
+    "job environments (--requirements) are not built on the Ray executor's nodes yet: "
+    "run this job on a server with NIMBUS_EXECUTOR=local or forkserver"
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,20 @@ class EnvironmentSettings:
     index_url: str | None = None  # the package index (uv's default: PyPI)
     python: str = sys.executable  # the jobs' interpreter
     uv: str | None = None  # the uv binary (default: the one of the uv package)
+
+
+def node_builds(settings: Settings, sandbox: Sandbox | None) -> Builds | None:
+    """This node's job environments, per the settings (None on Ray: its nodes would need
+    them; :data:`NO_RAY_ENVIRONMENTS`)."""
+    if settings.executor == "ray":
+        return None
+    env_settings = EnvironmentSettings(
+        settings.envs_dir,
+        max_bytes=parse_memory(settings.job_env_max_size),
+        build_timeout=settings.job_env_build_timeout_seconds,
+        index_url=settings.job_env_index_url,
+    )
+    return Builds(env_settings, sandbox=sandbox)
 
 
 def uv_binary() -> str:
