@@ -95,6 +95,7 @@ def job(state: str = "queued", **extra: Any) -> dict[str, Any]:
         "artifacts": [],
         "seed": 0,
         "isolation": None,
+        "environment": None,
         "workers": [],
         **extra,
     }
@@ -131,6 +132,7 @@ def test_submit_a_builtin_model_sends_the_documented_body(settings: Settings) ->
             max_retries=0,
             deadline="2h",
             seed=7,
+            requirements=["tomli==2.0.1", "# checked by the server"],
         )
     assert [(r.method, r.url.path) for r in seen] == [("POST", "/api/v1/jobs")] * 2
     assert json.loads(seen[0].content) == {
@@ -154,6 +156,7 @@ def test_submit_a_builtin_model_sends_the_documented_body(settings: Settings) ->
         "max_retries": 0,
         "deadline": "2h",
         "seed": 7,
+        "environment": {"requirements": ["tomli==2.0.1", "# checked by the server"]},
     }
     assert {r.headers["authorization"] for r in seen} == {"Bearer nbt_secret"}
 

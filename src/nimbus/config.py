@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     # started for (the tenants seen last); 0: every attempt starts cold. Each holds ~0.3 GB
     # while it waits (the default preload), counted in its attempt's --memory once claimed.
     job_warm_sandboxes: int = Field(default=2, ge=0, le=64)
+    # Job environments (--requirements, docs/environments.md): built with uv as a job uid,
+    # kept in NIMBUS_HOME/envs by content hash; past this size in all, the least recently
+    # used go. A build longer than the timeout fails its job. The index: uv's default (PyPI)
+    # unless set.
+    job_env_max_size: str = "20G"
+    job_env_build_timeout_seconds: float = Field(default=1800.0, gt=0)
+    job_env_index_url: str | None = None
     # Several control planes on one metadata store (docs/cluster.md): one leads and runs
     # the scheduler, renewing its lease every fifth of this; another takes over when the
     # lease runs out. A control plane silent this long is dead: its deployments on this
@@ -221,6 +228,11 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         """Blobs jobs downloaded, keyed by hash, shared by every job of this node."""
         return self.home / "cache"
+
+    @property
+    def envs_dir(self) -> Path:
+        """Built job environments: ``envs/<content hash>``, read-only to jobs."""
+        return self.home / "envs"
 
     @property
     def job_api_dir(self) -> Path:

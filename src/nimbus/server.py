@@ -73,8 +73,10 @@ from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs import prefetch
 from nimbus.jobs.cache import cache_sweeper
 from nimbus.jobs.domain import Attempt, Fence, Job, parse_memory
+from nimbus.jobs.environments import NO_RAY_ENVIRONMENTS, Builds, node_builds
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
+from nimbus.jobs.executors.environment import EnvironmentExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.ray_bridge import RayBridge, shared_bridge  # Ray itself: in a child
 from nimbus.jobs.isolation import (
@@ -202,7 +204,12 @@ def secure_home(settings: Settings, sandboxed: bool) -> None:
     home = settings.home
     os.chmod(home, 0o711 if sandboxed else 0o700)
     settings.deployments_dir.mkdir(mode=0o700, exist_ok=True)  # its parents=True mkdir: 0755
-    passable = {settings.jobs_dir.name, settings.cache_dir.name, settings.job_api_dir.name}
+    passable = {
+        settings.jobs_dir.name,
+        settings.cache_dir.name,
+        settings.job_api_dir.name,
+        settings.envs_dir.name,
+    }
     for entry in home.iterdir():
         if entry.name in passable or entry.is_symlink():
             continue
@@ -369,10 +376,17 @@ class SchedulerThread:
     One scheduler per instance id and NIMBUS_HOME: a lock file refuses a second, which
     would otherwise take the first one's attempts for its own leftovers."""
 
-    def __init__(self, election: Election, executor: NodeExecutor, lock_path: Path) -> None:
+    def __init__(
+        self,
+        election: Election,
+        executor: NodeExecutor,
+        lock_path: Path,
+        builds: Builds | None = None,
+    ) -> None:
         self.election = election
         self.executor = executor
         self.lock_path = lock_path
+        self.builds = builds
         self._lock: IO[str] | None = None
 
     @classmethod
@@ -424,6 +438,8 @@ class SchedulerThread:
             retry=RetryPolicy(base_seconds=settings.retry_base_seconds),
             nimbus_url=job_api_url(settings, sandbox),
         )
+        builds = node_builds(settings, sandbox)
+        scheduled = EnvironmentExecutor(executor, builds, unsupported=NO_RAY_ENVIRONMENTS)
         module = settings.job_module
 
         def launch(job: Job, attempt: Attempt) -> Program:
@@ -436,7 +452,7 @@ class SchedulerThread:
         def make_scheduler(fence: Fence) -> Scheduler:
             return Scheduler(
                 DbQueue(services.db, fence),
-                executor,
+                scheduled,
                 capacity,
                 node,
                 jobs_root=jobs_root,
@@ -454,7 +470,7 @@ class SchedulerThread:
         )
         services.jobs.on_submit = election.wake_scheduler  # starts without waiting a tick
         lock = settings.home / f"scheduler-{node}.lock"
-        return cls(election, executor, lock)
+        return cls(election, executor, lock, builds)
 
     def start(self) -> None:
         """Take the instance's lock, then join the election (start returns at once; a lone
@@ -478,6 +494,8 @@ class SchedulerThread:
         """Leave the election (resigning the lease) and end the scheduler's loop. Running
         attempts are left to the next start's recovery."""
         self.election.stop()
+        if self.builds is not None:
+            self.builds.close()  # their attempts are requeued by the next start
         if self.executor.sandbox is not None:
             self.executor.sandbox.close()  # this instance's cgroup directories, if empty
         if self._lock is not None:
@@ -796,6 +814,7 @@ def job_isolation(settings: Settings) -> Isolation:
         pids_per_worker=settings.job_pids_limit,
         keep_failed_seconds=settings.job_keep_failed_seconds,
         job_api_dir=settings.job_api_dir,
+        environments=settings.envs_dir,
     )
 
 

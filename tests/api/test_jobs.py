@@ -188,6 +188,24 @@ def end_job(env: Env, job_id: str) -> None:
         ({"colour": "blue"}, 400, "'colour'"),
         ({"model": "code:sha256/00/" + "0" * 64}, 404, "code artifact"),
         ({"model": "code:elsewhere"}, 400, "code reference"),
+        *(
+            ({"environment": {"requirements": ["tomli==2.0.1", line]}}, 400, named)
+            for line, named in [
+                ("--index-url https://evil.example/simple", "options"),
+                ("-e .", "options"),
+                ("-r other.txt", "options"),
+                ("pkg @ https://evil.example/pkg.whl", "URLs"),
+                ("https://evil.example/pkg-1.0.tar.gz", "URLs"),
+                ("./local/pkg", "paths"),
+                ("/etc/passwd", "paths"),
+                ("pkg-1.0-py3-none-any.whl", "archives"),
+                ("git+ssh://git@example.com/pkg", "URLs"),
+                ("tomli==2.0.2", "required twice"),
+                ("not a requirement!", "not a requirement"),
+            ]
+        ),
+        ({"environment": {"requirements": "tomli"}}, 400, "requirements"),
+        ({"environment": {"packages": ["tomli"]}}, 400, "packages"),
     ],
 )
 def test_submit_is_validated(env: Env, body: dict[str, Any], status: int, named: str) -> None:

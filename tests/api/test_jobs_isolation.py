@@ -209,7 +209,7 @@ def test_a_job_cannot_reach_secrets_other_jobs_their_tokens_or_their_cache(
         assert json.loads(line(logs, "stolen ")) == [], logs
         assert json.loads(line(logs, "visible ")) == [], logs
         # Only the skeleton its work directory and its cache are mounted on.
-        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache"}, logs
+        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache", "envs"}, logs
         victim_state = victim.client.get(f"{API}/jobs/{victim_job}").json()["state"]
     finally:
         victim.client.post(f"{API}/jobs/{victim_job}/cancel")
@@ -354,6 +354,58 @@ def test_a_builtin_model_still_trains_end_to_end(server: ServerProcess) -> None:
     assert list((server.home / "jobs" / job["id"]).iterdir()) == []
 
 
+LAYERED = b"""\
+import os, numpy, tomli
+print("tomli " + tomli.__file__, flush=True)
+print("numpy " + numpy.__file__, flush=True)
+try:  # another tenant's job may run with the same environment
+    open(os.path.join(os.path.dirname(tomli.__file__), "planted.py"), "w")
+    print("environment writable", flush=True)
+except OSError as exc:
+    print("environment read-only", type(exc).__name__, flush=True)
+"""
+
+
+def test_an_environment_is_built_once_as_a_job_uid_and_reused(server: ServerProcess) -> None:
+    """Issue 15: ``--requirements`` builds a uv environment layered on the platform's
+    packages; two jobs asking for it at once share one build, run by a job uid (never
+    root); a later job reuses it without a rebuild."""
+    tenant = Tenant(server, "layered")
+    body = {"environment": {"requirements": ["Tomli == 2.0.1", "# a comment", ""]}}
+    first, second = tenant.submit(LAYERED, **body), tenant.submit(LAYERED, **body)
+    tenant.wait_log(first, "nimbus: environment 591692f1080f built")
+    # Once built: reused as it is (started while the first two may still run).
+    third = tenant.submit(LAYERED, environment={"requirements": ["tomli==2.0.1"]})
+    jobs = [wait(tenant.client, job_id, server) for job_id in (first, second, third)]
+    logs = [tenant.logs(job_id) for job_id in (first, second, third)]
+    assert [job["state"] for job in jobs] == ["succeeded"] * 3, logs
+    assert jobs[0]["environment"] == {"requirements": ["tomli==2.0.1"]}  # normalised
+    assert "building as uid" in logs[0] and "resolving" in logs[0]  # the first one builds
+    assert "is being built for another job: waiting" in logs[1] and "resolving" not in logs[1]
+    assert "found: reused, not rebuilt" in logs[2] and "resolving" not in logs[2]
+    uid = int(line(logs[0], "nimbus: environment: building as uid "))
+    assert 2_000_000_000 <= uid < 2_000_000_000 + 65_536  # a job uid, not root
+    envs = server.home / "envs"
+    for text in logs:  # the environment's package, over the platform's numpy
+        assert line(text, "tomli ").startswith(f"{envs}/"), text
+        assert not line(text, "numpy ").startswith(f"{envs}/"), text
+        assert "environment read-only" in text, text
+    built = [p for p in envs.iterdir() if not p.name.startswith(".")]
+    assert len(built) == 1 and built[0].stat().st_uid == 0
+    assert built[0].stat().st_mode & 0o777 == 0o755  # read-only to jobs
+
+
+def test_an_environment_that_cannot_resolve_fails_the_job_without_retries(
+    server: ServerProcess,
+) -> None:
+    tenant = Tenant(server, "unresolvable")
+    job = tenant.run(LAYERED, environment={"requirements": ["nonexistent-pkg-xyz==1"]})
+    assert job["state"] == "failed", job
+    assert job["exit_reason"].startswith("environment_build_failed: the resolve failed"), job
+    assert "nonexistent-pkg-xyz" in job["exit_reason"] and job["attempts"] == 1
+    assert "nonexistent-pkg-xyz was not found" in tenant.logs(job["id"])  # uv's output
+
+
 def test_a_server_that_cannot_sandbox_runs_no_job_and_says_why(base: Path) -> None:
     """The root fallback of issue 8: a job user that cannot reach NIMBUS_HOME (behind a
     0700 directory) used to mean jobs ran as root and read the admin token."""
@@ -461,7 +513,7 @@ def test_a_warm_job_cannot_reach_secrets_other_jobs_their_tokens_or_their_cache(
         refused = json.loads(line(logs, "probe "))
         assert json.loads(line(logs, "stolen ")) == [], logs
         assert json.loads(line(logs, "visible ")) == [2], logs  # its own zygote only
-        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache"}, logs
+        assert set(json.loads(line(logs, "home "))) <= {"jobs", "cache", "envs"}, logs
         victim_state = victim.client.get(f"{API}/jobs/{victim_job}").json()["state"]
     finally:
         victim.client.post(f"{API}/jobs/{victim_job}/cancel")

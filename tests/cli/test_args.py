@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
 
 from nimbus.cli.app import app
+from nimbus.cli.train import read_requirements
 from tests.cli.conftest import Nimbus
 
 
@@ -98,6 +100,11 @@ def test_every_command_accepts_json() -> None:
         (["train", "--dataset", "digits", "--model", "cnn", "--deadline", "soon"], 2, "duration"),
         (["train", "--dataset", "digits", "--model", "cnn", "--memory", "x"], 2, "memory size"),
         (["train", "--dataset", "digits", "--model", "cnn"], 3, "no API token"),
+        (
+            ["train", "--dataset", "d", "--model", "cnn", "--requirements", "/nonexistent.txt"],
+            2,
+            "cannot read --requirements /nonexistent.txt",
+        ),
         (["jobs", "show"], 2, "Missing argument 'ID'"),
         (["jobs", "compare", "job_1"], 2, "at least two job ids"),
         (["jobs", "list", "--state", "sleeping"], 2, "--state"),
@@ -131,3 +138,16 @@ def test_an_unreachable_server_is_named(nimbus: Nimbus) -> None:
 def test_upload_of_a_missing_file(nimbus: Nimbus) -> None:
     result = nimbus("datasets", "upload", "digits", "nope.zip", code=2, env={"NIMBUS_TOKEN": "t"})
     assert "no such file or directory: nope.zip" in result.stderr
+
+
+def test_requirements_come_from_the_file_then_each_pip(tmp_path: Path) -> None:
+    listed = tmp_path / "requirements.txt"
+    listed.write_text("# for the paper\ntomli==2.0.1\n\nsix>=1.16\n")
+    assert read_requirements(listed, ["rich==13.7.1"]) == [
+        "# for the paper",
+        "tomli==2.0.1",
+        "",
+        "six>=1.16",
+        "rich==13.7.1",
+    ]
+    assert read_requirements(None, []) == []

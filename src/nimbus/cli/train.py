@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,6 +27,18 @@ def parse_params(pairs: Sequence[str]) -> dict[str, str]:
             raise InvalidInput(f"--param {key} given twice")
         params[key] = value.strip()
     return params
+
+
+def read_requirements(path: Path | None, pips: Sequence[str]) -> list[str]:
+    """The lines of ``--requirements FILE`` then each ``--pip SPEC``; the server checks
+    each (names with version specifiers only) and names a bad one."""
+    lines: list[str] = []
+    if path is not None:
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read --requirements {path}: {exc}") from None
+    return [*lines, *pips]
 
 
 def train(
@@ -73,6 +86,20 @@ def train(
         str | None, typer.Option(metavar="DURATION", help="Fail the job after this, e.g. 2h")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the run")] = None,
+    requirements: Annotated[
+        Path | None,
+        typer.Option(
+            "--requirements",
+            metavar="FILE",
+            help="Packages to add to the platform's (names with version specifiers)",
+        ),
+    ] = None,
+    pip: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pip", metavar="SPEC", help="A package to add, e.g. 'tomli==2.0.1', repeatable"
+        ),
+    ] = None,
     follow_: Annotated[
         bool,
         typer.Option(
@@ -86,6 +113,7 @@ def train(
     With --follow: stream its logs and progress, then exit 0 if it succeeded, 8 if it failed, 9 if it was cancelled.
     """  # noqa: E501 (one line: rich reflows the help text)
     params = parse_params(param or [])
+    packages = read_requirements(requirements, pip or [])
     with client() as api:
         job = api.submit_job(
             dataset,
@@ -101,6 +129,7 @@ def train(
             max_retries=max_retries,
             deadline=deadline,
             seed=seed,
+            requirements=packages or None,
         )
         if not follow_:
             emit(job, as_json, lambda _: typer.echo(job.id))  # its id for scripts

@@ -105,8 +105,13 @@ class JobsMixin(BaseClient):
         max_retries: int | None = None,
         deadline: str | float | None = None,
         seed: int | None = None,
+        requirements: Sequence[str] | None = None,
     ) -> Job:
         """Submit a training job; returns the job (state ``queued``).
+
+        ``requirements`` (a requirements file's lines, e.g. ``["tomli==2.0.1"]``) are
+        packages the job's environment adds to the platform's: built with uv on the node,
+        once per distinct list, and reused (docs/environments.md).
 
         ``model`` is ``cnn``/``text``/``mlp``, a ``code:…`` ref, or a path to the user's code
         (uploaded first). ``memory`` is e.g. ``"4G"`` (per worker), ``deadline`` e.g. ``"2h"``
@@ -139,6 +144,7 @@ class JobsMixin(BaseClient):
             "max_retries": max_retries,
             "deadline": deadline,
             "seed": seed,
+            "environment": {"requirements": list(requirements)} if requirements else None,
         }
         sent = {k: v for k, v in body.items() if v is not None}
         return self._call(Job, "POST", f"{API}/jobs", json=sent)

@@ -56,6 +56,8 @@ class ExitReason(StrEnum):
     DEADLINE = "deadline_exceeded"
     OUT_OF_MEMORY = "out_of_memory"  # the cgroup's memory limit (--memory) hit: not retried
     DISK_LIMIT = "disk_limit"  # wrote past the work directory's size limit: not retried
+    # The job's environment (--requirements) could not be built: not retried.
+    ENVIRONMENT_BUILD_FAILED = "environment_build_failed"
 
 
 class Fenced(Conflict):
@@ -229,8 +231,12 @@ class JobSpec:
     max_retries: int = 2
     deadline_seconds: float | None = None
     seed: int | None = None
+    # Packages added to the platform's for this job (normalised: nimbus.jobs.requirements).
+    requirements: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.requirements, tuple):  # from JSON: a list
+            object.__setattr__(self, "requirements", tuple(self.requirements))
         if not self.model or not isinstance(self.model, str):
             raise InvalidInput("a job needs a model")
         if not -1000 <= self.priority <= 1000:
@@ -255,6 +261,7 @@ class JobSpec:
             "max_retries",
             "deadline_seconds",
             "seed",
+            "requirements",
         }
         unknown = set(data) - known
         if unknown:

@@ -153,6 +153,7 @@ def resolve_isolation(
     bwrap: str | None = None,
     cgroup_root: Path = cgroups.CGROUP_ROOT,
     job_api_dir: Path | None = None,
+    environments: Path | None = None,
     probe_as: tuple[int, int] | None = None,
     probe: str = JOB_PROBE,
     in_home: bool = True,
@@ -161,7 +162,8 @@ def resolve_isolation(
     cannot sandbox: the answer says why (``refused``) and the server runs no job.
 
     ``job_api_dir`` (created here, 0711) holds the control plane's job API socket, bound
-    into every sandbox. The sandbox is tried for real (:func:`check_sandbox`): ``probe``
+    into every sandbox; ``environments`` (created here, 0711), the built job environments,
+    bound read-only. The sandbox is tried for real (:func:`check_sandbox`): ``probe``
     run as ``probe_as`` (uid, gid; default: the first of the job range), with work
     directories ``in_home`` (jobs) or not (checks)."""
     value = mode.strip().lower()
@@ -186,9 +188,10 @@ def resolve_isolation(
         read_only = covering([*SYSTEM_PATHS, *python_paths(python)])
     except (OSError, subprocess.SubprocessError) as exc:
         return Isolation("sandbox", refused=f"cannot run {python}: {exc}")
-    if job_api_dir is not None:
-        job_api_dir.mkdir(mode=TRAVERSE_MODE, parents=True, exist_ok=True)
-        os.chmod(job_api_dir, TRAVERSE_MODE)
+    for shared in (job_api_dir, environments):
+        if shared is not None:
+            shared.mkdir(mode=TRAVERSE_MODE, parents=True, exist_ok=True)
+            os.chmod(shared, TRAVERSE_MODE)
     settings = SandboxSettings(
         bwrap=found,
         home=home,
@@ -200,6 +203,7 @@ def resolve_isolation(
         pids_per_worker=pids_per_worker,
         keep_failed_seconds=keep_failed_seconds,
         job_api_dir=job_api_dir,
+        environments=environments,
     )
     problem = check_sandbox(settings, python, probe_as=probe_as, probe=probe, in_home=in_home)
     if problem is not None:

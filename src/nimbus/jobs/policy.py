@@ -186,7 +186,12 @@ def lease_expired(lease_expires_at: datetime | None, now: datetime) -> bool:
 
 
 # The same job would hit the same limit again: a retry would only repeat the failure.
-_NOT_RETRIED = (ExitReason.USER_ERROR, ExitReason.OUT_OF_MEMORY, ExitReason.DISK_LIMIT)
+_NOT_RETRIED = (
+    ExitReason.USER_ERROR,
+    ExitReason.OUT_OF_MEMORY,
+    ExitReason.DISK_LIMIT,
+    ExitReason.ENVIRONMENT_BUILD_FAILED,
+)
 
 
 def on_attempt_end(

@@ -87,6 +87,7 @@ class SandboxSettings:
     keep_failed_seconds: float = 86_400.0
     job_api_dir: Path | None = None  # holds the control plane's job API socket
     host_network: bool = False  # the host's network, not one of its own (see network_argv)
+    environments: Path | None = None  # built job environments, read-only to every attempt
 
     def tenant_gid(self, tenant_id: int | None) -> int:
         """The group of a tenant's attempts and of its download cache: after the uid
@@ -181,6 +182,8 @@ def bwrap_argv(
     argv += ["--size", str(settings.disk_limit_bytes), "--tmpfs", "/dev/shm"]
     if _inside(settings.home, settings.read_only):
         argv += ["--tmpfs", str(settings.home)]  # hide it where a read-only view holds it
+    if settings.environments is not None:  # after the tmpfs: it may be inside NIMBUS_HOME
+        argv += ["--ro-bind", str(settings.environments), str(settings.environments)]
     argv += ["--bind", str(view.workdir), str(view.workdir)]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]

@@ -216,6 +216,7 @@ class Scheduler:
             output=self._log_sink(attempt.id),
             tenant_id=job.tenant_id,
             placed=functools.partial(self.queue.record_worker, attempt.id),
+            requirements=job.spec.requirements,
         )
 
     def _log_sink(self, attempt_id: str) -> OutputSink:

@@ -9,7 +9,8 @@ the control plane only over HTTP with the job token, so it runs unchanged on a r
 Environment: ``NIMBUS_URL``, ``NIMBUS_ATTEMPT_ID``, ``NIMBUS_JOB_TOKEN``, ``NIMBUS_JOB_DIR``
 (required), ``NIMBUS_JOB_ID``, ``NIMBUS_CACHE_DIR`` (blob cache shared by the workers of a
 node; default ``NIMBUS_JOB_DIR/cache``), ``NIMBUS_HEARTBEAT_SECONDS`` (10),
-``NIMBUS_RETRY_SECONDS`` (60: how long an unreachable control plane is waited for), and with
+``NIMBUS_RETRY_SECONDS`` (60: how long an unreachable control plane is waited for),
+``NIMBUS_JOB_ENV`` (the job's environment: :mod:`nimbus.runtime.layer`), and with
 several workers ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``.
 Only rank 0 reports metrics and progress and uploads checkpoints, artifacts and the result;
 every rank resumes from the same checkpoint.
@@ -45,7 +46,7 @@ from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.modelformat.export import export_model
 from nimbus.modelformat.files import MODEL_FILES
-from nimbus.runtime import api, automl
+from nimbus.runtime import api, automl, layer
 from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.automl_search import Trial
 from nimbus.runtime.custom import evaluate_model_dir
@@ -135,6 +136,7 @@ def main(
         print(f"nimbus.runtime.entry: {exc}", file=sys.stderr)
         return ENV_ERROR_EXIT_CODE
     env.job_dir.mkdir(parents=True, exist_ok=True)
+    layer.activate(os.environ if environ is None else environ)
     keep_freed_memory()  # training steps reuse their tensors' memory: see allocator.py
     client = JobApiClient(
         env.url, env.attempt_id, env.token, cache_dir=env.cache_dir, retry_seconds=env.retry_seconds

@@ -29,6 +29,7 @@ from nimbus.db.job_outputs import LogChunk as LogChunkRow
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
+from nimbus.jobs.requirements import normalise
 from nimbus.names import parse_reference, whole_number
 from nimbus.runtime.hyperparams import (
     AUTOML_MODEL,
@@ -147,6 +148,11 @@ def job_view(detail: JobDetail) -> wire.Job:
             wire.Artifact(name=a.name, key=a.blob_key, size=a.size) for a in detail.artifacts
         ],
         seed=job.spec.seed,
+        environment=(
+            wire.Environment(requirements=list(job.spec.requirements))
+            if job.spec.requirements
+            else None
+        ),
         workers=[
             wire.WorkerNode(attempt=number, **worker)
             for number, placed in sorted(detail.workers.items())
@@ -351,6 +357,9 @@ class JobService:
                 parse_duration(request.deadline) if request.deadline is not None else None
             ),
             seed=seed,
+            requirements=(
+                normalise(request.environment.requirements) if request.environment else ()
+            ),
         )
         inputs = {"dataset": dump(version), "code": code.to_dict() if code else None}
         return PreparedJob(spec, inputs)

@@ -17,6 +17,13 @@ from nimbus.wire.base import Request, Response, Timestamp
 MAX_SEED = 2**32 - 1
 
 
+class JobEnvironment(Request):
+    """Packages a job adds to the platform's (docs/environments.md): a requirements
+    file's lines, each a package name with optional version specifiers."""
+
+    requirements: list[str] = Field(default_factory=list, max_length=1000)
+
+
 class SubmitRequest(Request):
     """The body of ``POST /api/v1/jobs``; only ``dataset`` and ``model`` are required."""
 
@@ -34,6 +41,14 @@ class SubmitRequest(Request):
     max_retries: int = Field(2, ge=0, le=100)
     deadline: str | float | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    environment: JobEnvironment | None = None  # built with uv, cached by content hash
+
+
+class Environment(Response):
+    """A job's environment as stored: its requirements, normalised (canonical names,
+    sorted)."""
+
+    requirements: list[str]
 
 
 class JobDataset(Response):
@@ -107,6 +122,7 @@ class Job(Response):
     artifacts: list[Artifact]
     seed: int | None
     isolation: str | None = None  # how this server runs jobs: "sandbox" or "none"
+    environment: Environment | None = None  # its requirements, normalised
     workers: list[WorkerNode] = Field(default_factory=list)  # per attempt, each worker's node
 
 

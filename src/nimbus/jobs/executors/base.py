@@ -64,6 +64,7 @@ class AttemptLaunch:
     output: OutputSink | None = None
     tenant_id: int | None = None  # whose job: picks the tenant's download cache
     placed: PlacementSink | None = None  # executors that place workers on nodes call it
+    requirements: tuple[str, ...] = ()  # the job's environment (nimbus.jobs.environments)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class ExitStatus:
     signal: int | None = None
     # A limit of the sandbox ended it (out of memory, disk), or LOST: its node died.
     limit: ExitReason | None = None
+    detail: str = ""  # why, where the limit's name is not all (a failed environment build)
 
     @classmethod
     def from_returncode(cls, code: int) -> ExitStatus:
@@ -101,6 +103,10 @@ class ExitStatus:
             )
         if self.limit is ExitReason.LOST:
             return Outcome(ExitReason.LOST, detail="lost: its node or worker died")
+        if self.limit is ExitReason.ENVIRONMENT_BUILD_FAILED:
+            return Outcome(self.limit, detail=f"{self.limit.value}: {self.detail}")
+        if self.limit is ExitReason.INFRA:
+            return Outcome.infra(self.detail)
         if self.limit is ExitReason.DISK_LIMIT:
             return Outcome(
                 self.limit,
