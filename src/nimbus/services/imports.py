@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from safetensors.numpy import save as save_safetensors
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 import nimbus
 from nimbus.db import blobrefs
@@ -38,6 +39,7 @@ from nimbus.services.models import MODEL_VERSION, RegisterResult, version_view
 from nimbus.services.quotas import QuotaService
 from nimbus.storage.blobs import BlobStore
 from nimbus.wire.cards import CardText
+from nimbus.wire.models import ModelVersion
 
 # The weights file of a model whose parameters all live in model.onnx (as AutoML's sklearn
 # models): a valid safetensors file with no tensors.
@@ -125,8 +127,14 @@ class ModelImports:
         validate_name(name, "model name")
         if not filename or len(filename) > MAX_FILE_NAME or "/" in filename:
             raise InvalidInput(f"invalid file name {filename[:40]!r}", field="filename")
+        source = {"name": filename, "sha256": sha256, "size": size}
+        with self.db.session() as session:
+            before = self._imported_before(session, principal, name, source, options)
+        if before is not None:
+            return RegisterResult(before, created=False)
         spec = self.check(staged, options)
-        spec["imported"]["file"] = {"name": filename, "sha256": sha256, "size": size}
+        spec["imported"]["file"] = source
+        spec["imported"]["options"] = options.to_dict()
         spec_bytes = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
         blobs = self.blobs.for_tenant(principal.tenant_id)
         model_ref = move_in(blobs, staged, sha256, size)
@@ -139,11 +147,31 @@ class ModelImports:
         }
         for attempt in range(1, 6):
             try:
-                return self._commit(principal, name, spec, files, card)
+                return self._commit(principal, name, spec, files, options, card)
             except IntegrityError:
                 if attempt == 5:
                     raise Conflict(f"model {name!r} is being changed concurrently") from None
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _imported_before(
+        session: Session,
+        principal: Principal,
+        name: str,
+        source: dict[str, Any],
+        options: ImportOptions,
+    ) -> ModelVersion | None:
+        """The version of ``name`` this very file (name, hash, size) was imported as with
+        these very options, if any: found without checking the file again."""
+        model = repo.get_model(session, principal.tenant_id, name)
+        if model is None:
+            return None
+        for row in repo.list_versions(session, model.id):
+            imported = (row.spec.get("imported") or {}) if row.job_id is None else {}
+            if imported.get("file") == source and imported.get("options") == options.to_dict():
+                aliases = repo.aliases(session, [model.id])[model.id]
+                return version_view(row, name, [a for a, v in aliases.items() if v == row.version])
+        return None
 
     def _commit(
         self,
@@ -151,17 +179,18 @@ class ModelImports:
         name: str,
         spec: dict[str, Any],
         files: dict[str, dict[str, Any]],
+        options: ImportOptions,
         card: CardText | None,
     ) -> RegisterResult:
         with self.db.session(write=True) as session:
             blobrefs.lock(session)
             now = self.clock()
             model = repo.get_or_create_model(session, principal.tenant_id, name, now)
-            for row in repo.list_versions(session, model.id):
-                if row.job_id is None and row.files == files:
-                    aliases = repo.aliases(session, [model.id])[model.id]
-                    named = [a for a, v in aliases.items() if v == row.version]
-                    return RegisterResult(version_view(row, name, named), created=False)
+            before = self._imported_before(
+                session, principal, name, spec["imported"]["file"], options
+            )
+            if before is not None:
+                return RegisterResult(before, created=False)
             if self.quotas is not None:
                 size = sum(int(e["size"]) for e in files.values())
                 self.quotas.check_bytes(session, principal.tenant_id, size, f"model {name!r}")
