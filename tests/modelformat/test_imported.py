@@ -4,6 +4,7 @@ inside the ``onnx`` wheel imported and served in-process, reproducing the wheel'
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable
@@ -12,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.test.runner import Runner
+from PIL import Image
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
@@ -283,3 +286,25 @@ def test_image_input_scales_normalises_and_moves_the_channels() -> None:
     assert x[0, 1, 0, 1] == (pixels[0, 1, 1] * 0.5 - 2.0) / 2.0
     nhwc = image_input(pixels, {**prep, "layout": "NHWC"}, "UINT8")
     assert nhwc.dtype == np.uint8 and np.array_equal(nhwc[0], pixels)
+
+
+def test_predict_decodes_a_photo_with_the_stated_preprocessing(tmp_path: Path) -> None:
+    """An imported image model's /predict: the photo resized to the input, scaled,
+    normalised and laid out as the import said, and the graph's logits given a softmax."""
+    data = graph_bytes(softmax=False)
+    spec = import_spec(data, options(scale="1/255", mean="0.5", std="0.25"))
+    (tmp_path / ONNX_FILE).write_bytes(data)
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    predictor = Predictor.load(tmp_path)
+    pixels = np.random.default_rng(3).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    photo = io.BytesIO()
+    Image.fromarray(pixels).save(photo, format="PNG")
+    x = predictor.example_from_body(photo.getvalue())
+    expected = ((pixels / 255 - 0.5) / 0.25).transpose(2, 0, 1)[np.newaxis]
+    np.testing.assert_allclose(x, expected, atol=1e-5)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["scores"], {"x": expected.astype(np.float32)})
+    answer = predictor.describe(predictor.run(x)[0])
+    want = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    np.testing.assert_allclose(list(answer["probabilities"].values()), want, atol=1e-5)
+    assert answer["label"] == "abc"[int(want.argmax())]

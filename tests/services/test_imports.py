@@ -9,15 +9,17 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic import command
+from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import inspect
 
 from nimbus.datasets.domain import Task
 from nimbus.db import registry as repo
 from nimbus.db.engine import Database
 from nimbus.db.migrate import alembic_config, upgrade
-from nimbus.errors import Forbidden
+from nimbus.errors import Forbidden, InvalidInput
 from nimbus.modelformat.files import MODEL_FILES, ONNX_FILE
 from nimbus.modelformat.import_options import ImportOptions
 from nimbus.security import Principal, Role
@@ -110,3 +112,39 @@ def test_migration_0018_goes_down_and_up(store: Database, tmp_path: Path) -> Non
         c for c in inspect(store.engine).get_columns("model_versions") if c["name"] == "job_id"
     )
     assert column["nullable"] is True
+
+
+def memory_bomb() -> bytes:
+    """A valid graph that asks for 40 GB at run time (a [100000, 100000] ConstantOfShape)."""
+    shape = numpy_helper.from_array(np.array([100_000, 100_000], np.int64), "big_shape")
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("ConstantOfShape", ["big_shape"], ["big"], value=one),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("Add", ["flat", "total"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        initializer=[shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
+def test_a_graph_that_asks_for_too_much_memory_is_refused(db: Database, tmp_path: Path) -> None:
+    """The run happens in the check child, under its memory limit: the allocation fails
+    there, the control plane answers 400, and nothing is stored."""
+    memory = MemoryObjectStore()
+    imports = ModelImports(db, BlobStore(memory, tmp_path / "staging"))
+    who, _ = principals(db)
+    with pytest.raises(InvalidInput, match="Failed to allocate memory"):
+        imports.import_model(who, "bomb", *staged(tmp_path, memory_bomb()), "b.onnx", OPTIONS)
+    with db.session() as session:
+        assert repo.get_model(session, who.tenant_id, "bomb") is None
+    assert not list(memory.keys())

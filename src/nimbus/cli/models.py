@@ -105,7 +105,7 @@ def version_view(version: ModelVersion) -> RenderableType:
         ("classes", ", ".join(str(c) for c in spec.get("classes") or []) or None),
         ("accuracy", _accuracy(version)),
         ("params", version.params),
-        ("code hash", version.code_hash or "built-in model"),
+        ("code hash", version.code_hash or ("built-in model" if version.job else "-")),
         ("files", ", ".join(f"{n} ({human_bytes(m.size)})" for n, m in version.files.items())),
         ("created", f"{iso(version.created_at)} by {version.created_by or '-'}"),
     ]

@@ -137,6 +137,8 @@ class ModelsMixin(DirectTransfersMixin):
             params=params,
             content=chunks(source, total, progress),
             headers={"Content-Length": str(total), "Content-Type": "application/octet-stream"},
+            # The server checks the model before it answers, within its own time limit.
+            timeout=self._no_read_deadline(),
         )
 
     def model_card(self, ref: str | ModelRef) -> ModelCard:
