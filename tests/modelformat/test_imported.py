@@ -224,7 +224,11 @@ REFUSALS: dict[str, Refusal] = {
         {"task": "tabular"},
         "a tabular model must take FP32 \\[batch, features\\]",
     ),
-    "text": (lambda: graph_bytes(), {"task": "text"}, "a text model imported from ONNX"),
+    "text needs strings": (
+        lambda: graph_bytes(),
+        {"task": "text"},
+        "a text model must take strings",
+    ),
     "infinite scores": (lambda: graph_bytes(divide_by_zero=True), {}, "not finite"),
 }
 
@@ -308,3 +312,54 @@ def test_predict_decodes_a_photo_with_the_stated_preprocessing(tmp_path: Path) -
     want = np.exp(logits[0]) / np.exp(logits[0]).sum()
     np.testing.assert_allclose(list(answer["probabilities"].values()), want, atol=1e-5)
     assert answer["label"] == "abc"[int(want.argmax())]
+
+
+def text_graph() -> bytes:
+    """Strings in, tokenised with standard operators (lower case, split on spaces, counts of
+    four words), two classes out: a text model that needs no tokeniser outside the graph."""
+    weights = numpy_helper.from_array(
+        np.array([[2, -2], [-2, 2], [3, -3], [-3, 3]], np.float32), "w"
+    )
+    nodes = [
+        helper.make_node(
+            "StringNormalizer", ["review"], ["lower"], case_change_action="LOWER", locale="C"
+        ),
+        helper.make_node("StringSplit", ["lower"], ["words", "counts"]),
+        helper.make_node(
+            "TfIdfVectorizer",
+            ["words"],
+            ["tf"],
+            mode="TF",
+            min_gram_length=1,
+            max_gram_length=1,
+            max_skip_count=0,
+            ngram_counts=[0],
+            ngram_indexes=[0, 1, 2, 3],
+            pool_strings=["good", "bad", "great", "awful"],
+        ),
+        helper.make_node("MatMul", ["tf", "w"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "text",
+        [helper.make_tensor_value_info("review", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    return bytes(model.SerializeToString())
+
+
+def test_a_text_graph_that_tokenises_itself_takes_text(tmp_path: Path) -> None:
+    data = text_graph()
+    spec = import_spec(data, ImportOptions.parse(task="text", classes=["pos", "neg"]))
+    assert spec["input"] == {"name": "review", "datatype": "BYTES", "shape": [-1]}
+    assert spec["imported"]["scores"] == "logits"
+    (tmp_path / ONNX_FILE).write_bytes(data)
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    predictor = Predictor.load(tmp_path)
+    texts = np.array([b"A GOOD and great film", b"awful, bad bad"], dtype=object)
+    scores = predictor.run(predictor.prepare(texts))
+    assert list(predictor.postprocess(scores, ["label"])["label"]) == ["pos", "neg"]
+    answer = predictor.describe(predictor.run(predictor.example_from_body(b'{"text": "good"}'))[0])
+    assert answer["label"] == "pos" and answer["probabilities"]["pos"] > 0.98

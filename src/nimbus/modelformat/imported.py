@@ -48,7 +48,16 @@ CHECKS = (
     "an ONNX Runtime run on seeded inputs answered finite scores",
 )
 # TensorProto element types a served input or output may have -> Open Inference Protocol names.
-_ELEM_TYPES = {1: "FP32", 2: "UINT8", 6: "INT32", 7: "INT64", 10: "FP16", 11: "FP64"}
+_ELEM_TYPES = {
+    1: "FP32",
+    2: "UINT8",
+    6: "INT32",
+    7: "INT64",
+    8: "BYTES",  # strings: a text model's input
+    10: "FP16",
+    11: "FP64",
+}
+SAMPLE_TEXTS = ("a short text", "Another one, with PUNCTUATION!", "", "ünïcödé 123")
 _SCORE_TYPES = ("FP32", "FP16", "FP64")
 _PASS_THROUGH = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
@@ -242,13 +251,14 @@ def _input_signature(value: onnx.ValueInfoProto, options: ImportOptions) -> _Sig
             )
         shape, preprocessing = [-1, dims[1]], {"kind": "tabular", "features": []}
     else:
-        raise InvalidInput(
-            f"input {name[:80]!r} is {datatype} {_shown(dims)}: a text model imported from "
-            "ONNX would need a graph that takes strings and tokenises them itself with "
-            "standard operators, and such graphs are not served yet; export text models "
-            "with their tokeniser as a Nimbus job (docs/import.md)",
-            field="task",
-        )
+        if datatype != "BYTES" or len(dims) not in (1, 2) or dims[1:] not in ([], [1]):
+            raise InvalidInput(
+                f"input {name[:80]!r} is {datatype} {_shown(dims)}: a text model must take "
+                "strings, [batch] or [batch, 1], and tokenise them in the graph with standard "
+                "operators (docs/import.md)",
+                field="task",
+            )
+        shape, preprocessing = ([-1, 1] if len(dims) == 2 else [-1]), {"kind": "text"}
     tensor = {"name": name, "datatype": datatype, "shape": shape}
     return _Signature(tensor, preprocessing, batch)
 
@@ -407,6 +417,9 @@ def sample_input(spec: Mapping[str, Any], rows: int) -> np.ndarray:
     tensor = spec["input"]
     shape = [rows, *tensor["shape"][1:]]
     rng = np.random.default_rng(0)
+    if tensor["datatype"] == "BYTES":
+        texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(rows)]
+        return np.array(texts, dtype=object).reshape(shape)
     if tensor["datatype"] == "UINT8":
         return rng.integers(0, 256, shape, dtype=np.uint8)
     return rng.random(shape, dtype=np.float32)

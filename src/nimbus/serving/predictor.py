@@ -59,7 +59,7 @@ class Predictor:
         self._classes = np.array(spec.classes, dtype=object)
         self._encoder = (
             TextEncoder.from_preprocessing(dict(spec.preprocessing))
-            if spec.task is Task.TEXT
+            if spec.task is Task.TEXT and spec.imported is None
             else None
         )
         self._fit = _image_fit(spec)
@@ -90,7 +90,7 @@ class Predictor:
     def prepare(self, inputs: np.ndarray) -> np.ndarray:
         """Client tensor (``spec.input``, already validated) -> backend input."""
         if self._encoder is None:
-            return inputs
+            return _strings(inputs) if self.input.datatype == "BYTES" else inputs
         try:
             texts = [raw.decode("utf-8") for raw in inputs.reshape(-1)]
         except UnicodeDecodeError:
@@ -158,7 +158,8 @@ class Predictor:
             text = payload.get("text")
             if not isinstance(text, str):
                 raise InvalidInput('send {"text": "..."} to a text model')
-            assert self._encoder is not None
+            if self._encoder is None:  # an imported graph that tokenises strings itself
+                return np.array([text], dtype=object).reshape(1, *self.input.shape[1:])
             return self._encoder.encode([text])
         return self._features(payload.get("features"))
 
@@ -205,6 +206,15 @@ def _image_fit(spec: ModelSpec) -> ImageFit | None:
             f"{fit.channels} images but the input is {list(spec.input.shape[1:])}"
         )
     return fit
+
+
+def _strings(inputs: np.ndarray) -> np.ndarray:
+    """BYTES as the ``str`` objects ONNX Runtime takes for a string input."""
+    try:
+        texts = [raw.decode("utf-8") if isinstance(raw, bytes) else str(raw) for raw in inputs.flat]
+    except UnicodeDecodeError:
+        raise ProtocolError("BYTES inputs must be UTF-8 text") from None
+    return np.array(texts, dtype=object).reshape(inputs.shape)
 
 
 def _json_object(body: bytes) -> Mapping[str, Any]:
