@@ -88,6 +88,8 @@ def test_import_card_deploy_and_serve_a_zoo_model(
             assert predicted.status_code == 200, predicted.text
             assert predicted.json()["label"] in spec["classes"]
             assert len(predicted.json()["probabilities"]) == 1000
+            why = http.post("/v2/models/zoo/explain", content=photo.getvalue())
+            assert why.status_code == 400 and "imported models" in why.json()["error"]
     finally:
         cli("deployments", "delete", "zoo")
         deadline = time.monotonic() + 30
