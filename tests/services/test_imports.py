@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from alembic import command
 from onnx import TensorProto, helper, numpy_helper
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from nimbus.datasets.domain import Task
 from nimbus.db import registry as repo
@@ -100,13 +100,20 @@ def test_an_import_is_a_version_without_a_job(db: Database, tmp_path: Path) -> N
 def test_migration_0018_goes_down_and_up(store: Database, tmp_path: Path) -> None:
     imports = ModelImports(store, BlobStore(MemoryObjectStore(), tmp_path / "staging"))
     who, _ = principals(store)
-    imports.import_model(who, "hand", *staged(tmp_path, graph_bytes()), "h.onnx", OPTIONS)
+    made = imports.import_model(who, "hand", *staged(tmp_path, graph_bytes()), "h.onnx", OPTIONS)
+    with store.session(write=True) as session:
+        model = repo.get_model(session, who.tenant_id, "hand")
+        assert model is not None
+        repo.set_alias(session, model.id, "prod", 1, who.token_id, made.version.created_at)
     config = alembic_config(store.engine)
     command.downgrade(config, "0017")  # imported versions cannot be kept without a job
     column = next(
         c for c in inspect(store.engine).get_columns("model_versions") if c["name"] == "job_id"
     )
     assert column["nullable"] is False
+    with store.engine.connect() as connection:
+        for table in ("model_versions", "model_aliases", "blob_refs"):
+            assert connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar() == 0
     upgrade(store.engine)
     column = next(
         c for c in inspect(store.engine).get_columns("model_versions") if c["name"] == "job_id"
