@@ -107,6 +107,7 @@ def graph_bytes(
     domain: str = "",
     divide_by_zero: bool = False,
     op: str = "Softmax",
+    output_shape: list[str | int] | None = None,
 ) -> bytes:
     """x [N, 3, 4, 4] -> global average pool -> flatten -> MatMul [3, classes] -> softmax."""
     shape: list[str | int] = input_shape if input_shape is not None else ["N", 3, 4, 4]
@@ -141,7 +142,7 @@ def graph_bytes(
         nodes,
         "g",
         inputs,
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", classes])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape or ["N", classes])],
         initializer=[weights] + ([zero] if zero is not None else []),
     )
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
@@ -177,6 +178,9 @@ def test_free_sides_are_fixed_by_size_and_logits_get_a_softmax() -> None:
         inspect_onnx(data, options())
     spec = import_spec(data, options(size="8x6"))
     assert spec["input"]["shape"] == [-1, 3, 8, 6] and spec["imported"]["scores"] == "logits"
+    unknown = graph_bytes(softmax=False, output_shape=["N", "C"])
+    fixed = import_spec(unknown, options())  # the class dimension as the run answered it
+    assert fixed["imported"]["output_shape"] == fixed["outputs"][-1]["shape"] == [-1, 3]
     scores = np.array([[1.0, 2.0, 3.0]], np.float32)
     probabilities = scores_to_probabilities(scores, "logits")
     np.testing.assert_allclose(probabilities, [np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum()])

@@ -455,10 +455,21 @@ def smoke_run(data: bytes, spec: dict[str, Any]) -> None:
             )
         if not np.all(np.isfinite(scores)):
             raise InvalidInput(f"output {imported['output'][:80]!r} is not finite on sample inputs")
+        if -1 in imported["output_shape"][1:]:  # free in the graph: served as it answered
+            _fix_output_shape(spec, [-1, *scores.shape[1:]])
         if imported["scores"] == "probabilities":
             sums = scores.reshape(rows, classes).sum(axis=1, dtype=np.float64)
             if np.max(np.abs(sums - 1.0)) > SUM_TOLERANCE:
                 imported["scores"] = "logits"  # a Softmax over another axis: not per class
+
+
+def _fix_output_shape(spec: dict[str, Any], shape: list[int]) -> None:
+    """Record the shape the graph's output has per row, where the graph left it free."""
+    imported = spec["imported"]
+    imported["output_shape"] = shape
+    for output in spec["outputs"]:
+        if output["name"] == imported["output"]:
+            output["shape"] = shape
 
 
 def import_spec(data: bytes, options: ImportOptions) -> dict[str, Any]:
