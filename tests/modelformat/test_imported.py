@@ -367,3 +367,48 @@ def test_a_text_graph_that_tokenises_itself_takes_text(tmp_path: Path) -> None:
     assert list(predictor.postprocess(scores, ["label"])["label"]) == ["pos", "neg"]
     answer = predictor.describe(predictor.run(predictor.example_from_body(b'{"text": "good"}'))[0])
     assert answer["label"] == "pos" and answer["probabilities"]["pos"] > 0.98
+
+
+def test_a_classifier_with_a_label_output_and_probabilities_without_a_softmax_node(
+    tmp_path: Path,
+) -> None:
+    """ai.onnx.ml's LinearClassifier (what converters such as skl2onnx emit): a label output
+    and a probabilities output that sums to 1 with no Softmax node; served as they are."""
+    coefficients = np.array([[1.0, -2.0, 0.5], [-1.0, 2.0, -0.5]], np.float32)
+    intercepts = np.array([0.1, -0.1], np.float32)
+    node = helper.make_node(
+        "LinearClassifier",
+        ["X"],
+        ["label", "probabilities"],
+        domain="ai.onnx.ml",
+        classlabels_ints=[0, 1],
+        coefficients=coefficients.reshape(-1).tolist(),
+        intercepts=intercepts.tolist(),
+        post_transform="SOFTMAX",
+    )
+    graph = helper.make_graph(
+        [node],
+        "linear",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 3])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2]),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    data = helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    spec = import_spec(data, ImportOptions.parse(task="tabular", classes=["no", "yes"]))
+    assert spec["imported"]["scores"] == "probabilities"
+    assert spec["imported"]["output"] == "probabilities" and len(spec["outputs"]) == 2
+    (tmp_path / ONNX_FILE).write_bytes(data)
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    predictor = Predictor.load(tmp_path)
+    x = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]], np.float32)
+    logits = x @ coefficients.T + intercepts
+    want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    got = predictor.postprocess(predictor.run(x), ["probabilities"])["probabilities"]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    answer = predictor.describe(
+        predictor.run(predictor.example_from_body(b'{"features": [1, 0, 2]}'))[0]
+    )
+    assert answer["label"] == "no" and abs(answer["probabilities"]["no"] - want[0, 0]) < 1e-5

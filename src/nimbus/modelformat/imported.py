@@ -59,7 +59,6 @@ _ELEM_TYPES = {
 }
 SAMPLE_TEXTS = ("a short text", "Another one, with PUNCTUATION!", "", "ünïcödé 123")
 _SCORE_TYPES = ("FP32", "FP16", "FP64")
-_PASS_THROUGH = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
 
 # -- the static checks (onnx only) ------------------------------------------------------
@@ -111,7 +110,7 @@ def inspect_onnx(data: bytes, options: ImportOptions) -> dict[str, Any]:
         "imported": {
             "output": output.name,
             "output_shape": [-1, *[-1 if d is None else d for d in shape[1:]]],
-            "scores": "probabilities" if ends_in_softmax(graph, output.name) else "logits",
+            "scores": None,  # "probabilities" or "logits": the run decides (smoke_run)
             "batch": signature.batch,
             "ir_version": int(model.ir_version),
             "opsets": {o.domain or "ai.onnx": int(o.version) for o in model.opset_import},
@@ -385,16 +384,6 @@ def _scored_output(graph: onnx.GraphProto, classes: int) -> onnx.ValueInfoProto:
     return output
 
 
-def ends_in_softmax(graph: onnx.GraphProto, output: str) -> bool:
-    """Whether ``output`` is made by a Softmax, maybe reshaped after it: the scores are then
-    probabilities already."""
-    producers = {name: node for node in graph.node for name in node.output}
-    node = producers.get(output)
-    while node is not None and node.op_type in _PASS_THROUGH and node.input:
-        node = producers.get(node.input[0])
-    return node is not None and node.op_type == "Softmax"
-
-
 def _outputs(
     name: str, datatype: str, dims: list[int | None], classes: int
 ) -> list[dict[str, Any]]:
@@ -427,7 +416,8 @@ def sample_input(spec: Mapping[str, Any], rows: int) -> np.ndarray:
 
 def smoke_run(data: bytes, spec: dict[str, Any]) -> None:
     """Run the model in ONNX Runtime on seeded inputs (one row, and two when the batch is
-    free): it must answer finite scores, one per class; a Softmax output must sum to 1."""
+    free): it must answer finite scores, one per class. Records whether they are
+    probabilities already (``imported.scores``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -440,6 +430,10 @@ def smoke_run(data: bytes, spec: dict[str, Any]) -> None:
         raise InvalidInput(f"ONNX Runtime cannot load the model: {_short(exc)}") from None
     imported = spec["imported"]
     classes = len(spec["classes"])
+    # Probabilities already when every row the graph answers is a distribution (a Softmax
+    # at its end, or a classifier that outputs probabilities, such as ai.onnx.ml's
+    # LinearClassifier); otherwise the server applies a softmax to its scores.
+    probabilities = True
     for rows in (1,) if imported["batch"] == 1 else (1, 2):
         inputs = sample_input(spec, rows)
         try:
@@ -457,10 +451,15 @@ def smoke_run(data: bytes, spec: dict[str, Any]) -> None:
             raise InvalidInput(f"output {imported['output'][:80]!r} is not finite on sample inputs")
         if -1 in imported["output_shape"][1:]:  # free in the graph: served as it answered
             _fix_output_shape(spec, [-1, *scores.shape[1:]])
-        if imported["scores"] == "probabilities":
-            sums = scores.reshape(rows, classes).sum(axis=1, dtype=np.float64)
-            if np.max(np.abs(sums - 1.0)) > SUM_TOLERANCE:
-                imported["scores"] = "logits"  # a Softmax over another axis: not per class
+        flat = scores.reshape(rows, classes)
+        sums = flat.sum(axis=1, dtype=np.float64)
+        distributions = bool(
+            flat.min() >= -SUM_TOLERANCE
+            and flat.max() <= 1 + SUM_TOLERANCE
+            and np.max(np.abs(sums - 1.0)) <= SUM_TOLERANCE
+        )
+        probabilities = probabilities and distributions
+    imported["scores"] = "probabilities" if probabilities else "logits"
 
 
 def _fix_output_shape(spec: dict[str, Any], shape: list[int]) -> None:
@@ -481,7 +480,7 @@ def import_spec(data: bytes, options: ImportOptions) -> dict[str, Any]:
 
 def scores_to_probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
     """``[rows, classes]`` probabilities from a model's scores: as they are when the graph
-    ends in a Softmax, else a softmax of them."""
+    answers probabilities already (``kind``), else a softmax of them."""
     if kind == "probabilities":
         return scores
     shifted = scores - scores.max(axis=1, keepdims=True)
