@@ -96,6 +96,18 @@ def test_import_card_deploy_and_serve_a_zoo_model(
         while cli.json("deployments", "list")["deployments"] and time.monotonic() < deadline:
             time.sleep(0.2)
 
+    # Bad options are refused over REST before a byte of the model is read.
+    url = f"{registry.server.url}/api/v1/models/{MODEL}/imports"
+    for query, message in (
+        ({"task": "image", "classes": ["a"], "size": "big"}, "invalid size 'big'"),
+        ({"task": "tabular", "classes": ["a"], "scale": "2"}, "apply to image models only"),
+        ({"task": "image"}, "no classes"),
+    ):
+        answer = httpx.post(
+            url, params=query, content=data, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 400 and message in answer.json()["error"]["message"]
+
     hostile = tmp_path / "custom.onnx"
     hostile.write_bytes(graph_bytes(domain="com.example"))
     refused = cli(
