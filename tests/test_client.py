@@ -145,6 +145,7 @@ def test_public_names_are_pinned() -> None:
         "compare_jobs",
         "wait_job",
         "register_model",
+        "import_model",
         "model_card",
         "model_card_text",
         "edit_model_card",

@@ -58,6 +58,7 @@ def version(number: int = 2, **extra: Any) -> dict[str, Any]:
         "aliases": [],
         "created_at": "2026-01-02T03:04:05.123456Z",
         "created_by": "tok_1",
+        "lineage": "trained",
         **extra,
     }
 
@@ -244,6 +245,8 @@ def test_registry_methods_return_wire_models(settings: Settings) -> None:
         assert registered.created_at == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
         assert registered.dataset.content_hash == "c" * 64 and registered.seed == 0
         assert dump(registered) == version()  # written back exactly as the server sent it
+        older = {k: v for k, v in version().items() if k != "lineage"}
+        assert ModelVersion.model_validate(older).lineage == "trained"  # a server before it
         [listed] = client.list_models()
         assert isinstance(listed, ModelSummary) and listed.aliases == {"production": 2}
         model = client.get_model("m")

@@ -99,6 +99,7 @@ from nimbus.services.deployment_loop import DeploymentLoop, default_supervisor
 from nimbus.services.deployments import DeploymentService
 from nimbus.services.erasure import ErasureService
 from nimbus.services.garbage import GarbageService, garbage_sweep
+from nimbus.services.imports import ImportCheck, ModelImports
 from nimbus.services.isolated import (
     CHECK_PROBE,
     Confinement,
@@ -678,6 +679,12 @@ def build_services(
         ),
         capacity=capacity,
         models=models,
+        imports=ModelImports(
+            db,
+            blobs,
+            check=ImportCheck(checks, check_limits(settings, settings.model_check_seconds)),
+            quotas=quotas,
+        ),
         deployments=deployments,
         cluster=membership,
         quotas=quotas,

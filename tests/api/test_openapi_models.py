@@ -18,6 +18,7 @@ from tests.api.conftest import API
 # Every JSON route of the two resources, with the 2xx statuses it answers and its model.
 ROUTES = {
     ("post", "/models/{name}/versions"): ({"201", "200"}, "ModelVersion"),
+    ("post", "/models/{name}/imports"): ({"201", "200"}, "ModelVersion"),
     ("get", "/models"): ({"200"}, "ModelList"),
     ("get", "/models/{name}"): ({"200"}, "Model"),
     ("get", "/models/{name}/versions"): ({"200"}, "ModelVersionList"),
@@ -53,6 +54,7 @@ FIELDS = {
         "aliases",
         "created_at",
         "created_by",
+        "lineage",
     ],
     "ModelDataset": ["name", "version", "content_hash"],
     "ModelFile": ["key", "size"],

@@ -57,6 +57,7 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "jobs cancel",
         "jobs compare",
         "models register",
+        "models import",
         "models list",
         "models show",
         "models card",

@@ -23,6 +23,7 @@ from nimbus.services.datasets import DatasetService
 from nimbus.services.deployments import DeploymentService
 from nimbus.services.erasure import ErasureService
 from nimbus.services.garbage import GarbageService
+from nimbus.services.imports import ModelImports
 from nimbus.services.job_api import JobApiService
 from nimbus.services.jobs import JobService
 from nimbus.services.models import ModelService
@@ -62,6 +63,8 @@ class Services:
     uploads: UploadService
     cluster: ClusterService
     erasure: ErasureService
+    # Imports of models trained elsewhere (ONNX files); None where the app has none.
+    imports: ModelImports | None = None
     # Set when the server begins to shut down: long-lived responses (log streams) end.
     stopping: threading.Event = field(default_factory=threading.Event)
     # Log streams each token has open (``settings.max_log_streams_per_token`` at most).

@@ -1,4 +1,5 @@
-"""``nimbus models register|list|show|card|alias|download|delete`` (the model registry)."""
+"""``nimbus models register|import|list|show|card|alias|download|delete`` (the model
+registry)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,14 @@ def _aliases(aliases: dict[str, int] | list[str]) -> str:
     return ", ".join(str(a) for a in aliases)
 
 
-def _dataset(version: ModelVersion) -> str:
+def _dataset(version: ModelVersion) -> str | None:
+    if version.dataset.name is None:
+        return None
     return f"{version.dataset.name}:{version.dataset.version}"
+
+
+def _job(version: ModelVersion) -> str:
+    return version.job if version.job is not None else "imported (no job)"
 
 
 def models_table(models: Sequence[ModelSummary]) -> Table:
@@ -73,7 +80,7 @@ def versions_table(versions: Sequence[ModelVersion]) -> Table:
     for v in versions:
         table.add_row(
             _t(v.version),
-            _t(v.job),
+            _t(_job(v)),
             _t(_dataset(v)),
             _accuracy(v),
             _t(_aliases(v.aliases)),
@@ -91,14 +98,14 @@ def version_view(version: ModelVersion) -> RenderableType:
     rows: list[tuple[str, Any]] = [
         ("model", f"{version.model}:{version.version}"),
         ("aliases", _aliases(version.aliases)),
-        ("job", version.job),
+        ("job", _job(version)),
         ("dataset", _dataset(version)),
         ("task", spec.get("task")),
         ("architecture", spec.get("architecture")),
         ("classes", ", ".join(str(c) for c in spec.get("classes") or []) or None),
         ("accuracy", _accuracy(version)),
         ("params", version.params),
-        ("code hash", version.code_hash or "built-in model"),
+        ("code hash", version.code_hash or ("built-in model" if version.job else "-")),
         ("files", ", ".join(f"{n} ({human_bytes(m.size)})" for n, m in version.files.items())),
         ("created", f"{iso(version.created_at)} by {version.created_by or '-'}"),
     ]
@@ -165,6 +172,78 @@ def register(
     def render(out: Console) -> None:
         out.print(
             f"Registered {version.model}:{version.version} from job {version.job}",
+            style="green",
+            markup=False,
+        )
+        out.print(version_view(version))
+
+    emit(version, as_json, render)
+
+
+def _classes(given: str) -> list[str]:
+    """``--classes``: a file of class names, one a line, or names separated by commas."""
+    path = Path(given)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        return [name for name in names if name]
+    return [name.strip() for name in given.split(",") if name.strip()]
+
+
+@app.command("import")
+def import_(
+    name: NameArgument,
+    path: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="An ONNX model file")],
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task", help="image-classification, text-classification or tabular", metavar="T"
+        ),
+    ],
+    classes: Annotated[
+        str,
+        typer.Option(
+            "--classes",
+            metavar="FILE|a,b,c",
+            help="Class names in the order of the model's scores: a file (one a line) or a list",
+        ),
+    ],
+    input_layout: Annotated[
+        str | None, typer.Option("--input-layout", metavar="NCHW|NHWC", help="Images")
+    ] = None,
+    scale: Annotated[
+        str | None, typer.Option("--scale", metavar="X", help="Pixel factor, e.g. 1/255")
+    ] = None,
+    mean: Annotated[
+        str | None, typer.Option("--mean", metavar="M[,M,M]", help="Subtracted per channel")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option("--std", metavar="S[,S,S]", help="Divided by per channel")
+    ] = None,
+    size: Annotated[
+        str | None, typer.Option("--size", metavar="HxW", help="Image input size")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import an ONNX model trained elsewhere (Caffe models: convert to ONNX first) as a new
+    version of NAME, checked first (docs/import.md)."""
+    names = _classes(classes)
+    with client() as api, transfer(f"Importing {path.name}", not as_json) as progress:
+        version = api.import_model(
+            name,
+            path,
+            task=task,
+            classes=names,
+            input_layout=input_layout,
+            scale=scale,
+            mean=mean,
+            std=std,
+            size=size,
+            progress=progress,
+        )
+
+    def render(out: Console) -> None:
+        out.print(
+            f"Imported {path.name} as {version.model}:{version.version}",
             style="green",
             markup=False,
         )

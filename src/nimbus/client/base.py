@@ -271,11 +271,15 @@ class BaseClient:
         return httpx.Timeout(self._timeout.write, connect=self._timeout.connect, read=None)
 
 
-def _query(params: Mapping[str, Any] | None) -> dict[str, str]:
-    """Query parameters as strings, leaving out the unset ones."""
-    out: dict[str, str] = {}
+def _query(params: Mapping[str, Any] | None) -> dict[str, str | list[str]]:
+    """Query parameters as strings, leaving out the unset ones; a list is the parameter
+    repeated, once for each item."""
+    out: dict[str, str | list[str]] = {}
     for key, value in (params or {}).items():
         if value is None:
             continue
-        out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, list | tuple):
+            out[key] = [str(v) for v in value]
+        else:
+            out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
     return out

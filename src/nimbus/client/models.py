@@ -1,15 +1,17 @@
-"""The model registry: register a job's model, list, show, alias, download, delete."""
+"""The model registry: register a job's model or import an ONNX file, list, show, alias,
+download, delete."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
 from nimbus.client.base import API
-from nimbus.client.transfer import Progress
+from nimbus.client.transfer import Progress, chunks
 from nimbus.client.uploads import DirectTransfersMixin
 from nimbus.errors import InvalidInput
 from nimbus.names import parse_reference, validate_alias, validate_name, version_number
@@ -84,6 +86,60 @@ class ModelsMixin(DirectTransfersMixin):
         if text:
             body["card"] = text
         return self._call(ModelVersion, "POST", f"{API}/models/{name}/versions", json=body)
+
+    def import_model(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        task: str,
+        classes: Sequence[str],
+        input_layout: str | None = None,
+        scale: str | float | None = None,
+        mean: Sequence[float] | str | None = None,
+        std: Sequence[float] | str | None = None,
+        size: tuple[int, int] | str | None = None,
+        progress: Progress | None = None,
+    ) -> ModelVersion:
+        """Import an ONNX model trained elsewhere as a new version of ``name`` (lineage
+        "imported"): ``task`` is ``image-classification``, ``text-classification`` or
+        ``tabular`` (``tabular-classification``); ``classes`` name its scores in order. For
+        images, how ``/predict`` makes a photo its input: ``size`` (``(H, W)`` or ``"HxW"``),
+        ``input_layout`` (``NCHW`` or ``NHWC``; guessed from the shape when clear), then
+        ``pixel * scale`` (e.g. ``"1/255"``), minus ``mean``, over ``std`` per channel. The
+        server checks it (docs/import.md) and answers 400 naming what it refuses; importing
+        the same file with the same options again returns the version made the first time."""
+        validate_name(name, "model name")
+        source = Path(path)
+        if not source.is_file():
+            raise InvalidInput(f"no such file: {source}")
+        if isinstance(classes, str) or not classes:
+            raise InvalidInput("classes must be a non-empty list of class names")
+        params: dict[str, Any] = {
+            "task": task,
+            "classes": list(classes),
+            "filename": source.name,
+        }
+        if input_layout is not None:
+            params["input_layout"] = input_layout
+        if scale is not None:
+            params["scale"] = str(scale)
+        for key, values in (("mean", mean), ("std", std)):
+            if values is not None:
+                params[key] = values if isinstance(values, str) else ",".join(map(str, values))
+        if size is not None:
+            params["size"] = size if isinstance(size, str) else f"{size[0]}x{size[1]}"
+        total = source.stat().st_size
+        return self._call(
+            ModelVersion,
+            "POST",
+            f"{API}/models/{name}/imports",
+            params=params,
+            content=chunks(source, total, progress),
+            headers={"Content-Length": str(total), "Content-Type": "application/octet-stream"},
+            # The server checks the model before it answers, within its own time limit.
+            timeout=self._no_read_deadline(),
+        )
 
     def model_card(self, ref: str | ModelRef) -> ModelCard:
         """A version's model card (docs/model-format.md, "Model cards"), generated now."""

@@ -342,7 +342,8 @@ class ModelVersionRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
     version: Mapped[int]
-    job_id: Mapped[str] = mapped_column(String(32), index=True)  # no FK: jobs may go
+    # No FK: jobs may go. Null for a version imported from an ONNX file (migration 0018).
+    job_id: Mapped[str | None] = mapped_column(String(32), index=True)
     dataset: Mapped[dict[str, Any]]  # {"name", "version", "content_hash"}
     code_hash: Mapped[str | None] = mapped_column(String(64))
     params: Mapped[dict[str, Any]]

@@ -35,6 +35,7 @@ ORT_TYPES = {
     "tensor(double)": "FP64",
     "tensor(float16)": "FP16",
     "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",  # an imported text model's input (docs/import.md)
 }
 
 

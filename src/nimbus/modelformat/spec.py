@@ -81,6 +81,13 @@ class ModelSpec:
         ``/predict`` applies to uploaded photos (docs/datasets.md); None when not recorded."""
         return self.preprocessing.get("transform") if self.task is Task.IMAGE else None
 
+    @property
+    def imported(self) -> Mapping[str, Any] | None:
+        """``imported``: how to serve a model trained elsewhere (docs/import.md): its scored
+        output, whether that is a softmax, its fixed batch; None for models Nimbus trained."""
+        record = self.raw.get("imported")
+        return record if isinstance(record, Mapping) else None
+
     def output(self, name: str) -> TensorSpec:
         return next(o for o in self.outputs if o.name == name)
 

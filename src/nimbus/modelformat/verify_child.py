@@ -8,6 +8,11 @@ fd 3 ``spec.json``, fd 4 ``weights.safetensors``, fd 5 ``model.onnx`` and, with
 ``--accuracy``, fd 6 and fd 7 the test split's ``x`` and ``y`` (``.npy``). It prints one
 JSON object on stdout: ``{"spec": {...}}`` when the model passed, ``{"error": "..."}``
 (with ``"limit": "memory"`` when memory ran out) when it did not; it exits 0 either way.
+
+With ``--import`` it checks a model trained elsewhere instead
+(:func:`nimbus.modelformat.imported.import_spec`): fd 3 is the uploaded ONNX file, fd 4 the
+import options (JSON, :class:`~nimbus.modelformat.imported.ImportOptions`); the spec it prints
+is the one to store for that model.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from typing import Any
 import numpy as np
 
 from nimbus.errors import InvalidInput
+from nimbus.modelformat.import_options import ImportOptions
+from nimbus.modelformat.imported import import_spec
 from nimbus.modelformat.verify import check_model
 
 SPEC_FD, WEIGHTS_FD, ONNX_FD, TEST_X_FD, TEST_Y_FD = 3, 4, 5, 6, 7
+IMPORT_ONNX_FD, IMPORT_OPTIONS_FD = 3, 4
 
 
 def _verify(accuracy: float | None) -> dict[str, Any]:
@@ -41,12 +49,21 @@ def _verify(accuracy: float | None) -> dict[str, Any]:
     return {"spec": spec}
 
 
+def _import() -> dict[str, Any]:
+    with os.fdopen(IMPORT_ONNX_FD, "rb") as f:
+        onnx = f.read()
+    with os.fdopen(IMPORT_OPTIONS_FD, "rb") as f:
+        options = ImportOptions.from_dict(json.loads(f.read()))
+    return {"spec": import_spec(onnx, options)}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nimbus.modelformat.verify_child")
     parser.add_argument("--accuracy", type=float, default=None)
+    parser.add_argument("--import", dest="imported", action="store_true")
     args = parser.parse_args(argv)
     try:
-        reply = _verify(args.accuracy)
+        reply = _import() if args.imported else _verify(args.accuracy)
     except InvalidInput as exc:
         reply = {"error": exc.message}
     except MemoryError:

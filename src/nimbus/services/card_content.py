@@ -30,6 +30,7 @@ from nimbus.wire.cards import (
     DatasheetSource,
     Evaluation,
     Fairness,
+    ImportRecord,
     LimitationFlag,
     Limitations,
     ModelCard,
@@ -93,6 +94,7 @@ def model_card(
         seed=version.seed,
         registered_at=version.created_at,
         registered_by=_person(version.created_by, people),
+        lineage=version.lineage,
     )
     training = _training_data(lineage, dataset)
     evaluation = _evaluation(version.metrics)
@@ -113,7 +115,36 @@ def model_card(
         privacy=_privacy((version.metrics or {}).get("privacy")),
         text_updated_at=text.get("updated_at"),
         text_updated_by=_person(updated_by, people) if updated_by else None,
+        imported=_import_record(spec) if version.lineage == "imported" else None,
     )
+
+
+NO_EVALUATION = (
+    "No evaluation exists: the model was trained outside Nimbus and imported; Nimbus has not "
+    "scored it on any data. Evaluate it on data of your own before relying on it."
+)
+
+
+def _import_record(spec: dict[str, Any]) -> ImportRecord:
+    """What the spec of an imported model records of its file and its checks."""
+    record = _mapping(spec.get("imported"))
+    file, opsets = _mapping(record.get("file")), _mapping(record.get("opsets"))
+    size = file.get("size")
+    ir = record.get("ir_version")
+    return ImportRecord(
+        file_name=_str_or_none(file.get("name")),
+        sha256=_str_or_none(file.get("sha256")),
+        size_bytes=size if isinstance(size, int) else None,
+        producer=_str_or_none(record.get("producer")),
+        ir_version=ir if isinstance(ir, int) else None,
+        opsets={str(k): int(v) for k, v in opsets.items() if isinstance(v, int)},
+        checks=[str(c) for c in record.get("checks") or []],
+        evaluation=NO_EVALUATION,
+    )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def card_text(text: CardText | None, token_id: str | None, now: datetime) -> dict[str, Any] | None:

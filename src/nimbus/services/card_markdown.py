@@ -47,7 +47,11 @@ def card_markdown(card: ModelCard) -> str:
             ("Task", d.task),
             ("Architecture", d.architecture),
             ("Classes", ", ".join(_inline(c) for c in d.classes)),
-            ("Trained by job", f"`{d.job}`"),
+            (
+                ("Trained by job", f"`{d.job}`")
+                if d.job is not None
+                else ("Lineage", "imported: trained outside Nimbus, by no job")
+            ),
             ("Dataset", _dataset_ref(d.dataset.name, d.dataset.version)),
             ("Dataset content hash", _code(d.dataset.content_hash)),
             ("Code hash", _code(d.code_hash) if d.code_hash else "built-in model"),
@@ -60,10 +64,13 @@ def card_markdown(card: ModelCard) -> str:
         lines += _table(["Parameter", "Value"], [[k, str(v)] for k, v in sorted(d.params.items())])
     lines += ["", "## Uses", "", "### Intended use", ""]
     lines += [card.intended_use or "_Not stated._", ""]
-    lines += ["## Training data", ""]
-    lines += _training(card)
-    lines += ["", "## Evaluation", ""]
-    lines += _evaluation(card.evaluation)
+    if card.imported is not None:
+        lines += _imported(card)
+    else:
+        lines += ["## Training data", ""]
+        lines += _training(card)
+        lines += ["", "## Evaluation", ""]
+        lines += _evaluation(card.evaluation)
     lines += ["", "## Fairness", ""]
     lines += _fairness(card.fairness)
     lines += ["", "## Privacy", ""]
@@ -77,19 +84,10 @@ def card_markdown(card: ModelCard) -> str:
     ]
     lines += ["", "## Bias, risks, and limitations", ""]
     lim = card.limitations
-    if lim.flags:
-        lines += [f"- **{f.kind}**: {_inline(f.message)}" for f in lim.flags]
+    if card.imported is not None:
+        lines += ["Unknown: with no evaluation, no limitation can be found automatically.", ""]
     else:
-        lines += ["No limitation was found automatically."]
-    t = lim.thresholds
-    lines += [
-        "",
-        f"_Automatic flags: a class whose recall is more than {t['low_recall_gap']:g} below "
-        f"the mean recall; fewer than {t['small_test_set']:g} test examples; a training "
-        f"split whose largest class has {t['class_imbalance_ratio']:g}x the examples of its "
-        "smallest._",
-        "",
-    ]
+        lines += _flags(card)
     if lim.text:
         lines += [lim.text, ""]
     lines += ["## Ethical considerations", ""]
@@ -172,6 +170,46 @@ def body_html(markdown: str, heading_offset: int = 0) -> str:
 
 
 # -- sections -----------------------------------------------------------------------------
+
+
+def _flags(card: ModelCard) -> list[str]:
+    lim = card.limitations
+    if lim.flags:
+        lines = [f"- **{f.kind}**: {_inline(f.message)}" for f in lim.flags]
+    else:
+        lines = ["No limitation was found automatically."]
+    t = lim.thresholds
+    return [
+        *lines,
+        "",
+        f"_Automatic flags: a class whose recall is more than {t['low_recall_gap']:g} below "
+        f"the mean recall; fewer than {t['small_test_set']:g} test examples; a training "
+        f"split whose largest class has {t['class_imbalance_ratio']:g}x the examples of its "
+        "smallest._",
+        "",
+    ]
+
+
+def _imported(card: ModelCard) -> list[str]:
+    """Sections "Import", "Training data" and "Evaluation" of an imported model."""
+    record = card.imported
+    assert record is not None
+    lines = ["## Import", ""]
+    lines += _bullets(
+        [
+            ("File", _inline(record.file_name) if record.file_name else None),
+            ("SHA-256", _code(record.sha256)),
+            ("Size", None if record.size_bytes is None else f"{record.size_bytes} bytes"),
+            ("Producer", _inline(record.producer) if record.producer else None),
+            ("ONNX IR version", None if record.ir_version is None else str(record.ir_version)),
+            ("Operator sets", ", ".join(f"{k} {v}" for k, v in sorted(record.opsets.items()))),
+        ]
+    )
+    lines += ["", "Checked before it was registered:", ""]
+    lines += [f"- {_inline(check)}" for check in record.checks]
+    lines += ["", "## Training data", "", "Unknown: the model was trained outside Nimbus.", ""]
+    lines += ["## Evaluation", "", record.evaluation]
+    return lines
 
 
 def _training(card: ModelCard) -> list[str]:

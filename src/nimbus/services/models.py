@@ -197,6 +197,7 @@ def version_view(row: ModelVersionRow, model: str, aliases: list[str]) -> ModelV
         aliases=sorted(aliases),
         created_at=row.created_at,
         created_by=row.created_by,
+        lineage="trained" if row.job_id is not None else "imported",
     )
 
 

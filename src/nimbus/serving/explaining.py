@@ -87,6 +87,11 @@ class Explainer:
         self, body: bytes, headers: Mapping[bytes, bytes], query: bytes
     ) -> tuple[bytes, str]:
         """The answer's JSON and which form it took (``infer`` or ``predict``)."""
+        if self.predictor.imported is not None:
+            raise InvalidInput(
+                "explanations are not available for imported models: Nimbus knows neither "
+                "their gradients nor their preprocessing beyond /predict (docs/import.md)"
+            )
         length = parse_header_length(headers.get(b"inference-header-content-length"), len(body))
         if _is_infer_request(body, headers, length):
             request = self.codec.parse(body, length)

@@ -18,6 +18,7 @@ from nimbus.datasets.domain import Task
 from nimbus.datasets.imagefit import ImageFit
 from nimbus.errors import InvalidInput
 from nimbus.modelformat.dtypes import TensorSpec
+from nimbus.modelformat.imported import image_input, scores_to_probabilities
 from nimbus.modelformat.spec import LABEL, PROBABILITIES, ModelSpec
 from nimbus.modelformat.text import TextEncoder
 from nimbus.serving.backends import Backend, load_backend
@@ -46,10 +47,19 @@ class Predictor:
             (o for o in spec.outputs if o.name == LABEL), TensorSpec(LABEL, "BYTES", (-1,))
         )
         self.outputs: tuple[TensorSpec, ...] = (probabilities, label)
+        # A model trained elsewhere (docs/import.md): the backend answers its own output's
+        # scores, served under the output's own name too; probabilities are their softmax
+        # unless the graph ends in one.
+        self.imported = spec.imported
+        self._scores = "probabilities"
+        if self.imported is not None:
+            own = tuple(o for o in spec.outputs if o.name not in (PROBABILITIES, LABEL))
+            self.outputs = (probabilities, label, *own)
+            self._scores = str(self.imported.get("scores", "logits"))
         self._classes = np.array(spec.classes, dtype=object)
         self._encoder = (
             TextEncoder.from_preprocessing(dict(spec.preprocessing))
-            if spec.task is Task.TEXT
+            if spec.task is Task.TEXT and spec.imported is None
             else None
         )
         self._fit = _image_fit(spec)
@@ -80,7 +90,7 @@ class Predictor:
     def prepare(self, inputs: np.ndarray) -> np.ndarray:
         """Client tensor (``spec.input``, already validated) -> backend input."""
         if self._encoder is None:
-            return inputs
+            return _strings(inputs) if self.input.datatype == "BYTES" else inputs
         try:
             texts = [raw.decode("utf-8") for raw in inputs.reshape(-1)]
         except UnicodeDecodeError:
@@ -88,24 +98,51 @@ class Predictor:
         return self._encoder.encode(texts)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a batch of backend inputs (called by the batcher)."""
+        """Scores for a batch of backend inputs (called by the batcher): probabilities,
+        except for an imported model whose graph ends before its softmax."""
         return self.backend.run(batch)
 
-    def postprocess(self, probabilities: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named outputs: ``probabilities`` as is, ``label`` = ``classes[argmax]``."""
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """``[rows, classes]`` probabilities from what :meth:`run` answered."""
+        return scores_to_probabilities(scores, self._scores)
+
+    def predict_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`run`, then :meth:`probabilities`."""
+        return self.probabilities(self.run(batch))
+
+    def postprocess(self, scores: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named outputs: ``probabilities``, ``label`` = ``classes[argmax]`` and, for an
+        imported model, its own output (the scores in that output's shape)."""
         out: dict[str, np.ndarray] = {}
+        probabilities = self.probabilities(scores) if PROBABILITIES in names else scores
         for name in names:
             if name == LABEL:
-                out[name] = self._classes[probabilities.argmax(axis=1)]
-            else:
+                out[name] = self._classes[scores.argmax(axis=1)]
+            elif name == PROBABILITIES:
                 out[name] = probabilities
+            else:
+                shape = self._output_shape(name)
+                out[name] = scores.reshape(len(scores), *shape[1:])
         return out
+
+    def _output_shape(self, name: str) -> tuple[int, ...]:
+        return next(o.shape for o in self.outputs if o.name == name)
 
     def example_from_body(self, body: bytes) -> np.ndarray:
         """A one-row backend input from a ``/predict`` body: an image file for image models,
         ``{"text": ...}`` for text, ``{"features": [...] or {name: value}}`` for tabular."""
         if self._fit is not None:
             return fit_upload(body, self._fit, max_pixels=self.max_image_pixels)[np.newaxis]
+        if self.spec.task is Task.IMAGE and self.imported is not None:
+            prep = self.spec.preprocessing
+            pixels = decode_image(
+                body,
+                height=int(prep["height"]),
+                width=int(prep["width"]),
+                channels=int(prep["channels"]),
+                max_pixels=self.max_image_pixels,
+            )
+            return image_input(pixels, prep, self.input.datatype)
         if self.spec.task is Task.IMAGE:
             _, height, width, channels = self.input.shape
             image = decode_image(
@@ -121,13 +158,14 @@ class Predictor:
             text = payload.get("text")
             if not isinstance(text, str):
                 raise InvalidInput('send {"text": "..."} to a text model')
-            assert self._encoder is not None
+            if self._encoder is None:  # an imported graph that tokenises strings itself
+                return np.array([text], dtype=object).reshape(1, *self.input.shape[1:])
             return self._encoder.encode([text])
         return self._features(payload.get("features"))
 
-    def describe(self, probabilities: np.ndarray) -> dict[str, Any]:
-        """The ``/predict`` answer for one row of probabilities."""
-        row = probabilities.reshape(-1)
+    def describe(self, scores: np.ndarray) -> dict[str, Any]:
+        """The ``/predict`` answer for one row of scores (:meth:`run`'s)."""
+        row = self.probabilities(scores.reshape(1, -1)).reshape(-1)
         return {
             "label": self.spec.classes[int(np.argmax(row))],
             "probabilities": {c: float(p) for c, p in zip(self.spec.classes, row, strict=True)},
@@ -168,6 +206,15 @@ def _image_fit(spec: ModelSpec) -> ImageFit | None:
             f"{fit.channels} images but the input is {list(spec.input.shape[1:])}"
         )
     return fit
+
+
+def _strings(inputs: np.ndarray) -> np.ndarray:
+    """BYTES as the ``str`` objects ONNX Runtime takes for a string input."""
+    try:
+        texts = [raw.decode("utf-8") if isinstance(raw, bytes) else str(raw) for raw in inputs.flat]
+    except UnicodeDecodeError:
+        raise ProtocolError("BYTES inputs must be UTF-8 text") from None
+    return np.array(texts, dtype=object).reshape(inputs.shape)
 
 
 def _json_object(body: bytes) -> Mapping[str, Any]:

@@ -53,13 +53,29 @@ class ModelDetails(Response):
     task: str | None
     architecture: str | None
     classes: list[str]
-    job: str
+    job: str | None = Field(description="The job that trained it; null when imported.")
     dataset: CardDataset
     code_hash: str | None = Field(description="sha256 of the training code; null for built-ins.")
     params: dict[str, Any]
     seed: int | None
     registered_at: Timestamp
     registered_by: Person
+    lineage: str = Field(
+        default="trained", description="trained (by a Nimbus job) or imported (an ONNX file)."
+    )
+
+
+class ImportRecord(Response):
+    """Section "Import": a model trained elsewhere, what Nimbus checked of its file."""
+
+    file_name: str | None
+    sha256: str | None
+    size_bytes: int | None
+    producer: str | None = Field(description="The ONNX producer the file names.")
+    ir_version: int | None
+    opsets: dict[str, int]
+    checks: list[str] = Field(description="What was checked before it was registered.")
+    evaluation: str = Field(description="Why the card holds no evaluation.")
 
 
 class SplitCounts(Response):
@@ -185,6 +201,9 @@ class ModelCard(Response):
     )
     text_updated_at: Timestamp | None = Field(description="When a person last edited the text.")
     text_updated_by: Person | None
+    imported: ImportRecord | None = Field(
+        default=None, description="Set when the version was imported from an ONNX file."
+    )
 
 
 class DatasheetSource(Response):

@@ -4,9 +4,9 @@ their history, and the bodies that register a version or move an alias (docs/api
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from nimbus.wire.base import Request, Response, Timestamp
 from nimbus.wire.cards import CardText
@@ -30,11 +30,19 @@ class ModelDataset(Response):
 
 class ModelVersion(Response):
     """A registered, immutable model version: its files, its lineage (job, dataset, code,
-    params, seed), the job's evaluation, and the aliases naming it now."""
+    params, seed), the job's evaluation, and the aliases naming it now. A version imported
+    from an ONNX file (``lineage`` "imported") has no job, dataset, code or evaluation."""
+
+    # Always sent; defaulted only when read from a server older than the field.
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, json_schema_serialization_defaults_required=True
+    )
 
     model: str
     version: int
-    job: str = Field(description="The job that trained it (the job itself may be gone).")
+    job: str | None = Field(
+        description="The job that trained it (the job itself may be gone); null when imported."
+    )
     dataset: ModelDataset
     code_hash: str | None = Field(
         description="sha256 of the uploaded training code; null for built-in models."
@@ -49,6 +57,11 @@ class ModelVersion(Response):
     aliases: list[str]
     created_at: Timestamp
     created_by: str | None = Field(description="The id of the token that registered it.")
+    lineage: Literal["trained", "imported"] = Field(
+        default="trained",
+        description="trained: registered from a Nimbus job; imported: an ONNX file trained "
+        "elsewhere (nimbus models import), with no job and no evaluation.",
+    )
 
 
 class ModelVersionList(Response):

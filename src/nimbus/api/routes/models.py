@@ -1,14 +1,20 @@
-"""The model registry: register a job's model, read versions, aliases, files, delete."""
+"""The model registry: register a job's model or import one trained elsewhere, read
+versions, aliases, files, delete."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.downloads import FILE_RESPONSE, attachment
 from nimbus.api.state import services_of
+from nimbus.api.upload import check_storage_quota_first, receive_upload
+from nimbus.errors import Unavailable
+from nimbus.names import validate_name
 from nimbus.services.models import parse_version_ref
 from nimbus.wire.models import (
     AliasChange,
@@ -36,6 +42,68 @@ async def register_version(
     result = await run_in_threadpool(
         services_of(request).models.register, principal, name, body.job, body.card
     )
+    if not result.created:
+        response.status_code = 200
+    return result.version
+
+
+@router.post(
+    "/models/{name}/imports",
+    status_code=201,
+    response_model=ModelVersion,
+    responses={200: {"model": ModelVersion, "description": "Imported before from that file"}},
+)
+async def import_version(
+    name: str,
+    principal: Member,
+    request: Request,
+    response: Response,
+    task: str,
+    classes: Annotated[list[str] | None, Query(max_length=100_000)] = None,
+    filename: Annotated[str, Query(min_length=1, max_length=255)] = "model.onnx",
+    input_layout: str | None = None,
+    scale: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    size: str | None = None,
+) -> ModelVersion:
+    """The raw body is an ONNX file trained elsewhere; it becomes a new version of ``name``
+    (lineage "imported") once checked (docs/import.md). ``classes`` is repeated, one class
+    name each, in the order of the model's scores. 201 with a new version; 200 with the
+    version the same file was imported as before with the same options."""
+    services = services_of(request)
+    imports = services.imports
+    if imports is None:
+        raise Unavailable("this server does not import models")
+    validate_name(name, "model name")
+    options = imports.options(
+        task=task,
+        classes=classes or (),
+        layout=input_layout,
+        scale=scale,
+        mean=mean,
+        std=std,
+        size=size,
+    )
+    await check_storage_quota_first(
+        request, services.quotas, principal.tenant_id, f"model {name!r}"
+    )
+    staged = await receive_upload(
+        request, services.blobs.staging_dir, services.settings.max_artifact_bytes
+    )
+    try:
+        result = await run_in_threadpool(
+            imports.import_model,
+            principal,
+            name,
+            staged.path,
+            staged.sha256,
+            staged.size,
+            filename,
+            options,
+        )
+    finally:
+        staged.path.unlink(missing_ok=True)
     if not result.created:
         response.status_code = 200
     return result.version

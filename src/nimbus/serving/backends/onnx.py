@@ -34,6 +34,34 @@ class OnnxBackend:
         return np.asarray(probabilities)
 
 
+class ImportedOnnxBackend:
+    """An imported model (docs/import.md): its own scored output, as ``[rows, classes]``
+    scores (a softmax or not: the predictor knows), run row by row when the graph's batch
+    is fixed at 1."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(
+        self, session: ort.InferenceSession, input_name: str, output_name: str, batch: int | None
+    ) -> None:
+        self._session = session
+        self._input_name = input_name
+        self._outputs = [output_name]
+        self._batch = batch
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        if self._batch == 1 and len(inputs) != 1:
+            parts = [self._one(inputs[i : i + 1]) for i in range(len(inputs))]
+            scores = np.concatenate(parts) if parts else self._one(inputs[:0])
+        else:
+            scores = self._one(inputs)
+        return np.asarray(scores, dtype=np.float32).reshape(len(inputs), -1)
+
+    def _one(self, inputs: np.ndarray) -> np.ndarray:
+        (scores,) = self._session.run(self._outputs, {self._input_name: inputs})
+        return np.asarray(scores).reshape(len(inputs), -1)
+
+
 def session_options(threads: int) -> ort.SessionOptions:
     """CPU session options: ``threads`` intra-op threads, sequential, no spinning."""
     options = ort.SessionOptions()
@@ -46,7 +74,7 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def load(model_dir: Path, spec: ModelSpec, threads: int) -> OnnxBackend:
+def load(model_dir: Path, spec: ModelSpec, threads: int) -> OnnxBackend | ImportedOnnxBackend:
     """Open ``MODEL_DIR/model.onnx`` and check it against the spec's ``onnx_input``."""
     path = model_dir / ONNX_FILE
     if not path.is_file():
@@ -66,6 +94,15 @@ def load(model_dir: Path, spec: ModelSpec, threads: int) -> OnnxBackend:
             f"says onnx_input is {expected.name!r} {expected.datatype}"
         )
     names = [o.name for o in session.get_outputs()]
+    imported = spec.imported
+    if imported is not None:
+        output = str(imported.get("output"))
+        if output not in names:
+            raise InvalidInput(f"model.onnx has no output {output[:80]!r} (it has {names})")
+        batch = imported.get("batch")
+        return ImportedOnnxBackend(
+            session, model_input.name, output, batch if isinstance(batch, int) else None
+        )
     if PROBABILITIES not in names:
         raise InvalidInput(f"model.onnx has no '{PROBABILITIES}' output (it has {names})")
     return OnnxBackend(session, model_input.name, PROBABILITIES)

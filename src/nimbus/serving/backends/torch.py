@@ -40,6 +40,8 @@ class TorchBackend:
 def load(model_dir: Path, spec: ModelSpec, threads: int) -> TorchBackend:
     """Rebuild the module named by ``spec.architecture`` and fill it from the weights file."""
     path = model_dir / WEIGHTS_FILE
+    if spec.imported is not None:
+        raise InvalidInput("an imported model has no PyTorch weights: serve it with runtime onnx")
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist")
     torch.set_num_threads(threads)
