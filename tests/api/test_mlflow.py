@@ -1,0 +1,157 @@
+"""The real MLflow client (mlflow-skinny) against a real Nimbus server: the tracking calls
+a training script makes, artifacts, the model registry, and what Nimbus shows of it; tenant
+isolation and the viewer role in MLflow's error format. One server for the module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.conftest import error_of
+from tests.helpers import ServerProcess
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def as_token(
+    shared_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], MlflowClient]]:
+    """``as_token(secret)``: the MLflow client as configured by its environment variables,
+    pointed at the server with that token; the fluent API's state is reset afterwards."""
+
+    def use(secret: str) -> MlflowClient:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server.url)
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", secret)
+        return MlflowClient()
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    yield use
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def test_the_client_logs_a_run_end_to_end(
+    shared_server: ServerProcess,
+    token_for: Callable[..., str],
+    as_token: Callable[[str], MlflowClient],
+    tmp_path: Path,
+) -> None:
+    secret = token_for("member")
+    client = as_token(secret)
+    experiment_id = mlflow.set_experiment("mnist-mlflow").experiment_id
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    (tmp_path / "notes.txt").write_text("hello from mlflow\n")
+    with mlflow.start_run(run_name="lr-sweep-1") as run:
+        run_id = run.info.run_id
+        mlflow.log_params({"lr": 0.01, "epochs": 3})
+        mlflow.set_tag("team", "vision")
+        for step, loss in enumerate([0.9, 0.5, 0.3]):
+            mlflow.log_metric("loss", loss, step=step)
+        mlflow.log_metrics({"acc": 0.93})
+        mlflow.log_artifact(str(tmp_path / "notes.txt"))
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED" and got.info.run_name == "lr-sweep-1"
+    assert got.info.experiment_id == experiment_id
+    assert got.data.params == {"lr": "0.01", "epochs": "3"}
+    assert got.data.metrics == {"loss": 0.3, "acc": 0.93}
+    assert got.data.tags["team"] == "vision"
+    history = client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 0.9), (1, 0.5), (2, 0.3)]
+
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["model", "notes.txt"]
+    assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/MLmodel"]
+    local = client.download_artifacts(run_id, "notes.txt", str(tmp_path / "down"))
+    assert Path(local).read_text() == "hello from mlflow\n"
+
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string="metrics.acc > 0.9 and params.lr = '0.01'"
+    )
+    assert list(found["run_id"]) == [run_id]
+    assert mlflow.search_runs([experiment_id], "tags.team = 'audio'").empty
+    assert [e.name for e in mlflow.search_experiments(filter_string="name = 'mnist-mlflow'")] == [
+        "mnist-mlflow"
+    ]
+
+    version = mlflow.register_model(f"runs:/{run_id}/model", "mnist-classifier")
+    assert version.version == "1" and version.status == "READY"
+    assert version.run_id == run_id
+    client.set_registered_model_alias("mnist-classifier", "champion", "1")
+    assert client.get_model_version_by_alias("mnist-classifier", "champion").version == "1"
+    assert client.get_registered_model("mnist-classifier").aliases == {"champion": "1"}
+    assert [v.version for v in client.search_model_versions("name = 'mnist-classifier'")] == ["1"]
+
+    # Nimbus's own view of the run, and the file in its blob store.
+    with shared_server.client(secret) as http:
+        runs = http.get(f"{API}/runs", params={"experiment": "mnist-mlflow"}).json()["runs"]
+        [listed] = [r for r in runs if r["id"] == run_id]
+        assert listed["metrics"] == {"loss": 0.3, "acc": 0.93}
+        assert listed["params"] == {"lr": "0.01", "epochs": "3"}
+        assert listed["artifacts"] == ["model/MLmodel", "notes.txt"]
+        assert http.get(f"{API}/runs/{run_id}").json()["status"] == "FINISHED"
+
+
+def test_other_tenants_and_viewers(
+    shared_server: ServerProcess,
+    token_for: Callable[..., str],
+    as_token: Callable[[str], MlflowClient],
+) -> None:
+    client = as_token(token_for("member"))
+    experiment_id = client.create_experiment("isolated")
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_metric(run_id, "x", 1.0)
+
+    stranger = as_token(token_for("member", tenant="other-team"))
+    with pytest.raises(MlflowException) as refused:
+        stranger.get_run(run_id)
+    assert refused.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException) as refused:
+        stranger.log_metric(run_id, "x", 2.0)
+    assert refused.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert stranger.search_runs([experiment_id]) == []
+    assert stranger.get_experiment_by_name("isolated") is None
+
+    viewer = as_token(token_for("viewer"))
+    assert viewer.get_run(run_id).data.metrics == {"x": 1.0}
+    with pytest.raises(MlflowException) as refused:
+        viewer.log_metric(run_id, "x", 3.0)
+    assert refused.value.error_code == "PERMISSION_DENIED"
+    with pytest.raises(MlflowException) as refused:
+        viewer.create_experiment("not-allowed")
+    assert refused.value.error_code == "PERMISSION_DENIED"
+
+
+def test_errors_are_in_mlflow_format(
+    shared_server: ServerProcess, token_for: Callable[..., str]
+) -> None:
+    with shared_server.client(token_for("member")) as http:
+        missing = http.get("/api/2.0/mlflow/runs/get", params={"run_id": "0" * 32})
+        assert missing.status_code == 404
+        assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+        bad = http.post("/api/2.0/mlflow/runs/log-metric", json={"run_id": "x", "key": "k"})
+        assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "value" in bad.json()["message"]
+        http.post("/api/2.0/mlflow/experiments/create", json={"name": "twice"})
+        again = http.post("/api/2.0/mlflow/experiments/create", json={"name": "twice"})
+        assert again.status_code == 409
+        assert again.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
+        unsafe = http.get(
+            "/api/2.0/mlflow-artifacts/artifacts", params={"path": "1/r/artifacts/../x"}
+        )
+        assert unsafe.status_code == 400 and "unsafe" in unsafe.json()["message"]
+    anonymous = httpx.get(f"{shared_server.url}/api/2.0/mlflow/experiments/search")
+    assert anonymous.status_code in (401, 405)
+    assert error_of  # Nimbus's own routes keep their format (checked in test_auth)
