@@ -8,14 +8,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import mlflow
 import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from tests.api.conftest import error_of
+from nimbus.client import Client
+from tests.cli.conftest import Nimbus
 from tests.helpers import ServerProcess
-
-mlflow = pytest.importorskip("mlflow")
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+from tests.helpers_models import insert_job
 
 API = "/api/v1"
 
@@ -25,7 +26,7 @@ def as_token(
     shared_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[[str], MlflowClient]]:
     """``as_token(secret)``: the MLflow client as configured by its environment variables,
-    pointed at the server with that token; the fluent API's state is reset afterwards."""
+    pointed at the server with that token; a run left active is ended afterwards."""
 
     def use(secret: str) -> MlflowClient:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server.url)
@@ -37,7 +38,6 @@ def as_token(
     yield use
     if mlflow.active_run() is not None:
         mlflow.end_run()
-    mlflow.set_tracking_uri(None)
 
 
 def test_the_client_logs_a_run_end_to_end(
@@ -94,14 +94,30 @@ def test_the_client_logs_a_run_end_to_end(
     assert client.get_registered_model("mnist-classifier").aliases == {"champion": "1"}
     assert [v.version for v in client.search_model_versions("name = 'mnist-classifier'")] == ["1"]
 
-    # Nimbus's own view of the run, and the file in its blob store.
-    with shared_server.client(secret) as http:
-        runs = http.get(f"{API}/runs", params={"experiment": "mnist-mlflow"}).json()["runs"]
-        [listed] = [r for r in runs if r["id"] == run_id]
-        assert listed["metrics"] == {"loss": 0.3, "acc": 0.93}
-        assert listed["params"] == {"lr": "0.01", "epochs": "3"}
-        assert listed["artifacts"] == ["model/MLmodel", "notes.txt"]
-        assert http.get(f"{API}/runs/{run_id}").json()["status"] == "FINISHED"
+    # Nimbus's own view: the SDK, and the CLI comparing the run with a job (read as a run).
+    with Client(shared_server.url, token=secret) as sdk:
+        [listed] = [r for r in sdk.list_runs("mnist-mlflow") if r.id == run_id]
+    assert listed.metrics == {"loss": 0.3, "acc": 0.93}
+    assert listed.params == {"lr": "0.01", "epochs": "3"}
+    assert listed.artifacts == ["model/MLmodel", "notes.txt"]
+    assert listed.status == "FINISHED" and listed.experiment == "mnist-mlflow"
+    job_id = insert_job(shared_server.home, "default", None)
+    assert client.get_run(job_id).data.params == {"epochs": "1"}
+    assert client.get_run(job_id).info.status == "FINISHED"
+    cli = Nimbus(
+        {
+            "NIMBUS_HOME": str(tmp_path / "cli-home"),
+            "NIMBUS_URL": shared_server.url,
+            "NIMBUS_TOKEN": secret,
+            "COLUMNS": "200",
+        }
+    )
+    compared = cli.json("runs", "compare", run_id, job_id)["runs"]
+    assert [(r["id"], r["experiment"]) for r in compared] == [
+        (run_id, "mnist-mlflow"),
+        (job_id, "jobs"),
+    ]
+    assert run_id in cli("runs", "list", "--experiment", "mnist-mlflow").stdout
 
 
 def test_other_tenants_and_viewers(
@@ -154,4 +170,3 @@ def test_errors_are_in_mlflow_format(
         assert unsafe.status_code == 400 and "unsafe" in unsafe.json()["message"]
     anonymous = httpx.get(f"{shared_server.url}/api/2.0/mlflow/experiments/search")
     assert anonymous.status_code in (401, 405)
-    assert error_of  # Nimbus's own routes keep their format (checked in test_auth)

@@ -4,7 +4,10 @@ so MLflow clients raise their usual exceptions (``RestException`` with that code
 
 from __future__ import annotations
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
+
+from nimbus.errors import InvalidInput
 
 PREFIXES = ("/api/2.0/mlflow/", "/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow/")
 
@@ -43,3 +46,10 @@ def mlflow_error(
 ) -> JSONResponse:
     body = {"error_code": error_code(status, code), "message": message}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def no_nul_in_query(request: Request) -> None:
+    """A router dependency: 400 for a NUL character in a query parameter or the path (the
+    metadata store's text cannot hold one)."""
+    if "\x00" in request.url.path or any("\x00" in v for v in request.query_params.values()):
+        raise InvalidInput("the request's path or query parameters contain a NUL character")

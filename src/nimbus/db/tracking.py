@@ -152,9 +152,14 @@ def set_tags(session: Session, run_id: str, tags: dict[str, str]) -> None:
     """Set tags (a later value replaces an earlier one)."""
     if not tags:
         return
-    session.execute(delete(RunTagRow).where(RunTagRow.run_id == run_id, RunTagRow.key.in_(tags)))
-    session.add_all(RunTagRow(run_id=run_id, key=k, value=v) for k, v in tags.items())
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.execute(
+                delete(RunTagRow).where(RunTagRow.run_id == run_id, RunTagRow.key.in_(tags))
+            )
+            session.add_all(RunTagRow(run_id=run_id, key=k, value=v) for k, v in tags.items())
+    except IntegrityError:
+        raise Conflict(f"tags of run {run_id} were set concurrently; try again") from None
 
 
 def delete_tag(session: Session, run_id: str, key: str) -> bool:

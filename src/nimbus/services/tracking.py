@@ -22,7 +22,7 @@ from nimbus.db.engine import Database
 from nimbus.db.tables import utcnow
 from nimbus.db.tracking import ACTIVE, DELETED, NewRun, Point
 from nimbus.db.tracking_tables import ExperimentRow, RunRow
-from nimbus.errors import InvalidInput, NotFound
+from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.jobs.domain import Job, JobState
 from nimbus.security import Principal, Role, require_role
 from nimbus.services import tracking_search as search
@@ -70,7 +70,7 @@ def status_of(value: str | int) -> str:
 
 
 def parse_experiment_id(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    if not text.isdigit() or len(text) > 10 or int(text) > 2**31 - 1:
         raise NotFound(f"no experiment with id {text[:40]!r}")
     return int(text)
 
@@ -100,9 +100,14 @@ class TrackingService:
         if experiment_id == "0":
             found = repo.experiment_by_name(session, principal.tenant_id, DEFAULT_EXPERIMENT)
             if found is None and principal.role.includes(Role.MEMBER):
-                found = repo.create_experiment(
-                    session, principal.tenant_id, DEFAULT_EXPERIMENT, {}, self.clock()
-                )
+                try:
+                    found = repo.create_experiment(
+                        session, principal.tenant_id, DEFAULT_EXPERIMENT, {}, self.clock()
+                    )
+                except Conflict:  # created meanwhile by another request
+                    found = repo.experiment_by_name(
+                        session, principal.tenant_id, DEFAULT_EXPERIMENT
+                    )
         else:
             found = repo.experiment(
                 session, principal.tenant_id, parse_experiment_id(experiment_id)
@@ -288,7 +293,7 @@ class TrackingService:
         self,
         principal: Principal,
         run_id: str,
-        metrics: list[wire.MetricPoint],
+        metrics: list[wire.LoggedMetric],
         params: list[wire.KeyValue],
         tags: list[wire.KeyValue],
     ) -> None:

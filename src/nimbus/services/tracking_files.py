@@ -49,6 +49,8 @@ def parse_artifact_path(text: str) -> ArtifactPath:
     """``EXPERIMENT_ID/RUN_ID/artifacts[/FILE]`` with a safe relative FILE; 400 otherwise
     (absolute paths, ``..``, empty or backslashed segments)."""
     text = text.strip("/")
+    if "\x00" in text:
+        raise InvalidInput("an artifact path may not contain NUL characters")
     parts = text.split("/")
     if len(parts) < 3 or not parts[0].isdigit() or parts[2] != "artifacts" or not parts[1]:
         raise InvalidInput(
@@ -62,7 +64,9 @@ def parse_artifact_path(text: str) -> ArtifactPath:
     file = "/".join(rest)
     if len(file) > MAX_PATH:
         raise InvalidInput(f"artifact path is over {MAX_PATH} characters")
-    return ArtifactPath(int(parts[0][:18]), parts[1], file)
+    if len(parts[0]) > 10 or int(parts[0]) > 2**31 - 1:
+        raise NotFound(f"no experiment with id {parts[0][:40]!r}")
+    return ArtifactPath(int(parts[0]), parts[1], file)
 
 
 def directory_listing(paths: dict[str, int], directory: str) -> list[dict[str, Any]]:

@@ -150,7 +150,7 @@ class TrackingRegistryService:
             answer["next_page_token"] = token
         return answer
 
-    def set_alias(self, principal: Principal, body: wire.SetAlias) -> None:
+    def set_alias(self, principal: Principal, body: wire.RegisteredModelAlias) -> None:
         require_role(principal, Role.MEMBER)
         if body.alias.lower() == "latest" or (
             body.alias.lower().startswith("v") and body.alias[1:].isdigit()

@@ -6,8 +6,11 @@ different versions send fields this server has no use for (``model_id``, ``datas
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nimbus.names import MAX_INT64
 from nimbus.wire.base import Response, Timestamp
 
 MAX_KEY = 250
@@ -15,8 +18,26 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 
 
+def has_nul(value: Any) -> bool:
+    """Whether a NUL character is anywhere in ``value`` (PostgreSQL's text cannot hold one)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
+
+
 class MlflowRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if has_nul(data):
+            raise ValueError("text may not contain NUL characters")
+        return data
 
 
 class KeyValue(MlflowRequest):
@@ -52,7 +73,7 @@ class CreateRun(MlflowRequest):
     experiment_id: str = "0"
     user_id: str = Field(default="", max_length=256)
     run_name: str | None = Field(default=None, max_length=256)
-    start_time: int | None = Field(default=None, ge=0)
+    start_time: int | None = Field(default=None, ge=0, le=MAX_INT64)
     tags: list[KeyValue] = Field(default_factory=list, max_length=100)
 
 
@@ -67,7 +88,7 @@ class RunRef(MlflowRequest):
 
 class UpdateRun(RunRef):
     status: str | int | None = None
-    end_time: int | None = Field(default=None, ge=0)
+    end_time: int | None = Field(default=None, ge=0, le=MAX_INT64)
     run_name: str | None = Field(default=None, max_length=256)
 
 
@@ -85,19 +106,19 @@ class DeleteTag(RunRef):
     key: str = Field(min_length=1, max_length=MAX_KEY)
 
 
-class MetricPoint(MlflowRequest):
+class LoggedMetric(MlflowRequest):
     key: str = Field(min_length=1, max_length=MAX_KEY)
     value: float
-    timestamp: int | None = Field(default=None, ge=0)
-    step: int = 0
+    timestamp: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    step: int = Field(default=0, ge=-MAX_INT64, le=MAX_INT64)
 
 
-class LogMetric(RunRef, MetricPoint):
+class LogMetric(RunRef, LoggedMetric):
     pass
 
 
 class LogBatch(RunRef):
-    metrics: list[MetricPoint] = Field(default_factory=list, max_length=1000)
+    metrics: list[LoggedMetric] = Field(default_factory=list, max_length=1000)
     params: list[KeyValue] = Field(default_factory=list, max_length=100)
     tags: list[KeyValue] = Field(default_factory=list, max_length=100)
 
@@ -125,7 +146,7 @@ class CreateModelVersion(MlflowRequest):
     description: str = Field(default="", max_length=MAX_TAG_VALUE)
 
 
-class SetAlias(MlflowRequest):
+class RegisteredModelAlias(MlflowRequest):
     name: str = Field(min_length=1, max_length=256)
     alias: str = Field(min_length=1, max_length=256)
     version: str

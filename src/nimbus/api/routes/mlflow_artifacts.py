@@ -7,17 +7,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.downloads import FILE_RESPONSE, attachment
+from nimbus.api.mlflow_errors import no_nul_in_query
 from nimbus.api.state import services_of
 from nimbus.api.upload import declared_length, receive_upload
 from nimbus.services.tracking_files import parse_artifact_path
 
-router = APIRouter(prefix="/api/2.0/mlflow-artifacts", tags=["mlflow"])
+router = APIRouter(
+    prefix="/api/2.0/mlflow-artifacts", tags=["mlflow"], dependencies=[Depends(no_nul_in_query)]
+)
 
 
 @router.put("/artifacts/{path:path}")

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Depends, Query, Request
 
 from nimbus.api.auth import Member, Viewer
+from nimbus.api.mlflow_errors import no_nul_in_query
 from nimbus.api.state import services_of
 from nimbus.wire import tracking as wire
 
-router = APIRouter(prefix="/api/2.0/mlflow", tags=["mlflow"])
+router = APIRouter(
+    prefix="/api/2.0/mlflow", tags=["mlflow"], dependencies=[Depends(no_nul_in_query)]
+)
 
 Name = Annotated[str, Query(min_length=1, max_length=256)]
 Results = Annotated[int, Query(ge=1, le=10000)]
@@ -21,9 +23,7 @@ Token = Annotated[str | None, Query(max_length=64)]
 Filter = Annotated[str | None, Query(max_length=4096)]
 
 
-class AliasRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class AliasRef(wire.MlflowRequest):
     name: str
     alias: str
 
@@ -58,7 +58,7 @@ def latest_versions(body: wire.LatestVersions, principal: Viewer, request: Reque
 
 
 @router.post("/registered-models/alias")
-def set_alias(body: wire.SetAlias, principal: Member, request: Request) -> Any:
+def set_alias(body: wire.RegisteredModelAlias, principal: Member, request: Request) -> Any:
     services_of(request).tracking_registry.set_alias(principal, body)
     return {}
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from nimbus.api.auth import Member, Viewer
+from nimbus.api.mlflow_errors import no_nul_in_query
 from nimbus.api.state import services_of
 from nimbus.db.tracking import ACTIVE, DELETED
 from nimbus.wire import tracking as wire
 
 PREFIX = "/api/2.0/mlflow"
-router = APIRouter(prefix=PREFIX, tags=["mlflow"])
+router = APIRouter(prefix=PREFIX, tags=["mlflow"], dependencies=[Depends(no_nul_in_query)])
 
 Text = Annotated[str, Query(max_length=512)]
 
@@ -101,7 +102,7 @@ def log_param(body: wire.LogParam, principal: Member, request: Request) -> Any:
 
 @router.post("/runs/log-metric")
 def log_metric(body: wire.LogMetric, principal: Member, request: Request) -> Any:
-    point = wire.MetricPoint(
+    point = wire.LoggedMetric(
         key=body.key, value=body.value, timestamp=body.timestamp, step=body.step
     )
     services_of(request).tracking.log_batch(principal, body.id, [point], [], [])
