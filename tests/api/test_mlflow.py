@@ -104,6 +104,7 @@ def test_the_client_logs_a_run_end_to_end(
     job_id = insert_job(shared_server.home, "default", None)
     assert client.get_run(job_id).data.params == {"epochs": "1"}
     assert client.get_run(job_id).info.status == "FINISHED"
+    assert job_id in [r.info.run_id for r in client.search_runs(["jobs"])]
     cli = Nimbus(
         {
             "NIMBUS_HOME": str(tmp_path / "cli-home"),

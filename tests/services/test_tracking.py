@@ -147,6 +147,12 @@ def test_a_job_reads_as_a_run(db: Database) -> None:
         tracking.log_batch(ALICE, job.id, [point("x", 1, 0)], [], [])
     with pytest.raises(NotFound):
         tracking.get_run(BOB, job.id)
+    jobs_search = wire.SearchRuns(experiment_ids=["jobs"], filter="metrics.loss < 0.5")
+    assert [r["info"]["run_id"] for r in tracking.search_runs(ALICE, jobs_search)["runs"]] == [
+        job.id
+    ]
+    assert tracking.search_runs(BOB, jobs_search)["runs"] == []
+    assert tracking.get_experiment(ALICE, "jobs")["name"] == "Nimbus jobs"
     [compared] = tracking.tracked_runs(ALICE, [job.id])
     assert compared.experiment == "jobs" and compared.metrics == {"loss": 0.4}
 

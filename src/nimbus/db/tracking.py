@@ -112,13 +112,18 @@ def run(session: Session, tenant_id: int, run_id: str) -> RunRow | None:
 
 
 def runs(
-    session: Session, tenant_id: int, experiment_ids: Sequence[int] | None, stages: Sequence[str]
+    session: Session,
+    tenant_id: int,
+    experiment_ids: Sequence[int] | None,
+    stages: Sequence[str],
+    limit: int | None = None,
 ) -> list[RunRow]:
-    """The tenant's runs (of those experiments, when given) in those lifecycle stages."""
+    """The tenant's runs (of those experiments, when given) in those lifecycle stages,
+    newest first (``limit`` at most)."""
     query = select(RunRow).where(RunRow.tenant_id == tenant_id, RunRow.lifecycle_stage.in_(stages))
     if experiment_ids is not None:
         query = query.where(RunRow.experiment_id.in_(experiment_ids))
-    return list(session.scalars(query.order_by(RunRow.start_time.desc(), RunRow.id)))
+    return list(session.scalars(query.order_by(RunRow.start_time.desc(), RunRow.id).limit(limit)))
 
 
 def log_params(session: Session, run_id: str, params: dict[str, str]) -> None:
@@ -201,15 +206,38 @@ def tags_of(session: Session, run_ids: Sequence[str]) -> dict[str, dict[str, str
 
 def latest_metrics(session: Session, run_ids: Sequence[str]) -> dict[str, dict[str, Point]]:
     """Each run's latest point of every metric: the highest step, then the latest
-    timestamp, then the last logged (MLflow's rule)."""
+    timestamp, then the last logged (MLflow's rule). Chosen by the database (a window over
+    each run's series), so a run of a million points reads one row per metric."""
     found: dict[str, dict[str, Point]] = {r: {} for r in run_ids}
-    query = (
-        select(RunMetricRow)
-        .where(RunMetricRow.run_id.in_(run_ids))
-        .order_by(RunMetricRow.step, RunMetricRow.timestamp, RunMetricRow.id)
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=(RunMetricRow.run_id, RunMetricRow.key),
+            order_by=(
+                RunMetricRow.step.desc(),
+                RunMetricRow.timestamp.desc(),
+                RunMetricRow.id.desc(),
+            ),
+        )
+        .label("rank")
     )
-    for row in session.scalars(query):
-        found[row.run_id][row.key] = Point(row.key, row.value, row.timestamp, row.step)
+    ranked = (
+        select(
+            RunMetricRow.run_id,
+            RunMetricRow.key,
+            RunMetricRow.value,
+            RunMetricRow.timestamp,
+            RunMetricRow.step,
+            rank,
+        )
+        .where(RunMetricRow.run_id.in_(run_ids))
+        .subquery()
+    )
+    query = select(
+        ranked.c.run_id, ranked.c.key, ranked.c.value, ranked.c.timestamp, ranked.c.step
+    ).where(ranked.c.rank == 1)
+    for run_id, key, value, timestamp, step in session.execute(query):
+        found[run_id][key] = Point(key, value, timestamp, step)
     return found
 
 

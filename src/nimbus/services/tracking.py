@@ -50,6 +50,7 @@ _JOB_ID = re.compile(r"^job_[0-9a-f]{24}$")
 _VIEWS = {"ACTIVE_ONLY": (ACTIVE,), "DELETED_ONLY": (DELETED,), "ALL": (ACTIVE, DELETED)}
 _VIEW_NUMBERS = {1: "ACTIVE_ONLY", 2: "DELETED_ONLY", 3: "ALL"}
 MAX_HISTORY_PAGE = 25000
+MAX_JOBS_SEARCHED = 1000  # a search of the "jobs" experiment reads the newest jobs only
 
 
 def stages_of(view_type: str | int | None) -> tuple[str, ...]:
@@ -131,6 +132,8 @@ class TrackingService:
             return str(row.id)
 
     def get_experiment(self, principal: Principal, experiment_id: str) -> dict[str, Any]:
+        if experiment_id == JOBS_EXPERIMENT:
+            return jobs_experiment_view()
         with self.db.session(write=experiment_id == "0") as session:
             return experiment_view(self._experiment(session, principal, experiment_id))
 
@@ -363,6 +366,8 @@ class TrackingService:
         with self.db.session() as session:
             ids = []
             for text in body.experiment_ids:
+                if text == JOBS_EXPERIMENT:
+                    continue
                 found = (
                     repo.experiment_by_name(session, principal.tenant_id, DEFAULT_EXPERIMENT)
                     if text == "0"
@@ -370,8 +375,12 @@ class TrackingService:
                 )
                 if found is not None:
                     ids.append(found.id)
-            rows = repo.runs(session, principal.tenant_id, ids, stages_of(body.run_view_type))
+            stages = stages_of(body.run_view_type)
+            rows = repo.runs(session, principal.tenant_id, ids, stages)
             views = self._views(session, rows)
+            if JOBS_EXPERIMENT in body.experiment_ids and ACTIVE in stages:
+                jobs = job_repo.list_jobs(session, principal.tenant_id, limit=MAX_JOBS_SEARCHED)
+                views += [self._job_view(session, job) for job in jobs]
         found_views = [v for v in views if search.matches(searchable(v), clauses)]
         chosen, token = search.page(
             search.sort(found_views, orders, searchable), body.max_results, body.page_token
@@ -393,7 +402,7 @@ class TrackingService:
                 if found is None:
                     raise NotFound(f"no experiment named {experiment[:256]!r}")
                 ids = [found.id]
-            rows = repo.runs(session, principal.tenant_id, ids, (ACTIVE,))[:limit]
+            rows = repo.runs(session, principal.tenant_id, ids, (ACTIVE,), limit)
             return [
                 self._tracked(session, principal, row.id, view)
                 for row, view in zip(rows, self._views(session, rows), strict=True)
@@ -435,6 +444,17 @@ class TrackingService:
 
 def from_millis(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1000, UTC)
+
+
+def jobs_experiment_view() -> dict[str, Any]:
+    """The experiment Nimbus jobs belong to when read as runs (it holds no MLflow run)."""
+    return {
+        "experiment_id": JOBS_EXPERIMENT,
+        "name": "Nimbus jobs",
+        "artifact_location": "",
+        "lifecycle_stage": ACTIVE,
+        "tags": [{"key": "nimbus.kind", "value": "jobs"}],
+    }
 
 
 def searchable(view: dict[str, Any]) -> search.Searchable:
