@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from alembic import command
+from sqlalchemy import inspect
 
 from nimbus.db import job_outputs
 from nimbus.db import jobs as job_repo
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
+from nimbus.db.migrate import alembic_config, upgrade
 from nimbus.db.tables import Tenant
 from nimbus.errors import Conflict, Forbidden, InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity
@@ -180,6 +182,14 @@ def test_registry_versions_and_aliases(db: Database) -> None:
         registry.get_model(BOB, "clf")
     assert registry.search_models(BOB, None, 10, None)["registered_models"] == []
     assert len(registry.search_versions(ALICE, "name = 'clf'", 10, None)["model_versions"]) == 2
+
+
+def test_migration_0018_goes_down_and_up(db: Database) -> None:
+    TrackingService(db).create_run(ALICE, wire.CreateRun())
+    command.downgrade(alembic_config(db.engine), "0017")
+    assert not [t for t in inspect(db.engine).get_table_names() if t.startswith("tracking_")]
+    upgrade(db.engine)
+    assert "tracking_metrics" in inspect(db.engine).get_table_names()
 
 
 @pytest.mark.parametrize(
