@@ -4,7 +4,9 @@ isolation and the viewer role in MLflow's error format. One server for the modul
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -135,6 +137,29 @@ def test_the_client_logs_a_run_end_to_end(
         (job_id, "jobs"),
     ]
     assert run_id in cli("runs", "list", "--experiment", "mnist-mlflow").stdout
+
+    # And the console: the runs' page (linked from Jobs) and the run's own.
+    with console_session(shared_server, secret) as browser:
+        assert 'href="/runs"' in browser.get("/jobs").text
+        listing = browser.get("/runs")
+        assert listing.status_code == 200 and f"/runs/{run_id}" in listing.text
+        page = browser.get(f"/runs/{run_id}").text
+        assert "lr-sweep-1" in page and "model/MLmodel" in page and "vision" in page
+    with console_session(shared_server, token_for("member", tenant="other-team")) as browser:
+        assert run_id not in browser.get("/runs").text
+        assert browser.get(f"/runs/{run_id}").status_code == 404
+
+
+@contextlib.contextmanager
+def console_session(server: ServerProcess, token: str) -> Iterator[httpx.Client]:
+    """An HTTP client signed in to the console as a person is (the form, its nonce)."""
+    with httpx.Client(base_url=server.url, timeout=30) as browser:
+        form = browser.get("/login").text
+        found = re.search(r'name="nonce" value="([^"]+)"', form)
+        assert found is not None, form
+        signed = browser.post("/login", data={"token": token, "nonce": found[1], "next": "/"})
+        assert signed.status_code in (302, 303), signed.text
+        yield browser
 
 
 def test_other_tenants_and_viewers(
