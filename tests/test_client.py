@@ -176,6 +176,9 @@ def test_public_names_are_pinned() -> None:
         "cancel_study",
         "wait_study",
         "start_automl",
+        "list_runs",
+        "get_run",
+        "compare_runs",
     }
     assert set(nimbus.client.__all__) == {
         "CHUNK_SIZE",

@@ -27,7 +27,11 @@ from nimbus.api.routes import (
     health,
     job_api,
     jobs,
+    mlflow_artifacts,
+    mlflow_registry,
+    mlflow_tracking,
     quotas,
+    runs,
     storage,
     studies,
     tokens,
@@ -85,6 +89,7 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
         uploads,
         code,
         jobs,
+        runs,
         studies,
         job_api,
         model_routes,
@@ -93,5 +98,8 @@ def create_app(services: Services, background: Sequence[Background] = ()) -> Fas
         storage,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
+    # MLflow's own paths (/api/2.0/mlflow/...), for the MLflow client.
+    for mlflow in (mlflow_tracking, mlflow_registry, mlflow_artifacts):
+        app.include_router(mlflow.router)
     web_console.install(app)
     return app

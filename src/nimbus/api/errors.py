@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nimbus.api.context import audit_context
+from nimbus.api.mlflow_errors import is_mlflow, mlflow_error
 from nimbus.errors import NimbusError
 from nimbus.wire.errors import ErrorBody
 
@@ -40,6 +41,8 @@ def error_response(
 ) -> JSONResponse:
     if request is not None and (ctx := audit_context(request.scope)) is not None:
         ctx.error = code
+    if request is not None and is_mlflow(request.url.path):
+        return mlflow_error(status, code, message, headers)
     body: dict[str, Any] = {"code": code, "message": message}
     if details:
         body["details"] = details

@@ -30,6 +30,9 @@ from nimbus.services.models import ModelService
 from nimbus.services.quotas import QuotaService
 from nimbus.services.studies import StudyService
 from nimbus.services.tokens import TokenService
+from nimbus.services.tracking import TrackingService
+from nimbus.services.tracking_files import TrackingFileService
+from nimbus.services.tracking_registry import TrackingRegistryService
 from nimbus.services.uploads import UploadService
 from nimbus.storage.blobs import BlobStore
 
@@ -73,11 +76,23 @@ class Services:
     cards: CardService = field(init=False)
     # The console's sign-ins, each standing for an API token.
     console: ConsoleSessionService = field(init=False)
+    # MLflow-compatible tracking: runs, their files, the MLflow model registry.
+    tracking: TrackingService = field(init=False)
+    tracking_files: TrackingFileService = field(init=False)
+    tracking_registry: TrackingRegistryService = field(init=False)
 
     def __post_init__(self) -> None:
         self.log_streams = StreamSlots(self.settings.max_log_streams_per_token)
         self.cards = CardService(self.db)
         self.console = ConsoleSessionService(self.db, self.tokens)
+        self.tracking = TrackingService(self.db)
+        self.tracking_files = TrackingFileService(
+            self.db,
+            self.blobs,
+            self.quotas,
+            max_bytes=min(self.settings.max_upload_bytes, self.settings.max_artifact_bytes),
+        )
+        self.tracking_registry = TrackingRegistryService(self.db)
 
 
 def services_of(request: Request) -> Services:

@@ -26,6 +26,7 @@ from nimbus.cli import (
     models,
     predict,
     quotas,
+    runs,
     server,
     storage,
     studies,
@@ -104,6 +105,7 @@ app.command("train")(train.train)
 app.add_typer(jobs.app, name="jobs")
 app.command("tune")(studies.tune)
 app.add_typer(studies.app, name="studies")
+app.add_typer(runs.app, name="runs")
 app.command("automl")(automl.automl)
 app.add_typer(models.app, name="models")
 app.command("deploy")(deploy.deploy)

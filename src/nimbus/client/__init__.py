@@ -19,6 +19,7 @@ from nimbus.client.deployments import DeploymentFailed, DeploymentsMixin
 from nimbus.client.jobs import JobsMixin, WaitTimeout
 from nimbus.client.models import ModelRef, ModelsMixin
 from nimbus.client.quotas import QuotasMixin
+from nimbus.client.runs import RunsMixin
 from nimbus.client.sse import Event
 from nimbus.client.storage import StorageMixin
 from nimbus.client.studies import StudiesMixin
@@ -47,6 +48,7 @@ class Client(
     StudiesMixin,
     AutomlMixin,
     JobsMixin,
+    RunsMixin,
     DatasetsMixin,
     TokensMixin,
     QuotasMixin,

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from nimbus.db import jobs
+from nimbus.db import jobs, tracking
 from nimbus.db.tables import (
     CodeArtifactRow,
     Dataset,
@@ -82,7 +82,8 @@ def lock_tenant(session: Session, tenant_id: int) -> None:
 
 
 def stored_bytes(session: Session, tenant_id: int) -> int:
-    """The bytes of the tenant's dataset versions, code artifacts and job artifacts."""
+    """The bytes of the tenant's dataset versions, code artifacts, job artifacts and
+    tracking runs' artifacts."""
     files = session.scalars(
         select(DatasetVersion.files)
         .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
@@ -104,7 +105,8 @@ def stored_bytes(session: Session, tenant_id: int) -> int:
         .join(JobRow, JobRow.id == JobArtifactRow.job_id)
         .where(JobRow.tenant_id == tenant_id)
     )
-    return datasets + int(code or 0) + int(artifacts or 0)
+    runs = tracking.artifact_bytes(session, tenant_id)
+    return datasets + int(code or 0) + int(artifacts or 0) + runs
 
 
 def deployments(session: Session, tenant_id: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from nimbus.api.console import (
     jobs_list,
     models,
     overview,
+    runs,
     sign_in,
     studies,
 )
@@ -35,6 +36,7 @@ def install(app: FastAPI) -> None:
         job_page,
         models,
         studies,
+        runs,
         deployments,
         admin,
     ):
