@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -373,7 +374,9 @@ def test_an_environment_is_built_once_as_a_job_uid_and_reused(server: ServerProc
     tenant = Tenant(server, "layered")
     body = {"environment": {"requirements": ["Tomli == 2.0.1", "# a comment", ""]}}
     first, second = tenant.submit(LAYERED, **body), tenant.submit(LAYERED, **body)
-    tenant.wait_log(first, "nimbus: environment 591692f1080f built")
+    # The key hashes the requirements and the platform's packages: read, not assumed.
+    key = tenant.wait_log(first, "nimbus: environment ").split()[0]
+    tenant.wait_log(first, f"nimbus: environment {key} built")
     # Once built: reused as it is (started while the first two may still run).
     third = tenant.submit(LAYERED, environment={"requirements": ["tomli==2.0.1"]})
     jobs = [wait(tenant.client, job_id, server) for job_id in (first, second, third)]
@@ -467,14 +470,24 @@ def warm_job(tenant: Tenant, script: bytes, **body: Any) -> tuple[str, str]:
     tenant ran a job, in the background); returns that job's id and its working directory
     as it sees it."""
     for _ in range(20):
+        ready = warm_ready(tenant.server)
         job_id = tenant.submit(SAY_CWD + script, **body)
         cwd = tenant.wait_log(job_id, "cwd ")
         if "/.warm/" in cwd:
             return job_id, cwd
         tenant.client.post(f"{API}/jobs/{job_id}/cancel")
         wait(tenant.client, job_id, tenant.server)
-        time.sleep(1)
+        # The tenant's warm sandbox starts at the lowest CPU weight: wait for it rather
+        # than start cold jobs that take the CPU it waits for.
+        deadline = time.monotonic() + 90
+        while warm_ready(tenant.server) == ready and time.monotonic() < deadline:
+            time.sleep(0.2)
     raise AssertionError("no job of the tenant started warm")
+
+
+def warm_ready(server: ServerProcess) -> int:
+    """How many warm sandboxes the server has said ready so far."""
+    return len(re.findall(r"warm sandbox \S+ ready for tenant", server.log()))
 
 
 def workdir_processes(where: str) -> list[int]:

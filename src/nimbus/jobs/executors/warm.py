@@ -198,6 +198,7 @@ class WarmSandbox:
             failed = link.wait_ready(timeout).get("failed")
             if failed:  # not fatal: a job imports what it needs itself
                 log.warning("warm sandbox %s could not preload %s", name, failed)
+            log.info("warm sandbox %s ready for tenant %s", name, key.tenant_id)
         except BaseException:
             theirs.close()
             ours.close()
