@@ -17,10 +17,11 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -28,6 +29,8 @@ from starlette.requests import ClientDisconnect, Request
 from nimbus.errors import InvalidInput, PayloadTooLarge
 from nimbus.names import parse_int
 from nimbus.services.quotas import QuotaService
+
+T = TypeVar("T")
 
 BATCH_BYTES = 4 * 1024 * 1024
 FLUSH_BYTES = 64 * 1024 * 1024
@@ -189,3 +192,15 @@ async def receive_upload(request: Request, staging_dir: Path, max_bytes: int) ->
         path.unlink(missing_ok=True)
         raise
     return StagedUpload(path, staging.digest.hexdigest(), size)
+
+
+async def store_upload(
+    request: Request, staging_dir: Path, max_bytes: int, store: Callable[[StagedUpload], T]
+) -> T:
+    """The body received into ``staging_dir`` (:func:`receive_upload`), handed to ``store``
+    in the thread pool, and the staged file deleted whatever ``store`` did with it."""
+    staged = await receive_upload(request, staging_dir, max_bytes)
+    try:
+        return await run_in_threadpool(store, staged)
+    finally:
+        staged.path.unlink(missing_ok=True)

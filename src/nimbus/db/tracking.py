@@ -7,7 +7,8 @@ another tenant's experiment or run is simply not found."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,6 +35,17 @@ def new_run_id() -> str:
     return secrets.token_hex(16)
 
 
+@contextmanager
+def conflict_on_race(session: Session, message: str) -> Iterator[None]:
+    """The writes inside in a savepoint; a unique constraint they break (another writer got
+    there first) is a Conflict saying ``message``, and the session goes on."""
+    try:
+        with session.begin_nested():
+            yield
+    except IntegrityError:
+        raise Conflict(message) from None
+
+
 def create_experiment(
     session: Session, tenant_id: int, name: str, tags: dict[str, str], now: datetime
 ) -> ExperimentRow:
@@ -46,11 +58,8 @@ def create_experiment(
         created_at=now,
         updated_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        raise Conflict(f"experiment {name!r} already exists") from None
+    with conflict_on_race(session, f"experiment {name!r} already exists"):
+        session.add(row)
     return row
 
 
@@ -142,29 +151,21 @@ def log_params(session: Session, run_id: str, params: dict[str, str]) -> None:
                 f"param {key!r} of run {run_id} was already logged with value "
                 f"{stored[key]!r}; a param cannot change (new value {value!r})"
             )
-    try:
-        with session.begin_nested():
-            session.add_all(
-                RunParamRow(run_id=run_id, key=k, value=v)
-                for k, v in params.items()
-                if k not in stored
-            )
-    except IntegrityError:
-        raise Conflict(f"params of run {run_id} were logged concurrently; try again") from None
+    with conflict_on_race(session, f"params of run {run_id} were logged concurrently; try again"):
+        session.add_all(
+            RunParamRow(run_id=run_id, key=k, value=v) for k, v in params.items() if k not in stored
+        )
 
 
 def set_tags(session: Session, run_id: str, tags: dict[str, str]) -> None:
     """Set tags (a later value replaces an earlier one)."""
     if not tags:
         return
-    try:
-        with session.begin_nested():
-            session.execute(
-                delete(RunTagRow).where(RunTagRow.run_id == run_id, RunTagRow.key.in_(tags))
-            )
-            session.add_all(RunTagRow(run_id=run_id, key=k, value=v) for k, v in tags.items())
-    except IntegrityError:
-        raise Conflict(f"tags of run {run_id} were set concurrently; try again") from None
+    with conflict_on_race(session, f"tags of run {run_id} were set concurrently; try again"):
+        session.execute(
+            delete(RunTagRow).where(RunTagRow.run_id == run_id, RunTagRow.key.in_(tags))
+        )
+        session.add_all(RunTagRow(run_id=run_id, key=k, value=v) for k, v in tags.items())
 
 
 def delete_tag(session: Session, run_id: str, key: str) -> bool:

@@ -9,11 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from nimbus.db.tracking import conflict_on_race
 from nimbus.db.tracking_tables import ModelVersionRow, RegisteredModelRow
-from nimbus.errors import Conflict
 
 
 def create_model(
@@ -35,11 +34,8 @@ def create_model(
         created_at=now,
         updated_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        raise Conflict(f"registered model {name!r} already exists") from None
+    with conflict_on_race(session, f"registered model {name!r} already exists"):
+        session.add(row)
     return row
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member
 from nimbus.api.state import services_of
-from nimbus.api.upload import check_storage_quota_first, receive_upload
+from nimbus.api.upload import check_storage_quota_first, store_upload
 from nimbus.services.datasets import validate_filename
 from nimbus.wire.code import CodeArtifact
 
@@ -23,12 +22,9 @@ async def upload_code(
     if filename is not None:
         validate_filename(filename)
     await check_storage_quota_first(request, services.quotas, principal.tenant_id, "code")
-    staged = await receive_upload(
-        request, services.blobs.staging_dir, services.settings.max_code_bytes
+    return await store_upload(
+        request,
+        services.blobs.staging_dir,
+        services.settings.max_code_bytes,
+        lambda staged: services.code.upload(principal, staged.path, staged.sha256, filename),
     )
-    try:
-        return await run_in_threadpool(
-            services.code.upload, principal, staged.path, staged.sha256, filename
-        )
-    finally:
-        staged.path.unlink(missing_ok=True)

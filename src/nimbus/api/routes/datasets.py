@@ -6,12 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.downloads import FILE_RESPONSE, attachment
 from nimbus.api.state import services_of
-from nimbus.api.upload import check_storage_quota_first, receive_upload
+from nimbus.api.upload import check_storage_quota_first, store_upload
 from nimbus.datasets.domain import Format, IngestOptions, Task
 from nimbus.datasets.imagefit import parse_fit, parse_image_size
 from nimbus.errors import InvalidInput
@@ -80,21 +79,14 @@ async def upload_version(
     await check_storage_quota_first(
         request, services.quotas, principal.tenant_id, f"dataset {name!r}"
     )
-    staged = await receive_upload(
-        request, services.blobs.staging_dir, services.settings.max_upload_bytes
+    result = await store_upload(
+        request,
+        services.blobs.staging_dir,
+        services.settings.max_upload_bytes,
+        lambda staged: services.datasets.upload(
+            principal, name, staged.path, staged.sha256, filename, options
+        ),
     )
-    try:
-        result = await run_in_threadpool(
-            services.datasets.upload,
-            principal,
-            name,
-            staged.path,
-            staged.sha256,
-            filename,
-            options,
-        )
-    finally:
-        staged.path.unlink(missing_ok=True)
     if not result.created:
         response.status_code = 200
     return result.version

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from nimbus.api.auth import bearer_secret
 from nimbus.api.errors import describe_validation_error
 from nimbus.api.state import services_of
-from nimbus.api.upload import check_declared_length, receive_upload
+from nimbus.api.upload import check_declared_length, store_upload
 from nimbus.errors import InvalidInput, PayloadTooLarge
 from nimbus.names import MAX_INT64, parse_int
 from nimbus.services.job_api import AttemptContext, validate_artifact_name
@@ -133,21 +133,14 @@ async def put_checkpoint(
 ) -> StoredCheckpoint:
     """The raw body is the checkpoint; recorded only once its bytes are stored whole."""
     services = services_of(request)
-    staged = await receive_upload(
-        request, services.blobs.staging_dir, services.settings.max_upload_bytes
+    return await store_upload(
+        request,
+        services.blobs.staging_dir,
+        services.settings.max_upload_bytes,
+        lambda staged: services.job_api.put_checkpoint(
+            ctx, step, epoch, staged.path, staged.sha256, staged.size
+        ),
     )
-    try:
-        return await run_in_threadpool(
-            services.job_api.put_checkpoint,
-            ctx,
-            step,
-            epoch,
-            staged.path,
-            staged.sha256,
-            staged.size,
-        )
-    finally:
-        staged.path.unlink(missing_ok=True)
 
 
 @router.get("/checkpoints/latest/ref", response_model=StoredCheckpoint)
@@ -176,14 +169,11 @@ async def put_artifact(ctx: CurrentAttempt, request: Request, name: str) -> Arti
         services.job_api.check_artifact_size(size)
         # Before the body: 507 if the tenant's storage quota cannot take it.
         await run_in_threadpool(services.job_api.check_artifact_quota, ctx, name, size)
-    staged = await receive_upload(
+    return await store_upload(
         request,
         services.blobs.staging_dir,
         min(services.settings.max_upload_bytes, services.settings.max_artifact_bytes),
+        lambda staged: services.job_api.put_artifact(
+            ctx, name, staged.path, staged.sha256, staged.size
+        ),
     )
-    try:
-        return await run_in_threadpool(
-            services.job_api.put_artifact, ctx, name, staged.path, staged.sha256, staged.size
-        )
-    finally:
-        staged.path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from nimbus.api.auth import Member, Viewer
 from nimbus.api.downloads import FILE_RESPONSE, attachment
 from nimbus.api.mlflow_errors import no_nul_in_query
 from nimbus.api.state import services_of
-from nimbus.api.upload import declared_length, receive_upload
+from nimbus.api.upload import declared_length, store_upload
 from nimbus.services.tracking_files import parse_artifact_path
 
 router = APIRouter(
@@ -29,13 +29,12 @@ async def upload_artifact(path: str, principal: Member, request: Request) -> Any
     files = services.tracking_files
     where = parse_artifact_path(path)
     await run_in_threadpool(files.check_upload, principal, where, declared_length(request))
-    staged = await receive_upload(request, services.blobs.staging_dir, files.max_bytes)
-    try:
-        await run_in_threadpool(
-            files.put, principal, where, staged.path, staged.sha256, staged.size
-        )
-    finally:
-        staged.path.unlink(missing_ok=True)
+    await store_upload(
+        request,
+        services.blobs.staging_dir,
+        files.max_bytes,
+        lambda staged: files.put(principal, where, staged.path, staged.sha256, staged.size),
+    )
     return {}
 
 

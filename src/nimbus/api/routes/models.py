@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from nimbus.api.auth import Member, Viewer
 from nimbus.api.downloads import FILE_RESPONSE, attachment
 from nimbus.api.state import services_of
-from nimbus.api.upload import check_storage_quota_first, receive_upload
+from nimbus.api.upload import check_storage_quota_first, store_upload
 from nimbus.errors import Unavailable
 from nimbus.names import validate_name
 from nimbus.services.models import parse_version_ref
@@ -88,22 +88,14 @@ async def import_version(
     await check_storage_quota_first(
         request, services.quotas, principal.tenant_id, f"model {name!r}"
     )
-    staged = await receive_upload(
-        request, services.blobs.staging_dir, services.settings.max_artifact_bytes
+    result = await store_upload(
+        request,
+        services.blobs.staging_dir,
+        services.settings.max_artifact_bytes,
+        lambda staged: imports.import_model(
+            principal, name, staged.path, staged.sha256, staged.size, filename, options
+        ),
     )
-    try:
-        result = await run_in_threadpool(
-            imports.import_model,
-            principal,
-            name,
-            staged.path,
-            staged.sha256,
-            staged.size,
-            filename,
-            options,
-        )
-    finally:
-        staged.path.unlink(missing_ok=True)
     if not result.created:
         response.status_code = 200
     return result.version
