@@ -56,6 +56,9 @@ class ServerProcess:
         # pytest's tmp dirs are 0700, out of the job uids' reach: a sandboxing server would
         # refuse to run jobs there. The sandbox's own tests ask for it on a home it reaches.
         env["NIMBUS_JOB_ISOLATION"] = "none"
+        # Most test servers run no job, or one: the fork server's zygote (~5 s of CPU for its
+        # imports) starts with the first job instead of with every server.
+        env["NIMBUS_EXECUTOR_WARM_UP"] = "first-job"
         env.update(self.extra_env)
         return env
 

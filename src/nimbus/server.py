@@ -464,7 +464,7 @@ class SchedulerThread:
         election = Election(
             services.cluster,
             make_scheduler=make_scheduler,
-            on_ready=executor.warm,
+            on_ready=executor.warm if settings.executor_warm_up == "start" else None,
             reap=reap_left_by,
             take_over_deployments=services.deployments.take_over,
             stopping=services.stopping,
