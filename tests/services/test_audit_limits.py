@@ -92,3 +92,29 @@ def test_retention_sweep_deletes_only_old_events(db: Database) -> None:
     assert [r.actor for r in rows(db)] == ["29d", "1d"]
     sweep.start()
     sweep.stop()  # ends at once; flushes on the way out
+
+
+def test_ids_freed_by_the_sweep_are_never_given_again(db: Database) -> None:
+    """Once every event is past the retention, the next one still gets a new id (SQLite
+    would otherwise start again from the highest id left, here 1)."""
+    now = datetime(2027, 1, 15, tzinfo=UTC)
+
+    def record(actor: str, age_days: int) -> int:
+        with db.session(write=True) as session:
+            event = repo.record(
+                session,
+                tenant_id=None,
+                token_id=None,
+                actor=actor,
+                action="POST",
+                resource="/x",
+                status=201,
+            )
+            event.created_at = now - timedelta(days=age_days)
+            session.flush()
+            return event.id
+
+    first = [record(f"old{i}", 40) for i in range(3)]
+    assert AuditService(db, retention_days=30, clock=lambda: now.timestamp()).purge() == 3
+    assert rows(db) == []
+    assert record("new", 0) > max(first)

@@ -138,6 +138,10 @@ class BlobOrphanRow(Base):
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
+    # Ids only grow (migration 0020): SQLite otherwise hands out max(id) + 1, and once the
+    # retention sweep deleted the newest events, their ids came back for new ones (a
+    # reader paging with ``before=id`` or keeping ids would mix two events up).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"), index=True)
