@@ -29,8 +29,10 @@ def test_a_killed_job_resumes_from_its_checkpoint(
 
     job = api.wait_job(job_id, timeout=180)
     assert job.state == "succeeded", job
-    assert job.attempts == 2 and job.evaluation and job.evaluation["accuracy"] > 0.5
-    first, second = store.attempts(job_id)
+    attempts = store.attempts(job_id)
+    assert job.attempts == 2, ([(a.state, a.exit_reason, a.exit_signal) for a in attempts], job)
+    assert job.evaluation and job.evaluation["accuracy"] > 0.5
+    first, second = attempts
     assert (first.state, first.exit_reason, first.exit_signal) == (
         AttemptState.FAILED,
         ExitReason.SIGNALED,
