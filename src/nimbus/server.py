@@ -73,7 +73,7 @@ from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs import prefetch
 from nimbus.jobs.cache import cache_sweeper
 from nimbus.jobs.domain import Attempt, Fence, Job, parse_memory
-from nimbus.jobs.environments import NO_RAY_ENVIRONMENTS, Builds, node_builds
+from nimbus.jobs.environments import Builds, EnvironmentLimits, node_builds
 from nimbus.jobs.executors import make_executor
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle, Program
 from nimbus.jobs.executors.environment import EnvironmentExecutor
@@ -415,6 +415,7 @@ class SchedulerThread:
                 ray_jobs_dir=Path(settings.ray_jobs_dir),
                 lease_seconds=settings.lease_seconds,
                 ray_sandbox=ray_node_sandbox(settings),
+                ray_environments=EnvironmentLimits.of(settings),
             ),
             jobs_root,
             {},
@@ -440,7 +441,8 @@ class SchedulerThread:
             nimbus_url=job_api_url(settings, sandbox),
         )
         builds = node_builds(settings, sandbox)
-        scheduled = EnvironmentExecutor(executor, builds, unsupported=NO_RAY_ENVIRONMENTS)
+        # On Ray, each node's agent builds the environments (nimbus.jobs.executors.ray_remote).
+        scheduled = EnvironmentExecutor(executor, builds) if builds is not None else executor
         module = settings.job_module
 
         def launch(job: Job, attempt: Attempt) -> Program:
@@ -560,6 +562,7 @@ def ray_bridge(settings: Settings) -> RayBridge:
         warm=settings.ray_warm,
         lease_seconds=settings.lease_seconds,
         sandbox=ray_node_sandbox(settings),
+        environments=EnvironmentLimits.of(settings),
     )
 
 

@@ -5,6 +5,7 @@ uid, the sandbox) run end to end in tests/api/test_jobs_isolation.py."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -15,8 +16,15 @@ import pytest
 from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import ExitReason, JobState
 from nimbus.jobs.envbuild import pinned, platform_versions
-from nimbus.jobs.environments import BuildFailed, EnvironmentStore, lru_order, take_over
-from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Program
+from nimbus.jobs.environments import (
+    BuildFailed,
+    Builds,
+    EnvironmentSettings,
+    EnvironmentStore,
+    lru_order,
+    take_over,
+)
+from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, Program
 from nimbus.jobs.executors.environment import EnvironmentExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.policy import on_attempt_end
@@ -146,34 +154,65 @@ def test_a_failed_build_fails_the_job_at_once_with_uv_s_message() -> None:
     assert decision.message == f"environment_build_failed: {message}: not retried"
 
 
-def test_a_node_without_environments_fails_such_jobs_and_runs_the_rest(tmp_path: Path) -> None:
-    inner = LocalExecutor(tmp_path / "jobs", grace_seconds=0.5)
-    executor = EnvironmentExecutor(inner, None, unsupported="not on the Ray executor")
+def _launch(
+    tmp_path: Path, attempt: str, code: str, requirements: tuple[str, ...]
+) -> AttemptLaunch:
+    return AttemptLaunch(
+        job_id="job_e",
+        attempt_id=attempt,
+        attempt_number=1,
+        token="njt_x",
+        program=Program(code=code),
+        workdir=tmp_path / "jobs" / "job_e" / attempt,
+        nimbus_url="http://127.0.0.1:1",
+        requirements=requirements,
+    )
+
+
+def _ended(executor: EnvironmentExecutor, handle: Handle) -> ExitStatus:
+    deadline = time.monotonic() + 30
+    while (ended := executor.poll(handle)) is None:
+        assert time.monotonic() < deadline, "the attempt did not end"
+        time.sleep(0.02)
+    return ended
+
+
+def test_the_key_is_computed_off_the_schedulers_thread(tmp_path: Path) -> None:
+    """Reading the platform's packages runs the interpreter (~1 s): a start never waits
+    for it (it used to, on the scheduler's tick); the attempt waits in poll() instead, and
+    a failed read ends it as the node's fault (retried), the next one reading again."""
+    readable, reads = threading.Event(), []
+
+    def slow_pins(python: str) -> tuple[str, ...]:
+        reads.append(python)
+        if len(reads) == 1:
+            raise OSError("the interpreter is gone")
+        readable.wait(10)
+        return PLATFORM
+
+    settings = EnvironmentSettings(tmp_path / "envs", python="/opt/python3")
+    builds = Builds(settings, sandbox=None, pins=slow_pins)
+    executor = EnvironmentExecutor(LocalExecutor(tmp_path / "jobs", grace_seconds=0.5), builds)
+    code = "import os; print('env', os.environ['NIMBUS_JOB_ENV'])"
     try:
-        launch = AttemptLaunch(
-            job_id="job_e",
-            attempt_id="att_e",
-            attempt_number=1,
-            token="njt_x",
-            program=Program(code="print('ran')"),
-            workdir=tmp_path / "jobs" / "job_e" / "att_e",
-            nimbus_url="http://127.0.0.1:1",
-            requirements=("tomli==2.0.1",),
-        )
-        status = executor.poll(executor.start(launch))
-        assert status is not None and status.limit is ExitReason.ENVIRONMENT_BUILD_FAILED
-        assert status.detail == "not on the Ray executor"
-        plain = executor.start(
-            replace(
-                launch,
-                attempt_id="att_p",
-                workdir=launch.workdir.with_name("att_p"),
-                requirements=(),
-            )
-        )
-        deadline = time.monotonic() + 30
-        while (ended := executor.poll(plain)) is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert ended is not None and ended.ok
+        failed = executor.start(_launch(tmp_path, "att_0", code, ("tomli==2.0.1",)))
+        status = _ended(executor, failed)
+        assert status.limit is ExitReason.INFRA and "the interpreter is gone" in status.detail
+        lines: list[str] = []
+        launch = replace(_launch(tmp_path, "att_1", code, ("tomli==2.0.1",)), output=lines.append)
+        began = time.monotonic()
+        handle = executor.start(launch)
+        plain = executor.start(_launch(tmp_path, "att_2", "print('plain')", ()))
+        assert time.monotonic() - began < 1.0 and reads == ["/opt/python3"] * 2
+        time.sleep(0.2)
+        assert executor.poll(handle) is None and lines == []  # waits for the platform
+        key = environment_key(normalise(["tomli==2.0.1"]), PLATFORM)
+        builds.store.path(key).mkdir()  # built before: no uv here
+        readable.set()
+        assert _ended(executor, handle).ok and _ended(executor, plain).ok
+        said = "".join(lines)
+        assert f"environment {key[:12]} found: reused" in said, said
+        assert f"env {builds.store.path(key)}" in said, said
     finally:
+        readable.set()
         executor.close()

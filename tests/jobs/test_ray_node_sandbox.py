@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nimbus.jobs.environments import EnvironmentLimits
 from nimbus.jobs.executors.base import Program
 from nimbus.jobs.executors.job_api_relay import (
     JobApiRelay,
@@ -155,9 +156,11 @@ def test_a_worker_of_several_has_a_cgroup_and_work_dir_of_its_own() -> None:
         rank=1,
         env={"RANK": "1"},
         world=2,
+        requirements=("tomli==2.0.1",),
     )
     launch = node_launch(order, "3", None, nimbus_url="unix:/run/nimbus/x.sock", own_dirs=True)
     assert (launch.attempt_id, str(launch.workdir)) == ("a1.1", "/jobs/j1/a1.1")
+    assert launch.requirements == ("tomli==2.0.1",)  # built on the node before it starts
     assert launch.extra_env == {"RANK": "1", "CUDA_VISIBLE_DEVICES": "3", "NIMBUS_ATTEMPT_ID": "a1"}
     assert launch.nimbus_url == "unix:/run/nimbus/x.sock"
     alone = node_launch(dataclasses.replace(order, world=1), None, None, own_dirs=True)
@@ -175,8 +178,9 @@ def test_control_planes_with_other_settings_never_share_a_nodes_agent() -> None:
         dataclasses.replace(sandboxed, sandbox=None),
         dataclasses.replace(sandboxed, sandbox=dataclasses.replace(CONFIG, uid_first=5000)),
         dataclasses.replace(sandboxed, jobs_root="/elsewhere"),
+        dataclasses.replace(sandboxed, environments=EnvironmentLimits(max_bytes=2**30)),
     ]
-    assert len({sandboxed.key, *(c.key for c in others)}) == 4
+    assert len({sandboxed.key, *(c.key for c in others)}) == 5
     assert agent_name(sandboxed.key, "n1") != agent_name(others[0].key, "n1")
 
 

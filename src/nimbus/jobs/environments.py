@@ -62,10 +62,24 @@ log = logging.getLogger(__name__)
 BUILDS_DIR = ".build"
 LOCKS_DIR = ".locks"
 RESULT_LIMIT = 4096  # bytes of the build's failure message kept
-NO_RAY_ENVIRONMENTS = (
-    "job environments (--requirements) are not built on the Ray executor's nodes yet: "
-    "run this job on a server with NIMBUS_EXECUTOR=local or forkserver"
-)
+
+
+@dataclass(frozen=True)
+class EnvironmentLimits:
+    """How environments are built and kept, wherever they live: the control plane's
+    settings, also sent to each Ray node's agent (which builds its node's own)."""
+
+    max_bytes: int = 20 * 1024**3  # all environments together (LRU beyond)
+    build_timeout: float = 1800.0
+    index_url: str | None = None  # the package index (uv's default: PyPI)
+
+    @classmethod
+    def of(cls, settings: Settings) -> EnvironmentLimits:
+        return cls(
+            max_bytes=parse_memory(settings.job_env_max_size),
+            build_timeout=settings.job_env_build_timeout_seconds,
+            index_url=settings.job_env_index_url,
+        )
 
 
 @dataclass(frozen=True)
@@ -81,19 +95,24 @@ class EnvironmentSettings:
     python: str = sys.executable  # the jobs' interpreter
     uv: str | None = None  # the uv binary (default: the one of the uv package)
 
+    @classmethod
+    def at(cls, root: Path, limits: EnvironmentLimits) -> EnvironmentSettings:
+        return cls(
+            root,
+            max_bytes=limits.max_bytes,
+            build_timeout=limits.build_timeout,
+            index_url=limits.index_url,
+        )
+
 
 def node_builds(settings: Settings, sandbox: Sandbox | None) -> Builds | None:
-    """This node's job environments, per the settings (None on Ray: its nodes would need
-    them; :data:`NO_RAY_ENVIRONMENTS`)."""
+    """This node's job environments, per the settings. None on Ray: each Ray node's agent
+    builds its own (:mod:`nimbus.jobs.executors.ray_remote`)."""
     if settings.executor == "ray":
         return None
-    env_settings = EnvironmentSettings(
-        settings.envs_dir,
-        max_bytes=parse_memory(settings.job_env_max_size),
-        build_timeout=settings.job_env_build_timeout_seconds,
-        index_url=settings.job_env_index_url,
+    return Builds(
+        EnvironmentSettings.at(settings.envs_dir, EnvironmentLimits.of(settings)), sandbox=sandbox
     )
-    return Builds(env_settings, sandbox=sandbox)
 
 
 def uv_binary() -> str:
@@ -264,7 +283,7 @@ class Builds:
         self.store = EnvironmentStore(settings.root, settings.max_bytes)
         self.store.purge_builds(older_than=settings.build_timeout + 60)
         self._pins_of = pins
-        self._pins: tuple[str, ...] | None = None
+        self._pins: Future[tuple[str, ...]] | None = None
         self._lock = threading.Lock()
         self._building: dict[str, Future[None]] = {}
         self._held: Counter[str] = Counter()
@@ -272,12 +291,32 @@ class Builds:
         self._procs: set[int] = set()  # process groups of builds under way
         self.last_uid: int | None = None  # the uid the last build ran as (reported)
 
+    def platform_future(self) -> Future[tuple[str, ...]]:
+        """The platform's packages (:func:`platform_pins`), read once, on a thread of its
+        own: reading them runs the interpreter (~1 s), which no scheduler's tick waits
+        for. Done at once after the first read; a read that failed is tried again."""
+        with self._lock:
+            future = self._pins
+            if future is None or (future.done() and future.exception() is not None):
+                future = self._pins = Future()
+                threading.Thread(
+                    target=self._read_platform, args=(future,), name="env-platform", daemon=True
+                ).start()
+            return future
+
+    def _read_platform(self, future: Future[tuple[str, ...]]) -> None:
+        try:
+            future.set_result(self._pins_of(self.settings.python))
+        except Exception as exc:
+            future.set_exception(exc)
+
     def platform(self) -> tuple[str, ...]:
-        if self._pins is None:
-            self._pins = self._pins_of(self.settings.python)
-        return self._pins
+        """The platform's packages (waits for their first read)."""
+        return self.platform_future().result()
 
     def key(self, requirements: Sequence[str]) -> str:
+        """The environment's key (waits for the platform's first read: see
+        :meth:`platform_future`)."""
         return environment_key(requirements, self.platform())
 
     def hold(self, key: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nimbus.errors import InvalidInput
 from nimbus.jobs.executors.base import Executor
@@ -19,6 +20,9 @@ from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.warm import WarmSandboxExecutor
 from nimbus.jobs.sandbox import NodeSandboxConfig, Sandbox
+
+if TYPE_CHECKING:  # nimbus.jobs.environments imports this package's base module
+    from nimbus.jobs.environments import EnvironmentLimits
 
 EXECUTORS = ("local", "forkserver", "ray")
 log = logging.getLogger(__name__)
@@ -36,12 +40,13 @@ def make_executor(
     ray_jobs_dir: Path | None = None,
     lease_seconds: float = 30.0,
     ray_sandbox: NodeSandboxConfig | None = None,
+    ray_environments: EnvironmentLimits | None = None,
 ) -> Executor:
     """The executor called ``name``, running attempts under ``jobs_root`` (each in
     ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`). ``forkserver`` with the
     sandbox keeps up to ``warm`` warm sandboxes (0: every attempt starts cold). ``ray``
     runs them on the cluster, each in its node's sandbox with ``ray_sandbox``
-    (:mod:`.ray_sandbox`)."""
+    (:mod:`.ray_sandbox`), each node building job environments per ``ray_environments``."""
     if name == "local":
         return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
     if name == "forkserver" and sandbox is not None:
@@ -69,6 +74,7 @@ def make_executor(
             warm=warm > 0,
             lease_seconds=lease_seconds,
             sandbox=ray_sandbox,
+            environments=ray_environments,
         )
     if name == "forkserver":
         return ForkServerExecutor(jobs_root, preload=preload, grace_seconds=grace_seconds)

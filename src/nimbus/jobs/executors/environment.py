@@ -8,6 +8,9 @@ Otherwise its environment is built first (:class:`~nimbus.jobs.environments.Buil
 the scheduler's thread, its output in the attempt's log) while the attempt holds its lease
 like any running one; a failed build ends it with ``environment_build_failed`` and uv's
 message, not retried.
+
+The same wrapper runs on each Ray node, around its agent's executors (:mod:`.ray_remote`):
+a Ray node builds, keeps and reuses the environments of the attempts placed on it.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ ENV_VARIABLE = "NIMBUS_JOB_ENV"
 
 @dataclass
 class EnvironmentHandle:
-    """An attempt with an environment: its build, then the inner executor's handle."""
+    """An attempt with an environment: its key (once the platform is known), its build,
+    then the inner executor's handle."""
 
     attempt_id: str
     launch: AttemptLaunch
-    key: str
+    platform: Future[tuple[str, ...]]
+    key: str = ""
     build: Future[None] | None = None
     inner: Handle | None = None
     held: bool = False
@@ -38,23 +43,26 @@ class EnvironmentHandle:
 
 
 class EnvironmentExecutor:
-    """The inner executor, with job environments built (or refused, ``unsupported``
-    saying why: the Ray executor's nodes do not have them) before attempts start."""
+    """The inner executor, with job environments built before attempts start."""
 
-    def __init__(
-        self, inner: Executor, builds: Builds | None, *, unsupported: str | None = None
-    ) -> None:
-        self.inner, self.builds, self.unsupported = inner, builds, unsupported
+    def __init__(self, inner: Executor, builds: Builds) -> None:
+        self.inner, self.builds = inner, builds
 
     def start(self, launch: AttemptLaunch) -> Handle:
         if not launch.requirements:
             return self.inner.start(launch)
-        if self.builds is None:
-            handle = EnvironmentHandle(launch.attempt_id, launch, "")
-            handle.build = _failed(self.unsupported or "job environments are off on this node")
-            return handle
-        key = self.builds.key(launch.requirements)
-        handle = EnvironmentHandle(launch.attempt_id, launch, key)
+        # The key hashes the platform's packages, read once off this thread (the first
+        # read runs the interpreter, ~1 s: never on a scheduler's tick); until then the
+        # attempt waits in poll().
+        handle = EnvironmentHandle(launch.attempt_id, launch, self.builds.platform_future())
+        if handle.platform.done() and handle.platform.exception() is None:
+            self._begin(handle)
+        return handle
+
+    def _begin(self, handle: EnvironmentHandle) -> None:
+        """With the key known: start in the built environment, or have it built first."""
+        launch = handle.launch
+        key = handle.key = self.builds.key(launch.requirements)
         if self.builds.hold(key):
             handle.held = True
             _say(launch, f"nimbus: environment {key[:12]} found: reused, not rebuilt")
@@ -63,7 +71,7 @@ class EnvironmentExecutor:
             except BaseException:
                 self._release(handle)
                 raise
-            return handle
+            return
         handle.build, mine = self.builds.request(key, launch.requirements, launch.output)
         _say(
             launch,
@@ -72,10 +80,8 @@ class EnvironmentExecutor:
             if mine
             else f"nimbus: environment {key[:12]} is being built for another job: waiting",
         )
-        return handle
 
     def _with_env(self, launch: AttemptLaunch, key: str) -> AttemptLaunch:
-        assert self.builds is not None
         path = str(self.builds.store.path(key))
         return replace(launch, extra_env={**launch.extra_env, ENV_VARIABLE: path})
 
@@ -89,6 +95,18 @@ class EnvironmentExecutor:
             return status
         if handle.killed:
             return ExitStatus(None, signal.SIGTERM)
+        if not handle.key:
+            if not handle.platform.done():
+                return None
+            failed = handle.platform.exception()
+            if failed is not None:  # the node's interpreter: retried
+                detail = f"environment: cannot list the platform's packages: {failed!r}"
+                return ExitStatus(None, limit=ExitReason.INFRA, detail=detail)
+            try:
+                self._begin(handle)
+            except Exception as exc:
+                return ExitStatus(None, limit=ExitReason.INFRA, detail=f"could not start: {exc}")
+            return None
         assert handle.build is not None
         if not handle.build.done():
             return None
@@ -97,7 +115,6 @@ class EnvironmentExecutor:
             return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=str(error))
         if error is not None:  # the node's (no uid free, a full disk): retried
             return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
-        assert self.builds is not None
         if not self.builds.hold(handle.key):  # removed meanwhile: build it again
             handle.build, _ = self.builds.request(
                 handle.key, handle.launch.requirements, handle.launch.output
@@ -112,7 +129,7 @@ class EnvironmentExecutor:
         return None
 
     def _release(self, handle: EnvironmentHandle) -> None:
-        if handle.held and self.builds is not None:
+        if handle.held:
             self.builds.release(handle.key)
             handle.held = False
 
@@ -128,15 +145,34 @@ class EnvironmentExecutor:
         return self.inner.reap_orphans(should_kill)
 
     def close(self) -> None:
-        if self.builds is not None:
-            self.builds.close()
+        self.builds.close()
         self.inner.close()
 
 
-def _failed(message: str) -> Future[None]:
-    future: Future[None] = Future()
-    future.set_exception(BuildFailed(message))
-    return future
+@dataclass(frozen=True)
+class _Nothing:
+    attempt_id: str
+
+
+class EnvironmentOnly:
+    """Runs nothing. Under an :class:`EnvironmentExecutor`, an attempt of it ends (exit 0)
+    as soon as its environment is built: how a Ray node gets the environment of a job of
+    several workers before any of them starts (:mod:`.ray_executor`)."""
+
+    def start(self, launch: AttemptLaunch) -> Handle:
+        return _Nothing(launch.attempt_id)
+
+    def poll(self, handle: Handle) -> ExitStatus | None:
+        return ExitStatus(0)
+
+    def kill(self, handle: Handle) -> None:
+        return None
+
+    def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        return None
 
 
 def _say(launch: AttemptLaunch, line: str) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 from nimbus.errors import InvalidInput, NimbusError, Unavailable
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Resources
+from nimbus.jobs.environments import EnvironmentLimits
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle
 from nimbus.jobs.ray_cluster import NODES_TTL_SECONDS, SILENT_SECONDS, RayNode, check_feasible
 from nimbus.jobs.sandbox import NodeSandboxConfig
@@ -62,6 +63,7 @@ class _Settings:
     warm: bool
     lease_seconds: float = 30.0
     sandbox: NodeSandboxConfig | None = None
+    environments: EnvironmentLimits = field(default_factory=EnvironmentLimits)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -80,9 +82,17 @@ class RayBridge:
         warm: bool = True,
         lease_seconds: float = 30.0,
         sandbox: NodeSandboxConfig | None = None,
+        environments: EnvironmentLimits | None = None,
     ) -> None:
         self.settings = _Settings(
-            address, str(jobs_root), tuple(preload), grace_seconds, warm, lease_seconds, sandbox
+            address,
+            str(jobs_root),
+            tuple(preload),
+            grace_seconds,
+            warm,
+            lease_seconds,
+            sandbox,
+            environments or EnvironmentLimits(),
         )
         self._lock = threading.Lock()
         self._child: _Child | None = None
@@ -296,6 +306,7 @@ def bridge_main(conn: Connection, settings: _Settings) -> None:
             warm=settings.warm,
             lease_seconds=settings.lease_seconds,
             sandbox=settings.sandbox,
+            environments=settings.environments,
         )
     except Exception as exc:
         conn.send(("error", str(exc)))
@@ -367,9 +378,11 @@ def shared_bridge(
     warm: bool = True,
     lease_seconds: float = 30.0,
     sandbox: NodeSandboxConfig | None = None,
+    environments: EnvironmentLimits | None = None,
 ) -> RayBridge:
     """This process's bridge (the submit check and the executor share it): made on first
-    call, with these settings (``sandbox``: how the nodes sandbox attempts; None: not)."""
+    call, with these settings (``sandbox``: how the nodes sandbox attempts; None: not;
+    ``environments``: how the nodes build and keep job environments)."""
     global _shared
     with _shared_lock:
         if _shared is None:
@@ -385,5 +398,6 @@ def shared_bridge(
                 warm=warm,
                 lease_seconds=lease_seconds,
                 sandbox=sandbox,
+                environments=environments,
             )
         return _shared

@@ -13,6 +13,13 @@ Several workers get a placement group (``PACK``, or ``STRICT_SPREAD`` with ``spr
 torch.distributed's rendezvous at rank 0's node. Each worker's node goes to the attempt's
 log as it starts, and to :meth:`RayExecutor.placement`.
 
+Job environments (``--requirements``) are built by the agent of each node a worker runs
+on (:mod:`.ray_remote`), before that worker's process starts. For several workers, one
+task per bundle of the placement group first gets its node the environment, and the
+workers (and their rendezvous) start only once every one of those nodes has it: no worker
+waits at the rendezvous for another node's build. A failed build ends the attempt
+``environment_build_failed`` (not retried).
+
 Isolation: with ``sandbox`` (the default) each worker process runs in Nimbus's sandbox on
 its node, made by the node's agent (:mod:`.ray_sandbox`); with None (``job_isolation =
 none``), as the Ray node's user, in a session of its own, with the scrubbed environment.
@@ -32,6 +39,7 @@ from typing import Any
 
 from nimbus.errors import InvalidInput, Unavailable
 from nimbus.jobs.domain import ExitReason
+from nimbus.jobs.environments import EnvironmentLimits
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, OutputSink
 from nimbus.jobs.executors.ray_remote import (
     AgentConfig,
@@ -56,6 +64,10 @@ class RayWorker:
     node: tuple[str, str] | None = None  # (node id, address)
     status: ExitStatus | None = None
 
+    @property
+    def preparing(self) -> bool:
+        return self.order.prepare
+
 
 @dataclass
 class RayHandle:
@@ -63,6 +75,7 @@ class RayHandle:
     launch: AttemptLaunch
     group: Any = None  # the placement group of a multi-worker attempt
     rendezvous: Any = None  # ObjectRef of (address, port) while the group forms
+    preparing: list[RayWorker] = field(default_factory=list)  # environments, per bundle
     workers: list[RayWorker] = field(default_factory=list)
     killed_at: float | None = None
     forced: bool = False  # its tasks force-cancelled (the grace after the kill ran out)
@@ -82,6 +95,7 @@ class RayExecutor:
         warm: bool = True,
         lease_seconds: float = 30.0,
         sandbox: NodeSandboxConfig | None = None,
+        environments: EnvironmentLimits | None = None,
     ) -> None:
         import ray
 
@@ -89,7 +103,12 @@ class RayExecutor:
         self.jobs_root, self.grace_seconds, self.warm = Path(jobs_root), grace_seconds, warm
         self.lease_seconds = lease_seconds  # unconfirmed for this long: lost
         self.agent_config = AgentConfig(
-            str(jobs_root), tuple(preload), grace_seconds, warm, sandbox
+            str(jobs_root),
+            tuple(preload),
+            grace_seconds,
+            warm,
+            sandbox,
+            environments or EnvironmentLimits(),
         )
         self._task = ray.remote(run_worker)
         self._probe = ray.remote(master_address)
@@ -132,20 +151,34 @@ class RayExecutor:
             handle.workers.append(self._launch_worker(handle, 0, {}))
         else:
             from ray.util.placement_group import placement_group
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
             bundle = worker_demand(launch.resources)
             strategy = "STRICT_SPREAD" if launch.resources.spread else "PACK"
             handle.group = placement_group([dict(bundle) for _ in range(world)], strategy)
-            handle.rendezvous = self._probe.options(
-                num_cpus=0,
-                max_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(handle.group, 0),
-            ).remote()
+            if launch.requirements:  # every node gets the environment first
+                handle.preparing = [
+                    self._launch_worker(handle, rank, {}, prepare=True) for rank in range(world)
+                ]
+            else:
+                handle.rendezvous = self._probe_rendezvous(handle.group)
         self._handles[launch.attempt_id] = handle
         return handle
 
-    def _launch_worker(self, handle: RayHandle, rank: int, env: dict[str, str]) -> RayWorker:
+    def _probe_rendezvous(self, group: Any) -> Any:
+        """rank 0's address and a free port there, from a task in its bundle."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return self._probe.options(
+            num_cpus=0,
+            max_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0),
+        ).remote()
+
+    def _launch_worker(
+        self, handle: RayHandle, rank: int, env: dict[str, str], *, prepare: bool = False
+    ) -> RayWorker:
+        """The task of worker ``rank``; with ``prepare`` (``env`` unused: no process), the
+        task in its bundle that gets its node the attempt's environment."""
         launch, res = handle.launch, handle.launch.resources
         order = WorkerOrder(
             job_id=launch.job_id,
@@ -162,16 +195,16 @@ class RayExecutor:
             env={**launch.extra_env, **env},
             world=res.workers,
             agent_key=self.agent_config.key,
+            requirements=launch.requirements,
+            prepare=prepare,
         )
-        options: dict[str, Any] = {
-            "num_cpus": res.cpus,
-            "num_gpus": res.gpus,
-            "resources": dict(res.custom),
-            "max_retries": 0,
-            "retry_exceptions": False,
-        }
-        if res.memory_bytes:
-            options["memory"] = res.memory_bytes
+        options: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False}
+        if prepare:  # within its bundle, which holds the worker's resources
+            options["num_cpus"] = 0
+        else:
+            options.update(num_cpus=res.cpus, num_gpus=res.gpus, resources=dict(res.custom))
+            if res.memory_bytes:
+                options["memory"] = res.memory_bytes
         if handle.group is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -182,6 +215,11 @@ class RayExecutor:
         if any(node.node_id not in self._agents for node in self.cluster.nodes()):
             self.ensure_agents(fresh=False)  # a node joined: its workers wait for an agent
         group = self._group(handle)
+        if group.preparing and group.rendezvous is None and not self._prepared(group):
+            if any(task.status is None for task in group.preparing):
+                self._escalate(group)
+                return self._still_running(group)
+            return self._end(group)
         if group.rendezvous is not None and not group.workers and not self._rendezvous(group):
             return self._still_running(group) if group.failure is None else self._end(group)
         for worker in group.workers:
@@ -191,6 +229,13 @@ class RayExecutor:
                 if failed and group.failure is None:
                     group.failure = worker.status
                     self.kill(group)  # the others cannot finish without it
+        self._escalate(group)
+        if any(worker.status is None for worker in group.workers):
+            return self._still_running(group)
+        return self._end(group)
+
+    def _escalate(self, group: RayHandle) -> None:
+        """Force-cancel the tasks of a killed attempt still running after the grace."""
         killed_at = group.killed_at
         if (
             killed_at is not None
@@ -198,10 +243,26 @@ class RayExecutor:
             and not group.forced
         ):
             group.forced = True
-            self._cancel([w.stream for w in group.workers if w.status is None], force=True)
-        if any(worker.status is None for worker in group.workers):
-            return self._still_running(group)
-        return self._end(group)
+            self._cancel(_unfinished(group), force=True)
+
+    def _prepared(self, group: RayHandle) -> bool:
+        """Whether every worker's node has the attempt's environment: then the rendezvous
+        is probed (its port picked now, not before a long build) and the workers follow.
+        A failed build ends the others (the attempt fails with it)."""
+        for task in group.preparing:
+            if task.status is None:
+                task.status = self._drain(group, task)
+                if task.status is not None and not task.status.ok and group.failure is None:
+                    group.failure = task.status
+                    self.kill(group)
+        if any(task.status is None for task in group.preparing):
+            return False
+        if group.failure is None and group.killed_at is not None:
+            group.failure = ExitStatus(None, signal.SIGTERM)
+        if group.failure is not None:
+            return False
+        group.rendezvous = self._probe_rendezvous(group.group)
+        return True
 
     def _still_running(self, group: RayHandle) -> ExitStatus | None:
         """None, or LOST when :meth:`_lost` gives it up (then ended here)."""
@@ -235,8 +296,7 @@ class RayExecutor:
         agents when the cancel reaches them; fenced by the job API in any case), its
         placement group removed, in the background (with the head down both wait)."""
         self._handles.pop(group.attempt_id, None)
-        streams = [worker.stream for worker in group.workers if worker.status is None]
-        self._cancel(streams, force=False, group=group.group)
+        self._cancel(_unfinished(group), force=False, group=group.group)
         return LOST
 
     def _cancel(self, streams: list[Any], *, force: bool, group: Any = None) -> None:
@@ -304,7 +364,13 @@ class RayExecutor:
                 log.warning("attempt %s worker %d lost: %s", group.attempt_id, worker.rank, exc)
                 _emit(sink, f"{prefix}[nimbus] lost: {type(exc).__name__}\n")
                 return LOST
-            if item[0] == "node":
+            if item[0] == "node" and worker.preparing:
+                _emit(
+                    sink,
+                    f"{prefix}[nimbus] environment of worker {worker.rank} on Ray node "
+                    f"{item[1]} ({item[2]})\n",
+                )
+            elif item[0] == "node":
                 worker.node = (item[1], item[2])
                 if group.launch.placed is not None:
                     try:
@@ -318,7 +384,8 @@ class RayExecutor:
             elif item[0] == "output":
                 _emit(sink, "".join(prefix + line for line in item[1].splitlines(True)))
             else:
-                return ExitStatus(item[1], item[2])
+                status: ExitStatus = item[1]
+                return status
 
     def _end(self, group: RayHandle) -> ExitStatus:
         self._handles.pop(group.attempt_id, None)
@@ -339,7 +406,7 @@ class RayExecutor:
         if group.killed_at is not None:
             return
         group.killed_at = time.monotonic()
-        self._cancel([w.stream for w in group.workers if w.status is None], force=False)
+        self._cancel(_unfinished(group), force=False)
 
     def reap_orphans(self, should_kill: Callable[[str], bool]) -> list[str]:
         # The tasks of an earlier run of this control plane (an earlier driver) died with
@@ -349,15 +416,19 @@ class RayExecutor:
 
     def close(self) -> None:
         for group in list(self._handles.values()):
-            for worker in group.workers:
-                if worker.status is None:
-                    self.ray.cancel(worker.stream, force=True)
+            for stream in _unfinished(group):
+                self.ray.cancel(stream, force=True)
             self._end(group)
 
     def _group(self, handle: Handle) -> RayHandle:
         if not isinstance(handle, RayHandle):
             raise TypeError(f"not a handle of this executor: {handle!r}")
         return handle
+
+
+def _unfinished(group: RayHandle) -> list[Any]:
+    """The streams of the attempt's tasks (environments' and workers') still running."""
+    return [task.stream for task in [*group.preparing, *group.workers] if task.status is None]
 
 
 def _emit(sink: OutputSink | None, text: str) -> None:

@@ -6,9 +6,18 @@
   own, started from a warm sandbox whose zygote imported torch and the runtime. Unsandboxed
   (``job_isolation = none``), a fork server's zygote forks them as the Ray node's user.
   Either way with the scrubbed environment, an own session, SIGTERM then SIGKILL.
+- Job environments (``--requirements``): each agent builds the environments of the
+  attempts placed on its node, with the same uv build as a local node's
+  (:class:`~nimbus.jobs.executors.environment.EnvironmentExecutor` around its executors:
+  as a job uid in the node's sandbox, never as root; the output in the attempt's log; a
+  failed build ends the attempt ``environment_build_failed``), kept in
+  ``<jobs root>/.envs-<node>`` by the same content hash, with the same LRU limit and one
+  build per key. A worker starts once its node has the environment.
 - :func:`run_worker`: one worker of an attempt, a Ray task holding the job's resources
   (its CPUs, GPUs, memory and custom resources are what Ray places): it has its node's
   agent start the worker process, then streams the process's output and, last, its exit.
+  With ``prepare``, the task only gets its node the attempt's environment (the workers of
+  a job of several start once every one of their nodes has it).
   Cancelling the task (the executor's kill) kills the process; the task's death (its node
   died) leaves the process to the agent's death or to fencing: a process whose attempt was
   given up is refused by the job API (409) and exits.
@@ -21,14 +30,23 @@ import hashlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nimbus.jobs.domain import Resources
-from nimbus.jobs.executors.base import AttemptLaunch, Executor, Handle, OutputSink, Program
+from nimbus.jobs.environments import Builds, EnvironmentLimits, EnvironmentSettings
+from nimbus.jobs.executors.base import (
+    AttemptLaunch,
+    Executor,
+    ExitStatus,
+    Handle,
+    OutputSink,
+    Program,
+)
+from nimbus.jobs.executors.environment import EnvironmentExecutor, EnvironmentOnly
 from nimbus.jobs.executors.forkserver import ForkServerExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.ray_sandbox import NodeSandboxConfig, NodeSandboxes, SandboxRefused
@@ -38,6 +56,8 @@ POLL_SECONDS = 0.1
 AGENT_PREFIX = "nimbus-agent-"
 AGENT_WAIT_SECONDS = 30.0
 REFUSED_EXIT = 125  # the node could not sandbox the worker (the launcher's code for it)
+ENVS_PREFIX = ".envs-"  # below the jobs root: a node's built job environments
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,8 @@ class WorkerOrder:
     env: dict[str, str] = field(default_factory=dict)  # RANK, MASTER_ADDR... when several
     world: int = 1  # the attempt's workers
     agent_key: str = ""  # which agent of its node starts it (AgentConfig.key)
+    requirements: tuple[str, ...] = ()  # the job's environment, built on the node first
+    prepare: bool = False  # only get the node the environment (no process: see run_worker)
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,7 @@ class AgentConfig:
     grace_seconds: float
     warm: bool = True  # fork attempts from a zygote with the preload imported; else cold
     sandbox: NodeSandboxConfig | None = None  # None: unsandboxed (job_isolation = none)
+    environments: EnvironmentLimits = field(default_factory=EnvironmentLimits)
 
     @property
     def key(self) -> str:
@@ -107,26 +130,41 @@ class NodeAgent:
 
         self.config = config
         root = Path(config.jobs_root)
+        ctx = ray.get_runtime_context()
+        node = ctx.get_node_id()
+        envs = root / f"{ENVS_PREFIX}{node[:16]}"
         self.refused: str | None = None  # why this node runs no attempt (its sandbox)
         self._sandboxes: NodeSandboxes | None = None
-        self._unsandboxed: Executor | None = None
+        self._executors: dict[str, EnvironmentExecutor] = {}  # by use: see _executor_for
+        inner: dict[str, Executor] = {}
         if config.sandbox is not None:
-            ctx = ray.get_runtime_context()
             try:
                 self._sandboxes = NodeSandboxes.start(
                     config.sandbox,
                     root,
-                    ctx.get_node_id(),
+                    node,
                     hidden=Path(ctx.get_temp_dir()),
                     preload=config.preload,
                     grace_seconds=config.grace_seconds,
+                    environments=envs,
                 )
+                inner = {"isolated": self._sandboxes.isolated, "host": self._sandboxes.host}
             except SandboxRefused as exc:
                 self.refused = str(exc)
         else:
-            self._unsandboxed = _unsandboxed(config)
+            inner = {"unsandboxed": _unsandboxed(config)}
+        if self.refused is None:
+            # This node's environments, built in its sandbox as a job uid (unsandboxed:
+            # as the Ray node's user, never root): each executor builds before it starts.
+            sandbox = self._sandboxes.sandbox if self._sandboxes is not None else None
+            builds = Builds(EnvironmentSettings.at(envs, config.environments), sandbox=sandbox)
+            inner["prepare"] = EnvironmentOnly()
+            self._executors = {
+                use: EnvironmentExecutor(executor, builds) for use, executor in inner.items()
+            }
         # Every process is started from this one thread, which lives as long as the agent:
-        # bwrap's --die-with-parent follows the thread that started it.
+        # bwrap's --die-with-parent follows the thread that started it. Polls run there
+        # too: an environment's attempt starts its process in a poll, once it is built.
         self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="start")
         self._lock = threading.Lock()
         self._running: dict[str, tuple[Executor, Handle, _Output]] = {}
@@ -138,39 +176,47 @@ class NodeAgent:
             return f"refused: {self.refused}"
         if self._sandboxes is not None:
             return f"sandboxed: {type(self._sandboxes.isolated).__name__}"
-        return type(self._unsandboxed).__name__
+        return type(self._executors["unsandboxed"].inner).__name__
 
     def start(self, order: WorkerOrder, cuda_devices: str | None) -> str | None:
-        """Start the worker; why not (this node cannot sandbox it) as a message, else None."""
+        """Start the worker (or, with ``order.prepare``, the build of its environment);
+        why not (this node cannot sandbox it) as a message, else None."""
         if self.refused is not None:
             return self.refused
         out = _Output()
+        executor = self._executor_for(order)
         if self._sandboxes is not None:
-            executor = self._sandboxes.executor_for(order.world)
             url = self._sandboxes.relay.socket_for(order.nimbus_url)
             launch = node_launch(order, cuda_devices, out.add, nimbus_url=url, own_dirs=True)
         else:
-            assert self._unsandboxed is not None
-            executor = self._unsandboxed
             launch = node_launch(order, cuda_devices, out.add)
         key = _key(order)
         with self._lock:
-            handle = self._starter.submit(executor.start, launch).result()
+            handle = self._on_starter(executor.start, launch)
             self._running[key] = (executor, handle, out)
         return None
 
-    def poll(self, order: WorkerOrder) -> tuple[str, tuple[int | None, int | None] | None]:
-        """New output, and the exit (code, signal) once the process ended."""
+    def _executor_for(self, order: WorkerOrder) -> Executor:
+        if order.prepare:
+            return self._executors["prepare"]
+        if self._sandboxes is None:
+            return self._executors["unsandboxed"]
+        return self._executors["isolated" if order.world == 1 else "host"]
+
+    def _on_starter(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._starter.submit(fn, *args).result()
+
+    def poll(self, order: WorkerOrder) -> tuple[str, ExitStatus | None]:
+        """New output, and how the process ended once it did."""
         key = _key(order)
         with self._lock:
             if key not in self._running:  # killed, and reaped meanwhile
-                return "", (None, signal.SIGKILL)
+                return "", ExitStatus(None, signal.SIGKILL)
             executor, handle, out = self._running[key]
-            status = executor.poll(handle)
+            status = self._on_starter(executor.poll, handle)
             if status is not None:
                 del self._running[key]
-        text = out.take()
-        return text, (status.exit_code, status.signal) if status is not None else None
+        return out.take(), status
 
     def kill(self, order: WorkerOrder) -> None:
         with self._lock:
@@ -186,7 +232,7 @@ class NodeAgent:
             with self._lock:
                 for key in list(self._killed):
                     running = self._running.get(key)
-                    if running is None or running[0].poll(running[1]) is not None:
+                    if running is None or self._on_starter(running[0].poll, running[1]) is not None:
                         self._running.pop(key, None)
                         self._killed.discard(key)
 
@@ -231,11 +277,12 @@ def node_launch(
         resources=Resources(order.cpus, order.gpus, order.memory_bytes),
         extra_env=env,
         output=output,
+        requirements=order.requirements,
     )
 
 
 def _key(order: WorkerOrder) -> str:
-    return f"{order.attempt_id}/{order.rank}"
+    return f"{order.attempt_id}/{order.rank}{'/environment' if order.prepare else ''}"
 
 
 def master_address() -> tuple[str, int]:
@@ -264,7 +311,8 @@ def _agent(name: str, wait_seconds: float = AGENT_WAIT_SECONDS) -> Any:
 
 def run_worker(order: WorkerOrder) -> Iterator[tuple[Any, ...]]:
     """The Ray task of one worker: ``("node", node id, address)`` first, then
-    ``("output", text)`` as it comes, last ``("exit", code, signal)``."""
+    ``("output", text)`` as it comes (its environment's build first, if it needs one), last
+    ``("exit", ExitStatus)``. With ``order.prepare``, only the environment's build."""
     import ray
 
     ctx = ray.get_runtime_context()
@@ -276,7 +324,7 @@ def run_worker(order: WorkerOrder) -> Iterator[tuple[Any, ...]]:
     refused = ray.get(agent.start.remote(order, gpus))
     if refused is not None:
         yield ("output", f"[nimbus] {refused}\n")
-        yield ("exit", REFUSED_EXIT, None)
+        yield ("exit", ExitStatus(REFUSED_EXIT))
         return
     try:
         while True:
@@ -284,7 +332,7 @@ def run_worker(order: WorkerOrder) -> Iterator[tuple[Any, ...]]:
             if text:
                 yield ("output", text)
             if ended is not None:
-                yield ("exit", *ended)
+                yield ("exit", ended)
                 return
             time.sleep(POLL_SECONDS)
     except BaseException:  # cancelled (killed by the executor): SIGTERM, then SIGKILL

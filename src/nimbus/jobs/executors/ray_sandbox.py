@@ -25,6 +25,10 @@ Warm start: single-worker attempts start in a warm sandbox (:mod:`.warm`), one k
 per node (``warm``); a worker of several starts cold in a fresh sandbox. All of a node's
 attempts share one tenant gid (a Ray node keeps no tenant's download cache).
 
+Job environments (``--requirements``): the node's agent builds them in this sandbox, as a
+job uid (:mod:`nimbus.jobs.environments`), into a directory of the node's own below the
+jobs root, bound read-only into every attempt's sandbox.
+
 Uids: several Ray nodes may run on one machine; each uid is also locked in a file under
 the jobs root (:class:`LockedUidPool`), so two agents there never give out the same one.
 """
@@ -113,9 +117,12 @@ class NodeSandboxes:
         hidden: Path,
         preload: Sequence[str],
         grace_seconds: float,
+        environments: Path | None = None,
     ) -> NodeSandboxes:
         """The node's sandbox, tried for real; :class:`SandboxRefused` saying why when it
-        cannot be made. ``hidden`` (Ray's temporary directory) is kept out of view."""
+        cannot be made. ``hidden`` (Ray's temporary directory) is kept out of view;
+        ``environments`` (the node's built job environments) is bound read-only into
+        every sandbox."""
         name = node_id[:16]
         prepare_root(jobs_root, True)
         gid = config.uid_first + config.uid_count  # the attempts' (SandboxSettings.tenant_gid)
@@ -135,6 +142,7 @@ class NodeSandboxes:
             pids_per_worker=config.pids_per_worker,
             keep_failed_seconds=config.keep_failed_seconds,
             job_api_dir=relay_dir,
+            environments=environments,
             in_home=False,
         )
         sandbox = isolation.sandbox
