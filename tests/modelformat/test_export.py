@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nimbus.errors import ExportError, InvalidInput
-from nimbus.modelformat.export import Probabilities, export_model, verify_onnx
+from nimbus.modelformat.export import Probabilities, export_model, verify_onnx, verify_onnx_against
 from nimbus.modelformat.text import TextEncoder
 from nimbus.runtime.architectures import load_torch_model
 from nimbus.runtime.data import DataSplits
@@ -141,3 +141,25 @@ def _more_inputs(name: str, result: TrainResult) -> np.ndarray:
     if name == "text":
         return np.concatenate([x, np.zeros((1, x.shape[1]), np.int64)])  # all padding
     return np.concatenate([x, np.full((1, *x.shape[1:]), 255, np.uint8)])
+
+
+def test_any_framework_is_checked_against_onnx_runtime(tmp_path: Path) -> None:
+    """A TensorFlow model's export is checked the same way: its own output (a function of
+    the batch) against ONNX Runtime's, within 1e-4, on the batch and on its first row."""
+    result = train("mlp", synthetic.tabular(), {"epochs": 1}, MemoryReporter())
+    export_model(result.model, result.spec, result.example_input, tmp_path)
+    onnx_bytes = (tmp_path / "model.onnx").read_bytes()
+    wrapped = Probabilities(result.model).eval()
+
+    def own(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.asarray(wrapped(torch.from_numpy(batch)).numpy())
+
+    verify_onnx_against(own, onnx_bytes, result.example_input, "TensorFlow")
+    with pytest.raises(ExportError, match=r"differs from TensorFlow by 0.0005 \(batch 1\)"):
+        verify_onnx_against(
+            lambda b: own(b) + (5e-4 if len(b) == 1 else 0),
+            onnx_bytes,
+            result.example_input,
+            "TensorFlow",
+        )

@@ -112,7 +112,7 @@ def test_save_model_wants_the_raw_input(local: Path) -> None:
         nr.save_model(model, data.train.x[:4].astype(np.float32))
     with pytest.raises(InvalidInput, match="one score per class"):
         nr.save_model(Flat(6 * 6 * 3, 5), data.train.x[:4])
-    with pytest.raises(InvalidInput, match=r"nn\.Module or a Keras"):
+    with pytest.raises(InvalidInput, match=r"nn\.Module, a Keras 3 model or a TensorFlow"):
         nr.save_model(object(), data.train.x[:4])
 
 

@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from nimbus import runtime as nr
-from nimbus.runtime import api
+from nimbus.errors import InvalidInput
+from nimbus.runtime import api, tf_export
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
@@ -85,3 +87,17 @@ def test_save_model_takes_a_keras_model(local: Path) -> None:
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
     names = {v.path for v in model.weights}  # "dense/kernel", "dense/bias" (numbered per process)
     assert set(load_file(model_dir / "weights.safetensors")) == names and len(names) == 2
+
+
+def test_a_tensorflow_model_needs_tensorflow_and_tf2onnx_from_the_requirements(
+    tmp_path: Path,
+) -> None:
+    """The TensorFlow export (tf_export) runs only on Keras 3's TensorFlow backend; where
+    TensorFlow or tf2onnx is missing it says which requirement to add."""
+    model = small_model(seed=0)
+    assert not tf_export.is_tensorflow_keras(model)  # Keras on torch: the torch export
+    assert not tf_export.is_tensorflow_keras(torch.nn.Linear(2, 2))
+    example = np.zeros((2, 6, 6, 3), dtype=np.uint8)
+    with pytest.raises(InvalidInput, match=r"needs tensorflow.*--pip tensorflow-cpu"):
+        tf_export.export_onnx(model, example, False, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +85,32 @@ def _to_onnx(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def verify_onnx(wrapped: nn.Module, onnx_bytes: bytes, example: np.ndarray) -> None:
     """Raise ExportError unless ONNX Runtime matches ``wrapped`` within 1e-4 on ``example``."""
+
+    def reference(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.asarray(wrapped(torch.from_numpy(batch)).numpy())
+
+    verify_onnx_against(reference, onnx_bytes, example, "PyTorch")
+
+
+def verify_onnx_against(
+    reference: Callable[[np.ndarray], np.ndarray],
+    onnx_bytes: bytes,
+    example: np.ndarray,
+    framework: str,
+) -> None:
+    """Raise ExportError unless ONNX Runtime's ``probabilities`` match ``reference`` (the
+    framework's own output on a batch) within 1e-4 on ``example`` and on its first row."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     for batch in (example, example[:1]):
         (got,) = session.run(["probabilities"], {"input": batch})
-        with torch.no_grad():
-            want = wrapped(torch.from_numpy(batch)).numpy()
+        want = reference(batch)
         if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=TOLERANCE):
             worst = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
             raise ExportError(
-                f"ONNX Runtime output differs from PyTorch by {worst:.3g} (batch {len(batch)})"
+                f"ONNX Runtime output differs from {framework} by {worst:.3g} (batch {len(batch)})"
             )
 
 

@@ -14,7 +14,8 @@ runs in *local mode*, for development:
 - Keras runs on PyTorch: a script that imports keras before nimbus needs
   ``KERAS_BACKEND=torch`` in its environment (TensorFlow, Keras's default, is absent), or
   ``python -m nimbus.runtime script.py``, which sets it up as a job does
-  (:mod:`nimbus.runtime.keras_backend`).
+  (:mod:`nimbus.runtime.keras_backend`). A TensorFlow program (``import tensorflow``
+  first, then ``tf.keras``) gets the TensorFlow backend.
 
 With several workers, ``nr.log``, ``nr.progress``, ``nr.checkpoint`` and ``nr.save_model``
 act on rank 0 only (the others return at once); ``nr.restore`` and ``nr.dataset`` work on
@@ -241,8 +242,9 @@ def save_model(
     preprocessing: dict[str, Any] | None = None,
     output: Output = "auto",
 ) -> Path | None:
-    """Export ``model`` (torch nn.Module, or Keras 3 on the torch backend) as the job's model:
-    ONNX + safetensors + spec.json (architecture "custom"), checked with ONNX Runtime.
+    """Export ``model`` (torch nn.Module, Keras 3 on the torch backend, or a TensorFlow
+    program's ``tf.keras`` model, exported with tf2onnx) as the job's model: ONNX +
+    safetensors + spec.json (architecture "custom"), checked with ONNX Runtime.
 
     ``example_input`` is a few inputs as the model takes them: the dataset's raw images or
     rows, or token ids for text (then pass ``preprocessing=encoder.preprocessing()``).

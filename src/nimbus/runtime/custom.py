@@ -1,5 +1,6 @@
-"""A user's own model (a torch ``nn.Module``, or a Keras 3 model on the torch backend) as a
-model directory of docs/model-format.md, and scoring a model directory on a split.
+"""A user's own model (a torch ``nn.Module``, a Keras 3 model on the torch backend, or a
+TensorFlow program's ``tf.keras`` model, :mod:`nimbus.runtime.tf_export`) as a model
+directory of docs/model-format.md, and scoring a model directory on a split.
 
 The exported graph takes the raw input as the dataset holds it, like the built-ins', so a
 deployment serves it unchanged: uint8 ``[N, H, W, C]`` images (scale inside the model,
@@ -36,6 +37,7 @@ from nimbus.runtime.builtins import FORMAT_VERSION
 from nimbus.runtime.data import DataSplits
 from nimbus.runtime.evaluation import evaluate
 from nimbus.runtime.fairness import with_fairness
+from nimbus.runtime.tf_export import export_onnx, is_tensorflow_keras, scores, weights
 
 Output = Literal["auto", "logits", "probabilities"]
 EVAL_BATCH = 512
@@ -70,11 +72,15 @@ def export_custom(
     """Write ``model`` as a verified model directory in ``out_dir``; returns its spec.json.
 
     ``example_input`` is a small batch of what the model takes (see the module docstring);
-    ONNX Runtime must match PyTorch on it within 1e-4 or an ExportError is raised.
+    ONNX Runtime must match PyTorch (TensorFlow) on it within 1e-4 or an ExportError is
+    raised.
     """
-    module = _as_module(model)
     example = _as_array(example_input)
     spec = custom_spec(example, data, preprocessing)
+    if is_tensorflow_keras(model):
+        _export_tensorflow(model, example, spec, len(data.classes), out_dir, output)
+        return spec
+    module = _as_module(model)
     with _exporting(module, is_keras=_is_keras(model)):
         _export(model, module, example, spec, len(data.classes), out_dir, output)
     return spec
@@ -91,18 +97,11 @@ def _export(
 ) -> None:
     with torch.no_grad():
         out = module(torch.from_numpy(example))
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(example), classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidInput(
-            f"the model must map a batch to one score per class: [{len(example)}, {classes}], "
-            f"got {shape}"
-        )
+    if not isinstance(out, torch.Tensor):
+        _check_scores(type(out).__name__, len(example), classes)
+    _check_scores(tuple(out.shape), len(example), classes)
     wrapped = Scores(module, softmax=_needs_softmax(out.float(), output)).eval()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    save_file(_weights(model, module), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    _write_files(out_dir, spec, _weights(model, module), "pt")
     with warnings.catch_warnings():
         # The TorchScript exporter (no onnxscript dependency) warns that it is legacy, and
         # tracing Keras layers warns about Python values it records as constants.
@@ -118,6 +117,40 @@ def _export(
             opset_version=ONNX_OPSET,
         )
     verify_onnx(wrapped, (out_dir / ONNX_FILE).read_bytes(), example)
+
+
+def _export_tensorflow(
+    model: Any,
+    example: np.ndarray,
+    spec: dict[str, Any],
+    classes: int,
+    out_dir: Path,
+    output: Output,
+) -> None:
+    out = scores(model, example)
+    _check_scores(out.shape, len(example), classes)
+    softmax = _needs_softmax(torch.from_numpy(out), output)
+    tensors = {name: torch.from_numpy(value) for name, value in weights(model).items()}
+    _write_files(out_dir, spec, tensors, "tf")
+    export_onnx(model, example, softmax, out_dir / ONNX_FILE)
+
+
+def _check_scores(shape: tuple[int, ...] | str, batch: int, classes: int) -> None:
+    if shape != (batch, classes):
+        raise InvalidInput(
+            f"the model must map a batch to one score per class: [{batch}, {classes}], got {shape}"
+        )
+
+
+def _write_files(
+    out_dir: Path, spec: dict[str, Any], tensors: dict[str, torch.Tensor], framework: str
+) -> None:
+    """A fresh ``out_dir`` with the weights (safetensors) and spec.json."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": framework})
+    (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
 @contextmanager
@@ -216,12 +249,14 @@ def evaluate_model_dir(model_dir: Path, data: DataSplits, split: str = "test") -
 def _as_module(model: Any) -> nn.Module:
     if _is_keras(model) and sys.modules["keras"].backend.backend() != "torch":
         raise InvalidInput(
-            "save_model takes Keras 3 models on the torch backend: set "
-            "KERAS_BACKEND=torch before importing keras"
+            "save_model takes Keras 3 models on the torch or the TensorFlow backend, not "
+            f"{sys.modules['keras'].backend.backend()}: set KERAS_BACKEND=torch before "
+            "importing keras, or import tensorflow first for tf.keras"
         )
     if not isinstance(model, nn.Module):
         raise InvalidInput(
-            f"save_model takes a torch nn.Module or a Keras 3 model, not {type(model).__name__}"
+            "save_model takes a torch nn.Module, a Keras 3 model or a TensorFlow program's "
+            f"tf.keras model, not {type(model).__name__}"
         )
     return model
 

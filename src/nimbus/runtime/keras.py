@@ -1,7 +1,8 @@
 """Keras 3 in a Nimbus job: :class:`KerasCallback` and :func:`keras_initial_epoch`.
 
-Keras runs on its torch backend (``KERAS_BACKEND=torch``, set here unless already set, since
-it must be chosen before keras is first imported)::
+Keras runs on its torch backend, or on TensorFlow's in a TensorFlow program (``tf.keras``
+after ``import tensorflow``; the backend is chosen when keras is first imported, see
+:mod:`nimbus.runtime.keras_backend`); the callback works the same on both::
 
     model.fit(x, y, epochs=10, initial_epoch=nr.keras_initial_epoch(),
               callbacks=[nr.KerasCallback()])
@@ -16,13 +17,10 @@ never stopped: Keras's shuffling and dropout RNG state is not part of the checkp
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("KERAS_BACKEND", "torch")  # must be set before keras is imported
-
 from typing import Any
 
 import keras
+import numpy as np
 import torch
 
 from nimbus.errors import InvalidInput
@@ -92,8 +90,9 @@ def _is_keras_state(state: dict[str, Any]) -> bool:
 
 
 def _values(variables: list[Any]) -> list[torch.Tensor]:
-    # On the torch backend a variable's value is a torch tensor already.
-    return [torch.as_tensor(v.value).detach().cpu().clone() for v in variables]
+    """Each variable's value as a CPU torch tensor (what checkpoints hold), whichever the
+    backend: a torch tensor on torch, a TensorFlow variable on TensorFlow."""
+    return [torch.from_numpy(np.array(keras.ops.convert_to_numpy(v.value))) for v in variables]
 
 
 def _assign(variables: list[Any], values: list[torch.Tensor], what: str) -> None:
