@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+from nbformat.warnings import MissingIDFieldWarning
 
 from nimbus.datasets.archive import ArchiveKind, iter_files, sniff_archive
 from nimbus.datasets.domain import IngestLimits
@@ -203,6 +205,8 @@ def check_notebook(path: Path, size: int, name: str) -> None:
         notebook = nbformat.reads(text, as_version=nbformat.NO_CONVERT)  # type: ignore[no-untyped-call]
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{name} is not UTF-8 text (byte {exc.start})") from None
+    except nbformat.ValidationError as exc:  # reading checks the keys it needs
+        raise InvalidInput(f"{name} is not a valid notebook: {_first_line(exc)}") from None
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise InvalidInput(f"{name} is not a notebook: {_first_line(exc)}") from None
     if notebook.get("nbformat") != 4:
@@ -211,7 +215,9 @@ def check_notebook(path: Path, size: int, name: str) -> None:
             "(any Jupyter of the last decade does)"
         )
     try:
-        nbformat.validate(notebook)
+        with warnings.catch_warnings():  # cells without ids: papermill gives them ids
+            warnings.simplefilter("ignore", MissingIDFieldWarning)
+            nbformat.validate(notebook)
     except nbformat.ValidationError as exc:
         raise InvalidInput(f"{name} is not a valid notebook: {_first_line(exc)}") from None
     kernel = notebook.metadata.get("kernelspec") or {}
