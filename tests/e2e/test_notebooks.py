@@ -79,6 +79,7 @@ def test_the_quickstart_is_stored_without_outputs() -> None:
     assert "parameters" in code[0].metadata.get("tags", [])
 
 
+@pytest.mark.slow
 def test_the_quickstart_runs_against_a_live_server(
     server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,6 +110,7 @@ def test_the_quickstart_runs_against_a_live_server(
     assert len(figures) == 3, text  # the curves, the confusion matrix, the explanation
 
 
+@pytest.mark.slow
 def test_a_notebook_job_runs_with_its_params(
     server: ServerProcess, api: Client, tmp_path: Path
 ) -> None:
@@ -149,6 +151,10 @@ def test_a_notebook_job_runs_with_its_params(
     assert "epochs = 3" in injected.source
     assert any("loopback up" in o.get("text", "") for o in executed.cells[2].outputs)
     cli("jobs", "artifact", job.id, "nothing.txt", code=4)
+    other = api.create_token("other-tenant", tenant="notebooks-other").token
+    route = f"/api/v1/jobs/{job.id}/artifacts/notebook.ipynb"
+    assert server.client(other).get(route).status_code == 404  # another tenant's job
+    assert server.client().get(route).content == out.read_bytes()
 
 
 @pytest.mark.parametrize(

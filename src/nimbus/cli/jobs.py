@@ -93,7 +93,7 @@ def artifact(
 ) -> None:
     """Download one of a job's artifacts (a notebook job's executed notebook: notebook.ipynb)."""
     with client() as api:
-        path = api.download_job_artifact(job_id, name, out)
+        path = api.download_job_artifact(job_id, name, path=out)
     result = {"job": job_id, "artifact": name, "path": str(path), "size": path.stat().st_size}
     emit(result, as_json, lambda o: o.print(f"Wrote {name} of {job_id} to {path}", markup=False))
 

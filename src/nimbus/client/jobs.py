@@ -239,7 +239,7 @@ class JobsMixin(BaseClient):
         return self._call(JobMetrics, "GET", f"{_job_path(job_id)}/metrics").metrics
 
     def download_job_artifact(
-        self, job_id: str, name: str, path: str | os.PathLike[str] | None = None
+        self, job_id: str, name: str, *, path: str | os.PathLike[str] | None = None
     ) -> Path:
         """Write the job's artifact ``name`` (e.g. ``notebook.ipynb``, the executed notebook
         of a notebook job) to ``path`` (default: ``name`` in the current directory; a
