@@ -1,11 +1,11 @@
 """Notebooks on a real server: the quick start (examples/quickstart.ipynb) executed with
-nbclient against it, a notebook submitted as a job through the CLI (its kernel in the job's
-sandbox where the sandbox can run: root and bubblewrap), and broken notebooks refused."""
+nbclient against it, and a notebook submitted as a job through the CLI (its kernel in the
+job's sandbox where the sandbox can run: root and bubblewrap). Broken uploads: tests/api/
+test_jobs.py; a failing cell: tests/runtime/test_notebook.py."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -155,41 +155,3 @@ def test_a_notebook_job_runs_with_its_params(
     route = f"/api/v1/jobs/{job.id}/artifacts/notebook.ipynb"
     assert server.client(other).get(route).status_code == 404  # another tenant's job
     assert server.client().get(route).content == out.read_bytes()
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"{not json", "broken.ipynb is not a notebook"),
-        (json.dumps({"nbformat": 4, "nbformat_minor": 5, "cells": "x"}).encode(), "not a valid"),
-        (
-            json.dumps(
-                {
-                    "nbformat": 4,
-                    "nbformat_minor": 4,
-                    "metadata": {},
-                    "cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": []}],
-                }
-            ).encode(),
-            "'execution_count' is a required property",
-        ),
-        (json.dumps({"nbformat": 3, "nbformat_minor": 0, "worksheets": []}).encode(), "nbformat 3"),
-        (b"\xff\xfe", "not UTF-8"),
-    ],
-)
-def test_a_broken_notebook_is_refused(server: ServerProcess, body: bytes, message: str) -> None:
-    response = server.client().post(
-        "/api/v1/code", params={"filename": "broken.ipynb"}, content=body
-    )
-    assert response.status_code == 400, response.text
-    assert message in response.json()["error"]["message"]
-
-
-def test_a_notebook_of_another_language_is_refused(server: ServerProcess) -> None:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "ir", "language": "R", "display_name": "R"}
-    response = server.client().post(
-        "/api/v1/code", params={"filename": "r.ipynb"}, content=nbformat.writes(notebook).encode()
-    )
-    assert response.status_code == 400
-    assert "is a R notebook: jobs run Python notebooks" in response.json()["error"]["message"]
