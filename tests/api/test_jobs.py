@@ -303,6 +303,9 @@ def test_code_upload_is_checked_and_tenant_scoped(env: Env) -> None:
     notebook = env.member.post(f"{API}/code", params={"filename": "train.ipynb"}, content=book)
     assert notebook.status_code == 201, notebook.text
     assert (notebook.json()["entry"], notebook.json()["format"]) == ("main.ipynb", "ipynb")
+    body = {"dataset": "reviews", "model": notebook.json()["ref"], "workers": 2}
+    refused = env.member.post(f"{API}/jobs", json=body)
+    assert refused.status_code == 400 and "a notebook runs in one worker" in refused.text
 
     cases = [
         ("bad.py", b"def broken(:\n", "line 1"),

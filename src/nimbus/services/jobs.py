@@ -39,7 +39,7 @@ from nimbus.runtime.hyperparams import (
 )
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import FileDownload, verified_download
-from nimbus.services.code import CodeInfo, CodeService, is_code_ref
+from nimbus.services.code import IPYNB, CodeInfo, CodeService, is_code_ref
 from nimbus.services.datasets import DatasetService
 from nimbus.services.quotas import QuotaService
 from nimbus.wire import jobs as wire
@@ -316,6 +316,11 @@ class JobService:
         if is_code_ref(request.model):
             code = self.code.resolve(principal, request.model)
             params = _code_params(request.params)
+            if code.format == IPYNB and request.workers != 1:
+                raise InvalidInput(
+                    f"a notebook runs in one worker: workers must be 1, not {request.workers}",
+                    field="workers",
+                )
         elif request.model in PARAM_SCHEMAS:
             params = validate_params(request.model, version.task, request.params)
             if params.get("dp_epsilon") is not None and request.workers > 1:
