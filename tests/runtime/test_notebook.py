@@ -48,3 +48,15 @@ def test_a_failing_cell_fails_the_job_with_its_error(harness: Harness, capsys: A
 def test_cell_failure_text() -> None:
     text = cell_failure(None, "KeyError", "'x'", ["\x1b[0;31mKeyError\x1b[0m: 'x'"])
     assert text.splitlines() == ["the notebook failed in a cell: KeyError: 'x'", "KeyError: 'x'"]
+
+
+def test_an_executed_notebook_over_the_artifact_limit_is_reported(
+    harness: Harness, capsys: Any
+) -> None:
+    use_notebook(harness, notebook("print('ran')\n"), {})
+    harness.job_api.max_artifact_bytes = 100
+    assert run_main(harness) == 0  # the notebook ran: the job succeeds without its copy
+
+    assert harness.job_api.artifacts == {}
+    err = capsys.readouterr().err
+    assert "the executed notebook (" in err and "was not stored: an artifact of" in err

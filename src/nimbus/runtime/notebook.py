@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nimbus.errors import NimbusError
 from nimbus.runtime.usercode import UserCodeError
 
 EXECUTED_ARTIFACT = "notebook.ipynb"
@@ -113,12 +114,27 @@ def run_notebook(
             sys.stdout.flush()
             sys.stderr.flush()
     if executed.is_file():
-        store(EXECUTED_ARTIFACT, executed.read_bytes())
-        print(f"stored the executed notebook as the artifact {EXECUTED_ARTIFACT}", flush=True)
+        _store_executed(executed.read_bytes(), store)
     if failure is not None:
         print(failure, file=sys.stderr, flush=True)
         raise UserCodeError(failure.splitlines()[0])
     return KernelState.read(state_file)
+
+
+def _store_executed(data: bytes, store: Callable[[str, bytes], None]) -> None:
+    """The executed notebook as the job's artifact; one the control plane refuses (over the
+    artifact size limit, the tenant's storage quota) is reported, not a failure of the job:
+    the notebook ran, its metrics and model count."""
+    try:
+        store(EXECUTED_ARTIFACT, data)
+    except NimbusError as exc:
+        print(
+            f"nimbus: the executed notebook ({len(data)} bytes) was not stored: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    print(f"stored the executed notebook as the artifact {EXECUTED_ARTIFACT}", flush=True)
 
 
 def cell_failure(exec_count: int | None, ename: str, evalue: str, traceback: list[str]) -> str:
