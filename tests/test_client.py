@@ -144,6 +144,7 @@ def test_public_names_are_pinned() -> None:
         "job_metrics",
         "compare_jobs",
         "wait_job",
+        "download_job_artifact",
         "register_model",
         "import_model",
         "model_card",

@@ -280,6 +280,13 @@ def test_tenants_and_roles(env: Env) -> None:
 # --- code -----------------------------------------------------------------------------------
 
 
+def notebook_bytes(cells: Any = (), kernel: str = "python") -> bytes:
+    """An nbformat 4 notebook's JSON, as valid as its ``cells``."""
+    kernelspec = {"name": kernel.lower(), "language": kernel, "display_name": kernel}
+    body = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": kernelspec}}
+    return json.dumps({**body, "cells": cells if isinstance(cells, str) else list(cells)}).encode()
+
+
 def test_code_upload_is_checked_and_tenant_scoped(env: Env) -> None:
     script = b"print('hello')\n"
     first = env.member.post(f"{API}/code", params={"filename": "train.py"}, content=script)
@@ -292,6 +299,13 @@ def test_code_upload_is_checked_and_tenant_scoped(env: Env) -> None:
     archive = tar_bytes({"main.py": b"import helper\n", "helper.py": b"X = 1\n"})
     packed = env.member.post(f"{API}/code", params={"filename": "proj.tar"}, content=archive)
     assert packed.status_code == 201 and packed.json()["format"] == "tar", packed.text
+    book = notebook_bytes(kernel="python")
+    notebook = env.member.post(f"{API}/code", params={"filename": "train.ipynb"}, content=book)
+    assert notebook.status_code == 201, notebook.text
+    assert (notebook.json()["entry"], notebook.json()["format"]) == ("main.ipynb", "ipynb")
+    body = {"dataset": "reviews", "model": notebook.json()["ref"], "workers": 2}
+    refused = env.member.post(f"{API}/jobs", json=body)
+    assert refused.status_code == 400 and "a notebook runs in one worker" in refused.text
 
     cases = [
         ("bad.py", b"def broken(:\n", "line 1"),
@@ -302,6 +316,16 @@ def test_code_upload_is_checked_and_tenant_scoped(env: Env) -> None:
         ("proj.tar", tar_bytes({"main.py": b"pass\n", "../escape.py": b"x"}), "'..'"),
         ("proj.tar", tar_bytes({"main.py": b"print(\n"}), "main.py line"),
         ("proj.tar", b"not a tar at all", "not a tar"),
+        ("nb.ipynb", b"{not json", "nb.ipynb is not a notebook"),
+        ("nb.ipynb", b"\xff\xfe", "nb.ipynb is not UTF-8"),
+        ("nb.ipynb", json.dumps({"nbformat": 3, "worksheets": []}).encode(), "nbformat 3"),
+        ("nb.ipynb", notebook_bytes(cells="x"), "is not a valid notebook"),
+        (
+            "nb.ipynb",
+            notebook_bytes(cells=[{"cell_type": "code", "source": "", "metadata": {}}]),
+            "required",
+        ),
+        ("nb.ipynb", notebook_bytes(kernel="R"), "is a R notebook: jobs run Python notebooks"),
     ]
     before = blob_files(env.server.home)
     for filename, data, named in cases:

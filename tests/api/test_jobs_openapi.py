@@ -33,6 +33,7 @@ JSON_ROUTES: dict[tuple[str, str], tuple[str, type[BaseModel]]] = {
     ("put", f"{ATTEMPT}/artifacts/{{name}}"): ("201", job_api.Artifact),
 }
 BYTE_ROUTES = {  # blob streams: no JSON to describe
+    ("get", f"{JOB}/artifacts/{{name}}"),
     ("get", f"{ATTEMPT}/blobs/{{key}}"),
     ("get", f"{ATTEMPT}/checkpoints/latest"),
 }

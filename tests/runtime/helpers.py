@@ -69,6 +69,7 @@ class FakeJobApi:
     progress: list[dict[str, Any]] = field(default_factory=list)
     artifacts: dict[str, bytes] = field(default_factory=dict)
     artifact_puts: int = 0
+    max_artifact_bytes: int | None = None  # larger artifacts answer 413, as the server does
     results: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     heartbeats: int = 0
@@ -195,7 +196,10 @@ class FakeJobApi:
             self.blobs[key] = data  # read as a blob, as the control plane serves it
             return JSONResponse({"step": step, "key": key, "size": len(data)})
         if method == "PUT" and route.startswith("artifacts/"):
-            self.artifacts[route.removeprefix("artifacts/")] = await request.body()
+            body = await request.body()
+            if self.max_artifact_bytes is not None and len(body) > self.max_artifact_bytes:
+                return _error(413, "payload_too_large", f"an artifact of {len(body)} bytes")
+            self.artifacts[route.removeprefix("artifacts/")] = body
             self.artifact_puts += 1
             return JSONResponse({}, status_code=201)
         if method == "POST" and route == "result":

@@ -1,7 +1,8 @@
-"""``nimbus jobs list|show|logs|metrics|cancel|compare``."""
+"""``nimbus jobs list|show|logs|metrics|artifact|cancel|compare``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -78,6 +79,23 @@ def metrics(job_id: JobArgument, as_json: JsonOption = False) -> None:
     with client() as api:
         series = api.job_metrics(job_id)
     emit({"metrics": series}, as_json, lambda out: out.print(metrics_table(series)))
+
+
+@app.command("artifact")
+def artifact(
+    job_id: JobArgument,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The artifact, e.g. notebook.ipynb")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", metavar="PATH", help="Where to write it [default: ./NAME]"),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Download one of a job's artifacts (a notebook job's executed notebook: notebook.ipynb)."""
+    with client() as api:
+        path = api.download_job_artifact(job_id, name, path=out)
+    result = {"job": job_id, "artifact": name, "path": str(path), "size": path.stat().st_size}
+    emit(result, as_json, lambda o: o.print(f"Wrote {name} of {job_id} to {path}", markup=False))
 
 
 @app.command("cancel")

@@ -52,8 +52,10 @@ def train(
         str,
         typer.Option(
             "--model",
-            metavar="cnn|text|mlp|PATH.py|DIR",
-            help="A built-in model, or your training script (a .py, or a directory with main.py)",
+            metavar="cnn|text|mlp|PATH.py|PATH.ipynb|DIR",
+            help="A built-in model, or your training code: a .py, a notebook (.ipynb, run with "
+            "papermill, --param values injected after its 'parameters' cell), or a directory "
+            "with main.py",
         ),
     ],
     param: Annotated[

@@ -1,9 +1,9 @@
 """Training jobs: submit (uploading the user's code first), inspect, follow, wait, cancel.
 
 A ``model`` is a built-in (``cnn``, ``text``, ``mlp``), a code reference returned by
-:meth:`JobsMixin.upload_code` (``code:sha256/…``), or a path: a ``.py`` file, or a directory
-with a ``main.py`` (sent as a reproducible .tar), which :meth:`JobsMixin.submit_job` uploads
-before it submits.
+:meth:`JobsMixin.upload_code` (``code:sha256/…``), or a path: a ``.py`` file, a notebook
+(``.ipynb``, run with papermill), or a directory with a ``main.py`` (sent as a reproducible
+.tar), which :meth:`JobsMixin.submit_job` uploads before it submits.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from urllib.parse import quote
 from nimbus.client.base import API, BaseClient
 from nimbus.client.datasets import DatasetRef, as_ref
 from nimbus.client.sse import parse_events
-from nimbus.client.transfer import chunks, packed
-from nimbus.errors import InvalidInput, NimbusError, Unavailable
+from nimbus.client.transfer import chunks, packed, save
+from nimbus.errors import InvalidInput, NimbusError, NotFound, Unavailable
 from nimbus.jobs.domain import JobState, parse_duration, parse_memory
 from nimbus.runtime.hyperparams import PARAM_SCHEMAS
 from nimbus.wire.code import CodeArtifact
@@ -38,6 +38,7 @@ from nimbus.wire.jobs import (
 BUILTIN_MODELS = tuple(PARAM_SCHEMAS)
 CODE_PREFIX = "code:"
 CODE_ENTRY = "main.py"
+CODE_SUFFIXES = (".py", ".ipynb")
 RECONNECT_SECONDS = 30.0  # how long a lost log stream or status poll is retried
 _NOT_CODE = frozenset({"__pycache__", ".git"})
 
@@ -54,7 +55,7 @@ def is_code_path(model: str) -> bool:
     """Whether ``model`` names the user's code on disk rather than a built-in or a ref."""
     if model in BUILTIN_MODELS or model.startswith(CODE_PREFIX):
         return False
-    return model.endswith(".py") or os.sep in model or Path(model).is_dir()
+    return model.endswith(CODE_SUFFIXES) or os.sep in model or Path(model).is_dir()
 
 
 class JobsMixin(BaseClient):
@@ -65,7 +66,8 @@ class JobsMixin(BaseClient):
     _clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def upload_code(self, path: str | os.PathLike[str]) -> CodeArtifact:
-        """Upload a training script (a ``.py`` file, or a directory with ``main.py``).
+        """Upload a training script (a ``.py`` file, a ``.ipynb`` notebook, or a directory
+        with ``main.py``).
 
         Returns the code artifact, whose ``ref`` (``code:sha256/…``) a job names it by; the
         same code gives the same ref. ``__pycache__`` and ``.git`` folders are left out.
@@ -76,8 +78,10 @@ class JobsMixin(BaseClient):
                 raise InvalidInput(f"{source} has no {CODE_ENTRY}: a code directory needs one")
         elif not source.is_file():
             raise InvalidInput(f"no such file or directory: {source}")
-        elif source.suffix != ".py":
-            raise InvalidInput(f"{source} is not a Python file (.py) nor a directory")
+        elif source.suffix not in CODE_SUFFIXES:
+            raise InvalidInput(
+                f"{source} is not a Python file (.py), a notebook (.ipynb) nor a directory"
+            )
         with packed(source, "code", exclude=_NOT_CODE) as (file, filename):
             size = file.stat().st_size
             return self._call(
@@ -123,7 +127,9 @@ class JobsMixin(BaseClient):
         ref = as_ref(dataset)
         model_ref = str(model)
         if not model_ref:
-            raise InvalidInput("a job needs a model: cnn, text, mlp or a path to a .py file")
+            raise InvalidInput(
+                "a job needs a model: cnn, text, mlp or a path to a .py file or a notebook"
+            )
         if is_code_path(model_ref):
             model_ref = self.upload_code(model_ref).ref
         if memory is not None:
@@ -231,6 +237,25 @@ class JobsMixin(BaseClient):
     def job_metrics(self, job_id: str) -> dict[str, list[MetricPoint]]:
         """Every metric series of a job by name (``train_loss``, ...), in step order."""
         return self._call(JobMetrics, "GET", f"{_job_path(job_id)}/metrics").metrics
+
+    def download_job_artifact(
+        self, job_id: str, name: str, *, path: str | os.PathLike[str] | None = None
+    ) -> Path:
+        """Write the job's artifact ``name`` (e.g. ``notebook.ipynb``, the executed notebook
+        of a notebook job) to ``path`` (default: ``name`` in the current directory; a
+        directory gets ``name`` inside it), checked against its hash; returns the path."""
+        job = self.get_job(job_id)
+        found = next((a for a in job.artifacts if a.name == name), None)
+        if found is None:
+            names = ", ".join(a.name for a in job.artifacts) or "none"
+            raise NotFound(f"job {job.id} has no artifact {name!r} (it has: {names})")
+        out = Path(name if path is None else path)
+        if out.is_dir():
+            out = out / name
+        route = f"{_job_path(job.id)}/artifacts/{quote(name, safe='')}"
+        with self._stream("GET", route) as response:
+            save(response, out, {"key": found.key, "size": found.size}, 0, found.size, None)
+        return out
 
     def compare_jobs(self, ids: Sequence[str]) -> list[Job]:
         """Several jobs side by side (evaluation included), in the order asked."""

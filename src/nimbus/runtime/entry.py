@@ -59,8 +59,9 @@ from nimbus.runtime.job_api import (
     JobApiClient,
     JobStop,
 )
+from nimbus.runtime.notebook import run_notebook
 from nimbus.runtime.trainer import train
-from nimbus.runtime.usercode import UserCodeError, run_script, unpack
+from nimbus.runtime.usercode import NOTEBOOK_ENTRY, UserCodeError, run_script, unpack
 from nimbus.wire.job_api import AttemptSpec, CodeInput
 
 ENV_ERROR_EXIT_CODE = 2
@@ -118,6 +119,23 @@ class JobEnv:
             )
         except ValueError as exc:
             raise InvalidInput(f"malformed job environment: {exc}") from None
+
+    def variables(self) -> dict[str, str]:
+        """This environment as variables again, for a process the job starts (a notebook's
+        kernel) that must reach the same attempt."""
+        variables = {
+            "NIMBUS_URL": self.url,
+            "NIMBUS_JOB_ID": self.job_id,
+            "NIMBUS_ATTEMPT_ID": self.attempt_id,
+            "NIMBUS_JOB_TOKEN": self.token,
+            "NIMBUS_JOB_DIR": str(self.job_dir),
+            "NIMBUS_CACHE_DIR": str(self.cache_dir),
+            "NIMBUS_HEARTBEAT_SECONDS": str(self.heartbeat_seconds),
+            "NIMBUS_RETRY_SECONDS": str(self.retry_seconds),
+        }
+        if self.world_size > 1:
+            variables |= {"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size)}
+        return variables
 
 
 def main(
@@ -180,7 +198,7 @@ def run_attempt(env: JobEnv, client: JobApiClient) -> None:
     # A fork-server child inherits the zygote's intra-op thread pool size: give the job the
     # CPU slots it asked for (at least one), never the whole node.
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    version = _dataset_of(spec)
+    version = dataset_of(spec)
     what = spec.code.entry if spec.code else spec.model
     if env.rank == 0:
         print(
@@ -198,7 +216,7 @@ def run_attempt(env: JobEnv, client: JobApiClient) -> None:
             _run_builtin(env, client, spec, group, device)
 
 
-def _dataset_of(spec: AttemptSpec) -> dict[str, Any]:
+def dataset_of(spec: AttemptSpec) -> dict[str, Any]:
     """The dataset version object of the job (every job trains on one)."""
     if spec.dataset is None:
         raise InvalidInput(f"job {spec.job_id} has no dataset")
@@ -245,7 +263,7 @@ def _run_builtin(
     env: JobEnv, client: JobApiClient, spec: AttemptSpec, group: Any, device: torch.device
 ) -> None:
     memory = spec.resources.memory
-    data = load_data(client, _dataset_of(spec), env.job_dir / "data", memory)
+    data = load_data(client, dataset_of(spec), env.job_dir / "data", memory)
     params = dict(spec.params)
     if spec.seed is not None and "seed" not in params:
         params["seed"] = spec.seed
@@ -271,7 +289,7 @@ def _run_automl(env: JobEnv, client: JobApiClient, spec: AttemptSpec) -> None:
     """The AutoML search (one process), its winner exported, uploaded and scored; the
     leaderboard is a job artifact (every trial) and part of the job's result (the best
     :data:`automl.RESULT_ROWS`)."""
-    data = load_data(client, _dataset_of(spec), env.job_dir / "data", spec.resources.memory)
+    data = load_data(client, dataset_of(spec), env.job_dir / "data", spec.resources.memory)
     params = validate_automl_params(dict(spec.params))
     reporter = HttpReporter(client, rank=env.rank, label="trial", echo=lambda line: None)
 
@@ -341,13 +359,13 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
     code_dir = env.job_dir / ("code" if env.world_size == 1 else f"code-rank{env.rank}")
     script = unpack(client.blob(code.key), code.entry, code_dir, code.format)
     if spec.seed is not None:
-        _seed(spec.seed)
+        seed_all(spec.seed)
     reporter = HttpReporter(client, rank=env.rank)
     session = api.Session(
         params=api.coerce_params(spec.params),
         reporter=reporter,
         load_data=lambda: load_data(
-            client, _dataset_of(spec), env.job_dir / "data", spec.resources.memory
+            client, dataset_of(spec), env.job_dir / "data", spec.resources.memory
         ),
         model_dir=env.job_dir / "model",
         rank=env.rank,
@@ -355,7 +373,10 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
     api.activate(session)
     try:
         with _flushed(reporter):  # its metrics and last checkpoint stored before its result
-            run_script(script)
+            if script.suffix == Path(NOTEBOOK_ENTRY).suffix:
+                _run_notebook(env, client, session, script)
+            else:
+                run_script(script)
     finally:
         api.activate(None)
     if env.rank:
@@ -369,6 +390,18 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
             reporter.flush()  # stored before the result, which ends the job
     if evaluation is not None:
         client.result(evaluation)
+
+
+def _run_notebook(env: JobEnv, client: JobApiClient, session: api.Session, notebook: Path) -> None:
+    """The notebook runs in a kernel of its own (:mod:`nimbus.runtime.notebook`); what its
+    cells did through ``nr`` becomes this session's, so the job ends as a script's would."""
+    if env.world_size > 1:
+        raise InvalidInput("a notebook runs as one worker: submit it with workers=1")
+    state = run_notebook(
+        notebook, session.params, env.job_dir, client.put_artifact, env.variables()
+    )
+    session.saved_model, session.evaluation = state.saved_model, state.evaluation
+    session.logged_step = state.logged_step
 
 
 @contextmanager
@@ -393,7 +426,7 @@ def _upload_model(client: JobApiClient, model_dir: Path) -> None:
     print(f"uploaded the model: {', '.join(MODEL_FILES)}", flush=True)
 
 
-def _seed(seed: int) -> None:
+def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

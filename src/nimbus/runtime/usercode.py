@@ -1,6 +1,7 @@
 """Running a user's training script inside a job: unpack the code, run it as ``__main__``.
 
-The code is a single ``.py`` file or a tar archive of a directory with its entry script
+The code is a single ``.py`` file, a notebook (``.ipynb``: run by
+:mod:`nimbus.runtime.notebook`, not here) or a tar archive of a directory with its entry script
 (``main.py`` unless the upload named another). It runs through :mod:`runpy` in this
 process, with ``sys.argv`` and ``sys.path`` as ``python script.py`` would set them, so the
 ``nr`` API the job entry point prepared is live inside it.
@@ -23,6 +24,8 @@ from nimbus.errors import InvalidInput
 from nimbus.runtime.keras_backend import HINT
 
 DEFAULT_ENTRY = "main.py"
+NOTEBOOK_ENTRY = "main.ipynb"
+NOTEBOOK = "ipynb"  # the code format of a notebook
 
 
 class UserCodeError(Exception):
@@ -32,8 +35,8 @@ class UserCodeError(Exception):
 def unpack(code_file: Path, entry: str | None, dest: Path, kind: str | None = None) -> Path:
     """Put the code of ``code_file`` under ``dest``; returns the script to run.
 
-    ``kind`` is the code's format, ``"py"`` or ``"tar"`` (plain or gzipped); when None it
-    is told from the bytes.
+    ``kind`` is the code's format, ``"py"``, ``"ipynb"`` or ``"tar"`` (plain or gzipped);
+    when None it is told from the bytes (a tar, else a script).
     """
     if dest.exists():
         shutil.rmtree(dest)
@@ -48,7 +51,9 @@ def unpack(code_file: Path, entry: str | None, dest: Path, kind: str | None = No
             copy_member(member, target)
         script = dest / (name or DEFAULT_ENTRY)
     else:
-        script = dest / (name if name and name.endswith(".py") else DEFAULT_ENTRY)
+        default = NOTEBOOK_ENTRY if kind == NOTEBOOK else DEFAULT_ENTRY
+        suffix = PurePosixPath(default).suffix
+        script = dest / (name if name and name.endswith(suffix) else default)
         shutil.copyfile(code_file, script)
     if not script.is_file():
         raise InvalidInput(f"the code has no entry script {script.relative_to(dest)}")

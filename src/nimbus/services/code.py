@@ -1,9 +1,10 @@
-"""Code artifacts: a training script (``.py``) or a code directory (``.tar`` with ``main.py``
-at its root) that jobs run instead of a built-in model.
+"""Code artifacts: a training script (``.py``), a code directory (``.tar`` with ``main.py``
+at its root) or a notebook (``.ipynb``) that jobs run instead of a built-in model.
 
 An upload is checked before it is stored (the script compiles, which a limited child process
 finds out: :class:`CompileCheck`; the archive is a tar
-without links, special files, absolute or ``..`` paths, within size limits) and stored
+without links, special files, absolute or ``..`` paths, within size limits; the notebook
+is a valid nbformat 4 document of a Python kernel) and stored
 once per tenant and content. Its reference is ``code:<blob key>``; the blob is held by a
 reference owned by the tenant's code record, so it outlives every dataset deletion.
 """
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import nbformat
+from nbformat.warnings import MissingIDFieldWarning
 
 from nimbus.datasets.archive import ArchiveKind, iter_files, sniff_archive
 from nimbus.datasets.domain import IngestLimits
@@ -36,10 +41,12 @@ log = logging.getLogger(__name__)
 
 REF_PREFIX = "code:"
 ENTRY = "main.py"  # what runs: the uploaded script itself, or main.py at an archive's root
+NOTEBOOK_ENTRY = "main.ipynb"
 MAX_SCRIPT_BYTES = 16 * 1024**2  # one source file (413 past it); compiled at upload, in a child
 MAX_ARCHIVE_MEMBERS = 50_000
-PY, TAR = "py", "tar"
+PY, TAR, IPYNB = "py", "tar", "ipynb"
 _PY_SUFFIXES = (".py",)
+_IPYNB_SUFFIXES = (".ipynb",)
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
@@ -102,9 +109,11 @@ def _format_of(filename: str | None, path: Path) -> str:
         return PY
     if lower.endswith(_TAR_SUFFIXES):
         return TAR
+    if lower.endswith(_IPYNB_SUFFIXES):
+        return IPYNB
     raise InvalidInput(
-        f"invalid filename {filename[:100]!r}: upload a .py file or a .tar of a directory "
-        "with main.py at its root",
+        f"invalid filename {filename[:100]!r}: upload a .py file, a .ipynb notebook or a .tar "
+        "of a directory with main.py at its root",
         field="filename",
     )
 
@@ -182,6 +191,48 @@ def check_script(path: Path, size: int, compile_check: CompileCheck | None = Non
     (compile_check or CompileCheck())(path, ENTRY)
 
 
+def check_notebook(path: Path, size: int, name: str) -> None:
+    """A 413 past :data:`MAX_SCRIPT_BYTES`; else a 400 naming the problem unless ``path``
+    is a valid nbformat 4 notebook (its JSON schema) whose kernel, if it names one, runs
+    Python. Cells are not compiled: they may hold IPython syntax (``%magic``, ``!cmd``)."""
+    if size > MAX_SCRIPT_BYTES:
+        raise PayloadTooLarge(
+            f"a notebook is limited to {MAX_SCRIPT_BYTES} bytes; got {size}",
+            limit=MAX_SCRIPT_BYTES,
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
+        notebook = nbformat.reads(text, as_version=nbformat.NO_CONVERT)  # type: ignore[no-untyped-call]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{name} is not UTF-8 text (byte {exc.start})") from None
+    except nbformat.ValidationError as exc:  # reading checks the keys it needs
+        raise InvalidInput(f"{name} is not a valid notebook: {_first_line(exc)}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise InvalidInput(f"{name} is not a notebook: {_first_line(exc)}") from None
+    if notebook.get("nbformat") != 4:
+        raise InvalidInput(
+            f"{name} is an nbformat {notebook.get('nbformat')} notebook: save it as nbformat 4 "
+            "(any Jupyter of the last decade does)"
+        )
+    try:
+        with warnings.catch_warnings():  # cells without ids: papermill gives them ids
+            warnings.simplefilter("ignore", MissingIDFieldWarning)
+            nbformat.validate(notebook)
+    except nbformat.ValidationError as exc:
+        raise InvalidInput(f"{name} is not a valid notebook: {_first_line(exc)}") from None
+    kernel = notebook.metadata.get("kernelspec") or {}
+    language = str(
+        kernel.get("language") or notebook.metadata.get("language_info", {}).get("name", "python")
+    )
+    if language.lower() != "python":
+        raise InvalidInput(f"{name} is a {language[:40]} notebook: jobs run Python notebooks")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
 def check_archive(
     path: Path, filename: str, max_unpacked: int, compile_check: CompileCheck | None = None
 ) -> None:
@@ -234,6 +285,8 @@ class CodeService:
             kind = _format_of(filename, path)
             if kind == PY:
                 check_script(path, size, self.compile_check)
+            elif kind == IPYNB:
+                check_notebook(path, size, filename or NOTEBOOK_ENTRY)
             else:
                 check_archive(
                     path, filename or "code.tar", self.max_unpacked_bytes, self.compile_check
@@ -258,7 +311,7 @@ class CodeService:
                         blob_key=key,
                         size=size,
                         format=kind,
-                        entry=ENTRY,
+                        entry=NOTEBOOK_ENTRY if kind == IPYNB else ENTRY,
                         created_by=principal.token_id,
                         now=self.clock(),
                     )

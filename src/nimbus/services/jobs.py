@@ -38,7 +38,8 @@ from nimbus.runtime.hyperparams import (
     validate_params,
 )
 from nimbus.security import Principal, Role, require_role
-from nimbus.services.code import CodeInfo, CodeService, is_code_ref
+from nimbus.services.blobs import FileDownload, verified_download
+from nimbus.services.code import IPYNB, CodeInfo, CodeService, is_code_ref
 from nimbus.services.datasets import DatasetService
 from nimbus.services.quotas import QuotaService
 from nimbus.wire import jobs as wire
@@ -315,6 +316,11 @@ class JobService:
         if is_code_ref(request.model):
             code = self.code.resolve(principal, request.model)
             params = _code_params(request.params)
+            if code.format == IPYNB and request.workers != 1:
+                raise InvalidInput(
+                    f"a notebook runs in one worker: workers must be 1, not {request.workers}",
+                    field="workers",
+                )
         elif request.model in PARAM_SCHEMAS:
             params = validate_params(request.model, version.task, request.params)
             if params.get("dp_epsilon") is not None and request.workers > 1:
@@ -471,6 +477,17 @@ class JobService:
             except NotFound:
                 raise NotFound(f"job {job_id[:80]!r} not found") from None
             return self._view(session, principal, job_id)
+
+    def download_artifact(self, principal: Principal, job_id: str, name: str) -> FileDownload:
+        """A job's artifact (an executed notebook, ``leaderboard.json``, a model file) by
+        name: 404 for another tenant's job or a name it lacks; verified against its hash
+        before the first byte goes out, and again as it streams."""
+        job = self.get(principal, job_id)
+        found = next((a for a in job.artifacts if a.name == name), None)
+        if found is None:
+            raise NotFound(f"job {job.id} has no artifact {name[:80]!r}")
+        # Job artifacts live in the blob store every tenant's code and datasets live in.
+        return verified_download(self.code.blobs, found.key, found.size, found.name)
 
     def metrics(self, principal: Principal, job_id: str) -> wire.JobMetrics:
         """Every series by name, in step order (non-finite values null)."""

@@ -1,4 +1,5 @@
-"""Training jobs: submit, list, show, cancel, logs (JSON or server-sent events), metrics."""
+"""Training jobs: submit, list, show, cancel, logs (JSON or server-sent events), metrics,
+artifacts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from nimbus.api.auth import Member, Viewer
+from nimbus.api.downloads import FILE_RESPONSE, attachment
 from nimbus.api.state import Services, services_of
 from nimbus.api.streams import Polled, event_stream, paced, sse_event
 from nimbus.names import MAX_INT64, parse_int
@@ -61,6 +63,18 @@ def cancel_job(job_id: str, principal: Member, request: Request) -> Job:
 @router.get("/jobs/{job_id}/metrics", response_model=JobMetrics)
 def job_metrics(job_id: str, principal: Viewer, request: Request) -> JobMetrics:
     return services_of(request).jobs.metrics(principal, job_id)
+
+
+@router.get(
+    "/jobs/{job_id}/artifacts/{name}",
+    response_class=StreamingResponse,
+    responses=FILE_RESPONSE,
+)
+def download_artifact(
+    job_id: str, name: str, principal: Viewer, request: Request
+) -> StreamingResponse:
+    """An artifact's bytes (see the job's ``artifacts``), checked against its hash."""
+    return attachment(services_of(request).jobs.download_artifact(principal, job_id, name))
 
 
 @router.get(
