@@ -56,6 +56,7 @@ def test_the_nouns_and_verbs_of_the_contract() -> None:
         "jobs metrics",
         "jobs cancel",
         "jobs compare",
+        "jobs artifact",
         "runs list",
         "runs show",
         "runs compare",
