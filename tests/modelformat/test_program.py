@@ -17,9 +17,8 @@ from captum.attr import IntegratedGradients
 from safetensors.torch import save_file
 from torch import nn
 
+from nimbus.modelformat.files import PROGRAM_FILE, PROGRAM_WEIGHTS_FILE
 from nimbus.modelformat.program import (
-    PROGRAM_FILE,
-    PROGRAM_WEIGHTS_FILE,
     Program,
     ProgramError,
     write_checked_program,

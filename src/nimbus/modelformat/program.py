@@ -31,8 +31,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-PROGRAM_FILE = "program.json"  # the graph (format below)
-PROGRAM_WEIGHTS_FILE = "program.safetensors"  # the tensors it reads, by placeholder name
+from nimbus.modelformat.files import PROGRAM_FILE, PROGRAM_WEIGHTS_FILE
+
 FORMAT = 1
 MAX_NODES = 20_000
 MAX_PROGRAM_BYTES = 16 * 1024 * 1024

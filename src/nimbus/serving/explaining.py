@@ -34,8 +34,8 @@ from nimbus.errors import InvalidInput
 from nimbus.explain.attributions import Explanation, explain
 from nimbus.explain.options import INTEGRATED_GRADIENTS, ExplainOptions, parse_options
 from nimbus.explain.render import overlay_png, word_scores
-from nimbus.modelformat.files import WEIGHTS_FILE
-from nimbus.modelformat.program import PROGRAM_FILE, Program, ProgramError
+from nimbus.modelformat.files import PROGRAM_FILE, WEIGHTS_FILE
+from nimbus.modelformat.program import Program, ProgramError
 from nimbus.names import whole_number
 from nimbus.serving.errors import Overloaded, ProtocolError
 from nimbus.serving.metrics import ServingMetrics
