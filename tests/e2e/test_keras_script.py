@@ -1,12 +1,17 @@
-"""A Keras 3 script written as every tutorial writes it (``import keras`` on its first line,
-nothing about backends) runs as a job on a real server: Keras picks PyTorch, not TensorFlow
-(which is not installed)."""
+"""Scripts' own models as jobs on a real server. A Keras 3 script written as every tutorial
+writes it (``import keras`` on its first line, nothing about backends): Keras picks PyTorch,
+not TensorFlow (which is not installed). A torch module, trained, registered, deployed and
+explained with Integrated Gradients: the job exported its graph (program.json), the replica
+runs it."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from nimbus.client import Client
 from tests.e2e.conftest import logs_text, script
@@ -53,3 +58,57 @@ def test_a_script_that_imports_keras_first_trains_on_torch(
     assert "keras backend: torch" in text
     (accuracy,) = api.job_metrics(job.id)["test_accuracy"]
     assert accuracy.value is not None and accuracy.value > 0.8, accuracy
+
+
+TRAIN = """\
+import torch
+from torch import nn
+
+from nimbus import runtime as nr
+
+class Net(nn.Module):
+    def __init__(self, shape, classes):
+        super().__init__()
+        height, width, channels = shape
+        self.conv = nn.Conv2d(channels, 4, 3, padding=1)
+        self.linear = nn.Linear(4 * (height // 2) * (width // 2), classes)
+
+    def forward(self, x):
+        x = x.permute(0, 3, 1, 2).float() / 255
+        return self.linear(nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+data = nr.dataset()
+torch.manual_seed(0)
+model = Net(data.train.x.shape[1:], len(data.classes))
+x, y = torch.from_numpy(data.train.x[:512]), torch.from_numpy(data.train.y[:512])
+optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+for _ in range(20):
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+nr.save_model(model, data.train.x[:4])
+"""
+
+
+def test_a_scripts_module_is_explained_with_integrated_gradients(
+    api: Client, digits: str, tmp_path: Path
+) -> None:
+    job = api.wait_job(api.submit_job(digits, script(tmp_path, "mine", TRAIN)).id, timeout=300)
+    text = logs_text(api, job.id)
+    assert job.state == "succeeded", text
+    assert "explanations: integrated gradients available" in text
+    model = api.register_model("mine", job.id)
+    api.create_deployment("mine", f"mine:{model.version}")
+    api.wait_deployment("mine", timeout=120)
+    try:
+        folder = tmp_path / "data"
+        api.download_dataset(digits, folder)
+        image = np.load(folder / "test_x.npy")[0]
+        png = io.BytesIO()
+        Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(png, format="PNG")
+        found = api.explain("mine", data=png.getvalue(), steps=64)
+        assert found["method"] == "integrated_gradients"
+        assert np.asarray(found["attributions"]).shape == image.shape
+        assert abs(found["completeness_delta"]) < 1e-2
+    finally:
+        api.delete_deployment("mine")

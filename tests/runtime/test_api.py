@@ -77,6 +77,8 @@ def test_save_model_exports_a_verified_model_dir(local: Path) -> None:
     assert model_dir == local / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "model.onnx",
+        "program.json",  # the gradient program (nimbus.modelformat.program)
+        "program.safetensors",
         "spec.json",
         "weights.safetensors",
     ]
@@ -103,6 +105,24 @@ def test_a_model_ending_in_softmax_is_not_softmaxed_twice(local: Path) -> None:
     (got,) = ort.InferenceSession(str(model_dir / "model.onnx")).run(None, {"input": x})
     want = model(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+class Branchy(Flat):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out if out.sum() > 0 else -out  # data-dependent: torch.export cannot trace it
+
+
+def test_a_model_torch_export_cannot_trace_is_saved_without_gradients(
+    local: Path, capsys: Any
+) -> None:
+    data = nr.dataset()
+    model_dir = nr.save_model(Branchy(6 * 6 * 3, 3), data.train.x[:4])
+    assert model_dir is not None and (model_dir / "model.onnx").is_file()
+    assert not (model_dir / "program.json").exists()
+    assert "explanations: occlusion/Shapley only, no gradient program: torch.export could " in (
+        capsys.readouterr().out
+    )
 
 
 def test_save_model_wants_the_raw_input(local: Path) -> None:

@@ -66,7 +66,13 @@ def test_a_script_trains_saves_and_is_scored(harness: Harness, capsys: Any) -> N
     job_api.job(synthetic.tiny_images(n=60), code=TRAIN.encode(), params={"epochs": "2"})
     assert run_main(harness) == 0
 
-    assert set(job_api.artifacts) == {"spec.json", "weights.safetensors", "model.onnx"}
+    assert set(job_api.artifacts) == {
+        "spec.json",
+        "weights.safetensors",
+        "model.onnx",
+        "program.json",  # its torch module could be exported: gradient explanations
+        "program.safetensors",
+    }
     spec = json.loads(job_api.artifacts["spec.json"])
     assert spec["architecture"] == "custom"
     assert (

@@ -7,3 +7,8 @@ SPEC_FILE = "spec.json"  # architecture, input signature, classes, preprocessing
 WEIGHTS_FILE = "weights.safetensors"  # the state_dict (built-ins; custom models too)
 ONNX_FILE = "model.onnx"  # softmax included, dynamic batch axis
 MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE, ONNX_FILE)
+# A script's torch module as a graph for gradient explanations (nimbus.modelformat.program):
+# both or neither; a model without them is explained by occlusion/Shapley.
+PROGRAM_FILE = "program.json"
+PROGRAM_WEIGHTS_FILE = "program.safetensors"
+PROGRAM_FILES = (PROGRAM_FILE, PROGRAM_WEIGHTS_FILE)

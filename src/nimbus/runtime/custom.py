@@ -32,6 +32,7 @@ from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
 from nimbus.modelformat.export import ONNX_OPSET, verify_onnx
 from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
+from nimbus.modelformat.program import ProgramError, write_checked_program
 from nimbus.modelformat.text import TextEncoder
 from nimbus.runtime.builtins import FORMAT_VERSION
 from nimbus.runtime.data import DataSplits
@@ -58,6 +59,17 @@ class Scores(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
         return torch.softmax(out, dim=1) if self.softmax else out
+
+
+class Logits(nn.Module):
+    """A model ending in probabilities, as logits (their log): softmax gives them back."""
+
+    def __init__(self, scores: Scores) -> None:
+        super().__init__()
+        self.model = scores.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.model(x).clamp_min(1e-12))
 
 
 def export_custom(
@@ -117,6 +129,18 @@ def _export(
             opset_version=ONNX_OPSET,
         )
     verify_onnx(wrapped, (out_dir / ONNX_FILE).read_bytes(), example)
+    if spec["task"] == str(Task.TEXT) or _is_keras(model):
+        print(
+            "explanations: occlusion/Shapley only (the gradient program is written for "
+            "torch modules on images or tabular rows)"
+        )
+        return
+    try:
+        write_checked_program(Logits(wrapped) if not wrapped.softmax else module, example, out_dir)
+    except ProgramError as exc:
+        print(f"explanations: occlusion/Shapley only, no gradient program: {exc}")
+    else:
+        print("explanations: integrated gradients available (program.json)")
 
 
 def _export_tensorflow(

@@ -45,7 +45,7 @@ from nimbus.datasets.domain import SPLITS, Task
 from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.modelformat.export import export_model
-from nimbus.modelformat.files import MODEL_FILES
+from nimbus.modelformat.files import MODEL_FILES, PROGRAM_FILES
 from nimbus.runtime import api, automl, layer
 from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.automl_search import Trial
@@ -421,9 +421,12 @@ def _flushed(reporter: HttpReporter) -> Iterator[None]:
 
 
 def _upload_model(client: JobApiClient, model_dir: Path) -> None:
-    for name in MODEL_FILES:
+    names = list(MODEL_FILES)
+    if all((model_dir / name).is_file() for name in PROGRAM_FILES):
+        names += PROGRAM_FILES  # the gradient program, when the model could be exported so
+    for name in names:
         client.put_artifact(name, (model_dir / name).read_bytes())
-    print(f"uploaded the model: {', '.join(MODEL_FILES)}", flush=True)
+    print(f"uploaded the model: {', '.join(names)}", flush=True)
 
 
 def seed_all(seed: int) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 from nimbus.db import deployments as repo
 from nimbus.db.engine import Database
-from nimbus.modelformat.files import MODEL_FILES
 from nimbus.services.models import ResolvedVersion
 from nimbus.serving.fleet.deployment import DeploymentState
 from nimbus.storage.blobs import BlobStore, digest_of
@@ -28,7 +27,7 @@ TOKEN_FILE = ".tokens"  # per tenant; names never start with a dot, so no deploy
 
 def _intact(directory: Path, files: dict[str, Any]) -> bool:
     """Every model file is there with the size and hash the registry holds."""
-    for name in MODEL_FILES:
+    for name in files:
         path, entry = directory / name, files[name]
         try:
             if path.stat().st_size != int(entry["size"]):
@@ -63,7 +62,7 @@ class ModelDirs:
         directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".copy-", dir=directory.parent))
         try:
-            for file in MODEL_FILES:
+            for file in target.files:  # MODEL_FILES, and PROGRAM_FILES where registered
                 with open(work / file, "wb") as out:
                     for chunk in self.blobs.iter_verified(target.files[file]["key"]):
                         out.write(chunk)

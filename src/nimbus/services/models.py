@@ -32,7 +32,13 @@ from nimbus.db.job_details import JobDetail
 from nimbus.db.tables import ModelAliasEventRow, ModelRow, ModelVersionRow, utcnow
 from nimbus.errors import Conflict, InvalidInput, NotFound
 from nimbus.jobs.domain import JobState
-from nimbus.modelformat.files import MODEL_FILES, ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
+from nimbus.modelformat.files import (
+    MODEL_FILES,
+    ONNX_FILE,
+    PROGRAM_FILES,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+)
 from nimbus.modelformat.verify import recorded_accuracy
 from nimbus.names import parse_reference, validate_alias, validate_name, version_number
 from nimbus.security import Principal, Role, require_role
@@ -306,7 +312,10 @@ class ModelService:
                 f"{', '.join(missing)})",
                 field="job",
             )
-        return {f: {"key": artifacts[f].blob_key, "size": artifacts[f].size} for f in MODEL_FILES}
+        names = list(MODEL_FILES)
+        if all(f in artifacts for f in PROGRAM_FILES):  # optional: the gradient program
+            names += PROGRAM_FILES
+        return {f: {"key": artifacts[f].blob_key, "size": artifacts[f].size} for f in names}
 
     def _check(self, detail: JobDetail, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Verify every blob against its hash and size, then check the model's files."""
@@ -379,7 +388,8 @@ class ModelService:
 
     @staticmethod
     def _artifact_keys(detail: JobDetail) -> dict[str, str]:
-        return {a.name: a.blob_key for a in detail.artifacts if a.name in MODEL_FILES}
+        names = (*MODEL_FILES, *PROGRAM_FILES)
+        return {a.name: a.blob_key for a in detail.artifacts if a.name in names}
 
     # -- read ---------------------------------------------------------------------------
 

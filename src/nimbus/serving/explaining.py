@@ -7,9 +7,11 @@ one at a time on a thread of their own, off the batcher, with at most ``max_pend
 requests waiting or running (503 + Retry-After past that), at most ``max_rows`` rows each,
 and the method's knobs bounded (nimbus.explain.options). The PyTorch module is rebuilt from
 the model's spec.json and weights.safetensors on the first explanation (nothing
-unpickled); a model without them (a script's or a scikit-learn model: its ONNX graph alone)
-is explained through the replica's own backend by the methods that need no gradients
-(occlusion, Shapley sampling).
+unpickled); a script's torch module from the graph its job wrote (program.json +
+program.safetensors, nimbus.modelformat.program: no pickle, no generated code); a model
+without either (a scikit-learn model, a script whose module torch.export could not trace:
+its ONNX graph alone) is explained through the replica's own backend by the methods that
+need no gradients (occlusion, Shapley sampling).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from nimbus.errors import InvalidInput
 from nimbus.explain.attributions import Explanation, explain
 from nimbus.explain.options import INTEGRATED_GRADIENTS, ExplainOptions, parse_options
 from nimbus.explain.render import overlay_png, word_scores
-from nimbus.modelformat.files import WEIGHTS_FILE
+from nimbus.modelformat.files import PROGRAM_FILE, WEIGHTS_FILE
+from nimbus.modelformat.program import Program, ProgramError
 from nimbus.names import whole_number
 from nimbus.serving.errors import Overloaded, ProtocolError
 from nimbus.serving.metrics import ServingMetrics
@@ -70,8 +73,11 @@ class Explainer:
         self.max_rows = max_rows
         self.kind = KINDS[predictor.spec.task]
         # With PyTorch weights, every method on the rebuilt module (built on the explain
-        # thread); without, the backend's forward pass (model inputs -> probabilities).
-        self.gradients = (model_dir / WEIGHTS_FILE).is_file()
+        # thread); a script's model on its program (program.json, docs/model-format.md);
+        # without, the backend's forward pass (model inputs -> probabilities).
+        self.program = (model_dir / PROGRAM_FILE).is_file()
+        builtin = predictor.spec.architecture != "custom"
+        self.gradients = self.program or (builtin and (model_dir / WEIGHTS_FILE).is_file())
         self._pool: ThreadPoolExecutor | None = None
         self._module: Any = None  # torch.nn.Module, built on the explain thread
         self._pending = 0
@@ -168,9 +174,15 @@ class Explainer:
         if self._module is None:
             from nimbus.runtime.architectures import load_torch_model
 
-            self._module = (
-                load_torch_model(self.model_dir) if self.gradients else self.predictor.run
-            )
+            if self.program:
+                try:
+                    self._module = Program.load(self.model_dir)
+                except ProgramError as exc:
+                    raise InvalidInput(f"the model's gradient program is refused: {exc}") from exc
+            elif self.gradients:
+                self._module = load_torch_model(self.model_dir)
+            else:
+                self._module = self.predictor.run
         words: list[list[str]] = []
         inputs = raw
         if self._encoder is not None:
