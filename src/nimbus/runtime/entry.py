@@ -355,9 +355,11 @@ class EpochTimedReporter(HttpReporter):
         print(line, flush=True)
 
 
-def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: CodeInput) -> None:
-    code_dir = env.job_dir / ("code" if env.world_size == 1 else f"code-rank{env.rank}")
-    script = unpack(client.blob(code.key), code.entry, code_dir, code.format)
+def user_session(
+    env: JobEnv, client: JobApiClient, spec: AttemptSpec
+) -> tuple[api.Session, HttpReporter]:
+    """The ``nr`` session of a user's code (a script, or a notebook's kernel), activated:
+    the job's params, its reports over the job API, its dataset loaded on first use."""
     if spec.seed is not None:
         seed_all(spec.seed)
     reporter = HttpReporter(client, rank=env.rank)
@@ -371,6 +373,13 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
         rank=env.rank,
     )
     api.activate(session)
+    return session, reporter
+
+
+def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: CodeInput) -> None:
+    code_dir = env.job_dir / ("code" if env.world_size == 1 else f"code-rank{env.rank}")
+    script = unpack(client.blob(code.key), code.entry, code_dir, code.format)
+    session, reporter = user_session(env, client, spec)
     try:
         with _flushed(reporter):  # its metrics and last checkpoint stored before its result
             if script.suffix == Path(NOTEBOOK_ENTRY).suffix:

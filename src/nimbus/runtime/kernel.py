@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from nimbus.runtime import api, layer
-from nimbus.runtime.entry import JobEnv, dataset_of, load_data, seed_all
+from nimbus.runtime.entry import JobEnv, user_session
 from nimbus.runtime.job_api import HttpReporter, JobApiClient, JobStop
 from nimbus.runtime.notebook import STATE_VARIABLE, KernelState
 
@@ -51,20 +51,7 @@ def start_session(environ: Mapping[str, str]) -> tuple[api.Session, HttpReporter
     )
     spec = client.spec()
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    if spec.seed is not None:
-        seed_all(spec.seed)
-    reporter = HttpReporter(client, rank=env.rank)
-    session = api.Session(
-        params=api.coerce_params(spec.params),
-        reporter=reporter,
-        load_data=lambda: load_data(
-            client, dataset_of(spec), env.job_dir / "data", spec.resources.memory
-        ),
-        model_dir=env.job_dir / "model",
-        rank=env.rank,
-    )
-    api.activate(session)
-    return session, reporter
+    return user_session(env, client, spec)
 
 
 def write_state(session: api.Session, path: Path) -> None:
