@@ -31,6 +31,11 @@ def journey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     home = tmp_path_factory.mktemp("journey") / "home"
     with ServerProcess(home, env={"NIMBUS_CAPACITY_CPUS": "2"}) as server:
         yield server
+        # A server run by a program leaves its replicas serving when it stops (for the next
+        # start to adopt): the deployments go first, or their replicas outlive the test.
+        with server.client() as admin:
+            for deployment in admin.get("/api/v1/deployments").json()["deployments"]:
+                assert admin.delete(f"/api/v1/deployments/{deployment['name']}").is_success
 
 
 def digit_png(archive: Path, label: str) -> bytes:
