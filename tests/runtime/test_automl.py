@@ -15,6 +15,7 @@ import pytest
 from nimbus.errors import InvalidInput
 from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE
 from nimbus.modelformat.verify import check_model_dir
+from nimbus.runtime import automl
 from nimbus.runtime.automl import METRICS, cv_folds, search, with_validation
 from nimbus.runtime.automl_families import SKLEARN_ARCHITECTURES, families_for, fit
 from nimbus.runtime.automl_search import Trial
@@ -110,6 +111,39 @@ def test_small_tabular_sets_are_cross_validated_in_stratified_folds() -> None:
         data.test,
     )
     assert cv_folds(few, seed=0) == []  # a class with one example: no stratified folds
+
+
+def test_a_trial_starts_no_fold_that_would_end_past_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = tabular(400)
+    folds = cv_folds(data, seed=0)
+    now = [0.0]
+
+    def one_second_fit(*args: Any, **kwargs: Any) -> Any:
+        now[0] += 1.0  # each fold's fit takes a second of the fake clock
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(automl, "fit", one_second_fit)
+    ends: list[float] = []
+
+    def stop(upcoming: float) -> bool:
+        ends.append(now[0])
+        return now[0] + upcoming >= 3.5
+
+    fitted, score = automl._try(
+        "logistic_regression",
+        {"C": 1.0},
+        data,
+        folds,
+        "accuracy",
+        seed=0,
+        threads=1,
+        stop=stop,
+        clock=lambda: now[0],
+    )
+    assert fitted is not None and score is not None
+    assert ends == [1.0, 2.0, 3.0]  # a fourth fold would have ended at 4 s, past 3.5 s
 
 
 def test_a_dataset_without_a_val_split_lends_a_fifth_of_its_train_split() -> None:

@@ -49,7 +49,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 LEADERBOARD_FILE = "leaderboard.json"  # the job artifact that holds AutomlResult.summary()
 RESULT_ROWS = 25  # the leaderboard's rows kept in the job's result (every job view has it)
 RESERVE_SHARE = 0.05  # of the budget, held back for the export besides its estimate
-RESERVE_MIN_SECONDS = 0.3
+RESERVE_MIN_SECONDS = 0.5  # a random forest's ONNX export took 0.1-0.3 s, more when loaded
 VAL_SHARE = 0.2  # of the train split lent as validation when the dataset has none
 REFIT_MARGIN = 1.3  # a final fit is estimated at this much of its trial's share
 CV_FOLDS = 5  # tabular sets of up to CV_MAX_ROWS train + val rows are cross-validated
@@ -240,7 +240,9 @@ def _search(
             metric,
             seed=seed,
             threads=threads,
-            stop=lambda: clock() >= deadline,  # its remaining folds skipped past it
+            # its remaining folds skipped once the next would end past the deadline
+            stop=lambda upcoming: clock() + upcoming >= deadline,
+            clock=clock,
         )
         trial = Trial(proposal.family, proposal.config, clock() - began, score)
         trials.append(trial)
@@ -284,21 +286,25 @@ def _try(
     *,
     seed: int,
     threads: int,
-    stop: Callable[[], bool],
+    stop: Callable[[float], bool],
+    clock: Callable[[], float],
 ) -> tuple[Fitted | None, float | None]:
     """Fit and score one configuration: its mean score over the folds (the last fold's
-    model kept; the folds after ``stop()`` turns true skipped) or its score on the val
-    split. A configuration that fails is a failed trial (its error printed to the job
-    log), not the end of the search."""
+    model kept; the folds after ``stop(seconds of the next fold)`` turns true skipped, a
+    fold's seconds guessed as the mean of those done) or its score on the val split. A
+    configuration that fails is a failed trial (its error printed to the job log), not the
+    end of the search."""
     try:
         scores = []
         fitted: Fitted | None = None
         scored = "test" if folds else "val"  # a fold's held-out part (see cv_folds)
+        began = clock()
         for part in folds or [data]:
             fitted = fit(family, config, part, seed=seed, threads=threads, with_val=bool(folds))
             predicted = np.argmax(fitted.probabilities(part, scored), axis=1)
             scores.append(METRICS[metric](np.asarray(getattr(part, scored).y), predicted))
-            if stop():  # a first fit far slower than its family's prior guessed
+            # a first fit far slower than its family's prior guessed, or a loaded machine
+            if stop((clock() - began) / len(scores)):
                 break
         return fitted, float(np.mean(scores))
     except Exception:
