@@ -80,8 +80,15 @@ def test_an_image_model_explains_an_infer_request(image_model_dir: Path) -> None
         friendly = photo.json()
         assert friendly["method"] == "occlusion" and friendly["label"] in ("cat", "dog", "eel")
         assert np.array(friendly["attributions"]).shape == IMAGE_SHAPE
+        # SmoothGrad: a sensitivity, with no completeness error to report.
+        smooth = http.post("/v2/models/cnn/explain", json=image_body(1, method="smoothgrad"))
+        assert smooth.status_code == 200, smooth.text
+        assert smooth.json()["parameters"]["method"] == "smoothgrad"
+        found = outputs(smooth.json())
+        assert found["attributions"]["shape"] == [1, *IMAGE_SHAPE]
+        assert "completeness_delta" not in found
         metrics = http.get("/metrics").text
-        assert 'nimbus_explain_seconds_count{model="cnn"} 2.0' in metrics
+        assert 'nimbus_explain_seconds_count{model="cnn"} 3.0' in metrics
         assert 'route="explain",status="200"' in metrics
 
 
