@@ -111,7 +111,7 @@ def test_an_image_explanation_lights_the_corner_that_decides(
     image: tuple[torch.nn.Module, np.ndarray, dict[str, Any]],
 ) -> None:
     module, x, prep = image
-    for method in ("integrated_gradients", "occlusion"):
+    for method in ("integrated_gradients", "occlusion", "smoothgrad"):
         found = explain(module, "image", x, ExplainOptions(method, target=1, window=3), prep)
         assert found.attributions.shape == x.shape
         mass = np.abs(found.attributions).sum(axis=(0, 3))
@@ -123,6 +123,23 @@ def test_an_image_explanation_lights_the_corner_that_decides(
     assert ig.delta is not None and np.abs(ig.delta).max() < 1e-2
     mean_baseline = explain(module, "image", x, ExplainOptions(baseline="mean"), prep)
     assert not np.array_equal(mean_baseline.attributions, ig.attributions)
+
+
+def test_smoothgrad_is_seeded_and_leaves_the_random_state_alone(
+    image: tuple[torch.nn.Module, np.ndarray, dict[str, Any]],
+) -> None:
+    module, x, prep = image
+    options = ExplainOptions("smoothgrad", target=1, samples=8)
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    first = explain(module, "image", x, options, prep)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    again = explain(module, "image", x, options, prep)
+    assert np.array_equal(first.attributions, again.attributions) and first.delta is None
+    # Signed: the corner that makes class 1 raises its probability, so mostly positive.
+    assert first.attributions[:, :3, :3].mean() > 0
+    more = explain(module, "image", x, ExplainOptions("smoothgrad", target=1, samples=9), prep)
+    assert not np.array_equal(first.attributions, more.attributions)
 
 
 def test_attributions_run_numpy_blas_on_one_thread(
@@ -193,6 +210,7 @@ def test_bad_options_are_refused_naming_the_field() -> None:
     cases: list[tuple[str, dict[str, Any], str]] = [
         ("image", {"method": "shapley"}, "does not explain image inputs"),
         ("text", {"method": "shapley"}, "does not explain text inputs"),
+        ("text", {"method": "smoothgrad"}, "(one of integrated_gradients, occlusion)"),
         ("image", {"steps": 0}, "steps must be an integer from 1 to 256"),
         ("image", {"steps": 10_000}, "steps must be an integer"),
         ("image", {"steps": True}, "steps must be an integer"),
@@ -254,3 +272,6 @@ def test_a_forward_function_gets_the_methods_that_need_no_gradients(
         )
         with pytest.raises(InvalidInput, match=f"only its ONNX graph: use {method}"):
             explain(forward, kind, x, ExplainOptions("integrated_gradients"), prep)
+        if kind == "image":
+            with pytest.raises(InvalidInput, match="smoothgrad needs the model's PyTorch"):
+                explain(forward, kind, x, ExplainOptions("smoothgrad"), prep)

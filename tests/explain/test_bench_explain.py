@@ -30,13 +30,14 @@ def bench() -> ModuleType:
 
 
 class Linear(torch.nn.Module):
-    """Two classes of 4x4 grey images: class 1's logit is ``weights . pixels / 255``."""
+    """Two classes of grey images (4x4 unless the weights say): class 1's logit is
+    ``weights . pixels / 255``."""
 
     def __init__(self, weights: np.ndarray) -> None:
         super().__init__()
-        self.score = torch.nn.Linear(16, 1, bias=False)
+        self.score = torch.nn.Linear(weights.size, 1, bias=False)
         with torch.no_grad():
-            self.score.weight.copy_(torch.from_numpy(weights.reshape(1, 16)))
+            self.score.weight.copy_(torch.from_numpy(weights.reshape(1, -1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         one = self.score(x.to(torch.float32).flatten(1) / 255.0)
@@ -116,3 +117,30 @@ def test_rank_correlations_per_example_over_the_mask(bench: ModuleType) -> None:
     first_three = np.array([[True, True, True, False]] * 2)
     assert bench.rank_correlations(a, b, first_three)[0] == pytest.approx(1.0)
     assert bench.rank_correlations(a, b, first_three, signed=True)[0] == pytest.approx(-1.0)
+
+
+def test_from_black_the_pixels_rank_ig_whatever_the_weights_and_smoothgrad_follows_them(
+    bench: ModuleType,
+) -> None:
+    """Why digits miss the randomisation check with Integrated Gradients from black and pass
+    it with SmoothGrad: for a linear score, IG's attribution is the pixel's value times its
+    weight (times a common factor), so with half the pixels black the |IG| of two unrelated
+    weight vectors rank alike; SmoothGrad's is the weight alone (times a common factor)."""
+    rng = np.random.default_rng(0)
+    model = Linear(rng.normal(size=64).astype("f4")).eval()
+    other = bench.randomised(model, None, seed=3)
+    x = rng.integers(1, 256, size=(6, 8, 8, 1)).astype("u1")
+    x[:, :, :4] = 0  # a black half, as a digit's background
+    targets = np.ones(len(x), dtype=np.int64)
+    everything = np.ones(x.shape, dtype=bool)
+    rho = {}
+    for method in ("integrated_gradients", "smoothgrad"):
+        options = ExplainOptions(method, steps=16, samples=8)
+        trained, _ = bench.attributions(model, "image", x, targets, options, {})
+        randomised, _ = bench.attributions(other, "image", x, targets, options, {})
+        rho[method] = bench.median_of(bench.rank_correlations(trained, randomised, everything))
+    weights = [np.abs(m.score.weight.detach().numpy().reshape(-1)) for m in (model, other)]
+    # The two weight vectors' own rank correlation:
+    unrelated = bench.rank_correlations(*[w[None] for w in weights], np.ones((1, 64), bool))[0]
+    assert rho["smoothgrad"] == pytest.approx(unrelated, abs=1e-9), rho
+    assert rho["integrated_gradients"] > 0.5 and rho["integrated_gradients"] > unrelated + 0.5

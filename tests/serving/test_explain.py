@@ -80,8 +80,15 @@ def test_an_image_model_explains_an_infer_request(image_model_dir: Path) -> None
         friendly = photo.json()
         assert friendly["method"] == "occlusion" and friendly["label"] in ("cat", "dog", "eel")
         assert np.array(friendly["attributions"]).shape == IMAGE_SHAPE
+        # SmoothGrad: a sensitivity, with no completeness error to report.
+        smooth = http.post("/v2/models/cnn/explain", json=image_body(1, method="smoothgrad"))
+        assert smooth.status_code == 200, smooth.text
+        assert smooth.json()["parameters"]["method"] == "smoothgrad"
+        found = outputs(smooth.json())
+        assert found["attributions"]["shape"] == [1, *IMAGE_SHAPE]
+        assert "completeness_delta" not in found
         metrics = http.get("/metrics").text
-        assert 'nimbus_explain_seconds_count{model="cnn"} 2.0' in metrics
+        assert 'nimbus_explain_seconds_count{model="cnn"} 3.0' in metrics
         assert 'route="explain",status="200"' in metrics
 
 
@@ -225,7 +232,7 @@ def test_a_scripts_torch_module_gets_integrated_gradients(
 ) -> None:
     """nr.save_model writes the module's program; the replica explains it with Integrated
     Gradients by default, complete within 1e-2 at 64 steps, attributions of the input's
-    shape, and the prediction the ONNX graph serves."""
+    shape, and the prediction the ONNX graph serves; SmoothGrad runs on it too."""
     monkeypatch.delenv("NIMBUS_JOB_TOKEN", raising=False)
     data = write_dataset(synthetic.tiny_images(), tmp_path / "data")  # [6, 6, 3], 3 classes
     monkeypatch.setenv("NIMBUS_DATASET_DIR", str(data))
@@ -251,3 +258,9 @@ def test_a_scripts_torch_module_gets_integrated_gradients(
         infer = http.post("/v2/models/mine/infer", json=image_body(2, (6, 6, 3))).json()
         served = np.array(outputs(infer)["probabilities"]["data"])
         assert np.allclose(served, found["probabilities"]["data"], atol=1e-4)
+        # SmoothGrad runs on the program's gradients too.
+        body = image_body(2, (6, 6, 3), method="smoothgrad", samples=8)
+        smooth = http.post("/v2/models/mine/explain", json=body)
+        assert smooth.status_code == 200, smooth.text
+        gradients = np.array(outputs(smooth.json())["attributions"]["data"], dtype=float)
+        assert gradients.size == 2 * 6 * 6 * 3 and np.abs(gradients).sum() > 0

@@ -32,8 +32,8 @@ def explain(
     method: Annotated[
         str | None,
         typer.Option(
-            help="integrated_gradients (default for images and text), occlusion (images), "
-            "shapley (default for tables)"
+            help="integrated_gradients (default for images and text), occlusion (images, "
+            "text), smoothgrad (images), shapley (default for tables)"
         ),
     ] = None,
     target: Annotated[

@@ -225,10 +225,11 @@ class DeploymentsMixin(BaseClient):
     ) -> dict[str, Any]:
         """The prediction for one example and why: a deployment's ``/explain`` on an image
         ``file`` (or its bytes as ``data``), a ``text`` or a row of ``features``. Options:
-        ``method`` (images: integrated_gradients, occlusion; text: integrated_gradients;
-        tabular: shapley, integrated_gradients), ``target`` (a class; default the
-        predicted one), ``steps``, ``baseline``, ``window``, ``stride``, ``samples``;
-        ``overlay``: an image's heat map as a base64 PNG (``overlay_png``). Returns
+        ``method`` (images: integrated_gradients, occlusion, smoothgrad; text:
+        integrated_gradients, occlusion; tabular: shapley, integrated_gradients), ``target``
+        (a class; default the predicted one), ``steps``, ``baseline``, ``window``,
+        ``stride``, ``samples``; ``overlay``: an image's heat map as a base64 PNG
+        (``overlay_png``). Returns
         ``{"label", "probabilities", "target", "method", ...}`` with ``attributions`` (an
         image's, its shape), ``words`` ([word, score] pairs) or ``features`` ({name: score}),
         and ``completeness_delta`` for Integrated Gradients."""

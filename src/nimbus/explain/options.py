@@ -13,14 +13,16 @@ from nimbus.errors import InvalidInput
 INTEGRATED_GRADIENTS = "integrated_gradients"
 OCCLUSION = "occlusion"
 SHAPLEY = "shapley"
+SMOOTHGRAD = "smoothgrad"
 METHODS: dict[str, tuple[str, ...]] = {  # by the model's input kind; the first is the default
-    "image": (INTEGRATED_GRADIENTS, OCCLUSION),
+    "image": (INTEGRATED_GRADIENTS, OCCLUSION, SMOOTHGRAD),
     "text": (INTEGRATED_GRADIENTS, OCCLUSION),
     "tabular": (SHAPLEY, INTEGRATED_GRADIENTS),
 }
 # For a model served from its ONNX graph alone (no PyTorch weights: no gradients), the
 # methods that only run the model forward; the default per kind.
 GRADIENT_FREE: dict[str, str] = {"image": OCCLUSION, "text": OCCLUSION, "tabular": SHAPLEY}
+NEEDS_GRADIENTS = (INTEGRATED_GRADIENTS, SMOOTHGRAD)
 BASELINES: dict[str, tuple[str, ...]] = {  # named baselines; images also take a pixel value
     "image": ("black", "white", "mean"),
     "text": ("padding",),
@@ -39,7 +41,7 @@ class ExplainOptions:
     baseline: str | float | None = None  # None: the kind's first named baseline
     window: int = 4  # occlusion: the square patch's side, in pixels
     stride: int | None = None  # occlusion: None is the window (patches side by side)
-    samples: int = 25  # Shapley sampling: feature permutations
+    samples: int = 25  # Shapley sampling: feature permutations; SmoothGrad: noisy copies
 
     def method_for(self, kind: str, gradients: bool = True) -> str:
         """The method asked for, else the kind's default (one that needs no gradients
