@@ -170,7 +170,7 @@ def test_extra_tensors_are_refused(program_dir: Path, tmp_path: Path) -> None:
 class TinyText(nn.Module):
     """Token ids in: embedding (id 0 pads, its row zero) -> mean over the tokens -> linear."""
 
-    def __init__(self, vocab: int = 20, dim: int = 8, classes: int = 3) -> None:
+    def __init__(self, vocab: int = 20, classes: int = 3, dim: int = 8) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab, dim, padding_idx=0)
         self.linear = nn.Linear(dim, classes)
@@ -183,9 +183,9 @@ class TinyText(nn.Module):
 class TwoEmbeddings(TinyText):
     """The ids embedded twice: which one Integrated Gradients should start from is unclear."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.other = nn.Embedding(20, 8)
+    def __init__(self, vocab: int = 20, classes: int = 3) -> None:
+        super().__init__(vocab, classes)
+        self.other = nn.Embedding(vocab, 8)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.linear((self.embedding(ids) + self.other(ids)).mean(dim=1))
