@@ -131,6 +131,7 @@ def test_public_names_are_pinned() -> None:
         "get_version",
         "datasheet",
         "datasheet_markdown",
+        "edit_datasheet",
         "download_dataset",
         "delete_dataset",
         "upload_code",

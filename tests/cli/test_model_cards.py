@@ -27,7 +27,16 @@ def test_card_and_datasheet_through_cli_and_rest(
     rows += [f"a bad day number {i},bad" for i in range(16)]
     source = tmp_path / "moods.csv"
     source.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    dataset = cli.json("datasets", "upload", "card-moods", str(source))
+    dataset = cli.json(
+        "datasets",
+        "upload",
+        "card-moods",
+        str(source),
+        "--motivation",
+        f"Moods {SCRIPT}",
+        "--license",
+        "CC0",
+    )
 
     truth = np.array([0, 0, 0, 1, 1, 1])
     pred = np.array([0, 0, 1, 1, 1, 1])
@@ -96,5 +105,31 @@ def test_card_and_datasheet_through_cli_and_rest(
         "good": 24,
     }
     assert sheet["uploaded_by"]["token"] is not None and sheet["split_method"]["stratified"]
-    text = cli("datasets", "datasheet", "card-moods").stdout
+    assert sheet["motivation"] == f"Moods {SCRIPT}" and sheet["license"] == "CC0"
+    text = cli("datasets", "datasheet", "card-moods", "--uses", "Demos only.").stdout
     assert "# Datasheet for card-moods:1" in text and "moods.csv" in text
+    assert "## Uses\n\nDemos only." in text and "License: CC0" in text
+    page = cli("datasets", "datasheet", "card-moods:1", "--format", "html").stdout
+    assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    refused = cli("datasets", "datasheet", "card-moods", "--license", "x" * 2_001, code=2)
+    assert "license" in refused.stderr  # refused before it is sent
+
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        path = "/datasets/card-moods/versions/1/datasheet"
+        html = http.get(path, params={"format": "html"})
+        assert "default-src 'none'" in html.headers["content-security-policy"]
+        long = http.patch(path, json={"composition": "x" * 20_001})
+        assert long.status_code == 400 and "composition" in long.json()["error"]["message"]
+        unknown = http.patch(path, json={"author": "me"})
+        assert unknown.status_code == 400 and "author" in unknown.json()["error"]["message"]
+        cleared = http.patch(path, json={"license": None})
+        assert cleared.status_code == 200 and cleared.json()["license"] is None
+        assert cleared.json()["uses"] == "Demos only."
+        viewer = http.post("/tokens", json={"name": "sheet-reader", "role": "viewer"}).json()
+        as_viewer = {"Authorization": f"Bearer {viewer['token']}"}
+        assert http.get(path, headers=as_viewer).status_code == 200
+        denied = http.patch(path, json={"uses": "mine"}, headers=as_viewer)
+        assert denied.status_code == 403
+        events = http.get("/audit", params={"limit": 20}).json()["events"]
+        edits = [e for e in events if e["action"] == "PATCH" and e["resource"].endswith(path)]
+        assert {e["status"] for e in edits} >= {200, 400, 403}, edits

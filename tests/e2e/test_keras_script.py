@@ -2,10 +2,11 @@
 writes it (``import keras`` on its first line, nothing about backends): Keras picks PyTorch,
 not TensorFlow (which is not installed). A torch module, trained, registered, deployed and
 explained with Integrated Gradients: the job exported its graph (program.json), the replica
-runs it."""
+runs it; a text module likewise, on its token embeddings (examples/torch_text.py)."""
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from nimbus.client import Client
 from tests.e2e.conftest import logs_text, script
+from tests.runtime import synthetic
 
 pytestmark = [pytest.mark.slow]
 
@@ -112,3 +114,33 @@ def test_a_scripts_module_is_explained_with_integrated_gradients(
         assert abs(found["completeness_delta"]) < 1e-2
     finally:
         api.delete_deployment("mine")
+
+
+def test_a_scripts_text_module_is_explained_per_word_with_integrated_gradients(
+    api: Client, tmp_path: Path
+) -> None:
+    """examples/torch_text.py as a job: its program embeds the token ids once, so the
+    deployment answers Integrated Gradients on the embeddings, one score per word."""
+    data = synthetic.text(160)
+    rows = [*data.train.x, *data.val.x, *data.test.x]
+    labels = [data.classes[int(i)] for i in (*data.train.y, *data.val.y, *data.test.y)]
+    path = tmp_path / "topics.csv"
+    with path.open("w", newline="") as out:
+        csv.writer(out).writerows([("text", "label"), *zip(rows, labels, strict=True)])
+    dataset = api.upload_dataset("topics", path, task="text-classification")
+    example = Path(__file__).resolve().parents[2] / "examples" / "torch_text.py"
+    submitted = api.submit_job(f"topics:{dataset.version}", example, params={"epochs": "3"})
+    job = api.wait_job(submitted.id, timeout=300)
+    text = logs_text(api, job.id)
+    assert job.state == "succeeded", text
+    assert "explanations: integrated gradients available" in text
+    model = api.register_model("topics", job.id)
+    api.create_deployment("topics", f"topics:{model.version}")
+    api.wait_deployment("topics", timeout=120)
+    try:
+        found = api.explain("topics", text="the team scored a goal", steps=64)
+        assert found["method"] == "integrated_gradients"
+        assert [w for w, _ in found["words"]] == ["the", "team", "scored", "a", "goal"]
+        assert abs(found["completeness_delta"]) < 1e-2
+    finally:
+        api.delete_deployment("topics")

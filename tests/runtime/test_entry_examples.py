@@ -65,3 +65,7 @@ def test_torch_text_example_trains_and_exports(harness: Harness) -> None:
     session = ort.InferenceSession(job_api.artifacts["model.onnx"])
     (probabilities,) = session.run(None, {"input": encoder.encode(["the team scored a goal"])})
     assert spec["classes"][int(probabilities.argmax())] == "sport"
+    # Its gradient program embeds the token ids once: integrated gradients in the replica.
+    program = json.loads(job_api.artifacts["program.json"])
+    assert program["input_dtype"] == "int64"
+    assert [n["op"] for n in program["nodes"]].count("aten.embedding.default") == 1

@@ -33,7 +33,7 @@ from nimbus.services.card_markdown import (
 )
 from nimbus.services.cards import CardService
 from nimbus.services.models import VersionRef
-from nimbus.wire.cards import CardText, ModelCard
+from nimbus.wire.cards import CardText, Datasheet, DatasheetText, ModelCard
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 XSS_LABEL = '"><img src=x onerror=alert(1)>'
@@ -325,6 +325,56 @@ def test_datasheet(store: Database) -> None:
     assert HubCard(markdown).data.to_dict()["task_categories"] == ["image-classification"]
     with pytest.raises(NotFound, match="no version 4"):
         CardService(store).datasheet(who, "pets", 4)
+
+
+def test_a_datasheet_carries_and_edits_what_a_person_wrote(both: Database) -> None:
+    """The datasheet's text (Gebru et al.'s sections) is stored in either metadata store,
+    kept where an edit does not give it, cleared by "", shown in the Markdown; a viewer
+    cannot edit it."""
+    store = both
+    who = seed(store)
+    later = datetime(2026, 12, 4, tzinfo=UTC)
+    service = CardService(store, clock=lambda: later)
+    untouched = service.datasheet(who, "pets", 1)
+    assert untouched.motivation is None and untouched.text_updated_by is None
+    assert "## Motivation\n\n_Not stated._" in datasheet_markdown(untouched)
+    text = {
+        "motivation": "Sorting a shelter's photos.",
+        "composition": f"One pet a photo; {XSS_LABEL} are rare.",
+        "collection_process": "Phone photos, 2025, labelled by two volunteers.",
+        "uses": "Not for breed identification.",
+        "license": "CC BY 4.0",
+    }
+    sheet = service.edit_datasheet(who, "pets", None, DatasheetText.model_validate(text))
+    assert {f: getattr(sheet, f) for f in text} == text
+    assert sheet.text_updated_at == later and sheet.text_updated_by is not None
+    assert sheet.text_updated_by.name == "alice"
+    markdown = datasheet_markdown(sheet)
+    for heading, value in (
+        ("## Motivation", text["motivation"]),
+        ("## Collection process", text["collection_process"]),
+        ("## Uses", text["uses"]),
+        ("## Distribution", f"License: {text['license']}"),
+    ):
+        assert f"{heading}\n\n{value}" in markdown
+    assert text["composition"] in markdown and "## Datasheet authors" in markdown
+    page = as_html(markdown, "sheet")
+    assert "<img" not in page and "are rare" in page  # a person's text shows as text
+    cleared = service.edit_datasheet(who, "pets", 1, DatasheetText.model_validate({"uses": ""}))
+    assert cleared.uses is None and cleared.license == "CC BY 4.0"
+    assert service.datasheet(who, "pets", 1) == cleared  # stored
+    assert Datasheet.model_validate_json(cleared.model_dump_json()) == cleared  # stable JSON
+    viewer = Principal(who.tenant_id, "acme", "tok_v", "v", Role.VIEWER)
+    with pytest.raises(Forbidden):
+        service.edit_datasheet(viewer, "pets", 1, DatasheetText(uses="x"))
+    with pytest.raises(NotFound, match="no version 4"):
+        service.edit_datasheet(who, "pets", 4, DatasheetText(uses="x"))
+    config = alembic_config(store.engine)  # migration 0021 goes down and up
+    command.downgrade(config, "0020")
+    columns = {c["name"] for c in inspect(store.engine).get_columns("dataset_versions")}
+    assert "datasheet" not in columns and "info" in columns
+    upgrade(store.engine)
+    assert service.datasheet(who, "pets", 1).license is None  # the text went with the column
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,40 @@ app = typer.Typer(help="Upload, inspect, download and delete datasets.", no_args
 class SheetFormat(StrEnum):
     MD = "md"
     JSON = "json"
+    HTML = "html"
+
+
+# The datasheet's text (Gebru et al.'s sections): what only a person knows.
+MotivationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--motivation", metavar="TEXT", help="Datasheet: why it was made, by whom, for what"
+    ),
+]
+CompositionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--composition",
+        metavar="TEXT",
+        help="Datasheet: what an example is; what is missing, noisy or sensitive",
+    ),
+]
+CollectionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--collection-process",
+        metavar="TEXT",
+        help="Datasheet: how it was collected, sampled and labelled, and when",
+    ),
+]
+UsesOption = Annotated[
+    str | None,
+    typer.Option("--uses", metavar="TEXT", help="Datasheet: what it is for, and not for"),
+]
+LicenseOption = Annotated[
+    str | None,
+    typer.Option("--license", metavar="TEXT", help="Datasheet: its licence and terms of use"),
+]
 
 
 RefArgument = Annotated[
@@ -57,9 +91,15 @@ def upload(
             help="A sensitive attribute's column (tables, text): metrics per group, not a feature",
         ),
     ] = None,
+    motivation: MotivationOption = None,
+    composition: CompositionOption = None,
+    collection_process: CollectionOption = None,
+    uses: UsesOption = None,
+    license: LicenseOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Upload PATH as a new version of dataset NAME (a directory is sent as a .tar)."""
+    """Upload PATH as a new version of dataset NAME (a directory is sent as a .tar), its
+    datasheet starting with the text given."""
     with (
         client() as api,
         transfer(
@@ -77,6 +117,11 @@ def upload(
             image_size=image_size,
             image_fit=image_fit,
             group_column=group_column,
+            motivation=motivation,
+            composition=composition,
+            collection_process=collection_process,
+            uses=uses,
+            license=license,
         )
 
     def render(out: Console) -> None:
@@ -184,15 +229,31 @@ def _purge(ref: str, yes: bool, as_json: bool) -> None:
 def datasheet(
     ref: RefArgument,
     format: Annotated[
-        SheetFormat, typer.Option("--format", help="Markdown for people, or JSON")
+        SheetFormat, typer.Option("--format", help="Markdown (Hugging Face layout), JSON or HTML")
     ] = SheetFormat.MD,
+    motivation: MotivationOption = None,
+    composition: CompositionOption = None,
+    collection_process: CollectionOption = None,
+    uses: UsesOption = None,
+    license: LicenseOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Print a version's datasheet: source, format, size, per-class counts, splits and how
-    they were made, hashes, who uploaded it and when."""
+    they were made, hashes, who uploaded it and when; with --motivation, --composition,
+    --collection-process, --uses or --license, first set that text ("" clears it)."""
+    edits = {
+        "motivation": motivation,
+        "composition": composition,
+        "collection_process": collection_process,
+        "uses": uses,
+        "license": license,
+    }
     with client() as api:
+        found = None
+        if any(value is not None for value in edits.values()):
+            found = api.edit_datasheet(ref, **edits)
         if as_json or format is SheetFormat.JSON:
-            print_json(api.datasheet(ref))
+            print_json(found if found is not None else api.datasheet(ref))
             return
-        text = api.datasheet_markdown(ref)
+        text = api.datasheet_markdown(ref, "md" if format is SheetFormat.MD else "html")
     sys.stdout.write(text)

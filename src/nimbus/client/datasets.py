@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from nimbus.client.base import API
 from nimbus.client.transfer import Progress, chunks, local_name, packed
@@ -15,7 +17,7 @@ from nimbus.datasets.domain import Format, Task
 from nimbus.errors import InvalidInput
 from nimbus.names import parse_reference, validate_name
 from nimbus.wire.base import dump
-from nimbus.wire.cards import Datasheet
+from nimbus.wire.cards import Datasheet, DatasheetText
 from nimbus.wire.datasets import (
     Dataset,
     DatasetDeleted,
@@ -70,8 +72,17 @@ class DatasetsMixin(DirectTransfersMixin):
         image_size: str | tuple[int, int] | None = None,
         image_fit: str | None = None,
         group_column: str | None = None,
+        motivation: str | None = None,
+        composition: str | None = None,
+        collection_process: str | None = None,
+        uses: str | None = None,
+        license: str | None = None,
     ) -> DatasetVersion:
         """Upload a file (or a directory, sent as a .tar) as a new version of dataset ``name``.
+
+        ``motivation``, ``composition``, ``collection_process``, ``uses`` and ``license`` are
+        the datasheet's text (what only a person knows; :meth:`edit_datasheet` changes it
+        later): checked before any byte is sent, set once the version exists.
 
         Images of an image-folder upload are brought to ``image_size`` (``"HxW"`` or
         ``(height, width)``; default: chosen from the data) by ``image_fit`` (``"crop"``,
@@ -87,6 +98,13 @@ class DatasetsMixin(DirectTransfersMixin):
         content with the same options was uploaded before).
         """
         validate_name(name, "dataset name")
+        text = _sheet_text(
+            motivation=motivation,
+            composition=composition,
+            collection_process=collection_process,
+            uses=uses,
+            license=license,
+        )
         params = {
             "task": _choice(Task, task, "task"),
             "format": _choice(Format, format, "format"),
@@ -103,23 +121,35 @@ class DatasetsMixin(DirectTransfersMixin):
             raise InvalidInput(f"no such file or directory: {source}")
         with packed(source) as (file, filename):
             options = {k: v for k, v in params.items() if v is not None}
-            direct = self._upload_direct(name, file, filename, options, progress)
-            if direct is not None:
-                return direct
-            size = file.stat().st_size
-            return self._call(
-                DatasetVersion,
-                "POST",
-                f"{API}/datasets/{name}/versions",
-                params={"filename": filename, **params},
-                content=chunks(file, size, progress),
-                headers={
-                    "Content-Length": str(size),
-                    "Content-Type": "application/octet-stream",
-                },
-                # The server prepares the data before it answers: no read deadline.
-                timeout=self._no_read_deadline(),
-            )
+            version = self._upload_direct(name, file, filename, options, progress)
+            if version is None:
+                version = self._upload_streamed(name, file, filename, params, progress)
+        if text:
+            self.edit_datasheet(f"{version.dataset}:{version.version}", **text)
+        return version
+
+    def _upload_streamed(
+        self,
+        name: str,
+        file: Path,
+        filename: str,
+        params: dict[str, Any],
+        progress: Progress | None,
+    ) -> DatasetVersion:
+        size = file.stat().st_size
+        return self._call(
+            DatasetVersion,
+            "POST",
+            f"{API}/datasets/{name}/versions",
+            params={"filename": filename, **params},
+            content=chunks(file, size, progress),
+            headers={
+                "Content-Length": str(size),
+                "Content-Type": "application/octet-stream",
+            },
+            # The server prepares the data before it answers: no read deadline.
+            timeout=self._no_read_deadline(),
+        )
 
     def list_datasets(self) -> list[DatasetSummary]:
         """Every dataset of the caller's tenant with its latest version number."""
@@ -142,11 +172,41 @@ class DatasetsMixin(DirectTransfersMixin):
         path = f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
         return self._call(Datasheet, "GET", path)
 
-    def datasheet_markdown(self, ref: str | DatasetRef) -> str:
-        """A version's datasheet as Markdown (a Hugging Face style dataset card)."""
+    def datasheet_markdown(self, ref: str | DatasetRef, format: str = "md") -> str:
+        """A version's datasheet as Markdown (a Hugging Face style dataset card), or with
+        ``format="html"`` as a page for people."""
+        if format not in ("md", "html"):
+            raise InvalidInput(f"invalid datasheet format {format!r}: md or html (or datasheet())")
         ref = as_ref(ref)
         path = f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
-        return self._request("GET", path, params={"format": "md"}).text
+        return self._request("GET", path, params={"format": format}).text
+
+    def edit_datasheet(
+        self,
+        ref: str | DatasetRef,
+        *,
+        motivation: str | None = None,
+        composition: str | None = None,
+        collection_process: str | None = None,
+        uses: str | None = None,
+        license: str | None = None,
+    ) -> Datasheet:
+        """Set the datasheet's text fields that are given ("" clears one; None leaves it)."""
+        text = _sheet_text(
+            motivation=motivation,
+            composition=composition,
+            collection_process=collection_process,
+            uses=uses,
+            license=license,
+        )
+        if not text:
+            raise InvalidInput(
+                "nothing to change: give --motivation, --composition, --collection-process, "
+                "--uses or --license"
+            )
+        ref = as_ref(ref)
+        path = f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
+        return self._call(Datasheet, "PATCH", path, json=text)
 
     def download_dataset(
         self,
@@ -195,6 +255,18 @@ class DatasetsMixin(DirectTransfersMixin):
         body = PurgeRequest(confirm=confirm).model_dump(mode="json")
         url = f"{API}/datasets/{ref.name}/versions/{ref.segment}/purge"
         return self._call(Purged, "POST", url, json=body)
+
+
+def _sheet_text(**fields: str | None) -> dict[str, str]:
+    """The datasheet fields given, checked as the server checks them (lengths)."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    try:
+        DatasheetText.model_validate(given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise InvalidInput(f"datasheet {field}: {first['msg']}", field=field) from None
+    return given
 
 
 def _numbered(ref: str | DatasetRef) -> DatasetRef:

@@ -104,6 +104,9 @@ class DatasetVersion(Base):
     files: Mapped[dict[str, Any]]
     created_by: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # What a person wrote for the datasheet (migration 0021): motivation, composition,
+    # collection_process, uses, license, updated_at, updated_by. Null until written.
+    datasheet: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class BlobRefRow(Base):

@@ -305,11 +305,13 @@ def _text(
     options: ExplainOptions,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrated Gradients on the token embeddings, from all-padding (whose embedding is
-    zero), summed over the embedding's dimensions: one attribution per token slot."""
+    zero), summed over the embedding's dimensions: one attribution per token slot.
+    ``module.embedding``: a built-in's ``nn.Embedding``, or a script program's embedding
+    node (:class:`~nimbus.modelformat.program.EmbeddingNode`)."""
     from captum.attr import LayerIntegratedGradients
 
     embedding = getattr(module, "embedding", None)
-    if not isinstance(embedding, torch.nn.Embedding):
+    if not isinstance(embedding, torch.nn.Module):
         raise InvalidInput("this text model has no token embedding to explain")
     method = LayerIntegratedGradients(probability, embedding)
     attributions, delta = method.attribute(

@@ -14,6 +14,12 @@ in a fixed list of ATen operators (plus ``operator.getitem`` and the size operat
 dynamic batch needs), arguments are numbers, booleans, strings, lists, dtypes and references
 to earlier nodes, and the graph is run by a small interpreter (:class:`Program`), not by
 generated code. Anything else is refused with a ProgramError naming it.
+
+A text model's program takes the int64 token ids (``input_dtype``) and must hold exactly
+one ``aten.embedding`` of them; the replica runs that node through :attr:`Program.embedding`
+(a module), so Integrated Gradients can start from its output, the token embeddings, as it
+does on a built-in's ``nn.Embedding`` (``LayerIntegratedGradients``): the rest of the graph
+runs unchanged.
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ class ProgramError(ValueError):
 
 def write_program(module: nn.Module, example: torch.Tensor, out_dir: Path) -> None:
     """Export ``module`` (eval mode, logits out) with a dynamic batch and write
-    program.json + program.safetensors in ``out_dir``; ProgramError says why it cannot."""
+    program.json + program.safetensors in ``out_dir``; ProgramError says why it cannot.
+    An integer ``example`` (token ids) is kept as it is: the program takes that dtype."""
     batch = torch.export.Dim("batch", min=1)
     try:
         exported = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
@@ -127,30 +134,39 @@ def write_program(module: nn.Module, example: torch.Tensor, out_dir: Path) -> No
             output = _encode(node.args[0])
         elif node.op != "placeholder":
             raise ProgramError(f"graph node {node.name} is a {node.op}: not supported")
-    program = {
+    program: dict[str, Any] = {
         "format": FORMAT,
         "input": inputs[0],
         "tensors": sorted(tensors),
         "nodes": nodes,
         "output": output,
     }
+    if not example.is_floating_point():
+        program["input_dtype"] = str(example.dtype).removeprefix("torch.")
     save_file(tensors, str(out_dir / PROGRAM_WEIGHTS_FILE))
     (out_dir / PROGRAM_FILE).write_text(json.dumps(program), encoding="utf-8")
 
 
-def write_checked_program(module: nn.Module, example: np.ndarray, out_dir: Path) -> None:
+def write_checked_program(
+    module: nn.Module, example: np.ndarray, out_dir: Path, *, token_ids: bool = False
+) -> None:
     """:func:`write_program` for a model taking ``example`` (as the dataset holds it), fed
-    float32 as explanations feed it; the program read back must give the module's outputs
-    on ``example`` within 1e-4, or it is removed and ProgramError says by how much."""
+    float32 as explanations feed it, or with ``token_ids`` (a text model) the int64 ids,
+    whose one embedding the program must hold (:attr:`Program.embedding`); the program read
+    back must give the module's outputs on ``example`` within 1e-4, or it is removed and
+    ProgramError says why."""
     raw = torch.from_numpy(example)
-    floats = raw.to(torch.float32)
+    fed = raw.to(torch.int64) if token_ids else raw.to(torch.float32)
     with torch.no_grad():
         expected = module(raw).float()
-        write_program(module, floats, out_dir)
+        write_program(module, fed, out_dir)
         try:
-            got = Program.load(out_dir)(floats).float()
+            program = Program.load(out_dir)  # a text program: its one embedding found
+            got = program(fed).float()
             error = float((got - expected).abs().max()) if got.shape == expected.shape else None
-        except (ProgramError, RuntimeError, TypeError, ValueError) as exc:
+        except ProgramError as exc:
+            error, reason = None, str(exc)[:300]
+        except (RuntimeError, TypeError, ValueError) as exc:
             error, reason = None, f"the program read back fails: {str(exc)[:300]}"
         else:
             reason = f"the program read back differs from the model by {error}"
@@ -193,6 +209,19 @@ def _encode(value: Any) -> Any:
 # -- reading (in the replica) ------------------------------------------------------------
 
 
+class EmbeddingNode(nn.Module):
+    """The program's one ``aten.embedding`` of its token ids, as a module: what
+    ``LayerIntegratedGradients`` hooks to take the embeddings as the integrated input."""
+
+    def __init__(self, op: Callable[..., Any]) -> None:
+        super().__init__()
+        self._op = op
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out: torch.Tensor = self._op(*args, **kwargs)
+        return out
+
+
 class Program(nn.Module):
     """The graph of program.json, run node by node (logits out, as the user's module)."""
 
@@ -202,6 +231,10 @@ class Program(nn.Module):
         self._nodes: list[tuple[str, Callable[..., Any], Any, dict[str, Any]]] = []
         self._output = program["output"]
         self._tensors = tensors
+        self._dtype = torch.float32
+        # A token-ids program's embedding of them (None for float inputs).
+        self.embedding: EmbeddingNode | None = None
+        self._embedding_node = ""
 
     @classmethod
     def load(cls, model_dir: Path) -> Program:
@@ -224,6 +257,10 @@ class Program(nn.Module):
         if not isinstance(names, list) or sorted(tensors) != sorted(names):
             raise ProgramError(f"{PROGRAM_WEIGHTS_FILE} does not hold the program's tensors")
         program = cls(raw, tensors)
+        dtype = raw.get("input_dtype", "float32")
+        if dtype not in ("float32", "int64"):
+            raise ProgramError("the program's input_dtype must be float32 or int64")
+        program._dtype = _DTYPES[dtype]
         nodes = raw.get("nodes")
         if not isinstance(nodes, list) or len(nodes) > MAX_NODES:
             raise ProgramError(f"the program must list at most {MAX_NODES} nodes")
@@ -243,13 +280,41 @@ class Program(nn.Module):
             program._nodes.append((node["name"], target, args, kwargs))
             known.add(node["name"])
         _check(raw.get("output"), known)
+        if program._dtype == torch.int64:
+            program._find_embedding()
         return program.eval()
+
+    def _find_embedding(self) -> None:
+        """The one ``aten.embedding`` whose indices are computed from the token ids (not
+        from their sizes only: a position embedding of ``arange(L)`` is not one)."""
+        from_ids = {self._input}
+        found: list[str] = []
+        for name, target, args, kwargs in self._nodes:
+            if getattr(target, "_overloadpacket", None) in _SIZE_OPS:
+                continue
+            if _refers(args, from_ids) or _refers(list(kwargs.values()), from_ids):
+                from_ids.add(name)
+                if getattr(target, "_overloadpacket", None) is torch.ops.aten.embedding and (
+                    len(args) > 1 and _refers(args[1], from_ids)
+                ):
+                    found.append(name)
+        if len(found) != 1:
+            raise ProgramError(
+                "a text model's program must embed its token ids once (one aten.embedding "
+                f"of them) for integrated gradients; it has {len(found)}"
+            )
+        self._embedding_node = found[0]
+        ops = {name: target for name, target, _, _ in self._nodes}
+        self.embedding = EmbeddingNode(ops[found[0]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Traced on float32 (what Integrated Gradients feeds); raw uint8 images become that.
-        x = x if x.is_floating_point() else x.to(torch.float32)
+        # A text model's on int64 token ids (occlusion's float ids are whole numbers).
+        x = x if x.dtype == self._dtype else x.to(self._dtype)
         env: dict[str, Any] = {**self._tensors, self._input: x}
         for name, target, args, kwargs in self._nodes:
+            if name == self._embedding_node and self.embedding is not None:
+                target = self.embedding
             env[name] = target(*_bind(args, env), **{k: _bind(v, env) for k, v in kwargs.items()})
         out = _bind(self._output, env)
         while isinstance(out, (list, tuple)) and len(out) == 1:
@@ -257,6 +322,21 @@ class Program(nn.Module):
         if not isinstance(out, torch.Tensor):
             raise ProgramError("the program must return one tensor")
         return out
+
+
+_SIZE_OPS = (
+    torch.ops.aten.sym_size,
+    torch.ops.aten.sym_numel,
+    torch.ops.aten.size,
+    torch.ops.aten.numel,
+)
+
+
+def _refers(value: Any, names: set[str]) -> bool:
+    """Whether a stored argument refers to a node in ``names``."""
+    if isinstance(value, list):
+        return any(_refers(v, names) for v in value)
+    return isinstance(value, dict) and value.get("node") in names
 
 
 def _resolve(name: Any) -> Callable[..., Any]:

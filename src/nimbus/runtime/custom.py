@@ -129,14 +129,19 @@ def _export(
             opset_version=ONNX_OPSET,
         )
     verify_onnx(wrapped, (out_dir / ONNX_FILE).read_bytes(), example)
-    if spec["task"] == str(Task.TEXT) or _is_keras(model):
+    if _is_keras(model):
         print(
             "explanations: occlusion/Shapley only (the gradient program is written for "
-            "torch modules on images or tabular rows)"
+            "torch modules)"
         )
         return
     try:
-        write_checked_program(Logits(wrapped) if not wrapped.softmax else module, example, out_dir)
+        write_checked_program(
+            Logits(wrapped) if not wrapped.softmax else module,
+            example,
+            out_dir,
+            token_ids=spec["task"] == str(Task.TEXT),
+        )
     except ProgramError as exc:
         print(f"explanations: occlusion/Shapley only, no gradient program: {exc}")
     else:

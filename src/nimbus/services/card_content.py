@@ -53,6 +53,7 @@ THRESHOLDS = {
     "class_imbalance_ratio": IMBALANCE_RATIO,
 }
 TEXT_FIELDS = ("description", "intended_use", "limitations", "ethical_considerations")
+SHEET_FIELDS = ("motivation", "composition", "collection_process", "uses", "license")
 OVERALL = (
     "accuracy",
     "precision_macro",
@@ -214,9 +215,16 @@ def limitation_flags(evaluation: Evaluation, training: TrainingData) -> list[Lim
     return flags
 
 
-def datasheet(view: DatasetVersion, options: dict[str, Any], people: dict[str, str]) -> Datasheet:
+def datasheet(
+    view: DatasetVersion,
+    options: dict[str, Any],
+    people: dict[str, str],
+    text: dict[str, Any] | None = None,
+) -> Datasheet:
     """The datasheet of a dataset version; ``options`` are the ingest options it was made
-    with (stored with it)."""
+    with (stored with it), ``text`` what a person wrote (the stored datasheet column)."""
+    text = text or {}
+    updated_by = text.get("updated_by")
     per_class = {c: 0 for c in view.classes}
     for split in view.splits.values():
         for name, count in split.per_class.items():
@@ -248,7 +256,32 @@ def datasheet(view: DatasetVersion, options: dict[str, Any], people: dict[str, s
         schema=view.data_schema,
         uploaded_at=view.created_at,
         uploaded_by=_person(view.created_by, people),
+        motivation=_text(text, "motivation"),
+        composition=_text(text, "composition"),
+        collection_process=_text(text, "collection_process"),
+        uses=_text(text, "uses"),
+        license=_text(text, "license"),
+        text_updated_at=text.get("updated_at"),
+        text_updated_by=_person(updated_by, people) if updated_by else None,
     )
+
+
+def edited_text(
+    stored: dict[str, Any] | None,
+    fields: tuple[str, ...],
+    given: dict[str, str | None],
+    token_id: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """A card's or datasheet's stored text after an edit: each of ``given`` set (None or ""
+    clears it), the other ``fields`` kept, who and when recorded."""
+    kept = {f: v for f, v in (stored or {}).items() if f in fields}
+    for field, value in given.items():
+        if value:
+            kept[field] = value
+        else:
+            kept.pop(field, None)
+    return {**kept, "updated_at": iso(now), "updated_by": token_id}
 
 
 def _training_data(lineage: CardDataset, dataset: DatasetVersion | None) -> TrainingData:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from nimbus.db import datasets as dataset_repo
 from nimbus.db import tokens as token_repo
 from nimbus.db.engine import Database
+from nimbus.db.tables import DatasetVersion as DatasetVersionRow
 from nimbus.db.tables import ModelVersionRow, utcnow
 from nimbus.errors import NotFound
 from nimbus.names import validate_name
@@ -21,8 +22,7 @@ from nimbus.security import Principal, Role, require_role
 from nimbus.services import card_content
 from nimbus.services.datasets import version_view as dataset_view
 from nimbus.services.models import VersionRef, find_model, find_version, version_with_aliases
-from nimbus.wire.base import iso
-from nimbus.wire.cards import CardText, Datasheet, ModelCard
+from nimbus.wire.cards import CardText, Datasheet, DatasheetText, ModelCard
 from nimbus.wire.datasets import DatasetVersion
 from nimbus.wire.models import ModelVersion
 
@@ -46,39 +46,59 @@ class CardService:
         require_role(principal, Role.MEMBER)
         with self.db.session(write=True) as session:
             row, view = self._version(session, principal, name, ref)
-            stored = {f: v for f, v in (row.card or {}).items() if f in card_content.TEXT_FIELDS}
-            for field in text.model_fields_set:
-                value = getattr(text, field)
-                if value:
-                    stored[field] = value
-                else:
-                    stored.pop(field, None)
-            stored |= {"updated_at": iso(self.clock()), "updated_by": principal.token_id}
-            row.card = stored  # a new dict: the JSON column sees the change
+            given = {f: getattr(text, f) for f in text.model_fields_set}
+            row.card = card_content.edited_text(  # a new dict: the JSON column sees the change
+                row.card, card_content.TEXT_FIELDS, given, principal.token_id, self.clock()
+            )
             session.flush()
             return self._card(session, principal, row, view)
 
     def datasheet(self, principal: Principal, name: str, version: int | None) -> Datasheet:
         """The datasheet of a dataset version (None: the latest)."""
-        validate_name(name, "dataset name")
         with self.db.session() as session:
-            dataset = dataset_repo.get_dataset(session, principal.tenant_id, name)
-            row = (
-                None if dataset is None else dataset_repo.get_version(session, dataset.id, version)
-            )
-            if dataset is None:
-                raise NotFound(f"dataset {name!r} not found")
-            if row is None:
-                shown = "(none yet)" if version is None else str(version)
-                raise NotFound(f"dataset {name!r} has no version {shown}")
-            options = (row.info or {}).get("options") or {}
-            return card_content.datasheet(
-                dataset_view(row, name),
-                options,
-                _names(session, principal.tenant_id, [row.created_by]),
+            return self._sheet(
+                session, principal, self._dataset_version(session, principal, name, version), name
             )
 
+    def edit_datasheet(
+        self, principal: Principal, name: str, version: int | None, text: DatasheetText
+    ) -> Datasheet:
+        """Replace the datasheet fields ``text`` sets (null or "" clears one); the sheet
+        after."""
+        require_role(principal, Role.MEMBER)
+        with self.db.session(write=True) as session:
+            row = self._dataset_version(session, principal, name, version)
+            given = {f: getattr(text, f) for f in text.model_fields_set}
+            row.datasheet = card_content.edited_text(
+                row.datasheet, card_content.SHEET_FIELDS, given, principal.token_id, self.clock()
+            )
+            session.flush()
+            return self._sheet(session, principal, row, name)
+
     # -- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _dataset_version(
+        session: Session, principal: Principal, name: str, version: int | None
+    ) -> DatasetVersionRow:
+        validate_name(name, "dataset name")
+        dataset = dataset_repo.get_dataset(session, principal.tenant_id, name)
+        if dataset is None:
+            raise NotFound(f"dataset {name!r} not found")
+        row = dataset_repo.get_version(session, dataset.id, version)
+        if row is None:
+            shown = "(none yet)" if version is None else str(version)
+            raise NotFound(f"dataset {name!r} has no version {shown}")
+        return row
+
+    @staticmethod
+    def _sheet(
+        session: Session, principal: Principal, row: DatasetVersionRow, name: str
+    ) -> Datasheet:
+        text = row.datasheet or {}
+        people = _names(session, principal.tenant_id, [row.created_by, text.get("updated_by")])
+        options = (row.info or {}).get("options") or {}
+        return card_content.datasheet(dataset_view(row, name), options, people, text)
 
     def _version(
         self, session: Session, principal: Principal, name: str, ref: VersionRef

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field
 from nimbus.wire.base import Request, Response, Timestamp
 
 MAX_CARD_TEXT = 20_000  # characters per field
+MAX_LICENSE_TEXT = 2_000  # a datasheet's licence: a name or a few lines of terms
 
 
 class CardText(Request):
@@ -27,6 +28,38 @@ class CardText(Request):
     intended_use: str | None = Field(default=None, max_length=MAX_CARD_TEXT)
     limitations: str | None = Field(default=None, max_length=MAX_CARD_TEXT)
     ethical_considerations: str | None = Field(default=None, max_length=MAX_CARD_TEXT)
+
+
+class DatasheetText(Request):
+    """What only a person knows about a dataset version, after the sections of Gebru et
+    al.'s *Datasheets for Datasets* (2018/2021). In ``PATCH .../datasheet`` a field left out
+    is kept, and ``null`` or ``""`` clears it."""
+
+    motivation: str | None = Field(
+        default=None,
+        max_length=MAX_CARD_TEXT,
+        description="Why the dataset was made, by whom, for what task.",
+    )
+    composition: str | None = Field(
+        default=None,
+        max_length=MAX_CARD_TEXT,
+        description="What an example is; what is missing, noisy or sensitive in it.",
+    )
+    collection_process: str | None = Field(
+        default=None,
+        max_length=MAX_CARD_TEXT,
+        description="How the data was collected, sampled and labelled, and when.",
+    )
+    uses: str | None = Field(
+        default=None,
+        max_length=MAX_CARD_TEXT,
+        description="What it may be used for, and what it should not be.",
+    )
+    license: str | None = Field(
+        default=None,
+        max_length=MAX_LICENSE_TEXT,
+        description="Its licence and terms of use (Distribution).",
+    )
 
 
 class Person(Response):
@@ -245,3 +278,15 @@ class Datasheet(Response):
     data_schema: dict[str, Any] = Field(alias="schema")
     uploaded_at: Timestamp
     uploaded_by: Person
+    # What a person wrote (DatasheetText), null where nothing was.
+    motivation: str | None = None
+    composition: str | None = Field(
+        default=None, description="A person's account; the counts are in per_class and splits."
+    )
+    collection_process: str | None = None
+    uses: str | None = None
+    license: str | None = None
+    text_updated_at: Timestamp | None = Field(
+        default=None, description="When a person last edited the text."
+    )
+    text_updated_by: Person | None = None

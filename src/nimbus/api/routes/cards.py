@@ -1,5 +1,5 @@
-"""Model cards (read in JSON, Markdown or HTML; the person-written text edited) and
-datasheets of dataset versions (JSON or Markdown)."""
+"""Model cards and datasheets of dataset versions: read in JSON, Markdown or HTML, their
+person-written text edited."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from nimbus.api.state import services_of
 from nimbus.services.card_markdown import as_html, card_markdown, datasheet_markdown
 from nimbus.services.datasets import parse_version
 from nimbus.services.models import parse_version_ref
-from nimbus.wire.cards import CardText, Datasheet, ModelCard
+from nimbus.wire.cards import CardText, Datasheet, DatasheetText, ModelCard
 
 router = APIRouter(tags=["models"])
 
@@ -34,8 +34,11 @@ CARD_FORMATS: dict[int | str, dict[str, Any]] = {
 }
 SHEET_FORMATS: dict[int | str, dict[str, Any]] = {
     200: {
-        "content": {"text/markdown": {"schema": {"type": "string"}}},
-        "description": "The datasheet as JSON (format=json) or Markdown (md).",
+        "content": {
+            "text/markdown": {"schema": {"type": "string"}},
+            "text/html": {"schema": {"type": "string"}},
+        },
+        "description": "The datasheet as JSON (format=json), Markdown (md) or HTML (html).",
     }
 }
 
@@ -71,14 +74,34 @@ def get_datasheet(
     v: str,
     principal: Viewer,
     request: Request,
-    format: Literal["json", "md"] = "json",
+    format: Literal["json", "md", "html"] = "json",
 ) -> Datasheet | Response:
     """The dataset version's datasheet: source, format, size, per-class counts, splits and
-    how they were made, hashes, who uploaded it and when."""
+    how they were made, hashes, who uploaded it and when, with what a person wrote."""
     sheet = services_of(request).cards.datasheet(principal, name, parse_version(v))
+    return _sheet_as(sheet, format)
+
+
+@router.patch(
+    "/datasets/{name}/versions/{v}/datasheet", response_model=Datasheet, tags=["datasets"]
+)
+def edit_datasheet(
+    name: str, v: str, body: DatasheetText, principal: Member, request: Request
+) -> Datasheet:
+    """Set the fields the body gives (null or "" clears one); returns the datasheet (JSON)."""
+    return services_of(request).cards.edit_datasheet(principal, name, parse_version(v), body)
+
+
+def _sheet_as(sheet: Datasheet, format: str) -> Datasheet | Response:
+    if format == "json":
+        return sheet
+    markdown = datasheet_markdown(sheet)
     if format == "md":
-        return Response(datasheet_markdown(sheet), media_type=MARKDOWN)
-    return sheet
+        return Response(markdown, media_type=MARKDOWN)
+    title = f"Datasheet for {sheet.dataset}:{sheet.version}"
+    return Response(
+        as_html(markdown, title), media_type="text/html; charset=utf-8", headers=HTML_HEADERS
+    )
 
 
 def _card_as(card: ModelCard, format: str) -> ModelCard | Response:
