@@ -12,6 +12,12 @@ reserve (:func:`export_reserve`) held back.
 What comes out (:class:`AutomlResult`): the model directory, the leaderboard (every
 candidate: family, hyper-parameters, validation score, fit seconds), and the search's
 seconds. A dataset without a validation split lends a seeded fifth of its train split.
+
+After each trial the search's state (:func:`checkpoint_state`: the trials, and the wall
+time spent since it first started) is handed out as the job's checkpoint; a retried
+attempt carries the search on from it (:func:`restore`), the budget counting wall time
+across attempts, and fits the earlier attempt's winner again if no later trial beats it
+(models are not kept in the checkpoint).
 """
 
 from __future__ import annotations
