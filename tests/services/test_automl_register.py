@@ -1,10 +1,13 @@
 """The server registers an AutoML job's winner once the job succeeded (its
 ``params.register``): with lineage and the leaderboard in its card, one audit event, a note
-on the job; exactly once, also when a control plane died between registering and settling
-(the database state that crash leaves: the version made, the row still pending)."""
+on the job; exactly once, also when a control plane is SIGKILLed between registering and
+settling."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from nimbus.security import Principal
 from nimbus.services.automl_register import AutomlRegistrations
 from nimbus.services.models import ModelService, VersionRef
 from nimbus.storage.blobs import BlobStore
-from nimbus.wire.cards import CardText
+from nimbus.storage.factory import open_object_store
 from tests.helpers_models import add_job, image_model_dir
 
 BOARD = {
@@ -102,17 +105,31 @@ def test_a_succeeded_automl_job_is_registered_once(
         assert repo.get(session, running).state == repo.PENDING  # type: ignore[union-attr]
 
 
-def test_a_crash_between_registering_and_settling_registers_nothing_twice(
-    db: Database,
-    blobs: BlobStore,
-    model_dir: Path,
-    setup: tuple[ModelService, AutomlRegistrations, Principal],
+def test_a_control_plane_killed_between_registering_and_settling_registers_once(
+    tmp_path: Path, model_dir: Path, make_principal: Callable[..., Principal], db: Database
 ) -> None:
-    models, registrations, who = setup
+    """A real SIGKILL of a process settling the registration, right after the registry
+    committed the version; the next round (another control plane) settles it, once."""
+    who = make_principal("acme")
+    blobs = BlobStore(open_object_store(f"file://{tmp_path / 'blobs'}"), tmp_path / "staging")
     job_id = automl_job(db, blobs, model_dir)
-    # what a control plane that died right after registering leaves: the version, no end
-    models.register(who, "auto", job_id, CardText(description="first"))
-    assert registrations.settle() == 1
+    marker = tmp_path / "registered"
+    url = db.engine.url.render_as_string(hide_password=False)
+    module = "tests.services.automl_settle_crash"
+    args = [url, str(tmp_path), job_id, str(marker)]
+    child = subprocess.Popen([sys.executable, "-m", module, *args])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None and time.monotonic() < deadline, child.returncode
+            time.sleep(0.05)
+    finally:
+        child.kill()  # SIGKILL
+        child.wait()
+    with db.session() as session:
+        assert repo.get(session, job_id).state == repo.PENDING  # type: ignore[union-attr]
+    models = ModelService(db, blobs, tmp_dir=tmp_path / "tmp")
+    assert AutomlRegistrations(db, models.register).settle() == 1
     with db.session() as session:
         model = models_repo.get_model(session, who.tenant_id, "auto")
         assert model is not None and len(models_repo.list_versions(session, model.id)) == 1
