@@ -125,6 +125,7 @@ def test_automl_searches_within_its_budget_and_its_best_model_serves(
     assert "leaderboard.json" in {a.name for a in job.artifacts}
     shown = nimbus("jobs", "show", job.id).stdout
     assert "leaderboard" in shown and rows[0]["family"] in shown
+    assert "registered as cancer-auto:1" in shown and "carried from an earlier attempt" in shown
 
     model = api.get_model_version("cancer-auto:1")
     assert model.job == job.id
