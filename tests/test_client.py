@@ -178,6 +178,7 @@ def test_public_names_are_pinned() -> None:
         "cancel_study",
         "wait_study",
         "start_automl",
+        "wait_automl_registration",
         "list_runs",
         "get_run",
         "compare_runs",

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nimbus.client.automl import leaderboard_of
+from nimbus.client.automl import leaderboard_of, registration_of
 from nimbus.config import Settings
 from nimbus.errors import InvalidInput
 from nimbus.wire.jobs import Job
@@ -32,10 +32,12 @@ def test_start_automl_submits_one_automl_job(settings: Settings) -> None:
 
     with make(handler, settings) as client:
         assert client.start_automl("cancer:2", "10m").model == "automl"
-        client.start_automl("cancer", 90, metric="macro_f1", seed=4, cpus=2, priority=3)
+        client.start_automl(
+            "cancer", 90, metric="macro_f1", seed=4, cpus=2, priority=3, register="auto"
+        )
     assert seen[0]["model"] == "automl" and seen[0]["params"] == {"budget": "10m"}
     assert seen[0]["dataset"] == "cancer:2"
-    assert seen[1]["params"] == {"budget": 90, "metric": "macro_f1"}
+    assert seen[1]["params"] == {"budget": 90, "metric": "macro_f1", "register": "auto"}
     assert (seen[1]["seed"], seen[1]["cpus"], seen[1]["priority"]) == (4, 2, 3)
 
 
@@ -53,3 +55,7 @@ def test_the_leaderboard_is_read_from_the_jobs_result() -> None:
     assert leaderboard_of(Job.model_validate(job())) is None
     done = Job.model_validate(job(state="succeeded", evaluation={"accuracy": 1.0, "automl": board}))
     assert leaderboard_of(done) == board
+    assert registration_of(done) is None
+    note = {"model": "auto", "version": 2, "created": True}
+    registered = {"accuracy": 1.0, "automl": {**board, "registered": note}}
+    assert registration_of(Job.model_validate(job(evaluation=registered))) == note

@@ -91,6 +91,7 @@ from nimbus.jobs.prefetch import Prefetch
 from nimbus.jobs.sandbox import JOB_API_SOCKET, JOB_API_URL, NodeSandboxConfig, Sandbox
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.services.audit import AuditService, AuditSweep
+from nimbus.services.automl_register import AutomlRegistrations, automl_loop
 from nimbus.services.blobs import Claims
 from nimbus.services.cluster import ClusterService, Identity
 from nimbus.services.code import CodeService, CompileCheck
@@ -778,6 +779,13 @@ def build_app(
                     services.studies,
                     lambda: election.fence is not None,
                     settings.study_tick_seconds,
+                )
+            )
+            # AutoML jobs' winners registered once their jobs succeed (their --register).
+            registrations = AutomlRegistrations(services.db, services.models.register)
+            background.append(
+                automl_loop(
+                    registrations, lambda: election.fence is not None, settings.study_tick_seconds
                 )
             )
             background.append(

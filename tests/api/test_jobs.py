@@ -186,6 +186,8 @@ def end_job(env: Env, job_id: str) -> None:
         ({"seed": -1}, 400, "seed"),
         ({"seed": 1, "params": {"seed": "2"}}, 400, "seed"),
         ({"colour": "blue"}, 400, "'colour'"),
+        ({"model": "automl", "params": {"budget": 5, "register": "Bad Name"}}, 400, "'register'"),
+        ({"model": "automl", "params": {"budget": 5, "register": ["x"]}}, 400, "'register'"),
         ({"model": "code:sha256/00/" + "0" * 64}, 404, "code artifact"),
         ({"model": "code:elsewhere"}, 400, "code reference"),
         *(
@@ -274,6 +276,8 @@ def test_tenants_and_roles(env: Env) -> None:
                 method, API + path, json={"dataset": "reviews", "model": "text"}
             )
             assert response.status_code == 403, path
+        automl = {"dataset": "reviews", "model": "automl", "params": {"register": "m", "budget": 5}}
+        assert viewer.post(f"{API}/jobs", json=automl).status_code == 403  # registers nothing
     env.member.post(f"{API}/jobs/{job['id']}/cancel")
 
 

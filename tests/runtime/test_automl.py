@@ -179,8 +179,11 @@ def test_automl_params_are_checked_naming_the_key() -> None:
         ({"budget": "30d"}, "budget"),
         ({"metric": "auc"}, "metric"),
         ({"epochs": 3}, "epochs"),
+        ({"register": "Bad Name"}, "register"),
+        ({"register": 7}, "register"),
     ]
     for raw, key in cases:
         with pytest.raises(InvalidInput, match=f"'{key}'"):
             validate_automl_params(raw)
     assert set(METRICS) == {"accuracy", "macro_f1", "balanced_accuracy"}
+    assert validate_automl_params({"register": "cancer-auto"})["register"] == "cancer-auto"

@@ -1,5 +1,6 @@
-"""``nimbus automl``: start an AutoML job; with ``--follow`` (or ``--register``), wait for it,
-show its leaderboard and register its best model."""
+"""``nimbus automl``: start an AutoML job (with ``--register``, the server registers its best
+model when it succeeds); with ``--follow``, wait for it and show its leaderboard and what the
+server registered."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def automl(
     ] = None,
     register: Annotated[
         str | None,
-        typer.Option(metavar="NAME", help="Wait, then register the best model under NAME"),
+        typer.Option(
+            metavar="NAME", help="The server registers the best model under NAME when it succeeds"
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the search")] = None,
     cpus: Annotated[float, typer.Option(help="CPU cores for the job")] = 1,
@@ -39,38 +42,49 @@ def automl(
     as_json: JsonOption = False,
 ) -> None:
     """Search the model families that fit the dataset within a time budget (one job); print
-    its id. With --follow or --register: wait for it, show the leaderboard (and register the
-    best model); exit 0 if it succeeded, 8 if it failed, 9 if it was cancelled."""
+    its id. With --register the server registers the best model when the job succeeds. With
+    --follow: wait for it, show the leaderboard (and what was registered); exit 0 if it
+    succeeded, 8 if it failed, 9 if it was cancelled."""
     job_options: dict[str, Any] = {"cpus": cpus, "priority": priority}
     if memory is not None:
         job_options["memory"] = memory
     with client() as api:
-        job = api.start_automl(dataset, budget, metric=metric, seed=seed, **job_options)
-        if not (follow_ or register):
+        job = api.start_automl(
+            dataset, budget, metric=metric, seed=seed, register=register, **job_options
+        )
+        if not follow_:
             emit(job, as_json, lambda _: typer.echo(job.id))  # its id for scripts
             return
         if not as_json:
             console().print(f"Started AutoML job {job.id}; waiting for it.", markup=False)
-        show_logs = follow_ and not as_json
-        job = follow(api, job.id, logs=show_logs, bars=bar_console(show_logs))
-        version = None
-        if register and job.state is JobState.SUCCEEDED:
-            version = api.register_model(register, job.id)
+        job = follow(api, job.id, logs=not as_json, bars=bar_console(not as_json))
+        job, registered = api.wait_automl_registration(job.id)
     if as_json:
-        out: dict[str, Any] = job.model_dump(mode="json")
-        if version is not None:
-            out["registered"] = version.model_dump(mode="json")
-        print_json(out)
+        print_json(job.model_dump(mode="json"))  # evaluation.automl.registered included
     else:
-        _print(console(), job, register if version is not None else None)
+        _print(console(), job, registered)
     check_outcome(job)
 
 
-def _print(out: Console, job: Job, registered: str | None) -> None:
+def _print(out: Console, job: Job, registered: dict[str, Any] | None) -> None:
     board = leaderboard_of(job)
     if board is not None:
         out.print(leaderboard_view(board))
     ok = job.state is JobState.SUCCEEDED
     out.print(summary(job), style="bold green" if ok else "bold red", markup=False, soft_wrap=True)
-    if registered is not None:
-        out.print(f"Registered the best model as {registered}.", markup=False)
+    if registered is None:
+        if ok and job.params.get("register"):
+            out.print("The server has not registered the best model yet.", markup=False)
+    elif "version" in registered:
+        out.print(
+            f"The server registered the best model as {registered['model']}:"
+            f"{registered['version']}.",
+            markup=False,
+        )
+    else:
+        out.print(
+            f"The server could not register the best model as {registered['model']}: "
+            f"{registered.get('error')}",
+            style="bold red",
+            markup=False,
+        )

@@ -433,4 +433,12 @@ def leaderboard_view(board: dict[str, Any], top: int = 15) -> RenderableType:
     parts: list[RenderableType] = [table]
     if len(rows) > top:
         parts.append(Text(f"... and {len(rows) - top} more", style="dim"))
+    if board.get("resumed_trials"):
+        parts.append(Text(f"{board['resumed_trials']} trials carried from an earlier attempt"))
+    registered = board.get("registered") or {}
+    name = registered.get("model")
+    if "version" in registered:
+        parts.append(Text(f"registered as {name}:{registered['version']}"))
+    elif registered:
+        parts.append(Text(f"not registered as {name}: {registered.get('error')}"))
     return Group(*parts)

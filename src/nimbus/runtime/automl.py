@@ -12,6 +12,12 @@ reserve (:func:`export_reserve`) held back.
 What comes out (:class:`AutomlResult`): the model directory, the leaderboard (every
 candidate: family, hyper-parameters, validation score, fit seconds), and the search's
 seconds. A dataset without a validation split lends a seeded fifth of its train split.
+
+After each trial the search's state (:func:`checkpoint_state`: the trials, and the wall
+time spent since it first started) is handed out as the job's checkpoint; a retried
+attempt carries the search on from it (:func:`restore`), the budget counting wall time
+across attempts, and fits the earlier attempt's winner again if no later trial beats it
+(models are not kept in the checkpoint).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from nimbus.runtime.automl_families import (
     refit,
     warm_up,
 )
-from nimbus.runtime.automl_search import Family, Trial, leaderboard, propose
+from nimbus.runtime.automl_search import Family, Trial, best_trial, leaderboard, propose
 from nimbus.runtime.data import DataSplits, Split
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -55,6 +61,7 @@ REFIT_MARGIN = 1.3  # a final fit is estimated at this much of its trial's share
 CV_FOLDS = 5  # tabular sets of up to CV_MAX_ROWS train + val rows are cross-validated
 CV_MAX_ROWS = 10_000
 EARLY_STOP_SHARE = 0.15  # of a fold's training rows, for the torch families' early stopping
+CHECKPOINT_FORMAT = 1  # of the search's state in the job's checkpoint (checkpoint_state)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class AutomlResult:
     search_seconds: float  # first fit started -> model directory written
     refit: bool  # the winner was fitted again for its export (see final_fit_seconds)
     validation: int = 0  # folds of the cross-validation; 0: the val split
+    resumed: int = 0  # trials carried from earlier attempts (the first ones of ``trials``)
 
     def summary(self, top: int | None = None) -> dict[str, Any]:
         """JSON-ready: what the job records as its leaderboard (its ``top`` rows; all of
@@ -80,6 +88,7 @@ class AutomlResult:
             "search_seconds": round(self.search_seconds, 3),
             "trials": len(self.trials),
             "refit": self.refit,
+            "resumed_trials": self.resumed,
             "validation": f"{self.validation}-fold cross-validation on train + val"
             if self.validation
             else "the val split",
@@ -117,17 +126,20 @@ def leaderboard_text(summary: dict[str, Any], top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def final_fit_seconds(best: Trial, rows: tuple[int, int], folds: int) -> float:
+def final_fit_seconds(
+    best: Trial, rows: tuple[int, int], folds: int, *, saved: bool = True
+) -> float:
     """The estimated seconds of the winner's final fit (0: it has none). Cross-validated,
     its trial was ``folds`` fits on (folds-1)/folds of train + val: one fit on all of it
     costs about ``seconds / (folds - 1)``. Otherwise a scikit-learn winner is refitted on
-    train + val (``rows``: their sizes); a torch one keeps its weights."""
+    train + val (``rows``: their sizes); a torch one keeps its weights, unless it has no
+    model ``saved`` (an earlier attempt's winner): then it is fitted again as in its trial."""
     train, val = rows
     if folds:
         return best.seconds / (folds - 1) * REFIT_MARGIN
     if best.family in SKLEARN_ARCHITECTURES and val:
         return best.seconds * REFIT_MARGIN * (train + val) / max(train, 1)
-    return 0.0
+    return 0.0 if saved else best.seconds * REFIT_MARGIN
 
 
 def export_reserve(budget: float) -> float:
@@ -189,12 +201,16 @@ def search(
     threads: int = 1,
     on_trial: Callable[[int, Trial, Trial], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    resume: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> AutomlResult:
     """Search within ``params["budget"]`` seconds for the configuration with the best
     ``params["metric"]`` (cross-validated on train + val for tabular sets of up to
     :data:`CV_MAX_ROWS` rows, else on the validation split), then write it as a model
     directory in ``out_dir``. ``on_trial(number, trial, best)`` is told of each finished
-    trial."""
+    trial, and ``on_checkpoint(number, state)`` is given the search's state after it;
+    ``resume``, such a state from an earlier attempt, carries the search on (see
+    :func:`restore`)."""
     metric, seed = str(params["metric"]), int(params["seed"])
     if metric not in METRICS:
         raise InvalidInput(f"unknown metric {metric!r}; use {', '.join(METRICS)}")
@@ -204,8 +220,75 @@ def search(
     families = families_for(data.task, len(data.train), features, repeats=max(1, len(folds)))
     warm_up()
     # BLAS and OpenMP pools sized to the job's CPUs: more threads than cores thrash
+    carried = restore(resume, params, families)
     with threadpool_limits(threads):
-        return _search(data, folds, families, params, out_dir, threads, on_trial, clock)
+        return _search(
+            data, folds, families, params, out_dir, threads, on_trial, clock, carried, on_checkpoint
+        )
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What an earlier attempt's checkpoint carries into this one: its trials, the wall
+    time the search started (``time.time()``), and the seconds it had spent by then."""
+
+    trials: list[Trial]
+    started_at: float
+    elapsed: float
+
+
+def checkpoint_state(
+    params: dict[str, Any], trials: list[Trial], started_at: float, elapsed: float
+) -> dict[str, Any]:
+    """The search's state after a trial, as the job's checkpoint holds it (JSON scalars):
+    every finished trial, the seed, metric and budget it ran under, when it started (wall
+    clock) and the seconds spent."""
+    return {
+        "automl": CHECKPOINT_FORMAT,
+        "seed": int(params["seed"]),
+        "metric": str(params["metric"]),
+        "budget": float(params["budget"]),
+        "started_at": started_at,
+        "elapsed": elapsed,
+        "trials": [
+            {"family": t.family, "config": dict(t.config), "seconds": t.seconds, "score": t.score}
+            for t in trials
+        ],
+    }
+
+
+def restore(
+    state: dict[str, Any] | None,
+    params: dict[str, Any],
+    families: list[Family],
+    wall: Callable[[], float] = time.time,
+) -> Carried | None:
+    """The trials and spent budget of an earlier attempt's :func:`checkpoint_state`, or None
+    to start afresh (no state, or one of another search: its seed, metric or budget differ).
+    The budget counts wall time across attempts: what was spent is the time since the first
+    attempt's search started (the restart included), at least the seconds the checkpoint
+    recorded (a clock that went back, or another machine's). Trials not on this search's
+    grids are left out."""
+    if not state or state.get("automl") != CHECKPOINT_FORMAT:
+        return None
+    asked = (int(params["seed"]), str(params["metric"]), float(params["budget"]))
+    if (state.get("seed"), state.get("metric"), state.get("budget")) != asked:
+        return None
+    grids = {f.name: f for f in families}
+    trials = []
+    for row in state.get("trials") or []:
+        family, config = grids.get(row["family"]), dict(row["config"])
+        try:
+            if family is None or family.config(family.point(config)) != config:
+                continue
+        except (KeyError, ValueError):
+            continue
+        score = row["score"]
+        trials.append(
+            Trial(family.name, config, float(row["seconds"]), None if score is None else score)
+        )
+    started_at, elapsed = float(state["started_at"]), float(state["elapsed"])
+    return Carried(trials, started_at, max(elapsed, wall() - started_at))
 
 
 def _search(
@@ -217,17 +300,22 @@ def _search(
     threads: int,
     on_trial: Callable[[int, Trial, Trial], None] | None,
     clock: Callable[[], float],
+    carried: Carried | None = None,
+    on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> AutomlResult:
     budget, metric, seed = float(params["budget"]), str(params["metric"]), int(params["seed"])
     rows = (len(data.train), len(data.val))
-    trials: list[Trial] = []
-    best: tuple[Trial, Fitted] | None = None
-    start = clock()
+    trials: list[Trial] = list(carried.trials) if carried else []
+    # an earlier attempt's best keeps no model: fitted again at the end unless beaten
+    earlier = best_trial(trials)
+    best: tuple[Trial, Fitted | None] | None = (earlier, None) if earlier else None
+    start = clock() - (carried.elapsed if carried else 0.0)
+    started_at = carried.started_at if carried else time.time()
     deadline = start + budget - export_reserve(budget)
     while True:
         left = budget - (clock() - start) - export_reserve(budget)
         if best is not None:
-            left -= final_fit_seconds(best[0], rows, len(folds))
+            left -= final_fit_seconds(best[0], rows, len(folds), saved=best[1] is not None)
         proposal = propose(families, trials, left, seed)
         if proposal is None:
             break
@@ -250,6 +338,9 @@ def _search(
             best = (trial, fitted)
         if on_trial is not None and best is not None:
             on_trial(len(trials), trial, best[0])
+        if on_checkpoint is not None:
+            state = checkpoint_state(params, trials, started_at, clock() - start)
+            on_checkpoint(len(trials), state)
     if best is None:
         raise InvalidInput(
             f"no model could be fitted within the budget of {budget:g} s"
@@ -257,18 +348,33 @@ def _search(
         )
     winner, fitted = best
     cost = final_fit_seconds(winner, rows, len(folds))
-    refitted = 0 < cost <= budget - (clock() - start) - export_reserve(budget)
+    # an earlier attempt's winner is fitted whatever the time left: there is no model else
+    refitted = fitted is None or 0 < cost <= budget - (clock() - start) - export_reserve(budget)
     if refitted:
         fitted = _final_fit(winner, fitted, data, seed, threads)
+    assert fitted is not None
     fitted.export(data, out_dir)
+    resumed = len(carried.trials) if carried else 0
     return AutomlResult(
-        winner, trials, metric, budget, clock() - start, refitted, validation=len(folds)
+        winner,
+        trials,
+        metric,
+        budget,
+        clock() - start,
+        refitted,
+        validation=len(folds),
+        resumed=resumed,
     )
 
 
-def _final_fit(winner: Trial, fitted: Fitted, data: DataSplits, seed: int, threads: int) -> Fitted:
+def _final_fit(
+    winner: Trial, fitted: Fitted | None, data: DataSplits, seed: int, threads: int
+) -> Fitted:
     """The winner fitted on train + val (scikit-learn), or on train watching val (torch)."""
     if winner.family in SKLEARN_ARCHITECTURES:
+        if fitted is None:  # an earlier attempt's winner: fitted here for the first time
+            config = dict(winner.config)
+            return fit(winner.family, config, data, seed=seed, threads=threads, with_val=True)
         return refit(fitted, data, seed=seed, threads=threads)
     return fit(winner.family, dict(winner.config), data, seed=seed, threads=threads)
 

@@ -288,7 +288,8 @@ def _run_builtin(
 def _run_automl(env: JobEnv, client: JobApiClient, spec: AttemptSpec) -> None:
     """The AutoML search (one process), its winner exported, uploaded and scored; the
     leaderboard is a job artifact (every trial) and part of the job's result (the best
-    :data:`automl.RESULT_ROWS`)."""
+    :data:`automl.RESULT_ROWS`). The search's state is the job's checkpoint after every
+    trial: a retried attempt carries on from it."""
     data = load_data(client, dataset_of(spec), env.job_dir / "data", spec.resources.memory)
     params = validate_automl_params(dict(spec.params))
     reporter = HttpReporter(client, rank=env.rank, label="trial", echo=lambda line: None)
@@ -307,8 +308,22 @@ def _run_automl(env: JobEnv, client: JobApiClient, spec: AttemptSpec) -> None:
 
     model_dir = env.job_dir / "model"
     with _flushed(reporter):
+        earlier = reporter.load_checkpoint()  # an earlier attempt's trials and spent budget
+        if earlier is not None:
+            print(
+                f"automl: resuming the search after trial {reporter.last_step} of an earlier "
+                f"attempt ({len(earlier.get('trials') or [])} trials, "
+                f"{float(earlier.get('elapsed') or 0):.1f} s spent by then)",
+                flush=True,
+            )
         found = automl.search(
-            data, params, model_dir, threads=max(1, int(spec.resources.cpus)), on_trial=on_trial
+            data,
+            params,
+            model_dir,
+            threads=max(1, int(spec.resources.cpus)),
+            on_trial=on_trial,
+            resume=earlier,
+            on_checkpoint=reporter.save_at,  # after every trial: its number, the state
         )
     summary = found.summary()
     print(automl.leaderboard_text(summary), flush=True)

@@ -23,6 +23,7 @@ from nimbus.datasets.domain import Task
 from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import parse_duration
 from nimbus.modelformat.text import MAX_NGRAMS, TOKEN_PATTERN, WORD_PATTERN
+from nimbus.names import validate_name
 
 Optimizer = Literal["adam", "sgd", "adamw"]
 Tokenizer = Literal["words", "alnum"]
@@ -194,6 +195,7 @@ def validate_params(model: str, task: Task | str, raw: dict[str, Any]) -> dict[s
 # -- automatic model selection (`nimbus automl`): one job of the built-in kind "automl" --
 
 AUTOML_MODEL = "automl"
+AUTOML_REGISTER = "register"  # the model name the server registers the winner under
 AutomlMetric = Literal["accuracy", "macro_f1", "balanced_accuracy"]
 MAX_AUTOML_BUDGET = 7 * 24 * 3600.0
 
@@ -225,19 +227,37 @@ class AutomlParams(BaseModel):
         return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
 
 
+def _model_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"invalid parameter 'register' = {value!r}: a model name", key=AUTOML_REGISTER
+        )
+    try:
+        return validate_name(value, "model name")
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"invalid parameter 'register' = {value!r}: {exc.message}", key=AUTOML_REGISTER
+        ) from None
+
+
 def validate_automl_params(raw: dict[str, Any]) -> dict[str, Any]:
     """Check an AutoML job's parameters (any task: the search picks the families that fit
-    it); every parameter, defaults filled in, the budget in seconds. InvalidInput names the
-    key at fault."""
+    it); every parameter, defaults filled in (``register`` only when given), the budget in
+    seconds. InvalidInput names the key at fault."""
     values: dict[str, Any] = {}
+    register: str | None = None
     for key, value in raw.items():
         name = str(key).strip().replace("-", "_")
+        if name == AUTOML_REGISTER:  # for the server, which registers the winner under it
+            register = _model_name(value)
+            continue
         if name not in AutomlParams.model_fields:
-            known = ", ".join(sorted(AutomlParams.model_fields))
+            known = ", ".join(sorted([*AutomlParams.model_fields, AUTOML_REGISTER]))
             raise InvalidInput(f"unknown parameter {name!r} for automl; known: {known}", key=name)
         values[name] = value
     try:
-        return AutomlParams.model_validate(values).model_dump(mode="json")
+        dumped = AutomlParams.model_validate(values).model_dump(mode="json")
+        return dumped if register is None else {**dumped, AUTOML_REGISTER: register}
     except ValidationError as exc:
         first = exc.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else "?"

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from nimbus.db import automl as automl_repo
 from nimbus.db import job_details, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
@@ -383,6 +384,9 @@ class JobService:
             created_by=principal.token_id,
             inputs=prepared.inputs,
         )
+        register = prepared.spec.params.get("register")
+        if prepared.spec.model == AUTOML_MODEL and register:  # the server registers its winner
+            automl_repo.add(session, job.id, principal.tenant_id, str(register), self.clock())
         return job.id
 
     def queued(self) -> None:
