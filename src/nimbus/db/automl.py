@@ -1,4 +1,4 @@
-"""AutoML jobs that register their winner (migration 0021): one row per job submitted with
+"""AutoML jobs that register their winner (migration 0022): one row per job submitted with
 ``register``, written in the job's own submit transaction, ``pending`` until the server has
 settled it once the job ended (:mod:`nimbus.services.automl_register`)."""
 

@@ -2,15 +2,15 @@
 pending until the server has registered the job's model (or found it cannot), so the
 registration happens once even when a control plane dies between the job's end and it.
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0022
+Revises: 0021
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0021"
-down_revision = "0020"
+revision = "0022"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 
