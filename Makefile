@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 	@# The CPU build of torch lies on this disk; installing it first keeps pip from
 	@# pulling multi-GB CUDA wheels for the torch>=2.6 range in pyproject.toml.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all,dev]'
+	@# The rest with uv (a dependency already: it builds job environments), which resolves
+	@# as pip does (the same versions here) and fetches and installs in parallel; torch,
+	@# already installed, is kept. The machine's certificate store, as for job builds.
+	$(PY) -m pip install -q 'uv>=0.5,<1'
+	UV_NATIVE_TLS=1 UV_SYSTEM_CERTS=1 $(VENV)/bin/uv pip install -q --python $(PY) \
+		--compile-bytecode -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
