@@ -150,7 +150,10 @@ def job_view(detail: JobDetail) -> wire.Job:
         ],
         seed=job.spec.seed,
         environment=(
-            wire.Environment(requirements=list(job.spec.requirements))
+            wire.Environment(
+                requirements=list(job.spec.requirements),
+                lock=list(job.environment_lock) if job.environment_lock else None,
+            )
             if job.spec.requirements
             else None
         ),

@@ -46,9 +46,10 @@ class SubmitRequest(Request):
 
 class Environment(Response):
     """A job's environment as stored: its requirements, normalised (canonical names,
-    sorted)."""
+    sorted), and the pins they resolved to (its lock), once an attempt resolved them."""
 
     requirements: list[str]
+    lock: list[str] | None = None
 
 
 class JobDataset(Response):
