@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 from nimbus.jobs.domain import ExitReason
 from nimbus.jobs.environments import BuildFailed, Builds
@@ -53,6 +53,8 @@ class EnvironmentHandle:
     held: bool = False
     killed: bool = False
     ended: ExitStatus | None = None  # ended before it started (a failed resolve or build)
+    notes: list[str] = field(default_factory=list)  # log lines, written in one chunk
+    recorded: Future[None] | None = None  # the lock's record with the job
 
 
 class EnvironmentExecutor:
@@ -64,6 +66,9 @@ class EnvironmentExecutor:
     ) -> None:
         self.inner, self.builds = inner, builds
         self.resolves, self.installs = resolves, installs
+        # A lock is recorded with its job off the scheduler's thread (a write transaction:
+        # not on a cached start's path); the attempt's end waits for it (see poll).
+        self._records = ThreadPoolExecutor(max_workers=1, thread_name_prefix="env-lock")
 
     def start(self, launch: AttemptLaunch) -> Handle:
         if not launch.requirements:
@@ -76,7 +81,10 @@ class EnvironmentExecutor:
         # the attempt here, at once.
         handle = EnvironmentHandle(launch.attempt_id, launch, self.builds.platform_future())
         if handle.platform.done() and handle.platform.exception() is None:
-            handle.ended = self._advance(handle)
+            try:
+                handle.ended = self._advance(handle)
+            finally:
+                _flush(handle)
         return handle
 
     def _advance(self, handle: EnvironmentHandle) -> ExitStatus | None:
@@ -114,13 +122,13 @@ class EnvironmentExecutor:
         if handle.resolving is None:
             if launch.lock:
                 handle.lock = launch.lock
-                _say(launch, f"nimbus: environment: the job's recorded lock: {_pins(launch.lock)}")
+                _note(handle, f"nimbus: environment: the job's recorded lock: {_pins(launch.lock)}")
                 return None
             remembered = self.builds.resolved(launch.requirements)
             if remembered is not None:
                 handle.lock, age = remembered
-                _say(
-                    launch,
+                _note(
+                    handle,
                     f"nimbus: environment: {', '.join(launch.requirements)} resolved here "
                     f"{age:.0f}s ago: locked to {_pins(handle.lock)}",
                 )
@@ -128,7 +136,7 @@ class EnvironmentExecutor:
                 return None
             handle.resolving, mine = self.builds.resolve(launch.requirements, launch.output)
             if not mine:
-                _say(launch, "nimbus: environment: being resolved for another job: waiting")
+                _note(handle, "nimbus: environment: being resolved for another job: waiting")
             return None
         if not handle.resolving.done():
             return None
@@ -138,18 +146,23 @@ class EnvironmentExecutor:
         if error is not None:
             return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
         handle.lock = handle.resolving.result()
-        _say(launch, f"nimbus: environment: locked to {_pins(handle.lock)}")
+        _note(handle, f"nimbus: environment: locked to {_pins(handle.lock)}")
         self._record(handle)
         return None
 
     def _record(self, handle: EnvironmentHandle) -> None:
-        """Keep the lock with the job: its retries install exactly it."""
-        if handle.launch.locked is None or handle.lock is None:
+        """Keep the lock with the job (its retries install exactly it), on a thread."""
+        locked, lock = handle.launch.locked, handle.lock
+        if locked is None or lock is None:
             return
-        try:
-            handle.launch.locked(handle.lock)
-        except Exception:  # a retry would resolve again: not worth ending the attempt
-            log.exception("could not record the lock of attempt %s", handle.attempt_id)
+
+        def record() -> None:
+            try:
+                locked(lock)
+            except Exception:  # a retry would resolve again: not worth ending the attempt
+                log.exception("could not record the lock of attempt %s", handle.attempt_id)
+
+        handle.recorded = self._records.submit(record)
 
     def _start_built(self, handle: EnvironmentHandle, *, said: bool) -> bool:
         """Start the attempt in its environment if it is built (holding it)."""
@@ -157,7 +170,8 @@ class EnvironmentExecutor:
             return False
         handle.held = True
         if said:
-            _say(handle.launch, f"nimbus: environment {handle.key[:12]} found: reused, not rebuilt")
+            _note(handle, f"nimbus: environment {handle.key[:12]} found: reused, not rebuilt")
+        _flush(handle)  # before the job's own output
         try:
             handle.inner = self.inner.start(self._with_env(handle.launch, handle.key))
         except BaseException:
@@ -169,8 +183,8 @@ class EnvironmentExecutor:
         assert handle.lock is not None
         launch, key = handle.launch, handle.key
         handle.build, mine = self.builds.request(key, handle.lock, launch.output)
-        _say(
-            launch,
+        _note(
+            handle,
             f"nimbus: environment {key[:12]} not built yet: building {_pins(handle.lock)}"
             if mine
             else f"nimbus: environment {key[:12]} is being built for another job: waiting",
@@ -187,6 +201,8 @@ class EnvironmentExecutor:
             status = self.inner.poll(handle.inner)
             if status is not None:
                 self._release(handle)
+                if handle.recorded is not None:  # recorded before a retry can be claimed
+                    handle.recorded.exception(timeout=30)
             return status
         if handle.killed:
             return ExitStatus(None, signal.SIGTERM)
@@ -202,6 +218,8 @@ class EnvironmentExecutor:
             return self._advance(handle)
         except Exception as exc:
             return ExitStatus(None, limit=ExitReason.INFRA, detail=f"could not start: {exc}")
+        finally:
+            _flush(handle)
 
     def _release(self, handle: EnvironmentHandle) -> None:
         if handle.held:
@@ -220,6 +238,7 @@ class EnvironmentExecutor:
         return self.inner.reap_orphans(should_kill)
 
     def close(self) -> None:
+        self._records.shutdown(wait=True)
         self.builds.close()
         self.inner.close()
 
@@ -254,6 +273,12 @@ def _pins(lock: Lock) -> str:
     return " ".join(lock) if lock else "(nothing)"
 
 
-def _say(launch: AttemptLaunch, line: str) -> None:
-    if launch.output is not None:
-        launch.output(line + "\n")
+def _note(handle: EnvironmentHandle, line: str) -> None:
+    handle.notes.append(line + "\n")
+
+
+def _flush(handle: EnvironmentHandle) -> None:
+    """The attempt's notes, in one chunk of its log (one write)."""
+    if handle.notes and handle.launch.output is not None:
+        handle.launch.output("".join(handle.notes))
+    handle.notes.clear()
