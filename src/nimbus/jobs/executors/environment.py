@@ -197,12 +197,16 @@ class EnvironmentExecutor:
     def poll(self, handle: Handle) -> ExitStatus | None:
         if not isinstance(handle, EnvironmentHandle):
             return self.inner.poll(handle)
+        status = self._poll(handle)
+        if status is not None and handle.recorded is not None:
+            handle.recorded.exception(timeout=30)  # recorded before a retry can be claimed
+        return status
+
+    def _poll(self, handle: EnvironmentHandle) -> ExitStatus | None:
         if handle.inner is not None:
             status = self.inner.poll(handle.inner)
             if status is not None:
                 self._release(handle)
-                if handle.recorded is not None:  # recorded before a retry can be claimed
-                    handle.recorded.exception(timeout=30)
             return status
         if handle.killed:
             return ExitStatus(None, signal.SIGTERM)
