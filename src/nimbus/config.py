@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     job_env_max_size: str = "20G"
     job_env_build_timeout_seconds: float = Field(default=1800.0, gt=0)
     job_env_index_url: str | None = None
+    # A job's requirements are resolved once into a lock kept with the job; a list asked
+    # for again on this node within this many seconds reuses the lock it resolved to (no
+    # resolve), after it is resolved again (an unpinned requirement follows its index).
+    job_env_resolve_ttl_seconds: float = Field(default=86_400.0, ge=0)
     # Several control planes on one metadata store (docs/cluster.md): one leads and runs
     # the scheduler, renewing its lease every fifth of this; another takes over when the
     # lease runs out. A control plane silent this long is dead: its deployments on this

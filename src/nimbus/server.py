@@ -79,6 +79,7 @@ from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Hand
 from nimbus.jobs.executors.environment import EnvironmentExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.ray_bridge import RayBridge, shared_bridge  # Ray itself: in a child
+from nimbus.jobs.executors.ray_sandbox import UIDS_DIR, LockedUidPool
 from nimbus.jobs.isolation import (
     Isolation,
     JobUser,
@@ -189,7 +190,9 @@ def bootstrap(settings: Settings, isolation: Isolation | None = None) -> str | N
     if secret is not None:
         write_private(home / ADMIN_TOKEN_FILE, secret + "\n")
         print(f"admin token created: read it from {home / ADMIN_TOKEN_FILE} (0600)", flush=True)
-    secure_home(settings, isolation is not None and isolation.sandbox is not None)
+    # On Ray the control plane's own sandbox resolves job requirements (ray_resolve_sandbox).
+    sandboxed = isolation is not None and (isolation.sandbox is not None or isolation.ray_nodes)
+    secure_home(settings, sandboxed)
     return secret
 
 
@@ -441,9 +444,13 @@ class SchedulerThread:
             retry=RetryPolicy(base_seconds=settings.retry_base_seconds),
             nimbus_url=job_api_url(settings, sandbox),
         )
-        builds = node_builds(settings, sandbox)
-        # On Ray, each node's agent builds the environments (nimbus.jobs.executors.ray_remote).
-        scheduled = EnvironmentExecutor(executor, builds) if builds is not None else executor
+        if settings.executor == "ray":  # the nodes only install: the resolve is here
+            builds = node_builds(settings, *ray_resolve_sandbox(settings))
+        else:
+            builds = node_builds(settings, sandbox)
+        # Requirements are resolved here, once per job; on Ray each node's agent builds the
+        # environment from that lock (nimbus.jobs.executors.ray_remote).
+        scheduled = EnvironmentExecutor(executor, builds, installs=settings.executor != "ray")
         module = settings.job_module
 
         def launch(job: Job, attempt: Attempt) -> Program:
@@ -834,6 +841,33 @@ def job_isolation(settings: Settings) -> Isolation:
         job_api_dir=settings.job_api_dir,
         environments=settings.envs_dir,
     )
+
+
+def ray_resolve_sandbox(settings: Settings) -> tuple[Sandbox | None, str | None]:
+    """On Ray the control plane resolves job requirements (each node installs the lock):
+    in a sandbox of its own, as a job uid that the Ray agents of this machine lock too
+    (their ``.uids`` files), so no attempt here has it. Else why no resolve may run."""
+    if settings.job_isolation.strip().lower() == "none":
+        return None, None
+    isolation = resolve_isolation(
+        "sandbox",
+        settings.home,
+        instance=f"{instance_id(settings)}-resolve",
+        uid_first=settings.job_uid_first,
+        uid_count=settings.job_uid_count,
+        disk_limit_bytes=parse_memory(settings.job_disk_limit),
+        pids_per_worker=settings.job_pids_limit,
+        keep_failed_seconds=settings.job_keep_failed_seconds,
+        environments=settings.envs_dir,
+    )
+    if isolation.sandbox is None:
+        return None, f"this control plane cannot sandbox a resolve: {isolation.refused}"
+    jobs_root = Path(settings.ray_jobs_dir)
+    if jobs_root.is_dir():
+        isolation.sandbox.uids = LockedUidPool(
+            settings.job_uid_first, settings.job_uid_count, jobs_root / UIDS_DIR
+        )
+    return isolation.sandbox, None
 
 
 def ray_node_sandbox(settings: Settings) -> NodeSandboxConfig | None:

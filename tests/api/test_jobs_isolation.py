@@ -367,22 +367,38 @@ except OSError as exc:
 """
 
 
+KILLED_ONCE = (
+    LAYERED
+    + b"""
+if os.environ["NIMBUS_ATTEMPT_NUMBER"] == "1":
+    os.kill(os.getpid(), 9)
+"""
+)
+
+
 def test_an_environment_is_built_once_as_a_job_uid_and_reused(server: ServerProcess) -> None:
-    """Issue 15: ``--requirements`` builds a uv environment layered on the platform's
-    packages; two jobs asking for it at once share one build, run by a job uid (never
-    root); a later job reuses it without a rebuild."""
+    """Issue 15: ``--requirements`` is resolved once per job into a lock (kept with the
+    job) and built into a uv environment layered on the platform's packages, keyed by the
+    lock; two jobs asking for it at once share one build, run by a job uid (never root);
+    a later job reuses it without a resolve or a rebuild, and so does a later job whose
+    other list resolves to the same pins; its retry installs the job's lock, unresolved."""
     tenant = Tenant(server, "layered")
     body = {"environment": {"requirements": ["Tomli == 2.0.1", "# a comment", ""]}}
     first, second = tenant.submit(LAYERED, **body), tenant.submit(LAYERED, **body)
-    # The key hashes the requirements and the platform's packages: read, not assumed.
+    # The key hashes the lock and the platform's packages: read, not assumed.
     key = tenant.wait_log(first, "nimbus: environment ").split()[0]
     tenant.wait_log(first, f"nimbus: environment {key} built")
     # Once built: reused as it is (started while the first two may still run).
     third = tenant.submit(LAYERED, environment={"requirements": ["tomli==2.0.1"]})
-    jobs = [wait(tenant.client, job_id, server) for job_id in (first, second, third)]
-    logs = [tenant.logs(job_id) for job_id in (first, second, third)]
-    assert [job["state"] for job in jobs] == ["succeeded"] * 3, logs
-    assert jobs[0]["environment"] == {"requirements": ["tomli==2.0.1"]}  # normalised
+    ranged = tenant.submit(
+        KILLED_ONCE, environment={"requirements": ["tomli>=2.0.1,<2.0.2"]}, max_retries=1
+    )
+    ids = (first, second, third, ranged)
+    jobs = [wait(tenant.client, job_id, server) for job_id in ids]
+    logs = [tenant.logs(job_id) for job_id in ids]
+    assert [job["state"] for job in jobs] == ["succeeded"] * 4, logs
+    normalised = {"requirements": ["tomli==2.0.1"], "lock": ["tomli==2.0.1"]}
+    assert jobs[0]["environment"] == normalised
     assert "building as uid" in logs[0] and "resolving" in logs[0]  # the first one builds
     assert "is being built for another job: waiting" in logs[1] and "resolving" not in logs[1]
     assert "found: reused, not rebuilt" in logs[2] and "resolving" not in logs[2]
@@ -396,6 +412,24 @@ def test_an_environment_is_built_once_as_a_job_uid_and_reused(server: ServerProc
     built = [p for p in envs.iterdir() if not p.name.startswith(".")]
     assert len(built) == 1 and built[0].stat().st_uid == 0
     assert built[0].stat().st_mode & 0o777 == 0o755  # read-only to jobs
+    # Another list, the same pins: resolved, then the same environment; its retry
+    # installs the recorded lock without a resolve.
+    assert jobs[3]["attempts"] == 2 and jobs[3]["environment"]["lock"] == ["tomli==2.0.1"]
+    attempts = attempt_logs(tenant, ranged)
+    assert "nimbus: environment: resolving" in attempts[1], attempts
+    assert "locked to tomli==2.0.1" in attempts[1], attempts
+    assert "the job's recorded lock: tomli==2.0.1" in attempts[2], attempts
+    assert "resolving" not in attempts[2], attempts
+    for text in attempts.values():
+        assert f"nimbus: environment {key} found: reused, not rebuilt" in text, attempts
+
+
+def attempt_logs(tenant: Tenant, job_id: str) -> dict[int, str]:
+    page = tenant.client.get(f"{API}/jobs/{job_id}/logs").json()
+    texts: dict[int, str] = {}
+    for chunk in page["chunks"]:
+        texts[chunk["attempt"]] = texts.get(chunk["attempt"], "") + chunk["data"]
+    return texts
 
 
 def test_an_environment_that_cannot_resolve_fails_the_job_without_retries(

@@ -121,6 +121,12 @@ def test_job_view_shows_facts_params_and_the_evaluation() -> None:
     ):
         assert fact in text, fact
     assert "no evaluation yet" in render(job_view(make_job(evaluation=None)))
+    # Issue 15: what the requirements resolved to (the job's lock), once resolved.
+    asked = {"requirements": ["tomli>=2"], "lock": ["tomli==2.0.1"]}
+    text = render(job_view(make_job(environment=asked)))
+    assert "tomli>=2" in text and "tomli==2.0.1" in text, text
+    text = render(job_view(make_job(environment={"requirements": ["tomli>=2"]})))
+    assert "not yet" in text, text
 
 
 def test_evaluation_tables() -> None:

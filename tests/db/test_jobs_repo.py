@@ -15,6 +15,7 @@ from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
 from nimbus.db.migrate import upgrade
+from nimbus.db.queue import DbQueue
 from nimbus.db.tables import Tenant
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity
@@ -185,6 +186,18 @@ def test_attempt_outcomes(db: Database) -> None:
         attempts = repo.list_attempts(s, sig)
     assert [a.exit_signal for a in attempts] == [9, 9]
     assert all(a.state is AttemptState.FAILED for a in attempts)
+
+
+def test_a_jobs_lock_is_recorded_for_its_retries(db: Database) -> None:
+    """Issue 15: the pins an attempt resolved are kept with the job; its retry's claim
+    carries them (the executor installs them without resolving)."""
+    job_id = submit(db, requirements=("tomli>=2",), max_retries=1)
+    (first,) = claim(db, 1)
+    assert first.job.environment_lock == ()
+    DbQueue(db).record_lock(job_id, ("tomli==2.0.1",))
+    finish(db, first.attempt.id, Outcome.from_exit(None, 9), 2)
+    (retry,) = claim(db, 20)
+    assert retry.job.environment_lock == ("tomli==2.0.1",)
 
 
 def test_deadline_beats_retries_and_fails_running_jobs(db: Database) -> None:

@@ -16,6 +16,7 @@ import pytest
 from nbclient import NotebookClient
 
 from nimbus.client import Client
+from nimbus.errors import InvalidInput
 from tests.cli.conftest import Nimbus
 from tests.e2e.conftest import FAST, client_for, upload_digits
 from tests.helpers import ServerProcess, passable_dir
@@ -155,3 +156,34 @@ def test_a_notebook_job_runs_with_its_params(
     route = f"/api/v1/jobs/{job.id}/artifacts/notebook.ipynb"
     assert server.client(other).get(route).status_code == 404  # another tenant's job
     assert server.client().get(route).content == out.read_bytes()
+
+
+def test_a_notebook_job_runs_without_a_dataset(
+    server: ServerProcess, api: Client, tmp_path: Path
+) -> None:
+    """``nimbus train --model notebook.ipynb`` without ``--dataset``: the notebook runs and
+    logs its metrics (``nr.dataset()`` there fails naming what is missing:
+    tests/runtime/test_entry.py); any other model without a dataset is a 400 saying which
+    need one."""
+    cli = Nimbus(
+        {
+            "NIMBUS_HOME": str(tmp_path / "cli"),
+            "NIMBUS_URL": server.url,
+            "NIMBUS_TOKEN": server.admin_token,
+            "COLUMNS": "200",
+        }
+    )
+    notebook = nbformat.v4.new_notebook()
+    source = "from nimbus import runtime as nr\nnr.log(1, answer=42.0)\n"
+    notebook.cells = [nbformat.v4.new_code_cell(source)]
+    nbformat.write(notebook, tmp_path / "plain.ipynb")
+    plain = cli.json("train", "--model", str(tmp_path / "plain.ipynb"))
+    script = tmp_path / "train.py"
+    script.write_text("print('never')\n")
+    with pytest.raises(InvalidInput, match=r"a dataset is required .* only a notebook"):
+        api.submit_job(None, script)  # the server's 400, past the CLI's own check
+    job = api.wait_job(plain["id"], timeout=300)
+    logs = "".join(chunk.data for chunk in api.iter_logs(job.id))
+    assert job.state == "succeeded", logs + server.log()[-3000:]
+    assert job.dataset is None and "main.ipynb without a dataset" in logs, logs
+    assert [point.value for point in api.job_metrics(job.id)["answer"]] == [42.0]

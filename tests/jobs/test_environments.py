@@ -15,7 +15,7 @@ import pytest
 
 from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import ExitReason, JobState
-from nimbus.jobs.envbuild import pinned, platform_versions
+from nimbus.jobs.envbuild import to_install
 from nimbus.jobs.environments import (
     BuildFailed,
     Builds,
@@ -24,11 +24,12 @@ from nimbus.jobs.environments import (
     lru_order,
     take_over,
 )
+from nimbus.jobs.envlock import BadLock, ResolvedLocks, parse_lock
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, Program
 from nimbus.jobs.executors.environment import EnvironmentExecutor
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.policy import on_attempt_end
-from nimbus.jobs.requirements import environment_key, normalise
+from nimbus.jobs.requirements import environment_key, normalise, request_key
 
 PLATFORM = ("python==3.11.2", "numpy==2.4.6")
 
@@ -67,18 +68,49 @@ def test_requirement_lines_other_than_packages_are_refused(line: str, named: str
         normalise([line])
 
 
-def test_the_key_changes_with_the_list_and_the_platform() -> None:
-    key = environment_key(normalise(["tomli==2.0.1"]), PLATFORM)
-    assert key == environment_key(normalise(["TOMLI==2.0.1 # same"]), PLATFORM)
-    assert key != environment_key(normalise(["tomli==2.0.2"]), PLATFORM)
-    assert key != environment_key(normalise(["tomli==2.0.1"]), ("python==3.12.1", *PLATFORM[1:]))
+def test_the_key_hashes_the_lock_so_lists_that_resolve_alike_share_one() -> None:
+    """Issue 15: the environment is keyed by what the list resolved to, not by what was
+    asked: ``tomli==2.0.1`` and ``tomli>=2.0.1,<2.0.2`` (two requests, two map entries)
+    resolve to one lock, one environment. The platform still changes the key."""
+    pinned, ranged = normalise(["tomli==2.0.1"]), normalise(["tomli>=2.0.1,<2.0.2"])
+    assert request_key(pinned, PLATFORM) != request_key(ranged, PLATFORM)
+    lock = parse_lock(["tomli==2.0.1", "# via the resolve", ""])
+    key = environment_key(lock, PLATFORM)
+    assert key != environment_key(parse_lock(["tomli==2.0.2"]), PLATFORM)
+    assert key != environment_key(lock, ("python==3.12.1", *PLATFORM[1:]))
 
 
-def test_what_the_platform_has_is_not_installed_again() -> None:
-    resolved = "numpy==2.4.6\ntomli==2.0.1\n# a comment\nsix==1.17.0\n"
-    have = platform_versions("numpy==2.4.6\nsix==1.16.0\n")
-    added = [line for name, version, line in pinned(resolved) if have.get(name) != version]
-    assert added == ["tomli==2.0.1", "six==1.17.0"]
+@pytest.mark.parametrize("line", ["tomli>=2", "tomli", "tomli @ https://x/t.whl", "tomli==2,<3"])
+def test_a_lock_holds_exact_pins_only(line: str) -> None:
+    with pytest.raises(BadLock, match="pin"):
+        parse_lock([line])
+
+
+def test_the_requested_lock_map_is_trusted_for_its_ttl(tmp_path: Path) -> None:
+    now = [1_000.0]
+    locks = ResolvedLocks(tmp_path / "resolved", ttl=3_600, clock=lambda: now[0])
+    asked = normalise(["tomli>=2"])
+    assert locks.get(asked, PLATFORM) is None  # never resolved here
+    locks.put(asked, PLATFORM, ("tomli==2.0.1",))
+    now[0] += 3_599
+    assert locks.get(asked, PLATFORM) == (("tomli==2.0.1",), 3_599)
+    assert locks.get(asked, ("python==3.12.1",)) is None  # another platform resolves anew
+    now[0] += 1  # expired: resolved again (an unpinned requirement follows its index)
+    assert locks.get(asked, PLATFORM) is None
+    locks.put(asked, PLATFORM, ("tomli==2.0.2",))
+    assert locks.get(asked, PLATFORM) == (("tomli==2.0.2",), 0)
+    for entry in (tmp_path / "resolved").iterdir():
+        entry.write_text('{"lock": ["tomli>=2"]')  # unreadable: resolved again
+    assert locks.get(asked, PLATFORM) is None
+
+
+def test_what_the_platform_has_is_not_installed_again_and_no_other_version_of_it() -> None:
+    lock = "numpy==2.4.6\ntomli==2.0.1\n# a comment\n"
+    assert to_install(lock, "numpy==2.4.6\nsix==1.16.0\n") == (["tomli==2.0.1"], [])
+    # A lock resolved over another platform (a Ray node with another numpy) would be
+    # shadowed by this platform's copy: refused, saying which.
+    _, conflicts = to_install(lock, "numpy==2.3.0\n")
+    assert conflicts == ["numpy==2.4.6 (this node's platform has numpy==2.3.0)"]
 
 
 def _env(store: EnvironmentStore, key: str, size: int, used_at: float) -> None:
@@ -206,8 +238,9 @@ def test_the_key_is_computed_off_the_schedulers_thread(tmp_path: Path) -> None:
         assert time.monotonic() - began < 1.0 and reads == ["/opt/python3"] * 2
         time.sleep(0.2)
         assert executor.poll(handle) is None and lines == []  # waits for the platform
-        key = environment_key(normalise(["tomli==2.0.1"]), PLATFORM)
-        builds.store.path(key).mkdir()  # built before: no uv here
+        builds.locks.put(normalise(["tomli==2.0.1"]), PLATFORM, ("tomli==2.0.1",))
+        key = environment_key(("tomli==2.0.1",), PLATFORM)
+        builds.store.path(key).mkdir()  # resolved and built before: no uv here
         readable.set()
         assert _ended(executor, handle).ok and _ended(executor, plain).ok
         said = "".join(lines)
@@ -215,4 +248,52 @@ def test_the_key_is_computed_off_the_schedulers_thread(tmp_path: Path) -> None:
         assert f"env {builds.store.path(key)}" in said, said
     finally:
         readable.set()
+        executor.close()
+
+
+def test_a_recorded_lock_or_a_remembered_one_starts_without_a_resolve(tmp_path: Path) -> None:
+    """A retry installs the job's recorded lock, whatever the map says; a first attempt
+    whose list this node resolved within the TTL uses that lock and records it with the
+    job. Neither resolves (no uv here: a resolve would fail as root, or without uv); past
+    the TTL, the list is resolved again."""
+    settings = EnvironmentSettings(tmp_path / "envs", uv="/nonexistent/uv")
+    builds = Builds(settings, sandbox=None, pins=lambda python: PLATFORM)
+    executor = EnvironmentExecutor(LocalExecutor(tmp_path / "jobs", grace_seconds=0.5), builds)
+    asked = normalise(["tomli>=2"])
+    builds.locks.put(asked, PLATFORM, ("tomli==2.0.2",))
+    for pins in (("tomli==2.0.1",), ("tomli==2.0.2",)):
+        builds.store.path(environment_key(pins, PLATFORM)).mkdir()
+    code = "import os; print('env', os.environ['NIMBUS_JOB_ENV'])"
+    try:
+        builds.platform()
+        recorded: list[tuple[str, ...]] = []
+        said: list[str] = []
+        retry = replace(
+            _launch(tmp_path, "att_r", code, asked),
+            lock=("tomli==2.0.1",),
+            locked=recorded.append,
+            output=said.append,
+        )
+        assert _ended(executor, executor.start(retry)).ok
+        text = "".join(said)
+        assert "the job's recorded lock: tomli==2.0.1" in text and "resolving" not in text
+        assert f"env {builds.store.path(environment_key(('tomli==2.0.1',), PLATFORM))}" in text
+        assert recorded == []  # already the job's
+        said.clear()
+        first = replace(
+            _launch(tmp_path, "att_f", code, asked), locked=recorded.append, output=said.append
+        )
+        assert _ended(executor, executor.start(first)).ok
+        text = "".join(said)
+        assert "tomli>=2 resolved here 0s ago: locked to tomli==2.0.2" in text, text
+        assert recorded == [("tomli==2.0.2",)]
+        assert f"env {builds.store.path(environment_key(('tomli==2.0.2',), PLATFORM))}" in text
+        # Past the TTL the remembered lock is not used: the list is resolved again (which
+        # fails here, where no uv runs), though its old lock's environment is built.
+        builds.locks.clock = lambda: time.time() + 86_400
+        expired = replace(_launch(tmp_path, "att_x", code, asked), locked=recorded.append)
+        status = _ended(executor, executor.start(expired))
+        assert status.limit is ExitReason.ENVIRONMENT_BUILD_FAILED, status
+        assert recorded == [("tomli==2.0.2",)]
+    finally:
         executor.close()

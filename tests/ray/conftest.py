@@ -50,12 +50,16 @@ def ray_server(
     ray_cluster: RayTestCluster, tmp_path_factory: pytest.TempPathFactory, ray_sandboxed: bool
 ) -> Iterator[ServerProcess]:
     isolation = "sandbox" if ray_sandboxed else "none"
-    server = ServerProcess(
-        tmp_path_factory.mktemp("ray-server") / "home",
-        env={**FAST, **ray_cluster.server_env(), "NIMBUS_JOB_ISOLATION": isolation},
-    ).start()
-    yield server
-    server.stop()
+    with contextlib.ExitStack() as stack:
+        # The control plane resolves job requirements in its sandbox, as a job uid, below
+        # its NIMBUS_HOME: a pytest tmp dir (0700) would be out of that uid's reach.
+        base = stack.enter_context(passable_dir()) if ray_sandboxed else None
+        server = ServerProcess(
+            (base or tmp_path_factory.mktemp("ray-server")) / "home",
+            env={**FAST, **ray_cluster.server_env(), "NIMBUS_JOB_ISOLATION": isolation},
+        ).start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture(scope="package")

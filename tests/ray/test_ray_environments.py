@@ -1,6 +1,7 @@
 """Job environments (``--requirements``, issue 15) on the Ray executor, on the real
-two-node cluster: the agent of each node a worker runs on builds the environment with uv,
-as a job uid (sandboxed), into the node's own cache; a job of several workers starts its
+two-node cluster: the control plane resolves the requirements once into the job's lock;
+the agent of each node a worker runs on builds that lock with uv (never resolving), as a
+job uid (sandboxed), into the node's own cache; a job of several workers starts its
 workers once every one of their nodes has it; a later job on a node reuses it; a resolve
 that fails ends the job ``environment_build_failed``, not retried.
 
@@ -49,11 +50,17 @@ def test_requirements_reach_every_ray_worker_built_once_per_node(
     )
     two = ray_api.wait_job(two.id, timeout=240)
     text = logs_text(ray_api, two.id)
-    assert two.state == "succeeded", text
+    assert two.state == "succeeded", (two.exit_reason, text)
     first_worker = text.index("[nimbus] worker ")
+    # Resolved once, by the control plane (no rank: before any node), recorded with the
+    # job; each node installs that lock and resolves nothing.
+    assert text.count("nimbus: environment: resolving as uid") == 1, text
+    assert text.index("nimbus: environment: locked to tomli==2.0.1") < text.index("[0] "), text
+    assert two.environment is not None and two.environment.lock == ["tomli==2.0.1"]
     for rank in (0, 1):
         assert f"[{rank}] [nimbus] environment of worker {rank} on Ray node" in text, text
-        assert text.index(f"[{rank}] nimbus: environment: resolving") < first_worker, text
+        installed = text.index(f"[{rank}] nimbus: environment: installing the lock tomli==2.0.1")
+        assert installed < first_worker, text
         built = re.search(rf"\[{rank}\] nimbus: environment (\w+) built in", text)
         assert built is not None and built.start() < first_worker, text
     if ray_sandboxed:  # built by a job uid, never the Ray node's root
@@ -75,7 +82,9 @@ def test_requirements_reach_every_ray_worker_built_once_per_node(
     again = ray_api.wait_job(again.id, timeout=120)
     said = logs_text(ray_api, again.id)
     assert again.state == "succeeded", said
+    # Resolved by the control plane within its TTL: no resolve, and the node's build.
     assert "found: reused, not rebuilt" in said and "resolving" not in said, said
+    assert "tomli==2.0.1 resolved here" in said, said
     assert f"tomli {envs['node_a']}/" in said, said
     broken = ray_api.wait_job(broken.id, timeout=120)
     assert broken.state == "failed", logs_text(ray_api, broken.id)

@@ -220,3 +220,27 @@ def test_invalid_params_fail_without_retry(harness: Harness, capsys: Any) -> Non
 
 def test_not_a_job_environment(tmp_path: Path) -> None:
     assert entry.main({"NIMBUS_URL": "http://127.0.0.1:1"}) == entry.ENV_ERROR_EXIT_CODE
+
+
+def test_a_job_without_a_dataset_says_so_when_its_code_asks_for_one() -> None:
+    """A notebook may run without a dataset; ``nr.dataset()`` in it names what is missing."""
+    from nimbus.errors import InvalidInput
+    from nimbus.runtime.entry import dataset_of
+    from nimbus.wire.job_api import AttemptSpec
+
+    spec = AttemptSpec.model_validate(
+        {
+            "job_id": "job_1",
+            "attempt_id": "att_1",
+            "attempt": 1,
+            "model": "code:sha256/00/" + "0" * 64,
+            "params": {},
+            "seed": 0,
+            "workers": 1,
+            "resources": {"cpus": 1, "gpus": 0, "memory": 0, "workers": 1},
+            "dataset": None,
+            "code": None,
+        }
+    )
+    with pytest.raises(InvalidInput, match=r"job job_1 has no dataset: nr.dataset\(\) needs one"):
+        dataset_of(spec)

@@ -240,6 +240,10 @@ def job_view(job: Job) -> RenderableType:
         facts.add_row(
             "params", Text(", ".join(f"{k}={_short(v, 40)}" for k, v in job.params.items()))
         )
+    if job.environment is not None:
+        facts.add_row("requirements", Text(", ".join(job.environment.requirements)))
+        lock = job.environment.lock
+        facts.add_row("resolved", Text(" ".join(lock) if lock else "not yet"))
     if job.artifacts:
         names = ", ".join(f"{a.name} ({human_bytes(a.size)})" for a in job.artifacts)
         facts.add_row("artifacts", Text(names))

@@ -42,12 +42,6 @@ def read_requirements(path: Path | None, pips: Sequence[str]) -> list[str]:
 
 
 def train(
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset", metavar="NAME[:V]", help="The dataset (its latest version) or NAME:V"
-        ),
-    ],
     model: Annotated[
         str,
         typer.Option(
@@ -58,6 +52,15 @@ def train(
             "with main.py",
         ),
     ],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            metavar="NAME[:V]",
+            help="The dataset (its latest version) or NAME:V; required for every model but a "
+            "notebook (.ipynb)",
+        ),
+    ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option("--param", metavar="K=V", help="A hyper-parameter (repeatable)"),
@@ -114,6 +117,11 @@ def train(
 
     With --follow: stream its logs and progress, then exit 0 if it succeeded, 8 if it failed, 9 if it was cancelled.
     """  # noqa: E501 (one line: rich reflows the help text)
+    if dataset is None and not model.endswith(".ipynb") and not model.startswith("code:"):
+        raise InvalidInput(  # a code ref may be a notebook's: the server tells
+            "--dataset is required: cnn, text, mlp, automl, a script and a directory train "
+            "on one; only a notebook (.ipynb) may run without one"
+        )
     params = parse_params(param or [])
     packages = read_requirements(requirements, pip or [])
     with client() as api:

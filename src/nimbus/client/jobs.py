@@ -95,7 +95,7 @@ class JobsMixin(BaseClient):
 
     def submit_job(
         self,
-        dataset: str | DatasetRef,
+        dataset: str | DatasetRef | None,
         model: str | os.PathLike[str],
         *,
         params: Mapping[str, Any] | None = None,
@@ -118,13 +118,14 @@ class JobsMixin(BaseClient):
         once per distinct list, and reused (docs/environments.md).
 
         ``model`` is ``cnn``/``text``/``mlp``, a ``code:…`` ref, or a path to the user's code
-        (uploaded first). ``memory`` is e.g. ``"4G"`` (per worker), ``deadline`` e.g. ``"2h"``
+        (uploaded first); ``dataset`` may be None for a notebook only. ``memory`` is e.g.
+        ``"4G"`` (per worker), ``deadline`` e.g. ``"2h"``
         or seconds; ``max_retries`` None takes the server's default. ``memory`` and
         ``deadline`` are checked here so
         a typo fails before anything is sent; the server checks everything else (params
         against the model, the model against the dataset's task, resources).
         """
-        ref = as_ref(dataset)
+        ref = as_ref(dataset) if dataset is not None else None
         model_ref = str(model)
         if not model_ref:
             raise InvalidInput(
@@ -137,7 +138,7 @@ class JobsMixin(BaseClient):
         if deadline is not None:
             parse_duration(deadline)
         body: dict[str, Any] = {
-            "dataset": str(ref),
+            "dataset": str(ref) if ref is not None else None,
             "model": model_ref,
             "params": dict(params or {}),
             "cpus": cpus,

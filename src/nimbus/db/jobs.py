@@ -94,6 +94,7 @@ def _job(row: JobRow) -> Job:
         exit_reason=row.exit_reason,
         result=row.result,
         created_by=row.created_by,
+        environment_lock=tuple(row.environment_lock or ()),
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from nimbus.db import control_planes, job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
+from nimbus.db.tables import JobRow
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Attempt, Claim, Fence, Lease
 from nimbus.jobs.policy import Decision, Outcome, RetryPolicy
@@ -94,6 +95,12 @@ class DbQueue:
     def record_worker(self, attempt_id: str, rank: int, node: str, address: str) -> None:
         with self.db.session(write=True) as s:
             repo.record_worker(s, attempt_id, rank, node, address)
+
+    def record_lock(self, job_id: str, lock: tuple[str, ...]) -> None:
+        with self._write() as s:
+            row = s.get(JobRow, job_id)
+            if row is not None:
+                row.environment_lock = list(lock)
 
     def append_logs(self, attempt_id: str, chunks: Sequence[str], now: datetime) -> None:
         with self._write() as s:

@@ -298,6 +298,8 @@ class Job:
     exit_reason: str | None
     result: dict[str, Any] | None
     created_by: str | None
+    # The pins its requirements resolved to (nimbus.jobs.envlock), once an attempt did.
+    environment_lock: tuple[str, ...] = ()
 
     @property
     def resources(self) -> Resources:

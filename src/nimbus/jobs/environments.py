@@ -1,5 +1,6 @@
-"""Job environments: the packages a job adds to the platform's, built with uv, kept by
-content hash, shared by every job that asks for the same list.
+"""Job environments: the packages a job adds to the platform's, resolved once per job,
+built with uv, kept by the content hash of the lock, shared by every job whose
+requirements resolve to the same pins.
 
 - **Layered**: an environment is a directory of packages (``uv pip install --target``)
   that the job's interpreter, the platform's own, adds to its ``sys.path``
@@ -7,8 +8,12 @@ content hash, shared by every job that asks for the same list.
   runtime stay the platform's: the resolve takes the platform's packages as constraints,
   and what the platform has is not installed again (:mod:`nimbus.jobs.envbuild`). Forked
   workers (warm sandboxes, the fork server) keep their preloaded modules.
-- **Keyed** by :func:`~nimbus.jobs.requirements.environment_key`: the normalised list and
-  the platform (Python version, its packages). Built once per node, then reused.
+- **Resolved once per job** (:meth:`Builds.resolve`: ``uv pip compile`` in the sandbox,
+  as a job uid), into a lock recorded with the job (:mod:`nimbus.jobs.envlock`): its
+  retries and every Ray node install exactly that. A node remembers what each list
+  resolved to for a time to live, so a list asked for again is not resolved again.
+- **Keyed** by :func:`~nimbus.jobs.requirements.environment_key`: the lock and the
+  platform (Python version, its packages). Built once per node, then reused.
 - **Built as an unprivileged uid**, in the attempts' sandbox (a uid of the job range, a
   cgroup, the same read-only view), with the host's network (the index must be reached)
   but not the job API socket, and nothing of NIMBUS_HOME but its own directory. Once the
@@ -26,19 +31,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import secrets
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,21 +49,21 @@ from typing import Any
 
 from nimbus.config import Settings
 from nimbus.jobs.domain import Resources, parse_memory
+from nimbus.jobs.envlock import MAP_DIR, BadLock, Lock, ResolvedLocks, parse_lock
+from nimbus.jobs.envstore import (
+    BUILDS_DIR,
+    BuildFailed,
+    EnvironmentStore,
+    lru_order,
+    take_over,
+)
 from nimbus.jobs.executors.base import DEFAULT_PATH, OutputPump, OutputSink
 from nimbus.jobs.isolation import JOB_UMASK
 from nimbus.jobs.requirements import environment_key
-from nimbus.jobs.sandbox import (
-    AttemptSandbox,
-    Sandbox,
-    bwrap_argv,
-    disk_usage,
-    launcher_argv,
-    seccomp_memfd,
-)
+from nimbus.jobs.sandbox import AttemptSandbox, Sandbox, bwrap_argv, launcher_argv, seccomp_memfd
 
+__all__ = ["BuildFailed", "Builds", "EnvironmentStore", "lru_order", "take_over"]
 log = logging.getLogger(__name__)
-BUILDS_DIR = ".build"
-LOCKS_DIR = ".locks"
 RESULT_LIMIT = 4096  # bytes of the build's failure message kept
 
 
@@ -72,6 +75,7 @@ class EnvironmentLimits:
     max_bytes: int = 20 * 1024**3  # all environments together (LRU beyond)
     build_timeout: float = 1800.0
     index_url: str | None = None  # the package index (uv's default: PyPI)
+    resolve_ttl: float = 86_400.0  # how long a list's lock is reused without a resolve
 
     @classmethod
     def of(cls, settings: Settings) -> EnvironmentLimits:
@@ -79,6 +83,7 @@ class EnvironmentLimits:
             max_bytes=parse_memory(settings.job_env_max_size),
             build_timeout=settings.job_env_build_timeout_seconds,
             index_url=settings.job_env_index_url,
+            resolve_ttl=settings.job_env_resolve_ttl_seconds,
         )
 
 
@@ -94,6 +99,7 @@ class EnvironmentSettings:
     index_url: str | None = None  # the package index (uv's default: PyPI)
     python: str = sys.executable  # the jobs' interpreter
     uv: str | None = None  # the uv binary (default: the one of the uv package)
+    resolve_ttl: float = 86_400.0  # the requested→lock map's time to live
 
     @classmethod
     def at(cls, root: Path, limits: EnvironmentLimits) -> EnvironmentSettings:
@@ -102,16 +108,19 @@ class EnvironmentSettings:
             max_bytes=limits.max_bytes,
             build_timeout=limits.build_timeout,
             index_url=limits.index_url,
+            resolve_ttl=limits.resolve_ttl,
         )
 
 
-def node_builds(settings: Settings, sandbox: Sandbox | None) -> Builds | None:
-    """This node's job environments, per the settings. None on Ray: each Ray node's agent
-    builds its own (:mod:`nimbus.jobs.executors.ray_remote`)."""
-    if settings.executor == "ray":
-        return None
+def node_builds(settings: Settings, sandbox: Sandbox | None, refused: str | None = None) -> Builds:
+    """This node's job environments, per the settings. On Ray the control plane only
+    resolves (each Ray node's agent builds its own from the lock:
+    :mod:`nimbus.jobs.executors.ray_remote`). ``refused``: why no resolve or build may
+    run here (isolation was asked for and cannot engage)."""
     return Builds(
-        EnvironmentSettings.at(settings.envs_dir, EnvironmentLimits.of(settings)), sandbox=sandbox
+        EnvironmentSettings.at(settings.envs_dir, EnvironmentLimits.of(settings)),
+        sandbox=sandbox,
+        refused=refused,
     )
 
 
@@ -151,125 +160,9 @@ def platform_pins(python: str) -> tuple[str, ...]:
     return (f"python=={version}", *(p for p in pins if p))
 
 
-class BuildFailed(Exception):
-    """The environment could not be built; the message says why (uv's own words)."""
-
-
-class EnvironmentStore:
-    """The built environments of this node: ``root/<key>``, root's, read-only to jobs."""
-
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root, self.max_bytes = Path(root), max_bytes
-        for directory, mode in ((self.root, 0o711), (self.root / BUILDS_DIR, 0o711)):
-            directory.mkdir(mode=mode, parents=True, exist_ok=True)
-            os.chmod(directory, mode)  # listing it would tell which environments exist
-        (self.root / LOCKS_DIR).mkdir(mode=0o700, exist_ok=True)
-
-    def purge_builds(self, older_than: float) -> list[Path]:
-        """Remove what builds that ended with their server left in ``.build`` (untouched
-        for ``older_than`` seconds: longer than any build may run)."""
-        cutoff = time.time() - older_than
-        removed = []
-        for entry in (self.root / BUILDS_DIR).iterdir():
-            with contextlib.suppress(OSError):
-                if entry.lstat().st_mtime < cutoff:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(entry)
-        return removed
-
-    def path(self, key: str) -> Path:
-        return self.root / key
-
-    def ready(self, key: str) -> bool:
-        return self.path(key).is_dir()
-
-    def touch(self, key: str) -> None:
-        with contextlib.suppress(OSError):
-            os.utime(self.path(key))
-
-    @contextlib.contextmanager
-    def locked(self, key: str) -> Iterator[None]:
-        """Hold the key's build lock (another process building it waits here)."""
-        with open(self.root / LOCKS_DIR / f"{key}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-
-    def keys(self) -> list[str]:
-        return [
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-        ]
-
-    def sizes(self) -> dict[str, int]:
-        """Bytes each environment takes (a walk of every one: not under a lock)."""
-        return {key: disk_usage(self.path(key))[0] for key in self.keys()}
-
-    def victims(self, held: Sequence[str], sizes: dict[str, int] | None = None) -> list[str]:
-        """The environments to remove for the rest to fit ``max_bytes``: the least recently
-        used first, never one that ``held`` names (running attempts use them)."""
-        sizes = self.sizes() if sizes is None else sizes
-        total = sum(sizes.values())
-        chosen = []
-        for key in lru_order(sizes, {k: self._used_at(k) for k in sizes}):
-            if total <= self.max_bytes:
-                break
-            if key in held:
-                continue
-            chosen.append(key)
-            total -= sizes[key]
-        return chosen
-
-    def remove(self, key: str) -> None:
-        """Out of its place at once (a rename), then deleted."""
-        trash = self.root / BUILDS_DIR / f"removed-{key}-{secrets.token_hex(4)}"
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(self.path(key), trash)
-            shutil.rmtree(trash, ignore_errors=True)
-
-    def _used_at(self, key: str) -> float:
-        try:
-            return self.path(key).stat().st_mtime
-        except OSError:
-            return 0.0
-
-
-def lru_order(sizes: dict[str, int], used_at: dict[str, float]) -> list[str]:
-    """Keys from the least recently used to the most (ties: the larger first)."""
-    return sorted(sizes, key=lambda k: (used_at.get(k, 0.0), -sizes[k], k))
-
-
-def take_over(target: Path, builder_uid: int) -> None:
-    """Make a built environment the server's: root-owned, read-only to jobs (0755 / 0644,
-    executables 0755). Anything but regular files, directories and symlinks, or not made
-    by ``builder_uid``, or hard-linked, fails the build (it could be a file of someone
-    else's, linked in)."""
-    me, group = os.geteuid(), os.getegid()
-    for top, dirs, files in os.walk(target):
-        for name in [*dirs, *files]:
-            path = os.path.join(top, name)
-            info = os.lstat(path)
-            kind = stat.S_IFMT(info.st_mode)
-            if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
-                raise BuildFailed(f"the build left a special file: {path}")
-            if info.st_uid != builder_uid or (kind == stat.S_IFREG and info.st_nlink > 1):
-                raise BuildFailed(f"the build left a file it did not make: {path}")
-            os.lchown(path, me, group)
-            if kind == stat.S_IFLNK:
-                continue
-            executable = kind == stat.S_IFDIR or info.st_mode & 0o100
-            os.chmod(path, 0o755 if executable else 0o644)
-    os.lchown(target, me, group)
-    os.chmod(target, 0o755)
-
-
-Runner = Callable[[Path, list[str], dict[str, str], OutputSink | None, float], int]
-"""Runs the build program in a work directory: (workdir, argv, env, output, timeout) ->
-its exit code (negative: a signal). The build's uid is recorded by :meth:`Builds.run`."""
-
-
 class Builds:
-    """Builds environments, once per key, on threads; hands them to attempts."""
+    """Resolves requirements into locks and builds environments from locks, once per
+    key, on threads; hands them to attempts."""
 
     def __init__(
         self,
@@ -277,15 +170,18 @@ class Builds:
         *,
         sandbox: Sandbox | None,
         pins: Callable[[str], tuple[str, ...]] = platform_pins,
+        refused: str | None = None,
     ) -> None:
         self.settings = settings
-        self.sandbox = sandbox
+        self.sandbox, self.refused = sandbox, refused
         self.store = EnvironmentStore(settings.root, settings.max_bytes)
         self.store.purge_builds(older_than=settings.build_timeout + 60)
         self._pins_of = pins
         self._pins: Future[tuple[str, ...]] | None = None
         self._lock = threading.Lock()
         self._building: dict[str, Future[None]] = {}
+        self._resolving: dict[tuple[str, ...], Future[Lock]] = {}
+        self.locks = ResolvedLocks(settings.root / MAP_DIR, settings.resolve_ttl)
         self._held: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="env-build")
         self._procs: set[int] = set()  # process groups of builds under way
@@ -314,10 +210,48 @@ class Builds:
         """The platform's packages (waits for their first read)."""
         return self.platform_future().result()
 
-    def key(self, requirements: Sequence[str]) -> str:
-        """The environment's key (waits for the platform's first read: see
-        :meth:`platform_future`)."""
-        return environment_key(requirements, self.platform())
+    def key(self, lock: Lock) -> str:
+        """The environment's key: the lock's hash with this node's platform (waits for
+        the platform's first read: see :meth:`platform_future`)."""
+        return environment_key(lock, self.platform())
+
+    def resolved(self, requirements: Sequence[str]) -> tuple[Lock, float] | None:
+        """The lock ``requirements`` resolved to on this node within the TTL, and its age
+        in seconds (no resolve needed), or None."""
+        return self.locks.get(requirements, self.platform())
+
+    def resolve(
+        self, requirements: Sequence[str], output: OutputSink | None
+    ) -> tuple[Future[Lock], bool]:
+        """The resolve of ``requirements`` into a lock (a failure raises
+        :class:`BuildFailed` from its result), kept in the requested→lock map; and whether
+        this call started it (False: another attempt's resolve of the list is shared)."""
+        wanted = tuple(requirements)
+        with self._lock:
+            running = self._resolving.get(wanted)
+            if running is not None:
+                return running, False
+            future = self._pool.submit(self._resolve, wanted, output)
+            self._resolving[wanted] = future
+            future.add_done_callback(lambda _: self._resolving.pop(wanted, None))
+            return future, True
+
+    def _resolve(self, requirements: tuple[str, ...], output: OutputSink | None) -> Lock:
+        work = self.store.root / BUILDS_DIR / f"resolve-{secrets.token_hex(8)}"
+        work.mkdir(mode=0o700)
+        try:
+            (work / "requirements.in").write_text("".join(f"{r}\n" for r in requirements))
+            self._write_constraints(work)
+            lock_file = work / "lock.txt"
+            self._step(work, "resolve", output, "--requirements", str(work / "requirements.in"))
+            try:
+                lock = parse_lock(lock_file.read_text().splitlines())
+            except (OSError, BadLock) as exc:
+                raise BuildFailed(f"the resolve wrote no usable lock: {exc}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self.locks.put(requirements, self.platform(), lock)
+        return lock
 
     def hold(self, key: str) -> bool:
         """Hold the environment for an attempt if it is built (True); :meth:`release`
@@ -335,16 +269,15 @@ class Builds:
             if self._held[key] <= 0:
                 del self._held[key]
 
-    def request(
-        self, key: str, requirements: Sequence[str], output: OutputSink | None
-    ) -> tuple[Future[None], bool]:
-        """The build of ``key`` (a failure raises :class:`BuildFailed` from its result),
-        and whether this call started it (False: another attempt's build is shared)."""
+    def request(self, key: str, lock: Lock, output: OutputSink | None) -> tuple[Future[None], bool]:
+        """The build of ``key`` from ``lock`` (a failure raises :class:`BuildFailed` from
+        its result), and whether this call started it (False: another attempt's build is
+        shared)."""
         with self._lock:
             running = self._building.get(key)
             if running is not None:
                 return running, False
-            future = self._pool.submit(self._build, key, tuple(requirements), output)
+            future = self._pool.submit(self._build, key, tuple(lock), output)
             self._building[key] = future
             future.add_done_callback(lambda _: self._forget(key))
             return future, True
@@ -353,34 +286,44 @@ class Builds:
         with self._lock:
             self._building.pop(key, None)
 
-    def _build(self, key: str, requirements: tuple[str, ...], output: OutputSink | None) -> None:
+    def _build(self, key: str, lock: Lock, output: OutputSink | None) -> None:
         with self.store.locked(key):
             if self.store.ready(key):
                 return
             work = self.store.root / BUILDS_DIR / f"{key}-{secrets.token_hex(4)}"
             work.mkdir(mode=0o700)
             try:
-                self._build_in(work, key, requirements, output)
+                self._build_in(work, key, lock, output)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         self._evict(keep=key)
 
-    def _build_in(
-        self, work: Path, key: str, requirements: tuple[str, ...], output: OutputSink | None
-    ) -> None:
-        (work / "requirements.in").write_text("".join(f"{r}\n" for r in requirements))
+    def _build_in(self, work: Path, key: str, lock: Lock, output: OutputSink | None) -> None:
+        (work / "lock.txt").write_text("".join(f"{pin}\n" for pin in lock))
+        self._write_constraints(work)
+        started = time.monotonic()
+        uid = self._step(work, "install", output, "--target", str(work / "env"))
+        take_over(work / "env", uid)
+        os.rename(work / "env", self.store.path(key))
+        if output is not None:
+            seconds = time.monotonic() - started
+            output(f"nimbus: environment {key[:12]} built in {seconds:.1f}s\n")
+
+    def _write_constraints(self, work: Path) -> None:
         (work / "constraints.txt").write_text(
             "".join(f"{p}\n" for p in self.platform() if not p.startswith("python=="))
         )
-        target, result = work / "env", work / "result.txt"
+
+    def _step(self, work: Path, step: str, output: OutputSink | None, *args: str) -> int:
+        """Run one step of :mod:`nimbus.jobs.envbuild` in ``work`` (its ``lock.txt``, its
+        ``constraints.txt``); the uid it ran as, or :class:`BuildFailed` saying why not."""
+        result = work / "result.txt"
         argv = [
             self.settings.python,
-            *("-m", "nimbus.jobs.envbuild", "--uv", self.settings.uv or uv_binary()),
-            *("--python", self.settings.python, "--requirements", str(work / "requirements.in")),
-            *("--constraints", str(work / "constraints.txt"), "--target", str(target)),
-            *("--result", str(result)),
+            *("-m", "nimbus.jobs.envbuild", step, "--uv", self.settings.uv or uv_binary()),
+            *("--python", self.settings.python, "--lock", str(work / "lock.txt")),
+            *("--constraints", str(work / "constraints.txt"), "--result", str(result), *args),
         ]
-        started = time.monotonic()
         code, uid = self.run(work, argv, output)
         if code != 0:
             message = ""
@@ -389,11 +332,7 @@ class Builds:
             if code < 0 or not message:
                 message = message or _ended(code, self.settings.build_timeout)
             raise BuildFailed(message)
-        take_over(target, uid)
-        os.rename(target, self.store.path(key))
-        if output is not None:
-            seconds = time.monotonic() - started
-            output(f"nimbus: environment {key[:12]} built in {seconds:.1f}s\n")
+        return uid
 
     def run(self, work: Path, argv: list[str], output: OutputSink | None) -> tuple[int, int]:
         """Run the build program in ``work``: (exit code, the uid it ran as)."""
@@ -414,6 +353,8 @@ class Builds:
         }
         if self.settings.index_url:
             env["UV_DEFAULT_INDEX"] = self.settings.index_url
+        if self.refused is not None:
+            raise BuildFailed(self.refused)
         if self.sandbox is None:
             if os.geteuid() == 0:
                 raise BuildFailed(

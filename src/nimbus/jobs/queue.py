@@ -86,3 +86,7 @@ class JobQueue(Protocol):
     def record_worker(self, attempt_id: str, rank: int, node: str, address: str) -> None:
         """Record the node worker ``rank`` of an attempt was placed on."""
         ...
+
+    def record_lock(self, job_id: str, lock: tuple[str, ...]) -> None:
+        """Record the pins a job's requirements resolved to (its later attempts use them)."""
+        ...

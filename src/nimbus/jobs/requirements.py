@@ -8,8 +8,9 @@ line: options (``--index-url``, ``-e``, ``-r``, ``--hash``...), URLs and direct 
 from, or read files of the node that builds it.
 
 :func:`normalise` gives the list its one spelling (canonical names, sorted, no
-duplicates), and :func:`environment_key` the content hash that names the built
-environment: the same list over the same platform is the same environment.
+duplicates); :func:`request_key` hashes it with the platform (what was asked), and
+:func:`environment_key` hashes the list's lock with the platform: the name of the built
+environment, shared by every list that resolves to the same pins.
 """
 
 from __future__ import annotations
@@ -93,9 +94,16 @@ def normalise(lines: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(seen.values()))
 
 
-def environment_key(requirements: Sequence[str], platform: Sequence[str]) -> str:
-    """The content hash naming an environment: its requirements (normalised) over the
-    platform (the interpreter's version and the packages it already has, which pin every
-    shared dependency: see :mod:`nimbus.jobs.environments`)."""
+def environment_key(lock: Sequence[str], platform: Sequence[str]) -> str:
+    """The content hash naming an environment: its lock (the resolved ``NAME==VERSION``
+    pins, sorted: :mod:`nimbus.jobs.envlock`) over the platform (the interpreter's version
+    and the packages it already has). Two lists that resolve alike share it."""
+    document = json.dumps({"lock": list(lock), "platform": list(platform)})
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def request_key(requirements: Sequence[str], platform: Sequence[str]) -> str:
+    """The content hash of what was asked (normalised) over the platform that resolves
+    it: the key of the requested→lock map (:class:`nimbus.jobs.envlock.ResolvedLocks`)."""
     document = json.dumps({"requirements": list(requirements), "platform": list(platform)})
     return hashlib.sha256(document.encode()).hexdigest()

@@ -217,6 +217,8 @@ class Scheduler:
             tenant_id=job.tenant_id,
             placed=functools.partial(self.queue.record_worker, attempt.id),
             requirements=job.spec.requirements,
+            lock=job.environment_lock,
+            locked=functools.partial(self.queue.record_lock, job.id),
         )
 
     def _log_sink(self, attempt_id: str) -> OutputSink:

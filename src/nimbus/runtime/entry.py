@@ -198,12 +198,16 @@ def run_attempt(env: JobEnv, client: JobApiClient) -> None:
     # A fork-server child inherits the zygote's intra-op thread pool size: give the job the
     # CPU slots it asked for (at least one), never the whole node.
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    version = dataset_of(spec)
+    version = spec.dataset
     what = spec.code.entry if spec.code else spec.model
     if env.rank == 0:
         print(
-            f"nimbus: job {spec.job_id} attempt {spec.attempt}: {what} on "
-            f"{version.get('dataset')}:{version.get('version')}"
+            f"nimbus: job {spec.job_id} attempt {spec.attempt}: {what} "
+            + (
+                f"on {version.get('dataset')}:{version.get('version')}"
+                if version is not None
+                else "without a dataset"
+            )
             + (f" with {env.world_size} workers" if env.world_size > 1 else ""),
             flush=True,
         )
@@ -217,9 +221,12 @@ def run_attempt(env: JobEnv, client: JobApiClient) -> None:
 
 
 def dataset_of(spec: AttemptSpec) -> dict[str, Any]:
-    """The dataset version object of the job (every job trains on one)."""
+    """The dataset version object of the job (every job but a notebook has one)."""
     if spec.dataset is None:
-        raise InvalidInput(f"job {spec.job_id} has no dataset")
+        raise InvalidInput(
+            f"job {spec.job_id} has no dataset: nr.dataset() needs one; submit the "
+            "notebook with --dataset NAME[:V] (the SDK: dataset=...)"
+        )
     return spec.dataset
 
 
@@ -408,7 +415,7 @@ def _run_user_code(env: JobEnv, client: JobApiClient, spec: AttemptSpec, code: C
     evaluation = session.evaluation
     if session.saved_model is not None:
         _upload_model(client, session.model_dir)
-        if evaluation is None and len(session.data.test):
+        if evaluation is None and spec.dataset is not None and len(session.data.test):
             evaluation = evaluate_model_dir(session.model_dir, session.data)
             session.reporter.log(max(session.logged_step, 1), test_accuracy=evaluation["accuracy"])
             reporter.flush()  # stored before the result, which ends the job

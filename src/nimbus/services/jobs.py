@@ -40,7 +40,7 @@ from nimbus.runtime.hyperparams import (
 )
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.blobs import FileDownload, verified_download
-from nimbus.services.code import IPYNB, CodeInfo, CodeService, is_code_ref
+from nimbus.services.code import IPYNB, CodeService, is_code_ref
 from nimbus.services.datasets import DatasetService
 from nimbus.services.quotas import QuotaService
 from nimbus.wire import jobs as wire
@@ -151,7 +151,10 @@ def job_view(detail: JobDetail) -> wire.Job:
         ],
         seed=job.spec.seed,
         environment=(
-            wire.Environment(requirements=list(job.spec.requirements))
+            wire.Environment(
+                requirements=list(job.spec.requirements),
+                lock=list(job.environment_lock) if job.environment_lock else None,
+            )
             if job.spec.requirements
             else None
         ),
@@ -311,11 +314,19 @@ class JobService:
         """What :meth:`submit` checks and resolves before it writes: the job's spec and
         what it reads. A study prepares each trial so, then queues it with its trial row."""
         require_role(principal, Role.MEMBER)
-        name, number = split_dataset_ref(request.dataset)
-        version = self.datasets.get_version(principal, name, number)
-        code: CodeInfo | None = None
-        if is_code_ref(request.model):
-            code = self.code.resolve(principal, request.model)
+        code = self.code.resolve(principal, request.model) if is_code_ref(request.model) else None
+        if request.dataset is None and (code is None or code.format != IPYNB):
+            raise InvalidInput(
+                "a dataset is required (dataset: NAME or NAME:VERSION): cnn, text, mlp, "
+                f"{AUTOML_MODEL}, a script and a directory train on one; only a notebook "
+                "(.ipynb) may run without one",
+                field="dataset",
+            )
+        version = None
+        if request.dataset is not None:
+            name, number = split_dataset_ref(request.dataset)
+            version = self.datasets.get_version(principal, name, number)
+        if code is not None:
             params = _code_params(request.params)
             if code.format == IPYNB and request.workers != 1:
                 raise InvalidInput(
@@ -323,6 +334,7 @@ class JobService:
                     field="workers",
                 )
         elif request.model in PARAM_SCHEMAS:
+            assert version is not None  # required above
             params = validate_params(request.model, version.task, request.params)
             if params.get("dp_epsilon") is not None and request.workers > 1:
                 raise InvalidInput(
@@ -355,7 +367,7 @@ class JobService:
         self.check_resources(resources)  # before the write transaction begins
         spec = JobSpec(
             model=request.model,
-            dataset=f"{version.dataset}:{version.version}",
+            dataset=f"{version.dataset}:{version.version}" if version is not None else None,
             params=params,
             resources=resources,
             priority=request.priority,
@@ -368,7 +380,10 @@ class JobService:
                 normalise(request.environment.requirements) if request.environment else ()
             ),
         )
-        inputs = {"dataset": dump(version), "code": code.to_dict() if code else None}
+        inputs = {
+            "dataset": dump(version) if version is not None else None,
+            "code": code.to_dict() if code else None,
+        }
         return PreparedJob(spec, inputs)
 
     def queue(self, session: Session, principal: Principal, prepared: PreparedJob) -> str:

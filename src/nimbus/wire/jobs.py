@@ -25,9 +25,10 @@ class JobEnvironment(Request):
 
 
 class SubmitRequest(Request):
-    """The body of ``POST /api/v1/jobs``; only ``dataset`` and ``model`` are required."""
+    """The body of ``POST /api/v1/jobs``; only ``model`` is required, and ``dataset`` for
+    every model but a notebook (which may run without one)."""
 
-    dataset: str = Field(min_length=1, max_length=200)
+    dataset: str | None = Field(None, min_length=1, max_length=200)
     model: str = Field(min_length=1, max_length=200)
     params: dict[str, Any] = Field(default_factory=dict)
     cpus: float = Field(1.0, gt=0, allow_inf_nan=False)
@@ -46,9 +47,10 @@ class SubmitRequest(Request):
 
 class Environment(Response):
     """A job's environment as stored: its requirements, normalised (canonical names,
-    sorted)."""
+    sorted), and the pins they resolved to (its lock), once an attempt resolved them."""
 
     requirements: list[str]
+    lock: list[str] | None = None
 
 
 class JobDataset(Response):

@@ -26,6 +26,8 @@ OutputSink = Callable[[str], None]
 """Receives batches of an attempt's output (stdout and stderr, whole lines where possible)."""
 PlacementSink = Callable[[int, str, str], None]
 """Told where a worker of an attempt was placed: (rank, node id, node address)."""
+LockSink = Callable[[tuple[str, ...]], None]
+"""Told the lock a job's requirements resolved to (kept with the job for its retries)."""
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class AttemptLaunch:
     tenant_id: int | None = None  # whose job: picks the tenant's download cache
     placed: PlacementSink | None = None  # executors that place workers on nodes call it
     requirements: tuple[str, ...] = ()  # the job's environment (nimbus.jobs.environments)
+    lock: tuple[str, ...] = ()  # their pins, once resolved (an earlier attempt's: reused)
+    locked: LockSink | None = None  # records the lock with the job, once resolved
 
 
 @dataclass(frozen=True)

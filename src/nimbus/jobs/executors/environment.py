@@ -1,82 +1,191 @@
-"""Attempts with an environment (``--requirements``): built first, then started.
+"""Attempts with an environment (``--requirements``): resolved, built, then started.
 
 :class:`EnvironmentExecutor` wraps the node's executor. An attempt without requirements
-goes straight to it. One whose environment is built starts at once, with
-``NIMBUS_JOB_ENV`` naming the environment (the runtime adds it to ``sys.path``): on the
-fork server and warm sandboxes too, so a cached environment starts as warm as the base.
-Otherwise its environment is built first (:class:`~nimbus.jobs.environments.Builds`, off
-the scheduler's thread, its output in the attempt's log) while the attempt holds its lease
-like any running one; a failed build ends it with ``environment_build_failed`` and uv's
-message, not retried.
+goes straight to it. Otherwise, off the scheduler's thread (the attempt waits in poll(),
+running and leased):
 
-The same wrapper runs on each Ray node, around its agent's executors (:mod:`.ray_remote`):
-a Ray node builds, keeps and reuses the environments of the attempts placed on it.
+1. **The lock.** The job's recorded lock when an earlier attempt resolved it (a retry
+   installs exactly that); else the lock this node resolved the same list to within the
+   TTL (no resolve: :class:`~nimbus.jobs.envlock.ResolvedLocks`); else a resolve
+   (:meth:`~nimbus.jobs.environments.Builds.resolve`, in the sandbox as a job uid). A new
+   lock is recorded with the job (``launch.locked``).
+2. **The environment**, named by the lock's hash with the node's platform: started at
+   once when built, with ``NIMBUS_JOB_ENV`` naming it (the runtime adds it to
+   ``sys.path``; warm sandboxes and the fork server too, so a cached environment starts
+   as warm as the base); otherwise built from the lock first, its output in the log.
+
+A failed resolve or build ends the attempt ``environment_build_failed`` with uv's message,
+not retried. On Ray the control plane's wrapper only resolves (``installs=False``: the
+lock goes to the Ray executor with the launch) and each Ray node's agent only installs
+(``resolves=False``: :mod:`.ray_remote`): Ray nodes never resolve.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 from nimbus.jobs.domain import ExitReason
 from nimbus.jobs.environments import BuildFailed, Builds
+from nimbus.jobs.envlock import Lock
 from nimbus.jobs.executors.base import AttemptLaunch, Executor, ExitStatus, Handle
 
 ENV_VARIABLE = "NIMBUS_JOB_ENV"
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class EnvironmentHandle:
-    """An attempt with an environment: its key (once the platform is known), its build,
-    then the inner executor's handle."""
+    """An attempt with an environment: its lock (once resolved), its key (once the
+    platform is known), its build, then the inner executor's handle."""
 
     attempt_id: str
     launch: AttemptLaunch
     platform: Future[tuple[str, ...]]
+    lock: Lock | None = None
+    resolving: Future[Lock] | None = None
     key: str = ""
     build: Future[None] | None = None
     inner: Handle | None = None
     held: bool = False
     killed: bool = False
+    ended: ExitStatus | None = None  # ended before it started (a failed resolve or build)
+    notes: list[str] = field(default_factory=list)  # log lines, written in one chunk
+    recorded: Future[None] | None = None  # the lock's record with the job
 
 
 class EnvironmentExecutor:
-    """The inner executor, with job environments built before attempts start."""
+    """The inner executor, with job environments resolved (``resolves``) and built
+    (``installs``) before attempts start."""
 
-    def __init__(self, inner: Executor, builds: Builds) -> None:
+    def __init__(
+        self, inner: Executor, builds: Builds, *, resolves: bool = True, installs: bool = True
+    ) -> None:
         self.inner, self.builds = inner, builds
+        self.resolves, self.installs = resolves, installs
+        # A lock is recorded with its job off the scheduler's thread (a write transaction:
+        # not on a cached start's path); the attempt's end waits for it (see poll).
+        self._records = ThreadPoolExecutor(max_workers=1, thread_name_prefix="env-lock")
 
     def start(self, launch: AttemptLaunch) -> Handle:
         if not launch.requirements:
             return self.inner.start(launch)
-        # The key hashes the platform's packages, read once off this thread (the first
-        # read runs the interpreter, ~1 s: never on a scheduler's tick); until then the
-        # attempt waits in poll().
+        if not self.resolves and not launch.lock:
+            raise ValueError("this node never resolves: the attempt must carry its lock")
+        # The platform's packages are read once off this thread (the first read runs the
+        # interpreter, ~1 s: never on a scheduler's tick); until then the attempt waits in
+        # poll(). Once read, a recorded or remembered lock and a built environment start
+        # the attempt here, at once.
         handle = EnvironmentHandle(launch.attempt_id, launch, self.builds.platform_future())
         if handle.platform.done() and handle.platform.exception() is None:
-            self._begin(handle)
+            try:
+                handle.ended = self._advance(handle)
+            finally:
+                _flush(handle)
         return handle
 
-    def _begin(self, handle: EnvironmentHandle) -> None:
-        """With the key known: start in the built environment, or have it built first."""
+    def _advance(self, handle: EnvironmentHandle) -> ExitStatus | None:
+        """Take the attempt as far as it can go now: its lock, its environment, its start.
+        An end (a failed resolve or build) as an exit status; None while it waits."""
+        if handle.lock is None:
+            ended = self._lock_of(handle)
+            if handle.lock is None:
+                return ended
+        assert handle.lock is not None
+        if not self.installs:  # the control plane on Ray: each node installs the lock
+            handle.inner = self.inner.start(replace(handle.launch, lock=handle.lock))
+            return None
+        if not handle.key:
+            handle.key = self.builds.key(handle.lock)
+            if self._start_built(handle, said=True):
+                return None
+            self._request_build(handle)
+            return None
+        assert handle.build is not None
+        if not handle.build.done():
+            return None
+        error = handle.build.exception()
+        if isinstance(error, BuildFailed):  # the requirements' fault: the same again fails
+            return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=str(error))
+        if error is not None:  # the node's (no uid free, a full disk): retried
+            return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
+        if not self._start_built(handle, said=False):  # removed meanwhile: build it again
+            handle.build, _ = self.builds.request(handle.key, handle.lock, handle.launch.output)
+        return None
+
+    def _lock_of(self, handle: EnvironmentHandle) -> ExitStatus | None:
+        """Find the attempt's lock (sets ``handle.lock``), or start or follow its resolve."""
         launch = handle.launch
-        key = handle.key = self.builds.key(launch.requirements)
-        if self.builds.hold(key):
-            handle.held = True
-            _say(launch, f"nimbus: environment {key[:12]} found: reused, not rebuilt")
-            try:
-                handle.inner = self.inner.start(self._with_env(launch, key))
-            except BaseException:
-                self._release(handle)
-                raise
+        if handle.resolving is None:
+            if launch.lock:
+                handle.lock = launch.lock
+                _note(handle, f"nimbus: environment: the job's recorded lock: {_pins(launch.lock)}")
+                return None
+            remembered = self.builds.resolved(launch.requirements)
+            if remembered is not None:
+                handle.lock, age = remembered
+                _note(
+                    handle,
+                    f"nimbus: environment: {', '.join(launch.requirements)} resolved here "
+                    f"{age:.0f}s ago: locked to {_pins(handle.lock)}",
+                )
+                self._record(handle)
+                return None
+            handle.resolving, mine = self.builds.resolve(launch.requirements, launch.output)
+            if not mine:
+                _note(handle, "nimbus: environment: being resolved for another job: waiting")
+            return None
+        if not handle.resolving.done():
+            return None
+        error = handle.resolving.exception()
+        if isinstance(error, BuildFailed):
+            return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=str(error))
+        if error is not None:
+            return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
+        handle.lock = handle.resolving.result()
+        _note(handle, f"nimbus: environment: locked to {_pins(handle.lock)}")
+        self._record(handle)
+        return None
+
+    def _record(self, handle: EnvironmentHandle) -> None:
+        """Keep the lock with the job (its retries install exactly it), on a thread."""
+        locked, lock = handle.launch.locked, handle.lock
+        if locked is None or lock is None:
             return
-        handle.build, mine = self.builds.request(key, launch.requirements, launch.output)
-        _say(
-            launch,
-            f"nimbus: environment {key[:12]} not built yet: building "
-            f"{', '.join(launch.requirements)}"
+
+        def record() -> None:
+            try:
+                locked(lock)
+            except Exception:  # a retry would resolve again: not worth ending the attempt
+                log.exception("could not record the lock of attempt %s", handle.attempt_id)
+
+        handle.recorded = self._records.submit(record)
+
+    def _start_built(self, handle: EnvironmentHandle, *, said: bool) -> bool:
+        """Start the attempt in its environment if it is built (holding it)."""
+        if not self.builds.hold(handle.key):
+            return False
+        handle.held = True
+        if said:
+            _note(handle, f"nimbus: environment {handle.key[:12]} found: reused, not rebuilt")
+        _flush(handle)  # before the job's own output
+        try:
+            handle.inner = self.inner.start(self._with_env(handle.launch, handle.key))
+        except BaseException:
+            self._release(handle)
+            raise
+        return True
+
+    def _request_build(self, handle: EnvironmentHandle) -> None:
+        assert handle.lock is not None
+        launch, key = handle.launch, handle.key
+        handle.build, mine = self.builds.request(key, handle.lock, launch.output)
+        _note(
+            handle,
+            f"nimbus: environment {key[:12]} not built yet: building {_pins(handle.lock)}"
             if mine
             else f"nimbus: environment {key[:12]} is being built for another job: waiting",
         )
@@ -88,6 +197,12 @@ class EnvironmentExecutor:
     def poll(self, handle: Handle) -> ExitStatus | None:
         if not isinstance(handle, EnvironmentHandle):
             return self.inner.poll(handle)
+        status = self._poll(handle)
+        if status is not None and handle.recorded is not None:
+            handle.recorded.exception(timeout=30)  # recorded before a retry can be claimed
+        return status
+
+    def _poll(self, handle: EnvironmentHandle) -> ExitStatus | None:
         if handle.inner is not None:
             status = self.inner.poll(handle.inner)
             if status is not None:
@@ -95,38 +210,20 @@ class EnvironmentExecutor:
             return status
         if handle.killed:
             return ExitStatus(None, signal.SIGTERM)
-        if not handle.key:
-            if not handle.platform.done():
-                return None
-            failed = handle.platform.exception()
-            if failed is not None:  # the node's interpreter: retried
-                detail = f"environment: cannot list the platform's packages: {failed!r}"
-                return ExitStatus(None, limit=ExitReason.INFRA, detail=detail)
-            try:
-                self._begin(handle)
-            except Exception as exc:
-                return ExitStatus(None, limit=ExitReason.INFRA, detail=f"could not start: {exc}")
+        if handle.ended is not None:
+            return handle.ended
+        if not handle.platform.done():
             return None
-        assert handle.build is not None
-        if not handle.build.done():
-            return None
-        error = handle.build.exception()
-        if isinstance(error, BuildFailed):  # the requirements' fault: the same again fails
-            return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=str(error))
-        if error is not None:  # the node's (no uid free, a full disk): retried
-            return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
-        if not self.builds.hold(handle.key):  # removed meanwhile: build it again
-            handle.build, _ = self.builds.request(
-                handle.key, handle.launch.requirements, handle.launch.output
-            )
-            return None
-        handle.held = True
+        failed = handle.platform.exception()
+        if failed is not None:  # the node's interpreter: retried
+            detail = f"environment: cannot list the platform's packages: {failed!r}"
+            return ExitStatus(None, limit=ExitReason.INFRA, detail=detail)
         try:
-            handle.inner = self.inner.start(self._with_env(handle.launch, handle.key))
+            return self._advance(handle)
         except Exception as exc:
-            self._release(handle)
             return ExitStatus(None, limit=ExitReason.INFRA, detail=f"could not start: {exc}")
-        return None
+        finally:
+            _flush(handle)
 
     def _release(self, handle: EnvironmentHandle) -> None:
         if handle.held:
@@ -145,6 +242,7 @@ class EnvironmentExecutor:
         return self.inner.reap_orphans(should_kill)
 
     def close(self) -> None:
+        self._records.shutdown(wait=True)
         self.builds.close()
         self.inner.close()
 
@@ -175,6 +273,16 @@ class EnvironmentOnly:
         return None
 
 
-def _say(launch: AttemptLaunch, line: str) -> None:
-    if launch.output is not None:
-        launch.output(line + "\n")
+def _pins(lock: Lock) -> str:
+    return " ".join(lock) if lock else "(nothing)"
+
+
+def _note(handle: EnvironmentHandle, line: str) -> None:
+    handle.notes.append(line + "\n")
+
+
+def _flush(handle: EnvironmentHandle) -> None:
+    """The attempt's notes, in one chunk of its log (one write)."""
+    if handle.notes and handle.launch.output is not None:
+        handle.launch.output("".join(handle.notes))
+    handle.notes.clear()

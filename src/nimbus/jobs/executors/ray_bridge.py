@@ -227,7 +227,7 @@ class RayBridge:
     # -- the Executor protocol --------------------------------------------------------------
 
     def start(self, launch: AttemptLaunch) -> Handle:
-        sent = dataclasses.replace(launch, output=None, placed=None)  # callables stay here
+        sent = dataclasses.replace(launch, output=None, placed=None, locked=None)  # callables stay
         _, generation = self._call("start", sent)
         return BridgeHandle(launch.attempt_id, launch, generation)
 

@@ -13,8 +13,10 @@ Several workers get a placement group (``PACK``, or ``STRICT_SPREAD`` with ``spr
 torch.distributed's rendezvous at rank 0's node. Each worker's node goes to the attempt's
 log as it starts, and to :meth:`RayExecutor.placement`.
 
-Job environments (``--requirements``) are built by the agent of each node a worker runs
-on (:mod:`.ray_remote`), before that worker's process starts. For several workers, one
+Job environments (``--requirements``) are resolved once by the control plane (the lock
+comes with the launch: :mod:`.environment`) and built from that lock by the agent of each
+node a worker runs on (:mod:`.ray_remote`), before that worker's process starts: every
+node installs the same pins, and none resolves. For several workers, one
 task per bundle of the placement group first gets its node the environment, and the
 workers (and their rendezvous) start only once every one of those nodes has it: no worker
 waits at the rendezvous for another node's build. A failed build ends the attempt
@@ -196,6 +198,7 @@ class RayExecutor:
             world=res.workers,
             agent_key=self.agent_config.key,
             requirements=launch.requirements,
+            lock=launch.lock,
             prepare=prepare,
         )
         options: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False}

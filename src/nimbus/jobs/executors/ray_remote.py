@@ -7,7 +7,8 @@
   (``job_isolation = none``), a fork server's zygote forks them as the Ray node's user.
   Either way with the scrubbed environment, an own session, SIGTERM then SIGKILL.
 - Job environments (``--requirements``): each agent builds the environments of the
-  attempts placed on its node, with the same uv build as a local node's
+  attempts placed on its node from the lock the control plane resolved (it never resolves:
+  every node of a job installs the same pins), with the same uv build as a local node's
   (:class:`~nimbus.jobs.executors.environment.EnvironmentExecutor` around its executors:
   as a job uid in the node's sandbox, never as root; the output in the attempt's log; a
   failed build ends the attempt ``environment_build_failed``), kept in
@@ -79,6 +80,7 @@ class WorkerOrder:
     world: int = 1  # the attempt's workers
     agent_key: str = ""  # which agent of its node starts it (AgentConfig.key)
     requirements: tuple[str, ...] = ()  # the job's environment, built on the node first
+    lock: tuple[str, ...] = ()  # their pins, resolved by the control plane: what it installs
     prepare: bool = False  # only get the node the environment (no process: see run_worker)
 
 
@@ -159,8 +161,9 @@ class NodeAgent:
             sandbox = self._sandboxes.sandbox if self._sandboxes is not None else None
             builds = Builds(EnvironmentSettings.at(envs, config.environments), sandbox=sandbox)
             inner["prepare"] = EnvironmentOnly()
-            self._executors = {
-                use: EnvironmentExecutor(executor, builds) for use, executor in inner.items()
+            self._executors = {  # never a resolve here: the order carries the job's lock
+                use: EnvironmentExecutor(executor, builds, resolves=False)
+                for use, executor in inner.items()
             }
         # Every process is started from this one thread, which lives as long as the agent:
         # bwrap's --die-with-parent follows the thread that started it. Polls run there
@@ -278,6 +281,7 @@ def node_launch(
         extra_env=env,
         output=output,
         requirements=order.requirements,
+        lock=order.lock,
     )
 
 
