@@ -1,15 +1,15 @@
 """A job's environment lock: the pins its requirements resolved to, recorded once (a JSON
 list), installed by its retries and by every Ray node of its workers.
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0023
+Revises: 0022
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0021"
-down_revision = "0020"
+revision = "0023"
+down_revision = "0022"
 branch_labels = None
 depends_on = None
 
