@@ -8,11 +8,11 @@
 2. ASHA vs no pruning, the same TPE studies with the pruner on. Target: the pruned study's
    best within 1% of the unpruned one's while training <= 35% of its epochs (epochs counted
    as trained: up to and including the one after which a trial was pruned, and early
-   stopping ends trials of both arms alike). Rows: the pruner asked after every epoch (a
-   study tick shorter than an epoch), then every 4 epochs (the service asks once per tick
-   about the epochs reported since); when the target is missed, the service's median
-   pruner and what-ifs (ASHA with other reduction factors: settings the service does not
-   offer); and ASHA on val_loss.
+   stopping ends trials of both arms alike). Rows: the service's ASHA (reduction factor 3,
+   ties at a rung broken by val_loss), then ``PRUNING_ROWS`` (``--rows``): the pruner before
+   (factor 4, ties not broken), each with and without the tie-breaker, the median pruner,
+   and what-ifs (other reduction factors and first rungs: settings the service does not
+   offer); and ASHA on val_loss (ties broken by val_accuracy).
 3. Trial start overhead through a real server (``tune_platform.py``): a study of ~10 trials
    at parallelism 2; per trial, its job queued -> its first training step; against plain
    jobs of the same model in the same run, paced (one at a time, 15 s apart:
