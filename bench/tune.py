@@ -8,11 +8,11 @@
 2. ASHA vs no pruning, the same TPE studies with the pruner on. Target: the pruned study's
    best within 1% of the unpruned one's while training <= 35% of its epochs (epochs counted
    as trained: up to and including the one after which a trial was pruned, and early
-   stopping ends trials of both arms alike). Rows: the pruner asked after every epoch (a
-   study tick shorter than an epoch), then every 4 epochs (the service asks once per tick
-   about the epochs reported since); when the target is missed, the service's median
-   pruner and what-ifs (ASHA with other reduction factors: settings the service does not
-   offer); and ASHA on val_loss.
+   stopping ends trials of both arms alike). Rows: the service's ASHA (reduction factor 3,
+   ties at a rung broken by val_loss), then ``PRUNING_ROWS`` (``--rows``): the pruner before
+   (factor 4, ties not broken), each with and without the tie-breaker, the median pruner,
+   and what-ifs (other reduction factors and first rungs: settings the service does not
+   offer); and ASHA on val_loss (ties broken by val_accuracy).
 3. Trial start overhead through a real server (``tune_platform.py``): a study of ~10 trials
    at parallelism 2; per trial, its job queued -> its first training step; against plain
    jobs of the same model in the same run, paced (one at a time, 15 s apart:
@@ -80,20 +80,29 @@ class Objective:
 
 ACCURACY = Objective("val_accuracy", "maximize")
 LOSS = Objective("val_loss", "minimize", ("monitor=val_loss",))
-# Other pruning rows, when the service's ASHA (Optuna's defaults: the first rung at epoch 1,
-# reduction factor 4) misses the epoch target: the service's other pruner, then ASHA with
-# other reduction factors (what-ifs: the service offers none of these settings).
-PRUNING_ROWS: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
-    ("median pruner (the service's --pruner median)", "median", None),
-    ("ASHA reduction_factor=2 (what-if)", "asha", {"reduction_factor": 2}),
-    ("ASHA reduction_factor=3 (what-if)", "asha", {"reduction_factor": 3}),
-    ("ASHA reduction_factor=8 (what-if)", "asha", {"reduction_factor": 8}),
+# The rows of part 2 after the service's ASHA (reduction factor 3, the first rung at epoch
+# 1, ties at a rung broken by val_loss): ``--rows`` picks some by number. The ASHA settings
+# are what-ifs (the service offers none of them); the last field: ties broken by val_loss.
+PRUNING_ROWS: tuple[tuple[str, str, dict[str, Any] | None, bool], ...] = (
+    ("ASHA factor 4, ties not broken (the service before)", "asha", {"reduction_factor": 4}, False),
+    ("ASHA factor 4, ties broken", "asha", {"reduction_factor": 4}, True),
+    ("ASHA factor 3, ties not broken", "asha", {"reduction_factor": 3}, False),
+    ("median pruner (the service's --pruner median)", "median", None, True),
+    ("median pruner, ties not broken", "median", None, False),
+    ("ASHA factor 2 (what-if)", "asha", {"reduction_factor": 2}, True),
+    (
+        "ASHA factor 3, min_resource=2 (what-if)",
+        "asha",
+        {"reduction_factor": 3, "min_resource": 2},
+        True,
+    ),
+    (
+        "ASHA factor 4, min_resource=2 (what-if)",
+        "asha",
+        {"reduction_factor": 4, "min_resource": 2},
+        True,
+    ),
 )
-
-
-# The service asks the pruner once per study tick (1 s by default), about the epochs its
-# trials reported since: a row where each decision sees this many new epochs.
-TICK_EPOCHS = 4
 
 
 def load() -> str:
@@ -108,7 +117,12 @@ class Bench:
     epochs: int
 
     def studies(
-        self, objective: Objective, sampler: str, pruner: str, decide_every: int = 1
+        self,
+        objective: Objective,
+        sampler: str,
+        pruner: str,
+        decide_every: int = 1,
+        tiebreak: bool = True,
     ) -> list[StudyRun]:
         space = tune_sim.user_space(self.epochs, *objective.fixed)
         runs = []
@@ -118,7 +132,12 @@ class Bench:
             )
             runs.append(
                 run_study(
-                    self.data, config, self.trials, objective.metric, decide_every=decide_every
+                    self.data,
+                    config,
+                    self.trials,
+                    objective.metric,
+                    decide_every=decide_every,
+                    tiebreak=tiebreak,
                 )
             )
         return runs
@@ -238,6 +257,13 @@ def part_pruning(
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="the first study seed")
+    parser.add_argument(
+        "--rows",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=list(range(len(PRUNING_ROWS))),
+        help="part 2's rows after the service's, by number from 0 (PRUNING_ROWS)",
+    )
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=20, help="the fixed epochs of a trial")
     parser.add_argument("--dataset", choices=sorted(tune_sim.LOADERS), default="breast_cancer")
@@ -260,7 +286,7 @@ def main() -> None:
     figures: dict[str, Any] = {"load_before": os.getloadavg()}
     print(f"bench/tune.py: {load()} at the start; {os.cpu_count()} CPUs")
     try:
-        seeds = [k * SEED_STRIDE for k in range(args.seeds)]
+        seeds = [args.first_seed + k * SEED_STRIDE for k in range(args.seeds)]
         bench = Bench(job_splits(args.dataset, work), seeds, args.trials, args.epochs)
         data = bench.data
         print(
@@ -292,13 +318,10 @@ def main() -> None:
             asha = bench.studies(ACCURACY, "tpe", "asha")
             figures["pruning"] = [part_pruning("ASHA (the service's)", asha, tpe, seeds)]
             if not args.quick:
-                every = bench.studies(ACCURACY, "tpe", "asha", decide_every=TICK_EPOCHS)
-                label = f"ASHA (the service's) asked every {TICK_EPOCHS} epochs"
-                figures["pruning"].append(part_pruning(label, every, tpe, seeds))
-            if figures["pruning"][0]["epochs_ratio"] > 0.35 and not args.quick:
-                for label, pruner, settings in PRUNING_ROWS:
+                for number in args.rows:
+                    label, pruner, settings, tiebreak = PRUNING_ROWS[number]
                     with asha_settings(**(settings or {})):
-                        runs = bench.studies(ACCURACY, "tpe", pruner)
+                        runs = bench.studies(ACCURACY, "tpe", pruner, tiebreak=tiebreak)
                     figures["pruning"].append(part_pruning(label, runs, tpe, seeds))
         figures["in_process_seconds"] = time.perf_counter() - started
         print(f"\nparts 1-2 took {figures['in_process_seconds']:.0f} s; {load()}")

@@ -102,7 +102,7 @@ class StudyRun:
 
     @property
     def best(self) -> TrialRun | None:
-        found = search.best(self.config, [t.record for t in self.trials])
+        found = search.best(self.config.direction, [t.record for t in self.trials])
         return None if found is None else self.trials[found.number]
 
     @property
@@ -131,14 +131,14 @@ class TrialReporter(MemoryReporter):
     """What a trial's job reports, with a decision after each epoch's metric. Checkpoints
     are not kept: nothing here resumes, and encoding them would only cost time."""
 
-    def __init__(self, metric: str, on_epoch: Callable[[int, float], None]) -> None:
+    def __init__(self, metric: str, on_epoch: Callable[[int, dict[str, float]], None]) -> None:
         super().__init__()
         self.metric, self.on_epoch = metric, on_epoch
 
     def log(self, step: int, **metrics: float) -> None:
         super().log(step, **metrics)
         if self.metric in metrics and "train_loss" in metrics:  # an epoch's record
-            self.on_epoch(step, metrics[self.metric])
+            self.on_epoch(step, metrics)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.saves += 1
@@ -151,11 +151,15 @@ def run_study(
     metric: str = METRIC,
     *,
     decide_every: int = 1,
+    tiebreak: bool = True,
 ) -> StudyRun:
     """One study of ``trials`` trials, one at a time, decided as the service decides, on
     the job's ``metric`` (an epoch metric: val_accuracy, val_loss, ...). The pruner is asked
     after every ``decide_every`` epochs: 1, a study tick shorter than an epoch; more, a tick
-    that sees several new epochs at once (the service asks once per tick, at the last)."""
+    that sees several new epochs at once (the service asks once per tick, at the last).
+    ``tiebreak``: the records carry the job's other metric (:func:`search.tie_breaker`), as
+    the service's do; without, the pruner judges the plain metric (the service before)."""
+    other = search.tie_breaker(metric) if tiebreak else None
     records: list[TrialRecord] = []
     runs: list[TrialRun] = []
     for number in range(trials):
@@ -165,12 +169,21 @@ def run_study(
             TrialRecord(number, searched, TrialState.RUNNING, system_attrs=asked.system_attrs)
         )
         points: list[tuple[int, int, float]] = []
+        seconds: list[tuple[int, int, float]] = []
 
         def on_epoch(
-            step: int, value: float, number: int = number, points: list[Any] = points
+            step: int,
+            metrics: dict[str, float],
+            number: int = number,
+            points: list[Any] = points,
+            seconds: list[Any] = seconds,
         ) -> None:
-            points.append((1, step, value))  # (attempt, step, value), as the job API stores
-            records[number] = replace(records[number], intermediate=curve(points))
+            points.append((1, step, metrics[metric]))  # (attempt, step, value), as stored
+            if other is not None and other[0] in metrics:
+                seconds.append((1, step, other[1] * metrics[other[0]]))
+            records[number] = replace(
+                records[number], intermediate=curve(points), tiebreak=curve(seconds)
+            )
             if step % decide_every:
                 return
             decision = prune_decision(config, records, number)

@@ -193,6 +193,34 @@ def test_a_trial_far_behind_is_pruned_and_its_job_cancelled(
     assert job_of(db, poor_job).cancel_requested
 
 
+def test_asha_breaks_a_tie_at_a_rung_by_the_jobs_val_loss(
+    setup: tuple[StudyService, Principal, Database], clock: Clock
+) -> None:
+    """Trials whose val_accuracy ties at epoch 1: the one with the worst val_loss is pruned
+    (Optuna alone promotes every tie); values stay the plain val_accuracy."""
+    studies, member, db = setup
+    study = studies.create(member, request(trials=5, parallel=1, pruner="asha"))
+    for loss in (0.3, 0.29, 0.28, 0.27, 0.5):  # each better than the last, then the worst
+        studies.advance()
+        clock.now += timedelta(seconds=1)
+        with db.session(write=True) as s:
+            [claim] = jobs_repo.claim_next(
+                s, capacity=NODE, owner="node", now=clock.now, lease_seconds=600
+            )
+            metrics = [(1, "val_accuracy", 0.9), (1, "val_loss", loss)]
+            job_outputs.add_metrics(s, claim.attempt.id, metrics, clock.now)
+        studies.advance()  # judged while running, at epoch 1
+        with db.session(write=True) as s:
+            jobs_repo.finish_attempt(s, claim.attempt.id, Outcome.from_exit(0), clock.now)
+    studies.advance()
+    trials = studies.trials(member, study.id).trials
+    assert [t.state for t in trials] == ["complete"] * 4 + ["pruned"]
+    assert {t.value for t in trials} == {0.9} and trials[4].pruned_step == 1
+    # The best is the plain metric's: the earliest of the tied, not the lowest loss.
+    shown = studies.get(member, study.id).best
+    assert shown is not None and shown.value == 0.9 and shown.number == 0
+
+
 def test_cancel_stops_the_running_trials_and_ends_the_study(
     setup: tuple[StudyService, Principal, Database], clock: Clock
 ) -> None:

@@ -12,14 +12,17 @@ from nimbus.errors import InvalidInput
 from nimbus.studies.search import (
     CONSIDERED,
     MAX_GRID,
+    TIE_EPS,
     SearchConfig,
     TrialRecord,
     TrialState,
     best,
     grid_size,
     importances,
+    judged,
     next_params,
     prune_decision,
+    tie_breaker,
 )
 from nimbus.studies.space import parse_space
 
@@ -181,6 +184,76 @@ def test_a_trial_far_behind_the_others_is_pruned_and_a_good_one_is_not(pruner: s
     assert attrs_after[CONSIDERED] == 2
     again = TrialRecord(8, good.params, TrialState.RUNNING, None, curve(0.95, 2), attrs_after)
     assert prune_decision(config, [*done, again], 8).system_attrs == attrs_after
+
+
+def test_the_tie_breaker_orders_equal_values_and_never_reorders_different_ones() -> None:
+    assert tie_breaker("val_accuracy") == ("val_loss", -1.0)
+    assert tie_breaker("val_macro_f1") == ("val_loss", -1.0)
+    assert tie_breaker("val_loss") == ("val_accuracy", 1.0)
+    # Equal accuracies: the lower loss (the higher signed tie-breaker) is judged better.
+    assert judged(55 / 57, -0.10, "maximize") > judged(55 / 57, -0.11, "maximize")
+    assert judged(0.12, 0.97, "minimize") < judged(0.12, 0.96, "minimize")
+    # The bound: the move is under TIE_EPS whatever the tie-breaker, so values 2 * TIE_EPS
+    # apart (an accuracy on a split of 5e8 rows) keep their order, the worst loss against
+    # the best; a 57-row split's step by far.
+    for low, high in ((54 / 57, 55 / 57), (0.5, 0.5 + 2 * TIE_EPS)):
+        assert judged(high, -1e300, "maximize") > judged(low, 0.0, "maximize")
+        assert judged(low, 1e300, "minimize") < judged(high, -1e300, "minimize")
+        assert abs(judged(high, -1e300, "maximize") - high) < TIE_EPS
+    # No tie-breaker reported (a script's own metrics), or not a number: the plain value.
+    assert judged(0.9, None, "maximize") == 0.9
+    assert judged(0.9, math.nan, "maximize") == 0.9
+
+
+def finished(
+    config: SearchConfig, steps: list[tuple[dict[int, float], dict[int, float]]]
+) -> list[TrialRecord]:
+    """Trials that ran one after the other, each ``(curve, tie-breaker)`` through the pruner
+    as its epochs ended, then complete at their last step's value."""
+    done: list[TrialRecord] = []
+    for number, (values, ties) in enumerate(steps):
+        attrs: dict[str, object] = {}
+        for step in sorted(values):
+            running = TrialRecord(
+                number,
+                {"lr": 1e-2, "hidden": 128},
+                TrialState.RUNNING,
+                intermediate={s: v for s, v in values.items() if s <= step},
+                system_attrs=attrs,
+                tiebreak={s: v for s, v in ties.items() if s <= step},
+            )
+            attrs = prune_decision(config, [*done, running], number).system_attrs
+        last = values[max(values)]
+        done.append(
+            TrialRecord(
+                number, {"lr": 1e-2, "hidden": 128}, TrialState.COMPLETE, last, values, attrs, ties
+            )
+        )
+    return done
+
+
+def test_asha_breaks_ties_at_a_rung_by_the_other_metric_and_the_values_stay_plain() -> None:
+    """Eight trials tied at epoch 1 (a coarse accuracy): ASHA keeps the quarter with the
+    lowest loss, not every trial tied at the cut-off."""
+    config = SearchConfig(SPACE, pruner="asha", seed=0)
+    tied = 55 / 57
+    done = finished(config, [({1: tied, 2: tied}, {1: -0.1 - n / 100, 2: -0.1}) for n in range(8)])
+    params = {"lr": 1e-3, "hidden": 64}
+
+    def trial(loss: float | None) -> TrialRecord:
+        ties = {} if loss is None else {1: -loss}
+        return TrialRecord(8, params, TrialState.RUNNING, None, {1: tied}, tiebreak=ties)
+
+    assert prune_decision(config, [*done, trial(0.5)], 8).prune  # tied, the worst loss
+    assert not prune_decision(config, [*done, trial(0.05)], 8).prune  # tied, the best loss
+    # Without the tie-breaker (a script that reports no val_loss) a tie is promoted, as
+    # Optuna promotes every value at the cut-off.
+    plain = finished(config, [({1: tied, 2: tied}, {}) for _ in range(8)])
+    assert not prune_decision(config, [*plain, trial(None)], 8).prune
+    # The tie-breaker is the pruner's only: values and the best trial are the plain metric.
+    assert {t.value for t in done} == {tied}
+    found = best("maximize", done)
+    assert found is not None and found.number == 0 and found.value == tied
 
 
 def test_no_pruner_never_prunes_and_a_trial_with_no_step_is_left_alone() -> None:

@@ -188,8 +188,13 @@ def end_trial(
     row.ended_at = now
 
 
-def record(row: StudyTrialRow, intermediate: Mapping[int, float]) -> TrialRecord:
-    """What the study's decisions see of a trial (its metric per step from its job)."""
+def record(
+    row: StudyTrialRow,
+    intermediate: Mapping[int, float],
+    tiebreak: Mapping[int, float] | None = None,
+) -> TrialRecord:
+    """What the study's decisions see of a trial (its metric per step from its job, and
+    the other metric that breaks the pruner's ties)."""
     return TrialRecord(
         number=row.number,
         params=dict(row.params),
@@ -197,4 +202,5 @@ def record(row: StudyTrialRow, intermediate: Mapping[int, float]) -> TrialRecord
         value=row.value if row.state == TrialState.COMPLETE.value else None,
         intermediate=dict(intermediate),
         system_attrs=dict(row.system_attrs),
+        tiebreak=dict(tiebreak or {}),
     )

@@ -45,6 +45,7 @@ from nimbus.studies.search import (
     importances,
     next_params,
     prune_decision,
+    tie_breaker,
 )
 from nimbus.studies.space import check_for_model, space_from_dict
 from nimbus.ticker import Ticker
@@ -352,6 +353,7 @@ class StudyService:
         metric = row.search["metric"]
         trials = repo.trials(session, row.id)
         curves = {t.number: self._curve(session, t.job_id, metric) for t in trials}
+        ties = {t.number: self._tiebreak(session, t.job_id, metric) for t in trials}
         for trial in trials:
             if trial.state != TrialState.RUNNING.value:
                 continue
@@ -364,7 +366,7 @@ class StudyService:
                 repo.end_trial(trial, ended, now, value=value)
             elif state in (JobState.FAILED, JobState.CANCELLED):
                 repo.end_trial(trial, TrialState.FAILED, now)
-        records = [repo.record(t, curves[t.number]) for t in trials]
+        records = [repo.record(t, curves[t.number], ties[t.number]) for t in trials]
         for index, trial in enumerate(trials):
             if trial.state != TrialState.RUNNING.value or not curves[trial.number]:
                 continue
@@ -376,13 +378,22 @@ class StudyService:
                 stopped_at = curves[trial.number][step]
                 repo.end_trial(trial, TrialState.PRUNED, now, value=stopped_at, pruned_step=step)
                 log.info("study %s trial %d pruned at step %d", row.id, trial.number, step)
-            records[index] = repo.record(trial, curves[trial.number])
+            records[index] = repo.record(trial, curves[trial.number], ties[trial.number])
         return trials, records
 
     @staticmethod
     def _curve(session: Session, job_id: str, metric: str) -> dict[int, float]:
         points = job_outputs.read_metrics(session, job_id, metric)
         return curve((p.attempt_number, p.step, p.value) for p in points)
+
+    @classmethod
+    def _tiebreak(cls, session: Session, job_id: str, metric: str) -> dict[int, float]:
+        """The job's other epoch metric, signed, that breaks the pruner's ties (none when
+        the job does not report it)."""
+        other = tie_breaker(metric)
+        if other is None:
+            return {}
+        return {step: other[1] * v for step, v in cls._curve(session, job_id, other[0]).items()}
 
     @staticmethod
     def _best_epoch(session: Session, job_id: str) -> int | None:
