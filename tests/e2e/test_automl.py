@@ -108,15 +108,17 @@ def test_automl_searches_within_its_budget_and_its_best_model_serves(
     assert steps.get(resumed_attempt, [carried + 1])[0] == carried + 1  # numbered on
     # the leaderboard holds the killed attempt's trials with the scores it measured
     by_trial = {r["trial"]: r for r in board["leaderboard"]}
-    assert sorted(by_trial) == list(range(1, board["trials"] + 1))  # all of them (< 25)
+    # the job's result keeps the best 25 rows (six families' cheap fits can pass 25 trials)
+    assert len(by_trial) == min(board["trials"], 25)
+    assert set(by_trial) <= set(range(1, board["trials"] + 1))
     for point in metrics["val_score"]:
-        if point.attempt == killed_attempt and point.step <= carried:
+        if point.attempt == killed_attempt and point.step <= carried and point.step in by_trial:
             assert by_trial[point.step]["score"] == pytest.approx(point.value, abs=1e-6)
     assert BUDGET * 0.5 <= board["search_seconds"] <= BUDGET * 1.1, board["search_seconds"]
     assert board["registered"] == {"model": "cancer-auto", "version": 1, "created": True}
     assert job_processes(e2e_server.home, job.id) == []
     rows = board["leaderboard"]
-    assert len(rows) == board["trials"] >= 4
+    assert len(rows) == min(board["trials"], 25) >= 4
     assert {r["family"] for r in rows} >= {"logistic_regression", "random_forest"}
     assert board["validation"] == "5-fold cross-validation on train + val"
     scores = [r["score"] for r in rows if r["score"] is not None]
@@ -134,6 +136,8 @@ def test_automl_searches_within_its_budget_and_its_best_model_serves(
         "sklearn-logistic-regression",
         "sklearn-random-forest",
         "sklearn-gradient-boosting",
+        "sklearn-extra-trees",
+        "sklearn-svm",
     }
     api.create_deployment("cancer-auto", "cancer-auto:1")
     api.wait_deployment("cancer-auto", timeout=120)

@@ -131,7 +131,7 @@ def test_a_trial_starts_no_fold_that_would_end_past_the_deadline(
         ends.append(now[0])
         return now[0] + upcoming >= 3.5
 
-    fitted, score = automl._try(
+    fitted, score, loss = automl._try(
         "logistic_regression",
         {"C": 1.0},
         data,
@@ -142,7 +142,7 @@ def test_a_trial_starts_no_fold_that_would_end_past_the_deadline(
         stop=stop,
         clock=lambda: now[0],
     )
-    assert fitted is not None and score is not None
+    assert fitted is not None and score is not None and loss is not None and loss > 0
     assert ends == [1.0, 2.0, 3.0]  # a fourth fold would have ended at 4 s, past 3.5 s
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from threadpoolctl import threadpool_limits
 
@@ -104,6 +104,7 @@ def trial_row(trial: Trial, number: int) -> dict[str, Any]:
         "family": trial.family,
         "params": dict(trial.config),
         "score": None if trial.score is None else round(trial.score, 6),
+        "log_loss": None if trial.loss is None else round(trial.loss, 6),
         "fit_seconds": round(trial.seconds, 4),
     }
 
@@ -251,7 +252,13 @@ def checkpoint_state(
         "started_at": started_at,
         "elapsed": elapsed,
         "trials": [
-            {"family": t.family, "config": dict(t.config), "seconds": t.seconds, "score": t.score}
+            {
+                "family": t.family,
+                "config": dict(t.config),
+                "seconds": t.seconds,
+                "score": t.score,
+                "loss": t.loss,
+            }
             for t in trials
         ],
     }
@@ -283,10 +290,8 @@ def restore(
                 continue
         except (KeyError, ValueError):
             continue
-        score = row["score"]
-        trials.append(
-            Trial(family.name, config, float(row["seconds"]), None if score is None else score)
-        )
+        score, loss = row["score"], row.get("loss")
+        trials.append(Trial(family.name, config, float(row["seconds"]), score, loss))
     started_at, elapsed = float(state["started_at"]), float(state["elapsed"])
     return Carried(trials, started_at, max(elapsed, wall() - started_at))
 
@@ -320,7 +325,7 @@ def _search(
         if proposal is None:
             break
         began = clock()
-        fitted, score = _try(
+        fitted, score, loss = _try(
             proposal.family,
             proposal.config,
             data,
@@ -332,9 +337,9 @@ def _search(
             stop=lambda upcoming: clock() + upcoming >= deadline,
             clock=clock,
         )
-        trial = Trial(proposal.family, proposal.config, clock() - began, score)
+        trial = Trial(proposal.family, proposal.config, clock() - began, score, loss)
         trials.append(trial)
-        if fitted is not None and score is not None and (best is None or score > _score(best[0])):
+        if fitted is not None and score is not None and (best is None or _beats(trial, best[0])):
             best = (trial, fitted)
         if on_trial is not None and best is not None:
             on_trial(len(trials), trial, best[0])
@@ -379,8 +384,9 @@ def _final_fit(
     return fit(winner.family, dict(winner.config), data, seed=seed, threads=threads)
 
 
-def _score(trial: Trial) -> float:
-    return -1.0 if trial.score is None else trial.score
+def _beats(trial: Trial, best: Trial) -> bool:
+    """A higher score, or an equal one with a lower log loss (the earlier wins full ties)."""
+    return trial.rank_key() > best.rank_key()
 
 
 def _try(
@@ -394,29 +400,32 @@ def _try(
     threads: int,
     stop: Callable[[float], bool],
     clock: Callable[[], float],
-) -> tuple[Fitted | None, float | None]:
-    """Fit and score one configuration: its mean score over the folds (the last fold's
+) -> tuple[Fitted | None, float | None, float | None]:
+    """Fit and score one configuration: its mean score and log loss over the folds (the
+    log loss breaks ties between equal scores; the last fold's
     model kept; the folds after ``stop(seconds of the next fold)`` turns true skipped, a
     fold's seconds guessed as the mean of those done) or its score on the val split. A
     configuration that fails is a failed trial (its error printed to the job log), not the
     end of the search."""
     try:
-        scores = []
+        scores, losses = [], []
         fitted: Fitted | None = None
         scored = "test" if folds else "val"  # a fold's held-out part (see cv_folds)
         began = clock()
         for part in folds or [data]:
             fitted = fit(family, config, part, seed=seed, threads=threads, with_val=bool(folds))
-            predicted = np.argmax(fitted.probabilities(part, scored), axis=1)
-            scores.append(METRICS[metric](np.asarray(getattr(part, scored).y), predicted))
+            probabilities = fitted.probabilities(part, scored)
+            truth = np.asarray(getattr(part, scored).y)
+            scores.append(METRICS[metric](truth, np.argmax(probabilities, axis=1)))
+            losses.append(log_loss(truth, probabilities, labels=range(len(part.classes))))
             # a first fit far slower than its family's prior guessed, or a loaded machine
             if stop((clock() - began) / len(scores)):
                 break
-        return fitted, float(np.mean(scores))
+        return fitted, float(np.mean(scores)), float(np.mean(losses))
     except Exception:
         print(f"automl: {family} {config} failed:", flush=True)
         traceback.print_exc(limit=3)
-        return None, None
+        return None, None, None
 
 
 def with_validation(data: DataSplits, seed: int) -> DataSplits:

@@ -1,7 +1,8 @@
 """The model families an AutoML job searches, per task, and how one configuration is fitted.
 
-Tabular data: the built-in ``mlp`` and three scikit-learn classifiers (gradient boosting,
-random forest, logistic regression on standardised features), exported with skl2onnx.
+Tabular data: the built-in ``mlp`` and five scikit-learn classifiers (gradient boosting,
+random forest, extra trees, logistic regression on standardised features, an RBF support
+vector machine with sigmoid-calibrated probabilities), exported with skl2onnx.
 Images: variants of the built-in ``cnn``; text: variants of the built-in ``text`` model.
 Every grid is ordered cheap to expensive, starting from a cheap point
 (:mod:`nimbus.runtime.automl_search`). The torch families train with the built-ins' own
@@ -17,11 +18,17 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    RandomForestClassifier,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
 from nimbus.datasets.domain import Task
 from nimbus.modelformat.export import export_model
@@ -35,6 +42,8 @@ EVAL_BATCH = 512
 SKLEARN_ARCHITECTURES = {
     "gradient_boosting": "sklearn-gradient-boosting",
     "random_forest": "sklearn-random-forest",
+    "extra_trees": "sklearn-extra-trees",
+    "svm": "sklearn-svm",
     "logistic_regression": "sklearn-logistic-regression",
 }
 
@@ -69,6 +78,28 @@ def _families(task: Task, size: float, features: int) -> list[Family]:
                 start={"max_features": 1},
                 cost_keys=("n_estimators", "max_features"),
                 prior_seconds=0.05 + 0.1 * size * width,
+            ),
+            Family(
+                "extra_trees",
+                {
+                    "n_estimators": (16, 32, 64, 128, 256),
+                    "max_features": (0.15, 0.3, 0.6, 1.0),
+                    "min_samples_leaf": (1, 2, 4, 8),
+                    "class_weight": ("none", "balanced"),
+                },
+                start={"max_features": 1},
+                cost_keys=("n_estimators", "max_features"),
+                prior_seconds=0.05 + 0.06 * size * width,
+            ),
+            Family(
+                "svm",
+                {
+                    "C": (0.1, 1.0, 10.0, 100.0),
+                    "scaling": ("standard", "none"),
+                    "class_weight": ("none", "balanced"),
+                },
+                start={"C": 2},
+                prior_seconds=0.05 + 0.5 * size * size * width,
             ),
             Family(
                 "gradient_boosting",
@@ -203,10 +234,19 @@ def _estimator(family: str, config: dict[str, Any], seed: int, threads: int) -> 
             StandardScaler(),
             LogisticRegression(C=config["C"], class_weight=weight, max_iter=2000),
         )
-    if family == "random_forest":
+    if family == "svm":
+        # SVC's own probability=True is deprecated (scikit-learn 1.9): its Platt scaling is
+        # this calibration, fitted on 3 internal folds, one SVC kept for the export.
+        svm = SVC(C=config["C"], gamma="scale", class_weight=weight, random_state=seed)
+        calibrated = CalibratedClassifierCV(svm, method="sigmoid", cv=3, ensemble=False)
+        if config["scaling"] == "standard":
+            return make_pipeline(imputer, StandardScaler(), calibrated)
+        return make_pipeline(imputer, calibrated)
+    if family in ("random_forest", "extra_trees"):
+        forest = RandomForestClassifier if family == "random_forest" else ExtraTreesClassifier
         return make_pipeline(
             imputer,
-            RandomForestClassifier(
+            forest(
                 n_estimators=config["n_estimators"],
                 max_features=config["max_features"],
                 min_samples_leaf=config["min_samples_leaf"],

@@ -82,12 +82,19 @@ class Family:
 @dataclass(frozen=True)
 class Trial:
     """One finished fit: its family and configuration, how long it took, and its score on
-    the validation split (None when the fit failed)."""
+    the validation split (None when the fit failed); ``loss``, its log loss there, breaks
+    ties between equal scores (the lower first; None when not measured: last)."""
 
     family: str
     config: Mapping[str, Any]
     seconds: float
     score: float | None
+    loss: float | None = None
+
+    def rank_key(self) -> tuple[float, float]:
+        """Higher is better: the score, then the lower log loss."""
+        score = -math.inf if self.score is None else self.score
+        return score, -math.inf if self.loss is None else -self.loss
 
 
 @dataclass(frozen=True)
@@ -113,16 +120,19 @@ def estimate_seconds(family: Family, config: Mapping[str, Any], trials: Sequence
 
 
 def best_trial(trials: Sequence[Trial]) -> Trial | None:
-    """The trial with the highest score (the earliest among equals), or None."""
+    """The trial with the highest score, the lowest log loss among equal scores (the
+    earliest among equals in both), or None."""
     scored = [t for t in trials if t.score is not None]
-    return max(scored, key=lambda t: t.score or 0.0, default=None)
+    return max(scored, key=Trial.rank_key, default=None)
 
 
 def leaderboard(trials: Sequence[Trial]) -> list[Trial]:
-    """Scored trials, best first (ties: the earlier first, as :func:`best_trial` keeps it);
-    failed ones last."""
+    """Scored trials, best first (ties: the lower log loss, then the earlier, as
+    :func:`best_trial` keeps it); failed ones last."""
     order = {id(t): i for i, t in enumerate(trials)}
-    return sorted(trials, key=lambda t: (t.score is None, -(t.score or 0.0), order[id(t)]))
+    return sorted(
+        trials, key=lambda t: (t.score is None, *(-v for v in t.rank_key()), order[id(t)])
+    )
 
 
 def propose(
