@@ -39,6 +39,13 @@ from nimbus.runtime.sklearn_onnx import export_sklearn, sklearn_spec
 from nimbus.runtime.trainer import TrainResult, train
 
 EVAL_BATCH = 512
+# The grid of both tree ensembles (random forest, extra trees): one fit builds either
+FOREST_GRID: dict[str, tuple[Any, ...]] = {
+    "n_estimators": (16, 32, 64, 128, 256),
+    "max_features": (0.15, 0.3, 0.6, 1.0),
+    "min_samples_leaf": (1, 2, 4, 8),
+    "class_weight": ("none", "balanced"),
+}
 SKLEARN_ARCHITECTURES = {
     "gradient_boosting": "sklearn-gradient-boosting",
     "random_forest": "sklearn-random-forest",
@@ -69,24 +76,14 @@ def _families(task: Task, size: float, features: int) -> list[Family]:
             ),
             Family(
                 "random_forest",
-                {
-                    "n_estimators": (16, 32, 64, 128, 256),
-                    "max_features": (0.15, 0.3, 0.6, 1.0),
-                    "min_samples_leaf": (1, 2, 4, 8),
-                    "class_weight": ("none", "balanced"),
-                },
+                FOREST_GRID,
                 start={"max_features": 1},
                 cost_keys=("n_estimators", "max_features"),
                 prior_seconds=0.05 + 0.1 * size * width,
             ),
             Family(
                 "extra_trees",
-                {
-                    "n_estimators": (16, 32, 64, 128, 256),
-                    "max_features": (0.15, 0.3, 0.6, 1.0),
-                    "min_samples_leaf": (1, 2, 4, 8),
-                    "class_weight": ("none", "balanced"),
-                },
+                FOREST_GRID,
                 start={"max_features": 1},
                 cost_keys=("n_estimators", "max_features"),
                 prior_seconds=0.05 + 0.06 * size * width,
