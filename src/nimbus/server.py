@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -829,17 +829,27 @@ def job_isolation(settings: Settings) -> Isolation:
     (:mod:`nimbus.jobs.executors.ray_sandbox`), or unsandboxed with ``none``."""
     if settings.executor == "ray" and settings.job_isolation != "none":
         return Isolation("sandbox", ray_nodes=True)  # each node's agent makes its own
-    return resolve_isolation(
+    return node_isolation(
+        settings,
         settings.job_isolation,
+        job_api_dir=settings.job_api_dir,
+        environments=settings.envs_dir,
+    )
+
+
+def node_isolation(settings: Settings, mode: str, suffix: str = "", **options: Any) -> Isolation:
+    """:func:`resolve_isolation` with this node's job limits from the settings, in the
+    cgroups of its instance (``suffix``: a part of its own, e.g. the checks')."""
+    return resolve_isolation(
+        mode,
         settings.home,
-        instance=instance_id(settings),
+        instance=instance_id(settings) + suffix,
         uid_first=settings.job_uid_first,
         uid_count=settings.job_uid_count,
         disk_limit_bytes=parse_memory(settings.job_disk_limit),
         pids_per_worker=settings.job_pids_limit,
         keep_failed_seconds=settings.job_keep_failed_seconds,
-        job_api_dir=settings.job_api_dir,
-        environments=settings.envs_dir,
+        **options,
     )
 
 
@@ -849,17 +859,7 @@ def ray_resolve_sandbox(settings: Settings) -> tuple[Sandbox | None, str | None]
     (their ``.uids`` files), so no attempt here has it. Else why no resolve may run."""
     if settings.job_isolation.strip().lower() == "none":
         return None, None
-    isolation = resolve_isolation(
-        "sandbox",
-        settings.home,
-        instance=f"{instance_id(settings)}-resolve",
-        uid_first=settings.job_uid_first,
-        uid_count=settings.job_uid_count,
-        disk_limit_bytes=parse_memory(settings.job_disk_limit),
-        pids_per_worker=settings.job_pids_limit,
-        keep_failed_seconds=settings.job_keep_failed_seconds,
-        environments=settings.envs_dir,
-    )
+    isolation = node_isolation(settings, "sandbox", "-resolve", environments=settings.envs_dir)
     if isolation.sandbox is None:
         return None, f"this control plane cannot sandbox a resolve: {isolation.refused}"
     jobs_root = Path(settings.ray_jobs_dir)
@@ -891,15 +891,10 @@ def check_confinement(settings: Settings) -> Confinement:
     ``NIMBUS_JOB_ISOLATION=none``."""
 
     def sandbox_for(user: JobUser) -> Isolation:
-        return resolve_isolation(
+        return node_isolation(
+            settings,
             settings.job_isolation,
-            settings.home,
-            instance=f"{instance_id(settings)}-checks",
-            uid_first=settings.job_uid_first,
-            uid_count=settings.job_uid_count,
-            disk_limit_bytes=parse_memory(settings.job_disk_limit),
-            pids_per_worker=settings.job_pids_limit,
-            keep_failed_seconds=settings.job_keep_failed_seconds,
+            "-checks",
             probe_as=(user.uid, user.gid),
             probe=CHECK_PROBE,
             in_home=False,
