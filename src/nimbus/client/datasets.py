@@ -168,8 +168,7 @@ class DatasetsMixin(DirectTransfersMixin):
 
     def datasheet(self, ref: str | DatasetRef) -> Datasheet:
         """A version's datasheet (``ref``: ``NAME`` for the latest, or ``NAME:VERSION``)."""
-        ref = as_ref(ref)
-        path = f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
+        path = _datasheet_path(ref)
         return self._call(Datasheet, "GET", path)
 
     def datasheet_markdown(self, ref: str | DatasetRef, format: str = "md") -> str:
@@ -177,8 +176,7 @@ class DatasetsMixin(DirectTransfersMixin):
         ``format="html"`` as a page for people."""
         if format not in ("md", "html"):
             raise InvalidInput(f"invalid datasheet format {format!r}: md or html (or datasheet())")
-        ref = as_ref(ref)
-        path = f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
+        path = _datasheet_path(ref)
         return self._request("GET", path, params={"format": format}).text
 
     def edit_datasheet(
@@ -204,8 +202,7 @@ class DatasetsMixin(DirectTransfersMixin):
                 "nothing to change: give --motivation, --composition, --collection-process, "
                 "--uses or --license"
             )
-        ref = as_ref(ref)
-        path = f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
+        path = _datasheet_path(ref)
         return self._call(Datasheet, "PATCH", path, json=text)
 
     def download_dataset(
@@ -284,3 +281,9 @@ def _choice(enum: type[StrEnum], value: str | None, what: str) -> str | None:
     except ValueError:
         allowed = ", ".join(member.value for member in enum)
         raise InvalidInput(f"invalid {what} {value!r}: use one of {allowed}") from None
+
+
+def _datasheet_path(ref: str | DatasetRef) -> str:
+    """The REST path of a version's datasheet (``ref``: ``NAME`` or ``NAME:VERSION``)."""
+    ref = as_ref(ref)
+    return f"{API}/datasets/{ref.name}/versions/{ref.segment}/datasheet"
