@@ -26,11 +26,12 @@ from sqlalchemy.orm import Session
 from nimbus.db import audit as audit_repo
 from nimbus.db import automl as repo
 from nimbus.db.engine import Database
-from nimbus.db.tables import JobRow, Tenant
+from nimbus.db.tables import JobRow
 from nimbus.errors import Conflict, NimbusError
 from nimbus.jobs.domain import JobState
-from nimbus.security import Principal, Role
+from nimbus.security import Principal
 from nimbus.services.models import RegisterResult
+from nimbus.services.tokens import acting_member
 from nimbus.ticker import Ticker
 from nimbus.wire.cards import CardText
 
@@ -130,14 +131,7 @@ class AutomlRegistrations:
 def _submitter(session: Session, job: JobRow) -> Principal:
     """Who registers: the job's submitter's token, as a member of its tenant (a viewer
     cannot submit, so it was at least one)."""
-    tenant = session.get(Tenant, job.tenant_id)
-    return Principal(
-        tenant_id=job.tenant_id,
-        tenant=tenant.name if tenant is not None else str(job.tenant_id),
-        token_id=job.created_by or "",
-        token_name=f"automl job {job.id}",
-        role=Role.MEMBER,
-    )
+    return acting_member(session, job.tenant_id, job.created_by, f"automl job {job.id}")
 
 
 def card(summary: dict[str, Any]) -> str:

@@ -27,12 +27,13 @@ from nimbus.db import job_details, job_outputs
 from nimbus.db import jobs as jobs_repo
 from nimbus.db import studies as repo
 from nimbus.db.engine import Database
-from nimbus.db.tables import StudyRow, StudyTrialRow, Tenant
+from nimbus.db.tables import StudyRow, StudyTrialRow
 from nimbus.errors import InvalidInput, NimbusError
 from nimbus.jobs.domain import JobState, parse_duration
 from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
 from nimbus.services.jobs import JobService
+from nimbus.services.tokens import acting_member
 from nimbus.studies.search import (
     MIN_FOR_IMPORTANCE,
     SearchConfig,
@@ -476,14 +477,7 @@ class StudyService:
     def _principal_of(session: Session, row: StudyRow) -> Principal:
         """Who submits the study's trials: its creator's token, as a member of its tenant
         (the tenant's quota counts them)."""
-        tenant = session.get(Tenant, row.tenant_id)
-        return Principal(
-            tenant_id=row.tenant_id,
-            tenant=tenant.name if tenant is not None else str(row.tenant_id),
-            token_id=row.created_by or "",
-            token_name=f"study {row.id}",
-            role=Role.MEMBER,
-        )
+        return acting_member(session, row.tenant_id, row.created_by, f"study {row.id}")
 
 
 def _trial(row: StudyTrialRow) -> wire.Trial:

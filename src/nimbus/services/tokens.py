@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from nimbus.db import tables, tenants, tokens
 from nimbus.db.engine import Database
@@ -26,6 +27,9 @@ from nimbus.security import (
     token_usable,
 )
 from nimbus.wire.tokens import NewToken, Token
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 _TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 
@@ -165,3 +169,17 @@ class TokenService:
                 created_by=None,
             )
         return secret
+
+
+def acting_member(session: Session, tenant_id: int, token_id: str | None, name: str) -> Principal:
+    """The principal the platform acts as for a token's standing work (a study's trials, an
+    AutoML job's registration): that token, as a member of its tenant, named ``name`` in the
+    audit log (whoever starts such work is at least a member)."""
+    tenant = tenants.get(session, tenant_id)
+    return Principal(
+        tenant_id=tenant_id,
+        tenant=tenant.name if tenant is not None else str(tenant_id),
+        token_id=token_id or "",
+        token_name=name,
+        role=Role.MEMBER,
+    )
