@@ -16,10 +16,9 @@ from nimbus.db import tokens as token_repo
 from nimbus.db.engine import Database
 from nimbus.db.tables import DatasetVersion as DatasetVersionRow
 from nimbus.db.tables import ModelVersionRow, utcnow
-from nimbus.errors import NotFound
-from nimbus.names import validate_name
 from nimbus.security import Principal, Role, require_role
 from nimbus.services import card_content
+from nimbus.services.datasets import find_dataset_version
 from nimbus.services.datasets import version_view as dataset_view
 from nimbus.services.models import VersionRef, find_model, find_version, version_with_aliases
 from nimbus.wire.cards import CardText, Datasheet, DatasheetText, ModelCard
@@ -57,7 +56,7 @@ class CardService:
         """The datasheet of a dataset version (None: the latest)."""
         with self.db.session() as session:
             return self._sheet(
-                session, principal, self._dataset_version(session, principal, name, version), name
+                session, principal, find_dataset_version(session, principal, name, version), name
             )
 
     def edit_datasheet(
@@ -67,7 +66,7 @@ class CardService:
         after."""
         require_role(principal, Role.MEMBER)
         with self.db.session(write=True) as session:
-            row = self._dataset_version(session, principal, name, version)
+            row = find_dataset_version(session, principal, name, version)
             given = {f: getattr(text, f) for f in text.model_fields_set}
             row.datasheet = card_content.edited_text(
                 row.datasheet, card_content.SHEET_FIELDS, given, principal.token_id, self.clock()
@@ -76,20 +75,6 @@ class CardService:
             return self._sheet(session, principal, row, name)
 
     # -- helpers ------------------------------------------------------------------------
-
-    @staticmethod
-    def _dataset_version(
-        session: Session, principal: Principal, name: str, version: int | None
-    ) -> DatasetVersionRow:
-        validate_name(name, "dataset name")
-        dataset = dataset_repo.get_dataset(session, principal.tenant_id, name)
-        if dataset is None:
-            raise NotFound(f"dataset {name!r} not found")
-        row = dataset_repo.get_version(session, dataset.id, version)
-        if row is None:
-            shown = "(none yet)" if version is None else str(version)
-            raise NotFound(f"dataset {name!r} has no version {shown}")
-        return row
 
     @staticmethod
     def _sheet(

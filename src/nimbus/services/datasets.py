@@ -312,7 +312,7 @@ class DatasetService:
     def get_dataset(self, principal: Principal, name: str) -> wire.Dataset:
         """A dataset with all its versions, oldest first."""
         with self.db.session() as session:
-            dataset = self._dataset(session, principal, name)
+            dataset = find_dataset(session, principal, name)
             return wire.Dataset(
                 name=dataset.name,
                 created_at=as_utc(dataset.created_at),
@@ -328,10 +328,7 @@ class DatasetService:
     ) -> wire.DatasetVersion:
         """One version (``None``: the latest)."""
         with self.db.session() as session:
-            dataset = self._dataset(session, principal, name)
-            row = repo.get_version(session, dataset.id, version)
-            if row is None:
-                raise NotFound(f"dataset {name!r} has no version {_shown(version)}")
+            row = find_dataset_version(session, principal, name, version)
             return version_view(row, name)
 
     def overview(self, principal: Principal) -> list[repo.DatasetOverview]:
@@ -344,7 +341,7 @@ class DatasetService:
     ) -> list[repo.JobUse]:
         """The caller's jobs that read ``name:version``, newest first (at most ``limit``)."""
         with self.db.session() as session:
-            self._dataset(session, principal, name)
+            find_dataset(session, principal, name)
             return repo.jobs_using(session, principal.tenant_id, name, version, limit)
 
     def samples(
@@ -398,10 +395,7 @@ class DatasetService:
         require_role(principal, Role.MEMBER)
         with self.db.session(write=True) as session:
             blobrefs.lock(session)
-            dataset = self._dataset(session, principal, name)
-            row = repo.get_version(session, dataset.id, version)
-            if row is None:
-                raise NotFound(f"dataset {name!r} has no version {_shown(version)}")
+            row = find_dataset_version(session, principal, name, version)
             view = version_view(row, name)
             orphans = blobrefs.release(session, blobrefs.DATASET_VERSION, row.id)
             repo.delete_version(session, row)
@@ -413,7 +407,7 @@ class DatasetService:
         require_role(principal, Role.MEMBER)
         with self.db.session(write=True) as session:
             blobrefs.lock(session)
-            dataset = self._dataset(session, principal, name)
+            dataset = find_dataset(session, principal, name)
             rows = repo.list_versions(session, dataset.id)
             orphans: set[str] = set()
             for row in rows:
@@ -422,12 +416,25 @@ class DatasetService:
             delete_quietly(self.blobs, blobrefs.unreferenced(session, orphans))
         return wire.DatasetDeleted(name=name, deleted_versions=[row.version for row in rows])
 
-    def _dataset(self, session: Any, principal: Principal, name: str) -> Dataset:
-        validate_name(name, "dataset name")
-        dataset = repo.get_dataset(session, principal.tenant_id, name)
-        if dataset is None:
-            raise NotFound(f"dataset {name!r} not found")
-        return dataset
+
+def find_dataset(session: Any, principal: Principal, name: str) -> Dataset:
+    """The principal's tenant's dataset ``name`` (404 when it has none)."""
+    validate_name(name, "dataset name")
+    dataset = repo.get_dataset(session, principal.tenant_id, name)
+    if dataset is None:
+        raise NotFound(f"dataset {name!r} not found")
+    return dataset
+
+
+def find_dataset_version(
+    session: Any, principal: Principal, name: str, version: int | None
+) -> DatasetVersion:
+    """Version ``version`` of the tenant's dataset ``name`` (None: the latest); 404 when
+    either is missing."""
+    row = repo.get_version(session, find_dataset(session, principal, name).id, version)
+    if row is None:
+        raise NotFound(f"dataset {name!r} has no version {_shown(version)}")
+    return row
 
 
 def _shown(version: int | None) -> str:
