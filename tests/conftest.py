@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PostgresServer, ServerProcess
+from tests.helpers import PostgresServer, ServerProcess, migrated_sqlite
 
 _db_counter = itertools.count()
 
@@ -41,6 +41,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'nimbus.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Like ``database_url``, with the schema at head already (a copy: see
+    :func:`tests.helpers.migrated_sqlite`); for the tests of what lies above the schema."""
+    if request.param == "sqlite":
+        return migrated_sqlite(tmp_path / "nimbus.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"t{os.getpid()}_{next(_db_counter)}", migrated=True)
 
 
 @pytest.fixture

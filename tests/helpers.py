@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,6 +23,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from nimbus.db.engine import Database
+from nimbus.db.migrate import upgrade
 from nimbus.system import free_port
 
 
@@ -35,6 +39,33 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@functools.cache
+def _sqlite_schema() -> Path:
+    """This test process's SQLite store at the head revision, migrated once (the migrations
+    take 0.3-0.6 s of CPU per store; their own tests, tests/db/test_engine.py, run them)."""
+    path = Path(tempfile.mkdtemp(prefix="nimbus-schema-")) / "nimbus.db"
+    atexit.register(shutil.rmtree, path.parent, True)
+    db = Database(f"sqlite:///{path}")
+    try:
+        upgrade(db.engine)
+    finally:
+        db.dispose()
+    return path
+
+
+def migrated_sqlite(path: Path) -> str:
+    """A new SQLite store at ``path`` with the schema at head, as the migrations leave it
+    (copied with SQLite's backup API from :func:`_sqlite_schema`), 0600 as the server makes
+    it; returns its URL."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    with (
+        contextlib.closing(sqlite3.connect(_sqlite_schema())) as source,
+        contextlib.closing(sqlite3.connect(path)) as target,
+    ):
+        source.backup(target)
+    return f"sqlite:///{path}"
 
 
 class ServerProcess:
@@ -64,6 +95,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
+        store = self.home / "nimbus.db"
+        if "NIMBUS_DATABASE_URL" not in self.extra_env and not store.exists():
+            migrated_sqlite(store)  # the server's start migrates nothing more
         with open(self.log_path, "ab") as log:  # the server keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 [
@@ -211,7 +245,10 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://nimbus@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, *, migrated: bool = False) -> str:
+        """A new database; ``migrated``: with the schema at head, PostgreSQL's copy of a
+        template this cluster migrated once."""
+        template = ["-T", self._schema_template] if migrated else []
         self._run(
             str(self.bindir / "createdb"),
             "-h",
@@ -220,9 +257,21 @@ class PostgresServer:
             str(self.port),
             "-U",
             "nimbus",
+            *template,
             name,
         )
         return self.url(name)
+
+    @functools.cached_property
+    def _schema_template(self) -> str:
+        name = "nimbus_schema"
+        self.create_database(name)
+        db = Database(self.url(name))
+        try:
+            upgrade(db.engine)
+        finally:
+            db.dispose()  # a template is copied only while nobody is connected to it
+        return name
 
     def stop(self) -> None:
         try:

@@ -7,14 +7,12 @@ from collections.abc import Iterator
 import pytest
 
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
 from nimbus.db.tables import Tenant
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    upgrade(database.engine)
+def db(migrated_url: str) -> Iterator[Database]:
+    database = Database(migrated_url)
     with database.session(write=True) as s:
         s.add_all([Tenant(id=1, name="acme"), Tenant(id=2, name="globex")])
     yield database

@@ -12,7 +12,6 @@ import pytest
 from nimbus.db import control_planes as repo
 from nimbus.db import jobs as jobs_repo
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
 from nimbus.db.queue import DbQueue
 from nimbus.db.tables import Tenant
 from nimbus.jobs.capacity import Capacity
@@ -30,9 +29,8 @@ def at(seconds: float) -> datetime:
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    upgrade(database.engine)
+def db(migrated_url: str) -> Iterator[Database]:
+    database = Database(migrated_url)
     with database.session(write=True) as s:
         s.add(Tenant(id=1, name="acme"))
     yield database
@@ -114,11 +112,11 @@ def test_a_deposed_leaders_writes_are_refused(db: Database) -> None:
     assert sorted(c.job.id for c in claims) == sorted(ids)
 
 
-def test_a_takeover_waits_for_a_write_in_flight(database_url: str, db: Database) -> None:
+def test_a_takeover_waits_for_a_write_in_flight(migrated_url: str, db: Database) -> None:
     """The fence check holds a share lock on the lease row to the end of the write's
     transaction: a takeover committed meanwhile waits for it, and every later write of the
     old leader is refused. (SQLite serialises writers anyway.)"""
-    if not database_url.startswith("postgresql"):
+    if not migrated_url.startswith("postgresql"):
         pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time")
     old = elect(db, "a", None, 0)
     assert old is not None

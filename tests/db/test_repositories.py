@@ -10,14 +10,12 @@ from sqlalchemy.orm import Session
 
 from nimbus.db import audit, blobrefs, datasets, tenants, tokens
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
 from nimbus.db.tables import DatasetVersion, JobRow, utcnow
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    upgrade(database.engine)
+def db(migrated_url: str) -> Iterator[Database]:
+    database = Database(migrated_url)
     yield database
     database.dispose()
 

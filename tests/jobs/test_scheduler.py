@@ -13,7 +13,6 @@ import pytest
 from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
 from nimbus.db.queue import DbQueue
 from nimbus.db.tables import Tenant
 from nimbus.jobs.capacity import Capacity
@@ -24,6 +23,7 @@ from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.policy import RetryPolicy
 from nimbus.jobs.scheduler import Scheduler, SchedulerConfig
 from nimbus.security import hash_token
+from tests.helpers import migrated_sqlite
 from tests.jobs.conftest import wait_gone
 
 NODE = Capacity(cpus=8, gpus=0, memory_bytes=1 << 40)
@@ -50,8 +50,7 @@ class Clock:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'nimbus.db'}")
-    upgrade(database.engine)
+    database = Database(migrated_sqlite(tmp_path / "nimbus.db"))
     with database.session(write=True) as s:
         s.add(Tenant(id=1, name="acme"))
     yield database

@@ -16,11 +16,11 @@ from nimbus.datasets.domain import (
     Task,
 )
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
 from nimbus.security import Principal, Role
 from nimbus.services.tokens import TokenService
 from nimbus.storage.blobs import BlobStore
 from nimbus.storage.memory import MemoryObjectStore
+from tests.helpers import migrated_sqlite
 
 
 def fake_ingest(
@@ -43,8 +43,7 @@ def fake_ingest(
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'nimbus.db'}")
-    upgrade(database.engine)
+    database = Database(migrated_sqlite(tmp_path / "nimbus.db"))
     yield database
     database.dispose()
 

@@ -34,6 +34,7 @@ from nimbus.services.card_markdown import (
 from nimbus.services.cards import CardService
 from nimbus.services.models import VersionRef
 from nimbus.wire.cards import CardText, Datasheet, DatasheetText, ModelCard
+from tests.helpers import migrated_sqlite
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 XSS_LABEL = '"><img src=x onerror=alert(1)>'
@@ -85,10 +86,9 @@ def job_evaluation(fairness: bool = False, privacy: bool = False) -> dict[str, A
 
 
 @pytest.fixture
-def both(database_url: str) -> Iterator[Database]:
+def both(migrated_url: str) -> Iterator[Database]:
     """Either metadata store (for what the migration and the repository write)."""
-    database = Database(database_url)
-    upgrade(database.engine)
+    database = Database(migrated_url)
     yield database
     database.dispose()
 
@@ -96,8 +96,7 @@ def both(database_url: str) -> Iterator[Database]:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Database]:
     """SQLite: generation and rendering do not depend on the store."""
-    database = Database(f"sqlite:///{tmp_path / 'nimbus.db'}")
-    upgrade(database.engine)
+    database = Database(migrated_sqlite(tmp_path / "nimbus.db"))
     yield database
     database.dispose()
 

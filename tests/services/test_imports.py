@@ -36,9 +36,8 @@ OPTIONS = ImportOptions(task=Task.IMAGE, classes=("a", "b", "c"), scale=1 / 255)
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    upgrade(database.engine)
+def store(migrated_url: str) -> Iterator[Database]:
+    database = Database(migrated_url)
     yield database
     database.dispose()
 

@@ -20,7 +20,6 @@ from nimbus.config import Settings
 from nimbus.datasets.domain import IngestOptions
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
 from nimbus.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Fenced
@@ -50,10 +49,9 @@ class Services:
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
+def db(migrated_url: str) -> Iterator[Database]:
     """Both metadata store backends (overrides the SQLite-only fixture of conftest)."""
-    database = Database(database_url)
-    upgrade(database.engine)
+    database = Database(migrated_url)
     yield database
     database.dispose()
 

@@ -13,7 +13,6 @@ from nimbus.db import deployments as deployment_repo
 from nimbus.db import registry as models_repo
 from nimbus.db import tenants, tokens
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
 from nimbus.db.tables import utcnow
 from nimbus.errors import Conflict, NotFound
 from nimbus.security import Principal, Role, hash_token
@@ -31,9 +30,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    upgrade(database.engine)
+def store(migrated_url: str) -> Iterator[Database]:
+    database = Database(migrated_url)
     yield database
     database.dispose()
 

@@ -37,9 +37,8 @@ ALICE, BOB, VIEWER = principal(1), principal(2), principal(1, Role.VIEWER)
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    upgrade(database.engine)
+def db(migrated_url: str) -> Iterator[Database]:
+    database = Database(migrated_url)
     with database.session(write=True) as s:
         s.add_all([Tenant(id=1, name="acme"), Tenant(id=2, name="globex")])
     yield database

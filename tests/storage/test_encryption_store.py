@@ -29,6 +29,7 @@ from nimbus.storage.encryption import HEADER, SEGMENT
 from nimbus.storage.keyring import Keyring, MasterKey
 from nimbus.storage.local import LocalObjectStore
 from nimbus.storage.memory import MemoryObjectStore
+from tests.helpers import migrated_sqlite
 from tests.helpers_s3 import s3_client, s3_store
 
 MASTER = bytes(range(32))
@@ -38,8 +39,7 @@ MARKER = b"the-marker-string-7f3a"
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'nimbus.db'}")
-    upgrade(database.engine)
+    database = Database(migrated_sqlite(tmp_path / "nimbus.db"))
     yield database
     database.dispose()
 
