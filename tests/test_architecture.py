@@ -340,6 +340,12 @@ def test_the_control_plane_does_not_load_torch() -> None:
     assert loaded_by("nimbus.server", ("torch",)) == []
 
 
+def test_a_job_loads_the_automl_families_only_for_automl() -> None:
+    """Every job's process (and the fork server's zygote) imports the job entry: AutoML's
+    learners and their ONNX converters are imported by AutoML jobs alone."""
+    assert loaded_by("nimbus.runtime.entry", ("skl2onnx", "sklearn.ensemble")) == []
+
+
 def test_the_cli_starts_without_numpy_or_torch() -> None:
     """Every ``nimbus`` command pays for what the CLI imports at start (a download or an
     upload too): numpy is the demo's, the predictions' and the edge server's alone."""

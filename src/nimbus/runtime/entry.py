@@ -46,7 +46,7 @@ from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import USER_ERROR_EXIT_CODE
 from nimbus.modelformat.export import export_model
 from nimbus.modelformat.files import MODEL_FILES, PROGRAM_FILES
-from nimbus.runtime import api, automl, layer
+from nimbus.runtime import api, layer
 from nimbus.runtime.allocator import keep_freed_memory
 from nimbus.runtime.automl_search import Trial
 from nimbus.runtime.custom import evaluate_model_dir
@@ -296,7 +296,13 @@ def _run_automl(env: JobEnv, client: JobApiClient, spec: AttemptSpec) -> None:
     """The AutoML search (one process), its winner exported, uploaded and scored; the
     leaderboard is a job artifact (every trial) and part of the job's result (the best
     :data:`automl.RESULT_ROWS`). The search's state is the job's checkpoint after every
-    trial: a retried attempt carries on from it."""
+    trial: a retried attempt carries on from it.
+
+    Imported here: the search's families (scikit-learn's learners and their ONNX converters,
+    ~1.4 s of imports) are for AutoML jobs only, and the fork server's zygote, which imports
+    this module, would otherwise hold them for every job."""
+    from nimbus.runtime import automl
+
     data = load_data(client, dataset_of(spec), env.job_dir / "data", spec.resources.memory)
     params = validate_automl_params(dict(spec.params))
     reporter = HttpReporter(client, rank=env.rank, label="trial", echo=lambda line: None)
