@@ -5,7 +5,6 @@ Runs on SQLite (a fresh copy of a migrated database per example) with an explici
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import shutil
 import tempfile
@@ -27,11 +26,11 @@ from sqlalchemy import func, select
 from nimbus.db import job_outputs
 from nimbus.db import jobs as repo
 from nimbus.db.engine import Database
-from nimbus.db.migrate import upgrade
 from nimbus.db.tables import JobAttemptRow, JobMetricRow, JobRow, Tenant
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import AttemptState, Fenced, JobSpec, JobState, Resources
 from nimbus.jobs.policy import Outcome, RetryPolicy
+from tests.helpers import migrated_sqlite
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 NODE = Capacity(cpus=2, gpus=0, memory_bytes=1 << 40)
@@ -45,24 +44,15 @@ OUTCOMES = [
     Outcome.infra("boom"),
 ]
 
-_template: Path | None = None
-
 
 def fresh_database() -> tuple[Database, Path]:
-    """A copy of a migrated SQLite file (migrating once per example would be slow)."""
-    global _template
-    if _template is None:
-        path = Path(tempfile.mkdtemp(prefix="nimbus-sm-")) / "template.db"
-        atexit.register(shutil.rmtree, path.parent, True)
-        db = Database(f"sqlite:///{path}")
-        upgrade(db.engine)
-        with db.session(write=True) as s:
-            s.add(Tenant(id=1, name="acme"))
-        db.dispose()
-        _template = path
+    """A store at the head revision (copied: migrating once per example would be slow) with
+    tenant 1, in a directory of its own."""
     workdir = Path(tempfile.mkdtemp(prefix="nimbus-sm-"))
-    shutil.copy(_template, workdir / "nimbus.db")
-    return Database(f"sqlite:///{workdir / 'nimbus.db'}"), workdir
+    db = Database(migrated_sqlite(workdir / "nimbus.db"))
+    with db.session(write=True) as s:
+        s.add(Tenant(id=1, name="acme"))
+    return db, workdir
 
 
 class QueueMachine(RuleBasedStateMachine):
