@@ -125,7 +125,7 @@ from nimbus.storage.blobs import BlobStore
 from nimbus.storage.direct import direct_transfers
 from nimbus.storage.encrypted import EncryptedObjectStore
 from nimbus.storage.factory import open_object_store
-from nimbus.system import bind_unix, write_private
+from nimbus.system import bind_unix, exit_now, write_private
 
 log = logging.getLogger("nimbus.server")
 ADMIN_TOKEN_FILE = "admin-token"
@@ -1017,6 +1017,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except NimbusError as exc:  # a setting that cannot work: say so, no traceback
         sys.exit(f"nimbus.server: {exc}")
+    exit_now(0)  # stopped: gone at once, not after a second of the interpreter's teardown
 
 
 if __name__ == "__main__":

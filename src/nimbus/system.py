@@ -1,15 +1,20 @@
 """Small effects on this machine that the server, the SDK and the fleet share: private files
-written atomically, free TCP ports, listening unix sockets.
+written atomically, free TCP ports, listening unix sockets, a quick process exit.
 
 This is a bottom module: it imports nothing of Nimbus.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import socket
+import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 
 def write_private(path: Path, text: str) -> None:
@@ -64,3 +69,21 @@ def bind_unix(path: Path, mode: int = 0o666) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def exit_now(code: int) -> NoReturn:
+    """End this process with ``code`` as the interpreter's own exit does, less its teardown.
+
+    What a program may rely on still happens, in the interpreter's order: non-daemon threads
+    are waited for (and thread pools finish their queued work), exit handlers run (logging's
+    flush among them), the standard streams are flushed. What is skipped is destroying every
+    module's objects one by one, which no one waits on usefully: ~0.4 s of CPU for a control
+    plane's imports alone, 0.9 s for a process with torch loaded, and up to a second before
+    a stopped server's process is gone.
+    """
+    threading._shutdown()  # type: ignore[attr-defined]  # what Py_FinalizeEx does first
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to say
+            stream.flush()
+    os._exit(code)

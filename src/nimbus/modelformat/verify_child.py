@@ -30,6 +30,7 @@ from nimbus.errors import InvalidInput
 from nimbus.modelformat.import_options import ImportOptions
 from nimbus.modelformat.imported import import_spec
 from nimbus.modelformat.verify import check_model
+from nimbus.system import exit_now
 
 SPEC_FD, WEIGHTS_FD, ONNX_FD, TEST_X_FD, TEST_Y_FD = 3, 4, 5, 6, 7
 IMPORT_ONNX_FD, IMPORT_OPTIONS_FD = 3, 4
@@ -74,3 +75,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now(0)  # the control plane waits on this process: the reply is out, end it now

@@ -39,6 +39,7 @@ from nimbus.serving.fleet.sockets import open_listener
 from nimbus.serving.memory import tune_allocator
 from nimbus.serving.protocol import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_TENSOR_ELEMENTS
 from nimbus.serving.timeouts import DEFAULT_READ_TIMEOUTS, ReadTimeouts
+from nimbus.system import exit_now
 
 log = logging.getLogger("nimbus.serving.fleet.replica")
 
@@ -173,4 +174,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # drained: gone at once, not after the interpreter's teardown
