@@ -1,10 +1,12 @@
-"""Private files written atomically, free ports, listening unix sockets."""
+"""Private files written atomically, free ports, listening unix sockets, a quick exit."""
 
 from __future__ import annotations
 
 import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,29 @@ def test_a_unix_socket_binds_at_any_path_length(tmp_path: Path) -> None:
             finally:
                 os.close(directory_fd)
             server.accept()[0].close()
+
+
+QUICK_EXIT = """
+import atexit, sys, threading, time
+from nimbus.system import exit_now
+
+def late():
+    time.sleep(0.3)
+    print("thread done", file=sys.stderr)
+
+threading.Thread(target=late).start()  # not a daemon: waited for, as at any exit
+atexit.register(lambda: print("exit handler", file=sys.stderr))
+print("buffered", end="")  # stdout is a pipe: kept in its buffer until the exit flushes it
+exit_now(7)
+"""
+
+
+def test_exit_now_keeps_what_an_exit_promises() -> None:
+    """Non-daemon threads finish, exit handlers run after them, the streams are flushed,
+    and the status is the one asked for."""
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK_EXIT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 7
+    assert done.stderr == "thread done\nexit handler\n"
+    assert done.stdout == "buffered"
