@@ -341,14 +341,19 @@ def gated_run(ex: WarmSandboxExecutor, cache: Path, code: str = "print('ran')") 
 def test_an_attempt_waits_for_the_warm_sandbox_starting_for_its_tenant(
     gated: tuple[WarmSandboxExecutor, Path],
 ) -> None:
-    """Not cold: that sandbox's imports are under way, a cold start's would begin."""
+    """Not cold: that sandbox's imports are under way, a cold start's would begin. That
+    one is the attempt's now: the pool starts another for the tenant's next attempt."""
     ex, cache = gated
     run = gated_run(ex, cache)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while len(cpu_weights(ex)) < 2:
+        assert time.monotonic() < deadline, "no replacement started"
+        time.sleep(0.01)
     assert ex.poll(run.handle) is None and run.output == ""
     (cache / "go").touch()
     assert run.wait().ok and run.output == "ran\n", run.output
     assert (ex.warm_starts, ex.waited_starts, ex.cold_starts) == (1, 1, 0)
+    assert ex.wait_warm(41, cache, timeout=30)  # the replacement
 
 
 def test_an_attempt_killed_while_it_waits_ends_and_leaves_the_sandbox_to_the_next(

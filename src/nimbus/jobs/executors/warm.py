@@ -327,8 +327,8 @@ class WarmSandboxExecutor(LocalExecutor):
     """Runs each attempt in a warm sandbox of its tenant when one is ready, else in the one
     starting for its tenant once it is (never slower than a cold start: that one's imports
     are under way), else cold (as :class:`LocalExecutor` with the sandbox). Keeps up to
-    ``size`` warm sandboxes for the tenants seen last, replacing each one claimed at once,
-    ``size`` starting at a time."""
+    ``size`` warm sandboxes for the tenants seen last, replacing each one claimed (or
+    promised to a waiting attempt) at once, several starting at a time."""
 
     def __init__(
         self,
@@ -380,10 +380,11 @@ class WarmSandboxExecutor(LocalExecutor):
         self._promised: dict[str, _Waiting] = {}  # starting warm sandbox's name -> who waits
         # Warm sandboxes are started by these threads, which live as long as the executor:
         # bwrap's --die-with-parent follows the thread that started it. Several at once: a
-        # burst of attempts is not served one import after another.
+        # burst of attempts is not served one import after another; twice the pool's size:
+        # those promised to waiting attempts are replaced while they finish starting.
         self._threads = [
             threading.Thread(target=self._keep_warm, name=f"warm-sandboxes-{i}", daemon=True)
-            for i in range(max(1, self.size))
+            for i in range(2 * max(1, self.size))
         ]
         for thread in self._threads:
             thread.start()
@@ -437,7 +438,10 @@ class WarmSandboxExecutor(LocalExecutor):
                     if self._closed:
                         return
                     ready = Counter(w.key for w in self._ready)
-                    starting = Counter(key for key, _ in self._starting.values())
+                    # One starting that an attempt waits for is that attempt's already.
+                    starting = Counter(
+                        key for n, (key, _) in self._starting.items() if n not in self._promised
+                    )
                     targets = warm_targets(self._recent, self.size)
                     surplus, wanted = surplus_and_next(targets, ready, starting)
                     pause = self._retry_at - time.monotonic()
@@ -556,6 +560,7 @@ class WarmSandboxExecutor(LocalExecutor):
             self._promised[name] = waiting
             self._waiting[launch.attempt_id] = waiting
             urgent = self._starting[name][1]
+            self._cond.notify_all()  # it is the attempt's now: the pool starts another
         urgent.set()
         cgroups.AttemptCgroup(self.warm_sandbox.hierarchies, name).reweigh(UNCLAIMED.cpus)
         return handle
