@@ -496,15 +496,18 @@ class WarmSandboxExecutor(LocalExecutor):
             self.warm_up_seconds.append(time.monotonic() - began)
             self._starting.pop(name, None)
             waiting = self._promised.pop(name, None)
-            if self._closed:
-                pass
-            elif waiting is None:
+            closed = self._closed
+            if not closed and waiting is None:
                 self._ready.append(warm)
                 self._cond.notify_all()
                 return
-        if waiting is None:  # closed
+        if closed:  # nothing starts in it any more
             warm.discard(self.warm_sandbox)
+            if waiting is not None:
+                with self._attempts:
+                    waiting.ended = waiting.ended or _infra("its executor was closed")
             return
+        assert waiting is not None
         self._hand_over(waiting, warm)
 
     def _hand_over(self, waiting: _Waiting, warm: WarmSandbox) -> None:
