@@ -174,8 +174,9 @@ class WarmSandbox:
         urgent: threading.Event | None = None,
     ) -> WarmSandbox:
         """Start one for ``key`` and wait until its zygote imported ``preload``: at the
-        lowest CPU weight unless ``urgent`` is set (before or while it starts: see
-        :func:`raise_weight`)."""
+        lowest CPU weight unless ``urgent`` is set (before it starts, or while: whoever
+        sets it then writes one CPU's weight to its cgroup, :meth:`cgroups.AttemptCgroup.reweigh`,
+        which this start does itself if it finds it set once the cgroup is made)."""
         uid = sandbox.uids.acquire()
         gid = sandbox.settings.tenant_gid(key.tenant_id)
         workdir = root / name
