@@ -70,6 +70,23 @@ def test_stop_ends_the_wait_at_once() -> None:
     assert rounds.at == []
 
 
+def test_wake_runs_a_round_at_once_and_the_waits_go_on() -> None:
+    rounds = Rounds(until=1)
+    ticker = Ticker("tick-test", 30.0, rounds)
+    ticker.start()
+    try:
+        time.sleep(0.05)  # the thread is in its wait
+        woken = time.monotonic()
+        ticker.wake()
+        assert rounds.done.wait(5) and rounds.at[0] - woken < 1.0
+        time.sleep(0.2)
+        assert len(rounds.at) == 1  # then the next wait is a whole interval
+    finally:
+        ticker.stop()
+    ticker.wake()  # stopped: nothing
+    assert len(rounds.at) == 1
+
+
 def test_a_failing_round_is_logged_with_its_name_and_the_next_one_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     # with the preloaded modules imported, each claimed by one attempt of the tenant it was
     # started for (the tenants seen last); 0: every attempt starts cold. Each holds ~0.3 GB
     # while it waits (the default preload), counted in its attempt's --memory once claimed.
+    # One claimed is replaced at once (several start together); an attempt that finds none
+    # of its tenant ready waits for the one starting rather than starting cold.
     job_warm_sandboxes: int = Field(default=2, ge=0, le=64)
     # Job environments (--requirements, docs/environments.md): built with uv as a job uid,
     # kept in NIMBUS_HOME/envs by content hash; past this size in all, the least recently

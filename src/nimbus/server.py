@@ -392,6 +392,8 @@ class SchedulerThread:
         self.executor = executor
         self.lock_path = lock_path
         self.builds = builds
+        # Called when the scheduler recorded the end of attempts: a study's loop wakes.
+        self.on_finished: list[Callable[[], object]] = []
         self._lock: IO[str] | None = None
 
     @classmethod
@@ -460,6 +462,8 @@ class SchedulerThread:
         ray = services.cluster.ray
         capacity = ray.capacity if ray is not None else services.capacity
 
+        finished: list[Callable[[], object]] = []  # told when attempts ended (see .on_finished)
+
         def make_scheduler(fence: Fence) -> Scheduler:
             return Scheduler(
                 DbQueue(services.db, fence),
@@ -469,6 +473,7 @@ class SchedulerThread:
                 jobs_root=jobs_root,
                 config=config,
                 launch_fn=launch,
+                on_finished=lambda: [tell() for tell in finished],
             )
 
         election = Election(
@@ -481,7 +486,9 @@ class SchedulerThread:
         )
         services.jobs.on_submit = election.wake_scheduler  # starts without waiting a tick
         lock = settings.home / f"scheduler-{node}.lock"
-        return cls(election, executor, lock, builds)
+        thread = cls(election, executor, lock, builds)
+        thread.on_finished = finished
+        return thread
 
     def start(self) -> None:
         """Take the instance's lock, then join the election (start returns at once; a lone
@@ -781,13 +788,12 @@ def build_app(
             background.append(scheduler)
             # The studies advance where the scheduler leads (their trials are its jobs).
             election = scheduler.election
-            background.append(
-                study_loop(
-                    services.studies,
-                    lambda: election.fence is not None,
-                    settings.study_tick_seconds,
-                )
+            studies = study_loop(
+                services.studies, lambda: election.fence is not None, settings.study_tick_seconds
             )
+            # A trial's job ended: the study asks for the next one now, not at its next tick.
+            scheduler.on_finished.append(studies.wake)
+            background.append(studies)
             # AutoML jobs' winners registered once their jobs succeed (their --register).
             registrations = AutomlRegistrations(services.db, services.models.register)
             background.append(

@@ -19,9 +19,10 @@ class Ticker:
 
     The first round runs ``interval`` seconds after :meth:`start`, or at once with
     ``first_now``. A round that raises is logged under ``name`` and the next one runs on time.
-    :meth:`stop` ends the wait at once; a round in progress is waited for up to
-    ``join_timeout`` seconds. A round may call :meth:`stop` itself (its work is done): the
-    loop ends after it.
+    :meth:`wake` runs the next round now rather than at the end of the wait (one round for
+    any number of wakes while one runs). :meth:`stop` ends the wait at once; a round in
+    progress is waited for up to ``join_timeout`` seconds. A round may call :meth:`stop`
+    itself (its work is done): the loop ends after it.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class Ticker:
         self.name, self.interval, self.work = name, interval, work
         self.first_now, self.join_timeout = first_now, join_timeout
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -51,11 +53,16 @@ class Ticker:
         """Let no round start any more and wait up to ``join_timeout`` seconds for the one
         in progress (not when called from a round). Safe before :meth:`start`, and twice."""
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.join_timeout)
             if thread.is_alive():
                 log.warning("%s: a round still runs %g s after stop", self.name, self.join_timeout)
+
+    def wake(self) -> None:
+        """Run the next round now (safe from any thread; nothing once stopped)."""
+        self._wake.set()
 
     @property
     def stopping(self) -> bool:
@@ -69,8 +76,11 @@ class Ticker:
     def _run(self) -> None:
         if self.first_now and not self._stop.is_set():
             self._round()
-        while not self._stop.wait(self.interval):
-            self._round()
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self._round()
 
     def _round(self) -> None:
         try:

@@ -315,6 +315,20 @@ def test_wake_starts_a_queued_job_without_waiting_for_the_tick(
     assert not loop.is_alive()
 
 
+def test_the_end_of_attempts_is_told_after_the_tick_that_recorded_it(
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    """What a study's loop is woken by: its trial's job ended, its next one is asked now."""
+    told: list[JobState] = []
+    scheduler = make_scheduler()
+    job_id = submit(db, "print('done')")
+    scheduler.on_finished = lambda: told.append(get(db, job_id).state)
+    run_until([scheduler], lambda: bool(told))
+    for _ in range(3):
+        scheduler.tick()
+    assert told == [JobState.SUCCEEDED]  # once, with the end already recorded
+
+
 def test_a_capacity_asked_at_each_claim_holds_jobs_while_it_offers_nothing(
     db: Database, make_scheduler: Callable[..., Scheduler]
 ) -> None:

@@ -23,6 +23,7 @@ from nimbus.jobs.executors.warm import (
     WARM_DIR,
     WarmKey,
     WarmSandboxExecutor,
+    in_background,
     surplus_and_next,
     warm_targets,
 )
@@ -51,6 +52,16 @@ def test_surplus_is_discarded_and_the_most_recent_want_comes_first() -> None:
     assert surplus_and_next(targets, Counter({A: 2})) == (Counter({A: 1}), B)
     assert surplus_and_next(targets, Counter({A: 1, B: 1})) == (Counter(), None)
     assert surplus_and_next(Counter({C: 2}), Counter({A: 1})) == (Counter({A: 1}), C)
+    # Those starting count towards the target, not as surplus.
+    assert surplus_and_next(targets, Counter({A: 1}), Counter({B: 1})) == (Counter(), None)
+    assert surplus_and_next(Counter({A: 2}), Counter({A: 1}), Counter({A: 1})) == (Counter(), None)
+    assert surplus_and_next(Counter({A: 2}), Counter(), Counter({A: 1})) == (Counter(), A)
+
+
+def test_a_warm_sandbox_starts_in_the_background_only_while_another_of_its_key_waits() -> None:
+    assert in_background(A, Counter({A: 1}))  # topping up: idle CPU time only
+    assert not in_background(A, Counter({B: 2}))  # A's next attempt would start cold
+    assert not in_background(A, Counter())
 
 
 def test_purging_old_work_directories_leaves_waiting_warm_sandboxes_alone(tmp_path: Path) -> None:
@@ -228,32 +239,147 @@ def test_cancel_gives_the_warm_job_its_grace_period(warm: WarmSandboxExecutor) -
     assert run.wait().ok and "graceful" in run.output
 
 
-def test_a_waiting_warm_sandbox_takes_only_idle_cpu_until_claimed(
-    warm: WarmSandboxExecutor, sandbox: Sandbox
-) -> None:
-    """Its imports run at the lowest CPU weight (they must not slow running attempts);
-    the claim gives it the attempt's CPUs' weight."""
-    cpu = [h for h in sandbox.hierarchies if "cpu" in h.controllers]
-    if not cpu:
+def cpu_weights(ex: WarmSandboxExecutor) -> dict[str, int]:
+    """The CPU weight of each of ``ex``'s warm sandboxes' cgroups, by name."""
+    h = next((h for h in ex.warm_sandbox.hierarchies if "cpu" in h.controllers), None)
+    if h is None:
         pytest.skip("no cpu controller here")
-    h = cpu[0]
     name = "cpu.weight" if h.version == 2 else "cpu.shares"
-    warm.expect(None, None)
-    assert warm.wait_warm(None, None, timeout=60)
-    waiting = {d: int((d / name).read_text()) for d in h.base.glob("warm-*") if d.is_dir()}
-    assert waiting and set(waiting.values()) == {cgroups.cpu_weight(h.version, 0)}
-    run = warm_run(
-        warm, "import time; print('up', flush=True); time.sleep(60)", resources=Resources(cpus=2)
+    return {
+        d.name: int((d / name).read_text()) for d in h.base.glob(f"{ex._prefix}*") if d.is_dir()
+    }
+
+
+def wait_ready(ex: WarmSandboxExecutor, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(ex._ready) < count:
+        assert time.monotonic() < deadline, f"{len(ex._ready)} of {count} warm sandboxes ready"
+        time.sleep(0.02)
+
+
+def test_the_pool_refills_at_one_cpus_weight_when_empty_else_in_the_background(
+    sandbox: Sandbox, base: Path
+) -> None:
+    """A warm sandbox started while none of its key is ready imports at one CPU's weight
+    (the key's next attempt would otherwise start cold, importing on its own critical
+    path); one that tops up takes only idle CPU; the claim gives the attempt's weight."""
+    ex = WarmSandboxExecutor(
+        base / "home" / "jobs-weights", sandbox=sandbox, size=2, preload=["json"]
     )
     try:
+        ex.expect(31)
+        wait_ready(ex, 2)
+        weights = cpu_weights(ex)
+        version = next(h.version for h in sandbox.hierarchies if "cpu" in h.controllers)
+        first = f"{ex._prefix}1"
+        assert weights[first] == cgroups.cpu_weight(version, 1)  # none was ready at its start
+        run = warm_run(
+            ex,
+            "import time; print('up', flush=True); time.sleep(60)",
+            tenant=31,
+            resources=Resources(cpus=2),
+        )
         run.wait_output("up")
+        wait_ready(ex, 2)
+        weights = cpu_weights(ex)
         group = run.handle.sandbox.cgroup  # type: ignore[attr-defined]
-        mine = next(d for g, d in zip(group.hierarchies, group.dirs, strict=True) if g == h)
-        assert mine.name.startswith("warm-")
-        assert int((mine / name).read_text()) == cgroups.cpu_weight(h.version, 2)
-    finally:
-        warm.kill(run.handle)
+        assert weights[group.dirs[0].name] == cgroups.cpu_weight(version, 2)
+        refill = f"{ex._prefix}3"  # started while the other one was ready
+        assert weights[refill] == cgroups.cpu_weight(version, 0)
+        ex.kill(run.handle)
         run.wait()
+    finally:
+        ex.close()
+
+
+GATE = """import os, pathlib, time
+here = pathlib.Path(__file__).parent
+while not (here / "go").exists():
+    time.sleep(0.01)
+if (here / "die").exists():
+    os._exit(3)
+"""
+
+
+@pytest.fixture
+def gated(
+    sandbox: Sandbox, base: Path, caches: TenantCaches
+) -> Iterator[tuple[WarmSandboxExecutor, Path]]:
+    """An executor whose warm sandboxes for tenant 41 are ready only once the test
+    writes ``go`` in that tenant's cache (their preload waits for it there), and fail to
+    start when it also wrote ``die``."""
+    cache = caches.dir_for(41)
+    (cache / "nimbus_gate.py").write_text(GATE)
+    (cache / "nimbus_gate.py").chmod(0o644)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(cache)}
+    ex = WarmSandboxExecutor(
+        base / "home" / "jobs-gated",
+        sandbox=sandbox,
+        size=1,
+        preload=["nimbus_gate"],
+        base_env=env,
+        start_timeout=30,
+    )
+    ex.expect(41, cache)
+    deadline = time.monotonic() + 30
+    while not cpu_weights(ex):  # its warm sandbox is starting, held at the gate
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        yield ex, cache
+    finally:
+        (cache / "go").touch()
+        ex.close()
+        for name in ("go", "die", "nimbus_gate.py"):
+            (cache / name).unlink(missing_ok=True)
+
+
+def gated_run(ex: WarmSandboxExecutor, cache: Path, code: str = "print('ran')") -> Run:
+    return Run(ex, code, tenant_id=41, extra_env={"NIMBUS_CACHE_DIR": str(cache)})
+
+
+def test_an_attempt_waits_for_the_warm_sandbox_starting_for_its_tenant(
+    gated: tuple[WarmSandboxExecutor, Path],
+) -> None:
+    """Not cold: that sandbox's imports are under way, a cold start's would begin. That
+    one is the attempt's now: the pool starts another for the tenant's next attempt."""
+    ex, cache = gated
+    run = gated_run(ex, cache)
+    deadline = time.monotonic() + 30
+    while len(cpu_weights(ex)) < 2:
+        assert time.monotonic() < deadline, "no replacement started"
+        time.sleep(0.01)
+    assert ex.poll(run.handle) is None and run.output == ""
+    (cache / "go").touch()
+    assert run.wait().ok and run.output == "ran\n", run.output
+    assert (ex.warm_starts, ex.waited_starts, ex.cold_starts) == (1, 1, 0)
+    assert ex.wait_warm(41, cache, timeout=30)  # the replacement
+
+
+def test_an_attempt_killed_while_it_waits_ends_and_leaves_the_sandbox_to_the_next(
+    gated: tuple[WarmSandboxExecutor, Path],
+) -> None:
+    ex, cache = gated
+    run = gated_run(ex, cache)
+    ex.kill(run.handle)
+    status = run.wait()
+    assert status == ExitStatus(None, signal.SIGKILL) and run.output == ""
+    (cache / "go").touch()
+    assert ex.wait_warm(41, cache, timeout=30)
+    second = gated_run(ex, cache)
+    assert second.wait().ok and second.output == "ran\n", second.output
+    assert (ex.warm_starts, ex.waited_starts, ex.cold_starts) == (1, 0, 0)
+
+
+def test_an_attempt_whose_awaited_warm_sandbox_failed_starts_cold(
+    gated: tuple[WarmSandboxExecutor, Path],
+) -> None:
+    ex, cache = gated
+    run = gated_run(ex, cache)
+    (cache / "die").touch()
+    (cache / "go").touch()
+    assert run.wait(timeout=30).ok and run.output == "ran\n", run.output
+    assert (ex.warm_starts, ex.cold_starts) == (0, 1)
 
 
 def test_memory_past_the_limit_is_out_of_memory_when_warm(warm: WarmSandboxExecutor) -> None:

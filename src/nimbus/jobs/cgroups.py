@@ -259,6 +259,15 @@ class AttemptCgroup:
                     continue  # swap accounting off (see swap_unlimited()), or no burst
                 (directory / file).write_text(value)
 
+    def reweigh(self, cpus: float) -> None:
+        """Write the scheduling weight of ``cpus`` CPUs (:func:`cpu_weight`) where the
+        cgroup exists; nothing where it does not (yet, or any more)."""
+        for h, directory in zip(self.hierarchies, self.dirs, strict=True):
+            if "cpu" in h.controllers:
+                name = "cpu.weight" if h.version == 2 else "cpu.shares"
+                with contextlib.suppress(OSError):
+                    (directory / name).write_text(str(cpu_weight(h.version, cpus)))
+
     def procs_files(self) -> list[str]:
         """The ``cgroup.procs`` files a process writes its pid to, to join."""
         return [str(d / "cgroup.procs") for d in self.dirs]

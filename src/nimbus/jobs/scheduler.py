@@ -94,10 +94,14 @@ class Scheduler:
         config: SchedulerConfig = SchedulerConfig(),
         clock: Callable[[], float] = time.time,
         launch_fn: LaunchFn = runtime_program,
+        on_finished: Callable[[], object] | None = None,
     ) -> None:
         self.queue, self.executor, self.capacity = queue, executor, capacity
         self.instance_id, self.jobs_root, self.config = instance_id, Path(jobs_root), config
         self.clock, self.launch_fn = clock, launch_fn
+        # Called after a tick recorded the end of attempts (a study's next trial is asked
+        # for at once rather than at its loop's next round).
+        self.on_finished = on_finished
         self.local: dict[str, _Local] = {}  # attempt id -> what runs here
         self._last_heartbeat = float("-inf")
         self._wake = threading.Event()
@@ -117,6 +121,8 @@ class Scheduler:
         report.requeued, report.deadline_failed = expired.requeued, expired.deadline_failed
         report.killed = self._watch_local()
         report.finished = self._collect()
+        if report.finished and self.on_finished is not None:
+            self.on_finished()
         report.started = self._claim_and_start()
         return report
 

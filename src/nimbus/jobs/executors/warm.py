@@ -10,8 +10,11 @@ starts is chosen ahead and handed over at the claim:
   once claimed, freed when the attempt ends.
 - **tenant** (the gid, the tenant's download cache in view, GPU device nodes): a warm
   sandbox is started *for* a tenant, one whose attempts ran recently
-  (:func:`warm_targets`). An attempt with no warm sandbox of its tenant ready starts cold,
-  and one is started in the background for the tenant's next attempt.
+  (:func:`warm_targets`). An attempt with no warm sandbox of its tenant ready waits for
+  one that is starting for its tenant (its imports are under way; a cold start's would
+  begin), else starts cold; a replacement starts at once for the tenant's next attempt,
+  several at a time (a study's or a burst's attempts are not served one import after
+  another).
 - **work directory**: an empty directory of its own, ``<jobs root>/.warm/<name>``, is
   bound in. At the claim the server moves what it put in the attempt's directory
   (``job.json``) into it and renames it onto the attempt's directory: the attempt's files
@@ -21,7 +24,10 @@ starts is chosen ahead and handed over at the claim:
   (the launcher joins it before it execs bwrap). At the claim the attempt's limits
   (memory, processes, CPU) are written there before any of the job's code runs; at its
   end the cgroup is killed whole, as every attempt's. Until the claim it runs at the lowest
-  CPU weight: its imports take the CPU time running attempts leave idle, not theirs. What
+  CPU weight while another warm sandbox of its tenant is ready (:func:`in_background`): its
+  imports take the CPU time running attempts leave idle, not theirs. Started when none is
+  ready, or awaited by an attempt, it runs at one CPU's weight: the tenant's next attempt
+  would otherwise do the same imports cold, at its own weight, after it was queued. What
   the imports took counts against the attempt's memory limit, as it would had the job
   imported them itself; a warm sandbox that already holds more than the limit is not used.
 - **the job**: its program, token and environment reach the zygote over a socket at the
@@ -57,7 +63,7 @@ from pathlib import Path
 
 from nimbus.errors import Unavailable
 from nimbus.jobs import cgroups
-from nimbus.jobs.domain import Resources
+from nimbus.jobs.domain import ExitReason, Resources
 from nimbus.jobs.executors.base import (
     AttemptLaunch,
     ExitStatus,
@@ -83,6 +89,9 @@ log = logging.getLogger(__name__)
 
 WARM_DIR = ".warm"  # below the jobs root: the warm sandboxes' work directories
 RETRY_SECONDS = 30.0  # after a warm sandbox failed to start, before the next try
+# An unclaimed warm sandbox's cgroup: one CPU's quota (and weight, when not in the
+# background), no memory limit until an attempt's is known.
+UNCLAIMED = Resources(memory_bytes=0)
 
 
 @dataclass(frozen=True)
@@ -115,13 +124,23 @@ def warm_targets(recent: Sequence[WarmKey], size: int) -> Counter[WarmKey]:
 
 
 def surplus_and_next(
-    targets: Counter[WarmKey], ready: Counter[WarmKey]
+    targets: Counter[WarmKey], ready: Counter[WarmKey], starting: Counter[WarmKey] | None = None
 ) -> tuple[Counter[WarmKey], WarmKey | None]:
     """What to discard (how many of each key's ready warm sandboxes are past its target)
-    and which key to start one for next (None: every target met)."""
+    and which key to start one for next (None: every target met, counting the ones
+    ``starting``)."""
+    starting = starting if starting is not None else Counter()
     surplus = Counter({key: n - targets[key] for key, n in ready.items() if n > targets[key]})
-    wanted = next((key for key, n in targets.items() if ready[key] < n), None)
+    wanted = next((key for key, n in targets.items() if ready[key] + starting[key] < n), None)
     return surplus, wanted
+
+
+def in_background(key: WarmKey, ready: Counter[WarmKey]) -> bool:
+    """Whether a warm sandbox started now for ``key`` takes only the CPU time running
+    attempts leave idle: yes while another one of its key is ready (the pool tops up), no
+    when none is (the key's next attempt would otherwise start cold, its imports on its
+    own critical path at its full weight: they run now instead, at one CPU's weight)."""
+    return ready[key] > 0
 
 
 @dataclass
@@ -152,8 +171,12 @@ class WarmSandbox:
         preload: Sequence[str],
         base_env: Mapping[str, str],
         timeout: float,
+        urgent: threading.Event | None = None,
     ) -> WarmSandbox:
-        """Start one for ``key`` and wait until its zygote imported ``preload``."""
+        """Start one for ``key`` and wait until its zygote imported ``preload``: at the
+        lowest CPU weight unless ``urgent`` is set (before it starts, or while: whoever
+        sets it then writes one CPU's weight to its cgroup, :meth:`cgroups.AttemptCgroup.reweigh`,
+        which this start does itself if it finds it set once the cgroup is made)."""
         uid = sandbox.uids.acquire()
         gid = sandbox.settings.tenant_gid(key.tenant_id)
         workdir = root / name
@@ -164,13 +187,13 @@ class WarmSandbox:
             workdir.mkdir(mode=WORKDIR_MODE)
             os.chown(workdir, uid, gid, follow_symlinks=False)
             make_tmp(workdir, uid, gid)
-            # Until claimed, at the lowest CPU weight: its imports take only the time that
-            # running attempts leave idle (the claim writes the attempt's weight).
-            group.create(
-                Resources(memory_bytes=0),
-                pids_per_worker=sandbox.settings.pids_per_worker,
-                background=True,
-            )
+            # Until claimed, at the lowest CPU weight unless urgent: its imports take only
+            # the time that running attempts leave idle (the claim writes the attempt's).
+            background = urgent is None or not urgent.is_set()
+            pids = sandbox.settings.pids_per_worker
+            group.create(UNCLAIMED, pids_per_worker=pids, background=background)
+            if background and urgent is not None and urgent.is_set():  # raised meanwhile
+                group.reweigh(UNCLAIMED.cpus)
             devices = gpu_devices() if key.gpus else ()
             cache = Path(key.cache_dir) if key.cache_dir else None
             view = AttemptView(uid, gid, workdir, cache, devices)
@@ -276,14 +299,37 @@ def _inode(path: Path | None) -> int | None:
         return None
 
 
+def _infra(detail: str) -> ExitStatus:
+    return ExitStatus(None, limit=ExitReason.INFRA, detail=detail)
+
+
 class _Cold(Exception):
     """This warm sandbox cannot take the attempt, and nothing of the job ran in it."""
 
 
+@dataclass
+class _Waiting:
+    """An attempt waiting for the warm sandbox starting for it (none of its key was ready):
+    its handle has no worker yet. ``cold``: that start failed, the next poll starts it cold;
+    ``ended``: it ends without having started (killed, or its claim failed), said by the next
+    poll; ``handing``: its workers are being spawned (off the scheduler's thread: polls wait,
+    a kill is noted in ``killed`` and sent once they are)."""
+
+    launch: AttemptLaunch
+    handle: GroupHandle
+    name: str  # the warm sandbox it waits for
+    cold: bool = False
+    ended: ExitStatus | None = None
+    handing: bool = False
+    killed: bool = False
+
+
 class WarmSandboxExecutor(LocalExecutor):
-    """Runs each attempt in a warm sandbox of its tenant when one is ready, else cold (as
-    :class:`LocalExecutor` with the sandbox); keeps up to ``size`` warm sandboxes for the
-    tenants seen last, replacing each one claimed in a background thread."""
+    """Runs each attempt in a warm sandbox of its tenant when one is ready, else in the one
+    starting for its tenant once it is (never slower than a cold start: that one's imports
+    are under way), else cold (as :class:`LocalExecutor` with the sandbox). Keeps up to
+    ``size`` warm sandboxes for the tenants seen last, replacing each one claimed (or
+    promised to a waiting attempt) at once, several starting at a time."""
 
     def __init__(
         self,
@@ -316,20 +362,33 @@ class WarmSandboxExecutor(LocalExecutor):
         self.warm_root.mkdir(mode=TRAVERSE_MODE)
         os.chmod(self.warm_root, TRAVERSE_MODE)
         self.warm_starts = self.cold_starts = 0
+        self.waited_starts = 0  # of the warm starts: attempts that waited for theirs
         self.warm_up_seconds: list[float] = []  # how long each warm sandbox took to start
         self._cond = threading.Condition()
         self._recent: list[WarmKey] = []
         self._ready: list[WarmSandbox] = []
+        self._starting: dict[str, tuple[WarmKey, threading.Event]] = {}  # name -> key, urgent
         self._prefix = f"warm-{secrets.token_hex(4)}-"  # its warm sandboxes' names
         self._count = 0
         self._retry_at = 0.0  # monotonic: no warm sandbox is started before then
         self._closed = False
+        # Attempts' state, shared by the scheduler's thread (start, poll, kill) and the
+        # threads that hand a warm sandbox to an attempt waiting for it.
+        self._attempts = threading.RLock()
         self._claimed: dict[str, WarmSandbox] = {}  # attempt id -> its warm sandbox
         self._workers: dict[int, tuple[WarmSandbox, int]] = {}  # id(worker) -> zygote pid
-        # Warm sandboxes are started by this one thread, which lives as long as the
-        # executor: bwrap's --die-with-parent follows the thread that started it.
-        self._thread = threading.Thread(target=self._keep_warm, name="warm-sandboxes", daemon=True)
-        self._thread.start()
+        self._waiting: dict[str, _Waiting] = {}  # attempt id -> it, until it has its workers
+        self._promised: dict[str, _Waiting] = {}  # starting warm sandbox's name -> who waits
+        # Warm sandboxes are started by these threads, which live as long as the executor:
+        # bwrap's --die-with-parent follows the thread that started it. Several at once: a
+        # burst of attempts is not served one import after another; twice the pool's size:
+        # those promised to waiting attempts are replaced while they finish starting.
+        self._threads = [
+            threading.Thread(target=self._keep_warm, name=f"warm-sandboxes-{i}", daemon=True)
+            for i in range(2 * max(1, self.size))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- the pool ---------------------------------------------------------------------------
 
@@ -380,8 +439,12 @@ class WarmSandboxExecutor(LocalExecutor):
                     if self._closed:
                         return
                     ready = Counter(w.key for w in self._ready)
+                    # One starting that an attempt waits for is that attempt's already.
+                    starting = Counter(
+                        key for n, (key, _) in self._starting.items() if n not in self._promised
+                    )
                     targets = warm_targets(self._recent, self.size)
-                    surplus, wanted = surplus_and_next(targets, ready)
+                    surplus, wanted = surplus_and_next(targets, ready, starting)
                     pause = self._retry_at - time.monotonic()
                     if wanted is not None and pause > 0:  # the last start failed
                         wanted = None
@@ -396,12 +459,17 @@ class WarmSandboxExecutor(LocalExecutor):
                         discard.append(warm)
                 self._count += 1
                 name = f"{self._prefix}{self._count}"
+                urgent = threading.Event()
+                if wanted is not None:
+                    if not in_background(wanted, ready):
+                        urgent.set()
+                    self._starting[name] = (wanted, urgent)
             for warm in discard:
                 warm.discard(self.warm_sandbox)
             if wanted is not None:
-                self._start_one(wanted, name)
+                self._start_one(wanted, name, urgent)
 
-    def _start_one(self, key: WarmKey, name: str) -> None:
+    def _start_one(self, key: WarmKey, name: str, urgent: threading.Event) -> None:
         began = time.monotonic()
         try:
             warm = WarmSandbox.start(
@@ -413,34 +481,140 @@ class WarmSandboxExecutor(LocalExecutor):
                 preload=self.preload,
                 base_env=self.base_env,
                 timeout=self.start_timeout,
+                urgent=urgent,
             )
         except Exception:
             log.exception("could not start a warm sandbox; attempts start cold meanwhile")
             with self._cond:
                 self._retry_at = time.monotonic() + RETRY_SECONDS
+                self._starting.pop(name, None)
+                waiting = self._promised.pop(name, None)
+            if waiting is not None:
+                with self._attempts:
+                    waiting.cold = True  # its next poll starts it cold
             return
         with self._cond:
             self.warm_up_seconds.append(time.monotonic() - began)
-            if not self._closed:
+            self._starting.pop(name, None)
+            waiting = self._promised.pop(name, None)
+            closed = self._closed
+            if not closed and waiting is None:
                 self._ready.append(warm)
                 self._cond.notify_all()
                 return
-        warm.discard(self.warm_sandbox)
+        if closed:  # nothing starts in it any more
+            warm.discard(self.warm_sandbox)
+            if waiting is not None:
+                with self._attempts:
+                    waiting.ended = waiting.ended or _infra("its executor was closed")
+            return
+        assert waiting is not None
+        self._hand_over(waiting, warm)
+
+    def _hand_over(self, waiting: _Waiting, warm: WarmSandbox) -> None:
+        """Start ``waiting``'s attempt in ``warm``, just started for it (on the thread that
+        started it, without holding up the scheduler's polls); if it was killed meanwhile,
+        ``warm`` joins the pool."""
+        attempt_id = waiting.launch.attempt_id
+        with self._attempts:
+            waiting.handing = self._waiting.get(attempt_id) is waiting and not waiting.ended
+        if not waiting.handing:
+            with self._cond:
+                if not self._closed and warm.alive():  # nobody waits for it: another may
+                    self._ready.append(warm)
+                    self._cond.notify_all()
+                    return
+            warm.discard(self.warm_sandbox)
+            return
+        try:
+            self._start_warm(waiting.launch, warm, waiting.handle)
+        except _Cold as exc:
+            log.warning("warm sandbox %s not used: %s", warm.name, exc)
+            warm.discard(self.warm_sandbox)
+            with self._attempts:
+                waiting.handing, waiting.cold = False, True
+                if waiting.killed:
+                    waiting.ended = ExitStatus(None, signal.SIGKILL)
+            return
+        except Exception as exc:  # what it held is freed already
+            log.exception("could not start attempt %s", attempt_id)
+            with self._attempts:
+                waiting.handing, waiting.ended = False, _infra(f"could not start: {exc}")
+            return
+        with self._attempts:
+            waiting.handing = False
+            del self._waiting[attempt_id]
+            self.waited_starts += 1
+            if waiting.killed:
+                self.kill(waiting.handle)
+
+    def _wait_for_starting(self, launch: AttemptLaunch, key: WarmKey) -> GroupHandle | None:
+        """A handle for ``launch``, which waits for a warm sandbox of ``key`` that is
+        starting and promised to no one else (raised to the attempt's CPU weight now: its
+        imports are the attempt's); None when there is none."""
+        with self._cond:
+            name = next(
+                (n for n, (k, _) in self._starting.items() if k == key and n not in self._promised),
+                None,
+            )
+            if name is None:
+                return None
+            handle = GroupHandle(launch.attempt_id, launch.workdir)
+            waiting = _Waiting(launch, handle, name)
+            self._promised[name] = waiting
+            self._waiting[launch.attempt_id] = waiting
+            urgent = self._starting[name][1]
+            self._cond.notify_all()  # it is the attempt's now: the pool starts another
+        urgent.set()
+        cgroups.AttemptCgroup(self.warm_sandbox.hierarchies, name).reweigh(UNCLAIMED.cpus)
+        return handle
 
     # -- attempts -------------------------------------------------------------------------
 
     def start(self, launch: AttemptLaunch) -> Handle:
-        warm = self._take(WarmKey.of(launch))
-        if warm is not None:
-            try:
-                return self._start_warm(launch, warm)
-            except _Cold as exc:
-                log.warning("warm sandbox %s not used: %s", warm.name, exc)
-                warm.discard(self.warm_sandbox)
-        self.cold_starts += 1
-        return super().start(launch)
+        key = WarmKey.of(launch)
+        warm = self._take(key)
+        with self._attempts:
+            if warm is not None:
+                try:
+                    return self._start_warm(launch, warm)
+                except _Cold as exc:
+                    log.warning("warm sandbox %s not used: %s", warm.name, exc)
+                    warm.discard(self.warm_sandbox)
+            elif self.size and (handle := self._wait_for_starting(launch, key)) is not None:
+                return handle
+            return self._start_cold(launch)
 
-    def _start_warm(self, launch: AttemptLaunch, warm: WarmSandbox) -> Handle:
+    def _start_cold(self, launch: AttemptLaunch) -> GroupHandle:
+        self.cold_starts += 1
+        handle = super().start(launch)
+        assert isinstance(handle, GroupHandle)
+        return handle
+
+    def _settle_waiting(self, waiting: _Waiting) -> ExitStatus | None:
+        """For a poll of an attempt still waiting: its end if it could not start, after
+        starting it cold if its warm sandbox failed; None while it waits."""
+        attempt_id = waiting.launch.attempt_id
+        if waiting.handing:
+            return None
+        if waiting.ended is not None:
+            del self._waiting[attempt_id]
+            return waiting.ended
+        if not waiting.cold:
+            return None
+        del self._waiting[attempt_id]
+        try:
+            cold = self._start_cold(waiting.launch)
+        except Exception as exc:
+            log.exception("could not start attempt %s", attempt_id)
+            return _infra(f"could not start: {exc}")
+        waiting.handle.workers, waiting.handle.sandbox = cold.workers, cold.sandbox
+        self._handles[attempt_id] = waiting.handle
+        return None
+
+    def _start_warm(
+        self, launch: AttemptLaunch, warm: WarmSandbox, handle: GroupHandle | None = None
+    ) -> GroupHandle:
         prepare_workdir(self.jobs_root, launch.workdir, None)
         limit = launch.resources.total_memory_bytes
         if limit and warm.cgroup.memory_usage() >= limit:
@@ -457,9 +631,9 @@ class WarmSandboxExecutor(LocalExecutor):
                 with contextlib.suppress(OSError):
                     os.chown(launch.workdir, os.geteuid(), os.getegid(), follow_symlinks=False)
             raise _Cold(str(exc)) from exc
-        handle = GroupHandle(
-            launch.attempt_id, launch.workdir, sandbox=AttemptSandbox(warm.view, warm.cgroup)
-        )
+        if handle is None:
+            handle = GroupHandle(launch.attempt_id, launch.workdir)
+        handle.sandbox = AttemptSandbox(warm.view, warm.cgroup)
         warm.claimed = True
         self._claimed[launch.attempt_id] = warm
         world = launch.resources.workers
@@ -503,12 +677,31 @@ class WarmSandboxExecutor(LocalExecutor):
         return handle
 
     def poll(self, handle: Handle) -> ExitStatus | None:
-        status = super().poll(handle)
-        if status is not None:
-            warm = self._claimed.pop(handle.attempt_id, None)
-            if warm is not None:
-                warm.reap()  # its cgroup was killed with the attempt
-        return status
+        with self._attempts:
+            waiting = self._waiting.get(handle.attempt_id)
+            if waiting is not None:
+                status = self._settle_waiting(waiting)
+                if status is not None or handle.attempt_id in self._waiting:
+                    return status
+            status = super().poll(handle)
+            if status is not None:
+                warm = self._claimed.pop(handle.attempt_id, None)
+                if warm is not None:
+                    warm.reap()  # its cgroup was killed with the attempt
+            return status
+
+    def kill(self, handle: Handle) -> None:
+        with self._attempts:
+            waiting = self._waiting.get(handle.attempt_id)
+            if waiting is None:
+                super().kill(handle)
+            elif waiting.handing:
+                waiting.killed = True
+            elif waiting.ended is None:  # nothing of it runs: it ends now, as if killed
+                waiting.ended = ExitStatus(None, signal.SIGKILL)
+                with self._cond:
+                    if self._promised.get(waiting.name) is waiting:
+                        del self._promised[waiting.name]
 
     def _reap(self, worker: Worker) -> ExitStatus | None:
         found = self._workers.get(id(worker))
@@ -540,7 +733,9 @@ class WarmSandboxExecutor(LocalExecutor):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=self.start_timeout + 10)
+        deadline = time.monotonic() + self.start_timeout + 10
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._cond:
             ready, self._ready = self._ready, []
         for warm in ready:
