@@ -23,9 +23,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import urllib3
+from typing import TYPE_CHECKING, Any
 
 from nimbus.client.transfer import Progress
 from nimbus.errors import CorruptBlob, NotFound, StorageUnavailable
@@ -33,12 +31,25 @@ from nimbus.ranges import fill_and_hash
 from nimbus.system import write_private
 from nimbus.wire.uploads import UploadSession
 
+if TYPE_CHECKING:
+    import urllib3
+
 URL_BATCH = 32  # presigned URLs asked for at a time: each is used within seconds
 PART_TRIES = 4
 RANGE_SIZE = 8 * 1024 * 1024  # one ranged GET of a download: an upload part (measured best)
 CHUNK = 1024 * 1024
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # worth another try
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+def _pool(workers: int) -> urllib3.PoolManager:
+    """Connections for the bodies of one transfer. urllib3 (as boto3), not httpx: it reads
+    straight into buffers, where h11's parsing holds the GIL and caps threads at ~100 MB/s,
+    and it spends less CPU per byte, shared with the hashing thread on a small machine.
+    Imported here: only transfers need it, not every command's start."""
+    import urllib3
+
+    return urllib3.PoolManager(maxsize=workers, timeout=urllib3.Timeout(connect=10.0, read=120.0))
 
 
 def part_length(size: int, part_size: int, number: int) -> int:
@@ -78,11 +89,7 @@ class PartUploader:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, numbers: list[int]) -> None:
-        # urllib3 (as boto3): less CPU per byte than httpx, and the CPU is shared with
-        # the hashing thread on a small machine.
-        http = urllib3.PoolManager(
-            maxsize=self.workers, timeout=urllib3.Timeout(connect=10.0, read=120.0)
-        )
+        http = _pool(self.workers)
         with (
             ThreadPoolExecutor(self.workers, thread_name_prefix="part") as pool,
             open(self.path, "rb") as source,
@@ -100,6 +107,8 @@ class PartUploader:
                     future.result()
 
     def _put(self, http: urllib3.PoolManager, fd: int, number: int) -> None:
+        from urllib3.exceptions import HTTPError  # loaded with the pool already
+
         s = self.session
         length = part_length(s.size, s.part_size, number)
         data = os.pread(fd, length, (number - 1) * s.part_size)
@@ -110,7 +119,7 @@ class PartUploader:
             url = self.urls.get(number, fresh=fresh)
             try:
                 response = http.request("PUT", url, body=data, retries=False)
-            except urllib3.exceptions.HTTPError as exc:
+            except HTTPError as exc:
                 if attempt == PART_TRIES:
                     raise StorageUnavailable(
                         f"part {number} could not be uploaded: {exc}"
@@ -241,11 +250,7 @@ class RangedDownload:
     def run(self, on_bytes: Callable[[int], None]) -> str:
         """Fetch the whole into ``part``; its SHA-256."""
         fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        # urllib3, not httpx, for the bodies: it reads straight into buffers (what
-        # boto3 does), where h11's parsing holds the GIL and caps threads at ~100 MB/s.
-        http = urllib3.PoolManager(
-            maxsize=self.workers, timeout=urllib3.Timeout(connect=10.0, read=120.0)
-        )
+        http = _pool(self.workers)
 
         def fill(fd: int, lo: int, hi: int) -> None:
             self._get(http, fd, (lo, hi), on_bytes)
@@ -265,13 +270,15 @@ class RangedDownload:
         bounds: tuple[int, int],
         on_bytes: Callable[[int], None],
     ) -> None:
+        from urllib3.exceptions import HTTPError  # loaded with the pool already
+
         url = self.link.url
         for attempt in range(1, PART_TRIES + 1):
             got = [0]  # bytes of this attempt reported so far
             try:
                 self._read(http, url, fd, bounds, got, on_bytes)
                 return
-            except (_Again, urllib3.exceptions.HTTPError, OSError) as exc:
+            except (_Again, HTTPError, OSError) as exc:
                 on_bytes(-got[0])  # those bytes come again
                 if attempt == PART_TRIES:
                     raise StorageUnavailable(
