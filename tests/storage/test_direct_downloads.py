@@ -35,6 +35,7 @@ class FaultyProxy:
         self.target, self.faults = target, list(faults)
         self.port = free_port()
         self.injected: list[str] = []
+        self.accepted = 0  # connections made through it
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, daemon=True).start()
@@ -53,6 +54,7 @@ class FaultyProxy:
             except OSError:
                 return
             with self._lock:
+                self.accepted += 1
                 fault = self.faults.pop(0) if self.faults else "pass"
                 if fault != "pass":
                     self.injected.append(fault)
@@ -140,6 +142,26 @@ def test_cut_and_refused_ranges_are_fetched_again_then_checked(
     assert sorted(proxy.injected) == ["503", "cut", "cut"]  # every fault really happened
     assert progress[-1] == len(data)  # bytes of a cut range were taken back, then counted
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_ranges_reuse_their_thread_s_connection_and_a_cut_one_is_replaced(
+    stored: tuple[str, bytes, dict[str, Any]], proxy: FaultyProxy, tmp_path: Path
+) -> None:
+    """Each worker keeps one connection alive across its ranges; a connection cut mid-body
+    is closed, never used again, and the range comes again on a new one."""
+    key, data, meta = stored
+    link = Link(presigned(proxy.endpoint, key))
+    out = tmp_path / "file.bin"
+    fetch_direct(link, out, meta, 0, len(data), None, workers=1, range_size=MIB // 2)
+    assert out.read_bytes() == data and proxy.accepted == 1  # six ranges, one connection
+
+    proxy.accepted, proxy.faults = 0, ["cut"]
+    again = tmp_path / "again.bin"
+    fetch_direct(
+        link, again, meta, 0, len(data), None, workers=1, range_size=MIB // 2, sleep=lambda s: None
+    )
+    assert again.read_bytes() == data
+    assert proxy.injected == ["cut"] and proxy.accepted == 2
 
 
 def test_a_range_that_keeps_failing_leaves_no_file(

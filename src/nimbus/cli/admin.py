@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from nimbus.cli.common import JsonOption, print_json
-from nimbus.config import load_settings
+from nimbus.cli.common import JsonOption, print_json, settings
 
 app = typer.Typer(
     help="Operate the control plane's own machine (run where `nimbus server` runs).",
@@ -33,7 +32,7 @@ def rotate_key(
     # Imported here: the server side pulls in SQLAlchemy and the rest of the control plane.
     from nimbus.server import rotate_encryption_key
 
-    old_id, new_id, count = rotate_encryption_key(load_settings(), new_key_file)
+    old_id, new_id, count = rotate_encryption_key(settings(), new_key_file)
     if as_json:
         print_json({"old_key_id": old_id, "new_key_id": new_id, "rewrapped": count}, line=True)
     else:

@@ -2,40 +2,52 @@
 
 Failures never show a traceback: a :class:`NimbusError` (or an OS error, or a usage error)
 becomes one line ``error: <message>`` on stderr and the error's exit code.
+
+A command's module is imported when that command runs (or when the root help lists it), not
+at start: ``nimbus datasets download`` loads the datasets commands and the SDK, not the
+other nouns' modules and what they render with (tests/cli/test_start.py keeps it so).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Any
+import importlib
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import Annotated, Any, cast
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
-from nimbus.cli import (
-    admin,
-    automl,
-    cluster,
-    datasets,
-    deploy,
-    deployments,
-    edge,
-    explain,
-    jobs,
-    login,
-    models,
-    predict,
-    quotas,
-    runs,
-    server,
-    storage,
-    studies,
-    tokens,
-    train,
-    ui,
-)
 from nimbus.cli.common import JsonOption
 from nimbus.errors import NimbusError
+
+# Each command and group of the root in the order the help lists them (the commands, then
+# the groups, as typer orders them): the module that defines it and its name there (a
+# function: a command; a typer.Typer: a group of them).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "server": ("nimbus.cli.server", "server"),
+    "login": ("nimbus.cli.login", "login"),
+    "train": ("nimbus.cli.train", "train"),
+    "tune": ("nimbus.cli.studies", "tune"),
+    "automl": ("nimbus.cli.automl", "automl"),
+    "deploy": ("nimbus.cli.deploy", "deploy"),
+    "predict": ("nimbus.cli.predict", "predict"),
+    "explain": ("nimbus.cli.explain", "explain"),
+    "demo": ("nimbus.cli.app", "demo"),
+    "ui": ("nimbus.cli.ui", "ui"),
+    "serve": ("nimbus.cli.edge", "serve"),
+    "tokens": ("nimbus.cli.tokens", "app"),
+    "quotas": ("nimbus.cli.quotas", "app"),
+    "storage": ("nimbus.cli.storage", "app"),
+    "datasets": ("nimbus.cli.datasets", "app"),
+    "jobs": ("nimbus.cli.jobs", "app"),
+    "studies": ("nimbus.cli.studies", "app"),
+    "runs": ("nimbus.cli.runs", "app"),
+    "models": ("nimbus.cli.models", "app"),
+    "deployments": ("nimbus.cli.deployments", "app"),
+    "admin": ("nimbus.cli.admin", "app"),
+    "cluster": ("nimbus.cli.cluster", "app"),
+}
 
 # The click that typer runs on (vendored in recent typer) is reached through its public
 # BadParameter, so usage errors are recognised whichever click it is.
@@ -49,8 +61,44 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+class LazyCommands(MutableMapping[str, Any]):
+    """The root's commands by name (:data:`COMMANDS`), each built when first looked up: its
+    names are known without importing a module (typer's suggestions for a mistyped command
+    read them), its values import one."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self._built[name] = _load(name)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(COMMANDS), **self._built})
+
+    def __len__(self) -> int:
+        return len({*COMMANDS, *self._built})
+
+
 class NimbusGroup(TyperGroup):
-    """The root group: turns expected failures of any sub-command into one line on stderr."""
+    """The root group: its commands built as they are looked up (:class:`LazyCommands`);
+    turns expected failures of any sub-command into one line on stderr."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = LazyCommands()
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # the names, without building every command
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -87,6 +135,25 @@ def demo(
     journey.demo(as_json, keep=keep)
 
 
+def _load(name: str) -> Any:
+    """The click command of root command ``name``, built by typer as if it had been added to
+    the root app (its module imported now)."""
+    module, attribute = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    holder = typer.Typer(add_completion=False)
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    holder.callback()(_root)
+    return cast(TyperGroup, typer.main.get_command(holder)).commands[name]
+
+
+def _root() -> None:
+    """The root's own step before any command: none (typer needs one for a group whose
+    commands are added when they are looked up)."""
+
+
 app = typer.Typer(
     name="nimbus",
     cls=NimbusGroup,
@@ -95,28 +162,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Nimbus: a self-hosted AI cloud, from training data to a live prediction endpoint.",
 )
-app.command("server")(server.server)
-app.command("login")(login.login)
-app.add_typer(tokens.app, name="tokens")
-app.add_typer(quotas.app, name="quotas")
-app.add_typer(storage.app, name="storage")
-app.add_typer(datasets.app, name="datasets")
-app.command("train")(train.train)
-app.add_typer(jobs.app, name="jobs")
-app.command("tune")(studies.tune)
-app.add_typer(studies.app, name="studies")
-app.add_typer(runs.app, name="runs")
-app.command("automl")(automl.automl)
-app.add_typer(models.app, name="models")
-app.command("deploy")(deploy.deploy)
-app.add_typer(deployments.app, name="deployments")
-app.command("predict")(predict.predict)
-app.command("explain")(explain.explain)
-app.command("demo")(demo)
-app.command("ui")(ui.ui)
-app.command("serve")(edge.serve)
-app.add_typer(admin.app, name="admin")
-app.add_typer(cluster.app, name="cluster")
+app.callback()(_root)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

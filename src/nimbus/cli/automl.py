@@ -4,7 +4,7 @@ server registered."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,9 +12,10 @@ from rich.console import Console
 from nimbus.cli.common import JsonOption, client, console, emit, print_json
 from nimbus.cli.follow import bar_console, check_outcome, follow, summary
 from nimbus.cli.render import leaderboard_view
-from nimbus.client.automl import leaderboard_of
 from nimbus.jobs.domain import JobState
-from nimbus.wire.jobs import Job
+
+if TYPE_CHECKING:
+    from nimbus.wire.jobs import Job
 
 
 def automl(
@@ -67,6 +68,8 @@ def automl(
 
 
 def _print(out: Console, job: Job, registered: dict[str, Any] | None) -> None:
+    from nimbus.client.automl import leaderboard_of
+
     board = leaderboard_of(job)
     if board is not None:
         out.print(leaderboard_view(board))

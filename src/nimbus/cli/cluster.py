@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console, Group
 from rich.table import Table
 
 from nimbus.cli.common import JsonOption, client, emit, human_bytes
-from nimbus.wire.cluster import ClusterStatus, NodeAttempt, NodeResources
+
+if TYPE_CHECKING:
+    from nimbus.wire.cluster import ClusterStatus, NodeAttempt, NodeResources
 
 app = typer.Typer(help="The cluster: control planes, nodes, queue.", no_args_is_help=True)
 

@@ -1,39 +1,40 @@
-"""What every command shares: the ``--json`` option, output, and building the SDK client."""
+"""What every command shares: the ``--json`` option, output, and building the SDK client.
+
+The SDK (httpx, the wire models), the settings (pydantic-settings) and rich's progress bars
+are imported when a command uses them, not when its module is loaded: the root help imports
+every command module and should not pay for them.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import filesize
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from nimbus.client import Client
-from nimbus.config import Settings, load_settings
-from nimbus.wire.base import dump
+if TYPE_CHECKING:
+    from nimbus.client import Client
+    from nimbus.config import Settings
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")]
 
 
 def settings() -> Settings:
     """The settings of this invocation (NIMBUS_* variables), read when a command runs."""
+    from nimbus.config import load_settings
+
     return load_settings()
 
 
 def client(config: Settings | None = None) -> Client:
     """An SDK client from NIMBUS_URL / NIMBUS_TOKEN or the saved login."""
+    from nimbus.client import Client
+
     return Client(settings=config or settings())
 
 
@@ -50,6 +51,8 @@ def err_console() -> Console:
 def print_json(data: Any, *, line: bool = False) -> None:
     """The machine-readable result of a command on stdout (``line``: one compact line); wire
     models are written as the server sent them."""
+    from nimbus.wire.base import dump
+
     typer.echo(json.dumps(dump(data), indent=None if line else 2, default=str))
 
 
@@ -59,6 +62,13 @@ def emit(data: Any, as_json: bool, render: Callable[[Console], None]) -> None:
         print_json(data)
     else:
         render(console())
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A time as the wire writes it (:func:`nimbus.wire.base.iso`), for tables."""
+    from nimbus.wire.base import iso as wire_iso
+
+    return wire_iso(moment)
 
 
 def human_bytes(size: int | float | None) -> str:
@@ -81,6 +91,16 @@ def transfer(
     if not enabled or not stderr.is_terminal:  # no bars in logs and pipes
         yield lambda done, total: None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),

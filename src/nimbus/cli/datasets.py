@@ -13,7 +13,6 @@ from rich.console import Console
 from nimbus.cli.common import JsonOption, client, console, emit, human_bytes, print_json, transfer
 from nimbus.cli.render import datasets_table, version_table
 from nimbus.datasets.domain import Format, Task
-from nimbus.wire.datasets import DatasetDeleted
 
 app = typer.Typer(help="Upload, inspect, download and delete datasets.", no_args_is_help=True)
 
@@ -191,6 +190,8 @@ def delete(
     if purge:
         _purge(ref, yes, as_json)
         return
+    from nimbus.wire.datasets import DatasetDeleted
+
     with client() as api:
         result = api.delete_dataset(ref)
     if isinstance(result, DatasetDeleted):

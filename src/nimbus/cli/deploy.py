@@ -9,7 +9,6 @@ from rich.console import Console
 
 from nimbus.cli.common import JsonOption, client, emit
 from nimbus.cli.deployments import ModelArgument, NameArgument, TimeoutOption, WaitOption
-from nimbus.wire.deployments import RUNTIMES
 
 
 def deploy(
@@ -38,6 +37,8 @@ def deploy(
     as_json: JsonOption = False,
 ) -> None:
     """Deploy MODEL as an online inference service named NAME and print its endpoint URL."""
+    from nimbus.wire.deployments import RUNTIMES
+
     if runtime is not None and runtime not in RUNTIMES:
         raise typer.BadParameter(f"use one of {', '.join(RUNTIMES)}", param_hint="'--runtime'")
     with client() as api:

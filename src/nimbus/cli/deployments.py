@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -11,9 +11,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from nimbus.cli.common import JsonOption, client, emit
-from nimbus.wire.base import iso
-from nimbus.wire.deployments import Deployment
+from nimbus.cli.common import JsonOption, client, emit, iso
+
+if TYPE_CHECKING:
+    from nimbus.wire.deployments import Deployment
 
 app = typer.Typer(
     help="Inspect, update (rolling) and delete model deployments.", no_args_is_help=True

@@ -6,7 +6,7 @@ Shared by ``nimbus train --follow``, ``nimbus jobs logs -f`` and ``nimbus demo``
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -21,10 +21,12 @@ from rich.progress import (
 
 from nimbus.cli.common import err_console
 from nimbus.cli.render import duration
-from nimbus.client import Client
 from nimbus.errors import NimbusError
 from nimbus.jobs.domain import JobState
-from nimbus.wire import jobs as wire
+
+if TYPE_CHECKING:
+    from nimbus.client import Client
+    from nimbus.wire import jobs as wire
 
 FINAL_STATE_WAIT = 60.0  # after the `end` event, how long the final state may take to show
 
@@ -152,6 +154,8 @@ def follow(
 
     When a later attempt takes over (a retry, a resume), a line says so.
     """
+    from nimbus.wire import jobs as wire
+
     with EpochBars(bars) as view:
         attempt: int | None = None
         try:

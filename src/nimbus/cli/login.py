@@ -7,8 +7,6 @@ from typing import Annotated
 import typer
 
 from nimbus.cli.common import JsonOption, emit, settings
-from nimbus.client import Client, save_login
-from nimbus.wire.base import dump
 
 
 def login(
@@ -22,6 +20,9 @@ def login(
     as_json: JsonOption = False,
 ) -> None:
     """Verify TOKEN with the server at URL, then save both to NIMBUS_HOME/config (mode 0600)."""
+    from nimbus.client import Client, save_login
+    from nimbus.wire.base import dump
+
     config = settings()
     with Client(url or config.url, token.strip(), settings=config) as client:
         who = client.whoami()

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -15,9 +15,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from nimbus.cli.common import JsonOption, client, emit, human_bytes, print_json, transfer
-from nimbus.wire.base import iso
-from nimbus.wire.models import Model, ModelSummary, ModelVersion
+from nimbus.cli.common import JsonOption, client, emit, human_bytes, iso, print_json, transfer
+
+if TYPE_CHECKING:
+    from nimbus.wire.models import Model, ModelSummary, ModelVersion
 
 app = typer.Typer(
     help="Register trained models as versions, alias, download and delete them.",

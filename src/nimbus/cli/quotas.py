@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from nimbus.cli.common import JsonOption, client, emit, human_bytes
-from nimbus.wire.quotas import Quotas
+
+if TYPE_CHECKING:
+    from nimbus.wire.quotas import Quotas
 
 app = typer.Typer(help="Show and set per-tenant quotas.", no_args_is_help=True)
 

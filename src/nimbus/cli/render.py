@@ -9,19 +9,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from nimbus.cli.common import human_bytes
+from nimbus.cli.common import human_bytes, iso
 from nimbus.cli.render_fairness import DISPARITIES, fairness_view, worst
-from nimbus.wire.base import iso
-from nimbus.wire.datasets import DatasetSummary, DatasetVersion, Split
-from nimbus.wire.jobs import Job, JobDataset, MetricPoint
-from nimbus.wire.tokens import Token
+
+if TYPE_CHECKING:
+    from nimbus.wire.datasets import DatasetSummary, DatasetVersion, Split
+    from nimbus.wire.jobs import Job, JobDataset, MetricPoint
+    from nimbus.wire.tokens import Token
 
 MAX_CLASS_ROWS = 40
 

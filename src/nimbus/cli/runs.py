@@ -3,7 +3,7 @@ jobs read as runs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -11,7 +11,9 @@ from rich.table import Table
 
 from nimbus.cli.common import JsonOption, client, emit
 from nimbus.errors import InvalidInput
-from nimbus.wire.tracking import TrackedRun
+
+if TYPE_CHECKING:
+    from nimbus.wire.tracking import TrackedRun
 
 app = typer.Typer(help="Runs logged through the MLflow API.", no_args_is_help=True)
 

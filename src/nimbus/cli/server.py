@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from nimbus.cli.common import JsonOption, print_json
-from nimbus.config import load_settings
 
 
 def server(
@@ -46,6 +45,7 @@ def server(
     """Run the Nimbus control plane until interrupted."""
     # Imported here, not at the top: the server pulls in FastAPI, SQLAlchemy and the ML
     # stack, which every other command would otherwise pay for at start-up.
+    from nimbus.config import load_settings
     from nimbus.server import ADMIN_TOKEN_FILE, bootstrap, run
 
     settings = load_settings(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from nimbus.cli.common import JsonOption, client, emit
-from nimbus.wire.storage import SweepReport
+
+if TYPE_CHECKING:
+    from nimbus.wire.storage import SweepReport
 
 app = typer.Typer(help="Look after the blob store.", no_args_is_help=True)
 

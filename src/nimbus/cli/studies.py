@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -10,7 +10,9 @@ from rich.table import Table
 
 from nimbus.cli.common import JsonOption, client, console, emit
 from nimbus.jobs.domain import parse_resource
-from nimbus.wire.studies import Importances, Study, Trial
+
+if TYPE_CHECKING:
+    from nimbus.wire.studies import Importances, Study, Trial
 
 app = typer.Typer(help="Studies: hyperparameter searches.", no_args_is_help=True)
 

@@ -8,7 +8,7 @@ import typer
 
 from nimbus.cli.common import JsonOption, client, emit, err_console
 from nimbus.cli.render import tokens_table
-from nimbus.client import Role
+from nimbus.security import Role
 
 app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 
