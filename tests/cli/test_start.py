@@ -25,17 +25,12 @@ SDK = ("httpx", "pydantic_settings", "nimbus.client", "nimbus.config", "nimbus.w
 
 def loaded_after(argv: Sequence[str], env: dict[str, str]) -> tuple[int, set[str]]:
     """Run ``nimbus ARGV`` in a fresh interpreter: its exit code and the modules it loaded."""
+    # main() ends the process itself (nimbus.system.exit_now), running exit handlers first.
     code = (
-        "import json, sys\n"
+        "import atexit, json, sys\n"
         "from nimbus.cli.app import main\n"
-        "try:\n"
-        f"    main({list(argv)!r})\n"
-        "except SystemExit as exc:\n"
-        "    status = exc.code\n"
-        "else:\n"
-        "    status = 0\n"
-        "sys.stdout.flush()\n"
-        "print('\\n' + json.dumps([status, sorted(sys.modules)]))\n"
+        "atexit.register(lambda: print('\\n' + json.dumps(sorted(sys.modules))))\n"
+        f"main({list(argv)!r})\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -44,8 +39,7 @@ def loaded_after(argv: Sequence[str], env: dict[str, str]) -> tuple[int, set[str
         env={**os.environ, **env, "PYTHONPATH": str(SRC)},
         timeout=120,
     )
-    status, modules = json.loads(done.stdout.strip().splitlines()[-1])
-    return int(status or 0), set(modules)
+    return done.returncode, set(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture
