@@ -179,9 +179,23 @@ def _sampler(config: SearchConfig, history: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(grid, seed=config.seed or 0)
     if config.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    # Several trials at once: the running ones count as their worst so far ("constant
-    # liar"), so parallel trials are not asked for the same point.
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=config.parallel > 1)
+    return optuna.samplers.TPESampler(seed=seed, **tpe_options(config))
+
+
+def tpe_options(config: SearchConfig) -> dict[str, Any]:
+    """The TPE sampler's settings for ``config`` (beside its seed).
+
+    - ``multivariate``: one joint density over the searched parameters rather than one per
+      parameter. Optuna 5 defaults to it, Optuna 4 to independent sampling; the project
+      allows both, so it is pinned: a study's seed asks for the same parameters whichever
+      Optuna is installed (and independent TPE did worse: docs/studies.md).
+    - ``constant_liar``: several trials at once, the running ones count as their worst so
+      far, so parallel trials are not asked for the same point.
+    """
+    return {
+        "multivariate": True,
+        "constant_liar": config.parallel > 1,
+    }
 
 
 def _pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
