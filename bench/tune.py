@@ -28,7 +28,7 @@ exactly how). The space is one a user would write::
     --param lr=loguniform(1e-4,1e-1) --param hidden=choice(64,128,256)
     --param dropout=uniform(0,0.5) --param batch_size=int(16,128,log) --param epochs=20
 
-TPE's first trials (10: Optuna's ``n_startup_trials``) are drawn by its
+TPE's first trials (15 of 40: ``nimbus.studies.search.startup_trials``) are drawn by its
 random sampler, seeded as the random study's: they are the random study's first trials, so
 a seed whose random best lies among them ties (the "random start" line counts them).
 
@@ -137,6 +137,7 @@ class Bench:
                 sampler=sampler,
                 pruner=pruner,
                 seed=seed,
+                trials=self.trials,
             )
             runs.append(
                 run_study(
