@@ -28,6 +28,10 @@ exactly how). The space is one a user would write::
     --param lr=loguniform(1e-4,1e-1) --param hidden=choice(64,128,256)
     --param dropout=uniform(0,0.5) --param batch_size=int(16,128,log) --param epochs=20
 
+TPE's first trials (15 of 40: ``nimbus.studies.search.startup_trials``) are drawn by its
+random sampler, seeded as the random study's: they are the random study's first trials, so
+a seed whose random best lies among them ties (the "random start" line counts them).
+
 Study seeds are 1000 apart: studies whose seeds differ by 1 share almost all their random
 draws (the sampler is seeded with seed + trials so far; the "seed overlap" line shows it).
 
@@ -128,7 +132,12 @@ class Bench:
         runs = []
         for seed in self.seeds:
             config = SearchConfig(
-                space, direction=objective.direction, sampler=sampler, pruner=pruner, seed=seed
+                space,
+                direction=objective.direction,
+                sampler=sampler,
+                pruner=pruner,
+                seed=seed,
+                trials=self.trials,
             )
             runs.append(
                 run_study(
@@ -176,6 +185,15 @@ def part_samplers(
     strictly = sum(
         objective.at_least(t, r) and t != r for t, r in zip(tpe_best, rnd_best, strict=True)
     )
+    shared = [_shared_start(t, r) for t, r in zip(tpe, rnd, strict=True)]
+    same_best = sum(
+        t.best is not None and r.best is not None and t.best.record.params == r.best.record.params
+        for t, r in zip(tpe, rnd, strict=True)
+    )
+    print(
+        f"TPE's first {min(shared)}-{max(shared)} trials are the random study's own (its "
+        f"random start, seeded alike): in {same_best} seeds both bests are one such trial"
+    )
     print(f"TPE best:    {dist(tpe_best)}")
     print(f"random best: {dist(rnd_best)}")
     print(
@@ -195,7 +213,19 @@ def part_samplers(
         "tpe_as_good": wins,
         "tpe_strictly_better": strictly,
         "trials": [len(t.trials) for t in tpe + rnd],
+        "shared_start": shared,
+        "same_best_trial": same_best,
     }
+
+
+def _shared_start(one: StudyRun, other: StudyRun) -> int:
+    """How many first trials the two studies share (the same params)."""
+    count = 0
+    for a, b in zip(one.trials, other.trials, strict=False):
+        if a.record.params != b.record.params:
+            break
+        count += 1
+    return count
 
 
 def _test(run: StudyRun) -> str:
@@ -254,6 +284,16 @@ def part_pruning(
     }
 
 
+def _tpe_words(text: str) -> dict[str, Any]:
+    """``k=v,...``: integers, true/false."""
+    settings: dict[str, Any] = {}
+    for word in filter(None, text.split(",")):
+        key, _, value = word.partition("=")
+        lowered = value.strip().lower()
+        settings[key.strip()] = lowered == "true" if lowered in ("true", "false") else int(value)
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
@@ -276,6 +316,13 @@ def main() -> None:
         help="comma-separated parts: samplers (1 on val_accuracy), loss (1 and ASHA on "
         "val_loss), pruning (2 on val_accuracy), platform (3)",
     )
+    parser.add_argument(
+        "--tpe",
+        type=_tpe_words,
+        default={},
+        help="a what-if: TPE settings over the service's, e.g. n_startup_trials=5,"
+        "n_ei_candidates=48,multivariate=false (every part's TPE studies)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures there")
     args = parser.parse_args()
     if args.quick:
@@ -285,58 +332,65 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nimbus-tune-"))
     figures: dict[str, Any] = {"load_before": os.getloadavg()}
     print(f"bench/tune.py: {load()} at the start; {os.cpu_count()} CPUs")
-    try:
-        seeds = [args.first_seed + k * SEED_STRIDE for k in range(args.seeds)]
-        bench = Bench(job_splits(args.dataset, work), seeds, args.trials, args.epochs)
-        data = bench.data
-        print(
-            f"{args.dataset}: train {len(data.train)}, val {len(data.val)}, test "
-            f"{len(data.test)} rows (the upload's splits); {args.trials} mlp trials a study, "
-            f"{' '.join(tune_sim.space_words(args.epochs))}; study seeds {seeds}; decisions "
-            "by nimbus.studies.search, training by nimbus.runtime.trainer.train, in-process"
-        )
-        overlap = seed_overlap(tune_sim.user_space(args.epochs), 0, args.trials)
-        print(
-            f"seed overlap: a random study with seed 1 asks, as its trial n, for the exact "
-            f"params of trial n+1 of the study with seed 0 in {overlap} of {args.trials - 1} "
-            "trials"
-        )
-        figures["seed_overlap"] = overlap
-        started = time.perf_counter()
-        tpe = bench.studies(ACCURACY, "tpe", "none") if not {"samplers", "pruning"} <= skip else []
-        if "samplers" not in skip:
-            rnd = bench.studies(ACCURACY, "random", "none")
-            figures["samplers"] = part_samplers(ACCURACY, tpe, rnd, seeds)
-        if "loss" not in skip:
-            tpe_loss = bench.studies(LOSS, "tpe", "none")
-            rnd_loss = bench.studies(LOSS, "random", "none")
-            figures["samplers_loss"] = part_samplers(LOSS, tpe_loss, rnd_loss, seeds)
-            asha_loss = bench.studies(LOSS, "tpe", "asha")
-            label = "ASHA (the service's) on val_loss"
-            figures["pruning_loss"] = part_pruning(label, asha_loss, tpe_loss, seeds, LOSS)
-        if "pruning" not in skip:
-            asha = bench.studies(ACCURACY, "tpe", "asha")
-            figures["pruning"] = [part_pruning("ASHA (the service's)", asha, tpe, seeds)]
-            if not args.quick:
-                for number in args.rows:
-                    label, pruner, settings, tiebreak = PRUNING_ROWS[number]
-                    with asha_settings(**(settings or {})):
-                        runs = bench.studies(ACCURACY, "tpe", pruner, tiebreak=tiebreak)
-                    figures["pruning"].append(part_pruning(label, runs, tpe, seeds))
-        figures["in_process_seconds"] = time.perf_counter() - started
-        print(f"\nparts 1-2 took {figures['in_process_seconds']:.0f} s; {load()}")
-        if "platform" not in skip:
-            import tune_platform
-
-            figures["platform"] = tune_platform.run(
-                work, args.dataset, args.platform_trials, args.parallel, quick=args.quick
+    if args.tpe:
+        print(f"what-if: TPE with {args.tpe} over the service's settings")
+    with tune_sim.tpe_settings(**args.tpe):
+        try:
+            seeds = [args.first_seed + k * SEED_STRIDE for k in range(args.seeds)]
+            bench = Bench(job_splits(args.dataset, work), seeds, args.trials, args.epochs)
+            data = bench.data
+            print(
+                f"{args.dataset}: train {len(data.train)}, val {len(data.val)}, test "
+                f"{len(data.test)} rows (the upload's splits); {args.trials} mlp trials a study, "
+                f"{' '.join(tune_sim.space_words(args.epochs))}; study seeds {seeds}; decisions "
+                "by nimbus.studies.search, training by nimbus.runtime.trainer.train, in-process"
             )
-        figures["load_after"] = os.getloadavg()
-        print(f"\n{load()} at the end")
-        if args.json is not None:
-            args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            overlap = seed_overlap(tune_sim.user_space(args.epochs), 0, args.trials)
+            print(
+                f"seed overlap: a random study with seed 1 asks, as its trial n, for the exact "
+                f"params of trial n+1 of the study with seed 0 in {overlap} of {args.trials - 1} "
+                "trials"
+            )
+            figures["seed_overlap"] = overlap
+            started = time.perf_counter()
+            tpe = (
+                bench.studies(ACCURACY, "tpe", "none")
+                if not {"samplers", "pruning"} <= skip
+                else []
+            )
+            if "samplers" not in skip:
+                rnd = bench.studies(ACCURACY, "random", "none")
+                figures["samplers"] = part_samplers(ACCURACY, tpe, rnd, seeds)
+            if "loss" not in skip:
+                tpe_loss = bench.studies(LOSS, "tpe", "none")
+                rnd_loss = bench.studies(LOSS, "random", "none")
+                figures["samplers_loss"] = part_samplers(LOSS, tpe_loss, rnd_loss, seeds)
+                asha_loss = bench.studies(LOSS, "tpe", "asha")
+                label = "ASHA (the service's) on val_loss"
+                figures["pruning_loss"] = part_pruning(label, asha_loss, tpe_loss, seeds, LOSS)
+            if "pruning" not in skip:
+                asha = bench.studies(ACCURACY, "tpe", "asha")
+                figures["pruning"] = [part_pruning("ASHA (the service's)", asha, tpe, seeds)]
+                if not args.quick:
+                    for number in args.rows:
+                        label, pruner, settings, tiebreak = PRUNING_ROWS[number]
+                        with asha_settings(**(settings or {})):
+                            runs = bench.studies(ACCURACY, "tpe", pruner, tiebreak=tiebreak)
+                        figures["pruning"].append(part_pruning(label, runs, tpe, seeds))
+            figures["in_process_seconds"] = time.perf_counter() - started
+            print(f"\nparts 1-2 took {figures['in_process_seconds']:.0f} s; {load()}")
+            if "platform" not in skip:
+                import tune_platform
+
+                figures["platform"] = tune_platform.run(
+                    work, args.dataset, args.platform_trials, args.parallel, quick=args.quick
+                )
+            figures["load_after"] = os.getloadavg()
+            print(f"\n{load()} at the end")
+            if args.json is not None:
+                args.json.write_text(json.dumps(figures, indent=2))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,22 @@ def asha_settings(**settings: Any) -> Iterator[None]:
         search._pruner = own
 
 
+@contextmanager
+def tpe_settings(**settings: Any) -> Iterator[None]:
+    """The service's decisions with other TPE settings than its own (a what-if, for the
+    report: :func:`search.tpe_options` with ``settings`` over its own)."""
+    own = search.tpe_options
+
+    def options(config: SearchConfig) -> dict[str, Any]:
+        return {**own(config), **settings}
+
+    search.tpe_options = options
+    try:
+        yield
+    finally:
+        search.tpe_options = own
+
+
 def seed_overlap(space: Space, seed: int, trials: int) -> int:
     """How many of a random study's trials with seed ``seed + 1`` ask for exactly the
     params of trial ``n + 1`` of the study with seed ``seed`` (no training: the values fed

@@ -22,7 +22,9 @@ from nimbus.studies.search import (
     judged,
     next_params,
     prune_decision,
+    startup_trials,
     tie_breaker,
+    tpe_options,
 )
 from nimbus.studies.space import parse_space
 
@@ -81,6 +83,26 @@ def test_tpe_finds_the_good_region_on_a_known_landscape() -> None:
     trials = run(SearchConfig(SPACE, seed=5), 30)
     found = best("maximize", trials)
     assert found is not None and found.value is not None and found.value > 0.9
+
+
+def test_tpe_models_jointly_and_starts_random_for_a_share_of_the_budget() -> None:
+    """Pinned, not Optuna's defaults (Optuna 4 samples each parameter independently): the
+    same seed asks the same on every Optuna the project allows."""
+    assert tpe_options(SearchConfig(SPACE))["multivariate"] is True
+    assert tpe_options(SearchConfig(SPACE))["constant_liar"] is False
+    assert tpe_options(SearchConfig(SPACE, parallel=2))["constant_liar"] is True
+    budgets = [None, 1, 20, 29, 30, 40, 53, 54, 1000]
+    assert [startup_trials(b) for b in budgets] == [10, 10, 10, 10, 11, 15, 19, 20, 20]
+    assert tpe_options(SearchConfig(SPACE, trials=40))["n_startup_trials"] == 15
+
+
+def test_tpe_asks_what_random_search_asks_until_its_startup_ends() -> None:
+    """TPE's first trials are its random sampler's, seeded as a random study's: a 40-trial
+    study's first 15 are the random study's, its 16th is TPE's own."""
+    tpe = run(SearchConfig(SPACE, seed=7, trials=40), 16)
+    rnd = run(SearchConfig(SPACE, sampler="random", seed=7, trials=40), 16)
+    assert [t.params for t in tpe[:15]] == [t.params for t in rnd[:15]]
+    assert tpe[15].params != rnd[15].params
 
 
 def test_parallel_trials_are_not_asked_for_the_same_point() -> None:

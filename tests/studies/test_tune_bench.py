@@ -22,6 +22,10 @@ def test_quick_run_of_the_in_process_studies(tmp_path: Path) -> None:
     samplers = figures["samplers"]
     assert samplers["seeds"] == [0, 1000]
     assert samplers["trials"] == [5, 5, 5, 5]  # every study ran its budget
+    # 5 trials are all TPE's random start (startup_trials: 10 at least), seeded as the
+    # random study's: the two ask for the same trials.
+    assert samplers["shared_start"] == [5, 5]
+    assert samplers["tpe_best"] == samplers["random_best"]
     for value in samplers["tpe_best"] + samplers["random_best"]:
         assert 0.5 < value <= 1.0  # a validation accuracy, of a model that learned
     (asha,) = figures["pruning"]

@@ -99,6 +99,7 @@ def _config(search: dict[str, Any]) -> SearchConfig:
         pruner=search["pruner"],
         seed=search.get("seed"),
         parallel=search["parallel"],
+        trials=search["trials"],
     )
 
 
