@@ -138,6 +138,7 @@ def test_automl_searches_within_its_budget_and_its_best_model_serves(
         "sklearn-gradient-boosting",
         "sklearn-extra-trees",
         "sklearn-svm",
+        "sklearn-linear-discriminant",
     }
     api.create_deployment("cancer-auto", "cancer-auto:1")
     api.wait_deployment("cancer-auto", timeout=120)
