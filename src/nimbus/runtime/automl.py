@@ -44,7 +44,7 @@ from nimbus.runtime.automl_families import (
     refit,
     warm_up,
 )
-from nimbus.runtime.automl_search import Family, Trial, best_trial, leaderboard, propose
+from nimbus.runtime.automl_search import Family, Trial, chosen, leaderboard, propose
 from nimbus.runtime.data import DataSplits, Split
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -282,6 +282,7 @@ def checkpoint_state(
                 "seconds": t.seconds,
                 "score": t.score,
                 "loss": t.loss,
+                "spread": t.spread,
             }
             for t in trials
         ],
@@ -314,8 +315,8 @@ def restore(
                 continue
         except (KeyError, ValueError):
             continue
-        score, loss = row["score"], row.get("loss")
-        trials.append(Trial(family.name, config, float(row["seconds"]), score, loss))
+        score, loss, spread = row["score"], row.get("loss"), row.get("spread")
+        trials.append(Trial(family.name, config, float(row["seconds"]), score, loss, spread))
     started_at, elapsed = float(state["started_at"]), float(state["elapsed"])
     return Carried(trials, started_at, max(elapsed, wall() - started_at))
 
@@ -337,7 +338,7 @@ def _search(
     repeats = cv_repeats(sum(rows)) if folds else 1
     trials: list[Trial] = list(carried.trials) if carried else []
     # an earlier attempt's best keeps no model: fitted again at the end unless beaten
-    earlier = best_trial(trials)
+    earlier = chosen(trials)
     best: tuple[Trial, Fitted | None] | None = (earlier, None) if earlier else None
     start = clock() - (carried.elapsed if carried else 0.0)
     started_at = carried.started_at if carried else time.time()
@@ -351,7 +352,7 @@ def _search(
         if proposal is None:
             break
         began = clock()
-        fitted, score, loss = _try(
+        fitted, score, loss, spread = _try(
             proposal.family,
             proposal.config,
             data,
@@ -363,10 +364,13 @@ def _search(
             stop=lambda upcoming: clock() + upcoming >= deadline,
             clock=clock,
         )
-        trial = Trial(proposal.family, proposal.config, clock() - began, score, loss)
+        trial = Trial(proposal.family, proposal.config, clock() - began, score, loss, spread)
         trials.append(trial)
-        if fitted is not None and score is not None and (best is None or _beats(trial, best[0])):
+        pick = chosen(trials)
+        if pick is trial and fitted is not None:
             best = (trial, fitted)
+        elif pick is not None and (best is None or pick is not best[0]):
+            best = (pick, None)  # an earlier trial, its model not kept: fitted at the end
         if on_trial is not None and best is not None:
             on_trial(len(trials), trial, best[0])
         if on_checkpoint is not None:
@@ -411,11 +415,6 @@ def _final_fit(
     return fit(winner.family, dict(winner.config), data, seed=seed, threads=threads)
 
 
-def _beats(trial: Trial, best: Trial) -> bool:
-    """A higher score, or an equal one with a lower log loss (the earlier wins full ties)."""
-    return trial.rank_key() > best.rank_key()
-
-
 def _try(
     family: str,
     config: dict[str, Any],
@@ -427,7 +426,7 @@ def _try(
     threads: int,
     stop: Callable[[float], bool],
     clock: Callable[[], float],
-) -> tuple[Fitted | None, float | None, float | None]:
+) -> tuple[Fitted | None, float | None, float | None, float | None]:
     """Fit and score one configuration: its mean score and log loss over the folds (the
     log loss breaks ties between equal scores; the last fold's
     model kept; the folds after ``stop(seconds of the next fold)`` turns true skipped, a
@@ -448,11 +447,12 @@ def _try(
             # a first fit far slower than its family's prior guessed, or a loaded machine
             if stop((clock() - began) / len(scores)):
                 break
-        return fitted, float(np.mean(scores)), float(np.mean(losses))
+        spread = float(np.std(scores, ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else None
+        return fitted, float(np.mean(scores)), float(np.mean(losses)), spread
     except Exception:
         print(f"automl: {family} {config} failed:", flush=True)
         traceback.print_exc(limit=3)
-        return None, None, None
+        return None, None, None, None
 
 
 def with_validation(data: DataSplits, seed: int) -> DataSplits:
