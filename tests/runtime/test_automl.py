@@ -16,9 +16,9 @@ from nimbus.errors import InvalidInput
 from nimbus.modelformat.files import ONNX_FILE, SPEC_FILE
 from nimbus.modelformat.verify import check_model_dir
 from nimbus.runtime import automl
-from nimbus.runtime.automl import METRICS, cv_folds, search, with_validation
+from nimbus.runtime.automl import METRICS, cv_folds, cv_repeats, search, with_validation
 from nimbus.runtime.automl_families import SKLEARN_ARCHITECTURES, families_for, fit
-from nimbus.runtime.automl_search import Trial
+from nimbus.runtime.automl_search import Trial, chosen
 from nimbus.runtime.custom import evaluate_model_dir
 from nimbus.runtime.data import DataSplits, Split
 from nimbus.runtime.hyperparams import validate_automl_params
@@ -44,9 +44,11 @@ def test_a_search_keeps_its_budget_and_writes_the_best_model(tmp_path: Path) -> 
     assert summary["validation"] == "5-fold cross-validation on train + val"
     rows = summary["leaderboard"]
     assert summary["trials"] == len(rows) == len(found.trials) >= 8
-    assert summary["best"] == rows[0] and rows[0]["score"] == pytest.approx(
+    assert rows[0]["score"] == pytest.approx(
         max(t.score for t in found.trials if t.score is not None), abs=1e-6
     )
+    # the winner: the lowest log loss within a standard error of the best score
+    assert found.best is chosen(found.trials) and summary["best"] in rows
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
     assert json.loads(json.dumps(summary)) == summary  # JSON-ready
     assert found.summary(top=3)["leaderboard"] == rows[:3]
@@ -90,8 +92,29 @@ def test_scikit_learn_models_export_to_onnx_that_matches_predict_proba(
     check_model_dir(tmp_path)
 
 
+@pytest.mark.parametrize("shrinkage", ["none", "auto"])
+def test_a_linear_discriminant_of_two_classes_exports_its_own_probabilities(
+    shrinkage: str, tmp_path: Path
+) -> None:
+    # skl2onnx's converter gives the logistic of twice the decision for two classes
+    three = tabular(300)
+    train, val, test = (
+        Split(s.x[s.y < 2], s.y[s.y < 2]) for s in (three.train, three.val, three.test)
+    )
+    two = DataSplits(three.task, ["x", "y"], train, val, test, three.features)
+    fitted = fit("linear_discriminant", {"shrinkage": shrinkage}, two, seed=0, threads=1)
+    fitted.export(two, tmp_path)
+    session = ort.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
+    x = np.asarray(two.test.x, dtype=np.float32)
+    (got,) = session.run(["probabilities"], {"input": x})
+    want = fitted.probabilities(two, "test")
+    uncertain = (want.min(axis=1) > 1e-3).sum()  # rows where the two formulas differ
+    assert got.shape == (len(x), 2) and uncertain >= 3, uncertain
+    assert np.allclose(got, want, atol=1e-4)
+
+
 def test_small_tabular_sets_are_cross_validated_in_stratified_folds() -> None:
-    data = tabular(400)
+    data = tabular(600)  # 525 train + val rows: one round of 5 folds
     folds = cv_folds(data, seed=0)
     assert len(folds) == 5
     rows = len(data.train) + len(data.val)
@@ -113,6 +136,45 @@ def test_small_tabular_sets_are_cross_validated_in_stratified_folds() -> None:
     assert cv_folds(few, seed=0) == []  # a class with one example: no stratified folds
 
 
+def test_a_smaller_set_is_cross_validated_in_reshuffled_rounds() -> None:
+    data = tabular(200)  # 175 train + val rows: 3 rounds (500 held-out predictions at most)
+    rows = len(data.train) + len(data.val)
+    assert (cv_repeats(rows), cv_repeats(250), cv_repeats(499), cv_repeats(500)) == (3, 2, 2, 1)
+    folds = cv_folds(data, seed=0)
+    assert len(folds) == 15
+    held = []
+    for r in range(3):  # each round holds out every row once
+        round_ = np.concatenate([f.test.x for f in folds[5 * r : 5 * r + 5]])
+        assert len(round_) == rows
+        held.append(np.sort(np.nan_to_num(round_), axis=0))
+        assert all(len(f.train) + len(f.val) + len(f.test) == rows for f in folds[5 * r :])
+    assert np.array_equal(held[0], held[1]) and np.array_equal(held[1], held[2])
+    firsts = [folds[5 * r].test.x for r in range(3)]  # but the rounds are reshuffled
+    assert not np.array_equal(firsts[0], firsts[1]) and not np.array_equal(firsts[1], firsts[2])
+    again = cv_folds(data, seed=0)  # and seeded
+    assert all(np.array_equal(a.test.y, b.test.y) for a, b in zip(folds, again, strict=True))
+
+
+def test_the_final_fit_is_estimated_from_one_fold_of_its_trial() -> None:
+    trial = Trial("random_forest", {}, 15.0, 0.9)
+    # 15 fits of 4/5 of the rows (3 rounds of 5): one fit on all of them, 1.25 s a fit
+    assert automl.final_fit_seconds(trial, (100, 20), 15, repeats=3) == pytest.approx(
+        1.25 * automl.REFIT_MARGIN
+    )
+    assert automl.final_fit_seconds(trial, (100, 20), 5) == pytest.approx(
+        3.75 * automl.REFIT_MARGIN
+    )
+
+
+def test_a_search_on_a_small_set_reports_its_rounds(tmp_path: Path) -> None:
+    found = search(
+        tabular(200), {"budget": 3.0, "metric": "accuracy", "seed": 0}, tmp_path / "model"
+    )
+    assert found.search_seconds <= 3.3
+    assert found.summary()["validation"] == "3 rounds of 5-fold cross-validation on train + val"
+    check_model_dir(tmp_path / "model")
+
+
 def test_a_trial_starts_no_fold_that_would_end_past_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -131,7 +193,7 @@ def test_a_trial_starts_no_fold_that_would_end_past_the_deadline(
         ends.append(now[0])
         return now[0] + upcoming >= 3.5
 
-    fitted, score, loss = automl._try(
+    fitted, score, loss, spread = automl._try(
         "logistic_regression",
         {"C": 1.0},
         data,
@@ -143,6 +205,7 @@ def test_a_trial_starts_no_fold_that_would_end_past_the_deadline(
         clock=lambda: now[0],
     )
     assert fitted is not None and score is not None and loss is not None and loss > 0
+    assert spread is not None and spread >= 0  # over the 3 folds it had
     assert ends == [1.0, 2.0, 3.0]  # a fourth fold would have ended at 4 s, past 3.5 s
 
 

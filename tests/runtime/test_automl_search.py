@@ -12,6 +12,7 @@ from nimbus.runtime.automl_search import (
     Proposal,
     Trial,
     best_trial,
+    chosen,
     estimate_seconds,
     leaderboard,
     propose,
@@ -163,6 +164,24 @@ def test_equal_scores_go_to_the_lower_log_loss_then_the_earlier() -> None:
     assert best_trial(trials) is sure  # the earlier of the two at 0.15
     assert leaderboard(trials) == [sure, twin, unsure, unmeasured]
     assert best_trial([*trials, better]) is better  # the score first, whatever the loss
+
+
+def test_the_winner_is_the_lowest_log_loss_within_a_standard_error_of_the_best() -> None:
+    # wine: the top score is often one row luckier than configurations that generalise
+    lucky = Trial("trees", {"n": 10, "depth": 4}, 0.1, 0.995, loss=0.19, spread=0.006)
+    steady = Trial("linear", {"C": 1.0}, 0.1, 0.99, loss=0.07, spread=0.008)
+    calibrated = Trial("linear", {"C": 10.0}, 0.1, 0.985, loss=0.05, spread=0.01)
+    failed = Trial("net", {"epochs": 5, "lr": 0.01}, 0.1, None)
+    trials = [lucky, failed, steady, calibrated]
+    assert best_trial(trials) is lucky and chosen(trials) is steady  # 0.985 < 0.995 - 0.006
+    wider = Trial(lucky.family, lucky.config, 0.1, 0.995, loss=0.19, spread=0.02)
+    assert chosen([wider, steady, calibrated]) is calibrated
+    twin = Trial("trees", {"n": 20, "depth": 4}, 0.1, 0.99, loss=0.07, spread=0.0)
+    assert chosen([lucky, twin, steady]) is twin  # equal losses: the earlier
+    # without folds (no spread) the best score wins, as best_trial has it
+    plain = [Trial(t.family, t.config, t.seconds, t.score, t.loss) for t in trials]
+    assert chosen(plain) is plain[0]
+    assert chosen([failed]) is None and chosen([]) is None
 
 
 def test_a_simulated_search_spends_its_budget_without_overrunning() -> None:

@@ -44,7 +44,7 @@ from nimbus.runtime.automl_families import (
     refit,
     warm_up,
 )
-from nimbus.runtime.automl_search import Family, Trial, best_trial, leaderboard, propose
+from nimbus.runtime.automl_search import Family, Trial, chosen, leaderboard, propose
 from nimbus.runtime.data import DataSplits, Split
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -60,6 +60,12 @@ VAL_SHARE = 0.2  # of the train split lent as validation when the dataset has no
 REFIT_MARGIN = 1.3  # a final fit is estimated at this much of its trial's share
 CV_FOLDS = 5  # tabular sets of up to CV_MAX_ROWS train + val rows are cross-validated
 CV_MAX_ROWS = 10_000
+# A smaller set's folds are drawn again, reshuffled, until a configuration is scored on at
+# least CV_MIN_SCORED held-out predictions (at most CV_MAX_REPEATS rounds): on wine's 160
+# rows one example moves a fold's score by 3 points, and the best of many configurations
+# scored once is mostly the luckiest (rounds reshuffled average some of that noise out).
+CV_MIN_SCORED = 500
+CV_MAX_REPEATS = 3
 EARLY_STOP_SHARE = 0.15  # of a fold's training rows, for the torch families' early stopping
 CHECKPOINT_FORMAT = 1  # of the search's state in the job's checkpoint (checkpoint_state)
 
@@ -74,8 +80,9 @@ class AutomlResult:
     budget_seconds: float
     search_seconds: float  # first fit started -> model directory written
     refit: bool  # the winner was fitted again for its export (see final_fit_seconds)
-    validation: int = 0  # folds of the cross-validation; 0: the val split
+    validation: int = 0  # folds of the cross-validation (a round's); 0: the val split
     resumed: int = 0  # trials carried from earlier attempts (the first ones of ``trials``)
+    repeats: int = 1  # rounds of the cross-validation (see cv_repeats)
 
     def summary(self, top: int | None = None) -> dict[str, Any]:
         """JSON-ready: what the job records as its leaderboard (its ``top`` rows; all of
@@ -89,12 +96,16 @@ class AutomlResult:
             "trials": len(self.trials),
             "refit": self.refit,
             "resumed_trials": self.resumed,
-            "validation": f"{self.validation}-fold cross-validation on train + val"
-            if self.validation
-            else "the val split",
+            "validation": self.validation_text(),
             "best": trial_row(self.best, number[id(self.best)]),
             "leaderboard": [trial_row(t, number[id(t)]) for t in board],
         }
+
+    def validation_text(self) -> str:
+        if not self.validation:
+            return "the val split"
+        rounds = f"{self.repeats} rounds of " if self.repeats > 1 else ""
+        return f"{rounds}{self.validation}-fold cross-validation on train + val"
 
 
 def trial_row(trial: Trial, number: int) -> dict[str, Any]:
@@ -128,16 +139,18 @@ def leaderboard_text(summary: dict[str, Any], top: int = 10) -> str:
 
 
 def final_fit_seconds(
-    best: Trial, rows: tuple[int, int], folds: int, *, saved: bool = True
+    best: Trial, rows: tuple[int, int], folds: int, *, saved: bool = True, repeats: int = 1
 ) -> float:
     """The estimated seconds of the winner's final fit (0: it has none). Cross-validated,
-    its trial was ``folds`` fits on (folds-1)/folds of train + val: one fit on all of it
-    costs about ``seconds / (folds - 1)``. Otherwise a scikit-learn winner is refitted on
-    train + val (``rows``: their sizes); a torch one keeps its weights, unless it has no
-    model ``saved`` (an earlier attempt's winner): then it is fitted again as in its trial."""
+    its trial was ``folds`` fits (``repeats`` rounds of ``folds / repeats``, k, each on
+    (k-1)/k of train + val): one fit on all of it costs about ``seconds / folds * k / (k-1)``.
+    Otherwise a scikit-learn winner is refitted on train + val (``rows``: their sizes); a
+    torch one keeps its weights, unless it has no model ``saved`` (an earlier attempt's
+    winner): then it is fitted again as in its trial."""
     train, val = rows
     if folds:
-        return best.seconds / (folds - 1) * REFIT_MARGIN
+        k = max(folds // max(repeats, 1), 2)
+        return best.seconds / folds * k / (k - 1) * REFIT_MARGIN
     if best.family in SKLEARN_ARCHITECTURES and val:
         return best.seconds * REFIT_MARGIN * (train + val) / max(train, 1)
     return 0.0 if saved else best.seconds * REFIT_MARGIN
@@ -148,9 +161,18 @@ def export_reserve(budget: float) -> float:
     return max(RESERVE_MIN_SECONDS, RESERVE_SHARE * budget)
 
 
+def cv_repeats(rows: int) -> int:
+    """The rounds of cross-validation for ``rows`` train + val rows: enough that a
+    configuration is scored on :data:`CV_MIN_SCORED` held-out predictions, at most
+    :data:`CV_MAX_REPEATS` (1 from CV_MIN_SCORED rows up)."""
+    return max(1, min(CV_MAX_REPEATS, -(-CV_MIN_SCORED // max(rows, 1))))
+
+
 def cv_folds(data: DataSplits, seed: int) -> list[DataSplits]:
     """Stratified folds of train + val for a tabular set of at most :data:`CV_MAX_ROWS`
-    rows; none for larger or other sets, or when a class has fewer than two examples.
+    rows; none for larger or other sets, or when a class has fewer than two examples. A set
+    of fewer than :data:`CV_MIN_SCORED` rows gets :func:`cv_repeats` rounds of them, each
+    reshuffled with its own seed (a round's folds together hold out every row once).
 
     Each fold's held-out part is its ``test`` split, what the fold is scored on; the rest is
     its ``train`` and a seeded :data:`EARLY_STOP_SHARE` of it its ``val``, which the torch
@@ -165,18 +187,20 @@ def cv_folds(data: DataSplits, seed: int) -> list[DataSplits]:
     if k < 2:
         return []
     folds = []
-    for rest, held in StratifiedKFold(k, shuffle=True, random_state=seed % 2**32).split(x, y):
-        fit_rows, stop_rows = _split_off(rest, y[rest], seed)
-        folds.append(
-            DataSplits(
-                data.task,
-                data.classes,
-                Split(x[fit_rows], y[fit_rows]),
-                Split(x[stop_rows], y[stop_rows]),
-                Split(x[held], y[held]),
-                data.features,
+    for round_ in range(cv_repeats(len(y))):
+        shuffle = (seed + round_ * 7919) % 2**32
+        for rest, held in StratifiedKFold(k, shuffle=True, random_state=shuffle).split(x, y):
+            fit_rows, stop_rows = _split_off(rest, y[rest], shuffle)
+            folds.append(
+                DataSplits(
+                    data.task,
+                    data.classes,
+                    Split(x[fit_rows], y[fit_rows]),
+                    Split(x[stop_rows], y[stop_rows]),
+                    Split(x[held], y[held]),
+                    data.features,
+                )
             )
-        )
     return folds
 
 
@@ -258,6 +282,7 @@ def checkpoint_state(
                 "seconds": t.seconds,
                 "score": t.score,
                 "loss": t.loss,
+                "spread": t.spread,
             }
             for t in trials
         ],
@@ -290,8 +315,8 @@ def restore(
                 continue
         except (KeyError, ValueError):
             continue
-        score, loss = row["score"], row.get("loss")
-        trials.append(Trial(family.name, config, float(row["seconds"]), score, loss))
+        score, loss, spread = row["score"], row.get("loss"), row.get("spread")
+        trials.append(Trial(family.name, config, float(row["seconds"]), score, loss, spread))
     started_at, elapsed = float(state["started_at"]), float(state["elapsed"])
     return Carried(trials, started_at, max(elapsed, wall() - started_at))
 
@@ -310,9 +335,10 @@ def _search(
 ) -> AutomlResult:
     budget, metric, seed = float(params["budget"]), str(params["metric"]), int(params["seed"])
     rows = (len(data.train), len(data.val))
+    repeats = cv_repeats(sum(rows)) if folds else 1
     trials: list[Trial] = list(carried.trials) if carried else []
     # an earlier attempt's best keeps no model: fitted again at the end unless beaten
-    earlier = best_trial(trials)
+    earlier = chosen(trials)
     best: tuple[Trial, Fitted | None] | None = (earlier, None) if earlier else None
     start = clock() - (carried.elapsed if carried else 0.0)
     started_at = carried.started_at if carried else time.time()
@@ -320,12 +346,13 @@ def _search(
     while True:
         left = budget - (clock() - start) - export_reserve(budget)
         if best is not None:
-            left -= final_fit_seconds(best[0], rows, len(folds), saved=best[1] is not None)
+            saved = best[1] is not None
+            left -= final_fit_seconds(best[0], rows, len(folds), saved=saved, repeats=repeats)
         proposal = propose(families, trials, left, seed)
         if proposal is None:
             break
         began = clock()
-        fitted, score, loss = _try(
+        fitted, score, loss, spread = _try(
             proposal.family,
             proposal.config,
             data,
@@ -337,10 +364,13 @@ def _search(
             stop=lambda upcoming: clock() + upcoming >= deadline,
             clock=clock,
         )
-        trial = Trial(proposal.family, proposal.config, clock() - began, score, loss)
+        trial = Trial(proposal.family, proposal.config, clock() - began, score, loss, spread)
         trials.append(trial)
-        if fitted is not None and score is not None and (best is None or _beats(trial, best[0])):
+        pick = chosen(trials)
+        if pick is trial and fitted is not None:
             best = (trial, fitted)
+        elif pick is not None and (best is None or pick is not best[0]):
+            best = (pick, None)  # an earlier trial, its model not kept: fitted at the end
         if on_trial is not None and best is not None:
             on_trial(len(trials), trial, best[0])
         if on_checkpoint is not None:
@@ -352,7 +382,7 @@ def _search(
             + (f" ({len(trials)} fits failed)" if trials else ": give it more time")
         )
     winner, fitted = best
-    cost = final_fit_seconds(winner, rows, len(folds))
+    cost = final_fit_seconds(winner, rows, len(folds), repeats=repeats)
     # an earlier attempt's winner is fitted whatever the time left: there is no model else
     refitted = fitted is None or 0 < cost <= budget - (clock() - start) - export_reserve(budget)
     if refitted:
@@ -367,8 +397,9 @@ def _search(
         budget,
         clock() - start,
         refitted,
-        validation=len(folds),
+        validation=len(folds) // repeats,
         resumed=resumed,
+        repeats=repeats,
     )
 
 
@@ -384,11 +415,6 @@ def _final_fit(
     return fit(winner.family, dict(winner.config), data, seed=seed, threads=threads)
 
 
-def _beats(trial: Trial, best: Trial) -> bool:
-    """A higher score, or an equal one with a lower log loss (the earlier wins full ties)."""
-    return trial.rank_key() > best.rank_key()
-
-
 def _try(
     family: str,
     config: dict[str, Any],
@@ -400,7 +426,7 @@ def _try(
     threads: int,
     stop: Callable[[float], bool],
     clock: Callable[[], float],
-) -> tuple[Fitted | None, float | None, float | None]:
+) -> tuple[Fitted | None, float | None, float | None, float | None]:
     """Fit and score one configuration: its mean score and log loss over the folds (the
     log loss breaks ties between equal scores; the last fold's
     model kept; the folds after ``stop(seconds of the next fold)`` turns true skipped, a
@@ -421,11 +447,12 @@ def _try(
             # a first fit far slower than its family's prior guessed, or a loaded machine
             if stop((clock() - began) / len(scores)):
                 break
-        return fitted, float(np.mean(scores)), float(np.mean(losses))
+        spread = float(np.std(scores, ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else None
+        return fitted, float(np.mean(scores)), float(np.mean(losses)), spread
     except Exception:
         print(f"automl: {family} {config} failed:", flush=True)
         traceback.print_exc(limit=3)
-        return None, None, None
+        return None, None, None, None
 
 
 def with_validation(data: DataSplits, seed: int) -> DataSplits:

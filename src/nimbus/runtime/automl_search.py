@@ -83,13 +83,15 @@ class Family:
 class Trial:
     """One finished fit: its family and configuration, how long it took, and its score on
     the validation split (None when the fit failed); ``loss``, its log loss there, breaks
-    ties between equal scores (the lower first; None when not measured: last)."""
+    ties between equal scores (the lower first; None when not measured: last); ``spread``,
+    the standard error of its score over cross-validation folds (None without folds)."""
 
     family: str
     config: Mapping[str, Any]
     seconds: float
     score: float | None
     loss: float | None = None
+    spread: float | None = None
 
     def rank_key(self) -> tuple[float, float]:
         """Higher is better: the score, then the lower log loss."""
@@ -124,6 +126,20 @@ def best_trial(trials: Sequence[Trial]) -> Trial | None:
     earliest among equals in both), or None."""
     scored = [t for t in trials if t.score is not None]
     return max(scored, key=Trial.rank_key, default=None)
+
+
+def chosen(trials: Sequence[Trial]) -> Trial | None:
+    """The search's winner: among the trials whose score is within one standard error
+    (``spread``) of the best one's, the one with the lowest log loss (then the higher
+    score, then the earlier); the best trial itself when it has no spread. Scores of
+    configurations on a small set differ by a row or two; the best of many is mostly the
+    luckiest, while log loss, continuous, ranks them with less noise."""
+    best = best_trial(trials)
+    if best is None or best.spread is None or best.score is None:
+        return best
+    floor = best.score - best.spread
+    near = [t for t in trials if t.score is not None and t.score >= floor]
+    return min(near, key=lambda t: (math.inf if t.loss is None else t.loss, -(t.score or 0.0)))
 
 
 def leaderboard(trials: Sequence[Trial]) -> list[Trial]:

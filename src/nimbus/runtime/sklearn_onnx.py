@@ -9,6 +9,7 @@ trees and coefficients): serving these models is ONNX Runtime's. Nothing is pick
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -20,6 +21,8 @@ import sklearn
 from safetensors.numpy import save_file
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.pipeline import Pipeline
 
 from nimbus.datasets.domain import Task
 from nimbus.errors import ExportError, InvalidInput
@@ -61,7 +64,7 @@ def onnx_bytes(estimator: Any, n_features: int) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skl2onnx's own deprecation notices
         graph = to_onnx(
-            estimator,
+            _as_converted(estimator),
             initial_types=[("input", FloatTensorType([None, n_features]))],
             options={"zipmap": False},
             target_opset=ONNX_OPSETS,
@@ -73,6 +76,20 @@ def onnx_bytes(estimator: Any, n_features: int) -> bytes:
     del graph.graph.output[:]
     graph.graph.output.extend(kept)  # the label is the server's: classes[argmax]
     return bytes(graph.SerializeToString())
+
+
+def _as_converted(estimator: Any) -> Any:
+    """``estimator``, or a copy that skl2onnx converts to the same probabilities: for two
+    classes its linear discriminant converter takes softmax(-d, d), the logistic of 2d,
+    where scikit-learn's ``predict_proba`` is the logistic of d (the decision d halved)."""
+    last = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    if not isinstance(last, LinearDiscriminantAnalysis) or len(last.classes_) != 2:
+        return estimator
+    converted = copy.deepcopy(estimator)
+    halved = converted.steps[-1][1] if isinstance(converted, Pipeline) else converted
+    halved.coef_ = halved.coef_ / 2
+    halved.intercept_ = halved.intercept_ / 2
+    return converted
 
 
 def export_sklearn(
