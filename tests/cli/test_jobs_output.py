@@ -17,6 +17,7 @@ from nimbus.cli.render import (
     evaluation_view,
     job_view,
     jobs_table,
+    leaderboard_view,
     metric_rows,
     metrics_table,
 )
@@ -221,3 +222,17 @@ def test_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(follow_mod, "err_console", lambda: tty)
     assert follow_mod.bar_console(True) is tty
     assert follow_mod.bar_console(False) is None
+
+
+def test_the_leaderboard_marks_the_model_when_it_is_not_the_top_score() -> None:
+    row = {"family": "svm", "params": {}, "fit_seconds": 0.1}
+    board = {
+        "trials": 2,
+        "metric": "accuracy",
+        "leaderboard": [{**row, "trial": 1, "score": 0.97}, {**row, "trial": 2, "score": 0.96}],
+        "best": {**row, "trial": 2, "score": 0.96},
+        "chosen_by": "the lowest log loss among the trials within one standard error",
+    }
+    text = render(leaderboard_view(board))
+    assert rows_of(text)["2*"][:1] == ["2"] and "1*" not in text
+    assert "* the model: trial 2, the lowest log loss among" in text

@@ -250,3 +250,27 @@ def test_automl_params_are_checked_naming_the_key() -> None:
             validate_automl_params(raw)
     assert set(METRICS) == {"accuracy", "macro_f1", "balanced_accuracy"}
     assert validate_automl_params({"register": "cancer-auto"})["register"] == "cancer-auto"
+
+
+def board_row(trial: int, family: str, score: float) -> dict[str, Any]:
+    return {"trial": trial, "family": family, "params": {}, "score": score, "fit_seconds": 0.1}
+
+
+# A leaderboard whose model is not its top score (chosen within a standard error, by loss).
+BOARD = {
+    "trials": 2,
+    "search_seconds": 3.2,
+    "budget_seconds": 4,
+    "metric": "accuracy",
+    "validation": "5-fold cross-validation on train + val",
+    "leaderboard": [board_row(1, "random_forest", 0.97), board_row(2, "svm", 0.96)],
+    "best": board_row(2, "svm", 0.96),
+    "chosen_by": automl.WINNER_RULE,
+}
+
+
+def test_the_leaderboard_marks_the_model_when_it_is_not_the_top_score() -> None:
+    lines = automl.leaderboard_text(BOARD).splitlines()
+    assert lines[2].startswith("   1  ") and "random_forest" in lines[2]
+    assert lines[3].startswith("   2* ") and "svm" in lines[3]
+    assert lines[-1] == f"* the model: trial 2, {automl.WINNER_RULE}"

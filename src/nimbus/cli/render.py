@@ -424,11 +424,12 @@ def leaderboard_view(board: dict[str, Any], top: int = 15) -> RenderableType:
     for column in ("rank", "trial", "family", "score", "fit s", "params"):
         table.add_column(column, justify="left" if column in ("family", "params") else "right")
     rows = list(board.get("leaderboard") or [])
+    winner = (board.get("best") or {}).get("trial")
     for rank, row in enumerate(rows[:top], start=1):
         score = row.get("score")
         params = ", ".join(f"{k}={v}" for k, v in (row.get("params") or {}).items())
         table.add_row(
-            str(rank),
+            f"{rank}*" if row.get("trial") == winner else str(rank),
             str(row.get("trial")),
             str(row.get("family")),
             "failed" if score is None else f"{score:.4f}",
@@ -438,6 +439,8 @@ def leaderboard_view(board: dict[str, Any], top: int = 15) -> RenderableType:
     parts: list[RenderableType] = [table]
     if len(rows) > top:
         parts.append(Text(f"... and {len(rows) - top} more", style="dim"))
+    if winner is not None and board.get("chosen_by"):
+        parts.append(Text(f"* the model: trial {winner}, {board['chosen_by']}"))
     if board.get("resumed_trials"):
         parts.append(Text(f"{board['resumed_trials']} trials carried from an earlier attempt"))
     registered = board.get("registered") or {}

@@ -98,6 +98,7 @@ class AutomlResult:
             "resumed_trials": self.resumed,
             "validation": self.validation_text(),
             "best": trial_row(self.best, number[id(self.best)]),
+            "chosen_by": WINNER_RULE,
             "leaderboard": [trial_row(t, number[id(t)]) for t in board],
         }
 
@@ -120,6 +121,9 @@ def trial_row(trial: Trial, number: int) -> dict[str, Any]:
     }
 
 
+WINNER_RULE = "the lowest log loss among the trials within one standard error of the top score"
+
+
 def leaderboard_text(summary: dict[str, Any], top: int = 10) -> str:
     """The leaderboard as the job log shows it: the best ``top`` trials."""
     lines = [
@@ -128,13 +132,16 @@ def leaderboard_text(summary: dict[str, Any], top: int = 10) -> str:
         f"{summary['validation']}",
         f"{'rank':>4}  {'trial':>5}  {'family':<20} {'score':>8} {'fit s':>8}  params",
     ]
+    winner = summary["best"]["trial"]
     for rank, row in enumerate(summary["leaderboard"][:top], start=1):
         score = "failed" if row["score"] is None else f"{row['score']:.4f}"
         params = " ".join(f"{k}={v}" for k, v in row["params"].items())
+        mark = "*" if row["trial"] == winner else " "
         lines.append(
-            f"{rank:>4}  {row['trial']:>5}  {row['family']:<20} {score:>8} "
+            f"{rank:>4}{mark} {row['trial']:>5}  {row['family']:<20} {score:>8} "
             f"{row['fit_seconds']:>8.3f}  {params}"
         )
+    lines.append(f"* the model: trial {winner}, {summary['chosen_by']}")
     return "\n".join(lines)
 
 
