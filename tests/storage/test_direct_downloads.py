@@ -9,13 +9,20 @@ import contextlib
 import hashlib
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from nimbus.client.direct import Link, fetch_direct
 from nimbus.errors import CorruptBlob, StorageUnavailable
@@ -206,3 +213,104 @@ def test_an_expired_url_is_renewed_once_and_a_wrong_hash_leaves_no_file(
     with pytest.raises(CorruptBlob):
         fetch_direct(Link(presigned(seaweedfs.endpoint, key)), bad, wrong, 0, len(data), None)
     assert not bad.exists() and not list(tmp_path.glob(".*.part"))
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (both PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+class TlsProxy:
+    """Ends TLS with ``cert`` and forwards the plain bytes to ``target`` (as a storage
+    service's HTTPS front would)."""
+
+    def __init__(self, target: tuple[str, int], cert: Path, key: Path) -> None:
+        self.target, self.port = target, free_port()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.handshakes = 0  # that completed
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            tls = self.context.wrap_socket(client, server_side=True)
+        except (OSError, ssl.SSLError):  # the client refused our certificate
+            client.close()
+            return
+        self.handshakes += 1
+        with tls, socket.create_connection(self.target) as server:
+            threading.Thread(target=_pump, args=(tls, server, None), daemon=True).start()
+            _pump(server, tls, None)
+
+
+def test_https_ranges_verify_the_service_certificate(
+    stored: tuple[str, bytes, dict[str, Any]],
+    seaweedfs: SeaweedFS,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over HTTPS, the ranges are fetched through TLS and the service's certificate is
+    checked against the machine's trust store (``SSL_CERT_FILE`` here): a service whose
+    certificate is not trusted (a man in the middle) gets no request, and no file is left."""
+    key, data, meta = stored
+    cert, private = self_signed(tmp_path)
+    host, port = seaweedfs.endpoint.removeprefix("http://").rsplit(":", 1)
+    proxy = TlsProxy((host, int(port)), cert, private)
+    try:
+        link = Link(presigned(proxy.endpoint, key))
+        untrusted = tmp_path / "untrusted.bin"
+        with pytest.raises(StorageUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            fetch_direct(
+                link, untrusted, meta, 0, len(data), None, range_size=MIB, sleep=lambda s: None
+            )
+        assert proxy.handshakes == 0 and not untrusted.exists()
+        assert not list(tmp_path.glob(".*.part"))
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now the machine trusts it
+        out = tmp_path / "file.bin"
+        done = fetch_direct(link, out, meta, 0, len(data), None, workers=2, range_size=MIB)
+        assert done == len(data) and out.read_bytes() == data and proxy.handshakes >= 1
+    finally:
+        proxy.close()
