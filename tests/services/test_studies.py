@@ -152,6 +152,40 @@ def test_a_study_runs_its_trials_as_jobs_parallel_at_most_and_ends_with_the_best
         assert job.state is JobState.SUCCEEDED
 
 
+def test_a_round_reads_the_curves_of_running_trials_not_of_those_ended_before_it(
+    setup: tuple[StudyService, Principal, Database],
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trial's job that ended writes no more: its curve is read in the round after it
+    ended, then kept; a round reads only the running trials' (tie-breaker included)."""
+    studies, member, db = setup
+    study = studies.create(member, request(trials=4, parallel=2))
+    studies.advance()
+    first = run_jobs(db, clock, by_lr, end=True)  # trials 0 and 1 end
+    studies.advance()  # settles them (read while running), starts trials 2 and 3
+    read: list[str] = []
+    real = job_outputs.read_metrics
+
+    def counted(session: Any, job_id: str, key: str) -> Any:
+        read.append(job_id)
+        return real(session, job_id, key)
+
+    monkeypatch.setattr(job_outputs, "read_metrics", counted)
+    studies.advance()  # trials 0 and 1 ended before this round: read once more, then kept
+    assert set(first) <= set(read)
+    read.clear()
+    studies.advance()
+    assert read and not set(first) & set(read)  # only trials 2 and 3, still running
+    run_jobs(db, clock, by_lr, end=True)
+    studies.advance()
+    done = studies.get(member, study.id)
+    assert done.state == "succeeded" and done.counts == {"complete": 4}
+    assert done.best is not None and done.best.value == max(
+        t.value for t in studies.trials(member, study.id).trials if t.value is not None
+    )
+
+
 def test_a_trial_whose_job_failed_counts_as_failed_never_as_a_value(
     setup: tuple[StudyService, Principal, Database], clock: Clock
 ) -> None:

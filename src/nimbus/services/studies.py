@@ -120,6 +120,10 @@ class StudyService:
         self.register = register
         self._importances: OrderedDict[tuple[Any, ...], dict[str, float]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        # Curves of trials that had ended by a round's start (their jobs write no more), by
+        # study and trial number: a round reads only the running trials' (the rounds' loop
+        # alone uses it, and keeps only the running studies').
+        self._final: dict[str, dict[int, tuple[dict[int, float], dict[int, float]]]] = {}
 
     # -- create -------------------------------------------------------------------------
 
@@ -312,6 +316,9 @@ class StudyService:
         whose round fails is logged and tried again at the next."""
         with self.db.session() as session:
             ids = [(row.id, row.tenant_id) for row in repo.running(session)]
+        running = {study_id for study_id, _ in ids}
+        for gone in self._final.keys() - running:
+            del self._final[gone]
         for study_id, tenant_id in ids:
             try:
                 self._advance(study_id, tenant_id)
@@ -354,8 +361,17 @@ class StudyService:
         rows and their records."""
         metric = row.search["metric"]
         trials = repo.trials(session, row.id)
-        curves = {t.number: self._curve(session, t.job_id, metric) for t in trials}
-        ties = {t.number: self._tiebreak(session, t.job_id, metric) for t in trials}
+        final = self._final.setdefault(row.id, {})
+        curves: dict[int, dict[int, float]] = {}
+        ties: dict[int, dict[int, float]] = {}
+        for t in trials:
+            if t.number in final:
+                curves[t.number], ties[t.number] = final[t.number]
+                continue
+            curves[t.number] = self._curve(session, t.job_id, metric)
+            ties[t.number] = self._tiebreak(session, t.job_id, metric)
+            if t.state in (TrialState.COMPLETE.value, TrialState.FAILED.value):
+                final[t.number] = curves[t.number], ties[t.number]  # its job had ended
         for trial in trials:
             if trial.state != TrialState.RUNNING.value:
                 continue
