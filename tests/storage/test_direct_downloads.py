@@ -246,34 +246,21 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-class TlsProxy:
+class TlsProxy(FaultyProxy):
     """Ends TLS with ``cert`` and forwards the plain bytes to ``target`` (as a storage
-    service's HTTPS front would)."""
+    service's HTTPS front would); no faults."""
 
     def __init__(self, target: tuple[str, int], cert: Path, key: Path) -> None:
-        self.target, self.port = target, free_port()
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
         self.handshakes = 0  # that completed
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target, [])
 
     @property
     def endpoint(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket, fault: str) -> None:
         try:
             tls = self.context.wrap_socket(client, server_side=True)
         except (OSError, ssl.SSLError):  # the client refused our certificate
