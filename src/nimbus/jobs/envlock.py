@@ -15,10 +15,7 @@ again: an unpinned requirement follows its index.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -26,6 +23,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 
 from nimbus.jobs.requirements import request_key
+from nimbus.system import write_private
 
 Lock = tuple[str, ...]
 MAP_DIR = ".resolved"  # below the node's environments: the requested→lock map
@@ -58,7 +56,7 @@ def parse_lock(lines: Iterable[str]) -> Lock:
 class ResolvedLocks:
     """The requested→lock map of one node: ``root/<request key>.json`` per list resolved
     here, trusted for ``ttl`` seconds after its resolve. Written atomically (a rename);
-    the directory is the server's only (0700)."""
+    the directory is the server's only (0700), each file too (0600)."""
 
     def __init__(self, root: Path, ttl: float, clock: Callable[[], float] = time.time) -> None:
         self.root, self.ttl, self.clock = Path(root), ttl, clock
@@ -84,11 +82,7 @@ class ResolvedLocks:
 
     def put(self, requirements: Sequence[str], platform: Sequence[str], lock: Lock) -> None:
         entry = {"requirements": list(requirements), "lock": list(lock)}
-        path = self._path(requirements, platform)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        try:
-            temporary.write_text(json.dumps({**entry, "resolved_at": self.clock()}))
-            os.replace(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
+        write_private(
+            self._path(requirements, platform),
+            json.dumps({**entry, "resolved_at": self.clock()}),
+        )

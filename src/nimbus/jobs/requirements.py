@@ -98,12 +98,16 @@ def environment_key(lock: Sequence[str], platform: Sequence[str]) -> str:
     """The content hash naming an environment: its lock (the resolved ``NAME==VERSION``
     pins, sorted: :mod:`nimbus.jobs.envlock`) over the platform (the interpreter's version
     and the packages it already has). Two lists that resolve alike share it."""
-    document = json.dumps({"lock": list(lock), "platform": list(platform)})
-    return hashlib.sha256(document.encode()).hexdigest()
+    return _content_key("lock", lock, platform)
 
 
 def request_key(requirements: Sequence[str], platform: Sequence[str]) -> str:
     """The content hash of what was asked (normalised) over the platform that resolves
     it: the key of the requested→lock map (:class:`nimbus.jobs.envlock.ResolvedLocks`)."""
-    document = json.dumps({"requirements": list(requirements), "platform": list(platform)})
+    return _content_key("requirements", requirements, platform)
+
+
+def _content_key(field: str, lines: Sequence[str], platform: Sequence[str]) -> str:
+    """SHA-256 of ``{field: lines, "platform": platform}`` as JSON."""
+    document = json.dumps({field: list(lines), "platform": list(platform)})
     return hashlib.sha256(document.encode()).hexdigest()

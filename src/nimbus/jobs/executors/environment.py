@@ -108,10 +108,8 @@ class EnvironmentExecutor:
         if not handle.build.done():
             return None
         error = handle.build.exception()
-        if isinstance(error, BuildFailed):  # the requirements' fault: the same again fails
-            return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=str(error))
-        if error is not None:  # the node's (no uid free, a full disk): retried
-            return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
+        if error is not None:
+            return _failed(error)
         if not self._start_built(handle, said=False):  # removed meanwhile: build it again
             handle.build, _ = self.builds.request(handle.key, handle.lock, handle.launch.output)
         return None
@@ -141,10 +139,8 @@ class EnvironmentExecutor:
         if not handle.resolving.done():
             return None
         error = handle.resolving.exception()
-        if isinstance(error, BuildFailed):
-            return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=str(error))
         if error is not None:
-            return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
+            return _failed(error)
         handle.lock = handle.resolving.result()
         _note(handle, f"nimbus: environment: locked to {_pins(handle.lock)}")
         self._record(handle)
@@ -271,6 +267,14 @@ class EnvironmentOnly:
 
     def close(self) -> None:
         return None
+
+
+def _failed(error: BaseException) -> ExitStatus:
+    """How an attempt ends when its resolve or build raised ``error``."""
+    if isinstance(error, BuildFailed):  # the requirements' fault: the same again fails
+        return ExitStatus(None, limit=ExitReason.ENVIRONMENT_BUILD_FAILED, detail=str(error))
+    # the node's (no uid free, a full disk): retried
+    return ExitStatus(None, limit=ExitReason.INFRA, detail=f"environment: {error!r}")
 
 
 def _pins(lock: Lock) -> str:
