@@ -53,7 +53,8 @@ def _pool(workers: int) -> urllib3.PoolManager:
     it, not every command's start."""
     import urllib3
 
-    return urllib3.PoolManager(maxsize=workers, timeout=urllib3.Timeout(connect=10.0, read=120.0))
+    timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
+    return urllib3.PoolManager(maxsize=workers, timeout=timeout)
 
 
 def part_length(size: int, part_size: int, number: int) -> int:

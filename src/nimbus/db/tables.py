@@ -219,7 +219,7 @@ class JobRow(Base):
     # version, the code artifact), and the latest progress its job process reported.
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # Migration 0021: the pins its requirements resolved to, recorded by its first attempt
+    # Migration 0023: the pins its requirements resolved to, recorded by its first attempt
     # that resolved them (a JSON list): every later attempt installs exactly these.
     environment_lock: Mapped[list[str] | None] = mapped_column(JSON)
 

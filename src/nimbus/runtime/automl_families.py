@@ -253,9 +253,11 @@ def _estimator(family: str, config: dict[str, Any], seed: int, threads: int) -> 
         # SVD without shrinkage; least squares with it, towards the identity: on
         # standardised features, so that no feature's scale decides it
         shrinkage = config["shrinkage"]
-        if shrinkage == "none":
-            return make_pipeline(imputer, StandardScaler(), LinearDiscriminantAnalysis())
-        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage)
+        lda = (
+            LinearDiscriminantAnalysis()
+            if shrinkage == "none"
+            else LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage)
+        )
         return make_pipeline(imputer, StandardScaler(), lda)
     if family in ("random_forest", "extra_trees"):
         forest = RandomForestClassifier if family == "random_forest" else ExtraTreesClassifier
