@@ -27,7 +27,10 @@ from nimbus.errors import InvalidInput
 from nimbus.system import free_port
 from nimbus.wire.jobs import Job
 
-RAY = str(Path(sys.executable).with_name("ray"))  # the venv's, by absolute path
+# The venv's ``ray``, by absolute path; where the interpreter has no such script beside it
+# (packages unpacked onto PYTHONPATH, as on a machine lent for the GPU checks), its module.
+_SCRIPT = Path(sys.executable).with_name("ray")
+RAY = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
 # Dead nodes noticed in ~3 s rather than Ray's default ~30 s.
 FAST_HEALTH = {
     "RAY_health_check_period_ms": "500",
@@ -46,7 +49,7 @@ class RayNodeProcess:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             proc = subprocess.Popen(
-                [RAY, "start", *self.args],
+                [*RAY, "start", *self.args],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -97,10 +100,15 @@ class RayNodeProcess:
 
 
 class RayTestCluster:
-    """Head (``node_a``) plus one worker node (``node_b``), 2 CPUs each."""
+    """Head (``node_a``) plus one worker node (``node_b``), 2 CPUs each, and the GPUs that
+    ``gpus`` gives a node (none otherwise: Ray would give every raylet on a GPU machine all
+    of its GPUs, the same ones)."""
 
-    def __init__(self, root: Path, *, dashboard: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, dashboard: bool = False, gpus: dict[str, int] | None = None
+    ) -> None:
         self.root = root
+        self.gpus = gpus or {}
         # Ray's sockets lie under its temp dir, and a unix socket's path is at most 107
         # bytes: pytest's tmp paths (deeper under xdist) are too long for it.
         self.temp = Path(tempfile.mkdtemp(prefix="nray-"))
@@ -119,6 +127,7 @@ class RayTestCluster:
         return [
             "--node-ip-address=127.0.0.1",
             "--num-cpus=2",
+            f"--num-gpus={self.gpus.get(name, 0)}",
             f"--resources={json.dumps(resources)}",
             "--disable-usage-stats",
             # Ports of their own, not Ray's fixed defaults: another cluster may run here.

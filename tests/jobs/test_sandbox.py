@@ -200,6 +200,25 @@ def test_hierarchies_on_pure_cgroup_v2() -> None:
     ]
 
 
+def test_controllers_the_servers_cgroup_cannot_hand_down_are_not_claimed(tmp_path: Path) -> None:
+    """As on a machine whose cgroup v2 mount has every controller but the server's own
+    cgroup delegates none (seen on a GPU machine: each attempt's start then failed writing
+    memory.max): the base keeps cgroup.kill, the limits degrade, and that is said."""
+    all_three = frozenset({"memory", "pids", "cpu"})
+    refusing = tmp_path / "refusing"
+    (refusing / "cgroup.subtree_control").mkdir(parents=True)  # neither written nor read
+    [found] = cgroups.writable([cgroups.Hierarchy(2, refusing, all_three, True)])
+    assert found == cgroups.Hierarchy(2, refusing, frozenset(), True)
+    assert len(cgroups.missing([found])) == 3
+    # The kernel lists what it enabled, less what it could not: only those are claimed.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    assert cgroups.hand_down(partial, all_three) == all_three  # read back as written
+    (partial / "cgroup.subtree_control").unlink()
+    (partial / "cgroup.subtree_control").mkdir()
+    assert cgroups.hand_down(partial, all_three) == frozenset()
+
+
 def test_what_degrades_without_controllers() -> None:
     assert cgroups.missing([]) == [
         "no writable memory controller",

@@ -209,6 +209,9 @@ def test_two_gloo_workers_under_a_real_executor(harness: Harness, kind: str) -> 
     assert [step for step, _, _ in job_api.checkpoints] == [1, 2]
     assert job_api.artifact_puts == 3 and len(job_api.results) == 1
     assert "[0] nimbus: job job_1 attempt 1: cnn on digits:1 with 2 workers" in output
+    # Each worker says what it trains on: no GPU asked for, so the CPU, over gloo.
+    for rank in (0, 1):
+        assert f"[{rank}] nimbus: worker {rank}: cpu, torch.distributed gloo" in output
     assert "[1] epoch" not in output
 
 

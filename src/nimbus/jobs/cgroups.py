@@ -27,7 +27,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nimbus.jobs.domain import Resources
@@ -223,12 +223,25 @@ def writable(hierarchies: list[Hierarchy]) -> list[Hierarchy]:
             with contextlib.suppress(OSError):
                 (h.base / name).write_text(str(cpu_weight(h.version, os.cpu_count() or 1)))
         if h.version == 2 and h.controllers:
-            # Hand the controllers down: the server's cgroup is not a leaf any more below.
-            wanted = " ".join(f"+{c}" for c in sorted(h.controllers))
-            with contextlib.suppress(OSError):
-                (h.base / "cgroup.subtree_control").write_text(wanted)
+            h = replace(h, controllers=hand_down(h.base, h.controllers))
         usable.append(h)
     return usable
+
+
+def hand_down(base: Path, controllers: frozenset[str]) -> frozenset[str]:
+    """Enables ``controllers`` for the cgroups below ``base`` (cgroup v2); returns those
+    enabled there. The mount lists what its root has: the server's own cgroup may have
+    fewer (a parent that delegated none; a cgroup with processes of its own, which cannot
+    hand controllers down), and an attempt's limits then go unwritten, said at start,
+    rather than fail every attempt's start."""
+    control = base / "cgroup.subtree_control"
+    with contextlib.suppress(OSError):
+        control.write_text(" ".join(f"+{c}" for c in sorted(controllers)))
+    try:
+        enabled = {name.lstrip("+") for name in control.read_text().split()}
+    except OSError:
+        return frozenset()
+    return controllers & frozenset(enabled)
 
 
 class AttemptCgroup:

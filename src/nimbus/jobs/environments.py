@@ -57,7 +57,7 @@ from nimbus.jobs.envstore import (
     lru_order,
     take_over,
 )
-from nimbus.jobs.executors.base import DEFAULT_PATH, OutputPump, OutputSink
+from nimbus.jobs.executors.base import DEFAULT_PATH, JOB_USER, OutputPump, OutputSink
 from nimbus.jobs.isolation import JOB_UMASK
 from nimbus.jobs.requirements import environment_key
 from nimbus.jobs.sandbox import AttemptSandbox, Sandbox, bwrap_argv, launcher_argv, seccomp_memfd
@@ -341,6 +341,7 @@ class Builds:
             "LANG": "C.UTF-8",
             "HOME": str(work),
             "TMPDIR": str(work / ".tmp"),
+            **JOB_USER,
             "PYTHONUNBUFFERED": "1",
             "UV_CACHE_DIR": str(work / ".tmp" / "uv-cache"),
             "UV_LINK_MODE": "copy",  # never a hard link into the cache: see take_over

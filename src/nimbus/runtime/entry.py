@@ -484,11 +484,14 @@ def _process_group(env: JobEnv) -> Iterator[tuple[Any, torch.device]]:
     )
     if cuda:
         torch.cuda.set_device(device)
+    backend = "nccl" if cuda else "gloo"
+    group = f", torch.distributed {backend}" if env.world_size > 1 else ""
+    print(f"nimbus: worker {env.rank}: {_device_name(device)}{group}", flush=True)
     if env.world_size <= 1:
         yield None, device
         return
     dist.init_process_group(
-        "nccl" if cuda else "gloo",
+        backend,
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
         rank=env.rank,
         world_size=env.world_size,
@@ -497,6 +500,13 @@ def _process_group(env: JobEnv) -> Iterator[tuple[Any, torch.device]]:
         yield dist.group.WORLD, device
     finally:
         dist.destroy_process_group()
+
+
+def _device_name(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H200)`` or ``cpu``: what the worker's log says it trains on."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from nimbus.db.job_outputs import LogChunk as LogChunkRow
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
+from nimbus.jobs.gpus import NVIDIA_GPUS, machine_gpus
 from nimbus.jobs.requirements import normalise
 from nimbus.names import parse_reference, whole_number
 from nimbus.runtime.hyperparams import (
@@ -68,17 +68,10 @@ class LogPoll:
     done: bool  # terminal, and every chunk up to now was returned
 
 
-def detect_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+def detect_gpus(proc: Path = NVIDIA_GPUS) -> int:
     """NVIDIA GPUs the driver lists, narrowed by CUDA_VISIBLE_DEVICES; without importing
     torch (the server never does)."""
-    try:
-        found = sum(1 for _ in proc.iterdir())
-    except OSError:
-        return 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return found
-    return min(found, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return len(machine_gpus(proc))
 
 
 def node_capacity(cpus: float | None, gpus: int | None, memory: str | None) -> Capacity:

@@ -30,6 +30,10 @@ LockSink = Callable[[tuple[str, ...]], None]
 """Told the lock a job's requirements resolved to (kept with the job for its retries)."""
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Sandboxed jobs run as uids no passwd file lists: getpass.getuser() (torch asks it for its
+# compile caches' paths; torch 2.11's import of torch._dynamo then failed) reads these first
+# rather than look the uid up and fail.
+JOB_USER = {"USER": "nimbus-job", "LOGNAME": "nimbus-job"}
 log = logging.getLogger(__name__)
 
 
@@ -167,6 +171,7 @@ def scrubbed_env(
         "LANG": base.get("LANG", "C.UTF-8"),
         "HOME": str(launch.workdir),
         "TMPDIR": str(launch.workdir),
+        **JOB_USER,
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": str(max(1, int(launch.resources.cpus))),
         "NIMBUS_URL": launch.nimbus_url,

@@ -29,6 +29,7 @@ from nimbus.jobs.executors.base import (
     OutputPump,
     scrubbed_env,
 )
+from nimbus.jobs.gpus import GpuSlots, machine_gpus
 from nimbus.jobs.isolation import prepare_root, prepare_workdir
 from nimbus.jobs.sandbox import (
     DISK_LIMIT_EXIT,
@@ -91,8 +92,11 @@ class ProcessExecutor:
         grace_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         sandbox: Sandbox | None = None,
+        gpus: GpuSlots | None = None,
     ) -> None:
         self.jobs_root = Path(jobs_root)
+        # Which GPUs each attempt gets: the scheduler counted them, the workers are told.
+        self.gpus = gpus if gpus is not None else GpuSlots(machine_gpus())
         self.base_env = dict(base_env) if base_env is not None else default_base_env()
         self.grace_seconds = grace_seconds
         self.clock = clock
@@ -124,6 +128,7 @@ class ProcessExecutor:
         port = free_port() if world > 1 else None
         handle = GroupHandle(launch.attempt_id, launch.workdir)
         try:
+            pinned = self.gpus.take(launch.attempt_id, launch.resources.gpus, world)
             if self.sandbox is not None:
                 cache = launch.extra_env.get("NIMBUS_CACHE_DIR")
                 handle.sandbox = self.sandbox.enter(
@@ -137,6 +142,8 @@ class ProcessExecutor:
                 env = scrubbed_env(
                     launch, base=self.base_env, rank=rank, world_size=world, master_port=port
                 )
+                if pinned is not None:  # numbered as nvidia-smi numbers them
+                    env.update(CUDA_VISIBLE_DEVICES=pinned[rank], CUDA_DEVICE_ORDER="PCI_BUS_ID")
                 pid, fd = self._spawn(launch, env, handle.sandbox)
                 pump = OutputPump(fd, launch.output, prefix=f"[{rank}] " if world > 1 else "")
                 pump.start()
@@ -150,6 +157,7 @@ class ProcessExecutor:
                     time.sleep(0.01)
             if handle.sandbox is not None and self.sandbox is not None:
                 self.sandbox.leave(handle.sandbox)
+            self.gpus.release(launch.attempt_id)
             raise
         self._handles[launch.attempt_id] = handle
         return handle
@@ -179,6 +187,7 @@ class ProcessExecutor:
         for worker in group.workers:
             worker.pump.join(timeout=2.0)  # output held open by an escaped process is dropped
         self._handles.pop(group.attempt_id, None)
+        self.gpus.release(group.attempt_id)
         if self.sandbox is not None:
             self._retire(group.workdir, failed=not status.ok)
         return status

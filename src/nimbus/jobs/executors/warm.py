@@ -65,6 +65,7 @@ from nimbus.errors import Unavailable
 from nimbus.jobs import cgroups
 from nimbus.jobs.domain import ExitReason, Resources
 from nimbus.jobs.executors.base import (
+    JOB_USER,
     AttemptLaunch,
     ExitStatus,
     Handle,
@@ -206,7 +207,7 @@ class WarmSandbox:
                 proc = subprocess.Popen(
                     command,
                     pass_fds=[theirs.fileno(), seccomp_fd],
-                    env={**base_env, "HOME": str(workdir), "PYTHONUNBUFFERED": "1"},
+                    env={**base_env, **JOB_USER, "HOME": str(workdir), "PYTHONUNBUFFERED": "1"},
                     cwd="/",
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
