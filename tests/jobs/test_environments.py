@@ -24,7 +24,7 @@ from nimbus.jobs.environments import (
     lru_order,
     take_over,
 )
-from nimbus.jobs.envlock import BadLock, ResolvedLocks, parse_lock
+from nimbus.jobs.envlock import BadLock, Lock, ResolvedLocks, parse_lock
 from nimbus.jobs.executors.base import AttemptLaunch, ExitStatus, Handle, Program
 from nimbus.jobs.executors.environment import EnvironmentExecutor
 from nimbus.jobs.executors.local import LocalExecutor
@@ -249,6 +249,35 @@ def test_the_key_is_computed_off_the_schedulers_thread(tmp_path: Path) -> None:
     finally:
         readable.set()
         executor.close()
+
+
+def test_attempts_asking_for_one_environment_at_once_share_its_build(tmp_path: Path) -> None:
+    """The second attempt that asks for an environment while it is being built waits for
+    that build (tests/api/test_jobs_isolation.py sees it end to end when the timing
+    allows); once built, the next request builds nothing anew."""
+    gate, built = threading.Event(), []
+
+    class Gated(Builds):
+        def _build_in(self, work: Path, key: str, lock: Lock, output: object) -> None:
+            built.append(key)
+            gate.wait(10)
+            self.store.path(key).mkdir()  # what a finished build leaves
+
+    builds = Gated(EnvironmentSettings(tmp_path / "envs"), sandbox=None, pins=lambda _: PLATFORM)
+    lock = ("tomli==2.0.1",)
+    key = environment_key(lock, PLATFORM)
+    try:
+        first, mine = builds.request(key, lock, None)
+        second, theirs = builds.request(key, lock, None)
+        assert mine and not theirs and second is first
+        gate.set()
+        first.result(timeout=10)
+        again, _ = builds.request(key, lock, None)  # after it: a new request, found built
+        again.result(timeout=10)
+        assert built == [key] and builds.store.ready(key)
+    finally:
+        gate.set()
+        builds.close()
 
 
 def test_a_recorded_lock_or_a_remembered_one_starts_without_a_resolve(tmp_path: Path) -> None:
