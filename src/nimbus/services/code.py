@@ -20,9 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nbformat
-from nbformat.warnings import MissingIDFieldWarning
-
 from nimbus.datasets.archive import ArchiveKind, iter_files, sniff_archive
 from nimbus.datasets.domain import IngestLimits
 from nimbus.db import blobrefs
@@ -200,6 +197,11 @@ def check_notebook(path: Path, size: int, name: str) -> None:
             f"a notebook is limited to {MAX_SCRIPT_BYTES} bytes; got {size}",
             limit=MAX_SCRIPT_BYTES,
         )
+    # Imported here: nbformat and jsonschema under it hold ~12 MB in every control plane
+    # that never sees a notebook (its peak RSS is a target: docs/storage.md).
+    import nbformat
+    from nbformat.warnings import MissingIDFieldWarning
+
     try:
         text = path.read_bytes().decode("utf-8")
         notebook = nbformat.reads(text, as_version=nbformat.NO_CONVERT)  # type: ignore[no-untyped-call]
