@@ -233,6 +233,10 @@ class Figures:
         self.peaks_all: dict[str, list[int]] = {}
 
     def run(self, case: str, action: Callable[[], Any], pid: int | None = None) -> None:
+        # Every case starts with nothing left to write back: the GiBs the cases before it
+        # wrote (uploads into the server's disk, downloaded files) were still being flushed
+        # during the next case, and a case's time depended on its place in the run.
+        os.sync()
         if pid is None:
             self.times.setdefault(case, []).append(timed(action))
             return
