@@ -316,6 +316,11 @@ def follow(
     return events
 
 
+def sandbox_runs_here() -> bool:
+    """Whether a server can sandbox jobs here: as root, with bubblewrap."""
+    return os.geteuid() == 0 and shutil.which("bwrap") is not None
+
+
 @contextlib.contextmanager
 def passable_dir() -> Iterator[Path]:
     """A directory sandboxed jobs' uids may pass through (pytest's own tmp dirs are 0700);

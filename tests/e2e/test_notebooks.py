@@ -6,8 +6,6 @@ test_jobs.py; a failing cell: tests/runtime/test_notebook.py."""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +17,10 @@ from nimbus.client import Client
 from nimbus.errors import InvalidInput
 from tests.cli.conftest import Nimbus
 from tests.e2e.conftest import FAST, client_for, upload_digits
-from tests.helpers import ServerProcess, passable_dir
+from tests.helpers import ServerProcess, passable_dir, sandbox_runs_here
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.ipynb"
-SANDBOX = os.geteuid() == 0 and shutil.which("bwrap") is not None
+SANDBOX = sandbox_runs_here()
 
 JOB_CELLS = [
     # The kernel talks to the job over unix sockets; a loopback is still there for the

@@ -11,9 +11,7 @@ with one, those tests are skipped and say so.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +22,7 @@ from nimbus.client import Client
 from nimbus.errors import InvalidInput
 from nimbus.services.jobs import detect_gpus
 from tests.e2e.conftest import FAST, QUICK_CNN, client_for, logs_text, upload_digits
-from tests.helpers import ServerProcess, passable_dir
+from tests.helpers import ServerProcess, passable_dir, sandbox_runs_here
 from tests.helpers_ray import RayTestCluster
 
 GPUS = detect_gpus()
@@ -32,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(GPUS == 0, reason="needs an N
 two_gpus = pytest.mark.skipif(GPUS < 2, reason=f"nccl with 2 workers needs 2 GPUs; {GPUS} here")
 # In the job sandbox where it can run (root, bubblewrap), as CI runs the other tests: the
 # sandbox must hand an attempt with GPUs their device nodes.
-SANDBOXED = os.geteuid() == 0 and shutil.which("bwrap") is not None
+SANDBOXED = sandbox_runs_here()
 ON_GPU = re.compile(r"nimbus: worker (\d): cuda:0 \((.+?)\)(, torch.distributed (\w+))?$", re.M)
 
 

@@ -4,8 +4,6 @@ using it (each takes seconds to start on 2 cores; both stop when tests/ray ends)
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +12,7 @@ pytest.importorskip("ray")
 
 from nimbus.client import Client
 from tests.e2e.conftest import FAST, client_for, upload_digits
-from tests.helpers import ServerProcess, passable_dir
+from tests.helpers import ServerProcess, passable_dir, sandbox_runs_here
 from tests.helpers_ray import RayTestCluster
 
 
@@ -22,7 +20,7 @@ from tests.helpers_ray import RayTestCluster
 def ray_sandboxed() -> bool:
     """Whether the nodes sandbox attempts (the default: where the sandbox can run, as root
     with bubblewrap); elsewhere the tests run them unsandboxed (NIMBUS_JOB_ISOLATION=none)."""
-    return os.geteuid() == 0 and shutil.which("bwrap") is not None
+    return sandbox_runs_here()
 
 
 @pytest.fixture(scope="package")

@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 from nimbus.errors import InvalidInput, StorageUnavailable
 from nimbus.storage.direct import UPLOADS_PREFIX, ObjectChanged, StoredPart
-from nimbus.storage.ranged import read_into
+from nimbus.storage.ranged import WHOLE_RANGE, WHOLE_WORKERS, read_into
 
 _PART = re.compile(r"^([0-9a-f]{16})(\d{6})$")
 COPY_POLL_SECONDS = 0.2
@@ -230,10 +230,9 @@ class AzureDirect:
             except AzureError as exc:
                 raise self._fail(exc, f"reading {key}") from None
 
-        # 4 MiB ranges, 4 in flight: the SDK holds a range whole (and copies it), so 16 MiB
-        # of buffers and their copies in the control plane (8 in flight: its peak RSS ~20 MB
-        # higher, the read-back no faster on the emulators).
-        return read_into(fetch, size, target, what=key, range_size=4 * 1024 * 1024, workers=4)
+        return read_into(
+            fetch, size, target, what=key, range_size=WHOLE_RANGE, workers=WHOLE_WORKERS
+        )
 
     def copy(self, source: str, target: str, etag: str | None = None) -> None:
         from azure.core.exceptions import (

@@ -36,7 +36,7 @@ from google.api_core import exceptions as api_errors
 from nimbus.errors import InvalidInput
 from nimbus.storage.direct import UPLOADS_PREFIX, ObjectChanged, StoredPart
 from nimbus.storage.gcs import ERRORS, TIMEOUT
-from nimbus.storage.ranged import read_into
+from nimbus.storage.ranged import WHOLE_RANGE, WHOLE_WORKERS, read_into
 
 COMPOSE_MAX = 32  # GCS's limit on the sources of one compose
 _PART = re.compile(r"^(\d{6})$")
@@ -218,10 +218,9 @@ class GCSDirect:
             except KeyError:
                 raise ObjectChanged(key) from None
 
-        # 4 MiB ranges, 4 in flight: the client holds a range whole (and copies it), so 16 MiB
-        # of buffers and their copies in the control plane (8 in flight: its peak RSS ~20 MB
-        # higher, the read-back no faster on the emulators).
-        return read_into(fetch, size, target, what=key, range_size=4 * 1024 * 1024, workers=4)
+        return read_into(
+            fetch, size, target, what=key, range_size=WHOLE_RANGE, workers=WHOLE_WORKERS
+        )
 
     def copy(self, source: str, target: str, etag: str | None = None) -> None:
         source_blob = self._bucket.blob(self._name(source))

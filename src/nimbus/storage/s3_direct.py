@@ -25,8 +25,6 @@ from nimbus.storage.direct import ObjectChanged, StoredPart
 from nimbus.storage.ranged import read_into
 
 COPY_OBJECT_MAX = 5 * 1000**3  # S3's limit on one CopyObject
-RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back
-WORKERS = 8  # ranged GETs in flight (what boto3's download_file uses)
 # A read-back's reads: each is allocated anew by boto3 (urllib3, http.client: twice), 8 in
 # flight; 256 KiB rather than 1 MiB held the control plane's peak RSS ~20 MB lower.
 CHUNK = 256 * 1024
@@ -240,9 +238,9 @@ class S3Direct:
             finally:
                 body.close()
 
-        # 8 MiB ranges, 8 in flight (what boto3's download_file uses); boto3 streams a
-        # range's body, so a chunk per range in memory.
-        return read_into(fetch, size, target, what=key, range_size=RANGE, workers=WORKERS)
+        # read_into's 8 MiB ranges, 8 in flight (what boto3's download_file uses); boto3
+        # streams a range's body, so a chunk per range in memory.
+        return read_into(fetch, size, target, what=key)
 
     def stat(self, key: str) -> tuple[str, int]:
         head = self._call(f"looking up {key}", "head_object", Key=self._key(key))
