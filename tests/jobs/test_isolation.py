@@ -429,10 +429,11 @@ def test_swap_is_limited_with_memory_under_cgroup_v1(sandboxed: Executor) -> Non
         run.wait()
 
 
-def test_an_attempt_weighs_as_its_cpus_busy_threads(sandboxed: Executor) -> None:
+def test_an_attempt_weighs_as_its_cpus_busy_threads(sandboxed: Executor, sandbox: Sandbox) -> None:
     """Its cgroup's scheduling weight is its CPUs' (a default cgroup weighs as one thread),
     its quota may be spent in bursts where the kernel has them, and the base directory
     holding every attempt weighs as the machine's CPUs."""
+    enforced(sandbox, "cpu")
     run = Run(
         sandboxed,
         "import time; print('up', flush=True); time.sleep(60)",
@@ -442,10 +443,7 @@ def test_an_attempt_weighs_as_its_cpus_busy_threads(sandboxed: Executor) -> None
         run.wait_output("up")
         group = run.handle.sandbox.cgroup  # type: ignore[attr-defined]
         found = [(h, d) for h, d in zip(group.hierarchies, group.dirs, strict=True)]
-        cpu = [(h, d) for h, d in found if "cpu" in h.controllers]
-        if not cpu:
-            pytest.skip("no cpu controller here")
-        h, directory = cpu[0]
+        h, directory = next((h, d) for h, d in found if "cpu" in h.controllers)
         weight, burst = (
             ("cpu.weight", "cpu.max.burst")
             if h.version == 2
