@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -331,3 +332,24 @@ def test_the_gcs_server_refuses_to_overwrite(fake_gcs: FakeGCS, tmp_path: Path, 
     assert not store.upload("k", second)
     with store.open("k") as f:
         assert f.read(10) == b"1" * 10
+
+
+def test_seaweedfs_whose_port_was_taken_before_its_bind_starts_on_fresh_ports() -> None:
+    """Ports are chosen free and bound a moment later; another process may take one between
+    (the full suite's parallel servers did). weed then exits saying so; its first start tries
+    again on fresh ports, a restart keeps its own."""
+    server = SeaweedFS(need_weed())
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.grpc["filer"]))
+        squatter.listen()
+        taken = server.grpc["filer"]
+        try:
+            server.start()
+            assert server.grpc["filer"] != taken
+            assert "address already in use" in server.log()
+            s3 = server.endpoint
+            server.kill()
+            server.start()  # a restart: the same ports
+            assert server.endpoint == s3
+        finally:
+            server.remove()
