@@ -25,7 +25,7 @@ from nimbus.storage.direct import (
     part_count,
     part_length,
 )
-from tests.helpers_azure import KEY, Azurite, azure_store
+from tests.helpers_azure import ACCOUNT, KEY, Azurite, azure_store
 from tests.helpers_gcs import FakeGCS, gcs_store
 
 MIB = 1024 * 1024
@@ -100,6 +100,27 @@ def test_a_changed_staging_object_is_neither_read_nor_copied(store: Any, tmp_pat
     with pytest.raises(ValueError):
         direct.abort_upload("sha256/cd/target", upload_id)  # never a blob's key
     direct.abort_upload(key, second)
+
+
+def test_an_object_replaced_after_its_version_was_looked_up_is_not_read_as_it(
+    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back's ranges are conditioned on the version looked up first: replaced in
+    between (as a client holding a write URL could), the storage service refuses them and
+    nothing of the new bytes is taken for the old."""
+    direct = direct_transfers(store)
+    assert direct is not None
+    key = "uploads/1/r/source"
+    upload_id = direct.start_upload(key)
+    send(direct, key, upload_id, os.urandom(6 * MIB))
+    etag = direct.complete_upload(key, upload_id, direct.parts(key, upload_id))
+    looked_up = direct.stat(key)
+    second = direct.start_upload(key)
+    send(direct, key, second, os.urandom(6 * MIB))
+    direct.complete_upload(key, second, direct.parts(key, second))
+    monkeypatch.setattr(type(direct), "stat", lambda self, k: looked_up)  # the old version
+    with pytest.raises(ObjectChanged):
+        direct.download(key, tmp_path / "x", etag)
 
 
 def test_an_abort_leaves_nothing_and_a_restart_ignores_older_parts(store: Any) -> None:
@@ -178,6 +199,26 @@ def test_azure_signs_only_with_an_account_key_and_for_the_public_endpoint() -> N
     url = public.get_url("sha256/ab/x", 60, "my file.tar")
     assert url.startswith("https://blobs.example.com/c/p/sha256/ab/x?")
     assert "sp=r&" in url and "rscd=" in url  # read only, named for the download
+
+
+def test_azure_reads_back_through_its_own_endpoint_not_the_public_one(
+    azurite: Azurite, tmp_path: Path
+) -> None:
+    """Clients get links on the public endpoint; the control plane's read-back of what they
+    uploaded goes to the service's own (here the public name resolves nowhere)."""
+    config = {"account_name": ACCOUNT, "account_key": KEY, "endpoint": azurite.endpoint}
+    nowhere = f"http://127.0.0.1:9/{ACCOUNT}"
+    direct = from_config(azurite.ensure_container("direct"), "own", config, nowhere)
+    assert direct is not None
+    key = "uploads/6/s/source"
+    upload_id = direct.start_upload(key)
+    data = os.urandom(2 * MIB + 5)
+    url = direct.part_url(key, upload_id, 1, len(data), 60)
+    assert url.startswith(nowhere)
+    response = httpx.put(url.replace(nowhere, azurite.endpoint), content=data)
+    assert response.status_code == 201
+    etag = direct.complete_upload(key, upload_id, direct.parts(key, upload_id))
+    assert direct.download(key, tmp_path / "back", etag) == hashlib.sha256(data).hexdigest()
 
 
 def test_gcs_joins_more_parts_than_one_compose_takes_in_a_tree(

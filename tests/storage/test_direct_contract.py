@@ -117,6 +117,25 @@ def test_a_create_only_join_never_replaces_an_object_and_keeps_the_upload(
         direct.download(key, tmp_path / "stale", etag)  # no longer the version named
 
 
+def test_an_object_replaced_after_its_version_was_looked_up_is_not_read_as_it(
+    store: S3ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back's ranged GETs carry ``If-Match`` the version looked up first: replaced
+    in between, the server refuses them (412) and the read stops."""
+    direct = direct_transfers(store)
+    assert direct is not None
+    key = "sha256/ce/" + "e" * 64
+    (tmp_path / "first").write_bytes(b"first" * 1000)
+    store.put_file(key, tmp_path / "first")
+    looked_up = direct.stat(key)
+    store.delete(key)
+    (tmp_path / "other").write_bytes(b"other" * 1000)
+    store.put_file(key, tmp_path / "other")
+    monkeypatch.setattr(type(direct), "stat", lambda self, k: looked_up)  # the old version
+    with pytest.raises(ObjectChanged):
+        direct.download(key, tmp_path / "x")
+
+
 def test_local_and_memory_stores_have_no_direct_transfers(tmp_path: Path) -> None:
     assert direct_transfers(LocalObjectStore(tmp_path / "blobs")) is None
     assert direct_transfers(MemoryObjectStore()) is None

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nimbus.client.direct import Link, fetch_direct
+from nimbus.client.direct import fetch_direct
 from nimbus.errors import CorruptBlob, StorageUnavailable
+from nimbus.ranged_get import Link
 from nimbus.system import free_port
 from tests.helpers_s3 import SeaweedFS, s3_client
 

@@ -13,11 +13,9 @@ SHA-256 at the end whatever the client did.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
-import ssl
 import sys
 import threading
 import time
@@ -26,11 +24,17 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, urlsplit
 
 from nimbus.client.transfer import Progress
-from nimbus.errors import CorruptBlob, NotFound, StorageUnavailable
-from nimbus.ranges import fill_and_hash
+from nimbus.errors import CorruptBlob, StorageUnavailable
+from nimbus.ranged_get import (
+    CONNECT_TIMEOUT,
+    PART_TRIES,
+    RANGE_SIZE,
+    READ_TIMEOUT,
+    Link,
+    RangedDownload,
+)
 from nimbus.system import write_private
 from nimbus.wire.uploads import UploadSession
 
@@ -38,12 +42,6 @@ if TYPE_CHECKING:
     import urllib3
 
 URL_BATCH = 32  # presigned URLs asked for at a time: each is used within seconds
-PART_TRIES = 4
-RANGE_SIZE = 8 * 1024 * 1024  # one ranged GET of a download: an upload part (measured best)
-CHUNK = 1024 * 1024
-CONNECT_TIMEOUT = 10.0  # seconds
-READ_TIMEOUT = 120.0  # seconds without a byte
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # worth another try
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
 
 
@@ -207,192 +205,6 @@ def file_identity(url: str, dataset: str, path: Path, options: Mapping[str, Any]
 def note(message: str) -> None:
     """A line for the person at the terminal (stderr: never mixed into --json output)."""
     print(message, file=sys.stderr, flush=True)
-
-
-class Link:
-    """The presigned GET of one file; ``fresh(stale)`` asks the server for a new one (the
-    last expired: 403) once, however many ranges found it stale at the same time."""
-
-    def __init__(self, url: str, renew: Callable[[], str] | None = None) -> None:
-        self.url = url
-        self._renew = renew
-        self._lock = threading.Lock()
-
-    def fresh(self, stale: str) -> str:
-        with self._lock:
-            if self.url == stale and self._renew is not None:
-                self.url = self._renew()
-            return self.url
-
-
-class _Again(Exception):
-    """A range to fetch again (a status worth retrying; ``expired``: with a fresh URL)."""
-
-    def __init__(self, reason: str, *, expired: bool = False) -> None:
-        super().__init__(reason)
-        self.expired = expired
-
-
-class Connections:
-    """One kept-alive connection per thread and origin for the ranged GETs of a download.
-
-    The standard library's ``http.client``, not urllib3: its ``readinto`` fills the
-    caller's buffer straight from the socket, where urllib3's reads into a new bytes object
-    and copies that (about a fifth more CPU per byte on a 512 MiB download here, CPU that the
-    hashing thread shares on a small machine). A connection that failed, or whose response
-    was not read to its end, is closed and never handed out again."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-
-    def _held(self) -> dict[tuple[str, str], http.client.HTTPConnection]:
-        held = getattr(self._local, "held", None)
-        if held is None:
-            held = self._local.held = {}
-        return held
-
-    def get(self, url: SplitResult) -> http.client.HTTPConnection:
-        held = self._held()
-        origin = (url.scheme, url.netloc)
-        conn = held.get(origin)
-        if conn is None:
-            port = url.port
-            if url.scheme == "https":
-                conn = http.client.HTTPSConnection(
-                    url.hostname or "", port, timeout=CONNECT_TIMEOUT, context=_tls()
-                )
-            else:
-                conn = http.client.HTTPConnection(url.hostname or "", port, timeout=CONNECT_TIMEOUT)
-            held[origin] = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    def drop(self, url: SplitResult) -> None:
-        conn = self._held().pop((url.scheme, url.netloc), None)
-        if conn is not None:
-            conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-
-
-def _tls() -> ssl.SSLContext:
-    return ssl.create_default_context()
-
-
-class RangedDownload:
-    """A presigned GET fetched as byte ranges, ``workers`` at a time, written in place in
-    ``part`` and hashed as they land (:func:`nimbus.ranges.fill_and_hash`). A range whose
-    connection fails, is cut short, or is answered 408/429/5xx is fetched again (with a
-    fresh URL after a 403: the URL expired), :data:`PART_TRIES` times in all."""
-
-    def __init__(
-        self,
-        link: Link,
-        part: Path,
-        size: int,
-        workers: int,
-        *,
-        range_size: int = RANGE_SIZE,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.link, self.part, self.size, self.workers = link, part, size, workers
-        self.range_size, self.sleep = range_size, sleep
-
-    def run(self, on_bytes: Callable[[int], None]) -> str:
-        """Fetch the whole into ``part``; its SHA-256."""
-        fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        connections = Connections()
-
-        def fill(fd: int, lo: int, hi: int) -> None:
-            self._get(connections, fd, (lo, hi), on_bytes)
-
-        try:
-            return fill_and_hash(
-                fd, self.size, fill, range_size=self.range_size, workers=self.workers
-            )
-        finally:
-            os.close(fd)
-            connections.close()
-
-    def _get(
-        self,
-        connections: Connections,
-        fd: int,
-        bounds: tuple[int, int],
-        on_bytes: Callable[[int], None],
-    ) -> None:
-        url = self.link.url
-        for attempt in range(1, PART_TRIES + 1):
-            got = [0]  # bytes of this attempt reported so far
-            try:
-                self._read(connections, url, fd, bounds, got, on_bytes)
-                return
-            except (_Again, http.client.HTTPException, OSError) as exc:
-                on_bytes(-got[0])  # those bytes come again
-                if attempt == PART_TRIES:
-                    raise StorageUnavailable(
-                        f"download from the storage service failed {PART_TRIES} times: {exc!r}"
-                    ) from None
-                if isinstance(exc, _Again) and exc.expired:
-                    url = self.link.fresh(url)
-                else:
-                    self.sleep(0.2 * attempt)
-
-    def _read(
-        self,
-        connections: Connections,
-        url: str,
-        fd: int,
-        bounds: tuple[int, int],
-        got: list[int],
-        on_bytes: Callable[[int], None],
-    ) -> None:
-        """One GET of bytes ``lo..hi`` into ``fd`` (counted in ``got`` and reported to
-        ``on_bytes`` as they land)."""
-        lo, hi = bounds
-        where = urlsplit(url)
-        target = where.path + (f"?{where.query}" if where.query else "")
-        offset = lo
-        done = False
-        try:
-            conn = connections.get(where)
-            if conn.sock is None:
-                conn.connect()
-                assert conn.sock is not None
-                conn.sock.settimeout(READ_TIMEOUT)
-            conn.request("GET", target, headers={"Range": f"bytes={lo}-{hi - 1}"})
-            response = conn.getresponse()
-            status = response.status
-            if status == 404:
-                raise NotFound("the storage service has no such object")
-            if status == 403 or status in RETRY_STATUSES:
-                raise _Again(f"HTTP {status}", expired=status == 403)
-            if status not in (200, 206) or (status == 200 and (lo, hi) != (0, self.size)):
-                raise StorageUnavailable(
-                    f"the storage service refused a download: HTTP {status} "
-                    f"{response.read(200).decode(errors='replace')}"
-                )
-            buffer = memoryview(bytearray(CHUNK))
-            while n := response.readinto(buffer):
-                if offset + n > hi:
-                    raise StorageUnavailable("the storage service sent too many bytes")
-                os.pwrite(fd, buffer[:n], offset)
-                offset += n
-                got[0] += n
-                on_bytes(n)
-            done = offset == hi and response.isclosed()
-        finally:
-            if not done:  # an error, or a body cut short: never hand that connection out again
-                connections.drop(where)
-        if offset != hi:
-            raise _Again(f"the storage service sent {offset - lo} of {hi - lo} bytes")
 
 
 def fetch_direct(

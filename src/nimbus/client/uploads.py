@@ -11,7 +11,6 @@ from urllib.parse import quote
 
 from nimbus.client.base import API, BaseClient
 from nimbus.client.direct import (
-    Link,
     PartUploader,
     ResumeBook,
     UrlSource,
@@ -30,6 +29,7 @@ from nimbus.errors import (
     NotFound,
     UploadRestarted,
 )
+from nimbus.ranged_get import Link
 from nimbus.wire.datasets import DatasetVersion
 from nimbus.wire.uploads import FileLink, PartUrls, UploadSession
 

@@ -17,7 +17,7 @@ from nimbus.ranges import fill_and_hash
 
 RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back (S3: its body streamed)
 WORKERS = 8  # ranged GETs in flight (what boto3's download_file uses)
-# Where the SDK holds each range whole and copies it (Azure's, GCS's): 4 MiB ranges, 4 in
+# Where the SDK holds each range whole and copies it (GCS's): 4 MiB ranges, 4 in
 # flight, so 16 MiB of buffers and their copies in the control plane (8 in flight: its peak
 # RSS ~20 MB higher, the read-back no faster on the emulators).
 WHOLE_RANGE = 4 * 1024 * 1024

@@ -15,19 +15,18 @@ address to sign for (``NIMBUS_STORAGE_PUBLIC_ENDPOINT``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from nimbus.errors import StorageUnavailable
+from nimbus.errors import NotFound, StorageUnavailable
+from nimbus.ranged_get import Changed, Link, RangedDownload
 from nimbus.storage.direct import ObjectChanged, StoredPart
-from nimbus.storage.ranged import read_into
 
 COPY_OBJECT_MAX = 5 * 1000**3  # S3's limit on one CopyObject
-# A read-back's reads: each is allocated anew by boto3 (urllib3, http.client: twice), 8 in
-# flight; 256 KiB rather than 1 MiB held the control plane's peak RSS ~20 MB lower.
-CHUNK = 256 * 1024
+READ_BACK_SECONDS = 15 * 60  # a read-back's presigned URL (renewed if it expires mid-way)
+READ_BACK_WORKERS = 8  # ranged GETs in flight (what boto3's download_file uses)
 
 # boto3's names for the obstore config keys the S3 backend accepts (tests pass these).
 _CONFIG_TO_BOTO = {
@@ -204,43 +203,32 @@ class S3Direct:
         )
 
     def download(self, key: str, target: Path, etag: str | None = None) -> str:
-        """Ranged GETs, each ``If-Match`` the object's entity tag, read back in place by
-        :func:`~nimbus.storage.ranged.read_into` (hashed as they land, memory bounded)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        head = self._call(f"reading {key}", "head_object", Key=self._key(key))
-        tag, size = str(head["ETag"]), int(head["ContentLength"])
+        """Ranged GETs of a URL presigned for the service's own endpoint, each ``If-Match``
+        the object's entity tag, streamed into place and hashed as they land
+        (:mod:`nimbus.ranged_get`, as the SDK's downloads): boto3's ``get_object`` reads
+        each piece into a new bytes object and copies it again (urllib3, http.client)."""
+        tag, size = self.stat(key)
         if etag is not None and tag != etag:
             raise ObjectChanged(key)
+        link = Link(self._read_url(key), lambda: self._read_url(key))
+        download = RangedDownload(
+            link, target, size, READ_BACK_WORKERS, headers={"If-Match": tag}, mode=0o600
+        )
+        try:
+            return download.run(lambda _: None)
+        except Changed:
+            raise ObjectChanged(key) from None
+        except NotFound:
+            raise KeyError(key) from None
 
-        def fetch(lo: int, hi: int) -> Iterator[bytes]:
-            try:
-                body = self._client.get_object(
-                    Bucket=self.bucket,
-                    Key=self._key(key),
-                    Range=f"bytes={lo}-{hi - 1}",
-                    IfMatch=tag,
-                )["Body"]
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code in ("PreconditionFailed", "412"):
-                    raise ObjectChanged(key) from None
-                if code in ("NoSuchKey", "404"):
-                    raise KeyError(key) from None
-                raise self._fail(exc, f"reading {key}") from None
-            except BotoCoreError as exc:
-                raise self._fail(exc, f"reading {key}") from None
-            try:
-                while chunk := body.read(CHUNK):
-                    yield chunk
-            except (BotoCoreError, OSError) as exc:
-                raise self._fail(exc, f"reading {key}") from None
-            finally:
-                body.close()
-
-        # read_into's 8 MiB ranges, 8 in flight (what boto3's download_file uses); boto3
-        # streams a range's body, so a chunk per range in memory.
-        return read_into(fetch, size, target, what=key)
+    def _read_url(self, key: str) -> str:
+        """A presigned GET of ``key`` on the endpoint the control plane reaches."""
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        return str(
+            self._client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=READ_BACK_SECONDS
+            )
+        )
 
     def stat(self, key: str) -> tuple[str, int]:
         head = self._call(f"looking up {key}", "head_object", Key=self._key(key))
