@@ -32,14 +32,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from nimbus.errors import InvalidInput, NotFound, StorageUnavailable
-from nimbus.ranged_get import Changed, Link, RangedDownload
+from nimbus.errors import InvalidInput, StorageUnavailable
 from nimbus.storage.direct import UPLOADS_PREFIX, ObjectChanged, StoredPart
+from nimbus.storage.ranged import LINK_SECONDS, read_back
 
 _PART = re.compile(r"^([0-9a-f]{16})(\d{6})$")
 COPY_POLL_SECONDS = 0.2
-READ_BACK_SECONDS = 15 * 60  # a read-back's SAS (renewed if it expires mid-way)
-READ_BACK_WORKERS = 8  # ranged GETs in flight
 
 
 def block_id(upload_id: str, number: int) -> str:
@@ -99,7 +97,7 @@ class AzureDirect:
 
     def _read_url(self, key: str) -> str:
         """A read SAS of ``key`` on the service's own endpoint: the control plane's."""
-        sas = self._sas(key, READ_BACK_SECONDS, read=True)
+        sas = self._sas(key, LINK_SECONDS, read=True)
         return self._url(key, sas, endpoint=self.endpoint)
 
     def _sas(self, key: str, expires_seconds: int, **permission: Any) -> str:
@@ -222,16 +220,7 @@ class AzureDirect:
         tag, size = self.stat(key)
         if etag is not None and tag != etag:
             raise ObjectChanged(key)
-        link = Link(self._read_url(key), lambda: self._read_url(key))
-        download = RangedDownload(
-            link, target, size, READ_BACK_WORKERS, headers={"If-Match": tag}, mode=0o600
-        )
-        try:
-            return download.run(lambda _: None)
-        except Changed:
-            raise ObjectChanged(key) from None
-        except NotFound:
-            raise KeyError(key) from None
+        return read_back(key, target, tag, size, lambda: self._read_url(key))
 
     def copy(self, source: str, target: str, etag: str | None = None) -> None:
         from azure.core.exceptions import (

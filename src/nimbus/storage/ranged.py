@@ -1,9 +1,11 @@
 """A control plane's read-back of an object into a local file, hashed as the ranges land
 (:func:`nimbus.ranges.fill_and_hash`).
 
-Backend-neutral: each cloud's direct transfers (S3, Azure, GCS) pass a function that fetches
-one byte range of one version of the object (its reads conditioned on that version, so a
-replaced object cannot splice into the read).
+Backend-neutral, two ways: :func:`read_back` fetches through a link the backend signs for
+the control plane (S3, Azure: plain HTTP ranged GETs, :mod:`nimbus.ranged_get`);
+:func:`read_into` through a function the backend passes that fetches one byte range with
+its SDK (GCS). Either way every read is conditioned on one version of the object, so a
+replaced object cannot splice into the read.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from nimbus.errors import StorageUnavailable
+from nimbus.errors import NotFound, StorageUnavailable
+from nimbus.ranged_get import Changed, Link, RangedDownload
 from nimbus.ranges import fill_and_hash
+from nimbus.storage.direct import ObjectChanged
 
-RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back (S3: its body streamed)
+RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back
 WORKERS = 8  # ranged GETs in flight (what boto3's download_file uses)
+LINK_SECONDS = 15 * 60  # a read-back's link (renewed if it expires mid-way)
 # Where the SDK holds each range whole and copies it (GCS's): 4 MiB ranges, 4 in
 # flight, so 16 MiB of buffers and their copies in the control plane (8 in flight: its peak
 # RSS ~20 MB higher, the read-back no faster on the emulators).
@@ -55,3 +60,21 @@ def read_into(
         return fill_and_hash(fd, size, fill, range_size=range_size, workers=workers)
     finally:
         os.close(fd)
+
+
+def read_back(key: str, target: Path, tag: str, size: int, sign: Callable[[], str]) -> str:
+    """Write the ``size`` bytes of version ``tag`` of object ``key`` to ``target`` through
+    ranged GETs of the link ``sign()`` returns (valid :data:`LINK_SECONDS`; signed again if
+    it expires), each ``If-Match: tag``, streamed 1 MiB at a time; their SHA-256. Raises
+    :class:`ObjectChanged` when the object is no longer that version, ``KeyError`` when it
+    is gone."""
+    link = Link(sign(), sign)
+    download = RangedDownload(
+        link, target, size, WORKERS, range_size=RANGE, headers={"If-Match": tag}, mode=0o600
+    )
+    try:
+        return download.run(lambda _: None)
+    except Changed:
+        raise ObjectChanged(key) from None
+    except NotFound:
+        raise KeyError(key) from None

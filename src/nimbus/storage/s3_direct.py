@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from nimbus.errors import NotFound, StorageUnavailable
-from nimbus.ranged_get import Changed, Link, RangedDownload
+from nimbus.errors import StorageUnavailable
 from nimbus.storage.direct import ObjectChanged, StoredPart
+from nimbus.storage.ranged import LINK_SECONDS, read_back
 
 COPY_OBJECT_MAX = 5 * 1000**3  # S3's limit on one CopyObject
-READ_BACK_SECONDS = 15 * 60  # a read-back's presigned URL (renewed if it expires mid-way)
-READ_BACK_WORKERS = 8  # ranged GETs in flight (what boto3's download_file uses)
 
 # boto3's names for the obstore config keys the S3 backend accepts (tests pass these).
 _CONFIG_TO_BOTO = {
@@ -210,24 +208,13 @@ class S3Direct:
         tag, size = self.stat(key)
         if etag is not None and tag != etag:
             raise ObjectChanged(key)
-        link = Link(self._read_url(key), lambda: self._read_url(key))
-        download = RangedDownload(
-            link, target, size, READ_BACK_WORKERS, headers={"If-Match": tag}, mode=0o600
-        )
-        try:
-            return download.run(lambda _: None)
-        except Changed:
-            raise ObjectChanged(key) from None
-        except NotFound:
-            raise KeyError(key) from None
+        return read_back(key, target, tag, size, lambda: self._read_url(key))
 
     def _read_url(self, key: str) -> str:
         """A presigned GET of ``key`` on the endpoint the control plane reaches."""
         params = {"Bucket": self.bucket, "Key": self._key(key)}
         return str(
-            self._client.generate_presigned_url(
-                "get_object", Params=params, ExpiresIn=READ_BACK_SECONDS
-            )
+            self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=LINK_SECONDS)
         )
 
     def stat(self, key: str) -> tuple[str, int]:
