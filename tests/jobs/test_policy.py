@@ -24,6 +24,7 @@ from nimbus.jobs.domain import (
     parse_duration,
     parse_memory,
 )
+from nimbus.jobs.gpus import machine_gpus
 from nimbus.jobs.policy import (
     Outcome,
     QueuedJob,
@@ -210,6 +211,7 @@ def test_detect_capacity_overrides(tmp_path: object) -> None:
     assert cap == Capacity(cpus=3.0, gpus=2, memory_bytes=1000)
     detected = detect_capacity()
     assert detected.cpus >= 1 and detected.memory_bytes == total_memory_bytes() > 0
+    assert detected.gpus == len(machine_gpus())  # the driver's list, not torch's (not imported)
 
 
 def test_custom_resources_fit_per_node_and_are_refused_by_name() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nimbus.errors import InvalidInput
 from nimbus.jobs.domain import Resources
+from nimbus.jobs.gpus import machine_gpus
 
 _EPSILON = 1e-9  # fractional CPUs add up with rounding error
 
@@ -106,23 +106,13 @@ def total_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def detected_gpus() -> int:
-    """CUDA devices, asked of torch only if it is already imported (importing it is slow)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return 0
-    try:
-        return int(torch.cuda.device_count())
-    except Exception:  # a broken CUDA install means no usable GPU, not a crash
-        return 0
-
-
 def detect_capacity(
     *, cpus: float | None = None, gpus: int | None = None, memory_bytes: int | None = None
 ) -> Capacity:
-    """This node's capacity; any value given wins over detection."""
+    """This node's capacity; any value given wins over detection (GPUs: those the driver
+    lists, narrowed by ``CUDA_VISIBLE_DEVICES``, :func:`~nimbus.jobs.gpus.machine_gpus`)."""
     return Capacity(
         cpus=float(cpus if cpus is not None else os.cpu_count() or 1),
-        gpus=gpus if gpus is not None else detected_gpus(),
+        gpus=gpus if gpus is not None else len(machine_gpus()),
         memory_bytes=memory_bytes if memory_bytes is not None else total_memory_bytes(),
     )

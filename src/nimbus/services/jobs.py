@@ -78,7 +78,7 @@ def node_capacity(cpus: float | None, gpus: int | None, memory: str | None) -> C
     """This node's capacity, each value detected unless given."""
     return detect_capacity(
         cpus=cpus,
-        gpus=gpus if gpus is not None else detect_gpus(),
+        gpus=gpus,
         memory_bytes=parse_memory(memory) if memory is not None else None,
     )
 
