@@ -20,12 +20,12 @@ import pytest
 
 from nimbus.client import Client
 from nimbus.errors import InvalidInput
-from nimbus.services.jobs import detect_gpus
+from nimbus.jobs.gpus import machine_gpus
 from tests.e2e.conftest import FAST, QUICK_CNN, client_for, logs_text, upload_digits
 from tests.helpers import ServerProcess, passable_dir, sandbox_runs_here
 from tests.helpers_ray import RayTestCluster
 
-GPUS = detect_gpus()
+GPUS = len(machine_gpus())
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(GPUS == 0, reason="needs an NVIDIA GPU")]
 two_gpus = pytest.mark.skipif(GPUS < 2, reason=f"nccl with 2 workers needs 2 GPUs; {GPUS} here")
 # In the job sandbox where it can run (root, bubblewrap), as CI runs the other tests: the

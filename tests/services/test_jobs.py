@@ -24,13 +24,14 @@ from nimbus.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from nimbus.jobs.capacity import Capacity
 from nimbus.jobs.domain import Fenced
 from nimbus.jobs.executors.base import AttemptLaunch, Program
+from nimbus.jobs.gpus import machine_gpus
 from nimbus.jobs.policy import Outcome
 from nimbus.security import Principal, Role
 from nimbus.server import NodeExecutor, SchedulerThread, instance_id, own_url
 from nimbus.services.code import CodeService, check_archive
 from nimbus.services.datasets import DatasetService
 from nimbus.services.job_api import JobApiService
-from nimbus.services.jobs import JobService, detect_gpus, finite, node_capacity
+from nimbus.services.jobs import JobService, finite, node_capacity
 from nimbus.storage.blobs import BlobStore
 from nimbus.wire.jobs import JobDataset, SubmitRequest
 from tests.services.conftest import fake_ingest
@@ -194,11 +195,11 @@ def test_finite_and_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     for bus in ("0000:01:00.0", "0000:02:00.0"):
         (gpus / bus).mkdir(parents=True)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert detect_gpus(gpus) == 2 and detect_gpus(tmp_path / "none") == 0
+    assert len(machine_gpus(gpus)) == 2 and len(machine_gpus(tmp_path / "none")) == 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert detect_gpus(gpus) == 1
+    assert len(machine_gpus(gpus)) == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert detect_gpus(gpus) == 0
+    assert len(machine_gpus(gpus)) == 0
     assert node_capacity(2, 1, "3G") == Capacity(2.0, 1, 3 << 30)
 
 

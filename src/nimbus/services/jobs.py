@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -29,7 +28,6 @@ from nimbus.db.job_outputs import LogChunk as LogChunkRow
 from nimbus.errors import InvalidInput, NotFound
 from nimbus.jobs.capacity import Capacity, check_request, detect_capacity
 from nimbus.jobs.domain import JobSpec, JobState, Resources, parse_duration, parse_memory
-from nimbus.jobs.gpus import NVIDIA_GPUS, machine_gpus
 from nimbus.jobs.requirements import normalise
 from nimbus.names import parse_reference, whole_number
 from nimbus.runtime.hyperparams import (
@@ -66,12 +64,6 @@ class LogPoll:
     progress: wire.Progress | None
     chunks: list[LogChunkRow]
     done: bool  # terminal, and every chunk up to now was returned
-
-
-def detect_gpus(proc: Path = NVIDIA_GPUS) -> int:
-    """NVIDIA GPUs the driver lists, narrowed by CUDA_VISIBLE_DEVICES; without importing
-    torch (the server never does)."""
-    return len(machine_gpus(proc))
 
 
 def node_capacity(cpus: float | None, gpus: int | None, memory: str | None) -> Capacity:
