@@ -251,6 +251,24 @@ class AttemptCgroup:
     def __init__(self, hierarchies: list[Hierarchy], name: str) -> None:
         self.hierarchies = hierarchies
         self.dirs = [h.base / name for h in hierarchies]
+        self.oom_base = 0  # kills counted before: an earlier attempt's (a reused sandbox)
+
+    def child(self, name: str) -> AttemptCgroup:
+        """A cgroup below this one, without limits of its own (this one's hold it too):
+        what is killed apart from the rest, such as one attempt's processes in a sandbox
+        that outlives it. Made by :meth:`make`, joined by :meth:`join`."""
+        sub = AttemptCgroup(self.hierarchies, name)
+        sub.dirs = [d / name for d in self.dirs]
+        return sub
+
+    def make(self) -> None:
+        for directory in self.dirs:
+            directory.mkdir(exist_ok=True)
+
+    def join(self, pid: int) -> None:
+        """Move process ``pid`` here (its children forked from then on are born here)."""
+        for directory in self.dirs:
+            (directory / "cgroup.procs").write_text(str(pid))
 
     def create(
         self, resources: Resources, *, pids_per_worker: int, background: bool = False
@@ -286,10 +304,12 @@ class AttemptCgroup:
         return [str(d / "cgroup.procs") for d in self.dirs]
 
     def pids(self) -> set[int]:
+        """Its processes, those of the cgroups below it included."""
         found: set[int] = set()
         for directory in self.dirs:
             with contextlib.suppress(OSError):
-                found.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
+                for procs in [directory / "cgroup.procs", *directory.glob("*/cgroup.procs")]:
+                    found.update(int(p) for p in procs.read_text().split())
         return found
 
     def memory_usage(self) -> int:
@@ -302,15 +322,27 @@ class AttemptCgroup:
         return 0
 
     def oom_killed(self) -> bool:
-        """Whether the kernel killed a process of the attempt for exceeding its memory."""
+        """Whether the kernel killed a process of the attempt for exceeding its memory
+        (since :attr:`oom_base` was taken)."""
+        return self.oom_count() > self.oom_base
+
+    def oom_count(self) -> int:
+        """How many processes the kernel killed here for exceeding its memory, so far."""
         for h, directory in zip(self.hierarchies, self.dirs, strict=True):
             if "memory" not in h.controllers:
                 continue
-            name = "memory.events" if h.version == 2 else "memory.oom_control"
-            with contextlib.suppress(OSError):
-                if oom_kills(h.version, (directory / name).read_text()) > 0:
-                    return True
-        return False
+            if h.version == 2:  # its memory.events counts those of the cgroups below too
+                with contextlib.suppress(OSError):
+                    return oom_kills(2, (directory / "memory.events").read_text())
+                continue
+            # v1 counts a kill in the killed process's own cgroup only.
+            counts = []
+            for file in [directory / "memory.oom_control", *directory.glob("*/memory.oom_control")]:
+                with contextlib.suppress(OSError):
+                    counts.append(oom_kills(1, file.read_text()))
+            if counts:
+                return sum(counts)
+        return 0
 
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL every process of the attempt, however it left its session or group."""
@@ -326,14 +358,22 @@ class AttemptCgroup:
             time.sleep(0.01)
 
     def remove(self) -> None:
-        """Kill what is left, then remove the directories."""
+        """Kill what is left, then remove the directories (those below first)."""
         self.kill()
         for directory in self.dirs:
-            for _ in range(100):  # a killed process leaves its cgroup a moment later
-                try:
-                    directory.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
+            with contextlib.suppress(OSError):
+                for below in [p for p in directory.iterdir() if p.is_dir()]:
+                    _rmdir(below)
+            _rmdir(directory)
+
+
+def _rmdir(directory: Path) -> None:
+    """Remove an emptied cgroup directory (its killed processes leave it a moment later)."""
+    for _ in range(100):
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)

@@ -8,6 +8,13 @@ messages over a ``SOCK_SEQPACKET`` Unix socket; each spawn request carries the w
 the worker's output pipe. Replies ``{"id", "pid"}`` or ``{"id", "error"}``; reports
 ``{"exit": pid, "code"|"signal"}`` when a child ends. When the server goes away (the socket
 closes) it kills every child's process group and exits.
+
+A warm sandbox's zygote may serve one attempt after another (see :mod:`.warm`): between two,
+``{"id", "reset": true}`` empties what the sandbox keeps outside the work directory
+(``/dev/shm``, System V IPC objects) and replies ``{"id", "cleared": n}``. The zygote is
+not dumpable, so the jobs it forks (its uid) cannot trace it, read or write its memory, or
+open its file descriptors (its socket to the server) through ``/proc``; each child is made
+dumpable again for itself.
 """
 
 from __future__ import annotations
@@ -21,14 +28,19 @@ import os
 import random
 import runpy
 import selectors
+import shutil
 import signal
 import socket
 import sys
 import traceback
 import types
+from collections.abc import Callable
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_IPC_RMID = 0
+SHM_DIR = "/dev/shm"
 _LIBC = ctypes.CDLL(None)
 MAX_MESSAGE = 1 << 20
 
@@ -109,11 +121,42 @@ def _fork(request: dict[str, Any], out_fd: int, keep_closed: list[int]) -> int:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote:  # it died before prctl took effect
             os._exit(1)
+        _LIBC.prctl(_PR_SET_DUMPABLE, 1)  # the zygote's stays 0: see the module's docstring
         code = _run_child(request)
     except BaseException:
         traceback.print_exc()  # fd 2 is the job's output by now, or the zygote's stderr
     finally:
         os._exit(code)
+
+
+def _clear() -> int:
+    """Remove what an attempt left in the sandbox outside its work directory: ``/dev/shm``'s
+    entries and the IPC namespace's System V objects; how many."""
+    cleared = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(SHM_DIR):
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                cleared += 1
+    removers: dict[str, Callable[[int], int]] = {
+        "shm": lambda ident: int(_LIBC.shmctl(ident, _IPC_RMID, None)),
+        "sem": lambda ident: int(_LIBC.semctl(ident, 0, _IPC_RMID)),
+        "msg": lambda ident: int(_LIBC.msgctl(ident, _IPC_RMID, None)),
+    }
+    for kind, remove in removers.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as listing:
+                rows = listing.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 1 and fields[1].isdigit() and remove(int(fields[1])) == 0:
+                cleared += 1
+    return cleared
 
 
 def _reap(sock: socket.socket, children: set[int]) -> None:
@@ -143,6 +186,7 @@ def serve(sock: socket.socket, preload: list[str]) -> None:
     # Move what the imports made out of the collector's reach: children then do not touch
     # (and copy) those pages when they collect garbage.
     gc.freeze()
+    _LIBC.prctl(_PR_SET_DUMPABLE, 0)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
@@ -170,6 +214,11 @@ def serve(sock: socket.socket, preload: list[str]) -> None:
                         os.killpg(pid, signal.SIGKILL)
                 return
             request = json.loads(data)
+            if request.get("reset") is True:
+                for fd in fds:
+                    os.close(fd)
+                _send(sock, {"id": request["id"], "cleared": _clear()})
+                continue
             try:
                 pid = _fork(request, fds[0], [sock.fileno(), wake_r, wake_w])
                 children.add(pid)

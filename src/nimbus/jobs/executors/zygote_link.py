@@ -107,6 +107,26 @@ class ZygoteLink:
             raise Unavailable(f"the {self.name} could not start the job: {reply.get('error')}")
         return int(reply["pid"])
 
+    def reset(self, timeout: float = 5) -> int:
+        """Ask the zygote to clear what the attempt it served left in the sandbox outside
+        its work directory (its workers have ended); how much it removed. Unavailable if it
+        does not answer within ``timeout`` seconds (stopped, or gone)."""
+        request = {"id": next(self._ids), "reset": True}
+        with self._lock:
+            if not self._alive:
+                raise Unavailable(f"the {self.name} is gone")
+            try:
+                self.sock.send(json.dumps(request).encode())
+            except OSError as exc:
+                raise Unavailable(f"the {self.name} is gone: {exc}") from None
+            self._changed.wait_for(
+                lambda: request["id"] in self._replies or not self._alive, timeout=timeout
+            )
+            reply = self._replies.pop(request["id"], {})
+        if not _is_int(reply.get("cleared")):
+            raise Unavailable(f"the {self.name} did not answer")
+        return int(reply["cleared"])
+
     def exit_of(self, pid: int) -> ExitStatus | None:
         """How worker ``pid`` ended, once; SIGKILL if the zygote is gone (its workers die
         with it), None while it runs."""
@@ -127,8 +147,9 @@ class ZygoteLink:
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:
-    """A zygote's message, checked: a reply ``{"id", "pid"|"error"}`` or an exit ``{"exit",
-    "status"}`` (an :class:`ExitStatus` by then); None for EOF or anything malformed."""
+    """A zygote's message, checked: a reply ``{"id", "pid"|"error"|"cleared"}`` or an exit
+    ``{"exit", "status"}`` (an :class:`ExitStatus` by then); None for EOF or anything
+    malformed."""
     if not data:
         return None
     try:
@@ -145,7 +166,9 @@ def _parse(data: bytes) -> dict[str, Any] | None:
             return {"exit": message["exit"], "status": ExitStatus(code)}
         return None
     if _is_int(message.get("id")) and (
-        _is_int(message.get("pid")) or isinstance(message.get("error"), str)
+        _is_int(message.get("pid"))
+        or isinstance(message.get("error"), str)
+        or _is_int(message.get("cleared"))
     ):
         return message
     return None
