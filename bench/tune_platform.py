@@ -64,9 +64,15 @@ def sandbox_env() -> tuple[dict[str, str], str]:
     """The server's settings: production defaults where this machine can run them."""
     env = {"NIMBUS_EXECUTOR": "forkserver"}
     if os.geteuid() == 0 and shutil.which("bwrap"):
-        return {**env, "NIMBUS_JOB_ISOLATION": "sandbox", "NIMBUS_JOB_WARM_SANDBOXES": "2"}, (
-            "sandboxed, forkserver, 2 warm sandboxes"
-        )
+        # Set in the bench's environment, passed on: false measures every attempt in a
+        # sandbox of its own (the platform before 2026-12-05), in the same tree.
+        reuse = os.environ.get("NIMBUS_JOB_SANDBOX_REUSE", "true")
+        return {
+            **env,
+            "NIMBUS_JOB_ISOLATION": "sandbox",
+            "NIMBUS_JOB_WARM_SANDBOXES": "2",
+            "NIMBUS_JOB_SANDBOX_REUSE": reuse,
+        }, f"sandboxed, forkserver, 2 warm sandboxes, NIMBUS_JOB_SANDBOX_REUSE={reuse}"
     return {**env, "NIMBUS_JOB_ISOLATION": "none"}, "UNSANDBOXED (not root or no bwrap)"
 
 

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     # One claimed is replaced at once (several start together); an attempt that finds none
     # of its tenant ready waits for the one starting rather than starting cold.
     job_warm_sandboxes: int = Field(default=2, ge=0, le=64)
+    # A warm sandbox whose attempt ended serves the next attempt of the same affinity (the
+    # same submitter's token, code, dataset version and resources: a study's trials) instead
+    # of ending with it (jobs/executors/warm.py, "One attempt after another"); false: every
+    # attempt in a sandbox of its own.
+    job_sandbox_reuse: bool = True
     # Job environments (--requirements, docs/environments.md): built with uv as a job uid,
     # kept in NIMBUS_HOME/envs by content hash; past this size in all, the least recently
     # used go. A build longer than the timeout fails its job. The index: uv's default (PyPI)

@@ -417,6 +417,7 @@ class SchedulerThread:
                 warm=settings.job_warm_sandboxes
                 if settings.executor != "ray"
                 else int(settings.ray_warm),
+                reuse=settings.job_sandbox_reuse,
                 ray_address=settings.ray_address,
                 ray_jobs_dir=Path(settings.ray_jobs_dir),
                 lease_seconds=settings.lease_seconds,

@@ -50,6 +50,7 @@ class Run:
         resources: Resources | None = None,
         tenant_id: int | None = None,
         extra_env: dict[str, str] | None = None,
+        affinity: str | None = None,
     ) -> None:
         Run.counter += 1
         self.executor = executor
@@ -68,6 +69,7 @@ class Run:
             output=self.chunks.append,
             tenant_id=tenant_id,
             extra_env=extra_env or {},
+            affinity=affinity,
         )
         for name, text in (files or {}).items():
             self.workdir.mkdir(parents=True, exist_ok=True)

@@ -345,3 +345,49 @@ def test_a_capacity_asked_at_each_claim_holds_jobs_while_it_offers_nothing(
     offered[0] = NODE
     run_until([scheduler], finished(db, job_id))
     assert get(db, job_id).state is JobState.SUCCEEDED
+
+
+def test_affinity_joins_one_submitters_runs_of_the_same_code_and_data_only() -> None:
+    from dataclasses import replace
+
+    from nimbus.jobs.domain import Resources
+    from nimbus.jobs.scheduler import affinity
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    spec = JobSpec(model="mlp", dataset="d:1", params={"lr": 0.1}, seed=1)
+    job = Job(
+        "j1",
+        1,
+        spec,
+        JobState.QUEUED,
+        0,
+        0,
+        None,
+        2,
+        None,
+        None,
+        False,
+        now,
+        None,
+        None,
+        None,
+        None,
+        "token-1",
+    )
+    program = Program(module="nimbus.runtime.job")
+    mine = affinity(job, program)
+    assert mine is not None
+    # Another trial: other parameters, seed, priority, retries, job id.
+    trial = replace(job, id="j2", priority=5, spec=replace(spec, params={"lr": 0.2}, seed=9))
+    assert affinity(trial, program) == mine
+    for other in (
+        replace(job, tenant_id=2),
+        replace(job, created_by="token-2"),
+        replace(job, spec=replace(spec, model="code:sha256/ab/" + "c" * 64)),
+        replace(job, spec=replace(spec, dataset="d:2")),
+        replace(job, spec=replace(spec, requirements=("scipy==1.13.1",))),
+        replace(job, spec=replace(spec, resources=Resources(memory_bytes=2 * 1024**3))),
+    ):
+        assert affinity(other, program) not in (mine, None)
+    assert affinity(job, Program(code="print(1)")) != mine
+    assert affinity(replace(job, created_by=None), program) is None

@@ -29,7 +29,7 @@ from nimbus.jobs.executors.warm import (
 )
 from nimbus.jobs.executors.zygote_link import ZygoteLink
 from nimbus.jobs.isolation import TenantCaches
-from nimbus.jobs.sandbox import Sandbox, purge_workdirs
+from nimbus.jobs.sandbox import TMP_NAME, Sandbox, purge_workdirs
 from tests.helpers import passable_dir
 from tests.jobs.conftest import GRACE, Run, wait_gone
 from tests.jobs.test_isolation import ESCAPE, WHO_AM_I, isolation
@@ -549,5 +549,152 @@ def test_an_unsandboxed_fork_server_is_unchanged(base: Path) -> None:
         assert not isinstance(ex, WarmSandboxExecutor)
         run = Run(ex, "import os; print(os.getuid())")
         assert run.wait().ok and int(run.output) == os.geteuid()
+    finally:
+        ex.close()
+
+
+# -- one attempt after another (attempts of one affinity) ---------------------------------
+
+LEAVE_BEHIND = """
+import ctypes, json, os, sys, time
+open("left", "w").write("x")
+open("/dev/shm/left", "w").write("x")
+open("/tmp/left", "w").write("x")
+segment = ctypes.CDLL(None).shmget(0, 4096, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(600)
+    os._exit(0)
+time.sleep(0.5)  # the escapee has left the job's session by then
+print(json.dumps({"zygote": os.getppid(), "uid": os.getuid(), "segment": segment}), flush=True)
+time.sleep(0.5)
+sys.exit(3)
+"""
+
+LOOK_AROUND = """
+import ctypes, json, os, signal
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+zygote = os.getppid()
+libc = ctypes.CDLL(None, use_errno=True)
+traced = libc.ptrace(16, zygote, None, None)  # PTRACE_ATTACH
+print(json.dumps({
+    "zygote": zygote,
+    "uid": os.getuid(),
+    "here": sorted(os.listdir(".")),
+    "shm": os.listdir("/dev/shm"),
+    "tmp": os.listdir("/tmp"),
+    "tmp writable": attempt(lambda: open("/tmp/mine", "w").write("x")),
+    "segments": open("/proc/sysvipc/shm").read().splitlines()[1:],
+    "others": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "mem": attempt(lambda: open(f"/proc/{zygote}/mem", "rb").read(1)),
+    "fds": attempt(lambda: os.listdir(f"/proc/{zygote}/fd")),
+    "environ": attempt(lambda: open(f"/proc/{zygote}/environ", "rb").read()),
+    "ptrace": "allowed" if traced == 0 else os.strerror(ctypes.get_errno()),
+}))
+"""
+
+
+def reused(ex: WarmSandboxExecutor, code: str, affinity: str | None, **kwargs: object) -> Run:
+    """An attempt that must start in the sandbox an earlier attempt of ``affinity`` ran in."""
+    before = ex.reused_starts
+    run = Run(ex, code, affinity=affinity, **kwargs)  # type: ignore[arg-type]
+    assert ex.reused_starts == before + 1, "not in a used sandbox"
+    return run
+
+
+def test_the_next_attempt_of_an_affinity_runs_in_its_sandbox_and_finds_nothing_of_the_last(
+    warm: WarmSandboxExecutor,
+) -> None:
+    first = warm_run(warm, LEAVE_BEHIND, affinity="study-1")
+    first.wait_output("zygote")
+    sandbox = first.handle.sandbox.cgroup  # type: ignore[attr-defined]
+    escapee = max(sandbox.child("job").pids())  # the job and its escapee are born there
+    assert first.wait().exit_code == 3
+    left = json.loads(first.output)
+    assert wait_gone(escapee)  # killed with its attempt, the zygote not
+    # The attempt's files are in its work directory (failed: kept), the server's.
+    assert (first.workdir / "left").read_text() == "x"
+    assert (first.workdir / TMP_NAME / "left").read_text() == "x"
+    assert first.workdir.stat().st_uid == os.geteuid()
+
+    second = reused(warm, LOOK_AROUND, "study-1")
+    assert second.wait().ok, second.output
+    seen = json.loads(second.output)
+    assert (seen["zygote"], seen["uid"]) == (left["zygote"], left["uid"])  # the same sandbox
+    assert seen["here"] == [TMP_NAME] and seen["shm"] == [] and seen["segments"] == []
+    assert "left" not in seen["tmp"] and seen["tmp writable"] == "allowed"
+    assert set(seen["tmp"]) <= set(first.launch.workdir.parts[2:3]) | {"mine"}  # bwrap's
+    assert len(seen["others"]) == 3  # bwrap's init, the zygote, itself: no escapee
+    # It cannot reach into the zygote that served the attempt before it.
+    assert seen["mem"] == seen["fds"] == seen["environ"] == "PermissionError", seen
+    assert seen["ptrace"] != "allowed", seen
+
+
+def test_attempts_of_other_affinities_or_none_never_share_a_sandbox(
+    warm: WarmSandboxExecutor,
+) -> None:
+    zygote = "import os; print(os.getppid(), os.getuid())"
+    first = warm_run(warm, zygote, affinity="a")
+    assert first.wait().ok
+    before = warm.reused_starts
+    other = warm_run(warm, zygote, affinity="b")
+    unset = warm_run(warm, zygote)
+    assert other.wait().ok and unset.wait().ok
+    assert warm.reused_starts == before
+    assert other.output.split()[1] != first.output.split()[1]  # another uid
+    again = reused(warm, zygote, "a")  # a's still waits for it
+    assert again.wait().ok and again.output == first.output
+    after_unset = warm_run(warm, zygote)  # an attempt without affinity hands nothing on
+    assert after_unset.wait().ok and after_unset.output != unset.output
+
+
+def test_a_killed_attempt_hands_its_sandbox_on_and_one_past_a_limit_does_not(
+    warm: WarmSandboxExecutor,
+) -> None:
+    hang = "import os, time; print(os.getppid(), flush=True); time.sleep(600)"
+    run = warm_run(warm, hang, affinity="k")
+    run.wait_output("\n")
+    warm.kill(run.handle)  # SIGTERM ends it (the default handler)
+    assert run.wait().signal == signal.SIGTERM
+    greedy = "x = bytearray(512 * 2**20)\nx[::4096] = b'1' * len(x[::4096])"
+    oom = reused(warm, greedy, "k", resources=Resources(memory_bytes=128 * MiB))
+    assert oom.wait(timeout=60).limit is ExitReason.OUT_OF_MEMORY
+    before = warm.reused_starts
+    after = Run(warm, "print('fresh')", affinity="k")
+    assert after.wait().ok and warm.reused_starts == before
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+def test_an_attempt_that_kills_or_stops_its_zygote_leaves_the_next_to_another_sandbox(
+    warm: WarmSandboxExecutor, how: int
+) -> None:
+    attack = f"import os; os.kill(os.getppid(), {int(how)}); print('done', flush=True)"
+    run = warm_run(warm, attack, affinity=f"attack-{how}")
+    run.wait(timeout=30)
+    before = warm.reused_starts
+    after = Run(warm, "print('fine')", affinity=f"attack-{how}")
+    assert after.wait(timeout=30).ok and after.output == "fine\n"
+    assert warm.reused_starts == before
+
+
+def test_without_reuse_every_attempt_of_an_affinity_has_a_sandbox_of_its_own(
+    sandbox: Sandbox, base: Path
+) -> None:
+    ex = make_executor(
+        "forkserver", base / "home" / "strict", preload=["json"], sandbox=sandbox, reuse=False
+    )
+    assert isinstance(ex, WarmSandboxExecutor)
+    try:
+        uid = "import os; print(os.getuid())"
+        first = warm_run(ex, uid, affinity="s")
+        assert first.wait().ok
+        second = Run(ex, uid, affinity="s")
+        assert second.wait(timeout=60).ok and ex.reused_starts == 0
+        assert second.output != first.output
     finally:
         ex.close()

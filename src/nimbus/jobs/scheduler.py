@@ -22,6 +22,7 @@ of the same node recovers them; :meth:`~Scheduler.shutdown` kills and requeues t
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import threading
@@ -42,6 +43,28 @@ log = logging.getLogger(__name__)
 
 RUNTIME_ENTRY = "nimbus.runtime.entry"
 LaunchFn = Callable[[Job, Attempt], Program]
+
+
+def affinity(job: Job, program: Program) -> str | None:
+    """Which of the attempts of this job and others may run one after another in one sandbox
+    (:mod:`nimbus.jobs.executors.warm`): those submitted with the same token, in the same
+    tenant, running the same code (a built-in model, or a script named by its content hash)
+    on the same dataset version with the same requirements and resources. Their parameters
+    may differ (a study's trials). None for a job without its submitter's token."""
+    if job.created_by is None:
+        return None
+    spec, r = job.spec, job.resources
+    same = [
+        job.tenant_id,
+        job.created_by,
+        spec.model,
+        spec.dataset,
+        list(spec.requirements),
+        list(job.environment_lock),
+        [r.cpus, r.gpus, r.memory_bytes, r.workers, sorted(r.custom.items()), r.spread],
+        [program.module, program.code, list(program.args)],
+    ]
+    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()
 
 
 def runtime_program(job: Job, attempt: Attempt) -> Program:
@@ -210,12 +233,13 @@ class Scheduler:
             "spec": job.spec.to_dict(),
         }
         (workdir / "job.json").write_text(json.dumps(described, indent=1))
+        program = self.launch_fn(job, attempt)
         return AttemptLaunch(
             job_id=job.id,
             attempt_id=attempt.id,
             attempt_number=attempt.number,
             token=claim.token,
-            program=self.launch_fn(job, attempt),
+            program=program,
             workdir=workdir,
             nimbus_url=self.config.nimbus_url,
             resources=job.resources,
@@ -225,6 +249,7 @@ class Scheduler:
             requirements=job.spec.requirements,
             lock=job.environment_lock,
             locked=functools.partial(self.queue.record_lock, job.id),
+            affinity=affinity(job, program),
         )
 
     def _log_sink(self, attempt_id: str) -> OutputSink:

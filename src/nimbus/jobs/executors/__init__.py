@@ -36,6 +36,7 @@ def make_executor(
     grace_seconds: float = 10.0,
     sandbox: Sandbox | None = None,
     warm: int = 2,
+    reuse: bool = True,
     ray_address: str | None = None,
     ray_jobs_dir: Path | None = None,
     lease_seconds: float = 30.0,
@@ -44,7 +45,8 @@ def make_executor(
 ) -> Executor:
     """The executor called ``name``, running attempts under ``jobs_root`` (each in
     ``sandbox`` when given: see :mod:`nimbus.jobs.sandbox`). ``forkserver`` with the
-    sandbox keeps up to ``warm`` warm sandboxes (0: every attempt starts cold). ``ray``
+    sandbox keeps up to ``warm`` warm sandboxes (0: every attempt starts cold), each serving
+    attempts of one affinity one after another when ``reuse``. ``ray``
     runs them on the cluster, each in its node's sandbox with ``ray_sandbox``
     (:mod:`.ray_sandbox`), each node building job environments per ``ray_environments``."""
     if name == "local":
@@ -60,7 +62,12 @@ def make_executor(
         if warm == 0 or not sandbox.hierarchies:
             return LocalExecutor(jobs_root, grace_seconds=grace_seconds, sandbox=sandbox)
         return WarmSandboxExecutor(
-            jobs_root, sandbox=sandbox, size=warm, preload=preload, grace_seconds=grace_seconds
+            jobs_root,
+            sandbox=sandbox,
+            size=warm,
+            reuse=reuse,
+            preload=preload,
+            grace_seconds=grace_seconds,
         )
     if name == "ray":
         # Imported here: Ray is an optional extra, and heavy.

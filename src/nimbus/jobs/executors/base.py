@@ -73,6 +73,9 @@ class AttemptLaunch:
     requirements: tuple[str, ...] = ()  # the job's environment (nimbus.jobs.environments)
     lock: tuple[str, ...] = ()  # their pins, once resolved (an earlier attempt's: reused)
     locked: LockSink | None = None  # records the lock with the job, once resolved
+    # Attempts of equal affinity may run one after another in one sandbox (see
+    # nimbus.jobs.executors.warm): set by the scheduler (nimbus.jobs.scheduler.affinity).
+    affinity: str | None = None
 
 
 @dataclass(frozen=True)

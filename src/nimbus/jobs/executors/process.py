@@ -183,7 +183,7 @@ class ProcessExecutor:
             if limited is None:
                 return None  # its last disk check is under way
             status = limited
-            self.sandbox.leave(group.sandbox)  # kills escapees: the output pipes close
+            self._leave(group, status)  # kills escapees: the output pipes close
         for worker in group.workers:
             worker.pump.join(timeout=2.0)  # output held open by an escaped process is dropped
         self._handles.pop(group.attempt_id, None)
@@ -191,6 +191,11 @@ class ProcessExecutor:
         if self.sandbox is not None:
             self._retire(group.workdir, failed=not status.ok)
         return status
+
+    def _leave(self, group: GroupHandle, status: ExitStatus) -> None:
+        """End the sandbox of ``group``'s attempt, which ended with ``status``."""
+        assert self.sandbox is not None and group.sandbox is not None
+        self.sandbox.leave(group.sandbox)
 
     def kill(self, handle: Handle) -> None:
         group = self._group(handle)

@@ -2,9 +2,10 @@
 
 A *warm sandbox* is an attempt's sandbox (:mod:`nimbus.jobs.sandbox`) started before its
 attempt is known, with a zygote (:mod:`.zygote`) in it that already imported the heavy
-modules (torch, the runtime). Exactly one attempt claims it, and it ends with that
-attempt: it is never shared across attempts or tenants. What bubblewrap fixes when it
-starts is chosen ahead and handed over at the claim:
+modules (torch, the runtime). One attempt at a time claims it. It ends with that attempt,
+unless the next attempt to claim it has the same *affinity* (see "One attempt after
+another" below): never across tenants, submitters, code or data. What bubblewrap fixes when
+it starts is chosen ahead and handed over at the claim:
 
 - **uid**: taken from the sandbox's uid pool when the warm sandbox starts; the attempt's
   once claimed, freed when the attempt ends.
@@ -35,11 +36,37 @@ starts is chosen ahead and handed over at the claim:
   processes is the zygote's, which holds no secret); the zygote forks one process per
   worker, all in the warm sandbox's PID namespace.
 
-Once claimed, the zygote belongs to the attempt: the job's processes share its uid and
-PID namespace and could take it over. All that gains them is ending their own attempt
-(:class:`~.zygote_link.ZygoteLink` parses every message as untrusted). Without a
-writable cgroup hierarchy every attempt starts cold: a warm sandbox's processes could not
-all be found to be signalled and killed.
+The job's processes share the zygote's uid and PID namespace. The zygote is not dumpable:
+they cannot trace it, read or write its memory, or open its socket through ``/proc``. They
+can signal it: killing or stopping it ends their own attempt (a stopped zygote, found so at
+a poll, is killed with the whole sandbox) and leaves the next attempt to another sandbox.
+:class:`~.zygote_link.ZygoteLink` parses every message as untrusted, and a zygote that does
+not answer is not used again. Without a writable cgroup hierarchy every attempt starts
+cold: a warm sandbox's processes could not all be found to be signalled and killed.
+
+**One attempt after another.** A trial of a study whose training is pruned after an epoch
+runs for a few seconds: starting a sandbox for each (its imports: ~4 s of CPU) would cost
+more than the trial. So a sandbox whose attempt ended may serve the next attempt of the
+same *affinity* (:func:`nimbus.jobs.scheduler.affinity`): the same tenant and submitter's
+token, the same code (a built-in model, or a script by its content hash), dataset version,
+requirements and resources: a study's trials, or one user's sweep of their own script.
+Attempts whose launch has no affinity are never served so. What one attempt leaves for
+the next:
+
+- **processes**: none. The attempt's workers are forked while the zygote sits in a cgroup
+  of the attempt's own below the sandbox's (``job``): every process of the attempt is born
+  there and cannot leave it; it is killed whole when the attempt ends, the zygote not.
+- **files**: none in the work directory or ``/tmp``. Their entries move into a directory
+  made afresh at the attempt's path (the server's, as every ended attempt's), and the bound
+  directory, emptied, goes back to its place until the next claim (its ``/tmp`` stays in
+  it, emptied: the sandbox's /tmp is bound to it). ``/dev/shm`` and the IPC namespace's
+  System V objects are emptied by the zygote (``reset``). Not cleared: POSIX message queues
+  (no file system lists them in the sandbox), and what the zygote's own memory holds,
+  which the attempt's processes cannot reach (above).
+- **limits**: the next claim writes its own; out-of-memory kills are counted from the
+  claim on. An attempt that hit a limit (memory, disk) does not hand its sandbox on.
+- **uid**: the same (one submitter's attempts). An unclaimed one waits at most
+  ``USED_SECONDS``; at most twice the pool's size wait so.
 """
 
 from __future__ import annotations
@@ -57,7 +84,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -77,6 +104,7 @@ from nimbus.jobs.executors.process import GroupHandle, Worker
 from nimbus.jobs.executors.zygote_link import ZYGOTE_SCRIPT, ZygoteLink
 from nimbus.jobs.isolation import JOB_UMASK, TRAVERSE_MODE, WORKDIR_MODE, prepare_workdir
 from nimbus.jobs.sandbox import (
+    TMP_NAME,
     AttemptSandbox,
     AttemptView,
     Sandbox,
@@ -93,6 +121,9 @@ RETRY_SECONDS = 30.0  # after a warm sandbox failed to start, before the next tr
 # An unclaimed warm sandbox's cgroup: one CPU's quota (and weight, when not in the
 # background), no memory limit until an attempt's is known.
 UNCLAIMED = Resources(memory_bytes=0)
+USED_SECONDS = 20.0  # a sandbox whose attempt ended waits this long for the next of its affinity
+JOB_CGROUP = "job"  # the attempt's own cgroup, below the warm sandbox's
+RESET_SECONDS = 2.0  # for an idle zygote's answer (a scheduler's tick waits for it)
 
 
 @dataclass(frozen=True)
@@ -159,6 +190,18 @@ class WarmSandbox:
     cache_inode: int | None = None  # of the tenant's cache it has in view
     adopted: bool = False  # its directory became an attempt's work directory
     claimed: bool = False  # an attempt's sandbox holds its uid and cgroup now
+    zygote: int | None = None  # the zygote's pid (here, not in its PID namespace)
+    affinity: str | None = None  # of the attempts it served (see the module's docstring)
+    kept: bool = False  # its attempt ended and it waits for the next of its affinity
+    idle_since: float = 0.0  # monotonic: since when it waits so
+    # What bwrap made in its /tmp before any job ran: mount points of what it binds below
+    # /tmp (a jobs root there), which stay where they are between its attempts.
+    scaffold: frozenset[str] = frozenset()
+
+    @property
+    def job(self) -> cgroups.AttemptCgroup:
+        """The cgroup of its attempt's processes (below its own)."""
+        return self.cgroup.child(JOB_CGROUP)
 
     @classmethod
     def start(
@@ -219,7 +262,8 @@ class WarmSandbox:
                 os.close(seccomp_fd)
             theirs.close()
             link = ZygoteLink(ours, f"warm sandbox {name}")
-            failed = link.wait_ready(timeout).get("failed")
+            ready = link.wait_ready(timeout)
+            failed = ready.get("failed")
             if failed:  # not fatal: a job imports what it needs itself
                 log.warning("warm sandbox %s could not preload %s", name, failed)
             log.info("warm sandbox %s ready for tenant %s", name, key.tenant_id)
@@ -233,7 +277,12 @@ class WarmSandbox:
             sandbox.uids.release(uid)
             raise
         inode = _inode(cache)
-        return cls(name, key, view, group, proc, link, workdir, group.pids(), inode)
+        keep = group.pids()
+        found = host_pid(ready.get("pid"), keep)
+        made = frozenset(os.listdir(workdir / TMP_NAME))
+        return cls(
+            name, key, view, group, proc, link, workdir, keep, inode, zygote=found, scaffold=made
+        )
 
     def alive(self) -> bool:
         return self.link.alive and self.proc.poll() is None
@@ -263,6 +312,46 @@ class WarmSandbox:
         self.view = replace(self.view, workdir=workdir)
         self.adopted = True
 
+    @contextlib.contextmanager
+    def forking(self) -> Iterator[None]:
+        """While its attempt's workers are forked: the zygote in the attempt's cgroup
+        (:attr:`job`), so that they and all their descendants are born there; then back."""
+        if self.zygote is None:
+            yield
+            return
+        try:
+            self.job.make()
+            self.job.join(self.zygote)
+        except OSError as exc:  # gone (the cgroup's are written as the server's own)
+            raise Unavailable(f"the zygote of warm sandbox {self.name} is gone: {exc}") from exc
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # gone: the sandbox is not used again
+                self.cgroup.join(self.zygote)
+
+    def release(self, workdir: Path) -> None:
+        """After its attempt ended: kill whatever the attempt left running, give the
+        attempt's work directory ``workdir`` its files in a directory of the server's
+        (as an ended attempt's is) and take the bound one back, emptied, to its place.
+        OSError if any of it fails (the sandbox is then not used again)."""
+        self.job.remove()
+        if self.job.pids():
+            raise OSError(f"processes of the attempt outlived its end: {self.job.pids()}")
+        os.rename(workdir, self.bound_at)
+        self.view = replace(self.view, workdir=self.bound_at)
+        self.adopted = False
+        workdir.mkdir(mode=0o700)
+        # Its /tmp is bound to the sandbox's: emptied into the attempt's, never moved.
+        tmp, kept_tmp = self.bound_at / TMP_NAME, workdir / TMP_NAME
+        kept_tmp.mkdir(mode=0o700)
+        for entry in list(self.bound_at.iterdir()):
+            if entry.name != TMP_NAME:
+                os.rename(entry, workdir / entry.name)
+        for entry in list(tmp.iterdir()):
+            if entry.name not in self.scaffold:
+                os.rename(entry, kept_tmp / entry.name)
+
     def inside(self, env: dict[str, str], workdir: Path) -> dict[str, str]:
         """``env`` with the attempt's work directory said as the job sees it."""
         outside = str(workdir)
@@ -291,6 +380,35 @@ class WarmSandbox:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def host_pid(ns_pid: object, candidates: Iterable[int]) -> int | None:
+    """Which of ``candidates`` (pids here) is pid ``ns_pid`` in its own, innermost PID
+    namespace (read from ``/proc/<pid>/status``); None if none is."""
+    if not isinstance(ns_pid, int) or isinstance(ns_pid, bool):
+        return None
+    for pid in sorted(candidates):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:"):
+                ids = line.split()[1:]
+                if len(ids) >= 2 and ids[-1] == str(ns_pid):
+                    return pid
+    return None
+
+
+def process_state(pid: int) -> str:
+    """Process ``pid``'s state letter (``R``, ``S``, ``T``: stopped, ...); "" if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # "pid (comm) S ...": comm may hold spaces and parentheses, the state follows the last.
+    fields = stat[stat.rfind(")") + 1 :].split()
+    return fields[0] if fields else ""
 
 
 def _inode(path: Path | None) -> int | None:
@@ -338,6 +456,7 @@ class WarmSandboxExecutor(LocalExecutor):
         *,
         sandbox: Sandbox,
         size: int = 2,
+        reuse: bool = True,
         preload: Sequence[str] = ("torch",),
         python: str = sys.executable,
         base_env: Mapping[str, str] | None = None,
@@ -364,6 +483,10 @@ class WarmSandboxExecutor(LocalExecutor):
         os.chmod(self.warm_root, TRAVERSE_MODE)
         self.warm_starts = self.cold_starts = 0
         self.waited_starts = 0  # of the warm starts: attempts that waited for theirs
+        self.reused_starts = 0  # of the warm starts: in a sandbox an earlier attempt ran in
+        # At most so many wait for the next attempt of their affinity (0: none do).
+        self.keep_used = 2 * self.size if reuse else 0
+        self._used: list[WarmSandbox] = []  # ended attempts' sandboxes, the oldest first
         self.warm_up_seconds: list[float] = []  # how long each warm sandbox took to start
         self._cond = threading.Condition()
         self._recent: list[WarmKey] = []
@@ -433,12 +556,42 @@ class WarmSandboxExecutor(LocalExecutor):
             self._note(key)
         return taken
 
+    def _take_used(self, key: WarmKey, affinity: str | None) -> WarmSandbox | None:
+        """The sandbox an earlier attempt of ``affinity`` ran in, if one waits; now the
+        caller's."""
+        if affinity is None:
+            return None
+        with self._cond:
+            for warm in reversed(self._used):  # the most recent: its pages are the warmest
+                if warm.key == key and warm.affinity == affinity:
+                    self._used.remove(warm)
+                    break
+            else:
+                return None
+        if warm.alive():
+            return warm
+        warm.discard(self.warm_sandbox)
+        return None
+
+    def _expired(self) -> tuple[list[WarmSandbox], float | None]:
+        """(Under the lock) the used sandboxes that waited ``USED_SECONDS``, taken out, and
+        how long until the next one has."""
+        now = time.monotonic()
+        expired = [w for w in self._used if now - w.idle_since >= USED_SECONDS]
+        for warm in expired:
+            self._used.remove(warm)
+        left = [w.idle_since + USED_SECONDS - now for w in self._used]
+        return expired, min(left) if left else None
+
     def _keep_warm(self) -> None:
         while True:
             with self._cond:
                 while True:
                     if self._closed:
                         return
+                    expired, next_expiry = self._expired()
+                    if expired:
+                        break
                     ready = Counter(w.key for w in self._ready)
                     # One starting that an attempt waits for is that attempt's already.
                     starting = Counter(
@@ -451,7 +604,10 @@ class WarmSandboxExecutor(LocalExecutor):
                         wanted = None
                     if surplus or wanted is not None:
                         break
-                    self._cond.wait(pause if pause > 0 else None)
+                    waits = [t for t in (pause, next_expiry) if t is not None and t > 0]
+                    self._cond.wait(min(waits) if waits else None)
+                if expired:
+                    surplus, wanted = Counter(), None
                 discard = []
                 for warm in list(self._ready):  # the oldest first
                     if surplus[warm.key] > 0:
@@ -465,7 +621,7 @@ class WarmSandboxExecutor(LocalExecutor):
                     if not in_background(wanted, ready):
                         urgent.set()
                     self._starting[name] = (wanted, urgent)
-            for warm in discard:
+            for warm in [*discard, *expired]:
                 warm.discard(self.warm_sandbox)
             if wanted is not None:
                 self._start_one(wanted, name, urgent)
@@ -574,6 +730,19 @@ class WarmSandboxExecutor(LocalExecutor):
 
     def start(self, launch: AttemptLaunch) -> Handle:
         key = WarmKey.of(launch)
+        used = self._take_used(key, launch.affinity)
+        if used is not None:
+            with self._attempts:
+                try:
+                    again = self._start_warm(launch, used)
+                except _Cold as exc:
+                    log.warning("warm sandbox %s not used again: %s", used.name, exc)
+                    used.discard(self.warm_sandbox)
+                else:
+                    self.reused_starts += 1
+                    if self.size:
+                        self._note(key)
+                    return again
         warm = self._take(key)
         with self._attempts:
             if warm is not None:
@@ -635,33 +804,14 @@ class WarmSandboxExecutor(LocalExecutor):
         if handle is None:
             handle = GroupHandle(launch.attempt_id, launch.workdir)
         handle.sandbox = AttemptSandbox(warm.view, warm.cgroup)
-        warm.claimed = True
+        warm.claimed, warm.affinity, warm.kept = True, launch.affinity, False
+        warm.cgroup.oom_base = warm.cgroup.oom_count()  # an earlier attempt's are not its
         self._claimed[launch.attempt_id] = warm
         world = launch.resources.workers
         port = free_port() if world > 1 else None
         try:
-            for rank in range(world):
-                env = scrubbed_env(
-                    launch, base=self.base_env, rank=rank, world_size=world, master_port=port
-                )
-                read_fd, write_fd = os.pipe()
-                try:
-                    pid = warm.link.spawn(
-                        launch.program,
-                        str(warm.bound_at),
-                        warm.inside(env, launch.workdir),
-                        write_fd,
-                    )
-                except BaseException:
-                    os.close(read_fd)
-                    raise
-                finally:
-                    os.close(write_fd)
-                pump = OutputPump(read_fd, launch.output, prefix=f"[{rank}] " if world > 1 else "")
-                pump.start()
-                worker = Worker(rank, pid, pump)
-                self._workers[id(worker)] = (warm, pid)
-                handle.workers.append(worker)
+            with warm.forking():
+                self._spawn_workers(launch, warm, handle, port)
         except BaseException as exc:
             self._claimed.pop(launch.attempt_id, None)
             for worker in handle.workers:
@@ -677,6 +827,31 @@ class WarmSandboxExecutor(LocalExecutor):
         self.warm_starts += 1
         return handle
 
+    def _spawn_workers(
+        self, launch: AttemptLaunch, warm: WarmSandbox, handle: GroupHandle, port: int | None
+    ) -> None:
+        """Have ``warm``'s zygote fork the attempt's workers, each with its output pumped."""
+        world = launch.resources.workers
+        for rank in range(world):
+            env = scrubbed_env(
+                launch, base=self.base_env, rank=rank, world_size=world, master_port=port
+            )
+            read_fd, write_fd = os.pipe()
+            try:
+                pid = warm.link.spawn(
+                    launch.program, str(warm.bound_at), warm.inside(env, launch.workdir), write_fd
+                )
+            except BaseException:
+                os.close(read_fd)
+                raise
+            finally:
+                os.close(write_fd)
+            pump = OutputPump(read_fd, launch.output, prefix=f"[{rank}] " if world > 1 else "")
+            pump.start()
+            worker = Worker(rank, pid, pump)
+            self._workers[id(worker)] = (warm, pid)
+            handle.workers.append(worker)
+
     def poll(self, handle: Handle) -> ExitStatus | None:
         with self._attempts:
             waiting = self._waiting.get(handle.attempt_id)
@@ -687,9 +862,51 @@ class WarmSandboxExecutor(LocalExecutor):
             status = super().poll(handle)
             if status is not None:
                 warm = self._claimed.pop(handle.attempt_id, None)
-                if warm is not None:
+                if warm is not None and warm.kept:
+                    with self._cond:
+                        warm.idle_since = time.monotonic()
+                        self._used.append(warm)
+                        self._cond.notify_all()  # its keeper counts its wait
+                elif warm is not None:
                     warm.reap()  # its cgroup was killed with the attempt
             return status
+
+    def _leave(self, group: GroupHandle, status: ExitStatus) -> None:
+        warm = self._claimed.get(group.attempt_id)
+        if warm is not None and self._may_keep(warm, status):
+            try:
+                warm.release(group.workdir)
+                self._reset(warm)
+            except (OSError, Unavailable) as exc:
+                log.warning("warm sandbox %s not used again: %s", warm.name, exc)
+                super()._leave(group, status)
+                if not warm.adopted:  # released: its own directory is back, emptied
+                    shutil.rmtree(warm.bound_at, ignore_errors=True)
+                return
+            warm.kept = True
+            return
+        super()._leave(group, status)
+
+    def _may_keep(self, warm: WarmSandbox, status: ExitStatus) -> bool:
+        """Whether ``warm``, whose attempt ended with ``status``, may wait for the next
+        attempt of its affinity (see the module's docstring)."""
+        with self._cond:
+            room = not self._closed and len(self._used) < self.keep_used
+        return (
+            room
+            and warm.affinity is not None
+            and warm.zygote is not None
+            and status.limit is None
+            and warm.alive()
+        )
+
+    def _reset(self, warm: WarmSandbox) -> None:
+        """Have ``warm``'s zygote clear what its attempt left (its processes are dead: none
+        can stop or kill the zygote from now on); Unavailable if it cannot."""
+        assert warm.zygote is not None
+        if process_state(warm.zygote) in ("", "T", "t", "Z", "X"):  # stopped, or gone
+            raise Unavailable(f"the zygote of warm sandbox {warm.name} is stopped or gone")
+        warm.link.reset(timeout=RESET_SECONDS)
 
     def kill(self, handle: Handle) -> None:
         with self._attempts:
@@ -712,6 +929,10 @@ class WarmSandboxExecutor(LocalExecutor):
         status = warm.link.exit_of(pid)
         if status is not None:
             del self._workers[id(worker)]
+        elif warm.zygote is not None and process_state(warm.zygote) in ("T", "t"):
+            # Stopped (by the job: its uid), it would never say how its workers ended: the
+            # sandbox ends whole, and they as killed (the next poll, its socket closed).
+            warm.cgroup.kill(timeout=0)
         return status
 
     def _signal(self, group: GroupHandle, sig: int) -> None:
@@ -720,7 +941,8 @@ class WarmSandboxExecutor(LocalExecutor):
         if warm is None:
             super()._signal(group, sig)
         elif sig == signal.SIGKILL:
-            warm.cgroup.kill(timeout=0)
+            # The attempt's processes; the zygote too where they are not in a cgroup apart.
+            (warm.job if warm.zygote is not None else warm.cgroup).kill(timeout=0)
         else:
             warm.signal_job(sig)
 
@@ -739,6 +961,7 @@ class WarmSandboxExecutor(LocalExecutor):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._cond:
             ready, self._ready = self._ready, []
-        for warm in ready:
+            used, self._used = self._used, []
+        for warm in [*ready, *used]:
             warm.discard(self.warm_sandbox)
         super().close()
