@@ -22,6 +22,7 @@ import pytest
 
 from tests.api.conftest import API, csv_bytes, make_token
 from tests.helpers import ServerProcess, passable_dir
+from tests.jobs.test_isolation import ATTEMPT
 
 FAST = {
     "NIMBUS_SCHEDULER_TICK_SECONDS": "0.1",
@@ -41,16 +42,14 @@ open(os.path.join(os.environ["NIMBUS_CACHE_DIR"], "victim-data"), "w").write("cl
 time.sleep(float(os.environ.get("VICTIM_SECONDS", "600")))  # cancelled by the test
 """
 
-THIEF = b"""\
+THIEF = (
+    """\
 import json, os, signal
 from nimbus import runtime as nr
 home, victim_cache = nr.params["home"], nr.params["victim_cache"]
-def attempt(fn):
-    try:
-        fn()
-        return "allowed"
-    except OSError as exc:
-        return type(exc).__name__
+"""
+    + ATTEMPT
+    + """
 visible = [int(p) for p in os.listdir("/proc") if p.isdigit()]
 stolen = []
 for pid in visible:
@@ -76,6 +75,7 @@ print("home " + json.dumps(sorted(os.listdir(home))), flush=True)
 print("visible " + json.dumps(sorted(set(visible) - {1, os.getpid()})), flush=True)
 print("stolen " + json.dumps(stolen), flush=True)
 """
+).encode()
 
 
 class Tenant:

@@ -117,12 +117,7 @@ def test_a_job_cannot_read_root_files_nor_another_running_jobs_environment(
         sandboxed,
         f"""
 import json, os, signal
-def attempt(fn):
-    try:
-        fn()
-        return "allowed"
-    except OSError as exc:
-        return type(exc).__name__
+{ATTEMPT}
 print(json.dumps({{
     "secret": attempt(lambda: open({str(secret)!r}).read()),
     "environ": [attempt(lambda: open(f"/proc/{{p}}/environ", "rb").read()) for p in {host_pids}],
@@ -146,6 +141,16 @@ def _has_env(proc: Path, needle: str) -> bool:
     except OSError:
         return False
 
+
+# In a job's code: what an operation raised (its OSError's name), or "allowed".
+ATTEMPT = """
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+"""
 
 ESCAPE = """
 import os, sys, time

@@ -32,7 +32,7 @@ from nimbus.jobs.isolation import TenantCaches
 from nimbus.jobs.sandbox import TMP_NAME, Sandbox, purge_workdirs
 from tests.helpers import passable_dir
 from tests.jobs.conftest import GRACE, Run, wait_gone
-from tests.jobs.test_isolation import ESCAPE, WHO_AM_I, isolation
+from tests.jobs.test_isolation import ATTEMPT, ESCAPE, WHO_AM_I, isolation
 
 MiB = 2**20
 A, B, C = WarmKey(1, "/c/1"), WarmKey(2, "/c/2"), WarmKey(3, "/c/3")
@@ -180,12 +180,7 @@ def test_a_warm_attempt_cannot_reach_secrets_other_jobs_or_another_tenants_cache
         warm,
         f"""
 import json, os, signal
-def attempt(fn):
-    try:
-        fn()
-        return "allowed"
-    except OSError as exc:
-        return type(exc).__name__
+{ATTEMPT}
 print(json.dumps({{
     "secret": attempt(lambda: open({str(secret)!r}).read()),
     "environ": [attempt(lambda: open(f"/proc/{{p}}/environ", "rb").read()) for p in {host_pids}],
@@ -571,14 +566,10 @@ time.sleep(0.5)
 sys.exit(3)
 """
 
-LOOK_AROUND = """
-import ctypes, json, os, signal
-def attempt(fn):
-    try:
-        fn()
-        return "allowed"
-    except OSError as exc:
-        return type(exc).__name__
+LOOK_AROUND = (
+    "import ctypes, json, os, signal\n"
+    + ATTEMPT
+    + """
 zygote = os.getppid()
 libc = ctypes.CDLL(None, use_errno=True)
 traced = libc.ptrace(16, zygote, None, None)  # PTRACE_ATTACH
@@ -597,6 +588,7 @@ print(json.dumps({
     "ptrace": "allowed" if traced == 0 else os.strerror(ctypes.get_errno()),
 }))
 """
+)
 
 
 def reused(ex: WarmSandboxExecutor, code: str, affinity: str | None, **kwargs: object) -> Run:
