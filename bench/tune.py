@@ -266,6 +266,13 @@ def part_pruning(
         f"epochs trained {ratio:.3f} of the unpruned studies' (all seeds; per seed median "
         f"{statistics.median(ratios):.3f}, {min(ratios):.3f}-{max(ratios):.3f}); target <= 0.35"
     )
+    mean_pruned = statistics.mean(p.best_value for p in pruned)
+    mean_full = statistics.mean(f.best_value for f in full)
+    mean_within = objective.within(mean_pruned, mean_full, 0.01)
+    print(
+        f"  the seeds' mean best: pruned {mean_pruned:.4f}, unpruned {mean_full:.4f} "
+        f"({'within' if mean_within else 'NOT within'} 1%)"
+    )
     print(
         "  trials by epochs trained (epochs: trials): "
         + ", ".join(f"{e}: {n}" for e, n in sorted(trained.items()))
@@ -276,6 +283,8 @@ def part_pruning(
         "pruned_best": [p.best_value for p in pruned],
         "full_best": [f.best_value for f in full],
         "within_1pct": within,
+        "mean_best": [mean_pruned, mean_full],
+        "mean_within_1pct": mean_within,
         "pruned_epochs": [p.epochs for p in pruned],
         "full_epochs": [f.epochs for f in full],
         "epochs_ratio": ratio,
