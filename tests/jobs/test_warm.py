@@ -28,6 +28,7 @@ from nimbus.jobs.executors.warm import (
     warm_targets,
 )
 from nimbus.jobs.executors.zygote_link import ZygoteLink
+from nimbus.jobs.gpus import GpuSlots, GpusUnavailable
 from nimbus.jobs.isolation import TenantCaches
 from nimbus.jobs.sandbox import TMP_NAME, Sandbox, purge_workdirs
 from tests.helpers import passable_dir
@@ -690,3 +691,36 @@ def test_without_reuse_every_attempt_of_an_affinity_has_a_sandbox_of_its_own(
         assert second.output != first.output
     finally:
         ex.close()
+
+
+def test_a_warm_attempt_with_gpus_sees_only_its_own_and_holds_them(
+    warm: WarmSandboxExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPUs a warm attempt is granted are taken as a cold start takes them: each sees
+    only its own (CUDA_VISIBLE_DEVICES), two never share one, and they are free again once
+    it ends. (This machine has no GPU: the slots stand for two.)"""
+    monkeypatch.setattr(warm, "gpus", GpuSlots(["0", "1"]))
+    key = WarmKey(None, None, gpus=True)
+    warm._note(key)
+    deadline = time.monotonic() + 60
+    while not any(w.key == key for w in list(warm._ready)):
+        assert time.monotonic() < deadline, "no warm sandbox with GPUs started"
+        time.sleep(0.05)
+    show = (
+        "import os, time\nprint(os.environ['CUDA_VISIBLE_DEVICES'], "
+        "os.environ['CUDA_DEVICE_ORDER'], flush=True)\ntime.sleep(60)"
+    )
+    one_gpu = Resources(cpus=1, gpus=1, memory_bytes=0)
+    before = warm.warm_starts
+    first = Run(warm, show, resources=one_gpu)
+    assert warm.warm_starts == before + 1
+    second = Run(warm, show, resources=one_gpu)
+    assert first.wait_output("\n") == "0 PCI_BUS_ID\n"
+    assert second.wait_output("\n") == "1 PCI_BUS_ID\n"
+    with pytest.raises(GpusUnavailable):  # none left: refused, whichever way it would start
+        Run(warm, show, resources=one_gpu)
+    assert warm.gpus.held() == {first.launch.attempt_id: ("0",), second.launch.attempt_id: ("1",)}
+    for run in (first, second):
+        warm.kill(run.handle)
+        run.wait()
+    assert warm.gpus.held() == {}

@@ -102,6 +102,7 @@ from nimbus.jobs.executors.base import (
 from nimbus.jobs.executors.local import LocalExecutor
 from nimbus.jobs.executors.process import GroupHandle, Worker
 from nimbus.jobs.executors.zygote_link import ZYGOTE_SCRIPT, ZygoteLink
+from nimbus.jobs.gpus import GpusUnavailable
 from nimbus.jobs.isolation import JOB_UMASK, TRAVERSE_MODE, WORKDIR_MODE, prepare_workdir
 from nimbus.jobs.sandbox import (
     TMP_NAME,
@@ -785,6 +786,28 @@ class WarmSandboxExecutor(LocalExecutor):
     def _start_warm(
         self, launch: AttemptLaunch, warm: WarmSandbox, handle: GroupHandle | None = None
     ) -> GroupHandle:
+        """Start ``launch`` in ``warm``: its GPUs taken first (as a cold start takes them),
+        given back if it does not start."""
+        res = launch.resources
+        with self._attempts:  # a hand-over's thread may start another at the same time
+            try:
+                pinned = self.gpus.take(launch.attempt_id, res.gpus, res.workers)
+            except GpusUnavailable as exc:
+                raise _Cold(str(exc)) from exc
+        try:
+            return self._claim(launch, warm, handle, pinned)
+        except BaseException:
+            with self._attempts:
+                self.gpus.release(launch.attempt_id)
+            raise
+
+    def _claim(
+        self,
+        launch: AttemptLaunch,
+        warm: WarmSandbox,
+        handle: GroupHandle | None,
+        pinned: list[str] | None,
+    ) -> GroupHandle:
         prepare_workdir(self.jobs_root, launch.workdir, None)
         limit = launch.resources.total_memory_bytes
         if limit and warm.cgroup.memory_usage() >= limit:
@@ -811,7 +834,7 @@ class WarmSandboxExecutor(LocalExecutor):
         port = free_port() if world > 1 else None
         try:
             with warm.forking():
-                self._spawn_workers(launch, warm, handle, port)
+                self._spawn_workers(launch, warm, handle, port, pinned)
         except BaseException as exc:
             self._claimed.pop(launch.attempt_id, None)
             for worker in handle.workers:
@@ -828,14 +851,22 @@ class WarmSandboxExecutor(LocalExecutor):
         return handle
 
     def _spawn_workers(
-        self, launch: AttemptLaunch, warm: WarmSandbox, handle: GroupHandle, port: int | None
+        self,
+        launch: AttemptLaunch,
+        warm: WarmSandbox,
+        handle: GroupHandle,
+        port: int | None,
+        pinned: list[str] | None,
     ) -> None:
-        """Have ``warm``'s zygote fork the attempt's workers, each with its output pumped."""
+        """Have ``warm``'s zygote fork the attempt's workers, each with its output pumped
+        and its GPUs (``pinned``, per rank) alone visible."""
         world = launch.resources.workers
         for rank in range(world):
             env = scrubbed_env(
                 launch, base=self.base_env, rank=rank, world_size=world, master_port=port
             )
+            if pinned is not None:  # numbered as nvidia-smi numbers them
+                env.update(CUDA_VISIBLE_DEVICES=pinned[rank], CUDA_DEVICE_ORDER="PCI_BUS_ID")
             read_fd, write_fd = os.pipe()
             try:
                 pid = warm.link.spawn(
