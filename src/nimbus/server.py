@@ -888,6 +888,7 @@ def ray_node_sandbox(settings: Settings) -> NodeSandboxConfig | None:
         pids_per_worker=settings.job_pids_limit,
         keep_failed_seconds=settings.job_keep_failed_seconds,
         warm=1 if settings.ray_warm else 0,
+        reuse=settings.job_sandbox_reuse,
     )
 
 

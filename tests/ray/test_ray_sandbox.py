@@ -16,7 +16,7 @@ import pytest
 from nimbus.client import Client
 from tests.e2e.conftest import logs_text, script
 from tests.helpers import ServerProcess
-from tests.helpers_ray import RayTestCluster
+from tests.helpers_ray import RayTestCluster, submit_once_placeable
 
 VICTIM = """
 import os, pathlib, time
@@ -141,3 +141,31 @@ def test_a_job_on_ray_cannot_reach_rays_secrets_other_attempts_or_the_cluster(
     assert max(report["environ"], default=0) < 50, report
     assert report["ray_init"] in ("refused", "timed out"), report
     assert report["api_with_found_token"] == 404, report  # the relay passes the job API only
+
+
+SEEN = """
+import json, os
+seen = {"uid": os.getuid(), "tmp": sorted(os.listdir("/tmp"))}
+open("/tmp/left-behind", "w").write("x")
+print("seen", json.dumps(seen), flush=True)
+"""
+
+
+def test_a_nodes_sandbox_serves_the_next_job_of_its_affinity_with_nothing_left(
+    ray_api: Client, ray_digits: str, ray_sandboxed: bool, tmp_path: Path
+) -> None:
+    """Two runs of one script on one node, back to back: the second runs in the sandbox the
+    first ended in (its uid: a fresh one would hold another), and finds nothing of it."""
+    if not ray_sandboxed:
+        pytest.skip("the sandbox needs root and bubblewrap")
+    code = script(tmp_path, "seen", SEEN)
+    seen = []
+    for _ in range(2):
+        job = submit_once_placeable(ray_api, ray_digits, str(code), resources={"node_a": 1})
+        job = ray_api.wait_job(job.id, timeout=120)
+        text = logs_text(ray_api, job.id)
+        assert job.state == "succeeded", text
+        seen.append(json.loads(text.split("seen ", 1)[1].splitlines()[0]))
+    first, second = seen
+    assert second["uid"] == first["uid"], seen
+    assert "left-behind" not in first["tmp"] and "left-behind" not in second["tmp"], seen

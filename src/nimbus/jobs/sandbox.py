@@ -106,6 +106,7 @@ class NodeSandboxConfig:
     pids_per_worker: int
     keep_failed_seconds: float
     warm: int = 1  # warm sandboxes kept ready per node (0: every attempt starts cold)
+    reuse: bool = True  # one serves attempts of one affinity one after another (.warm)
 
 
 @dataclass(frozen=True)

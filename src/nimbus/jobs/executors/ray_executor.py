@@ -200,6 +200,8 @@ class RayExecutor:
             requirements=launch.requirements,
             lock=launch.lock,
             prepare=prepare,
+            # A worker of several starts cold in a sandbox of its own (.ray_sandbox).
+            affinity=launch.affinity if res.workers == 1 else None,
         )
         options: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False}
         if prepare:  # within its bundle, which holds the worker's resources

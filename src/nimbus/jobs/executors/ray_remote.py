@@ -82,6 +82,7 @@ class WorkerOrder:
     requirements: tuple[str, ...] = ()  # the job's environment, built on the node first
     lock: tuple[str, ...] = ()  # their pins, resolved by the control plane: what it installs
     prepare: bool = False  # only get the node the environment (no process: see run_worker)
+    affinity: str | None = None  # the attempt's (one worker only): its node may reuse a sandbox
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,7 @@ def node_launch(
         output=output,
         requirements=order.requirements,
         lock=order.lock,
+        affinity=order.affinity,
     )
 
 

@@ -22,8 +22,10 @@ The network:
   from submitting work to the cluster.
 
 Warm start: single-worker attempts start in a warm sandbox (:mod:`.warm`), one kept ready
-per node (``warm``); a worker of several starts cold in a fresh sandbox. All of a node's
-attempts share one tenant gid (a Ray node keeps no tenant's download cache).
+per node (``warm``), or in the one the node's last attempt of the same affinity ended in
+(``reuse``; the affinity comes with the worker's order); a worker of several starts cold in
+a fresh sandbox. All of a node's attempts share one tenant gid (a Ray node keeps no
+tenant's download cache; the affinity names the tenant).
 
 Job environments (``--requirements``): the node's agent builds them in this sandbox, as a
 job uid (:mod:`nimbus.jobs.environments`), into a directory of the node's own below the
@@ -163,6 +165,7 @@ class NodeSandboxes:
                 jobs_root,
                 sandbox=sandbox,
                 size=config.warm,
+                reuse=config.reuse,
                 preload=preload,
                 grace_seconds=grace_seconds,
                 warm_dir=f".warm-{name}",

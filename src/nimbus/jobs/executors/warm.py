@@ -60,9 +60,11 @@ the next:
   made afresh at the attempt's path (the server's, as every ended attempt's), and the bound
   directory, emptied, goes back to its place until the next claim (its ``/tmp`` stays in
   it, emptied: the sandbox's /tmp is bound to it). ``/dev/shm`` and the IPC namespace's
-  System V objects are emptied by the zygote (``reset``). Not cleared: POSIX message queues
-  (no file system lists them in the sandbox), and what the zygote's own memory holds,
-  which the attempt's processes cannot reach (above).
+  System V objects are emptied by the zygote (``reset``). Not cleared: what bwrap and the
+  zygote's imports made in /tmp before any attempt ran (mount points of what is bound below
+  /tmp, torch's compile cache directory), with what attempts put inside; POSIX message
+  queues (no file system lists them in the sandbox); and what the zygote's own memory
+  holds, which the attempt's processes cannot reach (above).
 - **limits**: the next claim writes its own; out-of-memory kills are counted from the
   claim on. An attempt that hit a limit (memory, disk) does not hand its sandbox on.
 - **uid**: the same (one submitter's attempts). An unclaimed one waits at most
@@ -195,8 +197,8 @@ class WarmSandbox:
     affinity: str | None = None  # of the attempts it served (see the module's docstring)
     kept: bool = False  # its attempt ended and it waits for the next of its affinity
     idle_since: float = 0.0  # monotonic: since when it waits so
-    # What bwrap made in its /tmp before any job ran: mount points of what it binds below
-    # /tmp (a jobs root there), which stay where they are between its attempts.
+    # What its /tmp held before any job ran (mount points of what bwrap binds below /tmp,
+    # torch's compile cache made by the imports): stays there between its attempts.
     scaffold: frozenset[str] = frozenset()
 
     @property
