@@ -792,8 +792,14 @@ def build_app(
             studies = study_loop(
                 services.studies, lambda: election.fence is not None, settings.study_tick_seconds
             )
-            # A trial's job ended: the study asks for the next one now, not at its next tick.
+            # A trial's job ended: the study asks for the next one now, not at its next tick;
+            # so does a study just created, and a trial's reported epoch is judged (pruning)
+            # as it comes. Wakes come from this process only: a replica's job API, the tick.
             scheduler.on_finished.append(studies.wake)
+            services.studies.on_created.append(studies.wake)
+            services.job_api.on_metrics.append(
+                lambda job, names: studies.wake() if services.studies.watches(job, names) else None
+            )
             background.append(studies)
             # AutoML jobs' winners registered once their jobs succeed (their --register).
             registrations = AutomlRegistrations(services.db, services.models.register)

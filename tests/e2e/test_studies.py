@@ -13,7 +13,7 @@ import pytest
 
 from tests.api.conftest import make_token
 from tests.cli.conftest import Nimbus
-from tests.e2e.conftest import client_for, start_server
+from tests.e2e.conftest import client_for, script, start_server
 from tests.helpers import ServerProcess
 
 
@@ -246,5 +246,51 @@ def test_a_control_plane_killed_mid_study_loses_and_repeats_no_trial(tmp_path: P
             # No job of the study outside its trials: none was queued twice.
             jobs = api.list_jobs()
             assert len(jobs) == 5, [j.id for j in jobs]
+    finally:
+        server.stop()
+
+
+PACED_SCRIPT = """
+import math, time
+from nimbus import runtime as nr
+lr = float(nr.params["lr"])
+score = 1.0 - abs(math.log10(lr) + 2) / 4  # best at lr = 1e-2
+for epoch in range(1, 7):
+    time.sleep(1.0)
+    nr.log(epoch, val_accuracy=score + epoch * 1e-3)
+"""
+
+
+def test_a_trial_is_judged_when_it_reports_an_epoch_not_at_the_next_tick(
+    tmp_path: Path,
+) -> None:
+    """The study's tick is 60 s here: every round runs because something woke it (the study
+    created, a trial's epoch reported, a job ended). A trial behind the median of those
+    before it is pruned seconds into its six epochs (the median pruner: from the third
+    trial, after epoch 1), where without the wake it would run to its end."""
+    server = start_server(tmp_path / "home", NIMBUS_STUDY_TICK_SECONDS="60")
+    try:
+        with client_for(server) as api:
+            api.upload_dataset(
+                "cancer", cancer_csv(tmp_path / "cancer.csv"), task="tabular-classification"
+            )
+            began = time.monotonic()
+            study = api.start_study(
+                "cancer",
+                str(script(tmp_path, "paced", PACED_SCRIPT)),
+                {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
+                trials=4,
+                parallel=1,
+                seed=11,  # its third and fourth trials fall behind the first two
+                pruner="median",
+            )
+            done = wait_study(server, study.id, timeout=58)
+            took = time.monotonic() - began
+            trials = api.study_trials(study.id).trials
+        assert done["state"] == "succeeded", done
+        assert took < 58, took  # no round waited for the tick
+        pruned = [t for t in trials if t.state == "pruned"]
+        assert pruned, [(t.state, t.params, t.value) for t in trials]
+        assert all(t.pruned_step is not None and t.pruned_step <= 2 for t in pruned), pruned
     finally:
         server.stop()

@@ -391,3 +391,28 @@ def test_affinity_joins_one_submitters_runs_of_the_same_code_and_data_only() -> 
         assert affinity(other, program) not in (mine, None)
     assert affinity(job, Program(code="print(1)")) != mine
     assert affinity(replace(job, created_by=None), program) is None
+
+
+def test_after_a_kill_the_next_ticks_come_quickly_while_the_attempt_ends(
+    db: Database, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    """A cancelled attempt frees its slot within moments: the loop looks again every
+    QUICK_SECONDS while it is ending (for at most QUICK_WINDOW_SECONDS), not a tick later."""
+    from nimbus.jobs.scheduler import QUICK_SECONDS, QUICK_WINDOW_SECONDS
+
+    now = [1000.0]
+    tick = SchedulerConfig(tick_seconds=0.5)
+    scheduler = make_scheduler(clock=lambda: now[0], config=tick)
+    job_id = submit(
+        db,
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('up', flush=True)\ntime.sleep(600)",
+    )
+    run_until([scheduler], lambda: "up" in logs(db, job_id))
+    assert scheduler._pause() == 0.5  # nothing ending
+    with db.session(write=True) as s:
+        repo.request_cancel(s, job_id, repo_now())
+    assert scheduler.tick().killed  # SIGTERM, ignored: it runs on through its grace
+    assert scheduler._pause() == QUICK_SECONDS
+    now[0] += QUICK_WINDOW_SECONDS  # past the window: a slow one waits for the tick
+    assert scheduler._pause() == 0.5

@@ -724,3 +724,62 @@ def test_a_warm_attempt_with_gpus_sees_only_its_own_and_holds_them(
         warm.kill(run.handle)
         run.wait()
     assert warm.gpus.held() == {}
+
+
+STOPPING = """
+import os, signal, sys, time
+def stop(*_):
+    time.sleep(0.3)
+    if ON_STOP == "kill the zygote":
+        os.kill(os.getppid(), signal.SIGKILL)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print(os.getuid(), flush=True)
+time.sleep(600)
+"""
+UID = "import os; print(os.getuid())"
+
+
+def drain(ex: WarmSandboxExecutor, key: WarmKey = WarmKey(None, None)) -> None:
+    """Take every warm sandbox of ``key`` ready now (its replacements take a while)."""
+    while (warm := ex._take(key)) is not None:
+        warm.discard(ex.warm_sandbox)
+
+
+@pytest.mark.parametrize("on_stop", ["ends", "kill the zygote"])
+def test_the_next_attempt_of_an_affinity_waits_for_the_sandbox_of_one_told_to_stop(
+    warm: WarmSandboxExecutor, on_stop: str
+) -> None:
+    """A study cancels a pruned trial and queues the next at once: the next, finding no
+    warm sandbox ready, waits for the pruned one's (nothing of it runs meanwhile) and starts
+    there once it ended; if that one cannot serve again (the ending job killed its zygote),
+    elsewhere."""
+    affinity = f"pruned-{on_stop}"
+    first = warm_run(warm, f"ON_STOP = {on_stop!r}" + STOPPING, affinity=affinity)
+    first.wait_output("\n")
+    warm.kill(first.handle)  # as the study's round cancels a pruned trial's job
+    before = warm.reused_starts
+    drain(warm)  # none ready: a ready one would be taken first
+    second = Run(warm, UID, affinity=affinity)
+    assert warm.poll(second.handle) is None and second.output == ""  # waits
+    first.wait()
+    assert second.wait(timeout=30).ok, second.output
+    if on_stop == "ends":
+        assert second.output == first.output and warm.reused_starts == before + 1
+    else:
+        assert second.output != first.output and warm.reused_starts == before
+
+
+def test_an_attempt_killed_while_it_waits_for_an_ending_sandbox_leaves_it_to_the_next(
+    warm: WarmSandboxExecutor,
+) -> None:
+    first = warm_run(warm, "ON_STOP = 'ends'" + STOPPING, affinity="left")
+    first.wait_output("\n")
+    warm.kill(first.handle)
+    drain(warm)
+    waiting = Run(warm, UID, affinity="left")
+    warm.kill(waiting.handle)
+    assert waiting.wait().signal == signal.SIGKILL and waiting.output == ""
+    first.wait()
+    after = reused(warm, UID, "left")  # the sandbox waits for the next of its affinity
+    assert after.wait().ok and after.output == first.output

@@ -324,3 +324,25 @@ def test_a_viewer_cannot_start_or_cancel_and_another_tenant_sees_nothing(
     with pytest.raises(NotFound):
         studies.get(other, study.id)
     assert studies.list_studies(other).studies == [] and studies.summaries(other) == []
+
+
+def test_a_created_study_and_its_running_trials_jobs_wake_the_loop(
+    setup: tuple[StudyService, Principal, Database], clock: Clock
+) -> None:
+    """What the server wakes the loop for: a study created, and its metric reported by a
+    job that runs one of its running trials (as of the last round), nothing else."""
+    studies, member, db = setup
+    told: list[str] = []
+    studies.on_created.append(lambda: told.append("created"))
+    study = studies.create(member, request())
+    assert told == ["created"] and not studies.watches("job_other", ["val_accuracy"])
+    studies.advance()
+    first = [t.job for t in studies.trials(member, study.id).trials]
+    assert len(first) == 2 and all(studies.watches(job, ["val_accuracy"]) for job in first)
+    assert not studies.watches(first[0], ["train_loss"])  # not the study's metric
+    run_jobs(db, clock, by_lr, end=True)
+    studies.advance()  # those two end, the next two start
+    trials = studies.trials(member, study.id).trials
+    assert not any(studies.watches(job, ["val_accuracy"]) for job in first)
+    running = [t.job for t in trials if t.state == "running"]
+    assert len(running) == 2 and all(studies.watches(job, ["val_accuracy"]) for job in running)

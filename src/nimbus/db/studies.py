@@ -116,6 +116,16 @@ def add_trial(
     return row
 
 
+def running_trial_jobs(session: Session) -> dict[str, str]:
+    """The job of every running trial (whatever its study), with its study's metric."""
+    query = (
+        select(StudyTrialRow.job_id, StudyRow.search)
+        .join(StudyRow, StudyRow.id == StudyTrialRow.study_id)
+        .where(StudyTrialRow.state == TrialState.RUNNING.value)
+    )
+    return {job_id: str(search["metric"]) for job_id, search in session.execute(query)}
+
+
 def trials(session: Session, study_id: str) -> list[StudyTrialRow]:
     query = (
         select(StudyTrialRow)

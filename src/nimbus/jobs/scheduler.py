@@ -45,6 +45,10 @@ RUNTIME_ENTRY = "nimbus.runtime.entry"
 LaunchFn = Callable[[Job, Attempt], Program]
 
 
+QUICK_SECONDS = 0.05  # between ticks while a killed attempt is ending (see Scheduler._pause)
+QUICK_WINDOW_SECONDS = 1.0  # for so long after the kill at most (a job may take its grace)
+
+
 def affinity(job: Job, program: Program) -> str | None:
     """Which of the attempts of this job and others may run one after another in one sandbox
     (:mod:`nimbus.jobs.executors.warm`): those submitted with the same token, in the same
@@ -128,6 +132,7 @@ class Scheduler:
         self.local: dict[str, _Local] = {}  # attempt id -> what runs here
         self._last_heartbeat = float("-inf")
         self._wake = threading.Event()
+        self._quick_until = 0.0  # self.clock(): until then, ticks come every QUICK_SECONDS
 
     def wake(self) -> None:
         """Tick now rather than at the next interval (a job was just queued, or the loop
@@ -143,11 +148,23 @@ class Scheduler:
         expired = self.queue.expire(now, policy)
         report.requeued, report.deadline_failed = expired.requeued, expired.deadline_failed
         report.killed = self._watch_local()
+        if report.killed:  # told to stop, they end within moments: their slots free soon
+            self._quick_until = self.clock() + QUICK_WINDOW_SECONDS
         report.finished = self._collect()
         if report.finished and self.on_finished is not None:
             self.on_finished()
         report.started = self._claim_and_start()
         return report
+
+    def _pause(self) -> float:
+        """Until the next tick: ``tick_seconds``, or :data:`QUICK_SECONDS` for a moment after
+        attempts were killed while one of them still runs, so that the slot it frees (a
+        study's pruned trial: the next trial waits for it) is seen free at once, not at
+        the next tick."""
+        killing = any(running.killing for running in self.local.values())
+        if killing and self.clock() < self._quick_until:
+            return min(QUICK_SECONDS, self.config.tick_seconds)
+        return self.config.tick_seconds
 
     def _watch_local(self) -> list[str]:
         """Renew leases when due; kill attempts cancelled or no longer ours."""
@@ -319,5 +336,5 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler tick failed")
             if not stop.is_set():
-                self._wake.wait(self.config.tick_seconds)
+                self._wake.wait(self._pause())
                 self._wake.clear()

@@ -11,7 +11,7 @@ are pinned before they are stored and then held by a reference owned by their re
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +84,9 @@ class JobApiService:
     ) -> None:
         self.db = db
         self.blobs = blobs
+        # Told the job's id and the metrics' names once a step's are stored (a study judges
+        # its trials' epochs as they come: server.py).
+        self.on_metrics: list[Callable[[str, Collection[str]], object]] = []
         self.lease_seconds = lease_seconds
         self.clock = clock
         self.quotas = quotas
@@ -231,6 +234,8 @@ class JobApiService:
                 [(report.step, name, float(v)) for name, v in values.items()],
                 self.clock(),
             )
+        for tell in self.on_metrics:
+            tell(ctx.job.id, values.keys())
 
     def progress(self, ctx: AttemptContext, report: wire.ProgressRequest) -> None:
         """Replace the job's progress (what ``Job.progress`` and the log stream show)."""

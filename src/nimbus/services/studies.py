@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -124,6 +124,11 @@ class StudyService:
         # study and trial number: a round reads only the running trials' (the rounds' loop
         # alone uses it, and keeps only the running studies').
         self._final: dict[str, dict[int, tuple[dict[int, float], dict[int, float]]]] = {}
+        # The running trials' jobs as of the last round: an epoch one of them reports wakes
+        # the loop (read by request threads, so replaced whole). See :meth:`watches`.
+        self._watched: Mapping[str, str] = {}  # job id -> its study's metric
+        # Told when a study was created: the loop starts its first trials now.
+        self.on_created: list[Callable[[], object]] = []
 
     # -- create -------------------------------------------------------------------------
 
@@ -176,7 +181,10 @@ class StudyService:
                 created_by=principal.token_id,
                 now=self.clock(),
             )
-            return self._view(session, row)
+            view = self._view(session, row)
+        for tell in self.on_created:
+            tell()
+        return view
 
     @staticmethod
     def _submit(job: dict[str, Any], params: dict[str, Any]) -> SubmitRequest:
@@ -324,6 +332,16 @@ class StudyService:
                 self._advance(study_id, tenant_id)
             except Exception:
                 log.exception("study %s: its round failed", study_id)
+        with self.db.session() as session:
+            self._watched = repo.running_trial_jobs(session)
+
+    def watches(self, job_id: str, metrics: Collection[str]) -> bool:
+        """Whether ``metrics`` (names a job just reported) hold the metric of a study
+        ``job_id`` ran a running trial of at the last round: that epoch may decide a
+        pruning, so the job API wakes the loop for it (server.py) rather than leave it to
+        the next tick. A job's other metrics (a loss per batch) wake nothing."""
+        metric = self._watched.get(job_id)
+        return metric is not None and metric in metrics
 
     def _advance(self, study_id: str, tenant_id: int) -> None:
         now = self.clock()

@@ -68,7 +68,12 @@ the next:
 - **limits**: the next claim writes its own; out-of-memory kills are counted from the
   claim on. An attempt that hit a limit (memory, disk) does not hand its sandbox on.
 - **uid**: the same (one submitter's attempts). An unclaimed one waits at most
-  ``USED_SECONDS``; at most twice the pool's size wait so.
+  ``USED_SECONDS``; at most twice the pool's size wait so (past it, the oldest goes).
+- **the next attempt**: one of its affinity queued while the attempt in it is being stopped
+  (a study cancels a pruned trial and queues the next at once), finding no warm sandbox
+  ready, waits for it rather than for one starting, and starts in it once that attempt
+  ended (within the kill grace); if it cannot serve again, the waiting attempt starts as
+  any other at its next poll.
 """
 
 from __future__ import annotations
@@ -196,6 +201,7 @@ class WarmSandbox:
     zygote: int | None = None  # the zygote's pid (here, not in its PID namespace)
     affinity: str | None = None  # of the attempts it served (see the module's docstring)
     kept: bool = False  # its attempt ended and it waits for the next of its affinity
+    ending: bool = False  # its attempt was told to stop (cancelled, pruned): soon free
     idle_since: float = 0.0  # monotonic: since when it waits so
     # What its /tmp held before any job ran (mount points of what bwrap binds below /tmp,
     # torch's compile cache made by the imports): stays there between its attempts.
@@ -506,6 +512,9 @@ class WarmSandboxExecutor(LocalExecutor):
         self._workers: dict[int, tuple[WarmSandbox, int]] = {}  # id(worker) -> zygote pid
         self._waiting: dict[str, _Waiting] = {}  # attempt id -> it, until it has its workers
         self._promised: dict[str, _Waiting] = {}  # starting warm sandbox's name -> who waits
+        # A claimed warm sandbox's name -> the attempt of its affinity waiting for it, once
+        # the attempt in it (told to stop) has ended.
+        self._next_of: dict[str, _Waiting] = {}
         # Warm sandboxes are started by these threads, which live as long as the executor:
         # bwrap's --die-with-parent follows the thread that started it. Several at once: a
         # burst of attempts is not served one import after another; twice the pool's size:
@@ -577,12 +586,14 @@ class WarmSandboxExecutor(LocalExecutor):
         return None
 
     def _expired(self) -> tuple[list[WarmSandbox], float | None]:
-        """(Under the lock) the used sandboxes that waited ``USED_SECONDS``, taken out, and
-        how long until the next one has."""
+        """(Under the lock) the used sandboxes that waited ``USED_SECONDS``, or the oldest
+        past :attr:`keep_used`, taken out; and how long until the next one has waited."""
         now = time.monotonic()
         expired = [w for w in self._used if now - w.idle_since >= USED_SECONDS]
         for warm in expired:
             self._used.remove(warm)
+        while len(self._used) > self.keep_used:
+            expired.append(self._used.pop(0))
         left = [w.idle_since + USED_SECONDS - now for w in self._used]
         return expired, min(left) if left else None
 
@@ -754,9 +765,41 @@ class WarmSandboxExecutor(LocalExecutor):
                 except _Cold as exc:
                     log.warning("warm sandbox %s not used: %s", warm.name, exc)
                     warm.discard(self.warm_sandbox)
+            # None ready: the one an attempt of its affinity is ending in is free sooner (the
+            # kill grace at most) than one starting (its imports).
+            elif (waiting := self._wait_for_ending(launch, key)) is not None:
+                return waiting
             elif self.size and (handle := self._wait_for_starting(launch, key)) is not None:
                 return handle
             return self._start_cold(launch)
+
+    def _wait_for_ending(self, launch: AttemptLaunch, key: WarmKey) -> GroupHandle | None:
+        """A handle for ``launch``, which waits for the sandbox an attempt of its affinity
+        runs in and was told to stop (a study's pruned trial, whose next trial is queued as
+        it is cancelled): it is handed over once that attempt ends (within the kill grace),
+        or, if it cannot be used again, the attempt starts as any other at its next poll.
+        None when there is no such sandbox."""
+        if launch.affinity is None or not self.keep_used:
+            return None
+        with self._attempts:
+            ending = next(
+                (
+                    warm
+                    for warm in self._claimed.values()
+                    if warm.ending
+                    and warm.key == key
+                    and warm.affinity == launch.affinity
+                    and warm.name not in self._next_of
+                ),
+                None,
+            )
+            if ending is None:
+                return None
+            handle = GroupHandle(launch.attempt_id, launch.workdir)
+            waiting = _Waiting(launch, handle, ending.name)
+            self._next_of[ending.name] = waiting
+            self._waiting[launch.attempt_id] = waiting
+            return handle
 
     def _start_cold(self, launch: AttemptLaunch) -> GroupHandle:
         self.cold_starts += 1
@@ -776,6 +819,14 @@ class WarmSandboxExecutor(LocalExecutor):
         if not waiting.cold:
             return None
         del self._waiting[attempt_id]
+        warm = self._take(WarmKey.of(waiting.launch))  # one ready of its key: warm still
+        if warm is not None:
+            try:
+                self._start_warm(waiting.launch, warm, waiting.handle)
+                return None
+            except _Cold as exc:
+                log.warning("warm sandbox %s not used: %s", warm.name, exc)
+                warm.discard(self.warm_sandbox)
         try:
             cold = self._start_cold(waiting.launch)
         except Exception as exc:
@@ -829,7 +880,7 @@ class WarmSandboxExecutor(LocalExecutor):
         if handle is None:
             handle = GroupHandle(launch.attempt_id, launch.workdir)
         handle.sandbox = AttemptSandbox(warm.view, warm.cgroup)
-        warm.claimed, warm.affinity, warm.kept = True, launch.affinity, False
+        warm.claimed, warm.affinity, warm.kept, warm.ending = True, launch.affinity, False, False
         warm.cgroup.oom_base = warm.cgroup.oom_count()  # an earlier attempt's are not its
         self._claimed[launch.attempt_id] = warm
         world = launch.resources.workers
@@ -895,14 +946,42 @@ class WarmSandboxExecutor(LocalExecutor):
             status = super().poll(handle)
             if status is not None:
                 warm = self._claimed.pop(handle.attempt_id, None)
-                if warm is not None and warm.kept:
-                    with self._cond:
-                        warm.idle_since = time.monotonic()
-                        self._used.append(warm)
-                        self._cond.notify_all()  # its keeper counts its wait
-                elif warm is not None:
-                    warm.reap()  # its cgroup was killed with the attempt
+                if warm is not None:
+                    self._ended_in(warm)
             return status
+
+    def _ended_in(self, warm: WarmSandbox) -> None:
+        """``warm``'s attempt ended: hand it to the attempt of its affinity waiting for it,
+        else keep it for the next one (:attr:`WarmSandbox.kept`), else let it go."""
+        waiting = self._next_of.pop(warm.name, None)
+        if waiting is not None and (
+            not warm.kept
+            or waiting.ended is not None
+            or self._waiting.get(waiting.launch.attempt_id) is not waiting
+        ):
+            waiting.cold = waiting.ended is None  # its next poll starts it another way
+            waiting = None
+        if waiting is not None:
+            attempt_id = waiting.launch.attempt_id
+            try:
+                self._start_warm(waiting.launch, warm, waiting.handle)
+            except _Cold as exc:
+                log.warning("warm sandbox %s not used again: %s", warm.name, exc)
+                warm.discard(self.warm_sandbox)
+                waiting.cold = True
+            except Exception as exc:  # what it held is freed already
+                log.exception("could not start attempt %s", attempt_id)
+                waiting.ended = _infra(f"could not start: {exc}")
+            else:
+                del self._waiting[attempt_id]
+                self.reused_starts += 1
+        elif warm.kept:
+            with self._cond:
+                warm.idle_since = time.monotonic()
+                self._used.append(warm)
+                self._cond.notify_all()  # its keeper counts its wait
+        else:
+            warm.reap()  # its cgroup was killed with the attempt
 
     def _leave(self, group: GroupHandle, status: ExitStatus) -> None:
         warm = self._claimed.get(group.attempt_id)
@@ -924,7 +1003,7 @@ class WarmSandboxExecutor(LocalExecutor):
         """Whether ``warm``, whose attempt ended with ``status``, may wait for the next
         attempt of its affinity (see the module's docstring)."""
         with self._cond:
-            room = not self._closed and len(self._used) < self.keep_used
+            room = not self._closed and self.keep_used > 0  # the oldest waiting goes first
         return (
             room
             and warm.affinity is not None
@@ -945,11 +1024,15 @@ class WarmSandboxExecutor(LocalExecutor):
         with self._attempts:
             waiting = self._waiting.get(handle.attempt_id)
             if waiting is None:
+                if (warm := self._claimed.get(handle.attempt_id)) is not None:
+                    warm.ending = True  # the next of its affinity may wait for it
                 super().kill(handle)
             elif waiting.handing:
                 waiting.killed = True
             elif waiting.ended is None:  # nothing of it runs: it ends now, as if killed
                 waiting.ended = ExitStatus(None, signal.SIGKILL)
+                if self._next_of.get(waiting.name) is waiting:
+                    del self._next_of[waiting.name]
                 with self._cond:
                     if self._promised.get(waiting.name) is waiting:
                         del self._promised[waiting.name]
