@@ -827,6 +827,9 @@ class WarmSandboxExecutor(LocalExecutor):
             except _Cold as exc:
                 log.warning("warm sandbox %s not used: %s", warm.name, exc)
                 warm.discard(self.warm_sandbox)
+            except Exception as exc:  # what it held is freed already
+                log.exception("could not start attempt %s", attempt_id)
+                return _infra(f"could not start: {exc}")
         try:
             cold = self._start_cold(waiting.launch)
         except Exception as exc:
