@@ -332,6 +332,9 @@ class StudyService:
                 self._advance(study_id, tenant_id)
             except Exception:
                 log.exception("study %s: its round failed", study_id)
+        if not ids:  # no study runs: no trial to watch (and no query each tick)
+            self._watched = {}
+            return
         with self.db.session() as session:
             self._watched = repo.running_trial_jobs(session)
 

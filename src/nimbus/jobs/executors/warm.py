@@ -698,19 +698,17 @@ class WarmSandboxExecutor(LocalExecutor):
             warm.discard(self.warm_sandbox)
             return
         try:
-            self._start_warm(waiting.launch, warm, waiting.handle)
-        except _Cold as exc:
-            log.warning("warm sandbox %s not used: %s", warm.name, exc)
-            warm.discard(self.warm_sandbox)
-            with self._attempts:
-                waiting.handing, waiting.cold = False, True
-                if waiting.killed:
-                    waiting.ended = ExitStatus(None, signal.SIGKILL)
-            return
+            started = self._try_warm(waiting.launch, warm, waiting.handle)
         except Exception as exc:  # what it held is freed already
             log.exception("could not start attempt %s", attempt_id)
             with self._attempts:
                 waiting.handing, waiting.ended = False, _infra(f"could not start: {exc}")
+            return
+        if started is None:
+            with self._attempts:
+                waiting.handing, waiting.cold = False, True
+                if waiting.killed:
+                    waiting.ended = ExitStatus(None, signal.SIGKILL)
             return
         with self._attempts:
             waiting.handing = False
@@ -744,27 +742,14 @@ class WarmSandboxExecutor(LocalExecutor):
 
     def start(self, launch: AttemptLaunch) -> Handle:
         key = WarmKey.of(launch)
-        used = self._take_used(key, launch.affinity)
-        if used is not None:
-            with self._attempts:
-                try:
-                    again = self._start_warm(launch, used)
-                except _Cold as exc:
-                    log.warning("warm sandbox %s not used again: %s", used.name, exc)
-                    used.discard(self.warm_sandbox)
-                else:
-                    self.reused_starts += 1
-                    if self.size:
-                        self._note(key)
-                    return again
+        with self._attempts:
+            if (again := self._start_used(launch, key)) is not None:
+                return again
         warm = self._take(key)
         with self._attempts:
             if warm is not None:
-                try:
-                    return self._start_warm(launch, warm)
-                except _Cold as exc:
-                    log.warning("warm sandbox %s not used: %s", warm.name, exc)
-                    warm.discard(self.warm_sandbox)
+                if (started := self._try_warm(launch, warm)) is not None:
+                    return started
             # None ready: the one an attempt of its affinity is ending in is free sooner (the
             # kill grace at most) than one starting (its imports).
             elif (waiting := self._wait_for_ending(launch, key)) is not None:
@@ -773,11 +758,36 @@ class WarmSandboxExecutor(LocalExecutor):
                 return handle
             return self._start_cold(launch)
 
+    def _start_used(
+        self, launch: AttemptLaunch, key: WarmKey, handle: GroupHandle | None = None
+    ) -> GroupHandle | None:
+        """Start ``launch`` in the sandbox an earlier attempt of its affinity left, if one
+        waits and can take it; else None."""
+        used = self._take_used(key, launch.affinity)
+        if used is None or (started := self._try_warm(launch, used, handle)) is None:
+            return None
+        self.reused_starts += 1
+        if self.size:
+            self._note(key)
+        return started
+
+    def _try_warm(
+        self, launch: AttemptLaunch, warm: WarmSandbox, handle: GroupHandle | None = None
+    ) -> GroupHandle | None:
+        """:meth:`_start_warm`, or None when ``warm`` cannot take the attempt (nothing of
+        it ran there: ``warm`` is discarded)."""
+        try:
+            return self._start_warm(launch, warm, handle)
+        except _Cold as exc:
+            log.warning("warm sandbox %s not used: %s", warm.name, exc)
+            warm.discard(self.warm_sandbox)
+            return None
+
     def _wait_for_ending(self, launch: AttemptLaunch, key: WarmKey) -> GroupHandle | None:
         """A handle for ``launch``, which waits for the sandbox an attempt of its affinity
         runs in and was told to stop (a study's pruned trial, whose next trial is queued as
-        it is cancelled): it is handed over once that attempt ends (within the kill grace),
-        or, if it cannot be used again, the attempt starts as any other at its next poll.
+        it is cancelled): once that attempt ended (within the kill grace), the waiting one
+        starts at its next poll, there if it can serve again, else as any other start.
         None when there is no such sandbox."""
         if launch.affinity is None or not self.keep_used:
             return None
@@ -808,8 +818,9 @@ class WarmSandboxExecutor(LocalExecutor):
         return handle
 
     def _settle_waiting(self, waiting: _Waiting) -> ExitStatus | None:
-        """For a poll of an attempt still waiting: its end if it could not start, after
-        starting it cold if its warm sandbox failed; None while it waits."""
+        """For a poll of an attempt still waiting: its end if it could not start; once the
+        sandbox it waited for failed or ended unusable (``cold``), it starts as any other
+        would (a sandbox of its affinity left, one ready, else cold); None while it waits."""
         attempt_id = waiting.launch.attempt_id
         if waiting.handing:
             return None
@@ -819,24 +830,20 @@ class WarmSandboxExecutor(LocalExecutor):
         if not waiting.cold:
             return None
         del self._waiting[attempt_id]
-        warm = self._take(WarmKey.of(waiting.launch))  # one ready of its key: warm still
-        if warm is not None:
-            try:
-                self._start_warm(waiting.launch, warm, waiting.handle)
-                return None
-            except _Cold as exc:
-                log.warning("warm sandbox %s not used: %s", warm.name, exc)
-                warm.discard(self.warm_sandbox)
-            except Exception as exc:  # what it held is freed already
-                log.exception("could not start attempt %s", attempt_id)
-                return _infra(f"could not start: {exc}")
+        launch, handle = waiting.launch, waiting.handle
+        key = WarmKey.of(launch)
         try:
-            cold = self._start_cold(waiting.launch)
-        except Exception as exc:
+            if self._start_used(launch, key, handle) is not None:
+                return None
+            warm = self._take(key)
+            if warm is not None and self._try_warm(launch, warm, handle) is not None:
+                return None
+            cold = self._start_cold(launch)
+        except Exception as exc:  # what it held is freed already
             log.exception("could not start attempt %s", attempt_id)
             return _infra(f"could not start: {exc}")
-        waiting.handle.workers, waiting.handle.sandbox = cold.workers, cold.sandbox
-        self._handles[attempt_id] = waiting.handle
+        handle.workers, handle.sandbox = cold.workers, cold.sandbox
+        self._handles[attempt_id] = handle
         return None
 
     def _start_warm(
@@ -954,31 +961,13 @@ class WarmSandboxExecutor(LocalExecutor):
             return status
 
     def _ended_in(self, warm: WarmSandbox) -> None:
-        """``warm``'s attempt ended: hand it to the attempt of its affinity waiting for it,
-        else keep it for the next one (:attr:`WarmSandbox.kept`), else let it go."""
+        """``warm``'s attempt ended: keep it for the next of its affinity
+        (:attr:`WarmSandbox.kept`), the one waiting for it first, else let it go."""
         waiting = self._next_of.pop(warm.name, None)
-        if waiting is not None and (
-            not warm.kept
-            or waiting.ended is not None
-            or self._waiting.get(waiting.launch.attempt_id) is not waiting
-        ):
-            waiting.cold = waiting.ended is None  # its next poll starts it another way
-            waiting = None
-        if waiting is not None:
-            attempt_id = waiting.launch.attempt_id
-            try:
-                self._start_warm(waiting.launch, warm, waiting.handle)
-            except _Cold as exc:
-                log.warning("warm sandbox %s not used again: %s", warm.name, exc)
-                warm.discard(self.warm_sandbox)
-                waiting.cold = True
-            except Exception as exc:  # what it held is freed already
-                log.exception("could not start attempt %s", attempt_id)
-                waiting.ended = _infra(f"could not start: {exc}")
-            else:
-                del self._waiting[attempt_id]
-                self.reused_starts += 1
-        elif warm.kept:
+        if waiting is not None and waiting.ended is None:
+            # Its next poll starts it as any start would: here, kept below, if it can be.
+            waiting.cold = True
+        if warm.kept:
             with self._cond:
                 warm.idle_since = time.monotonic()
                 self._used.append(warm)
