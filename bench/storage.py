@@ -65,8 +65,14 @@ from nimbus.client import Client
 
 MB = 1e6
 # The server's log line for each completed direct upload (services/uploads.py).
-PHASES = re.compile(r"joined, read back and hashed, stored under its hash in ([0-9.]+) s")
-PHASE_NAMES = ("  of which: server joins, reads back, hashes",)
+PHASES = (
+    re.compile(r"joined, read back and hashed, stored under its hash in ([0-9.]+) s"),
+    re.compile(r"read back and hashed [0-9]+ bytes in ([0-9.]+) s"),
+)
+PHASE_NAMES = (
+    "  of which: server joins, reads back, hashes",
+    "  of which: its read-back and hash alone",
+)
 NIMBUS = str(Path(sys.executable).parent / "nimbus")
 
 
@@ -273,9 +279,9 @@ def bench_backend(backend: Backend, work: Path, data: Path, runs: int, figures: 
 
             figures.run(f"{name}: native upload", lambda k=key: backend.native_upload(data, k))
             figures.run(f"{name}: nimbus upload", nimbus_upload, pid)
-            phases = PHASES.findall(server.log())[-1:]  # none when streamed (no direct path)
-            for label, seconds in zip(PHASE_NAMES, phases, strict=False):
-                figures.times.setdefault(f"{name}: {label}", []).append(float(seconds))
+            for label, phase in zip(PHASE_NAMES, PHASES, strict=True):
+                for seconds in phase.findall(server.log())[-1:]:  # none when streamed
+                    figures.times.setdefault(f"{name}: {label}", []).append(float(seconds))
             downloads: list[tuple[str, Callable[[], Any], int | None]] = [
                 (
                     f"{name}: native download",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nimbus.ranges import fill_and_hash
+from nimbus.ranges import WRITE_SIZE, fill_and_hash, pwrite_all
 
 DATA = random.Random(7).randbytes(10_000)
 
@@ -82,3 +82,25 @@ def test_a_failed_range_is_raised_and_the_rest_never_start(tmp_path: Path) -> No
     finally:
         os.close(fd)
     assert 1000 in started and len(started) < 100  # the hasher gave up too: no hang
+
+
+def test_pwrite_all_writes_everything_in_pieces_of_at_most_write_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random.Random(3).randbytes(2 * WRITE_SIZE + 17)
+    sizes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def short_pwrite(fd: int, buffer: bytes, offset: int) -> int:
+        sizes.append(len(buffer))
+        return real_pwrite(fd, bytes(buffer)[: max(1, len(buffer) - 5)], offset)  # short writes
+
+    fd = _open(tmp_path / "f")
+    try:
+        os.pwrite(fd, b"head", 0)
+        monkeypatch.setattr(os, "pwrite", short_pwrite)
+        pwrite_all(fd, data, 4)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"head" + data
+    assert max(sizes) <= WRITE_SIZE

@@ -3,7 +3,7 @@ in a local file and hashed as they land (:func:`nimbus.ranges.fill_and_hash`).
 
 Used wherever Nimbus reads a large object over plain HTTP: the SDK's direct downloads, and
 the control plane's read-back of an object a client uploaded straight into the bucket (on
-Azure, where the SDK holds each range whole and copies it, this streams 1 MiB at a time).
+Azure, where the SDK holds each range whole and copies it, this streams 256 KiB at a time).
 A read may be conditioned on the object's version (``If-Match``): a replaced object answers
 412 and the read stops with :class:`Changed`, never splicing two versions.
 """
@@ -22,11 +22,11 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from nimbus.errors import NotFound, StorageUnavailable
-from nimbus.ranges import fill_and_hash
+from nimbus.ranges import WRITE_SIZE, fill_and_hash
 
 PART_TRIES = 4  # tries of one range (or one uploaded part) in all
 RANGE_SIZE = 8 * 1024 * 1024  # one ranged GET of a download: an upload part (measured best)
-CHUNK = 1024 * 1024
+CHUNK = WRITE_SIZE  # read into a buffer of this size, written whole (nimbus.ranges)
 CONNECT_TIMEOUT = 10.0  # seconds
 READ_TIMEOUT = 120.0  # seconds without a byte
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # worth another try
@@ -75,7 +75,8 @@ class Connections:
     control plane's peak RSS during a read-back); a fresh mapping per range instead faulted
     in a new MiB each time (on this VM, many times slower)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cafile: str | None = None) -> None:
+        self._cafile = cafile
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._buffers: list[tuple[mmap.mmap, memoryview]] = []
@@ -105,7 +106,7 @@ class Connections:
             port = url.port
             if url.scheme == "https":
                 conn = http.client.HTTPSConnection(
-                    url.hostname or "", port, timeout=CONNECT_TIMEOUT, context=_tls()
+                    url.hostname or "", port, timeout=CONNECT_TIMEOUT, context=_tls(self._cafile)
                 )
             else:
                 conn = http.client.HTTPConnection(url.hostname or "", port, timeout=CONNECT_TIMEOUT)
@@ -133,8 +134,10 @@ class Connections:
             self._buffers.clear()
 
 
-def _tls() -> ssl.SSLContext:
-    return ssl.create_default_context()
+def _tls(cafile: str | None) -> ssl.SSLContext:
+    """Certificates checked against ``cafile`` (a PEM bundle) when given, else the
+    machine's trust store (which ``SSL_CERT_FILE`` may name)."""
+    return ssl.create_default_context(cafile=cafile)
 
 
 class RangedDownload:
@@ -143,7 +146,8 @@ class RangedDownload:
     connection fails, is cut short, or is answered 408/429/5xx is fetched again (with a
     fresh URL after a 403: the URL expired), :data:`PART_TRIES` times in all. ``headers``
     go with every GET (``If-Match``: a 412 raises :class:`Changed`); ``mode`` is the
-    file's if the download creates it."""
+    file's if the download creates it; ``cafile`` the certificates an HTTPS service's is
+    checked against (default: the machine's)."""
 
     def __init__(
         self,
@@ -156,10 +160,11 @@ class RangedDownload:
         sleep: Callable[[float], None] = time.sleep,
         headers: Mapping[str, str] | None = None,
         mode: int = 0o644,
+        cafile: str | None = None,
     ) -> None:
         self.link, self.part, self.size, self.workers = link, part, size, workers
         self.range_size, self.sleep = range_size, sleep
-        self.headers, self.mode = dict(headers or {}), mode
+        self.headers, self.mode, self.cafile = dict(headers or {}), mode, cafile
         # One write at a time, as boto3's single writer thread: when the pages written
         # are slow to fault in (this VM, at times 15 s per GiB), 8 threads writing one file
         # at once spun in the kernel (22-25 s of CPU per GiB against 16-17 s serialised,
@@ -169,7 +174,7 @@ class RangedDownload:
     def run(self, on_bytes: Callable[[int], None]) -> str:
         """Fetch the whole into ``part``; its SHA-256."""
         fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.mode)
-        connections = Connections()
+        connections = Connections(self.cafile)
 
         def fill(fd: int, lo: int, hi: int) -> None:
             self._get(connections, fd, (lo, hi), on_bytes)

@@ -27,8 +27,10 @@ from cryptography.x509.oid import NameOID
 from nimbus.client.direct import fetch_direct
 from nimbus.errors import CorruptBlob, StorageUnavailable
 from nimbus.ranged_get import Link
+from nimbus.ranges import WRITE_SIZE
+from nimbus.storage.s3_direct import S3Direct
 from nimbus.system import free_port
-from tests.helpers_s3 import SeaweedFS, s3_client
+from tests.helpers_s3 import ACCESS_KEY, REGION, SECRET_KEY, SeaweedFS, s3_client
 
 MIB = 1024 * 1024
 BUCKET = "nimbus-downloads"
@@ -150,6 +152,29 @@ def test_cut_and_refused_ranges_are_fetched_again_then_checked(
     assert sorted(proxy.injected) == ["503", "cut", "cut"]  # every fault really happened
     assert progress[-1] == len(data)  # bytes of a cut range were taken back, then counted
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_download_writes_its_file_in_pieces_of_at_most_write_size(
+    stored: tuple[str, bytes, dict[str, Any]],
+    seaweedfs: SeaweedFS,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each write(2) of a download is at most nimbus.ranges.WRITE_SIZE: larger writes get
+    page-cache folios as large, which a VM's free page reporting made many times slower."""
+    key, data, meta = stored
+    sizes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, buffer: Any, offset: int) -> int:
+        sizes.append(len(buffer))
+        return real_pwrite(fd, buffer, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    out = tmp_path / "file.bin"
+    fetch_direct(Link(presigned(seaweedfs.endpoint, key)), out, meta, 0, len(data), None)
+    assert out.read_bytes() == data
+    assert sum(sizes) == len(data) and max(sizes) <= WRITE_SIZE
 
 
 def test_ranges_reuse_their_thread_s_connection_and_a_cut_one_is_replaced(
@@ -300,5 +325,36 @@ def test_https_ranges_verify_the_service_certificate(
         out = tmp_path / "file.bin"
         done = fetch_direct(link, out, meta, 0, len(data), None, workers=2, range_size=MIB)
         assert done == len(data) and out.read_bytes() == data and proxy.handshakes >= 1
+    finally:
+        proxy.close()
+
+
+def test_the_control_plane_s_read_back_trusts_what_boto3_trusts(
+    stored: tuple[str, bytes, dict[str, Any]],
+    seaweedfs: SeaweedFS,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An S3 service on a private CA named by AWS_CA_BUNDLE (as boto3 reads it), the
+    machine's trust store without it: the read-back's own ranged GETs check the service's
+    certificate against that bundle too (before, boto3's HEAD passed and every ranged GET
+    failed CERTIFICATE_VERIFY_FAILED)."""
+    key, data, _ = stored
+    cert, private = self_signed(tmp_path)
+    host, port = seaweedfs.endpoint.removeprefix("http://").rsplit(":", 1)
+    proxy = TlsProxy((host, int(port)), cert, private)
+    config = {
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        "region": REGION,
+        "endpoint": proxy.endpoint,
+    }
+    try:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        out = tmp_path / "read-back.bin"
+        digest = S3Direct(BUCKET, "", config=config).download(key, out)
+        assert digest == key.rpartition("/")[2] and out.read_bytes() == data
+        assert proxy.handshakes >= 2  # boto3's HEAD and the ranged GETs alike
     finally:
         proxy.close()

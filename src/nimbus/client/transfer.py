@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from nimbus.errors import CorruptBlob
+from nimbus.ranges import WRITE_SIZE
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -123,7 +124,7 @@ def save(
     part = out.with_name(f".{out.name}.part")
     try:
         with part.open("wb") as sink:
-            for chunk in response.iter_bytes(CHUNK_SIZE):
+            for chunk in response.iter_bytes(WRITE_SIZE):
                 sink.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)

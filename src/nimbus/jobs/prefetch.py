@@ -34,12 +34,14 @@ from pathlib import Path
 
 import httpx
 
+from nimbus.ranges import WRITE_SIZE
+
 log = logging.getLogger(__name__)
 
 _KEY_RE = re.compile(r"^sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CACHED_MODE = 0o444  # as JobApiClient leaves a downloaded blob
-CHUNK = 1024 * 1024
+CHUNK = WRITE_SIZE  # written to the cache this much at a time (nimbus.ranges)
 
 
 @dataclass(frozen=True)

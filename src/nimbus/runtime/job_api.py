@@ -38,6 +38,7 @@ from urllib.parse import quote
 import httpx
 
 from nimbus.errors import CorruptBlob, InvalidInput, NimbusError, error_from_response
+from nimbus.ranges import WRITE_SIZE
 from nimbus.runtime.checkpoints import FrozenCheckpoint, checkpoint_from_bytes, freeze
 from nimbus.runtime.sender import ReportSender
 from nimbus.ticker import Ticker
@@ -50,7 +51,7 @@ UNAVAILABLE_EXIT_CODE = 69  # EX_UNAVAILABLE: the control plane stayed out of re
 # A blob key, tenant-scoped (``tenants/<id>/``) where the server encrypts blobs at rest.
 BLOB_KEY_RE = re.compile(r"^(?:tenants/[1-9][0-9]{0,18}/)?sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
 BEST_EFFORT_TIMEOUT = 5.0  # a hung control plane must not stall training on a progress call
-_CHUNK = 1024 * 1024
+_CHUNK = WRITE_SIZE  # written to the cache this much at a time (nimbus.ranges)
 UNIX_SCHEME = "unix:"
 T = TypeVar("T")
 UNIX_HOST = "http://nimbus"  # the Host header of requests over a unix socket

@@ -407,9 +407,16 @@ class UploadService:
         os.close(fd)
         path = Path(name)
         found = ""
+        began = time.perf_counter()
         try:
             found = self._transfers().download(source, path, etag)  # hashed as it lands
             size = path.stat().st_size
+            log.info(
+                "upload %s: read back and hashed %d bytes in %.2f s",
+                record.id,
+                size,
+                time.perf_counter() - began,
+            )
         except ObjectChanged:
             size = -1  # replaced after the join: whatever it holds now is not what was sent
         except BaseException:

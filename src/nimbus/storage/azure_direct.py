@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import re
 import secrets
 import time
@@ -220,7 +221,9 @@ class AzureDirect:
         tag, size = self.stat(key)
         if etag is not None and tag != etag:
             raise ObjectChanged(key)
-        return read_back(key, target, tag, size, lambda: self._read_url(key))
+        # The certificates the SDK's transport (requests) checks the service's against.
+        cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        return read_back(key, target, tag, size, lambda: self._read_url(key), cafile=cafile)
 
     def copy(self, source: str, target: str, etag: str | None = None) -> None:
         from azure.core.exceptions import (

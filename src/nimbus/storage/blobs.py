@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nimbus.errors import CorruptBlob, NotFound
+from nimbus.ranges import WRITE_SIZE
 from nimbus.storage.base import ObjectStore
 
-CHUNK = 1024 * 1024
+CHUNK = WRITE_SIZE  # read, hashed and written this much at a time (nimbus.ranges)
 _KEY_RE = re.compile(r"^(?:tenants/([1-9][0-9]{0,18})/)?sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
 TENANTS = "tenants/"
 

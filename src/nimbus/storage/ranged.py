@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nimbus.errors import NotFound, StorageUnavailable
 from nimbus.ranged_get import Changed, Link, RangedDownload
-from nimbus.ranges import fill_and_hash
+from nimbus.ranges import fill_and_hash, pwrite_all
 from nimbus.storage.direct import ObjectChanged
 
 RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back
@@ -50,7 +50,7 @@ def read_into(
         for piece in fetch(lo, hi):
             if offset + len(piece) > hi:
                 raise StorageUnavailable(f"reading {what}: the storage service sent a bad range")
-            os.pwrite(fd, piece, offset)
+            pwrite_all(fd, piece, offset)  # an SDK's piece may be MiBs
             offset += len(piece)
         if offset != hi:
             raise StorageUnavailable(f"reading {what}: the storage service sent a short range")
@@ -62,15 +62,31 @@ def read_into(
         os.close(fd)
 
 
-def read_back(key: str, target: Path, tag: str, size: int, sign: Callable[[], str]) -> str:
+def read_back(
+    key: str,
+    target: Path,
+    tag: str,
+    size: int,
+    sign: Callable[[], str],
+    *,
+    cafile: str | None = None,
+) -> str:
     """Write the ``size`` bytes of version ``tag`` of object ``key`` to ``target`` through
     ranged GETs of the link ``sign()`` returns (valid :data:`LINK_SECONDS`; signed again if
-    it expires), each ``If-Match: tag``, streamed 1 MiB at a time; their SHA-256. Raises
+    it expires), each ``If-Match: tag``, streamed 256 KiB at a time; their SHA-256. Raises
     :class:`ObjectChanged` when the object is no longer that version, ``KeyError`` when it
-    is gone."""
+    is gone. ``cafile``: the certificates the service's is checked against, as its SDK's
+    (None: the machine's trust store)."""
     link = Link(sign(), sign)
     download = RangedDownload(
-        link, target, size, WORKERS, range_size=RANGE, headers={"If-Match": tag}, mode=0o600
+        link,
+        target,
+        size,
+        WORKERS,
+        range_size=RANGE,
+        headers={"If-Match": tag},
+        mode=0o600,
+        cafile=cafile,
     )
     try:
         return download.run(lambda _: None)

@@ -62,12 +62,17 @@ class S3Direct:
         public_endpoint: str | None = None,
     ) -> None:
         import boto3
+        import botocore.session
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         kwargs = boto_kwargs(config or {})
-        session = boto3.session.Session()
+        core = botocore.session.get_session()
+        session = boto3.session.Session(botocore_session=core)
+        # The certificates boto3 checks the service's against (AWS_CA_BUNDLE, or a
+        # profile's ca_bundle): the read-back's own ranged GETs check against the same.
+        self._ca_bundle: str | None = core.get_config_variable("ca_bundle")
         # SigV4 with path-style addressing: what every S3-compatible server accepts, and
         # what a presigned URL to a loopback or private endpoint needs.
         settings = Config(
@@ -208,7 +213,9 @@ class S3Direct:
         tag, size = self.stat(key)
         if etag is not None and tag != etag:
             raise ObjectChanged(key)
-        return read_back(key, target, tag, size, lambda: self._read_url(key))
+        return read_back(
+            key, target, tag, size, lambda: self._read_url(key), cafile=self._ca_bundle
+        )
 
     def _read_url(self, key: str) -> str:
         """A presigned GET of ``key`` on the endpoint the control plane reaches."""
