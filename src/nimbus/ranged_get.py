@@ -77,6 +77,7 @@ class Connections:
 
     def __init__(self, cafile: str | None = None) -> None:
         self._cafile = cafile
+        self._context: ssl.SSLContext | None = None  # built once, at the first HTTPS origin
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._buffers: list[tuple[mmap.mmap, memoryview]] = []
@@ -106,7 +107,7 @@ class Connections:
             port = url.port
             if url.scheme == "https":
                 conn = http.client.HTTPSConnection(
-                    url.hostname or "", port, timeout=CONNECT_TIMEOUT, context=_tls(self._cafile)
+                    url.hostname or "", port, timeout=CONNECT_TIMEOUT, context=self._tls()
                 )
             else:
                 conn = http.client.HTTPConnection(url.hostname or "", port, timeout=CONNECT_TIMEOUT)
@@ -114,6 +115,16 @@ class Connections:
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    def _tls(self) -> ssl.SSLContext:
+        """One context for every connection of the download: certificates checked against
+        the ``cafile`` (a PEM bundle) when given, else the machine's trust store (which
+        ``SSL_CERT_FILE`` may name). Building one parses the whole bundle, so not per
+        connection."""
+        with self._lock:
+            if self._context is None:
+                self._context = ssl.create_default_context(cafile=self._cafile)
+            return self._context
 
     def drop(self, url: SplitResult) -> None:
         conn = self._held().pop((url.scheme, url.netloc), None)
@@ -132,12 +143,6 @@ class Connections:
                     view.release()
                     mapped.close()
             self._buffers.clear()
-
-
-def _tls(cafile: str | None) -> ssl.SSLContext:
-    """Certificates checked against ``cafile`` (a PEM bundle) when given, else the
-    machine's trust store (which ``SSL_CERT_FILE`` may name)."""
-    return ssl.create_default_context(cafile=cafile)
 
 
 class RangedDownload:

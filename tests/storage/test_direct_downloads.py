@@ -28,6 +28,7 @@ from nimbus.client.direct import fetch_direct
 from nimbus.errors import CorruptBlob, StorageUnavailable
 from nimbus.ranged_get import Link
 from nimbus.ranges import WRITE_SIZE
+from nimbus.storage import ranged
 from nimbus.storage.s3_direct import S3Direct
 from nimbus.system import free_port
 from tests.helpers_s3 import ACCESS_KEY, REGION, SECRET_KEY, SeaweedFS, s3_client
@@ -338,9 +339,19 @@ def test_the_control_plane_s_read_back_trusts_what_boto3_trusts(
     """An S3 service on a private CA named by AWS_CA_BUNDLE (as boto3 reads it), the
     machine's trust store without it: the read-back's own ranged GETs check the service's
     certificate against that bundle too (before, boto3's HEAD passed and every ranged GET
-    failed CERTIFICATE_VERIFY_FAILED)."""
+    failed CERTIFICATE_VERIFY_FAILED). The bundle is parsed once for the read-back's
+    several connections, not once per connection."""
     key, data, _ = stored
     cert, private = self_signed(tmp_path)
+    monkeypatch.setattr(ranged, "RANGE", MIB // 2)  # 6 ranges, up to 6 connections
+    contexts: list[str | None] = []
+    create = ssl.create_default_context
+
+    def counted(*args: Any, cafile: str | None = None, **kwargs: Any) -> ssl.SSLContext:
+        contexts.append(cafile)
+        return create(*args, cafile=cafile, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
     host, port = seaweedfs.endpoint.removeprefix("http://").rsplit(":", 1)
     proxy = TlsProxy((host, int(port)), cert, private)
     config = {
@@ -355,6 +366,7 @@ def test_the_control_plane_s_read_back_trusts_what_boto3_trusts(
         out = tmp_path / "read-back.bin"
         digest = S3Direct(BUCKET, "", config=config).download(key, out)
         assert digest == key.rpartition("/")[2] and out.read_bytes() == data
-        assert proxy.handshakes >= 2  # boto3's HEAD and the ranged GETs alike
+        assert proxy.handshakes >= 3  # boto3's HEAD and the ranged GETs alike
+        assert contexts.count(str(cert)) == 1
     finally:
         proxy.close()
