@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from nimbus.errors import NotFound, StorageUnavailable
-from nimbus.ranges import WRITE_SIZE, fill_and_hash
+from nimbus.ranges import WRITE_SIZE, fetch_write_hash, fill_and_hash, open_unbuffered
 
 PART_TRIES = 4  # tries of one range (or one uploaded part) in all
 RANGE_SIZE = 8 * 1024 * 1024  # one ranged GET of a download: an upload part (measured best)
@@ -152,7 +152,13 @@ class RangedDownload:
     fresh URL after a 403: the URL expired), :data:`PART_TRIES` times in all. ``headers``
     go with every GET (``If-Match``: a 412 raises :class:`Changed`); ``mode`` is the
     file's if the download creates it; ``cafile`` the certificates an HTTPS service's is
-    checked against (default: the machine's)."""
+    checked against (default: the machine's).
+
+    ``slots``: 0 writes the file through the page cache and hashes it there (the SDK's
+    downloads: the user reads the file next); more reads each range into one of that many
+    buffers, hashes it from memory and writes the file past the page cache
+    (:func:`nimbus.ranges.fetch_write_hash`: a control plane's read-back, of which only
+    what ingest reads is ever read again)."""
 
     def __init__(
         self,
@@ -166,9 +172,10 @@ class RangedDownload:
         headers: Mapping[str, str] | None = None,
         mode: int = 0o644,
         cafile: str | None = None,
+        slots: int = 0,
     ) -> None:
         self.link, self.part, self.size, self.workers = link, part, size, workers
-        self.range_size, self.sleep = range_size, sleep
+        self.range_size, self.sleep, self.slots = range_size, sleep, slots
         self.headers, self.mode, self.cafile = dict(headers or {}), mode, cafile
         # One write at a time, as boto3's single writer thread: when the pages written
         # are slow to fault in (this VM, at times 15 s per GiB), 8 threads writing one file
@@ -178,13 +185,29 @@ class RangedDownload:
 
     def run(self, on_bytes: Callable[[int], None]) -> str:
         """Fetch the whole into ``part``; its SHA-256."""
-        fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.mode)
         connections = Connections(self.cafile)
+        if self.slots:
+            fd, unbuffered = open_unbuffered(self.part, self.mode)
+        else:
+            fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.mode)
 
         def fill(fd: int, lo: int, hi: int) -> None:
             self._get(connections, fd, (lo, hi), on_bytes)
 
+        def fetch(lo: int, hi: int, into: memoryview) -> None:
+            self._get(connections, into, (lo, hi), on_bytes)
+
         try:
+            if self.slots:
+                return fetch_write_hash(
+                    fd,
+                    self.size,
+                    fetch,
+                    range_size=self.range_size,
+                    workers=self.workers,
+                    slots=self.slots,
+                    unbuffered=unbuffered,
+                )
             return fill_and_hash(
                 fd, self.size, fill, range_size=self.range_size, workers=self.workers
             )
@@ -195,7 +218,7 @@ class RangedDownload:
     def _get(
         self,
         connections: Connections,
-        fd: int,
+        sink: int | memoryview,
         bounds: tuple[int, int],
         on_bytes: Callable[[int], None],
     ) -> None:
@@ -203,7 +226,7 @@ class RangedDownload:
         for attempt in range(1, PART_TRIES + 1):
             got = [0]  # bytes of this attempt reported so far
             try:
-                self._read(connections, url, fd, bounds, got, on_bytes)
+                self._read(connections, url, sink, bounds, got, on_bytes)
                 return
             except (_Again, http.client.HTTPException, OSError) as exc:
                 on_bytes(-got[0])  # those bytes come again
@@ -220,13 +243,14 @@ class RangedDownload:
         self,
         connections: Connections,
         url: str,
-        fd: int,
+        sink: int | memoryview,
         bounds: tuple[int, int],
         got: list[int],
         on_bytes: Callable[[int], None],
     ) -> None:
-        """One GET of bytes ``lo..hi`` into ``fd`` (counted in ``got`` and reported to
-        ``on_bytes`` as they land)."""
+        """One GET of bytes ``lo..hi`` into ``sink``: written at their offsets of a file
+        descriptor, or read straight into a buffer of ``hi - lo`` bytes (counted in ``got``
+        and reported to ``on_bytes`` as they land)."""
         lo, hi = bounds
         where = urlsplit(url)
         target = where.path + (f"?{where.query}" if where.query else "")
@@ -252,15 +276,23 @@ class RangedDownload:
                     f"the storage service refused a download: HTTP {status} "
                     f"{response.read(200).decode(errors='replace')}"
                 )
-            buffer = connections.buffer()
-            while n := response.readinto(buffer):
-                if offset + n > hi:
+            if isinstance(sink, memoryview):
+                while offset < hi and (n := response.readinto(sink[offset - lo :])):
+                    offset += n
+                    got[0] += n
+                    on_bytes(n)
+                if offset == hi and response.read(1):
                     raise StorageUnavailable("the storage service sent too many bytes")
-                with self._writing:
-                    os.pwrite(fd, buffer[:n], offset)
-                offset += n
-                got[0] += n
-                on_bytes(n)
+            else:
+                buffer = connections.buffer()
+                while n := response.readinto(buffer):
+                    if offset + n > hi:
+                        raise StorageUnavailable("the storage service sent too many bytes")
+                    with self._writing:
+                        os.pwrite(sink, buffer[:n], offset)
+                    offset += n
+                    got[0] += n
+                    on_bytes(n)
             done = offset == hi and response.isclosed()
         finally:
             if not done:  # an error, or a body cut short: never hand that connection out again

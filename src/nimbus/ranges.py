@@ -1,17 +1,24 @@
 """A file filled as byte ranges in parallel and hashed in order as they land: the SHA-256 is
 ready when the last byte is, and memory stays bounded (what each range's fetch holds)
-whatever the size. The SDK's direct downloads and the control plane's read-backs of cloud
-objects both fetch this way; each says how one range is fetched (and retried).
+whatever the size. The SDK's direct downloads fetch this way (:func:`fill_and_hash`: the
+file written through the page cache and hashed there, since the user reads it next); the
+control plane's read-backs of cloud objects hold the ranges in a ring of buffers, hash
+them from memory and write the file past the page cache (:func:`fetch_write_hash`). Each
+caller says how one range is fetched (and retried).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import mmap
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
 
 HASH_CHUNK = 8 * 1024 * 1024  # read back from the page cache this much at a time
 # The most one write(2) puts into a file. Linux 6.x (ext4 with large folios) gives a
@@ -108,3 +115,146 @@ def _hash(
         finally:
             buffer.release()
     return digest
+
+
+# Unbuffered (O_DIRECT) writes go to the disk in whole blocks of the device's: offsets,
+# lengths and the buffer's address a multiple of this (4 KiB covers 512-byte and 4 KiB
+# sectors; the buffers here are mmap'd, so page-aligned).
+ALIGN = 4096
+
+
+def open_unbuffered(path: Path, mode: int) -> tuple[int, bool]:
+    """Create (truncate) ``path`` for writing past the page cache (``O_DIRECT``) where the
+    file system allows it; returns the descriptor and whether it is unbuffered. A file
+    system without direct I/O (tmpfs) gives an ordinary descriptor."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    direct = getattr(os, "O_DIRECT", 0)
+    if direct:
+        try:
+            return os.open(path, flags | direct, mode), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+    return os.open(path, flags, mode), False
+
+
+FetchInto = Callable[[int, int, memoryview], None]
+"""``fetch(lo, hi, into)``: fill ``into`` (``hi - lo`` bytes) with bytes ``lo`` to ``hi``;
+return once all are there, raise otherwise (a retry refills it from the start)."""
+
+
+class _Slots:
+    """The ranges' buffers, in order: range ``i`` fills buffer ``i % count`` once range
+    ``i - count`` is hashed, so the earliest range not hashed always has its buffer and
+    nothing waits in a circle."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count
+        self._maps = [mmap.mmap(-1, size) for _ in range(count)]
+        self.views = [memoryview(m) for m in self._maps]
+        self.hashed = 0  # ranges hashed, in order
+        self.landed: set[int] = set()
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.changed = threading.Condition()
+
+    def close(self) -> None:
+        for view, mapped in zip(self.views, self._maps, strict=True):
+            # A traceback may still hold a slice of one (a failed fetch's frame): then that
+            # mapping goes when the traceback does.
+            with contextlib.suppress(BufferError):
+                view.release()
+                mapped.close()
+
+
+def fetch_write_hash(
+    fd: int,
+    size: int,
+    fetch: FetchInto,
+    *,
+    range_size: int,
+    workers: int,
+    slots: int,
+    unbuffered: bool,
+) -> str:
+    """Fetch ``size`` bytes by ranges of ``range_size`` (``workers`` at a time) into
+    ``slots`` buffers of that size, write each range at its offset of ``fd`` and hash them
+    in order from memory; the SHA-256 of the whole. The file is never read back, so with
+    ``unbuffered`` (``fd`` from :func:`open_unbuffered`) its bytes never enter the page
+    cache: each write is a whole number of :data:`ALIGN` blocks (the last padded, the file
+    cut to ``size`` at the end). Memory: ``slots * range_size``, whatever the size. The
+    first failure of a range is raised once the ranges in flight end (the rest never
+    start)."""
+    if range_size % ALIGN or slots < 1:
+        raise ValueError("range_size must be a multiple of ALIGN, slots at least 1")
+    os.ftruncate(fd, size)
+    ranges = [(lo, min(size, lo + range_size)) for lo in range(0, size, range_size)]
+    state = _Slots(min(slots, max(1, len(ranges))), range_size)
+    write = _direct_write if unbuffered else pwrite_all
+
+    def one(index: int) -> None:
+        lo, hi = ranges[index]
+        with state.changed:
+            while state.hashed <= index - state.count and not state.stopped:
+                state.changed.wait()
+            if state.stopped:
+                return
+        view = state.views[index % state.count]
+        try:
+            fetch(lo, hi, view[: hi - lo])
+            write(fd, view[: _padded(hi - lo) if unbuffered else hi - lo], lo)
+        except BaseException as exc:
+            with state.changed:
+                state.error = state.error or exc
+                state.stopped = True
+                state.changed.notify_all()
+            raise
+        with state.changed:
+            state.landed.add(index)
+            state.changed.notify_all()
+
+    digest = hashlib.sha256()
+    try:
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="range") as pool:
+            try:
+                for index in range(len(ranges)):
+                    pool.submit(one, index)
+                for index, (lo, hi) in enumerate(ranges):
+                    with state.changed:
+                        while index not in state.landed and state.error is None:
+                            state.changed.wait()
+                        if state.error is not None:
+                            raise state.error
+                    digest.update(state.views[index % state.count][: hi - lo])
+                    with state.changed:
+                        state.hashed = index + 1
+                        state.changed.notify_all()
+            except BaseException:
+                with state.changed:
+                    state.stopped = True
+                    state.changed.notify_all()
+                raise
+        if unbuffered and size % ALIGN:
+            os.ftruncate(fd, size)  # the last write's padding
+    finally:
+        state.close()
+    return digest.hexdigest()
+
+
+def _padded(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _direct_write(fd: int, data: memoryview, offset: int) -> None:
+    """All of ``data`` (whole blocks) at ``offset`` of an unbuffered ``fd``. Where the
+    device wants larger blocks than :data:`ALIGN` (the write is refused: EINVAL), the file
+    goes on through the page cache, as any file would."""
+    done = 0
+    try:
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], offset + done)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~getattr(os, "O_DIRECT", 0))
+        pwrite_all(fd, data[done:], offset + done)

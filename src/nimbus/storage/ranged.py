@@ -1,5 +1,5 @@
-"""A control plane's read-back of an object into a local file, hashed as the ranges land
-(:func:`nimbus.ranges.fill_and_hash`).
+"""A control plane's read-back of an object into a local file, hashed in order from memory
+as the ranges land and written past the page cache (:func:`nimbus.ranges.fetch_write_hash`).
 
 Backend-neutral, two ways: :func:`read_back` fetches through a link the backend signs for
 the control plane (S3, Azure: plain HTTP ranged GETs, :mod:`nimbus.ranged_get`);
@@ -16,17 +16,27 @@ from pathlib import Path
 
 from nimbus.errors import NotFound, StorageUnavailable
 from nimbus.ranged_get import Changed, Link, RangedDownload
-from nimbus.ranges import fill_and_hash, pwrite_all
+from nimbus.ranges import fetch_write_hash, open_unbuffered
 from nimbus.storage.direct import ObjectChanged
 
-RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back
-WORKERS = 8  # ranged GETs in flight (what boto3's download_file uses)
+# A read-back holds each range in memory until it is hashed, in order, and writes the
+# staging file past the page cache (nimbus.ranges.fetch_write_hash): SLOTS ranges of RANGE
+# bytes, 20 MiB in all. On this VM writing a GiB through the page cache cost 0.2-17 s of
+# kernel time depending on which pages it got (fresh ones fault in from the host; boto3's
+# download_file paid the same); read back this way, 1.4-1.8 s every time (docs/storage.md,
+# "Read-backs past the page cache"). Ranges cost SeaweedFS per request (1 GiB in 2 MiB
+# ranges 1.9-2.6 s, in 1 MiB 2.4-3.5 s), and 6 slots of 8 MiB put the control plane's
+# peak RSS at 222-227 MB (the target is 200).
+RANGE = 4 * 1024 * 1024  # one ranged GET of a read-back
+WORKERS = 4  # ranged GETs in flight
+SLOTS = 5  # ranges held at once: those in flight and those that landed before an earlier one
 LINK_SECONDS = 15 * 60  # a read-back's link (renewed if it expires mid-way)
 # Where the SDK holds each range whole and copies it (GCS's): 4 MiB ranges, 4 in
-# flight, so 16 MiB of buffers and their copies in the control plane (8 in flight: its peak
-# RSS ~20 MB higher, the read-back no faster on the emulators).
+# flight, 5 held, so 20 MiB of buffers and the SDK's copies in the control plane (8 in
+# flight: its peak RSS ~20 MB higher, the read-back no faster on the emulators).
 WHOLE_RANGE = 4 * 1024 * 1024
 WHOLE_WORKERS = 4
+WHOLE_SLOTS = 5
 
 FetchRange = Callable[[int, int], Iterable[bytes]]
 """``fetch(lo, hi)``: the bytes ``lo`` to ``hi`` (exclusive) of the object, in pieces."""
@@ -38,26 +48,36 @@ def read_into(
     target: Path,
     *,
     what: str,
-    range_size: int = RANGE,
-    workers: int = WORKERS,
+    range_size: int = WHOLE_RANGE,
+    workers: int = WHOLE_WORKERS,
+    slots: int = WHOLE_SLOTS,
 ) -> str:
     """Write ``size`` bytes fetched by ``fetch`` (``range_size`` at a time, ``workers`` in
-    flight) to ``target`` and return their SHA-256. ``what`` names the object in errors; a
-    range that comes back short or long is :class:`StorageUnavailable`."""
+    flight, ``slots`` held) to ``target`` past the page cache and return their SHA-256.
+    ``what`` names the object in errors; a range that comes back short or long is
+    :class:`StorageUnavailable`."""
 
-    def fill(fd: int, lo: int, hi: int) -> None:
-        offset = lo
+    def fill(lo: int, hi: int, into: memoryview) -> None:
+        offset = 0
         for piece in fetch(lo, hi):
-            if offset + len(piece) > hi:
+            if offset + len(piece) > len(into):
                 raise StorageUnavailable(f"reading {what}: the storage service sent a bad range")
-            pwrite_all(fd, piece, offset)  # an SDK's piece may be MiBs
+            into[offset : offset + len(piece)] = piece
             offset += len(piece)
-        if offset != hi:
+        if offset != len(into):
             raise StorageUnavailable(f"reading {what}: the storage service sent a short range")
 
-    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd, unbuffered = open_unbuffered(target, 0o600)
     try:
-        return fill_and_hash(fd, size, fill, range_size=range_size, workers=workers)
+        return fetch_write_hash(
+            fd,
+            size,
+            fill,
+            range_size=range_size,
+            workers=workers,
+            slots=slots,
+            unbuffered=unbuffered,
+        )
     finally:
         os.close(fd)
 
@@ -73,7 +93,7 @@ def read_back(
 ) -> str:
     """Write the ``size`` bytes of version ``tag`` of object ``key`` to ``target`` through
     ranged GETs of the link ``sign()`` returns (valid :data:`LINK_SECONDS`; signed again if
-    it expires), each ``If-Match: tag``, streamed 256 KiB at a time; their SHA-256. Raises
+    it expires), each ``If-Match: tag``, read into memory; their SHA-256. Raises
     :class:`ObjectChanged` when the object is no longer that version, ``KeyError`` when it
     is gone. ``cafile``: the certificates the service's is checked against, as its SDK's
     (None: the machine's trust store)."""
@@ -84,6 +104,7 @@ def read_back(
         size,
         WORKERS,
         range_size=RANGE,
+        slots=SLOTS,
         headers={"If-Match": tag},
         mode=0o600,
         cafile=cafile,
