@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import gc
 import hashlib
 import mmap
 import os
 import random
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -264,3 +266,32 @@ def test_a_direct_write_the_device_refuses_goes_through_the_page_cache(tmp_path:
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes()[3:] == BIG[: ALIGN + 7]
+
+
+def test_a_failed_fetch_leaves_no_reference_cycle(tmp_path: Path) -> None:
+    """The error raised holds the failed fetch's frames (its connection, its response):
+    they must go when the error does, not at some later garbage collection, where a
+    socket still open in them is reported in whatever test runs then."""
+
+    class Held:
+        """Something the failed fetch's frame holds, as a response."""
+
+    held: list[weakref.ref[Held]] = []
+
+    def fetch(lo: int, hi: int, into: memoryview) -> None:
+        response = Held()
+        held.append(weakref.ref(response))
+        raise OSError("the service went away")
+
+    fd = _open(tmp_path / "f")
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(OSError, match="went away"):
+            fetch_write_hash(
+                fd, len(BIG), fetch, range_size=ALIGN, workers=2, slots=2, unbuffered=False
+            )
+        assert held and all(ref() is None for ref in held)
+    finally:
+        gc.enable()
+        os.close(fd)

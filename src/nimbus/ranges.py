@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import NoReturn
 
 HASH_CHUNK = 8 * 1024 * 1024  # read back from the page cache this much at a time
 # The most one write(2) puts into a file. Linux 6.x (ext4 with large folios) gives a
@@ -203,12 +204,13 @@ def fetch_write_hash(
         try:
             fetch(lo, hi, view[: hi - lo])
             write(fd, view[: _padded(hi - lo) if unbuffered else hi - lo], lo)
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the hashing thread, which raises it
             with state.changed:
-                state.error = state.error or exc
+                if not state.stopped:  # the first failure; later ones go with their ranges
+                    state.error = exc
                 state.stopped = True
                 state.changed.notify_all()
-            raise
+            return
         with state.changed:
             state.landed.add(index)
             state.changed.notify_all()
@@ -224,7 +226,7 @@ def fetch_write_hash(
                         while index not in state.landed and state.error is None:
                             state.changed.wait()
                         if state.error is not None:
-                            raise state.error
+                            _raise_taken(state)
                     digest.update(state.views[index % state.count][: hi - lo])
                     with state.changed:
                         state.hashed = index + 1
@@ -239,6 +241,18 @@ def fetch_write_hash(
     finally:
         state.close()
     return digest.hexdigest()
+
+
+def _raise_taken(state: _Slots) -> NoReturn:
+    """Raise the failed range's error, taken out of ``state`` first: its traceback holds
+    the frames that hold ``state`` (and the fetch's connection and response), and a cycle
+    through it would keep them all until some later garbage collection."""
+    error, state.error = state.error, None
+    assert error is not None
+    try:
+        raise error
+    finally:
+        del error
 
 
 def _padded(n: int) -> int:
