@@ -36,7 +36,7 @@ from google.api_core import exceptions as api_errors
 from nimbus.errors import InvalidInput
 from nimbus.storage.direct import UPLOADS_PREFIX, ObjectChanged, StoredPart
 from nimbus.storage.gcs import ERRORS, TIMEOUT
-from nimbus.storage.ranged import WHOLE_RANGE, WHOLE_WORKERS, read_into
+from nimbus.storage.ranged import read_into
 
 COMPOSE_MAX = 32  # GCS's limit on the sources of one compose
 _PART = re.compile(r"^(\d{6})$")
@@ -218,9 +218,7 @@ class GCSDirect:
             except KeyError:
                 raise ObjectChanged(key) from None
 
-        return read_into(
-            fetch, size, target, what=key, range_size=WHOLE_RANGE, workers=WHOLE_WORKERS
-        )
+        return read_into(fetch, size, target, what=key)
 
     def copy(self, source: str, target: str, etag: str | None = None) -> None:
         source_blob = self._bucket.blob(self._name(source))

@@ -31,12 +31,9 @@ RANGE = 4 * 1024 * 1024  # one ranged GET of a read-back
 WORKERS = 4  # ranged GETs in flight
 SLOTS = 5  # ranges held at once: those in flight and those that landed before an earlier one
 LINK_SECONDS = 15 * 60  # a read-back's link (renewed if it expires mid-way)
-# Where the SDK holds each range whole and copies it (GCS's): 4 MiB ranges, 4 in
-# flight, 5 held, so 20 MiB of buffers and the SDK's copies in the control plane (8 in
-# flight: its peak RSS ~20 MB higher, the read-back no faster on the emulators).
-WHOLE_RANGE = 4 * 1024 * 1024
-WHOLE_WORKERS = 4
-WHOLE_SLOTS = 5
+# GCS's read-back fetches through its SDK, which holds each range whole and copies it: the
+# same ring, so 20 MiB of buffers and the SDK's copies (8 in flight: the control plane's
+# peak RSS ~20 MB higher, the read-back no faster on the emulators).
 
 FetchRange = Callable[[int, int], Iterable[bytes]]
 """``fetch(lo, hi)``: the bytes ``lo`` to ``hi`` (exclusive) of the object, in pieces."""
@@ -48,12 +45,9 @@ def read_into(
     target: Path,
     *,
     what: str,
-    range_size: int = WHOLE_RANGE,
-    workers: int = WHOLE_WORKERS,
-    slots: int = WHOLE_SLOTS,
 ) -> str:
-    """Write ``size`` bytes fetched by ``fetch`` (``range_size`` at a time, ``workers`` in
-    flight, ``slots`` held) to ``target`` past the page cache and return their SHA-256.
+    """Write ``size`` bytes fetched by ``fetch`` (:data:`RANGE` at a time, :data:`WORKERS`
+    in flight, :data:`SLOTS` held) to ``target`` past the page cache and return their SHA-256.
     ``what`` names the object in errors; a range that comes back short or long is
     :class:`StorageUnavailable`."""
 
@@ -73,9 +67,9 @@ def read_into(
             fd,
             size,
             fill,
-            range_size=range_size,
-            workers=workers,
-            slots=slots,
+            range_size=RANGE,
+            workers=WORKERS,
+            slots=SLOTS,
             unbuffered=unbuffered,
         )
     finally:
