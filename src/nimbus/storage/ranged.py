@@ -21,19 +21,19 @@ from nimbus.storage.direct import ObjectChanged
 
 # A read-back holds each range in memory until it is hashed, in order, and writes the
 # staging file past the page cache (nimbus.ranges.fetch_write_hash): SLOTS ranges of RANGE
-# bytes, 20 MiB in all. On this VM writing a GiB through the page cache cost 0.2-17 s of
+# bytes, 24 MiB in all. On this VM writing a GiB through the page cache cost 0.2-17 s of
 # kernel time depending on which pages it got (fresh ones fault in from the host; boto3's
-# download_file paid the same); read back this way, 1.4-1.8 s every time (docs/storage.md,
-# "Read-backs past the page cache"). Ranges cost SeaweedFS per request (1 GiB in 2 MiB
-# ranges 1.9-2.6 s, in 1 MiB 2.4-3.5 s), and 6 slots of 8 MiB put the control plane's
-# peak RSS at 222-227 MB (the target is 200).
-RANGE = 4 * 1024 * 1024  # one ranged GET of a read-back
-WORKERS = 4  # ranged GETs in flight
-SLOTS = 5  # ranges held at once: those in flight and those that landed before an earlier one
+# download_file paid the same); read back this way, 1.4-2.1 s every time (docs/storage.md,
+# "Read-backs past the page cache"). Azurite pays per request: 1 GiB in 4 MiB ranges
+# 4.6-7.3 s, in 8 MiB 2.2-4.2 s (SeaweedFS 1.8-2.1 s either way); 6 slots of 8 MiB put the
+# control plane's peak RSS at 222-227 MB (the target is 200), 5 of 4 MiB at 194-197 MB.
+RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back
+WORKERS = 3  # ranged GETs in flight (2 measured the same on both servers)
+SLOTS = 3  # ranges held at once: those in flight and those that landed before an earlier one
 LINK_SECONDS = 15 * 60  # a read-back's link (renewed if it expires mid-way)
 # GCS's read-back fetches through its SDK, which holds each range whole and copies it: the
-# same ring, so 20 MiB of buffers and the SDK's copies (8 in flight: the control plane's
-# peak RSS ~20 MB higher, the read-back no faster on the emulators).
+# same ring, so 24 MiB of buffers and the SDK's copies (8 ranges in flight: the control
+# plane's peak RSS ~20 MB higher, the read-back no faster on the emulators).
 
 FetchRange = Callable[[int, int], Iterable[bytes]]
 """``fetch(lo, hi)``: the bytes ``lo`` to ``hi`` (exclusive) of the object, in pieces."""
