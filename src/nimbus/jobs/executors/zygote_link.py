@@ -102,7 +102,8 @@ class ZygoteLink:
             self._changed.wait_for(
                 lambda: request["id"] in self._replies or not self._alive, timeout=timeout
             )
-            reply = self._replies.pop(request["id"], {"error": "no answer"})
+            silent = "it is gone" if not self._alive else f"no answer within {timeout:g} s"
+            reply = self._replies.pop(request["id"], {"error": silent})
         if not isinstance(reply.get("pid"), int):
             raise Unavailable(f"the {self.name} could not start the job: {reply.get('error')}")
         return int(reply["pid"])
