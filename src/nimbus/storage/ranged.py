@@ -26,9 +26,12 @@ from nimbus.storage.direct import ObjectChanged
 # download_file paid the same); read back this way, 1.4-2.1 s every time (docs/storage.md,
 # "Read-backs past the page cache"). Azurite pays per request: 1 GiB in 4 MiB ranges
 # 4.6-7.3 s, in 8 MiB 2.2-4.2 s (SeaweedFS 1.8-2.1 s either way); 6 slots of 8 MiB put the
-# control plane's peak RSS at 222-227 MB (the target is 200), 5 of 4 MiB at 194-197 MB.
-RANGE = 8 * 1024 * 1024  # one ranged GET of a read-back
-WORKERS = 3  # ranged GETs in flight (2 measured the same on both servers)
+# control plane's peak RSS at 222-227 MB (the target is 200), 5 of 4 MiB at 194-197 MB,
+# 3 of 8 MiB at 197-201 MB. 3 of 6 MiB, 4 rounds rotated against 3 of 8: SeaweedFS
+# 1.65-1.69 s (8 MiB 1.55-2.11), Azurite 2.59-3.23 s (1.96-3.17); 2 of 8 MiB with 2 GETs
+# in flight was slower on both (1.59-2.44, 2.93-3.56).
+RANGE = 6 * 1024 * 1024  # one ranged GET of a read-back
+WORKERS = 3  # ranged GETs in flight
 SLOTS = 3  # ranges held at once: those in flight and those that landed before an earlier one
 LINK_SECONDS = 15 * 60  # a read-back's link (renewed if it expires mid-way)
 # GCS's read-back fetches through its SDK, which holds each range whole and copies it: the
