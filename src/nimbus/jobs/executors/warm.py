@@ -206,6 +206,9 @@ class WarmSandbox:
     # What its /tmp held before any job ran (mount points of what bwrap binds below /tmp,
     # torch's compile cache made by the imports): stays there between its attempts.
     scaffold: frozenset[str] = frozenset()
+    # Its launcher's and zygote's stderr (a memfd of the server's; jobs write to their own
+    # output): the traceback of a zygote that died, for the log. Closed when it is reaped.
+    stderr: int | None = None
 
     @property
     def job(self) -> cgroups.AttemptCgroup:
@@ -235,6 +238,7 @@ class WarmSandbox:
         workdir = root / name
         group = cgroups.AttemptCgroup(sandbox.hierarchies, name)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        stderr = os.memfd_create(f"{name}-stderr", os.MFD_CLOEXEC)
         proc = None
         try:
             workdir.mkdir(mode=WORKDIR_MODE)
@@ -263,7 +267,7 @@ class WarmSandbox:
                     cwd="/",
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=stderr,
                     start_new_session=True,
                     umask=JOB_UMASK,
                 )
@@ -271,7 +275,10 @@ class WarmSandbox:
                 os.close(seccomp_fd)
             theirs.close()
             link = ZygoteLink(ours, f"warm sandbox {name}")
-            ready = link.wait_ready(timeout)
+            try:
+                ready = link.wait_ready(timeout)
+            except Unavailable as exc:
+                raise Unavailable(_with_said(str(exc), _tail(stderr))) from None
             failed = ready.get("failed")
             if failed:  # not fatal: a job imports what it needs itself
                 log.warning("warm sandbox %s could not preload %s", name, failed)
@@ -282,6 +289,7 @@ class WarmSandbox:
             group.remove()
             if proc is not None:
                 proc.wait()
+            os.close(stderr)
             shutil.rmtree(workdir, ignore_errors=True)
             sandbox.uids.release(uid)
             raise
@@ -290,11 +298,27 @@ class WarmSandbox:
         found = host_pid(ready.get("pid"), keep)
         made = frozenset(os.listdir(workdir / TMP_NAME))
         return cls(
-            name, key, view, group, proc, link, workdir, keep, inode, zygote=found, scaffold=made
+            name,
+            key,
+            view,
+            group,
+            proc,
+            link,
+            workdir,
+            keep,
+            inode,
+            zygote=found,
+            scaffold=made,
+            stderr=stderr,
         )
 
     def alive(self) -> bool:
         return self.link.alive and self.proc.poll() is None
+
+    def said(self) -> str:
+        """The end of what its launcher and zygote wrote to stderr ('' for nothing): why
+        it died, where it did with a message."""
+        return _tail(self.stderr) if self.stderr is not None else ""
 
     def cache_replaced(self) -> bool:
         """Whether the tenant's cache directory was made afresh since this one started
@@ -389,6 +413,38 @@ class WarmSandbox:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.stderr is not None:
+            os.close(self.stderr)
+            self.stderr = None
+
+    def drop(self, sandbox: Sandbox, how: str) -> None:
+        """:meth:`discard` one that cannot serve, saying why in the log."""
+        said = self.said()
+        status = self.proc.poll()
+        log.warning(
+            "warm sandbox %s %s (its launcher %s)",
+            self.name,
+            _with_said(how, said),
+            "runs" if status is None else f"exited with {status}",
+        )
+        self.discard(sandbox)
+
+
+SAID_BYTES = 2048  # of a warm sandbox's stderr, in the log
+
+
+def _tail(fd: int) -> str:
+    """The last :data:`SAID_BYTES` written to ``fd`` (a memfd), stripped."""
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, SAID_BYTES, max(0, size - SAID_BYTES))
+    except OSError:
+        return ""
+    return data.decode(errors="replace").strip()
+
+
+def _with_said(what: str, said: str) -> str:
+    return f"{what}; its stderr ended: {said!r}" if said else what
 
 
 def host_pid(ns_pid: object, candidates: Iterable[int]) -> int | None:
@@ -563,7 +619,7 @@ class WarmSandboxExecutor(LocalExecutor):
                     self._ready.remove(warm)
                     taken = warm
         for warm in dead:
-            warm.discard(self.warm_sandbox)
+            warm.drop(self.warm_sandbox, "was found gone while it waited")
         if self.size:
             self._note(key)
         return taken
@@ -582,7 +638,7 @@ class WarmSandboxExecutor(LocalExecutor):
                 return None
         if warm.alive():
             return warm
-        warm.discard(self.warm_sandbox)
+        warm.drop(self.warm_sandbox, "was found gone while it waited for its affinity")
         return None
 
     def _expired(self) -> tuple[list[WarmSandbox], float | None]:
@@ -779,8 +835,7 @@ class WarmSandboxExecutor(LocalExecutor):
         try:
             return self._start_warm(launch, warm, handle)
         except _Cold as exc:
-            log.warning("warm sandbox %s not used: %s", warm.name, exc)
-            warm.discard(self.warm_sandbox)
+            warm.drop(self.warm_sandbox, f"not used: {exc}")
             return None
 
     def _wait_for_ending(self, launch: AttemptLaunch, key: WarmKey) -> GroupHandle | None:
