@@ -7,6 +7,7 @@ recorded, trusted by another upload, or taking the place of somebody else's blob
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from nimbus.client.direct import ResumeBook, file_identity
+from nimbus.client import direct, uploads
+from nimbus.client.direct import Remembered, ResumeBook, file_identity
 from nimbus.storage.blobs import key_for
 from tests.api.conftest import error_of, make_token
 from tests.helpers import ServerProcess
@@ -234,8 +236,9 @@ def test_the_sdk_sends_the_parts_again_when_its_upload_is_restarted(
         session = begin(http, "racy", source.stat().st_size, digest)
     with sdk(server, mine, tmp_path / "a") as api:
         identity = file_identity(api.url, "racy", source, {"filename": "r.tar"})
-        ResumeBook(tmp_path / "a" / "uploads").remember(identity, session["id"])
-        assert ResumeBook(tmp_path / "a" / "uploads").find(identity) == session["id"]
+        ResumeBook(tmp_path / "a" / "uploads").remember(identity, session["id"], digest)
+        found = ResumeBook(tmp_path / "a" / "uploads").find(identity)
+        assert found == Remembered(session["id"], digest)
         with sdk(server, theirs, tmp_path / "b") as other:
             other.upload_dataset("first", source)
         version = api.upload_dataset("racy", source)
@@ -243,3 +246,45 @@ def test_the_sdk_sends_the_parts_again_when_its_upload_is_restarted(
     assert f"upload {session['id']}: sending the parts again" in capsys.readouterr().err
     assert stored(seaweedfs, bucket, digest) == source.read_bytes()
     assert not keys(seaweedfs, bucket, f"{PREFIX}/uploads/")
+
+
+@pytest.mark.parametrize("book", ["with the hash", "from before it kept the hash"])
+def test_a_resumed_upload_declares_the_hash_it_began_with_without_reading_the_file_first(
+    server: ServerProcess,
+    seaweedfs: SeaweedFS,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    book: str,
+) -> None:
+    """The hash a session was opened with is its parts' key: resumed, the SDK goes on with
+    it (the server checks the bytes against it at the end) instead of reading a large file
+    through once more; a book an older SDK wrote, with no hash, has the file hashed again."""
+    seed = 16 if book == "with the hash" else 17
+    source = dataset_tar(tmp_path / "h.tar", 9 * MIB, seed=seed)
+    digest = sha256_of(source)
+    token = make_token(server, "member", f"rehash-{seed}")
+    with server.client(token) as http:
+        session = begin(http, "kept", source.stat().st_size, digest)
+    hashed: list[Path] = []
+    hash_file = direct.file_sha256
+
+    def counted(path: Path) -> str:
+        hashed.append(path)
+        return hash_file(path)
+
+    monkeypatch.setattr(uploads, "file_sha256", counted)
+    with sdk(server, token, tmp_path / "a") as api:
+        identity = file_identity(api.url, "kept", source, {"filename": "h.tar"})
+        resume = ResumeBook(tmp_path / "a" / "uploads")
+        resume.remember(identity, session["id"], digest)
+        if book != "with the hash":
+            [path] = resume.directory.glob("*.json")
+            record = json.loads(path.read_text())
+            del record["sha256"]
+            path.write_text(json.dumps(record))
+        version = api.upload_dataset("kept", source)
+    assert version.source_hash == digest
+    assert hashed == ([] if book == "with the hash" else [source])
+    assert stored(seaweedfs, bucket, digest) == source.read_bytes()
+    assert not list(resume.directory.glob("*.json"))  # done: forgotten

@@ -6,8 +6,9 @@ An upload in progress is remembered in ``NIMBUS_HOME/uploads/`` (one small JSON 
 server, dataset, file path, size and modification time, and options), so running the same
 upload again after an interruption continues the same session: the parts the bucket holds
 are checked against the local file (each part's MD5, which S3 reports as its entity tag)
-and only the missing or different ones are sent again. The server checks the whole file's
-SHA-256 at the end whatever the client did.
+and only the missing or different ones are sent again, under the SHA-256 the session was
+opened with (kept with it: the file is not hashed again). The server checks the whole
+file's SHA-256 at the end whatever the client did.
 """
 
 from __future__ import annotations
@@ -164,6 +165,18 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """An upload in progress as the book has it: its session, and the file's SHA-256 the
+    session was opened with (None in a book written before it kept one)."""
+
+    session: str
+    sha256: str | None
+
+
 class ResumeBook:
     """Uploads in progress, by what identifies them, in ``directory`` (NIMBUS_HOME/uploads)."""
 
@@ -174,16 +187,21 @@ class ResumeBook:
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return self.directory / (hashlib.sha256(canonical.encode()).hexdigest()[:40] + ".json")
 
-    def find(self, identity: Mapping[str, Any]) -> str | None:
+    def find(self, identity: Mapping[str, Any]) -> Remembered | None:
         try:
             data = json.loads(self._path(identity).read_text())
         except (OSError, ValueError):
             return None
-        return str(data.get("session")) if isinstance(data, dict) and data.get("session") else None
+        if not isinstance(data, dict) or not data.get("session"):
+            return None
+        sha256 = data.get("sha256")
+        valid = isinstance(sha256, str) and _SHA256.match(sha256) is not None
+        return Remembered(str(data["session"]), sha256 if valid else None)
 
-    def remember(self, identity: Mapping[str, Any], session_id: str) -> None:
+    def remember(self, identity: Mapping[str, Any], session_id: str, sha256: str) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(self._path(identity), json.dumps({"session": session_id, **identity}))
+        record = {"session": session_id, "sha256": sha256, **identity}
+        write_private(self._path(identity), json.dumps(record))
 
     def forget(self, identity: Mapping[str, Any]) -> None:
         self._path(identity).unlink(missing_ok=True)

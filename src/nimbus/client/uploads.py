@@ -55,13 +55,20 @@ class DirectTransfersMixin(BaseClient):
             return None
         book = self._resume_book()
         identity = file_identity(self.url, name, file, {"filename": filename, **options})
-        # Hashed first: declared when the upload begins, the hash lets the parts go to the
-        # content-addressed key itself (no copy in the bucket after the check).
-        try:
-            sha256 = file_sha256(file)
-        except OSError as exc:
-            raise InvalidInput(f"could not read {file} to hash it: {exc}") from None
-        session = self._resumed(book.find(identity))
+        remembered = book.find(identity)
+        session = self._resumed(remembered.session if remembered is not None else None)
+        # A resumed session goes on with the hash it was opened with: the same file (path,
+        # size, modification time), and the hash its parts' key is (the server checks the
+        # bytes against it at the end whatever the client says), so a large file is not
+        # read through once more before the parts it still needs.
+        sha256 = remembered.sha256 if session is not None and remembered is not None else None
+        if sha256 is None:
+            # Hashed first: declared when the upload begins, the hash lets the parts go to
+            # the content-addressed key itself (no copy in the bucket after the check).
+            try:
+                sha256 = file_sha256(file)
+            except OSError as exc:
+                raise InvalidInput(f"could not read {file} to hash it: {exc}") from None
         if session is None:
             body = {"filename": filename, "size": size, "sha256": sha256, **options}
             try:
@@ -70,7 +77,7 @@ class DirectTransfersMixin(BaseClient):
                 )
             except DirectTransfersUnavailable:
                 return None
-            book.remember(identity, session.id)
+            book.remember(identity, session.id, sha256)
         for attempt in (1, 2):
             self._send_parts(file, session, progress)
             try:
