@@ -163,14 +163,15 @@ def test_an_interrupted_upload_resends_only_the_missing_blocks(
     source = dataset_tar(tmp_path / "r.tar", 9 * MIB, seed=26)
     data = source.read_bytes()
     token = make_token(server, "member", "az-resume")
+    digest = sha256_of(source)
     with server.client(token) as http:
-        session = begin(http, "resumed", len(data), sha256_of(source))
+        session = begin(http, "resumed", len(data), digest)
         assert session["parts"] == 2
         send(http, session, data, [1])  # then the client died
     seen: list[tuple[int, int]] = []
     with sdk(server, token, tmp_path / "client") as api:
         identity = file_identity(api.url, "resumed", source, {"filename": source.name})
-        ResumeBook(tmp_path / "client" / "uploads").remember(identity, session["id"])
+        ResumeBook(tmp_path / "client" / "uploads").remember(identity, session["id"], digest)
         version = api.upload_dataset(
             "resumed", source, progress=lambda done, total: seen.append((done, total))
         )

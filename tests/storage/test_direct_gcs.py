@@ -61,14 +61,15 @@ def test_an_upload_is_composed_checked_copied_and_downloads_directly(
     source = dataset_tar(tmp_path / "digits.tar", 20 * MIB, seed=31)
     data = source.read_bytes()
     token = make_token(server, "member", "gs-up")
+    digest = sha256_of(source)
     with server.client(token) as http:
-        session = begin(http, "digits", len(data), sha256_of(source))
+        session = begin(http, "digits", len(data), digest)
         send(http, session, data, [1])  # part 1, then the client died
         send(http, session, b"\0" * len(data), [3])  # part 3 with other bytes
     seen: list[int] = []
     with sdk(server, token, tmp_path / "client") as api:
         identity = file_identity(api.url, "digits", source, {"filename": source.name})
-        ResumeBook(tmp_path / "client" / "uploads").remember(identity, session["id"])
+        ResumeBook(tmp_path / "client" / "uploads").remember(identity, session["id"], digest)
         version = api.upload_dataset("digits", source, progress=lambda d, t: seen.append(d))
         # Part 1's MD5 matched and was kept; part 3's did not and went again, with part 2.
         assert seen[0] == 8 * MIB, seen[:3]
