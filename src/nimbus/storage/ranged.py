@@ -21,7 +21,7 @@ from nimbus.storage.direct import ObjectChanged
 
 # A read-back holds each range in memory until it is hashed, in order, and writes the
 # staging file past the page cache (nimbus.ranges.fetch_write_hash): SLOTS ranges of RANGE
-# bytes, 24 MiB in all. On this VM writing a GiB through the page cache cost 0.2-17 s of
+# bytes, 18 MiB in all. On this VM writing a GiB through the page cache cost 0.2-17 s of
 # kernel time depending on which pages it got (fresh ones fault in from the host; boto3's
 # download_file paid the same); read back this way, 1.4-2.1 s every time (docs/storage.md,
 # "Read-backs past the page cache"). Azurite pays per request: 1 GiB in 4 MiB ranges
@@ -35,7 +35,7 @@ WORKERS = 3  # ranged GETs in flight
 SLOTS = 3  # ranges held at once: those in flight and those that landed before an earlier one
 LINK_SECONDS = 15 * 60  # a read-back's link (renewed if it expires mid-way)
 # GCS's read-back fetches through its SDK, which holds each range whole and copies it: the
-# same ring, so 24 MiB of buffers and the SDK's copies (8 ranges in flight: the control
+# same ring, so 18 MiB of buffers and the SDK's copies (8 ranges in flight: the control
 # plane's peak RSS ~20 MB higher, the read-back no faster on the emulators).
 
 FetchRange = Callable[[int, int], Iterable[bytes]]
