@@ -37,7 +37,7 @@ from nimbus.ranged_get import (
     RangedDownload,
 )
 from nimbus.system import write_private
-from nimbus.wire.uploads import UploadSession
+from nimbus.wire.uploads import SHA256_PATTERN, UploadSession
 
 if TYPE_CHECKING:
     import urllib3
@@ -165,7 +165,7 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(SHA256_PATTERN)  # as the server takes a declared hash
 
 
 @dataclass(frozen=True)
