@@ -22,6 +22,7 @@ from nimbus.jobs.executors.base import ExitStatus
 from nimbus.jobs.executors.warm import (
     WARM_DIR,
     WarmKey,
+    WarmSandbox,
     WarmSandboxExecutor,
     in_background,
     surplus_and_next,
@@ -454,10 +455,7 @@ def test_an_attempt_whose_warm_sandboxes_died_starts_in_none_of_them(
 ) -> None:
     """It starts cold, or in a warm sandbox the pool starts once it finds the others dead
     (then it waits for that one); never in a dead one, and it runs."""
-    warm.expect(8)
-    assert warm.wait_warm(8, timeout=60)
-    settle(warm)  # every warm sandbox of the tenant is ready: none comes up after the kill
-    dead = {w.name for w in warm._ready if w.key.tenant_id == 8}
+    dead = {w.name for w in settled_ready(warm, 8)}
     zygotes = [pid for pid in all_warm_pids(warm) if ns_pid(pid) == 2 and tenant_of(pid) == 8]
     assert dead and len(zygotes) == len(dead)
     for zygote in zygotes:
@@ -476,10 +474,7 @@ def test_a_warm_sandbox_found_dead_is_logged_with_what_its_zygote_said(
     """A zygote sent bytes that are no request dies with a traceback on its stderr (not a
     signal: SIGINT is ignored where the tests run in the background): the log line that
     drops its sandbox carries it."""
-    warm.expect(9)
-    assert warm.wait_warm(9, timeout=60)
-    settle(warm)
-    ready = [w for w in warm._ready if w.key.tenant_id == 9]
+    ready = settled_ready(warm, 9)
     for sandbox in ready:
         sandbox.link.sock.send(b"no json")
     deadline = time.monotonic() + 30
@@ -494,12 +489,16 @@ def test_a_warm_sandbox_found_dead_is_logged_with_what_its_zygote_said(
     assert all("JSONDecodeError" in line for line in dropped), dropped
 
 
-def settle(ex: WarmSandboxExecutor, timeout: float = 60) -> None:
-    """Wait until ``ex``'s pool starts no warm sandbox."""
+def settled_ready(ex: WarmSandboxExecutor, tenant: int, timeout: float = 60) -> list[WarmSandbox]:
+    """Every warm sandbox ready for ``tenant`` once ``ex``'s pool starts none (so none
+    comes up after the caller kills these)."""
+    ex.expect(tenant)
+    assert ex.wait_warm(tenant, timeout=timeout)
     deadline = time.monotonic() + timeout
     while ex._starting:
         assert time.monotonic() < deadline, f"still starting: {list(ex._starting)}"
         time.sleep(0.02)
+    return [w for w in ex._ready if w.key.tenant_id == tenant]
 
 
 def all_warm_pids(ex: WarmSandboxExecutor) -> set[int]:
