@@ -16,10 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from nimbus.client import direct, uploads
+from nimbus.client import uploads
 from nimbus.client.direct import Remembered, ResumeBook, file_identity
+from nimbus.digests import FileDigest, file_sha256
+from nimbus.errors import NotFound, UploadMismatch
 from nimbus.storage.blobs import key_for
 from tests.api.conftest import error_of, make_token
+from tests.cli.conftest import Nimbus
 from tests.helpers import ServerProcess
 from tests.helpers_s3 import SeaweedFS, s3_client
 from tests.storage.test_direct import dataset_tar, direct_server, keys, sdk, sha256_of
@@ -267,7 +270,7 @@ def test_a_resumed_upload_declares_the_hash_it_began_with_without_reading_the_fi
     with server.client(token) as http:
         session = begin(http, "kept", source.stat().st_size, digest)
     hashed: list[Path] = []
-    hash_file = direct.file_sha256
+    hash_file = file_sha256
 
     def counted(path: Path) -> str:
         hashed.append(path)
@@ -288,3 +291,57 @@ def test_a_resumed_upload_declares_the_hash_it_began_with_without_reading_the_fi
     assert hashed == ([] if book == "with the hash" else [source])
     assert stored(seaweedfs, bucket, digest) == source.read_bytes()
     assert not list(resume.directory.glob("*.json"))  # done: forgotten
+
+
+def test_a_hash_begun_in_the_background_is_declared_and_a_stale_one_is_refused(
+    server: ServerProcess,
+    seaweedfs: SeaweedFS,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI hashes a large file in a thread while it starts (nimbus.digests): the SDK
+    declares that hash and reads the file no more. It is only ever declared: a file
+    rewritten in place after the hash began, with its size and modification time put back
+    (so the digest still seems to describe it), is refused by the server's read-back, and
+    nothing is recorded or left in the bucket."""
+    hashed: list[Path] = []
+
+    def counted(path: Path) -> str:
+        hashed.append(path)
+        return file_sha256(path)
+
+    monkeypatch.setattr(uploads, "file_sha256", counted)
+    token = make_token(server, "member", "early-hash")
+    source = dataset_tar(tmp_path / "e.tar", 9 * MIB, seed=18)
+    with sdk(server, token, tmp_path / "a") as api:
+        version = api.upload_dataset("early", source, digest=FileDigest(source))
+        assert version.source_hash == sha256_of(source)
+        assert hashed == []
+        assert stored(seaweedfs, bucket, sha256_of(source)) == source.read_bytes()
+
+        # The CLI begins the hash itself, before it loads the SDK.
+        cli = Nimbus({"NIMBUS_HOME": str(tmp_path / "cli"), "NIMBUS_URL": server.url})
+        env = {"NIMBUS_TOKEN": token, "NIMBUS_DIRECT_MIN_BYTES": "1"}
+        other = dataset_tar(tmp_path / "c.tar", 9 * MIB, seed=21)
+        version = cli.json("datasets", "upload", "early-cli", str(other), env=env)
+        assert version["source_hash"] == sha256_of(other)
+        assert hashed == []
+
+        stale = dataset_tar(tmp_path / "s.tar", 9 * MIB, seed=19)
+        declared = sha256_of(stale)
+        digest = FileDigest(stale)
+        digest.result()
+        before = stale.stat()
+        replacement = dataset_tar(tmp_path / "r.tar", 9 * MIB, seed=20).read_bytes()
+        assert len(replacement) == before.st_size
+        stale.write_bytes(replacement)
+        os.utime(stale, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert digest.describes(stale)
+        with pytest.raises(UploadMismatch, match="not the file declared"):
+            api.upload_dataset("stale", stale, digest=digest)
+        assert hashed == []
+        with pytest.raises(NotFound):
+            api.get_dataset("stale")
+    assert stored(seaweedfs, bucket, declared) is None
+    assert stored(seaweedfs, bucket, sha256_of(stale)) is None

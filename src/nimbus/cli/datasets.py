@@ -10,9 +10,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from nimbus.cli.common import JsonOption, client, console, emit, human_bytes, print_json, transfer
+from nimbus.cli.common import (
+    JsonOption,
+    client,
+    console,
+    emit,
+    human_bytes,
+    print_json,
+    settings,
+    transfer,
+)
 from nimbus.cli.render import datasets_table, version_table
 from nimbus.datasets.domain import Format, Task
+from nimbus.digests import FileDigest
 
 app = typer.Typer(help="Upload, inspect, download and delete datasets.", no_args_is_help=True)
 
@@ -99,8 +109,16 @@ def upload(
 ) -> None:
     """Upload PATH as a new version of dataset NAME (a directory is sent as a .tar), its
     datasheet starting with the text given."""
+    config = settings()
+    # A large file's hash begins now, on the second core, while the SDK loads and the
+    # server is asked: a direct upload needs it before its first part.
+    digest = (
+        FileDigest(path)
+        if path.is_file() and path.stat().st_size >= config.direct_min_bytes
+        else None
+    )
     with (
-        client() as api,
+        client(config) as api,
         transfer(
             f"uploading {path.name}", not as_json, after="server is preparing the data"
         ) as progress,
@@ -121,6 +139,7 @@ def upload(
             collection_process=collection_process,
             uses=uses,
             license=license,
+            digest=digest,
         )
 
     def render(out: Console) -> None:

@@ -14,6 +14,7 @@ from nimbus.client.base import API
 from nimbus.client.transfer import Progress, chunks, local_name, packed
 from nimbus.client.uploads import DirectTransfersMixin
 from nimbus.datasets.domain import Format, Task
+from nimbus.digests import FileDigest
 from nimbus.errors import InvalidInput
 from nimbus.names import parse_reference, validate_name
 from nimbus.wire.base import dump
@@ -77,6 +78,7 @@ class DatasetsMixin(DirectTransfersMixin):
         collection_process: str | None = None,
         uses: str | None = None,
         license: str | None = None,
+        digest: FileDigest | None = None,
     ) -> DatasetVersion:
         """Upload a file (or a directory, sent as a .tar) as a new version of dataset ``name``.
 
@@ -96,6 +98,11 @@ class DatasetsMixin(DirectTransfersMixin):
         the server in :data:`CHUNK_SIZE` chunks. ``progress(sent, total)`` is called as
         bytes go. Returns the version object (the existing one when identical
         content with the same options was uploaded before).
+
+        ``digest``: the file's SHA-256 begun in the background before this call
+        (:class:`nimbus.digests.FileDigest`, as the CLI does), so a direct upload does not
+        wait for the whole hash after its setup; ignored unless it is of the file at
+        ``path`` as it is now.
         """
         validate_name(name, "dataset name")
         text = _sheet_text(
@@ -121,7 +128,7 @@ class DatasetsMixin(DirectTransfersMixin):
             raise InvalidInput(f"no such file or directory: {source}")
         with packed(source) as (file, filename):
             options = {k: v for k, v in params.items() if v is not None}
-            version = self._upload_direct(name, file, filename, options, progress)
+            version = self._upload_direct(name, file, filename, options, progress, digest)
             if version is None:
                 version = self._upload_streamed(name, file, filename, params, progress)
         if text:

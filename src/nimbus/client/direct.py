@@ -160,11 +160,6 @@ def part_matches(fd: int, session: UploadSession, number: int, size: int, etag: 
     return hashlib.md5(data, usedforsecurity=False).hexdigest() == match.group(1)
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 _SHA256 = re.compile(SHA256_PATTERN)  # as the server takes a declared hash
 
 

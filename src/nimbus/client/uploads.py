@@ -16,12 +16,12 @@ from nimbus.client.direct import (
     UrlSource,
     fetch_direct,
     file_identity,
-    file_sha256,
     note,
     part_length,
     part_matches,
 )
 from nimbus.client.transfer import Progress
+from nimbus.digests import FileDigest, file_sha256
 from nimbus.errors import (
     DirectTransfersUnavailable,
     InvalidInput,
@@ -47,12 +47,19 @@ class DirectTransfersMixin(BaseClient):
         filename: str,
         options: Mapping[str, Any],
         progress: Progress | None,
+        digest: FileDigest | None = None,
     ) -> DatasetVersion | None:
         """Upload ``file`` straight into the bucket and complete it as a version of
-        ``name``; None when the server has no direct transfers (stream it instead)."""
+        ``name``; None when the server has no direct transfers (stream it instead).
+        ``digest``: the file's hash begun earlier (used when it describes ``file``)."""
         size = file.stat().st_size
         if size < self._settings.direct_min_bytes:
+            if digest is not None:
+                digest.cancel()  # streamed: nothing declares a hash
             return None
+        if digest is not None and not digest.describes(file):
+            digest.cancel()
+            digest = None
         book = self._resume_book()
         identity = file_identity(self.url, name, file, {"filename": filename, **options})
         remembered = book.find(identity)
@@ -62,11 +69,13 @@ class DirectTransfersMixin(BaseClient):
         # bytes against it at the end whatever the client says), so a large file is not
         # read through once more before the parts it still needs.
         sha256 = remembered.sha256 if session is not None and remembered is not None else None
-        if sha256 is None:
+        if sha256 is not None and digest is not None:
+            digest.cancel()
+        elif sha256 is None:
             # Hashed first: declared when the upload begins, the hash lets the parts go to
             # the content-addressed key itself (no copy in the bucket after the check).
             try:
-                sha256 = file_sha256(file)
+                sha256 = digest.result() if digest is not None else file_sha256(file)
             except OSError as exc:
                 raise InvalidInput(f"could not read {file} to hash it: {exc}") from None
         if session is None:
