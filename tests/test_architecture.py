@@ -2,9 +2,9 @@
 
 Packages are the first level under ``nimbus`` (api, cli, client, datasets, db, explain, jobs,
 modelformat, runtime, services, serving, storage, studies, wire) and its top-level modules
-(server, config, errors, names, ranges, ranged_get, security, system, ticker, demo_data, and
-the ``nimbus`` face itself). Imports are read from the source (tests/helpers_imports.py),
-function-level ones included.
+(server, config, digests, errors, names, ranges, ranged_get, security, system, ticker,
+demo_data, and the ``nimbus`` face itself). Imports are read from the source
+(tests/helpers_imports.py), function-level ones included.
 
 The layers, top to bottom (each may also import the wire, the domain and bottom modules)::
 
@@ -14,11 +14,11 @@ The layers, top to bottom (each may also import the wire, the domain and bottom 
     serving (a replica) ──> modelformat, runtime.architectures, explain
     runtime (a job) ──> modelformat, datasets
 
-The *bottom* modules (errors, names, ranges, ranged_get, security, system, config, ticker, and
-``__version__`` from the ``nimbus`` face) import nothing of Nimbus but each other; the
-*domain* modules (datasets.domain, jobs.domain: plain enums and dataclasses, the words the
-wire uses) import nothing of Nimbus but the bottom modules. Both may be imported from
-anywhere.
+The *bottom* modules (errors, names, ranges, ranged_get, security, system, config, ticker,
+digests, and ``__version__`` from the ``nimbus`` face) import nothing of Nimbus but each
+other; the *domain* modules (datasets.domain, jobs.domain: plain enums and dataclasses, the
+words the wire uses) import nothing of Nimbus but the bottom modules. Both may be imported
+from anywhere.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ BOTTOM = (
     "nimbus.system",
     "nimbus.config",
     "nimbus.ticker",
+    "nimbus.digests",
 )
 DOMAIN = ("nimbus.datasets.domain", "nimbus.jobs.domain")
 ANYWHERE = (*BOTTOM, *DOMAIN)

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from nimbus.digests import READ_SIZE, FileDigest, file_sha256
+from nimbus import digests
+from nimbus.digests import FileDigest, file_sha256
 
 
-def test_a_background_digest_is_the_files_sha256(tmp_path: Path) -> None:
+def test_a_background_digest_is_the_files_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(digests, "READ_SIZE", 4096)
     path = tmp_path / "f.bin"
-    path.write_bytes(os.urandom(3 * READ_SIZE + 17))  # several reads, the last one short
+    path.write_bytes(os.urandom(3 * 4096 + 17))  # several reads, the last one short
     expected = hashlib.sha256(path.read_bytes()).hexdigest()
     assert FileDigest(path).result() == expected == file_sha256(path)
     empty = tmp_path / "empty"

@@ -15,9 +15,13 @@ import hashlib
 import threading
 from pathlib import Path
 
-# Read and hashed a MiB at a time: both release the GIL (hashlib for anything over 2 KiB),
-# so the thread takes the second core without slowing the one the command runs on.
-READ_SIZE = 1024 * 1024
+# Read and hashed 16 MiB at a time. The read and the hash each let go of the GIL, but must
+# take it back after: behind a main thread that imports, each such turn waits up to the
+# interpreter's switch interval (5 ms). With 1 MiB reads the hash of a GiB then ended
+# 0.74 s after the command began (imports 0.26 s, the hash alone 0.55 s), with 16 MiB 0.63 s;
+# a memory map barely better (0.59 s), and it would kill the process (SIGBUS) were the file
+# cut short meanwhile.
+READ_SIZE = 16 * 1024 * 1024
 
 
 def file_sha256(path: Path) -> str:
