@@ -60,3 +60,16 @@ def test_a_cancelled_or_failed_digest_has_no_result(tmp_path: Path) -> None:
         writer.write(b"y" * 100)  # read after the cancel: the thread stops there
     with pytest.raises(RuntimeError, match="cancelled"):
         digest.result()
+
+
+def test_it_begins_only_for_a_regular_file_of_the_size_given(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"z" * 100)
+    begun = FileDigest.begin(path, 100)
+    assert begun is not None and begun.result() == hashlib.sha256(b"z" * 100).hexdigest()
+    assert FileDigest.begin(path, 101) is None  # small: streamed, nothing declares a hash
+    assert FileDigest.begin(tmp_path, 0) is None  # a directory: packed as a .tar first
+    assert FileDigest.begin(tmp_path / "missing", 0) is None  # the upload says why
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert FileDigest.begin(fifo, 0) is None

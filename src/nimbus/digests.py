@@ -12,6 +12,7 @@ Light on purpose (hashlib and threading): the CLI imports it before anything els
 from __future__ import annotations
 
 import hashlib
+import stat
 import threading
 from pathlib import Path
 
@@ -46,6 +47,22 @@ class FileDigest:
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def begin(cls, path: Path, min_bytes: int) -> FileDigest | None:
+        """The hash of ``path`` begun, when it is a regular file of ``min_bytes`` or more;
+        None otherwise (a directory, a smaller file, one that cannot be looked at: whoever
+        uploads it finds out, and says why)."""
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode) or info.st_size < min_bytes:
+            return None
+        try:
+            return cls(path)
+        except OSError:
+            return None
 
     def _run(self) -> None:
         digest = hashlib.sha256()

@@ -112,11 +112,7 @@ def upload(
     config = settings()
     # A large file's hash begins now, on the second core, while the SDK loads and the
     # server is asked: a direct upload needs it before its first part.
-    digest = (
-        FileDigest(path)
-        if path.is_file() and path.stat().st_size >= config.direct_min_bytes
-        else None
-    )
+    digest = FileDigest.begin(path, config.direct_min_bytes)
     with (
         client(config) as api,
         transfer(

@@ -104,33 +104,37 @@ class DatasetsMixin(DirectTransfersMixin):
         wait for the whole hash after its setup; ignored unless it is of the file at
         ``path`` as it is now.
         """
-        validate_name(name, "dataset name")
-        text = _sheet_text(
-            motivation=motivation,
-            composition=composition,
-            collection_process=collection_process,
-            uses=uses,
-            license=license,
-        )
-        params = {
-            "task": _choice(Task, task, "task"),
-            "format": _choice(Format, format, "format"),
-            "label": label,
-            "seed": seed,
-            "image_size": f"{image_size[0]}x{image_size[1]}"
-            if isinstance(image_size, tuple)
-            else image_size,
-            "image_fit": image_fit,
-            "group_column": group_column,
-        }
-        source = Path(path)
-        if not source.exists():
-            raise InvalidInput(f"no such file or directory: {source}")
-        with packed(source) as (file, filename):
-            options = {k: v for k, v in params.items() if v is not None}
-            version = self._upload_direct(name, file, filename, options, progress, digest)
-            if version is None:
-                version = self._upload_streamed(name, file, filename, params, progress)
+        try:
+            validate_name(name, "dataset name")
+            text = _sheet_text(
+                motivation=motivation,
+                composition=composition,
+                collection_process=collection_process,
+                uses=uses,
+                license=license,
+            )
+            params = {
+                "task": _choice(Task, task, "task"),
+                "format": _choice(Format, format, "format"),
+                "label": label,
+                "seed": seed,
+                "image_size": f"{image_size[0]}x{image_size[1]}"
+                if isinstance(image_size, tuple)
+                else image_size,
+                "image_fit": image_fit,
+                "group_column": group_column,
+            }
+            source = Path(path)
+            if not source.exists():
+                raise InvalidInput(f"no such file or directory: {source}")
+            with packed(source) as (file, filename):
+                options = {k: v for k, v in params.items() if v is not None}
+                version = self._upload_direct(name, file, filename, options, progress, digest)
+                if version is None:
+                    version = self._upload_streamed(name, file, filename, params, progress)
+        finally:
+            if digest is not None:
+                digest.cancel()  # not needed after all (done already: nothing happens)
         if text:
             self.edit_datasheet(f"{version.dataset}:{version.version}", **text)
         return version
