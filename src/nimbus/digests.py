@@ -3,8 +3,8 @@
 A direct upload declares the file's SHA-256 before its first part (the hash is the key the
 parts go to), so hashing sits on an upload's critical path: 0.5-0.8 s per GiB. The CLI
 begins it in a thread of its own as its upload command starts (:class:`FileDigest`), so it
-runs on the second core while the command imports the SDK, builds its client and asks the
-server whether it resumes an earlier session; the SDK takes the result when it needs it.
+runs on the second core while the command imports the SDK, builds its client and looks
+for an interrupted upload to resume; the SDK takes the result when it needs it.
 
 Light on purpose (hashlib and threading): the CLI imports it before anything else.
 """
