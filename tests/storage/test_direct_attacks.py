@@ -46,6 +46,19 @@ def server(
         yield server
 
 
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files the SDK reads through to hash them itself, in order."""
+    seen: list[Path] = []
+
+    def counted(path: Path) -> str:
+        seen.append(path)
+        return file_sha256(path)
+
+    monkeypatch.setattr(uploads, "file_sha256", counted)
+    return seen
+
+
 def begin(http: httpx.Client, name: str, size: int, sha256: str) -> dict[str, Any]:
     body = {"filename": "f.tar", "size": size, "sha256": sha256}
     response = http.post(f"{API}/datasets/{name}/uploads", json=body)
@@ -257,7 +270,7 @@ def test_a_resumed_upload_declares_the_hash_it_began_with_without_reading_the_fi
     seaweedfs: SeaweedFS,
     bucket: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    hashed: list[Path],
     book: str,
 ) -> None:
     """The hash a session was opened with is its parts' key: resumed, the SDK goes on with
@@ -269,14 +282,6 @@ def test_a_resumed_upload_declares_the_hash_it_began_with_without_reading_the_fi
     token = make_token(server, "member", f"rehash-{seed}")
     with server.client(token) as http:
         session = begin(http, "kept", source.stat().st_size, digest)
-    hashed: list[Path] = []
-    hash_file = file_sha256
-
-    def counted(path: Path) -> str:
-        hashed.append(path)
-        return hash_file(path)
-
-    monkeypatch.setattr(uploads, "file_sha256", counted)
     with sdk(server, token, tmp_path / "a") as api:
         identity = file_identity(api.url, "kept", source, {"filename": "h.tar"})
         resume = ResumeBook(tmp_path / "a" / "uploads")
@@ -298,20 +303,13 @@ def test_a_hash_begun_in_the_background_is_declared_and_a_stale_one_is_refused(
     seaweedfs: SeaweedFS,
     bucket: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    hashed: list[Path],
 ) -> None:
     """The CLI hashes a large file in a thread while it starts (nimbus.digests): the SDK
     declares that hash and reads the file no more. It is only ever declared: a file
     rewritten in place after the hash began, with its size and modification time put back
     (so the digest still seems to describe it), is refused by the server's read-back, and
     nothing is recorded or left in the bucket."""
-    hashed: list[Path] = []
-
-    def counted(path: Path) -> str:
-        hashed.append(path)
-        return file_sha256(path)
-
-    monkeypatch.setattr(uploads, "file_sha256", counted)
     token = make_token(server, "member", "early-hash")
     source = dataset_tar(tmp_path / "e.tar", 9 * MIB, seed=18)
     with sdk(server, token, tmp_path / "a") as api:
