@@ -110,8 +110,8 @@ def upload(
     """Upload PATH as a new version of dataset NAME (a directory is sent as a .tar), its
     datasheet starting with the text given."""
     config = settings()
-    # A large file's hash begins now, on the second core, while the SDK loads and the
-    # server is asked: a direct upload needs it before its first part.
+    # A large file's hash begins now, on the second core, while the SDK loads: a direct
+    # upload needs it before its first part.
     digest = FileDigest.begin(path, config.direct_min_bytes)
     with (
         client(config) as api,
